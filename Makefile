@@ -1,0 +1,40 @@
+# Two commands on a fresh machine: `make demo` (a full run on the bundled data) and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# Install torch before the rest: an open torch range pulls a multi-GB CUDA build.
+# A CPU-only build elsewhere: make demo TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+export GX_ANALYTICS_ENABLED := False
+export DO_NOT_TRACK := 1
+
+.PHONY: install demo run test test-fast lint clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+demo: install
+	@test -d .git || (git init -q && git add -A && git commit -qm "edgedistill project" || true)
+	@test -d .dvc || dvc init -q
+	edgedistill run
+
+run: demo
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf reports data/prepared data/raw/readings.parquet models metrics .pytest_cache

@@ -1,0 +1,177 @@
+"""The `edgedistill` command line: one subcommand per stage, `run` for the whole pipeline."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgedistill.errors import EdgeDistillError
+from edgedistill.params import DEFAULT_PARAMS, Params, load_params
+
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+app = typer.Typer(
+    name="edgedistill",
+    help="IoT sensor data -> small, fast, verified edge models. Stages: ingest, validate, prepare "
+    "(more to come); `run` executes the pipeline through DVC, skipping unchanged stages.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+_state: dict[str, Any] = {"debug": False, "params": DEFAULT_PARAMS}
+
+ParamsOpt = Annotated[Path, typer.Option("--params", "-p", help="params file")]
+
+
+@app.callback()
+def _main(
+    params: ParamsOpt = Path(DEFAULT_PARAMS),
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks")] = False,
+) -> None:
+    _state["debug"] = debug
+    _state["params"] = str(params)
+
+
+def fail(e: EdgeDistillError) -> None:
+    err_console.print(f"[bold red]error:[/] {e}")
+    if e.hint:
+        err_console.print(f"[yellow]hint:[/] {e.hint}")
+    raise typer.Exit(e.exit_code)
+
+
+def guarded(fn: Callable[[], Any]) -> Any:
+    """Run fn; turn a user-facing error into one message and a non-zero exit (traceback with --debug)."""
+    try:
+        return fn()
+    except EdgeDistillError as e:
+        if _state["debug"]:
+            raise
+        fail(e)
+
+
+def params() -> Params:
+    return load_params(_state["params"])
+
+
+# ---------------------------------------------------------------- summaries (humans get tables)
+
+def print_summary(stage: str, result: dict[str, Any], seconds: float) -> None:
+    printer = SUMMARIES.get(stage)
+    if printer:
+        printer(result)
+    console.print(f"[green]✓[/] {stage} done in {seconds:.1f}s")
+
+
+def _ingest_summary(r: dict) -> None:
+    console.print(f"{r['path']}: {r['rows']:,} readings, {r['recordings']} recordings, "
+                  f"{r['subjects']} subjects, {r['classes']} classes")
+
+
+def _validate_summary(r: dict) -> None:
+    s = r["summary"]
+    console.print(f"validation [bold green]PASSED[/]: {r['checks_run']} GX checks on {r['file']} "
+                  f"({s['rows']:,} rows, {s['recordings']} recordings, {s['groups']} groups); "
+                  f"drift reference: {r['drift_reference']}; report: {r['data_docs']}")
+
+
+def _prepare_summary(r: dict) -> None:
+    t = Table(title=f"windows of {r['window']} readings per split")
+    t.add_column("split")
+    t.add_column("stride", justify="right")
+    t.add_column("groups")
+    t.add_column("recordings", justify="right")
+    t.add_column("windows", justify="right")
+    t.add_column("per class")
+    for name, s in r["splits"].items():
+        t.add_row(name, str(s["stride"]), ", ".join(s["groups"]), str(s["recordings"]), f"{s['windows']:,}",
+                  " ".join(f"{k}:{v}" for k, v in s["windows_per_class"].items()))
+    console.print(t)
+
+
+SUMMARIES: dict[str, Callable[[dict], None]] = {
+    "ingest": _ingest_summary,
+    "validate": _validate_summary,
+    "prepare": _prepare_summary,
+}
+
+
+def run_stage(stage: str, fn: Callable[[Params], dict]) -> dict:
+    p = params()
+    t0 = time.perf_counter()
+    with console.status(f"[bold]{stage}[/] running…", spinner="dots"):
+        result = fn(p)
+    print_summary(stage, result, time.perf_counter() - t0)
+    return result
+
+
+def run_stage_main(stage: str, fn: Callable[[Params], dict]) -> None:
+    """Entry for `python -m tasks.<stage>` (what dvc.yaml calls): same output and errors as the CLI."""
+    _state["debug"] = "--debug" in sys.argv
+    try:
+        guarded(lambda: run_stage(stage, fn))
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+
+
+# ---------------------------------------------------------------- stage commands
+
+@app.command()
+def ingest() -> None:
+    """Write the bundled smartwatch IMU recordings as the readings table (data/raw/readings.parquet)."""
+    from tasks import ingest as stage
+
+    guarded(lambda: run_stage("ingest", stage.run))
+
+
+@app.command()
+def validate(
+    readings: Annotated[Path | None, typer.Option(help="readings file (default: data.readings)")] = None,
+    update_reference: Annotated[bool, typer.Option(help="accept this data as the new drift reference")] = False,
+) -> None:
+    """Check the readings with Great Expectations; non-zero exit and a report naming each failure."""
+    from tasks import validate as stage
+
+    guarded(lambda: run_stage("validate", lambda p: stage.run(p, readings, update_reference=update_reference)))
+
+
+@app.command()
+def prepare() -> None:
+    """Window the readings, split by group into train/val/test, fit normalisation on train."""
+    from tasks import prepare as stage
+
+    guarded(lambda: run_stage("prepare", stage.run))
+
+
+@app.command()
+def run(
+    stages: Annotated[list[str] | None, typer.Argument(help="stages to run (default: all, in order)")] = None,
+    force: Annotated[bool, typer.Option(help="re-run stages even when DVC sees no change")] = False,
+) -> None:
+    """Run the pipeline through DVC (unchanged stages are skipped)."""
+    from edgedistill.pipeline import PIPELINE, reproduce
+
+    guarded(lambda: reproduce(stages or PIPELINE, force=force, console=console))
+
+
+@app.command("check-params")
+def check_params() -> None:
+    """Validate params.yaml and exit."""
+    guarded(params)
+    console.print(f"[green]✓[/] {_state['params']} is valid")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,57 @@
+"""Run dvc.yaml stages through DVC itself, one at a time, so unchanged stages are skipped and
+dvc.lock records every hash. Used by `edgedistill run` and by the Prefect flow."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from edgedistill.errors import EdgeDistillError, ParamsInvalid
+
+PIPELINE = ["ingest", "validate", "prepare"]
+
+
+class StageFailed(EdgeDistillError):
+    hint = "The stage's own error is printed above; fix it and run again (finished stages are skipped)."
+
+
+@dataclass
+class StageRun:
+    stage: str
+    ran: bool
+    seconds: float
+
+
+def reproduce_stage(stage: str, force: bool = False, root: str | Path = ".") -> StageRun:
+    """Reproduce one stage (only if its deps/params/outs changed, unless forced)."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    t0 = time.perf_counter()
+    try:
+        with Repo(str(root)) as repo:
+            done = repo.reproduce(stage, single_item=True, force=force)
+    except DvcException as e:
+        raise StageFailed(f"stage '{stage}' failed: {e}") from None
+    return StageRun(stage, bool(done), time.perf_counter() - t0)
+
+
+def reproduce(stages: list[str], force: bool = False, console: Console | None = None,
+              root: str | Path = ".") -> list[StageRun]:
+    console = console or Console()
+    unknown = [s for s in stages if s not in PIPELINE]
+    if unknown:
+        raise ParamsInvalid(f"unknown stage(s) {unknown}; the pipeline is {PIPELINE}")
+    runs = []
+    for stage in [s for s in PIPELINE if s in stages]:
+        console.rule(f"[bold]{stage}")
+        r = reproduce_stage(stage, force=force, root=root)
+        console.print(f"{stage}: {'ran' if r.ran else 'unchanged, skipped'} ({r.seconds:.1f}s)")
+        runs.append(r)
+    total = sum(r.seconds for r in runs)
+    console.print(f"[green]pipeline done[/] in {total:.1f}s: "
+                  + ", ".join(f"{r.stage} {'ran' if r.ran else 'skipped'}" for r in runs))
+    return runs

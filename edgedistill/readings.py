@@ -1,0 +1,109 @@
+"""Reading the readings table (Parquet/CSV) and cutting it into label-pure windows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from edgedistill.errors import DataInvalid
+from edgedistill.params import DataParams
+
+PARQUET_SUFFIXES = {".parquet", ".pq"}
+CSV_SUFFIXES = {".csv", ".txt"}
+
+
+def read_readings(path: str | Path) -> pd.DataFrame:
+    """Load a readings file; every failure names the file and the cause."""
+    path = Path(path)
+    if not path.exists():
+        raise DataInvalid(f"{path}: readings file not found", hint="Run `edgedistill ingest` or set data.readings.")
+    if path.is_dir():
+        raise DataInvalid(f"{path}: is a directory, expected a .parquet or .csv file")
+    if path.stat().st_size == 0:
+        raise DataInvalid(f"{path}: file is empty (0 bytes)")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in PARQUET_SUFFIXES:
+            df = pd.read_parquet(path, engine="pyarrow")
+        elif suffix in CSV_SUFFIXES:
+            df = pd.read_csv(path)
+        else:
+            raise DataInvalid(f"{path}: unsupported file type {suffix!r}; use .parquet or .csv")
+    except DataInvalid:
+        raise
+    except Exception as e:  # pyarrow/pandas raise many types for corrupt input
+        kind = "Parquet" if suffix in PARQUET_SUFFIXES else "CSV"
+        raise DataInvalid(f"{path}: not a readable {kind} file (truncated or corrupted?): {_short(e)}") from None
+    if len(df) == 0:
+        raise DataInvalid(f"{path}: has a header but no rows")
+    return df
+
+
+def _short(e: Exception) -> str:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return msg[:200]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A contiguous, single-label stretch of one recording."""
+
+    group: str
+    recording: str
+    label: str
+    start: int  # row offset into the table
+    length: int
+
+
+def recording_keys(df: pd.DataFrame, data: DataParams) -> pd.Series:
+    """One id per recording: `group/recording`, or the group alone when there is no recording column."""
+    g = df[data.group_col].astype(str)
+    if data.recording_col and data.recording_col in df.columns:
+        return g + "/" + df[data.recording_col].astype(str)
+    return g
+
+
+def segments(df: pd.DataFrame, data: DataParams) -> Iterator[Segment]:
+    """Yield label-constant runs inside each recording, in table order (rows must be contiguous per recording)."""
+    keys = recording_keys(df, data).to_numpy()
+    labels = df[data.label_col].astype(str).to_numpy()
+    groups = df[data.group_col].astype(str).to_numpy()
+    n = len(df)
+    if n == 0:
+        return
+    change = np.ones(n, dtype=bool)
+    change[1:] = (keys[1:] != keys[:-1]) | (labels[1:] != labels[:-1])
+    starts = np.flatnonzero(change)
+    ends = np.append(starts[1:], n)
+    for s, e in zip(starts, ends, strict=True):
+        rec = keys[s]
+        yield Segment(groups[s], rec.split("/", 1)[-1], labels[s], int(s), int(e - s))
+
+
+def n_windows(length: int, window: int, stride: int) -> int:
+    return 0 if length < window else (length - window) // stride + 1
+
+
+def window_starts(length: int, window: int, stride: int) -> np.ndarray:
+    return np.arange(n_windows(length, window, stride)) * stride
+
+
+def make_windows(
+    values: np.ndarray, segs: list[Segment], window: int, stride: int
+) -> tuple[np.ndarray, list[Segment]]:
+    """Cut [N, C] readings into windows [M, C, window] (channels first, as Conv1d wants)."""
+    idx = []
+    owners = []
+    for seg in segs:
+        for off in window_starts(seg.length, window, stride):
+            idx.append(seg.start + off)
+            owners.append(seg)
+    if not idx:
+        return np.zeros((0, values.shape[1], window), dtype=np.float32), []
+    starts = np.asarray(idx)[:, None] + np.arange(window)[None, :]
+    x = values[starts]  # [M, window, C]
+    return np.ascontiguousarray(x.transpose(0, 2, 1), dtype=np.float32), owners

@@ -1,0 +1,138 @@
+"""prepare: cut validated readings into windows, split by group (never by row), normalise on train.
+
+Outputs (data/prepared/): train/val/test.npz (X [N, C, W] float32, y int64, group, recording),
+norm.json (per-channel mean/std fitted on train only, plus what export needs), split.json (report).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from edgedistill.errors import DataInvalid, ParamsInvalid
+from edgedistill.io import write_json
+from edgedistill.params import Params
+from edgedistill.readings import Segment, make_windows, read_readings, segments
+
+OUT_DIR = "data/prepared"
+SPLITS = ("train", "val", "test")
+
+
+def assign_splits(segs: list[Segment], df: pd.DataFrame, params: Params) -> dict[str, str]:
+    """Map each group (or recording, with a split column) to train/val/test."""
+    d, sp = params.data, params.prepare.split
+    if d.split_col in df.columns:
+        per_rec: dict[str, str] = {}
+        col = df[d.split_col].astype(str).to_numpy()
+        for seg in segs:
+            key = f"{seg.group}/{seg.recording}"
+            vals = set(col[seg.start : seg.start + seg.length])
+            if len(vals) != 1 or per_rec.get(key, next(iter(vals))) != next(iter(vals)):
+                raise DataInvalid(f"recording {key}: column '{d.split_col}' changes inside the recording {sorted(vals)}")
+            per_rec[key] = next(iter(vals))
+        return per_rec
+    groups = sorted({s.group for s in segs})
+    if sp.test_groups is not None or sp.val_groups is not None:
+        test, val = list(sp.test_groups or []), list(sp.val_groups or [])
+        unknown = sorted(set(test + val) - set(groups))
+        if unknown:
+            raise ParamsInvalid(f"prepare.split names groups that are not in the data: {unknown} (groups: {groups})")
+        both = sorted(set(test) & set(val))
+        if both:
+            raise ParamsInvalid(f"prepare.split: groups {both} are in both val_groups and test_groups")
+    else:
+        order = [groups[i] for i in np.random.default_rng(sp.seed).permutation(len(groups))]
+        n_test = max(1, round(sp.test_fraction * len(groups)))
+        n_val = max(1, round(sp.val_fraction * len(groups))) if sp.val_fraction > 0 else 0
+        test, val = order[:n_test], order[n_test : n_test + n_val]
+    table = {g: "test" if g in test else "val" if g in val else "train" for g in groups}
+    return {f"{s.group}/{s.recording}": table[s.group] for s in segs}
+
+
+def run(params: Params, readings: str | Path | None = None, out_dir: str | Path = OUT_DIR) -> dict[str, Any]:
+    d, pp = params.data, params.prepare
+    path = Path(readings or d.readings)
+    df = read_readings(path).reset_index(drop=True)
+    missing = [c for c in [d.group_col, d.label_col, *d.channels] if c not in df.columns]
+    if missing:
+        raise DataInvalid(f"{path}: missing columns {missing}", hint="Run `edgedistill validate` for the full report.")
+    segs = [s for s in segments(df, d) if s.label in d.labels]
+    split_of = assign_splits(segs, df, params)
+    by_split: dict[str, list[Segment]] = {k: [] for k in SPLITS}
+    for s in segs:
+        by_split[split_of[f"{s.group}/{s.recording}"]].append(s)
+    for name in SPLITS:
+        if not by_split[name]:
+            raise ParamsInvalid(f"split '{name}' is empty with the current prepare.split settings")
+
+    values = df[list(d.channels)].to_numpy(dtype=np.float64)
+    train_rows = np.concatenate([np.arange(s.start, s.start + s.length) for s in by_split["train"]])
+    mean = values[train_rows].mean(axis=0)
+    std = values[train_rows].std(axis=0)
+    std = np.where(std < 1e-8, 1.0, std)  # a constant channel must not become inf/NaN
+    normed = ((values - mean) / std).astype(np.float32)
+
+    label_index = {lab: i for i, lab in enumerate(d.labels)}
+    arrays: dict[str, dict[str, np.ndarray]] = {}
+    report: dict[str, Any] = {"window": pp.window, "splits": {}}
+    for name in SPLITS:
+        stride = pp.train_stride if name == "train" else pp.eval_stride
+        x, owners = make_windows(normed, by_split[name], pp.window, stride)
+        if len(x) == 0:
+            raise ParamsInvalid(f"split '{name}' has no complete window of {pp.window} readings (window > shortest recording?)")
+        y = np.array([label_index[o.label] for o in owners], dtype=np.int64)
+        arrays[name] = {
+            "X": x, "y": y,
+            "group": np.array([o.group for o in owners]),
+            "recording": np.array([f"{o.group}/{o.recording}" for o in owners]),
+        }
+        per_class = {lab: int((y == i).sum()) for lab, i in label_index.items()}
+        report["splits"][name] = {
+            "stride": stride,
+            "groups": sorted({o.group for o in owners}),
+            "recordings": len({f"{o.group}/{o.recording}" for o in owners}),
+            "windows": len(y),
+            "windows_per_class": per_class,
+        }
+    absent = [lab for lab, n in report["splits"]["train"]["windows_per_class"].items() if n == 0]
+    if absent:
+        raise DataInvalid(f"classes {absent} have no training windows; a model cannot learn them",
+                          hint="Add recordings of those classes to train groups or change prepare.split.")
+    norm = {
+        "channels": list(d.channels), "mean": mean.tolist(), "std": std.tolist(),
+        "labels": list(d.labels), "window": pp.window, "sample_rate_hz": d.sample_rate_hz,
+        "layout": "NCW",
+    }
+    _write_atomically(Path(out_dir), arrays, norm, report)
+    return report
+
+
+def _write_atomically(out_dir: Path, arrays: dict, norm: dict, report: dict) -> None:
+    """Build the whole output folder beside the old one, then swap, so a failure keeps the old outputs."""
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    old = out_dir.with_name(f".{out_dir.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, arr in arrays.items():
+        np.savez(tmp / f"{name}.npz", **arr)
+    write_json(tmp / "norm.json", norm)
+    write_json(tmp / "split.json", report)
+    shutil.rmtree(old, ignore_errors=True)
+    if out_dir.exists():
+        out_dir.rename(old)
+    tmp.rename(out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def main() -> None:
+    from edgedistill.cli import run_stage_main
+
+    run_stage_main("prepare", lambda p: run(p))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,310 @@
+"""validate: Great Expectations checks on the raw readings before anything is trained.
+
+Expectations are built from params: schema and dtypes, nulls/inf, value ranges, label set, time order
+inside each recording, recording length >= window, windows per class and class balance, and drift
+against a reference profile (the first accepted dataset). Writes reports/validation/result.json and
+GX Data Docs; raises DataInvalid naming every failed check, column and a few offending values.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from edgedistill.errors import DataInvalid
+from edgedistill.io import read_json, write_json
+from edgedistill.params import Params
+from edgedistill.readings import n_windows, read_readings, recording_keys, segments
+
+REPORT_DIR = "reports/validation"
+NUMERIC_TYPES = [
+    "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+    "float16", "float32", "float64", "Int8", "Int16", "Int32", "Int64", "Float32", "Float64",
+]  # fmt: skip
+SPLIT_VALUES = ["train", "val", "test"]
+
+
+@dataclass
+class Table:
+    """One frame validated by one GX suite; `index_cols` name the offending rows in the report."""
+
+    name: str
+    frame: pd.DataFrame
+    index_cols: list[str]
+    expectations: list[Any] = field(default_factory=list)
+
+
+def profile(df: pd.DataFrame, params: Params) -> dict[str, Any]:
+    """Summary used as the drift reference and printed by the CLI."""
+    d = params.data
+    chans = {}
+    for c in d.channels:
+        v = pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=np.float64)
+        v = v[np.isfinite(v)]
+        chans[c] = {"mean": float(v.mean()) if v.size else None, "std": float(v.std()) if v.size else None}
+    shares = df[d.label_col].astype(str).value_counts(normalize=True).sort_index()
+    return {
+        "rows": int(len(df)),
+        "recordings": int(recording_keys(df, d).nunique()),
+        "groups": int(df[d.group_col].nunique()),
+        "channels": chans,
+        "label_shares": {str(k): float(v) for k, v in shares.items()},
+    }
+
+
+def _exp(cls_name: str, check: str, **kwargs: Any) -> Any:
+    import great_expectations as gx
+
+    return getattr(gx.expectations, cls_name)(meta={"check": check}, **kwargs)
+
+
+def build_tables(df: pd.DataFrame, params: Params, reference: dict | None) -> tuple[list[Table], list[dict]]:
+    """Expectations per table; returns also the checks skipped because a prerequisite failed."""
+    d, v, w = params.data, params.validate_params, params.prepare.window
+    skipped: list[dict] = []
+    rec_col = [d.recording_col] if d.recording_col else []
+    required = [d.group_col, *rec_col, d.time_col, d.label_col, *d.channels]
+    readings = Table("readings", df, [])
+    ex = readings.expectations
+    for col in required:
+        ex.append(_exp("ExpectColumnToExist", f"required column '{col}' present", column=col))
+    present = set(df.columns)
+    numeric = {c for c in d.channels if c in present and pd.api.types.is_numeric_dtype(df[c])}
+    for c in d.channels:
+        if c not in present:
+            continue
+        ex.append(_exp("ExpectColumnValuesToBeInTypeList", f"channel '{c}' is numeric", column=c, type_list=NUMERIC_TYPES))
+        if c not in numeric:
+            skipped.append({"check": f"channel '{c}' values", "reason": f"column '{c}' is not numeric ({df[c].dtype})"})
+            continue
+        lo, hi = v.range_for(c)
+        ex.append(_exp("ExpectColumnValuesToNotBeNull", f"no missing values in '{c}'", column=c))
+        # inf falls outside any finite range, so this also catches +-inf
+        ex.append(_exp("ExpectColumnValuesToBeBetween", f"'{c}' within [{lo}, {hi}]", column=c, min_value=lo, max_value=hi))
+    for col in [d.group_col, *rec_col, d.time_col, d.label_col]:
+        if col in present:
+            ex.append(_exp("ExpectColumnValuesToNotBeNull", f"no missing values in '{col}'", column=col))
+    if d.label_col in present:
+        ex.append(_exp("ExpectColumnValuesToBeInSet", f"labels in the allowed set {d.labels}", column=d.label_col, value_set=list(d.labels)))
+    if d.split_col in present:
+        ex.append(_exp("ExpectColumnValuesToBeInSet", f"'{d.split_col}' in {SPLIT_VALUES}", column=d.split_col, value_set=SPLIT_VALUES))
+    if d.time_col in present and not (pd.api.types.is_numeric_dtype(df[d.time_col]) or pd.api.types.is_datetime64_any_dtype(df[d.time_col])):
+        ex.append(_exp("ExpectColumnValuesToBeInTypeList", f"time column '{d.time_col}' is numeric or datetime", column=d.time_col, type_list=[*NUMERIC_TYPES, "datetime64[ns]", "datetime64[us]"]))
+
+    tables = [readings]
+    key_cols = [d.group_col, *rec_col, d.time_col, d.label_col]
+    missing = [c for c in key_cols if c not in present]
+    time_ok = d.time_col in present and (pd.api.types.is_numeric_dtype(df[d.time_col]) or pd.api.types.is_datetime64_any_dtype(df[d.time_col]))
+    if missing or not time_ok:
+        why = f"columns missing: {missing}" if missing else f"time column '{d.time_col}' is not numeric/datetime"
+        skipped.append({"check": "time order, recording length, windows per class, drift", "reason": why})
+        return tables, skipped
+    clean = df.dropna(subset=key_cols)
+
+    keys = recording_keys(clean, d)
+    t = clean[d.time_col]
+    step = (t.diff() if not pd.api.types.is_datetime64_any_dtype(t) else t.diff().dt.total_seconds())
+    same = keys.eq(keys.shift())
+    order = pd.DataFrame({"recording": keys[same].to_numpy(), "row": clean.index[same].to_numpy(), "time_step": step[same].to_numpy(dtype=np.float64)})
+    tables.append(Table("time_order", order, ["recording", "row"], [
+        _exp("ExpectColumnValuesToBeBetween", f"'{d.time_col}' strictly increasing inside each recording", column="time_step", min_value=0, strict_min=True),
+    ]))
+
+    lengths = keys.value_counts(sort=False)
+    recs = pd.DataFrame({"recording": lengths.index.astype(str), "n_rows": lengths.to_numpy()})
+    tables.append(Table("recordings", recs, ["recording"], [
+        _exp("ExpectColumnValuesToBeBetween", f"every recording has >= window ({w}) readings", column="n_rows", min_value=w),
+    ]))
+
+    counts = dict.fromkeys(d.labels, 0)
+    for seg in segments(clean.reset_index(drop=True), d):
+        counts[seg.label] = counts.get(seg.label, 0) + n_windows(seg.length, w, params.prepare.eval_stride)
+    known = {k: n for k, n in counts.items() if k in d.labels}
+    most = max(known.values()) if known else 0
+    classes = pd.DataFrame({
+        "label": list(known), "n_windows": list(known.values()),
+        "imbalance": [most / n if n else float("inf") for n in known.values()],
+    })
+    tables.append(Table("classes", classes, ["label"], [
+        _exp("ExpectColumnValuesToBeBetween", f">= {v.min_windows_per_class} windows (stride {params.prepare.eval_stride}) per class", column="n_windows", min_value=v.min_windows_per_class),
+        _exp("ExpectColumnValuesToBeBetween", f"class balance: largest/smallest class <= {v.max_class_imbalance}", column="imbalance", max_value=v.max_class_imbalance),
+    ]))
+
+    if v.drift.enabled and reference is not None and numeric == set(d.channels):
+        tables.extend(_drift_tables(df, params, reference, skipped))
+    return tables, skipped
+
+
+def _drift_tables(df: pd.DataFrame, params: Params, ref: dict, skipped: list[dict]) -> list[Table]:
+    d, dv = params.data, params.validate_params.drift
+    ref_ch = ref.get("channels", {})
+    absent = [c for c in d.channels if c not in ref_ch]
+    if absent:
+        skipped.append({"check": "channel drift", "reason": f"reference {dv.reference} has no channels {absent}; refresh it with --update-reference"})
+        return []
+    cur = profile(df, params)
+    rows = []
+    for c in d.channels:
+        m, s = cur["channels"][c]["mean"], cur["channels"][c]["std"]
+        rm, rs = ref_ch[c]["mean"], ref_ch[c]["std"] or 1e-12
+        ratio = (s / rs) if s else float("inf")
+        rows.append({"channel": c, "mean_shift": abs(m - rm) / rs, "std_ratio": max(ratio, 1 / ratio if ratio else float("inf"))})
+    chan = pd.DataFrame(rows)
+    a, b = cur["label_shares"], ref.get("label_shares", {})
+    tv = 0.5 * sum(abs(a.get(k, 0.0) - b.get(k, 0.0)) for k in set(a) | set(b))
+    labels = pd.DataFrame({"what": ["label distribution"], "total_variation": [tv]})
+    return [
+        Table("drift_channels", chan, ["channel"], [
+            _exp("ExpectColumnValuesToBeBetween", f"channel mean within {dv.max_mean_shift} reference std of the reference mean", column="mean_shift", max_value=dv.max_mean_shift),
+            _exp("ExpectColumnValuesToBeBetween", f"channel std within x{dv.max_std_ratio} of the reference std", column="std_ratio", max_value=dv.max_std_ratio),
+        ]),
+        Table("drift_labels", labels, ["what"], [
+            _exp("ExpectColumnValuesToBeBetween", f"label distribution total variation <= {dv.max_label_tv} vs reference", column="total_variation", max_value=dv.max_label_tv),
+        ]),
+    ]
+
+
+def run_gx(tables: list[Table], docs_dir: Path, examples: int) -> list[dict]:
+    """Run one GX suite per table on an ephemeral context and render Data Docs; returns check results."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    ctx = gx.get_context(mode="ephemeral")
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
+    if docs_dir.exists():
+        shutil.rmtree(docs_dir)
+    ctx.add_data_docs_site(site_name="local", site_config={
+        "class_name": "SiteBuilder",
+        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir.resolve())},
+    })
+    source = ctx.data_sources.add_pandas("edgedistill")
+    checks = []
+    for table in tables:
+        batch = source.add_dataframe_asset(table.name).add_batch_definition_whole_dataframe("all")
+        suite = ctx.suites.add(gx.ExpectationSuite(name=table.name))
+        for e in table.expectations:
+            suite.add_expectation(e)
+        vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=table.name, data=batch, suite=suite))
+        result_format: dict[str, Any] = {"result_format": "SUMMARY", "partial_unexpected_count": examples}
+        if table.index_cols:
+            result_format["unexpected_index_column_names"] = table.index_cols
+        res = vd.run(batch_parameters={"dataframe": table.frame}, result_format=result_format)
+        for r in res.results:
+            checks.append(_check_record(table.name, r, examples))
+    ctx.build_data_docs(site_names=["local"])
+    return checks
+
+
+def _check_record(table: str, r: Any, examples: int) -> dict:
+    cfg = r.expectation_config
+    res = r.result or {}
+    rec: dict[str, Any] = {
+        "table": table,
+        "check": (cfg.meta or {}).get("check", cfg.type),
+        "expectation": cfg.type,
+        "column": cfg.kwargs.get("column"),
+        "success": bool(r.success),
+    }
+    if "observed_value" in res:
+        rec["observed"] = _plain(res["observed_value"])
+    if res.get("unexpected_count"):
+        rec["unexpected_count"] = int(res["unexpected_count"])
+        rec["unexpected_percent"] = round(float(res.get("unexpected_percent") or 0.0), 4)
+        rec["examples"] = [_plain(x) for x in (res.get("partial_unexpected_list") or [])[:examples]]
+        idx = res.get("partial_unexpected_index_list") or []
+        if idx:
+            rec["where"] = [_plain(x) for x in idx[:examples]]
+    if r.exception_info and r.exception_info.get("raised_exception"):
+        rec["error"] = str(r.exception_info.get("exception_message"))[:300]
+    return rec
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        x = float(x)
+        return x if np.isfinite(x) else str(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    return x if isinstance(x, (str, int, bool, type(None))) else str(x)
+
+
+def describe_failure(c: dict) -> str:
+    col = f" column '{c['column']}'" if c.get("column") else ""
+    parts = [f"[{c['table']}] {c['check']} ({c['expectation']}{col})"]
+    if c.get("unexpected_count"):
+        parts.append(f"{c['unexpected_count']} bad value(s), e.g. {c.get('examples')}")
+        if c.get("where"):
+            parts.append(f"at {c['where']}")
+    elif "observed" in c:
+        parts.append(f"observed {c['observed']}")
+    if c.get("error"):
+        parts.append(c["error"])
+    return ": ".join(parts[:1]) + (" — " + "; ".join(parts[1:]) if len(parts) > 1 else "")
+
+
+def run(params: Params, readings: str | Path | None = None, report_dir: str | Path = REPORT_DIR,
+        update_reference: bool = False) -> dict:
+    """Validate the readings; write the report; raise DataInvalid listing each failure."""
+    path = Path(readings or params.data.readings)
+    report_dir = Path(report_dir)
+    df = read_readings(path)
+    ref_path = Path(params.validate_params.drift.reference)
+    reference = None
+    if params.validate_params.drift.enabled and ref_path.is_file() and not update_reference:
+        try:
+            reference = read_json(ref_path)
+        except ValueError as e:
+            raise DataInvalid(f"{ref_path}: drift reference is not valid JSON ({e})",
+                              hint="Delete it or run `edgedistill validate --update-reference`.") from None
+    tables, skipped = build_tables(df, params, reference)
+    checks = run_gx(tables, report_dir / "data_docs", params.validate_params.examples)
+    failed = [c for c in checks if not c["success"]]
+    ok = not failed and not skipped
+    report: dict[str, Any] = {
+        "success": ok,
+        "file": str(path),
+        "summary": profile(df, params) if ok else {"rows": int(len(df)), "columns": [str(c) for c in df.columns]},
+        "checks_run": len(checks),
+        "checks_failed": len(failed),
+        "failures": failed,
+        "skipped": skipped,
+        "drift_reference": str(ref_path) if reference is not None else None,
+        "data_docs": str(report_dir / "data_docs" / "index.html"),
+        "checks": checks,
+    }
+    if ok and params.validate_params.drift.enabled and (reference is None):
+        write_json(ref_path, {"source": str(path), **report["summary"]})
+        report["drift_reference"] = f"{ref_path} (created from this dataset)"
+    write_json(report_dir / "result.json", report)
+    if not ok:
+        lines = [describe_failure(c) for c in failed] + [f"[skipped] {s['check']}: {s['reason']}" for s in skipped]
+        raise DataInvalid(
+            f"{path}: {len(failed)} of {len(checks)} checks failed"
+            + (f", {len(skipped)} skipped" if skipped else "") + ":\n  - " + "\n  - ".join(lines),
+            hint=f"See {report_dir / 'result.json'} and {report['data_docs']}.",
+        )
+    return report
+
+
+def main() -> None:
+    from edgedistill.cli import run_stage_main
+
+    run_stage_main("validate", lambda p: run(p))
+
+
+if __name__ == "__main__":
+    main()

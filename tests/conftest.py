@@ -1,0 +1,107 @@
+"""Shared fixtures: small real inputs cut from the bundled smartwatch data, params pointing into tmp."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from edgedistill.params import Params, parse_params
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+
+
+@functools.lru_cache(maxsize=1)
+def bundled_readings() -> pd.DataFrame:
+    from tasks.ingest import bundled_dataset_path, load_watch_dataset
+
+    return load_watch_dataset(bundled_dataset_path())
+
+
+def small_readings(subjects: int = 5, rows_per_recording: int = 400) -> pd.DataFrame:
+    """The first `rows_per_recording` readings of every recording of the first `subjects` subjects."""
+    df = bundled_readings()
+    keep = sorted(df["subject"].unique())[:subjects]
+    df = df[df["subject"].isin(keep)]
+    df = df.groupby("recording", sort=False).head(rows_per_recording)
+    return df.reset_index(drop=True).copy()
+
+
+def base_params_dict() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def merge(d: dict, overrides: dict) -> dict:
+    out = copy.deepcopy(d)
+    for k, v in overrides.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+SMALL = {
+    "validate": {"min_windows_per_class": 5},
+    "prepare": {"window": 64, "train_stride": 32, "eval_stride": 64,
+                "split": {"val_fraction": 0.2, "test_fraction": 0.2, "seed": 0}},
+}
+
+
+def make_params(overrides: dict | None = None, small: bool = True) -> Params:
+    raw = base_params_dict()
+    if small:
+        raw = merge(raw, SMALL)
+    return parse_params(merge(raw, overrides or {}))
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    """A project-like working dir: relative outputs (reports/, data/) land in tmp."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "raw").mkdir(parents=True)
+    return tmp_path
+
+
+@pytest.fixture
+def readings_file(workdir) -> Path:
+    path = workdir / "data" / "raw" / "readings.parquet"
+    small_readings().to_parquet(path, index=False)
+    return path
+
+
+def write_readings(df: pd.DataFrame, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".csv":
+        df.to_csv(path, index=False)
+    else:
+        df.to_parquet(path, index=False)
+    return path
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def copy_repo_skeleton(dest: Path) -> Path:
+    """Copy the tracked project files (no data, no venv) into dest, for DVC/CLI end-to-end tests."""
+    for name in ["params.yaml", "dvc.yaml", "pyproject.toml"]:
+        shutil.copy(REPO / name, dest / name)
+    for folder in ["tasks", "edgedistill", "flows"]:
+        if (REPO / folder).exists():
+            shutil.copytree(REPO / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+__all__ = ["np", "pd", "make_params", "small_readings", "write_readings", "tree_hashes", "REPO"]

@@ -1,0 +1,97 @@
+"""prepare stage: group split (no leakage), train-only normalisation, atomic outputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import make_params, small_readings, tree_hashes, write_readings
+
+from edgedistill.errors import DataInvalid, ParamsInvalid
+from tasks import prepare
+
+
+def load(workdir, split):
+    with np.load(workdir / "data/prepared" / f"{split}.npz") as z:
+        return {k: z[k] for k in z.files}
+
+
+def test_group_split_has_no_leakage_and_expected_shapes(readings_file, workdir):
+    report = prepare.run(make_params())
+    splits = {s: load(workdir, s) for s in ("train", "val", "test")}
+    groups = {s: set(a["group"]) for s, a in splits.items()}
+    assert not groups["train"] & groups["val"] and not groups["train"] & groups["test"]
+    assert not groups["val"] & groups["test"]
+    assert sum(len(g) for g in groups.values()) == 5
+    for s, a in splits.items():
+        assert a["X"].shape[1:] == (6, 64) and a["X"].dtype == np.float32
+        assert len(a["y"]) == report["splits"][s]["windows"]
+    # normalisation fitted on train only: train readings ~N(0,1) per channel
+    xt = splits["train"]["X"]
+    assert np.allclose(xt.mean(axis=(0, 2)), 0, atol=0.15)
+    norm = json.loads((workdir / "data/prepared/norm.json").read_text())
+    raw = small_readings()
+    train_raw = raw[raw["subject"].isin(groups["train"])]
+    assert np.allclose(norm["mean"], train_raw[norm["channels"]].mean().to_numpy(), atol=1e-4)
+    assert norm["labels"] == ["PEN", "ABD", "FEL", "IR", "ER", "TRAP", "ROW"]
+    split_report = json.loads((workdir / "data/prepared/split.json").read_text())
+    assert split_report["splits"]["test"]["groups"] == sorted(groups["test"])
+
+
+def test_windows_never_cross_recordings_or_labels(readings_file, workdir):
+    prepare.run(make_params())
+    train = load(workdir, "train")
+    df = small_readings()
+    # every window must equal a contiguous slice of exactly one recording (after normalisation)
+    norm = json.loads((workdir / "data/prepared/norm.json").read_text())
+    rec0 = train["recording"][0]
+    subj, rec = rec0.split("/")
+    rows = df[df["recording"] == int(rec)][norm["channels"]].to_numpy()
+    x0 = train["X"][0] * np.array(norm["std"])[:, None] + np.array(norm["mean"])[:, None]
+    assert np.allclose(x0.T, rows[:64], atol=1e-4)
+
+
+def test_explicit_groups_and_split_column(readings_file, workdir):
+    prepare.run(make_params({"prepare": {"split": {"test_groups": ["S01"], "val_groups": ["S02"]}}}))
+    assert set(load(workdir, "test")["group"]) == {"S01"}
+    assert set(load(workdir, "val")["group"]) == {"S02"}
+
+    df = small_readings()
+    df["split"] = np.where(df["subject"] == "S03", "test", np.where(df["subject"] == "S04", "val", "train"))
+    write_readings(df, readings_file)
+    prepare.run(make_params())
+    assert set(load(workdir, "test")["group"]) == {"S03"}
+
+
+def test_unknown_group_and_empty_split_are_params_errors(readings_file, workdir):
+    with pytest.raises(ParamsInvalid, match=r"S99"):
+        prepare.run(make_params({"prepare": {"split": {"test_groups": ["S99"]}}}))
+    everyone = [f"S0{i}" for i in range(1, 6)]
+    with pytest.raises(ParamsInvalid, match="split 'train' is empty"):
+        prepare.run(make_params({"prepare": {"split": {"test_groups": everyone[:3], "val_groups": everyone[3:]}}}))
+
+
+def test_window_longer_than_recordings(readings_file, workdir):
+    with pytest.raises(ParamsInvalid, match="no complete window of 500"):
+        prepare.run(make_params({"prepare": {"window": 500}}))
+
+
+def test_failure_keeps_previous_good_outputs(readings_file, workdir):
+    prepare.run(make_params())
+    before = tree_hashes(workdir / "data/prepared")
+    bad = small_readings().drop(columns=["acc_x"])
+    write_readings(bad, readings_file)
+    with pytest.raises(DataInvalid, match="acc_x"):
+        prepare.run(make_params())
+    assert tree_hashes(workdir / "data/prepared") == before
+
+
+def test_class_absent_from_train(readings_file, workdir):
+    df = small_readings()
+    df = df[~((df["label"] == "ROW") & ~df["subject"].isin(["S01"]))]
+    write_readings(df, readings_file)
+    with pytest.raises(DataInvalid, match=r"\['ROW'\] have no training windows"):
+        prepare.run(make_params({"prepare": {"split": {"test_groups": ["S01"], "val_groups": ["S02"]}}}))
+    assert isinstance(df, pd.DataFrame)
