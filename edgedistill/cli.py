@@ -157,9 +157,9 @@ def run(
     force: Annotated[bool, typer.Option(help="re-run stages even when DVC sees no change")] = False,
 ) -> None:
     """Run the pipeline through DVC (unchanged stages are skipped)."""
-    from edgedistill.pipeline import PIPELINE, reproduce
+    from edgedistill.pipeline import pipeline_stages, reproduce
 
-    guarded(lambda: reproduce(stages or PIPELINE, force=force, console=console))
+    guarded(lambda: reproduce(stages or pipeline_stages(), force=force, console=console))
 
 
 @app.command("check-params")
@@ -167,6 +167,10 @@ def check_params() -> None:
     """Validate params.yaml and exit."""
     guarded(params)
     console.print(f"[green]✓[/] {_state['params']} is valid")
+
+
+# Command groups living in their own modules register themselves on `app` when imported here.
+# (one import line per module; keep this list at the bottom, after `app` exists)
 
 
 def main() -> None:  # pragma: no cover

@@ -11,7 +11,13 @@ from rich.console import Console
 
 from edgedistill.errors import EdgeDistillError, ParamsInvalid
 
-PIPELINE = ["ingest", "validate", "prepare"]
+
+
+def pipeline_stages(root: str | Path = ".") -> list[str]:
+    """Stage names in dvc.yaml order (dvc.yaml is the one map of the pipeline)."""
+    import yaml
+
+    return list((yaml.safe_load((Path(root) / "dvc.yaml").read_text()) or {}).get("stages", {}))
 
 
 class StageFailed(EdgeDistillError):
@@ -42,11 +48,12 @@ def reproduce_stage(stage: str, force: bool = False, root: str | Path = ".") -> 
 def reproduce(stages: list[str], force: bool = False, console: Console | None = None,
               root: str | Path = ".") -> list[StageRun]:
     console = console or Console()
-    unknown = [s for s in stages if s not in PIPELINE]
+    order = pipeline_stages(root)
+    unknown = [s for s in stages if s not in order]
     if unknown:
-        raise ParamsInvalid(f"unknown stage(s) {unknown}; the pipeline is {PIPELINE}")
+        raise ParamsInvalid(f"unknown stage(s) {unknown}; the pipeline is {order}")
     runs = []
-    for stage in [s for s in PIPELINE if s in stages]:
+    for stage in [s for s in order if s in stages]:
         console.rule(f"[bold]{stage}")
         r = reproduce_stage(stage, force=force, root=root)
         console.print(f"{stage}: {'ran' if r.ran else 'unchanged, skipped'} ({r.seconds:.1f}s)")

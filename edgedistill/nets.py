@@ -1,0 +1,135 @@
+"""Networks: a 1D ResNet teacher and a depthwise-separable 1D CNN student sized for microcontrollers.
+
+Both take [batch, channels, window] float32 (normalised) and return logits [batch, classes].
+`build_model(kind, config, in_channels, n_classes)` rebuilds either from a checkpoint's config.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class ResBlock1d(nn.Module):
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int):
+        super().__init__()
+        pad = kernel // 2
+        self.body = nn.Sequential(
+            nn.Conv1d(c_in, c_out, kernel, stride=stride, padding=pad, bias=False),
+            nn.BatchNorm1d(c_out),
+            nn.ReLU(inplace=True),
+            nn.Conv1d(c_out, c_out, kernel, padding=pad, bias=False),
+            nn.BatchNorm1d(c_out),
+        )
+        self.skip = (
+            nn.Identity() if c_in == c_out and stride == 1
+            else nn.Sequential(nn.Conv1d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm1d(c_out))
+        )
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.body(x) + self.skip(x))
+
+
+class ResNet1d(nn.Module):
+    """Teacher: stem conv, residual blocks (stride 2 after the first, to keep CPU cost low), GAP, linear."""
+
+    def __init__(self, in_channels: int, n_classes: int, widths: list[int], kernel: int = 7,
+                 dropout: float = 0.1):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv1d(in_channels, widths[0], kernel, padding=kernel // 2, bias=False),
+            nn.BatchNorm1d(widths[0]),
+            nn.ReLU(inplace=True),
+        )
+        blocks = []
+        c = widths[0]
+        for i, w in enumerate(widths):
+            blocks.append(ResBlock1d(c, w, kernel, stride=1 if i == 0 else 2))
+            c = w
+        self.blocks = nn.Sequential(*blocks)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(c, n_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)).mean(dim=-1))
+
+
+class DSConv1d(nn.Module):
+    """Depthwise conv (one filter per channel) then pointwise 1x1 conv: ~k/c_out of a full conv's cost."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, stride: int):
+        super().__init__()
+        self.dw = nn.Conv1d(c_in, c_in, kernel, stride=stride, padding=kernel // 2, groups=c_in, bias=False)
+        self.bn1 = nn.BatchNorm1d(c_in)
+        self.pw = nn.Conv1d(c_in, c_out, 1, bias=False)
+        self.bn2 = nn.BatchNorm1d(c_out)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.bn2(self.pw(self.act(self.bn1(self.dw(x))))))
+
+
+class DSCNN1d(nn.Module):
+    """Student: strided stem conv, depthwise-separable blocks, GAP, linear. ~3-5k parameters by default."""
+
+    def __init__(self, in_channels: int, n_classes: int, widths: list[int], kernel: int = 5,
+                 stem_stride: int = 2, dropout: float = 0.0):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv1d(in_channels, widths[0], kernel, stride=stem_stride, padding=kernel // 2, bias=False),
+            nn.BatchNorm1d(widths[0]),
+            nn.ReLU(inplace=True),
+        )
+        layers = []
+        c = widths[0]
+        for i, w in enumerate(widths[1:]):
+            layers.append(DSConv1d(c, w, kernel, stride=2 if i < 2 else 1))
+            c = w
+        self.blocks = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(c, n_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(x)).mean(dim=-1))
+
+
+ARCHS = {"resnet1d": ResNet1d, "dscnn1d": DSCNN1d}
+
+
+def build_model(arch: str, config: dict[str, Any], in_channels: int, n_classes: int) -> nn.Module:
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHS)}")
+    return ARCHS[arch](in_channels=in_channels, n_classes=n_classes, **config)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, in_channels: int, window: int) -> int:
+    """Multiply-accumulates of one forward pass on one window (conv and linear layers)."""
+    macs = 0
+
+    def conv_hook(m: nn.Conv1d, _inp: Any, out: torch.Tensor) -> None:
+        nonlocal macs
+        macs += out.numel() // out.shape[0] * (m.in_channels // m.groups) * m.kernel_size[0]
+
+    def linear_hook(m: nn.Linear, _inp: Any, out: torch.Tensor) -> None:
+        nonlocal macs
+        macs += out.numel() // out.shape[0] * m.in_features
+
+    handles = []
+    for m in model.modules():
+        if isinstance(m, nn.Conv1d):
+            handles.append(m.register_forward_hook(conv_hook))
+        elif isinstance(m, nn.Linear):
+            handles.append(m.register_forward_hook(linear_hook))
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, in_channels, window))
+    model.train(was_training)
+    for h in handles:
+        h.remove()
+    return int(macs)
