@@ -171,6 +171,7 @@ def check_params() -> None:
 
 # Command groups living in their own modules register themselves on `app` when imported here.
 # (one import line per module; keep this list at the bottom, after `app` exists)
+import edgedistill.cli_data  # noqa: E402,F401  (edgedistill data add|log|diff|checkout)
 
 
 def main() -> None:  # pragma: no cover

@@ -1,0 +1,760 @@
+"""Dataset versions of the tracked readings file (`data.readings`): add new data only after it passes
+validation, list versions with the releases trained on them, diff two versions, restore an old one."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from edgedistill.errors import DataInvalid, EdgeDistillError, StoreUnreachable
+from edgedistill.io import atomic_path, read_json
+from edgedistill.params import Params
+from edgedistill.readings import read_readings, recording_keys
+
+# The candidate's GX report goes here, not to reports/validation/: that folder belongs to the
+# `validate` stage and describes the tracked data, which a rejected candidate must not replace.
+ADD_REPORT_DIR = "reports/data_add"
+NO_RELEASE = "—"
+
+
+class DataVersionError(EdgeDistillError):
+    """The request does not fit the dataset history or workspace (unknown version, uncommitted changes...)."""
+
+    hint = "List the dataset versions with `edgedistill data log`."
+
+
+# ---------------------------------------------------------------- git and paths
+
+def git(root: Path, *args: str, check: bool = True) -> str:
+    try:
+        r = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=120)
+    except FileNotFoundError:
+        raise DataVersionError("git is not installed", hint="Install git; dataset versions live in git history.") from None
+    if check and r.returncode != 0:
+        raise DataVersionError(f"git {' '.join(args[:2])} failed: {(r.stderr or r.stdout).strip()[:300]}")
+    return r.stdout
+
+
+def _git_show(root: Path, rev: str, path: str) -> str | None:
+    r = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=root, capture_output=True, text=True)
+    return r.stdout if r.returncode == 0 else None
+
+
+@dataclass(frozen=True)
+class Tracked:
+    """The readings file as DVC and git see it: paths relative to the project root (POSIX)."""
+
+    root: Path
+    path: str
+
+    @property
+    def dvcfile(self) -> str:
+        return self.path + ".dvc"
+
+    @property
+    def abs(self) -> Path:
+        return self.root / self.path
+
+    @property
+    def abs_dvcfile(self) -> Path:
+        return self.root / self.dvcfile
+
+
+def project_root(root: str | Path = ".") -> Path:
+    """The git + DVC project root; commands must run from there (params paths are relative to it)."""
+    root = Path(root).resolve()
+    r = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise DataVersionError(f"{root} is not inside a git repository",
+                               hint="Dataset versions are git commits: run `git init && dvc init` first.")
+    top = Path(r.stdout.strip()).resolve()
+    if top != root:
+        raise DataVersionError(f"run this from the project root {top}, not {root}",
+                               hint="Paths in params.yaml are relative to the project root.")
+    if not (root / ".dvc").is_dir():
+        raise DataVersionError(f"{root} is not a DVC project (no .dvc/ folder)", hint="Run `dvc init` first.")
+    return root
+
+
+def tracked_file(root: Path, readings: str | Path) -> Tracked:
+    p = Path(readings)
+    full = (p if p.is_absolute() else root / p).resolve()
+    try:
+        rel = full.relative_to(root)
+    except ValueError:
+        raise DataVersionError(f"{readings}: the readings file must be inside the project {root}",
+                               hint="Set data.readings to a path under the project (e.g. data/user/readings.parquet).") from None
+    return Tracked(root, rel.as_posix())
+
+
+def md5_file(path: Path) -> str:
+    """DVC 3 hashes a file as the md5 of its bytes, so this matches what .dvc files record."""
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- what a commit records for the data
+
+def _md5_in_dvcfile(text: str | None) -> tuple[str, int | None] | None:
+    try:
+        outs = (yaml.safe_load(text) or {}).get("outs") if text else None
+    except yaml.YAMLError:
+        return None
+    if not outs or not isinstance(outs[0], dict) or "md5" not in outs[0]:
+        return None
+    return str(outs[0]["md5"]), outs[0].get("size")
+
+
+def _md5s_in_lock(text: str | None, path: str) -> dict[str, list[str]]:
+    """md5 recorded for `path` in a dvc.lock, split by role ('outs' / 'deps')."""
+    found: dict[str, list[str]] = {"outs": [], "deps": []}
+    try:
+        lock = yaml.safe_load(text) if text else None
+    except yaml.YAMLError:
+        return found
+    want = os.path.normpath(path)
+    for stage in ((lock or {}).get("stages") or {}).values():
+        for role in ("outs", "deps"):
+            for entry in stage.get(role) or []:
+                if isinstance(entry, dict) and os.path.normpath(str(entry.get("path", ""))) == want and "md5" in entry:
+                    found[role].append(str(entry["md5"]))
+    return found
+
+
+def recorded_at(t: Tracked, rev: str) -> tuple[str, int | None] | None:
+    """(md5, size) of the data at a commit: its .dvc file, else the stage output in dvc.lock."""
+    rec = _md5_in_dvcfile(_git_show(t.root, rev, t.dvcfile))
+    if rec:
+        return rec
+    outs = _md5s_in_lock(_git_show(t.root, rev, "dvc.lock"), t.path)["outs"]
+    return (outs[0], None) if outs else None
+
+
+def release_md5s(t: Tracked, rev: str) -> set[str]:
+    """The data a release at `rev` was built from: dvc.lock (what the stages ran on), else the .dvc file."""
+    lock = _md5s_in_lock(_git_show(t.root, rev, "dvc.lock"), t.path)
+    if lock["deps"] or lock["outs"]:
+        return set(lock["deps"] + lock["outs"])
+    rec = _md5_in_dvcfile(_git_show(t.root, rev, t.dvcfile))
+    return {rec[0]} if rec else set()
+
+
+def releases(t: Tracked) -> dict[str, list[str]]:
+    """md5 -> registered GTO versions (`<model>@vX.Y.Z`, not deregistered) whose commit used that data."""
+    from gto.constants import ACTION, NAME, VERSION, Action
+    from gto.tag import parse_name
+
+    refs = git(t.root, "for-each-ref", "refs/tags", "--format=%(refname:short)%09%(objectname)%09%(*objectname)")
+    registered: dict[tuple[str, str], str] = {}
+    cancelled: set[tuple[str, str]] = set()
+    for line in refs.splitlines():
+        name, obj, peeled = (line.split("\t") + ["", ""])[:3]
+        parsed = parse_name(name, raise_on_fail=False)
+        if not parsed or VERSION not in parsed:
+            continue
+        key = (parsed[NAME], parsed[VERSION])
+        if parsed[ACTION] == Action.DEREGISTER:
+            cancelled.add(key)
+        elif parsed[ACTION] == Action.REGISTER:
+            registered[key] = peeled or obj
+    out: dict[str, list[str]] = {}
+    for (name, version), commit in sorted(registered.items()):
+        if (name, version) in cancelled:
+            continue
+        for md5 in release_md5s(t, commit):
+            out.setdefault(md5, []).append(f"{name}@{version}")
+    return out
+
+
+# ---------------------------------------------------------------- versions
+
+@dataclass
+class Version:
+    commit: str
+    short: str
+    date: str
+    message: str
+    md5: str
+    size: int | None = None
+    releases: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.short} (md5 {self.md5[:8]})"
+
+
+def versions(t: Tracked) -> list[Version]:
+    """Commits that changed the recorded data md5 (via the .dvc file or dvc.lock), newest first."""
+    log = git(t.root, "log", "--reverse", "--topo-order", "--format=%H%x1f%h%x1f%cI%x1f%s", "--",
+              t.dvcfile, "dvc.lock", check=False)
+    found: list[Version] = []
+    prev = None
+    for line in log.splitlines():
+        commit, short, date, message = line.split("\x1f", 3)
+        rec = recorded_at(t, commit)
+        if rec and rec[0] != prev:
+            found.append(Version(commit, short, date, message, rec[0], rec[1]))
+        prev = rec[0] if rec else None
+    found.reverse()
+    used = releases(t) if found else {}
+    for v in found:
+        v.releases = used.get(v.md5, [])
+    return found
+
+
+def resolve(t: Tracked, ref: str, known: list[Version] | None = None) -> Version:
+    """A version by commit prefix, data md5 prefix, or any git revision (HEAD~1, a tag, a branch)."""
+    known = versions(t) if known is None else known
+    ref = ref.strip()
+    if re.fullmatch(r"[0-9a-fA-F]{4,40}", ref):
+        low = ref.lower()
+        by_commit = [v for v in known if v.commit.startswith(low)]
+        by_md5 = [v for v in known if v.md5.startswith(low)] if not by_commit else []
+        hits = {v.commit: v for v in by_commit or by_md5}
+        if len(hits) == 1:
+            return next(iter(hits.values()))
+        if len(hits) > 1:
+            raise DataVersionError(f"version {ref!r} is ambiguous: matches {', '.join(v.label for v in hits.values())}",
+                                   hint="Give more characters of the commit or md5.")
+    r = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], cwd=t.root,
+                       capture_output=True, text=True)
+    if r.returncode == 0 and ref and not ref.startswith("-"):
+        commit = r.stdout.strip()
+        rec = recorded_at(t, commit)
+        if rec:
+            # a later commit that left the data alone still names the version that introduced it
+            for v in known:
+                if v.md5 == rec[0]:
+                    return v
+    listed = ", ".join(v.short for v in known[:8]) or "none yet"
+    raise DataVersionError(f"unknown dataset version {ref!r} for {t.path} (versions: {listed})",
+                           hint="List them with `edgedistill data log`; a version is a commit, an md5 prefix or a git ref.")
+
+
+# ---------------------------------------------------------------- reading a version's bytes
+
+def _open_repo(root: Path):
+    from dvc.repo import Repo
+
+    repo = Repo(str(root))
+    repo.scm_context.quiet = True  # we stage and commit ourselves; DVC's "git add ..." advice is noise
+    return repo
+
+
+def default_remote(root: Path) -> str | None:
+    with _open_repo(root) as repo:
+        return repo.config["core"].get("remote")
+
+
+def _cached_object(root: Path, t: Tracked, md5: str, rev: str | None) -> Path:
+    """Path of the data object in the local DVC cache, fetching it from the remote when missing."""
+    from dvc.exceptions import DvcException
+
+    with _open_repo(root) as repo:
+        odb = repo.cache.local
+        if not odb.exists(md5):
+            if not repo.config["core"].get("remote"):
+                raise DataVersionError(f"the data of {t.path} at md5 {md5[:8]} is not in the local DVC cache "
+                                       "and no default DVC remote is configured",
+                                       hint="Configure the remote that holds it (`dvc remote add -d ...`).")
+            try:
+                if rev is None:
+                    repo.fetch(targets=[t.path])
+                else:
+                    repo.fetch(targets=[t.path], revs=[rev], workspace=False)
+            except Exception as e:  # network and auth errors come in many types
+                raise StoreUnreachable(f"fetching {t.path} (md5 {md5[:8]}) from the DVC remote failed: {e}") from None
+            if not odb.exists(md5):
+                raise DataVersionError(f"the DVC remote has no data for {t.path} at md5 {md5[:8]}",
+                                       hint="It was never pushed: run `dvc push` where it was added.")
+        try:
+            return Path(odb.oid_to_path(md5))
+        except DvcException as e:  # pragma: no cover - oid_to_path only fails on malformed ids
+            raise DataVersionError(f"bad md5 {md5!r}: {e}") from None
+
+
+@contextlib.contextmanager
+def version_file(t: Tracked, md5: str, rev: str | None = None) -> Iterator[Path]:
+    """A temp file with the version's bytes under the tracked file's name (readers dispatch on suffix)."""
+    obj = _cached_object(t.root, t, md5, rev)
+    with tempfile.TemporaryDirectory(prefix="edgedistill-version-") as tmp:
+        dest = Path(tmp) / Path(t.path).name
+        try:
+            os.link(obj, dest)
+        except OSError:
+            shutil.copyfile(obj, dest)
+        yield dest
+
+
+def load_version(t: Tracked, v: Version) -> pd.DataFrame:
+    with version_file(t, v.md5, v.commit) as f:
+        return read_readings(f)
+
+
+# ---------------------------------------------------------------- statistics and diff
+
+def summarize(df: pd.DataFrame, params: Params) -> dict[str, Any]:
+    """rows, recordings, groups, classes and per-class counts (the numbers `data log` shows)."""
+    from tasks.validate import profile
+
+    d = params.data
+    prof = profile(df, params)
+    per = (pd.DataFrame({"label": df[d.label_col].astype(str), "rec": recording_keys(df, d)})
+           .groupby("label", sort=True).agg(rows=("rec", "size"), recordings=("rec", "nunique")))
+    return {
+        "rows": prof["rows"], "recordings": prof["recordings"], "groups": prof["groups"],
+        "classes": int(len(per)),
+        "group_names": sorted(df[d.group_col].astype(str).unique().tolist()),
+        "per_class": {str(k): {"rows": int(r.rows), "recordings": int(r.recordings)} for k, r in per.iterrows()},
+        "channels": prof["channels"],
+        "label_shares": prof["label_shares"],
+    }
+
+
+def _try_summarize(t: Tracked, v: Version, params: Params) -> dict[str, Any] | None:
+    try:
+        return summarize(load_version(t, v), params)
+    except (KeyError, ValueError, TypeError):
+        return None  # an old version whose columns no longer match data.* params
+
+
+def log(params: Params, root: str | Path = ".") -> dict[str, Any]:
+    """Every dataset version, newest first, with its statistics and the releases trained on it."""
+    root = project_root(root)
+    t = tracked_file(root, params.data.readings)
+    found = versions(t)
+    current = md5_file(t.abs) if t.abs.is_file() else None
+    rows = []
+    for v in found:
+        stats = _try_summarize(t, v, params)
+        rows.append({
+            "version": v.short, "commit": v.commit, "date": v.date, "md5": v.md5, "size": v.size,
+            "message": v.message, "in_workspace": v.md5 == current,
+            "rows": stats["rows"] if stats else None, "recordings": stats["recordings"] if stats else None,
+            "groups": stats["groups"] if stats else None, "classes": stats["classes"] if stats else None,
+            "releases": v.releases,
+        })
+    return {"file": t.path, "versions": rows}
+
+
+def compare(a: pd.DataFrame, b: pd.DataFrame, params: Params) -> dict[str, Any]:
+    """What changed from table a to table b; drift uses the validate stage's measures and thresholds."""
+    d, dv = params.data, params.validate_params.drift
+    sa, sb = summarize(a, params), summarize(b, params)
+    ga, gb = set(a[d.group_col].astype(str)), set(b[d.group_col].astype(str))
+    ra, rb = set(recording_keys(a, d)), set(recording_keys(b, d))
+    classes = {}
+    for lab in sorted(set(sa["per_class"]) | set(sb["per_class"])):
+        ca = sa["per_class"].get(lab, {"rows": 0, "recordings": 0})
+        cb = sb["per_class"].get(lab, {"rows": 0, "recordings": 0})
+        classes[lab] = {"rows_a": ca["rows"], "rows_b": cb["rows"], "rows_change": cb["rows"] - ca["rows"],
+                        "recordings_a": ca["recordings"], "recordings_b": cb["recordings"]}
+    channels, reasons = {}, []
+    for c in d.channels:
+        ma, sda = sa["channels"][c]["mean"], sa["channels"][c]["std"]
+        mb, sdb = sb["channels"][c]["mean"], sb["channels"][c]["std"]
+        if None in (ma, sda, mb, sdb):
+            channels[c] = {"mean_a": ma, "mean_b": mb, "std_a": sda, "std_b": sdb, "mean_shift": None, "std_ratio": None}
+            continue
+        shift = (mb - ma) / (sda or 1e-12)  # signed, in units of a's std (validate uses |shift| vs the reference)
+        ratio = sdb / sda if sda else float("inf")
+        channels[c] = {"mean_a": ma, "mean_b": mb, "std_a": sda, "std_b": sdb,
+                       "mean_shift": shift, "std_ratio": ratio}
+        if abs(shift) > dv.max_mean_shift:
+            reasons.append(f"{c}: mean moved {shift:+.2f} std (limit {dv.max_mean_shift})")
+        if max(ratio, 1 / ratio if ratio else float("inf")) > dv.max_std_ratio:
+            reasons.append(f"{c}: std x{ratio:.2f} (limit x{dv.max_std_ratio})")
+    la, lb = sa["label_shares"], sb["label_shares"]
+    tv = 0.5 * sum(abs(la.get(k, 0.0) - lb.get(k, 0.0)) for k in set(la) | set(lb))
+    if tv > dv.max_label_tv:
+        reasons.append(f"label shares: total variation {tv:.3f} (limit {dv.max_label_tv})")
+    return {
+        "groups": {"added": sorted(gb - ga), "removed": sorted(ga - gb)},
+        "recordings": {"added": sorted(rb - ra), "removed": sorted(ra - rb)},
+        "totals": {k: {"a": sa[k], "b": sb[k], "change": sb[k] - sa[k]}
+                   for k in ("rows", "recordings", "groups", "classes")},
+        "classes": classes,
+        "channels": channels,
+        "label_tv": tv,
+        "drift": {"verdict": "drift" if reasons else "no drift", "reasons": reasons,
+                  "limits": {"max_mean_shift": dv.max_mean_shift, "max_std_ratio": dv.max_std_ratio,
+                             "max_label_tv": dv.max_label_tv}},
+    }
+
+
+def diff(params: Params, a: str, b: str, root: str | Path = ".") -> dict[str, Any]:
+    root = project_root(root)
+    t = tracked_file(root, params.data.readings)
+    known = versions(t)
+    va, vb = resolve(t, a, known), resolve(t, b, known)
+    out = {"file": t.path,
+           "a": {"version": va.short, "commit": va.commit, "md5": va.md5, "date": va.date},
+           "b": {"version": vb.short, "commit": vb.commit, "md5": vb.md5, "date": vb.date}}
+    out.update(compare(load_version(t, va), load_version(t, vb), params))
+    return out
+
+
+# ---------------------------------------------------------------- guarding the workspace
+
+def _stage_owning(root: Path, t: Tracked) -> str | None:
+    """Name of the dvc.yaml stage that outputs the file (DVC refuses `dvc add` on it), if any."""
+    from dvc.exceptions import DvcException
+    from dvc.stage import PipelineStage
+
+    try:
+        with _open_repo(root) as repo:
+            for out in repo.index.outs:
+                if repo.fs.isin_or_eq(str(t.abs), out.fs_path):
+                    if isinstance(out.stage, PipelineStage):
+                        return f"stage '{out.stage.name}' ({out.stage.relpath})"
+                    if os.path.normpath(out.stage.relpath) != os.path.normpath(t.dvcfile):
+                        return f"{out.stage.relpath} (which tracks {out.def_path})"
+    except DvcException as e:
+        raise DataVersionError(f"DVC cannot read this project's pipeline: {e}",
+                               hint="Fix dvc.yaml / the .dvc files (`dvc status` shows the cause).") from None
+    return None
+
+
+def _workspace_md5(t: Tracked) -> tuple[str | None, str | None]:
+    """(md5 the .dvc file records, md5 of the file in the workspace); None where absent."""
+    rec = _md5_in_dvcfile(t.abs_dvcfile.read_text()) if t.abs_dvcfile.is_file() else None
+    return (rec[0] if rec else None), (md5_file(t.abs) if t.abs.is_file() else None)
+
+
+def require_clean(t: Tracked, action: str) -> None:
+    recorded, actual = _workspace_md5(t)
+    if recorded and actual and recorded != actual:
+        raise DataVersionError(
+            f"{t.path} has uncommitted data changes (workspace md5 {actual[:8]}, {t.dvcfile} records "
+            f"{recorded[:8]}); refusing to {action}",
+            hint=f"Keep them with `edgedistill data add {t.path}`, or discard them with `dvc checkout --force {t.path}`.")
+
+
+def stage_output_error(t: Tracked, owner: str) -> DataVersionError:
+    return DataVersionError(
+        f"{t.path} is produced by {owner}, so DVC cannot version it with `dvc add`",
+        hint=f"Give your data its own path: `edgedistill data add FILE --to data/user/{Path(t.path).name}` "
+             "(it also points data.readings in params.yaml at it).")
+
+
+# ---------------------------------------------------------------- add
+
+def _kind(s: pd.Series) -> str:
+    if pd.api.types.is_bool_dtype(s):
+        return "bool"
+    if pd.api.types.is_numeric_dtype(s):
+        return "number"
+    if pd.api.types.is_datetime64_any_dtype(s):
+        return "datetime"
+    return "text"
+
+
+def check_schema(new: pd.DataFrame, old: pd.DataFrame, source: str, tracked: str) -> None:
+    missing = [c for c in old.columns if c not in new.columns]
+    extra = [c for c in new.columns if c not in old.columns]
+    changed = [f"'{c}' {_kind(old[c])} -> {_kind(new[c])}" for c in old.columns
+               if c in new.columns and _kind(old[c]) != _kind(new[c])]
+    parts = ([f"missing columns {missing}"] if missing else []) + ([f"extra columns {extra}"] if extra else []) \
+        + ([f"type changes {changed}"] if changed else [])
+    if parts:
+        raise DataInvalid(f"{source}: schema differs from the tracked {tracked}: " + "; ".join(parts),
+                          hint="Bring the new file to the tracked columns and types (or change data.* params "
+                               "and add it as a new dataset with --to).")
+
+
+def _align(new: pd.DataFrame, old: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Cast the new columns to the tracked dtypes (CSV reads float32 as float64 and so on), losslessly."""
+    out = new[list(old.columns)].copy()
+    for c in old.columns:
+        if out[c].dtype == old[c].dtype:
+            continue
+        try:
+            cast = out[c].astype(old[c].dtype)
+        except (TypeError, ValueError) as e:
+            raise DataInvalid(f"{source}: column '{c}' cannot be stored as the tracked type {old[c].dtype}: {e}") from None
+        same = (cast.astype("float64") - out[c].astype("float64")).abs() <= 1e-6 * (1 + out[c].abs()) \
+            if _kind(old[c]) == "number" else (cast.astype(str) == out[c].astype(str))
+        bad = ~(same | (cast.isna() & out[c].isna()))
+        if bad.any():
+            i = bad.idxmax()
+            raise DataInvalid(f"{source}: column '{c}' cannot be stored as the tracked type {old[c].dtype} "
+                              f"without changing values (row {i}: {out[c][i]!r})")
+        out[c] = cast
+    return out
+
+
+def _write_table(df: pd.DataFrame, path: Path) -> None:
+    if path.suffix.lower() in {".csv", ".txt"}:
+        df.to_csv(path, index=False)
+    else:
+        df.to_parquet(path, index=False, engine="pyarrow")
+
+
+def _duplicates(new: pd.DataFrame, old: pd.DataFrame, params: Params, source: str, tracked: str) -> None:
+    d = params.data
+    dup = sorted(set(recording_keys(new, d)) & set(recording_keys(old, d)))
+    if dup:
+        shown = ", ".join(dup[:8]) + (f" and {len(dup) - 8} more" if len(dup) > 8 else "")
+        what = f"{d.group_col}/{d.recording_col}" if d.recording_col else d.group_col
+        raise DataInvalid(f"{source}: {len(dup)} recording(s) already in {tracked} ({what}): {shown}",
+                          hint="--append only adds new recordings: drop these from the file, or replace the "
+                               "whole table with `edgedistill data add FILE` (no --append).")
+
+
+def _change_lines(before: dict | None, after: dict) -> list[str]:
+    lines = []
+    for key in ("rows", "recordings", "groups", "classes"):
+        if before is None:
+            lines.append(f"{key}: {after[key]:,}")
+        else:
+            ch = after[key] - before[key]
+            lines.append(f"{key}: {before[key]:,} -> {after[key]:,} ({ch:+,})")
+    return lines
+
+
+def set_readings_param(params_file: Path, new_path: str) -> bool:
+    """Point data.readings at new_path by editing only that line; False when the file's layout is unexpected."""
+    text = params_file.read_text()
+    lines = text.splitlines(keepends=True)
+    in_data = False
+    for i, line in enumerate(lines):
+        if re.match(r"^data:\s*(#.*)?$", line):
+            in_data = True
+            continue
+        if in_data and re.match(r"^\S", line) and not line.startswith("#"):
+            break
+        m = re.match(r"^(\s+readings:\s*)(\S+?)(\s+#.*)?(\r?\n)?$", line) if in_data else None
+        if m:
+            lines[i] = f"{m.group(1)}{new_path}{m.group(3) or ''}{m.group(4) or ''}"
+            candidate = "".join(lines)
+            try:
+                if (yaml.safe_load(candidate) or {}).get("data", {}).get("readings") != new_path:
+                    return False
+            except yaml.YAMLError:
+                return False
+            with atomic_path(params_file) as tmp:
+                tmp.write_text(candidate)
+            return True
+    return False
+
+
+def _restore(path: Path, content: bytes | None) -> None:
+    if content is None:
+        path.unlink(missing_ok=True)
+    else:
+        path.write_bytes(content)
+
+
+def add(params: Params, source: str | Path, append: bool = False, to: str | Path | None = None,
+        update_reference: bool = False, params_file: str | Path = "params.yaml", push: bool = True,
+        root: str | Path = ".") -> dict[str, Any]:
+    """Validate `source` (merged into the tracked table with `append`), then move it into place,
+    `dvc add`, commit and push. Any failure before the commit leaves data, .dvc file and history as they were."""
+    from dvc.exceptions import DvcException
+
+    from tasks import validate
+
+    root = project_root(root)
+    source = Path(source)
+    current = tracked_file(root, params.data.readings)
+    t = tracked_file(root, to) if to is not None else current
+    owner = _stage_owning(root, t)
+    if owner:
+        raise stage_output_error(t, owner) if to is None else DataVersionError(
+            f"--to {t.path}: that path is produced by {owner}", hint="Choose a path no stage writes.")
+    new_df = read_readings(source)
+    in_place = source.resolve() == t.abs.resolve()
+    recorded, actual = _workspace_md5(t)
+    if not (in_place and not append):
+        require_clean(t, "add new data over them")
+    if actual and not recorded and not in_place:
+        raise DataVersionError(f"{t.path} exists but is not tracked by DVC; refusing to replace it",
+                               hint=f"Track it first with `edgedistill data add {t.path}`, or move it away.")
+    if append and not recorded:
+        raise DataVersionError(f"--append: nothing is tracked at {t.path} yet",
+                               hint="Add the first dataset without --append.")
+
+    old_df = None
+    if recorded:
+        if actual == recorded:
+            old_df = read_readings(t.abs)
+        else:  # tracked but not in the workspace (e.g. a fresh clone): take it from the cache or remote
+            with version_file(t, recorded) as f:
+                old_df = read_readings(f)
+    before = summarize(old_df, params) if old_df is not None else None
+    if old_df is not None:
+        check_schema(new_df, old_df, str(source), t.path)
+        if append:
+            _duplicates(new_df, old_df, params, str(source), t.path)
+
+    t.abs.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".data-add-", dir=t.abs.parent))
+    try:
+        candidate = work / Path(t.path).name
+        same_format = source.suffix.lower() == candidate.suffix.lower()
+        retyped = old_df is not None and any(new_df[c].dtype != old_df[c].dtype for c in old_df.columns)
+        if append:
+            _write_table(pd.concat([old_df, _align(new_df, old_df, str(source))], ignore_index=True), candidate)
+        elif retyped or not same_format:
+            _write_table(_align(new_df, old_df, str(source)) if old_df is not None else new_df, candidate)
+        else:
+            shutil.copyfile(source, candidate)  # byte-identical: the same file keeps the same md5
+        new_md5 = md5_file(candidate)
+        if recorded == new_md5:
+            raise DataVersionError(f"{source}: identical to the tracked {t.path} (md5 {new_md5[:8]}); nothing to add")
+        try:
+            report = validate.run(params, readings=candidate, report_dir=root / ADD_REPORT_DIR,
+                                  update_reference=update_reference)
+        except DataInvalid as e:
+            drift = _drift_failed(root / ADD_REPORT_DIR / "result.json")
+            raise DataInvalid(f"{source}{' (appended to ' + t.path + ')' if append else ''} failed validation; "
+                              f"{t.path} is unchanged. {e}",
+                              hint=("If the new data is meant to differ from the reference, accept it with "
+                                    "--update-reference. " if drift else "")
+                              + f"Report: {root / ADD_REPORT_DIR / 'result.json'}") from None
+        after = summarize(read_readings(candidate), params)
+        result = _commit_new_version(t, current, candidate, work, new_md5, before, after, source, append,
+                                     Path(params_file), DvcException)
+        result["checks_run"] = report["checks_run"]
+        result["drift_reference"] = report["drift_reference"]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if push:
+        result["pushed_to"] = _push(t, result["commit"])
+    return result
+
+
+def _drift_failed(result_json: Path) -> bool:
+    try:
+        return any(str(c.get("table", "")).startswith("drift") for c in read_json(result_json)["failures"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _commit_new_version(t: Tracked, current: Tracked, candidate: Path, work: Path, new_md5: str,
+                        before: dict | None, after: dict, source: Path, append: bool, params_file: Path,
+                        dvc_error: type[Exception]) -> dict[str, Any]:
+    root = t.root
+    gitignore = t.abs.parent / ".gitignore"
+    params_abs = params_file if params_file.is_absolute() else root / params_file
+    repoint = t.path != current.path
+    saved = {p: (p.read_bytes() if p.is_file() else None) for p in [t.abs_dvcfile, gitignore, params_abs]}
+    params_was_clean = repoint and not git(root, "status", "--porcelain", "--", str(params_abs)).strip()
+    previous = work / "previous"
+    had_data = t.abs.is_file()
+    if had_data:
+        os.replace(t.abs, previous)
+    os.replace(candidate, t.abs)
+    committed = False
+    try:
+        with _open_repo(root) as repo:
+            repo.add([t.path])
+        repointed = set_readings_param(params_abs, t.path) if repoint else False
+        paths = [t.dvcfile] + ([os.path.relpath(gitignore, root)] if gitignore.is_file() else [])
+        if repointed and params_was_clean:
+            paths.append(os.path.relpath(params_abs, root))
+        verb = "append to" if append else ("track" if before is None else "replace")
+        headline = f"data: {verb} {t.path}"
+        if before is not None:
+            new_groups = sorted(set(after["group_names"]) - set(before["group_names"]))
+            headline += (f" ({after['recordings'] - before['recordings']:+d} recordings, "
+                         f"{after['rows'] - before['rows']:+,} rows"
+                         + (f", new groups {', '.join(new_groups[:5])}" if new_groups else "") + ")")
+        else:
+            headline += f" ({after['rows']:,} rows, {after['recordings']} recordings, {after['groups']} groups)"
+        body = _change_lines(before, after) + [f"classes: {', '.join(after['per_class'])}",
+                                               f"md5: {new_md5}", f"source: {source}"]
+        git(root, "add", "--", *paths)
+        git(root, "commit", "-q", "-m", headline + "\n\n" + "\n".join(body), "--", *paths)
+        committed = True
+    except (EdgeDistillError, dvc_error) as e:
+        _rollback(t, previous if had_data else None, saved)
+        if isinstance(e, EdgeDistillError):
+            raise
+        raise DataVersionError(f"dvc add {t.path} failed: {e}; {t.path} is unchanged") from None
+    except BaseException:
+        if not committed:
+            _rollback(t, previous if had_data else None, saved)
+        raise
+    commit = git(root, "rev-parse", "HEAD").strip()
+    return {"file": t.path, "commit": commit, "version": commit[:7], "md5": new_md5, "append": append,
+            "before": before, "after": after, "message": headline,
+            "params_updated": repointed, "params_committed": repointed and params_was_clean,
+            "params_file": str(params_file)}
+
+
+def _rollback(t: Tracked, previous: Path | None, saved: dict[Path, bytes | None]) -> None:
+    if previous is not None and previous.exists():
+        os.replace(previous, t.abs)
+    elif previous is None:
+        t.abs.unlink(missing_ok=True)
+    for p, content in saved.items():
+        _restore(p, content)
+    paths = [os.path.relpath(p, t.root) for p in saved]
+    # un-stage what `git add` may have staged; the working tree was restored above
+    subprocess.run(["git", "reset", "-q", "--", *paths], cwd=t.root, capture_output=True)
+
+
+def _push(t: Tracked, commit: str) -> str | None:
+    with _open_repo(t.root) as repo:
+        remote = repo.config["core"].get("remote")
+        if not remote:
+            return None
+        try:
+            repo.push(targets=[t.path])
+        except Exception as e:  # network and auth errors come in many types
+            raise StoreUnreachable(
+                f"committed {t.path} as {commit[:7]}, but `dvc push` to remote '{remote}' failed: {e}",
+                hint=f"The data is safe in the local cache; fix the remote, then run `dvc push {t.path}`.") from None
+    return remote
+
+
+# ---------------------------------------------------------------- checkout
+
+def checkout(params: Params, ref: str, root: str | Path = ".") -> dict[str, Any]:
+    """Restore a past version of the readings into the workspace; the .dvc file follows it (uncommitted)."""
+    from dvc.exceptions import DvcException
+
+    root = project_root(root)
+    t = tracked_file(root, params.data.readings)
+    owner = _stage_owning(root, t)
+    if owner:
+        raise stage_output_error(t, owner)
+    v = resolve(t, ref)
+    require_clean(t, f"check out {v.short}")
+    dvc_text = _git_show(root, v.commit, t.dvcfile)
+    if dvc_text is None:
+        raise DataVersionError(f"version {v.short} of {t.path} is a stage output in dvc.lock, not a .dvc file",
+                               hint="Restore it with `git checkout <commit> dvc.lock && dvc checkout`.")
+    _cached_object(root, t, v.md5, v.commit)  # fail before touching the workspace if the bytes are unreachable
+    saved = t.abs_dvcfile.read_bytes() if t.abs_dvcfile.is_file() else None
+    with atomic_path(t.abs_dvcfile) as tmp:
+        tmp.write_text(dvc_text)
+    try:
+        with _open_repo(root) as repo:
+            repo.checkout(targets=[t.dvcfile], force=True)
+    except (DvcException, OSError) as e:
+        _restore(t.abs_dvcfile, saved)
+        raise DataVersionError(f"dvc checkout of {t.path} at {v.short} failed: {e}") from None
+    got = md5_file(t.abs)
+    if got != v.md5:  # pragma: no cover - DVC verified the object; guards against a broken cache link
+        raise DataVersionError(f"{t.path}: restored file has md5 {got[:8]}, expected {v.md5[:8]}")
+    head = recorded_at(t, "HEAD")
+    return {"file": t.path, "version": v.short, "commit": v.commit, "md5": v.md5, "date": v.date,
+            "message": v.message, "is_head": bool(head and head[0] == v.md5), "dvcfile": t.dvcfile,
+            "version_info": asdict(v)}
