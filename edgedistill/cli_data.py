@@ -42,7 +42,8 @@ def add(
 
     r = guarded(go)
     before, after = r["before"], r["after"]
-    t = Table(title=f"{r['file']} @ {r['version']} (md5 {r['md5'][:8]})")
+    console.print(f"[bold]{r['file']}[/] @ {r['version']} (md5 {r['md5'][:8]})")
+    t = Table()
     t.add_column("")
     if before is not None:
         t.add_column("before", justify="right")
@@ -73,16 +74,24 @@ def log(as_json: JsonOpt = False) -> None:
     if not r["versions"]:
         console.print(f"no versions of {r['file']} in git history yet (add one with `edgedistill data add FILE`)")
         return
-    t = Table(title=f"versions of {r['file']} (newest first; * = in the workspace)")
+    t = Table(title=f"versions of {r['file']} (newest first; * = in the workspace)", box=None,
+              pad_edge=False, header_style="bold")
+    # no_wrap on ids and numbers: on a narrow terminal the commit message folds, never those
     for col, just in [("version", "left"), ("date", "left"), ("md5", "left"), ("rows", "right"),
-                      ("recordings", "right"), ("groups", "right"), ("classes", "right"),
-                      ("releases", "left"), ("message", "left")]:
-        t.add_column(col, justify=just)  # type: ignore[arg-type]
+                      ("recordings", "right"), ("groups", "right"), ("classes", "right")]:
+        t.add_column(col, justify=just, no_wrap=True)  # type: ignore[arg-type]
+    t.add_column("releases", overflow="fold")
+    wide = console.width >= 130  # the commit message only where it fits; `git log` has it anyway
+    if wide:
+        t.add_column("message", no_wrap=True, overflow="ellipsis")
     for v in r["versions"]:
-        t.add_row(("* " if v["in_workspace"] else "  ") + v["version"], v["date"][:16].replace("T", " "),
+        t.add_row(("* " if v["in_workspace"] else "  ") + v["version"], v["date"][:10],
                   v["md5"][:8], _num(v["rows"]), _num(v["recordings"]), _num(v["groups"]), _num(v["classes"]),
-                  ", ".join(v["releases"]) or dv.NO_RELEASE, v["message"])
+                  ", ".join(v["releases"]) or dv.NO_RELEASE, *([_clip(v["message"], 60)] if wide else []))
     console.print(t)
+    for v in r["versions"]:
+        if v["unavailable"]:
+            console.print(f"[yellow]{v['version']}: no statistics: {v['unavailable']}[/]")
 
 
 @data_app.command("diff")
@@ -128,6 +137,10 @@ def diff(
                   + (": " + "; ".join(d["reasons"]) if d["reasons"] else
                      f" (limits: mean shift {d['limits']['max_mean_shift']}, std x{d['limits']['max_std_ratio']}, "
                      f"label TV {d['limits']['max_label_tv']})"))
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
 
 
 def _short(items: list[str], n: int = 6) -> str:

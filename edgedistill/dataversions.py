@@ -261,7 +261,7 @@ def default_remote(root: Path) -> str | None:
         return repo.config["core"].get("remote")
 
 
-def _cached_object(root: Path, t: Tracked, md5: str, rev: str | None) -> Path:
+def _cached_object(root: Path, t: Tracked, md5: str) -> Path:
     """Path of the data object in the local DVC cache, fetching it from the remote when missing."""
     from dvc.exceptions import DvcException
 
@@ -272,11 +272,11 @@ def _cached_object(root: Path, t: Tracked, md5: str, rev: str | None) -> Path:
                 raise DataVersionError(f"the data of {t.path} at md5 {md5[:8]} is not in the local DVC cache "
                                        "and no default DVC remote is configured",
                                        hint="Configure the remote that holds it (`dvc remote add -d ...`).")
+            from dvc_data.hashfile.hash_info import HashInfo
+
             try:
-                if rev is None:
-                    repo.fetch(targets=[t.path])
-                else:
-                    repo.fetch(targets=[t.path], revs=[rev], workspace=False)
+                # by object id from the workspace's remote: an old commit's config may name no remote
+                repo.cloud.pull([HashInfo("md5", md5)])
             except Exception as e:  # network and auth errors come in many types
                 raise StoreUnreachable(f"fetching {t.path} (md5 {md5[:8]}) from the DVC remote failed: {e}") from None
             if not odb.exists(md5):
@@ -289,9 +289,9 @@ def _cached_object(root: Path, t: Tracked, md5: str, rev: str | None) -> Path:
 
 
 @contextlib.contextmanager
-def version_file(t: Tracked, md5: str, rev: str | None = None) -> Iterator[Path]:
+def version_file(t: Tracked, md5: str) -> Iterator[Path]:
     """A temp file with the version's bytes under the tracked file's name (readers dispatch on suffix)."""
-    obj = _cached_object(t.root, t, md5, rev)
+    obj = _cached_object(t.root, t, md5)
     with tempfile.TemporaryDirectory(prefix="edgedistill-version-") as tmp:
         dest = Path(tmp) / Path(t.path).name
         try:
@@ -302,7 +302,7 @@ def version_file(t: Tracked, md5: str, rev: str | None = None) -> Iterator[Path]
 
 
 def load_version(t: Tracked, v: Version) -> pd.DataFrame:
-    with version_file(t, v.md5, v.commit) as f:
+    with version_file(t, v.md5) as f:
         return read_readings(f)
 
 
@@ -326,11 +326,14 @@ def summarize(df: pd.DataFrame, params: Params) -> dict[str, Any]:
     }
 
 
-def _try_summarize(t: Tracked, v: Version, params: Params) -> dict[str, Any] | None:
+def _try_summarize(t: Tracked, v: Version, params: Params) -> tuple[dict[str, Any] | None, str | None]:
+    """Statistics of a version, or why there are none: one unreachable version must not hide the rest."""
     try:
-        return summarize(load_version(t, v), params)
-    except (KeyError, ValueError, TypeError):
-        return None  # an old version whose columns no longer match data.* params
+        return summarize(load_version(t, v), params), None
+    except EdgeDistillError as e:
+        return None, str(e)
+    except (KeyError, ValueError, TypeError) as e:
+        return None, f"columns do not match the data.* params ({e})"
 
 
 def log(params: Params, root: str | Path = ".") -> dict[str, Any]:
@@ -341,13 +344,13 @@ def log(params: Params, root: str | Path = ".") -> dict[str, Any]:
     current = md5_file(t.abs) if t.abs.is_file() else None
     rows = []
     for v in found:
-        stats = _try_summarize(t, v, params)
+        stats, why = _try_summarize(t, v, params)
         rows.append({
             "version": v.short, "commit": v.commit, "date": v.date, "md5": v.md5, "size": v.size,
             "message": v.message, "in_workspace": v.md5 == current,
             "rows": stats["rows"] if stats else None, "recordings": stats["recordings"] if stats else None,
             "groups": stats["groups"] if stats else None, "classes": stats["classes"] if stats else None,
-            "releases": v.releases,
+            "releases": v.releases, "unavailable": why,
         })
     return {"file": t.path, "versions": rows}
 
@@ -420,10 +423,11 @@ def _stage_owning(root: Path, t: Tracked) -> str | None:
         with _open_repo(root) as repo:
             for out in repo.index.outs:
                 if repo.fs.isin_or_eq(str(t.abs), out.fs_path):
+                    where = Path(out.stage.path).relative_to(root).as_posix()
                     if isinstance(out.stage, PipelineStage):
-                        return f"stage '{out.stage.name}' ({out.stage.relpath})"
-                    if os.path.normpath(out.stage.relpath) != os.path.normpath(t.dvcfile):
-                        return f"{out.stage.relpath} (which tracks {out.def_path})"
+                        return f"stage '{out.stage.name}' ({where})"
+                    if Path(out.stage.path) != t.abs_dvcfile:
+                        return f"{where} (which tracks {out.def_path})"
     except DvcException as e:
         raise DataVersionError(f"DVC cannot read this project's pipeline: {e}",
                                hint="Fix dvc.yaml / the .dvc files (`dvc status` shows the cause).") from None
@@ -565,8 +569,6 @@ def add(params: Params, source: str | Path, append: bool = False, to: str | Path
         root: str | Path = ".") -> dict[str, Any]:
     """Validate `source` (merged into the tracked table with `append`), then move it into place,
     `dvc add`, commit and push. Any failure before the commit leaves data, .dvc file and history as they were."""
-    from dvc.exceptions import DvcException
-
     from tasks import validate
 
     root = project_root(root)
@@ -617,8 +619,11 @@ def add(params: Params, source: str | Path, append: bool = False, to: str | Path
         new_md5 = md5_file(candidate)
         if recorded == new_md5:
             raise DataVersionError(f"{source}: identical to the tracked {t.path} (md5 {new_md5[:8]}); nothing to add")
+        vparams = _rooted(params, root)
+        ref = Path(vparams.validate_params.drift.reference)
+        ref_before = ref.read_bytes() if ref.is_file() else None
         try:
-            report = validate.run(params, readings=candidate, report_dir=root / ADD_REPORT_DIR,
+            report = validate.run(vparams, readings=candidate, report_dir=root / ADD_REPORT_DIR,
                                   update_reference=update_reference)
         except DataInvalid as e:
             drift = _drift_failed(root / ADD_REPORT_DIR / "result.json")
@@ -628,15 +633,27 @@ def add(params: Params, source: str | Path, append: bool = False, to: str | Path
                                     "--update-reference. " if drift else "")
                               + f"Report: {root / ADD_REPORT_DIR / 'result.json'}") from None
         after = summarize(read_readings(candidate), params)
+        # a reference created or accepted (--update-reference) for this data is committed with it
+        ref_now = ref.read_bytes() if ref.is_file() else None
+        reference = {ref: ref_before} if ref_now != ref_before and ref.resolve().is_relative_to(root) else {}
         result = _commit_new_version(t, current, candidate, work, new_md5, before, after, source, append,
-                                     Path(params_file), DvcException)
+                                     Path(params_file), reference)
         result["checks_run"] = report["checks_run"]
-        result["drift_reference"] = report["drift_reference"]
+        result["drift_reference"] = (report["drift_reference"] or "").replace(f"{root}{os.sep}", "") or None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if push:
         result["pushed_to"] = _push(t, result["commit"])
     return result
+
+
+def _rooted(params: Params, root: Path) -> Params:
+    """A copy whose drift reference is anchored at the project root rather than the process cwd."""
+    p = params.model_copy(deep=True)
+    ref = Path(p.validate_params.drift.reference)
+    if not ref.is_absolute():
+        p.validate_params.drift.reference = str(root / ref)
+    return p
 
 
 def _drift_failed(result_json: Path) -> bool:
@@ -647,27 +664,31 @@ def _drift_failed(result_json: Path) -> bool:
 
 
 def _commit_new_version(t: Tracked, current: Tracked, candidate: Path, work: Path, new_md5: str,
-                        before: dict | None, after: dict, source: Path, append: bool, params_file: Path,
-                        dvc_error: type[Exception]) -> dict[str, Any]:
+                        before: dict | None, after: dict, source: Path, append: bool,
+                        params_file: Path, reference: dict[Path, bytes | None]) -> dict[str, Any]:
+    """Swap the validated candidate in, `dvc add` and commit; undo every file change if any step fails."""
+    from dvc.exceptions import DvcException
+
     root = t.root
     gitignore = t.abs.parent / ".gitignore"
     params_abs = params_file if params_file.is_absolute() else root / params_file
     repoint = t.path != current.path
-    saved = {p: (p.read_bytes() if p.is_file() else None) for p in [t.abs_dvcfile, gitignore, params_abs]}
+    touched = [t.abs_dvcfile, gitignore] + ([params_abs] if repoint else [])
+    saved = {p: (p.read_bytes() if p.is_file() else None) for p in touched} | reference
     params_was_clean = repoint and not git(root, "status", "--porcelain", "--", str(params_abs)).strip()
     previous = work / "previous"
     had_data = t.abs.is_file()
     if had_data:
         os.replace(t.abs, previous)
     os.replace(candidate, t.abs)
-    committed = False
     try:
         with _open_repo(root) as repo:
-            repo.add([t.path])
+            repo.add([str(t.abs)])
         repointed = set_readings_param(params_abs, t.path) if repoint else False
         paths = [t.dvcfile] + ([os.path.relpath(gitignore, root)] if gitignore.is_file() else [])
         if repointed and params_was_clean:
             paths.append(os.path.relpath(params_abs, root))
+        paths += [os.path.relpath(p, root) for p in reference]
         verb = "append to" if append else ("track" if before is None else "replace")
         headline = f"data: {verb} {t.path}"
         if before is not None:
@@ -677,19 +698,17 @@ def _commit_new_version(t: Tracked, current: Tracked, candidate: Path, work: Pat
                          + (f", new groups {', '.join(new_groups[:5])}" if new_groups else "") + ")")
         else:
             headline += f" ({after['rows']:,} rows, {after['recordings']} recordings, {after['groups']} groups)"
-        body = _change_lines(before, after) + [f"classes: {', '.join(after['per_class'])}",
+        body = _change_lines(before, after) + [f"labels: {', '.join(after['per_class'])}",
                                                f"md5: {new_md5}", f"source: {source}"]
+        body += [f"drift reference: {os.path.relpath(p, root)} {'updated' if old else 'created'} from this data"
+                 for p, old in reference.items()]
         git(root, "add", "--", *paths)
         git(root, "commit", "-q", "-m", headline + "\n\n" + "\n".join(body), "--", *paths)
-        committed = True
-    except (EdgeDistillError, dvc_error) as e:
+    except DvcException as e:
         _rollback(t, previous if had_data else None, saved)
-        if isinstance(e, EdgeDistillError):
-            raise
         raise DataVersionError(f"dvc add {t.path} failed: {e}; {t.path} is unchanged") from None
-    except BaseException:
-        if not committed:
-            _rollback(t, previous if had_data else None, saved)
+    except BaseException:  # incl. KeyboardInterrupt: the workspace must not keep a half-added version
+        _rollback(t, previous if had_data else None, saved)
         raise
     commit = git(root, "rev-parse", "HEAD").strip()
     return {"file": t.path, "commit": commit, "version": commit[:7], "md5": new_md5, "append": append,
@@ -716,7 +735,7 @@ def _push(t: Tracked, commit: str) -> str | None:
         if not remote:
             return None
         try:
-            repo.push(targets=[t.path])
+            repo.push(targets=[str(t.abs)])
         except Exception as e:  # network and auth errors come in many types
             raise StoreUnreachable(
                 f"committed {t.path} as {commit[:7]}, but `dvc push` to remote '{remote}' failed: {e}",
@@ -741,13 +760,13 @@ def checkout(params: Params, ref: str, root: str | Path = ".") -> dict[str, Any]
     if dvc_text is None:
         raise DataVersionError(f"version {v.short} of {t.path} is a stage output in dvc.lock, not a .dvc file",
                                hint="Restore it with `git checkout <commit> dvc.lock && dvc checkout`.")
-    _cached_object(root, t, v.md5, v.commit)  # fail before touching the workspace if the bytes are unreachable
+    _cached_object(root, t, v.md5)  # fail before touching the workspace if the bytes are unreachable
     saved = t.abs_dvcfile.read_bytes() if t.abs_dvcfile.is_file() else None
     with atomic_path(t.abs_dvcfile) as tmp:
         tmp.write_text(dvc_text)
     try:
         with _open_repo(root) as repo:
-            repo.checkout(targets=[t.dvcfile], force=True)
+            repo.checkout(targets=[str(t.abs_dvcfile)], force=True)
     except (DvcException, OSError) as e:
         _restore(t.abs_dvcfile, saved)
         raise DataVersionError(f"dvc checkout of {t.path} at {v.short} failed: {e}") from None
