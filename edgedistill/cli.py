@@ -156,10 +156,11 @@ def run(
     stages: Annotated[list[str] | None, typer.Argument(help="stages to run (default: all, in order)")] = None,
     force: Annotated[bool, typer.Option(help="re-run stages even when DVC sees no change")] = False,
 ) -> None:
-    """Run the pipeline through DVC (unchanged stages are skipped)."""
-    from edgedistill.pipeline import pipeline_stages, reproduce
+    """Run the release flow (Prefect): DVC stages in order (unchanged ones skipped), then gates,
+    registry and bundle. Naming stages runs just those, without a release."""
+    from flows.release import run_release
 
-    guarded(lambda: reproduce(stages or pipeline_stages(), force=force, console=console))
+    guarded(lambda: run_release(".", _state["params"], stages=stages or None, force=force))
 
 
 @app.command("check-params")
@@ -172,6 +173,7 @@ def check_params() -> None:
 # Command groups living in their own modules register themselves on `app` when imported here.
 # (one import line per module; keep this list at the bottom, after `app` exists)
 import edgedistill.cli_data  # noqa: E402,F401  (edgedistill data add|log|diff|checkout)
+import edgedistill.cli_release  # noqa: E402,F401  (edgedistill promote|registry|fetch|reproduce)
 
 
 def main() -> None:  # pragma: no cover

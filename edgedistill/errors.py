@@ -41,3 +41,7 @@ class GateFailed(EdgeDistillError):
 
 class StoreUnreachable(EdgeDistillError):
     hint = "Check the remote URL/endpoint and your AWS credentials, then retry."
+
+
+class ReleaseNotFound(EdgeDistillError):
+    hint = "Run `edgedistill registry` to list versions and stages."

@@ -98,11 +98,126 @@ class PrepareParams(_Section):
     split: SplitParams = SplitParams()
 
 
+class S3Params(_Section):
+    """S3 (or any S3-compatible endpoint) holding the artifact store; credentials come only from
+    the standard AWS chain (env, ~/.aws, instance role), never from params."""
+
+    bucket: str | None = None
+    prefix: str = "edgedistill"
+    endpoint_url: str | None = None
+    region: str | None = None
+
+
+class StoreParams(_Section):
+    """Artifact store = DVC remote (`<store>/dvc`) + release bundles (`<store>/releases/...`)."""
+
+    local: str = Field("../edgedistill-store", min_length=1,
+                       description="local store directory, relative to the project root")
+    remote_name: str = Field("store", pattern=r"^[A-Za-z0-9_-]+$")
+    s3: S3Params = S3Params()
+
+
+class GateParams(_Section):
+    """Promotion gates on the shipped (INT8) student; a null threshold turns its gate off."""
+
+    min_accuracy: float | None = Field(0.6, ge=0, le=1)
+    max_drop_vs_teacher: float | None = Field(0.15, ge=0, le=1)
+    max_int8_drop: float | None = Field(0.02, ge=0, le=1)
+    max_p95_ms: float | None = Field(50.0, gt=0)
+    max_size_bytes: int | None = Field(2 * 1024 * 1024, gt=0)
+    max_ram_bytes: int | None = Field(512 * 1024, gt=0)
+    regression_tolerance: float | None = Field(0.01, ge=0, le=1,
+                                               description="allowed accuracy loss vs prod")
+
+
+class ReproduceParams(_Section):
+    rtol: float = Field(1e-6, ge=0, description="relative tolerance for non-timing metrics")
+    atol: float = Field(1e-9, ge=0)
+    timing_rtol: float = Field(0.5, ge=0, description="latency/throughput figures vary run to run")
+
+
+class PromoteParams(_Section):
+    model: str = Field("student", pattern=r"^[a-z0-9][a-z0-9_-]*[a-z0-9]$")
+    gates: GateParams = GateParams()
+    bump: Literal["major", "minor", "patch"] = "minor"
+    auto_prod: bool = False
+    push_git: bool = Field(True, description="push release commit and tags to `origin` when it exists")
+    reproduce: ReproduceParams = ReproduceParams()
+
+
+class CalibrationParams(_Section):
+    """Windows drawn (seeded) from train to calibrate INT8 activation ranges."""
+
+    windows: int = Field(256, ge=1)
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    per_channel: bool = True
+    seed: int = 0
+
+
+class ExportParams(_Section):
+    opset: int = Field(18, ge=18, le=23, description="ONNX opset of the exported graphs")
+    parity_atol: float = Field(1e-4, gt=0, description="max |ONNX - PyTorch| logit difference on test")
+    min_argmax_agreement: float = Field(1.0, ge=0, le=1)
+    quantization: Literal["static", "dynamic"] = "static"
+    activation_type: Literal["int8", "uint8"] = "int8"
+    calibration: CalibrationParams = CalibrationParams()
+    max_int8_drop: float = Field(0.01, ge=0, le=1, description="test accuracy FP32 - INT8, fraction")
+
+
+class DeviceProfile(_Section):
+    """A target. measure: true runs onnxruntime here with its threads; false (MCU-class) only
+    estimates RAM/flash from the graph. ram_bytes/flash_bytes: budget the model may use."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    measure: bool = True
+    threads: int = Field(1, ge=1)
+    batch_sizes: list[int] = Field([1], min_length=1)
+    warmup: int = Field(20, ge=0)
+    runs: int = Field(200, ge=10)
+    max_seconds: float = Field(3.0, gt=0, description="time cap per model and batch size")
+    ram_bytes: int | None = Field(None, gt=0)
+    flash_bytes: int | None = Field(None, gt=0)
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(b < 1 for b in v) or len(set(v)) != len(v):
+            raise ValueError(f"batch sizes must be distinct and >= 1, got {v}")
+        return v
+
+
+def _default_profiles() -> list[DeviceProfile]:
+    return [
+        DeviceProfile(name="edge-cpu-1t", threads=1, batch_sizes=[1, 32], warmup=20, runs=300,
+                      max_seconds=2.0, ram_bytes=64 * 2**20, flash_bytes=16 * 2**20),
+        DeviceProfile(name="cortex-m7", measure=False, ram_bytes=512 * 2**10, flash_bytes=2 * 2**20),
+    ]
+
+
+class BenchmarkParams(_Section):
+    profiles: list[DeviceProfile] = Field(default_factory=_default_profiles, min_length=1)
+    harness_runs: int = Field(300, ge=10, description="runs per round of the harness-overhead check")
+
+    @model_validator(mode="after")
+    def _release_profile(self) -> BenchmarkParams:
+        names = [p.name for p in self.profiles]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"duplicate profile names {dup}")
+        first = self.profiles[0]
+        if not first.measure or 1 not in first.batch_sizes:
+            raise ValueError(f"the first profile ({first.name!r}) gives the release figures: it must have "
+                             "measure: true and batch size 1")
+        return self
+
+
 class Params(_Section):
     data: DataParams
     ingest: IngestParams = IngestParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
     prepare: PrepareParams = PrepareParams()
+    store: StoreParams = StoreParams()
+    promote: PromoteParams = PromoteParams()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

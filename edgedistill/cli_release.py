@@ -1,0 +1,138 @@
+"""Release commands: `promote`, `registry`, `fetch`, `reproduce` (the `run` command calls the
+release flow in flows/release.py). Prefect and DVC are imported only when a command needs them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from edgedistill.cli import SUMMARIES, app, console, guarded, params
+
+
+def _promote_summary(r: dict) -> None:
+    t = Table(title=f"promotion gates: {'PASSED' if r['passed'] else 'FAILED'}")
+    for col in ("gate", "metric", "value", "threshold", "verdict"):
+        t.add_column(col, justify="right" if col in ("value", "threshold") else "left")
+    for g in r["gates"]:
+        colour = {"pass": "green", "fail": "bold red"}.get(g["verdict"], "dim")
+        t.add_row(g["gate"], g["metric"], _num(g["value"]), f"{g['op']} {_num(g['threshold'])}",
+                  f"[{colour}]{g['verdict']}[/]" + (f" ({g['detail']})" if g.get("detail") else ""))
+    console.print(t)
+
+
+SUMMARIES["promote"] = _promote_summary
+
+
+def _num(v: Any) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
+
+
+@app.command()
+def promote(
+    version: Annotated[str, typer.Argument(help="registered version, e.g. v0.2.0")],
+    to: Annotated[str, typer.Option("--to", help="stage to assign (prod, staging)")] = "prod",
+) -> None:
+    """Assign a stage to a registered version (a rollback is assigning an older one)."""
+    from flows.registry_ops import promote_version
+
+    r = guarded(lambda: promote_version(".", params(), version, to))
+    if not r["changed"]:
+        console.print(f"{r['model']} {r['version']} is already in {r['stage']}; nothing to do")
+        return
+    what = "rolled back" if r["rollback"] else "promoted"
+    console.print(f"[green]✓[/] {what} {r['model']} {r['stage']}: {r['previous'] or '—'} → {r['version']} "
+                  f"(tag {r['tag']}{', pushed to origin' if r['pushed'] else ''})")
+
+
+@app.command()
+def registry(
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """List registered versions, the stages they hold and their key metrics."""
+    from flows.registry_ops import registry_rows
+
+    rows = guarded(lambda: registry_rows(".", params()))
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    if not rows:
+        console.print(f"no registered versions of {params().promote.model} yet (run `edgedistill run`)")
+        return
+    t = Table(title=f"registry: {rows[0]['model']}")
+    for col in ("version", "stages", "commit", "registered", "int8 acc", "KD gain", "INT8 drop", "p95 ms", "size B"):
+        t.add_column(col, justify="right" if col not in ("version", "stages", "commit", "registered") else "left")
+    for r in rows:
+        def pct(v: Any) -> str:
+            return "—" if v is None else f"{100 * v:.2f}%"
+
+        t.add_row(r["version"], ", ".join(r["stages"]) or "—", r["commit"][:8], r["created_at"][:19].replace("T", " "),
+                  pct(r["int8_accuracy"]), "—" if r["kd_gain"] is None else f"{100 * r['kd_gain']:+.2f}",
+                  "—" if r["int8_drop"] is None else f"{100 * r['int8_drop']:.2f}",
+                  "—" if r["p95_ms"] is None else f"{r['p95_ms']:.3f}", _num(r["size_bytes"]))
+    console.print(t)
+
+
+@app.command()
+def fetch(
+    stage: Annotated[str, typer.Option("--stage", help="stage to resolve through the registry")] = "prod",
+    version: Annotated[str | None, typer.Option("--version", help="a version instead of a stage")] = None,
+    to: Annotated[Path | None, typer.Option("--to", help="target directory (default deploy/<model>-<stage>)")] = None,
+    repo: Annotated[str | None, typer.Option(help="git repo holding the registry tags (default: here)")] = None,
+) -> None:
+    """Download a release bundle from the store, verify every SHA256, replace the target atomically."""
+    from flows.registry_ops import fetch_release
+
+    r = guarded(lambda: fetch_release(".", params(), to, stage=stage, version=version, repo=repo))
+    t = Table(title=f"{r['model']} {r['version']}" + (f" ({r['stage']})" if r["stage"] else "")
+              + f" from {r['store']}")
+    t.add_column("file")
+    t.add_column("bytes", justify="right")
+    t.add_column("sha256")
+    for name, f in r["files"].items():
+        t.add_row(name, f"{f['bytes']:,}", f"{f['sha256'][:16]}… [green]verified[/]")
+    console.print(t)
+    console.print(f"[green]✓[/] {r['dest']}")
+
+
+@app.command()
+def reproduce(
+    version: Annotated[str, typer.Argument(help="registered version to re-run, e.g. v0.1.0")],
+    keep: Annotated[bool, typer.Option(help="keep the temporary worktree for inspection")] = False,
+    show_all: Annotated[bool, typer.Option("--all", help="list identical metrics too")] = False,
+) -> None:
+    """Re-run a release from its commit in a temporary worktree and compare with what was released."""
+    from flows.reproduce import reproduce_version
+
+    r = guarded(lambda: reproduce_version(".", params(), version, keep=keep, log=console.print))
+    colour = {"identical": "green", "within tolerance": "yellow", "differs": "bold red"}
+    t = Table(title=f"{r['model']} {r['version']}: metrics (released vs reproduced)")
+    for col in ("file", "metric", "released", "reproduced", "verdict"):
+        t.add_column(col)
+    hidden = 0
+    for m in r["metrics"]:
+        if m["verdict"] == "identical" and not show_all:
+            hidden += 1
+            continue
+        t.add_row(m["file"], m["metric"], _num(m["released"]), _num(m["reproduced"]),
+                  f"[{colour[m['verdict']]}]{m['verdict']}[/]" + (" (timing)" if m["timing"] else ""))
+    console.print(t)
+    if hidden:
+        console.print(f"… and {hidden} identical metric(s) (--all lists them)")
+    f = Table(title="files")
+    for col in ("file", "compared by", "released", "reproduced", "verdict"):
+        f.add_column(col)
+    for x in r["files"]:
+        f.add_row(x["file"], x["by"], str(x["released"] or "—")[:12], str(x["reproduced"] or "—")[:12],
+                  f"[{colour[x['verdict']]}]{x['verdict']}[/]")
+    console.print(f)
+    c = r["counts"]
+    console.print(f"[{colour[r['verdict']]}]{r['verdict']}[/]: {c['identical']} identical, "
+                  f"{c['within tolerance']} within tolerance, {c['differs']} differ; report {r['report']}")

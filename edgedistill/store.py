@@ -1,0 +1,361 @@
+"""The artifact store behind one small interface (a local directory, or S3 through boto3): it holds the
+DVC remote (`<store>/dvc`) and immutable release bundles (`<store>/releases/<model>/<version>/`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+from edgedistill.errors import (
+    ArtifactCorrupt,
+    EdgeDistillError,
+    ParamsInvalid,
+    ReleaseNotFound,
+    StoreUnreachable,
+)
+from edgedistill.io import sha256_file
+from edgedistill.params import StoreParams
+
+DVC_PREFIX = "dvc"
+CARD = "model_card.json"
+SUMS = "SHA256SUMS"
+
+
+class TransientStoreError(StoreUnreachable):
+    """A network/I-O fault worth retrying (timeouts, refused connections, 5xx)."""
+
+
+def bundle_prefix(model: str, version: str) -> str:
+    return f"releases/{model}/{version}"
+
+
+class Store(ABC):
+    """Keys are '/'-separated paths relative to the store root."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where the store is, for humans and logs (never credentials)."""
+
+    @abstractmethod
+    def put_file(self, src: Path, key: str) -> None: ...
+
+    @abstractmethod
+    def get_file(self, key: str, dest: Path) -> None:
+        """Download `key` to `dest`; ReleaseNotFound when the key does not exist."""
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def list(self, prefix: str) -> list[str]:
+        """Keys under `prefix/` (recursive, sorted)."""
+
+    @abstractmethod
+    def dvc_remote(self) -> dict[str, str]:
+        """The DVC remote section for this store: url plus endpointurl/region for S3."""
+
+    def read_text(self, key: str) -> str:
+        with tempfile.TemporaryDirectory() as tmp:
+            dest = Path(tmp) / "obj"
+            self.get_file(key, dest)
+            return dest.read_text()
+
+
+class LocalStore(Store):
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root).resolve()
+
+    def describe(self) -> str:
+        return str(self.root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    def put_file(self, src: Path, key: str) -> None:
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        # copy beside, then rename: a reader never sees a half-written object
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+        os.close(fd)
+        try:
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dest)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    def get_file(self, key: str, dest: Path) -> None:
+        src = self._path(key)
+        if not src.is_file():
+            raise ReleaseNotFound(f"{key} not found in the store {self.root}")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str) -> list[str]:
+        base = self._path(prefix)
+        if not base.is_dir():
+            return []
+        return sorted(str(p.relative_to(self.root).as_posix()) for p in base.rglob("*")
+                      if p.is_file() and not p.name.startswith("."))
+
+    def dvc_remote(self) -> dict[str, str]:
+        return {"url": str(self.root / DVC_PREFIX)}
+
+
+class S3Store(Store):
+    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None,
+                 region: str | None = None):
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.endpoint_url = endpoint_url
+        self.region = region
+        self._client: Any = None
+
+    def describe(self) -> str:
+        where = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+        return f"{where} (endpoint {self.endpoint_url})" if self.endpoint_url else where
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+
+            # path-style addressing: S3-compatible endpoints (MinIO, moto, an IP) have no bucket DNS
+            cfg = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10,
+                         read_timeout=60, s3={"addressing_style": "path"} if self.endpoint_url else {})
+            self._client = boto3.session.Session().client(
+                "s3", endpoint_url=self.endpoint_url, region_name=self.region, config=cfg)
+        return self._client
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            ConnectionError,
+            HTTPClientError,
+            NoCredentialsError,
+            PartialCredentialsError,
+        )
+
+        try:
+            return fn(*args, **kwargs)
+        except (NoCredentialsError, PartialCredentialsError):
+            raise StoreUnreachable(f"{what}: no AWS credentials found for {self.describe()}",
+                                   hint="Set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or an "
+                                        "instance role (the standard AWS chain).") from None
+        except (ConnectionError, HTTPClientError) as e:
+            raise TransientStoreError(f"{what}: cannot reach {self.describe()}: {e}") from None
+        except ClientError as e:
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+            if code in ("404", "NoSuchKey", "NotFound"):
+                raise ReleaseNotFound(f"{what}: not found in {self.describe()}") from None
+            if code == "NoSuchBucket":
+                raise StoreUnreachable(f"{what}: bucket '{self.bucket}' does not exist at "
+                                       f"{self.endpoint_url or 'AWS'}",
+                                       hint="Create the bucket (see infra/s3.md) or fix store.s3.bucket.") from None
+            if status >= 500 or code in ("SlowDown", "RequestTimeout", "ServiceUnavailable"):
+                raise TransientStoreError(f"{what}: {self.describe()} answered {code} ({status})") from None
+            raise StoreUnreachable(f"{what}: {self.describe()} refused: {code} ({status})") from None
+        except BotoCoreError as e:
+            raise StoreUnreachable(f"{what}: {self.describe()}: {e}") from None
+
+    def put_file(self, src: Path, key: str) -> None:
+        self._call(f"upload {key}", self.client.upload_file, str(src), self.bucket, self._key(key))
+
+    def get_file(self, key: str, dest: Path) -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        self._call(f"download {key}", self.client.download_file, self.bucket, self._key(key), str(dest))
+
+    def exists(self, key: str) -> bool:
+        try:
+            self._call(f"stat {key}", self.client.head_object, Bucket=self.bucket, Key=self._key(key))
+        except ReleaseNotFound:
+            return False
+        return True
+
+    def list(self, prefix: str) -> list[str]:
+        full = self._key(prefix).rstrip("/") + "/"
+        strip = len(self._key(""))
+        keys: list[str] = []
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full)
+        for page in self._call(f"list {prefix}", list, pages):
+            keys += [o["Key"][strip:].lstrip("/") for o in page.get("Contents", [])]
+        return sorted(keys)
+
+    def dvc_remote(self) -> dict[str, str]:
+        conf = {"url": f"s3://{self.bucket}/{self._key(DVC_PREFIX)}"}
+        if self.endpoint_url:
+            conf["endpointurl"] = self.endpoint_url
+        if self.region:
+            conf["region"] = self.region
+        return conf
+
+
+def open_store(sp: StoreParams, root: str | os.PathLike[str] = ".") -> Store:
+    """S3 when `store.s3.bucket` is set, else the local directory (relative to the project root)."""
+    if sp.s3.bucket:
+        return S3Store(sp.s3.bucket, sp.s3.prefix, sp.s3.endpoint_url, sp.s3.region)
+    local = Path(sp.local).expanduser()
+    return LocalStore(local if local.is_absolute() else Path(root) / local)
+
+
+# ---------------------------------------------------------------- DVC remote on the store
+
+def configure_dvc_remote(store: Store, name: str, root: str | os.PathLike[str] = ".") -> dict[str, str]:
+    """Point DVC's default remote at the store, in .dvc/config.local (never committed: params.yaml
+    is the one place the store is configured, and the local path is machine-specific)."""
+    from dvc.repo import Repo
+
+    want = store.dvc_remote()
+    with Repo(str(root)) as repo:
+        current = repo.config.load_one("local")
+        have = dict(current.get("remote", {}).get(name, {}))
+        if isinstance(store, LocalStore):  # DVC stores local urls relative to .dvc/
+            have_url = have.get("url")
+            if have_url and not os.path.isabs(have_url):
+                have["url"] = os.path.normpath(os.path.join(repo.dvc_dir, have_url))
+        if have != want or current.get("core", {}).get("remote") != name:
+            with repo.config.edit("local") as conf:
+                conf.setdefault("remote", {})[name] = dict(want)
+                conf.setdefault("core", {})["remote"] = name
+    return want
+
+
+def _dvc_transfer_error(what: str, store: Store, e: Exception) -> EdgeDistillError:
+    return TransientStoreError(f"{what} {store.describe()} failed: {e}")
+
+
+def dvc_pull_missing(store: Store, name: str, root: str | os.PathLike[str] = ".") -> dict[str, Any]:
+    """Pull only the tracked outputs absent from the workspace, so a fresh clone skips unchanged
+    stages while files the user already has are never overwritten."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    if isinstance(store, LocalStore) and not (store.root / DVC_PREFIX).is_dir():
+        return {"pulled": 0, "missing": [], "note": "store is empty"}
+    with Repo(str(root)) as repo:
+        missing = sorted({str(out) for stage in repo.index.stages for out in stage.outs
+                          if out.use_cache and out.hash_info and not os.path.exists(out.fs_path)})
+        if not missing:
+            return {"pulled": 0, "missing": []}
+        try:
+            result = repo.pull(targets=missing, remote=name, allow_missing=True)
+        except DvcException as e:
+            raise _dvc_transfer_error("dvc pull from", store, e) from None
+    stats = result.get("stats", {}) if isinstance(result, dict) else {}
+    return {"pulled": int(stats.get("fetched", 0) or 0), "missing": missing}
+
+
+def dvc_push(store: Store, name: str, root: str | os.PathLike[str] = ".") -> int:
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        try:
+            return int(repo.push(remote=name) or 0)
+        except DvcException as e:
+            raise _dvc_transfer_error("dvc push to", store, e) from None
+
+
+# ---------------------------------------------------------------- release bundles
+
+def sums_text(files: dict[str, Path]) -> str:
+    return "".join(f"{sha256_file(p)}  {name}\n" for name, p in sorted(files.items()))
+
+
+def parse_sums(text: str, source: str) -> dict[str, str]:
+    sums: dict[str, str] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        digest, sep, name = line.partition("  ")
+        if not sep or len(digest) != 64 or not name or "/" in name or name.startswith("."):
+            raise ArtifactCorrupt(f"{source}: line {n} is not '<sha256>  <file name>': {line[:80]!r}")
+        sums[name] = digest
+    if not sums:
+        raise ArtifactCorrupt(f"{source} is empty")
+    return sums
+
+
+def bundle_exists(store: Store, model: str, version: str) -> bool:
+    return store.exists(f"{bundle_prefix(model, version)}/{SUMS}")
+
+
+def publish_bundle(store: Store, model: str, version: str, files: dict[str, Path]) -> dict[str, str]:
+    """Upload a release bundle; SHA256SUMS goes last, so its presence means the bundle is complete.
+
+    A version is immutable: publishing different bytes under an existing version is refused."""
+    prefix = bundle_prefix(model, version)
+    text = sums_text(files)
+    if bundle_exists(store, model, version):
+        if store.read_text(f"{prefix}/{SUMS}") == text:
+            return parse_sums(text, SUMS)
+        raise ArtifactCorrupt(f"{store.describe()}/{prefix} already holds a different bundle",
+                              hint="Versions are immutable; register a new version instead.")
+    for name, path in sorted(files.items()):
+        store.put_file(path, f"{prefix}/{name}")
+    with tempfile.TemporaryDirectory() as tmp:
+        sums = Path(tmp) / SUMS
+        sums.write_text(text)
+        store.put_file(sums, f"{prefix}/{SUMS}")
+    return parse_sums(text, SUMS)
+
+
+def fetch_bundle(store: Store, model: str, version: str, dest: str | os.PathLike[str]) -> dict[str, Any]:
+    """Download a bundle beside `dest`, verify every SHA256, then swap it in; on any failure the
+    previous contents of `dest` are left as they were."""
+    dest = Path(dest).resolve()
+    prefix = bundle_prefix(model, version)
+    if not bundle_exists(store, model, version):
+        raise ReleaseNotFound(f"no bundle for {model} {version} in {store.describe()} "
+                              f"(expected {prefix}/{SUMS})")
+    if dest.exists() and (not dest.is_dir() or (any(dest.iterdir()) and not (dest / SUMS).is_file())):
+        raise ParamsInvalid(f"refusing to replace {dest}: it is not a fetched release bundle",
+                            hint="Pass --to an empty or new directory (or one `fetch` wrote before).")
+    if dest in Path.cwd().resolve().parents or dest == Path.cwd().resolve():
+        raise ParamsInvalid(f"refusing to replace {dest}: it contains the current directory")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        store.get_file(f"{prefix}/{SUMS}", tmp / SUMS)
+        sums = parse_sums((tmp / SUMS).read_text(), f"{store.describe()}/{prefix}/{SUMS}")
+        for name, digest in sums.items():
+            store.get_file(f"{prefix}/{name}", tmp / name)
+            got = sha256_file(tmp / name)
+            if got != digest:
+                raise ArtifactCorrupt(f"{prefix}/{name}: sha256 {got[:12]}… does not match "
+                                      f"SHA256SUMS {digest[:12]}…; nothing was replaced in {dest}")
+        card = json.loads((tmp / CARD).read_text()) if CARD in sums else {}
+        if (card.get("model"), card.get("version")) != (model, version):
+            raise ArtifactCorrupt(f"{prefix}/{CARD} describes {card.get('model')} {card.get('version')}, "
+                                  f"not {model} {version}; nothing was replaced in {dest}")
+        _swap_in(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"dest": str(dest), "files": {n: {"sha256": d, "bytes": (dest / n).stat().st_size}
+                                         for n, d in sums.items()}}
+
+
+def _swap_in(new: Path, dest: Path) -> None:
+    """Replace `dest` by `new` with two renames on the same filesystem (the old tree is removed
+    only after the new one is in place)."""
+    old = dest.with_name(f".{dest.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists() or dest.is_symlink():
+        os.replace(dest, old)
+    os.replace(new, dest)
+    shutil.rmtree(old, ignore_errors=True)
+    if old.is_symlink():
+        old.unlink()

@@ -1,0 +1,496 @@
+"""The release flow: pull, run the dvc.yaml stages in order through DVC itself (unchanged ones are
+skipped), push, and — when every promotion gate passes — commit the lock and metrics, publish the
+bundle to the artifact store and register a GTO version in `staging` (or `prod` with auto_prod)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed
+from rich.console import Console
+from rich.table import Table
+
+from edgedistill.errors import EdgeDistillError, GateFailed, ParamsInvalid
+from edgedistill.io import read_json, sha256_file, write_json
+from edgedistill.params import Params, load_params
+from edgedistill.pipeline import StageFailed, pipeline_stages, reproduce_stage
+from edgedistill.registry import Registry, commit_paths, git, head_commit
+from edgedistill.store import (
+    CARD,
+    TransientStoreError,
+    bundle_exists,
+    bundle_prefix,
+    configure_dvc_remote,
+    dvc_pull_missing,
+    dvc_push,
+    open_store,
+    publish_bundle,
+)
+from tasks.promote import PROD_REFERENCE, PROMOTION, describe_failures
+
+SUMMARY = "reports/release.json"
+BUNDLE_FILES = {"student.onnx": "models/student.onnx", "student.int8.onnx": "models/student.int8.onnx"}
+STAGE_LOG_LINES = 80
+
+
+# ---------------------------------------------------------------- retries: transient faults only
+
+def is_transient(exc: BaseException | None) -> bool:
+    """I/O and network faults are worth a retry; validation, gate and params failures never are."""
+    if isinstance(exc, TransientStoreError):
+        return True
+    if exc is None or isinstance(exc, EdgeDistillError):
+        return False
+    return isinstance(exc, (OSError, TimeoutError, ConnectionError))
+
+
+def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    exc = state.data if isinstance(state.data, BaseException) else None
+    if exc is None:
+        with contextlib.suppress(Exception):
+            got = state.result(raise_on_failure=False)
+            exc = got if isinstance(got, BaseException) else None
+    return is_transient(exc)
+
+
+TRANSIENT_RETRIES: dict[str, Any] = {"retries": 2, "retry_delay_seconds": [2, 10],
+                                     "retry_condition_fn": _retry_transient, "cache_policy": NO_CACHE}
+
+
+@contextlib.contextmanager
+def working_dir(path: str | os.PathLike[str]) -> Iterator[None]:
+    """DVC resolves a stage name against the current directory's dvc.yaml, so run it from `path`."""
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
+# ---------------------------------------------------------------- stage output capture
+
+@contextlib.contextmanager
+def _tee_output() -> Iterator[list[bytes]]:
+    """Copy fds 1 and 2 (what DVC's stage subprocesses write) to the terminal and to a buffer, so
+    each stage's own output also lands in its Prefect task log."""
+    chunks: list[bytes] = []
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    pumps = []
+    for fd in (1, 2):
+        r, w = os.pipe()
+        os.dup2(w, fd)
+        os.close(w)
+
+        def pump(r: int = r, out: int = saved[fd]) -> None:
+            while data := os.read(r, 65536):
+                os.write(out, data)
+                chunks.append(data)
+            os.close(r)
+
+        t = threading.Thread(target=pump, daemon=True)
+        t.start()
+        pumps.append(t)
+    try:
+        yield chunks
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, orig in saved.items():
+            os.dup2(orig, fd)  # closes the pipe's last write end: the pump sees EOF
+        for t in pumps:
+            t.join(timeout=10)
+        for orig in saved.values():
+            os.close(orig)
+
+
+def _stage_output_log() -> logging.Logger:
+    """A logger that sends a stage's captured output to its task's run page only: the terminal
+    already showed it live."""
+    from prefect.logging.handlers import APILogHandler
+
+    logger = logging.getLogger("edgedistill.stage_output")
+    if not logger.handlers:
+        logger.addHandler(APILogHandler())
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger
+
+
+# ---------------------------------------------------------------- tasks
+
+@task(name="configure-store", **TRANSIENT_RETRIES)
+def configure_store(root: Path, params: Params) -> dict[str, str]:
+    store = open_store(params.store, root)
+    configure_dvc_remote(store, params.store.remote_name, root)
+    get_run_logger().info("artifact store: %s (DVC remote '%s')", store.describe(), params.store.remote_name)
+    return {"url": store.describe(), "remote": params.store.remote_name}
+
+
+@task(name="dvc-pull", **TRANSIENT_RETRIES)
+def pull_inputs(root: Path, params: Params) -> dict[str, Any]:
+    got = dvc_pull_missing(open_store(params.store, root), params.store.remote_name, root)
+    get_run_logger().info("pulled %d file(s) for %d missing output(s)%s", got["pulled"], len(got["missing"]),
+                          f" ({got['note']})" if got.get("note") else "")
+    return got
+
+
+@task(name="resolve-prod", **TRANSIENT_RETRIES)
+def write_prod_reference(root: Path, params: Params) -> dict[str, Any]:
+    """Record the current prod version and its key metrics where the promote stage reads them
+    (rewritten only when it changes, so DVC skips `promote` when nothing moved)."""
+    model = params.promote.model
+    reg = Registry(root)
+    prod = reg.resolve(model, "prod")
+    ref: dict[str, Any] = {"model": model, "version": None, "commit": None, "metrics": {}}
+    if prod is not None:
+        record = reg.read_json_at(prod, PROMOTION) or {}
+        ref.update(version=prod.version, commit=prod.commit, metrics=record.get("candidate", {}))
+    path = root / PROD_REFERENCE
+    if not path.is_file() or read_json(path) != ref:
+        write_json(path, ref)
+    get_run_logger().info("current prod: %s", f"{model} {prod.version}" if prod else "none")
+    return ref
+
+
+@task(name="stage", task_run_name="{stage}", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10],
+      retry_condition_fn=_retry_transient)
+def run_stage(stage: str, root: Path, force: bool = False) -> dict[str, Any]:
+    log = get_run_logger()
+    # DVC runs `python -m tasks.<stage>`: make that the interpreter running this flow
+    bin_dir = str(Path(sys.executable).parent)
+    if os.environ.get("PATH", "").split(os.pathsep)[0] != bin_dir:
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+    log.info("stage %s: starting", stage)
+    t0 = time.perf_counter()
+    failure: BaseException | None = None
+    with _tee_output() as chunks:
+        try:
+            with working_dir(root):
+                result = reproduce_stage(stage, force=force, root=root)
+        except BaseException as e:  # noqa: BLE001 - re-raised below, after the output is logged
+            failure = e
+    text = b"".join(chunks).decode(errors="replace").strip()
+    seconds = time.perf_counter() - t0
+    if text:
+        lines = text.splitlines()
+        _stage_output_log().info(
+            "stage %s output%s:\n%s", stage,
+            f" (last {STAGE_LOG_LINES} of {len(lines)} lines)" if len(lines) > STAGE_LOG_LINES else "",
+            "\n".join(lines[-STAGE_LOG_LINES:]))
+    if failure is not None:
+        log.error("stage %s failed after %.1fs", stage, seconds)
+        raise failure
+    log.info("stage %s: %s in %.1fs", stage, "ran" if result.ran else "unchanged, skipped", seconds)
+    return {"stage": stage, "ran": result.ran, "seconds": round(seconds, 2)}
+
+
+@task(name="dvc-push", **TRANSIENT_RETRIES)
+def push_outputs(root: Path, params: Params) -> int:
+    n = dvc_push(open_store(params.store, root), params.store.remote_name, root)
+    get_run_logger().info("pushed %d file(s) to the store", n)
+    return n
+
+
+@task(name="register-release", **TRANSIENT_RETRIES)
+def register_release(root: Path, params: Params, decision: dict[str, Any]) -> dict[str, Any]:
+    """Commit what the release pins, publish its bundle, then tag it; the tag comes last so a
+    registered version always has its bundle in the store."""
+    log = get_run_logger()
+    pp = params.promote
+    reg = Registry(root)
+    data = data_lineage(root, params)
+    cand = decision["candidate"]
+    commit_paths(root, release_paths(root),
+                 f"release {pp.model}: int8 accuracy {cand['int8_accuracy']:.4f}, "
+                 f"data {(data.get('md5') or '?')[:8]}")
+    commit = head_commit(root)
+    existing = reg.at_commit(pp.model, commit)
+    version = existing.version if existing else reg.next_version(pp.model, pp.bump)
+    store = open_store(params.store, root)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {name: root / rel for name, rel in BUNDLE_FILES.items()}
+        for name, path in files.items():
+            if not path.is_file():
+                raise ParamsInvalid(f"{path} is missing: the release bundle needs {name}")
+        card = model_card(root, params, version, commit, decision, files, data)
+        write_json(Path(tmp) / CARD, card)
+        files[CARD] = Path(tmp) / CARD
+        # an existing version's bundle is immutable: only publish when it is not there yet
+        if not (existing and bundle_exists(store, pp.model, version)):
+            publish_bundle(store, pp.model, version, files)
+    tags: list[str] = []
+    if existing:
+        log.info("commit %s is already %s %s; nothing new to register", commit[:8], pp.model, version)
+    else:
+        tags.append(reg.register(pp.model, version, commit))
+        tags.append(reg.assign(pp.model, version, "staging") or "")
+        if pp.auto_prod:
+            tags.append(reg.assign(pp.model, version, "prod") or "")
+    tags = [t for t in tags if t]
+    pushed = reg.push(tags) if pp.push_git else []
+    stages = reg.get(pp.model, version).stages
+    log.info("%s %s at %s: stages %s; bundle %s/%s", pp.model, version, commit[:8], stages or "-",
+             store.describe(), bundle_prefix(pp.model, version))
+    return {"model": pp.model, "version": version, "commit": commit, "stages": stages, "tags": tags,
+            "new": not existing, "pushed": pushed,
+            "bundle": f"{store.describe()}/{bundle_prefix(pp.model, version)}"}
+
+
+# ---------------------------------------------------------------- lineage and the model card
+
+def _lock(root: Path) -> dict[str, Any]:
+    path = root / "dvc.lock"
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+
+def data_lineage(root: Path, params: Params) -> dict[str, Any]:
+    """The dataset version a release was trained on: path, DVC md5, and where it is recorded."""
+    path = params.data.readings
+    out: dict[str, Any] = {"path": path, "md5": None, "recorded_in": None}
+    for name, stage in (_lock(root).get("stages") or {}).items():
+        dep = next((d for d in stage.get("deps") or [] if d.get("path") == path and d.get("md5")), None)
+        if dep:
+            out.update(md5=dep["md5"], size=dep.get("size"), recorded_in=f"dvc.lock:{name}")
+            break
+    dvc_file = root / f"{path}.dvc"
+    if dvc_file.is_file():
+        outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or [{}]
+        out["md5"] = out["md5"] or outs[0].get("md5")
+        out["dvc_file"] = f"{path}.dvc"
+        last = git(root, "log", "-1", "--format=%H", "--", f"{path}.dvc", check=False).stdout.strip()
+        out["dvc_file_commit"] = last or None
+    return out
+
+
+def release_paths(root: Path) -> list[str]:
+    """What a release commit pins: dvc.lock and every git-tracked (not DVC-cached) path it names
+    — params files, code deps, metrics and reports — so the tag alone reproduces the run."""
+    lock = _lock(root)
+    paths = {"dvc.lock", "dvc.yaml", PROD_REFERENCE}
+    for stage in (lock.get("stages") or {}).values():
+        for entry in [*(stage.get("deps") or []), *(stage.get("outs") or [])]:
+            paths.add(entry["path"])
+        for out in stage.get("outs") or []:  # DVC's .gitignore beside each cached output
+            paths.add(str(Path(out["path"]).parent / ".gitignore"))
+        paths.update((stage.get("params") or {}).keys())
+    listed = git(root, "ls-files", "--cached", "--others", "--exclude-standard", "--", "*.dvc", check=False)
+    paths.update(listed.stdout.split())
+    existing = sorted(p for p in paths if (root / p).exists())
+    if not existing:
+        return []
+    ignored = set(git(root, "check-ignore", "--", *existing, check=False).stdout.split())
+    return [p for p in existing if p not in ignored]
+
+
+def model_card(root: Path, params: Params, version: str, commit: str, decision: dict[str, Any],
+               files: dict[str, Path], data: dict[str, Any]) -> dict[str, Any]:
+    def doc(rel: str) -> Any:
+        return read_json(root / rel) if (root / rel).is_file() else None
+
+    norm = doc("data/prepared/norm.json") or {}
+    lock = root / "dvc.lock"
+    return {
+        "model": params.promote.model,
+        "version": version,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "files": {name: {"sha256": sha256_file(p), "bytes": p.stat().st_size,
+                         "source": BUNDLE_FILES.get(name)} for name, p in sorted(files.items())},
+        "input": {k: norm.get(k) for k in ("channels", "window", "sample_rate_hz", "labels", "layout")},
+        "metrics": {"teacher": doc("metrics/teacher.json"), "distill": doc("metrics/distill.json"),
+                    "export": doc("metrics/export.json"), "summary": decision["candidate"]},
+        "benchmark": doc("metrics/benchmark.json"),
+        "gates": {"passed": decision["passed"], "gates": decision["gates"], "prod_at_release": decision["prod"]},
+        "lineage": {
+            "git_commit": commit,
+            "data": data,
+            "dvc_lock_sha256": sha256_file(lock) if lock.is_file() else None,
+            "params": params.model_dump(mode="json", by_alias=True),
+        },
+    }
+
+
+# ---------------------------------------------------------------- summary (one source, two views)
+
+def _pct(v: Any) -> str:
+    return "—" if v is None else f"{100 * float(v):.2f}%"
+
+
+def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
+    m = s.get("metrics") or {}
+    d = s.get("data") or {}
+    r = s.get("registry") or {}
+    rows = [
+        ("data version", f"{d.get('path')} md5 {str(d.get('md5') or '—')[:12]}"
+                         + (f" (git {s['git_commit'][:8]})" if s.get("git_commit") else "")),
+        ("teacher accuracy", _pct(m.get("teacher_accuracy"))),
+        ("baseline student accuracy", _pct(m.get("baseline_accuracy"))),
+        ("KD student accuracy", _pct(m.get("kd_accuracy"))),
+        ("KD gain", "—" if m.get("kd_gain") is None else f"{100 * float(m['kd_gain']):+.2f} pts"),
+        ("INT8 accuracy / drop", f"{_pct(m.get('int8_accuracy'))} / "
+                                 + ("—" if m.get("int8_drop") is None else f"{100 * float(m['int8_drop']):.2f} pts")),
+        ("latency p50 / p95", "—" if m.get("p95_ms") is None
+         else f"{m['p50_ms']:.3f} / {m['p95_ms']:.3f} ms ({m.get('profile')})"),
+        ("size / RAM estimate", "—" if m.get("size_bytes") is None
+         else f"{int(m['size_bytes']):,} B / {int(m['ram_bytes']):,} B"),
+        ("gates", "—" if not s.get("gates") else
+         ("all passed" if not s.get("failed") else "FAILED: " + ", ".join(s["failed"]))),
+        ("registry", f"{r['model']} {r['version']} → {', '.join(r['stages']) or '—'}"
+         + ("" if r.get("new", True) else " (already registered)") if r.get("version") else "not registered"),
+        ("bundle", r.get("bundle") or "—"),
+    ]
+    return rows
+
+
+def render_summary(s: dict[str, Any], console: Console) -> None:
+    t = Table(title=f"release: {s['status']}", show_header=False)
+    t.add_column(style="bold")
+    t.add_column()
+    for k, v in summary_rows(s):
+        t.add_row(k, v)
+    console.print(t)
+    if s.get("gates"):
+        g = Table(title="promotion gates")
+        for col in ("gate", "value", "threshold", "verdict"):
+            g.add_column(col, justify="right" if col in ("value", "threshold") else "left")
+        for row in s["gates"]:
+            colour = {"pass": "green", "fail": "bold red"}.get(row["verdict"], "dim")
+            g.add_row(row["gate"], _num(row["value"]), f"{row['op']} {_num(row['threshold'])}",
+                      f"[{colour}]{row['verdict']}[/]")
+        console.print(g)
+    if s.get("stages"):
+        st = Table(title="stages")
+        st.add_column("stage")
+        st.add_column("ran")
+        st.add_column("seconds", justify="right")
+        for r in s["stages"]:
+            st.add_row(r["stage"], "ran" if r["ran"] else "skipped", f"{r['seconds']:.1f}")
+        console.print(st)
+
+
+def _num(v: Any) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
+
+
+def summary_markdown(s: dict[str, Any]) -> str:
+    lines = [f"# edgedistill release: {s['status']}", "", "| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in summary_rows(s)]
+    if s.get("gates"):
+        lines += ["", "## Promotion gates", "", "| gate | value | threshold | verdict |", "|---|---:|---:|---|"]
+        lines += [f"| {r['gate']} | {_num(r['value'])} | {r['op']} {_num(r['threshold'])} | {r['verdict']} |"
+                  for r in s["gates"]]
+    if s.get("stages"):
+        lines += ["", "## Stages", "", "| stage | ran | seconds |", "|---|---|---:|"]
+        lines += [f"| {r['stage']} | {'ran' if r['ran'] else 'skipped'} | {r['seconds']:.1f} |" for r in s["stages"]]
+    return "\n".join(lines) + "\n"
+
+
+def _publish_summary(root: Path, s: dict[str, Any], console: Console) -> None:
+    write_json(root / SUMMARY, s)
+    render_summary(s, console)
+    with contextlib.suppress(Exception):  # the run page is a convenience; the JSON is the record
+        create_markdown_artifact(summary_markdown(s), key="release-summary",
+                                 description=f"edgedistill release ({s['status']})")
+
+
+# ---------------------------------------------------------------- the flow
+
+@flow(name="edgedistill-release", log_prints=True, validate_parameters=False)
+def release(root: str = ".", params_file: str = "params.yaml", stages: list[str] | None = None,
+            force: bool = False) -> Any:
+    """Data in, gated and registered release out. With `stages`, only those run (no release)."""
+    try:
+        return _release(root, params_file, stages, force)
+    except EdgeDistillError as e:
+        # a user-facing failure ends the run Failed with its one-line cause (no traceback dump);
+        # the caller still gets the exception itself
+        get_run_logger().error("%s: %s", type(e).__name__, e)
+        return Failed(message=f"{type(e).__name__}: {e}", data=e)
+
+
+def _release(root: str, params_file: str, stages: list[str] | None, force: bool) -> dict[str, Any]:
+    console = Console()
+    # DVC prints through its own handlers; propagating would print each line twice via Prefect's
+    logging.getLogger("dvc").propagate = False
+    root_p = Path(root).resolve()
+    params = load_params(root_p / params_file)
+    order = pipeline_stages(root_p)
+    unknown = [s for s in stages or [] if s not in order]
+    if unknown:
+        raise ParamsInvalid(f"unknown stage(s) {unknown}; the pipeline is {order}")
+    selected = [s for s in order if not stages or s in stages]
+    releasing = "promote" in order and set(selected) == set(order)
+    if releasing:
+        declared = (yaml.safe_load((root_p / "dvc.yaml").read_text()) or {}).get("artifacts") or {}
+        if params.promote.model not in declared:
+            raise ParamsInvalid(f"promote.model '{params.promote.model}' is not declared in the artifacts: "
+                                f"section of dvc.yaml (declared: {sorted(declared) or 'none'})")
+
+    store = configure_store(root_p, params)
+    pull_inputs(root_p, params)
+    if "promote" in selected:
+        write_prod_reference(root_p, params)
+    runs: list[dict[str, Any]] = []
+    summary: dict[str, Any] = {"status": "running", "store": store, "data": data_lineage(root_p, params)}
+    for stage in selected:
+        t0 = time.time()
+        try:
+            runs.append(run_stage(stage, root_p, force))
+        except StageFailed:
+            decision = _fresh_decision(root_p, t0) if stage == "promote" else None
+            if decision is None or decision["passed"]:
+                raise
+            summary.update(status="gate failed", stages=runs, metrics=decision["candidate"],
+                           gates=decision["gates"], failed=decision["failed"])
+            _publish_summary(root_p, summary, console)
+            raise GateFailed(f"promotion gate(s) failed: {describe_failures(decision)}",
+                             hint=f"Not registered; prod is unchanged. Every gate is in {PROMOTION}.") from None
+    summary["stages"] = runs
+    summary["dvc_pushed"] = push_outputs(root_p, params)
+    summary["data"] = data_lineage(root_p, params)
+
+    if not releasing:
+        summary["status"] = "partial run (no release)" if "promote" in order else "pipeline done (no promote stage)"
+        _publish_summary(root_p, summary, console)
+        return summary
+    decision = read_json(root_p / PROMOTION)
+    summary.update(metrics=decision["candidate"], gates=decision["gates"], failed=decision["failed"])
+    reg = register_release(root_p, params, decision)
+    summary.update(status="released" if reg["new"] else "unchanged (already released)", registry=reg,
+                   git_commit=reg["commit"])
+    _publish_summary(root_p, summary, console)
+    return summary
+
+
+def _fresh_decision(root: Path, since: float) -> dict[str, Any] | None:
+    """promotion.json written by this run's promote stage (not a stale one from an earlier run)."""
+    path = root / PROMOTION
+    if not path.is_file() or path.stat().st_mtime < since - 1:
+        return None
+    return read_json(path)
+
+
+def run_release(root: str | Path = ".", params_file: str = "params.yaml", stages: list[str] | None = None,
+                force: bool = False) -> dict[str, Any]:
+    """Run the flow (Prefect's ephemeral local server when no PREFECT_API_URL is set)."""
+    return release(root=str(root), params_file=str(params_file), stages=stages, force=force)

@@ -1,0 +1,140 @@
+"""promote: check the candidate release against the gates in params (and against the current prod
+version) and write reports/promotion.json with every gate's value, threshold and verdict.
+
+The registry itself is the flow's business: this stage only reads metrics files and the prod
+reference file the flow wrote (reports/prod_reference.json), so it stays a plain DVC stage.
+"""
+
+from __future__ import annotations
+
+import operator
+from pathlib import Path
+from typing import Any
+
+from edgedistill.errors import ArtifactCorrupt, GateFailed
+from edgedistill.io import read_json, write_json
+from edgedistill.params import GateParams, Params
+
+DISTILL = "metrics/distill.json"
+EXPORT = "metrics/export.json"
+BENCHMARK = "metrics/benchmark.json"
+PROD_REFERENCE = "reports/prod_reference.json"
+PROMOTION = "reports/promotion.json"
+
+# candidate metric -> (file, key path)
+SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "teacher_accuracy": (DISTILL, ("teacher", "accuracy")),
+    "baseline_accuracy": (DISTILL, ("baseline", "accuracy")),
+    "kd_accuracy": (DISTILL, ("kd", "accuracy")),
+    "kd_gain": (DISTILL, ("kd_gain",)),
+    "fp32_accuracy": (EXPORT, ("fp32", "accuracy")),
+    "int8_accuracy": (EXPORT, ("int8", "accuracy")),
+    "int8_drop": (EXPORT, ("int8_drop",)),
+    "profile": (BENCHMARK, ("release", "profile")),
+    "p50_ms": (BENCHMARK, ("release", "student_int8_p50_ms")),
+    "p95_ms": (BENCHMARK, ("release", "student_int8_p95_ms")),
+    "speedup_vs_teacher": (BENCHMARK, ("release", "speedup_vs_teacher")),
+    "size_bytes": (BENCHMARK, ("release", "int8_file_bytes")),
+    "ram_bytes": (BENCHMARK, ("release", "ram_estimate_bytes")),
+    "flash_bytes": (BENCHMARK, ("release", "flash_estimate_bytes")),
+}
+
+_OPS = {">=": operator.ge, "<=": operator.le}
+
+
+def read_candidate(paths: dict[str, str] | None = None) -> dict[str, Any]:
+    """The candidate's key metrics, each from the file and key that produced it."""
+    paths = paths or {}
+    docs: dict[str, Any] = {}
+    out: dict[str, Any] = {}
+    for metric, (default, keys) in SOURCES.items():
+        path = paths.get(default, default)
+        if path not in docs:
+            if not Path(path).is_file():
+                raise ArtifactCorrupt(f"{path} is missing; the promote stage needs it",
+                                      hint="Run the upstream stages first (`edgedistill run`).")
+            docs[path] = read_json(path)
+        node: Any = docs[path]
+        for k in keys:
+            if not isinstance(node, dict) or k not in node:
+                raise ArtifactCorrupt(f"{path}: missing key '{'.'.join(keys)}'")
+            node = node[k]
+        out[metric] = node
+    return out
+
+
+def decide_promotion(candidate: dict[str, Any], gates: GateParams,
+                     prod: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every gate's value, threshold and verdict ('pass' / 'fail' / 'off' when its threshold is null).
+
+    `prod` is the current prod version's record ({"version", "metrics": {"int8_accuracy", ...}}) or
+    None when nothing is in prod yet."""
+    acc = float(candidate["int8_accuracy"])
+    rows: list[dict[str, Any]] = []
+
+    def gate(name: str, metric: str, value: Any, op: str, threshold: Any, detail: str = "") -> None:
+        if threshold is None:
+            verdict = "off"
+        else:
+            verdict = "pass" if _OPS[op](value, threshold) else "fail"
+        rows.append({"gate": name, "metric": metric, "value": value, "op": op,
+                     "threshold": threshold, "verdict": verdict, "detail": detail})
+
+    gate("accuracy", "int8 accuracy", acc, ">=", gates.min_accuracy)
+    gate("drop_vs_teacher", "teacher - int8 accuracy",
+         round(float(candidate["teacher_accuracy"]) - acc, 6), "<=", gates.max_drop_vs_teacher)
+    gate("int8_drop", "fp32 - int8 accuracy", float(candidate["int8_drop"]), "<=", gates.max_int8_drop)
+    gate("p95_latency", f"int8 p95 ms ({candidate.get('profile', '?')})", float(candidate["p95_ms"]),
+         "<=", gates.max_p95_ms)
+    gate("size", "int8 file bytes", int(candidate["size_bytes"]), "<=", gates.max_size_bytes)
+    gate("ram", "estimated RAM bytes", int(candidate["ram_bytes"]), "<=", gates.max_ram_bytes)
+
+    prod_acc = (prod or {}).get("metrics", {}).get("int8_accuracy") if prod else None
+    if prod_acc is None:
+        rows.append({"gate": "no_regression", "metric": "prod - int8 accuracy", "value": None, "op": "<=",
+                     "threshold": gates.regression_tolerance,
+                     "verdict": "off" if gates.regression_tolerance is None else "pass",
+                     "detail": "no prod version yet"})
+    else:
+        gate("no_regression", "prod - int8 accuracy", round(float(prod_acc) - acc, 6), "<=",
+             gates.regression_tolerance, detail=f"prod {prod.get('version')} int8 accuracy {prod_acc:.4f}")
+
+    failed = [r["gate"] for r in rows if r["verdict"] == "fail"]
+    return {"passed": not failed, "failed": failed, "gates": rows, "candidate": candidate,
+            "prod": {"version": prod.get("version"), "int8_accuracy": prod_acc} if prod else None}
+
+
+def describe_failures(decision: dict[str, Any]) -> str:
+    parts = []
+    for r in decision["gates"]:
+        if r["verdict"] == "fail":
+            parts.append(f"{r['gate']} ({r['metric']} {_fmt(r['value'])} not {r['op']} {_fmt(r['threshold'])})")
+    return "; ".join(parts)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def run(params: Params, reference: str | Path = PROD_REFERENCE, out: str | Path = PROMOTION,
+        paths: dict[str, str] | None = None) -> dict[str, Any]:
+    candidate = read_candidate(paths)
+    prod = read_json(reference) if Path(reference).is_file() else None
+    if prod is not None and not prod.get("version"):
+        prod = None
+    decision = {"model": params.promote.model, **decide_promotion(candidate, params.promote.gates, prod)}
+    write_json(out, decision)  # written on failure too: it is the report of which gate failed
+    if not decision["passed"]:
+        raise GateFailed(f"promotion gate(s) failed: {describe_failures(decision)}",
+                         hint=f"Not promoted; see {out} for every gate. Previous versions are untouched.")
+    return decision
+
+
+def main() -> None:
+    from edgedistill.cli import run_stage_main
+
+    run_stage_main("promote", lambda p: run(p))
+
+
+if __name__ == "__main__":
+    main()
