@@ -627,11 +627,13 @@ def add(params: Params, source: str | Path, append: bool = False, to: str | Path
                                   update_reference=update_reference)
         except DataInvalid as e:
             drift = _drift_failed(root / ADD_REPORT_DIR / "result.json")
-            raise DataInvalid(f"{source}{' (appended to ' + t.path + ')' if append else ''} failed validation; "
-                              f"{t.path} is unchanged. {e}",
+            where = (f" (checked appended to {t.path}: its rows start at row {len(old_df):,})"
+                     if append and old_df is not None else "")
+            detail = str(e).replace(f"{candidate}: ", "", 1)  # the temp copy's path means nothing to the user
+            raise DataInvalid(f"{source} failed validation{where}; {t.path} is unchanged. {detail}",
                               hint=("If the new data is meant to differ from the reference, accept it with "
                                     "--update-reference. " if drift else "")
-                              + f"Report: {root / ADD_REPORT_DIR / 'result.json'}") from None
+                              + f"Report: {Path(ADD_REPORT_DIR) / 'result.json'}") from None
         after = summarize(read_readings(candidate), params)
         # a reference created or accepted (--update-reference) for this data is committed with it
         ref_now = ref.read_bytes() if ref.is_file() else None
