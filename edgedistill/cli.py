@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from edgedistill.errors import EdgeDistillError
@@ -42,9 +43,10 @@ def _main(
 
 
 def fail(e: EdgeDistillError) -> None:
-    err_console.print(f"[bold red]error:[/] {e}")
+    # escaped: messages quote shapes like [batch, 6, 128] that rich would eat as markup
+    err_console.print(f"[bold red]error:[/] {escape(str(e))}")
     if e.hint:
-        err_console.print(f"[yellow]hint:[/] {e.hint}")
+        err_console.print(f"[yellow]hint:[/] {escape(e.hint)}")
     raise typer.Exit(e.exit_code)
 
 
@@ -172,6 +174,7 @@ def check_params() -> None:
 
 # Command groups living in their own modules register themselves on `app` when imported here.
 # (one import line per module; keep this list at the bottom, after `app` exists)
+import edgedistill.cli_bench  # noqa: E402,F401  (edgedistill export | benchmark | bench MODEL.onnx)
 import edgedistill.cli_data  # noqa: E402,F401  (edgedistill data add|log|diff|checkout)
 import edgedistill.cli_release  # noqa: E402,F401  (edgedistill promote|registry|fetch|reproduce)
 

@@ -43,5 +43,9 @@ class StoreUnreachable(EdgeDistillError):
     hint = "Check the remote URL/endpoint and your AWS credentials, then retry."
 
 
+class ExportFailed(EdgeDistillError):
+    hint = "Nothing in models/ was replaced; fix the cause above (model, data or export params) and run again."
+
+
 class ReleaseNotFound(EdgeDistillError):
     hint = "Run `edgedistill registry` to list versions and stages."

@@ -218,6 +218,8 @@ class Params(_Section):
     prepare: PrepareParams = PrepareParams()
     store: StoreParams = StoreParams()
     promote: PromoteParams = PromoteParams()
+    export: ExportParams = ExportParams()
+    benchmark: BenchmarkParams = BenchmarkParams()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

@@ -1,0 +1,243 @@
+"""`edgedistill export | benchmark | bench MODEL.onnx`: the export/benchmark stages and a benchmark
+of any ONNX file through the same code path, printed as rich tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from edgedistill.cli import SUMMARIES, _state, app, console, guarded, run_stage
+from edgedistill.errors import DataInvalid, ParamsInvalid
+from edgedistill.params import BenchmarkParams, DeviceProfile, load_params
+
+
+def fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit, size in (("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:,.1f} {unit}"
+    return f"{n:,} B"
+
+
+def fmt_count(n: int) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
+
+
+def latency_table(title: str, rows: dict[str, dict[str, dict[str, Any]]],
+                  extra: dict[str, dict[str, str]] | None = None) -> Table:
+    """rows: model → batch → latency stats (as written to the JSON)."""
+    t = Table(title=escape(title), title_justify="left")
+    for col in ("model", "batch", "runs", "p50 ms", "p95 ms", "p99 ms", "mean ± std ms", "IQR ms", "per s"):
+        t.add_column(col, justify="left" if col == "model" else "right")
+    extra_cols = sorted({c for e in (extra or {}).values() for c in e})
+    for col in extra_cols:
+        t.add_column(col, justify="right")
+    for model, by_batch in rows.items():
+        for b, s in by_batch.items():
+            t.add_row(escape(model), str(b), str(s["runs"]), f"{s['p50_ms']:.4f}", f"{s['p95_ms']:.4f}", f"{s['p99_ms']:.4f}",
+                      f"{s['mean_ms']:.4f} ± {s['std_ms']:.4f}", f"{s['iqr_ms']:.4f}",
+                      f"{s['throughput_per_s']:,.0f}",
+                      *[(extra or {}).get(f"{model}/{b}", {}).get(c, "") for c in extra_cols])
+    return t
+
+
+def static_table(title: str, statics: dict[str, dict[str, Any]],
+                 verdicts: dict[str, dict[str, dict[str, Any]]]) -> Table:
+    """statics: model → {file_bytes, static: {...}}; verdicts: profile → model → fits_budget()."""
+    t = Table(title=escape(title), title_justify="left")
+    for col in ("model", "params", "MACs", "weights", "file", "RAM est.", "flash est."):
+        t.add_column(col, justify="left" if col == "model" else "right")
+    for prof in verdicts:
+        t.add_column(f"fits {prof}", justify="center")
+    for model, r in statics.items():
+        s = r["static"]
+        marks = []
+        for prof in verdicts:
+            v = verdicts[prof].get(model)
+            marks.append("-" if v is None else "[green]yes[/]" if v["fits"] else f"[red]no[/] ({escape(v['why_not'])})")
+        t.add_row(escape(model), f"{s['params']:,}", fmt_count(s["macs"]), fmt_bytes(s["weight_bytes"]),
+                  fmt_bytes(r["file_bytes"]), fmt_bytes(s["ram_estimate_bytes"]), fmt_bytes(s["flash_estimate_bytes"]),
+                  *marks)
+    return t
+
+
+def budgets_caption(profiles: list[DeviceProfile]) -> str:
+    return "; ".join(f"{p.name}: RAM {fmt_bytes(p.ram_bytes)}, flash {fmt_bytes(p.flash_bytes)}"
+                     + ("" if p.measure else " (static estimate only)") for p in profiles)
+
+
+# ---------------------------------------------------------------- stage summaries
+
+def _export_summary(r: dict) -> None:
+    t = Table(title=f"exported models ({r['test_windows']} test windows, opset {r['opset']})", title_justify="left")
+    for col in ("model", "test accuracy", "file", "weights", "weight dtypes"):
+        t.add_column(col, justify="left" if col in ("model", "weight dtypes") else "right")
+    for key, label in (("fp32", "student FP32"), ("int8", "student INT8"), ("teacher", "teacher FP32")):
+        m = r[key]
+        t.add_row(f"{label} ({Path(m['path']).name})", f"{m['accuracy']:.2%}", fmt_bytes(m["file_bytes"]),
+                  fmt_bytes(m["weight_bytes"]), ", ".join(f"{k} {fmt_bytes(v)}" for k, v in m["weight_dtypes"].items()))
+    console.print(t)
+    p, q = r["parity"], r["int8"]["quantization"]
+    console.print(f"parity ONNX vs PyTorch (student): max |diff| {p['max_abs_diff']:.2e} (≤ {p['atol']:.0e}), "
+                  f"argmax agreement {p['argmax_agreement']:.2%}; teacher max |diff| "
+                  f"{r['teacher_parity']['max_abs_diff']:.2e}")
+    how = (f"{q['mode']} {q['format']}, {q.get('calibration_windows', 0)} calibration windows "
+           f"({q.get('calibration_method', '-')}), per-channel {q['per_channel']}")
+    console.print(f"INT8 ({how}): accuracy drop {r['int8_drop'] * 100:+.2f} points (max {r['max_int8_drop'] * 100:.2f}), "
+                  f"agrees with FP32 on {r['int8']['agreement_with_fp32']:.2%} of windows")
+
+
+def _benchmark_summary(r: dict) -> None:
+    for name, p in r["profiles"].items():
+        if "latency" not in p:
+            continue
+        extra = {}
+        for model, by_batch in p["latency"].items():
+            for b in by_batch:
+                speed = p["speedup_vs_teacher"].get(model, {}).get(b)
+                extra[f"{model}/{b}"] = {"× teacher": f"{speed:.1f}×" if speed else "",
+                                         "peak RSS Δ": fmt_bytes(p["peak_rss_delta_bytes"][model])}
+        console.print(latency_table(f"{name}: measured, onnxruntime {r['host']['onnxruntime']}, {p['threads']} thread(s), "
+                                    f"{r['host']['cpu']}", p["latency"], extra))
+    verdicts = {name: p["fits"] for name, p in r["profiles"].items()}
+    budgets = ", ".join(f"{n}: RAM {fmt_bytes(p['budget']['ram_bytes'])}, flash {fmt_bytes(p['budget']['flash_bytes'])}"
+                        for n, p in r["profiles"].items())
+    console.print(static_table(f"static estimates from the ONNX graph (batch 1; not measured) — budgets {budgets}",
+                               r["models"], verdicts))
+    rel, h = r["release"], r["harness_overhead"]
+    console.print(f"release ({rel['profile']}, batch 1): INT8 p50 {rel['student_int8_p50_ms']:.4f} ms / p95 "
+                  f"{rel['student_int8_p95_ms']:.4f} ms over {rel['runs']} runs; student FP32 is "
+                  f"{rel['speedup_vs_teacher']:.1f}× faster than the teacher; fits: {rel['fits']}")
+    console.print(f"harness overhead vs a bare InferenceSession.run loop: {h['overhead_pct']:+.2f}% "
+                  f"(best of {h['rounds']} alternating rounds × {h['runs_per_round']} runs; median round "
+                  f"{h['median_round_overhead_pct']:+.2f}%, rounds ranged "
+                  f"{h['overhead_pct_spread'][0]:+.1f}..{h['overhead_pct_spread'][1]:+.1f}%)")
+
+
+SUMMARIES["export"] = _export_summary
+SUMMARIES["benchmark"] = _benchmark_summary
+
+
+# ---------------------------------------------------------------- commands
+
+@app.command()
+def export() -> None:
+    """Export student and teacher to ONNX (parity-checked), quantize the student to INT8 (accuracy-checked)."""
+    from tasks import export as stage
+
+    guarded(lambda: run_stage("export", stage.run))
+
+
+@app.command()
+def benchmark() -> None:
+    """Benchmark the exported models per device profile (params benchmark.profiles) → metrics/benchmark.json."""
+    from tasks import benchmark as stage
+
+    guarded(lambda: run_stage("benchmark", stage.run))
+
+
+def _bench_params() -> BenchmarkParams:
+    """The project's profiles when run inside a project; the built-in defaults anywhere else."""
+    path = Path(_state["params"])
+    if not path.is_file():
+        return BenchmarkParams()
+    return load_params(path).benchmark
+
+
+def _load_inputs(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise DataInvalid(f"{path}: input data file not found")
+    try:
+        if path.suffix == ".npz":
+            with np.load(path) as z:
+                key = "X" if "X" in z.files else z.files[0]
+                return z[key]
+        return np.load(path)
+    except Exception as e:
+        raise DataInvalid(f"{path}: not a readable .npy/.npz array file ({str(e)[:200]})") from None
+
+
+def _parse_dims(items: list[str]) -> dict[str, int]:
+    out = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if not name or not value.isdigit() or int(value) < 1:
+            raise ParamsInvalid(f"--dim {item!r}: expected NAME=POSITIVE_INT, e.g. --dim seq=128")
+        out[name] = int(value)
+    return out
+
+
+@app.command()
+def bench(
+    model: Annotated[Path, typer.Argument(help="any ONNX file")],
+    profile: Annotated[str | None, typer.Option(help="device profile from params (default: the first)")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", "-t", min=1, help="intra-op threads")] = None,
+    batch: Annotated[list[int] | None, typer.Option("--batch", "-b", min=1, help="batch size (repeatable)")] = None,
+    runs: Annotated[int | None, typer.Option(min=10, help="timed runs per batch size")] = None,
+    warmup: Annotated[int | None, typer.Option(min=0, help="untimed runs first")] = None,
+    max_seconds: Annotated[float | None, typer.Option(help="time cap per batch size")] = None,
+    data: Annotated[Path | None, typer.Option(help="inputs: .npz (key X) or .npy; default random N(0,1)")] = None,
+    dim: Annotated[list[str] | None, typer.Option(help="value of a symbolic input dim, NAME=N (repeatable)")] = None,
+    overhead: Annotated[bool, typer.Option(help="also measure the harness overhead vs a bare run loop")] = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="also write the results as JSON")] = None,
+) -> None:
+    """Benchmark any ONNX file: latency percentiles, throughput, peak RSS (measured here) and
+    params/MACs/RAM/flash with a fits verdict per profile (static estimates)."""
+    from edgedistill.io import write_json
+    from edgedistill.onnx_bench import bench_onnx, harness_overhead, host_info
+    from edgedistill.onnx_cost import fits_budget
+
+    def go() -> dict[str, Any]:
+        bp = _bench_params()
+        names = [p.name for p in bp.profiles]
+        if profile is not None and profile not in names:
+            raise ParamsInvalid(f"--profile {profile!r}: no such profile; params has {names}")
+        prof = next(p for p in bp.profiles if p.name == (profile or names[0]))
+        measure = prof.measure or any(v is not None for v in (threads, batch, runs))
+        x = _load_inputs(data) if data is not None else None
+        with console.status(f"benchmarking {model.name}…", spinner="dots"):
+            r = bench_onnx(model, threads=threads or prof.threads, batch_sizes=batch or prof.batch_sizes,
+                           warmup=prof.warmup if warmup is None else warmup, runs=runs or prof.runs,
+                           max_seconds=max_seconds or prof.max_seconds, data=x, dims=_parse_dims(dim or []),
+                           measure=measure)
+            if overhead and measure:
+                r["harness_overhead"] = harness_overhead(model, threads=threads or prof.threads, data=x)
+        r["host"] = host_info()
+        r["fits"] = {p.name: fits_budget(r["static"], p.ram_bytes, p.flash_bytes) for p in bp.profiles}
+        return r
+
+    r = guarded(go)
+    if "measured" in r:
+        m = r["measured"]
+        inputs = ", ".join(f"{k} {v}" for k, v in m["inputs"].items())
+        console.print(latency_table(f"{model.name}: measured on this host ({r['host']['cpu']}), onnxruntime "
+                                    f"{r['host']['onnxruntime']}, {m['threads']} thread(s); inputs {inputs}",
+                                    {model.name: m["latency"]}))
+        console.print(f"peak RSS delta (measured): {fmt_bytes(m['peak_rss_delta_bytes'])} — {m['rss_method']}",
+                      markup=False)
+    s = r["static"]
+    console.print(static_table(f"{model.name}: static estimate from the graph (batch 1; not measured)",
+                               {model.name: r}, {p: {model.name: v} for p, v in r["fits"].items()}))
+    console.print(f"weights by dtype: {', '.join(f'{k} {fmt_bytes(v)}' for k, v in s['weight_dtypes'].items())}; "
+                  f"peak activations at {s['peak_at']}", markup=False)
+    if s["guessed_dims"]:
+        console.print(f"[yellow]note:[/] symbolic dims set to 1 for the estimate: {escape(str(s['guessed_dims']))} "
+                      "(use --dim NAME=N)")
+    if "harness_overhead" in r:
+        h = r["harness_overhead"]
+        console.print(f"harness overhead vs a bare InferenceSession.run loop: {h['overhead_pct']:+.2f}% "
+                      f"(bare {h['bare_loop_us']:.1f} µs/run, harness {h['harness_us']:.1f} µs/run: best of {h['rounds']} "
+                      f"alternating rounds × {h['runs_per_round']} runs; median round "
+                      f"{h['median_round_overhead_pct']:+.2f}%)")
+    if json_out is not None:
+        write_json(json_out, r)
+        console.print(f"wrote {json_out}")

@@ -1,0 +1,261 @@
+"""Measured cost of an ONNX file on this host through onnxruntime: latency percentiles with their
+spread, throughput, peak RSS; plus its static cost. One code path for the stage and `edgedistill bench`."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import gc
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgedistill.errors import ModelMismatch
+from edgedistill.onnx_cost import static_cost
+from edgedistill.onnx_tools import InputSpec, check_feed, input_specs, load_onnx, open_session
+
+MIN_RUNS = 10  # a time cap never cuts a measurement below this many runs
+
+
+def latency_stats(ns: np.ndarray, batch: int) -> dict[str, Any]:
+    ms = ns.astype(np.float64) / 1e6
+    p25, p50, p75, p95, p99 = np.percentile(ms, [25, 50, 75, 95, 99])
+    mean = float(ms.mean())
+    return {
+        "batch": batch, "runs": int(len(ms)),
+        "p50_ms": float(p50), "p95_ms": float(p95), "p99_ms": float(p99), "mean_ms": mean,
+        "std_ms": float(ms.std(ddof=1)) if len(ms) > 1 else 0.0, "iqr_ms": float(p75 - p25),
+        "min_ms": float(ms.min()), "max_ms": float(ms.max()),
+        "throughput_per_s": batch / (mean / 1e3) if mean > 0 else None,
+    }
+
+
+def time_runs(fn: Callable[[], Any], warmup: int, runs: int, max_seconds: float | None = None) -> np.ndarray:
+    """Per-call wall time in ns of `runs` calls after `warmup` untimed ones; stops early (never
+    below MIN_RUNS) once max_seconds have passed, so a slow model cannot stall the pipeline.
+    The loop body is kept minimal: its cost is what `harness_overhead` checks."""
+    for _ in range(warmup):
+        fn()
+    clock = time.perf_counter_ns
+    times: list[int] = []
+    append = times.append
+    deadline = clock() + int(max_seconds * 1e9) if max_seconds else None
+    if deadline is None:
+        for _ in range(runs):
+            t0 = clock()
+            fn()
+            append(clock() - t0)
+    else:
+        for i in range(runs):
+            t0 = clock()
+            fn()
+            t1 = clock()
+            append(t1 - t0)
+            if t1 > deadline and i >= MIN_RUNS - 1:
+                break
+    return np.array(times, dtype=np.int64)
+
+
+# ---------------------------------------------------------------- memory
+
+def _trim_heap() -> None:
+    """Return freed heap pages to the OS so the next model's RSS delta starts from a clean base."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _rss_bytes() -> int:
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def _reset_peak_rss() -> bool:
+    """Linux: writing 5 to clear_refs resets VmHWM (peak RSS) to the current RSS."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_bytes() -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+# ---------------------------------------------------------------- inputs
+
+def make_feed(specs: list[InputSpec], batch: int, data: np.ndarray | None = None,
+              dims: dict[str, int] | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+    """One input batch per graph input: real windows when given (single-input models), else
+    N(0, 1) floats (the scale of normalised windows) / zeros for integer inputs."""
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for spec in specs:
+        if data is not None and len(specs) == 1:
+            if len(data) == 0:
+                raise ModelMismatch(f"input data for '{spec.name}' has no rows")
+            reps = -(-batch // len(data))
+            feed[spec.name] = np.ascontiguousarray(np.concatenate([data] * reps)[:batch]) if reps > 1 \
+                else np.ascontiguousarray(data[:batch])
+            continue
+        shape = []
+        for i, d in enumerate(spec.shape):
+            if isinstance(d, int) and d > 0:
+                shape.append(d)
+            elif i == 0:
+                shape.append(batch)
+            else:
+                shape.append((dims or {}).get(str(d), 1))
+        if spec.shape and isinstance(spec.shape[0], int) and spec.shape[0] > 0 and spec.shape[0] != batch:
+            raise ModelMismatch(f"input '{spec.name}' has a fixed batch of {spec.shape[0]}; "
+                                f"batch size {batch} cannot be measured", hint=f"Use batch size {spec.shape[0]}.")
+        if np.issubdtype(spec.dtype, np.floating):
+            feed[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+        else:
+            feed[spec.name] = np.zeros(shape, dtype=spec.dtype)
+    return feed
+
+
+def host_info() -> dict[str, Any]:
+    import onnxruntime as ort
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "logical_cores": os.cpu_count(), "machine": platform.machine(),
+            "python": platform.python_version(), "onnxruntime": ort.__version__}
+
+
+# ---------------------------------------------------------------- the benchmark
+
+@functools.cache
+def _prime_onnxruntime() -> None:
+    """Load onnxruntime's process-wide state (thread pools, allocators, kernel registry) once, so
+    the first model measured is not charged for it in its RSS delta."""
+    import onnx
+
+    node = onnx.helper.make_node("Identity", ["x"], ["y"])
+    vi = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, [1]) for n in ("x", "y")]
+    graph = onnx.helper.make_graph([node], "prime", [vi[0]], [vi[1]])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    import onnxruntime as ort
+
+    ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": np.zeros(1, np.float32)})
+
+
+def bench_onnx(path: str | Path, *, threads: int = 1, batch_sizes: list[int] | tuple[int, ...] = (1,),
+               warmup: int = 20, runs: int = 200, max_seconds: float | None = None,
+               data: np.ndarray | None = None, dims: dict[str, int] | None = None,
+               measure: bool = True) -> dict[str, Any]:
+    """Measure latency/throughput/peak RSS on this host (measure=True) and estimate the static
+    cost of any ONNX file; every number says whether it was measured or estimated."""
+    path = Path(path)
+    model = load_onnx(path)
+    out: dict[str, Any] = {
+        "path": str(path), "file_bytes": path.stat().st_size,
+        "static": static_cost(model, batch=1, dims=dims),
+    }
+    out["weight_bytes"] = out["static"]["weight_bytes"]
+    del model
+    if not measure:
+        return out
+    _prime_onnxruntime()
+    _trim_heap()
+    peak_ok = _reset_peak_rss()
+    rss0 = _rss_bytes()
+    session = open_session(path, threads)
+    specs = input_specs(session)
+    latency = {}
+    for b in batch_sizes:
+        feed = make_feed(specs, b, data, dims)
+        check_feed(path, specs, feed)
+        try:
+            session.run(None, feed)
+        except Exception as e:
+            raise ModelMismatch(f"{path}: onnxruntime failed on a batch of {b}: "
+                                f"{str(e).strip().splitlines()[0][:300]}") from None
+        ns = time_runs(functools.partial(session.run, None, feed), warmup, runs, max_seconds)
+        latency[str(b)] = latency_stats(ns, b)
+    peak = _peak_rss_bytes() if peak_ok else None
+    out["measured"] = {
+        "source": "measured on this host with onnxruntime (CPUExecutionProvider)",
+        "threads": threads,
+        "inputs": {s.name: s.describe() for s in specs},
+        "latency": latency,
+        "peak_rss_delta_bytes": (peak if peak is not None else _rss_bytes()) - rss0,
+        "rss_method": "VmHWM peak since session creation minus RSS before" if peak is not None
+        else "RSS after the runs minus RSS before (peak not available on this OS)",
+    }
+    del session
+    _trim_heap()
+    return out
+
+
+def harness_overhead(path: str | Path, *, threads: int = 1, batch: int = 1, runs: int = 200, rounds: int = 21,
+                     data: np.ndarray | None = None) -> dict[str, Any]:
+    """Wall time of the timing harness vs a bare `InferenceSession.run` loop on the same session
+    and input, in alternating rounds. Headline: best harness round / best bare round - 1 (the
+    minimum is the round least disturbed by other processes, as with timeit); the median of the
+    per-round ratios is reported beside it."""
+    session = open_session(path, threads)
+    specs = input_specs(session)
+    feed = make_feed(specs, batch, data)
+    check_feed(path, specs, feed)
+    run = session.run
+    for _ in range(max(20, runs // 10)):
+        run(None, feed)
+
+    def bare() -> int:
+        t0 = time.perf_counter_ns()
+        for _ in range(runs):
+            run(None, feed)
+        return time.perf_counter_ns() - t0
+
+    def harness() -> tuple[int, np.ndarray]:
+        t0 = time.perf_counter_ns()
+        ns = time_runs(functools.partial(run, None, feed), 0, runs, max_seconds=3600.0)  # as the stage runs it
+        return time.perf_counter_ns() - t0, ns
+
+    bare_ns, harness_ns, reported_ns = [], [], []
+    for r in range(rounds):
+        if r % 2:
+            (h, ns), b = harness(), bare()
+        else:
+            b, (h, ns) = bare(), harness()
+        bare_ns.append(b / runs)
+        harness_ns.append(h / runs)
+        reported_ns.append(float(ns.mean()))
+    ratios = np.array(harness_ns) / np.array(bare_ns)
+    return {
+        "path": str(path), "batch": batch, "threads": threads, "runs_per_round": runs, "rounds": rounds,
+        "bare_loop_us": min(bare_ns) / 1e3,
+        "harness_us": min(harness_ns) / 1e3,
+        "harness_reported_mean_us": float(np.median(reported_ns)) / 1e3,
+        "overhead_pct": (min(harness_ns) / min(bare_ns) - 1) * 100,
+        "median_round_overhead_pct": (float(np.median(ratios)) - 1) * 100,
+        "overhead_pct_spread": [(float(ratios.min()) - 1) * 100, (float(ratios.max()) - 1) * 100],
+        "method": "per-run wall time, best of the alternating rounds (harness) / best (bare) - 1",
+    }

@@ -1,0 +1,308 @@
+"""ONNX artifacts: export from PyTorch, load and check, self-describing metadata, INT8 quantization,
+and running a model through onnxruntime with clear errors for bad files and bad inputs."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from edgedistill.errors import ArtifactCorrupt, ExportFailed, ModelMismatch
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+METADATA_SCHEMA = "edgedistill.onnx/1"
+
+# onnxruntime's type strings for graph inputs, mapped to what we feed
+ORT_DTYPES = {
+    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int16)": np.int16,
+    "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_,
+}
+
+
+def _first_line(e: BaseException, limit: int = 300) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0][:limit]
+
+
+# ---------------------------------------------------------------- export from PyTorch
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The dynamo exporter logs optional-dependency warnings (torchvision ops) that are noise here."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def export_onnx(model: Any, in_channels: int, window: int, opset: int, what: str) -> onnx.ModelProto:
+    """torch.export-based (dynamo) ONNX export with a dynamic batch axis; BatchNorm is folded by
+    the exporter's optimiser. Returns the checked ModelProto (nothing is written)."""
+    import torch
+
+    model.eval()
+    example = (torch.zeros(2, in_channels, window),)  # batch 2: a batch of 1 would be specialised
+    try:
+        with _quiet_exporter():
+            program = torch.onnx.export(
+                model, example, None, dynamo=True, verbose=False, opset_version=opset,
+                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+            )
+    except Exception as e:
+        raise ExportFailed(f"{what}: torch.onnx.export failed: {_first_line(e)}") from None
+    proto = program.model_proto
+    # per-node provenance (stack traces with this machine's paths, fx node dumps) would make the
+    # file bigger and its hash depend on where it was built
+    for node in proto.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as e:
+        raise ExportFailed(f"{what}: the exported graph fails onnx.checker: {_first_line(e)}") from None
+    return proto
+
+
+# ---------------------------------------------------------------- load, check, metadata
+
+def load_onnx(path: str | Path, check: bool = True) -> onnx.ModelProto:
+    """Load an ONNX file; a missing, truncated or corrupted file is a clear error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelMismatch(f"{path}: ONNX file not found", hint="Run the export stage first (`dvc repro export`).")
+    try:
+        model = onnx.load(str(path))
+    except Exception as e:
+        raise ArtifactCorrupt(f"{path}: not a readable ONNX file, truncated or corrupted ({_first_line(e)})") from None
+    if check:
+        try:
+            # the path form also handles models >2 GB with external data
+            onnx.checker.check_model(str(path))
+        except Exception as e:
+            raise ArtifactCorrupt(f"{path}: not a valid ONNX model, truncated or corrupted ({_first_line(e)})") from None
+    return model
+
+
+def set_metadata(model: onnx.ModelProto, meta: dict[str, Any]) -> None:
+    """Write meta into metadata_props, every value JSON-encoded (a device parses one format)."""
+    keep = [p for p in model.metadata_props if p.key not in meta]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key = key
+        entry.value = json.dumps(value)
+
+
+def read_metadata(model: onnx.ModelProto | str | Path) -> dict[str, Any]:
+    """metadata_props as a dict; values written by other tools that are not JSON stay strings."""
+    if not isinstance(model, onnx.ModelProto):
+        model = load_onnx(model, check=False)
+    out: dict[str, Any] = {}
+    for p in model.metadata_props:
+        try:
+            out[p.key] = json.loads(p.value)
+        except ValueError:
+            out[p.key] = p.value
+    return out
+
+
+def save_onnx(model: onnx.ModelProto, path: str | Path) -> None:
+    onnx.save(model, str(path))
+
+
+def _tensor_bytes(t: onnx.TensorProto) -> int:
+    if t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+        return 0
+    itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+    return int(np.prod(t.dims, dtype=np.int64)) * itemsize
+
+
+def constant_tensors(model: onnx.ModelProto) -> list[tuple[onnx.TensorProto, str]]:
+    """Every stored tensor: initializers and Constant nodes' values, with the name each is known by."""
+    out = [(t, t.name) for t in model.graph.initializer]
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+                    out.append((a.t, node.output[0]))
+    return out
+
+
+def weight_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of the stored tensors (weights, biases, quantization scales) at their stored dtype:
+    what the model costs in flash, unlike the file size which adds graph structure and metadata."""
+    return sum(_tensor_bytes(t) for t, _ in constant_tensors(model))
+
+
+def weight_dtypes(model: onnx.ModelProto) -> dict[str, int]:
+    """Stored bytes per dtype, e.g. {'int8': 3400, 'int32': 280, 'float32': 160}."""
+    out: dict[str, int] = {}
+    for t, _ in constant_tensors(model):
+        if t.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+            continue
+        name = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).name
+        out[name] = out.get(name, 0) + _tensor_bytes(t)
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+# ---------------------------------------------------------------- running a model
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    dtype: type
+    shape: tuple[int | str | None, ...]  # str/None: symbolic or unknown dimension
+
+    def describe(self) -> str:
+        dims = ", ".join(str(d) if d is not None else "?" for d in self.shape)
+        return f"{np.dtype(self.dtype).name}[{dims}]"
+
+
+def open_session(path: str | Path, threads: int = 1) -> Any:
+    """A CPU onnxruntime session pinned to `threads` intra-op threads and sequential execution."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3  # errors only: ORT's optimiser warnings are not actionable here
+    try:
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise ArtifactCorrupt(f"{path}: onnxruntime cannot load it ({_first_line(e)})") from None
+
+
+def input_specs(session: Any) -> list[InputSpec]:
+    specs = []
+    for i in session.get_inputs():
+        dtype = ORT_DTYPES.get(i.type)
+        if dtype is None:
+            raise ModelMismatch(f"input '{i.name}' has type {i.type}, which the benchmark cannot generate")
+        specs.append(InputSpec(i.name, dtype, tuple(d if isinstance(d, int) else d for d in i.shape)))
+    return specs
+
+
+def check_feed(path: str | Path, specs: list[InputSpec], feed: dict[str, np.ndarray]) -> None:
+    """Fail with the file, the input, what it expects and what it got, before onnxruntime does."""
+    for spec in specs:
+        if spec.name not in feed:
+            raise ModelMismatch(f"{path}: input '{spec.name}' ({spec.describe()}) was not given")
+        arr = feed[spec.name]
+        got = f"{arr.dtype.name}{list(arr.shape)}"
+        if arr.dtype != np.dtype(spec.dtype):
+            raise ModelMismatch(f"{path}: input '{spec.name}' must be {spec.describe()}, got {got} (wrong dtype)")
+        fixed_ok = all(not isinstance(d, int) or d == n for d, n in zip(spec.shape, arr.shape, strict=False))
+        if arr.ndim != len(spec.shape) or not fixed_ok:
+            raise ModelMismatch(f"{path}: input '{spec.name}' must be {spec.describe()}, got {got} (wrong shape)")
+    extra = sorted(set(feed) - {s.name for s in specs})
+    if extra:
+        raise ModelMismatch(f"{path}: the model has no input(s) {extra}; its inputs: "
+                            + ", ".join(f"{s.name} {s.describe()}" for s in specs))
+
+
+def predict(session: Any, path: str | Path, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Logits for x [N, C, W] through the model's single input, in batches."""
+    specs = input_specs(session)
+    if len(specs) != 1:
+        raise ModelMismatch(f"{path}: expected one input, the model has {[s.name for s in specs]}")
+    name = specs[0].name
+    check_feed(path, specs, {name: x})
+    outs = []
+    for i in range(0, len(x), batch_size):
+        try:
+            outs.append(session.run(None, {name: x[i : i + batch_size]})[0])
+        except Exception as e:
+            raise ModelMismatch(f"{path}: onnxruntime failed on the input: {_first_line(e)}") from None
+    return np.concatenate(outs)
+
+
+# ---------------------------------------------------------------- INT8 quantization
+
+def unsupported_ops(model: onnx.ModelProto) -> list[str]:
+    """Ops outside the standard ONNX domains: onnxruntime cannot run them to calibrate, so the
+    quantizer cannot handle them."""
+    known_domains = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft"}
+    bad = []
+    for node in model.graph.node:
+        if node.domain not in known_domains or (node.domain in ("", "ai.onnx")
+                                                and not onnx.defs.has(node.op_type)):
+            bad.append(f"{node.domain or 'ai.onnx'}::{node.op_type} (node '{node.name or node.output[0]}')")
+    return bad
+
+
+class _WindowReader:
+    """CalibrationDataReader over an array of windows, fed in small batches."""
+
+    def __init__(self, name: str, x: np.ndarray, batch: int = 32):
+        self._batches = iter([{name: x[i : i + batch]} for i in range(0, len(x), batch)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
+def quantize_int8(src: Path, dest: Path, calib: np.ndarray | None, *, mode: str, method: str,
+                  per_channel: bool, activation_type: str, scratch: Path, calib_source: str = "") -> None:
+    """FP32 ONNX → INT8 ONNX at dest. static: QDQ with ranges calibrated on `calib` windows;
+    dynamic: weights INT8, activations quantized at run time. quant_pre_process runs first."""
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    model = load_onnx(src)
+    bad = unsupported_ops(model)
+    if bad:
+        raise ExportFailed(f"{src}: INT8 quantization cannot handle op {', '.join(bad)}: onnxruntime has no "
+                           "kernel to calibrate it", hint="Replace the op with standard ONNX ops, or exclude it.")
+    if mode == "static" and (calib is None or len(calib) == 0):
+        raise ExportFailed(f"{src}: INT8 static quantization needs calibration windows, but the calibration set "
+                           f"is empty{f' ({calib_source})' if calib_source else ''}",
+                           hint="Check data/prepared/train.npz (re-run prepare) or use export.quantization: dynamic.")
+    pre = scratch / f"{src.stem}.pre.onnx"
+    try:
+        quant_pre_process(str(src), str(pre))
+    except Exception as e:
+        raise ExportFailed(f"{src}: INT8 pre-processing (quant_pre_process) failed: {_first_line(e)}") from None
+    try:
+        if mode == "dynamic":
+            # onnxruntime's ConvInteger/MatMulInteger CPU kernels take unsigned 8-bit weights
+            quantize_dynamic(str(pre), str(dest), weight_type=QuantType.QUInt8, per_channel=per_channel)
+        else:
+            name = model.graph.input[0].name
+            assert calib is not None
+            quantize_static(
+                str(pre), str(dest), _WindowReader(name, calib.astype(np.float32, copy=False)),
+                quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                activation_type=QuantType.QInt8 if activation_type == "int8" else QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                                  "percentile": CalibrationMethod.Percentile}[method],
+            )
+    except ExportFailed:
+        raise
+    except Exception as e:
+        raise ExportFailed(f"{src}: INT8 quantization ({mode}) failed: {_first_line(e)}") from None
+    open_session(dest)  # a quantized graph onnxruntime cannot load must not be shipped

@@ -1,0 +1,253 @@
+"""export: PyTorch checkpoints → ONNX files a device can use on their own (metadata inside),
+parity-checked against PyTorch on the test windows, plus an INT8 student whose accuracy cost is measured.
+
+Outputs: models/student.onnx, models/student.int8.onnx, models/teacher.onnx, metrics/export.json.
+Every file is built and checked in a temp folder and moved into models/ only when all checks pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from edgedistill import onnx_tools as ox
+from edgedistill.checkpoint import check_compatible, load_checkpoint
+from edgedistill.errors import DataInvalid, ExportFailed, ModelMismatch
+from edgedistill.io import read_json, sha256_file, write_json
+from edgedistill.params import CalibrationParams, Params
+
+MODELS_DIR = "models"
+DATA_DIR = "data/prepared"
+METRICS = "metrics/export.json"
+LOCK = "dvc.lock"
+BATCH1_CHECKS = 8  # windows also run one at a time, to exercise the dynamic batch axis at 1
+# which params decide what the exported files compute: windows/normalisation and the export itself
+PARAM_SECTIONS = ("data", "prepare", "export")
+
+
+def load_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    if not path.is_file():
+        raise DataInvalid(f"{path}: prepared windows not found", hint="Run the prepare stage first (`dvc repro prepare`).")
+    try:
+        with np.load(path) as z:
+            return z["X"].astype(np.float32, copy=False), z["y"]
+    except Exception as e:
+        raise DataInvalid(f"{path}: not a readable prepared-windows file ({str(e)[:200]})",
+                          hint="Re-run the prepare stage.") from None
+
+
+def calibration_windows(train_path: Path, cp: CalibrationParams) -> np.ndarray:
+    """A seeded sample of training windows (never test: calibrating on test would leak it)."""
+    x, _ = load_split(train_path)
+    if len(x) == 0:
+        raise DataInvalid(f"{train_path}: the INT8 calibration set is empty (the file holds 0 training windows)",
+                          hint="Re-run prepare with data that yields training windows, or set "
+                               "export.quantization: dynamic.")
+    idx = np.sort(np.random.default_rng(cp.seed).choice(len(x), min(cp.windows, len(x)), replace=False))
+    return x[idx]
+
+
+def lineage(params: Params, norm_path: Path, test_path: Path, lock_path: Path) -> dict[str, Any]:
+    """Hashes that tie a model file to the data and params it was made from."""
+    sections = {k: getattr(params, k).model_dump(mode="json") for k in PARAM_SECTIONS}
+    out: dict[str, Any] = {
+        "params_sha256": hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest(),
+        "params_sections": list(PARAM_SECTIONS),
+        "norm_sha256": sha256_file(norm_path),
+        "test_sha256": sha256_file(test_path),
+    }
+    if lock_path.is_file():
+        stages = (yaml.safe_load(lock_path.read_text()) or {}).get("stages", {})
+        prep = stages.get("prepare", {})
+        for dep in prep.get("deps", []):
+            if dep.get("path") == params.data.readings:
+                out["readings_md5"] = dep.get("md5")
+        for o in prep.get("outs", []):
+            if o.get("path") == "data/prepared":
+                out["prepared_md5"] = o.get("md5")
+        out["dvc_lock"] = "present"
+    else:
+        out["dvc_lock"] = "absent: run through `dvc repro` to record the readings hash"
+    return out
+
+
+def device_metadata(name: str, meta: dict[str, Any], lineage_: dict[str, Any], ckpt: Path,
+                    precision: str) -> dict[str, Any]:
+    """What a device needs to use the file alone (written to the ONNX metadata_props)."""
+    c, w = meta["in_channels"], meta["window"]
+    return {
+        "schema": ox.METADATA_SCHEMA,
+        "model": name,
+        "precision": precision,
+        "arch": meta["arch"],
+        "model_config": meta["config"],
+        "input_name": ox.INPUT_NAME,
+        "input_shape": ["batch", c, w],
+        "input_dtype": "float32",
+        "input_layout": "NCW: batch, channel (in `channels` order), time",
+        "input_normalised": True,
+        "normalisation": "not in the graph: feed (x[c] - norm_mean[c]) / norm_std[c] for each channel c",
+        "norm_mean": [float(v) for v in meta["norm"]["mean"]],
+        "norm_std": [float(v) for v in meta["norm"]["std"]],
+        "channels": list(meta["channels"]),
+        "window": int(w),
+        "sample_rate_hz": float(meta["sample_rate_hz"]),
+        "labels": list(meta["labels"]),
+        "output_name": ox.OUTPUT_NAME,
+        "output": "logits [batch, len(labels)]; argmax indexes `labels`",
+        "checkpoint_sha256": sha256_file(ckpt),
+        **lineage_,
+        "torch_version": torch.__version__,
+    }
+
+
+def _check_norm(meta: dict[str, Any], norm: dict[str, Any], ckpt: Path, norm_path: Path) -> None:
+    ok = (list(meta["channels"]) == list(norm["channels"])
+          and np.allclose(meta["norm"]["mean"], norm["mean"], rtol=1e-6, atol=1e-9)
+          and np.allclose(meta["norm"]["std"], norm["std"], rtol=1e-6, atol=1e-9))
+    if not ok:
+        raise ModelMismatch(f"{ckpt}: trained with a normalisation/channels that differ from {norm_path}; "
+                            "the exported model would be fed wrongly scaled data")
+
+
+def torch_logits(model: torch.nn.Module, x: np.ndarray, batch: int = 512) -> np.ndarray:
+    with torch.no_grad():
+        return np.concatenate([model(torch.from_numpy(x[i : i + batch])).numpy() for i in range(0, len(x), batch)])
+
+
+def check_parity(model: torch.nn.Module, onnx_path: Path, x: np.ndarray, atol: float, min_agree: float,
+                 what: str) -> dict[str, Any]:
+    """The ONNX file must compute what PyTorch computed, batched and one window at a time."""
+    ref = torch_logits(model, x)
+    session = ox.open_session(onnx_path)
+    got = ox.predict(session, onnx_path, x)
+    diff = float(np.abs(got - ref).max())
+    agree = float((got.argmax(1) == ref.argmax(1)).mean())
+    singles = min(BATCH1_CHECKS, len(x))
+    for i in range(singles):
+        one = ox.predict(session, onnx_path, x[i : i + 1])
+        diff = max(diff, float(np.abs(one - ref[i : i + 1]).max()))
+    result = {"max_abs_diff": diff, "argmax_agreement": agree, "windows": len(x), "batch1_windows": singles,
+              "atol": atol, "min_argmax_agreement": min_agree}
+    if not diff <= atol or agree < min_agree:  # `not <=` also catches NaN
+        raise ExportFailed(f"{what}: ONNX/PyTorch parity failed on {len(x)} test windows: max |ONNX - PyTorch| = "
+                           f"{diff:.3g} (export.parity_atol {atol:.3g}), argmax agreement {agree:.2%} "
+                           f"(export.min_argmax_agreement {min_agree:.2%})")
+    return result
+
+
+def onnx_accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    pred = ox.predict(ox.open_session(path), path, x).argmax(1)
+    return float((pred == y).mean()), pred
+
+
+def file_facts(path: Path, final: Path) -> dict[str, Any]:
+    model = ox.load_onnx(path)
+    return {"path": str(final), "file_bytes": path.stat().st_size, "weight_bytes": ox.weight_bytes(model),
+            "weight_dtypes": ox.weight_dtypes(model), "sha256": sha256_file(path)}
+
+
+def run(params: Params, models_dir: str | Path = MODELS_DIR, data_dir: str | Path = DATA_DIR,
+        metrics_path: str | Path = METRICS, lock_path: str | Path = LOCK) -> dict[str, Any]:
+    ep = params.export
+    models_dir, data_dir = Path(models_dir), Path(data_dir)
+    test_path, norm_path = data_dir / "test.npz", data_dir / "norm.json"
+    x, y = load_split(test_path)
+    if len(x) == 0:
+        raise DataInvalid(f"{test_path}: no test windows; parity and accuracy cannot be checked")
+    if not norm_path.is_file():
+        raise DataInvalid(f"{norm_path}: not found", hint="Run the prepare stage first (`dvc repro prepare`).")
+    norm = read_json(norm_path)
+    lin = lineage(params, norm_path, test_path, Path(lock_path))
+
+    ckpts = {"student": models_dir / "student.pt", "teacher": models_dir / "teacher.pt"}
+    nets, metas = {}, {}
+    for name, ckpt in ckpts.items():
+        nets[name], metas[name] = load_checkpoint(ckpt)
+        check_compatible(metas[name], x.shape, str(ckpt))
+        _check_norm(metas[name], norm, ckpt, norm_path)
+
+    finals = {"student": models_dir / "student.onnx", "teacher": models_dir / "teacher.onnx",
+              "student_int8": models_dir / "student.int8.onnx"}
+    models_dir.mkdir(parents=True, exist_ok=True)
+    # built beside the outputs (same filesystem: the final rename is atomic); removed on any failure
+    with tempfile.TemporaryDirectory(dir=models_dir, prefix=".export-") as tmp_name:
+        tmp = Path(tmp_name)
+        built = {k: tmp / v.name for k, v in finals.items()}
+        parity = {}
+        for name, ckpt in ckpts.items():
+            m = metas[name]
+            proto = ox.export_onnx(nets[name], m["in_channels"], m["window"], ep.opset, what=str(ckpt))
+            ox.set_metadata(proto, device_metadata(name, m, lin, ckpt, "fp32") | {"onnx_opset": ep.opset})
+            ox.save_onnx(proto, built[name])
+            ox.load_onnx(built[name])  # the written file, not just the in-memory graph, must check
+            parity[name] = check_parity(nets[name], built[name], x, ep.parity_atol, ep.min_argmax_agreement,
+                                        what=f"{ckpt} -> {finals[name].name}")
+
+        calib = None
+        if ep.quantization == "static":
+            calib = calibration_windows(data_dir / "train.npz", ep.calibration)
+        quant = {"mode": ep.quantization, "format": "QDQ" if ep.quantization == "static" else "integer ops",
+                 "weights": "int8" if ep.quantization == "static" else "uint8",
+                 "activations": ep.activation_type if ep.quantization == "static" else "dynamic uint8",
+                 "per_channel": ep.calibration.per_channel, "pre_process": "quant_pre_process"}
+        if calib is not None:
+            quant |= {"calibration_method": ep.calibration.method, "calibration_windows": len(calib),
+                      "calibration_source": str(data_dir / "train.npz"), "calibration_seed": ep.calibration.seed}
+        ox.quantize_int8(built["student"], built["student_int8"], calib, mode=ep.quantization,
+                         method=ep.calibration.method, per_channel=ep.calibration.per_channel,
+                         activation_type=ep.activation_type, scratch=tmp,
+                         calib_source=str(data_dir / "train.npz"))
+        proto = ox.load_onnx(built["student_int8"])
+        ox.set_metadata(proto, device_metadata("student", metas["student"], lin, ckpts["student"], "int8")
+                        | {"onnx_opset": ep.opset, "quantization": quant})
+        ox.save_onnx(proto, built["student_int8"])
+
+        fp32_acc, fp32_pred = onnx_accuracy(built["student"], x, y)
+        int8_acc, int8_pred = onnx_accuracy(built["student_int8"], x, y)
+        teacher_acc, _ = onnx_accuracy(built["teacher"], x, y)
+        drop = fp32_acc - int8_acc
+        if drop > ep.max_int8_drop:
+            raise ExportFailed(f"{finals['student_int8']}: INT8 accuracy on {len(y)} test windows is {int8_acc:.2%} vs "
+                               f"FP32 {fp32_acc:.2%}: a drop of {drop * 100:.2f} points > export.max_int8_drop "
+                               f"{ep.max_int8_drop * 100:.2f} points",
+                               hint="Try calibration.method entropy/percentile, more calibration windows, "
+                                    "per_channel: true, or quantization: dynamic.")
+        facts = {k: file_facts(p, finals[k]) for k, p in built.items()}
+        for k, p in built.items():
+            os.replace(p, finals[k])
+
+    metrics = {
+        "parity": parity["student"],
+        "teacher_parity": parity["teacher"],
+        "fp32": {"accuracy": fp32_acc, **facts["student"]},
+        "int8": {"accuracy": int8_acc, **facts["student_int8"],
+                 "agreement_with_fp32": float((fp32_pred == int8_pred).mean()), "quantization": quant},
+        "int8_drop": drop,
+        "max_int8_drop": ep.max_int8_drop,
+        "teacher": {"accuracy": teacher_acc, **facts["teacher"]},
+        "pytorch": {"student_accuracy": float((torch_logits(nets["student"], x).argmax(1) == y).mean())},
+        "test_windows": len(y),
+        "opset": ep.opset,
+        "lineage": lin,
+    }
+    write_json(metrics_path, metrics)
+    return metrics
+
+
+def main() -> None:
+    from edgedistill.cli import run_stage_main
+
+    run_stage_main("export", lambda p: run(p))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""benchmark stage and `edgedistill bench`: measured latency with run counts and spread, static
+estimates that agree with PyTorch and with hand counts, fits verdicts, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from export_fixtures import build_release, release_params
+from typer.testing import CliRunner
+
+from edgedistill.checkpoint import load_checkpoint
+from edgedistill.cli import app
+from edgedistill.errors import ModelMismatch
+from edgedistill.io import read_json
+from edgedistill.nets import count_macs
+from edgedistill.onnx_bench import harness_overhead
+from edgedistill.onnx_cost import fits_budget, static_cost
+from tasks import benchmark
+
+FAST = {"benchmark": {"harness_runs": 50, "profiles": [
+    {"name": "host-1t", "threads": 1, "batch_sizes": [1, 4], "warmup": 2, "runs": 20, "max_seconds": 1.0,
+     "ram_bytes": 64 * 2**20, "flash_bytes": 16 * 2**20},
+    {"name": "tiny-mcu", "measure": False, "ram_bytes": 600, "flash_bytes": 2 * 2**20},
+]}}
+
+
+@pytest.fixture(scope="session")
+def release(tmp_path_factory):
+    return build_release(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def bench_result(release, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "benchmark.json"
+    result = benchmark.run(release_params(FAST), models_dir=release / "models", data_dir=release / "data/prepared",
+                           metrics_path=out)
+    return result, out
+
+
+def test_benchmark_json_release_block_and_latency(bench_result, release):
+    result, out = bench_result
+    assert read_json(out) == json.loads(json.dumps(result))
+    rel = result["release"]
+    for key in ("student_int8_p50_ms", "student_int8_p95_ms", "student_fp32_p50_ms", "student_fp32_p95_ms",
+                "teacher_fp32_p50_ms", "speedup_vs_teacher"):
+        assert isinstance(rel[key], float) and rel[key] > 0
+    assert rel["profile"] == "host-1t" and isinstance(rel["fits"], bool)
+    export_metrics = read_json(release / "metrics/export.json")
+    assert rel["int8_file_bytes"] == (release / "models/student.int8.onnx").stat().st_size
+    assert rel["int8_weight_bytes"] == export_metrics["int8"]["weight_bytes"]
+    host = result["profiles"]["host-1t"]
+    assert host["kind"].startswith("measured")
+    for model, by_batch in host["latency"].items():
+        assert set(by_batch) == {"1", "4"}
+        for b, s in by_batch.items():
+            assert s["runs"] == 20  # every figure states its repeat count and spread
+            assert s["min_ms"] <= s["p50_ms"] <= s["p95_ms"] <= s["p99_ms"] <= s["max_ms"]
+            assert s["std_ms"] >= 0 and s["iqr_ms"] >= 0
+            assert s["throughput_per_s"] == pytest.approx(int(b) / (s["mean_ms"] / 1e3))
+        assert host["peak_rss_delta_bytes"][model] >= 0
+    assert rel["speedup_vs_teacher"] == pytest.approx(
+        host["latency"]["teacher_fp32"]["1"]["p50_ms"] / host["latency"]["student_fp32"]["1"]["p50_ms"])
+    assert result["harness_overhead"]["rounds"] > 0 and "overhead_pct" in result["harness_overhead"]
+    assert set(result["targets"]) == {"student_fp32_speedup_vs_teacher", "harness_overhead_pct"}
+
+
+def test_static_estimates_and_mcu_verdict(bench_result, release):
+    result, _ = bench_result
+    mcu = result["profiles"]["tiny-mcu"]
+    assert mcu["kind"].startswith("static estimate only") and "latency" not in mcu
+    int8 = result["models"]["student_int8"]["static"]
+    assert int8["source"].startswith("static estimate")
+    # 600 B of RAM cannot hold the activations; the verdict says so and why
+    assert int8["ram_estimate_bytes"] > 600
+    assert mcu["fits"]["student_int8"]["fits"] is False and "RAM" in mcu["fits"]["student_int8"]["why_not"]
+    assert result["release"]["fits"] is True and result["release"]["fits_all_profiles"] is False
+    # INT8 activations take a quarter of the FP32 bytes; the weights well under half
+    fp32 = result["models"]["student_fp32"]["static"]
+    assert int8["ram_estimate_bytes"] * 4 <= fp32["ram_estimate_bytes"] * 1.01
+    assert int8["flash_estimate_bytes"] < 0.5 * fp32["flash_estimate_bytes"]
+
+
+def test_macs_and_params_agree_with_pytorch(release):
+    for name in ("student", "teacher"):
+        model, meta = load_checkpoint(release / f"models/{name}.pt")
+        cost = static_cost(onnx.load(release / f"models/{name}.onnx"))
+        assert cost["macs"] == count_macs(model, meta["in_channels"], meta["window"])
+        # BatchNorm folds into the convs: conv/linear weights, linear bias, at most one bias per conv channel
+        import torch
+
+        convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv1d)]
+        linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        weights = sum(m.weight.numel() for m in convs + linear) + sum(m.bias.numel() for m in linear)
+        assert weights <= cost["params"] <= weights + sum(m.out_channels for m in convs)
+    int8 = static_cost(onnx.load(release / "models/student.int8.onnx"))
+    assert int8["macs"] == static_cost(onnx.load(release / "models/student.onnx"))["macs"]
+
+
+def _graph(nodes, inputs, outputs, inits=()):
+    h = onnx.helper
+    model = h.make_model(h.make_graph(nodes, "g", inputs, outputs, list(inits)),
+                         opset_imports=[h.make_opsetid("", 18)])
+    model.ir_version = 9
+    return model
+
+
+def test_peak_activation_memory_by_hand():
+    h, F = onnx.helper, onnx.TensorProto.FLOAT
+    # X[1,100] -> A=Relu -> B=Concat(A,A) -> C=Relu(B) -> Y=Concat(C,X): X stays alive to the end.
+    # live bytes per step: X 400 | X+A 800 | X+A+B 1600 | X+B+C 2000 | X+C+Y 2400  -> peak 2400 at Y
+    model = _graph([h.make_node("Relu", ["X"], ["A"], name="a"),
+                    h.make_node("Concat", ["A", "A"], ["B"], axis=1, name="b"),
+                    h.make_node("Relu", ["B"], ["C"], name="c"),
+                    h.make_node("Concat", ["C", "X"], ["Y"], axis=1, name="y")],
+                   [h.make_tensor_value_info("X", F, ["batch", 100])], [h.make_tensor_value_info("Y", F, None)])
+    cost = static_cost(model)
+    assert cost["ram_estimate_bytes"] == 2400 and cost["peak_at"] == "y (Concat)"
+    assert cost["params"] == 0 and cost["macs"] == 0
+    # QDQ: X -> Q(int8) -> DQ share one 1-byte buffer (1000 B); the weight's DQ is constant (flash);
+    # MatMul output R [1,10] float 40 B. Peak: 1000 + 40 at the MatMul.
+    w = h.make_tensor("w", onnx.TensorProto.INT8, [1000, 10], np.ones(10000, np.int8).tolist())
+    s = h.make_tensor("s", F, [], [0.1])
+    z = h.make_tensor("z", onnx.TensorProto.INT8, [], [0])
+    model = _graph([h.make_node("QuantizeLinear", ["X", "s", "z"], ["Xq"]),
+                    h.make_node("DequantizeLinear", ["Xq", "s", "z"], ["Xd"]),
+                    h.make_node("DequantizeLinear", ["w", "s", "z"], ["wd"]),
+                    h.make_node("MatMul", ["Xd", "wd"], ["R"], name="mm")],
+                   [h.make_tensor_value_info("X", F, ["batch", 1000])], [h.make_tensor_value_info("R", F, None)],
+                   [w, s, z])
+    cost = static_cost(model)
+    assert cost["ram_estimate_bytes"] == 1040 and cost["peak_at"] == "mm (MatMul)"
+    assert cost["params"] == 10000 and cost["macs"] == 10000
+    assert cost["flash_estimate_bytes"] == 10000 + 4 + 1
+    assert fits_budget(cost, 1040, 10005)["fits"] is True
+    verdict = fits_budget(cost, 1039, 10005)
+    assert verdict["fits"] is False and "RAM 1,040 B > budget 1,039 B" in verdict["why_not"]
+    assert fits_budget(cost, None, 10004)["why_not"].startswith("flash")
+
+
+def test_harness_overhead_is_measured(release):
+    h = harness_overhead(release / "models/student.onnx", runs=50, rounds=5)
+    assert h["bare_loop_us"] > 0 and h["harness_us"] > 0
+    # the ≤5% target is measured by the stage/benchmarks script; here only a sanity bound, since
+    # the CI machine is shared
+    assert -50 < h["overhead_pct"] < 50
+
+
+def test_missing_onnx_file_is_named(release, tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(release / "models", models)
+    (models / "teacher.onnx").unlink()
+    with pytest.raises(ModelMismatch, match=r"teacher.onnx"):
+        benchmark.run(release_params(FAST), models_dir=models, data_dir=release / "data/prepared",
+                      metrics_path=tmp_path / "b.json")
+    assert not (tmp_path / "b.json").exists()
+
+
+runner = CliRunner()
+
+
+def test_cli_bench_prints_table(release, tmp_path):
+    out = tmp_path / "r.json"
+    r = runner.invoke(app, ["--params", str(tmp_path / "absent.yaml"), "bench", str(release / "models/student.int8.onnx"),
+                            "--runs", "10", "--warmup", "1", "-b", "1", "-b", "3", "--json", str(out)],
+                      env={"COLUMNS": "220"})
+    assert r.exit_code == 0, r.output
+    assert "student.int8.onnx" in r.output and "p50 ms" in r.output and "p99 ms" in r.output
+    assert "measured on this host" in r.output and "static estimate" in r.output
+    assert "fits cortex-m7" in r.output  # built-in default profiles outside a project
+    saved = read_json(out)
+    assert saved["measured"]["latency"]["3"]["runs"] == 10
+    assert saved["static"]["params"] == static_cost(onnx.load(release / "models/student.int8.onnx"))["params"]
+
+
+def test_cli_bench_any_onnx_file(tmp_path):
+    """Not an edgedistill model: two inputs, symbolic dims, an int64 input."""
+    h = onnx.helper
+    w = h.make_tensor("w", onnx.TensorProto.FLOAT, [16, 8], np.ones(128, np.float32).tolist())
+    model = _graph([h.make_node("MatMul", ["x", "w"], ["m"]), h.make_node("Cast", ["ids"], ["idf"], to=1),
+                    h.make_node("Add", ["m", "idf"], ["y"])],
+                   [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", "seq", 16]),
+                    h.make_tensor_value_info("ids", onnx.TensorProto.INT64, ["n", "seq", 8])],
+                   [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", "seq", 8])], [w])
+    path = tmp_path / "other.onnx"
+    onnx.save(model, path)
+    r = runner.invoke(app, ["--params", str(tmp_path / "absent.yaml"), "bench", str(path), "--runs", "10",
+                            "--dim", "seq=5", "--json", str(tmp_path / "o.json")], env={"COLUMNS": "220"})
+    assert r.exit_code == 0, r.output
+    saved = read_json(tmp_path / "o.json")
+    assert saved["static"]["macs"] == 5 * 8 * 16 and saved["static"]["params"] == 128
+    assert saved["measured"]["inputs"] == {"x": "float32[n, seq, 16]", "ids": "int64[n, seq, 8]"}
+
+
+@pytest.mark.parametrize("case", ["truncated", "wrong-shape-data", "wrong-dtype-data"])
+def test_cli_bench_bad_input(release, tmp_path, case):
+    model = release / "models/student.onnx"
+    args = []
+    if case == "truncated":
+        model = tmp_path / "broken.onnx"
+        model.write_bytes((release / "models/student.onnx").read_bytes()[:3000])
+    else:
+        x = np.zeros((4, 6, 32), np.float32) if case == "wrong-shape-data" else np.zeros((4, 6, 64), np.float64)
+        np.savez(tmp_path / "x.npz", X=x)
+        args = ["--data", str(tmp_path / "x.npz")]
+    r = runner.invoke(app, ["--params", str(tmp_path / "absent.yaml"), "bench", str(model), "--runs", "10", *args],
+                      env={"COLUMNS": "220"})
+    assert r.exit_code == 2
+    assert "Traceback" not in r.output
+    expected = {"truncated": "broken.onnx: not a readable ONNX file, truncated or corrupted",
+                "wrong-shape-data": "student.onnx: input 'input' must be float32[batch, 6, 64], got float32[1, 6, 32]",
+                "wrong-dtype-data": "got float64[1, 6, 64] (wrong dtype)"}[case]
+    assert expected in " ".join(r.output.split()), r.output

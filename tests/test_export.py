@@ -1,0 +1,234 @@
+"""export stage: ONNX/PyTorch parity, self-describing metadata, INT8 accuracy, and bad inputs that
+fail clearly without touching the models already in models/."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from conftest import tree_hashes
+from export_fixtures import build_release, release_params
+
+from edgedistill import onnx_tools as ox
+from edgedistill.checkpoint import load_checkpoint
+from edgedistill.errors import ArtifactCorrupt, DataInvalid, ExportFailed, ModelMismatch
+from edgedistill.io import read_json
+from edgedistill.onnx_cost import static_cost
+from tasks import export
+
+
+@pytest.fixture(scope="session")
+def release(tmp_path_factory):
+    return build_release(tmp_path_factory)
+
+
+def sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_parity_with_pytorch_batched_and_single(release):
+    m = read_json(release / "metrics/export.json")
+    assert m["parity"]["max_abs_diff"] <= 1e-4 and m["parity"]["argmax_agreement"] == 1.0
+    assert m["parity"]["windows"] == m["test_windows"] > 0
+    # independent re-check: the dynamic batch axis at sizes 1 and 5
+    with np.load(release / "data/prepared/test.npz") as z:
+        x = z["X"][:5]
+    for name in ("student", "teacher"):
+        model, _ = load_checkpoint(release / f"models/{name}.pt")
+        with torch.no_grad():
+            ref = model(torch.from_numpy(x)).numpy()
+        session = ox.open_session(release / f"models/{name}.onnx")
+        assert [i.name for i in session.get_inputs()] == ["input"]
+        assert [o.name for o in session.get_outputs()] == ["logits"]
+        assert session.get_inputs()[0].shape == ["batch", 6, 64]
+        got5 = session.run(None, {"input": x})[0]
+        got1 = session.run(None, {"input": x[2:3]})[0]
+        assert np.abs(got5 - ref).max() <= 1e-4 and np.abs(got1 - ref[2:3]).max() <= 1e-4
+    assert not [p for p in (release / "models").iterdir() if p.name.startswith(".")]  # no temp leftovers
+
+
+def test_metadata_round_trip(release):
+    norm = read_json(release / "data/prepared/norm.json")
+    params = release_params()
+    for name in ("student.onnx", "student.int8.onnx", "teacher.onnx"):
+        path = release / "models" / name
+        meta = ox.read_metadata(path)
+        assert meta["channels"] == params.data.channels == norm["channels"]
+        assert meta["labels"] == params.data.labels
+        assert meta["window"] == 64 and meta["sample_rate_hz"] == 50.0
+        assert meta["norm_mean"] == pytest.approx(norm["mean"]) and meta["norm_std"] == pytest.approx(norm["std"])
+        assert meta["input_normalised"] is True and meta["input_name"] == "input" and meta["output_name"] == "logits"
+        assert meta["input_shape"] == ["batch", 6, 64]
+        assert meta["norm_sha256"] == sha(release / "data/prepared/norm.json")
+        assert meta["test_sha256"] == sha(release / "data/prepared/test.npz")
+        assert len(meta["params_sha256"]) == 64 and meta["dvc_lock"].startswith("absent")
+        ckpt = "teacher.pt" if name.startswith("teacher") else "student.pt"
+        assert meta["checkpoint_sha256"] == sha(release / "models" / ckpt)
+        # what a device runtime sees: onnxruntime's own metadata API, JSON values
+        custom = ox.open_session(path).get_modelmeta().custom_metadata_map
+        assert json.loads(custom["labels"]) == params.data.labels
+    int8 = ox.read_metadata(release / "models/student.int8.onnx")
+    assert int8["precision"] == "int8" and int8["quantization"]["mode"] == "static"
+    assert int8["quantization"]["calibration_windows"] == 64
+    assert ox.read_metadata(release / "models/student.onnx")["precision"] == "fp32"
+
+
+def test_lineage_reads_dvc_lock(release, tmp_path):
+    lock = tmp_path / "dvc.lock"
+    lock.write_text(
+        "schema: '2.0'\nstages:\n  prepare:\n    deps:\n    - path: data/raw/readings.parquet\n"
+        "      md5: 0123456789abcdef0123456789abcdef\n    outs:\n    - path: data/prepared\n"
+        "      md5: fedcba9876543210fedcba9876543210.dir\n")
+    d = release / "data/prepared"
+    lin = export.lineage(release_params(), d / "norm.json", d / "test.npz", lock)
+    assert lin["readings_md5"] == "0123456789abcdef0123456789abcdef"
+    assert lin["prepared_md5"].endswith(".dir") and lin["dvc_lock"] == "present"
+    other = export.lineage(release_params({"prepare": {"eval_stride": 32}}), d / "norm.json", d / "test.npz", lock)
+    assert other["params_sha256"] != lin["params_sha256"]
+
+
+def test_int8_accuracy_is_evaluated_on_test(release):
+    m = read_json(release / "metrics/export.json")
+    with np.load(release / "data/prepared/test.npz") as z:
+        x, y = z["X"], z["y"]
+    for key, name in (("fp32", "student.onnx"), ("int8", "student.int8.onnx")):
+        path = release / "models" / name
+        acc = float((ox.predict(ox.open_session(path), path, x).argmax(1) == y).mean())
+        assert m[key]["accuracy"] == pytest.approx(acc)
+        assert m[key]["file_bytes"] == path.stat().st_size
+    assert m["int8_drop"] == pytest.approx(m["fp32"]["accuracy"] - m["int8"]["accuracy"])
+    assert m["int8_drop"] <= m["max_int8_drop"]
+    assert m["int8"]["accuracy"] > 1 / 7 + 0.3  # well above chance (7 classes)
+    # weights are stored as int8: under half the FP32 weight bytes (scales and int32 biases remain)
+    assert m["int8"]["weight_bytes"] < 0.5 * m["fp32"]["weight_bytes"]
+    assert next(iter(m["int8"]["weight_dtypes"])) == "int8"
+    assert static_cost(onnx.load(release / "models/student.int8.onnx"))["params"] == \
+        static_cost(onnx.load(release / "models/student.onnx"))["params"]
+
+
+def test_dynamic_quantization_mode(release, tmp_path):
+    with np.load(release / "data/prepared/test.npz") as z:
+        x, y = z["X"], z["y"]
+    dest = tmp_path / "dyn.onnx"
+    ox.quantize_int8(release / "models/student.onnx", dest, None, mode="dynamic", method="minmax",
+                     per_channel=False, activation_type="int8", scratch=tmp_path)
+    ops = {n.op_type for n in onnx.load(dest).graph.node}
+    assert "ConvInteger" in ops or "MatMulInteger" in ops
+    acc = float((ox.predict(ox.open_session(dest), dest, x).argmax(1) == y).mean())
+    assert acc > 1 / 7 + 0.3
+
+
+def _copy_release(release, tmp_path):
+    root = tmp_path / "proj"
+    shutil.copytree(release, root)
+    return root
+
+
+def test_parity_failure_leaves_models_untouched(release, tmp_path):
+    root = _copy_release(release, tmp_path)
+    before = tree_hashes(root / "models")
+    with pytest.raises(ExportFailed, match=r"parity failed .* max \|ONNX - PyTorch\| = .*parity_atol 1e-12"):
+        export.run(release_params({"export": {"parity_atol": 1e-12}}), models_dir=root / "models",
+                   data_dir=root / "data/prepared", metrics_path=root / "metrics/export.json", lock_path=root / "dvc.lock")
+    assert tree_hashes(root / "models") == before  # previous good files kept, no temp files left
+
+
+def test_int8_drop_over_threshold_fails_and_keeps_models(release, tmp_path):
+    """Calibrating on unrepresentative windows (1000x too small) saturates INT8 activations on
+    real data: the accuracy gate must catch it and nothing may be replaced."""
+    root = _copy_release(release, tmp_path)
+    train = root / "data/prepared/train.npz"
+    with np.load(train) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["X"] = arrays["X"] * 1e-3
+    np.savez(train, **arrays)
+    before = tree_hashes(root / "models")
+    with pytest.raises(ExportFailed, match=r"student.int8.onnx: INT8 accuracy .* > export.max_int8_drop 5.00 points"):
+        export.run(release_params({"export": {"max_int8_drop": 0.05}}), models_dir=root / "models",
+                   data_dir=root / "data/prepared", metrics_path=root / "metrics/export.json", lock_path=root / "dvc.lock")
+    assert tree_hashes(root / "models") == before
+
+
+def test_missing_checkpoint_and_mismatched_data(release, tmp_path):
+    root = _copy_release(release, tmp_path)
+    (root / "models/teacher.pt").unlink()
+    with pytest.raises(ModelMismatch, match=r"teacher.pt: checkpoint not found"):
+        export.run(release_params(), models_dir=root / "models", data_dir=root / "data/prepared",
+                   metrics_path=root / "m.json")
+    test = root / "data/prepared/test.npz"
+    with np.load(test) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["X"] = arrays["X"][:, :4]
+    np.savez(test, **arrays)
+    shutil.copy(release / "models/teacher.pt", root / "models/teacher.pt")
+    with pytest.raises(ModelMismatch, match=r"student.pt: data has shape .* C=6 channels"):
+        export.run(release_params(), models_dir=root / "models", data_dir=root / "data/prepared",
+                   metrics_path=root / "m.json")
+    assert not (root / "m.json").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_corrupted_onnx_is_named(release, tmp_path, damage):
+    good = (release / "models/student.onnx").read_bytes()
+    path = tmp_path / f"{damage}.onnx"
+    path.write_bytes({"truncated": good[: len(good) // 2], "garbage": b"\x08\x07not an onnx model" * 50,
+                      "empty": b""}[damage])
+    with pytest.raises(ArtifactCorrupt, match=rf"{damage}.onnx: not a (readable|valid) ONNX"):
+        ox.load_onnx(path)
+    with pytest.raises((ArtifactCorrupt, ExportFailed), match=rf"{damage}.onnx"):
+        ox.quantize_int8(path, tmp_path / "q.onnx", np.zeros((4, 6, 64), np.float32), mode="static",
+                         method="minmax", per_channel=True, activation_type="int8", scratch=tmp_path)
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_wrong_input_shape_or_dtype_is_named(release):
+    path = release / "models/student.onnx"
+    session = ox.open_session(path)
+    x = np.zeros((3, 6, 64), np.float32)
+    assert ox.predict(session, path, x).shape == (3, 7)
+    with pytest.raises(ModelMismatch, match=r"student.onnx: input 'input' must be float32\[batch, 6, 64\], "
+                                            r"got float32\[3, 4, 64\] \(wrong shape\)"):
+        ox.predict(session, path, x[:, :4])
+    with pytest.raises(ModelMismatch, match=r"got float64\[3, 6, 64\] \(wrong dtype\)"):
+        ox.predict(session, path, x.astype(np.float64))
+    with pytest.raises(ModelMismatch, match=r"wrong shape"):
+        ox.predict(session, path, x[0])
+
+
+def _custom_op_model(path):
+    h = onnx.helper
+    nodes = [h.make_node("Relu", ["x"], ["r"], name="relu"),
+             h.make_node("FancyActivation", ["r"], ["y"], name="fancy", domain="com.example")]
+    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 6, 64])],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 6, 64])])
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 18), h.make_opsetid("com.example", 1)])
+    model.ir_version = 9
+    onnx.save(model, path)
+
+
+def test_op_the_quantizer_cannot_handle(tmp_path):
+    src = tmp_path / "custom.onnx"
+    _custom_op_model(src)
+    with pytest.raises(ExportFailed, match=r"custom.onnx: INT8 quantization cannot handle op "
+                                           r"com.example::FancyActivation \(node 'fancy'\)"):
+        ox.quantize_int8(src, tmp_path / "q.onnx", np.zeros((4, 6, 64), np.float32), mode="static",
+                         method="minmax", per_channel=True, activation_type="int8", scratch=tmp_path)
+    assert not (tmp_path / "q.onnx").exists()
+
+
+def test_empty_calibration_set(release, tmp_path):
+    train = tmp_path / "train.npz"
+    np.savez(train, X=np.zeros((0, 6, 64), np.float32), y=np.zeros(0, np.int64))
+    with pytest.raises(DataInvalid, match=r"train.npz: the INT8 calibration set is empty \(the file holds 0"):
+        export.calibration_windows(train, release_params().export.calibration)
+    with pytest.raises(ExportFailed, match=r"student.onnx: INT8 static quantization needs calibration windows"):
+        ox.quantize_int8(release / "models/student.onnx", tmp_path / "q.onnx", np.zeros((0, 6, 64), np.float32),
+                         mode="static", method="minmax", per_channel=True, activation_type="int8",
+                         scratch=tmp_path, calib_source=str(train))
+    x = export.calibration_windows(release / "data/prepared/train.npz", release_params().export.calibration)
+    assert x.shape[0] == 64 and x.dtype == np.float32
