@@ -3,11 +3,13 @@ DVC remote (`<store>/dvc`) and immutable release bundles (`<store>/releases/<mod
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -213,13 +215,25 @@ def open_store(sp: StoreParams, root: str | os.PathLike[str] = ".") -> Store:
 
 # ---------------------------------------------------------------- DVC remote on the store
 
+@contextlib.contextmanager
+def working_dir(path: str | os.PathLike[str]) -> Iterator[None]:
+    """DVC resolves targets (stage names, output paths) against the current directory, so DVC
+    calls on a project run from inside it."""
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
 def configure_dvc_remote(store: Store, name: str, root: str | os.PathLike[str] = ".") -> dict[str, str]:
     """Point DVC's default remote at the store, in .dvc/config.local (never committed: params.yaml
     is the one place the store is configured, and the local path is machine-specific)."""
     from dvc.repo import Repo
 
     want = store.dvc_remote()
-    with Repo(str(root)) as repo:
+    with working_dir(root), Repo(str(root)) as repo:
         current = repo.config.load_one("local")
         have = dict(current.get("remote", {}).get(name, {}))
         if isinstance(store, LocalStore):  # DVC stores local urls relative to .dvc/
@@ -245,7 +259,7 @@ def dvc_pull_missing(store: Store, name: str, root: str | os.PathLike[str] = "."
 
     if isinstance(store, LocalStore) and not (store.root / DVC_PREFIX).is_dir():
         return {"pulled": 0, "missing": [], "note": "store is empty"}
-    with Repo(str(root)) as repo:
+    with working_dir(root), Repo(str(root)) as repo:
         missing = sorted({str(out) for stage in repo.index.stages for out in stage.outs
                           if out.use_cache and out.hash_info and not os.path.exists(out.fs_path)})
         if not missing:
@@ -262,7 +276,7 @@ def dvc_push(store: Store, name: str, root: str | os.PathLike[str] = ".") -> int
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
-    with Repo(str(root)) as repo:
+    with working_dir(root), Repo(str(root)) as repo:
         try:
             return int(repo.push(remote=name) or 0)
         except DvcException as e:

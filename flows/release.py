@@ -39,6 +39,7 @@ from edgedistill.store import (
     dvc_push,
     open_store,
     publish_bundle,
+    working_dir,
 )
 from tasks.promote import PROD_REFERENCE, PROMOTION, describe_failures
 
@@ -69,17 +70,6 @@ def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
 
 TRANSIENT_RETRIES: dict[str, Any] = {"retries": 2, "retry_delay_seconds": [2, 10],
                                      "retry_condition_fn": _retry_transient, "cache_policy": NO_CACHE}
-
-
-@contextlib.contextmanager
-def working_dir(path: str | os.PathLike[str]) -> Iterator[None]:
-    """DVC resolves a stage name against the current directory's dvc.yaml, so run it from `path`."""
-    before = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(before)
 
 
 # ---------------------------------------------------------------- stage output capture

@@ -27,8 +27,9 @@ from edgedistill.store import (
     configure_dvc_remote,
     open_store,
     parse_sums,
+    working_dir,
 )
-from flows.release import BUNDLE_FILES, working_dir
+from flows.release import BUNDLE_FILES
 
 IDENTICAL, WITHIN, DIFFERS = "identical", "within tolerance", "differs"
 # figures that measure the machine, not the model: compared with timing_rtol
@@ -105,7 +106,7 @@ def reproduce_version(root: str | Path, params: Params, version: str, keep: bool
         if inputs:
             from dvc.repo import Repo
 
-            with Repo(str(wt)) as repo:
+            with working_dir(wt), Repo(str(wt)) as repo:
                 repo.pull(targets=inputs, remote=params.store.remote_name)
             log(f"pulled inputs: {', '.join(inputs)}")
         for stage in pipeline_stages(wt):

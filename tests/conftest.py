@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import copy
 import functools
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,13 @@ from edgedistill.params import Params, parse_params
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+# `edgedistill run` is a Prefect flow: give each test session its own ephemeral Prefect DB (never the
+# user's ~/.prefect or a configured server), inherited by CLI subprocesses.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="edgedistill-test-prefect-")
+atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], True)
+os.environ.pop("PREFECT_API_URL", None)
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
 
 
 @functools.lru_cache(maxsize=1)
