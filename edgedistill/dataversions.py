@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -231,9 +231,9 @@ def resolve(t: Tracked, ref: str, known: list[Version] | None = None) -> Version
         if len(hits) > 1:
             raise DataVersionError(f"version {ref!r} is ambiguous: matches {', '.join(v.label for v in hits.values())}",
                                    hint="Give more characters of the commit or md5.")
-    r = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], cwd=t.root,
-                       capture_output=True, text=True)
-    if r.returncode == 0 and ref and not ref.startswith("-"):
+    r = subprocess.run(["git", "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}"],
+                       cwd=t.root, capture_output=True, text=True)
+    if r.returncode == 0 and ref:
         commit = r.stdout.strip()
         rec = recorded_at(t, commit)
         if rec:
@@ -254,11 +254,6 @@ def _open_repo(root: Path):
     repo = Repo(str(root))
     repo.scm_context.quiet = True  # we stage and commit ourselves; DVC's "git add ..." advice is noise
     return repo
-
-
-def default_remote(root: Path) -> str | None:
-    with _open_repo(root) as repo:
-        return repo.config["core"].get("remote")
 
 
 def _cached_object(root: Path, t: Tracked, md5: str) -> Path:
@@ -777,5 +772,4 @@ def checkout(params: Params, ref: str, root: str | Path = ".") -> dict[str, Any]
         raise DataVersionError(f"{t.path}: restored file has md5 {got[:8]}, expected {v.md5[:8]}")
     head = recorded_at(t, "HEAD")
     return {"file": t.path, "version": v.short, "commit": v.commit, "md5": v.md5, "date": v.date,
-            "message": v.message, "is_head": bool(head and head[0] == v.md5), "dvcfile": t.dvcfile,
-            "version_info": asdict(v)}
+            "message": v.message, "is_head": bool(head and head[0] == v.md5), "dvcfile": t.dvcfile}
