@@ -98,6 +98,51 @@ class PrepareParams(_Section):
     split: SplitParams = SplitParams()
 
 
+class ComputeParams(_Section):
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    threads: int = Field(0, ge=0, description="CPU threads for torch; 0 = torch's default")
+
+
+class AugmentParams(_Section):
+    scale: float = Field(0.1, ge=0, lt=1, description="per-channel gain 1 ± scale")
+    jitter: float = Field(0.05, ge=0, description="Gaussian noise std, normalised units")
+    shift: int = Field(16, ge=0, description="random circular time shift, ± readings")
+
+
+class TrainParams(_Section):
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(128, ge=1)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    patience: int = Field(0, ge=0, description="early stopping on val accuracy; 0 = off")
+    grad_clip: float = Field(0.0, ge=0)
+    seed: int = 0
+
+
+class ModelParams(_Section):
+    arch: Literal["resnet1d", "dscnn1d"]
+    config: dict[str, Any] = {}
+    train: TrainParams
+    augment: AugmentParams = AugmentParams()
+
+
+class BankParams(_Section):
+    views: int = Field(8, ge=1, description="augmented + mixup views per training window")
+    mixup_alpha: float = Field(1.0, ge=0)
+    seed: int = 0
+
+
+class DistillParams(_Section):
+    method: Literal["hinton", "fm_bank", "fm_online"] = "fm_bank"
+    temperature: float = Field(4.0, gt=0, description="Hinton KD temperature T")
+    alpha: float = Field(0.7, ge=0, le=1, description="Hinton KD weight of the soft term")
+    fm_temperature: float = Field(1.0, gt=0, description="function-matching temperature")
+    bank: BankParams = BankParams()
+
+
 class S3Params(_Section):
     """S3 (or any S3-compatible endpoint) holding the artifact store; credentials come only from
     the standard AWS chain (env, ~/.aws, instance role), never from params."""
@@ -216,6 +261,10 @@ class Params(_Section):
     ingest: IngestParams = IngestParams()
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
     prepare: PrepareParams = PrepareParams()
+    compute: ComputeParams = ComputeParams()
+    teacher: ModelParams
+    student: ModelParams
+    distill: DistillParams = DistillParams()
     store: StoreParams = StoreParams()
     promote: PromoteParams = PromoteParams()
     export: ExportParams = ExportParams()

@@ -1,0 +1,173 @@
+"""KD quality benchmark: teacher, student alone and distilled students over leave-2-subjects-out folds x seeds.
+
+One test split holds only two subjects, so a single run is noise (±4–6 points per fold); this prints mean ± std
+over all runs, per-seed means, and the paired KD gain (same fold, seed and teacher) with its standard error.
+It runs the pipeline's own stage functions (prepare, train_teacher, teacher_logits, distill) with params.yaml
+plus the overrides given here.
+
+    python benchmarks/kd_quality.py --folds 5 --seeds 4 --methods hinton,fm_bank,fm_online --jobs 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import yaml  # noqa: E402
+
+from edgedistill.params import parse_params  # noqa: E402
+
+
+def fold_groups(subjects: list[str], fold: int, n_test: int = 2, n_val: int = 2) -> tuple[list[str], list[str]]:
+    k = len(subjects)
+    test = [subjects[(fold * n_test + i) % k] for i in range(n_test)]
+    val = [subjects[(fold * n_test + n_test + i) % k] for i in range(n_val)]
+    return test, val
+
+
+def merge(d: dict, o: dict) -> dict:
+    out = dict(d)
+    for k, v in o.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def run_fold(args: dict) -> list[dict]:
+    import torch
+
+    from tasks import distill, prepare, teacher_logits, train_teacher
+
+    if args["threads"]:
+        torch.set_num_threads(args["threads"])
+    raw, fold, seeds, methods, readings = args["raw"], args["fold"], args["seeds"], args["methods"], args["readings"]
+    test, val = args["test"], args["val"]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix=f"kdq-fold{fold}-") as tmp:
+        tmp = Path(tmp)
+        base = merge(raw, {"data": {"readings": readings},
+                           "prepare": {"split": {"test_groups": test, "val_groups": val}}})
+        prepare.run(parse_params(base), out_dir=tmp / "prepared")
+        for seed in seeds:
+            p = parse_params(merge(base, {
+                "teacher": {"train": {"seed": seed}}, "student": {"train": {"seed": seed}},
+                "distill": {"bank": {"seed": seed}},
+            }))
+            quiet = lambda s: None  # noqa: E731
+            t0 = time.perf_counter()
+            tm = train_teacher.run(p, prepared=tmp / "prepared", model_out=tmp / "teacher.pt",
+                                   metrics_out=tmp / "teacher.json", plots_dir=None, resume_dir=tmp / "res", log=quiet)
+            row = {"fold": fold, "seed": seed, "test_groups": test, "teacher": tm["accuracy"],
+                   "teacher_seconds": round(time.perf_counter() - t0, 1)}
+            if not methods:
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+                continue
+            t0 = time.perf_counter()
+            teacher_logits.run(p, prepared=tmp / "prepared", teacher=tmp / "teacher.pt", out=tmp / "logits.npz")
+            row["logits_seconds"] = round(time.perf_counter() - t0, 1)
+            for i, method in enumerate(methods):
+                pm = parse_params(merge(p.model_dump(by_alias=True), {"distill": {"method": method}}))
+                t0 = time.perf_counter()
+                r = distill.run(pm, prepared=tmp / "prepared", teacher_path=tmp / "teacher.pt",
+                                logits_path=tmp / "logits.npz", student_out=tmp / "s.pt", baseline_out=tmp / "b.pt",
+                                metrics_out=tmp / "d.json", plots_dir=None, resume_dir=tmp / "res", log=quiet,
+                                train_baseline=(i == 0))
+                if i == 0:
+                    row["baseline"] = r["baseline"]["accuracy"]
+                    row["baseline_epoch_s"] = r["baseline"]["epoch_seconds"]
+                row[method] = r["kd"]["accuracy"]
+                row[f"{method}_epoch_s"] = r["kd"]["epoch_seconds"]
+                row[f"{method}_seconds"] = round(time.perf_counter() - t0, 1)
+                row["student_params"] = r["kd"]["params"]
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    return rows
+
+
+def summarise(rows: list[dict], methods: list[str]) -> str:
+    seeds = sorted({r["seed"] for r in rows})
+    lines = ["| variant | accuracy mean ± std (runs) | per-seed means | paired gain vs alone ± SE |",
+             "|---|---|---|---|"]
+    for v in ["teacher", *(["baseline", *methods] if methods else [])]:
+        acc = [r[v] for r in rows]
+        per_seed = " / ".join(f"{100 * statistics.mean([r[v] for r in rows if r['seed'] == s]):.1f}" for s in seeds)
+        gain = ""
+        if v not in ("teacher", "baseline"):
+            d = [r[v] - r["baseline"] for r in rows]
+            se = statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else float("nan")
+            gain = f"{100 * statistics.mean(d):+.2f} ± {100 * se:.2f} pts"
+        name = {"baseline": "student alone"}.get(v, v)
+        sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
+        lines.append(f"| {name} | {100 * statistics.mean(acc):.1f}% ± {100 * sd:.1f} ({len(acc)}) | {per_seed} | {gain} |")
+    cost = [r.get("hinton_epoch_s", float("nan")) / r["baseline_epoch_s"] for r in rows if "hinton_epoch_s" in r]
+    if cost:
+        lines.append(f"\nKD epoch with cached logits (hinton) / plain student epoch: {statistics.mean(cost):.2f}x")
+    times = {k: statistics.mean([r[k] for r in rows]) for k in rows[0] if k.endswith("_seconds")}
+    lines.append("mean stage seconds per run: " + ", ".join(f"{k[:-8]} {v:.1f}s" for k, v in times.items()))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--methods", default="hinton,fm_bank,fm_online")
+    ap.add_argument("--jobs", type=int, default=1, help="folds run in parallel processes")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads per process")
+    ap.add_argument("--set", action="append", default=[], help="override, e.g. teacher.train.epochs=10")
+    ap.add_argument("--val-groups", type=int, default=2, help="validation subjects per fold")
+    ap.add_argument("--out", default="reports/kd_quality.json")
+    a = ap.parse_args()
+
+    raw = yaml.safe_load(Path(a.params).read_text())
+    for kv in a.set:
+        key, val = kv.split("=", 1)
+        node = raw
+        *path, last = key.split(".")
+        for k in path:
+            node = node.setdefault(k, {})
+        node[last] = yaml.safe_load(val)
+    parse_params(raw)  # fail fast on a bad override
+    readings = Path(raw["data"]["readings"])
+    if not readings.is_file():
+        from tasks.ingest import run as ingest
+
+        readings = Path(tempfile.mkdtemp()) / "readings.parquet"
+        ingest(parse_params(raw), out=readings)
+    import pandas as pd
+
+    subjects = sorted(pd.read_parquet(readings, columns=[raw["data"]["group_col"]]).iloc[:, 0].astype(str).unique())
+    methods = [m for m in a.methods.split(",") if m]
+    jobs = []
+    for f in range(a.folds):
+        test, val = fold_groups(subjects, f, n_val=a.val_groups)
+        jobs.append({"raw": raw, "fold": f, "seeds": list(range(a.seeds)), "methods": methods,
+                     "readings": str(readings.resolve()), "test": test, "val": val, "threads": a.threads})
+    t0 = time.perf_counter()
+    if a.jobs > 1:
+        with ProcessPoolExecutor(a.jobs) as ex:
+            rows = [r for rs in ex.map(run_fold, jobs) for r in rs]
+    else:
+        rows = [r for j in jobs for r in run_fold(j)]
+    wall = time.perf_counter() - t0
+    table = summarise(rows, methods)
+    print(table)
+    print(f"wall time {wall:.0f}s for {len(rows)} runs; device: {os.environ.get('CUDA_VISIBLE_DEVICES', 'auto')}")
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps({"rows": rows, "table": table, "wall_seconds": wall,
+                                       "overrides": a.set, "methods": methods}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,394 @@
+"""The training loop shared by teacher and students: explicit batches, forward, loss, backward, step, eval.
+
+Data lives on the device for the whole run (small windows; avoids a DataLoader per step). A resume file is
+written atomically after every epoch so a killed run continues where it stopped; all randomness comes from
+seeded generators whose state is saved with it, so a resumed CPU run equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from edgedistill.errors import DataInvalid, ModelMismatch, ParamsInvalid, TrainingFailed
+from edgedistill.io import atomic_path
+
+# loss_fn(model, x_batch, y_batch, batch_indices, generator) -> scalar loss
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
+
+
+# ------------------------------------------------------------------ device and data
+
+def resolve_device(requested: str, threads: int = 0) -> torch.device:
+    """`auto`: CUDA when present, else CPU. An explicit `cuda` without a GPU is a clear error."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ParamsInvalid(f"device {requested!r} requested but CUDA is not available on this machine",
+                            hint="Set train.device to 'auto' (falls back to CPU) or 'cpu'.")
+    return torch.device(requested)
+
+
+@dataclass
+class Split:
+    x: torch.Tensor  # [N, C, W] float32, normalised
+    y: torch.Tensor  # [N] int64
+    path: str
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+def load_split(path: str | Path, device: torch.device, n_classes: int | None = None) -> Split:
+    path = Path(path)
+    if not path.is_file():
+        raise DataInvalid(f"{path}: prepared data not found", hint="Run `edgedistill prepare` (or `dvc repro prepare`).")
+    try:
+        with np.load(path) as z:
+            x, y = z["X"], z["y"]
+    except Exception as e:
+        raise DataInvalid(f"{path}: not a readable prepared split ({str(e)[:200]})") from None
+    if x.ndim != 3 or len(x) != len(y) or len(x) == 0:
+        raise DataInvalid(f"{path}: expected X [N, C, W] and y [N] with N > 0, got X {list(x.shape)}, y {list(y.shape)}")
+    if n_classes is not None and (y.min() < 0 or y.max() >= n_classes):
+        raise DataInvalid(f"{path}: labels outside 0..{n_classes - 1}")
+    return Split(torch.from_numpy(x).to(device), torch.from_numpy(y).to(device), str(path))
+
+
+def data_fingerprint(*paths: str | Path) -> str:
+    """Content hash (not mtime: a DVC checkout rewrites files without changing them)."""
+    h = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+# ------------------------------------------------------------------ augmentation (batched, on device)
+
+@dataclass
+class Augment:
+    scale: float = 0.0  # per-channel gain 1 ± scale
+    jitter: float = 0.0  # Gaussian noise std (normalised units)
+    shift: int = 0  # random circular time shift in ± readings
+
+    @property
+    def active(self) -> bool:
+        return self.scale > 0 or self.jitter > 0 or self.shift > 0
+
+
+def augment(x: torch.Tensor, aug: Augment, gen: torch.Generator) -> torch.Tensor:
+    n, c, w = x.shape
+    dev = x.device
+    if aug.scale > 0:
+        x = x * (1 + (torch.rand(n, c, 1, generator=gen, device=dev) * 2 - 1) * aug.scale)
+    if aug.jitter > 0:
+        x = x + torch.randn(x.shape, generator=gen, device=dev) * aug.jitter
+    if aug.shift > 0:
+        s = torch.randint(-aug.shift, aug.shift + 1, (n, 1, 1), generator=gen, device=dev)
+        idx = (torch.arange(w, device=dev).view(1, 1, w) - s) % w
+        x = torch.gather(x, 2, idx.expand(n, c, w))
+    return x
+
+
+def mixup(x: torch.Tensor, alpha: float, gen: torch.Generator) -> torch.Tensor:
+    """Convex mix of each window with a random partner; the label is whatever the teacher says."""
+    if alpha <= 0:
+        return x
+    n = x.shape[0]
+    # Beta draws come from numpy seeded by `gen`, so the views are the same on every device
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen, device=gen.device).item())
+    lam = torch.from_numpy(np.random.default_rng(seed).beta(alpha, alpha, n).astype(np.float32)).to(x.device)
+    lam = torch.maximum(lam, 1 - lam).view(n, 1, 1)  # keep the window itself dominant
+    perm = torch.randperm(n, generator=gen, device=x.device)
+    return lam * x + (1 - lam) * x[perm]
+
+
+# ------------------------------------------------------------------ metrics
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch: int = 1024) -> torch.Tensor:
+    was = model.training
+    model.eval()
+    out = torch.cat([model(x[i : i + batch]).float() for i in range(0, len(x), batch)])
+    model.train(was)
+    return out
+
+
+def classification_metrics(logits: torch.Tensor, y: torch.Tensor, labels: list[str]) -> dict[str, Any]:
+    pred = logits.argmax(1).cpu().numpy()
+    true = y.cpu().numpy()
+    k = len(labels)
+    cm = np.zeros((k, k), dtype=np.int64)
+    np.add.at(cm, (true, pred), 1)
+    tp = np.diag(cm).astype(float)
+    prec = np.divide(tp, cm.sum(0), out=np.zeros(k), where=cm.sum(0) > 0)
+    rec = np.divide(tp, cm.sum(1), out=np.zeros(k), where=cm.sum(1) > 0)
+    f1 = np.divide(2 * prec * rec, prec + rec, out=np.zeros(k), where=(prec + rec) > 0)
+    present = cm.sum(1) > 0
+    return {
+        "accuracy": float(tp.sum() / max(cm.sum(), 1)),
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "per_class_f1": {lab: round(float(v), 4) for lab, v in zip(labels, f1, strict=True)},
+        "loss": float(F.cross_entropy(logits.float(), y).item()),
+        "n": int(len(true)),
+        "confusion": cm.tolist(),
+    }
+
+
+# ------------------------------------------------------------------ the loop
+
+@dataclass
+class TrainConfig:
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    optimizer: str = "adamw"
+    schedule: str = "onecycle"
+    patience: int = 0  # 0 = no early stopping
+    seed: int = 0
+    grad_clip: float = 0.0
+
+
+@dataclass
+class TrainResult:
+    best_epoch: int
+    epochs_run: int
+    best_val_accuracy: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    samples_per_s: float = 0.0
+    resumed_from_epoch: int = 0
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+    raise ParamsInvalid(f"unknown optimizer {cfg.optimizer!r} (adamw | sgd)")
+
+
+def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    total = cfg.epochs * steps_per_epoch
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.25)
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    if cfg.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    raise ParamsInvalid(f"unknown schedule {cfg.schedule!r} (onecycle | cosine | constant)")
+
+
+def run_key(*parts: Any) -> str:
+    """What a resume file must match to be reused: config, data, model shape."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def train(
+    model: nn.Module,
+    train: Split,
+    val: Split,
+    loss_fn: LossFn,
+    cfg: TrainConfig,
+    device: torch.device,
+    labels: list[str],
+    resume_path: str | Path | None = None,
+    key: str = "",
+    log: Callable[[str], None] = print,
+    name: str = "model",
+) -> TrainResult:
+    """Train with early stopping on val accuracy; leaves the BEST weights in `model`."""
+    torch.manual_seed(cfg.seed)
+    model.to(device)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(cfg.seed)
+    steps = math.ceil(len(train) / cfg.batch_size)
+    opt = _optimizer(model, cfg)
+    sched = _scheduler(opt, cfg, steps)
+    use_amp = device.type == "cuda"
+    history: list[dict[str, float]] = []
+    best = {"acc": -1.0, "epoch": 0, "state": None}
+    start_epoch = 0
+    resume_path = Path(resume_path) if resume_path else None
+
+    if resume_path and resume_path.is_file():
+        blob = torch.load(resume_path, map_location="cpu", weights_only=False)
+        if blob.get("key") == key:
+            model.load_state_dict(blob["model"])
+            opt.load_state_dict(blob["opt"])
+            sched.load_state_dict(blob["sched"])
+            gen.set_state(blob["gen"].to(gen.get_state().device) if device.type == "cpu" else blob["gen"])
+            torch.set_rng_state(blob["cpu_rng"])
+            history, best, start_epoch = blob["history"], blob["best"], blob["epoch"]
+            log(f"{name}: resuming from epoch {start_epoch} ({resume_path})")
+        else:
+            log(f"{name}: ignoring stale resume file {resume_path} (config or data changed)")
+
+    t0 = time.perf_counter()
+    seen = 0
+    epoch = start_epoch
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        perm = torch.randperm(len(train), generator=gen, device=device)
+        total, n = 0.0, 0
+        for i in range(steps):
+            idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            xb, yb = train.x[idx], train.y[idx]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss = loss_fn(model, xb, yb, idx, gen)
+            if not torch.isfinite(loss):
+                raise TrainingFailed(f"{name}: loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; stopping "
+                                     "instead of training on garbage")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(idx)
+            n += len(idx)
+        seen += n
+        logits = predict(model, val.x)
+        m = classification_metrics(logits, val.y, labels)
+        history.append({"epoch": epoch + 1, "train_loss": round(total / n, 5), "val_loss": round(m["loss"], 5),
+                        "val_accuracy": round(m["accuracy"], 5)})
+        improved = m["accuracy"] > best["acc"]
+        if improved:
+            best = {"acc": m["accuracy"], "epoch": epoch + 1,
+                    "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+        stop = cfg.patience > 0 and epoch + 1 - best["epoch"] >= cfg.patience
+        if resume_path:
+            with atomic_path(resume_path) as tmp:
+                torch.save({"key": key, "epoch": epoch + 1, "model": model.state_dict(), "opt": opt.state_dict(),
+                            "sched": sched.state_dict(), "gen": gen.get_state(), "cpu_rng": torch.get_rng_state(),
+                            "history": history, "best": best}, tmp)
+        log(f"{name} epoch {epoch + 1}/{cfg.epochs}: train loss {total / n:.4f}, val acc {m['accuracy']:.4f}"
+            + (" *" if improved else ""))
+        if stop:
+            log(f"{name}: early stop at epoch {epoch + 1} (best {best['acc']:.4f} at epoch {best['epoch']})")
+            break
+    elapsed = time.perf_counter() - t0
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    if resume_path:
+        resume_path.unlink(missing_ok=True)
+    return TrainResult(best_epoch=best["epoch"], epochs_run=len(history), best_val_accuracy=best["acc"],
+                       history=history, seconds=elapsed, samples_per_s=seen / elapsed if elapsed > 0 else 0.0,
+                       resumed_from_epoch=start_epoch)
+
+
+@dataclass
+class Prepared:
+    train: Split
+    val: Split
+    test: Split
+    norm: dict[str, Any]
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.norm["labels"])
+
+    def model_meta(self, arch: str, config: dict[str, Any]) -> dict[str, Any]:
+        """What a checkpoint needs to be used on its own (see edgedistill.checkpoint)."""
+        return {
+            "arch": arch, "config": dict(config), "in_channels": len(self.norm["channels"]),
+            "n_classes": len(self.labels), "window": int(self.norm["window"]),
+            "channels": list(self.norm["channels"]), "labels": self.labels,
+            "sample_rate_hz": float(self.norm["sample_rate_hz"]),
+            "norm": {"mean": list(self.norm["mean"]), "std": list(self.norm["std"])},
+        }
+
+
+def load_prepared(prepared: str | Path, device: torch.device) -> Prepared:
+    prepared = Path(prepared)
+    norm_path = prepared / "norm.json"
+    if not norm_path.is_file():
+        raise DataInvalid(f"{norm_path}: not found", hint="Run `edgedistill prepare` (or `dvc repro prepare`).")
+    norm = json.loads(norm_path.read_text())
+    k = len(norm["labels"])
+    splits = [load_split(prepared / f"{s}.npz", device, k) for s in ("train", "val", "test")]
+    for s in splits:
+        check_shapes(s, len(norm["channels"]), int(norm["window"]), str(norm_path))
+    check_train_classes(splits[0], norm["labels"])
+    return Prepared(*splits, norm=norm)
+
+
+def build_from_params(arch: str, config: dict[str, Any], in_channels: int, n_classes: int) -> nn.Module:
+    from edgedistill.nets import build_model
+
+    try:
+        return build_model(arch, config, in_channels, n_classes)
+    except (TypeError, ValueError, IndexError) as e:
+        raise ParamsInvalid(f"cannot build {arch} from config {config}: {e}") from None
+
+
+def check_train_classes(train: Split, labels: list[str]) -> None:
+    present = set(train.y.unique().tolist())
+    absent = [lab for i, lab in enumerate(labels) if i not in present]
+    if absent:
+        raise DataInvalid(f"{train.path}: classes {absent} have no training windows")
+
+
+def check_shapes(split: Split, in_channels: int, window: int, what: str) -> None:
+    if split.x.shape[1] != in_channels or split.x.shape[2] != window:
+        raise ModelMismatch(f"{split.path}: windows are [C, W]={list(split.x.shape[1:])} but {what} expects "
+                            f"[{in_channels}, {window}]")
+
+
+# ------------------------------------------------------------------ outputs shared by the training stages
+
+def model_report(model: nn.Module, split: Split, labels: list[str], meta: dict[str, Any]) -> dict[str, Any]:
+    """Test metrics plus size/compute of the model; `confusion` is kept for the plots only."""
+    from edgedistill.nets import count_macs, count_params
+
+    m = classification_metrics(predict(model, split.x), split.y, labels)
+    m["params"] = count_params(model)
+    m["macs"] = count_macs(model.cpu(), meta["in_channels"], meta["window"])
+    model.to(split.x.device)
+    return m
+
+
+def write_plots(plots_dir: str | Path, name: str, history: list[dict], confusion: list[list[int]],
+                labels: list[str]) -> None:
+    """Training curve and confusion matrix as CSV files that `dvc plots show` renders."""
+    import csv
+
+    plots_dir = Path(plots_dir)
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(plots_dir / f"{name}_curve.csv") as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["epoch", "train_loss", "val_loss", "val_accuracy"])
+        w.writeheader()
+        w.writerows(history)
+    with atomic_path(plots_dir / f"{name}_confusion.csv") as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["actual", "predicted"])
+        for i, row in enumerate(confusion):
+            for j, count in enumerate(row):
+                w.writerows([[labels[i], labels[j]]] * count)
+
+
+def public_metrics(m: dict[str, Any], result: TrainResult, device: torch.device) -> dict[str, Any]:
+    out = {k: v for k, v in m.items() if k not in ("confusion", "loss")}
+    out.update({
+        "val_accuracy": round(result.best_val_accuracy, 5), "best_epoch": result.best_epoch,
+        "epochs_run": result.epochs_run, "train_seconds": round(result.seconds, 2),
+        "epoch_seconds": round(result.seconds / max(result.epochs_run - result.resumed_from_epoch, 1), 3),
+        "samples_per_s": round(result.samples_per_s, 1), "device": str(device),
+    })
+    return out

@@ -1,0 +1,194 @@
+"""distill: train the tiny student twice — alone (the baseline) and with knowledge distillation — so every
+release reports what KD bought.
+
+Methods (params distill.method): `hinton` (cached teacher logits, L = a*T^2*KL + (1-a)*CE), `fm_bank`
+(function matching on the cached bank of augmented + mixup views), `fm_online` (function matching with the
+teacher run on each batch's view). Outputs: models/student.pt (KD), models/student_baseline.pt,
+metrics/distill.json, metrics/plots/student_{kd,baseline}_{curve,confusion}.csv.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edgedistill.checkpoint import check_compatible, load_checkpoint, save_checkpoint
+from edgedistill.errors import ModelMismatch
+from edgedistill.io import write_json
+from edgedistill.kd import hinton_loss, kd_kl
+from edgedistill.params import Params
+from edgedistill.training import (
+    Augment,
+    Prepared,
+    TrainConfig,
+    TrainResult,
+    augment,
+    build_from_params,
+    data_fingerprint,
+    load_prepared,
+    mixup,
+    model_report,
+    predict,
+    public_metrics,
+    resolve_device,
+    run_key,
+    train,
+    write_plots,
+)
+from tasks.teacher_logits import bank_views, view_checksum
+
+PREPARED = "data/prepared"
+TEACHER = "models/teacher.pt"
+LOGITS = "models/teacher_logits.npz"
+STUDENT = "models/student.pt"
+BASELINE = "models/student_baseline.pt"
+METRICS = "metrics/distill.json"
+PLOTS = "metrics/plots"
+RESUME_DIR = "models/.resume"
+
+
+def load_cached_logits(path: str | Path, data: Prepared, params: Params, need_bank: bool) -> dict[str, np.ndarray]:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelMismatch(f"{path}: cached teacher logits not found", hint="Run `dvc repro teacher_logits`.")
+    with np.load(path) as z:
+        cache = {k: z[k] for k in z.files}
+    if str(cache["train_sha"]) != data_fingerprint(data.train.path):
+        raise ModelMismatch(f"{path}: cached logits were computed on different training windows than {data.train.path}")
+    n = len(data.train)
+    if cache["plain"].shape != (n, len(data.labels)):
+        raise ModelMismatch(f"{path}: logits shape {list(cache['plain'].shape)} does not match {n} windows x {len(data.labels)} classes")
+    if need_bank and len(cache["bank"]) != params.distill.bank.views:
+        raise ModelMismatch(f"{path}: bank has {len(cache['bank'])} views, params ask for {params.distill.bank.views}")
+    return cache
+
+
+def _bank_inputs(data: Prepared, params: Params, cache: dict[str, np.ndarray], device: torch.device) -> torch.Tensor:
+    """Regenerate the bank's views from the seed and prove they are the ones the teacher scored."""
+    b = params.distill.bank
+    aug = Augment(**params.student.augment.model_dump())
+    views = []
+    for i, v in enumerate(bank_views(data.train.x.cpu(), b.views, aug, b.mixup_alpha, b.seed)):
+        if not np.isclose(view_checksum(v), cache["view_checksums"][i], rtol=1e-6):
+            raise ModelMismatch(f"view {i} of the bank differs from the cached one (augment/bank params changed?)",
+                                hint="Run `dvc repro teacher_logits`.")
+        views.append(v.to(device))
+    return torch.stack(views)  # [V, N, C, W]
+
+
+def kd_loss_fn(params: Params, data: Prepared, device: torch.device, logits_path: str | Path,
+               teacher_path: str | Path):
+    d = params.distill
+    sp = params.student
+    if d.method == "hinton":
+        cache = load_cached_logits(logits_path, data, params, need_bank=False)
+        t_logits = torch.from_numpy(cache["plain"]).to(device)
+
+        def hinton(model, xb, yb, idx, gen):
+            # cached logits belong to the un-augmented window, so the student must see the same view
+            return hinton_loss(model(xb), t_logits[idx], yb, d.temperature, d.alpha, sp.train.label_smoothing)
+
+        return hinton
+    if d.method == "fm_bank":
+        cache = load_cached_logits(logits_path, data, params, need_bank=True)
+        bank = torch.from_numpy(cache["bank"]).to(device)  # [V, N, K]
+        views = _bank_inputs(data, params, cache, device)
+
+        def fm_bank(model, xb, yb, idx, gen):
+            v = torch.randint(0, len(views), (len(idx),), generator=gen, device=device)
+            return kd_kl(model(views[v, idx]), bank[v, idx], d.fm_temperature)
+
+        return fm_bank
+    teacher, meta = load_checkpoint(teacher_path)
+    check_compatible(meta, tuple(data.train.x.shape), data.train.path)
+    teacher.to(device).eval()
+    aug = Augment(**sp.augment.model_dump())
+
+    def fm_online(model, xb, yb, idx, gen):
+        x = mixup(augment(xb, aug, gen), d.bank.mixup_alpha, gen)
+        with torch.no_grad():
+            t = teacher(x)
+        return kd_kl(model(x), t, d.fm_temperature)
+
+    return fm_online
+
+
+def train_student(name: str, loss_fn, params: Params, data: Prepared, device: torch.device, key_extra: Any,
+                  resume_dir: str | Path, log: Callable[[str], None]) -> tuple[torch.nn.Module, TrainResult]:
+    sp = params.student
+    meta = data.model_meta(sp.arch, sp.config)
+    torch.manual_seed(sp.train.seed)  # same init for the baseline and the KD student: a paired comparison
+    model = build_from_params(sp.arch, sp.config, meta["in_channels"], meta["n_classes"])
+    key = run_key(name, sp.model_dump(), key_extra, data_fingerprint(data.train.path, data.val.path), device.type)
+    cfg = TrainConfig(**sp.train.model_dump(exclude={"label_smoothing"}))
+    result = train(model, data.train, data.val, loss_fn, cfg, device, data.labels,
+                   resume_path=Path(resume_dir) / f"{name}.pt", key=key, log=log, name=name)
+    return model, result
+
+
+def run(params: Params, prepared: str | Path = PREPARED, teacher_path: str | Path = TEACHER,
+        logits_path: str | Path = LOGITS, student_out: str | Path = STUDENT, baseline_out: str | Path = BASELINE,
+        metrics_out: str | Path = METRICS, plots_dir: str | Path | None = PLOTS,
+        resume_dir: str | Path = RESUME_DIR, log: Callable[[str], None] = print,
+        train_baseline: bool = True) -> dict[str, Any]:
+    sp = params.student
+    device = resolve_device(params.compute.device, params.compute.threads)
+    data = load_prepared(prepared, device)
+    meta = data.model_meta(sp.arch, sp.config)
+
+    teacher, tmeta = load_checkpoint(teacher_path)
+    check_compatible(tmeta, tuple(data.test.x.shape), data.test.path)
+    teacher.to(device)
+    t_report = model_report(teacher, data.test, data.labels, tmeta)
+    del teacher
+
+    report: dict[str, Any] = {"method": params.distill.method,
+                              "teacher": {k: v for k, v in t_report.items() if k not in ("confusion", "loss")}}
+    if train_baseline:
+        aug = Augment(**sp.augment.model_dump())
+        smoothing = sp.train.label_smoothing
+
+        def plain(model, xb, yb, idx, gen):
+            return F.cross_entropy(model(augment(xb, aug, gen)), yb, label_smoothing=smoothing)
+
+        base, base_res = train_student("student_baseline", plain, params, data, device, "ce", resume_dir, log)
+        b = model_report(base, data.test, data.labels, meta)
+        report["baseline"] = {"model": "student_baseline", **public_metrics(b, base_res, device)}
+        save_checkpoint(baseline_out, base.cpu(), {**meta, "metrics": {"test_accuracy": b["accuracy"]}})
+        if plots_dir:
+            write_plots(plots_dir, "student_baseline", base_res.history, b["confusion"], data.labels)
+
+    loss_fn = kd_loss_fn(params, data, device, logits_path, teacher_path)
+    kd, kd_res = train_student("student_kd", loss_fn, params, data, device, params.distill.model_dump(),
+                               resume_dir, log)
+    k = model_report(kd, data.test, data.labels, meta)
+    report["kd"] = {"model": "student", **public_metrics(k, kd_res, device)}
+    save_checkpoint(student_out, kd.cpu(), {**meta, "distill": params.distill.model_dump(),
+                                            "metrics": {"test_accuracy": k["accuracy"]}})
+    if plots_dir:
+        write_plots(plots_dir, "student_kd", kd_res.history, k["confusion"], data.labels)
+    if train_baseline:
+        report["kd_gain"] = round(report["kd"]["accuracy"] - report["baseline"]["accuracy"], 5)
+        report["kd_epoch_cost_ratio"] = round(report["kd"]["epoch_seconds"] / max(report["baseline"]["epoch_seconds"], 1e-9), 3)
+    report["gap_to_teacher"] = round(report["teacher"]["accuracy"] - report["kd"]["accuracy"], 5)
+    write_json(metrics_out, report)
+    return report
+
+
+def agreement(a: torch.nn.Module, b: torch.nn.Module, x: torch.Tensor) -> float:
+    return float((predict(a, x).argmax(1) == predict(b, x).argmax(1)).float().mean())
+
+
+def main() -> None:
+    from edgedistill.cli import run_stage_main
+
+    run_stage_main("distill", lambda p: run(p))
+
+
+if __name__ == "__main__":
+    main()

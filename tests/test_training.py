@@ -1,0 +1,187 @@
+"""train_teacher / teacher_logits / distill: real learning on small real data, KD loss properties, cache
+reuse, resume after interruption, and the bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import make_params
+
+from edgedistill.checkpoint import load_checkpoint
+from edgedistill.errors import DataInvalid, ModelMismatch, ParamsInvalid, TrainingFailed
+from edgedistill.kd import hinton_loss, kd_kl
+from edgedistill.training import resolve_device
+from tasks import distill, prepare, teacher_logits, train_teacher
+
+TINY = {
+    "compute": {"device": "cpu", "threads": 2},
+    "teacher": {"config": {"widths": [8, 16, 16], "kernel": 5, "dropout": 0.0},
+                "train": {"epochs": 4, "batch_size": 64, "lr": 0.01}},
+    "student": {"config": {"widths": [8, 8, 12, 12], "kernel": 5},
+                "train": {"epochs": 4, "batch_size": 64, "lr": 0.02}},
+    "distill": {"bank": {"views": 2}},
+}
+
+
+def tiny(extra: dict | None = None):
+    from conftest import merge
+
+    return make_params(merge(TINY, extra or {}))
+
+
+@pytest.fixture
+def prepared(readings_file, workdir):
+    prepare.run(tiny())
+    return workdir
+
+
+@pytest.fixture
+def trained(prepared):
+    m = train_teacher.run(tiny(), log=lambda s: None)
+    return prepared, m
+
+
+# ---------------------------------------------------------------- KD loss
+
+def test_kd_loss_zero_when_student_equals_teacher():
+    z = torch.randn(32, 7)
+    assert kd_kl(z, z.clone(), 4.0).abs().item() < 1e-6
+    y = torch.randint(0, 7, (32,))
+    # with alpha=1 only the soft term remains → zero; with alpha=0 it is plain CE
+    assert hinton_loss(z, z.clone(), y, 4.0, 1.0).abs().item() < 1e-6
+    assert torch.isclose(hinton_loss(z, torch.randn(32, 7), y, 4.0, 0.0), F.cross_entropy(z, y))
+
+
+def test_kd_loss_is_t_squared_scaled_kl():
+    s, t = torch.randn(16, 7), torch.randn(16, 7)
+    for temp in (1.0, 2.0, 4.0):
+        p_t = F.softmax(t / temp, -1)
+        manual = (p_t * (p_t.log() - F.log_softmax(s / temp, -1))).sum(-1).mean() * temp**2
+        assert torch.isclose(kd_kl(s, t, temp), manual, atol=1e-5)
+    # T² keeps the soft-target gradient from vanishing as T grows (Hinton et al.)
+    grads = []
+    for temp in (2.0, 8.0):
+        s_ = s.clone().requires_grad_(True)
+        kd_kl(s_, t, temp).backward()
+        grads.append(s_.grad.norm().item())
+    assert 0.1 < grads[1] / grads[0] < 10
+
+
+# ---------------------------------------------------------------- learning
+
+def test_teacher_learns_and_writes_outputs(trained):
+    workdir, m = trained
+    assert m["accuracy"] > 0.45  # 7 classes: chance is 0.14
+    curve = (workdir / "metrics/plots/teacher_curve.csv").read_text().splitlines()
+    losses = [float(r.split(",")[1]) for r in curve[1:]]
+    assert losses[-1] < losses[0]
+    model, meta = load_checkpoint(workdir / "models/teacher.pt")
+    assert meta["window"] == 64 and meta["in_channels"] == 6 and len(meta["norm"]["mean"]) == 6
+    saved = json.loads((workdir / "metrics/teacher.json").read_text())
+    assert saved["params"] == sum(p.numel() for p in model.parameters()) and saved["macs"] > 0
+
+
+def test_distill_reports_baseline_kd_and_gain(trained):
+    workdir, _ = trained
+    teacher_logits.run(tiny())
+    r = distill.run(tiny(), log=lambda s: None)
+    for k in ("teacher", "baseline", "kd"):
+        assert r[k]["accuracy"] > 0.3, k
+    assert r["kd_gain"] == pytest.approx(r["kd"]["accuracy"] - r["baseline"]["accuracy"], abs=1e-5)
+    assert r["kd"]["params"] == r["baseline"]["params"] < r["teacher"]["params"]
+    _, meta = load_checkpoint(workdir / "models/student.pt")
+    assert meta["distill"]["method"] == "fm_bank"
+    assert (workdir / "models/student_baseline.pt").is_file()
+    assert (workdir / "metrics/plots/student_kd_confusion.csv").read_text().startswith("actual,predicted")
+
+
+def test_cached_logits_are_used_and_checked(trained):
+    workdir, _ = trained
+    teacher_logits.run(tiny())
+    cache = np.load(workdir / "models/teacher_logits.npz")
+    teacher, _ = load_checkpoint(workdir / "models/teacher.pt")
+    x = torch.from_numpy(np.load(workdir / "data/prepared/train.npz")["X"])
+    with torch.no_grad():
+        assert np.allclose(cache["plain"], teacher(x).numpy(), atol=1e-4)
+    assert cache["bank"].shape == (2, len(x), 7)
+    # hinton reads the cache: the loss equals the hand-made one on cached logits
+    p = tiny({"distill": {"method": "hinton"}})
+    from edgedistill.training import load_prepared
+
+    data = load_prepared("data/prepared", torch.device("cpu"))
+    fn = distill.kd_loss_fn(p, data, torch.device("cpu"), "models/teacher_logits.npz", "models/teacher.pt")
+    student = torch.nn.Linear(64, 7)
+    net = lambda xb: student(xb.mean(1))  # noqa: E731
+    idx = torch.arange(8)
+    want = hinton_loss(net(data.train.x[idx]), torch.from_numpy(cache["plain"][:8]), data.train.y[idx], 4.0, 0.7)
+    assert torch.isclose(fn(net, data.train.x[idx], data.train.y[idx], idx, None), want)
+    # a bank made with other params is refused instead of silently mismatching views and logits
+    with pytest.raises(ModelMismatch, match="bank has 2 views"):
+        distill.run(tiny({"distill": {"bank": {"views": 3}}}), log=lambda s: None, train_baseline=False)
+    with pytest.raises(ModelMismatch, match="differs from the cached one"):
+        distill.run(tiny({"student": {"augment": {"jitter": 0.2}}}), log=lambda s: None, train_baseline=False)
+
+
+def test_resume_after_interruption_matches_uninterrupted(prepared, tmp_path):
+    ref = train_teacher.run(tiny(), model_out=tmp_path / "ref.pt", metrics_out=tmp_path / "ref.json",
+                            plots_dir=None, resume_dir=tmp_path / "r1", log=lambda s: None)
+
+    def killer(msg: str) -> None:
+        if "epoch 2/" in msg:
+            raise KeyboardInterrupt  # what a kill between epochs looks like to the loop
+
+    with pytest.raises(KeyboardInterrupt):
+        train_teacher.run(tiny(), model_out=tmp_path / "b.pt", metrics_out=tmp_path / "b.json",
+                          plots_dir=None, resume_dir=tmp_path / "r2", log=killer)
+    assert (tmp_path / "r2/teacher.pt").is_file() and not (tmp_path / "b.pt").exists()
+    logs: list[str] = []
+    again = train_teacher.run(tiny(), model_out=tmp_path / "b.pt", metrics_out=tmp_path / "b.json",
+                              plots_dir=None, resume_dir=tmp_path / "r2", log=logs.append)
+    assert any("resuming from epoch 2" in s for s in logs)
+    assert again["accuracy"] == ref["accuracy"]
+    a, _ = load_checkpoint(tmp_path / "ref.pt")
+    b, _ = load_checkpoint(tmp_path / "b.pt")
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(va, vb), k
+    assert not (tmp_path / "r2/teacher.pt").exists()  # cleaned up after success
+
+
+# ---------------------------------------------------------------- bad input
+
+def test_missing_prepared_data(workdir):
+    with pytest.raises(DataInvalid, match="data/prepared/norm.json: not found"):
+        train_teacher.run(tiny())
+
+
+def test_checkpoint_window_mismatch(trained, readings_file):
+    prepare.run(tiny({"prepare": {"window": 32, "train_stride": 32, "eval_stride": 32}}))
+    with pytest.raises(ModelMismatch, match="expects C=6 channels and W=64"):
+        teacher_logits.run(tiny())
+
+
+def test_class_absent_from_train(prepared):
+    z = dict(np.load("data/prepared/train.npz"))
+    keep = z["y"] != 3
+    np.savez("data/prepared/train.npz", **{k: v[keep] for k, v in z.items()})
+    with pytest.raises(DataInvalid, match=r"classes \['IR'\] have no training windows"):
+        train_teacher.run(tiny())
+
+
+def test_nan_loss_stops_with_clear_message(prepared):
+    z = dict(np.load("data/prepared/train.npz"))
+    z["X"][:, 0, :] = np.nan
+    np.savez("data/prepared/train.npz", **z)
+    with pytest.raises(TrainingFailed, match="loss became nan at epoch 1"):
+        train_teacher.run(tiny(), log=lambda s: None)
+    assert not (prepared / "models/teacher.pt").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_requested_but_absent():
+    with pytest.raises(ParamsInvalid, match="CUDA is not available"):
+        resolve_device("cuda")
+    assert resolve_device("auto").type == "cpu"
