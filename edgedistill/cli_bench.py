@@ -16,6 +16,17 @@ from edgedistill.errors import DataInvalid, ParamsInvalid
 from edgedistill.params import BenchmarkParams, DeviceProfile, load_params
 
 
+def show(renderable: Any, markup: bool = True) -> None:
+    """Print to the console; under DVC or into a log file (not a terminal) rich would squeeze the
+    tables into 80 columns and wrap lines, so there they get room."""
+    if console.is_terminal:
+        console.print(renderable, markup=markup)
+    elif isinstance(renderable, str):
+        console.print(renderable, markup=markup, soft_wrap=True)
+    else:
+        console.print(renderable, width=max(console.width, 160))
+
+
 def fmt_bytes(n: int | None) -> str:
     if n is None:
         return "-"
@@ -85,14 +96,14 @@ def _export_summary(r: dict) -> None:
         m = r[key]
         t.add_row(f"{label} ({Path(m['path']).name})", f"{m['accuracy']:.2%}", fmt_bytes(m["file_bytes"]),
                   fmt_bytes(m["weight_bytes"]), ", ".join(f"{k} {fmt_bytes(v)}" for k, v in m["weight_dtypes"].items()))
-    console.print(t)
+    show(t)
     p, q = r["parity"], r["int8"]["quantization"]
-    console.print(f"parity ONNX vs PyTorch (student): max |diff| {p['max_abs_diff']:.2e} (≤ {p['atol']:.0e}), "
+    show(f"parity ONNX vs PyTorch (student): max |diff| {p['max_abs_diff']:.2e} (≤ {p['atol']:.0e}), "
                   f"argmax agreement {p['argmax_agreement']:.2%}; teacher max |diff| "
                   f"{r['teacher_parity']['max_abs_diff']:.2e}")
     how = (f"{q['mode']} {q['format']}, {q.get('calibration_windows', 0)} calibration windows "
            f"({q.get('calibration_method', '-')}), per-channel {q['per_channel']}")
-    console.print(f"INT8 ({how}): accuracy drop {r['int8_drop'] * 100:+.2f} points (max {r['max_int8_drop'] * 100:.2f}), "
+    show(f"INT8 ({how}): accuracy drop {r['int8_drop'] * 100:+.2f} points (max {r['max_int8_drop'] * 100:.2f}), "
                   f"agrees with FP32 on {r['int8']['agreement_with_fp32']:.2%} of windows")
 
 
@@ -106,21 +117,21 @@ def _benchmark_summary(r: dict) -> None:
                 speed = p["speedup_vs_teacher"].get(model, {}).get(b)
                 extra[f"{model}/{b}"] = {"× teacher": f"{speed:.1f}×" if speed else "",
                                          "peak RSS Δ": fmt_bytes(p["peak_rss_delta_bytes"][model])}
-        console.print(latency_table(f"{name}: measured, onnxruntime {r['host']['onnxruntime']}, {p['threads']} thread(s), "
+        show(latency_table(f"{name}: measured, onnxruntime {r['host']['onnxruntime']}, {p['threads']} thread(s), "
                                     f"{r['host']['cpu']}", p["latency"], extra))
     verdicts = {name: p["fits"] for name, p in r["profiles"].items()}
     budgets = ", ".join(f"{n}: RAM {fmt_bytes(p['budget']['ram_bytes'])}, flash {fmt_bytes(p['budget']['flash_bytes'])}"
                         for n, p in r["profiles"].items())
-    console.print(static_table(f"static estimates from the ONNX graph (batch 1; not measured) — budgets {budgets}",
+    show(static_table(f"static estimates from the ONNX graph (batch 1; not measured) — budgets {budgets}",
                                r["models"], verdicts))
     rel, h = r["release"], r["harness_overhead"]
-    console.print(f"release ({rel['profile']}, batch 1): INT8 p50 {rel['student_int8_p50_ms']:.4f} ms / p95 "
+    show(f"release ({rel['profile']}, batch 1): INT8 p50 {rel['student_int8_p50_ms']:.4f} ms / p95 "
                   f"{rel['student_int8_p95_ms']:.4f} ms over {rel['runs']} runs; student FP32 is "
                   f"{rel['speedup_vs_teacher']:.1f}× faster than the teacher; fits: {rel['fits']}")
-    console.print(f"harness overhead vs a bare InferenceSession.run loop: {h['overhead_pct']:+.2f}% "
-                  f"(best of {h['rounds']} alternating rounds × {h['runs_per_round']} runs; median round "
-                  f"{h['median_round_overhead_pct']:+.2f}%, rounds ranged "
-                  f"{h['overhead_pct_spread'][0]:+.1f}..{h['overhead_pct_spread'][1]:+.1f}%)")
+    show(f"harness overhead vs a bare InferenceSession.run loop: {h['overhead_pct']:+.2f}% "
+                  f"(median of {h['rounds']} alternating rounds × {h['runs_per_round']} runs, rounds ranged "
+         f"{h['overhead_pct_spread'][0]:+.1f}..{h['overhead_pct_spread'][1]:+.1f}%; best rounds "
+         f"{h['best_rounds_overhead_pct']:+.2f}%)")
 
 
 SUMMARIES["export"] = _export_summary
@@ -219,25 +230,25 @@ def bench(
     if "measured" in r:
         m = r["measured"]
         inputs = ", ".join(f"{k} {v}" for k, v in m["inputs"].items())
-        console.print(latency_table(f"{model.name}: measured on this host ({r['host']['cpu']}), onnxruntime "
+        show(latency_table(f"{model.name}: measured on this host ({r['host']['cpu']}), onnxruntime "
                                     f"{r['host']['onnxruntime']}, {m['threads']} thread(s); inputs {inputs}",
                                     {model.name: m["latency"]}))
-        console.print(f"peak RSS delta (measured): {fmt_bytes(m['peak_rss_delta_bytes'])} — {m['rss_method']}",
+        show(f"peak RSS delta (measured): {fmt_bytes(m['peak_rss_delta_bytes'])} — {m['rss_method']}",
                       markup=False)
     s = r["static"]
-    console.print(static_table(f"{model.name}: static estimate from the graph (batch 1; not measured)",
+    show(static_table(f"{model.name}: static estimate from the graph (batch 1; not measured)",
                                {model.name: r}, {p: {model.name: v} for p, v in r["fits"].items()}))
-    console.print(f"weights by dtype: {', '.join(f'{k} {fmt_bytes(v)}' for k, v in s['weight_dtypes'].items())}; "
+    show(f"weights by dtype: {', '.join(f'{k} {fmt_bytes(v)}' for k, v in s['weight_dtypes'].items())}; "
                   f"peak activations at {s['peak_at']}", markup=False)
     if s["guessed_dims"]:
-        console.print(f"[yellow]note:[/] symbolic dims set to 1 for the estimate: {escape(str(s['guessed_dims']))} "
+        show(f"[yellow]note:[/] symbolic dims set to 1 for the estimate: {escape(str(s['guessed_dims']))} "
                       "(use --dim NAME=N)")
     if "harness_overhead" in r:
         h = r["harness_overhead"]
-        console.print(f"harness overhead vs a bare InferenceSession.run loop: {h['overhead_pct']:+.2f}% "
-                      f"(bare {h['bare_loop_us']:.1f} µs/run, harness {h['harness_us']:.1f} µs/run: best of {h['rounds']} "
-                      f"alternating rounds × {h['runs_per_round']} runs; median round "
-                      f"{h['median_round_overhead_pct']:+.2f}%)")
+        show(f"harness overhead vs a bare InferenceSession.run loop: {h['overhead_pct']:+.2f}% "
+                      f"(bare {h['bare_loop_us']:.1f} µs/run, harness {h['harness_us']:.1f} µs/run; median of "
+             f"{h['rounds']} alternating rounds × {h['runs_per_round']} runs, rounds ranged "
+             f"{h['overhead_pct_spread'][0]:+.1f}..{h['overhead_pct_spread'][1]:+.1f}%)")
     if json_out is not None:
         write_json(json_out, r)
-        console.print(f"wrote {json_out}")
+        show(f"wrote {json_out}")
