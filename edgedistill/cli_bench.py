@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import numpy as np
 import typer
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -24,7 +25,7 @@ def show(renderable: Any, markup: bool = True) -> None:
     elif isinstance(renderable, str):
         console.print(renderable, markup=markup, soft_wrap=True)
     else:
-        console.print(renderable, width=max(console.width, 160))
+        Console(file=console.file, width=max(console.width, 160)).print(renderable)
 
 
 def fmt_bytes(n: int | None) -> str:
