@@ -186,9 +186,18 @@ def run_stage(stage: str, root: Path, force: bool = False) -> dict[str, Any]:
             "\n".join(lines[-STAGE_LOG_LINES:]))
     if failure is not None:
         log.error("stage %s failed after %.1fs", stage, seconds)
-        raise failure
+        raise _with_dvc_cause(failure)
     log.info("stage %s: %s in %.1fs", stage, "ran" if result.ran else "unchanged, skipped", seconds)
     return {"stage": stage, "ran": result.ran, "seconds": round(seconds, 2)}
+
+
+def _with_dvc_cause(e: BaseException) -> BaseException:
+    """DVC's ReproductionError says only 'failed to reproduce X'; name what actually went wrong
+    (the command's exit code, a missing output, ...)."""
+    cause = getattr(e.__context__, "__cause__", None) if isinstance(e, StageFailed) else None
+    if cause is None or str(cause) in str(e):
+        return e
+    return StageFailed(f"{e}: {cause}")
 
 
 @task(name="dvc-push", **TRANSIENT_RETRIES)

@@ -1,0 +1,180 @@
+"""The release flow end to end through the CLI (`edgedistill run` = the Prefect flow on its ephemeral
+local server): a release pushes to S3 (moto's server as a real endpoint), registers a version in
+staging and pushes the tags; a fresh clone pulls and fetches the prod bundle; a failing gate ends the
+flow Failed naming the gate with nothing registered; `reproduce` re-runs a version and compares.
+
+The project here has the real code, the real `promote` stage and artifacts declaration, and one small
+`candidate` stage (real ONNX files + metrics) standing in for train → benchmark, so it runs in seconds.
+The last test runs the real pipeline on the bundled data with tiny params."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import yaml
+from conftest import REPO, copy_repo_skeleton, merge
+from release_fixtures import BIN, FAKE_AWS, mini_project, moto_s3, sh, tags
+
+from edgedistill.io import sha256_file
+from edgedistill.params import parse_params
+from edgedistill.registry import Registry
+from edgedistill.store import S3Store, configure_dvc_remote, dvc_pull_missing
+
+pytestmark = pytest.mark.slow
+ED = f"{BIN}/edgedistill"
+BUCKET = "releases"
+
+
+@pytest.fixture(scope="module")
+def s3():
+    import boto3
+
+    with moto_s3() as url:
+        boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing",
+                     aws_secret_access_key="testing").create_bucket(Bucket=BUCKET)
+        yield url
+
+
+@pytest.fixture(scope="module")
+def released(tmp_path_factory, s3):
+    """A project released once to S3: student v0.1.0 in staging."""
+    base = tmp_path_factory.mktemp("flow")
+    store = {"s3": {"bucket": BUCKET, "prefix": "team", "endpoint_url": s3, "region": "us-east-1"}}
+    proj = mini_project(base / "proj", store, origin=base / "origin.git", spec={"accuracy": 0.9})
+    run = sh([ED, "run"], proj, env=FAKE_AWS)
+    return {"proj": proj, "origin": base / "origin.git", "base": base, "run": run, "endpoint": s3}
+
+
+def s3_keys(endpoint: str, prefix: str) -> list[str]:
+    return S3Store(BUCKET, "team", endpoint_url=endpoint, region="us-east-1").list(prefix)
+
+
+def test_release_registers_staging_pushes_and_publishes(released, monkeypatch):
+    for k, v in FAKE_AWS.items():
+        monkeypatch.setenv(k, v)
+    proj, out = released["proj"], released["run"].stdout
+    assert "release: released" in out and "student v0.1.0 → staging" in out
+    assert "Finished in state Completed" in released["run"].stdout + released["run"].stderr
+    for gate in ("accuracy", "drop_vs_teacher", "int8_drop", "p95_latency", "size", "ram", "no_regression"):
+        assert gate in out
+    assert tags(proj) == {"student@v0.1.0", "student#staging#1"}
+    remote = sh(["git", "ls-remote", "--tags", str(released["origin"])], proj).stdout
+    assert "refs/tags/student@v0.1.0" in remote and "refs/tags/student#staging#1" in remote
+
+    # the tagged commit pins lock, metrics and the gate report; the tree is clean
+    info = Registry(proj).get("student", "v0.1.0")
+    committed = sh(["git", "show", "--name-only", "--format=", info.commit], proj).stdout.split()
+    assert {"dvc.lock", "metrics/export.json", "reports/promotion.json", "models/.gitignore"} <= set(committed)
+    assert sh(["git", "status", "--porcelain"], proj).stdout.strip() == ""
+
+    keys = s3_keys(released["endpoint"], "releases/student/v0.1.0")
+    assert sorted(k.rsplit("/", 1)[1] for k in keys) == ["SHA256SUMS", "model_card.json", "student.int8.onnx",
+                                                         "student.onnx"]
+    assert any(k.startswith("dvc/files/md5/") for k in s3_keys(released["endpoint"], "dvc"))
+    card = json.loads(S3Store(BUCKET, "team", endpoint_url=released["endpoint"]).read_text(
+        "releases/student/v0.1.0/model_card.json"))
+    assert card["version"] == "v0.1.0" and card["lineage"]["git_commit"] == info.commit
+    assert card["lineage"]["params"]["promote"]["model"] == "student"
+    assert card["files"]["student.int8.onnx"]["sha256"] == sha256_file(proj / "models/student.int8.onnx")
+    assert card["gates"]["passed"] is True and card["metrics"]["export"]["int8_drop"] == 0.005
+    summary = json.loads((proj / "reports/release.json").read_text())
+    assert summary["status"] == "released" and summary["registry"]["stages"] == ["staging"]
+    assert "AWS" not in (proj / ".dvc/config.local").read_text()
+
+
+def test_fresh_clone_pulls_and_fetches_prod(released, monkeypatch):
+    proj, base = released["proj"], released["base"]
+    sh([ED, "promote", "v0.1.0", "--to", "prod"], proj, env=FAKE_AWS)
+    clone = base / "clone"
+    shutil.rmtree(clone, ignore_errors=True)
+    sh(["git", "clone", "-q", str(released["origin"]), str(clone)], base)
+    assert not (clone / "models/student.int8.onnx").exists()
+
+    r = sh([ED, "fetch", "--stage", "prod", "--to", "deploy/edge"], clone, env=FAKE_AWS)
+    assert "student v0.1.0 (prod)" in r.stdout and r.stdout.count("verified") == 3
+    for name in ("student.onnx", "student.int8.onnx"):
+        assert sha256_file(clone / "deploy/edge" / name) == sha256_file(proj / "models" / name)
+
+    for k, v in FAKE_AWS.items():
+        monkeypatch.setenv(k, v)
+    params = parse_params(yaml.safe_load((clone / "params.yaml").read_text()))
+    store = S3Store(BUCKET, "team", endpoint_url=released["endpoint"], region="us-east-1")
+    configure_dvc_remote(store, params.store.remote_name, clone)
+    assert dvc_pull_missing(store, params.store.remote_name, clone)["pulled"] >= 2
+    assert sha256_file(clone / "models/student.int8.onnx") == sha256_file(proj / "models/student.int8.onnx")
+
+
+def test_failing_gate_fails_the_flow_and_registers_nothing(released):
+    proj = released["proj"]
+    sh([ED, "promote", "v0.1.0", "--to", "prod"], proj, env=FAKE_AWS)
+    before_local, before_remote = tags(proj), sh(["git", "ls-remote", "--tags", "origin"], proj).stdout
+    (proj / "candidate_spec.json").write_text(json.dumps({"accuracy": 0.5}))
+    r = sh([ED, "run"], proj, env=FAKE_AWS, check=False)
+    out = r.stdout + r.stderr
+    assert r.returncode == 2 and "Traceback" not in out
+    assert "promotion gate(s) failed: accuracy (int8 accuracy 0.495 not >= 0.6)" in out
+    assert "Finished in state Failed" in out and "release: gate failed" in out
+    assert tags(proj) == before_local
+    assert sh(["git", "ls-remote", "--tags", "origin"], proj).stdout == before_remote
+    assert Registry(proj).resolve("student", "prod").version == "v0.1.0"
+    report = json.loads((proj / "reports/promotion.json").read_text())
+    assert "accuracy" in report["failed"] and report["prod"]["version"] == "v0.1.0"
+    (proj / "candidate_spec.json").write_text(json.dumps({"accuracy": 0.9}))  # leave it releasable
+
+
+def test_reproduce_matches_the_release(released):
+    r = sh([ED, "reproduce", "v0.1.0"], released["proj"], env=FAKE_AWS)
+    assert "identical:" in r.stdout
+    report = json.loads((released["proj"] / "reports/reproduce/student-v0.1.0.json").read_text())
+    assert report["verdict"] == "identical" and report["counts"]["differs"] == 0
+    by_file = {f["file"]: f["verdict"] for f in report["files"]}
+    assert by_file["models/student.int8.onnx"] == by_file["bundle/student.int8.onnx"] == "identical"
+    assert any(m["metric"] == "candidate.int8_accuracy" for m in report["metrics"])
+    assert "worktree" not in sh(["git", "worktree", "list"], released["proj"]).stdout.split("\n", 1)[-1]
+
+
+TINY = {
+    "prepare": {"window": 64, "train_stride": 32, "eval_stride": 64},
+    "validate": {"min_windows_per_class": 5},
+    "compute": {"device": "cpu", "threads": 1},
+    "teacher": {"config": {"widths": [8, 16], "kernel": 5}, "train": {"epochs": 1, "batch_size": 256}},
+    "student": {"config": {"widths": [8, 8], "kernel": 3}, "train": {"epochs": 1, "batch_size": 256}},
+    "distill": {"bank": {"views": 1}},
+    "export": {"max_int8_drop": 1.0, "calibration": {"windows": 32}},
+    "benchmark": {"profiles": [
+        {"name": "edge-cpu-1t", "threads": 1, "batch_sizes": [1], "warmup": 2, "runs": 20, "max_seconds": 0.5},
+        {"name": "cortex-m7", "measure": False, "ram_bytes": 524288, "flash_bytes": 2097152}]},
+    "promote": {"gates": {"min_accuracy": 0.0, "max_drop_vs_teacher": 1.0, "max_int8_drop": 1.0,
+                          "max_p95_ms": 1000.0}},
+}
+
+
+def test_real_pipeline_release_on_bundled_data(tmp_path):
+    """`edgedistill run` on the real stages (tiny params), local store: a version lands in staging."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    missing = {"train_teacher", "distill", "export", "benchmark", "promote"} - set(stages)
+    if missing:
+        pytest.skip(f"stages not in dvc.yaml yet: {sorted(missing)}")
+    (tmp_path / "proj").mkdir()
+    proj = copy_repo_skeleton(tmp_path / "proj")
+    for name in (".gitignore", ".gto", "reports/prod_reference.json"):
+        (proj / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / name, proj / name)
+    raw = merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
+    (proj / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    parse_params(raw)
+    sh(["git", "init", "-q"], proj)
+    sh([f"{BIN}/dvc", "init", "-q"], proj)
+    sh(["git", "add", "-A"], proj)
+    sh(["git", "commit", "-qm", "project"], proj)
+    r = sh([ED, "run"], proj, timeout=900)
+    assert "release: released" in r.stdout and "student v0.1.0 → staging" in r.stdout
+    card_dir = tmp_path / "edgedistill-store/releases/student/v0.1.0"
+    card = json.loads((card_dir / "model_card.json").read_text())
+    assert card["lineage"]["data"]["path"] == "data/raw/readings.parquet" and card["lineage"]["data"]["md5"]
+    assert card["metrics"]["distill"]["kd"]["accuracy"] > 0 and card["benchmark"]["release"]["int8_file_bytes"] > 0
+    again = sh([ED, "run"], proj, timeout=600)  # nothing changed: every stage skipped, nothing new
+    assert "unchanged (already released)" in again.stdout
+    assert tags(proj) == {"student@v0.1.0", "student#staging#1"}
