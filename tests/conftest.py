@@ -110,6 +110,9 @@ def copy_repo_skeleton(dest: Path) -> Path:
     for folder in ["tasks", "edgedistill", "flows"]:
         if (REPO / folder).exists():
             shutil.copytree(REPO / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in [".gto", ".gitignore", "reports/prod_reference.json"]:  # registry config, promote's dep
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / name, dest / name)
     return dest
 
 

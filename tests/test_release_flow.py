@@ -159,9 +159,6 @@ def test_real_pipeline_release_on_bundled_data(tmp_path):
         pytest.skip(f"stages not in dvc.yaml yet: {sorted(missing)}")
     (tmp_path / "proj").mkdir()
     proj = copy_repo_skeleton(tmp_path / "proj")
-    for name in (".gitignore", ".gto", "reports/prod_reference.json"):
-        (proj / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(REPO / name, proj / name)
     raw = merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
     (proj / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     parse_params(raw)
