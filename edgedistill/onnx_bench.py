@@ -178,6 +178,7 @@ def bench_onnx(path: str | Path, *, threads: int = 1, batch_sizes: list[int] | t
             raise ModelMismatch(f"{path}: onnxruntime failed on a batch of {b}: "
                                 f"{str(e).strip().splitlines()[0][:300]}") from None
     del warm
+    latency_stats(np.arange(1, MIN_RUNS + 1), 1)  # numpy's lazily loaded code: ~2 MiB, not the model's
     _trim_heap()
     peak_ok = _reset_peak_rss()
     rss0 = _rss_bytes()
