@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from edgedistill.cli import SUMMARIES, app, console, guarded, params
+from edgedistill.cli import SUMMARIES, _state, app, console, guarded, params
 
 
 def _promote_summary(r: dict) -> None:
@@ -136,3 +136,17 @@ def reproduce(
     c = r["counts"]
     console.print(f"[{colour[r['verdict']]}]{r['verdict']}[/]: {c['identical']} identical, "
                   f"{c['within tolerance']} within tolerance, {c['differs']} differ; report {r['report']}")
+
+
+@app.command()
+def serve(
+    cron: Annotated[str, typer.Option(help="release schedule (cron, UTC)")] = "0 3 * * *",
+    name: Annotated[str, typer.Option(help="deployment name")] = "scheduled-release",
+) -> None:
+    """Serve the release flow on a schedule from this machine (runs until stopped; Ctrl-C ends it).
+    Scaled set-ups deploy `flows/release.py:release` to a work pool instead (README)."""
+    from flows.release import release
+
+    p = str(_state["params"])
+    console.print(f"serving {name}: `edgedistill run` on cron '{cron}' (UTC), params {p}")
+    release.serve(name=name, cron=cron, parameters={"root": str(Path.cwd()), "params_file": p})
