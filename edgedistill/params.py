@@ -256,6 +256,48 @@ class BenchmarkParams(_Section):
         return self
 
 
+class SweepParams(_Section):
+    """Student sweep (`edgedistill sweep`): a grid over student size and Hinton KD knobs, one
+    parallel task per point; the Pareto front of INT8 accuracy / latency / size, and the best
+    student that fits the budget profile."""
+
+    width_multipliers: list[float] = Field([0.5, 1.0, 1.5], min_length=1,
+                                           description="scale student.config.widths")
+    depths: list[int] = Field([2, 3], min_length=1, description="separable blocks after the stem")
+    temperatures: list[float] = Field([2.0, 4.0], min_length=1)
+    alphas: list[float] = Field([0.5, 0.9], min_length=1)
+    epochs: int | None = Field(20, ge=1, description="student epochs per point (null: student.train.epochs)")
+    budget_profile: str | None = Field(None, description="benchmark profile whose RAM/flash budget the "
+                                                          "chosen student must fit (null: the last profile)")
+    bench_runs: int = Field(200, ge=10, description="batch-1 INT8 runs per point (measured one at a time)")
+    latency_tolerance: float = Field(0.1, ge=0, description="relative latency gap treated as noise")
+    max_workers: int = Field(2, ge=1, description="parallel points with the local (thread) runner")
+    dask_address: str | None = Field(None, description="Dask scheduler (tcp://host:8786): run on it")
+
+    @field_validator("width_multipliers", "temperatures", "alphas")
+    @classmethod
+    def _positive_values(cls, v: list[float]) -> list[float]:
+        if any(x <= 0 for x in v):
+            raise ValueError(f"values must be > 0, got {v}")
+        return v
+
+    @field_validator("depths")
+    @classmethod
+    def _depths(cls, v: list[int]) -> list[int]:
+        if any(d < 1 for d in v):
+            raise ValueError(f"depths must be >= 1, got {v}")
+        return v
+
+
+class OpsParams(_Section):
+    """Unattended operation (`edgedistill serve`, prefect.yaml): schedules and the change watcher."""
+
+    retrain_cron: str = Field("0 3 * * *", description="scheduled retraining (cron, in `timezone`)")
+    timezone: str = "UTC"
+    watch_interval_seconds: int = Field(600, ge=5, description="how often new data / prod changes are checked")
+    channel_stages: list[str] = Field(["prod"], min_length=1, description="registry stages published to the fleet")
+
+
 class Params(_Section):
     data: DataParams
     ingest: IngestParams = IngestParams()
@@ -269,6 +311,8 @@ class Params(_Section):
     promote: PromoteParams = PromoteParams()
     export: ExportParams = ExportParams()
     benchmark: BenchmarkParams = BenchmarkParams()
+    sweep: SweepParams = SweepParams()
+    ops: OpsParams = OpsParams()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

@@ -4,6 +4,7 @@ DVC remote (`<store>/dvc`) and immutable release bundles (`<store>/releases/<mod
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -30,6 +31,12 @@ SUMS = "SHA256SUMS"
 
 class TransientStoreError(StoreUnreachable):
     """A network/I-O fault worth retrying (timeouts, refused connections, 5xx)."""
+
+
+class ConditionalWriteFailed(EdgeDistillError):
+    """A conditional write lost: the object was created or changed since it was read."""
+
+    hint = "Another publisher wrote it first; read it again and retry (or leave it: it may be newer)."
 
 
 def bundle_prefix(model: str, version: str) -> str:
@@ -66,6 +73,19 @@ class Store(ABC):
             dest = Path(tmp) / "obj"
             self.get_file(key, dest)
             return dest.read_text()
+
+    @abstractmethod
+    def url(self, key: str) -> str:
+        """Where a client fetches `key` from (s3://... or file://...)."""
+
+    @abstractmethod
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        """The object's bytes and its ETag (an opaque version token); None when absent."""
+
+    @abstractmethod
+    def write_conditional(self, key: str, data: bytes, etag: str | None) -> str:
+        """Create `key` (etag None: only if absent) or replace it (only if its ETag is still
+        `etag`); returns the new ETag. ConditionalWriteFailed when another writer got there first."""
 
 
 class LocalStore(Store):
@@ -109,6 +129,46 @@ class LocalStore(Store):
 
     def dvc_remote(self) -> dict[str, str]:
         return {"url": str(self.root / DVC_PREFIX)}
+
+    def url(self, key: str) -> str:
+        return self._path(key).as_uri()
+
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        path = self._path(key)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        return data, hashlib.sha256(data).hexdigest()
+
+    def write_conditional(self, key: str, data: bytes, etag: str | None) -> str:
+        import fcntl
+
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            # the lock serialises compare-and-replace between local publishers; create needs no
+            # lock: link() fails if the name exists, atomically
+            with open(dest.parent / f".{dest.name}.lock", "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                if etag is None:
+                    try:
+                        os.link(tmp, dest)
+                    except FileExistsError:
+                        raise ConditionalWriteFailed(f"{self.url(key)} already exists") from None
+                else:
+                    current = self.read_versioned(key)
+                    if current is None or current[1] != etag:
+                        raise ConditionalWriteFailed(f"{self.url(key)} changed since it was read")
+                    os.replace(tmp, dest)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return hashlib.sha256(data).hexdigest()
 
 
 class S3Store(Store):
@@ -195,6 +255,35 @@ class S3Store(Store):
         for page in self._call(f"list {prefix}", list, pages):
             keys += [o["Key"][strip:].lstrip("/") for o in page.get("Contents", [])]
         return sorted(keys)
+
+    def url(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            got = self._call(f"read {key}", self.client.get_object, Bucket=self.bucket, Key=self._key(key))
+        except ReleaseNotFound:
+            return None
+        return got["Body"].read(), got["ETag"]
+
+    def write_conditional(self, key: str, data: bytes, etag: str | None) -> str:
+        from botocore.exceptions import ClientError
+
+        cond = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
+
+        def put() -> Any:
+            try:
+                return self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **cond)
+            except ClientError as e:
+                code = str(e.response.get("Error", {}).get("Code", ""))
+                status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+                # 412: the precondition failed; 409: a concurrent conditional write to the same key
+                if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
+                    what = "already exists" if etag is None else "changed since it was read"
+                    raise ConditionalWriteFailed(f"{self.url(key)} {what}") from None
+                raise
+
+        return self._call(f"write {key}", put)["ETag"]
 
     def dvc_remote(self) -> dict[str, str]:
         conf = {"url": f"s3://{self.bucket}/{self._key(DVC_PREFIX)}"}
@@ -342,6 +431,9 @@ def fetch_bundle(store: Store, model: str, version: str, dest: str | os.PathLike
         raise ParamsInvalid(f"refusing to replace {dest}: it contains the current directory")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide the model from the service that loads it
     try:
         store.get_file(f"{prefix}/{SUMS}", tmp / SUMS)
         sums = parse_sums((tmp / SUMS).read_text(), f"{store.describe()}/{prefix}/{SUMS}")
