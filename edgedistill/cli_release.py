@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from edgedistill.cli import SUMMARIES, _state, app, console, guarded, params
@@ -118,20 +119,25 @@ def reproduce(
         t.add_column(col)
     hidden = 0
     for m in r["metrics"]:
-        if m["verdict"] == "identical" and not show_all:
+        # by default: what differs, and model figures that moved within tolerance
+        routine = m["verdict"] == "identical" or (m["timing"] and m["verdict"] == "within tolerance")
+        if routine and not show_all:
             hidden += 1
             continue
-        t.add_row(m["file"], m["metric"], _num(m["released"]), _num(m["reproduced"]),
+        t.add_row(escape(m["file"]), escape(m["metric"]), escape(_num(m["released"])), escape(_num(m["reproduced"])),
                   f"[{colour[m['verdict']]}]{m['verdict']}[/]" + (" (timing)" if m["timing"] else ""))
-    console.print(t)
+    if t.row_count:
+        console.print(t)
     if hidden:
-        console.print(f"… and {hidden} identical metric(s) (--all lists them)")
+        console.print(f"{'… and ' if t.row_count else ''}{hidden} identical or timing-within-tolerance "
+                      "metric(s) (--all lists them)")
     f = Table(title="files")
     for col in ("file", "compared by", "released", "reproduced", "verdict"):
         f.add_column(col)
     for x in r["files"]:
-        f.add_row(x["file"], x["by"], str(x["released"] or "—")[:12], str(x["reproduced"] or "—")[:12],
-                  f"[{colour[x['verdict']]}]{x['verdict']}[/]")
+        f.add_row(escape(x["file"]), x["by"], str(x["released"] or "—")[:12], str(x["reproduced"] or "—")[:12],
+                  f"[{colour[x['verdict']]}]{x['verdict']}[/]" + (f": {escape(x['note'])}" if x.get("note") else "")
+                  + ("" if x.get("decisive", True) else " [dim](report)[/]"))
     console.print(f)
     c = r["counts"]
     console.print(f"[{colour[r['verdict']]}]{r['verdict']}[/]: {c['identical']} identical, "

@@ -5,6 +5,7 @@ bundle to the artifact store and register a GTO version in `staging` (or `prod` 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -12,7 +13,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from prefect.states import Failed
 from rich.console import Console
 from rich.table import Table
 
-from edgedistill.errors import EdgeDistillError, GateFailed, ParamsInvalid
+from edgedistill.errors import ArtifactCorrupt, EdgeDistillError, GateFailed, ParamsInvalid
 from edgedistill.io import read_json, sha256_file, write_json
 from edgedistill.params import Params, load_params
 from edgedistill.pipeline import StageFailed, pipeline_stages, reproduce_stage
@@ -227,12 +227,21 @@ def register_release(root: Path, params: Params, decision: dict[str, Any]) -> di
         files = {name: root / rel for name, rel in BUNDLE_FILES.items()}
         for name, path in files.items():
             if not path.is_file():
-                raise ParamsInvalid(f"{path} is missing: the release bundle needs {name}")
+                raise ArtifactCorrupt(f"{path} is missing: the release bundle needs {name}",
+                                      hint="Re-run the export stage (`edgedistill run`).")
         card = model_card(root, params, version, commit, decision, files, data)
         write_json(Path(tmp) / CARD, card)
         files[CARD] = Path(tmp) / CARD
-        # an existing version's bundle is immutable: only publish when it is not there yet
-        if not (existing and bundle_exists(store, pp.model, version)):
+        if bundle_exists(store, pp.model, version):
+            # versions are immutable: reuse this commit's bundle (an earlier attempt that stopped
+            # before tagging), refuse anything else
+            published = json.loads(store.read_text(f"{bundle_prefix(pp.model, version)}/{CARD}"))
+            if published.get("lineage", {}).get("git_commit") != commit:
+                raise ArtifactCorrupt(
+                    f"{store.describe()} already holds {pp.model} {version} from commit "
+                    f"{str(published.get('lineage', {}).get('git_commit'))[:8]}, not {commit[:8]}",
+                    hint="Another clone released this version: `git fetch --tags` and run again.")
+        else:
             publish_bundle(store, pp.model, version, files)
     tags: list[str] = []
     if existing:
@@ -263,7 +272,9 @@ def data_lineage(root: Path, params: Params) -> dict[str, Any]:
     """The dataset version a release was trained on: path, DVC md5, and where it is recorded."""
     path = params.data.readings
     out: dict[str, Any] = {"path": path, "md5": None, "recorded_in": None}
-    for name, stage in (_lock(root).get("stages") or {}).items():
+    lock_stages = _lock(root).get("stages") or {}
+    # the validate stage's dep is the canonical record; any other stage reading the file will do
+    for name, stage in sorted(lock_stages.items(), key=lambda kv: kv[0] != "validate"):
         dep = next((d for d in stage.get("deps") or [] if d.get("path") == path and d.get("md5")), None)
         if dep:
             out.update(md5=dep["md5"], size=dep.get("size"), recorded_in=f"dvc.lock:{name}")
@@ -308,7 +319,8 @@ def model_card(root: Path, params: Params, version: str, commit: str, decision: 
     return {
         "model": params.promote.model,
         "version": version,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        # the release commit's time: the same commit always yields the same card bytes
+        "created_at": git(root, "show", "-s", "--format=%cI", commit).stdout.strip(),
         "files": {name: {"sha256": sha256_file(p), "bytes": p.stat().st_size,
                          "source": BUNDLE_FILES.get(name)} for name, p in sorted(files.items())},
         "input": {k: norm.get(k) for k in ("channels", "window", "sample_rate_hz", "labels", "layout")},

@@ -4,6 +4,7 @@ by file with what was released (identical / within tolerance / differs)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -16,11 +17,13 @@ from typing import Any
 
 import yaml
 
+from edgedistill.errors import EdgeDistillError
 from edgedistill.io import sha256_file, write_json
 from edgedistill.params import Params, ReproduceParams
 from edgedistill.pipeline import StageFailed, pipeline_stages, reproduce_stage
 from edgedistill.registry import Registry, git, show_file, worktree_add, worktree_remove
 from edgedistill.store import (
+    DVC_PREFIX,
     SUMS,
     bundle_exists,
     bundle_prefix,
@@ -33,7 +36,9 @@ from flows.release import BUNDLE_FILES
 
 IDENTICAL, WITHIN, DIFFERS = "identical", "within tolerance", "differs"
 # figures that measure the machine, not the model: compared with timing_rtol
-TIMING = re.compile(r"(_ms\b|_ms_|seconds|_sec\b|latency|throughput|speedup|rss|elapsed|duration|time)", re.I)
+TIMING = re.compile(r"(_ms\b|_ms_|_ms\.|seconds|_sec\b|per_s\b|latency|throughput|speedup|rss|elapsed|"
+                    r"duration|time|overhead|epoch_cost|p95|p50|p99)", re.I)
+LABEL_KEYS = ("gate", "stage", "name", "check")  # list items named by one of these flatten as key[label]
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -45,7 +50,8 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     if isinstance(obj, list):
         out = {}
         for i, v in enumerate(obj):
-            out.update(flatten(v, f"{prefix}[{i}]"))
+            label = next((str(v[k]) for k in LABEL_KEYS if isinstance(v, dict) and isinstance(v.get(k), str)), i)
+            out.update(flatten(v, f"{prefix}[{label}]"))
         return out
     return {prefix: obj}
 
@@ -128,24 +134,41 @@ def reproduce_version(root: str | Path, params: Params, version: str, keep: bool
             mine = wt / path
             got = json.loads(mine.read_text()) if mine.is_file() else {}
             metrics += compare_metrics(path, json.loads(show_file(root, info.commit, path) or "{}"), got, tol)
+        uncached = _uncached_outs(show_file(root, info.commit, "dvc.yaml"))
         for path, md5 in sorted(_lock_outs(released_lock).items()):
             now = new_outs.get(path)
-            if path in json_in_git and md5 != now:
+            row = {"file": path, "released": md5, "reproduced": now, "by": "dvc md5",
+                   "decisive": path not in uncached, "note": ""}
+            if md5 == now:
+                row["verdict"] = IDENTICAL
+            elif path in json_in_git:
                 mine = [r for r in metrics if r["file"] == path]
-                verdict = DIFFERS if any(r["decisive"] and r["verdict"] == DIFFERS for r in mine) else WITHIN
-                files.append({"file": path, "released": md5, "reproduced": now, "verdict": verdict,
-                              "by": "metrics", "decisive": verdict == DIFFERS})
+                row.update(by="metrics", verdict=DIFFERS if any(r["decisive"] and r["verdict"] == DIFFERS
+                                                                for r in mine) else WITHIN)
             else:
-                files.append({"file": path, "released": md5, "reproduced": now,
-                              "verdict": IDENTICAL if md5 == now else DIFFERS, "by": "dvc md5", "decisive": True})
+                row["verdict"] = DIFFERS
+                if row["decisive"] and now and not md5.endswith(".dir"):
+                    released_copy = tmp / "released" / Path(path).name
+                    with contextlib.suppress(EdgeDistillError):
+                        store.get_file(f"{DVC_PREFIX}/files/md5/{md5[:2]}/{md5[2:]}", released_copy)
+                    note = same_model(released_copy, wt / path) if released_copy.is_file() else None
+                    if note:
+                        row.update(verdict=WITHIN, note=note)
+            files.append(row)
         if bundle_exists(store, model, info.version):
-            sums = parse_sums(store.read_text(f"{bundle_prefix(model, info.version)}/{SUMS}"), SUMS)
+            prefix = bundle_prefix(model, info.version)
+            sums = parse_sums(store.read_text(f"{prefix}/{SUMS}"), SUMS)
             for name, rel in BUNDLE_FILES.items():
                 mine = wt / rel
                 now = sha256_file(mine) if mine.is_file() else None
-                files.append({"file": f"bundle/{name}", "released": sums.get(name), "reproduced": now,
-                              "verdict": IDENTICAL if sums.get(name) == now else DIFFERS, "by": "sha256",
-                              "decisive": True})
+                row = {"file": f"bundle/{name}", "released": sums.get(name), "reproduced": now, "by": "sha256",
+                       "decisive": True, "note": "", "verdict": IDENTICAL if sums.get(name) == now else DIFFERS}
+                if row["verdict"] == DIFFERS and now:
+                    store.get_file(f"{prefix}/{name}", tmp / "bundle" / name)
+                    note = same_model(tmp / "bundle" / name, mine)
+                    if note:
+                        row.update(verdict=WITHIN, note=note)
+                files.append(row)
     finally:
         if not keep:
             worktree_remove(root, wt)
@@ -165,6 +188,54 @@ def reproduce_version(root: str | Path, params: Params, version: str, keep: bool
     write_json(out, report)
     report["report"] = str(out)
     return report
+
+
+def same_model(released: Path, reproduced: Path) -> str | None:
+    """Why two files with different bytes still hold the same model, or None if they do not.
+
+    torch.save writes a random serialization id into every file, and the ONNX export records the
+    checkpoint's sha256, so equal weights do not give equal bytes."""
+    if released.suffix == ".onnx":
+        import onnx
+        from onnx import numpy_helper
+
+        a, b = onnx.load(str(released)), onnx.load(str(reproduced))
+        wa = {t.name: numpy_helper.to_array(t) for t in a.graph.initializer}
+        wb = {t.name: numpy_helper.to_array(t) for t in b.graph.initializer}
+        same_weights = wa.keys() == wb.keys() and all(
+            wa[k].dtype == wb[k].dtype and wa[k].shape == wb[k].shape and (wa[k] == wb[k]).all() for k in wa)
+        for g in (a.graph, b.graph):
+            del g.initializer[:]
+        if not (same_weights and a.graph.SerializeToString() == b.graph.SerializeToString()):
+            return None
+        ma = {p.key: p.value for p in a.metadata_props}
+        mb = {p.key: p.value for p in b.metadata_props}
+        changed = sorted(k for k in ma.keys() | mb.keys() if ma.get(k) != mb.get(k))
+        return "same graph and weights" + (f"; metadata differs: {', '.join(changed)}" if changed else "")
+    if released.suffix == ".pt":
+        import torch
+
+        a = torch.load(released, map_location="cpu", weights_only=True)
+        b = torch.load(reproduced, map_location="cpu", weights_only=True)
+        sa, sb = a.pop("state_dict", {}), b.pop("state_dict", {})
+        if sa.keys() != sb.keys() or not all(torch.equal(sa[k], sb[k]) for k in sa) or a != b:
+            return None
+        return "same tensors and meta; torch.save container bytes differ"
+    return None
+
+
+def _uncached_outs(dvc_yaml: str | None) -> set[str]:
+    """Outputs declared `cache: false` (reports, metrics, plots): reported, not judged."""
+    stages = (yaml.safe_load(dvc_yaml or "") or {}).get("stages") or {}
+    out = set()
+    for st in stages.values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in st.get(kind) or []:
+                if isinstance(entry, dict):
+                    for path, opts in entry.items():
+                        if isinstance(opts, dict) and opts.get("cache") is False:
+                            out.add(path)
+    return out
 
 
 def _released_json(root: Path, commit: str, lock_text: str | None) -> list[str]:

@@ -15,14 +15,14 @@ import shutil
 import pytest
 import yaml
 from conftest import REPO, copy_repo_skeleton, merge
-from release_fixtures import BIN, FAKE_AWS, mini_project, moto_s3, sh, tags
+from release_fixtures import BIN, FAKE_AWS, mini_project, moto_s3, sh, tags, write_candidate
 
 from edgedistill.io import sha256_file
 from edgedistill.params import parse_params
 from edgedistill.registry import Registry
 from edgedistill.store import S3Store, configure_dvc_remote, dvc_pull_missing
+from flows.reproduce import compare_metrics, compare_values, same_model
 
-pytestmark = pytest.mark.slow
 ED = f"{BIN}/edgedistill"
 BUCKET = "releases"
 
@@ -51,6 +51,7 @@ def s3_keys(endpoint: str, prefix: str) -> list[str]:
     return S3Store(BUCKET, "team", endpoint_url=endpoint, region="us-east-1").list(prefix)
 
 
+@pytest.mark.slow
 def test_release_registers_staging_pushes_and_publishes(released, monkeypatch):
     for k, v in FAKE_AWS.items():
         monkeypatch.setenv(k, v)
@@ -84,6 +85,7 @@ def test_release_registers_staging_pushes_and_publishes(released, monkeypatch):
     assert "AWS" not in (proj / ".dvc/config.local").read_text()
 
 
+@pytest.mark.slow
 def test_fresh_clone_pulls_and_fetches_prod(released, monkeypatch):
     proj, base = released["proj"], released["base"]
     sh([ED, "promote", "v0.1.0", "--to", "prod"], proj, env=FAKE_AWS)
@@ -106,6 +108,7 @@ def test_fresh_clone_pulls_and_fetches_prod(released, monkeypatch):
     assert sha256_file(clone / "models/student.int8.onnx") == sha256_file(proj / "models/student.int8.onnx")
 
 
+@pytest.mark.slow
 def test_failing_gate_fails_the_flow_and_registers_nothing(released):
     proj = released["proj"]
     sh([ED, "promote", "v0.1.0", "--to", "prod"], proj, env=FAKE_AWS)
@@ -124,6 +127,7 @@ def test_failing_gate_fails_the_flow_and_registers_nothing(released):
     (proj / "candidate_spec.json").write_text(json.dumps({"accuracy": 0.9}))  # leave it releasable
 
 
+@pytest.mark.slow
 def test_reproduce_matches_the_release(released):
     r = sh([ED, "reproduce", "v0.1.0"], released["proj"], env=FAKE_AWS)
     assert "identical:" in r.stdout
@@ -151,6 +155,7 @@ TINY = {
 }
 
 
+@pytest.mark.slow
 def test_real_pipeline_release_on_bundled_data(tmp_path):
     """`edgedistill run` on the real stages (tiny params), local store: a version lands in staging."""
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
@@ -175,3 +180,53 @@ def test_real_pipeline_release_on_bundled_data(tmp_path):
     again = sh([ED, "run"], proj, timeout=600)  # nothing changed: every stage skipped, nothing new
     assert "unchanged (already released)" in again.stdout
     assert tags(proj) == {"student@v0.1.0", "student#staging#1"}
+
+
+def test_reproduce_verdicts_per_metric():
+    tol = parse_params(yaml.safe_load((REPO / "params.yaml").read_text())).promote.reproduce
+    released = {"kd": {"accuracy": 0.9, "epoch_seconds": 1.0}, "gates": [{"gate": "p95_latency", "value": 0.03}],
+                "note": "a", "n": 3}
+    again = {"kd": {"accuracy": 0.9 + 1e-9, "epoch_seconds": 1.3}, "gates": [{"gate": "p95_latency", "value": 0.09}],
+             "note": "b", "n": 3}
+    rows = {r["metric"]: r for r in compare_metrics("m.json", released, again, tol)}
+    assert rows["n"]["verdict"] == "identical"
+    assert rows["kd.accuracy"]["verdict"] == "within tolerance" and rows["kd.accuracy"]["decisive"]
+    assert rows["kd.epoch_seconds"]["verdict"] == "within tolerance" and rows["kd.epoch_seconds"]["timing"]
+    p95 = rows["gates[p95_latency].value"]
+    assert p95["verdict"] == "differs" and p95["timing"] and not p95["decisive"]
+    assert rows["note"]["verdict"] == "differs" and not rows["note"]["decisive"]
+    assert compare_values("acc", 0.9, 0.91, tol) == "differs"
+
+
+def test_same_model_sees_through_container_bytes(tmp_path):
+    import onnx
+    import torch
+
+    from edgedistill.checkpoint import save_checkpoint
+    from edgedistill.nets import build_model
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    write_candidate(a)
+    write_candidate(b)
+    m = onnx.load(str(b / "models/student.onnx"))
+    onnx.helper.set_model_props(m, {"checkpoint_sha256": "something else"})
+    onnx.save(m, str(b / "models/student.onnx"))
+    assert sha256_file(a / "models/student.onnx") != sha256_file(b / "models/student.onnx")
+    note = same_model(a / "models/student.onnx", b / "models/student.onnx")
+    assert note == "same graph and weights; metadata differs: checkpoint_sha256"
+    write_candidate(b, seed=1)  # other weights
+    assert same_model(a / "models/student.onnx", b / "models/student.onnx") is None
+
+    torch.manual_seed(0)
+    net = build_model("dscnn1d", {"widths": [8, 8], "kernel": 3}, 6, 7)
+    meta = {"arch": "dscnn1d", "config": {"widths": [8, 8], "kernel": 3}, "in_channels": 6, "n_classes": 7,
+            "window": 64, "channels": list("abcdef"), "labels": list("ABCDEFG"), "sample_rate_hz": 50.0,
+            "norm": {"mean": [0.0] * 6, "std": [1.0] * 6}}
+    save_checkpoint(tmp_path / "1.pt", net, meta)
+    save_checkpoint(tmp_path / "2.pt", net, meta)
+    if sha256_file(tmp_path / "1.pt") != sha256_file(tmp_path / "2.pt"):  # torch's random serialization id
+        assert same_model(tmp_path / "1.pt", tmp_path / "2.pt").startswith("same tensors")
+    with torch.no_grad():
+        next(net.parameters()).add_(1e-3)
+    save_checkpoint(tmp_path / "3.pt", net, meta)
+    assert same_model(tmp_path / "1.pt", tmp_path / "3.pt") is None
