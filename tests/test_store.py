@@ -5,6 +5,7 @@ atomically; DVC pushes to the store and a fresh clone pulls from it."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 
 import pytest
@@ -77,6 +78,9 @@ def test_publish_then_fetch_verifies_every_file(store, bundle, tmp_path):
     for name, path in bundle.items():
         assert sha256_file(tmp_path / "deploy" / name) == sha256_file(path) == got["files"][name]["sha256"]
     assert (tmp_path / "deploy" / SUMS).read_text().count("\n") == 3
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "deploy").stat().st_mode & 0o777 == 0o777 & ~umask  # readable by the service
 
 
 def test_versions_are_immutable(store, bundle, tmp_path):
