@@ -9,6 +9,8 @@ import json
 import os
 import shutil
 import tempfile
+import time
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +29,9 @@ from edgedistill.params import StoreParams
 DVC_PREFIX = "dvc"
 CARD = "model_card.json"
 SUMS = "SHA256SUMS"
+CLAIM = ".claim"
+# a claim this old with no SHA256SUMS beside it belongs to a publish that died; it may be taken over
+CLAIM_STALE_SECONDS = 15 * 60
 
 
 class TransientStoreError(StoreUnreachable):
@@ -67,6 +72,14 @@ class Store(ABC):
     @abstractmethod
     def dvc_remote(self) -> dict[str, str]:
         """The DVC remote section for this store: url plus endpointurl/region for S3."""
+
+    @abstractmethod
+    def create_new(self, src: Path, key: str) -> bool:
+        """Write `key` only if it does not exist (atomically); False when it already does."""
+
+    @abstractmethod
+    def replace_if(self, src: Path, key: str, expected: str) -> bool:
+        """Replace `key` only if its content is still `expected`; False when it changed or vanished."""
 
     def read_text(self, key: str) -> str:
         with tempfile.TemporaryDirectory() as tmp:
@@ -129,6 +142,36 @@ class LocalStore(Store):
 
     def dvc_remote(self) -> dict[str, str]:
         return {"url": str(self.root / DVC_PREFIX)}
+
+    def create_new(self, src: Path, key: str) -> bool:
+        dest = self._path(key)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+        os.close(fd)
+        try:
+            shutil.copyfile(src, tmp)
+            os.link(tmp, dest)  # fails if dest exists: the one atomic create-if-absent a filesystem has
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    def replace_if(self, src: Path, key: str, expected: str) -> bool:
+        dest = self._path(key)
+        taken = dest.with_name(f"{dest.name}.{uuid.uuid4().hex}.old")
+        try:
+            os.rename(dest, taken)  # of several racers, exactly one moves it
+        except FileNotFoundError:
+            return False
+        try:
+            if taken.read_text() != expected:
+                with contextlib.suppress(FileExistsError):
+                    os.link(taken, dest)  # not the one we meant to replace: put it back
+                return False
+            return self.create_new(src, key)
+        finally:
+            taken.unlink(missing_ok=True)
 
     def url(self, key: str) -> str:
         return self._path(key).as_uri()
@@ -254,7 +297,8 @@ class S3Store(Store):
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full)
         for page in self._call(f"list {prefix}", list, pages):
             keys += [o["Key"][strip:].lstrip("/") for o in page.get("Contents", [])]
-        return sorted(keys)
+        # like LocalStore: dot-named objects (publish claims) are bookkeeping, not content
+        return sorted(k for k in keys if not k.rsplit("/", 1)[-1].startswith("."))
 
     def url(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"
@@ -284,6 +328,33 @@ class S3Store(Store):
                 raise
 
         return self._call(f"write {key}", put)["ETag"]
+
+    def _put_conditional(self, src: Path, key: str, **condition: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        def put() -> bool:
+            try:
+                self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=src.read_bytes(), **condition)
+            except ClientError as e:
+                if str(e.response.get("Error", {}).get("Code", "")) in ("PreconditionFailed",
+                                                                         "ConditionalRequestConflict"):
+                    return False
+                raise
+            return True
+
+        return bool(self._call(f"conditional upload {key}", put))
+
+    def create_new(self, src: Path, key: str) -> bool:
+        return self._put_conditional(src, key, IfNoneMatch="*")
+
+    def replace_if(self, src: Path, key: str, expected: str) -> bool:
+        try:
+            got = self._call(f"download {key}", self.client.get_object, Bucket=self.bucket, Key=self._key(key))
+        except ReleaseNotFound:
+            return False
+        if got["Body"].read().decode(errors="replace") != expected:
+            return False
+        return self._put_conditional(src, key, IfMatch=got["ETag"])
 
     def dvc_remote(self) -> dict[str, str]:
         conf = {"url": f"s3://{self.bucket}/{self._key(DVC_PREFIX)}"}
@@ -399,7 +470,8 @@ def bundle_exists(store: Store, model: str, version: str) -> bool:
 def publish_bundle(store: Store, model: str, version: str, files: dict[str, Path]) -> dict[str, str]:
     """Upload a release bundle; SHA256SUMS goes last, so its presence means the bundle is complete.
 
-    A version is immutable: publishing different bytes under an existing version is refused."""
+    A version is immutable: publishing different bytes under an existing version is refused, also
+    while another publisher is still uploading them (a claim is taken before the first object)."""
     prefix = bundle_prefix(model, version)
     text = sums_text(files)
     if bundle_exists(store, model, version):
@@ -407,6 +479,7 @@ def publish_bundle(store: Store, model: str, version: str, files: dict[str, Path
             return parse_sums(text, SUMS)
         raise ArtifactCorrupt(f"{store.describe()}/{prefix} already holds a different bundle",
                               hint="Versions are immutable; register a new version instead.")
+    _claim_version(store, model, version, text)
     for name, path in sorted(files.items()):
         store.put_file(path, f"{prefix}/{name}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -414,6 +487,42 @@ def publish_bundle(store: Store, model: str, version: str, files: dict[str, Path
         sums.write_text(text)
         store.put_file(sums, f"{prefix}/{SUMS}")
     return parse_sums(text, SUMS)
+
+
+def _claim_version(store: Store, model: str, version: str, text: str) -> None:
+    """Take the version for these bytes before uploading any: two publishers of different bytes can
+    otherwise interleave their objects under one SHA256SUMS. The same bytes may go ahead (a rerun of
+    an interrupted publish); a claim left by a publish that died long ago may be taken over."""
+    prefix = bundle_prefix(model, version)
+    key = f"{prefix}/{CLAIM}"
+    with tempfile.TemporaryDirectory() as tmp:
+        mine = Path(tmp) / CLAIM
+        mine.write_text(json.dumps({"sums": text, "at": time.time()}))
+        for _ in range(3):
+            if store.create_new(mine, key):
+                return
+            try:
+                held_text = store.read_text(key)
+            except ReleaseNotFound:
+                continue  # taken over and released in between: try again
+            try:
+                held = json.loads(held_text)
+            except ValueError:
+                held = {}
+            if held.get("sums") == text:
+                return
+            age = time.time() - float(held.get("at") or 0)
+            if age > CLAIM_STALE_SECONDS and not bundle_exists(store, model, version):
+                if store.replace_if(mine, key, held_text):
+                    return
+                continue
+            raise ArtifactCorrupt(
+                f"{store.describe()}/{prefix} is being published by another publisher with different "
+                f"bytes (claimed {age:.0f}s ago); refusing to mix the two bundles",
+                hint="Versions are immutable; register a new version instead. If that publish died, "
+                     f"its claim expires after {CLAIM_STALE_SECONDS // 60} minutes.")
+    raise ArtifactCorrupt(f"{store.describe()}/{prefix}: could not claim the version (contended)",
+                          hint="Another publisher keeps taking it; run again.")
 
 
 def fetch_bundle(store: Store, model: str, version: str, dest: str | os.PathLike[str]) -> dict[str, Any]:
