@@ -246,13 +246,15 @@ def train(
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         perm = torch.randperm(len(train), generator=gen, device=device)
-        total, n = 0.0, 0
+        # the loss sum stays on the device: reading it every step would stall the GPU on each batch
+        total_t = torch.zeros((), device=device)
+        n = 0
         for i in range(steps):
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             xb, yb = train.x[idx], train.y[idx]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 loss = loss_fn(model, xb, yb, idx, gen)
-            if not torch.isfinite(loss):
+            if device.type == "cpu" and not torch.isfinite(loss):  # free on CPU: stop at the first bad step
                 raise TrainingFailed(f"{name}: loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; stopping "
                                      "instead of training on garbage")
             opt.zero_grad(set_to_none=True)
@@ -261,8 +263,12 @@ def train(
                 nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             sched.step()
-            total += float(loss.detach()) * len(idx)
+            total_t += loss.detach().float() * len(idx)
             n += len(idx)
+        total = float(total_t)
+        if not math.isfinite(total):  # NaN/inf anywhere in the epoch propagates into the sum
+            raise TrainingFailed(f"{name}: loss became {total} at epoch {epoch + 1}; stopping instead of training "
+                                 "on garbage (the last good epoch's resume file is kept)")
         seen += n
         logits = predict(model, val.x)
         m = classification_metrics(logits, val.y, labels)
