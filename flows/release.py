@@ -31,6 +31,7 @@ from edgedistill.pipeline import StageFailed, pipeline_stages, reproduce_stage
 from edgedistill.registry import Registry, commit_paths, git, head_commit
 from edgedistill.store import (
     CARD,
+    SUMS,
     TransientStoreError,
     bundle_exists,
     bundle_prefix,
@@ -38,6 +39,7 @@ from edgedistill.store import (
     dvc_pull_missing,
     dvc_push,
     open_store,
+    parse_sums,
     publish_bundle,
     working_dir,
 )
@@ -221,8 +223,15 @@ def register_release(root: Path, params: Params, decision: dict[str, Any]) -> di
                  f"data {(data.get('md5') or '?')[:8]}")
     commit = head_commit(root)
     existing = reg.at_commit(pp.model, commit)
-    version = existing.version if existing else reg.next_version(pp.model, pp.bump)
     store = open_store(params.store, root)
+    same = None if existing else _same_model_version(reg, store, pp.model, root)
+    if same is not None:
+        # e.g. prod moved, so the gates were re-checked: a new commit, but no new model to register
+        log.info("the model is byte-identical to %s %s; nothing new to register", pp.model, same.version)
+        return {"model": pp.model, "version": same.version, "commit": same.commit, "stages": same.stages,
+                "tags": [], "new": False, "same_as": same.version, "pushed": [],
+                "bundle": f"{store.describe()}/{bundle_prefix(pp.model, same.version)}"}
+    version = existing.version if existing else reg.next_version(pp.model, pp.bump)
     with tempfile.TemporaryDirectory() as tmp:
         files = {name: root / rel for name, rel in BUNDLE_FILES.items()}
         for name, path in files.items():
@@ -259,6 +268,20 @@ def register_release(root: Path, params: Params, decision: dict[str, Any]) -> di
     return {"model": pp.model, "version": version, "commit": commit, "stages": stages, "tags": tags,
             "new": not existing, "pushed": pushed,
             "bundle": f"{store.describe()}/{bundle_prefix(pp.model, version)}"}
+
+
+def _same_model_version(reg: Registry, store: Any, model: str, root: Path, newest: int = 20) -> Any:
+    """A registered version whose bundle holds exactly these ONNX files (checked against its
+    SHA256SUMS in the store), or None."""
+    mine = {name: sha256_file(root / rel) for name, rel in BUNDLE_FILES.items() if (root / rel).is_file()}
+    for info in reg.versions(model)[:newest]:
+        try:
+            sums = parse_sums(store.read_text(f"{bundle_prefix(model, info.version)}/{SUMS}"), SUMS)
+        except EdgeDistillError:
+            continue
+        if mine and all(sums.get(name) == digest for name, digest in mine.items()):
+            return info
+    return None
 
 
 # ---------------------------------------------------------------- lineage and the model card
@@ -487,8 +510,9 @@ def _release(root: str, params_file: str, stages: list[str] | None, force: bool)
     decision = read_json(root_p / PROMOTION)
     summary.update(metrics=decision["candidate"], gates=decision["gates"], failed=decision["failed"])
     reg = register_release(root_p, params, decision)
-    summary.update(status="released" if reg["new"] else "unchanged (already released)", registry=reg,
-                   git_commit=reg["commit"])
+    status = ("released" if reg["new"] else f"unchanged (same model as {reg['version']})" if reg.get("same_as")
+              else "unchanged (already released)")
+    summary.update(status=status, registry=reg, git_commit=reg["commit"])
     _publish_summary(root_p, summary, console)
     return summary
 

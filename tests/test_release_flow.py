@@ -109,6 +109,19 @@ def test_fresh_clone_pulls_and_fetches_prod(released, monkeypatch):
 
 
 @pytest.mark.slow
+def test_rerun_after_prod_moved_registers_nothing_new(released):
+    """prod changed, so DVC re-runs `promote` (its reference moved) — but the model is the same."""
+    proj = released["proj"]
+    sh([ED, "promote", "v0.1.0", "--to", "prod"], proj, env=FAKE_AWS)
+    before = tags(proj)
+    r = sh([ED, "run"], proj, env=FAKE_AWS)
+    assert "release: unchanged (same model as v0.1.0)" in r.stdout
+    assert tags(proj) == before
+    assert json.loads((proj / "reports/prod_reference.json").read_text())["version"] == "v0.1.0"
+    assert sh(["git", "status", "--porcelain"], proj).stdout.strip() == ""
+
+
+@pytest.mark.slow
 def test_failing_gate_fails_the_flow_and_registers_nothing(released):
     proj = released["proj"]
     sh([ED, "promote", "v0.1.0", "--to", "prod"], proj, env=FAKE_AWS)
