@@ -1,0 +1,366 @@
+"""The student sweep: a grid of student sizes and Hinton KD knobs (params `sweep`), each point distilled,
+exported to INT8 and benchmarked with the stage functions, as parallel Prefect tasks (threads here, or a
+Dask cluster); the accuracy / latency / size Pareto front and the best student inside the device budget."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from edgedistill.errors import ModelMismatch, ParamsInvalid
+from edgedistill.io import write_json
+from edgedistill.params import Params, load_params
+
+OUT_DIR = "reports/sweep"
+PREPARED = "data/prepared"
+TEACHER = "models/teacher.pt"
+LOGITS = "models/teacher_logits.npz"
+# torch.export (dynamo) keeps process-global tracing state: two exports on threads of one process
+# break each other, so points running on threads (local runner, Dask threads) export one at a time
+_EXPORT_LOCK = threading.Lock()
+
+
+def export_lock() -> threading.Lock:
+    # reached through a function: a task shipped to Dask is pickled by value, and a lock cannot be
+    return _EXPORT_LOCK
+
+
+# ---------------------------------------------------------------- the grid
+
+def student_widths(base: list[int], multiplier: float, depth: int) -> list[int]:
+    """The stem plus `depth` blocks: base widths scaled, cut, or extended with the last width."""
+    scaled = [max(4, int(round(w * multiplier))) for w in base]
+    blocks = scaled[1:] or scaled[:1]
+    return [scaled[0], *[blocks[min(i, len(blocks) - 1)] for i in range(depth)]]
+
+
+def grid(params: Params) -> list[dict[str, Any]]:
+    sp = params.sweep
+    base = list(params.student.config.get("widths", [16, 24, 32, 32]))
+    points = []
+    for m, d, t, a in itertools.product(sp.width_multipliers, sp.depths, sp.temperatures, sp.alphas):
+        widths = student_widths(base, m, d)
+        points.append({"id": f"w{m:g}-d{d}-T{t:g}-a{a:g}", "width_multiplier": m, "depth": d,
+                       "temperature": t, "alpha": a, "widths": widths})
+    return points
+
+
+def point_params(params: Params, point: dict[str, Any]) -> Params:
+    """The release params with this point's student and KD knobs. One torch thread per point: the
+    points run side by side, and a fixed thread count keeps each result independent of the runner."""
+    raw = params.model_dump(mode="json", by_alias=True)
+    raw["student"]["config"] = {**raw["student"]["config"], "widths": point["widths"]}
+    if params.sweep.epochs is not None:
+        raw["student"]["train"]["epochs"] = params.sweep.epochs
+    raw["distill"].update(method="hinton", temperature=point["temperature"], alpha=point["alpha"])
+    raw["compute"]["threads"] = 1
+    return Params.model_validate(raw)
+
+
+def budget_profile(params: Params) -> Any:
+    name = params.sweep.budget_profile
+    profiles = params.benchmark.profiles
+    if name is None:
+        return profiles[-1]
+    for p in profiles:
+        if p.name == name:
+            return p
+    raise ParamsInvalid(f"sweep.budget_profile '{name}' is not a benchmark profile "
+                        f"(profiles: {[p.name for p in profiles]})")
+
+
+# ---------------------------------------------------------------- one point: the stage functions
+
+@task(name="distill-export", task_run_name="{point[id]}", cache_policy=NO_CACHE)
+def train_point(root: str, params: Params, point: dict[str, Any], out_dir: str) -> dict[str, Any]:
+    """Distil (tasks/distill.py) and export to FP32 + INT8 ONNX (tasks/export.py's pieces) one student."""
+    import tempfile
+
+    from edgedistill import onnx_tools as ox
+    from edgedistill.checkpoint import load_checkpoint
+    from tasks import distill
+    from tasks.export import calibration_windows, check_parity, load_split, onnx_accuracy
+
+    p = point_params(params, point)
+    r = Path(root)
+    d = Path(out_dir) / point["id"]
+    d.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    report = distill.run(p, r / PREPARED, r / TEACHER, r / LOGITS, student_out=d / "student.pt",
+                         baseline_out=d / "unused.pt", metrics_out=d / "distill.json", plots_dir=None,
+                         resume_dir=d / ".resume", log=lambda _: None, train_baseline=False)
+    train_s = time.perf_counter() - t0
+
+    ep = p.export
+    net, meta = load_checkpoint(d / "student.pt")
+    x, y = load_split(r / PREPARED / "test.npz")
+    fp32, int8 = d / "student.onnx", d / "student.int8.onnx"
+    with export_lock():
+        proto = ox.export_onnx(net, meta["in_channels"], meta["window"], ep.opset, what=str(d / "student.pt"))
+    ox.save_onnx(proto, fp32)
+    parity = check_parity(net, fp32, x, ep.parity_atol, ep.min_argmax_agreement, what=str(fp32))
+    calib = (calibration_windows(r / PREPARED / "train.npz", ep.calibration)
+             if ep.quantization == "static" else None)
+    with tempfile.TemporaryDirectory(dir=d, prefix=".quant-") as scratch:
+        ox.quantize_int8(fp32, int8, calib, mode=ep.quantization, method=ep.calibration.method,
+                         per_channel=ep.calibration.per_channel, activation_type=ep.activation_type,
+                         scratch=Path(scratch), calib_source=str(r / PREPARED / "train.npz"))
+    fp32_acc, _ = onnx_accuracy(fp32, x, y)
+    int8_acc, _ = onnx_accuracy(int8, x, y)
+    return {**point, "params": report["kd"]["params"], "macs": report["kd"].get("macs"),
+            "kd_accuracy": report["kd"]["accuracy"], "fp32_accuracy": fp32_acc, "int8_accuracy": int8_acc,
+            "teacher_accuracy": report["teacher"]["accuracy"], "parity_max_abs_diff": parity["max_abs_diff"],
+            "train_seconds": round(train_s, 2), "int8_path": str(int8), "dir": str(d)}
+
+
+@task(name="benchmark", task_run_name="{result[id]}", cache_policy=NO_CACHE)
+def benchmark_point(root: str, params: Params, result: dict[str, Any]) -> dict[str, Any]:
+    """Batch-1 INT8 latency on the release profile (onnx_bench) and the static size/RAM estimate,
+    with a fits verdict against the budget profile."""
+    from edgedistill.onnx_bench import bench_onnx
+    from edgedistill.onnx_cost import fits_budget
+    from tasks.export import load_split
+
+    prof = params.benchmark.profiles[0]
+    x, _ = load_split(Path(root) / PREPARED / "test.npz")
+    b = bench_onnx(result["int8_path"], threads=prof.threads, batch_sizes=[1], warmup=prof.warmup,
+                   runs=params.sweep.bench_runs, max_seconds=prof.max_seconds, data=x[:1])
+    lat = b["measured"]["latency"]["1"]
+    budget = budget_profile(params)
+    fits = fits_budget(b["static"], budget.ram_bytes, budget.flash_bytes)
+    return {**result, "p50_ms": lat["p50_ms"], "p95_ms": lat["p95_ms"], "bench_runs": lat["runs"],
+            "size_bytes": b["file_bytes"], "weight_bytes": b["weight_bytes"],
+            "ram_bytes": b["static"]["ram_estimate_bytes"], "flash_bytes": b["static"]["flash_estimate_bytes"],
+            "budget_profile": budget.name, "fits": fits["fits"], "why_not": fits["why_not"]}
+
+
+# ---------------------------------------------------------------- Pareto front and choice
+
+def dominates(a: dict[str, Any], b: dict[str, Any], tol: float) -> bool:
+    """a is at least as good as b on accuracy, latency and size, and better on one. Latencies within
+    `tol` (relative) are a tie: the measurement noise is larger than that."""
+    def faster(u: float, v: float) -> bool:
+        return u < v * (1 - tol)
+
+    def not_slower(u: float, v: float) -> bool:
+        return not faster(v, u)
+
+    ge = (a["int8_accuracy"] >= b["int8_accuracy"] and not_slower(a["p50_ms"], b["p50_ms"])
+          and a["size_bytes"] <= b["size_bytes"])
+    gt = (a["int8_accuracy"] > b["int8_accuracy"] or faster(a["p50_ms"], b["p50_ms"])
+          or a["size_bytes"] < b["size_bytes"])
+    return ge and gt
+
+
+def pareto_front(results: list[dict[str, Any]], tol: float) -> list[str]:
+    return sorted(r["id"] for r in results if not any(dominates(o, r, tol) for o in results if o is not r))
+
+
+def choose(results: list[dict[str, Any]], front: list[str]) -> dict[str, Any] | None:
+    """The most accurate INT8 student that fits the budget; smaller, then faster, breaks ties."""
+    fitting = [r for r in results if r["fits"]]
+    if not fitting:
+        return None
+    return max(fitting, key=lambda r: (r["int8_accuracy"], -r["size_bytes"], -r["p50_ms"], r["id"] in front))
+
+
+# ---------------------------------------------------------------- outputs: table files and plot
+
+COLUMNS = ["id", "width_multiplier", "depth", "temperature", "alpha", "widths", "params", "int8_accuracy",
+           "fp32_accuracy", "kd_accuracy", "p50_ms", "p95_ms", "size_bytes", "ram_bytes", "fits", "pareto",
+           "train_seconds"]
+
+
+def write_table(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({**r, "widths": " ".join(map(str, r["widths"]))})
+
+
+def write_svg(path: Path, rows: list[dict[str, Any]], best: str | None) -> None:
+    """Accuracy vs latency, marker area ~ size, Pareto points filled: readable without matplotlib."""
+    W, H, M = 640, 420, 60
+    xs = [r["p50_ms"] for r in rows]
+    ys = [r["int8_accuracy"] for r in rows]
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = min(ys), max(ys)
+    x1, y1 = (x1 if x1 > x0 else x0 + 1e-3), (y1 if y1 > y0 else y0 + 1e-3)
+    smax = max(r["size_bytes"] for r in rows)
+
+    def px(v: float) -> float:
+        return M + (v - x0) / (x1 - x0) * (W - 2 * M)
+
+    def py(v: float) -> float:
+        return H - M - (v - y0) / (y1 - y0) * (H - 2 * M)
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" '
+             f'font-size="11"><rect width="{W}" height="{H}" fill="white"/>',
+             f'<line x1="{M}" y1="{H - M}" x2="{W - M}" y2="{H - M}" stroke="black"/>',
+             f'<line x1="{M}" y1="{M}" x2="{M}" y2="{H - M}" stroke="black"/>',
+             f'<text x="{W / 2}" y="{H - 20}" text-anchor="middle">INT8 p50 latency, ms (batch 1)</text>',
+             f'<text x="15" y="{H / 2}" transform="rotate(-90 15 {H / 2})" text-anchor="middle">'
+             'INT8 test accuracy</text>',
+             f'<text x="{M}" y="{H - M + 15}">{x0:.4f}</text>',
+             f'<text x="{W - M}" y="{H - M + 15}" text-anchor="end">{x1:.4f}</text>',
+             f'<text x="{M - 5}" y="{H - M}" text-anchor="end">{y0:.3f}</text>',
+             f'<text x="{M - 5}" y="{M + 4}" text-anchor="end">{y1:.3f}</text>',
+             f'<text x="{M}" y="20">student sweep: filled = Pareto front, area ~ INT8 size, ring = chosen</text>']
+    for r in rows:
+        rad = 4 + 10 * (r["size_bytes"] / smax) ** 0.5
+        fill = "#1f77b4" if r["pareto"] else "none"
+        parts.append(f'<circle cx="{px(r["p50_ms"]):.1f}" cy="{py(r["int8_accuracy"]):.1f}" r="{rad:.1f}" '
+                     f'fill="{fill}" fill-opacity="0.6" stroke="#1f77b4"><title>{r["id"]}</title></circle>')
+        if r["id"] == best:
+            parts.append(f'<circle cx="{px(r["p50_ms"]):.1f}" cy="{py(r["int8_accuracy"]):.1f}" '
+                         f'r="{rad + 4:.1f}" fill="none" stroke="#d62728" stroke-width="2"/>')
+        if r["pareto"]:
+            parts.append(f'<text x="{px(r["p50_ms"]) + rad + 2:.1f}" y="{py(r["int8_accuracy"]) + 4:.1f}">'
+                         f'{r["id"]}</text>')
+    path.write_text("\n".join([*parts, "</svg>"]) + "\n")
+
+
+def write_png(path: Path, rows: list[dict[str, Any]], best: str | None) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    smax = max(r["size_bytes"] for r in rows)
+    for r in rows:
+        ax.scatter(r["p50_ms"], r["int8_accuracy"], s=30 + 300 * r["size_bytes"] / smax,
+                   facecolors="C0" if r["pareto"] else "none", edgecolors="C3" if r["id"] == best else "C0")
+        if r["pareto"]:
+            ax.annotate(r["id"], (r["p50_ms"], r["int8_accuracy"]), fontsize=7)
+    ax.set_xlabel("INT8 p50 latency, ms (batch 1)")
+    ax.set_ylabel("INT8 test accuracy")
+    ax.set_title("student sweep (filled: Pareto front; red edge: chosen)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def best_overlay(params: Params, best: dict[str, Any]) -> dict[str, Any]:
+    """The params.yaml changes that make the release train the chosen student."""
+    return {"student": {"config": {**params.student.config, "widths": best["widths"]}},
+            "distill": {"method": "hinton", "temperature": best["temperature"], "alpha": best["alpha"]}}
+
+
+# ---------------------------------------------------------------- the flow
+
+def task_runner(params: Params, dask_address: str | None = None) -> Any:
+    address = dask_address or params.sweep.dask_address
+    if address:
+        try:
+            from prefect_dask import DaskTaskRunner
+        except ImportError:
+            raise ParamsInvalid(f"a Dask scheduler is configured ({address}) but prefect-dask is not installed",
+                                hint="pip install -e '.[dask]'") from None
+        return DaskTaskRunner(address=address)
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    return ThreadPoolTaskRunner(max_workers=params.sweep.max_workers)
+
+
+def check_inputs(root: Path) -> None:
+    missing = [p for p in (PREPARED + "/train.npz", PREPARED + "/test.npz", TEACHER, LOGITS)
+               if not (root / p).is_file()]
+    if missing:
+        raise ModelMismatch(f"the sweep distils from the teacher and its cached logits; missing in {root}: "
+                            f"{missing}", hint="Run the pipeline up to them first: "
+                                               "`edgedistill run prepare train_teacher teacher_logits`.")
+
+
+def _sweep(root: str, params_file: str, out_dir: str) -> dict[str, Any]:
+    log = get_run_logger()
+    r = Path(root).resolve()
+    params = load_params(r / params_file)
+    check_inputs(r)
+    budget_profile(params)  # a bad profile name fails before any training
+    out = (r / out_dir) if not Path(out_dir).is_absolute() else Path(out_dir)
+    points = grid(params)
+    log.info("sweep: %d points in parallel", len(points))
+    t0 = time.perf_counter()
+    trained = [f.result() for f in [train_point.submit(str(r), params, pt, str(out / "points")) for pt in points]]
+    # latency is measured one point at a time: points timed side by side would slow each other down
+    results = [benchmark_point.submit(str(r), params, t).result() for t in trained]
+    seconds = time.perf_counter() - t0
+    front = pareto_front(results, params.sweep.latency_tolerance)
+    for x in results:
+        x["pareto"] = x["id"] in front
+    results.sort(key=lambda x: (not x["pareto"], -x["int8_accuracy"], x["size_bytes"]))
+    best = choose(results, front)
+    summary = {"points": results, "pareto": front, "best": best["id"] if best else None,
+               "budget_profile": budget_profile(params).name, "seconds": round(seconds, 2),
+               "overlay": best_overlay(params, best) if best else None}
+    write_json(out / "results.json", summary)
+    write_table(out / "results.csv", results)
+    write_table(out / "pareto.csv", [x for x in results if x["pareto"]])
+    write_svg(out / "pareto.svg", results, summary["best"])
+    summary["plot"] = str(out / ("pareto.png" if write_png(out / "pareto.png", results, summary["best"])
+                                 else "pareto.svg"))
+    write_json(out / "results.json", summary)
+    print(f"sweep: {len(points)} points trained, exported and benchmarked in {seconds:.1f}s")
+    log.info("sweep done in %.1fs: Pareto front %s, chosen %s", seconds, front, summary["best"])
+    return summary
+
+
+def run_sweep(root: str | Path = ".", params_file: str = "params.yaml", out_dir: str = OUT_DIR,
+              dask_address: str | None = None) -> dict[str, Any]:
+    """Run the sweep flow with the local thread runner, or on Dask when an address is configured."""
+    params = load_params(Path(root) / params_file)
+    # user errors surface before a flow run starts (a one-line message, not a failed run's traceback)
+    check_inputs(Path(root).resolve())
+    budget_profile(params)
+    runner = task_runner(params, dask_address)
+    f = student_sweep.with_options(task_runner=runner)
+    return f(root=str(root), params_file=params_file, out_dir=out_dir)
+
+
+@flow(name="edgedistill-student-sweep", log_prints=True, validate_parameters=False)
+def student_sweep(root: str = ".", params_file: str = "params.yaml", out_dir: str = OUT_DIR) -> dict[str, Any]:
+    return _sweep(root, params_file, out_dir)
+
+
+def apply_overlay(params_path: Path, overlay: dict[str, Any]) -> None:
+    """Write the chosen student into params.yaml, keeping its comments and layout (ruamel, as DVC)."""
+    from ruamel.yaml import YAML
+
+    from edgedistill.io import atomic_path
+    from edgedistill.params import parse_params
+
+    yaml = YAML()
+    yaml.preserve_quotes = True
+    doc = yaml.load(params_path.read_text())
+
+    def merge(node: Any, new: dict[str, Any]) -> None:
+        for k, v in new.items():
+            if isinstance(v, dict) and k in node and isinstance(node[k], dict):
+                merge(node[k], v)
+            else:
+                node[k] = v
+
+    merge(doc, json.loads(json.dumps(overlay)))
+    import io
+
+    buf = io.StringIO()
+    yaml.dump(doc, buf)
+    import yaml as pyyaml
+
+    parse_params(pyyaml.safe_load(buf.getvalue()), str(params_path))  # never write an invalid file
+    with atomic_path(params_path) as tmp:
+        Path(tmp).write_text(buf.getvalue())

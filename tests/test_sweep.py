@@ -1,0 +1,151 @@
+"""Student sweep: the grid, the Pareto front, the budget choice, `edgedistill sweep` writing its table and
+plot, the same front on a real Dask LocalCluster, and --apply writing a valid params.yaml."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+
+import pytest
+import yaml
+from conftest import make_params, merge
+from typer.testing import CliRunner
+
+from edgedistill.cli import app
+from edgedistill.params import load_params
+from flows.sweep import dominates, grid, pareto_front, student_widths
+from tasks import prepare, teacher_logits, train_teacher
+
+TINY = {
+    "compute": {"device": "cpu", "threads": 1},
+    "teacher": {"config": {"widths": [8, 16, 16], "kernel": 5, "dropout": 0.0},
+                "train": {"epochs": 3, "batch_size": 64, "lr": 0.01}},
+    "student": {"config": {"widths": [8, 8, 12, 12], "kernel": 5},
+                "train": {"epochs": 2, "batch_size": 64, "lr": 0.02}},
+    "distill": {"bank": {"views": 1}},
+    # two sizes x two alphas: 4 points, 2 epochs each
+    "sweep": {"width_multipliers": [0.5, 1.5], "depths": [2], "temperatures": [4.0], "alphas": [0.3, 0.9],
+              "epochs": 2, "bench_runs": 30, "max_workers": 2},
+    "benchmark": {"profiles": [
+        {"name": "edge-cpu-1t", "threads": 1, "batch_sizes": [1], "warmup": 5, "runs": 30, "max_seconds": 0.5},
+        # a budget between the two sizes: only the small students fit
+        {"name": "tiny-mcu", "measure": False, "ram_bytes": 640, "flash_bytes": 2097152}]},
+}
+
+
+def row(id_, acc, ms, size, fits=True):
+    return {"id": id_, "int8_accuracy": acc, "p50_ms": ms, "size_bytes": size, "fits": fits}
+
+
+def test_student_widths_scale_cut_and_extend():
+    assert student_widths([16, 24, 32, 32], 1.0, 3) == [16, 24, 32, 32]
+    assert student_widths([16, 24, 32, 32], 0.5, 2) == [8, 12, 16]
+    assert student_widths([16, 24, 32, 32], 1.0, 5) == [16, 24, 32, 32, 32, 32]
+
+
+def test_grid_is_the_product_of_the_params():
+    p = make_params({"sweep": {"width_multipliers": [0.5, 1.0], "depths": [2, 3], "temperatures": [2.0],
+                               "alphas": [0.5, 0.9]}})
+    pts = grid(p)
+    assert len(pts) == 8 and len({x["id"] for x in pts}) == 8
+    assert {"w0.5-d2-T2-a0.9", "w1-d3-T2-a0.5"} <= {x["id"] for x in pts}
+
+
+def test_pareto_front_and_latency_noise_tolerance():
+    a = row("a", 0.90, 1.00, 5000)   # most accurate
+    b = row("b", 0.85, 0.50, 2000)   # faster and smaller
+    c = row("c", 0.84, 0.52, 2500)   # worse than b everywhere (latency within noise)
+    d = row("d", 0.80, 0.30, 2000)   # fastest: on the front
+    assert dominates(b, c, tol=0.1) and not dominates(c, b, tol=0.1)
+    assert pareto_front([a, b, c, d], tol=0.1) == ["a", "b", "d"]
+    # without tolerance, a 4% faster but less accurate point is not dominated
+    e = row("e", 0.849, 0.48, 2000)
+    assert "e" in pareto_front([b, e], tol=0.0) and "e" not in pareto_front([b, e], tol=0.1)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """Prepared windows, a tiny teacher and its cached logits, with params.yaml beside them."""
+    import os
+
+    from conftest import small_readings
+
+    root = tmp_path_factory.mktemp("sweep")
+    before = os.getcwd()
+    os.chdir(root)
+    try:
+        (root / "data/raw").mkdir(parents=True)
+        small_readings().to_parquet(root / "data/raw/readings.parquet", index=False)
+        params = make_params(TINY)
+        (root / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json", by_alias=True),
+                                                         sort_keys=False))
+        prepare.run(params)
+        train_teacher.run(params, log=lambda s: None)
+        teacher_logits.run(params)
+    finally:
+        os.chdir(before)
+    return root
+
+
+@pytest.mark.slow
+def test_sweep_cli_local_then_dask_same_front(project, monkeypatch):
+    from distributed import LocalCluster
+
+    from flows.sweep import run_sweep
+
+    monkeypatch.chdir(project)
+    t0 = time.perf_counter()
+    r = CliRunner().invoke(app, ["sweep"], catch_exceptions=False)
+    local_s = time.perf_counter() - t0
+    assert r.exit_code == 0, r.output
+    out = project / "reports/sweep"
+    local = json.loads((out / "results.json").read_text())
+    assert len(local["points"]) == 4
+    assert (out / "pareto.svg").read_text().startswith("<svg") and local["plot"].endswith((".svg", ".png"))
+    with open(out / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert {x["id"] for x in table} == {p["id"] for p in local["points"]}
+    assert "Pareto front" in r.output and "chosen" in r.output
+    # the chosen student fits the tiny budget, and no fitting student is more accurate
+    by_id = {p["id"]: p for p in local["points"]}
+    best = by_id[local["best"]]
+    assert best["fits"] and best["ram_bytes"] <= 640
+    assert all(p["int8_accuracy"] <= best["int8_accuracy"] for p in local["points"] if p["fits"])
+    assert any(not p["fits"] for p in local["points"])  # the budget really excludes some
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        t0 = time.perf_counter()
+        dask = run_sweep(project, "params.yaml", "reports/sweep-dask", dask_address=cluster.scheduler_address)
+        dask_s = time.perf_counter() - t0
+    print(f"\nsweep wall time: local threads {local_s:.1f}s (flow {local['seconds']}s), "
+          f"Dask LocalCluster {dask_s:.1f}s (flow {dask['seconds']}s)")
+    assert dask["pareto"] == local["pareto"]
+    # the same students: training is seeded and single-threaded per point, whatever runs it
+    assert ({p["id"]: p["int8_accuracy"] for p in dask["points"]}
+            == {p["id"]: p["int8_accuracy"] for p in local["points"]})
+    assert dask["best"] == local["best"]
+
+
+@pytest.mark.slow
+def test_sweep_apply_writes_the_chosen_student(project, monkeypatch, tmp_path):
+    from flows.sweep import apply_overlay
+
+    monkeypatch.chdir(project)
+    summary = json.loads((project / "reports/sweep/results.json").read_text())
+    target = tmp_path / "params.yaml"
+    target.write_text("# keep me\n" + (project / "params.yaml").read_text())
+    apply_overlay(target, summary["overlay"])
+    p = load_params(target)
+    best = next(x for x in summary["points"] if x["id"] == summary["best"])
+    assert p.student.config["widths"] == best["widths"] and p.student.config["kernel"] == 5
+    assert (p.distill.method, p.distill.temperature, p.distill.alpha) == ("hinton", best["temperature"], best["alpha"])
+    assert target.read_text().startswith("# keep me")
+
+
+def test_sweep_without_teacher_names_what_is_missing(workdir):
+    params = make_params(merge(TINY, {}))
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json", by_alias=True)))
+    r = CliRunner().invoke(app, ["sweep"])
+    assert r.exit_code == 2
+    assert "models/teacher.pt" in r.output and "teacher_logits" in r.output
