@@ -1,0 +1,136 @@
+"""The change watcher: compares the tracked dataset (its DVC hash, once pushed to the remote) with the
+last release, and each fleet stage in the registry with its published channel, and emits the Prefect
+events that the `release-on-new-data` and `publish` deployments' triggers react to."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from edgedistill.errors import ReleaseNotFound
+from edgedistill.io import read_json, write_json
+from edgedistill.params import Params, load_params
+from edgedistill.registry import Registry
+from edgedistill.store import CARD, DVC_PREFIX, Store, bundle_prefix, open_store
+
+DATA_CHANGED = "edgedistill.data.changed"
+STAGE_ASSIGNED = "edgedistill.registry.stage-assigned"
+STATE = "reports/ops/watch.json"
+
+
+def dataset_resource(model: str) -> str:
+    return f"edgedistill.dataset.{model}"
+
+
+def model_resource(model: str) -> str:
+    return f"edgedistill.model.{model}"
+
+
+def in_dvc_remote(store: Store, md5: str) -> bool:
+    """DVC 3 keeps a file's bytes at files/md5/<2>/<30> in the remote: the data has landed there."""
+    return store.exists(f"{DVC_PREFIX}/files/md5/{md5[:2]}/{md5[2:]}")
+
+
+def last_release_data(store: Store, reg: Registry, model: str) -> dict[str, Any]:
+    """The newest registered version and the data md5 its model card (in the store) records."""
+    versions = reg.versions(model)
+    if not versions:
+        return {"version": None, "md5": None}
+    v = versions[0]
+    try:
+        card = json.loads(store.read_text(f"{bundle_prefix(model, v.version)}/{CARD}"))
+    except ReleaseNotFound:
+        card = {}
+    return {"version": v.version, "md5": ((card.get("lineage") or {}).get("data") or {}).get("md5")}
+
+
+def check_data(root: Path, params: Params, store: Store, state: dict[str, Any]) -> dict[str, Any]:
+    from flows.release import data_lineage
+
+    model = params.promote.model
+    data = data_lineage(root, params)
+    md5 = data.get("md5")
+    released = last_release_data(store, Registry(root), model)
+    out = {"path": data["path"], "md5": md5, "released_version": released["version"],
+           "released_md5": released["md5"], "emit": False}
+    if not md5:
+        out["why"] = f"{data['path']} has no DVC hash yet (not tracked, or no dvc.lock)"
+    elif md5 == released["md5"]:
+        out["why"] = f"the last release ({released['version']}) was trained on this data"
+    elif not in_dvc_remote(store, md5):
+        out["why"] = f"md5 {md5[:8]} is not in the DVC remote yet (not pushed)"
+    elif state.get("data_md5_emitted") == md5:
+        out["why"] = f"md5 {md5[:8]} was already announced at {state.get('data_emitted_at')}"
+    else:
+        out.update(emit=True, why=f"new data md5 {md5[:8]} (last release: {released['md5'] or 'none'})")
+    return out
+
+
+def check_stages(root: Path, params: Params, store: Store) -> list[dict[str, Any]]:
+    """Stages whose registry assignment is not what their channel publishes. Not deduplicated:
+    publishing is idempotent, so a failed publish is simply retried on the next check."""
+    from flows.publish import assignment_counter, read_channel
+
+    model = params.promote.model
+    reg = Registry(root)
+    out = []
+    for stage in params.ops.channel_stages:
+        info = reg.resolve(model, stage)
+        if info is None:
+            continue
+        counter = assignment_counter(root, model, stage)
+        channel, _ = read_channel(store, model, stage)
+        published = (channel or {}).get("version"), int((channel or {}).get("assignment", 0))
+        if published != (info.version, counter):
+            out.append({"stage": stage, "version": info.version, "assignment": counter,
+                        "published": published[0]})
+    return out
+
+
+def emit(event: str, resource: dict[str, str], payload: dict[str, Any]) -> bool:
+    from prefect.events import emit_event
+
+    return emit_event(event=event, resource=resource, payload=payload) is not None
+
+
+def watch_once(root: str | Path, params: Params, force: bool = False) -> dict[str, Any]:
+    """One check; emits at most one data event and one event per stage to publish."""
+    r = Path(root).resolve()
+    store = open_store(params.store, r)
+    model = params.promote.model
+    state_path = r / STATE
+    state = read_json(state_path) if state_path.is_file() else {}
+    if force:
+        state.pop("data_md5_emitted", None)
+    data = check_data(r, params, store, state)
+    if data["emit"]:
+        data["emitted"] = emit(DATA_CHANGED, {"prefect.resource.id": dataset_resource(model),
+                                              "edgedistill.model": model, "edgedistill.data.path": data["path"]},
+                               {k: data[k] for k in ("path", "md5", "released_version", "released_md5")})
+        state.update(data_md5_emitted=data["md5"],
+                     data_emitted_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        write_json(state_path, state)
+    stages = check_stages(r, params, store)
+    for s in stages:
+        s["emitted"] = emit(STAGE_ASSIGNED, {"prefect.resource.id": model_resource(model),
+                                             "edgedistill.model": model, "edgedistill.stage": s["stage"]},
+                            {"version": s["version"], "assignment": s["assignment"]})
+    return {"data": data, "stages": stages}
+
+
+@flow(name="edgedistill-watch", log_prints=True, validate_parameters=False)
+def watch(root: str = ".", params_file: str = "params.yaml", force: bool = False) -> dict[str, Any]:
+    """Announce new data and unpublished stage assignments as Prefect events."""
+    log = get_run_logger()
+    r = Path(root).resolve()
+    got = watch_once(r, load_params(r / params_file), force=force)
+    d = got["data"]
+    log.info("data: %s%s", d["why"], f" → {DATA_CHANGED}" if d["emit"] else "")
+    for s in got["stages"]:
+        log.info("stage %s: registry has %s (assignment %d), channel has %s → %s", s["stage"], s["version"],
+                 s["assignment"], s["published"] or "nothing", STAGE_ASSIGNED)
+    return got

@@ -1,0 +1,331 @@
+"""Operations: conditional writes of the fleet channel (local store and moto S3), `publish`, the change
+watcher, the deployments, and end to end on a real Prefect server: new data -> event -> triggered
+release run -> prod assigned -> event -> triggered publish run -> channel with the right SHA256."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from release_fixtures import BIN, FAKE_AWS, mini_project, moto_s3, sh, write_candidate
+
+from edgedistill.io import sha256_file
+from edgedistill.params import load_params
+from edgedistill.registry import Registry
+from edgedistill.store import (
+    CARD,
+    ConditionalWriteFailed,
+    LocalStore,
+    S3Store,
+    configure_dvc_remote,
+    open_store,
+    publish_bundle,
+)
+from flows.publish import channel_key, publish_channel
+from flows.triggers import DATA_CHANGED, STAGE_ASSIGNED, check_data, check_stages
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = "student"
+
+
+# ---------------------------------------------------------------- conditional writes
+
+def _conditional_semantics(store) -> None:
+    key = "releases/student/channels/prod.json"
+    assert store.read_versioned(key) is None
+    e1 = store.write_conditional(key, b"one", None)
+    with pytest.raises(ConditionalWriteFailed):
+        store.write_conditional(key, b"two", None)  # create only if absent
+    data, etag = store.read_versioned(key)
+    assert data == b"one" and etag == e1
+    e2 = store.write_conditional(key, b"two", etag)
+    with pytest.raises(ConditionalWriteFailed):
+        store.write_conditional(key, b"three", etag)  # a stale etag: someone replaced it meanwhile
+    assert store.read_versioned(key) == (b"two", e2)
+
+
+def test_local_store_conditional_write(tmp_path):
+    _conditional_semantics(LocalStore(tmp_path / "store"))
+    assert not [p for p in (tmp_path / "store").rglob("*") if p.name.startswith(".prod.json.") and "lock" not in p.name]
+
+
+def test_s3_conditional_write_is_enforced_by_the_server(monkeypatch):
+    import boto3
+
+    for k, v in FAKE_AWS.items():
+        monkeypatch.setenv(k, v)
+    with moto_s3() as url:
+        boto3.client("s3", endpoint_url=url, region_name="us-east-1").create_bucket(Bucket="fleet")
+        store = S3Store("fleet", "edgedistill", endpoint_url=url, region="us-east-1")
+        _conditional_semantics(store)
+        assert store.url("a/b") == "s3://fleet/edgedistill/a/b"
+
+
+# ---------------------------------------------------------------- a project with a registered version
+
+def release_v(root: Path, version: str, data_md5: str | None, stage: str | None = None, seed: int = 0) -> dict:
+    """Register `version` at HEAD with its bundle in the store, as the release flow leaves it."""
+    params = load_params(root / "params.yaml")
+    files = write_candidate(root / f".cand-{version}", seed=seed)
+    card = root / f".cand-{version}" / CARD
+    card.write_text(json.dumps({"model": MODEL, "version": version, "lineage": {"data": {"md5": data_md5}}}))
+    publish_bundle(open_store(params.store, root), MODEL, version, {**files, CARD: card})
+    reg = Registry(root)
+    reg.register(MODEL, version, "HEAD")
+    if stage:
+        reg.assign(MODEL, version, stage)
+    return {name: sha256_file(p) for name, p in files.items()}
+
+
+def track_data(root: Path, rows: int) -> str:
+    """Write a small readings file, `dvc add` it, push it to the store's DVC remote, commit."""
+    from conftest import small_readings
+
+    path = root / "data/user/readings.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    small_readings(subjects=2, rows_per_recording=rows).to_csv(path, index=False)
+    sh([f"{BIN}/dvc", "add", "-q", "data/user/readings.csv"], root)
+    sh([f"{BIN}/dvc", "push", "-q", "-r", "store"], root)
+    sh(["git", "add", "data/user/readings.csv.dvc", "data/user/.gitignore"], root)
+    sh(["git", "commit", "-qm", f"data: {rows} rows per recording"], root)
+    return yaml.safe_load((root / "data/user/readings.csv.dvc").read_text())["outs"][0]["md5"]
+
+
+@pytest.fixture
+def project(tmp_path):
+    root = mini_project(tmp_path / "proj", {"local": str(tmp_path / "store")})
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    raw["data"]["readings"] = "data/user/readings.csv"
+    raw["promote"]["push_git"] = False
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    sh(["git", "commit", "-qam", "params: user data"], root)
+    params = load_params(root / "params.yaml")
+    configure_dvc_remote(open_store(params.store, root), params.store.remote_name, root)
+    return root
+
+
+def test_publish_writes_channel_then_is_idempotent_and_refuses_stale(project):
+    params = load_params(project / "params.yaml")
+    sums = release_v(project, "v0.1.0", None, stage="prod")
+    got = publish_channel(project, params, "prod")
+    assert got["changed"] and got["version"] == "v0.1.0"
+    store = open_store(params.store, project)
+    doc = json.loads(store.read_versioned(channel_key(MODEL, "prod"))[0])
+    assert {n: f["sha256"] for n, f in doc["files"].items() if n in sums} == sums
+    for f in doc["files"].values():  # the URLs are real: the bytes behind them have that SHA256
+        assert sha256_file(Path(f["url"].removeprefix("file://"))) == f["sha256"]
+    assert not publish_channel(project, params, "prod")["changed"]
+    # a newer assignment already published by someone else is never moved back
+    key = channel_key(MODEL, "prod")
+    data, etag = store.read_versioned(key)
+    newer = {**json.loads(data), "version": "v9.0.0", "assignment": 99}
+    store.write_conditional(key, json.dumps(newer).encode(), etag)
+    stale = publish_channel(project, params, "prod")
+    assert stale.get("stale") and json.loads(store.read_versioned(key)[0])["version"] == "v9.0.0"
+
+
+def test_publish_without_prod_is_a_clear_error(project, monkeypatch):
+    from typer.testing import CliRunner
+
+    from edgedistill.cli import app
+
+    monkeypatch.chdir(project)
+    r = CliRunner().invoke(app, ["publish"])
+    assert r.exit_code == 2 and "no version of student is in stage 'prod'" in r.output
+
+
+def test_watcher_sees_new_pushed_data_and_unpublished_prod(project):
+    params = load_params(project / "params.yaml")
+    store = open_store(params.store, project)
+    md5 = track_data(project, 100)
+    assert check_data(project, params, store, {})["emit"]  # no release yet
+    release_v(project, "v0.1.0", md5)
+    d = check_data(project, params, store, {})
+    assert not d["emit"] and "v0.1.0" in d["why"]
+    # a new version committed but not pushed has not landed yet
+    from conftest import small_readings
+
+    small_readings(subjects=2, rows_per_recording=90).to_csv(project / "data/user/readings.csv", index=False)
+    sh([f"{BIN}/dvc", "add", "-q", "data/user/readings.csv"], project)
+    d = check_data(project, params, store, {})
+    assert not d["emit"] and "not in the DVC remote" in d["why"]
+    sh([f"{BIN}/dvc", "push", "-q", "-r", "store"], project)
+    d = check_data(project, params, store, {})
+    assert d["emit"] and d["released_md5"] == md5
+    assert not check_data(project, params, store, {"data_md5_emitted": d["md5"]})["emit"]  # announced once
+    assert check_stages(project, params, store) == []
+    Registry(project).assign(MODEL, "v0.1.0", "prod")
+    assert [s["version"] for s in check_stages(project, params, store)] == ["v0.1.0"]
+    publish_channel(project, params, "prod")
+    assert check_stages(project, params, store) == []
+
+
+def test_deployments_schedules_and_triggers(project):
+    from flows.deployments import build_deployments
+
+    params = load_params(project / "params.yaml")
+    deps = {d.name: d for d in build_deployments(project, "params.yaml", params, cron="15 2 * * *",
+                                                 watch_interval=30)}
+    assert set(deps) == {"retrain", "watch", "release-on-new-data", "publish"}
+    assert deps["retrain"].schedules[0].schedule.cron == "15 2 * * *"
+    assert deps["watch"].schedules[0].schedule.interval.total_seconds() == 30
+    assert deps["release-on-new-data"].triggers[0].expect == {DATA_CHANGED}
+    assert deps["publish"].triggers[0].expect == {STAGE_ASSIGNED}
+    assert deps["publish"].triggers[0].match.root["edgedistill.stage"] == "prod"
+    # prefect.yaml declares the same four, with the same entrypoints and events
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    by_name = {d["name"]: d for d in spec["deployments"]}
+    assert set(by_name) == set(deps)
+    for name, d in deps.items():
+        assert by_name[name]["entrypoint"] == d.entrypoint
+    assert by_name["release-on-new-data"]["triggers"][0]["expect"] == [DATA_CHANGED]
+    assert by_name["publish"]["triggers"][0]["expect"] == [STAGE_ASSIGNED]
+
+
+# ---------------------------------------------------------------- end to end on a Prefect server
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float) -> None:
+    import urllib.request
+
+    end = time.time() + timeout
+    while time.time() < end:
+        if proc.poll() is not None:
+            raise AssertionError(f"process exited {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"{url} not up after {timeout}s")
+
+
+def stop(proc: subprocess.Popen) -> str:
+    proc.terminate()
+    try:
+        out, _ = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    return out or ""
+
+
+def wait_run(api: str, deployment: str, done: int, timeout: float) -> list:
+    """Wait until `done` runs of `deployment` have finished; fail on a failed one."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+
+    async def runs() -> list:
+        async with get_client() as c:
+            return await c.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment])))
+
+    end = time.time() + timeout
+    while time.time() < end:
+        got = asyncio.run(runs())
+        bad = [r for r in got if r.state and r.state.is_final() and not r.state.is_completed()]
+        assert not bad, f"{deployment} run ended {bad[0].state.type}: {bad[0].state.message}"
+        if sum(1 for r in got if r.state and r.state.is_completed()) >= done:
+            return got
+        time.sleep(1)
+    raise AssertionError(f"no completed run of {deployment} after {timeout}s (runs: {[r.state for r in got]})")
+
+
+def drain_events() -> None:
+    from prefect.events.worker import EventsWorker
+
+    EventsWorker.drain_all()
+
+
+@pytest.mark.slow
+def test_new_data_triggers_release_and_prod_triggers_publish(project, tmp_path):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.registry_ops import promote_version
+    from flows.triggers import watch_once
+
+    params = load_params(project / "params.yaml")
+    store = open_store(params.store, project)
+    v1 = track_data(project, 100)
+    release_v(project, "v0.1.0", v1, stage="prod")
+    publish_channel(project, params, "prod")
+
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"], "PREFECT_HOME": str(tmp_path / "prefect"),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false",
+           "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_API_URL": api, "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+           "PYTHONPATH": str(project), "PREFECT_LOGGING_LEVEL": "WARNING"}
+    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                               "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    served = None
+    try:
+        wait_http(f"{api}/health", server, 90)
+        # the two triggered deployments, served from the project like `edgedistill serve` does
+        code = ("from edgedistill.params import load_params; from flows.deployments import build_deployments; "
+                "from prefect import serve; p = load_params('params.yaml'); "
+                "serve(*[d for d in build_deployments('.', 'params.yaml', p) "
+                "if d.name in ('release-on-new-data', 'publish')])")
+        served = subprocess.Popen([sys.executable, "-c", code], cwd=project, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)
+        with temporary_settings({PREFECT_API_URL: api}):
+            from prefect.client.orchestration import get_client
+
+            async def deployments() -> set:
+                async with get_client() as c:
+                    return {d.name for d in await c.read_deployments()}
+
+            import asyncio
+
+            end = time.time() + 60
+            while asyncio.run(deployments()) != {"release-on-new-data", "publish"}:
+                assert time.time() < end and served.poll() is None, "deployments were not served"
+                time.sleep(1)
+            time.sleep(2)  # the trigger service loads the new automations
+
+            # unchanged data: nothing to announce
+            assert not watch_once(project, params)["data"]["emit"]
+            # new data lands (committed and pushed): the watcher's event starts a release run
+            v2 = track_data(project, 90)
+            got = watch_once(project, params)
+            assert got["data"]["emit"] and got["data"]["emitted"], got
+            drain_events()
+            wait_run(api, "release-on-new-data", 1, 240)
+            reg = Registry(project)
+            new = reg.versions(MODEL)[0]
+            assert new.version == "v0.2.0" and new.stages == ["staging"]
+            card = json.loads(store.read_text(f"releases/{MODEL}/v0.2.0/{CARD}"))
+            assert card["lineage"]["data"]["md5"] == v2  # released on the new data
+
+            # prod assigned: the watcher's event starts the publish run, which moves the channel
+            promote_version(project, params, "v0.2.0", "prod")
+            got = watch_once(project, params)
+            assert [s["version"] for s in got["stages"]] == ["v0.2.0"]
+            drain_events()
+            wait_run(api, "publish", 1, 120)
+        doc = json.loads(store.read_versioned(channel_key(MODEL, "prod"))[0])
+        assert doc["version"] == "v0.2.0"
+        for name, f in doc["files"].items():
+            path = Path(f["url"].removeprefix("file://"))
+            assert path.parent.name == "v0.2.0" and sha256_file(path) == f["sha256"], name
+        assert doc["files"]["student.int8.onnx"]["sha256"] == card["files"]["student.int8.onnx"]["sha256"]
+    finally:
+        log = stop(served) if served else ""
+        stop(server)
+        if sys.exc_info()[0] is not None:
+            print(log[-4000:])
