@@ -74,7 +74,7 @@ def registry(
         def pct(v: Any) -> str:
             return "—" if v is None else f"{100 * v:.2f}%"
 
-        t.add_row(r["version"], ", ".join(r["stages"]) or "—", r["commit"][:8], r["created_at"][:19].replace("T", " "),
+        t.add_row(r["version"], ", ".join(r["stages"]) or "—", r["commit"][:8], r["created_at"][:16].replace("T", " "),
                   pct(r["int8_accuracy"]), "—" if r["kd_gain"] is None else f"{100 * r['kd_gain']:+.2f}",
                   "—" if r["int8_drop"] is None else f"{100 * r['int8_drop']:.2f}",
                   "—" if r["p95_ms"] is None else f"{r['p95_ms']:.3f}", _num(r["size_bytes"]))
@@ -119,8 +119,8 @@ def reproduce(
         t.add_column(col)
     hidden = 0
     for m in r["metrics"]:
-        # by default: what differs, and model figures that moved within tolerance
-        routine = m["verdict"] == "identical" or (m["timing"] and m["verdict"] == "within tolerance")
+        # by default: figures about the model that are not identical (timings measure the machine)
+        routine = m["verdict"] == "identical" or m["timing"]
         if routine and not show_all:
             hidden += 1
             continue
@@ -129,8 +129,9 @@ def reproduce(
     if t.row_count:
         console.print(t)
     if hidden:
-        console.print(f"{'… and ' if t.row_count else ''}{hidden} identical or timing-within-tolerance "
-                      "metric(s) (--all lists them)")
+        timing = sum(1 for m in r["metrics"] if m["timing"] and m["verdict"] != "identical")
+        console.print(f"{'… and ' if t.row_count else ''}{hidden} identical or timing metric(s) hidden, of which "
+                      f"{timing} timing figure(s) changed (--all lists them)")
     f = Table(title="files")
     for col in ("file", "compared by", "released", "reproduced", "verdict"):
         f.add_column(col)
@@ -146,13 +147,17 @@ def reproduce(
 
 @app.command()
 def serve(
-    cron: Annotated[str, typer.Option(help="release schedule (cron, UTC)")] = "0 3 * * *",
-    name: Annotated[str, typer.Option(help="deployment name")] = "scheduled-release",
+    cron: Annotated[str | None, typer.Option(help="retrain schedule (cron; default ops.retrain_cron)")] = None,
+    watch_every: Annotated[float | None, typer.Option(help="seconds between new-data/prod checks "
+                                                             "(default ops.watch_interval_seconds)")] = None,
 ) -> None:
-    """Serve the release flow on a schedule from this machine (runs until stopped; Ctrl-C ends it).
-    Scaled set-ups deploy `flows/release.py:release` to a work pool instead (README)."""
-    from flows.release import release
+    """Serve the operating deployments from this machine until stopped (Ctrl-C): `retrain` (cron),
+    `watch` (interval), `release-on-new-data` and `publish` (event triggers; need a Prefect server:
+    PREFECT_API_URL). Scaled set-ups deploy prefect.yaml to work pools instead (README)."""
+    from flows.deployments import serve_operations
 
     p = str(_state["params"])
-    console.print(f"serving {name}: `edgedistill run` on cron '{cron}' (UTC), params {p}")
-    release.serve(name=name, cron=cron, parameters={"root": str(Path.cwd()), "params_file": p})
+    ps = guarded(params)
+    console.print(f"serving retrain (cron '{cron or ps.ops.retrain_cron}' {ps.ops.timezone}), watch (every "
+                  f"{watch_every or ps.ops.watch_interval_seconds:g}s), release-on-new-data, publish; params {p}")
+    serve_operations(Path.cwd(), p, ps, cron=cron, watch_interval=watch_every)
