@@ -229,10 +229,13 @@ def wait_run(api: str, deployment: str, done: int, timeout: float) -> list:
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
 
     async def runs() -> list:
         async with get_client() as c:
-            return await c.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment])))
+            return await c.read_flow_runs(
+                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment])), limit=50,
+                sort=FlowRunSort.EXPECTED_START_TIME_DESC)
 
     end = time.time() + timeout
     while time.time() < end:
@@ -261,7 +264,8 @@ def test_new_data_triggers_release_and_prod_triggers_publish(project, tmp_path):
     params = load_params(project / "params.yaml")
     store = open_store(params.store, project)
     v1 = track_data(project, 100)
-    release_v(project, "v0.1.0", v1, stage="prod")
+    # v0.1.0: another model (seed 1) than the one the project's candidate stage will produce
+    release_v(project, "v0.1.0", v1, stage="prod", seed=1)
     publish_channel(project, params, "prod")
 
     port = free_port()
@@ -288,7 +292,10 @@ def test_new_data_triggers_release_and_prod_triggers_publish(project, tmp_path):
 
             async def deployments() -> set:
                 async with get_client() as c:
-                    return {d.name for d in await c.read_deployments()}
+                    from prefect.client.schemas.sorting import DeploymentSort
+
+                    # explicit limit/sort: this server version rejects the client's nulls
+                    return {d.name for d in await c.read_deployments(limit=50, sort=DeploymentSort.NAME_ASC)}
 
             import asyncio
 
