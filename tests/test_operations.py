@@ -182,7 +182,8 @@ def test_deployments_schedules_and_triggers(project):
     # prefect.yaml declares the same four, with the same entrypoints and events
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
     by_name = {d["name"]: d for d in spec["deployments"]}
-    assert set(by_name) == set(deps)
+    assert set(by_name) == set(deps) | {"benchmark-on-device"}
+    assert by_name["benchmark-on-device"]["entrypoint"] == "flows/device_bench.py:device_benchmark"
     for name, d in deps.items():
         assert by_name[name]["entrypoint"] == d.entrypoint
     assert by_name["release-on-new-data"]["triggers"][0]["expect"] == [DATA_CHANGED]
@@ -336,3 +337,15 @@ def test_new_data_triggers_release_and_prod_triggers_publish(project, tmp_path):
         stop(server)
         if sys.exc_info()[0] is not None:
             print(log[-4000:])
+
+
+def test_device_benchmark_files_its_result_beside_the_bundle(project):
+    from flows.device_bench import bench_key, benchmark_release
+
+    params = load_params(project / "params.yaml")
+    sums = release_v(project, "v0.1.0", None, stage="prod")
+    got = benchmark_release(project, params, "prod", device="gateway-7")
+    assert got["version"] == "v0.1.0" and got["file_sha256"] == sums["student.int8.onnx"]
+    assert got["latency"]["1"]["runs"] >= 10 and got["fits"]["fits"]
+    stored = json.loads(open_store(params.store, project).read_text(bench_key(MODEL, "v0.1.0", "gateway-7")))
+    assert stored["latency"] == got["latency"] and stored["device"] == "gateway-7"
