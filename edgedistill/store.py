@@ -10,7 +10,6 @@ import os
 import shutil
 import tempfile
 import time
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,14 +72,6 @@ class Store(ABC):
     def dvc_remote(self) -> dict[str, str]:
         """The DVC remote section for this store: url plus endpointurl/region for S3."""
 
-    @abstractmethod
-    def create_new(self, src: Path, key: str) -> bool:
-        """Write `key` only if it does not exist (atomically); False when it already does."""
-
-    @abstractmethod
-    def replace_if(self, src: Path, key: str, expected: str) -> bool:
-        """Replace `key` only if its content is still `expected`; False when it changed or vanished."""
-
     def read_text(self, key: str) -> str:
         with tempfile.TemporaryDirectory() as tmp:
             dest = Path(tmp) / "obj"
@@ -101,6 +92,19 @@ class Store(ABC):
         `etag`); returns the new ETag. ConditionalWriteFailed when another writer got there first."""
 
 
+@contextlib.contextmanager
+def _local_io(what: str, root: Path) -> Iterator[None]:
+    """A disk that is full, read-only or in the way is the local store being unreachable: say so
+    (retried like a network fault) instead of leaking an OSError traceback."""
+    try:
+        yield
+    except (FileExistsError, FileNotFoundError):
+        raise
+    except OSError as e:
+        raise TransientStoreError(f"{what} in the store {root} failed: {e.strerror or e}"
+                                  + (f" ({e.filename})" if e.filename else "")) from None
+
+
 class LocalStore(Store):
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root).resolve()
@@ -112,6 +116,10 @@ class LocalStore(Store):
         return self.root / key
 
     def put_file(self, src: Path, key: str) -> None:
+        with _local_io(f"writing {key}", self.root):
+            self._put_file(src, key)
+
+    def _put_file(self, src: Path, key: str) -> None:
         dest = self._path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         # copy beside, then rename: a reader never sees a half-written object
@@ -127,8 +135,9 @@ class LocalStore(Store):
         src = self._path(key)
         if not src.is_file():
             raise ReleaseNotFound(f"{key} not found in the store {self.root}")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dest)
+        with _local_io(f"reading {key}", self.root):
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dest)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
@@ -143,43 +152,14 @@ class LocalStore(Store):
     def dvc_remote(self) -> dict[str, str]:
         return {"url": str(self.root / DVC_PREFIX)}
 
-    def create_new(self, src: Path, key: str) -> bool:
-        dest = self._path(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-        os.close(fd)
-        try:
-            shutil.copyfile(src, tmp)
-            os.link(tmp, dest)  # fails if dest exists: the one atomic create-if-absent a filesystem has
-            return True
-        except FileExistsError:
-            return False
-        finally:
-            Path(tmp).unlink(missing_ok=True)
-
-    def replace_if(self, src: Path, key: str, expected: str) -> bool:
-        dest = self._path(key)
-        taken = dest.with_name(f"{dest.name}.{uuid.uuid4().hex}.old")
-        try:
-            os.rename(dest, taken)  # of several racers, exactly one moves it
-        except FileNotFoundError:
-            return False
-        try:
-            if taken.read_text() != expected:
-                with contextlib.suppress(FileExistsError):
-                    os.link(taken, dest)  # not the one we meant to replace: put it back
-                return False
-            return self.create_new(src, key)
-        finally:
-            taken.unlink(missing_ok=True)
-
     def url(self, key: str) -> str:
         return self._path(key).as_uri()
 
     def read_versioned(self, key: str) -> tuple[bytes, str] | None:
         path = self._path(key)
         try:
-            data = path.read_bytes()
+            with _local_io(f"reading {key}", self.root):
+                data = path.read_bytes()
         except FileNotFoundError:
             return None
         return data, hashlib.sha256(data).hexdigest()
@@ -188,7 +168,8 @@ class LocalStore(Store):
         import fcntl
 
         dest = self._path(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        with _local_io(f"writing {key}", self.root):
+            dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
         try:
             with os.fdopen(fd, "wb") as f:
@@ -329,33 +310,6 @@ class S3Store(Store):
 
         return self._call(f"write {key}", put)["ETag"]
 
-    def _put_conditional(self, src: Path, key: str, **condition: str) -> bool:
-        from botocore.exceptions import ClientError
-
-        def put() -> bool:
-            try:
-                self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=src.read_bytes(), **condition)
-            except ClientError as e:
-                if str(e.response.get("Error", {}).get("Code", "")) in ("PreconditionFailed",
-                                                                         "ConditionalRequestConflict"):
-                    return False
-                raise
-            return True
-
-        return bool(self._call(f"conditional upload {key}", put))
-
-    def create_new(self, src: Path, key: str) -> bool:
-        return self._put_conditional(src, key, IfNoneMatch="*")
-
-    def replace_if(self, src: Path, key: str, expected: str) -> bool:
-        try:
-            got = self._call(f"download {key}", self.client.get_object, Bucket=self.bucket, Key=self._key(key))
-        except ReleaseNotFound:
-            return False
-        if got["Body"].read().decode(errors="replace") != expected:
-            return False
-        return self._put_conditional(src, key, IfMatch=got["ETag"])
-
     def dvc_remote(self) -> dict[str, str]:
         conf = {"url": f"s3://{self.bucket}/{self._key(DVC_PREFIX)}"}
         if self.endpoint_url:
@@ -495,32 +449,30 @@ def _claim_version(store: Store, model: str, version: str, text: str) -> None:
     an interrupted publish); a claim left by a publish that died long ago may be taken over."""
     prefix = bundle_prefix(model, version)
     key = f"{prefix}/{CLAIM}"
-    with tempfile.TemporaryDirectory() as tmp:
-        mine = Path(tmp) / CLAIM
-        mine.write_text(json.dumps({"sums": text, "at": time.time()}))
-        for _ in range(3):
-            if store.create_new(mine, key):
+    mine = json.dumps({"sums": text, "at": time.time()}).encode()
+    for _ in range(3):
+        got = store.read_versioned(key)
+        try:
+            if got is None:
+                store.write_conditional(key, mine, None)
                 return
             try:
-                held_text = store.read_text(key)
-            except ReleaseNotFound:
-                continue  # taken over and released in between: try again
-            try:
-                held = json.loads(held_text)
+                held = json.loads(got[0])
             except ValueError:
                 held = {}
             if held.get("sums") == text:
                 return
             age = time.time() - float(held.get("at") or 0)
             if age > CLAIM_STALE_SECONDS and not bundle_exists(store, model, version):
-                if store.replace_if(mine, key, held_text):
-                    return
-                continue
-            raise ArtifactCorrupt(
-                f"{store.describe()}/{prefix} is being published by another publisher with different "
-                f"bytes (claimed {age:.0f}s ago); refusing to mix the two bundles",
-                hint="Versions are immutable; register a new version instead. If that publish died, "
-                     f"its claim expires after {CLAIM_STALE_SECONDS // 60} minutes.")
+                store.write_conditional(key, mine, got[1])
+                return
+        except ConditionalWriteFailed:
+            continue  # another publisher claimed or took over in between: look again
+        raise ArtifactCorrupt(
+            f"{store.describe()}/{prefix} is being published by another publisher with different "
+            f"bytes (claimed {age:.0f}s ago); refusing to mix the two bundles",
+            hint="Versions are immutable; register a new version instead. If that publish died, "
+                 f"its claim expires after {CLAIM_STALE_SECONDS // 60} minutes.")
     raise ArtifactCorrupt(f"{store.describe()}/{prefix}: could not claim the version (contended)",
                           hint="Another publisher keeps taking it; run again.")
 
