@@ -190,9 +190,10 @@ def test_real_pipeline_release_on_bundled_data(tmp_path):
     card = json.loads((card_dir / "model_card.json").read_text())
     assert card["lineage"]["data"]["path"] == "data/raw/readings.parquet" and card["lineage"]["data"]["md5"]
     assert card["metrics"]["distill"]["kd"]["accuracy"] > 0 and card["benchmark"]["release"]["int8_file_bytes"] > 0
-    again = sh([ED, "run"], proj, timeout=600)  # nothing changed: every stage skipped, nothing new
-    assert "unchanged (already released)" in again.stdout
     assert tags(proj) == {"student@v0.1.0", "student#staging#1"}
+    # the release commit pins the workspace: DVC sees nothing to re-run, git nothing to commit
+    assert "up to date" in sh([f"{BIN}/dvc", "status"], proj).stdout.lower()
+    assert sh(["git", "status", "--porcelain", "--untracked-files=no"], proj).stdout.strip() == ""
 
 
 def test_reproduce_verdicts_per_metric():
