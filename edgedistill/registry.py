@@ -188,6 +188,7 @@ class Registry:
         roll-forward). None when the version already holds the stage."""
         from gto.api import assign
         from gto.exceptions import GTOException, UnknownStage
+        from scmrepo.exceptions import SCMError
 
         info = self.get(model, version)
         if stage in info.stages:
@@ -201,6 +202,12 @@ class Registry:
             raise ParamsInvalid(f"unknown stage '{stage}': {e}", hint="Stages are listed in .gto") from None
         except GTOException as e:
             raise RegistryError(f"cannot assign {stage} to {model} {info.version}: {e}") from None
+        except SCMError as e:
+            # two promotions at once compute the same `<model>#<stage>#N`; git lets only one create it
+            raise RegistryError(f"cannot assign {stage} to {model} {info.version}: {e} (another promotion "
+                                "created the same stage tag at the same moment)",
+                                hint="Nothing was changed by this promotion; check `edgedistill registry` and "
+                                     "run it again if it is still wanted.") from None
         new = sorted(set(self._tags()) - before)
         return new[0] if new else None
 
