@@ -10,7 +10,10 @@ The last test runs the real pipeline on the bundled data with tiny params."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sqlite3
+from pathlib import Path
 
 import pytest
 import yaml
@@ -82,6 +85,12 @@ def test_release_registers_staging_pushes_and_publishes(released, monkeypatch):
     assert card["gates"]["passed"] is True and card["metrics"]["export"]["int8_drop"] == 0.005
     summary = json.loads((proj / "reports/release.json").read_text())
     assert summary["status"] == "released" and summary["registry"]["stages"] == ["staging"]
+    # the same summary as the run's markdown artifact, in this session's ephemeral Prefect DB
+    with sqlite3.connect(Path(os.environ["PREFECT_HOME"]) / "prefect.db") as db:
+        texts = [json.loads(d) for (d,) in db.execute(
+            "select data from artifact where key = 'release-summary' and type = 'markdown'")]
+    assert any("edgedistill release: released" in t and "| registry | student v0.1.0 → staging |" in t
+               for t in texts)
     assert "AWS" not in (proj / ".dvc/config.local").read_text()
 
 
