@@ -172,14 +172,15 @@ TINY = {
     "benchmark": {"profiles": [
         {"name": "edge-cpu-1t", "threads": 1, "batch_sizes": [1], "warmup": 2, "runs": 20, "max_seconds": 0.5},
         {"name": "cortex-m7", "measure": False, "ram_bytes": 524288, "flash_bytes": 2097152}]},
-    "promote": {"gates": {"min_accuracy": 0.0, "max_drop_vs_teacher": 1.0, "max_int8_drop": 1.0,
-                          "max_p95_ms": 1000.0}},
+    "promote": {"auto_prod": True, "gates": {"min_accuracy": 0.0, "max_drop_vs_teacher": 1.0,
+                                             "max_int8_drop": 1.0, "max_p95_ms": 1000.0}},
 }
 
 
 @pytest.mark.slow
 def test_real_pipeline_release_on_bundled_data(tmp_path):
-    """`edgedistill run` on the real stages (tiny params), local store: a version lands in staging."""
+    """`edgedistill run` on the real stages (tiny params), local store: a version lands in staging
+    (and prod: auto_prod is on here)."""
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     missing = {"train_teacher", "distill", "export", "benchmark", "promote"} - set(stages)
     if missing:
@@ -194,12 +195,12 @@ def test_real_pipeline_release_on_bundled_data(tmp_path):
     sh(["git", "add", "-A"], proj)
     sh(["git", "commit", "-qm", "project"], proj)
     r = sh([ED, "run"], proj, timeout=900)
-    assert "release: released" in r.stdout and "student v0.1.0 → staging" in r.stdout
+    assert "release: released" in r.stdout and "student v0.1.0 → prod, staging" in r.stdout  # auto_prod
     card_dir = tmp_path / "edgedistill-store/releases/student/v0.1.0"
     card = json.loads((card_dir / "model_card.json").read_text())
     assert card["lineage"]["data"]["path"] == "data/raw/readings.parquet" and card["lineage"]["data"]["md5"]
     assert card["metrics"]["distill"]["kd"]["accuracy"] > 0 and card["benchmark"]["release"]["int8_file_bytes"] > 0
-    assert tags(proj) == {"student@v0.1.0", "student#staging#1"}
+    assert tags(proj) == {"student@v0.1.0", "student#staging#1", "student#prod#2"}
     # the release commit pins the workspace: DVC sees nothing to re-run, git nothing to commit
     assert "up to date" in sh([f"{BIN}/dvc", "status"], proj).stdout.lower()
     assert sh(["git", "status", "--porcelain", "--untracked-files=no"], proj).stdout.strip() == ""
