@@ -5,6 +5,7 @@ bundle to the artifact store and register a GTO version in `staging` (or `prod` 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -52,13 +53,21 @@ STAGE_LOG_LINES = 80
 
 # ---------------------------------------------------------------- retries: transient faults only
 
+_TRANSIENT_ERRNOS = {errno.EIO, errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.ETIMEDOUT, errno.EPIPE,
+                     errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED, errno.EHOSTUNREACH,
+                     errno.ENETUNREACH, errno.ENETDOWN}
+
+
 def is_transient(exc: BaseException | None) -> bool:
-    """I/O and network faults are worth a retry; validation, gate and params failures never are."""
+    """I/O and network faults are worth a retry; validation, gate and params failures never are,
+    nor is a missing file or a refused permission (retrying cannot fix those)."""
     if isinstance(exc, TransientStoreError):
         return True
     if exc is None or isinstance(exc, EdgeDistillError):
         return False
-    return isinstance(exc, (OSError, TimeoutError, ConnectionError))
+    if isinstance(exc, (TimeoutError, ConnectionError)):
+        return True
+    return isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS
 
 
 def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:

@@ -4,6 +4,7 @@ atomically; DVC pushes to the store and a fresh clone pulls from it."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -135,6 +136,8 @@ def test_unreachable_s3_is_a_transient_store_error(aws_env):
         dead.exists("releases/x")
     assert is_transient(e.value)
     assert not is_transient(StoreUnreachable("bucket missing")) and not is_transient(ArtifactCorrupt("x"))
+    assert is_transient(ConnectionResetError()) and is_transient(OSError(errno.EIO, "I/O error"))
+    assert not is_transient(FileNotFoundError(errno.ENOENT, "gone")) and not is_transient(PermissionError())
 
 
 def test_missing_bucket_is_named(s3_endpoint, aws_env):
