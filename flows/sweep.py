@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,19 +17,9 @@ from prefect.cache_policies import NO_CACHE
 from edgedistill.errors import ModelMismatch, ParamsInvalid
 from edgedistill.io import write_json
 from edgedistill.params import Params, load_params
+from tasks.sweep_point import LOGITS, PREPARED, TEACHER
 
 OUT_DIR = "reports/sweep"
-PREPARED = "data/prepared"
-TEACHER = "models/teacher.pt"
-LOGITS = "models/teacher_logits.npz"
-# torch.export (dynamo) keeps process-global tracing state: two exports on threads of one process
-# break each other, so points running on threads (local runner, Dask threads) export one at a time
-_EXPORT_LOCK = threading.Lock()
-
-
-def export_lock() -> threading.Lock:
-    # reached through a function: a task shipped to Dask is pickled by value, and a lock cannot be
-    return _EXPORT_LOCK
 
 
 # ---------------------------------------------------------------- the grid
@@ -53,18 +42,6 @@ def grid(params: Params) -> list[dict[str, Any]]:
     return points
 
 
-def point_params(params: Params, point: dict[str, Any]) -> Params:
-    """The release params with this point's student and KD knobs. One torch thread per point: the
-    points run side by side, and a fixed thread count keeps each result independent of the runner."""
-    raw = params.model_dump(mode="json", by_alias=True)
-    raw["student"]["config"] = {**raw["student"]["config"], "widths": point["widths"]}
-    if params.sweep.epochs is not None:
-        raw["student"]["train"]["epochs"] = params.sweep.epochs
-    raw["distill"].update(method="hinton", temperature=point["temperature"], alpha=point["alpha"])
-    raw["compute"]["threads"] = 1
-    return Params.model_validate(raw)
-
-
 def budget_profile(params: Params) -> Any:
     name = params.sweep.budget_profile
     profiles = params.benchmark.profiles
@@ -81,50 +58,37 @@ def budget_profile(params: Params) -> Any:
 
 @task(name="distill-export", task_run_name="{point[id]}", cache_policy=NO_CACHE)
 def train_point(root: str, params: Params, point: dict[str, Any], out_dir: str) -> dict[str, Any]:
-    """Distil (tasks/distill.py) and export to FP32 + INT8 ONNX (tasks/export.py's pieces) one student."""
-    import tempfile
+    """One point in its own Python process. Points on threads of one process would share torch's
+    global RNG (weight init after `manual_seed`) and torch.export's tracing state, so a point's model
+    would depend on what ran beside it; a process per point makes it the same on any runner."""
+    import subprocess
+    import sys
 
-    from edgedistill import onnx_tools as ox
-    from edgedistill.checkpoint import load_checkpoint
-    from tasks import distill
-    from tasks.export import calibration_windows, check_parity, load_split, onnx_accuracy
-
-    p = point_params(params, point)
-    r = Path(root)
     d = Path(out_dir) / point["id"]
     d.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    report = distill.run(p, r / PREPARED, r / TEACHER, r / LOGITS, student_out=d / "student.pt",
-                         baseline_out=d / "unused.pt", metrics_out=d / "distill.json", plots_dir=None,
-                         resume_dir=d / ".resume", log=lambda _: None, train_baseline=False)
-    train_s = time.perf_counter() - t0
+    job = d / "job.json"
+    write_json(job, {"root": str(root), "params": params.model_dump(mode="json", by_alias=True), "point": point,
+                     "out_dir": str(out_dir)})
+    (d / "result.json").unlink(missing_ok=True)
+    proc = subprocess.run([sys.executable, "-m", "tasks.sweep_point", str(job)], cwd=root, capture_output=True,
+                          text=True)
+    result = json.loads((d / "result.json").read_text()) if (d / "result.json").is_file() else None
+    if result is None or "error" in result:
+        from edgedistill import errors
 
-    ep = p.export
-    net, meta = load_checkpoint(d / "student.pt")
-    x, y = load_split(r / PREPARED / "test.npz")
-    fp32, int8 = d / "student.onnx", d / "student.int8.onnx"
-    with export_lock():
-        proto = ox.export_onnx(net, meta["in_channels"], meta["window"], ep.opset, what=str(d / "student.pt"))
-    ox.save_onnx(proto, fp32)
-    parity = check_parity(net, fp32, x, ep.parity_atol, ep.min_argmax_agreement, what=str(fp32))
-    calib = (calibration_windows(r / PREPARED / "train.npz", ep.calibration)
-             if ep.quantization == "static" else None)
-    with tempfile.TemporaryDirectory(dir=d, prefix=".quant-") as scratch:
-        ox.quantize_int8(fp32, int8, calib, mode=ep.quantization, method=ep.calibration.method,
-                         per_channel=ep.calibration.per_channel, activation_type=ep.activation_type,
-                         scratch=Path(scratch), calib_source=str(r / PREPARED / "train.npz"))
-    fp32_acc, _ = onnx_accuracy(fp32, x, y)
-    int8_acc, _ = onnx_accuracy(int8, x, y)
-    return {**point, "params": report["kd"]["params"], "macs": report["kd"].get("macs"),
-            "kd_accuracy": report["kd"]["accuracy"], "fp32_accuracy": fp32_acc, "int8_accuracy": int8_acc,
-            "teacher_accuracy": report["teacher"]["accuracy"], "parity_max_abs_diff": parity["max_abs_diff"],
-            "train_seconds": round(train_s, 2), "int8_path": str(int8), "dir": str(d)}
+        err = (result or {}).get("error") or {}
+        cls = getattr(errors, err.get("type", ""), None)
+        if isinstance(cls, type) and issubclass(cls, errors.EdgeDistillError):
+            raise cls(f"sweep point {point['id']}: {err['message']}", hint=err.get("hint") or None)
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-20:])
+        raise RuntimeError(f"sweep point {point['id']} failed (exit {proc.returncode}):\n{tail}")
+    return result
 
 
 @task(name="benchmark", task_run_name="{result[id]}", cache_policy=NO_CACHE)
-def benchmark_point(root: str, params: Params, result: dict[str, Any]) -> dict[str, Any]:
-    """Batch-1 INT8 latency on the release profile (onnx_bench) and the static size/RAM estimate,
-    with a fits verdict against the budget profile."""
+def benchmark_point(root: str, params: Params, result: dict[str, Any], measure: bool = True) -> dict[str, Any]:
+    """Batch-1 INT8 latency on the release profile (onnx_bench; measure=False: none) and the static
+    size/RAM estimate, with a fits verdict against the budget profile."""
     from edgedistill.onnx_bench import bench_onnx
     from edgedistill.onnx_cost import fits_budget
     from tasks.export import load_split
@@ -132,14 +96,35 @@ def benchmark_point(root: str, params: Params, result: dict[str, Any]) -> dict[s
     prof = params.benchmark.profiles[0]
     x, _ = load_split(Path(root) / PREPARED / "test.npz")
     b = bench_onnx(result["int8_path"], threads=prof.threads, batch_sizes=[1], warmup=prof.warmup,
-                   runs=params.sweep.bench_runs, max_seconds=prof.max_seconds, data=x[:1])
-    lat = b["measured"]["latency"]["1"]
+                   runs=params.sweep.bench_runs, max_seconds=prof.max_seconds, data=x[:1], measure=measure)
     budget = budget_profile(params)
     fits = fits_budget(b["static"], budget.ram_bytes, budget.flash_bytes)
-    return {**result, "p50_ms": lat["p50_ms"], "p95_ms": lat["p95_ms"], "bench_runs": lat["runs"],
-            "size_bytes": b["file_bytes"], "weight_bytes": b["weight_bytes"],
-            "ram_bytes": b["static"]["ram_estimate_bytes"], "flash_bytes": b["static"]["flash_estimate_bytes"],
-            "budget_profile": budget.name, "fits": fits["fits"], "why_not": fits["why_not"]}
+    out = {**result, "size_bytes": b["file_bytes"], "weight_bytes": b["weight_bytes"],
+           "ram_bytes": b["static"]["ram_estimate_bytes"], "flash_bytes": b["static"]["flash_estimate_bytes"],
+           "budget_profile": budget.name, "fits": fits["fits"], "why_not": fits["why_not"]}
+    if measure:
+        lat = b["measured"]["latency"]["1"]
+        out.update(p50_ms=lat["p50_ms"], p95_ms=lat["p95_ms"], bench_runs=lat["runs"], latency_of=result["id"])
+    return out
+
+
+def benchmark_all(root: str, params: Params, trained: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Latency is measured once per architecture, one at a time: T and alpha change the weights, not
+    the graph, so points of one architecture share one measurement (noise cannot split them on the
+    Pareto front), and points timed side by side would slow each other down."""
+    timed: dict[tuple[int, ...], dict[str, Any]] = {}
+    results = []
+    for t in trained:
+        arch = tuple(t["widths"])
+        if arch not in timed:
+            timed[arch] = benchmark_point.submit(root, params, t).result()
+            results.append(timed[arch])
+            continue
+        r = benchmark_point.submit(root, params, t, measure=False).result()
+        m = timed[arch]
+        results.append({**r, "p50_ms": m["p50_ms"], "p95_ms": m["p95_ms"], "bench_runs": m["bench_runs"],
+                        "latency_of": m["id"]})
+    return results
 
 
 # ---------------------------------------------------------------- Pareto front and choice
@@ -296,8 +281,7 @@ def _sweep(root: str, params_file: str, out_dir: str) -> dict[str, Any]:
     log.info("sweep: %d points in parallel", len(points))
     t0 = time.perf_counter()
     trained = [f.result() for f in [train_point.submit(str(r), params, pt, str(out / "points")) for pt in points]]
-    # latency is measured one point at a time: points timed side by side would slow each other down
-    results = [benchmark_point.submit(str(r), params, t).result() for t in trained]
+    results = benchmark_all(str(r), params, trained)
     seconds = time.perf_counter() - t0
     front = pareto_front(results, params.sweep.latency_tolerance)
     for x in results:
@@ -364,3 +348,4 @@ def apply_overlay(params_path: Path, overlay: dict[str, Any]) -> None:
     parse_params(pyyaml.safe_load(buf.getvalue()), str(params_path))  # never write an invalid file
     with atomic_path(params_path) as tmp:
         Path(tmp).write_text(buf.getvalue())
+

@@ -1,0 +1,88 @@
+"""sweep_point: one point of the student sweep — distil a student with given widths and Hinton T/alpha
+(tasks/distill.py), export it to FP32 + INT8 ONNX (tasks/export.py's pieces) and score both on the test
+windows. Run as `python -m tasks.sweep_point JOB.json` by flows/sweep.py, one process per point."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from edgedistill.errors import EdgeDistillError
+from edgedistill.io import write_json
+from edgedistill.params import Params
+
+PREPARED = "data/prepared"
+TEACHER = "models/teacher.pt"
+LOGITS = "models/teacher_logits.npz"
+
+
+def point_params(params: Params, point: dict[str, Any]) -> Params:
+    """The release params with this point's student and KD knobs. One torch thread per point: the
+    points run side by side, and a fixed thread count keeps each result independent of the runner."""
+    raw = params.model_dump(mode="json", by_alias=True)
+    raw["student"]["config"] = {**raw["student"]["config"], "widths": point["widths"]}
+    if params.sweep.epochs is not None:
+        raw["student"]["train"]["epochs"] = params.sweep.epochs
+    raw["distill"].update(method="hinton", temperature=point["temperature"], alpha=point["alpha"])
+    raw["compute"]["threads"] = 1
+    return Params.model_validate(raw)
+
+
+def build_point(root: str | Path, params: Params, point: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
+    """Distil (tasks/distill.py) and export to FP32 + INT8 ONNX (tasks/export.py's pieces) one student."""
+    import tempfile
+
+    from edgedistill import onnx_tools as ox
+    from edgedistill.checkpoint import load_checkpoint
+    from tasks import distill
+    from tasks.export import calibration_windows, check_parity, load_split, onnx_accuracy
+
+    p = point_params(params, point)
+    r = Path(root)
+    d = Path(out_dir) / point["id"]
+    d.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    report = distill.run(p, r / PREPARED, r / TEACHER, r / LOGITS, student_out=d / "student.pt",
+                         baseline_out=d / "unused.pt", metrics_out=d / "distill.json", plots_dir=None,
+                         resume_dir=d / ".resume", log=lambda _: None, train_baseline=False)
+    train_s = time.perf_counter() - t0
+
+    ep = p.export
+    net, meta = load_checkpoint(d / "student.pt")
+    x, y = load_split(r / PREPARED / "test.npz")
+    fp32, int8 = d / "student.onnx", d / "student.int8.onnx"
+    ox.save_onnx(ox.export_onnx(net, meta["in_channels"], meta["window"], ep.opset, what=str(d / "student.pt")),
+                 fp32)
+    parity = check_parity(net, fp32, x, ep.parity_atol, ep.min_argmax_agreement, what=str(fp32))
+    calib = (calibration_windows(r / PREPARED / "train.npz", ep.calibration)
+             if ep.quantization == "static" else None)
+    with tempfile.TemporaryDirectory(dir=d, prefix=".quant-") as scratch:
+        ox.quantize_int8(fp32, int8, calib, mode=ep.quantization, method=ep.calibration.method,
+                         per_channel=ep.calibration.per_channel, activation_type=ep.activation_type,
+                         scratch=Path(scratch), calib_source=str(r / PREPARED / "train.npz"))
+    fp32_acc, _ = onnx_accuracy(fp32, x, y)
+    int8_acc, _ = onnx_accuracy(int8, x, y)
+    return {**point, "params": report["kd"]["params"], "macs": report["kd"].get("macs"),
+            "kd_accuracy": report["kd"]["accuracy"], "fp32_accuracy": fp32_acc, "int8_accuracy": int8_acc,
+            "teacher_accuracy": report["teacher"]["accuracy"], "parity_max_abs_diff": parity["max_abs_diff"],
+            "train_seconds": round(train_s, 2), "int8_path": str(int8), "dir": str(d)}
+
+
+def main(job_path: str) -> int:
+    """Build the point described by JOB.json; write result.json (or the user-facing error) beside it."""
+    job = json.loads(Path(job_path).read_text())
+    out = Path(job_path).with_name("result.json")
+    try:
+        result = build_point(job["root"], Params.model_validate(job["params"]), job["point"], job["out_dir"])
+    except EdgeDistillError as e:
+        write_json(out, {"error": {"type": type(e).__name__, "message": str(e), "hint": e.hint}})
+        return 2
+    write_json(out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))
