@@ -3,6 +3,7 @@ dvc.lock records every hash. Used by `edgedistill run` and by the Prefect flow."
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,6 @@ from pathlib import Path
 from rich.console import Console
 
 from edgedistill.errors import EdgeDistillError, ParamsInvalid
-
 
 
 def pipeline_stages(root: str | Path = ".") -> list[str]:
@@ -38,10 +38,14 @@ def reproduce_stage(stage: str, force: bool = False, root: str | Path = ".") -> 
 
     t0 = time.perf_counter()
     try:
-        with Repo(str(root)) as repo:
+        # DVC resolves stage names against the working directory's dvc.yaml, not the repo root
+        with contextlib.chdir(root), Repo(".") as repo:
             done = repo.reproduce(stage, single_item=True, force=force)
     except DvcException as e:
-        raise StageFailed(f"stage '{stage}' failed: {e}") from None
+        # ReproductionError says only "failed to reproduce X"; its cause says why (exit code, missing out)
+        cause = e.__cause__ or e.__context__
+        detail = f": {cause}" if cause is not None and str(cause) not in str(e) else ""
+        raise StageFailed(f"stage '{stage}' failed: {e}{detail}") from None
     return StageRun(stage, bool(done), time.perf_counter() - t0)
 
 
