@@ -55,3 +55,16 @@ def check_compatible(meta: dict[str, Any], x_shape: tuple[int, ...], what: str) 
             f"{what}: data has shape [N, C, W]={list(x_shape)} but the model expects "
             f"C={meta['in_channels']} channels and W={meta['window']} readings per window"
         )
+
+
+def weights_sha256(path: str | Path) -> str:
+    """Hash of the checkpoint's tensors (names, dtypes, shapes, bytes). Unlike the file's sha256 it is the
+    same for two saves of the same weights: torch.save writes a random serialization id into every file."""
+    import hashlib
+
+    blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+    h = hashlib.sha256()
+    for name, t in sorted(blob["state_dict"].items()):
+        h.update(f"{name}:{t.dtype}:{list(t.shape)}".encode())
+        h.update(t.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

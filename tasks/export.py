@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from edgedistill import onnx_tools as ox
-from edgedistill.checkpoint import check_compatible, load_checkpoint
+from edgedistill.checkpoint import check_compatible, load_checkpoint, weights_sha256
 from edgedistill.errors import DataInvalid, ExportFailed, ModelMismatch
 from edgedistill.io import read_json, sha256_file, write_json
 from edgedistill.params import CalibrationParams, Params
@@ -103,7 +103,7 @@ def device_metadata(name: str, meta: dict[str, Any], lineage_: dict[str, Any], c
         "labels": list(meta["labels"]),
         "output_name": ox.OUTPUT_NAME,
         "output": "logits [batch, len(labels)]; argmax indexes `labels`",
-        "checkpoint_sha256": sha256_file(ckpt),
+        "checkpoint_weights_sha256": weights_sha256(ckpt),
         **lineage_,
         "torch_version": torch.__version__,
     }

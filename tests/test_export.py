@@ -15,7 +15,7 @@ from conftest import tree_hashes
 from export_fixtures import build_release, release_params
 
 from edgedistill import onnx_tools as ox
-from edgedistill.checkpoint import load_checkpoint
+from edgedistill.checkpoint import load_checkpoint, weights_sha256
 from edgedistill.errors import ArtifactCorrupt, DataInvalid, ExportFailed, ModelMismatch
 from edgedistill.io import read_json
 from edgedistill.onnx_cost import static_cost
@@ -68,7 +68,7 @@ def test_metadata_round_trip(release):
         assert meta["test_sha256"] == sha(release / "data/prepared/test.npz")
         assert len(meta["params_sha256"]) == 64 and meta["dvc_lock"].startswith("absent")
         ckpt = "teacher.pt" if name.startswith("teacher") else "student.pt"
-        assert meta["checkpoint_sha256"] == sha(release / "models" / ckpt)
+        assert meta["checkpoint_weights_sha256"] == weights_sha256(release / "models" / ckpt)
         # what a device runtime sees: onnxruntime's own metadata API, JSON values
         custom = ox.open_session(path).get_modelmeta().custom_metadata_map
         assert json.loads(custom["labels"]) == params.data.labels

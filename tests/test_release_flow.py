@@ -233,11 +233,11 @@ def test_same_model_sees_through_container_bytes(tmp_path):
     write_candidate(a)
     write_candidate(b)
     m = onnx.load(str(b / "models/student.onnx"))
-    onnx.helper.set_model_props(m, {"checkpoint_sha256": "something else"})
+    onnx.helper.set_model_props(m, {"checkpoint_weights_sha256": "something else"})
     onnx.save(m, str(b / "models/student.onnx"))
     assert sha256_file(a / "models/student.onnx") != sha256_file(b / "models/student.onnx")
     note = same_model(a / "models/student.onnx", b / "models/student.onnx")
-    assert note == "same graph and weights; metadata differs: checkpoint_sha256"
+    assert note == "same graph and weights; metadata differs: checkpoint_weights_sha256"
     write_candidate(b, seed=1)  # other weights
     assert same_model(a / "models/student.onnx", b / "models/student.onnx") is None
 
