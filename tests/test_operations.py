@@ -295,7 +295,6 @@ def test_new_data_triggers_release_and_prod_triggers_publish(project, tmp_path):
                 async with get_client() as c:
                     from prefect.client.schemas.sorting import DeploymentSort
 
-                    # explicit limit/sort: this server version rejects the client's nulls
                     return {d.name for d in await c.read_deployments(limit=50, sort=DeploymentSort.NAME_ASC)}
 
             import asyncio
