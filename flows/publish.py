@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ def channel_document(store: Store, model: str, stage: str, version: str, commit:
     prefix = bundle_prefix(model, version)
     return {
         "model": model, "stage": stage, "version": version, "commit": commit, "assignment": assignment,
-        "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "files": {name: {"url": store.url(f"{prefix}/{name}"), "sha256": f["sha256"], "bytes": f["bytes"]}
                   for name, f in sorted(sums.items())},
         "sha256sums_url": store.url(f"{prefix}/SHA256SUMS"),

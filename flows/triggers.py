@@ -5,7 +5,7 @@ events that the `release-on-new-data` and `publish` deployments' triggers react 
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +112,7 @@ def watch_once(root: str | Path, params: Params, force: bool = False) -> dict[st
                                               "edgedistill.model": model, "edgedistill.data.path": data["path"]},
                                {k: data[k] for k in ("path", "md5", "released_version", "released_md5")})
         state.update(data_md5_emitted=data["md5"],
-                     data_emitted_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                     data_emitted_at=datetime.now(UTC).isoformat(timespec="seconds"))
         write_json(state_path, state)
     stages = check_stages(r, params, store)
     for s in stages:
