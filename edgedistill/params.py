@@ -186,7 +186,7 @@ class PromoteParams(_Section):
     gates: GateParams = GateParams()
     bump: Literal["major", "minor", "patch"] = "minor"
     auto_prod: bool = False
-    push_git: bool = Field(True, description="push release commit and tags to `origin` when it exists")
+    push_git: bool = Field(False, description="push release commit and tags to `origin` (the team registry)")
     reproduce: ReproduceParams = ReproduceParams()
 
 

@@ -118,6 +118,9 @@ def mini_project(dest: Path, store: dict, origin: Path | None = None, spec: dict
     (dest / "dvc.yaml").write_text(yaml.safe_dump(pipeline, sort_keys=False))
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["store"] = {**params.get("store", {}), **store}
+    # a project with a team remote shares its registry through it (off by default: a clone must not push
+    # tags to wherever it was cloned from)
+    params["promote"] = {**params["promote"], "push_git": origin is not None}
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (dest / "candidate_spec.json").write_text(json.dumps(spec or {"accuracy": 0.9}))
     (dest / "reports").mkdir(exist_ok=True)

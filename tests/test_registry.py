@@ -119,7 +119,7 @@ def test_unknown_version_and_stage(repo):
 
 
 def test_promote_version_needs_the_bundle_in_the_store(repo, tmp_path):
-    params = make_params({"store": {"local": str(tmp_path / "store")}})
+    params = make_params({"store": {"local": str(tmp_path / "store")}, "promote": {"push_git": True}})
     reg = Registry(repo)
     reg.register("student", "v0.1.0", commits(repo)[0])
     with pytest.raises(ReleaseNotFound, match="has no bundle"):
