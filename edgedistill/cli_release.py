@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgedistill.cli import SUMMARIES, _state, app, console, guarded, params
+from edgedistill.fmt import num
 
 
 def _promote_summary(r: dict) -> None:
@@ -20,7 +21,7 @@ def _promote_summary(r: dict) -> None:
         t.add_column(col, justify="right" if col in ("value", "threshold") else "left")
     for g in r["gates"]:
         colour = {"pass": "green", "fail": "bold red"}.get(g["verdict"], "dim")
-        t.add_row(g["gate"], g["metric"], _num(g["value"]), f"{g['op']} {_num(g['threshold'])}",
+        t.add_row(g["gate"], g["metric"], num(g["value"]), f"{g['op']} {num(g['threshold'])}",
                   f"[{colour}]{g['verdict']}[/]" + (f" ({g['detail']})" if g.get("detail") else ""))
     console.print(t)
 
@@ -28,12 +29,6 @@ def _promote_summary(r: dict) -> None:
 SUMMARIES["promote"] = _promote_summary
 
 
-def _num(v: Any) -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
 
 
 @app.command()
@@ -77,7 +72,7 @@ def registry(
         t.add_row(r["version"], ", ".join(r["stages"]) or "—", r["commit"][:8], r["created_at"][:16].replace("T", " "),
                   pct(r["int8_accuracy"]), "—" if r["kd_gain"] is None else f"{100 * r['kd_gain']:+.2f}",
                   "—" if r["int8_drop"] is None else f"{100 * r['int8_drop']:.2f}",
-                  "—" if r["p95_ms"] is None else f"{r['p95_ms']:.3f}", _num(r["size_bytes"]))
+                  "—" if r["p95_ms"] is None else f"{r['p95_ms']:.3f}", num(r["size_bytes"]))
     console.print(t)
 
 
@@ -124,7 +119,7 @@ def reproduce(
         if routine and not show_all:
             hidden += 1
             continue
-        t.add_row(escape(m["file"]), escape(m["metric"]), escape(_num(m["released"])), escape(_num(m["reproduced"])),
+        t.add_row(escape(m["file"]), escape(m["metric"]), escape(num(m["released"])), escape(num(m["reproduced"])),
                   f"[{colour[m['verdict']]}]{m['verdict']}[/]" + (" (timing)" if m["timing"] else ""))
     if t.row_count:
         console.print(t)

@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgedistill.errors import ArtifactCorrupt, EdgeDistillError, GateFailed, ParamsInvalid
+from edgedistill.fmt import num
 from edgedistill.io import read_json, sha256_file, write_json
 from edgedistill.params import Params, load_params
 from edgedistill.pipeline import StageFailed, pipeline_stages, reproduce_stage
@@ -414,7 +415,7 @@ def render_summary(s: dict[str, Any], console: Console) -> None:
             g.add_column(col, justify="right" if col in ("value", "threshold") else "left")
         for row in s["gates"]:
             colour = {"pass": "green", "fail": "bold red"}.get(row["verdict"], "dim")
-            g.add_row(row["gate"], _num(row["value"]), f"{row['op']} {_num(row['threshold'])}",
+            g.add_row(row["gate"], num(row["value"]), f"{row['op']} {num(row['threshold'])}",
                       f"[{colour}]{row['verdict']}[/]")
         console.print(g)
     if s.get("stages"):
@@ -427,12 +428,6 @@ def render_summary(s: dict[str, Any], console: Console) -> None:
         console.print(st)
 
 
-def _num(v: Any) -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
 
 
 def summary_markdown(s: dict[str, Any]) -> str:
@@ -440,7 +435,7 @@ def summary_markdown(s: dict[str, Any]) -> str:
     lines += [f"| {k} | {v} |" for k, v in summary_rows(s)]
     if s.get("gates"):
         lines += ["", "## Promotion gates", "", "| gate | value | threshold | verdict |", "|---|---:|---:|---|"]
-        lines += [f"| {r['gate']} | {_num(r['value'])} | {r['op']} {_num(r['threshold'])} | {r['verdict']} |"
+        lines += [f"| {r['gate']} | {num(r['value'])} | {r['op']} {num(r['threshold'])} | {r['verdict']} |"
                   for r in s["gates"]]
     if s.get("stages"):
         lines += ["", "## Stages", "", "| stage | ran | seconds |", "|---|---|---:|"]

@@ -116,4 +116,24 @@ def copy_repo_skeleton(dest: Path) -> Path:
     return dest
 
 
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """moto's threaded server on 127.0.0.1: a real HTTP S3 endpoint for boto3 and dvc-s3."""
+    from release_fixtures import moto_s3
+
+    with moto_s3() as url:
+        yield url
+
+
+@pytest.fixture
+def aws_env(monkeypatch):
+    """Fake credentials through the standard AWS environment chain, nothing else from the host."""
+    from release_fixtures import FAKE_AWS
+
+    for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in FAKE_AWS.items():
+        monkeypatch.setenv(k, v)
+
+
 __all__ = ["np", "pd", "make_params", "small_readings", "write_readings", "tree_hashes", "REPO"]

@@ -10,7 +10,7 @@ import os
 import socket
 
 import pytest
-from release_fixtures import BIN, FAKE_AWS, git_init, moto_s3, sh, write_candidate
+from release_fixtures import BIN, git_init, sh, write_candidate
 
 from edgedistill.errors import ArtifactCorrupt, ParamsInvalid, ReleaseNotFound, StoreUnreachable
 from edgedistill.io import sha256_file
@@ -32,20 +32,6 @@ from edgedistill.store import (
 from flows.release import is_transient
 
 BUCKET = "edgedistill-test"
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    with moto_s3() as url:
-        yield url
-
-
-@pytest.fixture
-def aws_env(monkeypatch):
-    for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
-        monkeypatch.delenv(k, raising=False)
-    for k, v in FAKE_AWS.items():
-        monkeypatch.setenv(k, v)
 
 
 @pytest.fixture(params=["local", "s3"])

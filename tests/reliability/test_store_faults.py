@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from release_fixtures import FAKE_AWS, moto_s3, write_candidate
+from release_fixtures import write_candidate
 from reliability_kit import broken_bundles, clear_error, faulty_proxy, outcome_fixture  # noqa: F401
 
 from edgedistill.errors import ArtifactCorrupt, ReleaseNotFound
@@ -27,20 +27,6 @@ from edgedistill.store import (
 from flows.release import is_transient
 
 MODEL = "student"
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    with moto_s3() as url:
-        yield url
-
-
-@pytest.fixture
-def aws_env(monkeypatch):
-    for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
-        monkeypatch.delenv(k, raising=False)
-    for k, v in FAKE_AWS.items():
-        monkeypatch.setenv(k, v)
 
 
 @pytest.fixture

@@ -1,0 +1,14 @@
+"""Number formatting shared by the terminal tables (CLI and flow summaries)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def num(v: Any) -> str:
+    """None → "—", floats to 4 significant digits, ints with thousands separators."""
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
