@@ -10,7 +10,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from edgedistill.data_profile import profile
 from edgedistill.errors import DataInvalid, EdgeDistillError, StoreUnreachable
 from edgedistill.io import atomic_path, read_json
 from edgedistill.params import Params
@@ -305,8 +306,6 @@ def load_version(t: Tracked, v: Version) -> pd.DataFrame:
 
 def summarize(df: pd.DataFrame, params: Params) -> dict[str, Any]:
     """rows, recordings, groups, classes and per-class counts (the numbers `data log` shows)."""
-    from tasks.validate import profile
-
     d = params.data
     prof = profile(df, params)
     per = (pd.DataFrame({"label": df[d.label_col].astype(str), "rec": recording_keys(df, d)})
@@ -561,11 +560,10 @@ def _restore(path: Path, content: bytes | None) -> None:
 
 def add(params: Params, source: str | Path, append: bool = False, to: str | Path | None = None,
         update_reference: bool = False, params_file: str | Path = "params.yaml", push: bool = True,
-        root: str | Path = ".") -> dict[str, Any]:
-    """Validate `source` (merged into the tracked table with `append`), then move it into place,
+        root: str | Path = ".", *, validate: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    """Validate `source` (merged into the tracked table with `append`) with `validate` (the validate
+    stage's `run`, passed in by the caller: the library never imports a stage), then move it into place,
     `dvc add`, commit and push. Any failure before the commit leaves data, .dvc file and history as they were."""
-    from tasks import validate
-
     root = project_root(root)
     source = Path(source)
     current = tracked_file(root, params.data.readings)
@@ -618,7 +616,7 @@ def add(params: Params, source: str | Path, append: bool = False, to: str | Path
         ref = Path(vparams.validate_params.drift.reference)
         ref_before = ref.read_bytes() if ref.is_file() else None
         try:
-            report = validate.run(vparams, readings=candidate, report_dir=root / ADD_REPORT_DIR,
+            report = validate(vparams, readings=candidate, report_dir=root / ADD_REPORT_DIR,
                                   update_reference=update_reference)
         except DataInvalid as e:
             drift = _drift_failed(root / ADD_REPORT_DIR / "result.json")

@@ -8,9 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from rich.console import Console
-
-from edgedistill.errors import EdgeDistillError, ParamsInvalid
+from edgedistill.errors import EdgeDistillError
 
 
 def pipeline_stages(root: str | Path = ".") -> list[str]:
@@ -47,22 +45,3 @@ def reproduce_stage(stage: str, force: bool = False, root: str | Path = ".") -> 
         detail = f": {cause}" if cause is not None and str(cause) not in str(e) else ""
         raise StageFailed(f"stage '{stage}' failed: {e}{detail}") from None
     return StageRun(stage, bool(done), time.perf_counter() - t0)
-
-
-def reproduce(stages: list[str], force: bool = False, console: Console | None = None,
-              root: str | Path = ".") -> list[StageRun]:
-    console = console or Console()
-    order = pipeline_stages(root)
-    unknown = [s for s in stages if s not in order]
-    if unknown:
-        raise ParamsInvalid(f"unknown stage(s) {unknown}; the pipeline is {order}")
-    runs = []
-    for stage in [s for s in order if s in stages]:
-        console.rule(f"[bold]{stage}")
-        r = reproduce_stage(stage, force=force, root=root)
-        console.print(f"{stage}: {'ran' if r.ran else 'unchanged, skipped'} ({r.seconds:.1f}s)")
-        runs.append(r)
-    total = sum(r.seconds for r in runs)
-    console.print(f"[green]pipeline done[/] in {total:.1f}s: "
-                  + ", ".join(f"{r.stage} {'ran' if r.ran else 'skipped'}" for r in runs))
-    return runs

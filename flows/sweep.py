@@ -17,7 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from edgedistill.errors import ModelMismatch, ParamsInvalid
 from edgedistill.io import write_json
 from edgedistill.params import Params, load_params
-from tasks.sweep_point import LOGITS, PREPARED, TEACHER
+from flows.sweep_point import LOGITS, PREPARED, TEACHER
 
 OUT_DIR = "reports/sweep"
 
@@ -70,7 +70,7 @@ def train_point(root: str, params: Params, point: dict[str, Any], out_dir: str) 
     write_json(job, {"root": str(root), "params": params.model_dump(mode="json", by_alias=True), "point": point,
                      "out_dir": str(out_dir)})
     (d / "result.json").unlink(missing_ok=True)
-    proc = subprocess.run([sys.executable, "-m", "tasks.sweep_point", str(job)], cwd=root, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "flows.sweep_point", str(job)], cwd=root, capture_output=True,
                           text=True)
     result = json.loads((d / "result.json").read_text()) if (d / "result.json").is_file() else None
     if result is None or "error" in result:
@@ -89,9 +89,9 @@ def train_point(root: str, params: Params, point: dict[str, Any], out_dir: str) 
 def benchmark_point(root: str, params: Params, result: dict[str, Any], measure: bool = True) -> dict[str, Any]:
     """Batch-1 INT8 latency on the release profile (onnx_bench; measure=False: none) and the static
     size/RAM estimate, with a fits verdict against the budget profile."""
+    from edgedistill.evaluation import load_split
     from edgedistill.onnx_bench import bench_onnx
     from edgedistill.onnx_cost import fits_budget
-    from tasks.export import load_split
 
     prof = params.benchmark.profiles[0]
     x, _ = load_split(Path(root) / PREPARED / "test.npz")

@@ -1,6 +1,6 @@
 """sweep_point: one point of the student sweep — distil a student with given widths and Hinton T/alpha
 (tasks/distill.py), export it to FP32 + INT8 ONNX (tasks/export.py's pieces) and score both on the test
-windows. Run as `python -m tasks.sweep_point JOB.json` by flows/sweep.py, one process per point."""
+windows. Run as `python -m flows.sweep_point JOB.json` by flows/sweep.py, one process per point."""
 
 from __future__ import annotations
 
@@ -37,8 +37,8 @@ def build_point(root: str | Path, params: Params, point: dict[str, Any], out_dir
 
     from edgedistill import onnx_tools as ox
     from edgedistill.checkpoint import load_checkpoint
+    from edgedistill.evaluation import calibration_windows, check_parity, load_split, onnx_accuracy
     from tasks import distill
-    from tasks.export import calibration_windows, check_parity, load_split, onnx_accuracy
 
     p = point_params(params, point)
     r = Path(root)

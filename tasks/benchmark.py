@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 
 from edgedistill.errors import ModelMismatch
+from edgedistill.evaluation import load_split
 from edgedistill.io import write_json
 from edgedistill.onnx_bench import bench_onnx, harness_overhead, host_info
 from edgedistill.onnx_cost import fits_budget
 from edgedistill.params import DeviceProfile, Params
-from tasks.export import load_split
 
 MODELS_DIR = "models"
 DATA_DIR = "data/prepared"
@@ -115,7 +115,7 @@ def run(params: Params, models_dir: str | Path = MODELS_DIR, data_dir: str | Pat
 
 
 def main() -> None:
-    from edgedistill.cli import run_stage_main
+    from edgedistill.runner import run_stage_main
 
     run_stage_main("benchmark", lambda p: run(p))
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from edgedistill.bank import bank_views, view_digest
 from edgedistill.checkpoint import check_compatible, load_checkpoint, save_checkpoint
 from edgedistill.errors import ModelMismatch
 from edgedistill.io import write_json
@@ -33,14 +34,12 @@ from edgedistill.training import (
     load_prepared,
     mixup,
     model_report,
-    predict,
     public_metrics,
     resolve_device,
     run_key,
     train,
     write_plots,
 )
-from tasks.teacher_logits import bank_views, view_checksum
 
 PREPARED = "data/prepared"
 TEACHER = "models/teacher.pt"
@@ -74,7 +73,7 @@ def _bank_inputs(data: Prepared, params: Params, cache: dict[str, np.ndarray], d
     aug = Augment(**params.student.augment.model_dump())
     views = []
     for i, v in enumerate(bank_views(data.train.x.cpu(), b.views, aug, b.mixup_alpha, b.seed)):
-        if not np.isclose(view_checksum(v), cache["view_checksums"][i], rtol=1e-6):
+        if "view_digests" not in cache or view_digest(v) != str(cache["view_digests"][i]):
             raise ModelMismatch(f"view {i} of the bank differs from the cached one (augment/bank params changed?)",
                                 hint="Run `dvc repro teacher_logits`.")
         views.append(v.to(device))
@@ -180,12 +179,8 @@ def run(params: Params, prepared: str | Path = PREPARED, teacher_path: str | Pat
     return report
 
 
-def agreement(a: torch.nn.Module, b: torch.nn.Module, x: torch.Tensor) -> float:
-    return float((predict(a, x).argmax(1) == predict(b, x).argmax(1)).float().mean())
-
-
 def main() -> None:
-    from edgedistill.cli import run_stage_main
+    from edgedistill.runner import run_stage_main
 
     run_stage_main("distill", lambda p: run(p))
 

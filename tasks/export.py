@@ -21,38 +21,22 @@ import yaml
 from edgedistill import onnx_tools as ox
 from edgedistill.checkpoint import check_compatible, load_checkpoint, weights_sha256
 from edgedistill.errors import DataInvalid, ExportFailed, ModelMismatch
+from edgedistill.evaluation import (
+    calibration_windows,
+    check_parity,
+    load_split,
+    onnx_accuracy,
+    torch_logits,
+)
 from edgedistill.io import read_json, sha256_file, write_json
-from edgedistill.params import CalibrationParams, Params
+from edgedistill.params import Params
 
 MODELS_DIR = "models"
 DATA_DIR = "data/prepared"
 METRICS = "metrics/export.json"
 LOCK = "dvc.lock"
-BATCH1_CHECKS = 8  # windows also run one at a time, to exercise the dynamic batch axis at 1
 # which params decide what the exported files compute: windows/normalisation and the export itself
 PARAM_SECTIONS = ("data", "prepare", "export")
-
-
-def load_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    if not path.is_file():
-        raise DataInvalid(f"{path}: prepared windows not found", hint="Run the prepare stage first (`dvc repro prepare`).")
-    try:
-        with np.load(path) as z:
-            return z["X"].astype(np.float32, copy=False), z["y"]
-    except Exception as e:
-        raise DataInvalid(f"{path}: not a readable prepared-windows file ({str(e)[:200]})",
-                          hint="Re-run the prepare stage.") from None
-
-
-def calibration_windows(train_path: Path, cp: CalibrationParams) -> np.ndarray:
-    """A seeded sample of training windows (never test: calibrating on test would leak it)."""
-    x, _ = load_split(train_path)
-    if len(x) == 0:
-        raise DataInvalid(f"{train_path}: the INT8 calibration set is empty (the file holds 0 training windows)",
-                          hint="Re-run prepare with data that yields training windows, or set "
-                               "export.quantization: dynamic.")
-    idx = np.sort(np.random.default_rng(cp.seed).choice(len(x), min(cp.windows, len(x)), replace=False))
-    return x[idx]
 
 
 def lineage(params: Params, norm_path: Path, test_path: Path, lock_path: Path) -> dict[str, Any]:
@@ -116,37 +100,6 @@ def _check_norm(meta: dict[str, Any], norm: dict[str, Any], ckpt: Path, norm_pat
     if not ok:
         raise ModelMismatch(f"{ckpt}: trained with a normalisation/channels that differ from {norm_path}; "
                             "the exported model would be fed wrongly scaled data")
-
-
-def torch_logits(model: torch.nn.Module, x: np.ndarray, batch: int = 512) -> np.ndarray:
-    with torch.no_grad():
-        return np.concatenate([model(torch.from_numpy(x[i : i + batch])).numpy() for i in range(0, len(x), batch)])
-
-
-def check_parity(model: torch.nn.Module, onnx_path: Path, x: np.ndarray, atol: float, min_agree: float,
-                 what: str) -> dict[str, Any]:
-    """The ONNX file must compute what PyTorch computed, batched and one window at a time."""
-    ref = torch_logits(model, x)
-    session = ox.open_session(onnx_path)
-    got = ox.predict(session, onnx_path, x)
-    diff = float(np.abs(got - ref).max())
-    agree = float((got.argmax(1) == ref.argmax(1)).mean())
-    singles = min(BATCH1_CHECKS, len(x))
-    for i in range(singles):
-        one = ox.predict(session, onnx_path, x[i : i + 1])
-        diff = max(diff, float(np.abs(one - ref[i : i + 1]).max()))
-    result = {"max_abs_diff": diff, "argmax_agreement": agree, "windows": len(x), "batch1_windows": singles,
-              "atol": atol, "min_argmax_agreement": min_agree}
-    if not diff <= atol or agree < min_agree:  # `not <=` also catches NaN
-        raise ExportFailed(f"{what}: ONNX/PyTorch parity failed on {len(x)} test windows: max |ONNX - PyTorch| = "
-                           f"{diff:.3g} (export.parity_atol {atol:.3g}), argmax agreement {agree:.2%} "
-                           f"(export.min_argmax_agreement {min_agree:.2%})")
-    return result
-
-
-def onnx_accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
-    pred = ox.predict(ox.open_session(path), path, x).argmax(1)
-    return float((pred == y).mean()), pred
 
 
 def file_facts(path: Path, final: Path) -> dict[str, Any]:
@@ -244,7 +197,7 @@ def run(params: Params, models_dir: str | Path = MODELS_DIR, data_dir: str | Pat
 
 
 def main() -> None:
-    from edgedistill.cli import run_stage_main
+    from edgedistill.runner import run_stage_main
 
     run_stage_main("export", lambda p: run(p))
 

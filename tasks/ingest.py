@@ -72,10 +72,15 @@ def run(params: Params, out: str | Path = OUTPUT) -> dict:
     }
 
 
-def main() -> None:
-    from edgedistill.cli import run_stage_main
+def summary(r: dict) -> str:
+    return (f"{r['path']}: {r['rows']:,} readings, {r['recordings']} recordings, "
+            f"{r['subjects']} subjects, {r['classes']} classes")
 
-    run_stage_main("ingest", lambda p: run(p))
+
+def main() -> None:
+    from edgedistill.runner import run_stage_main
+
+    run_stage_main("ingest", lambda p: run(p), summary)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from edgedistill.errors import DataInvalid, ParamsInvalid
+from edgedistill.fmt import short_list
 from edgedistill.io import write_json
 from edgedistill.params import Params
 from edgedistill.readings import Segment, make_windows, read_readings, segments
@@ -128,10 +129,17 @@ def _write_atomically(out_dir: Path, arrays: dict, norm: dict, report: dict) -> 
     shutil.rmtree(old, ignore_errors=True)
 
 
-def main() -> None:
-    from edgedistill.cli import run_stage_main
+def summary(r: dict[str, Any]) -> str:
+    """One line per split; group lists shortened ("S01, S02 … (468 groups)")."""
+    return "\n".join(f"{name}: {s['windows']:,} windows of {r['window']} (stride {s['stride']}) from "
+                     f"{s['recordings']} recordings, groups {short_list(s['groups'])}"
+                     for name, s in r["splits"].items())
 
-    run_stage_main("prepare", lambda p: run(p))
+
+def main() -> None:
+    from edgedistill.runner import run_stage_main
+
+    run_stage_main("prepare", lambda p: run(p), summary)
 
 
 if __name__ == "__main__":

@@ -131,7 +131,7 @@ def run(params: Params, reference: str | Path = PROD_REFERENCE, out: str | Path 
 
 
 def main() -> None:
-    from edgedistill.cli import run_stage_main
+    from edgedistill.runner import run_stage_main
 
     run_stage_main("promote", lambda p: run(p))
 

@@ -2,7 +2,7 @@
 so distillation reads cached logits instead of running the teacher every epoch.
 
 Output: models/teacher_logits.npz — plain [N, K] (for Hinton KD), bank [V, N, K] (for function matching on the
-bank), and a checksum per view so `distill` can prove it regenerated exactly the views that were scored.
+bank), and the SHA-256 of each view's bytes so `distill` can prove it regenerated exactly the views that were scored.
 The views themselves are not stored (V x the train set); they are regenerated from the seed on the CPU.
 """
 
@@ -14,34 +14,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from edgedistill.bank import bank_views, view_digest
 from edgedistill.checkpoint import check_compatible, load_checkpoint
 from edgedistill.io import atomic_path
 from edgedistill.params import Params
-from edgedistill.training import (
-    Augment,
-    augment,
-    data_fingerprint,
-    load_split,
-    mixup,
-    predict,
-    resolve_device,
-)
+from edgedistill.training import Augment, data_fingerprint, load_split, predict, resolve_device
 
 PREPARED = "data/prepared"
 TEACHER = "models/teacher.pt"
 OUT = "models/teacher_logits.npz"
-
-
-def bank_views(x_cpu: torch.Tensor, views: int, aug: Augment, mixup_alpha: float, seed: int):
-    """Yield the bank's views one at a time, generated on the CPU from `seed` (identical on every machine)."""
-    gen = torch.Generator(device="cpu")
-    gen.manual_seed(seed)
-    for _ in range(views):
-        yield mixup(augment(x_cpu, aug, gen), mixup_alpha, gen)
-
-
-def view_checksum(v: torch.Tensor) -> float:
-    return float(v.double().abs().sum())
 
 
 def run(params: Params, prepared: str | Path = PREPARED, teacher: str | Path = TEACHER,
@@ -55,19 +36,19 @@ def run(params: Params, prepared: str | Path = PREPARED, teacher: str | Path = T
     b = params.distill.bank
     aug = Augment(**params.student.augment.model_dump())
     plain = predict(model, train.x.to(device)).cpu().numpy()
-    bank, sums = [], []
+    bank, digests = [], []
     for v in bank_views(train.x, b.views, aug, b.mixup_alpha, b.seed):
         bank.append(predict(model, v.to(device)).cpu().numpy())
-        sums.append(view_checksum(v))
+        digests.append(view_digest(v))
     with atomic_path(out) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, plain=plain.astype(np.float32), bank=np.stack(bank).astype(np.float32),
-                     view_checksums=np.array(sums), train_sha=np.array(data_fingerprint(train_path)))
+                     view_digests=np.array(digests), train_sha=np.array(data_fingerprint(train_path)))
     return {"path": str(out), "windows": len(train), "views": b.views}
 
 
 def main() -> None:
-    from edgedistill.cli import run_stage_main
+    from edgedistill.runner import run_stage_main
 
     run_stage_main("teacher_logits", lambda p: run(p))
 

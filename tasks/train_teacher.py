@@ -66,7 +66,7 @@ def run(params: Params, prepared: str | Path = PREPARED, model_out: str | Path =
 
 
 def main() -> None:
-    from edgedistill.cli import run_stage_main
+    from edgedistill.runner import run_stage_main
 
     run_stage_main("train_teacher", lambda p: run(p))
 

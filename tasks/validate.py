@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from edgedistill.data_profile import profile
 from edgedistill.errors import DataInvalid
 from edgedistill.io import read_json, write_json
 from edgedistill.params import Params
@@ -39,24 +40,6 @@ class Table:
     frame: pd.DataFrame
     index_cols: list[str]
     expectations: list[Any] = field(default_factory=list)
-
-
-def profile(df: pd.DataFrame, params: Params) -> dict[str, Any]:
-    """Summary used as the drift reference and printed by the CLI."""
-    d = params.data
-    chans = {}
-    for c in d.channels:
-        v = pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=np.float64)
-        v = v[np.isfinite(v)]
-        chans[c] = {"mean": float(v.mean()) if v.size else None, "std": float(v.std()) if v.size else None}
-    shares = df[d.label_col].astype(str).value_counts(normalize=True).sort_index()
-    return {
-        "rows": int(len(df)),
-        "recordings": int(recording_keys(df, d).nunique()),
-        "groups": int(df[d.group_col].nunique()),
-        "channels": chans,
-        "label_shares": {str(k): float(v) for k, v in shares.items()},
-    }
 
 
 def _exp(cls_name: str, check: str, **kwargs: Any) -> Any:
@@ -300,10 +283,17 @@ def run(params: Params, readings: str | Path | None = None, report_dir: str | Pa
     return report
 
 
-def main() -> None:
-    from edgedistill.cli import run_stage_main
+def summary(r: dict[str, Any]) -> str:
+    s = r["summary"]
+    return (f"validation PASSED: {r['checks_run']} GX checks on {r['file']} "
+            f"({s['rows']:,} rows, {s['recordings']} recordings, {s['groups']} groups); "
+            f"drift reference: {r['drift_reference']}; report: {r['data_docs']}")
 
-    run_stage_main("validate", lambda p: run(p))
+
+def main() -> None:
+    from edgedistill.runner import run_stage_main
+
+    run_stage_main("validate", lambda p: run(p), summary)
 
 
 if __name__ == "__main__":

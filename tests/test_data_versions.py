@@ -21,9 +21,11 @@ from conftest import SMALL, base_params_dict, make_params, merge, small_readings
 from typer.testing import CliRunner
 
 from edgedistill import cli, dataversions
+from edgedistill.cli import main as cli_main
 from edgedistill.dataversions import DataVersionError
 from edgedistill.errors import DataInvalid
 from edgedistill.params import load_params
+from tasks import validate
 
 BIN = Path(sys.executable).parent
 TRACKED = "data/user/readings.parquet"
@@ -88,8 +90,8 @@ def snapshot(root: Path, remote: Path | None = None) -> dict:
 
 def cli_run(root: Path, monkeypatch, *args: str):
     monkeypatch.chdir(root)
-    monkeypatch.setattr(cli.console, "_width", 200)
-    monkeypatch.setattr(cli.err_console, "_width", 200)
+    monkeypatch.setattr(cli_main.console, "_width", 200)
+    monkeypatch.setattr(cli_main.err_console, "_width", 200)
     return CliRunner().invoke(cli.app, list(args))
 
 
@@ -104,8 +106,8 @@ def repo(tmp_path_factory):
     v1_file = write_readings(first, base / "incoming" / "first.parquet")
     drop_file = write_readings(drop, base / "incoming" / "drop.csv")
     params = load_params(root / "params.yaml")
-    v1 = dataversions.add(params, v1_file, root=root)
-    v2 = dataversions.add(params, drop_file, append=True, root=root)
+    v1 = dataversions.add(params, v1_file, root=root, validate=validate.run)
+    v2 = dataversions.add(params, drop_file, append=True, root=root, validate=validate.run)
     return SimpleNamespace(root=root, remote=remote, params=params, v1=v1, v2=v2, first=first, drop=drop,
                            incoming=base / "incoming")
 
@@ -330,7 +332,7 @@ def test_failed_validation_names_update_reference_for_drift(repo):
     f = write_readings(drifted, repo.incoming / "drifted.parquet")
     before = snapshot(repo.root, repo.remote)
     with pytest.raises(DataInvalid) as e:
-        dataversions.add(repo.params, f, append=True, root=repo.root)
+        dataversions.add(repo.params, f, append=True, root=repo.root, validate=validate.run)
     assert "channel mean within" in str(e.value) and "is unchanged" in str(e.value)
     assert "--update-reference" in e.value.hint
     assert snapshot(repo.root, repo.remote) == before
@@ -421,8 +423,8 @@ def test_s3_remote_add_append_checkout(tmp_path, s3):
     sh([str(BIN / "dvc"), "remote", "modify", "s3store", "endpointurl", s3.endpoint], root)
     first, drop = split_drop(subjects=5)
     params = load_params(root / "params.yaml")
-    v1 = dataversions.add(params, write_readings(first, tmp_path / "first.parquet"), root=root)
-    v2 = dataversions.add(params, write_readings(drop, tmp_path / "drop.parquet"), append=True, root=root)
+    v1 = dataversions.add(params, write_readings(first, tmp_path / "first.parquet"), root=root, validate=validate.run)
+    v2 = dataversions.add(params, write_readings(drop, tmp_path / "drop.parquet"), append=True, root=root, validate=validate.run)
     assert v1["pushed_to"] == v2["pushed_to"] == "s3store"
     keys = {o["Key"] for o in s3.client.list_objects_v2(Bucket=s3.bucket).get("Contents", [])}
     assert {f"dvcstore/files/md5/{v['md5'][:2]}/{v['md5'][2:]}" for v in (v1, v2)} <= keys

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from edgedistill.cli import SUMMARIES, _state, app, console, guarded, run_stage
+from edgedistill.cli.main import SUMMARIES, _state, app, console, guarded, run_stage
 from edgedistill.errors import DataInvalid, ParamsInvalid
 from edgedistill.params import BenchmarkParams, DeviceProfile, load_params
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from edgedistill.cli import _state, app, console, guarded, params
+from edgedistill.cli.main import _state, app, console, guarded, params
 
 data_app = typer.Typer(
     help="Dataset versions of data.readings: add (validated first), log, diff, checkout.",
@@ -34,11 +34,12 @@ def add(
 ) -> None:
     """Validate new readings, then `dvc add`, commit and push them; on failure nothing tracked changes."""
     from edgedistill import dataversions as dv
+    from tasks import validate as validate_stage
 
     def go() -> dict:
         with console.status("validating and tracking…", spinner="dots"):
             return dv.add(params(), path, append=append, to=to, update_reference=update_reference,
-                          params_file=_state["params"], push=push)
+                          params_file=_state["params"], push=push, validate=validate_stage.run)
 
     r = guarded(go)
     before, after = r["before"], r["after"]

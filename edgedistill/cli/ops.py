@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from edgedistill.cli import _state, app, console, guarded, params
+from edgedistill.cli.main import _state, app, console, guarded, params
 
 
 def sweep_table(summary: dict[str, Any]) -> Table:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from edgedistill.cli import SUMMARIES, app, console, guarded, run_stage
+from edgedistill.cli.main import SUMMARIES, app, console, guarded, run_stage
 
 
 def _pct(x: float) -> str:

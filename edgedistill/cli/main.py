@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgedistill.errors import EdgeDistillError
+from edgedistill.fmt import short_list
 from edgedistill.params import DEFAULT_PARAMS, Params, load_params
 
 console = Console(stderr=False)
@@ -74,15 +74,15 @@ def print_summary(stage: str, result: dict[str, Any], seconds: float) -> None:
 
 
 def _ingest_summary(r: dict) -> None:
-    console.print(f"{r['path']}: {r['rows']:,} readings, {r['recordings']} recordings, "
-                  f"{r['subjects']} subjects, {r['classes']} classes")
+    from tasks.ingest import summary
+
+    console.print(escape(summary(r)))
 
 
 def _validate_summary(r: dict) -> None:
-    s = r["summary"]
-    console.print(f"validation [bold green]PASSED[/]: {r['checks_run']} GX checks on {r['file']} "
-                  f"({s['rows']:,} rows, {s['recordings']} recordings, {s['groups']} groups); "
-                  f"drift reference: {r['drift_reference']}; report: {r['data_docs']}")
+    from tasks.validate import summary
+
+    console.print(escape(summary(r)).replace("PASSED", "[bold green]PASSED[/]", 1))
 
 
 def _prepare_summary(r: dict) -> None:
@@ -94,7 +94,7 @@ def _prepare_summary(r: dict) -> None:
     t.add_column("windows", justify="right")
     t.add_column("per class")
     for name, s in r["splits"].items():
-        t.add_row(name, str(s["stride"]), ", ".join(s["groups"]), str(s["recordings"]), f"{s['windows']:,}",
+        t.add_row(name, str(s["stride"]), short_list(s["groups"]), str(s["recordings"]), f"{s['windows']:,}",
                   " ".join(f"{k}:{v}" for k, v in s["windows_per_class"].items()))
     console.print(t)
 
@@ -113,15 +113,6 @@ def run_stage(stage: str, fn: Callable[[Params], dict]) -> dict:
         result = fn(p)
     print_summary(stage, result, time.perf_counter() - t0)
     return result
-
-
-def run_stage_main(stage: str, fn: Callable[[Params], dict]) -> None:
-    """Entry for `python -m tasks.<stage>` (what dvc.yaml calls): same output and errors as the CLI."""
-    _state["debug"] = "--debug" in sys.argv
-    try:
-        guarded(lambda: run_stage(stage, fn))
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
 
 
 # ---------------------------------------------------------------- stage commands
@@ -170,20 +161,3 @@ def check_params() -> None:
     """Validate params.yaml and exit."""
     guarded(params)
     console.print(f"[green]✓[/] {_state['params']} is valid")
-
-
-# Command groups living in their own modules register themselves on `app` when imported here.
-# (one import line per module; keep this list at the bottom, after `app` exists)
-import edgedistill.cli_bench  # noqa: E402,F401  (edgedistill export | benchmark | bench MODEL.onnx)
-import edgedistill.cli_data  # noqa: E402,F401  (edgedistill data add|log|diff|checkout)
-import edgedistill.cli_ops  # noqa: E402,F401  (edgedistill sweep|publish|watch)
-import edgedistill.cli_release  # noqa: E402,F401  (edgedistill promote|registry|fetch|reproduce)
-import edgedistill.cli_train  # noqa: E402,F401  (edgedistill train-teacher | teacher-logits | distill)
-
-
-def main() -> None:  # pragma: no cover
-    app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()
