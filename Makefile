@@ -35,6 +35,7 @@ test-fast: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf reports data/prepared data/raw/readings.parquet models metrics .pytest_cache
