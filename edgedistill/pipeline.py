@@ -8,14 +8,29 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgedistill.errors import EdgeDistillError
+from edgedistill.errors import EdgeDistillError, ParamsInvalid
 
 
-def pipeline_stages(root: str | Path = ".") -> list[str]:
-    """Stage names in dvc.yaml order (dvc.yaml is the one map of the pipeline)."""
-    import yaml
+def pipeline_stages(root: str | Path = ".", connected_only: bool = False) -> list[str]:
+    """dvc.yaml's stage names in the order DVC's graph runs them: each stage after the stages whose outs
+    it depends on; independent stages in dvc.yaml order. `connected_only` leaves out a stage that shares
+    no file with any other stage (`ingest` once data.readings points at the user's own file)."""
+    import networkx as nx
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+    from dvc.stage import PipelineStage
 
-    return list((yaml.safe_load((Path(root) / "dvc.yaml").read_text()) or {}).get("stages", {}))
+    try:
+        with Repo(str(root)) as repo:
+            graph = repo.index.graph  # edges: stage -> the stages it depends on
+    except DvcException as e:
+        raise ParamsInvalid(f"{Path(root) / 'dvc.yaml'}: DVC cannot build the pipeline graph: {e}") from None
+    stages = graph.subgraph([s for s in graph.nodes if isinstance(s, PipelineStage)])
+    position = {s: i for i, s in enumerate(stages.nodes)}  # DVC loads dvc.yaml's stages in file order
+    order = list(nx.lexicographical_topological_sort(stages.reverse(copy=True), key=position.__getitem__))
+    if connected_only and len(order) > 1:
+        order = [s for s in order if stages.degree(s) > 0]
+    return [s.name for s in order]
 
 
 class StageFailed(EdgeDistillError):

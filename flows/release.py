@@ -476,8 +476,10 @@ def _release(root: str, params_file: str, stages: list[str] | None, force: bool)
     unknown = [s for s in stages or [] if s not in order]
     if unknown:
         raise ParamsInvalid(f"unknown stage(s) {unknown}; the pipeline is {order}")
-    selected = [s for s in order if not stages or s in stages]
-    releasing = "promote" in order and set(selected) == set(order)
+    # by default every stage connected to the pipeline: ingest only while data.readings is its output
+    default = pipeline_stages(root_p, connected_only=True)
+    selected = [s for s in order if s in stages] if stages else default
+    releasing = "promote" in order and set(selected) == set(default)
     if releasing:
         declared = (yaml.safe_load((root_p / "dvc.yaml").read_text()) or {}).get("artifacts") or {}
         if params.promote.model not in declared:

@@ -1,0 +1,130 @@
+"""dvc.yaml is the true map of the pipeline: every project module a stage imports (transitively, lazy
+imports inside functions included) is one of its deps, params are declared by key, and the release
+flow takes the stage order from DVC's graph."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PROJECT_PACKAGES = ("edgedistill", "tasks", "flows")
+DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+STAGES = {name: s for name, s in DVC["stages"].items() if re.match(r"python -m tasks\.\w+", s["cmd"])}
+
+
+def module_file(name: str) -> Path | None:
+    """The project file a dotted module name is loaded from (None: not a project module)."""
+    if name.split(".")[0] not in PROJECT_PACKAGES:
+        return None
+    base = ROOT.joinpath(*name.split("."))
+    for f in (base.with_suffix(".py"), base / "__init__.py"):
+        if f.is_file():
+            return f
+    return None
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Dotted names of the modules a file imports anywhere in its body (function-level imports too)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            # `from pkg import mod` imports the submodule pkg.mod when there is one
+            found.update(f"{node.module}.{a.name}" for a in node.names if module_file(f"{node.module}.{a.name}"))
+    return found
+
+
+def project_closure(start: Path) -> set[str]:
+    """Repo-relative paths of every project file `start` loads, itself included. Package __init__ files
+    count only when they hold code (an empty one cannot change a result)."""
+    seen: set[Path] = set()
+    todo = [start]
+    while todo:
+        f = todo.pop()
+        if f in seen:
+            continue
+        seen.add(f)
+        for mod in imported_modules(f):
+            parts = mod.split(".")
+            for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__ and a/b/__init__ first
+                g = module_file(".".join(parts[:i]))
+                if g is not None and g not in seen:
+                    todo.append(g)
+    return {str(f.relative_to(ROOT)) for f in seen
+            if f.name != "__init__.py" or ast.parse(f.read_text()).body}
+
+
+def stage_file(stage: dict) -> Path:
+    return ROOT / "tasks" / (re.match(r"python -m tasks\.(\w+)", stage["cmd"]).group(1) + ".py")
+
+
+def test_closure_sees_lazy_and_from_imports():
+    got = project_closure(ROOT / "tasks/distill.py")
+    assert {"tasks/distill.py", "edgedistill/training.py", "edgedistill/bank.py", "edgedistill/kd.py",
+            "edgedistill/nets.py", "edgedistill/errors.py"} <= got
+    assert not any(p.startswith(("flows/", "edgedistill/cli")) for p in got)
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_stage_deps_list_every_project_module_it_imports(name):
+    stage = STAGES[name]
+    deps = {d if isinstance(d, str) else next(iter(d)) for d in stage.get("deps", [])}
+    missing = sorted(project_closure(stage_file(stage)) - deps)
+    assert not missing, f"dvc.yaml stage {name!r} imports {missing} but does not list them as deps"
+    # module files, never whole package directories (a directory dep re-runs on any edit in it)
+    assert not {d for d in deps if d.rstrip("/") in PROJECT_PACKAGES}
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_stage_params_declared_by_key(name):
+    for p in STAGES[name].get("params", []):
+        keys = list(p) if isinstance(p, dict) else [p]
+        for k in keys:
+            assert "." in k, f"stage {name!r} declares the whole params section {k!r}; declare the keys it reads"
+
+
+@pytest.fixture
+def shuffled_project(tmp_path):
+    """A DVC project whose dvc.yaml lists the stages in reverse: the order must come from the graph."""
+    from dvc.repo import Repo
+
+    Repo.init(str(tmp_path), no_scm=True).close()
+    raw = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    raw["stages"] = dict(reversed(list(raw["stages"].items())))
+    (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    return tmp_path
+
+
+def test_stage_order_comes_from_dvc_graph(shuffled_project):
+    from edgedistill.pipeline import pipeline_stages
+
+    order = pipeline_stages(shuffled_project)
+    assert list(STAGES)[::-1] == list(yaml.safe_load((shuffled_project / "dvc.yaml").read_text())["stages"])
+    assert sorted(order) == sorted(STAGES)
+    # every stage runs after the stages that produce its deps
+    for name in order:
+        later = {str(next(iter(o))) if isinstance(o, dict) else str(o) for n in order[order.index(name) + 1:]
+                 for o in DVC["stages"][n].get("outs", []) + DVC["stages"][n].get("metrics", [])}
+        deps = {d for d in DVC["stages"][name].get("deps", []) if isinstance(d, str)}
+        deps |= {str(Path(d).parent) for d in deps}  # data/prepared/train.npz comes from data/prepared
+        assert not deps & later, f"{name} runs before the stage producing {deps & later}"
+    assert order.index("ingest") < order.index("validate") < order.index("prepare") < order.index("promote")
+
+
+def test_ingest_left_out_when_readings_are_the_users(shuffled_project):
+    from edgedistill.pipeline import pipeline_stages
+
+    assert "ingest" in pipeline_stages(shuffled_project, connected_only=True)
+    params = shuffled_project / "params.yaml"
+    params.write_text(params.read_text().replace("readings: data/raw/readings.parquet",
+                                                 "readings: data/mine.parquet"))
+    assert "ingest" not in pipeline_stages(shuffled_project, connected_only=True)
+    assert "ingest" in pipeline_stages(shuffled_project)  # still runnable when named
