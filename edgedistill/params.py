@@ -53,9 +53,10 @@ class DriftParams(_Section):
 
 class ValidateParams(_Section):
     value_range: tuple[float, float] = (-1.0e3, 1.0e3)
-    channel_ranges: dict[str, tuple[float, float]] = {}
-    min_windows_per_class: int = Field(10, ge=1)
-    max_class_imbalance: float = Field(10.0, ge=1, description="largest/smallest class windows")
+    channel_ranges: dict[str, tuple[float, float]] = {
+        **{f"acc_{a}": (-16.0, 16.0) for a in "xyz"}, **{f"gyro_{a}": (-35.0, 35.0) for a in "xyz"}}
+    min_windows_per_class: int = Field(20, ge=1)
+    max_class_imbalance: float = Field(5.0, ge=1, description="largest/smallest class windows")
     examples: int = Field(5, ge=1, le=50, description="offending values shown per failure")
     drift: DriftParams = DriftParams()
 
@@ -113,10 +114,10 @@ class TrainParams(_Section):
     epochs: int = Field(ge=1)
     batch_size: int = Field(128, ge=1)
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = Field(3e-3, gt=0)
-    weight_decay: float = Field(1e-2, ge=0)
+    lr: float = Field(gt=0)  # teacher and student differ: params.yaml states each
+    weight_decay: float = Field(ge=0)
     schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    label_smoothing: float = Field(ge=0, lt=1)
     patience: int = Field(0, ge=0, description="early stopping on val accuracy; 0 = off")
     grad_clip: float = Field(0.0, ge=0)
     seed: int = 0
@@ -124,7 +125,7 @@ class TrainParams(_Section):
 
 class ModelParams(_Section):
     arch: Literal["resnet1d", "dscnn1d"]
-    config: dict[str, Any] = {}
+    config: dict[str, Any]
     train: TrainParams
     augment: AugmentParams = AugmentParams()
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+import yaml
 from conftest import REPO, base_params_dict, merge
+from pydantic import BaseModel
+from pydantic_core import PydanticUndefined
 
 from edgedistill.errors import ParamsInvalid
-from edgedistill.params import load_params, parse_params
+from edgedistill.params import Params, load_params, parse_params
 
 
 def test_repo_params_are_valid():
@@ -43,3 +48,51 @@ def test_missing_required_section_and_bad_yaml(tmp_path):
         load_params(bad)
     with pytest.raises(ParamsInvalid, match="not found"):
         load_params(tmp_path / "absent.yaml")
+
+
+# ---------------------------------------------------------------- one home for defaults
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, BaseModel):
+        return v.model_dump(mode="json", by_alias=True)
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
+def default_mismatches(model: BaseModel, raw: dict, path: str = "") -> list[str]:
+    """Fields whose schema default differs from params.yaml's value, and fields params.yaml omits.
+    Models inside lists (benchmark profiles) are items the user writes: their list is compared whole."""
+    out = []
+    for name, f in type(model).model_fields.items():
+        key = f.alias or name
+        here = f"{path}{key}"
+        if key not in raw:
+            out.append(f"{here}: not in params.yaml")
+            continue
+        value = getattr(model, name)
+        if f.default is not PydanticUndefined or f.default_factory is not None:
+            dflt = f.get_default(call_default_factory=True)
+            if _plain(dflt) != _plain(value):
+                out.append(f"{here}: schema default {_plain(dflt)!r} != params.yaml {_plain(value)!r}")
+        if isinstance(value, BaseModel) and isinstance(raw[key], dict):
+            out += default_mismatches(value, raw[key], here + ".")
+    return out
+
+
+def test_schema_defaults_equal_params_yaml():
+    """params.yaml is the one home of every knob: it states each key, and where the schema keeps a
+    default it is the value params.yaml holds (a key left out of a custom params file means the same)."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert default_mismatches(Params.model_validate(raw), raw) == []
+
+
+def test_default_mismatch_is_detected():
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["validate"]["min_windows_per_class"] = 7
+    del raw["export"]["opset"]
+    got = default_mismatches(Params.model_validate(raw), raw)
+    assert "validate.min_windows_per_class: schema default 20 != params.yaml 7" in got
+    assert "export.opset: not in params.yaml" in got
