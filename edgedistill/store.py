@@ -4,6 +4,7 @@ DVC remote (`<store>/dvc`) and immutable release bundles (`<store>/releases/<mod
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -34,7 +35,27 @@ CLAIM_STALE_SECONDS = 15 * 60
 
 
 class TransientStoreError(StoreUnreachable):
-    """A network/I-O fault worth retrying (timeouts, refused connections, 5xx)."""
+    """A network/I-O fault that may clear by itself (timeouts, refused connections, 5xx)."""
+
+
+# May clear by itself: a busy, interrupted or briefly unreachable disk or endpoint.
+TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.ETIMEDOUT, errno.EPIPE,
+                              errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED, errno.EHOSTUNREACH,
+                              errno.ENETUNREACH, errno.ENETDOWN})
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    """The one classifier: a TransientStoreError, a timeout, a connection error or an OSError whose errno
+    is in TRANSIENT_ERRNOS may clear by itself. Nothing else does: not a refused permission (EACCES,
+    EPERM), a read-only or full disk (EROFS, ENOSPC), a file where a folder should be (ENOTDIR), a missing
+    file, nor any other user-facing error (validation, gates, params)."""
+    if isinstance(exc, TransientStoreError):
+        return True
+    if exc is None or isinstance(exc, EdgeDistillError):
+        return False
+    if isinstance(exc, (TimeoutError, ConnectionError)):
+        return True
+    return isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS
 
 
 class ConditionalWriteFailed(EdgeDistillError):
@@ -94,15 +115,18 @@ class Store(ABC):
 
 @contextlib.contextmanager
 def _local_io(what: str, root: Path) -> Iterator[None]:
-    """A disk that is full, read-only or in the way is the local store being unreachable: say so
-    (retried like a network fault) instead of leaking an OSError traceback."""
+    """A disk fault is the local store being unreachable: say so in one line instead of leaking an
+    OSError traceback; transient (is_transient) or not (full, read-only, no permission, in the way)."""
     try:
         yield
     except (FileExistsError, FileNotFoundError):
         raise
     except OSError as e:
-        raise TransientStoreError(f"{what} in the store {root} failed: {e.strerror or e}"
-                                  + (f" ({e.filename})" if e.filename else "")) from None
+        msg = f"{what} in the store {root} failed: {e.strerror or e}" + (f" ({e.filename})" if e.filename else "")
+        if is_transient(e):
+            raise TransientStoreError(msg) from None
+        raise StoreUnreachable(msg, hint="Fix the store folder (space, permissions, a file in the way) "
+                                         "or store.local in params.yaml, then run again.") from None
 
 
 class LocalStore(Store):

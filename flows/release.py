@@ -5,7 +5,6 @@ bundle to the artifact store and register a GTO version in `staging` (or `prod` 
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -34,7 +33,6 @@ from edgedistill.registry import Registry, commit_paths, git, head_commit
 from edgedistill.store import (
     CARD,
     SUMS,
-    TransientStoreError,
     bundle_exists,
     bundle_prefix,
     configure_dvc_remote,
@@ -52,36 +50,11 @@ BUNDLE_FILES = {"student.onnx": "models/student.onnx", "student.int8.onnx": "mod
 STAGE_LOG_LINES = 80
 
 
-# ---------------------------------------------------------------- retries: transient faults only
-
-_TRANSIENT_ERRNOS = {errno.EIO, errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.ETIMEDOUT, errno.EPIPE,
-                     errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED, errno.EHOSTUNREACH,
-                     errno.ENETUNREACH, errno.ENETDOWN}
-
-
-def is_transient(exc: BaseException | None) -> bool:
-    """I/O and network faults are worth a retry; validation, gate and params failures never are,
-    nor is a missing file or a refused permission (retrying cannot fix those)."""
-    if isinstance(exc, TransientStoreError):
-        return True
-    if exc is None or isinstance(exc, EdgeDistillError):
-        return False
-    if isinstance(exc, (TimeoutError, ConnectionError)):
-        return True
-    return isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS
-
-
-def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
-    exc = state.data if isinstance(state.data, BaseException) else None
-    if exc is None:
-        with contextlib.suppress(Exception):
-            got = state.result(raise_on_failure=False)
-            exc = got if isinstance(got, BaseException) else None
-    return is_transient(exc)
-
-
-TRANSIENT_RETRIES: dict[str, Any] = {"retries": 2, "retry_delay_seconds": [2, 10],
-                                     "retry_condition_fn": _retry_transient, "cache_policy": NO_CACHE}
+# ---------------------------------------------------------------- retries: one layer, in the store
+# Tasks do not retry: the store retries a transient fault where it happens (boto3's standard mode, 3
+# attempts with backoff) and classifies the rest once (edgedistill.store.is_transient); a failed stage is
+# never transient (its cause is in its own output), so a rerun of the flow picks up where it stopped.
+STORE_TASK: dict[str, Any] = {"cache_policy": NO_CACHE}
 
 
 # ---------------------------------------------------------------- stage output capture
@@ -137,7 +110,7 @@ def _stage_output_log() -> logging.Logger:
 
 # ---------------------------------------------------------------- tasks
 
-@task(name="configure-store", **TRANSIENT_RETRIES)
+@task(name="configure-store", **STORE_TASK)
 def configure_store(root: Path, params: Params) -> dict[str, str]:
     store = open_store(params.store, root)
     configure_dvc_remote(store, params.store.remote_name, root)
@@ -145,7 +118,7 @@ def configure_store(root: Path, params: Params) -> dict[str, str]:
     return {"url": store.describe(), "remote": params.store.remote_name}
 
 
-@task(name="dvc-pull", **TRANSIENT_RETRIES)
+@task(name="dvc-pull", **STORE_TASK)
 def pull_inputs(root: Path, params: Params) -> dict[str, Any]:
     got = dvc_pull_missing(open_store(params.store, root), params.store.remote_name, root)
     get_run_logger().info("pulled %d file(s) for %d missing output(s)%s", got["pulled"], len(got["missing"]),
@@ -153,7 +126,7 @@ def pull_inputs(root: Path, params: Params) -> dict[str, Any]:
     return got
 
 
-@task(name="resolve-prod", **TRANSIENT_RETRIES)
+@task(name="resolve-prod", **STORE_TASK)
 def write_prod_reference(root: Path, params: Params) -> dict[str, Any]:
     """Record the current prod version and its key metrics where the promote stage reads them
     (rewritten only when it changes, so DVC skips `promote` when nothing moved)."""
@@ -171,8 +144,7 @@ def write_prod_reference(root: Path, params: Params) -> dict[str, Any]:
     return ref
 
 
-@task(name="stage", task_run_name="{stage}", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 10],
-      retry_condition_fn=_retry_transient)
+@task(name="stage", task_run_name="{stage}", cache_policy=NO_CACHE)
 def run_stage(stage: str, root: Path, force: bool = False) -> dict[str, Any]:
     log = get_run_logger()
     # DVC runs `python -m tasks.<stage>`: make that the interpreter running this flow
@@ -212,14 +184,14 @@ def _with_dvc_cause(e: BaseException) -> BaseException:
     return StageFailed(f"{e}: {cause}")
 
 
-@task(name="dvc-push", **TRANSIENT_RETRIES)
+@task(name="dvc-push", **STORE_TASK)
 def push_outputs(root: Path, params: Params) -> int:
     n = dvc_push(open_store(params.store, root), params.store.remote_name, root)
     get_run_logger().info("pushed %d file(s) to the store", n)
     return n
 
 
-@task(name="register-release", **TRANSIENT_RETRIES)
+@task(name="register-release", **STORE_TASK)
 def register_release(root: Path, params: Params, decision: dict[str, Any]) -> dict[str, Any]:
     """Commit what the release pins, publish its bundle, then tag it; the tag comes last so a
     registered version always has its bundle in the store."""

@@ -26,10 +26,10 @@ from edgedistill.store import (
     dvc_pull_missing,
     dvc_push,
     fetch_bundle,
+    is_transient,
     open_store,
     publish_bundle,
 )
-from flows.release import is_transient
 
 BUCKET = "edgedistill-test"
 
@@ -124,6 +124,19 @@ def test_unreachable_s3_is_a_transient_store_error(aws_env):
     assert not is_transient(StoreUnreachable("bucket missing")) and not is_transient(ArtifactCorrupt("x"))
     assert is_transient(ConnectionResetError()) and is_transient(OSError(errno.EIO, "I/O error"))
     assert not is_transient(FileNotFoundError(errno.ENOENT, "gone")) and not is_transient(PermissionError())
+    for code in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.ENOTDIR):
+        assert not is_transient(OSError(code, os.strerror(code))), errno.errorcode[code]
+
+
+def test_local_store_in_the_way_is_unreachable_not_transient(tmp_path):
+    """A file where the store's folder should be cannot clear by itself: StoreUnreachable, not retried."""
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store/releases").write_text("not a directory")
+    src = tmp_path / "card.json"
+    src.write_text("{}")
+    with pytest.raises(StoreUnreachable, match="Not a directory") as e:
+        LocalStore(tmp_path / "store").put_file(src, "releases/student/v0.1.0/card.json")
+    assert not isinstance(e.value, TransientStoreError) and not is_transient(e.value)
 
 
 def test_missing_bucket_is_named(s3_endpoint, aws_env):

@@ -22,9 +22,9 @@ from edgedistill.store import (
     TransientStoreError,
     bundle_exists,
     fetch_bundle,
+    is_transient,
     publish_bundle,
 )
-from flows.release import is_transient
 
 MODEL = "student"
 
