@@ -4,7 +4,6 @@ validation, list versions with the releases trained on them, diff two versions, 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import re
 import shutil
@@ -19,9 +18,10 @@ import pandas as pd
 import yaml
 
 from edgedistill.data_profile import profile
-from edgedistill.errors import DataInvalid, EdgeDistillError, StoreUnreachable
-from edgedistill.io import atomic_path, read_json
-from edgedistill.params import Params
+from edgedistill.dvclock import md5s_of
+from edgedistill.errors import DataInvalid, EdgeDistillError, ParamsInvalid, StoreUnreachable
+from edgedistill.io import atomic_path, file_digest, read_json
+from edgedistill.params import Params, update_params_file
 from edgedistill.readings import read_readings, recording_keys
 
 # The candidate's GX report goes here, not to reports/validation/: that folder belongs to the
@@ -102,11 +102,7 @@ def tracked_file(root: Path, readings: str | Path) -> Tracked:
 
 def md5_file(path: Path) -> str:
     """DVC 3 hashes a file as the md5 of its bytes, so this matches what .dvc files record."""
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return file_digest(path, "md5")
 
 
 # ---------------------------------------------------------------- what a commit records for the data
@@ -121,34 +117,18 @@ def _md5_in_dvcfile(text: str | None) -> tuple[str, int | None] | None:
     return str(outs[0]["md5"]), outs[0].get("size")
 
 
-def _md5s_in_lock(text: str | None, path: str) -> dict[str, list[str]]:
-    """md5 recorded for `path` in a dvc.lock, split by role ('outs' / 'deps')."""
-    found: dict[str, list[str]] = {"outs": [], "deps": []}
-    try:
-        lock = yaml.safe_load(text) if text else None
-    except yaml.YAMLError:
-        return found
-    want = os.path.normpath(path)
-    for stage in ((lock or {}).get("stages") or {}).values():
-        for role in ("outs", "deps"):
-            for entry in stage.get(role) or []:
-                if isinstance(entry, dict) and os.path.normpath(str(entry.get("path", ""))) == want and "md5" in entry:
-                    found[role].append(str(entry["md5"]))
-    return found
-
-
 def recorded_at(t: Tracked, rev: str) -> tuple[str, int | None] | None:
     """(md5, size) of the data at a commit: its .dvc file, else the stage output in dvc.lock."""
     rec = _md5_in_dvcfile(_git_show(t.root, rev, t.dvcfile))
     if rec:
         return rec
-    outs = _md5s_in_lock(_git_show(t.root, rev, "dvc.lock"), t.path)["outs"]
+    outs = md5s_of(_git_show(t.root, rev, "dvc.lock"), t.path)["outs"]
     return (outs[0], None) if outs else None
 
 
 def release_md5s(t: Tracked, rev: str) -> set[str]:
     """The data a release at `rev` was built from: dvc.lock (what the stages ran on), else the .dvc file."""
-    lock = _md5s_in_lock(_git_show(t.root, rev, "dvc.lock"), t.path)
+    lock = md5s_of(_git_show(t.root, rev, "dvc.lock"), t.path)
     if lock["deps"] or lock["outs"]:
         return set(lock["deps"] + lock["outs"])
     rec = _md5_in_dvcfile(_git_show(t.root, rev, t.dvcfile))
@@ -158,14 +138,15 @@ def release_md5s(t: Tracked, rev: str) -> set[str]:
 def releases(t: Tracked) -> dict[str, list[str]]:
     """md5 -> registered GTO versions (`<model>@vX.Y.Z`, not deregistered) whose commit used that data."""
     from gto.constants import ACTION, NAME, VERSION, Action
-    from gto.tag import parse_name
+
+    from edgedistill.registry import parse_tag
 
     refs = git(t.root, "for-each-ref", "refs/tags", "--format=%(refname:short)%09%(objectname)%09%(*objectname)")
     registered: dict[tuple[str, str], str] = {}
     cancelled: set[tuple[str, str]] = set()
     for line in refs.splitlines():
         name, obj, peeled = (line.split("\t") + ["", ""])[:3]
-        parsed = parse_name(name, raise_on_fail=False)
+        parsed = parse_tag(name)
         if not parsed or VERSION not in parsed:
             continue
         key = (parsed[NAME], parsed[VERSION])
@@ -526,29 +507,12 @@ def _change_lines(before: dict | None, after: dict) -> list[str]:
 
 
 def set_readings_param(params_file: Path, new_path: str) -> bool:
-    """Point data.readings at new_path by editing only that line; False when the file's layout is unexpected."""
-    text = params_file.read_text()
-    lines = text.splitlines(keepends=True)
-    in_data = False
-    for i, line in enumerate(lines):
-        if re.match(r"^data:\s*(#.*)?$", line):
-            in_data = True
-            continue
-        if in_data and re.match(r"^\S", line) and not line.startswith("#"):
-            break
-        m = re.match(r"^(\s+readings:\s*)(\S+?)(\s+#.*)?(\r?\n)?$", line) if in_data else None
-        if m:
-            lines[i] = f"{m.group(1)}{new_path}{m.group(3) or ''}{m.group(4) or ''}"
-            candidate = "".join(lines)
-            try:
-                if (yaml.safe_load(candidate) or {}).get("data", {}).get("readings") != new_path:
-                    return False
-            except yaml.YAMLError:
-                return False
-            with atomic_path(params_file) as tmp:
-                tmp.write_text(candidate)
-            return True
-    return False
+    """Point data.readings at new_path (comments and layout kept); False when the file cannot take it."""
+    try:
+        update_params_file(params_file, {"data": {"readings": new_path}})
+    except (ParamsInvalid, OSError):
+        return False
+    return True
 
 
 def _restore(path: Path, content: bytes | None) -> None:

@@ -50,9 +50,26 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
+def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes (md5 is what DVC 3 records in .dvc files and dvc.lock)."""
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, algorithm).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    return file_digest(path, "sha256")
+
+
+def swap_dir(new: Path, dest: Path) -> None:
+    """Replace the directory `dest` by `new` with two renames on the same filesystem (the old tree is
+    removed only after the new one is in place), so a reader sees the old tree or the new, never half."""
+    import shutil
+
+    old = dest.with_name(f".{dest.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists() or dest.is_symlink():
+        os.replace(dest, old)
+    os.replace(new, dest)
+    shutil.rmtree(old, ignore_errors=True)
+    if old.is_symlink():
+        old.unlink()

@@ -361,3 +361,36 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
     except UnicodeDecodeError:
         raise ParamsInvalid(f"{path}: not a text file") from None
     return parse_params(raw, str(path))
+
+
+def update_params_file(path: str | Path, overlay: dict[str, Any]) -> None:
+    """Merge `overlay` (nested sections) into a params file in place, keeping its comments and layout
+    (ruamel, as DVC edits it); the result is validated first, so an invalid file is never written."""
+    import io
+    import json
+
+    from ruamel.yaml import YAML
+
+    from edgedistill.io import atomic_path
+
+    path = Path(path)
+    ry = YAML()
+    ry.preserve_quotes = True
+    ry.width = 4096  # never re-wrap a line
+    ry.indent(mapping=2, sequence=4, offset=2)
+    ry.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
+    doc = ry.load(path.read_text())
+
+    def merge(node: Any, new: dict[str, Any]) -> None:
+        for k, v in new.items():
+            if isinstance(v, dict) and k in node and isinstance(node[k], dict):
+                merge(node[k], v)
+            else:
+                node[k] = v
+
+    merge(doc, json.loads(json.dumps(overlay)))
+    buf = io.StringIO()
+    ry.dump(doc, buf)
+    parse_params(yaml.safe_load(buf.getvalue()), str(path))
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(buf.getvalue())

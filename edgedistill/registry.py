@@ -87,16 +87,22 @@ def commit_paths(root: str | os.PathLike[str], paths: list[str], message: str) -
 
 # ---------------------------------------------------------------- registry over GTO
 
-def _counter(tag: str | None) -> int:
+def parse_tag(tag: str) -> dict[str, Any] | None:
+    """GTO's reading of a tag name (name, version, stage, counter, action); None for other tags."""
     from gto.tag import parse_name
 
-    return int((parse_name(tag, raise_on_fail=False) or {}).get("counter", 0)) if tag else 0
+    return parse_name(tag, raise_on_fail=False) or None
+
+
+def tag_counter(tag: str | None) -> int:
+    """GTO's running number of a tag (0 for none): later assignments have larger numbers."""
+    return int((parse_tag(tag) or {}).get("counter", 0)) if tag else 0
 
 
 def _order(event: Any) -> tuple[datetime, int]:
     # Tag times have 1 s resolution; GTO's per-artifact tag counter breaks ties, so a rollback made
     # in the same second as the promotion it undoes still wins.
-    return (event.created_at, _counter(getattr(event, "tag", None)))
+    return (event.created_at, tag_counter(getattr(event, "tag", None)))
 
 
 class Registry:

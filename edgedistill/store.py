@@ -23,7 +23,7 @@ from edgedistill.errors import (
     ReleaseNotFound,
     StoreUnreachable,
 )
-from edgedistill.io import sha256_file
+from edgedistill.io import sha256_file, swap_dir
 from edgedistill.params import StoreParams
 
 DVC_PREFIX = "dvc"
@@ -353,25 +353,13 @@ def open_store(sp: StoreParams, root: str | os.PathLike[str] = ".") -> Store:
 
 # ---------------------------------------------------------------- DVC remote on the store
 
-@contextlib.contextmanager
-def working_dir(path: str | os.PathLike[str]) -> Iterator[None]:
-    """DVC resolves targets (stage names, output paths) against the current directory, so DVC
-    calls on a project run from inside it."""
-    before = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(before)
-
-
 def configure_dvc_remote(store: Store, name: str, root: str | os.PathLike[str] = ".") -> dict[str, str]:
     """Point DVC's default remote at the store, in .dvc/config.local (never committed: params.yaml
     is the one place the store is configured, and the local path is machine-specific)."""
     from dvc.repo import Repo
 
     want = store.dvc_remote()
-    with working_dir(root), Repo(str(root)) as repo:
+    with contextlib.chdir(root), Repo(str(root)) as repo:
         current = repo.config.load_one("local")
         have = dict(current.get("remote", {}).get(name, {}))
         if isinstance(store, LocalStore):  # DVC stores local urls relative to .dvc/
@@ -397,7 +385,7 @@ def dvc_pull_missing(store: Store, name: str, root: str | os.PathLike[str] = "."
 
     if isinstance(store, LocalStore) and not (store.root / DVC_PREFIX).is_dir():
         return {"pulled": 0, "missing": [], "note": "store is empty"}
-    with working_dir(root), Repo(str(root)) as repo:
+    with contextlib.chdir(root), Repo(str(root)) as repo:
         missing = sorted({str(out) for stage in repo.index.stages for out in stage.outs
                           if out.use_cache and out.hash_info and not os.path.exists(out.fs_path)})
         if not missing:
@@ -414,7 +402,7 @@ def dvc_push(store: Store, name: str, root: str | os.PathLike[str] = ".") -> int
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
-    with working_dir(root), Repo(str(root)) as repo:
+    with contextlib.chdir(root), Repo(str(root)) as repo:
         try:
             return int(repo.push(remote=name) or 0)
         except DvcException as e:
@@ -532,21 +520,8 @@ def fetch_bundle(store: Store, model: str, version: str, dest: str | os.PathLike
         if (card.get("model"), card.get("version")) != (model, version):
             raise ArtifactCorrupt(f"{prefix}/{CARD} describes {card.get('model')} {card.get('version')}, "
                                   f"not {model} {version}; nothing was replaced in {dest}")
-        _swap_in(tmp, dest)
+        swap_dir(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {"dest": str(dest), "files": {n: {"sha256": d, "bytes": (dest / n).stat().st_size}
                                          for n, d in sums.items()}}
-
-
-def _swap_in(new: Path, dest: Path) -> None:
-    """Replace `dest` by `new` with two renames on the same filesystem (the old tree is removed
-    only after the new one is in place)."""
-    old = dest.with_name(f".{dest.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if dest.exists() or dest.is_symlink():
-        os.replace(dest, old)
-    os.replace(new, dest)
-    shutil.rmtree(old, ignore_errors=True)
-    if old.is_symlink():
-        old.unlink()

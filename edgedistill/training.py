@@ -73,8 +73,7 @@ def data_fingerprint(*paths: str | Path) -> str:
     h = hashlib.sha256()
     for p in paths:
         with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+            h.update(hashlib.file_digest(f, "sha256").digest())
     return h.hexdigest()[:16]
 
 

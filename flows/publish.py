@@ -14,7 +14,7 @@ from prefect import flow, get_run_logger
 
 from edgedistill.errors import ReleaseNotFound
 from edgedistill.params import Params, load_params
-from edgedistill.registry import Registry, git
+from edgedistill.registry import Registry, git, tag_counter
 from edgedistill.store import (
     ConditionalWriteFailed,
     Store,
@@ -34,10 +34,7 @@ def channel_key(model: str, stage: str) -> str:
 def assignment_counter(root: str | Path, model: str, stage: str) -> int:
     """GTO numbers every tag of an artifact in order; the newest `<model>#<stage>#N` is the current
     assignment. A rollback is a new assignment, so the number only grows: it orders publishers."""
-    from gto.tag import parse_name
-
-    counters = [int((parse_name(t, raise_on_fail=False) or {}).get("counter", 0))
-                for t in git(root, "tag", "--list", f"{model}#{stage}#*").stdout.split()]
+    counters = [tag_counter(t) for t in git(root, "tag", "--list", f"{model}#{stage}#*").stdout.split()]
     return max(counters, default=0)
 
 

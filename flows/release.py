@@ -24,6 +24,7 @@ from prefect.states import Failed
 from rich.console import Console
 from rich.table import Table
 
+from edgedistill.dvclock import entries, lock_stages
 from edgedistill.errors import ArtifactCorrupt, EdgeDistillError, GateFailed, ParamsInvalid
 from edgedistill.fmt import num
 from edgedistill.io import read_json, sha256_file, write_json
@@ -41,7 +42,6 @@ from edgedistill.store import (
     open_store,
     parse_sums,
     publish_bundle,
-    working_dir,
 )
 from tasks.promote import PROD_REFERENCE, PROMOTION, describe_failures
 
@@ -156,7 +156,7 @@ def run_stage(stage: str, root: Path, force: bool = False) -> dict[str, Any]:
     failure: BaseException | None = None
     with _tee_output() as chunks:
         try:
-            with working_dir(root):
+            with contextlib.chdir(root):
                 result = reproduce_stage(stage, force=force, root=root)
         except BaseException as e:  # noqa: BLE001 - re-raised below, after the output is logged
             failure = e
@@ -268,19 +268,13 @@ def _same_model_version(reg: Registry, store: Any, model: str, root: Path, newes
 
 # ---------------------------------------------------------------- lineage and the model card
 
-def _lock(root: Path) -> dict[str, Any]:
-    path = root / "dvc.lock"
-    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
-
-
 def data_lineage(root: Path, params: Params) -> dict[str, Any]:
     """The dataset version a release was trained on: path, DVC md5, and where it is recorded."""
     path = params.data.readings
     out: dict[str, Any] = {"path": path, "md5": None, "recorded_in": None}
-    lock_stages = _lock(root).get("stages") or {}
     # the validate stage's dep is the canonical record; any other stage reading the file will do
-    for name, stage in sorted(lock_stages.items(), key=lambda kv: kv[0] != "validate"):
-        dep = next((d for d in stage.get("deps") or [] if d.get("path") == path and d.get("md5")), None)
+    for name, stage in sorted(lock_stages(root / "dvc.lock").items(), key=lambda kv: kv[0] != "validate"):
+        dep = next((d for d in entries(stage, "deps") if d.get("path") == path), None)
         if dep:
             out.update(md5=dep["md5"], size=dep.get("size"), recorded_in=f"dvc.lock:{name}")
             break
@@ -297,9 +291,8 @@ def data_lineage(root: Path, params: Params) -> dict[str, Any]:
 def release_paths(root: Path) -> list[str]:
     """What a release commit pins: dvc.lock and every git-tracked (not DVC-cached) path it names
     — params files, code deps, metrics and reports — so the tag alone reproduces the run."""
-    lock = _lock(root)
     paths = {"dvc.lock", "dvc.yaml", PROD_REFERENCE}
-    for stage in (lock.get("stages") or {}).values():
+    for stage in lock_stages(root / "dvc.lock").values():
         for entry in [*(stage.get("deps") or []), *(stage.get("outs") or [])]:
             paths.add(entry["path"])
         for out in stage.get("outs") or []:  # DVC's .gitignore beside each cached output

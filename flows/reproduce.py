@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from edgedistill.dvclock import lock_stages, out_md5s
 from edgedistill.errors import EdgeDistillError
 from edgedistill.io import sha256_file, write_json
 from edgedistill.params import Params, ReproduceParams
@@ -30,7 +31,6 @@ from edgedistill.store import (
     configure_dvc_remote,
     open_store,
     parse_sums,
-    working_dir,
 )
 from flows.release import BUNDLE_FILES
 
@@ -86,12 +86,6 @@ def compare_metrics(path: str, released: Any, reproduced: Any, tol: ReproducePar
     return rows
 
 
-def _lock_outs(text: str | None) -> dict[str, str]:
-    lock = yaml.safe_load(text or "") or {}
-    return {o["path"]: o.get("md5") for st in (lock.get("stages") or {}).values()
-            for o in st.get("outs") or [] if o.get("md5")}
-
-
 def reproduce_version(root: str | Path, params: Params, version: str, keep: bool = False,
                       out: str | Path | None = None,
                       log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -112,13 +106,13 @@ def reproduce_version(root: str | Path, params: Params, version: str, keep: bool
         if inputs:
             from dvc.repo import Repo
 
-            with working_dir(wt), Repo(str(wt)) as repo:
+            with contextlib.chdir(wt), Repo(str(wt)) as repo:
                 repo.pull(targets=inputs, remote=params.store.remote_name)
             log(f"pulled inputs: {', '.join(inputs)}")
         for stage in pipeline_stages(wt):
             log(f"reproducing stage {stage} (commit {info.commit[:8]})")
             try:
-                with working_dir(wt):
+                with contextlib.chdir(wt):
                     r = reproduce_stage(stage, force=True, root=wt)
                 stages_run.append({"stage": stage, "ok": True, "seconds": round(r.seconds, 2)})
             except StageFailed as e:
@@ -126,7 +120,7 @@ def reproduce_version(root: str | Path, params: Params, version: str, keep: bool
                 if stage != "promote":  # a gate verdict is itself compared below
                     raise
         released_lock = show_file(root, info.commit, "dvc.lock")
-        new_outs = _lock_outs((wt / "dvc.lock").read_text() if (wt / "dvc.lock").is_file() else "")
+        new_outs = out_md5s((wt / "dvc.lock").read_text() if (wt / "dvc.lock").is_file() else "")
         metrics: list[dict[str, Any]] = []
         files: list[dict[str, Any]] = []
         json_in_git = set(_released_json(root, info.commit, released_lock))
@@ -135,7 +129,7 @@ def reproduce_version(root: str | Path, params: Params, version: str, keep: bool
             got = json.loads(mine.read_text()) if mine.is_file() else {}
             metrics += compare_metrics(path, json.loads(show_file(root, info.commit, path) or "{}"), got, tol)
         uncached = _uncached_outs(show_file(root, info.commit, "dvc.yaml"))
-        for path, md5 in sorted(_lock_outs(released_lock).items()):
+        for path, md5 in sorted(out_md5s(released_lock).items()):
             now = new_outs.get(path)
             row = {"file": path, "released": md5, "reproduced": now, "by": "dvc md5",
                    "decisive": path not in uncached, "note": ""}
@@ -241,10 +235,9 @@ def _uncached_outs(dvc_yaml: str | None) -> set[str]:
 def _released_json(root: Path, commit: str, lock_text: str | None) -> list[str]:
     """JSON outputs the release committed to git (metrics and reports; DVC-cached ones are compared
     by md5 instead)."""
-    paths = sorted({p for p in _all_lock_outs(lock_text) if p.endswith(".json")})
+    paths = sorted({p for p in _allout_md5s(lock_text) if p.endswith(".json")})
     return [p for p in paths if show_file(root, commit, p) is not None]
 
 
-def _all_lock_outs(text: str | None) -> list[str]:
-    lock = yaml.safe_load(text or "") or {}
-    return [o["path"] for st in (lock.get("stages") or {}).values() for o in st.get("outs") or []]
+def _allout_md5s(text: str | None) -> list[str]:
+    return [o["path"] for st in lock_stages(text).values() for o in st.get("outs") or []]

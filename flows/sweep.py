@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 
 from edgedistill.errors import ModelMismatch, ParamsInvalid
 from edgedistill.io import write_json
-from edgedistill.params import Params, load_params
+from edgedistill.params import Params, load_params, update_params_file
 from flows.sweep_point import LOGITS, PREPARED, TEACHER
 
 OUT_DIR = "reports/sweep"
@@ -321,31 +321,6 @@ def student_sweep(root: str = ".", params_file: str = "params.yaml", out_dir: st
 
 
 def apply_overlay(params_path: Path, overlay: dict[str, Any]) -> None:
-    """Write the chosen student into params.yaml, keeping its comments and layout (ruamel, as DVC)."""
-    from ruamel.yaml import YAML
-
-    from edgedistill.io import atomic_path
-    from edgedistill.params import parse_params
-
-    yaml = YAML()
-    yaml.preserve_quotes = True
-    doc = yaml.load(params_path.read_text())
-
-    def merge(node: Any, new: dict[str, Any]) -> None:
-        for k, v in new.items():
-            if isinstance(v, dict) and k in node and isinstance(node[k], dict):
-                merge(node[k], v)
-            else:
-                node[k] = v
-
-    merge(doc, json.loads(json.dumps(overlay)))
-    import io
-
-    buf = io.StringIO()
-    yaml.dump(doc, buf)
-    import yaml as pyyaml
-
-    parse_params(pyyaml.safe_load(buf.getvalue()), str(params_path))  # never write an invalid file
-    with atomic_path(params_path) as tmp:
-        Path(tmp).write_text(buf.getvalue())
+    """Write the chosen student into params.yaml, keeping its comments and layout."""
+    update_params_file(params_path, overlay)
 

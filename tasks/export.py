@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
 from edgedistill import onnx_tools as ox
 from edgedistill.checkpoint import check_compatible, load_checkpoint, weights_sha256
+from edgedistill.dvclock import entries, lock_stages
 from edgedistill.errors import DataInvalid, ExportFailed, ModelMismatch
 from edgedistill.evaluation import (
     calibration_windows,
@@ -49,12 +49,11 @@ def lineage(params: Params, norm_path: Path, test_path: Path, lock_path: Path) -
         "test_sha256": sha256_file(test_path),
     }
     if lock_path.is_file():
-        stages = (yaml.safe_load(lock_path.read_text()) or {}).get("stages", {})
-        prep = stages.get("prepare", {})
-        for dep in prep.get("deps", []):
+        prep = lock_stages(lock_path).get("prepare", {})
+        for dep in entries(prep, "deps"):
             if dep.get("path") == params.data.readings:
                 out["readings_md5"] = dep.get("md5")
-        for o in prep.get("outs", []):
+        for o in entries(prep, "outs"):
             if o.get("path") == "data/prepared":
                 out["prepared_md5"] = o.get("md5")
         out["dvc_lock"] = "present"

@@ -15,7 +15,7 @@ import pandas as pd
 
 from edgedistill.errors import DataInvalid, ParamsInvalid
 from edgedistill.fmt import short_list
-from edgedistill.io import write_json
+from edgedistill.io import swap_dir, write_json
 from edgedistill.params import Params
 from edgedistill.readings import Segment, make_windows, read_readings, segments
 
@@ -115,18 +115,13 @@ def run(params: Params, readings: str | Path | None = None, out_dir: str | Path 
 def _write_atomically(out_dir: Path, arrays: dict, norm: dict, report: dict) -> None:
     """Build the whole output folder beside the old one, then swap, so a failure keeps the old outputs."""
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    old = out_dir.with_name(f".{out_dir.name}.old")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for name, arr in arrays.items():
         np.savez(tmp / f"{name}.npz", **arr)
     write_json(tmp / "norm.json", norm)
     write_json(tmp / "split.json", report)
-    shutil.rmtree(old, ignore_errors=True)
-    if out_dir.exists():
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    swap_dir(tmp, out_dir)
 
 
 def summary(r: dict[str, Any]) -> str:
