@@ -363,6 +363,23 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
     return parse_params(raw, str(path))
 
 
+def _yaml_indents(text: str) -> tuple[int, int]:
+    """(mapping indent, a block sequence's dash offset under its key) as the file writes them."""
+    import re
+
+    mapping, offset, parent = 2, 0, None
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    indented = [len(m.group(1)) for ln in lines if (m := re.match(r"^( +)[\w.-]+:", ln))]
+    mapping = min(indented, default=2)
+    for ln in lines:
+        dash = re.match(r"^( *)- ", ln)
+        if dash and parent is not None:
+            offset = max(0, len(dash.group(1)) - parent)
+            break
+        parent = len(ln) - len(ln.lstrip()) if ln.rstrip().endswith(":") else None
+    return mapping, offset
+
+
 def update_params_file(path: str | Path, overlay: dict[str, Any]) -> None:
     """Merge `overlay` (nested sections) into a params file in place, keeping its comments and layout
     (ruamel, as DVC edits it); the result is validated first, so an invalid file is never written."""
@@ -377,9 +394,11 @@ def update_params_file(path: str | Path, overlay: dict[str, Any]) -> None:
     ry = YAML()
     ry.preserve_quotes = True
     ry.width = 4096  # never re-wrap a line
-    ry.indent(mapping=2, sequence=4, offset=2)
+    text = path.read_text()
+    mapping, offset = _yaml_indents(text)  # keep the file's own indentation
+    ry.indent(mapping=mapping, sequence=offset + 2, offset=offset)
     ry.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
-    doc = ry.load(path.read_text())
+    doc = ry.load(text)
 
     def merge(node: Any, new: dict[str, Any]) -> None:
         for k, v in new.items():
