@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -89,8 +90,10 @@ def project(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_sweep_cli_local_then_dask_same_front(project, monkeypatch):
-    from distributed import LocalCluster
+def test_sweep_cli_local_then_dask_same_front(project, monkeypatch, tmp_path_factory):
+    import os
+
+    from distributed import Client, LocalCluster
 
     from flows.sweep import run_sweep
 
@@ -114,9 +117,18 @@ def test_sweep_cli_local_then_dask_same_front(project, monkeypatch):
     assert all(p["int8_accuracy"] <= best["int8_accuracy"] for p in local["points"] if p["fits"])
     assert any(not p["fits"] for p in local["points"])  # the budget really excludes some
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+    # Worker processes started from another directory: like workers on other machines, they share
+    # neither this process's memory nor its working directory, so the flow must pass whole paths.
+    elsewhere = tmp_path_factory.mktemp("dask-workers")
+    monkeypatch.chdir(elsewhere)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      local_directory=str(elsewhere)) as cluster, Client(cluster) as client:
+        workers = client.run(lambda: (os.getpid(), os.getcwd()))
+        assert len(workers) == 2 and all(pid != os.getpid() and Path(cwd) != project
+                                         for pid, cwd in workers.values())
+        monkeypatch.chdir(project)
         t0 = time.perf_counter()
-        dask = run_sweep(project, "params.yaml", "reports/sweep-dask", dask_address=cluster.scheduler_address)
+        dask = run_sweep(".", "params.yaml", "reports/sweep-dask", dask_address=cluster.scheduler_address)
         dask_s = time.perf_counter() - t0
     print(f"\nsweep wall time: local threads {local_s:.1f}s (flow {local['seconds']}s), "
           f"Dask LocalCluster {dask_s:.1f}s (flow {dask['seconds']}s)")
