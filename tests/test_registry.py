@@ -157,6 +157,10 @@ def test_cli_promote_and_registry(repo, tmp_path):
     assert "rolled back student prod: v0.2.0 → v0.1.0" in out
     rows = json.loads(sh([ed, "registry", "--json"], repo).stdout)
     assert [(r["version"], r["stages"]) for r in rows] == [("v0.2.0", []), ("v0.1.0", ["prod"])]
+    # readable in an 80-column terminal: nothing cut to "…", every line within 80
+    table = sh([ed, "registry"], repo, env={"COLUMNS": "80"}).stdout
+    assert "…" not in table and max(len(line) for line in table.splitlines()) <= 80, table
+    assert "v0.2.0" in table and "prod" in table and "%" in table
     bad = sh([ed, "promote", "v0.9.0"], repo, check=False)
     assert bad.returncode == 2 and "v0.9.0 is not a registered version" in bad.stdout + bad.stderr
     assert "Traceback" not in bad.stdout + bad.stderr

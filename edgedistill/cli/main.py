@@ -21,8 +21,8 @@ err_console = Console(stderr=True)
 
 app = typer.Typer(
     name="edgedistill",
-    help="IoT sensor data -> small, fast, verified edge models. Stages: ingest, validate, prepare "
-    "(more to come); `run` executes the pipeline through DVC, skipping unchanged stages.",
+    help="IoT sensor data -> small, fast, verified edge models. One command per pipeline stage "
+    "(ingest … promote); `run` executes the pipeline through DVC, skipping unchanged stages.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,

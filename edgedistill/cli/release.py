@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
@@ -62,14 +63,16 @@ def registry(
     if not rows:
         console.print(f"no registered versions of {params().promote.model} yet (run `edgedistill run`)")
         return
-    t = Table(title=f"registry: {rows[0]['model']}")
-    for col in ("version", "stages", "commit", "registered", "int8 acc", "KD gain", "INT8 drop", "p95 ms", "size B"):
-        t.add_column(col, justify="right" if col not in ("version", "stages", "commit", "registered") else "left")
+    # fits 80 columns: no vertical rules, short headers (units in the caption); commits in --json
+    t = Table(title=f"registry: {rows[0]['model']}", box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
+              caption="acc: INT8 test accuracy; KD, drop: points; p95: batch-1 ms; size: bytes")
+    for col in ("version", "stages", "registered", "acc", "KD", "drop", "p95", "size"):
+        t.add_column(col, justify="left" if col in ("version", "stages", "registered") else "right", no_wrap=True)
     for r in rows:
         def pct(v: Any) -> str:
             return "—" if v is None else f"{100 * v:.2f}%"
 
-        t.add_row(r["version"], ", ".join(r["stages"]) or "—", r["commit"][:8], r["created_at"][:16].replace("T", " "),
+        t.add_row(r["version"], ", ".join(r["stages"]) or "—", r["created_at"][:10],
                   pct(r["int8_accuracy"]), "—" if r["kd_gain"] is None else f"{100 * r['kd_gain']:+.2f}",
                   "—" if r["int8_drop"] is None else f"{100 * r['int8_drop']:.2f}",
                   "—" if r["p95_ms"] is None else f"{r['p95_ms']:.3f}", num(r["size_bytes"]))
