@@ -275,9 +275,13 @@ def run(params: Params, readings: str | Path | None = None, report_dir: str | Pa
     write_json(report_dir / "result.json", report)
     if not ok:
         lines = [describe_failure(c) for c in failed] + [f"[skipped] {s['check']}: {s['reason']}" for s in skipped]
+        # say what actually stopped it: failed checks, or checks that could not run (e.g. a drift
+        # reference without the new channels), never "0 of N checks failed"
+        what = [f"{len(failed)} of {len(checks)} checks failed"] if failed else []
+        what += [f"{len(skipped)} check(s) could not run" + ("" if failed else f" ({skipped[0]['reason']})")
+                 ] if skipped else []
         raise DataInvalid(
-            f"{path}: {len(failed)} of {len(checks)} checks failed"
-            + (f", {len(skipped)} skipped" if skipped else "") + ":\n  - " + "\n  - ".join(lines),
+            f"{path}: {', '.join(what)}:\n  - " + "\n  - ".join(lines),
             hint=f"See {report_dir / 'result.json'} and {report['data_docs']}.",
         )
     return report

@@ -120,6 +120,18 @@ def test_drifted_channel_means_blocked(workdir):
     assert abs(ref["channels"]["acc_x"]["mean"] - small_readings()["acc_x"].mean()) < 1e-3
 
 
+def test_reference_without_new_channels_says_so(workdir):
+    """Only a check that could not run stops the data: the message names it, not '0 of N failed'."""
+    run_on(small_readings(), workdir)  # the reference: six channels
+    df = small_readings()
+    df["mag_x"] = np.float32(0.5) + df["acc_x"] * 0
+    params = make_params({"data": {"readings": "data/raw/readings.parquet",
+                                   "channels": [*make_params().data.channels, "mag_x"]}})
+    msg = fail_message(df, workdir, params)
+    assert "0 of" not in msg
+    assert "could not run" in msg and "has no channels ['mag_x']" in msg and "--update-reference" in msg
+
+
 @pytest.mark.parametrize("content,expect", [
     (None, "not found"),
     (b"", "empty"),
