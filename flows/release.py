@@ -57,6 +57,17 @@ STAGE_LOG_LINES = 80
 STORE_TASK: dict[str, Any] = {"cache_policy": NO_CACHE}
 
 
+
+class _NoTracebackForUserErrors(logging.Filter):
+    """Prefect logs a failed task's exception with its traceback; a user-facing error (gate, data,
+    store) is one line, as the CLI prints it. Other exceptions keep their traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], EdgeDistillError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 # ---------------------------------------------------------------- stage output capture
 
 @contextlib.contextmanager
@@ -435,6 +446,9 @@ def _release(root: str, params_file: str, stages: list[str] | None, force: bool)
     console = Console()
     # DVC prints through its own handlers; propagating would print each line twice via Prefect's
     logging.getLogger("dvc").propagate = False
+    task_log = logging.getLogger("prefect.task_runs")
+    if not any(isinstance(f, _NoTracebackForUserErrors) for f in task_log.filters):
+        task_log.addFilter(_NoTracebackForUserErrors())
     root_p = Path(root).resolve()
     params = load_params(root_p / params_file)
     order = pipeline_stages(root_p)

@@ -1,5 +1,5 @@
 """Operations commands: `sweep` (student grid, Pareto front), `publish` (fleet channel) and `watch` (the
-new-data / stage-change check behind the triggers). `serve` (cli_release.py) serves them on a schedule."""
+new-data / stage-change check behind the triggers). `serve` (cli/release.py) serves them on a schedule."""
 
 from __future__ import annotations
 

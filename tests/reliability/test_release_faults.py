@@ -59,6 +59,7 @@ def test_store_failure_while_publishing_registers_nothing(tmp_path, outcome):
     lost = broken_bundles(local_store(proj), MODEL, registered(proj))
     assert registered(proj) == ["v0.1.0"] and lost == []
     assert "Retrying" not in out  # one retry layer (the store's), and this fault is not transient
+    assert "Traceback" not in out  # a user-facing error ends the task with its one line
     outcome.happened("run 1: StoreUnreachable, not retried, exit 2, "
                      f"0 tags; '{cli_line[-1].strip()[:60]}…'; "
                      "run 2 released v0.1.0 with a complete bundle")
