@@ -613,6 +613,16 @@ def build_and_verify(model_path: Path, out_dir: Path, x_test: np.ndarray, profil
         qmodel = onnx.load(str(qpath))
         gen = generate_c(qpath, out_dir)
         quantum = output_quantum(qmodel)
+        if shutil.which(host_cc()) is None:
+            # nothing to compare a Cortex-M build with: the whole artifact stays unverified
+            report = {"model": str(model_path), "quantization": qinfo, "qoperator_model": str(qpath),
+                      "c_source": str(gen["c"]), "c_header": str(gen["h"]), "entry": gen["entry"].params,
+                      "host_parity": NOT_VERIFIED, "toolchain": toolchain(), "objects": [], "verified": False,
+                      "status": f"skipped: no host C compiler ({host_cc()}) found; install gcc",
+                      "profiles": {p.name: {"mcu": p.mcu, "clock_hz": p.clock_hz, "ram_budget_bytes": p.ram_bytes,
+                                            "flash_budget_bytes": p.flash_bytes, "status": NOT_VERIFIED}
+                                   for p in profiles}}
+            return report
         ref = ort_logits(qpath, x_test)
         exe = host_build(gen, tmp, timeout)
         host = run_host(exe, x_test, gen["entry"].output_count, timeout)
