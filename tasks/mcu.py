@@ -78,15 +78,17 @@ def run(params: Params, model: str | Path = MODEL, data_dir: str | Path = DATA_D
             quant={"per_channel": ep.calibration.per_channel, "activation_type": ep.activation_type,
                    "method": ep.calibration.method})
         report = _relative(report, tmp, out_dir)
-        report["budgets"] = {p.name: {"ram_bytes": p.ram_bytes, "flash_bytes": p.flash_bytes} for p in profiles}
-        write_json(tmp / REPORT, report)
-        old = out_dir.with_name(f".{out_dir.name}.old")
+        # build/ is swapped whole (two renames); mcu.json is written last, so it never describes
+        # a build that is not there
+        old = out_dir / f".{BUILD}.old"
         shutil.rmtree(old, ignore_errors=True)
-        if out_dir.exists():
-            os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        tmp.mkdir()  # TemporaryDirectory removes it again
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / REPORT).unlink(missing_ok=True)
+        if (out_dir / BUILD).exists():
+            os.replace(out_dir / BUILD, old)
+        os.replace(tmp / BUILD, out_dir / BUILD)
         shutil.rmtree(old, ignore_errors=True)
+        write_json(out_dir / REPORT, report)
     if not report["verified"]:
         print(report["status"])
     return report
