@@ -59,7 +59,8 @@ def bundle_files(root: Path) -> dict[str, str]:
     if (root / MCU_REPORT).is_file():
         report = read_json(root / MCU_REPORT)
         for key in ("c_source", "c_header"):
-            files[Path(report[key]).name] = report[key]
+            if report.get(key):
+                files[Path(report[key]).name] = report[key]
         for p in report.get("profiles", {}).values():
             if p.get("object"):
                 files[Path(p["object"]).name] = p["object"]
