@@ -130,6 +130,10 @@ def mcu_gate_rows(path: str | Path, require_verified: bool) -> list[dict[str, An
                 ok = p[key] <= p[budget]
                 rows.append(row | {"verdict": "pass" if ok else "fail",
                                    "detail": "" if ok else f"measured {p[key]:,} B > budget {p[budget]:,} B"})
+    if not rows:  # no mcu profile measured anything
+        rows.append({"gate": "mcu", "metric": "MCU build", "value": doc.get("status"), "op": "==",
+                     "threshold": "verified", "verdict": "pass" if doc.get("verified") else unverified,
+                     "detail": f"no mcu profile in benchmark.profiles; {detail}"})
     return rows
 
 
