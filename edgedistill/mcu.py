@@ -629,6 +629,7 @@ def build_and_verify(model_path: Path, out_dir: Path, x_test: np.ndarray, profil
     Writes into out_dir: student.qop.onnx, student.c, student.h, <profile>.o; returns the report
     (the object/elf paths are strings)."""
     quant = dict(quant or {})
+    out_dir = out_dir.resolve()  # the tools run in other working directories
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="edgedistill-mcu-") as tmp_name:
         tmp = Path(tmp_name)

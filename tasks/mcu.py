@@ -71,7 +71,7 @@ def run(params: Params, model: str | Path = MODEL, data_dir: str | Path = DATA_D
     profiles = [p for p in params.benchmark.profiles if p.mcu is not None]
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".mcu-") as tmp_name:
-        tmp = Path(tmp_name)
+        tmp = Path(tmp_name).resolve()
         report = mcu.build_and_verify(
             model, tmp / BUILD, x_test, profiles, qemu_windows=mp.qemu_windows, opt=mp.opt,
             timeout=mp.tool_timeout_seconds, calib=calib,
