@@ -6,6 +6,7 @@ profile). Tests that need the ARM toolchain/QEMU skip without it (CI installs it
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -53,8 +54,8 @@ def built(tmp_path_factory) -> tuple[Path, dict]:
     params = make_params(OVERRIDES)
     prepare.run(params, readings=readings, out_dir=root / "data/prepared")
     _student(root, TINY)
-    report = stage.run(params, model=root / "models/student.onnx", data_dir=root / "data/prepared",
-                       out_dir=root / "models/mcu")
+    with contextlib.chdir(root):  # as dvc runs it: the default, relative paths
+        report = stage.run(params)
     return root, report
 
 
@@ -71,7 +72,34 @@ def test_c_model_matches_onnxruntime_on_every_test_window(built):
     for f in ("student.c", "student.h", "student.qop.onnx"):
         assert (root / "models/mcu/build" / f).is_file()
     assert "void student(" in (root / "models/mcu/build/student.h").read_text()
-    assert r["toolchain"]["emx_onnx_cgen"]
+    assert r["toolchain"]["emx_onnx_cgen"] and r["c_source"] == "models/mcu/build/student.c"
+
+
+def test_normalisation_ops_ahead_of_the_first_conv_stay_fp32(built, tmp_path):
+    """Raw readings in, (x - mean) / std inside the graph: those nodes are not quantized, the C model
+    still matches onnxruntime."""
+    root, _ = built
+    m = onnx.load(str(root / "models/student.onnx"))
+    inp = m.graph.input[0].name
+    c = m.graph.input[0].type.tensor_type.shape.dim[1].dim_value
+    mean = onnx.numpy_helper.from_array(np.linspace(-1, 1, c, dtype=np.float32).reshape(1, c, 1), "norm_mean")
+    std = onnx.numpy_helper.from_array(np.linspace(0.5, 2, c, dtype=np.float32).reshape(1, c, 1), "norm_std")
+    m.graph.initializer.extend([mean, std])
+    for n in m.graph.node:
+        n.input[:] = ["normed" if i == inp else i for i in n.input]
+    m.graph.node.insert(0, helper.make_node("Div", ["centred", "norm_std"], ["normed"], name="norm_div"))
+    m.graph.node.insert(0, helper.make_node("Sub", [inp, "norm_mean"], ["centred"], name="norm_sub"))
+    raw = tmp_path / "raw_in.onnx"
+    onnx.save(m, str(raw))
+    with np.load(root / "data/prepared/test.npz") as z:
+        x = z["X"][:16] * np.linspace(0.5, 2, c, dtype=np.float32)[None, :, None] \
+            + np.linspace(-1, 1, c, dtype=np.float32)[None, :, None]
+    r = lib.build_and_verify(raw, tmp_path / "out", x, [], qemu_windows=1, opt="-Os", timeout=120, calib=x,
+                             quant={"per_channel": True, "activation_type": "int8", "method": "minmax"})
+    assert r["quantization"]["fp32_nodes"] == ["norm_sub", "norm_div"]
+    q = onnx.load(str(tmp_path / "out/student.qop.onnx"))
+    assert [n.op_type for n in q.graph.node[:3]] == ["Sub", "Div", "QuantizeLinear"]
+    assert r["host_parity"]["argmax_agreement"] == 1.0 and r["host_parity"]["windows"] == 16
 
 
 @needs_arm
@@ -81,7 +109,7 @@ def test_each_profile_is_measured_and_runs_identically_in_qemu(built):
     assert r["verified"] and set(r["profiles"]) == {p.name for p in mcu_profiles}
     for name, p in r["profiles"].items():
         obj = root / "models/mcu/build" / f"student.{name}.o"
-        assert p["object"] == str(obj) and obj.is_file()
+        assert p["object"] == f"models/mcu/build/student.{name}.o" and obj.is_file()
         # flash = text + data of the model object alone, as arm-none-eabi-size reports it
         out = subprocess.run(["arm-none-eabi-size", str(obj)], capture_output=True, text=True, check=True).stdout
         text, data, bss = (int(v) for v in out.splitlines()[1].split()[:3])
