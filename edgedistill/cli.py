@@ -175,8 +175,8 @@ def check_params() -> None:
 # Command groups living in their own modules register themselves on `app` when imported here.
 # (one import line per module; keep this list at the bottom, after `app` exists)
 import edgedistill.cli_bench  # noqa: E402,F401  (edgedistill export | benchmark | bench MODEL.onnx)
-import edgedistill.cli_mcu  # noqa: E402,F401  (edgedistill mcu [MODEL.onnx] [--target ...])
 import edgedistill.cli_data  # noqa: E402,F401  (edgedistill data add|log|diff|checkout)
+import edgedistill.cli_mcu  # noqa: E402,F401  (edgedistill mcu [MODEL.onnx] [--target ...])
 import edgedistill.cli_ops  # noqa: E402,F401  (edgedistill sweep|publish|watch)
 import edgedistill.cli_release  # noqa: E402,F401  (edgedistill promote|registry|fetch|reproduce)
 import edgedistill.cli_train  # noqa: E402,F401  (edgedistill train-teacher | teacher-logits | distill)
