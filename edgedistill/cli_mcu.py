@@ -104,10 +104,10 @@ def mcu(
             proto = onnx.load(str(model))
             dims = [d.dim_value or 1 for d in proto.graph.input[0].type.tensor_type.shape.dim][1:]
             x = np.random.default_rng(0).standard_normal((windows, *dims)).astype(np.float32)
-        work = out or Path(tempfile.mkdtemp(prefix="edgedistill-mcu-out-"))
-        r = lib.build_and_verify(model, work, x, profiles, qemu_windows=qemu_windows or mp.qemu_windows, opt=mp.opt,
-                                 timeout=mp.tool_timeout_seconds, calib=x,
-                                 quant={"per_channel": True, "activation_type": "int8", "method": "minmax"})
+        with tempfile.TemporaryDirectory(prefix="edgedistill-mcu-out-") as scratch:
+            r = lib.build_and_verify(model, out or Path(scratch), x, profiles, opt=mp.opt,
+                                     qemu_windows=qemu_windows or mp.qemu_windows, timeout=mp.tool_timeout_seconds,
+                                     calib=x, quant={"per_channel": True, "activation_type": "int8", "method": "minmax"})
         if json_out is not None:
             write_json(json_out, r)
         return r

@@ -8,6 +8,7 @@ reproduces it. Without the ARM toolchain the Cortex-M part reports `not verified
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shlex
@@ -176,6 +177,7 @@ def quantize_qoperator(src: Path, dest: Path, calib: np.ndarray, *, per_channel:
             x = next(self._it, None)
             return None if x is None else {name: x[None]}
 
+    logging.disable(logging.WARNING)  # onnxruntime's "use QDQ on x64" advice: QOperator is what the MCU needs
     try:
         quantize_static(str(pre), str(dest), Reader(), quant_format=QuantFormat.QOperator, per_channel=per_channel,
                         activation_type=QuantType.QInt8 if activation_type == "int8" else QuantType.QUInt8,
@@ -184,6 +186,8 @@ def quantize_qoperator(src: Path, dest: Path, calib: np.ndarray, *, per_channel:
                                           "percentile": CalibrationMethod.Percentile}[method])
     except Exception as e:
         raise McuFailed(f"{src}: QOperator INT8 quantization failed: {_first_line(e)}") from None
+    finally:
+        logging.disable(logging.NOTSET)
     q = onnx.load(str(dest))
     ops: dict[str, int] = {}
     for n in q.graph.node:
