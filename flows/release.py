@@ -49,6 +49,7 @@ from tasks.promote import PROD_REFERENCE, PROMOTION, describe_failures
 
 SUMMARY = "reports/release.json"
 BUNDLE_FILES = {"student.onnx": "models/student.onnx", "student.int8.onnx": "models/student.int8.onnx"}
+STAGE_LOG_LINES = 80
 MCU_REPORT = "models/mcu/mcu.json"
 
 
@@ -66,7 +67,6 @@ def bundle_files(root: Path) -> dict[str, str]:
                 files[Path(p["object"]).name] = p["object"]
         files["mcu.json"] = MCU_REPORT
     return files
-STAGE_LOG_LINES = 80
 
 
 # ---------------------------------------------------------------- retries: transient faults only

@@ -237,3 +237,18 @@ def test_an_mcu_profile_cannot_be_measured_here():
     prof = make_params().benchmark.profiles[0].model_dump()
     with pytest.raises(ParamsInvalid, match="mcu profile cannot run onnxruntime"):
         make_params({"benchmark": {"profiles": [prof, {"name": "m4", "mcu": "cortex-m4", "measure": True}]}})
+
+
+@needs_arm
+def test_the_release_bundle_ships_the_c_model_objects_and_report(built):
+    from flows.release import _mcu_figures, bundle_files
+
+    root, r = built
+    files = bundle_files(root)
+    assert {"student.c", "student.h", "mcu.json", "student.onnx", "student.int8.onnx"} <= set(files)
+    assert {f"student.{p}.o" for p in r["profiles"]} <= set(files)
+    assert all((root / rel).is_file() for name, rel in files.items() if not name.startswith("student.onnx")
+               and not name.startswith("student.int8"))
+    line = _mcu_figures(mcu_gate_rows(root / "models/mcu/mcu.json", require_verified=False))
+    m7 = r["profiles"]["cortex-m7"]
+    assert f"cortex-m7: {m7['flash_bytes']:,} B / {m7['ram_bytes']:,} B" in line
