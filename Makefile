@@ -39,3 +39,11 @@ lint: install
 
 clean:
 	rm -rf reports data/prepared data/raw/readings.parquet models metrics .pytest_cache
+
+# The MCU path's toolchain (Debian/Ubuntu): ARM cross-compiler, newlib, QEMU for the Cortex-M test run.
+# Without it the mcu stage still generates and host-checks the C model and records `not verified`.
+MCU_APT := gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
+.PHONY: mcu-toolchain
+mcu-toolchain:
+	$(if $(shell command -v sudo 2>/dev/null),sudo,) apt-get update
+	$(if $(shell command -v sudo 2>/dev/null),sudo,) apt-get -o DPkg::Lock::Timeout=600 install -y $(MCU_APT)

@@ -188,6 +188,8 @@ class PromoteParams(_Section):
     bump: Literal["major", "minor", "patch"] = "minor"
     auto_prod: bool = False
     push_git: bool = Field(False, description="push release commit and tags to `origin` (the team registry)")
+    require_mcu_verified: bool = Field(False, description="block promotion when the MCU figures are not "
+                                                          "verified (no ARM toolchain / QEMU)")
     reproduce: ReproduceParams = ReproduceParams()
 
 
@@ -223,6 +225,15 @@ class DeviceProfile(_Section):
     max_seconds: float = Field(3.0, gt=0, description="time cap per model and batch size")
     ram_bytes: int | None = Field(None, gt=0)
     flash_bytes: int | None = Field(None, gt=0)
+    mcu: Literal["cortex-m7", "cortex-m4", "cortex-m33"] | None = Field(
+        None, description="a Cortex-M core: the mcu stage builds the C model for it and measures flash/RAM")
+    clock_hz: int | None = Field(None, gt=0, description="core clock, for the time estimate from QEMU's count")
+
+    @model_validator(mode="after")
+    def _mcu_not_measured(self) -> DeviceProfile:
+        if self.mcu is not None and self.measure:
+            raise ValueError(f"profile {self.name!r}: an mcu profile cannot run onnxruntime here (set measure: false)")
+        return self
 
     @field_validator("batch_sizes")
     @classmethod
@@ -236,7 +247,12 @@ def _default_profiles() -> list[DeviceProfile]:
     return [
         DeviceProfile(name="edge-cpu-1t", threads=1, batch_sizes=[1, 32], warmup=20, runs=300,
                       max_seconds=2.0, ram_bytes=64 * 2**20, flash_bytes=16 * 2**20),
-        DeviceProfile(name="cortex-m7", measure=False, ram_bytes=512 * 2**10, flash_bytes=2 * 2**20),
+        DeviceProfile(name="nrf52-m4", measure=False, ram_bytes=64 * 2**10, flash_bytes=256 * 2**10,
+                      mcu="cortex-m4", clock_hz=64_000_000),
+        DeviceProfile(name="nrf5340-m33", measure=False, ram_bytes=512 * 2**10, flash_bytes=2**20,
+                      mcu="cortex-m33", clock_hz=128_000_000),
+        DeviceProfile(name="cortex-m7", measure=False, ram_bytes=512 * 2**10, flash_bytes=2 * 2**20,
+                      mcu="cortex-m7", clock_hz=480_000_000),
     ]
 
 
@@ -255,6 +271,15 @@ class BenchmarkParams(_Section):
             raise ValueError(f"the first profile ({first.name!r}) gives the release figures: it must have "
                              "measure: true and batch size 1")
         return self
+
+
+class McuParams(_Section):
+    """The `mcu` stage: QOperator INT8 → C (emx-onnx-cgen) → host parity → per-`mcu` profile
+    Cortex-M build (exact flash/RAM) and a QEMU run of the test image."""
+
+    qemu_windows: int = Field(64, ge=1, description="test windows run in QEMU per profile")
+    opt: Literal["-Os", "-O2", "-O3", "-Ofast"] = Field("-Os", description="arm-none-eabi-gcc optimisation")
+    tool_timeout_seconds: float = Field(600.0, gt=0, description="per compiler/QEMU call")
 
 
 class SweepParams(_Section):
@@ -313,6 +338,7 @@ class Params(_Section):
     export: ExportParams = ExportParams()
     benchmark: BenchmarkParams = BenchmarkParams()
     sweep: SweepParams = SweepParams()
+    mcu: McuParams = McuParams()
     ops: OpsParams = OpsParams()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)

@@ -48,6 +48,23 @@ from tasks.promote import PROD_REFERENCE, PROMOTION, describe_failures
 SUMMARY = "reports/release.json"
 BUNDLE_FILES = {"student.onnx": "models/student.onnx", "student.int8.onnx": "models/student.int8.onnx"}
 STAGE_LOG_LINES = 80
+MCU_REPORT = "models/mcu/mcu.json"
+
+
+def bundle_files(root: Path) -> dict[str, str]:
+    """BUNDLE_FILES plus the MCU artifact when the mcu stage ran: the generated C source and header,
+    mcu.json and every Cortex-M object it lists (flat names in the bundle, like the ONNX files)."""
+    files = dict(BUNDLE_FILES)
+    if (root / MCU_REPORT).is_file():
+        report = read_json(root / MCU_REPORT)
+        for key in ("c_source", "c_header"):
+            if report.get(key):
+                files[Path(report[key]).name] = report[key]
+        for p in report.get("profiles", {}).values():
+            if p.get("object"):
+                files[Path(p["object"]).name] = p["object"]
+        files["mcu.json"] = MCU_REPORT
+    return files
 
 
 # ---------------------------------------------------------------- retries: one layer, in the store
@@ -226,7 +243,7 @@ def register_release(root: Path, params: Params, decision: dict[str, Any]) -> di
                 "bundle": f"{store.describe()}/{bundle_prefix(pp.model, same.version)}"}
     version = existing.version if existing else reg.next_version(pp.model, pp.bump)
     with tempfile.TemporaryDirectory() as tmp:
-        files = {name: root / rel for name, rel in BUNDLE_FILES.items()}
+        files = {name: root / rel for name, rel in bundle_files(root).items()}
         for name, path in files.items():
             if not path.is_file():
                 raise ArtifactCorrupt(f"{path} is missing: the release bundle needs {name}",
@@ -266,7 +283,7 @@ def register_release(root: Path, params: Params, decision: dict[str, Any]) -> di
 def _same_model_version(reg: Registry, store: Any, model: str, root: Path, newest: int = 20) -> Any:
     """A registered version whose bundle holds exactly these ONNX files (checked against its
     SHA256SUMS in the store), or None."""
-    mine = {name: sha256_file(root / rel) for name, rel in BUNDLE_FILES.items() if (root / rel).is_file()}
+    mine = {name: sha256_file(root / rel) for name, rel in bundle_files(root).items() if (root / rel).is_file()}
     for info in reg.versions(model)[:newest]:
         try:
             sums = parse_sums(store.read_text(f"{bundle_prefix(model, info.version)}/{SUMS}"), SUMS)
@@ -331,11 +348,12 @@ def model_card(root: Path, params: Params, version: str, commit: str, decision: 
         # the release commit's time: the same commit always yields the same card bytes
         "created_at": git(root, "show", "-s", "--format=%cI", commit).stdout.strip(),
         "files": {name: {"sha256": sha256_file(p), "bytes": p.stat().st_size,
-                         "source": BUNDLE_FILES.get(name)} for name, p in sorted(files.items())},
+                         "source": bundle_files(root).get(name)} for name, p in sorted(files.items())},
         "input": {k: norm.get(k) for k in ("channels", "window", "sample_rate_hz", "labels", "layout")},
         "metrics": {"teacher": doc("metrics/teacher.json"), "distill": doc("metrics/distill.json"),
                     "export": doc("metrics/export.json"), "summary": decision["candidate"]},
         "benchmark": doc("metrics/benchmark.json"),
+        "mcu": doc(MCU_REPORT),  # measured flash/RAM per MCU profile, parity, QEMU, tool versions
         "gates": {"passed": decision["passed"], "gates": decision["gates"], "prod_at_release": decision["prod"]},
         "lineage": {
             "git_commit": commit,
@@ -350,6 +368,26 @@ def model_card(root: Path, params: Params, version: str, commit: str, decision: 
 
 def _pct(v: Any) -> str:
     return "—" if v is None else f"{100 * float(v):.2f}%"
+
+
+def _mcu_figures(gates: list[dict[str, Any]]) -> str:
+    """From the promote stage's per-profile ram:/flash: gate rows (the mcu stage's measured figures)."""
+    by: dict[str, dict[str, Any]] = {}
+    for g in gates:
+        kind, _, prof = str(g.get("gate")).partition(":")
+        if kind in ("ram", "flash") and prof:
+            by.setdefault(prof, {})[kind] = g
+    if not by:
+        return "—"
+    parts = []
+    for prof, g in by.items():
+        f, r = g.get("flash", {}), g.get("ram", {})
+        if f.get("value") is None:
+            parts.append(f"{prof}: {f.get('verdict', 'not verified')}")
+        else:
+            parts.append(f"{prof}: {int(f['value']):,} B / {int(r['value']):,} B"
+                         + ("" if "fail" not in (f.get("verdict"), r.get("verdict")) else " (over budget)"))
+    return "; ".join(parts)
 
 
 def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
@@ -369,6 +407,7 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
          else f"{m['p50_ms']:.3f} / {m['p95_ms']:.3f} ms ({m.get('profile')})"),
         ("size / RAM estimate", "—" if m.get("size_bytes") is None
          else f"{int(m['size_bytes']):,} B / {int(m['ram_bytes']):,} B"),
+        ("MCU flash / RAM (measured)", _mcu_figures(s.get("gates") or [])),
         ("gates", "—" if not s.get("gates") else
          ("all passed" if not s.get("failed") else "FAILED: " + ", ".join(s["failed"]))),
         ("registry", f"{r['model']} {r['version']} → {', '.join(r['stages']) or '—'}"

@@ -20,6 +20,7 @@ EXPORT = "metrics/export.json"
 BENCHMARK = "metrics/benchmark.json"
 PROD_REFERENCE = "reports/prod_reference.json"
 PROMOTION = "reports/promotion.json"
+MCU = "models/mcu/mcu.json"
 
 # candidate metric -> (file, key path)
 SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -87,7 +88,8 @@ def decide_promotion(candidate: dict[str, Any], gates: GateParams,
     gate("p95_latency", f"int8 p95 ms ({candidate.get('profile', '?')})", float(candidate["p95_ms"]),
          "<=", gates.max_p95_ms)
     gate("size", "int8 file bytes", int(candidate["size_bytes"]), "<=", gates.max_size_bytes)
-    gate("ram", "estimated RAM bytes", int(candidate["ram_bytes"]), "<=", gates.max_ram_bytes)
+    gate("ram", "estimated RAM bytes (static, from the graph)", int(candidate["ram_bytes"]), "<=",
+         gates.max_ram_bytes)
 
     prod_acc = (prod or {}).get("metrics", {}).get("int8_accuracy") if prod else None
     if prod_acc is None:
@@ -104,6 +106,43 @@ def decide_promotion(candidate: dict[str, Any], gates: GateParams,
             "prod": {"version": prod.get("version"), "int8_accuracy": prod_acc} if prod else None}
 
 
+def mcu_gate_rows(path: str | Path, require_verified: bool) -> list[dict[str, Any]]:
+    """The ram/flash gates per MCU profile on the figures the mcu stage measured (arm-none-eabi-size,
+    -fcallgraph-info stack, I/O buffers) against that profile's budget. Unmeasured figures give the
+    verdict 'not verified', which blocks only with promote.require_mcu_verified."""
+    unverified = "fail" if require_verified else "not verified"
+    detail = "blocks: promote.require_mcu_verified is true" if require_verified else "promote.require_mcu_verified: false"
+    if not Path(path).is_file():
+        return [{"gate": "mcu", "metric": "MCU build", "value": None, "op": "==", "threshold": "verified",
+                 "verdict": unverified, "detail": f"{path} missing (run the mcu stage); {detail}"}]
+    doc = read_json(path)
+    rows = []
+    for name, p in doc.get("profiles", {}).items():
+        for what, key, budget in (("ram", "ram_bytes", "ram_budget_bytes"), ("flash", "flash_bytes", "flash_budget_bytes")):
+            row = {"gate": f"{what}:{name}", "value": p.get(key), "op": "<=", "threshold": p.get(budget),
+                   "metric": f"measured {what.upper() if what == 'ram' else what} bytes ({p.get('mcu')}"
+                             + (", data+bss+stack+I/O)" if what == "ram" else ", model text+data)")}
+            if p.get("status") != "verified" or p.get(key) is None:
+                rows.append(row | {"verdict": unverified, "detail": f"{doc.get('status', 'not verified')}; {detail}"})
+            elif p.get(budget) is None:
+                rows.append(row | {"verdict": "off", "detail": "no budget in the profile"})
+            else:
+                ok = p[key] <= p[budget]
+                rows.append(row | {"verdict": "pass" if ok else "fail",
+                                   "detail": "" if ok else f"measured {p[key]:,} B > budget {p[budget]:,} B"})
+    if not rows:  # no mcu profile measured anything
+        rows.append({"gate": "mcu", "metric": "MCU build", "value": doc.get("status"), "op": "==",
+                     "threshold": "verified", "verdict": "pass" if doc.get("verified") else unverified,
+                     "detail": f"no mcu profile in benchmark.profiles; {detail}"})
+    return rows
+
+
+def add_gate_rows(decision: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    gates = [*decision["gates"], *rows]
+    failed = [r["gate"] for r in gates if r["verdict"] == "fail"]
+    return decision | {"gates": gates, "failed": failed, "passed": not failed}
+
+
 def describe_failures(decision: dict[str, Any]) -> str:
     parts = []
     for r in decision["gates"]:
@@ -117,12 +156,13 @@ def _fmt(v: Any) -> str:
 
 
 def run(params: Params, reference: str | Path = PROD_REFERENCE, out: str | Path = PROMOTION,
-        paths: dict[str, str] | None = None) -> dict[str, Any]:
+        paths: dict[str, str] | None = None, mcu: str | Path = MCU) -> dict[str, Any]:
     candidate = read_candidate(paths)
     prod = read_json(reference) if Path(reference).is_file() else None
     if prod is not None and not prod.get("version"):
         prod = None
     decision = {"model": params.promote.model, **decide_promotion(candidate, params.promote.gates, prod)}
+    decision = add_gate_rows(decision, mcu_gate_rows(mcu, params.promote.require_mcu_verified))
     write_json(out, decision)  # written on failure too: it is the report of which gate failed
     if not decision["passed"]:
         raise GateFailed(f"promotion gate(s) failed: {describe_failures(decision)}",

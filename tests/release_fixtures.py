@@ -77,6 +77,10 @@ def write_candidate(root: Path, accuracy: float = 0.9, teacher: float = 0.95, in
         "student_fp32_p50_ms": 0.02, "student_fp32_p95_ms": 0.03, "teacher_fp32_p50_ms": 1.0,
         "speedup_vs_teacher": 50.0, "int8_file_bytes": size, "int8_weight_bytes": 200,
         "ram_estimate_bytes": 4096, "flash_estimate_bytes": size, "fits": True}}, indent=2))
+    # the mcu stage's report as a machine without the ARM toolchain writes it (no profile measured)
+    (root / "models/mcu").mkdir(parents=True, exist_ok=True)
+    (root / "models/mcu/mcu.json").write_text(json.dumps(
+        {"verified": False, "status": "skipped: arm-none-eabi-gcc not found", "profiles": {}}, indent=2))
     return {"student.onnx": fp32, "student.int8.onnx": int8}
 
 
@@ -110,7 +114,8 @@ def mini_project(dest: Path, store: dict, origin: Path | None = None, spec: dict
                 "cmd": "python make_candidate.py",
                 "deps": ["make_candidate.py", "candidate_spec.json"],
                 "outs": ["models/student.onnx", "models/student.int8.onnx"],
-                "metrics": [{f"metrics/{m}.json": {"cache": False}} for m in ("distill", "export", "benchmark")],
+                "metrics": [{f"metrics/{m}.json": {"cache": False}} for m in ("distill", "export", "benchmark")]
+                + [{"models/mcu/mcu.json": {"cache": False}}],
             },
             "promote": real["stages"]["promote"],
         },

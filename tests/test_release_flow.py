@@ -171,7 +171,9 @@ TINY = {
     "export": {"max_int8_drop": 1.0, "calibration": {"windows": 32}},
     "benchmark": {"profiles": [
         {"name": "edge-cpu-1t", "threads": 1, "batch_sizes": [1], "warmup": 2, "runs": 20, "max_seconds": 0.5},
-        {"name": "cortex-m7", "measure": False, "ram_bytes": 524288, "flash_bytes": 2097152}]},
+        {"name": "cortex-m7", "measure": False, "ram_bytes": 524288, "flash_bytes": 2097152,
+         "mcu": "cortex-m7", "clock_hz": 480_000_000}]},
+    "mcu": {"qemu_windows": 4},
     "promote": {"auto_prod": True, "gates": {"min_accuracy": 0.0, "max_drop_vs_teacher": 1.0,
                                              "max_int8_drop": 1.0, "max_p95_ms": 1000.0}},
 }
@@ -200,6 +202,14 @@ def test_real_pipeline_release_on_bundled_data(tmp_path):
     card = json.loads((card_dir / "model_card.json").read_text())
     assert card["lineage"]["data"]["path"] == "data/raw/readings.parquet" and card["lineage"]["data"]["md5"]
     assert card["metrics"]["distill"]["kd"]["accuracy"] > 0 and card["benchmark"]["release"]["int8_file_bytes"] > 0
+    # the MCU artifact ships with its measured figures (verified where the ARM toolchain is installed)
+    assert {"student.c", "student.h", "mcu.json"} <= set(card["files"])
+    m7 = card["mcu"]["profiles"]["cortex-m7"]
+    if shutil.which("arm-none-eabi-gcc") and shutil.which("qemu-system-arm"):
+        assert card["mcu"]["verified"] and "student.cortex-m7.o" in card["files"]
+        assert m7["flash_bytes"] > 0 and m7["qemu"]["identical_to_host"]
+    else:
+        assert m7["status"] == "not verified"
     assert tags(proj) == {"student@v0.1.0", "student#staging#1", "student#prod#2"}
     # the release commit pins the workspace: DVC sees nothing to re-run, git nothing to commit
     assert "up to date" in sh([f"{BIN}/dvc", "status"], proj).stdout.lower()

@@ -1,0 +1,104 @@
+"""mcu: the student as a microcontroller artifact. models/student.onnx → QOperator INT8 (batch 1,
+calibrated on train windows) → C source + header (emx-onnx-cgen) → host build checked against
+onnxruntime on every test window → per `mcu` profile of benchmark.profiles: Cortex-M object with
+exact flash/RAM and a QEMU run of the test image checked against the host build.
+
+Outputs: models/mcu/build/ (student.qop.onnx, student.c, student.h, student.<profile>.o) and
+models/mcu/mcu.json. Built in a temp folder; models/mcu/ is replaced only when every check passes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgedistill import mcu
+from edgedistill.errors import DataInvalid
+from edgedistill.io import write_json
+from edgedistill.params import Params
+
+MODEL = "models/student.onnx"
+DATA_DIR = "data/prepared"
+OUT_DIR = "models/mcu"
+BUILD = "build"
+REPORT = "mcu.json"
+
+
+def _windows(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise DataInvalid(f"{path}: prepared windows not found", hint="Run the prepare stage first (`dvc repro prepare`).")
+    with np.load(path) as z:
+        return z["X"].astype(np.float32, copy=False)
+
+
+def calibration(train: Path, windows: int, seed: int) -> np.ndarray:
+    """The same seeded sample of training windows as the export stage's INT8 calibration."""
+    x = _windows(train)
+    if len(x) == 0:
+        raise DataInvalid(f"{train}: no training windows to calibrate the INT8 model on")
+    idx = np.sort(np.random.default_rng(seed).choice(len(x), min(windows, len(x)), replace=False))
+    return x[idx]
+
+
+def _relative(report: dict[str, Any], root: Path, final: Path) -> dict[str, Any]:
+    """Paths inside the temp build folder → their final place under models/mcu/."""
+    def fix(v: Any) -> Any:
+        if isinstance(v, str) and v.startswith(str(root)):
+            return str(final / Path(v).relative_to(root))
+        if isinstance(v, dict):
+            return {k: fix(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [fix(x) for x in v]
+        return v
+    return fix(report)
+
+
+def run(params: Params, model: str | Path = MODEL, data_dir: str | Path = DATA_DIR,
+        out_dir: str | Path = OUT_DIR) -> dict[str, Any]:
+    model, data_dir, out_dir = Path(model), Path(data_dir), Path(out_dir)
+    if not model.is_file():
+        raise DataInvalid(f"{model}: not found", hint="Run the export stage first (`dvc repro export`).")
+    ep, mp = params.export, params.mcu
+    x_test = _windows(data_dir / "test.npz")
+    if len(x_test) == 0:
+        raise DataInvalid(f"{data_dir / 'test.npz'}: no test windows; host parity cannot be checked")
+    calib = calibration(data_dir / "train.npz", ep.calibration.windows, ep.calibration.seed)
+    profiles = [p for p in params.benchmark.profiles if p.mcu is not None]
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".mcu-") as tmp_name:
+        tmp = Path(tmp_name).resolve()
+        report = mcu.build_and_verify(
+            model, tmp / BUILD, x_test, profiles, qemu_windows=mp.qemu_windows, opt=mp.opt,
+            timeout=mp.tool_timeout_seconds, calib=calib,
+            quant={"per_channel": ep.calibration.per_channel, "activation_type": ep.activation_type,
+                   "method": ep.calibration.method})
+        report = _relative(report, tmp, out_dir)
+        # build/ is swapped whole (two renames); mcu.json is written last, so it never describes
+        # a build that is not there
+        old = out_dir / f".{BUILD}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / REPORT).unlink(missing_ok=True)
+        if (out_dir / BUILD).exists():
+            os.replace(out_dir / BUILD, old)
+        os.replace(tmp / BUILD, out_dir / BUILD)
+        shutil.rmtree(old, ignore_errors=True)
+        write_json(out_dir / REPORT, report)
+    if not report["verified"]:
+        print(report["status"])
+    return report
+
+
+def main() -> None:
+    from edgedistill.runner import run_stage_main
+
+    run_stage_main("mcu", lambda p: run(p))
+
+
+if __name__ == "__main__":
+    main()

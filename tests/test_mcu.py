@@ -1,0 +1,254 @@
+"""The mcu stage on a small real student: QOperator INT8 → C → host parity → Cortex-M builds with
+measured flash/RAM → QEMU; its gates, its refusals and the toolchain-missing path.
+
+One tiny student is trained, exported and built once for the module (QEMU on 2 windows per
+profile). Tests that need the ARM toolchain/QEMU skip without it (CI installs it: .ci/run)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import make_params, small_readings
+from export_fixtures import train
+from onnx import helper
+from typer.testing import CliRunner
+
+from edgedistill import mcu as lib
+from edgedistill import onnx_tools as ox
+from edgedistill.errors import GateFailed, ParamsInvalid
+from tasks import mcu as stage
+from tasks.promote import add_gate_rows, mcu_gate_rows
+
+HAVE_ARM = lib.have_arm_toolchain() and lib.have_qemu()
+needs_arm = pytest.mark.skipif(not HAVE_ARM, reason="arm-none-eabi-gcc / qemu-system-arm not installed "
+                                                    "(`make mcu-toolchain`)")
+TINY = {"widths": [8, 12, 16], "kernel": 5}
+OVERRIDES = {"mcu": {"qemu_windows": 2}, "export": {"calibration": {"windows": 32}}}
+
+
+def _student(root: Path, config: dict, steps: int = 40) -> Path:
+    with np.load(root / "data/prepared/train.npz") as z:
+        x, y = z["X"], z["y"]
+    model = train("dscnn1d", config, x, y, steps=steps, lr=3e-3)
+    path = root / "models/student.onnx"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ox.save_onnx(ox.export_onnx(model, x.shape[1], x.shape[2], 18, what="test student"), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[Path, dict]:
+    from tasks import prepare
+
+    root = tmp_path_factory.mktemp("mcu")
+    readings = root / "data/raw/readings.parquet"
+    readings.parent.mkdir(parents=True)
+    small_readings().to_parquet(readings, index=False)
+    params = make_params(OVERRIDES)
+    prepare.run(params, readings=readings, out_dir=root / "data/prepared")
+    _student(root, TINY)
+    with contextlib.chdir(root):  # as dvc runs it: the default, relative paths
+        report = stage.run(params)
+    return root, report
+
+
+def test_c_model_matches_onnxruntime_on_every_test_window(built):
+    root, r = built
+    doc = json.loads((root / "models/mcu/mcu.json").read_text())
+    assert doc == json.loads(json.dumps(r))
+    with np.load(root / "data/prepared/test.npz") as z:
+        n_test = len(z["X"])
+    hp = r["host_parity"]
+    assert hp["windows"] == n_test and hp["argmax_agreement"] == 1.0
+    assert hp["max_abs_diff"] <= hp["quantum"] and hp["quantum"] > 0
+    assert "QLinearConv" in r["quantization"]["ops"] and r["quantization"]["format"] == "QOperator"
+    for f in ("student.c", "student.h", "student.qop.onnx"):
+        assert (root / "models/mcu/build" / f).is_file()
+    assert "void student(" in (root / "models/mcu/build/student.h").read_text()
+    assert r["toolchain"]["emx_onnx_cgen"] and r["c_source"] == "models/mcu/build/student.c"
+
+
+def test_normalisation_ops_ahead_of_the_first_conv_stay_fp32(built, tmp_path):
+    """Raw readings in, (x - mean) / std inside the graph: those nodes are not quantized, the C model
+    still matches onnxruntime."""
+    root, _ = built
+    m = onnx.load(str(root / "models/student.onnx"))
+    inp = m.graph.input[0].name
+    c = m.graph.input[0].type.tensor_type.shape.dim[1].dim_value
+    mean = onnx.numpy_helper.from_array(np.linspace(-1, 1, c, dtype=np.float32).reshape(1, c, 1), "norm_mean")
+    std = onnx.numpy_helper.from_array(np.linspace(0.5, 2, c, dtype=np.float32).reshape(1, c, 1), "norm_std")
+    m.graph.initializer.extend([mean, std])
+    for n in m.graph.node:
+        n.input[:] = ["normed" if i == inp else i for i in n.input]
+    m.graph.node.insert(0, helper.make_node("Div", ["centred", "norm_std"], ["normed"], name="norm_div"))
+    m.graph.node.insert(0, helper.make_node("Sub", [inp, "norm_mean"], ["centred"], name="norm_sub"))
+    raw = tmp_path / "raw_in.onnx"
+    onnx.save(m, str(raw))
+    with np.load(root / "data/prepared/test.npz") as z:
+        x = z["X"][:16] * np.linspace(0.5, 2, c, dtype=np.float32)[None, :, None] \
+            + np.linspace(-1, 1, c, dtype=np.float32)[None, :, None]
+    r = lib.build_and_verify(raw, tmp_path / "out", x, [], qemu_windows=1, opt="-Os", timeout=120, calib=x,
+                             quant={"per_channel": True, "activation_type": "int8", "method": "minmax"})
+    assert r["quantization"]["fp32_nodes"] == ["norm_sub", "norm_div"]
+    q = onnx.load(str(tmp_path / "out/student.qop.onnx"))
+    assert [n.op_type for n in q.graph.node[:3]] == ["Sub", "Div", "QuantizeLinear"]
+    assert r["host_parity"]["argmax_agreement"] == 1.0 and r["host_parity"]["windows"] == 16
+
+
+@needs_arm
+def test_each_profile_is_measured_and_runs_identically_in_qemu(built):
+    root, r = built
+    mcu_profiles = [p for p in make_params().benchmark.profiles if p.mcu]
+    assert r["verified"] and set(r["profiles"]) == {p.name for p in mcu_profiles}
+    for name, p in r["profiles"].items():
+        obj = root / "models/mcu/build" / f"student.{name}.o"
+        assert p["object"] == f"models/mcu/build/student.{name}.o" and obj.is_file()
+        # flash = text + data of the model object alone, as arm-none-eabi-size reports it
+        out = subprocess.run(["arm-none-eabi-size", str(obj)], capture_output=True, text=True, check=True).stdout
+        text, data, bss = (int(v) for v in out.splitlines()[1].split()[:3])
+        assert p["flash_bytes"] == text + data and p["flash_bytes"] > 1000
+        assert p["ram_bytes"] == data + bss + p["stack_bytes"] + p["io_buffer_bytes"]
+        assert p["stack_bytes"] == max(p["stack_static_bytes"], p["stack_measured_bytes"]) > 0
+        assert p["io_buffer_bytes"] == 4 * (r["input_count"] + r["output_count"])
+        assert p["qemu"]["identical_to_host"] and p["qemu"]["windows"] == 2
+        assert p["qemu"]["instructions_per_inference"] > 10_000
+        assert p["est_ms_at_clock"] == pytest.approx(p["qemu"]["instructions_per_inference"] / p["clock_hz"] * 1e3,
+                                                     rel=1e-3)
+    assert r["toolchain"]["arm_gcc"] and r["toolchain"]["qemu"]
+
+
+def test_a_c_model_that_computes_otherwise_fails_naming_the_first_differing_window(built, tmp_path):
+    root, r = built
+    qop = root / "models/mcu/build/student.qop.onnx"
+    with np.load(root / "data/prepared/test.npz") as z:
+        x = z["X"][:8]
+    # C generated from the same student calibrated on other windows: other scales, other logits
+    other = tmp_path / "other.qop.onnx"
+    lib.quantize_qoperator(root / "models/student.onnx", other, x[:2] * 3, per_channel=True, activation_type="int8",
+                           method="minmax", scratch=tmp_path)
+    gen = lib.generate_c(other, tmp_path / "gen")
+    host = lib.run_host(lib.host_build(gen, tmp_path, 120), x, gen["entry"].output_count, 120)
+    q = lib.output_quantum(onnx.load(str(qop)))
+    with pytest.raises(lib.McuFailed, match=r"window 0 differs: logits .* one quantum"):
+        lib.parity(lib.ort_logits(qop, x), host, q, "test")
+    lib.parity(lib.ort_logits(other, x), host, lib.output_quantum(onnx.load(str(other))), "test")  # its own model
+
+
+def test_an_op_the_generator_cannot_lower_is_named_with_its_node(built, tmp_path):
+    root, _ = built
+    m = onnx.load(str(root / "models/mcu/build/student.qop.onnx"))
+    out = m.graph.output[0].name
+    m.graph.node.append(helper.make_node("RandomNormalLike", [out], ["noise"], name="add_noise"))
+    m.graph.node.append(helper.make_node("Add", [out, "noise"], ["noisy"], name="noisy_logits"))
+    m.graph.output[0].name = "noisy"
+    bad = tmp_path / "noisy.onnx"
+    onnx.save(m, str(bad))
+    with pytest.raises(lib.McuFailed) as e:
+        lib.generate_c(bad, tmp_path / "gen")
+    msg = str(e.value)
+    assert "op RandomNormalLike (node add_noise)" in msg and "\n" not in msg
+    # the CLI: one line naming op and node, exit code 2, no traceback
+    from edgedistill.cli import app
+
+    res = CliRunner().invoke(app, ["mcu", str(bad), "--windows", "2"])
+    assert res.exit_code == 2 and "RandomNormalLike" in res.output and "add_noise" in res.output
+    assert "Traceback" not in res.output
+
+
+@needs_arm
+def test_compiler_and_qemu_failures_give_the_message_and_the_command(built, tmp_path):
+    root, _ = built
+    gen = lib.generate_c(root / "models/mcu/build/student.qop.onnx", tmp_path / "gen")
+    gen["c"].write_text(gen["c"].read_text() + "\n#error stray line in the generated model\n")
+    with np.load(root / "data/prepared/test.npz") as z:
+        x = z["X"][:1]
+    with pytest.raises(lib.McuFailed) as e:
+        lib.cross_build(gen, "cortex-m4", tmp_path / "b", x, "-Os", 120)
+    msg = str(e.value)
+    assert "stray line in the generated model" in msg and "reproduce with: cd " in msg and "arm-none-eabi-gcc" in msg
+    junk = tmp_path / "junk.elf"
+    junk.write_bytes(b"not an elf")
+    with pytest.raises(lib.McuFailed, match=r"QEMU run of the test image failed: .*reproduce with: qemu-system-arm -M "
+                                            r"mps2-an500"):
+        lib.run_qemu("cortex-m7", junk, 1, 7, 60)
+
+
+@needs_arm
+def test_measured_figures_gate_promotion_and_a_grown_student_fails(built, tmp_path):
+    root, _ = built
+    rows = mcu_gate_rows(root / "models/mcu/mcu.json", require_verified=True)
+    assert {r["gate"] for r in rows} == {f"{k}:{p}" for p in ("nrf52-m4", "nrf5340-m33", "cortex-m7")
+                                         for k in ("ram", "flash")}
+    assert all(r["verdict"] == "pass" for r in rows)
+    # a grown student on the nRF52-class part (256 KiB flash): measured flash over budget → the gate fails
+    big_root = tmp_path / "big"
+    shutil.copytree(root / "data", big_root / "data")
+    _student(big_root, {"widths": [128, 256, 384, 384], "kernel": 5}, steps=2)
+    params = make_params({**OVERRIDES, "mcu": {"qemu_windows": 1}, "benchmark": {"profiles": [
+        make_params().benchmark.profiles[0].model_dump(),
+        {"name": "nrf52-m4", "measure": False, "mcu": "cortex-m4", "clock_hz": 64_000_000,
+         "ram_bytes": 65536, "flash_bytes": 262144}]}})
+    stage.run(params, model=big_root / "models/student.onnx", data_dir=big_root / "data/prepared",
+              out_dir=big_root / "models/mcu")
+    rows = {r["gate"]: r for r in mcu_gate_rows(big_root / "models/mcu/mcu.json", require_verified=False)}
+    flash = rows["flash:nrf52-m4"]
+    assert flash["verdict"] == "fail" and flash["value"] > 262144
+    assert f"measured {flash['value']:,} B > budget 262,144 B" in flash["detail"]
+    decision = add_gate_rows({"gates": [], "failed": [], "passed": True}, list(rows.values()))
+    assert decision["passed"] is False and "flash:nrf52-m4" in decision["failed"]
+
+
+def test_without_the_arm_toolchain_the_stage_records_not_verified(built, tmp_path, monkeypatch, capsys):
+    root, _ = built
+    monkeypatch.setattr(lib, "ARM_GCC", "arm-none-eabi-gcc-not-installed")
+    params = make_params(OVERRIDES)
+    r = stage.run(params, model=root / "models/student.onnx", data_dir=root / "data/prepared",
+                  out_dir=tmp_path / "mcu")
+    assert "skipped: arm-none-eabi-gcc not found; `make mcu-toolchain` installs it" in capsys.readouterr().out
+    assert r["verified"] is False and r["host_parity"]["argmax_agreement"] == 1.0
+    assert all(p["status"] == "not verified" and "flash_bytes" not in p for p in r["profiles"].values())
+    assert not list((tmp_path / "mcu/build").glob("*.o"))
+    rows = mcu_gate_rows(tmp_path / "mcu/mcu.json", require_verified=False)
+    assert rows and all(r["verdict"] == "not verified" for r in rows)
+    blocked = add_gate_rows({"gates": [], "failed": [], "passed": True},
+                            mcu_gate_rows(tmp_path / "mcu/mcu.json", require_verified=True))
+    assert blocked["passed"] is False and "ram:cortex-m7" in blocked["failed"]
+
+
+def test_promote_stage_blocks_on_unverified_mcu_only_when_required(workdir):
+    from release_fixtures import write_candidate
+
+    from tasks.promote import run as promote
+
+    write_candidate(workdir, accuracy=0.9)
+    assert promote(make_params())["passed"]  # no mcu.json: 'not verified', not blocking by default
+    with pytest.raises(GateFailed, match="mcu"):
+        promote(make_params({"promote": {"require_mcu_verified": True}}))
+
+
+def test_an_mcu_profile_cannot_be_measured_here():
+    prof = make_params().benchmark.profiles[0].model_dump()
+    with pytest.raises(ParamsInvalid, match="mcu profile cannot run onnxruntime"):
+        make_params({"benchmark": {"profiles": [prof, {"name": "m4", "mcu": "cortex-m4", "measure": True}]}})
+
+
+@needs_arm
+def test_the_release_bundle_ships_the_c_model_objects_and_report(built):
+    from flows.release import _mcu_figures, bundle_files
+
+    root, r = built
+    files = bundle_files(root)
+    assert {"student.c", "student.h", "mcu.json", "student.onnx", "student.int8.onnx"} <= set(files)
+    assert {f"student.{p}.o" for p in r["profiles"]} <= set(files)
+    assert all((root / rel).is_file() for name, rel in files.items() if not name.startswith("student.onnx")
+               and not name.startswith("student.int8"))
+    line = _mcu_figures(mcu_gate_rows(root / "models/mcu/mcu.json", require_verified=False))
+    m7 = r["profiles"]["cortex-m7"]
+    assert f"cortex-m7: {m7['flash_bytes']:,} B / {m7['ram_bytes']:,} B" in line
