@@ -108,7 +108,9 @@ def reproduce(
     from flows.reproduce import reproduce_version
 
     r = guarded(lambda: reproduce_version(".", params(), version, keep=keep, log=console.print))
-    colour = {"identical": "green", "within tolerance": "yellow", "differs": "bold red"}
+    colour = {"identical": "green", "within tolerance": "yellow", "differs": "bold red",
+              "reproduced": "bold green", "reproduced within tolerance": "bold yellow"}
+    console.print(f"[{colour[r['verdict']]}]{r['verdict']}[/] — {escape(r['reason'])}")
     t = Table(title=f"{r['model']} {r['version']}: metrics (released vs reproduced)")
     for col in ("file", "metric", "released", "reproduced", "verdict"):
         t.add_column(col)
@@ -135,9 +137,9 @@ def reproduce(
                   f"[{colour[x['verdict']]}]{x['verdict']}[/]" + (f": {escape(x['note'])}" if x.get("note") else "")
                   + ("" if x.get("decisive", True) else " [dim](report)[/]"))
     console.print(f)
-    c = r["counts"]
-    console.print(f"[{colour[r['verdict']]}]{r['verdict']}[/]: {c['identical']} identical, "
-                  f"{c['within tolerance']} within tolerance, {c['differs']} differ; report {r['report']}")
+    t = r["tally"]
+    console.print(f"[{colour[r['verdict']]}]{r['verdict']}[/]: {t['same']} match, {t['within']} within tolerance, "
+                  f"{t['differs']} differ, {t['expected']} timing/report figure(s) not judged; report {r['report']}")
 
 
 @app.command()
