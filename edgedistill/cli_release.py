@@ -1,4 +1,4 @@
-"""Release commands: `promote`, `registry`, `fetch`, `reproduce` (the `run` command calls the
+"""Release commands: `promote`, `registry`, `fetch`, `reproduce`, `report` (the `run` command calls the
 release flow in flows/release.py). Prefect and DVC are imported only when a command needs them."""
 
 from __future__ import annotations
@@ -140,6 +140,18 @@ def reproduce(
     t = r["tally"]
     console.print(f"[{colour[r['verdict']]}]{r['verdict']}[/]: {t['same']} match, {t['within']} within tolerance, "
                   f"{t['differs']} differ, {t['expected']} timing/report figure(s) not judged; report {r['report']}")
+
+
+@app.command()
+def report(
+    root: Annotated[Path, typer.Option(help="project root holding metrics/ and reports/")] = Path("."),
+    out: Annotated[Path | None, typer.Option(help="where to write it (default ROOT/reports/release.html)")] = None,
+) -> None:
+    """Rebuild the offline release report (one self-contained HTML page) from the metrics and reports files."""
+    from edgedistill.report import write_report
+
+    path = guarded(lambda: write_report(root, out))
+    console.print(f"wrote {escape(str(path))} (self-contained: open it in any browser, no network needed)")
 
 
 @app.command()
