@@ -74,8 +74,13 @@ def test_release_registers_staging_pushes_and_publishes(released, monkeypatch):
     assert sh(["git", "status", "--porcelain"], proj).stdout.strip() == ""
 
     keys = s3_keys(released["endpoint"], "releases/student/v0.1.0")
-    assert sorted(k.rsplit("/", 1)[1] for k in keys) == ["SHA256SUMS", "model_card.json", "student.int8.onnx",
-                                                         "student.onnx"]
+    assert sorted(k.rsplit("/", 1)[1] for k in keys) == ["SHA256SUMS", "model_card.json", "release.html",
+                                                         "student.int8.onnx", "student.onnx"]
+    # the offline report: in the bundle and in the workspace (git-ignored), the gate table on it
+    bundled = S3Store(BUCKET, "team", endpoint_url=released["endpoint"]).read_text(
+        "releases/student/v0.1.0/release.html")
+    assert "student v0.1.0" in bundled and "id='gate-table'" in bundled
+    assert "id='gate-table'" in (proj / "reports/release.html").read_text()
     assert any(k.startswith("dvc/files/md5/") for k in s3_keys(released["endpoint"], "dvc"))
     card = json.loads(S3Store(BUCKET, "team", endpoint_url=released["endpoint"]).read_text(
         "releases/student/v0.1.0/model_card.json"))
