@@ -139,7 +139,7 @@ def reproduce(
     console.print(f)
     t = r["tally"]
     console.print(f"[{colour[r['verdict']]}]{r['verdict']}[/]: {t['same']} match, {t['within']} within tolerance, "
-                  f"{t['differs']} differ, {t['expected']} timing/report figure(s) not judged; report {r['report']}")
+                  f"{t['differs']} differ, {t['expected']} run-to-run figure(s) not judged; report {r['report']}")
 
 
 @app.command()

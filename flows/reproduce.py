@@ -42,6 +42,7 @@ REPRODUCED, REPRODUCED_WITHIN, DIFFERENT = "reproduced", "reproduced within tole
 # figures that measure the machine, not the model: compared with timing_rtol
 TIMING = re.compile(r"(_ms\b|_ms_|_ms\.|seconds|_sec\b|per_s\b|latency|throughput|speedup|rss|elapsed|"
                     r"duration|time|overhead|epoch_cost|p95|p50|p99)", re.I)
+HASH_KEY = re.compile(r"(sha256|md5|hash)", re.I)  # a file hash recorded in a metrics file: its file is compared
 LABEL_KEYS = ("gate", "stage", "name", "check")  # list items named by one of these flatten as key[label]
 
 
@@ -228,7 +229,12 @@ def reproduce_verdict(rows: list[dict[str, Any]], show: int = 3) -> dict[str, An
     if content_equal:
         tail.append(f"{content_equal} file(s) differ in bytes only, their content compared equal")
     if tally["expected"]:
-        tail.append(f"{tally['expected']} timing/report figure(s) changed, as they do run to run (not judged)")
+        kinds = {"timing": 0, "hash": 0, "report or text": 0}
+        for r in by_class["expected"]:
+            kinds["timing" if r.get("timing") else "hash" if HASH_KEY.search(str(r.get("metric", ""))) else
+                  "report or text"] += 1
+        what = ", ".join(f"{n} {k}" for k, n in kinds.items() if n)
+        tail.append(f"{tally['expected']} figure(s) that change run to run were not judged ({what})")
     if tally["differs"]:
         verdict = DIFFERENT
         names = "; ".join(_label(r) for r in by_class["differs"][:show])
