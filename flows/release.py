@@ -454,10 +454,13 @@ def summary_markdown(s: dict[str, Any]) -> str:
 def _publish_summary(root: Path, s: dict[str, Any], console: Console) -> None:
     write_json(root / SUMMARY, s)
     try:
-        write_report(root)  # reports/release.html, offline; `edgedistill report` rebuilds it
+        report = write_report(root)  # reports/release.html, offline; `edgedistill report` rebuilds it
     except (OSError, ValueError, KeyError, TypeError) as e:  # the JSON above is the record
+        report = None
         get_run_logger().warning("release report not written: %s", e)
     render_summary(s, console)
+    if report is not None:
+        console.print(f"offline report: {report.relative_to(root)}")
     with contextlib.suppress(Exception):  # the run page is a convenience; the JSON is the record
         create_markdown_artifact(summary_markdown(s), key="release-summary",
                                  description=f"edgedistill release ({s['status']})")
