@@ -314,10 +314,12 @@ def net_ratio(interleaved: dict[str, Any], a: str, b: str, key: str = "net_p50_m
 
 def op_profile(path: str | Path, *, threads: int = 1, warmup: int = 20, runs: int = 200,
                data: np.ndarray | None = None, dims: dict[str, int] | None = None) -> dict[str, Any]:
-    """Kernel time per op type from onnxruntime's profiler (`enable_profiling`), batch 1, averaged
-    over `runs` profiled calls after `warmup` ones: where the model's time goes, node by node.
-    `kernel_us_per_run` is the sum of kernel times; `run_us_per_run` is onnxruntime's own
-    model_run span (kernels plus dispatch between them, without the Python call)."""
+    """Kernel time per op type from onnxruntime's profiler (`enable_profiling`), batch 1: each
+    node's median over `runs` profiled calls after `warmup` ones, summed per op type (the
+    profiler records whole µs, so sub-µs nodes round): where the model's time
+    goes. `kernel_us_per_run` is the sum over nodes; `run_us_per_run` is the median of
+    onnxruntime's own model_run span (kernels, dispatch and the profiler's own cost, without the
+    Python call)."""
     import json
     import tempfile
 
@@ -335,25 +337,27 @@ def op_profile(path: str | Path, *, threads: int = 1, warmup: int = 20, runs: in
     if not timed:
         raise ModelMismatch(f"{path}: onnxruntime's profiler recorded no runs")
     start = timed[0][0]
-    per_op: dict[str, dict[str, Any]] = {}
+    # per node: the median of its kernel times over the profiled runs (a preempted run on a busy
+    # host makes a mean meaningless), summed per op type
+    by_node: dict[str, tuple[str, list[float]]] = {}
     for e in events:
         if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time") or e["ts"] < start:
             continue
-        op = e.get("args", {}).get("op_name", "?")
-        row = per_op.setdefault(op, {"op_type": op, "nodes": set(), "total_us": 0.0})
-        row["nodes"].add(e["name"])
-        row["total_us"] += float(e["dur"])
+        by_node.setdefault(e["name"], (e.get("args", {}).get("op_name", "?"), []))[1].append(float(e["dur"]))
+    per_op: dict[str, dict[str, Any]] = {}
+    for op, durs in by_node.values():
+        row = per_op.setdefault(op, {"op_type": op, "nodes": 0, "us": 0.0})
+        row["nodes"] += 1
+        row["us"] += float(np.median(durs))
     n = len(timed)
-    kernel = sum(r["total_us"] for r in per_op.values()) / n
-    ops = []
-    for r in sorted(per_op.values(), key=lambda r: -r["total_us"]):
-        us = r["total_us"] / n
-        ops.append({"op_type": r["op_type"], "nodes": len(r["nodes"]), "us_per_run": us,
-                    "share": us / kernel if kernel > 0 else 0.0})
+    kernel = sum(r["us"] for r in per_op.values())
+    ops = [{"op_type": r["op_type"], "nodes": r["nodes"], "us_per_run": r["us"],
+            "share": r["us"] / kernel if kernel > 0 else 0.0}
+           for r in sorted(per_op.values(), key=lambda r: -r["us"])]
     return {"path": str(path), "runs": n, "threads": threads,
             "nodes": sum(o["nodes"] for o in ops),
             "kernel_us_per_run": kernel,
-            "run_us_per_run": float(np.mean([b - a for a, b in timed])),
+            "run_us_per_run": float(np.median([b - a for a, b in timed])),
             "ops": ops,
-            "method": "onnxruntime profiler (SessionOptions.enable_profiling): *_kernel_time events per op "
-                      f"type, mean over {n} batch-1 runs after {warmup} warm-up runs"}
+            "method": "onnxruntime profiler (SessionOptions.enable_profiling): each node's median *_kernel_time "
+                      f"over {n} batch-1 runs after {warmup} warm-up runs, summed per op type"}
