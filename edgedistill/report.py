@@ -339,7 +339,9 @@ def _latency(docs: dict[str, Any]) -> str:
             out.append("<p class='muted'>No prod model was measured (no prod yet).</p>")
     per_op = b.get("per_op") or {}
     if per_op:
-        out.append("<h3>Kernel time per op type (onnxruntime profiler, batch 1)</h3><div class='plots'>")
+        out.append("<h3>Kernel time per op type (onnxruntime profiler, batch 1)</h3><p class='muted'>Each node's "
+                   "median kernel time, summed per op type. The profiler's own cost inflates tiny kernels: read the "
+                   "shares and node counts; the table above has the unprofiled times.</p><div class='plots'>")
         for name, p in per_op.items():
             items = [(o["op_type"], o["us_per_run"], f"{o['us_per_run']:.1f} µs ({o['share']:.0%}) ×{o['nodes']}")
                      for o in p["ops"]]
