@@ -1,5 +1,6 @@
 """Measured cost of an ONNX file on this host through onnxruntime: latency percentiles with their
-spread, throughput, peak RSS; plus its static cost. One code path for the stage and `edgedistill bench`."""
+spread, throughput, peak RSS; latency net of the runtime's call floor (interleaved rounds) and
+kernel time per op type (onnxruntime's profiler); plus its static cost. One code path for the stage and `edgedistill bench`."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def latency_stats(ns: np.ndarray, batch: int) -> dict[str, Any]:
 def time_runs(fn: Callable[[], Any], warmup: int, runs: int, max_seconds: float | None = None) -> np.ndarray:
     """Per-call wall time in ns of `runs` calls after `warmup` untimed ones; stops early (never
     below MIN_RUNS) once max_seconds have passed, so a slow model cannot stall the pipeline.
-    The loop body is kept minimal: its cost is what `harness_overhead` checks."""
+    The loop body is kept minimal: one clock read either side of the call."""
     for _ in range(warmup):
         fn()
     clock = time.perf_counter_ns
@@ -202,53 +203,161 @@ def bench_onnx(path: str | Path, *, threads: int = 1, batch_sizes: list[int] | t
     return out
 
 
-def harness_overhead(path: str | Path, *, threads: int = 1, batch: int = 1, runs: int = 200, rounds: int = 31,
-                     data: np.ndarray | None = None) -> dict[str, Any]:
-    """Cost of the timing harness vs a bare `InferenceSession.run` loop on the same session and
-    input, in alternating rounds. Headline: median over rounds of harness/bare - 1 in process CPU
-    time: the harness's overhead is CPU work, and CPU time does not grow while other processes
-    hold the core (wall time does, by tens of percent on a shared host; reported beside it)."""
-    session = open_session(path, threads)
+# ---------------------------------------------------------------- interleaved: models vs the call floor
+
+FLOOR = "floor"  # name of the runtime's call floor in interleaved results
+
+
+def floor_model(spec: InputSpec, shape: list[int]) -> Any:
+    """A one-node Identity graph with the given input's dtype and shape: what one
+    `InferenceSession.run` costs from Python with (almost) no model in it."""
+    import onnx
+    from onnx import helper
+
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(spec.dtype))
+    x = helper.make_tensor_value_info("x", elem, shape)
+    y = helper.make_tensor_value_info("y", elem, shape)
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "call_floor", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = min(model.ir_version, 9)  # loadable by older onnxruntime builds too
+    onnx.checker.check_model(model)
+    return model
+
+
+def _batch1_feed(path: Path, session: Any, data: np.ndarray | None,
+                 dims: dict[str, int] | None = None) -> tuple[dict[str, np.ndarray], str]:
+    """Batch-1 feed: a real window when it fits the model's input, else N(0, 1) (e.g. prod with
+    another input contract); says which."""
     specs = input_specs(session)
-    feed = make_feed(specs, batch, data)
+    if data is not None and len(specs) == 1:
+        feed = make_feed(specs, 1, data)
+        try:
+            check_feed(path, specs, feed)
+            return feed, "test window"
+        except ModelMismatch:
+            pass
+    feed = make_feed(specs, 1, dims=dims)
     check_feed(path, specs, feed)
-    run = session.run
-    for _ in range(max(20, runs // 10)):
-        run(None, feed)
-    wall, cpu = time.perf_counter_ns, time.process_time_ns
+    return feed, "N(0, 1) input (the test windows do not fit this model's input)"
 
-    def bare() -> tuple[int, int]:
-        w0, c0 = wall(), cpu()
-        for _ in range(runs):
-            run(None, feed)
-        return wall() - w0, cpu() - c0
 
-    def harness() -> tuple[int, int]:
-        w0, c0 = wall(), cpu()
-        time_runs(functools.partial(run, None, feed), 0, runs, max_seconds=3600.0)  # as the stage runs it
-        return wall() - w0, cpu() - c0
+def interleaved_latency(models: dict[str, str | Path], *, threads: int = 1, warmup: int = 200,
+                        runs: int = 2000, rounds: int = 5, data: np.ndarray | None = None,
+                        dims: dict[str, int] | None = None) -> dict[str, Any]:
+    """Batch-1 latency of several models and of the runtime's call floor, measured in one process
+    in interleaved rounds: every model is warmed up, then each round times `runs` calls of each
+    model in turn (the order rotates every round), so a noisy spell on a shared host hits all of
+    them alike. Per model: p50 = median of the round medians, p95 = median of the round p95s,
+    and both NET of the floor (the same figures of a one-node Identity graph fed the same input
+    shape as the first model's first input), which is what the model itself costs."""
+    if not models:
+        raise ModelMismatch("no models to measure")
+    import tempfile
 
-    b_wall, b_cpu, h_wall, h_cpu = [], [], [], []
+    import onnx
+
+    sessions: dict[str, Any] = {}
+    feeds: dict[str, dict[str, np.ndarray]] = {}
+    inputs: dict[str, str] = {}
+    for name, path in models.items():
+        if name == FLOOR:
+            raise ModelMismatch(f"'{FLOOR}' is reserved for the call floor")
+        sessions[name] = open_session(path, threads)
+        feeds[name], inputs[name] = _batch1_feed(Path(path), sessions[name], data, dims)
+    first = next(iter(models))
+    spec = input_specs(sessions[first])[0]
+    shape = list(next(iter(feeds[first].values())).shape)
+    with tempfile.TemporaryDirectory() as tmp:
+        floor_path = Path(tmp) / "call_floor.onnx"
+        onnx.save(floor_model(spec, shape), str(floor_path))
+        sessions = {FLOOR: open_session(floor_path, threads)} | sessions
+    feeds[FLOOR] = {"x": next(iter(feeds[first].values()))}
+    inputs[FLOOR] = f"one-node Identity graph, input {np.dtype(spec.dtype).name}{shape}"
+    calls = {n: functools.partial(s.run, None, feeds[n]) for n, s in sessions.items()}
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    names = list(calls)
+    med: dict[str, list[float]] = {n: [] for n in names}
+    p95: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
-        if r % 2:
-            (hw, hc), (bw, bc) = harness(), bare()
-        else:
-            (bw, bc), (hw, hc) = bare(), harness()
-        b_wall.append(bw / runs)
-        b_cpu.append(bc / runs)
-        h_wall.append(hw / runs)
-        h_cpu.append(hc / runs)
-    cpu_ratio = np.array(h_cpu) / np.array(b_cpu)
-    wall_ratio = np.array(h_wall) / np.array(b_wall)
-    return {
-        "path": str(path), "batch": batch, "threads": threads, "runs_per_round": runs, "rounds": rounds,
-        "bare_loop_us": float(np.median(b_wall)) / 1e3,
-        "harness_us": float(np.median(h_wall)) / 1e3,
-        "bare_loop_cpu_us": float(np.median(b_cpu)) / 1e3,
-        "harness_cpu_us": float(np.median(h_cpu)) / 1e3,
-        "overhead_pct": (float(np.median(cpu_ratio)) - 1) * 100,
-        "overhead_pct_spread": [(float(cpu_ratio.min()) - 1) * 100, (float(cpu_ratio.max()) - 1) * 100],
-        "wall_overhead_pct": (float(np.median(wall_ratio)) - 1) * 100,
-        "wall_overhead_pct_spread": [(float(wall_ratio.min()) - 1) * 100, (float(wall_ratio.max()) - 1) * 100],
-        "method": "median over alternating rounds of (harness loop / bare loop) process CPU time - 1",
-    }
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            ms = time_runs(calls[n], 0, runs).astype(np.float64) / 1e6
+            med[n].append(float(np.median(ms)))
+            p95[n].append(float(np.percentile(ms, 95)))
+    floor50, floor95 = float(np.median(med[FLOOR])), float(np.median(p95[FLOOR]))
+    out: dict[str, Any] = {}
+    for n in names:
+        p50, q95 = float(np.median(med[n])), float(np.median(p95[n]))
+        out[n] = {"p50_ms": p50, "p95_ms": q95,
+                  "net_p50_ms": p50 - floor50, "net_p95_ms": q95 - floor95,
+                  "x_floor_p50": p50 / floor50 if floor50 > 0 else None,
+                  "round_p50_ms": med[n], "input": inputs[n],
+                  "path": str(models[n]) if n != FLOOR else None}
+    return {"method": (f"one process, batch 1, {threads} thread(s), {warmup} warm-up runs per model, then "
+                       f"{rounds} rounds of {runs} timed runs per model interleaved round by round "
+                       "(order rotating); p50/p95 = median over rounds of each round's p50/p95; "
+                       "net = minus the call floor's figure (a one-node Identity graph, same input)"),
+            "threads": threads, "warmup": warmup, "runs_per_round": runs, "rounds": rounds, "models": out}
+
+
+def net_ratio(interleaved: dict[str, Any], a: str, b: str, key: str = "net_p50_ms") -> float | None:
+    """a's figure net of the floor over b's; None when b's net figure is not positive (b costs no
+    more than the floor itself: no meaningful ratio)."""
+    m = interleaved["models"]
+    if a not in m or b not in m or m[b][key] <= 0:
+        return None
+    return m[a][key] / m[b][key]
+
+
+# ---------------------------------------------------------------- per-op profile
+
+def op_profile(path: str | Path, *, threads: int = 1, warmup: int = 20, runs: int = 200,
+               data: np.ndarray | None = None, dims: dict[str, int] | None = None) -> dict[str, Any]:
+    """Kernel time per op type from onnxruntime's profiler (`enable_profiling`), batch 1: each
+    node's median over `runs` profiled calls after `warmup` ones, summed per op type (the
+    profiler records whole µs, so sub-µs nodes round): where the model's time
+    goes. `kernel_us_per_run` is the sum over nodes; `run_us_per_run` is the median of
+    onnxruntime's own model_run span (kernels, dispatch and the profiler's own cost, without the
+    Python call)."""
+    import json
+    import tempfile
+
+    path = Path(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        session = open_session(path, threads, profile_prefix=str(Path(tmp) / "ort_profile"))
+        feed, _ = _batch1_feed(path, session, data, dims)
+        for _ in range(warmup + runs):
+            session.run(None, feed)
+        events = json.loads(Path(session.end_profiling()).read_text())
+        del session
+    run_spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
+                       if e.get("cat") == "Session" and e.get("name") == "model_run")
+    timed = run_spans[warmup:]
+    if not timed:
+        raise ModelMismatch(f"{path}: onnxruntime's profiler recorded no runs")
+    start = timed[0][0]
+    # per node: the median of its kernel times over the profiled runs (a preempted run on a busy
+    # host makes a mean meaningless), summed per op type
+    by_node: dict[str, tuple[str, list[float]]] = {}
+    for e in events:
+        if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time") or e["ts"] < start:
+            continue
+        by_node.setdefault(e["name"], (e.get("args", {}).get("op_name", "?"), []))[1].append(float(e["dur"]))
+    per_op: dict[str, dict[str, Any]] = {}
+    for op, durs in by_node.values():
+        row = per_op.setdefault(op, {"op_type": op, "nodes": 0, "us": 0.0})
+        row["nodes"] += 1
+        row["us"] += float(np.median(durs))
+    n = len(timed)
+    kernel = sum(r["us"] for r in per_op.values())
+    ops = [{"op_type": r["op_type"], "nodes": r["nodes"], "us_per_run": r["us"],
+            "share": r["us"] / kernel if kernel > 0 else 0.0}
+           for r in sorted(per_op.values(), key=lambda r: -r["us"])]
+    return {"path": str(path), "runs": n, "threads": threads,
+            "nodes": sum(o["nodes"] for o in ops),
+            "kernel_us_per_run": kernel,
+            "run_us_per_run": float(np.median([b - a for a, b in timed])),
+            "ops": ops,
+            "method": "onnxruntime profiler (SessionOptions.enable_profiling): each node's median *_kernel_time "
+                      f"over {n} batch-1 runs after {warmup} warm-up runs, summed per op type"}

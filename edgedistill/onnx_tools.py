@@ -175,11 +175,15 @@ class InputSpec:
         return f"{np.dtype(self.dtype).name}[{dims}]"
 
 
-def open_session(path: str | Path, threads: int = 1) -> Any:
-    """A CPU onnxruntime session pinned to `threads` intra-op threads and sequential execution."""
+def open_session(path: str | Path, threads: int = 1, profile_prefix: str | None = None) -> Any:
+    """A CPU onnxruntime session pinned to `threads` intra-op threads and sequential execution
+    (with onnxruntime's per-node profiler on when `profile_prefix` is given)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -174,6 +174,8 @@ class GateParams(_Section):
     max_ram_bytes: int | None = Field(512 * 1024, gt=0)
     regression_tolerance: float | None = Field(0.01, ge=0, le=1,
                                                description="allowed accuracy loss vs prod")
+    max_latency_ratio_vs_prod: float | None = Field(
+        1.25, gt=0, description="candidate / prod INT8 p50 net of the call floor, measured in the same run")
 
 
 class ReproduceParams(_Section):
@@ -258,7 +260,11 @@ def _default_profiles() -> list[DeviceProfile]:
 
 class BenchmarkParams(_Section):
     profiles: list[DeviceProfile] = Field(default_factory=_default_profiles, min_length=1)
-    harness_runs: int = Field(300, ge=10, description="runs per round of the harness-overhead check")
+    # batch-1 latency of candidate, prod and the runtime's call floor in interleaved rounds (first profile)
+    interleaved_warmup: int = Field(200, ge=0, description="untimed runs per model before the rounds")
+    interleaved_runs: int = Field(2000, ge=10, description="timed runs per model in each round")
+    interleaved_rounds: int = Field(5, ge=1, description="rounds; figures are medians over rounds")
+    profile_runs: int = Field(200, ge=1, description="profiled runs per model for the per-op kernel times")
 
     @model_validator(mode="after")
     def _release_profile(self) -> BenchmarkParams:

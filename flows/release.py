@@ -31,6 +31,7 @@ from edgedistill.io import read_json, sha256_file, write_json
 from edgedistill.params import Params, load_params
 from edgedistill.pipeline import StageFailed, pipeline_stages, reproduce_stage
 from edgedistill.registry import Registry, commit_paths, git, head_commit
+from edgedistill.report import REPORT, write_report
 from edgedistill.store import (
     CARD,
     SUMS,
@@ -248,6 +249,13 @@ def register_release(root: Path, params: Params, decision: dict[str, Any]) -> di
             if not path.is_file():
                 raise ArtifactCorrupt(f"{path} is missing: the release bundle needs {name}",
                                       hint="Re-run the export stage (`edgedistill run`).")
+        # the offline report travels with the model (not in BUNDLE_FILES: it carries run times, so it
+        # is neither compared by `reproduce` nor used to recognise an already-registered model)
+        bundled = {"status": f"release {version}", "data": data, "git_commit": commit,
+                   "registry": {"model": pp.model, "version": version,
+                                "stages": ["staging", *(["prod"] if pp.auto_prod else [])]}}
+        files[Path(REPORT).name] = write_report(root, Path(tmp) / Path(REPORT).name, version=version,
+                                                summary=bundled)
         card = model_card(root, params, version, commit, decision, files, data)
         write_json(Path(tmp) / CARD, card)
         files[CARD] = Path(tmp) / CARD
@@ -460,7 +468,14 @@ def summary_markdown(s: dict[str, Any]) -> str:
 
 def _publish_summary(root: Path, s: dict[str, Any], console: Console) -> None:
     write_json(root / SUMMARY, s)
+    try:
+        report = write_report(root)  # reports/release.html, offline; `edgedistill report` rebuilds it
+    except (OSError, ValueError, KeyError, TypeError) as e:  # the JSON above is the record
+        report = None
+        get_run_logger().warning("release report not written: %s", e)
     render_summary(s, console)
+    if report is not None:
+        console.print(f"offline report: {report.relative_to(root)}")
     with contextlib.suppress(Exception):  # the run page is a convenience; the JSON is the record
         create_markdown_artifact(summary_markdown(s), key="release-summary",
                                  description=f"edgedistill release ({s['status']})")

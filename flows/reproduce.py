@@ -1,6 +1,7 @@
 """`edgedistill reproduce VERSION`: check a registered version's commit out in a temporary git
 worktree, pull its inputs from the store, re-run every stage, and compare metric by metric and file
-by file with what was released (identical / within tolerance / differs)."""
+by file with what was released (identical / within tolerance / differs); the overall verdict is one
+word first (reproduced / reproduced within tolerance / differs) with its reason."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import yaml
 
 from edgedistill.dvclock import lock_stages, out_md5s
 from edgedistill.errors import EdgeDistillError
+from edgedistill.fmt import num
 from edgedistill.io import sha256_file, write_json
 from edgedistill.params import Params, ReproduceParams
 from edgedistill.pipeline import StageFailed, pipeline_stages, reproduce_stage
@@ -35,9 +37,12 @@ from edgedistill.store import (
 from flows.release import BUNDLE_FILES
 
 IDENTICAL, WITHIN, DIFFERS = "identical", "within tolerance", "differs"
+# the overall verdict
+REPRODUCED, REPRODUCED_WITHIN, DIFFERENT = "reproduced", "reproduced within tolerance", "differs"
 # figures that measure the machine, not the model: compared with timing_rtol
 TIMING = re.compile(r"(_ms\b|_ms_|_ms\.|seconds|_sec\b|per_s\b|latency|throughput|speedup|rss|elapsed|"
                     r"duration|time|overhead|epoch_cost|p95|p50|p99)", re.I)
+HASH_KEY = re.compile(r"(sha256|md5|hash)", re.I)  # a file hash recorded in a metrics file: its file is compared
 LABEL_KEYS = ("gate", "stage", "name", "check")  # list items named by one of these flatten as key[label]
 
 
@@ -169,19 +174,75 @@ def reproduce_version(root: str | Path, params: Params, version: str, keep: bool
             shutil.rmtree(tmp, ignore_errors=True)
     rows = metrics + files
     counts = {v: sum(1 for r in rows if r["verdict"] == v) for v in (IDENTICAL, WITHIN, DIFFERS)}
-    if all(r["verdict"] == IDENTICAL for r in rows):
-        verdict = IDENTICAL
-    elif not any(r["decisive"] and r["verdict"] == DIFFERS for r in rows):
-        verdict = WITHIN
-    else:
-        verdict = DIFFERS
-    report = {"model": model, "version": info.version, "commit": info.commit, "verdict": verdict,
-              "stages": stages_run, "counts": counts, "metrics": metrics, "files": files,
+    overall = reproduce_verdict(rows)
+    report = {"model": model, "version": info.version, "commit": info.commit, "verdict": overall["verdict"],
+              "reason": overall["reason"], "tally": overall["tally"], "stages": stages_run, "counts": counts, "metrics": metrics, "files": files,
               "worktree": str(wt) if keep else None}
     out = Path(out) if out else root / "reports" / "reproduce" / f"{model}-{info.version}.json"
     write_json(out, report)
     report["report"] = str(out)
     return report
+
+
+def row_class(row: dict[str, Any]) -> str:
+    """How one compared row counts toward the overall verdict:
+    'same'     identical, or bytes differ but the content compared equal (same graph and weights)
+               or the file is a metrics JSON whose figures are judged row by row;
+    'expected' differs, as it should between two runs: timings, free text, reports such as HTML
+               pages with run times (`decisive` false);
+    'within'   a figure about the model within the numeric tolerance;
+    'differs'  a figure or file about the model that does not match."""
+    if row["verdict"] == IDENTICAL:
+        return "same"
+    if not row.get("decisive", True):
+        return "expected"
+    if row.get("by") == "metrics" or (row["verdict"] == WITHIN and row.get("note")):
+        return "same"  # a metrics file's figures are judged by their own rows
+    return "within" if row["verdict"] == WITHIN else "differs"
+
+
+def _label(row: dict[str, Any]) -> str:
+    if "metric" in row:
+        return f"{row['file']} {row['metric']} {num(row['released'])} → {num(row['reproduced'])}"
+    return f"{row['file']} ({row['by']})"
+
+
+def reproduce_verdict(rows: list[dict[str, Any]], show: int = 3) -> dict[str, Any]:
+    """One word first, then why: `reproduced` (every figure and file about the model matches,
+    content-equal files included), `reproduced within tolerance` (some figures only within the
+    numeric tolerance), or `differs` (naming the first few that do not match). Timings and
+    reports are counted apart: they are expected to change and never make a run read as `differs`."""
+    tally = {k: 0 for k in ("same", "within", "differs", "expected")}
+    by_class: dict[str, list[dict[str, Any]]] = {k: [] for k in tally}
+    for r in rows:
+        c = row_class(r)
+        tally[c] += 1
+        by_class[c].append(r)
+    content_equal = sum(1 for r in by_class["same"] if r["verdict"] != IDENTICAL and "metric" not in r)
+    tail = []
+    if content_equal:
+        tail.append(f"{content_equal} file(s) differ in bytes only, their content compared equal")
+    if tally["expected"]:
+        kinds = {"timing": 0, "hash": 0, "report or text": 0}
+        for r in by_class["expected"]:
+            kinds["timing" if r.get("timing") else "hash" if HASH_KEY.search(str(r.get("metric", ""))) else
+                  "report or text"] += 1
+        what = ", ".join(f"{n} {k}" for k, n in kinds.items() if n)
+        tail.append(f"{tally['expected']} figure(s) that change run to run were not judged ({what})")
+    if tally["differs"]:
+        verdict = DIFFERENT
+        names = "; ".join(_label(r) for r in by_class["differs"][:show])
+        more = f" and {tally['differs'] - show} more" if tally["differs"] > show else ""
+        reason = f"{tally['differs']} figure(s)/file(s) about the model differ: {names}{more}"
+    elif tally["within"]:
+        verdict = REPRODUCED_WITHIN
+        names = "; ".join(_label(r) for r in by_class["within"][:show])
+        reason = (f"{tally['within']} figure(s) match only within the tolerance (e.g. {names}), "
+                  f"{tally['same']} identical, none differ")
+    else:
+        verdict = REPRODUCED
+        reason = f"all {tally['same']} figures and files about the model match"
+    return {"verdict": verdict, "reason": "; ".join([reason, *tail]), "tally": tally}
 
 
 def same_model(released: Path, reproduced: Path) -> str | None:

@@ -40,6 +40,13 @@ SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
     "flash_bytes": (BENCHMARK, ("release", "flash_estimate_bytes")),
 }
 
+# read when present (None otherwise): figures a stand-in or older benchmark file may not carry
+OPTIONAL_SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "latency_ratio_vs_prod": (BENCHMARK, ("release", "latency_ratio_vs_prod")),
+    "p50_net_ms": (BENCHMARK, ("release", "student_int8_net_p50_ms")),
+    "prod_p50_net_ms": (BENCHMARK, ("release", "prod_int8_net_p50_ms")),
+}
+
 _OPS = {">=": operator.ge, "<=": operator.le}
 
 
@@ -61,7 +68,33 @@ def read_candidate(paths: dict[str, str] | None = None) -> dict[str, Any]:
                 raise ArtifactCorrupt(f"{path}: missing key '{'.'.join(keys)}'")
             node = node[k]
         out[metric] = node
+    out.update(_optional_metrics(paths, docs))
     return out
+
+
+def _optional_metrics(paths: dict[str, str], docs: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for metric, (default, keys) in OPTIONAL_SOURCES.items():
+        node: Any = docs.get(paths.get(default, default))
+        for k in keys:
+            node = node.get(k) if isinstance(node, dict) else None
+        out[metric] = node
+    return out
+
+
+def latency_vs_prod_row(candidate: dict[str, Any], gates: GateParams) -> dict[str, Any]:
+    """Gate on candidate / prod INT8 p50, both net of the runtime's call floor and measured in the
+    same interleaved rounds by the benchmark stage (so host load cancels out)."""
+    ratio, threshold = candidate.get("latency_ratio_vs_prod"), gates.max_latency_ratio_vs_prod
+    row = {"gate": "latency_vs_prod", "metric": "int8 p50 net of floor / prod's (same run)", "value": ratio,
+           "op": "<=", "threshold": threshold, "detail": ""}
+    if threshold is None:
+        return row | {"verdict": "off"}
+    if ratio is None:
+        return row | {"verdict": "pass", "detail": "no prod model measured (no prod yet)"}
+    row["detail"] = (f"net p50 {1e3 * candidate['p50_net_ms']:.1f} µs vs prod {1e3 * candidate['prod_p50_net_ms']:.1f} µs"
+                     if candidate.get("p50_net_ms") is not None and candidate.get("prod_p50_net_ms") is not None else "")
+    return row | {"verdict": "pass" if float(ratio) <= threshold else "fail"}
 
 
 def decide_promotion(candidate: dict[str, Any], gates: GateParams,
@@ -90,6 +123,7 @@ def decide_promotion(candidate: dict[str, Any], gates: GateParams,
     gate("size", "int8 file bytes", int(candidate["size_bytes"]), "<=", gates.max_size_bytes)
     gate("ram", "estimated RAM bytes (static, from the graph)", int(candidate["ram_bytes"]), "<=",
          gates.max_ram_bytes)
+    rows.append(latency_vs_prod_row(candidate, gates))
 
     prod_acc = (prod or {}).get("metrics", {}).get("int8_accuracy") if prod else None
     if prod_acc is None:

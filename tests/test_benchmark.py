@@ -17,11 +17,12 @@ from edgedistill.cli import app
 from edgedistill.errors import ModelMismatch
 from edgedistill.io import read_json
 from edgedistill.nets import count_macs
-from edgedistill.onnx_bench import harness_overhead
+from edgedistill.onnx_bench import FLOOR, interleaved_latency, op_profile
 from edgedistill.onnx_cost import fits_budget, static_cost
-from tasks import benchmark
+from tasks import benchmark, promote
 
-FAST = {"benchmark": {"harness_runs": 50, "profiles": [
+FAST = {"benchmark": {"interleaved_warmup": 5, "interleaved_runs": 100, "interleaved_rounds": 3,
+                      "profile_runs": 10, "profiles": [
     {"name": "host-1t", "threads": 1, "batch_sizes": [1, 4], "warmup": 2, "runs": 20, "max_seconds": 1.0,
      "ram_bytes": 64 * 2**20, "flash_bytes": 16 * 2**20},
     {"name": "tiny-mcu", "measure": False, "ram_bytes": 600, "flash_bytes": 2 * 2**20},
@@ -66,14 +67,91 @@ def test_benchmark_json_release_block_and_latency(bench_result, release):
             assert 0 <= s["iqr_ms"] <= s["max_ms"] - s["min_ms"]
             assert s["throughput_per_s"] == pytest.approx(int(b) / (s["mean_ms"] / 1e3))
         assert host["peak_rss_delta_bytes"][model] >= 0
-    assert rel["speedup_vs_teacher"] == pytest.approx(
-        host["latency"]["teacher_fp32"]["1"]["p50_ms"] / host["latency"]["student_fp32"]["1"]["p50_ms"])
+    inter = result["interleaved"]["models"]
+    assert rel["speedup_vs_teacher"] == pytest.approx(inter["teacher_fp32"]["p50_ms"] / inter["student_fp32"]["p50_ms"])
+    assert set(result["targets"]) == {"student_fp32_speedup_vs_teacher", "student_int8_x_floor"}
     # each target reports the measured figure it judges, and its verdict follows from it
-    t, h = result["targets"], result["harness_overhead"]
+    t = result["targets"]
     assert t["student_fp32_speedup_vs_teacher"]["value"] == rel["speedup_vs_teacher"]
     assert t["student_fp32_speedup_vs_teacher"]["met"] is (rel["speedup_vs_teacher"] >= 20)
-    assert t["harness_overhead_pct"]["value"] == h["overhead_pct"]
-    assert t["harness_overhead_pct"]["met"] is (h["overhead_pct"] <= 5)
+    # no models/prod in this release: no prod figures, the gate has nothing to compare
+    assert rel["latency_ratio_vs_prod"] is None and rel["prod_int8_p50_ms"] is None and "prod_int8" not in inter
+
+
+def test_latency_net_of_the_call_floor(bench_result):
+    result, _ = bench_result
+    rel, inter = result["release"], result["interleaved"]
+    assert inter["rounds"] == 3 and inter["runs_per_round"] == 100 and rel["runs"] == 300
+    floor = inter["models"][FLOOR]
+    assert floor["net_p50_ms"] == 0 and floor["input"] == "one-node Identity graph, input float32[1, 6, 64]"
+    for k in ("student_int8", "student_fp32", "teacher_fp32"):
+        m = inter["models"][k]
+        assert len(m["round_p50_ms"]) == 3 and m["p50_ms"] == pytest.approx(float(np.median(m["round_p50_ms"])))
+        assert m["net_p50_ms"] == pytest.approx(m["p50_ms"] - floor["p50_ms"])
+        assert m["p50_ms"] > floor["p50_ms"]  # any real graph costs more than one Identity node
+    assert rel["student_int8_net_p50_ms"] == inter["models"]["student_int8"]["net_p50_ms"]
+    assert rel["net_speedup_int8_vs_teacher"] == pytest.approx(
+        inter["models"]["teacher_fp32"]["net_p50_ms"] / inter["models"]["student_int8"]["net_p50_ms"])
+    assert rel["net_speedup_int8_vs_teacher"] > 1
+
+
+def test_per_op_profile(bench_result, release):
+    result, _ = bench_result
+    prof = result["per_op"]["student_int8"]
+    ops = {o["op_type"]: o for o in prof["ops"]}
+    graph = onnx.load(release / "models/student.int8.onnx").graph
+    assert prof["runs"] == 10 and prof["kernel_us_per_run"] > 0
+    assert sum(o["share"] for o in prof["ops"]) == pytest.approx(1.0)
+    assert [o["us_per_run"] for o in prof["ops"]] == sorted((o["us_per_run"] for o in prof["ops"]), reverse=True)
+    # the INT8 graph runs quantized convolutions (after onnxruntime's QDQ fusion)
+    assert "QLinearConv" in ops and {n.op_type for n in graph.node} >= {"QuantizeLinear", "DequantizeLinear"}
+    assert prof["run_us_per_run"] >= prof["kernel_us_per_run"] * 0.5
+
+
+def _with_prod(release, tmp_path, candidate: str, prod: str):
+    models = tmp_path / "models"
+    shutil.copytree(release / "models", models)
+    (models / "prod").mkdir()
+    shutil.copy(release / "models" / prod, models / "prod/student.int8.onnx")
+    shutil.copy(release / "models" / candidate, models / "student.int8.onnx")
+    return benchmark.run(release_params(FAST), models_dir=models, data_dir=release / "data/prepared",
+                         metrics_path=tmp_path / "metrics/benchmark.json")
+
+
+def test_latency_gate_vs_prod_fails_on_a_slower_candidate(release, tmp_path):
+    """Real artifacts: the teacher graph stands as the candidate, prod is the real INT8 student."""
+    result = _with_prod(release, tmp_path, candidate="teacher.onnx", prod="student.int8.onnx")
+    rel = result["release"]
+    assert rel["latency_ratio_vs_prod"] == pytest.approx(rel["student_int8_net_p50_ms"] / rel["prod_int8_net_p50_ms"])
+    assert rel["latency_ratio_vs_prod"] > 2
+    gates = release_params().promote.gates
+    row = promote.latency_vs_prod_row({"latency_ratio_vs_prod": rel["latency_ratio_vs_prod"],
+                                       "p50_net_ms": rel["student_int8_net_p50_ms"],
+                                       "prod_p50_net_ms": rel["prod_int8_net_p50_ms"]}, gates)
+    assert row["verdict"] == "fail" and row["threshold"] == 1.25 and "vs prod" in row["detail"]
+    off = promote.latency_vs_prod_row({"latency_ratio_vs_prod": rel["latency_ratio_vs_prod"]},
+                                      gates.model_copy(update={"max_latency_ratio_vs_prod": None}))
+    assert off["verdict"] == "off"
+
+
+def test_latency_gate_vs_prod_passes_a_faster_candidate(release, tmp_path):
+    result = _with_prod(release, tmp_path, candidate="student.int8.onnx", prod="teacher.onnx")
+    assert result["release"]["latency_ratio_vs_prod"] < 1
+    assert result["interleaved"]["models"]["prod_int8"]["path"].endswith("prod/student.int8.onnx")
+    row = promote.latency_vs_prod_row(
+        {"latency_ratio_vs_prod": result["release"]["latency_ratio_vs_prod"]}, release_params().promote.gates)
+    assert row["verdict"] == "pass"
+    assert promote.latency_vs_prod_row({}, release_params().promote.gates)["detail"].startswith("no prod")
+
+
+def test_interleaved_rejects_the_reserved_name(release):
+    with pytest.raises(ModelMismatch, match="reserved"):
+        interleaved_latency({FLOOR: release / "models/student.onnx"}, warmup=0, runs=10, rounds=1)
+
+
+def test_op_profile_of_the_fp32_student(release):
+    prof = op_profile(release / "models/student.onnx", runs=5, warmup=2)
+    assert prof["runs"] == 5 and prof["nodes"] >= 3 and prof["ops"][0]["us_per_run"] > 0
 
 
 def test_static_estimates_and_mcu_verdict(bench_result, release):
@@ -149,18 +227,6 @@ def test_peak_activation_memory_by_hand():
     assert fits_budget(cost, None, 10004)["why_not"].startswith("flash")
 
 
-def test_harness_overhead_is_measured(release):
-    h = harness_overhead(release / "models/student.onnx", runs=50, rounds=5)
-    assert h["bare_loop_us"] > 0 and h["harness_us"] > 0
-    # the ≤5% target is measured by the stage/benchmarks script (the CI machine is shared); here the
-    # headline must be the median of the rounds it reports the spread of
-    assert h["rounds"] == 5
-    lo, hi = h["overhead_pct_spread"]
-    assert lo <= h["overhead_pct"] <= hi
-    lo, hi = h["wall_overhead_pct_spread"]
-    assert lo <= h["wall_overhead_pct"] <= hi
-
-
 def test_missing_onnx_file_is_named(release, tmp_path):
     models = tmp_path / "models"
     shutil.copytree(release / "models", models)
@@ -177,10 +243,15 @@ runner = CliRunner()
 def test_cli_bench_prints_table(release, tmp_path):
     out = tmp_path / "r.json"
     r = runner.invoke(app, ["--params", str(tmp_path / "absent.yaml"), "bench", str(release / "models/student.int8.onnx"),
-                            "--runs", "10", "--warmup", "1", "-b", "1", "-b", "3", "--json", str(out)],
+                            "--runs", "10", "--warmup", "1", "-b", "1", "-b", "3", "--rounds", "2",
+                            "--round-runs", "50", "--json", str(out)],
                       env={"COLUMNS": "220"})
     assert r.exit_code == 0, r.output
     assert "student.int8.onnx" in r.output and "p50 ms" in r.output and "p99 ms" in r.output
+    # the call floor, net figures and the per-op profile, as the stage reports them
+    assert "net p50 µs" in r.output and "floor" in r.output and "QLinearConv" in r.output
+    inter = read_json(out)["interleaved"]
+    assert inter["rounds"] == 2 and inter["runs_per_round"] == 50 and set(inter["models"]) == {"floor", "student.int8.onnx"}
     assert "measured on this host" in r.output and "static estimate" in r.output
     assert "fits cortex-m7" in r.output  # built-in default profiles outside a project
     saved = read_json(out)

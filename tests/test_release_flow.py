@@ -24,7 +24,7 @@ from edgedistill.io import sha256_file
 from edgedistill.params import parse_params
 from edgedistill.registry import Registry
 from edgedistill.store import S3Store, configure_dvc_remote, dvc_pull_missing
-from flows.reproduce import compare_metrics, compare_values, same_model
+from flows.reproduce import compare_metrics, compare_values, reproduce_verdict, same_model
 
 ED = f"{BIN}/edgedistill"
 BUCKET = "releases"
@@ -74,8 +74,13 @@ def test_release_registers_staging_pushes_and_publishes(released, monkeypatch):
     assert sh(["git", "status", "--porcelain"], proj).stdout.strip() == ""
 
     keys = s3_keys(released["endpoint"], "releases/student/v0.1.0")
-    assert sorted(k.rsplit("/", 1)[1] for k in keys) == ["SHA256SUMS", "model_card.json", "student.int8.onnx",
-                                                         "student.onnx"]
+    assert sorted(k.rsplit("/", 1)[1] for k in keys) == ["SHA256SUMS", "model_card.json", "release.html",
+                                                         "student.int8.onnx", "student.onnx"]
+    # the offline report: in the bundle and in the workspace (git-ignored), the gate table on it
+    bundled = S3Store(BUCKET, "team", endpoint_url=released["endpoint"]).read_text(
+        "releases/student/v0.1.0/release.html")
+    assert "student v0.1.0" in bundled and "id='gate-table'" in bundled
+    assert "id='gate-table'" in (proj / "reports/release.html").read_text()
     assert any(k.startswith("dvc/files/md5/") for k in s3_keys(released["endpoint"], "dvc"))
     card = json.loads(S3Store(BUCKET, "team", endpoint_url=released["endpoint"]).read_text(
         "releases/student/v0.1.0/model_card.json"))
@@ -152,9 +157,9 @@ def test_failing_gate_fails_the_flow_and_registers_nothing(released):
 @pytest.mark.slow
 def test_reproduce_matches_the_release(released):
     r = sh([ED, "reproduce", "v0.1.0"], released["proj"], env=FAKE_AWS)
-    assert "identical:" in r.stdout
+    assert r.stdout.lstrip().splitlines()[-1].startswith("reproduced") or "reproduced —" in r.stdout
     report = json.loads((released["proj"] / "reports/reproduce/student-v0.1.0.json").read_text())
-    assert report["verdict"] == "identical" and report["counts"]["differs"] == 0
+    assert report["verdict"] == "reproduced" and report["tally"]["differs"] == 0, report["reason"]
     by_file = {f["file"]: f["verdict"] for f in report["files"]}
     assert by_file["models/student.int8.onnx"] == by_file["bundle/student.int8.onnx"] == "identical"
     assert any(m["metric"] == "candidate.int8_accuracy" for m in report["metrics"])
@@ -210,6 +215,10 @@ def test_real_pipeline_release_on_bundled_data(tmp_path):
         assert m7["flash_bytes"] > 0 and m7["qemu"]["identical_to_host"]
     else:
         assert m7["status"] == "not verified"
+    # the offline report of the real run, in the bundle: real curves, confusion matrices, floor-net latency
+    page = (card_dir / "release.html").read_text()
+    assert "id='gate-table'" in page and page.count("<svg") >= 8 and "net p50 µs" in page
+    assert card["files"]["release.html"]["sha256"] == sha256_file(card_dir / "release.html")
     assert tags(proj) == {"student@v0.1.0", "student#staging#1", "student#prod#2"}
     # the release commit pins the workspace: DVC sees nothing to re-run, git nothing to commit
     assert "up to date" in sh([f"{BIN}/dvc", "status"], proj).stdout.lower()
@@ -230,6 +239,37 @@ def test_reproduce_verdicts_per_metric():
     assert p95["verdict"] == "differs" and p95["timing"] and not p95["decisive"]
     assert rows["note"]["verdict"] == "differs" and not rows["note"]["decisive"]
     assert compare_values("acc", 0.9, 0.91, tol) == "differs"
+
+
+def test_reproduce_overall_verdict_in_one_word():
+    tol = parse_params(yaml.safe_load((REPO / "params.yaml").read_text())).promote.reproduce
+    released = {"kd": {"accuracy": 0.9, "p50_ms": 0.02, "epoch_seconds": 3.0}, "n": 3}
+    # a faithful re-run: timings moved, an HTML report with run times differs, a bundle file's
+    # bytes differ but its graph and weights compared equal
+    faithful = compare_metrics("m.json", released, {"kd": {"accuracy": 0.9, "p50_ms": 0.05, "epoch_seconds": 9.0},
+                                                    "n": 3}, tol)
+    files = [{"file": "reports/validation/index.html", "by": "dvc md5", "released": "a", "reproduced": "b",
+              "verdict": "differs", "decisive": False, "note": ""},
+             {"file": "bundle/student.onnx", "by": "sha256", "released": "c", "reproduced": "d",
+              "verdict": "within tolerance", "decisive": True, "note": "same graph and weights"},
+             {"file": "metrics/distill.json", "by": "metrics", "released": "e", "reproduced": "f",
+              "verdict": "within tolerance", "decisive": True, "note": ""}]
+    v = reproduce_verdict(faithful + files)
+    assert v["verdict"] == "reproduced", v
+    assert v["tally"] == {"same": 4, "within": 0, "differs": 0, "expected": 3}
+    assert "2 file(s) differ in bytes only" in v["reason"] and "3 figure(s) that change run to run were not judged (2 timing, 1 report or text)" in v["reason"]
+    close = compare_metrics("m.json", released, {"kd": {"accuracy": 0.9 + 1e-9, "p50_ms": 0.02,
+                                                        "epoch_seconds": 3.0}, "n": 3}, tol)
+    v = reproduce_verdict(close + files)
+    assert v["verdict"] == "reproduced within tolerance" and "m.json kd.accuracy" in v["reason"]
+    off = compare_metrics("m.json", released, {"kd": {"accuracy": 0.85, "p50_ms": 0.02, "epoch_seconds": 3.0},
+                                               "n": 3}, tol)
+    model = [{"file": "models/student.pt", "by": "dvc md5", "released": "g", "reproduced": "h",
+              "verdict": "differs", "decisive": True, "note": ""}]
+    v = reproduce_verdict(off + files + model)
+    assert v["verdict"] == "differs" and v["tally"]["differs"] == 2
+    assert v["reason"].startswith("2 figure(s)/file(s) about the model differ: m.json kd.accuracy 0.9 → 0.85; "
+                                  "models/student.pt (dvc md5)")
 
 
 def test_same_model_sees_through_container_bytes(tmp_path):

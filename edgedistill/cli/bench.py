@@ -62,6 +62,40 @@ def latency_table(title: str, rows: dict[str, dict[str, dict[str, Any]]],
     return t
 
 
+def floor_table(inter: dict[str, Any]) -> Table:
+    """Batch-1 latency per model, raw and net of the runtime's call floor (interleaved rounds)."""
+    t = Table(title=escape(f"batch-1 latency, interleaved: {inter['rounds']} rounds × {inter['runs_per_round']} runs "
+                           f"per model, {inter['threads']} thread(s); net = minus the call floor"),
+              title_justify="left")
+    for col in ("model", "p50 µs", "p95 µs", "net p50 µs", "net p95 µs", "× floor", "rounds' p50 µs", "input"):
+        t.add_column(col, justify="left" if col in ("model", "input") else "right")
+    for name, m in inter["models"].items():
+        rounds = f"{1e3 * min(m['round_p50_ms']):.1f}..{1e3 * max(m['round_p50_ms']):.1f}"
+        t.add_row(escape(name), f"{1e3 * m['p50_ms']:.1f}", f"{1e3 * m['p95_ms']:.1f}", f"{1e3 * m['net_p50_ms']:.1f}",
+                  f"{1e3 * m['net_p95_ms']:.1f}", f"{m['x_floor_p50']:.2f}×" if m["x_floor_p50"] else "-",
+                  rounds, escape(m["input"]))
+    return t
+
+
+def op_table(per_op: dict[str, dict[str, Any]]) -> Table:
+    """Kernel time per op type (onnxruntime's profiler), one column pair per model."""
+    t = Table(title="kernel time per op type (onnxruntime profiler, batch 1; µs per run and share)",
+              title_justify="left")
+    t.add_column("op type")
+    for name, p in per_op.items():
+        t.add_column(escape(f"{name} ({p['nodes']} nodes)"), justify="right")
+    op_types = list(dict.fromkeys(o["op_type"] for p in per_op.values() for o in p["ops"]))
+    for op in op_types:
+        cells = []
+        for p in per_op.values():
+            o = next((o for o in p["ops"] if o["op_type"] == op), None)
+            cells.append(f"{o['us_per_run']:.1f} ({o['share']:.0%}) ×{o['nodes']}" if o else "")
+        t.add_row(escape(op), *cells)
+    t.add_row("[bold]kernels / run span[/]", *[f"{p['kernel_us_per_run']:.1f} / {p['run_us_per_run']:.1f}"
+                                                for p in per_op.values()])
+    return t
+
+
 def static_table(title: str, statics: dict[str, dict[str, Any]],
                  verdicts: dict[str, dict[str, dict[str, Any]]]) -> Table:
     """statics: model → {file_bytes, static: {...}}; verdicts: profile → model → fits_budget()."""
@@ -125,14 +159,16 @@ def _benchmark_summary(r: dict) -> None:
                         for n, p in r["profiles"].items())
     show(static_table(f"static estimates from the ONNX graph (batch 1; not measured) — budgets {budgets}",
                                r["models"], verdicts))
-    rel, h = r["release"], r["harness_overhead"]
-    show(f"release ({rel['profile']}, batch 1): INT8 p50 {rel['student_int8_p50_ms']:.4f} ms / p95 "
-                  f"{rel['student_int8_p95_ms']:.4f} ms over {rel['runs']} runs; student FP32 is "
-                  f"{rel['speedup_vs_teacher']:.1f}× faster than the teacher; fits: {rel['fits']}")
-    show(f"harness overhead vs a bare InferenceSession.run loop: {h['overhead_pct']:+.2f}% "
-                  f"in CPU time (median of {h['rounds']} alternating rounds × {h['runs_per_round']} runs, rounds ranged "
-         f"{h['overhead_pct_spread'][0]:+.1f}..{h['overhead_pct_spread'][1]:+.1f}%; wall time "
-         f"{h['wall_overhead_pct']:+.2f}%)")
+    show(floor_table(r["interleaved"]))
+    show(op_table(r["per_op"]))
+    rel = r["release"]
+    net_x = rel["net_speedup_int8_vs_teacher"]
+    vs_prod = ("no prod model to compare" if rel["latency_ratio_vs_prod"] is None
+               else f"{rel['latency_ratio_vs_prod']:.2f}× prod's net p50")
+    show(f"release ({rel['profile']}, batch 1): INT8 p50 {1e3 * rel['student_int8_p50_ms']:.1f} µs "
+         f"(net {1e3 * rel['student_int8_net_p50_ms']:.1f} µs over a {1e3 * rel['floor_p50_ms']:.1f} µs call floor), "
+         f"p95 {1e3 * rel['student_int8_p95_ms']:.1f} µs; teacher/student net "
+         + (f"{net_x:.1f}×" if net_x else "-") + f"; {vs_prod}; fits: {rel['fits']}")
 
 
 SUMMARIES["export"] = _export_summary
@@ -199,13 +235,17 @@ def bench(
     max_seconds: Annotated[float | None, typer.Option(help="time cap per batch size")] = None,
     data: Annotated[Path | None, typer.Option(help="inputs: .npz (key X) or .npy; default random N(0,1)")] = None,
     dim: Annotated[list[str] | None, typer.Option(help="value of a symbolic input dim, NAME=N (repeatable)")] = None,
-    overhead: Annotated[bool, typer.Option(help="also measure the harness overhead vs a bare run loop")] = False,
+    floor: Annotated[bool, typer.Option(help="batch-1 latency net of the runtime's call floor (interleaved "
+                                              "rounds, params benchmark.interleaved_*) and kernel time per op "
+                                              "type (onnxruntime profiler)")] = True,
+    rounds: Annotated[int | None, typer.Option(min=1, help="interleaved rounds (default: params)")] = None,
+    round_runs: Annotated[int | None, typer.Option(min=10, help="timed runs per model per round")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the results as JSON")] = None,
 ) -> None:
     """Benchmark any ONNX file: latency percentiles, throughput, peak RSS (measured here) and
     params/MACs/RAM/flash with a fits verdict per profile (static estimates)."""
     from edgedistill.io import write_json
-    from edgedistill.onnx_bench import bench_onnx, harness_overhead, host_info
+    from edgedistill.onnx_bench import bench_onnx, host_info, interleaved_latency, op_profile
     from edgedistill.onnx_cost import fits_budget
 
     def go() -> dict[str, Any]:
@@ -221,8 +261,14 @@ def bench(
                            warmup=prof.warmup if warmup is None else warmup, runs=runs or prof.runs,
                            max_seconds=max_seconds or prof.max_seconds, data=x, dims=_parse_dims(dim or []),
                            measure=measure)
-            if overhead and measure:
-                r["harness_overhead"] = harness_overhead(model, threads=threads or prof.threads, data=x)
+            if floor and measure:
+                t = threads or prof.threads
+                r["interleaved"] = interleaved_latency(
+                    {model.name: model}, threads=t, data=x, dims=_parse_dims(dim or []),
+                    warmup=bp.interleaved_warmup if warmup is None else warmup,
+                    runs=round_runs or bp.interleaved_runs, rounds=rounds or bp.interleaved_rounds)
+                r["per_op"] = {model.name: op_profile(model, threads=t, runs=bp.profile_runs, data=x,
+                                                      dims=_parse_dims(dim or []))}
         r["host"] = host_info()
         r["fits"] = {p.name: fits_budget(r["static"], p.ram_bytes, p.flash_bytes) for p in bp.profiles}
         return r
@@ -244,13 +290,9 @@ def bench(
     if s["guessed_dims"]:
         show(f"[yellow]note:[/] symbolic dims set to 1 for the estimate: {escape(str(s['guessed_dims']))} "
                       "(use --dim NAME=N)")
-    if "harness_overhead" in r:
-        h = r["harness_overhead"]
-        show(f"harness overhead vs a bare InferenceSession.run loop: {h['overhead_pct']:+.2f}% "
-                      f"in CPU time (bare {h['bare_loop_cpu_us']:.1f} µs/run, harness {h['harness_cpu_us']:.1f} µs/run; "
-             f"median of {h['rounds']} alternating rounds × {h['runs_per_round']} runs, rounds ranged "
-             f"{h['overhead_pct_spread'][0]:+.1f}..{h['overhead_pct_spread'][1]:+.1f}%; wall time "
-             f"{h['wall_overhead_pct']:+.2f}%)")
+    if "interleaved" in r:
+        show(floor_table(r["interleaved"]))
+        show(op_table(r["per_op"]))
     if json_out is not None:
         write_json(json_out, r)
         show(f"wrote {json_out}")

@@ -1,4 +1,4 @@
-"""Release commands: `promote`, `registry`, `fetch`, `reproduce` (the `run` command calls the
+"""Release commands: `promote`, `registry`, `fetch`, `reproduce`, `report` (the `run` command calls the
 release flow in flows/release.py). Prefect and DVC are imported only when a command needs them."""
 
 from __future__ import annotations
@@ -111,7 +111,9 @@ def reproduce(
     from flows.reproduce import reproduce_version
 
     r = guarded(lambda: reproduce_version(".", params(), version, keep=keep, log=console.print))
-    colour = {"identical": "green", "within tolerance": "yellow", "differs": "bold red"}
+    colour = {"identical": "green", "within tolerance": "yellow", "differs": "bold red",
+              "reproduced": "bold green", "reproduced within tolerance": "bold yellow"}
+    console.print(f"[{colour[r['verdict']]}]{r['verdict']}[/] — {escape(r['reason'])}")
     t = Table(title=f"{r['model']} {r['version']}: metrics (released vs reproduced)")
     for col in ("file", "metric", "released", "reproduced", "verdict"):
         t.add_column(col)
@@ -138,9 +140,21 @@ def reproduce(
                   f"[{colour[x['verdict']]}]{x['verdict']}[/]" + (f": {escape(x['note'])}" if x.get("note") else "")
                   + ("" if x.get("decisive", True) else " [dim](report)[/]"))
     console.print(f)
-    c = r["counts"]
-    console.print(f"[{colour[r['verdict']]}]{r['verdict']}[/]: {c['identical']} identical, "
-                  f"{c['within tolerance']} within tolerance, {c['differs']} differ; report {r['report']}")
+    t = r["tally"]
+    console.print(f"[{colour[r['verdict']]}]{r['verdict']}[/]: {t['same']} match, {t['within']} within tolerance, "
+                  f"{t['differs']} differ, {t['expected']} run-to-run figure(s) not judged; report {r['report']}")
+
+
+@app.command()
+def report(
+    root: Annotated[Path, typer.Option(help="project root holding metrics/ and reports/")] = Path("."),
+    out: Annotated[Path | None, typer.Option(help="where to write it (default ROOT/reports/release.html)")] = None,
+) -> None:
+    """Rebuild the offline release report (one self-contained HTML page) from the metrics and reports files."""
+    from edgedistill.report import write_report
+
+    path = guarded(lambda: write_report(root, out))
+    console.print(f"wrote {escape(str(path))} (self-contained: open it in any browser, no network needed)")
 
 
 @app.command()
