@@ -78,6 +78,8 @@ class SplitParams(_Section):
     val_fraction: float = Field(0.2, ge=0, lt=1)
     test_fraction: float = Field(0.2, gt=0, lt=1)
     seed: int = 0
+    allow_group_leakage: bool = Field(False, description="with a split column: allow one group in two "
+                                                         "splits (knowingly; test is then optimistic)")
 
     @field_validator("val_groups", "test_groups", mode="before")
     @classmethod
@@ -173,6 +175,8 @@ class GateParams(_Section):
     max_ram_bytes: int | None = Field(512 * 1024, gt=0)
     regression_tolerance: float | None = Field(0.01, ge=0, le=1,
                                                description="allowed accuracy loss vs prod")
+    min_kd_gain: float | None = Field(0.0, ge=-1, le=1, description="KD - baseline test accuracy (point "
+                                                                     "estimate) when the KD student ships")
 
 
 class ReproduceParams(_Section):
@@ -188,6 +192,8 @@ class PromoteParams(_Section):
     auto_prod: bool = False
     push_git: bool = Field(False, description="push release commit and tags to `origin` (the team registry)")
     reproduce: ReproduceParams = ReproduceParams()
+    fallback: Literal["baseline", "none"] = Field("baseline", description="when KD did not help on val: "
+                                                  "ship the baseline student, or register nothing")
 
 
 class CalibrationParams(_Section):
@@ -206,7 +212,6 @@ class ExportParams(_Section):
     quantization: Literal["static", "dynamic"] = "static"
     activation_type: Literal["int8", "uint8"] = "int8"
     calibration: CalibrationParams = CalibrationParams()
-    max_int8_drop: float = Field(0.01, ge=0, le=1, description="test accuracy FP32 - INT8, fraction")
 
 
 class DeviceProfile(_Section):
@@ -289,6 +294,14 @@ class SweepParams(_Section):
         return v
 
 
+class StatsParams(_Section):
+    """The recording-level bootstrap behind every interval (edgedistill.stats)."""
+
+    resamples: int = Field(2000, ge=100, description="bootstrap replicates")
+    seed: int = 0
+    confidence: float = Field(0.95, gt=0, lt=1)
+
+
 class OpsParams(_Section):
     """Unattended operation (`edgedistill serve`, prefect.yaml): schedules and the change watcher."""
 
@@ -313,6 +326,7 @@ class Params(_Section):
     benchmark: BenchmarkParams = BenchmarkParams()
     sweep: SweepParams = SweepParams()
     ops: OpsParams = OpsParams()
+    stats: StatsParams = StatsParams()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

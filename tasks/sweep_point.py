@@ -47,7 +47,7 @@ def build_point(root: str | Path, params: Params, point: dict[str, Any], out_dir
     t0 = time.perf_counter()
     report = distill.run(p, r / PREPARED, r / TEACHER, r / LOGITS, student_out=d / "student.pt",
                          baseline_out=d / "unused.pt", metrics_out=d / "distill.json", plots_dir=None,
-                         resume_dir=d / ".resume", log=lambda _: None, train_baseline=False)
+                         resume_dir=d / ".resume", log=lambda _: None, train_baseline=False, kd_out=d / "student.pt")
     train_s = time.perf_counter() - t0
 
     ep = p.export
