@@ -254,7 +254,7 @@ def describe_failures(decision: dict[str, Any]) -> str:
     parts = []
     for r in decision["gates"]:
         if r["verdict"] == "fail":
-            parts.append(f"{r['gate']} ({r['metric']} {_fmt(r['value'])} not {r['op']} {_fmt(r['threshold'])})")
+            parts.append(f"{r['gate']} ({r['metric']} {describe_row(r)} not {r['op']} {_fmt(r['threshold'])})")
     return "; ".join(parts)
 
 
