@@ -139,13 +139,16 @@ def test_failing_gate_fails_the_flow_and_registers_nothing(released):
     r = sh([ED, "run"], proj, env=FAKE_AWS, check=False)
     out = r.stdout + r.stderr
     assert r.returncode == 2 and "Traceback" not in out
-    assert "promotion gate(s) failed: accuracy (int8 accuracy 0.495 not >= 0.6)" in out
+    assert "promotion gate(s) failed: accuracy (int8 accuracy 0.495 [0.455, 0.535] not >= 0.6)" in out
     assert "Finished in state Failed" in out and "release: gate failed" in out
     assert tags(proj) == before_local
     assert sh(["git", "ls-remote", "--tags", "origin"], proj).stdout == before_remote
     assert Registry(proj).resolve("student", "prod").version == "v0.1.0"
     report = json.loads((proj / "reports/promotion.json").read_text())
     assert "accuracy" in report["failed"] and report["prod"]["version"] == "v0.1.0"
+    # prod's bundle was fetched (SHA256-verified) into models/prod/ and scored on the candidate's windows
+    assert report["vs_prod"]["comparable"] and (proj / "models/prod/student.int8.onnx").is_file()
+    assert "regression vs prod (paired)" in out and "prod v0.1.0 scored on the candidate's" in out
     (proj / "candidate_spec.json").write_text(json.dumps({"accuracy": 0.9}))  # leave it releasable
 
 
@@ -168,7 +171,7 @@ TINY = {
     "teacher": {"config": {"widths": [8, 16], "kernel": 5}, "train": {"epochs": 1, "batch_size": 256}},
     "student": {"config": {"widths": [8, 8], "kernel": 3}, "train": {"epochs": 1, "batch_size": 256}},
     "distill": {"bank": {"views": 1}},
-    "export": {"max_int8_drop": 1.0, "calibration": {"windows": 32}},
+    "export": {"calibration": {"windows": 32}},
     "benchmark": {"profiles": [
         {"name": "edge-cpu-1t", "threads": 1, "batch_sizes": [1], "warmup": 2, "runs": 20, "max_seconds": 0.5},
         {"name": "cortex-m7", "measure": False, "ram_bytes": 524288, "flash_bytes": 2097152}]},
