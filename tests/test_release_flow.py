@@ -176,7 +176,7 @@ TINY = {
         {"name": "edge-cpu-1t", "threads": 1, "batch_sizes": [1], "warmup": 2, "runs": 20, "max_seconds": 0.5},
         {"name": "cortex-m7", "measure": False, "ram_bytes": 524288, "flash_bytes": 2097152}]},
     "promote": {"auto_prod": True, "gates": {"min_accuracy": 0.0, "max_drop_vs_teacher": 1.0,
-                                             "max_int8_drop": 1.0, "max_p95_ms": 1000.0}},
+                                             "max_int8_drop": 1.0, "max_p95_ms": 1000.0, "min_kd_gain": None}},
 }
 
 
