@@ -145,6 +145,7 @@ def _install_prod(candidate_root: Path, prod_root: Path, recorded: float) -> Non
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy(prod_root / "models/student.int8.onnx", dest / "student.int8.onnx")
     (dest / "model_card.json").write_text(json.dumps({"model": "student", "version": "v0.1.0"}))
+    (candidate_root / promote.PROD_REFERENCE).parent.mkdir(parents=True, exist_ok=True)
     (candidate_root / promote.PROD_REFERENCE).write_text(json.dumps(
         {"model": "student", "version": "v0.1.0", "commit": None, "metrics": {"int8_accuracy": recorded}}))
 
