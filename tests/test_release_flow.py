@@ -83,6 +83,10 @@ def test_release_registers_staging_pushes_and_publishes(released, monkeypatch):
     assert card["lineage"]["params"]["promote"]["model"] == "student"
     assert card["files"]["student.int8.onnx"]["sha256"] == sha256_file(proj / "models/student.int8.onnx")
     assert card["gates"]["passed"] is True and card["metrics"]["export"]["int8_drop"] == 0.005
+    # what ships and why, with intervals (the stand-in candidate's figures)
+    assert card["verdicts"]["shipped"] == "KD student" and card["verdicts"]["int8_accuracy"] == "89.50% [85.50, 93.50]"
+    assert card["verdicts"]["kd"] == "KD helped: +2.0 pts [+0.0, +4.0] on validation, +3.0 pts [+1.0, +5.0] on test"
+    assert "no prod version yet" in card["verdicts"]["regression_vs_prod"]
     summary = json.loads((proj / "reports/release.json").read_text())
     assert summary["status"] == "released" and summary["registry"]["stages"] == ["staging"]
     # the same summary as the run's markdown artifact, in this session's ephemeral Prefect DB
@@ -90,7 +94,10 @@ def test_release_registers_staging_pushes_and_publishes(released, monkeypatch):
         texts = [json.loads(d) for (d,) in db.execute(
             "select data from artifact where key = 'release-summary' and type = 'markdown'")]
     assert any("edgedistill release: released" in t and "| registry | student v0.1.0 → staging |" in t
-               for t in texts)
+               and "| KD gain (paired, test) | +3.00 pts [+1.00, +5.00] |" in t
+               and "| INT8 accuracy / drop | 89.50% [85.50, 93.50] / 0.50 pts [0.00, 1.50] |" in t
+               and "- KD helped: +2.0 pts" in t for t in texts)
+    assert "KD gain (paired, test)" in out and "+3.00 pts [+1.00, +5.00]" in out
     assert "AWS" not in (proj / ".dvc/config.local").read_text()
 
 
