@@ -75,9 +75,13 @@ def write_candidate(root: Path, accuracy: float = 0.9, teacher: float = 0.95, in
          "fp32": {**block(accuracy), "file_bytes": fp32.stat().st_size, "weight_bytes": 700},
          "int8": {**block(round(accuracy - int8_drop, 6)), "file_bytes": size, "weight_bytes": 200},
          "int8_drop": int8_drop, "int8_drop_lo": 0.0, "int8_drop_hi": round(int8_drop + 0.01, 6)}, indent=2))
-    (root / "data/prepared").mkdir(parents=True, exist_ok=True)  # test windows (promote scores prod on them)
-    np.savez(root / "data/prepared/test.npz", X=rng.normal(size=(40, 6, 4)).astype(np.float32),
-             y=rng.integers(0, 7, 40), recording=np.repeat([f"s{i}/r" for i in range(8)], 5))
+    # test windows (promote scores prod on them), labelled so that this candidate gets `accuracy` of them
+    # right: another model (a prod of another seed) scores about chance on them
+    x = np.random.default_rng(100).normal(size=(40, 6, 4)).astype(np.float32)
+    pred = (x.reshape(len(x), -1) @ numpy_helper.to_array(w)).argmax(1)
+    y = np.where(np.arange(len(x)) < round(accuracy * len(x)), pred, (pred + 1) % 7)
+    (root / "data/prepared").mkdir(parents=True, exist_ok=True)
+    np.savez(root / "data/prepared/test.npz", X=x, y=y, recording=np.repeat([f"s{i}/r" for i in range(8)], 5))
     (root / "metrics/benchmark.json").write_text(json.dumps({"release": {
         "profile": "edge-cpu-1t", "student_int8_p50_ms": 0.02, "student_int8_p95_ms": p95_ms,
         "student_fp32_p50_ms": 0.02, "student_fp32_p95_ms": 0.03, "teacher_fp32_p50_ms": 1.0,
