@@ -288,7 +288,7 @@ def register_release(root: Path, params: Params, decision: dict[str, Any]) -> di
     if existing:
         log.info("commit %s is already %s %s; nothing new to register", commit[:8], pp.model, version)
     else:
-        tags.append(reg.register(pp.model, version, commit))
+        tags.append(reg.register(pp.model, version, commit, note=shipped.removeprefix("; ") or None))
         tags.append(reg.assign(pp.model, version, "staging") or "")
         if pp.auto_prod:
             tags.append(reg.assign(pp.model, version, "prod") or "")

@@ -36,7 +36,7 @@ def moto_s3() -> Iterator[str]:
 
 
 def write_candidate(root: Path, accuracy: float = 0.9, teacher: float = 0.95, int8_drop: float = 0.005,
-                    p95_ms: float = 0.03, seed: int = 0) -> dict[str, Path]:
+                    p95_ms: float = 0.03, seed: int = 0, shipped: str = "kd") -> dict[str, Path]:
     """A tiny real ONNX classifier (FP32 + dynamically quantized INT8) and the metrics files the
     promote stage reads, with the given figures."""
     import numpy as np
@@ -69,7 +69,10 @@ def write_candidate(root: Path, accuracy: float = 0.9, teacher: float = 0.95, in
     (root / "metrics/distill.json").write_text(json.dumps(
         {"teacher": block(teacher), "baseline": block(round(accuracy - 0.03, 6)), "kd": block(accuracy),
          "kd_gain": 0.03, "kd_gain_lo": 0.01, "kd_gain_hi": 0.05, "kd_gain_val": 0.02, "kd_gain_val_lo": 0.0,
-         "kd_gain_val_hi": 0.04, "shipped": "kd"}, indent=2))
+         "kd_gain_val_hi": 0.04, "shipped": shipped}
+        | ({} if shipped == "kd" else {"kd_gain": -0.018, "kd_gain_lo": -0.039, "kd_gain_hi": 0.004,
+                                      "kd_gain_val": -0.01, "kd_gain_val_lo": -0.03, "kd_gain_val_hi": 0.01}),
+        indent=2))
     (root / "metrics/export.json").write_text(json.dumps(
         {"parity": {"max_abs_diff": 1e-6, "argmax_agreement": 1.0},
          "fp32": {**block(accuracy), "file_bytes": fp32.stat().st_size, "weight_bytes": 700},

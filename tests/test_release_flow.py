@@ -171,6 +171,30 @@ def test_reproduce_matches_the_release(released):
     assert "worktree" not in sh(["git", "worktree", "list"], released["proj"]).stdout.split("\n", 1)[-1]
 
 
+@pytest.mark.slow
+def test_kd_did_not_help_ships_the_baseline_or_nothing(tmp_path):
+    """promote.fallback: baseline (default) registers the baseline student and says so in the summary,
+    the model card and the registry tag message; fallback: none registers nothing."""
+    proj = mini_project(tmp_path / "proj", {"local": str(tmp_path / "store")},
+                        spec={"accuracy": 0.9, "shipped": "baseline"})
+    r = sh([ED, "run"], proj)
+    assert "release: released" in r.stdout
+    assert "KD did not help on this data: -1.0 pts [-3.0, +1.0] on validation, -1.8 pts [-3.9, +0.4] on test" \
+        in r.stdout and "the baseline student ships (promote.fallback: baseline)" in r.stdout
+    card = json.loads((tmp_path / "store/releases/student/v0.1.0/model_card.json").read_text())
+    assert card["verdicts"]["shipped"] == "baseline student (promote.fallback: baseline)"
+    assert "KD did not help" in sh(["git", "tag", "-l", "--format=%(contents)", "student@v0.1.0"], proj).stdout
+    assert "ships the baseline student" in sh(["git", "log", "-1", "--format=%s"], proj).stdout
+
+    raw = yaml.safe_load((proj / "params.yaml").read_text())
+    raw["promote"]["fallback"] = "none"
+    (proj / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    (proj / "candidate_spec.json").write_text(json.dumps({"accuracy": 0.9, "shipped": "baseline", "seed": 2}))
+    before = tags(proj)
+    r = sh([ED, "run"], proj, check=False)
+    assert r.returncode == 2 and "kd_gain" in r.stdout + r.stderr and tags(proj) == before
+
+
 TINY = {
     "prepare": {"window": 64, "train_stride": 32, "eval_stride": 64},
     "validate": {"min_windows_per_class": 5},
