@@ -31,18 +31,14 @@ class Interval:
     lo: float
     hi: float
 
-    def as_keys(self, key: str, ndigits: int = 5) -> dict[str, float]:
-        """The shared metrics contract: `key`, `key_lo`, `key_hi` as flat scalars."""
-        return {key: round(self.value, ndigits), f"{key}_lo": round(self.lo, ndigits),
-                f"{key}_hi": round(self.hi, ndigits)}
+    def as_keys(self, key: str) -> dict[str, float]:
+        """The shared metrics contract: `key`, `key_lo`, `key_hi` as flat scalars (unrounded, so
+        lo <= value <= hi holds exactly)."""
+        return {key: self.value, f"{key}_lo": self.lo, f"{key}_hi": self.hi}
 
     def pts(self) -> str:
         """'-1.8 pts [-3.9, +0.4]' for a difference."""
         return f"{100 * self.value:+.1f} pts [{100 * self.lo:+.1f}, {100 * self.hi:+.1f}]"
-
-    def pct(self) -> str:
-        """'91.2% [88.0, 94.1]' for an accuracy."""
-        return f"{100 * self.value:.1f}% [{100 * self.lo:.1f}, {100 * self.hi:.1f}]"
 
 
 def _clusters(recordings: np.ndarray, n: int) -> tuple[np.ndarray, int]:

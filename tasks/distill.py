@@ -156,7 +156,8 @@ def run(params: Params, prepared: str | Path = PREPARED, teacher_path: str | Pat
                 "test": predict(model, data.test.x).argmax(1).cpu().numpy()}
 
     def with_interval(section: dict[str, Any], pred: np.ndarray) -> dict[str, Any]:
-        return {**section, **accuracy_interval(pred, y["test"], rec["test"], **boot).as_keys("accuracy")}
+        iv = accuracy_interval(pred, y["test"], rec["test"], **boot)
+        return {**section, "accuracy_lo": iv.lo, "accuracy_hi": iv.hi}
 
     teacher, tmeta = load_checkpoint(teacher_path)
     check_compatible(tmeta, tuple(data.test.x.shape), data.test.path)
