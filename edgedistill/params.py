@@ -79,6 +79,8 @@ class SplitParams(_Section):
     val_fraction: float = Field(0.2, ge=0, lt=1)
     test_fraction: float = Field(0.2, gt=0, lt=1)
     seed: int = 0
+    allow_group_leakage: bool = Field(False, description="with a split column: allow one group in two "
+                                                         "splits (knowingly; test is then optimistic)")
 
     @field_validator("val_groups", "test_groups", mode="before")
     @classmethod
@@ -176,6 +178,8 @@ class GateParams(_Section):
                                                description="allowed accuracy loss vs prod")
     max_latency_ratio_vs_prod: float | None = Field(
         1.25, gt=0, description="candidate / prod INT8 p50 net of the call floor, measured in the same run")
+    min_kd_gain: float | None = Field(0.0, ge=-1, le=1, description="KD - baseline test accuracy (point "
+                                                                     "estimate) when the KD student ships")
 
 
 class ReproduceParams(_Section):
@@ -193,6 +197,8 @@ class PromoteParams(_Section):
     require_mcu_verified: bool = Field(False, description="block promotion when the MCU figures are not "
                                                           "verified (no ARM toolchain / QEMU)")
     reproduce: ReproduceParams = ReproduceParams()
+    fallback: Literal["baseline", "none"] = Field("baseline", description="when KD did not help on val: "
+                                                  "ship the baseline student, or register nothing")
 
 
 class CalibrationParams(_Section):
@@ -211,7 +217,6 @@ class ExportParams(_Section):
     quantization: Literal["static", "dynamic"] = "static"
     activation_type: Literal["int8", "uint8"] = "int8"
     calibration: CalibrationParams = CalibrationParams()
-    max_int8_drop: float = Field(0.01, ge=0, le=1, description="test accuracy FP32 - INT8, fraction")
 
 
 class DeviceProfile(_Section):
@@ -321,6 +326,14 @@ class SweepParams(_Section):
         return v
 
 
+class StatsParams(_Section):
+    """The recording-level bootstrap behind every interval (edgedistill.stats)."""
+
+    resamples: int = Field(2000, ge=100, description="bootstrap replicates")
+    seed: int = 0
+    confidence: float = Field(0.95, gt=0, lt=1)
+
+
 class OpsParams(_Section):
     """Unattended operation (`edgedistill serve`, prefect.yaml): schedules and the change watcher."""
 
@@ -346,6 +359,7 @@ class Params(_Section):
     sweep: SweepParams = SweepParams()
     mcu: McuParams = McuParams()
     ops: OpsParams = OpsParams()
+    stats: StatsParams = StatsParams()
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 

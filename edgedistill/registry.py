@@ -177,14 +177,15 @@ class Registry:
         return SemVer(versions[0].version).bump(
             bump_major=bump == "major", bump_minor=bump == "minor", bump_patch=bump == "patch").version
 
-    def register(self, model: str, version: str, rev: str = "HEAD") -> str:
+    def register(self, model: str, version: str, rev: str = "HEAD", note: str | None = None) -> str:
+        """Tag `rev` as `model@version`; `note` (e.g. which student ships and why) goes into the tag message."""
         from gto.api import register
         from gto.exceptions import GTOException
 
         name, email = git_identity(self.repo)
         try:
             register(self.repo, model, rev, version=version, author=name, author_email=email,
-                     message=f"Registering {model} {version}")
+                     message=f"Registering {model} {version}" + (f": {note}" if note else ""))
         except GTOException as e:
             raise RegistryError(f"cannot register {model} {version}: {e}") from None
         return f"{model}@{version}"

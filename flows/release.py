@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -25,7 +26,13 @@ from rich.console import Console
 from rich.table import Table
 
 from edgedistill.dvclock import entries, lock_stages
-from edgedistill.errors import ArtifactCorrupt, EdgeDistillError, GateFailed, ParamsInvalid
+from edgedistill.errors import (
+    ArtifactCorrupt,
+    EdgeDistillError,
+    GateFailed,
+    ParamsInvalid,
+    ReleaseNotFound,
+)
 from edgedistill.fmt import num
 from edgedistill.io import read_json, sha256_file, write_json
 from edgedistill.params import Params, load_params
@@ -40,11 +47,12 @@ from edgedistill.store import (
     configure_dvc_remote,
     dvc_pull_missing,
     dvc_push,
+    fetch_bundle,
     open_store,
     parse_sums,
     publish_bundle,
 )
-from tasks.promote import PROD_REFERENCE, PROMOTION, describe_failures
+from tasks.promote import PROD_DIR, PROD_REFERENCE, PROMOTION, describe_failures
 
 SUMMARY = "reports/release.json"
 BUNDLE_FILES = {"student.onnx": "models/student.onnx", "student.int8.onnx": "models/student.int8.onnx"}
@@ -158,14 +166,26 @@ def pull_inputs(root: Path, params: Params) -> dict[str, Any]:
 @task(name="resolve-prod", **STORE_TASK)
 def write_prod_reference(root: Path, params: Params) -> dict[str, Any]:
     """Record the current prod version and its key metrics where the promote stage reads them
-    (rewritten only when it changes, so DVC skips `promote` when nothing moved)."""
+    (rewritten only when it changes, so DVC skips `promote` when nothing moved), and fetch prod's
+    shipped bundle (SHA256-verified) into models/prod/ so promote can score it on the candidate's
+    test windows. No prod: models/prod/ is removed ("no prod yet")."""
     model = params.promote.model
     reg = Registry(root)
     prod = reg.resolve(model, "prod")
     ref: dict[str, Any] = {"model": model, "version": None, "commit": None, "metrics": {}}
+    prod_dir = root / PROD_DIR
     if prod is not None:
         record = reg.read_json_at(prod, PROMOTION) or {}
         ref.update(version=prod.version, commit=prod.commit, metrics=record.get("candidate", {}))
+        try:
+            got = fetch_bundle(open_store(params.store, root), model, prod.version, prod_dir)
+            ref["bundle"] = {name: f["sha256"] for name, f in sorted(got["files"].items())}
+        except ReleaseNotFound as e:
+            get_run_logger().warning("prod %s %s: bundle not fetched (%s); the regression check falls back "
+                                     "to the accuracy prod recorded", model, prod.version, e)
+            shutil.rmtree(prod_dir, ignore_errors=True)
+    elif prod_dir.is_dir() and (prod_dir / SUMS).is_file():
+        shutil.rmtree(prod_dir)
     path = root / PROD_REFERENCE
     if not path.is_file() or read_json(path) != ref:
         write_json(path, ref)
@@ -229,9 +249,11 @@ def register_release(root: Path, params: Params, decision: dict[str, Any]) -> di
     reg = Registry(root)
     data = data_lineage(root, params)
     cand = decision["candidate"]
+    shipped = ("" if decision.get("shipped", "kd") == "kd"
+               else f"; ships the baseline student ({decision.get('kd_line') or 'KD did not help'})")
     commit_paths(root, release_paths(root),
-                 f"release {pp.model}: int8 accuracy {cand['int8_accuracy']:.4f}, "
-                 f"data {(data.get('md5') or '?')[:8]}")
+                 f"release {pp.model}: int8 accuracy {_pct_iv(cand, 'int8_accuracy')}, "
+                 f"data {(data.get('md5') or '?')[:8]}{shipped}")
     commit = head_commit(root)
     existing = reg.at_commit(pp.model, commit)
     store = open_store(params.store, root)
@@ -274,7 +296,7 @@ def register_release(root: Path, params: Params, decision: dict[str, Any]) -> di
     if existing:
         log.info("commit %s is already %s %s; nothing new to register", commit[:8], pp.model, version)
     else:
-        tags.append(reg.register(pp.model, version, commit))
+        tags.append(reg.register(pp.model, version, commit, note=shipped.removeprefix("; ") or None))
         tags.append(reg.assign(pp.model, version, "staging") or "")
         if pp.auto_prod:
             tags.append(reg.assign(pp.model, version, "prod") or "")
@@ -363,6 +385,13 @@ def model_card(root: Path, params: Params, version: str, commit: str, decision: 
         "benchmark": doc("metrics/benchmark.json"),
         "mcu": doc(MCU_REPORT),  # measured flash/RAM per MCU profile, parity, QEMU, tool versions
         "gates": {"passed": decision["passed"], "gates": decision["gates"], "prod_at_release": decision["prod"]},
+        # what ships and why, with 95% intervals (recording bootstrap); see reports/promotion.json
+        "verdicts": {"shipped": ("KD student" if decision.get("shipped", "kd") == "kd"
+                                 else "baseline student (promote.fallback: baseline)"),
+                     "kd": decision.get("kd_line"),
+                     "int8_accuracy": _pct_iv(decision["candidate"], "int8_accuracy"),
+                     "regression_vs_prod": _regression_text(decision),
+                     "warnings": decision.get("warnings", [])},
         "lineage": {
             "git_commit": commit,
             "data": data,
@@ -398,6 +427,36 @@ def _mcu_figures(gates: list[dict[str, Any]]) -> str:
     return "; ".join(parts)
 
 
+def _pct_iv(m: dict[str, Any], key: str) -> str:
+    """'91.20% [88.10, 94.00]' (95% interval by recording) when the interval is there."""
+    if m.get(key) is None:
+        return "—"
+    if m.get(f"{key}_lo") is None:
+        return _pct(m[key])
+    return f"{100 * float(m[key]):.2f}% [{100 * float(m[key + '_lo']):.2f}, {100 * float(m[key + '_hi']):.2f}]"
+
+
+def _pts_iv(m: dict[str, Any], key: str) -> str:
+    if m.get(key) is None:
+        return "—"
+    if m.get(f"{key}_lo") is None:
+        return f"{100 * float(m[key]):+.2f} pts"
+    return f"{100 * float(m[key]):+.2f} pts [{100 * float(m[key + '_lo']):+.2f}, {100 * float(m[key + '_hi']):+.2f}]"
+
+
+def _regression_text(s: dict[str, Any]) -> str:
+    """The no-regression row in words: paired vs prod on the same windows, or the recorded fallback."""
+    row = next((g for g in s.get("gates") or [] if g["gate"] == "no_regression"), None)
+    if row is None:
+        return "—"
+    if row.get("value") is None:
+        return row.get("detail") or "—"
+    v = f"{100 * float(row['value']):+.2f} pts"
+    if row.get("lo") is not None:
+        v += f" [{100 * float(row['lo']):+.2f}, {100 * float(row['hi']):+.2f}]"
+    return f"{v} ({row['verdict']}; {row.get('detail')})"
+
+
 def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     m = s.get("metrics") or {}
     d = s.get("data") or {}
@@ -405,12 +464,15 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     rows = [
         ("data version", f"{d.get('path')} md5 {str(d.get('md5') or '—')[:12]}"
                          + (f" (git {s['git_commit'][:8]})" if s.get("git_commit") else "")),
-        ("teacher accuracy", _pct(m.get("teacher_accuracy"))),
-        ("baseline student accuracy", _pct(m.get("baseline_accuracy"))),
-        ("KD student accuracy", _pct(m.get("kd_accuracy"))),
-        ("KD gain", "—" if m.get("kd_gain") is None else f"{100 * float(m['kd_gain']):+.2f} pts"),
-        ("INT8 accuracy / drop", f"{_pct(m.get('int8_accuracy'))} / "
-                                 + ("—" if m.get("int8_drop") is None else f"{100 * float(m['int8_drop']):.2f} pts")),
+        ("teacher accuracy", _pct_iv(m, "teacher_accuracy")),
+        ("baseline student accuracy", _pct_iv(m, "baseline_accuracy")),
+        ("KD student accuracy", _pct_iv(m, "kd_accuracy")),
+        ("KD gain (paired, test)", _pts_iv(m, "kd_gain")),
+        ("KD gain (paired, validation)", _pts_iv(m, "kd_gain_val")),
+        ("shipped student", "—" if not m.get("shipped") else
+         "KD student" if m["shipped"] == "kd" else "baseline student (KD did not help on validation)"),
+        ("INT8 accuracy / drop", f"{_pct_iv(m, 'int8_accuracy')} / " + _pts_iv(m, "int8_drop").replace("+", "")),
+        ("regression vs prod (paired)", _regression_text(s)),
         ("latency p50 / p95", "—" if m.get("p95_ms") is None
          else f"{m['p50_ms']:.3f} / {m['p95_ms']:.3f} ms ({m.get('profile')})"),
         ("size / RAM estimate", "—" if m.get("size_bytes") is None
@@ -438,9 +500,11 @@ def render_summary(s: dict[str, Any], console: Console) -> None:
             g.add_column(col, justify="right" if col in ("value", "threshold") else "left")
         for row in s["gates"]:
             colour = {"pass": "green", "fail": "bold red"}.get(row["verdict"], "dim")
-            g.add_row(row["gate"], num(row["value"]), f"{row['op']} {num(row['threshold'])}",
+            g.add_row(row["gate"], _row_value(row), f"{row['op']} {num(row['threshold'])}",
                       f"[{colour}]{row['verdict']}[/]")
         console.print(g)
+    for line in _verdict_lines(s):
+        console.print(line)
     if s.get("stages"):
         st = Table(title="stages")
         st.add_column("stage")
@@ -453,13 +517,29 @@ def render_summary(s: dict[str, Any], console: Console) -> None:
 
 
 
+def _row_value(row: dict[str, Any]) -> str:
+    """A gate's value with its 95% interval where it has one."""
+    if row.get("lo") is None or row.get("value") is None:
+        return num(row.get("value"))
+    return f"{num(row['value'])} [{num(row['lo'])}, {num(row['hi'])}]"
+
+
+def _verdict_lines(s: dict[str, Any]) -> list[str]:
+    """The one-line KD verdict and any warning (e.g. regression check fell back to a recorded figure)."""
+    lines = [s["kd_line"]] if s.get("kd_line") else []
+    if s.get("metrics", {}).get("shipped") == "baseline":
+        lines.append("the baseline student ships (promote.fallback: baseline)")
+    return lines + [f"WARNING: {w}" for w in s.get("warnings") or []]
+
+
 def summary_markdown(s: dict[str, Any]) -> str:
     lines = [f"# edgedistill release: {s['status']}", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in summary_rows(s)]
     if s.get("gates"):
         lines += ["", "## Promotion gates", "", "| gate | value | threshold | verdict |", "|---|---:|---:|---|"]
-        lines += [f"| {r['gate']} | {num(r['value'])} | {r['op']} {num(r['threshold'])} | {r['verdict']} |"
+        lines += [f"| {r['gate']} | {_row_value(r)} | {r['op']} {num(r['threshold'])} | {r['verdict']} |"
                   for r in s["gates"]]
+        lines += ["", *[f"- {line}" for line in _verdict_lines(s)]]
     if s.get("stages"):
         lines += ["", "## Stages", "", "| stage | ran | seconds |", "|---|---|---:|"]
         lines += [f"| {r['stage']} | {'ran' if r['ran'] else 'skipped'} | {r['seconds']:.1f} |" for r in s["stages"]]
@@ -534,7 +614,8 @@ def _release(root: str, params_file: str, stages: list[str] | None, force: bool)
             if decision is None or decision["passed"]:
                 raise
             summary.update(status="gate failed", stages=runs, metrics=decision["candidate"],
-                           gates=decision["gates"], failed=decision["failed"])
+                           gates=decision["gates"], failed=decision["failed"], kd_line=decision.get("kd_line"),
+                           warnings=decision.get("warnings", []))
             _publish_summary(root_p, summary, console)
             raise GateFailed(f"promotion gate(s) failed: {describe_failures(decision)}",
                              hint=f"Not registered; prod is unchanged. Every gate is in {PROMOTION}.") from None
@@ -547,7 +628,8 @@ def _release(root: str, params_file: str, stages: list[str] | None, force: bool)
         _publish_summary(root_p, summary, console)
         return summary
     decision = read_json(root_p / PROMOTION)
-    summary.update(metrics=decision["candidate"], gates=decision["gates"], failed=decision["failed"])
+    summary.update(metrics=decision["candidate"], gates=decision["gates"], failed=decision["failed"],
+                   kd_line=decision.get("kd_line"), warnings=decision.get("warnings", []))
     reg = register_release(root_p, params, decision)
     status = ("released" if reg["new"] else f"unchanged (same model as {reg['version']})" if reg.get("same_as")
               else "unchanged (already released)")

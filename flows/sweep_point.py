@@ -1,6 +1,6 @@
 """sweep_point: one point of the student sweep — distil a student with given widths and Hinton T/alpha
 (tasks/distill.py), export it to FP32 + INT8 ONNX (tasks/export.py's pieces) and score both on the test
-windows. Run as `python -m flows.sweep_point JOB.json` by flows/sweep.py, one process per point."""
+windows (reported) and on the validation windows (what the sweep selects by). Run as `python -m flows.sweep_point JOB.json` by flows/sweep.py, one process per point."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def build_point(root: str | Path, params: Params, point: dict[str, Any], out_dir
     t0 = time.perf_counter()
     report = distill.run(p, r / PREPARED, r / TEACHER, r / LOGITS, student_out=d / "student.pt",
                          baseline_out=d / "unused.pt", metrics_out=d / "distill.json", plots_dir=None,
-                         resume_dir=d / ".resume", log=lambda _: None, train_baseline=False)
+                         resume_dir=d / ".resume", log=lambda _: None, train_baseline=False, kd_out=d / "student.pt")
     train_s = time.perf_counter() - t0
 
     ep = p.export
@@ -65,8 +65,11 @@ def build_point(root: str | Path, params: Params, point: dict[str, Any], out_dir
                          scratch=Path(scratch), calib_source=str(r / PREPARED / "train.npz"))
     fp32_acc, _ = onnx_accuracy(fp32, x, y)
     int8_acc, _ = onnx_accuracy(int8, x, y)
+    xv, yv = load_split(r / PREPARED / "val.npz")
+    int8_val_acc, _ = onnx_accuracy(int8, xv, yv)  # selection never sees test
     return {**point, "params": report["kd"]["params"], "macs": report["kd"].get("macs"),
             "kd_accuracy": report["kd"]["accuracy"], "fp32_accuracy": fp32_acc, "int8_accuracy": int8_acc,
+            "int8_val_accuracy": int8_val_acc,
             "teacher_accuracy": report["teacher"]["accuracy"], "parity_max_abs_diff": parity["max_abs_diff"],
             "train_seconds": round(train_s, 2), "int8_path": str(int8), "dir": str(d)}
 

@@ -3,8 +3,10 @@ release reports what KD bought.
 
 Methods (params distill.method): `hinton` (cached teacher logits, L = a*T^2*KL + (1-a)*CE), `fm_bank`
 (function matching on the cached bank of augmented + mixup views), `fm_online` (function matching with the
-teacher run on each batch's view). Outputs: models/student.pt (KD), models/student_baseline.pt,
-metrics/distill.json, metrics/plots/student_{kd,baseline}_{curve,confusion}.csv.
+teacher run on each batch's view). Outputs: models/student_kd.pt, models/student_baseline.pt, models/student.pt
+(the one that ships: KD when its paired validation gain over the baseline is > 0, else the baseline),
+metrics/distill.json (accuracies and KD gain on val and test with recording-bootstrap intervals),
+metrics/plots/student_{kd,baseline}_{curve,confusion}.csv.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from edgedistill.errors import ModelMismatch
 from edgedistill.io import write_json
 from edgedistill.kd import hinton_loss, kd_kl
 from edgedistill.params import Params
+from edgedistill.stats import accuracy_interval, paired_difference, recording_ids
 from edgedistill.training import (
     Augment,
     Prepared,
@@ -34,6 +37,7 @@ from edgedistill.training import (
     load_prepared,
     mixup,
     model_report,
+    predict,
     public_metrics,
     resolve_device,
     run_key,
@@ -44,7 +48,8 @@ from edgedistill.training import (
 PREPARED = "data/prepared"
 TEACHER = "models/teacher.pt"
 LOGITS = "models/teacher_logits.npz"
-STUDENT = "models/student.pt"
+STUDENT = "models/student.pt"  # the student that ships (KD or baseline, chosen on validation)
+KD_STUDENT = "models/student_kd.pt"
 BASELINE = "models/student_baseline.pt"
 METRICS = "metrics/distill.json"
 PLOTS = "metrics/plots"
@@ -134,20 +139,36 @@ def run(params: Params, prepared: str | Path = PREPARED, teacher_path: str | Pat
         logits_path: str | Path = LOGITS, student_out: str | Path = STUDENT, baseline_out: str | Path = BASELINE,
         metrics_out: str | Path = METRICS, plots_dir: str | Path | None = PLOTS,
         resume_dir: str | Path = RESUME_DIR, log: Callable[[str], None] = print,
-        train_baseline: bool = True) -> dict[str, Any]:
-    sp = params.student
+        train_baseline: bool = True, kd_out: str | Path | None = None) -> dict[str, Any]:
+    """Train baseline and KD student; ship (write to `student_out`) the KD student when its paired
+    VALIDATION gain over the baseline is > 0, else the baseline. Test figures are reported only.
+    The KD checkpoint itself goes to `kd_out` (default: student_kd.pt beside `student_out`)."""
+    sp, st = params.student, params.stats
     device = resolve_device(params.compute.device, params.compute.threads)
     data = load_prepared(prepared, device)
     meta = data.model_meta(sp.arch, sp.config)
+    rec = {s: recording_ids(Path(prepared) / f"{s}.npz") for s in ("val", "test")}
+    y = {"val": data.val.y.cpu().numpy(), "test": data.test.y.cpu().numpy()}
+    boot = {"resamples": st.resamples, "seed": st.seed, "confidence": st.confidence}
+
+    def preds(model: torch.nn.Module) -> dict[str, np.ndarray]:
+        return {"val": predict(model, data.val.x).argmax(1).cpu().numpy(),
+                "test": predict(model, data.test.x).argmax(1).cpu().numpy()}
+
+    def with_interval(section: dict[str, Any], pred: np.ndarray) -> dict[str, Any]:
+        iv = accuracy_interval(pred, y["test"], rec["test"], **boot)
+        return {**section, "accuracy_lo": iv.lo, "accuracy_hi": iv.hi}
 
     teacher, tmeta = load_checkpoint(teacher_path)
     check_compatible(tmeta, tuple(data.test.x.shape), data.test.path)
     teacher.to(device)
     t_report = model_report(teacher, data.test, data.labels, tmeta)
+    t_pred = preds(teacher)["test"]
     del teacher
 
     report: dict[str, Any] = {"method": params.distill.method,
-                              "teacher": {k: v for k, v in t_report.items() if k not in ("confusion", "loss")}}
+                              "teacher": with_interval({k: v for k, v in t_report.items()
+                                                        if k not in ("confusion", "loss")}, t_pred)}
     if train_baseline:
         aug = Augment(**sp.augment.model_dump())
         smoothing = sp.train.label_smoothing
@@ -157,8 +178,11 @@ def run(params: Params, prepared: str | Path = PREPARED, teacher_path: str | Pat
 
         base, base_res = train_student("student_baseline", plain, params, data, device, "ce", resume_dir, log)
         b = model_report(base, data.test, data.labels, meta)
-        report["baseline"] = {"model": "student_baseline", **public_metrics(b, base_res, device)}
-        save_checkpoint(baseline_out, base.cpu(), {**meta, "metrics": {"test_accuracy": b["accuracy"]}})
+        b_pred = preds(base)
+        report["baseline"] = with_interval({"model": "student_baseline", **public_metrics(b, base_res, device)},
+                                           b_pred["test"])
+        base_meta = {**meta, "metrics": {"test_accuracy": b["accuracy"]}}
+        save_checkpoint(baseline_out, base.cpu(), base_meta)
         if plots_dir:
             write_plots(plots_dir, "student_baseline", base_res.history, b["confusion"], data.labels)
 
@@ -166,15 +190,30 @@ def run(params: Params, prepared: str | Path = PREPARED, teacher_path: str | Pat
     kd, kd_res = train_student("student_kd", loss_fn, params, data, device, params.distill.model_dump(),
                                resume_dir, log)
     k = model_report(kd, data.test, data.labels, meta)
-    report["kd"] = {"model": "student", **public_metrics(k, kd_res, device)}
-    save_checkpoint(student_out, kd.cpu(), {**meta, "distill": params.distill.model_dump(),
-                                            "metrics": {"test_accuracy": k["accuracy"]}})
+    k_pred = preds(kd)
+    report["kd"] = with_interval({"model": "student_kd", **public_metrics(k, kd_res, device)}, k_pred["test"])
+    kd_meta = {**meta, "distill": params.distill.model_dump(), "metrics": {"test_accuracy": k["accuracy"]}}
+    save_checkpoint(kd_out or Path(student_out).with_name(Path(KD_STUDENT).name), kd.cpu(), kd_meta)
     if plots_dir:
         write_plots(plots_dir, "student_kd", kd_res.history, k["confusion"], data.labels)
+    shipped = "kd"
     if train_baseline:
-        report["kd_gain"] = round(report["kd"]["accuracy"] - report["baseline"]["accuracy"], 5)
+        # paired: both students scored on the same windows, resampled with the same recordings
+        val_gain = paired_difference(k_pred["val"], b_pred["val"], y["val"], rec["val"], **boot)
+        test_gain = paired_difference(k_pred["test"], b_pred["test"], y["test"], rec["test"], **boot)
+        report.update(test_gain.as_keys("kd_gain"))
+        report.update(val_gain.as_keys("kd_gain_val"))
+        shipped = "kd" if val_gain.value > 0 else "baseline"
+        report["kd_verdict"] = (f"KD helped on validation: {val_gain.pts()}" if shipped == "kd"
+                                else f"KD did not help on this data: {val_gain.pts()} on validation")
         report["kd_epoch_cost_ratio"] = round(report["kd"]["epoch_seconds"] / max(report["baseline"]["epoch_seconds"], 1e-9), 3)
-    report["gap_to_teacher"] = round(report["teacher"]["accuracy"] - report["kd"]["accuracy"], 5)
+    report["shipped"] = shipped
+    if shipped == "kd":
+        save_checkpoint(student_out, kd.cpu(), kd_meta)
+    else:
+        save_checkpoint(student_out, base.cpu(), {**base_meta, "shipped": "baseline"})
+    shipped_acc = report[shipped]["accuracy"]
+    report["gap_to_teacher"] = round(report["teacher"]["accuracy"] - shipped_acc, 5)
     write_json(metrics_out, report)
     return report
 

@@ -35,6 +35,7 @@ def assign_splits(segs: list[Segment], df: pd.DataFrame, params: Params) -> dict
             if len(vals) != 1 or per_rec.get(key, next(iter(vals))) != next(iter(vals)):
                 raise DataInvalid(f"recording {key}: column '{d.split_col}' changes inside the recording {sorted(vals)}")
             per_rec[key] = next(iter(vals))
+        _refuse_group_leakage(segs, per_rec, d.group_col, d.split_col, sp.allow_group_leakage)
         return per_rec
     groups = sorted({s.group for s in segs})
     if sp.test_groups is not None or sp.val_groups is not None:
@@ -52,6 +53,21 @@ def assign_splits(segs: list[Segment], df: pd.DataFrame, params: Params) -> dict
         test, val = order[:n_test], order[n_test : n_test + n_val]
     table = {g: "test" if g in test else "val" if g in val else "train" for g in groups}
     return {f"{s.group}/{s.recording}": table[s.group] for s in segs}
+
+
+def _refuse_group_leakage(segs: list[Segment], per_rec: dict[str, str], group_col: str, split_col: str,
+                          allow: bool) -> None:
+    """A split column assigns recordings; one group (subject, device) in train and test would let the
+    test figure measure memorised subjects. Refused unless prepare.split.allow_group_leakage."""
+    splits_of: dict[str, set[str]] = {}
+    for seg in segs:
+        splits_of.setdefault(str(seg.group), set()).add(per_rec[f"{seg.group}/{seg.recording}"])
+    leaked = {g: sorted(v) for g, v in sorted(splits_of.items()) if len(v) > 1}
+    if leaked and not allow:
+        shown = ", ".join(f"{g} in {'+'.join(v)}" for g, v in list(leaked.items())[:10])
+        raise DataInvalid(f"column '{split_col}' puts {len(leaked)} {group_col} group(s) in more than one split: "
+                          f"{shown}", hint="Give each group one split, or set prepare.split.allow_group_leakage: "
+                                           "true to accept optimistic val/test figures knowingly.")
 
 
 def run(params: Params, readings: str | Path | None = None, out_dir: str | Path = OUT_DIR) -> dict[str, Any]:

@@ -1,8 +1,10 @@
 """promote: check the candidate release against the gates in params (and against the current prod
-version) and write reports/promotion.json with every gate's value, threshold and verdict.
+version) and write reports/promotion.json with every gate's value, threshold, interval and verdict.
 
-The registry itself is the flow's business: this stage only reads metrics files and the prod
-reference file the flow wrote (reports/prod_reference.json), so it stays a plain DVC stage.
+The registry itself is the flow's business: this stage reads metrics files, the prod reference file
+the flow wrote (reports/prod_reference.json) and, when the flow fetched it, prod's shipped bundle in
+models/prod/: prod's INT8 model is scored on the candidate's test windows (a paired comparison), so
+"no regression" compares two models on the same windows, not two figures from different test sets.
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ import operator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from edgedistill.errors import ArtifactCorrupt, GateFailed
 from edgedistill.io import read_json, write_json
-from edgedistill.params import GateParams, Params
+from edgedistill.params import GateParams, Params, StatsParams
+from edgedistill.stats import Interval, paired_difference, recording_ids
 
 DISTILL = "metrics/distill.json"
 EXPORT = "metrics/export.json"
@@ -21,6 +26,11 @@ BENCHMARK = "metrics/benchmark.json"
 PROD_REFERENCE = "reports/prod_reference.json"
 PROMOTION = "reports/promotion.json"
 MCU = "models/mcu/mcu.json"
+PROD_DIR = "models/prod"                      # prod's bundle, fetched (SHA256-verified) by the release flow
+CANDIDATE_INT8 = "models/student.int8.onnx"
+TEST = "data/prepared/test.npz"
+# ONNX metadata that fixes what a model must be fed: two models compare on the same windows only if equal
+CONTRACT = ("channels", "window", "labels", "sample_rate_hz", "input_layout", "input_normalised")
 
 # candidate metric -> (file, key path)
 SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -38,6 +48,25 @@ SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
     "size_bytes": (BENCHMARK, ("release", "int8_file_bytes")),
     "ram_bytes": (BENCHMARK, ("release", "ram_estimate_bytes")),
     "flash_bytes": (BENCHMARK, ("release", "flash_estimate_bytes")),
+    # 95% intervals (recording bootstrap) and the KD-vs-baseline choice made on validation
+    "teacher_accuracy_lo": (DISTILL, ("teacher", "accuracy_lo")),
+    "teacher_accuracy_hi": (DISTILL, ("teacher", "accuracy_hi")),
+    "baseline_accuracy_lo": (DISTILL, ("baseline", "accuracy_lo")),
+    "baseline_accuracy_hi": (DISTILL, ("baseline", "accuracy_hi")),
+    "kd_accuracy_lo": (DISTILL, ("kd", "accuracy_lo")),
+    "kd_accuracy_hi": (DISTILL, ("kd", "accuracy_hi")),
+    "kd_gain_lo": (DISTILL, ("kd_gain_lo",)),
+    "kd_gain_hi": (DISTILL, ("kd_gain_hi",)),
+    "kd_gain_val": (DISTILL, ("kd_gain_val",)),
+    "kd_gain_val_lo": (DISTILL, ("kd_gain_val_lo",)),
+    "kd_gain_val_hi": (DISTILL, ("kd_gain_val_hi",)),
+    "shipped": (DISTILL, ("shipped",)),
+    "fp32_accuracy_lo": (EXPORT, ("fp32", "accuracy_lo")),
+    "fp32_accuracy_hi": (EXPORT, ("fp32", "accuracy_hi")),
+    "int8_accuracy_lo": (EXPORT, ("int8", "accuracy_lo")),
+    "int8_accuracy_hi": (EXPORT, ("int8", "accuracy_hi")),
+    "int8_drop_lo": (EXPORT, ("int8_drop_lo",)),
+    "int8_drop_hi": (EXPORT, ("int8_drop_hi",)),
 }
 
 # read when present (None otherwise): figures a stand-in or older benchmark file may not carry
@@ -97,27 +126,50 @@ def latency_vs_prod_row(candidate: dict[str, Any], gates: GateParams) -> dict[st
     return row | {"verdict": "pass" if float(ratio) <= threshold else "fail"}
 
 
+def _iv(c: dict[str, Any], key: str) -> Interval:
+    return Interval(float(c[key]), float(c[f"{key}_lo"]), float(c[f"{key}_hi"]))
+
+
+def kd_line(c: dict[str, Any]) -> str:
+    """One line on what KD bought, from the paired gains (validation decides, test reports)."""
+    val, test = _iv(c, "kd_gain_val"), _iv(c, "kd_gain")
+    head = "KD helped" if c.get("shipped", "kd") == "kd" else "KD did not help on this data"
+    return f"{head}: {val.pts()} on validation, {test.pts()} on test"
+
+
 def decide_promotion(candidate: dict[str, Any], gates: GateParams,
-                     prod: dict[str, Any] | None = None) -> dict[str, Any]:
+                     prod: dict[str, Any] | None = None, fallback: str = "baseline",
+                     vs_prod: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every gate's value, threshold and verdict ('pass' / 'fail' / 'off' when its threshold is null).
 
     `prod` is the current prod version's record ({"version", "metrics": {"int8_accuracy", ...}}) or
-    None when nothing is in prod yet."""
+    None when nothing is in prod yet. `vs_prod` is the paired comparison with prod's shipped model on
+    the candidate's test windows (see compare_with_prod); without it (no bundle, or prod's input
+    contract differs) the recorded prod figure is used, with a warning."""
     acc = float(candidate["int8_accuracy"])
     rows: list[dict[str, Any]] = []
+    warnings: list[str] = []
 
-    def gate(name: str, metric: str, value: Any, op: str, threshold: Any, detail: str = "") -> None:
+    def gate(name: str, metric: str, value: Any, op: str, threshold: Any, detail: str = "",
+             interval: tuple[float, float] | None = None) -> None:
         if threshold is None:
             verdict = "off"
         else:
             verdict = "pass" if _OPS[op](value, threshold) else "fail"
         rows.append({"gate": name, "metric": metric, "value": value, "op": op,
-                     "threshold": threshold, "verdict": verdict, "detail": detail})
+                     "threshold": threshold, "verdict": verdict, "detail": detail,
+                     "lo": None if interval is None else interval[0],
+                     "hi": None if interval is None else interval[1]})
 
-    gate("accuracy", "int8 accuracy", acc, ">=", gates.min_accuracy)
+    def span(key: str) -> tuple[float, float] | None:
+        lo, hi = candidate.get(f"{key}_lo"), candidate.get(f"{key}_hi")
+        return None if lo is None or hi is None else (float(lo), float(hi))
+
+    gate("accuracy", "int8 accuracy", acc, ">=", gates.min_accuracy, interval=span("int8_accuracy"))
     gate("drop_vs_teacher", "teacher - int8 accuracy",
          round(float(candidate["teacher_accuracy"]) - acc, 6), "<=", gates.max_drop_vs_teacher)
-    gate("int8_drop", "fp32 - int8 accuracy", float(candidate["int8_drop"]), "<=", gates.max_int8_drop)
+    gate("int8_drop", "fp32 - int8 accuracy", float(candidate["int8_drop"]), "<=", gates.max_int8_drop,
+         interval=span("int8_drop"))
     gate("p95_latency", f"int8 p95 ms ({candidate.get('profile', '?')})", float(candidate["p95_ms"]),
          "<=", gates.max_p95_ms)
     gate("size", "int8 file bytes", int(candidate["size_bytes"]), "<=", gates.max_size_bytes)
@@ -125,18 +177,55 @@ def decide_promotion(candidate: dict[str, Any], gates: GateParams,
          gates.max_ram_bytes)
     rows.append(latency_vs_prod_row(candidate, gates))
 
-    prod_acc = (prod or {}).get("metrics", {}).get("int8_accuracy") if prod else None
-    if prod_acc is None:
-        rows.append({"gate": "no_regression", "metric": "prod - int8 accuracy", "value": None, "op": "<=",
-                     "threshold": gates.regression_tolerance,
-                     "verdict": "off" if gates.regression_tolerance is None else "pass",
-                     "detail": "no prod version yet"})
+    shipped = candidate.get("shipped", "kd")
+    line = kd_line(candidate) if "kd_gain_val" in candidate else None
+    if shipped == "kd":
+        gate("kd_gain", "kd - baseline test accuracy (paired)", float(candidate["kd_gain"]), ">=",
+             gates.min_kd_gain, detail=line or "", interval=span("kd_gain"))
+    elif fallback == "baseline":
+        rows.append({"gate": "kd_gain", "metric": "kd - baseline test accuracy (paired)",
+                     "value": float(candidate["kd_gain"]), "op": ">=", "threshold": gates.min_kd_gain,
+                     "verdict": "off", "lo": (span("kd_gain") or (None, None))[0],
+                     "hi": (span("kd_gain") or (None, None))[1],
+                     "detail": f"{line}; the baseline student ships (promote.fallback: baseline)"})
     else:
-        gate("no_regression", "prod - int8 accuracy", round(float(prod_acc) - acc, 6), "<=",
-             gates.regression_tolerance, detail=f"prod {prod.get('version')} int8 accuracy {prod_acc:.4f}")
+        rows.append({"gate": "kd_gain", "metric": "kd - baseline validation accuracy (paired)",
+                     "value": float(candidate["kd_gain_val"]), "op": ">", "threshold": 0.0, "verdict": "fail",
+                     "lo": candidate.get("kd_gain_val_lo"), "hi": candidate.get("kd_gain_val_hi"),
+                     "detail": f"{line}; promote.fallback: none registers nothing"})
+
+    tol = gates.regression_tolerance
+    prod_acc = (prod or {}).get("metrics", {}).get("int8_accuracy") if prod else None
+    if vs_prod is not None and not vs_prod.get("comparable"):
+        warnings.append(f"regression check vs prod {prod.get('version') if prod else '?'}: {vs_prod['reason']}; "
+                        "fell back to the accuracy prod recorded on its own test set")
+    if prod is None:
+        rows.append({"gate": "no_regression", "metric": "candidate - prod accuracy", "value": None, "op": ">=",
+                     "threshold": None if tol is None else -tol, "verdict": "off" if tol is None else "pass",
+                     "detail": "no prod version yet", "lo": None, "hi": None})
+    elif vs_prod is not None and vs_prod.get("comparable"):
+        d = vs_prod["difference"]
+        gate("no_regression", "candidate - prod int8 accuracy (paired, same windows)", d["value"], ">=",
+             None if tol is None else -tol, interval=(d["lo"], d["hi"]),
+             detail=f"prod {prod.get('version')} scored on the candidate's {vs_prod['windows']} test windows: "
+                    f"{100 * vs_prod['prod_accuracy']:.2f}% vs candidate {100 * vs_prod['candidate_accuracy']:.2f}%")
+    elif prod_acc is None:
+        rows.append({"gate": "no_regression", "metric": "candidate - prod accuracy", "value": None, "op": ">=",
+                     "threshold": None if tol is None else -tol, "verdict": "off" if tol is None else "pass",
+                     "detail": "prod recorded no int8 accuracy and its model was not available", "lo": None,
+                     "hi": None})
+    else:
+        gate("no_regression", "candidate - prod recorded accuracy (different test sets)",
+             round(acc - float(prod_acc), 6), ">=", None if tol is None else -tol,
+             detail=f"WARNING: not paired; prod {prod.get('version')} recorded int8 accuracy {prod_acc:.4f} "
+                    "on its own test set")
+        if vs_prod is None:
+            warnings.append(f"regression check vs prod {prod.get('version')}: prod's model was not fetched; "
+                            "compared with the accuracy prod recorded on its own test set")
 
     failed = [r["gate"] for r in rows if r["verdict"] == "fail"]
     return {"passed": not failed, "failed": failed, "gates": rows, "candidate": candidate,
+            "shipped": shipped, "kd_line": line, "warnings": warnings, "vs_prod": vs_prod,
             "prod": {"version": prod.get("version"), "int8_accuracy": prod_acc} if prod else None}
 
 
@@ -177,12 +266,78 @@ def add_gate_rows(decision: dict[str, Any], rows: list[dict[str, Any]]) -> dict[
     return decision | {"gates": gates, "failed": failed, "passed": not failed}
 
 
+def _contract(meta: dict[str, Any]) -> dict[str, Any]:
+    out = {k: meta.get(k) for k in CONTRACT}
+    if meta.get("input_normalised", True):  # normalised outside the graph: the statistics are the contract
+        out["norm_mean"], out["norm_std"] = meta.get("norm_mean"), meta.get("norm_std")
+    return out
+
+
+def contract_difference(candidate: dict[str, Any], prod: dict[str, Any]) -> str | None:
+    """What differs between two models' input contracts (ONNX metadata), or None."""
+    a, b = _contract(candidate), _contract(prod)
+    diffs = []
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, list) and isinstance(y, list) and len(x) == len(y) and x and \
+                all(isinstance(v, (int, float)) for v in x + y):
+            same = np.allclose(x, y, rtol=1e-6, atol=1e-9)
+        else:
+            same = x == y
+        if not same:
+            diffs.append(f"{key} {_short(y)} (prod) vs {_short(x)} (candidate)")
+    return "; ".join(diffs) or None
+
+
+def _short(v: Any) -> str:
+    text = str(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def compare_with_prod(prod_dir: str | Path = PROD_DIR, candidate: str | Path = CANDIDATE_INT8,
+                      test: str | Path = TEST, stats: StatsParams | None = None) -> dict[str, Any] | None:
+    """Score prod's shipped INT8 model and the candidate's on the candidate's test windows; the paired
+    difference (candidate - prod) with its recording-bootstrap interval. None without a prod bundle."""
+    from edgedistill import onnx_tools as ox
+
+    prod_model = Path(prod_dir) / "student.int8.onnx"
+    if not prod_model.is_file():
+        return None
+    st = stats or StatsParams()
+    differs = contract_difference(ox.read_metadata(candidate), ox.read_metadata(prod_model))
+    if differs:
+        return {"comparable": False, "reason": f"prod's input contract differs: {differs}"}
+    if not Path(test).is_file():
+        return {"comparable": False, "reason": f"the candidate's test windows ({test}) are missing"}
+    with np.load(test) as z:
+        x, y = z["X"].astype(np.float32, copy=False), z["y"]
+    rec = recording_ids(test)
+    cand = ox.predict(ox.open_session(candidate), candidate, x).argmax(1)
+    try:
+        prev = ox.predict(ox.open_session(prod_model), prod_model, x).argmax(1)
+    except Exception as e:  # noqa: BLE001 - any refusal of these windows is a contract difference
+        return {"comparable": False, "reason": f"prod's model does not accept the candidate's windows ({e})"}
+    d = paired_difference(cand, prev, y, rec, resamples=st.resamples, seed=st.seed, confidence=st.confidence)
+    return {"comparable": True, "windows": int(len(y)), "candidate_accuracy": float((cand == y).mean()),
+            "prod_accuracy": float((prev == y).mean()),
+            "difference": {"value": round(d.value, 6), "lo": round(d.lo, 6), "hi": round(d.hi, 6)}}
+
+
 def describe_failures(decision: dict[str, Any]) -> str:
     parts = []
     for r in decision["gates"]:
         if r["verdict"] == "fail":
-            parts.append(f"{r['gate']} ({r['metric']} {_fmt(r['value'])} not {r['op']} {_fmt(r['threshold'])})")
+            parts.append(f"{r['gate']} ({r['metric']} {describe_row(r)} not {r['op']} {_fmt(r['threshold'])})")
     return "; ".join(parts)
+
+
+def describe_row(r: dict[str, Any]) -> str:
+    """'value [lo, hi]' for a gate row (intervals where the row has them)."""
+    if r.get("value") is None:
+        return "—"
+    if r.get("lo") is None:
+        return _fmt(r["value"])
+    return f"{_fmt(r['value'])} [{_fmt(r['lo'])}, {_fmt(r['hi'])}]"
 
 
 def _fmt(v: Any) -> str:
@@ -195,7 +350,13 @@ def run(params: Params, reference: str | Path = PROD_REFERENCE, out: str | Path 
     prod = read_json(reference) if Path(reference).is_file() else None
     if prod is not None and not prod.get("version"):
         prod = None
-    decision = {"model": params.promote.model, **decide_promotion(candidate, params.promote.gates, prod)}
+    paths = paths or {}
+    vs_prod = None
+    if prod is not None:
+        vs_prod = compare_with_prod(paths.get(PROD_DIR, PROD_DIR), paths.get(CANDIDATE_INT8, CANDIDATE_INT8),
+                                    paths.get(TEST, TEST), params.stats)
+    decision = {"model": params.promote.model,
+                **decide_promotion(candidate, params.promote.gates, prod, params.promote.fallback, vs_prod)}
     decision = add_gate_rows(decision, mcu_gate_rows(mcu, params.promote.require_mcu_verified))
     write_json(out, decision)  # written on failure too: it is the report of which gate failed
     if not decision["passed"]:

@@ -36,7 +36,7 @@ def moto_s3() -> Iterator[str]:
 
 
 def write_candidate(root: Path, accuracy: float = 0.9, teacher: float = 0.95, int8_drop: float = 0.005,
-                    p95_ms: float = 0.03, seed: int = 0) -> dict[str, Path]:
+                    p95_ms: float = 0.03, seed: int = 0, shipped: str = "kd") -> dict[str, Path]:
     """A tiny real ONNX classifier (FP32 + dynamically quantized INT8) and the metrics files the
     promote stage reads, with the given figures."""
     import numpy as np
@@ -62,16 +62,29 @@ def write_candidate(root: Path, accuracy: float = 0.9, teacher: float = 0.95, in
     size = int8.stat().st_size
 
     def block(a: float) -> dict:
-        return {"accuracy": a, "macro_f1": round(a - 0.01, 6), "params": 175, "macs": 168}
+        return {"accuracy": a, "accuracy_lo": round(a - 0.04, 6), "accuracy_hi": round(min(a + 0.04, 1.0), 6),
+                "macro_f1": round(a - 0.01, 6), "params": 175, "macs": 168}
 
+    # stand-in figures (flow mechanics only; the gate verdicts are tested on real artifacts in test_gates.py)
     (root / "metrics/distill.json").write_text(json.dumps(
         {"teacher": block(teacher), "baseline": block(round(accuracy - 0.03, 6)), "kd": block(accuracy),
-         "kd_gain": 0.03}, indent=2))
+         "kd_gain": 0.03, "kd_gain_lo": 0.01, "kd_gain_hi": 0.05, "kd_gain_val": 0.02, "kd_gain_val_lo": 0.0,
+         "kd_gain_val_hi": 0.04, "shipped": shipped}
+        | ({} if shipped == "kd" else {"kd_gain": -0.018, "kd_gain_lo": -0.039, "kd_gain_hi": 0.004,
+                                      "kd_gain_val": -0.01, "kd_gain_val_lo": -0.03, "kd_gain_val_hi": 0.01}),
+        indent=2))
     (root / "metrics/export.json").write_text(json.dumps(
         {"parity": {"max_abs_diff": 1e-6, "argmax_agreement": 1.0},
-         "fp32": {"accuracy": accuracy, "file_bytes": fp32.stat().st_size, "weight_bytes": 700},
-         "int8": {"accuracy": round(accuracy - int8_drop, 6), "file_bytes": size, "weight_bytes": 200},
-         "int8_drop": int8_drop}, indent=2))
+         "fp32": {**block(accuracy), "file_bytes": fp32.stat().st_size, "weight_bytes": 700},
+         "int8": {**block(round(accuracy - int8_drop, 6)), "file_bytes": size, "weight_bytes": 200},
+         "int8_drop": int8_drop, "int8_drop_lo": 0.0, "int8_drop_hi": round(int8_drop + 0.01, 6)}, indent=2))
+    # test windows (promote scores prod on them), labelled so that this candidate gets `accuracy` of them
+    # right: another model (a prod of another seed) scores about chance on them
+    x = np.random.default_rng(100).normal(size=(40, 6, 4)).astype(np.float32)
+    pred = (x.reshape(len(x), -1) @ numpy_helper.to_array(w)).argmax(1)
+    y = np.where(np.arange(len(x)) < round(accuracy * len(x)), pred, (pred + 1) % 7)
+    (root / "data/prepared").mkdir(parents=True, exist_ok=True)
+    np.savez(root / "data/prepared/test.npz", X=x, y=y, recording=np.repeat([f"s{i}/r" for i in range(8)], 5))
     (root / "metrics/benchmark.json").write_text(json.dumps({"release": {
         "profile": "edge-cpu-1t", "student_int8_p50_ms": 0.02, "student_int8_p95_ms": p95_ms,
         "student_fp32_p50_ms": 0.02, "student_fp32_p95_ms": 0.03, "teacher_fp32_p50_ms": 1.0,
@@ -113,7 +126,7 @@ def mini_project(dest: Path, store: dict, origin: Path | None = None, spec: dict
             "candidate": {
                 "cmd": "python make_candidate.py",
                 "deps": ["make_candidate.py", "candidate_spec.json"],
-                "outs": ["models/student.onnx", "models/student.int8.onnx"],
+                "outs": ["models/student.onnx", "models/student.int8.onnx", "data/prepared/test.npz"],
                 "metrics": [{f"metrics/{m}.json": {"cache": False}} for m in ("distill", "export", "benchmark")]
                 + [{"models/mcu/mcu.json": {"cache": False}}],
             },

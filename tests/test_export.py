@@ -102,6 +102,9 @@ def test_int8_accuracy_is_evaluated_on_test(release):
         assert m[key]["accuracy"] == pytest.approx(acc)
         assert m[key]["file_bytes"] == path.stat().st_size
     assert m["int8_drop"] == pytest.approx(m["fp32"]["accuracy"] - m["int8"]["accuracy"])
+    assert m["int8_drop_lo"] <= m["int8_drop"] <= m["int8_drop_hi"]  # paired FP32 vs INT8, by recording
+    for key in ("fp32", "int8", "teacher"):
+        assert m[key]["accuracy_lo"] <= m[key]["accuracy"] <= m[key]["accuracy_hi"], key
     assert m["int8"]["accuracy"] > 1 / 7 + 0.3  # well above chance (7 classes)
     # weights are stored as int8: under half the FP32 weight bytes (scales and int32 biases remain)
     assert m["int8"]["weight_bytes"] < 0.5 * m["fp32"]["weight_bytes"]
@@ -137,20 +140,20 @@ def test_parity_failure_leaves_models_untouched(release, tmp_path):
     assert tree_hashes(root / "models") == before  # previous good files kept, no temp files left
 
 
-def test_int8_drop_over_threshold_fails_and_keeps_models(release, tmp_path):
+def test_int8_drop_is_measured_not_gated_by_export(release, tmp_path):
     """Calibrating on unrepresentative windows (1000x too small) saturates INT8 activations on
-    real data: the accuracy gate must catch it and nothing may be replaced."""
+    real data. Export reports the drop with its interval and does not pre-empt the one INT8 gate
+    (promote.gates.max_int8_drop; its failure on these artifacts is in test_gates.py)."""
     root = _copy_release(release, tmp_path)
     train = root / "data/prepared/train.npz"
     with np.load(train) as z:
         arrays = {k: z[k] for k in z.files}
     arrays["X"] = arrays["X"] * 1e-3
     np.savez(train, **arrays)
-    before = tree_hashes(root / "models")
-    with pytest.raises(ExportFailed, match=r"student.int8.onnx: INT8 accuracy .* > export.max_int8_drop 5.00 points"):
-        export.run(release_params({"export": {"max_int8_drop": 0.05}}), models_dir=root / "models",
-                   data_dir=root / "data/prepared", metrics_path=root / "metrics/export.json", lock_path=root / "dvc.lock")
-    assert tree_hashes(root / "models") == before
+    m = export.run(release_params(), models_dir=root / "models", data_dir=root / "data/prepared",
+                   metrics_path=root / "metrics/export.json", lock_path=root / "dvc.lock")
+    assert m["int8_drop"] > 0.05 and m["int8_drop_lo"] > 0  # clearly worse, on every resample
+    assert "max_int8_drop" not in m
 
 
 def test_missing_checkpoint_and_mismatched_data(release, tmp_path):

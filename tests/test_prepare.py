@@ -64,6 +64,20 @@ def test_explicit_groups_and_split_column(readings_file, workdir):
     assert set(load(workdir, "test")["group"]) == {"S03"}
 
 
+def test_split_column_putting_a_group_in_two_splits_is_refused_naming_it(readings_file, workdir):
+    df = small_readings()
+    df["split"] = np.where(df["subject"] == "S03", "test", np.where(df["subject"] == "S04", "val", "train"))
+    s05 = df.loc[df["subject"] == "S05", "recording"].unique()
+    df.loc[df["recording"] == s05[0], "split"] = "test"  # one S05 recording in test, the others in train
+    write_readings(df, readings_file)
+    with pytest.raises(DataInvalid, match=r"column 'split' puts 1 subject group\(s\) in more than one split: "
+                                          r"S05 in test\+train"):
+        prepare.run(make_params())
+    assert not (workdir / "data/prepared").exists()
+    prepare.run(make_params({"prepare": {"split": {"allow_group_leakage": True}}}))  # knowingly
+    assert "S05" in set(load(workdir, "test")["group"]) & set(load(workdir, "train")["group"])
+
+
 def test_unknown_group_and_empty_split_are_params_errors(readings_file, workdir):
     with pytest.raises(ParamsInvalid, match=r"S99"):
         prepare.run(make_params({"prepare": {"split": {"test_groups": ["S99"]}}}))

@@ -31,6 +31,7 @@ def test_all_gates_pass_and_every_gate_is_reported():
     assert d["passed"] and d["failed"] == []
     assert verdicts(d) == {"accuracy": "pass", "drop_vs_teacher": "pass", "int8_drop": "pass",
                            "p95_latency": "pass", "size": "pass", "ram": "pass", "latency_vs_prod": "pass",
+                           "kd_gain": "pass",
                            "no_regression": "pass"}
     drop = next(g for g in d["gates"] if g["gate"] == "drop_vs_teacher")
     assert drop["value"] == pytest.approx(0.055) and drop["threshold"] == 0.1 and drop["op"] == "<="
@@ -64,7 +65,8 @@ def test_no_regression_against_prod_within_tolerance_only():
     worse = decide_promotion({**CANDIDATE, "int8_accuracy": 0.88}, GATES, prod)
     assert worse["failed"] == ["no_regression"]
     row = next(g for g in worse["gates"] if g["gate"] == "no_regression")
-    assert row["value"] == pytest.approx(0.02) and "v0.3.0" in row["detail"]
+    assert row["value"] == pytest.approx(-0.02) and "v0.3.0" in row["detail"]
+    assert "not paired" in row["detail"] and worse["warnings"]  # the recorded figure is a fallback
 
 
 def test_stage_writes_promotion_json_and_fails_naming_the_gate(workdir):
@@ -77,7 +79,8 @@ def test_stage_writes_promotion_json_and_fails_naming_the_gate(workdir):
     assert report["passed"] is False and set(report["failed"]) >= {"accuracy", "drop_vs_teacher"}
     assert report["candidate"]["int8_accuracy"] == pytest.approx(0.495)
     assert {g["gate"] for g in report["gates"]} == {"accuracy", "drop_vs_teacher", "int8_drop", "p95_latency",
-                                                   "size", "ram", "latency_vs_prod", "no_regression", "mcu"}
+                                                   "size", "ram", "latency_vs_prod", "kd_gain", "no_regression",
+                                                   "mcu"}
 
 
 def test_stage_reads_the_prod_reference(workdir):

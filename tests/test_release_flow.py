@@ -88,6 +88,10 @@ def test_release_registers_staging_pushes_and_publishes(released, monkeypatch):
     assert card["lineage"]["params"]["promote"]["model"] == "student"
     assert card["files"]["student.int8.onnx"]["sha256"] == sha256_file(proj / "models/student.int8.onnx")
     assert card["gates"]["passed"] is True and card["metrics"]["export"]["int8_drop"] == 0.005
+    # what ships and why, with intervals (the stand-in candidate's figures)
+    assert card["verdicts"]["shipped"] == "KD student" and card["verdicts"]["int8_accuracy"] == "89.50% [85.50, 93.50]"
+    assert card["verdicts"]["kd"] == "KD helped: +2.0 pts [+0.0, +4.0] on validation, +3.0 pts [+1.0, +5.0] on test"
+    assert "no prod version yet" in card["verdicts"]["regression_vs_prod"]
     summary = json.loads((proj / "reports/release.json").read_text())
     assert summary["status"] == "released" and summary["registry"]["stages"] == ["staging"]
     # the same summary as the run's markdown artifact, in this session's ephemeral Prefect DB
@@ -95,7 +99,10 @@ def test_release_registers_staging_pushes_and_publishes(released, monkeypatch):
         texts = [json.loads(d) for (d,) in db.execute(
             "select data from artifact where key = 'release-summary' and type = 'markdown'")]
     assert any("edgedistill release: released" in t and "| registry | student v0.1.0 → staging |" in t
-               for t in texts)
+               and "| KD gain (paired, test) | +3.00 pts [+1.00, +5.00] |" in t
+               and "| INT8 accuracy / drop | 89.50% [85.50, 93.50] / 0.50 pts [0.00, 1.50] |" in t
+               and "- KD helped: +2.0 pts" in t for t in texts)
+    assert "KD gain (paired, test)" in out and "+3.00 pts [+1.00, +5.00]" in out
     assert "AWS" not in (proj / ".dvc/config.local").read_text()
 
 
@@ -144,13 +151,16 @@ def test_failing_gate_fails_the_flow_and_registers_nothing(released):
     r = sh([ED, "run"], proj, env=FAKE_AWS, check=False)
     out = r.stdout + r.stderr
     assert r.returncode == 2 and "Traceback" not in out
-    assert "promotion gate(s) failed: accuracy (int8 accuracy 0.495 not >= 0.6)" in out
+    assert "promotion gate(s) failed: accuracy (int8 accuracy 0.495 [0.455, 0.535] not >= 0.6)" in out
     assert "Finished in state Failed" in out and "release: gate failed" in out
     assert tags(proj) == before_local
     assert sh(["git", "ls-remote", "--tags", "origin"], proj).stdout == before_remote
     assert Registry(proj).resolve("student", "prod").version == "v0.1.0"
     report = json.loads((proj / "reports/promotion.json").read_text())
     assert "accuracy" in report["failed"] and report["prod"]["version"] == "v0.1.0"
+    # prod's bundle was fetched (SHA256-verified) into models/prod/ and scored on the candidate's windows
+    assert report["vs_prod"]["comparable"] and (proj / "models/prod/student.int8.onnx").is_file()
+    assert "regression vs prod (paired)" in out and "prod v0.1.0 scored on the candidate's" in out
     (proj / "candidate_spec.json").write_text(json.dumps({"accuracy": 0.9}))  # leave it releasable
 
 
@@ -166,6 +176,30 @@ def test_reproduce_matches_the_release(released):
     assert "worktree" not in sh(["git", "worktree", "list"], released["proj"]).stdout.split("\n", 1)[-1]
 
 
+@pytest.mark.slow
+def test_kd_did_not_help_ships_the_baseline_or_nothing(tmp_path):
+    """promote.fallback: baseline (default) registers the baseline student and says so in the summary,
+    the model card and the registry tag message; fallback: none registers nothing."""
+    proj = mini_project(tmp_path / "proj", {"local": str(tmp_path / "store")},
+                        spec={"accuracy": 0.9, "shipped": "baseline"})
+    r = sh([ED, "run"], proj)
+    assert "release: released" in r.stdout
+    assert "KD did not help on this data: -1.0 pts [-3.0, +1.0] on validation, -1.8 pts [-3.9, +0.4] on test" \
+        in r.stdout and "the baseline student ships (promote.fallback: baseline)" in r.stdout
+    card = json.loads((tmp_path / "store/releases/student/v0.1.0/model_card.json").read_text())
+    assert card["verdicts"]["shipped"] == "baseline student (promote.fallback: baseline)"
+    assert "KD did not help" in sh(["git", "tag", "-l", "--format=%(contents)", "student@v0.1.0"], proj).stdout
+    assert "ships the baseline student" in sh(["git", "log", "-1", "--format=%s"], proj).stdout
+
+    raw = yaml.safe_load((proj / "params.yaml").read_text())
+    raw["promote"]["fallback"] = "none"
+    (proj / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    (proj / "candidate_spec.json").write_text(json.dumps({"accuracy": 0.9, "shipped": "baseline", "seed": 2}))
+    before = tags(proj)
+    r = sh([ED, "run"], proj, check=False)
+    assert r.returncode == 2 and "kd_gain" in r.stdout + r.stderr and tags(proj) == before
+
+
 TINY = {
     "prepare": {"window": 64, "train_stride": 32, "eval_stride": 64},
     "validate": {"min_windows_per_class": 5},
@@ -173,14 +207,14 @@ TINY = {
     "teacher": {"config": {"widths": [8, 16], "kernel": 5}, "train": {"epochs": 1, "batch_size": 256}},
     "student": {"config": {"widths": [8, 8], "kernel": 3}, "train": {"epochs": 1, "batch_size": 256}},
     "distill": {"bank": {"views": 1}},
-    "export": {"max_int8_drop": 1.0, "calibration": {"windows": 32}},
+    "export": {"calibration": {"windows": 32}},
     "benchmark": {"profiles": [
         {"name": "edge-cpu-1t", "threads": 1, "batch_sizes": [1], "warmup": 2, "runs": 20, "max_seconds": 0.5},
         {"name": "cortex-m7", "measure": False, "ram_bytes": 524288, "flash_bytes": 2097152,
          "mcu": "cortex-m7", "clock_hz": 480_000_000}]},
     "mcu": {"qemu_windows": 4},
     "promote": {"auto_prod": True, "gates": {"min_accuracy": 0.0, "max_drop_vs_teacher": 1.0,
-                                             "max_int8_drop": 1.0, "max_p95_ms": 1000.0}},
+                                             "max_int8_drop": 1.0, "max_p95_ms": 1000.0, "min_kd_gain": None}},
 }
 
 

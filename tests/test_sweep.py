@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from edgedistill.cli import app
 from edgedistill.params import load_params
-from flows.sweep import dominates, grid, pareto_front, student_widths
+from flows.sweep import choose, dominates, grid, pareto_front, student_widths
 from tasks import prepare, teacher_logits, train_teacher
 
 TINY = {
@@ -35,8 +35,9 @@ TINY = {
 }
 
 
-def row(id_, acc, ms, size, fits=True):
-    return {"id": id_, "int8_accuracy": acc, "p50_ms": ms, "size_bytes": size, "fits": fits}
+def row(id_, acc, ms, size, fits=True, test=None):
+    return {"id": id_, "int8_val_accuracy": acc, "int8_accuracy": acc if test is None else test, "p50_ms": ms,
+            "size_bytes": size, "fits": fits}
 
 
 def test_student_widths_scale_cut_and_extend():
@@ -63,6 +64,13 @@ def test_pareto_front_and_latency_noise_tolerance():
     # without tolerance, a 4% faster but less accurate point is not dominated
     e = row("e", 0.849, 0.48, 2000)
     assert "e" in pareto_front([b, e], tol=0.0) and "e" not in pareto_front([b, e], tol=0.1)
+
+
+def test_selection_uses_validation_never_test():
+    a = row("a", 0.80, 1.0, 2000, test=0.95)  # looks best on test
+    b = row("b", 0.85, 1.0, 2000, test=0.70)  # best on validation
+    assert pareto_front([a, b], tol=0.1) == ["b"]
+    assert choose([a, b], ["b"])["id"] == "b"
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +122,8 @@ def test_sweep_cli_local_then_dask_same_front(project, monkeypatch, tmp_path_fac
     by_id = {p["id"]: p for p in local["points"]}
     best = by_id[local["best"]]
     assert best["fits"] and best["ram_bytes"] <= 640
-    assert all(p["int8_accuracy"] <= best["int8_accuracy"] for p in local["points"] if p["fits"])
+    assert all(p["int8_val_accuracy"] <= best["int8_val_accuracy"] for p in local["points"] if p["fits"])
+    assert all(0 <= p["int8_accuracy"] <= 1 for p in local["points"])  # test is reported, not used
     assert any(not p["fits"] for p in local["points"])  # the budget really excludes some
 
     # Worker processes started from another directory: like workers on other machines, they share

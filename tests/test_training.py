@@ -92,9 +92,19 @@ def test_distill_reports_baseline_kd_and_gain(trained):
     for k in ("teacher", "baseline", "kd"):
         assert r[k]["accuracy"] > 0.3, k
     assert r["kd_gain"] == pytest.approx(r["kd"]["accuracy"] - r["baseline"]["accuracy"], abs=1e-5)
+    for k in ("kd_gain", "kd_gain_val", "teacher", "baseline", "kd"):  # every figure carries its interval
+        node, key = (r, k) if k.startswith("kd_gain") else (r[k], "accuracy")
+        assert node[f"{key}_lo"] <= node[key] <= node[f"{key}_hi"], k
     assert r["kd"]["params"] == r["baseline"]["params"] < r["teacher"]["params"]
-    _, meta = load_checkpoint(workdir / "models/student.pt")
-    assert meta["distill"]["method"] == "fm_bank"
+    # the shipped student is chosen on the paired VALIDATION gain; the KD checkpoint is always kept
+    assert r["shipped"] == ("kd" if r["kd_gain_val"] > 0 else "baseline")
+    _, kd_meta = load_checkpoint(workdir / "models/student_kd.pt")
+    assert kd_meta["distill"]["method"] == "fm_bank"
+    shipped, _ = load_checkpoint(workdir / "models/student.pt")
+    same_as, _ = load_checkpoint(workdir / ("models/student_kd.pt" if r["shipped"] == "kd"
+                                            else "models/student_baseline.pt"))
+    assert all(torch.equal(a, b) for a, b in zip(shipped.state_dict().values(), same_as.state_dict().values(),
+                                                 strict=True))
     assert (workdir / "models/student_baseline.pt").is_file()
     assert (workdir / "metrics/plots/student_kd_confusion.csv").read_text().startswith("actual,predicted")
 

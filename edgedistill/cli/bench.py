@@ -125,11 +125,12 @@ def budgets_caption(profiles: list[DeviceProfile]) -> str:
 
 def _export_summary(r: dict) -> None:
     t = Table(title=f"exported models ({r['test_windows']} test windows, opset {r['opset']})", title_justify="left")
-    for col in ("model", "test accuracy", "file", "weights", "weight dtypes"):
+    for col in ("model", "test accuracy [95%]", "file", "weights", "weight dtypes"):
         t.add_column(col, justify="left" if col in ("model", "weight dtypes") else "right")
     for key, label in (("fp32", "student FP32"), ("int8", "student INT8"), ("teacher", "teacher FP32")):
         m = r[key]
-        t.add_row(f"{label} ({Path(m['path']).name})", f"{m['accuracy']:.2%}", fmt_bytes(m["file_bytes"]),
+        acc = f"{m['accuracy']:.2%}" + (f" [{m['accuracy_lo']:.1%}, {m['accuracy_hi']:.1%}]" if "accuracy_lo" in m else "")
+        t.add_row(f"{label} ({Path(m['path']).name})", acc, fmt_bytes(m["file_bytes"]),
                   fmt_bytes(m["weight_bytes"]), ", ".join(f"{k} {fmt_bytes(v)}" for k, v in m["weight_dtypes"].items()))
     show(t)
     p, q = r["parity"], r["int8"]["quantization"]
@@ -138,7 +139,9 @@ def _export_summary(r: dict) -> None:
                   f"{r['teacher_parity']['max_abs_diff']:.2e}")
     how = (f"{q['mode']} {q['format']}, {q.get('calibration_windows', 0)} calibration windows "
            f"({q.get('calibration_method', '-')}), per-channel {q['per_channel']}")
-    show(f"INT8 ({how}): accuracy drop {r['int8_drop'] * 100:+.2f} points (max {r['max_int8_drop'] * 100:.2f}), "
+    drop = (f"{r['int8_drop'] * 100:+.2f} points [{r['int8_drop_lo'] * 100:+.2f}, {r['int8_drop_hi'] * 100:+.2f}]"
+            if "int8_drop_lo" in r else f"{r['int8_drop'] * 100:+.2f} points")
+    show(f"INT8 ({how}): accuracy drop {drop} (gated by promote.gates.max_int8_drop), "
                   f"agrees with FP32 on {r['int8']['agreement_with_fp32']:.2%} of windows")
 
 

@@ -15,12 +15,13 @@ from edgedistill.cli.main import _state, app, console, guarded, params
 def sweep_table(summary: dict[str, Any]) -> Table:
     t = Table(title=f"student sweep: {len(summary['points'])} points in {summary['seconds']:.1f}s "
                     f"(★ = chosen, fits {summary['budget_profile']})")
-    for col in ("point", "widths", "params", "INT8 acc", "FP32 acc", "p50 ms", "p95 ms", "INT8 B", "RAM B",
-                "fits", "Pareto"):
+    for col in ("point", "widths", "params", "INT8 val acc (selects)", "INT8 test acc", "FP32 test acc", "p50 ms",
+                "p95 ms", "INT8 B", "RAM B", "fits", "Pareto"):
         t.add_column(col, justify="left" if col in ("point", "widths") else "right")
     for r in summary["points"]:
         star = " ★" if r["id"] == summary["best"] else ""
-        t.add_row(r["id"] + star, " ".join(map(str, r["widths"])), f"{r['params']:,}", f"{100 * r['int8_accuracy']:.2f}%",
+        t.add_row(r["id"] + star, " ".join(map(str, r["widths"])), f"{r['params']:,}",
+                  f"{100 * r['int8_val_accuracy']:.2f}%", f"{100 * r['int8_accuracy']:.2f}%",
                   f"{100 * r['fp32_accuracy']:.2f}%", f"{r['p50_ms']:.4f}", f"{r['p95_ms']:.4f}",
                   f"{r['size_bytes']:,}", f"{r['ram_bytes']:,}", "yes" if r["fits"] else "[red]no[/]",
                   "[green]yes[/]" if r["pareto"] else "—")

@@ -30,9 +30,16 @@ def _distill_summary(r: dict) -> None:
                   f"{m['epoch_seconds']:.2f}" if "epoch_seconds" in m else "—")
     console.print(t)
     if "kd_gain" in r:
-        console.print(f"KD gain {100 * r['kd_gain']:+.1f} points over the same student alone; "
-                      f"gap to teacher {100 * r['gap_to_teacher']:.1f} points; "
-                      f"KD epoch cost {r['kd_epoch_cost_ratio']:.2f}x a plain epoch")
+        console.print(f"KD gain (paired, 95% interval by recording): test {_gain(r, 'kd_gain')}, "
+                      f"validation {_gain(r, 'kd_gain_val')}; gap to teacher {100 * r['gap_to_teacher']:.1f} "
+                      f"points; KD epoch cost {r['kd_epoch_cost_ratio']:.2f}x a plain epoch")
+        console.print(f"{r['kd_verdict']} → ships the {'KD' if r['shipped'] == 'kd' else 'baseline'} student")
+
+
+def _gain(r: dict, key: str) -> str:
+    if f"{key}_lo" not in r:
+        return f"{100 * r[key]:+.1f} pts"
+    return f"{100 * r[key]:+.1f} pts [{100 * r[key + '_lo']:+.1f}, {100 * r[key + '_hi']:+.1f}]"
 
 
 SUMMARIES["train_teacher"] = _teacher_summary

@@ -1,0 +1,184 @@
+"""Every promotion gate FAILS on real artifacts: one tiny real run of the real stages (prepare,
+train_teacher, teacher_logits, distill, export, benchmark on the bundled data) shared by the whole
+module, plus a re-export of that same run calibrated on unrepresentative windows (a real, badly
+quantized candidate). No fixed-figure stand-ins: each threshold below is set against the figure the
+stages measured, or the gate fails at its default."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_params, merge, small_readings
+
+from edgedistill import onnx_tools as ox
+from edgedistill.errors import GateFailed
+from edgedistill.io import read_json
+from tasks import benchmark, distill, export, prepare, promote, teacher_logits, train_teacher
+
+TINY = {
+    "compute": {"device": "cpu", "threads": 1},
+    "teacher": {"config": {"widths": [8, 16, 16], "kernel": 5, "dropout": 0.0},
+                "train": {"epochs": 4, "batch_size": 64, "lr": 0.01}},
+    "student": {"config": {"widths": [8, 8, 12, 12], "kernel": 5},
+                "train": {"epochs": 4, "batch_size": 64, "lr": 0.02}},
+    "distill": {"bank": {"views": 2}},
+    "export": {"calibration": {"windows": 64}},
+    "benchmark": {"harness_runs": 20, "profiles": [
+        {"name": "edge-cpu-1t", "threads": 1, "batch_sizes": [1], "warmup": 2, "runs": 20, "max_seconds": 0.5,
+         "ram_bytes": 64 * 2**20, "flash_bytes": 16 * 2**20},
+        {"name": "cortex-m7", "measure": False, "ram_bytes": 512 * 2**10, "flash_bytes": 2 * 2**20}]},
+    "stats": {"resamples": 500},
+}
+# gates wide open: each test narrows only the gate it exercises
+OPEN = {"min_accuracy": 0.0, "max_drop_vs_teacher": 1.0, "max_int8_drop": 1.0, "max_p95_ms": 1000.0,
+        "max_size_bytes": 2**30, "max_ram_bytes": 2**30, "regression_tolerance": 1.0, "min_kd_gain": -1.0}
+
+
+def params(gates: dict | None = None, **promote_extra):
+    return make_params(merge(TINY, {"promote": {"gates": {**OPEN, **(gates or {})}, **promote_extra}}))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """`good`: the real stages end to end; `bad`: the same run re-exported with INT8 calibration on
+    windows 1000x too small (saturated activations) and re-benchmarked."""
+    good = tmp_path_factory.mktemp("gates") / "good"
+    (good / "data/raw").mkdir(parents=True)
+    small_readings().to_parquet(good / "data/raw/readings.parquet", index=False)
+    p = make_params(TINY)
+    quiet = lambda s: None  # noqa: E731
+    with contextlib.chdir(good):
+        prepare.run(p)
+        train_teacher.run(p, log=quiet)
+        teacher_logits.run(p)
+        distill.run(p, log=quiet)
+        export.run(p)
+        benchmark.run(p)
+    bad = good.with_name("bad")
+    shutil.copytree(good, bad)
+    train = bad / "data/prepared/train.npz"
+    with np.load(train) as z:
+        arrays = {k: z[k] for k in z.files}
+    np.savez(train, **{**arrays, "X": arrays["X"] * 1e-3})
+    with contextlib.chdir(bad):
+        export.run(p)
+        benchmark.run(p)
+        shutil.copy(good / "data/prepared/train.npz", train)  # only the calibration saw the bad windows
+    return {"good": good, "bad": bad}
+
+
+def decide(root: Path, p) -> dict:
+    """Run the real promote stage in `root`; the decision it wrote (on failure too)."""
+    with contextlib.chdir(root):
+        try:
+            promote.run(p)
+        except GateFailed:
+            pass
+        return read_json(root / promote.PROMOTION)
+
+
+def row(decision: dict, gate: str) -> dict:
+    return next(r for r in decision["gates"] if r["gate"] == gate)
+
+
+def test_real_artifacts_pass_open_gates(runs):
+    d = decide(runs["good"], params())
+    assert d["passed"], d["failed"]
+    # every accuracy the gates use carries its interval
+    c = d["candidate"]
+    for key in ("teacher_accuracy", "baseline_accuracy", "kd_accuracy", "int8_accuracy", "kd_gain", "kd_gain_val"):
+        assert c[f"{key}_lo"] <= c[key] <= c[f"{key}_hi"], key
+    assert row(d, "accuracy")["lo"] == c["int8_accuracy_lo"]
+
+
+def measured(root: Path) -> dict:
+    with contextlib.chdir(root):
+        return promote.read_candidate()
+
+
+@pytest.mark.parametrize("gate", ["accuracy", "p95_latency", "size", "ram"])
+def test_gate_fails_just_below_the_measured_figure(runs, gate):
+    c = measured(runs["good"])
+    threshold = {"accuracy": ("min_accuracy", min(c["int8_accuracy"] + 0.01, 1.0)),
+                 "p95_latency": ("max_p95_ms", c["p95_ms"] / 2),
+                 "size": ("max_size_bytes", c["size_bytes"] - 1),
+                 "ram": ("max_ram_bytes", c["ram_bytes"] - 1)}[gate]
+    with contextlib.chdir(runs["good"]), pytest.raises(GateFailed, match=gate):
+        promote.run(params(dict([threshold])))
+    d = read_json(runs["good"] / promote.PROMOTION)
+    assert d["failed"] == [gate]
+
+
+def test_int8_drop_and_drop_vs_teacher_fail_at_defaults_on_a_badly_quantized_student(runs):
+    defaults = make_params().promote.gates
+    d = decide(runs["bad"], params({"max_int8_drop": defaults.max_int8_drop,
+                                    "max_drop_vs_teacher": defaults.max_drop_vs_teacher}))
+    assert {"int8_drop", "drop_vs_teacher"} <= set(d["failed"])
+    r = row(d, "int8_drop")
+    assert r["value"] > defaults.max_int8_drop and r["lo"] <= r["value"] <= r["hi"]
+
+
+def test_kd_gate_refuses(runs):
+    c = measured(runs["good"])
+    if c["shipped"] == "kd":  # KD helped on validation: the test gain is gated by min_kd_gain
+        assert c["kd_gain_val"] > 0
+        d = decide(runs["good"], params({"min_kd_gain": min(c["kd_gain"] + 0.01, 1.0)}))
+        assert d["failed"] == ["kd_gain"]
+    else:  # KD did not help on validation: the baseline ships, or with fallback none nothing does
+        assert c["kd_gain_val"] <= 0
+        ok = decide(runs["good"], params())
+        assert ok["passed"] and row(ok, "kd_gain")["verdict"] == "off"
+        assert ok["kd_line"].startswith("KD did not help on this data")
+        d = decide(runs["good"], params(fallback="none"))
+        assert d["failed"] == ["kd_gain"] and "registers nothing" in row(d, "kd_gain")["detail"]
+
+
+def _install_prod(candidate_root: Path, prod_root: Path, recorded: float) -> None:
+    """models/prod/ as the release flow leaves it (prod's shipped INT8 model + card), and the prod
+    reference with the accuracy prod recorded on ITS OWN (older) test set."""
+    dest = candidate_root / promote.PROD_DIR
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(prod_root / "models/student.int8.onnx", dest / "student.int8.onnx")
+    (dest / "model_card.json").write_text(json.dumps({"model": "student", "version": "v0.1.0"}))
+    (candidate_root / promote.PROD_REFERENCE).parent.mkdir(parents=True, exist_ok=True)
+    (candidate_root / promote.PROD_REFERENCE).write_text(json.dumps(
+        {"model": "student", "version": "v0.1.0", "commit": None, "metrics": {"int8_accuracy": recorded}}))
+
+
+def test_regression_gate_refuses_a_candidate_worse_than_prod_on_the_same_windows(runs, tmp_path):
+    """Prod is the well-quantized student; the candidate is the badly quantized one. The figure prod
+    recorded on its own old test set (set here equal to the candidate's accuracy) would let the
+    candidate through; scored on the candidate's own test windows, prod is clearly better."""
+    root = tmp_path / "candidate"
+    shutil.copytree(runs["bad"], root)
+    cand = measured(root)["int8_accuracy"]
+    _install_prod(root, runs["good"], recorded=cand)
+    d = decide(root, params({"regression_tolerance": 0.01}))
+    r = row(d, "no_regression")
+    assert d["failed"] == ["no_regression"] and "same windows" in r["metric"]
+    assert r["value"] < -0.01 and r["lo"] <= r["value"] <= r["hi"]
+    assert d["vs_prod"]["prod_accuracy"] > d["vs_prod"]["candidate_accuracy"] == pytest.approx(cand)
+    # the old way (recorded figure, different test sets) passes the same candidate
+    shutil.rmtree(root / promote.PROD_DIR)
+    old = decide(root, params({"regression_tolerance": 0.01}))
+    assert old["passed"] and "not paired" in row(old, "no_regression")["detail"] and old["warnings"]
+
+
+def test_prod_with_another_input_contract_falls_back_to_the_recorded_figure_with_a_warning(runs, tmp_path):
+    root = tmp_path / "candidate"
+    shutil.copytree(runs["good"], root)
+    _install_prod(root, runs["good"], recorded=0.99)
+    prod_model = root / promote.PROD_DIR / "student.int8.onnx"
+    proto = ox.load_onnx(prod_model)
+    ox.set_metadata(proto, {"window": 128})  # prod was trained on 128-reading windows
+    ox.save_onnx(proto, prod_model)
+    d = decide(root, params({"regression_tolerance": 0.01}))
+    assert d["vs_prod"]["comparable"] is False and "window 128 (prod) vs 64 (candidate)" in d["vs_prod"]["reason"]
+    assert any("input contract differs" in w for w in d["warnings"])
+    r = row(d, "no_regression")
+    assert "recorded" in r["metric"] and r["verdict"] == "fail"  # 0.99 recorded: the fallback still gates
