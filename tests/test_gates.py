@@ -28,7 +28,8 @@ TINY = {
                 "train": {"epochs": 4, "batch_size": 64, "lr": 0.02}},
     "distill": {"bank": {"views": 2}},
     "export": {"calibration": {"windows": 64}},
-    "benchmark": {"harness_runs": 20, "profiles": [
+    "benchmark": {"interleaved_warmup": 5, "interleaved_runs": 50, "interleaved_rounds": 2, "profile_runs": 5,
+                  "profiles": [
         {"name": "edge-cpu-1t", "threads": 1, "batch_sizes": [1], "warmup": 2, "runs": 20, "max_seconds": 0.5,
          "ram_bytes": 64 * 2**20, "flash_bytes": 16 * 2**20},
         {"name": "cortex-m7", "measure": False, "ram_bytes": 512 * 2**10, "flash_bytes": 2 * 2**20}]},
