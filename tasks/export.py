@@ -19,9 +19,15 @@ import torch
 import yaml
 
 from edgedistill import onnx_tools as ox
-from edgedistill.checkpoint import check_compatible, load_checkpoint, weights_sha256
-from edgedistill.errors import DataInvalid, ExportFailed, ModelMismatch
+from edgedistill.checkpoint import (
+    check_compatible,
+    check_same_norm,
+    load_checkpoint,
+    weights_sha256,
+)
+from edgedistill.errors import DataInvalid, ExportFailed
 from edgedistill.io import read_json, sha256_file, write_json
+from edgedistill.normalization import spec_of
 from edgedistill.params import CalibrationParams, Params
 
 MODELS_DIR = "models"
@@ -83,6 +89,7 @@ def device_metadata(name: str, meta: dict[str, Any], lineage_: dict[str, Any], c
                     precision: str) -> dict[str, Any]:
     """What a device needs to use the file alone (written to the ONNX metadata_props)."""
     c, w = meta["in_channels"], meta["window"]
+    spec = spec_of(meta["norm"])
     return {
         "schema": ox.METADATA_SCHEMA,
         "model": name,
@@ -93,10 +100,13 @@ def device_metadata(name: str, meta: dict[str, Any], lineage_: dict[str, Any], c
         "input_shape": ["batch", c, w],
         "input_dtype": "float32",
         "input_layout": "NCW: batch, channel (in `channels` order), time",
-        "input_normalised": True,
-        "normalisation": "not in the graph: feed (x[c] - norm_mean[c]) / norm_std[c] for each channel c",
-        "norm_mean": [float(v) for v in meta["norm"]["mean"]],
-        "norm_std": [float(v) for v in meta["norm"]["std"]],
+        "input_normalised": False,
+        "normalisation": f"in the graph (FP32, first nodes): feed raw readings; method {spec['method']}",
+        "normalization": {k: spec.get(k) for k in ("method", "requested", "reason", "epsilon", "center", "scale",
+                                                    "amp_mean", "amp_std", "amplitude_features", "statistics",
+                                                    "rule") if k in spec},
+        "norm_mean": [float(v) for v in spec["mean"]],
+        "norm_std": [float(v) for v in spec["std"]],
         "channels": list(meta["channels"]),
         "window": int(w),
         "sample_rate_hz": float(meta["sample_rate_hz"]),
@@ -110,12 +120,7 @@ def device_metadata(name: str, meta: dict[str, Any], lineage_: dict[str, Any], c
 
 
 def _check_norm(meta: dict[str, Any], norm: dict[str, Any], ckpt: Path, norm_path: Path) -> None:
-    ok = (list(meta["channels"]) == list(norm["channels"])
-          and np.allclose(meta["norm"]["mean"], norm["mean"], rtol=1e-6, atol=1e-9)
-          and np.allclose(meta["norm"]["std"], norm["std"], rtol=1e-6, atol=1e-9))
-    if not ok:
-        raise ModelMismatch(f"{ckpt}: trained with a normalisation/channels that differ from {norm_path}; "
-                            "the exported model would be fed wrongly scaled data")
+    check_same_norm(meta, {"channels": norm["channels"], "norm": spec_of(norm)}, f"{ckpt} (vs {norm_path})")
 
 
 def torch_logits(model: torch.nn.Module, x: np.ndarray, batch: int = 512) -> np.ndarray:

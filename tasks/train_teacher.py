@@ -45,7 +45,7 @@ def run(params: Params, prepared: str | Path = PREPARED, model_out: str | Path =
     data = load_prepared(prepared, device)
     meta = data.model_meta(mp.arch, mp.config)
     torch.manual_seed(mp.train.seed)  # weight init is part of the run: same seed, same model
-    model = build_from_params(mp.arch, mp.config, meta["in_channels"], meta["n_classes"])
+    model = build_from_params(mp.arch, mp.config, meta["net_in_channels"], meta["n_classes"])
     aug = Augment(**mp.augment.model_dump())
     smoothing = mp.train.label_smoothing
 

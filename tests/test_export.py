@@ -62,7 +62,9 @@ def test_metadata_round_trip(release):
         assert meta["labels"] == params.data.labels
         assert meta["window"] == 64 and meta["sample_rate_hz"] == 50.0
         assert meta["norm_mean"] == pytest.approx(norm["mean"]) and meta["norm_std"] == pytest.approx(norm["std"])
-        assert meta["input_normalised"] is True and meta["input_name"] == "input" and meta["output_name"] == "logits"
+        assert meta["normalization"]["method"] == norm["normalization"]["method"]
+        assert meta["normalization"]["statistics"] == norm["normalization"]["statistics"]
+        assert meta["input_normalised"] is False and meta["input_name"] == "input" and meta["output_name"] == "logits"
         assert meta["input_shape"] == ["batch", 6, 64]
         assert meta["norm_sha256"] == sha(release / "data/prepared/norm.json")
         assert meta["test_sha256"] == sha(release / "data/prepared/test.npz")
