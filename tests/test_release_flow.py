@@ -200,6 +200,7 @@ def test_real_pipeline_release_on_bundled_data(tmp_path):
     card = json.loads((card_dir / "model_card.json").read_text())
     assert card["lineage"]["data"]["path"] == "data/raw/readings.parquet" and card["lineage"]["data"]["md5"]
     assert card["metrics"]["distill"]["kd"]["accuracy"] > 0 and card["benchmark"]["release"]["int8_file_bytes"] > 0
+    assert card["normalization"]["method"] == "global" and card["normalization"]["statistics"]["window_std_decades"]
     assert tags(proj) == {"student@v0.1.0", "student#staging#1", "student#prod#2"}
     # the release commit pins the workspace: DVC sees nothing to re-run, git nothing to commit
     assert "up to date" in sh([f"{BIN}/dvc", "status"], proj).stdout.lower()
