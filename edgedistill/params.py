@@ -302,6 +302,18 @@ class OpsParams(_Section):
     channel_stages: list[str] = Field(["prod"], min_length=1, description="registry stages published to the fleet")
 
 
+class SanityParams(_Section):
+    """train_teacher's stop: the teacher must beat a 1-NN on FFT magnitudes and the majority class on val."""
+
+    enabled: bool = True
+    fft_bins: int = Field(16, ge=1, description="rfft magnitudes per channel (DC included) for the 1-NN")
+    max_train_windows: int = Field(4000, ge=1, description="train windows the 1-NN searches (seeded sample)")
+    check_epoch: int = Field(3, ge=1, description="after this epoch the teacher must beat the majority class; "
+                                                  "runs shorter than this are not judged")
+    z: float = Field(2.0, ge=0, description="margin in standard errors of the val accuracy")
+    seed: int = 0
+
+
 class Params(_Section):
     data: DataParams
     ingest: IngestParams = IngestParams()
@@ -309,6 +321,7 @@ class Params(_Section):
     prepare: PrepareParams = PrepareParams()
     compute: ComputeParams = ComputeParams()
     teacher: ModelParams
+    sanity: SanityParams = SanityParams()
     student: ModelParams
     distill: DistillParams = DistillParams()
     store: StoreParams = StoreParams()

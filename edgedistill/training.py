@@ -213,8 +213,10 @@ def train(
     key: str = "",
     log: Callable[[str], None] = print,
     name: str = "model",
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
-    """Train with early stopping on val accuracy; leaves the BEST weights in `model`."""
+    """Train with early stopping on val accuracy; leaves the BEST weights in `model`. `on_epoch(epoch, val
+    accuracy)` runs after each epoch and may raise to stop the run (the resume file is already written)."""
     torch.manual_seed(cfg.seed)
     model.to(device)
     gen = torch.Generator(device=device)
@@ -287,6 +289,8 @@ def train(
                             "history": history, "best": best}, tmp)
         log(f"{name} epoch {epoch + 1}/{cfg.epochs}: train loss {total / n:.4f}, val acc {m['accuracy']:.4f}"
             + (" *" if improved else ""))
+        if on_epoch is not None:
+            on_epoch(epoch + 1, m["accuracy"])
         if stop:
             log(f"{name}: early stop at epoch {epoch + 1} (best {best['acc']:.4f} at epoch {best['epoch']})")
             break

@@ -16,6 +16,7 @@ from conftest import SMALL, base_params_dict, make_params, merge, small_readings
 from edgedistill import normalization
 from edgedistill import onnx_tools as ox
 from edgedistill.checkpoint import load_checkpoint
+from edgedistill.errors import TrainingFailed
 from edgedistill.params import parse_params
 from tasks import prepare, train_teacher
 
@@ -58,11 +59,11 @@ def shape_params(method: str, readings: Path, **over):
     return parse_params(raw)
 
 
-def train_on_shapes(root: Path, method: str) -> tuple[dict, dict]:
+def train_on_shapes(root: Path, method: str, **over) -> tuple[dict, dict]:
     (root / "data/raw").mkdir(parents=True, exist_ok=True)
     readings = root / "data/raw/readings.parquet"
     shape_readings().to_parquet(readings, index=False)
-    p = shape_params(method, readings)
+    p = shape_params(method, readings, **over)
     prepared = root / "data/prepared"
     prepare.run(p, out_dir=prepared)
     m = train_teacher.run(p, prepared=prepared, model_out=root / "models/teacher.pt",
@@ -85,10 +86,16 @@ def test_auto_learns_shapes_at_any_amplitude_where_global_fails(shapes_auto, tmp
     assert spec["statistics"]["window_std_decades"][0] > 3  # 5 decades of amplitude, p10-p90 ~ 4
     assert "decades" in spec["reason"] and spec["rule"]["fitted_on"] == "train"
     auto = json.loads((shapes_auto / "metrics/teacher.json").read_text())
-    glob, gnorm = train_on_shapes(tmp_path, "global")
-    assert gnorm["normalization"]["method"] == "global"
     assert auto["accuracy"] > 0.9, auto
+    assert auto["sanity"]["passed"] and auto["val_accuracy"] > auto["sanity"]["knn_fft_val_accuracy"]
+    glob, gnorm = train_on_shapes(tmp_path / "a", "global", sanity={"enabled": False})
+    assert gnorm["normalization"]["method"] == "global"
     assert glob["accuracy"] < 0.8, glob  # the quiet recordings are flat after one global scale
+    # ... and the sanity stop names it instead of shipping it (the teacher stays at the majority class)
+    with pytest.raises(TrainingFailed, match=r"sanity stop: .*(majority class after 3|below a 1-NN).*1-NN on FFT "
+                                             r"magnitudes \d+\.\d%.*normalisation"):
+        train_on_shapes(tmp_path / "b", "global")
+    assert not (tmp_path / "b/models/teacher.pt").exists()
 
 
 def test_auto_keeps_global_on_the_bundled_imu_data(readings_file, workdir):

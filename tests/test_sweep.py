@@ -24,6 +24,7 @@ TINY = {
     "student": {"config": {"widths": [8, 8, 12, 12], "kernel": 5},
                 "train": {"epochs": 2, "batch_size": 64, "lr": 0.02}},
     "distill": {"bank": {"views": 1}},
+    "sanity": {"enabled": False},  # a 3-epoch smoke-test teacher is not judged against the 1-NN reference
     # two sizes x two alphas: 4 points, 2 epochs each
     "sweep": {"width_multipliers": [0.5, 1.5], "depths": [2], "temperatures": [4.0], "alphas": [0.3, 0.9],
               "epochs": 2, "bench_runs": 30, "max_workers": 2},
