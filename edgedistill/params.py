@@ -24,6 +24,8 @@ class DataParams(_Section):
     group_col: str = "subject"
     recording_col: str | None = "recording"
     time_col: str = "t"
+    time_unit: Literal["s", "ms", "us", "ns", "samples"] = Field(
+        "s", description="unit of a numeric time column (datetime columns carry their own); samples = index")
     label_col: str = "label"
     split_col: str = "split"
     channels: list[str] = Field(min_length=1)
@@ -57,6 +59,9 @@ class ValidateParams(_Section):
     min_windows_per_class: int = Field(10, ge=1)
     max_class_imbalance: float = Field(10.0, ge=1, description="largest/smallest class windows")
     examples: int = Field(5, ge=1, le=50, description="offending values shown per failure")
+    interval_tolerance: float = Field(0.05, gt=0, lt=1, description="|median interval x rate - 1| allowed")
+    max_gap_intervals: float = Field(1.5, gt=1, description="a step longer than this many intervals is a gap")
+    on_gap: Literal["split", "reject"] = "split"
     drift: DriftParams = DriftParams()
 
     @model_validator(mode="after")

@@ -18,7 +18,7 @@ from edgedistill import normalization
 from edgedistill.errors import DataInvalid, ParamsInvalid
 from edgedistill.io import write_json
 from edgedistill.params import Params, PrepareParams
-from edgedistill.readings import Segment, make_windows, read_readings, segments
+from edgedistill.readings import Segment, gap_rows, make_windows, read_readings, segments
 
 OUT_DIR = "data/prepared"
 SPLITS = ("train", "val", "test")
@@ -62,7 +62,9 @@ def run(params: Params, readings: str | Path | None = None, out_dir: str | Path 
     missing = [c for c in [d.group_col, d.label_col, *d.channels] if c not in df.columns]
     if missing:
         raise DataInvalid(f"{path}: missing columns {missing}", hint="Run `edgedistill validate` for the full report.")
-    segs = [s for s in segments(df, d) if s.label in d.labels]
+    # a gap inside a recording (validate.on_gap: split) cuts it: no window straddles missing readings
+    breaks = gap_rows(df, d, params.validate_params.max_gap_intervals) if d.time_col in df.columns else None
+    segs = [s for s in segments(df, d, breaks) if s.label in d.labels]
     split_of = assign_splits(segs, df, params)
     by_split: dict[str, list[Segment]] = {k: [] for k in SPLITS}
     for s in segs:
@@ -75,7 +77,8 @@ def run(params: Params, readings: str | Path | None = None, out_dir: str | Path 
     train_rows = np.concatenate([np.arange(s.start, s.start + s.length) for s in by_split["train"]])
     label_index = {lab: i for i, lab in enumerate(d.labels)}
     arrays: dict[str, dict[str, np.ndarray]] = {}
-    report: dict[str, Any] = {"window": pp.window, "splits": {}}
+    report: dict[str, Any] = {"window": pp.window, "gaps_split": int(breaks.sum()) if breaks is not None else 0,
+                              "splits": {}}
     for name in SPLITS:
         stride = pp.train_stride if name == "train" else pp.eval_stride
         x, owners = make_windows(values, by_split[name], pp.window, stride)
