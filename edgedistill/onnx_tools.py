@@ -290,9 +290,10 @@ class _WindowReader:
 
 
 def quantize_int8(src: Path, dest: Path, calib: np.ndarray | None, *, mode: str, method: str,
-                  per_channel: bool, activation_type: str, scratch: Path, calib_source: str = "") -> None:
+                  per_channel: bool, activation_type: str, scratch: Path, calib_source: str = "") -> list[str]:
     """FP32 ONNX → INT8 ONNX at dest. static: QDQ with ranges calibrated on `calib` windows;
-    dynamic: weights INT8, activations quantized at run time. quant_pre_process runs first."""
+    dynamic: weights INT8, activations quantized at run time. quant_pre_process runs first. The input
+    normalisation (input_stage_nodes) stays FP32; returns the names of those nodes."""
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -342,3 +343,4 @@ def quantize_int8(src: Path, dest: Path, calib: np.ndarray | None, *, mode: str,
     except Exception as e:
         raise ExportFailed(f"{src}: INT8 quantization ({mode}) failed: {_first_line(e)}") from None
     open_session(dest)  # a quantized graph onnxruntime cannot load must not be shipped
+    return keep_fp32

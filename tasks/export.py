@@ -207,10 +207,13 @@ def run(params: Params, models_dir: str | Path = MODELS_DIR, data_dir: str | Pat
         if calib is not None:
             quant |= {"calibration_method": ep.calibration.method, "calibration_windows": len(calib),
                       "calibration_source": str(data_dir / "train.npz"), "calibration_seed": ep.calibration.seed}
-        ox.quantize_int8(built["student"], built["student_int8"], calib, mode=ep.quantization,
+        fp32_nodes = ox.quantize_int8(built["student"], built["student_int8"], calib, mode=ep.quantization,
                          method=ep.calibration.method, per_channel=ep.calibration.per_channel,
                          activation_type=ep.activation_type, scratch=tmp,
                          calib_source=str(data_dir / "train.npz"))
+        # the input normalisation stays FP32 (INT8 over decades of amplitude would zero the quiet windows);
+        # an MCU quantizer (QOperator) must pass these as nodes_to_exclude too
+        quant["fp32_input_nodes"] = fp32_nodes
         proto = ox.load_onnx(built["student_int8"])
         ox.set_metadata(proto, device_metadata("student", metas["student"], lin, ckpts["student"], "int8")
                         | {"onnx_opset": ep.opset, "quantization": quant})

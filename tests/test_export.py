@@ -77,6 +77,11 @@ def test_metadata_round_trip(release):
     int8 = ox.read_metadata(release / "models/student.int8.onnx")
     assert int8["precision"] == "int8" and int8["quantization"]["mode"] == "static"
     assert int8["quantization"]["calibration_windows"] == 64
+    # raw readings enter the FP32 normalisation nodes, which the quantizer left alone
+    q = ox.load_onnx(release / "models/student.int8.onnx")
+    excluded = int8["quantization"]["fp32_input_nodes"]
+    assert excluded and {n.op_type for n in q.graph.node if n.name in excluded} >= {"Sub", "Div"}
+    assert "QuantizeLinear" not in [n.op_type for n in q.graph.node if ox.INPUT_NAME in n.input]
     assert ox.read_metadata(release / "models/student.onnx")["precision"] == "fp32"
 
 
