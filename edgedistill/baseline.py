@@ -56,10 +56,5 @@ def below(model_acc: float, reference: float, n: int, z: float) -> bool:
     return model_acc < reference - z * standard_error(reference, n)
 
 
-def not_above(model_acc: float, reference: float, n: int, z: float) -> bool:
-    """model_acc does not exceed `reference` by z standard errors (no better than it, within noise)."""
-    return model_acc <= reference + z * standard_error(reference, n)
-
-
 def describe(figures: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v:.1%}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items())

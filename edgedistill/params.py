@@ -315,7 +315,7 @@ class SanityParams(_Section):
     max_train_windows: int = Field(4000, ge=1, description="train windows the 1-NN searches (seeded sample)")
     check_epoch: int = Field(3, ge=1, description="after this epoch the teacher must beat the majority class; "
                                                   "runs shorter than this are not judged")
-    z: float = Field(2.0, ge=0, description="margin in standard errors of the val accuracy")
+    z: float = Field(2.0, ge=0, description="how far below the 1-NN (standard errors of a val accuracy) stops")
     seed: int = 0
 
 

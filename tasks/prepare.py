@@ -83,7 +83,11 @@ def run(params: Params, readings: str | Path | None = None, out_dir: str | Path 
         stride = pp.train_stride if name == "train" else pp.eval_stride
         x, owners = make_windows(values, by_split[name], pp.window, stride)
         if len(x) == 0:
-            raise ParamsInvalid(f"split '{name}' has no complete window of {pp.window} readings (window > shortest recording?)")
+            gaps = int(breaks.sum()) if breaks is not None else 0
+            why = (f"; {gaps} gaps (steps > validate.max_gap_intervals) cut the recordings: are data.time_unit and "
+                   "data.sample_rate_hz right?" if gaps else "")
+            raise ParamsInvalid(f"split '{name}' has no complete window of {pp.window} readings (window > shortest "
+                                f"recording?){why}")
         y = np.array([label_index[o.label] for o in owners], dtype=np.int64)
         arrays[name] = {
             "X": x, "y": y,

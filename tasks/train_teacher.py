@@ -93,14 +93,16 @@ def sanity_stop(sp: SanityParams, ref: dict[str, float], epoch: int, acc: float,
                 final: bool = False) -> None:
     """Raise TrainingFailed, naming the figures and the likely causes, when the teacher fails its references:
     its val accuracy at epoch `check_epoch` must beat the best constant prediction, its best val accuracy at the
-    end must not be below the 1-NN, both by `z` standard errors (val sets are small; runs vary)."""
+    end must not be below the 1-NN by more than `z` standard errors (val sets are small; runs vary)."""
     if not ref or epochs < sp.check_epoch:
         return
     what = "teacher best val accuracy" if final else f"teacher val accuracy at epoch {epoch}"
     figures = {what: acc, "1-NN on FFT magnitudes": ref["knn_fft_val_accuracy"],
                "majority class": ref["majority_val_accuracy"], "val windows": n_val}
     why = ""
-    if not final and epoch == sp.check_epoch and bl.not_above(acc, ref["majority_val_accuracy"], n_val, sp.z):
+    # no margin here: on a small val set (36 windows, 2 classes) a teacher still warming up at epoch 3 sits
+    # within 2 standard errors of the majority class and ends at 92%; one at or below it has learnt nothing
+    if not final and epoch == sp.check_epoch and acc <= ref["majority_val_accuracy"]:
         why = f"no better than the majority class after {epoch} epochs"
     elif final and bl.below(acc, ref["knn_fft_val_accuracy"], n_val, sp.z):
         why = "below a 1-NN on FFT magnitudes of the same windows"

@@ -42,7 +42,7 @@ def shape_readings(groups: int = 6, recs_per_class: int = 4, n: int = 192, seed:
                 wave = [np.sin(u), np.sign(np.sin(u)), 2 * ((u / (2 * np.pi)) % 1) - 1][c]
                 amp = 10 ** rng.uniform(*amp_range)
                 v = amp * (wave + 0.05 * rng.standard_normal(n))
-                rows.append(pd.DataFrame({"subject": f"G{g}", "recording": rec, "t": t, "label": lab, "v": v}))
+                rows.append(pd.DataFrame({"subject": f"G{g}", "recording": rec, "t": t / 50, "label": lab, "v": v}))
                 rec += 1
     return pd.concat(rows, ignore_index=True)
 
