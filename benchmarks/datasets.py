@@ -8,8 +8,9 @@ split. Prints one table (mean over seeds) with the normalisation `auto` chose an
     pip install --no-deps sktime==1.2.0     # only its bundled data files are read
     python benchmarks/datasets.py --seeds 3 --datasets GunPoint,ACSF1,bundled
 
-Datasets (kept away from the held-out set of issue 14): GunPoint (hand motion from video, 2 classes, series
-z-normalised per instance), ACSF1 (appliance power consumption, 10 classes, raw watts, NOT z-normalised).
+Datasets (kept away from the held-out set of issue 14, PLAID): GunPoint (hand motion from video, 2 classes),
+ACSF1 (appliance power consumption, 10 classes) — both z-normalised per instance in this copy —, and
+BasicMotions (smartwatch accelerometer + gyroscope, 6 channels, 4 activities, raw units, NOT z-normalised).
 UCR train instances are split 75/25 into train/val (seeded, per class), UCR test stays test; every instance is one group.
 """
 
@@ -36,6 +37,7 @@ from edgedistill.params import parse_params  # noqa: E402
 UCR = {
     "GunPoint": {"sample_rate_hz": 30.0, "prepare": {"window": 64, "train_stride": 8, "eval_stride": 32}},
     "ACSF1": {"sample_rate_hz": 0.1, "prepare": {"window": 256, "train_stride": 64, "eval_stride": 128}},
+    "BasicMotions": {"sample_rate_hz": 10.0, "prepare": {"window": 32, "train_stride": 4, "eval_stride": 16}},
 }
 
 
