@@ -69,7 +69,7 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}"
     print(f"device: {name}; train windows: {len(data.train)}; epochs per figure: {a.epochs}")
     # warm-up (CUDA context, cuDNN autotuning) so neither loop pays for it in its figure
-    warm = build_from_params(p.teacher.arch, p.teacher.config, len(data.norm["channels"]), len(data.labels)).to(device)
+    warm = build_from_params(p.teacher.arch, p.teacher.config, int(data.train.x.shape[1]), len(data.labels)).to(device)
     bare_loop(warm, data.train.x, data.train.y, 1024, 1, device)
     print("pipeline loop = augmentation (scale, jitter, shift) + a val pass per epoch; bare = forward/backward/step")
     print(f"{'model':8} {'batch':>6} {'pipeline loop':>15} {'bare loop':>12} {'ratio':>6}")
@@ -78,7 +78,7 @@ def main() -> None:
         for batch in [int(b) for b in a.batch_sizes.split(",")]:
             meta = data.model_meta(mp.arch, mp.config)
             torch.manual_seed(0)
-            m1 = build_from_params(mp.arch, mp.config, meta["in_channels"], meta["n_classes"]).to(device)
+            m1 = build_from_params(mp.arch, mp.config, meta["net_in_channels"], meta["n_classes"]).to(device)
             cfg = TrainConfig(epochs=a.epochs, batch_size=batch, lr=mp.train.lr, weight_decay=mp.train.weight_decay)
 
             def loss_fn(model, xb, yb, idx, gen, aug=aug):
@@ -86,7 +86,7 @@ def main() -> None:
 
             r = train(m1, data.train, data.val, loss_fn, cfg, device, data.labels, log=lambda s: None)
             torch.manual_seed(0)
-            m2 = build_from_params(mp.arch, mp.config, meta["in_channels"], meta["n_classes"]).to(device)
+            m2 = build_from_params(mp.arch, mp.config, meta["net_in_channels"], meta["n_classes"]).to(device)
             bare = bare_loop(m2, data.train.x, data.train.y, batch, a.epochs, device)
             print(f"{role:8} {batch:>6} {r.samples_per_s:>13,.0f}/s {bare:>10,.0f}/s {r.samples_per_s / bare:>6.2f}")
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from edgedistill.errors import ArtifactCorrupt, ModelMismatch
 from edgedistill.io import atomic_path
 from edgedistill.nets import build_model
+from edgedistill.normalization import build_normalized
 
 META_KEYS = ("arch", "config", "in_channels", "n_classes", "window", "channels", "labels",
              "sample_rate_hz", "norm")
@@ -18,7 +20,10 @@ META_KEYS = ("arch", "config", "in_channels", "n_classes", "window", "channels",
 
 def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
     """meta: arch, config, in_channels, n_classes, window, channels, labels, sample_rate_hz,
-    norm ({mean, std} per channel); extra keys (metrics, epoch) are kept."""
+    norm (the normalisation spec, edgedistill.normalization), optionally net_in_channels (channels after the
+    normalisation); extra keys (metrics, epoch) are kept. `model` is the bare network (trained on normalised
+    windows); a NormalizedModel is saved as its network."""
+    model = getattr(model, "net", model)
     missing = [k for k in META_KEYS if k not in meta]
     if missing:
         raise ValueError(f"checkpoint meta lacks {missing}")
@@ -28,7 +33,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) ->
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model (eval mode, CPU) and return it with its meta."""
+    """Rebuild the model (eval mode, CPU) and return it with its meta. The model takes RAW readings
+    [N, in_channels, window]: the normalisation from meta["norm"] runs first; `model.net` is the network
+    alone, for windows already normalised (edgedistill.training.load_prepared)."""
     path = Path(path)
     if not path.is_file():
         raise ModelMismatch(f"{path}: checkpoint not found", hint="Run the training stage first (`dvc repro`).")
@@ -38,23 +45,44 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         raise ArtifactCorrupt(f"{path}: not a readable checkpoint ({str(e).splitlines()[0][:200]})") from None
     if not isinstance(blob, dict) or "state_dict" not in blob or any(k not in blob for k in META_KEYS):
         raise ArtifactCorrupt(f"{path}: not an edgedistill checkpoint (missing keys)")
-    model = build_model(blob["arch"], blob["config"], blob["in_channels"], blob["n_classes"])
+    net = build_model(blob["arch"], blob["config"], blob.get("net_in_channels", blob["in_channels"]),
+                      blob["n_classes"])
     try:
-        model.load_state_dict(blob["state_dict"])
+        net.load_state_dict(blob["state_dict"])
     except RuntimeError as e:
         raise ArtifactCorrupt(f"{path}: weights do not match architecture {blob['arch']}: {str(e)[:200]}") from None
+    try:
+        model = build_normalized(blob["norm"], net)
+    except (KeyError, ValueError, TypeError) as e:
+        raise ArtifactCorrupt(f"{path}: unusable normalisation spec in the checkpoint ({e})") from None
     model.eval()
     meta = {k: v for k, v in blob.items() if k != "state_dict"}
     return model, meta
 
 
-def check_compatible(meta: dict[str, Any], x_shape: tuple[int, ...], what: str) -> None:
-    """Fail clearly when data [N, C, W] does not match what the checkpoint was trained on."""
-    if len(x_shape) != 3 or x_shape[1] != meta["in_channels"] or x_shape[2] != meta["window"]:
+def check_compatible(meta: dict[str, Any], x_shape: tuple[int, ...], what: str, normalised: bool = False) -> None:
+    """Fail clearly when data [N, C, W] does not match what the checkpoint was trained on (raw readings, or
+    with `normalised` the windows after the normalisation, as the network alone takes them)."""
+    c = meta.get("net_in_channels", meta["in_channels"]) if normalised else meta["in_channels"]
+    if len(x_shape) != 3 or x_shape[1] != c or x_shape[2] != meta["window"]:
         raise ModelMismatch(
             f"{what}: data has shape [N, C, W]={list(x_shape)} but the model expects "
-            f"C={meta['in_channels']} channels and W={meta['window']} readings per window"
+            f"C={c} channels and W={meta['window']} readings per window"
         )
+
+
+def check_same_norm(meta: dict[str, Any], other: dict[str, Any], what: str) -> None:
+    """Two models (or a model and norm.json) must normalise identically, or one is fed wrongly scaled data."""
+    from edgedistill.normalization import spec_of
+
+    a, b = spec_of(meta["norm"]), spec_of(other["norm"])
+    same = (a["method"] == b["method"] and list(meta["channels"]) == list(other["channels"])
+            and all(np.allclose(a.get(k, []), b.get(k, []), rtol=1e-6, atol=1e-9)
+                    for k in ("center", "scale", "amp_mean", "amp_std")))
+    if not same:
+        raise ModelMismatch(f"{what}: trained with normalisation {a['method']} / channels {meta['channels']} that "
+                            f"differ from the current data's ({b['method']} / {other['channels']}); re-run the "
+                            "upstream stages so they agree")
 
 
 def weights_sha256(path: str | Path) -> str:

@@ -253,6 +253,36 @@ def unsupported_ops(model: onnx.ModelProto) -> list[str]:
     return bad
 
 
+def input_stage_nodes(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes between the graph input and the first Conv/MatMul/Gemm: the input normalisation
+    (edgedistill.normalization), which must stay FP32 — INT8 over decades of amplitude would zero the quiet
+    windows. Pass them as nodes_to_exclude to any quantizer (QDQ here, QOperator for MCUs)."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    first = next((n for n in model.graph.node if n.op_type in ("Conv", "MatMul", "Gemm")), None)
+    if first is None:
+        return []
+    seen: set[str] = set()
+    stack = [first.input[0]]
+    names = []
+    while stack:
+        node = producers.get(stack.pop())
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.op_type not in ("Conv", "MatMul", "Gemm"):
+            names.append(node.name)
+            stack.extend(node.input)
+    wanted = set(names)
+    return [n.name for n in model.graph.node if n.name in wanted]  # graph order
+
+
+def name_unnamed_nodes(model: onnx.ModelProto) -> None:
+    """Quantizers exclude nodes by name: give every node one."""
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = f"{node.op_type}_{i}"
+
+
 class _WindowReader:
     """CalibrationDataReader over an array of windows, fed in small batches."""
 
@@ -264,9 +294,10 @@ class _WindowReader:
 
 
 def quantize_int8(src: Path, dest: Path, calib: np.ndarray | None, *, mode: str, method: str,
-                  per_channel: bool, activation_type: str, scratch: Path, calib_source: str = "") -> None:
+                  per_channel: bool, activation_type: str, scratch: Path, calib_source: str = "") -> list[str]:
     """FP32 ONNX → INT8 ONNX at dest. static: QDQ with ranges calibrated on `calib` windows;
-    dynamic: weights INT8, activations quantized at run time. quant_pre_process runs first."""
+    dynamic: weights INT8, activations quantized at run time. quant_pre_process runs first. The input
+    normalisation (input_stage_nodes) stays FP32; returns the names of those nodes."""
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -290,10 +321,15 @@ def quantize_int8(src: Path, dest: Path, calib: np.ndarray | None, *, mode: str,
         quant_pre_process(str(src), str(pre))
     except Exception as e:
         raise ExportFailed(f"{src}: INT8 pre-processing (quant_pre_process) failed: {_first_line(e)}") from None
+    pre_model = onnx.load(str(pre))
+    name_unnamed_nodes(pre_model)
+    onnx.save(pre_model, str(pre))
+    keep_fp32 = input_stage_nodes(pre_model)
     try:
         if mode == "dynamic":
             # onnxruntime's ConvInteger/MatMulInteger CPU kernels take unsigned 8-bit weights
-            quantize_dynamic(str(pre), str(dest), weight_type=QuantType.QUInt8, per_channel=per_channel)
+            quantize_dynamic(str(pre), str(dest), weight_type=QuantType.QUInt8, per_channel=per_channel,
+                             nodes_to_exclude=keep_fp32)
         else:
             name = model.graph.input[0].name
             assert calib is not None
@@ -304,9 +340,11 @@ def quantize_int8(src: Path, dest: Path, calib: np.ndarray | None, *, mode: str,
                 weight_type=QuantType.QInt8,
                 calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                                   "percentile": CalibrationMethod.Percentile}[method],
+                nodes_to_exclude=keep_fp32,
             )
     except ExportFailed:
         raise
     except Exception as e:
         raise ExportFailed(f"{src}: INT8 quantization ({mode}) failed: {_first_line(e)}") from None
     open_session(dest)  # a quantized graph onnxruntime cannot load must not be shipped
+    return keep_fp32

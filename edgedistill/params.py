@@ -24,6 +24,8 @@ class DataParams(_Section):
     group_col: str = "subject"
     recording_col: str | None = "recording"
     time_col: str = "t"
+    time_unit: Literal["s", "ms", "us", "ns", "samples"] = Field(
+        "s", description="unit of a numeric time column (datetime columns carry their own); samples = index")
     label_col: str = "label"
     split_col: str = "split"
     channels: list[str] = Field(min_length=1)
@@ -58,6 +60,9 @@ class ValidateParams(_Section):
     min_windows_per_class: int = Field(20, ge=1)
     max_class_imbalance: float = Field(5.0, ge=1, description="largest/smallest class windows")
     examples: int = Field(5, ge=1, le=50, description="offending values shown per failure")
+    interval_tolerance: float = Field(0.05, gt=0, lt=1, description="|median interval x rate - 1| allowed")
+    max_gap_intervals: float = Field(1.5, gt=1, description="a step longer than this many intervals is a gap")
+    on_gap: Literal["split", "reject"] = "split"
     drift: DriftParams = DriftParams()
 
     @model_validator(mode="after")
@@ -99,6 +104,10 @@ class PrepareParams(_Section):
     train_stride: int = Field(16, ge=1)
     eval_stride: int = Field(64, ge=1)
     split: SplitParams = SplitParams()
+    normalization: Literal["auto", "global", "per_window", "robust"] = "auto"
+    norm_epsilon: float = Field(1e-6, gt=0, description="floor of a window's std (constant windows)")
+    norm_auto_max_decades: float = Field(2.1, gt=0, description="auto: per_window above this p10-p90 spread")
+    norm_auto_max_tail_ratio: float = Field(3.0, gt=1, description="auto: robust above this std/IQR-sigma")
 
 
 class ComputeParams(_Section):
@@ -343,6 +352,18 @@ class OpsParams(_Section):
     channel_stages: list[str] = Field(["prod"], min_length=1, description="registry stages published to the fleet")
 
 
+class SanityParams(_Section):
+    """train_teacher's stop: the teacher must beat a 1-NN on FFT magnitudes and the majority class on val."""
+
+    enabled: bool = True
+    fft_bins: int = Field(16, ge=1, description="rfft magnitudes per channel (DC included) for the 1-NN")
+    max_train_windows: int = Field(4000, ge=1, description="train windows the 1-NN searches (seeded sample)")
+    check_epoch: int = Field(3, ge=1, description="after this epoch the teacher must beat the majority class; "
+                                                  "runs shorter than this are not judged")
+    z: float = Field(2.0, ge=0, description="how far below the 1-NN (standard errors of a val accuracy) stops")
+    seed: int = 0
+
+
 class Params(_Section):
     data: DataParams
     ingest: IngestParams = IngestParams()
@@ -350,6 +371,7 @@ class Params(_Section):
     prepare: PrepareParams = PrepareParams()
     compute: ComputeParams = ComputeParams()
     teacher: ModelParams
+    sanity: SanityParams = SanityParams()
     student: ModelParams
     distill: DistillParams = DistillParams()
     store: StoreParams = StoreParams()

@@ -67,8 +67,36 @@ def recording_keys(df: pd.DataFrame, data: DataParams) -> pd.Series:
     return g
 
 
-def segments(df: pd.DataFrame, data: DataParams) -> Iterator[Segment]:
-    """Yield label-constant runs inside each recording, in table order (rows must be contiguous per recording)."""
+TIME_UNIT_SECONDS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+
+
+def time_steps(df: pd.DataFrame, data: DataParams) -> np.ndarray:
+    """Each row's step from the previous reading of its recording, in sampling intervals (1/sample_rate_hz;
+    with time_unit `samples`, in samples); NaN on the first row of a recording or where time is missing."""
+    t = df[data.time_col]
+    if pd.api.types.is_datetime64_any_dtype(t):
+        steps = t.diff().dt.total_seconds().to_numpy(dtype=np.float64) * data.sample_rate_hz
+    elif data.time_unit == "samples":
+        steps = pd.to_numeric(t, errors="coerce").diff().to_numpy(dtype=np.float64)
+    else:
+        secs = pd.to_numeric(t, errors="coerce").diff().to_numpy(dtype=np.float64) * TIME_UNIT_SECONDS[data.time_unit]
+        steps = secs * data.sample_rate_hz
+    keys = recording_keys(df, data).to_numpy()
+    if len(steps):
+        steps[0] = np.nan
+        steps[1:][keys[1:] != keys[:-1]] = np.nan
+    return steps
+
+
+def gap_rows(df: pd.DataFrame, data: DataParams, max_gap_intervals: float) -> np.ndarray:
+    """Rows that follow a gap: more than `max_gap_intervals` sampling intervals after the previous reading."""
+    with np.errstate(invalid="ignore"):
+        return np.nan_to_num(time_steps(df, data), nan=0.0) > max_gap_intervals
+
+
+def segments(df: pd.DataFrame, data: DataParams, breaks: np.ndarray | None = None) -> Iterator[Segment]:
+    """Yield label-constant runs inside each recording, in table order (rows must be contiguous per recording).
+    `breaks` (bool per row, e.g. gap_rows) starts a new run at that row: no window straddles a gap."""
     keys = recording_keys(df, data).to_numpy()
     labels = df[data.label_col].astype(str).to_numpy()
     groups = df[data.group_col].astype(str).to_numpy()
@@ -77,6 +105,8 @@ def segments(df: pd.DataFrame, data: DataParams) -> Iterator[Segment]:
         return
     change = np.ones(n, dtype=bool)
     change[1:] = (keys[1:] != keys[:-1]) | (labels[1:] != labels[:-1])
+    if breaks is not None:
+        change |= breaks
     starts = np.flatnonzero(change)
     ends = np.append(starts[1:], n)
     for s, e in zip(starts, ends, strict=True):

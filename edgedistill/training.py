@@ -23,6 +23,7 @@ from torch import nn
 
 from edgedistill.errors import DataInvalid, ModelMismatch, ParamsInvalid, TrainingFailed
 from edgedistill.io import atomic_path
+from edgedistill.normalization import apply, spec_of
 
 # loss_fn(model, x_batch, y_batch, batch_indices, generator) -> scalar loss
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
@@ -211,8 +212,10 @@ def train(
     key: str = "",
     log: Callable[[str], None] = print,
     name: str = "model",
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
-    """Train with early stopping on val accuracy; leaves the BEST weights in `model`."""
+    """Train with early stopping on val accuracy; leaves the BEST weights in `model`. `on_epoch(epoch, val
+    accuracy)` runs after each epoch and may raise to stop the run (the resume file is already written)."""
     torch.manual_seed(cfg.seed)
     model.to(device)
     gen = torch.Generator(device=device)
@@ -285,6 +288,8 @@ def train(
                             "history": history, "best": best}, tmp)
         log(f"{name} epoch {epoch + 1}/{cfg.epochs}: train loss {total / n:.4f}, val acc {m['accuracy']:.4f}"
             + (" *" if improved else ""))
+        if on_epoch is not None:
+            on_epoch(epoch + 1, m["accuracy"])
         if stop:
             log(f"{name}: early stop at epoch {epoch + 1} (best {best['acc']:.4f} at epoch {best['epoch']})")
             break
@@ -310,17 +315,20 @@ class Prepared:
         return list(self.norm["labels"])
 
     def model_meta(self, arch: str, config: dict[str, Any]) -> dict[str, Any]:
-        """What a checkpoint needs to be used on its own (see edgedistill.checkpoint)."""
+        """What a checkpoint needs to be used on its own (see edgedistill.checkpoint). `in_channels` is what a
+        device feeds (raw readings); `net_in_channels` what the network sees after the normalisation."""
         return {
             "arch": arch, "config": dict(config), "in_channels": len(self.norm["channels"]),
+            "net_in_channels": int(self.train.x.shape[1]),
             "n_classes": len(self.labels), "window": int(self.norm["window"]),
             "channels": list(self.norm["channels"]), "labels": self.labels,
             "sample_rate_hz": float(self.norm["sample_rate_hz"]),
-            "norm": {"mean": list(self.norm["mean"]), "std": list(self.norm["std"])},
+            "norm": spec_of(self.norm),
         }
 
 
 def load_prepared(prepared: str | Path, device: torch.device) -> Prepared:
+    """The prepared splits, normalised by the same module the exported graph holds (windows on disk are raw)."""
     prepared = Path(prepared)
     norm_path = prepared / "norm.json"
     if not norm_path.is_file():
@@ -331,6 +339,9 @@ def load_prepared(prepared: str | Path, device: torch.device) -> Prepared:
     for s in splits:
         check_shapes(s, len(norm["channels"]), int(norm["window"]), str(norm_path))
     check_train_classes(splits[0], norm["labels"])
+    spec = spec_of(norm)
+    for s in splits:
+        s.x = apply(spec, s.x)
     return Prepared(*splits, norm=norm)
 
 
@@ -364,7 +375,7 @@ def model_report(model: nn.Module, split: Split, labels: list[str], meta: dict[s
 
     m = classification_metrics(predict(model, split.x), split.y, labels)
     m["params"] = count_params(model)
-    m["macs"] = count_macs(model.cpu(), meta["in_channels"], meta["window"])
+    m["macs"] = count_macs(model.cpu(), meta.get("net_in_channels", meta["in_channels"]), meta["window"])
     model.to(split.x.device)
     return m
 

@@ -380,6 +380,9 @@ def model_card(root: Path, params: Params, version: str, commit: str, decision: 
         "files": {name: {"sha256": sha256_file(p), "bytes": p.stat().st_size,
                          "source": bundle_files(root).get(name)} for name, p in sorted(files.items())},
         "input": {k: norm.get(k) for k in ("channels", "window", "sample_rate_hz", "labels", "layout")},
+        # raw readings in: the normalisation runs inside the ONNX graph; how `auto` decided, on train statistics
+        "normalization": {k: norm.get("normalization", {}).get(k) for k in
+                          ("method", "requested", "reason", "statistics", "rule", "epsilon")},
         "metrics": {"teacher": doc("metrics/teacher.json"), "distill": doc("metrics/distill.json"),
                     "export": doc("metrics/export.json"), "summary": decision["candidate"]},
         "benchmark": doc("metrics/benchmark.json"),

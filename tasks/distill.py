@@ -20,7 +20,12 @@ import torch
 import torch.nn.functional as F
 
 from edgedistill.bank import bank_views, view_digest
-from edgedistill.checkpoint import check_compatible, load_checkpoint, save_checkpoint
+from edgedistill.checkpoint import (
+    check_compatible,
+    check_same_norm,
+    load_checkpoint,
+    save_checkpoint,
+)
 from edgedistill.errors import ModelMismatch
 from edgedistill.io import write_json
 from edgedistill.kd import hinton_loss, kd_kl
@@ -109,8 +114,8 @@ def kd_loss_fn(params: Params, data: Prepared, device: torch.device, logits_path
 
         return fm_bank
     teacher, meta = load_checkpoint(teacher_path)
-    check_compatible(meta, tuple(data.train.x.shape), data.train.path)
-    teacher.to(device).eval()
+    check_compatible(meta, tuple(data.train.x.shape), data.train.path, normalised=True)
+    teacher = teacher.net.to(device).eval()  # data.train holds normalised windows
     aug = Augment(**sp.augment.model_dump())
 
     def fm_online(model, xb, yb, idx, gen):
@@ -127,7 +132,7 @@ def train_student(name: str, loss_fn, params: Params, data: Prepared, device: to
     sp = params.student
     meta = data.model_meta(sp.arch, sp.config)
     torch.manual_seed(sp.train.seed)  # same init for the baseline and the KD student: a paired comparison
-    model = build_from_params(sp.arch, sp.config, meta["in_channels"], meta["n_classes"])
+    model = build_from_params(sp.arch, sp.config, meta["net_in_channels"], meta["n_classes"])
     key = run_key(name, sp.model_dump(), key_extra, data_fingerprint(data.train.path, data.val.path), device.type)
     cfg = TrainConfig(**sp.train.model_dump(exclude={"label_smoothing"}))
     result = train(model, data.train, data.val, loss_fn, cfg, device, data.labels,
@@ -160,8 +165,9 @@ def run(params: Params, prepared: str | Path = PREPARED, teacher_path: str | Pat
         return {**section, "accuracy_lo": iv.lo, "accuracy_hi": iv.hi}
 
     teacher, tmeta = load_checkpoint(teacher_path)
-    check_compatible(tmeta, tuple(data.test.x.shape), data.test.path)
-    teacher.to(device)
+    check_compatible(tmeta, tuple(data.test.x.shape), data.test.path, normalised=True)
+    check_same_norm(tmeta, meta, str(teacher_path))
+    teacher = teacher.net.to(device)  # data.test holds normalised windows
     t_report = model_report(teacher, data.test, data.labels, tmeta)
     t_pred = preds(teacher)["test"]
     del teacher

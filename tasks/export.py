@@ -15,13 +15,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from edgedistill import onnx_tools as ox
-from edgedistill.checkpoint import check_compatible, load_checkpoint, weights_sha256
+from edgedistill.checkpoint import (
+    check_compatible,
+    check_same_norm,
+    load_checkpoint,
+    weights_sha256,
+)
 from edgedistill.dvclock import entries, lock_stages
-from edgedistill.errors import DataInvalid, ModelMismatch
+from edgedistill.errors import DataInvalid
 from edgedistill.evaluation import (
     calibration_windows,
     check_parity,
@@ -30,6 +34,7 @@ from edgedistill.evaluation import (
     torch_logits,
 )
 from edgedistill.io import read_json, sha256_file, write_json
+from edgedistill.normalization import spec_of
 from edgedistill.params import Params
 from edgedistill.stats import accuracy_interval, paired_difference, recording_ids
 
@@ -68,6 +73,7 @@ def device_metadata(name: str, meta: dict[str, Any], lineage_: dict[str, Any], c
                     precision: str) -> dict[str, Any]:
     """What a device needs to use the file alone (written to the ONNX metadata_props)."""
     c, w = meta["in_channels"], meta["window"]
+    spec = spec_of(meta["norm"])
     return {
         "schema": ox.METADATA_SCHEMA,
         "model": name,
@@ -78,10 +84,13 @@ def device_metadata(name: str, meta: dict[str, Any], lineage_: dict[str, Any], c
         "input_shape": ["batch", c, w],
         "input_dtype": "float32",
         "input_layout": "NCW: batch, channel (in `channels` order), time",
-        "input_normalised": True,
-        "normalisation": "not in the graph: feed (x[c] - norm_mean[c]) / norm_std[c] for each channel c",
-        "norm_mean": [float(v) for v in meta["norm"]["mean"]],
-        "norm_std": [float(v) for v in meta["norm"]["std"]],
+        "input_normalised": False,
+        "normalisation": f"in the graph (FP32, first nodes): feed raw readings; method {spec['method']}",
+        "normalization": {k: spec.get(k) for k in ("method", "requested", "reason", "epsilon", "center", "scale",
+                                                    "amp_mean", "amp_std", "amplitude_features", "statistics",
+                                                    "rule") if k in spec},
+        "norm_mean": [float(v) for v in spec["mean"]],
+        "norm_std": [float(v) for v in spec["std"]],
         "channels": list(meta["channels"]),
         "window": int(w),
         "sample_rate_hz": float(meta["sample_rate_hz"]),
@@ -95,12 +104,7 @@ def device_metadata(name: str, meta: dict[str, Any], lineage_: dict[str, Any], c
 
 
 def _check_norm(meta: dict[str, Any], norm: dict[str, Any], ckpt: Path, norm_path: Path) -> None:
-    ok = (list(meta["channels"]) == list(norm["channels"])
-          and np.allclose(meta["norm"]["mean"], norm["mean"], rtol=1e-6, atol=1e-9)
-          and np.allclose(meta["norm"]["std"], norm["std"], rtol=1e-6, atol=1e-9))
-    if not ok:
-        raise ModelMismatch(f"{ckpt}: trained with a normalisation/channels that differ from {norm_path}; "
-                            "the exported model would be fed wrongly scaled data")
+    check_same_norm(meta, {"channels": norm["channels"], "norm": spec_of(norm)}, f"{ckpt} (vs {norm_path})")
 
 
 def file_facts(path: Path, final: Path) -> dict[str, Any]:
@@ -156,10 +160,13 @@ def run(params: Params, models_dir: str | Path = MODELS_DIR, data_dir: str | Pat
         if calib is not None:
             quant |= {"calibration_method": ep.calibration.method, "calibration_windows": len(calib),
                       "calibration_source": str(data_dir / "train.npz"), "calibration_seed": ep.calibration.seed}
-        ox.quantize_int8(built["student"], built["student_int8"], calib, mode=ep.quantization,
+        fp32_nodes = ox.quantize_int8(built["student"], built["student_int8"], calib, mode=ep.quantization,
                          method=ep.calibration.method, per_channel=ep.calibration.per_channel,
                          activation_type=ep.activation_type, scratch=tmp,
                          calib_source=str(data_dir / "train.npz"))
+        # the input normalisation stays FP32 (INT8 over decades of amplitude would zero the quiet windows);
+        # an MCU quantizer (QOperator) must pass these as nodes_to_exclude too
+        quant["fp32_input_nodes"] = fp32_nodes
         proto = ox.load_onnx(built["student_int8"])
         ox.set_metadata(proto, device_metadata("student", metas["student"], lin, ckpts["student"], "int8")
                         | {"onnx_opset": ep.opset, "quantization": quant})

@@ -1,7 +1,8 @@
-"""prepare: cut validated readings into windows, split by group (never by row), normalise on train.
+"""prepare: cut validated readings into windows, split by group (never by row), fit the normalisation on train.
 
-Outputs (data/prepared/): train/val/test.npz (X [N, C, W] float32, y int64, group, recording),
-norm.json (per-channel mean/std fitted on train only, plus what export needs), split.json (report).
+Outputs (data/prepared/): train/val/test.npz (X [N, C, W] float32 RAW readings, y int64, group, recording),
+norm.json (the normalisation spec fitted on train only, the statistic `auto` decided on, plus what export
+needs), split.json (report). The models normalise inside (edgedistill.normalization), so do devices.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from edgedistill import normalization
 from edgedistill.errors import DataInvalid, ParamsInvalid
 from edgedistill.fmt import short_list
 from edgedistill.io import swap_dir, write_json
-from edgedistill.params import Params
-from edgedistill.readings import Segment, make_windows, read_readings, segments
+from edgedistill.params import Params, PrepareParams
+from edgedistill.readings import Segment, gap_rows, make_windows, read_readings, segments
 
 OUT_DIR = "data/prepared"
 SPLITS = ("train", "val", "test")
@@ -77,7 +79,9 @@ def run(params: Params, readings: str | Path | None = None, out_dir: str | Path 
     missing = [c for c in [d.group_col, d.label_col, *d.channels] if c not in df.columns]
     if missing:
         raise DataInvalid(f"{path}: missing columns {missing}", hint="Run `edgedistill validate` for the full report.")
-    segs = [s for s in segments(df, d) if s.label in d.labels]
+    # a gap inside a recording (validate.on_gap: split) cuts it: no window straddles missing readings
+    breaks = gap_rows(df, d, params.validate_params.max_gap_intervals) if d.time_col in df.columns else None
+    segs = [s for s in segments(df, d, breaks) if s.label in d.labels]
     split_of = assign_splits(segs, df, params)
     by_split: dict[str, list[Segment]] = {k: [] for k in SPLITS}
     for s in segs:
@@ -86,21 +90,21 @@ def run(params: Params, readings: str | Path | None = None, out_dir: str | Path 
         if not by_split[name]:
             raise ParamsInvalid(f"split '{name}' is empty with the current prepare.split settings")
 
-    values = df[list(d.channels)].to_numpy(dtype=np.float64)
+    values = df[list(d.channels)].to_numpy(dtype=np.float32)
     train_rows = np.concatenate([np.arange(s.start, s.start + s.length) for s in by_split["train"]])
-    mean = values[train_rows].mean(axis=0)
-    std = values[train_rows].std(axis=0)
-    std = np.where(std < 1e-8, 1.0, std)  # a constant channel must not become inf/NaN
-    normed = ((values - mean) / std).astype(np.float32)
-
     label_index = {lab: i for i, lab in enumerate(d.labels)}
     arrays: dict[str, dict[str, np.ndarray]] = {}
-    report: dict[str, Any] = {"window": pp.window, "splits": {}}
+    report: dict[str, Any] = {"window": pp.window, "gaps_split": int(breaks.sum()) if breaks is not None else 0,
+                              "splits": {}}
     for name in SPLITS:
         stride = pp.train_stride if name == "train" else pp.eval_stride
-        x, owners = make_windows(normed, by_split[name], pp.window, stride)
+        x, owners = make_windows(values, by_split[name], pp.window, stride)
         if len(x) == 0:
-            raise ParamsInvalid(f"split '{name}' has no complete window of {pp.window} readings (window > shortest recording?)")
+            gaps = int(breaks.sum()) if breaks is not None else 0
+            why = (f"; {gaps} gaps (steps > validate.max_gap_intervals) cut the recordings: are data.time_unit and "
+                   "data.sample_rate_hz right?" if gaps else "")
+            raise ParamsInvalid(f"split '{name}' has no complete window of {pp.window} readings (window > shortest "
+                                f"recording?){why}")
         y = np.array([label_index[o.label] for o in owners], dtype=np.int64)
         arrays[name] = {
             "X": x, "y": y,
@@ -119,13 +123,29 @@ def run(params: Params, readings: str | Path | None = None, out_dir: str | Path 
     if absent:
         raise DataInvalid(f"classes {absent} have no training windows; a model cannot learn them",
                           hint="Add recordings of those classes to train groups or change prepare.split.")
+    spec = fit_normalization(pp, values[train_rows], arrays["train"]["X"])
     norm = {
-        "channels": list(d.channels), "mean": mean.tolist(), "std": std.tolist(),
+        "channels": list(d.channels), "mean": spec["mean"], "std": spec["std"],
         "labels": list(d.labels), "window": pp.window, "sample_rate_hz": d.sample_rate_hz,
-        "layout": "NCW",
+        "layout": "NCW", "input": "raw readings (the normalisation runs inside the model)",
+        "normalization": spec,
     }
+    report["normalization"] = {k: spec[k] for k in ("method", "requested", "reason")}
     _write_atomically(Path(out_dir), arrays, norm, report)
     return report
+
+
+def fit_normalization(pp: PrepareParams, train_rows: np.ndarray, train_windows: np.ndarray) -> dict[str, Any]:
+    """Decide (`auto`) and fit the normalisation on TRAINING readings/windows only (never val or test)."""
+    stats = normalization.window_stats(train_windows, pp.norm_epsilon)
+    if pp.normalization == "auto":
+        method, reason = normalization.choose(stats, pp.norm_auto_max_decades, pp.norm_auto_max_tail_ratio)
+    else:
+        method, reason = pp.normalization, "set in params (prepare.normalization)"
+    spec = normalization.fit(method, train_rows, train_windows, pp.norm_epsilon)
+    return {**spec, "requested": pp.normalization, "reason": reason, "statistics": stats,
+            "rule": {"max_decades": pp.norm_auto_max_decades, "max_tail_ratio": pp.norm_auto_max_tail_ratio,
+                     "fitted_on": "train"}}
 
 
 def _write_atomically(out_dir: Path, arrays: dict, norm: dict, report: dict) -> None:

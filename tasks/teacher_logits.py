@@ -17,6 +17,7 @@ import torch
 from edgedistill.bank import bank_views, view_digest
 from edgedistill.checkpoint import check_compatible, load_checkpoint
 from edgedistill.io import atomic_path
+from edgedistill.normalization import apply, spec_of
 from edgedistill.params import Params
 from edgedistill.training import Augment, data_fingerprint, load_split, predict, resolve_device
 
@@ -32,7 +33,9 @@ def run(params: Params, prepared: str | Path = PREPARED, teacher: str | Path = T
     train_path = Path(prepared) / "train.npz"
     train = load_split(train_path, torch.device("cpu"), meta["n_classes"])
     check_compatible(meta, tuple(train.x.shape), str(train_path))
-    model.to(device)
+    # the views are built from normalised windows, as distill rebuilds them (edgedistill.training.load_prepared)
+    train.x = apply(spec_of(meta["norm"]), train.x)
+    model = model.net.to(device)
     b = params.distill.bank
     aug = Augment(**params.student.augment.model_dump())
     plain = predict(model, train.x.to(device)).cpu().numpy()

@@ -12,11 +12,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from edgedistill import baseline as bl
 from edgedistill.checkpoint import save_checkpoint
+from edgedistill.errors import TrainingFailed
 from edgedistill.io import write_json
-from edgedistill.params import Params
+from edgedistill.params import Params, SanityParams
 from edgedistill.training import (
     Augment,
+    Prepared,
     TrainConfig,
     augment,
     build_from_params,
@@ -45,7 +48,7 @@ def run(params: Params, prepared: str | Path = PREPARED, model_out: str | Path =
     data = load_prepared(prepared, device)
     meta = data.model_meta(mp.arch, mp.config)
     torch.manual_seed(mp.train.seed)  # weight init is part of the run: same seed, same model
-    model = build_from_params(mp.arch, mp.config, meta["in_channels"], meta["n_classes"])
+    model = build_from_params(mp.arch, mp.config, meta["net_in_channels"], meta["n_classes"])
     aug = Augment(**mp.augment.model_dump())
     smoothing = mp.train.label_smoothing
 
@@ -54,15 +57,60 @@ def run(params: Params, prepared: str | Path = PREPARED, model_out: str | Path =
 
     key = run_key("teacher", mp.model_dump(), data_fingerprint(data.train.path, data.val.path), device.type)
     cfg = TrainConfig(**mp.train.model_dump(exclude={"label_smoothing"}))
+    sanity = sanity_figures(data, params.sanity)
+    if sanity:
+        log(f"teacher: sanity references on val: {bl.describe(sanity)}")
     result = train(model, data.train, data.val, loss_fn, cfg, device, data.labels,
-                   resume_path=Path(resume_dir) / "teacher.pt", key=key, log=log, name="teacher")
+                   resume_path=Path(resume_dir) / "teacher.pt", key=key, log=log, name="teacher",
+                   on_epoch=lambda epoch, acc: sanity_stop(params.sanity, sanity, epoch, acc, len(data.val), cfg.epochs))
+    if sanity:
+        sanity_stop(params.sanity, sanity, result.epochs_run, result.best_val_accuracy, len(data.val), cfg.epochs,
+                    final=True)
     m = model_report(model, data.test, data.labels, meta)
     metrics = {"model": "teacher", "arch": mp.arch, **public_metrics(m, result, device)}
+    if sanity:
+        judged = cfg.epochs >= params.sanity.check_epoch
+        metrics["sanity"] = {**{k: round(v, 5) for k, v in sanity.items()}, "judged": judged,
+                             "passed": True if judged else None}
     save_checkpoint(model_out, model.cpu(), {**meta, "metrics": {"test_accuracy": m["accuracy"]}})
     write_json(metrics_out, metrics)
     if plots_dir:
         write_plots(plots_dir, "teacher", result.history, m["confusion"], data.labels)
     return metrics
+
+
+def sanity_figures(data: Prepared, sp: SanityParams) -> dict[str, float]:
+    """The references the teacher must beat on val: a 1-NN on FFT magnitudes and the majority class."""
+    if not sp.enabled:
+        return {}
+    tx, ty = data.train.x.float().cpu().numpy(), data.train.y.cpu().numpy()
+    vx, vy = data.val.x.float().cpu().numpy(), data.val.y.cpu().numpy()
+    return {"knn_fft_val_accuracy": bl.knn1_accuracy(tx, ty, vx, vy, sp.fft_bins, sp.max_train_windows, sp.seed),
+            "majority_val_accuracy": bl.majority_accuracy(vy)}
+
+
+def sanity_stop(sp: SanityParams, ref: dict[str, float], epoch: int, acc: float, n_val: int, epochs: int,
+                final: bool = False) -> None:
+    """Raise TrainingFailed, naming the figures and the likely causes, when the teacher fails its references:
+    its val accuracy at epoch `check_epoch` must beat the best constant prediction, its best val accuracy at the
+    end must not be below the 1-NN by more than `z` standard errors (val sets are small; runs vary)."""
+    if not ref or epochs < sp.check_epoch:
+        return
+    what = "teacher best val accuracy" if final else f"teacher val accuracy at epoch {epoch}"
+    figures = {what: acc, "1-NN on FFT magnitudes": ref["knn_fft_val_accuracy"],
+               "majority class": ref["majority_val_accuracy"], "val windows": n_val}
+    why = ""
+    # no margin here: on a small val set (36 windows, 2 classes) a teacher still warming up at epoch 3 sits
+    # within 2 standard errors of the majority class and ends at 92%; one at or below it has learnt nothing
+    if not final and epoch == sp.check_epoch and acc <= ref["majority_val_accuracy"]:
+        why = f"no better than the majority class after {epoch} epochs"
+    elif final and bl.below(acc, ref["knn_fft_val_accuracy"], n_val, sp.z):
+        why = "below a 1-NN on FFT magnitudes of the same windows"
+    if why:
+        raise TrainingFailed(
+            f"sanity stop: the teacher is {why} ({bl.describe(figures)}; margin {sp.z} standard errors); likely "
+            f"causes: {'; '.join(bl.LIKELY_CAUSES)}",
+            hint="Check the labels and prepare.normalization/window, or set sanity.enabled: false to train anyway.")
 
 
 def main() -> None:

@@ -22,7 +22,14 @@ from edgedistill.data_profile import profile
 from edgedistill.errors import DataInvalid
 from edgedistill.io import read_json, write_json
 from edgedistill.params import Params
-from edgedistill.readings import n_windows, read_readings, recording_keys, segments
+from edgedistill.readings import (
+    gap_rows,
+    n_windows,
+    read_readings,
+    recording_keys,
+    segments,
+    time_steps,
+)
 
 REPORT_DIR = "reports/validation"
 NUMERIC_TYPES = [
@@ -100,6 +107,8 @@ def build_tables(df: pd.DataFrame, params: Params, reference: dict | None) -> tu
         _exp("ExpectColumnValuesToBeBetween", f"'{d.time_col}' strictly increasing inside each recording", column="time_step", min_value=0, strict_min=True),
     ]))
 
+    tables.extend(_timing_tables(clean, keys, params))
+
     lengths = keys.value_counts(sort=False)
     recs = pd.DataFrame({"recording": lengths.index.astype(str), "n_rows": lengths.to_numpy()})
     tables.append(Table("recordings", recs, ["recording"], [
@@ -123,6 +132,39 @@ def build_tables(df: pd.DataFrame, params: Params, reference: dict | None) -> tu
     if v.drift.enabled and reference is not None and numeric == set(d.channels):
         tables.extend(_drift_tables(df, params, reference, skipped))
     return tables, skipped
+
+
+def _timing_tables(clean: pd.DataFrame, keys: pd.Series, params: Params) -> list[Table]:
+    """Sampling interval per recording vs data.sample_rate_hz; with on_gap: reject, every gap is a failure."""
+    d, v = params.data, params.validate_params
+    steps = pd.DataFrame({"recording": keys.to_numpy(), "row": clean.index.to_numpy(),
+                          "step_intervals": time_steps(clean, d)}).dropna(subset=["step_intervals"])
+    med = steps.groupby("recording", sort=False)["step_intervals"].median()
+    timing = pd.DataFrame({"recording": med.index.astype(str), "median_interval_ratio": med.to_numpy().round(4)})
+    unit = "samples" if d.time_unit == "samples" else f"1/{d.sample_rate_hz:g} Hz"
+    tol = v.interval_tolerance
+    tables = [Table("timing", timing, ["recording"], [
+        _exp("ExpectColumnValuesToBeBetween", f"median reading interval per recording = {unit} within ±{tol:.0%} "
+             f"(observed / expected)", column="median_interval_ratio", min_value=1 - tol, max_value=1 + tol),
+    ])]
+    if v.on_gap == "reject":
+        tables.append(Table("gaps", steps, ["recording", "row"], [
+            _exp("ExpectColumnValuesToBeBetween", f"no gap inside a recording: step <= {v.max_gap_intervals} "
+                 "sampling intervals (validate.on_gap: reject)", column="step_intervals",
+                 max_value=v.max_gap_intervals),
+        ]))
+    return tables
+
+
+def gap_summary(df: pd.DataFrame, params: Params) -> dict[str, Any]:
+    """Gaps that prepare will split at (validate.on_gap: split), reported, not failed."""
+    d, v = params.data, params.validate_params
+    if d.time_col not in df.columns:
+        return {}
+    rows = np.flatnonzero(gap_rows(df, d, v.max_gap_intervals))
+    keys = recording_keys(df, d).to_numpy()
+    return {"policy": v.on_gap, "max_gap_intervals": v.max_gap_intervals, "count": int(len(rows)),
+            "recordings": sorted({str(keys[r]) for r in rows})[:20]}
 
 
 def _drift_tables(df: pd.DataFrame, params: Params, ref: dict, skipped: list[dict]) -> list[Table]:
@@ -266,6 +308,7 @@ def run(params: Params, readings: str | Path | None = None, report_dir: str | Pa
         "failures": failed,
         "skipped": skipped,
         "drift_reference": str(ref_path) if reference is not None else None,
+        "gaps": gap_summary(df, params) if ok else None,
         "data_docs": str(report_dir / "data_docs" / "index.html"),
         "checks": checks,
     }

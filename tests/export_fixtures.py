@@ -15,6 +15,7 @@ from conftest import make_params, merge, small_readings
 from edgedistill.checkpoint import save_checkpoint
 from edgedistill.io import read_json
 from edgedistill.nets import build_model
+from edgedistill.normalization import apply
 from edgedistill.params import Params
 
 # the default architectures of params.yaml (student/teacher sections)
@@ -51,14 +52,15 @@ def train(arch: str, config: dict, x: np.ndarray, y: np.ndarray, steps: int, lr:
 def make_checkpoints(root: Path) -> None:
     norm = read_json(root / "data/prepared/norm.json")
     with np.load(root / "data/prepared/train.npz") as z:
-        x, y = z["X"], z["y"]
+        raw, y = z["X"], z["y"]
+    x = apply(norm["normalization"], torch.from_numpy(raw)).numpy()  # the nets train on normalised windows
     for name, (arch, config), steps, lr in [("student", STUDENT, 250, 3e-3), ("teacher", TEACHER, 60, 2e-3)]:
         n_classes = len(norm["labels"])
         model = train(arch, config, x, y, steps, lr)
         assert model.head[-1].out_features == n_classes
-        meta = {"arch": arch, "config": config, "in_channels": x.shape[1], "n_classes": n_classes,
-                "window": x.shape[2], "channels": norm["channels"], "labels": norm["labels"],
-                "sample_rate_hz": norm["sample_rate_hz"], "norm": {"mean": norm["mean"], "std": norm["std"]}}
+        meta = {"arch": arch, "config": config, "in_channels": raw.shape[1], "net_in_channels": x.shape[1],
+                "n_classes": n_classes, "window": x.shape[2], "channels": norm["channels"], "labels": norm["labels"],
+                "sample_rate_hz": norm["sample_rate_hz"], "norm": norm["normalization"]}
         save_checkpoint(root / "models" / f"{name}.pt", model, meta)
 
 

@@ -62,7 +62,9 @@ def test_metadata_round_trip(release):
         assert meta["labels"] == params.data.labels
         assert meta["window"] == 64 and meta["sample_rate_hz"] == 50.0
         assert meta["norm_mean"] == pytest.approx(norm["mean"]) and meta["norm_std"] == pytest.approx(norm["std"])
-        assert meta["input_normalised"] is True and meta["input_name"] == "input" and meta["output_name"] == "logits"
+        assert meta["normalization"]["method"] == norm["normalization"]["method"]
+        assert meta["normalization"]["statistics"] == norm["normalization"]["statistics"]
+        assert meta["input_normalised"] is False and meta["input_name"] == "input" and meta["output_name"] == "logits"
         assert meta["input_shape"] == ["batch", 6, 64]
         assert meta["norm_sha256"] == sha(release / "data/prepared/norm.json")
         assert meta["test_sha256"] == sha(release / "data/prepared/test.npz")
@@ -75,6 +77,11 @@ def test_metadata_round_trip(release):
     int8 = ox.read_metadata(release / "models/student.int8.onnx")
     assert int8["precision"] == "int8" and int8["quantization"]["mode"] == "static"
     assert int8["quantization"]["calibration_windows"] == 64
+    # raw readings enter the FP32 normalisation nodes, which the quantizer left alone
+    q = ox.load_onnx(release / "models/student.int8.onnx")
+    excluded = int8["quantization"]["fp32_input_nodes"]
+    assert excluded and {n.op_type for n in q.graph.node if n.name in excluded} >= {"Sub", "Div"}
+    assert "QuantizeLinear" not in [n.op_type for n in q.graph.node if ox.INPUT_NAME in n.input]
     assert ox.read_metadata(release / "models/student.onnx")["precision"] == "fp32"
 
 

@@ -6,9 +6,11 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from conftest import make_params, small_readings, tree_hashes, write_readings
 
 from edgedistill.errors import DataInvalid, ParamsInvalid
+from edgedistill.normalization import apply
 from tasks import prepare
 
 
@@ -27,10 +29,11 @@ def test_group_split_has_no_leakage_and_expected_shapes(readings_file, workdir):
     for s, a in splits.items():
         assert a["X"].shape[1:] == (6, 64) and a["X"].dtype == np.float32
         assert len(a["y"]) == report["splits"][s]["windows"]
-    # normalisation fitted on train only: train readings ~N(0,1) per channel
-    xt = splits["train"]["X"]
-    assert np.allclose(xt.mean(axis=(0, 2)), 0, atol=0.15)
+    # windows stay raw; the normalisation (fitted on train only) maps train readings to ~N(0,1) per channel
     norm = json.loads((workdir / "data/prepared/norm.json").read_text())
+    assert norm["normalization"]["method"] == "global" and norm["normalization"]["requested"] == "auto"
+    xt = apply(norm["normalization"], torch.from_numpy(splits["train"]["X"])).numpy()
+    assert np.allclose(xt.mean(axis=(0, 2)), 0, atol=0.15)
     raw = small_readings()
     train_raw = raw[raw["subject"].isin(groups["train"])]
     assert np.allclose(norm["mean"], train_raw[norm["channels"]].mean().to_numpy(), atol=1e-4)
@@ -43,13 +46,12 @@ def test_windows_never_cross_recordings_or_labels(readings_file, workdir):
     prepare.run(make_params())
     train = load(workdir, "train")
     df = small_readings()
-    # every window must equal a contiguous slice of exactly one recording (after normalisation)
+    # every window must equal a contiguous slice of exactly one recording (raw readings)
     norm = json.loads((workdir / "data/prepared/norm.json").read_text())
     rec0 = train["recording"][0]
     subj, rec = rec0.split("/")
     rows = df[df["recording"] == int(rec)][norm["channels"]].to_numpy()
-    x0 = train["X"][0] * np.array(norm["std"])[:, None] + np.array(norm["mean"])[:, None]
-    assert np.allclose(x0.T, rows[:64], atol=1e-4)
+    assert np.allclose(train["X"][0].T, rows[:64], atol=1e-6)
 
 
 def test_explicit_groups_and_split_column(readings_file, workdir):

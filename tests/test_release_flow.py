@@ -253,6 +253,7 @@ def test_real_pipeline_release_on_bundled_data(tmp_path):
     page = (card_dir / "release.html").read_text()
     assert "id='gate-table'" in page and page.count("<svg") >= 8 and "net p50 µs" in page
     assert card["files"]["release.html"]["sha256"] == sha256_file(card_dir / "release.html")
+    assert card["normalization"]["method"] == "global" and card["normalization"]["statistics"]["window_std_decades"]
     assert tags(proj) == {"student@v0.1.0", "student#staging#1", "student#prod#2"}
     # the release commit pins the workspace: DVC sees nothing to re-run, git nothing to commit
     assert "up to date" in sh([f"{BIN}/dvc", "status"], proj).stdout.lower()

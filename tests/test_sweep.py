@@ -25,13 +25,15 @@ TINY = {
     "student": {"config": {"widths": [8, 8, 12, 12], "kernel": 5},
                 "train": {"epochs": 2, "batch_size": 64, "lr": 0.02}},
     "distill": {"bank": {"views": 1}},
+    "sanity": {"enabled": False},  # a 3-epoch smoke-test teacher is not judged against the 1-NN reference
     # two sizes x two alphas: 4 points, 2 epochs each
     "sweep": {"width_multipliers": [0.5, 1.5], "depths": [2], "temperatures": [4.0], "alphas": [0.3, 0.9],
               "epochs": 2, "bench_runs": 30, "max_workers": 2},
     "benchmark": {"profiles": [
         {"name": "edge-cpu-1t", "threads": 1, "batch_sizes": [1], "warmup": 5, "runs": 30, "max_seconds": 0.5},
-        # a budget between the two sizes: only the small students fit
-        {"name": "tiny-mcu", "measure": False, "ram_bytes": 640, "flash_bytes": 2097152}]},
+        # a flash budget between the two sizes (~0.8 vs ~2.3 KB of weights): only the small students fit. (RAM
+        # does not separate them: the FP32 input normalisation, raw window in, is every student's peak)
+        {"name": "tiny-mcu", "measure": False, "ram_bytes": 524288, "flash_bytes": 1500}]},
 }
 
 
@@ -121,7 +123,7 @@ def test_sweep_cli_local_then_dask_same_front(project, monkeypatch, tmp_path_fac
     # the chosen student fits the tiny budget, and no fitting student is more accurate
     by_id = {p["id"]: p for p in local["points"]}
     best = by_id[local["best"]]
-    assert best["fits"] and best["ram_bytes"] <= 640
+    assert best["fits"] and best["flash_bytes"] <= 1500
     assert all(p["int8_val_accuracy"] <= best["int8_val_accuracy"] for p in local["points"] if p["fits"])
     assert all(0 <= p["int8_accuracy"] <= 1 for p in local["points"])  # test is reported, not used
     assert any(not p["fits"] for p in local["points"])  # the budget really excludes some

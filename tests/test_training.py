@@ -24,6 +24,7 @@ TINY = {
     "student": {"config": {"widths": [8, 8, 12, 12], "kernel": 5},
                 "train": {"epochs": 4, "batch_size": 64, "lr": 0.02}},
     "distill": {"bank": {"views": 2}},
+    "sanity": {"enabled": False},  # 4-epoch smoke-test teachers are below the 1-NN reference (44% vs 70%)
 }
 
 
@@ -208,3 +209,25 @@ def test_bank_view_digest_sees_shifts_and_permutations():
     for m in moved:
         assert float(m.abs().sum()) == pytest.approx(float(v.abs().sum()))  # what the sum could not see
         assert view_digest(m) != view_digest(v)
+
+
+def test_shuffled_labels_trigger_the_sanity_stop(readings_file, workdir):
+    from conftest import small_readings, write_readings
+
+    df = small_readings()
+    recs = df["recording"].unique()
+    labels = np.random.default_rng(0).permutation(df.groupby("recording", sort=False)["label"].first().to_numpy())
+    df["label"] = df["recording"].map(dict(zip(recs, labels, strict=True)))  # each recording gets another's label
+    write_readings(df, readings_file)
+    params = tiny({"sanity": {"enabled": True}})
+    prepare.run(params)
+    with pytest.raises(TrainingFailed, match=r"sanity stop: the teacher is .*majority class \d+\.\d%.*labels"):
+        train_teacher.run(params, log=lambda s: None)
+    assert not (workdir / "models/teacher.pt").exists()  # nothing half-judged is left for the next stage
+
+
+def test_sanity_references_are_recorded_and_short_runs_not_judged(prepared):
+    m = train_teacher.run(tiny({"sanity": {"enabled": True, "check_epoch": 5}}), log=lambda s: None)  # 4 < 5
+    s = m["sanity"]
+    assert s["judged"] is False and s["passed"] is None  # a run shorter than check_epoch is not judged
+    assert 0.5 < s["knn_fft_val_accuracy"] <= 1 and 0 < s["majority_val_accuracy"] < 0.5

@@ -170,3 +170,62 @@ def test_failure_report_lists_each_failed_check(workdir):
     failed = {(c["check"], c["column"]) for c in report["failures"]}
     assert ("no missing values in 'acc_z'", "acc_z") in failed
     assert any(col == "label" for _, col in failed)
+
+
+def test_sampling_interval_inconsistent_with_rate_names_the_recording(workdir):
+    df = small_readings()
+    rec = df["recording"].iloc[0]
+    subj = df.loc[df["recording"] == rec, "subject"].iloc[0]
+    df.loc[df["recording"] == rec, "t"] *= 2  # this recording was logged at 25 Hz, the params say 50 Hz
+    msg = fail_message(df, workdir)
+    assert "median reading interval per recording = 1/50 Hz within ±5%" in msg
+    assert f"{subj}/{rec}" in msg and "2.0" in msg  # the recording and its observed/expected interval ratio
+    # every recording at 100 Hz while the params say 50: all of them are named
+    df = small_readings()
+    df["t"] /= 2
+    assert f"{df['recording'].nunique()} bad value(s), e.g. [0.5, 0.5" in fail_message(df, workdir)
+
+
+def gapped(df, at: int = 200, missing: int = 10):
+    """Drop `missing` readings from the first recording after its `at`-th: a gap, time keeps its true value."""
+    rec = df["recording"].iloc[0]
+    idx = df.index[df["recording"] == rec][at : at + missing]
+    return df.drop(idx).reset_index(drop=True), rec
+
+
+def test_gap_inside_a_recording_rejected_names_recording_and_row(workdir):
+    df, rec = gapped(small_readings())
+    subj = df.loc[df["recording"] == rec, "subject"].iloc[0]
+    path = write_readings(df, workdir / "data/raw/readings.parquet")
+    params = make_params({"data": {"readings": str(path)}, "validate": {"on_gap": "reject"}})
+    msg = fail_message(df, workdir, params)
+    assert "no gap inside a recording: step <= 1.5 sampling intervals" in msg
+    assert f"'recording': '{subj}/{rec}'" in msg and "'row': 200" in msg and "11.0" in msg
+
+
+def test_gap_split_passes_validation_and_no_window_straddles_it(workdir):
+    from tasks import prepare
+
+    df, rec = gapped(small_readings())
+    path = write_readings(df, workdir / "data/raw/readings.parquet")
+    params = make_params({"data": {"readings": str(path)}, "prepare": {"train_stride": 8, "eval_stride": 8}})
+    report = validate.run(params)
+    assert report["gaps"]["count"] == 1 and report["gaps"]["policy"] == "split"
+    assert report["gaps"]["recordings"] == [f"{df.loc[df['recording'] == rec, 'subject'].iloc[0]}/{rec}"]
+    prepare.run(params)
+    t = df.loc[df["recording"] == rec, "t"].to_numpy()
+    gap_t0, gap_t1 = t[199], t[200]
+    for split in ("train", "val", "test"):
+        with np.load(workdir / f"data/prepared/{split}.npz") as z:
+            x, recs = z["X"], z["recording"]
+        mine = x[np.char.endswith(recs.astype(str), f"/{rec}")]
+        if len(mine) == 0:
+            continue
+        rows = df.loc[df["recording"] == rec, params.data.channels].to_numpy(np.float32)
+        # locate each window by its first reading; it must end before the gap or start after it
+        starts = [int(np.flatnonzero((rows == w[:, 0]).all(axis=1))[0]) for w in mine]
+        assert starts and all(s + 64 <= 200 or s >= 200 for s in starts), starts
+        assert any(s >= 200 for s in starts) and any(s + 64 <= 200 for s in starts)
+        assert gap_t1 - gap_t0 > 0.2
+        return
+    raise AssertionError("the gapped recording has no windows")
