@@ -137,6 +137,9 @@ def reproduce(
                   f"[{colour[x['verdict']]}]{x['verdict']}[/]" + (f": {escape(x['note'])}" if x.get("note") else "")
                   + ("" if x.get("decisive", True) else " [dim](report)[/]"))
     console.print(f)
+    for e in r.get("environment") or []:
+        console.print(f"[yellow]environment differs:[/] {escape(e['what'])} {e['released'] or '—'} at release, "
+                      f"{e['current'] or '—'} now" + (f" ({escape(e['note'])})" if e.get("note") else ""))
     c = r["counts"]
     console.print(f"[{colour[r['verdict']]}]{r['verdict']}[/]: {c['identical']} identical, "
                   f"{c['within tolerance']} within tolerance, {c['differs']} differ; report {r['report']}")

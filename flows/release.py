@@ -25,6 +25,7 @@ from prefect.states import Failed
 from rich.console import Console
 from rich.table import Table
 
+from edgedistill.environment import environment_record
 from edgedistill.errors import ArtifactCorrupt, EdgeDistillError, GateFailed, ParamsInvalid
 from edgedistill.fmt import num
 from edgedistill.io import read_json, sha256_file, write_json
@@ -365,6 +366,8 @@ def model_card(root: Path, params: Params, version: str, commit: str, decision: 
             "git_commit": commit,
             "data": data,
             "dvc_lock_sha256": sha256_file(lock) if lock.is_file() else None,
+            # installed versions of the packages that shape results + requirements.lock's hash
+            "environment": environment_record(root),
             "params": params.model_dump(mode="json", by_alias=True),
         },
     }

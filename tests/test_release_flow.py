@@ -83,6 +83,11 @@ def test_release_registers_staging_pushes_and_publishes(released, monkeypatch):
     assert card["lineage"]["params"]["promote"]["model"] == "student"
     assert card["files"]["student.int8.onnx"]["sha256"] == sha256_file(proj / "models/student.int8.onnx")
     assert card["gates"]["passed"] is True and card["metrics"]["export"]["int8_drop"] == 0.005
+    from importlib import metadata
+
+    env = card["lineage"]["environment"]  # what shaped the result, as installed when it was released
+    assert env["packages"]["torch"] == metadata.version("torch")
+    assert env["packages"]["onnxruntime"] == metadata.version("onnxruntime")
     summary = json.loads((proj / "reports/release.json").read_text())
     assert summary["status"] == "released" and summary["registry"]["stages"] == ["staging"]
     # the same summary as the run's markdown artifact, in this session's ephemeral Prefect DB
@@ -155,6 +160,7 @@ def test_reproduce_matches_the_release(released):
     assert "identical:" in r.stdout
     report = json.loads((released["proj"] / "reports/reproduce/student-v0.1.0.json").read_text())
     assert report["verdict"] == "identical" and report["counts"]["differs"] == 0
+    assert report["environment"] == []  # the same packages as at release
     by_file = {f["file"]: f["verdict"] for f in report["files"]}
     assert by_file["models/student.int8.onnx"] == by_file["bundle/student.int8.onnx"] == "identical"
     assert any(m["metric"] == "candidate.int8_accuracy" for m in report["metrics"])
