@@ -158,6 +158,16 @@ def pull_inputs(root: Path, params: Params) -> dict[str, Any]:
 def write_prod_reference(root: Path, params: Params) -> dict[str, Any]:
     """Record the current prod version and its key metrics where the promote stage reads them
     (rewritten only when it changes, so DVC skips `promote` when nothing moved)."""
+    ref = prod_reference(root, params)
+    path = root / PROD_REFERENCE
+    if not path.is_file() or read_json(path) != ref:
+        write_json(path, ref)
+    get_run_logger().info("current prod: %s", f"{ref['model']} {ref['version']}" if ref["version"] else "none")
+    return ref
+
+
+def prod_reference(root: Path, params: Params) -> dict[str, Any]:
+    """The current prod version and its key metrics, as the promote stage reads them."""
     model = params.promote.model
     reg = Registry(root)
     prod = reg.resolve(model, "prod")
@@ -165,10 +175,6 @@ def write_prod_reference(root: Path, params: Params) -> dict[str, Any]:
     if prod is not None:
         record = reg.read_json_at(prod, PROMOTION) or {}
         ref.update(version=prod.version, commit=prod.commit, metrics=record.get("candidate", {}))
-    path = root / PROD_REFERENCE
-    if not path.is_file() or read_json(path) != ref:
-        write_json(path, ref)
-    get_run_logger().info("current prod: %s", f"{model} {prod.version}" if prod else "none")
     return ref
 
 
@@ -532,7 +538,49 @@ def _fresh_decision(root: Path, since: float) -> dict[str, Any] | None:
     return read_json(path)
 
 
+def unchanged_release(root: Path, params_file: str) -> dict[str, Any] | None:
+    """The summary of the release HEAD already is, when a full run could only end "unchanged (already
+    released)": HEAD is a registered release commit, the git tree has no tracked change, prod is where
+    the promote stage last saw it, and DVC reports every stage and output up to date. Else None."""
+    from dvc.repo import Repo
+
+    params = load_params(root / params_file)
+    if "promote" not in pipeline_stages(root):
+        return None
+    if git(root, "status", "--porcelain", "--untracked-files=no", check=False).stdout.strip():
+        return None
+    info = Registry(root).at_commit(params.promote.model, head_commit(root))
+    if info is None or not (root / PROMOTION).is_file():
+        return None
+    ref = root / PROD_REFERENCE
+    if not ref.is_file() or read_json(ref) != prod_reference(root, params):
+        return None
+    with contextlib.chdir(root), Repo(".") as repo:
+        if repo.status():  # a changed dep/param/out, or an output missing from the workspace
+            return None
+    decision = read_json(root / PROMOTION)
+    store = open_store(params.store, root)
+    return {"status": "unchanged (already released)", "store": {"url": store.describe(),
+                                                                "remote": params.store.remote_name},
+            "data": data_lineage(root, params), "metrics": decision["candidate"], "gates": decision["gates"],
+            "failed": decision["failed"], "git_commit": info.commit, "flow_run": None,
+            "note": "nothing changed since this release: no flow run (`edgedistill run --force` runs every stage)",
+            "registry": {"model": params.promote.model, "version": info.version, "commit": info.commit,
+                         "stages": info.stages, "tags": [], "new": False, "pushed": [],
+                         "bundle": f"{store.describe()}/{bundle_prefix(params.promote.model, info.version)}"}}
+
+
 def run_release(root: str | Path = ".", params_file: str = "params.yaml", stages: list[str] | None = None,
                 force: bool = False) -> dict[str, Any]:
-    """Run the flow (Prefect's ephemeral local server when no PREFECT_API_URL is set)."""
+    """Run the flow (Prefect's ephemeral local server when no PREFECT_API_URL is set). A full run when
+    nothing changed since the release HEAD is skips the flow (and starting that server): the summary
+    is recorded in reports/release.json as usual."""
+    if not stages and not force:
+        summary = unchanged_release(Path(root).resolve(), str(params_file))
+        if summary is not None:
+            console = Console()
+            write_json(Path(root) / SUMMARY, summary)
+            render_summary(summary, console)
+            console.print(summary["note"])
+            return summary
     return release(root=str(root), params_file=str(params_file), stages=stages, force=force)

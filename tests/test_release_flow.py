@@ -100,6 +100,18 @@ def test_release_registers_staging_pushes_and_publishes(released, monkeypatch):
 
 
 @pytest.mark.slow
+def test_rerun_with_nothing_changed_skips_the_flow(released):
+    """HEAD is the release, DVC sees nothing to do, prod has not moved: no flow, no temporary server."""
+    proj = released["proj"]
+    r = sh([ED, "run"], proj, env=FAKE_AWS)
+    assert "release: unchanged (already released)" in r.stdout and "no flow run" in r.stdout
+    assert "temporary server" not in r.stdout + r.stderr
+    summary = json.loads((proj / "reports/release.json").read_text())
+    assert summary["registry"]["version"] == "v0.1.0" and summary["flow_run"] is None
+    assert sh(["git", "status", "--porcelain"], proj).stdout.strip() == ""
+
+
+@pytest.mark.slow
 def test_fresh_clone_pulls_and_fetches_prod(released, monkeypatch):
     proj, base = released["proj"], released["base"]
     sh([ED, "promote", "v0.1.0", "--to", "prod"], proj, env=FAKE_AWS)
