@@ -116,8 +116,9 @@ def serve_operations(root: str | Path, params_file: str, params: Params, cron: s
     triggers: PREFECT_API_URL); checks that the server's scheduler creates their runs."""
     from prefect import serve
 
-    # Prefect's serve() leaves its SIGTERM handler's Runner.astop() coroutine unawaited on shutdown (the
-    # runner is stopped either way); its RuntimeWarning is noise at every Ctrl-C
+    # Prefect's SIGTERM handler (kill, systemd, docker stop) calls Runner.stop() inside the running loop,
+    # which leaves the Runner.astop() coroutine unawaited; the runner stops either way (the loop ends), so
+    # its RuntimeWarning is only noise at every stop
     warnings.filterwarnings("ignore", message="coroutine 'Runner.astop' was never awaited", category=RuntimeWarning)
     check_schedules(params.ops.schedule_check_seconds, log or (lambda m: print(m, flush=True)))
     serve(*build_deployments(root, params_file, params, cron, watch_interval))

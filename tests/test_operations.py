@@ -293,9 +293,9 @@ def served_names(api: str) -> set[str]:
 
 
 def drain_events() -> None:
-    from prefect.events.worker import EventsWorker
+    from flows.triggers import flush_events
 
-    EventsWorker.drain_all()
+    flush_events()
 
 
 @pytest.mark.slow
