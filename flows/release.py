@@ -542,6 +542,7 @@ def unchanged_release(root: Path, params_file: str) -> dict[str, Any] | None:
     """The summary of the release HEAD already is, when a full run could only end "unchanged (already
     released)": HEAD is a registered release commit, the git tree has no tracked change, prod is where
     the promote stage last saw it, and DVC reports every stage and output up to date. Else None."""
+    from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
     params = load_params(root / params_file)
@@ -555,9 +556,12 @@ def unchanged_release(root: Path, params_file: str) -> dict[str, Any] | None:
     ref = root / PROD_REFERENCE
     if not ref.is_file() or read_json(ref) != prod_reference(root, params):
         return None
-    with contextlib.chdir(root), Repo(".") as repo:
-        if repo.status():  # a changed dep/param/out, or an output missing from the workspace
-            return None
+    try:
+        with contextlib.chdir(root), Repo(".") as repo:
+            if repo.status():  # a changed dep/param/out, or an output missing from the workspace
+                return None
+    except DvcException:  # e.g. another run holds DVC's lock: the flow handles that as always
+        return None
     decision = read_json(root / PROMOTION)
     store = open_store(params.store, root)
     return {"status": "unchanged (already released)", "store": {"url": store.describe(),
