@@ -9,16 +9,39 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export GX_ANALYTICS_ENABLED := False
 export DO_NOT_TRACK := 1
 
-.PHONY: install demo run test test-fast lint clean
+# Everything but torch is installed from requirements.lock (exact versions with SHA256 hashes; plain
+# pip can use it too), refreshed deliberately with `make lock`. uv installs it (several times faster
+# than pip); INSTALLER=pip uses pip alone.
+LOCK := requirements.lock
+INSTALLER ?= uv
+UV_VERSION ?= 0.13.9
+UV := uv
+
+.PHONY: install lock demo run test test-fast lint clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q -U pip
 	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e ".[dev]"
+	@if [ "$(INSTALLER)" = uv ] && ($(UV) --version >/dev/null 2>&1 || $(PY) -m pip install -q "uv==$(UV_VERSION)"); then \
+		echo "$(UV) pip install -r $(LOCK)"; \
+		$(UV) pip install -q --python $(PY) --require-hashes -r $(LOCK) && \
+		$(UV) pip install -q --python $(PY) --no-deps -e . ; \
+	else \
+		echo "pip install -r $(LOCK)"; \
+		$(PY) -m pip install -q --require-hashes -r $(LOCK) && \
+		$(PY) -m pip install -q --no-deps -e . ; \
+	fi
+	$(PY) -m pip check
 	touch $@
+
+# Re-resolve every dependency (newest versions pyproject.toml allows, from PyPI) into $(LOCK).
+lock:
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(UV) --version >/dev/null 2>&1 || $(PY) -m pip install -q "uv==$(UV_VERSION)"
+	$(UV) pip compile pyproject.toml --extra dev --universal --python-version 3.11 --generate-hashes \
+		--override requirements-overrides.txt --no-emit-package torch --custom-compile-command "make lock" -o $(LOCK)
 
 demo: install
 	@test -d .git || (git init -q && git add -A && git commit -qm "edgedistill project" || true)

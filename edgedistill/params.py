@@ -350,6 +350,8 @@ class OpsParams(_Section):
     timezone: str = "UTC"
     watch_interval_seconds: int = Field(600, ge=5, description="how often new data / prod changes are checked")
     channel_stages: list[str] = Field(["prod"], min_length=1, description="registry stages published to the fleet")
+    schedule_check_seconds: int = Field(90, ge=1, description="`serve` checks that the server's scheduler "
+                                        "created runs for the cron and interval deployments within this time")
 
 
 class SanityParams(_Section):

@@ -32,9 +32,14 @@ def promote_version(root: str | Path, params: Params, version: str, stage: str) 
     tag = reg.assign(model, info.version, stage)
     pushed = reg.push([tag], branch=False) if tag and params.promote.push_git else []
     rollback = bool(previous and SemVer(info.version) < SemVer(previous.version))
+    announced = False
+    if tag is not None:
+        from flows.triggers import announce_stage
+
+        announced = announce_stage(root, params, stage, info.version)
     return {"model": model, "version": info.version, "stage": stage, "tag": tag, "pushed": pushed,
             "previous": previous.version if previous else None, "changed": tag is not None,
-            "rollback": rollback}
+            "rollback": rollback, "announced": announced}
 
 
 def registry_rows(root: str | Path, params: Params) -> list[dict[str, Any]]:

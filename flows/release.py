@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgedistill.dvclock import entries, lock_stages
+from edgedistill.environment import environment_record
 from edgedistill.errors import (
     ArtifactCorrupt,
     EdgeDistillError,
@@ -169,27 +170,35 @@ def write_prod_reference(root: Path, params: Params) -> dict[str, Any]:
     (rewritten only when it changes, so DVC skips `promote` when nothing moved), and fetch prod's
     shipped bundle (SHA256-verified) into models/prod/ so promote can score it on the candidate's
     test windows. No prod: models/prod/ is removed ("no prod yet")."""
-    model = params.promote.model
-    reg = Registry(root)
-    prod = reg.resolve(model, "prod")
-    ref: dict[str, Any] = {"model": model, "version": None, "commit": None, "metrics": {}}
-    prod_dir = root / PROD_DIR
-    if prod is not None:
-        record = reg.read_json_at(prod, PROMOTION) or {}
-        ref.update(version=prod.version, commit=prod.commit, metrics=record.get("candidate", {}))
+    ref = prod_reference(root, params)
+    model, prod_dir = params.promote.model, root / PROD_DIR
+    if ref["version"] is not None:
         try:
-            got = fetch_bundle(open_store(params.store, root), model, prod.version, prod_dir)
+            got = fetch_bundle(open_store(params.store, root), model, ref["version"], prod_dir)
             ref["bundle"] = {name: f["sha256"] for name, f in sorted(got["files"].items())}
         except ReleaseNotFound as e:
             get_run_logger().warning("prod %s %s: bundle not fetched (%s); the regression check falls back "
-                                     "to the accuracy prod recorded", model, prod.version, e)
+                                     "to the accuracy prod recorded", model, ref["version"], e)
             shutil.rmtree(prod_dir, ignore_errors=True)
     elif prod_dir.is_dir() and (prod_dir / SUMS).is_file():
         shutil.rmtree(prod_dir)
     path = root / PROD_REFERENCE
     if not path.is_file() or read_json(path) != ref:
         write_json(path, ref)
-    get_run_logger().info("current prod: %s", f"{model} {prod.version}" if prod else "none")
+    get_run_logger().info("current prod: %s", f"{ref['model']} {ref['version']}" if ref["version"] else "none")
+    return ref
+
+
+def prod_reference(root: Path, params: Params) -> dict[str, Any]:
+    """The current prod version and its key metrics, as the promote stage reads them (without the
+    fetched bundle's sha256s, which follow from the version)."""
+    model = params.promote.model
+    reg = Registry(root)
+    prod = reg.resolve(model, "prod")
+    ref: dict[str, Any] = {"model": model, "version": None, "commit": None, "metrics": {}}
+    if prod is not None:
+        record = reg.read_json_at(prod, PROMOTION) or {}
+        ref.update(version=prod.version, commit=prod.commit, metrics=record.get("candidate", {}))
     return ref
 
 
@@ -399,6 +408,8 @@ def model_card(root: Path, params: Params, version: str, commit: str, decision: 
             "git_commit": commit,
             "data": data,
             "dvc_lock_sha256": sha256_file(lock) if lock.is_file() else None,
+            # installed versions of the packages that shape results + requirements.lock's hash
+            "environment": environment_record(root),
             "params": params.model_dump(mode="json", by_alias=True),
         },
     }
@@ -649,7 +660,54 @@ def _fresh_decision(root: Path, since: float) -> dict[str, Any] | None:
     return read_json(path)
 
 
+def unchanged_release(root: Path, params_file: str) -> dict[str, Any] | None:
+    """The summary of the release HEAD already is, when a full run could only end "unchanged (already
+    released)": HEAD is a registered release commit, the git tree has no tracked change, prod is where
+    the promote stage last saw it, and DVC reports every stage and output up to date. Else None."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    params = load_params(root / params_file)
+    if "promote" not in pipeline_stages(root):
+        return None
+    if git(root, "status", "--porcelain", "--untracked-files=no", check=False).stdout.strip():
+        return None
+    info = Registry(root).at_commit(params.promote.model, head_commit(root))
+    if info is None or not (root / PROMOTION).is_file():
+        return None
+    ref = root / PROD_REFERENCE
+    recorded = read_json(ref) if ref.is_file() else None
+    if recorded is None or {k: v for k, v in recorded.items() if k != "bundle"} != prod_reference(root, params):
+        return None
+    try:
+        with contextlib.chdir(root), Repo(".") as repo:
+            if repo.status():  # a changed dep/param/out, or an output missing from the workspace
+                return None
+    except DvcException:  # e.g. another run holds DVC's lock: the flow handles that as always
+        return None
+    decision = read_json(root / PROMOTION)
+    store = open_store(params.store, root)
+    return {"status": "unchanged (already released)", "store": {"url": store.describe(),
+                                                                "remote": params.store.remote_name},
+            "data": data_lineage(root, params), "metrics": decision["candidate"], "gates": decision["gates"],
+            "failed": decision["failed"], "git_commit": info.commit, "flow_run": None,
+            "note": "nothing changed since this release: no flow run (`edgedistill run --force` runs every stage)",
+            "registry": {"model": params.promote.model, "version": info.version, "commit": info.commit,
+                         "stages": info.stages, "tags": [], "new": False, "pushed": [],
+                         "bundle": f"{store.describe()}/{bundle_prefix(params.promote.model, info.version)}"}}
+
+
 def run_release(root: str | Path = ".", params_file: str = "params.yaml", stages: list[str] | None = None,
                 force: bool = False) -> dict[str, Any]:
-    """Run the flow (Prefect's ephemeral local server when no PREFECT_API_URL is set)."""
+    """Run the flow (Prefect's ephemeral local server when no PREFECT_API_URL is set). A full run when
+    nothing changed since the release HEAD is skips the flow (and starting that server): the summary
+    is recorded in reports/release.json as usual."""
+    if not stages and not force:
+        summary = unchanged_release(Path(root).resolve(), str(params_file))
+        if summary is not None:
+            console = Console()
+            write_json(Path(root) / SUMMARY, summary)
+            render_summary(summary, console)
+            console.print(summary["note"])
+            return summary
     return release(root=str(root), params_file=str(params_file), stages=stages, force=force)

@@ -177,7 +177,8 @@ def reproduce_version(root: str | Path, params: Params, version: str, keep: bool
     overall = reproduce_verdict(rows)
     report = {"model": model, "version": info.version, "commit": info.commit, "verdict": overall["verdict"],
               "reason": overall["reason"], "tally": overall["tally"], "stages": stages_run, "counts": counts, "metrics": metrics, "files": files,
-              "worktree": str(wt) if keep else None}
+              "worktree": str(wt) if keep else None,
+              "environment": environment_check(root, params, info.version)}
     out = Path(out) if out else root / "reports" / "reproduce" / f"{model}-{info.version}.json"
     write_json(out, report)
     report["report"] = str(out)
@@ -302,3 +303,17 @@ def _released_json(root: Path, commit: str, lock_text: str | None) -> list[str]:
 
 def _allout_md5s(text: str | None) -> list[str]:
     return [o["path"] for st in lock_stages(text).values() for o in st.get("outs") or []]
+
+
+def environment_check(root: Path, params: Params, version: str) -> list[dict[str, Any]]:
+    """The packages (and lock hash) of the release's model card that differ from this environment:
+    a reason a reproduction may differ, named before anyone compares figures."""
+    from edgedistill.environment import environment_differences, environment_record
+    from edgedistill.store import CARD
+
+    store = open_store(params.store, root)
+    try:
+        card = json.loads(store.read_text(f"{bundle_prefix(params.promote.model, version)}/{CARD}"))
+    except EdgeDistillError:
+        card = {}
+    return environment_differences((card.get("lineage") or {}).get("environment"), environment_record(root))

@@ -97,6 +97,46 @@ def emit(event: str, resource: dict[str, str], payload: dict[str, Any]) -> bool:
     return emit_event(event=event, resource=resource, payload=payload) is not None
 
 
+def prefect_api_configured() -> bool:
+    """A Prefect server is configured (PREFECT_API_URL): events reach its automations. Without one,
+    Prefect would start a temporary server that no deployment listens to."""
+    from prefect.settings import get_current_settings
+
+    return bool(get_current_settings().api.url)
+
+
+def flush_events(timeout: float = 30) -> None:
+    """Deliver the queued Prefect events (ours and a flow run's own) before the process exits, without
+    Prefect's "EventsWorker - Still processing items" progress warnings on the way out."""
+    import logging
+
+    from prefect.events.worker import EventsWorker
+
+    log = logging.getLogger("EventsWorker")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        EventsWorker.drain_all(timeout=timeout)
+    finally:
+        log.setLevel(level)
+
+
+def announce_stage(root: str | Path, params: Params, stage: str, version: str) -> bool:
+    """Emit STAGE_ASSIGNED for a fleet stage at once (called by `promote`), so the `publish`
+    deployment's trigger starts it within seconds; the watcher stays the safety net. Only for
+    ops.channel_stages and only when a Prefect API is configured; True when the event was sent."""
+    from flows.publish import assignment_counter
+
+    if stage not in params.ops.channel_stages or not prefect_api_configured():
+        return False
+    model = params.promote.model
+    sent = emit(STAGE_ASSIGNED, {"prefect.resource.id": model_resource(model), "edgedistill.model": model,
+                                 "edgedistill.stage": stage},
+                {"version": version, "assignment": assignment_counter(root, model, stage)})
+    flush_events()
+    return sent
+
+
 def watch_once(root: str | Path, params: Params, force: bool = False) -> dict[str, Any]:
     """One check; emits at most one data event and one event per stage to publish."""
     r = Path(root).resolve()

@@ -249,14 +249,57 @@ def wait_run(api: str, deployment: str, done: int, timeout: float) -> list:
     raise AssertionError(f"no completed run of {deployment} after {timeout}s (runs: {[r.state for r in got]})")
 
 
-def drain_events() -> None:
-    from prefect.events.worker import EventsWorker
+def server_env(home: Path, api: str, project: Path | None = None) -> dict[str, str]:
+    env = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"], "PREFECT_HOME": str(home),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false",
+           "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_API_URL": api, "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+           "PREFECT_LOGGING_LEVEL": "WARNING"}
+    if project:
+        env["PYTHONPATH"] = str(project)
+    return env
 
-    EventsWorker.drain_all()
+
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory):
+    """One real `prefect server` for this module's tests, on a free port; yields its API URL."""
+    home = tmp_path_factory.mktemp("prefect-server")
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                               "--port", str(port)], env=server_env(home, api), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_http(f"{api}/health", server, 90)
+        yield api
+    finally:
+        log = stop(server)
+        if "Traceback" in log:
+            print("prefect server log:", log[-4000:])
+
+
+def served_names(api: str) -> set[str]:
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import DeploymentSort
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    async def names() -> set[str]:
+        async with get_client() as c:
+            return {d.name for d in await c.read_deployments(limit=50, sort=DeploymentSort.NAME_ASC)}
+
+    with temporary_settings({PREFECT_API_URL: api}):
+        return asyncio.run(names())
+
+
+def drain_events() -> None:
+    from flows.triggers import flush_events
+
+    flush_events()
 
 
 @pytest.mark.slow
-def test_new_data_triggers_release_and_prod_triggers_publish(project, tmp_path):
+def test_new_data_triggers_release_and_prod_triggers_publish(project, tmp_path, prefect_api):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.registry_ops import promote_version
@@ -269,18 +312,10 @@ def test_new_data_triggers_release_and_prod_triggers_publish(project, tmp_path):
     release_v(project, "v0.1.0", v1, stage="prod", seed=1)
     publish_channel(project, params, "prod")
 
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"], "PREFECT_HOME": str(tmp_path / "prefect"),
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false",
-           "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_API_URL": api, "PREFECT_RUNNER_POLL_FREQUENCY": "1",
-           "PYTHONPATH": str(project), "PREFECT_LOGGING_LEVEL": "WARNING"}
-    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                               "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True)
+    api = prefect_api
+    env = server_env(tmp_path / "prefect", api, project)
     served = None
     try:
-        wait_http(f"{api}/health", server, 90)
         # the two triggered deployments, served from the project like `edgedistill serve` does
         code = ("from edgedistill.params import load_params; from flows.deployments import build_deployments; "
                 "from prefect import serve; p = load_params('params.yaml'); "
@@ -288,23 +323,12 @@ def test_new_data_triggers_release_and_prod_triggers_publish(project, tmp_path):
                 "if d.name in ('release-on-new-data', 'publish')])")
         served = subprocess.Popen([sys.executable, "-c", code], cwd=project, env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True)
+        end = time.time() + 60
+        while not {"release-on-new-data", "publish"} <= served_names(api):
+            assert time.time() < end and served.poll() is None, "deployments were not served"
+            time.sleep(1)
+        time.sleep(2)  # the trigger service loads the new automations
         with temporary_settings({PREFECT_API_URL: api}):
-            from prefect.client.orchestration import get_client
-
-            async def deployments() -> set:
-                async with get_client() as c:
-                    from prefect.client.schemas.sorting import DeploymentSort
-
-                    return {d.name for d in await c.read_deployments(limit=50, sort=DeploymentSort.NAME_ASC)}
-
-            import asyncio
-
-            end = time.time() + 60
-            while asyncio.run(deployments()) != {"release-on-new-data", "publish"}:
-                assert time.time() < end and served.poll() is None, "deployments were not served"
-                time.sleep(1)
-            time.sleep(2)  # the trigger service loads the new automations
-
             # unchanged data: nothing to announce
             assert not watch_once(project, params)["data"]["emit"]
             # new data lands (committed and pushed): the watcher's event starts a release run
@@ -319,12 +343,12 @@ def test_new_data_triggers_release_and_prod_triggers_publish(project, tmp_path):
             card = json.loads(store.read_text(f"releases/{MODEL}/v0.2.0/{CARD}"))
             assert card["lineage"]["data"]["md5"] == v2  # released on the new data
 
-            # prod assigned: the watcher's event starts the publish run, which moves the channel
-            promote_version(project, params, "v0.2.0", "prod")
-            got = watch_once(project, params)
-            assert [s["version"] for s in got["stages"]] == ["v0.2.0"]
-            drain_events()
+            # prod assigned: promote announces it itself (no watcher), the triggered publish moves the channel
+            t0 = time.time()
+            assert promote_version(project, params, "v0.2.0", "prod")["announced"]
+            assert not promote_version(project, params, "v0.2.0", "staging")["announced"]  # not a channel stage
             wait_run(api, "publish", 1, 120)
+            print(f"promote -> channel updated in {time.time() - t0:.1f}s")
         doc = json.loads(store.read_versioned(channel_key(MODEL, "prod"))[0])
         assert doc["version"] == "v0.2.0"
         for name, f in doc["files"].items():
@@ -333,9 +357,81 @@ def test_new_data_triggers_release_and_prod_triggers_publish(project, tmp_path):
         assert doc["files"]["student.int8.onnx"]["sha256"] == card["files"]["student.int8.onnx"]["sha256"]
     finally:
         log = stop(served) if served else ""
-        stop(server)
         if sys.exc_info()[0] is not None:
             print(log[-4000:])
+
+
+@pytest.mark.slow
+def test_schedules_fire(project, tmp_path, prefect_api):
+    """`edgedistill serve`'s scheduled deployments, on a real server: the scheduler itself creates their
+    runs (auto_scheduled), and the served `watch` runs on its own. Fails when the server's scheduler is
+    broken (e.g. SQLAlchemy 2.1 under prefect 3.9: no run is ever created)."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.deployments import SCHEDULED, no_runs_message, wait_for_scheduled_runs
+
+    api = prefect_api
+    code = ("from edgedistill.params import load_params; from flows.deployments import serve_operations; "
+            "serve_operations('.', 'params.yaml', load_params('params.yaml'), cron='* * * * *', watch_interval=10)")
+    served = subprocess.Popen([sys.executable, "-c", code], cwd=project, env=server_env(tmp_path / "prefect", api,
+                                                                                          project),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    t0 = time.time()
+    try:
+        with temporary_settings({PREFECT_API_URL: api}):
+            missing = wait_for_scheduled_runs(SCHEDULED, 150)
+            assert not missing, no_runs_message(missing, 150)
+            # a deployment without a schedule never gets one: the check does report what is missing
+            assert wait_for_scheduled_runs(["publish"], 0) == ["publish"]
+            import asyncio
+
+            from prefect.client.orchestration import get_client
+            from prefect.client.schemas.filters import (
+                DeploymentFilter,
+                DeploymentFilterName,
+                FlowRunFilter,
+                FlowRunFilterState,
+                FlowRunFilterStateType,
+            )
+            from prefect.client.schemas.objects import StateType
+
+            async def watch_runs() -> list:
+                async with get_client() as c:
+                    return await c.read_flow_runs(
+                        deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["watch"])),
+                        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
+                            any_=[StateType.COMPLETED, StateType.FAILED, StateType.CRASHED]))), limit=20)
+
+            while True:
+                runs = asyncio.run(watch_runs())
+                assert not [r for r in runs if not r.state.is_completed()], [r.state for r in runs]
+                if any(r.auto_scheduled for r in runs):
+                    break
+                assert time.time() - t0 < 150 and served.poll() is None, \
+                    "no scheduled watch run completed"
+                time.sleep(1)
+            print(f"scheduled runs created and a scheduled watch run completed {time.time() - t0:.1f}s after serve")
+    finally:
+        log = stop(served)
+        if sys.exc_info()[0] is not None:
+            print(log[-4000:])
+    # serve's own check reported the scheduler working (within ops.schedule_check_seconds)
+    assert "scheduler OK: runs are scheduled for retrain, watch" in log, log[-3000:]
+    assert "Runner.astop' was never awaited" not in log
+
+
+def test_prefect_db_is_per_project_unless_the_user_chose(tmp_path, monkeypatch):
+    from flows.prefect_env import configure_prefect_env, project_database_url
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    monkeypatch.setattr(os, "environ", env)  # this test's changes stay in this copy
+    assert project_database_url(tmp_path) is None  # not a project
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    configure_prefect_env(tmp_path)
+    assert os.environ["PREFECT_SERVER_DATABASE_CONNECTION_URL"] == f"sqlite+aiosqlite:///{tmp_path}/.prefect/prefect.db"
+    assert (tmp_path / ".prefect").is_dir() and os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+    env["PREFECT_HOME"] = str(tmp_path / "mine")  # the user's own home wins
+    assert project_database_url(tmp_path) is None
 
 
 def test_device_benchmark_files_its_result_beside_the_bundle(project):

@@ -92,6 +92,11 @@ def test_release_registers_staging_pushes_and_publishes(released, monkeypatch):
     assert card["verdicts"]["shipped"] == "KD student" and card["verdicts"]["int8_accuracy"] == "89.50% [85.50, 93.50]"
     assert card["verdicts"]["kd"] == "KD helped: +2.0 pts [+0.0, +4.0] on validation, +3.0 pts [+1.0, +5.0] on test"
     assert "no prod version yet" in card["verdicts"]["regression_vs_prod"]
+    from importlib import metadata
+
+    env = card["lineage"]["environment"]  # what shaped the result, as installed when it was released
+    assert env["packages"]["torch"] == metadata.version("torch")
+    assert env["packages"]["onnxruntime"] == metadata.version("onnxruntime")
     summary = json.loads((proj / "reports/release.json").read_text())
     assert summary["status"] == "released" and summary["registry"]["stages"] == ["staging"]
     # the same summary as the run's markdown artifact, in this session's ephemeral Prefect DB
@@ -104,6 +109,18 @@ def test_release_registers_staging_pushes_and_publishes(released, monkeypatch):
                and "- KD helped: +2.0 pts" in t for t in texts)
     assert "KD gain (paired, test)" in out and "+3.00 pts [+1.00, +5.00]" in out
     assert "AWS" not in (proj / ".dvc/config.local").read_text()
+
+
+@pytest.mark.slow
+def test_rerun_with_nothing_changed_skips_the_flow(released):
+    """HEAD is the release, DVC sees nothing to do, prod has not moved: no flow, no temporary server."""
+    proj = released["proj"]
+    r = sh([ED, "run"], proj, env=FAKE_AWS)
+    assert "release: unchanged (already released)" in r.stdout and "no flow run" in r.stdout
+    assert "temporary server" not in r.stdout + r.stderr
+    summary = json.loads((proj / "reports/release.json").read_text())
+    assert summary["registry"]["version"] == "v0.1.0" and summary["flow_run"] is None
+    assert sh(["git", "status", "--porcelain"], proj).stdout.strip() == ""
 
 
 @pytest.mark.slow
@@ -170,6 +187,7 @@ def test_reproduce_matches_the_release(released):
     assert r.stdout.lstrip().splitlines()[-1].startswith("reproduced") or "reproduced —" in r.stdout
     report = json.loads((released["proj"] / "reports/reproduce/student-v0.1.0.json").read_text())
     assert report["verdict"] == "reproduced" and report["tally"]["differs"] == 0, report["reason"]
+    assert report["environment"] == []  # the same packages as at release
     by_file = {f["file"]: f["verdict"] for f in report["files"]}
     assert by_file["models/student.int8.onnx"] == by_file["bundle/student.int8.onnx"] == "identical"
     assert any(m["metric"] == "candidate.int8_accuracy" for m in report["metrics"])

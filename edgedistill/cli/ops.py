@@ -83,9 +83,11 @@ def watch(
 ) -> None:
     """Check once for new data (vs the last release) and unpublished stage assignments; emit the
     Prefect events the `release-on-new-data` and `publish` deployments are triggered by."""
+    from flows.triggers import flush_events
     from flows.triggers import watch as watch_flow
 
     got = guarded(lambda: watch_flow(root=".", params_file=_state["params"], force=force))
+    flush_events()
     d = got["data"]
     console.print(f"data {d['path']}: {d['why']}" + (" → event sent" if d.get("emitted") else ""))
     for s in got["stages"]:

@@ -47,6 +47,8 @@ def promote(
     what = "rolled back" if r["rollback"] else "promoted"
     console.print(f"[green]✓[/] {what} {r['model']} {r['stage']}: {r['previous'] or '—'} → {r['version']} "
                   f"(tag {r['tag']}{', pushed to origin' if r['pushed'] else ''})")
+    if r.get("announced"):
+        console.print(f"{r['stage']} assignment announced to the Prefect server: `publish` updates the channel now")
 
 
 @app.command()
@@ -140,6 +142,9 @@ def reproduce(
                   f"[{colour[x['verdict']]}]{x['verdict']}[/]" + (f": {escape(x['note'])}" if x.get("note") else "")
                   + ("" if x.get("decisive", True) else " [dim](report)[/]"))
     console.print(f)
+    for e in r.get("environment") or []:
+        console.print(f"[yellow]environment differs:[/] {escape(e['what'])} {e['released'] or '—'} at release, "
+                      f"{e['current'] or '—'} now" + (f" ({escape(e['note'])})" if e.get("note") else ""))
     t = r["tally"]
     console.print(f"[{colour[r['verdict']]}]{r['verdict']}[/]: {t['same']} match, {t['within']} within tolerance, "
                   f"{t['differs']} differ, {t['expected']} run-to-run figure(s) not judged; report {r['report']}")
@@ -172,4 +177,5 @@ def serve(
     ps = guarded(params)
     console.print(f"serving retrain (cron '{cron or ps.ops.retrain_cron}' {ps.ops.timezone}), watch (every "
                   f"{watch_every or ps.ops.watch_interval_seconds:g}s), release-on-new-data, publish; params {p}")
-    serve_operations(Path.cwd(), p, ps, cron=cron, watch_interval=watch_every)
+    serve_operations(Path.cwd(), p, ps, cron=cron, watch_interval=watch_every,
+                     log=lambda m: console.print(escape(m), style=None if m.startswith("scheduler OK") else "bold red"))
