@@ -4,6 +4,8 @@ validation, list versions with the releases trained on them, diff two versions, 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -103,6 +105,17 @@ def tracked_file(root: Path, readings: str | Path) -> Tracked:
 def md5_file(path: Path) -> str:
     """DVC 3 hashes a file as the md5 of its bytes, so this matches what .dvc files record."""
     return file_digest(path, "md5")
+
+
+def md5_path(path: Path) -> str:
+    """What a .dvc file records for `path`: a file's md5, or for a directory (a partitioned dataset) DVC's
+    tree hash: the md5 of the sorted JSON list of {md5, relpath} of its files, suffixed `.dir`."""
+    if not path.is_dir():
+        return md5_file(path)
+    entries = [{"md5": md5_file(f), "relpath": f.relative_to(path).as_posix()}
+               for f in sorted(path.rglob("*")) if f.is_file()]
+    entries.sort(key=lambda e: e["relpath"])
+    return hashlib.md5(json.dumps(entries, sort_keys=True).encode("utf-8")).hexdigest() + ".dir"
 
 
 # ---------------------------------------------------------------- what a commit records for the data
@@ -271,11 +284,21 @@ def version_file(t: Tracked, md5: str) -> Iterator[Path]:
     obj = _cached_object(t.root, t, md5)
     with tempfile.TemporaryDirectory(prefix="edgedistill-version-") as tmp:
         dest = Path(tmp) / Path(t.path).name
-        try:
-            os.link(obj, dest)
-        except OSError:
-            shutil.copyfile(obj, dest)
+        if md5.endswith(".dir"):  # a partitioned dataset: lay its files out from the cache
+            for entry in json.loads(obj.read_text()):
+                f = dest / entry["relpath"]
+                f.parent.mkdir(parents=True, exist_ok=True)
+                _link_or_copy(_cached_object(t.root, t, entry["md5"]), f)
+        else:
+            _link_or_copy(obj, dest)
         yield dest
+
+
+def _link_or_copy(src: Path, dest: Path) -> None:
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copyfile(src, dest)
 
 
 def load_version(t: Tracked, v: Version) -> pd.DataFrame:
@@ -412,7 +435,7 @@ def _stage_owning(root: Path, t: Tracked) -> str | None:
 def _workspace_md5(t: Tracked) -> tuple[str | None, str | None]:
     """(md5 the .dvc file records, md5 of the file in the workspace); None where absent."""
     rec = _md5_in_dvcfile(t.abs_dvcfile.read_text()) if t.abs_dvcfile.is_file() else None
-    return (rec[0] if rec else None), (md5_file(t.abs) if t.abs.is_file() else None)
+    return (rec[0] if rec else None), (md5_path(t.abs) if t.abs.exists() else None)
 
 
 def require_clean(t: Tracked, action: str) -> None:
@@ -475,6 +498,45 @@ def _align(new: pd.DataFrame, old: pd.DataFrame, source: str) -> pd.DataFrame:
                               f"without changing values (row {i}: {out[c][i]!r})")
         out[c] = cast
     return out
+
+
+def _append_partitions(tracked: Path, candidate: Path, new: pd.DataFrame, source: str) -> None:
+    """The tracked dataset plus `new` as NEW partition files: existing files are hard-linked (never
+    rewritten, so their DVC hashes stay and `dvc push` uploads only the new files); the new rows are
+    written under the dataset's own hive keys, cast to its file schema, with names no existing file has."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    from edgedistill.readings import dataset_files, partition_keys
+
+    files = dataset_files(tracked)
+    keys = partition_keys(tracked, files[0])
+    missing = [k for k in keys if k not in new.columns]
+    if missing:
+        raise DataInvalid(f"{source}: has no column(s) {missing} for the partition keys of {tracked.name} "
+                          f"({'/'.join(k + '=…' for k in keys)})", hint="Add the columns the dataset is partitioned by.")
+    for f in sorted(tracked.rglob("*")):
+        dest = candidate / f.relative_to(tracked)
+        if f.is_dir():
+            dest.mkdir(parents=True, exist_ok=True)
+        else:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            _link_or_copy(f, dest)
+    file_schema = pq.read_schema(files[0])
+    table = pa.Table.from_pandas(new, preserve_index=False)
+    cols = [table.column(fld.name).cast(fld.type) for fld in file_schema] + [
+        pa.array(new[k].astype(str).to_numpy(dtype=object), pa.string()) for k in keys]
+    table = pa.Table.from_arrays(cols, names=[*file_schema.names, *keys])
+    existing = {f.name for f in files}
+    tag = hashlib.md5(pd.util.hash_pandas_object(new, index=False).to_numpy().tobytes()).hexdigest()[:12]
+    template = f"part-{tag}-{{i}}.parquet"
+    if any(n.startswith(f"part-{tag}-") for n in existing):
+        raise DataInvalid(f"{source}: these rows were already appended to {tracked.name} (files part-{tag}-*)")
+    part = ds.partitioning(pa.schema([(k, pa.string()) for k in keys]), flavor="hive") if keys else None
+    ds.write_dataset(table, candidate, format="parquet", partitioning=part, basename_template=template,
+                     existing_data_behavior="overwrite_or_ignore",
+                     file_options=ds.ParquetFileFormat().make_write_options())
 
 
 def _write_table(df: pd.DataFrame, path: Path) -> None:
@@ -565,15 +627,27 @@ def add(params: Params, source: str | Path, append: bool = False, to: str | Path
     work = Path(tempfile.mkdtemp(prefix=".data-add-", dir=t.abs.parent))
     try:
         candidate = work / Path(t.path).name
+        if source.is_dir() and append and not t.abs.is_dir():
+            raise DataVersionError(f"{source}: --append of a directory needs a partitioned dataset at {t.path}")
         same_format = source.suffix.lower() == candidate.suffix.lower()
         retyped = old_df is not None and any(new_df[c].dtype != old_df[c].dtype for c in old_df.columns)
-        if append:
+        if append and t.abs.is_dir():
+            _append_partitions(t.abs, candidate, _align(new_df, old_df, str(source)), str(source))
+        elif source.is_dir() and not append:
+            if old_df is not None and not t.abs.is_dir():
+                raise DataVersionError(f"{source}: a dataset directory cannot replace the single file {t.path}",
+                                       hint="Track it under its own path with --to data/user/readings.")
+            shutil.copytree(source, candidate)
+        elif t.abs.is_dir():
+            raise DataVersionError(f"{source}: {t.path} is a partitioned dataset; add a directory, or a file "
+                                   "with --append (its rows become new partition files)")
+        elif append:
             _write_table(pd.concat([old_df, _align(new_df, old_df, str(source))], ignore_index=True), candidate)
         elif retyped or not same_format:
             _write_table(_align(new_df, old_df, str(source)) if old_df is not None else new_df, candidate)
         else:
             shutil.copyfile(source, candidate)  # byte-identical: the same file keeps the same md5
-        new_md5 = md5_file(candidate)
+        new_md5 = md5_path(candidate)
         if recorded == new_md5:
             raise DataVersionError(f"{source}: identical to the tracked {t.path} (md5 {new_md5[:8]}); nothing to add")
         vparams = _rooted(params, root)
@@ -636,7 +710,7 @@ def _commit_new_version(t: Tracked, current: Tracked, candidate: Path, work: Pat
     saved = {p: (p.read_bytes() if p.is_file() else None) for p in touched} | reference
     params_was_clean = repoint and not git(root, "status", "--porcelain", "--", str(params_abs)).strip()
     previous = work / "previous"
-    had_data = t.abs.is_file()
+    had_data = t.abs.exists()
     if had_data:
         os.replace(t.abs, previous)
     os.replace(candidate, t.abs)
@@ -677,6 +751,8 @@ def _commit_new_version(t: Tracked, current: Tracked, candidate: Path, work: Pat
 
 
 def _rollback(t: Tracked, previous: Path | None, saved: dict[Path, bytes | None]) -> None:
+    if t.abs.is_dir() and (previous is None or previous.exists()):
+        shutil.rmtree(t.abs)
     if previous is not None and previous.exists():
         os.replace(previous, t.abs)
     elif previous is None:

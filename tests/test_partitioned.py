@@ -1,0 +1,160 @@
+"""Readings as a hive-partitioned Parquet dataset (a directory): read through pyarrow.dataset, tracked by
+DVC as a directory, `data add --append` writing new partition files only, and bad partitions refused
+with one error naming the file and partition while the tracked data stays byte-identical."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import small_readings
+from test_data_versions import add_remote, files_under, new_project, sh, split_drop
+
+from edgedistill import dataversions
+from edgedistill.errors import DataInvalid
+from edgedistill.params import load_params
+from edgedistill.readings import read_readings
+from tasks import prepare, validate
+
+TRACKED = "data/user/readings"
+
+
+def write_partitioned(df, folder: Path, keys=("subject", "day")) -> Path:
+    df = df.assign(day="2024-01-01") if "day" in keys and "day" not in df.columns else df
+    pq.write_to_dataset(pa.Table.from_pandas(df, preserve_index=False), folder, partition_cols=list(keys),
+                        basename_template="part-{i}.parquet")
+    return folder
+
+
+def tree(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_dataset_reads_like_the_file_with_partition_columns(tmp_path):
+    df = small_readings(subjects=3, rows_per_recording=100)
+    got = read_readings(write_partitioned(df, tmp_path / "ds"))
+    assert set(got.columns) == set(df.columns) | {"day"} and (got["day"] == "2024-01-01").all()
+    key = ["subject", "recording", "t"]
+    a = df.sort_values(key).reset_index(drop=True)
+    b = got[list(df.columns)].sort_values(key).reset_index(drop=True)
+    assert (a.astype(str) == b.astype(str)).all().all()
+    # each recording's rows stay contiguous (files are read in path order)
+    rec = got["subject"] + "/" + got["recording"].astype(str)
+    assert (rec != rec.shift()).sum() == rec.nunique()
+
+
+def test_validate_and_prepare_on_a_dataset_match_the_single_file(tmp_path, monkeypatch):
+    from conftest import make_params
+
+    monkeypatch.chdir(tmp_path)
+    df = small_readings()
+    single = tmp_path / "data" / "readings.parquet"
+    single.parent.mkdir(parents=True)
+    df.to_parquet(single, index=False)
+    ds_dir = write_partitioned(df, tmp_path / "data" / "ds", keys=("subject",))
+    params = make_params({"data": {"readings": str(ds_dir)}, "validate": {"drift": {"enabled": False}}})
+    assert validate.run(params, readings=ds_dir)["checks_run"] > 0
+    from_ds = prepare.run(params, readings=ds_dir, out_dir=tmp_path / "p_ds")
+    from_file = prepare.run(params, readings=single, out_dir=tmp_path / "p_file")
+    assert from_ds["splits"] == from_file["splits"]  # same groups -> same windows per split and class
+
+
+def _other_schema(ds: Path) -> Path:
+    f = next(ds.glob("subject=S02/*/*.parquet"))
+    t = pq.read_table(f)
+    pq.write_table(t.set_column(t.schema.get_field_index("acc_x"), "acc_x", t["acc_x"].cast(pa.string())), f)
+    return f
+
+
+def _corrupt(ds: Path) -> Path:
+    f = next(ds.glob("subject=S02/*/*.parquet"))  # the middle of S01..S03
+    data = bytearray(f.read_bytes())
+    data[4:68] = b"\xff" * 64  # the first page header damaged, footer intact: fails only when read
+    f.write_bytes(bytes(data))
+    return f
+
+
+def _truncated(ds: Path) -> Path:
+    f = next(ds.glob("subject=S02/*/*.parquet"))
+    f.write_bytes(f.read_bytes()[:-100])
+    return f
+
+
+def _empty_file(ds: Path) -> Path:
+    f = next(ds.glob("subject=S02/*/*.parquet"))
+    t = pq.read_table(f)
+    pq.write_table(t.slice(0, 0), f)
+    return f
+
+
+def _empty_dir(ds: Path) -> Path:
+    d = ds / "subject=S09" / "day=2024-01-01"
+    d.mkdir(parents=True)
+    return d
+
+
+CASES = {_other_schema: "different schema from", _corrupt: "not a readable Parquet file",
+         _truncated: "not a readable Parquet file", _empty_file: "is empty", _empty_dir: "is empty"}
+
+
+@pytest.mark.parametrize("case", list(CASES), ids=lambda f: f.__name__[1:])
+def test_bad_partition_one_error_naming_file_and_partition(tmp_path, case):
+    ds = write_partitioned(small_readings(subjects=3, rows_per_recording=100), tmp_path / "ds")
+    bad = case(ds)
+    with pytest.raises(DataInvalid) as e:
+        read_readings(ds)
+    msg = str(e.value)
+    assert CASES[case] in msg and "\n" not in msg, msg
+    assert "subject=S02" in msg or "subject=S09" in msg, msg
+    assert bad.name in msg or str(bad.relative_to(ds).parent) in msg, msg
+
+
+@pytest.fixture
+def project(tmp_path):
+    root = new_project(tmp_path / "proj", readings=TRACKED)
+    remote = tmp_path / "remote"
+    add_remote(root, str(remote))
+    first, drop = split_drop()
+    v1 = dataversions.add(load_params(root / "params.yaml"), write_partitioned(first, tmp_path / "in" / "first"),
+                          root=root, validate=validate.run)
+    return root, remote, drop, v1
+
+
+def test_directory_tracked_then_append_writes_new_partition_files_only(project, tmp_path):
+    root, remote, drop, v1 = project
+    assert v1["md5"].endswith(".dir")
+    dvcfile = (root / (TRACKED + ".dvc")).read_text()
+    assert v1["md5"] in dvcfile and "nfiles" in dvcfile
+    assert dataversions.md5_path(root / TRACKED) == v1["md5"]  # our tree hash is DVC's
+    before, remote_before = tree(root / TRACKED), set(files_under(remote))
+    drop_file = tmp_path / "in" / "drop.parquet"
+    drop.assign(day="2024-01-02").to_parquet(drop_file, index=False)
+    v2 = dataversions.add(load_params(root / "params.yaml"), drop_file, append=True, root=root,
+                          validate=validate.run)
+    after = tree(root / TRACKED)
+    assert {k: after[k] for k in before} == before  # no existing partition file rewritten
+    new = sorted(set(after) - set(before))
+    assert new and all(k.startswith("subject=S05/day=2024-01-02/part-") for k in new), new
+    # DVC uploaded the new file(s) plus the new .dir listing, nothing else
+    pushed = set(files_under(remote)) - remote_before
+    assert len(pushed) == len(new) + 1, pushed
+    assert v2["after"]["rows"] == v1["after"]["rows"] + len(drop)
+    assert len(read_readings(root / TRACKED)) == v2["after"]["rows"]
+
+
+def test_bad_partition_in_a_drop_leaves_tracked_dataset_intact(project, tmp_path):
+    root, remote, drop, _ = project
+    before, remote_before = tree(root / TRACKED), files_under(remote)
+    head = sh(["git", "rev-parse", "HEAD"], root)
+    bad = write_partitioned(drop, tmp_path / "in" / "bad")
+    f = next(bad.rglob("*.parquet"))
+    f.write_bytes(f.read_bytes()[:-100])
+    with pytest.raises(DataInvalid, match="subject=S05"):
+        dataversions.add(load_params(root / "params.yaml"), bad, append=True, root=root, validate=validate.run)
+    assert tree(root / TRACKED) == before and files_under(remote) == remote_before
+    assert sh(["git", "rev-parse", "HEAD"], root) == head
+    assert not list((root / "data/user").glob(".data-add-*"))
