@@ -339,7 +339,7 @@ def log(params: Params, root: str | Path = ".") -> dict[str, Any]:
     root = project_root(root)
     t = tracked_file(root, params.data.readings)
     found = versions(t)
-    current = md5_file(t.abs) if t.abs.is_file() else None
+    current = md5_path(t.abs) if t.abs.exists() else None
     rows = []
     for v in found:
         stats, why = _try_summarize(t, v, params)
@@ -805,7 +805,7 @@ def checkout(params: Params, ref: str, root: str | Path = ".") -> dict[str, Any]
     except (DvcException, OSError) as e:
         _restore(t.abs_dvcfile, saved)
         raise DataVersionError(f"dvc checkout of {t.path} at {v.short} failed: {e}") from None
-    got = md5_file(t.abs)
+    got = md5_path(t.abs)
     if got != v.md5:  # pragma: no cover - DVC verified the object; guards against a broken cache link
         raise DataVersionError(f"{t.path}: restored file has md5 {got[:8]}, expected {v.md5[:8]}")
     head = recorded_at(t, "HEAD")

@@ -70,12 +70,15 @@ def _other_schema(ds: Path) -> Path:
     return f
 
 
-def _corrupt(ds: Path) -> Path:
-    f = next(ds.glob("subject=S02/*/*.parquet"))  # the middle of S01..S03
+def _corrupt_first_page(f: Path) -> Path:
     data = bytearray(f.read_bytes())
     data[4:68] = b"\xff" * 64  # the first page header damaged, footer intact: fails only when read
     f.write_bytes(bytes(data))
     return f
+
+
+def _corrupt(ds: Path) -> Path:
+    return _corrupt_first_page(next(ds.glob("subject=S02/*/*.parquet")))  # the middle of S01..S03
 
 
 def _truncated(ds: Path) -> Path:
@@ -111,6 +114,21 @@ def test_bad_partition_one_error_naming_file_and_partition(tmp_path, case):
     assert CASES[case] in msg and "\n" not in msg, msg
     assert "subject=S02" in msg or "subject=S09" in msg, msg
     assert bad.name in msg or str(bad.relative_to(ds).parent) in msg, msg
+
+
+def test_bad_partition_leaves_prepared_outputs_alone(tmp_path, monkeypatch):
+    from conftest import make_params
+
+    monkeypatch.chdir(tmp_path)
+    ds = write_partitioned(small_readings(), tmp_path / "ds", keys=("subject",))
+    params = make_params({"data": {"readings": str(ds)}})
+    out = tmp_path / "prepared"
+    prepare.run(params, out_dir=out)
+    before = tree(out)
+    _corrupt_first_page(next(ds.glob("subject=S03/*.parquet")))
+    with pytest.raises(DataInvalid, match="subject=S03"):
+        prepare.run(params, out_dir=out)
+    assert tree(out) == before
 
 
 @pytest.fixture
@@ -158,3 +176,21 @@ def test_bad_partition_in_a_drop_leaves_tracked_dataset_intact(project, tmp_path
     assert tree(root / TRACKED) == before and files_under(remote) == remote_before
     assert sh(["git", "rev-parse", "HEAD"], root) == head
     assert not list((root / "data/user").glob(".data-add-*"))
+
+
+def test_log_diff_checkout_a_dataset_version(project, tmp_path):
+    root, remote, drop, v1 = project
+    first_tree = tree(root / TRACKED)
+    drop_file = tmp_path / "in" / "drop.parquet"
+    drop.assign(day="2024-01-02").to_parquet(drop_file, index=False)
+    params = load_params(root / "params.yaml")
+    v2 = dataversions.add(params, drop_file, append=True, root=root, validate=validate.run)
+    logged = dataversions.log(params, root=root)
+    rows = [r["rows"] for r in logged["versions"]]
+    assert rows == [v2["after"]["rows"], v1["after"]["rows"]], logged
+    d = dataversions.diff(params, v1["version"], v2["version"], root=root)
+    assert d["a"]["md5"] == v1["md5"] and d["b"]["md5"] == v2["md5"]
+    # a fresh cache: the old version comes back file by file from the remote
+    sh(["rm", "-rf", ".dvc/cache"], root)
+    dataversions.checkout(params, v1["version"], root=root)
+    assert tree(root / TRACKED) == first_tree
