@@ -132,7 +132,10 @@ def read_dataset(root: str | Path) -> pd.DataFrame:
             f = Path(frag.path)
             raise DataInvalid(f"{f}: not a readable Parquet file (partition {partition_of(root, f) or '(top level)'}; "
                               f"truncated or corrupted?): {_short(e)}") from None
-    return pa.concat_tables(parts).to_pandas()
+    table = pa.concat_tables(parts)
+    del parts
+    # hand each column's buffers over as it converts: the peak is ~one copy of the table, not two
+    return table.to_pandas(split_blocks=True, self_destruct=True)
 
 
 def _short(e: Exception) -> str:
