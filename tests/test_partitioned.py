@@ -194,3 +194,28 @@ def test_log_diff_checkout_a_dataset_version(project, tmp_path):
     sh(["rm", "-rf", ".dvc/cache"], root)
     dataversions.checkout(params, v1["version"], root=root)
     assert tree(root / TRACKED) == first_tree
+
+
+def test_append_a_directory_drop(project, tmp_path):
+    root, remote, drop, v1 = project
+    before = tree(root / TRACKED)
+    src = write_partitioned(drop.assign(day="2024-01-03"), tmp_path / "in" / "drop_ds")
+    v2 = dataversions.add(load_params(root / "params.yaml"), src, append=True, root=root, validate=validate.run)
+    after = tree(root / TRACKED)
+    assert {k: after[k] for k in before} == before
+    assert [k.rsplit("/", 1)[0] for k in sorted(set(after) - set(before))] == ["subject=S05/day=2024-01-03"]
+    assert v2["after"]["rows"] == v1["after"]["rows"] + len(drop)
+
+
+def test_device_with_another_sampling_rate_is_named(tmp_path, monkeypatch):
+    from conftest import make_params
+
+    monkeypatch.chdir(tmp_path)
+    df = small_readings()
+    slow = df["subject"] == "S04"
+    df.loc[slow, "t"] = df.loc[slow, "t"] * 2  # a 25 Hz device in a 50 Hz fleet
+    ds = write_partitioned(df, tmp_path / "ds", keys=("subject",))
+    params = make_params({"data": {"readings": str(ds)}, "validate": {"drift": {"enabled": False}}})
+    with pytest.raises(DataInvalid) as e:
+        validate.run(params)
+    assert "S04/" in str(e.value) and "S03/" not in str(e.value), str(e.value)
