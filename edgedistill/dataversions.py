@@ -253,11 +253,18 @@ def _open_repo(root: Path):
 
 def _cached_object(root: Path, t: Tracked, md5: str) -> Path:
     """Path of the data object in the local DVC cache, fetching it from the remote when missing."""
+    return _cached_objects(root, t, [md5])[0]
+
+
+def _cached_objects(root: Path, t: Tracked, md5s: list[str]) -> list[Path]:
+    """Cache paths of several objects (a directory version's files), fetching the missing ones in one pull."""
     from dvc.exceptions import DvcException
 
     with _open_repo(root) as repo:
         odb = repo.cache.local
-        if not odb.exists(md5):
+        missing = [m for m in md5s if not odb.exists(m)]
+        if missing:
+            md5 = missing[0]
             if not repo.config["core"].get("remote"):
                 raise DataVersionError(f"the data of {t.path} at md5 {md5[:8]} is not in the local DVC cache "
                                        "and no default DVC remote is configured",
@@ -266,16 +273,17 @@ def _cached_object(root: Path, t: Tracked, md5: str) -> Path:
 
             try:
                 # by object id from the workspace's remote: an old commit's config may name no remote
-                repo.cloud.pull([HashInfo("md5", md5)])
+                repo.cloud.pull([HashInfo("md5", m) for m in missing])
             except Exception as e:  # network and auth errors come in many types
                 raise StoreUnreachable(f"fetching {t.path} (md5 {md5[:8]}) from the DVC remote failed: {e}") from None
-            if not odb.exists(md5):
-                raise DataVersionError(f"the DVC remote has no data for {t.path} at md5 {md5[:8]}",
+            gone = [m for m in missing if not odb.exists(m)]
+            if gone:
+                raise DataVersionError(f"the DVC remote has no data for {t.path} at md5 {gone[0][:8]}",
                                        hint="It was never pushed: run `dvc push` where it was added.")
         try:
-            return Path(odb.oid_to_path(md5))
+            return [Path(odb.oid_to_path(m)) for m in md5s]
         except DvcException as e:  # pragma: no cover - oid_to_path only fails on malformed ids
-            raise DataVersionError(f"bad md5 {md5!r}: {e}") from None
+            raise DataVersionError(f"bad md5 {md5s!r}: {e}") from None
 
 
 @contextlib.contextmanager
@@ -285,10 +293,11 @@ def version_file(t: Tracked, md5: str) -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="edgedistill-version-") as tmp:
         dest = Path(tmp) / Path(t.path).name
         if md5.endswith(".dir"):  # a partitioned dataset: lay its files out from the cache
-            for entry in json.loads(obj.read_text()):
+            entries = json.loads(obj.read_text())
+            for entry, src in zip(entries, _cached_objects(t.root, t, [e["md5"] for e in entries]), strict=True):
                 f = dest / entry["relpath"]
                 f.parent.mkdir(parents=True, exist_ok=True)
-                _link_or_copy(_cached_object(t.root, t, entry["md5"]), f)
+                _link_or_copy(src, f)
         else:
             _link_or_copy(obj, dest)
         yield dest
