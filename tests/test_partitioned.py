@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import small_readings
-from test_data_versions import add_remote, files_under, new_project, sh, split_drop
+from test_data_versions import BIN, add_remote, files_under, new_project, s3, sh, split_drop  # noqa: F401 (s3: a fixture)
 
 from edgedistill import dataversions
 from edgedistill.errors import DataInvalid
@@ -220,3 +220,25 @@ def test_device_with_another_sampling_rate_is_named(tmp_path, monkeypatch):
     with pytest.raises(DataInvalid) as e:
         validate.run(params)
     assert "S04/" in str(e.value) and "S03/" not in str(e.value), str(e.value)
+
+
+def test_s3_remote_append_uploads_only_new_objects(tmp_path, s3):  # noqa: F811 (the imported fixture)
+    root = new_project(tmp_path / "proj", readings=TRACKED)
+    sh([str(BIN / "dvc"), "remote", "add", "-d", "s3store", f"s3://{s3.bucket}/dvcstore"], root)
+    sh([str(BIN / "dvc"), "remote", "modify", "s3store", "endpointurl", s3.endpoint], root)
+    first, drop = split_drop()
+    params = load_params(root / "params.yaml")
+
+    def keys() -> set[str]:
+        return {o["Key"] for o in s3.client.list_objects_v2(Bucket=s3.bucket).get("Contents", [])}
+
+    v1 = dataversions.add(params, write_partitioned(first, tmp_path / "first"), root=root, validate=validate.run)
+    k1 = keys()
+    assert v1["pushed_to"] == "s3store" and len(k1) == len(tree(root / TRACKED)) + 1  # files + .dir listing
+    drop_file = tmp_path / "drop.parquet"
+    drop.assign(day="2024-01-02").to_parquet(drop_file, index=False)
+    dataversions.add(params, drop_file, append=True, root=root, validate=validate.run)
+    assert len(keys() - k1) == 2 and k1 <= keys()  # one new partition file + the new .dir listing
+    # a fresh machine reads the first version back from S3
+    sh(["rm", "-rf", ".dvc/cache", TRACKED], root)
+    assert [v["rows"] for v in dataversions.log(params, root=root)["versions"]][-1] == v1["after"]["rows"]
