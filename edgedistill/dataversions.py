@@ -4,6 +4,8 @@ validation, list versions with the releases trained on them, diff two versions, 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -103,6 +105,17 @@ def tracked_file(root: Path, readings: str | Path) -> Tracked:
 def md5_file(path: Path) -> str:
     """DVC 3 hashes a file as the md5 of its bytes, so this matches what .dvc files record."""
     return file_digest(path, "md5")
+
+
+def md5_path(path: Path) -> str:
+    """What a .dvc file records for `path`: a file's md5, or for a directory (a partitioned dataset) DVC's
+    tree hash: the md5 of the sorted JSON list of {md5, relpath} of its files, suffixed `.dir`."""
+    if not path.is_dir():
+        return md5_file(path)
+    entries = [{"md5": md5_file(f), "relpath": f.relative_to(path).as_posix()}
+               for f in sorted(path.rglob("*")) if f.is_file()]
+    entries.sort(key=lambda e: e["relpath"])
+    return hashlib.md5(json.dumps(entries, sort_keys=True).encode("utf-8")).hexdigest() + ".dir"
 
 
 # ---------------------------------------------------------------- what a commit records for the data
@@ -240,11 +253,18 @@ def _open_repo(root: Path):
 
 def _cached_object(root: Path, t: Tracked, md5: str) -> Path:
     """Path of the data object in the local DVC cache, fetching it from the remote when missing."""
+    return _cached_objects(root, t, [md5])[0]
+
+
+def _cached_objects(root: Path, t: Tracked, md5s: list[str]) -> list[Path]:
+    """Cache paths of several objects (a directory version's files), fetching the missing ones in one pull."""
     from dvc.exceptions import DvcException
 
     with _open_repo(root) as repo:
         odb = repo.cache.local
-        if not odb.exists(md5):
+        missing = [m for m in md5s if not odb.exists(m)]
+        if missing:
+            md5 = missing[0]
             if not repo.config["core"].get("remote"):
                 raise DataVersionError(f"the data of {t.path} at md5 {md5[:8]} is not in the local DVC cache "
                                        "and no default DVC remote is configured",
@@ -253,16 +273,17 @@ def _cached_object(root: Path, t: Tracked, md5: str) -> Path:
 
             try:
                 # by object id from the workspace's remote: an old commit's config may name no remote
-                repo.cloud.pull([HashInfo("md5", md5)])
+                repo.cloud.pull([HashInfo("md5", m) for m in missing])
             except Exception as e:  # network and auth errors come in many types
                 raise StoreUnreachable(f"fetching {t.path} (md5 {md5[:8]}) from the DVC remote failed: {e}") from None
-            if not odb.exists(md5):
-                raise DataVersionError(f"the DVC remote has no data for {t.path} at md5 {md5[:8]}",
+            gone = [m for m in missing if not odb.exists(m)]
+            if gone:
+                raise DataVersionError(f"the DVC remote has no data for {t.path} at md5 {gone[0][:8]}",
                                        hint="It was never pushed: run `dvc push` where it was added.")
         try:
-            return Path(odb.oid_to_path(md5))
+            return [Path(odb.oid_to_path(m)) for m in md5s]
         except DvcException as e:  # pragma: no cover - oid_to_path only fails on malformed ids
-            raise DataVersionError(f"bad md5 {md5!r}: {e}") from None
+            raise DataVersionError(f"bad md5 {md5s!r}: {e}") from None
 
 
 @contextlib.contextmanager
@@ -271,11 +292,22 @@ def version_file(t: Tracked, md5: str) -> Iterator[Path]:
     obj = _cached_object(t.root, t, md5)
     with tempfile.TemporaryDirectory(prefix="edgedistill-version-") as tmp:
         dest = Path(tmp) / Path(t.path).name
-        try:
-            os.link(obj, dest)
-        except OSError:
-            shutil.copyfile(obj, dest)
+        if md5.endswith(".dir"):  # a partitioned dataset: lay its files out from the cache
+            entries = json.loads(obj.read_text())
+            for entry, src in zip(entries, _cached_objects(t.root, t, [e["md5"] for e in entries]), strict=True):
+                f = dest / entry["relpath"]
+                f.parent.mkdir(parents=True, exist_ok=True)
+                _link_or_copy(src, f)
+        else:
+            _link_or_copy(obj, dest)
         yield dest
+
+
+def _link_or_copy(src: Path, dest: Path) -> None:
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copyfile(src, dest)
 
 
 def load_version(t: Tracked, v: Version) -> pd.DataFrame:
@@ -316,7 +348,7 @@ def log(params: Params, root: str | Path = ".") -> dict[str, Any]:
     root = project_root(root)
     t = tracked_file(root, params.data.readings)
     found = versions(t)
-    current = md5_file(t.abs) if t.abs.is_file() else None
+    current = md5_path(t.abs) if t.abs.exists() else None
     rows = []
     for v in found:
         stats, why = _try_summarize(t, v, params)
@@ -412,7 +444,7 @@ def _stage_owning(root: Path, t: Tracked) -> str | None:
 def _workspace_md5(t: Tracked) -> tuple[str | None, str | None]:
     """(md5 the .dvc file records, md5 of the file in the workspace); None where absent."""
     rec = _md5_in_dvcfile(t.abs_dvcfile.read_text()) if t.abs_dvcfile.is_file() else None
-    return (rec[0] if rec else None), (md5_file(t.abs) if t.abs.is_file() else None)
+    return (rec[0] if rec else None), (md5_path(t.abs) if t.abs.exists() else None)
 
 
 def require_clean(t: Tracked, action: str) -> None:
@@ -475,6 +507,45 @@ def _align(new: pd.DataFrame, old: pd.DataFrame, source: str) -> pd.DataFrame:
                               f"without changing values (row {i}: {out[c][i]!r})")
         out[c] = cast
     return out
+
+
+def _append_partitions(tracked: Path, candidate: Path, new: pd.DataFrame, source: str) -> None:
+    """The tracked dataset plus `new` as NEW partition files: existing files are hard-linked (never
+    rewritten, so their DVC hashes stay and `dvc push` uploads only the new files); the new rows are
+    written under the dataset's own hive keys, cast to its file schema, with names no existing file has."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    from edgedistill.readings import dataset_files, partition_keys
+
+    files = dataset_files(tracked)
+    keys = partition_keys(tracked, files[0])
+    missing = [k for k in keys if k not in new.columns]
+    if missing:
+        raise DataInvalid(f"{source}: has no column(s) {missing} for the partition keys of {tracked.name} "
+                          f"({'/'.join(k + '=…' for k in keys)})", hint="Add the columns the dataset is partitioned by.")
+    for f in sorted(tracked.rglob("*")):
+        dest = candidate / f.relative_to(tracked)
+        if f.is_dir():
+            dest.mkdir(parents=True, exist_ok=True)
+        else:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            _link_or_copy(f, dest)
+    file_schema = pq.read_schema(files[0])
+    table = pa.Table.from_pandas(new, preserve_index=False)
+    cols = [table.column(fld.name).cast(fld.type) for fld in file_schema] + [
+        pa.array(new[k].astype(str).to_numpy(dtype=object), pa.string()) for k in keys]
+    table = pa.Table.from_arrays(cols, names=[*file_schema.names, *keys])
+    existing = {f.name for f in files}
+    tag = hashlib.md5(pd.util.hash_pandas_object(new, index=False).to_numpy().tobytes()).hexdigest()[:12]
+    template = f"part-{tag}-{{i}}.parquet"
+    if any(n.startswith(f"part-{tag}-") for n in existing):
+        raise DataInvalid(f"{source}: these rows were already appended to {tracked.name} (files part-{tag}-*)")
+    part = ds.partitioning(pa.schema([(k, pa.string()) for k in keys]), flavor="hive") if keys else None
+    ds.write_dataset(table, candidate, format="parquet", partitioning=part, basename_template=template,
+                     existing_data_behavior="overwrite_or_ignore",
+                     file_options=ds.ParquetFileFormat().make_write_options())
 
 
 def _write_table(df: pd.DataFrame, path: Path) -> None:
@@ -565,15 +636,27 @@ def add(params: Params, source: str | Path, append: bool = False, to: str | Path
     work = Path(tempfile.mkdtemp(prefix=".data-add-", dir=t.abs.parent))
     try:
         candidate = work / Path(t.path).name
+        if source.is_dir() and append and not t.abs.is_dir():
+            raise DataVersionError(f"{source}: --append of a directory needs a partitioned dataset at {t.path}")
         same_format = source.suffix.lower() == candidate.suffix.lower()
         retyped = old_df is not None and any(new_df[c].dtype != old_df[c].dtype for c in old_df.columns)
-        if append:
+        if append and t.abs.is_dir():
+            _append_partitions(t.abs, candidate, _align(new_df, old_df, str(source)), str(source))
+        elif source.is_dir() and not append:
+            if old_df is not None and not t.abs.is_dir():
+                raise DataVersionError(f"{source}: a dataset directory cannot replace the single file {t.path}",
+                                       hint="Track it under its own path with --to data/user/readings.")
+            shutil.copytree(source, candidate)
+        elif t.abs.is_dir():
+            raise DataVersionError(f"{source}: {t.path} is a partitioned dataset; add a directory, or a file "
+                                   "with --append (its rows become new partition files)")
+        elif append:
             _write_table(pd.concat([old_df, _align(new_df, old_df, str(source))], ignore_index=True), candidate)
         elif retyped or not same_format:
             _write_table(_align(new_df, old_df, str(source)) if old_df is not None else new_df, candidate)
         else:
             shutil.copyfile(source, candidate)  # byte-identical: the same file keeps the same md5
-        new_md5 = md5_file(candidate)
+        new_md5 = md5_path(candidate)
         if recorded == new_md5:
             raise DataVersionError(f"{source}: identical to the tracked {t.path} (md5 {new_md5[:8]}); nothing to add")
         vparams = _rooted(params, root)
@@ -636,7 +719,7 @@ def _commit_new_version(t: Tracked, current: Tracked, candidate: Path, work: Pat
     saved = {p: (p.read_bytes() if p.is_file() else None) for p in touched} | reference
     params_was_clean = repoint and not git(root, "status", "--porcelain", "--", str(params_abs)).strip()
     previous = work / "previous"
-    had_data = t.abs.is_file()
+    had_data = t.abs.exists()
     if had_data:
         os.replace(t.abs, previous)
     os.replace(candidate, t.abs)
@@ -677,6 +760,8 @@ def _commit_new_version(t: Tracked, current: Tracked, candidate: Path, work: Pat
 
 
 def _rollback(t: Tracked, previous: Path | None, saved: dict[Path, bytes | None]) -> None:
+    if t.abs.is_dir() and (previous is None or previous.exists()):
+        shutil.rmtree(t.abs)
     if previous is not None and previous.exists():
         os.replace(previous, t.abs)
     elif previous is None:
@@ -729,7 +814,7 @@ def checkout(params: Params, ref: str, root: str | Path = ".") -> dict[str, Any]
     except (DvcException, OSError) as e:
         _restore(t.abs_dvcfile, saved)
         raise DataVersionError(f"dvc checkout of {t.path} at {v.short} failed: {e}") from None
-    got = md5_file(t.abs)
+    got = md5_path(t.abs)
     if got != v.md5:  # pragma: no cover - DVC verified the object; guards against a broken cache link
         raise DataVersionError(f"{t.path}: restored file has md5 {got[:8]}, expected {v.md5[:8]}")
     head = recorded_at(t, "HEAD")

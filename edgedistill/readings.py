@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +18,14 @@ CSV_SUFFIXES = {".csv", ".txt"}
 
 
 def read_readings(path: str | Path) -> pd.DataFrame:
-    """Load a readings file; every failure names the file and the cause."""
+    """Load a readings file, or a partitioned Parquet dataset (a directory with hive-style partitions such as
+    `device=…/date=…`, read through pyarrow.dataset: partition keys become columns); every failure names
+    the file (and the partition) and the cause."""
     path = Path(path)
     if not path.exists():
         raise DataInvalid(f"{path}: readings file not found", hint="Run `edgedistill ingest` or set data.readings.")
     if path.is_dir():
-        raise DataInvalid(f"{path}: is a directory, expected a .parquet or .csv file")
+        return read_dataset(path)
     if path.stat().st_size == 0:
         raise DataInvalid(f"{path}: file is empty (0 bytes)")
     suffix = path.suffix.lower()
@@ -41,6 +44,98 @@ def read_readings(path: str | Path) -> pd.DataFrame:
     if len(df) == 0:
         raise DataInvalid(f"{path}: has a header but no rows")
     return df
+
+
+def _hidden(rel: Path) -> bool:
+    """pyarrow.dataset's own rule: names starting with '.' or '_' (e.g. _SUCCESS, .gitignore) are not data."""
+    return any(part.startswith((".", "_")) for part in rel.parts)
+
+
+def partition_of(root: Path, file: Path) -> str:
+    """The hive partition a dataset file sits in (`device=d1/date=2024-01-01`), '' at the top level."""
+    return "/".join(p for p in file.relative_to(root).parent.parts if "=" in p)
+
+
+def partition_keys(root: Path, file: Path) -> list[str]:
+    return [p.split("=", 1)[0] for p in file.relative_to(root).parent.parts if "=" in p]
+
+
+def dataset_files(root: str | Path) -> list[Path]:
+    """The data files of a partitioned dataset in a stable (sorted) order; refuses an empty partition
+    directory, a file outside the hive layout, or files whose partition keys differ."""
+    root = Path(root)
+    files: list[Path] = []
+    for d, subdirs, names in os.walk(root):
+        rel = Path(d).relative_to(root)
+        subdirs[:] = sorted(s for s in subdirs if not _hidden(rel / s))
+        data = sorted(n for n in names if not _hidden(rel / n))
+        if rel.parts and not subdirs and not data:
+            raise DataInvalid(f"{root}: partition {rel.as_posix()} is empty (no data files)",
+                              hint="Remove the empty partition directory or add its readings.")
+        files += [Path(d) / n for n in data]
+    if not files:
+        raise DataInvalid(f"{root}: partitioned dataset has no data files")
+    keys = partition_keys(root, files[0])
+    for f in files:
+        if f.suffix.lower() not in PARQUET_SUFFIXES:
+            raise DataInvalid(f"{f}: not a Parquet file (partition {partition_of(root, f) or '(top level)'}); "
+                              "a readings directory holds only .parquet files")
+        if partition_keys(root, f) != keys:
+            raise DataInvalid(f"{f}: partition {partition_of(root, f) or '(top level)'} has partition keys "
+                              f"{partition_keys(root, f)}, but {files[0].relative_to(root)} has {keys}",
+                              hint="Every file of the dataset must sit at the same depth of key=value folders.")
+    return files
+
+
+def read_dataset(root: str | Path) -> pd.DataFrame:
+    """Read a hive-partitioned Parquet dataset through pyarrow.dataset, file by file in sorted path order
+    (so each recording's rows stay contiguous and in time order). Each file is checked first: readable
+    footer, the same columns and types as the first file, at least one row; the error names the file and
+    its partition."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    root = Path(root)
+    files = dataset_files(root)
+    first_schema = None
+    for f in files:
+        where = f"partition {partition_of(root, f) or '(top level)'}"
+        try:
+            meta = pq.read_metadata(f)
+            schema = meta.schema.to_arrow_schema()
+        except Exception as e:  # pyarrow raises several types for a damaged footer
+            raise DataInvalid(f"{f}: not a readable Parquet file ({where}; truncated or corrupted?): "
+                              f"{_short(e)}") from None
+        if meta.num_rows == 0:
+            raise DataInvalid(f"{f}: {where} is empty (the file has a header but no rows)",
+                              hint="Remove the empty file or add its readings.")
+        schema = pa.schema([fld.remove_metadata() for fld in schema])
+        if first_schema is None:
+            first_schema, first = schema, f
+        elif not schema.equals(first_schema):
+            a = {x.name: str(x.type) for x in first_schema}
+            b = {x.name: str(x.type) for x in schema}
+            diff = ([f"missing columns {sorted(set(a) - set(b))}"] if set(a) - set(b) else []) \
+                + ([f"extra columns {sorted(set(b) - set(a))}"] if set(b) - set(a) else []) \
+                + [f"'{c}' {a[c]} -> {b[c]}" for c in a if c in b and a[c] != b[c]]
+            raise DataInvalid(f"{f}: {where} has a different schema from {first.relative_to(root)}: "
+                              + "; ".join(diff or ["column order differs"]),
+                              hint="Rewrite the partition with the dataset's columns and types.")
+    dataset = ds.dataset([str(f) for f in files], format="parquet",
+                         partitioning=ds.partitioning(flavor="hive"), partition_base_dir=str(root))
+    parts = []
+    for frag in dataset.get_fragments():
+        try:
+            parts.append(frag.to_table(schema=dataset.schema))
+        except Exception as e:  # a damaged page in the middle of a file surfaces only when read
+            f = Path(frag.path)
+            raise DataInvalid(f"{f}: not a readable Parquet file (partition {partition_of(root, f) or '(top level)'}; "
+                              f"truncated or corrupted?): {_short(e)}") from None
+    table = pa.concat_tables(parts)
+    del parts
+    # hand each column's buffers over as it converts: the peak is ~one copy of the table, not two
+    return table.to_pandas(split_blocks=True, self_destruct=True)
 
 
 def _short(e: Exception) -> str:

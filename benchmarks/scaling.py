@@ -1,0 +1,237 @@
+"""Fleet-scale data (issue 18): synthetic fleets written as hive-partitioned Parquet datasets, and what the
+pipeline costs on them today.
+
+    python benchmarks/scaling.py push                  # DVC upload of an appended drop vs the whole dataset
+    python benchmarks/scaling.py stages --scales 1,10,30
+
+A fleet at scale k is the bundled smartwatch data replicated k times as new subjects (devices): replica r
+renames subject S01 to S01-r003 and shifts recording ids, so every replica is a distinct group with the
+bundled readings' statistics. It is written as `subject=…/date=…/part-….parquet`, one replica at a time.
+
+`push`: a real git + DVC project with a local remote; `data add` of a 10-device dataset directory, then
+`data add --append` of one new device-day (a single Parquet file). Counts the files and bytes that land in
+the remote for each, next to the same two steps on a single-file dataset (where append rewrites the file).
+
+`stages`: validate and prepare (the stages' own `run`, params.yaml defaults) in a fresh subprocess per
+stage and scale; wall time and peak memory, the summed RssAnon of the process tree sampled every 50 ms
+(anonymous memory only: page cache and mapped files do not count). Both stages are still in-memory pandas,
+so this records where memory stands before any streaming work. Results go to benchmarks/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import pandas as pd  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import yaml  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def bundled() -> pd.DataFrame:
+    from tasks.ingest import bundled_dataset_path, load_watch_dataset
+
+    return load_watch_dataset(bundled_dataset_path())
+
+
+def replica(df: pd.DataFrame, r: int) -> pd.DataFrame:
+    """The bundled data as new devices: subjects and recordings renamed, one date per replica."""
+    step = int(df["recording"].max()) + 1
+    return df.assign(subject=df["subject"].astype(str) + f"-r{r:03d}",
+                     recording=(df["recording"].astype("int64") + r * step),
+                     date=f"2024-{1 + r // 28:02d}-{1 + r % 28:02d}")
+
+
+def write_fleet(df: pd.DataFrame, folder: Path, replicas: range) -> Path:
+    for r in replicas:
+        pq.write_to_dataset(pa.Table.from_pandas(replica(df, r), preserve_index=False), folder,
+                            partition_cols=["subject", "date"], basename_template=f"part-r{r:03d}-{{i}}.parquet")
+    return folder
+
+
+def tree_size(folder: Path) -> tuple[int, int]:
+    files = [p for p in folder.rglob("*") if p.is_file()] if folder.exists() else []
+    return len(files), sum(p.stat().st_size for p in files)
+
+
+def sh(cmd: list[str], cwd: Path) -> None:
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]}
+    subprocess.run(cmd, cwd=cwd, env=env, check=True, capture_output=True, text=True)
+
+
+def project(root: Path, readings: str) -> Path:
+    root.mkdir(parents=True)
+    for cmd in (["git", "init", "-q", "-b", "main"], ["git", "config", "user.name", "bench"],
+                ["git", "config", "user.email", "bench@edgedistill.local"], ["dvc", "init", "-q"],
+                ["dvc", "config", "core.analytics", "false"],
+                ["dvc", "remote", "add", "-d", "store", str(root.parent / (root.name + "-remote"))]):
+        sh(cmd, root)
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["data"]["readings"] = readings
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    sh(["git", "add", "-A"], root)
+    sh(["git", "commit", "-qm", "project"], root)
+    return root
+
+
+def push(devices: int) -> dict:
+    from edgedistill import dataversions
+    from edgedistill.params import load_params
+    from tasks import validate
+
+    df = bundled()
+    first_subjects = sorted(df["subject"].astype(str).unique())[:devices]
+    first = df[df["subject"].astype(str).isin(first_subjects)].reset_index(drop=True)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="edgedistill-push-") as tmp:
+        tmp = Path(tmp)
+        drop = replica(first[first["subject"] == first_subjects[0]], 1)  # one new device-day
+        drop_file = tmp / "drop.parquet"
+        drop.to_parquet(drop_file, index=False)
+        for layout, tracked in (("partitioned", "data/user/readings"), ("single file", "data/user/readings.parquet")):
+            root = project(tmp / layout.replace(" ", "_"), tracked)
+            remote = root.parent / (root.name + "-remote")
+            if layout == "partitioned":
+                source = write_fleet(first, tmp / "first_ds", range(0, 1))
+            else:
+                source = tmp / "first.parquet"
+                replica(first, 0).to_parquet(source, index=False)
+            params = load_params(root / "params.yaml")
+            t0 = time.perf_counter()
+            v1 = dataversions.add(params, source, root=root, validate=validate.run)
+            n1, b1 = tree_size(remote)
+            t1 = time.perf_counter()
+            v2 = dataversions.add(params, drop_file, append=True, root=root, validate=validate.run)
+            t2 = time.perf_counter()
+            n2, b2 = tree_size(remote)
+            rows.append({"layout": layout, "dataset_rows": v1["after"]["rows"], "drop_rows": len(drop),
+                         "first_push_files": n1, "first_push_bytes": b1,
+                         "append_push_files": n2 - n1, "append_push_bytes": b2 - b1,
+                         "add_s": round(t1 - t0, 1), "append_s": round(t2 - t1, 1),
+                         "rows_after": v2["after"]["rows"]})
+    return {"devices": devices, "rows": rows}
+
+
+STAGE = """
+import sys
+from edgedistill.params import load_params
+from tasks import {stage}
+p = load_params('params.yaml')
+{call}
+"""
+CALLS = {"validate": "validate.run(p)", "prepare": "prepare.run(p, out_dir='prepared')"}
+
+
+def _rss_anon_kb(pid: int) -> int:
+    total = 0
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            with open(f"/proc/{p}/status") as f:
+                total += next((int(line.split()[1]) for line in f if line.startswith("RssAnon:")), 0)
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def run_stage(stage: str, cwd: Path) -> tuple[float, float]:
+    """Wall seconds and peak summed RssAnon (GB) of one stage run in a fresh interpreter."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "GX_ANALYTICS_ENABLED": "False"}
+    code = STAGE.format(stage=stage, call=CALLS[stage])
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, _rss_anon_kb(proc.pid))
+        time.sleep(0.05)
+    wall = time.perf_counter() - t0
+    out = proc.stdout.read()
+    if proc.returncode != 0:
+        raise SystemExit(f"{stage} failed:\n{out[-3000:]}")
+    return wall, peak / 1024 / 1024
+
+
+def stages(scales: list[int]) -> dict:
+    df = bundled()
+    rows = []
+    for k in scales:
+        with tempfile.TemporaryDirectory(prefix=f"edgedistill-scale{k}-") as tmp:
+            tmp = Path(tmp)
+            fleet = write_fleet(df, tmp / "fleet", range(k))
+            raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+            raw["data"]["readings"] = str(fleet)
+            raw["validate"]["drift"]["reference"] = str(tmp / "profile.json")
+            (tmp / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+            files, size = tree_size(fleet)
+            row = {"scale": k, "readings": len(df) * k, "files": files, "bytes": size}
+            for stage in ("validate", "prepare"):
+                wall, gb = run_stage(stage, tmp)
+                row[f"{stage}_s"], row[f"{stage}_peak_gb"] = round(wall, 1), round(gb, 2)
+            shutil.rmtree(tmp / "prepared", ignore_errors=True)
+        rows.append(row)
+        print(table_stages([row]).splitlines()[-1], flush=True)
+    return {"rows": rows}
+
+
+def table_push(res: dict) -> str:
+    lines = ["| layout | dataset rows | first push: files / MB | appended drop rows | append push: files / MB |",
+             "|---|---|---|---|---|"]
+    for r in res["rows"]:
+        lines.append(f"| {r['layout']} | {r['dataset_rows']:,} | {r['first_push_files']} / "
+                     f"{r['first_push_bytes'] / 1e6:.2f} | {r['drop_rows']:,} | {r['append_push_files']} / "
+                     f"{r['append_push_bytes'] / 1e6:.3f} |")
+    return "\n".join(lines)
+
+
+def table_stages(rows: list[dict]) -> str:
+    lines = ["| scale | readings | files | validate: time / peak RssAnon | prepare: time / peak RssAnon |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['scale']}× | {r['readings']:,} | {r['files']} | {r['validate_s']} s / "
+                     f"{r['validate_peak_gb']} GB | {r['prepare_s']} s / {r['prepare_peak_gb']} GB |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("push")
+    p.add_argument("--devices", type=int, default=10, help="bundled subjects in the first dataset")
+    s = sub.add_parser("stages")
+    s.add_argument("--scales", default="1,10,30")
+    s.add_argument("--out", default=None)
+    a = ap.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    if a.cmd == "push":
+        res = push(a.devices)
+        (RESULTS / "partitioned_push.json").write_text(json.dumps(res, indent=2) + "\n")
+        print(table_push(res))
+    else:
+        res = stages([int(x) for x in a.scales.split(",")])
+        res["machine"] = {"cpus": os.cpu_count()}
+        out = Path(a.out) if a.out else RESULTS / "scaling.json"
+        out.write_text(json.dumps(res, indent=2) + "\n")
+        print(table_stages(res["rows"]))
+
+
+if __name__ == "__main__":
+    main()
