@@ -106,7 +106,7 @@ def measured(root: Path) -> dict:
         return promote.read_candidate()
 
 
-@pytest.mark.parametrize("gate", ["accuracy", "latency:edge-cpu-1t", "ram:edge-cpu-1t", "flash:edge-cpu-1t"])
+@pytest.mark.parametrize("gate", ["accuracy", "latency:edge-cpu-1t", "rss:edge-cpu-1t", "flash:edge-cpu-1t"])
 def test_gate_fails_just_below_the_measured_figure(runs, gate):
     c = measured(runs["good"])
     bench = read_json(runs["good"] / promote.BENCHMARK)
@@ -114,9 +114,9 @@ def test_gate_fails_just_below_the_measured_figure(runs, gate):
     if gate == "accuracy":
         p = params({"min_accuracy": min(c["int8_accuracy"] + 0.01, 1.0)})
     else:  # the profile's budget just below what the benchmark stage measured there
-        figure = {"latency": c["p95_ms"], "ram": prof["peak_rss_delta_bytes"]["student_int8"],
+        figure = {"latency": c["p95_ms"], "rss": prof["peak_rss_delta_bytes"]["student_int8"],
                   "flash": bench["models"]["student_int8"]["file_bytes"]}[gate.split(":")[0]]
-        key = {"latency": "latency_ms", "ram": "ram_bytes", "flash": "flash_bytes"}[gate.split(":")[0]]
+        key = {"latency": "latency_ms", "rss": "ram_bytes", "flash": "flash_bytes"}[gate.split(":")[0]]
         p = params(host={key: figure / 2 if key == "latency_ms" else int(figure) - 1})
     with contextlib.chdir(runs["good"]), pytest.raises(GateFailed, match=gate):
         promote.run(p)
