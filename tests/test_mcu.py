@@ -254,6 +254,20 @@ def test_the_release_bundle_ships_the_c_model_objects_and_report(built):
     assert f"cortex-m7: {m7['flash_bytes']:,} B / {m7['ram_bytes']:,} B" in line
 
 
+def _static_int8(root: Path, params) -> dict:
+    """Static cost of the student's INT8 export, made as the export stage and the sweep make it."""
+    from edgedistill.evaluation import calibration_windows
+    from edgedistill.onnx_cost import static_cost
+
+    ep = params.export
+    int8 = root / "models/student.int8.onnx"
+    ox.quantize_int8(root / "models/student.onnx", int8, calibration_windows(root / "data/prepared/train.npz",
+                                                                             ep.calibration),
+                     mode=ep.quantization, method=ep.calibration.method, per_channel=ep.calibration.per_channel,
+                     activation_type=ep.activation_type, scratch=root, calib_source="train")
+    return static_cost(onnx.load(str(int8)))
+
+
 @needs_arm
 def test_default_budgets_pass_the_default_student_and_fail_the_largest_sweep_student(tmp_path):
     """At the default params (128-reading windows, the default profiles and their budgets), the
@@ -282,6 +296,17 @@ def test_default_budgets_pass_the_default_student_and_fail_the_largest_sweep_stu
         assert {r["gate"] for r in rows} == {f"{k}:{p.name}" for p in params.benchmark.profiles if p.mcu
                                              for k in ("ram", "flash", "latency")}
         verdicts[name] = {r["gate"]: (r["verdict"], r["value"], r["threshold"]) for r in rows}
+        # the sweep pre-filters on the static estimate of the INT8 (QDQ) export: RAM well below the
+        # measured figure (activations only; the C model keeps float I/O and every temporary on the
+        # stack), flash within a few percent of it
+        static = _static_int8(root, params)
+        for r in rows:
+            kind = r["gate"].split(":")[0]
+            if kind == "ram":
+                assert static["ram_estimate_bytes"] < r["value"] / 2, (name, r["gate"], static["ram_estimate_bytes"])
+            elif kind == "flash":
+                assert abs(static["flash_estimate_bytes"] - r["value"]) <= 0.1 * r["value"], (
+                    name, r["gate"], static["flash_estimate_bytes"])
     assert all(v == "pass" for v, _, _ in verdicts["default"].values()), verdicts["default"]
     failed = {g: f for g, f in verdicts["largest"].items() if f[0] == "fail"}
     assert failed, verdicts["largest"]
