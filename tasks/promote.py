@@ -25,6 +25,7 @@ EXPORT = "metrics/export.json"
 BENCHMARK = "metrics/benchmark.json"
 PROD_REFERENCE = "reports/prod_reference.json"
 PROMOTION = "reports/promotion.json"
+SUMMARY = "metrics/release.json"              # the figures users compare, first in `dvc exp show` / `metrics diff`
 MCU = "models/mcu/mcu.json"
 SHIPPED_INT8 = "student_int8"                 # the benchmark stage's name for the shipped INT8 student
 PROD_DIR = "models/prod"                      # prod's bundle, fetched (SHA256-verified) by the release flow
@@ -388,8 +389,34 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+# the candidate's figures in the order `dvc exp show` / `dvc metrics diff` show them: accuracy with its
+# interval, the KD gain, latency and size lead; each device profile's latency/RAM/flash follow
+LEAD = ("int8_accuracy", "int8_accuracy_lo", "int8_accuracy_hi", "kd_gain", "kd_gain_lo", "kd_gain_hi",
+        "p50_ms", "p95_ms", "p50_net_ms", "size_bytes")
+TAIL = ("kd_accuracy", "kd_accuracy_lo", "kd_accuracy_hi", "baseline_accuracy", "baseline_accuracy_lo",
+        "baseline_accuracy_hi", "teacher_accuracy", "teacher_accuracy_lo", "teacher_accuracy_hi", "fp32_accuracy",
+        "int8_drop", "kd_gain_val", "kd_gain_val_lo", "kd_gain_val_hi", "latency_ratio_vs_prod")
+PROFILE_FIGURES = {"latency": "latency_ms", "ram": "ram_bytes", "rss": "ram_bytes", "flash": "flash_bytes"}
+
+
+def release_metrics(decision: dict[str, Any]) -> dict[str, Any]:
+    """The flat summary declared as DVC metrics (metrics/release.json): what users compare between
+    experiments first, then per profile {latency_ms, ram_bytes, flash_bytes} (the gated figures), then
+    the rest of the candidate's accuracies and the verdict. The detailed files follow it in dvc.yaml."""
+    c = decision["candidate"]
+    out: dict[str, Any] = {k: c.get(k) for k in LEAD}
+    for r in decision["gates"]:
+        kind, _, prof = str(r["gate"]).partition(":")
+        if prof and kind in PROFILE_FIGURES:
+            out.setdefault(prof, {})[PROFILE_FIGURES[kind]] = r.get("value")
+    out |= {k: c.get(k) for k in TAIL}
+    out |= {"shipped": decision.get("shipped"), "gates_passed": decision["passed"],
+            "gates_failed": len(decision["failed"])}
+    return out
+
+
 def run(params: Params, reference: str | Path = PROD_REFERENCE, out: str | Path = PROMOTION,
-        paths: dict[str, str] | None = None, mcu: str | Path = MCU) -> dict[str, Any]:
+        paths: dict[str, str] | None = None, mcu: str | Path = MCU, summary: str | Path = SUMMARY) -> dict[str, Any]:
     candidate = read_candidate(paths)
     prod = read_json(reference) if Path(reference).is_file() else None
     if prod is not None and not prod.get("version"):
@@ -404,6 +431,7 @@ def run(params: Params, reference: str | Path = PROD_REFERENCE, out: str | Path 
     bench = paths.get(BENCHMARK, BENCHMARK)
     decision = add_gate_rows(decision, host_profile_rows(bench, params.benchmark.profiles) + mcu_gate_rows(mcu, params.promote.require_mcu_verified))
     write_json(out, decision)  # written on failure too: it is the report of which gate failed
+    write_json(summary, release_metrics(decision))
     if not decision["passed"]:
         raise GateFailed(f"promotion gate(s) failed: {describe_failures(decision)}",
                          hint=f"Not promoted; see {out} for every gate. Previous versions are untouched.")

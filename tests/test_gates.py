@@ -192,3 +192,40 @@ def test_prod_with_another_input_contract_falls_back_to_the_recorded_figure_with
     assert any("input contract differs" in w for w in d["warnings"])
     r = row(d, "no_regression")
     assert "recorded" in r["metric"] and r["verdict"] == "fail"  # 0.99 recorded: the fallback still gates
+
+
+def _columns(tree: dict, prefix: str = "") -> list[str]:
+    """A metrics file's columns as `dvc exp show` names them: nested keys joined by dots, in order."""
+    out = []
+    for k, v in tree.items():
+        out += _columns(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+    return out
+
+
+def test_dvc_metrics_lead_with_what_users_compare(runs, tmp_path):
+    """`dvc metrics show` (and so `dvc exp show` / `dvc metrics diff`) lists metrics/release.json first,
+    led by accuracy with its interval, KD gain, latency and size, then each profile's latency / RAM /
+    flash; the detailed accuracy files follow, and the reports (benchmark, mcu, promotion, validation)
+    are not metrics at all."""
+    import subprocess
+    import sys
+
+    root = tmp_path / "proj"
+    shutil.copytree(runs["good"], root)
+    decide(root, params())
+    shutil.copy(Path(__file__).parents[1] / "dvc.yaml", root / "dvc.yaml")
+    shutil.copy(Path(__file__).parents[1] / "params.yaml", root / "params.yaml")
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run([*dvc, "init", "--no-scm", "-q"], cwd=root, check=True)
+    shown = subprocess.run([*dvc, "metrics", "show", "--json"], cwd=root, check=True, capture_output=True,
+                           text=True).stdout
+    files = json.loads(shown)[""]["data"]
+    assert list(files) == [promote.SUMMARY, "metrics/teacher.json", "metrics/distill.json", "metrics/export.json"]
+    cols = _columns(files[promote.SUMMARY]["data"])
+    assert cols[:len(promote.LEAD)] == list(promote.LEAD)
+    assert cols[len(promote.LEAD):len(promote.LEAD) + 3] == [f"edge-cpu-1t.{k}" for k in
+                                                              ("latency_ms", "ram_bytes", "flash_bytes")]
+    summary = read_json(root / promote.SUMMARY)
+    c = promote.read_candidate(paths={k: str(root / k) for k in (promote.DISTILL, promote.EXPORT, promote.BENCHMARK)})
+    assert summary["int8_accuracy_lo"] <= summary["int8_accuracy"] == c["int8_accuracy"] <= summary["int8_accuracy_hi"]
+    assert summary["edge-cpu-1t"]["latency_ms"] == c["p95_ms"] and summary["size_bytes"] == c["size_bytes"]
