@@ -32,7 +32,7 @@ TINY = {
     "teacher": {"config": {"widths": [8, 16], "kernel": 5}, "train": {"epochs": 2, "batch_size": 64}},
     "student": {"config": {"widths": [8, 8], "kernel": 3}, "train": {"epochs": 2, "batch_size": 64}},
     "distill": {"bank": {"views": 1}},
-    "export": {"max_int8_drop": 1.0, "calibration": {"windows": 32}},
+    "export": {"calibration": {"windows": 32}},
     "benchmark": {"interleaved_warmup": 5, "interleaved_runs": 50, "interleaved_rounds": 2, "profile_runs": 5,
                   "profiles": [{"name": "edge-cpu-1t", "threads": 1, "batch_sizes": [1], "warmup": 2, "runs": 20,
                                 "max_seconds": 0.5, "ram_bytes": 67108864, "flash_bytes": 16777216},
