@@ -389,29 +389,37 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-# the candidate's figures in the order `dvc exp show` / `dvc metrics diff` show them: accuracy with its
-# interval, the KD gain, latency and size lead; each device profile's latency/RAM/flash follow
-LEAD = ("int8_accuracy", "int8_accuracy_lo", "int8_accuracy_hi", "kd_gain", "kd_gain_lo", "kd_gain_hi",
-        "p50_ms", "p95_ms", "p50_net_ms", "size_bytes")
-TAIL = ("kd_accuracy", "kd_accuracy_lo", "kd_accuracy_hi", "baseline_accuracy", "baseline_accuracy_lo",
-        "baseline_accuracy_hi", "teacher_accuracy", "teacher_accuracy_lo", "teacher_accuracy_hi", "fp32_accuracy",
-        "int8_drop", "kd_gain_val", "kd_gain_val_lo", "kd_gain_val_hi", "latency_ratio_vs_prod")
-PROFILE_FIGURES = {"latency": "latency_ms", "ram": "ram_bytes", "rss": "ram_bytes", "flash": "flash_bytes"}
+# metrics/release.json, the one metrics file: `dvc exp show` shows its keys in file order, `dvc metrics
+# diff` sorted by name, so the names sort in the order users compare: the shipped INT8 student's test
+# accuracy with its interval, the paired KD gain with its interval, batch-1 latency on the release
+# profile, INT8 file size; then target.<profile>.{flash_bytes, latency_ms, ram_bytes} (what the budgets
+# gate), the other test accuracies, the validation gain that chose the shipped student, the verdict
+LEAD = {"accuracy": "int8_accuracy", "accuracy_hi": "int8_accuracy_hi", "accuracy_lo": "int8_accuracy_lo",
+        "kd_gain": "kd_gain", "kd_gain_hi": "kd_gain_hi", "kd_gain_lo": "kd_gain_lo",
+        "latency_p50_ms": "p50_ms", "latency_p50_net_ms": "p50_net_ms", "latency_p95_ms": "p95_ms",
+        "size_bytes": "size_bytes"}
+TEST_ACCURACY = {f"{name}{s}": f"{src}{s}" for name, src in (("baseline", "baseline_accuracy"),
+                                                              ("kd", "kd_accuracy"), ("teacher", "teacher_accuracy"))
+                 for s in ("", "_hi", "_lo")} | {"fp32": "fp32_accuracy"}
+PROFILE_FIGURES = {"flash": "flash_bytes", "latency": "latency_ms", "ram": "ram_bytes", "rss": "ram_bytes"}
 
 
 def release_metrics(decision: dict[str, Any]) -> dict[str, Any]:
-    """The flat summary declared as DVC metrics (metrics/release.json): what users compare between
-    experiments first, then per profile {latency_ms, ram_bytes, flash_bytes} (the gated figures), then
-    the rest of the candidate's accuracies and the verdict. The detailed files follow it in dvc.yaml."""
+    """The flat summary declared as DVC metrics (metrics/release.json): the figures of the other
+    metrics files that users compare between runs, in the order they compare them."""
     c = decision["candidate"]
-    out: dict[str, Any] = {k: c.get(k) for k in LEAD}
+    out: dict[str, Any] = {k: c.get(src) for k, src in LEAD.items()}
+    target: dict[str, dict[str, Any]] = {}
     for r in decision["gates"]:
         kind, _, prof = str(r["gate"]).partition(":")
         if prof and kind in PROFILE_FIGURES:
-            out.setdefault(prof, {})[PROFILE_FIGURES[kind]] = r.get("value")
-    out |= {k: c.get(k) for k in TAIL}
-    out |= {"shipped": decision.get("shipped"), "gates_passed": decision["passed"],
-            "gates_failed": len(decision["failed"])}
+            target.setdefault(prof, {})[PROFILE_FIGURES[kind]] = r.get("value")
+    out["target"] = {p: dict(sorted(f.items())) for p, f in sorted(target.items())}
+    out["test_accuracy"] = {k: c.get(src) for k, src in sorted(TEST_ACCURACY.items())}
+    out |= {"val_kd_gain": c.get("kd_gain_val"), "val_kd_gain_hi": c.get("kd_gain_val_hi"),
+            "val_kd_gain_lo": c.get("kd_gain_val_lo")}
+    out["verdict"] = {"failed": len(decision["failed"]), "passed": decision["passed"],
+                      "shipped": decision.get("shipped")}
     return out
 
 

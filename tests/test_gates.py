@@ -203,29 +203,46 @@ def _columns(tree: dict, prefix: str = "") -> list[str]:
 
 
 def test_dvc_metrics_lead_with_what_users_compare(runs, tmp_path):
-    """`dvc metrics show` (and so `dvc exp show` / `dvc metrics diff`) lists metrics/release.json first,
-    led by accuracy with its interval, KD gain, latency and size, then each profile's latency / RAM /
-    flash; the detailed accuracy files follow, and the reports (benchmark, mcu, promotion, validation)
-    are not metrics at all."""
+    """`dvc exp show` (each file's key order) and `dvc metrics diff` (keys sorted by name) both start with
+    accuracy with its interval, KD gain, latency, size, then each profile's flash / latency / RAM:
+    metrics/release.json is the one metrics file, its names sort in its own order; the other JSON files
+    (teacher, distill, export, benchmark, mcu, promotion, validation) are reports."""
+    import os
     import subprocess
     import sys
 
     root = tmp_path / "proj"
     shutil.copytree(runs["good"], root)
     decide(root, params())
-    shutil.copy(Path(__file__).parents[1] / "dvc.yaml", root / "dvc.yaml")
-    shutil.copy(Path(__file__).parents[1] / "params.yaml", root / "params.yaml")
-    dvc = [sys.executable, "-m", "dvc"]
-    subprocess.run([*dvc, "init", "--no-scm", "-q"], cwd=root, check=True)
-    shown = subprocess.run([*dvc, "metrics", "show", "--json"], cwd=root, check=True, capture_output=True,
-                           text=True).stdout
-    files = json.loads(shown)[""]["data"]
-    assert list(files) == [promote.SUMMARY, "metrics/teacher.json", "metrics/distill.json", "metrics/export.json"]
-    cols = _columns(files[promote.SUMMARY]["data"])
-    assert cols[:len(promote.LEAD)] == list(promote.LEAD)
-    assert cols[len(promote.LEAD):len(promote.LEAD) + 3] == [f"edge-cpu-1t.{k}" for k in
-                                                              ("latency_ms", "ram_bytes", "flash_bytes")]
+    for f in ("dvc.yaml", "params.yaml"):
+        shutil.copy(Path(__file__).parents[1] / f, root / f)
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+
+    def sh(*cmd: str) -> str:
+        return subprocess.run(cmd, cwd=root, check=True, capture_output=True, text=True, env=env).stdout
+
+    dvc = (sys.executable, "-m", "dvc")
+    sh("git", "init", "-q")
+    sh(*dvc, "init", "-q")
+    files = json.loads(sh(*dvc, "metrics", "show", "--json"))[""]["data"]
+    assert list(files) == [promote.SUMMARY]  # DVC orders several metrics files at random in `metrics diff`
+    lead = [*promote.LEAD, "target.edge-cpu-1t.flash_bytes", "target.edge-cpu-1t.latency_ms",
+            "target.edge-cpu-1t.ram_bytes"]
+    columns = _columns(files[promote.SUMMARY]["data"])
+    assert columns[:len(lead)] == lead  # `dvc exp show`: the file's key order
+    assert {"test_accuracy.teacher", "test_accuracy.kd_lo", "val_kd_gain", "verdict.passed"} <= set(columns)
+    sh("git", "add", "-A")
+    sh("git", "commit", "-qm", "run")
+    table = sh(*dvc, "metrics", "diff", "--all", "--md").splitlines()[2:]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")][:2] for line in table if line.startswith("|")]
+    assert rows[:len(lead)] == [[promote.SUMMARY, m] for m in lead]  # `dvc metrics diff`: sorted by name
+    assert [m for _, m in rows] == columns  # the names sort in the file's order: both views agree
+
     summary = read_json(root / promote.SUMMARY)
-    c = promote.read_candidate(paths={k: str(root / k) for k in (promote.DISTILL, promote.EXPORT, promote.BENCHMARK)})
-    assert summary["int8_accuracy_lo"] <= summary["int8_accuracy"] == c["int8_accuracy"] <= summary["int8_accuracy_hi"]
-    assert summary["edge-cpu-1t"]["latency_ms"] == c["p95_ms"] and summary["size_bytes"] == c["size_bytes"]
+    with contextlib.chdir(root):
+        c = promote.read_candidate()
+    assert summary["accuracy_lo"] <= summary["accuracy"] == c["int8_accuracy"] <= summary["accuracy_hi"]
+    assert summary["kd_gain_lo"] <= summary["kd_gain"] == c["kd_gain"] <= summary["kd_gain_hi"]
+    assert summary["target"]["edge-cpu-1t"]["latency_ms"] == c["p95_ms"] == summary["latency_p95_ms"]
+    assert summary["size_bytes"] == c["size_bytes"] and summary["verdict"]["passed"] is True
