@@ -228,7 +228,7 @@ def test_dvc_metrics_lead_with_what_users_compare(runs, tmp_path):
     files = json.loads(sh(*dvc, "metrics", "show", "--json"))[""]["data"]
     assert list(files) == [promote.SUMMARY]  # DVC orders several metrics files at random in `metrics diff`
     lead = [*promote.LEAD, "target.edge-cpu-1t.flash_bytes", "target.edge-cpu-1t.latency_ms",
-            "target.edge-cpu-1t.ram_bytes"]
+            "target.edge-cpu-1t.rss_bytes"]
     columns = _columns(files[promote.SUMMARY]["data"])
     assert columns[:len(lead)] == lead  # `dvc exp show`: the file's key order
     assert {"test_accuracy.teacher", "test_accuracy.kd_lo", "val_kd_gain", "verdict.passed"} <= set(columns)
