@@ -74,7 +74,7 @@ def test_release_registers_staging_pushes_and_publishes(released, monkeypatch):
     assert sh(["git", "status", "--porcelain"], proj).stdout.strip() == ""
 
     keys = s3_keys(released["endpoint"], "releases/student/v0.1.0")
-    assert sorted(k.rsplit("/", 1)[1] for k in keys) == ["SHA256SUMS", "model_card.json", "release.html",
+    assert sorted(k.rsplit("/", 1)[1] for k in keys) == ["SHA256SUMS", "mcu.json", "model_card.json", "release.html",
                                                          "student.int8.onnx", "student.onnx"]
     # the offline report: in the bundle and in the workspace (git-ignored), the gate table on it
     bundled = S3Store(BUCKET, "team", endpoint_url=released["endpoint"]).read_text(
@@ -116,7 +116,7 @@ def test_fresh_clone_pulls_and_fetches_prod(released, monkeypatch):
     assert not (clone / "models/student.int8.onnx").exists()
 
     r = sh([ED, "fetch", "--stage", "prod", "--to", "deploy/edge"], clone, env=FAKE_AWS)
-    assert "student v0.1.0 (prod)" in r.stdout and r.stdout.count("verified") == 3
+    assert "student v0.1.0 (prod)" in r.stdout and r.stdout.count("verified") == 5  # every bundle file
     for name in ("student.onnx", "student.int8.onnx"):
         assert sha256_file(clone / "deploy/edge" / name) == sha256_file(proj / "models" / name)
 
