@@ -274,7 +274,7 @@ def host_profile_rows(path: str | Path, profiles: list[DeviceProfile]) -> list[d
             continue
         budget = {"latency_ms": prof.latency_ms, "ram_bytes": prof.ram_bytes, "flash_bytes": prof.flash_bytes}
         lat = (doc["release"]["student_int8_p95_ms"] if i == 0 and doc.get("release", {}).get("profile") == name
-               else p["latency"][SHIPPED_INT8]["1"]["p95_ms"])
+               else p["latency"].get(SHIPPED_INT8, {}).get("1", {}).get("p95_ms"))  # None: no batch 1 there
         figures = (("latency", "latency_ms", lat, f"int8 batch-1 p95 ms, measured here ({p.get('threads')} thread(s))"),
                    ("ram", "ram_bytes", p.get("peak_rss_delta_bytes", {}).get(SHIPPED_INT8),
                     "int8 session peak RSS bytes (RAM), measured here"),
@@ -294,7 +294,7 @@ def _budget_row(gate: str, metric: str, value: Any, budget: Any, what: str) -> d
     if budget is None:
         return row | {"verdict": "off", "detail": "no budget in the profile"}
     if value is None:
-        return row | {"verdict": "fail", "detail": "not measured"}
+        return row | {"verdict": "fail", "detail": "not measured (a budget needs its figure: batch size 1)"}
     ok = value <= budget
     unit = "ms" if what == "latency" else "B"
     return row | {"verdict": "pass" if ok else "fail",
