@@ -628,7 +628,7 @@ def build_and_verify(model_path: Path, out_dir: Path, x_test: np.ndarray, profil
                      qemu_windows: int, opt: str, timeout: float, calib: np.ndarray | None = None,
                      quant: dict[str, Any] | None = None) -> dict[str, Any]:
     """The whole MCU path for one ONNX file. `profiles`: objects with name, mcu, clock_hz,
-    ram_bytes, flash_bytes. FP32 models are quantized (QOperator) on `calib` first.
+    ram_bytes, flash_bytes (and optionally latency_ms, the budget on est_ms_at_clock). FP32 models are quantized (QOperator) on `calib` first.
 
     Writes into out_dir: student.qop.onnx, student.c, student.h, <profile>.o; returns the report
     (the object/elf paths are strings)."""
@@ -656,7 +656,9 @@ def build_and_verify(model_path: Path, out_dir: Path, x_test: np.ndarray, profil
                       "host_parity": NOT_VERIFIED, "toolchain": toolchain(), "objects": [], "verified": False,
                       "status": f"skipped: no host C compiler ({host_cc()}) found; install gcc",
                       "profiles": {p.name: {"mcu": p.mcu, "clock_hz": p.clock_hz, "ram_budget_bytes": p.ram_bytes,
-                                            "flash_budget_bytes": p.flash_bytes, "status": NOT_VERIFIED}
+                                            "flash_budget_bytes": p.flash_bytes,
+                                            "latency_budget_ms": getattr(p, "latency_ms", None),
+                                            "status": NOT_VERIFIED}
                                    for p in profiles}}
             return report
         ref = ort_logits(qpath, x_test)
@@ -676,7 +678,7 @@ def build_and_verify(model_path: Path, out_dir: Path, x_test: np.ndarray, profil
             "installs it" if not have_qemu() else "no MCU profiles")
         for p in profiles:
             row: dict[str, Any] = {"mcu": p.mcu, "clock_hz": p.clock_hz, "ram_budget_bytes": p.ram_bytes,
-                                   "flash_budget_bytes": p.flash_bytes}
+                                   "flash_budget_bytes": p.flash_bytes, "latency_budget_ms": getattr(p, "latency_ms", None)}
             if not have_arm:
                 row["status"] = NOT_VERIFIED
                 report["profiles"][p.name] = row

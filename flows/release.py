@@ -426,7 +426,7 @@ def _mcu_figures(gates: list[dict[str, Any]]) -> str:
     by: dict[str, dict[str, Any]] = {}
     for g in gates:
         kind, _, prof = str(g.get("gate")).partition(":")
-        if kind in ("ram", "flash") and prof:
+        if kind in ("ram", "flash") and prof and g.get("mcu", True):  # not the host profiles' flash: rows
             by.setdefault(prof, {})[kind] = g
     if not by:
         return "—"

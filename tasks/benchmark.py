@@ -40,7 +40,7 @@ def _profile_entry(prof: DeviceProfile, results: dict[str, dict[str, Any]]) -> d
         "kind": "measured on this host + static estimate" if prof.measure
         else "static estimate only (not measured: this target cannot be run here)",
         "threads": prof.threads if prof.measure else None,
-        "budget": {"ram_bytes": prof.ram_bytes, "flash_bytes": prof.flash_bytes},
+        "budget": {"latency_ms": prof.latency_ms, "ram_bytes": prof.ram_bytes, "flash_bytes": prof.flash_bytes},
         "fits": {k: fits_budget(r["static"], prof.ram_bytes, prof.flash_bytes) for k, r in results.items()},
     }
     if not prof.measure:

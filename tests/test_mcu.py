@@ -185,7 +185,7 @@ def test_measured_figures_gate_promotion_and_a_grown_student_fails(built, tmp_pa
     root, _ = built
     rows = mcu_gate_rows(root / "models/mcu/mcu.json", require_verified=True)
     assert {r["gate"] for r in rows} == {f"{k}:{p}" for p in ("nrf52-m4", "nrf5340-m33", "cortex-m7")
-                                         for k in ("ram", "flash")}
+                                         for k in ("ram", "flash", "latency")}
     assert all(r["verdict"] == "pass" for r in rows)
     # a grown student on the nRF52-class part (256 KiB flash): measured flash over budget → the gate fails
     big_root = tmp_path / "big"
@@ -252,3 +252,62 @@ def test_the_release_bundle_ships_the_c_model_objects_and_report(built):
     line = _mcu_figures(mcu_gate_rows(root / "models/mcu/mcu.json", require_verified=False))
     m7 = r["profiles"]["cortex-m7"]
     assert f"cortex-m7: {m7['flash_bytes']:,} B / {m7['ram_bytes']:,} B" in line
+
+
+def _static_int8(root: Path, params) -> dict:
+    """Static cost of the student's INT8 export, made as the export stage and the sweep make it."""
+    from edgedistill.evaluation import calibration_windows
+    from edgedistill.onnx_cost import static_cost
+
+    ep = params.export
+    int8 = root / "models/student.int8.onnx"
+    ox.quantize_int8(root / "models/student.onnx", int8, calibration_windows(root / "data/prepared/train.npz",
+                                                                             ep.calibration),
+                     mode=ep.quantization, method=ep.calibration.method, per_channel=ep.calibration.per_channel,
+                     activation_type=ep.activation_type, scratch=root, calib_source="train")
+    return static_cost(onnx.load(str(int8)))
+
+
+@needs_arm
+def test_default_budgets_pass_the_default_student_and_fail_the_largest_sweep_student(tmp_path):
+    """At the default params (128-reading windows, the default profiles and their budgets), the
+    student of params.yaml fits every MCU budget, while the largest student the sweep grid can build
+    fails at least one: the budgets can fail for a realistic student. Sizes and instruction counts do
+    not depend on training, so each student is trained a few steps only."""
+    from flows.sweep import grid
+    from tasks import prepare
+
+    defaults = make_params(small=False)
+    params = make_params({"mcu": {"qemu_windows": 1}, "export": {"calibration": {"windows": 16}}}, small=False)
+    assert params.benchmark.profiles == defaults.benchmark.profiles and params.prepare == defaults.prepare
+    largest = max(grid(params), key=lambda p: (p["width_multiplier"], p["depth"]))["widths"]
+    default = params.student.config["widths"]
+    assert largest != default
+    readings = tmp_path / "readings.parquet"
+    small_readings(subjects=3, rows_per_recording=300).to_parquet(readings, index=False)
+    verdicts = {}
+    for name, widths in (("default", default), ("largest", largest)):
+        root = tmp_path / name
+        prepare.run(params, readings=readings, out_dir=root / "data/prepared")
+        _student(root, {**params.student.config, "widths": widths}, steps=2)
+        stage.run(params, model=root / "models/student.onnx", data_dir=root / "data/prepared",
+                  out_dir=root / "models/mcu")
+        rows = mcu_gate_rows(root / "models/mcu/mcu.json", require_verified=True)
+        assert {r["gate"] for r in rows} == {f"{k}:{p.name}" for p in params.benchmark.profiles if p.mcu
+                                             for k in ("ram", "flash", "latency")}
+        verdicts[name] = {r["gate"]: (r["verdict"], r["value"], r["threshold"]) for r in rows}
+        # the sweep pre-filters on the static estimate of the INT8 (QDQ) export: RAM well below the
+        # measured figure (activations only; the C model keeps float I/O and every temporary on the
+        # stack), flash within a few percent of it
+        static = _static_int8(root, params)
+        for r in rows:
+            kind = r["gate"].split(":")[0]
+            if kind == "ram":
+                assert static["ram_estimate_bytes"] < r["value"] / 2, (name, r["gate"], static["ram_estimate_bytes"])
+            elif kind == "flash":
+                assert abs(static["flash_estimate_bytes"] - r["value"]) <= 0.1 * r["value"], (
+                    name, r["gate"], static["flash_estimate_bytes"])
+    assert all(v == "pass" for v, _, _ in verdicts["default"].values()), verdicts["default"]
+    failed = {g: f for g, f in verdicts["largest"].items() if f[0] == "fail"}
+    assert failed, verdicts["largest"]
+    assert all(value > budget for _, value, budget in failed.values())
