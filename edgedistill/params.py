@@ -212,6 +212,8 @@ class ExportParams(_Section):
     activation_type: Literal["int8", "uint8"] = "int8"
     calibration: CalibrationParams = CalibrationParams()
     max_int8_drop: float = Field(0.01, ge=0, le=1, description="test accuracy FP32 - INT8, fraction")
+    conv2d: bool = Field(True, description="FP32 graphs run 1D convolutions as 2D (kernel 1×k): onnxruntime's "
+                                           "blocked NCHWc kernels, same values (benchmarks/latency.py)")
 
 
 class DeviceProfile(_Section):
