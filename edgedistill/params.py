@@ -101,7 +101,8 @@ class PrepareParams(_Section):
 
 class ComputeParams(_Section):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
-    threads: int = Field(0, ge=0, description="CPU threads for torch; 0 = torch's default")
+    threads: int = Field(1, ge=0, description="CPU threads for torch; 0 = torch's default (all cores); 1 is "
+                                              "faster on a shared host (benchmarks/train_throughput.py)")
 
 
 class AugmentParams(_Section):
