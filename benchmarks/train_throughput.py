@@ -4,23 +4,33 @@ Prints samples/s for the teacher and the student at a few batch sizes on the cho
 path can be compared with the simplest possible loop. Uses data/prepared (run `edgedistill prepare` first).
 
     python benchmarks/train_throughput.py --device auto --epochs 3 --batch-sizes 128,1024
+
+On a shared CPU host compare settings side by side instead (issue 17): `--threads 2,1` and/or several batch
+sizes are measured in interleaved rounds (one epoch of each setting per round, order rotating), on a share of
+the windows (`--fraction`), and each setting's median over rounds is reported with its ratio to the first:
+
+    python benchmarks/train_throughput.py --device cpu --models teacher --threads 2,1 --rounds 3 --fraction 0.25
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from edgedistill.params import load_params  # noqa: E402
 from edgedistill.training import (  # noqa: E402
     Augment,
+    Split,
     TrainConfig,
     augment,
     build_from_params,
@@ -62,7 +72,15 @@ def main() -> None:
     ap.add_argument("--device", default=None, help="default: compute.device from params")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch-sizes", default="128,1024")
+    ap.add_argument("--models", default="teacher,student")
+    ap.add_argument("--threads", default="", help="e.g. 2,1: compare torch CPU thread counts (interleaved)")
+    ap.add_argument("--rounds", type=int, default=0, help=">0: interleaved rounds of one epoch per setting")
+    ap.add_argument("--fraction", type=float, default=1.0, help="share of the train/val windows used")
+    ap.add_argument("--json", type=Path, help="also write the interleaved figures as JSON")
     a = ap.parse_args()
+    if a.rounds > 0:
+        interleaved(a)
+        return
     p = load_params(a.params)
     device = resolve_device(a.device or p.compute.device, p.compute.threads)
     data = load_prepared("data/prepared", device)
@@ -73,7 +91,7 @@ def main() -> None:
     bare_loop(warm, data.train.x, data.train.y, 1024, 1, device)
     print("pipeline loop = augmentation (scale, jitter, shift) + a val pass per epoch; bare = forward/backward/step")
     print(f"{'model':8} {'batch':>6} {'pipeline loop':>15} {'bare loop':>12} {'ratio':>6}")
-    for role, mp in (("teacher", p.teacher), ("student", p.student)):
+    for role, mp in [(r, getattr(p, r)) for r in a.models.split(",")]:
         aug = Augment(**mp.augment.model_dump())
         for batch in [int(b) for b in a.batch_sizes.split(",")]:
             meta = data.model_meta(mp.arch, mp.config)
@@ -89,6 +107,69 @@ def main() -> None:
             m2 = build_from_params(mp.arch, mp.config, meta["net_in_channels"], meta["n_classes"]).to(device)
             bare = bare_loop(m2, data.train.x, data.train.y, batch, a.epochs, device)
             print(f"{role:8} {batch:>6} {r.samples_per_s:>13,.0f}/s {bare:>10,.0f}/s {r.samples_per_s / bare:>6.2f}")
+
+
+def _subset(split: Split, fraction: float) -> Split:
+    n = max(1, round(len(split) * fraction))
+    idx = torch.randperm(len(split), generator=torch.Generator().manual_seed(0))[:n].to(split.x.device)
+    return Split(split.x[idx], split.y[idx], split.path)
+
+
+def interleaved(a: argparse.Namespace) -> None:
+    """Settings (threads × batch size) measured side by side: each round runs one epoch of the pipeline
+    loop and one of the bare loop per setting, in rotating order; figures are medians over rounds."""
+    p = load_params(a.params)
+    device = resolve_device(a.device or p.compute.device, p.compute.threads)
+    data = load_prepared("data/prepared", device)
+    train_s, val_s = _subset(data.train, a.fraction), _subset(data.val, a.fraction)
+    threads = [int(t) for t in a.threads.split(",")] if a.threads else [torch.get_num_threads()]
+    settings = [(t, int(b)) for t in threads for b in a.batch_sizes.split(",")]
+    print(f"device: {device}; {len(train_s)} train / {len(val_s)} val windows ({a.fraction:.0%}); "
+          f"{a.rounds} interleaved rounds of one epoch per setting after a warm-up round; seconds per epoch scaled to all "
+          f"{len(data.train)} train windows")
+    out: dict[str, Any] = {"device": str(device), "train_windows": len(data.train), "fraction": a.fraction,
+                           "rounds": a.rounds, "models": {}}
+    for role in a.models.split(","):
+        mp = getattr(p, role)
+        aug = Augment(**mp.augment.model_dump())
+        meta = data.model_meta(mp.arch, mp.config)
+        runs: dict[tuple[int, int], dict[str, list[float]]] = {s: {"pipe": [], "bare": []} for s in settings}
+
+        def loss_fn(model, xb, yb, idx, gen, aug=aug):
+            return F.cross_entropy(model(augment(xb, aug, gen)), yb)
+
+        for r in range(-1, a.rounds):  # round -1 warms up every setting (oneDNN primitives, allocator)
+            order = settings[r % len(settings):] + settings[: r % len(settings)]
+            for t, b in order:
+                torch.set_num_threads(t)
+                torch.manual_seed(0)
+                m1 = build_from_params(mp.arch, mp.config, meta["in_channels"], meta["n_classes"]).to(device)
+                cfg = TrainConfig(epochs=1, batch_size=b, lr=mp.train.lr, weight_decay=mp.train.weight_decay)
+                res = train(m1, train_s, val_s, loss_fn, cfg, device, data.labels, log=lambda s: None)
+                torch.manual_seed(0)
+                m2 = build_from_params(mp.arch, mp.config, meta["in_channels"], meta["n_classes"]).to(device)
+                bare = bare_loop(m2, train_s.x, train_s.y, b, 1, device)
+                if r >= 0:
+                    runs[(t, b)]["pipe"].append(res.samples_per_s)
+                    runs[(t, b)]["bare"].append(bare)
+        print(f"{role}: {'threads':>7} {'batch':>6} {'pipeline':>11} {'bare':>11} {'ratio':>6} {'s/epoch':>8} "
+              f"{'vs first':>8}")
+        first = None
+        rows = []
+        for t, b in settings:
+            pipe, bare = float(np.median(runs[(t, b)]["pipe"])), float(np.median(runs[(t, b)]["bare"]))
+            sec = len(data.train) / pipe
+            first = first or sec
+            rows.append({"threads": t, "batch_size": b, "pipeline_samples_per_s": pipe, "bare_samples_per_s": bare,
+                         "ratio": pipe / bare, "seconds_per_epoch": sec, "speed_vs_first": first / sec,
+                         "rounds_pipeline": runs[(t, b)]["pipe"], "rounds_bare": runs[(t, b)]["bare"]})
+            print(f"{'':8} {t:>7} {b:>6} {pipe:>9,.0f}/s {bare:>9,.0f}/s {pipe / bare:>6.2f} {sec:>8.1f} "
+                  f"{first / sec:>7.2f}x")
+        out["models"][role] = rows
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps(out, indent=2) + "\n")
+        print(f"wrote {a.json}")
 
 
 if __name__ == "__main__":

@@ -79,6 +79,128 @@ def export_onnx(model: Any, in_channels: int, window: int, opset: int, what: str
     return proto
 
 
+# ---------------------------------------------------------------- 1D convolutions as 2D
+
+# ops that act per element (or per channel on axis 1) whatever the rank: a [N, C, 1, W] tensor passes through
+_RANK_FREE = {"Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu", "Gelu",
+              "Softplus", "Identity", "Dropout", "BatchNormalization", "Neg", "Abs", "Exp", "Sqrt"}
+_BINARY = {"Add", "Sub", "Mul", "Div"}
+
+
+def conv1d_as_conv2d(model: onnx.ModelProto) -> int:
+    """Rewrite 1D convolutions in place as 2D ones on [N, C, 1, W] tensors (kernel 1×k), the form
+    onnxruntime runs with its blocked NCHWc kernels instead of per-group im2col + GEMM calls.
+
+    One Unsqueeze goes in front of a chain of convolutions; element-wise ops and a ReduceMean over the
+    time axis pass the 4D tensor through (the ReduceMean then reduces axes 2 and 3: same values); any
+    other consumer gets a Squeeze back to 3D, so the graph computes the same function whatever its ops.
+    Returns the number of convolutions rewritten (0: the graph is left as it was)."""
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    inits = {t.name: t for t in g.initializer}
+    rank3 = {n.name for n in g.node if n.op_type == "Conv" and n.domain in ("", "ai.onnx")
+             and n.input[1] in inits and len(inits[n.input[1]].dims) == 3}
+    if not rank3 or len(rank3) != sum(n.op_type == "Conv" for n in g.node) or "" in rank3:
+        return 0  # unnamed or shared-weight convolutions: leave the graph alone
+    if len({n.input[1] for n in g.node if n.op_type == "Conv"}) != len(rank3):
+        return 0
+    axis2 = "conv2d_axis2"
+    g.initializer.append(numpy_helper.from_array(np.array([2], dtype=np.int64), axis2))
+    four_d: dict[str, str] = {}  # 3D tensor name -> its 4D twin
+    squeezed: dict[str, str] = {}  # 3D names already squeezed back for a consumer that needs 3D
+    out_nodes: list[onnx.NodeProto] = []
+
+    def as4d(name: str) -> str:
+        if name not in four_d:
+            four_d[name] = f"{name}_4d"
+            out_nodes.append(helper.make_node("Unsqueeze", [name, axis2], [four_d[name]], name=f"{name}_unsqueeze"))
+        return four_d[name]
+
+    def as3d(name: str) -> str:  # the 3D value of a tensor whose producer now writes the 4D twin
+        if name not in squeezed:
+            squeezed[name] = name
+            out_nodes.append(helper.make_node("Squeeze", [four_d[name], axis2], [name], name=f"{name}_squeeze"))
+        return name
+
+    def reduce_axes(node: onnx.NodeProto) -> list[int] | None:
+        axes = next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
+        if axes is None and len(node.input) > 1 and node.input[1] in inits:
+            axes = [int(v) for v in numpy_helper.to_array(inits[node.input[1]]).reshape(-1)]
+        return axes
+
+    produced_4d: set[str] = set()  # 3D names whose producer was rewritten to write the 4D twin
+    n_conv = 0
+    for node in list(g.node):
+        ins = list(node.input)
+        if node.op_type == "Conv" and node.name in rank3:
+            w = inits[ins[1]]
+            w4 = numpy_helper.from_array(numpy_helper.to_array(w)[:, :, None, :], w.name)
+            w.CopyFrom(w4)
+            ins[0] = four_d[ins[0]] if ins[0] in produced_4d else as4d(ins[0])
+            for a in node.attribute:
+                if a.name in ("kernel_shape", "strides", "dilations"):
+                    vals = list(a.ints)
+                    del a.ints[:]
+                    a.ints.extend([1, *vals])
+                elif a.name == "pads":
+                    b, e = list(a.ints)
+                    del a.ints[:]
+                    a.ints.extend([0, b, 0, e])
+            node.input[0] = ins[0]
+            orig = node.output[0]
+            four_d[orig] = f"{orig}_4d"
+            produced_4d.add(orig)
+            node.output[0] = four_d[orig]
+            n_conv += 1
+            out_nodes.append(node)
+            continue
+        small = [i for i in ins[1:] if i == "" or (i in inits and len(inits[i].dims) <= 1)]
+        passes = False
+        if node.op_type in _RANK_FREE:  # extra inputs (Clip bounds, BN scale/bias) are scalars or per-channel
+            passes = ins[0] in produced_4d and len(small) == len(ins) - 1
+        elif node.op_type in _BINARY:  # both 4D, or one a single value
+            passes = any(i in produced_4d for i in ins) and all(
+                i in produced_4d or (i in inits and int(np.prod(inits[i].dims)) == 1) for i in ins)
+        elif node.op_type == "ReduceMean" and ins[0] in produced_4d:
+            axes = reduce_axes(node)
+            keep = next((a.i for a in node.attribute if a.name == "keepdims"), 1)
+            if axes in ([2], [-1]) and keep == 0:
+                name = f"{node.name or node.output[0]}_axes23"
+                g.initializer.append(numpy_helper.from_array(np.array([2, 3], dtype=np.int64), name))
+                del node.attribute[:]
+                node.attribute.extend([helper.make_attribute("keepdims", 0)])
+                del node.input[:]
+                node.input.extend([four_d[ins[0]], name])
+                out_nodes.append(node)
+                continue
+        if passes:
+            for j, i in enumerate(ins):
+                if i in produced_4d:
+                    node.input[j] = four_d[i]
+            for j, o in enumerate(node.output):
+                four_d[o] = f"{o}_4d"
+                produced_4d.add(o)
+                node.output[j] = four_d[o]
+            out_nodes.append(node)
+            continue
+        for j, i in enumerate(ins):
+            if i in produced_4d:
+                node.input[j] = as3d(i)
+        out_nodes.append(node)
+    for o in g.output:
+        if o.name in produced_4d:
+            as3d(o.name)
+    del g.node[:]
+    g.node.extend(out_nodes)
+    used = {i for n in g.node for i in n.input}
+    unused = [t for t in g.initializer if t.name not in used]  # e.g. the 1D ReduceMean's old axes
+    for t in unused:
+        g.initializer.remove(t)
+    del g.value_info[:]  # 3D shapes recorded for renamed tensors would be stale; the checker re-infers
+    return n_conv
+
+
 # ---------------------------------------------------------------- load, check, metadata
 
 def load_onnx(path: str | Path, check: bool = True) -> onnx.ModelProto:

@@ -112,7 +112,8 @@ class PrepareParams(_Section):
 
 class ComputeParams(_Section):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
-    threads: int = Field(0, ge=0, description="CPU threads for torch; 0 = torch's default")
+    threads: int = Field(1, ge=0, description="CPU threads for torch; 0 = torch's default (all cores); 1 is "
+                                              "faster on a shared host (benchmarks/train_throughput.py)")
 
 
 class AugmentParams(_Section):
@@ -223,6 +224,8 @@ class ExportParams(_Section):
     quantization: Literal["static", "dynamic"] = "static"
     activation_type: Literal["int8", "uint8"] = "int8"
     calibration: CalibrationParams = CalibrationParams()
+    conv2d: bool = Field(True, description="FP32 graphs run 1D convolutions as 2D (kernel 1×k): onnxruntime's "
+                                           "blocked NCHWc kernels, same values (benchmarks/latency.py)")
 
 
 class DeviceProfile(_Section):

@@ -106,6 +106,9 @@ def run(params: Params, models_dir: str | Path = MODELS_DIR, data_dir: str | Pat
         "teacher_fp32_p50_ms": im["teacher_fp32"]["p50_ms"],
         "teacher_fp32_net_p50_ms": im["teacher_fp32"]["net_p50_ms"],
         "student_int8_x_floor": im["student_int8"]["x_floor_p50"],
+        # the FP32 student (2D convolutions, export.conv2d) is the faster form on an onnxruntime CPU
+        "student_fp32_x_floor": im["student_fp32"]["x_floor_p50"],
+        "net_speedup_fp32_vs_teacher": net_ratio(inter, "teacher_fp32", "student_fp32"),
         "speedup_vs_teacher": im["teacher_fp32"]["p50_ms"] / im["student_fp32"]["p50_ms"],
         "speedup_int8_vs_teacher": im["teacher_fp32"]["p50_ms"] / im["student_int8"]["p50_ms"],
         "net_speedup_int8_vs_teacher": net_ratio(inter, "teacher_fp32", "student_int8"),
@@ -127,6 +130,10 @@ def run(params: Params, models_dir: str | Path = MODELS_DIR, data_dir: str | Pat
                                             "met": release["speedup_vs_teacher"] >= 20},
         "student_int8_x_floor": {"target": "<= 2.5 (batch 1, p50 / call floor p50, same run)", "value": x_floor,
                                  "met": x_floor is not None and x_floor <= 2.5},
+        "student_fp32_x_floor": {"target": "<= 2.5 (batch 1, p50 / call floor p50, same run)",
+                                 "value": release["student_fp32_x_floor"],
+                                 "met": release["student_fp32_x_floor"] is not None
+                                 and release["student_fp32_x_floor"] <= 2.5},
     }
     result = {
         "release": release,

@@ -69,11 +69,14 @@ def test_benchmark_json_release_block_and_latency(bench_result, release):
         assert host["peak_rss_delta_bytes"][model] >= 0
     inter = result["interleaved"]["models"]
     assert rel["speedup_vs_teacher"] == pytest.approx(inter["teacher_fp32"]["p50_ms"] / inter["student_fp32"]["p50_ms"])
-    assert set(result["targets"]) == {"student_fp32_speedup_vs_teacher", "student_int8_x_floor"}
+    assert set(result["targets"]) == {"student_fp32_speedup_vs_teacher", "student_int8_x_floor", "student_fp32_x_floor"}
     # each target reports the measured figure it judges, and its verdict follows from it
     t = result["targets"]
     assert t["student_fp32_speedup_vs_teacher"]["value"] == rel["speedup_vs_teacher"]
     assert t["student_fp32_speedup_vs_teacher"]["met"] is (rel["speedup_vs_teacher"] >= 20)
+    fp32 = inter["student_fp32"]["p50_ms"] / inter["floor"]["p50_ms"]
+    assert t["student_fp32_x_floor"]["value"] == rel["student_fp32_x_floor"] == pytest.approx(fp32)
+    assert t["student_fp32_x_floor"]["met"] is (fp32 <= 2.5)
     # no models/prod in this release: no prod figures, the gate has nothing to compare
     assert rel["latency_ratio_vs_prod"] is None and rel["prod_int8_p50_ms"] is None and "prod_int8" not in inter
 
@@ -93,6 +96,8 @@ def test_latency_net_of_the_call_floor(bench_result):
     assert rel["net_speedup_int8_vs_teacher"] == pytest.approx(
         inter["models"]["teacher_fp32"]["net_p50_ms"] / inter["models"]["student_int8"]["net_p50_ms"])
     assert rel["net_speedup_int8_vs_teacher"] > 1
+    assert rel["net_speedup_fp32_vs_teacher"] == pytest.approx(
+        inter["models"]["teacher_fp32"]["net_p50_ms"] / inter["models"]["student_fp32"]["net_p50_ms"])
 
 
 def test_per_op_profile(bench_result, release):

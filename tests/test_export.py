@@ -241,3 +241,56 @@ def test_empty_calibration_set(release, tmp_path):
                          scratch=tmp_path, calib_source=str(train))
     x = export.calibration_windows(release / "data/prepared/train.npz", release_params().export.calibration)
     assert x.shape[0] == 64 and x.dtype == np.float32
+
+
+def test_fp32_graphs_run_their_1d_convolutions_as_2d(release):
+    """export.conv2d (default): every Conv of the FP32 files is 2D with a 1×k kernel behind one
+    Unsqueeze, and the INT8 file is quantized from the 1D graph (parity itself: the test above)."""
+    for name in ("student.onnx", "teacher.onnx"):
+        g = ox.load_onnx(release / "models" / name).graph
+        inits = {t.name: t for t in g.initializer}
+        convs = [n for n in g.node if n.op_type == "Conv"]
+        assert convs and all(len(inits[n.input[1]].dims) == 4 and inits[n.input[1]].dims[2] == 1 for n in convs)
+        assert [n.op_type for n in g.node].count("Unsqueeze") == 1
+        assert "Squeeze" not in [n.op_type for n in g.node]  # the time mean reduces the 4D tensor directly
+    int8 = ox.load_onnx(release / "models/student.int8.onnx").graph
+    assert "Unsqueeze" not in [n.op_type for n in int8.node]
+
+
+class _Mixed(torch.nn.Module):
+    """Convs feeding ops the rewrite passes through (ReLU, a scalar Mul, a residual Add, the time
+    mean) and ops it must hand a 3D tensor back to (Transpose, a max over time)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Conv1d(3, 4, 5, padding=2)
+        self.b = torch.nn.Conv1d(4, 4, 3, stride=2, padding=1, groups=4, bias=False)
+        self.c = torch.nn.Conv1d(4, 4, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x)) * 2.0
+        h = self.b(h)
+        h = h + self.c(h)
+        return h.mean(-1) + h.transpose(1, 2).amax(1) + h.amax(-1)
+
+
+def test_conv1d_as_conv2d_computes_the_same_function():
+    torch.manual_seed(0)
+    model = _Mixed().eval()
+    proto = ox.export_onnx(model, 3, 16, 18, what="mixed")
+    assert ox.conv1d_as_conv2d(proto) == 3
+    onnx.checker.check_model(proto, full_check=True)
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count("Unsqueeze") == 1 and ops.count("Squeeze") == 1  # one way in; one way back for Transpose/max
+    x = torch.randn(5, 3, 16)
+    with torch.no_grad():
+        ref = model(x).numpy()
+    path_bytes = proto.SerializeToString()
+    import onnxruntime as ort
+
+    got = ort.InferenceSession(path_bytes, providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    assert got.shape == ref.shape and np.abs(got - ref).max() <= 1e-5
+    # a graph without 1D convolutions is left alone
+    flat = ox.export_onnx(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 2)).eval(), 3, 16, 18, "mlp")
+    before = flat.SerializeToString()
+    assert ox.conv1d_as_conv2d(flat) == 0 and flat.SerializeToString() == before
