@@ -90,7 +90,8 @@ class SplitParams(_Section):
     @field_validator("val_groups", "test_groups", mode="before")
     @classmethod
     def _as_str(cls, v: Any) -> Any:
-        return None if v is None else [str(x) for x in v]
+        # a list of ids (numbers allowed); anything else is left for pydantic to refuse with its message
+        return [str(x) for x in v] if isinstance(v, (list, tuple)) else v
 
     @model_validator(mode="after")
     def _fractions(self) -> SplitParams:

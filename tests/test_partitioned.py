@@ -224,13 +224,15 @@ def test_device_with_another_sampling_rate_is_named(tmp_path, monkeypatch):
 
 def test_s3_remote_append_uploads_only_new_objects(tmp_path, s3):  # noqa: F811 (the imported fixture)
     root = new_project(tmp_path / "proj", readings=TRACKED)
-    sh([str(BIN / "dvc"), "remote", "add", "-d", "s3store", f"s3://{s3.bucket}/dvcstore"], root)
+    prefix = f"{tmp_path.name}/dvcstore"  # this test's own prefix: the moto bucket is shared by the session
+    sh([str(BIN / "dvc"), "remote", "add", "-d", "s3store", f"s3://{s3.bucket}/{prefix}"], root)
     sh([str(BIN / "dvc"), "remote", "modify", "s3store", "endpointurl", s3.endpoint], root)
     first, drop = split_drop()
     params = load_params(root / "params.yaml")
 
     def keys() -> set[str]:
-        return {o["Key"] for o in s3.client.list_objects_v2(Bucket=s3.bucket).get("Contents", [])}
+        got = s3.client.list_objects_v2(Bucket=s3.bucket, Prefix=prefix + "/").get("Contents", [])
+        return {o["Key"] for o in got}
 
     v1 = dataversions.add(params, write_partitioned(first, tmp_path / "first"), root=root, validate=validate.run)
     k1 = keys()
