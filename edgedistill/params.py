@@ -113,8 +113,8 @@ class PrepareParams(_Section):
 
 class ComputeParams(_Section):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
-    threads: int = Field(1, ge=0, description="CPU threads for torch; 0 = torch's default (all cores); 1 is "
-                                              "faster on a shared host (benchmarks/train_throughput.py)")
+    threads: int = Field(0, ge=0, description="CPU threads for torch; 0 = torch's default (all cores); 1 is "
+                                              "faster on a host shared with other CPU work (benchmarks/train_throughput.py)")
 
 
 class AugmentParams(_Section):
@@ -268,7 +268,7 @@ def _default_profiles() -> list[DeviceProfile]:
         # budgets: see params.yaml (why each figure fits its device class)
         DeviceProfile(name="edge-cpu-1t", threads=1, batch_sizes=[1, 32], warmup=20, runs=300,
                       max_seconds=2.0, latency_ms=1.28, ram_bytes=16 * 2**20, flash_bytes=4 * 2**20),
-        DeviceProfile(name="nrf52-m4", measure=False, latency_ms=51.2, ram_bytes=16 * 2**10,
+        DeviceProfile(name="nrf52-m4", measure=False, latency_ms=51.2, ram_bytes=24 * 2**10,
                       flash_bytes=64 * 2**10, mcu="cortex-m4", clock_hz=64_000_000),
         DeviceProfile(name="nrf5340-m33", measure=False, latency_ms=51.2, ram_bytes=64 * 2**10,
                       flash_bytes=128 * 2**10, mcu="cortex-m33", clock_hz=128_000_000),
