@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
-from edgedistill.params import parse_params  # noqa: E402
+from edgedistill.params import apply_overrides, parse_params  # noqa: E402
 
 # per dataset: sample rate (only sets the time column), window/strides in readings; params only
 UCR = {
@@ -175,13 +175,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/datasets.json")
     a = ap.parse_args()
     raw = yaml.safe_load(Path(a.params).read_text())
-    for kv in a.set:
-        key, val = kv.split("=", 1)
-        node = raw
-        *path, last = key.split(".")
-        for k in path:
-            node = node.setdefault(k, {})
-        node[last] = yaml.safe_load(val)
+    apply_overrides(raw, a.set)
     parse_params(raw)
     rows = []
     for name in a.datasets.split(","):

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import yaml  # noqa: E402
 
-from edgedistill.params import parse_params  # noqa: E402
+from edgedistill.params import apply_overrides, parse_params  # noqa: E402
 
 
 def fold_groups(subjects: list[str], fold: int, n_test: int = 2, n_val: int = 2) -> tuple[list[str], list[str]]:
@@ -131,13 +131,7 @@ def main() -> None:
     a = ap.parse_args()
 
     raw = yaml.safe_load(Path(a.params).read_text())
-    for kv in a.set:
-        key, val = kv.split("=", 1)
-        node = raw
-        *path, last = key.split(".")
-        for k in path:
-            node = node.setdefault(k, {})
-        node[last] = yaml.safe_load(val)
+    apply_overrides(raw, a.set)
     parse_params(raw)  # fail fast on a bad override
     readings = Path(raw["data"]["readings"])
     if not readings.is_file():

@@ -425,6 +425,21 @@ def parse_params(raw: Any, source: str = DEFAULT_PARAMS) -> Params:
         raise ParamsInvalid(f"{source} is invalid:\n  {lines}") from None
 
 
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `section.key=value` overrides (values parsed as YAML, like `dvc exp run -S`) to a raw
+    params dict in place; returns it. A string without '=' is refused, naming it."""
+    for kv in overrides:
+        key, sep, val = kv.partition("=")
+        if not sep or not key:
+            raise ParamsInvalid(f"override {kv!r}: expected section.key=value")
+        node = raw
+        *path, last = key.split(".")
+        for k in path:
+            node = node.setdefault(k, {})
+        node[last] = yaml.safe_load(val)
+    return raw
+
+
 def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
     path = Path(path)
     if not path.is_file():

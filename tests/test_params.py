@@ -96,3 +96,14 @@ def test_default_mismatch_is_detected():
     got = default_mismatches(Params.model_validate(raw), raw)
     assert "validate.min_windows_per_class: schema default 20 != params.yaml 7" in got
     assert "export.opset: not in params.yaml" in got
+
+
+def test_overrides_set_nested_keys_as_yaml_values():
+    from edgedistill.params import apply_overrides
+
+    raw = base_params_dict()
+    apply_overrides(raw, ["teacher.train.epochs=3", "student.config.widths=[8, 8]", "sweep.dask_address=null"])
+    p = parse_params(raw)
+    assert p.teacher.train.epochs == 3 and p.student.config["widths"] == [8, 8] and p.sweep.dask_address is None
+    with pytest.raises(ParamsInvalid, match="teacher.train.epochs"):
+        apply_overrides(raw, ["teacher.train.epochs"])
