@@ -31,6 +31,11 @@ class DataParams(_Section):
     channels: list[str] = Field(min_length=1)
     sample_rate_hz: float = Field(gt=0)
     labels: list[str] = Field(min_length=2)
+    dask_address: str | None = Field(None, description="data plane engine: null = in process, 'local' = a "
+                                                       "Dask LocalCluster of dask_workers processes, or a "
+                                                       "scheduler address (tcp://host:8786)")
+    dask_workers: int = Field(2, ge=1, description="worker processes of the 'local' Dask cluster")
+    dask_timeout_s: float = Field(20.0, gt=0, description="seconds to wait for the Dask scheduler")
 
     @field_validator("channels", "labels")
     @classmethod
