@@ -68,6 +68,7 @@ class ValidateParams(_Section):
     interval_tolerance: float = Field(0.05, gt=0, lt=1, description="|median interval x rate - 1| allowed")
     max_gap_intervals: float = Field(1.5, gt=1, description="a step longer than this many intervals is a gap")
     on_gap: Literal["split", "reject"] = "split"
+    chunk_rows: int = Field(65536, ge=1, description="readings per chunk of the streaming pass (bounds memory)")
     drift: DriftParams = DriftParams()
 
     @model_validator(mode="after")

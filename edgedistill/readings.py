@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -87,11 +88,10 @@ def dataset_files(root: str | Path) -> list[Path]:
     return files
 
 
-def read_dataset(root: str | Path) -> pd.DataFrame:
-    """Read a hive-partitioned Parquet dataset through pyarrow.dataset, file by file in sorted path order
-    (so each recording's rows stay contiguous and in time order). Each file is checked first: readable
-    footer, the same columns and types as the first file, at least one row; the error names the file and
-    its partition."""
+def check_dataset(root: str | Path) -> tuple[list[Path], Any]:
+    """The files of a partitioned dataset and its pyarrow schema (partition columns included), after
+    checking each file's footer: readable, at least one row, the same columns and types as the first file;
+    the error names the file and its partition."""
     import pyarrow as pa
     import pyarrow.dataset as ds
     import pyarrow.parquet as pq
@@ -122,6 +122,20 @@ def read_dataset(root: str | Path) -> pd.DataFrame:
             raise DataInvalid(f"{f}: {where} has a different schema from {first.relative_to(root)}: "
                               + "; ".join(diff or ["column order differs"]),
                               hint="Rewrite the partition with the dataset's columns and types.")
+    dataset = ds.dataset([str(f) for f in files], format="parquet",
+                         partitioning=ds.partitioning(flavor="hive"), partition_base_dir=str(root))
+    return files, dataset.schema
+
+
+def read_dataset(root: str | Path) -> pd.DataFrame:
+    """Read a hive-partitioned Parquet dataset through pyarrow.dataset, file by file in sorted path order
+    (so each recording's rows stay contiguous and in time order). Each file is checked first
+    (`check_dataset`); the error names the file and its partition."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    root = Path(root)
+    files, _ = check_dataset(root)
     dataset = ds.dataset([str(f) for f in files], format="parquet",
                          partitioning=ds.partitioning(flavor="hive"), partition_base_dir=str(root))
     parts = []

@@ -18,18 +18,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from edgedistill.data_profile import profile
+from edgedistill import streamstats
 from edgedistill.errors import DataInvalid
-from edgedistill.io import read_json, write_json
+from edgedistill.io import read_json, swap_dir, write_json
 from edgedistill.params import Params
-from edgedistill.readings import (
-    gap_rows,
-    n_windows,
-    read_readings,
-    recording_keys,
-    segments,
-    time_steps,
-)
+from edgedistill.streamstats import FileTask, Partial
 
 REPORT_DIR = "reports/validation"
 NUMERIC_TYPES = [
@@ -41,83 +34,118 @@ SPLIT_VALUES = ["train", "val", "test"]
 
 @dataclass
 class Table:
-    """One frame validated by one GX suite; `index_cols` name the offending rows in the report."""
+    """One frame validated by one GX suite; `index_cols` name the offending rows in the report. `totals`
+    maps a check's count key to (failed rows, rows checked) over the whole pass: the frame of a row-level
+    check holds the first `validate.examples` offending rows, the count comes from the pass."""
 
     name: str
     frame: pd.DataFrame
     index_cols: list[str]
     expectations: list[Any] = field(default_factory=list)
+    totals: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
-def _exp(cls_name: str, check: str, **kwargs: Any) -> Any:
+def _exp(cls_name: str, check: str, count: str | None = None, **kwargs: Any) -> Any:
     import great_expectations as gx
 
-    return getattr(gx.expectations, cls_name)(meta={"check": check}, **kwargs)
+    meta = {"check": check, **({"count": count} if count else {})}
+    return getattr(gx.expectations, cls_name)(meta=meta, **kwargs)
 
 
-def build_tables(df: pd.DataFrame, params: Params, reference: dict | None) -> tuple[list[Table], list[dict]]:
-    """Expectations per table; returns also the checks skipped because a prerequisite failed."""
+def _where_names(columns: list[str]) -> tuple[str, str, str]:
+    """Names of the file / recording / row columns added to the readings sample (never a data column)."""
+    return tuple(n if n not in columns else f"_{n}" for n in ("file", "recording_id", "row"))  # type: ignore[return-value]
+
+
+def _readings_sample(st: Partial, files: list[FileTask]) -> tuple[pd.DataFrame, list[str]]:
+    """Every row that broke a row-level rule (the first `examples` per rule), with its file, recording and
+    row in the file, in the readings' own column types, so GX checks names, types and values on it."""
+    rows: dict[tuple[int, int], tuple[str, dict]] = {}
+    for k, lst in st.examples.items():
+        if k in ("order", "gap"):
+            continue
+        for f, r, key, vals in lst:
+            rows[(f, r)] = (key, vals)
+    order = sorted(rows)
+    frame = pd.DataFrame([rows[k][1] for k in order], columns=st.columns)
+    for c in st.columns:
+        try:
+            frame[c] = frame[c].astype(st.dtypes[c])
+        except (TypeError, ValueError):
+            pass  # keeps the inferred type (e.g. a None in an integer column cannot be)
+    fcol, rcol, rowcol = _where_names(st.columns)
+    frame[fcol] = pd.Series([files[f].name for f, _ in order], dtype=object)
+    frame[rcol] = pd.Series([rows[k][0] for k in order], dtype=object)
+    frame[rowcol] = pd.Series([r for _, r in order], dtype="int64")
+    return frame, [fcol, rcol, rowcol]
+
+
+def build_tables(st: Partial, files: list[FileTask], params: Params,
+                 reference: dict | None) -> tuple[list[Table], list[dict]]:
+    """Expectations per table on the pass's statistics; returns also the checks skipped because a
+    prerequisite failed."""
     d, v, w = params.data, params.validate_params, params.prepare.window
     skipped: list[dict] = []
     rec_col = [d.recording_col] if d.recording_col else []
     required = [d.group_col, *rec_col, d.time_col, d.label_col, *d.channels]
-    readings = Table("readings", df, [])
+    sample, where = _readings_sample(st, files)
+    rows_total = {k: (n, st.rows) for k, n in st.counts.items() if k not in ("order", "gap")}
+    readings = Table("readings", sample, where, totals=rows_total)
     ex = readings.expectations
     for col in required:
         ex.append(_exp("ExpectColumnToExist", f"required column '{col}' present", column=col))
-    present = set(df.columns)
-    numeric = {c for c in d.channels if c in present and pd.api.types.is_numeric_dtype(df[c])}
+    present = set(st.columns)
+    numeric = {c for c in d.channels if c in present and pd.api.types.is_numeric_dtype(st.dtypes[c])}
     for c in d.channels:
         if c not in present:
             continue
         ex.append(_exp("ExpectColumnValuesToBeInTypeList", f"channel '{c}' is numeric", column=c, type_list=NUMERIC_TYPES))
         if c not in numeric:
-            skipped.append({"check": f"channel '{c}' values", "reason": f"column '{c}' is not numeric ({df[c].dtype})"})
+            skipped.append({"check": f"channel '{c}' values", "reason": f"column '{c}' is not numeric ({st.dtypes[c]})"})
             continue
         lo, hi = v.range_for(c)
-        ex.append(_exp("ExpectColumnValuesToNotBeNull", f"no missing values in '{c}'", column=c))
+        ex.append(_exp("ExpectColumnValuesToNotBeNull", f"no missing values in '{c}'", f"null:{c}", column=c))
         # inf falls outside any finite range, so this also catches +-inf
-        ex.append(_exp("ExpectColumnValuesToBeBetween", f"'{c}' within [{lo}, {hi}]", column=c, min_value=lo, max_value=hi))
+        ex.append(_exp("ExpectColumnValuesToBeBetween", f"'{c}' within [{lo}, {hi}]", f"range:{c}", column=c, min_value=lo, max_value=hi))
     for col in [d.group_col, *rec_col, d.time_col, d.label_col]:
         if col in present:
-            ex.append(_exp("ExpectColumnValuesToNotBeNull", f"no missing values in '{col}'", column=col))
+            ex.append(_exp("ExpectColumnValuesToNotBeNull", f"no missing values in '{col}'", f"null:{col}", column=col))
     if d.label_col in present:
-        ex.append(_exp("ExpectColumnValuesToBeInSet", f"labels in the allowed set {d.labels}", column=d.label_col, value_set=list(d.labels)))
+        ex.append(_exp("ExpectColumnValuesToBeInSet", f"labels in the allowed set {d.labels}", "label", column=d.label_col, value_set=list(d.labels)))
     if d.split_col in present:
-        ex.append(_exp("ExpectColumnValuesToBeInSet", f"'{d.split_col}' in {SPLIT_VALUES}", column=d.split_col, value_set=SPLIT_VALUES))
-    if d.time_col in present and not (pd.api.types.is_numeric_dtype(df[d.time_col]) or pd.api.types.is_datetime64_any_dtype(df[d.time_col])):
+        ex.append(_exp("ExpectColumnValuesToBeInSet", f"'{d.split_col}' in {SPLIT_VALUES}", "split", column=d.split_col, value_set=SPLIT_VALUES))
+    t_dtype = st.dtypes.get(d.time_col)
+    time_ok = d.time_col in present and (pd.api.types.is_numeric_dtype(t_dtype) or pd.api.types.is_datetime64_any_dtype(t_dtype))
+    if d.time_col in present and not time_ok:
         ex.append(_exp("ExpectColumnValuesToBeInTypeList", f"time column '{d.time_col}' is numeric or datetime", column=d.time_col, type_list=[*NUMERIC_TYPES, "datetime64[ns]", "datetime64[us]"]))
 
     tables = [readings]
     key_cols = [d.group_col, *rec_col, d.time_col, d.label_col]
     missing = [c for c in key_cols if c not in present]
-    time_ok = d.time_col in present and (pd.api.types.is_numeric_dtype(df[d.time_col]) or pd.api.types.is_datetime64_any_dtype(df[d.time_col]))
-    if missing or not time_ok:
+    if missing or not time_ok or not st.structural:
         why = f"columns missing: {missing}" if missing else f"time column '{d.time_col}' is not numeric/datetime"
         skipped.append({"check": "time order, recording length, windows per class, drift", "reason": why})
         return tables, skipped
-    clean = df.dropna(subset=key_cols)
 
-    keys = recording_keys(clean, d)
-    t = clean[d.time_col]
-    step = (t.diff() if not pd.api.types.is_datetime64_any_dtype(t) else t.diff().dt.total_seconds())
-    same = keys.eq(keys.shift())
-    order = pd.DataFrame({"recording": keys[same].to_numpy(), "row": clean.index[same].to_numpy(), "time_step": step[same].to_numpy(dtype=np.float64)})
-    tables.append(Table("time_order", order, ["recording", "row"], [
-        _exp("ExpectColumnValuesToBeBetween", f"'{d.time_col}' strictly increasing inside each recording", column="time_step", min_value=0, strict_min=True),
-    ]))
+    name = [f.name for f in files]
+    ex_order = st.examples.get("order", [])
+    order = pd.DataFrame({"file": [name[f] for f, *_ in ex_order], "recording": [k for _, _, k, _ in ex_order],
+                          "row": pd.Series([r for _, r, *_ in ex_order], dtype="int64"),
+                          "time_step": pd.Series([x["time_step"] for *_, x in ex_order], dtype="float64")})
+    tables.append(Table("time_order", order, ["file", "recording", "row"], [
+        _exp("ExpectColumnValuesToBeBetween", f"'{d.time_col}' strictly increasing inside each recording", "order", column="time_step", min_value=0, strict_min=True),
+    ], totals={"order": (st.counts.get("order", 0), st.steps)}))
 
-    tables.extend(_timing_tables(clean, keys, params))
+    tables.extend(_timing_tables(st, name, params))
 
-    lengths = keys.value_counts(sort=False)
-    recs = pd.DataFrame({"recording": lengths.index.astype(str), "n_rows": lengths.to_numpy()})
-    tables.append(Table("recordings", recs, ["recording"], [
+    recs = pd.DataFrame({"recording": list(st.rec_rows), "file": [name[st.rec_file[k]] for k in st.rec_rows],
+                         "n_rows": pd.Series(list(st.rec_rows.values()), dtype="int64")})
+    tables.append(Table("recordings", recs, ["recording", "file"], [
         _exp("ExpectColumnValuesToBeBetween", f"every recording has >= window ({w}) readings", column="n_rows", min_value=w),
     ]))
 
     counts = dict.fromkeys(d.labels, 0)
-    for seg in segments(clean.reset_index(drop=True), d):
-        counts[seg.label] = counts.get(seg.label, 0) + n_windows(seg.length, w, params.prepare.eval_stride)
+    counts.update(st.windows)
     known = {k: n for k, n in counts.items() if k in d.labels}
     most = max(known.values()) if known else 0
     classes = pd.DataFrame({
@@ -130,54 +158,57 @@ def build_tables(df: pd.DataFrame, params: Params, reference: dict | None) -> tu
     ]))
 
     if v.drift.enabled and reference is not None and numeric == set(d.channels):
-        tables.extend(_drift_tables(df, params, reference, skipped))
+        tables.extend(_drift_tables(streamstats.profile(st, list(d.channels)), params, reference, skipped))
     return tables, skipped
 
 
-def _timing_tables(clean: pd.DataFrame, keys: pd.Series, params: Params) -> list[Table]:
+def _timing_tables(st: Partial, name: list[str], params: Params) -> list[Table]:
     """Sampling interval per recording vs data.sample_rate_hz; with on_gap: reject, every gap is a failure."""
     d, v = params.data, params.validate_params
-    steps = pd.DataFrame({"recording": keys.to_numpy(), "row": clean.index.to_numpy(),
-                          "step_intervals": time_steps(clean, d)}).dropna(subset=["step_intervals"])
-    med = steps.groupby("recording", sort=False)["step_intervals"].median()
-    timing = pd.DataFrame({"recording": med.index.astype(str), "median_interval_ratio": med.to_numpy().round(4)})
+    recs = [k for k in st.rec_rows if st.rec_hist.get(k)]
+    timing = pd.DataFrame({"recording": recs, "file": [name[st.rec_file[k]] for k in recs],
+                           "median_interval_ratio": pd.Series(
+                               [round(streamstats.median_interval(st.rec_hist[k]), 4) for k in recs], dtype="float64")})
     unit = "samples" if d.time_unit == "samples" else f"1/{d.sample_rate_hz:g} Hz"
     tol = v.interval_tolerance
-    tables = [Table("timing", timing, ["recording"], [
+    tables = [Table("timing", timing, ["recording", "file"], [
         _exp("ExpectColumnValuesToBeBetween", f"median reading interval per recording = {unit} within ±{tol:.0%} "
              f"(observed / expected)", column="median_interval_ratio", min_value=1 - tol, max_value=1 + tol),
     ])]
     if v.on_gap == "reject":
-        tables.append(Table("gaps", steps, ["recording", "row"], [
+        ex = st.examples.get("gap", [])
+        steps = pd.DataFrame({"file": [name[f] for f, *_ in ex], "recording": [k for _, _, k, _ in ex],
+                              "row": pd.Series([r for _, r, *_ in ex], dtype="int64"),
+                              "step_intervals": pd.Series([x["step_intervals"] for *_, x in ex], dtype="float64")})
+        tables.append(Table("gaps", steps, ["file", "recording", "row"], [
             _exp("ExpectColumnValuesToBeBetween", f"no gap inside a recording: step <= {v.max_gap_intervals} "
-                 "sampling intervals (validate.on_gap: reject)", column="step_intervals",
+                 "sampling intervals (validate.on_gap: reject)", "gap", column="step_intervals",
                  max_value=v.max_gap_intervals),
-        ]))
+        ], totals={"gap": (st.counts.get("gap", 0), st.steps)}))
     return tables
 
 
-def gap_summary(df: pd.DataFrame, params: Params) -> dict[str, Any]:
+def gap_summary(st: Partial, params: Params) -> dict[str, Any]:
     """Gaps that prepare will split at (validate.on_gap: split), reported, not failed."""
-    d, v = params.data, params.validate_params
-    if d.time_col not in df.columns:
+    v = params.validate_params
+    if not st.structural:
         return {}
-    rows = np.flatnonzero(gap_rows(df, d, v.max_gap_intervals))
-    keys = recording_keys(df, d).to_numpy()
-    return {"policy": v.on_gap, "max_gap_intervals": v.max_gap_intervals, "count": int(len(rows)),
-            "recordings": sorted({str(keys[r]) for r in rows})[:20]}
+    return {"policy": v.on_gap, "max_gap_intervals": v.max_gap_intervals, "count": int(st.counts.get("gap", 0)),
+            "recordings": sorted(st.gap_recs)[:20]}
 
 
-def _drift_tables(df: pd.DataFrame, params: Params, ref: dict, skipped: list[dict]) -> list[Table]:
+def _drift_tables(cur: dict, params: Params, ref: dict, skipped: list[dict]) -> list[Table]:
     d, dv = params.data, params.validate_params.drift
     ref_ch = ref.get("channels", {})
     absent = [c for c in d.channels if c not in ref_ch]
     if absent:
         skipped.append({"check": "channel drift", "reason": f"reference {dv.reference} has no channels {absent}; refresh it with --update-reference"})
         return []
-    cur = profile(df, params)
     rows = []
     for c in d.channels:
         m, s = cur["channels"][c]["mean"], cur["channels"][c]["std"]
+        if m is None:
+            m, s = float("nan"), 0.0
         rm, rs = ref_ch[c]["mean"], ref_ch[c]["std"] or 1e-12
         ratio = (s / rs) if s else float("inf")
         rows.append({"channel": c, "mean_shift": abs(m - rm) / rs, "std_ratio": max(ratio, 1 / ratio if ratio else float("inf"))})
@@ -225,14 +256,20 @@ def run_gx(tables: list[Table], docs_dir: Path, examples: int) -> list[dict]:
             result_format["unexpected_index_column_names"] = table.index_cols
         res = vd.run(batch_parameters={"dataframe": table.frame}, result_format=result_format)
         for r in res.results:
-            checks.append(_check_record(table.name, r, examples))
+            checks.append(_check_record(table.name, r, examples, table.totals))
     ctx.build_data_docs(site_names=["local"])
     return checks
 
 
-def _check_record(table: str, r: Any, examples: int) -> dict:
+def _check_record(table: str, r: Any, examples: int, totals: dict[str, tuple[int, int]] | None = None) -> dict:
     cfg = r.expectation_config
-    res = r.result or {}
+    res = dict(r.result or {})
+    total = (totals or {}).get((cfg.meta or {}).get("count", ""))
+    if total and res.get("unexpected_count"):
+        # GX saw the first offending rows; the pass counted all of them
+        n, of = total
+        res["unexpected_count"] = max(n, int(res["unexpected_count"]))
+        res["unexpected_percent"] = 100.0 * res["unexpected_count"] / of if of else 100.0
     rec: dict[str, Any] = {
         "table": table,
         "check": (cfg.meta or {}).get("check", cfg.type),
@@ -283,39 +320,51 @@ def describe_failure(c: dict) -> str:
 
 def run(params: Params, readings: str | Path | None = None, report_dir: str | Path = REPORT_DIR,
         update_reference: bool = False) -> dict:
-    """Validate the readings; write the report; raise DataInvalid listing each failure."""
+    """Validate the readings in one streaming pass; write the report (built beside, then swapped in);
+    raise DataInvalid listing each failure. Unreadable input fails before anything is written."""
     path = Path(readings or params.data.readings)
     report_dir = Path(report_dir)
-    df = read_readings(path)
-    ref_path = Path(params.validate_params.drift.reference)
+    d, v = params.data, params.validate_params
+    files = streamstats.plan(path)
+    spec = streamstats.spec_from_params(params, SPLIT_VALUES)
+    st = streamstats.collect(files, spec, d.dask_address, d.dask_workers, d.dask_timeout_s)
+    ref_path = Path(v.drift.reference)
     reference = None
-    if params.validate_params.drift.enabled and ref_path.is_file() and not update_reference:
+    if v.drift.enabled and ref_path.is_file() and not update_reference:
         try:
             reference = read_json(ref_path)
         except ValueError as e:
             raise DataInvalid(f"{ref_path}: drift reference is not valid JSON ({e})",
                               hint="Delete it or run `edgedistill validate --update-reference`.") from None
-    tables, skipped = build_tables(df, params, reference)
-    checks = run_gx(tables, report_dir / "data_docs", params.validate_params.examples)
-    failed = [c for c in checks if not c["success"]]
-    ok = not failed and not skipped
-    report: dict[str, Any] = {
-        "success": ok,
-        "file": str(path),
-        "summary": profile(df, params) if ok else {"rows": int(len(df)), "columns": [str(c) for c in df.columns]},
-        "checks_run": len(checks),
-        "checks_failed": len(failed),
-        "failures": failed,
-        "skipped": skipped,
-        "drift_reference": str(ref_path) if reference is not None else None,
-        "gaps": gap_summary(df, params) if ok else None,
-        "data_docs": str(report_dir / "data_docs" / "index.html"),
-        "checks": checks,
-    }
-    if ok and params.validate_params.drift.enabled and (reference is None):
-        write_json(ref_path, {"source": str(path), **report["summary"]})
-        report["drift_reference"] = f"{ref_path} (created from this dataset)"
-    write_json(report_dir / "result.json", report)
+    tables, skipped = build_tables(st, files, params, reference)
+    new = report_dir.parent / f".{report_dir.name}.new"
+    shutil.rmtree(new, ignore_errors=True)
+    new.mkdir(parents=True)
+    try:
+        checks = run_gx(tables, new / "data_docs", v.examples)
+        failed = [c for c in checks if not c["success"]]
+        ok = not failed and not skipped
+        report: dict[str, Any] = {
+            "success": ok,
+            "file": str(path),
+            "files": len(files),
+            "summary": streamstats.profile(st, list(d.channels)) if ok else {"rows": int(st.rows), "columns": st.columns},
+            "checks_run": len(checks),
+            "checks_failed": len(failed),
+            "failures": failed,
+            "skipped": skipped,
+            "drift_reference": str(ref_path) if reference is not None else None,
+            "gaps": gap_summary(st, params) if ok else None,
+            "data_docs": str(report_dir / "data_docs" / "index.html"),
+            "checks": checks,
+        }
+        if ok and v.drift.enabled and (reference is None):
+            write_json(ref_path, {"source": str(path), **report["summary"]})
+            report["drift_reference"] = f"{ref_path} (created from this dataset)"
+        write_json(new / "result.json", report)
+        swap_dir(new, report_dir)
+    finally:
+        shutil.rmtree(new, ignore_errors=True)
     if not ok:
         lines = [describe_failure(c) for c in failed] + [f"[skipped] {s['check']}: {s['reason']}" for s in skipped]
         # say what actually stopped it: failed checks, or checks that could not run (e.g. a drift
