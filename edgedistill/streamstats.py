@@ -195,25 +195,25 @@ def merge(a: Partial, b: Partial, spec: Spec) -> Partial:
     out.steps += b.steps
     out.gap_recs |= b.gap_recs
     out.windows.update(b.windows)
-    # label runs: a's open tail joins b's head when it is the same recording and label
+    # label runs: `windows` counts every run but the head and the tail, which stay open for the neighbours
     if b.head is not None:
         w, s = spec.window, spec.eval_stride
-        if out.tail is not None and out.tail[:2] == b.head[:2]:
-            joined = (b.head[0], b.head[1], out.tail[2] + b.head[2])
-            if b.single:
-                out.tail = joined
-            else:
-                out._close(joined, w, s)
-                out.tail = b.tail
-        else:
-            out._close(out.tail, w, s)
-            if b.single:
-                out.tail = b.head
-            else:
-                out._close(b.head, w, s)
-                out.tail = b.tail
         if out.head is None:
-            out.head = b.head
+            out.head, out.tail, out.single = b.head, b.tail, b.single
+        elif out.tail[:2] == b.head[:2]:  # a's last run continues in b
+            joined = (b.head[0], b.head[1], out.tail[2] + b.head[2])
+            if out.single:
+                out.head = joined
+            elif not b.single:
+                out._close(joined, w, s)
+            out.tail = joined if b.single else b.tail
+            out.single = out.single and b.single
+        else:
+            if not out.single:
+                out._close(out.tail, w, s)
+            if not b.single:
+                out._close(b.head, w, s)
+            out.tail, out.single = b.tail, False
     out.first = out.first or b.first
     out.last = b.last or out.last
     return out
@@ -365,9 +365,11 @@ def _py(x: Any) -> Any:
 
 
 def close(p: Partial, spec: Spec) -> Partial:
-    """End of the data: the last open label run counts its windows."""
-    p._close(p.tail, spec.window, spec.eval_stride)
-    p.tail = None
+    """End of the data: the first and last label runs count their windows."""
+    p._close(p.head, spec.window, spec.eval_stride)
+    if not p.single:
+        p._close(p.tail, spec.window, spec.eval_stride)
+    p.head = p.tail = None
     return p
 
 
