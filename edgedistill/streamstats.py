@@ -229,7 +229,8 @@ def _diff(t: np.ndarray, is_datetime: bool) -> np.ndarray:
 def _runs(values: list[np.ndarray]) -> np.ndarray:
     """Start positions of runs of equal consecutive values across all arrays."""
     n = len(values[0])
-    change = np.ones(n, dtype=bool)
+    change = np.zeros(n, dtype=bool)
+    change[:1] = True
     for v in values:
         change[1:] |= v[1:] != v[:-1]
     return np.flatnonzero(change)
@@ -434,12 +435,30 @@ def _chunks(task: FileTask, chunk_rows: int):
                                  partitioning=ds.partitioning(pa.schema(part_fields), flavor="hive"),
                                  partition_base_dir=task.root)
             batches = dataset.to_batches(batch_size=chunk_rows)
-        for b in batches:
-            yield b.to_pandas()
+        yield from _coalesced(batches, chunk_rows)
     except DataInvalid:
         raise
     except Exception as e:  # a damaged page in the middle of a file surfaces only when read
         raise DataInvalid(f"{task.path}: not a readable Parquet file{where}: {_short(e)}") from None
+
+
+def _coalesced(batches: Any, chunk_rows: int):
+    """Record batches (a row group or a readahead slice, often far below chunk_rows) as frames of
+    chunk_rows rows (the last one shorter): fewer, larger vectorised steps, memory still one chunk."""
+    import pyarrow as pa
+
+    buf, n = [], 0
+    for b in batches:
+        while b.num_rows:
+            take = b.slice(0, chunk_rows - n)
+            buf.append(take)
+            n += take.num_rows
+            b = b.slice(take.num_rows)
+            if n == chunk_rows:
+                yield pa.Table.from_batches(buf).to_pandas()
+                buf, n = [], 0
+    if n:
+        yield pa.Table.from_batches(buf).to_pandas()
 
 
 def _partition_names(task: FileTask) -> list[str]:
