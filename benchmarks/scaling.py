@@ -2,7 +2,7 @@
 pipeline costs on them today.
 
     python benchmarks/scaling.py push                  # DVC upload of an appended drop vs the whole dataset
-    python benchmarks/scaling.py stages --scales 1,10,30
+    python benchmarks/scaling.py stages --scales 1,10,30,100 --prepare-max 30
 
 A fleet at scale k is the bundled smartwatch data replicated k times as new subjects (devices): replica r
 renames subject S01 to S01-r003 and shifts recording ids, so every replica is a distinct group with the
@@ -13,9 +13,13 @@ bundled readings' statistics. It is written as `subject=…/date=…/part-….pa
 the remote for each, next to the same two steps on a single-file dataset (where append rewrites the file).
 
 `stages`: validate and prepare (the stages' own `run`, params.yaml defaults) in a fresh subprocess per
-stage and scale; wall time and peak memory, the summed RssAnon of the process tree sampled every 50 ms
-(anonymous memory only: page cache and mapped files do not count). Both stages are still in-memory pandas,
-so this records where memory stands before any streaming work. Results go to benchmarks/results/.
+stage and scale; wall time and peak memory, the summed RssAnon of the whole process tree (the client, and
+for Dask the LocalCluster's nanny and worker processes; the scheduler runs in the client) sampled every
+50 ms (anonymous memory only: page cache and mapped files do not count). validate streams (one chunked
+pass, `validate.chunk_rows`) and runs twice: in one process (data.dask_address: null) and on a Dask
+LocalCluster of data.dask_workers worker processes (data.dask_address: local). prepare is still in-memory
+pandas on this branch, so it runs only up to --prepare-max (above that it would not fit in RAM); one
+teacher epoch is not measured here. Results go to benchmarks/results/.
 """
 
 from __future__ import annotations
@@ -129,10 +133,13 @@ STAGE = """
 import sys
 from edgedistill.params import load_params
 from tasks import {stage}
-p = load_params('params.yaml')
+p = load_params('{params}')
 {call}
 """
-CALLS = {"validate": "validate.run(p)", "prepare": "prepare.run(p, out_dir='prepared')"}
+# stage name -> (module, params file, call)
+CALLS = {"validate": ("validate", "params.yaml", "validate.run(p)"),
+         "validate_dask": ("validate", "params-dask.yaml", "validate.run(p, report_dir='reports/validation-dask')"),
+         "prepare": ("prepare", "params.yaml", "prepare.run(p, out_dir='prepared')")}
 
 
 def _rss_anon_kb(pid: int) -> int:
@@ -155,7 +162,8 @@ def run_stage(stage: str, cwd: Path) -> tuple[float, float]:
     """Wall seconds and peak summed RssAnon (GB) of one stage run in a fresh interpreter."""
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "GX_ANALYTICS_ENABLED": "False"}
-    code = STAGE.format(stage=stage, call=CALLS[stage])
+    module, params, call = CALLS[stage]
+    code = STAGE.format(stage=module, params=params, call=call)
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -170,7 +178,7 @@ def run_stage(stage: str, cwd: Path) -> tuple[float, float]:
     return wall, peak / 1024 / 1024
 
 
-def stages(scales: list[int]) -> dict:
+def stages(scales: list[int], prepare_max: int, names: list[str]) -> dict:
     df = bundled()
     rows = []
     for k in scales:
@@ -181,11 +189,19 @@ def stages(scales: list[int]) -> dict:
             raw["data"]["readings"] = str(fleet)
             raw["validate"]["drift"]["reference"] = str(tmp / "profile.json")
             (tmp / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+            raw["data"]["dask_address"] = "local"
+            raw["validate"]["drift"]["reference"] = str(tmp / "profile-dask.json")
+            (tmp / "params-dask.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
             files, size = tree_size(fleet)
-            row = {"scale": k, "readings": len(df) * k, "files": files, "bytes": size}
-            for stage in ("validate", "prepare"):
+            row = {"scale": k, "readings": len(df) * k, "files": files, "bytes": size,
+                   "load_avg_1m": round(os.getloadavg()[0], 1)}
+            for stage in names:
+                if stage == "prepare" and k > prepare_max:
+                    row["prepare_s"] = row["prepare_peak_gb"] = None
+                    continue
                 wall, gb = run_stage(stage, tmp)
                 row[f"{stage}_s"], row[f"{stage}_peak_gb"] = round(wall, 1), round(gb, 2)
+                row[f"{stage}_us_per_reading"] = round(wall / row["readings"] * 1e6, 2)
             shutil.rmtree(tmp / "prepared", ignore_errors=True)
         rows.append(row)
         print(table_stages([row]).splitlines()[-1], flush=True)
@@ -202,12 +218,21 @@ def table_push(res: dict) -> str:
     return "\n".join(lines)
 
 
+def _cell(r: dict, stage: str, per_reading: bool = False) -> str:
+    if r.get(f"{stage}_s") is None:
+        return "not run"
+    extra = f" / {r[f'{stage}_us_per_reading']} µs" if per_reading else ""
+    return f"{r[f'{stage}_s']} s / {r[f'{stage}_peak_gb']} GB{extra}"
+
+
 def table_stages(rows: list[dict]) -> str:
-    lines = ["| scale | readings | files | validate: time / peak RssAnon | prepare: time / peak RssAnon |",
-             "|---|---|---|---|---|"]
+    lines = ["| scale | readings | files | validate, 1 process (streams): time / peak RssAnon / per reading | "
+             "validate, Dask LocalCluster 2 workers (streams): time / peak RssAnon / per reading | "
+             "prepare (in memory, not streaming yet): time / peak RssAnon |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['scale']}× | {r['readings']:,} | {r['files']} | {r['validate_s']} s / "
-                     f"{r['validate_peak_gb']} GB | {r['prepare_s']} s / {r['prepare_peak_gb']} GB |")
+        lines.append(f"| {r['scale']}× | {r['readings']:,} | {r['files']} | {_cell(r, 'validate', True)} | "
+                     f"{_cell(r, 'validate_dask', True)} | {_cell(r, 'prepare')} |")
     return "\n".join(lines)
 
 
@@ -217,7 +242,10 @@ def main() -> None:
     p = sub.add_parser("push")
     p.add_argument("--devices", type=int, default=10, help="bundled subjects in the first dataset")
     s = sub.add_parser("stages")
-    s.add_argument("--scales", default="1,10,30")
+    s.add_argument("--scales", default="1,10,30,100")
+    s.add_argument("--stages", default="validate,validate_dask,prepare")
+    s.add_argument("--prepare-max", type=int, default=30,
+                   help="largest scale for prepare (in-memory on this branch: ~0.26 GB per 1x)")
     s.add_argument("--out", default=None)
     a = ap.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -226,8 +254,9 @@ def main() -> None:
         (RESULTS / "partitioned_push.json").write_text(json.dumps(res, indent=2) + "\n")
         print(table_push(res))
     else:
-        res = stages([int(x) for x in a.scales.split(",")])
+        res = stages([int(x) for x in a.scales.split(",")], a.prepare_max, a.stages.split(","))
         res["machine"] = {"cpus": os.cpu_count()}
+        res["streams"] = {"validate": True, "prepare": False, "teacher_epoch": "not measured"}
         out = Path(a.out) if a.out else RESULTS / "scaling.json"
         out.write_text(json.dumps(res, indent=2) + "\n")
         print(table_stages(res["rows"]))
