@@ -1,17 +1,15 @@
 """One streaming pass over the readings: the statistics the validate suite asserts on, in memory bounded by
-the chunk size and the number of recordings, never by the number of rows.
+the chunk size and the number of recordings, never by the number of rows."""
 
-The readings (a Parquet or CSV file, or a hive-partitioned Parquet dataset) are read file by file in sorted
-path order, each file in chunks of `validate.chunk_rows` rows (pyarrow `iter_batches` / dataset batches,
-pandas `read_csv(chunksize=…)`). Each chunk becomes a `Partial`: counts, nulls, per-channel finite
-count/mean/M2/min/max, out-of-range and bad-label counts with the first `validate.examples` offending rows
-(file, row in the file, recording), label counts, per-recording rows and a histogram of reading intervals,
-time-order and gap violations, label runs for windows per class, and the first/last reading so the state
-carries across chunk and file boundaries (a recording may span files). `merge(a, b)` (a before b) is exact
-for counts, min and max and combines means and M2 with Chan's parallel update; merges always happen in
-file order, then chunk order, so the result is the same bits whichever engine computed the per-file
-partials (`file_partial`, mapped with `edgedistill.dataplane.run_map`).
-"""
+# The readings (a Parquet or CSV file, or a hive-partitioned Parquet dataset) are read file by file in sorted
+# path order, each file in chunks of `validate.chunk_rows` rows. Each chunk becomes a `Partial`: counts,
+# nulls, per-channel finite count/mean/M2/min/max, out-of-range and bad-label counts with the first
+# `validate.examples` offending rows (file, row in the file, recording), label counts, per-recording rows and
+# a histogram of reading intervals, time-order and gap violations, label runs for windows per class, and the
+# first/last reading so the state carries across chunk and file boundaries (a recording may span files).
+# `merge(a, b)` (a before b) is exact for counts, min and max and combines means and M2 with Chan's parallel
+# update; merges always happen in file order, then chunk order, so the result is the same bits whichever
+# engine computed the per-file partials (`file_partial`, mapped with `edgedistill.dataplane.run_map`).
 
 from __future__ import annotations
 

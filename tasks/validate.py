@@ -2,8 +2,10 @@
 
 Expectations are built from params: schema and dtypes, nulls/inf, value ranges, label set, time order
 inside each recording, recording length >= window, windows per class and class balance, and drift
-against a reference profile (the first accepted dataset). Writes reports/validation/result.json and
-GX Data Docs; raises DataInvalid naming every failed check, column and a few offending values.
+against a reference profile (the first accepted dataset). The statistics come from one streaming pass
+(edgedistill.streamstats, per file in process or on Dask); GX asserts on the small tables built from them.
+Writes reports/validation/result.json and GX Data Docs (built beside, then swapped in); raises DataInvalid
+naming every failed check, column and a few offending values with their file, recording and row.
 """
 
 from __future__ import annotations
