@@ -12,8 +12,9 @@ the windows (`--fraction`), and each setting's median over rounds is reported wi
     python benchmarks/train_throughput.py --device cpu --models teacher --threads 2,1 --rounds 3 --fraction 0.25
 
 Where the pipeline loop loses time (`--breakdown`): per round, in rotating order, one epoch each of the bare
-loop, the bare loop + the batch augmentation, the pipeline loop (`training.train`) and, with `--ref REF`, the
-pipeline loop of `edgedistill/training.py` at git REF (e.g. main: before/after in one run):
+loop, the bare loop + the batch augmentation, the pipeline loop (`training.train`), on CPU both also through the
+2D channels-last twin (`compute.channels_last`), and, with `--ref REF`, the pipeline loop of
+`edgedistill/training.py` at git REF (e.g. main: before/after in one run); ratios are to the 1D bare loop:
 
     python benchmarks/train_throughput.py --device cpu --models student --threads 1 --breakdown --ref main \
         --rounds 7 --json benchmarks/results/train_breakdown.json
@@ -34,6 +35,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from edgedistill.nets import channels_last_twin  # noqa: E402
 from edgedistill.params import load_params  # noqa: E402
 from edgedistill.training import (  # noqa: E402
     Augment,
@@ -114,7 +116,8 @@ def main() -> None:
             def loss_fn(model, xb, yb, idx, gen, aug=aug):
                 return F.cross_entropy(model(augment(xb, aug, gen)), yb)
 
-            r = train(m1, data.train, data.val, loss_fn, cfg, device, data.labels, log=lambda s: None)
+            r = train(m1, data.train, data.val, loss_fn, cfg, device, data.labels, log=lambda s: None,
+                      channels_last=p.compute.channels_last)
             torch.manual_seed(0)
             m2 = build_from_params(mp.arch, mp.config, meta["net_in_channels"], meta["n_classes"]).to(device)
             bare = bare_loop(m2, data.train.x, data.train.y, batch, a.epochs, device)
@@ -157,7 +160,8 @@ def interleaved(a: argparse.Namespace) -> None:
                 torch.manual_seed(0)
                 m1 = build_from_params(mp.arch, mp.config, meta["in_channels"], meta["n_classes"]).to(device)
                 cfg = TrainConfig(epochs=1, batch_size=b, lr=mp.train.lr, weight_decay=mp.train.weight_decay)
-                res = train(m1, train_s, val_s, loss_fn, cfg, device, data.labels, log=lambda s: None)
+                res = train(m1, train_s, val_s, loss_fn, cfg, device, data.labels, log=lambda s: None,
+                            channels_last=p.compute.channels_last)
                 torch.manual_seed(0)
                 m2 = build_from_params(mp.arch, mp.config, meta["in_channels"], meta["n_classes"]).to(device)
                 bare = bare_loop(m2, train_s.x, train_s.y, b, 1, device)
@@ -255,7 +259,7 @@ def _breakdown_model(role, mp, data, train_s: Split, val_s: Split, batch: int, m
         torch.manual_seed(0)
         return build_from_params(mp.arch, mp.config, meta["net_in_channels"], meta["n_classes"]).to(device)
 
-    def run_pipeline(mod):
+    def run_pipeline(mod, **kw):
         aug = mod.Augment(**mp.augment.model_dump())
 
         def loss_fn(model, xb, yb, idx, gen):
@@ -264,12 +268,16 @@ def _breakdown_model(role, mp, data, train_s: Split, val_s: Split, batch: int, m
         cfg = mod.TrainConfig(epochs=1, batch_size=batch, lr=mp.train.lr, weight_decay=mp.train.weight_decay)
         return mod.train(fresh(), mod.Split(train_s.x, train_s.y, train_s.path),
                          mod.Split(val_s.x, val_s.y, val_s.path), loss_fn, cfg, device, data.labels,
-                         log=lambda s: None).samples_per_s
+                         log=lambda s: None, **kw).samples_per_s
 
     aug = Augment(**mp.augment.model_dump())
     loops = {"bare": lambda: bare_loop(fresh(), train_s.x, train_s.y, batch, 1, device),
              "bare+augment": lambda: bare_aug_loop(fresh(), train_s.x, train_s.y, batch,
                                                    lambda xb, g: augment(xb, aug, g), device)}
+    if device.type == "cpu":  # the same bare loop through the 2D channels-last twin (compute.channels_last)
+        loops["bare channels-last"] = lambda: bare_loop(channels_last_twin(fresh()), train_s.x, train_s.y, batch, 1,
+                                                        device)
+        loops["pipeline channels-last"] = lambda: run_pipeline(mods["pipeline"], channels_last=True)
     loops |= {name: (lambda mod=mod: run_pipeline(mod)) for name, mod in mods.items()}
     names = list(loops)
     runs: dict[str, list[float]] = {k: [] for k in names}

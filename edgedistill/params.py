@@ -120,6 +120,8 @@ class ComputeParams(_Section):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     threads: int = Field(0, ge=0, description="CPU threads for torch; 0 = torch's default (all cores); 1 is "
                                               "faster on a host shared with other CPU work (benchmarks/train_throughput.py)")
+    channels_last: bool = Field(True, description="CPU training runs the 1D nets as 2D channels-last (same function, "
+                                                  "parameters shared; faster oneDNN kernels)")
 
 
 class AugmentParams(_Section):
