@@ -121,6 +121,8 @@ class ComputeParams(_Section):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     threads: int = Field(0, ge=0, description="CPU threads for torch; 0 = torch's default (all cores); 1 is "
                                               "faster on a host shared with other CPU work (benchmarks/train_throughput.py)")
+    channels_last: bool = Field(True, description="CPU training runs the 1D nets as 2D channels-last (same function, "
+                                                  "parameters shared; faster oneDNN kernels)")
 
 
 class AugmentParams(_Section):
@@ -233,6 +235,11 @@ class ExportParams(_Section):
     calibration: CalibrationParams = CalibrationParams()
     conv2d: bool = Field(True, description="FP32 graphs run 1D convolutions as 2D (kernel 1×k): onnxruntime's "
                                            "blocked NCHWc kernels, same values (benchmarks/latency.py)")
+    fold_scale_max_ratio: float = Field(8.0, ge=0, description="fold the input normalisation's per-channel scale "
+                                        "into the first Conv when max/min scale <= this (0: never; INT8 then "
+                                        "quantizes x - center on one scale)")
+    int8_fp32_head: bool = Field(True, description="QDQ INT8: the time mean and classifier after the last "
+                                                   "Conv stay FP32 (faster on onnxruntime)")
 
 
 class DeviceProfile(_Section):

@@ -213,11 +213,17 @@ def train(
     log: Callable[[str], None] = print,
     name: str = "model",
     on_epoch: Callable[[int, float], None] | None = None,
+    channels_last: bool = False,
 ) -> TrainResult:
     """Train with early stopping on val accuracy; leaves the BEST weights in `model`. `on_epoch(epoch, val
-    accuracy)` runs after each epoch and may raise to stop the run (the resume file is already written)."""
+    accuracy)` runs after each epoch and may raise to stop the run (the resume file is already written).
+    `channels_last` (params compute.channels_last): on CPU, forward/backward run through a 2D channels-last
+    twin of `model` sharing its parameters (edgedistill.nets.channels_last_twin; same function, faster)."""
+    from edgedistill.nets import channels_last_twin
+
     torch.manual_seed(cfg.seed)
     model.to(device)
+    net = channels_last_twin(model) if channels_last and device.type == "cpu" else model
     gen = torch.Generator(device=device)
     gen.manual_seed(cfg.seed)
     steps = math.ceil(len(train) / cfg.batch_size)
@@ -246,7 +252,7 @@ def train(
     seen = 0
     epoch = start_epoch
     for epoch in range(start_epoch, cfg.epochs):
-        model.train()
+        net.train()
         perm = torch.randperm(len(train), generator=gen, device=device)
         # the loss sum stays on the device: reading it every step would stall the GPU on each batch
         total_t = torch.zeros((), device=device)
@@ -255,7 +261,7 @@ def train(
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             xb, yb = train.x[idx], train.y[idx]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = loss_fn(model, xb, yb, idx, gen)
+                loss = loss_fn(net, xb, yb, idx, gen)
             if device.type == "cpu" and not torch.isfinite(loss):  # free on CPU: stop at the first bad step
                 raise TrainingFailed(f"{name}: loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; stopping "
                                      "instead of training on garbage")
@@ -272,7 +278,7 @@ def train(
             raise TrainingFailed(f"{name}: loss became {total} at epoch {epoch + 1}; stopping instead of training "
                                  "on garbage (the last good epoch's resume file is kept)")
         seen += n
-        logits = predict(model, val.x)
+        logits = predict(net, val.x)
         m = classification_metrics(logits, val.y, labels)
         history.append({"epoch": epoch + 1, "train_loss": round(total / n, 5), "val_loss": round(m["loss"], 5),
                         "val_accuracy": round(m["accuracy"], 5)})

@@ -136,7 +136,8 @@ def train_student(name: str, loss_fn, params: Params, data: Prepared, device: to
     key = run_key(name, sp.model_dump(), key_extra, data_fingerprint(data.train.path, data.val.path), device.type)
     cfg = TrainConfig(**sp.train.model_dump(exclude={"label_smoothing"}))
     result = train(model, data.train, data.val, loss_fn, cfg, device, data.labels,
-                   resume_path=Path(resume_dir) / f"{name}.pt", key=key, log=log, name=name)
+                   resume_path=Path(resume_dir) / f"{name}.pt", key=key, log=log, name=name,
+                   channels_last=params.compute.channels_last)
     return model, result
 
 

@@ -140,11 +140,13 @@ def run(params: Params, models_dir: str | Path = MODELS_DIR, data_dir: str | Pat
     with tempfile.TemporaryDirectory(dir=models_dir, prefix=".export-") as tmp_name:
         tmp = Path(tmp_name)
         built = {k: tmp / v.name for k, v in finals.items()}
-        parity = {}
+        parity, folded = {}, {}
         for name, ckpt in ckpts.items():
             m = metas[name]
             proto = ox.export_onnx(nets[name], m["in_channels"], m["window"], ep.opset, what=str(ckpt))
-            ox.set_metadata(proto, device_metadata(name, m, lin, ckpt, "fp32") | {"onnx_opset": ep.opset})
+            folded[name] = ox.fold_input_scale(proto, ep.fold_scale_max_ratio)
+            ox.set_metadata(proto, device_metadata(name, m, lin, ckpt, "fp32")
+                            | {"onnx_opset": ep.opset, "input_scale_folded": folded[name]})
             if name == "student":  # INT8 is quantized from the 1D graph (its QLinearConv path is no faster in 2D)
                 ox.save_onnx(proto, tmp / "student.conv1d.onnx")
             if ep.conv2d:
@@ -167,13 +169,14 @@ def run(params: Params, models_dir: str | Path = MODELS_DIR, data_dir: str | Pat
         fp32_nodes = ox.quantize_int8(tmp / "student.conv1d.onnx", built["student_int8"], calib, mode=ep.quantization,
                          method=ep.calibration.method, per_channel=ep.calibration.per_channel,
                          activation_type=ep.activation_type, scratch=tmp,
-                         calib_source=str(data_dir / "train.npz"))
+                         calib_source=str(data_dir / "train.npz"), fp32_head=ep.int8_fp32_head)
         # the input normalisation stays FP32 (INT8 over decades of amplitude would zero the quiet windows);
         # an MCU quantizer (QOperator) must pass these as nodes_to_exclude too
         quant["fp32_input_nodes"] = fp32_nodes
+        quant["fp32_head"] = ep.int8_fp32_head  # the time mean and the classifier after the last Conv
         proto = ox.load_onnx(built["student_int8"])
         ox.set_metadata(proto, device_metadata("student", metas["student"], lin, ckpts["student"], "int8")
-                        | {"onnx_opset": ep.opset, "quantization": quant})
+                        | {"onnx_opset": ep.opset, "quantization": quant, "input_scale_folded": folded["student"]})
         ox.save_onnx(proto, built["student_int8"])
 
         fp32_acc, fp32_pred = onnx_accuracy(built["student"], x, y)
@@ -203,6 +206,7 @@ def run(params: Params, models_dir: str | Path = MODELS_DIR, data_dir: str | Pat
         "pytorch": {"student_accuracy": float((torch_logits(nets["student"], x).argmax(1) == y).mean())},
         "test_windows": len(y),
         "opset": ep.opset,
+        "input_scale_folded": folded,
         "lineage": lin,
     }
     write_json(metrics_path, metrics)

@@ -62,6 +62,7 @@ def run(params: Params, prepared: str | Path = PREPARED, model_out: str | Path =
         log(f"teacher: sanity references on val: {bl.describe(sanity)}")
     result = train(model, data.train, data.val, loss_fn, cfg, device, data.labels,
                    resume_path=Path(resume_dir) / "teacher.pt", key=key, log=log, name="teacher",
+                   channels_last=params.compute.channels_last,
                    on_epoch=lambda epoch, acc: sanity_stop(params.sanity, sanity, epoch, acc, len(data.val), cfg.epochs))
     if sanity:
         sanity_stop(params.sanity, sanity, result.epochs_run, result.best_val_accuracy, len(data.val), cfg.epochs,

@@ -12,6 +12,7 @@ import pytest
 from export_fixtures import build_release, release_params
 from typer.testing import CliRunner
 
+from edgedistill import onnx_tools as ox
 from edgedistill.checkpoint import load_checkpoint
 from edgedistill.cli import app
 from edgedistill.errors import ModelMismatch
@@ -174,7 +175,11 @@ def test_static_estimates_and_mcu_verdict(bench_result, release):
     fp32 = result["models"]["student_fp32"]["static"]
     assert int8["ram_estimate_bytes"] < 0.8 * fp32["ram_estimate_bytes"]
     assert int8["ram_estimate_bytes"] <= 2 * 6 * 64 * 4
-    assert int8["flash_estimate_bytes"] < 0.5 * fp32["flash_estimate_bytes"]
+    # conv weights in int8: under half; the classifier after the last Conv stays FP32 (export.int8_fp32_head)
+    q = ox.load_onnx(release / "models/student.int8.onnx").graph
+    gemm = next(n for n in q.node if n.op_type == "Gemm")
+    head = sum(4 * int(np.prod(t.dims)) for t in q.initializer if t.name in gemm.input[1:])
+    assert int8["flash_estimate_bytes"] - head < 0.5 * (fp32["flash_estimate_bytes"] - head)
 
 
 def test_macs_and_params_agree_with_pytorch(release):

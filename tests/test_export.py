@@ -80,7 +80,18 @@ def test_metadata_round_trip(release):
     # raw readings enter the FP32 normalisation nodes, which the quantizer left alone
     q = ox.load_onnx(release / "models/student.int8.onnx")
     excluded = int8["quantization"]["fp32_input_nodes"]
-    assert excluded and {n.op_type for n in q.graph.node if n.name in excluded} >= {"Sub", "Div"}
+    assert excluded and {n.op_type for n in q.graph.node if n.name in excluded} >= {"Sub"}
+    # the normalisation's Div is folded into the first Conv (export.fold_scale_max_ratio), in every file
+    for name in ("student.onnx", "student.int8.onnx", "teacher.onnx"):
+        folded = ox.read_metadata(release / "models" / name)["input_scale_folded"]
+        g = ox.load_onnx(release / "models" / name).graph
+        assert folded and folded["scale_ratio"] <= 8.0 and "Div" not in [n.op_type for n in g.node]
+    # the head after the last Conv stays FP32 in the INT8 file (export.int8_fp32_head): no Q/DQ pair around it
+    assert int8["quantization"]["fp32_head"] is True
+    gemm = next(n for n in q.graph.node if n.op_type == "Gemm")
+    inits = {t.name: t.data_type for t in q.graph.initializer}
+    assert inits[gemm.input[1]] == onnx.TensorProto.FLOAT
+    assert not [n for n in q.graph.node if n.op_type == "QuantizeLinear" and gemm.output[0] in n.input]
     assert "QuantizeLinear" not in [n.op_type for n in q.graph.node if ox.INPUT_NAME in n.input]
     assert ox.read_metadata(release / "models/student.onnx")["precision"] == "fp32"
 
@@ -113,8 +124,12 @@ def test_int8_accuracy_is_evaluated_on_test(release):
     for key in ("fp32", "int8", "teacher"):
         assert m[key]["accuracy_lo"] <= m[key]["accuracy"] <= m[key]["accuracy_hi"], key
     assert m["int8"]["accuracy"] > 1 / 7 + 0.3  # well above chance (7 classes)
-    # weights are stored as int8: under half the FP32 weight bytes (scales and int32 biases remain)
-    assert m["int8"]["weight_bytes"] < 0.5 * m["fp32"]["weight_bytes"]
+    # conv weights are stored as int8: under half the FP32 weight bytes (scales and int32 biases remain);
+    # the classifier after the last Conv stays FP32 (export.int8_fp32_head), in both files alike
+    q = ox.load_onnx(release / "models/student.int8.onnx").graph
+    gemm = next(n for n in q.node if n.op_type == "Gemm")
+    head = sum(4 * int(np.prod(t.dims)) for t in q.initializer if t.name in gemm.input[1:])
+    assert head > 0 and m["int8"]["weight_bytes"] - head < 0.5 * (m["fp32"]["weight_bytes"] - head)
     assert next(iter(m["int8"]["weight_dtypes"])) == "int8"
     assert static_cost(onnx.load(release / "models/student.int8.onnx"))["params"] == \
         static_cost(onnx.load(release / "models/student.onnx"))["params"]
@@ -294,3 +309,54 @@ def test_conv1d_as_conv2d_computes_the_same_function():
     flat = ox.export_onnx(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 2)).eval(), 3, 16, 18, "mlp")
     before = flat.SerializeToString()
     assert ox.conv1d_as_conv2d(flat) == 0 and flat.SerializeToString() == before
+
+
+def _norm_net(scale: list[float], groups: int = 1) -> torch.nn.Module:
+    """A global normalisation (x - center) / scale ahead of a padded, strided Conv, as the students have."""
+    from edgedistill.normalization import build_normalized
+
+    torch.manual_seed(0)
+    c = len(scale)
+    spec = {"method": "global", "epsilon": 1e-8, "mean": [0.3 * i for i in range(c)], "std": scale,
+            "center": [0.3 * i - 0.5 for i in range(c)], "scale": scale}
+    net = torch.nn.Sequential(torch.nn.Conv1d(c, 4 * groups, 5, stride=2, padding=2, groups=groups),
+                              torch.nn.ReLU(), torch.nn.Conv1d(4 * groups, 4, 3, padding=1),
+                              torch.nn.AdaptiveAvgPool1d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    return build_normalized(spec, net).eval()
+
+
+def test_folded_input_scale_is_exact_on_raw_input_at_amplitudes_1e_3_to_1e2():
+    """The Div of (x - center) / scale folded into the first Conv's weights: the same function on raw
+    readings of every amplitude, window borders (zero padding of x - center) included."""
+    import onnxruntime as ort
+
+    model = _norm_net([0.5, 2.0, 1.0])
+    proto = ox.export_onnx(model, 3, 32, 18, what="norm")
+    assert [n.op_type for n in proto.graph.node][:2] == ["Sub", "Div"]
+    folded = ox.fold_input_scale(proto, 8.0)
+    assert folded and folded["scale_ratio"] == pytest.approx(4.0) and folded["into"]
+    onnx.checker.check_model(proto, full_check=True)
+    ops = [n.op_type for n in proto.graph.node]
+    assert "Div" not in ops and ops[0] == "Sub" and ops[1] == "Conv"
+    assert ox.conv1d_as_conv2d(proto) == 2  # and still rewritable as 2D convolutions
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = torch.randn(16, 3, 32)
+    for amp in (1e-3, 1e-1, 1.0, 1e1, 1e2):
+        xa = (x * amp).numpy()
+        with torch.no_grad():
+            ref = model(torch.from_numpy(xa)).numpy()
+        got = session.run(None, {"input": xa})[0]
+        assert np.abs(got - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max()), amp
+    # the shift is not folded: padding x instead of x - center would change the border outputs
+    assert any(n.op_type == "Sub" for n in proto.graph.node)
+
+
+def test_input_scale_is_not_folded_across_disparate_units_or_into_a_grouped_conv():
+    """Channels whose scales differ by more than the ratio keep the Div (an INT8 quantizer would give the
+    first Conv's raw input one scale); a grouped first Conv, or max_ratio 0, leaves the graph as it was."""
+    for model, ratio in ((_norm_net([0.01, 2.0, 1.0]), 8.0), (_norm_net([0.5, 2.0, 1.0], groups=3), 8.0),
+                         (_norm_net([0.5, 2.0, 1.0]), 0.0)):
+        proto = ox.export_onnx(model, 3, 32, 18, what="norm")
+        before = proto.SerializeToString()
+        assert ox.fold_input_scale(proto, ratio) is None
+        assert proto.SerializeToString() == before

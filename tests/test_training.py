@@ -231,3 +231,40 @@ def test_sanity_references_are_recorded_and_short_runs_not_judged(prepared):
     s = m["sanity"]
     assert s["judged"] is False and s["passed"] is None  # a run shorter than check_epoch is not judged
     assert 0.5 < s["knn_fft_val_accuracy"] <= 1 and 0 < s["majority_val_accuracy"] < 0.5
+
+
+def test_channels_last_twin_computes_and_trains_the_1d_net(prepared):
+    """compute.channels_last: on CPU the nets train through a 2D channels-last twin that shares every
+    parameter and buffer (the 1D net is what is saved and exported) and computes the same function; a run
+    through it ends where the 1D run ends, up to float rounding."""
+    from edgedistill import onnx_tools as ox
+    from edgedistill.nets import build_model, channels_last_twin
+    from edgedistill.training import TrainConfig, load_prepared, train
+
+    data = load_prepared("data/prepared", torch.device("cpu"))
+    x = data.val.x[:16]
+    for arch, config in (("dscnn1d", TINY["student"]["config"]), ("resnet1d", TINY["teacher"]["config"])):
+        torch.manual_seed(0)
+        net = build_model(arch, config, x.shape[1], len(data.labels)).eval()
+        twin = channels_last_twin(net).eval()
+        assert twin is not net and {id(p) for p in twin.parameters()} == {id(p) for p in net.parameters()}
+        with torch.no_grad():
+            assert torch.allclose(twin(x), net(x), atol=1e-5)
+    runs = {}
+    for cl in (False, True):
+        torch.manual_seed(0)
+        net = build_model("dscnn1d", TINY["student"]["config"], x.shape[1], len(data.labels))
+        keys = list(net.state_dict())
+        cfg = TrainConfig(epochs=2, batch_size=64, lr=0.02, weight_decay=0.0)
+        res = train(net, data.train, data.val, lambda m, xb, yb, idx, gen: F.cross_entropy(m(xb), yb), cfg,
+                    torch.device("cpu"), data.labels, log=lambda s: None, channels_last=cl)
+        assert list(net.state_dict()) == keys and res.epochs_run == 2
+        runs[cl] = (net.eval(), res)
+    (a, ra), (b, rb) = runs[False], runs[True]
+    assert max((a.state_dict()[k].float() - b.state_dict()[k].float()).abs().max().item() for k in keys) < 1e-3
+    assert abs(ra.best_val_accuracy - rb.best_val_accuracy) <= 2 / len(data.val)
+    with torch.no_grad():
+        assert (a(data.val.x).argmax(1) == b(data.val.x).argmax(1)).float().mean() >= 0.98
+    # what is exported is the 1D net: the same graph as a net that never trained through the twin
+    ops = [n.op_type for n in ox.export_onnx(b, x.shape[1], x.shape[2], 18, what="cl").graph.node]
+    assert ops.count("Conv") == 7 and ops.count("ReduceMean") == 1 and "Unsqueeze" not in ops
