@@ -189,3 +189,63 @@ def test_dask_local_cluster_of_processes_gives_same_shards(workdir):
     prepare.run(make_params({"prepare": base["prepare"]}), out_dir=workdir / "file")
     c = json.loads((workdir / "file/index.json").read_text())
     assert c["splits"] == a["splits"]
+
+
+def test_training_from_shards_equals_in_memory(workdir):
+    """The loop reads each batch from the memory-mapped shards (take of the batch's indices): same weights
+    as the same loop over the whole split held in memory, same seed."""
+    import torch
+    import torch.nn.functional as F
+
+    from edgedistill.training import (
+        Augment,
+        Split,
+        TrainConfig,
+        augment,
+        build_from_params,
+        load_prepared,
+        train,
+    )
+
+    write_readings(small_readings(), workdir / "data/raw/readings.parquet")
+    params = make_params({"prepare": {"shard_windows": 16}})
+    prepare.run(params)
+    cpu = torch.device("cpu")
+    data = load_prepared("data/prepared", cpu)
+    aug = Augment(0.1, 0.05, 4)
+
+    def loss(model, xb, yb, idx, gen):
+        return F.cross_entropy(model(augment(xb, aug, gen)), yb)
+
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=0.01, weight_decay=0.0, seed=3)
+    weights = []
+    for tr, va in ((data.train, data.val),
+                   (Split(data.train.x[:], data.train.y, data.train.path), Split(data.val.x[:], data.val.y, "val"))):
+        torch.manual_seed(0)
+        model = build_from_params("dscnn1d", {"widths": [8, 8], "kernel": 5}, tr.x.shape[1], len(data.labels))
+        train(model, tr, va, loss, cfg, cpu, data.labels, log=lambda s: None)
+        weights.append(model.state_dict())
+    assert not isinstance(data.train.x, torch.Tensor)  # the shard path, not a tensor in memory
+    for k, v in weights[0].items():
+        assert torch.equal(v, weights[1][k]), k
+
+
+def test_bank_views_are_the_same_in_any_batch(workdir):
+    import torch
+
+    from edgedistill.bank import BankViews
+    from edgedistill.training import Augment, load_prepared
+
+    write_readings(small_readings(), workdir / "data/raw/readings.parquet")
+    prepare.run(make_params({"prepare": {"shard_windows": 16}}))
+    x = load_prepared("data/prepared", torch.device("cpu")).train.x
+    views = BankViews(x, 3, Augment(0.1, 0.05, 16), 1.0, seed=7)
+    n = len(x)
+    ordered = views.make(1, np.arange(n))
+    idx = np.random.default_rng(0).permutation(n)[:40]
+    assert torch.equal(views[torch.full((40,), 1), torch.from_numpy(idx)], ordered[idx])
+    assert not torch.equal(views.make(2, np.arange(n)), ordered)  # views differ
+    assert not torch.equal(ordered, x[:])  # and are augmented + mixed
+    other = BankViews(x, 3, Augment(0.1, 0.05, 16), 1.0, seed=8)
+    assert not torch.equal(other.make(1, idx), ordered[idx])
+    assert sorted(views.partner(np.ones(n, dtype=np.int64), np.arange(n)).tolist()) == list(range(n))  # bijection
