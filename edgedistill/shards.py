@@ -3,6 +3,8 @@
 Layout (written by the prepare stage, under data/prepared/):
 
     index.json                      per split: windows, shards (files, window counts, sha256), id tables
+    <split>/index.json              the same for that split alone (a split folder is self-contained, so a
+                                    stage can depend on data/prepared/test alone)
     <split>/X-00000.npy             float32 [n, C, W] raw readings (at most prepare.shard_windows windows)
     <split>/y-00000.npy             int64 [n] class index
     <split>/group-00000.npy         int32 [n] code into index.json splits.<split>.groups
@@ -102,8 +104,10 @@ class ShardWriter:
 
 def write_index(root: str | Path, splits: dict[str, dict[str, Any]], channels: int, window: int,
                 shard_windows: int) -> None:
-    write_json(Path(root) / INDEX, {"format": FORMAT, "channels": channels, "window": window,
-                                    "shard_windows": shard_windows, "splits": splits})
+    head = {"format": FORMAT, "channels": channels, "window": window, "shard_windows": shard_windows}
+    for name, entry in splits.items():
+        write_json(Path(root) / name / INDEX, {**head, "splits": {name: entry}})
+    write_json(Path(root) / INDEX, {**head, "splits": splits})
 
 
 def write_split(root: str | Path, split: str, x: np.ndarray, y: np.ndarray, group: Any, recording: Any,
@@ -234,7 +238,8 @@ def open_split(prepared_dir: str | Path, split: str | None = None) -> ShardedSpl
     root = Path(prepared_dir)
     if split is None:
         root, split = root.parent, root.name
-    return ShardedSplit(root, split, read_index(root))
+    own = root / split / INDEX
+    return ShardedSplit(root, split, read_index(root if not own.is_file() else root / split))
 
 
 def verify(prepared_dir: str | Path) -> None:

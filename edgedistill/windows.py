@@ -120,9 +120,9 @@ def _batches(src: Source, columns: list[str], chunk_rows: int) -> Iterator[pd.Da
         for batch in pf.iter_batches(batch_size=chunk_rows, columns=cols):
             df = batch.to_pandas()
             for c in columns:
-                if c in keys and c not in names:
+                if c in keys and c not in names:  # a partition key: one value for the whole file
                     v, t = keys[c]
-                    df[c] = pa.array([v] * len(df)).cast(t).to_pandas()
+                    df[c] = pa.array([v]).cast(t).to_pylist()[0]
             yield df
     except DataInvalid:
         raise
