@@ -88,7 +88,6 @@ class Split:
     x: torch.Tensor | ShardWindows  # [N, C, W] float32, normalised (ShardWindows: read per batch from shards)
     y: torch.Tensor  # [N] int64
     path: str
-    recording: np.ndarray | None = None  # `group/recording` id of each window (shards only)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -112,8 +111,7 @@ def load_split(path: str | Path, device: torch.device, n_classes: int | None = N
         raise DataInvalid(f"{path}: expected windows [N, C, W] with N > 0, got none")
     if n_classes is not None and (y.min() < 0 or y.max() >= n_classes):
         raise DataInvalid(f"{path}: labels outside 0..{n_classes - 1}")
-    return Split(ShardWindows(sp, spec, device), torch.from_numpy(y).to(device), str(path),
-                 recording=sp.recording)
+    return Split(ShardWindows(sp, spec, device), torch.from_numpy(y).to(device), str(path))
 
 
 def data_fingerprint(*paths: str | Path) -> str:
@@ -391,7 +389,7 @@ def load_prepared(prepared: str | Path, device: torch.device) -> Prepared:
     for s in raw:
         check_shapes(s, len(norm["channels"]), int(norm["window"]), str(norm_path))
     check_train_classes(raw[0], norm["labels"])
-    splits = [Split(ShardWindows(s.x.split, norm, device), s.y, s.path, s.recording) for s in raw]
+    splits = [Split(ShardWindows(s.x.split, norm, device), s.y, s.path) for s in raw]
     return Prepared(*splits, norm=norm)
 
 

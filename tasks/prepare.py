@@ -13,6 +13,7 @@ split.json (report). The models normalise inside (edgedistill.normalization), so
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,7 @@ def _build(params: Params, path: Path, out: Path) -> dict[str, Any]:
     for name in SPLITS:
         if name not in assigned:
             raise ParamsInvalid(f"split '{name}' is empty with the current prepare.split settings")
-    items = [CutItem(**{**it.__dict__, "split_of": group_split, "rec_split": rec_split}) for it in base]
+    items = [replace(it, split_of=group_split, rec_split=rec_split) for it in base]
     cuts = run_map(cut_file, items, **engine)
 
     label_index = {lab: i for i, lab in enumerate(d.labels)}
