@@ -88,6 +88,7 @@ def write_candidate(root: Path, accuracy: float = 0.9, teacher: float = 0.95, in
     (root / "data/prepared").mkdir(parents=True, exist_ok=True)
     rec = np.repeat([f"s{i}/r" for i in range(8)], 5)
     write_split(root / "data/prepared", "test", x, y, [r.split("/")[0] for r in rec], rec)
+    (root / "data/prepared/index.json").unlink()  # the stage's out is data/prepared/test (it has its own index)
     (root / "metrics/benchmark.json").write_text(json.dumps({"release": {
         "profile": "edge-cpu-1t", "student_int8_p50_ms": 0.02, "student_int8_p95_ms": p95_ms,
         "student_fp32_p50_ms": 0.02, "student_fp32_p95_ms": 0.03, "teacher_fp32_p50_ms": 1.0,
