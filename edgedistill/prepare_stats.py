@@ -33,7 +33,9 @@ _BINS = 1 << _BITS
 def _sortable(x: np.ndarray) -> np.ndarray:
     """float32 -> uint32 whose unsigned order is the float order (negative floats flipped)."""
     u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    return np.where(u & np.uint32(0x80000000), ~u, u | np.uint32(0x80000000))
+    mask = (u >> np.uint32(31)) * np.uint32(0x7FFFFFFF)  # all ones for negative floats, else 0
+    mask |= np.uint32(0x80000000)
+    return u ^ mask
 
 
 def _unsortable(k: int) -> float:
