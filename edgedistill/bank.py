@@ -5,8 +5,12 @@ SHA-256 of its bytes."""
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 from collections.abc import Iterator
+from typing import Any
 
+import numpy as np
 import torch
 
 from edgedistill.training import Augment, augment, mixup
@@ -26,3 +30,126 @@ def view_digest(v: torch.Tensor) -> str:
     (a sum of magnitudes would not notice the circular shifts and permutations augment applies)."""
     a = v.detach().to("cpu", torch.float32).contiguous().numpy()
     return hashlib.sha256(a.tobytes()).hexdigest() + f":{'x'.join(map(str, a.shape))}"
+
+
+# ------------------------------------------------------------------ views generated per batch (bounded memory)
+
+BANK_SCHEME = "per-window-counter-v1"
+_M = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _splitmix(x: np.ndarray) -> np.ndarray:
+    """splitmix64 of uint64 counters (vectorised, wraps mod 2**64)."""
+    with np.errstate(over="ignore"):
+        z = x + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def _uniform(seed: int, v: np.ndarray, i: np.ndarray, k: int) -> np.ndarray:
+    """[len(i), k] uniforms in (0, 1) that depend only on (seed, view, window, position)."""
+    with np.errstate(over="ignore"):
+        base = _splitmix(_splitmix(np.uint64(seed) ^ (v.astype(np.uint64) * np.uint64(0xD1B54A32D192ED03)))
+                         ^ i.astype(np.uint64))
+        z = _splitmix(base[:, None] * np.uint64(0x2545F4914F6CDD1D) + np.arange(k, dtype=np.uint64)[None, :])
+    return ((z >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)
+
+
+def bank_key(views: int, aug: Augment, mixup_alpha: float, seed: int, train_fingerprint: str) -> str:
+    """What the cached bank logits were computed for: distill refuses a bank whose key differs."""
+    blob = json.dumps([BANK_SCHEME, views, aug.scale, aug.jitter, aug.shift, mixup_alpha, seed, train_fingerprint])
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+class BankViews:
+    """The bank's V views of the (normalised) training windows `x`, generated for any (view, window) pairs
+    on request, never materialised as [V, N, C, W]. View v of window i = mixup of augment(x_i) with
+    augment(x_j), j = a_v * i + b_v mod N (a seeded bijection per view); every draw depends only on
+    (seed, v, window), so a window's view is the same whichever batch asks for it (teacher_logits walks
+    the windows in order, distill asks in random batches). `views[v, idx]` -> [k, C, W] tensor."""
+
+    def __init__(self, x: Any, views: int, aug: Augment, mixup_alpha: float, seed: int,
+                 device: torch.device | None = None):
+        self.x, self.views, self.aug, self.alpha, self.seed = x, views, aug, mixup_alpha, seed
+        self.device = device or torch.device("cpu")
+        self.n = len(x)
+        self.ab = []
+        for v in range(views):
+            u = _uniform(seed, np.array([v]), np.array([2**62 + 1]), 2)[0]
+            a = 1 + int(u[0] * max(self.n - 1, 1))
+            while math.gcd(a, self.n) != 1:
+                a += 1
+            self.ab.append((a % max(self.n, 1), int(u[1] * self.n)))
+
+    def __len__(self) -> int:
+        return self.views
+
+    def partner(self, v: np.ndarray, i: np.ndarray) -> np.ndarray:
+        a = np.array([ab[0] for ab in self.ab], dtype=np.int64)[v]
+        b = np.array([ab[1] for ab in self.ab], dtype=np.int64)[v]
+        return (a * i + b) % self.n  # int64: exact for N up to ~3e9 windows
+
+    def _augment(self, x: np.ndarray, v: np.ndarray, i: np.ndarray) -> np.ndarray:
+        n, c, w = x.shape
+        u = _uniform(self.seed, v, i, c + 2 * c * w + 1)
+        out = x.astype(np.float32, copy=True)
+        if self.aug.scale > 0:
+            out *= (1 + (u[:, :c] * 2 - 1) * self.aug.scale).astype(np.float32)[:, :, None]
+        if self.aug.jitter > 0:
+            u1, u2 = u[:, c : c + c * w], u[:, c + c * w : c + 2 * c * w]
+            z = np.sqrt(-2 * np.log(u1)) * np.cos(2 * np.pi * u2)  # Box-Muller
+            out += (z.reshape(n, c, w) * self.aug.jitter).astype(np.float32)
+        if self.aug.shift > 0:
+            s = np.floor(u[:, -1] * (2 * self.aug.shift + 1)).astype(np.int64) - self.aug.shift
+            idx = (np.arange(w)[None, :] - s[:, None]) % w
+            out = np.take_along_axis(out, idx[:, None, :].repeat(c, axis=1), axis=2)
+        return out
+
+    def _lam(self, v: np.ndarray, i: np.ndarray) -> np.ndarray:
+        if self.alpha <= 0:
+            return np.ones(len(i), dtype=np.float32)
+        u = _uniform(self.seed ^ 0x5BD1E995, v, i, 1)[:, 0]
+        if self.alpha == 1.0:  # Beta(1, 1) is uniform
+            lam = u
+        else:
+            lam = np.array([np.random.default_rng([self.seed, int(a), int(b)]).beta(self.alpha, self.alpha)
+                            for a, b in zip(v, i, strict=True)])
+        return np.maximum(lam, 1 - lam).astype(np.float32)
+
+    def make(self, v: Any, idx: Any) -> torch.Tensor:
+        v = np.broadcast_to(np.asarray(v, dtype=np.int64), np.shape(idx)).reshape(-1)
+        i = np.asarray(idx, dtype=np.int64).reshape(-1)
+        xi = self._augment(_np(self.x[i]), v, i)
+        if self.alpha <= 0:
+            return torch.from_numpy(xi).to(self.device)
+        j = self.partner(v, i)
+        xj = self._augment(_np(self.x[j]), v, j)
+        lam = self._lam(v, i)[:, None, None]
+        return torch.from_numpy(lam * xi + (1 - lam) * xj).to(self.device)
+
+    def __getitem__(self, key: tuple[Any, Any]) -> torch.Tensor:
+        v, idx = key
+        return self.make(_np(v), _np(idx))
+
+
+def _np(t: Any) -> np.ndarray:
+    return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+
+
+class CachedLogits:
+    """Cached teacher logits, memory-mapped from .npy: `plain[idx]` or `bank[v, idx]` -> tensor on device."""
+
+    def __init__(self, array: np.ndarray, device: torch.device):
+        self.array, self.device = array, device
+        self.shape = array.shape
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, key: Any) -> torch.Tensor:
+        if isinstance(key, tuple):
+            key = tuple(_np(k) for k in key)
+        else:
+            key = _np(key)
+        return torch.from_numpy(np.array(self.array[key], dtype=np.float32)).to(self.device)

@@ -12,30 +12,27 @@ import torch
 from edgedistill import onnx_tools as ox
 from edgedistill.errors import DataInvalid, ExportFailed
 from edgedistill.params import CalibrationParams
+from edgedistill.shards import open_split
 
 BATCH1_CHECKS = 8  # windows also run one at a time, to exercise the dynamic batch axis at 1
 
 
 def load_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    if not path.is_file():
-        raise DataInvalid(f"{path}: prepared windows not found", hint="Run the prepare stage first (`dvc repro prepare`).")
-    try:
-        with np.load(path) as z:
-            return z["X"].astype(np.float32, copy=False), z["y"]
-    except Exception as e:
-        raise DataInvalid(f"{path}: not a readable prepared-windows file ({str(e)[:200]})",
-                          hint="Re-run the prepare stage.") from None
+    """A whole prepared split `<prepared>/<split>` in memory (the evaluation splits: test, val)."""
+    sp = open_split(path)
+    return sp.load_all(), sp.y
 
 
 def calibration_windows(train_path: Path, cp: CalibrationParams) -> np.ndarray:
-    """A seeded sample of training windows (never test: calibrating on test would leak it)."""
-    x, _ = load_split(train_path)
+    """A seeded sample of training windows (never test: calibrating on test would leak it), read from the
+    memory-mapped shards (only the sampled windows)."""
+    x = open_split(train_path)
     if len(x) == 0:
         raise DataInvalid(f"{train_path}: the INT8 calibration set is empty (the file holds 0 training windows)",
                           hint="Re-run prepare with data that yields training windows, or set "
                                "export.quantization: dynamic.")
     idx = np.sort(np.random.default_rng(cp.seed).choice(len(x), min(cp.windows, len(x)), replace=False))
-    return x[idx]
+    return x.take(idx)
 
 
 def torch_logits(model: torch.nn.Module, x: np.ndarray, batch: int = 512) -> np.ndarray:

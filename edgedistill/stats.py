@@ -95,14 +95,8 @@ def paired_difference(pred_a: np.ndarray, pred_b: np.ndarray, y: np.ndarray, rec
     return mean_interval(diff, recordings, resamples, seed, confidence)
 
 
-def recording_ids(npz_path: str | Path) -> np.ndarray:
-    """The recording id of every window of a prepared split (written by the prepare stage)."""
-    path = Path(npz_path)
-    try:
-        with np.load(path) as z:
-            if "recording" not in z.files:
-                raise DataInvalid(f"{path}: no 'recording' array (prepared by an older version)",
-                                  hint="Re-run the prepare stage (`dvc repro prepare`).")
-            return z["recording"].astype(str)
-    except (OSError, ValueError) as e:
-        raise DataInvalid(f"{path}: not a readable prepared split ({str(e)[:200]})") from None
+def recording_ids(split_path: str | Path) -> np.ndarray:
+    """The recording id of every window of a prepared split `<prepared>/<split>` (written by prepare)."""
+    from edgedistill.shards import open_split
+
+    return open_split(split_path).recording

@@ -23,7 +23,7 @@ from torch import nn
 
 from edgedistill.errors import DataInvalid, ModelMismatch, ParamsInvalid, TrainingFailed
 from edgedistill.io import atomic_path
-from edgedistill.normalization import apply, spec_of
+from edgedistill.normalization import spec_of
 
 # loss_fn(model, x_batch, y_batch, batch_indices, generator) -> scalar loss
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
@@ -43,9 +43,49 @@ def resolve_device(requested: str, threads: int = 0) -> torch.device:
     return torch.device(requested)
 
 
+class ShardWindows:
+    """The windows of a prepared split read from its memory-mapped shards (edgedistill.shards), normalised
+    by the spec and moved to `device` per batch: `x[idx]` / `x[a:b]` read only those windows, so memory does
+    not grow with the number of windows. Indexing returns what a tensor [N, C_out, W] on `device` would."""
+
+    def __init__(self, split: Any, spec: dict[str, Any] | None, device: torch.device):
+        from edgedistill.normalization import InputNorm, out_channels
+
+        self.split, self.spec, self.device = split, spec, device
+        self._norm = InputNorm(spec_of(spec)) if spec is not None else None
+        c = out_channels(spec_of(spec)["method"], split.channels) if spec is not None else split.channels
+        self.shape = torch.Size((len(split), c, split.window))
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _get(self, idx: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(self.split.take(idx))
+        if self._norm is not None:
+            with torch.no_grad():
+                x = self._norm(x)
+        return x.to(self.device)
+
+    def __getitem__(self, key: Any) -> torch.Tensor:
+        if isinstance(key, slice):
+            return self._get(np.arange(len(self))[key])
+        idx = key.detach().cpu().numpy() if isinstance(key, torch.Tensor) else np.asarray(key)
+        return self._get(idx)  # take() reads in sorted order and returns the windows in idx's order
+
+    def numpy(self) -> np.ndarray:
+        """The whole split in memory (small splits and benchmarks only)."""
+        return self[:].cpu().numpy()
+
+    def cpu(self) -> ShardWindows:
+        return ShardWindows(self.split, self.spec, torch.device("cpu"))
+
+    def to(self, device: torch.device | str) -> ShardWindows:
+        return ShardWindows(self.split, self.spec, torch.device(device))
+
+
 @dataclass
 class Split:
-    x: torch.Tensor  # [N, C, W] float32, normalised
+    x: torch.Tensor | ShardWindows  # [N, C, W] float32, normalised (ShardWindows: read per batch from shards)
     y: torch.Tensor  # [N] int64
     path: str
 
@@ -53,26 +93,35 @@ class Split:
         return len(self.y)
 
 
-def load_split(path: str | Path, device: torch.device, n_classes: int | None = None) -> Split:
+def open_shards(path: str | Path) -> Any:
+    """A prepared split `<prepared>/<split>` (edgedistill.shards); DataInvalid naming it if missing/unreadable."""
+    from edgedistill.shards import open_split
+
+    return open_split(path)
+
+
+def load_split(path: str | Path, device: torch.device, n_classes: int | None = None,
+               spec: dict[str, Any] | None = None) -> Split:
+    """A prepared split `<prepared>/<split>`: labels on `device`, windows read per batch from the shards
+    (normalised with `spec` when given)."""
     path = Path(path)
-    if not path.is_file():
-        raise DataInvalid(f"{path}: prepared data not found", hint="Run `edgedistill prepare` (or `dvc repro prepare`).")
-    try:
-        with np.load(path) as z:
-            x, y = z["X"], z["y"]
-    except Exception as e:
-        raise DataInvalid(f"{path}: not a readable prepared split ({str(e)[:200]})") from None
-    if x.ndim != 3 or len(x) != len(y) or len(x) == 0:
-        raise DataInvalid(f"{path}: expected X [N, C, W] and y [N] with N > 0, got X {list(x.shape)}, y {list(y.shape)}")
+    sp = open_shards(path)
+    y = sp.y
+    if len(y) == 0:
+        raise DataInvalid(f"{path}: expected windows [N, C, W] with N > 0, got none")
     if n_classes is not None and (y.min() < 0 or y.max() >= n_classes):
         raise DataInvalid(f"{path}: labels outside 0..{n_classes - 1}")
-    return Split(torch.from_numpy(x).to(device), torch.from_numpy(y).to(device), str(path))
+    return Split(ShardWindows(sp, spec, device), torch.from_numpy(y).to(device), str(path))
 
 
 def data_fingerprint(*paths: str | Path) -> str:
-    """Content hash (not mtime: a DVC checkout rewrites files without changing them)."""
+    """Content hash (not mtime: a DVC checkout rewrites files without changing them); a prepared split
+    directory hashes its shards' checksums from index.json."""
     h = hashlib.sha256()
     for p in paths:
+        if Path(p).is_dir():
+            h.update(bytes.fromhex(open_shards(p).fingerprint()))
+            continue
         with open(p, "rb") as f:
             h.update(hashlib.file_digest(f, "sha256").digest())
     return h.hexdigest()[:16]
@@ -334,20 +383,19 @@ class Prepared:
 
 
 def load_prepared(prepared: str | Path, device: torch.device) -> Prepared:
-    """The prepared splits, normalised by the same module the exported graph holds (windows on disk are raw)."""
+    """The prepared splits, normalised by the same module the exported graph holds (windows on disk are raw,
+    read from the memory-mapped shards per batch)."""
     prepared = Path(prepared)
     norm_path = prepared / "norm.json"
     if not norm_path.is_file():
         raise DataInvalid(f"{norm_path}: not found", hint="Run `edgedistill prepare` (or `dvc repro prepare`).")
     norm = json.loads(norm_path.read_text())
     k = len(norm["labels"])
-    splits = [load_split(prepared / f"{s}.npz", device, k) for s in ("train", "val", "test")]
-    for s in splits:
+    raw = [load_split(prepared / s, device, k) for s in ("train", "val", "test")]
+    for s in raw:
         check_shapes(s, len(norm["channels"]), int(norm["window"]), str(norm_path))
-    check_train_classes(splits[0], norm["labels"])
-    spec = spec_of(norm)
-    for s in splits:
-        s.x = apply(spec, s.x)
+    check_train_classes(raw[0], norm["labels"])
+    splits = [Split(ShardWindows(s.x.split, norm, device), s.y, s.path) for s in raw]
     return Prepared(*splits, norm=norm)
 
 

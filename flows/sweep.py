@@ -94,7 +94,7 @@ def benchmark_point(root: str, params: Params, result: dict[str, Any], measure: 
     from edgedistill.onnx_cost import fits_budget
 
     prof = params.benchmark.profiles[0]
-    x, _ = load_split(Path(root) / PREPARED / "test.npz")
+    x, _ = load_split(Path(root) / PREPARED / "test")
     b = bench_onnx(result["int8_path"], threads=prof.threads, batch_sizes=[1], warmup=prof.warmup,
                    runs=params.sweep.bench_runs, max_seconds=prof.max_seconds, data=x[:1], measure=measure)
     budget = budget_profile(params)
@@ -267,8 +267,8 @@ def task_runner(params: Params, dask_address: str | None = None) -> Any:
 
 
 def check_inputs(root: Path) -> None:
-    missing = [p for p in (PREPARED + "/train.npz", PREPARED + "/test.npz", TEACHER, LOGITS)
-               if not (root / p).is_file()]
+    missing = [p for p in (PREPARED + "/index.json", PREPARED + "/train", PREPARED + "/test", TEACHER, LOGITS)
+               if not (root / p).exists()]
     if missing:
         raise ModelMismatch(f"the sweep distils from the teacher and its cached logits; missing in {root}: "
                             f"{missing}", hint="Run the pipeline up to them first: "

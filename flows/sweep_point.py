@@ -16,7 +16,7 @@ from edgedistill.params import Params
 
 PREPARED = "data/prepared"
 TEACHER = "models/teacher.pt"
-LOGITS = "models/teacher_logits.npz"
+LOGITS = "models/teacher_logits"
 
 
 def point_params(params: Params, point: dict[str, Any]) -> Params:
@@ -52,20 +52,20 @@ def build_point(root: str | Path, params: Params, point: dict[str, Any], out_dir
 
     ep = p.export
     net, meta = load_checkpoint(d / "student.pt")
-    x, y = load_split(r / PREPARED / "test.npz")
+    x, y = load_split(r / PREPARED / "test")
     fp32, int8 = d / "student.onnx", d / "student.int8.onnx"
     ox.save_onnx(ox.export_onnx(net, meta["in_channels"], meta["window"], ep.opset, what=str(d / "student.pt")),
                  fp32)
     parity = check_parity(net, fp32, x, ep.parity_atol, ep.min_argmax_agreement, what=str(fp32))
-    calib = (calibration_windows(r / PREPARED / "train.npz", ep.calibration)
+    calib = (calibration_windows(r / PREPARED / "train", ep.calibration)
              if ep.quantization == "static" else None)
     with tempfile.TemporaryDirectory(dir=d, prefix=".quant-") as scratch:
         ox.quantize_int8(fp32, int8, calib, mode=ep.quantization, method=ep.calibration.method,
                          per_channel=ep.calibration.per_channel, activation_type=ep.activation_type,
-                         scratch=Path(scratch), calib_source=str(r / PREPARED / "train.npz"))
+                         scratch=Path(scratch), calib_source=str(r / PREPARED / "train"))
     fp32_acc, _ = onnx_accuracy(fp32, x, y)
     int8_acc, _ = onnx_accuracy(int8, x, y)
-    xv, yv = load_split(r / PREPARED / "val.npz")
+    xv, yv = load_split(r / PREPARED / "val")
     int8_val_acc, _ = onnx_accuracy(int8, xv, yv)  # selection never sees test
     return {**point, "params": report["kd"]["params"], "macs": report["kd"].get("macs"),
             "kd_accuracy": report["kd"]["accuracy"], "fp32_accuracy": fp32_acc, "int8_accuracy": int8_acc,

@@ -10,10 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edgedistill.errors import ModelMismatch
-from edgedistill.evaluation import load_split
 from edgedistill.io import write_json
 from edgedistill.onnx_bench import (
     FLOOR,
@@ -25,6 +22,7 @@ from edgedistill.onnx_bench import (
 )
 from edgedistill.onnx_cost import fits_budget
 from edgedistill.params import DeviceProfile, Params
+from edgedistill.shards import open_split
 
 MODELS_DIR = "models"
 DATA_DIR = "data/prepared"
@@ -68,8 +66,7 @@ def run(params: Params, models_dir: str | Path = MODELS_DIR, data_dir: str | Pat
     if missing:
         raise ModelMismatch(f"ONNX file(s) not found: {missing}", hint="Run the export stage first (`dvc repro export`).")
     # real test windows as input: some kernels' speed depends on the values (e.g. denormals)
-    x, _ = load_split(Path(data_dir) / "test.npz")
-    x = np.ascontiguousarray(x[: max(max(p.batch_sizes) for p in bp.profiles)])
+    x = open_split(Path(data_dir) / "test").slice(0, max(max(p.batch_sizes) for p in bp.profiles))
 
     profiles: dict[str, Any] = {}
     statics: dict[str, dict[str, Any]] = {}

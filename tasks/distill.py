@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgedistill.bank import bank_views, view_digest
+from edgedistill.bank import BankViews, CachedLogits, bank_key
 from edgedistill.checkpoint import (
     check_compatible,
     check_same_norm,
@@ -52,7 +52,7 @@ from edgedistill.training import (
 
 PREPARED = "data/prepared"
 TEACHER = "models/teacher.pt"
-LOGITS = "models/teacher_logits.npz"
+LOGITS = "models/teacher_logits"
 STUDENT = "models/student.pt"  # the student that ships (KD or baseline, chosen on validation)
 KD_STUDENT = "models/student_kd.pt"
 BASELINE = "models/student_baseline.pt"
@@ -61,13 +61,17 @@ PLOTS = "metrics/plots"
 RESUME_DIR = "models/.resume"
 
 
-def load_cached_logits(path: str | Path, data: Prepared, params: Params, need_bank: bool) -> dict[str, np.ndarray]:
+def load_cached_logits(path: str | Path, data: Prepared, params: Params, need_bank: bool) -> dict[str, Any]:
+    """The teacher_logits stage's cache (models/teacher_logits/): plain [N, K] and bank [V, N, K] memory-mapped."""
+    from edgedistill.io import read_json
+
     path = Path(path)
-    if not path.is_file():
+    if not (path / "meta.json").is_file():
         raise ModelMismatch(f"{path}: cached teacher logits not found", hint="Run `dvc repro teacher_logits`.")
-    with np.load(path) as z:
-        cache = {k: z[k] for k in z.files}
-    if str(cache["train_sha"]) != data_fingerprint(data.train.path):
+    meta = read_json(path / "meta.json")
+    cache = {"meta": meta, "plain": np.load(path / "plain.npy", mmap_mode="r"),
+             "bank": np.load(path / "bank.npy", mmap_mode="r")}
+    if str(meta["train_sha"]) != data_fingerprint(data.train.path):
         raise ModelMismatch(f"{path}: cached logits were computed on different training windows than {data.train.path}")
     n = len(data.train)
     if cache["plain"].shape != (n, len(data.labels)):
@@ -77,17 +81,16 @@ def load_cached_logits(path: str | Path, data: Prepared, params: Params, need_ba
     return cache
 
 
-def _bank_inputs(data: Prepared, params: Params, cache: dict[str, np.ndarray], device: torch.device) -> torch.Tensor:
-    """Regenerate the bank's views from the seed and prove they are the ones the teacher scored."""
+def _bank_inputs(data: Prepared, params: Params, cache: dict[str, Any], device: torch.device) -> BankViews:
+    """The bank's views, regenerated per batch from the seed (never [V, N, C, W] in memory); refused when
+    they would not be the views the teacher scored (edgedistill.bank.bank_key)."""
     b = params.distill.bank
     aug = Augment(**params.student.augment.model_dump())
-    views = []
-    for i, v in enumerate(bank_views(data.train.x.cpu(), b.views, aug, b.mixup_alpha, b.seed)):
-        if "view_digests" not in cache or view_digest(v) != str(cache["view_digests"][i]):
-            raise ModelMismatch(f"view {i} of the bank differs from the cached one (augment/bank params changed?)",
-                                hint="Run `dvc repro teacher_logits`.")
-        views.append(v.to(device))
-    return torch.stack(views)  # [V, N, C, W]
+    key = bank_key(b.views, aug, b.mixup_alpha, b.seed, str(cache["meta"]["train_sha"]))
+    if cache["meta"].get("bank_key") != key:
+        raise ModelMismatch("a view of the bank differs from the cached one (augment/bank params changed?)",
+                            hint="Run `dvc repro teacher_logits`.")
+    return BankViews(data.train.x.cpu(), b.views, aug, b.mixup_alpha, b.seed, device)
 
 
 def kd_loss_fn(params: Params, data: Prepared, device: torch.device, logits_path: str | Path,
@@ -96,7 +99,7 @@ def kd_loss_fn(params: Params, data: Prepared, device: torch.device, logits_path
     sp = params.student
     if d.method == "hinton":
         cache = load_cached_logits(logits_path, data, params, need_bank=False)
-        t_logits = torch.from_numpy(cache["plain"]).to(device)
+        t_logits = CachedLogits(cache["plain"], device)
 
         def hinton(model, xb, yb, idx, gen):
             # cached logits belong to the un-augmented window, so the student must see the same view
@@ -105,7 +108,7 @@ def kd_loss_fn(params: Params, data: Prepared, device: torch.device, logits_path
         return hinton
     if d.method == "fm_bank":
         cache = load_cached_logits(logits_path, data, params, need_bank=True)
-        bank = torch.from_numpy(cache["bank"]).to(device)  # [V, N, K]
+        bank = CachedLogits(cache["bank"], device)  # [V, N, K], memory-mapped
         views = _bank_inputs(data, params, cache, device)
 
         def fm_bank(model, xb, yb, idx, gen):
@@ -153,7 +156,7 @@ def run(params: Params, prepared: str | Path = PREPARED, teacher_path: str | Pat
     device = resolve_device(params.compute.device, params.compute.threads)
     data = load_prepared(prepared, device)
     meta = data.model_meta(sp.arch, sp.config)
-    rec = {s: recording_ids(Path(prepared) / f"{s}.npz") for s in ("val", "test")}
+    rec = {s: recording_ids(Path(prepared) / s) for s in ("val", "test")}
     y = {"val": data.val.y.cpu().numpy(), "test": data.test.y.cpu().numpy()}
     boot = {"resamples": st.resamples, "seed": st.seed, "confidence": st.confidence}
 

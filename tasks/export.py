@@ -36,6 +36,7 @@ from edgedistill.evaluation import (
 from edgedistill.io import read_json, sha256_file, write_json
 from edgedistill.normalization import spec_of
 from edgedistill.params import Params
+from edgedistill.shards import open_split
 from edgedistill.stats import accuracy_interval, paired_difference, recording_ids
 
 MODELS_DIR = "models"
@@ -53,7 +54,7 @@ def lineage(params: Params, norm_path: Path, test_path: Path, lock_path: Path) -
         "params_sha256": hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest(),
         "params_sections": list(PARAM_SECTIONS),
         "norm_sha256": sha256_file(norm_path),
-        "test_sha256": sha256_file(test_path),
+        "test_sha256": open_split(test_path).fingerprint(),
     }
     if lock_path.is_file():
         prep = lock_stages(lock_path).get("prepare", {})
@@ -117,7 +118,7 @@ def run(params: Params, models_dir: str | Path = MODELS_DIR, data_dir: str | Pat
         metrics_path: str | Path = METRICS, lock_path: str | Path = LOCK) -> dict[str, Any]:
     ep = params.export
     models_dir, data_dir = Path(models_dir), Path(data_dir)
-    test_path, norm_path = data_dir / "test.npz", data_dir / "norm.json"
+    test_path, norm_path = data_dir / "test", data_dir / "norm.json"
     x, y = load_split(test_path)
     if len(x) == 0:
         raise DataInvalid(f"{test_path}: no test windows; parity and accuracy cannot be checked")
@@ -158,18 +159,18 @@ def run(params: Params, models_dir: str | Path = MODELS_DIR, data_dir: str | Pat
 
         calib = None
         if ep.quantization == "static":
-            calib = calibration_windows(data_dir / "train.npz", ep.calibration)
+            calib = calibration_windows(data_dir / "train", ep.calibration)
         quant = {"mode": ep.quantization, "format": "QDQ" if ep.quantization == "static" else "integer ops",
                  "weights": "int8" if ep.quantization == "static" else "uint8",
                  "activations": ep.activation_type if ep.quantization == "static" else "dynamic uint8",
                  "per_channel": ep.calibration.per_channel, "pre_process": "quant_pre_process"}
         if calib is not None:
             quant |= {"calibration_method": ep.calibration.method, "calibration_windows": len(calib),
-                      "calibration_source": str(data_dir / "train.npz"), "calibration_seed": ep.calibration.seed}
+                      "calibration_source": str(data_dir / "train"), "calibration_seed": ep.calibration.seed}
         fp32_nodes = ox.quantize_int8(tmp / "student.conv1d.onnx", built["student_int8"], calib, mode=ep.quantization,
                          method=ep.calibration.method, per_channel=ep.calibration.per_channel,
                          activation_type=ep.activation_type, scratch=tmp,
-                         calib_source=str(data_dir / "train.npz"), fp32_head=ep.int8_fp32_head)
+                         calib_source=str(data_dir / "train"), fp32_head=ep.int8_fp32_head)
         # the input normalisation stays FP32 (INT8 over decades of amplitude would zero the quiet windows);
         # an MCU quantizer (QOperator) must pass these as nodes_to_exclude too
         quant["fp32_input_nodes"] = fp32_nodes

@@ -21,6 +21,7 @@ from edgedistill import mcu
 from edgedistill.errors import DataInvalid
 from edgedistill.io import write_json
 from edgedistill.params import Params
+from edgedistill.shards import open_split
 
 MODEL = "models/student.onnx"
 DATA_DIR = "data/prepared"
@@ -30,19 +31,16 @@ REPORT = "mcu.json"
 
 
 def _windows(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise DataInvalid(f"{path}: prepared windows not found", hint="Run the prepare stage first (`dvc repro prepare`).")
-    with np.load(path) as z:
-        return z["X"].astype(np.float32, copy=False)
+    return open_split(path).load_all()
 
 
 def calibration(train: Path, windows: int, seed: int) -> np.ndarray:
     """The same seeded sample of training windows as the export stage's INT8 calibration."""
-    x = _windows(train)
+    x = open_split(train)
     if len(x) == 0:
         raise DataInvalid(f"{train}: no training windows to calibrate the INT8 model on")
     idx = np.sort(np.random.default_rng(seed).choice(len(x), min(windows, len(x)), replace=False))
-    return x[idx]
+    return x.take(idx)
 
 
 def _relative(report: dict[str, Any], root: Path, final: Path) -> dict[str, Any]:
@@ -64,10 +62,10 @@ def run(params: Params, model: str | Path = MODEL, data_dir: str | Path = DATA_D
     if not model.is_file():
         raise DataInvalid(f"{model}: not found", hint="Run the export stage first (`dvc repro export`).")
     ep, mp = params.export, params.mcu
-    x_test = _windows(data_dir / "test.npz")
+    x_test = _windows(data_dir / "test")
     if len(x_test) == 0:
-        raise DataInvalid(f"{data_dir / 'test.npz'}: no test windows; host parity cannot be checked")
-    calib = calibration(data_dir / "train.npz", ep.calibration.windows, ep.calibration.seed)
+        raise DataInvalid(f"{data_dir / 'test'}: no test windows; host parity cannot be checked")
+    calib = calibration(data_dir / "train", ep.calibration.windows, ep.calibration.seed)
     profiles = [p for p in params.benchmark.profiles if p.mcu is not None]
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".mcu-") as tmp_name:

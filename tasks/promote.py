@@ -18,7 +18,8 @@ import numpy as np
 from edgedistill.errors import ArtifactCorrupt, GateFailed
 from edgedistill.io import read_json, write_json
 from edgedistill.params import DeviceProfile, GateParams, Params, StatsParams
-from edgedistill.stats import Interval, paired_difference, recording_ids
+from edgedistill.shards import open_split
+from edgedistill.stats import Interval, paired_difference
 
 DISTILL = "metrics/distill.json"
 EXPORT = "metrics/export.json"
@@ -30,7 +31,7 @@ MCU = "models/mcu/mcu.json"
 SHIPPED_INT8 = "student_int8"                 # the benchmark stage's name for the shipped INT8 student
 PROD_DIR = "models/prod"                      # prod's bundle, fetched (SHA256-verified) by the release flow
 CANDIDATE_INT8 = "models/student.int8.onnx"
-TEST = "data/prepared/test.npz"
+TEST = "data/prepared/test"
 # ONNX metadata that fixes what a model must be fed: two models compare on the same windows only if equal
 CONTRACT = ("channels", "window", "labels", "sample_rate_hz", "input_layout", "input_normalised")
 
@@ -352,11 +353,10 @@ def compare_with_prod(prod_dir: str | Path = PROD_DIR, candidate: str | Path = C
     differs = contract_difference(ox.read_metadata(candidate), ox.read_metadata(prod_model))
     if differs:
         return {"comparable": False, "reason": f"prod's input contract differs: {differs}"}
-    if not Path(test).is_file():
+    if not Path(test).is_dir():
         return {"comparable": False, "reason": f"the candidate's test windows ({test}) are missing"}
-    with np.load(test) as z:
-        x, y = z["X"].astype(np.float32, copy=False), z["y"]
-    rec = recording_ids(test)
+    split = open_split(test)
+    x, y, rec = split.load_all(), split.y, split.recording
     cand = ox.predict(ox.open_session(candidate), candidate, x).argmax(1)
     try:
         prev = ox.predict(ox.open_session(prod_model), prod_model, x).argmax(1)

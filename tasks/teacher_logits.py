@@ -1,53 +1,77 @@
 """teacher_logits: run the teacher once over the train windows and a fixed bank of augmented + mixup views,
 so distillation reads cached logits instead of running the teacher every epoch.
 
-Output: models/teacher_logits.npz — plain [N, K] (for Hinton KD), bank [V, N, K] (for function matching on the
-bank), and the SHA-256 of each view's bytes so `distill` can prove it regenerated exactly the views that were scored.
-The views themselves are not stored (V x the train set); they are regenerated from the seed on the CPU.
+Output: models/teacher_logits/ — plain.npy [N, K] (for Hinton KD), bank.npy [V, N, K] (for function matching
+on the bank), both memory-mapped by distill, and meta.json: the train split's fingerprint, the bank key
+(views, augment and mixup params, seed, train fingerprint) and the SHA-256 of each view's bytes. The views
+are not stored (V x the train set): edgedistill.bank.BankViews regenerates any window's view from the seed.
+Windows are read batch by batch from the prepared shards: memory does not grow with the number of windows.
 """
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from edgedistill.bank import bank_views, view_digest
+from edgedistill.bank import BankViews, bank_key
 from edgedistill.checkpoint import check_compatible, load_checkpoint
-from edgedistill.io import atomic_path
-from edgedistill.normalization import apply, spec_of
+from edgedistill.io import swap_dir, write_json
 from edgedistill.params import Params
-from edgedistill.training import Augment, data_fingerprint, load_split, predict, resolve_device
+from edgedistill.training import Augment, data_fingerprint, load_split, resolve_device
 
 PREPARED = "data/prepared"
 TEACHER = "models/teacher.pt"
-OUT = "models/teacher_logits.npz"
+OUT = "models/teacher_logits"
+BATCH = 1024
 
 
 def run(params: Params, prepared: str | Path = PREPARED, teacher: str | Path = TEACHER,
         out: str | Path = OUT) -> dict[str, Any]:
     device = resolve_device(params.compute.device, params.compute.threads)
     model, meta = load_checkpoint(teacher)
-    train_path = Path(prepared) / "train.npz"
-    train = load_split(train_path, torch.device("cpu"), meta["n_classes"])
-    check_compatible(meta, tuple(train.x.shape), str(train_path))
+    train_path = Path(prepared) / "train"
+    raw = load_split(train_path, torch.device("cpu"), meta["n_classes"])
+    check_compatible(meta, tuple(raw.x.shape), str(train_path))
     # the views are built from normalised windows, as distill rebuilds them (edgedistill.training.load_prepared)
-    train.x = apply(spec_of(meta["norm"]), train.x)
-    model = model.net.to(device)
+    train = load_split(train_path, torch.device("cpu"), meta["n_classes"], spec=meta["norm"])
+    model = model.net.to(device).eval()
     b = params.distill.bank
     aug = Augment(**params.student.augment.model_dump())
-    plain = predict(model, train.x.to(device)).cpu().numpy()
-    bank, digests = [], []
-    for v in bank_views(train.x, b.views, aug, b.mixup_alpha, b.seed):
-        bank.append(predict(model, v.to(device)).cpu().numpy())
-        digests.append(view_digest(v))
-    with atomic_path(out) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, plain=plain.astype(np.float32), bank=np.stack(bank).astype(np.float32),
-                     view_digests=np.array(digests), train_sha=np.array(data_fingerprint(train_path)))
-    return {"path": str(out), "windows": len(train), "views": b.views}
+    views = BankViews(train.x, b.views, aug, b.mixup_alpha, b.seed)
+    n, k = len(train), int(meta["n_classes"])
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        plain = np.lib.format.open_memmap(tmp / "plain.npy", mode="w+", dtype=np.float32, shape=(n, k))
+        bank = np.lib.format.open_memmap(tmp / "bank.npy", mode="w+", dtype=np.float32, shape=(b.views, n, k))
+        digests = [hashlib.sha256() for _ in range(b.views)]
+        with torch.no_grad():
+            for start in range(0, n, BATCH):
+                idx = np.arange(start, min(start + BATCH, n))
+                plain[idx] = model(train.x[idx].to(device)).float().cpu().numpy()
+                for v in range(b.views):
+                    xv = views.make(v, idx)
+                    digests[v].update(xv.numpy().tobytes())
+                    bank[v, idx] = model(xv.to(device)).float().cpu().numpy()
+        plain.flush()
+        bank.flush()
+        del plain, bank
+        train_sha = data_fingerprint(train_path)
+        write_json(tmp / "meta.json", {
+            "windows": n, "classes": k, "views": b.views, "train_sha": train_sha,
+            "bank_key": bank_key(b.views, aug, b.mixup_alpha, b.seed, train_sha),
+            "view_digests": [f"{d.hexdigest()}:{n}x{train.x.shape[1]}x{train.x.shape[2]}" for d in digests]})
+        swap_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"path": str(out), "windows": n, "views": b.views}
 
 
 def main() -> None:

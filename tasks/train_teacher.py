@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -84,8 +85,11 @@ def sanity_figures(data: Prepared, sp: SanityParams) -> dict[str, float]:
     """The references the teacher must beat on val: a 1-NN on FFT magnitudes and the majority class."""
     if not sp.enabled:
         return {}
-    tx, ty = data.train.x.float().cpu().numpy(), data.train.y.cpu().numpy()
-    vx, vy = data.val.x.float().cpu().numpy(), data.val.y.cpu().numpy()
+    # the 1-NN's seeded train subsample drawn here, so only those windows are read from the shards
+    n, m = len(data.train), sp.max_train_windows
+    idx = np.sort(np.random.default_rng(sp.seed).choice(n, m, replace=False)) if n > m else np.arange(n)
+    tx, ty = data.train.x[idx].float().cpu().numpy(), data.train.y.cpu().numpy()[idx]
+    vx, vy = data.val.x[:].float().cpu().numpy(), data.val.y.cpu().numpy()
     return {"knn_fft_val_accuracy": bl.knn1_accuracy(tx, ty, vx, vy, sp.fft_bins, sp.max_train_windows, sp.seed),
             "majority_val_accuracy": bl.majority_accuracy(vy)}
 

@@ -137,3 +137,20 @@ def aws_env(monkeypatch):
 
 
 __all__ = ["np", "pd", "make_params", "small_readings", "write_readings", "tree_hashes", "REPO"]
+
+
+def prepared_arrays(prepared: Path, split: str) -> dict[str, np.ndarray]:
+    """A prepared split's windows and ids in memory (edgedistill.shards), for tests."""
+    from edgedistill.shards import open_split
+
+    sp = open_split(prepared, split)
+    return {"X": sp.load_all(), "y": sp.y, "group": sp.group, "recording": sp.recording}
+
+
+def rewrite_prepared(prepared: Path, split: str, change) -> None:
+    """Rewrite a prepared split through `change(arrays) -> arrays` (its shards and the index)."""
+    from edgedistill.shards import write_split
+
+    z = change(prepared_arrays(prepared, split))
+    shutil.rmtree(Path(prepared) / split)
+    write_split(prepared, split, z["X"], z["y"], z["group"], z["recording"])

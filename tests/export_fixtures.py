@@ -17,6 +17,7 @@ from edgedistill.io import read_json
 from edgedistill.nets import build_model
 from edgedistill.normalization import apply
 from edgedistill.params import Params
+from edgedistill.shards import open_split
 
 # the default architectures of params.yaml (student/teacher sections)
 STUDENT = ("dscnn1d", {"widths": [16, 24, 32, 32], "kernel": 5})
@@ -51,8 +52,8 @@ def train(arch: str, config: dict, x: np.ndarray, y: np.ndarray, steps: int, lr:
 
 def make_checkpoints(root: Path) -> None:
     norm = read_json(root / "data/prepared/norm.json")
-    with np.load(root / "data/prepared/train.npz") as z:
-        raw, y = z["X"], z["y"]
+    split = open_split(root / "data/prepared", "train")
+    raw, y = split.load_all(), split.y
     x = apply(norm["normalization"], torch.from_numpy(raw)).numpy()  # the nets train on normalised windows
     for name, (arch, config), steps, lr in [("student", STUDENT, 250, 3e-3), ("teacher", TEACHER, 60, 2e-3)]:
         n_classes = len(norm["labels"])

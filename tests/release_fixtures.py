@@ -44,6 +44,8 @@ def write_candidate(root: Path, accuracy: float = 0.9, teacher: float = 0.95, in
     from onnx import TensorProto, helper, numpy_helper
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from edgedistill.shards import write_split
+
     rng = np.random.default_rng(seed)
     w = numpy_helper.from_array(rng.normal(size=(24, 7)).astype(np.float32), "w")
     b = numpy_helper.from_array(np.zeros(7, np.float32), "b")
@@ -84,7 +86,9 @@ def write_candidate(root: Path, accuracy: float = 0.9, teacher: float = 0.95, in
     pred = (x.reshape(len(x), -1) @ numpy_helper.to_array(w)).argmax(1)
     y = np.where(np.arange(len(x)) < round(accuracy * len(x)), pred, (pred + 1) % 7)
     (root / "data/prepared").mkdir(parents=True, exist_ok=True)
-    np.savez(root / "data/prepared/test.npz", X=x, y=y, recording=np.repeat([f"s{i}/r" for i in range(8)], 5))
+    rec = np.repeat([f"s{i}/r" for i in range(8)], 5)
+    write_split(root / "data/prepared", "test", x, y, [r.split("/")[0] for r in rec], rec)
+    (root / "data/prepared/index.json").unlink()  # the stage's out is data/prepared/test (it has its own index)
     (root / "metrics/benchmark.json").write_text(json.dumps({"release": {
         "profile": "edge-cpu-1t", "student_int8_p50_ms": 0.02, "student_int8_p95_ms": p95_ms,
         "student_fp32_p50_ms": 0.02, "student_fp32_p95_ms": 0.03, "teacher_fp32_p50_ms": 1.0,
@@ -126,7 +130,7 @@ def mini_project(dest: Path, store: dict, origin: Path | None = None, spec: dict
             "candidate": {
                 "cmd": "python make_candidate.py",
                 "deps": ["make_candidate.py", "candidate_spec.json"],
-                "outs": ["models/student.onnx", "models/student.int8.onnx", "data/prepared/test.npz"],
+                "outs": ["models/student.onnx", "models/student.int8.onnx", "data/prepared/test"],
                 "metrics": [{f"metrics/{m}.json": {"cache": False}} for m in ("distill", "export", "benchmark")]
                 + [{"models/mcu/mcu.json": {"cache": False}}],
             },

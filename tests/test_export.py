@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import tree_hashes
+from conftest import prepared_arrays, rewrite_prepared, tree_hashes
 from export_fixtures import build_release, release_params
 
 from edgedistill import onnx_tools as ox
@@ -19,6 +19,7 @@ from edgedistill.checkpoint import load_checkpoint, weights_sha256
 from edgedistill.errors import ArtifactCorrupt, DataInvalid, ExportFailed, ModelMismatch
 from edgedistill.io import read_json
 from edgedistill.onnx_cost import static_cost
+from edgedistill.shards import open_split, write_split
 from tasks import export
 
 
@@ -36,8 +37,7 @@ def test_parity_with_pytorch_batched_and_single(release):
     assert m["parity"]["max_abs_diff"] <= 1e-4 and m["parity"]["argmax_agreement"] == 1.0
     assert m["parity"]["windows"] == m["test_windows"] > 0
     # independent re-check: the dynamic batch axis at sizes 1 and 5
-    with np.load(release / "data/prepared/test.npz") as z:
-        x = z["X"][:5]
+    x = prepared_arrays(release / "data/prepared", "test")["X"][:5]
     for name in ("student", "teacher"):
         model, _ = load_checkpoint(release / f"models/{name}.pt")
         with torch.no_grad():
@@ -67,7 +67,7 @@ def test_metadata_round_trip(release):
         assert meta["input_normalised"] is False and meta["input_name"] == "input" and meta["output_name"] == "logits"
         assert meta["input_shape"] == ["batch", 6, 64]
         assert meta["norm_sha256"] == sha(release / "data/prepared/norm.json")
-        assert meta["test_sha256"] == sha(release / "data/prepared/test.npz")
+        assert meta["test_sha256"] == open_split(release / "data/prepared/test").fingerprint()
         assert len(meta["params_sha256"]) == 64 and meta["dvc_lock"].startswith("absent")
         ckpt = "teacher.pt" if name.startswith("teacher") else "student.pt"
         assert meta["checkpoint_weights_sha256"] == weights_sha256(release / "models" / ckpt)
@@ -103,17 +103,17 @@ def test_lineage_reads_dvc_lock(release, tmp_path):
         "      md5: 0123456789abcdef0123456789abcdef\n    outs:\n    - path: data/prepared\n"
         "      md5: fedcba9876543210fedcba9876543210.dir\n")
     d = release / "data/prepared"
-    lin = export.lineage(release_params(), d / "norm.json", d / "test.npz", lock)
+    lin = export.lineage(release_params(), d / "norm.json", d / "test", lock)
     assert lin["readings_md5"] == "0123456789abcdef0123456789abcdef"
     assert lin["prepared_md5"].endswith(".dir") and lin["dvc_lock"] == "present"
-    other = export.lineage(release_params({"prepare": {"eval_stride": 32}}), d / "norm.json", d / "test.npz", lock)
+    other = export.lineage(release_params({"prepare": {"eval_stride": 32}}), d / "norm.json", d / "test", lock)
     assert other["params_sha256"] != lin["params_sha256"]
 
 
 def test_int8_accuracy_is_evaluated_on_test(release):
     m = read_json(release / "metrics/export.json")
-    with np.load(release / "data/prepared/test.npz") as z:
-        x, y = z["X"], z["y"]
+    z = prepared_arrays(release / "data/prepared", "test")
+    x, y = z["X"], z["y"]
     for key, name in (("fp32", "student.onnx"), ("int8", "student.int8.onnx")):
         path = release / "models" / name
         acc = float((ox.predict(ox.open_session(path), path, x).argmax(1) == y).mean())
@@ -136,8 +136,8 @@ def test_int8_accuracy_is_evaluated_on_test(release):
 
 
 def test_dynamic_quantization_mode(release, tmp_path):
-    with np.load(release / "data/prepared/test.npz") as z:
-        x, y = z["X"], z["y"]
+    z = prepared_arrays(release / "data/prepared", "test")
+    x, y = z["X"], z["y"]
     dest = tmp_path / "dyn.onnx"
     ox.quantize_int8(release / "models/student.onnx", dest, None, mode="dynamic", method="minmax",
                      per_channel=False, activation_type="int8", scratch=tmp_path)
@@ -167,11 +167,7 @@ def test_int8_drop_is_measured_not_gated_by_export(release, tmp_path):
     real data. Export reports the drop with its interval and does not pre-empt the one INT8 gate
     (promote.gates.max_int8_drop; its failure on these artifacts is in test_gates.py)."""
     root = _copy_release(release, tmp_path)
-    train = root / "data/prepared/train.npz"
-    with np.load(train) as z:
-        arrays = {k: z[k] for k in z.files}
-    arrays["X"] = arrays["X"] * 1e-3
-    np.savez(train, **arrays)
+    rewrite_prepared(root / "data/prepared", "train", lambda z: {**z, "X": z["X"] * 1e-3})
     m = export.run(release_params(), models_dir=root / "models", data_dir=root / "data/prepared",
                    metrics_path=root / "metrics/export.json", lock_path=root / "dvc.lock")
     assert m["int8_drop"] > 0.05 and m["int8_drop_lo"] > 0  # clearly worse, on every resample
@@ -184,11 +180,7 @@ def test_missing_checkpoint_and_mismatched_data(release, tmp_path):
     with pytest.raises(ModelMismatch, match=r"teacher.pt: checkpoint not found"):
         export.run(release_params(), models_dir=root / "models", data_dir=root / "data/prepared",
                    metrics_path=root / "m.json")
-    test = root / "data/prepared/test.npz"
-    with np.load(test) as z:
-        arrays = {k: z[k] for k in z.files}
-    arrays["X"] = arrays["X"][:, :4]
-    np.savez(test, **arrays)
+    rewrite_prepared(root / "data/prepared", "test", lambda z: {**z, "X": np.ascontiguousarray(z["X"][:, :4])})
     shutil.copy(release / "models/teacher.pt", root / "models/teacher.pt")
     with pytest.raises(ModelMismatch, match=r"student.pt: data has shape .* C=6 channels"):
         export.run(release_params(), models_dir=root / "models", data_dir=root / "data/prepared",
@@ -246,15 +238,15 @@ def test_op_the_quantizer_cannot_handle(tmp_path):
 
 
 def test_empty_calibration_set(release, tmp_path):
-    train = tmp_path / "train.npz"
-    np.savez(train, X=np.zeros((0, 6, 64), np.float32), y=np.zeros(0, np.int64))
-    with pytest.raises(DataInvalid, match=r"train.npz: the INT8 calibration set is empty \(the file holds 0"):
+    train = tmp_path / "train"
+    write_split(tmp_path, "train", np.zeros((0, 6, 64), np.float32), np.zeros(0, np.int64), [], [])
+    with pytest.raises(DataInvalid, match=r"train: the INT8 calibration set is empty \(the file holds 0"):
         export.calibration_windows(train, release_params().export.calibration)
     with pytest.raises(ExportFailed, match=r"student.onnx: INT8 static quantization needs calibration windows"):
         ox.quantize_int8(release / "models/student.onnx", tmp_path / "q.onnx", np.zeros((0, 6, 64), np.float32),
                          mode="static", method="minmax", per_channel=True, activation_type="int8",
                          scratch=tmp_path, calib_source=str(train))
-    x = export.calibration_windows(release / "data/prepared/train.npz", release_params().export.calibration)
+    x = export.calibration_windows(release / "data/prepared/train", release_params().export.calibration)
     assert x.shape[0] == 64 and x.dtype == np.float32
 
 

@@ -11,9 +11,8 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-from conftest import make_params, merge, small_readings
+from conftest import make_params, merge, rewrite_prepared, small_readings
 
 from edgedistill import onnx_tools as ox
 from edgedistill.errors import GateFailed
@@ -67,14 +66,13 @@ def runs(tmp_path_factory) -> dict[str, Path]:
         benchmark.run(p)
     bad = good.with_name("bad")
     shutil.copytree(good, bad)
-    train = bad / "data/prepared/train.npz"
-    with np.load(train) as z:
-        arrays = {k: z[k] for k in z.files}
-    np.savez(train, **{**arrays, "X": arrays["X"] * 1e-3})
+    train = bad / "data/prepared/train"
+    rewrite_prepared(bad / "data/prepared", "train", lambda z: {**z, "X": z["X"] * 1e-3})
     with contextlib.chdir(bad):
         export.run(p)
         benchmark.run(p)
-        shutil.copy(good / "data/prepared/train.npz", train)  # only the calibration saw the bad windows
+        shutil.rmtree(train)  # only the calibration saw the bad windows
+        shutil.copytree(good / "data/prepared/train", train)
     return {"good": good, "bad": bad}
 
 

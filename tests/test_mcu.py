@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import make_params, small_readings
+from conftest import make_params, prepared_arrays, small_readings
 from export_fixtures import train
 from onnx import helper
 from typer.testing import CliRunner
@@ -34,8 +34,8 @@ OVERRIDES = {"mcu": {"qemu_windows": 2}, "export": {"calibration": {"windows": 3
 
 
 def _student(root: Path, config: dict, steps: int = 40) -> Path:
-    with np.load(root / "data/prepared/train.npz") as z:
-        x, y = z["X"], z["y"]
+    z = prepared_arrays(root / "data/prepared", "train")
+    x, y = z["X"], z["y"]
     model = train("dscnn1d", config, x, y, steps=steps, lr=3e-3)
     path = root / "models/student.onnx"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,8 +63,8 @@ def test_c_model_matches_onnxruntime_on_every_test_window(built):
     root, r = built
     doc = json.loads((root / "models/mcu/mcu.json").read_text())
     assert doc == json.loads(json.dumps(r))
-    with np.load(root / "data/prepared/test.npz") as z:
-        n_test = len(z["X"])
+    z = prepared_arrays(root / "data/prepared", "test")
+    n_test = len(z["X"])
     hp = r["host_parity"]
     assert hp["windows"] == n_test and hp["argmax_agreement"] == 1.0
     assert hp["max_abs_diff"] <= hp["quantum"] and hp["quantum"] > 0
@@ -91,8 +91,8 @@ def test_normalisation_ops_ahead_of_the_first_conv_stay_fp32(built, tmp_path):
     m.graph.node.insert(0, helper.make_node("Sub", [inp, "norm_mean"], ["centred"], name="norm_sub"))
     raw = tmp_path / "raw_in.onnx"
     onnx.save(m, str(raw))
-    with np.load(root / "data/prepared/test.npz") as z:
-        x = z["X"][:16] * np.linspace(0.5, 2, c, dtype=np.float32)[None, :, None] \
+    z = prepared_arrays(root / "data/prepared", "test")
+    x = z["X"][:16] * np.linspace(0.5, 2, c, dtype=np.float32)[None, :, None] \
             + np.linspace(-1, 1, c, dtype=np.float32)[None, :, None]
     r = lib.build_and_verify(raw, tmp_path / "out", x, [], qemu_windows=1, opt="-Os", timeout=120, calib=x,
                              quant={"per_channel": True, "activation_type": "int8", "method": "minmax"})
@@ -127,8 +127,8 @@ def test_each_profile_is_measured_and_runs_identically_in_qemu(built):
 def test_a_c_model_that_computes_otherwise_fails_naming_the_first_differing_window(built, tmp_path):
     root, r = built
     qop = root / "models/mcu/build/student.qop.onnx"
-    with np.load(root / "data/prepared/test.npz") as z:
-        x = z["X"][:8]
+    z = prepared_arrays(root / "data/prepared", "test")
+    x = z["X"][:8]
     # C generated from the same student calibrated on other windows: other scales, other logits
     other = tmp_path / "other.qop.onnx"
     lib.quantize_qoperator(root / "models/student.onnx", other, x[:2] * 3, per_channel=True, activation_type="int8",
@@ -167,8 +167,8 @@ def test_compiler_and_qemu_failures_give_the_message_and_the_command(built, tmp_
     root, _ = built
     gen = lib.generate_c(root / "models/mcu/build/student.qop.onnx", tmp_path / "gen")
     gen["c"].write_text(gen["c"].read_text() + "\n#error stray line in the generated model\n")
-    with np.load(root / "data/prepared/test.npz") as z:
-        x = z["X"][:1]
+    z = prepared_arrays(root / "data/prepared", "test")
+    x = z["X"][:1]
     with pytest.raises(lib.McuFailed) as e:
         lib.cross_build(gen, "cortex-m4", tmp_path / "b", x, "-Os", 120)
     msg = str(e.value)
@@ -261,7 +261,7 @@ def _static_int8(root: Path, params) -> dict:
 
     ep = params.export
     int8 = root / "models/student.int8.onnx"
-    ox.quantize_int8(root / "models/student.onnx", int8, calibration_windows(root / "data/prepared/train.npz",
+    ox.quantize_int8(root / "models/student.onnx", int8, calibration_windows(root / "data/prepared/train",
                                                                              ep.calibration),
                      mode=ep.quantization, method=ep.calibration.method, per_channel=ep.calibration.per_channel,
                      activation_type=ep.activation_type, scratch=root, calib_source="train")

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import SMALL, base_params_dict, make_params, merge, small_readings
+from conftest import SMALL, base_params_dict, make_params, merge, prepared_arrays, small_readings
 
 from edgedistill import normalization
 from edgedistill import onnx_tools as ox
@@ -142,10 +142,9 @@ def test_per_window_shape_is_amplitude_free_and_amplitude_kept(workdir):
 def test_onnx_fp32_and_int8_take_raw_readings_at_amplitudes_1e_3_to_1e2(shapes_auto, tmp_path):
     model, meta = load_checkpoint(shapes_auto / "models/teacher.pt")
     assert meta["norm"]["method"] == "per_window" and meta["net_in_channels"] == 3
-    with np.load(shapes_auto / "data/prepared/test.npz") as z:
-        x, y = z["X"], z["y"]
-    with np.load(shapes_auto / "data/prepared/train.npz") as z:
-        calib = z["X"][:128]
+    z = prepared_arrays(shapes_auto / "data/prepared", "test")
+    x, y = z["X"], z["y"]
+    calib = prepared_arrays(shapes_auto / "data/prepared", "train")["X"][:128]
     fp32, int8 = tmp_path / "m.onnx", tmp_path / "m.int8.onnx"
     ox.save_onnx(ox.export_onnx(model, 1, 32, 18, what="test"), fp32)
     ox.quantize_int8(fp32, int8, calib, mode="static", method="minmax", per_channel=True,

@@ -34,7 +34,7 @@ def test_cli_run_then_noop(project):
     first = sh([f"{BIN}/edgedistill", "run", "ingest", "validate", "prepare"], project)
     assert "validation PASSED" in first.stdout
     assert "S0" in first.stdout and "windows" in first.stdout
-    assert (project / "data/prepared/train.npz").is_file()
+    assert (project / "data/prepared/train/X-00000.npy").is_file()
     assert (project / "dvc.lock").is_file()
     status = sh([f"{BIN}/dvc", "status", "prepare"], project)
     assert "up to date" in status.stdout.lower()

@@ -15,8 +15,10 @@ from tasks import prepare
 
 
 def load(workdir, split):
-    with np.load(workdir / "data/prepared" / f"{split}.npz") as z:
-        return {k: z[k] for k in z.files}
+    from edgedistill.shards import open_split
+
+    sp = open_split(workdir / "data/prepared", split)
+    return {"X": sp.load_all(), "y": sp.y, "group": sp.group, "recording": sp.recording}
 
 
 def test_group_split_has_no_leakage_and_expected_shapes(readings_file, workdir):

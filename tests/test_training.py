@@ -14,6 +14,7 @@ from conftest import make_params
 from edgedistill.checkpoint import load_checkpoint
 from edgedistill.errors import DataInvalid, ModelMismatch, ParamsInvalid, TrainingFailed
 from edgedistill.kd import hinton_loss, kd_kl
+from edgedistill.shards import open_split, write_split
 from edgedistill.training import resolve_device
 from tasks import distill, prepare, teacher_logits, train_teacher
 
@@ -113,9 +114,9 @@ def test_distill_reports_baseline_kd_and_gain(trained):
 def test_cached_logits_are_used_and_checked(trained):
     workdir, _ = trained
     teacher_logits.run(tiny())
-    cache = np.load(workdir / "models/teacher_logits.npz")
+    cache = {k: np.load(workdir / f"models/teacher_logits/{k}.npy") for k in ("plain", "bank")}
     teacher, _ = load_checkpoint(workdir / "models/teacher.pt")
-    x = torch.from_numpy(np.load(workdir / "data/prepared/train.npz")["X"])
+    x = torch.from_numpy(open_split(workdir / "data/prepared", "train").load_all())
     with torch.no_grad():
         assert np.allclose(cache["plain"], teacher(x).numpy(), atol=1e-4)
     assert cache["bank"].shape == (2, len(x), 7)
@@ -124,7 +125,7 @@ def test_cached_logits_are_used_and_checked(trained):
     from edgedistill.training import load_prepared
 
     data = load_prepared("data/prepared", torch.device("cpu"))
-    fn = distill.kd_loss_fn(p, data, torch.device("cpu"), "models/teacher_logits.npz", "models/teacher.pt")
+    fn = distill.kd_loss_fn(p, data, torch.device("cpu"), "models/teacher_logits", "models/teacher.pt")
     student = torch.nn.Linear(64, 7)
     net = lambda xb: student(xb.mean(1))  # noqa: E731
     idx = torch.arange(8)
@@ -174,18 +175,27 @@ def test_checkpoint_window_mismatch(trained, readings_file):
         teacher_logits.run(tiny())
 
 
+def _rewrite_train(change):
+    """Rewrite the prepared train split through `change(arrays) -> arrays` (shards and index)."""
+    import shutil
+
+    sp = open_split("data/prepared", "train")
+    z = change({"X": sp.load_all(), "y": sp.y, "group": sp.group, "recording": sp.recording})
+    shutil.rmtree("data/prepared/train")
+    write_split("data/prepared", "train", z["X"], z["y"], z["group"], z["recording"])
+
+
 def test_class_absent_from_train(prepared):
-    z = dict(np.load("data/prepared/train.npz"))
-    keep = z["y"] != 3
-    np.savez("data/prepared/train.npz", **{k: v[keep] for k, v in z.items()})
+    _rewrite_train(lambda z: {k: v[z["y"] != 3] for k, v in z.items()})
     with pytest.raises(DataInvalid, match=r"classes \['IR'\] have no training windows"):
         train_teacher.run(tiny())
 
 
 def test_nan_loss_stops_with_clear_message(prepared):
-    z = dict(np.load("data/prepared/train.npz"))
-    z["X"][:, 0, :] = np.nan
-    np.savez("data/prepared/train.npz", **z)
+    def nan(z):
+        z["X"][:, 0, :] = np.nan
+        return z
+    _rewrite_train(nan)
     with pytest.raises(TrainingFailed, match="loss became nan at epoch 1"):
         train_teacher.run(tiny(), log=lambda s: None)
     assert not (prepared / "models/teacher.pt").exists()

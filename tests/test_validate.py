@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_params, small_readings, write_readings
+from conftest import make_params, prepared_arrays, small_readings, write_readings
 
 from edgedistill.errors import DataInvalid
 from tasks import validate
@@ -216,8 +216,8 @@ def test_gap_split_passes_validation_and_no_window_straddles_it(workdir):
     t = df.loc[df["recording"] == rec, "t"].to_numpy()
     gap_t0, gap_t1 = t[199], t[200]
     for split in ("train", "val", "test"):
-        with np.load(workdir / f"data/prepared/{split}.npz") as z:
-            x, recs = z["X"], z["recording"]
+        z = prepared_arrays(workdir / "data/prepared", split)
+        x, recs = z["X"], z["recording"]
         mine = x[np.char.endswith(recs.astype(str), f"/{rec}")]
         if len(mine) == 0:
             continue
