@@ -1,16 +1,19 @@
 """Robustness benchmark: the pipeline's own stages, params only, on the bundled data and on public datasets of
-other sensor kinds that ship inside the sktime wheel (UCR/UEA `.ts` files; nothing is downloaded at run time).
+other sensor kinds that ship inside the sktime and aeon wheels (UCR/UEA `.ts` files; nothing is downloaded at run time).
 
 Per dataset and seed: prepare (normalisation `auto` from params.yaml) -> train_teacher -> teacher_logits ->
 distill, and a 1-NN on FFT magnitudes of the same normalised windows (edgedistill.baseline) on the same test
 split. Prints one table (mean over seeds) with the normalisation `auto` chose and the statistic that decided it.
 
-    pip install --no-deps sktime==1.2.0     # only its bundled data files are read
-    python benchmarks/datasets.py --seeds 3 --datasets GunPoint,ACSF1,bundled
+    pip install --no-deps sktime==1.2.0 aeon==1.6.0    # only their bundled data files are read
+    python benchmarks/datasets.py --seeds 3 --datasets GunPoint,ACSF1,BasicMotions,PickupGestureWiimoteZ,bundled
 
 Datasets (kept away from the held-out set of issue 14, PLAID): GunPoint (hand motion from video, 2 classes),
 ACSF1 (appliance power consumption, 10 classes) — both z-normalised per instance in this copy —, and
-BasicMotions (smartwatch accelerometer + gyroscope, 6 channels, 4 activities, raw units, NOT z-normalised).
+BasicMotions (smartwatch accelerometer + gyroscope, 6 channels, 4 activities, raw units, NOT z-normalised), from
+sktime; PickupGestureWiimoteZ (Wii remote accelerometer z axis in g, 10 gestures, 29-361 readings per instance,
+raw units, NOT z-normalised: per-instance mean ~0.86, std ~0.28), from aeon. Instances shorter than the window
+give no window (prepare's contract).
 UCR train instances are split 75/25 into train/val (seeded, per class), UCR test stays test; every instance is one group.
 """
 
@@ -33,18 +36,24 @@ import yaml  # noqa: E402
 
 from edgedistill.params import apply_overrides, parse_params  # noqa: E402
 
-# per dataset: sample rate (only sets the time column), window/strides in readings; params only
+# per dataset: the wheel that ships it, sample rate (only sets the time column), window/strides in readings; params only
 UCR = {
-    "GunPoint": {"sample_rate_hz": 30.0, "prepare": {"window": 64, "train_stride": 8, "eval_stride": 32}},
-    "ACSF1": {"sample_rate_hz": 0.1, "prepare": {"window": 256, "train_stride": 64, "eval_stride": 128}},
-    "BasicMotions": {"sample_rate_hz": 10.0, "prepare": {"window": 32, "train_stride": 4, "eval_stride": 16}},
+    "GunPoint": {"package": "sktime", "sample_rate_hz": 30.0,
+                 "prepare": {"window": 64, "train_stride": 8, "eval_stride": 32}},
+    "ACSF1": {"package": "sktime", "sample_rate_hz": 0.1,
+              "prepare": {"window": 256, "train_stride": 64, "eval_stride": 128}},
+    "BasicMotions": {"package": "sktime", "sample_rate_hz": 10.0,
+                     "prepare": {"window": 32, "train_stride": 4, "eval_stride": 16}},
+    "PickupGestureWiimoteZ": {"package": "aeon", "sample_rate_hz": 100.0,
+                              "prepare": {"window": 32, "train_stride": 4, "eval_stride": 16}},
 }
+WHEELS = {"sktime": "sktime==1.2.0", "aeon": "aeon==1.6.0"}
 
 
-def sktime_data_dir() -> Path:
-    spec = importlib.util.find_spec("sktime")  # locates the package without importing it (no sklearn needed)
+def data_dir(package: str) -> Path:
+    spec = importlib.util.find_spec(package)  # locates the package without importing it (no sklearn/numba needed)
     if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("sktime is not installed: pip install --no-deps sktime==1.2.0")
+        raise SystemExit(f"{package} is not installed: pip install --no-deps {WHEELS[package]}")
     return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
 
 
@@ -66,7 +75,7 @@ def read_ts(path: Path) -> tuple[list[np.ndarray], list[str]]:
 
 def ucr_readings(name: str, rate: float, seed: int = 0) -> tuple[pd.DataFrame, list[str], list[str]]:
     """Convert to the readings contract: one row per reading, one group per instance, a split column."""
-    root = sktime_data_dir() / name
+    root = data_dir(UCR[name]["package"]) / name
     frames, classes = [], set()
     for part in ("TRAIN", "TEST"):
         series, labels = read_ts(root / f"{name}_{part}.ts")
@@ -141,7 +150,12 @@ def run_dataset(raw: dict, name: str, seeds: list[int], tmp: Path) -> list[dict]
                         plots_dir=None, resume_dir=tmp / "res", log=quiet)
         row = {"dataset": name, "seed": seed, "teacher": tm["accuracy"], "alone": d["baseline"]["accuracy"],
                "kd": d["kd"]["accuracy"], "knn_fft": knn, "norm": spec["method"], "reason": spec["reason"],
-               "train_windows": split["splits"]["train"]["windows"], "test_windows": split["splits"]["test"]["windows"],
+               "train_windows": split["splits"]["train"]["windows"], "val_windows": split["splits"]["val"]["windows"],
+               "test_windows": split["splits"]["test"]["windows"],
+               # what the choices were made on: best-epoch val accuracies, the paired val gain that picks the shipped one
+               "teacher_val": tm["val_accuracy"], "alone_val": d["baseline"]["val_accuracy"],
+               "kd_val": d["kd"]["val_accuracy"], "kd_gain_val": d.get("kd_gain_val"), "shipped": d["shipped"],
+               "best_epochs": [tm["best_epoch"], d["baseline"]["best_epoch"], d["kd"]["best_epoch"]],
                "sanity_stop": stop, "seconds": round(time.perf_counter() - t0, 1)}
         print(json.dumps(row), flush=True)
         rows.append(row)
@@ -177,13 +191,14 @@ def main() -> None:
     raw = yaml.safe_load(Path(a.params).read_text())
     apply_overrides(raw, a.set)
     parse_params(raw)
-    rows = []
+    rows: list[dict] = []
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     for name in a.datasets.split(","):
         with tempfile.TemporaryDirectory(prefix=f"ds-{name}-") as tmp:
             rows += run_dataset(raw, name, list(range(a.seeds)), Path(tmp))
+        # written after every dataset, so a run stopped for time keeps what it finished
+        Path(a.out).write_text(json.dumps({"args": vars(a), "rows": rows, "table": table(rows)}, indent=2) + "\n")
     print(table(rows))
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps({"args": vars(a), "rows": rows, "table": table(rows)}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
