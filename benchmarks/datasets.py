@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -73,9 +74,11 @@ def read_ts(path: Path) -> tuple[list[np.ndarray], list[str]]:
     return series, labels
 
 
-def ucr_readings(name: str, rate: float, seed: int = 0) -> tuple[pd.DataFrame, list[str], list[str]]:
-    """Convert to the readings contract: one row per reading, one group per instance, a split column."""
-    root = data_dir(UCR[name]["package"]) / name
+def ucr_readings(name: str, rate: float, seed: int = 0,
+                 root: Path | None = None) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """Convert to the readings contract: one row per reading, one group per instance, a split column.
+    Multivariate and unequal-length instances convert alike (each instance is its own recording)."""
+    root = (root or data_dir(UCR[name]["package"])) / name
     frames, classes = [], set()
     for part in ("TRAIN", "TEST"):
         series, labels = read_ts(root / f"{name}_{part}.ts")
@@ -95,7 +98,24 @@ def ucr_readings(name: str, rate: float, seed: int = 0) -> tuple[pd.DataFrame, l
     return df, channels, sorted(classes, key=lambda s: (len(s), s))
 
 
-def run_dataset(raw: dict, name: str, seeds: list[int], tmp: Path) -> list[dict]:
+def scale_to_data(raw: dict, ref_window: int, train_windows: int, rules: set[str], ref_train_windows: int) -> dict:
+    """General params rules (the same for every dataset; identity on the data the defaults were sized on):
+    `shift`: the augmentation's time shift is the same FRACTION of the window as in the defaults (16 of 128);
+    `steps`: a train split smaller than `ref_train_windows` gets more epochs, so each model takes at least the
+    optimizer steps its default epochs give on `ref_train_windows` windows (never fewer epochs than the defaults)."""
+    window = raw["prepare"]["window"]
+    for sec in ("teacher", "student"):
+        if "shift" in rules:
+            raw[sec]["augment"]["shift"] = round(raw[sec]["augment"]["shift"] * window / ref_window)
+        if "steps" in rules:
+            bs, epochs = raw[sec]["train"]["batch_size"], raw[sec]["train"]["epochs"]
+            ref_steps = epochs * math.ceil(ref_train_windows / bs)
+            raw[sec]["train"]["epochs"] = max(epochs, math.ceil(ref_steps / math.ceil(train_windows / bs)))
+    return raw
+
+
+def run_dataset(raw: dict, name: str, seeds: list[int], tmp: Path, rules: set[str] = frozenset(),
+                ref_train_windows: int = 0) -> list[dict]:
     import torch
 
     from edgedistill import baseline as bl
@@ -104,6 +124,7 @@ def run_dataset(raw: dict, name: str, seeds: list[int], tmp: Path) -> list[dict]
     from tasks import distill, prepare, teacher_logits, train_teacher
 
     raw = json.loads(json.dumps(raw))
+    ref_window = raw["prepare"]["window"]
     if name == "bundled":
         from tasks.ingest import run as ingest
 
@@ -125,6 +146,7 @@ def run_dataset(raw: dict, name: str, seeds: list[int], tmp: Path) -> list[dict]
     tx, ty = data.train.x.numpy(), data.train.y.numpy()
     knn = bl.knn1_accuracy(tx, ty, data.test.x.numpy(), data.test.y.numpy(), raw["sanity"]["fft_bins"],
                            raw["sanity"]["max_train_windows"], 0)
+    raw = scale_to_data(raw, ref_window, split["splits"]["train"]["windows"], rules, ref_train_windows)
     rows = []
     for seed in seeds:
         r = json.loads(json.dumps(raw))
@@ -156,7 +178,9 @@ def run_dataset(raw: dict, name: str, seeds: list[int], tmp: Path) -> list[dict]
                "teacher_val": tm["val_accuracy"], "alone_val": d["baseline"]["val_accuracy"],
                "kd_val": d["kd"]["val_accuracy"], "kd_gain_val": d.get("kd_gain_val"), "shipped": d["shipped"],
                "best_epochs": [tm["best_epoch"], d["baseline"]["best_epoch"], d["kd"]["best_epoch"]],
-               "sanity_stop": stop, "seconds": round(time.perf_counter() - t0, 1)}
+               "sanity_stop": stop, "rules": sorted(rules), "epochs": [r["teacher"]["train"]["epochs"],
+                                                                      r["student"]["train"]["epochs"]],
+               "shift": r["student"]["augment"]["shift"], "seconds": round(time.perf_counter() - t0, 1)}
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
@@ -187,7 +211,13 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--set", action="append", default=[], help="override, e.g. teacher.train.epochs=10")
     ap.add_argument("--out", default="benchmarks/results/datasets.json")
+    ap.add_argument("--rules", default="", help="comma list of general params rules (see scale_to_data): shift,steps")
+    ap.add_argument("--ref-train-windows", type=int, default=0,
+                    help="for --rules steps: train windows of the data the default epochs were sized on")
     a = ap.parse_args()
+    rules = {x for x in a.rules.split(",") if x}
+    if rules - {"shift", "steps"} or ("steps" in rules and a.ref_train_windows <= 0):
+        ap.error("--rules takes shift,steps; steps needs --ref-train-windows > 0")
     raw = yaml.safe_load(Path(a.params).read_text())
     apply_overrides(raw, a.set)
     parse_params(raw)
@@ -195,7 +225,7 @@ def main() -> None:
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     for name in a.datasets.split(","):
         with tempfile.TemporaryDirectory(prefix=f"ds-{name}-") as tmp:
-            rows += run_dataset(raw, name, list(range(a.seeds)), Path(tmp))
+            rows += run_dataset(raw, name, list(range(a.seeds)), Path(tmp), rules, a.ref_train_windows)
         # written after every dataset, so a run stopped for time keeps what it finished
         Path(a.out).write_text(json.dumps({"args": vars(a), "rows": rows, "table": table(rows)}, indent=2) + "\n")
     print(table(rows))
