@@ -102,8 +102,10 @@ def scale_to_data(raw: dict, ref_window: int, train_windows: int, rules: set[str
     """General params rules (the same for every dataset; identity on the data the defaults were sized on):
     `shift`: the augmentation's time shift is the same FRACTION of the window as in the defaults (16 of 128);
     `steps`: a train split smaller than `ref_train_windows` gets more epochs, so each model takes at least the
-    optimizer steps its default epochs give on `ref_train_windows` windows (never fewer epochs than the defaults)."""
+    optimizer steps its default epochs give on `ref_train_windows` windows (never fewer epochs than the defaults),
+    and the sanity stop judges the teacher after the same share of its training (check_epoch scaled alike)."""
     window = raw["prepare"]["window"]
+    teacher_epochs = raw["teacher"]["train"]["epochs"]
     for sec in ("teacher", "student"):
         if "shift" in rules:
             raw[sec]["augment"]["shift"] = round(raw[sec]["augment"]["shift"] * window / ref_window)
@@ -111,6 +113,9 @@ def scale_to_data(raw: dict, ref_window: int, train_windows: int, rules: set[str
             bs, epochs = raw[sec]["train"]["batch_size"], raw[sec]["train"]["epochs"]
             ref_steps = epochs * math.ceil(ref_train_windows / bs)
             raw[sec]["train"]["epochs"] = max(epochs, math.ceil(ref_steps / math.ceil(train_windows / bs)))
+    if "steps" in rules:
+        raw["sanity"]["check_epoch"] = math.ceil(raw["sanity"]["check_epoch"] * raw["teacher"]["train"]["epochs"]
+                                                 / teacher_epochs)
     return raw
 
 

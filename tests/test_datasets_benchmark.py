@@ -97,6 +97,8 @@ def test_rules_are_identity_on_the_reference_and_scale_small_data():
         ref_steps = epochs * math.ceil(ref_train / bs)
         got = small[sec]["train"]["epochs"]
         assert got * math.ceil(576 / bs) >= ref_steps > (got - 1) * math.ceil(576 / bs)
+    factor = small["teacher"]["train"]["epochs"] / raw["teacher"]["train"]["epochs"]
+    assert small["sanity"]["check_epoch"] == math.ceil(raw["sanity"]["check_epoch"] * factor) > raw["sanity"]["check_epoch"]
     # a bigger split than the reference keeps the default epochs (never fewer)
     big = bench.scale_to_data(base_params_dict(), ref_window, 10 * ref_train, {"steps"}, ref_train)
     assert big["teacher"]["train"]["epochs"] == raw["teacher"]["train"]["epochs"]
