@@ -212,7 +212,7 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--datasets", default="GunPoint,ACSF1,bundled")
+    ap.add_argument("--datasets", default="PickupGestureWiimoteZ,BasicMotions,GunPoint,bundled,ACSF1")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--set", action="append", default=[], help="override, e.g. teacher.train.epochs=10")
     ap.add_argument("--out", default="benchmarks/results/datasets.json")
