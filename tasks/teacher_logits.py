@@ -19,7 +19,7 @@ from edgedistill.checkpoint import check_compatible, load_checkpoint
 from edgedistill.io import atomic_path
 from edgedistill.normalization import apply, spec_of
 from edgedistill.params import Params
-from edgedistill.training import Augment, data_fingerprint, load_split, predict, resolve_device
+from edgedistill.training import augment_for, data_fingerprint, load_split, predict, resolve_device
 
 PREPARED = "data/prepared"
 TEACHER = "models/teacher.pt"
@@ -37,7 +37,7 @@ def run(params: Params, prepared: str | Path = PREPARED, teacher: str | Path = T
     train.x = apply(spec_of(meta["norm"]), train.x)
     model = model.net.to(device)
     b = params.distill.bank
-    aug = Augment(**params.student.augment.model_dump())
+    aug = augment_for(params.student.augment, params.data.vector_groups, meta)
     plain = predict(model, train.x.to(device)).cpu().numpy()
     bank, digests = [], []
     for v in bank_views(train.x, b.views, aug, b.mixup_alpha, b.seed):
