@@ -37,7 +37,8 @@ from edgedistill.params import apply_overrides, parse_params  # noqa: E402
 UCR = {
     "GunPoint": {"sample_rate_hz": 30.0, "prepare": {"window": 64, "train_stride": 8, "eval_stride": 32}},
     "ACSF1": {"sample_rate_hz": 0.1, "prepare": {"window": 256, "train_stride": 64, "eval_stride": 128}},
-    "BasicMotions": {"sample_rate_hz": 10.0, "prepare": {"window": 32, "train_stride": 4, "eval_stride": 16}},
+    "BasicMotions": {"sample_rate_hz": 10.0, "prepare": {"window": 32, "train_stride": 4, "eval_stride": 16},
+                     "vector_groups": [["c0", "c1", "c2"], ["c3", "c4", "c5"]]},  # accelerometer, gyroscope
 }
 
 
@@ -107,6 +108,7 @@ def run_dataset(raw: dict, name: str, seeds: list[int], tmp: Path) -> list[dict]
         df.to_parquet(readings, index=False)
         raw["data"] |= {"channels": channels, "labels": labels, "sample_rate_hz": cfg["sample_rate_hz"]}
         raw["validate"]["channel_ranges"] = {}
+        raw["data"]["vector_groups"] = cfg.get("vector_groups", [])  # only IMU data gets the IMU rotation
         raw["prepare"] |= cfg["prepare"]
     raw["data"]["readings"] = str(readings)
     prepared = tmp / "prepared"
