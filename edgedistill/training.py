@@ -150,13 +150,18 @@ def augment(x: torch.Tensor, aug: Augment, gen: torch.Generator) -> torch.Tensor
     n, c, w = x.shape
     dev = x.device
     if aug.rotating:  # one rotation per window, the same for every triplet (one sensor housing)
+        # raw = s*x + c, turned by the block rotation M, normalised again: x' = S^-1 M S x + S^-1 (M c - c);
+        # one batched [C, C] matmul per window instead of a gather/scatter per triplet
         r = random_rotations(n, aug.rotate, gen, dev)
-        x = x.clone()
+        m = torch.eye(c, device=dev).repeat(n, 1, 1)
         for idx in aug.rotate_idx:
-            i = list(idx)
-            ctr = torch.tensor([aug.center[j] for j in i], device=dev).view(1, 3, 1)
-            sc = torch.tensor([aug.norm_scale[j] for j in i], device=dev).view(1, 3, 1)
-            x[:, i] = ((r @ (x[:, i] * sc + ctr)) - ctr) / sc
+            i = torch.tensor(idx, device=dev)
+            m[:, i.view(3, 1), i.view(1, 3)] = r
+        sc = torch.tensor(aug.norm_scale, device=dev)
+        ctr = torch.tensor(aug.center, device=dev)
+        a = m * (sc.view(1, 1, c) / sc.view(1, c, 1))
+        b = ((m @ ctr) - ctr) / sc  # [n, C]
+        x = torch.baddbmm(b.unsqueeze(2), a, x.float()).to(x.dtype)
     if aug.magnitude_warp > 0:
         x = x * _smooth_curves(n, c, w, aug.warp_knots, aug.magnitude_warp, gen, dev)
     if aug.time_warp > 0:  # resample at a smoothly varying speed, start and end kept
