@@ -44,7 +44,8 @@ UCR = {
     "ACSF1": {"package": "sktime", "sample_rate_hz": 0.1,
               "prepare": {"window": 256, "train_stride": 64, "eval_stride": 128}},
     "BasicMotions": {"package": "sktime", "sample_rate_hz": 10.0,
-                     "prepare": {"window": 32, "train_stride": 4, "eval_stride": 16}},
+                     "prepare": {"window": 32, "train_stride": 4, "eval_stride": 16},
+                     "vector_groups": [["c0", "c1", "c2"], ["c3", "c4", "c5"]]},  # accelerometer, gyroscope
     "PickupGestureWiimoteZ": {"package": "aeon", "sample_rate_hz": 100.0,
                               "prepare": {"window": 32, "train_stride": 4, "eval_stride": 16}},
 }
@@ -142,6 +143,7 @@ def run_dataset(raw: dict, name: str, seeds: list[int], tmp: Path, rules: set[st
         df.to_parquet(readings, index=False)
         raw["data"] |= {"channels": channels, "labels": labels, "sample_rate_hz": cfg["sample_rate_hz"]}
         raw["validate"]["channel_ranges"] = {}
+        raw["data"]["vector_groups"] = cfg.get("vector_groups", [])  # only IMU data gets the IMU rotation
         raw["prepare"] |= cfg["prepare"]
     raw["data"]["readings"] = str(readings)
     prepared = tmp / "prepared"

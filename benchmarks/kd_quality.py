@@ -6,11 +6,18 @@ It runs the pipeline's own stage functions (prepare, train_teacher, teacher_logi
 plus the overrides given here.
 
     python benchmarks/kd_quality.py --folds 5 --seeds 4 --methods hinton,fm_bank,fm_online --jobs 1
+
+`--cache DIR` keeps the prepared folds, the trained teachers and their cached logits under DIR, each keyed by a
+hash of exactly the params that produce it (prepare: data + prepare params + fold; teacher: that + teacher,
+sanity and compute.device + seed; logits: that + the bank and the student augmentation its views use). A
+student-only variant (`--set student.train.epochs=60`, `--methods dkd`) then reuses the teachers and costs only
+its students; a row says `teacher_cached: true` and keeps the teacher's original training seconds.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -42,6 +49,18 @@ def merge(d: dict, o: dict) -> dict:
     return out
 
 
+def cache_key(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def parse_variant(entry: str) -> tuple[str, str, list[str]]:
+    """`fm_bank` -> (fm_bank, fm_bank, []); `hinton_clean=hinton:distill.logit_augment=false` -> a labelled
+    variant of a method with its own overrides of the KD student's params (the baseline is the first entry's)."""
+    label, _, rest = entry.partition("=") if "=" in entry.split(":")[0] else (entry.split(":")[0], "", entry)
+    method, *over = rest.split(":")
+    return method, label, over
+
+
 def run_fold(args: dict) -> list[dict]:
     import torch
 
@@ -52,42 +71,69 @@ def run_fold(args: dict) -> list[dict]:
     raw, fold, seeds, methods, readings = args["raw"], args["fold"], args["seeds"], args["methods"], args["readings"]
     test, val = args["test"], args["val"]
     rows = []
+    cache = Path(args["cache"]) if args.get("cache") else None
     with tempfile.TemporaryDirectory(prefix=f"kdq-fold{fold}-") as tmp:
         tmp = Path(tmp)
         base = merge(raw, {"data": {"readings": readings},
                            "prepare": {"split": {"test_groups": test, "val_groups": val}}})
-        prepare.run(parse_params(base), out_dir=tmp / "prepared")
+        bp = parse_params(base)
+        prep_key = cache_key(bp.data.model_dump(), bp.prepare.model_dump(), args.get("readings_id", readings))
+        prepared = cache / f"prepared-{prep_key}" if cache else tmp / "prepared"
+        if not (prepared / "norm.json").is_file():
+            prepare.run(bp, out_dir=tmp / "prep-new")
+            if cache:
+                prepared.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(tmp / "prep-new", prepared)  # whole directory or nothing
+            else:
+                prepared = tmp / "prep-new"
         for seed in seeds:
             p = parse_params(merge(base, {
                 "teacher": {"train": {"seed": seed}}, "student": {"train": {"seed": seed}},
                 "distill": {"bank": {"seed": seed}},
             }))
             quiet = lambda s: None  # noqa: E731
-            t0 = time.perf_counter()
-            tm = train_teacher.run(p, prepared=tmp / "prepared", model_out=tmp / "teacher.pt",
-                                   metrics_out=tmp / "teacher.json", plots_dir=None, resume_dir=tmp / "res", log=quiet)
-            row = {"fold": fold, "seed": seed, "test_groups": test, "teacher": tm["accuracy"],
-                   "teacher_seconds": round(time.perf_counter() - t0, 1)}
+            t_key = cache_key(prep_key, p.teacher.model_dump(), p.sanity.model_dump(), p.compute.device)
+            tdir = cache / f"teacher-{t_key}" if cache else tmp / f"teacher-{seed}"
+            tdir.mkdir(parents=True, exist_ok=True)
+            row = {"fold": fold, "seed": seed, "test_groups": test}
+            if (tdir / "teacher.json").is_file() and (tdir / "teacher.pt").is_file():
+                tm = json.loads((tdir / "teacher.json").read_text())
+                row.update(teacher=tm["accuracy"], teacher_seconds=tm["bench_seconds"], teacher_cached=True)
+            else:
+                t0 = time.perf_counter()
+                tm = train_teacher.run(p, prepared=prepared, model_out=tmp / "teacher.pt",
+                                       metrics_out=tmp / "teacher.json", plots_dir=None, resume_dir=tmp / "res",
+                                       log=quiet)
+                row.update(teacher=tm["accuracy"], teacher_seconds=round(time.perf_counter() - t0, 1),
+                           teacher_cached=False)
+                os.replace(tmp / "teacher.pt", tdir / "teacher.pt")
+                (tdir / "teacher.json").write_text(json.dumps({**tm, "bench_seconds": row["teacher_seconds"]}))
             if not methods:
                 print(json.dumps(row), flush=True)
                 rows.append(row)
                 continue
+            l_key = cache_key(p.distill.bank.model_dump(), p.student.augment.model_dump())
+            logits = tdir / f"logits-{l_key}.npz"
             t0 = time.perf_counter()
-            teacher_logits.run(p, prepared=tmp / "prepared", teacher=tmp / "teacher.pt", out=tmp / "logits.npz")
+            if not logits.is_file():
+                teacher_logits.run(p, prepared=prepared, teacher=tdir / "teacher.pt", out=logits)
             row["logits_seconds"] = round(time.perf_counter() - t0, 1)
-            for i, method in enumerate(methods):
-                pm = parse_params(merge(p.model_dump(by_alias=True), {"distill": {"method": method}}))
+            for i, entry in enumerate(methods):
+                method, label, over = parse_variant(entry)
+                pr = merge(p.model_dump(by_alias=True), {"distill": {"method": method}})
+                apply_overrides(pr, over)
+                pm = parse_params(pr)
                 t0 = time.perf_counter()
-                r = distill.run(pm, prepared=tmp / "prepared", teacher_path=tmp / "teacher.pt",
-                                logits_path=tmp / "logits.npz", student_out=tmp / "s.pt", baseline_out=tmp / "b.pt",
+                r = distill.run(pm, prepared=prepared, teacher_path=tdir / "teacher.pt",
+                                logits_path=logits, student_out=tmp / "s.pt", baseline_out=tmp / "b.pt",
                                 metrics_out=tmp / "d.json", plots_dir=None, resume_dir=tmp / "res", log=quiet,
                                 train_baseline=(i == 0))
                 if i == 0:
                     row["baseline"] = r["baseline"]["accuracy"]
                     row["baseline_epoch_s"] = r["baseline"]["epoch_seconds"]
-                row[method] = r["kd"]["accuracy"]
-                row[f"{method}_epoch_s"] = r["kd"]["epoch_seconds"]
-                row[f"{method}_seconds"] = round(time.perf_counter() - t0, 1)
+                row[label] = r["kd"]["accuracy"]
+                row[f"{label}_epoch_s"] = r["kd"]["epoch_seconds"]
+                row[f"{label}_seconds"] = round(time.perf_counter() - t0, 1)
                 row["student_params"] = r["kd"]["params"]
             print(json.dumps(row), flush=True)
             rows.append(row)
@@ -96,19 +142,22 @@ def run_fold(args: dict) -> list[dict]:
 
 def summarise(rows: list[dict], methods: list[str]) -> str:
     seeds = sorted({r["seed"] for r in rows})
-    lines = ["| variant | accuracy mean ± std (runs) | per-seed means | paired gain vs alone ± SE |",
-             "|---|---|---|---|"]
+    lines = ["| variant | accuracy mean ± SE (std, runs) | per-seed means | paired gain vs alone ± SE | 95% interval |",
+             "|---|---|---|---|---|"]
     for v in ["teacher", *(["baseline", *methods] if methods else [])]:
         acc = [r[v] for r in rows]
         per_seed = " / ".join(f"{100 * statistics.mean([r[v] for r in rows if r['seed'] == s]):.1f}" for s in seeds)
-        gain = ""
+        gain = interval = ""
         if v not in ("teacher", "baseline"):
             d = [r[v] - r["baseline"] for r in rows]
             se = statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else float("nan")
-            gain = f"{100 * statistics.mean(d):+.2f} ± {100 * se:.2f} pts"
+            g = statistics.mean(d)
+            gain = f"{100 * g:+.2f} ± {100 * se:.2f} pts"
+            interval = f"[{100 * (g - 1.96 * se):+.2f}, {100 * (g + 1.96 * se):+.2f}]"
         name = {"baseline": "student alone"}.get(v, v)
         sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
-        lines.append(f"| {name} | {100 * statistics.mean(acc):.1f}% ± {100 * sd:.1f} ({len(acc)}) | {per_seed} | {gain} |")
+        lines.append(f"| {name} | {100 * statistics.mean(acc):.1f}% ± {100 * sd / math.sqrt(len(acc)):.1f} "
+                     f"({100 * sd:.1f}, {len(acc)}) | {per_seed} | {gain} | {interval} |")
     cost = [r.get("hinton_epoch_s", float("nan")) / r["baseline_epoch_s"] for r in rows if "hinton_epoch_s" in r]
     if cost:
         lines.append(f"\nKD epoch with cached logits (hinton) / plain student epoch: {statistics.mean(cost):.2f}x")
@@ -122,12 +171,14 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--methods", default="hinton,fm_bank,fm_online")
+    ap.add_argument("--methods", default="hinton,fm_bank,fm_online",
+                    help="KD students, comma-separated: METHOD or LABEL=METHOD:key=value:key=value")
     ap.add_argument("--jobs", type=int, default=1, help="folds run in parallel processes")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per process")
     ap.add_argument("--set", action="append", default=[], help="override, e.g. teacher.train.epochs=10")
     ap.add_argument("--val-groups", type=int, default=2, help="validation subjects per fold")
     ap.add_argument("--out", default="reports/kd_quality.json")
+    ap.add_argument("--cache", default=None, help="reuse prepared folds, teachers and their logits under this dir")
     a = ap.parse_args()
 
     raw = yaml.safe_load(Path(a.params).read_text())
@@ -137,17 +188,24 @@ def main() -> None:
     if not readings.is_file():
         from tasks.ingest import run as ingest
 
-        readings = Path(tempfile.mkdtemp()) / "readings.parquet"
-        ingest(parse_params(raw), out=readings)
+        readings = Path(a.cache or tempfile.mkdtemp()) / "readings.parquet"
+        if not readings.is_file():
+            ingest(parse_params(raw), out=readings)
     import pandas as pd
 
     subjects = sorted(pd.read_parquet(readings, columns=[raw["data"]["group_col"]]).iloc[:, 0].astype(str).unique())
     methods = [m for m in a.methods.split(",") if m]
+    for m in methods:  # fail fast on a bad variant
+        method, _, over = parse_variant(m)
+        apply_overrides(merge(raw, {"distill": {"method": method}}), over)
+    with open(readings, "rb") as f:  # the cache is keyed by the readings' content, not their path
+        readings_id = hashlib.file_digest(f, "sha256").hexdigest()[:16]
     jobs = []
     for f in range(a.folds):
         test, val = fold_groups(subjects, f, n_val=a.val_groups)
         jobs.append({"raw": raw, "fold": f, "seeds": list(range(a.seeds)), "methods": methods,
-                     "readings": str(readings.resolve()), "test": test, "val": val, "threads": a.threads})
+                     "readings": str(readings.resolve()), "test": test, "val": val, "threads": a.threads,
+                     "cache": a.cache, "readings_id": readings_id})
     t0 = time.perf_counter()
     if a.jobs > 1:
         with ProcessPoolExecutor(a.jobs) as ex:
@@ -155,12 +213,12 @@ def main() -> None:
     else:
         rows = [r for j in jobs for r in run_fold(j)]
     wall = time.perf_counter() - t0
-    table = summarise(rows, methods)
+    table = summarise(rows, [parse_variant(m)[1] for m in methods])
     print(table)
     print(f"wall time {wall:.0f}s for {len(rows)} runs; device: {os.environ.get('CUDA_VISIBLE_DEVICES', 'auto')}")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps({"rows": rows, "table": table, "wall_seconds": wall,
-                                       "overrides": a.set, "methods": methods}, indent=2))
+                                       "overrides": a.set, "methods": methods, "threads": a.threads}, indent=2))
 
 
 if __name__ == "__main__":

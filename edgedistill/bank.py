@@ -4,6 +4,7 @@ SHA-256 of its bytes."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from edgedistill.errors import ParamsInvalid
 from edgedistill.training import Augment, augment, mixup
 
 
@@ -58,7 +60,7 @@ def _uniform(seed: int, v: np.ndarray, i: np.ndarray, k: int) -> np.ndarray:
 
 def bank_key(views: int, aug: Augment, mixup_alpha: float, seed: int, train_fingerprint: str) -> str:
     """What the cached bank logits were computed for: distill refuses a bank whose key differs."""
-    blob = json.dumps([BANK_SCHEME, views, aug.scale, aug.jitter, aug.shift, mixup_alpha, seed, train_fingerprint])
+    blob = json.dumps([BANK_SCHEME, views, dataclasses.asdict(aug), mixup_alpha, seed, train_fingerprint])
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -71,6 +73,12 @@ class BankViews:
 
     def __init__(self, x: Any, views: int, aug: Augment, mixup_alpha: float, seed: int,
                  device: torch.device | None = None):
+        if aug.rotating or aug.magnitude_warp > 0 or aug.time_warp > 0:
+            # the views are drawn per (seed, view, window) in numpy; only scale, jitter and shift are built
+            raise ParamsInvalid("distill.method fm_bank draws its views with scale, jitter and shift only; "
+                                "student.augment.rotate / magnitude_warp / time_warp are not applied to the bank",
+                                hint="Set them to 0 for fm_bank, or use distill.method: hinton or dkd "
+                                     "(logit_augment applies the student's full augmentation).")
         self.x, self.views, self.aug, self.alpha, self.seed = x, views, aug, mixup_alpha, seed
         self.device = device or torch.device("cpu")
         self.n = len(x)

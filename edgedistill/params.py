@@ -36,6 +36,22 @@ class DataParams(_Section):
                                                        "scheduler address (tcp://host:8786)")
     dask_workers: int = Field(2, ge=1, description="worker processes of the 'local' Dask cluster")
     dask_timeout_s: float = Field(20.0, gt=0, description="seconds to wait for the Dask scheduler")
+    vector_groups: list[list[str]] = Field(
+        [["acc_x", "acc_y", "acc_z"], ["gyro_x", "gyro_y", "gyro_z"]],
+        description="channel triplets that are one 3-D vector of one sensor (accelerometer, gyroscope); "
+                    "augment.rotate turns them together; [] for data without such vectors")
+
+    @field_validator("vector_groups")
+    @classmethod
+    def _triplets(cls, v: list[list[str]]) -> list[list[str]]:
+        bad = [g for g in v if len(g) != 3 or len(set(g)) != 3]
+        if bad:
+            raise ValueError(f"each vector group is 3 distinct channels (x, y, z), got {bad}")
+        flat = [c for g in v for c in g]
+        dup = sorted({c for c in flat if flat.count(c) > 1})
+        if dup:
+            raise ValueError(f"channels {dup} are in more than one vector group")
+        return v
 
     @field_validator("channels", "labels")
     @classmethod
@@ -131,6 +147,12 @@ class AugmentParams(_Section):
     scale: float = Field(0.1, ge=0, lt=1, description="per-channel gain 1 ± scale")
     jitter: float = Field(0.05, ge=0, description="Gaussian noise std, normalised units")
     shift: int = Field(16, ge=0, description="random circular time shift, ± readings")
+    rotate: float = Field(0.0, ge=0, le=180, description="random 3-D rotation of every data.vector_groups "
+                                                         "triplet, one per window, angle up to ± this, degrees")
+    magnitude_warp: float = Field(0.0, ge=0, lt=1, description="std of a smooth random gain curve over time, "
+                                                               "per channel (warp_knots knots)")
+    time_warp: float = Field(0.0, ge=0, lt=1, description="std of a smooth random playback speed (warp_knots knots)")
+    warp_knots: int = Field(4, ge=2, description="knots of the smooth random curves of magnitude/time warping")
 
 
 class TrainParams(_Section):
@@ -160,9 +182,13 @@ class BankParams(_Section):
 
 
 class DistillParams(_Section):
-    method: Literal["hinton", "fm_bank", "fm_online"] = "fm_bank"
-    temperature: float = Field(4.0, gt=0, description="Hinton KD temperature T")
+    method: Literal["hinton", "dkd", "fm_bank", "fm_online"] = "fm_bank"
+    temperature: float = Field(4.0, gt=0, description="Hinton KD / DKD temperature T")
     alpha: float = Field(0.7, ge=0, le=1, description="Hinton KD weight of the soft term")
+    logit_augment: bool = Field(True, description="hinton/dkd: the student sees the augmented window (as the "
+                                                  "baseline does); the cached teacher logits are the clean window's")
+    dkd_alpha: float = Field(1.0, ge=0, description="DKD weight of the target-class term (TCKD)")
+    dkd_beta: float = Field(8.0, ge=0, description="DKD weight of the non-target-class term (NCKD)")
     fm_temperature: float = Field(1.0, gt=0, description="function-matching temperature")
     bank: BankParams = BankParams()
 
@@ -412,6 +438,11 @@ class Params(_Section):
         unknown = sorted(set(self.validate_.channel_ranges) - set(self.data.channels))
         if unknown:
             raise ValueError(f"validate.channel_ranges names channels not in data.channels: {unknown}")
+        rotating = self.teacher.augment.rotate > 0 or self.student.augment.rotate > 0
+        unknown = sorted({c for g in self.data.vector_groups for c in g} - set(self.data.channels))
+        if unknown and rotating:  # only the rotation reads the groups: other data need not clear them
+            raise ValueError(f"data.vector_groups names channels not in data.channels: {unknown} (set "
+                             "data.vector_groups: [] for data without 3-D vector sensors)")
         return self
 
     @property

@@ -134,15 +134,93 @@ class Augment:
     scale: float = 0.0  # per-channel gain 1 ± scale
     jitter: float = 0.0  # Gaussian noise std (normalised units)
     shift: int = 0  # random circular time shift in ± readings
+    rotate: float = 0.0  # random 3-D rotation of each vector triplet, angle up to ± this many degrees
+    magnitude_warp: float = 0.0  # std of a smooth random gain curve per channel
+    time_warp: float = 0.0  # std of a smooth random playback speed per window
+    warp_knots: int = 4
+    # resolved by `augment_for`: channel indices of each 3-D triplet and the per-channel affine normalisation
+    # (center, scale) of those channels, so the rotation turns the RAW vector, as a turned sensor would
+    rotate_idx: tuple[tuple[int, int, int], ...] = ()
+    center: tuple[float, ...] = ()
+    norm_scale: tuple[float, ...] = ()
 
     @property
     def active(self) -> bool:
-        return self.scale > 0 or self.jitter > 0 or self.shift > 0
+        return (self.scale > 0 or self.jitter > 0 or self.shift > 0 or self.rotating or self.magnitude_warp > 0
+                or self.time_warp > 0)
+
+    @property
+    def rotating(self) -> bool:
+        return self.rotate > 0 and bool(self.rotate_idx)
+
+
+def augment_for(aug_params: Any, vector_groups: list[list[str]], norm: dict[str, Any]) -> Augment:
+    """The Augment of a model's `augment` params on windows normalised by `norm` (a norm.json or a checkpoint's
+    meta): `rotate` turns the channels of each `data.vector_groups` triplet (none: no rotation)."""
+    aug = Augment(**aug_params.model_dump())
+    if aug.rotate <= 0 or not vector_groups:
+        return aug
+    spec = spec_of(norm["norm"]) if "norm" in norm else spec_of(norm)
+    if spec["method"] not in ("global", "robust"):
+        raise ParamsInvalid(f"augment.rotate needs a per-channel normalisation (global or robust) to turn the raw "
+                            f"vectors; prepare chose {spec['method']!r}",
+                            hint="Set augment.rotate: 0 or prepare.normalization: global for this data.")
+    channels = list(norm["channels"])
+    missing = sorted({c for g in vector_groups for c in g} - set(channels))
+    if missing:
+        raise ParamsInvalid(f"data.vector_groups names channels {missing} that the prepared windows do not have "
+                            f"({channels})")
+    aug.rotate_idx = tuple(tuple(channels.index(c) for c in g) for g in vector_groups)  # type: ignore[assignment]
+    aug.center = tuple(float(v) for v in spec["center"])
+    aug.norm_scale = tuple(float(v) for v in spec["scale"])
+    return aug
+
+
+def random_rotations(n: int, max_deg: float, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    """[n, 3, 3] rotations about uniformly random axes by angles uniform in ±max_deg (Rodrigues' formula)."""
+    axis = torch.randn(n, 3, generator=gen, device=device)
+    axis = axis / axis.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    ang = (torch.rand(n, generator=gen, device=device) * 2 - 1) * (max_deg * math.pi / 180)
+    k = torch.zeros(n, 3, 3, device=device)
+    k[:, 0, 1], k[:, 0, 2], k[:, 1, 2] = -axis[:, 2], axis[:, 1], -axis[:, 0]
+    k = k - k.transpose(1, 2)
+    s, c = ang.sin().view(n, 1, 1), ang.cos().view(n, 1, 1)
+    return torch.eye(3, device=device).expand(n, 3, 3) + s * k + (1 - c) * (k @ k)
+
+
+def _smooth_curves(n: int, c: int, w: int, knots: int, std: float, gen: torch.Generator,
+                   device: torch.device) -> torch.Tensor:
+    """[n, c, w] curves 1 + N(0, std) at `knots` evenly spaced knots, linearly interpolated."""
+    k = 1 + torch.randn(n, c, knots, generator=gen, device=device) * std
+    return F.interpolate(k, size=w, mode="linear", align_corners=True)
 
 
 def augment(x: torch.Tensor, aug: Augment, gen: torch.Generator) -> torch.Tensor:
     n, c, w = x.shape
     dev = x.device
+    if aug.rotating:  # one rotation per window, the same for every triplet (one sensor housing)
+        # raw = s*x + c, turned by the block rotation M, normalised again: x' = S^-1 M S x + S^-1 (M c - c);
+        # one batched [C, C] matmul per window instead of a gather/scatter per triplet
+        r = random_rotations(n, aug.rotate, gen, dev)
+        m = torch.eye(c, device=dev).repeat(n, 1, 1)
+        for idx in aug.rotate_idx:
+            i = torch.tensor(idx, device=dev)
+            m[:, i.view(3, 1), i.view(1, 3)] = r
+        sc = torch.tensor(aug.norm_scale, device=dev)
+        ctr = torch.tensor(aug.center, device=dev)
+        a = m * (sc.view(1, 1, c) / sc.view(1, c, 1))
+        b = ((m @ ctr) - ctr) / sc  # [n, C]
+        x = torch.baddbmm(b.unsqueeze(2), a, x.float()).to(x.dtype)
+    if aug.magnitude_warp > 0:
+        x = x * _smooth_curves(n, c, w, aug.warp_knots, aug.magnitude_warp, gen, dev)
+    if aug.time_warp > 0:  # resample at a smoothly varying speed, start and end kept
+        speed = _smooth_curves(n, 1, w, aug.warp_knots, aug.time_warp, gen, dev).clamp_min(0.1)
+        t = torch.cumsum(speed, dim=2) - speed[:, :, :1]
+        t = t / t[:, :, -1:] * (w - 1)
+        lo = t.floor().long().clamp(0, w - 2)
+        frac = t - lo
+        x = (torch.gather(x, 2, lo.expand(n, c, w)) * (1 - frac)
+             + torch.gather(x, 2, (lo + 1).expand(n, c, w)) * frac)
     if aug.scale > 0:
         x = x * (1 + (torch.rand(n, c, 1, generator=gen, device=dev) * 2 - 1) * aug.scale)
     if aug.jitter > 0:

@@ -1,7 +1,8 @@
 """distill: train the tiny student twice — alone (the baseline) and with knowledge distillation — so every
 release reports what KD bought.
 
-Methods (params distill.method): `hinton` (cached teacher logits, L = a*T^2*KL + (1-a)*CE), `fm_bank`
+Methods (params distill.method): `hinton` (cached teacher logits, L = a*T^2*KL + (1-a)*CE), `dkd` (decoupled
+KD on the same cached logits), `fm_bank`
 (function matching on the cached bank of augmented + mixup views), `fm_online` (function matching with the
 teacher run on each batch's view). Outputs: models/student_kd.pt, models/student_baseline.pt, models/student.pt
 (the one that ships: KD when its paired validation gain over the baseline is > 0, else the baseline),
@@ -28,15 +29,15 @@ from edgedistill.checkpoint import (
 )
 from edgedistill.errors import ModelMismatch
 from edgedistill.io import write_json
-from edgedistill.kd import hinton_loss, kd_kl
+from edgedistill.kd import dkd_loss, hinton_loss, kd_kl
 from edgedistill.params import Params
 from edgedistill.stats import accuracy_interval, paired_difference, recording_ids
 from edgedistill.training import (
-    Augment,
     Prepared,
     TrainConfig,
     TrainResult,
     augment,
+    augment_for,
     build_from_params,
     data_fingerprint,
     load_prepared,
@@ -85,7 +86,7 @@ def _bank_inputs(data: Prepared, params: Params, cache: dict[str, Any], device: 
     """The bank's views, regenerated per batch from the seed (never [V, N, C, W] in memory); refused when
     they would not be the views the teacher scored (edgedistill.bank.bank_key)."""
     b = params.distill.bank
-    aug = Augment(**params.student.augment.model_dump())
+    aug = augment_for(params.student.augment, params.data.vector_groups, data.norm)
     key = bank_key(b.views, aug, b.mixup_alpha, b.seed, str(cache["meta"]["train_sha"]))
     if cache["meta"].get("bank_key") != key:
         raise ModelMismatch("a view of the bank differs from the cached one (augment/bank params changed?)",
@@ -97,15 +98,21 @@ def kd_loss_fn(params: Params, data: Prepared, device: torch.device, logits_path
                teacher_path: str | Path):
     d = params.distill
     sp = params.student
-    if d.method == "hinton":
+    aug = augment_for(sp.augment, params.data.vector_groups, data.norm)
+    if d.method in ("hinton", "dkd"):
         cache = load_cached_logits(logits_path, data, params, need_bank=False)
         t_logits = CachedLogits(cache["plain"], device)
+        ls = sp.train.label_smoothing
 
-        def hinton(model, xb, yb, idx, gen):
-            # cached logits belong to the un-augmented window, so the student must see the same view
-            return hinton_loss(model(xb), t_logits[idx], yb, d.temperature, d.alpha, sp.train.label_smoothing)
+        def logit_kd(model, xb, yb, idx, gen):
+            # the cached logits are the clean window's; with logit_augment the student sees the baseline's
+            # label-preserving augmentation of it (else the KD student trains on less varied data)
+            z = model(augment(xb, aug, gen) if d.logit_augment else xb)
+            if d.method == "dkd":
+                return dkd_loss(z, t_logits[idx], yb, d.temperature, d.dkd_alpha, d.dkd_beta, ls)
+            return hinton_loss(z, t_logits[idx], yb, d.temperature, d.alpha, ls)
 
-        return hinton
+        return logit_kd
     if d.method == "fm_bank":
         cache = load_cached_logits(logits_path, data, params, need_bank=True)
         bank = CachedLogits(cache["bank"], device)  # [V, N, K], memory-mapped
@@ -119,7 +126,6 @@ def kd_loss_fn(params: Params, data: Prepared, device: torch.device, logits_path
     teacher, meta = load_checkpoint(teacher_path)
     check_compatible(meta, tuple(data.train.x.shape), data.train.path, normalised=True)
     teacher = teacher.net.to(device).eval()  # data.train holds normalised windows
-    aug = Augment(**sp.augment.model_dump())
 
     def fm_online(model, xb, yb, idx, gen):
         x = mixup(augment(xb, aug, gen), d.bank.mixup_alpha, gen)
@@ -180,7 +186,7 @@ def run(params: Params, prepared: str | Path = PREPARED, teacher_path: str | Pat
                               "teacher": with_interval({k: v for k, v in t_report.items()
                                                         if k not in ("confusion", "loss")}, t_pred)}
     if train_baseline:
-        aug = Augment(**sp.augment.model_dump())
+        aug = augment_for(sp.augment, params.data.vector_groups, data.norm)
         smoothing = sp.train.label_smoothing
 
         def plain(model, xb, yb, idx, gen):

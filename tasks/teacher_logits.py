@@ -22,7 +22,7 @@ from edgedistill.bank import BankViews, bank_key
 from edgedistill.checkpoint import check_compatible, load_checkpoint
 from edgedistill.io import swap_dir, write_json
 from edgedistill.params import Params
-from edgedistill.training import Augment, data_fingerprint, load_split, resolve_device
+from edgedistill.training import augment_for, data_fingerprint, load_split, resolve_device
 
 PREPARED = "data/prepared"
 TEACHER = "models/teacher.pt"
@@ -41,7 +41,7 @@ def run(params: Params, prepared: str | Path = PREPARED, teacher: str | Path = T
     train = load_split(train_path, torch.device("cpu"), meta["n_classes"], spec=meta["norm"])
     model = model.net.to(device).eval()
     b = params.distill.bank
-    aug = Augment(**params.student.augment.model_dump())
+    aug = augment_for(params.student.augment, params.data.vector_groups, meta)
     views = BankViews(train.x, b.views, aug, b.mixup_alpha, b.seed)
     n, k = len(train), int(meta["n_classes"])
     out = Path(out)

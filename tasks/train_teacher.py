@@ -19,10 +19,10 @@ from edgedistill.errors import TrainingFailed
 from edgedistill.io import write_json
 from edgedistill.params import Params, SanityParams
 from edgedistill.training import (
-    Augment,
     Prepared,
     TrainConfig,
     augment,
+    augment_for,
     build_from_params,
     data_fingerprint,
     load_prepared,
@@ -50,7 +50,7 @@ def run(params: Params, prepared: str | Path = PREPARED, model_out: str | Path =
     meta = data.model_meta(mp.arch, mp.config)
     torch.manual_seed(mp.train.seed)  # weight init is part of the run: same seed, same model
     model = build_from_params(mp.arch, mp.config, meta["net_in_channels"], meta["n_classes"])
-    aug = Augment(**mp.augment.model_dump())
+    aug = augment_for(mp.augment, params.data.vector_groups, data.norm)
     smoothing = mp.train.label_smoothing
 
     def loss_fn(model, xb, yb, idx, gen):

@@ -49,7 +49,8 @@ def shape_readings(groups: int = 6, recs_per_class: int = 4, n: int = 192, seed:
 
 def shape_params(method: str, readings: Path, **over):
     raw = merge(merge(base_params_dict(), SMALL), {
-        "data": {"readings": str(readings), "channels": ["v"], "labels": LABELS, "sample_rate_hz": 50},
+        "data": {"readings": str(readings), "channels": ["v"], "labels": LABELS, "sample_rate_hz": 50,
+                 "vector_groups": []},
         "prepare": {"window": 32, "train_stride": 16, "eval_stride": 32, "normalization": method,
                     "split": {"val_groups": ["G4"], "test_groups": ["G5"]}},
         "compute": {"device": "cpu", "threads": 1},

@@ -120,8 +120,8 @@ def test_cached_logits_are_used_and_checked(trained):
     with torch.no_grad():
         assert np.allclose(cache["plain"], teacher(x).numpy(), atol=1e-4)
     assert cache["bank"].shape == (2, len(x), 7)
-    # hinton reads the cache: the loss equals the hand-made one on cached logits
-    p = tiny({"distill": {"method": "hinton"}})
+    # hinton reads the cache: the loss equals the hand-made one on cached logits (clean student view)
+    p = tiny({"distill": {"method": "hinton", "logit_augment": False}})
     from edgedistill.training import load_prepared
 
     data = load_prepared("data/prepared", torch.device("cpu"))
@@ -131,11 +131,30 @@ def test_cached_logits_are_used_and_checked(trained):
     idx = torch.arange(8)
     want = hinton_loss(net(data.train.x[idx]), torch.from_numpy(cache["plain"][:8]), data.train.y[idx], 4.0, 0.7)
     assert torch.isclose(fn(net, data.train.x[idx], data.train.y[idx], idx, None), want)
+    # logit_augment (default): the student sees the baseline's augmentation of the window, the teacher's
+    # cached logits stay the clean window's
+    from edgedistill.training import augment, augment_for
+
+    p = tiny({"distill": {"method": "hinton"}})
+    fn = distill.kd_loss_fn(p, data, torch.device("cpu"), "models/teacher_logits.npz", "models/teacher.pt")
+    aug = augment_for(p.student.augment, p.data.vector_groups, data.norm)
+    xa = augment(data.train.x[idx], aug, torch.Generator().manual_seed(5))
+    want_aug = hinton_loss(net(xa), torch.from_numpy(cache["plain"][:8]), data.train.y[idx], 4.0, 0.7)
+    got = fn(net, data.train.x[idx], data.train.y[idx], idx, torch.Generator().manual_seed(5))
+    assert torch.isclose(got, want_aug) and not torch.isclose(got, want)
     # a bank made with other params is refused instead of silently mismatching views and logits
     with pytest.raises(ModelMismatch, match="bank has 2 views"):
         distill.run(tiny({"distill": {"bank": {"views": 3}}}), log=lambda s: None, train_baseline=False)
     with pytest.raises(ModelMismatch, match="differs from the cached one"):
         distill.run(tiny({"student": {"augment": {"jitter": 0.2}}}), log=lambda s: None, train_baseline=False)
+
+
+def test_dkd_student_with_imu_rotation_learns(trained):
+    """DKD on cached logits, teacher bank and students augmented with the IMU rotation, end to end."""
+    extra = {"distill": {"method": "dkd"}, "student": {"augment": {"rotate": 30.0}}}
+    teacher_logits.run(tiny(extra))
+    r = distill.run(tiny(extra), log=lambda s: None)
+    assert r["method"] == "dkd" and r["kd"]["accuracy"] > 0.3 and r["baseline"]["accuracy"] > 0.3
 
 
 def test_resume_after_interruption_matches_uninterrupted(prepared, tmp_path):

@@ -1,0 +1,125 @@
+"""IMU augmentation (rotation of vector triplets in raw units, magnitude and time warping), DKD, and the
+params that steer them: properties on real windows of the bundled data and on hand-made tensors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import base_params_dict, make_params
+
+from edgedistill.errors import ParamsInvalid
+from edgedistill.kd import dkd_loss
+from edgedistill.params import parse_params
+from edgedistill.training import Augment, augment, augment_for, random_rotations
+
+
+def norm_of(method: str, center: list[float], scale: list[float]) -> dict:
+    chans = ["acc_x", "acc_y", "acc_z", "gyro_x", "gyro_y", "gyro_z", "temp"]
+    return {"channels": chans, "normalization": {"method": method, "center": center, "scale": scale,
+                                                 "epsilon": 1e-6}}
+
+
+def test_rotations_are_rotations_within_the_angle():
+    r = random_rotations(500, 30.0, torch.Generator().manual_seed(0), torch.device("cpu"))
+    eye = torch.eye(3).expand(500, 3, 3)
+    assert torch.allclose(r @ r.transpose(1, 2), eye, atol=1e-5)
+    assert torch.allclose(torch.linalg.det(r), torch.ones(500), atol=1e-5)
+    angle = torch.rad2deg(torch.arccos(((r.diagonal(dim1=1, dim2=2).sum(-1) - 1) / 2).clamp(-1, 1)))
+    assert angle.max() <= 30.0 + 1e-3 and angle.max() > 25  # uses the range, never beyond it
+
+
+def test_rotation_turns_raw_vectors_together_and_leaves_other_channels():
+    """Windows are normalised per channel; the rotation must turn the RAW acc/gyro vectors (length kept per
+    reading, the same rotation for both sensors of a window) and leave a channel outside the groups alone."""
+    g = torch.Generator().manual_seed(1)
+    center = [0.1, -0.5, 9.0, 0.0, 0.2, -0.1, 30.0]
+    scale = [2.0, 0.5, 1.5, 3.0, 1.0, 0.7, 4.0]
+    raw = torch.randn(64, 7, 32, generator=g) * 3
+    ctr, sc = torch.tensor(center).view(1, 7, 1), torch.tensor(scale).view(1, 7, 1)
+    x = (raw - ctr) / sc
+    p = make_params({"student": {"augment": {"scale": 0.0, "jitter": 0.0, "shift": 0, "rotate": 45.0}}})
+    aug = augment_for(p.student.augment, p.data.vector_groups, norm_of("global", center, scale))
+    out = augment(x, aug, torch.Generator().manual_seed(2))
+    back = out * sc + ctr
+    for grp in ([0, 1, 2], [3, 4, 5]):
+        assert torch.allclose(back[:, grp].norm(dim=1), raw[:, grp].norm(dim=1), rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(back[:, grp], raw[:, grp], atol=1e-2)
+    assert torch.equal(out[:, 6], x[:, 6])
+    # one rotation per window for both triplets: solve R from acc, it must map gyro too
+    sol = torch.linalg.lstsq(raw[:, 0:3].transpose(1, 2), back[:, 0:3].transpose(1, 2)).solution
+    assert torch.allclose(raw[:, 3:6].transpose(1, 2) @ sol, back[:, 3:6].transpose(1, 2), atol=1e-3)
+
+
+def test_rotation_needs_affine_normalisation_and_known_channels():
+    p = make_params({"student": {"augment": {"rotate": 30.0}}})
+    with pytest.raises(ParamsInvalid, match="per_window"):
+        augment_for(p.student.augment, p.data.vector_groups, norm_of("per_window", [0.0] * 7, [1.0] * 7))
+    # no groups (non-IMU data) or no angle: no rotation, no error
+    assert not augment_for(p.student.augment, [], norm_of("per_window", [0.0] * 7, [1.0] * 7)).rotating
+    with pytest.raises(ParamsInvalid, match="mag_x"):
+        augment_for(p.student.augment, [["mag_x", "mag_y", "mag_z"]], norm_of("global", [0.0] * 7, [1.0] * 7))
+
+
+@pytest.mark.parametrize("groups, msg", [
+    ([["acc_x", "acc_y"]], "3 distinct channels"),
+    ([["acc_x", "acc_y", "acc_z"], ["acc_z", "gyro_x", "gyro_y"]], "more than one vector group"),
+    ([["a", "b", "c"]], "data.vector_groups names channels not in data.channels"),
+])
+def test_bad_vector_groups_are_refused(groups, msg):
+    raw = base_params_dict()
+    raw["data"]["vector_groups"] = groups
+    raw["student"]["augment"]["rotate"] = 30.0
+    with pytest.raises(ParamsInvalid, match=msg):
+        parse_params(raw)
+
+
+def test_other_channels_need_no_vector_groups_while_rotation_is_off():
+    # a user's own sensor columns: the IMU default groups are not read unless augment.rotate > 0
+    raw = base_params_dict()
+    raw["data"]["channels"] = ["current"]
+    raw["validate"]["channel_ranges"] = {}
+    assert parse_params(raw).data.vector_groups  # accepted as it is
+    raw["teacher"]["augment"]["rotate"] = 15.0
+    with pytest.raises(ParamsInvalid, match="vector_groups names channels not in data.channels"):
+        parse_params(raw)
+
+
+def test_warps_are_smooth_bounded_and_seeded():
+    t = torch.linspace(0, 4 * math.pi, 128)
+    x = torch.stack([t.sin(), t.cos()]).expand(16, 2, 128).contiguous()
+    aug = Augment(time_warp=0.2, warp_knots=4)
+    a = augment(x, aug, torch.Generator().manual_seed(3))
+    assert torch.equal(a, augment(x, aug, torch.Generator().manual_seed(3)))
+    assert torch.allclose(a[:, :, 0], x[:, :, 0]) and torch.allclose(a[:, :, -1], x[:, :, -1], atol=1e-4)
+    assert a.abs().max() <= 1 + 1e-5 and (a - x).abs().max() > 0.05  # resampled, not rescaled
+    m = augment(x, Augment(magnitude_warp=0.1, warp_knots=4), torch.Generator().manual_seed(3))
+    gain = m / x.where(x.abs() > 0.3, torch.ones_like(x))
+    gain = gain.where(x.abs() > 0.3, torch.ones_like(x))
+    assert 0.5 < gain.min() and gain.max() < 1.5 and not torch.allclose(m, x)
+    assert (m[:, :, 1:] / x[:, :, 1:] - m[:, :, :-1] / x[:, :, :-1]).where(x[:, :, 1:].abs() > 0.3, 0).abs().max() < 0.1
+
+
+def test_dkd_is_ce_when_student_matches_teacher_and_pulls_towards_it():
+    z = torch.randn(32, 7)
+    y = torch.randint(0, 7, (32,))
+    assert torch.isclose(dkd_loss(z, z.clone(), y, 4.0, 1.0, 8.0), F.cross_entropy(z, y), atol=1e-5)
+    t = torch.randn(32, 7) * 3
+    s = torch.zeros(32, 7, requires_grad=True)
+    opt = torch.optim.SGD([s], lr=0.5)
+    first = None
+    for _ in range(200):
+        loss = dkd_loss(s, t, y, 4.0, 1.0, 8.0) - F.cross_entropy(s, y)  # the KD terms alone
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05 * first
+    # NCKD ignores the target class: moving only the target logits leaves it unchanged (TCKD sees them)
+    zt = t.clone()
+    zt[torch.arange(32), y] += 5
+    only_nckd = lambda a, b: dkd_loss(a, b, y, 4.0, 0.0, 1.0) - F.cross_entropy(a, y)  # noqa: E731
+    assert torch.isclose(only_nckd(z, t), only_nckd(z, zt), atol=1e-5)
+
