@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgedistill.errors import ParamsInvalid
 from edgedistill.training import Augment, augment, mixup
 
 
@@ -58,9 +57,17 @@ def _uniform(seed: int, v: np.ndarray, i: np.ndarray, k: int) -> np.ndarray:
     return ((z >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)
 
 
+def bank_augment(aug: Augment) -> Augment:
+    """The part of the student's augmentation the bank's views use: scale, jitter and shift (drawn in numpy per
+    (seed, view, window), so any batch gets the same view). Rotation and warps are left to the online student
+    views (`hinton`/`dkd` with `distill.logit_augment`, and the baseline); the bank stays a fixed, cheap set."""
+    return dataclasses.replace(aug, rotate=0.0, magnitude_warp=0.0, time_warp=0.0, rotate_idx=(), center=(),
+                               norm_scale=())
+
+
 def bank_key(views: int, aug: Augment, mixup_alpha: float, seed: int, train_fingerprint: str) -> str:
     """What the cached bank logits were computed for: distill refuses a bank whose key differs."""
-    blob = json.dumps([BANK_SCHEME, views, dataclasses.asdict(aug), mixup_alpha, seed, train_fingerprint])
+    blob = json.dumps([BANK_SCHEME, views, dataclasses.asdict(bank_augment(aug)), mixup_alpha, seed, train_fingerprint])
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -73,13 +80,7 @@ class BankViews:
 
     def __init__(self, x: Any, views: int, aug: Augment, mixup_alpha: float, seed: int,
                  device: torch.device | None = None):
-        if aug.rotating or aug.magnitude_warp > 0 or aug.time_warp > 0:
-            # the views are drawn per (seed, view, window) in numpy; only scale, jitter and shift are built
-            raise ParamsInvalid("distill.method fm_bank draws its views with scale, jitter and shift only; "
-                                "student.augment.rotate / magnitude_warp / time_warp are not applied to the bank",
-                                hint="Set them to 0 for fm_bank, or use distill.method: hinton or dkd "
-                                     "(logit_augment applies the student's full augmentation).")
-        self.x, self.views, self.aug, self.alpha, self.seed = x, views, aug, mixup_alpha, seed
+        self.x, self.views, self.aug, self.alpha, self.seed = x, views, bank_augment(aug), mixup_alpha, seed
         self.device = device or torch.device("cpu")
         self.n = len(x)
         self.ab = []

@@ -136,7 +136,7 @@ def test_cached_logits_are_used_and_checked(trained):
     from edgedistill.training import augment, augment_for
 
     p = tiny({"distill": {"method": "hinton"}})
-    fn = distill.kd_loss_fn(p, data, torch.device("cpu"), "models/teacher_logits.npz", "models/teacher.pt")
+    fn = distill.kd_loss_fn(p, data, torch.device("cpu"), "models/teacher_logits", "models/teacher.pt")
     aug = augment_for(p.student.augment, p.data.vector_groups, data.norm)
     xa = augment(data.train.x[idx], aug, torch.Generator().manual_seed(5))
     want_aug = hinton_loss(net(xa), torch.from_numpy(cache["plain"][:8]), data.train.y[idx], 4.0, 0.7)
