@@ -142,7 +142,8 @@ CALLS = {"validate": ("validate", "params.yaml", "validate.run(p)"),
          "prepare": ("prepare", "params.yaml", "prepare.run(p, out_dir='prepared')")}
 
 
-def _rss_anon_kb(pid: int) -> int:
+def rss_anon_kb(pid: int) -> int:
+    """RssAnon summed over `pid` and all its descendants (Dask nannies and workers included), in kB."""
     total = 0
     todo = [pid]
     while todo:
@@ -158,24 +159,28 @@ def _rss_anon_kb(pid: int) -> int:
     return total
 
 
-def run_stage(stage: str, cwd: Path) -> tuple[float, float]:
-    """Wall seconds and peak summed RssAnon (GB) of one stage run in a fresh interpreter."""
+def measure(code: str, cwd: Path, what: str) -> tuple[float, float]:
+    """Wall seconds and peak summed RssAnon (GB) of `python -c code` in a fresh interpreter (sampled 50 ms)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
            "GX_ANALYTICS_ENABLED": "False"}
-    module, params, call = CALLS[stage]
-    code = STAGE.format(stage=module, params=params, call=call)
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = 0
     while proc.poll() is None:
-        peak = max(peak, _rss_anon_kb(proc.pid))
+        peak = max(peak, rss_anon_kb(proc.pid))
         time.sleep(0.05)
     wall = time.perf_counter() - t0
     out = proc.stdout.read()
     if proc.returncode != 0:
-        raise SystemExit(f"{stage} failed:\n{out[-3000:]}")
+        raise SystemExit(f"{what} failed:\n{out[-3000:]}")
     return wall, peak / 1024 / 1024
+
+
+def run_stage(stage: str, cwd: Path) -> tuple[float, float]:
+    """Wall seconds and peak summed RssAnon (GB) of one stage run in a fresh interpreter."""
+    module, params, call = CALLS[stage]
+    return measure(STAGE.format(stage=module, params=params, call=call), cwd, stage)
 
 
 def stages(scales: list[int], prepare_max: int, names: list[str]) -> dict:

@@ -20,19 +20,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import pandas as pd  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
 import yaml  # noqa: E402
+
+from benchmarks.scaling import bundled, measure, write_fleet  # noqa: E402  (the same fleets and memory probe)
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -81,57 +78,9 @@ json.dump({{'full_epoch': full, 'windows_trained': seen[0], 'train_windows': len
 }
 
 
-def bundled() -> pd.DataFrame:
-    from tasks.ingest import bundled_dataset_path, load_watch_dataset
-
-    return load_watch_dataset(bundled_dataset_path())
-
-
-def replica(df: pd.DataFrame, r: int) -> pd.DataFrame:
-    step = int(df["recording"].max()) + 1
-    return df.assign(subject=df["subject"].astype(str) + f"-r{r:03d}",
-                     recording=(df["recording"].astype("int64") + r * step),
-                     date=f"2024-{1 + r // 28:02d}-{1 + r % 28:02d}")
-
-
-def write_fleet(df: pd.DataFrame, folder: Path, k: int) -> Path:
-    for r in range(k):
-        pq.write_to_dataset(pa.Table.from_pandas(replica(df, r), preserve_index=False), folder,
-                            partition_cols=["subject", "date"], basename_template=f"part-r{r:03d}-{{i}}.parquet")
-    return folder
-
-
-def rss_anon_kb(pid: int) -> int:
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            with open(f"/proc/{p}/status") as f:
-                total += next((int(line.split()[1]) for line in f if line.startswith("RssAnon:")), 0)
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as f:
-                    todo += [int(c) for c in f.read().split()]
-        except (OSError, ValueError):
-            continue
-    return total
-
-
 def run_stage(stage: str, cwd: Path, cap: float = 0) -> tuple[float, float]:
     """Wall seconds and peak summed RssAnon (GB) of one stage in a fresh interpreter."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "GX_ANALYTICS_ENABLED": "False"}
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", STAGE.format(call=CALLS[stage].format(cap=cap))], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak = 0
-    while proc.poll() is None:
-        peak = max(peak, rss_anon_kb(proc.pid))
-        time.sleep(0.05)
-    wall = time.perf_counter() - t0
-    out = proc.stdout.read()
-    if proc.returncode != 0:
-        raise SystemExit(f"{stage} failed:\n{out[-3000:]}")
-    return wall, peak / 1024 / 1024
+    return measure(STAGE.format(call=CALLS[stage].format(cap=cap)), cwd, stage)
 
 
 def params_file(tmp: Path, fleet: Path, dask: bool) -> None:
@@ -159,7 +108,7 @@ def main() -> None:
     for k in [int(s) for s in a.scales.split(",")]:
         with tempfile.TemporaryDirectory(prefix=f"edgedistill-prep{k}-") as tmp:
             tmp = Path(tmp)
-            fleet = write_fleet(df, tmp / "fleet", k)
+            fleet = write_fleet(df, tmp / "fleet", range(k))
             row: dict = {"scale": k, "readings": len(df) * k}
             for engine in ["process"] + (["dask"] if a.dask else []):
                 params_file(tmp, fleet, engine == "dask")
