@@ -97,17 +97,24 @@ def build_normalized(spec: dict[str, Any], net: nn.Module) -> NormalizedModel:
 
 # ------------------------------------------------------------------ choosing and fitting on training data
 
+def spread_stats(sd: np.ndarray, gstd: np.ndarray, floor: float) -> tuple[list[float], list[float]]:
+    """Per channel, from per-window stds sd [N, C] and the global std of the window values gstd [C]: the
+    spread of the window std in decades (log10 p90/p10) and the median window std in global-z units."""
+    decades, median_z = [], []
+    for c in range(sd.shape[1]):
+        s = np.maximum(sd[:, c], floor)
+        lo, hi = np.percentile(s, [10, 90])
+        decades.append(float(math.log10(hi / lo)))
+        median_z.append(float(np.median(sd[:, c]) / max(gstd[c], floor)))
+    return decades, median_z
+
+
 def window_stats(x: np.ndarray, floor: float) -> dict[str, Any]:
     """The statistics `auto` decides on, from raw training windows x [N, C, W] (float)."""
     x = x.astype(np.float64, copy=False)
     sd = x.std(axis=2)  # [N, C] per-window std
     gstd = x.transpose(1, 0, 2).reshape(x.shape[1], -1).std(axis=1)
-    decades, median_z = [], []
-    for c in range(x.shape[1]):
-        s = np.maximum(sd[:, c], floor)
-        lo, hi = np.percentile(s, [10, 90])
-        decades.append(float(math.log10(hi / lo)))
-        median_z.append(float(np.median(sd[:, c]) / max(gstd[c], floor)))
+    decades, median_z = spread_stats(sd, gstd, floor)
     flat = x.transpose(1, 0, 2).reshape(x.shape[1], -1)
     q1, q3 = np.percentile(flat, [25, 75], axis=1)
     iqr_sigma = (q3 - q1) / 1.349  # the std of a normal distribution with this IQR

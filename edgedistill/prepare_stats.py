@@ -15,14 +15,13 @@ training rows and windows read from disk, in bounded memory, with the same resul
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 import torch
 
-from edgedistill.normalization import AMPLITUDE_FEATURES, InputNorm, out_channels
+from edgedistill.normalization import AMPLITUDE_FEATURES, InputNorm, out_channels, spread_stats
 
 Chunks = Callable[[], Iterable[np.ndarray]]  # a fresh iterator over [n, C] float32 chunks on each call
 
@@ -131,12 +130,7 @@ class WindowAccumulator:
         """normalization.window_stats of all windows added; `window_chunks` re-reads them (flat quantiles)."""
         sd = np.concatenate(self.sd)
         gstd = np.sqrt(self.m2 / self.n)
-        decades, median_z = [], []
-        for c in range(sd.shape[1]):
-            s = np.maximum(sd[:, c], floor)
-            lo, hi = np.percentile(s, [10, 90])
-            decades.append(float(math.log10(hi / lo)))
-            median_z.append(float(np.median(sd[:, c]) / max(gstd[c], floor)))
+        decades, median_z = spread_stats(sd, gstd, floor)
 
         def flat() -> Iterable[np.ndarray]:
             for x in window_chunks():
