@@ -197,6 +197,10 @@ class Registry:
         from gto.exceptions import GTOException, UnknownStage
         from scmrepo.exceptions import SCMError
 
+        try:  # scmrepo's pygit2 backend lets libgit2's ref-lock error through unwrapped
+            from pygit2 import GitError as _RefError
+        except ImportError:  # pragma: no cover - pygit2 comes with scmrepo
+            _RefError = SCMError  # noqa: N806
         info = self.get(model, version)
         if stage in info.stages:
             return None
@@ -209,8 +213,9 @@ class Registry:
             raise ParamsInvalid(f"unknown stage '{stage}': {e}", hint="Stages are listed in .gto") from None
         except GTOException as e:
             raise RegistryError(f"cannot assign {stage} to {model} {info.version}: {e}") from None
-        except SCMError as e:
+        except (SCMError, _RefError) as e:
             # two promotions at once compute the same `<model>#<stage>#N`; git lets only one create it
+            # (scmrepo raises SCMError, or libgit2's "failed to lock file ….lock for writing")
             raise RegistryError(f"cannot assign {stage} to {model} {info.version}: {e} (another promotion "
                                 "created the same stage tag at the same moment)",
                                 hint="Nothing was changed by this promotion; check `edgedistill registry` and "
