@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
 import statistics
 import sys
 import tempfile
@@ -99,29 +98,10 @@ def ucr_readings(name: str, rate: float, seed: int = 0,
     return df, channels, sorted(classes, key=lambda s: (len(s), s))
 
 
-def scale_to_data(raw: dict, ref_window: int, train_windows: int, rules: set[str], ref_train_windows: int) -> dict:
-    """General params rules (the same for every dataset; identity on the data the defaults were sized on):
-    `shift`: the augmentation's time shift is the same FRACTION of the window as in the defaults (16 of 128);
-    `steps`: a train split smaller than `ref_train_windows` gets more epochs, so each model takes at least the
-    optimizer steps its default epochs give on `ref_train_windows` windows (never fewer epochs than the defaults),
-    and the sanity stop judges the teacher after the same share of its training (check_epoch scaled alike)."""
-    window = raw["prepare"]["window"]
-    teacher_epochs = raw["teacher"]["train"]["epochs"]
-    for sec in ("teacher", "student"):
-        if "shift" in rules:
-            raw[sec]["augment"]["shift"] = round(raw[sec]["augment"]["shift"] * window / ref_window)
-        if "steps" in rules:
-            bs, epochs = raw[sec]["train"]["batch_size"], raw[sec]["train"]["epochs"]
-            ref_steps = epochs * math.ceil(ref_train_windows / bs)
-            raw[sec]["train"]["epochs"] = max(epochs, math.ceil(ref_steps / math.ceil(train_windows / bs)))
-    if "steps" in rules:
-        raw["sanity"]["check_epoch"] = math.ceil(raw["sanity"]["check_epoch"] * raw["teacher"]["train"]["epochs"]
-                                                 / teacher_epochs)
-    return raw
-
-
-def run_dataset(raw: dict, name: str, seeds: list[int], tmp: Path, rules: set[str] = frozenset(),
-                ref_train_windows: int = 0) -> list[dict]:
+def run_dataset(raw: dict, name: str, seeds: list[int], tmp: Path,
+                variants: dict[str, list[str]] | None = None) -> list[dict]:
+    """Per seed: teacher, student alone, KD student (params as given), and for each of `variants` (label ->
+    distill.* overrides) one more KD student from the SAME teacher and logits: paired with the others."""
     import torch
 
     from edgedistill import baseline as bl
@@ -130,7 +110,6 @@ def run_dataset(raw: dict, name: str, seeds: list[int], tmp: Path, rules: set[st
     from tasks import distill, prepare, teacher_logits, train_teacher
 
     raw = json.loads(json.dumps(raw))
-    ref_window = raw["prepare"]["window"]
     if name == "bundled":
         from tasks.ingest import run as ingest
 
@@ -153,7 +132,6 @@ def run_dataset(raw: dict, name: str, seeds: list[int], tmp: Path, rules: set[st
     tx, ty = data.train.x.numpy(), data.train.y.numpy()
     knn = bl.knn1_accuracy(tx, ty, data.test.x.numpy(), data.test.y.numpy(), raw["sanity"]["fft_bins"],
                            raw["sanity"]["max_train_windows"], 0)
-    raw = scale_to_data(raw, ref_window, split["splits"]["train"]["windows"], rules, ref_train_windows)
     rows = []
     for seed in seeds:
         r = json.loads(json.dumps(raw))
@@ -177,6 +155,16 @@ def run_dataset(raw: dict, name: str, seeds: list[int], tmp: Path, rules: set[st
         d = distill.run(p, prepared=prepared, teacher_path=tmp / "t.pt", logits_path=tmp / "l.npz",
                         student_out=tmp / "s.pt", baseline_out=tmp / "b.pt", metrics_out=tmp / "d.json",
                         plots_dir=None, resume_dir=tmp / "res", log=quiet)
+        extra = {}
+        for label, sets in (variants or {}).items():
+            rv = json.loads(json.dumps(r))
+            apply_overrides(rv, sets)
+            dv = distill.run(parse_params(rv), prepared=prepared, teacher_path=tmp / "t.pt",
+                             logits_path=tmp / "l.npz", student_out=tmp / "sv.pt", baseline_out=tmp / "bv.pt",
+                             metrics_out=tmp / "dv.json", plots_dir=None, resume_dir=tmp / "res", log=quiet,
+                             train_baseline=False)
+            extra[f"kd_{label}"] = dv["kd"]["accuracy"]
+            extra[f"kd_{label}_val"] = dv["kd"]["val_accuracy"]
         row = {"dataset": name, "seed": seed, "teacher": tm["accuracy"], "alone": d["baseline"]["accuracy"],
                "kd": d["kd"]["accuracy"], "knn_fft": knn, "norm": spec["method"], "reason": spec["reason"],
                "train_windows": split["splits"]["train"]["windows"], "val_windows": split["splits"]["val"]["windows"],
@@ -185,28 +173,31 @@ def run_dataset(raw: dict, name: str, seeds: list[int], tmp: Path, rules: set[st
                "teacher_val": tm["val_accuracy"], "alone_val": d["baseline"]["val_accuracy"],
                "kd_val": d["kd"]["val_accuracy"], "kd_gain_val": d.get("kd_gain_val"), "shipped": d["shipped"],
                "best_epochs": [tm["best_epoch"], d["baseline"]["best_epoch"], d["kd"]["best_epoch"]],
-               "sanity_stop": stop, "rules": sorted(rules), "epochs": [r["teacher"]["train"]["epochs"],
-                                                                      r["student"]["train"]["epochs"]],
-               "shift": r["student"]["augment"]["shift"], "seconds": round(time.perf_counter() - t0, 1)}
+               "sanity_stop": stop, "epochs": [tm["epochs_run"], d["baseline"]["epochs_run"]],
+               **extra, "seconds": round(time.perf_counter() - t0, 1)}
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
 
 
 def table(rows: list[dict]) -> str:
+    extra = [k for k in dict.fromkeys(k for r in rows for k in r) if k.startswith("kd_") and not k.endswith("_val")]
     out = ["| dataset | windows train/test | `auto` chose (deciding statistic) | teacher | student alone | KD student "
-           "| 1-NN FFT | seeds |", "|---|---|---|---|---|---|---|---|"]
+           + "".join(f"| {k} " for k in extra) + "| 1-NN FFT | seeds |", "|---|---|---|---|---|---|" + "---|" * len(extra) + "---|---|"]
     for name in dict.fromkeys(r["dataset"] for r in rows):
         rs = [r for r in rows if r["dataset"] == name]
 
         def m(k: str, rs: list[dict] = rs) -> str:
-            v = [r[k] for r in rs]
+            v = [r[k] for r in rs if k in r]
+            if not v:
+                return "-"
             sd = statistics.stdev(v) if len(v) > 1 else 0.0
             return f"{100 * statistics.mean(v):.1f} ± {100 * sd:.1f}"
 
         stops = sum(bool(r["sanity_stop"]) for r in rs)
         out.append(f"| {name} | {rs[0]['train_windows']}/{rs[0]['test_windows']} | {rs[0]['norm']} ({rs[0]['reason']}) "
                    f"| {m('teacher')}{f' (sanity stop {stops}/{len(rs)})' if stops else ''} | {m('alone')} | {m('kd')} "
+                   + "".join(f"| {m(k)} " for k in extra) +
                    f"| {100 * rs[0]['knn_fft']:.1f} | {len(rs)} |")
     return "\n".join(out)
 
@@ -218,13 +209,15 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--set", action="append", default=[], help="override, e.g. teacher.train.epochs=10")
     ap.add_argument("--out", default="benchmarks/results/datasets.json")
-    ap.add_argument("--rules", default="", help="comma list of general params rules (see scale_to_data): shift,steps")
-    ap.add_argument("--ref-train-windows", type=int, default=0,
-                    help="for --rules steps: train windows of the data the default epochs were sized on")
+    ap.add_argument("--variant", action="append", default=[], metavar="LABEL=KEY=VAL[;KEY=VAL]",
+                    help="one more KD student per seed from the same teacher, e.g. lw03=distill.fm_label_weight=0.3")
     a = ap.parse_args()
-    rules = {x for x in a.rules.split(",") if x}
-    if rules - {"shift", "steps"} or ("steps" in rules and a.ref_train_windows <= 0):
-        ap.error("--rules takes shift,steps; steps needs --ref-train-windows > 0")
+    variants = {}
+    for v in a.variant:
+        label, _, sets = v.partition("=")
+        if not label or not sets or any(not k.startswith("distill.") for k in sets.split(";")):
+            ap.error(f"--variant {v!r}: LABEL=distill.KEY=VAL[;distill.KEY=VAL] (the teacher and its logits are shared)")
+        variants[label] = sets.split(";")
     raw = yaml.safe_load(Path(a.params).read_text())
     apply_overrides(raw, a.set)
     parse_params(raw)
@@ -232,7 +225,7 @@ def main() -> None:
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     for name in a.datasets.split(","):
         with tempfile.TemporaryDirectory(prefix=f"ds-{name}-") as tmp:
-            rows += run_dataset(raw, name, list(range(a.seeds)), Path(tmp), rules, a.ref_train_windows)
+            rows += run_dataset(raw, name, list(range(a.seeds)), Path(tmp), variants)
         # written after every dataset, so a run stopped for time keeps what it finished
         Path(a.out).write_text(json.dumps({"args": vars(a), "rows": rows, "table": table(rows)}, indent=2) + "\n")
     print(table(rows))

@@ -126,6 +126,15 @@ class BankViews:
                             for a, b in zip(v, i, strict=True)])
         return np.maximum(lam, 1 - lam).astype(np.float32)
 
+    def mixing(self, v: Any, idx: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(partner window, weight of the window itself) of views `v` of windows `idx`: view = lam * x_i +
+        (1 - lam) * x_j, so a label loss on it is lam * CE(y_i) + (1 - lam) * CE(y_j)."""
+        v = np.broadcast_to(np.asarray(_np(v), dtype=np.int64), np.shape(_np(idx))).reshape(-1)
+        i = np.asarray(_np(idx), dtype=np.int64).reshape(-1)
+        if self.alpha <= 0:
+            return i, np.ones(len(i), dtype=np.float32)
+        return self.partner(v, i), self._lam(v, i)
+
     def make(self, v: Any, idx: Any) -> torch.Tensor:
         v = np.broadcast_to(np.asarray(v, dtype=np.int64), np.shape(idx)).reshape(-1)
         i = np.asarray(idx, dtype=np.int64).reshape(-1)

@@ -146,7 +146,8 @@ class ComputeParams(_Section):
 class AugmentParams(_Section):
     scale: float = Field(0.1, ge=0, lt=1, description="per-channel gain 1 ± scale")
     jitter: float = Field(0.05, ge=0, description="Gaussian noise std, normalised units")
-    shift: int = Field(16, ge=0, description="random circular time shift, ± readings")
+    shift: float = Field(0.125, ge=0, lt=0.5, description="random circular time shift up to ± this FRACTION of "
+                                                           "prepare.window (0.125: ± 16 readings of 128)")
     rotate: float = Field(0.0, ge=0, le=180, description="random 3-D rotation of every data.vector_groups "
                                                          "triplet, one per window, angle up to ± this, degrees")
     magnitude_warp: float = Field(0.0, ge=0, lt=1, description="std of a smooth random gain curve over time, "
@@ -166,6 +167,8 @@ class TrainParams(_Section):
     patience: int = Field(0, ge=0, description="early stopping on val accuracy; 0 = off")
     grad_clip: float = Field(0.0, ge=0)
     seed: int = 0
+    min_steps: int = Field(ge=0, description="at least this many optimizer steps: a train split with few "
+                                                "windows gets more epochs (never fewer than `epochs`)")
 
 
 class ModelParams(_Section):
@@ -190,6 +193,8 @@ class DistillParams(_Section):
     dkd_alpha: float = Field(1.0, ge=0, description="DKD weight of the target-class term (TCKD)")
     dkd_beta: float = Field(8.0, ge=0, description="DKD weight of the non-target-class term (NCKD)")
     fm_temperature: float = Field(1.0, gt=0, description="function-matching temperature")
+    fm_label_weight: float = Field(0.0, ge=0, le=1, description="fm_bank: weight of the labels' cross-entropy on "
+                                                                "each bank view (mixup-weighted), 1 - it on the KL")
     bank: BankParams = BankParams()
 
 

@@ -133,7 +133,7 @@ def data_fingerprint(*paths: str | Path) -> str:
 class Augment:
     scale: float = 0.0  # per-channel gain 1 ± scale
     jitter: float = 0.0  # Gaussian noise std (normalised units)
-    shift: int = 0  # random circular time shift in ± readings
+    shift: int = 0  # random circular time shift in ± readings (augment_for: params' fraction × window)
     rotate: float = 0.0  # random 3-D rotation of each vector triplet, angle up to ± this many degrees
     magnitude_warp: float = 0.0  # std of a smooth random gain curve per channel
     time_warp: float = 0.0  # std of a smooth random playback speed per window
@@ -156,8 +156,10 @@ class Augment:
 
 def augment_for(aug_params: Any, vector_groups: list[list[str]], norm: dict[str, Any]) -> Augment:
     """The Augment of a model's `augment` params on windows normalised by `norm` (a norm.json or a checkpoint's
-    meta): `rotate` turns the channels of each `data.vector_groups` triplet (none: no rotation)."""
+    meta): `shift` is a fraction of the window (norm["window"]) made readings; `rotate` turns the channels of
+    each `data.vector_groups` triplet (none: no rotation)."""
     aug = Augment(**aug_params.model_dump())
+    aug.shift = round(aug_params.shift * int(norm["window"]))
     if aug.rotate <= 0 or not vector_groups:
         return aug
     spec = spec_of(norm["norm"]) if "norm" in norm else spec_of(norm)
@@ -301,6 +303,18 @@ class TrainResult:
     seconds: float = 0.0
     samples_per_s: float = 0.0
     resumed_from_epoch: int = 0
+
+
+def train_config(tp: Any, n_train: int, log: Callable[[str], None] | None = None, name: str = "model") -> TrainConfig:
+    """The TrainConfig of train params `tp` on `n_train` windows: `epochs`, raised so the run takes at least
+    `tp.min_steps` optimizer steps. Schedules are sized in steps, not epochs (as the BiT-HyperRule sizes them
+    by dataset size): 16 epochs of a 400-window split are 64 steps, too few for any net to fit."""
+    steps = max(math.ceil(n_train / tp.batch_size), 1)
+    epochs = max(tp.epochs, math.ceil(tp.min_steps / steps))
+    if epochs > tp.epochs and log:
+        log(f"{name}: {n_train} train windows make {steps} steps per epoch; {epochs} epochs (not {tp.epochs}) "
+            f"for train.min_steps {tp.min_steps}")
+    return TrainConfig(**{**tp.model_dump(exclude={"label_smoothing", "min_steps"}), "epochs": epochs})
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

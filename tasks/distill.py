@@ -34,7 +34,6 @@ from edgedistill.params import Params
 from edgedistill.stats import accuracy_interval, paired_difference, recording_ids
 from edgedistill.training import (
     Prepared,
-    TrainConfig,
     TrainResult,
     augment,
     augment_for,
@@ -48,6 +47,7 @@ from edgedistill.training import (
     resolve_device,
     run_key,
     train,
+    train_config,
     write_plots,
 )
 
@@ -118,9 +118,23 @@ def kd_loss_fn(params: Params, data: Prepared, device: torch.device, logits_path
         bank = CachedLogits(cache["bank"], device)  # [V, N, K], memory-mapped
         views = _bank_inputs(data, params, cache, device)
 
+        y_train, w = data.train.y, d.fm_label_weight
+
         def fm_bank(model, xb, yb, idx, gen):
             v = torch.randint(0, len(views), (len(idx),), generator=gen, device=device)
-            return kd_kl(model(views[v, idx]), bank[v, idx], d.fm_temperature)
+            z = model(views[v, idx])
+            kd = kd_kl(z, bank[v, idx], d.fm_temperature)
+            if w == 0:
+                return kd
+            # the labels of the view's two windows, mixed as the view is: anchors the student where the
+            # teacher is wrong (a small train split's teacher is no better than the student alone)
+            j, lam = views.mixing(v, idx)
+            j = torch.from_numpy(j).to(y_train.device)
+            lam = torch.from_numpy(lam).to(z.device)
+            zf = z.float()
+            ce = (lam * F.cross_entropy(zf, yb, reduction="none")
+                  + (1 - lam) * F.cross_entropy(zf, y_train[j].to(z.device), reduction="none")).mean()
+            return (1 - w) * kd + w * ce
 
         return fm_bank
     teacher, meta = load_checkpoint(teacher_path)
@@ -143,7 +157,7 @@ def train_student(name: str, loss_fn, params: Params, data: Prepared, device: to
     torch.manual_seed(sp.train.seed)  # same init for the baseline and the KD student: a paired comparison
     model = build_from_params(sp.arch, sp.config, meta["net_in_channels"], meta["n_classes"])
     key = run_key(name, sp.model_dump(), key_extra, data_fingerprint(data.train.path, data.val.path), device.type)
-    cfg = TrainConfig(**sp.train.model_dump(exclude={"label_smoothing"}))
+    cfg = train_config(sp.train, len(data.train), log, name)
     result = train(model, data.train, data.val, loss_fn, cfg, device, data.labels,
                    resume_path=Path(resume_dir) / f"{name}.pt", key=key, log=log, name=name,
                    channels_last=params.compute.channels_last)

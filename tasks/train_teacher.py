@@ -5,6 +5,7 @@ Outputs: models/teacher.pt, metrics/teacher.json, metrics/plots/teacher_{curve,c
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,6 @@ from edgedistill.io import write_json
 from edgedistill.params import Params, SanityParams
 from edgedistill.training import (
     Prepared,
-    TrainConfig,
     augment,
     augment_for,
     build_from_params,
@@ -31,6 +31,7 @@ from edgedistill.training import (
     resolve_device,
     run_key,
     train,
+    train_config,
     write_plots,
 )
 
@@ -57,21 +58,24 @@ def run(params: Params, prepared: str | Path = PREPARED, model_out: str | Path =
         return F.cross_entropy(model(augment(xb, aug, gen)), yb, label_smoothing=smoothing)
 
     key = run_key("teacher", mp.model_dump(), data_fingerprint(data.train.path, data.val.path), device.type)
-    cfg = TrainConfig(**mp.train.model_dump(exclude={"label_smoothing"}))
+    cfg = train_config(mp.train, len(data.train), log, "teacher")
+    # the majority-class check runs at the same point of the schedule as check_epoch of the nominal epochs
+    check_epoch = math.ceil(params.sanity.check_epoch * cfg.epochs / mp.train.epochs)
     sanity = sanity_figures(data, params.sanity)
     if sanity:
         log(f"teacher: sanity references on val: {bl.describe(sanity)}")
     result = train(model, data.train, data.val, loss_fn, cfg, device, data.labels,
                    resume_path=Path(resume_dir) / "teacher.pt", key=key, log=log, name="teacher",
                    channels_last=params.compute.channels_last,
-                   on_epoch=lambda epoch, acc: sanity_stop(params.sanity, sanity, epoch, acc, len(data.val), cfg.epochs))
+                   on_epoch=lambda epoch, acc: sanity_stop(params.sanity, sanity, epoch, acc, len(data.val), cfg.epochs,
+                                                            check_epoch=check_epoch))
     if sanity:
         sanity_stop(params.sanity, sanity, result.epochs_run, result.best_val_accuracy, len(data.val), cfg.epochs,
-                    final=True)
+                    final=True, check_epoch=check_epoch)
     m = model_report(model, data.test, data.labels, meta)
     metrics = {"model": "teacher", "arch": mp.arch, **public_metrics(m, result, device)}
     if sanity:
-        judged = cfg.epochs >= params.sanity.check_epoch
+        judged = cfg.epochs >= check_epoch
         metrics["sanity"] = {**{k: round(v, 5) for k, v in sanity.items()}, "judged": judged,
                              "passed": True if judged else None}
     save_checkpoint(model_out, model.cpu(), {**meta, "metrics": {"test_accuracy": m["accuracy"]}})
@@ -95,11 +99,13 @@ def sanity_figures(data: Prepared, sp: SanityParams) -> dict[str, float]:
 
 
 def sanity_stop(sp: SanityParams, ref: dict[str, float], epoch: int, acc: float, n_val: int, epochs: int,
-                final: bool = False) -> None:
+                final: bool = False, check_epoch: int | None = None) -> None:
     """Raise TrainingFailed, naming the figures and the likely causes, when the teacher fails its references:
     its val accuracy at epoch `check_epoch` must beat the best constant prediction, its best val accuracy at the
-    end must not be below the 1-NN by more than `z` standard errors (val sets are small; runs vary)."""
-    if not ref or epochs < sp.check_epoch:
+    end must not be below the 1-NN by more than `z` standard errors (val sets are small; runs vary).
+    `check_epoch` (default sp.check_epoch): that epoch, scaled when train.min_steps stretched the schedule."""
+    check_epoch = check_epoch or sp.check_epoch
+    if not ref or epochs < check_epoch:
         return
     what = "teacher best val accuracy" if final else f"teacher val accuracy at epoch {epoch}"
     figures = {what: acc, "1-NN on FFT magnitudes": ref["knn_fft_val_accuracy"],
@@ -107,7 +113,7 @@ def sanity_stop(sp: SanityParams, ref: dict[str, float], epoch: int, acc: float,
     why = ""
     # no margin here: on a small val set (36 windows, 2 classes) a teacher still warming up at epoch 3 sits
     # within 2 standard errors of the majority class and ends at 92%; one at or below it has learnt nothing
-    if not final and epoch == sp.check_epoch and acc <= ref["majority_val_accuracy"]:
+    if not final and epoch == check_epoch and acc <= ref["majority_val_accuracy"]:
         why = f"no better than the majority class after {epoch} epochs"
     elif final and bl.below(acc, ref["knn_fft_val_accuracy"], n_val, sp.z):
         why = "below a 1-NN on FFT magnitudes of the same windows"

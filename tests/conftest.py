@@ -60,6 +60,9 @@ def merge(d: dict, overrides: dict) -> dict:
 
 SMALL = {
     "validate": {"min_windows_per_class": 5},
+    # tiny splits would otherwise train for the defaults' step budget (train.min_steps)
+    "teacher": {"train": {"min_steps": 0}},
+    "student": {"train": {"min_steps": 0}},
     "prepare": {"window": 64, "train_stride": 32, "eval_stride": 64,
                 "split": {"val_fraction": 0.2, "test_fraction": 0.2, "seed": 0}},
 }

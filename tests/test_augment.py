@@ -3,6 +3,7 @@ params that steer them: properties on real windows of the bundled data and on ha
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -18,8 +19,23 @@ from edgedistill.training import Augment, augment, augment_for, random_rotations
 
 def norm_of(method: str, center: list[float], scale: list[float]) -> dict:
     chans = ["acc_x", "acc_y", "acc_z", "gyro_x", "gyro_y", "gyro_z", "temp"]
-    return {"channels": chans, "normalization": {"method": method, "center": center, "scale": scale,
-                                                 "epsilon": 1e-6}}
+    return {"channels": chans, "window": 32, "normalization": {"method": method, "center": center, "scale": scale,
+                                                               "epsilon": 1e-6}}
+
+
+def test_shift_is_a_fraction_of_the_window():
+    """The time shift follows the window: the defaults' 0.125 is +-16 readings of 128, +-4 of 32 (a shift of 16
+    readings would wrap half of a 32-reading window); params refuse a shift of half the window or more."""
+    p = make_params({"student": {"augment": {"shift": 0.125}}})
+    assert augment_for(p.student.augment, [], {**norm_of("global", [0.0] * 7, [1.0] * 7), "window": 128}).shift == 16
+    aug = augment_for(p.student.augment, [], norm_of("global", [0.0] * 7, [1.0] * 7))
+    assert aug.shift == 4
+    x = torch.arange(32.0).view(1, 1, 32).repeat(200, 1, 1)
+    out = augment(x, dataclasses.replace(aug, scale=0.0, jitter=0.0), torch.Generator().manual_seed(0))
+    lag = (out[:, 0, 16] - x[:, 0, 16]).abs()  # middle reading: the shift itself, no wrap
+    assert lag.max() == 4 and lag.min() == 0
+    with pytest.raises(ParamsInvalid, match="shift"):
+        make_params({"student": {"augment": {"shift": 16}}})
 
 
 def test_rotations_are_rotations_within_the_angle():

@@ -1,10 +1,8 @@
-"""benchmarks/datasets.py: the UCR/UEA converter (multivariate, unequal length) feeds prepare, and the
-general params rules scale to the data (identity on the data the defaults were sized on)."""
+"""benchmarks/datasets.py: the UCR/UEA converter (multivariate, unequal length) feeds prepare."""
 
 from __future__ import annotations
 
 import importlib.util
-import math
 
 import numpy as np
 import pytest
@@ -81,25 +79,3 @@ def test_converted_readings_prepare_with_unequal_lengths(tiny_ucr, tmp_path, mon
         assert report["splits"][split]["windows"] == sum((n - 16) // stride + 1 for n in ns)
 
 
-def test_rules_are_identity_on_the_reference_and_scale_small_data():
-    raw = base_params_dict()
-    ref_window, ref_train = raw["prepare"]["window"], 8744
-    same = bench.scale_to_data(base_params_dict(), ref_window, ref_train, {"shift", "steps"}, ref_train)
-    for sec in ("teacher", "student"):
-        assert same[sec]["augment"] == raw[sec]["augment"] and same[sec]["train"] == raw[sec]["train"]
-
-    small = base_params_dict()
-    small["prepare"]["window"] = ref_window // 4
-    small = bench.scale_to_data(small, ref_window, 576, {"shift", "steps"}, ref_train)
-    for sec in ("teacher", "student"):
-        assert small[sec]["augment"]["shift"] == round(raw[sec]["augment"]["shift"] / 4)
-        bs, epochs = raw[sec]["train"]["batch_size"], raw[sec]["train"]["epochs"]
-        ref_steps = epochs * math.ceil(ref_train / bs)
-        got = small[sec]["train"]["epochs"]
-        assert got * math.ceil(576 / bs) >= ref_steps > (got - 1) * math.ceil(576 / bs)
-    factor = small["teacher"]["train"]["epochs"] / raw["teacher"]["train"]["epochs"]
-    assert small["sanity"]["check_epoch"] == math.ceil(raw["sanity"]["check_epoch"] * factor) > raw["sanity"]["check_epoch"]
-    # a bigger split than the reference keeps the default epochs (never fewer)
-    big = bench.scale_to_data(base_params_dict(), ref_window, 10 * ref_train, {"steps"}, ref_train)
-    assert big["teacher"]["train"]["epochs"] == raw["teacher"]["train"]["epochs"]
-    parse_params(small)

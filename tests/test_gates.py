@@ -24,9 +24,9 @@ HOST = {"name": "edge-cpu-1t", "threads": 1, "batch_sizes": [1], "warmup": 2, "r
 TINY = {
     "compute": {"device": "cpu", "threads": 1},
     "teacher": {"config": {"widths": [8, 16, 16], "kernel": 5, "dropout": 0.0},
-                "train": {"epochs": 4, "batch_size": 64, "lr": 0.01}},
+                "train": {"min_steps": 0, "epochs": 4, "batch_size": 64, "lr": 0.01}},
     "student": {"config": {"widths": [8, 8, 12, 12], "kernel": 5},
-                "train": {"epochs": 4, "batch_size": 64, "lr": 0.02}},
+                "train": {"min_steps": 0, "epochs": 4, "batch_size": 64, "lr": 0.02}},
     "distill": {"bank": {"views": 2}},
     "export": {"calibration": {"windows": 64}},
     "benchmark": {"interleaved_warmup": 5, "interleaved_runs": 20, "interleaved_rounds": 2, "profile_runs": 5,

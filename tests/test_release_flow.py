@@ -222,8 +222,8 @@ TINY = {
     "prepare": {"window": 64, "train_stride": 32, "eval_stride": 64},
     "validate": {"min_windows_per_class": 5},
     "compute": {"device": "cpu", "threads": 1},
-    "teacher": {"config": {"widths": [8, 16], "kernel": 5}, "train": {"epochs": 1, "batch_size": 256}},
-    "student": {"config": {"widths": [8, 8], "kernel": 3}, "train": {"epochs": 1, "batch_size": 256}},
+    "teacher": {"config": {"widths": [8, 16], "kernel": 5}, "train": {"min_steps": 0, "epochs": 1, "batch_size": 256}},
+    "student": {"config": {"widths": [8, 8], "kernel": 3}, "train": {"min_steps": 0, "epochs": 1, "batch_size": 256}},
     "distill": {"bank": {"views": 1}},
     "export": {"calibration": {"windows": 32}},
     "benchmark": {"profiles": [

@@ -29,8 +29,8 @@ from edgedistill.report import (
 
 TINY = {
     "compute": {"device": "cpu", "threads": 1},
-    "teacher": {"config": {"widths": [8, 16], "kernel": 5}, "train": {"epochs": 2, "batch_size": 64}},
-    "student": {"config": {"widths": [8, 8], "kernel": 3}, "train": {"epochs": 2, "batch_size": 64}},
+    "teacher": {"config": {"widths": [8, 16], "kernel": 5}, "train": {"min_steps": 0, "epochs": 2, "batch_size": 64}},
+    "student": {"config": {"widths": [8, 8], "kernel": 3}, "train": {"min_steps": 0, "epochs": 2, "batch_size": 64}},
     "distill": {"bank": {"views": 1}},
     "export": {"calibration": {"windows": 32}},
     "benchmark": {"interleaved_warmup": 5, "interleaved_runs": 50, "interleaved_rounds": 2, "profile_runs": 5,

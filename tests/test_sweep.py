@@ -21,9 +21,9 @@ from tasks import prepare, teacher_logits, train_teacher
 TINY = {
     "compute": {"device": "cpu", "threads": 1},
     "teacher": {"config": {"widths": [8, 16, 16], "kernel": 5, "dropout": 0.0},
-                "train": {"epochs": 3, "batch_size": 64, "lr": 0.01}},
+                "train": {"min_steps": 0, "epochs": 3, "batch_size": 64, "lr": 0.01}},
     "student": {"config": {"widths": [8, 8, 12, 12], "kernel": 5},
-                "train": {"epochs": 2, "batch_size": 64, "lr": 0.02}},
+                "train": {"min_steps": 0, "epochs": 2, "batch_size": 64, "lr": 0.02}},
     "distill": {"bank": {"views": 1}},
     "sanity": {"enabled": False},  # a 3-epoch smoke-test teacher is not judged against the 1-NN reference
     # two sizes x two alphas: 4 points, 2 epochs each

@@ -21,9 +21,9 @@ from tasks import distill, prepare, teacher_logits, train_teacher
 TINY = {
     "compute": {"device": "cpu", "threads": 2},
     "teacher": {"config": {"widths": [8, 16, 16], "kernel": 5, "dropout": 0.0},
-                "train": {"epochs": 4, "batch_size": 64, "lr": 0.01}},
+                "train": {"min_steps": 0, "epochs": 4, "batch_size": 64, "lr": 0.01}},
     "student": {"config": {"widths": [8, 8, 12, 12], "kernel": 5},
-                "train": {"epochs": 4, "batch_size": 64, "lr": 0.02}},
+                "train": {"min_steps": 0, "epochs": 4, "batch_size": 64, "lr": 0.02}},
     "distill": {"bank": {"views": 2}},
     "sanity": {"enabled": False},  # 4-epoch smoke-test teachers are below the 1-NN reference (44% vs 70%)
 }
@@ -45,6 +45,35 @@ def prepared(readings_file, workdir):
 def trained(prepared):
     m = train_teacher.run(tiny(), log=lambda s: None)
     return prepared, m
+
+
+# ---------------------------------------------------------------- schedule in steps
+
+def test_min_steps_gives_small_splits_more_epochs_never_fewer():
+    from edgedistill.params import TrainParams
+    from edgedistill.training import train_config
+
+    tp = TrainParams(epochs=16, batch_size=128, lr=0.003, weight_decay=0.01, label_smoothing=0.1, min_steps=1000)
+    said = []
+    assert train_config(tp, 8744).epochs == 16  # 69 steps per epoch: 1,104 steps already
+    assert train_config(tp, 100_000).epochs == 16
+    cfg = train_config(tp, 418, said.append, "teacher")  # 4 steps per epoch
+    assert cfg.epochs == 250 and said and "250 epochs (not 16)" in said[0]
+    assert train_config(tp.model_copy(update={"min_steps": 0}), 418).epochs == 16
+
+
+def test_teacher_trains_min_steps_and_sanity_checks_at_the_same_share(prepared, monkeypatch):
+    """A tiny split (2 steps per epoch at batch 64) with epochs 1 and min_steps 6 trains 3 epochs; the
+    majority-class check moves with the schedule (check_epoch 1 of 1 -> epoch 3 of 3)."""
+    seen = []
+    real = train_teacher.sanity_stop
+    monkeypatch.setattr(train_teacher, "sanity_stop", lambda *a, **k: seen.append(k.get("check_epoch")) or real(*a, **k))
+    n = len(open_split("data/prepared/train").y)
+    steps = -(-n // 64)
+    m = train_teacher.run(tiny({"teacher": {"train": {"epochs": 1, "min_steps": 3 * steps}},
+                                "sanity": {"enabled": True, "check_epoch": 1, "z": 50.0}}), log=lambda s: None)
+    assert m["epochs_run"] == 3
+    assert seen and set(seen) == {3}
 
 
 # ---------------------------------------------------------------- KD loss
@@ -225,6 +254,26 @@ def test_cuda_requested_but_absent():
     with pytest.raises(ParamsInvalid, match="CUDA is not available"):
         resolve_device("cuda")
     assert resolve_device("auto").type == "cpu"
+
+
+def test_fm_bank_label_weight_mixes_the_labels_as_the_view_mixes_windows(trained):
+    """mixing() names the partner window and weight each bank view was made with; with fm_label_weight the KD
+    student's loss adds the labels' cross-entropy mixed the same way (and still learns)."""
+    from edgedistill.bank import BankViews
+    from edgedistill.training import Augment
+
+    x = torch.randn(50, 3, 16)
+    views = BankViews(x, 4, Augment(), 1.0, 7)
+    v, idx = np.array([0, 1, 3, 2]), np.array([5, 9, 49, 0])
+    j, lam = views.mixing(v, idx)
+    want = lam[:, None, None] * x[idx].numpy() + (1 - lam[:, None, None]) * x[j].numpy()
+    assert np.allclose(views[v, idx].numpy(), want, atol=1e-6) and (lam >= 0.5).all() and (j != idx).any()
+    j0, lam0 = BankViews(x, 4, Augment(), 0.0, 7).mixing(v, idx)
+    assert (j0 == idx).all() and (lam0 == 1).all()
+    workdir, _ = trained
+    teacher_logits.run(tiny())
+    r = distill.run(tiny({"distill": {"fm_label_weight": 0.5}}), log=lambda s: None)
+    assert r["kd"]["accuracy"] > 0.3
 
 
 def test_bank_view_digest_sees_shifts_and_permutations():

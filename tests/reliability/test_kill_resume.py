@@ -28,7 +28,7 @@ TINY = {
     "prepare": {"window": 64, "train_stride": 32, "eval_stride": 64},
     "compute": {"device": "cpu", "threads": 1},
     "teacher": {"config": {"widths": [8, 16], "kernel": 5, "dropout": 0.0},
-                "train": {"epochs": EPOCHS, "batch_size": 64, "lr": 0.01}},
+                "train": {"min_steps": 0, "epochs": EPOCHS, "batch_size": 64, "lr": 0.01}},
     "sanity": {"enabled": False},  # a tiny teacher on tiny data is not judged against the 1-NN reference
 }
 
