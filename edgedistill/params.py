@@ -363,7 +363,8 @@ class SweepParams(_Section):
     depths: list[int] = Field([2, 3], min_length=1, description="separable blocks after the stem")
     temperatures: list[float] = Field([2.0, 4.0], min_length=1)
     alphas: list[float] = Field([0.5, 0.9], min_length=1)
-    epochs: int | None = Field(20, ge=1, description="student epochs per point (null: student.train.epochs)")
+    epochs: int | None = Field(20, ge=1, description="student epochs per point (null: student.train.epochs); "
+                                                     "student.train.min_steps holds")
     budget_profile: str | None = Field(None, description="benchmark profile whose RAM/flash budget the "
                                                           "chosen student must fit (null: the last profile)")
     bench_runs: int = Field(200, ge=10, description="batch-1 INT8 runs per point (measured one at a time)")
