@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import onnx
 import pytest
+from conftest import merge
 from export_fixtures import build_release, release_params
 from typer.testing import CliRunner
 
@@ -70,7 +71,8 @@ def test_benchmark_json_release_block_and_latency(bench_result, release):
         assert host["peak_rss_delta_bytes"][model] >= 0
     inter = result["interleaved"]["models"]
     assert rel["speedup_vs_teacher"] == pytest.approx(inter["teacher_fp32"]["p50_ms"] / inter["student_fp32"]["p50_ms"])
-    assert set(result["targets"]) == {"student_fp32_speedup_vs_teacher", "student_int8_x_floor", "student_fp32_x_floor"}
+    assert set(result["targets"]) == {"student_fp32_speedup_vs_teacher", "student_int8_x_floor", "student_fp32_x_floor",
+                                      "shipped_x_floor", "shipped_net_x_floor"}
     # each target reports the measured figure it judges, and its verdict follows from it
     t = result["targets"]
     assert t["student_fp32_speedup_vs_teacher"]["value"] == rel["speedup_vs_teacher"]
@@ -79,7 +81,7 @@ def test_benchmark_json_release_block_and_latency(bench_result, release):
     assert t["student_fp32_x_floor"]["value"] == rel["student_fp32_x_floor"] == pytest.approx(fp32)
     assert t["student_fp32_x_floor"]["met"] is (fp32 <= 2.5)
     # no models/prod in this release: no prod figures, the gate has nothing to compare
-    assert rel["latency_ratio_vs_prod"] is None and rel["prod_int8_p50_ms"] is None and "prod_int8" not in inter
+    assert rel["latency_ratio_vs_prod"] is None and rel["prod_p50_ms"] is None and "prod" not in inter
 
 
 def test_latency_net_of_the_call_floor(bench_result):
@@ -114,13 +116,19 @@ def test_per_op_profile(bench_result, release):
     assert prof["run_us_per_run"] >= prof["kernel_us_per_run"] * 0.5
 
 
+FORCED_INT8 = merge(FAST, {"benchmark": {"profiles": [FAST["benchmark"]["profiles"][0] | {"format": "int8"},
+                                                        FAST["benchmark"]["profiles"][1]]}})
+
+
 def _with_prod(release, tmp_path, candidate: str, prod: str):
+    """Prod as a release made before per-profile formats left it: INT8 only, no `ships` in its card."""
     models = tmp_path / "models"
     shutil.copytree(release / "models", models)
     (models / "prod").mkdir()
     shutil.copy(release / "models" / prod, models / "prod/student.int8.onnx")
+    (models / "prod/model_card.json").write_text(json.dumps({"model": "student", "version": "v0.1.0"}))
     shutil.copy(release / "models" / candidate, models / "student.int8.onnx")
-    return benchmark.run(release_params(FAST), models_dir=models, data_dir=release / "data/prepared",
+    return benchmark.run(release_params(FORCED_INT8), models_dir=models, data_dir=release / "data/prepared",
                          metrics_path=tmp_path / "metrics/benchmark.json")
 
 
@@ -128,12 +136,13 @@ def test_latency_gate_vs_prod_fails_on_a_slower_candidate(release, tmp_path):
     """Real artifacts: the teacher graph stands as the candidate, prod is the real INT8 student."""
     result = _with_prod(release, tmp_path, candidate="teacher.onnx", prod="student.int8.onnx")
     rel = result["release"]
-    assert rel["latency_ratio_vs_prod"] == pytest.approx(rel["student_int8_net_p50_ms"] / rel["prod_int8_net_p50_ms"])
+    assert rel["prod_file"] == "student.int8.onnx"  # a card without `ships`: prod shipped INT8
+    assert rel["latency_ratio_vs_prod"] == pytest.approx(rel["student_int8_net_p50_ms"] / rel["prod_net_p50_ms"])
     assert rel["latency_ratio_vs_prod"] > 2
     gates = release_params().promote.gates
     row = promote.latency_vs_prod_row({"latency_ratio_vs_prod": rel["latency_ratio_vs_prod"],
                                        "p50_net_ms": rel["student_int8_net_p50_ms"],
-                                       "prod_p50_net_ms": rel["prod_int8_net_p50_ms"]}, gates)
+                                       "prod_p50_net_ms": rel["prod_net_p50_ms"]}, gates)
     assert row["verdict"] == "fail" and row["threshold"] == 1.25 and "vs prod" in row["detail"]
     off = promote.latency_vs_prod_row({"latency_ratio_vs_prod": rel["latency_ratio_vs_prod"]},
                                       gates.model_copy(update={"max_latency_ratio_vs_prod": None}))
@@ -143,7 +152,7 @@ def test_latency_gate_vs_prod_fails_on_a_slower_candidate(release, tmp_path):
 def test_latency_gate_vs_prod_passes_a_faster_candidate(release, tmp_path):
     result = _with_prod(release, tmp_path, candidate="student.int8.onnx", prod="teacher.onnx")
     assert result["release"]["latency_ratio_vs_prod"] < 1
-    assert result["interleaved"]["models"]["prod_int8"]["path"].endswith("prod/student.int8.onnx")
+    assert result["interleaved"]["models"]["prod"]["path"].endswith("prod/student.int8.onnx")
     row = promote.latency_vs_prod_row(
         {"latency_ratio_vs_prod": result["release"]["latency_ratio_vs_prod"]}, release_params().promote.gates)
     assert row["verdict"] == "pass"
