@@ -319,3 +319,86 @@ def test_cli_bench_bad_input(release, tmp_path, case):
                 "wrong-shape-data": "student.onnx: input 'input' must be float32[batch, 6, 64], got float32[1, 6, 32]",
                 "wrong-dtype-data": "got float64[1, 6, 64] (wrong dtype)"}[case]
     assert expected in " ".join(r.output.split()), r.output
+
+
+# ---------------------------------------------------------------- the shipped format per profile
+
+def _bench_with(release, tmp_path, swap: dict[str, str], fmt: str = "auto", tolerance: float = 1.0,
+                card: dict | None = None):
+    """The real release's models with `swap` {file: source file} (the teacher graph stands in as a
+    much slower student file), benchmarked with the host profile's `format: fmt`."""
+    models = tmp_path / "models"
+    shutil.copytree(release / "models", models)
+    for name, src in swap.items():
+        shutil.copy(release / "models" / src, models / name)
+    if card is not None:
+        (models / "prod").mkdir()
+        shutil.copy(release / "models/student.onnx", models / "prod/student.onnx")
+        shutil.copy(release / "models/student.int8.onnx", models / "prod/student.int8.onnx")
+        (models / "prod/model_card.json").write_text(json.dumps(card))
+    p = merge(FAST, {"benchmark": {"format_tolerance": tolerance, "profiles": [
+        FAST["benchmark"]["profiles"][0] | {"format": fmt}, FAST["benchmark"]["profiles"][1]]}})
+    out = tmp_path / "metrics/benchmark.json"
+    return benchmark.run(release_params(p), models_dir=models, data_dir=release / "data/prepared",
+                         metrics_path=out), out
+
+
+def test_auto_ships_the_faster_file_by_measurement(release, tmp_path):
+    result, _ = _bench_with(release, tmp_path / "a", {"student.int8.onnx": "teacher.onnx"})
+    f = result["profiles"]["host-1t"]["format"]
+    assert f["requested"] == "auto" and f["chosen"] == "fp32" and f["file"] == "student.onnx"
+    assert f["p50_ms"]["fp32"] < f["p50_ms"]["int8"] and f["why"].startswith("auto: FP32 p50")
+    assert f["accuracy_split"] == "val" and set(f["accuracy"]) == {"fp32", "int8"}
+    assert f["x_floor"]["fp32"] == pytest.approx(f["p50_ms"]["fp32"] / f["floor_p50_ms"])
+    assert f["net_x_floor"]["fp32"] == pytest.approx(f["net_p50_ms"]["fp32"] / f["floor_p50_ms"])
+    rel = result["release"]
+    assert rel["format"] == "fp32" and rel["shipped_file"] == "student.onnx"
+    assert rel["shipped_p50_ms"] == rel["student_fp32_p50_ms"] == f["p50_ms"]["fp32"]
+    assert rel["shipped_file_bytes"] == (release / "models/student.onnx").stat().st_size
+    assert result["targets"]["shipped_x_floor"]["value"] == rel["shipped_x_floor"]
+    # the mcu profile ships INT8 whatever the host measured
+    assert result["profiles"]["tiny-mcu"]["format"]["chosen"] == "int8"
+    # the other way round: the FP32 file is the slow one, INT8 ships
+    other, _ = _bench_with(release, tmp_path / "b", {"student.onnx": "teacher.onnx"})
+    assert other["profiles"]["host-1t"]["format"]["chosen"] == "int8" and other["release"]["format"] == "int8"
+
+
+def test_forced_int8_ships_int8_and_the_latency_gate_judges_the_shipped_file(release, tmp_path):
+    """The INT8 file is the slow one (teacher graph). A budget between the two p95s passes the FP32
+    file auto ships and fails the INT8 file `format: int8` forces."""
+    auto, auto_json = _bench_with(release, tmp_path / "a", {"student.int8.onnx": "teacher.onnx"})
+    forced, forced_json = _bench_with(release, tmp_path / "f", {"student.int8.onnx": "teacher.onnx"}, fmt="int8")
+    f = forced["profiles"]["host-1t"]["format"]
+    assert f["chosen"] == "int8" and f["why"].startswith("forced") and f["p50_ms"]["int8"] > f["p50_ms"]["fp32"]
+    assert forced["release"]["shipped_file"] == "student.int8.onnx"
+    budget = (auto["release"]["student_fp32_p95_ms"] + forced["release"]["student_int8_p95_ms"]) / 2
+    profiles = release_params(merge(FAST, {"benchmark": {"profiles": [
+        FAST["benchmark"]["profiles"][0] | {"latency_ms": budget}, FAST["benchmark"]["profiles"][1]]}})).benchmark.profiles
+    ok = {r["gate"]: r for r in promote.host_profile_rows(auto_json, profiles)}["latency:host-1t"]
+    assert ok["verdict"] == "pass" and ok["metric"].startswith("fp32") and ok["value"] == auto["release"]["shipped_p95_ms"]
+    bad = {r["gate"]: r for r in promote.host_profile_rows(forced_json, profiles)}["latency:host-1t"]
+    assert bad["verdict"] == "fail" and bad["metric"].startswith("int8") and "> budget" in bad["detail"]
+    flash = {r["gate"]: r for r in promote.host_profile_rows(auto_json, profiles)}["flash:host-1t"]
+    assert flash["value"] == (release / "models/student.onnx").stat().st_size
+
+
+def test_auto_keeps_the_slower_file_when_the_faster_is_less_accurate(release, tmp_path):
+    """Tolerance 0: the faster file ships only if it is at least as accurate on validation."""
+    result, _ = _bench_with(release, tmp_path, {"student.int8.onnx": "teacher.onnx"}, tolerance=0.0)
+    f = result["profiles"]["host-1t"]["format"]
+    fp32_worse = f["accuracy"]["int8"] > f["accuracy"]["fp32"]
+    assert f["chosen"] == ("int8" if fp32_worse else "fp32")
+    if fp32_worse:
+        assert "below INT8's" in f["why"]
+
+
+def test_prod_card_names_the_file_prod_ships(release, tmp_path):
+    """A prod bundle whose card says the host profile runs FP32 is measured as FP32; without `ships`
+    (a release made before per-profile formats) prod is its INT8 file."""
+    new, _ = _bench_with(release, tmp_path / "n", {}, card={"model": "student", "version": "v0.2.0",
+                                                          "ships": {"host-1t": {"format": "fp32", "file": "student.onnx"}}})
+    assert new["release"]["prod_file"] == "student.onnx"
+    assert new["interleaved"]["models"]["prod"]["path"].endswith("prod/student.onnx")
+    old, _ = _bench_with(release, tmp_path / "o", {}, card={"model": "student", "version": "v0.1.0"})
+    assert old["release"]["prod_file"] == "student.int8.onnx"
+    assert old["interleaved"]["models"]["prod"]["path"].endswith("prod/student.int8.onnx")
