@@ -414,7 +414,8 @@ def compare_with_prod(prod_dir: str | Path = PROD_DIR, candidate: str | Path = C
 
     card_path = Path(prod_dir) / PROD_CARD
     card = read_json(card_path) if card_path.is_file() else None
-    prod_model = Path(prod_dir) / shipped_file(card, next(iter(profiles or []), None))
+    # a candidate without per-profile formats (no profiles): INT8, compared with prod's INT8
+    prod_model = Path(prod_dir) / (shipped_file(card, profiles[0]) if profiles else FILES[LEGACY_FORMAT])
     if not prod_model.is_file():
         return None
     st = stats or StatsParams()
