@@ -231,9 +231,9 @@ def decide_promotion(candidate: dict[str, Any], gates: GateParams,
             d = compared["difference"]
             gate(name, f"candidate - prod {fmt} accuracy (paired, same windows)", d["value"], ">=",
                  None if tol is None else -tol, interval=(d["lo"], d["hi"]),
-                 detail=f"prod {prod.get('version')} ({compared.get('prod_file', FILES['int8'])}) scored on the "
-                        f"candidate's {compared['windows']} test windows: {100 * compared['prod_accuracy']:.2f}% vs "
-                        f"candidate {100 * compared['candidate_accuracy']:.2f}%")
+                 detail=f"prod {prod.get('version')} scored on the candidate's {compared['windows']} test windows "
+                        f"({compared.get('prod_file', FILES['int8'])} vs {compared.get('candidate_file', FILES[fmt])}): "
+                        f"{100 * compared['prod_accuracy']:.2f}% vs candidate {100 * compared['candidate_accuracy']:.2f}%")
         elif recorded is None:
             rows.append({"gate": name, "metric": f"candidate - prod {fmt} accuracy", "value": None, "op": ">=",
                          "threshold": None if tol is None else -tol, "verdict": "off" if tol is None else "pass",

@@ -141,6 +141,7 @@ def test_fresh_clone_pulls_and_fetches_prod(released, monkeypatch):
 
     r = sh([ED, "fetch", "--stage", "prod", "--to", "deploy/edge"], clone, env=FAKE_AWS)
     assert "student v0.1.0 (prod)" in r.stdout and r.stdout.count("verified") == 5  # every bundle file
+    assert "ships: edge-cpu-1t → student.onnx (FP32); nrf52-m4 → student.int8.onnx (INT8)" in r.stdout
     for name in ("student.onnx", "student.int8.onnx"):
         assert sha256_file(clone / "deploy/edge" / name) == sha256_file(proj / "models" / name)
 
