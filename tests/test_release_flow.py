@@ -303,6 +303,10 @@ def test_reproduce_verdicts_per_metric():
     assert p95["verdict"] == "differs" and p95["timing"] and not p95["decisive"]
     assert rows["note"]["verdict"] == "differs" and not rows["note"]["decisive"]
     assert compare_values("acc", 0.9, 0.91, tol) == "differs"
+    # a latency over the call floor's measures the machine too: reported, not judged
+    floor = compare_metrics("b.json", {"release": {"shipped_net_x_floor": 1.43}}, {"release": {"shipped_net_x_floor": 1.6}},
+                            tol)[0]
+    assert floor["timing"] and not floor["decisive"]
 
 
 def test_reproduce_overall_verdict_in_one_word():
