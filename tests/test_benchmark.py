@@ -21,6 +21,7 @@ from edgedistill.io import read_json
 from edgedistill.nets import count_macs
 from edgedistill.onnx_bench import FLOOR, interleaved_latency, op_profile
 from edgedistill.onnx_cost import fits_budget, static_cost
+from edgedistill.shipping import choose_format
 from tasks import benchmark, promote
 
 FAST = {"benchmark": {"interleaved_warmup": 5, "interleaved_runs": 100, "interleaved_rounds": 3,
@@ -402,3 +403,19 @@ def test_prod_card_names_the_file_prod_ships(release, tmp_path):
     old, _ = _bench_with(release, tmp_path / "o", {}, card={"model": "student", "version": "v0.1.0"})
     assert old["release"]["prod_file"] == "student.int8.onnx"
     assert old["interleaved"]["models"]["prod"]["path"].endswith("prod/student.int8.onnx")
+
+
+def test_another_measured_profile_decides_in_its_own_interleaved_run(release, tmp_path):
+    p = merge(FAST, {"benchmark": {"profiles": [*FAST["benchmark"]["profiles"],
+                                                FAST["benchmark"]["profiles"][0] | {"name": "host-2t", "threads": 2,
+                                                                                    "batch_sizes": [1]}]}})
+    result = benchmark.run(release_params(p), models_dir=release / "models", data_dir=release / "data/prepared",
+                           metrics_path=tmp_path / "benchmark.json")
+    two = result["profiles"]["host-2t"]
+    assert two["interleaved"]["threads"] == 2 and set(two["interleaved"]["models"]) == {
+        FLOOR, "student_int8", "student_fp32"}
+    f = two["format"]
+    assert f["p50_ms"] == {k: two["interleaved"]["models"][f"student_{k}"]["p50_ms"] for k in ("fp32", "int8")}
+    assert f["chosen"] == choose_format("auto", measured=True, mcu=False, p50_ms=f["p50_ms"], accuracy=f["accuracy"],
+                                        tolerance=0.01)["chosen"]  # from this profile's own figures
+    assert "interleaved" not in result["profiles"]["host-1t"]  # the first profile's is the release run
