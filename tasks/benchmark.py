@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgedistill.errors import ModelMismatch
+from edgedistill.errors import DataInvalid, ModelMismatch
 from edgedistill.evaluation import onnx_accuracy
 from edgedistill.io import read_json, write_json
 from edgedistill.onnx_bench import (
@@ -71,7 +71,7 @@ def validation_accuracy(paths: dict[str, Path], data_dir: Path) -> tuple[dict[st
         if path.is_dir() and len(sp := open_split(path)) > 0:
             x, y = sp.load_all(), sp.y
             return {f: onnx_accuracy(paths[m], x, y)[0] for f, m in FORMAT_MODELS.items()}, split
-    raise ModelMismatch(f"{data_dir}: no validation or test windows to score the student files on",
+    raise DataInvalid(f"{data_dir}: no validation or test windows to score the student files on",
                         hint="Run the prepare stage first (`dvc repro prepare`).")
 
 
