@@ -287,18 +287,24 @@ class DeviceProfile(_Section):
     warmup: int = Field(20, ge=0)
     runs: int = Field(200, ge=10)
     max_seconds: float = Field(3.0, gt=0, description="time cap per model and batch size")
-    latency_ms: float | None = Field(None, gt=0, description="batch-1 INT8 latency budget: measured p95 here "
+    latency_ms: float | None = Field(None, gt=0, description="batch-1 latency budget of the shipped file: measured p95 here "
                                      "(measure: true) or QEMU's instruction count at clock_hz (mcu)")
     ram_bytes: int | None = Field(None, gt=0)
     flash_bytes: int | None = Field(None, gt=0)
     mcu: Literal["cortex-m7", "cortex-m4", "cortex-m33"] | None = Field(
         None, description="a Cortex-M core: the mcu stage builds the C model for it and measures flash/RAM")
     clock_hz: int | None = Field(None, gt=0, description="core clock, for the time estimate from QEMU's count")
+    format: Literal["auto", "int8", "fp32"] = Field(
+        "auto", description="the student file this profile ships: auto = the faster of FP32 and INT8 in the "
+        "benchmark stage's interleaved run (measure: true; INT8 where nothing is measured), or forced")
 
     @model_validator(mode="after")
     def _mcu_not_measured(self) -> DeviceProfile:
         if self.mcu is not None and self.measure:
             raise ValueError(f"profile {self.name!r}: an mcu profile cannot run onnxruntime here (set measure: false)")
+        if self.mcu is not None and self.format == "fp32":
+            raise ValueError(f"profile {self.name!r}: an mcu profile ships INT8 (the mcu stage compiles INT8 C from "
+                             "the student), format: fp32 is not possible there (use int8 or auto)")
         return self
 
     @field_validator("batch_sizes")
@@ -313,7 +319,7 @@ def _default_profiles() -> list[DeviceProfile]:
     return [
         # budgets: see params.yaml (why each figure fits its device class)
         DeviceProfile(name="edge-cpu-1t", threads=1, batch_sizes=[1, 32], warmup=20, runs=300,
-                      max_seconds=2.0, latency_ms=1.28, ram_bytes=16 * 2**20, flash_bytes=4 * 2**20),
+                      max_seconds=2.0, latency_ms=1.28, ram_bytes=16 * 2**20, flash_bytes=4 * 2**20, format="auto"),
         DeviceProfile(name="nrf52-m4", measure=False, latency_ms=51.2, ram_bytes=24 * 2**10,
                       flash_bytes=64 * 2**10, mcu="cortex-m4", clock_hz=64_000_000),
         DeviceProfile(name="nrf5340-m33", measure=False, latency_ms=51.2, ram_bytes=64 * 2**10,
@@ -330,6 +336,8 @@ class BenchmarkParams(_Section):
     interleaved_runs: int = Field(2000, ge=10, description="timed runs per model in each round")
     interleaved_rounds: int = Field(5, ge=1, description="rounds; figures are medians over rounds")
     profile_runs: int = Field(200, ge=1, description="profiled runs per model for the per-op kernel times")
+    format_tolerance: float = Field(0.01, ge=0, le=1, description="format: auto ships the faster file unless its "
+                                    "validation accuracy is below the other's by more than this")
 
     @model_validator(mode="after")
     def _release_profile(self) -> BenchmarkParams:

@@ -334,9 +334,23 @@ def _latency(docs: dict[str, Any]) -> str:
                           {1, 2, 3, 4, 5}, tid="latency-table"))
         rel = b.get("release") or {}
         if rel.get("latency_ratio_vs_prod") is not None:
-            out.append(f"<p>Candidate / prod, net p50: <b>{rel['latency_ratio_vs_prod']:.2f}×</b>.</p>")
+            out.append(f"<p>Candidate / prod ({_e(rel.get('prod_file'))}), net p50 of what ships: "
+                       f"<b>{rel['latency_ratio_vs_prod']:.2f}×</b>.</p>")
         elif "latency_ratio_vs_prod" in rel:
             out.append("<p class='muted'>No prod model was measured (no prod yet).</p>")
+    formats = [(n, p["format"]) for n, p in (b.get("profiles") or {}).items() if p.get("format")]
+    if formats:
+        out.append("<h3>Shipped file per profile</h3><p class='muted'>format: auto ships the faster of FP32 and "
+                   "INT8 in the same interleaved run, unless its accuracy is lower by more than the tolerance; "
+                   "mcu profiles ship INT8 (the mcu stage's C).</p>")
+        rows = [[_e(n), f"<b>{_e(f['chosen'].upper())}</b> ({_e(f.get('file'))})", _e(f.get("requested")),
+                 *(f"{1e3 * f['p50_ms'][k]:.1f}" if f.get("p50_ms") else "—" for k in ("fp32", "int8")),
+                 f"{1e3 * f['floor_p50_ms']:.1f}" if f.get("floor_p50_ms") else "—",
+                 f"{f['x_floor'][f['chosen']]:.2f}× / {f['net_x_floor'][f['chosen']]:.2f}×"
+                 if f.get("x_floor") and f.get("net_x_floor") else "—", _e(f.get("why"))]
+                for n, f in formats]
+        out.append(_table(["profile", "ships", "requested", "FP32 p50 µs", "INT8 p50 µs", "floor p50 µs",
+                           "× floor / net × floor", "why"], rows, {3, 4, 5}, tid="format-table"))
     per_op = b.get("per_op") or {}
     if per_op:
         out.append("<h3>Kernel time per op type (onnxruntime profiler, batch 1)</h3><p class='muted'>Each node's "

@@ -15,10 +15,9 @@ from prefect import flow, get_run_logger
 
 from edgedistill.errors import ParamsInvalid
 from edgedistill.params import Params, load_params
-from edgedistill.store import bundle_prefix, open_store
+from edgedistill.shipping import shipped_file
+from edgedistill.store import CARD, bundle_prefix, open_store
 from flows.registry_ops import fetch_release
-
-MODEL_FILE = "student.int8.onnx"
 
 
 def bench_key(model: str, version: str, device: str) -> str:
@@ -27,8 +26,9 @@ def bench_key(model: str, version: str, device: str) -> str:
 
 def benchmark_release(root: str | Path, params: Params, stage: str = "prod", profile: str | None = None,
                       device: str | None = None, repo: str | None = None) -> dict[str, Any]:
-    """Fetch `stage`'s bundle, run the INT8 model with a benchmark profile's settings (latency on this
-    host, static RAM/flash fit), and write the result to releases/<model>/<version>/bench/<device>.json."""
+    """Fetch `stage`'s bundle, run the file it ships on the profile (its card's `ships`; a bundle made
+    before per-profile formats: INT8) with that profile's settings (latency on this host, static
+    RAM/flash fit), and write the result to releases/<model>/<version>/bench/<device>.json."""
     from edgedistill.onnx_bench import bench_onnx, host_info
     from edgedistill.onnx_cost import fits_budget
 
@@ -40,12 +40,14 @@ def benchmark_release(root: str | Path, params: Params, stage: str = "prod", pro
     device = device or platform.node() or "device"
     with tempfile.TemporaryDirectory() as tmp:
         got = fetch_release(root, params, Path(tmp) / "bundle", stage=stage, repo=repo)
-        model = Path(got["dest"]) / MODEL_FILE
+        card_path = Path(got["dest"]) / CARD
+        model_file = shipped_file(json.loads(card_path.read_text()) if card_path.is_file() else None, prof.name)
+        model = Path(got["dest"]) / model_file
         # seeded N(0, 1) windows (the scale of normalised input): a device holds no test data
         b = bench_onnx(model, threads=prof.threads, batch_sizes=prof.batch_sizes, warmup=prof.warmup,
                        runs=prof.runs, max_seconds=prof.max_seconds, data=None)
     result = {"model": got["model"], "version": got["version"], "stage": stage, "device": device,
-              "profile": prof.name, "file_sha256": got["files"][MODEL_FILE]["sha256"],
+              "profile": prof.name, "file": model_file, "file_sha256": got["files"][model_file]["sha256"],
               "latency": b["measured"]["latency"], "peak_rss_delta_bytes": b["measured"]["peak_rss_delta_bytes"],
               "static": b["static"], "fits": fits_budget(b["static"], prof.ram_bytes, prof.flash_bytes),
               "host": host_info()}

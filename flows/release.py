@@ -40,6 +40,7 @@ from edgedistill.params import Params, load_params
 from edgedistill.pipeline import StageFailed, pipeline_stages, reproduce_stage
 from edgedistill.registry import Registry, commit_paths, git, head_commit
 from edgedistill.report import REPORT, write_report
+from edgedistill.shipping import FILES, manifest, profile_formats
 from edgedistill.store import (
     CARD,
     SUMS,
@@ -381,6 +382,7 @@ def model_card(root: Path, params: Params, version: str, commit: str, decision: 
 
     norm = doc("data/prepared/norm.json") or {}
     lock = root / "dvc.lock"
+    bench = doc("metrics/benchmark.json")
     return {
         "model": params.promote.model,
         "version": version,
@@ -388,13 +390,17 @@ def model_card(root: Path, params: Params, version: str, commit: str, decision: 
         "created_at": git(root, "show", "-s", "--format=%cI", commit).stdout.strip(),
         "files": {name: {"sha256": sha256_file(p), "bytes": p.stat().st_size,
                          "source": bundle_files(root).get(name)} for name, p in sorted(files.items())},
+        # the bundle file each device profile loads (format: auto chose by measurement; the mcu stage's
+        # C is built from the INT8 graph); a card without it is an older release: INT8 everywhere
+        "ships": manifest(profile_formats(bench)),
+        "release_profile": ((bench or {}).get("release") or {}).get("profile"),
         "input": {k: norm.get(k) for k in ("channels", "window", "sample_rate_hz", "labels", "layout")},
         # raw readings in: the normalisation runs inside the ONNX graph; how `auto` decided, on train statistics
         "normalization": {k: norm.get("normalization", {}).get(k) for k in
                           ("method", "requested", "reason", "statistics", "rule", "epsilon")},
         "metrics": {"teacher": doc("metrics/teacher.json"), "distill": doc("metrics/distill.json"),
                     "export": doc("metrics/export.json"), "summary": decision["candidate"]},
-        "benchmark": doc("metrics/benchmark.json"),
+        "benchmark": bench,
         "mcu": doc(MCU_REPORT),  # measured flash/RAM per MCU profile, parity, QEMU, tool versions
         "gates": {"passed": decision["passed"], "gates": decision["gates"], "prod_at_release": decision["prod"]},
         # what ships and why, with 95% intervals (recording bootstrap); see reports/promotion.json
@@ -471,6 +477,16 @@ def _regression_text(s: dict[str, Any]) -> str:
     return f"{v} ({row['verdict']}; {row.get('detail')})"
 
 
+def _formats_text(formats: dict[str, str] | None) -> str:
+    """'edge-cpu-1t: FP32 (student.onnx); nrf52-m4, cortex-m7: INT8 (student.int8.onnx)'."""
+    if not formats:
+        return "INT8 (student.int8.onnx) on every profile"
+    by: dict[str, list[str]] = {}
+    for prof, fmt in formats.items():
+        by.setdefault(fmt, []).append(prof)
+    return "; ".join(f"{', '.join(p)}: {f.upper()} ({FILES[f]})" for f, p in by.items())
+
+
 def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     m = s.get("metrics") or {}
     d = s.get("data") or {}
@@ -486,9 +502,10 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
         ("shipped student", "—" if not m.get("shipped") else
          "KD student" if m["shipped"] == "kd" else "baseline student (KD did not help on validation)"),
         ("INT8 accuracy / drop", f"{_pct_iv(m, 'int8_accuracy')} / " + _pts_iv(m, "int8_drop").replace("+", "")),
+        ("shipped file per profile", _formats_text(m.get("formats"))),
         ("regression vs prod (paired)", _regression_text(s)),
         ("latency p50 / p95", "—" if m.get("p95_ms") is None
-         else f"{m['p50_ms']:.3f} / {m['p95_ms']:.3f} ms ({m.get('profile')})"),
+         else f"{m['p50_ms']:.3f} / {m['p95_ms']:.3f} ms ({m.get('profile')}, {(m.get('format') or 'int8').upper()})"),
         ("size / RAM estimate", "—" if m.get("size_bytes") is None
          else f"{int(m['size_bytes']):,} B / {int(m['ram_bytes']):,} B"),
         ("MCU flash / RAM (measured)", _mcu_figures(s.get("gates") or [])),

@@ -3,8 +3,10 @@ version) and write reports/promotion.json with every gate's value, threshold, in
 
 The registry itself is the flow's business: this stage reads metrics files, the prod reference file
 the flow wrote (reports/prod_reference.json) and, when the flow fetched it, prod's shipped bundle in
-models/prod/: prod's INT8 model is scored on the candidate's test windows (a paired comparison), so
-"no regression" compares two models on the same windows, not two figures from different test sets.
+models/prod/: per shipped format, the file prod ships on those profiles is scored beside the candidate's
+on the candidate's test windows (a paired comparison), so "no regression" compares two models on the
+same windows, not two figures from different test sets. Each profile's gates judge the file it ships
+(metrics/benchmark.json profiles.<name>.format; INT8 everywhere for a file written before formats).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from edgedistill.errors import ArtifactCorrupt, GateFailed
 from edgedistill.io import read_json, write_json
 from edgedistill.params import DeviceProfile, GateParams, Params, StatsParams
 from edgedistill.shards import open_split
+from edgedistill.shipping import FILES, LEGACY_FORMAT, MODELS, profile_formats, shipped_file
 from edgedistill.stats import Interval, paired_difference
 
 DISTILL = "metrics/distill.json"
@@ -28,9 +31,11 @@ PROD_REFERENCE = "reports/prod_reference.json"
 PROMOTION = "reports/promotion.json"
 SUMMARY = "metrics/release.json"              # the figures users compare, first in `dvc exp show` / `metrics diff`
 MCU = "models/mcu/mcu.json"
-SHIPPED_INT8 = "student_int8"                 # the benchmark stage's name for the shipped INT8 student
 PROD_DIR = "models/prod"                      # prod's bundle, fetched (SHA256-verified) by the release flow
 CANDIDATE_INT8 = "models/student.int8.onnx"
+CANDIDATE_FP32 = "models/student.onnx"
+CANDIDATE = {"int8": CANDIDATE_INT8, "fp32": CANDIDATE_FP32}
+PROD_CARD = "model_card.json"                 # in PROD_DIR: its `ships` names the file each profile runs
 TEST = "data/prepared/test"
 # ONNX metadata that fixes what a model must be fed: two models compare on the same windows only if equal
 CONTRACT = ("channels", "window", "labels", "sample_rate_hz", "input_layout", "input_normalised")
@@ -76,7 +81,13 @@ SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
 OPTIONAL_SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
     "latency_ratio_vs_prod": (BENCHMARK, ("release", "latency_ratio_vs_prod")),
     "p50_net_ms": (BENCHMARK, ("release", "student_int8_net_p50_ms")),
-    "prod_p50_net_ms": (BENCHMARK, ("release", "prod_int8_net_p50_ms")),
+    "prod_p50_net_ms": (BENCHMARK, ("release", "prod_net_p50_ms")),
+    # the file the release profile ships (format: auto decides by measurement) and its figures
+    "format": (BENCHMARK, ("release", "format")),
+    "shipped_p50_ms": (BENCHMARK, ("release", "shipped_p50_ms")),
+    "shipped_p95_ms": (BENCHMARK, ("release", "shipped_p95_ms")),
+    "shipped_net_p50_ms": (BENCHMARK, ("release", "shipped_net_p50_ms")),
+    "shipped_file_bytes": (BENCHMARK, ("release", "shipped_file_bytes")),
 }
 
 _OPS = {">=": operator.ge, "<=": operator.le}
@@ -101,7 +112,19 @@ def read_candidate(paths: dict[str, str] | None = None) -> dict[str, Any]:
             node = node[k]
         out[metric] = node
     out.update(_optional_metrics(paths, docs))
+    if out.get("shipped_p50_ms") is not None:  # latency and size of what ships (an older file: the INT8 figures)
+        out.update(p50_ms=out["shipped_p50_ms"], p95_ms=out["shipped_p95_ms"], size_bytes=out["shipped_file_bytes"],
+                   p50_net_ms=out["shipped_net_p50_ms"])
+    out["formats"] = profile_formats(docs.get(paths.get(BENCHMARK, BENCHMARK)))
     return out
+
+
+def shipped_formats(candidate: dict[str, Any]) -> dict[str, list[str]]:
+    """{format: [profiles shipping it]}; a candidate without per-profile formats ships INT8."""
+    by: dict[str, list[str]] = {}
+    for prof, fmt in (candidate.get("formats") or {}).items():
+        by.setdefault(fmt, []).append(prof)
+    return by or {LEGACY_FORMAT: []}
 
 
 def _optional_metrics(paths: dict[str, str], docs: dict[str, Any]) -> dict[str, Any]:
@@ -118,7 +141,8 @@ def latency_vs_prod_row(candidate: dict[str, Any], gates: GateParams) -> dict[st
     """Gate on candidate / prod INT8 p50, both net of the runtime's call floor and measured in the
     same interleaved rounds by the benchmark stage (so host load cancels out)."""
     ratio, threshold = candidate.get("latency_ratio_vs_prod"), gates.max_latency_ratio_vs_prod
-    row = {"gate": "latency_vs_prod", "metric": "int8 p50 net of floor / prod's (same run)", "value": ratio,
+    row = {"gate": "latency_vs_prod", "metric": "shipped file's p50 net of floor / prod's shipped file's (same run)",
+           "value": ratio,
            "op": "<=", "threshold": threshold, "detail": ""}
     if threshold is None:
         return row | {"verdict": "off"}
@@ -142,14 +166,19 @@ def kd_line(c: dict[str, Any]) -> str:
 
 def decide_promotion(candidate: dict[str, Any], gates: GateParams,
                      prod: dict[str, Any] | None = None, fallback: str = "baseline",
-                     vs_prod: dict[str, Any] | None = None) -> dict[str, Any]:
+                     vs_prod: dict[str, Any] | None = None,
+                     vs_prod_fp32: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every gate's value, threshold and verdict ('pass' / 'fail' / 'off' when its threshold is null).
 
-    `prod` is the current prod version's record ({"version", "metrics": {"int8_accuracy", ...}}) or
-    None when nothing is in prod yet. `vs_prod` is the paired comparison with prod's shipped model on
-    the candidate's test windows (see compare_with_prod); without it (no bundle, or prod's input
-    contract differs) the recorded prod figure is used, with a warning."""
-    acc = float(candidate["int8_accuracy"])
+    The accuracy gates judge each file some profile ships (candidate["formats"]: INT8 rows `accuracy`,
+    `drop_vs_teacher`, `int8_drop`, `no_regression`; FP32 rows the same names prefixed `fp32_`); a
+    candidate without per-profile formats ships INT8 everywhere. `prod` is the current prod version's
+    record ({"version", "metrics": {"int8_accuracy", ...}}) or None when nothing is in prod yet.
+    `vs_prod` / `vs_prod_fp32`: the paired comparison, on the candidate's test windows, of the
+    candidate's INT8 / FP32 file with the file prod ships on the same profiles (see compare_with_prod);
+    without it (no bundle, or prod's input contract differs) the recorded prod figure is used, with a
+    warning."""
+    formats = shipped_formats(candidate)
     rows: list[dict[str, Any]] = []
     warnings: list[str] = []
 
@@ -168,11 +197,56 @@ def decide_promotion(candidate: dict[str, Any], gates: GateParams,
         lo, hi = candidate.get(f"{key}_lo"), candidate.get(f"{key}_hi")
         return None if lo is None or hi is None else (float(lo), float(hi))
 
-    gate("accuracy", "int8 accuracy", acc, ">=", gates.min_accuracy, interval=span("int8_accuracy"))
-    gate("drop_vs_teacher", "teacher - int8 accuracy",
-         round(float(candidate["teacher_accuracy"]) - acc, 6), "<=", gates.max_drop_vs_teacher)
-    gate("int8_drop", "fp32 - int8 accuracy", float(candidate["int8_drop"]), "<=", gates.max_int8_drop,
-         interval=span("int8_drop"))
+    tol = gates.regression_tolerance
+    prod_acc = (prod or {}).get("metrics", {}).get("int8_accuracy") if prod else None
+    for fmt, compared in (("int8", vs_prod), ("fp32", vs_prod_fp32)):
+        pre = "" if fmt == "int8" else "fp32_"
+        if fmt not in formats:
+            if fmt == "int8":  # the INT8 gates are always reported: off when nothing ships INT8
+                for name, metric in (("accuracy", "int8 accuracy"), ("drop_vs_teacher", "teacher - int8 accuracy"),
+                                     ("int8_drop", "fp32 - int8 accuracy"),
+                                     ("no_regression", "candidate - prod int8 accuracy")):
+                    rows.append({"gate": name, "metric": metric, "value": None, "op": "<=" if "drop" in name
+                                 else ">=", "threshold": None, "verdict": "off", "lo": None, "hi": None,
+                                 "detail": f"no profile ships INT8 ({_where(formats)})"})
+            continue
+        acc = float(candidate[f"{fmt}_accuracy"])
+        where = f" ({', '.join(formats[fmt])})" if formats[fmt] else ""
+        gate(f"{pre}accuracy", f"{fmt} accuracy{where}", acc, ">=", gates.min_accuracy, interval=span(f"{fmt}_accuracy"))
+        gate(f"{pre}drop_vs_teacher", f"teacher - {fmt} accuracy",
+             round(float(candidate["teacher_accuracy"]) - acc, 6), "<=", gates.max_drop_vs_teacher)
+        if fmt == "int8":
+            gate("int8_drop", "fp32 - int8 accuracy", float(candidate["int8_drop"]), "<=", gates.max_int8_drop,
+                 interval=span("int8_drop"))
+        recorded = _prod_recorded(prod, formats[fmt])
+        if compared is not None and not compared.get("comparable"):
+            warnings.append(f"regression check vs prod {prod.get('version') if prod else '?'} ({fmt}): "
+                            f"{compared['reason']}; fell back to the accuracy prod recorded on its own test set")
+        name = f"{pre}no_regression"
+        if prod is None:
+            rows.append({"gate": name, "metric": f"candidate - prod {fmt} accuracy", "value": None, "op": ">=",
+                         "threshold": None if tol is None else -tol, "verdict": "off" if tol is None else "pass",
+                         "detail": "no prod version yet", "lo": None, "hi": None})
+        elif compared is not None and compared.get("comparable"):
+            d = compared["difference"]
+            gate(name, f"candidate - prod {fmt} accuracy (paired, same windows)", d["value"], ">=",
+                 None if tol is None else -tol, interval=(d["lo"], d["hi"]),
+                 detail=f"prod {prod.get('version')} scored on the candidate's {compared['windows']} test windows "
+                        f"({compared.get('prod_file', FILES['int8'])} vs {compared.get('candidate_file', FILES[fmt])}): "
+                        f"{100 * compared['prod_accuracy']:.2f}% vs candidate {100 * compared['candidate_accuracy']:.2f}%")
+        elif recorded is None:
+            rows.append({"gate": name, "metric": f"candidate - prod {fmt} accuracy", "value": None, "op": ">=",
+                         "threshold": None if tol is None else -tol, "verdict": "off" if tol is None else "pass",
+                         "detail": "prod recorded no accuracy for that file and its model was not available",
+                         "lo": None, "hi": None})
+        else:
+            gate(name, f"candidate - prod recorded {fmt} accuracy (different test sets)",
+                 round(acc - float(recorded), 6), ">=", None if tol is None else -tol,
+                 detail=f"WARNING: not paired; prod {prod.get('version')} recorded accuracy {recorded:.4f} "
+                        "on its own test set")
+            if compared is None:
+                warnings.append(f"regression check vs prod {prod.get('version')} ({fmt}): prod's model was not "
+                                "fetched; compared with the accuracy prod recorded on its own test set")
     rows.append(latency_vs_prod_row(candidate, gates))
 
     shipped = candidate.get("shipped", "kd")
@@ -192,39 +266,25 @@ def decide_promotion(candidate: dict[str, Any], gates: GateParams,
                      "lo": candidate.get("kd_gain_val_lo"), "hi": candidate.get("kd_gain_val_hi"),
                      "detail": f"{line}; promote.fallback: none registers nothing"})
 
-    tol = gates.regression_tolerance
-    prod_acc = (prod or {}).get("metrics", {}).get("int8_accuracy") if prod else None
-    if vs_prod is not None and not vs_prod.get("comparable"):
-        warnings.append(f"regression check vs prod {prod.get('version') if prod else '?'}: {vs_prod['reason']}; "
-                        "fell back to the accuracy prod recorded on its own test set")
-    if prod is None:
-        rows.append({"gate": "no_regression", "metric": "candidate - prod accuracy", "value": None, "op": ">=",
-                     "threshold": None if tol is None else -tol, "verdict": "off" if tol is None else "pass",
-                     "detail": "no prod version yet", "lo": None, "hi": None})
-    elif vs_prod is not None and vs_prod.get("comparable"):
-        d = vs_prod["difference"]
-        gate("no_regression", "candidate - prod int8 accuracy (paired, same windows)", d["value"], ">=",
-             None if tol is None else -tol, interval=(d["lo"], d["hi"]),
-             detail=f"prod {prod.get('version')} scored on the candidate's {vs_prod['windows']} test windows: "
-                    f"{100 * vs_prod['prod_accuracy']:.2f}% vs candidate {100 * vs_prod['candidate_accuracy']:.2f}%")
-    elif prod_acc is None:
-        rows.append({"gate": "no_regression", "metric": "candidate - prod accuracy", "value": None, "op": ">=",
-                     "threshold": None if tol is None else -tol, "verdict": "off" if tol is None else "pass",
-                     "detail": "prod recorded no int8 accuracy and its model was not available", "lo": None,
-                     "hi": None})
-    else:
-        gate("no_regression", "candidate - prod recorded accuracy (different test sets)",
-             round(acc - float(prod_acc), 6), ">=", None if tol is None else -tol,
-             detail=f"WARNING: not paired; prod {prod.get('version')} recorded int8 accuracy {prod_acc:.4f} "
-                    "on its own test set")
-        if vs_prod is None:
-            warnings.append(f"regression check vs prod {prod.get('version')}: prod's model was not fetched; "
-                            "compared with the accuracy prod recorded on its own test set")
-
     failed = [r["gate"] for r in rows if r["verdict"] == "fail"]
     return {"passed": not failed, "failed": failed, "gates": rows, "candidate": candidate,
             "shipped": shipped, "kd_line": line, "warnings": warnings, "vs_prod": vs_prod,
+            "vs_prod_fp32": vs_prod_fp32, "formats": candidate.get("formats") or {},
             "prod": {"version": prod.get("version"), "int8_accuracy": prod_acc} if prod else None}
+
+
+def _where(formats: dict[str, list[str]]) -> str:
+    return "; ".join(f"{f.upper()} on {', '.join(p) or '?'}" for f, p in formats.items())
+
+
+def _prod_recorded(prod: dict[str, Any] | None, profiles: list[str]) -> Any:
+    """The accuracy prod recorded for the file it ships on these profiles (its `formats`; a prod
+    recorded before per-profile formats shipped INT8)."""
+    if not prod:
+        return None
+    m = prod.get("metrics") or {}
+    fmt = next((m.get("formats", {}).get(p) for p in profiles if (m.get("formats") or {}).get(p)), LEGACY_FORMAT)
+    return m.get(f"{fmt}_accuracy")
 
 
 def mcu_gate_rows(path: str | Path, require_verified: bool) -> list[dict[str, Any]]:
@@ -265,22 +325,26 @@ def mcu_gate_rows(path: str | Path, require_verified: bool) -> list[dict[str, An
 
 def host_profile_rows(path: str | Path, profiles: list[DeviceProfile]) -> list[dict[str, Any]]:
     """The latency/ram/flash gates per `measure: true` profile on what the benchmark stage measured
-    there, against that profile's budget in params: batch-1 INT8 p95 (the first profile: the
-    interleaved rounds' figure, as in the release block), the session's peak RSS, the INT8 file."""
+    there for the file that profile ships (profiles.<name>.format; INT8 in an older file), against that
+    profile's budget in params: batch-1 p95 (the first profile: the interleaved rounds' figure, as in
+    the release block), the session's peak RSS, the file's size."""
     doc = read_json(path)
     rows = []
     for i, (name, p) in enumerate(doc.get("profiles", {}).items()):
         prof = next((x for x in profiles if x.name == name), None)
         if "latency" not in p or prof is None:  # mcu profiles: the mcu stage measures those
             continue
+        fmt = (p.get("format") or {}).get("chosen", LEGACY_FORMAT)
+        model = MODELS[fmt]
         budget = {"latency_ms": prof.latency_ms, "ram_bytes": prof.ram_bytes, "flash_bytes": prof.flash_bytes}
-        lat = (doc["release"]["student_int8_p95_ms"] if i == 0 and doc.get("release", {}).get("profile") == name
-               else p["latency"].get(SHIPPED_INT8, {}).get("1", {}).get("p95_ms"))  # None: no batch 1 there
-        figures = (("latency", "latency_ms", lat, f"int8 batch-1 p95 ms, measured here ({p.get('threads')} thread(s))"),
-                   ("ram", "ram_bytes", p.get("peak_rss_delta_bytes", {}).get(SHIPPED_INT8),
-                    "int8 session peak RSS bytes (RAM), measured here"),
-                   ("flash", "flash_bytes", doc.get("models", {}).get(SHIPPED_INT8, {}).get("file_bytes"),
-                    "int8 model file bytes"))
+        rel = doc.get("release", {})
+        lat = (rel.get("shipped_p95_ms", rel.get("student_int8_p95_ms")) if i == 0 and rel.get("profile") == name
+               else p["latency"].get(model, {}).get("1", {}).get("p95_ms"))  # None: no batch 1 there
+        figures = (("latency", "latency_ms", lat, f"{fmt} batch-1 p95 ms, measured here ({p.get('threads')} thread(s))"),
+                   ("ram", "ram_bytes", p.get("peak_rss_delta_bytes", {}).get(model),
+                    f"{fmt} session peak RSS bytes (RAM), measured here"),
+                   ("flash", "flash_bytes", doc.get("models", {}).get(model, {}).get("file_bytes"),
+                    f"{fmt} model file bytes ({FILES[fmt]})"))
         for what, key, value, metric in figures:
             # RAM here is a process's peak RSS, which varies run to run: `rss:` (a timing-like figure
             # for `reproduce`), unlike the mcu stage's exact `ram:` figures
@@ -341,12 +405,17 @@ def _short(v: Any) -> str:
 
 
 def compare_with_prod(prod_dir: str | Path = PROD_DIR, candidate: str | Path = CANDIDATE_INT8,
-                      test: str | Path = TEST, stats: StatsParams | None = None) -> dict[str, Any] | None:
-    """Score prod's shipped INT8 model and the candidate's on the candidate's test windows; the paired
+                      test: str | Path = TEST, stats: StatsParams | None = None,
+                      profiles: list[str] | None = None) -> dict[str, Any] | None:
+    """Score the candidate's file and the file prod ships on `profiles` (its card's `ships`; a
+    bundle made before per-profile formats: INT8) on the candidate's test windows; the paired
     difference (candidate - prod) with its recording-bootstrap interval. None without a prod bundle."""
     from edgedistill import onnx_tools as ox
 
-    prod_model = Path(prod_dir) / "student.int8.onnx"
+    card_path = Path(prod_dir) / PROD_CARD
+    card = read_json(card_path) if card_path.is_file() else None
+    # a candidate without per-profile formats (no profiles): INT8, compared with prod's INT8
+    prod_model = Path(prod_dir) / (shipped_file(card, profiles[0]) if profiles else FILES[LEGACY_FORMAT])
     if not prod_model.is_file():
         return None
     st = stats or StatsParams()
@@ -363,7 +432,8 @@ def compare_with_prod(prod_dir: str | Path = PROD_DIR, candidate: str | Path = C
     except Exception as e:  # noqa: BLE001 - any refusal of these windows is a contract difference
         return {"comparable": False, "reason": f"prod's model does not accept the candidate's windows ({e})"}
     d = paired_difference(cand, prev, y, rec, resamples=st.resamples, seed=st.seed, confidence=st.confidence)
-    return {"comparable": True, "windows": int(len(y)), "candidate_accuracy": float((cand == y).mean()),
+    return {"comparable": True, "windows": int(len(y)), "prod_file": prod_model.name,
+            "candidate_file": Path(candidate).name, "candidate_accuracy": float((cand == y).mean()),
             "prod_accuracy": float((prev == y).mean()),
             "difference": {"value": round(d.value, 6), "lo": round(d.lo, 6), "hi": round(d.hi, 6)}}
 
@@ -431,12 +501,15 @@ def run(params: Params, reference: str | Path = PROD_REFERENCE, out: str | Path 
     if prod is not None and not prod.get("version"):
         prod = None
     paths = paths or {}
-    vs_prod = None
-    if prod is not None:
-        vs_prod = compare_with_prod(paths.get(PROD_DIR, PROD_DIR), paths.get(CANDIDATE_INT8, CANDIDATE_INT8),
-                                    paths.get(TEST, TEST), params.stats)
+    vs_prod: dict[str, Any] = {}
+    if prod is not None:  # per shipped format: the candidate's file vs what prod ships on those profiles
+        for fmt, profs in shipped_formats(candidate).items():
+            vs_prod[fmt] = compare_with_prod(paths.get(PROD_DIR, PROD_DIR),
+                                             paths.get(CANDIDATE[fmt], CANDIDATE[fmt]),
+                                             paths.get(TEST, TEST), params.stats, profs)
     decision = {"model": params.promote.model,
-                **decide_promotion(candidate, params.promote.gates, prod, params.promote.fallback, vs_prod)}
+                **decide_promotion(candidate, params.promote.gates, prod, params.promote.fallback,
+                                   vs_prod.get("int8"), vs_prod.get("fp32"))}
     bench = paths.get(BENCHMARK, BENCHMARK)
     decision = add_gate_rows(decision, host_profile_rows(bench, params.benchmark.profiles) + mcu_gate_rows(mcu, params.promote.require_mcu_verified))
     write_json(out, decision)  # written on failure too: it is the report of which gate failed

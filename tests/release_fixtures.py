@@ -36,9 +36,11 @@ def moto_s3() -> Iterator[str]:
 
 
 def write_candidate(root: Path, accuracy: float = 0.9, teacher: float = 0.95, int8_drop: float = 0.005,
-                    p95_ms: float = 0.03, seed: int = 0, shipped: str = "kd") -> dict[str, Path]:
+                    p95_ms: float = 0.03, seed: int = 0, shipped: str = "kd",
+                    formats: dict[str, str] | None = None) -> dict[str, Path]:
     """A tiny real ONNX classifier (FP32 + dynamically quantized INT8) and the metrics files the
-    promote stage reads, with the given figures."""
+    promote stage reads, with the given figures. `formats`: {profile: fp32 | int8} as the benchmark
+    stage records what each profile ships (None: a benchmark file from before per-profile formats)."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -93,7 +95,9 @@ def write_candidate(root: Path, accuracy: float = 0.9, teacher: float = 0.95, in
         "profile": "edge-cpu-1t", "student_int8_p50_ms": 0.02, "student_int8_p95_ms": p95_ms,
         "student_fp32_p50_ms": 0.02, "student_fp32_p95_ms": 0.03, "teacher_fp32_p50_ms": 1.0,
         "speedup_vs_teacher": 50.0, "int8_file_bytes": size, "int8_weight_bytes": 200,
-        "ram_estimate_bytes": 4096, "flash_estimate_bytes": size, "fits": True}}, indent=2))
+        "ram_estimate_bytes": 4096, "flash_estimate_bytes": size, "fits": True}}
+        | ({"profiles": {name: {"format": {"chosen": f}} for name, f in formats.items()}} if formats else {}),
+        indent=2))
     # the mcu stage's report as a machine without the ARM toolchain writes it (no profile measured)
     (root / "models/mcu").mkdir(parents=True, exist_ok=True)
     (root / "models/mcu/mcu.json").write_text(json.dumps(

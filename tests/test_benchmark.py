@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import onnx
 import pytest
+from conftest import merge
 from export_fixtures import build_release, release_params
 from typer.testing import CliRunner
 
@@ -20,6 +21,7 @@ from edgedistill.io import read_json
 from edgedistill.nets import count_macs
 from edgedistill.onnx_bench import FLOOR, interleaved_latency, op_profile
 from edgedistill.onnx_cost import fits_budget, static_cost
+from edgedistill.shipping import choose_format
 from tasks import benchmark, promote
 
 FAST = {"benchmark": {"interleaved_warmup": 5, "interleaved_runs": 100, "interleaved_rounds": 3,
@@ -70,7 +72,8 @@ def test_benchmark_json_release_block_and_latency(bench_result, release):
         assert host["peak_rss_delta_bytes"][model] >= 0
     inter = result["interleaved"]["models"]
     assert rel["speedup_vs_teacher"] == pytest.approx(inter["teacher_fp32"]["p50_ms"] / inter["student_fp32"]["p50_ms"])
-    assert set(result["targets"]) == {"student_fp32_speedup_vs_teacher", "student_int8_x_floor", "student_fp32_x_floor"}
+    assert set(result["targets"]) == {"student_fp32_speedup_vs_teacher", "student_int8_x_floor", "student_fp32_x_floor",
+                                      "shipped_x_floor", "shipped_net_x_floor"}
     # each target reports the measured figure it judges, and its verdict follows from it
     t = result["targets"]
     assert t["student_fp32_speedup_vs_teacher"]["value"] == rel["speedup_vs_teacher"]
@@ -79,7 +82,7 @@ def test_benchmark_json_release_block_and_latency(bench_result, release):
     assert t["student_fp32_x_floor"]["value"] == rel["student_fp32_x_floor"] == pytest.approx(fp32)
     assert t["student_fp32_x_floor"]["met"] is (fp32 <= 2.5)
     # no models/prod in this release: no prod figures, the gate has nothing to compare
-    assert rel["latency_ratio_vs_prod"] is None and rel["prod_int8_p50_ms"] is None and "prod_int8" not in inter
+    assert rel["latency_ratio_vs_prod"] is None and rel["prod_p50_ms"] is None and "prod" not in inter
 
 
 def test_latency_net_of_the_call_floor(bench_result):
@@ -114,13 +117,19 @@ def test_per_op_profile(bench_result, release):
     assert prof["run_us_per_run"] >= prof["kernel_us_per_run"] * 0.5
 
 
+FORCED_INT8 = merge(FAST, {"benchmark": {"profiles": [FAST["benchmark"]["profiles"][0] | {"format": "int8"},
+                                                        FAST["benchmark"]["profiles"][1]]}})
+
+
 def _with_prod(release, tmp_path, candidate: str, prod: str):
+    """Prod as a release made before per-profile formats left it: INT8 only, no `ships` in its card."""
     models = tmp_path / "models"
     shutil.copytree(release / "models", models)
     (models / "prod").mkdir()
     shutil.copy(release / "models" / prod, models / "prod/student.int8.onnx")
+    (models / "prod/model_card.json").write_text(json.dumps({"model": "student", "version": "v0.1.0"}))
     shutil.copy(release / "models" / candidate, models / "student.int8.onnx")
-    return benchmark.run(release_params(FAST), models_dir=models, data_dir=release / "data/prepared",
+    return benchmark.run(release_params(FORCED_INT8), models_dir=models, data_dir=release / "data/prepared",
                          metrics_path=tmp_path / "metrics/benchmark.json")
 
 
@@ -128,12 +137,13 @@ def test_latency_gate_vs_prod_fails_on_a_slower_candidate(release, tmp_path):
     """Real artifacts: the teacher graph stands as the candidate, prod is the real INT8 student."""
     result = _with_prod(release, tmp_path, candidate="teacher.onnx", prod="student.int8.onnx")
     rel = result["release"]
-    assert rel["latency_ratio_vs_prod"] == pytest.approx(rel["student_int8_net_p50_ms"] / rel["prod_int8_net_p50_ms"])
+    assert rel["prod_file"] == "student.int8.onnx"  # a card without `ships`: prod shipped INT8
+    assert rel["latency_ratio_vs_prod"] == pytest.approx(rel["student_int8_net_p50_ms"] / rel["prod_net_p50_ms"])
     assert rel["latency_ratio_vs_prod"] > 2
     gates = release_params().promote.gates
     row = promote.latency_vs_prod_row({"latency_ratio_vs_prod": rel["latency_ratio_vs_prod"],
                                        "p50_net_ms": rel["student_int8_net_p50_ms"],
-                                       "prod_p50_net_ms": rel["prod_int8_net_p50_ms"]}, gates)
+                                       "prod_p50_net_ms": rel["prod_net_p50_ms"]}, gates)
     assert row["verdict"] == "fail" and row["threshold"] == 1.25 and "vs prod" in row["detail"]
     off = promote.latency_vs_prod_row({"latency_ratio_vs_prod": rel["latency_ratio_vs_prod"]},
                                       gates.model_copy(update={"max_latency_ratio_vs_prod": None}))
@@ -143,7 +153,7 @@ def test_latency_gate_vs_prod_fails_on_a_slower_candidate(release, tmp_path):
 def test_latency_gate_vs_prod_passes_a_faster_candidate(release, tmp_path):
     result = _with_prod(release, tmp_path, candidate="student.int8.onnx", prod="teacher.onnx")
     assert result["release"]["latency_ratio_vs_prod"] < 1
-    assert result["interleaved"]["models"]["prod_int8"]["path"].endswith("prod/student.int8.onnx")
+    assert result["interleaved"]["models"]["prod"]["path"].endswith("prod/student.int8.onnx")
     row = promote.latency_vs_prod_row(
         {"latency_ratio_vs_prod": result["release"]["latency_ratio_vs_prod"]}, release_params().promote.gates)
     assert row["verdict"] == "pass"
@@ -310,3 +320,102 @@ def test_cli_bench_bad_input(release, tmp_path, case):
                 "wrong-shape-data": "student.onnx: input 'input' must be float32[batch, 6, 64], got float32[1, 6, 32]",
                 "wrong-dtype-data": "got float64[1, 6, 64] (wrong dtype)"}[case]
     assert expected in " ".join(r.output.split()), r.output
+
+
+# ---------------------------------------------------------------- the shipped format per profile
+
+def _bench_with(release, tmp_path, swap: dict[str, str], fmt: str = "auto", tolerance: float = 1.0,
+                card: dict | None = None):
+    """The real release's models with `swap` {file: source file} (the teacher graph stands in as a
+    much slower student file), benchmarked with the host profile's `format: fmt`."""
+    models = tmp_path / "models"
+    shutil.copytree(release / "models", models)
+    for name, src in swap.items():
+        shutil.copy(release / "models" / src, models / name)
+    if card is not None:
+        (models / "prod").mkdir()
+        shutil.copy(release / "models/student.onnx", models / "prod/student.onnx")
+        shutil.copy(release / "models/student.int8.onnx", models / "prod/student.int8.onnx")
+        (models / "prod/model_card.json").write_text(json.dumps(card))
+    p = merge(FAST, {"benchmark": {"format_tolerance": tolerance, "profiles": [
+        FAST["benchmark"]["profiles"][0] | {"format": fmt}, FAST["benchmark"]["profiles"][1]]}})
+    out = tmp_path / "metrics/benchmark.json"
+    return benchmark.run(release_params(p), models_dir=models, data_dir=release / "data/prepared",
+                         metrics_path=out), out
+
+
+def test_auto_ships_the_faster_file_by_measurement(release, tmp_path):
+    result, _ = _bench_with(release, tmp_path / "a", {"student.int8.onnx": "teacher.onnx"})
+    f = result["profiles"]["host-1t"]["format"]
+    assert f["requested"] == "auto" and f["chosen"] == "fp32" and f["file"] == "student.onnx"
+    assert f["p50_ms"]["fp32"] < f["p50_ms"]["int8"] and f["why"].startswith("auto: FP32 p50")
+    assert f["accuracy_split"] == "val" and set(f["accuracy"]) == {"fp32", "int8"}
+    assert f["x_floor"]["fp32"] == pytest.approx(f["p50_ms"]["fp32"] / f["floor_p50_ms"])
+    assert f["net_x_floor"]["fp32"] == pytest.approx(f["net_p50_ms"]["fp32"] / f["floor_p50_ms"])
+    rel = result["release"]
+    assert rel["format"] == "fp32" and rel["shipped_file"] == "student.onnx"
+    assert rel["shipped_p50_ms"] == rel["student_fp32_p50_ms"] == f["p50_ms"]["fp32"]
+    assert rel["shipped_file_bytes"] == (release / "models/student.onnx").stat().st_size
+    assert result["targets"]["shipped_x_floor"]["value"] == rel["shipped_x_floor"]
+    # the mcu profile ships INT8 whatever the host measured
+    assert result["profiles"]["tiny-mcu"]["format"]["chosen"] == "int8"
+    # the other way round: the FP32 file is the slow one, INT8 ships
+    other, _ = _bench_with(release, tmp_path / "b", {"student.onnx": "teacher.onnx"})
+    assert other["profiles"]["host-1t"]["format"]["chosen"] == "int8" and other["release"]["format"] == "int8"
+
+
+def test_forced_int8_ships_int8_and_the_latency_gate_judges_the_shipped_file(release, tmp_path):
+    """The INT8 file is the slow one (teacher graph). A budget between the two p95s passes the FP32
+    file auto ships and fails the INT8 file `format: int8` forces."""
+    auto, auto_json = _bench_with(release, tmp_path / "a", {"student.int8.onnx": "teacher.onnx"})
+    forced, forced_json = _bench_with(release, tmp_path / "f", {"student.int8.onnx": "teacher.onnx"}, fmt="int8")
+    f = forced["profiles"]["host-1t"]["format"]
+    assert f["chosen"] == "int8" and f["why"].startswith("forced") and f["p50_ms"]["int8"] > f["p50_ms"]["fp32"]
+    assert forced["release"]["shipped_file"] == "student.int8.onnx"
+    budget = (auto["release"]["student_fp32_p95_ms"] + forced["release"]["student_int8_p95_ms"]) / 2
+    profiles = release_params(merge(FAST, {"benchmark": {"profiles": [
+        FAST["benchmark"]["profiles"][0] | {"latency_ms": budget}, FAST["benchmark"]["profiles"][1]]}})).benchmark.profiles
+    ok = {r["gate"]: r for r in promote.host_profile_rows(auto_json, profiles)}["latency:host-1t"]
+    assert ok["verdict"] == "pass" and ok["metric"].startswith("fp32") and ok["value"] == auto["release"]["shipped_p95_ms"]
+    bad = {r["gate"]: r for r in promote.host_profile_rows(forced_json, profiles)}["latency:host-1t"]
+    assert bad["verdict"] == "fail" and bad["metric"].startswith("int8") and "> budget" in bad["detail"]
+    flash = {r["gate"]: r for r in promote.host_profile_rows(auto_json, profiles)}["flash:host-1t"]
+    assert flash["value"] == (release / "models/student.onnx").stat().st_size
+
+
+def test_auto_keeps_the_slower_file_when_the_faster_is_less_accurate(release, tmp_path):
+    """Tolerance 0: the faster file ships only if it is at least as accurate on validation."""
+    result, _ = _bench_with(release, tmp_path, {"student.int8.onnx": "teacher.onnx"}, tolerance=0.0)
+    f = result["profiles"]["host-1t"]["format"]
+    fp32_worse = f["accuracy"]["int8"] > f["accuracy"]["fp32"]
+    assert f["chosen"] == ("int8" if fp32_worse else "fp32")
+    if fp32_worse:
+        assert "below INT8's" in f["why"]
+
+
+def test_prod_card_names_the_file_prod_ships(release, tmp_path):
+    """A prod bundle whose card says the host profile runs FP32 is measured as FP32; without `ships`
+    (a release made before per-profile formats) prod is its INT8 file."""
+    new, _ = _bench_with(release, tmp_path / "n", {}, card={"model": "student", "version": "v0.2.0",
+                                                          "ships": {"host-1t": {"format": "fp32", "file": "student.onnx"}}})
+    assert new["release"]["prod_file"] == "student.onnx"
+    assert new["interleaved"]["models"]["prod"]["path"].endswith("prod/student.onnx")
+    old, _ = _bench_with(release, tmp_path / "o", {}, card={"model": "student", "version": "v0.1.0"})
+    assert old["release"]["prod_file"] == "student.int8.onnx"
+    assert old["interleaved"]["models"]["prod"]["path"].endswith("prod/student.int8.onnx")
+
+
+def test_another_measured_profile_decides_in_its_own_interleaved_run(release, tmp_path):
+    p = merge(FAST, {"benchmark": {"profiles": [*FAST["benchmark"]["profiles"],
+                                                FAST["benchmark"]["profiles"][0] | {"name": "host-2t", "threads": 2,
+                                                                                    "batch_sizes": [1]}]}})
+    result = benchmark.run(release_params(p), models_dir=release / "models", data_dir=release / "data/prepared",
+                           metrics_path=tmp_path / "benchmark.json")
+    two = result["profiles"]["host-2t"]
+    assert two["interleaved"]["threads"] == 2 and set(two["interleaved"]["models"]) == {
+        FLOOR, "student_int8", "student_fp32"}
+    f = two["format"]
+    assert f["p50_ms"] == {k: two["interleaved"]["models"][f"student_{k}"]["p50_ms"] for k in ("fp32", "int8")}
+    assert f["chosen"] == choose_format("auto", measured=True, mcu=False, p50_ms=f["p50_ms"], accuracy=f["accuracy"],
+                                        tolerance=0.01)["chosen"]  # from this profile's own figures
+    assert "interleaved" not in result["profiles"]["host-1t"]  # the first profile's is the release run

@@ -19,8 +19,9 @@ from edgedistill.errors import GateFailed
 from edgedistill.io import read_json
 from tasks import benchmark, distill, export, prepare, promote, teacher_logits, train_teacher
 
+# INT8 ships here (forced: `auto` would decide by timing); test_fp32_* re-benchmark the run with fp32
 HOST = {"name": "edge-cpu-1t", "threads": 1, "batch_sizes": [1], "warmup": 2, "runs": 20, "max_seconds": 0.5,
-        "latency_ms": 1000.0, "ram_bytes": 2**30, "flash_bytes": 2**30}
+        "latency_ms": 1000.0, "ram_bytes": 2**30, "flash_bytes": 2**30, "format": "int8"}
 TINY = {
     "compute": {"device": "cpu", "threads": 1},
     "teacher": {"config": {"widths": [8, 16, 16], "kernel": 5, "dropout": 0.0},
@@ -245,3 +246,54 @@ def test_dvc_metrics_lead_with_what_users_compare(runs, tmp_path):
     assert summary["kd_gain_lo"] <= summary["kd_gain"] == c["kd_gain"] <= summary["kd_gain_hi"]
     assert summary["target"]["edge-cpu-1t"]["latency_ms"] == c["p95_ms"] == summary["latency_p95_ms"]
     assert summary["size_bytes"] == c["size_bytes"] and summary["verdict"]["passed"] is True
+
+
+# ---------------------------------------------------------------- a profile that ships FP32
+
+FP32 = {"format": "fp32"}
+
+
+@pytest.fixture(scope="module")
+def fp32_run(runs, tmp_path_factory) -> Path:
+    """The good run re-benchmarked with the host profile shipping FP32 (the mcu profile: INT8)."""
+    root = tmp_path_factory.mktemp("fp32") / "good"
+    shutil.copytree(runs["good"], root)
+    with contextlib.chdir(root):
+        benchmark.run(params(host=FP32))
+    return root
+
+
+def test_fp32_profile_gates_judge_the_fp32_file(fp32_run):
+    c = measured(fp32_run)
+    bench = read_json(fp32_run / promote.BENCHMARK)
+    assert c["formats"] == {"edge-cpu-1t": "fp32", "cortex-m7": "int8"}
+    assert c["p95_ms"] == bench["release"]["student_fp32_p95_ms"] and c["size_bytes"] == bench["models"][
+        "student_fp32"]["file_bytes"]
+    d = decide(fp32_run, params(host=FP32))
+    assert d["passed"], d["failed"]
+    # both shipped files are judged: INT8 (the mcu profile) and FP32 (the gateway)
+    assert {"accuracy", "int8_drop", "fp32_accuracy", "fp32_drop_vs_teacher", "fp32_no_regression"} <= {
+        r["gate"] for r in d["gates"]}
+    assert row(d, "fp32_accuracy")["value"] == c["fp32_accuracy"] and "edge-cpu-1t" in row(d, "fp32_accuracy")["metric"]
+    fails = decide(fp32_run, params({"min_accuracy": min(c["fp32_accuracy"] + 0.01, 1.0)}, host=FP32))
+    assert "fp32_accuracy" in fails["failed"]
+    # the latency budget just below the FP32 p95 the benchmark stage measured
+    with contextlib.chdir(fp32_run), pytest.raises(GateFailed, match="latency:edge-cpu-1t"):
+        promote.run(params(host=FP32 | {"latency_ms": c["p95_ms"] / 2}))
+    r = row(read_json(fp32_run / promote.PROMOTION), "latency:edge-cpu-1t")
+    assert r["verdict"] == "fail" and r["metric"].startswith("fp32") and r["value"] == c["p95_ms"]
+
+
+def test_fp32_profile_against_a_prod_released_before_formats(fp32_run, runs, tmp_path):
+    """Prod's bundle has no `ships` in its card: it shipped INT8 on every profile, so the candidate's
+    FP32 gateway file is compared with prod's INT8 file, and its INT8 (mcu) file with the same."""
+    root = tmp_path / "candidate"
+    shutil.copytree(fp32_run, root)
+    _install_prod(root, runs["good"], recorded=0.0)
+    d = decide(root, params({"regression_tolerance": 0.01}, host=FP32))
+    fp32 = d["vs_prod_fp32"]
+    assert fp32["comparable"] and fp32["prod_file"] == "student.int8.onnx" and fp32["candidate_file"] == "student.onnx"
+    assert d["vs_prod"]["prod_file"] == d["vs_prod"]["candidate_file"] == "student.int8.onnx"
+    r = row(d, "fp32_no_regression")
+    assert "paired, same windows" in r["metric"] and "student.int8.onnx" in r["detail"]
+    assert r["value"] == pytest.approx(fp32["candidate_accuracy"] - fp32["prod_accuracy"], abs=1e-6)

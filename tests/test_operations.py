@@ -70,12 +70,15 @@ def test_s3_conditional_write_is_enforced_by_the_server(monkeypatch):
 
 # ---------------------------------------------------------------- a project with a registered version
 
-def release_v(root: Path, version: str, data_md5: str | None, stage: str | None = None, seed: int = 0) -> dict:
-    """Register `version` at HEAD with its bundle in the store, as the release flow leaves it."""
+def release_v(root: Path, version: str, data_md5: str | None, stage: str | None = None, seed: int = 0,
+              ships: dict | None = None) -> dict:
+    """Register `version` at HEAD with its bundle in the store, as the release flow leaves it (`ships`:
+    the card's file per profile; None: a card as written before per-profile formats)."""
     params = load_params(root / "params.yaml")
     files = write_candidate(root / f".cand-{version}", seed=seed)
     card = root / f".cand-{version}" / CARD
-    card.write_text(json.dumps({"model": MODEL, "version": version, "lineage": {"data": {"md5": data_md5}}}))
+    card.write_text(json.dumps({"model": MODEL, "version": version, "lineage": {"data": {"md5": data_md5}}}
+                               | ({"ships": ships} if ships is not None else {})))
     publish_bundle(open_store(params.store, root), MODEL, version, {**files, CARD: card})
     reg = Registry(root)
     reg.register(MODEL, version, "HEAD")
@@ -440,7 +443,16 @@ def test_device_benchmark_files_its_result_beside_the_bundle(project):
     params = load_params(project / "params.yaml")
     sums = release_v(project, "v0.1.0", None, stage="prod")
     got = benchmark_release(project, params, "prod", device="gateway-7")
+    # a bundle made before per-profile formats (no `ships` in its card): its INT8 file
     assert got["version"] == "v0.1.0" and got["file_sha256"] == sums["student.int8.onnx"]
+    assert got["file"] == "student.int8.onnx"
     assert got["latency"]["1"]["runs"] >= 10 and got["fits"]["fits"]
     stored = json.loads(open_store(params.store, project).read_text(bench_key(MODEL, "v0.1.0", "gateway-7")))
     assert stored["latency"] == got["latency"] and stored["device"] == "gateway-7"
+    # a card that ships FP32 on the gateway profile: that file is measured
+    sh(["git", "commit", "-q", "--allow-empty", "-m", "next release"], project)
+    sums = release_v(project, "v0.2.0", None, stage="prod", seed=1,
+                     ships={"edge-cpu-1t": {"format": "fp32", "file": "student.onnx"}})
+    got = benchmark_release(project, params, "prod", device="gateway-7")
+    assert got["version"] == "v0.2.0" and got["file"] == "student.onnx"
+    assert got["file_sha256"] == sums["student.onnx"]

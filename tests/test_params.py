@@ -107,3 +107,18 @@ def test_overrides_set_nested_keys_as_yaml_values():
     assert p.teacher.train.epochs == 3 and p.student.config["widths"] == [8, 8] and p.sweep.dask_address is None
     with pytest.raises(ParamsInvalid, match="teacher.train.epochs"):
         apply_overrides(raw, ["teacher.train.epochs"])
+
+
+def test_an_mcu_profile_cannot_ship_fp32():
+    prof = {"name": "m4", "measure": False, "mcu": "cortex-m4", "clock_hz": 64_000_000}
+    base = base_params_dict()["benchmark"]["profiles"][0]
+    with pytest.raises(ParamsInvalid, match="an mcu profile ships INT8"):
+        _with_profiles([base, prof | {"format": "fp32"}])
+    assert _with_profiles([base, prof | {"format": "int8"}]).benchmark.profiles[1].format == "int8"
+    assert _with_profiles([base, prof]).benchmark.profiles[1].format == "auto"  # auto: INT8 on an mcu
+    with pytest.raises(ParamsInvalid, match="format"):
+        _with_profiles([base | {"format": "fp16"}])
+
+
+def _with_profiles(profiles: list[dict]) -> Params:
+    return parse_params(merge(base_params_dict(), {"benchmark": {"profiles": profiles}}))

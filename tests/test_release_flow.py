@@ -28,6 +28,7 @@ from flows.reproduce import compare_metrics, compare_values, reproduce_verdict, 
 
 ED = f"{BIN}/edgedistill"
 BUCKET = "releases"
+SHIPS = {"edge-cpu-1t": "fp32", "nrf52-m4": "int8"}  # what the released candidate ships per profile
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def released(tmp_path_factory, s3):
     """A project released once to S3: student v0.1.0 in staging."""
     base = tmp_path_factory.mktemp("flow")
     store = {"s3": {"bucket": BUCKET, "prefix": "team", "endpoint_url": s3, "region": "us-east-1"}}
-    proj = mini_project(base / "proj", store, origin=base / "origin.git", spec={"accuracy": 0.9})
+    proj = mini_project(base / "proj", store, origin=base / "origin.git", spec={"accuracy": 0.9, "formats": SHIPS})
     run = sh([ED, "run"], proj, env=FAKE_AWS)
     return {"proj": proj, "origin": base / "origin.git", "base": base, "run": run, "endpoint": s3}
 
@@ -85,6 +86,10 @@ def test_release_registers_staging_pushes_and_publishes(released, monkeypatch):
     card = json.loads(S3Store(BUCKET, "team", endpoint_url=released["endpoint"]).read_text(
         "releases/student/v0.1.0/model_card.json"))
     assert card["version"] == "v0.1.0" and card["lineage"]["git_commit"] == info.commit
+    # the file each profile loads (a device or `fetch` reads this; a card without it ships INT8)
+    assert card["ships"] == {"edge-cpu-1t": {"format": "fp32", "file": "student.onnx"},
+                             "nrf52-m4": {"format": "int8", "file": "student.int8.onnx"}}
+    assert "fp32_accuracy" in {g["gate"] for g in card["gates"]["gates"]}
     assert card["lineage"]["params"]["promote"]["model"] == "student"
     assert card["files"]["student.int8.onnx"]["sha256"] == sha256_file(proj / "models/student.int8.onnx")
     assert card["gates"]["passed"] is True and card["metrics"]["export"]["int8_drop"] == 0.005
@@ -106,7 +111,9 @@ def test_release_registers_staging_pushes_and_publishes(released, monkeypatch):
     assert any("edgedistill release: released" in t and "| registry | student v0.1.0 → staging |" in t
                and "| KD gain (paired, test) | +3.00 pts [+1.00, +5.00] |" in t
                and "| INT8 accuracy / drop | 89.50% [85.50, 93.50] / 0.50 pts [0.00, 1.50] |" in t
-               and "- KD helped: +2.0 pts" in t for t in texts)
+               and "- KD helped: +2.0 pts" in t
+               and "| shipped file per profile | edge-cpu-1t: FP32 (student.onnx); nrf52-m4: INT8 (student.int8.onnx) |"
+               in t for t in texts)
     assert "KD gain (paired, test)" in out and "+3.00 pts [+1.00, +5.00]" in out
     assert "AWS" not in (proj / ".dvc/config.local").read_text()
 
@@ -134,6 +141,7 @@ def test_fresh_clone_pulls_and_fetches_prod(released, monkeypatch):
 
     r = sh([ED, "fetch", "--stage", "prod", "--to", "deploy/edge"], clone, env=FAKE_AWS)
     assert "student v0.1.0 (prod)" in r.stdout and r.stdout.count("verified") == 5  # every bundle file
+    assert "ships: edge-cpu-1t → student.onnx (FP32); nrf52-m4 → student.int8.onnx (INT8)" in r.stdout
     for name in ("student.onnx", "student.int8.onnx"):
         assert sha256_file(clone / "deploy/edge" / name) == sha256_file(proj / "models" / name)
 
@@ -177,6 +185,9 @@ def test_failing_gate_fails_the_flow_and_registers_nothing(released):
     assert "accuracy" in report["failed"] and report["prod"]["version"] == "v0.1.0"
     # prod's bundle was fetched (SHA256-verified) into models/prod/ and scored on the candidate's windows
     assert report["vs_prod"]["comparable"] and (proj / "models/prod/student.int8.onnx").is_file()
+    # this candidate records no per-profile formats (INT8 everywhere): compared with prod's INT8 file,
+    # although prod ships FP32 on the gateway
+    assert report["vs_prod"]["prod_file"] == "student.int8.onnx" and report["vs_prod_fp32"] is None
     assert "regression vs prod (paired)" in out and "prod v0.1.0 scored on the candidate's" in out
     (proj / "candidate_spec.json").write_text(json.dumps({"accuracy": 0.9}))  # leave it releasable
 
@@ -292,6 +303,10 @@ def test_reproduce_verdicts_per_metric():
     assert p95["verdict"] == "differs" and p95["timing"] and not p95["decisive"]
     assert rows["note"]["verdict"] == "differs" and not rows["note"]["decisive"]
     assert compare_values("acc", 0.9, 0.91, tol) == "differs"
+    # a latency over the call floor's measures the machine too: reported, not judged
+    floor = compare_metrics("b.json", {"release": {"shipped_net_x_floor": 1.43}}, {"release": {"shipped_net_x_floor": 1.6}},
+                            tol)[0]
+    assert floor["timing"] and not floor["decisive"]
 
 
 def test_reproduce_overall_verdict_in_one_word():

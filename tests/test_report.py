@@ -81,6 +81,11 @@ def test_page_has_every_section_from_the_run(run_dir):
         assert f"<td>{g['gate']}</td>" in page
     assert page.count("<svg") >= 3 + 3 + 1  # curves (accuracy + 3 losses), 3 confusion matrices, per-op bars
     assert "net p50 µs" in page and "QLinearConv" in page and "kernel time per op type" in page.lower()
+    # the file each profile ships, and why (format: auto on the host profile, INT8 on the mcu one)
+    bench = json.loads((run_dir / "metrics/benchmark.json").read_text())
+    host = bench["profiles"]["edge-cpu-1t"]["format"]
+    assert "id='format-table'" in page and f"<b>{host['chosen'].upper()}</b> ({host['file']})" in page
+    assert "<td>cortex-m7</td><td><b>INT8</b> (student.int8.onnx)" in page
     assert "37 checks run" in page or re.search(r"\d+ checks run, 0 failed", page)
     assert "Data Docs" in page  # says why the validation section, not GX's CDN pages, is the offline view
     # self-contained: no script, no link element, no URL that would leave the machine

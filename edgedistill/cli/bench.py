@@ -172,6 +172,10 @@ def _benchmark_summary(r: dict) -> None:
          f"(net {1e3 * rel['student_int8_net_p50_ms']:.1f} µs over a {1e3 * rel['floor_p50_ms']:.1f} µs call floor), "
          f"p95 {1e3 * rel['student_int8_p95_ms']:.1f} µs; teacher/student net "
          + (f"{net_x:.1f}×" if net_x else "-") + f"; {vs_prod}; fits: {rel['fits']}")
+    for name, p in r["profiles"].items():
+        f = p.get("format") or {}
+        if f:
+            show(f"{name} ships {f['file']} ({f['chosen'].upper()}): {f['why']}")
 
 
 SUMMARIES["export"] = _export_summary

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from edgedistill.cli.main import SUMMARIES, _state, app, console, guarded, params
 from edgedistill.fmt import num
+from edgedistill.store import CARD
 
 
 def _promote_summary(r: dict) -> None:
@@ -101,6 +102,10 @@ def fetch(
         t.add_row(name, f"{f['bytes']:,}", f"{f['sha256'][:16]}… [green]verified[/]")
     console.print(t)
     console.print(f"[green]✓[/] {r['dest']}")
+    card_path = Path(r["dest"]) / CARD
+    ships = (json.loads(card_path.read_text()).get("ships") if card_path.is_file() else None) or {}
+    console.print("ships: " + ("; ".join(f"{prof} → {s['file']} ({s['format'].upper()})" for prof, s in ships.items())
+                               or "student.int8.onnx on every profile (released before per-profile formats)"))
 
 
 @app.command()
