@@ -215,8 +215,10 @@ def main() -> None:
     variants = {}
     for v in a.variant:
         label, _, sets = v.partition("=")
-        if not label or not sets or any(not k.startswith("distill.") for k in sets.split(";")):
-            ap.error(f"--variant {v!r}: LABEL=distill.KEY=VAL[;distill.KEY=VAL] (the teacher and its logits are shared)")
+        if not label or not sets or any(not k.startswith("distill.") or k.startswith("distill.bank.")
+                                        for k in sets.split(";")):
+            ap.error(f"--variant {v!r}: LABEL=distill.KEY=VAL[;distill.KEY=VAL], not distill.bank.* (the teacher and "
+                     f"its cached logits are shared)")
         variants[label] = sets.split(";")
     raw = yaml.safe_load(Path(a.params).read_text())
     apply_overrides(raw, a.set)

@@ -44,8 +44,9 @@ CALLS = {
     # `cap` seconds of training when the epoch is longer: windows/s over the steps done gives the epoch time
     "teacher_epoch": """
 import json, time, torch, torch.nn.functional as F
-from edgedistill.training import (Augment, TrainConfig, augment, build_from_params, load_prepared,
-                                  resolve_device, train)
+import dataclasses
+from edgedistill.training import (augment, augment_for, build_from_params, load_prepared, resolve_device, train,
+                                  train_config)
 cap = {cap}
 mp = p.teacher
 device = resolve_device(p.compute.device, p.compute.threads)
@@ -54,7 +55,7 @@ data = load_prepared('prepared', device)
 meta = data.model_meta(mp.arch, mp.config)
 torch.manual_seed(0)
 model = build_from_params(mp.arch, mp.config, meta['net_in_channels'], meta['n_classes'])
-aug = Augment(**mp.augment.model_dump())
+aug = augment_for(mp.augment, p.data.vector_groups, data.norm)
 seen = [0, None]
 class Cap(Exception):
     pass
@@ -65,7 +66,7 @@ def loss_fn(model, xb, yb, idx, gen):
         raise Cap
     seen[0] += len(idx)
     return F.cross_entropy(model(augment(xb, aug, gen)), yb, label_smoothing=mp.train.label_smoothing)
-cfg = TrainConfig(**{{**mp.train.model_dump(exclude={{'label_smoothing'}}), 'epochs': 1}})
+cfg = dataclasses.replace(train_config(mp.train, len(data.train)), epochs=1)
 try:
     train(model, data.train, data.val, loss_fn, cfg, device, data.labels, log=lambda s: None)
     full = True

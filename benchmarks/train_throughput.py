@@ -23,6 +23,7 @@ loop, the bare loop + the batch augmentation, the pipeline loop (`training.train
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -38,10 +39,10 @@ import torch.nn.functional as F  # noqa: E402
 from edgedistill.nets import channels_last_twin  # noqa: E402
 from edgedistill.params import load_params  # noqa: E402
 from edgedistill.training import (  # noqa: E402
-    Augment,
     Split,
     TrainConfig,
     augment,
+    augment_for,
     build_from_params,
     load_prepared,
     resolve_device,
@@ -106,7 +107,7 @@ def main() -> None:
     print("pipeline loop = augmentation (scale, jitter, shift) + a val pass per epoch; bare = forward/backward/step")
     print(f"{'model':8} {'batch':>6} {'pipeline loop':>15} {'bare loop':>12} {'ratio':>6}")
     for role, mp in [(r, getattr(p, r)) for r in a.models.split(",")]:
-        aug = Augment(**mp.augment.model_dump())
+        aug = augment_for(mp.augment, p.data.vector_groups, data.norm)
         for batch in [int(b) for b in a.batch_sizes.split(",")]:
             meta = data.model_meta(mp.arch, mp.config)
             torch.manual_seed(0)
@@ -146,7 +147,7 @@ def interleaved(a: argparse.Namespace) -> None:
                            "rounds": a.rounds, "models": {}}
     for role in a.models.split(","):
         mp = getattr(p, role)
-        aug = Augment(**mp.augment.model_dump())
+        aug = augment_for(mp.augment, p.data.vector_groups, data.norm)
         meta = data.model_meta(mp.arch, mp.config)
         runs: dict[tuple[int, int], dict[str, list[float]]] = {s: {"pipe": [], "bare": []} for s in settings}
 
@@ -243,8 +244,9 @@ def breakdown(a: argparse.Namespace) -> None:
                            "train_windows": len(train_s), "val_windows": len(val_s), "rounds": a.rounds,
                            "ref": a.ref, "models": {}}
     for role in a.models.split(","):
-        out["models"][role] = _breakdown_model(role, getattr(p, role), data, train_s, val_s, batch, mods, a.rounds,
-                                               device)
+        mp = getattr(p, role)
+        out["models"][role] = _breakdown_model(role, mp, data, train_s, val_s, batch, mods, a.rounds, device,
+                                               augment_for(mp.augment, p.data.vector_groups, data.norm))
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps(out, indent=2) + "\n")
@@ -252,7 +254,7 @@ def breakdown(a: argparse.Namespace) -> None:
 
 
 def _breakdown_model(role, mp, data, train_s: Split, val_s: Split, batch: int, mods: dict, rounds: int,
-                     device: torch.device) -> dict[str, Any]:
+                     device: torch.device, cur_aug: Any) -> dict[str, Any]:
     meta = data.model_meta(mp.arch, mp.config)
 
     def fresh():
@@ -260,7 +262,8 @@ def _breakdown_model(role, mp, data, train_s: Split, val_s: Split, batch: int, m
         return build_from_params(mp.arch, mp.config, meta["net_in_channels"], meta["n_classes"]).to(device)
 
     def run_pipeline(mod, **kw):
-        aug = mod.Augment(**mp.augment.model_dump())
+        # the params' augmentation as this module's Augment (shift made readings by today's augment_for)
+        aug = mod.Augment(**{f.name: getattr(cur_aug, f.name) for f in dataclasses.fields(mod.Augment)})
 
         def loss_fn(model, xb, yb, idx, gen):
             return F.cross_entropy(model(mod.augment(xb, aug, gen)), yb)
@@ -270,7 +273,7 @@ def _breakdown_model(role, mp, data, train_s: Split, val_s: Split, batch: int, m
                          mod.Split(val_s.x, val_s.y, val_s.path), loss_fn, cfg, device, data.labels,
                          log=lambda s: None, **kw).samples_per_s
 
-    aug = Augment(**mp.augment.model_dump())
+    aug = cur_aug
     loops = {"bare": lambda: bare_loop(fresh(), train_s.x, train_s.y, batch, 1, device),
              "bare+augment": lambda: bare_aug_loop(fresh(), train_s.x, train_s.y, batch,
                                                    lambda xb, g: augment(xb, aug, g), device)}

@@ -155,6 +155,14 @@ class AugmentParams(_Section):
     time_warp: float = Field(0.0, ge=0, lt=1, description="std of a smooth random playback speed (warp_knots knots)")
     warp_knots: int = Field(4, ge=2, description="knots of the smooth random curves of magnitude/time warping")
 
+    @field_validator("shift", mode="before")
+    @classmethod
+    def _shift_is_a_fraction(cls, v: Any) -> Any:
+        if isinstance(v, int | float) and not isinstance(v, bool) and v >= 1:
+            raise ValueError(f"{v} looks like readings: shift is a fraction of prepare.window now "
+                             f"(16 readings of a 128-reading window: 0.125)")
+        return v
+
 
 class TrainParams(_Section):
     epochs: int = Field(ge=1)
@@ -372,7 +380,7 @@ class SweepParams(_Section):
     temperatures: list[float] = Field([2.0, 4.0], min_length=1)
     alphas: list[float] = Field([0.5, 0.9], min_length=1)
     epochs: int | None = Field(20, ge=1, description="student epochs per point (null: student.train.epochs); "
-                                                     "student.train.min_steps holds")
+                                                     "student.train.min_steps scaled alike")
     budget_profile: str | None = Field(None, description="benchmark profile whose RAM/flash budget the "
                                                           "chosen student must fit (null: the last profile)")
     bench_runs: int = Field(200, ge=10, description="batch-1 INT8 runs per point (measured one at a time)")

@@ -40,9 +40,10 @@ IDENTICAL, WITHIN, DIFFERS = "identical", "within tolerance", "differs"
 # the overall verdict
 REPRODUCED, REPRODUCED_WITHIN, DIFFERENT = "reproduced", "reproduced within tolerance", "differs"
 # figures that measure the machine, not the model: compared with timing_rtol (x_floor: a p50 over the
-# call floor's)
+# call floor's; shipped_*: the file a measured profile ships is chosen by timing, benchmark.profiles[].format
+# auto, so its figures follow a timing; the FP32 and INT8 files' own figures are judged under their keys)
 TIMING = re.compile(r"(_ms\b|_ms_|_ms\.|seconds|_sec\b|per_s\b|latency|throughput|speedup|rss|elapsed|"
-                    r"duration|time|overhead|epoch_cost|p95|p50|p99|x_floor)", re.I)
+                    r"duration|time|overhead|epoch_cost|p95|p50|p99|x_floor|shipped_)", re.I)
 HASH_KEY = re.compile(r"(sha256|md5|hash)", re.I)  # a file hash recorded in a metrics file: its file is compared
 LABEL_KEYS = ("gate", "stage", "name", "check")  # list items named by one of these flatten as key[label]
 

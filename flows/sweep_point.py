@@ -5,6 +5,7 @@ windows (reported) and on the validation windows (what the sweep selects by). Ru
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -25,7 +26,10 @@ def point_params(params: Params, point: dict[str, Any]) -> Params:
     raw = params.model_dump(mode="json", by_alias=True)
     raw["student"]["config"] = {**raw["student"]["config"], "widths": point["widths"]}
     if params.sweep.epochs is not None:
+        # a shorter schedule per point: the step floor (train.min_steps) shrinks by the same share
+        tp = params.student.train
         raw["student"]["train"]["epochs"] = params.sweep.epochs
+        raw["student"]["train"]["min_steps"] = math.ceil(tp.min_steps * params.sweep.epochs / tp.epochs)
     raw["distill"].update(method="hinton", temperature=point["temperature"], alpha=point["alpha"])
     raw["compute"]["threads"] = 1
     return Params.model_validate(raw)

@@ -409,28 +409,41 @@ def compare_with_prod(prod_dir: str | Path = PROD_DIR, candidate: str | Path = C
                       profiles: list[str] | None = None) -> dict[str, Any] | None:
     """Score the candidate's file and the file prod ships on `profiles` (its card's `ships`; a
     bundle made before per-profile formats: INT8) on the candidate's test windows; the paired
-    difference (candidate - prod) with its recording-bootstrap interval. None without a prod bundle."""
-    from edgedistill import onnx_tools as ox
-
+    difference (candidate - prod) with its recording-bootstrap interval. None without a prod bundle.
+    Where prod ships different files on those profiles, each is compared and the worst comparison
+    (lowest paired difference; an incomparable one first) is returned, naming every file compared."""
     card_path = Path(prod_dir) / PROD_CARD
     card = read_json(card_path) if card_path.is_file() else None
     # a candidate without per-profile formats (no profiles): INT8, compared with prod's INT8
-    prod_model = Path(prod_dir) / (shipped_file(card, profiles[0]) if profiles else FILES[LEGACY_FORMAT])
+    names = list(dict.fromkeys(shipped_file(card, p) for p in profiles)) if profiles else [FILES[LEGACY_FORMAT]]
+    results = [r for r in (_compare_one(Path(prod_dir) / n, candidate, test, stats) for n in names) if r]
+    if not results:
+        return None
+    worst = min(results, key=lambda r: (r["comparable"], r.get("difference", {}).get("value", 0.0)))
+    return {**worst, "prod_files": [r["prod_file"] for r in results]} if len(results) > 1 else worst
+
+
+def _compare_one(prod_model: Path, candidate: str | Path, test: str | Path,
+                 stats: StatsParams | None) -> dict[str, Any] | None:
+    from edgedistill import onnx_tools as ox
+
     if not prod_model.is_file():
         return None
     st = stats or StatsParams()
     differs = contract_difference(ox.read_metadata(candidate), ox.read_metadata(prod_model))
     if differs:
-        return {"comparable": False, "reason": f"prod's input contract differs: {differs}"}
+        return {"comparable": False, "prod_file": prod_model.name, "reason": f"prod's input contract differs: {differs}"}
     if not Path(test).is_dir():
-        return {"comparable": False, "reason": f"the candidate's test windows ({test}) are missing"}
+        return {"comparable": False, "prod_file": prod_model.name,
+                "reason": f"the candidate's test windows ({test}) are missing"}
     split = open_split(test)
     x, y, rec = split.load_all(), split.y, split.recording
     cand = ox.predict(ox.open_session(candidate), candidate, x).argmax(1)
     try:
         prev = ox.predict(ox.open_session(prod_model), prod_model, x).argmax(1)
     except Exception as e:  # noqa: BLE001 - any refusal of these windows is a contract difference
-        return {"comparable": False, "reason": f"prod's model does not accept the candidate's windows ({e})"}
+        return {"comparable": False, "prod_file": prod_model.name,
+                "reason": f"prod's model does not accept the candidate's windows ({e})"}
     d = paired_difference(cand, prev, y, rec, resamples=st.resamples, seed=st.seed, confidence=st.confidence)
     return {"comparable": True, "windows": int(len(y)), "prod_file": prod_model.name,
             "candidate_file": Path(candidate).name, "candidate_accuracy": float((cand == y).mean()),

@@ -34,8 +34,10 @@ def test_shift_is_a_fraction_of_the_window():
     out = augment(x, dataclasses.replace(aug, scale=0.0, jitter=0.0), torch.Generator().manual_seed(0))
     lag = (out[:, 0, 16] - x[:, 0, 16]).abs()  # middle reading: the shift itself, no wrap
     assert lag.max() == 4 and lag.min() == 0
+    with pytest.raises(ParamsInvalid, match="shift is a fraction of prepare.window"):
+        make_params({"student": {"augment": {"shift": 16}}})  # a params.yaml from before: readings
     with pytest.raises(ParamsInvalid, match="shift"):
-        make_params({"student": {"augment": {"shift": 16}}})
+        make_params({"student": {"augment": {"shift": 0.5}}})
 
 
 def test_rotations_are_rotations_within_the_angle():

@@ -297,3 +297,25 @@ def test_fp32_profile_against_a_prod_released_before_formats(fp32_run, runs, tmp
     r = row(d, "fp32_no_regression")
     assert "paired, same windows" in r["metric"] and "student.int8.onnx" in r["detail"]
     assert r["value"] == pytest.approx(fp32["candidate_accuracy"] - fp32["prod_accuracy"], abs=1e-6)
+
+
+def test_prod_shipping_two_files_on_one_candidate_format_is_compared_with_each(runs, tmp_path):
+    """The candidate ships INT8 on the gateway and the mcu; prod shipped FP32 (a good model) on the gateway and
+    INT8 (a badly quantized one) on the mcu: both of prod's files are scored on the same windows, and the gate
+    takes the worse comparison (against prod's better file), not just the first profile's."""
+    root = tmp_path / "candidate"
+    shutil.copytree(runs["good"], root)
+    _install_prod(root, runs["bad"], recorded=0.0)
+    shutil.copy(runs["good"] / "models/student.onnx", root / promote.PROD_DIR / "student.onnx")
+    card = {"model": "student", "version": "v0.1.0",
+            "ships": {"edge-cpu-1t": {"format": "fp32", "file": "student.onnx"},
+                      "cortex-m7": {"format": "int8", "file": "student.int8.onnx"}}}
+    (root / promote.PROD_DIR / "model_card.json").write_text(json.dumps(card))
+    with contextlib.chdir(root):
+        both = promote.compare_with_prod(profiles=["edge-cpu-1t", "cortex-m7"])
+        one = {f: promote.compare_with_prod(profiles=[p]) for f, p in (("fp32", "edge-cpu-1t"), ("int8", "cortex-m7"))}
+    assert both["prod_files"] == ["student.onnx", "student.int8.onnx"]
+    assert one["fp32"]["prod_file"] == "student.onnx" and one["int8"]["prod_file"] == "student.int8.onnx"
+    worst = min(one.values(), key=lambda r: r["difference"]["value"])
+    assert both["prod_file"] == worst["prod_file"] and both["difference"] == worst["difference"]
+    assert one["int8"]["difference"]["value"] > one["fp32"]["difference"]["value"]  # prod's mcu file is the bad one

@@ -48,6 +48,15 @@ def test_student_widths_scale_cut_and_extend():
     assert student_widths([16, 24, 32, 32], 1.0, 5) == [16, 24, 32, 32, 32, 32]
 
 
+def test_sweep_epochs_shrink_the_step_floor_alike():
+    from flows.sweep_point import point_params
+
+    p = make_params({"student": {"train": {"epochs": 30, "min_steps": 2000}}, "sweep": {"epochs": 15}}, small=False)
+    pp = point_params(p, {"widths": [8, 8], "temperature": 4.0, "alpha": 0.5})
+    assert pp.student.train.epochs == 15 and pp.student.train.min_steps == 1000
+    assert pp.distill.method == "hinton" and pp.compute.threads == 1
+
+
 def test_grid_is_the_product_of_the_params():
     p = make_params({"sweep": {"width_multipliers": [0.5, 1.0], "depths": [2, 3], "temperatures": [2.0],
                                "alphas": [0.5, 0.9]}})
