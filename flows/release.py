@@ -465,16 +465,21 @@ def _pts_iv(m: dict[str, Any], key: str) -> str:
 
 
 def _regression_text(s: dict[str, Any]) -> str:
-    """The no-regression row in words: paired vs prod on the same windows, or the recorded fallback."""
-    row = next((g for g in s.get("gates") or [] if g["gate"] == "no_regression"), None)
-    if row is None:
-        return "—"
-    if row.get("value") is None:
-        return row.get("detail") or "—"
-    v = f"{100 * float(row['value']):+.2f} pts"
-    if row.get("lo") is not None:
-        v += f" [{100 * float(row['lo']):+.2f}, {100 * float(row['hi']):+.2f}]"
-    return f"{v} ({row['verdict']}; {row.get('detail')})"
+    """The no-regression rows in words (INT8, and FP32 where a profile ships it): paired vs prod on the same
+    windows, or the recorded fallback."""
+    texts = []
+    for gate in ("no_regression", "fp32_no_regression"):
+        row = next((g for g in s.get("gates") or [] if g["gate"] == gate), None)
+        if row is None:
+            continue
+        if row.get("value") is None:
+            texts.append(row.get("detail") or "—")
+            continue
+        v = f"{100 * float(row['value']):+.2f} pts"
+        if row.get("lo") is not None:
+            v += f" [{100 * float(row['lo']):+.2f}, {100 * float(row['hi']):+.2f}]"
+        texts.append(f"{'FP32: ' if gate.startswith('fp32') else ''}{v} ({row['verdict']}; {row.get('detail')})")
+    return "; ".join(dict.fromkeys(texts)) or "—"
 
 
 def _formats_text(formats: dict[str, str] | None) -> str:

@@ -167,7 +167,8 @@ def _benchmark_summary(r: dict) -> None:
     rel = r["release"]
     net_x = rel["net_speedup_int8_vs_teacher"]
     vs_prod = ("no prod model to compare" if rel["latency_ratio_vs_prod"] is None
-               else f"{rel['latency_ratio_vs_prod']:.2f}× prod's net p50")
+               else f"the shipped {rel.get('shipped_file', 'student.int8.onnx')} at "
+                    f"{rel['latency_ratio_vs_prod']:.2f}× prod's net p50")
     show(f"release ({rel['profile']}, batch 1): INT8 p50 {1e3 * rel['student_int8_p50_ms']:.1f} µs "
          f"(net {1e3 * rel['student_int8_net_p50_ms']:.1f} µs over a {1e3 * rel['floor_p50_ms']:.1f} µs call floor), "
          f"p95 {1e3 * rel['student_int8_p95_ms']:.1f} µs; teacher/student net "
