@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgedistill.training import Augment, augment, mixup
+from edgedistill.training import Augment, augment, mixup, train_config
 
 
 def bank_views(x_cpu: torch.Tensor, views: int, aug: Augment, mixup_alpha: float,
@@ -69,6 +69,19 @@ def bank_key(views: int, aug: Augment, mixup_alpha: float, seed: int, train_fing
     """What the cached bank logits were computed for: distill refuses a bank whose key differs."""
     blob = json.dumps([BANK_SCHEME, views, dataclasses.asdict(bank_augment(aug)), mixup_alpha, seed, train_fingerprint])
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def bank_size(bank: Any, student_train: Any, n_train: int) -> int:
+    """Views in the bank: `bank.views`, or more where the KD student (`student_train` on `n_train` windows, its
+    step floor included) would see each view more than `bank.max_repeats` times. A fixed bank stands in for the
+    fresh views function matching wants (Beyer et al. 2022); a small train split trained for the same steps
+    would otherwise replay each view dozens of times and the student fits the bank. The teacher's cost stays
+    about samples / max_repeats forward passes whatever the split's size."""
+    if bank.max_repeats <= 0 or n_train <= 0:
+        return bank.views
+    cfg = train_config(student_train, n_train)
+    samples = cfg.epochs * math.ceil(n_train / cfg.batch_size) * cfg.batch_size
+    return max(bank.views, math.ceil(samples / (n_train * bank.max_repeats)))
 
 
 class BankViews:

@@ -187,9 +187,11 @@ class ModelParams(_Section):
 
 
 class BankParams(_Section):
-    views: int = Field(8, ge=1, description="augmented + mixup views per training window")
+    views: int = Field(8, ge=1, description="augmented + mixup views per training window (at least)")
     mixup_alpha: float = Field(1.0, ge=0)
     seed: int = 0
+    max_repeats: float = Field(4.0, ge=0, description="more views when the KD student would see each view more "
+                                                      "often than this (its samples / (views x windows)); 0: off")
 
 
 class DistillParams(_Section):

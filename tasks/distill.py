@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgedistill.bank import BankViews, CachedLogits, bank_key
+from edgedistill.bank import BankViews, CachedLogits, bank_key, bank_size
 from edgedistill.checkpoint import (
     check_compatible,
     check_same_norm,
@@ -77,8 +77,9 @@ def load_cached_logits(path: str | Path, data: Prepared, params: Params, need_ba
     n = len(data.train)
     if cache["plain"].shape != (n, len(data.labels)):
         raise ModelMismatch(f"{path}: logits shape {list(cache['plain'].shape)} does not match {n} windows x {len(data.labels)} classes")
-    if need_bank and len(cache["bank"]) != params.distill.bank.views:
-        raise ModelMismatch(f"{path}: bank has {len(cache['bank'])} views, params ask for {params.distill.bank.views}")
+    want = bank_size(params.distill.bank, params.student.train, len(data.train))
+    if need_bank and len(cache["bank"]) != want:
+        raise ModelMismatch(f"{path}: bank has {len(cache['bank'])} views, params ask for {want}")
     return cache
 
 
@@ -87,11 +88,12 @@ def _bank_inputs(data: Prepared, params: Params, cache: dict[str, Any], device: 
     they would not be the views the teacher scored (edgedistill.bank.bank_key)."""
     b = params.distill.bank
     aug = augment_for(params.student.augment, params.data.vector_groups, data.norm)
-    key = bank_key(b.views, aug, b.mixup_alpha, b.seed, str(cache["meta"]["train_sha"]))
+    n_views = len(cache["bank"])  # bank_size(...), checked by load_cached_logits
+    key = bank_key(n_views, aug, b.mixup_alpha, b.seed, str(cache["meta"]["train_sha"]))
     if cache["meta"].get("bank_key") != key:
         raise ModelMismatch("a view of the bank differs from the cached one (augment/bank params changed?)",
                             hint="Run `dvc repro teacher_logits`.")
-    return BankViews(data.train.x.cpu(), b.views, aug, b.mixup_alpha, b.seed, device)
+    return BankViews(data.train.x.cpu(), n_views, aug, b.mixup_alpha, b.seed, device)
 
 
 def kd_loss_fn(params: Params, data: Prepared, device: torch.device, logits_path: str | Path,

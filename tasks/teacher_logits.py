@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgedistill.bank import BankViews, bank_key
+from edgedistill.bank import BankViews, bank_key, bank_size
 from edgedistill.checkpoint import check_compatible, load_checkpoint
 from edgedistill.io import swap_dir, write_json
 from edgedistill.params import Params
@@ -42,21 +42,22 @@ def run(params: Params, prepared: str | Path = PREPARED, teacher: str | Path = T
     model = model.net.to(device).eval()
     b = params.distill.bank
     aug = augment_for(params.student.augment, params.data.vector_groups, meta)
-    views = BankViews(train.x, b.views, aug, b.mixup_alpha, b.seed)
     n, k = len(train), int(meta["n_classes"])
+    n_views = bank_size(b, params.student.train, n)
+    views = BankViews(train.x, n_views, aug, b.mixup_alpha, b.seed)
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         plain = np.lib.format.open_memmap(tmp / "plain.npy", mode="w+", dtype=np.float32, shape=(n, k))
-        bank = np.lib.format.open_memmap(tmp / "bank.npy", mode="w+", dtype=np.float32, shape=(b.views, n, k))
-        digests = [hashlib.sha256() for _ in range(b.views)]
+        bank = np.lib.format.open_memmap(tmp / "bank.npy", mode="w+", dtype=np.float32, shape=(n_views, n, k))
+        digests = [hashlib.sha256() for _ in range(n_views)]
         with torch.no_grad():
             for start in range(0, n, BATCH):
                 idx = np.arange(start, min(start + BATCH, n))
                 plain[idx] = model(train.x[idx].to(device)).float().cpu().numpy()
-                for v in range(b.views):
+                for v in range(n_views):
                     xv = views.make(v, idx)
                     digests[v].update(xv.numpy().tobytes())
                     bank[v, idx] = model(xv.to(device)).float().cpu().numpy()
@@ -65,13 +66,13 @@ def run(params: Params, prepared: str | Path = PREPARED, teacher: str | Path = T
         del plain, bank
         train_sha = data_fingerprint(train_path)
         write_json(tmp / "meta.json", {
-            "windows": n, "classes": k, "views": b.views, "train_sha": train_sha,
-            "bank_key": bank_key(b.views, aug, b.mixup_alpha, b.seed, train_sha),
+            "windows": n, "classes": k, "views": n_views, "train_sha": train_sha,
+            "bank_key": bank_key(n_views, aug, b.mixup_alpha, b.seed, train_sha),
             "view_digests": [f"{d.hexdigest()}:{n}x{train.x.shape[1]}x{train.x.shape[2]}" for d in digests]})
         swap_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"path": str(out), "windows": n, "views": b.views}
+    return {"path": str(out), "windows": n, "views": n_views}
 
 
 def main() -> None:

@@ -276,6 +276,28 @@ def test_fm_bank_label_weight_mixes_the_labels_as_the_view_mixes_windows(trained
     assert r["kd"]["accuracy"] > 0.3
 
 
+def test_bank_grows_so_the_kd_student_replays_each_view_at_most_max_repeats(trained):
+    """bank.max_repeats: a small split trained for its step floor gets more views (teacher_logits writes them,
+    distill trains on them); a cache sized for other params is refused."""
+    from edgedistill.bank import bank_size
+    from edgedistill.params import BankParams, TrainParams
+
+    tp = TrainParams(epochs=30, batch_size=128, lr=0.01, weight_decay=0.0, label_smoothing=0.0, min_steps=2000)
+    assert bank_size(BankParams(views=8, max_repeats=4.0), tp, 8744) == 8  # 30 x 69 x 128 / (8 x 8744) = 3.8
+    assert bank_size(BankParams(views=8, max_repeats=4.0), tp, 418) == 154  # 500 epochs x 4 x 128 / (4 x 418)
+    assert bank_size(BankParams(views=8, max_repeats=0.0), tp, 418) == 8
+    workdir, _ = trained
+    p = tiny({"distill": {"bank": {"views": 2, "max_repeats": 1.0}}})
+    n = len(open_split("data/prepared/train").y)
+    want = bank_size(p.distill.bank, p.student.train, n)
+    assert want > 2
+    assert teacher_logits.run(p)["views"] == want
+    assert np.load(workdir / "models/teacher_logits/bank.npy", mmap_mode="r").shape[0] == want
+    assert distill.run(p, log=lambda s: None)["kd"]["accuracy"] > 0.3
+    with pytest.raises(ModelMismatch, match="views"):
+        distill.run(tiny({"distill": {"bank": {"views": 2, "max_repeats": 0.5}}}), log=lambda s: None)
+
+
 def test_bank_view_digest_sees_shifts_and_permutations():
     """The bank check hashes the views' bytes: the circular shifts and channel permutations augment
     applies change it, though they leave the old check (the sum of |x|) unchanged."""
