@@ -203,7 +203,7 @@ class DistillParams(_Section):
     dkd_alpha: float = Field(1.0, ge=0, description="DKD weight of the target-class term (TCKD)")
     dkd_beta: float = Field(8.0, ge=0, description="DKD weight of the non-target-class term (NCKD)")
     fm_temperature: float = Field(1.0, gt=0, description="function-matching temperature")
-    fm_label_weight: float = Field(0.0, ge=0, le=1, description="fm_bank: weight of the labels' cross-entropy on "
+    fm_label_weight: float = Field(0.5, ge=0, le=1, description="fm_bank: weight of the labels' cross-entropy on "
                                                                 "each bank view (mixup-weighted), 1 - it on the KL")
     bank: BankParams = BankParams()
 

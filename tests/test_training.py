@@ -272,6 +272,21 @@ def test_fm_bank_label_weight_mixes_the_labels_as_the_view_mixes_windows(trained
     assert (j0 == idx).all() and (lam0 == 1).all()
     workdir, _ = trained
     teacher_logits.run(tiny())
+    from edgedistill.training import build_from_params, load_prepared
+
+    data = load_prepared("data/prepared", torch.device("cpu"))
+    torch.manual_seed(0)
+    model = build_from_params("dscnn1d", {"widths": [8, 8], "kernel": 3}, int(data.train.x.shape[1]), len(data.labels))
+    idx = torch.arange(32)
+    xb, yb = data.train.x[idx], data.train.y[idx]
+
+    def loss(w: float) -> float:
+        fn = distill.kd_loss_fn(tiny({"distill": {"fm_label_weight": w}}), data, torch.device("cpu"),
+                                "models/teacher_logits", "models/teacher.pt")
+        return float(fn(model, xb, yb, idx, torch.Generator().manual_seed(3)).detach())
+
+    kl, ce = loss(0.0), loss(1.0)  # the same views (same generator): pure KL, pure mixed-label CE
+    assert kl != pytest.approx(ce) and loss(0.5) == pytest.approx((kl + ce) / 2, rel=1e-5)
     r = distill.run(tiny({"distill": {"fm_label_weight": 0.5}}), log=lambda s: None)
     assert r["kd"]["accuracy"] > 0.3
 
