@@ -171,6 +171,7 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first_seed .. first_seed+seeds-1 (add seeds to a run)")
     ap.add_argument("--methods", default="hinton,fm_bank,fm_online",
                     help="KD students, comma-separated: METHOD or LABEL=METHOD:key=value:key=value")
     ap.add_argument("--jobs", type=int, default=1, help="folds run in parallel processes")
@@ -203,7 +204,7 @@ def main() -> None:
     jobs = []
     for f in range(a.folds):
         test, val = fold_groups(subjects, f, n_val=a.val_groups)
-        jobs.append({"raw": raw, "fold": f, "seeds": list(range(a.seeds)), "methods": methods,
+        jobs.append({"raw": raw, "fold": f, "seeds": list(range(a.first_seed, a.first_seed + a.seeds)), "methods": methods,
                      "readings": str(readings.resolve()), "test": test, "val": val, "threads": a.threads,
                      "cache": a.cache, "readings_id": readings_id})
     t0 = time.perf_counter()
