@@ -148,16 +148,20 @@ class BankViews:
             return i, np.ones(len(i), dtype=np.float32)
         return self.partner(v, i), self._lam(v, i)
 
-    def make(self, v: Any, idx: Any) -> torch.Tensor:
-        v = np.broadcast_to(np.asarray(v, dtype=np.int64), np.shape(idx)).reshape(-1)
-        i = np.asarray(idx, dtype=np.int64).reshape(-1)
+    def make_mixed(self, v: Any, idx: Any) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """The views of `v`, `idx` (a [k, C, W] tensor) with their mixing (partner window, weight)."""
+        v = np.broadcast_to(np.asarray(_np(v), dtype=np.int64), np.shape(_np(idx))).reshape(-1)
+        i = np.asarray(_np(idx), dtype=np.int64).reshape(-1)
+        j, lam = self.mixing(v, i)
         xi = self._augment(_np(self.x[i]), v, i)
         if self.alpha <= 0:
-            return torch.from_numpy(xi).to(self.device)
-        j = self.partner(v, i)
+            return torch.from_numpy(xi).to(self.device), j, lam
         xj = self._augment(_np(self.x[j]), v, j)
-        lam = self._lam(v, i)[:, None, None]
-        return torch.from_numpy(lam * xi + (1 - lam) * xj).to(self.device)
+        w = lam[:, None, None]
+        return torch.from_numpy(w * xi + (1 - w) * xj).to(self.device), j, lam
+
+    def make(self, v: Any, idx: Any) -> torch.Tensor:
+        return self.make_mixed(v, idx)[0]
 
     def __getitem__(self, key: tuple[Any, Any]) -> torch.Tensor:
         v, idx = key

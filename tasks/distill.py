@@ -124,13 +124,13 @@ def kd_loss_fn(params: Params, data: Prepared, device: torch.device, logits_path
 
         def fm_bank(model, xb, yb, idx, gen):
             v = torch.randint(0, len(views), (len(idx),), generator=gen, device=device)
-            z = model(views[v, idx])
+            x, j, lam = views.make_mixed(v, idx)
+            z = model(x)
             kd = kd_kl(z, bank[v, idx], d.fm_temperature)
             if w == 0:
                 return kd
             # the labels of the view's two windows, mixed as the view is: anchors the student where the
             # teacher is wrong (a small train split's teacher is no better than the student alone)
-            j, lam = views.mixing(v, idx)
             j = torch.from_numpy(j).to(y_train.device)
             lam = torch.from_numpy(lam).to(z.device)
             zf = z.float()
