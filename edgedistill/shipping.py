@@ -10,6 +10,7 @@ FORMATS = ("fp32", "int8")
 FILES = {"fp32": "student.onnx", "int8": "student.int8.onnx"}      # file names in models/ and in a bundle
 MODELS = {"fp32": "student_fp32", "int8": "student_int8"}          # the benchmark stage's names
 LEGACY_FORMAT = "int8"  # what every profile shipped before a release recorded its per-profile formats
+CARD = "model_card.json"  # a release bundle's model card (its `ships` names each profile's file)
 
 
 def other(fmt: str) -> str:

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from edgedistill import shipping
 from edgedistill.errors import (
     ArtifactCorrupt,
     EdgeDistillError,
@@ -27,7 +28,7 @@ from edgedistill.io import sha256_file, swap_dir
 from edgedistill.params import StoreParams
 
 DVC_PREFIX = "dvc"
-CARD = "model_card.json"
+CARD = shipping.CARD
 SUMS = "SHA256SUMS"
 CLAIM = ".claim"
 # a claim this old with no SHA256SUMS beside it belongs to a publish that died; it may be taken over

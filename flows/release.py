@@ -57,7 +57,7 @@ from edgedistill.store import (
 from tasks.promote import PROD_DIR, PROD_REFERENCE, PROMOTION, describe_failures
 
 SUMMARY = "reports/release.json"
-BUNDLE_FILES = {"student.onnx": "models/student.onnx", "student.int8.onnx": "models/student.int8.onnx"}
+BUNDLE_FILES = {FILES[f]: f"models/{FILES[f]}" for f in ("fp32", "int8")}
 STAGE_LOG_LINES = 80
 MCU_REPORT = "models/mcu/mcu.json"
 

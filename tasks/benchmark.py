@@ -27,15 +27,15 @@ from edgedistill.onnx_bench import (
 from edgedistill.onnx_cost import fits_budget
 from edgedistill.params import DeviceProfile, Params
 from edgedistill.shards import open_split
-from edgedistill.shipping import FILES, choose_format, shipped_file
+from edgedistill.shipping import CARD, FILES, choose_format, shipped_file
 from edgedistill.shipping import MODELS as FORMAT_MODELS
 
 MODELS_DIR = "models"
 DATA_DIR = "data/prepared"
 METRICS = "metrics/benchmark.json"
-MODELS = {"student_fp32": "student.onnx", "student_int8": "student.int8.onnx", "teacher_fp32": "teacher.onnx"}
+MODELS = {FORMAT_MODELS[f]: FILES[f] for f in ("fp32", "int8")} | {"teacher_fp32": "teacher.onnx"}
 PROD_DIR = "prod"        # under models_dir: prod's bundle, fetched by the release flow
-PROD_CARD = "model_card.json"
+PROD_CARD = CARD
 PROD = "prod"            # interleaved name of the file prod ships on the first profile
 
 

@@ -21,7 +21,7 @@ from edgedistill.errors import ArtifactCorrupt, GateFailed
 from edgedistill.io import read_json, write_json
 from edgedistill.params import DeviceProfile, GateParams, Params, StatsParams
 from edgedistill.shards import open_split
-from edgedistill.shipping import FILES, LEGACY_FORMAT, MODELS, profile_formats, shipped_file
+from edgedistill.shipping import CARD, FILES, LEGACY_FORMAT, MODELS, profile_formats, shipped_file
 from edgedistill.stats import Interval, paired_difference
 
 DISTILL = "metrics/distill.json"
@@ -32,10 +32,10 @@ PROMOTION = "reports/promotion.json"
 SUMMARY = "metrics/release.json"              # the figures users compare, first in `dvc exp show` / `metrics diff`
 MCU = "models/mcu/mcu.json"
 PROD_DIR = "models/prod"                      # prod's bundle, fetched (SHA256-verified) by the release flow
-CANDIDATE_INT8 = "models/student.int8.onnx"
-CANDIDATE_FP32 = "models/student.onnx"
+CANDIDATE_INT8 = f"models/{FILES['int8']}"
+CANDIDATE_FP32 = f"models/{FILES['fp32']}"
 CANDIDATE = {"int8": CANDIDATE_INT8, "fp32": CANDIDATE_FP32}
-PROD_CARD = "model_card.json"                 # in PROD_DIR: its `ships` names the file each profile runs
+PROD_CARD = CARD                              # in PROD_DIR: its `ships` names the file each profile runs
 TEST = "data/prepared/test"
 # ONNX metadata that fixes what a model must be fed: two models compare on the same windows only if equal
 CONTRACT = ("channels", "window", "labels", "sample_rate_hz", "input_layout", "input_normalised")
