@@ -17,6 +17,7 @@ its students; a row says `teacher_cached: true` and keeps the teacher's original
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import math
@@ -64,6 +65,8 @@ def parse_variant(entry: str) -> tuple[str, str, list[str]]:
 def run_fold(args: dict) -> list[dict]:
     import torch
 
+    from edgedistill.bank import BANK_SCHEME, bank_augment
+    from edgedistill.training import augment_for
     from tasks import distill, prepare, teacher_logits, train_teacher
 
     if args["threads"]:
@@ -112,7 +115,11 @@ def run_fold(args: dict) -> list[dict]:
                 print(json.dumps(row), flush=True)
                 rows.append(row)
                 continue
-            l_key = cache_key(p.distill.bank.model_dump(), p.student.augment.model_dump())
+            # the views as the bank code resolves them (augment_for + bank_augment), so a change of what the bank
+            # draws (e.g. rotation) is a new key, not a cached bank that distill would refuse
+            norm = json.loads((prepared / "norm.json").read_text())
+            views_aug = bank_augment(augment_for(p.student.augment, p.data.vector_groups, norm))
+            l_key = cache_key(p.distill.bank.model_dump(), dataclasses.asdict(views_aug), BANK_SCHEME)
             logits = tdir / f"logits-{l_key}.npz"
             t0 = time.perf_counter()
             if not logits.is_file():

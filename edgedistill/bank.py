@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgedistill.training import Augment, augment, mixup, train_config
+from edgedistill.training import Augment, augment, mixup, rodrigues, rotate_vectors, train_config
 
 
 def bank_views(x_cpu: torch.Tensor, views: int, aug: Augment, mixup_alpha: float,
@@ -58,11 +58,10 @@ def _uniform(seed: int, v: np.ndarray, i: np.ndarray, k: int) -> np.ndarray:
 
 
 def bank_augment(aug: Augment) -> Augment:
-    """The part of the student's augmentation the bank's views use: scale, jitter and shift (drawn in numpy per
-    (seed, view, window), so any batch gets the same view). Rotation and warps are left to the online student
-    views (`hinton`/`dkd` with `distill.logit_augment`, and the baseline); the bank stays a fixed, cheap set."""
-    return dataclasses.replace(aug, rotate=0.0, magnitude_warp=0.0, time_warp=0.0, rotate_idx=(), center=(),
-                               norm_scale=())
+    """The part of the student's augmentation the bank's views use: rotation of the vector triplets, scale, jitter
+    and shift (drawn in numpy per (seed, view, window), so any batch gets the same view). The warps are left to
+    the online student views (`hinton`/`dkd` with `distill.logit_augment`, and the baseline)."""
+    return dataclasses.replace(aug, magnitude_warp=0.0, time_warp=0.0)
 
 
 def bank_key(views: int, aug: Augment, mixup_alpha: float, seed: int, train_fingerprint: str) -> str:
@@ -116,6 +115,13 @@ class BankViews:
         n, c, w = x.shape
         u = _uniform(self.seed, v, i, c + 2 * c * w + 1)
         out = x.astype(np.float32, copy=True)
+        if self.aug.rotating:  # first, as in `augment`: the raw vector turns, then gains, noise and shift
+            r = _uniform(self.seed ^ 0x2F0A3C19, v, i, 3)  # its own stream: the other draws are those of v1
+            z, phi = 2 * r[:, 0] - 1, 2 * np.pi * r[:, 1]  # axis uniform on the sphere
+            axis = np.stack([np.sqrt(1 - z * z) * np.cos(phi), np.sqrt(1 - z * z) * np.sin(phi), z], axis=1)
+            ang = (2 * r[:, 2] - 1) * (self.aug.rotate * np.pi / 180)
+            rot = rodrigues(torch.from_numpy(axis), torch.from_numpy(ang)).float()
+            out = rotate_vectors(torch.from_numpy(out), rot, self.aug).numpy()
         if self.aug.scale > 0:
             out *= (1 + (u[:, :c] * 2 - 1) * self.aug.scale).astype(np.float32)[:, :, None]
         if self.aug.jitter > 0:

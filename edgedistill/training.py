@@ -178,16 +178,39 @@ def augment_for(aug_params: Any, vector_groups: list[list[str]], norm: dict[str,
     return aug
 
 
-def random_rotations(n: int, max_deg: float, gen: torch.Generator, device: torch.device) -> torch.Tensor:
-    """[n, 3, 3] rotations about uniformly random axes by angles uniform in ±max_deg (Rodrigues' formula)."""
-    axis = torch.randn(n, 3, generator=gen, device=device)
-    axis = axis / axis.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    ang = (torch.rand(n, generator=gen, device=device) * 2 - 1) * (max_deg * math.pi / 180)
-    k = torch.zeros(n, 3, 3, device=device)
+def rodrigues(axis: torch.Tensor, ang: torch.Tensor) -> torch.Tensor:
+    """[n, 3, 3] rotations about unit `axis` [n, 3] by `ang` [n] radians (Rodrigues' formula)."""
+    n = len(ang)
+    k = torch.zeros(n, 3, 3, dtype=axis.dtype, device=axis.device)
     k[:, 0, 1], k[:, 0, 2], k[:, 1, 2] = -axis[:, 2], axis[:, 1], -axis[:, 0]
     k = k - k.transpose(1, 2)
     s, c = ang.sin().view(n, 1, 1), ang.cos().view(n, 1, 1)
-    return torch.eye(3, device=device).expand(n, 3, 3) + s * k + (1 - c) * (k @ k)
+    return torch.eye(3, dtype=axis.dtype, device=axis.device).expand(n, 3, 3) + s * k + (1 - c) * (k @ k)
+
+
+def random_rotations(n: int, max_deg: float, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    """[n, 3, 3] rotations about uniformly random axes by angles uniform in ±max_deg."""
+    axis = torch.randn(n, 3, generator=gen, device=device)
+    axis = axis / axis.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    ang = (torch.rand(n, generator=gen, device=device) * 2 - 1) * (max_deg * math.pi / 180)
+    return rodrigues(axis, ang)
+
+
+def rotate_vectors(x: torch.Tensor, r: torch.Tensor, aug: Augment) -> torch.Tensor:
+    """Turn every `aug.rotate_idx` triplet of the normalised windows `x` [n, C, W] by the window's rotation `r`
+    [n, 3, 3] (one sensor housing: the same rotation for each triplet), in raw units: raw = s*x + c turned by the
+    block rotation M and normalised again, x' = S^-1 M S x + S^-1 (M c - c); one batched [C, C] matmul."""
+    n, c, _ = x.shape
+    dev = x.device
+    m = torch.eye(c, device=dev).repeat(n, 1, 1)
+    for idx in aug.rotate_idx:
+        i = torch.tensor(idx, device=dev)
+        m[:, i.view(3, 1), i.view(1, 3)] = r.to(m.dtype)
+    sc = torch.tensor(aug.norm_scale, device=dev)
+    ctr = torch.tensor(aug.center, device=dev)
+    a = m * (sc.view(1, 1, c) / sc.view(1, c, 1))
+    b = ((m @ ctr) - ctr) / sc  # [n, C]
+    return torch.baddbmm(b.unsqueeze(2), a, x.float()).to(x.dtype)
 
 
 def _smooth_curves(n: int, c: int, w: int, knots: int, std: float, gen: torch.Generator,
@@ -201,18 +224,7 @@ def augment(x: torch.Tensor, aug: Augment, gen: torch.Generator) -> torch.Tensor
     n, c, w = x.shape
     dev = x.device
     if aug.rotating:  # one rotation per window, the same for every triplet (one sensor housing)
-        # raw = s*x + c, turned by the block rotation M, normalised again: x' = S^-1 M S x + S^-1 (M c - c);
-        # one batched [C, C] matmul per window instead of a gather/scatter per triplet
-        r = random_rotations(n, aug.rotate, gen, dev)
-        m = torch.eye(c, device=dev).repeat(n, 1, 1)
-        for idx in aug.rotate_idx:
-            i = torch.tensor(idx, device=dev)
-            m[:, i.view(3, 1), i.view(1, 3)] = r
-        sc = torch.tensor(aug.norm_scale, device=dev)
-        ctr = torch.tensor(aug.center, device=dev)
-        a = m * (sc.view(1, 1, c) / sc.view(1, c, 1))
-        b = ((m @ ctr) - ctr) / sc  # [n, C]
-        x = torch.baddbmm(b.unsqueeze(2), a, x.float()).to(x.dtype)
+        x = rotate_vectors(x, random_rotations(n, aug.rotate, gen, dev), aug)
     if aug.magnitude_warp > 0:
         x = x * _smooth_curves(n, c, w, aug.warp_knots, aug.magnitude_warp, gen, dev)
     if aug.time_warp > 0:  # resample at a smoothly varying speed, start and end kept

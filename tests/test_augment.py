@@ -141,3 +141,40 @@ def test_dkd_is_ce_when_student_matches_teacher_and_pulls_towards_it():
     only_nckd = lambda a, b: dkd_loss(a, b, y, 4.0, 0.0, 1.0) - F.cross_entropy(a, y)  # noqa: E731
     assert torch.isclose(only_nckd(z, t), only_nckd(z, zt), atol=1e-5)
 
+
+
+def test_bank_views_turn_the_raw_vectors_and_are_the_same_whichever_batch_asks():
+    """The fm_bank student sees only the bank: its views get the rotation the baseline's views get (raw vector
+    length kept per reading, both triplets turned by one rotation within the angle), drawn per (view, window)
+    so a window's view does not depend on the batch; the bank's key changes with the angle (a cache made
+    without rotation is refused)."""
+    import numpy as np
+
+    from edgedistill.bank import BankViews, bank_key
+
+    g = torch.Generator().manual_seed(3)
+    center = [0.1, -0.5, 9.0, 0.0, 0.2, -0.1, 30.0]
+    scale = [2.0, 0.5, 1.5, 3.0, 1.0, 0.7, 4.0]
+    raw = torch.randn(40, 7, 32, generator=g) * 3
+    ctr, sc = torch.tensor(center).view(1, 7, 1), torch.tensor(scale).view(1, 7, 1)
+    x = ((raw - ctr) / sc).numpy()
+    p = make_params({"student": {"augment": {"scale": 0.0, "jitter": 0.0, "shift": 0, "rotate": 30.0}}})
+    aug = augment_for(p.student.augment, p.data.vector_groups, norm_of("global", center, scale))
+    bank = BankViews(x, 3, aug, 0.0, 5)  # no mixup: each view is one turned window
+    idx = np.arange(40)
+    view = bank.make(np.ones(40, dtype=np.int64), idx)
+    back = view * sc + ctr
+    for grp in ([0, 1, 2], [3, 4, 5]):
+        assert torch.allclose(back[:, grp].norm(dim=1), raw[:, grp].norm(dim=1), rtol=1e-4, atol=1e-4)
+    assert torch.equal(view[:, 6], torch.from_numpy(x[:, 6]))
+    sol = torch.linalg.lstsq(raw[:, 0:3].transpose(1, 2), back[:, 0:3].transpose(1, 2)).solution  # [n, 3, 3]
+    assert torch.allclose(raw[:, 3:6].transpose(1, 2) @ sol, back[:, 3:6].transpose(1, 2), atol=1e-3)
+    angle = torch.rad2deg(torch.arccos(((sol.diagonal(dim1=1, dim2=2).sum(-1) - 1) / 2).clamp(-1, 1)))
+    assert angle.max() <= 30.0 + 0.1 and angle.max() > 15 and angle.min() < 10
+    # the same (view, window) in another batch, another order: the same bytes; another view: another turn
+    some = np.array([7, 3, 31])
+    assert torch.equal(bank.make(np.ones(3, dtype=np.int64), some), view[some])
+    assert not torch.allclose(bank.make(np.full(40, 2), idx), view, atol=1e-3)
+    flat = dataclasses.replace(aug, rotate=0.0)
+    assert bank_key(3, aug, 0.0, 5, "t") != bank_key(3, flat, 0.0, 5, "t")
+    assert torch.equal(BankViews(x, 3, flat, 0.0, 5).make(np.ones(40, dtype=np.int64), idx), torch.from_numpy(x))
