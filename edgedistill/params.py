@@ -463,7 +463,10 @@ class Params(_Section):
         if unknown:
             raise ValueError(f"validate.channel_ranges names channels not in data.channels: {unknown}")
         rotating = self.teacher.augment.rotate > 0 or self.student.augment.rotate > 0
-        unknown = sorted({c for g in self.data.vector_groups for c in g} - set(self.data.channels))
+        # a group none of whose channels the data has is ignored (the bundled IMU triplets left in params.yaml for
+        # other data: no rotation); a group the data has in part is a typo
+        unknown = sorted(c for g in self.data.vector_groups if set(g) & set(self.data.channels)
+                         for c in g if c not in self.data.channels)
         if unknown and rotating:  # only the rotation reads the groups: other data need not clear them
             raise ValueError(f"data.vector_groups names channels not in data.channels: {unknown} (set "
                              "data.vector_groups: [] for data without 3-D vector sensors)")

@@ -160,14 +160,15 @@ def augment_for(aug_params: Any, vector_groups: list[list[str]], norm: dict[str,
     each `data.vector_groups` triplet (none: no rotation)."""
     aug = Augment(**aug_params.model_dump())
     aug.shift = round(aug_params.shift * int(norm["window"]))
+    channels = list(norm["channels"])
+    vector_groups = [g for g in vector_groups if set(g) & set(channels)]  # groups of other data: ignored
     if aug.rotate <= 0 or not vector_groups:
         return aug
     spec = spec_of(norm["norm"]) if "norm" in norm else spec_of(norm)
     if spec["method"] not in ("global", "robust"):
-        raise ParamsInvalid(f"augment.rotate needs a per-channel normalisation (global or robust) to turn the raw "
-                            f"vectors; prepare chose {spec['method']!r}",
-                            hint="Set augment.rotate: 0 or prepare.normalization: global for this data.")
-    channels = list(norm["channels"])
+        # per_window windows are z-scored per window with amplitude channels added: the raw vector cannot be
+        # turned, so the rotation is off for them (documented; the norm's method is in norm.json and the card)
+        return aug
     missing = sorted({c for g in vector_groups for c in g} - set(channels))
     if missing:
         raise ParamsInvalid(f"data.vector_groups names channels {missing} that the prepared windows do not have "

@@ -71,20 +71,25 @@ def test_rotation_turns_raw_vectors_together_and_leaves_other_channels():
     assert torch.allclose(raw[:, 3:6].transpose(1, 2) @ sol, back[:, 3:6].transpose(1, 2), atol=1e-3)
 
 
-def test_rotation_needs_affine_normalisation_and_known_channels():
+def test_rotation_is_off_where_it_cannot_turn_raw_vectors_and_refuses_half_known_groups():
+    """per_window windows (z-scored per window, amplitude channels added) cannot be turned: rotation off, no
+    error, so `auto` choosing per_window on IMU data still trains; groups the data has none of (the bundled
+    triplets left in params.yaml for other data) are ignored; a group the data has in part is refused."""
     p = make_params({"student": {"augment": {"rotate": 30.0}}})
-    with pytest.raises(ParamsInvalid, match="per_window"):
-        augment_for(p.student.augment, p.data.vector_groups, norm_of("per_window", [0.0] * 7, [1.0] * 7))
-    # no groups (non-IMU data) or no angle: no rotation, no error
-    assert not augment_for(p.student.augment, [], norm_of("per_window", [0.0] * 7, [1.0] * 7)).rotating
-    with pytest.raises(ParamsInvalid, match="mag_x"):
-        augment_for(p.student.augment, [["mag_x", "mag_y", "mag_z"]], norm_of("global", [0.0] * 7, [1.0] * 7))
+    assert augment_for(p.student.augment, p.data.vector_groups, norm_of("global", [0.0] * 7, [1.0] * 7)).rotating
+    assert not augment_for(p.student.augment, p.data.vector_groups,
+                           norm_of("per_window", [0.0] * 7, [1.0] * 7)).rotating
+    assert not augment_for(p.student.augment, [], norm_of("global", [0.0] * 7, [1.0] * 7)).rotating
+    assert not augment_for(p.student.augment, [["mag_x", "mag_y", "mag_z"]],
+                           norm_of("global", [0.0] * 7, [1.0] * 7)).rotating
+    with pytest.raises(ParamsInvalid, match="mag_z"):
+        augment_for(p.student.augment, [["acc_x", "acc_y", "mag_z"]], norm_of("global", [0.0] * 7, [1.0] * 7))
 
 
 @pytest.mark.parametrize("groups, msg", [
     ([["acc_x", "acc_y"]], "3 distinct channels"),
     ([["acc_x", "acc_y", "acc_z"], ["acc_z", "gyro_x", "gyro_y"]], "more than one vector group"),
-    ([["a", "b", "c"]], "data.vector_groups names channels not in data.channels"),
+    ([["acc_x", "acc_y", "acc_q"]], r"data.vector_groups names channels not in data.channels: \['acc_q'\]"),
 ])
 def test_bad_vector_groups_are_refused(groups, msg):
     raw = base_params_dict()
@@ -94,15 +99,18 @@ def test_bad_vector_groups_are_refused(groups, msg):
         parse_params(raw)
 
 
-def test_other_channels_need_no_vector_groups_while_rotation_is_off():
-    # a user's own sensor columns: the IMU default groups are not read unless augment.rotate > 0
+def test_other_channels_need_no_vector_groups():
+    """A user's own sensor columns with params.yaml's IMU groups left as they are: accepted with rotation on or
+    off (the groups name none of the data's channels: no rotation), so pointing params at other data trains."""
     raw = base_params_dict()
     raw["data"]["channels"] = ["current"]
     raw["validate"]["channel_ranges"] = {}
     assert parse_params(raw).data.vector_groups  # accepted as it is
     raw["teacher"]["augment"]["rotate"] = 15.0
-    with pytest.raises(ParamsInvalid, match="vector_groups names channels not in data.channels"):
-        parse_params(raw)
+    p = parse_params(raw)
+    norm = {"channels": ["current"], "window": 32,
+            "normalization": {"method": "global", "center": [0.0], "scale": [1.0], "epsilon": 1e-6}}
+    assert not augment_for(p.teacher.augment, p.data.vector_groups, norm).rotating
 
 
 def test_warps_are_smooth_bounded_and_seeded():
