@@ -56,5 +56,10 @@ def below(model_acc: float, reference: float, n: int, z: float) -> bool:
     return model_acc < reference - z * standard_error(reference, n)
 
 
+def above(model_acc: float, reference: float, n: int, z: float) -> bool:
+    """model_acc is above `reference` by more than z standard errors of a val accuracy on n windows."""
+    return model_acc > reference + z * standard_error(reference, n)
+
+
 def describe(figures: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v:.1%}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items())

@@ -148,7 +148,7 @@ class AugmentParams(_Section):
     jitter: float = Field(0.05, ge=0, description="Gaussian noise std, normalised units")
     shift: float = Field(0.125, ge=0, lt=0.5, description="random circular time shift up to ± this FRACTION of "
                                                            "prepare.window (0.125: ± 16 readings of 128)")
-    rotate: float = Field(0.0, ge=0, le=180, description="random 3-D rotation of every data.vector_groups "
+    rotate: float = Field(30.0, ge=0, le=180, description="random 3-D rotation of every data.vector_groups "
                                                          "triplet, one per window, angle up to ± this, degrees")
     magnitude_warp: float = Field(0.0, ge=0, lt=1, description="std of a smooth random gain curve over time, "
                                                                "per channel (warp_knots knots)")
@@ -190,7 +190,7 @@ class BankParams(_Section):
     views: int = Field(8, ge=1, description="augmented + mixup views per training window (at least)")
     mixup_alpha: float = Field(1.0, ge=0)
     seed: int = 0
-    max_repeats: float = Field(4.0, ge=0, description="more views when the KD student would see each view more "
+    max_repeats: float = Field(6.0, ge=0, description="more views when the KD student would see each view more "
                                                       "often than this (its samples / (views x windows)); 0: off")
 
 

@@ -115,6 +115,10 @@ def sanity_stop(sp: SanityParams, ref: dict[str, float], epoch: int, acc: float,
     # within 2 standard errors of the majority class and ends at 92%; one at or below it has learnt nothing
     if not final and epoch == check_epoch and acc <= ref["majority_val_accuracy"]:
         why = f"no better than the majority class after {epoch} epochs"
+    elif final and not bl.above(acc, ref["majority_val_accuracy"], n_val, sp.z):
+        # at the end the teacher must beat the majority class by z standard errors: one that memorised shuffled
+        # labels lands within a window or two of it on val, above it or not by chance
+        why = f"not above the majority class by {sp.z} standard errors after {epochs} epochs"
     elif final and bl.below(acc, ref["knn_fft_val_accuracy"], n_val, sp.z):
         why = "below a 1-NN on FFT magnitudes of the same windows"
     if why:
