@@ -79,3 +79,16 @@ def test_converted_readings_prepare_with_unequal_lengths(tiny_ucr, tmp_path, mon
         assert report["splits"][split]["windows"] == sum((n - 16) // stride + 1 for n in ns)
 
 
+
+
+def test_table_reports_what_the_release_ships():
+    """The shipped column is the accuracy of the student each release would ship (KD or the student alone,
+    chosen on validation), averaged over seeds beside teacher, alone and KD."""
+    base = {"dataset": "D", "teacher": 0.9, "knn_fft": 0.5, "norm": "global", "reason": "r", "train_windows": 10,
+            "test_windows": 5, "sanity_stop": ""}
+    rows = [{**base, "seed": 0, "alone": 0.70, "kd": 0.60, "shipped_accuracy": 0.70},
+            {**base, "seed": 1, "alone": 0.72, "kd": 0.80, "shipped_accuracy": 0.80}]
+    head, _, line = bench.table(rows).splitlines()
+    assert "shipped (chosen on val)" in head
+    cells = [c.strip() for c in line.split("|")]
+    assert cells[head.split("|").index(" shipped (chosen on val) ")].startswith("75.0")
