@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
-from edgedistill.training import Augment, augment, mixup, rodrigues, rotate_vectors, train_config
+from edgedistill.training import Augment, augment, mixup, train_config
 
 
 def bank_views(x_cpu: torch.Tensor, views: int, aug: Augment, mixup_alpha: float,
@@ -37,7 +37,8 @@ def view_digest(v: torch.Tensor) -> str:
 # ------------------------------------------------------------------ views generated per batch (bounded memory)
 
 BANK_SCHEME = "per-window-counter-v2"  # v2: rotation, a noise pool, one stream
-NOISE_POOL = 1024  # noise windows in the jitter pool (an implementation constant, not a tuning knob)
+NOISE_POOL = 1024  # noise windows in the jitter pool (an implementation constant, not a tuning knob),
+NOISE_POOL_BYTES = 16 << 20  # fewer (at least 16) where 1,024 windows of the data's shape would pass 16 MiB
 _M = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
@@ -68,7 +69,9 @@ def bank_augment(aug: Augment) -> Augment:
 
 def bank_key(views: int, aug: Augment, mixup_alpha: float, seed: int, train_fingerprint: str) -> str:
     """What the cached bank logits were computed for: distill refuses a bank whose key differs."""
-    blob = json.dumps([BANK_SCHEME, views, dataclasses.asdict(bank_augment(aug)), mixup_alpha, seed, train_fingerprint])
+    # numpy's version too: the noise pool comes from its Generator, whose streams numpy may change between versions
+    blob = json.dumps([BANK_SCHEME, np.__version__, views, dataclasses.asdict(bank_augment(aug)), mixup_alpha, seed,
+                       train_fingerprint])
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -120,11 +123,7 @@ class BankViews:
         u = _uniform(self.seed, v, i, c + 6)
         out = x.astype(np.float32, copy=True)
         if self.aug.rotating:  # first, as in `augment`: the raw vector turns, then gains, noise and shift
-            z, phi = 2 * u[:, c] - 1, 2 * np.pi * u[:, c + 1]  # axis uniform on the sphere
-            axis = np.stack([np.sqrt(1 - z * z) * np.cos(phi), np.sqrt(1 - z * z) * np.sin(phi), z], axis=1)
-            ang = (2 * u[:, c + 2] - 1) * (self.aug.rotate * np.pi / 180)
-            rot = rodrigues(torch.from_numpy(axis), torch.from_numpy(ang)).float()
-            out = rotate_vectors(torch.from_numpy(out), rot, self.aug).numpy()
+            out = self._turn(out, u[:, c], u[:, c + 1], u[:, c + 2])
         if self.aug.scale > 0:
             out *= (1 + (u[:, :c] * 2 - 1) * self.aug.scale).astype(np.float32)[:, :, None]
         rows, chans = np.arange(n)[:, None], np.arange(c)[None, :]
@@ -140,12 +139,34 @@ class BankViews:
             out = np.ascontiguousarray(sliding_window_view(twice, w, axis=2)[rows, chans, ((-s) % w)[:, None]])
         return out
 
+    def _turn(self, x: np.ndarray, uz: np.ndarray, uphi: np.ndarray, uang: np.ndarray) -> np.ndarray:
+        """Turn each window's vector triplets in raw units (what `training.augment` does), written out element by
+        element in float64 with a fixed order: a batched matmul rounds a row differently with its position in the
+        batch, and a view must be the same bytes whichever batch asks for it. Rotation about an axis uniform on
+        the sphere by an angle uniform in +-rotate (Rodrigues: R = cos t I + sin t [a]x + (1 - cos t) a a^T)."""
+        z, phi = 2 * uz - 1, 2 * np.pi * uphi
+        a = (np.sqrt(1 - z * z) * np.cos(phi), np.sqrt(1 - z * z) * np.sin(phi), z)
+        t = (2 * uang - 1) * (self.aug.rotate * np.pi / 180)
+        ct, st = np.cos(t), np.sin(t)
+        cross = ((0.0, -a[2], a[1]), (a[2], 0.0, -a[0]), (-a[1], a[0], 0.0))
+        r = [[(ct if i == j else 0.0) + st * cross[i][j] + (1 - ct) * a[i] * a[j] for j in range(3)] for i in range(3)]
+        out = x.copy()
+        ctr, sc = self.aug.center, self.aug.norm_scale
+        for idx in self.aug.rotate_idx:
+            raw = [x[:, k].astype(np.float64) * sc[k] + ctr[k] for k in idx]
+            for i, k in enumerate(idx):
+                turned = r[i][0][:, None] * raw[0] + r[i][1][:, None] * raw[1] + r[i][2][:, None] * raw[2]
+                out[:, k] = ((turned - ctr[k]) / sc[k]).astype(np.float32)
+        return out
+
     def _noise(self, c: int, w: int) -> np.ndarray:
         """[NOISE_POOL, c, 2w] standard normals from the seed, each row written twice along time so that any
         circular offset is a slice. Drawing 2·c·w counter uniforms per window and Box-Muller cost ~2/3 of an
-        fm_bank step on one CPU core; NOISE_POOL x w offsets = 131k distinct noise windows per (c, w)."""
+        fm_bank step on one CPU core; NOISE_POOL rows x w offsets = 131k distinct noise windows at 128 readings (fewer
+        rows where the pool would pass NOISE_POOL_BYTES)."""
         if self._pool is None or self._pool.shape[1:] != (c, 2 * w):
-            z = np.random.default_rng([self.seed, 0x6A09E667]).standard_normal((NOISE_POOL, c, w), dtype=np.float32)
+            rows = int(min(NOISE_POOL, max(16, NOISE_POOL_BYTES // (c * 2 * w * 4))))
+            z = np.random.default_rng([self.seed, 0x6A09E667]).standard_normal((rows, c, w), dtype=np.float32)
             self._pool = np.concatenate([z, z], axis=2)
         return self._pool
 

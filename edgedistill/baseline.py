@@ -56,9 +56,20 @@ def below(model_acc: float, reference: float, n: int, z: float) -> bool:
     return model_acc < reference - z * standard_error(reference, n)
 
 
-def above(model_acc: float, reference: float, n: int, z: float) -> bool:
-    """model_acc is above `reference` by more than z standard errors of a val accuracy on n windows."""
-    return model_acc > reference + z * standard_error(reference, n)
+def balanced_vs_chance(confusion: Any) -> tuple[float, float, float]:
+    """(balanced accuracy, chance, standard error at chance) over the K classes present in the true labels
+    (rows of `confusion`): any label-blind predictor has balanced accuracy 1/K whatever the class shares, and
+    one guessing at random has SE sqrt(sum_c (1/K)(1 - 1/K) / n_c) / K, so the bar does not rise with imbalance
+    as a margin over the majority class would."""
+    cm = np.asarray(confusion, dtype=float)
+    n_c = cm.sum(1)
+    present = n_c > 0
+    k = int(present.sum())
+    if k == 0:
+        return 0.0, 0.0, 0.0
+    recall = np.diag(cm)[present] / n_c[present]
+    q = 1.0 / k
+    return float(recall.mean()), q, float(math.sqrt((q * (1 - q) / n_c[present]).sum()) / k)
 
 
 def describe(figures: dict[str, Any]) -> str:

@@ -433,6 +433,8 @@ class SanityParams(_Section):
     check_epoch: int = Field(3, ge=1, description="after this epoch the teacher must beat the majority class; "
                                                   "runs shorter than this are not judged")
     z: float = Field(2.0, ge=0, description="how far below the 1-NN (standard errors of a val accuracy) stops")
+    chance_z: float = Field(2.0, ge=0, description="at the end the best checkpoint's balanced val accuracy must beat "
+                                                   "chance (1/classes) by this many standard errors")
     seed: int = 0
 
 

@@ -179,6 +179,16 @@ def augment_for(aug_params: Any, vector_groups: list[list[str]], norm: dict[str,
     return aug
 
 
+def rotation_note(aug_params: Any, aug: Augment, norm: dict[str, Any]) -> str:
+    """Why `augment.rotate` > 0 does nothing on this data ('' when it turns the vectors or is 0), for the log."""
+    if aug_params.rotate <= 0 or aug.rotating:
+        return ""
+    method = (spec_of(norm["norm"]) if "norm" in norm else spec_of(norm))["method"]
+    if method not in ("global", "robust"):
+        return f"augment.rotate {aug_params.rotate:g} is off: {method} normalisation cannot turn the raw vectors"
+    return f"augment.rotate {aug_params.rotate:g} is off: no data.vector_groups triplet among the data's channels"
+
+
 def rodrigues(axis: torch.Tensor, ang: torch.Tensor) -> torch.Tensor:
     """[n, 3, 3] rotations about unit `axis` [n, 3] by `ang` [n] radians (Rodrigues' formula)."""
     n = len(ang)

@@ -45,6 +45,7 @@ from edgedistill.training import (
     predict,
     public_metrics,
     resolve_device,
+    rotation_note,
     run_key,
     train,
     train_config,
@@ -203,6 +204,8 @@ def run(params: Params, prepared: str | Path = PREPARED, teacher_path: str | Pat
                                                         if k not in ("confusion", "loss")}, t_pred)}
     if train_baseline:
         aug = augment_for(sp.augment, params.data.vector_groups, data.norm)
+        if note := rotation_note(sp.augment, aug, data.norm):
+            log(f"students: {note}")
         smoothing = sp.train.label_smoothing
 
         def plain(model, xb, yb, idx, gen):

@@ -24,11 +24,14 @@ from edgedistill.training import (
     augment,
     augment_for,
     build_from_params,
+    classification_metrics,
     data_fingerprint,
     load_prepared,
     model_report,
+    predict,
     public_metrics,
     resolve_device,
+    rotation_note,
     run_key,
     train,
     train_config,
@@ -52,6 +55,8 @@ def run(params: Params, prepared: str | Path = PREPARED, model_out: str | Path =
     torch.manual_seed(mp.train.seed)  # weight init is part of the run: same seed, same model
     model = build_from_params(mp.arch, mp.config, meta["net_in_channels"], meta["n_classes"])
     aug = augment_for(mp.augment, params.data.vector_groups, data.norm)
+    if note := rotation_note(mp.augment, aug, data.norm):
+        log(f"teacher: {note}")
     smoothing = mp.train.label_smoothing
 
     def loss_fn(model, xb, yb, idx, gen):
@@ -69,9 +74,11 @@ def run(params: Params, prepared: str | Path = PREPARED, model_out: str | Path =
                    channels_last=params.compute.channels_last,
                    on_epoch=lambda epoch, acc: sanity_stop(params.sanity, sanity, epoch, acc, len(data.val), cfg.epochs,
                                                             check_epoch=check_epoch))
-    if sanity:
+    if sanity:  # the best checkpoint's per-class recall on val: balanced accuracy against chance
+        vm = classification_metrics(predict(model, data.val.x[:]), data.val.y, data.labels)
+        sanity["balanced_val_accuracy"], sanity["chance_balanced"], se = bl.balanced_vs_chance(vm["confusion"])
         sanity_stop(params.sanity, sanity, result.epochs_run, result.best_val_accuracy, len(data.val), cfg.epochs,
-                    final=True, check_epoch=check_epoch)
+                    final=True, check_epoch=check_epoch, chance_se=se)
     m = model_report(model, data.test, data.labels, meta)
     metrics = {"model": "teacher", "arch": mp.arch, **public_metrics(m, result, device)}
     if sanity:
@@ -99,10 +106,12 @@ def sanity_figures(data: Prepared, sp: SanityParams) -> dict[str, float]:
 
 
 def sanity_stop(sp: SanityParams, ref: dict[str, float], epoch: int, acc: float, n_val: int, epochs: int,
-                final: bool = False, check_epoch: int | None = None) -> None:
+                final: bool = False, check_epoch: int | None = None, chance_se: float | None = None) -> None:
     """Raise TrainingFailed, naming the figures and the likely causes, when the teacher fails its references:
-    its val accuracy at epoch `check_epoch` must beat the best constant prediction, its best val accuracy at the
-    end must not be below the 1-NN by more than `z` standard errors (val sets are small; runs vary).
+    its val accuracy at epoch `check_epoch` must beat the best constant prediction; at the end, the best
+    checkpoint's balanced val accuracy (`ref`, with its SE at chance `chance_se`) must beat chance by `chance_z`
+    standard errors and its best val accuracy must not be below the 1-NN by more than `z` standard errors (val
+    sets are small; runs vary).
     `check_epoch` (default sp.check_epoch): that epoch, scaled when train.min_steps stretched the schedule."""
     check_epoch = check_epoch or sp.check_epoch
     if not ref or epochs < check_epoch:
@@ -110,15 +119,18 @@ def sanity_stop(sp: SanityParams, ref: dict[str, float], epoch: int, acc: float,
     what = "teacher best val accuracy" if final else f"teacher val accuracy at epoch {epoch}"
     figures = {what: acc, "1-NN on FFT magnitudes": ref["knn_fft_val_accuracy"],
                "majority class": ref["majority_val_accuracy"], "val windows": n_val}
+    if final and "balanced_val_accuracy" in ref:
+        figures |= {"balanced val accuracy": ref["balanced_val_accuracy"], "chance": ref["chance_balanced"]}
     why = ""
     # no margin here: on a small val set (36 windows, 2 classes) a teacher still warming up at epoch 3 sits
     # within 2 standard errors of the majority class and ends at 92%; one at or below it has learnt nothing
     if not final and epoch == check_epoch and acc <= ref["majority_val_accuracy"]:
         why = f"no better than the majority class after {epoch} epochs"
-    elif final and not bl.above(acc, ref["majority_val_accuracy"], n_val, sp.z):
-        # at the end the teacher must beat the majority class by z standard errors: one that memorised shuffled
-        # labels lands within a window or two of it on val, above it or not by chance
-        why = f"not above the majority class by {sp.z} standard errors after {epochs} epochs"
+    elif (final and chance_se is not None
+          and ref["balanced_val_accuracy"] <= ref["chance_balanced"] + sp.chance_z * chance_se):
+        # a teacher that memorised shuffled labels lands within a window or two of the majority class on val,
+        # above it or not by chance; per class (balanced) it is at chance, whatever the class shares
+        why = f"no better than chance per class after {epochs} epochs (by {sp.chance_z} standard errors)"
     elif final and bl.below(acc, ref["knn_fft_val_accuracy"], n_val, sp.z):
         why = "below a 1-NN on FFT magnitudes of the same windows"
     if why:

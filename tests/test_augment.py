@@ -14,7 +14,7 @@ from conftest import base_params_dict, make_params
 from edgedistill.errors import ParamsInvalid
 from edgedistill.kd import dkd_loss
 from edgedistill.params import parse_params
-from edgedistill.training import Augment, augment, augment_for, random_rotations
+from edgedistill.training import Augment, augment, augment_for, random_rotations, rotation_note
 
 
 def norm_of(method: str, center: list[float], scale: list[float]) -> dict:
@@ -84,6 +84,15 @@ def test_rotation_is_off_where_it_cannot_turn_raw_vectors_and_refuses_half_known
                            norm_of("global", [0.0] * 7, [1.0] * 7)).rotating
     with pytest.raises(ParamsInvalid, match="mag_z"):
         augment_for(p.student.augment, [["acc_x", "acc_y", "mag_z"]], norm_of("global", [0.0] * 7, [1.0] * 7))
+    # the stage logs why an asked-for rotation does nothing
+    pw = norm_of("per_window", [0.0] * 7, [1.0] * 7)
+    off = augment_for(p.student.augment, p.data.vector_groups, pw)
+    assert rotation_note(p.student.augment, off, pw) == ("augment.rotate 30 is off: per_window normalisation cannot "
+                                                         "turn the raw vectors")
+    g = norm_of("global", [0.0] * 7, [1.0] * 7)
+    assert "no data.vector_groups triplet" in rotation_note(p.student.augment,
+                                                            augment_for(p.student.augment, [["m1", "m2", "m3"]], g), g)
+    assert rotation_note(p.student.augment, augment_for(p.student.augment, p.data.vector_groups, g), g) == ""
 
 
 @pytest.mark.parametrize("groups, msg", [
@@ -183,6 +192,20 @@ def test_bank_views_turn_the_raw_vectors_and_are_the_same_whichever_batch_asks()
     some = np.array([7, 3, 31])
     assert torch.equal(bank.make(np.ones(3, dtype=np.int64), some), view[some])
     assert not torch.allclose(bank.make(np.full(40, 2), idx), view, atol=1e-3)
+    # with every bank augmentation on, at 128 readings and a real centre: a fresh bank (as distill builds one
+    # after teacher_logits) gives the same bytes for a window in batches of any size, and the noise is jitter-sized
+    full = make_params({"student": {"augment": {"scale": 0.1, "jitter": 0.05, "shift": 0.125, "rotate": 30.0}}})
+    wide = {**norm_of("global", center, scale), "window": 128}
+    aug128 = augment_for(full.student.augment, full.data.vector_groups, wide)
+    x128 = ((torch.randn(64, 7, 128, generator=g) * 3 - ctr) / sc).numpy()
+    ref = BankViews(x128, 4, aug128, 1.0, 9).make(np.full(64, 3), np.arange(64))
+    again = BankViews(x128, 4, aug128, 1.0, 9)
+    for size in (1, 2, 5, 17, 40):
+        pos = np.arange(64)[(np.arange(64) * 7 + size) % 64][:size]
+        assert torch.equal(again.make(np.full(size, 3), pos), ref[pos]), size
+    quiet = dataclasses.replace(aug128, rotate=0.0, scale=0.0, shift=0)
+    noise = BankViews(x128, 4, quiet, 0.0, 9).make(np.zeros(64, dtype=np.int64), np.arange(64)) - torch.from_numpy(x128)
+    assert abs(float(noise.std()) - 0.05) < 0.002 and abs(float(noise.mean())) < 0.002
     flat = dataclasses.replace(aug, rotate=0.0)
     assert bank_key(3, aug, 0.0, 5, "t") != bank_key(3, flat, 0.0, 5, "t")
     assert torch.equal(BankViews(x, 3, flat, 0.0, 5).make(np.ones(40, dtype=np.int64), idx), torch.from_numpy(x))
