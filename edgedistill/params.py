@@ -237,8 +237,8 @@ class GateParams(_Section):
                                                description="allowed accuracy loss vs prod")
     max_latency_ratio_vs_prod: float | None = Field(
         1.25, gt=0, description="candidate / prod INT8 p50 net of the call floor, measured in the same run")
-    min_kd_gain: float | None = Field(0.0, ge=-1, le=1, description="KD - baseline test accuracy (point "
-                                                                     "estimate) when the KD student ships")
+    min_kd_gain: float | None = Field(0.0, ge=-1, le=1, description="when the KD student ships: the upper end of "
+                                                                     "the paired KD - baseline test interval")
 
 
 class ReproduceParams(_Section):

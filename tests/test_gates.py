@@ -137,7 +137,10 @@ def test_kd_gate_refuses(runs):
     c = measured(runs["good"])
     if c["shipped"] == "kd":  # KD helped on validation: the test gain is gated by min_kd_gain
         assert c["kd_gain_val"] > 0
-        d = decide(runs["good"], params({"min_kd_gain": min(c["kd_gain"] + 0.01, 1.0)}))
+        # the gate reads the upper end of the paired test interval: at it the gate passes, just above it fails
+        assert c["kd_gain_lo"] <= c["kd_gain"] <= c["kd_gain_hi"]
+        assert row(decide(runs["good"], params({"min_kd_gain": c["kd_gain_hi"]})), "kd_gain")["verdict"] == "pass"
+        d = decide(runs["good"], params({"min_kd_gain": min(c["kd_gain_hi"] + 0.01, 1.0)}))
         assert d["failed"] == ["kd_gain"]
     else:  # KD did not help on validation: the baseline ships, or with fallback none nothing does
         assert c["kd_gain_val"] <= 0
