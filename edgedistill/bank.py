@@ -37,7 +37,7 @@ def view_digest(v: torch.Tensor) -> str:
 # ------------------------------------------------------------------ views generated per batch (bounded memory)
 
 BANK_SCHEME = "per-window-counter-v2"  # v2: rotation, a noise pool, one stream
-NOISE_POOL = 1024  # noise windows in the jitter pool (an implementation constant, not a tuning knob),
+NOISE_POOL = 1024  # noise windows in the jitter pool (an implementation constant, not a tuning knob)
 NOISE_POOL_BYTES = 16 << 20  # fewer (at least 16) where 1,024 windows of the data's shape would pass 16 MiB
 _M = np.uint64(0xFFFFFFFFFFFFFFFF)
 
