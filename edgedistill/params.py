@@ -141,6 +141,8 @@ class ComputeParams(_Section):
                                               "faster on a host shared with other CPU work (benchmarks/train_throughput.py)")
     channels_last: bool = Field(True, description="CPU training runs the 1D nets as 2D channels-last (same function, "
                                                   "parameters shared; faster oneDNN kernels)")
+    parallel_students: bool = Field(True, description="CPU: distill trains the student alone and the KD student side "
+                                                      "by side, one process each on half of compute.threads")
 
 
 class AugmentParams(_Section):

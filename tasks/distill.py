@@ -12,7 +12,12 @@ metrics/plots/student_{kd,baseline}_{curve,confusion}.csv.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import queue
 from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +32,7 @@ from edgedistill.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from edgedistill.errors import ModelMismatch
+from edgedistill.errors import ModelMismatch, TrainingFailed
 from edgedistill.io import write_json
 from edgedistill.kd import dkd_loss, hinton_loss, kd_kl
 from edgedistill.params import Params
@@ -167,6 +172,96 @@ def train_student(name: str, loss_fn, params: Params, data: Prepared, device: to
     return model, result
 
 
+def fit_student(kind: str, params: Params, data: Prepared, device: torch.device, logits_path: str | Path,
+                teacher_path: str | Path, resume_dir: str | Path,
+                log: Callable[[str], None]) -> tuple[torch.nn.Module, TrainResult]:
+    """Train the student alone (`kind` "baseline": cross-entropy on the augmented windows) or with KD
+    ("kd": params distill.method). Both start from the same initial weights (train_student)."""
+    if kind == "baseline":
+        aug = augment_for(params.student.augment, params.data.vector_groups, data.norm)
+        smoothing = params.student.train.label_smoothing
+
+        def plain(model, xb, yb, idx, gen):
+            return F.cross_entropy(model(augment(xb, aug, gen)), yb, label_smoothing=smoothing)
+
+        return train_student("student_baseline", plain, params, data, device, "ce", resume_dir, log)
+    loss_fn = kd_loss_fn(params, data, device, logits_path, teacher_path)
+    return train_student("student_kd", loss_fn, params, data, device, params.distill.model_dump(), resume_dir, log)
+
+
+def side_by_side_threads(params: Params, device: torch.device) -> int:
+    """Torch threads per student when the two students train side by side, one process each (0: one after the
+    other, in this process). On CPU the tiny student's kernels leave most of a second core idle: two
+    one-thread processes train both in 29 s where one two-thread process takes 49 s (bundled data, quiet
+    2-core host). The CPU budget stays compute.threads (0: the cores this process may use), split in two."""
+    if device.type != "cpu" or not params.compute.parallel_students:
+        return 0
+    total = params.compute.threads or len(os.sched_getaffinity(0))
+    return total // 2 if total >= 2 else 0
+
+
+_worker_log: Any = None  # the parent's log queue, in a student worker process
+
+
+def _worker_init(log_queue: Any, threads: int) -> None:
+    global _worker_log
+    torch.set_num_threads(threads)
+    _worker_log = log_queue
+
+
+def _worker_fit(kind: str, params: Params, prepared: str, logits_path: str, teacher_path: str,
+                resume_dir: str) -> tuple[dict[str, torch.Tensor], TrainResult]:
+    device = resolve_device(params.compute.device, params.compute.threads)
+    data = load_prepared(prepared, device)
+    model, result = fit_student(kind, params, data, device, logits_path, teacher_path, resume_dir,
+                                log=_worker_log.put)
+    return model.cpu().state_dict(), result
+
+
+def fit_side_by_side(params: Params, threads: int, data: Prepared, prepared: str | Path, logits_path: str | Path,
+                     teacher_path: str | Path, resume_dir: str | Path, log: Callable[[str], None],
+                     ) -> dict[str, tuple[torch.nn.Module, TrainResult]]:
+    """Both students at once, each in its own process of `threads` torch threads (concurrent.futures over
+    spawned processes: forking a process whose OpenMP pool is running is unsafe). Their progress lines reach
+    `log` through a queue. Same results as training them one after the other at `threads` threads each."""
+    ctx = multiprocessing.get_context("spawn")
+    lines = ctx.Queue()
+    wp = params.model_copy(update={"compute": params.compute.model_copy(update={"threads": threads})})
+    args = (str(prepared), str(logits_path), str(teacher_path), str(resume_dir))
+
+    def drain(timeout: float) -> None:
+        try:
+            while True:
+                log(lines.get(timeout=timeout))
+        except queue.Empty:
+            pass
+
+    try:
+        with ProcessPoolExecutor(2, mp_context=ctx, initializer=_worker_init, initargs=(lines, threads)) as ex:
+            futures = {kind: ex.submit(_worker_fit, kind, wp, *args) for kind in ("baseline", "kd")}
+            pending = set(futures.values())
+            while pending:
+                finished, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
+                drain(0.01)
+                if any(f.exception() for f in finished):
+                    break
+            done = {kind: f.result() for kind, f in futures.items()}  # raises a worker's error as is
+    except BrokenProcessPool as e:
+        raise TrainingFailed(f"a student worker process died ({e})",
+                             hint="Out of memory? Set compute.parallel_students: false to train the students "
+                                  "one after the other.") from e
+    finally:
+        drain(0.05)
+    sp = params.student
+    meta = data.model_meta(sp.arch, sp.config)
+    out = {}
+    for kind, (state, result) in done.items():
+        model = build_from_params(sp.arch, sp.config, meta["net_in_channels"], meta["n_classes"])
+        model.load_state_dict(state)
+        out[kind] = (model.to(data.train.x.device), result)
+    return out
+
+
 def run(params: Params, prepared: str | Path = PREPARED, teacher_path: str | Path = TEACHER,
         logits_path: str | Path = LOGITS, student_out: str | Path = STUDENT, baseline_out: str | Path = BASELINE,
         metrics_out: str | Path = METRICS, plots_dir: str | Path | None = PLOTS,
@@ -202,16 +297,17 @@ def run(params: Params, prepared: str | Path = PREPARED, teacher_path: str | Pat
     report: dict[str, Any] = {"method": params.distill.method,
                               "teacher": with_interval({k: v for k, v in t_report.items()
                                                         if k not in ("confusion", "loss")}, t_pred)}
+    if train_baseline and (note := rotation_note(sp.augment, augment_for(sp.augment, params.data.vector_groups,
+                                                                           data.norm), data.norm)):
+        log(f"students: {note}")
+    if train_baseline and (threads := side_by_side_threads(params, device)):
+        log(f"students: baseline and KD side by side, {threads} thread(s) each (compute.parallel_students)")
+        fitted = fit_side_by_side(params, threads, data, prepared, logits_path, teacher_path, resume_dir, log)
+    else:
+        fitted = {kind: fit_student(kind, params, data, device, logits_path, teacher_path, resume_dir, log)
+                  for kind in (("baseline", "kd") if train_baseline else ("kd",))}
     if train_baseline:
-        aug = augment_for(sp.augment, params.data.vector_groups, data.norm)
-        if note := rotation_note(sp.augment, aug, data.norm):
-            log(f"students: {note}")
-        smoothing = sp.train.label_smoothing
-
-        def plain(model, xb, yb, idx, gen):
-            return F.cross_entropy(model(augment(xb, aug, gen)), yb, label_smoothing=smoothing)
-
-        base, base_res = train_student("student_baseline", plain, params, data, device, "ce", resume_dir, log)
+        base, base_res = fitted["baseline"]
         b = model_report(base, data.test, data.labels, meta)
         b_pred = preds(base)
         report["baseline"] = with_interval({"model": "student_baseline", **public_metrics(b, base_res, device)},
@@ -221,9 +317,7 @@ def run(params: Params, prepared: str | Path = PREPARED, teacher_path: str | Pat
         if plots_dir:
             write_plots(plots_dir, "student_baseline", base_res.history, b["confusion"], data.labels)
 
-    loss_fn = kd_loss_fn(params, data, device, logits_path, teacher_path)
-    kd, kd_res = train_student("student_kd", loss_fn, params, data, device, params.distill.model_dump(),
-                               resume_dir, log)
+    kd, kd_res = fitted["kd"]
     k = model_report(kd, data.test, data.labels, meta)
     k_pred = preds(kd)
     report["kd"] = with_interval({"model": "student_kd", **public_metrics(k, kd_res, device)}, k_pred["test"])

@@ -143,6 +143,39 @@ def test_distill_reports_baseline_kd_and_gain(trained):
     assert (workdir / "metrics/plots/student_kd_confusion.csv").read_text().startswith("actual,predicted")
 
 
+def test_students_side_by_side_match_one_after_the_other(trained, tmp_path):
+    """compute.threads 2 on CPU: the two students train at once in two one-thread processes, with the same
+    weights and figures as one after the other at one thread; a worker's error reaches the stage whole."""
+    workdir, _ = trained
+    teacher_logits.run(tiny())
+    lines: list[str] = []
+    outs = {}
+    for mode, threads in (("side", 2), ("serial", 1)):
+        p = tiny({"compute": {"threads": threads}})
+        assert distill.side_by_side_threads(p, torch.device("cpu")) == (1 if mode == "side" else 0)
+        outs[mode] = distill.run(p, student_out=tmp_path / f"{mode}_s.pt", baseline_out=tmp_path / f"{mode}_b.pt",
+                                 kd_out=tmp_path / f"{mode}_kd.pt", metrics_out=tmp_path / f"{mode}.json",
+                                 plots_dir=None, resume_dir=tmp_path / f"{mode}_res",
+                                 log=lines.append if mode == "side" else lambda s: None)
+    assert any("side by side, 1 thread(s) each" in s for s in lines)
+    assert any(s.startswith("student_kd") and "epoch" in s for s in lines)  # the workers' progress reached log
+    for name in ("b", "kd"):
+        a, _ = load_checkpoint(tmp_path / f"side_{name}.pt")
+        b, _ = load_checkpoint(tmp_path / f"serial_{name}.pt")
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    for k in ("baseline", "kd"):
+        assert outs["side"][k]["accuracy"] == outs["serial"][k]["accuracy"]
+    assert outs["side"]["kd_gain_val"] == outs["serial"]["kd_gain_val"]
+    assert distill.side_by_side_threads(tiny({"compute": {"threads": 2, "parallel_students": False}}),
+                                        torch.device("cpu")) == 0
+    # a KD student that cannot start (its views are not the cached bank's) fails the stage with its own
+    # message and hint, raised in the worker process
+    with pytest.raises(ModelMismatch, match="differs from the cached one") as err:
+        distill.run(tiny({"student": {"augment": {"jitter": 0.2}}}), plots_dir=None, resume_dir=tmp_path / "bad",
+                    log=lambda s: None)
+    assert err.value.hint == "Run `dvc repro teacher_logits`."
+
+
 def test_cached_logits_are_used_and_checked(trained):
     workdir, _ = trained
     teacher_logits.run(tiny())
