@@ -196,7 +196,8 @@ def side_by_side_threads(params: Params, device: torch.device) -> int:
     2-core host). The CPU budget stays compute.threads (0: the cores this process may use), split in two."""
     if device.type != "cpu" or not params.compute.parallel_students:
         return 0
-    total = params.compute.threads or len(os.sched_getaffinity(0))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    total = params.compute.threads or cores
     return total // 2 if total >= 2 else 0
 
 
