@@ -327,6 +327,15 @@ class DeviceProfile(_Section):
         return v
 
 
+def vector_groups_in(groups: list[list[str]], channels: list[str]) -> tuple[list[list[str]], list[str]]:
+    """The data.vector_groups that name any of `channels`, and the channels those groups name that `channels`
+    lacks. A group naming none of them is ignored (the bundled IMU triplets left in params.yaml for other data:
+    no rotation); a group the data has in part is a typo (the caller refuses it)."""
+    have = set(channels)
+    kept = [list(g) for g in groups if set(g) & have]
+    return kept, sorted({c for g in kept for c in g} - have)
+
+
 def _default_profiles() -> list[DeviceProfile]:
     return [
         # budgets: see params.yaml (why each figure fits its device class)
@@ -467,10 +476,7 @@ class Params(_Section):
         if unknown:
             raise ValueError(f"validate.channel_ranges names channels not in data.channels: {unknown}")
         rotating = self.teacher.augment.rotate > 0 or self.student.augment.rotate > 0
-        # a group none of whose channels the data has is ignored (the bundled IMU triplets left in params.yaml for
-        # other data: no rotation); a group the data has in part is a typo
-        unknown = sorted(c for g in self.data.vector_groups if set(g) & set(self.data.channels)
-                         for c in g if c not in self.data.channels)
+        _, unknown = vector_groups_in(self.data.vector_groups, self.data.channels)
         if unknown and rotating:  # only the rotation reads the groups: other data need not clear them
             raise ValueError(f"data.vector_groups names channels not in data.channels: {unknown} (set "
                              "data.vector_groups: [] for data without 3-D vector sensors)")

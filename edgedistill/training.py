@@ -24,6 +24,7 @@ from torch import nn
 from edgedistill.errors import DataInvalid, ModelMismatch, ParamsInvalid, TrainingFailed
 from edgedistill.io import atomic_path
 from edgedistill.normalization import spec_of
+from edgedistill.params import vector_groups_in
 
 # loss_fn(model, x_batch, y_batch, batch_indices, generator) -> scalar loss
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
@@ -161,7 +162,7 @@ def augment_for(aug_params: Any, vector_groups: list[list[str]], norm: dict[str,
     aug = Augment(**aug_params.model_dump())
     aug.shift = round(aug_params.shift * int(norm["window"]))
     channels = list(norm["channels"])
-    vector_groups = [g for g in vector_groups if set(g) & set(channels)]  # groups of other data: ignored
+    vector_groups, missing = vector_groups_in(vector_groups, channels)
     if aug.rotate <= 0 or not vector_groups:
         return aug
     spec = spec_of(norm["norm"]) if "norm" in norm else spec_of(norm)
@@ -169,7 +170,6 @@ def augment_for(aug_params: Any, vector_groups: list[list[str]], norm: dict[str,
         # per_window windows are z-scored per window with amplitude channels added: the raw vector cannot be
         # turned, so the rotation is off for them (documented; the norm's method is in norm.json and the card)
         return aug
-    missing = sorted({c for g in vector_groups for c in g} - set(channels))
     if missing:
         raise ParamsInvalid(f"data.vector_groups names channels {missing} that the prepared windows do not have "
                             f"({channels})")
