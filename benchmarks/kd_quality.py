@@ -79,6 +79,8 @@ def run_fold(args: dict) -> list[dict]:
         tmp = Path(tmp)
         base = merge(raw, {"data": {"readings": readings},
                            "prepare": {"split": {"test_groups": test, "val_groups": val}}})
+        if args["threads"]:  # the stages' own thread setting (distill's side-by-side students split it in two)
+            base = merge(base, {"compute": {"threads": args["threads"]}})
         bp = parse_params(base)
         prep_key = cache_key(bp.data.model_dump(), bp.prepare.model_dump(), args.get("readings_id", readings))
         prepared = cache / f"prepared-{prep_key}" if cache else tmp / "prepared"

@@ -14,9 +14,6 @@ class EdgeDistillError(Exception):
         if hint is not None:
             self.hint = hint
 
-    def __reduce__(self):  # keeps the hint across processes (a student worker's error reaches the stage whole)
-        return self.__class__, (str(self), self.hint)
-
 
 class ParamsInvalid(EdgeDistillError):
     hint = "Fix params.yaml (see README 'Configuration') and run again."

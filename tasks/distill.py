@@ -12,12 +12,11 @@ metrics/plots/student_{kd,baseline}_{curve,confusion}.csv.
 
 from __future__ import annotations
 
+import io
 import multiprocessing
 import os
 import queue
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -201,66 +200,86 @@ def side_by_side_threads(params: Params, device: torch.device) -> int:
     return total // 2 if total >= 2 else 0
 
 
-_worker_log: Any = None  # the parent's log queue, in a student worker process
+def _student_worker(kind: str, params: Params, prepared: str, logits_path: str, teacher_path: str,
+                    resume_dir: str, threads: int, out: Any) -> None:
+    """One student in its own process: progress lines, then its weights and TrainResult (or its error) on `out`.
+    Exits when the stage's process is gone (killed, OOM), so no orphan keeps training or writing resume files."""
+    import threading
+    import traceback
+    from multiprocessing.connection import wait as wait_for
 
-
-def _worker_init(log_queue: Any, threads: int) -> None:
-    global _worker_log
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        threading.Thread(target=lambda: (wait_for([parent.sentinel]), os._exit(1)), daemon=True).start()
     torch.set_num_threads(threads)
-    _worker_log = log_queue
+    try:
+        device = resolve_device(params.compute.device, params.compute.threads)
+        data = load_prepared(prepared, device)
+        model, result = fit_student(kind, params, data, device, logits_path, teacher_path, resume_dir,
+                                    log=lambda line: out.put(("log", kind, line)))
+        weights = io.BytesIO()  # bytes, not tensors: torch would share those through this process's memory,
+        torch.save(model.cpu().state_dict(), weights)  # gone once it exits
+        out.put(("done", kind, (weights.getvalue(), result)))
+    except BaseException as e:  # noqa: BLE001 - every failure goes back to the stage, which raises it
+        import pickle
 
-
-def _worker_fit(kind: str, params: Params, prepared: str, logits_path: str, teacher_path: str,
-                resume_dir: str) -> tuple[dict[str, torch.Tensor], TrainResult]:
-    device = resolve_device(params.compute.device, params.compute.threads)
-    data = load_prepared(prepared, device)
-    model, result = fit_student(kind, params, data, device, logits_path, teacher_path, resume_dir,
-                                log=_worker_log.put)
-    return model.cpu().state_dict(), result
+        try:
+            pickle.dumps(e)
+        except Exception:  # noqa: BLE001
+            e = TrainingFailed(f"{kind} student: {type(e).__name__}: {e}\n{traceback.format_exc()}")
+        out.put(("error", kind, e))
 
 
 def fit_side_by_side(params: Params, threads: int, data: Prepared, prepared: str | Path, logits_path: str | Path,
                      teacher_path: str | Path, resume_dir: str | Path, log: Callable[[str], None],
                      ) -> dict[str, tuple[torch.nn.Module, TrainResult]]:
-    """Both students at once, each in its own process of `threads` torch threads (concurrent.futures over
-    spawned processes: forking a process whose OpenMP pool is running is unsafe). Their progress lines reach
-    `log` through a queue. Same results as training them one after the other at `threads` threads each."""
+    """Both students at once, each in its own spawned process of `threads` torch threads (forking a process
+    whose OpenMP pool runs is unsafe). Their progress lines reach `log` as they come; the first error stops
+    the other student and is raised here as the worker raised it. Same students as trained one after the
+    other at `threads` threads each (same seeds, same initial weights)."""
     ctx = multiprocessing.get_context("spawn")
-    lines = ctx.Queue()
+    out = ctx.Queue()
     wp = params.model_copy(update={"compute": params.compute.model_copy(update={"threads": threads})})
-    args = (str(prepared), str(logits_path), str(teacher_path), str(resume_dir))
-
-    def drain(timeout: float) -> None:
-        try:
-            while True:
-                log(lines.get(timeout=timeout))
-        except queue.Empty:
-            pass
-
+    args = (str(prepared), str(logits_path), str(teacher_path), str(resume_dir), threads, out)
+    procs = {kind: ctx.Process(target=_student_worker, args=(kind, wp, *args), name=f"student-{kind}", daemon=True)
+             for kind in ("baseline", "kd")}
+    done: dict[str, Any] = {}
     try:
-        with ProcessPoolExecutor(2, mp_context=ctx, initializer=_worker_init, initargs=(lines, threads)) as ex:
-            futures = {kind: ex.submit(_worker_fit, kind, wp, *args) for kind in ("baseline", "kd")}
-            pending = set(futures.values())
-            while pending:
-                finished, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
-                drain(0.01)
-                if any(f.exception() for f in finished):
-                    break
-            done = {kind: f.result() for kind, f in futures.items()}  # raises a worker's error as is
-    except BrokenProcessPool as e:
-        raise TrainingFailed(f"a student worker process died ({e})",
-                             hint="Out of memory? Set compute.parallel_students: false to train the students "
-                                  "one after the other.") from e
+        for p in procs.values():
+            p.start()
+        quiet = 0  # polls in a row with nothing received while a worker without a result has exited
+        while len(done) < len(procs):
+            try:
+                tag, kind, payload = out.get(timeout=0.5)
+            except queue.Empty:
+                gone = [k for k, p in procs.items() if k not in done and not p.is_alive()]
+                quiet = quiet + 1 if gone else 0
+                if quiet >= 4:  # its last message would have arrived by now (a process flushes its queue at exit)
+                    p = procs[gone[0]]
+                    raise TrainingFailed(f"the {gone[0]} student's worker process died (exit code {p.exitcode})",
+                                         hint="Out of memory? Set compute.parallel_students: false to train the "
+                                              "students one after the other.") from None
+                continue
+            if tag == "log":
+                log(payload)
+            elif tag == "error":
+                raise payload
+            else:
+                done[kind] = payload
     finally:
-        drain(0.05)
+        for p in procs.values():
+            if p.is_alive():
+                p.terminate()  # the other student, after an error
+        for p in procs.values():
+            p.join()
     sp = params.student
     meta = data.model_meta(sp.arch, sp.config)
-    out = {}
+    fitted = {}
     for kind, (state, result) in done.items():
         model = build_from_params(sp.arch, sp.config, meta["net_in_channels"], meta["n_classes"])
-        model.load_state_dict(state)
-        out[kind] = (model.to(data.train.x.device), result)
-    return out
+        model.load_state_dict(torch.load(io.BytesIO(state), weights_only=True))
+        fitted[kind] = (model.to(data.train.x.device), result)
+    return fitted
 
 
 def run(params: Params, prepared: str | Path = PREPARED, teacher_path: str | Path = TEACHER,
