@@ -207,6 +207,10 @@ class DistillParams(_Section):
     fm_temperature: float = Field(1.0, gt=0, description="function-matching temperature")
     fm_label_weight: float = Field(0.5, ge=0, le=1, description="fm_bank: weight of the labels' cross-entropy on "
                                                                 "each bank view (mixup-weighted), 1 - it on the KL")
+    fm_label_input: Literal["view", "window"] = Field(
+        "view", description="fm_bank: what the labels' cross-entropy sees: view = the bank view, labels mixed as "
+                            "it is; window = the training window under the baseline's own augmentation (the "
+                            "baseline's loss exactly, so only the KL term differs from the baseline)")
     bank: BankParams = BankParams()
 
 

@@ -125,7 +125,7 @@ def kd_loss_fn(params: Params, data: Prepared, device: torch.device, logits_path
         bank = CachedLogits(cache["bank"], device)  # [V, N, K], memory-mapped
         views = _bank_inputs(data, params, cache, device)
 
-        y_train, w = data.train.y, d.fm_label_weight
+        y_train, w, ls = data.train.y, d.fm_label_weight, sp.train.label_smoothing
 
         def fm_bank(model, xb, yb, idx, gen):
             v = torch.randint(0, len(views), (len(idx),), generator=gen, device=device)
@@ -134,6 +134,8 @@ def kd_loss_fn(params: Params, data: Prepared, device: torch.device, logits_path
             kd = kd_kl(z, bank[v, idx], d.fm_temperature)
             if w == 0:
                 return kd
+            if d.fm_label_input == "window":  # the baseline's own loss on the baseline's own augmentation
+                return (1 - w) * kd + w * F.cross_entropy(model(augment(xb, aug, gen)), yb, label_smoothing=ls)
             # the labels of the view's two windows, mixed as the view is: anchors the student where the
             # teacher is wrong (a small train split's teacher is no better than the student alone)
             j = torch.from_numpy(j).to(y_train.device)

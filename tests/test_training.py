@@ -323,6 +323,18 @@ def test_fm_bank_label_weight_mixes_the_labels_as_the_view_mixes_windows(trained
 
     kl, ce = loss(0.0), loss(1.0)  # the same views (same generator): pure KL, pure mixed-label CE
     assert kl != pytest.approx(ce) and loss(0.5) == pytest.approx((kl + ce) / 2, rel=1e-5)
+    # fm_label_input: window: the labels' term is the baseline's own loss on the baseline's augmentation of the
+    # window (drawn after the bank view, from the same generator)
+    from edgedistill.training import augment, augment_for
+
+    p = tiny({"distill": {"fm_label_weight": 0.5, "fm_label_input": "window"}})
+    fn = distill.kd_loss_fn(p, data, torch.device("cpu"), "models/teacher_logits", "models/teacher.pt")
+    got = float(fn(model, xb, yb, idx, torch.Generator().manual_seed(3)).detach())
+    g = torch.Generator().manual_seed(3)
+    torch.randint(0, 2, (len(idx),), generator=g)  # the bank view's draw (2 views)
+    aug = augment_for(p.student.augment, p.data.vector_groups, data.norm)
+    base = float(F.cross_entropy(model(augment(xb, aug, g)), yb).detach())
+    assert got == pytest.approx((kl + base) / 2, rel=1e-5) and base != pytest.approx(ce)
     r = distill.run(tiny({"distill": {"fm_label_weight": 0.5}}), log=lambda s: None)
     assert r["kd"]["accuracy"] > 0.3
 
