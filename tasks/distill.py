@@ -31,7 +31,7 @@ from edgedistill.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from edgedistill.errors import ModelMismatch, TrainingFailed
+from edgedistill.errors import EdgeDistillError, ModelMismatch, TrainingFailed
 from edgedistill.io import write_json
 from edgedistill.kd import dkd_loss, hinton_loss, kd_kl
 from edgedistill.params import Params
@@ -192,9 +192,10 @@ def fit_student(kind: str, params: Params, data: Prepared, device: torch.device,
 
 def side_by_side_threads(params: Params, device: torch.device) -> int:
     """Torch threads per student when the two students train side by side, one process each (0: one after the
-    other, in this process). On CPU the tiny student's kernels leave most of a second core idle: two
-    one-thread processes train both in 29 s where one two-thread process takes 49 s (bundled data, quiet
-    2-core host). The CPU budget stays compute.threads (0: the cores this process may use), split in two."""
+    other, in this process). On CPU the tiny student's kernels leave most of a second core idle: the stage
+    takes 31.6 s side by side where one two-thread process takes 52.9 s (bundled data, 2-core host,
+    benchmarks/students_side_by_side.py). The CPU budget stays compute.threads (0: the cores this process may
+    use), split in two."""
     if device.type != "cpu" or not params.compute.parallel_students:
         return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -223,13 +224,11 @@ def _student_worker(kind: str, params: Params, prepared: str, logits_path: str, 
         torch.save(model.cpu().state_dict(), weights)  # gone once it exits
         out.put(("done", kind, (weights.getvalue(), result)))
     except BaseException as e:  # noqa: BLE001 - every failure goes back to the stage, which raises it
-        import pickle
-
-        try:
-            pickle.dumps(e)
-        except Exception:  # noqa: BLE001
-            e = TrainingFailed(f"{kind} student: {type(e).__name__}: {e}\n{traceback.format_exc()}")
-        out.put(("error", kind, e))
+        # a user-facing error as it is (one line and its hint at the CLI); anything else is a bug: its
+        # traceback from this process goes with it
+        err = e if isinstance(e, EdgeDistillError) else RuntimeError(
+            f"{kind} student (worker process): {type(e).__name__}: {e}\n{traceback.format_exc()}")
+        out.put(("error", kind, err))
 
 
 def fit_side_by_side(params: Params, threads: int, data: Prepared, prepared: str | Path, logits_path: str | Path,
