@@ -213,9 +213,12 @@ class Registry:
             raise ParamsInvalid(f"unknown stage '{stage}': {e}", hint="Stages are listed in .gto") from None
         except GTOException as e:
             raise RegistryError(f"cannot assign {stage} to {model} {info.version}: {e}") from None
-        except (SCMError, _RefError) as e:
+        except (SCMError, _RefError, OSError) as e:
             # two promotions at once compute the same `<model>#<stage>#N`; git lets only one create it
-            # (scmrepo raises SCMError, or libgit2's "failed to lock file ….lock for writing")
+            # (scmrepo raises SCMError, or libgit2's "failed to lock file ….lock for writing" as a GitError, or
+            # its "failed to create locked file '….lock': File exists" as an OSError)
+            if isinstance(e, OSError) and ".lock" not in str(e):
+                raise RegistryError(f"cannot assign {stage} to {model} {info.version}: {e}") from None
             raise RegistryError(f"cannot assign {stage} to {model} {info.version}: {e} (another promotion "
                                 "created the same stage tag at the same moment)",
                                 hint="Nothing was changed by this promotion; check `edgedistill registry` and "

@@ -93,6 +93,24 @@ def test_same_second_assignments_resolve_by_gto_counter(repo):
     assert reg.resolve("student", "prod").version == "v0.2.0"
 
 
+def test_a_promotion_that_loses_the_tag_race_is_a_registry_error(repo):
+    """Two promotions at once compute the same `student#prod#N`; the loser finds git's lock file for it (left
+    here by hand, as the winner holds it) and fails with the registry's one-line error, never a traceback
+    (libgit2 reports it as an OSError: "failed to create locked file ….lock': File exists"). Nothing changed."""
+    from edgedistill.registry import RegistryError
+
+    reg = Registry(repo)
+    reg.register("student", "v0.1.0", commits(repo)[0])
+    lock = repo / ".git/refs/tags/student#prod#1.lock"
+    lock.write_text("")
+    before = sh(["git", "tag", "--list"], repo).stdout
+    with pytest.raises(RegistryError, match="another promotion created the same stage tag") as err:
+        reg.assign("student", "v0.1.0", "prod")
+    assert "run it again" in err.value.hint and sh(["git", "tag", "--list"], repo).stdout == before
+    lock.unlink()
+    assert reg.assign("student", "v0.1.0", "prod") == "student#prod#1"
+
+
 def test_unassign_tag_is_honoured(repo):
     from gto.api import unassign
 
