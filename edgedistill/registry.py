@@ -105,6 +105,18 @@ def _order(event: Any) -> tuple[datetime, int]:
     return (event.created_at, tag_counter(getattr(event, "tag", None)))
 
 
+def _ref_errors() -> tuple[type[BaseException], ...]:
+    """What creating a tag raises when git refuses it: scmrepo's SCMError, or libgit2's errors, which its pygit2
+    backend lets through unwrapped (a GitError; a held lock file is an OSError, caught by the callers)."""
+    from scmrepo.exceptions import SCMError
+
+    try:
+        from pygit2 import GitError
+    except ImportError:  # pragma: no cover - pygit2 comes with scmrepo
+        return (SCMError,)
+    return SCMError, GitError
+
+
 class Registry:
     """Versions and stages of models in one git repository (a path or a URL GTO can clone)."""
 
@@ -188,6 +200,10 @@ class Registry:
                      message=f"Registering {model} {version}" + (f": {note}" if note else ""))
         except GTOException as e:
             raise RegistryError(f"cannot register {model} {version}: {e}") from None
+        except (*_ref_errors(), OSError) as e:  # as in assign: another release created the same tag first
+            raise RegistryError(f"cannot register {model} {version}: {e}" + (
+                " (another release registered the same version at the same moment)" if ".lock" in str(e) else ""),
+                hint="Nothing was registered; check `edgedistill registry` and release again.") from None
         return f"{model}@{version}"
 
     def assign(self, model: str, version: str, stage: str) -> str | None:
@@ -195,12 +211,7 @@ class Registry:
         roll-forward). None when the version already holds the stage."""
         from gto.api import assign
         from gto.exceptions import GTOException, UnknownStage
-        from scmrepo.exceptions import SCMError
 
-        try:  # scmrepo's pygit2 backend lets libgit2's ref-lock error through unwrapped
-            from pygit2 import GitError as _RefError
-        except ImportError:  # pragma: no cover - pygit2 comes with scmrepo
-            _RefError = SCMError  # noqa: N806
         info = self.get(model, version)
         if stage in info.stages:
             return None
@@ -213,7 +224,7 @@ class Registry:
             raise ParamsInvalid(f"unknown stage '{stage}': {e}", hint="Stages are listed in .gto") from None
         except GTOException as e:
             raise RegistryError(f"cannot assign {stage} to {model} {info.version}: {e}") from None
-        except (SCMError, _RefError, OSError) as e:
+        except (*_ref_errors(), OSError) as e:
             # two promotions at once compute the same `<model>#<stage>#N`; git lets only one create it
             # (scmrepo raises SCMError, or libgit2's "failed to lock file ….lock for writing" as a GitError, or
             # its "failed to create locked file '….lock': File exists" as an OSError)

@@ -109,6 +109,11 @@ def test_a_promotion_that_loses_the_tag_race_is_a_registry_error(repo):
     assert "run it again" in err.value.hint and sh(["git", "tag", "--list"], repo).stdout == before
     lock.unlink()
     assert reg.assign("student", "v0.1.0", "prod") == "student#prod#1"
+    # the same for two releases registering the same version at once
+    (repo / ".git/refs/tags/student@v0.2.0.lock").write_text("")
+    with pytest.raises(RegistryError, match="another release registered the same version"):
+        reg.register("student", "v0.2.0", commits(repo)[1])
+    assert [v.version for v in reg.versions("student")] == ["v0.1.0"]
 
 
 def test_unassign_tag_is_honoured(repo):
