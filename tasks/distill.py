@@ -321,12 +321,17 @@ def run(params: Params, prepared: str | Path = PREPARED, teacher_path: str | Pat
     if train_baseline and (note := rotation_note(sp.augment, augment_for(sp.augment, params.data.vector_groups,
                                                                            data.norm), data.norm)):
         log(f"students: {note}")
-    if train_baseline and (threads := side_by_side_threads(params, device)):
+    threads = side_by_side_threads(params, device) if train_baseline else 0
+    if threads:
         log(f"students: baseline and KD side by side, {threads} thread(s) each (compute.parallel_students)")
         fitted = fit_side_by_side(params, threads, data, prepared, logits_path, teacher_path, resume_dir, log)
     else:
         fitted = {kind: fit_student(kind, params, data, device, logits_path, teacher_path, resume_dir, log)
                   for kind in (("baseline", "kd") if train_baseline else ("kd",))}
+    # how the students were computed: another thread count trains other last bits (and, on one split, other
+    # accuracies by points), so a reproduction on another host can be told apart from a change
+    report["students_trained"] = {"device": device.type, "side_by_side": bool(threads),
+                                  "threads_each": threads or (torch.get_num_threads() if device.type == "cpu" else None)}
     if train_baseline:
         base, base_res = fitted["baseline"]
         b = model_report(base, data.test, data.labels, meta)

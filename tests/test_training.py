@@ -166,6 +166,8 @@ def test_students_side_by_side_match_one_after_the_other(trained, tmp_path):
     for k in ("baseline", "kd"):
         assert outs["side"][k]["accuracy"] == outs["serial"][k]["accuracy"]
     assert outs["side"]["kd_gain_val"] == outs["serial"]["kd_gain_val"]
+    assert outs["side"]["students_trained"] == {"device": "cpu", "side_by_side": True, "threads_each": 1}
+    assert outs["serial"]["students_trained"] == {"device": "cpu", "side_by_side": False, "threads_each": 1}
     assert distill.side_by_side_threads(tiny({"compute": {"threads": 2, "parallel_students": False}}),
                                         torch.device("cpu")) == 0
     # a KD student that cannot start (its views are not the cached bank's) fails the stage with its own
