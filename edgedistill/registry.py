@@ -107,14 +107,23 @@ def _order(event: Any) -> tuple[datetime, int]:
 
 def _ref_errors() -> tuple[type[BaseException], ...]:
     """What creating a tag raises when git refuses it: scmrepo's SCMError, or libgit2's errors, which its pygit2
-    backend lets through unwrapped (a GitError; a held lock file is an OSError, caught by the callers)."""
+    backend lets through unwrapped (a GitError; "failed to create locked file '….lock': File exists" when another
+    process holds the tag's lock, an OSError)."""
     from scmrepo.exceptions import SCMError
 
     try:
         from pygit2 import GitError
     except ImportError:  # pragma: no cover - pygit2 comes with scmrepo
-        return (SCMError,)
-    return SCMError, GitError
+        return SCMError, OSError
+    return SCMError, GitError, OSError
+
+
+def _tag_refused(e: BaseException, what: str, race: str, hint: str) -> RegistryError:
+    """The registry's error for a tag git refused: `race` (another process created the same tag at the same
+    moment) unless it is an OSError that is not about a lock file (a disk or permission fault)."""
+    if isinstance(e, OSError) and ".lock" not in str(e):
+        return RegistryError(f"{what}: {e}")
+    return RegistryError(f"{what}: {e} ({race})", hint=hint)
 
 
 class Registry:
@@ -200,10 +209,10 @@ class Registry:
                      message=f"Registering {model} {version}" + (f": {note}" if note else ""))
         except GTOException as e:
             raise RegistryError(f"cannot register {model} {version}: {e}") from None
-        except (*_ref_errors(), OSError) as e:  # as in assign: another release created the same tag first
-            raise RegistryError(f"cannot register {model} {version}: {e}" + (
-                " (another release registered the same version at the same moment)" if ".lock" in str(e) else ""),
-                hint="Nothing was registered; check `edgedistill registry` and release again.") from None
+        except _ref_errors() as e:
+            raise _tag_refused(e, f"cannot register {model} {version}",
+                               "another release registered the same version at the same moment",
+                               "Nothing was registered; check `edgedistill registry` and release again.") from None
         return f"{model}@{version}"
 
     def assign(self, model: str, version: str, stage: str) -> str | None:
@@ -224,16 +233,12 @@ class Registry:
             raise ParamsInvalid(f"unknown stage '{stage}': {e}", hint="Stages are listed in .gto") from None
         except GTOException as e:
             raise RegistryError(f"cannot assign {stage} to {model} {info.version}: {e}") from None
-        except (*_ref_errors(), OSError) as e:
+        except _ref_errors() as e:
             # two promotions at once compute the same `<model>#<stage>#N`; git lets only one create it
-            # (scmrepo raises SCMError, or libgit2's "failed to lock file ….lock for writing" as a GitError, or
-            # its "failed to create locked file '….lock': File exists" as an OSError)
-            if isinstance(e, OSError) and ".lock" not in str(e):
-                raise RegistryError(f"cannot assign {stage} to {model} {info.version}: {e}") from None
-            raise RegistryError(f"cannot assign {stage} to {model} {info.version}: {e} (another promotion "
-                                "created the same stage tag at the same moment)",
-                                hint="Nothing was changed by this promotion; check `edgedistill registry` and "
-                                     "run it again if it is still wanted.") from None
+            raise _tag_refused(e, f"cannot assign {stage} to {model} {info.version}",
+                               "another promotion created the same stage tag at the same moment",
+                               "Nothing was changed by this promotion; check `edgedistill registry` and run it "
+                               "again if it is still wanted.") from None
         new = sorted(set(self._tags()) - before)
         return new[0] if new else None
 
