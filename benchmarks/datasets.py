@@ -167,6 +167,8 @@ def run_dataset(raw: dict, name: str, seeds: list[int], tmp: Path,
             extra[f"kd_{label}_val"] = dv["kd"]["val_accuracy"]
         row = {"dataset": name, "seed": seed, "teacher": tm["accuracy"], "alone": d["baseline"]["accuracy"],
                "kd": d["kd"]["accuracy"], "knn_fft": knn,
+               # paired on the same test windows, interval from the recording bootstrap (stats.*)
+               "kd_gain_test": d["kd_gain"], "kd_gain_test_lo": d["kd_gain_lo"], "kd_gain_test_hi": d["kd_gain_hi"],
                # what a release on this split ships: KD when its paired val gain is > 0, else the student alone
                "shipped_accuracy": d[d["shipped"]]["accuracy"], "norm": spec["method"], "reason": spec["reason"],
                "train_windows": split["splits"]["train"]["windows"], "val_windows": split["splits"]["val"]["windows"],
@@ -183,10 +185,12 @@ def run_dataset(raw: dict, name: str, seeds: list[int], tmp: Path,
 
 
 def table(rows: list[dict]) -> str:
-    extra = [k for k in dict.fromkeys(k for r in rows for k in r) if k.startswith("kd_") and not k.endswith("_val")]
+    extra = [k for k in dict.fromkeys(k for r in rows for k in r)
+             if k.startswith("kd_") and not k.endswith("_val") and not k.startswith("kd_gain")]
     out = ["| dataset | windows train/test | `auto` chose (deciding statistic) | teacher | student alone | KD student "
-           + "".join(f"| {k} " for k in extra) + "| shipped (chosen on val) | 1-NN FFT | seeds |",
-           "|---|---|---|---|---|---|" + "---|" * len(extra) + "---|---|---|"]
+           + "".join(f"| {k} " for k in extra) + "| KD − alone, paired (seeds ≥ 0) | shipped (chosen on val) | 1-NN FFT "
+           "| seeds |",
+           "|---|---|---|---|---|---|" + "---|" * len(extra) + "---|---|---|---|"]
     for name in dict.fromkeys(r["dataset"] for r in rows):
         rs = [r for r in rows if r["dataset"] == name]
 
@@ -198,10 +202,12 @@ def table(rows: list[dict]) -> str:
             return f"{100 * statistics.mean(v):.1f} ± {100 * sd:.1f}"
 
         stops = sum(bool(r["sanity_stop"]) for r in rs)
+        gains = [r["kd_gain_test"] for r in rs if "kd_gain_test" in r]
+        gain = (f"{100 * statistics.mean(gains):+.1f} pts ({sum(g >= 0 for g in gains)}/{len(gains)})" if gains else "-")
         out.append(f"| {name} | {rs[0]['train_windows']}/{rs[0]['test_windows']} | {rs[0]['norm']} ({rs[0]['reason']}) "
                    f"| {m('teacher')}{f' (sanity stop {stops}/{len(rs)})' if stops else ''} | {m('alone')} | {m('kd')} "
                    + "".join(f"| {m(k)} " for k in extra) +
-                   f"| {m('shipped_accuracy')} | {100 * rs[0]['knn_fft']:.1f} | {len(rs)} |")
+                   f"| {gain} | {m('shipped_accuracy')} | {100 * rs[0]['knn_fft']:.1f} | {len(rs)} |")
     return "\n".join(out)
 
 
@@ -210,6 +216,7 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--datasets", default="PickupGestureWiimoteZ,BasicMotions,GunPoint,bundled,ACSF1")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--first-seed", type=int, default=0, help="seeds first_seed .. first_seed+seeds-1 (add seeds to a run)")
     ap.add_argument("--set", action="append", default=[], help="override, e.g. teacher.train.epochs=10")
     ap.add_argument("--out", default="benchmarks/results/datasets.json")
     ap.add_argument("--variant", action="append", default=[], metavar="LABEL=KEY=VAL[;KEY=VAL]",
@@ -230,7 +237,7 @@ def main() -> None:
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     for name in a.datasets.split(","):
         with tempfile.TemporaryDirectory(prefix=f"ds-{name}-") as tmp:
-            rows += run_dataset(raw, name, list(range(a.seeds)), Path(tmp), variants)
+            rows += run_dataset(raw, name, list(range(a.first_seed, a.first_seed + a.seeds)), Path(tmp), variants)
         # written after every dataset, so a run stopped for time keeps what it finished
         Path(a.out).write_text(json.dumps({"args": vars(a), "rows": rows, "table": table(rows)}, indent=2) + "\n")
     print(table(rows))
