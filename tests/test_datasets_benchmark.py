@@ -92,3 +92,19 @@ def test_table_reports_what_the_release_ships():
     assert "shipped (chosen on val)" in head
     cells = [c.strip() for c in line.split("|")]
     assert cells[head.split("|").index(" shipped (chosen on val) ")].startswith("75.0")
+
+
+def test_table_pairs_kd_with_alone_per_seed():
+    """The paired column is the mean per-seed KD - alone test gain and how many seeds are >= 0; the gain's
+    interval keys never become variant columns."""
+    base = {"dataset": "D", "teacher": 0.9, "knn_fft": 0.5, "norm": "global", "reason": "r", "train_windows": 10,
+            "test_windows": 5, "sanity_stop": "", "shipped_accuracy": 0.7}
+    rows = [{**base, "seed": 0, "alone": 0.70, "kd": 0.74, "kd_gain_test": 0.04, "kd_gain_test_lo": 0.01,
+             "kd_gain_test_hi": 0.07, "kd_w1": 0.71},
+            {**base, "seed": 1, "alone": 0.72, "kd": 0.70, "kd_gain_test": -0.02, "kd_gain_test_lo": -0.05,
+             "kd_gain_test_hi": 0.01, "kd_w1": 0.69}]
+    head, _, line = bench.table(rows).splitlines()
+    cols = [c.strip() for c in head.split("|")]
+    cells = [c.strip() for c in line.split("|")]
+    assert "kd_gain_test" not in cols and "kd_gain_test_lo" not in cols and "kd_w1" in cols
+    assert cells[cols.index("KD − alone, paired (seeds ≥ 0)")] == "+1.0 pts (1/2)"
