@@ -449,14 +449,16 @@ def train(
         # a tie in val accuracy (common on a small or saturated val split) keeps the LATER epoch: the tie is no
         # evidence for the earlier one, and later weights have seen more of the decaying schedule. Neither the
         # earliest (an under-trained epoch that happens to tie) nor the lower val loss (a few borderline windows
-        # of a tiny split rank mid-schedule weights first: GunPoint's teacher 93.8-96.2% test, its last epochs 97.6-98.0%)
+        # of a tiny split rank mid-schedule weights first: GunPoint's teacher 92.7-96.2% test, its last epochs 97.6-98.0%)
         improved = m["accuracy"] > best["acc"]
         if improved or m["accuracy"] == best["acc"]:
             best = {"acc": m["accuracy"], "loss": m["loss"], "epoch": epoch + 1,
                     "rose": epoch + 1 if improved else best.get("rose", best["epoch"]),
                     "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
-        # patience counts epochs since val accuracy last ROSE (a plateau of ties does not reset it)
-        stop = cfg.patience > 0 and epoch + 1 - best.get("rose", best["epoch"]) >= cfg.patience
+        # patience counts epochs since val accuracy last ROSE (a plateau of ties does not reset it); a resume file
+        # written before "rose" was kept falls back to its best epoch
+        rose = best.get("rose", best["epoch"])
+        stop = cfg.patience > 0 and epoch + 1 - rose >= cfg.patience
         if resume_path:
             with atomic_path(resume_path) as tmp:
                 torch.save({"key": key, "epoch": epoch + 1, "model": model.state_dict(), "opt": opt.state_dict(),
@@ -467,7 +469,8 @@ def train(
         if on_epoch is not None:
             on_epoch(epoch + 1, m["accuracy"])
         if stop:
-            log(f"{name}: early stop at epoch {epoch + 1} (best {best['acc']:.4f} at epoch {best['epoch']})")
+            log(f"{name}: early stop at epoch {epoch + 1}: val accuracy last rose at epoch {rose} "
+                f"({best['acc']:.4f}); keeping epoch {best['epoch']}, the last at that accuracy")
             break
     elapsed = time.perf_counter() - t0
     if best["state"] is not None:
