@@ -395,7 +395,7 @@ def train(
     sched = _scheduler(opt, cfg, steps)
     use_amp = device.type == "cuda"
     history: list[dict[str, float]] = []
-    best = {"acc": -1.0, "epoch": 0, "state": None}
+    best = {"acc": -1.0, "epoch": 0, "rose": 0, "state": None}  # rose: the epoch val accuracy last rose
     start_epoch = 0
     resume_path = Path(resume_path) if resume_path else None
 
@@ -408,6 +408,7 @@ def train(
             gen.set_state(blob["gen"].to(gen.get_state().device) if device.type == "cpu" else blob["gen"])
             torch.set_rng_state(blob["cpu_rng"])
             history, best, start_epoch = blob["history"], blob["best"], blob["epoch"]
+            best.setdefault("rose", best["epoch"])  # a resume file written before "rose" was kept
             log(f"{name}: resuming from epoch {start_epoch} ({resume_path})")
         else:
             log(f"{name}: ignoring stale resume file {resume_path} (config or data changed)")
@@ -452,13 +453,10 @@ def train(
         # of a tiny split rank mid-schedule weights first: GunPoint's teacher 92.7-96.2% test, its last epochs 97.6-98.0%)
         improved = m["accuracy"] > best["acc"]
         if improved or m["accuracy"] == best["acc"]:
-            best = {"acc": m["accuracy"], "loss": m["loss"], "epoch": epoch + 1,
-                    "rose": epoch + 1 if improved else best.get("rose", best["epoch"]),
+            best = {"acc": m["accuracy"], "epoch": epoch + 1, "rose": epoch + 1 if improved else best["rose"],
                     "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
-        # patience counts epochs since val accuracy last ROSE (a plateau of ties does not reset it); a resume file
-        # written before "rose" was kept falls back to its best epoch
-        rose = best.get("rose", best["epoch"])
-        stop = cfg.patience > 0 and epoch + 1 - rose >= cfg.patience
+        # patience counts epochs since val accuracy last ROSE (a plateau of ties does not reset it)
+        stop = cfg.patience > 0 and epoch + 1 - best["rose"] >= cfg.patience
         if resume_path:
             with atomic_path(resume_path) as tmp:
                 torch.save({"key": key, "epoch": epoch + 1, "model": model.state_dict(), "opt": opt.state_dict(),
@@ -469,7 +467,7 @@ def train(
         if on_epoch is not None:
             on_epoch(epoch + 1, m["accuracy"])
         if stop:
-            log(f"{name}: early stop at epoch {epoch + 1}: val accuracy last rose at epoch {rose} "
+            log(f"{name}: early stop at epoch {epoch + 1}: val accuracy last rose at epoch {best['rose']} "
                 f"({best['acc']:.4f}); keeping epoch {best['epoch']}, the last at that accuracy")
             break
     elapsed = time.perf_counter() - t0
