@@ -231,6 +231,10 @@ def main() -> None:
     ap.add_argument("--variant", action="append", default=[], metavar="LABEL=KEY=VAL[;KEY=VAL]",
                     help="one more KD student per seed from the same teacher, e.g. lw03=distill.fm_label_weight=0.3")
     a = ap.parse_args()
+    if unknown := [n for n in a.datasets.split(",") if n != "bundled" and n not in UCR]:
+        ap.error(f"--datasets: unknown {', '.join(unknown)} (choose from bundled, {', '.join(UCR)})")
+    if a.seeds < 1 or a.first_seed < 0:
+        ap.error(f"--seeds must be >= 1 and --first-seed >= 0 (got {a.seeds}, {a.first_seed})")
     variants = {}
     for v in a.variant:
         label, _, sets = v.partition("=")
