@@ -166,6 +166,7 @@ class Segment:
     label: str
     start: int  # row offset into the table
     length: int
+    key: str  # the recording key (recording_keys): `group/recording`, or the group alone
 
 
 def recording_keys(df: pd.DataFrame, data: DataParams) -> pd.Series:
@@ -220,7 +221,7 @@ def segments(df: pd.DataFrame, data: DataParams, breaks: np.ndarray | None = Non
     ends = np.append(starts[1:], n)
     for s, e in zip(starts, ends, strict=True):
         rec = keys[s]
-        yield Segment(groups[s], rec.split("/", 1)[-1], labels[s], int(s), int(e - s))
+        yield Segment(groups[s], rec.split("/", 1)[-1], labels[s], int(s), int(e - s), rec)
 
 
 def n_windows(length: int, window: int, stride: int) -> int:

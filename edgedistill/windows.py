@@ -229,7 +229,7 @@ def cut_file(item: CutItem) -> dict[str, Any]:
             row_files.append(str(f))
         segs = list(segments(frame, d, breaks))
         for j, seg in enumerate(segs):
-            key = f"{seg.group}/{seg.recording}"
+            key = seg.key  # as recording_keys: the split column's per-recording map uses the same keys
             split = ((item.rec_split.get(key) if item.rec_split is not None else item.split_of.get(seg.group))
                      if seg.label in label_index else None)
             st = stride_of[split] if split else 1

@@ -112,3 +112,29 @@ def test_class_absent_from_train(readings_file, workdir):
     with pytest.raises(DataInvalid, match=r"\['ROW'\] have no training windows"):
         prepare.run(make_params({"prepare": {"split": {"test_groups": ["S01"], "val_groups": ["S02"]}}}))
     assert not (workdir / "data/prepared").exists()  # refused before anything was written
+
+
+def test_split_column_without_a_recording_column(readings_file, workdir):
+    """The user's own split per recording, each recording its own group and no recording column (the
+    variable-length signature case): every split gets its windows, from the groups the column names."""
+    df = small_readings()
+    df["instance"] = df["subject"] + "-" + df["recording"].astype(str)
+    df["split"] = np.where(df["subject"] == "S03", "test", np.where(df["subject"] == "S04", "val", "train"))
+    write_readings(df.drop(columns=["recording"]), readings_file)
+    params = {"data": {"group_col": "instance", "recording_col": None}}
+    report = prepare.run(make_params(params))
+    by_split = df.groupby("split")["instance"].unique()
+    for s in ("train", "val", "test"):
+        got = load(workdir, s)
+        assert report["splits"][s]["windows"] > 0
+        assert set(got["group"]) == set(by_split[s])
+        assert list(got["recording"]) == list(got["group"])  # one recording per group, keyed by the group
+    # a group whose rows carry two splits is still refused, naming the recording
+    leaky = df.copy()
+    first = leaky["instance"].iloc[0]
+    leaky.loc[leaky.index[(leaky["instance"] == first).to_numpy()][:10], "split"] = "test"
+    write_readings(leaky.drop(columns=["recording"]), readings_file)
+    before = tree_hashes(workdir / "data/prepared")
+    with pytest.raises(DataInvalid, match=rf"recording {first}: column 'split' changes inside the recording"):
+        prepare.run(make_params(params))
+    assert tree_hashes(workdir / "data/prepared") == before
