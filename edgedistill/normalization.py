@@ -6,6 +6,12 @@ Methods (params `prepare.normalization`):
 - `per_window`: each window z-scored per channel over time, plus two amplitude channels per input channel
   (log σ and a signed log of the mean, asinh(mean / epsilon)), standardised with training statistics, so the
   shape is learnt at any amplitude and the amplitude stays available as a feature.
+
+The epsilon (the floor of a window's std) is per channel, `prepare.norm_epsilon` times the channel's training
+std (`channel_epsilon`), so it means the same in any unit. per_window takes each window's statistics after
+shifting it by its first reading: a near-constant window far from zero then sums exact small multiples of
+its float32 step, and PyTorch, onnxruntime and the MCU agree on it (unshifted, their rounding of the mean,
+divided by a window std near the epsilon, differed by up to the whole z-score).
 - `auto`: `per_window` when the training windows' amplitudes span more decades than an 8-bit activation can
   resolve, else `robust` when heavy tails inflate the std, else `global` (see `choose`).
 
@@ -16,6 +22,7 @@ exported ONNX graph in FP32, so a device feeds raw readings.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -35,9 +42,14 @@ class InputNorm(nn.Module):
         if self.method not in METHODS:
             raise ValueError(f"unknown normalisation {self.method!r}; choose one of {METHODS}")
         self.in_channels = len(spec["center"])
-        self.epsilon = float(spec["epsilon"])
+        eps = spec["epsilon"]  # per channel (channel_epsilon); a spec written before that holds one number
+        eps = [float(eps)] * self.in_channels if isinstance(eps, int | float) else eps
         self.register_buffer("center", _col(spec["center"]), persistent=False)
         self.register_buffer("scale", _col(spec["scale"]), persistent=False)
+        # buffers, not Python floats: the ONNX exporter's optimiser drops `+ 1e-12` (a scalar it takes for
+        # zero), so a constant window became 0/0 in ONNX while PyTorch added the epsilon
+        self.register_buffer("epsilon", _col(eps), persistent=False)
+        self.register_buffer("epsilon_sq", _col([float(e) ** 2 for e in eps]), persistent=False)
         if self.method == "per_window":
             self.register_buffer("amp_mean", _col(spec.get("amp_mean") or [0.0] * 2 * self.in_channels),
                                  persistent=False)
@@ -51,10 +63,15 @@ class InputNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.method != "per_window":
             return (x - self.center) / self.scale
-        mu = x.mean(dim=-1, keepdim=True)
-        d = x - mu
-        var = (d * d).mean(dim=-1, keepdim=True) + self.epsilon * self.epsilon
+        # shifted by each window's first reading (the shifted-data variance algorithm): the mean is taken
+        # over values near zero, so its float rounding scales with the window's spread, not its offset
+        x0 = x[..., :1]
+        xs = x - x0
+        m = xs.mean(dim=-1, keepdim=True)
+        d = xs - m
+        var = (d * d).mean(dim=-1, keepdim=True) + self.epsilon_sq
         z = d / torch.sqrt(var)
+        mu = x0 + m
         amp = torch.cat([0.5 * torch.log(var), torch.asinh(mu / self.epsilon)], dim=1)  # [N, 2C, 1]
         amp = (amp - self.amp_mean) / self.amp_std
         return torch.cat([z, amp.expand(-1, -1, x.shape[-1])], dim=1)
@@ -97,29 +114,37 @@ def build_normalized(spec: dict[str, Any], net: nn.Module) -> NormalizedModel:
 
 # ------------------------------------------------------------------ choosing and fitting on training data
 
-def spread_stats(sd: np.ndarray, gstd: np.ndarray, floor: float) -> tuple[list[float], list[float]]:
+def spread_stats(sd: np.ndarray, gstd: np.ndarray, epsilon: float) -> tuple[list[float], list[float]]:
     """Per channel, from per-window stds sd [N, C] and the global std of the window values gstd [C]: the
-    spread of the window std in decades (log10 p90/p10) and the median window std in global-z units."""
+    spread of the window std in decades (log10 p90/p10, stds floored at channel_epsilon) and the median
+    window std in global-z units."""
+    floor = channel_epsilon(gstd, epsilon)
     decades, median_z = [], []
     for c in range(sd.shape[1]):
-        s = np.maximum(sd[:, c], floor)
+        s = np.maximum(sd[:, c], floor[c])
         lo, hi = np.percentile(s, [10, 90])
         decades.append(float(math.log10(hi / lo)))
-        median_z.append(float(np.median(sd[:, c]) / max(gstd[c], floor)))
+        median_z.append(float(np.median(sd[:, c]) / max(gstd[c], floor[c])))
     return decades, median_z
 
 
-def window_stats(x: np.ndarray, floor: float) -> dict[str, Any]:
+def tail_ratios(gstd: np.ndarray, iqr_sigma: np.ndarray, epsilon: float) -> list[float]:
+    """std / IQR-sigma per channel (1.0 where the IQR is below channel_epsilon: a near-constant bulk)."""
+    floor = channel_epsilon(gstd, epsilon)
+    return [float(g / i) if i > f else 1.0 for g, i, f in zip(gstd, iqr_sigma, floor, strict=True)]
+
+
+def window_stats(x: np.ndarray, epsilon: float) -> dict[str, Any]:
     """The statistics `auto` decides on, from raw training windows x [N, C, W] (float)."""
     x = x.astype(np.float64, copy=False)
     sd = x.std(axis=2)  # [N, C] per-window std
     gstd = x.transpose(1, 0, 2).reshape(x.shape[1], -1).std(axis=1)
-    decades, median_z = spread_stats(sd, gstd, floor)
+    decades, median_z = spread_stats(sd, gstd, epsilon)
     flat = x.transpose(1, 0, 2).reshape(x.shape[1], -1)
     q1, q3 = np.percentile(flat, [25, 75], axis=1)
     iqr_sigma = (q3 - q1) / 1.349  # the std of a normal distribution with this IQR
-    tail = [float(g / i) if i > floor else 1.0 for g, i in zip(gstd, iqr_sigma, strict=True)]
-    return {"window_std_decades": decades, "median_window_std_global_z": median_z, "std_over_iqr_sigma": tail}
+    return {"window_std_decades": decades, "median_window_std_global_z": median_z,
+            "std_over_iqr_sigma": tail_ratios(gstd, iqr_sigma, epsilon)}
 
 
 def choose(stats: dict[str, Any], max_decades: float, max_tail_ratio: float) -> tuple[str, str]:
@@ -137,28 +162,51 @@ def choose(stats: dict[str, Any], max_decades: float, max_tail_ratio: float) -> 
     return "global", f"window std spans {d:.2f} decades <= {max_decades}; std/IQR-sigma {t:.2f} <= {max_tail_ratio}"
 
 
-def fit(method: str, train_rows: np.ndarray, train_windows: np.ndarray, epsilon: float) -> dict[str, Any]:
-    """The spec of `method` fitted on training readings [R, C] and training windows [N, C, W] (raw)."""
-    rows = train_rows.astype(np.float64, copy=False)
-    mean, std = rows.mean(axis=0), rows.std(axis=0)
-    std = np.where(std < epsilon, 1.0, std)  # a constant channel must not become inf/NaN
-    spec: dict[str, Any] = {"method": method, "epsilon": epsilon, "mean": mean.tolist(), "std": std.tolist()}
+def channel_epsilon(std: np.ndarray, epsilon: float) -> np.ndarray:
+    """The floor of a window's std per channel: `epsilon` x the channel's training std (a channel constant
+    in training: `epsilon` in its raw units). Relative, so the same default fits readings in any unit."""
+    std = np.asarray(std, dtype=np.float64)
+    return epsilon * np.where(std > 0, std, 1.0)
+
+
+def spec_from_moments(method: str, mean: np.ndarray, std: np.ndarray, epsilon: float,
+                      quartiles: Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """The spec of `method` from the training readings' per-channel mean and std (and for robust their
+    quartiles, computed only then); per_window's amplitude statistics are added by `amplitude_stats`."""
+    eps = channel_epsilon(std, epsilon)
+    std = np.where(std > 0, std, 1.0)  # a constant channel must not become inf/NaN
+    spec: dict[str, Any] = {"method": method, "epsilon": eps.tolist(), "epsilon_relative": epsilon,
+                            "mean": mean.tolist(), "std": std.tolist()}
     if method == "robust":
-        q1, med, q3 = np.percentile(rows, [25, 50, 75], axis=0)
+        q1, med, q3 = quartiles()
         iqr = q3 - q1
-        spec |= {"center": med.tolist(), "scale": np.where(iqr < epsilon, std, iqr).tolist()}
+        spec |= {"center": med.tolist(), "scale": np.where(iqr > eps, iqr, std).tolist()}
     elif method == "global":
         spec |= {"center": mean.tolist(), "scale": std.tolist()}
     else:
-        c = rows.shape[1]
-        spec |= {"center": [0.0] * c, "scale": [1.0] * c}
-        with torch.no_grad():
-            out = InputNorm(spec)(torch.from_numpy(train_windows.astype(np.float32, copy=False)))
-        amp = out[:, c:, 0].double().numpy()  # [N, 2C] amplitude features before standardisation
-        a_std = amp.std(axis=0)
-        spec |= {"amp_mean": amp.mean(axis=0).tolist(), "amp_std": np.where(a_std < 1e-6, 1.0, a_std).tolist(),
-                 "amplitude_features": list(AMPLITUDE_FEATURES)}
-    spec["out_channels"] = out_channels(method, rows.shape[1])
+        spec |= {"center": [0.0] * len(mean), "scale": [1.0] * len(mean)}
+    spec["out_channels"] = out_channels(method, len(mean))
+    return spec
+
+
+@torch.no_grad()
+def amplitude_stats(spec: dict[str, Any], window_chunks: Iterable[np.ndarray]) -> dict[str, Any]:
+    """per_window: the mean and std of the amplitude features over the training windows (raw, [n, C, W])."""
+    norm, c = InputNorm(spec), len(spec["center"])
+    amp = np.concatenate([norm(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))[:, c:, 0]
+                          .double().numpy() for x in window_chunks])  # [N, 2C] before standardisation
+    a_std = amp.std(axis=0)
+    return {"amp_mean": amp.mean(axis=0).tolist(), "amp_std": np.where(a_std < 1e-6, 1.0, a_std).tolist(),
+            "amplitude_features": list(AMPLITUDE_FEATURES)}
+
+
+def fit(method: str, train_rows: np.ndarray, train_windows: np.ndarray, epsilon: float) -> dict[str, Any]:
+    """The spec of `method` fitted on training readings [R, C] and training windows [N, C, W] (raw)."""
+    rows = train_rows.astype(np.float64, copy=False)
+    spec = spec_from_moments(method, rows.mean(axis=0), rows.std(axis=0), epsilon,
+                             lambda: tuple(np.percentile(rows, [25, 50, 75], axis=0)))
+    if method == "per_window":
+        spec |= amplitude_stats(spec, [train_windows])
     return spec
 
 

@@ -128,7 +128,8 @@ class PrepareParams(_Section):
     eval_stride: int = Field(64, ge=1)
     split: SplitParams = SplitParams()
     normalization: Literal["auto", "global", "per_window", "robust"] = "auto"
-    norm_epsilon: float = Field(1e-6, gt=0, description="floor of a window's std (constant windows)")
+    norm_epsilon: float = Field(1e-6, gt=0, description="floor of a window's std, relative to the channel's "
+                                "training std (flat windows); a channel constant in training: in raw units")
     norm_auto_max_decades: float = Field(2.1, gt=0, description="auto: per_window above this p10-p90 spread")
     norm_auto_max_tail_ratio: float = Field(3.0, gt=1, description="auto: robust above this std/IQR-sigma")
     chunk_rows: int = Field(262144, ge=1, description="readings read per batch (bounds prepare's memory)")

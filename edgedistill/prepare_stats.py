@@ -19,9 +19,8 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
-import torch
 
-from edgedistill.normalization import AMPLITUDE_FEATURES, InputNorm, out_channels, spread_stats
+from edgedistill.normalization import amplitude_stats, spec_from_moments, spread_stats, tail_ratios
 
 Chunks = Callable[[], Iterable[np.ndarray]]  # a fresh iterator over [n, C] float32 chunks on each call
 
@@ -126,47 +125,25 @@ class WindowAccumulator:
         self.m2 = self.m2 + m2b + delta * delta * (self.n * nb / n)
         self.n = n
 
-    def stats(self, window_chunks: Chunks, floor: float) -> dict[str, Any]:
+    def stats(self, window_chunks: Chunks, epsilon: float) -> dict[str, Any]:
         """normalization.window_stats of all windows added; `window_chunks` re-reads them (flat quantiles)."""
         sd = np.concatenate(self.sd)
         gstd = np.sqrt(self.m2 / self.n)
-        decades, median_z = spread_stats(sd, gstd, floor)
+        decades, median_z = spread_stats(sd, gstd, epsilon)
 
         def flat() -> Iterable[np.ndarray]:
             for x in window_chunks():
                 yield x.transpose(0, 2, 1).reshape(-1, x.shape[1])
         _, (q1, q3) = exact_quantiles(flat, [25, 75])
         iqr_sigma = (q3 - q1) / 1.349
-        tail = [float(g / i) if i > floor else 1.0 for g, i in zip(gstd, iqr_sigma, strict=True)]
         return {"window_std_decades": decades, "median_window_std_global_z": median_z,
-                "std_over_iqr_sigma": tail}
+                "std_over_iqr_sigma": tail_ratios(gstd, iqr_sigma, epsilon)}
 
 
 def fit(method: str, row_chunks: Chunks, window_chunks: Chunks, epsilon: float) -> dict[str, Any]:
     """normalization.fit on the chunked training rows and windows (same spec, same numbers)."""
     _, mean, std = row_moments(row_chunks)
-    std = np.where(std < epsilon, 1.0, std)
-    spec: dict[str, Any] = {"method": method, "epsilon": epsilon, "mean": mean.tolist(), "std": std.tolist()}
-    c = len(mean)
-    if method == "robust":
-        _, (q1, med, q3) = exact_quantiles(row_chunks, [25, 50, 75])
-        iqr = q3 - q1
-        spec |= {"center": med.tolist(), "scale": np.where(iqr < epsilon, std, iqr).tolist()}
-    elif method == "global":
-        spec |= {"center": mean.tolist(), "scale": std.tolist()}
-    else:
-        spec |= {"center": [0.0] * c, "scale": [1.0] * c}
-        norm = InputNorm(spec)
-        amps = []
-        with torch.no_grad():
-            for x in window_chunks():
-                out = norm(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))
-                amps.append(out[:, c:, 0].double().numpy())
-        amp = np.concatenate(amps)  # [N, 2C]
-        a_std = amp.std(axis=0)
-        spec |= {"amp_mean": amp.mean(axis=0).tolist(), "amp_std": np.where(a_std < 1e-6, 1.0, a_std).tolist(),
-                 "amplitude_features": list(AMPLITUDE_FEATURES)}
-    spec["out_channels"] = out_channels(method, c)
+    spec = spec_from_moments(method, mean, std, epsilon, lambda: tuple(exact_quantiles(row_chunks, [25, 50, 75])[1]))
+    if method == "per_window":
+        spec |= amplitude_stats(spec, window_chunks())
     return spec
-
-
