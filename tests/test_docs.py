@@ -28,8 +28,11 @@ def _load(name: str):
 
 def _strings(path: Path) -> list[tuple[int, str]]:
     """Every string literal in a module (hints, messages, docstrings), adjacent literals joined as Python joins them."""
-    return [(n.lineno, n.value) for n in ast.walk(ast.parse(path.read_text()))
-            if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+    return [
+        (n.lineno, n.value)
+        for n in ast.walk(ast.parse(path.read_text()))
+        if isinstance(n, ast.Constant) and isinstance(n.value, str)
+    ]
 
 
 def _refs() -> list[tuple[str, str]]:
@@ -57,7 +60,9 @@ def _anchors(page: Path) -> set[str]:
 
 def test_docs_references_in_code_exist():
     refs = _refs()
-    assert any(r.startswith("docs/configuration.md") for _, r in refs), "the params error hint names no docs page"
+    assert any(r.startswith("docs/configuration.md") for _, r in refs), (
+        "the params error hint names no docs page"
+    )
     broken = []
     for where, ref in refs:
         page, _, anchor = ref.partition("#")
@@ -70,9 +75,13 @@ def test_docs_references_in_code_exist():
 
 def test_no_hint_points_at_the_readme():
     """How-to material lives in docs/; the README is the front page only."""
-    stale = [f"{p.relative_to(ROOT)}:{line}: {text.strip()[:80]}"
-             for d in CODE_DIRS for p in sorted((ROOT / d).rglob("*.py"))
-             for line, text in _strings(p) if re.search(r"\bREADME\b", text)]
+    stale = [
+        f"{p.relative_to(ROOT)}:{line}: {text.strip()[:80]}"
+        for d in CODE_DIRS
+        for p in sorted((ROOT / d).rglob("*.py"))
+        for line, text in _strings(p)
+        if re.search(r"\bREADME\b", text)
+    ]
     assert not stale, "\n".join(stale)
 
 
@@ -80,10 +89,14 @@ def test_reference_check_catches_a_renamed_page(tmp_path, monkeypatch):
     """The scan above fails on a pointer to a page or section that does not exist."""
     pkg = tmp_path / "edgedistill"
     pkg.mkdir()
-    (pkg / "m.py").write_text('HINT = "see docs/configuration.md#no-such-section and docs/renamed.md"\n')
+    (pkg / "m.py").write_text(
+        'HINT = "see docs/configuration.md#no-such-section and docs/renamed.md"\n'
+    )
     (tmp_path / "params.yaml").write_text("")
     (tmp_path / "docs").mkdir()
-    (tmp_path / "docs" / "configuration.md").write_text((ROOT / "docs" / "configuration.md").read_text())
+    (tmp_path / "docs" / "configuration.md").write_text(
+        (ROOT / "docs" / "configuration.md").read_text()
+    )
     for d in ("tasks", "flows"):
         (tmp_path / d).mkdir()
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
@@ -96,7 +109,9 @@ def test_reference_check_catches_a_renamed_page(tmp_path, monkeypatch):
 def test_params_reference_covers_every_key():
     gen = _load("gen_params")
     text, missing = gen.render()
-    assert missing == [], f"params without a description (add one in edgedistill/params.py): {missing}"
+    assert missing == [], (
+        f"params without a description (add one in edgedistill/params.py): {missing}"
+    )
     for key in ("data", "prepare.split", "benchmark.profiles[]", "promote.gates", "stats"):
         assert f"## `{key}`" in text
     assert "| `fm_label_weight` | float | `0.5` |" in text
@@ -110,7 +125,9 @@ def test_results_pages_cover_every_results_file():
         section = text.split(f"\n## {path.stem}\n", 1)
         assert len(section) == 2, f"{path.name} has no section"
         head = section[1].split("\n## ", 1)[0]
-        assert "*date*: " in head and ("```bash" in head or "*command*: not recorded" in head), path.name
+        assert "*date*: " in head and ("```bash" in head or "*command*: not recorded" in head), (
+            path.name
+        )
         doc = json.loads(path.read_text())
         if isinstance(doc, dict) and isinstance(doc.get("command"), str):
             assert doc["command"].strip().splitlines()[0] in head, path.name
