@@ -61,7 +61,9 @@ lint: install
 	$(VENV)/bin/lint-imports
 
 # The documentation site (docs/ -> site/), offline, strict: a broken link or a missing page fails it. The params
-# reference and the results pages are generated first (from edgedistill/params.py and benchmarks/results/*.json).
+# reference and the results pages are generated first (from edgedistill/params.py and benchmarks/results/*.json)
+# and never committed (.gitignore): they always match the code they describe, and a params.py edit never leaves a
+# stale page behind; tests/test_docs.py checks that the generators cover every key and every results file.
 docs: install
 	$(PY) docs/gen_params.py
 	$(PY) docs/gen_results.py
