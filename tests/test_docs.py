@@ -15,7 +15,9 @@ import markdown
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOC_REF = re.compile(r"docs/[\w./-]+?\.md(?:#[\w-]+)?")
+DOC_REF = re.compile(
+    r"(?<![\w./-])[\w-]+(?:/[\w.-]+)+\.md(?:#[\w-]+)?"
+)  # a repository path to a page
 CODE_DIRS = ("edgedistill", "tasks", "flows")
 
 
