@@ -17,7 +17,7 @@ INSTALLER ?= uv
 UV_VERSION ?= 0.13.9
 UV := uv
 
-.PHONY: install lock demo run test test-fast lint clean
+.PHONY: install lock demo run test test-fast lint docs clean
 
 install: $(VENV)/.installed
 
@@ -60,8 +60,17 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
+# The documentation site (docs/ -> site/), offline, strict: a broken link or a missing page fails it. The params
+# reference and the results pages are generated first (from edgedistill/params.py and benchmarks/results/*.json)
+# and never committed (.gitignore): they always match the code they describe, and a params.py edit never leaves a
+# stale page behind; tests/test_docs.py checks that the generators cover every key and every results file.
+docs: install
+	$(PY) docs/gen_params.py
+	$(PY) docs/gen_results.py
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
 clean:
-	rm -rf reports data/prepared data/raw/readings.parquet models metrics .pytest_cache
+	rm -rf reports data/prepared data/raw/readings.parquet models metrics .pytest_cache site
 
 # The MCU path's toolchain (Debian/Ubuntu): ARM cross-compiler, newlib, QEMU for the Cortex-M test run.
 # Without it the mcu stage still generates and host-checks the C model and records `not verified`.

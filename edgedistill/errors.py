@@ -16,11 +16,12 @@ class EdgeDistillError(Exception):
 
 
 class ParamsInvalid(EdgeDistillError):
-    hint = "Fix params.yaml (see README 'Configuration') and run again."
+    hint = "Fix params.yaml (see docs/configuration.md#checking-params) and run again."
 
 
 class DataInvalid(EdgeDistillError):
-    hint = "Fix the readings file or the data/validate params; see reports/validation/."
+    hint = ("Fix the readings file or the data/validate params; see reports/validation/ and "
+            "docs/validation.md.")
 
 
 class TrainingFailed(EdgeDistillError):
@@ -36,7 +37,8 @@ class ArtifactCorrupt(EdgeDistillError):
 
 
 class GateFailed(EdgeDistillError):
-    hint = "The model was not promoted; see promotion.json for each gate."
+    hint = ("The model was not promoted; see promotion.json for each gate "
+            "(docs/releases.md#promotion-gates).")
 
 
 class StoreUnreachable(EdgeDistillError):

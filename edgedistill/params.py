@@ -20,17 +20,30 @@ class _Section(BaseModel):
 class DataParams(_Section):
     """Where the readings are and which columns mean what (the data contract)."""
 
-    readings: str = "data/raw/readings.parquet"
-    group_col: str = "subject"
-    recording_col: str | None = "recording"
-    time_col: str = "t"
+    readings: str = Field("data/raw/readings.parquet",
+        description="the readings table (Parquet or CSV file, or a hive-partitioned Parquet "
+                    "directory), one row per reading; the bundled data is written here by the "
+                    "`ingest` stage: point it at your own DVC-tracked file to use your data")
+    group_col: str = Field("subject",
+        description="who/what produced a recording (subject, device); splits are by group, never "
+                    "by row")
+    recording_col: str | None = Field("recording",
+        description="a contiguous recording inside a group; null: one recording per group")
+    time_col: str = Field("t",
+        description="timestamp or sample index, strictly increasing inside a recording")
     time_unit: Literal["s", "ms", "us", "ns", "samples"] = Field(
         "s", description="unit of a numeric time column (datetime columns carry their own); samples = index")
-    label_col: str = "label"
-    split_col: str = "split"
-    channels: list[str] = Field(min_length=1)
-    sample_rate_hz: float = Field(gt=0)
-    labels: list[str] = Field(min_length=2)
+    label_col: str = Field("label", description="the class of each reading")
+    split_col: str = Field("split",
+        description="optional column with train/val/test per row; when present it overrides "
+                    "prepare.split")
+    channels: list[str] = Field(min_length=1,
+        description="the sensor columns fed to the models, in this order")
+    sample_rate_hz: float = Field(gt=0,
+        description="readings per second; validate checks each recording's median interval against "
+                    "it")
+    labels: list[str] = Field(min_length=2,
+        description="every class, in the order of the model's outputs")
     dask_address: str | None = Field(None, description="data plane engine: null = in process, 'local' = a "
                                                        "Dask LocalCluster of dask_workers processes, or a "
                                                        "scheduler address (tcp://host:8786)")
@@ -63,27 +76,40 @@ class DataParams(_Section):
 
 
 class IngestParams(_Section):
-    source: Literal["seglearn_watch"] = "seglearn_watch"
+    source: Literal["seglearn_watch"] = Field("seglearn_watch",
+        description="the dataset the `ingest` stage writes: the one bundled in the seglearn==1.2.5 "
+                    "wheel")
 
 
 class DriftParams(_Section):
-    enabled: bool = True
-    reference: str = "data/reference/profile.json"
+    enabled: bool = Field(True,
+        description="compare the data with the reference profile (mean shift, std ratio, label "
+                    "shares)")
+    reference: str = Field("data/reference/profile.json",
+        description="the drift reference, created from the first accepted dataset (`edgedistill "
+                    "validate --update-reference` accepts a new one)")
     max_mean_shift: float = Field(0.5, gt=0, description="|mean - ref mean| / ref std")
     max_std_ratio: float = Field(1.5, gt=1, description="std/ref std (and its inverse)")
     max_label_tv: float = Field(0.25, gt=0, le=1, description="total variation of label shares")
 
 
 class ValidateParams(_Section):
-    value_range: tuple[float, float] = (-1.0e3, 1.0e3)
-    channel_ranges: dict[str, tuple[float, float]] = {
-        **{f"acc_{a}": (-16.0, 16.0) for a in "xyz"}, **{f"gyro_{a}": (-35.0, 35.0) for a in "xyz"}}
-    min_windows_per_class: int = Field(20, ge=1)
+    value_range: tuple[float, float] = Field((-1.0e3, 1.0e3),
+        description="allowed [min, max] of a channel without an entry in channel_ranges")
+    channel_ranges: dict[str, tuple[float, float]] = Field({
+        **{f"acc_{a}": (-16.0, 16.0) for a in "xyz"}, **{f"gyro_{a}": (-35.0, 35.0) for a in "xyz"}},
+        description="per channel [min, max]: the physical limits of the sensor (±16 g, ±2000 dps "
+                    "for the bundled IMU)")
+    min_windows_per_class: int = Field(20, ge=1,
+        description="windows each class needs, counted at prepare.eval_stride over the whole table")
     max_class_imbalance: float = Field(5.0, ge=1, description="largest/smallest class windows")
     examples: int = Field(5, ge=1, le=50, description="offending values shown per failure")
     interval_tolerance: float = Field(0.05, gt=0, lt=1, description="|median interval x rate - 1| allowed")
     max_gap_intervals: float = Field(1.5, gt=1, description="a step longer than this many intervals is a gap")
-    on_gap: Literal["split", "reject"] = "split"
+    on_gap: Literal["split", "reject"] = Field("split",
+        description="a gap (a step over max_gap_intervals intervals): split = prepare cuts the "
+                    "recording there, no window straddles it; reject = validation fails naming the "
+                    "recording and the row")
     chunk_rows: int = Field(65536, ge=1, description="readings per chunk of the streaming pass (bounds memory)")
     drift: DriftParams = DriftParams()
 
@@ -101,11 +127,15 @@ class ValidateParams(_Section):
 class SplitParams(_Section):
     """Split by group; explicit group lists win over fractions. A `split` column wins over both."""
 
-    val_groups: list[str] | None = None
-    test_groups: list[str] | None = None
-    val_fraction: float = Field(0.2, ge=0, lt=1)
-    test_fraction: float = Field(0.2, gt=0, lt=1)
-    seed: int = 0
+    val_groups: list[str] | None = Field(None,
+        description="groups for validation (explicit lists win over val_fraction)")
+    test_groups: list[str] | None = Field(None,
+        description="groups for test (explicit lists win over test_fraction)")
+    val_fraction: float = Field(0.2, ge=0, lt=1,
+        description="share of groups drawn for validation when val_groups is null")
+    test_fraction: float = Field(0.2, gt=0, lt=1,
+        description="share of groups drawn for test when test_groups is null")
+    seed: int = Field(0, description="seed of the group draw")
     allow_group_leakage: bool = Field(False, description="with a split column: allow one group in two "
                                                          "splits (knowingly; test is then optimistic)")
 
@@ -123,11 +153,17 @@ class SplitParams(_Section):
 
 
 class PrepareParams(_Section):
-    window: int = Field(128, ge=4)
-    train_stride: int = Field(16, ge=1)
-    eval_stride: int = Field(64, ge=1)
+    window: int = Field(128, ge=4, description="readings per window (128: 2.56 s at 50 Hz)")
+    train_stride: int = Field(16, ge=1,
+        description="step between training windows (dense: overlap is fine inside train)")
+    eval_stride: int = Field(64, ge=1, description="step between val/test windows")
     split: SplitParams = SplitParams()
-    normalization: Literal["auto", "global", "per_window", "robust"] = "auto"
+    normalization: Literal["auto", "global", "per_window", "robust"] = Field("auto",
+        description="input normalisation fitted on train and run inside the models: global "
+                    "(z-score per channel) | robust (median/IQR) | per_window (each window "
+                    "z-scored, plus log-std and asinh(mean/epsilon) amplitude channels) | auto "
+                    "(chosen on the training windows by norm_auto_max_decades and "
+                    "norm_auto_max_tail_ratio)")
     norm_epsilon: float = Field(1e-6, gt=0, description="floor of a window's std, relative to the channel's "
                                 "training std (flat windows); a channel constant in training: in raw units")
     norm_auto_max_decades: float = Field(2.1, gt=0, description="auto: per_window above this p10-p90 spread")
@@ -137,7 +173,9 @@ class PrepareParams(_Section):
 
 
 class ComputeParams(_Section):
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description="auto: CUDA (bf16 autocast) when present, else CPU; or cpu / cuda / cuda:N "
+                    "(cuda without a GPU is an error)")
     threads: int = Field(0, ge=0, description="CPU threads for torch; 0 = torch's default (all cores); 1 is "
                                               "faster on a host shared with other CPU work (benchmarks/train_throughput.py)")
     channels_last: bool = Field(True, description="CPU training runs the 1D nets as 2D channels-last (same function, "
@@ -168,37 +206,48 @@ class AugmentParams(_Section):
 
 
 class TrainParams(_Section):
-    epochs: int = Field(ge=1)
-    batch_size: int = Field(128, ge=1)
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = Field(gt=0)  # teacher and student differ: params.yaml states each
-    weight_decay: float = Field(ge=0)
-    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
-    label_smoothing: float = Field(ge=0, lt=1)
+    epochs: int = Field(ge=1,
+        description="epochs at least (train.min_steps may add more on a small train split)")
+    batch_size: int = Field(128, ge=1, description="windows per optimizer step")
+    optimizer: Literal["adamw", "sgd"] = Field("adamw", description="adamw or sgd")
+    lr: float = Field(gt=0, description="learning rate (the peak of a onecycle schedule)")  # teacher and student differ: params.yaml states each
+    weight_decay: float = Field(ge=0, description="weight decay of the optimizer")
+    schedule: Literal["onecycle", "cosine", "constant"] = Field("onecycle",
+        description="learning-rate schedule: onecycle | cosine | constant")
+    label_smoothing: float = Field(ge=0, lt=1,
+        description="cross-entropy label smoothing (0 = off)")
     patience: int = Field(0, ge=0, description="early stopping on val accuracy; 0 = off")
-    grad_clip: float = Field(0.0, ge=0)
-    seed: int = 0
+    grad_clip: float = Field(0.0, ge=0, description="clip the gradient norm to this (0 = off)")
+    seed: int = Field(0, description="seed of init, batch order and augmentation")
     min_steps: int = Field(ge=0, description="at least this many optimizer steps: a train split with few "
                                                 "windows gets more epochs (never fewer than `epochs`)")
 
 
 class ModelParams(_Section):
-    arch: Literal["resnet1d", "dscnn1d"]
-    config: dict[str, Any]
+    arch: Literal["resnet1d", "dscnn1d"] = Field(
+        description="resnet1d (the teacher: a 1D ResNet) or dscnn1d (the student: a "
+                    "depthwise-separable 1D CNN sized for microcontrollers)")
+    config: dict[str, Any] = Field(
+        description="architecture settings passed to the net (widths, kernel, dropout)")
     train: TrainParams
     augment: AugmentParams = AugmentParams()
 
 
 class BankParams(_Section):
     views: int = Field(8, ge=1, description="augmented + mixup views per training window (at least)")
-    mixup_alpha: float = Field(1.0, ge=0)
-    seed: int = 0
+    mixup_alpha: float = Field(1.0, ge=0,
+        description="Beta(alpha, alpha) of the bank's mixup views")
+    seed: int = Field(0, description="seed of the bank's views")
     max_repeats: float = Field(6.0, ge=0, description="more views when the KD student would see each view more "
                                                       "often than this (its samples / (views x windows)); 0: off")
 
 
 class DistillParams(_Section):
-    method: Literal["hinton", "dkd", "fm_bank", "fm_online"] = "fm_bank"
+    method: Literal["hinton", "dkd", "fm_bank", "fm_online"] = Field("fm_bank",
+        description="hinton: cached teacher logits, L = a*T^2*KL + (1-a)*CE | dkd: decoupled KD on "
+                    "the same logits | fm_bank: function matching on a cached bank of augmented + "
+                    "mixup views | fm_online: function matching with the teacher run on every "
+                    "batch (no cache)")
     temperature: float = Field(4.0, gt=0, description="Hinton KD / DKD temperature T")
     alpha: float = Field(0.7, ge=0, le=1, description="Hinton KD weight of the soft term")
     logit_augment: bool = Field(True, description="hinton/dkd: the student sees the augmented window (as the "
@@ -219,10 +268,12 @@ class S3Params(_Section):
     """S3 (or any S3-compatible endpoint) holding the artifact store; credentials come only from
     the standard AWS chain (env, ~/.aws, instance role), never from params."""
 
-    bucket: str | None = None
-    prefix: str = "edgedistill"
-    endpoint_url: str | None = None
-    region: str | None = None
+    bucket: str | None = Field(None,
+        description="S3 bucket of the artifact store; null = the local directory")
+    prefix: str = Field("edgedistill", description="key prefix inside the bucket")
+    endpoint_url: str | None = Field(None,
+        description="S3-compatible endpoint (MinIO, Ceph, ...); null = AWS")
+    region: str | None = Field(None, description="AWS region; null = the AWS chain's default")
 
 
 class StoreParams(_Section):
@@ -230,16 +281,20 @@ class StoreParams(_Section):
 
     local: str = Field("../edgedistill-store", min_length=1,
                        description="local store directory, relative to the project root")
-    remote_name: str = Field("store", pattern=r"^[A-Za-z0-9_-]+$")
+    remote_name: str = Field("store", pattern=r"^[A-Za-z0-9_-]+$",
+        description="name of the DVC remote that points at the store")
     s3: S3Params = S3Params()
 
 
 class GateParams(_Section):
     """Promotion gates on the shipped (INT8) student; a null threshold turns its gate off."""
 
-    min_accuracy: float | None = Field(0.6, ge=0, le=1)
-    max_drop_vs_teacher: float | None = Field(0.15, ge=0, le=1)
-    max_int8_drop: float | None = Field(0.02, ge=0, le=1)
+    min_accuracy: float | None = Field(0.6, ge=0, le=1,
+        description="test accuracy of each student file a profile ships")
+    max_drop_vs_teacher: float | None = Field(0.15, ge=0, le=1,
+        description="teacher accuracy - student accuracy, at most")
+    max_int8_drop: float | None = Field(0.02, ge=0, le=1,
+        description="FP32 - INT8 test accuracy (paired), at most")
     regression_tolerance: float | None = Field(0.01, ge=0, le=1,
                                                description="allowed accuracy loss vs prod")
     max_latency_ratio_vs_prod: float | None = Field(
@@ -250,15 +305,18 @@ class GateParams(_Section):
 
 class ReproduceParams(_Section):
     rtol: float = Field(1e-6, ge=0, description="relative tolerance for non-timing metrics")
-    atol: float = Field(1e-9, ge=0)
+    atol: float = Field(1e-9, ge=0, description="absolute tolerance for non-timing metrics")
     timing_rtol: float = Field(0.5, ge=0, description="latency/throughput figures vary run to run")
 
 
 class PromoteParams(_Section):
-    model: str = Field("student", pattern=r"^[a-z0-9][a-z0-9_-]*[a-z0-9]$")
+    model: str = Field("student", pattern=r"^[a-z0-9][a-z0-9_-]*[a-z0-9]$",
+        description="registry name (GTO tags student@vX.Y.Z, student#prod#N)")
     gates: GateParams = GateParams()
-    bump: Literal["major", "minor", "patch"] = "minor"
-    auto_prod: bool = False
+    bump: Literal["major", "minor", "patch"] = Field("minor",
+        description="semver part bumped for each new release")
+    auto_prod: bool = Field(False,
+        description="true: a passing release goes straight to prod (else staging)")
     push_git: bool = Field(False, description="push release commit and tags to `origin` (the team registry)")
     require_mcu_verified: bool = Field(False, description="block promotion when the MCU figures are not "
                                                           "verified (no ARM toolchain / QEMU)")
@@ -270,18 +328,23 @@ class PromoteParams(_Section):
 class CalibrationParams(_Section):
     """Windows drawn (seeded) from train to calibrate INT8 activation ranges."""
 
-    windows: int = Field(256, ge=1)
-    method: Literal["minmax", "entropy", "percentile"] = "minmax"
-    per_channel: bool = True
-    seed: int = 0
+    windows: int = Field(256, ge=1,
+        description="seeded train windows that calibrate the static INT8 ranges")
+    method: Literal["minmax", "entropy", "percentile"] = Field("minmax",
+        description="minmax | entropy | percentile")
+    per_channel: bool = Field(True, description="one weight scale per output channel")
+    seed: int = Field(0, description="seed of the calibration sample")
 
 
 class ExportParams(_Section):
     opset: int = Field(18, ge=18, le=23, description="ONNX opset of the exported graphs")
     parity_atol: float = Field(1e-4, gt=0, description="max |ONNX - PyTorch| logit difference on test")
-    min_argmax_agreement: float = Field(1.0, ge=0, le=1)
-    quantization: Literal["static", "dynamic"] = "static"
-    activation_type: Literal["int8", "uint8"] = "int8"
+    min_argmax_agreement: float = Field(1.0, ge=0, le=1,
+        description="share of test windows where ONNX and PyTorch predict the same class, at least")
+    quantization: Literal["static", "dynamic"] = Field("static",
+        description="static: QDQ with calibrated activation ranges; dynamic: weights only")
+    activation_type: Literal["int8", "uint8"] = Field("int8",
+        description="int8 (symmetric, as on MCU runtimes) or uint8")
     calibration: CalibrationParams = CalibrationParams()
     conv2d: bool = Field(True, description="FP32 graphs run 1D convolutions as 2D (kernel 1×k): onnxruntime's "
                                            "blocked NCHWc kernels, same values (benchmarks/latency.py)")
@@ -297,17 +360,28 @@ class DeviceProfile(_Section):
     estimates RAM/flash from the graph. latency_ms/ram_bytes/flash_bytes: the budgets the model may
     use there, gated per profile by promote (`latency:<name>`, `ram:<name>`, `flash:<name>`)."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    measure: bool = True
-    threads: int = Field(1, ge=1)
-    batch_sizes: list[int] = Field([1], min_length=1)
-    warmup: int = Field(20, ge=0)
-    runs: int = Field(200, ge=10)
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$",
+        description="the profile's name, used in the gates (latency:<name>, ram:<name>, "
+                    "flash:<name>)")
+    measure: bool = Field(True,
+        description="true: onnxruntime runs here (latency, throughput, peak RSS); false: a target "
+                    "not run here, static RAM/flash estimate only")
+    threads: int = Field(1, ge=1, description="onnxruntime intra-op threads")
+    batch_sizes: list[int] = Field([1], min_length=1,
+        description="batch sizes measured (the first profile needs 1: the release figures)")
+    warmup: int = Field(20, ge=0, description="untimed runs before measuring")
+    runs: int = Field(200, ge=10,
+        description="timed runs per model and batch size (fewer when max_seconds is reached, never "
+                    "below 10)")
     max_seconds: float = Field(3.0, gt=0, description="time cap per model and batch size")
     latency_ms: float | None = Field(None, gt=0, description="batch-1 latency budget of the shipped file: measured p95 here "
                                      "(measure: true) or QEMU's instruction count at clock_hz (mcu)")
-    ram_bytes: int | None = Field(None, gt=0)
-    flash_bytes: int | None = Field(None, gt=0)
+    ram_bytes: int | None = Field(None, gt=0,
+        description="RAM budget: peak RSS of the session (measured) or the mcu stage's RAM figure; "
+                    "null: no gate")
+    flash_bytes: int | None = Field(None, gt=0,
+        description="flash budget: the shipped file's size (measured) or the model object's flash "
+                    "(mcu); null: no gate")
     mcu: Literal["cortex-m7", "cortex-m4", "cortex-m33"] | None = Field(
         None, description="a Cortex-M core: the mcu stage builds the C model for it and measures flash/RAM")
     clock_hz: int | None = Field(None, gt=0, description="core clock, for the time estimate from QEMU's count")
@@ -395,8 +469,10 @@ class SweepParams(_Section):
     width_multipliers: list[float] = Field([0.5, 1.0, 1.5], min_length=1,
                                            description="scale student.config.widths")
     depths: list[int] = Field([2, 3], min_length=1, description="separable blocks after the stem")
-    temperatures: list[float] = Field([2.0, 4.0], min_length=1)
-    alphas: list[float] = Field([0.5, 0.9], min_length=1)
+    temperatures: list[float] = Field([2.0, 4.0], min_length=1,
+        description="Hinton temperatures T tried")
+    alphas: list[float] = Field([0.5, 0.9], min_length=1,
+        description="Hinton weights of the soft term tried")
     epochs: int | None = Field(20, ge=1, description="student epochs per point (null: student.train.epochs); "
                                                      "student.train.min_steps scaled alike")
     budget_profile: str | None = Field(None, description="benchmark profile whose RAM/flash budget the "
@@ -425,15 +501,15 @@ class StatsParams(_Section):
     """The recording-level bootstrap behind every interval (edgedistill.stats)."""
 
     resamples: int = Field(2000, ge=100, description="bootstrap replicates")
-    seed: int = 0
-    confidence: float = Field(0.95, gt=0, lt=1)
+    seed: int = Field(0, description="seed of the bootstrap draws")
+    confidence: float = Field(0.95, gt=0, lt=1, description="confidence level of every interval")
 
 
 class OpsParams(_Section):
     """Unattended operation (`edgedistill serve`, prefect.yaml): schedules and the change watcher."""
 
     retrain_cron: str = Field("0 3 * * *", description="scheduled retraining (cron, in `timezone`)")
-    timezone: str = "UTC"
+    timezone: str = Field("UTC", description="time zone of retrain_cron")
     watch_interval_seconds: int = Field(600, ge=5, description="how often new data / prod changes are checked")
     channel_stages: list[str] = Field(["prod"], min_length=1, description="registry stages published to the fleet")
     schedule_check_seconds: int = Field(90, ge=1, description="`serve` checks that the server's scheduler "
@@ -443,7 +519,9 @@ class OpsParams(_Section):
 class SanityParams(_Section):
     """train_teacher's stop: the teacher must beat a 1-NN on FFT magnitudes and the majority class on val."""
 
-    enabled: bool = True
+    enabled: bool = Field(True,
+        description="run the sanity stop in train_teacher (majority class, chance and a 1-NN on "
+                    "FFT magnitudes)")
     fft_bins: int = Field(16, ge=1, description="rfft magnitudes per channel (DC included) for the 1-NN")
     max_train_windows: int = Field(4000, ge=1, description="train windows the 1-NN searches (seeded sample)")
     check_epoch: int = Field(3, ge=1, description="after this epoch the teacher must beat the majority class; "
@@ -451,7 +529,7 @@ class SanityParams(_Section):
     z: float = Field(2.0, ge=0, description="how far below the 1-NN (standard errors of a val accuracy) stops")
     chance_z: float = Field(2.0, ge=0, description="at the end the best checkpoint's balanced val accuracy must beat "
                                                    "chance (1/classes) by this many standard errors")
-    seed: int = 0
+    seed: int = Field(0, description="seed of the 1-NN's train sample")
 
 
 class Params(_Section):

@@ -175,7 +175,7 @@ def serve(
 ) -> None:
     """Serve the operating deployments from this machine until stopped (Ctrl-C): `retrain` (cron),
     `watch` (interval), `release-on-new-data` and `publish` (event triggers; need a Prefect server:
-    PREFECT_API_URL). Scaled set-ups deploy prefect.yaml to work pools instead (README)."""
+    PREFECT_API_URL). Scaled set-ups deploy prefect.yaml to work pools instead (docs/operations.md#scale-out)."""
     from flows.deployments import serve_operations
 
     p = str(_state["params"])

@@ -1,0 +1,172 @@
+"""Write docs/params.md, the params.yaml reference, from the pydantic models in edgedistill/params.py.
+
+Every key gets its type, its value in params.yaml, the schema's default and constraints, and the field's
+`description`; each section opens with its model's docstring. Run by `make docs` before `mkdocs build`
+(the page is generated, never edited by hand): `python docs/gen_params.py [--out docs/params.md]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+
+from edgedistill.params import Params
+
+ROOT = Path(__file__).resolve().parents[1]
+CONSTRAINTS = {
+    "gt": ">",
+    "ge": "≥",
+    "lt": "<",
+    "le": "≤",
+    "min_length": "length ≥",
+    "pattern": "matches",
+}
+
+
+def _model_of(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
+    """The pydantic model an annotation holds (directly or as list[...] / X | None), and whether it is a list."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, False
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is list and args:
+        inner, _ = _model_of(args[0])
+        return inner, inner is not None
+    if origin in (typing.Union, types.UnionType):
+        for a in args:
+            inner, is_list = _model_of(a)
+            if inner is not None:
+                return inner, is_list
+    return None, False
+
+
+def _type_name(annotation: Any) -> str:
+    text = repr(annotation) if not isinstance(annotation, type) else annotation.__name__
+    for noise in ("typing.", "NoneType"):
+        text = text.replace(noise, "None" if noise == "NoneType" else "")
+    return text
+
+
+def _constraints(info: FieldInfo) -> str:
+    out = []
+    for m in info.metadata:
+        for attr, sign in CONSTRAINTS.items():
+            v = getattr(m, attr, None)
+            if v is not None:
+                out.append(f"{sign} `{v}`" if attr != "pattern" else f"{sign} `{v}`")
+    return ", ".join(out)
+
+
+def _default(info: FieldInfo) -> str:
+    if info.default_factory is not None:
+        return "(list below)" if isinstance(info.default_factory(), list) else "(section below)"
+    if info.default is PydanticUndefined:
+        return "required"
+    if isinstance(info.default, BaseModel):
+        return "(section below)"
+    return f"`{json.dumps(info.default)}`"
+
+
+def _value(raw: Any) -> str:
+    if raw is _MISSING:
+        return "—"
+    if isinstance(raw, dict | list) and len(json.dumps(raw)) > 60:
+        return "(see params.yaml)"
+    return f"`{json.dumps(raw)}`"
+
+
+_MISSING = object()
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def section(model: type[BaseModel], key: str, raw: Any, out: list[str], missing: list[str]) -> None:
+    """Append one section's table to `out`, then its sub-sections; keys without a description go to `missing`."""
+    out.append(f"\n## `{key}`\n")
+    if model.__doc__ and model.__doc__.strip():
+        out.append(_cell(model.__doc__) + "\n")
+    rows, subs = [], []
+    for name, info in model.model_fields.items():
+        yaml_name = info.alias or name
+        sub, is_list = _model_of(info.annotation)
+        value = raw.get(yaml_name, _MISSING) if isinstance(raw, dict) else _MISSING
+        if sub is not None:
+            first = value[0] if is_list and isinstance(value, list) and value else value
+            subs.append((sub, f"{key}.{yaml_name}" + ("[]" if is_list else ""), first))
+            if info.description:
+                rows.append(
+                    (
+                        yaml_name,
+                        "list of sections" if is_list else "section",
+                        "—",
+                        "—",
+                        "",
+                        info.description,
+                    )
+                )
+            continue
+        if not info.description:
+            missing.append(f"{key}.{yaml_name}")
+        rows.append(
+            (
+                yaml_name,
+                _type_name(info.annotation),
+                _value(value),
+                _default(info),
+                _constraints(info),
+                info.description or "",
+            )
+        )
+    if rows:
+        out.append("| key | type | params.yaml | default | constraints | what it is |")
+        out.append("|---|---|---|---|---|---|")
+        for r in rows:
+            out.append("| `" + r[0] + "` | " + " | ".join(_cell(c) for c in r[1:]) + " |")
+    for sub, sub_key, sub_raw in subs:
+        section(sub, sub_key, sub_raw, out, missing)
+
+
+def render(params_file: Path = ROOT / "params.yaml") -> tuple[str, list[str]]:
+    raw = yaml.safe_load(params_file.read_text())
+    out = [
+        "# params.yaml reference",
+        "",
+        "<!-- generated by docs/gen_params.py from edgedistill/params.py: edit the field descriptions there -->",
+        "",
+        "Every key of `params.yaml`, as `edgedistill/params.py` validates it (unknown keys, wrong types and "
+        "out-of-range values are refused before any work starts: `edgedistill check-params`). "
+        "*params.yaml* is the value this repository ships, *default* the schema's value when a key is left "
+        "out. How to change them: [Configuration](configuration.md).",
+    ]
+    missing: list[str] = []
+    for name, info in Params.model_fields.items():
+        key = info.alias or name
+        model, _ = _model_of(info.annotation)
+        assert model is not None, key
+        section(model, key, raw.get(key, {}), out, missing)
+    return "\n".join(out) + "\n", missing
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "params.md")
+    args = ap.parse_args()
+    text, missing = render()
+    args.out.write_text(text)
+    print(f"wrote {args.out} ({text.count(chr(10))} lines)")
+    if missing:
+        print(f"{len(missing)} key(s) without a description: {', '.join(missing)}")
+
+
+if __name__ == "__main__":
+    main()
