@@ -264,6 +264,15 @@ class DistillParams(_Section):
     bank: BankParams = BankParams()
 
 
+# the distill.* knobs each method reads (what `sweep.knobs` may vary for it)
+METHOD_KNOBS: dict[str, tuple[str, ...]] = {
+    "hinton": ("temperature", "alpha"),
+    "dkd": ("temperature", "dkd_alpha", "dkd_beta"),
+    "fm_bank": ("fm_temperature", "fm_label_weight"),
+    "fm_online": ("fm_temperature",),
+}
+
+
 class S3Params(_Section):
     """S3 (or any S3-compatible endpoint) holding the artifact store; credentials come only from
     the standard AWS chain (env, ~/.aws, instance role), never from params."""
@@ -469,10 +478,9 @@ class SweepParams(_Section):
     width_multipliers: list[float] = Field([0.5, 1.0, 1.5], min_length=1,
                                            description="scale student.config.widths")
     depths: list[int] = Field([2, 3], min_length=1, description="separable blocks after the stem")
-    temperatures: list[float] = Field([2.0, 4.0], min_length=1,
-        description="Hinton temperatures T tried")
-    alphas: list[float] = Field([0.5, 0.9], min_length=1,
-        description="Hinton weights of the soft term tried")
+    knobs: dict[str, list[float]] = Field(default_factory=dict,
+        description="distill.* knobs of the configured distill.method to grid over, each with the values "
+                    "tried (e.g. fm_label_weight: [0.3, 0.5]); {}: the configured values, sizes only")
     epochs: int | None = Field(20, ge=1, description="student epochs per point (null: student.train.epochs); "
                                                      "student.train.min_steps scaled alike")
     budget_profile: str | None = Field(None, description="benchmark profile whose RAM/flash budget the "
@@ -482,11 +490,19 @@ class SweepParams(_Section):
     max_workers: int = Field(2, ge=1, description="parallel points with the local (thread) runner")
     dask_address: str | None = Field(None, description="Dask scheduler (tcp://host:8786): run on it")
 
-    @field_validator("width_multipliers", "temperatures", "alphas")
+    @field_validator("width_multipliers")
     @classmethod
     def _positive_values(cls, v: list[float]) -> list[float]:
         if any(x <= 0 for x in v):
             raise ValueError(f"values must be > 0, got {v}")
+        return v
+
+    @field_validator("knobs")
+    @classmethod
+    def _knob_values(cls, v: dict[str, list[float]]) -> dict[str, list[float]]:
+        empty = sorted(k for k, vals in v.items() if not vals)
+        if empty:
+            raise ValueError(f"knobs {empty} list no values")
         return v
 
     @field_validator("depths")
@@ -563,6 +579,14 @@ class Params(_Section):
         if unknown and rotating:  # only the rotation reads the groups: other data need not clear them
             raise ValueError(f"data.vector_groups names channels not in data.channels: {unknown} (set "
                              "data.vector_groups: [] for data without 3-D vector sensors)")
+        own = METHOD_KNOBS[self.distill.method]
+        foreign = sorted(set(self.sweep.knobs) - set(own))
+        if foreign:  # the sweep trains the configured method: another method's knobs would do nothing
+            raise ValueError(f"sweep.knobs {foreign} are not knobs of distill.method {self.distill.method} "
+                             f"(its knobs: {', '.join(own)})")
+        for k, vals in self.sweep.knobs.items():  # each value as the distill section would take it
+            for v in vals:
+                DistillParams.model_validate({**self.distill.model_dump(), k: v})
         return self
 
     @property

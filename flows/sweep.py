@@ -1,4 +1,4 @@
-"""The student sweep: a grid of student sizes and Hinton KD knobs (params `sweep`), each point distilled,
+"""The student sweep: a grid of student sizes and the configured KD method's knobs (params `sweep`), each point distilled,
 exported to INT8 and benchmarked with the stage functions, as parallel Prefect tasks (threads here, or a
 Dask cluster); the accuracy / latency / size Pareto front and the best student inside the device budget."""
 
@@ -32,13 +32,17 @@ def student_widths(base: list[int], multiplier: float, depth: int) -> list[int]:
 
 
 def grid(params: Params) -> list[dict[str, Any]]:
+    """Sizes x the values of each `sweep.knobs` entry; every point trains the configured distill.method."""
     sp = params.sweep
     base = list(params.student.config.get("widths", [16, 24, 32, 32]))
+    names = sorted(sp.knobs)
     points = []
-    for m, d, t, a in itertools.product(sp.width_multipliers, sp.depths, sp.temperatures, sp.alphas):
+    for m, d, *values in itertools.product(sp.width_multipliers, sp.depths, *(sp.knobs[k] for k in names)):
+        knobs = dict(zip(names, values, strict=True))
         widths = student_widths(base, m, d)
-        points.append({"id": f"w{m:g}-d{d}-T{t:g}-a{a:g}", "width_multiplier": m, "depth": d,
-                       "temperature": t, "alpha": a, "widths": widths})
+        points.append({"id": "-".join([f"w{m:g}", f"d{d}", *(f"{k}{v:g}" for k, v in knobs.items())]),
+                       "width_multiplier": m, "depth": d, "method": params.distill.method, "knobs": knobs,
+                       "widths": widths})
     return points
 
 
@@ -109,7 +113,7 @@ def benchmark_point(root: str, params: Params, result: dict[str, Any], measure: 
 
 
 def benchmark_all(root: str, params: Params, trained: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Latency is measured once per architecture, one at a time: T and alpha change the weights, not
+    """Latency is measured once per architecture, one at a time: the KD knobs change the weights, not
     the graph, so points of one architecture share one measurement (noise cannot split them on the
     Pareto front), and points timed side by side would slow each other down."""
     timed: dict[tuple[int, ...], dict[str, Any]] = {}
@@ -163,7 +167,7 @@ def choose(results: list[dict[str, Any]], front: list[str]) -> dict[str, Any] | 
 
 # ---------------------------------------------------------------- outputs: table files and plot
 
-COLUMNS = ["id", "width_multiplier", "depth", "temperature", "alpha", "widths", "params", "int8_val_accuracy",
+COLUMNS = ["id", "width_multiplier", "depth", "method", "knobs", "widths", "params", "int8_val_accuracy",
            "int8_accuracy",
            "fp32_accuracy", "kd_accuracy", "p50_ms", "p95_ms", "size_bytes", "ram_bytes", "fits", "pareto",
            "train_seconds"]
@@ -175,7 +179,8 @@ def write_table(path: Path, rows: list[dict[str, Any]]) -> None:
         w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         w.writeheader()
         for r in rows:
-            w.writerow({**r, "widths": " ".join(map(str, r["widths"]))})
+            w.writerow({**r, "widths": " ".join(map(str, r["widths"])),
+                        "knobs": " ".join(f"{k}={v:g}" for k, v in r["knobs"].items())})
 
 
 def write_svg(path: Path, rows: list[dict[str, Any]], best: str | None) -> None:
@@ -245,9 +250,12 @@ def write_png(path: Path, rows: list[dict[str, Any]], best: str | None) -> bool:
 
 
 def best_overlay(params: Params, best: dict[str, Any]) -> dict[str, Any]:
-    """The params.yaml changes that make the release train the chosen student."""
-    return {"student": {"config": {**params.student.config, "widths": best["widths"]}},
-            "distill": {"method": "hinton", "temperature": best["temperature"], "alpha": best["alpha"]}}
+    """The params.yaml changes that make the release train the chosen student: its widths and the swept
+    knobs' values; distill.method stays as configured (it is what every point trained)."""
+    overlay: dict[str, Any] = {"student": {"config": {**params.student.config, "widths": best["widths"]}}}
+    if best["knobs"]:
+        overlay["distill"] = dict(best["knobs"])
+    return overlay
 
 
 # ---------------------------------------------------------------- the flow
@@ -294,6 +302,7 @@ def _sweep(root: str, params_file: str, out_dir: str) -> dict[str, Any]:
     results.sort(key=lambda x: (not x["pareto"], -x[SELECT], x["size_bytes"]))
     best = choose(results, front)
     summary = {"points": results, "pareto": front, "best": best["id"] if best else None,
+               "method": params.distill.method,
                "budget_profile": budget_profile(params).name, "seconds": round(seconds, 2),
                "overlay": best_overlay(params, best) if best else None}
     write_json(out / "results.json", summary)
@@ -325,7 +334,13 @@ def student_sweep(root: str = ".", params_file: str = "params.yaml", out_dir: st
     return _sweep(root, params_file, out_dir)
 
 
-def apply_overlay(params_path: Path, overlay: dict[str, Any]) -> None:
-    """Write the chosen student into params.yaml, keeping its comments and layout."""
+def apply_overlay(params_path: Path, overlay: dict[str, Any], method: str) -> None:
+    """Write the chosen student into params.yaml, keeping its comments and layout. Refused when
+    params.yaml now configures another distill.method than the sweep trained (its knobs would not fit)."""
+    now = load_params(params_path).distill.method
+    if now != method:
+        raise ParamsInvalid(f"{params_path}: distill.method is {now}, but the sweep trained {method}; "
+                            "the chosen student is not applied", hint="Run `edgedistill sweep` again with the "
+                                                                      "configured method.")
     update_params_file(params_path, overlay)
 

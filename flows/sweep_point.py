@@ -1,4 +1,4 @@
-"""sweep_point: one point of the student sweep — distil a student with given widths and Hinton T/alpha
+"""sweep_point: one point of the student sweep — distil a student with given widths and KD knob values
 (tasks/distill.py), export it to FP32 + INT8 ONNX (tasks/export.py's pieces) and score both on the test
 windows (reported) and on the validation windows (what the sweep selects by). Run as `python -m flows.sweep_point JOB.json` by flows/sweep.py, one process per point."""
 
@@ -30,7 +30,7 @@ def point_params(params: Params, point: dict[str, Any]) -> Params:
         tp = params.student.train
         raw["student"]["train"]["epochs"] = params.sweep.epochs
         raw["student"]["train"]["min_steps"] = math.ceil(tp.min_steps * params.sweep.epochs / tp.epochs)
-    raw["distill"].update(method="hinton", temperature=point["temperature"], alpha=point["alpha"])
+    raw["distill"].update(point["knobs"])  # the configured method, with this point's values of its knobs
     raw["compute"]["threads"] = 1
     return Params.model_validate(raw)
 

@@ -14,6 +14,7 @@ from conftest import make_params, merge
 from typer.testing import CliRunner
 
 from edgedistill.cli import app
+from edgedistill.errors import ParamsInvalid
 from edgedistill.params import load_params
 from flows.sweep import choose, dominates, grid, pareto_front, student_widths
 from tasks import prepare, teacher_logits, train_teacher
@@ -26,8 +27,8 @@ TINY = {
                 "train": {"min_steps": 0, "epochs": 2, "batch_size": 64, "lr": 0.02}},
     "distill": {"bank": {"views": 1}},
     "sanity": {"enabled": False},  # a 3-epoch smoke-test teacher is not judged against the 1-NN reference
-    # two sizes x two alphas: 4 points, 2 epochs each
-    "sweep": {"width_multipliers": [0.5, 1.5], "depths": [2], "temperatures": [4.0], "alphas": [0.3, 0.9],
+    # two sizes x two label weights of the configured fm_bank: 4 points, 2 epochs each
+    "sweep": {"width_multipliers": [0.5, 1.5], "depths": [2], "knobs": {"fm_label_weight": [0.3, 0.9]},
               "epochs": 2, "bench_runs": 30, "max_workers": 2},
     "benchmark": {"profiles": [
         {"name": "edge-cpu-1t", "threads": 1, "batch_sizes": [1], "warmup": 5, "runs": 30, "max_seconds": 0.5},
@@ -52,17 +53,45 @@ def test_sweep_epochs_shrink_the_step_floor_alike():
     from flows.sweep_point import point_params
 
     p = make_params({"student": {"train": {"epochs": 30, "min_steps": 2000}}, "sweep": {"epochs": 15}}, small=False)
-    pp = point_params(p, {"widths": [8, 8], "temperature": 4.0, "alpha": 0.5})
+    pp = point_params(p, {"widths": [8, 8], "knobs": {"fm_label_weight": 0.3}})
     assert pp.student.train.epochs == 15 and pp.student.train.min_steps == 1000
-    assert pp.distill.method == "hinton" and pp.compute.threads == 1
+    assert pp.distill.method == "fm_bank" and pp.distill.fm_label_weight == 0.3 and pp.compute.threads == 1
 
 
-def test_grid_is_the_product_of_the_params():
-    p = make_params({"sweep": {"width_multipliers": [0.5, 1.0], "depths": [2, 3], "temperatures": [2.0],
-                               "alphas": [0.5, 0.9]}})
+def test_grid_is_the_product_of_the_params_and_keeps_the_configured_method():
+    p = make_params({"distill": {"method": "hinton"},
+                     "sweep": {"width_multipliers": [0.5, 1.0], "depths": [2, 3],
+                               "knobs": {"temperature": [2.0], "alpha": [0.5, 0.9]}}})
     pts = grid(p)
     assert len(pts) == 8 and len({x["id"] for x in pts}) == 8
-    assert {"w0.5-d2-T2-a0.9", "w1-d3-T2-a0.5"} <= {x["id"] for x in pts}
+    assert {"w0.5-d2-alpha0.9-temperature2", "w1-d3-alpha0.5-temperature2"} <= {x["id"] for x in pts}
+    assert {x["method"] for x in pts} == {"hinton"}
+    sizes = grid(make_params({"sweep": {"width_multipliers": [0.5, 1.0], "depths": [2]}}))  # knobs {}: sizes only
+    assert [x["id"] for x in sizes] == ["w0.5-d2", "w1-d2"] and {x["method"] for x in sizes} == {"fm_bank"}
+
+
+def test_sweep_knobs_of_another_method_or_out_of_range_are_refused():
+    with pytest.raises(ParamsInvalid, match=r"sweep.knobs \['alpha', 'temperature'\] are not knobs of distill.method "
+                                            r"fm_bank \(its knobs: fm_temperature, fm_label_weight\)"):
+        make_params({"sweep": {"knobs": {"temperature": [2.0], "alpha": [0.5]}}})
+    with pytest.raises(ParamsInvalid, match="fm_label_weight"):
+        make_params({"sweep": {"knobs": {"fm_label_weight": [1.5]}}})
+
+
+def test_sweep_apply_keeps_the_method_and_refuses_when_it_changed(tmp_path):
+    from flows.sweep import apply_overlay, best_overlay
+
+    target = tmp_path / "params.yaml"
+    target.write_text((Path(__file__).parents[1] / "params.yaml").read_text())
+    params = load_params(target)
+    best = {"widths": [8, 12, 12], "knobs": {"fm_label_weight": 0.3}}
+    apply_overlay(target, best_overlay(params, best), "fm_bank")
+    p = load_params(target)
+    assert (p.distill.method, p.distill.fm_label_weight, p.student.config["widths"]) == ("fm_bank", 0.3, [8, 12, 12])
+    before = target.read_text()
+    with pytest.raises(ParamsInvalid, match="distill.method is fm_bank, but the sweep trained hinton"):
+        apply_overlay(target, {"distill": {"temperature": 2.0}}, "hinton")
+    assert target.read_text() == before
 
 
 def test_pareto_front_and_latency_noise_tolerance():
@@ -167,11 +196,11 @@ def test_sweep_apply_writes_the_chosen_student(project, monkeypatch, tmp_path):
     summary = json.loads((project / "reports/sweep/results.json").read_text())
     target = tmp_path / "params.yaml"
     target.write_text("# keep me\n" + (project / "params.yaml").read_text())
-    apply_overlay(target, summary["overlay"])
+    apply_overlay(target, summary["overlay"], summary["method"])
     p = load_params(target)
     best = next(x for x in summary["points"] if x["id"] == summary["best"])
     assert p.student.config["widths"] == best["widths"] and p.student.config["kernel"] == 5
-    assert (p.distill.method, p.distill.temperature, p.distill.alpha) == ("hinton", best["temperature"], best["alpha"])
+    assert (p.distill.method, p.distill.fm_label_weight) == ("fm_bank", best["knobs"]["fm_label_weight"])
     assert target.read_text().startswith("# keep me")
 
 

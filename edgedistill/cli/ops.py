@@ -47,7 +47,7 @@ def sweep(
         raise typer.Exit(1 if apply else 0)
     console.print(f"chosen: {summary['best']} (best INT8 accuracy within the {summary['budget_profile']} budget)")
     if apply:
-        guarded(lambda: apply_overlay(Path(_state["params"]), summary["overlay"]))
+        guarded(lambda: apply_overlay(Path(_state["params"]), summary["overlay"], summary["method"]))
         console.print(f"[green]✓[/] {_state['params']}: student.config and distill set to {summary['best']}; "
                       "`edgedistill run` releases it")
 
