@@ -115,7 +115,8 @@ class Plan:
 
     @property
     def macs(self) -> int:
-        return sum(la.macs for la in self.layers)
+        """Multiply-accumulates of the convolutions and the dense head (the mean's adds not counted)."""
+        return sum(la.macs for la in self.layers if la.kind != "mean")
 
 
 def _attrs(node: onnx.NodeProto) -> dict[str, Any]:
@@ -153,7 +154,6 @@ def plan(model: onnx.ModelProto) -> Plan:
         raise Unsupported(f"input of shape {dims}: [1, channels, window] expected")
     c, w = dims[1], dims[2]
     nodes = list(g.node)
-    by_output = {o: n for n in nodes for o in n.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for n in nodes:
         for i in n.input:
@@ -377,9 +377,9 @@ def _conv_c(la: Layer) -> str:
     k4 = kc // 4 * 4
     # register pressure decides the speed here: both columns' halfword pairs are made first, then each
     # weight word is extended and used at once (13 live values: no spills at -Os)
-    body_dsp = """
+    body_dsp = f"""
             const int8_t *wp = w, *xp0 = c0, *xp1 = c1;
-            for (int k = {k4q}; k > 0; --k) {{
+            for (int k = {k4 // 4}; k > 0; --k) {{
                 uint32_t x0 = rd4(xp0), x1 = rd4(xp1);
                 xp0 += 4; xp1 += 4;
                 int32_t x0e = __sxtb16(x0), x0o = sxtb16_ror8(x0), x1e = __sxtb16(x1), x1o = sxtb16_ror8(x1);
@@ -394,23 +394,23 @@ def _conv_c(la: Layer) -> str:
                 a10 = __smlad(t, x0e, a10); a11 = __smlad(t, x1e, a11);
                 t = sxtb16_ror8(wv);
                 a10 = __smlad(t, x0o, a10); a11 = __smlad(t, x1o, a11);
-            }}""".format(k4q=k4 // 4, kc=kc)
-    body_c = """
+            }}"""
+    body_c = f"""
             for (int k = 0; k < {k4}; ++k) {{
                 int32_t x0 = c0[k], x1 = c1[k], w0 = w[k], w1 = w[{kc} + k];
                 a00 += w0 * x0; a01 += w0 * x1; a10 += w1 * x0; a11 += w1 * x1;
-            }}""".format(k4=k4, kc=kc)
-    tail = "" if k4 == kc else """
+            }}"""
+    tail = "" if k4 == kc else f"""
             for (int k = {k4}; k < {kc}; ++k) {{
                 int32_t x0 = c0[k], x1 = c1[k], w0 = w[k], w1 = w[{kc} + k];
                 a00 += w0 * x0; a01 += w0 * x1; a10 += w1 * x0; a11 += w1 * x1;
-            }}""".format(k4=k4, kc=kc)
-    dot1_dsp = """
+            }}"""
+    dot1_dsp = f"""
             for (int k = 0; k < {k4}; k += 4) {{
                 uint32_t w0 = rd4(w + k), x0 = rd4(c0 + k);
                 a00 = __smlad(__sxtb16(w0), __sxtb16(x0), a00); a00 = __smlad(sxtb16_ror8(w0), sxtb16_ror8(x0), a00);
-            }}""".format(k4=k4)
-    dot1_c = "\n            for (int k = 0; k < {k4}; ++k) a00 += (int32_t)w[k] * c0[k];".format(k4=k4)
+            }}"""
+    dot1_c = f"\n            for (int k = 0; k < {k4}; ++k) a00 += (int32_t)w[k] * c0[k];"
     dot1_tail = "" if k4 == kc else f"\n            for (int k = {k4}; k < {kc}; ++k) a00 += (int32_t)w[k] * c0[k];"
     pairs_t, pairs_o = la.t_out // 2 * 2, la.cout // 2 * 2
     ystride = la.cout
@@ -523,7 +523,7 @@ def generate(p: Plan, name: str, meta: dict[str, Any] | None = None) -> tuple[st
              "#include <stdint.h>", "#include <string.h>", f'#include "{name}.h"', _PRELUDE_C,
              f"/* the arena: two ping-pong activation buffers of {buf} B (largest layer output with its zero rows) */",
              f"static int8_t arena[2][{buf}] __attribute__((aligned(4)));\n"]
-    for i, (op, v) in enumerate(p.prelude):
+    for i, (_, v) in enumerate(p.prelude):
         parts.append(f"static const float PRE{i}[{c}] = {{{', '.join(_f32(x) for x in v)}}};")
     lo, hi = -128 - p.in_zp, 127 - p.in_zp
     pre_ops = "".join(f"        v = v {op} PRE{i}[ch];\n" for i, (op, _) in enumerate(p.prelude))
@@ -584,6 +584,24 @@ void {name}(const float input[restrict 1][{c}][{w}], float output[restrict 1][{p
     return "\n".join(parts), header, layout
 
 
+def meta_lines(name: str, meta: dict[str, Any]) -> list[str]:
+    """What firmware needs to feed the model, from the prepared data's norm.json: channel order,
+    sampling rate, label order, what the input is (raw readings, normalised in the model)."""
+    u, q = name.upper(), chr(34)
+    lines = []
+    if meta.get("sample_rate_hz") is not None:
+        lines.append(f"#define {u}_SAMPLE_RATE_HZ {_f32(meta['sample_rate_hz'])}")
+    if meta.get("channels"):
+        lines.append(f"/* channel order (input[0][i]): {', '.join(meta['channels'])} */")
+        lines.append(f"#define {u}_CHANNEL_NAMES {{{', '.join(q + c + q for c in meta['channels'])}}}")
+    if meta.get("labels"):
+        lines.append(f"/* output order (output[0][i], argmax -> label): {', '.join(meta['labels'])} */")
+        lines.append(f"#define {u}_LABELS {{{', '.join(q + c + q for c in meta['labels'])}}}")
+    if meta.get("input_scaling"):
+        lines.append(f"/* input scaling: {meta['input_scaling']} */")
+    return lines
+
+
 def _header(name: str, p: Plan, meta: dict[str, Any]) -> str:
     u = name.upper()
     lines = [f"/* {name}: int8 student generated by edgedistill (engine {ENGINE}). One window in, logits out.",
@@ -598,19 +616,9 @@ def _header(name: str, p: Plan, meta: dict[str, Any]) -> str:
              f"#define {u}_OUTPUT_SCALE {_f32(p.out_scale)}   /* logit = (q - zero point) * scale */",
              f"#define {u}_OUTPUT_ZERO_POINT ({p.out_zp})",
              f"#define {u}_MACS {p.macs}"]
-    for key in ("sample_rate_hz",):
-        if meta.get(key) is not None:
-            lines.append(f"#define {u}_SAMPLE_RATE_HZ {float(meta[key])!r}f")
-    if meta.get("channels"):
-        lines.append(f"/* channel order: {', '.join(meta['channels'])} */")
-        lines.append(f"#define {u}_CHANNEL_NAMES {{{', '.join(chr(34) + c + chr(34) for c in meta['channels'])}}}")
-    if meta.get("labels"):
-        lines.append(f"/* output order (argmax -> label): {', '.join(meta['labels'])} */")
-        lines.append(f"#define {u}_LABELS {{{', '.join(chr(34) + c + chr(34) for c in meta['labels'])}}}")
-    if meta.get("input_scaling"):
-        lines.append(f"/* input scaling: {meta['input_scaling']} */")
+    lines += meta_lines(name, meta)
     lines += ["",
-              f"/* float window in (raw readings when the model normalises in-graph), float logits out */",
+              "/* float window in (raw readings when the model normalises in-graph), float logits out */",
               f"void {name}(const float input[restrict 1][{p.in_channels}][{p.window}], "
               f"float output[restrict 1][{p.n_out}]);",
               f"/* int8 window in, already quantised, channels last: in_q[t * {u}_CHANNELS + channel];"
