@@ -311,3 +311,107 @@ def test_default_budgets_pass_the_default_student_and_fail_the_largest_sweep_stu
     failed = {g: f for g, f in verdicts["largest"].items() if f[0] == "fail"}
     assert failed, verdicts["largest"]
     assert all(value > budget for _, value, budget in failed.values())
+
+
+# ---------------------------------------------------------------- the int8 kernels engine
+
+def test_quantize_multiplier_is_tflites_31_bit_fixed_point():
+    from edgedistill.mcu_kernels import quantize_multiplier, requantize_ref
+
+    for real in (1e-4, 0.0031, 0.2499, 0.25, 0.7, 1.0, 3.5):
+        m, s = quantize_multiplier(real)
+        assert 2**30 <= m < 2**31 and abs(m * 2.0 ** (s - 31) - real) <= real * 2**-30
+    m, s = quantize_multiplier(0.125)  # exact: ties are ties
+    acc = np.array([-1000, -12, -4, -3, 0, 3, 4, 12, 12345])
+    # arm_nn_requantize rounds half up: 4 / 8 = 0.5 -> 1, -4 / 8 = -0.5 -> 0, -12 / 8 = -1.5 -> -1
+    assert requantize_ref(acc, np.full(9, m), np.full(9, s)).tolist() == [-125, -1, 0, 0, 0, 0, 1, 2, 1543]
+
+
+def test_the_int8_kernels_ship_with_parity_figures_and_a_header_for_firmware(built):
+    root, r = built
+    assert r["engine"]["ships"] == "int8_kernels" and r["engine"]["requested"] == "int8_kernels"
+    assert "requested" in r["engine"]["reason"]
+    hp = r["host_parity"]
+    assert hp["windows"] == len(prepared_arrays(root / "data/prepared", "test")["X"])
+    assert hp["argmax_agreement"] >= 0.999 and hp["max_diff_quanta"] <= 1 and abs(hp["accuracy_drop"]) <= 0.002
+    assert 0 <= hp["windows_beyond_one_quantum"] <= hp["windows_differing"] <= hp["windows"]
+    src = (root / "models/mcu/build/student.c").read_text()
+    assert "__smlad" in src and "#include <arm_acle.h>" in src and "static int8_t arena[2]" in src
+    assert "malloc" not in src
+    layout = r["engine"]["layout"]
+    assert layout["arena_bytes"] > 0 and layout["macs"] == r["macs"] > 0
+    kinds = [la["kind"] for la in layout["layers"]]
+    assert kinds == ["conv", "dw", "conv", "dw", "conv", "mean", "dense"]
+    norm = json.loads((root / "data/prepared/norm.json").read_text())
+    h = (root / "models/mcu/build/student.h").read_text()
+    assert f"#define STUDENT_CHANNELS {len(norm['channels'])}" in h and f"#define STUDENT_WINDOW {norm['window']}" in h
+    assert ", ".join(f'"{c}"' for c in norm["channels"]) in h and ", ".join(f'"{c}"' for c in norm["labels"]) in h
+    assert f"#define STUDENT_SAMPLE_RATE_HZ {float(norm['sample_rate_hz'])!r}f" in h
+    assert "STUDENT_INPUT_SCALE" in h and "raw readings" in h and "void student_q(" in h
+    if HAVE_ARM:
+        for p in r["profiles"].values():
+            assert p["arena_bytes"] == layout["arena_bytes"] <= p["model_sections"]["bss"]
+            assert p["qemu"]["instructions_per_mac"] == pytest.approx(
+                p["qemu"]["instructions_per_inference"] / r["macs"], rel=1e-3)
+
+
+def test_a_front_end_the_kernels_cannot_lower_falls_back_to_emx_with_the_reason(built, tmp_path):
+    """A per-window centring ahead of the first Conv (x - mean over time, computed in the graph): the
+    int8 kernels lower only per-channel constants there, so emx ships and mcu.json says why."""
+    root, _ = built
+    m = onnx.load(str(root / "models/student.onnx"))
+    inp = m.graph.input[0].name
+    for n in m.graph.node:
+        n.input[:] = ["centred" if i == inp else i for i in n.input]
+    m.graph.initializer.append(onnx.numpy_helper.from_array(np.array([-1], np.int64), "time_axis"))
+    m.graph.node.insert(0, helper.make_node("Sub", [inp, "window_mean"], ["centred"], name="per_window_sub"))
+    m.graph.node.insert(0, helper.make_node("ReduceMean", [inp, "time_axis"], ["window_mean"], name="per_window_mean"))
+    path = tmp_path / "per_window.onnx"
+    onnx.save(m, str(path))
+    x = prepared_arrays(root / "data/prepared", "test")["X"][:8]
+    r = lib.build_and_verify(path, tmp_path / "out", x, [], qemu_windows=1, opt="-Os", timeout=120, calib=x,
+                             quant={"per_channel": True, "activation_type": "int8", "method": "minmax"})
+    assert r["engine"]["requested"] == "int8_kernels" and r["engine"]["ships"] == "emx"
+    assert "cannot lower" in r["engine"]["reason"] and "feeds 2 nodes" in r["engine"]["reason"]
+    assert r["host_parity"]["argmax_agreement"] == 1.0
+    with pytest.raises(lib.McuFailed, match="int8 kernels cannot lower"):
+        lib.generate_c(tmp_path / "out/student.qop.onnx", tmp_path / "g", engine="int8_kernels", fallback=False)
+
+
+def test_the_parity_gates_fail_on_a_c_model_that_disagrees_with_onnxruntime(built, tmp_path):
+    from edgedistill.params import GateParams
+
+    root, _ = built
+    gates = GateParams()
+    rows = {r["gate"]: r for r in mcu_gate_rows(root / "models/mcu/mcu.json", require_verified=False, gates=gates)}
+    assert rows["mcu_argmax"]["verdict"] == "pass" and rows["mcu_accuracy_drop"]["verdict"] == "pass"
+    doc = json.loads((root / "models/mcu/mcu.json").read_text())
+    doc["host_parity"] |= {"argmax_agreement": 0.995, "accuracy_drop": 0.004}
+    bad = tmp_path / "mcu.json"
+    bad.write_text(json.dumps(doc))
+    rows = {r["gate"]: r for r in mcu_gate_rows(bad, require_verified=False, gates=gates)}
+    assert rows["mcu_argmax"]["verdict"] == "fail" and "0.9950 < 0.999" in rows["mcu_argmax"]["detail"]
+    assert rows["mcu_accuracy_drop"]["verdict"] == "fail" and "0.0040 > 0.002" in rows["mcu_accuracy_drop"]["detail"]
+    decision = add_gate_rows({"gates": [], "failed": [], "passed": True}, list(rows.values()))
+    assert decision["passed"] is False and {"mcu_argmax", "mcu_accuracy_drop"} <= set(decision["failed"])
+    off = {r["gate"]: r["verdict"] for r in mcu_gate_rows(bad, require_verified=False, gates=GateParams(
+        mcu_min_argmax_agreement=None, mcu_max_accuracy_drop=None))}
+    assert off["mcu_argmax"] == off["mcu_accuracy_drop"] == "off"
+
+
+@needs_arm
+def test_both_engines_measured_side_by_side_give_the_same_answers(built, tmp_path):
+    root, r = built
+    qop = root / "models/mcu/build/student.qop.onnx"
+    z = prepared_arrays(root / "data/prepared", "test")
+    m4 = [p for p in make_params().benchmark.profiles if p.mcu == "cortex-m4"]
+    both = lib.build_and_verify(qop, tmp_path / "out", z["X"][:32], m4, qemu_windows=2, opt="-Os", timeout=300,
+                                compare=True, y_test=z["y"][:32])
+    other = both["other_engine"]
+    assert both["engine"]["ships"] == "int8_kernels" and other["engine"] == "emx"
+    assert other["host_parity"]["max_diff_quanta"] == 0.0  # emx is held to bit parity (strict)
+    fast, slow = both["profiles"][m4[0].name], other["profiles"][m4[0].name]
+    assert fast["qemu"]["identical_to_host"] and slow["qemu"]["identical_to_host"]
+    assert fast["qemu"]["instructions_per_inference"] * 5 < slow["qemu"]["instructions_per_inference"]
+    assert fast["ram_bytes"] < slow["ram_bytes"] and "object" not in slow
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.o")) == [f"student.{m4[0].name}.o"]
