@@ -393,7 +393,7 @@ class McuParams(_Section):
                                                      "other_engine); benchmarks/mcu_engines.py does it side by side")
 
     qemu_windows: int = Field(64, ge=1, description="test windows run in QEMU per profile")
-    opt: Literal["-Os", "-O2", "-O3", "-Ofast"] = Field("-Os", description="arm-none-eabi-gcc optimisation")
+    opt: Literal["-Os", "-O2", "-O3", "-Ofast"] = Field("-O2", description="arm-none-eabi-gcc optimisation")
     tool_timeout_seconds: float = Field(600.0, gt=0, description="per compiler/QEMU call")
 
 

@@ -269,11 +269,14 @@ def _static_int8(root: Path, params) -> dict:
 
 
 @needs_arm
-def test_default_budgets_pass_the_default_student_and_fail_the_largest_sweep_student(tmp_path):
-    """At the default params (128-reading windows, the default profiles and their budgets), the
-    student of params.yaml fits every MCU budget, while the largest student the sweep grid can build
-    fails at least one: the budgets can fail for a realistic student. Sizes and instruction counts do
-    not depend on training, so each student is trained a few steps only."""
+def test_default_budgets_fit_the_default_and_the_largest_sweep_student_and_the_static_estimate_brackets_them(
+        tmp_path):
+    """At the default params (128-reading windows, the default profiles and their budgets, the int8
+    kernels), the student of params.yaml and the largest student the sweep grid can build both fit every
+    MCU budget (issue 29's goal; the grown student above shows a budget failing). The sweep pre-filters
+    on the static estimate of the INT8 export, which must stay below the measured figures by no more
+    than the kernels' own code and tables (flash) and the float I/O buffers and stack (RAM). Sizes and
+    instruction counts do not depend on training, so each student is trained a few steps only."""
     from flows.sweep import grid
     from tasks import prepare
 
@@ -296,21 +299,20 @@ def test_default_budgets_pass_the_default_student_and_fail_the_largest_sweep_stu
         assert {r["gate"] for r in rows} == {f"{k}:{p.name}" for p in params.benchmark.profiles if p.mcu
                                              for k in ("ram", "flash", "latency")}
         verdicts[name] = {r["gate"]: (r["verdict"], r["value"], r["threshold"]) for r in rows}
-        # the sweep pre-filters on the static estimate of the INT8 (QDQ) export: RAM well below the
-        # measured figure (activations only; the C model keeps float I/O and every temporary on the
-        # stack), flash within a few percent of it
+        # static estimate: weights only (flash), activations only (RAM); measured: + the kernels' code and
+        # per-channel tables (a few KB, whatever the width), + float I/O, arena ping-pong and stack
         static = _static_int8(root, params)
+        io = json.loads((root / "models/mcu/mcu.json").read_text())["profiles"]["nrf52-m4"]["io_buffer_bytes"]
         for r in rows:
             kind = r["gate"].split(":")[0]
             if kind == "ram":
-                assert static["ram_estimate_bytes"] < r["value"] / 2, (name, r["gate"], static["ram_estimate_bytes"])
+                assert static["ram_estimate_bytes"] < r["value"] <= 2 * static["ram_estimate_bytes"] + io + 1024, (
+                    name, r["gate"], static["ram_estimate_bytes"])
             elif kind == "flash":
-                assert abs(static["flash_estimate_bytes"] - r["value"]) <= 0.1 * r["value"], (
+                assert static["flash_estimate_bytes"] < r["value"] <= static["flash_estimate_bytes"] + 4096, (
                     name, r["gate"], static["flash_estimate_bytes"])
-    assert all(v == "pass" for v, _, _ in verdicts["default"].values()), verdicts["default"]
-    failed = {g: f for g, f in verdicts["largest"].items() if f[0] == "fail"}
-    assert failed, verdicts["largest"]
-    assert all(value > budget for _, value, budget in failed.values())
+    for name in ("default", "largest"):
+        assert all(v == "pass" for v, _, _ in verdicts[name].values()), (name, verdicts[name])
 
 
 # ---------------------------------------------------------------- the int8 kernels engine
