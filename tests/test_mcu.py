@@ -241,7 +241,7 @@ def test_an_mcu_profile_cannot_be_measured_here():
 
 @needs_arm
 def test_the_release_bundle_ships_the_c_model_objects_and_report(built):
-    from flows.release import _mcu_figures, bundle_files
+    from flows.release import _mcu_engine_text, _mcu_figures, bundle_files
 
     root, r = built
     files = bundle_files(root)
@@ -249,6 +249,8 @@ def test_the_release_bundle_ships_the_c_model_objects_and_report(built):
     assert {f"student.{p}.o" for p in r["profiles"]} <= set(files)
     assert all((root / rel).is_file() for name, rel in files.items() if not name.startswith("student.onnx")
                and not name.startswith("student.int8"))
+    text = _mcu_engine_text(r)
+    assert text.startswith("int8_kernels: requested (mcu.engine: int8_kernels); vs onnxruntime INT8 on ") and "quanta" in text
     line = _mcu_figures(mcu_gate_rows(root / "models/mcu/mcu.json", require_verified=False))
     m7 = r["profiles"]["cortex-m7"]
     assert f"cortex-m7: {m7['flash_bytes']:,} B / {m7['ram_bytes']:,} B" in line
