@@ -616,6 +616,9 @@ def _header(name: str, p: Plan, meta: dict[str, Any]) -> str:
              f"#define {u}_OUTPUT_SCALE {_f32(p.out_scale)}   /* logit = (q - zero point) * scale */",
              f"#define {u}_OUTPUT_ZERO_POINT ({p.out_zp})",
              f"#define {u}_MACS {p.macs}"]
+    if p.prelude:  # the in-graph normalisation, which student() applies and student_q() expects done
+        steps = " then ".join(f"x {op} {{{', '.join(_f32(v) for v in vals)}}}[channel]" for op, vals in p.prelude)
+        lines.append(f"/* before quantisation (student() does it; student_q() takes it done): {steps} */")
     lines += meta_lines(name, meta)
     lines += ["",
               "/* float window in (raw readings when the model normalises in-graph), float logits out */",

@@ -354,6 +354,7 @@ def test_the_int8_kernels_ship_with_parity_figures_and_a_header_for_firmware(bui
     assert "STUDENT_INPUT_SCALE" in h and "raw readings" in h and "void student_q(" in h
     if HAVE_ARM:
         for p in r["profiles"].values():
+            assert p["qemu"]["firmware_example"]  # the image ran firmware_example.c, classes = argmax checked
             assert p["arena_bytes"] == layout["arena_bytes"] <= p["model_sections"]["bss"]
             assert p["qemu"]["instructions_per_mac"] == pytest.approx(
                 p["qemu"]["instructions_per_inference"] / r["macs"], rel=1e-3)
@@ -419,3 +420,26 @@ def test_both_engines_measured_side_by_side_give_the_same_answers(built, tmp_pat
     assert fast["qemu"]["instructions_per_inference"] * 5 < slow["qemu"]["instructions_per_inference"]
     assert fast["ram_bytes"] < slow["ram_bytes"] and "object" not in slow
     assert sorted(p.name for p in (tmp_path / "out").glob("*.o")) == [f"student.{m4[0].name}.o"]
+
+
+def test_the_firmware_page_shows_the_example_the_qemu_image_compiles():
+    doc = (Path(__file__).parents[1] / "docs/mcu-firmware.md").read_text()
+    block = doc.split("```c\n", 1)[1].split("```", 1)[0]
+    assert block == lib.FIRMWARE_EXAMPLE.read_text()
+    assert "firmware_classify" in block and "STUDENT_CHANNELS" in block
+
+
+def test_the_cli_names_the_engine_and_refuses_an_unknown_one(built, tmp_path):
+    from edgedistill.cli import app
+
+    root, _ = built
+    qop = str(root / "models/mcu/build/student.qop.onnx")
+    res = CliRunner().invoke(app, ["mcu", qop, "--windows", "4", "--qemu-windows", "1", "--target", "cortex-m4"],
+                             terminal_width=200)
+    assert res.exit_code == 0, res.output
+    assert "edgedistill int8 kernels; requested (mcu.engine: int8_kernels)" in res.output
+    if HAVE_ARM:
+        assert "instr./MAC" in res.output
+    res = CliRunner().invoke(app, ["mcu", qop, "--windows", "2", "--engine", "cmsis"])
+    assert res.exit_code == 2 and "--engine 'cmsis': one of ['int8_kernels', 'emx']" in res.output
+    assert "Traceback" not in res.output
