@@ -100,6 +100,9 @@ def test_normalisation_ops_ahead_of_the_first_conv_stay_fp32(built, tmp_path):
     q = onnx.load(str(tmp_path / "out/student.qop.onnx"))
     assert [n.op_type for n in q.graph.node[:3]] == ["Sub", "Div", "QuantizeLinear"]
     assert r["host_parity"]["argmax_agreement"] == 1.0 and r["host_parity"]["windows"] == 16
+    # the int8 kernels lower that front end (per-channel float ops ahead of the quantisation)
+    assert r["engine"]["ships"] == "int8_kernels" and r["engine"]["layout"]["front_end"] == ["-", "/"]
+    assert r["host_parity"]["max_diff_quanta"] <= 1
 
 
 @needs_arm
@@ -443,3 +446,32 @@ def test_the_cli_names_the_engine_and_refuses_an_unknown_one(built, tmp_path):
     res = CliRunner().invoke(app, ["mcu", qop, "--windows", "2", "--engine", "cmsis"])
     assert res.exit_code == 2 and "--engine 'cmsis': one of ['int8_kernels', 'emx']" in res.output
     assert "Traceback" not in res.output
+
+
+def test_odd_shapes_take_the_kernels_tail_paths_and_still_match(tmp_path):
+    """Channel counts that are not multiples of 4 or 2 (the depthwise tail, an odd output channel), a
+    reduction that is not a multiple of 4 (3 channels x kernel 3) and odd step counts (50 -> 25 -> 13 -> 7):
+    the same integers as onnxruntime on the host, and in QEMU on the M4 (the DSP path) the host's outputs."""
+    import torch
+
+    from edgedistill.nets import DSCNN1d
+
+    torch.manual_seed(1)
+    net = DSCNN1d(3, 5, [5, 7, 9], kernel=3).eval()
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.bias.data.uniform_(-0.3, 0.3)
+    path = tmp_path / "odd.onnx"
+    ox.save_onnx(ox.export_onnx(net, 3, 50, 18, what="odd student"), path)
+    x = np.random.default_rng(0).standard_normal((24, 3, 50)).astype(np.float32)
+    m4 = [p for p in make_params().benchmark.profiles if p.mcu == "cortex-m4"] if HAVE_ARM else []
+    r = lib.build_and_verify(path, tmp_path / "out", x, m4, qemu_windows=2, opt="-O2", timeout=120, calib=x,
+                             quant={"per_channel": True, "activation_type": "int8", "method": "minmax"})
+    assert r["engine"]["ships"] == "int8_kernels"
+    layers = r["engine"]["layout"]["layers"]
+    assert [la["out"] for la in layers] == [[25, 5], [13, 5], [13, 7], [7, 7], [7, 9], [1, 9], [1, 5]]
+    assert r["host_parity"]["max_diff_quanta"] <= 1 and r["host_parity"]["argmax_agreement"] == 1.0
+    for p in r["profiles"].values():
+        assert p["qemu"]["identical_to_host"]
