@@ -241,6 +241,11 @@ def generate_c(model_path: Path, out_dir: Path, name: str = MODEL_NAME, engine: 
         model = onnx.load(str(model_path))
         try:
             plan = mk.plan(model)
+        except (KeyError, IndexError, ValueError, TypeError) as e:  # a graph shape plan() did not foresee
+            if not fallback:
+                raise McuFailed(f"{model_path}: the int8 kernels cannot lower it: {type(e).__name__}: {e}") from None
+            return generate_c(model_path, out_dir, name, "emx", meta) | {
+                "fallback_reason": f"unexpected graph ({type(e).__name__}: {_first_line(e, 200)})"}
         except mk.Unsupported as e:
             if not fallback:
                 raise McuFailed(f"{model_path}: the int8 kernels cannot lower it: {e}") from None
@@ -721,7 +726,7 @@ def model_macs(model: onnx.ModelProto) -> int | None:
 
     try:
         return mk.plan(model).macs
-    except mk.Unsupported:
+    except (mk.Unsupported, KeyError, IndexError, ValueError, TypeError):
         return None
 
 

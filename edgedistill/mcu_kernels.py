@@ -162,7 +162,10 @@ def plan(model: onnx.ModelProto) -> Plan:
     def single_consumer(name: str) -> onnx.NodeProto:
         cs = consumers.get(name, [])
         if len(cs) != 1:
-            raise Unsupported(f"tensor {name} feeds {len(cs)} nodes; a single chain is lowered")
+            ops = ", ".join(f"{n.op_type} {n.name}" for n in cs)
+            what = (" (statistics of the window computed in the graph, as per_window normalisation does)"
+                    if any(n.op_type.startswith("Reduce") for n in cs) else "")
+            raise Unsupported(f"tensor {name} feeds {len(cs)} nodes ({ops}){what}; a single chain is lowered")
         return cs[0]
 
     cur = g.input[0].name
