@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     for row in results:
         t.add_row(row["opt"], row["profile"], row["engine"], f"{row['instructions_per_inference']:,}",
                   f"{row['instructions_per_mac']:.2f}", f"{row['est_ms_at_clock']:.3f}", f"{row['flash_bytes']:,}",
-                  f"{row['ram_bytes']:,}", f"{row['arena_bytes'] or 0:,}", f"{row['stack_bytes']:,}",
+                  f"{row['ram_bytes']:,}", f"{row['arena_bytes']:,}" if row['arena_bytes'] else "-", f"{row['stack_bytes']:,}",
                   f"{row['io_buffer_bytes']:,}")
     console.print(t)
     for opt, by in parity.items():
