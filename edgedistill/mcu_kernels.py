@@ -595,7 +595,7 @@ def meta_lines(name: str, meta: dict[str, Any]) -> list[str]:
     if meta.get("sample_rate_hz") is not None:
         lines.append(f"#define {u}_SAMPLE_RATE_HZ {_f32(meta['sample_rate_hz'])}")
     if meta.get("channels"):
-        lines.append(f"/* channel order (input[0][i]): {', '.join(meta['channels'])} */")
+        lines.append(f"/* channel order (input[0][i][t]): {', '.join(meta['channels'])} */")
         lines.append(f"#define {u}_CHANNEL_NAMES {{{', '.join(q + c + q for c in meta['channels'])}}}")
     if meta.get("labels"):
         lines.append(f"/* output order (output[0][i], argmax -> label): {', '.join(meta['labels'])} */")
