@@ -225,7 +225,41 @@ def ort_logits(path: Path, x: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------- C generation
 
-def generate_c(model_path: Path, out_dir: Path, name: str = MODEL_NAME) -> dict[str, Any]:
+ENGINES = ("int8_kernels", "emx")
+
+
+def generate_c(model_path: Path, out_dir: Path, name: str = MODEL_NAME, engine: str = "emx",
+               meta: dict[str, Any] | None = None, fallback: bool = True) -> dict[str, Any]:
+    """C source + header for the QOperator model with `engine`: `int8_kernels` (edgedistill's own int8
+    kernels, mcu_kernels.py) or `emx` (emx-onnx-cgen). A graph the int8 kernels do not lower falls
+    back to emx (`fallback_reason` says why) unless fallback is False (then McuFailed)."""
+    if engine not in ENGINES:
+        raise McuFailed(f"mcu.engine {engine!r}: one of {list(ENGINES)}")
+    if engine == "int8_kernels":
+        from edgedistill import mcu_kernels as mk
+
+        model = onnx.load(str(model_path))
+        try:
+            plan = mk.plan(model)
+        except (KeyError, IndexError, ValueError, TypeError) as e:  # a graph shape plan() did not foresee
+            if not fallback:
+                raise McuFailed(f"{model_path}: the int8 kernels cannot lower it: {type(e).__name__}: {e}") from None
+            return generate_c(model_path, out_dir, name, "emx", meta) | {
+                "fallback_reason": f"unexpected graph ({type(e).__name__}: {_first_line(e, 200)})"}
+        except mk.Unsupported as e:
+            if not fallback:
+                raise McuFailed(f"{model_path}: the int8 kernels cannot lower it: {e}") from None
+            return generate_c(model_path, out_dir, name, "emx", meta) | {"fallback_reason": str(e)}
+        src, header, layout = mk.generate(plan, name, meta)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        c_path, h_path = out_dir / f"{name}.c", out_dir / f"{name}.h"
+        c_path.write_text(src)
+        h_path.write_text(header)
+        return {"c": c_path, "h": h_path, "entry": entry_signature(src, name), "engine": engine, "layout": layout}
+    return _generate_emx(model_path, out_dir, name, meta)
+
+
+def _generate_emx(model_path: Path, out_dir: Path, name: str, meta: dict[str, Any] | None) -> dict[str, Any]:
     """C source + header with emx-onnx-cgen: weights inline as const arrays (flash), every
     temporary on the stack (so -fstack-usage sees the whole working memory, no heap)."""
     from emx_onnx_cgen import Compiler
@@ -247,8 +281,8 @@ def generate_c(model_path: Path, out_dir: Path, name: str = MODEL_NAME) -> dict[
     c_path, h_path = out_dir / f"{name}.c", out_dir / f"{name}.h"
     c_path.write_text(src)
     sig = entry_signature(src, name)
-    h_path.write_text(_header(name, sig))
-    return {"c": c_path, "h": h_path, "entry": sig}
+    h_path.write_text(_header(name, sig, meta or {}))
+    return {"c": c_path, "h": h_path, "entry": sig, "engine": "emx"}
 
 
 def _unsupported(e: Exception, model: onnx.ModelProto) -> str:
@@ -277,6 +311,13 @@ class EntrySignature:
     output_c_type: str
     output_count: int
     params: str
+    input_dims: tuple[int, ...] = ()
+
+    @property
+    def window_shape(self) -> tuple[int, int] | None:
+        """(channels, window) when the entry takes one float window [1][C][W] (firmware_example.c's case)."""
+        d = self.input_dims
+        return (d[1], d[2]) if self.input_c_type == "float" and len(d) == 3 and d[0] == 1 else None
 
 
 def entry_signature(src: str, name: str) -> EntrySignature:
@@ -289,22 +330,28 @@ def entry_signature(src: str, name: str) -> EntrySignature:
     if len(args) != 2:
         raise McuFailed(f"generated entry `{name}({params})`: expected one input and one output")
 
-    def parse(arg: str) -> tuple[str, int]:
+    def parse(arg: str) -> tuple[str, tuple[int, ...]]:
         t = re.match(r"(?:const\s+)?(\w+)\s+\w+((?:\[(?:restrict\s+)?\d+\])+)", arg)
         if t is None:
             raise McuFailed(f"generated entry argument not understood: {arg!r}")
-        return t.group(1), int(np.prod([int(d) for d in re.findall(r"(\d+)\]", t.group(2))]))
+        return t.group(1), tuple(int(d) for d in re.findall(r"(\d+)\]", t.group(2)))
 
-    (it, ic), (ot, oc) = parse(args[0]), parse(args[1])
-    return EntrySignature(m.group(1), it, ic, ot, oc, params)
+    (it, idims), (ot, odims) = parse(args[0]), parse(args[1])
+    return EntrySignature(m.group(1), it, int(np.prod(idims)), ot, int(np.prod(odims)), params, idims)
 
 
-def _header(name: str, sig: EntrySignature) -> str:
+def _header(name: str, sig: EntrySignature, meta: dict[str, Any]) -> str:
+    from edgedistill.mcu_kernels import meta_lines
+
     guard = f"{name.upper()}_H"
+    shape = sig.window_shape
+    dims = (f"#define {name.upper()}_CHANNELS {shape[0]}\n#define {name.upper()}_WINDOW {shape[1]}\n"
+            if shape else "")
+    extra = dims + "".join(f"{ln}\n" for ln in meta_lines(name, meta))
     return (f"/* {name}: generated by emx-onnx-cgen; one window in, logits out (batch 1). */\n"
             f"#ifndef {guard}\n#define {guard}\n#include <stdint.h>\n#include <stdbool.h>\n\n"
             f"#define {name.upper()}_INPUT_COUNT {sig.input_count}\n"
-            f"#define {name.upper()}_OUTPUT_COUNT {sig.output_count}\n\n"
+            f"#define {name.upper()}_OUTPUT_COUNT {sig.output_count}\n{extra}\n"
             f"void {sig.function}({sig.params});\n\n#endif\n")
 
 
@@ -347,17 +394,24 @@ def run_host(exe: Path, x: np.ndarray, n_out: int, timeout: float) -> np.ndarray
     return got.reshape(len(x), n_out)
 
 
-def parity(ref: np.ndarray, got: np.ndarray, quantum: float, what: str) -> dict[str, Any]:
-    """Logits within one quantum and the same argmax on every window, else McuFailed naming the
-    first differing window."""
+def parity(ref: np.ndarray, got: np.ndarray, quantum: float, what: str, *, strict: bool = True,
+           y: np.ndarray | None = None) -> dict[str, Any]:
+    """Max logit difference (absolute and in output quanta), argmax agreement and, with labels `y`, both
+    models' accuracy and the drop. strict: logits within one quantum and the same argmax on every
+    window, else McuFailed naming the first differing window (the int8 kernels are held to the
+    promote gates on these figures instead)."""
     tol = quantum * (1 + 1e-6) if quantum > 0 else 1e-5
     diff = np.abs(got.astype(np.float64) - ref.astype(np.float64)).max(axis=1)
     same = got.argmax(1) == ref.argmax(1)
     bad = np.flatnonzero(~((diff <= tol) & same))
     result = {"windows": int(len(ref)), "max_abs_diff": float(diff.max()) if len(diff) else 0.0,
               "max_diff_quanta": float(diff.max() / quantum) if quantum > 0 and len(diff) else None,
-              "quantum": quantum, "argmax_agreement": float(same.mean()) if len(same) else 1.0}
-    if len(bad):
+              "quantum": quantum, "argmax_agreement": float(same.mean()) if len(same) else 1.0,
+              "windows_differing": int((diff > 0).sum()), "windows_beyond_one_quantum": int((diff > tol).sum())}
+    if y is not None and len(y) == len(ref) and len(ref):
+        acc, ref_acc = float((got.argmax(1) == y).mean()), float((ref.argmax(1) == y).mean())
+        result |= {"accuracy": acc, "reference_accuracy": ref_acc, "accuracy_drop": ref_acc - acc}
+    if strict and len(bad):
         i = int(bad[0])
         raise McuFailed(f"{what}: window {i} differs: logits {np.round(got[i], 5).tolist()} vs "
                         f"{np.round(ref[i], 5).tolist()} (max |diff| {diff[i]:.4g}, one quantum {quantum:.4g}; "
@@ -422,9 +476,7 @@ void app_main(void) {{
     char *p = hex(line, cal); *p++ = '\n'; *p = 0; put("cal ");
     put(line);
     for (int w = 0; w < N_WINDOWS; ++w) {{
-        uint32_t a = ticks();
-        {fn}((const void *)windows(w), (void *)out);
-        uint32_t b = ticks();
+{run}
         p = line; *p++ = 'o'; *p++ = ' ';
         p = hex(p, (a - b) & 0xFFFFFFu);
         for (int i = 0; i < {oc}; ++i) {{ uint32_t u; __builtin_memcpy(&u, &out[i], 4); *p++ = ' '; p = hex(p, u); }}
@@ -453,6 +505,33 @@ __attribute__((section(".vectors"), used)) static void (*const vectors[16])(void
     (void (*)(void))&_estack, reset_handler, fault, fault, fault, fault, fault, 0, 0, 0, 0, fault, fault, 0, fault, fault,
 }};
 """
+
+_RUN_DIRECT = """        uint32_t a = ticks();
+        {fn}((const void *)windows(w), (void *)out);
+        uint32_t b = ticks();"""
+
+# the test image as firmware would run it: firmware_example.c (docs/mcu-firmware.md) fed sample by sample;
+# ticks around firmware_classify (the inference and the argmax); its class printed for the check
+_RUN_EXAMPLE = """        for (int t = 0; t < {w}; ++t) {{
+            float s[{c}];
+            for (int ch = 0; ch < {c}; ++ch) s[ch] = windows(w)[ch * {w} + t];
+            firmware_push_sample(t, s);
+        }}
+        uint32_t a = ticks();
+        int k = firmware_classify();
+        uint32_t b = ticks();
+        __builtin_memcpy(out, firmware_logits(), sizeof out);
+        p = line; *p++ = 'c'; *p++ = ' '; p = hex(p, (uint32_t)k); *p++ = '\\n'; *p = 0;
+        put(line);"""
+_EXAMPLE_DECL = ("void firmware_push_sample(int t, const float *sample);\nint firmware_classify(void);\n"
+                 "const float *firmware_logits(void);\n")
+FIRMWARE_EXAMPLE = Path(__file__).with_name("firmware_example.c")
+
+
+def uses_firmware_example(gen: dict[str, Any]) -> bool:
+    """The test image runs firmware_example.c when the entry is the student's float window [1][C][W]."""
+    return gen["c"].stem == MODEL_NAME and gen["entry"].window_shape is not None
+
 
 _LINKER = """
 MEMORY {{
@@ -561,21 +640,35 @@ def cross_build(gen: dict[str, Any], target: str, work: Path, x: np.ndarray, opt
     run_tool([*common, "-fstack-usage", "-fcallgraph-info=su", "-c", str(gen["c"]), "-o", str(obj)],
              f"{target}: cross-compile {gen['c'].name}", cwd=d, timeout=timeout)
     (d / "windows.h").write_text(_windows_header(x, sig.input_c_type))
+    example = uses_firmware_example(gen)
+    if example:
+        c, w = sig.window_shape
+        run = _RUN_EXAMPLE.format(c=c, w=w)
+    else:
+        run = _RUN_DIRECT.format(fn=sig.function)
     (d / "main.c").write_text(_ARM_MAIN.format(name=name, it=sig.input_c_type, ot=sig.output_c_type,
-                                               oc=sig.output_count, fn=sig.function))
+                                               oc=sig.output_count, fn=sig.function, run=run)
+                              .replace('#include "windows.h"\n', '#include "windows.h"\n' + _EXAMPLE_DECL
+                                       if example else '#include "windows.h"\n'))
     (d / "image.ld").write_text(_LINKER.format(code_o=t.code[0], code_l=t.code[1], data_o=t.data[0],
                                                data_l=t.data[1]))
     harness = d / "main.o"
     run_tool([*common, "-fstack-usage", "-c", "main.c", "-o", str(harness)], f"{target}: compile the test harness",
              cwd=d, timeout=timeout)
+    objs = [harness]
+    if example:
+        objs.append(d / "firmware_example.o")
+        run_tool([*common, "-c", str(FIRMWARE_EXAMPLE), "-o", str(objs[-1])],
+                 f"{target}: compile {FIRMWARE_EXAMPLE.name}", cwd=d, timeout=timeout)
     elf = d / f"{name}-test.elf"
     run_tool([ARM_GCC, *t.cflags, "-nostartfiles", "--specs=nano.specs", "--specs=nosys.specs", "-Wl,--gc-sections",
-              "-T", "image.ld", str(harness), str(obj), "-lm", "-o", str(elf), f"-Wl,-Map={d / 'image.map'}"],
+              "-T", "image.ld", *map(str, objs), str(obj), "-lm", "-o", str(elf), f"-Wl,-Map={d / 'image.map'}"],
              f"{target}: link the test image", cwd=d, timeout=timeout)
     model = section_sizes(obj, timeout)
     stack = stack_usage(sorted(d.glob(f"{name}*.ci")), sig.function)
     image = _berkeley(elf, timeout)
-    harness_sz = section_sizes(harness, timeout)
+    parts = [section_sizes(o, timeout) for o in objs]
+    harness_sz = {k: sum(x[k] for x in parts) for k in parts[0]}
     io_bytes = 4 * (sig.input_count + sig.output_count)
     return {
         "object": obj, "elf": elf,
@@ -584,7 +677,7 @@ def cross_build(gen: dict[str, Any], target: str, work: Path, x: np.ndarray, opt
         "model_sections": model,
         "stack_bytes": stack["bytes"], "stack_chain": stack["chain"], "stack_not_counted": stack["not_counted"],
         "io_buffer_bytes": io_bytes,
-        "harness_sections": harness_sz,
+        "harness_sections": harness_sz, "firmware_example": example,
         "test_image": image,
         "libc_bytes": max(0, image["text"] + image["data"] - model["text"] - model["data"]
                                       - harness_sz["text"] - harness_sz["data"]),
@@ -605,6 +698,7 @@ def run_qemu(target: str, elf: Path, n: int, n_out: int, timeout: float) -> dict
         raise McuFailed(f"{target}: the QEMU test image printed {len(outs)} of {n} results ({tail}); "
                         f"reproduce with: {shlex.join(cmd)}")
     stk = next((ln.split()[1:] for ln in lines if ln.startswith("s ")), None)
+    classes = [int(ln.split()[1], 16) for ln in lines if ln.startswith("c ")]
     ticks = np.array([int(o[0], 16) for o in outs], dtype=np.float64)
     vals = np.array([[struct.unpack("<f", struct.pack("<I", int(v, 16)))[0] for v in o[1:]] for o in outs],
                     dtype=np.float32)
@@ -612,6 +706,7 @@ def run_qemu(target: str, elf: Path, n: int, n_out: int, timeout: float) -> dict
     return {"logits": vals.reshape(n, n_out), "ticks_per_inference": float(np.median(ticks)),
             "instructions_per_tick": instr_per_tick,
             "instructions_per_inference": float(np.median(ticks) * instr_per_tick), "command": shlex.join(cmd),
+            "classes": classes if len(classes) == n else None,
             # bytes below the harness's frame touched during the inferences (whole painted area: at least)
             "stack_high_water_bytes": int(stk[0], 16) if stk else None,
             "stack_high_water_exceeds_paint": bool(int(stk[1], 16)) if stk else None}
@@ -624,11 +719,93 @@ def _first_line(e: BaseException, limit: int = 300) -> str:
 
 # ---------------------------------------------------------------- the whole check
 
+def model_macs(model: onnx.ModelProto) -> int | None:
+    """MACs of the convolutions and the dense head as the int8 kernels count them (None: a graph
+    they do not lower)."""
+    from edgedistill import mcu_kernels as mk
+
+    try:
+        return mk.plan(model).macs
+    except (mk.Unsupported, KeyError, IndexError, ValueError, TypeError):
+        return None
+
+
+def _verify(gen: dict[str, Any], qpath: Path, ref: np.ndarray, quantum: float, x_test: np.ndarray,
+            y_test: np.ndarray | None, profiles: list[Any], work: Path, keep: Path | None, *, qemu_windows: int,
+            opt: str, timeout: float, macs: int | None) -> dict[str, Any]:
+    """Host parity, then per profile the Cortex-M build (flash/RAM) and the QEMU run, for one engine's
+    C. Objects are copied into `keep` (the shipped engine) or left in `work`."""
+    work.mkdir(parents=True, exist_ok=True)
+    exe = host_build(gen, work, timeout)
+    host = run_host(exe, x_test, gen["entry"].output_count, timeout)
+    out: dict[str, Any] = {
+        "host_parity": parity(ref, host, quantum, f"{gen['c']} on the host vs onnxruntime ({qpath.name})",
+                              strict=gen["engine"] == "emx", y=y_test),
+        "profiles": {}, "objects": []}
+    have_arm = have_arm_toolchain()
+    for p in profiles:
+        row: dict[str, Any] = {"mcu": p.mcu, "clock_hz": p.clock_hz, "ram_budget_bytes": p.ram_bytes,
+                               "flash_budget_bytes": p.flash_bytes, "latency_budget_ms": getattr(p, "latency_ms", None)}
+        if not have_arm:
+            row["status"] = NOT_VERIFIED
+            out["profiles"][p.name] = row
+            continue
+        n = min(qemu_windows, len(x_test))
+        b = cross_build(gen, p.mcu, work / p.name, x_test[:n], opt, timeout)
+        obj = b.pop("object")
+        if keep is not None:
+            shutil.copyfile(obj, keep / f"{MODEL_NAME}.{p.name}.o")
+            obj = keep / f"{MODEL_NAME}.{p.name}.o"
+            out["objects"].append(obj.name)
+        elf = b.pop("elf")
+        row |= b | {"object": str(obj), "opt": opt}
+        if gen.get("layout"):
+            row["arena_bytes"], row["scratch_bytes"] = gen["layout"]["arena_bytes"], gen["layout"]["scratch_bytes"]
+        if have_qemu():
+            q = run_qemu(p.mcu, elf, n, gen["entry"].output_count, timeout)
+            same = bool(np.array_equal(q["logits"].view(np.uint32), host[:n].view(np.uint32)))
+            if not same:
+                bad = int(np.flatnonzero((q["logits"].view(np.uint32) != host[:n].view(np.uint32)).any(1))[0])
+                raise McuFailed(f"{p.name}: QEMU ({TARGETS[p.mcu].machine}) output differs from the host build "
+                                f"at window {bad}: {q['logits'][bad].tolist()} vs {host[bad].tolist()}; "
+                                f"reproduce with: {q['command']}")
+            if b["firmware_example"]:
+                if q["classes"] is None or q["classes"] != q["logits"].argmax(1).tolist():
+                    raise McuFailed(f"{p.name}: {FIRMWARE_EXAMPLE.name} in QEMU gave classes {q['classes']}, the "
+                                    f"argmax of its logits is {q['logits'].argmax(1).tolist()}; reproduce with: "
+                                    f"{q['command']}")
+            ipi = q["instructions_per_inference"]
+            # RAM counts the larger of the static call-chain stack and the high-water mark QEMU saw
+            # (which includes the library calls the call graph cannot size)
+            hw = q["stack_high_water_bytes"]
+            row["stack_static_bytes"], row["stack_measured_bytes"] = row["stack_bytes"], hw
+            if hw is not None and hw > row["stack_bytes"]:
+                row["ram_bytes"] += hw - row["stack_bytes"]
+                row["stack_bytes"] = hw
+            row |= {"qemu": {"machine": TARGETS[p.mcu].machine, "windows": n, "identical_to_host": same,
+                             "firmware_example": b["firmware_example"],
+                             "instructions_per_inference": round(ipi),
+                             "instructions_per_mac": round(ipi / macs, 3) if macs else None,
+                             "instructions_per_tick": q["instructions_per_tick"],
+                             "note": "-icount shift=0 + SysTick: an instruction-count proxy, not cycles"},
+                    "est_ms_at_clock": (ipi / p.clock_hz * 1e3) if p.clock_hz else None,
+                    "status": "verified"}
+        else:
+            row["status"] = NOT_VERIFIED
+        out["profiles"][p.name] = row
+    return out
+
+
 def build_and_verify(model_path: Path, out_dir: Path, x_test: np.ndarray, profiles: list[Any], *,
                      qemu_windows: int, opt: str, timeout: float, calib: np.ndarray | None = None,
-                     quant: dict[str, Any] | None = None) -> dict[str, Any]:
+                     quant: dict[str, Any] | None = None, engine: str = "int8_kernels", compare: bool = False,
+                     y_test: np.ndarray | None = None, meta: dict[str, Any] | None = None) -> dict[str, Any]:
     """The whole MCU path for one ONNX file. `profiles`: objects with name, mcu, clock_hz,
-    ram_bytes, flash_bytes (and optionally latency_ms, the budget on est_ms_at_clock). FP32 models are quantized (QOperator) on `calib` first.
+    ram_bytes, flash_bytes (and optionally latency_ms, the budget on est_ms_at_clock). FP32 models
+    are quantized (QOperator) on `calib` first. `engine` writes the C that ships (int8_kernels falls
+    back to emx on a graph it does not lower, the reason recorded); `compare` also measures the other
+    engine, under `other_engine`. `y_test`: labels for the accuracy figures; `meta`: what the header
+    tells firmware (channels, labels, sample_rate_hz, input_scaling).
 
     Writes into out_dir: student.qop.onnx, student.c, student.h, <profile>.o; returns the report
     (the object/elf paths are strings)."""
@@ -647,12 +824,18 @@ def build_and_verify(model_path: Path, out_dir: Path, x_test: np.ndarray, profil
                 raise McuFailed(f"{model_path}: an FP32 model needs calibration windows for INT8")
             qinfo = quantize_qoperator(model_path, qpath, calib, scratch=tmp, **quant)
         qmodel = onnx.load(str(qpath))
-        gen = generate_c(qpath, out_dir)
+        gen = generate_c(qpath, out_dir, engine=engine, meta=meta)
         quantum = output_quantum(qmodel)
+        macs = model_macs(qmodel)
+        ships = gen["engine"]
+        why = (f"requested (mcu.engine: {engine})" if ships == engine
+               else f"mcu.engine {engine} cannot lower this model: {gen['fallback_reason']}")
+        eng = {"requested": engine, "ships": ships, "reason": why, "layout": gen.get("layout")}
         if shutil.which(host_cc()) is None:
             # nothing to compare a Cortex-M build with: the whole artifact stays unverified
             report = {"model": str(model_path), "quantization": qinfo, "qoperator_model": str(qpath),
                       "c_source": str(gen["c"]), "c_header": str(gen["h"]), "entry": gen["entry"].params,
+                      "engine": eng, "macs": macs,
                       "host_parity": NOT_VERIFIED, "toolchain": toolchain(), "objects": [], "verified": False,
                       "status": f"skipped: no host C compiler ({host_cc()}) found; install gcc",
                       "profiles": {p.name: {"mcu": p.mcu, "clock_hz": p.clock_hz, "ram_budget_bytes": p.ram_bytes,
@@ -662,57 +845,30 @@ def build_and_verify(model_path: Path, out_dir: Path, x_test: np.ndarray, profil
                                    for p in profiles}}
             return report
         ref = ort_logits(qpath, x_test)
-        exe = host_build(gen, tmp, timeout)
-        host = run_host(exe, x_test, gen["entry"].output_count, timeout)
-        host_parity = parity(ref, host, quantum, f"{gen['c']} on the host vs onnxruntime ({qpath.name})")
+        kw = {"qemu_windows": qemu_windows, "opt": opt, "timeout": timeout, "macs": macs}
+        shipped = _verify(gen, qpath, ref, quantum, x_test, y_test, profiles, tmp / "ship", out_dir, **kw)
         report: dict[str, Any] = {
             "model": str(model_path), "quantization": qinfo, "qoperator_model": str(qpath),
             "c_source": str(gen["c"]), "c_header": str(gen["h"]), "entry": gen["entry"].params,
             "input_count": gen["entry"].input_count, "output_count": gen["entry"].output_count,
-            "host_parity": host_parity, "toolchain": toolchain(), "profiles": {}, "objects": [],
+            "engine": eng, "macs": macs,
+            "host_parity": shipped["host_parity"], "toolchain": toolchain(), "profiles": shipped["profiles"],
+            "objects": shipped["objects"],
         }
         have_arm = have_arm_toolchain()
         report["verified"] = have_arm and have_qemu() and bool(profiles)
         report["status"] = "verified" if report["verified"] else (
             TOOLCHAIN_MISSING if not have_arm else "skipped: qemu-system-arm not found; `make mcu-toolchain` "
             "installs it" if not have_qemu() else "no MCU profiles")
-        for p in profiles:
-            row: dict[str, Any] = {"mcu": p.mcu, "clock_hz": p.clock_hz, "ram_budget_bytes": p.ram_bytes,
-                                   "flash_budget_bytes": p.flash_bytes, "latency_budget_ms": getattr(p, "latency_ms", None)}
-            if not have_arm:
-                row["status"] = NOT_VERIFIED
-                report["profiles"][p.name] = row
-                continue
-            n = min(qemu_windows, len(x_test))
-            b = cross_build(gen, p.mcu, tmp / p.name, x_test[:n], opt, timeout)
-            obj = out_dir / f"{MODEL_NAME}.{p.name}.o"
-            shutil.copyfile(b.pop("object"), obj)
-            elf = b.pop("elf")
-            report["objects"].append(obj.name)
-            row |= b | {"object": str(obj), "opt": opt}
-            if have_qemu():
-                q = run_qemu(p.mcu, elf, n, gen["entry"].output_count, timeout)
-                same = bool(np.array_equal(q["logits"].view(np.uint32), host[:n].view(np.uint32)))
-                if not same:
-                    bad = int(np.flatnonzero((q["logits"].view(np.uint32) != host[:n].view(np.uint32)).any(1))[0])
-                    raise McuFailed(f"{p.name}: QEMU ({TARGETS[p.mcu].machine}) output differs from the host build "
-                                    f"at window {bad}: {q['logits'][bad].tolist()} vs {host[bad].tolist()}; "
-                                    f"reproduce with: {q['command']}")
-                ipi = q["instructions_per_inference"]
-                # RAM counts the larger of the static call-chain stack and the high-water mark QEMU saw
-                # (which includes the library calls the call graph cannot size)
-                hw = q["stack_high_water_bytes"]
-                row["stack_static_bytes"], row["stack_measured_bytes"] = row["stack_bytes"], hw
-                if hw is not None and hw > row["stack_bytes"]:
-                    row["ram_bytes"] += hw - row["stack_bytes"]
-                    row["stack_bytes"] = hw
-                row |= {"qemu": {"machine": TARGETS[p.mcu].machine, "windows": n, "identical_to_host": same,
-                                 "instructions_per_inference": round(ipi),
-                                 "instructions_per_tick": q["instructions_per_tick"],
-                                 "note": "-icount shift=0 + SysTick: an instruction-count proxy, not cycles"},
-                        "est_ms_at_clock": (ipi / p.clock_hz * 1e3) if p.clock_hz else None,
-                        "status": "verified"}
-            else:
-                row["status"] = NOT_VERIFIED
-            report["profiles"][p.name] = row
+        if compare:
+            other = "emx" if ships == "int8_kernels" else "int8_kernels"
+            try:
+                g2 = generate_c(qpath, tmp / "other" / "gen", engine=other, meta=meta, fallback=False)
+                o = _verify(g2, qpath, ref, quantum, x_test, y_test, profiles, tmp / "other", None, **kw)
+                for row in o["profiles"].values():
+                    row.pop("object", None)
+                report["other_engine"] = {"engine": other, "host_parity": o["host_parity"],
+                                          "profiles": o["profiles"], "layout": g2.get("layout")}
+            except McuFailed as e:
+                report["other_engine"] = {"engine": other, "status": f"failed: {_first_line(e, 400)}"}
     return report

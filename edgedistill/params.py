@@ -310,6 +310,11 @@ class GateParams(_Section):
         1.25, gt=0, description="candidate / prod INT8 p50 net of the call floor, measured in the same run")
     min_kd_gain: float | None = Field(0.0, ge=-1, le=1, description="when the KD student ships: the upper end of "
                                                                      "the paired KD - baseline test interval")
+    mcu_min_argmax_agreement: float | None = Field(
+        0.999, ge=0, le=1, description="share of test windows where the shipped C model and onnxruntime (QOperator "
+                                       "INT8) predict the same class")
+    mcu_max_accuracy_drop: float | None = Field(
+        0.002, ge=0, le=1, description="onnxruntime (QOperator INT8) - C model test accuracy")
 
 
 class ReproduceParams(_Section):
@@ -462,11 +467,17 @@ class BenchmarkParams(_Section):
 
 
 class McuParams(_Section):
-    """The `mcu` stage: QOperator INT8 → C (emx-onnx-cgen) → host parity → per-`mcu` profile
-    Cortex-M build (exact flash/RAM) and a QEMU run of the test image."""
+    """The `mcu` stage: QOperator INT8 → C (edgedistill's int8 kernels, or emx-onnx-cgen) → host parity
+    → per-`mcu` profile Cortex-M build (exact flash/RAM) and a QEMU run of the test image."""
+
+    engine: Literal["int8_kernels", "emx"] = Field(
+        "int8_kernels", description="the C that ships: int8_kernels (mcu_kernels.py; a graph it cannot lower "
+                                    "falls back to emx, the reason in mcu.json) | emx (emx-onnx-cgen)")
+    compare_engines: bool = Field(False, description="also build and measure the other engine (mcu.json "
+                                                     "other_engine); benchmarks/mcu_engines.py does it side by side")
 
     qemu_windows: int = Field(64, ge=1, description="test windows run in QEMU per profile")
-    opt: Literal["-Os", "-O2", "-O3", "-Ofast"] = Field("-Os", description="arm-none-eabi-gcc optimisation")
+    opt: Literal["-Os", "-O2", "-O3", "-Ofast"] = Field("-O2", description="arm-none-eabi-gcc optimisation")
     tool_timeout_seconds: float = Field(600.0, gt=0, description="per compiler/QEMU call")
 
 

@@ -20,6 +20,7 @@ SOURCES = {
     "distill": "metrics/distill.json",
     "export": "metrics/export.json",
     "benchmark": "metrics/benchmark.json",
+    "mcu": "models/mcu/mcu.json",
     "validation": "reports/validation/result.json",
 }
 PLOTS = "metrics/plots"
@@ -440,6 +441,44 @@ def collect(root: str | Path) -> dict[str, Any]:
     return {k: _read(root, rel) for k, rel in SOURCES.items()}
 
 
+def _mcu(docs: dict[str, Any]) -> str:
+    """The mcu stage's C model: which engine ships and why, parity with onnxruntime, and per profile the
+    measured instructions, flash and RAM (the other engine's beside it when mcu.compare_engines ran)."""
+    m = docs.get("mcu") or {}
+    out = ["<section id='mcu'><h2>Microcontroller build</h2>"]
+    if not m:
+        return out[0] + "<p class='muted'>No MCU build (models/mcu/mcu.json).</p></section>"
+    eng = m.get("engine") or {"ships": "emx", "reason": "an mcu.json from before mcu.engine"}
+    out.append(f"<p>Ships <b>{_e(eng.get('ships'))}</b>: {_e(eng.get('reason'))}. Status: {_e(m.get('status'))}.</p>")
+    hp = m.get("host_parity")
+    if isinstance(hp, dict):
+        acc = (f"; accuracy {100 * hp['accuracy']:.2f}% vs {100 * hp['reference_accuracy']:.2f}%"
+               if hp.get("accuracy") is not None else "")
+        out.append(f"<p>Host build vs onnxruntime (QOperator INT8) on {hp['windows']} test windows: max difference "
+                   f"{_e(hp.get('max_diff_quanta'))} output quanta, {_e(hp.get('windows_differing', '—'))} windows "
+                   f"differ, argmax agreement {100 * hp['argmax_agreement']:.2f}%{acc}.</p>")
+    rows = []
+    engines = [(eng.get("ships"), m.get("profiles") or {})]
+    if (m.get("other_engine") or {}).get("profiles"):
+        engines.append((m["other_engine"]["engine"], m["other_engine"]["profiles"]))
+    for engine, profiles in engines:
+        for name, p in profiles.items():
+            q = p.get("qemu") or {}
+            rows.append([_e(name), _e(p.get("mcu")), _e(engine),
+                         f"{q['instructions_per_inference']:,}" if q else "—",
+                         f"{q['instructions_per_mac']:.2f}" if q.get("instructions_per_mac") else "—",
+                         f"{p['est_ms_at_clock']:.3f}" if p.get("est_ms_at_clock") else "—",
+                         f"{p['flash_bytes']:,}" if p.get("flash_bytes") else "—",
+                         f"{p['ram_bytes']:,}" if p.get("ram_bytes") else "—",
+                         f"{p['arena_bytes']:,}" if p.get("arena_bytes") else "—",
+                         f"{p['stack_bytes']:,}" if p.get("stack_bytes") else "—"])
+    out.append("<p class='muted'>Instructions: QEMU -icount, a proxy for cycles; est. ms = instructions / clock. "
+               "Flash: the model object's text + data. RAM: data + bss (the arena) + stack + float I/O.</p>")
+    out.append(_table(["profile", "core", "engine", "instructions", "per MAC", "est. ms", "flash B", "RAM B",
+                       "arena B", "stack B"], rows, {3, 4, 5, 6, 7, 8, 9}, tid="mcu-table"))
+    return "".join(out) + "</section>"
+
+
 def render_report(root: str | Path, docs: dict[str, Any] | None = None, version: str | None = None) -> str:
     """The page as a string: every section built from the files under `root` (missing ones are
     said to be missing, never invented)."""
@@ -454,7 +493,7 @@ def render_report(root: str | Path, docs: dict[str, Any] | None = None, version:
     status = summary.get("status")
     nav = "".join(f"<a href='#{a}'>{t}</a>" for a, t in (
         ("verdicts", "verdicts"), ("training", "training"), ("confusion", "confusion"), ("latency", "latency"),
-        ("data", "data"), ("validation", "validation")))
+        ("mcu", "mcu"), ("data", "data"), ("validation", "validation")))
     head = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{_e(title)}</title>"
             f"<style>{CSS}</style></head><body>")
@@ -462,7 +501,7 @@ def render_report(root: str | Path, docs: dict[str, Any] | None = None, version:
              f"<p class='muted'>status: {_e(status or 'unknown')}"
              + (f"; registry: {_e(', '.join(reg.get('stages') or []) or '—')}" if reg else "")
              + "; self-contained page: no scripts, no network.</p>", f"<nav>{nav}</nav>",
-             _verdicts(docs), _accuracy(docs), _training(root, docs), _latency(docs), _data(docs), _stages(docs),
+             _verdicts(docs), _accuracy(docs), _training(root, docs), _latency(docs), _mcu(docs), _data(docs), _stages(docs),
              "</body></html>"]
     return "".join(parts)
 

@@ -408,6 +408,8 @@ def model_card(root: Path, params: Params, version: str, commit: str, decision: 
                                  else "baseline student (promote.fallback: baseline)"),
                      "kd": decision.get("kd_line"),
                      "int8_accuracy": _pct_iv(decision["candidate"], "int8_accuracy"),
+                     # which C the MCU objects hold and why (mcu.engine; a fallback names what the int8 kernels lack)
+                     "mcu_engine": _mcu_engine_text(doc(MCU_REPORT)),
                      "regression_vs_prod": _regression_text(decision),
                      "warnings": decision.get("warnings", [])},
         "lineage": {
@@ -425,6 +427,17 @@ def model_card(root: Path, params: Params, version: str, commit: str, decision: 
 
 def _pct(v: Any) -> str:
     return "—" if v is None else f"{100 * float(v):.2f}%"
+
+
+def _mcu_engine_text(mcu: dict[str, Any] | None) -> str | None:
+    """'int8_kernels: requested (mcu.engine: int8_kernels); parity ...' from mcu.json (None without it)."""
+    if not mcu:
+        return None
+    eng = mcu.get("engine") or {"ships": "emx", "reason": "an mcu.json from before mcu.engine"}
+    hp = mcu.get("host_parity")
+    par = (f"; vs onnxruntime INT8 on {hp['windows']} test windows: max {hp.get('max_diff_quanta')} quanta, "
+           f"argmax agreement {100 * hp['argmax_agreement']:.2f}%" if isinstance(hp, dict) else "")
+    return f"{eng.get('ships')}: {eng.get('reason')}{par}"
 
 
 def _mcu_figures(gates: list[dict[str, Any]]) -> str:

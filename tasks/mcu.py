@@ -1,7 +1,9 @@
 """mcu: the student as a microcontroller artifact. models/student.onnx → QOperator INT8 (batch 1,
-calibrated on train windows) → C source + header (emx-onnx-cgen) → host build checked against
-onnxruntime on every test window → per `mcu` profile of benchmark.profiles: Cortex-M object with
-exact flash/RAM and a QEMU run of the test image checked against the host build.
+calibrated on train windows) → C source + header (mcu.engine: edgedistill's int8 kernels, or
+emx-onnx-cgen) → host build checked against onnxruntime on every test window → per `mcu` profile of
+benchmark.profiles: Cortex-M object with exact flash/RAM and a QEMU run of the test image checked
+against the host build. The header carries channel order, sampling rate, labels and input scaling
+from data/prepared/norm.json.
 
 Outputs: models/mcu/build/ (student.qop.onnx, student.c, student.h, student.<profile>.o) and
 models/mcu/mcu.json. Built in a temp folder; models/mcu/ is replaced only when every check passes.
@@ -19,7 +21,7 @@ import numpy as np
 
 from edgedistill import mcu
 from edgedistill.errors import DataInvalid
-from edgedistill.io import write_json
+from edgedistill.io import read_json, write_json
 from edgedistill.params import Params
 from edgedistill.shards import open_split
 
@@ -30,8 +32,19 @@ BUILD = "build"
 REPORT = "mcu.json"
 
 
-def _windows(path: Path) -> np.ndarray:
-    return open_split(path).load_all()
+def header_meta(norm_path: Path) -> dict[str, Any]:
+    """What the generated header tells firmware, from the prepared data's norm.json (empty without it)."""
+    if not norm_path.is_file():
+        return {}
+    norm = read_json(norm_path)
+    method = (norm.get("normalization") or {}).get("method")
+    scaling = norm.get("input") or "normalised windows"
+    if method:
+        scaling += f"; {method} normalisation"
+    units = f"in the units of the ingested readings, {norm.get('layout', 'NCW')} layout"
+    return {"channels": list(norm.get("channels") or []), "labels": list(norm.get("labels") or []),
+            "sample_rate_hz": norm.get("sample_rate_hz"), "window": norm.get("window"),
+            "input_scaling": f"{scaling}; {units}"}
 
 
 def calibration(train: Path, windows: int, seed: int) -> np.ndarray:
@@ -62,7 +75,9 @@ def run(params: Params, model: str | Path = MODEL, data_dir: str | Path = DATA_D
     if not model.is_file():
         raise DataInvalid(f"{model}: not found", hint="Run the export stage first (`dvc repro export`).")
     ep, mp = params.export, params.mcu
-    x_test = _windows(data_dir / "test")
+    test = open_split(data_dir / "test")
+    x_test = test.load_all()
+    y_test = np.asarray(test.y)
     if len(x_test) == 0:
         raise DataInvalid(f"{data_dir / 'test'}: no test windows; host parity cannot be checked")
     calib = calibration(data_dir / "train", ep.calibration.windows, ep.calibration.seed)
@@ -74,7 +89,8 @@ def run(params: Params, model: str | Path = MODEL, data_dir: str | Path = DATA_D
             model, tmp / BUILD, x_test, profiles, qemu_windows=mp.qemu_windows, opt=mp.opt,
             timeout=mp.tool_timeout_seconds, calib=calib,
             quant={"per_channel": ep.calibration.per_channel, "activation_type": ep.activation_type,
-                   "method": ep.calibration.method})
+                   "method": ep.calibration.method},
+            engine=mp.engine, compare=mp.compare_engines, y_test=y_test, meta=header_meta(data_dir / "norm.json"))
         report = _relative(report, tmp, out_dir)
         # build/ is swapped whole (two renames); mcu.json is written last, so it never describes
         # a build that is not there

@@ -293,10 +293,12 @@ def _prod_recorded(prod: dict[str, Any] | None, profiles: list[str]) -> Any:
     return m.get(f"{fmt}_accuracy")
 
 
-def mcu_gate_rows(path: str | Path, require_verified: bool) -> list[dict[str, Any]]:
+def mcu_gate_rows(path: str | Path, require_verified: bool, gates: GateParams | None = None) -> list[dict[str, Any]]:
     """The ram/flash/latency gates per MCU profile on the figures the mcu stage measured (arm-none-eabi-size,
     -fcallgraph-info stack, I/O buffers; QEMU's instruction count at clock_hz) against that profile's budget. Unmeasured figures give the
-    verdict 'not verified', which blocks only with promote.require_mcu_verified."""
+    verdict 'not verified', which blocks only with promote.require_mcu_verified. With `gates`, also the shipped
+    C model's parity with onnxruntime's QOperator INT8 model on the test windows (`mcu_argmax`,
+    `mcu_accuracy_drop`)."""
     unverified = "fail" if require_verified else "not verified"
     detail = "blocks: promote.require_mcu_verified is true" if require_verified else "promote.require_mcu_verified: false"
     if not Path(path).is_file():
@@ -326,6 +328,33 @@ def mcu_gate_rows(path: str | Path, require_verified: bool) -> list[dict[str, An
         rows.append({"gate": "mcu", "metric": "MCU build", "value": doc.get("status"), "op": "==",
                      "threshold": "verified", "verdict": "pass" if doc.get("verified") else unverified,
                      "detail": f"no mcu profile in benchmark.profiles; {detail}"})
+    if gates is not None:
+        rows += mcu_parity_rows(doc, gates, unverified, detail)
+    return rows
+
+
+def mcu_parity_rows(doc: dict[str, Any], gates: GateParams, unverified: str, detail: str) -> list[dict[str, Any]]:
+    """The shipped C model against onnxruntime (QOperator INT8) on every test window: argmax agreement and
+    the test-accuracy drop (the int8 kernels requantise in fixed point: a logit may differ by a quantum)."""
+    hp = doc.get("host_parity")
+    engine = (doc.get("engine") or {}).get("ships", "emx")
+    rows = []
+    for gate, key, op, threshold, metric in (
+            ("mcu_argmax", "argmax_agreement", ">=", gates.mcu_min_argmax_agreement,
+             f"share of test windows where the C model ({engine}) and onnxruntime INT8 agree on the class"),
+            ("mcu_accuracy_drop", "accuracy_drop", "<=", gates.mcu_max_accuracy_drop,
+             f"onnxruntime INT8 - C model ({engine}) test accuracy")):
+        row = {"gate": gate, "metric": metric, "op": op, "threshold": threshold,
+               "value": hp.get(key) if isinstance(hp, dict) else None}
+        if threshold is None:
+            rows.append(row | {"verdict": "off", "detail": "threshold null"})
+        elif row["value"] is None:
+            rows.append(row | {"verdict": unverified, "detail": f"no host parity figure ({hp!r}); {detail}"})
+        else:
+            ok = row["value"] >= threshold if op == ">=" else row["value"] <= threshold + 1e-12
+            rows.append(row | {"verdict": "pass" if ok else "fail",
+                               "detail": "" if ok else f"{row['value']:.4f} {'<' if op == '>=' else '>'} {threshold}"
+                               f" on {hp.get('windows')} test windows (max |diff| {hp.get('max_diff_quanta')} quanta)"})
     return rows
 
 
@@ -506,6 +535,10 @@ def release_metrics(decision: dict[str, Any]) -> dict[str, Any]:
         if prof and kind in PROFILE_FIGURES:
             target.setdefault(prof, {})[PROFILE_FIGURES[kind]] = r.get("value")
     out["target"] = {p: dict(sorted(f.items())) for p, f in sorted(target.items())}
+    parity = {r["gate"]: r.get("value") for r in decision["gates"] if r["gate"] in ("mcu_argmax", "mcu_accuracy_drop")}
+    if parity:  # the shipped C model vs onnxruntime INT8 on the test windows (the mcu stage's host build)
+        out["mcu_parity"] = {"argmax_agreement": parity.get("mcu_argmax"),
+                             "accuracy_drop": parity.get("mcu_accuracy_drop")}
     out["test_accuracy"] = {k: c.get(src) for k, src in sorted(TEST_ACCURACY.items())}
     out |= {"val_kd_gain": c.get("kd_gain_val"), "val_kd_gain_hi": c.get("kd_gain_val_hi"),
             "val_kd_gain_lo": c.get("kd_gain_val_lo")}
@@ -531,7 +564,7 @@ def run(params: Params, reference: str | Path = PROD_REFERENCE, out: str | Path 
                 **decide_promotion(candidate, params.promote.gates, prod, params.promote.fallback,
                                    vs_prod.get("int8"), vs_prod.get("fp32"))}
     bench = paths.get(BENCHMARK, BENCHMARK)
-    decision = add_gate_rows(decision, host_profile_rows(bench, params.benchmark.profiles) + mcu_gate_rows(mcu, params.promote.require_mcu_verified))
+    decision = add_gate_rows(decision, host_profile_rows(bench, params.benchmark.profiles) + mcu_gate_rows(mcu, params.promote.require_mcu_verified, params.promote.gates))
     write_json(out, decision)  # written on failure too: it is the report of which gate failed
     write_json(summary, release_metrics(decision))
     if not decision["passed"]:

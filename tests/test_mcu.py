@@ -100,6 +100,9 @@ def test_normalisation_ops_ahead_of_the_first_conv_stay_fp32(built, tmp_path):
     q = onnx.load(str(tmp_path / "out/student.qop.onnx"))
     assert [n.op_type for n in q.graph.node[:3]] == ["Sub", "Div", "QuantizeLinear"]
     assert r["host_parity"]["argmax_agreement"] == 1.0 and r["host_parity"]["windows"] == 16
+    # the int8 kernels lower that front end (per-channel float ops ahead of the quantisation)
+    assert r["engine"]["ships"] == "int8_kernels" and r["engine"]["layout"]["front_end"] == ["-", "/"]
+    assert r["host_parity"]["max_diff_quanta"] <= 1
 
 
 @needs_arm
@@ -241,7 +244,7 @@ def test_an_mcu_profile_cannot_be_measured_here():
 
 @needs_arm
 def test_the_release_bundle_ships_the_c_model_objects_and_report(built):
-    from flows.release import _mcu_figures, bundle_files
+    from flows.release import _mcu_engine_text, _mcu_figures, bundle_files
 
     root, r = built
     files = bundle_files(root)
@@ -249,6 +252,8 @@ def test_the_release_bundle_ships_the_c_model_objects_and_report(built):
     assert {f"student.{p}.o" for p in r["profiles"]} <= set(files)
     assert all((root / rel).is_file() for name, rel in files.items() if not name.startswith("student.onnx")
                and not name.startswith("student.int8"))
+    text = _mcu_engine_text(r)
+    assert text.startswith("int8_kernels: requested (mcu.engine: int8_kernels); vs onnxruntime INT8 on ") and "quanta" in text
     line = _mcu_figures(mcu_gate_rows(root / "models/mcu/mcu.json", require_verified=False))
     m7 = r["profiles"]["cortex-m7"]
     assert f"cortex-m7: {m7['flash_bytes']:,} B / {m7['ram_bytes']:,} B" in line
@@ -269,11 +274,14 @@ def _static_int8(root: Path, params) -> dict:
 
 
 @needs_arm
-def test_default_budgets_pass_the_default_student_and_fail_the_largest_sweep_student(tmp_path):
-    """At the default params (128-reading windows, the default profiles and their budgets), the
-    student of params.yaml fits every MCU budget, while the largest student the sweep grid can build
-    fails at least one: the budgets can fail for a realistic student. Sizes and instruction counts do
-    not depend on training, so each student is trained a few steps only."""
+def test_default_budgets_fit_the_default_and_the_largest_sweep_student_and_the_static_estimate_brackets_them(
+        tmp_path):
+    """At the default params (128-reading windows, the default profiles and their budgets, the int8
+    kernels), the student of params.yaml and the largest student the sweep grid can build both fit every
+    MCU budget (issue 29's goal; the grown student above shows a budget failing). The sweep pre-filters
+    on the static estimate of the INT8 export, which must stay below the measured figures by no more
+    than the kernels' own code and tables (flash) and the float I/O buffers and stack (RAM). Sizes and
+    instruction counts do not depend on training, so each student is trained a few steps only."""
     from flows.sweep import grid
     from tasks import prepare
 
@@ -296,18 +304,175 @@ def test_default_budgets_pass_the_default_student_and_fail_the_largest_sweep_stu
         assert {r["gate"] for r in rows} == {f"{k}:{p.name}" for p in params.benchmark.profiles if p.mcu
                                              for k in ("ram", "flash", "latency")}
         verdicts[name] = {r["gate"]: (r["verdict"], r["value"], r["threshold"]) for r in rows}
-        # the sweep pre-filters on the static estimate of the INT8 (QDQ) export: RAM well below the
-        # measured figure (activations only; the C model keeps float I/O and every temporary on the
-        # stack), flash within a few percent of it
+        # static estimate: weights only (flash), activations only (RAM); measured: + the kernels' code and
+        # per-channel tables (a few KB, whatever the width), + float I/O, arena ping-pong and stack
         static = _static_int8(root, params)
+        io = json.loads((root / "models/mcu/mcu.json").read_text())["profiles"]["nrf52-m4"]["io_buffer_bytes"]
         for r in rows:
             kind = r["gate"].split(":")[0]
             if kind == "ram":
-                assert static["ram_estimate_bytes"] < r["value"] / 2, (name, r["gate"], static["ram_estimate_bytes"])
+                assert static["ram_estimate_bytes"] < r["value"] <= 2 * static["ram_estimate_bytes"] + io + 1024, (
+                    name, r["gate"], static["ram_estimate_bytes"])
             elif kind == "flash":
-                assert abs(static["flash_estimate_bytes"] - r["value"]) <= 0.1 * r["value"], (
+                assert static["flash_estimate_bytes"] < r["value"] <= static["flash_estimate_bytes"] + 4096, (
                     name, r["gate"], static["flash_estimate_bytes"])
-    assert all(v == "pass" for v, _, _ in verdicts["default"].values()), verdicts["default"]
-    failed = {g: f for g, f in verdicts["largest"].items() if f[0] == "fail"}
-    assert failed, verdicts["largest"]
-    assert all(value > budget for _, value, budget in failed.values())
+    for name in ("default", "largest"):
+        assert all(v == "pass" for v, _, _ in verdicts[name].values()), (name, verdicts[name])
+
+
+# ---------------------------------------------------------------- the int8 kernels engine
+
+def test_quantize_multiplier_is_tflites_31_bit_fixed_point():
+    from edgedistill.mcu_kernels import quantize_multiplier, requantize_ref
+
+    for real in (1e-4, 0.0031, 0.2499, 0.25, 0.7, 1.0, 3.5):
+        m, s = quantize_multiplier(real)
+        assert 2**30 <= m < 2**31 and abs(m * 2.0 ** (s - 31) - real) <= real * 2**-30
+    m, s = quantize_multiplier(0.125)  # exact: ties are ties
+    acc = np.array([-1000, -12, -4, -3, 0, 3, 4, 12, 12345])
+    # arm_nn_requantize rounds half up: 4 / 8 = 0.5 -> 1, -4 / 8 = -0.5 -> 0, -12 / 8 = -1.5 -> -1
+    assert requantize_ref(acc, np.full(9, m), np.full(9, s)).tolist() == [-125, -1, 0, 0, 0, 0, 1, 2, 1543]
+
+
+def test_the_int8_kernels_ship_with_parity_figures_and_a_header_for_firmware(built):
+    root, r = built
+    assert r["engine"]["ships"] == "int8_kernels" and r["engine"]["requested"] == "int8_kernels"
+    assert "requested" in r["engine"]["reason"]
+    hp = r["host_parity"]
+    assert hp["windows"] == len(prepared_arrays(root / "data/prepared", "test")["X"])
+    assert hp["argmax_agreement"] >= 0.999 and hp["max_diff_quanta"] <= 1 and abs(hp["accuracy_drop"]) <= 0.002
+    assert 0 <= hp["windows_beyond_one_quantum"] <= hp["windows_differing"] <= hp["windows"]
+    src = (root / "models/mcu/build/student.c").read_text()
+    assert "__smlad" in src and "#include <arm_acle.h>" in src and "static int8_t arena[2]" in src
+    assert "malloc" not in src
+    layout = r["engine"]["layout"]
+    assert layout["arena_bytes"] > 0 and layout["macs"] == r["macs"] > 0
+    kinds = [la["kind"] for la in layout["layers"]]
+    assert kinds == ["conv", "dw", "conv", "dw", "conv", "mean", "dense"]
+    norm = json.loads((root / "data/prepared/norm.json").read_text())
+    h = (root / "models/mcu/build/student.h").read_text()
+    assert f"#define STUDENT_CHANNELS {len(norm['channels'])}" in h and f"#define STUDENT_WINDOW {norm['window']}" in h
+    assert ", ".join(f'"{c}"' for c in norm["channels"]) in h and ", ".join(f'"{c}"' for c in norm["labels"]) in h
+    assert f"#define STUDENT_SAMPLE_RATE_HZ {float(norm['sample_rate_hz'])!r}f" in h
+    assert "STUDENT_INPUT_SCALE" in h and "raw readings" in h and "void student_q(" in h
+    if HAVE_ARM:
+        for p in r["profiles"].values():
+            assert p["qemu"]["firmware_example"]  # the image ran firmware_example.c, classes = argmax checked
+            assert p["arena_bytes"] == layout["arena_bytes"] <= p["model_sections"]["bss"]
+            assert p["qemu"]["instructions_per_mac"] == pytest.approx(
+                p["qemu"]["instructions_per_inference"] / r["macs"], rel=1e-3)
+
+
+def test_a_front_end_the_kernels_cannot_lower_falls_back_to_emx_with_the_reason(built, tmp_path):
+    """A per-window centring ahead of the first Conv (x - mean over time, computed in the graph): the
+    int8 kernels lower only per-channel constants there, so emx ships and mcu.json says why."""
+    root, _ = built
+    m = onnx.load(str(root / "models/student.onnx"))
+    inp = m.graph.input[0].name
+    for n in m.graph.node:
+        n.input[:] = ["centred" if i == inp else i for i in n.input]
+    m.graph.initializer.append(onnx.numpy_helper.from_array(np.array([-1], np.int64), "time_axis"))
+    m.graph.node.insert(0, helper.make_node("Sub", [inp, "window_mean"], ["centred"], name="per_window_sub"))
+    m.graph.node.insert(0, helper.make_node("ReduceMean", [inp, "time_axis"], ["window_mean"], name="per_window_mean"))
+    path = tmp_path / "per_window.onnx"
+    onnx.save(m, str(path))
+    x = prepared_arrays(root / "data/prepared", "test")["X"][:8]
+    r = lib.build_and_verify(path, tmp_path / "out", x, [], qemu_windows=1, opt="-Os", timeout=120, calib=x,
+                             quant={"per_channel": True, "activation_type": "int8", "method": "minmax"})
+    assert r["engine"]["requested"] == "int8_kernels" and r["engine"]["ships"] == "emx"
+    assert "cannot lower" in r["engine"]["reason"] and "feeds 2 nodes (ReduceMean per_window_mean, Sub " \
+        "per_window_sub) (statistics of the window computed in the graph" in r["engine"]["reason"]
+    assert r["host_parity"]["argmax_agreement"] == 1.0
+    with pytest.raises(lib.McuFailed, match="int8 kernels cannot lower"):
+        lib.generate_c(tmp_path / "out/student.qop.onnx", tmp_path / "g", engine="int8_kernels", fallback=False)
+
+
+def test_the_parity_gates_fail_on_a_c_model_that_disagrees_with_onnxruntime(built, tmp_path):
+    from edgedistill.params import GateParams
+
+    root, _ = built
+    gates = GateParams()
+    rows = {r["gate"]: r for r in mcu_gate_rows(root / "models/mcu/mcu.json", require_verified=False, gates=gates)}
+    assert rows["mcu_argmax"]["verdict"] == "pass" and rows["mcu_accuracy_drop"]["verdict"] == "pass"
+    doc = json.loads((root / "models/mcu/mcu.json").read_text())
+    doc["host_parity"] |= {"argmax_agreement": 0.995, "accuracy_drop": 0.004}
+    bad = tmp_path / "mcu.json"
+    bad.write_text(json.dumps(doc))
+    rows = {r["gate"]: r for r in mcu_gate_rows(bad, require_verified=False, gates=gates)}
+    assert rows["mcu_argmax"]["verdict"] == "fail" and "0.9950 < 0.999" in rows["mcu_argmax"]["detail"]
+    assert rows["mcu_accuracy_drop"]["verdict"] == "fail" and "0.0040 > 0.002" in rows["mcu_accuracy_drop"]["detail"]
+    decision = add_gate_rows({"gates": [], "failed": [], "passed": True}, list(rows.values()))
+    assert decision["passed"] is False and {"mcu_argmax", "mcu_accuracy_drop"} <= set(decision["failed"])
+    off = {r["gate"]: r["verdict"] for r in mcu_gate_rows(bad, require_verified=False, gates=GateParams(
+        mcu_min_argmax_agreement=None, mcu_max_accuracy_drop=None))}
+    assert off["mcu_argmax"] == off["mcu_accuracy_drop"] == "off"
+
+
+@needs_arm
+def test_both_engines_measured_side_by_side_give_the_same_answers(built, tmp_path):
+    root, r = built
+    qop = root / "models/mcu/build/student.qop.onnx"
+    z = prepared_arrays(root / "data/prepared", "test")
+    m4 = [p for p in make_params().benchmark.profiles if p.mcu == "cortex-m4"]
+    both = lib.build_and_verify(qop, tmp_path / "out", z["X"][:32], m4, qemu_windows=2, opt="-Os", timeout=300,
+                                compare=True, y_test=z["y"][:32])
+    other = both["other_engine"]
+    assert both["engine"]["ships"] == "int8_kernels" and other["engine"] == "emx"
+    assert other["host_parity"]["max_diff_quanta"] == 0.0  # emx is held to bit parity (strict)
+    fast, slow = both["profiles"][m4[0].name], other["profiles"][m4[0].name]
+    assert fast["qemu"]["identical_to_host"] and slow["qemu"]["identical_to_host"]
+    assert fast["qemu"]["instructions_per_inference"] * 5 < slow["qemu"]["instructions_per_inference"]
+    assert fast["ram_bytes"] < slow["ram_bytes"] and "object" not in slow
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.o")) == [f"student.{m4[0].name}.o"]
+
+
+def test_the_firmware_page_shows_the_example_the_qemu_image_compiles():
+    doc = (Path(__file__).parents[1] / "docs/mcu-firmware.md").read_text()
+    block = doc.split("```c\n", 1)[1].split("```", 1)[0]
+    assert block == lib.FIRMWARE_EXAMPLE.read_text()
+    assert "firmware_classify" in block and "STUDENT_CHANNELS" in block
+
+
+def test_the_cli_names_the_engine_and_refuses_an_unknown_one(built, tmp_path):
+    from edgedistill.cli import app
+
+    root, _ = built
+    qop = str(root / "models/mcu/build/student.qop.onnx")
+    res = CliRunner().invoke(app, ["mcu", qop, "--windows", "4", "--qemu-windows", "1", "--target", "cortex-m4"],
+                             terminal_width=200)
+    assert res.exit_code == 0, res.output
+    assert "edgedistill int8 kernels; requested (mcu.engine: int8_kernels)" in res.output
+    if HAVE_ARM:
+        assert "instr./MAC" in res.output
+    res = CliRunner().invoke(app, ["mcu", qop, "--windows", "2", "--engine", "cmsis"])
+    assert res.exit_code == 2 and "--engine 'cmsis': one of ['int8_kernels', 'emx']" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_odd_shapes_take_the_kernels_tail_paths_and_still_match(tmp_path):
+    """Channel counts that are not multiples of 4 or 2 (the depthwise tail, an odd output channel), a
+    reduction that is not a multiple of 4 (3 channels x kernel 3) and odd step counts (50 -> 25 -> 13 -> 7):
+    the same integers as onnxruntime on the host, and in QEMU on the M4 (the DSP path) the host's outputs."""
+    import torch
+
+    from edgedistill.nets import DSCNN1d
+
+    torch.manual_seed(1)
+    net = DSCNN1d(3, 5, [5, 7, 9], kernel=3).eval()
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.bias.data.uniform_(-0.3, 0.3)
+    path = tmp_path / "odd.onnx"
+    ox.save_onnx(ox.export_onnx(net, 3, 50, 18, what="odd student"), path)
+    x = np.random.default_rng(0).standard_normal((24, 3, 50)).astype(np.float32)
+    m4 = [p for p in make_params().benchmark.profiles if p.mcu == "cortex-m4"] if HAVE_ARM else []
+    r = lib.build_and_verify(path, tmp_path / "out", x, m4, qemu_windows=2, opt="-O2", timeout=120, calib=x,
+                             quant={"per_channel": True, "activation_type": "int8", "method": "minmax"})
+    assert r["engine"]["ships"] == "int8_kernels"
+    layers = r["engine"]["layout"]["layers"]
+    assert [la["out"] for la in layers] == [[25, 5], [13, 5], [13, 7], [7, 7], [7, 9], [1, 9], [1, 5]]
+    assert r["host_parity"]["max_diff_quanta"] <= 1 and r["host_parity"]["argmax_agreement"] == 1.0
+    for p in r["profiles"].values():
+        assert p["qemu"]["identical_to_host"]

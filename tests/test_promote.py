@@ -75,7 +75,8 @@ def test_stage_writes_promotion_json_and_fails_naming_the_gate(workdir):
     assert report["passed"] is False and set(report["failed"]) >= {"accuracy", "drop_vs_teacher"}
     assert report["candidate"]["int8_accuracy"] == pytest.approx(0.495)
     assert {g["gate"] for g in report["gates"]} == {"accuracy", "drop_vs_teacher", "int8_drop",
-                                                   "latency_vs_prod", "kd_gain", "no_regression", "mcu"}
+                                                   "latency_vs_prod", "kd_gain", "no_regression", "mcu",
+                                                   "mcu_argmax", "mcu_accuracy_drop"}
 
 
 def test_stage_reads_the_prod_reference(workdir):

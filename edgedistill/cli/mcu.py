@@ -21,7 +21,7 @@ from edgedistill.errors import ParamsInvalid
 def mcu_table(r: dict[str, Any]) -> Table:
     t = Table(title=escape(f"MCU builds of {Path(r['c_source']).name} ({r['status']})"), title_justify="left")
     for col in ("profile", "core", "flash (model)", "RAM (data+bss+stack+I/O)", "stack", "budget RAM / flash",
-                "QEMU", "instr./inference", "est. ms @ clock"):
+                "QEMU", "instr./inference", "instr./MAC", "est. ms @ clock"):
         t.add_column(col, justify="left" if col in ("profile", "core", "QEMU") else "right")
     for name, p in r["profiles"].items():
         q = p.get("qemu") or {}
@@ -34,6 +34,7 @@ def mcu_table(r: dict[str, Any]) -> Table:
                   fmt_bytes(p.get("stack_bytes")), budget + fits,
                   (f"{q['machine']}: {q['windows']} windows identical" if q else p.get("status", "-")),
                   f"{q['instructions_per_inference']:,}" if q else "-",
+                  f"{q['instructions_per_mac']:.2f}" if q.get("instructions_per_mac") else "-",
                   f"{p['est_ms_at_clock']:.2f}" if p.get("est_ms_at_clock") else "-")
     return t
 
@@ -41,8 +42,11 @@ def mcu_table(r: dict[str, Any]) -> Table:
 def _summary(r: dict[str, Any]) -> None:
     hp = r["host_parity"]
     q = r["quantization"]
-    show(f"C model {r['c_source']} ({r['toolchain']['emx_onnx_cgen'] and 'emx-onnx-cgen ' + r['toolchain']['emx_onnx_cgen']}), "
-         f"INT8 {q.get('format')} ops {q.get('ops', '-')}", markup=False)
+    eng = r.get("engine") or {"ships": "emx", "reason": "-"}
+    by = ("emx-onnx-cgen " + str(r["toolchain"]["emx_onnx_cgen"]) if eng["ships"] == "emx"
+          else "edgedistill int8 kernels")
+    show(f"C model {r['c_source']} ({by}; {eng['reason']}), INT8 {q.get('format')} ops {q.get('ops', '-')}",
+         markup=False)
     if isinstance(hp, dict):
         show(f"host build vs onnxruntime on {hp['windows']} windows: max |diff| {hp['max_abs_diff']:.3g} "
              f"({hp['max_diff_quanta'] or 0:.2f} quanta of {hp['quantum']:.3g}), argmax agreement "
@@ -67,6 +71,7 @@ def mcu(
     qemu_windows: Annotated[int | None, typer.Option(min=1, help="windows run in QEMU (default: params)")] = None,
     out: Annotated[Path | None, typer.Option(help="keep the C source, header and objects here")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="also write the report as JSON")] = None,
+    engine: Annotated[str | None, typer.Option(help="int8_kernels | emx (default: mcu.engine)")] = None,
 ) -> None:
     """Build a model for microcontrollers: QOperator INT8 → C (emx-onnx-cgen), host parity vs
     onnxruntime, Cortex-M build with exact flash/RAM, QEMU run checked against the host build."""
@@ -105,7 +110,9 @@ def mcu(
             dims = [d.dim_value or 1 for d in proto.graph.input[0].type.tensor_type.shape.dim][1:]
             x = np.random.default_rng(0).standard_normal((windows, *dims)).astype(np.float32)
         with tempfile.TemporaryDirectory(prefix="edgedistill-mcu-out-") as scratch:
-            r = lib.build_and_verify(model, out or Path(scratch), x, profiles, opt=mp.opt,
+            if engine is not None and engine not in lib.ENGINES:
+                raise ParamsInvalid(f"--engine {engine!r}: one of {list(lib.ENGINES)}")
+            r = lib.build_and_verify(model, out or Path(scratch), x, profiles, opt=mp.opt, engine=engine or mp.engine,
                                      qemu_windows=qemu_windows or mp.qemu_windows, timeout=mp.tool_timeout_seconds,
                                      calib=x, quant={"per_channel": True, "activation_type": "int8", "method": "minmax"})
         if json_out is not None:
