@@ -8,6 +8,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -65,8 +66,48 @@ class ConditionalWriteFailed(EdgeDistillError):
     hint = "Another publisher wrote it first; read it again and retry (or leave it: it may be newer)."
 
 
+# a name that becomes one segment of a store key (model, version, stage, device, file): letters, digits,
+# '.', '_', '+', '-', starting with a letter or digit, never '..' (no traversal, no hidden objects)
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+
+
+def safe_name(what: str, value: Any) -> str:
+    """`value` if it is safe as one segment of a store key, else a one-line ParamsInvalid naming it."""
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value) or ".." in value:
+        raise ParamsInvalid(f"{what} {value!r} is not a safe name for a store key",
+                            hint="Use letters, digits, '.', '_', '+' or '-' (starting with a letter or digit, "
+                                 "no '..', at most 128 characters).")
+    return value
+
+
+def check_key(key: str) -> str:
+    """A store key is '/'-separated relative segments: no empty, '.' or '..' segment, no backslash or
+    NUL, no leading '/': it can never name an object outside the store."""
+    parts = key.split("/") if isinstance(key, str) else [""]
+    if not key or "\\" in key or "\0" in key or any(p in ("", ".", "..") for p in parts):
+        raise ParamsInvalid(f"store key {key!r} is not a plain relative key",
+                            hint="A name that reaches a store key was not validated; report it.")
+    return key
+
+
+def parse_document(data: bytes | str, source: str, what: str = "document") -> dict[str, Any]:
+    """A store document (channel, model card, claim, metadata) as a JSON object, or one ArtifactCorrupt
+    naming it: the store is untrusted, so malformed bytes are an error, never a traceback."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ArtifactCorrupt(f"{source}: the {what} is not valid JSON ({e})",
+                              hint="The store object is damaged or was written by something else; nothing "
+                                   "was changed. Re-publish it from the registry.") from None
+    if not isinstance(doc, dict):
+        raise ArtifactCorrupt(f"{source}: the {what} is not a JSON object (got {type(doc).__name__})",
+                              hint="The store object is damaged or was written by something else; nothing "
+                                   "was changed. Re-publish it from the registry.")
+    return doc
+
+
 def bundle_prefix(model: str, version: str) -> str:
-    return f"releases/{model}/{version}"
+    return f"releases/{safe_name('model', model)}/{safe_name('version', version)}"
 
 
 class Store(ABC):
@@ -138,7 +179,15 @@ class LocalStore(Store):
         return str(self.root)
 
     def _path(self, key: str) -> Path:
-        return self.root / key
+        """The file behind `key`, inside the store: a checked key, and no symlink on the way (a
+        symlink planted in the store could point reads and writes anywhere)."""
+        path = self.root
+        for part in check_key(key).split("/"):
+            path = path / part
+            if path.is_symlink():
+                raise ArtifactCorrupt(f"{key}: {path} in the store {self.root} is a symlink; not followed",
+                                      hint="Remove the symlink from the store; objects are plain files.")
+        return path
 
     def put_file(self, src: Path, key: str) -> None:
         with _local_io(f"writing {key}", self.root):
@@ -172,7 +221,7 @@ class LocalStore(Store):
         if not base.is_dir():
             return []
         return sorted(str(p.relative_to(self.root).as_posix()) for p in base.rglob("*")
-                      if p.is_file() and not p.name.startswith("."))
+                      if p.is_file() and not p.is_symlink() and not p.name.startswith("."))
 
     def dvc_remote(self) -> dict[str, str]:
         return {"url": str(self.root / DVC_PREFIX)}
@@ -247,6 +296,7 @@ class S3Store(Store):
         return self._client
 
     def _key(self, key: str) -> str:
+        check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -298,7 +348,7 @@ class S3Store(Store):
 
     def list(self, prefix: str) -> list[str]:
         full = self._key(prefix).rstrip("/") + "/"
-        strip = len(self._key(""))
+        strip = len(f"{self.prefix}/") if self.prefix else 0
         keys: list[str] = []
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full)
         for page in self._call(f"list {prefix}", list, pages):
@@ -470,8 +520,8 @@ def _claim_version(store: Store, model: str, version: str, text: str) -> None:
                 store.write_conditional(key, mine, None)
                 return
             try:
-                held = json.loads(got[0])
-            except ValueError:
+                held = parse_document(got[0], key, "publish claim")
+            except ArtifactCorrupt:
                 held = {}
             if held.get("sums") == text:
                 return
@@ -517,7 +567,7 @@ def fetch_bundle(store: Store, model: str, version: str, dest: str | os.PathLike
             if got != digest:
                 raise ArtifactCorrupt(f"{prefix}/{name}: sha256 {got[:12]}… does not match "
                                       f"SHA256SUMS {digest[:12]}…; nothing was replaced in {dest}")
-        card = json.loads((tmp / CARD).read_text()) if CARD in sums else {}
+        card = parse_document((tmp / CARD).read_bytes(), f"{prefix}/{CARD}", "model card") if CARD in sums else {}
         if (card.get("model"), card.get("version")) != (model, version):
             raise ArtifactCorrupt(f"{prefix}/{CARD} describes {card.get('model')} {card.get('version')}, "
                                   f"not {model} {version}; nothing was replaced in {dest}")

@@ -22,13 +22,15 @@ from edgedistill.store import (
     bundle_prefix,
     fetch_bundle,
     open_store,
+    parse_document,
+    safe_name,
 )
 
 ATTEMPTS = 5
 
 
 def channel_key(model: str, stage: str) -> str:
-    return f"releases/{model}/channels/{stage}.json"
+    return f"releases/{safe_name('model', model)}/channels/{safe_name('stage', stage)}.json"
 
 
 def assignment_counter(root: str | Path, model: str, stage: str) -> int:
@@ -42,7 +44,7 @@ def read_channel(store: Store, model: str, stage: str) -> tuple[dict[str, Any] |
     got = store.read_versioned(channel_key(model, stage))
     if got is None:
         return None, None
-    return json.loads(got[0]), got[1]
+    return parse_document(got[0], store.url(channel_key(model, stage)), "channel document"), got[1]
 
 
 def channel_document(store: Store, model: str, stage: str, version: str, commit: str, assignment: int,

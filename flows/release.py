@@ -5,7 +5,6 @@ bundle to the artifact store and register a GTO version in `staging` (or `prod` 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -51,6 +50,7 @@ from edgedistill.store import (
     dvc_push,
     fetch_bundle,
     open_store,
+    parse_document,
     parse_sums,
     publish_bundle,
 )
@@ -294,7 +294,8 @@ def register_release(root: Path, params: Params, decision: dict[str, Any]) -> di
         if bundle_exists(store, pp.model, version):
             # versions are immutable: reuse this commit's bundle (an earlier attempt that stopped
             # before tagging), refuse anything else
-            published = json.loads(store.read_text(f"{bundle_prefix(pp.model, version)}/{CARD}"))
+            published = parse_document(store.read_text(f"{bundle_prefix(pp.model, version)}/{CARD}"),
+                                       f"{bundle_prefix(pp.model, version)}/{CARD}", "model card")
             if published.get("lineage", {}).get("git_commit") != commit:
                 raise ArtifactCorrupt(
                     f"{store.describe()} already holds {pp.model} {version} from commit "

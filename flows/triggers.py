@@ -4,7 +4,6 @@ events that the `release-on-new-data` and `publish` deployments' triggers react 
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from edgedistill.errors import ReleaseNotFound
 from edgedistill.io import read_json, write_json
 from edgedistill.params import Params, load_params
 from edgedistill.registry import Registry
-from edgedistill.store import CARD, DVC_PREFIX, Store, bundle_prefix, open_store
+from edgedistill.store import CARD, DVC_PREFIX, Store, bundle_prefix, open_store, parse_document
 
 DATA_CHANGED = "edgedistill.data.changed"
 STAGE_ASSIGNED = "edgedistill.registry.stage-assigned"
@@ -42,7 +41,8 @@ def last_release_data(store: Store, reg: Registry, model: str) -> dict[str, Any]
         return {"version": None, "md5": None}
     v = versions[0]
     try:
-        card = json.loads(store.read_text(f"{bundle_prefix(model, v.version)}/{CARD}"))
+        card = parse_document(store.read_text(f"{bundle_prefix(model, v.version)}/{CARD}"),
+                              f"{bundle_prefix(model, v.version)}/{CARD}", "model card")
     except ReleaseNotFound:
         card = {}
     return {"version": v.version, "md5": ((card.get("lineage") or {}).get("data") or {}).get("md5")}

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from edgedistill.cli.main import SUMMARIES, _state, app, console, guarded, params
 from edgedistill.fmt import num
-from edgedistill.store import CARD
+from edgedistill.store import CARD, parse_document
 
 
 def _promote_summary(r: dict) -> None:
@@ -93,18 +93,22 @@ def fetch(
     from flows.registry_ops import fetch_release
 
     r = guarded(lambda: fetch_release(".", params(), to, stage=stage, version=version, repo=repo))
-    t = Table(title=f"{r['model']} {r['version']}" + (f" ({r['stage']})" if r["stage"] else "")
-              + f" from {r['store']}")
+    t = Table(title=escape(f"{r['model']} {r['version']}" + (f" ({r['stage']})" if r["stage"] else "")
+                           + f" from {r['store']}"))
     t.add_column("file")
     t.add_column("bytes", justify="right")
     t.add_column("sha256")
     for name, f in r["files"].items():
-        t.add_row(name, f"{f['bytes']:,}", f"{f['sha256'][:16]}… [green]verified[/]")
+        t.add_row(escape(name), f"{f['bytes']:,}", f"{escape(f['sha256'][:16])}… [green]verified[/]")
     console.print(t)
-    console.print(f"[green]✓[/] {r['dest']}")
+    console.print(f"[green]✓[/] {escape(str(r['dest']))}")
     card_path = Path(r["dest"]) / CARD
-    ships = (json.loads(card_path.read_text()).get("ships") if card_path.is_file() else None) or {}
-    console.print("ships: " + ("; ".join(f"{prof} → {s['file']} ({s['format'].upper()})" for prof, s in ships.items())
+    ships = (guarded(lambda: parse_document(card_path.read_bytes(), str(card_path), "model card")).get("ships")
+             if card_path.is_file() else None) or {}
+    ships = ships if isinstance(ships, dict) else {}
+    console.print("ships: " + ("; ".join(f"{escape(str(prof))} → {escape(str(s.get('file')))} "
+                                         f"({escape(str(s.get('format')).upper())})"
+                                         for prof, s in ships.items() if isinstance(s, dict))
                                or "student.int8.onnx on every profile (released before per-profile formats)"))
 
 
