@@ -32,6 +32,7 @@ from edgedistill.errors import (
     GateFailed,
     ParamsInvalid,
     ReleaseNotFound,
+    VerificationFailed,
 )
 from edgedistill.fmt import num
 from edgedistill.io import read_json, sha256_file, write_json
@@ -48,11 +49,18 @@ from edgedistill.store import (
     configure_dvc_remote,
     dvc_pull_missing,
     dvc_push,
-    fetch_bundle,
     open_store,
     parse_document,
     parse_sums,
     publish_bundle,
+    sums_text,
+)
+from edgedistill.trust import (
+    fetch_verified,
+    project_root_of_trust,
+    sign_release,
+    signing_repository,
+    store_files,
 )
 from tasks.promote import PROD_DIR, PROD_REFERENCE, PROMOTION, describe_failures
 
@@ -175,9 +183,10 @@ def write_prod_reference(root: Path, params: Params) -> dict[str, Any]:
     model, prod_dir = params.promote.model, root / PROD_DIR
     if ref["version"] is not None:
         try:
-            got = fetch_bundle(open_store(params.store, root), model, ref["version"], prod_dir)
-            ref["bundle"] = {name: f["sha256"] for name, f in sorted(got["files"].items())}
-        except ReleaseNotFound as e:
+            store = open_store(params.store, root)
+            got = fetch_verified(store, project_root_of_trust(store, root), model, ref["version"], prod_dir)
+            ref["bundle"] = {name: f["sha256"] for name, f in sorted(got["files"].items()) if name != SUMS}
+        except (ReleaseNotFound, VerificationFailed, ParamsInvalid) as e:
             get_run_logger().warning("prod %s %s: bundle not fetched (%s); the regression check falls back "
                                      "to the accuracy prod recorded", model, ref["version"], e)
             shutil.rmtree(prod_dir, ignore_errors=True)
@@ -301,8 +310,18 @@ def register_release(root: Path, params: Params, decision: dict[str, Any]) -> di
                     f"{store.describe()} already holds {pp.model} {version} from commit "
                     f"{str(published.get('lineage', {}).get('git_commit'))[:8]}, not {commit[:8]}",
                     hint="Another clone released this version: `git fetch --tags` and run again.")
+            signed = store_files(store, pp.model, version)
+            for name, rel in bundle_files(root).items():  # the models are this commit's, byte for byte
+                if signed.get(name) != (root / rel).read_bytes():
+                    raise ArtifactCorrupt(f"{store.describe()}/{bundle_prefix(pp.model, version)}/{name} is not "
+                                          f"this commit's {rel}; refusing to sign it",
+                                          hint="The store was changed; release a new version.")
         else:
             publish_bundle(store, pp.model, version, files)
+            signed = {name: path.read_bytes() for name, path in files.items()} | {SUMS: sums_text(files).encode()}
+        # signed after the upload, before the tag: a registered version is always a signed target
+        got = sign_release(signing_repository(store, root, log.warning), pp.model, version, signed)
+        log.info("signed %s %s (%d files): %s", pp.model, version, len(signed), ", ".join(got["wrote"]) or "already signed")
     tags: list[str] = []
     if existing:
         log.info("commit %s is already %s %s; nothing new to register", commit[:8], pp.model, version)

@@ -26,8 +26,8 @@ from edgedistill.store import (
     S3Store,
     configure_dvc_remote,
     open_store,
-    publish_bundle,
 )
+from edgedistill.trust import publish_signed, sign_channel, signing_repository
 from flows.publish import channel_key, publish_channel
 from flows.triggers import DATA_CHANGED, STAGE_ASSIGNED, check_data, check_stages
 
@@ -79,7 +79,7 @@ def release_v(root: Path, version: str, data_md5: str | None, stage: str | None 
     card = root / f".cand-{version}" / CARD
     card.write_text(json.dumps({"model": MODEL, "version": version, "lineage": {"data": {"md5": data_md5}}}
                                | ({"ships": ships} if ships is not None else {})))
-    publish_bundle(open_store(params.store, root), MODEL, version, {**files, CARD: card})
+    publish_signed(open_store(params.store, root), MODEL, version, {**files, CARD: card}, root)
     reg = Registry(root)
     reg.register(MODEL, version, "HEAD")
     if stage:
@@ -125,11 +125,19 @@ def test_publish_writes_channel_then_is_idempotent_and_refuses_stale(project):
     for f in doc["files"].values():  # the URLs are real: the bytes behind them have that SHA256
         assert sha256_file(Path(f["url"].removeprefix("file://"))) == f["sha256"]
     assert not publish_channel(project, params, "prod")["changed"]
-    # a newer assignment already published by someone else is never moved back
     key = channel_key(MODEL, "prod")
+    # a forged counter in the stored document (the attack: "assignment": 999 made publish leave
+    # a replayed channel alone for good) is not trusted: the signed entry is, and the document is rewritten
     data, etag = store.read_versioned(key)
-    newer = {**json.loads(data), "version": "v9.0.0", "assignment": 99}
-    store.write_conditional(key, json.dumps(newer).encode(), etag)
+    store.write_conditional(key, json.dumps({**json.loads(data), "version": "v9.0.0", "assignment": 999}).encode(),
+                            etag)
+    repaired = publish_channel(project, params, "prod")
+    assert repaired["changed"] and json.loads(store.read_versioned(key)[0])["version"] == "v0.1.0"
+    # a newer assignment signed by another publisher is never moved back
+    data, etag = store.read_versioned(key)
+    newer = (json.dumps({**json.loads(data), "version": "v9.0.0", "assignment": 99}) + "\n").encode()
+    store.write_conditional(key, newer, etag)
+    sign_channel(signing_repository(store, project), MODEL, "prod", newer, "v9.0.0", 99)
     stale = publish_channel(project, params, "prod")
     assert stale.get("stale") and json.loads(store.read_versioned(key)[0])["version"] == "v9.0.0"
 

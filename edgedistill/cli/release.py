@@ -88,18 +88,22 @@ def fetch(
     version: Annotated[str | None, typer.Option("--version", help="a version instead of a stage")] = None,
     to: Annotated[Path | None, typer.Option("--to", help="target directory (default deploy/<model>-<stage>)")] = None,
     repo: Annotated[str | None, typer.Option(help="git repo holding the registry tags (default: here)")] = None,
+    root: Annotated[Path | None, typer.Option("--root", help="pinned root.json to verify with (default "
+                                              "$EDGEDISTILL_ROOT, else the keys folder's root.json)")] = None,
 ) -> None:
-    """Download a release bundle from the store, verify every SHA256, replace the target atomically."""
+    """Download a release bundle from the store, verify it against its signed metadata (signatures,
+    expiry, each file's length and SHA-256), replace the target atomically."""
     from flows.registry_ops import fetch_release
 
-    r = guarded(lambda: fetch_release(".", params(), to, stage=stage, version=version, repo=repo))
+    r = guarded(lambda: fetch_release(".", params(), to, stage=stage, version=version, repo=repo,
+                                      trusted_root=root))
     t = Table(title=escape(f"{r['model']} {r['version']}" + (f" ({r['stage']})" if r["stage"] else "")
                            + f" from {r['store']}"))
     t.add_column("file")
     t.add_column("bytes", justify="right")
     t.add_column("sha256")
     for name, f in r["files"].items():
-        t.add_row(escape(name), f"{f['bytes']:,}", f"{escape(f['sha256'][:16])}… [green]verified[/]")
+        t.add_row(escape(name), f"{f['bytes']:,}", f"{escape(f['sha256'][:16])}… [green]verified (signed)[/]")
     console.print(t)
     console.print(f"[green]✓[/] {escape(str(r['dest']))}")
     card_path = Path(r["dest"]) / CARD

@@ -1,0 +1,328 @@
+"""The attack suite: a real local store signed with TUF metadata, a real device client (edgedistill-device)
+and an injectable clock. Each attack from issue 28 is refused with a message naming the failed check,
+and the device keeps the model it had; a legitimate rollback (a new, higher assignment pointing at
+old content) and a root rotation still go through."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from conftest import tree_hashes
+from release_fixtures import write_candidate
+
+from edgedistill.device import update
+from edgedistill.errors import ParamsInvalid, VerificationFailed
+from edgedistill.store import CARD, SUMS, LocalStore, publish_bundle, sums_text
+from edgedistill.trust import (
+    META,
+    SignedRepository,
+    channel_target,
+    fetch_verified,
+    load_keys,
+    now_utc,
+    publish_signed,
+    sign_channel,
+    signing_repository,
+)
+
+MODEL = "student"
+DEVICE = str(Path(sys.executable).with_name("edgedistill-device"))
+
+
+def bundle(src: Path, version: str, seed: int) -> dict[str, Path]:
+    files = write_candidate(src, seed=seed)
+    card = src / CARD
+    card.write_text(json.dumps({"model": MODEL, "version": version, "seed": seed}))
+    return {**files, CARD: card}
+
+
+def set_channel(store: LocalStore, version: str, assignment: int) -> bytes:
+    """What `publish` does for a stage: the channel document, then its signed entry."""
+    doc = (json.dumps({"model": MODEL, "stage": "prod", "version": version, "assignment": assignment}) + "\n").encode()
+    key = f"releases/{channel_target(MODEL, 'prod')}"
+    got = store.read_versioned(key)
+    store.write_conditional(key, doc, got[1] if got else None)
+    sign_channel(signing_repository(store), MODEL, "prod", doc, version, assignment)
+    return doc
+
+
+@pytest.fixture(scope="module")
+def signed_base(tmp_path_factory):
+    """Two signed versions (v0.1.0, v0.2.0: different models) in a local store, prod at v0.1.0
+    (assignment 1); the keys beside the store, as a first release leaves them."""
+    base = tmp_path_factory.mktemp("signed")
+    store = LocalStore(base / "store")
+    for version, seed in (("v0.1.0", 0), ("v0.2.0", 1)):
+        publish_signed(store, MODEL, version, bundle(base / f"src-{version}", version, seed))
+    set_channel(store, "v0.1.0", 1)
+    return base
+
+
+@pytest.fixture
+def env(signed_base, tmp_path, monkeypatch):
+    for k in ("EDGEDISTILL_KEYS", "EDGEDISTILL_ROOT", "EDGEDISTILL_TARGETS_KEY", "EDGEDISTILL_SNAPSHOT_KEY",
+              "EDGEDISTILL_TIMESTAMP_KEY", "EDGEDISTILL_ROOT_KEY"):
+        monkeypatch.delenv(k, raising=False)
+    for name in ("store", "edgedistill-keys"):
+        shutil.copytree(signed_base / name, tmp_path / name, symlinks=True)
+    (tmp_path / "provisioned").mkdir()
+    root = tmp_path / "provisioned" / "root.json"  # pinned at provisioning: the root as it was then
+    shutil.copy(tmp_path / "edgedistill-keys" / "root.json", root)
+    store = LocalStore(tmp_path / "store")
+    model_dir = tmp_path / "device" / "model"
+
+    def run(**kw):
+        return update(store, MODEL, "prod", root, model_dir, **kw)
+
+    return {"store": store, "root": root, "dir": model_dir, "run": run, "base": tmp_path,
+            "rel": tmp_path / "store" / "releases" / MODEL}
+
+
+def refused(env, check: str, **kw) -> str:
+    """The update is refused naming `check`, and the device keeps exactly what it had."""
+    before = tree_hashes(env["dir"]) if env["dir"].exists() else None
+    with pytest.raises(VerificationFailed, match=check) as e:
+        env["run"](**kw)
+    assert (tree_hashes(env["dir"]) if env["dir"].exists() else None) == before
+    return str(e.value)
+
+
+def installed(env) -> dict:
+    return json.loads((env["dir"].parent / "model.device" / "installed.json").read_text())
+
+
+def test_follows_the_channel_and_installs_atomically(env):
+    r = env["run"]()
+    assert r["changed"] and r["version"] == "v0.1.0" and r["assignment"] == 1
+    assert json.loads((env["dir"] / CARD).read_text())["version"] == "v0.1.0"
+    assert not env["run"]()["changed"]  # up to date
+    set_channel(env["store"], "v0.2.0", 2)
+    r = env["run"]()
+    assert r["changed"] and r["version"] == "v0.2.0" and r["previous"] == "v0.1.0"
+    assert (env["dir"] / "student.onnx").read_bytes() == (env["rel"] / "v0.2.0" / "student.onnx").read_bytes()
+    assert sorted(p.name for p in env["dir"].parent.iterdir()) == ["model", "model.device"]  # nothing half-written
+
+
+def test_legit_rollback_is_a_new_higher_assignment_pointing_at_old_content(env):
+    set_channel(env["store"], "v0.2.0", 2)
+    env["run"]()
+    set_channel(env["store"], "v0.1.0", 3)
+    r = env["run"]()
+    assert r["changed"] and r["version"] == "v0.1.0" and installed(env)["assignment"] == 3
+
+
+def test_file_swap_with_rewritten_hashes_is_refused(env):
+    """The issue's swap: another model under v0.2.0 with its SHA256SUMS and card rewritten to match."""
+    env["run"]()
+    set_channel(env["store"], "v0.2.0", 2)
+    v2 = env["rel"] / "v0.2.0"
+    (v2 / "student.int8.onnx").write_bytes((env["rel"] / "v0.1.0" / "student.int8.onnx").read_bytes())
+    files = {n: v2 / n for n in ("student.onnx", "student.int8.onnx", CARD)}
+    (v2 / SUMS).write_text(sums_text(files))
+    msg = refused(env, "length/sha256 check failed")
+    assert "v0.2.0/student.int8.onnx" in msg or "v0.2.0/SHA256SUMS" in msg
+    assert installed(env)["version"] == "v0.1.0"
+
+
+def test_edited_card_is_refused(env):
+    set_channel(env["store"], "v0.2.0", 2)
+    card = env["rel"] / "v0.2.0" / CARD
+    card.write_text(card.read_text().replace('"seed": 1', '"seed": 7'))
+    assert "model_card.json" in refused(env, "length/sha256 check failed")
+
+
+def test_edited_metadata_is_refused(env):
+    meta = env["base"] / "store" / META
+    ts = json.loads((meta / "timestamp.json").read_text())
+    ts["signed"]["expires"] = "2099-01-01T00:00:00Z"  # an attacker extends the freshness window
+    (meta / "timestamp.json").write_text(json.dumps(ts))
+    refused(env, "signature check failed")
+
+
+def test_edited_targets_metadata_is_refused(env):
+    meta = env["base"] / "store" / META
+    n = max(int(p.name.split(".")[0]) for p in meta.glob("*.targets.json"))
+    t = json.loads((meta / f"{n}.targets.json").read_text())
+    path = f"{MODEL}/v0.1.0/student.int8.onnx"
+    t["signed"]["targets"][path]["hashes"]["sha256"] = "0" * 64
+    (meta / f"{n}.targets.json").write_text(json.dumps(t))
+    refused(env, "length/sha256 check failed|signature check failed")
+
+
+def test_replayed_older_channel_and_forged_counter_are_refused(env):
+    old = (env["rel"] / "channels" / "prod.json").read_bytes()
+    set_channel(env["store"], "v0.2.0", 2)
+    env["run"]()
+    (env["rel"] / "channels" / "prod.json").write_bytes(old)  # replay the v0.1.0 document
+    assert "channels/prod.json" in refused(env, "length/sha256 check failed")
+    forged = json.loads(old) | {"assignment": 999}
+    (env["rel"] / "channels" / "prod.json").write_text(json.dumps(forged) + "\n")
+    refused(env, "length/sha256 check failed")
+    assert installed(env)["version"] == "v0.2.0"
+
+
+def test_replayed_older_metadata_is_refused(env):
+    """The whole signed state of an older release served again (a frozen or rolled-back mirror)."""
+    meta = env["base"] / "store" / META
+    old = {p.name: p.read_bytes() for p in meta.iterdir()}
+    set_channel(env["store"], "v0.2.0", 2)
+    env["run"]()
+    for name, data in old.items():
+        (meta / name).write_bytes(data)
+    (env["rel"] / "channels" / "prod.json").write_text(json.dumps({"version": "v0.1.0", "assignment": 1}))
+    refused(env, r"version \(rollback\) check failed")
+
+
+def test_lower_assignment_is_refused_even_without_tuf_state(env):
+    """The device's own record: with TUF's trusted metadata lost, an older (validly signed) state is
+    still not installed over a newer one."""
+    meta = env["base"] / "store" / META
+    old_meta = {p.name: p.read_bytes() for p in meta.iterdir()}
+    old_channel = (env["rel"] / "channels" / "prod.json").read_bytes()
+    set_channel(env["store"], "v0.2.0", 2)
+    env["run"]()
+    shutil.rmtree(env["dir"].parent / "model.device" / "tuf")
+    for p in meta.iterdir():
+        p.unlink()
+    for name, data in old_meta.items():
+        (meta / name).write_bytes(data)
+    (env["rel"] / "channels" / "prod.json").write_bytes(old_channel)
+    msg = refused(env, "rollback check failed")
+    assert "assignment 1" in msg and "installed assignment 2" in msg
+
+
+def test_old_files_copied_under_a_newer_version_are_refused(env):
+    v1, v2 = env["rel"] / "v0.1.0", env["rel"] / "v0.2.0"
+    for name in ("student.onnx", "student.int8.onnx"):
+        shutil.copy(v1 / name, v2 / name)
+    (v2 / CARD).write_text(json.dumps({"model": MODEL, "version": "v0.2.0", "seed": 0}))
+    (v2 / SUMS).write_text(sums_text({n: v2 / n for n in ("student.onnx", "student.int8.onnx", CARD)}))
+    set_channel(env["store"], "v0.2.0", 2)
+    refused(env, "length/sha256 check failed")
+
+
+def test_mix_and_match_of_two_states_is_refused(env):
+    """Targets of one state served under the version name of another (consistent snapshots pin each)."""
+    meta = env["base"] / "store" / META
+    set_channel(env["store"], "v0.2.0", 2)
+    n = max(int(p.name.split(".")[0]) for p in meta.glob("*.targets.json"))
+    shutil.copy(meta / f"{n - 1}.targets.json", meta / f"{n}.targets.json")
+    refused(env, r"length/sha256 check failed|version \(rollback\) check failed")
+
+
+def test_metadata_past_expiry_is_refused_and_renewal_fixes_it(env):
+    env["run"]()
+    msg = refused(env, "expiry check failed", now=now_utc() + timedelta(days=8))
+    assert "timestamp" in msg
+    # the watcher / publish renew the timestamp once it is in the second half of its 7 days
+    later = now_utc() + timedelta(days=4)
+    repo = SignedRepository(env["store"], load_keys(env["store"]), now=lambda: later)
+    before = json.loads((env["base"] / "store" / META / "timestamp.json").read_text())["signed"]["version"]
+    assert SignedRepository(env["store"], load_keys(env["store"])).commit()["wrote"] == []  # not due yet
+    assert repo.commit()["wrote"] == [f"timestamp v{before + 1}"]  # only the timestamp: one online key
+    assert not env["run"](now=now_utc() + timedelta(days=8))["changed"]
+
+
+def test_metadata_signed_with_a_wrong_key_is_refused(env):
+    from securesystemslib.signer import CryptoSigner
+    from tuf.api.metadata import Metadata
+
+    meta = env["base"] / "store" / META
+    ts = Metadata.from_bytes((meta / "timestamp.json").read_bytes())
+    ts.signed.version += 1
+    ts.sign(CryptoSigner.generate_ed25519())  # the attacker's own key
+    (meta / "timestamp.json").write_bytes(ts.to_bytes())
+    refused(env, "signature check failed")
+
+
+def test_root_rotation_is_followed_and_rotated_out_keys_are_refused(env):
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+    from securesystemslib.signer import CryptoSigner
+    from tuf.api.metadata import Metadata
+
+    env["run"]()
+    keys = env["base"] / "edgedistill-keys"
+    old_ts = CryptoSigner(load_pem_private_key((keys / "timestamp.pem").read_bytes(), None))
+    repo = signing_repository(env["store"])
+    got = repo.rotate(root_too=True)
+    assert got["root_version"] == 2 and (keys / "retired").is_dir()
+    set_channel(env["store"], "v0.2.0", 2)
+    r = env["run"]()  # pinned to root v1: walks to v2 and verifies with the new keys
+    assert r["changed"] and r["version"] == "v0.2.0"
+    cached = env["dir"].parent / "model.device" / "tuf" / "root_history"
+    assert (cached / "2.root.json").is_file()
+    # a timestamp signed with the rotated-out key
+    meta = env["base"] / "store" / META
+    ts = Metadata.from_bytes((meta / "timestamp.json").read_bytes())
+    ts.signed.version += 1
+    ts.sign(old_ts)
+    (meta / "timestamp.json").write_bytes(ts.to_bytes())
+    refused(env, "signature check failed")
+    # and the signer itself refuses a rotated-out key at hand
+    (keys / "targets.pem").write_bytes(old_ts.private_bytes)
+    with pytest.raises(VerificationFailed, match="key check failed"):
+        load_keys(env["store"]).signer("targets")
+
+
+def test_unsigned_release_is_refused_by_name(env, tmp_path):
+    publish_bundle(env["store"], MODEL, "v0.3.0", bundle(tmp_path / "src3", "v0.3.0", 2))
+    with pytest.raises(VerificationFailed, match="signed-target check failed: student v0.3.0 is not a signed release"):
+        fetch_verified(env["store"], env["root"].read_bytes(), MODEL, "v0.3.0", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_version_is_signed_once(env, tmp_path):
+    from edgedistill.errors import ArtifactCorrupt
+    from edgedistill.trust import sign_release
+
+    with pytest.raises(ArtifactCorrupt, match="already signed with other files"):
+        sign_release(signing_repository(env["store"]), MODEL, "v0.1.0", {"student.onnx": b"other"})
+
+
+@pytest.mark.parametrize("bad", ["../../channels/prod", "..", "a/b", ".x"])
+def test_traversal_in_every_name_is_refused(env, bad):
+    for kw in ({"model": bad}, {"channel": bad}):
+        args = {"model": MODEL, "channel": "prod", **kw}
+        with pytest.raises(ParamsInvalid, match="not a safe name"):
+            update(env["store"], args["model"], args["channel"], env["root"], env["dir"])
+    with pytest.raises(ParamsInvalid, match="not a safe name"):
+        fetch_verified(env["store"], env["root"].read_bytes(), MODEL, bad, env["base"] / "out")
+    with pytest.raises(ParamsInvalid, match="not a safe name"):
+        sign_channel(signing_repository(env["store"]), MODEL, bad, b"{}", "v0.1.0", 1)
+    assert not env["dir"].exists()
+
+
+def test_keys_never_in_the_store(env, monkeypatch):
+    monkeypatch.setenv("EDGEDISTILL_KEYS", str(env["base"] / "store" / "keys"))
+    with pytest.raises(ParamsInvalid, match="inside the artifact store"):
+        signing_repository(env["store"])
+    assert not any("pem" in p.name for p in (env["base"] / "store").rglob("*"))
+
+
+def test_device_command_from_an_empty_directory(env, tmp_path):
+    """The console script, run where there is no project: one line per outcome, exit 0 / 1 / 2."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cmd = [DEVICE, "update", "--store", env["store"].root.as_uri(), "--channel", "prod",
+           "--root", str(env["root"]), "--to", str(empty / "model")]
+    ok = subprocess.run(cmd, cwd=empty, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("installed student v0.1.0 (channel prod, assignment 1)")
+    card = env["rel"] / "v0.1.0" / CARD
+    card.write_text(card.read_text() + " ")
+    set_channel(env["store"], "v0.1.0", 2)
+    bad = subprocess.run(cmd, cwd=empty, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and bad.stdout == ""
+    assert bad.stderr.startswith("refused: length/sha256 check failed") and len(bad.stderr.splitlines()) == 1
+    assert "Traceback" not in bad.stderr
+    trav = subprocess.run([*cmd[:5], "../../x", *cmd[6:]], cwd=empty, capture_output=True, text=True, timeout=120)
+    assert trav.returncode == 2 and "stage '../../x' is not a safe name" in trav.stderr
+    assert "Traceback" not in trav.stderr
+    st = subprocess.run([DEVICE, "status", "--to", str(empty / "model")], capture_output=True, text=True, timeout=60)
+    assert json.loads(st.stdout)["version"] == "v0.1.0"
