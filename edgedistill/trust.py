@@ -561,7 +561,8 @@ def download_version(client: Client, model: str, version: str, dest: str | os.Pa
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {"dest": str(dest), "signed_targets_version": client.updater._trusted_set.targets.version,
-            "files": {n: {"sha256": t.hashes["sha256"], "bytes": t.length} for n, t in sorted(files.items())}}
+            "files": {n: {"sha256": t.hashes["sha256"], "bytes": t.length} for n, t in sorted(files.items())
+                      if n != SUMS}}  # SHA256SUMS is verified too; listed as before, the files it names
 
 
 def fetch_verified(store: Store, keys_root: bytes, model: str, version: str, dest: str | os.PathLike[str],
