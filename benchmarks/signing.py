@@ -18,7 +18,12 @@ import time
 from pathlib import Path
 
 from edgedistill.store import LocalStore, fetch_bundle, publish_bundle
-from edgedistill.trust import fetch_verified, project_root_of_trust, publish_signed, signing_repository
+from edgedistill.trust import (
+    fetch_verified,
+    project_root_of_trust,
+    publish_signed,
+    signing_repository,
+)
 
 
 def bundle(folder: Path, version: str) -> dict[str, Path]:

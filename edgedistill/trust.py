@@ -552,6 +552,9 @@ def download_version(client: Client, model: str, version: str, dest: str | os.Pa
             client.download(f"{model}/{version}/{safe_name('file', name)}", tmp / name)
         card = parse_document((tmp / CARD).read_bytes(), f"{model}/{version}/{CARD}", "model card") \
             if CARD in files else {}
+        if PROVENANCE in files:  # signed provenance: its subjects are exactly these files
+            check_provenance((tmp / PROVENANCE).read_bytes(), client.updater._trusted_set.root,
+                             {n: t.hashes["sha256"] for n, t in files.items()}, f"{model}/{version}/{PROVENANCE}")
         if (card.get("model"), card.get("version")) != (model, version):
             raise VerificationFailed(f"card check failed: {model}/{version}/{CARD} describes {card.get('model')} "
                                      f"{card.get('version')}, not {model} {version}")
@@ -612,3 +615,95 @@ def publish_signed(store: Store, model: str, version: str, files: dict[str, Path
     publish_bundle(store, model, version, files)
     data = {name: Path(p).read_bytes() for name, p in files.items()} | {SUMS: sums_text(files).encode()}
     return sign_release(signing_repository(store, project_root, log), model, version, data)
+
+
+# ---------------------------------------------------------------- provenance (in-toto / SLSA, DSSE-signed)
+
+PROVENANCE = "provenance.json"
+STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
+PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
+PAYLOAD_TYPE = "application/vnd.in-toto+json"
+BUILD_TYPE = "https://github.com/edgedistill/edgedistill/release@v1"
+
+
+def provenance_statement(model: str, version: str, files: dict[str, bytes], commit: str, data: dict[str, Any],
+                         params_sha256: str, lock_sha256: str | None) -> dict[str, Any]:
+    """An in-toto Statement (SLSA provenance predicate) linking what was built from — the code commit,
+    the data version (DVC md5), params.yaml and requirements.lock — to each shipped file's SHA-256."""
+    import hashlib
+
+    return {
+        "_type": STATEMENT_TYPE,
+        "subject": [{"name": name, "digest": {"sha256": hashlib.sha256(data_).hexdigest()}}
+                    for name, data_ in sorted(files.items()) if name not in (PROVENANCE, SUMS)],
+        "predicateType": PREDICATE_TYPE,
+        "predicate": {
+            "buildDefinition": {
+                "buildType": BUILD_TYPE,
+                "externalParameters": {"model": model, "version": version,
+                                       "params": {"path": "params.yaml", "sha256": params_sha256}},
+                "resolvedDependencies": [
+                    {"uri": "git+project", "digest": {"gitCommit": commit}},
+                    {"uri": f"dvc:{data.get('path')}", "digest": {"md5": data.get("md5")}},
+                    {"uri": "requirements.lock", "digest": {"sha256": lock_sha256}},
+                ],
+            },
+            "runDetails": {"builder": {"id": "edgedistill release flow"},
+                           "metadata": {"invocationId": f"{model}@{version}", "startedOn": now_utc().isoformat()}},
+        },
+    }
+
+
+def sign_provenance(statement: dict[str, Any], signer: Any) -> bytes:
+    """The statement in a DSSE envelope signed with the targets key (the key that signs the release)."""
+    import json
+
+    from securesystemslib.dsse import Envelope
+
+    env = Envelope(json.dumps(statement, sort_keys=True).encode(), PAYLOAD_TYPE, {})
+    env.sign(signer)
+    return (json.dumps(env.to_dict(), indent=2) + "\n").encode()
+
+
+def check_provenance(envelope: bytes, root: Any, digests: dict[str, str], where: str) -> dict[str, Any]:
+    """Verify the envelope with the targets key(s) of the trusted root and that its subjects are exactly
+    the files at hand (name and SHA-256); returns the statement."""
+    import json
+
+    from securesystemslib.dsse import Envelope
+
+    try:
+        env = Envelope.from_dict(json.loads(envelope))
+        role = root.roles["targets"]
+        env.verify([root.keys[k] for k in role.keyids], role.threshold)
+        statement = json.loads(env.payload)
+    except Exception as e:  # noqa: BLE001 - any failure is the same refusal
+        raise VerificationFailed(f"provenance check failed: {where} is not a statement signed by the targets "
+                                 f"key ({type(e).__name__}: {str(e)[:120]})") from None
+    if statement.get("_type") != STATEMENT_TYPE or statement.get("predicateType") != PREDICATE_TYPE:
+        raise VerificationFailed(f"provenance check failed: {where} is not an in-toto SLSA provenance statement")
+    subjects = {s.get("name"): (s.get("digest") or {}).get("sha256") for s in statement.get("subject") or []}
+    want = {n: d for n, d in digests.items() if n not in (PROVENANCE, SUMS)}
+    if subjects != want:
+        bad = sorted(n for n in set(subjects) | set(want) if subjects.get(n) != want.get(n))
+        raise VerificationFailed(f"provenance check failed: {where} does not name the shipped files' digests "
+                                 f"({', '.join(bad)})")
+    return statement
+
+
+def provenance_facts(statement: dict[str, Any]) -> dict[str, Any]:
+    """commit, data md5, params sha256, lock sha256 as the statement records them."""
+    bd = statement["predicate"]["buildDefinition"]
+    deps = {d["uri"]: d["digest"] for d in bd["resolvedDependencies"]}
+    data = next((v for k, v in deps.items() if k.startswith("dvc:")), {})
+    return {"commit": deps.get("git+project", {}).get("gitCommit"), "data_md5": data.get("md5"),
+            "params_sha256": bd["externalParameters"]["params"]["sha256"],
+            "lock_sha256": deps.get("requirements.lock", {}).get("sha256")}
+
+
+def read_statement(envelope: bytes) -> dict[str, Any]:
+    """The statement inside a DSSE envelope already verified (download_version checks it)."""
+    import base64
+    import json
+
+    return json.loads(base64.b64decode(json.loads(envelope)["payload"]))

@@ -56,8 +56,11 @@ from edgedistill.store import (
     sums_text,
 )
 from edgedistill.trust import (
+    PROVENANCE,
     fetch_verified,
     project_root_of_trust,
+    provenance_statement,
+    sign_provenance,
     sign_release,
     signing_repository,
     store_files,
@@ -300,6 +303,15 @@ def register_release(root: Path, params: Params, decision: dict[str, Any]) -> di
         card = model_card(root, params, version, commit, decision, files, data)
         write_json(Path(tmp) / CARD, card)
         files[CARD] = Path(tmp) / CARD
+        signer = signing_repository(store, root, log.warning)
+        # signed provenance: commit, data md5, params and lock hashes -> each shipped file's SHA-256
+        lock = root / "requirements.lock"
+        statement = provenance_statement(
+            pp.model, version, {name: path.read_bytes() for name, path in files.items()}, commit, data,
+            sha256_file(root / "params.yaml") if (root / "params.yaml").is_file() else None,
+            sha256_file(lock) if lock.is_file() else None)
+        (Path(tmp) / PROVENANCE).write_bytes(sign_provenance(statement, signer.keys.signer("targets")))
+        files[PROVENANCE] = Path(tmp) / PROVENANCE
         if bundle_exists(store, pp.model, version):
             # versions are immutable: reuse this commit's bundle (an earlier attempt that stopped
             # before tagging), refuse anything else
@@ -320,7 +332,7 @@ def register_release(root: Path, params: Params, decision: dict[str, Any]) -> di
             publish_bundle(store, pp.model, version, files)
             signed = {name: path.read_bytes() for name, path in files.items()} | {SUMS: sums_text(files).encode()}
         # signed after the upload, before the tag: a registered version is always a signed target
-        got = sign_release(signing_repository(store, root, log.warning), pp.model, version, signed)
+        got = sign_release(signer, pp.model, version, signed)
         log.info("signed %s %s (%d files): %s", pp.model, version, len(signed), ", ".join(got["wrote"]) or "already signed")
     tags: list[str] = []
     if existing:

@@ -326,3 +326,51 @@ def test_device_command_from_an_empty_directory(env, tmp_path):
     assert "Traceback" not in trav.stderr
     st = subprocess.run([DEVICE, "status", "--to", str(empty / "model")], capture_output=True, text=True, timeout=60)
     assert json.loads(st.stdout)["version"] == "v0.1.0"
+
+
+def _provenance_release(env, tmp_path, version: str, tamper=None) -> dict:
+    from edgedistill.trust import PROVENANCE, provenance_statement, sign_provenance
+
+    src = tmp_path / version
+    src.mkdir()
+    (src / "student.int8.onnx").write_bytes(b"int8 model " + version.encode())
+    (src / CARD).write_text(json.dumps({"model": MODEL, "version": version}))
+    files = {n: src / n for n in ("student.int8.onnx", CARD)}
+    statement = provenance_statement(MODEL, version, {n: p.read_bytes() for n, p in files.items()}, "c0ffee" * 6 + "abcd",
+                                     {"path": "data/raw/readings.parquet", "md5": "d" * 32}, "p" * 64, "l" * 64)
+    if tamper:
+        tamper(statement)
+    repo = signing_repository(env["store"])
+    (src / PROVENANCE).write_bytes(sign_provenance(statement, repo.keys.signer("targets")))
+    publish_signed(env["store"], MODEL, version, {**files, PROVENANCE: src / PROVENANCE})
+    return statement
+
+
+def test_signed_provenance_is_checked_on_fetch(env, tmp_path):
+    from edgedistill.trust import PROVENANCE, provenance_facts, read_statement
+
+    _provenance_release(env, tmp_path, "v0.4.0")
+    got = fetch_verified(env["store"], env["root"].read_bytes(), MODEL, "v0.4.0", tmp_path / "out")
+    facts = provenance_facts(read_statement((Path(got["dest"]) / PROVENANCE).read_bytes()))
+    assert facts == {"commit": "c0ffee" * 6 + "abcd", "data_md5": "d" * 32, "params_sha256": "p" * 64,
+                     "lock_sha256": "l" * 64}
+    # a statement (validly signed) that names other digests than the files shipped is refused
+    _provenance_release(env, tmp_path, "v0.5.0", tamper=lambda s: s["subject"][0]["digest"].update(sha256="0" * 64))
+    with pytest.raises(VerificationFailed, match="provenance check failed: .* does not name the shipped files"):
+        fetch_verified(env["store"], env["root"].read_bytes(), MODEL, "v0.5.0", tmp_path / "out5")
+    assert not (tmp_path / "out5").exists()
+
+
+def test_provenance_signed_by_another_key_is_refused(env, tmp_path):
+    from securesystemslib.signer import CryptoSigner
+
+    from edgedistill.trust import PROVENANCE, provenance_statement, sign_provenance
+
+    src = tmp_path / "v0.6.0"
+    src.mkdir()
+    (src / CARD).write_text(json.dumps({"model": MODEL, "version": "v0.6.0"}))
+    st = provenance_statement(MODEL, "v0.6.0", {CARD: (src / CARD).read_bytes()}, "a" * 40, {}, "p", "l")
+    (src / PROVENANCE).write_bytes(sign_provenance(st, CryptoSigner.generate_ed25519()))
+    publish_signed(env["store"], MODEL, "v0.6.0", {CARD: src / CARD, PROVENANCE: src / PROVENANCE})
+    with pytest.raises(VerificationFailed, match="provenance check failed: .* not a statement signed by the targets key"):
+        fetch_verified(env["store"], env["root"].read_bytes(), MODEL, "v0.6.0", tmp_path / "out")

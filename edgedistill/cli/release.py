@@ -158,6 +158,15 @@ def reproduce(
     for e in r.get("environment") or []:
         console.print(f"[yellow]environment differs:[/] {escape(e['what'])} {e['released'] or '—'} at release, "
                       f"{e['current'] or '—'} now" + (f" ({escape(e['note'])})" if e.get("note") else ""))
+    prov = r.get("provenance") or {}
+    if prov.get("verdict") == "verified":
+        f = prov["facts"]
+        console.print(f"[green]provenance verified:[/] signed statement links commit {f['commit'][:8]}, data md5 "
+                      f"{str(f['data_md5'])[:8]}, params {str(f['params_sha256'])[:8]}, lock "
+                      f"{str(f['lock_sha256'])[:8]} to the shipped files' digests")
+    elif prov:
+        console.print(f"[{'bold red' if prov.get('verdict') == 'differs' else 'yellow'}]provenance "
+                      f"{escape(str(prov.get('verdict')))}[/]")
     t = r["tally"]
     console.print(f"[{colour[r['verdict']]}]{r['verdict']}[/]: {t['same']} match, {t['within']} within tolerance, "
                   f"{t['differs']} differ, {t['expected']} run-to-run figure(s) not judged; report {r['report']}")
