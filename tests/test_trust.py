@@ -374,3 +374,79 @@ def test_provenance_signed_by_another_key_is_refused(env, tmp_path):
     publish_signed(env["store"], MODEL, "v0.6.0", {CARD: src / CARD, PROVENANCE: src / PROVENANCE})
     with pytest.raises(VerificationFailed, match="provenance check failed: .* not a statement signed by the targets key"):
         fetch_verified(env["store"], env["root"].read_bytes(), MODEL, "v0.6.0", tmp_path / "out")
+
+
+def test_adopt_signs_a_pre_signing_release_only_after_checking_it_against_git(env, tmp_path, monkeypatch):
+    """A version released before signing existed: refused by name, then `keys adopt` signs it once its
+    models match the md5s dvc.lock records at its commit (git, which the store cannot rewrite)."""
+    import hashlib
+
+    import yaml
+    from conftest import REPO
+    from release_fixtures import git_init, sh
+    from typer.testing import CliRunner
+
+    from edgedistill.cli import app
+    from edgedistill.registry import Registry
+
+    proj = tmp_path / "proj"
+    (proj / "models").mkdir(parents=True)
+    git_init(proj)
+    files = bundle(tmp_path / "old", "v0.7.0", seed=3)
+    lock = {"schema": "2.0", "stages": {"export": {"cmd": "x", "outs": [
+        {"path": f"models/{n}", "md5": hashlib.md5(files[n].read_bytes()).hexdigest(), "size": 1}
+        for n in ("student.onnx", "student.int8.onnx")]}}}
+    (proj / "dvc.lock").write_text(yaml.safe_dump(lock))
+    (proj / "params.yaml").write_text((REPO / "params.yaml").read_text().replace(
+        "local: ../edgedistill-store", f"local: {env['store'].root}"))
+    shutil.copy(REPO / ".gto", proj / ".gto")
+    sh(["git", "add", "-A"], proj)
+    sh(["git", "commit", "-qm", "release"], proj)
+    commit = sh(["git", "rev-parse", "HEAD"], proj).stdout.strip()
+    Registry(proj).register(MODEL, "v0.7.0", commit)
+    files[CARD].write_text(json.dumps({"model": MODEL, "version": "v0.7.0", "lineage": {"git_commit": commit}}))
+    v = env["rel"] / "v0.7.0"
+    publish_bundle(env["store"], MODEL, "v0.7.0", files)  # unsigned, as before signing existed
+    with pytest.raises(VerificationFailed, match="v0.7.0 is not a signed release"):
+        fetch_verified(env["store"], env["root"].read_bytes(), MODEL, "v0.7.0", tmp_path / "out")
+    good = (v / "student.int8.onnx").read_bytes()
+    (v / "student.int8.onnx").write_bytes((env["rel"] / "v0.1.0" / "student.int8.onnx").read_bytes())
+    runner = CliRunner()
+    monkeypatch.chdir(proj)
+    bad = runner.invoke(app, ["keys", "adopt", "v0.7.0"], catch_exceptions=False, env={"COLUMNS": "200"})
+    assert bad.exit_code == 2 and "provenance check failed" in bad.output and "dvc.lock" in bad.output
+    (v / "student.int8.onnx").write_bytes(good)
+    ok = runner.invoke(app, ["keys", "adopt", "v0.7.0"], catch_exceptions=False, env={"COLUMNS": "200"})
+    shown = runner.invoke(app, ["keys", "show"], catch_exceptions=False, env={"COLUMNS": "200"})
+    assert ok.exit_code == 0 and "signed student v0.7.0" in ok.output, ok.output
+    assert "timestamp v" in shown.output and "signed targets" in shown.output
+    got = fetch_verified(env["store"], env["root"].read_bytes(), MODEL, "v0.7.0", tmp_path / "out")
+    assert (Path(got["dest"]) / "student.int8.onnx").read_bytes() == good
+    rot = runner.invoke(app, ["keys", "rotate", "--root"], catch_exceptions=False, env={"COLUMNS": "200"})
+    assert rot.exit_code == 0 and "root v2" in rot.output, rot.output
+    again = fetch_verified(env["store"], env["root"].read_bytes(), MODEL, "v0.7.0", tmp_path / "out")  # pinned v1
+    assert again["files"] == got["files"]
+    renew = runner.invoke(app, ["keys", "renew"], catch_exceptions=False, env={"COLUMNS": "200"})
+    assert renew.exit_code == 0 and "nothing due" in renew.output
+
+
+def test_device_updates_from_s3(env, s3_endpoint, aws_env, tmp_path):
+    """The same signed release served by an S3 endpoint (moto's server): the updater reads it through boto3."""
+    import boto3
+
+    from edgedistill.store import S3Store
+
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket="fleet")
+    s3 = S3Store("fleet", "edge", endpoint_url=s3_endpoint, region="us-east-1")
+    base = env["base"] / "store"
+    for p in sorted(base.rglob("*")):
+        if p.is_file() and not p.name.startswith("."):
+            s3.put_file(p, p.relative_to(base).as_posix())
+    cmd = [DEVICE, "update", "--store", "s3://fleet/edge", "--endpoint-url", s3_endpoint, "--root", str(env["root"]),
+           "--to", str(tmp_path / "model")]
+    ok = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "installed student v0.1.0" in ok.stdout, ok.stderr
+    s3.put_file(env["rel"] / "v0.2.0" / "student.int8.onnx", "releases/student/v0.1.0/student.int8.onnx")  # swap
+    (tmp_path / "model.device" / "installed.json").unlink()  # forget the install: it must fetch again
+    bad = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and bad.stderr.startswith("refused: length/sha256 check failed"), bad.stderr
