@@ -450,3 +450,16 @@ def test_device_updates_from_s3(env, s3_endpoint, aws_env, tmp_path):
     (tmp_path / "model.device" / "installed.json").unlink()  # forget the install: it must fetch again
     bad = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and bad.stderr.startswith("refused: length/sha256 check failed"), bad.stderr
+
+
+@pytest.mark.parametrize("body", [b"not json", b"[]", b'{"signed": 1}'])
+def test_malformed_metadata_is_one_clean_refusal_on_both_sides(env, body):
+    meta = env["base"] / "store" / META
+    (meta / "timestamp.json").write_bytes(body)
+    before = tree_hashes(env["base"] / "store")
+    refused(env, "metadata check failed|signature check failed")
+    with pytest.raises(VerificationFailed, match="metadata check failed: .*timestamp.json is not TUF metadata"):
+        set_channel(env["store"], "v0.2.0", 2)
+    after = tree_hashes(env["base"] / "store")
+    assert {k: v for k, v in after.items() if "channels" not in k} == \
+        {k: v for k, v in before.items() if "channels" not in k}  # nothing signed on top of it
