@@ -15,7 +15,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgedistill import shipping
 from edgedistill.errors import (
@@ -26,7 +26,9 @@ from edgedistill.errors import (
     StoreUnreachable,
 )
 from edgedistill.io import sha256_file, swap_dir
-from edgedistill.params import StoreParams
+
+if TYPE_CHECKING:  # the device updater imports this module without pydantic
+    from edgedistill.params import StoreParams
 
 DVC_PREFIX = "dvc"
 CARD = shipping.CARD

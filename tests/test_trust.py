@@ -463,3 +463,17 @@ def test_malformed_metadata_is_one_clean_refusal_on_both_sides(env, body):
     after = tree_hashes(env["base"] / "store")
     assert {k: v for k, v in after.items() if "channels" not in k} == \
         {k: v for k, v in before.items() if "channels" not in k}  # nothing signed on top of it
+
+
+def test_the_updater_loads_no_project_machinery(env, tmp_path):
+    """The gateway profile: an update loads tuf, cryptography and the store, not torch, DVC, Prefect,
+    git tooling, pandas, numpy, pydantic or the CLI libraries."""
+    code = ("import json, sys\nfrom edgedistill.device import main\n"
+            f"rc = main(['update', '--store', {str(env['store'].root)!r}, '--root', {str(env['root'])!r}, "
+            f"'--to', {str(tmp_path / 'model')!r}])\n"
+            "heavy = {'torch', 'dvc', 'prefect', 'gto', 'pygit2', 'pandas', 'numpy', 'pydantic', 'typer', 'rich', "
+            "'onnxruntime', 'onnx', 'yaml'}\n"  # boto3: securesystemslib loads it when installed (its KMS signers)
+            "print(json.dumps([rc, sorted({m.split('.')[0] for m in sys.modules} & heavy)]))\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.splitlines()[-1]) == [0, []]
