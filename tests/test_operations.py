@@ -142,6 +142,34 @@ def test_publish_writes_channel_then_is_idempotent_and_refuses_stale(project):
     assert stale.get("stale") and json.loads(store.read_versioned(key)[0])["version"] == "v9.0.0"
 
 
+def test_publish_and_fetch_refuse_a_tampered_bundle(project, monkeypatch):
+    """Someone with write access to the store swaps the model and rewrites SHA256SUMS and the card to
+    match: publish leaves the channel alone and fetch installs nothing, each naming the failed check."""
+    from typer.testing import CliRunner
+
+    from edgedistill.cli import app
+    from edgedistill.errors import VerificationFailed
+    from edgedistill.store import SUMS, sums_text
+
+    params = load_params(project / "params.yaml")
+    release_v(project, "v0.1.0", None, stage="prod")
+    publish_channel(project, params, "prod")
+    sh(["git", "commit", "-q", "--allow-empty", "-m", "next"], project)
+    release_v(project, "v0.2.0", None, stage="prod", seed=1)
+    store = open_store(params.store, project)
+    v2 = store.root / "releases" / MODEL / "v0.2.0"
+    (v2 / "student.int8.onnx").write_bytes((store.root / "releases" / MODEL / "v0.1.0" / "student.int8.onnx").read_bytes())
+    (v2 / SUMS).write_text(sums_text({n: v2 / n for n in ("student.onnx", "student.int8.onnx", CARD)}))
+    channel = store.read_versioned(channel_key(MODEL, "prod"))[0]
+    with pytest.raises(VerificationFailed, match="length/sha256 check failed .*v0.2.0/"):
+        publish_channel(project, params, "prod")
+    assert store.read_versioned(channel_key(MODEL, "prod"))[0] == channel  # still v0.1.0
+    monkeypatch.chdir(project)
+    r = CliRunner().invoke(app, ["fetch", "--stage", "prod", "--to", "deploy/prod"], env={"COLUMNS": "200"})
+    assert r.exit_code == 2 and "length/sha256 check failed" in r.output and "Traceback" not in r.output
+    assert not (project / "deploy/prod").exists()
+
+
 def test_publish_without_prod_is_a_clear_error(project, monkeypatch):
     from typer.testing import CliRunner
 
