@@ -500,12 +500,22 @@ def publish_bundle(store: Store, model: str, version: str, files: dict[str, Path
                               hint="Versions are immutable; register a new version instead.")
     _claim_version(store, model, version, text)
     for name, path in sorted(files.items()):
-        store.put_file(path, f"{prefix}/{name}")
-    with tempfile.TemporaryDirectory() as tmp:
-        sums = Path(tmp) / SUMS
-        sums.write_text(text)
-        store.put_file(sums, f"{prefix}/{SUMS}")
+        _create_once(store, f"{prefix}/{name}", Path(path).read_bytes())
+    _create_once(store, f"{prefix}/{SUMS}", text.encode())
     return parse_sums(text, SUMS)
+
+
+def _create_once(store: Store, key: str, data: bytes) -> None:
+    """Write a bundle object only if absent (S3 If-None-Match, a hard link locally), so the store itself
+    keeps a version write-once and a bucket policy can require it (infra/s3-policy-trainer.json). The
+    same bytes already there are a rerun of an interrupted publish; other bytes are refused."""
+    try:
+        store.write_conditional(key, data, None)
+    except ConditionalWriteFailed:
+        got = store.read_versioned(key)
+        if got is None or got[0] != data:
+            raise ArtifactCorrupt(f"{store.url(key)} already holds other bytes; a version is written once",
+                                  hint="Versions are immutable; register a new version instead.") from None
 
 
 def _claim_version(store: Store, model: str, version: str, text: str) -> None:
