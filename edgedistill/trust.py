@@ -352,6 +352,12 @@ class SignedRepository:
         self.read_root = old_root
         try:
             got = self.commit(resign=True) if state else {"wrote": []}
+        except Exception as e:
+            raise VerificationFailed(
+                f"rotation half done: root v{root.signed.version} and the new keys are in {self.keys.where}, "
+                f"but re-signing the metadata in {self.store.describe()} failed ({e})",
+                hint="Fix the cause, then run `edgedistill keys rotate --finish` (re-signs with the new keys; "
+                     "devices keep their model meanwhile).") from None
         finally:
             self.read_root = None
         if log:
@@ -359,6 +365,26 @@ class SignedRepository:
                 f"(re-provision devices with {self.keys.where / 'root.json'} at leisure: a device pinned to an "
                 f"older root follows the rotation); old keys in {retired if retired.exists() else '-'}")
         return {"root_version": root.signed.version, "retired": str(retired), **got}
+
+
+def finish_rotation(repo: SignedRepository) -> dict[str, Any]:
+    """Re-sign the store's metadata with the current keys when a rotation stopped before doing so: the
+    metadata is read with the previous root (as `rotate` itself reads it), then signed anew."""
+    from tuf.api.metadata import Metadata
+
+    v = repo.keys.root.signed.version
+    try:
+        repo.state()
+        return {"wrote": [], "note": "the metadata already verifies with the current keys"}
+    except VerificationFailed:
+        prev = repo.keys.where / "root_history" / f"{v - 1}.root.json"
+        if v < 2 or not prev.is_file():
+            raise
+    repo.read_root = Metadata.from_bytes(prev.read_bytes())
+    try:
+        return repo.commit(resign=True)
+    finally:
+        repo.read_root = None
 
 
 def _target(path: str, data: bytes, custom: dict[str, Any] | None = None) -> Any:

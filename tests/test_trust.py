@@ -477,3 +477,35 @@ def test_the_updater_loads_no_project_machinery(env, tmp_path):
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout.splitlines()[-1]) == [0, []]
+
+
+def test_a_rotation_cut_short_is_finished_later(env, monkeypatch):
+    """The store fails while a rotation re-signs: one clean error naming what to do; devices keep their
+    model meanwhile; `keys rotate --finish` completes it and devices follow."""
+    from edgedistill.errors import StoreUnreachable
+    from edgedistill.trust import finish_rotation
+
+    env["run"]()
+    repo = signing_repository(env["store"])
+    real = LocalStore.write_conditional
+
+    def failing(self, key, data, etag):
+        if key.endswith("timestamp.json"):
+            raise StoreUnreachable("disk full")
+        return real(self, key, data, etag)
+
+    monkeypatch.setattr(LocalStore, "write_conditional", failing)
+    with pytest.raises(VerificationFailed, match="rotation half done: root v2 .*failed \\(disk full\\)") as e:
+        repo.rotate(root_too=True)
+    assert "keys rotate --finish" in e.value.hint
+    monkeypatch.setattr(LocalStore, "write_conditional", real)
+    set_channel_failed = None
+    try:
+        set_channel(env["store"], "v0.2.0", 2)
+    except VerificationFailed as e:
+        set_channel_failed = str(e)
+    assert set_channel_failed and "signature check failed" in set_channel_failed  # nothing signed half-rotated
+    refused(env, "signature check failed")
+    assert finish_rotation(signing_repository(env["store"]))["wrote"]
+    set_channel(env["store"], "v0.2.0", 2)
+    assert env["run"]()["version"] == "v0.2.0"

@@ -48,9 +48,17 @@ def show() -> None:
 @keys_app.command("rotate")
 def rotate(
     root: Annotated[bool, typer.Option("--root", help="rotate the root key too (needs the current root key)")] = False,
+    finish: Annotated[bool, typer.Option("--finish", help="only re-sign the metadata after a rotation that "
+                                                          "stopped half way")] = False,
 ) -> None:
     """New targets/snapshot/timestamp keys (and root with --root): a new root version signed by the old
     and new root keys, then the metadata re-signed. Devices follow without re-provisioning."""
+    if finish:
+        from edgedistill.trust import finish_rotation
+
+        done = guarded(lambda: finish_rotation(_repo()))
+        console.print(f"[green]✓[/] {', '.join(done['wrote']) or done.get('note', 'nothing to do')}")
+        return
     r = guarded(lambda: _repo().rotate(root_too=root, log=lambda m: console.print(escape(m))))
     console.print(f"[green]✓[/] root v{r['root_version']}; re-signed: {', '.join(r['wrote']) or 'nothing signed yet'}")
 
