@@ -30,7 +30,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -120,6 +120,18 @@ class Keys:
     where: Path
     root: Any                  # Metadata[Root]
     signers: dict[str, Any]    # role -> CryptoSigner (root may be absent: an offline root key)
+    root_signers: list[Any] = field(default_factory=list)  # every root key at hand (root.pem, root-N.pem)
+
+    def root_quorum(self) -> list[Any]:
+        """The root keys at hand that the trusted root names; at least its threshold, else a refusal."""
+        role = self.root.signed.roles["root"]
+        have = [s for s in self.root_signers if s.public_key.keyid in role.keyids]
+        if len(have) < role.threshold:
+            raise VerificationFailed(f"key check failed: {len(have)} of the {role.threshold} root keys the trusted "
+                                     f"root v{self.root.signed.version} requires are at hand in {self.where}",
+                                     hint="Bring the other root key holders' keys (root-N.pem) for this "
+                                          "command; see docs/device-updates.md.")
+        return have
 
     def signer(self, role: str) -> Any:
         s = self.signers.get(role)
@@ -136,13 +148,17 @@ class Keys:
         return s
 
 
-def _new_root(signers: dict[str, Any], version: int = 1, now: datetime | None = None) -> Any:
+def _new_root(signers: dict[str, Any], version: int = 1, now: datetime | None = None,
+              root_keys: list[Any] | None = None, threshold: int = 1) -> Any:
     from tuf.api.metadata import Metadata, Root
 
     root = Root(version=version, expires=(now or now_utc()) + timedelta(days=EXPIRY_DAYS["root"]),
                 consistent_snapshot=True)
-    for role in ROLES:
+    for role in ONLINE:
         root.add_key(signers[role].public_key, role)
+    for s in root_keys or [signers["root"]]:
+        root.add_key(s.public_key, "root")
+    root.roles["root"].threshold = threshold
     return Metadata(root)
 
 
@@ -180,7 +196,10 @@ def load_keys(store: Store, project_root: str | os.PathLike[str] | None = None, 
             signers[role] = _load_signer(env.encode(), f"${KEY_ENV.format(role=role.upper())}")
         elif (where / f"{role}.pem").is_file():
             signers[role] = _load_signer((where / f"{role}.pem").read_bytes(), str(where / f"{role}.pem"))
-    return Keys(where, root, signers)
+    extra = sorted(where.glob("root-*.pem"), key=lambda p: p.name)
+    root_signers = ([signers["root"]] if "root" in signers else []) + \
+        [_load_signer(p.read_bytes(), str(p)) for p in extra]
+    return Keys(where, root, signers, root_signers)
 
 
 def _save_root(where: Path, root: Any) -> None:
@@ -322,32 +341,52 @@ class SignedRepository:
                     "expires": ts.signed.expires.isoformat()}
         raise ConditionalWriteFailed(f"{self.store.describe()}: {ATTEMPTS} metadata commits lost to other signers")
 
-    def rotate(self, root_too: bool = False, log: Callable[[str], None] | None = None) -> dict[str, Any]:
-        """New online keys (and a new root key with `root_too`): root v+1 signed by the old root key and
-        the new, published to the store; then targets, snapshot and timestamp re-signed with the new keys.
+    def rotate(self, root_too: bool = False, log: Callable[[str], None] | None = None, root_keys: int = 1,
+               threshold: int = 1) -> dict[str, Any]:
+        """New online keys (and, with `root_too`, `root_keys` new root keys of which `threshold` must sign
+        each later root): root v+1 signed by a threshold of the old root keys and of the new ones,
+        published to the store; then targets, snapshot and timestamp re-signed with the new keys.
         The old keys move to `retired/` in the keys folder (never deleted silently)."""
         from securesystemslib.signer import CryptoSigner
 
-        old_root_signer = self.keys.signer("root")
+        if not 1 <= threshold <= root_keys:
+            raise ParamsInvalid(f"root threshold {threshold} must be between 1 and the number of root keys "
+                                f"({root_keys})")
+        if not root_too and (root_keys, threshold) != (1, 1):
+            raise ParamsInvalid("--root-keys and --threshold change the root keys: add --root")
+        old_quorum = self.keys.root_quorum()
         old_root = self.keys.root
         state = self.state()  # verified with the current keys before anything changes
         new = {role: CryptoSigner.generate_ed25519() for role in ONLINE}
-        new["root"] = CryptoSigner.generate_ed25519() if root_too else old_root_signer
-        root = _new_root(new, self.keys.root.signed.version + 1, self.now())
-        root.sign(old_root_signer)
-        if root_too:
-            root.sign(new["root"], append=True)
+        old_role = old_root.signed.roles["root"]
+        new_roots = [CryptoSigner.generate_ed25519() for _ in range(root_keys)] if root_too else \
+            [s for s in self.keys.root_signers if s.public_key.keyid in old_role.keyids]
+        new["root"] = new_roots[0]
+        root = _new_root(new, old_root.signed.version + 1, self.now(), root_keys=None if not root_too else new_roots,
+                         threshold=threshold if root_too else old_role.threshold)
+        if not root_too:  # the same root keys: keep them all, also those held elsewhere
+            root.signed.roles["root"].keyids = list(old_role.keyids)
+            root.signed.keys.update({k: old_root.signed.keys[k] for k in old_role.keyids})
+        for i, s in enumerate(old_quorum + (new_roots if root_too else [])):
+            if s.public_key.keyid not in root.signatures:
+                root.sign(s, append=i > 0)
         stamp = self.now().strftime("%Y%m%dT%H%M%SZ")
         retired = self.keys.where / "retired" / stamp
-        for role in ROLES:
-            if role == "root" and not root_too:
-                continue
-            if (self.keys.where / f"{role}.pem").is_file():
+        pems = {role: new[role] for role in ONLINE}
+        if root_too:
+            pems |= {"root": new_roots[0], **{f"root-{i}": s for i, s in enumerate(new_roots[1:], 2)}}
+            for old in self.keys.where.glob("root-*.pem"):  # the old extra root keys retire too
                 retired.mkdir(parents=True, exist_ok=True, mode=0o700)
-                shutil.copy2(self.keys.where / f"{role}.pem", retired / f"{role}.pem")
-            _write_private(self.keys.where / f"{role}.pem", new[role].private_bytes)
+                shutil.move(str(old), retired / old.name)
+        for name, signer in pems.items():
+            if (self.keys.where / f"{name}.pem").is_file():
+                retired.mkdir(parents=True, exist_ok=True, mode=0o700)
+                shutil.copy2(self.keys.where / f"{name}.pem", retired / f"{name}.pem")
+            _write_private(self.keys.where / f"{name}.pem", signer.private_bytes)
         _save_root(self.keys.where, root)
         self.keys.root, self.keys.signers = root, {**self.keys.signers, **new}
+        if root_too:
+            self.keys.root_signers = list(new_roots)
         self.publish_roots()
         self.read_root = old_root
         try:

@@ -509,3 +509,27 @@ def test_a_rotation_cut_short_is_finished_later(env, monkeypatch):
     assert finish_rotation(signing_repository(env["store"]))["wrote"]
     set_channel(env["store"], "v0.2.0", 2)
     assert env["run"]()["version"] == "v0.2.0"
+
+
+def test_root_with_several_keys_and_a_threshold(env):
+    """Root keys held by several people: 2 of 3 must sign a new root. Devices follow each rotation;
+    with fewer root keys at hand than the threshold, nothing is rotated."""
+    keys = env["base"] / "edgedistill-keys"
+    env["run"]()
+    repo = signing_repository(env["store"])
+    assert repo.rotate(root_too=True, root_keys=3, threshold=2)["root_version"] == 2
+    root = json.loads((keys / "root.json").read_text())["signed"]["roles"]["root"]
+    assert len(root["keyids"]) == 3 and root["threshold"] == 2
+    assert sorted(p.name for p in keys.glob("root*.pem")) == ["root-2.pem", "root-3.pem", "root.pem"]
+    set_channel(env["store"], "v0.2.0", 2)
+    assert env["run"]()["version"] == "v0.2.0"  # pinned to v1 (one key): walks to v2 (3 keys, 2 needed)
+    (keys / "root-3.pem").unlink()  # its holder is away: 2 of 3 still rotate
+    assert signing_repository(env["store"]).rotate()["root_version"] == 3
+    set_channel(env["store"], "v0.1.0", 3)
+    assert env["run"]()["version"] == "v0.1.0"
+    (keys / "root-2.pem").unlink()
+    with pytest.raises(VerificationFailed, match="key check failed: 1 of the 2 root keys"):
+        signing_repository(env["store"]).rotate()
+    assert json.loads((keys / "root.json").read_text())["signed"]["version"] == 3  # nothing rotated
+    with pytest.raises(ParamsInvalid, match="threshold 3 must be between 1 and"):
+        signing_repository(env["store"]).rotate(root_too=True, root_keys=2, threshold=3)

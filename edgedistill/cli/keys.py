@@ -30,7 +30,11 @@ def show() -> None:
         k = repo.keys
         console.print(f"keys folder: {escape(str(k.where))} (root v{k.root.signed.version}, expires "
                       f"{k.root.signed.expires:%Y-%m-%d}); devices pin {escape(str(k.where / 'root.json'))}")
-        for role in ("root", "targets", "snapshot", "timestamp"):
+        rr = k.root.signed.roles["root"]
+        here = {s.public_key.keyid for s in k.root_signers}
+        console.print(f"  root      {len(rr.keyids)} key(s), threshold {rr.threshold}; here: "
+                      + (", ".join(f"{kid[:16]}…" for kid in rr.keyids if kid in here) or "none (offline)"))
+        for role in ("targets", "snapshot", "timestamp"):
             s = k.signers.get(role)
             console.print(f"  {role:9} key {s.public_key.keyid[:16] + '…' if s else 'not here (offline)'}")
         st = repo.state()
@@ -50,6 +54,8 @@ def rotate(
     root: Annotated[bool, typer.Option("--root", help="rotate the root key too (needs the current root key)")] = False,
     finish: Annotated[bool, typer.Option("--finish", help="only re-sign the metadata after a rotation that "
                                                           "stopped half way")] = False,
+    root_keys: Annotated[int, typer.Option("--root-keys", help="with --root: how many new root keys")] = 1,
+    threshold: Annotated[int, typer.Option("--threshold", help="with --root: how many of them must sign a new root")] = 1,
 ) -> None:
     """New targets/snapshot/timestamp keys (and root with --root): a new root version signed by the old
     and new root keys, then the metadata re-signed. Devices follow without re-provisioning."""
@@ -59,7 +65,8 @@ def rotate(
         done = guarded(lambda: finish_rotation(_repo()))
         console.print(f"[green]✓[/] {', '.join(done['wrote']) or done.get('note', 'nothing to do')}")
         return
-    r = guarded(lambda: _repo().rotate(root_too=root, log=lambda m: console.print(escape(m))))
+    r = guarded(lambda: _repo().rotate(root_too=root, log=lambda m: console.print(escape(m)), root_keys=root_keys,
+                                       threshold=threshold))
     console.print(f"[green]✓[/] root v{r['root_version']}; re-signed: {', '.join(r['wrote']) or 'nothing signed yet'}")
 
 
