@@ -196,6 +196,7 @@ def release_provenance(root: Path, params: Params, store: Any, info: Any, releas
     .dvc file), and the hashes of params.yaml and requirements.lock."""
     import hashlib
 
+    from edgedistill.errors import ParamsInvalid, ReleaseNotFound, VerificationFailed
     from edgedistill.trust import (
         PROVENANCE,
         fetch_verified,
@@ -205,8 +206,15 @@ def release_provenance(root: Path, params: Params, store: Any, info: Any, releas
     )
 
     with tempfile.TemporaryDirectory() as t:
-        got = fetch_verified(store, project_root_of_trust(store, root), params.promote.model, info.version,
-                             Path(t) / "bundle")
+        try:
+            got = fetch_verified(store, project_root_of_trust(store, root), params.promote.model, info.version,
+                                 Path(t) / "bundle")
+        except (ParamsInvalid, ReleaseNotFound) as e:
+            return {"verdict": f"not checked: {e}"}
+        except VerificationFailed as e:  # the signed release itself is refused: the strongest "differs"
+            return {"verdict": "differs", "row": {
+                "file": f"bundle/{PROVENANCE}", "by": "signed statement", "decisive": True, "released": None,
+                "reproduced": None, "verdict": DIFFERS, "note": str(e)}}
         path = Path(got["dest"]) / PROVENANCE
         if not path.is_file():
             return {"verdict": "absent (released before provenance was signed)"}

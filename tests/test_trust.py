@@ -533,3 +533,44 @@ def test_root_with_several_keys_and_a_threshold(env):
     assert json.loads((keys / "root.json").read_text())["signed"]["version"] == 3  # nothing rotated
     with pytest.raises(ParamsInvalid, match="threshold 3 must be between 1 and"):
         signing_repository(env["store"]).rotate(root_too=True, root_keys=2, threshold=3)
+
+
+def test_reproduce_checks_the_provenance_against_git(env, tmp_path):
+    """`reproduce`'s provenance row: the signed statement's commit, data md5, params and lock hashes
+    against git at the version's commit; one that does not match is named."""
+    import hashlib
+    from types import SimpleNamespace
+
+    import yaml
+    from conftest import make_params
+    from release_fixtures import git_init, sh
+
+    from edgedistill.trust import PROVENANCE, provenance_statement, sign_provenance
+    from flows.reproduce import release_provenance
+
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    git_init(proj)
+    params = make_params({"store": {"local": str(env["store"].root)}})
+    readings = params.data.readings
+    lock = {"schema": "2.0", "stages": {"validate": {"cmd": "x", "deps": [{"path": readings, "md5": "e" * 32}]}}}
+    (proj / "dvc.lock").write_text(yaml.safe_dump(lock))
+    (proj / "params.yaml").write_text("seed: 1\n")
+    (proj / "requirements.lock").write_text("tuf==7.0.1\n")
+    sh(["git", "add", "-A"], proj)
+    sh(["git", "commit", "-qm", "release"], proj)
+    commit = sh(["git", "rev-parse", "HEAD"], proj).stdout.strip()
+    sha = {n: hashlib.sha256((proj / n).read_bytes()).hexdigest() for n in ("params.yaml", "requirements.lock")}
+    for version, data_md5 in (("v0.8.0", "e" * 32), ("v0.9.0", "f" * 32)):
+        src = tmp_path / version
+        src.mkdir()
+        (src / CARD).write_text(json.dumps({"model": MODEL, "version": version}))
+        st = provenance_statement(MODEL, version, {CARD: (src / CARD).read_bytes()}, commit,
+                                  {"path": readings, "md5": data_md5}, sha["params.yaml"], sha["requirements.lock"])
+        (src / PROVENANCE).write_bytes(sign_provenance(st, signing_repository(env["store"]).keys.signer("targets")))
+        publish_signed(env["store"], MODEL, version, {CARD: src / CARD, PROVENANCE: src / PROVENANCE})
+    lock_text = (proj / "dvc.lock").read_text()
+    got = release_provenance(proj, params, env["store"], SimpleNamespace(version="v0.8.0", commit=commit), lock_text)
+    assert got["verdict"] == "verified" and got["row"]["verdict"] == "identical"
+    bad = release_provenance(proj, params, env["store"], SimpleNamespace(version="v0.9.0", commit=commit), lock_text)
+    assert bad["verdict"] == "differs" and bad["row"]["note"].startswith("data_md5 not what git holds")
