@@ -188,7 +188,11 @@ def load_keys(store: Store, project_root: str | os.PathLike[str] | None = None, 
             log(f"created demo signing keys in {where} (root, targets, snapshot, timestamp; keep them out of "
                 f"the store; provision devices with {where / 'root.json'}; production: {KEYS_ENV} or "
                 f"{KEY_ENV.format(role='<ROLE>')} from CI/KMS)")
-    root = Metadata.from_bytes((where / "root.json").read_bytes())
+    try:
+        root = Metadata.from_bytes((where / "root.json").read_bytes())
+    except Exception as e:  # noqa: BLE001 - a damaged trusted root is one clean error
+        raise ParamsInvalid(f"{where / 'root.json'} is not TUF root metadata ({type(e).__name__})",
+                            hint="Restore it from root_history/ in the keys folder.") from None
     signers: dict[str, Any] = {}
     for role in ROLES:
         env = os.environ.get(KEY_ENV.format(role=role.upper()))
