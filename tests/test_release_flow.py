@@ -291,6 +291,15 @@ def test_real_pipeline_release_on_bundled_data(tmp_path):
     assert card["files"]["release.html"]["sha256"] == sha256_file(card_dir / "release.html")
     assert card["normalization"]["method"] == "global" and card["normalization"]["statistics"]["window_std_decades"]
     assert tags(proj) == {"student@v0.1.0", "student#staging#1", "student#prod#2"}
+    # signed: demo keys beside the store (said where), provenance in the bundle; publish signs the channel
+    # and a device holding only the pinned root and the store installs prod
+    keys = tmp_path / "edgedistill-keys"
+    assert (keys / "root.json").is_file() and f"created demo signing keys in {keys}" in r.stdout + r.stderr
+    assert "provenance.json" in {p.name for p in card_dir.iterdir()}
+    sh([ED, "publish"], proj)
+    dev = sh([f"{BIN}/edgedistill-device", "update", "--store", str(tmp_path / "edgedistill-store"),
+              "--root", str(keys / "root.json"), "--to", str(tmp_path / "device/model")], tmp_path)
+    assert dev.stdout.startswith("installed student v0.1.0 (channel prod, assignment 2)")
     # the release commit pins the workspace: DVC sees nothing to re-run, git nothing to commit
     assert "up to date" in sh([f"{BIN}/dvc", "status"], proj).stdout.lower()
     assert sh(["git", "status", "--porcelain", "--untracked-files=no"], proj).stdout.strip() == ""
