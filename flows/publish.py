@@ -1,6 +1,7 @@
 """Publish a registry stage to the device fleet: the channel pointer `releases/<model>/channels/<stage>.json`
-(version, file URLs, SHA256) written after its bundle is verified in the store, with a conditional write
-so two publishers cannot interleave and a stale one cannot move the channel back."""
+(version, file URLs, SHA256) written after its bundle is verified against the signed release metadata,
+then signed itself (a TUF target carrying the assignment counter: edgedistill.trust), with conditional
+writes so two publishers cannot interleave and a stale one cannot move the channel back."""
 
 from __future__ import annotations
 
