@@ -51,3 +51,10 @@ class ExportFailed(EdgeDistillError):
 
 class ReleaseNotFound(EdgeDistillError):
     hint = "Run `edgedistill registry` to list versions and stages."
+
+
+class VerificationFailed(EdgeDistillError):
+    """A signed-metadata check refused what the store holds (signature, expiry, version, length/hash)."""
+
+    hint = ("Nothing was installed or changed; the previous model stays. The store was tampered with, is "
+            "stale, or is signed by other keys (docs/device-updates.md).")

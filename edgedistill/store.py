@@ -8,13 +8,14 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgedistill import shipping
 from edgedistill.errors import (
@@ -25,7 +26,9 @@ from edgedistill.errors import (
     StoreUnreachable,
 )
 from edgedistill.io import sha256_file, swap_dir
-from edgedistill.params import StoreParams
+
+if TYPE_CHECKING:  # the device updater imports this module without pydantic
+    from edgedistill.params import StoreParams
 
 DVC_PREFIX = "dvc"
 CARD = shipping.CARD
@@ -65,8 +68,48 @@ class ConditionalWriteFailed(EdgeDistillError):
     hint = "Another publisher wrote it first; read it again and retry (or leave it: it may be newer)."
 
 
+# a name that becomes one segment of a store key (model, version, stage, device, file): letters, digits,
+# '.', '_', '+', '-', starting with a letter or digit, never '..' (no traversal, no hidden objects)
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+
+
+def safe_name(what: str, value: Any) -> str:
+    """`value` if it is safe as one segment of a store key, else a one-line ParamsInvalid naming it."""
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value) or ".." in value:
+        raise ParamsInvalid(f"{what} {value!r} is not a safe name for a store key",
+                            hint="Use letters, digits, '.', '_', '+' or '-' (starting with a letter or digit, "
+                                 "no '..', at most 128 characters).")
+    return value
+
+
+def check_key(key: str) -> str:
+    """A store key is '/'-separated relative segments: no empty, '.' or '..' segment, no backslash or
+    NUL, no leading '/': it can never name an object outside the store."""
+    parts = key.split("/") if isinstance(key, str) else [""]
+    if not key or "\\" in key or "\0" in key or any(p in ("", ".", "..") for p in parts):
+        raise ParamsInvalid(f"store key {key!r} is not a plain relative key",
+                            hint="A name that reaches a store key was not validated; report it.")
+    return key
+
+
+def parse_document(data: bytes | str, source: str, what: str = "document") -> dict[str, Any]:
+    """A store document (channel, model card, claim, metadata) as a JSON object, or one ArtifactCorrupt
+    naming it: the store is untrusted, so malformed bytes are an error, never a traceback."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ArtifactCorrupt(f"{source}: the {what} is not valid JSON ({e})",
+                              hint="The store object is damaged or was written by something else; nothing "
+                                   "was changed. Re-publish it from the registry.") from None
+    if not isinstance(doc, dict):
+        raise ArtifactCorrupt(f"{source}: the {what} is not a JSON object (got {type(doc).__name__})",
+                              hint="The store object is damaged or was written by something else; nothing "
+                                   "was changed. Re-publish it from the registry.")
+    return doc
+
+
 def bundle_prefix(model: str, version: str) -> str:
-    return f"releases/{model}/{version}"
+    return f"releases/{safe_name('model', model)}/{safe_name('version', version)}"
 
 
 class Store(ABC):
@@ -138,7 +181,15 @@ class LocalStore(Store):
         return str(self.root)
 
     def _path(self, key: str) -> Path:
-        return self.root / key
+        """The file behind `key`, inside the store: a checked key, and no symlink on the way (a
+        symlink planted in the store could point reads and writes anywhere)."""
+        path = self.root
+        for part in check_key(key).split("/"):
+            path = path / part
+            if path.is_symlink():
+                raise ArtifactCorrupt(f"{key}: {path} in the store {self.root} is a symlink; not followed",
+                                      hint="Remove the symlink from the store; objects are plain files.")
+        return path
 
     def put_file(self, src: Path, key: str) -> None:
         with _local_io(f"writing {key}", self.root):
@@ -172,7 +223,7 @@ class LocalStore(Store):
         if not base.is_dir():
             return []
         return sorted(str(p.relative_to(self.root).as_posix()) for p in base.rglob("*")
-                      if p.is_file() and not p.name.startswith("."))
+                      if p.is_file() and not p.is_symlink() and not p.name.startswith("."))
 
     def dvc_remote(self) -> dict[str, str]:
         return {"url": str(self.root / DVC_PREFIX)}
@@ -247,6 +298,7 @@ class S3Store(Store):
         return self._client
 
     def _key(self, key: str) -> str:
+        check_key(key)
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -298,7 +350,7 @@ class S3Store(Store):
 
     def list(self, prefix: str) -> list[str]:
         full = self._key(prefix).rstrip("/") + "/"
-        strip = len(self._key(""))
+        strip = len(f"{self.prefix}/") if self.prefix else 0
         keys: list[str] = []
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full)
         for page in self._call(f"list {prefix}", list, pages):
@@ -448,12 +500,22 @@ def publish_bundle(store: Store, model: str, version: str, files: dict[str, Path
                               hint="Versions are immutable; register a new version instead.")
     _claim_version(store, model, version, text)
     for name, path in sorted(files.items()):
-        store.put_file(path, f"{prefix}/{name}")
-    with tempfile.TemporaryDirectory() as tmp:
-        sums = Path(tmp) / SUMS
-        sums.write_text(text)
-        store.put_file(sums, f"{prefix}/{SUMS}")
+        _create_once(store, f"{prefix}/{name}", Path(path).read_bytes())
+    _create_once(store, f"{prefix}/{SUMS}", text.encode())
     return parse_sums(text, SUMS)
+
+
+def _create_once(store: Store, key: str, data: bytes) -> None:
+    """Write a bundle object only if absent (S3 If-None-Match, a hard link locally), so the store itself
+    keeps a version write-once and a bucket policy can require it (infra/s3-policy-trainer.json). The
+    same bytes already there are a rerun of an interrupted publish; other bytes are refused."""
+    try:
+        store.write_conditional(key, data, None)
+    except ConditionalWriteFailed:
+        got = store.read_versioned(key)
+        if got is None or got[0] != data:
+            raise ArtifactCorrupt(f"{store.url(key)} already holds other bytes; a version is written once",
+                                  hint="Versions are immutable; register a new version instead.") from None
 
 
 def _claim_version(store: Store, model: str, version: str, text: str) -> None:
@@ -470,8 +532,8 @@ def _claim_version(store: Store, model: str, version: str, text: str) -> None:
                 store.write_conditional(key, mine, None)
                 return
             try:
-                held = json.loads(got[0])
-            except ValueError:
+                held = parse_document(got[0], key, "publish claim")
+            except ArtifactCorrupt:
                 held = {}
             if held.get("sums") == text:
                 return
@@ -517,7 +579,7 @@ def fetch_bundle(store: Store, model: str, version: str, dest: str | os.PathLike
             if got != digest:
                 raise ArtifactCorrupt(f"{prefix}/{name}: sha256 {got[:12]}… does not match "
                                       f"SHA256SUMS {digest[:12]}…; nothing was replaced in {dest}")
-        card = json.loads((tmp / CARD).read_text()) if CARD in sums else {}
+        card = parse_document((tmp / CARD).read_bytes(), f"{prefix}/{CARD}", "model card") if CARD in sums else {}
         if (card.get("model"), card.get("version")) != (model, version):
             raise ArtifactCorrupt(f"{prefix}/{CARD} describes {card.get('model')} {card.get('version')}, "
                                   f"not {model} {version}; nothing was replaced in {dest}")

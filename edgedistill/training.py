@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -400,7 +401,11 @@ def train(
     resume_path = Path(resume_path) if resume_path else None
 
     if resume_path and resume_path.is_file():
-        blob = torch.load(resume_path, map_location="cpu", weights_only=False)
+        try:  # tensors, numbers, strings and containers only: a resume file can never run code
+            blob = torch.load(resume_path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            log(f"{name}: ignoring resume file {resume_path}: not a plain checkpoint ({str(e).splitlines()[0]})")
+            blob = {}
         if blob.get("key") == key:
             model.load_state_dict(blob["model"])
             opt.load_state_dict(blob["opt"])
@@ -410,7 +415,7 @@ def train(
             history, best, start_epoch = blob["history"], blob["best"], blob["epoch"]
             best.setdefault("rose", best["epoch"])  # a resume file written before "rose" was kept
             log(f"{name}: resuming from epoch {start_epoch} ({resume_path})")
-        else:
+        elif blob:
             log(f"{name}: ignoring stale resume file {resume_path} (config or data changed)")
 
     t0 = time.perf_counter()

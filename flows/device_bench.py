@@ -16,12 +16,12 @@ from prefect import flow, get_run_logger
 from edgedistill.errors import ParamsInvalid
 from edgedistill.params import Params, load_params
 from edgedistill.shipping import shipped_file
-from edgedistill.store import CARD, bundle_prefix, open_store
+from edgedistill.store import CARD, bundle_prefix, open_store, parse_document, safe_name
 from flows.registry_ops import fetch_release
 
 
 def bench_key(model: str, version: str, device: str) -> str:
-    return f"{bundle_prefix(model, version)}/bench/{device}.json"
+    return f"{bundle_prefix(model, version)}/bench/{safe_name('device', device)}.json"
 
 
 def benchmark_release(root: str | Path, params: Params, stage: str = "prod", profile: str | None = None,
@@ -37,11 +37,12 @@ def benchmark_release(root: str | Path, params: Params, stage: str = "prod", pro
     if prof is None or not prof.measure:
         raise ParamsInvalid(f"benchmark profile '{profile}' is not a measured profile of params benchmark.profiles "
                             f"(measured: {[p.name for p in profiles.values() if p.measure]})")
-    device = device or platform.node() or "device"
+    device = safe_name("device", device or platform.node() or "device")  # before any work: it names a store key
     with tempfile.TemporaryDirectory() as tmp:
         got = fetch_release(root, params, Path(tmp) / "bundle", stage=stage, repo=repo)
         card_path = Path(got["dest"]) / CARD
-        model_file = shipped_file(json.loads(card_path.read_text()) if card_path.is_file() else None, prof.name)
+        card = parse_document(card_path.read_bytes(), str(card_path), "model card") if card_path.is_file() else None
+        model_file = shipped_file(card, prof.name)
         model = Path(got["dest"]) / model_file
         # seeded N(0, 1) windows (the scale of normalised input): a device holds no test data
         b = bench_onnx(model, threads=prof.threads, batch_sizes=prof.batch_sizes, warmup=prof.warmup,

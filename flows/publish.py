@@ -1,9 +1,11 @@
 """Publish a registry stage to the device fleet: the channel pointer `releases/<model>/channels/<stage>.json`
-(version, file URLs, SHA256) written after its bundle is verified in the store, with a conditional write
-so two publishers cannot interleave and a stale one cannot move the channel back."""
+(version, file URLs, SHA256) written after its bundle is verified against the signed release metadata,
+then signed itself (a TUF target carrying the assignment counter: edgedistill.trust), with conditional
+writes so two publishers cannot interleave and a stale one cannot move the channel back."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 from datetime import UTC, datetime
@@ -16,19 +18,28 @@ from edgedistill.errors import ReleaseNotFound
 from edgedistill.params import Params, load_params
 from edgedistill.registry import Registry, git, tag_counter
 from edgedistill.store import (
+    SUMS,
     ConditionalWriteFailed,
     Store,
     bundle_exists,
     bundle_prefix,
-    fetch_bundle,
     open_store,
+    parse_document,
+    safe_name,
+)
+from edgedistill.trust import (
+    fetch_verified,
+    project_root_of_trust,
+    sign_channel,
+    signed_channel,
+    signing_repository,
 )
 
 ATTEMPTS = 5
 
 
 def channel_key(model: str, stage: str) -> str:
-    return f"releases/{model}/channels/{stage}.json"
+    return f"releases/{safe_name('model', model)}/channels/{safe_name('stage', stage)}.json"
 
 
 def assignment_counter(root: str | Path, model: str, stage: str) -> int:
@@ -42,7 +53,7 @@ def read_channel(store: Store, model: str, stage: str) -> tuple[dict[str, Any] |
     got = store.read_versioned(channel_key(model, stage))
     if got is None:
         return None, None
-    return json.loads(got[0]), got[1]
+    return parse_document(got[0], store.url(channel_key(model, stage)), "channel document"), got[1]
 
 
 def channel_document(store: Store, model: str, stage: str, version: str, commit: str, assignment: int,
@@ -59,11 +70,15 @@ def channel_document(store: Store, model: str, stage: str, version: str, commit:
 
 def publish_channel(root: str | Path, params: Params, stage: str = "prod", repo: str | None = None,
                     log: Any = None) -> dict[str, Any]:
-    """Point the fleet channel of `stage` at the version the registry resolves it to.
+    """Point the fleet channel of `stage` at the version the registry resolves it to, and sign it.
 
-    Objects first, pointer last: the bundle is downloaded and every SHA256 checked before the pointer
-    moves. The pointer is created only if absent (S3 If-None-Match) or replaced only if unchanged since
-    read (If-Match); a channel already at a newer assignment is left alone."""
+    Objects first, pointer last: the bundle is downloaded and verified against its signed metadata
+    before the pointer moves. The signed channel entry (its assignment counter and version, in the TUF
+    targets) is the truth, never the stored document, which anyone with write access could replay or
+    forge: a channel already signed at a newer assignment is left alone; a stored document that does
+    not match its signed entry is replaced by a freshly signed one. The document is created only if
+    absent or replaced only if unchanged since read (conditional writes); each run renews the
+    timestamp when it is due."""
     model = params.promote.model
     reg = Registry(repo or root)
     info = reg.resolve(model, stage)
@@ -74,28 +89,41 @@ def publish_channel(root: str | Path, params: Params, stage: str = "prod", repo:
     if not bundle_exists(store, model, info.version):
         raise ReleaseNotFound(f"{model} {info.version} ({stage}) has no bundle in {store.describe()}",
                               hint="Re-run the release for that commit; the channel is unchanged.")
+    signer = signing_repository(store, root, log)
     with tempfile.TemporaryDirectory() as tmp:
-        sums = fetch_bundle(store, model, info.version, Path(tmp) / "bundle")["files"]
+        sums = fetch_verified(store, project_root_of_trust(store, root), model, info.version,
+                              Path(tmp) / "bundle")["files"]
+    sums.pop(SUMS, None)
     key = channel_key(model, stage)
     for attempt in range(1, ATTEMPTS + 1):
-        current, etag = read_channel(store, model, stage)
-        if current and current.get("version") == info.version and current.get("assignment", 0) >= assignment:
+        signed = signed_channel(signer, model, stage) or {}
+        got = store.read_versioned(key)
+        etag = got[1] if got else None
+        intact = got is not None and hashlib.sha256(got[0]).hexdigest() == signed.get("sha256")
+        if got is not None and not intact and log:
+            log(f"channel {key} does not match its signed entry ({signed.get('version') or 'none signed'}); "
+                "writing a freshly signed one")
+        current = signed.get("version")
+        if intact and current == info.version and int(signed.get("assignment", 0)) >= assignment:
+            renewed = signer.commit()["wrote"]
             return {"model": model, "stage": stage, "version": info.version, "changed": False,
-                    "channel": store.url(key), "previous": info.version, "document": current}
-        if current and int(current.get("assignment", 0)) > assignment:
-            # a publisher that saw a newer assignment already wrote it; this one is stale
-            return {"model": model, "stage": stage, "version": current["version"], "changed": False,
-                    "stale": True, "channel": store.url(key), "previous": current["version"], "document": current}
+                    "channel": store.url(key), "previous": info.version, "renewed": renewed,
+                    "document": parse_document(got[0], store.url(key), "channel document")}
+        if int(signed.get("assignment", 0)) > assignment:
+            # a publisher that saw a newer assignment already signed it; this one is stale
+            return {"model": model, "stage": stage, "version": current, "changed": False,
+                    "stale": True, "channel": store.url(key), "previous": current, "document": signed}
         doc = channel_document(store, model, stage, info.version, info.commit, assignment, sums)
+        data = (json.dumps(doc, indent=2) + "\n").encode()
         try:
-            store.write_conditional(key, (json.dumps(doc, indent=2) + "\n").encode(), etag)
+            store.write_conditional(key, data, etag)
+            sign_channel(signer, model, stage, data, info.version, assignment)
         except ConditionalWriteFailed:
             if log:
                 log(f"channel {key} changed under us (attempt {attempt}); reading it again")
             continue
         return {"model": model, "stage": stage, "version": info.version, "changed": True,
-                "channel": store.url(key), "previous": current.get("version") if current else None,
-                "document": doc}
+                "channel": store.url(key), "previous": current, "document": doc}
     raise ConditionalWriteFailed(f"{store.url(key)}: {ATTEMPTS} conditional writes lost to other publishers")
 
 

@@ -9,7 +9,8 @@ from typing import Any
 from edgedistill.errors import ReleaseNotFound
 from edgedistill.params import Params
 from edgedistill.registry import Registry
-from edgedistill.store import bundle_exists, fetch_bundle, open_store
+from edgedistill.store import bundle_exists, open_store
+from edgedistill.trust import fetch_verified, project_root_of_trust
 from tasks.promote import PROMOTION
 
 KEY_METRICS = ("int8_accuracy", "kd_gain", "int8_drop", "p95_ms", "size_bytes")
@@ -57,9 +58,12 @@ def registry_rows(root: str | Path, params: Params) -> list[dict[str, Any]]:
 
 
 def fetch_release(root: str | Path, params: Params, dest: str | Path | None = None, stage: str | None = "prod",
-                  version: str | None = None, repo: str | None = None) -> dict[str, Any]:
+                  version: str | None = None, repo: str | None = None,
+                  trusted_root: str | Path | None = None) -> dict[str, Any]:
     """Resolve the stage through the GTO tags (honouring unassignments), download the bundle from
-    the store, verify every SHA256 and swap it into `dest`. Needs neither the dataset nor a DVC cache."""
+    the store, verify it against its signed metadata (signatures from `trusted_root`, default the keys
+    folder's root.json; expiry; each file's length and SHA-256) and swap it into `dest`. Needs neither
+    the dataset nor a DVC cache."""
     model = params.promote.model
     reg = Registry(repo or root)
     if version:
@@ -70,6 +74,44 @@ def fetch_release(root: str | Path, params: Params, dest: str | Path | None = No
             raise ReleaseNotFound(f"no version of {model} is in stage '{stage}'")
     dest = Path(dest) if dest else Path(root) / "deploy" / f"{model}-{stage if not version else info.version}"
     store = open_store(params.store, root)
-    got = fetch_bundle(store, model, info.version, dest)
+    got = fetch_verified(store, project_root_of_trust(store, root, trusted_root), model, info.version, dest)
     return {"model": model, "version": info.version, "stage": stage if not version else None,
             "commit": info.commit, "store": store.describe(), **got}
+
+
+def adopt_release(root: str | Path, params: Params, version: str, log: Any = None) -> dict[str, Any]:
+    """Sign a version released before signing existed, after checking its bundle against git, which
+    the store cannot rewrite: each model file's md5 against `dvc.lock` at the version's commit, the card
+    naming that commit, model and version, SHA256SUMS against the files. Anything else is refused by name."""
+    import hashlib
+
+    from edgedistill.dvclock import out_md5s
+    from edgedistill.errors import VerificationFailed
+    from edgedistill.registry import show_file
+    from edgedistill.store import CARD, SUMS, parse_document, parse_sums
+    from edgedistill.trust import sign_release, signing_repository, store_files
+
+    model = params.promote.model
+    info = Registry(root).get(model, version)
+    store = open_store(params.store, root)
+    if not bundle_exists(store, model, info.version):
+        raise ReleaseNotFound(f"{model} {info.version} has no bundle in {store.describe()}; nothing to sign")
+    files = store_files(store, model, info.version)
+    locked = out_md5s(show_file(root, info.commit, "dvc.lock"))
+    where = f"{store.describe()}/releases/{model}/{info.version}"
+    for name in ("student.onnx", "student.int8.onnx"):
+        want = locked.get(f"models/{name}")
+        got = hashlib.md5(files[name]).hexdigest() if name in files else None
+        if want is None or got != want:
+            raise VerificationFailed(f"provenance check failed: {where}/{name} md5 {str(got)[:12]} is not the "
+                                     f"{str(want)[:12]} dvc.lock records at {info.commit[:8]}; not signed")
+    card = parse_document(files.get(CARD, b"{}"), f"{where}/{CARD}", "model card")
+    if (card.get("model"), card.get("version"), (card.get("lineage") or {}).get("git_commit")) != \
+            (model, info.version, info.commit):
+        raise VerificationFailed(f"card check failed: {where}/{CARD} does not describe {model} {info.version} "
+                                 f"at {info.commit[:8]}; not signed")
+    for name, digest in parse_sums(files[SUMS].decode(), f"{where}/{SUMS}").items():
+        if hashlib.sha256(files[name]).hexdigest() != digest:
+            raise VerificationFailed(f"length/sha256 check failed: {where}/{name} does not match its SHA256SUMS")
+    got = sign_release(signing_repository(store, root, log), model, info.version, files)
+    return {"model": model, "version": info.version, "commit": info.commit, "files": sorted(files), **got}

@@ -5,7 +5,6 @@ bundle to the artifact store and register a GTO version in `staging` (or `prod` 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -33,6 +32,7 @@ from edgedistill.errors import (
     GateFailed,
     ParamsInvalid,
     ReleaseNotFound,
+    VerificationFailed,
 )
 from edgedistill.fmt import num
 from edgedistill.io import read_json, sha256_file, write_json
@@ -49,10 +49,21 @@ from edgedistill.store import (
     configure_dvc_remote,
     dvc_pull_missing,
     dvc_push,
-    fetch_bundle,
     open_store,
+    parse_document,
     parse_sums,
     publish_bundle,
+    sums_text,
+)
+from edgedistill.trust import (
+    PROVENANCE,
+    fetch_verified,
+    project_root_of_trust,
+    provenance_statement,
+    sign_provenance,
+    sign_release,
+    signing_repository,
+    store_files,
 )
 from tasks.promote import PROD_DIR, PROD_REFERENCE, PROMOTION, describe_failures
 
@@ -175,9 +186,10 @@ def write_prod_reference(root: Path, params: Params) -> dict[str, Any]:
     model, prod_dir = params.promote.model, root / PROD_DIR
     if ref["version"] is not None:
         try:
-            got = fetch_bundle(open_store(params.store, root), model, ref["version"], prod_dir)
-            ref["bundle"] = {name: f["sha256"] for name, f in sorted(got["files"].items())}
-        except ReleaseNotFound as e:
+            store = open_store(params.store, root)
+            got = fetch_verified(store, project_root_of_trust(store, root), model, ref["version"], prod_dir)
+            ref["bundle"] = {name: f["sha256"] for name, f in sorted(got["files"].items()) if name != SUMS}
+        except (ReleaseNotFound, VerificationFailed, ParamsInvalid) as e:
             get_run_logger().warning("prod %s %s: bundle not fetched (%s); the regression check falls back "
                                      "to the accuracy prod recorded", model, ref["version"], e)
             shutil.rmtree(prod_dir, ignore_errors=True)
@@ -291,17 +303,37 @@ def register_release(root: Path, params: Params, decision: dict[str, Any]) -> di
         card = model_card(root, params, version, commit, decision, files, data)
         write_json(Path(tmp) / CARD, card)
         files[CARD] = Path(tmp) / CARD
+        signer = signing_repository(store, root, log.warning)
+        # signed provenance: commit, data md5, params and lock hashes -> each shipped file's SHA-256
+        lock = root / "requirements.lock"
+        statement = provenance_statement(
+            pp.model, version, {name: path.read_bytes() for name, path in files.items()}, commit, data,
+            sha256_file(root / "params.yaml") if (root / "params.yaml").is_file() else None,
+            sha256_file(lock) if lock.is_file() else None)
+        (Path(tmp) / PROVENANCE).write_bytes(sign_provenance(statement, signer.keys.signer("targets")))
+        files[PROVENANCE] = Path(tmp) / PROVENANCE
         if bundle_exists(store, pp.model, version):
             # versions are immutable: reuse this commit's bundle (an earlier attempt that stopped
             # before tagging), refuse anything else
-            published = json.loads(store.read_text(f"{bundle_prefix(pp.model, version)}/{CARD}"))
+            published = parse_document(store.read_text(f"{bundle_prefix(pp.model, version)}/{CARD}"),
+                                       f"{bundle_prefix(pp.model, version)}/{CARD}", "model card")
             if published.get("lineage", {}).get("git_commit") != commit:
                 raise ArtifactCorrupt(
                     f"{store.describe()} already holds {pp.model} {version} from commit "
                     f"{str(published.get('lineage', {}).get('git_commit'))[:8]}, not {commit[:8]}",
                     hint="Another clone released this version: `git fetch --tags` and run again.")
+            signed = store_files(store, pp.model, version)
+            for name, rel in bundle_files(root).items():  # the models are this commit's, byte for byte
+                if signed.get(name) != (root / rel).read_bytes():
+                    raise ArtifactCorrupt(f"{store.describe()}/{bundle_prefix(pp.model, version)}/{name} is not "
+                                          f"this commit's {rel}; refusing to sign it",
+                                          hint="The store was changed; release a new version.")
         else:
             publish_bundle(store, pp.model, version, files)
+            signed = {name: path.read_bytes() for name, path in files.items()} | {SUMS: sums_text(files).encode()}
+        # signed after the upload, before the tag: a registered version is always a signed target
+        got = sign_release(signer, pp.model, version, signed)
+        log.info("signed %s %s (%d files): %s", pp.model, version, len(signed), ", ".join(got["wrote"]) or "already signed")
     tags: list[str] = []
     if existing:
         log.info("commit %s is already %s %s; nothing new to register", commit[:8], pp.model, version)

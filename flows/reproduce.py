@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from edgedistill.dvclock import lock_stages, out_md5s
+from edgedistill.dvclock import entries, lock_stages, out_md5s
 from edgedistill.errors import EdgeDistillError
 from edgedistill.fmt import num
 from edgedistill.io import sha256_file, write_json
@@ -156,6 +156,9 @@ def reproduce_version(root: str | Path, params: Params, version: str, keep: bool
                     if note:
                         row.update(verdict=WITHIN, note=note)
             files.append(row)
+        provenance = release_provenance(root, params, store, info, released_lock)
+        if provenance.get("row"):
+            files.append(provenance.pop("row"))
         if bundle_exists(store, model, info.version):
             prefix = bundle_prefix(model, info.version)
             sums = parse_sums(store.read_text(f"{prefix}/{SUMS}"), SUMS)
@@ -180,11 +183,62 @@ def reproduce_version(root: str | Path, params: Params, version: str, keep: bool
     report = {"model": model, "version": info.version, "commit": info.commit, "verdict": overall["verdict"],
               "reason": overall["reason"], "tally": overall["tally"], "stages": stages_run, "counts": counts, "metrics": metrics, "files": files,
               "worktree": str(wt) if keep else None,
-              "environment": environment_check(root, params, info.version)}
+              "environment": environment_check(root, params, info.version), "provenance": provenance}
     out = Path(out) if out else root / "reports" / "reproduce" / f"{model}-{info.version}.json"
     write_json(out, report)
     report["report"] = str(out)
     return report
+
+
+def release_provenance(root: Path, params: Params, store: Any, info: Any, released_lock: str | None) -> dict[str, Any]:
+    """The release's signed provenance statement (verified on fetch: signature, subjects = the shipped
+    files' digests) against what git holds at its commit: the commit, the data md5 in dvc.lock (or the
+    .dvc file), and the hashes of params.yaml and requirements.lock."""
+    import hashlib
+
+    from edgedistill.errors import ParamsInvalid, ReleaseNotFound, VerificationFailed
+    from edgedistill.trust import (
+        PROVENANCE,
+        fetch_verified,
+        project_root_of_trust,
+        provenance_facts,
+        read_statement,
+    )
+
+    with tempfile.TemporaryDirectory() as t:
+        try:
+            got = fetch_verified(store, project_root_of_trust(store, root), params.promote.model, info.version,
+                                 Path(t) / "bundle")
+        except (ParamsInvalid, ReleaseNotFound) as e:
+            return {"verdict": f"not checked: {e}"}
+        except VerificationFailed as e:  # the signed release itself is refused: the strongest "differs"
+            return {"verdict": "differs", "row": {
+                "file": f"bundle/{PROVENANCE}", "by": "signed statement", "decisive": True, "released": None,
+                "reproduced": None, "verdict": DIFFERS, "note": str(e)}}
+        path = Path(got["dest"]) / PROVENANCE
+        if not path.is_file():
+            return {"verdict": "absent (released before provenance was signed)"}
+        facts = provenance_facts(read_statement(path.read_bytes()))
+    readings = params.data.readings
+    data_md5 = next((d["md5"] for stage in lock_stages(released_lock).values() for d in entries(stage, "deps")
+                     if d.get("path") == readings), None)
+    if data_md5 is None:
+        dvc_file = show_file(root, info.commit, f"{readings}.dvc")
+        data_md5 = ((yaml.safe_load(dvc_file) or {}).get("outs") or [{}])[0].get("md5") if dvc_file else None
+
+    def sha(path: str) -> str | None:
+        text = show_file(root, info.commit, path)
+        return hashlib.sha256(text.encode()).hexdigest() if text is not None else None
+
+    git_facts = {"commit": info.commit, "data_md5": data_md5, "params_sha256": sha("params.yaml"),
+                 "lock_sha256": sha("requirements.lock")}
+    bad = [k for k in git_facts if facts.get(k) != git_facts[k]]
+    row = {"file": f"bundle/{PROVENANCE}", "by": "signed statement", "decisive": True,
+           "released": " ".join(f"{k}={str(v)[:8]}" for k, v in facts.items()),
+           "reproduced": " ".join(f"{k}={str(v)[:8]}" for k, v in git_facts.items()),
+           "verdict": DIFFERS if bad else IDENTICAL,
+           "note": f"{', '.join(bad)} not what git holds at {info.commit[:8]}" if bad else ""}
+    return {"verdict": "differs" if bad else "verified", "facts": facts, "git": git_facts, "row": row}
 
 
 def row_class(row: dict[str, Any]) -> str:

@@ -4,18 +4,18 @@ events that the `release-on-new-data` and `publish` deployments' triggers react 
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 
-from edgedistill.errors import ReleaseNotFound
+from edgedistill.errors import ParamsInvalid, ReleaseNotFound
 from edgedistill.io import read_json, write_json
 from edgedistill.params import Params, load_params
 from edgedistill.registry import Registry
-from edgedistill.store import CARD, DVC_PREFIX, Store, bundle_prefix, open_store
+from edgedistill.store import CARD, DVC_PREFIX, Store, bundle_prefix, open_store, parse_document
+from edgedistill.trust import SignedRepository, load_keys, signed_channel
 
 DATA_CHANGED = "edgedistill.data.changed"
 STAGE_ASSIGNED = "edgedistill.registry.stage-assigned"
@@ -42,7 +42,8 @@ def last_release_data(store: Store, reg: Registry, model: str) -> dict[str, Any]
         return {"version": None, "md5": None}
     v = versions[0]
     try:
-        card = json.loads(store.read_text(f"{bundle_prefix(model, v.version)}/{CARD}"))
+        card = parse_document(store.read_text(f"{bundle_prefix(model, v.version)}/{CARD}"),
+                              f"{bundle_prefix(model, v.version)}/{CARD}", "model card")
     except ReleaseNotFound:
         card = {}
     return {"version": v.version, "md5": ((card.get("lineage") or {}).get("data") or {}).get("md5")}
@@ -70,12 +71,21 @@ def check_data(root: Path, params: Params, store: Store, state: dict[str, Any]) 
     return out
 
 
+def signer_if_keys(store: Store, root: str | Path) -> SignedRepository | None:
+    """The signer when this machine holds the store's keys (the watcher renews the timestamp), else None."""
+    try:
+        return SignedRepository(store, load_keys(store, root))
+    except ParamsInvalid:
+        return None
+
+
 def check_stages(root: Path, params: Params, store: Store) -> list[dict[str, Any]]:
     """Stages whose registry assignment is not what their channel publishes. Not deduplicated:
     publishing is idempotent, so a failed publish is simply retried on the next check."""
     from flows.publish import assignment_counter, read_channel
 
     model = params.promote.model
+    signer = signer_if_keys(store, root)
     reg = Registry(root)
     out = []
     for stage in params.ops.channel_stages:
@@ -83,7 +93,8 @@ def check_stages(root: Path, params: Params, store: Store) -> list[dict[str, Any
         if info is None:
             continue
         counter = assignment_counter(root, model, stage)
-        channel, _ = read_channel(store, model, stage)
+        # the signed entry when this machine holds the keys (the stored document may be replayed or forged)
+        channel = signed_channel(signer, model, stage) if signer else read_channel(store, model, stage)[0]
         published = (channel or {}).get("version"), int((channel or {}).get("assignment", 0))
         if published != (info.version, counter):
             out.append({"stage": stage, "version": info.version, "assignment": counter,
@@ -155,11 +166,15 @@ def watch_once(root: str | Path, params: Params, force: bool = False) -> dict[st
                      data_emitted_at=datetime.now(UTC).isoformat(timespec="seconds"))
         write_json(state_path, state)
     stages = check_stages(r, params, store)
+    # the timestamp expires after 7 days: renew it (and snapshot/targets) when due, so a fleet that is
+    # cut off from the store notices while one that is not never sees an expired release
+    signer = signer_if_keys(store, r)
+    renewed = signer.commit()["wrote"] if signer and signer.state() else []
     for s in stages:
         s["emitted"] = emit(STAGE_ASSIGNED, {"prefect.resource.id": model_resource(model),
                                              "edgedistill.model": model, "edgedistill.stage": s["stage"]},
                             {"version": s["version"], "assignment": s["assignment"]})
-    return {"data": data, "stages": stages}
+    return {"data": data, "stages": stages, "renewed": renewed}
 
 
 @flow(name="edgedistill-watch", log_prints=True, validate_parameters=False)
@@ -170,6 +185,8 @@ def watch(root: str = ".", params_file: str = "params.yaml", force: bool = False
     got = watch_once(r, load_params(r / params_file), force=force)
     d = got["data"]
     log.info("data: %s%s", d["why"], f" → {DATA_CHANGED}" if d["emit"] else "")
+    if got["renewed"]:
+        log.info("signed metadata renewed: %s", ", ".join(got["renewed"]))
     for s in got["stages"]:
         log.info("stage %s: registry has %s (assignment %d), channel has %s → %s", s["stage"], s["version"],
                  s["assignment"], s["published"] or "nothing", STAGE_ASSIGNED)

@@ -26,8 +26,8 @@ from edgedistill.store import (
     S3Store,
     configure_dvc_remote,
     open_store,
-    publish_bundle,
 )
+from edgedistill.trust import publish_signed, sign_channel, signing_repository
 from flows.publish import channel_key, publish_channel
 from flows.triggers import DATA_CHANGED, STAGE_ASSIGNED, check_data, check_stages
 
@@ -79,7 +79,7 @@ def release_v(root: Path, version: str, data_md5: str | None, stage: str | None 
     card = root / f".cand-{version}" / CARD
     card.write_text(json.dumps({"model": MODEL, "version": version, "lineage": {"data": {"md5": data_md5}}}
                                | ({"ships": ships} if ships is not None else {})))
-    publish_bundle(open_store(params.store, root), MODEL, version, {**files, CARD: card})
+    publish_signed(open_store(params.store, root), MODEL, version, {**files, CARD: card}, root)
     reg = Registry(root)
     reg.register(MODEL, version, "HEAD")
     if stage:
@@ -125,13 +125,49 @@ def test_publish_writes_channel_then_is_idempotent_and_refuses_stale(project):
     for f in doc["files"].values():  # the URLs are real: the bytes behind them have that SHA256
         assert sha256_file(Path(f["url"].removeprefix("file://"))) == f["sha256"]
     assert not publish_channel(project, params, "prod")["changed"]
-    # a newer assignment already published by someone else is never moved back
     key = channel_key(MODEL, "prod")
+    # a forged counter in the stored document (the issue's attack: "assignment": 999 made publish leave
+    # a replayed channel alone for good) is not trusted: the signed entry is, and the document is rewritten
     data, etag = store.read_versioned(key)
-    newer = {**json.loads(data), "version": "v9.0.0", "assignment": 99}
-    store.write_conditional(key, json.dumps(newer).encode(), etag)
+    store.write_conditional(key, json.dumps({**json.loads(data), "version": "v9.0.0", "assignment": 999}).encode(),
+                            etag)
+    repaired = publish_channel(project, params, "prod")
+    assert repaired["changed"] and json.loads(store.read_versioned(key)[0])["version"] == "v0.1.0"
+    # a newer assignment signed by another publisher is never moved back
+    data, etag = store.read_versioned(key)
+    newer = (json.dumps({**json.loads(data), "version": "v9.0.0", "assignment": 99}) + "\n").encode()
+    store.write_conditional(key, newer, etag)
+    sign_channel(signing_repository(store, project), MODEL, "prod", newer, "v9.0.0", 99)
     stale = publish_channel(project, params, "prod")
     assert stale.get("stale") and json.loads(store.read_versioned(key)[0])["version"] == "v9.0.0"
+
+
+def test_publish_and_fetch_refuse_a_tampered_bundle(project, monkeypatch):
+    """Someone with write access to the store swaps the model and rewrites SHA256SUMS and the card to
+    match: publish leaves the channel alone and fetch installs nothing, each naming the failed check."""
+    from typer.testing import CliRunner
+
+    from edgedistill.cli import app
+    from edgedistill.errors import VerificationFailed
+    from edgedistill.store import SUMS, sums_text
+
+    params = load_params(project / "params.yaml")
+    release_v(project, "v0.1.0", None, stage="prod")
+    publish_channel(project, params, "prod")
+    sh(["git", "commit", "-q", "--allow-empty", "-m", "next"], project)
+    release_v(project, "v0.2.0", None, stage="prod", seed=1)
+    store = open_store(params.store, project)
+    v2 = store.root / "releases" / MODEL / "v0.2.0"
+    (v2 / "student.int8.onnx").write_bytes((store.root / "releases" / MODEL / "v0.1.0" / "student.int8.onnx").read_bytes())
+    (v2 / SUMS).write_text(sums_text({n: v2 / n for n in ("student.onnx", "student.int8.onnx", CARD)}))
+    channel = store.read_versioned(channel_key(MODEL, "prod"))[0]
+    with pytest.raises(VerificationFailed, match="length/sha256 check failed .*v0.2.0/"):
+        publish_channel(project, params, "prod")
+    assert store.read_versioned(channel_key(MODEL, "prod"))[0] == channel  # still v0.1.0
+    monkeypatch.chdir(project)
+    r = CliRunner().invoke(app, ["fetch", "--stage", "prod", "--to", "deploy/prod"], env={"COLUMNS": "200"})
+    assert r.exit_code == 2 and "length/sha256 check failed" in r.output and "Traceback" not in r.output
+    assert not (project / "deploy/prod").exists()
 
 
 def test_publish_without_prod_is_a_clear_error(project, monkeypatch):

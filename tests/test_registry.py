@@ -12,7 +12,8 @@ from release_fixtures import BIN, git_init, sh, write_candidate
 
 from edgedistill.errors import ParamsInvalid, ReleaseNotFound
 from edgedistill.registry import FALLBACK_EMAIL, Registry, commit_paths
-from edgedistill.store import LocalStore, publish_bundle
+from edgedistill.store import LocalStore
+from edgedistill.trust import publish_signed
 from flows.registry_ops import promote_version, registry_rows
 
 
@@ -151,7 +152,7 @@ def test_promote_version_needs_the_bundle_in_the_store(repo, tmp_path):
     files = write_candidate(tmp_path / "c")
     card = tmp_path / "c/model_card.json"
     card.write_text(json.dumps({"model": "student", "version": "v0.1.0"}))
-    publish_bundle(LocalStore(tmp_path / "store"), "student", "v0.1.0", {**files, "model_card.json": card})
+    publish_signed(LocalStore(tmp_path / "store"), "student", "v0.1.0", {**files, "model_card.json": card})
     r = promote_version(repo, params, "v0.1.0", "prod")
     assert r["changed"] and r["previous"] is None and r["pushed"] == [r["tag"]]
     assert "student#prod#" in r["tag"] and r["tag"] in remote_tags(repo)
@@ -173,7 +174,7 @@ def test_cli_promote_and_registry(repo, tmp_path):
         files = write_candidate(tmp_path / v)
         card = tmp_path / v / "model_card.json"
         card.write_text(json.dumps({"model": "student", "version": v}))
-        publish_bundle(LocalStore(store), "student", v, {**files, "model_card.json": card})
+        publish_signed(LocalStore(store), "student", v, {**files, "model_card.json": card})
     ed = f"{BIN}/edgedistill"
     assert "promoted student prod: — → v0.2.0" in sh([ed, "promote", "v0.2.0", "--to", "prod"], repo).stdout
     out = sh([ed, "promote", "v0.1.0", "--to", "prod"], repo).stdout

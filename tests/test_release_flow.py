@@ -75,8 +75,12 @@ def test_release_registers_staging_pushes_and_publishes(released, monkeypatch):
     assert sh(["git", "status", "--porcelain"], proj).stdout.strip() == ""
 
     keys = s3_keys(released["endpoint"], "releases/student/v0.1.0")
-    assert sorted(k.rsplit("/", 1)[1] for k in keys) == ["SHA256SUMS", "mcu.json", "model_card.json", "release.html",
-                                                         "student.int8.onnx", "student.onnx"]
+    assert sorted(k.rsplit("/", 1)[1] for k in keys) == ["SHA256SUMS", "mcu.json", "model_card.json", "provenance.json",
+                                                         "release.html", "student.int8.onnx", "student.onnx"]
+    # signed: every bundle file is a target of the TUF metadata, keys beside the project (not in the bucket)
+    assert "tuf/metadata/timestamp.json" in s3_keys(released["endpoint"], "tuf")
+    assert (released["base"] / "edgedistill-keys" / "root.json").is_file()
+    assert not [k for p in ("tuf", "releases", "dvc") for k in s3_keys(released["endpoint"], p) if k.endswith(".pem")]
     # the offline report: in the bundle and in the workspace (git-ignored), the gate table on it
     bundled = S3Store(BUCKET, "team", endpoint_url=released["endpoint"]).read_text(
         "releases/student/v0.1.0/release.html")
@@ -140,7 +144,7 @@ def test_fresh_clone_pulls_and_fetches_prod(released, monkeypatch):
     assert not (clone / "models/student.int8.onnx").exists()
 
     r = sh([ED, "fetch", "--stage", "prod", "--to", "deploy/edge"], clone, env=FAKE_AWS)
-    assert "student v0.1.0 (prod)" in r.stdout and r.stdout.count("verified") == 5  # every bundle file
+    assert "student v0.1.0 (prod)" in r.stdout and r.stdout.count("verified") == 6  # every bundle file
     assert "ships: edge-cpu-1t → student.onnx (FP32); nrf52-m4 → student.int8.onnx (INT8)" in r.stdout
     for name in ("student.onnx", "student.int8.onnx"):
         assert sha256_file(clone / "deploy/edge" / name) == sha256_file(proj / "models" / name)
@@ -202,6 +206,9 @@ def test_reproduce_matches_the_release(released):
     by_file = {f["file"]: f["verdict"] for f in report["files"]}
     assert by_file["models/student.int8.onnx"] == by_file["bundle/student.int8.onnx"] == "identical"
     assert any(m["metric"] == "candidate.int8_accuracy" for m in report["metrics"])
+    # the signed provenance names this commit, its data, params and lock
+    assert report["provenance"]["verdict"] == "verified" and by_file["bundle/provenance.json"] == "identical"
+    assert report["provenance"]["facts"]["commit"] == report["commit"] and "provenance verified" in r.stdout
     assert "worktree" not in sh(["git", "worktree", "list"], released["proj"]).stdout.split("\n", 1)[-1]
 
 
@@ -284,6 +291,15 @@ def test_real_pipeline_release_on_bundled_data(tmp_path):
     assert card["files"]["release.html"]["sha256"] == sha256_file(card_dir / "release.html")
     assert card["normalization"]["method"] == "global" and card["normalization"]["statistics"]["window_std_decades"]
     assert tags(proj) == {"student@v0.1.0", "student#staging#1", "student#prod#2"}
+    # signed: demo keys beside the store (said where), provenance in the bundle; publish signs the channel
+    # and a device holding only the pinned root and the store installs prod
+    keys = tmp_path / "edgedistill-keys"
+    assert (keys / "root.json").is_file() and f"created demo signing keys in {keys}" in r.stdout + r.stderr
+    assert "provenance.json" in {p.name for p in card_dir.iterdir()}
+    sh([ED, "publish"], proj)
+    dev = sh([f"{BIN}/edgedistill-device", "update", "--store", str(tmp_path / "edgedistill-store"),
+              "--root", str(keys / "root.json"), "--to", str(tmp_path / "device/model")], tmp_path)
+    assert dev.stdout.startswith("installed student v0.1.0 (channel prod, assignment 2)")
     # the release commit pins the workspace: DVC sees nothing to re-run, git nothing to commit
     assert "up to date" in sh([f"{BIN}/dvc", "status"], proj).stdout.lower()
     assert sh(["git", "status", "--porcelain", "--untracked-files=no"], proj).stdout.strip() == ""

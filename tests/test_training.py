@@ -469,3 +469,26 @@ def test_channels_last_twin_computes_and_trains_the_1d_net(prepared):
     # what is exported is the 1D net: the same graph as a net that never trained through the twin
     ops = [n.op_type for n in ox.export_onnx(b, x.shape[1], x.shape[2], 18, what="cl").graph.node]
     assert ops.count("Conv") == 7 and ops.count("ReduceMean") == 1 and "Unsqueeze" not in ops
+
+
+class _Payload:
+    """A pickle that would run code when unpickled by torch.load(weights_only=False)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_resume_file_is_loaded_weights_only(prepared, tmp_path):
+    """A planted resume file cannot run code: it is refused as not a plain checkpoint and training starts over."""
+    marker = tmp_path / "pwned"
+    (tmp_path / "res").mkdir()
+    torch.save({"key": "x", "payload": _Payload(marker)}, tmp_path / "res" / "teacher.pt")
+    logs: list[str] = []
+    m = train_teacher.run(tiny(), model_out=tmp_path / "t.pt", metrics_out=tmp_path / "t.json",
+                          plots_dir=None, resume_dir=tmp_path / "res", log=logs.append)
+    assert not marker.exists()
+    assert any("not a plain checkpoint" in s for s in logs) and not any("resuming" in s for s in logs)
+    assert m["accuracy"] > 0

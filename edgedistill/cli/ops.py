@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from edgedistill.cli.main import _state, app, console, guarded, params
@@ -59,12 +60,13 @@ def publish(
     """Point the fleet channel releases/<model>/channels/<stage>.json at the stage's version."""
     from flows.publish import publish_channel
 
-    r = guarded(lambda: publish_channel(".", params(), stage, log=console.print))
+    r = guarded(lambda: publish_channel(".", params(), stage, log=lambda m: console.print(escape(m))))
     if r.get("stale"):
         console.print(f"channel already at a newer assignment ({r['version']}); left alone: {r['channel']}")
         return
     if not r["changed"]:
-        console.print(f"{r['model']} {stage} channel already points at {r['version']}: {r['channel']}")
+        console.print(f"{r['model']} {stage} channel already points at {r['version']}: {r['channel']}"
+                      + (f"; renewed {', '.join(r['renewed'])}" if r.get("renewed") else ""))
         return
     t = Table(title=f"{r['model']} {stage} → {r['version']} (was {r['previous'] or '—'})")
     t.add_column("file")
@@ -74,7 +76,7 @@ def publish(
     for name, f in r["document"]["files"].items():
         t.add_row(name, f"{f['bytes']:,}", f["sha256"][:16] + "…", f["url"])
     console.print(t)
-    console.print(f"[green]✓[/] {r['channel']}")
+    console.print(f"[green]✓[/] {r['channel']} (signed: assignment {r['document'].get('assignment')})")
 
 
 @app.command()

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from edgedistill.cli.main import SUMMARIES, _state, app, console, guarded, params
 from edgedistill.fmt import num
-from edgedistill.store import CARD
+from edgedistill.store import CARD, parse_document
 
 
 def _promote_summary(r: dict) -> None:
@@ -88,23 +88,31 @@ def fetch(
     version: Annotated[str | None, typer.Option("--version", help="a version instead of a stage")] = None,
     to: Annotated[Path | None, typer.Option("--to", help="target directory (default deploy/<model>-<stage>)")] = None,
     repo: Annotated[str | None, typer.Option(help="git repo holding the registry tags (default: here)")] = None,
+    root: Annotated[Path | None, typer.Option("--root", help="pinned root.json to verify with (default "
+                                              "$EDGEDISTILL_ROOT, else the keys folder's root.json)")] = None,
 ) -> None:
-    """Download a release bundle from the store, verify every SHA256, replace the target atomically."""
+    """Download a release bundle from the store, verify it against its signed metadata (signatures,
+    expiry, each file's length and SHA-256), replace the target atomically."""
     from flows.registry_ops import fetch_release
 
-    r = guarded(lambda: fetch_release(".", params(), to, stage=stage, version=version, repo=repo))
-    t = Table(title=f"{r['model']} {r['version']}" + (f" ({r['stage']})" if r["stage"] else "")
-              + f" from {r['store']}")
+    r = guarded(lambda: fetch_release(".", params(), to, stage=stage, version=version, repo=repo,
+                                      trusted_root=root))
+    t = Table(title=escape(f"{r['model']} {r['version']}" + (f" ({r['stage']})" if r["stage"] else "")
+                           + f" from {r['store']}"))
     t.add_column("file")
     t.add_column("bytes", justify="right")
     t.add_column("sha256")
     for name, f in r["files"].items():
-        t.add_row(name, f"{f['bytes']:,}", f"{f['sha256'][:16]}… [green]verified[/]")
+        t.add_row(escape(name), f"{f['bytes']:,}", f"{escape(f['sha256'][:16])}… [green]verified (signed)[/]")
     console.print(t)
-    console.print(f"[green]✓[/] {r['dest']}")
+    console.print(f"[green]✓[/] {escape(str(r['dest']))}")
     card_path = Path(r["dest"]) / CARD
-    ships = (json.loads(card_path.read_text()).get("ships") if card_path.is_file() else None) or {}
-    console.print("ships: " + ("; ".join(f"{prof} → {s['file']} ({s['format'].upper()})" for prof, s in ships.items())
+    ships = (guarded(lambda: parse_document(card_path.read_bytes(), str(card_path), "model card")).get("ships")
+             if card_path.is_file() else None) or {}
+    ships = ships if isinstance(ships, dict) else {}
+    console.print("ships: " + ("; ".join(f"{escape(str(prof))} → {escape(str(s.get('file')))} "
+                                         f"({escape(str(s.get('format')).upper())})"
+                                         for prof, s in ships.items() if isinstance(s, dict))
                                or "student.int8.onnx on every profile (released before per-profile formats)"))
 
 
@@ -150,6 +158,15 @@ def reproduce(
     for e in r.get("environment") or []:
         console.print(f"[yellow]environment differs:[/] {escape(e['what'])} {e['released'] or '—'} at release, "
                       f"{e['current'] or '—'} now" + (f" ({escape(e['note'])})" if e.get("note") else ""))
+    prov = r.get("provenance") or {}
+    if prov.get("verdict") == "verified":
+        f = prov["facts"]
+        console.print(f"[green]provenance verified:[/] signed statement links commit {f['commit'][:8]}, data md5 "
+                      f"{str(f['data_md5'])[:8]}, params {str(f['params_sha256'])[:8]}, lock "
+                      f"{str(f['lock_sha256'])[:8]} to the shipped files' digests")
+    elif prov:
+        console.print(f"[{'bold red' if prov.get('verdict') == 'differs' else 'yellow'}]provenance "
+                      f"{escape(str(prov.get('verdict')))}[/]")
     t = r["tally"]
     console.print(f"[{colour[r['verdict']]}]{r['verdict']}[/]: {t['same']} match, {t['within']} within tolerance, "
                   f"{t['differs']} differ, {t['expected']} run-to-run figure(s) not judged; report {r['report']}")
