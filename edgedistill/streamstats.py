@@ -302,7 +302,10 @@ def chunk_partial(df: pd.DataFrame, file: int, row0: int, spec: Spec) -> Partial
     g = df[spec.group_col].to_numpy()[pos]
     r = df[spec.recording_col].to_numpy()[pos] if spec.recording_col else None
     lab = df[spec.label_col].to_numpy()[pos]
-    t = df[spec.time_col].to_numpy()[pos]
+    tcol = df[spec.time_col]
+    if p.datetime_time and getattr(tcol.dtype, "tz", None) is not None:
+        tcol = tcol.dt.tz_convert("UTC").dt.tz_localize(None)  # instants; numpy has no zones
+    t = tcol.to_numpy()[pos]
     if not p.datetime_time:
         t = pd.to_numeric(pd.Series(t)).to_numpy(dtype=np.float64)
     # recording runs (raw comparison, then merged where their string keys agree)
@@ -422,10 +425,13 @@ def _short(e: Exception) -> str:
     return msg[:200]
 
 
-def _chunks(task: FileTask, chunk_rows: int):
+def _chunks(task: FileTask, chunk_rows: int, time_col: str | None = None):
     if task.kind == "csv":
+        from edgedistill.readings import parse_iso_times
+
         try:
-            yield from pd.read_csv(task.path, chunksize=chunk_rows)
+            for df in pd.read_csv(task.path, chunksize=chunk_rows):
+                yield parse_iso_times(df, time_col)
         except Exception as e:  # pandas raises many types for a malformed CSV
             raise DataInvalid(f"{task.path}: not a readable CSV file (truncated or corrupted?): {_short(e)}") from None
         return
@@ -480,7 +486,7 @@ def file_partial(item: tuple[FileTask, Spec]) -> Partial:
     task, spec = item
     out = Partial()
     row0 = 0
-    for df in _chunks(task, spec.chunk_rows):
+    for df in _chunks(task, spec.chunk_rows, spec.time_col):
         out = merge(out, chunk_partial(df, task.index, row0, spec), spec)
         row0 += len(df)
     if row0 == 0:

@@ -124,7 +124,12 @@ def build_tables(st: Partial, files: list[FileTask], params: Params,
     t_dtype = st.dtypes.get(d.time_col)
     time_ok = d.time_col in present and (pd.api.types.is_numeric_dtype(t_dtype) or pd.api.types.is_datetime64_any_dtype(t_dtype))
     if d.time_col in present and not time_ok:
-        ex.append(_exp("ExpectColumnValuesToBeInTypeList", f"time column '{d.time_col}' is numeric or datetime", column=d.time_col, type_list=[*NUMERIC_TYPES, "datetime64[ns]", "datetime64[us]"]))
+        check = f"time column '{d.time_col}' is numeric or datetime"
+        ex.append(_exp("ExpectColumnValuesToBeInTypeList", check, column=d.time_col, type_list=[*NUMERIC_TYPES, "datetime64[ns]", "datetime64[us]"]))
+        readings.notes[check] = {"fix": "a time column holds numbers (epoch or offsets in data.time_unit, or the "
+                                        "reading's index with time_unit: samples), Parquet timestamps, or in a CSV "
+                                        "ISO-8601 text such as 2026-03-01T08:00:00.000Z or 2026-03-01 08:00:00.000 "
+                                        "(no zone: UTC); this column holds other text"}
 
     tables = [readings]
     key_cols = [d.group_col, *rec_col, d.time_col, d.label_col]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import make_params, prepared_arrays, small_readings, write_readings
 
@@ -300,3 +301,32 @@ def test_unknown_labels_are_listed_distinct_with_a_case_hint(workdir):
     df.loc[df["recording"] == df["recording"].iloc[0], "label"] = "JUMP"
     msg = fail_message(df, workdir)
     assert "1 distinct label(s) not in data.labels: 'JUMP' (400 rows)" in msg and "add them to data.labels" in msg
+
+
+@pytest.mark.parametrize("form", ["%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%d %H:%M:%S.%f", "berlin"])
+def test_csv_iso8601_time_column_is_parsed_and_prepared(workdir, form):
+    """A CSV time column of ISO-8601 timestamps (zone Z, no zone = UTC, or another zone's offset) validates
+    like the epoch numbers it stands for, and prepare finds the same gap in it."""
+    from tasks import prepare
+
+    df, _ = gapped(small_readings())
+    ref = validate.run(make_params({"data": {"readings": str(write_readings(df, workdir / "data/raw/ref.parquet"))},
+                                    "validate": {"drift": {"enabled": False}}}))
+    ts = pd.Timestamp("2026-03-01T08:00:00Z") + pd.to_timedelta(df["t"], unit="s")
+    df["t"] = ts.dt.tz_convert("Europe/Berlin").map(lambda x: x.isoformat(timespec="milliseconds")) \
+        if form == "berlin" else ts.dt.strftime(form)
+    path = write_readings(df, workdir / "data/raw/readings.csv")
+    params = make_params({"data": {"readings": str(path)}, "validate": {"drift": {"enabled": False}}})
+    report = validate.run(params)
+    keys = ("rows", "recordings", "groups", "label_shares")
+    assert report["success"] and {k: report["summary"][k] for k in keys} == {k: ref["summary"][k] for k in keys}
+    assert report["gaps"]["count"] == 1 and prepare.run(params)["gaps_split"] == 1
+
+
+def test_time_column_of_other_text_names_the_accepted_forms(workdir):
+    df = small_readings()
+    df["t"] = "08h" + df["t"].astype(str)
+    msg = fail_message(df, workdir, name="readings.csv",
+                       params=make_params({"data": {"readings": "data/raw/readings.csv"}}))
+    assert "time column 't' is numeric or datetime" in msg
+    assert "ISO-8601 text such as 2026-03-01T08:00:00.000Z or 2026-03-01 08:00:00.000" in msg
