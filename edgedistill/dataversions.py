@@ -707,6 +707,8 @@ def add(params: Params, source: str | Path, append: bool = False, to: str | Path
         result = _commit_new_version(t, current, candidate, work, new_md5, before, after, source, append,
                                      Path(params_file), reference)
         result["checks_run"] = report["checks_run"]
+        # validate's warnings (gaps prepare will cut at), naming the user's file, not the temp copy
+        result["warnings"] = [w.replace(str(candidate), str(source)) for w in report.get("warnings", [])]
         result["drift_reference"] = (report["drift_reference"] or "").replace(f"{root}{os.sep}", "") or None
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -460,8 +460,13 @@ def test_append_same_instants_in_another_zone_and_iso_csv(tmp_path):
     params = load_params(root / "params.yaml")
     half = drop["recording"].isin(drop["recording"].unique()[:7])
     berlin = drop[half].assign(t=instants[half].dt.tz_convert("Europe/Berlin"))
-    dataversions.add(params, write_readings(berlin, tmp_path / "berlin.parquet"), append=True, root=root,
-                     validate=validate.run, push=False)
+    rec = berlin["recording"].iloc[0]
+    berlin.loc[berlin.index[berlin["recording"] == rec][100:], "t"] += pd.Timedelta(30, "s")  # a 30 s gap
+    instants[berlin.index] = berlin["t"]
+    added = dataversions.add(params, write_readings(berlin, tmp_path / "berlin.parquet"), append=True, root=root,
+                             validate=validate.run, push=False)
+    (warning,) = added["warnings"]  # reported, naming the user's file, not the checked temp copy
+    assert str(tmp_path / "berlin.parquet") in warning and "1 gap(s)" in warning and "the largest 30.02 s" in warning
     iso = drop[~half].assign(t=instants[~half].dt.tz_convert("Europe/Berlin").map(
         lambda x: x.isoformat(timespec="milliseconds")))
     assert iso["t"].iloc[0].endswith("+01:00")
