@@ -310,9 +310,9 @@ def _link_or_copy(src: Path, dest: Path) -> None:
         shutil.copyfile(src, dest)
 
 
-def load_version(t: Tracked, v: Version) -> pd.DataFrame:
+def load_version(t: Tracked, v: Version, time_col: str | None = None) -> pd.DataFrame:
     with version_file(t, v.md5) as f:
-        return read_readings(f)
+        return read_readings(f, time_col)
 
 
 # ---------------------------------------------------------------- statistics and diff
@@ -336,7 +336,7 @@ def summarize(df: pd.DataFrame, params: Params) -> dict[str, Any]:
 def _try_summarize(t: Tracked, v: Version, params: Params) -> tuple[dict[str, Any] | None, str | None]:
     """Statistics of a version, or why there are none: one unreachable version must not hide the rest."""
     try:
-        return summarize(load_version(t, v), params), None
+        return summarize(load_version(t, v, params.data.time_col), params), None
     except EdgeDistillError as e:
         return None, str(e)
     except (KeyError, ValueError, TypeError) as e:
@@ -415,7 +415,7 @@ def diff(params: Params, a: str, b: str, root: str | Path = ".") -> dict[str, An
     out = {"file": t.path,
            "a": {"version": va.short, "commit": va.commit, "md5": va.md5, "date": va.date},
            "b": {"version": vb.short, "commit": vb.commit, "md5": vb.md5, "date": vb.date}}
-    out.update(compare(load_version(t, va), load_version(t, vb), params))
+    out.update(compare(load_version(t, va, params.data.time_col), load_version(t, vb, params.data.time_col), params))
     return out
 
 
@@ -488,23 +488,48 @@ def check_schema(new: pd.DataFrame, old: pd.DataFrame, source: str, tracked: str
                                "and add it as a new dataset with --to).")
 
 
+ALIGN_HINT = ("Nothing was added; the tracked data is unchanged. Write the column in the tracked type, or add "
+              "the file as a new dataset with --to.")
+
+
+def _utc_naive(s: pd.Series) -> pd.Series:
+    """Datetimes as naive UTC nanoseconds: the instants, whatever zone (or none: UTC) they are stored in."""
+    if s.dt.tz is not None:
+        s = s.dt.tz_convert("UTC").dt.tz_localize(None)
+    return s.dt.as_unit("ns")
+
+
 def _align(new: pd.DataFrame, old: pd.DataFrame, source: str) -> pd.DataFrame:
-    """Cast the new columns to the tracked dtypes (CSV reads float32 as float64 and so on), losslessly."""
+    """Cast the new columns to the tracked dtypes (CSV reads float32 as float64 and so on), losslessly.
+    Datetimes compare as instants: the same instants in another zone (Europe/Berlin vs UTC) are converted,
+    a zone-less column is taken as UTC."""
     out = new[list(old.columns)].copy()
     for c in old.columns:
         if out[c].dtype == old[c].dtype:
             continue
+        dt = _kind(old[c]) == "datetime" and _kind(out[c]) == "datetime"
         try:
-            cast = out[c].astype(old[c].dtype)
-        except (TypeError, ValueError) as e:
-            raise DataInvalid(f"{source}: column '{c}' cannot be stored as the tracked type {old[c].dtype}: {e}") from None
-        same = (cast.astype("float64") - out[c].astype("float64")).abs() <= 1e-6 * (1 + out[c].abs()) \
-            if _kind(old[c]) == "number" else (cast.astype(str) == out[c].astype(str))
+            if dt:
+                tz = getattr(old[c].dtype, "tz", None)
+                utc = _utc_naive(out[c])
+                cast = (utc.dt.tz_localize("UTC").dt.tz_convert(tz) if tz is not None else utc).astype(old[c].dtype)
+            else:
+                cast = out[c].astype(old[c].dtype)
+        except (TypeError, ValueError, OverflowError) as e:
+            raise DataInvalid(f"{source}: column '{c}' cannot be stored as the tracked type {old[c].dtype}: {e}",
+                              hint=ALIGN_HINT) from None
+        if dt:
+            same = _utc_naive(cast) == _utc_naive(out[c])
+        elif _kind(old[c]) == "number":
+            same = (cast.astype("float64") - out[c].astype("float64")).abs() <= 1e-6 * (1 + out[c].abs())
+        else:
+            same = cast.astype(str) == out[c].astype(str)
         bad = ~(same | (cast.isna() & out[c].isna()))
         if bad.any():
             i = bad.idxmax()
             raise DataInvalid(f"{source}: column '{c}' cannot be stored as the tracked type {old[c].dtype} "
-                              f"without changing values (row {i}: {out[c][i]!r})")
+                              f"without changing values (row {i}: {out[c][i]!r} would become {cast[i]!r})",
+                              hint=ALIGN_HINT)
         out[c] = cast
     return out
 
@@ -607,7 +632,8 @@ def add(params: Params, source: str | Path, append: bool = False, to: str | Path
     if owner:
         raise stage_output_error(t, owner) if to is None else DataVersionError(
             f"--to {t.path}: that path is produced by {owner}", hint="Choose a path no stage writes.")
-    new_df = read_readings(source)
+    time_col = params.data.time_col
+    new_df = read_readings(source, time_col)
     in_place = source.resolve() == t.abs.resolve()
     recorded, actual = _workspace_md5(t)
     if not (in_place and not append):
@@ -622,10 +648,10 @@ def add(params: Params, source: str | Path, append: bool = False, to: str | Path
     old_df = None
     if recorded:
         if actual == recorded:
-            old_df = read_readings(t.abs)
+            old_df = read_readings(t.abs, time_col)
         else:  # tracked but not in the workspace (e.g. a fresh clone): take it from the cache or remote
             with version_file(t, recorded) as f:
-                old_df = read_readings(f)
+                old_df = read_readings(f, time_col)
     before = summarize(old_df, params) if old_df is not None else None
     if old_df is not None:
         check_schema(new_df, old_df, str(source), t.path)
@@ -674,13 +700,15 @@ def add(params: Params, source: str | Path, append: bool = False, to: str | Path
                               hint=("If the new data is meant to differ from the reference, accept it with "
                                     "--update-reference. " if drift else "")
                               + f"Report: {Path(ADD_REPORT_DIR) / 'result.json'}") from None
-        after = summarize(read_readings(candidate), params)
+        after = summarize(read_readings(candidate, time_col), params)
         # a reference created or accepted (--update-reference) for this data is committed with it
         ref_now = ref.read_bytes() if ref.is_file() else None
         reference = {ref: ref_before} if ref_now != ref_before and ref.resolve().is_relative_to(root) else {}
         result = _commit_new_version(t, current, candidate, work, new_md5, before, after, source, append,
                                      Path(params_file), reference)
         result["checks_run"] = report["checks_run"]
+        # validate's warnings (gaps prepare will cut at), naming the user's file, not the temp copy
+        result["warnings"] = [w.replace(str(candidate), str(source)) for w in report.get("warnings", [])]
         result["drift_reference"] = (report["drift_reference"] or "").replace(f"{root}{os.sep}", "") or None
     finally:
         shutil.rmtree(work, ignore_errors=True)

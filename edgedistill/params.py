@@ -586,10 +586,13 @@ class Params(_Section):
         if unknown:
             raise ValueError(f"validate.channel_ranges names channels not in data.channels: {unknown}")
         rotating = self.teacher.augment.rotate > 0 or self.student.augment.rotate > 0
-        _, unknown = vector_groups_in(self.data.vector_groups, self.data.channels)
-        if unknown and rotating:  # only the rotation reads the groups: other data need not clear them
+        # a group naming none of the channels is as wrong as one naming some (a typo, or the bundled IMU
+        # triplets left for other data): either way the rotation would not turn what the user meant
+        unknown = sorted({c for g in self.data.vector_groups for c in g} - set(self.data.channels))
+        if unknown and rotating:  # only the rotation reads the groups
             raise ValueError(f"data.vector_groups names channels not in data.channels: {unknown} (set "
-                             "data.vector_groups: [] for data without 3-D vector sensors)")
+                             "data.vector_groups: [] for data without 3-D vector sensors, or "
+                             "teacher/student.augment.rotate: 0)")
         own = METHOD_KNOBS[self.distill.method]
         foreign = sorted(set(self.sweep.knobs) - set(own))
         if foreign:  # the sweep trains the configured method: another method's knobs would do nothing

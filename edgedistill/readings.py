@@ -11,17 +11,34 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from edgedistill.errors import DataInvalid
+from edgedistill.errors import DataInvalid, ParamsInvalid
 from edgedistill.params import DataParams
 
 PARQUET_SUFFIXES = {".parquet", ".pq"}
 CSV_SUFFIXES = {".csv", ".txt"}
 
 
-def read_readings(path: str | Path) -> pd.DataFrame:
+def parse_iso_times(df: pd.DataFrame, time_col: str | None) -> pd.DataFrame:
+    """A CSV time column of ISO-8601 text (`2026-03-01T08:00:00.000Z`, `2026-03-01 08:00:00.000`, with an
+    offset or none) as datetime64[ns, UTC]: a zone or offset is converted, text without one is taken as
+    UTC. Anything else (epoch numbers are numeric already; text that is not ISO-8601) is left as read, for
+    validate to refuse with the accepted forms."""
+    if time_col is None or time_col not in df.columns:
+        return df
+    s = df[time_col]
+    if not (pd.api.types.is_object_dtype(s) or pd.api.types.is_string_dtype(s)) or s.isna().all():
+        return df
+    try:
+        df[time_col] = pd.to_datetime(s, utc=True, format="ISO8601").dt.as_unit("ns")
+    except (ValueError, TypeError, OverflowError):
+        pass
+    return df
+
+
+def read_readings(path: str | Path, time_col: str | None = None) -> pd.DataFrame:
     """Load a readings file, or a partitioned Parquet dataset (a directory with hive-style partitions such as
     `device=…/date=…`, read through pyarrow.dataset: partition keys become columns); every failure names
-    the file (and the partition) and the cause."""
+    the file (and the partition) and the cause. A CSV's ISO-8601 `time_col` is parsed (parse_iso_times)."""
     path = Path(path)
     if not path.exists():
         raise DataInvalid(f"{path}: readings file not found", hint="Run `edgedistill ingest` or set data.readings.")
@@ -34,7 +51,7 @@ def read_readings(path: str | Path) -> pd.DataFrame:
         if suffix in PARQUET_SUFFIXES:
             df = pd.read_parquet(path, engine="pyarrow")
         elif suffix in CSV_SUFFIXES:
-            df = pd.read_csv(path)
+            df = parse_iso_times(pd.read_csv(path), time_col)
         else:
             raise DataInvalid(f"{path}: unsupported file type {suffix!r}; use .parquet or .csv")
     except DataInvalid:
@@ -45,6 +62,59 @@ def read_readings(path: str | Path) -> pd.DataFrame:
     if len(df) == 0:
         raise DataInvalid(f"{path}: has a header but no rows")
     return df
+
+
+def schema_columns(path: str | Path) -> list[str] | None:
+    """The readings' column names from the schema alone (a Parquet footer, a CSV header; a partitioned
+    dataset: its first file's footer plus the partition keys); None when there is no readings file yet."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        if path.is_dir():
+            import pyarrow.parquet as pq
+
+            files = dataset_files(path)
+            names = list(pq.read_schema(files[0]).names)
+            return names + [k for k in partition_keys(path, files[0]) if k not in names]
+        suffix = path.suffix.lower()
+        if suffix in PARQUET_SUFFIXES:
+            import pyarrow.parquet as pq
+
+            return list(pq.read_schema(path).names)
+        if suffix in CSV_SUFFIXES:
+            return [str(c) for c in pd.read_csv(path, nrows=0).columns]
+    except DataInvalid:
+        raise
+    except Exception as e:  # a damaged footer or header
+        raise DataInvalid(f"{path}: not a readable readings file (truncated or corrupted?): {_short(e)}") from None
+    raise DataInvalid(f"{path}: unsupported file type {suffix!r}; use .parquet or .csv")
+
+
+def check_columns(data: DataParams) -> dict[str, Any]:
+    """The columns the data.* params name, checked against the readings' schema (cheap: no rows read).
+    Raises ParamsInvalid naming every param whose column is missing, the near matches and the columns that
+    exist; returns what was checked (`columns` None when there is no readings file yet)."""
+    import difflib
+
+    cols = schema_columns(data.readings)
+    if cols is None:
+        return {"file": data.readings, "columns": None}
+    named = {"data.group_col": data.group_col, "data.time_col": data.time_col, "data.label_col": data.label_col}
+    if data.recording_col:
+        named["data.recording_col"] = data.recording_col
+    named.update({f"data.channels[{i}]": c for i, c in enumerate(data.channels)})
+    missing = {k: c for k, c in named.items() if c not in cols}
+    if missing:
+        def near(c: str) -> str:
+            m = difflib.get_close_matches(c, cols, n=1, cutoff=0.6) or [x for x in cols if x.casefold() == c.casefold()]
+            return f" (did you mean '{m[0]}'?)" if m else ""
+
+        what = "; ".join(f"{k} '{c}'{near(c)}" for k, c in missing.items())
+        raise ParamsInvalid(f"{data.readings}: no column for {what}; the file's columns: {cols}",
+                            hint="Point these data.* params at the file's columns (or data.readings at the "
+                                 "right file).")
+    return {"file": data.readings, "columns": cols, "split_col": data.split_col if data.split_col in cols else None}
 
 
 def _hidden(rel: Path) -> bool:
@@ -184,6 +254,8 @@ def time_steps(df: pd.DataFrame, data: DataParams) -> np.ndarray:
     """Each row's step from the previous reading of its recording, in sampling intervals (1/sample_rate_hz;
     with time_unit `samples`, in samples); NaN on the first row of a recording or where time is missing."""
     t = df[data.time_col]
+    if not pd.api.types.is_numeric_dtype(t):
+        t = parse_iso_times(df[[data.time_col]].copy(), data.time_col)[data.time_col]  # ISO-8601 text (CSV)
     if pd.api.types.is_datetime64_any_dtype(t):
         steps = t.diff().dt.total_seconds().to_numpy(dtype=np.float64) * data.sample_rate_hz
     elif data.time_unit == "samples":

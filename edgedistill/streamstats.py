@@ -109,6 +109,8 @@ class Partial:
     rec_hist: dict[str, Counter] = field(default_factory=dict)
     steps: int = 0  # consecutive reading pairs inside a recording
     gap_recs: set = field(default_factory=set)
+    gap_max: float = 0.0  # the longest gap's step, in sampling intervals
+    gap_max_rec: str | None = None  # and its recording
     windows: Counter = field(default_factory=Counter)  # per label, from closed label runs
     head: tuple[str, str, int] | None = None  # first label run (recording, label, length), still open
     tail: tuple[str, str, int] | None = None  # last label run, still open
@@ -147,7 +149,13 @@ def _boundary_step(out: Partial, a: Edge, b: Edge, spec: Spec) -> None:
     if iv > spec.max_gap_intervals:
         out.counts["gap"] += 1
         out.gap_recs.add(b.key)
+        _note_gap(out, float(iv), b.key)
         _add_example(out, "gap", (b.file, b.row, b.key, {"step_intervals": float(iv)}), spec.examples)
+
+
+def _note_gap(p: Partial, step: float, key: str) -> None:
+    if p.gap_max_rec is None or step > p.gap_max:
+        p.gap_max, p.gap_max_rec = step, key
 
 
 def merge(a: Partial, b: Partial, spec: Spec) -> Partial:
@@ -192,6 +200,8 @@ def merge(a: Partial, b: Partial, spec: Spec) -> Partial:
         out.rec_hist.setdefault(k, Counter()).update(h)
     out.steps += b.steps
     out.gap_recs |= b.gap_recs
+    if b.gap_max_rec is not None:
+        _note_gap(out, b.gap_max, b.gap_max_rec)
     out.windows.update(b.windows)
     # label runs: `windows` counts every run but the head and the tail, which stay open for the neighbours
     if b.head is not None:
@@ -292,7 +302,10 @@ def chunk_partial(df: pd.DataFrame, file: int, row0: int, spec: Spec) -> Partial
     g = df[spec.group_col].to_numpy()[pos]
     r = df[spec.recording_col].to_numpy()[pos] if spec.recording_col else None
     lab = df[spec.label_col].to_numpy()[pos]
-    t = df[spec.time_col].to_numpy()[pos]
+    tcol = df[spec.time_col]
+    if p.datetime_time and getattr(tcol.dtype, "tz", None) is not None:
+        tcol = tcol.dt.tz_convert("UTC").dt.tz_localize(None)  # instants; numpy has no zones
+    t = tcol.to_numpy()[pos]
     if not p.datetime_time:
         t = pd.to_numeric(pd.Series(t)).to_numpy(dtype=np.float64)
     # recording runs (raw comparison, then merged where their string keys agree)
@@ -320,6 +333,8 @@ def chunk_partial(df: pd.DataFrame, file: int, row0: int, spec: Spec) -> Partial
                                        {col: float(vals[i])}), lim)
             if name == "gap":
                 p.gap_recs |= {rec_keys[key_of[i + 1]] for i in hits}
+                top = hits[int(np.argmax(iv[hits]))]
+                _note_gap(p, float(iv[top]), rec_keys[key_of[top + 1]])
     rounded = np.round(iv, INTERVAL_DECIMALS)
     for k, s, e in zip(rec_keys, rec_starts, rec_ends, strict=True):
         p.rec_rows[k] = p.rec_rows.get(k, 0) + int(e - s)
@@ -410,10 +425,13 @@ def _short(e: Exception) -> str:
     return msg[:200]
 
 
-def _chunks(task: FileTask, chunk_rows: int):
+def _chunks(task: FileTask, chunk_rows: int, time_col: str | None = None):
     if task.kind == "csv":
+        from edgedistill.readings import parse_iso_times
+
         try:
-            yield from pd.read_csv(task.path, chunksize=chunk_rows)
+            for df in pd.read_csv(task.path, chunksize=chunk_rows):
+                yield parse_iso_times(df, time_col)
         except Exception as e:  # pandas raises many types for a malformed CSV
             raise DataInvalid(f"{task.path}: not a readable CSV file (truncated or corrupted?): {_short(e)}") from None
         return
@@ -468,7 +486,7 @@ def file_partial(item: tuple[FileTask, Spec]) -> Partial:
     task, spec = item
     out = Partial()
     row0 = 0
-    for df in _chunks(task, spec.chunk_rows):
+    for df in _chunks(task, spec.chunk_rows, spec.time_col):
         out = merge(out, chunk_partial(df, task.index, row0, spec), spec)
         row0 += len(df)
     if row0 == 0:

@@ -273,19 +273,28 @@ def register_release(root: Path, params: Params, decision: dict[str, Any]) -> di
     cand = decision["candidate"]
     shipped = ("" if decision.get("shipped", "kd") == "kd"
                else f"; ships the baseline student ({decision.get('kd_line') or 'KD did not help'})")
-    commit_paths(root, release_paths(root),
+    store = open_store(params.store, root)
+    paths = release_paths(root)
+    if paths:
+        git(root, "add", "--", *paths)
+    pins_changed = bool(paths) and git(root, "diff", "--cached", "--quiet", "--", *paths, check=False).returncode != 0
+    head_release = reg.at_commit(pp.model, head_commit(root))
+    same = None if head_release and not pins_changed else _same_model_version(reg, store, pp.model, root)
+    if same is not None:
+        # e.g. prod moved (the gates were re-checked) or the data is back at a released version: the
+        # pins are committed so the next run finds a clean tree, but not as a release — none was made
+        pinned = commit_paths(root, paths,
+                              f"pipeline: {pp.model} unchanged (same model as {same.version}; nothing registered), "
+                              f"data {(data.get('md5') or '?')[:8]}")
+        log.info("the model is byte-identical to %s %s; nothing new to register", pp.model, same.version)
+        return {"model": pp.model, "version": same.version, "commit": same.commit, "stages": same.stages,
+                "tags": [], "new": False, "same_as": same.version, "pushed": [], "pinned_in": pinned,
+                "bundle": f"{store.describe()}/{bundle_prefix(pp.model, same.version)}"}
+    commit_paths(root, paths,
                  f"release {pp.model}: int8 accuracy {_pct_iv(cand, 'int8_accuracy')}, "
                  f"data {(data.get('md5') or '?')[:8]}{shipped}")
     commit = head_commit(root)
     existing = reg.at_commit(pp.model, commit)
-    store = open_store(params.store, root)
-    same = None if existing else _same_model_version(reg, store, pp.model, root)
-    if same is not None:
-        # e.g. prod moved, so the gates were re-checked: a new commit, but no new model to register
-        log.info("the model is byte-identical to %s %s; nothing new to register", pp.model, same.version)
-        return {"model": pp.model, "version": same.version, "commit": same.commit, "stages": same.stages,
-                "tags": [], "new": False, "same_as": same.version, "pushed": [],
-                "bundle": f"{store.describe()}/{bundle_prefix(pp.model, same.version)}"}
     version = existing.version if existing else reg.next_version(pp.model, pp.bump)
     with tempfile.TemporaryDirectory() as tmp:
         files = {name: root / rel for name, rel in bundle_files(root).items()}
@@ -728,9 +737,10 @@ def _fresh_decision(root: Path, since: float) -> dict[str, Any] | None:
 
 
 def unchanged_release(root: Path, params_file: str) -> dict[str, Any] | None:
-    """The summary of the release HEAD already is, when a full run could only end "unchanged (already
-    released)": HEAD is a registered release commit, the git tree has no tracked change, prod is where
-    the promote stage last saw it, and DVC reports every stage and output up to date. Else None."""
+    """The summary of the release HEAD already is, when a full run could only end "unchanged": HEAD is a
+    registered release commit (or the commit of a rerun whose model a registered version holds), the git
+    tree has no tracked change, prod is where the promote stage last saw it, and DVC reports every stage
+    and output up to date. Else None."""
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
@@ -739,8 +749,11 @@ def unchanged_release(root: Path, params_file: str) -> dict[str, Any] | None:
         return None
     if git(root, "status", "--porcelain", "--untracked-files=no", check=False).stdout.strip():
         return None
-    info = Registry(root).at_commit(params.promote.model, head_commit(root))
-    if info is None or not (root / PROMOTION).is_file():
+    if not (root / PROMOTION).is_file():
+        return None
+    reg = Registry(root)
+    info = reg.at_commit(params.promote.model, head_commit(root))
+    if info is None and not reg.versions(params.promote.model):
         return None
     ref = root / PROD_REFERENCE
     recorded = read_json(ref) if ref.is_file() else None
@@ -752,15 +765,25 @@ def unchanged_release(root: Path, params_file: str) -> dict[str, Any] | None:
                 return None
     except DvcException:  # e.g. another run holds DVC's lock: the flow handles that as always
         return None
-    decision = read_json(root / PROMOTION)
     store = open_store(params.store, root)
-    return {"status": "unchanged (already released)", "store": {"url": store.describe(),
-                                                                "remote": params.store.remote_name},
+    same = None
+    if info is None:  # HEAD pins a rerun whose model a registered version holds (committed, not released)
+        try:
+            same = info = _same_model_version(reg, store, params.promote.model, root)
+        except EdgeDistillError:  # e.g. the store unreachable: the flow says so
+            return None
+        if info is None:
+            return None
+    decision = read_json(root / PROMOTION)
+    status = f"unchanged (same model as {info.version})" if same else "unchanged (already released)"
+    return {"status": status, "store": {"url": store.describe(), "remote": params.store.remote_name},
             "data": data_lineage(root, params), "metrics": decision["candidate"], "gates": decision["gates"],
             "failed": decision["failed"], "git_commit": info.commit, "flow_run": None,
-            "note": "nothing changed since this release: no flow run (`edgedistill run --force` runs every stage)",
+            "note": (f"nothing changed since the run that found {info.version}'s model" if same else
+                     "nothing changed since this release") + ": no flow run (`edgedistill run --force` runs every stage)",
             "registry": {"model": params.promote.model, "version": info.version, "commit": info.commit,
                          "stages": info.stages, "tags": [], "new": False, "pushed": [],
+                         **({"same_as": info.version} if same else {}),
                          "bundle": f"{store.describe()}/{bundle_prefix(params.promote.model, info.version)}"}}
 
 

@@ -20,6 +20,9 @@ from edgedistill.trust import SignedRepository, load_keys, signed_channel
 DATA_CHANGED = "edgedistill.data.changed"
 STAGE_ASSIGNED = "edgedistill.registry.stage-assigned"
 STATE = "reports/ops/watch.json"
+NO_SERVER = ("no Prefect server is configured (PREFECT_API_URL), so no one would receive the event: not sent, "
+             "not recorded; start one (`prefect server start`, then set PREFECT_API_URL and `edgedistill serve`) "
+             "or release with `edgedistill run`")
 
 
 def dataset_resource(model: str) -> str:
@@ -35,18 +38,29 @@ def in_dvc_remote(store: Store, md5: str) -> bool:
     return store.exists(f"{DVC_PREFIX}/files/md5/{md5[:2]}/{md5[2:]}")
 
 
-def last_release_data(store: Store, reg: Registry, model: str) -> dict[str, Any]:
-    """The newest registered version and the data md5 its model card (in the store) records."""
-    versions = reg.versions(model)
-    if not versions:
-        return {"version": None, "md5": None}
-    v = versions[0]
+def _card_md5(store: Store, model: str, version: str) -> str | None:
     try:
-        card = parse_document(store.read_text(f"{bundle_prefix(model, v.version)}/{CARD}"),
-                              f"{bundle_prefix(model, v.version)}/{CARD}", "model card")
+        card = parse_document(store.read_text(f"{bundle_prefix(model, version)}/{CARD}"),
+                              f"{bundle_prefix(model, version)}/{CARD}", "model card")
     except ReleaseNotFound:
         card = {}
-    return {"version": v.version, "md5": ((card.get("lineage") or {}).get("data") or {}).get("md5")}
+    return ((card.get("lineage") or {}).get("data") or {}).get("md5")
+
+
+def last_release_data(store: Store, reg: Registry, model: str, md5: str | None = None) -> dict[str, Any]:
+    """The newest registered version and the data md5 its model card (in the store) records; with `md5`,
+    also the newest version trained on that data (`trained_on`: version and stages), if any."""
+    versions = reg.versions(model)
+    if not versions:
+        return {"version": None, "md5": None, "trained_on": None}
+    newest = _card_md5(store, model, versions[0].version)
+    out = {"version": versions[0].version, "md5": newest, "trained_on": None}
+    if md5:
+        for v in versions:
+            if (newest if v is versions[0] else _card_md5(store, model, v.version)) == md5:
+                out["trained_on"] = {"version": v.version, "stages": list(v.stages)}
+                break
+    return out
 
 
 def check_data(root: Path, params: Params, store: Store, state: dict[str, Any]) -> dict[str, Any]:
@@ -55,13 +69,18 @@ def check_data(root: Path, params: Params, store: Store, state: dict[str, Any]) 
     model = params.promote.model
     data = data_lineage(root, params)
     md5 = data.get("md5")
-    released = last_release_data(store, Registry(root), model)
+    released = last_release_data(store, Registry(root), model, md5)
     out = {"path": data["path"], "md5": md5, "released_version": released["version"],
            "released_md5": released["md5"], "emit": False}
+    old = released["trained_on"]
     if not md5:
         out["why"] = f"{data['path']} has no DVC hash yet (not tracked, or no dvc.lock)"
     elif md5 == released["md5"]:
         out["why"] = f"the last release ({released['version']}) was trained on this data"
+    elif old is not None:  # e.g. `data checkout` of an older version: it has its release already
+        where = f" (stage {', '.join(old['stages'])})" if old["stages"] else " (no stage now)"
+        out["why"] = (f"md5 {md5[:8]} is already released: {old['version']}{where} was trained on it; "
+                      f"nothing to announce (the newest release is {released['version']})")
     elif not in_dvc_remote(store, md5):
         out["why"] = f"md5 {md5[:8]} is not in the DVC remote yet (not pushed)"
     elif state.get("data_md5_emitted") == md5:
@@ -158,23 +177,30 @@ def watch_once(root: str | Path, params: Params, force: bool = False) -> dict[st
     if force:
         state.pop("data_md5_emitted", None)
     data = check_data(r, params, store, state)
-    if data["emit"]:
+    # without a configured server an event goes to a temporary one that stops with this process: no
+    # deployment receives it, so it is neither sent nor recorded as announced (the next watch tries again)
+    server = prefect_api_configured()
+    if data["emit"] and not server:
+        data["emitted"] = False
+        data["not_sent"] = NO_SERVER
+    elif data["emit"]:
         data["emitted"] = emit(DATA_CHANGED, {"prefect.resource.id": dataset_resource(model),
                                               "edgedistill.model": model, "edgedistill.data.path": data["path"]},
                                {k: data[k] for k in ("path", "md5", "released_version", "released_md5")})
-        state.update(data_md5_emitted=data["md5"],
-                     data_emitted_at=datetime.now(UTC).isoformat(timespec="seconds"))
-        write_json(state_path, state)
+        if data["emitted"]:
+            state.update(data_md5_emitted=data["md5"],
+                         data_emitted_at=datetime.now(UTC).isoformat(timespec="seconds"))
+            write_json(state_path, state)
     stages = check_stages(r, params, store)
     # the timestamp expires after 7 days: renew it (and snapshot/targets) when due, so a fleet that is
     # cut off from the store notices while one that is not never sees an expired release
     signer = signer_if_keys(store, r)
     renewed = signer.commit()["wrote"] if signer and signer.state() else []
     for s in stages:
-        s["emitted"] = emit(STAGE_ASSIGNED, {"prefect.resource.id": model_resource(model),
-                                             "edgedistill.model": model, "edgedistill.stage": s["stage"]},
-                            {"version": s["version"], "assignment": s["assignment"]})
-    return {"data": data, "stages": stages, "renewed": renewed}
+        s["emitted"] = server and emit(STAGE_ASSIGNED, {"prefect.resource.id": model_resource(model),
+                                                        "edgedistill.model": model, "edgedistill.stage": s["stage"]},
+                                       {"version": s["version"], "assignment": s["assignment"]})
+    return {"data": data, "stages": stages, "server": server, "renewed": renewed}
 
 
 @flow(name="edgedistill-watch", log_prints=True, validate_parameters=False)
@@ -184,10 +210,11 @@ def watch(root: str = ".", params_file: str = "params.yaml", force: bool = False
     r = Path(root).resolve()
     got = watch_once(r, load_params(r / params_file), force=force)
     d = got["data"]
-    log.info("data: %s%s", d["why"], f" → {DATA_CHANGED}" if d["emit"] else "")
+    log.info("data: %s%s", d["why"], f" → {DATA_CHANGED}" if d.get("emitted") else
+             f" → not sent: {d['not_sent']}" if d.get("not_sent") else "")
     if got["renewed"]:
         log.info("signed metadata renewed: %s", ", ".join(got["renewed"]))
     for s in got["stages"]:
         log.info("stage %s: registry has %s (assignment %d), channel has %s → %s", s["stage"], s["version"],
-                 s["assignment"], s["published"] or "nothing", STAGE_ASSIGNED)
+                 s["assignment"], s["published"] or "nothing", STAGE_ASSIGNED if s["emitted"] else "not sent")
     return got

@@ -45,6 +45,7 @@ class Table:
     index_cols: list[str]
     expectations: list[Any] = field(default_factory=list)
     totals: dict[str, tuple[int, int]] = field(default_factory=dict)
+    notes: dict[str, dict[str, str]] = field(default_factory=dict)  # check -> {"summary"/"fix": text}
 
 
 def _exp(cls_name: str, check: str, count: str | None = None, **kwargs: Any) -> Any:
@@ -113,13 +114,22 @@ def build_tables(st: Partial, files: list[FileTask], params: Params,
         if col in present:
             ex.append(_exp("ExpectColumnValuesToNotBeNull", f"no missing values in '{col}'", f"null:{col}", column=col))
     if d.label_col in present:
-        ex.append(_exp("ExpectColumnValuesToBeInSet", f"labels in the allowed set {d.labels}", "label", column=d.label_col, value_set=list(d.labels)))
+        check = f"labels in the allowed set {d.labels}"
+        ex.append(_exp("ExpectColumnValuesToBeInSet", check, "label", column=d.label_col, value_set=list(d.labels)))
+        note = _unknown_labels_note(st.labels, list(d.labels))
+        if note:
+            readings.notes[check] = note
     if d.split_col in present:
         ex.append(_exp("ExpectColumnValuesToBeInSet", f"'{d.split_col}' in {SPLIT_VALUES}", "split", column=d.split_col, value_set=SPLIT_VALUES))
     t_dtype = st.dtypes.get(d.time_col)
     time_ok = d.time_col in present and (pd.api.types.is_numeric_dtype(t_dtype) or pd.api.types.is_datetime64_any_dtype(t_dtype))
     if d.time_col in present and not time_ok:
-        ex.append(_exp("ExpectColumnValuesToBeInTypeList", f"time column '{d.time_col}' is numeric or datetime", column=d.time_col, type_list=[*NUMERIC_TYPES, "datetime64[ns]", "datetime64[us]"]))
+        check = f"time column '{d.time_col}' is numeric or datetime"
+        ex.append(_exp("ExpectColumnValuesToBeInTypeList", check, column=d.time_col, type_list=[*NUMERIC_TYPES, "datetime64[ns]", "datetime64[us]"]))
+        readings.notes[check] = {"fix": "a time column holds numbers (epoch or offsets in data.time_unit, or the "
+                                        "reading's index with time_unit: samples), Parquet timestamps, or in a CSV "
+                                        "ISO-8601 text such as 2026-03-01T08:00:00.000Z or 2026-03-01 08:00:00.000 "
+                                        "(no zone: UTC); this column holds other text"}
 
     tables = [readings]
     key_cols = [d.group_col, *rec_col, d.time_col, d.label_col]
@@ -138,14 +148,37 @@ def build_tables(st: Partial, files: list[FileTask], params: Params,
         _exp("ExpectColumnValuesToBeBetween", f"'{d.time_col}' strictly increasing inside each recording", "order", column="time_step", min_value=0, strict_min=True),
     ], totals={"order": (st.counts.get("order", 0), st.steps)}))
 
-    tables.extend(_timing_tables(st, name, params))
+    tables.extend(_timing_tables(st, name, params, skipped))
 
+    pp = params.prepare
     recs = pd.DataFrame({"recording": list(st.rec_rows), "file": [name[st.rec_file[k]] for k in st.rec_rows],
                          "n_rows": pd.Series(list(st.rec_rows.values()), dtype="int64")})
+    check = f"every recording has >= prepare.window ({w}) readings"
+    shortest = int(recs["n_rows"].min()) if len(recs) else 0
+    short = int((recs["n_rows"] < w).sum())
+    notes = {check: {"fix": f"{short} of {len(recs)} recordings are shorter (the shortest has {shortest}): lower "
+                            f"prepare.window to at most {shortest} (and prepare.train_stride {pp.train_stride} / "
+                            f"eval_stride {pp.eval_stride} with it), or drop the short recordings"}} if short else {}
     tables.append(Table("recordings", recs, ["recording", "file"], [
-        _exp("ExpectColumnValuesToBeBetween", f"every recording has >= window ({w}) readings", column="n_rows", min_value=w),
-    ]))
+        _exp("ExpectColumnValuesToBeBetween", check, column="n_rows", min_value=w),
+    ], notes=notes))
+    tables.extend(_group_tables(st, params, present))
 
+    # windows per class and class balance follow from recordings long enough for a window and a time
+    # column in the configured unit: when those fail, their 0 windows / balance inf would bury the cause
+    if short:
+        skipped.append({"check": "windows per class, class balance", "consequence": True,
+                        "reason": "not checked while recordings are shorter than prepare.window (fix that first)"})
+    else:
+        tables.append(_classes_table(st, params))
+
+    if v.drift.enabled and reference is not None and numeric == set(d.channels):
+        tables.extend(_drift_tables(streamstats.profile(st, list(d.channels)), params, reference, skipped))
+    return tables, skipped
+
+
+def _classes_table(st: Partial, params: Params) -> Table:
+    d, v = params.data, params.validate_params
     counts = dict.fromkeys(d.labels, 0)
     counts.update(st.windows)
     known = {k: n for k, n in counts.items() if k in d.labels}
@@ -154,30 +187,75 @@ def build_tables(st: Partial, files: list[FileTask], params: Params,
         "label": list(known), "n_windows": list(known.values()),
         "imbalance": [most / n if n else float("inf") for n in known.values()],
     })
-    tables.append(Table("classes", classes, ["label"], [
+    return Table("classes", classes, ["label"], [
         _exp("ExpectColumnValuesToBeBetween", f">= {v.min_windows_per_class} windows (stride {params.prepare.eval_stride}) per class", column="n_windows", min_value=v.min_windows_per_class),
         _exp("ExpectColumnValuesToBeBetween", f"class balance: largest/smallest class <= {v.max_class_imbalance}", column="imbalance", max_value=v.max_class_imbalance),
-    ]))
-
-    if v.drift.enabled and reference is not None and numeric == set(d.channels):
-        tables.extend(_drift_tables(streamstats.profile(st, list(d.channels)), params, reference, skipped))
-    return tables, skipped
+    ])
 
 
-def _timing_tables(st: Partial, name: list[str], params: Params) -> list[Table]:
-    """Sampling interval per recording vs data.sample_rate_hz; with on_gap: reject, every gap is a failure."""
+def min_groups(params: Params) -> int:
+    """Groups a split by group needs (prepare.assign_splits: one test group, one val group unless
+    val_fraction is 0, and at least one left for train)."""
+    return 3 if params.prepare.split.val_fraction > 0 else 2
+
+
+def _group_tables(st: Partial, params: Params, present: set[str]) -> list[Table]:
+    """Without a split column and without explicit group lists, prepare splits by group: fewer groups than
+    train/val/test need means no honest split is possible, whatever else is right."""
+    d, sp = params.data, params.prepare.split
+    if (d.split_col and d.split_col in present) or sp.val_groups is not None or sp.test_groups is not None:
+        return []
+    need, n = min_groups(params), len(st.groups)
+    parts = "train, val, test" if need == 3 else "train, test"
+    check = f"at least {need} '{d.group_col}' groups to split by group ({parts})"
+    note = {"summary": f"the data has {n} '{d.group_col}' group(s) ({', '.join(sorted(st.groups)[:5])}); a split by "
+                       f"group needs at least {need}, one for each of {parts}",
+            "fix": f"add recordings of more {d.group_col}s, or give each recording its split in a column "
+                   f"'{d.split_col}' (data.split_col) with values {SPLIT_VALUES}"}
+    frame = pd.DataFrame({"group_col": [d.group_col], "n_groups": pd.Series([n], dtype="int64")})
+    return [Table("groups", frame, ["group_col"], [
+        _exp("ExpectColumnValuesToBeBetween", check, column="n_groups", min_value=need)], notes={check: note})]
+
+
+def _unknown_labels_note(seen: Any, allowed: list[str]) -> dict[str, str]:
+    """The distinct labels outside data.labels with their row counts, and the allowed label each matches
+    but for case (a label list typed in another case is the usual cause)."""
+    unknown = sorted((k for k in seen if k not in allowed), key=lambda k: -seen[k])
+    if not unknown:
+        return {}
+    shown = ", ".join(f"{k!r} ({seen[k]:,} rows)" for k in unknown[:10]) + (
+        f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
+    out = {"summary": f"{len(unknown)} distinct label(s) not in data.labels: {shown}"}
+    fold = {a.casefold(): a for a in allowed}
+    near = {k: fold[k.casefold()] for k in unknown if k.casefold() in fold}
+    if near:
+        out["fix"] = ("case differs from data.labels: " + ", ".join(f"{k!r} ~ {a!r}" for k, a in list(near.items())[:10])
+                      + " — write data.labels as the data spells them")
+    else:
+        out["fix"] = "add them to data.labels, or drop/relabel those rows"
+    return out
+
+
+def _timing_tables(st: Partial, name: list[str], params: Params, skipped: list[dict]) -> list[Table]:
+    """Sampling interval per recording vs data.sample_rate_hz; with on_gap: reject, every gap is a failure
+    (not checked when the interval itself is off: every step would be a 'gap')."""
     d, v = params.data, params.validate_params
     recs = [k for k in st.rec_rows if st.rec_hist.get(k)]
+    ratios = pd.Series([round(streamstats.median_interval(st.rec_hist[k]), 4) for k in recs], dtype="float64")
     timing = pd.DataFrame({"recording": recs, "file": [name[st.rec_file[k]] for k in recs],
-                           "median_interval_ratio": pd.Series(
-                               [round(streamstats.median_interval(st.rec_hist[k]), 4) for k in recs], dtype="float64")})
+                           "median_interval_ratio": ratios})
     unit = "samples" if d.time_unit == "samples" else f"1/{d.sample_rate_hz:g} Hz"
     tol = v.interval_tolerance
+    check = f"median reading interval per recording = {unit} within ±{tol:.0%} (observed / expected)"
+    bad = ratios[(ratios - 1).abs() > tol]
+    notes = {check: {"fix": _interval_fix(float(bad.median()), params, st.datetime_time)}} if len(bad) else {}
     tables = [Table("timing", timing, ["recording", "file"], [
-        _exp("ExpectColumnValuesToBeBetween", f"median reading interval per recording = {unit} within ±{tol:.0%} "
-             f"(observed / expected)", column="median_interval_ratio", min_value=1 - tol, max_value=1 + tol),
-    ])]
-    if v.on_gap == "reject":
+        _exp("ExpectColumnValuesToBeBetween", check, column="median_interval_ratio", min_value=1 - tol, max_value=1 + tol),
+    ], notes=notes)]
+    if v.on_gap == "reject" and len(bad):
+        skipped.append({"check": "no gap inside a recording", "consequence": True,
+                        "reason": "not checked while the sampling interval is off (fix that first)"})
+    elif v.on_gap == "reject":
         ex = st.examples.get("gap", [])
         steps = pd.DataFrame({"file": [name[f] for f, *_ in ex], "recording": [k for _, _, k, _ in ex],
                               "row": pd.Series([r for _, r, *_ in ex], dtype="int64"),
@@ -190,13 +268,48 @@ def _timing_tables(st: Partial, name: list[str], params: Params) -> list[Table]:
     return tables
 
 
-def gap_summary(st: Partial, params: Params) -> dict[str, Any]:
-    """Gaps that prepare will split at (validate.on_gap: split), reported, not failed."""
-    v = params.validate_params
+def _interval_fix(ratio: float, params: Params, datetime_time: bool) -> str:
+    """The params change that would bring the observed/expected interval ratio to about 1: another
+    data.time_unit (a numeric time column logged in ms, read as s: ratio 1000) or the sample rate."""
+    d, tol = params.data, params.validate_params.interval_tolerance
+    if not np.isfinite(ratio) or ratio <= 0:
+        return "check the time column and data.sample_rate_hz"
+    if not datetime_time and d.time_unit != "samples":
+        from edgedistill.readings import TIME_UNIT_SECONDS
+
+        cur = TIME_UNIT_SECONDS[d.time_unit]
+        for u, secs in TIME_UNIT_SECONDS.items():
+            if u != d.time_unit and abs(ratio * secs / cur - 1) <= tol:
+                return (f"the time column looks like {u}, not {d.time_unit}: set data.time_unit: {u} "
+                        f"(observed/expected {ratio:g} = the {u}/{d.time_unit} factor)")
+        if abs(ratio * (1 / d.sample_rate_hz) / cur - 1) <= tol:
+            return "the time column counts readings: set data.time_unit: samples"
+    rate = d.sample_rate_hz / ratio
+    return (f"readings are {ratio:g}x the expected interval apart: is data.sample_rate_hz {rate:.4g} "
+            f"(not {d.sample_rate_hz:g})?" + ("" if datetime_time else f" or data.time_unit (now {d.time_unit}) wrong?"))
+
+
+def gap_summary(st: Partial, params: Params, file: str = "") -> dict[str, Any]:
+    """Gaps that prepare will split at (validate.on_gap: split), reported, not failed: how many, in how many
+    recordings, the largest, what prepare does, and one warning line (empty when there is no gap)."""
+    d, v = params.data, params.validate_params
     if not st.structural:
         return {}
-    return {"policy": v.on_gap, "max_gap_intervals": v.max_gap_intervals, "count": int(st.counts.get("gap", 0)),
-            "recordings": sorted(st.gap_recs)[:20]}
+    n = int(st.counts.get("gap", 0))
+    out: dict[str, Any] = {"policy": v.on_gap, "max_gap_intervals": v.max_gap_intervals, "count": n,
+                           "recordings_with_gaps": len(st.gap_recs), "recordings": sorted(st.gap_recs)[:20],
+                           "largest_intervals": round(st.gap_max, 4) if n else None,
+                           "largest_seconds": (round(st.gap_max / d.sample_rate_hz, 6)
+                                               if n and d.time_unit != "samples" else None),
+                           "largest_in": st.gap_max_rec if n else None, "warning": ""}
+    if n:
+        size = (f"{out['largest_seconds']:g} s = " if out["largest_seconds"] is not None else "") \
+            + f"{st.gap_max:g} sampling intervals"
+        out["warning"] = (f"warning: {file + ': ' if file else ''}{n} gap(s) (steps > validate.max_gap_intervals = "
+                          f"{v.max_gap_intervals:g} intervals) in {len(st.gap_recs)} of {len(st.rec_rows)} recording(s); "
+                          f"the largest {size} in {st.gap_max_rec}; validate.on_gap: {v.on_gap} — prepare cuts the "
+                          "recordings there (no window straddles a gap); set validate.on_gap: reject to refuse them")
+    return out
 
 
 def _drift_tables(cur: dict, params: Params, ref: dict, skipped: list[dict]) -> list[Table]:
@@ -258,7 +371,10 @@ def run_gx(tables: list[Table], docs_dir: Path, examples: int) -> list[dict]:
             result_format["unexpected_index_column_names"] = table.index_cols
         res = vd.run(batch_parameters={"dataframe": table.frame}, result_format=result_format)
         for r in res.results:
-            checks.append(_check_record(table.name, r, examples, table.totals))
+            rec = _check_record(table.name, r, examples, table.totals)
+            if not rec["success"]:
+                rec.update(table.notes.get(rec["check"], {}))
+            checks.append(rec)
     ctx.build_data_docs(site_names=["local"])
     return checks
 
@@ -309,7 +425,9 @@ def _plain(x: Any) -> Any:
 def describe_failure(c: dict) -> str:
     col = f" column '{c['column']}'" if c.get("column") else ""
     parts = [f"[{c['table']}] {c['check']} ({c['expectation']}{col})"]
-    if c.get("unexpected_count"):
+    if c.get("summary"):
+        parts.append(c["summary"])
+    elif c.get("unexpected_count"):
         parts.append(f"{c['unexpected_count']} bad value(s), e.g. {c.get('examples')}")
         if c.get("where"):
             parts.append(f"at {c['where']}")
@@ -317,6 +435,8 @@ def describe_failure(c: dict) -> str:
         parts.append(f"observed {c['observed']}")
     if c.get("error"):
         parts.append(c["error"])
+    if c.get("fix"):
+        parts.append(f"likely fix: {c['fix']}")
     return ": ".join(parts[:1]) + (" — " + "; ".join(parts[1:]) if len(parts) > 1 else "")
 
 
@@ -346,6 +466,7 @@ def run(params: Params, readings: str | Path | None = None, report_dir: str | Pa
         checks = run_gx(tables, new / "data_docs", v.examples)
         failed = [c for c in checks if not c["success"]]
         ok = not failed and not skipped
+        gaps = gap_summary(st, params, str(path)) if ok else {}
         report: dict[str, Any] = {
             "success": ok,
             "file": str(path),
@@ -356,7 +477,8 @@ def run(params: Params, readings: str | Path | None = None, report_dir: str | Pa
             "failures": failed,
             "skipped": skipped,
             "drift_reference": str(ref_path) if reference is not None else None,
-            "gaps": gap_summary(st, params) if ok else None,
+            "gaps": gaps,
+            "warnings": [gaps["warning"]] if gaps.get("warning") else [],
             "data_docs": str(report_dir / "data_docs" / "index.html"),
             "checks": checks,
         }
@@ -368,7 +490,12 @@ def run(params: Params, readings: str | Path | None = None, report_dir: str | Pa
     finally:
         shutil.rmtree(new, ignore_errors=True)
     if not ok:
-        lines = [describe_failure(c) for c in failed] + [f"[skipped] {s['check']}: {s['reason']}" for s in skipped]
+        # checks not run because a precondition failed come last, as one line each, and are not counted:
+        # the failed precondition is the cause
+        blocked = [s for s in skipped if s.get("consequence")]
+        skipped = [s for s in skipped if not s.get("consequence")]
+        lines = [describe_failure(c) for c in failed] + [f"[skipped] {s['check']}: {s['reason']}" for s in skipped] \
+            + [f"[not checked] {s['check']}: {s['reason']}" for s in blocked]
         # say what actually stopped it: failed checks, or checks that could not run (e.g. a drift
         # reference without the new channels), never "0 of N checks failed"
         what = [f"{len(failed)} of {len(checks)} checks failed"] if failed else []
@@ -382,10 +509,11 @@ def run(params: Params, readings: str | Path | None = None, report_dir: str | Pa
 
 
 def summary(r: dict[str, Any]) -> str:
+    """The PASSED line, then one line per warning (gaps prepare will cut at)."""
     s = r["summary"]
-    return (f"validation PASSED: {r['checks_run']} GX checks on {r['file']} "
+    return "\n".join([f"validation PASSED: {r['checks_run']} GX checks on {r['file']} "
             f"({s['rows']:,} rows, {s['recordings']} recordings, {s['groups']} groups); "
-            f"drift reference: {r['drift_reference']}; report: {r['data_docs']}")
+            f"drift reference: {r['drift_reference']}; report: {r['data_docs']}", *r.get("warnings", [])])
 
 
 def main() -> None:

@@ -108,14 +108,21 @@ def test_bad_vector_groups_are_refused(groups, msg):
         parse_params(raw)
 
 
-def test_other_channels_need_no_vector_groups():
-    """A user's own sensor columns with params.yaml's IMU groups left as they are: accepted with rotation on or
-    off (the groups name none of the data's channels: no rotation), so pointing params at other data trains."""
+def test_vector_groups_naming_no_channel_are_refused_like_a_partial_match():
+    """A user's own sensor columns with params.yaml's IMU groups left as they are: with rotation on, the groups
+    name none of the data's channels, refused like a group the data has in part (the rotation would silently
+    do nothing); with rotation off, or with vector_groups: [], the same data is accepted."""
     raw = base_params_dict()
     raw["data"]["channels"] = ["current"]
     raw["validate"]["channel_ranges"] = {}
-    assert parse_params(raw).data.vector_groups  # accepted as it is
+    assert raw["teacher"]["augment"]["rotate"] > 0
+    with pytest.raises(ParamsInvalid, match=r"vector_groups names channels not in data.channels: \['acc_x'.*"
+                                            r"data.vector_groups: \[\] for data without 3-D vector sensors"):
+        parse_params(raw)
+    raw["teacher"]["augment"]["rotate"] = raw["student"]["augment"]["rotate"] = 0.0
+    assert parse_params(raw).data.vector_groups  # the groups are read only by the rotation
     raw["teacher"]["augment"]["rotate"] = 15.0
+    raw["data"]["vector_groups"] = []
     p = parse_params(raw)
     norm = {"channels": ["current"], "window": 32,
             "normalization": {"method": "global", "center": [0.0], "scale": [1.0], "epsilon": 1e-6}}

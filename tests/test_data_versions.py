@@ -350,7 +350,7 @@ STAGE_DVC_YAML = """stages:
 
 def test_stage_output_refused_then_to_repoints_params(tmp_path, monkeypatch):
     root = new_project(tmp_path / "proj", readings="data/raw/readings.parquet", dvc_yaml=STAGE_DVC_YAML)
-    first, _ = split_drop(subjects=4)
+    first, _ = split_drop(subjects=5)  # 4 groups, 3 after the edit below: a split by group needs 3
     f = write_readings(first, tmp_path / "mine.parquet")
     # a pipeline run recorded the bundled data in dvc.lock: `data log` lists it, with no bytes to read here
     lock = {"schema": "2.0", "stages": {"ingest": {"cmd": "python -m tasks.ingest", "outs": [
@@ -387,7 +387,7 @@ def test_stage_output_refused_then_to_repoints_params(tmp_path, monkeypatch):
     kept = cli_run(root, monkeypatch, "data", "add", TRACKED)
     assert kept.exit_code == 0, kept.output
     log = dataversions.log(load_params(root / "params.yaml"), root=root)["versions"]
-    assert [v["groups"] for v in log] == [2, 3] and log[0]["in_workspace"]
+    assert [v["groups"] for v in log] == [3, 4] and log[0]["in_workspace"]
     assert sh(["git", "status", "--porcelain", "--", "data"], root) == ""
 
 
@@ -440,3 +440,50 @@ def test_s3_remote_add_append_checkout(tmp_path, s3):
     with pytest.raises(DataVersionError, match="unknown dataset version"):
         dataversions.checkout(params, "0123abcd", root=root)
     assert md5(root / TRACKED) == v1["md5"]
+
+
+def test_append_same_instants_in_another_zone_and_iso_csv(tmp_path):
+    """The tracked table keeps its time as datetime64[us, UTC]; a drop whose times are the same kind of
+    instants stored in Europe/Berlin (Parquet), or written as ISO-8601 text with an offset (CSV), is converted
+    to UTC and appended; a drop whose times the tracked type cannot hold is refused with a hint for `data add`
+    (not a report it did not write), the data unchanged."""
+    import pandas as pd
+
+    root = new_project(tmp_path / "proj")
+    first, drop = split_drop()
+    t0 = pd.Timestamp("2026-03-01T08:00:00Z")
+    first["t"] = (t0 + pd.to_timedelta(first["t"], unit="s")).dt.as_unit("us")
+    v1 = dataversions.add(load_params(root / "params.yaml"), write_readings(first, tmp_path / "first.parquet"),
+                          root=root, validate=validate.run, push=False)
+    assert str(pd.read_parquet(root / TRACKED)["t"].dtype) == "datetime64[us, UTC]"
+    instants = (t0 + pd.to_timedelta(drop["t"], unit="s")).dt.as_unit("us")
+    params = load_params(root / "params.yaml")
+    half = drop["recording"].isin(drop["recording"].unique()[:7])
+    berlin = drop[half].assign(t=instants[half].dt.tz_convert("Europe/Berlin"))
+    rec = berlin["recording"].iloc[0]
+    berlin.loc[berlin.index[berlin["recording"] == rec][100:], "t"] += pd.Timedelta(30, "s")  # a 30 s gap
+    instants[berlin.index] = berlin["t"]
+    added = dataversions.add(params, write_readings(berlin, tmp_path / "berlin.parquet"), append=True, root=root,
+                             validate=validate.run, push=False)
+    (warning,) = added["warnings"]  # reported, naming the user's file, not the checked temp copy
+    assert str(tmp_path / "berlin.parquet") in warning and "1 gap(s)" in warning and "the largest 30.02 s" in warning
+    iso = drop[~half].assign(t=instants[~half].dt.tz_convert("Europe/Berlin").map(
+        lambda x: x.isoformat(timespec="milliseconds")))
+    assert iso["t"].iloc[0].endswith("+01:00")
+    dataversions.add(params, write_readings(iso, tmp_path / "iso.csv"), append=True, root=root,
+                     validate=validate.run, push=False)
+    table = pd.read_parquet(root / TRACKED)
+    assert str(table["t"].dtype) == "datetime64[us, UTC]"
+    s05 = table[table["subject"] == drop["subject"].iloc[0]].reset_index(drop=True)
+    assert (s05["t"] == instants.reset_index(drop=True)).all()
+    # nanoseconds the tracked microseconds cannot hold are changed values: refused, nothing written
+    before = snapshot(root)
+    more = small_readings(subjects=6, rows_per_recording=200)
+    more = more[more["subject"] == "S06"].reset_index(drop=True)
+    more["t"] = (t0 + pd.to_timedelta(more["t"], unit="s")).dt.as_unit("ns") + pd.Timedelta(1, "ns")
+    with pytest.raises(DataInvalid) as e:
+        dataversions.add(params, write_readings(more, tmp_path / "ns.parquet"), append=True, root=root,
+                         validate=validate.run, push=False)
+    assert "cannot be stored as the tracked type datetime64[us, UTC] without changing values" in str(e.value)
+    assert "reports/" not in e.value.hint and "Nothing was added" in e.value.hint
+    assert snapshot(root) == before and v1["after"]["groups"] == 4

@@ -180,6 +180,30 @@ def test_publish_without_prod_is_a_clear_error(project, monkeypatch):
     assert r.exit_code == 2 and "no version of student is in stage 'prod'" in r.output
 
 
+def test_watch_says_when_data_is_released_and_sends_nothing_without_a_server(project):
+    """Data an older release was trained on (back after `data checkout`) is named as released, with its
+    version and stage; new data with no Prefect server configured: no one would receive the event, so it is
+    not sent and reports/ops/watch.json does not record it, and the next watch (with a server) still sends it."""
+    from flows.triggers import STATE, watch_once
+
+    params = load_params(project / "params.yaml")
+    store = open_store(params.store, project)
+    old = track_data(project, 100)
+    release_v(project, "v0.1.0", old, stage="prod")
+    release_v(project, "v0.2.0", track_data(project, 90))
+    assert track_data(project, 100) == old  # back to the data v0.1.0 was trained on
+    d = check_data(project, params, store, {})
+    assert not d["emit"]
+    assert f"md5 {old[:8]} is already released: v0.1.0 (stage prod) was trained on it" in d["why"]
+    assert "the newest release is v0.2.0" in d["why"]
+
+    track_data(project, 80)  # new, pushed
+    got = watch_once(project, params)
+    assert got["data"]["emit"] and got["data"]["emitted"] is False and not got["server"]
+    assert "no one would receive the event: not sent, not recorded" in got["data"]["not_sent"]
+    assert not (project / STATE).exists()
+
+
 def test_watcher_sees_new_pushed_data_and_unpublished_prod(project):
     params = load_params(project / "params.yaml")
     store = open_store(params.store, project)

@@ -122,3 +122,38 @@ def test_an_mcu_profile_cannot_ship_fp32():
 
 def _with_profiles(profiles: list[dict]) -> Params:
     return parse_params(merge(base_params_dict(), {"benchmark": {"profiles": profiles}}))
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_check_params_checks_the_configured_columns_against_the_readings_schema(tmp_path, monkeypatch, fmt):
+    """`check-params` reads only the schema (Parquet footer, CSV header) and names each param whose column is
+    missing, with a near match and the columns that exist; without a readings file it says it did not check."""
+    from conftest import small_readings
+    from typer.testing import CliRunner
+
+    from edgedistill import cli
+    from edgedistill.cli import main as cli_main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli_main.console, "_width", 300)
+    monkeypatch.setattr(cli_main.err_console, "_width", 300)
+    readings = f"data/readings.{fmt}"
+
+    def check(overrides: dict) -> Any:
+        raw = merge(base_params_dict(), {"data": {"readings": readings, **overrides}})
+        (tmp_path / "p.yaml").write_text(yaml.safe_dump(raw))
+        return CliRunner().invoke(cli.app, ["--params", "p.yaml", "check-params"])
+
+    r = check({})
+    assert r.exit_code == 0 and f"columns not checked: {readings} does not exist yet" in r.output
+    (tmp_path / "data").mkdir()
+    df = small_readings(subjects=1, rows_per_recording=5)
+    df.to_parquet(readings) if fmt == "parquet" else df.to_csv(readings, index=False)
+    r = check({})
+    assert r.exit_code == 0, r.output
+    assert "columns checked against" in r.output and "no split column 'split' (prepare splits by subject)" in r.output
+    r = check({"label_col": "lable", "group_col": "Subject"})
+    assert r.exit_code == 2
+    assert "no column for data.group_col 'Subject' (did you mean 'subject'?); data.label_col 'lable' (did you " \
+           "mean 'label'?)" in r.output
+    assert "the file's columns: ['subject', 'recording', 't', 'acc_x'" in r.output

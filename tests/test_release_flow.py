@@ -169,6 +169,15 @@ def test_rerun_after_prod_moved_registers_nothing_new(released):
     assert tags(proj) == before
     assert json.loads((proj / "reports/prod_reference.json").read_text())["version"] == "v0.1.0"
     assert sh(["git", "status", "--porcelain"], proj).stdout.strip() == ""
+    # the pins are committed, but not as a release: only a registered release makes a release commit
+    title = sh(["git", "log", "-1", "--format=%s"], proj).stdout
+    assert title.startswith("pipeline: student unchanged (same model as v0.1.0; nothing registered)"), title
+    assert "release student" not in sh(["git", "log", "-1", "--format=%B"], proj).stdout
+    # and the next run with nothing changed takes the no-op shortcut again: no flow, no commit
+    head = sh(["git", "rev-parse", "HEAD"], proj).stdout
+    r = sh([ED, "run"], proj, env=FAKE_AWS)
+    assert "release: unchanged (same model as v0.1.0)" in r.stdout and "no flow run" in r.stdout, r.stdout
+    assert sh(["git", "rev-parse", "HEAD"], proj).stdout == head and tags(proj) == before
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import make_params, prepared_arrays, small_readings, write_readings
 
@@ -92,7 +93,7 @@ def test_recording_shorter_than_window(workdir):
     rec = df["recording"].iloc[0]
     df = df[(df["recording"] != rec) | (df.groupby("recording").cumcount() < 30)]
     msg = fail_message(df, workdir)
-    assert "every recording has >= window (64) readings" in msg
+    assert "every recording has >= prepare.window (64) readings" in msg
     assert f"/{rec}" in msg
 
 
@@ -229,3 +230,103 @@ def test_gap_split_passes_validation_and_no_window_straddles_it(workdir):
         assert gap_t1 - gap_t0 > 0.2
         return
     raise AssertionError("the gapped recording has no windows")
+
+
+def test_gap_is_reported_once_per_dataset_with_count_largest_and_policy(workdir):
+    """A 30 s gap inside a recording passes (on_gap: split) but not silently: one warning line, printed with
+    the summary and kept in the report, with the recordings, the count, the largest gap and what prepare does."""
+    df = small_readings()
+    recs = df["recording"].unique()[:2]
+    for rec, extra in zip(recs, (30.0, 2.0), strict=True):  # a 30 s and a 2 s gap in two recordings
+        rows = df.index[df["recording"] == rec][250:]
+        df.loc[rows, "t"] += extra
+    report = run_on(df, workdir)
+    assert report["success"]
+    (line,) = report["warnings"]
+    subj = df.loc[df["recording"] == recs[0], "subject"].iloc[0]
+    assert "2 gap(s)" in line and "in 2 of 70 recording(s)" in line
+    assert f"the largest 30.02 s = 1501 sampling intervals in {subj}/{recs[0]}" in line
+    assert "validate.on_gap: split" in line and "prepare cuts the recordings there" in line
+    assert line in validate.summary(report).splitlines()
+    saved = json.loads((workdir / "reports/validation/result.json").read_text())
+    assert saved["warnings"] == [line] and saved["gaps"]["recordings_with_gaps"] == 2
+    assert saved["gaps"]["largest_seconds"] == pytest.approx(30.02)
+    assert run_on(small_readings(), workdir)["warnings"] == []  # no gap, no warning
+
+
+@pytest.mark.parametrize("subjects", [1, 2])
+def test_too_few_groups_for_a_group_split_is_one_clear_message(workdir, subjects):
+    df = small_readings(subjects=subjects)
+    msg = fail_message(df, workdir)
+    assert f"the data has {subjects} 'subject' group(s)" in msg
+    assert "a split by group needs at least 3, one for each of train, val, test" in msg
+    assert "1 of" in msg  # the only failure
+    # with a split column the user chose the split: no group count applies
+    df["split"] = np.where(df["recording"] % 3 == 0, "test", np.where(df["recording"] % 3 == 1, "val", "train"))
+    assert run_on(df, workdir)["success"]
+
+
+def test_epoch_ms_read_as_seconds_suggests_time_unit_ms(workdir):
+    df = small_readings()
+    df["t"] = (1_772_352_000.0 + df["t"]) * 1000  # epoch milliseconds; params say time_unit: s
+    msg = fail_message(df, workdir)
+    assert "observed / expected" in msg and "1000.0" in msg
+    assert "likely fix: the time column looks like ms, not s: set data.time_unit: ms" in msg
+    df = small_readings()
+    df["t"] = df.groupby("recording").cumcount()  # the reading's index, time_unit s
+    assert "set data.time_unit: samples" in fail_message(df, workdir)
+    df = small_readings()
+    df["t"] *= 2  # 25 Hz, params say 50: the rate is named
+    assert "is data.sample_rate_hz 25 (not 50)?" in fail_message(df, workdir)
+
+
+def test_recordings_shorter_than_the_window_name_the_key_and_hide_knock_ons(workdir):
+    df = small_readings()
+    df = df[df.groupby("recording").cumcount() < 40].reset_index(drop=True)  # every recording 40 < 64
+    msg = fail_message(df, workdir)
+    assert "every recording has >= prepare.window (64) readings" in msg
+    assert "lower prepare.window to at most 40 (and prepare.train_stride 32 / eval_stride 64 with it)" in msg
+    assert "1 of" in msg and "per class" not in msg.split("[not checked]")[0]
+    assert "inf" not in msg and "class balance" in msg.split("[not checked]")[1]
+
+
+def test_unknown_labels_are_listed_distinct_with_a_case_hint(workdir):
+    df = small_readings()
+    df["label"] = df["label"].str.lower()
+    msg = fail_message(df, workdir)
+    assert "7 distinct label(s) not in data.labels:" in msg and "'trap' (" in msg and "'abd' (" in msg
+    assert "case differs from data.labels: " in msg and "'pen' ~ 'PEN'" in msg
+    assert "e.g. [" not in msg.split("labels in the allowed set")[1].split("\n")[0]  # no row-by-row sample
+    df = small_readings()
+    df.loc[df["recording"] == df["recording"].iloc[0], "label"] = "JUMP"
+    msg = fail_message(df, workdir)
+    assert "1 distinct label(s) not in data.labels: 'JUMP' (400 rows)" in msg and "add them to data.labels" in msg
+
+
+@pytest.mark.parametrize("form", ["%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%d %H:%M:%S.%f", "berlin"])
+def test_csv_iso8601_time_column_is_parsed_and_prepared(workdir, form):
+    """A CSV time column of ISO-8601 timestamps (zone Z, no zone = UTC, or another zone's offset) validates
+    like the epoch numbers it stands for, and prepare finds the same gap in it."""
+    from tasks import prepare
+
+    df, _ = gapped(small_readings())
+    ref = validate.run(make_params({"data": {"readings": str(write_readings(df, workdir / "data/raw/ref.parquet"))},
+                                    "validate": {"drift": {"enabled": False}}}))
+    ts = pd.Timestamp("2026-03-01T08:00:00Z") + pd.to_timedelta(df["t"], unit="s")
+    df["t"] = ts.dt.tz_convert("Europe/Berlin").map(lambda x: x.isoformat(timespec="milliseconds")) \
+        if form == "berlin" else ts.dt.strftime(form)
+    path = write_readings(df, workdir / "data/raw/readings.csv")
+    params = make_params({"data": {"readings": str(path)}, "validate": {"drift": {"enabled": False}}})
+    report = validate.run(params)
+    keys = ("rows", "recordings", "groups", "label_shares")
+    assert report["success"] and {k: report["summary"][k] for k in keys} == {k: ref["summary"][k] for k in keys}
+    assert report["gaps"]["count"] == 1 and prepare.run(params)["gaps_split"] == 1
+
+
+def test_time_column_of_other_text_names_the_accepted_forms(workdir):
+    df = small_readings()
+    df["t"] = "08h" + df["t"].astype(str)
+    msg = fail_message(df, workdir, name="readings.csv",
+                       params=make_params({"data": {"readings": "data/raw/readings.csv"}}))
+    assert "time column 't' is numeric or datetime" in msg
+    assert "ISO-8601 text such as 2026-03-01T08:00:00.000Z or 2026-03-01 08:00:00.000" in msg

@@ -70,7 +70,7 @@ def test_recording_split_across_files_is_one_recording(tmp_path, monkeypatch):
     """A recording continued in the next file: its length, windows and the step across the files count
     as one recording's; a step back in time across the files is named at the second file's first row."""
     monkeypatch.chdir(tmp_path)
-    df = small_readings(subjects=2)
+    df = small_readings(subjects=3)  # 3 groups: a split by group needs train, val and test
     ds = tmp_path / "ds" / "device=d1"
     ds.mkdir(parents=True)
     cut = 250  # inside the first recording (400 rows)
@@ -125,7 +125,7 @@ def test_device_with_another_rate_names_recording_and_partition(tmp_path, monkey
 
 
 def test_counts_are_the_pass_totals_not_the_sample(workdir):
-    df = small_readings(subjects=2)
+    df = small_readings(subjects=3)
     df.loc[np.arange(0, 4000, 100), "gyro_x"] = 99.0  # 40 out of range, 5 examples shown
     path = write_readings(df, workdir / "data/raw/readings.parquet")
     params = make_params({"data": {"readings": str(path)}, "validate": {"chunk_rows": 256, **NO_DRIFT}})
@@ -162,7 +162,7 @@ def test_dask_local_cluster_gives_the_single_process_result(tmp_path, monkeypatc
 def test_csv_chunks_and_datetime_time_give_the_file_result(workdir, form):
     """A CSV read in chunks, and a datetime time column (steps in seconds), pass as the Parquet file does,
     with the same summary; a reversal in time is still found across a chunk boundary."""
-    df = small_readings(subjects=2)
+    df = small_readings(subjects=3)
     ref = make_params({"data": {"readings": "data/raw/ref.parquet"}, "validate": NO_DRIFT})
     want = validate.run(ref, readings=write_readings(df, workdir / "data/raw/ref.parquet"))["summary"]
     if form == "datetime":

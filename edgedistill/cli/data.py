@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from edgedistill.cli.main import _state, app, console, guarded, params
@@ -54,6 +55,8 @@ def add(
     console.print(t)
     console.print(f"[green]✓[/] {r['message']}")
     console.print(f"  validation: {r['checks_run']} GX checks passed; drift reference: {r['drift_reference']}")
+    for w in r.get("warnings", []):
+        console.print(f"[yellow]  {escape(w)}[/]")
     console.print(f"  pushed to DVC remote '{r['pushed_to']}'" if r.get("pushed_to")
                   else "  not pushed (no default DVC remote)" if push else "  not pushed (--no-push)")
     if r["params_updated"]:

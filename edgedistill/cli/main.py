@@ -158,6 +158,15 @@ def run(
 
 @app.command("check-params")
 def check_params() -> None:
-    """Validate params.yaml and exit."""
-    guarded(params)
-    console.print(f"[green]✓[/] {_state['params']} is valid")
+    """Validate params.yaml, and the columns it names against the readings' schema (no rows read)."""
+    from edgedistill.readings import check_columns
+
+    p = guarded(params)
+    r = guarded(lambda: check_columns(p.data))
+    console.print(f"[green]✓[/] {escape(_state['params'])} is valid")
+    if r["columns"] is None:
+        console.print(f"  columns not checked: {escape(r['file'])} does not exist yet")
+        return
+    split = (f"split column '{r['split_col']}'" if r["split_col"] else
+             f"no split column '{p.data.split_col}' (prepare splits by {p.data.group_col})")
+    console.print(escape(f"  columns checked against {r['file']} ({len(r['columns'])} columns); {split}"))

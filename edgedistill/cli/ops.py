@@ -91,6 +91,9 @@ def watch(
     got = guarded(lambda: watch_flow(root=".", params_file=_state["params"], force=force))
     flush_events()
     d = got["data"]
-    console.print(f"data {d['path']}: {d['why']}" + (" → event sent" if d.get("emitted") else ""))
+    sent = " → event sent" if d.get("emitted") else (f" → NOT SENT: {d['not_sent']}" if d.get("not_sent") else
+                                                     " → event NOT sent" if d["emit"] else "")
+    console.print(escape(f"data {d['path']}: {d['why']}{sent}"))
     for s in got["stages"]:
-        console.print(f"{s['stage']}: registry {s['version']}, channel {s['published'] or '—'} → event sent")
+        console.print(escape(f"{s['stage']}: registry {s['version']}, channel {s['published'] or '—'} → "
+                             + ("event sent" if s["emitted"] else "event NOT sent (no Prefect server configured)")))
