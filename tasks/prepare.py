@@ -134,8 +134,10 @@ def _build(params: Params, path: Path, out: Path) -> dict[str, Any]:
         if e["windows"] == 0:
             why = (f"; {gaps} gaps (steps > validate.max_gap_intervals) cut the recordings: are data.time_unit and "
                    "data.sample_rate_hz right?" if gaps else "")
-            raise ParamsInvalid(f"split '{name}' has no complete window of {pp.window} readings (window > shortest "
-                                f"recording?){why}")
+            raise ParamsInvalid(f"split '{name}' has no complete window of prepare.window = {pp.window} readings "
+                                f"(stride {stride}): its recordings are all shorter{why}",
+                                hint="Lower prepare.window (and prepare.train_stride / eval_stride) below the "
+                                     "shortest recording of that split; `edgedistill validate` names it.")
         y = np.concatenate([np.load(out / s["files"]["y"]) for s in e["shards"]])
         report["splits"][name] = {
             "stride": stride, "groups": sorted(e["groups"]), "recordings": len(e["recordings"]),

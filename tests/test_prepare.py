@@ -91,7 +91,7 @@ def test_unknown_group_and_empty_split_are_params_errors(readings_file, workdir)
 
 
 def test_window_longer_than_recordings(readings_file, workdir):
-    with pytest.raises(ParamsInvalid, match="no complete window of 500"):
+    with pytest.raises(ParamsInvalid, match=r"no complete window of prepare.window = 500 readings \(stride 32\)"):
         prepare.run(make_params({"prepare": {"window": 500}}))
 
 
