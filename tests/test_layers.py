@@ -1,5 +1,6 @@
-"""The layers point one way: a DVC stage's module loads no CLI (typer, rich) and no Prefect, and the
-import-linter contracts in pyproject.toml hold."""
+"""The layers point one way: a DVC stage's module loads no CLI (typer, rich) and no Prefect when it runs (the
+import-linter contracts in pyproject.toml, checked statically by `make lint`, cannot see imports made at run
+time by the libraries themselves)."""
 
 from __future__ import annotations
 
@@ -34,9 +35,3 @@ def test_stage_modules_load_no_cli_and_no_prefect():
     assert set(seen) == set(STAGE_MODULES)
     assert {m: v for m, v in seen.items() if v} == {}
 
-
-def test_import_contracts_hold():
-    lint = Path(sys.executable).with_name("lint-imports")
-    r = subprocess.run([str(lint), "--no-cache"], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
-    assert "0 broken" in r.stdout
