@@ -16,6 +16,7 @@ from edgedistill.errors import ArtifactCorrupt, ReleaseNotFound
 from edgedistill.io import sha256_file
 from edgedistill.store import (
     CARD,
+    CLAIM,
     SUMS,
     LocalStore,
     S3Store,
@@ -103,15 +104,17 @@ def test_endpoint_dies_mid_publish(bucket, s3_endpoint, tmp_path, outcome):
     bundle = make_bundle(tmp_path / "src")
     with faulty_proxy(s3_endpoint) as proxy:
         store = s3(bucket, proxy.url, attempts=2)
-        real_put, uploaded = store.put_file, []
+        real_write, uploaded = store.write_conditional, []
 
-        def put_then_die(src, key):
-            real_put(src, key)
-            uploaded.append(key)
-            if len(uploaded) == 1:
-                proxy.cut()
+        def write_then_die(key, data, etag):  # bundle objects are written create-only (the claim first)
+            out = real_write(key, data, etag)
+            if not key.endswith(CLAIM):
+                uploaded.append(key)
+                if len(uploaded) == 1:
+                    proxy.cut()
+            return out
 
-        store.put_file = put_then_die
+        store.write_conditional = write_then_die
         with pytest.raises(TransientStoreError):
             publish_bundle(store, MODEL, "v0.1.0", bundle)
     healthy = s3(bucket, s3_endpoint)
