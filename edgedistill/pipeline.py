@@ -18,19 +18,39 @@ def pipeline_stages(root: str | Path = ".", connected_only: bool = False) -> lis
     import networkx as nx
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
-    from dvc.stage import PipelineStage
 
     try:
         with Repo(str(root)) as repo:
-            graph = repo.index.graph  # edges: stage -> the stages it depends on
+            stages = _stage_graph(repo)
     except DvcException as e:
         raise ParamsInvalid(f"{Path(root) / 'dvc.yaml'}: DVC cannot build the pipeline graph: {e}") from None
-    stages = graph.subgraph([s for s in graph.nodes if isinstance(s, PipelineStage)])
     position = {s: i for i, s in enumerate(stages.nodes)}  # DVC loads dvc.yaml's stages in file order
     order = list(nx.lexicographical_topological_sort(stages.reverse(copy=True), key=position.__getitem__))
-    if connected_only and len(order) > 1:
-        order = [s for s in order if stages.degree(s) > 0]
+    if connected_only:
+        order = [s for s in order if s not in _unconnected(stages)]
     return [s.name for s in order]
+
+
+def _stage_graph(repo):
+    """dvc.yaml's stages as DVC's graph (edges: stage -> the stages it depends on)."""
+    from dvc.stage import PipelineStage
+
+    graph = repo.index.graph
+    return graph.subgraph([s for s in graph.nodes if isinstance(s, PipelineStage)])
+
+
+def _unconnected(stages) -> set:
+    return {s for s in stages.nodes if stages.degree(s) == 0} if len(stages) > 1 else set()
+
+
+def pipeline_outs(repo) -> list[str]:
+    """The cached outputs a run of the pipeline makes or needs, as DVC targets: every `.dvc`-tracked file
+    and every out of the stages `pipeline_stages(connected_only=True)` runs. Leaves out the outs of a stage
+    that shares no file with any other: `ingest`'s bundled readings once data.readings points at the user's
+    own file stay in dvc.lock, in no cache and on no remote, and pushing or pulling them only warns."""
+    unused = _unconnected(_stage_graph(repo))
+    return sorted({str(out) for stage in repo.index.stages if stage not in unused
+                   for out in stage.outs if out.use_cache})
 
 
 class StageFailed(EdgeDistillError):

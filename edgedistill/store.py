@@ -432,15 +432,18 @@ def _dvc_transfer_error(what: str, store: Store, e: Exception) -> EdgeDistillErr
 
 def dvc_pull_missing(store: Store, name: str, root: str | os.PathLike[str] = ".") -> dict[str, Any]:
     """Pull only the tracked outputs absent from the workspace, so a fresh clone skips unchanged
-    stages while files the user already has are never overwritten."""
+    stages while files the user already has are never overwritten (the pipeline's own: pipeline_outs)."""
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
+
+    from edgedistill.pipeline import pipeline_outs
 
     if isinstance(store, LocalStore) and not (store.root / DVC_PREFIX).is_dir():
         return {"pulled": 0, "missing": [], "note": "store is empty"}
     with contextlib.chdir(root), Repo(str(root)) as repo:
+        wanted = set(pipeline_outs(repo))
         missing = sorted({str(out) for stage in repo.index.stages for out in stage.outs
-                          if out.use_cache and out.hash_info and not os.path.exists(out.fs_path)})
+                          if str(out) in wanted and out.hash_info and not os.path.exists(out.fs_path)})
         if not missing:
             return {"pulled": 0, "missing": []}
         try:
@@ -452,12 +455,18 @@ def dvc_pull_missing(store: Store, name: str, root: str | os.PathLike[str] = "."
 
 
 def dvc_push(store: Store, name: str, root: str | os.PathLike[str] = ".") -> int:
+    """Push the pipeline's cached outputs and `.dvc`-tracked data (pipeline_outs) to the store."""
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
+    from edgedistill.pipeline import pipeline_outs
+
     with contextlib.chdir(root), Repo(str(root)) as repo:
+        targets = pipeline_outs(repo)
+        if not targets:
+            return 0
         try:
-            return int(repo.push(remote=name) or 0)
+            return int(repo.push(targets=targets, remote=name) or 0)
         except DvcException as e:
             raise _dvc_transfer_error("dvc push to", store, e) from None
 

@@ -379,12 +379,17 @@ def train(
     name: str = "model",
     on_epoch: Callable[[int, float], None] | None = None,
     channels_last: bool = False,
+    live: bool | None = None,
 ) -> TrainResult:
     """Train with early stopping on val accuracy; leaves the BEST weights in `model`. `on_epoch(epoch, val
     accuracy)` runs after each epoch and may raise to stop the run (the resume file is already written).
     `channels_last` (params compute.channels_last): on CPU, forward/backward run through a 2D channels-last
-    twin of `model` sharing its parameters (edgedistill.nets.channels_last_twin; same function, faster)."""
+    twin of `model` sharing its parameters (edgedistill.nets.channels_last_twin; same function, faster).
+    Progress (edgedistill.progress): a bar while stderr is a terminal (`live` None; True/False force it), else a
+    few periodic lines through `log`; then one summary line (best epoch, val accuracy, epochs run, why it
+    stopped). Every epoch's figures are in the result's `history`."""
     from edgedistill.nets import channels_last_twin
+    from edgedistill.progress import EpochProgress, summary_line
 
     torch.manual_seed(cfg.seed)
     model.to(device)
@@ -421,65 +426,70 @@ def train(
     t0 = time.perf_counter()
     seen = 0
     epoch = start_epoch
-    for epoch in range(start_epoch, cfg.epochs):
-        net.train()
-        perm = torch.randperm(len(train), generator=gen, device=device)
-        # the loss sum stays on the device: reading it every step would stall the GPU on each batch
-        total_t = torch.zeros((), device=device)
-        n = 0
-        for i in range(steps):
-            idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            xb, yb = train.x[idx], train.y[idx]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                loss = loss_fn(net, xb, yb, idx, gen)
-            if device.type == "cpu" and not torch.isfinite(loss):  # free on CPU: stop at the first bad step
-                raise TrainingFailed(f"{name}: loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; stopping "
-                                     "instead of training on garbage")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            sched.step()
-            total_t += loss.detach().float() * len(idx)
-            n += len(idx)
-        total = float(total_t)
-        if not math.isfinite(total):  # NaN/inf anywhere in the epoch propagates into the sum
-            raise TrainingFailed(f"{name}: loss became {total} at epoch {epoch + 1}; stopping instead of training "
-                                 "on garbage (the last good epoch's resume file is kept)")
-        seen += n
-        logits = predict(net, val.x)
-        m = classification_metrics(logits, val.y, labels)
-        history.append({"epoch": epoch + 1, "train_loss": round(total / n, 5), "val_loss": round(m["loss"], 5),
-                        "val_accuracy": round(m["accuracy"], 5)})
-        # a tie in val accuracy (common on a small or saturated val split) keeps the LATER epoch: the tie is no
-        # evidence for the earlier one, and later weights have seen more of the decaying schedule. Neither the
-        # earliest (an under-trained epoch that happens to tie) nor the lower val loss (a few borderline windows
-        # of a tiny split rank mid-schedule weights first: GunPoint's teacher 92.7-96.2% test, its last epochs 97.6-98.0%)
-        improved = m["accuracy"] > best["acc"]
-        if improved or m["accuracy"] == best["acc"]:
-            best = {"acc": m["accuracy"], "epoch": epoch + 1, "rose": epoch + 1 if improved else best["rose"],
-                    "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
-        # patience counts epochs since val accuracy last ROSE (a plateau of ties does not reset it)
-        stop = cfg.patience > 0 and epoch + 1 - best["rose"] >= cfg.patience
-        if resume_path:
-            with atomic_path(resume_path) as tmp:
-                torch.save({"key": key, "epoch": epoch + 1, "model": model.state_dict(), "opt": opt.state_dict(),
-                            "sched": sched.state_dict(), "gen": gen.get_state(), "cpu_rng": torch.get_rng_state(),
-                            "history": history, "best": best}, tmp)
-        log(f"{name} epoch {epoch + 1}/{cfg.epochs}: train loss {total / n:.4f}, val acc {m['accuracy']:.4f}"
-            + (" *" if best["epoch"] == epoch + 1 else ""))
-        if on_epoch is not None:
-            on_epoch(epoch + 1, m["accuracy"])
-        if stop:
-            log(f"{name}: early stop at epoch {epoch + 1}: val accuracy last rose at epoch {best['rose']} "
-                f"({best['acc']:.4f}); keeping epoch {best['epoch']}, the last at that accuracy")
-            break
+    stopped: str | None = None
+    progress = EpochProgress(name, cfg.epochs, log, start=start_epoch, live=live)
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            net.train()
+            perm = torch.randperm(len(train), generator=gen, device=device)
+            # the loss sum stays on the device: reading it every step would stall the GPU on each batch
+            total_t = torch.zeros((), device=device)
+            n = 0
+            for i in range(steps):
+                idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+                xb, yb = train.x[idx], train.y[idx]
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    loss = loss_fn(net, xb, yb, idx, gen)
+                if device.type == "cpu" and not torch.isfinite(loss):  # free on CPU: stop at the first bad step
+                    raise TrainingFailed(f"{name}: loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; stopping "
+                                         "instead of training on garbage")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                sched.step()
+                total_t += loss.detach().float() * len(idx)
+                n += len(idx)
+            total = float(total_t)
+            if not math.isfinite(total):  # NaN/inf anywhere in the epoch propagates into the sum
+                raise TrainingFailed(f"{name}: loss became {total} at epoch {epoch + 1}; stopping instead of training "
+                                     "on garbage (the last good epoch's resume file is kept)")
+            seen += n
+            logits = predict(net, val.x)
+            m = classification_metrics(logits, val.y, labels)
+            history.append({"epoch": epoch + 1, "train_loss": round(total / n, 5), "val_loss": round(m["loss"], 5),
+                            "val_accuracy": round(m["accuracy"], 5)})
+            # a tie in val accuracy (common on a small or saturated val split) keeps the LATER epoch: the tie is no
+            # evidence for the earlier one, and later weights have seen more of the decaying schedule. Neither the
+            # earliest (an under-trained epoch that happens to tie) nor the lower val loss (a few borderline windows
+            # of a tiny split rank mid-schedule weights first: GunPoint's teacher 92.7-96.2% test, its last epochs 97.6-98.0%)
+            improved = m["accuracy"] > best["acc"]
+            if improved or m["accuracy"] == best["acc"]:
+                best = {"acc": m["accuracy"], "epoch": epoch + 1, "rose": epoch + 1 if improved else best["rose"],
+                        "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+            # patience counts epochs since val accuracy last ROSE (a plateau of ties does not reset it)
+            stop = cfg.patience > 0 and epoch + 1 - best["rose"] >= cfg.patience
+            if resume_path:
+                with atomic_path(resume_path) as tmp:
+                    torch.save({"key": key, "epoch": epoch + 1, "model": model.state_dict(), "opt": opt.state_dict(),
+                                "sched": sched.state_dict(), "gen": gen.get_state(), "cpu_rng": torch.get_rng_state(),
+                                "history": history, "best": best}, tmp)
+            progress.update(epoch + 1, total / n, m["accuracy"], best["acc"], best["epoch"])
+            if on_epoch is not None:
+                on_epoch(epoch + 1, m["accuracy"])
+            if stop:
+                stopped = (f"at epoch {epoch + 1}: val accuracy last rose at epoch {best['rose']} ({best['acc']:.4f}), "
+                           f"patience {cfg.patience}; keeping epoch {best['epoch']}, the last at that accuracy")
+                break
+    finally:
+        progress.close()
     elapsed = time.perf_counter() - t0
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     if resume_path:
         resume_path.unlink(missing_ok=True)
+    log(summary_line(name, best["epoch"], best["acc"], len(history), cfg.epochs, stopped, elapsed))
     return TrainResult(best_epoch=best["epoch"], epochs_run=len(history), best_val_accuracy=best["acc"],
                        history=history, seconds=elapsed, samples_per_s=seen / elapsed if elapsed > 0 else 0.0,
                        resumed_from_epoch=start_epoch)

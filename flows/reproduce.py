@@ -20,6 +20,7 @@ import yaml
 
 from edgedistill.dvclock import entries, lock_stages, out_md5s
 from edgedistill.errors import EdgeDistillError
+from edgedistill.figures import Declaration, Kind, flatten, kinds
 from edgedistill.fmt import num
 from edgedistill.io import sha256_file, write_json
 from edgedistill.params import Params, ReproduceParams
@@ -39,31 +40,25 @@ from flows.release import BUNDLE_FILES
 IDENTICAL, WITHIN, DIFFERS = "identical", "within tolerance", "differs"
 # the overall verdict
 REPRODUCED, REPRODUCED_WITHIN, DIFFERENT = "reproduced", "reproduced within tolerance", "differs"
-# figures that measure the machine, not the model: compared with timing_rtol (x_floor: a p50 over the
+# the fallback for a figure its writer declares no kind for (edgedistill.figures): by name, the figures that
+# measure the machine, not the model, compared with timing_rtol (x_floor: a p50 over the
 # call floor's; shipped_*: the file a measured profile ships is chosen by timing, benchmark.profiles[].format
 # auto, so its figures follow a timing; the FP32 and INT8 files' own figures are judged under their keys)
 TIMING = re.compile(r"(_ms\b|_ms_|_ms\.|seconds|_sec\b|per_s\b|latency|throughput|speedup|rss|elapsed|"
                     r"duration|time|overhead|epoch_cost|p95|p50|p99|x_floor|shipped_)", re.I)
 HASH_KEY = re.compile(r"(sha256|md5|hash)", re.I)  # a file hash recorded in a metrics file: its file is compared
-LABEL_KEYS = ("gate", "stage", "name", "check")  # list items named by one of these flatten as key[label]
 
 
-def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(obj, dict):
-        out: dict[str, Any] = {}
-        for k, v in obj.items():
-            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    if isinstance(obj, list):
-        out = {}
-        for i, v in enumerate(obj):
-            label = next((str(v[k]) for k in LABEL_KEYS if isinstance(v, dict) and isinstance(v.get(k), str)), i)
-            out.update(flatten(v, f"{prefix}[{label}]"))
-        return out
-    return {prefix: obj}
+def declared_figures(path: str) -> Declaration | None:
+    """The kinds its writer declares for the figures of the metrics file `path` (edgedistill.figures); None:
+    undeclared, its figures judged by name (TIMING)."""
+    from tasks import benchmark
+
+    return {benchmark.METRICS: benchmark.FIGURES}.get(path)
 
 
-def compare_values(key: str, released: Any, reproduced: Any, tol: ReproduceParams) -> str:
+def compare_values(key: str, released: Any, reproduced: Any, tol: ReproduceParams, timing: bool | None = None) -> str:
+    """`timing`: the figure measures the machine (compared with timing_rtol); None: judged by its name."""
     if released == reproduced and type(released) is type(reproduced):
         return IDENTICAL
     numbers = (int, float)
@@ -71,25 +66,32 @@ def compare_values(key: str, released: Any, reproduced: Any, tol: ReproduceParam
             and not isinstance(released, bool) and not isinstance(reproduced, bool)):
         if math.isnan(float(released)) and math.isnan(float(reproduced)):
             return IDENTICAL
-        rtol = tol.timing_rtol if TIMING.search(key) else tol.rtol
+        rtol = tol.timing_rtol if (bool(TIMING.search(key)) if timing is None else timing) else tol.rtol
         if math.isclose(float(released), float(reproduced), rel_tol=rtol, abs_tol=tol.atol):
             return IDENTICAL if float(released) == float(reproduced) else WITHIN
     return DIFFERS
 
 
-def compare_metrics(path: str, released: Any, reproduced: Any, tol: ReproduceParams) -> list[dict[str, Any]]:
+def compare_metrics(path: str, released: Any, reproduced: Any, tol: ReproduceParams,
+                    declared: Declaration | None = None) -> list[dict[str, Any]]:
+    """Figure by figure. Each row's kind is what the file's writer declares (`declared`, else
+    declared_figures(path)); a figure no declaration covers is judged by its name (TIMING: timing, else model)."""
     a, b = flatten(released), flatten(reproduced)
+    decl = declared if declared is not None else declared_figures(path)
+    kind = {**kinds(released, decl), **{k: v for k, v in kinds(reproduced, decl).items() if v is not None}}
     rows = []
     for key in sorted(set(a) | set(b)):
+        k = kind.get(key) or (Kind.TIMING if TIMING.search(key) else Kind.MODEL)
+        timing = k is Kind.TIMING
         if key not in a or key not in b:
             verdict = DIFFERS
         else:
-            verdict = compare_values(key, a[key], b[key], tol)
-        timing = bool(TIMING.search(key))
+            verdict = compare_values(key, a[key], b[key], tol, timing)
         numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (a.get(key), b.get(key)))
         # decisive: numbers describing the model; timings and free text are reported, not judged
         rows.append({"file": path, "metric": key, "released": a.get(key), "reproduced": b.get(key),
-                     "verdict": verdict, "timing": timing, "decisive": numeric and not timing})
+                     "verdict": verdict, "kind": str(k), "declared": kind.get(key) is not None, "timing": timing,
+                     "decisive": numeric and k is Kind.MODEL})
     return rows
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from edgedistill.errors import DataInvalid, ModelMismatch
 from edgedistill.evaluation import onnx_accuracy
+from edgedistill.figures import ANY, MODEL, TEXT, TIMING, Declaration
 from edgedistill.io import read_json, write_json
 from edgedistill.onnx_bench import (
     FLOOR,
@@ -37,6 +38,26 @@ MODELS = {FORMAT_MODELS[f]: FILES[f] for f in ("fp32", "int8")} | {"teacher_fp32
 PROD_DIR = "prod"        # under models_dir: prod's bundle, fetched by the release flow
 PROD_CARD = CARD
 PROD = "prod"            # interleaved name of the file prod ships on the first profile
+
+# what each figure of metrics/benchmark.json is (edgedistill.figures; `edgedistill reproduce` judges by it):
+# latencies, their ratios and the per-op profiler's timings, shares and op order measure the machine; so do
+# the figures that follow the shipped file, which `format: auto` picks by timing. Static estimates, file sizes,
+# node counts and accuracies are the model's; run counts and budgets are the params'.
+FIGURES: Declaration = {
+    "release": {"profile": TEXT, "batch": MODEL, "runs": MODEL, "prod_file": TEXT, "int8_file_bytes": MODEL,
+                "int8_weight_bytes": MODEL, ANY: TIMING},
+    "targets": {ANY: {"target": TEXT, ANY: TIMING}},
+    "models": {ANY: {"path": TEXT, "static": {"source": TEXT, "assumptions": TEXT, ANY: MODEL}, ANY: MODEL}},
+    "profiles": {ANY: {"kind": TEXT, "rss_method": TEXT, "threads": MODEL, "budget": MODEL, "fits": MODEL,
+                       "warmup": MODEL, "runs": MODEL, "max_seconds": MODEL,
+                       "format": {"requested": TEXT, "accuracy_split": TEXT, "accuracy": MODEL, "tolerance": MODEL,
+                                  ANY: TIMING},
+                       ANY: TIMING}},
+    "interleaved": {"method": TEXT, ANY: TIMING},
+    "per_op": {ANY: {"path": TEXT, "method": TEXT, "runs": MODEL, "threads": MODEL, "nodes": MODEL, ANY: TIMING}},
+    "host": TIMING,  # the machine the figures were measured on
+    "notes": TEXT,
+}
 
 
 def _profile_entry(prof: DeviceProfile, results: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -160,7 +160,8 @@ def kd_loss_fn(params: Params, data: Prepared, device: torch.device, logits_path
 
 
 def train_student(name: str, loss_fn, params: Params, data: Prepared, device: torch.device, key_extra: Any,
-                  resume_dir: str | Path, log: Callable[[str], None]) -> tuple[torch.nn.Module, TrainResult]:
+                  resume_dir: str | Path, log: Callable[[str], None],
+                  live: bool | None = None) -> tuple[torch.nn.Module, TrainResult]:
     sp = params.student
     meta = data.model_meta(sp.arch, sp.config)
     torch.manual_seed(sp.train.seed)  # same init for the baseline and the KD student: a paired comparison
@@ -169,15 +170,16 @@ def train_student(name: str, loss_fn, params: Params, data: Prepared, device: to
     cfg = train_config(sp.train, len(data.train), log, name)
     result = train(model, data.train, data.val, loss_fn, cfg, device, data.labels,
                    resume_path=Path(resume_dir) / f"{name}.pt", key=key, log=log, name=name,
-                   channels_last=params.compute.channels_last)
+                   channels_last=params.compute.channels_last, live=live)
     return model, result
 
 
 def fit_student(kind: str, params: Params, data: Prepared, device: torch.device, logits_path: str | Path,
-                teacher_path: str | Path, resume_dir: str | Path,
-                log: Callable[[str], None]) -> tuple[torch.nn.Module, TrainResult]:
+                teacher_path: str | Path, resume_dir: str | Path, log: Callable[[str], None],
+                live: bool | None = None) -> tuple[torch.nn.Module, TrainResult]:
     """Train the student alone (`kind` "baseline": cross-entropy on the augmented windows) or with KD
-    ("kd": params distill.method). Both start from the same initial weights (train_student)."""
+    ("kd": params distill.method). Both start from the same initial weights (train_student). `live`: the
+    progress display (edgedistill.training.train)."""
     if kind == "baseline":
         aug = augment_for(params.student.augment, params.data.vector_groups, data.norm)
         smoothing = params.student.train.label_smoothing
@@ -185,9 +187,10 @@ def fit_student(kind: str, params: Params, data: Prepared, device: torch.device,
         def plain(model, xb, yb, idx, gen):
             return F.cross_entropy(model(augment(xb, aug, gen)), yb, label_smoothing=smoothing)
 
-        return train_student("student_baseline", plain, params, data, device, "ce", resume_dir, log)
+        return train_student("student_baseline", plain, params, data, device, "ce", resume_dir, log, live)
     loss_fn = kd_loss_fn(params, data, device, logits_path, teacher_path)
-    return train_student("student_kd", loss_fn, params, data, device, params.distill.model_dump(), resume_dir, log)
+    return train_student("student_kd", loss_fn, params, data, device, params.distill.model_dump(), resume_dir, log,
+                         live)
 
 
 def side_by_side_threads(params: Params, device: torch.device) -> int:
@@ -218,8 +221,9 @@ def _student_worker(kind: str, params: Params, prepared: str, logits_path: str, 
     try:
         device = resolve_device(params.compute.device, params.compute.threads)
         data = load_prepared(prepared, device)
+        # lines, not a bar: two processes drawing on one terminal would overwrite each other
         model, result = fit_student(kind, params, data, device, logits_path, teacher_path, resume_dir,
-                                    log=lambda line: out.put(("log", kind, line)))
+                                    log=lambda line: out.put(("log", kind, line)), live=False)
         weights = io.BytesIO()  # bytes, not tensors: torch would share those through this process's memory,
         torch.save(model.cpu().state_dict(), weights)  # gone once it exits
         out.put(("done", kind, (weights.getvalue(), result)))

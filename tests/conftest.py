@@ -17,6 +17,7 @@ import yaml
 
 from edgedistill.params import Params, parse_params
 
+pytest_plugins = ["prefect_session"]
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 # `edgedistill run` is a Prefect flow: give each test session its own ephemeral Prefect DB (never the

@@ -419,3 +419,40 @@ def test_another_measured_profile_decides_in_its_own_interleaved_run(release, tm
     assert f["chosen"] == choose_format("auto", measured=True, mcu=False, p50_ms=f["p50_ms"], accuracy=f["accuracy"],
                                         tolerance=0.01)["chosen"]  # from this profile's own figures
     assert "interleaved" not in result["profiles"]["host-1t"]  # the first profile's is the release run
+
+
+def test_reproduce_judges_the_profilers_timings_as_timings(bench_result, release, tmp_path):
+    """Every figure of benchmark.json has a kind declared by the stage (benchmark.FIGURES): between two runs
+    on the same models the per-op profiler's timings, shares and op order move, and reproduce reports them
+    as timings, not as figures about the model that differ (the name rule alone judged them decisive)."""
+    from flows.reproduce import DIFFERENT, compare_metrics, reproduce_verdict
+
+    params = release_params(FAST)
+    first = json.loads(json.dumps(bench_result[0]))
+    second = json.loads(json.dumps(benchmark.run(params, models_dir=release / "models", metrics_path=tmp_path / "b.json",
+                                                 data_dir=release / "data/prepared")))
+    rows = compare_metrics(benchmark.METRICS, first, second, params.promote.reproduce)
+    undeclared = [r["metric"] for r in rows if not r["declared"]]
+    assert not undeclared, f"benchmark.FIGURES declares no kind for {undeclared}"
+    per_op = {r["metric"]: r for r in rows if r["metric"].startswith("per_op.")}
+    moved = [k for k, r in per_op.items() if k.endswith("kernel_us_per_run") and r["verdict"] != "identical"]
+    assert moved, "the profiler's kernel times are the same in two runs?"
+    for k, r in per_op.items():
+        if k.endswith(("us_per_run", ".share")) or ".ops[" in k:
+            assert r["kind"] == "timing" and not r["decisive"], k
+    for name in MODELS_TIMED:
+        row = per_op[f"per_op.{name}.nodes"]  # the graph's node count is the model's, and the same
+        assert row["kind"] == "model" and row["decisive"] and row["verdict"] == "identical"
+    for r in rows:
+        if r["metric"].startswith("models."):  # static estimates: the model's
+            assert r["verdict"] == "identical" and r["kind"] != "timing", r
+    verdict = reproduce_verdict(rows)
+    assert verdict["verdict"] != DIFFERENT, verdict["reason"]
+    assert "timing" in verdict["reason"]
+    # a file without a declaration falls back to the name rule: there the same per-op timings count as the model's
+    by_name = compare_metrics("metrics/undeclared.json", {"per_op": first["per_op"]}, {"per_op": second["per_op"]},
+                              params.promote.reproduce)
+    assert reproduce_verdict(by_name)["verdict"] == DIFFERENT
+
+
+MODELS_TIMED = ("student_fp32", "student_int8", "teacher_fp32")

@@ -10,7 +10,7 @@ from torch import nn
 from edgedistill.training import Split, TrainConfig, train
 
 
-def _saturating_run(patience: int = 0, log=lambda s: None):
+def _saturating_run(patience: int = 0, log=lambda s: None, live: bool | None = None):
     # two classes a linear model separates at once: val accuracy saturates within a few epochs and then ties
     # epoch after epoch, while the val loss RISES: one val window carries the other class's label, and the
     # growing confidence costs more on it every epoch (the case of GunPoint's 36 val windows, where the lowest
@@ -28,7 +28,7 @@ def _saturating_run(patience: int = 0, log=lambda s: None):
     def ce(m, xb, yb, idx, gen):
         return F.cross_entropy(m(xb), yb)
 
-    return model, va, train(model, tr, va, ce, cfg, torch.device("cpu"), ["a", "b"], log=log)
+    return model, va, train(model, tr, va, ce, cfg, torch.device("cpu"), ["a", "b"], log=log, live=live)
 
 
 def test_a_tie_in_val_accuracy_keeps_the_later_epoch():

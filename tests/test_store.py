@@ -4,9 +4,11 @@ atomically; DVC pushes to the store and a fresh clone pulls from it."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import shutil
 import socket
 
 import pytest
@@ -186,3 +188,45 @@ def test_dvc_push_to_s3_then_fresh_clone_pulls(s3_endpoint, aws_env, tmp_path):
     (clone / "models/student.int8.onnx").write_bytes(b"user's own bytes")
     assert dvc_pull_missing(store, "store", clone)["missing"] == []
     assert (clone / "models/student.int8.onnx").read_bytes() == b"user's own bytes"
+
+
+def test_push_and_pull_leave_out_the_unused_bundled_ingest_output(tmp_path, caplog):
+    """With data.readings at the user's own file, the bundled `ingest` output is still in dvc.lock but in no
+    cache: push and pull skip it (the stage runs in no pipeline), so no 'Some of the cache files do not
+    exist' warning on every run, while the pipeline's own outputs still go to the store and come back."""
+    import logging
+
+    from dvc.repo import Repo
+
+    root = tmp_path / "proj"
+    root.mkdir()
+    Repo.init(str(root), no_scm=True).close()
+    (root / "params.yaml").write_text("data:\n  readings: raw.txt\n")
+    (root / "dvc.yaml").write_text(
+        "stages:\n"
+        "  ingest:\n    cmd: echo bundled > raw.txt\n    outs: [raw.txt]\n"
+        "  validate:\n    cmd: cp ${data.readings} report.txt\n    deps:\n      - ${data.readings}\n"
+        "    params:\n      - data.readings\n    outs:\n      - report.txt\n"
+        "  prepare:\n    cmd: cp report.txt prepared.txt\n    deps:\n      - report.txt\n    outs:\n      - prepared.txt\n")
+    with contextlib.chdir(root), Repo(".") as repo:
+        repo.reproduce()
+    # the user's data configured: the bundled output stays in dvc.lock, never pushed, gone from this clone
+    (root / "mine.txt").write_text("the user's readings\n")
+    (root / "params.yaml").write_text("data:\n  readings: mine.txt\n")
+    for f in (root / ".dvc/cache").rglob("*"):
+        if f.is_file():
+            f.unlink()
+    (root / "raw.txt").unlink()
+    with contextlib.chdir(root), Repo(".") as repo:
+        repo.reproduce()
+    store = LocalStore(tmp_path / "store")
+    configure_dvc_remote(store, "store", root)
+    caplog.set_level(logging.WARNING)
+    assert dvc_push(store, "store", root) == 1  # report.txt and prepared.txt: the same bytes, one object
+    (root / "report.txt").unlink()
+    (root / "prepared.txt").unlink()
+    shutil.rmtree(root / ".dvc/cache")  # a fresh clone: the store has it, this machine does not
+    got = dvc_pull_missing(store, "store", root)
+    assert got["missing"] == ["prepared.txt", "report.txt"] and got["pulled"] == 1
+    assert (root / "prepared.txt").read_text() == "the user's readings\n"
+    assert "cache files do not exist" not in caplog.text

@@ -178,3 +178,21 @@ def test_csv_chunks_and_datetime_time_give_the_file_result(workdir, form):
     write_readings(df, path)
     with pytest.raises(DataInvalid, match=r"strictly increasing.*'row': 333"):
         validate.run(params)
+
+
+def test_zoned_datetime_time_gives_no_timezone_warning(workdir):
+    """A Parquet time column of zoned instants (timestamp[ns, tz=…]) is read as instants: the chunked pass
+    gives the steps of the same readings in UTC, and numpy's 'no explicit representation of timezones'
+    warning (zoned Timestamps turned into datetime64) is not printed."""
+    import dataclasses
+    import warnings
+
+    df = small_readings(subjects=2)
+    df["t"] = (pd.Timestamp("2026-03-01T08:00:00Z") + pd.to_timedelta(df["t"], unit="s")).dt.tz_convert("Europe/Berlin")
+    params = make_params({"data": {"readings": "data/raw/r.parquet"}, "validate": NO_DRIFT})
+    task, = streamstats.plan(write_readings(df, workdir / "data/raw/r.parquet"))
+    spec = dataclasses.replace(streamstats.spec_from_params(params, validate.SPLIT_VALUES), chunk_rows=333)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        part = streamstats.file_partial((task, spec))  # in this process: a worker's warning would not fail here
+    assert part.rows == len(df) and part.datetime_time and part.counts["order"] == 0

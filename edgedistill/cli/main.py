@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -106,10 +107,17 @@ SUMMARIES: dict[str, Callable[[dict], None]] = {
 }
 
 
+# stages that show their own progress (a bar per model on a terminal: edgedistill.progress); a spinner drawn
+# on the same terminal would fight it
+OWN_PROGRESS = {"train_teacher", "distill"}
+
+
 def run_stage(stage: str, fn: Callable[[Params], dict]) -> dict:
     p = params()
     t0 = time.perf_counter()
-    with console.status(f"[bold]{stage}[/] running…", spinner="dots"):
+    status = contextlib.nullcontext() if stage in OWN_PROGRESS else console.status(f"[bold]{stage}[/] running…",
+                                                                                   spinner="dots")
+    with status:
         result = fn(p)
     print_summary(stage, result, time.perf_counter() - t0)
     return result

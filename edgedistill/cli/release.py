@@ -140,7 +140,8 @@ def reproduce(
             hidden += 1
             continue
         t.add_row(escape(m["file"]), escape(m["metric"]), escape(num(m["released"])), escape(num(m["reproduced"])),
-                  f"[{colour[m['verdict']]}]{m['verdict']}[/]" + (" (timing)" if m["timing"] else ""))
+                  f"[{colour[m['verdict']]}]{m['verdict']}[/]"
+                  + (" (timing)" if m["timing"] else " (text, not judged)" if m.get("kind") == "text" else ""))
     if t.row_count:
         console.print(t)
     if hidden:
