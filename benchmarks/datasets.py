@@ -421,7 +421,12 @@ def main_release(a: argparse.Namespace, raw: dict) -> None:
     rows: list[dict] = []
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/datasets.py " + " ".join(sys.argv[1:])
-    for name in a.datasets.split(","):
+    commands = [command]
+    if a.add and Path(a.out).is_file():  # continue a run stopped for time: its rows stay, its datasets are skipped
+        prev = json.loads(Path(a.out).read_text())
+        rows, commands = prev["rows"], [*prev.get("commands", [prev["command"]]), command]
+    done = {r["dataset"] for r in rows}
+    for name in [n for n in a.datasets.split(",") if n not in done]:
         # every dataset its own parent folder: the local store sits at ../edgedistill-store beside the project
         if a.workdir:  # kept: the project, its registry, the store and run.log (the run's whole output)
             parent = Path(a.workdir).resolve() / name
@@ -432,8 +437,9 @@ def main_release(a: argparse.Namespace, raw: dict) -> None:
             continue
         with tempfile.TemporaryDirectory(prefix=f"ds-release-{name}-") as tmp:
             rows.append(release_dataset(raw, name, Path(tmp), a.timeout))
-        Path(a.out).write_text(json.dumps({"command": command, "date": time.strftime("%Y-%m-%d"), "args": vars(a),
-                                           "rows": rows, "table": release_table(rows)}, indent=2) + "\n")
+        Path(a.out).write_text(json.dumps({"command": "\n".join(commands), "commands": commands,
+                                           "date": time.strftime("%Y-%m-%d"), "args": vars(a), "rows": rows,
+                                           "table": release_table(rows)}, indent=2) + "\n")
     print(release_table(rows))
 
 
@@ -448,6 +454,8 @@ def main() -> None:
     ap.add_argument("--release", action="store_true",
                     help="per dataset: the whole release (`edgedistill run`) in a scratch project: ships or what stopped it")
     ap.add_argument("--timeout", type=float, default=3600.0, help="--release: seconds per dataset")
+    ap.add_argument("--add", action="store_true", help="--release: keep the rows already in --out and run only the "
+                                                       "datasets it lacks (a run stopped for time goes on)")
     ap.add_argument("--workdir", help="--release: keep each dataset's scratch project, store and run.log in "
                                       "WORKDIR/<dataset> (default: a temporary folder, removed)")
     ap.add_argument("--variant", action="append", default=[], metavar="LABEL=KEY=VAL[;KEY=VAL]",

@@ -202,3 +202,27 @@ def test_release_params_change_only_the_dataset_description(tmp_path, monkeypatc
         assert params[sec] == raw[sec], sec
     parse_params(params)
     assert bench.release_params(raw, "bundled") == (raw, None)
+
+
+def test_release_add_keeps_finished_rows_and_runs_only_the_rest(tmp_path, monkeypatch):
+    """--add continues a run stopped for time: rows already in --out stay, their datasets are not run again, and
+    every command that wrote the file is recorded."""
+    import argparse
+    import json
+
+    ran = []
+
+    def fake_release(raw, name, parent, timeout):
+        ran.append(name)
+        return {"dataset": name, "ships": "yes v0.1.0", "norm": "global", "teacher": 0.9, "alone": 0.8, "kd": 0.85,
+                "shipped": "kd", "fp32": 0.85, "int8": 0.84, "mcu_verified": True, "seconds": 1.0}
+
+    monkeypatch.setattr(bench, "release_dataset", fake_release)
+    out = tmp_path / "r.json"
+    args = dict(out=str(out), timeout=1.0, workdir=None, add=True)
+    bench.main_release(argparse.Namespace(datasets="A", **args), {})
+    bench.main_release(argparse.Namespace(datasets="A,B", **args), {})
+    doc = json.loads(out.read_text())
+    assert ran == ["A", "B"] and [r["dataset"] for r in doc["rows"]] == ["A", "B"]
+    assert len(doc["commands"]) == 2 and doc["command"].splitlines() == doc["commands"]
+    assert doc["table"].count("yes v0.1.0") == 2
