@@ -434,9 +434,9 @@ def main_release(a: argparse.Namespace, raw: dict) -> None:
                 raise SystemExit(f"--workdir: {parent} exists (a scratch project needs a new folder)")
             parent.mkdir(parents=True)
             rows.append(release_dataset(raw, name, parent, a.timeout))
-            continue
-        with tempfile.TemporaryDirectory(prefix=f"ds-release-{name}-") as tmp:
-            rows.append(release_dataset(raw, name, Path(tmp), a.timeout))
+        else:
+            with tempfile.TemporaryDirectory(prefix=f"ds-release-{name}-") as tmp:
+                rows.append(release_dataset(raw, name, Path(tmp), a.timeout))
         Path(a.out).write_text(json.dumps({"command": "\n".join(commands), "commands": commands,
                                            "date": time.strftime("%Y-%m-%d"), "args": vars(a), "rows": rows,
                                            "table": release_table(rows)}, indent=2) + "\n")

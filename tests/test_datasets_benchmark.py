@@ -219,9 +219,10 @@ def test_release_add_keeps_finished_rows_and_runs_only_the_rest(tmp_path, monkey
 
     monkeypatch.setattr(bench, "release_dataset", fake_release)
     out = tmp_path / "r.json"
-    args = dict(out=str(out), timeout=1.0, workdir=None, add=True)
-    bench.main_release(argparse.Namespace(datasets="A", **args), {})
-    bench.main_release(argparse.Namespace(datasets="A,B", **args), {})
+    args = dict(out=str(out), timeout=1.0, add=True)
+    bench.main_release(argparse.Namespace(datasets="A", workdir=None, **args), {})
+    # --workdir (the scratch projects kept) writes the file alike
+    bench.main_release(argparse.Namespace(datasets="A,B", workdir=str(tmp_path / "w"), **args), {})
     doc = json.loads(out.read_text())
     assert ran == ["A", "B"] and [r["dataset"] for r in doc["rows"]] == ["A", "B"]
     assert len(doc["commands"]) == 2 and doc["command"].splitlines() == doc["commands"]
