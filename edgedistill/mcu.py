@@ -399,9 +399,15 @@ def parity(ref: np.ndarray, got: np.ndarray, quantum: float, what: str, *, stric
     """Max logit difference (absolute and in output quanta), argmax agreement and, with labels `y`, both
     models' accuracy and the drop. strict: logits within one quantum and the same argmax on every
     window, else McuFailed naming the first differing window (the int8 kernels are held to the
-    promote gates on these figures instead)."""
-    tol = quantum * (1 + 1e-6) if quantum > 0 else 1e-5
+    promote gates on these figures instead). Both sides dequantize in float32 (q x scale, rounded to
+    float32), so one quantum apart reads as up to a few float32 ulps of the logits more than the scale (at
+    |logit| ~18: ~3.5e-6 of the quantum): the tolerance adds that rounding, per window."""
     diff = np.abs(got.astype(np.float64) - ref.astype(np.float64)).max(axis=1)
+    if quantum > 0:
+        mag = np.maximum(np.abs(got), np.abs(ref)).astype(np.float64).max(axis=1) if got.size else np.zeros(0)
+        tol = quantum * (1 + 1e-6) + 4 * float(np.finfo(np.float32).eps) * mag
+    else:
+        tol = np.full(len(diff), 1e-5)
     same = got.argmax(1) == ref.argmax(1)
     bad = np.flatnonzero(~((diff <= tol) & same))
     result = {"windows": int(len(ref)), "max_abs_diff": float(diff.max()) if len(diff) else 0.0,

@@ -121,6 +121,14 @@ def sanity_stop(sp: SanityParams, ref: dict[str, float], epoch: int, acc: float,
                "majority class": ref["majority_val_accuracy"], "val windows": n_val}
     if final and "balanced_val_accuracy" in ref:
         figures |= {"balanced val accuracy": ref["balanced_val_accuracy"], "chance": ref["chance_balanced"]}
+    if (final and chance_se is not None and "balanced_val_accuracy" in ref
+            and 1.0 <= ref["chance_balanced"] + sp.chance_z * chance_se):
+        # not the teacher's fault: on this few val windows even a perfect score is within chance_z SE of chance
+        raise TrainingFailed(
+            f"sanity stop: {n_val} val windows are too few to tell the teacher from chance: even 100% balanced val "
+            f"accuracy is within {sp.chance_z} standard errors of chance ({bl.describe(figures)})",
+            hint="Give val more windows (more val groups: prepare.split.val_fraction / val_groups or your split "
+                 "column; a smaller prepare.eval_stride), or set sanity.enabled: false to train anyway unchecked.")
     why = ""
     # no margin here: on a small val set (36 windows, 2 classes) a teacher still warming up at epoch 3 sits
     # within 2 standard errors of the majority class and ends at 92%; one at or below it has learnt nothing

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import copy
 import functools
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -19,6 +20,9 @@ from edgedistill.params import Params, parse_params
 
 pytest_plugins = ["prefect_session"]
 REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("scratch_project", REPO / "benchmarks" / "scratch_project.py")
+_scratch = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_scratch)
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 # `edgedistill run` is a Prefect flow: give each test session its own ephemeral Prefect DB (never the
 # user's ~/.prefect or a configured server), inherited by CLI subprocesses.
@@ -108,16 +112,9 @@ def tree_hashes(root: Path) -> dict[str, str]:
 
 
 def copy_repo_skeleton(dest: Path) -> Path:
-    """Copy the tracked project files (no data, no venv) into dest, for DVC/CLI end-to-end tests."""
-    for name in ["params.yaml", "dvc.yaml", "pyproject.toml"]:
-        shutil.copy(REPO / name, dest / name)
-    for folder in ["tasks", "edgedistill", "flows"]:
-        if (REPO / folder).exists():
-            shutil.copytree(REPO / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in [".gto", ".gitignore", "reports/prod_reference.json"]:  # registry config, promote's dep
-        (dest / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(REPO / name, dest / name)
-    return dest
+    """Copy the tracked project files (no data, no venv) into dest, for DVC/CLI end-to-end tests
+    (benchmarks/scratch_project.py, shared with benchmarks/datasets.py --release)."""
+    return _scratch.copy_repo_skeleton(dest, REPO)
 
 
 @pytest.fixture(scope="module")

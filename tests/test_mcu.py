@@ -476,3 +476,24 @@ def test_odd_shapes_take_the_kernels_tail_paths_and_still_match(tmp_path):
     assert r["host_parity"]["max_diff_quanta"] <= 1 and r["host_parity"]["argmax_agreement"] == 1.0
     for p in r["profiles"].values():
         assert p["qemu"]["identical_to_host"]
+
+
+def test_parity_one_quantum_apart_in_float32_passes_two_fails():
+    """One INT8 step apart, dequantized in float32 as both runtimes do (PigCVP's window 1317: -61 vs -60 x 0.29940316
+    differ by 3.3e-6 of a quantum more than the scale), is within parity; two steps apart, or another argmax, is not."""
+    scale = np.float32(0.29940316)
+    q = np.array([[-61, -60, 11, -20], [5, -3, 20, 0]], dtype=np.float32)
+    ref = q * scale
+    got = ref.copy()
+    got[0, 0] = np.float32(-60) * scale  # one step
+    assert np.abs(np.float64(got[0, 0]) - np.float64(ref[0, 0])) > scale * (1 + 1e-6)  # what was refused
+    r = lib.parity(ref, got, float(scale), "test")
+    assert r["argmax_agreement"] == 1.0 and r["max_diff_quanta"] == pytest.approx(1.0, abs=1e-5)
+    two = ref.copy()
+    two[1, 0] = np.float32(7) * scale
+    with pytest.raises(lib.McuFailed, match=r"window 1 differs"):
+        lib.parity(ref, two, float(scale), "test")
+    flip = ref.copy()
+    flip[1, 1] = np.float32(21) * scale  # another class now wins
+    with pytest.raises(lib.McuFailed, match=r"argmax 1 vs 2"):
+        lib.parity(ref, flip, float(scale), "test")

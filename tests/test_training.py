@@ -427,6 +427,29 @@ def test_final_sanity_check_wants_balanced_accuracy_above_chance_whatever_the_cl
         train_teacher.sanity_stop(sp, ref, 3, 0.214, 84, 4, check_epoch=3)
 
 
+def test_sanity_stop_says_when_val_is_too_small_to_tell_from_chance():
+    """Chinatown's 4 val windows (2 per class): a teacher right on all of them is still within 2 SE of chance, so
+    the stop names the val size and how to grow it, not the model's likely faults."""
+    from edgedistill import baseline as bl
+    from edgedistill.params import SanityParams
+
+    sp = SanityParams()
+    bal, chance, se = bl.balanced_vs_chance(np.array([[2, 0], [0, 2]]))
+    assert bal == 1.0 and 1.0 <= chance + sp.chance_z * se
+    ref = {"knn_fft_val_accuracy": 0.75, "majority_val_accuracy": 0.5, "balanced_val_accuracy": bal,
+           "chance_balanced": chance}
+    with pytest.raises(TrainingFailed, match=r"4 val windows are too few to tell the teacher from chance") as e:
+        train_teacher.sanity_stop(sp, ref, 1000, 1.0, 4, 1000, final=True, check_epoch=3, chance_se=se)
+    assert "likely causes" not in str(e.value) and "prepare.eval_stride" in e.value.hint
+    # 12 val windows (6 per class) can show it: a perfect teacher passes, one at chance is stopped as before
+    bal, chance, se = bl.balanced_vs_chance(np.array([[6, 0], [0, 6]]))
+    train_teacher.sanity_stop(sp, {**ref, "balanced_val_accuracy": bal, "chance_balanced": chance}, 1000, 1.0, 12,
+                              1000, final=True, check_epoch=3, chance_se=se)
+    with pytest.raises(TrainingFailed, match="no better than chance per class"):
+        train_teacher.sanity_stop(sp, {**ref, "balanced_val_accuracy": 0.5, "chance_balanced": chance}, 1000, 0.5, 12,
+                                  1000, final=True, check_epoch=3, chance_se=se)
+
+
 def test_sanity_references_are_recorded_and_short_runs_not_judged(prepared):
     m = train_teacher.run(tiny({"sanity": {"enabled": True, "check_epoch": 5}}), log=lambda s: None)  # 4 < 5
     s = m["sanity"]
