@@ -71,7 +71,8 @@ def test_converted_readings_prepare_with_unequal_lengths(tiny_ucr, tmp_path, mon
     path = tmp_path / "r.parquet"
     df.to_parquet(path, index=False)
     raw = base_params_dict()
-    raw["data"] |= {"channels": channels, "labels": labels, "sample_rate_hz": 10.0, "readings": str(path)}
+    raw["data"] |= {"channels": channels, "labels": labels, "sample_rate_hz": 10.0, "readings": str(path),
+                    "vector_groups": []}  # not the bundled IMU triplets: no such channels here
     raw["validate"]["channel_ranges"] = {}
     raw["prepare"] |= {"window": 16, "train_stride": 4, "eval_stride": 8}
     monkeypatch.chdir(tmp_path)
@@ -81,8 +82,6 @@ def test_converted_readings_prepare_with_unequal_lengths(tiny_ucr, tmp_path, mon
     for split, stride in (("train", 4), ("val", 8), ("test", 8)):
         ns = by_subject[by_subject["split"] == split]["n"]
         assert report["splits"][split]["windows"] == sum((n - 16) // stride + 1 for n in ns)
-
-
 
 
 def test_table_reports_what_the_release_ships():
