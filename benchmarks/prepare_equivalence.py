@@ -40,15 +40,24 @@ def main() -> None:
     for s in ("train", "val", "test"):
         with np.load(old / f"{s}.npz") as z:
             sp = open_split(new, s)
-            same = {"X": np.array_equal(z["X"], sp.load_all()), "y": np.array_equal(z["y"], sp.y),
-                    "group": np.array_equal(z["group"].astype(str), sp.group),
-                    "recording": np.array_equal(z["recording"].astype(str), sp.recording)}
+            same = {
+                "X": np.array_equal(z["X"], sp.load_all()),
+                "y": np.array_equal(z["y"], sp.y),
+                "group": np.array_equal(z["group"].astype(str), sp.group),
+                "recording": np.array_equal(z["recording"].astype(str), sp.recording),
+            }
         print(f"{s}: {len(sp)} windows, identical: {same}")
-    d = list(differences(json.loads((old / "norm.json").read_text()), json.loads((new / "norm.json").read_text())))
+    d = list(
+        differences(
+            json.loads((old / "norm.json").read_text()), json.loads((new / "norm.json").read_text())
+        )
+    )
     for p, x, y in d:
         rel = abs(x - y) / abs(x) if isinstance(x, float) and x else ""
         print(f"norm.json differs at {p}: {x!r} vs {y!r} (relative {rel})")
-    same_split = json.loads((old / "split.json").read_text()) == json.loads((new / "split.json").read_text())
+    same_split = json.loads((old / "split.json").read_text()) == json.loads(
+        (new / "split.json").read_text()
+    )
     print(f"norm.json identical: {not d}; split.json identical: {same_split}")
 
 

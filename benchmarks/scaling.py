@@ -54,15 +54,21 @@ def bundled() -> pd.DataFrame:
 def replica(df: pd.DataFrame, r: int) -> pd.DataFrame:
     """The bundled data as new devices: subjects and recordings renamed, one date per replica."""
     step = int(df["recording"].max()) + 1
-    return df.assign(subject=df["subject"].astype(str) + f"-r{r:03d}",
-                     recording=(df["recording"].astype("int64") + r * step),
-                     date=f"2024-{1 + r // 28:02d}-{1 + r % 28:02d}")
+    return df.assign(
+        subject=df["subject"].astype(str) + f"-r{r:03d}",
+        recording=(df["recording"].astype("int64") + r * step),
+        date=f"2024-{1 + r // 28:02d}-{1 + r % 28:02d}",
+    )
 
 
 def write_fleet(df: pd.DataFrame, folder: Path, replicas: range) -> Path:
     for r in replicas:
-        pq.write_to_dataset(pa.Table.from_pandas(replica(df, r), preserve_index=False), folder,
-                            partition_cols=["subject", "date"], basename_template=f"part-r{r:03d}-{{i}}.parquet")
+        pq.write_to_dataset(
+            pa.Table.from_pandas(replica(df, r), preserve_index=False),
+            folder,
+            partition_cols=["subject", "date"],
+            basename_template=f"part-r{r:03d}-{{i}}.parquet",
+        )
     return folder
 
 
@@ -78,10 +84,14 @@ def sh(cmd: list[str], cwd: Path) -> None:
 
 def project(root: Path, readings: str) -> Path:
     root.mkdir(parents=True)
-    for cmd in (["git", "init", "-q", "-b", "main"], ["git", "config", "user.name", "bench"],
-                ["git", "config", "user.email", "bench@edgedistill.local"], ["dvc", "init", "-q"],
-                ["dvc", "config", "core.analytics", "false"],
-                ["dvc", "remote", "add", "-d", "store", str(root.parent / (root.name + "-remote"))]):
+    for cmd in (
+        ["git", "init", "-q", "-b", "main"],
+        ["git", "config", "user.name", "bench"],
+        ["git", "config", "user.email", "bench@edgedistill.local"],
+        ["dvc", "init", "-q"],
+        ["dvc", "config", "core.analytics", "false"],
+        ["dvc", "remote", "add", "-d", "store", str(root.parent / (root.name + "-remote"))],
+    ):
         sh(cmd, root)
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["data"]["readings"] = readings
@@ -105,7 +115,10 @@ def push(devices: int) -> dict:
         drop = replica(first[first["subject"] == first_subjects[0]], 1)  # one new device-day
         drop_file = tmp / "drop.parquet"
         drop.to_parquet(drop_file, index=False)
-        for layout, tracked in (("partitioned", "data/user/readings"), ("single file", "data/user/readings.parquet")):
+        for layout, tracked in (
+            ("partitioned", "data/user/readings"),
+            ("single file", "data/user/readings.parquet"),
+        ):
             root = project(tmp / layout.replace(" ", "_"), tracked)
             remote = root.parent / (root.name + "-remote")
             if layout == "partitioned":
@@ -121,11 +134,20 @@ def push(devices: int) -> dict:
             v2 = dataversions.add(params, drop_file, append=True, root=root, validate=validate.run)
             t2 = time.perf_counter()
             n2, b2 = tree_size(remote)
-            rows.append({"layout": layout, "dataset_rows": v1["after"]["rows"], "drop_rows": len(drop),
-                         "first_push_files": n1, "first_push_bytes": b1,
-                         "append_push_files": n2 - n1, "append_push_bytes": b2 - b1,
-                         "add_s": round(t1 - t0, 1), "append_s": round(t2 - t1, 1),
-                         "rows_after": v2["after"]["rows"]})
+            rows.append(
+                {
+                    "layout": layout,
+                    "dataset_rows": v1["after"]["rows"],
+                    "drop_rows": len(drop),
+                    "first_push_files": n1,
+                    "first_push_bytes": b1,
+                    "append_push_files": n2 - n1,
+                    "append_push_bytes": b2 - b1,
+                    "add_s": round(t1 - t0, 1),
+                    "append_s": round(t2 - t1, 1),
+                    "rows_after": v2["after"]["rows"],
+                }
+            )
     return {"devices": devices, "rows": rows}
 
 
@@ -137,9 +159,15 @@ p = load_params('{params}')
 {call}
 """
 # stage name -> (module, params file, call)
-CALLS = {"validate": ("validate", "params.yaml", "validate.run(p)"),
-         "validate_dask": ("validate", "params-dask.yaml", "validate.run(p, report_dir='reports/validation-dask')"),
-         "prepare": ("prepare", "params.yaml", "prepare.run(p, out_dir='prepared')")}
+CALLS = {
+    "validate": ("validate", "params.yaml", "validate.run(p)"),
+    "validate_dask": (
+        "validate",
+        "params-dask.yaml",
+        "validate.run(p, report_dir='reports/validation-dask')",
+    ),
+    "prepare": ("prepare", "params.yaml", "prepare.run(p, out_dir='prepared')"),
+}
 
 
 def rss_anon_kb(pid: int) -> int:
@@ -150,7 +178,9 @@ def rss_anon_kb(pid: int) -> int:
         p = todo.pop()
         try:
             with open(f"/proc/{p}/status") as f:
-                total += next((int(line.split()[1]) for line in f if line.startswith("RssAnon:")), 0)
+                total += next(
+                    (int(line.split()[1]) for line in f if line.startswith("RssAnon:")), 0
+                )
             for task in os.listdir(f"/proc/{p}/task"):
                 with open(f"/proc/{p}/task/{task}/children") as f:
                     todo += [int(c) for c in f.read().split()]
@@ -161,11 +191,20 @@ def rss_anon_kb(pid: int) -> int:
 
 def measure(code: str, cwd: Path, what: str) -> tuple[float, float]:
     """Wall seconds and peak summed RssAnon (GB) of `python -c code` in a fresh interpreter (sampled 50 ms)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "GX_ANALYTICS_ENABLED": "False"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "GX_ANALYTICS_ENABLED": "False",
+    }
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     peak = 0
     while proc.poll() is None:
         peak = max(peak, rss_anon_kb(proc.pid))
@@ -198,8 +237,13 @@ def stages(scales: list[int], prepare_max: int, names: list[str]) -> dict:
             raw["validate"]["drift"]["reference"] = str(tmp / "profile-dask.json")
             (tmp / "params-dask.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
             files, size = tree_size(fleet)
-            row = {"scale": k, "readings": len(df) * k, "files": files, "bytes": size,
-                   "load_avg_1m": round(os.getloadavg()[0], 1)}
+            row = {
+                "scale": k,
+                "readings": len(df) * k,
+                "files": files,
+                "bytes": size,
+                "load_avg_1m": round(os.getloadavg()[0], 1),
+            }
             for stage in names:
                 if stage == "prepare" and k > prepare_max:
                     row["prepare_s"] = row["prepare_peak_gb"] = None
@@ -214,12 +258,16 @@ def stages(scales: list[int], prepare_max: int, names: list[str]) -> dict:
 
 
 def table_push(res: dict) -> str:
-    lines = ["| layout | dataset rows | first push: files / MB | appended drop rows | append push: files / MB |",
-             "|---|---|---|---|---|"]
+    lines = [
+        "| layout | dataset rows | first push: files / MB | appended drop rows | append push: files / MB |",
+        "|---|---|---|---|---|",
+    ]
     for r in res["rows"]:
-        lines.append(f"| {r['layout']} | {r['dataset_rows']:,} | {r['first_push_files']} / "
-                     f"{r['first_push_bytes'] / 1e6:.2f} | {r['drop_rows']:,} | {r['append_push_files']} / "
-                     f"{r['append_push_bytes'] / 1e6:.3f} |")
+        lines.append(
+            f"| {r['layout']} | {r['dataset_rows']:,} | {r['first_push_files']} / "
+            f"{r['first_push_bytes'] / 1e6:.2f} | {r['drop_rows']:,} | {r['append_push_files']} / "
+            f"{r['append_push_bytes'] / 1e6:.3f} |"
+        )
     return "\n".join(lines)
 
 
@@ -231,13 +279,17 @@ def _cell(r: dict, stage: str, per_reading: bool = False) -> str:
 
 
 def table_stages(rows: list[dict]) -> str:
-    lines = ["| scale | readings | files | validate, 1 process (streams): time / peak RssAnon / per reading | "
-             "validate, Dask LocalCluster 2 workers (streams): time / peak RssAnon / per reading | "
-             "prepare (in memory, not streaming yet): time / peak RssAnon |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| scale | readings | files | validate, 1 process (streams): time / peak RssAnon / per reading | "
+        "validate, Dask LocalCluster 2 workers (streams): time / peak RssAnon / per reading | "
+        "prepare (in memory, not streaming yet): time / peak RssAnon |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['scale']}× | {r['readings']:,} | {r['files']} | {_cell(r, 'validate', True)} | "
-                     f"{_cell(r, 'validate_dask', True)} | {_cell(r, 'prepare')} |")
+        lines.append(
+            f"| {r['scale']}× | {r['readings']:,} | {r['files']} | {_cell(r, 'validate', True)} | "
+            f"{_cell(r, 'validate_dask', True)} | {_cell(r, 'prepare')} |"
+        )
     return "\n".join(lines)
 
 
@@ -249,8 +301,12 @@ def main() -> None:
     s = sub.add_parser("stages")
     s.add_argument("--scales", default="1,10,30,100")
     s.add_argument("--stages", default="validate,validate_dask,prepare")
-    s.add_argument("--prepare-max", type=int, default=30,
-                   help="largest scale for prepare (in-memory on this branch: ~0.26 GB per 1x)")
+    s.add_argument(
+        "--prepare-max",
+        type=int,
+        default=30,
+        help="largest scale for prepare (in-memory on this branch: ~0.26 GB per 1x)",
+    )
     s.add_argument("--out", default=None)
     a = ap.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)

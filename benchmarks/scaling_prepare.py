@@ -95,12 +95,24 @@ def params_file(tmp: Path, fleet: Path, dask: bool) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--scales", default="1,10,30")
-    ap.add_argument("--teacher-scales", default="1,10,30", help="scales at which a teacher epoch is timed")
-    ap.add_argument("--teacher-cap-s", type=float, default=120.0,
-                    help="stop the epoch after this many seconds of training (windows/s gives the epoch time)")
-    ap.add_argument("--dask", action="store_true", help="also prepare on a Dask LocalCluster (data.dask_workers)")
+    ap.add_argument(
+        "--teacher-scales", default="1,10,30", help="scales at which a teacher epoch is timed"
+    )
+    ap.add_argument(
+        "--teacher-cap-s",
+        type=float,
+        default=120.0,
+        help="stop the epoch after this many seconds of training (windows/s gives the epoch time)",
+    )
+    ap.add_argument(
+        "--dask",
+        action="store_true",
+        help="also prepare on a Dask LocalCluster (data.dask_workers)",
+    )
     ap.add_argument("--out", default=str(RESULTS / "scaling_prepare.json"))
     a = ap.parse_args()
     df = bundled()
@@ -114,10 +126,15 @@ def main() -> None:
             for engine in ["process"] + (["dask"] if a.dask else []):
                 params_file(tmp, fleet, engine == "dask")
                 wall, gb = run_stage("prepare", tmp)
-                row[f"prepare_{engine}_s"], row[f"prepare_{engine}_peak_gb"] = round(wall, 1), round(gb, 3)
+                row[f"prepare_{engine}_s"], row[f"prepare_{engine}_peak_gb"] = (
+                    round(wall, 1),
+                    round(gb, 3),
+                )
             split = json.loads((tmp / "prepared/split.json").read_text())
             row["train_windows"] = split["splits"]["train"]["windows"]
-            row["prepared_bytes"] = sum(p.stat().st_size for p in (tmp / "prepared").rglob("*") if p.is_file())
+            row["prepared_bytes"] = sum(
+                p.stat().st_size for p in (tmp / "prepared").rglob("*") if p.is_file()
+            )
             if k in teacher_scales:
                 params_file(tmp, fleet, False)
                 wall, gb = run_stage("teacher_epoch", tmp, a.teacher_cap_s)
@@ -126,11 +143,17 @@ def main() -> None:
                 row["teacher_windows_trained"] = ep["windows_trained"]
                 row["teacher_windows_per_s"] = round(ep["windows_per_s"], 1)
                 row["teacher_epoch_s"] = round(ep["train_windows"] / ep["windows_per_s"], 1)
-                row["teacher_process_s"], row["teacher_epoch_peak_gb"] = round(wall, 1), round(gb, 3)
+                row["teacher_process_s"], row["teacher_epoch_peak_gb"] = (
+                    round(wall, 1),
+                    round(gb, 3),
+                )
         rows.append(row)
         print(json.dumps(row), flush=True)
-    doc = {"host": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
-           "command": "python benchmarks/scaling_prepare.py " + " ".join(sys.argv[1:]), "rows": rows}
+    doc = {
+        "host": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "command": "python benchmarks/scaling_prepare.py " + " ".join(sys.argv[1:]),
+        "rows": rows,
+    }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(doc, indent=2) + "\n")
     print(f"wrote {a.out}")

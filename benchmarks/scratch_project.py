@@ -19,7 +19,9 @@ def copy_repo_skeleton(dest: Path, repo: Path = REPO) -> Path:
         shutil.copy(repo / name, dest / name)
     for folder in PACKAGES:
         if (repo / folder).exists():
-            shutil.copytree(repo / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(
+                repo / folder, dest / folder, ignore=shutil.ignore_patterns("__pycache__")
+            )
     for name in EXTRA:
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(repo / name, dest / name)

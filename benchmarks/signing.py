@@ -29,7 +29,11 @@ from edgedistill.trust import (
 def bundle(folder: Path, version: str) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     files = {}
-    for name, size in (("student.onnx", 60_000), ("student.int8.onnx", 25_000), ("release.html", 300_000)):
+    for name, size in (
+        ("student.onnx", 60_000),
+        ("student.int8.onnx", 25_000),
+        ("release.html", 300_000),
+    ):
         real = Path("models") / name
         data = real.read_bytes() if real.is_file() else os.urandom(size)
         (folder / name).write_bytes(data + version.encode())  # distinct bytes per version
@@ -72,10 +76,12 @@ def main() -> None:
                 t0 = time.perf_counter()
                 fetch_verified(store, root, "student", b, t / f"out-b{r}")
                 fetch_signed.append(time.perf_counter() - t0)
-            print(f"prior signed versions {prior}: release upload {ms(plain)}, upload + sign {ms(signed)} "
-                  f"(+{1e3 * (statistics.median(signed) - statistics.median(plain)):.1f} ms); "
-                  f"fetch SHA256SUMS-only {ms(fetch_plain)}, TUF-verified {ms(fetch_signed)} "
-                  f"(+{1e3 * (statistics.median(fetch_signed) - statistics.median(fetch_plain)):.1f} ms)")
+            print(
+                f"prior signed versions {prior}: release upload {ms(plain)}, upload + sign {ms(signed)} "
+                f"(+{1e3 * (statistics.median(signed) - statistics.median(plain)):.1f} ms); "
+                f"fetch SHA256SUMS-only {ms(fetch_plain)}, TUF-verified {ms(fetch_signed)} "
+                f"(+{1e3 * (statistics.median(fetch_signed) - statistics.median(fetch_plain)):.1f} ms)"
+            )
 
 
 if __name__ == "__main__":

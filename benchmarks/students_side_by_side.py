@@ -24,10 +24,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--workspace", required=True, help="a project directory with models/teacher_logits")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--workspace", required=True, help="a project directory with models/teacher_logits"
+    )
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=0, help="compute.threads for both modes (0: all cores)")
+    ap.add_argument(
+        "--threads", type=int, default=0, help="compute.threads for both modes (0: all cores)"
+    )
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
 
@@ -39,24 +45,50 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="side-by-side-") as tmp:
         for rnd in range(a.rounds):
-            for parallel in ((True, False) if rnd % 2 == 0 else (False, True)):
-                p = base.model_copy(update={"compute": base.compute.model_copy(
-                    update={"threads": a.threads, "parallel_students": parallel})})
+            for parallel in (True, False) if rnd % 2 == 0 else (False, True):
+                p = base.model_copy(
+                    update={
+                        "compute": base.compute.model_copy(
+                            update={"threads": a.threads, "parallel_students": parallel}
+                        )
+                    }
+                )
                 out = Path(tmp) / f"{rnd}-{parallel}"
                 t0 = time.perf_counter()
-                r = distill.run(p, prepared=ws / "data/prepared", teacher_path=ws / "models/teacher.pt",
-                                logits_path=ws / "models/teacher_logits", student_out=out / "s.pt",
-                                baseline_out=out / "b.pt", kd_out=out / "kd.pt", metrics_out=out / "d.json",
-                                plots_dir=None, resume_dir=out / "resume", log=lambda s: None)
-                row = {"round": rnd, "parallel_students": parallel, "seconds": round(time.perf_counter() - t0, 1),
-                       "alone": r["baseline"]["accuracy"], "kd": r["kd"]["accuracy"]}
+                r = distill.run(
+                    p,
+                    prepared=ws / "data/prepared",
+                    teacher_path=ws / "models/teacher.pt",
+                    logits_path=ws / "models/teacher_logits",
+                    student_out=out / "s.pt",
+                    baseline_out=out / "b.pt",
+                    kd_out=out / "kd.pt",
+                    metrics_out=out / "d.json",
+                    plots_dir=None,
+                    resume_dir=out / "resume",
+                    log=lambda s: None,
+                )
+                row = {
+                    "round": rnd,
+                    "parallel_students": parallel,
+                    "seconds": round(time.perf_counter() - t0, 1),
+                    "alone": r["baseline"]["accuracy"],
+                    "kd": r["kd"]["accuracy"],
+                }
                 print(json.dumps(row), flush=True)
                 rows.append(row)
-    med = {m: statistics.median(r["seconds"] for r in rows if r["parallel_students"] is m) for m in (True, False)}
-    print(f"distill stage: side by side {med[True]:.1f} s, one after the other {med[False]:.1f} s (medians of "
-          f"{a.rounds}): {med[False] / med[True]:.2f}x faster")
+    med = {
+        m: statistics.median(r["seconds"] for r in rows if r["parallel_students"] is m)
+        for m in (True, False)
+    }
+    print(
+        f"distill stage: side by side {med[True]:.1f} s, one after the other {med[False]:.1f} s (medians of "
+        f"{a.rounds}): {med[False] / med[True]:.2f}x faster"
+    )
     if a.json:
-        Path(a.json).write_text(json.dumps({"args": vars(a), "rows": rows, "median_s": med}, indent=2) + "\n")
+        Path(a.json).write_text(
+            json.dumps({"args": vars(a), "rows": rows, "median_s": med}, indent=2) + "\n"
+        )
 
 
 if __name__ == "__main__":

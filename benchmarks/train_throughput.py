@@ -77,18 +77,32 @@ def _sync(device: torch.device) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--device", default=None, help="default: compute.device from params")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch-sizes", default="128,1024")
     ap.add_argument("--models", default="teacher,student")
-    ap.add_argument("--threads", default="", help="e.g. 2,1: compare torch CPU thread counts (interleaved)")
-    ap.add_argument("--rounds", type=int, default=0, help=">0: interleaved rounds of one epoch per setting")
-    ap.add_argument("--fraction", type=float, default=1.0, help="share of the train/val windows used")
+    ap.add_argument(
+        "--threads", default="", help="e.g. 2,1: compare torch CPU thread counts (interleaved)"
+    )
+    ap.add_argument(
+        "--rounds", type=int, default=0, help=">0: interleaved rounds of one epoch per setting"
+    )
+    ap.add_argument(
+        "--fraction", type=float, default=1.0, help="share of the train/val windows used"
+    )
     ap.add_argument("--json", type=Path, help="also write the interleaved figures as JSON")
-    ap.add_argument("--breakdown", action="store_true", help="bare / bare+augment / pipeline loops side by side")
-    ap.add_argument("--ref", default="", help="with --breakdown: also the pipeline loop of training.py at this git ref")
+    ap.add_argument(
+        "--breakdown", action="store_true", help="bare / bare+augment / pipeline loops side by side"
+    )
+    ap.add_argument(
+        "--ref",
+        default="",
+        help="with --breakdown: also the pipeline loop of training.py at this git ref",
+    )
     a = ap.parse_args()
     if a.breakdown:
         breakdown(a)
@@ -99,35 +113,65 @@ def main() -> None:
     p = load_params(a.params)
     device = resolve_device(a.device or p.compute.device, p.compute.threads)
     data = load_prepared("data/prepared", device)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}"
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu x{torch.get_num_threads()}"
+    )
     print(f"device: {name}; train windows: {len(data.train)}; epochs per figure: {a.epochs}")
     # warm-up (CUDA context, cuDNN autotuning) so neither loop pays for it in its figure
-    warm = build_from_params(p.teacher.arch, p.teacher.config, int(data.train.x.shape[1]), len(data.labels)).to(device)
+    warm = build_from_params(
+        p.teacher.arch, p.teacher.config, int(data.train.x.shape[1]), len(data.labels)
+    ).to(device)
     bare_loop(warm, data.train.x, data.train.y, 1024, 1, device)
-    print("pipeline loop = augmentation (scale, jitter, shift) + a val pass per epoch; bare = forward/backward/step")
+    print(
+        "pipeline loop = augmentation (scale, jitter, shift) + a val pass per epoch; bare = forward/backward/step"
+    )
     print(f"{'model':8} {'batch':>6} {'pipeline loop':>15} {'bare loop':>12} {'ratio':>6}")
     for role, mp in [(r, getattr(p, r)) for r in a.models.split(",")]:
         aug = augment_for(mp.augment, p.data.vector_groups, data.norm)
         for batch in [int(b) for b in a.batch_sizes.split(",")]:
             meta = data.model_meta(mp.arch, mp.config)
             torch.manual_seed(0)
-            m1 = build_from_params(mp.arch, mp.config, meta["net_in_channels"], meta["n_classes"]).to(device)
-            cfg = TrainConfig(epochs=a.epochs, batch_size=batch, lr=mp.train.lr, weight_decay=mp.train.weight_decay)
+            m1 = build_from_params(
+                mp.arch, mp.config, meta["net_in_channels"], meta["n_classes"]
+            ).to(device)
+            cfg = TrainConfig(
+                epochs=a.epochs,
+                batch_size=batch,
+                lr=mp.train.lr,
+                weight_decay=mp.train.weight_decay,
+            )
 
             def loss_fn(model, xb, yb, idx, gen, aug=aug):
                 return F.cross_entropy(model(augment(xb, aug, gen)), yb)
 
-            r = train(m1, data.train, data.val, loss_fn, cfg, device, data.labels, log=lambda s: None,
-                      channels_last=p.compute.channels_last)
+            r = train(
+                m1,
+                data.train,
+                data.val,
+                loss_fn,
+                cfg,
+                device,
+                data.labels,
+                log=lambda s: None,
+                channels_last=p.compute.channels_last,
+            )
             torch.manual_seed(0)
-            m2 = build_from_params(mp.arch, mp.config, meta["net_in_channels"], meta["n_classes"]).to(device)
+            m2 = build_from_params(
+                mp.arch, mp.config, meta["net_in_channels"], meta["n_classes"]
+            ).to(device)
             bare = bare_loop(m2, data.train.x, data.train.y, batch, a.epochs, device)
-            print(f"{role:8} {batch:>6} {r.samples_per_s:>13,.0f}/s {bare:>10,.0f}/s {r.samples_per_s / bare:>6.2f}")
+            print(
+                f"{role:8} {batch:>6} {r.samples_per_s:>13,.0f}/s {bare:>10,.0f}/s {r.samples_per_s / bare:>6.2f}"
+            )
 
 
 def _subset(split: Split, fraction: float) -> Split:
     n = max(1, round(len(split) * fraction))
-    idx = torch.randperm(len(split), generator=torch.Generator().manual_seed(0))[:n].to(split.x.device)
+    idx = torch.randperm(len(split), generator=torch.Generator().manual_seed(0))[:n].to(
+        split.x.device
+    )
     return Split(split.x[idx], split.y[idx], split.path)
 
 
@@ -140,48 +184,91 @@ def interleaved(a: argparse.Namespace) -> None:
     train_s, val_s = _subset(data.train, a.fraction), _subset(data.val, a.fraction)
     threads = [int(t) for t in a.threads.split(",")] if a.threads else [torch.get_num_threads()]
     settings = [(t, int(b)) for t in threads for b in a.batch_sizes.split(",")]
-    print(f"device: {device}; {len(train_s)} train / {len(val_s)} val windows ({a.fraction:.0%}); "
-          f"{a.rounds} interleaved rounds of one epoch per setting after a warm-up round; seconds per epoch scaled to all "
-          f"{len(data.train)} train windows")
-    out: dict[str, Any] = {"device": str(device), "train_windows": len(data.train), "fraction": a.fraction,
-                           "rounds": a.rounds, "models": {}}
+    print(
+        f"device: {device}; {len(train_s)} train / {len(val_s)} val windows ({a.fraction:.0%}); "
+        f"{a.rounds} interleaved rounds of one epoch per setting after a warm-up round; seconds per epoch scaled to all "
+        f"{len(data.train)} train windows"
+    )
+    out: dict[str, Any] = {
+        "device": str(device),
+        "train_windows": len(data.train),
+        "fraction": a.fraction,
+        "rounds": a.rounds,
+        "models": {},
+    }
     for role in a.models.split(","):
         mp = getattr(p, role)
         aug = augment_for(mp.augment, p.data.vector_groups, data.norm)
         meta = data.model_meta(mp.arch, mp.config)
-        runs: dict[tuple[int, int], dict[str, list[float]]] = {s: {"pipe": [], "bare": []} for s in settings}
+        runs: dict[tuple[int, int], dict[str, list[float]]] = {
+            s: {"pipe": [], "bare": []} for s in settings
+        }
 
         def loss_fn(model, xb, yb, idx, gen, aug=aug):
             return F.cross_entropy(model(augment(xb, aug, gen)), yb)
 
-        for r in range(-1, a.rounds):  # round -1 warms up every setting (oneDNN primitives, allocator)
-            order = settings[r % len(settings):] + settings[: r % len(settings)]
+        for r in range(
+            -1, a.rounds
+        ):  # round -1 warms up every setting (oneDNN primitives, allocator)
+            order = settings[r % len(settings) :] + settings[: r % len(settings)]
             for t, b in order:
                 torch.set_num_threads(t)
                 torch.manual_seed(0)
-                m1 = build_from_params(mp.arch, mp.config, meta["in_channels"], meta["n_classes"]).to(device)
-                cfg = TrainConfig(epochs=1, batch_size=b, lr=mp.train.lr, weight_decay=mp.train.weight_decay)
-                res = train(m1, train_s, val_s, loss_fn, cfg, device, data.labels, log=lambda s: None,
-                            channels_last=p.compute.channels_last)
+                m1 = build_from_params(
+                    mp.arch, mp.config, meta["in_channels"], meta["n_classes"]
+                ).to(device)
+                cfg = TrainConfig(
+                    epochs=1, batch_size=b, lr=mp.train.lr, weight_decay=mp.train.weight_decay
+                )
+                res = train(
+                    m1,
+                    train_s,
+                    val_s,
+                    loss_fn,
+                    cfg,
+                    device,
+                    data.labels,
+                    log=lambda s: None,
+                    channels_last=p.compute.channels_last,
+                )
                 torch.manual_seed(0)
-                m2 = build_from_params(mp.arch, mp.config, meta["in_channels"], meta["n_classes"]).to(device)
+                m2 = build_from_params(
+                    mp.arch, mp.config, meta["in_channels"], meta["n_classes"]
+                ).to(device)
                 bare = bare_loop(m2, train_s.x, train_s.y, b, 1, device)
                 if r >= 0:
                     runs[(t, b)]["pipe"].append(res.samples_per_s)
                     runs[(t, b)]["bare"].append(bare)
-        print(f"{role}: {'threads':>7} {'batch':>6} {'pipeline':>11} {'bare':>11} {'ratio':>6} {'s/epoch':>8} "
-              f"{'vs first':>8}")
+        print(
+            f"{role}: {'threads':>7} {'batch':>6} {'pipeline':>11} {'bare':>11} {'ratio':>6} {'s/epoch':>8} "
+            f"{'vs first':>8}"
+        )
         first = None
         rows = []
         for t, b in settings:
-            pipe, bare = float(np.median(runs[(t, b)]["pipe"])), float(np.median(runs[(t, b)]["bare"]))
+            pipe, bare = (
+                float(np.median(runs[(t, b)]["pipe"])),
+                float(np.median(runs[(t, b)]["bare"])),
+            )
             sec = len(data.train) / pipe
             first = first or sec
-            rows.append({"threads": t, "batch_size": b, "pipeline_samples_per_s": pipe, "bare_samples_per_s": bare,
-                         "ratio": pipe / bare, "seconds_per_epoch": sec, "speed_vs_first": first / sec,
-                         "rounds_pipeline": runs[(t, b)]["pipe"], "rounds_bare": runs[(t, b)]["bare"]})
-            print(f"{'':8} {t:>7} {b:>6} {pipe:>9,.0f}/s {bare:>9,.0f}/s {pipe / bare:>6.2f} {sec:>8.1f} "
-                  f"{first / sec:>7.2f}x")
+            rows.append(
+                {
+                    "threads": t,
+                    "batch_size": b,
+                    "pipeline_samples_per_s": pipe,
+                    "bare_samples_per_s": bare,
+                    "ratio": pipe / bare,
+                    "seconds_per_epoch": sec,
+                    "speed_vs_first": first / sec,
+                    "rounds_pipeline": runs[(t, b)]["pipe"],
+                    "rounds_bare": runs[(t, b)]["bare"],
+                }
+            )
+            print(
+                f"{'':8} {t:>7} {b:>6} {pipe:>9,.0f}/s {bare:>9,.0f}/s {pipe / bare:>6.2f} {sec:>8.1f} "
+                f"{first / sec:>7.2f}x"
+            )
         out["models"][role] = rows
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
@@ -196,8 +283,13 @@ def training_at(ref: str):
     import tempfile
 
     root = Path(__file__).resolve().parents[1]
-    src = subprocess.run(["git", "show", f"{ref}:edgedistill/training.py"], cwd=root, check=True,
-                         capture_output=True, text=True).stdout
+    src = subprocess.run(
+        ["git", "show", f"{ref}:edgedistill/training.py"],
+        cwd=root,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     path = Path(tempfile.mkdtemp()) / f"training_at_{ref.replace('/', '_')}.py"
     path.write_text(src)
     spec = importlib.util.spec_from_file_location(path.stem, path)
@@ -238,54 +330,103 @@ def breakdown(a: argparse.Namespace) -> None:
     train_s, val_s = _subset(data.train, a.fraction), _subset(data.val, a.fraction)
     batch = int(a.batch_sizes.split(",")[0])
     mods = {"pipeline": cur} | ({f"pipeline@{a.ref}": training_at(a.ref)} if a.ref else {})
-    print(f"device: {device} x{torch.get_num_threads()} threads; {len(train_s)} train / {len(val_s)} val windows; "
-          f"batch {batch}; {a.rounds} rounds (after a warm-up round) of one epoch per loop, order rotating")
-    out: dict[str, Any] = {"device": str(device), "threads": torch.get_num_threads(), "batch_size": batch,
-                           "train_windows": len(train_s), "val_windows": len(val_s), "rounds": a.rounds,
-                           "ref": a.ref, "models": {}}
+    print(
+        f"device: {device} x{torch.get_num_threads()} threads; {len(train_s)} train / {len(val_s)} val windows; "
+        f"batch {batch}; {a.rounds} rounds (after a warm-up round) of one epoch per loop, order rotating"
+    )
+    out: dict[str, Any] = {
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "batch_size": batch,
+        "train_windows": len(train_s),
+        "val_windows": len(val_s),
+        "rounds": a.rounds,
+        "ref": a.ref,
+        "models": {},
+    }
     for role in a.models.split(","):
         mp = getattr(p, role)
-        out["models"][role] = _breakdown_model(role, mp, data, train_s, val_s, batch, mods, a.rounds, device,
-                                               augment_for(mp.augment, p.data.vector_groups, data.norm))
+        out["models"][role] = _breakdown_model(
+            role,
+            mp,
+            data,
+            train_s,
+            val_s,
+            batch,
+            mods,
+            a.rounds,
+            device,
+            augment_for(mp.augment, p.data.vector_groups, data.norm),
+        )
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps(out, indent=2) + "\n")
         print(f"wrote {a.json}")
 
 
-def _breakdown_model(role, mp, data, train_s: Split, val_s: Split, batch: int, mods: dict, rounds: int,
-                     device: torch.device, cur_aug: Any) -> dict[str, Any]:
+def _breakdown_model(
+    role,
+    mp,
+    data,
+    train_s: Split,
+    val_s: Split,
+    batch: int,
+    mods: dict,
+    rounds: int,
+    device: torch.device,
+    cur_aug: Any,
+) -> dict[str, Any]:
     meta = data.model_meta(mp.arch, mp.config)
 
     def fresh():
         torch.manual_seed(0)
-        return build_from_params(mp.arch, mp.config, meta["net_in_channels"], meta["n_classes"]).to(device)
+        return build_from_params(mp.arch, mp.config, meta["net_in_channels"], meta["n_classes"]).to(
+            device
+        )
 
     def run_pipeline(mod, **kw):
         # the params' augmentation as this module's Augment (shift made readings by today's augment_for)
-        aug = mod.Augment(**{f.name: getattr(cur_aug, f.name) for f in dataclasses.fields(mod.Augment)})
+        aug = mod.Augment(
+            **{f.name: getattr(cur_aug, f.name) for f in dataclasses.fields(mod.Augment)}
+        )
 
         def loss_fn(model, xb, yb, idx, gen):
             return F.cross_entropy(model(mod.augment(xb, aug, gen)), yb)
 
-        cfg = mod.TrainConfig(epochs=1, batch_size=batch, lr=mp.train.lr, weight_decay=mp.train.weight_decay)
-        return mod.train(fresh(), mod.Split(train_s.x, train_s.y, train_s.path),
-                         mod.Split(val_s.x, val_s.y, val_s.path), loss_fn, cfg, device, data.labels,
-                         log=lambda s: None, **kw).samples_per_s
+        cfg = mod.TrainConfig(
+            epochs=1, batch_size=batch, lr=mp.train.lr, weight_decay=mp.train.weight_decay
+        )
+        return mod.train(
+            fresh(),
+            mod.Split(train_s.x, train_s.y, train_s.path),
+            mod.Split(val_s.x, val_s.y, val_s.path),
+            loss_fn,
+            cfg,
+            device,
+            data.labels,
+            log=lambda s: None,
+            **kw,
+        ).samples_per_s
 
     aug = cur_aug
-    loops = {"bare": lambda: bare_loop(fresh(), train_s.x, train_s.y, batch, 1, device),
-             "bare+augment": lambda: bare_aug_loop(fresh(), train_s.x, train_s.y, batch,
-                                                   lambda xb, g: augment(xb, aug, g), device)}
-    if device.type == "cpu":  # the same bare loop through the 2D channels-last twin (compute.channels_last)
-        loops["bare channels-last"] = lambda: bare_loop(channels_last_twin(fresh()), train_s.x, train_s.y, batch, 1,
-                                                        device)
+    loops = {
+        "bare": lambda: bare_loop(fresh(), train_s.x, train_s.y, batch, 1, device),
+        "bare+augment": lambda: bare_aug_loop(
+            fresh(), train_s.x, train_s.y, batch, lambda xb, g: augment(xb, aug, g), device
+        ),
+    }
+    if (
+        device.type == "cpu"
+    ):  # the same bare loop through the 2D channels-last twin (compute.channels_last)
+        loops["bare channels-last"] = lambda: bare_loop(
+            channels_last_twin(fresh()), train_s.x, train_s.y, batch, 1, device
+        )
         loops["pipeline channels-last"] = lambda: run_pipeline(mods["pipeline"], channels_last=True)
     loops |= {name: (lambda mod=mod: run_pipeline(mod)) for name, mod in mods.items()}
     names = list(loops)
     runs: dict[str, list[float]] = {k: [] for k in names}
     for r in range(-1, rounds):  # round -1 warms every loop up
-        for k in names[r % len(names):] + names[: r % len(names)]:
+        for k in names[r % len(names) :] + names[: r % len(names)]:
             v = loops[k]()
             if r >= 0:
                 runs[k].append(v)
@@ -296,10 +437,17 @@ def _breakdown_model(role, mp, data, train_s: Split, val_s: Split, batch: int, m
         med = float(np.median(runs[k]))
         ratios = [v / b for v, b in zip(runs[k], runs["bare"], strict=True)]
         sec = len(data.train) / med
-        rows[k] = {"samples_per_s": med, "ratio_vs_bare": float(np.median(ratios)), "seconds_per_epoch": sec,
-                   "rounds": runs[k], "rounds_ratio_vs_bare": ratios}
-        print(f"{'':8} {k:>22} {med:>9,.0f}/s {rows[k]['ratio_vs_bare']:>7.3f} {sec:>8.2f}   "
-              + " ".join(f"{v:.2f}" for v in ratios))
+        rows[k] = {
+            "samples_per_s": med,
+            "ratio_vs_bare": float(np.median(ratios)),
+            "seconds_per_epoch": sec,
+            "rounds": runs[k],
+            "rounds_ratio_vs_bare": ratios,
+        }
+        print(
+            f"{'':8} {k:>22} {med:>9,.0f}/s {rows[k]['ratio_vs_bare']:>7.3f} {sec:>8.2f}   "
+            + " ".join(f"{v:.2f}" for v in ratios)
+        )
     return rows
 
 

@@ -18,8 +18,9 @@ from numpy.lib.stride_tricks import sliding_window_view
 from edgedistill.training import Augment, augment, mixup, train_config
 
 
-def bank_views(x_cpu: torch.Tensor, views: int, aug: Augment, mixup_alpha: float,
-               seed: int) -> Iterator[torch.Tensor]:
+def bank_views(
+    x_cpu: torch.Tensor, views: int, aug: Augment, mixup_alpha: float, seed: int
+) -> Iterator[torch.Tensor]:
     """Yield the bank's views one at a time, generated on the CPU from `seed` (identical on every machine)."""
     gen = torch.Generator(device="cpu")
     gen.manual_seed(seed)
@@ -37,8 +38,12 @@ def view_digest(v: torch.Tensor) -> str:
 # ------------------------------------------------------------------ views generated per batch (bounded memory)
 
 BANK_SCHEME = "per-window-counter-v2"  # v2: rotation, a noise pool, one stream
-NOISE_POOL = 1024  # noise windows in the jitter pool (an implementation constant, not a tuning knob)
-NOISE_POOL_BYTES = 16 << 20  # fewer (at least 16) where 1,024 windows of the data's shape would pass 16 MiB
+NOISE_POOL = (
+    1024  # noise windows in the jitter pool (an implementation constant, not a tuning knob)
+)
+NOISE_POOL_BYTES = (
+    16 << 20
+)  # fewer (at least 16) where 1,024 windows of the data's shape would pass 16 MiB
 _M = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
@@ -54,9 +59,13 @@ def _splitmix(x: np.ndarray) -> np.ndarray:
 def _uniform(seed: int, v: np.ndarray, i: np.ndarray, k: int) -> np.ndarray:
     """[len(i), k] uniforms in (0, 1) that depend only on (seed, view, window, position)."""
     with np.errstate(over="ignore"):
-        base = _splitmix(_splitmix(np.uint64(seed) ^ (v.astype(np.uint64) * np.uint64(0xD1B54A32D192ED03)))
-                         ^ i.astype(np.uint64))
-        z = _splitmix(base[:, None] * np.uint64(0x2545F4914F6CDD1D) + np.arange(k, dtype=np.uint64)[None, :])
+        base = _splitmix(
+            _splitmix(np.uint64(seed) ^ (v.astype(np.uint64) * np.uint64(0xD1B54A32D192ED03)))
+            ^ i.astype(np.uint64)
+        )
+        z = _splitmix(
+            base[:, None] * np.uint64(0x2545F4914F6CDD1D) + np.arange(k, dtype=np.uint64)[None, :]
+        )
     return ((z >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)
 
 
@@ -67,11 +76,22 @@ def bank_augment(aug: Augment) -> Augment:
     return dataclasses.replace(aug, magnitude_warp=0.0, time_warp=0.0)
 
 
-def bank_key(views: int, aug: Augment, mixup_alpha: float, seed: int, train_fingerprint: str) -> str:
+def bank_key(
+    views: int, aug: Augment, mixup_alpha: float, seed: int, train_fingerprint: str
+) -> str:
     """What the cached bank logits were computed for: distill refuses a bank whose key differs."""
     # numpy's version too: the noise pool comes from its Generator, whose streams numpy may change between versions
-    blob = json.dumps([BANK_SCHEME, np.__version__, views, dataclasses.asdict(bank_augment(aug)), mixup_alpha, seed,
-                       train_fingerprint])
+    blob = json.dumps(
+        [
+            BANK_SCHEME,
+            np.__version__,
+            views,
+            dataclasses.asdict(bank_augment(aug)),
+            mixup_alpha,
+            seed,
+            train_fingerprint,
+        ]
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -95,9 +115,22 @@ class BankViews:
     (seed, v, window), so a window's view is the same whichever batch asks for it (teacher_logits walks
     the windows in order, distill asks in random batches). `views[v, idx]` -> [k, C, W] tensor."""
 
-    def __init__(self, x: Any, views: int, aug: Augment, mixup_alpha: float, seed: int,
-                 device: torch.device | None = None):
-        self.x, self.views, self.aug, self.alpha, self.seed = x, views, bank_augment(aug), mixup_alpha, seed
+    def __init__(
+        self,
+        x: Any,
+        views: int,
+        aug: Augment,
+        mixup_alpha: float,
+        seed: int,
+        device: torch.device | None = None,
+    ):
+        self.x, self.views, self.aug, self.alpha, self.seed = (
+            x,
+            views,
+            bank_augment(aug),
+            mixup_alpha,
+            seed,
+        )
         self.device = device or torch.device("cpu")
         self._pool: np.ndarray | None = None
         self.n = len(x)
@@ -122,12 +155,16 @@ class BankViews:
         # per (seed, view, window): c gains, 3 for the rotation, noise pick + offset, shift
         u = _uniform(self.seed, v, i, c + 6)
         out = x.astype(np.float32, copy=True)
-        if self.aug.rotating:  # first, as in `augment`: the raw vector turns, then gains, noise and shift
+        if (
+            self.aug.rotating
+        ):  # first, as in `augment`: the raw vector turns, then gains, noise and shift
             out = self._turn(out, u[:, c], u[:, c + 1], u[:, c + 2])
         if self.aug.scale > 0:
             out *= (1 + (u[:, :c] * 2 - 1) * self.aug.scale).astype(np.float32)[:, :, None]
         rows, chans = np.arange(n)[:, None], np.arange(c)[None, :]
-        if self.aug.jitter > 0:  # a seeded pool of noise windows, picked and circularly offset per (view, window)
+        if (
+            self.aug.jitter > 0
+        ):  # a seeded pool of noise windows, picked and circularly offset per (view, window)
             pool = self._noise(c, w)
             pick = np.minimum((u[:, c + 3] * len(pool)).astype(np.int64), len(pool) - 1)
             off = np.minimum((u[:, c + 4] * w).astype(np.int64), w - 1)
@@ -136,10 +173,14 @@ class BankViews:
         if self.aug.shift > 0:  # circular shift by s: out[t - s]
             s = np.floor(u[:, c + 5] * (2 * self.aug.shift + 1)).astype(np.int64) - self.aug.shift
             twice = np.concatenate([out, out], axis=2)
-            out = np.ascontiguousarray(sliding_window_view(twice, w, axis=2)[rows, chans, ((-s) % w)[:, None]])
+            out = np.ascontiguousarray(
+                sliding_window_view(twice, w, axis=2)[rows, chans, ((-s) % w)[:, None]]
+            )
         return out
 
-    def _turn(self, x: np.ndarray, uz: np.ndarray, uphi: np.ndarray, uang: np.ndarray) -> np.ndarray:
+    def _turn(
+        self, x: np.ndarray, uz: np.ndarray, uphi: np.ndarray, uang: np.ndarray
+    ) -> np.ndarray:
         """Turn each window's vector triplets in raw units (what `training.augment` does), written out element by
         element in float64 with a fixed order: a batched matmul rounds a row differently with its position in the
         batch, and a view must be the same bytes whichever batch asks for it. Rotation about an axis uniform on
@@ -149,13 +190,20 @@ class BankViews:
         t = (2 * uang - 1) * (self.aug.rotate * np.pi / 180)
         ct, st = np.cos(t), np.sin(t)
         cross = ((0.0, -a[2], a[1]), (a[2], 0.0, -a[0]), (-a[1], a[0], 0.0))
-        r = [[(ct if i == j else 0.0) + st * cross[i][j] + (1 - ct) * a[i] * a[j] for j in range(3)] for i in range(3)]
+        r = [
+            [(ct if i == j else 0.0) + st * cross[i][j] + (1 - ct) * a[i] * a[j] for j in range(3)]
+            for i in range(3)
+        ]
         out = x.copy()
         ctr, sc = self.aug.center, self.aug.norm_scale
         for idx in self.aug.rotate_idx:
             raw = [x[:, k].astype(np.float64) * sc[k] + ctr[k] for k in idx]
             for i, k in enumerate(idx):
-                turned = r[i][0][:, None] * raw[0] + r[i][1][:, None] * raw[1] + r[i][2][:, None] * raw[2]
+                turned = (
+                    r[i][0][:, None] * raw[0]
+                    + r[i][1][:, None] * raw[1]
+                    + r[i][2][:, None] * raw[2]
+                )
                 out[:, k] = ((turned - ctr[k]) / sc[k]).astype(np.float32)
         return out
 
@@ -166,7 +214,9 @@ class BankViews:
         rows where the pool would pass NOISE_POOL_BYTES)."""
         if self._pool is None or self._pool.shape[1:] != (c, 2 * w):
             rows = int(min(NOISE_POOL, max(16, NOISE_POOL_BYTES // (c * 2 * w * 4))))
-            z = np.random.default_rng([self.seed, 0x6A09E667]).standard_normal((rows, c, w), dtype=np.float32)
+            z = np.random.default_rng([self.seed, 0x6A09E667]).standard_normal(
+                (rows, c, w), dtype=np.float32
+            )
             self._pool = np.concatenate([z, z], axis=2)
         return self._pool
 
@@ -177,8 +227,12 @@ class BankViews:
         if self.alpha == 1.0:  # Beta(1, 1) is uniform
             lam = u
         else:
-            lam = np.array([np.random.default_rng([self.seed, int(a), int(b)]).beta(self.alpha, self.alpha)
-                            for a, b in zip(v, i, strict=True)])
+            lam = np.array(
+                [
+                    np.random.default_rng([self.seed, int(a), int(b)]).beta(self.alpha, self.alpha)
+                    for a, b in zip(v, i, strict=True)
+                ]
+            )
         return np.maximum(lam, 1 - lam).astype(np.float32)
 
     def mixing(self, v: Any, idx: Any) -> tuple[np.ndarray, np.ndarray]:

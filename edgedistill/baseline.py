@@ -12,8 +12,11 @@ from typing import Any
 
 import numpy as np
 
-LIKELY_CAUSES = ("normalisation (try prepare.normalization: per_window)", "labels (shuffled, or not aligned with "
-                 "the readings)", "window length (prepare.window too short for the pattern)")
+LIKELY_CAUSES = (
+    "normalisation (try prepare.normalization: per_window)",
+    "labels (shuffled, or not aligned with the readings)",
+    "window length (prepare.window too short for the pattern)",
+)
 
 
 def fft_features(x: np.ndarray, bins: int) -> np.ndarray:
@@ -22,8 +25,15 @@ def fft_features(x: np.ndarray, bins: int) -> np.ndarray:
     return mag.reshape(len(x), -1)
 
 
-def knn1_accuracy(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray, val_y: np.ndarray,
-                  bins: int, max_train: int, seed: int) -> float:
+def knn1_accuracy(
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    val_x: np.ndarray,
+    val_y: np.ndarray,
+    bins: int,
+    max_train: int,
+    seed: int,
+) -> float:
     """1-NN (Euclidean, features standardised on train) accuracy on val; train subsampled to `max_train`."""
     if len(train_x) > max_train:
         idx = np.sort(np.random.default_rng(seed).choice(len(train_x), max_train, replace=False))
@@ -73,4 +83,6 @@ def balanced_vs_chance(confusion: Any) -> tuple[float, float, float]:
 
 
 def describe(figures: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {v:.1%}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items())
+    return ", ".join(
+        f"{k} {v:.1%}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items()
+    )

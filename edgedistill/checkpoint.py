@@ -14,8 +14,17 @@ from edgedistill.io import atomic_path
 from edgedistill.nets import build_model
 from edgedistill.normalization import build_normalized
 
-META_KEYS = ("arch", "config", "in_channels", "n_classes", "window", "channels", "labels",
-             "sample_rate_hz", "norm")
+META_KEYS = (
+    "arch",
+    "config",
+    "in_channels",
+    "n_classes",
+    "window",
+    "channels",
+    "labels",
+    "sample_rate_hz",
+    "norm",
+)
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
@@ -38,29 +47,47 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     alone, for windows already normalised (edgedistill.training.load_prepared)."""
     path = Path(path)
     if not path.is_file():
-        raise ModelMismatch(f"{path}: checkpoint not found", hint="Run the training stage first (`dvc repro`).")
+        raise ModelMismatch(
+            f"{path}: checkpoint not found", hint="Run the training stage first (`dvc repro`)."
+        )
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ArtifactCorrupt(f"{path}: not a readable checkpoint ({str(e).splitlines()[0][:200]})") from None
-    if not isinstance(blob, dict) or "state_dict" not in blob or any(k not in blob for k in META_KEYS):
+        raise ArtifactCorrupt(
+            f"{path}: not a readable checkpoint ({str(e).splitlines()[0][:200]})"
+        ) from None
+    if (
+        not isinstance(blob, dict)
+        or "state_dict" not in blob
+        or any(k not in blob for k in META_KEYS)
+    ):
         raise ArtifactCorrupt(f"{path}: not an edgedistill checkpoint (missing keys)")
-    net = build_model(blob["arch"], blob["config"], blob.get("net_in_channels", blob["in_channels"]),
-                      blob["n_classes"])
+    net = build_model(
+        blob["arch"],
+        blob["config"],
+        blob.get("net_in_channels", blob["in_channels"]),
+        blob["n_classes"],
+    )
     try:
         net.load_state_dict(blob["state_dict"])
     except RuntimeError as e:
-        raise ArtifactCorrupt(f"{path}: weights do not match architecture {blob['arch']}: {str(e)[:200]}") from None
+        raise ArtifactCorrupt(
+            f"{path}: weights do not match architecture {blob['arch']}: {str(e)[:200]}"
+        ) from None
     try:
         model = build_normalized(blob["norm"], net)
     except (KeyError, ValueError, TypeError) as e:
-        raise ArtifactCorrupt(f"{path}: unusable normalisation spec in the checkpoint ({e})") from None
+        raise ArtifactCorrupt(
+            f"{path}: unusable normalisation spec in the checkpoint ({e})"
+        ) from None
     model.eval()
     meta = {k: v for k, v in blob.items() if k != "state_dict"}
     return model, meta
 
 
-def check_compatible(meta: dict[str, Any], x_shape: tuple[int, ...], what: str, normalised: bool = False) -> None:
+def check_compatible(
+    meta: dict[str, Any], x_shape: tuple[int, ...], what: str, normalised: bool = False
+) -> None:
     """Fail clearly when data [N, C, W] does not match what the checkpoint was trained on (raw readings, or
     with `normalised` the windows after the normalisation, as the network alone takes them)."""
     c = meta.get("net_in_channels", meta["in_channels"]) if normalised else meta["in_channels"]
@@ -76,13 +103,20 @@ def check_same_norm(meta: dict[str, Any], other: dict[str, Any], what: str) -> N
     from edgedistill.normalization import spec_of
 
     a, b = spec_of(meta["norm"]), spec_of(other["norm"])
-    same = (a["method"] == b["method"] and list(meta["channels"]) == list(other["channels"])
-            and all(np.allclose(a.get(k, []), b.get(k, []), rtol=1e-6, atol=1e-9)
-                    for k in ("center", "scale", "amp_mean", "amp_std")))
+    same = (
+        a["method"] == b["method"]
+        and list(meta["channels"]) == list(other["channels"])
+        and all(
+            np.allclose(a.get(k, []), b.get(k, []), rtol=1e-6, atol=1e-9)
+            for k in ("center", "scale", "amp_mean", "amp_std")
+        )
+    )
     if not same:
-        raise ModelMismatch(f"{what}: trained with normalisation {a['method']} / channels {meta['channels']} that "
-                            f"differ from the current data's ({b['method']} / {other['channels']}); re-run the "
-                            "upstream stages so they agree")
+        raise ModelMismatch(
+            f"{what}: trained with normalisation {a['method']} / channels {meta['channels']} that "
+            f"differ from the current data's ({b['method']} / {other['channels']}); re-run the "
+            "upstream stages so they agree"
+        )
 
 
 def weights_sha256(path: str | Path) -> str:

@@ -19,7 +19,10 @@ def profile(df: pd.DataFrame, params: Params) -> dict[str, Any]:
     for c in d.channels:
         v = pd.to_numeric(df[c], errors="coerce").to_numpy(dtype=np.float64)
         v = v[np.isfinite(v)]
-        chans[c] = {"mean": float(v.mean()) if v.size else None, "std": float(v.std()) if v.size else None}
+        chans[c] = {
+            "mean": float(v.mean()) if v.size else None,
+            "std": float(v.std()) if v.size else None,
+        }
     shares = df[d.label_col].astype(str).value_counts(normalize=True).sort_index()
     return {
         "rows": int(len(df)),

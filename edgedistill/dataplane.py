@@ -32,24 +32,38 @@ def dask_client(address: str | None, workers: int = 2, timeout_s: float = 20.0) 
     try:
         from distributed import Client, LocalCluster
     except ImportError:
-        raise ParamsInvalid(f"data.dask_address is {address!r} but dask.distributed is not installed",
-                            hint="pip install -e '.[dask]'") from None
+        raise ParamsInvalid(
+            f"data.dask_address is {address!r} but dask.distributed is not installed",
+            hint="pip install -e '.[dask]'",
+        ) from None
     if address == "local":
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cl, \
-                Client(cl) as client:
+        with (
+            LocalCluster(
+                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+            ) as cl,
+            Client(cl) as client,
+        ):
             yield client
         return
     try:
         client = Client(address, timeout=f"{timeout_s}s")
     except OSError as e:
-        raise ParamsInvalid(f"data.dask_address {address!r}: cannot reach the Dask scheduler ({e})",
-                            hint="Start the scheduler, or set data.dask_address: null to run in process.") from None
+        raise ParamsInvalid(
+            f"data.dask_address {address!r}: cannot reach the Dask scheduler ({e})",
+            hint="Start the scheduler, or set data.dask_address: null to run in process.",
+        ) from None
     with client:
         yield client
 
 
-def run_map(fn: Callable[[T], R], items: Iterable[T], address: str | None = None, workers: int = 2,
-            client: Any = None, timeout_s: float = 20.0) -> list[R]:
+def run_map(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    address: str | None = None,
+    workers: int = 2,
+    client: Any = None,
+    timeout_s: float = 20.0,
+) -> list[R]:
     """`[fn(x) for x in items]`, in order, in process or on Dask (an open `client` wins over `address`).
 
     A task's exception is re-raised here unchanged (a DataInvalid naming a partition stays that error)."""

@@ -40,13 +40,18 @@ class DataVersionError(EdgeDistillError):
 
 # ---------------------------------------------------------------- git and paths
 
+
 def git(root: Path, *args: str, check: bool = True) -> str:
     try:
         r = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=120)
     except FileNotFoundError:
-        raise DataVersionError("git is not installed", hint="Install git; dataset versions live in git history.") from None
+        raise DataVersionError(
+            "git is not installed", hint="Install git; dataset versions live in git history."
+        ) from None
     if check and r.returncode != 0:
-        raise DataVersionError(f"git {' '.join(args[:2])} failed: {(r.stderr or r.stdout).strip()[:300]}")
+        raise DataVersionError(
+            f"git {' '.join(args[:2])} failed: {(r.stderr or r.stdout).strip()[:300]}"
+        )
     return r.stdout
 
 
@@ -78,16 +83,24 @@ class Tracked:
 def project_root(root: str | Path = ".") -> Path:
     """The git + DVC project root; commands must run from there (params paths are relative to it)."""
     root = Path(root).resolve()
-    r = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True)
+    r = subprocess.run(
+        ["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True
+    )
     if r.returncode != 0:
-        raise DataVersionError(f"{root} is not inside a git repository",
-                               hint="Dataset versions are git commits: run `git init && dvc init` first.")
+        raise DataVersionError(
+            f"{root} is not inside a git repository",
+            hint="Dataset versions are git commits: run `git init && dvc init` first.",
+        )
     top = Path(r.stdout.strip()).resolve()
     if top != root:
-        raise DataVersionError(f"run this from the project root {top}, not {root}",
-                               hint="Paths in params.yaml are relative to the project root.")
+        raise DataVersionError(
+            f"run this from the project root {top}, not {root}",
+            hint="Paths in params.yaml are relative to the project root.",
+        )
     if not (root / ".dvc").is_dir():
-        raise DataVersionError(f"{root} is not a DVC project (no .dvc/ folder)", hint="Run `dvc init` first.")
+        raise DataVersionError(
+            f"{root} is not a DVC project (no .dvc/ folder)", hint="Run `dvc init` first."
+        )
     return root
 
 
@@ -97,8 +110,10 @@ def tracked_file(root: Path, readings: str | Path) -> Tracked:
     try:
         rel = full.relative_to(root)
     except ValueError:
-        raise DataVersionError(f"{readings}: the readings file must be inside the project {root}",
-                               hint="Set data.readings to a path under the project (e.g. data/user/readings.parquet).") from None
+        raise DataVersionError(
+            f"{readings}: the readings file must be inside the project {root}",
+            hint="Set data.readings to a path under the project (e.g. data/user/readings.parquet).",
+        ) from None
     return Tracked(root, rel.as_posix())
 
 
@@ -112,13 +127,17 @@ def md5_path(path: Path) -> str:
     tree hash: the md5 of the sorted JSON list of {md5, relpath} of its files, suffixed `.dir`."""
     if not path.is_dir():
         return md5_file(path)
-    entries = [{"md5": md5_file(f), "relpath": f.relative_to(path).as_posix()}
-               for f in sorted(path.rglob("*")) if f.is_file()]
+    entries = [
+        {"md5": md5_file(f), "relpath": f.relative_to(path).as_posix()}
+        for f in sorted(path.rglob("*"))
+        if f.is_file()
+    ]
     entries.sort(key=lambda e: e["relpath"])
     return hashlib.md5(json.dumps(entries, sort_keys=True).encode("utf-8")).hexdigest() + ".dir"
 
 
 # ---------------------------------------------------------------- what a commit records for the data
+
 
 def _md5_in_dvcfile(text: str | None) -> tuple[str, int | None] | None:
     try:
@@ -154,7 +173,12 @@ def releases(t: Tracked) -> dict[str, list[str]]:
 
     from edgedistill.registry import parse_tag
 
-    refs = git(t.root, "for-each-ref", "refs/tags", "--format=%(refname:short)%09%(objectname)%09%(*objectname)")
+    refs = git(
+        t.root,
+        "for-each-ref",
+        "refs/tags",
+        "--format=%(refname:short)%09%(objectname)%09%(*objectname)",
+    )
     registered: dict[tuple[str, str], str] = {}
     cancelled: set[tuple[str, str]] = set()
     for line in refs.splitlines():
@@ -178,6 +202,7 @@ def releases(t: Tracked) -> dict[str, list[str]]:
 
 # ---------------------------------------------------------------- versions
 
+
 @dataclass
 class Version:
     commit: str
@@ -195,8 +220,17 @@ class Version:
 
 def versions(t: Tracked) -> list[Version]:
     """Commits that changed the recorded data md5 (via the .dvc file or dvc.lock), newest first."""
-    log = git(t.root, "log", "--reverse", "--topo-order", "--format=%H%x1f%h%x1f%cI%x1f%s", "--",
-              t.dvcfile, "dvc.lock", check=False)
+    log = git(
+        t.root,
+        "log",
+        "--reverse",
+        "--topo-order",
+        "--format=%H%x1f%h%x1f%cI%x1f%s",
+        "--",
+        t.dvcfile,
+        "dvc.lock",
+        check=False,
+    )
     found: list[Version] = []
     prev = None
     for line in log.splitlines():
@@ -224,10 +258,16 @@ def resolve(t: Tracked, ref: str, known: list[Version] | None = None) -> Version
         if len(hits) == 1:
             return next(iter(hits.values()))
         if len(hits) > 1:
-            raise DataVersionError(f"version {ref!r} is ambiguous: matches {', '.join(v.label for v in hits.values())}",
-                                   hint="Give more characters of the commit or md5.")
-    r = subprocess.run(["git", "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}"],
-                       cwd=t.root, capture_output=True, text=True)
+            raise DataVersionError(
+                f"version {ref!r} is ambiguous: matches {', '.join(v.label for v in hits.values())}",
+                hint="Give more characters of the commit or md5.",
+            )
+    r = subprocess.run(
+        ["git", "rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}"],
+        cwd=t.root,
+        capture_output=True,
+        text=True,
+    )
     if r.returncode == 0 and ref:
         commit = r.stdout.strip()
         rec = recorded_at(t, commit)
@@ -237,17 +277,22 @@ def resolve(t: Tracked, ref: str, known: list[Version] | None = None) -> Version
                 if v.md5 == rec[0]:
                     return v
     listed = ", ".join(v.short for v in known[:8]) or "none yet"
-    raise DataVersionError(f"unknown dataset version {ref!r} for {t.path} (versions: {listed})",
-                           hint="List them with `edgedistill data log`; a version is a commit, an md5 prefix or a git ref.")
+    raise DataVersionError(
+        f"unknown dataset version {ref!r} for {t.path} (versions: {listed})",
+        hint="List them with `edgedistill data log`; a version is a commit, an md5 prefix or a git ref.",
+    )
 
 
 # ---------------------------------------------------------------- reading a version's bytes
+
 
 def _open_repo(root: Path):
     from dvc.repo import Repo
 
     repo = Repo(str(root))
-    repo.scm_context.quiet = True  # we stage and commit ourselves; DVC's "git add ..." advice is noise
+    repo.scm_context.quiet = (
+        True  # we stage and commit ourselves; DVC's "git add ..." advice is noise
+    )
     return repo
 
 
@@ -266,20 +311,26 @@ def _cached_objects(root: Path, t: Tracked, md5s: list[str]) -> list[Path]:
         if missing:
             md5 = missing[0]
             if not repo.config["core"].get("remote"):
-                raise DataVersionError(f"the data of {t.path} at md5 {md5[:8]} is not in the local DVC cache "
-                                       "and no default DVC remote is configured",
-                                       hint="Configure the remote that holds it (`dvc remote add -d ...`).")
+                raise DataVersionError(
+                    f"the data of {t.path} at md5 {md5[:8]} is not in the local DVC cache "
+                    "and no default DVC remote is configured",
+                    hint="Configure the remote that holds it (`dvc remote add -d ...`).",
+                )
             from dvc_data.hashfile.hash_info import HashInfo
 
             try:
                 # by object id from the workspace's remote: an old commit's config may name no remote
                 repo.cloud.pull([HashInfo("md5", m) for m in missing])
             except Exception as e:  # network and auth errors come in many types
-                raise StoreUnreachable(f"fetching {t.path} (md5 {md5[:8]}) from the DVC remote failed: {e}") from None
+                raise StoreUnreachable(
+                    f"fetching {t.path} (md5 {md5[:8]}) from the DVC remote failed: {e}"
+                ) from None
             gone = [m for m in missing if not odb.exists(m)]
             if gone:
-                raise DataVersionError(f"the DVC remote has no data for {t.path} at md5 {gone[0][:8]}",
-                                       hint="It was never pushed: run `dvc push` where it was added.")
+                raise DataVersionError(
+                    f"the DVC remote has no data for {t.path} at md5 {gone[0][:8]}",
+                    hint="It was never pushed: run `dvc push` where it was added.",
+                )
         try:
             return [Path(odb.oid_to_path(m)) for m in md5s]
         except DvcException as e:  # pragma: no cover - oid_to_path only fails on malformed ids
@@ -294,7 +345,9 @@ def version_file(t: Tracked, md5: str) -> Iterator[Path]:
         dest = Path(tmp) / Path(t.path).name
         if md5.endswith(".dir"):  # a partitioned dataset: lay its files out from the cache
             entries = json.loads(obj.read_text())
-            for entry, src in zip(entries, _cached_objects(t.root, t, [e["md5"] for e in entries]), strict=True):
+            for entry, src in zip(
+                entries, _cached_objects(t.root, t, [e["md5"] for e in entries]), strict=True
+            ):
                 f = dest / entry["relpath"]
                 f.parent.mkdir(parents=True, exist_ok=True)
                 _link_or_copy(src, f)
@@ -317,23 +370,34 @@ def load_version(t: Tracked, v: Version, time_col: str | None = None) -> pd.Data
 
 # ---------------------------------------------------------------- statistics and diff
 
+
 def summarize(df: pd.DataFrame, params: Params) -> dict[str, Any]:
     """rows, recordings, groups, classes and per-class counts (the numbers `data log` shows)."""
     d = params.data
     prof = profile(df, params)
-    per = (pd.DataFrame({"label": df[d.label_col].astype(str), "rec": recording_keys(df, d)})
-           .groupby("label", sort=True).agg(rows=("rec", "size"), recordings=("rec", "nunique")))
+    per = (
+        pd.DataFrame({"label": df[d.label_col].astype(str), "rec": recording_keys(df, d)})
+        .groupby("label", sort=True)
+        .agg(rows=("rec", "size"), recordings=("rec", "nunique"))
+    )
     return {
-        "rows": prof["rows"], "recordings": prof["recordings"], "groups": prof["groups"],
+        "rows": prof["rows"],
+        "recordings": prof["recordings"],
+        "groups": prof["groups"],
         "classes": int(len(per)),
         "group_names": sorted(df[d.group_col].astype(str).unique().tolist()),
-        "per_class": {str(k): {"rows": int(r.rows), "recordings": int(r.recordings)} for k, r in per.iterrows()},
+        "per_class": {
+            str(k): {"rows": int(r.rows), "recordings": int(r.recordings)}
+            for k, r in per.iterrows()
+        },
         "channels": prof["channels"],
         "label_shares": prof["label_shares"],
     }
 
 
-def _try_summarize(t: Tracked, v: Version, params: Params) -> tuple[dict[str, Any] | None, str | None]:
+def _try_summarize(
+    t: Tracked, v: Version, params: Params
+) -> tuple[dict[str, Any] | None, str | None]:
     """Statistics of a version, or why there are none: one unreachable version must not hide the rest."""
     try:
         return summarize(load_version(t, v, params.data.time_col), params), None
@@ -352,13 +416,23 @@ def log(params: Params, root: str | Path = ".") -> dict[str, Any]:
     rows = []
     for v in found:
         stats, why = _try_summarize(t, v, params)
-        rows.append({
-            "version": v.short, "commit": v.commit, "date": v.date, "md5": v.md5, "size": v.size,
-            "message": v.message, "in_workspace": v.md5 == current,
-            "rows": stats["rows"] if stats else None, "recordings": stats["recordings"] if stats else None,
-            "groups": stats["groups"] if stats else None, "classes": stats["classes"] if stats else None,
-            "releases": v.releases, "unavailable": why,
-        })
+        rows.append(
+            {
+                "version": v.short,
+                "commit": v.commit,
+                "date": v.date,
+                "md5": v.md5,
+                "size": v.size,
+                "message": v.message,
+                "in_workspace": v.md5 == current,
+                "rows": stats["rows"] if stats else None,
+                "recordings": stats["recordings"] if stats else None,
+                "groups": stats["groups"] if stats else None,
+                "classes": stats["classes"] if stats else None,
+                "releases": v.releases,
+                "unavailable": why,
+            }
+        )
     return {"file": t.path, "versions": rows}
 
 
@@ -372,19 +446,39 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, params: Params) -> dict[str, Any]:
     for lab in sorted(set(sa["per_class"]) | set(sb["per_class"])):
         ca = sa["per_class"].get(lab, {"rows": 0, "recordings": 0})
         cb = sb["per_class"].get(lab, {"rows": 0, "recordings": 0})
-        classes[lab] = {"rows_a": ca["rows"], "rows_b": cb["rows"], "rows_change": cb["rows"] - ca["rows"],
-                        "recordings_a": ca["recordings"], "recordings_b": cb["recordings"]}
+        classes[lab] = {
+            "rows_a": ca["rows"],
+            "rows_b": cb["rows"],
+            "rows_change": cb["rows"] - ca["rows"],
+            "recordings_a": ca["recordings"],
+            "recordings_b": cb["recordings"],
+        }
     channels, reasons = {}, []
     for c in d.channels:
         ma, sda = sa["channels"][c]["mean"], sa["channels"][c]["std"]
         mb, sdb = sb["channels"][c]["mean"], sb["channels"][c]["std"]
         if None in (ma, sda, mb, sdb):
-            channels[c] = {"mean_a": ma, "mean_b": mb, "std_a": sda, "std_b": sdb, "mean_shift": None, "std_ratio": None}
+            channels[c] = {
+                "mean_a": ma,
+                "mean_b": mb,
+                "std_a": sda,
+                "std_b": sdb,
+                "mean_shift": None,
+                "std_ratio": None,
+            }
             continue
-        shift = (mb - ma) / (sda or 1e-12)  # signed, in units of a's std (validate uses |shift| vs the reference)
+        shift = (mb - ma) / (
+            sda or 1e-12
+        )  # signed, in units of a's std (validate uses |shift| vs the reference)
         ratio = sdb / sda if sda else float("inf")
-        channels[c] = {"mean_a": ma, "mean_b": mb, "std_a": sda, "std_b": sdb,
-                       "mean_shift": shift, "std_ratio": ratio}
+        channels[c] = {
+            "mean_a": ma,
+            "mean_b": mb,
+            "std_a": sda,
+            "std_b": sdb,
+            "mean_shift": shift,
+            "std_ratio": ratio,
+        }
         if abs(shift) > dv.max_mean_shift:
             reasons.append(f"{c}: mean moved {shift:+.2f} std (limit {dv.max_mean_shift})")
         if max(ratio, 1 / ratio if ratio else float("inf")) > dv.max_std_ratio:
@@ -396,14 +490,22 @@ def compare(a: pd.DataFrame, b: pd.DataFrame, params: Params) -> dict[str, Any]:
     return {
         "groups": {"added": sorted(gb - ga), "removed": sorted(ga - gb)},
         "recordings": {"added": sorted(rb - ra), "removed": sorted(ra - rb)},
-        "totals": {k: {"a": sa[k], "b": sb[k], "change": sb[k] - sa[k]}
-                   for k in ("rows", "recordings", "groups", "classes")},
+        "totals": {
+            k: {"a": sa[k], "b": sb[k], "change": sb[k] - sa[k]}
+            for k in ("rows", "recordings", "groups", "classes")
+        },
         "classes": classes,
         "channels": channels,
         "label_tv": tv,
-        "drift": {"verdict": "drift" if reasons else "no drift", "reasons": reasons,
-                  "limits": {"max_mean_shift": dv.max_mean_shift, "max_std_ratio": dv.max_std_ratio,
-                             "max_label_tv": dv.max_label_tv}},
+        "drift": {
+            "verdict": "drift" if reasons else "no drift",
+            "reasons": reasons,
+            "limits": {
+                "max_mean_shift": dv.max_mean_shift,
+                "max_std_ratio": dv.max_std_ratio,
+                "max_label_tv": dv.max_label_tv,
+            },
+        },
     }
 
 
@@ -412,14 +514,23 @@ def diff(params: Params, a: str, b: str, root: str | Path = ".") -> dict[str, An
     t = tracked_file(root, params.data.readings)
     known = versions(t)
     va, vb = resolve(t, a, known), resolve(t, b, known)
-    out = {"file": t.path,
-           "a": {"version": va.short, "commit": va.commit, "md5": va.md5, "date": va.date},
-           "b": {"version": vb.short, "commit": vb.commit, "md5": vb.md5, "date": vb.date}}
-    out.update(compare(load_version(t, va, params.data.time_col), load_version(t, vb, params.data.time_col), params))
+    out = {
+        "file": t.path,
+        "a": {"version": va.short, "commit": va.commit, "md5": va.md5, "date": va.date},
+        "b": {"version": vb.short, "commit": vb.commit, "md5": vb.md5, "date": vb.date},
+    }
+    out.update(
+        compare(
+            load_version(t, va, params.data.time_col),
+            load_version(t, vb, params.data.time_col),
+            params,
+        )
+    )
     return out
 
 
 # ---------------------------------------------------------------- guarding the workspace
+
 
 def _stage_owning(root: Path, t: Tracked) -> str | None:
     """Name of the dvc.yaml stage that outputs the file (DVC refuses `dvc add` on it), if any."""
@@ -436,8 +547,10 @@ def _stage_owning(root: Path, t: Tracked) -> str | None:
                     if Path(out.stage.path) != t.abs_dvcfile:
                         return f"{where} (which tracks {out.def_path})"
     except DvcException as e:
-        raise DataVersionError(f"DVC cannot read this project's pipeline: {e}",
-                               hint="Fix dvc.yaml / the .dvc files (`dvc status` shows the cause).") from None
+        raise DataVersionError(
+            f"DVC cannot read this project's pipeline: {e}",
+            hint="Fix dvc.yaml / the .dvc files (`dvc status` shows the cause).",
+        ) from None
     return None
 
 
@@ -453,17 +566,20 @@ def require_clean(t: Tracked, action: str) -> None:
         raise DataVersionError(
             f"{t.path} has uncommitted data changes (workspace md5 {actual[:8]}, {t.dvcfile} records "
             f"{recorded[:8]}); refusing to {action}",
-            hint=f"Keep them with `edgedistill data add {t.path}`, or discard them with `dvc checkout --force {t.path}`.")
+            hint=f"Keep them with `edgedistill data add {t.path}`, or discard them with `dvc checkout --force {t.path}`.",
+        )
 
 
 def stage_output_error(t: Tracked, owner: str) -> DataVersionError:
     return DataVersionError(
         f"{t.path} is produced by {owner}, so DVC cannot version it with `dvc add`",
         hint=f"Give your data its own path: `edgedistill data add FILE --to data/user/{Path(t.path).name}` "
-             "(it also points data.readings in params.yaml at it).")
+        "(it also points data.readings in params.yaml at it).",
+    )
 
 
 # ---------------------------------------------------------------- add
+
 
 def _kind(s: pd.Series) -> str:
     if pd.api.types.is_bool_dtype(s):
@@ -478,18 +594,28 @@ def _kind(s: pd.Series) -> str:
 def check_schema(new: pd.DataFrame, old: pd.DataFrame, source: str, tracked: str) -> None:
     missing = [c for c in old.columns if c not in new.columns]
     extra = [c for c in new.columns if c not in old.columns]
-    changed = [f"'{c}' {_kind(old[c])} -> {_kind(new[c])}" for c in old.columns
-               if c in new.columns and _kind(old[c]) != _kind(new[c])]
-    parts = ([f"missing columns {missing}"] if missing else []) + ([f"extra columns {extra}"] if extra else []) \
+    changed = [
+        f"'{c}' {_kind(old[c])} -> {_kind(new[c])}"
+        for c in old.columns
+        if c in new.columns and _kind(old[c]) != _kind(new[c])
+    ]
+    parts = (
+        ([f"missing columns {missing}"] if missing else [])
+        + ([f"extra columns {extra}"] if extra else [])
         + ([f"type changes {changed}"] if changed else [])
+    )
     if parts:
-        raise DataInvalid(f"{source}: schema differs from the tracked {tracked}: " + "; ".join(parts),
-                          hint="Bring the new file to the tracked columns and types (or change data.* params "
-                               "and add it as a new dataset with --to).")
+        raise DataInvalid(
+            f"{source}: schema differs from the tracked {tracked}: " + "; ".join(parts),
+            hint="Bring the new file to the tracked columns and types (or change data.* params "
+            "and add it as a new dataset with --to).",
+        )
 
 
-ALIGN_HINT = ("Nothing was added; the tracked data is unchanged. Write the column in the tracked type, or add "
-              "the file as a new dataset with --to.")
+ALIGN_HINT = (
+    "Nothing was added; the tracked data is unchanged. Write the column in the tracked type, or add "
+    "the file as a new dataset with --to."
+)
 
 
 def _utc_naive(s: pd.Series) -> pd.Series:
@@ -512,24 +638,32 @@ def _align(new: pd.DataFrame, old: pd.DataFrame, source: str) -> pd.DataFrame:
             if dt:
                 tz = getattr(old[c].dtype, "tz", None)
                 utc = _utc_naive(out[c])
-                cast = (utc.dt.tz_localize("UTC").dt.tz_convert(tz) if tz is not None else utc).astype(old[c].dtype)
+                cast = (
+                    utc.dt.tz_localize("UTC").dt.tz_convert(tz) if tz is not None else utc
+                ).astype(old[c].dtype)
             else:
                 cast = out[c].astype(old[c].dtype)
         except (TypeError, ValueError, OverflowError) as e:
-            raise DataInvalid(f"{source}: column '{c}' cannot be stored as the tracked type {old[c].dtype}: {e}",
-                              hint=ALIGN_HINT) from None
+            raise DataInvalid(
+                f"{source}: column '{c}' cannot be stored as the tracked type {old[c].dtype}: {e}",
+                hint=ALIGN_HINT,
+            ) from None
         if dt:
             same = _utc_naive(cast) == _utc_naive(out[c])
         elif _kind(old[c]) == "number":
-            same = (cast.astype("float64") - out[c].astype("float64")).abs() <= 1e-6 * (1 + out[c].abs())
+            same = (cast.astype("float64") - out[c].astype("float64")).abs() <= 1e-6 * (
+                1 + out[c].abs()
+            )
         else:
             same = cast.astype(str) == out[c].astype(str)
         bad = ~(same | (cast.isna() & out[c].isna()))
         if bad.any():
             i = bad.idxmax()
-            raise DataInvalid(f"{source}: column '{c}' cannot be stored as the tracked type {old[c].dtype} "
-                              f"without changing values (row {i}: {out[c][i]!r} would become {cast[i]!r})",
-                              hint=ALIGN_HINT)
+            raise DataInvalid(
+                f"{source}: column '{c}' cannot be stored as the tracked type {old[c].dtype} "
+                f"without changing values (row {i}: {out[c][i]!r} would become {cast[i]!r})",
+                hint=ALIGN_HINT,
+            )
         out[c] = cast
     return out
 
@@ -548,8 +682,11 @@ def _append_partitions(tracked: Path, candidate: Path, new: pd.DataFrame, source
     keys = partition_keys(tracked, files[0])
     missing = [k for k in keys if k not in new.columns]
     if missing:
-        raise DataInvalid(f"{source}: has no column(s) {missing} for the partition keys of {tracked.name} "
-                          f"({'/'.join(k + '=…' for k in keys)})", hint="Add the columns the dataset is partitioned by.")
+        raise DataInvalid(
+            f"{source}: has no column(s) {missing} for the partition keys of {tracked.name} "
+            f"({'/'.join(k + '=…' for k in keys)})",
+            hint="Add the columns the dataset is partitioned by.",
+        )
     for f in sorted(tracked.rglob("*")):
         dest = candidate / f.relative_to(tracked)
         if f.is_dir():
@@ -560,17 +697,32 @@ def _append_partitions(tracked: Path, candidate: Path, new: pd.DataFrame, source
     file_schema = pq.read_schema(files[0])
     table = pa.Table.from_pandas(new, preserve_index=False)
     cols = [table.column(fld.name).cast(fld.type) for fld in file_schema] + [
-        pa.array(new[k].astype(str).to_numpy(dtype=object), pa.string()) for k in keys]
+        pa.array(new[k].astype(str).to_numpy(dtype=object), pa.string()) for k in keys
+    ]
     table = pa.Table.from_arrays(cols, names=[*file_schema.names, *keys])
     existing = {f.name for f in files}
-    tag = hashlib.md5(pd.util.hash_pandas_object(new, index=False).to_numpy().tobytes()).hexdigest()[:12]
+    tag = hashlib.md5(
+        pd.util.hash_pandas_object(new, index=False).to_numpy().tobytes()
+    ).hexdigest()[:12]
     template = f"part-{tag}-{{i}}.parquet"
     if any(n.startswith(f"part-{tag}-") for n in existing):
-        raise DataInvalid(f"{source}: these rows were already appended to {tracked.name} (files part-{tag}-*)")
-    part = ds.partitioning(pa.schema([(k, pa.string()) for k in keys]), flavor="hive") if keys else None
-    ds.write_dataset(table, candidate, format="parquet", partitioning=part, basename_template=template,
-                     existing_data_behavior="overwrite_or_ignore",
-                     file_options=ds.ParquetFileFormat().make_write_options())
+        raise DataInvalid(
+            f"{source}: these rows were already appended to {tracked.name} (files part-{tag}-*)"
+        )
+    part = (
+        ds.partitioning(pa.schema([(k, pa.string()) for k in keys]), flavor="hive")
+        if keys
+        else None
+    )
+    ds.write_dataset(
+        table,
+        candidate,
+        format="parquet",
+        partitioning=part,
+        basename_template=template,
+        existing_data_behavior="overwrite_or_ignore",
+        file_options=ds.ParquetFileFormat().make_write_options(),
+    )
 
 
 def _write_table(df: pd.DataFrame, path: Path) -> None:
@@ -580,15 +732,19 @@ def _write_table(df: pd.DataFrame, path: Path) -> None:
         df.to_parquet(path, index=False, engine="pyarrow")
 
 
-def _duplicates(new: pd.DataFrame, old: pd.DataFrame, params: Params, source: str, tracked: str) -> None:
+def _duplicates(
+    new: pd.DataFrame, old: pd.DataFrame, params: Params, source: str, tracked: str
+) -> None:
     d = params.data
     dup = sorted(set(recording_keys(new, d)) & set(recording_keys(old, d)))
     if dup:
         shown = ", ".join(dup[:8]) + (f" and {len(dup) - 8} more" if len(dup) > 8 else "")
         what = f"{d.group_col}/{d.recording_col}" if d.recording_col else d.group_col
-        raise DataInvalid(f"{source}: {len(dup)} recording(s) already in {tracked} ({what}): {shown}",
-                          hint="--append only adds new recordings: drop these from the file, or replace the "
-                               "whole table with `edgedistill data add FILE` (no --append).")
+        raise DataInvalid(
+            f"{source}: {len(dup)} recording(s) already in {tracked} ({what}): {shown}",
+            hint="--append only adds new recordings: drop these from the file, or replace the "
+            "whole table with `edgedistill data add FILE` (no --append).",
+        )
 
 
 def _change_lines(before: dict | None, after: dict) -> list[str]:
@@ -618,9 +774,18 @@ def _restore(path: Path, content: bytes | None) -> None:
         path.write_bytes(content)
 
 
-def add(params: Params, source: str | Path, append: bool = False, to: str | Path | None = None,
-        update_reference: bool = False, params_file: str | Path = "params.yaml", push: bool = True,
-        root: str | Path = ".", *, validate: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+def add(
+    params: Params,
+    source: str | Path,
+    append: bool = False,
+    to: str | Path | None = None,
+    update_reference: bool = False,
+    params_file: str | Path = "params.yaml",
+    push: bool = True,
+    root: str | Path = ".",
+    *,
+    validate: Callable[..., dict[str, Any]],
+) -> dict[str, Any]:
     """Validate `source` (merged into the tracked table with `append`) with `validate` (the validate
     stage's `run`, passed in by the caller: the library never imports a stage), then move it into place,
     `dvc add`, commit and push. Any failure before the commit leaves data, .dvc file and history as they were."""
@@ -630,8 +795,14 @@ def add(params: Params, source: str | Path, append: bool = False, to: str | Path
     t = tracked_file(root, to) if to is not None else current
     owner = _stage_owning(root, t)
     if owner:
-        raise stage_output_error(t, owner) if to is None else DataVersionError(
-            f"--to {t.path}: that path is produced by {owner}", hint="Choose a path no stage writes.")
+        raise (
+            stage_output_error(t, owner)
+            if to is None
+            else DataVersionError(
+                f"--to {t.path}: that path is produced by {owner}",
+                hint="Choose a path no stage writes.",
+            )
+        )
     time_col = params.data.time_col
     new_df = read_readings(source, time_col)
     in_place = source.resolve() == t.abs.resolve()
@@ -639,11 +810,15 @@ def add(params: Params, source: str | Path, append: bool = False, to: str | Path
     if not (in_place and not append):
         require_clean(t, "add new data over them")
     if actual and not recorded and not in_place:
-        raise DataVersionError(f"{t.path} exists but is not tracked by DVC; refusing to replace it",
-                               hint=f"Track it first with `edgedistill data add {t.path}`, or move it away.")
+        raise DataVersionError(
+            f"{t.path} exists but is not tracked by DVC; refusing to replace it",
+            hint=f"Track it first with `edgedistill data add {t.path}`, or move it away.",
+        )
     if append and not recorded:
-        raise DataVersionError(f"--append: nothing is tracked at {t.path} yet",
-                               hint="Add the first dataset without --append.")
+        raise DataVersionError(
+            f"--append: nothing is tracked at {t.path} yet",
+            hint="Add the first dataset without --append.",
+        )
 
     old_df = None
     if recorded:
@@ -663,53 +838,102 @@ def add(params: Params, source: str | Path, append: bool = False, to: str | Path
     try:
         candidate = work / Path(t.path).name
         if source.is_dir() and append and not t.abs.is_dir():
-            raise DataVersionError(f"{source}: --append of a directory needs a partitioned dataset at {t.path}")
+            raise DataVersionError(
+                f"{source}: --append of a directory needs a partitioned dataset at {t.path}"
+            )
         same_format = source.suffix.lower() == candidate.suffix.lower()
-        retyped = old_df is not None and any(new_df[c].dtype != old_df[c].dtype for c in old_df.columns)
+        retyped = old_df is not None and any(
+            new_df[c].dtype != old_df[c].dtype for c in old_df.columns
+        )
         if append and t.abs.is_dir():
             _append_partitions(t.abs, candidate, _align(new_df, old_df, str(source)), str(source))
         elif source.is_dir() and not append:
             if old_df is not None and not t.abs.is_dir():
-                raise DataVersionError(f"{source}: a dataset directory cannot replace the single file {t.path}",
-                                       hint="Track it under its own path with --to data/user/readings.")
+                raise DataVersionError(
+                    f"{source}: a dataset directory cannot replace the single file {t.path}",
+                    hint="Track it under its own path with --to data/user/readings.",
+                )
             shutil.copytree(source, candidate)
         elif t.abs.is_dir():
-            raise DataVersionError(f"{source}: {t.path} is a partitioned dataset; add a directory, or a file "
-                                   "with --append (its rows become new partition files)")
+            raise DataVersionError(
+                f"{source}: {t.path} is a partitioned dataset; add a directory, or a file "
+                "with --append (its rows become new partition files)"
+            )
         elif append:
-            _write_table(pd.concat([old_df, _align(new_df, old_df, str(source))], ignore_index=True), candidate)
+            _write_table(
+                pd.concat([old_df, _align(new_df, old_df, str(source))], ignore_index=True),
+                candidate,
+            )
         elif retyped or not same_format:
-            _write_table(_align(new_df, old_df, str(source)) if old_df is not None else new_df, candidate)
+            _write_table(
+                _align(new_df, old_df, str(source)) if old_df is not None else new_df, candidate
+            )
         else:
             shutil.copyfile(source, candidate)  # byte-identical: the same file keeps the same md5
         new_md5 = md5_path(candidate)
         if recorded == new_md5:
-            raise DataVersionError(f"{source}: identical to the tracked {t.path} (md5 {new_md5[:8]}); nothing to add")
+            raise DataVersionError(
+                f"{source}: identical to the tracked {t.path} (md5 {new_md5[:8]}); nothing to add"
+            )
         vparams = _rooted(params, root)
         ref = Path(vparams.validate_params.drift.reference)
         ref_before = ref.read_bytes() if ref.is_file() else None
         try:
-            report = validate(vparams, readings=candidate, report_dir=root / ADD_REPORT_DIR,
-                                  update_reference=update_reference)
+            report = validate(
+                vparams,
+                readings=candidate,
+                report_dir=root / ADD_REPORT_DIR,
+                update_reference=update_reference,
+            )
         except DataInvalid as e:
             drift = _drift_failed(root / ADD_REPORT_DIR / "result.json")
-            where = (f" (checked appended to {t.path}: its rows start at row {len(old_df):,})"
-                     if append and old_df is not None else "")
-            detail = str(e).replace(f"{candidate}: ", "", 1)  # the temp copy's path means nothing to the user
-            raise DataInvalid(f"{source} failed validation{where}; {t.path} is unchanged. {detail}",
-                              hint=("If the new data is meant to differ from the reference, accept it with "
-                                    "--update-reference. " if drift else "")
-                              + f"Report: {Path(ADD_REPORT_DIR) / 'result.json'}") from None
+            where = (
+                f" (checked appended to {t.path}: its rows start at row {len(old_df):,})"
+                if append and old_df is not None
+                else ""
+            )
+            detail = str(e).replace(
+                f"{candidate}: ", "", 1
+            )  # the temp copy's path means nothing to the user
+            raise DataInvalid(
+                f"{source} failed validation{where}; {t.path} is unchanged. {detail}",
+                hint=(
+                    "If the new data is meant to differ from the reference, accept it with "
+                    "--update-reference. "
+                    if drift
+                    else ""
+                )
+                + f"Report: {Path(ADD_REPORT_DIR) / 'result.json'}",
+            ) from None
         after = summarize(read_readings(candidate, time_col), params)
         # a reference created or accepted (--update-reference) for this data is committed with it
         ref_now = ref.read_bytes() if ref.is_file() else None
-        reference = {ref: ref_before} if ref_now != ref_before and ref.resolve().is_relative_to(root) else {}
-        result = _commit_new_version(t, current, candidate, work, new_md5, before, after, source, append,
-                                     Path(params_file), reference)
+        reference = (
+            {ref: ref_before}
+            if ref_now != ref_before and ref.resolve().is_relative_to(root)
+            else {}
+        )
+        result = _commit_new_version(
+            t,
+            current,
+            candidate,
+            work,
+            new_md5,
+            before,
+            after,
+            source,
+            append,
+            Path(params_file),
+            reference,
+        )
         result["checks_run"] = report["checks_run"]
         # validate's warnings (gaps prepare will cut at), naming the user's file, not the temp copy
-        result["warnings"] = [w.replace(str(candidate), str(source)) for w in report.get("warnings", [])]
-        result["drift_reference"] = (report["drift_reference"] or "").replace(f"{root}{os.sep}", "") or None
+        result["warnings"] = [
+            w.replace(str(candidate), str(source)) for w in report.get("warnings", [])
+        ]
+        result["drift_reference"] = (report["drift_reference"] or "").replace(
+            f"{root}{os.sep}", ""
+        ) or None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if push:
@@ -728,14 +952,26 @@ def _rooted(params: Params, root: Path) -> Params:
 
 def _drift_failed(result_json: Path) -> bool:
     try:
-        return any(str(c.get("table", "")).startswith("drift") for c in read_json(result_json)["failures"])
+        return any(
+            str(c.get("table", "")).startswith("drift") for c in read_json(result_json)["failures"]
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
 
-def _commit_new_version(t: Tracked, current: Tracked, candidate: Path, work: Path, new_md5: str,
-                        before: dict | None, after: dict, source: Path, append: bool,
-                        params_file: Path, reference: dict[Path, bytes | None]) -> dict[str, Any]:
+def _commit_new_version(
+    t: Tracked,
+    current: Tracked,
+    candidate: Path,
+    work: Path,
+    new_md5: str,
+    before: dict | None,
+    after: dict,
+    source: Path,
+    append: bool,
+    params_file: Path,
+    reference: dict[Path, bytes | None],
+) -> dict[str, Any]:
     """Swap the validated candidate in, `dvc add` and commit; undo every file change if any step fails."""
     from dvc.exceptions import DvcException
 
@@ -745,7 +981,9 @@ def _commit_new_version(t: Tracked, current: Tracked, candidate: Path, work: Pat
     repoint = t.path != current.path
     touched = [t.abs_dvcfile, gitignore] + ([params_abs] if repoint else [])
     saved = {p: (p.read_bytes() if p.is_file() else None) for p in touched} | reference
-    params_was_clean = repoint and not git(root, "status", "--porcelain", "--", str(params_abs)).strip()
+    params_was_clean = (
+        repoint and not git(root, "status", "--porcelain", "--", str(params_abs)).strip()
+    )
     previous = work / "previous"
     had_data = t.abs.exists()
     if had_data:
@@ -763,28 +1001,47 @@ def _commit_new_version(t: Tracked, current: Tracked, candidate: Path, work: Pat
         headline = f"data: {verb} {t.path}"
         if before is not None:
             new_groups = sorted(set(after["group_names"]) - set(before["group_names"]))
-            headline += (f" ({after['recordings'] - before['recordings']:+d} recordings, "
-                         f"{after['rows'] - before['rows']:+,} rows"
-                         + (f", new groups {', '.join(new_groups[:5])}" if new_groups else "") + ")")
+            headline += (
+                f" ({after['recordings'] - before['recordings']:+d} recordings, "
+                f"{after['rows'] - before['rows']:+,} rows"
+                + (f", new groups {', '.join(new_groups[:5])}" if new_groups else "")
+                + ")"
+            )
         else:
             headline += f" ({after['rows']:,} rows, {after['recordings']} recordings, {after['groups']} groups)"
-        body = _change_lines(before, after) + [f"labels: {', '.join(after['per_class'])}",
-                                               f"md5: {new_md5}", f"source: {source}"]
-        body += [f"drift reference: {os.path.relpath(p, root)} {'updated' if old else 'created'} from this data"
-                 for p, old in reference.items()]
+        body = _change_lines(before, after) + [
+            f"labels: {', '.join(after['per_class'])}",
+            f"md5: {new_md5}",
+            f"source: {source}",
+        ]
+        body += [
+            f"drift reference: {os.path.relpath(p, root)} {'updated' if old else 'created'} from this data"
+            for p, old in reference.items()
+        ]
         git(root, "add", "--", *paths)
         git(root, "commit", "-q", "-m", headline + "\n\n" + "\n".join(body), "--", *paths)
     except DvcException as e:
         _rollback(t, previous if had_data else None, saved)
         raise DataVersionError(f"dvc add {t.path} failed: {e}; {t.path} is unchanged") from None
-    except BaseException:  # incl. KeyboardInterrupt: the workspace must not keep a half-added version
+    except (
+        BaseException
+    ):  # incl. KeyboardInterrupt: the workspace must not keep a half-added version
         _rollback(t, previous if had_data else None, saved)
         raise
     commit = git(root, "rev-parse", "HEAD").strip()
-    return {"file": t.path, "commit": commit, "version": commit[:7], "md5": new_md5, "append": append,
-            "before": before, "after": after, "message": headline,
-            "params_updated": repointed, "params_committed": repointed and params_was_clean,
-            "params_file": str(params_file)}
+    return {
+        "file": t.path,
+        "commit": commit,
+        "version": commit[:7],
+        "md5": new_md5,
+        "append": append,
+        "before": before,
+        "after": after,
+        "message": headline,
+        "params_updated": repointed,
+        "params_committed": repointed and params_was_clean,
+        "params_file": str(params_file),
+    }
 
 
 def _rollback(t: Tracked, previous: Path | None, saved: dict[Path, bytes | None]) -> None:
@@ -811,11 +1068,13 @@ def _push(t: Tracked, commit: str) -> str | None:
         except Exception as e:  # network and auth errors come in many types
             raise StoreUnreachable(
                 f"committed {t.path} as {commit[:7]}, but `dvc push` to remote '{remote}' failed: {e}",
-                hint=f"The data is safe in the local cache; fix the remote, then run `dvc push {t.path}`.") from None
+                hint=f"The data is safe in the local cache; fix the remote, then run `dvc push {t.path}`.",
+            ) from None
     return remote
 
 
 # ---------------------------------------------------------------- checkout
+
 
 def checkout(params: Params, ref: str, root: str | Path = ".") -> dict[str, Any]:
     """Restore a past version of the readings into the workspace; the .dvc file follows it (uncommitted)."""
@@ -830,9 +1089,13 @@ def checkout(params: Params, ref: str, root: str | Path = ".") -> dict[str, Any]
     require_clean(t, f"check out {v.short}")
     dvc_text = _git_show(root, v.commit, t.dvcfile)
     if dvc_text is None:
-        raise DataVersionError(f"version {v.short} of {t.path} is a stage output in dvc.lock, not a .dvc file",
-                               hint="Restore it with `git checkout <commit> dvc.lock && dvc checkout`.")
-    _cached_object(root, t, v.md5)  # fail before touching the workspace if the bytes are unreachable
+        raise DataVersionError(
+            f"version {v.short} of {t.path} is a stage output in dvc.lock, not a .dvc file",
+            hint="Restore it with `git checkout <commit> dvc.lock && dvc checkout`.",
+        )
+    _cached_object(
+        root, t, v.md5
+    )  # fail before touching the workspace if the bytes are unreachable
     saved = t.abs_dvcfile.read_bytes() if t.abs_dvcfile.is_file() else None
     with atomic_path(t.abs_dvcfile) as tmp:
         tmp.write_text(dvc_text)
@@ -843,8 +1106,18 @@ def checkout(params: Params, ref: str, root: str | Path = ".") -> dict[str, Any]
         _restore(t.abs_dvcfile, saved)
         raise DataVersionError(f"dvc checkout of {t.path} at {v.short} failed: {e}") from None
     got = md5_path(t.abs)
-    if got != v.md5:  # pragma: no cover - DVC verified the object; guards against a broken cache link
+    if (
+        got != v.md5
+    ):  # pragma: no cover - DVC verified the object; guards against a broken cache link
         raise DataVersionError(f"{t.path}: restored file has md5 {got[:8]}, expected {v.md5[:8]}")
     head = recorded_at(t, "HEAD")
-    return {"file": t.path, "version": v.short, "commit": v.commit, "md5": v.md5, "date": v.date,
-            "message": v.message, "is_head": bool(head and head[0] == v.md5), "dvcfile": t.dvcfile}
+    return {
+        "file": t.path,
+        "version": v.short,
+        "commit": v.commit,
+        "md5": v.md5,
+        "date": v.date,
+        "message": v.message,
+        "is_head": bool(head and head[0] == v.md5),
+        "dvcfile": t.dvcfile,
+    }

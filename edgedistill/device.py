@@ -32,12 +32,12 @@ REFUSED, FAILED = 1, 2
 def open_store_url(url: str, endpoint_url: str | None = None) -> Store:
     """`file:///path`, a plain path, or `s3://bucket/prefix` (credentials: the standard AWS chain)."""
     if url.startswith("s3://"):
-        bucket, _, prefix = url[len("s3://"):].partition("/")
+        bucket, _, prefix = url[len("s3://") :].partition("/")
         if not bucket:
             raise ParamsInvalid(f"--store {url!r}: no bucket")
         return S3Store(bucket, prefix, endpoint_url or os.environ.get("AWS_ENDPOINT_URL"))
     if url.startswith("file://"):
-        url = url[len("file://"):]
+        url = url[len("file://") :]
     elif "://" in url:
         raise ParamsInvalid(f"--store {url!r}: use file:///path, a path, or s3://bucket/prefix")
     path = Path(url)
@@ -50,8 +50,14 @@ def state_dir(to: Path) -> Path:
     return to.parent / f"{to.name}.device"
 
 
-def update(store: Store, model: str, channel: str, root: str | os.PathLike[str], to: str | os.PathLike[str],
-           now: datetime | None = None) -> dict[str, Any]:
+def update(
+    store: Store,
+    model: str,
+    channel: str,
+    root: str | os.PathLike[str],
+    to: str | os.PathLike[str],
+    now: datetime | None = None,
+) -> dict[str, Any]:
     """One update: refresh the signed metadata, read the signed channel, install its version if it is
     newer than the installed one. Raises VerificationFailed (a refusal) or another EdgeDistillError."""
     to = Path(to).resolve()
@@ -59,29 +65,49 @@ def update(store: Store, model: str, channel: str, root: str | os.PathLike[str],
     cache = state / "tuf"
     installed_path = state / "installed.json"
     state.mkdir(parents=True, exist_ok=True)
-    installed = parse_document(installed_path.read_bytes(), str(installed_path), "install record") \
-        if installed_path.is_file() else {}
+    installed = (
+        parse_document(installed_path.read_bytes(), str(installed_path), "install record")
+        if installed_path.is_file()
+        else {}
+    )
     client = Client(store, trusted_root_bytes(root), cache, now)
     with tempfile.TemporaryDirectory(dir=state) as tmp:
         doc, entry = client.channel(model, channel, Path(tmp))
     version, assignment = doc["version"], int(doc["assignment"])
     have_a = int(installed.get("assignment", 0))
     if assignment < have_a:
-        raise VerificationFailed(f"rollback check failed: channel {model}/{channel} is at assignment {assignment} "
-                                 f"({version}), lower than the installed assignment {have_a} "
-                                 f"({installed.get('version')}); kept {installed.get('version')}")
+        raise VerificationFailed(
+            f"rollback check failed: channel {model}/{channel} is at assignment {assignment} "
+            f"({version}), lower than the installed assignment {have_a} "
+            f"({installed.get('version')}); kept {installed.get('version')}"
+        )
     if assignment == have_a and (to / "SHA256SUMS").is_file():
         if version != installed.get("version"):
-            raise VerificationFailed(f"channel check failed: assignment {assignment} is {version} in the channel but "
-                                     f"{installed.get('version')} was installed under it; kept "
-                                     f"{installed.get('version')}")
-        return {"model": model, "channel": channel, "version": version, "assignment": assignment,
-                "changed": False, "dest": str(to)}
+            raise VerificationFailed(
+                f"channel check failed: assignment {assignment} is {version} in the channel but "
+                f"{installed.get('version')} was installed under it; kept "
+                f"{installed.get('version')}"
+            )
+        return {
+            "model": model,
+            "channel": channel,
+            "version": version,
+            "assignment": assignment,
+            "changed": False,
+            "dest": str(to),
+        }
     got = download_version(client, model, version, to, tmp_dir=state)
-    record = {"model": model, "channel": channel, "version": version, "assignment": assignment,
-              "targets_version": got["signed_targets_version"], "channel_sha256": entry.hashes["sha256"],
-              "files": got["files"], "installed_at": datetime.now(UTC).isoformat(timespec="seconds"),
-              "previous": installed.get("version")}
+    record = {
+        "model": model,
+        "channel": channel,
+        "version": version,
+        "assignment": assignment,
+        "targets_version": got["signed_targets_version"],
+        "channel_sha256": entry.hashes["sha256"],
+        "files": got["files"],
+        "installed_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "previous": installed.get("version"),
+    }
     tmp_rec = installed_path.with_suffix(".tmp")
     tmp_rec.write_text(json.dumps(record, indent=2) + "\n")
     os.replace(tmp_rec, installed_path)
@@ -89,13 +115,19 @@ def update(store: Store, model: str, channel: str, root: str | os.PathLike[str],
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="edgedistill-device",
-                                 description="Install the model a signed fleet channel points at, verified.")
+    ap = argparse.ArgumentParser(
+        prog="edgedistill-device",
+        description="Install the model a signed fleet channel points at, verified.",
+    )
     sub = ap.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("update", help="follow a channel: verify, then install atomically (or refuse)")
+    up = sub.add_parser(
+        "update", help="follow a channel: verify, then install atomically (or refuse)"
+    )
     up.add_argument("--store", required=True, help="file:///path, a path, or s3://bucket/prefix")
     up.add_argument("--endpoint-url", help="S3-compatible endpoint (default $AWS_ENDPOINT_URL)")
-    up.add_argument("--channel", default="prod", help="channel (registry stage) to follow (default prod)")
+    up.add_argument(
+        "--channel", default="prod", help="channel (registry stage) to follow (default prod)"
+    )
     up.add_argument("--model", default="student", help="model name (default student)")
     up.add_argument("--root", required=True, help="the root.json pinned at provisioning")
     up.add_argument("--to", required=True, help="the model folder to install into")
@@ -109,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         to = Path(args.to).resolve()
         state_dir(to).mkdir(parents=True, exist_ok=True)
-        r = update(open_store_url(args.store, args.endpoint_url), args.model, args.channel, args.root, to)
+        r = update(
+            open_store_url(args.store, args.endpoint_url), args.model, args.channel, args.root, to
+        )
     except VerificationFailed as e:
         print(f"refused: {e}", file=sys.stderr)
         return REFUSED
@@ -120,10 +154,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return FAILED
     if r["changed"]:
-        print(f"installed {r['model']} {r['version']} (channel {r['channel']}, assignment {r['assignment']}) "
-              f"into {r['dest']}" + (f"; previous {r['previous']}" if r.get("previous") else ""))
+        print(
+            f"installed {r['model']} {r['version']} (channel {r['channel']}, assignment {r['assignment']}) "
+            f"into {r['dest']}" + (f"; previous {r['previous']}" if r.get("previous") else "")
+        )
     else:
-        print(f"up to date: {r['model']} {r['version']} (channel {r['channel']}, assignment {r['assignment']})")
+        print(
+            f"up to date: {r['model']} {r['version']} (channel {r['channel']}, assignment {r['assignment']})"
+        )
     return 0
 
 

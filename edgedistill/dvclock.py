@@ -33,11 +33,16 @@ def md5s_of(lock: str | Path | None, path: str) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {"outs": [], "deps": []}
     for stage in lock_stages(lock).values():
         for role in found:
-            found[role] += [str(e["md5"]) for e in entries(stage, role)
-                            if os.path.normpath(str(e.get("path", ""))) == want]
+            found[role] += [
+                str(e["md5"])
+                for e in entries(stage, role)
+                if os.path.normpath(str(e.get("path", ""))) == want
+            ]
     return found
 
 
 def out_md5s(lock: str | Path | None) -> dict[str, str]:
     """Output path -> md5 over every stage."""
-    return {e["path"]: e["md5"] for stage in lock_stages(lock).values() for e in entries(stage, "outs")}
+    return {
+        e["path"]: e["md5"] for stage in lock_stages(lock).values() for e in entries(stage, "outs")
+    }

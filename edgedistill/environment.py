@@ -12,8 +12,20 @@ from edgedistill.io import sha256_file
 
 LOCK_FILE = "requirements.lock"
 # training, export, quantisation, inference, data handling, orchestration and data versioning
-RESULT_PACKAGES = ("torch", "numpy", "pandas", "pyarrow", "onnx", "onnxruntime", "onnxscript", "seglearn",
-                   "great-expectations", "prefect", "dvc", "gto")
+RESULT_PACKAGES = (
+    "torch",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "onnx",
+    "onnxruntime",
+    "onnxscript",
+    "seglearn",
+    "great-expectations",
+    "prefect",
+    "dvc",
+    "gto",
+)
 
 
 def installed_version(name: str) -> str | None:
@@ -25,25 +37,45 @@ def installed_version(name: str) -> str | None:
 
 def environment_record(root: str | Path) -> dict[str, Any]:
     lock = Path(root) / LOCK_FILE
-    return {"python": platform.python_version(),
-            "packages": {name: installed_version(name) for name in RESULT_PACKAGES},
-            "lock_file": LOCK_FILE, "lock_sha256": sha256_file(lock) if lock.is_file() else None}
+    return {
+        "python": platform.python_version(),
+        "packages": {name: installed_version(name) for name in RESULT_PACKAGES},
+        "lock_file": LOCK_FILE,
+        "lock_sha256": sha256_file(lock) if lock.is_file() else None,
+    }
 
 
-def environment_differences(recorded: dict[str, Any] | None, current: dict[str, Any]) -> list[dict[str, Any]]:
+def environment_differences(
+    recorded: dict[str, Any] | None, current: dict[str, Any]
+) -> list[dict[str, Any]]:
     """What differs between a recorded environment and this one: one row per package (or python, or
     the lock hash) with both values. A record without an environment (an older card) -> one row."""
     if not recorded:
-        return [{"what": "environment", "released": None, "current": "recorded now",
-                 "note": "the release's card records no environment"}]
+        return [
+            {
+                "what": "environment",
+                "released": None,
+                "current": "recorded now",
+                "note": "the release's card records no environment",
+            }
+        ]
     rows = []
     if recorded.get("python") != current["python"]:
-        rows.append({"what": "python", "released": recorded.get("python"), "current": current["python"]})
+        rows.append(
+            {"what": "python", "released": recorded.get("python"), "current": current["python"]}
+        )
     old = recorded.get("packages") or {}
     for name in sorted(set(old) | set(current["packages"])):
         if old.get(name) != current["packages"].get(name):
-            rows.append({"what": name, "released": old.get(name), "current": current["packages"].get(name)})
+            rows.append(
+                {"what": name, "released": old.get(name), "current": current["packages"].get(name)}
+            )
     if recorded.get("lock_sha256") != current["lock_sha256"]:
-        rows.append({"what": recorded.get("lock_file") or LOCK_FILE, "released": recorded.get("lock_sha256"),
-                     "current": current["lock_sha256"]})
+        rows.append(
+            {
+                "what": recorded.get("lock_file") or LOCK_FILE,
+                "released": recorded.get("lock_sha256"),
+                "current": current["lock_sha256"],
+            }
+        )
     return rows

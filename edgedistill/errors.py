@@ -20,8 +20,10 @@ class ParamsInvalid(EdgeDistillError):
 
 
 class DataInvalid(EdgeDistillError):
-    hint = ("Fix the readings file or the data/validate params; see reports/validation/ and "
-            "docs/validation.md.")
+    hint = (
+        "Fix the readings file or the data/validate params; see reports/validation/ and "
+        "docs/validation.md."
+    )
 
 
 class TrainingFailed(EdgeDistillError):
@@ -37,8 +39,10 @@ class ArtifactCorrupt(EdgeDistillError):
 
 
 class GateFailed(EdgeDistillError):
-    hint = ("The model was not promoted; see promotion.json for each gate "
-            "(docs/releases.md#promotion-gates).")
+    hint = (
+        "The model was not promoted; see promotion.json for each gate "
+        "(docs/releases.md#promotion-gates)."
+    )
 
 
 class StoreUnreachable(EdgeDistillError):
@@ -56,5 +60,7 @@ class ReleaseNotFound(EdgeDistillError):
 class VerificationFailed(EdgeDistillError):
     """A signed-metadata check refused what the store holds (signature, expiry, version, length/hash)."""
 
-    hint = ("Nothing was installed or changed; the previous model stays. The store was tampered with, is "
-            "stale, or is signed by other keys (docs/device-updates.md).")
+    hint = (
+        "Nothing was installed or changed; the previous model stays. The store was tampered with, is "
+        "stale, or is signed by other keys (docs/device-updates.md)."
+    )

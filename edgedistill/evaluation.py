@@ -28,20 +28,27 @@ def calibration_windows(train_path: Path, cp: CalibrationParams) -> np.ndarray:
     memory-mapped shards (only the sampled windows)."""
     x = open_split(train_path)
     if len(x) == 0:
-        raise DataInvalid(f"{train_path}: the INT8 calibration set is empty (the file holds 0 training windows)",
-                          hint="Re-run prepare with data that yields training windows, or set "
-                               "export.quantization: dynamic.")
-    idx = np.sort(np.random.default_rng(cp.seed).choice(len(x), min(cp.windows, len(x)), replace=False))
+        raise DataInvalid(
+            f"{train_path}: the INT8 calibration set is empty (the file holds 0 training windows)",
+            hint="Re-run prepare with data that yields training windows, or set "
+            "export.quantization: dynamic.",
+        )
+    idx = np.sort(
+        np.random.default_rng(cp.seed).choice(len(x), min(cp.windows, len(x)), replace=False)
+    )
     return x.take(idx)
 
 
 def torch_logits(model: torch.nn.Module, x: np.ndarray, batch: int = 512) -> np.ndarray:
     with torch.no_grad():
-        return np.concatenate([model(torch.from_numpy(x[i : i + batch])).numpy() for i in range(0, len(x), batch)])
+        return np.concatenate(
+            [model(torch.from_numpy(x[i : i + batch])).numpy() for i in range(0, len(x), batch)]
+        )
 
 
-def check_parity(model: torch.nn.Module, onnx_path: Path, x: np.ndarray, atol: float, min_agree: float,
-                 what: str) -> dict[str, Any]:
+def check_parity(
+    model: torch.nn.Module, onnx_path: Path, x: np.ndarray, atol: float, min_agree: float, what: str
+) -> dict[str, Any]:
     """The ONNX file must compute what PyTorch computed, batched and one window at a time."""
     ref = torch_logits(model, x)
     session = ox.open_session(onnx_path)
@@ -52,12 +59,20 @@ def check_parity(model: torch.nn.Module, onnx_path: Path, x: np.ndarray, atol: f
     for i in range(singles):
         one = ox.predict(session, onnx_path, x[i : i + 1])
         diff = max(diff, float(np.abs(one - ref[i : i + 1]).max()))
-    result = {"max_abs_diff": diff, "argmax_agreement": agree, "windows": len(x), "batch1_windows": singles,
-              "atol": atol, "min_argmax_agreement": min_agree}
+    result = {
+        "max_abs_diff": diff,
+        "argmax_agreement": agree,
+        "windows": len(x),
+        "batch1_windows": singles,
+        "atol": atol,
+        "min_argmax_agreement": min_agree,
+    }
     if not diff <= atol or agree < min_agree:  # `not <=` also catches NaN
-        raise ExportFailed(f"{what}: ONNX/PyTorch parity failed on {len(x)} test windows: max |ONNX - PyTorch| = "
-                           f"{diff:.3g} (export.parity_atol {atol:.3g}), argmax agreement {agree:.2%} "
-                           f"(export.min_argmax_agreement {min_agree:.2%})")
+        raise ExportFailed(
+            f"{what}: ONNX/PyTorch parity failed on {len(x)} test windows: max |ONNX - PyTorch| = "
+            f"{diff:.3g} (export.parity_atol {atol:.3g}), argmax agreement {agree:.2%} "
+            f"(export.min_argmax_agreement {min_agree:.2%})"
+        )
     return result
 
 

@@ -15,25 +15,39 @@ from typing import Any, TypeAlias
 
 
 class Kind(StrEnum):
-    MODEL = "model"    # a figure about the model: same inputs, same value
+    MODEL = "model"  # a figure about the model: same inputs, same value
     TIMING = "timing"  # measures the machine or the run (latencies, their ratios, profiler shares, host facts)
-    TEXT = "text"      # names, paths, notes, methods
+    TEXT = "text"  # names, paths, notes, methods
 
 
 MODEL, TIMING, TEXT = Kind.MODEL, Kind.TIMING, Kind.TEXT
 ANY = "*"
 Declaration: TypeAlias = Kind | Mapping[str, "Declaration"]
-LABEL_KEYS = ("gate", "stage", "name", "check")  # list items named by one of these flatten as key[label]
+LABEL_KEYS = (
+    "gate",
+    "stage",
+    "name",
+    "check",
+)  # list items named by one of these flatten as key[label]
 
 
-def _walk(obj: Any, prefix: str, decl: Declaration | None, out: dict[str, tuple[Any, Kind | None]]) -> None:
+def _walk(
+    obj: Any, prefix: str, decl: Declaration | None, out: dict[str, tuple[Any, Kind | None]]
+) -> None:
     if isinstance(obj, dict):
         for k, v in obj.items():
             sub = decl.get(str(k), decl.get(ANY)) if isinstance(decl, Mapping) else decl
             _walk(v, f"{prefix}.{k}" if prefix else str(k), sub, out)
     elif isinstance(obj, list):
         for i, v in enumerate(obj):
-            label = next((str(v[k]) for k in LABEL_KEYS if isinstance(v, dict) and isinstance(v.get(k), str)), i)
+            label = next(
+                (
+                    str(v[k])
+                    for k in LABEL_KEYS
+                    if isinstance(v, dict) and isinstance(v.get(k), str)
+                ),
+                i,
+            )
             _walk(v, f"{prefix}[{label}]", decl, out)
     else:
         out[prefix] = (obj, decl if isinstance(decl, Kind) else None)

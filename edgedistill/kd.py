@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 
 
-def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+def kd_kl(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """T² · KL(softmax(z_t/T) ‖ softmax(z_s/T)), batch mean. T² keeps gradient size independent of T."""
     t = temperature
     log_p_s = F.log_softmax(student_logits.float() / t, dim=-1)
@@ -15,15 +17,28 @@ def kd_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperatur
     return F.kl_div(log_p_s, log_p_t, log_target=True, reduction="batchmean") * (t * t)
 
 
-def hinton_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor,
-                temperature: float, alpha: float, label_smoothing: float = 0.0) -> torch.Tensor:
+def hinton_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    y: torch.Tensor,
+    temperature: float,
+    alpha: float,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
     """L = α·T²·KL(softmax(z_t/T) ‖ softmax(z_s/T)) + (1−α)·CE(y, z_s)."""
     ce = F.cross_entropy(student_logits.float(), y, label_smoothing=label_smoothing)
     return alpha * kd_kl(student_logits, teacher_logits, temperature) + (1 - alpha) * ce
 
 
-def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor, temperature: float,
-             alpha: float, beta: float, label_smoothing: float = 0.0) -> torch.Tensor:
+def dkd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    y: torch.Tensor,
+    temperature: float,
+    alpha: float,
+    beta: float,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
     """Decoupled KD: L = CE(y, z_s) + α·TCKD + β·NCKD, both KL terms at temperature T and scaled by T².
     TCKD matches the binary (target class vs the rest) probabilities, NCKD the distribution over the
     non-target classes alone, so a confident teacher's "dark knowledge" is not drowned by its target mass."""
@@ -35,7 +50,11 @@ def dkd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, y: torc
     b_t = torch.stack([(p_t * gt).sum(-1), (p_t * ~gt).sum(-1)], dim=-1).clamp_min(1e-8)
     tckd = F.kl_div(b_s.log(), b_t, reduction="batchmean") * (t * t)
     big = 1000.0 * gt  # drops the target class from both softmaxes
-    nckd = F.kl_div(F.log_softmax(zs - big, dim=-1), F.log_softmax(zt - big, dim=-1), log_target=True,
-                    reduction="batchmean") * (t * t)
+    nckd = F.kl_div(
+        F.log_softmax(zs - big, dim=-1),
+        F.log_softmax(zt - big, dim=-1),
+        log_target=True,
+        reduction="batchmean",
+    ) * (t * t)
     ce = F.cross_entropy(student_logits.float(), y, label_smoothing=label_smoothing)
     return ce + alpha * tckd + beta * nckd

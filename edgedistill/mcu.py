@@ -25,7 +25,7 @@ import onnx
 
 from edgedistill.errors import EdgeDistillError
 
-TOOLCHAIN_MISSING = ("skipped: arm-none-eabi-gcc not found; `make mcu-toolchain` installs it")
+TOOLCHAIN_MISSING = "skipped: arm-none-eabi-gcc not found; `make mcu-toolchain` installs it"
 NOT_VERIFIED = "not verified"
 MODEL_NAME = "student"
 
@@ -48,14 +48,29 @@ class Target:
 
 TARGETS: dict[str, Target] = {
     # mps2-an500: Cortex-M7 (FPU); ZBT SSRAM1 at 0 (code), SSRAM2/3 at 0x20000000 (data)
-    "cortex-m7": Target("cortex-m7", ("-mcpu=cortex-m7", "-mthumb", "-mfpu=fpv5-sp-d16", "-mfloat-abi=hard"),
-                        "mps2-an500", (0x00000000, 0x400000), (0x20000000, 0x400000)),
+    "cortex-m7": Target(
+        "cortex-m7",
+        ("-mcpu=cortex-m7", "-mthumb", "-mfpu=fpv5-sp-d16", "-mfloat-abi=hard"),
+        "mps2-an500",
+        (0x00000000, 0x400000),
+        (0x20000000, 0x400000),
+    ),
     # mps2-an386: Cortex-M4F, same map as AN385
-    "cortex-m4": Target("cortex-m4", ("-mcpu=cortex-m4", "-mthumb", "-mfpu=fpv4-sp-d16", "-mfloat-abi=hard"),
-                        "mps2-an386", (0x00000000, 0x400000), (0x20000000, 0x400000)),
+    "cortex-m4": Target(
+        "cortex-m4",
+        ("-mcpu=cortex-m4", "-mthumb", "-mfpu=fpv4-sp-d16", "-mfloat-abi=hard"),
+        "mps2-an386",
+        (0x00000000, 0x400000),
+        (0x20000000, 0x400000),
+    ),
     # mps2-an505: Cortex-M33 booting secure; secure aliases of SSRAM1 (code) and SSRAM2 (data)
-    "cortex-m33": Target("cortex-m33", ("-mcpu=cortex-m33", "-mthumb", "-mfpu=fpv5-sp-d16", "-mfloat-abi=hard"),
-                         "mps2-an505", (0x10000000, 0x400000), (0x38000000, 0x200000)),
+    "cortex-m33": Target(
+        "cortex-m33",
+        ("-mcpu=cortex-m33", "-mthumb", "-mfpu=fpv5-sp-d16", "-mfloat-abi=hard"),
+        "mps2-an505",
+        (0x10000000, 0x400000),
+        (0x38000000, 0x200000),
+    ),
 }
 
 ARM_GCC = "arm-none-eabi-gcc"
@@ -65,21 +80,31 @@ QEMU = "qemu-system-arm"
 
 # ---------------------------------------------------------------- tools
 
+
 def _cmd_line(cmd: list[str], cwd: Path | None) -> str:
     line = shlex.join(cmd)
     return f"cd {shlex.quote(str(cwd))} && {line}" if cwd else line
 
 
-def run_tool(cmd: list[str], what: str, cwd: Path | None = None, timeout: float = 600,
-             stdin: bytes | None = None) -> subprocess.CompletedProcess:
+def run_tool(
+    cmd: list[str],
+    what: str,
+    cwd: Path | None = None,
+    timeout: float = 600,
+    stdin: bytes | None = None,
+) -> subprocess.CompletedProcess:
     """Run an external tool; a failure is one McuFailed with its message and the command line."""
     try:
         res = subprocess.run(cmd, cwd=cwd, input=stdin, capture_output=True, timeout=timeout)
     except FileNotFoundError:
-        raise McuFailed(f"{what}: {cmd[0]} not found (command: {_cmd_line(cmd, cwd)})",
-                        hint="`make mcu-toolchain` installs the ARM toolchain and QEMU.") from None
+        raise McuFailed(
+            f"{what}: {cmd[0]} not found (command: {_cmd_line(cmd, cwd)})",
+            hint="`make mcu-toolchain` installs the ARM toolchain and QEMU.",
+        ) from None
     except subprocess.TimeoutExpired:
-        raise McuFailed(f"{what}: timed out after {timeout:.0f}s; reproduce with: {_cmd_line(cmd, cwd)}") from None
+        raise McuFailed(
+            f"{what}: timed out after {timeout:.0f}s; reproduce with: {_cmd_line(cmd, cwd)}"
+        ) from None
     if res.returncode != 0:
         msg = (res.stderr or res.stdout).decode(errors="replace").strip().splitlines()
         errs = [m for m in msg if "error" in m.lower()] or msg
@@ -96,18 +121,22 @@ def toolchain() -> dict[str, str | None]:
         if shutil.which(cmd[0]) is None:
             return None
         try:
-            out = subprocess.run(cmd, capture_output=True, timeout=30).stdout.decode(errors="replace")
+            out = subprocess.run(cmd, capture_output=True, timeout=30).stdout.decode(
+                errors="replace"
+            )
         except (OSError, subprocess.TimeoutExpired):
             return None
         return out.strip().splitlines()[0] if out.strip() else None
 
     import onnxruntime
 
-    return {"emx_onnx_cgen": getattr(emx_version, "__version__", getattr(emx_version, "version", "?")),
-            "onnxruntime": onnxruntime.__version__,
-            "cc": first_line([host_cc(), "--version"]),
-            "arm_gcc": first_line([ARM_GCC, "--version"]),
-            "qemu": first_line([QEMU, "--version"])}
+    return {
+        "emx_onnx_cgen": getattr(emx_version, "__version__", getattr(emx_version, "version", "?")),
+        "onnxruntime": onnxruntime.__version__,
+        "cc": first_line([host_cc(), "--version"]),
+        "arm_gcc": first_line([ARM_GCC, "--version"]),
+        "qemu": first_line([QEMU, "--version"]),
+    }
 
 
 def host_cc() -> str:
@@ -123,6 +152,7 @@ def have_qemu() -> bool:
 
 
 # ---------------------------------------------------------------- QOperator INT8
+
 
 def fix_batch_1(model: onnx.ModelProto) -> onnx.ModelProto:
     """Every symbolic dim of the graph's inputs/outputs set to 1 and shapes re-inferred: the C
@@ -147,8 +177,16 @@ def nodes_before_first_conv(model: onnx.ModelProto) -> list[str]:
     return []
 
 
-def quantize_qoperator(src: Path, dest: Path, calib: np.ndarray, *, per_channel: bool, activation_type: str,
-                       method: str, scratch: Path) -> dict[str, Any]:
+def quantize_qoperator(
+    src: Path,
+    dest: Path,
+    calib: np.ndarray,
+    *,
+    per_channel: bool,
+    activation_type: str,
+    method: str,
+    scratch: Path,
+) -> dict[str, Any]:
     """FP32 ONNX → QOperator INT8 ONNX (QLinearConv, QGemm, ...), batch 1, calibrated on `calib`."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -158,7 +196,9 @@ def quantize_qoperator(src: Path, dest: Path, calib: np.ndarray, *, per_channel:
     except Exception as e:
         raise McuFailed(f"{src}: cannot fix the batch axis to 1: {_first_line(e)}") from None
     if len(model.graph.input) != 1:
-        raise McuFailed(f"{src}: the MCU path takes a model with one input, this one has {len(model.graph.input)}")
+        raise McuFailed(
+            f"{src}: the MCU path takes a model with one input, this one has {len(model.graph.input)}"
+        )
     fixed = scratch / f"{src.stem}.b1.onnx"
     pre = scratch / f"{src.stem}.pre.onnx"
     onnx.save(model, str(fixed))
@@ -177,13 +217,25 @@ def quantize_qoperator(src: Path, dest: Path, calib: np.ndarray, *, per_channel:
             x = next(self._it, None)
             return None if x is None else {name: x[None]}
 
-    logging.disable(logging.WARNING)  # onnxruntime's "use QDQ on x64" advice: QOperator is what the MCU needs
+    logging.disable(
+        logging.WARNING
+    )  # onnxruntime's "use QDQ on x64" advice: QOperator is what the MCU needs
     try:
-        quantize_static(str(pre), str(dest), Reader(), quant_format=QuantFormat.QOperator, per_channel=per_channel,
-                        activation_type=QuantType.QInt8 if activation_type == "int8" else QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
-                        calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                                          "percentile": CalibrationMethod.Percentile}[method])
+        quantize_static(
+            str(pre),
+            str(dest),
+            Reader(),
+            quant_format=QuantFormat.QOperator,
+            per_channel=per_channel,
+            activation_type=QuantType.QInt8 if activation_type == "int8" else QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=excluded,
+            calibrate_method={
+                "minmax": CalibrationMethod.MinMax,
+                "entropy": CalibrationMethod.Entropy,
+                "percentile": CalibrationMethod.Percentile,
+            }[method],
+        )
     except Exception as e:
         raise McuFailed(f"{src}: QOperator INT8 quantization failed: {_first_line(e)}") from None
     finally:
@@ -192,13 +244,23 @@ def quantize_qoperator(src: Path, dest: Path, calib: np.ndarray, *, per_channel:
     ops: dict[str, int] = {}
     for n in q.graph.node:
         ops[n.op_type] = ops.get(n.op_type, 0) + 1
-    return {"format": "QOperator", "activations": activation_type, "weights": "int8", "per_channel": per_channel,
-            "calibration_method": method, "calibration_windows": int(len(calib)), "fp32_nodes": excluded,
-            "ops": dict(sorted(ops.items()))}
+    return {
+        "format": "QOperator",
+        "activations": activation_type,
+        "weights": "int8",
+        "per_channel": per_channel,
+        "calibration_method": method,
+        "calibration_windows": int(len(calib)),
+        "fp32_nodes": excluded,
+        "ops": dict(sorted(ops.items())),
+    }
 
 
 def is_quantized(model: onnx.ModelProto) -> bool:
-    return any(n.op_type.startswith("QLinear") or n.op_type in ("QGemm", "QuantizeLinear") for n in model.graph.node)
+    return any(
+        n.op_type.startswith("QLinear") or n.op_type in ("QGemm", "QuantizeLinear")
+        for n in model.graph.node
+    )
 
 
 def output_quantum(model: onnx.ModelProto) -> float:
@@ -220,7 +282,9 @@ def ort_logits(path: Path, x: np.ndarray) -> np.ndarray:
     so.intra_op_num_threads = 1
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
-    return np.concatenate([sess.run(None, {name: x[i : i + 1].astype(np.float32)})[0] for i in range(len(x))])
+    return np.concatenate(
+        [sess.run(None, {name: x[i : i + 1].astype(np.float32)})[0] for i in range(len(x))]
+    )
 
 
 # ---------------------------------------------------------------- C generation
@@ -228,8 +292,14 @@ def ort_logits(path: Path, x: np.ndarray) -> np.ndarray:
 ENGINES = ("int8_kernels", "emx")
 
 
-def generate_c(model_path: Path, out_dir: Path, name: str = MODEL_NAME, engine: str = "emx",
-               meta: dict[str, Any] | None = None, fallback: bool = True) -> dict[str, Any]:
+def generate_c(
+    model_path: Path,
+    out_dir: Path,
+    name: str = MODEL_NAME,
+    engine: str = "emx",
+    meta: dict[str, Any] | None = None,
+    fallback: bool = True,
+) -> dict[str, Any]:
     """C source + header for the QOperator model with `engine`: `int8_kernels` (edgedistill's own int8
     kernels, mcu_kernels.py) or `emx` (emx-onnx-cgen). A graph the int8 kernels do not lower falls
     back to emx (`fallback_reason` says why) unless fallback is False (then McuFailed)."""
@@ -241,11 +311,19 @@ def generate_c(model_path: Path, out_dir: Path, name: str = MODEL_NAME, engine: 
         model = onnx.load(str(model_path))
         try:
             plan = mk.plan(model)
-        except (KeyError, IndexError, ValueError, TypeError) as e:  # a graph shape plan() did not foresee
+        except (
+            KeyError,
+            IndexError,
+            ValueError,
+            TypeError,
+        ) as e:  # a graph shape plan() did not foresee
             if not fallback:
-                raise McuFailed(f"{model_path}: the int8 kernels cannot lower it: {type(e).__name__}: {e}") from None
+                raise McuFailed(
+                    f"{model_path}: the int8 kernels cannot lower it: {type(e).__name__}: {e}"
+                ) from None
             return generate_c(model_path, out_dir, name, "emx", meta) | {
-                "fallback_reason": f"unexpected graph ({type(e).__name__}: {_first_line(e, 200)})"}
+                "fallback_reason": f"unexpected graph ({type(e).__name__}: {_first_line(e, 200)})"
+            }
         except mk.Unsupported as e:
             if not fallback:
                 raise McuFailed(f"{model_path}: the int8 kernels cannot lower it: {e}") from None
@@ -255,11 +333,19 @@ def generate_c(model_path: Path, out_dir: Path, name: str = MODEL_NAME, engine: 
         c_path, h_path = out_dir / f"{name}.c", out_dir / f"{name}.h"
         c_path.write_text(src)
         h_path.write_text(header)
-        return {"c": c_path, "h": h_path, "entry": entry_signature(src, name), "engine": engine, "layout": layout}
+        return {
+            "c": c_path,
+            "h": h_path,
+            "entry": entry_signature(src, name),
+            "engine": engine,
+            "layout": layout,
+        }
     return _generate_emx(model_path, out_dir, name, meta)
 
 
-def _generate_emx(model_path: Path, out_dir: Path, name: str, meta: dict[str, Any] | None) -> dict[str, Any]:
+def _generate_emx(
+    model_path: Path, out_dir: Path, name: str, meta: dict[str, Any] | None
+) -> dict[str, Any]:
     """C source + header with emx-onnx-cgen: weights inline as const arrays (flash), every
     temporary on the stack (so -fstack-usage sees the whole working memory, no heap)."""
     from emx_onnx_cgen import Compiler
@@ -267,14 +353,19 @@ def _generate_emx(model_path: Path, out_dir: Path, name: str, meta: dict[str, An
     from emx_onnx_cgen.errors import CompilerError, UnsupportedOpError
 
     model = onnx.load(str(model_path))
-    opts = CompilerOptions(model_name=name, large_temp_threshold_bytes=0, large_weight_threshold=0,
-                           restrict_arrays=True)
+    opts = CompilerOptions(
+        model_name=name,
+        large_temp_threshold_bytes=0,
+        large_weight_threshold=0,
+        restrict_arrays=True,
+    )
     try:
         src = Compiler(opts).compile(model)
     except UnsupportedOpError as e:
-        raise McuFailed(f"{model_path}: the C generator cannot lower {_unsupported(e, model)}",
-                        hint="Replace the op with one emx-onnx-cgen supports, or keep this model off the MCU path.") \
-            from None
+        raise McuFailed(
+            f"{model_path}: the C generator cannot lower {_unsupported(e, model)}",
+            hint="Replace the op with one emx-onnx-cgen supports, or keep this model off the MCU path.",
+        ) from None
     except CompilerError as e:
         raise McuFailed(f"{model_path}: C generation failed: {_first_line(e)}") from None
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -337,7 +428,9 @@ def entry_signature(src: str, name: str) -> EntrySignature:
         return t.group(1), tuple(int(d) for d in re.findall(r"(\d+)\]", t.group(2)))
 
     (it, idims), (ot, odims) = parse(args[0]), parse(args[1])
-    return EntrySignature(m.group(1), it, int(np.prod(idims)), ot, int(np.prod(odims)), params, idims)
+    return EntrySignature(
+        m.group(1), it, int(np.prod(idims)), ot, int(np.prod(odims)), params, idims
+    )
 
 
 def _header(name: str, sig: EntrySignature, meta: dict[str, Any]) -> str:
@@ -345,14 +438,19 @@ def _header(name: str, sig: EntrySignature, meta: dict[str, Any]) -> str:
 
     guard = f"{name.upper()}_H"
     shape = sig.window_shape
-    dims = (f"#define {name.upper()}_CHANNELS {shape[0]}\n#define {name.upper()}_WINDOW {shape[1]}\n"
-            if shape else "")
+    dims = (
+        f"#define {name.upper()}_CHANNELS {shape[0]}\n#define {name.upper()}_WINDOW {shape[1]}\n"
+        if shape
+        else ""
+    )
     extra = dims + "".join(f"{ln}\n" for ln in meta_lines(name, meta))
-    return (f"/* {name}: generated by emx-onnx-cgen; one window in, logits out (batch 1). */\n"
-            f"#ifndef {guard}\n#define {guard}\n#include <stdint.h>\n#include <stdbool.h>\n\n"
-            f"#define {name.upper()}_INPUT_COUNT {sig.input_count}\n"
-            f"#define {name.upper()}_OUTPUT_COUNT {sig.output_count}\n{extra}\n"
-            f"void {sig.function}({sig.params});\n\n#endif\n")
+    return (
+        f"/* {name}: generated by emx-onnx-cgen; one window in, logits out (batch 1). */\n"
+        f"#ifndef {guard}\n#define {guard}\n#include <stdint.h>\n#include <stdbool.h>\n\n"
+        f"#define {name.upper()}_INPUT_COUNT {sig.input_count}\n"
+        f"#define {name.upper()}_OUTPUT_COUNT {sig.output_count}\n{extra}\n"
+        f"void {sig.function}({sig.params});\n\n#endif\n"
+    )
 
 
 # ---------------------------------------------------------------- harnesses
@@ -376,26 +474,62 @@ int main(void) {{
 def host_build(gen: dict[str, Any], work: Path, timeout: float) -> Path:
     sig: EntrySignature = gen["entry"]
     main_c = work / "host_main.c"
-    main_c.write_text(_HOST_MAIN.format(name=gen["c"].stem, it=sig.input_c_type, ic=sig.input_count,
-                                        ot=sig.output_c_type, oc=sig.output_count, fn=sig.function))
+    main_c.write_text(
+        _HOST_MAIN.format(
+            name=gen["c"].stem,
+            it=sig.input_c_type,
+            ic=sig.input_count,
+            ot=sig.output_c_type,
+            oc=sig.output_count,
+            fn=sig.function,
+        )
+    )
     exe = work / "host_model"
-    run_tool([host_cc(), "-std=c99", "-O2", "-ffp-contract=off", f"-I{gen['c'].parent}", str(gen["c"]),
-              str(main_c), "-o", str(exe), "-lm"], "host build (cc)", cwd=work, timeout=timeout)
+    run_tool(
+        [
+            host_cc(),
+            "-std=c99",
+            "-O2",
+            "-ffp-contract=off",
+            f"-I{gen['c'].parent}",
+            str(gen["c"]),
+            str(main_c),
+            "-o",
+            str(exe),
+            "-lm",
+        ],
+        "host build (cc)",
+        cwd=work,
+        timeout=timeout,
+    )
     return exe
 
 
 def run_host(exe: Path, x: np.ndarray, n_out: int, timeout: float) -> np.ndarray:
-    res = run_tool([str(exe)], "host run of the generated C", timeout=timeout,
-                   stdin=np.ascontiguousarray(x, dtype=np.float32).tobytes())
+    res = run_tool(
+        [str(exe)],
+        "host run of the generated C",
+        timeout=timeout,
+        stdin=np.ascontiguousarray(x, dtype=np.float32).tobytes(),
+    )
     got = np.frombuffer(res.stdout, dtype=np.float32)
     if got.size != len(x) * n_out:
-        raise McuFailed(f"host run of the generated C returned {got.size} values for {len(x)} windows "
-                        f"x {n_out} outputs; reproduce with: {exe} < windows.f32")
+        raise McuFailed(
+            f"host run of the generated C returned {got.size} values for {len(x)} windows "
+            f"x {n_out} outputs; reproduce with: {exe} < windows.f32"
+        )
     return got.reshape(len(x), n_out)
 
 
-def parity(ref: np.ndarray, got: np.ndarray, quantum: float, what: str, *, strict: bool = True,
-           y: np.ndarray | None = None) -> dict[str, Any]:
+def parity(
+    ref: np.ndarray,
+    got: np.ndarray,
+    quantum: float,
+    what: str,
+    *,
+    strict: bool = True,
+    y: np.ndarray | None = None,
+) -> dict[str, Any]:
     """Max logit difference (absolute and in output quanta), argmax agreement and, with labels `y`, both
     models' accuracy and the drop. strict: logits within one quantum and the same argmax on every
     window, else McuFailed naming the first differing window (the int8 kernels are held to the
@@ -404,25 +538,36 @@ def parity(ref: np.ndarray, got: np.ndarray, quantum: float, what: str, *, stric
     |logit| ~18: ~3.5e-6 of the quantum): the tolerance adds that rounding, per window."""
     diff = np.abs(got.astype(np.float64) - ref.astype(np.float64)).max(axis=1)
     if quantum > 0:
-        mag = np.maximum(np.abs(got), np.abs(ref)).astype(np.float64).max(axis=1) if got.size else np.zeros(0)
+        mag = (
+            np.maximum(np.abs(got), np.abs(ref)).astype(np.float64).max(axis=1)
+            if got.size
+            else np.zeros(0)
+        )
         tol = quantum * (1 + 1e-6) + 4 * float(np.finfo(np.float32).eps) * mag
     else:
         tol = np.full(len(diff), 1e-5)
     same = got.argmax(1) == ref.argmax(1)
     bad = np.flatnonzero(~((diff <= tol) & same))
-    result = {"windows": int(len(ref)), "max_abs_diff": float(diff.max()) if len(diff) else 0.0,
-              "max_diff_quanta": float(diff.max() / quantum) if quantum > 0 and len(diff) else None,
-              "quantum": quantum, "argmax_agreement": float(same.mean()) if len(same) else 1.0,
-              "windows_differing": int((diff > 0).sum()), "windows_beyond_one_quantum": int((diff > tol).sum())}
+    result = {
+        "windows": int(len(ref)),
+        "max_abs_diff": float(diff.max()) if len(diff) else 0.0,
+        "max_diff_quanta": float(diff.max() / quantum) if quantum > 0 and len(diff) else None,
+        "quantum": quantum,
+        "argmax_agreement": float(same.mean()) if len(same) else 1.0,
+        "windows_differing": int((diff > 0).sum()),
+        "windows_beyond_one_quantum": int((diff > tol).sum()),
+    }
     if y is not None and len(y) == len(ref) and len(ref):
         acc, ref_acc = float((got.argmax(1) == y).mean()), float((ref.argmax(1) == y).mean())
         result |= {"accuracy": acc, "reference_accuracy": ref_acc, "accuracy_drop": ref_acc - acc}
     if strict and len(bad):
         i = int(bad[0])
-        raise McuFailed(f"{what}: window {i} differs: logits {np.round(got[i], 5).tolist()} vs "
-                        f"{np.round(ref[i], 5).tolist()} (max |diff| {diff[i]:.4g}, one quantum {quantum:.4g}; "
-                        f"argmax {int(got[i].argmax())} vs {int(ref[i].argmax())}); {len(bad)} of {len(ref)} "
-                        "windows differ")
+        raise McuFailed(
+            f"{what}: window {i} differs: logits {np.round(got[i], 5).tolist()} vs "
+            f"{np.round(ref[i], 5).tolist()} (max |diff| {diff[i]:.4g}, one quantum {quantum:.4g}; "
+            f"argmax {int(got[i].argmax())} vs {int(ref[i].argmax())}); {len(bad)} of {len(ref)} "
+            "windows differ"
+        )
     return result
 
 
@@ -529,8 +674,10 @@ _RUN_EXAMPLE = """        for (int t = 0; t < {w}; ++t) {{
         __builtin_memcpy(out, firmware_logits(), sizeof out);
         p = line; *p++ = 'c'; *p++ = ' '; p = hex(p, (uint32_t)k); *p++ = '\\n'; *p = 0;
         put(line);"""
-_EXAMPLE_DECL = ("void firmware_push_sample(int t, const float *sample);\nint firmware_classify(void);\n"
-                 "const float *firmware_logits(void);\n")
+_EXAMPLE_DECL = (
+    "void firmware_push_sample(int t, const float *sample);\nint firmware_classify(void);\n"
+    "const float *firmware_logits(void);\n"
+)
 FIRMWARE_EXAMPLE = Path(__file__).with_name("firmware_example.c")
 
 
@@ -559,12 +706,18 @@ SECTIONS {{
 def _windows_header(x: np.ndarray, it: str) -> str:
     flat = np.ascontiguousarray(x, dtype=np.float32).reshape(len(x), -1)
     if it != "float":
-        raise McuFailed(f"the generated entry takes `{it}` input; the test image feeds float windows")
-    rows = ",\n".join("{" + ",".join(f"{struct.unpack('<I', struct.pack('<f', v))[0]:#010x}" for v in row) + "}"
-                      for row in flat)
-    return (f"#include <stdint.h>\n#define N_WINDOWS {len(x)}\n"
-            f"static const union {{ uint32_t u[{flat.shape[1]}]; float f[{flat.shape[1]}]; }} windows_u[N_WINDOWS]"
-            f" = {{\n{rows}\n}};\n#define windows(w) (windows_u[w].f)\n")
+        raise McuFailed(
+            f"the generated entry takes `{it}` input; the test image feeds float windows"
+        )
+    rows = ",\n".join(
+        "{" + ",".join(f"{struct.unpack('<I', struct.pack('<f', v))[0]:#010x}" for v in row) + "}"
+        for row in flat
+    )
+    return (
+        f"#include <stdint.h>\n#define N_WINDOWS {len(x)}\n"
+        f"static const union {{ uint32_t u[{flat.shape[1]}]; float f[{flat.shape[1]}]; }} windows_u[N_WINDOWS]"
+        f" = {{\n{rows}\n}};\n#define windows(w) (windows_u[w].f)\n"
+    )
 
 
 def stack_usage(ci_files: list[Path], entry: str) -> dict[str, Any]:
@@ -586,7 +739,9 @@ def stack_usage(ci_files: list[Path], entry: str) -> dict[str, Any]:
                 qualifiers[title] = su.group(2)
                 external.discard(title)
             elif title not in nodes:
-                external.add(title)  # defined elsewhere (libm, libgcc): no frame size in this object
+                external.add(
+                    title
+                )  # defined elsewhere (libm, libgcc): no frame size in this object
         for m in edge_re.finditer(text):
             edges.setdefault(m.group(1), set()).add(m.group(2))
     roots = [t for t in nodes if t == entry or t.endswith(f":{entry}")]
@@ -631,8 +786,9 @@ def _berkeley(path: Path, timeout: float) -> dict[str, int]:
     return {"text": int(vals[0]), "data": int(vals[1]), "bss": int(vals[2])}
 
 
-def cross_build(gen: dict[str, Any], target: str, work: Path, x: np.ndarray, opt: str,
-                timeout: float) -> dict[str, Any]:
+def cross_build(
+    gen: dict[str, Any], target: str, work: Path, x: np.ndarray, opt: str, timeout: float
+) -> dict[str, Any]:
     """Model object (flash/RAM of the model alone), harness object (with the embedded test windows),
     and the linked test image; libc is what the image holds beyond the two."""
     t = TARGETS[target]
@@ -640,11 +796,24 @@ def cross_build(gen: dict[str, Any], target: str, work: Path, x: np.ndarray, opt
     name = gen["c"].stem
     d = work / target
     d.mkdir(parents=True, exist_ok=True)
-    common = [ARM_GCC, *t.cflags, opt, "-std=c99", "-ffunction-sections", "-fdata-sections",
-              "-ffp-contract=off", f"-I{gen['c'].parent}", f"-I{d}"]
+    common = [
+        ARM_GCC,
+        *t.cflags,
+        opt,
+        "-std=c99",
+        "-ffunction-sections",
+        "-fdata-sections",
+        "-ffp-contract=off",
+        f"-I{gen['c'].parent}",
+        f"-I{d}",
+    ]
     obj = d / f"{name}.o"
-    run_tool([*common, "-fstack-usage", "-fcallgraph-info=su", "-c", str(gen["c"]), "-o", str(obj)],
-             f"{target}: cross-compile {gen['c'].name}", cwd=d, timeout=timeout)
+    run_tool(
+        [*common, "-fstack-usage", "-fcallgraph-info=su", "-c", str(gen["c"]), "-o", str(obj)],
+        f"{target}: cross-compile {gen['c'].name}",
+        cwd=d,
+        timeout=timeout,
+    )
     (d / "windows.h").write_text(_windows_header(x, sig.input_c_type))
     example = uses_firmware_example(gen)
     if example:
@@ -652,24 +821,60 @@ def cross_build(gen: dict[str, Any], target: str, work: Path, x: np.ndarray, opt
         run = _RUN_EXAMPLE.format(c=c, w=w)
     else:
         run = _RUN_DIRECT.format(fn=sig.function)
-    (d / "main.c").write_text(_ARM_MAIN.format(name=name, it=sig.input_c_type, ot=sig.output_c_type,
-                                               oc=sig.output_count, fn=sig.function, run=run)
-                              .replace('#include "windows.h"\n', '#include "windows.h"\n' + _EXAMPLE_DECL
-                                       if example else '#include "windows.h"\n'))
-    (d / "image.ld").write_text(_LINKER.format(code_o=t.code[0], code_l=t.code[1], data_o=t.data[0],
-                                               data_l=t.data[1]))
+    (d / "main.c").write_text(
+        _ARM_MAIN.format(
+            name=name,
+            it=sig.input_c_type,
+            ot=sig.output_c_type,
+            oc=sig.output_count,
+            fn=sig.function,
+            run=run,
+        ).replace(
+            '#include "windows.h"\n',
+            '#include "windows.h"\n' + _EXAMPLE_DECL if example else '#include "windows.h"\n',
+        )
+    )
+    (d / "image.ld").write_text(
+        _LINKER.format(code_o=t.code[0], code_l=t.code[1], data_o=t.data[0], data_l=t.data[1])
+    )
     harness = d / "main.o"
-    run_tool([*common, "-fstack-usage", "-c", "main.c", "-o", str(harness)], f"{target}: compile the test harness",
-             cwd=d, timeout=timeout)
+    run_tool(
+        [*common, "-fstack-usage", "-c", "main.c", "-o", str(harness)],
+        f"{target}: compile the test harness",
+        cwd=d,
+        timeout=timeout,
+    )
     objs = [harness]
     if example:
         objs.append(d / "firmware_example.o")
-        run_tool([*common, "-c", str(FIRMWARE_EXAMPLE), "-o", str(objs[-1])],
-                 f"{target}: compile {FIRMWARE_EXAMPLE.name}", cwd=d, timeout=timeout)
+        run_tool(
+            [*common, "-c", str(FIRMWARE_EXAMPLE), "-o", str(objs[-1])],
+            f"{target}: compile {FIRMWARE_EXAMPLE.name}",
+            cwd=d,
+            timeout=timeout,
+        )
     elf = d / f"{name}-test.elf"
-    run_tool([ARM_GCC, *t.cflags, "-nostartfiles", "--specs=nano.specs", "--specs=nosys.specs", "-Wl,--gc-sections",
-              "-T", "image.ld", *map(str, objs), str(obj), "-lm", "-o", str(elf), f"-Wl,-Map={d / 'image.map'}"],
-             f"{target}: link the test image", cwd=d, timeout=timeout)
+    run_tool(
+        [
+            ARM_GCC,
+            *t.cflags,
+            "-nostartfiles",
+            "--specs=nano.specs",
+            "--specs=nosys.specs",
+            "-Wl,--gc-sections",
+            "-T",
+            "image.ld",
+            *map(str, objs),
+            str(obj),
+            "-lm",
+            "-o",
+            str(elf),
+            f"-Wl,-Map={d / 'image.map'}",
+        ],
+        f"{target}: link the test image",
+        cwd=d,
+        timeout=timeout,
+    )
     model = section_sizes(obj, timeout)
     stack = stack_usage(sorted(d.glob(f"{name}*.ci")), sig.function)
     image = _berkeley(elf, timeout)
@@ -677,23 +882,50 @@ def cross_build(gen: dict[str, Any], target: str, work: Path, x: np.ndarray, opt
     harness_sz = {k: sum(x[k] for x in parts) for k in parts[0]}
     io_bytes = 4 * (sig.input_count + sig.output_count)
     return {
-        "object": obj, "elf": elf,
+        "object": obj,
+        "elf": elf,
         "flash_bytes": model["text"] + model["data"],
         "ram_bytes": model["data"] + model["bss"] + stack["bytes"] + io_bytes,
         "model_sections": model,
-        "stack_bytes": stack["bytes"], "stack_chain": stack["chain"], "stack_not_counted": stack["not_counted"],
+        "stack_bytes": stack["bytes"],
+        "stack_chain": stack["chain"],
+        "stack_not_counted": stack["not_counted"],
         "io_buffer_bytes": io_bytes,
-        "harness_sections": harness_sz, "firmware_example": example,
+        "harness_sections": harness_sz,
+        "firmware_example": example,
         "test_image": image,
-        "libc_bytes": max(0, image["text"] + image["data"] - model["text"] - model["data"]
-                                      - harness_sz["text"] - harness_sz["data"]),
+        "libc_bytes": max(
+            0,
+            image["text"]
+            + image["data"]
+            - model["text"]
+            - model["data"]
+            - harness_sz["text"]
+            - harness_sz["data"],
+        ),
     }
 
 
 def run_qemu(target: str, elf: Path, n: int, n_out: int, timeout: float) -> dict[str, Any]:
     t = TARGETS[target]
-    cmd = [QEMU, "-M", t.machine, "-cpu", t.cpu, "-nographic", "-monitor", "none", "-serial", "none",
-           "-semihosting-config", "enable=on,target=native", "-icount", "shift=0", "-kernel", str(elf)]
+    cmd = [
+        QEMU,
+        "-M",
+        t.machine,
+        "-cpu",
+        t.cpu,
+        "-nographic",
+        "-monitor",
+        "none",
+        "-serial",
+        "none",
+        "-semihosting-config",
+        "enable=on,target=native",
+        "-icount",
+        "shift=0",
+        "-kernel",
+        str(elf),
+    ]
     res = run_tool(cmd, f"{target}: QEMU run of the test image", timeout=timeout)
     # semihosting console output goes to stderr or stdout depending on the QEMU build
     lines = (res.stdout + b"\n" + res.stderr).decode(errors="replace").splitlines()
@@ -701,21 +933,29 @@ def run_qemu(target: str, elf: Path, n: int, n_out: int, timeout: float) -> dict
     outs = [ln.split()[1:] for ln in lines if ln.startswith("o ")]
     if "fault" in lines or cal is None or len(outs) != n:
         tail = " | ".join(lines[-3:]) or "(no output)"
-        raise McuFailed(f"{target}: the QEMU test image printed {len(outs)} of {n} results ({tail}); "
-                        f"reproduce with: {shlex.join(cmd)}")
+        raise McuFailed(
+            f"{target}: the QEMU test image printed {len(outs)} of {n} results ({tail}); "
+            f"reproduce with: {shlex.join(cmd)}"
+        )
     stk = next((ln.split()[1:] for ln in lines if ln.startswith("s ")), None)
     classes = [int(ln.split()[1], 16) for ln in lines if ln.startswith("c ")]
     ticks = np.array([int(o[0], 16) for o in outs], dtype=np.float64)
-    vals = np.array([[struct.unpack("<f", struct.pack("<I", int(v, 16)))[0] for v in o[1:]] for o in outs],
-                    dtype=np.float32)
+    vals = np.array(
+        [[struct.unpack("<f", struct.pack("<I", int(v, 16)))[0] for v in o[1:]] for o in outs],
+        dtype=np.float32,
+    )
     instr_per_tick = 2_000_000 / cal if cal else float("nan")  # the calibration loop: 2 instr x 1e6
-    return {"logits": vals.reshape(n, n_out), "ticks_per_inference": float(np.median(ticks)),
-            "instructions_per_tick": instr_per_tick,
-            "instructions_per_inference": float(np.median(ticks) * instr_per_tick), "command": shlex.join(cmd),
-            "classes": classes if len(classes) == n else None,
-            # bytes below the harness's frame touched during the inferences (whole painted area: at least)
-            "stack_high_water_bytes": int(stk[0], 16) if stk else None,
-            "stack_high_water_exceeds_paint": bool(int(stk[1], 16)) if stk else None}
+    return {
+        "logits": vals.reshape(n, n_out),
+        "ticks_per_inference": float(np.median(ticks)),
+        "instructions_per_tick": instr_per_tick,
+        "instructions_per_inference": float(np.median(ticks) * instr_per_tick),
+        "command": shlex.join(cmd),
+        "classes": classes if len(classes) == n else None,
+        # bytes below the harness's frame touched during the inferences (whole painted area: at least)
+        "stack_high_water_bytes": int(stk[0], 16) if stk else None,
+        "stack_high_water_exceeds_paint": bool(int(stk[1], 16)) if stk else None,
+    }
 
 
 def _first_line(e: BaseException, limit: int = 300) -> str:
@@ -724,6 +964,7 @@ def _first_line(e: BaseException, limit: int = 300) -> str:
 
 
 # ---------------------------------------------------------------- the whole check
+
 
 def model_macs(model: onnx.ModelProto) -> int | None:
     """MACs of the convolutions and the dense head as the int8 kernels count them (None: a graph
@@ -736,22 +977,48 @@ def model_macs(model: onnx.ModelProto) -> int | None:
         return None
 
 
-def _verify(gen: dict[str, Any], qpath: Path, ref: np.ndarray, quantum: float, x_test: np.ndarray,
-            y_test: np.ndarray | None, profiles: list[Any], work: Path, keep: Path | None, *, qemu_windows: int,
-            opt: str, timeout: float, macs: int | None) -> dict[str, Any]:
+def _verify(
+    gen: dict[str, Any],
+    qpath: Path,
+    ref: np.ndarray,
+    quantum: float,
+    x_test: np.ndarray,
+    y_test: np.ndarray | None,
+    profiles: list[Any],
+    work: Path,
+    keep: Path | None,
+    *,
+    qemu_windows: int,
+    opt: str,
+    timeout: float,
+    macs: int | None,
+) -> dict[str, Any]:
     """Host parity, then per profile the Cortex-M build (flash/RAM) and the QEMU run, for one engine's
     C. Objects are copied into `keep` (the shipped engine) or left in `work`."""
     work.mkdir(parents=True, exist_ok=True)
     exe = host_build(gen, work, timeout)
     host = run_host(exe, x_test, gen["entry"].output_count, timeout)
     out: dict[str, Any] = {
-        "host_parity": parity(ref, host, quantum, f"{gen['c']} on the host vs onnxruntime ({qpath.name})",
-                              strict=gen["engine"] == "emx", y=y_test),
-        "profiles": {}, "objects": []}
+        "host_parity": parity(
+            ref,
+            host,
+            quantum,
+            f"{gen['c']} on the host vs onnxruntime ({qpath.name})",
+            strict=gen["engine"] == "emx",
+            y=y_test,
+        ),
+        "profiles": {},
+        "objects": [],
+    }
     have_arm = have_arm_toolchain()
     for p in profiles:
-        row: dict[str, Any] = {"mcu": p.mcu, "clock_hz": p.clock_hz, "ram_budget_bytes": p.ram_bytes,
-                               "flash_budget_bytes": p.flash_bytes, "latency_budget_ms": getattr(p, "latency_ms", None)}
+        row: dict[str, Any] = {
+            "mcu": p.mcu,
+            "clock_hz": p.clock_hz,
+            "ram_budget_bytes": p.ram_bytes,
+            "flash_budget_bytes": p.flash_bytes,
+            "latency_budget_ms": getattr(p, "latency_ms", None),
+        }
         if not have_arm:
             row["status"] = NOT_VERIFIED
             out["profiles"][p.name] = row
@@ -766,20 +1033,31 @@ def _verify(gen: dict[str, Any], qpath: Path, ref: np.ndarray, quantum: float, x
         elf = b.pop("elf")
         row |= b | {"object": str(obj), "opt": opt}
         if gen.get("layout"):
-            row["arena_bytes"], row["scratch_bytes"] = gen["layout"]["arena_bytes"], gen["layout"]["scratch_bytes"]
+            row["arena_bytes"], row["scratch_bytes"] = (
+                gen["layout"]["arena_bytes"],
+                gen["layout"]["scratch_bytes"],
+            )
         if have_qemu():
             q = run_qemu(p.mcu, elf, n, gen["entry"].output_count, timeout)
             same = bool(np.array_equal(q["logits"].view(np.uint32), host[:n].view(np.uint32)))
             if not same:
-                bad = int(np.flatnonzero((q["logits"].view(np.uint32) != host[:n].view(np.uint32)).any(1))[0])
-                raise McuFailed(f"{p.name}: QEMU ({TARGETS[p.mcu].machine}) output differs from the host build "
-                                f"at window {bad}: {q['logits'][bad].tolist()} vs {host[bad].tolist()}; "
-                                f"reproduce with: {q['command']}")
+                bad = int(
+                    np.flatnonzero(
+                        (q["logits"].view(np.uint32) != host[:n].view(np.uint32)).any(1)
+                    )[0]
+                )
+                raise McuFailed(
+                    f"{p.name}: QEMU ({TARGETS[p.mcu].machine}) output differs from the host build "
+                    f"at window {bad}: {q['logits'][bad].tolist()} vs {host[bad].tolist()}; "
+                    f"reproduce with: {q['command']}"
+                )
             if b["firmware_example"]:
                 if q["classes"] is None or q["classes"] != q["logits"].argmax(1).tolist():
-                    raise McuFailed(f"{p.name}: {FIRMWARE_EXAMPLE.name} in QEMU gave classes {q['classes']}, the "
-                                    f"argmax of its logits is {q['logits'].argmax(1).tolist()}; reproduce with: "
-                                    f"{q['command']}")
+                    raise McuFailed(
+                        f"{p.name}: {FIRMWARE_EXAMPLE.name} in QEMU gave classes {q['classes']}, the "
+                        f"argmax of its logits is {q['logits'].argmax(1).tolist()}; reproduce with: "
+                        f"{q['command']}"
+                    )
             ipi = q["instructions_per_inference"]
             # RAM counts the larger of the static call-chain stack and the high-water mark QEMU saw
             # (which includes the library calls the call graph cannot size)
@@ -788,24 +1066,42 @@ def _verify(gen: dict[str, Any], qpath: Path, ref: np.ndarray, quantum: float, x
             if hw is not None and hw > row["stack_bytes"]:
                 row["ram_bytes"] += hw - row["stack_bytes"]
                 row["stack_bytes"] = hw
-            row |= {"qemu": {"machine": TARGETS[p.mcu].machine, "windows": n, "identical_to_host": same,
-                             "firmware_example": b["firmware_example"],
-                             "instructions_per_inference": round(ipi),
-                             "instructions_per_mac": round(ipi / macs, 3) if macs else None,
-                             "instructions_per_tick": q["instructions_per_tick"],
-                             "note": "-icount shift=0 + SysTick: an instruction-count proxy, not cycles"},
-                    "est_ms_at_clock": (ipi / p.clock_hz * 1e3) if p.clock_hz else None,
-                    "status": "verified"}
+            row |= {
+                "qemu": {
+                    "machine": TARGETS[p.mcu].machine,
+                    "windows": n,
+                    "identical_to_host": same,
+                    "firmware_example": b["firmware_example"],
+                    "instructions_per_inference": round(ipi),
+                    "instructions_per_mac": round(ipi / macs, 3) if macs else None,
+                    "instructions_per_tick": q["instructions_per_tick"],
+                    "note": "-icount shift=0 + SysTick: an instruction-count proxy, not cycles",
+                },
+                "est_ms_at_clock": (ipi / p.clock_hz * 1e3) if p.clock_hz else None,
+                "status": "verified",
+            }
         else:
             row["status"] = NOT_VERIFIED
         out["profiles"][p.name] = row
     return out
 
 
-def build_and_verify(model_path: Path, out_dir: Path, x_test: np.ndarray, profiles: list[Any], *,
-                     qemu_windows: int, opt: str, timeout: float, calib: np.ndarray | None = None,
-                     quant: dict[str, Any] | None = None, engine: str = "int8_kernels", compare: bool = False,
-                     y_test: np.ndarray | None = None, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+def build_and_verify(
+    model_path: Path,
+    out_dir: Path,
+    x_test: np.ndarray,
+    profiles: list[Any],
+    *,
+    qemu_windows: int,
+    opt: str,
+    timeout: float,
+    calib: np.ndarray | None = None,
+    quant: dict[str, Any] | None = None,
+    engine: str = "int8_kernels",
+    compare: bool = False,
+    y_test: np.ndarray | None = None,
+    meta: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The whole MCU path for one ONNX file. `profiles`: objects with name, mcu, clock_hz,
     ram_bytes, flash_bytes (and optionally latency_ms, the budget on est_ms_at_clock). FP32 models
     are quantized (QOperator) on `calib` first. `engine` writes the C that ships (int8_kernels falls
@@ -834,47 +1130,95 @@ def build_and_verify(model_path: Path, out_dir: Path, x_test: np.ndarray, profil
         quantum = output_quantum(qmodel)
         macs = model_macs(qmodel)
         ships = gen["engine"]
-        why = (f"requested (mcu.engine: {engine})" if ships == engine
-               else f"mcu.engine {engine} cannot lower this model: {gen['fallback_reason']}")
+        why = (
+            f"requested (mcu.engine: {engine})"
+            if ships == engine
+            else f"mcu.engine {engine} cannot lower this model: {gen['fallback_reason']}"
+        )
         eng = {"requested": engine, "ships": ships, "reason": why, "layout": gen.get("layout")}
         if shutil.which(host_cc()) is None:
             # nothing to compare a Cortex-M build with: the whole artifact stays unverified
-            report = {"model": str(model_path), "quantization": qinfo, "qoperator_model": str(qpath),
-                      "c_source": str(gen["c"]), "c_header": str(gen["h"]), "entry": gen["entry"].params,
-                      "engine": eng, "macs": macs,
-                      "host_parity": NOT_VERIFIED, "toolchain": toolchain(), "objects": [], "verified": False,
-                      "status": f"skipped: no host C compiler ({host_cc()}) found; install gcc",
-                      "profiles": {p.name: {"mcu": p.mcu, "clock_hz": p.clock_hz, "ram_budget_bytes": p.ram_bytes,
-                                            "flash_budget_bytes": p.flash_bytes,
-                                            "latency_budget_ms": getattr(p, "latency_ms", None),
-                                            "status": NOT_VERIFIED}
-                                   for p in profiles}}
+            report = {
+                "model": str(model_path),
+                "quantization": qinfo,
+                "qoperator_model": str(qpath),
+                "c_source": str(gen["c"]),
+                "c_header": str(gen["h"]),
+                "entry": gen["entry"].params,
+                "engine": eng,
+                "macs": macs,
+                "host_parity": NOT_VERIFIED,
+                "toolchain": toolchain(),
+                "objects": [],
+                "verified": False,
+                "status": f"skipped: no host C compiler ({host_cc()}) found; install gcc",
+                "profiles": {
+                    p.name: {
+                        "mcu": p.mcu,
+                        "clock_hz": p.clock_hz,
+                        "ram_budget_bytes": p.ram_bytes,
+                        "flash_budget_bytes": p.flash_bytes,
+                        "latency_budget_ms": getattr(p, "latency_ms", None),
+                        "status": NOT_VERIFIED,
+                    }
+                    for p in profiles
+                },
+            }
             return report
         ref = ort_logits(qpath, x_test)
         kw = {"qemu_windows": qemu_windows, "opt": opt, "timeout": timeout, "macs": macs}
-        shipped = _verify(gen, qpath, ref, quantum, x_test, y_test, profiles, tmp / "ship", out_dir, **kw)
+        shipped = _verify(
+            gen, qpath, ref, quantum, x_test, y_test, profiles, tmp / "ship", out_dir, **kw
+        )
         report: dict[str, Any] = {
-            "model": str(model_path), "quantization": qinfo, "qoperator_model": str(qpath),
-            "c_source": str(gen["c"]), "c_header": str(gen["h"]), "entry": gen["entry"].params,
-            "input_count": gen["entry"].input_count, "output_count": gen["entry"].output_count,
-            "engine": eng, "macs": macs,
-            "host_parity": shipped["host_parity"], "toolchain": toolchain(), "profiles": shipped["profiles"],
+            "model": str(model_path),
+            "quantization": qinfo,
+            "qoperator_model": str(qpath),
+            "c_source": str(gen["c"]),
+            "c_header": str(gen["h"]),
+            "entry": gen["entry"].params,
+            "input_count": gen["entry"].input_count,
+            "output_count": gen["entry"].output_count,
+            "engine": eng,
+            "macs": macs,
+            "host_parity": shipped["host_parity"],
+            "toolchain": toolchain(),
+            "profiles": shipped["profiles"],
             "objects": shipped["objects"],
         }
         have_arm = have_arm_toolchain()
         report["verified"] = have_arm and have_qemu() and bool(profiles)
-        report["status"] = "verified" if report["verified"] else (
-            TOOLCHAIN_MISSING if not have_arm else "skipped: qemu-system-arm not found; `make mcu-toolchain` "
-            "installs it" if not have_qemu() else "no MCU profiles")
+        report["status"] = (
+            "verified"
+            if report["verified"]
+            else (
+                TOOLCHAIN_MISSING
+                if not have_arm
+                else "skipped: qemu-system-arm not found; `make mcu-toolchain` installs it"
+                if not have_qemu()
+                else "no MCU profiles"
+            )
+        )
         if compare:
             other = "emx" if ships == "int8_kernels" else "int8_kernels"
             try:
-                g2 = generate_c(qpath, tmp / "other" / "gen", engine=other, meta=meta, fallback=False)
-                o = _verify(g2, qpath, ref, quantum, x_test, y_test, profiles, tmp / "other", None, **kw)
+                g2 = generate_c(
+                    qpath, tmp / "other" / "gen", engine=other, meta=meta, fallback=False
+                )
+                o = _verify(
+                    g2, qpath, ref, quantum, x_test, y_test, profiles, tmp / "other", None, **kw
+                )
                 for row in o["profiles"].values():
                     row.pop("object", None)
-                report["other_engine"] = {"engine": other, "host_parity": o["host_parity"],
-                                          "profiles": o["profiles"], "layout": g2.get("layout")}
+                report["other_engine"] = {
+                    "engine": other,
+                    "host_parity": o["host_parity"],
+                    "profiles": o["profiles"],
+                    "layout": g2.get("layout"),
+                }
             except McuFailed as e:
-                report["other_engine"] = {"engine": other, "status": f"failed: {_first_line(e, 400)}"}
+                report["other_engine"] = {
+                    "engine": other,
+                    "status": f"failed: {_first_line(e, 400)}",
+                }
     return report

@@ -54,6 +54,7 @@ class Unsupported(Exception):
 
 # ---------------------------------------------------------------- quantisation arithmetic
 
+
 def quantize_multiplier(real: float) -> tuple[int, int]:
     """TFLite's QuantizeMultiplier: real = mult * 2^(shift - 31), mult in [2^30, 2^31)."""
     if real <= 0:
@@ -70,12 +71,20 @@ def requantize_ref(acc: np.ndarray, mult: np.ndarray, shift: np.ndarray) -> np.n
     """arm_nn_requantize (single rounding) in numpy: the C kernels' integers, for tests."""
     total = 31 - shift.astype(np.int64)
     prod = acc.astype(object) * mult.astype(object)
-    out = np.array([((int(p) >> (int(t) - 1)) + 1) >> 1 for p, t in zip(np.ravel(prod), np.ravel(np.broadcast_to(
-        total, prod.shape)), strict=True)], dtype=np.int64)
+    out = np.array(
+        [
+            ((int(p) >> (int(t) - 1)) + 1) >> 1
+            for p, t in zip(
+                np.ravel(prod), np.ravel(np.broadcast_to(total, prod.shape)), strict=True
+            )
+        ],
+        dtype=np.int64,
+    )
     return out.reshape(np.shape(acc))
 
 
 # ---------------------------------------------------------------- the lowered graph
+
 
 @dataclass
 class Layer:
@@ -92,12 +101,12 @@ class Layer:
     t_in: int
     t_out: int
     weights: np.ndarray | None  # conv/dense: [cout][k*cin] (tap-major); dw: [k][c]
-    bias: np.ndarray            # int32 per output channel, -x_zp * sum(w) folded in
+    bias: np.ndarray  # int32 per output channel, -x_zp * sum(w) folded in
     mult: np.ndarray
     shift: np.ndarray
     out_zp: int
     macs: int
-    out_pad: int = 0            # zero rows the next layer wants around this output
+    out_pad: int = 0  # zero rows the next layer wants around this output
 
 
 @dataclass
@@ -134,11 +143,20 @@ def _per_channel_const(v: np.ndarray, c: int, node: onnx.NodeProto) -> np.ndarra
     if a.size == 1:
         return np.full(c, a.reshape(-1)[0], dtype=np.float32)
     sq = a.reshape(-1) if a.ndim <= 1 else a
-    if a.ndim >= 2 and a.size == c and a.shape[-1] == 1 and a.shape[-2] == c or a.ndim == 3 and a.shape == (1, c, 1):
+    if (
+        a.ndim >= 2
+        and a.size == c
+        and a.shape[-1] == 1
+        and a.shape[-2] == c
+        or a.ndim == 3
+        and a.shape == (1, c, 1)
+    ):
         return sq.reshape(c).astype(np.float32)
     if a.ndim == 4 and a.size == c and a.shape[1] == c:
         return a.reshape(c).astype(np.float32)
-    raise Unsupported(f"node {node.name} ({node.op_type}): constant of shape {list(a.shape)} is not per channel")
+    raise Unsupported(
+        f"node {node.name} ({node.op_type}): constant of shape {list(a.shape)} is not per channel"
+    )
 
 
 def plan(model: onnx.ModelProto) -> Plan:
@@ -163,9 +181,14 @@ def plan(model: onnx.ModelProto) -> Plan:
         cs = consumers.get(name, [])
         if len(cs) != 1:
             ops = ", ".join(f"{n.op_type} {n.name}" for n in cs)
-            what = (" (statistics of the window computed in the graph, as per_window normalisation does)"
-                    if any(n.op_type.startswith("Reduce") for n in cs) else "")
-            raise Unsupported(f"tensor {name} feeds {len(cs)} nodes ({ops}){what}; a single chain is lowered")
+            what = (
+                " (statistics of the window computed in the graph, as per_window normalisation does)"
+                if any(n.op_type.startswith("Reduce") for n in cs)
+                else ""
+            )
+            raise Unsupported(
+                f"tensor {name} feeds {len(cs)} nodes ({ops}){what}; a single chain is lowered"
+            )
         return cs[0]
 
     cur = g.input[0].name
@@ -173,27 +196,41 @@ def plan(model: onnx.ModelProto) -> Plan:
     node = single_consumer(cur)
     four_d = False
     while node.op_type in ELEMENTWISE or node.op_type == "Unsqueeze" and not four_d:
-        if node.op_type == "Unsqueeze":  # [1, C, W] -> [1, C, 1, W]: the 2D-written student, same memory
-            ax = inits.get(node.input[1]) if len(node.input) > 1 else np.array(_attrs(node).get("axes", []))
+        if (
+            node.op_type == "Unsqueeze"
+        ):  # [1, C, W] -> [1, C, 1, W]: the 2D-written student, same memory
+            ax = (
+                inits.get(node.input[1])
+                if len(node.input) > 1
+                else np.array(_attrs(node).get("axes", []))
+            )
             if ax is None or ax.reshape(-1).tolist() not in ([2], [-2]):
-                raise Unsupported(f"node {node.name} (Unsqueeze): only the height axis (2) is lowered")
+                raise Unsupported(
+                    f"node {node.name} (Unsqueeze): only the height axis (2) is lowered"
+                )
             four_d, cur = True, node.output[0]
             node = single_consumer(cur)
             continue
         a, b = node.input
         if a != cur or b not in inits:
-            raise Unsupported(f"node {node.name} ({node.op_type}): only `x {ELEMENTWISE[node.op_type]} constant` "
-                              "is lowered in the float front end")
+            raise Unsupported(
+                f"node {node.name} ({node.op_type}): only `x {ELEMENTWISE[node.op_type]} constant` "
+                "is lowered in the float front end"
+            )
         prelude.append((ELEMENTWISE[node.op_type], _per_channel_const(inits[b], c, node)))
         cur = node.output[0]
         node = single_consumer(cur)
     if node.op_type != "QuantizeLinear":
-        raise Unsupported(f"node {node.name} ({node.op_type}) in the float front end: only per-channel "
-                          "Sub/Div/Mul/Add by constants are lowered (per_window normalisation is not)")
+        raise Unsupported(
+            f"node {node.name} ({node.op_type}) in the float front end: only per-channel "
+            "Sub/Div/Mul/Add by constants are lowered (per_window normalisation is not)"
+        )
     in_scale = float(_scalar(inits, node.input[1], "QuantizeLinear"))
     in_zp = int(_scalar(inits, node.input[2], "QuantizeLinear"))
     if _scalar(inits, node.input[2], "QuantizeLinear").dtype != np.int8:
-        raise Unsupported("uint8 activations: the kernels take signed int8 (export.activation_type: int8)")
+        raise Unsupported(
+            "uint8 activations: the kernels take signed int8 (export.activation_type: int8)"
+        )
     cur = node.output[0]
     x_scale, x_zp, t = in_scale, in_zp, w
     layers: list[Layer] = []
@@ -204,11 +241,22 @@ def plan(model: onnx.ModelProto) -> Plan:
         st, dil = list(a.get("strides", [1] * len(ks))), list(a.get("dilations", [1] * len(ks)))
         pads = list(a.get("pads", [0] * 2 * len(ks)))
         if four_d:  # a 1 x k kernel over [C, 1, W]: the height axis must do nothing
-            if len(ks) != 2 or ks[0] != 1 or st[0] != 1 or dil[0] != 1 or pads[0] != 0 or pads[2] != 0:
-                raise Unsupported(f"node {node.name}: QLinearConv kernel {ks}: 1 x k convolutions are lowered")
+            if (
+                len(ks) != 2
+                or ks[0] != 1
+                or st[0] != 1
+                or dil[0] != 1
+                or pads[0] != 0
+                or pads[2] != 0
+            ):
+                raise Unsupported(
+                    f"node {node.name}: QLinearConv kernel {ks}: 1 x k convolutions are lowered"
+                )
             ks, st, dil, pads = ks[1:], st[1:], dil[1:], [pads[1], pads[3]]
         if len(ks) != 1:
-            raise Unsupported(f"node {node.name}: QLinearConv kernel {ks}: 1D convolutions are lowered")
+            raise Unsupported(
+                f"node {node.name}: QLinearConv kernel {ks}: 1D convolutions are lowered"
+            )
         if dil != [1] or a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
             raise Unsupported(f"node {node.name}: dilated or auto-padded convolution")
         if pads[0] != pads[1]:
@@ -221,11 +269,16 @@ def plan(model: onnx.ModelProto) -> Plan:
             wq = wq[:, :, 0, :]
         if wq.dtype != np.int8 or np.any(_scalar(inits, node.input[5], node.name) != 0):
             raise Unsupported(f"node {node.name}: weights must be symmetric int8 (zero point 0)")
-        w_scale = np.broadcast_to(np.asarray(inits[node.input[4]], dtype=np.float32), (wq.shape[0],))
+        w_scale = np.broadcast_to(
+            np.asarray(inits[node.input[4]], dtype=np.float32), (wq.shape[0],)
+        )
         y_scale = float(_scalar(inits, node.input[6], node.name))
         y_zp = int(_scalar(inits, node.input[7], node.name))
-        bias = (inits[node.input[8]].astype(np.int64) if len(node.input) > 8 and node.input[8]
-                else np.zeros(wq.shape[0], np.int64))
+        bias = (
+            inits[node.input[8]].astype(np.int64)
+            if len(node.input) > 8 and node.input[8]
+            else np.zeros(wq.shape[0], np.int64)
+        )
         cout, cin_g = wq.shape[0], wq.shape[1]
         cin = cin_g * group
         t_out = (t + 2 * p - k) // s + 1
@@ -245,9 +298,25 @@ def plan(model: onnx.ModelProto) -> Plan:
         folded = bias - x_zp * ksum
         if np.abs(folded).max() >= 2**31:
             raise Unsupported(f"node {node.name}: folded bias does not fit int32")
-        layers.append(Layer(kind, f"L{len(layers)}", cin, cout, k, s, p, t, t_out, wl.astype(np.int8),
-                            folded.astype(np.int32), np.array([m for m, _ in mq], np.int64),
-                            np.array([e for _, e in mq], np.int64), y_zp, macs))
+        layers.append(
+            Layer(
+                kind,
+                f"L{len(layers)}",
+                cin,
+                cout,
+                k,
+                s,
+                p,
+                t,
+                t_out,
+                wl.astype(np.int8),
+                folded.astype(np.int32),
+                np.array([m for m, _ in mq], np.int64),
+                np.array([e for _, e in mq], np.int64),
+                y_zp,
+                macs,
+            )
+        )
         x_scale, x_zp, t = y_scale, y_zp, t_out
         cur = node.output[0]
         node = single_consumer(cur)
@@ -256,28 +325,64 @@ def plan(model: onnx.ModelProto) -> Plan:
     ch = layers[-1].cout
     # global average over time: DequantizeLinear → ReduceMean(last axis) → QuantizeLinear
     if node.op_type != "DequantizeLinear":
-        raise Unsupported(f"node {node.name} ({node.op_type}) after the last convolution: "
-                          "DequantizeLinear → ReduceMean → QuantizeLinear expected")
+        raise Unsupported(
+            f"node {node.name} ({node.op_type}) after the last convolution: "
+            "DequantizeLinear → ReduceMean → QuantizeLinear expected"
+        )
     red = single_consumer(node.output[0])
-    axes = (list(_attrs(red).get("axes", [])) or
-            (inits[red.input[1]].reshape(-1).tolist() if len(red.input) > 1 and red.input[1] in inits else []))
+    axes = list(_attrs(red).get("axes", [])) or (
+        inits[red.input[1]].reshape(-1).tolist()
+        if len(red.input) > 1 and red.input[1] in inits
+        else []
+    )
     time_axes = ([-2, -1], [2, 3]) if four_d else ([-1], [2])
-    if red.op_type != "ReduceMean" or sorted(axes) not in time_axes or _attrs(red).get("keepdims", 1) != 0:
-        raise Unsupported(f"node {red.name} ({red.op_type}): a mean over time (axis -1, keepdims 0) expected")
+    if (
+        red.op_type != "ReduceMean"
+        or sorted(axes) not in time_axes
+        or _attrs(red).get("keepdims", 1) != 0
+    ):
+        raise Unsupported(
+            f"node {red.name} ({red.op_type}): a mean over time (axis -1, keepdims 0) expected"
+        )
     qn = single_consumer(red.output[0])
     if qn.op_type != "QuantizeLinear":
         raise Unsupported(f"node {qn.name} ({qn.op_type}) after the mean: QuantizeLinear expected")
     m_scale, m_zp = float(inits[qn.input[1]]), int(inits[qn.input[2]])
-    mult, shift = quantize_multiplier(float(np.float64(x_scale) / (np.float64(t) * np.float64(m_scale))))
-    layers.append(Layer("mean", f"L{len(layers)}", ch, ch, t, 1, 0, t, 1, None,
-                        np.full(ch, -t * x_zp, np.int32), np.full(ch, mult, np.int64), np.full(ch, shift, np.int64),
-                        m_zp, t * ch))
+    mult, shift = quantize_multiplier(
+        float(np.float64(x_scale) / (np.float64(t) * np.float64(m_scale)))
+    )
+    layers.append(
+        Layer(
+            "mean",
+            f"L{len(layers)}",
+            ch,
+            ch,
+            t,
+            1,
+            0,
+            t,
+            1,
+            None,
+            np.full(ch, -t * x_zp, np.int32),
+            np.full(ch, mult, np.int64),
+            np.full(ch, shift, np.int64),
+            m_zp,
+            t * ch,
+        )
+    )
     gm = single_consumer(qn.output[0])
     if gm.op_type != "QGemm":
         raise Unsupported(f"node {gm.name} ({gm.op_type}) after the mean: QGemm expected")
     a = _attrs(gm)
-    if a.get("transA", 0) != 0 or a.get("transB", 0) != 1 or a.get("alpha", 1.0) != 1.0 or len(gm.input) < 9:
-        raise Unsupported(f"node {gm.name}: QGemm with transB=1, alpha=1 and an int8 output expected")
+    if (
+        a.get("transA", 0) != 0
+        or a.get("transB", 0) != 1
+        or a.get("alpha", 1.0) != 1.0
+        or len(gm.input) < 9
+    ):
+        raise Unsupported(
+            f"node {gm.name}: QGemm with transB=1, alpha=1 and an int8 output expected"
+        )
     wq = inits[gm.input[3]]
     if np.any(inits[gm.input[5]] != 0):
         raise Unsupported(f"node {gm.name}: weights must be symmetric int8")
@@ -287,13 +392,30 @@ def plan(model: onnx.ModelProto) -> Plan:
     y_scale, y_zp = float(inits[gm.input[7]]), int(inits[gm.input[8]])
     real = (np.float32(m_scale) * w_scale) / np.float32(y_scale)
     mq = [quantize_multiplier(float(r)) for r in real]
-    layers.append(Layer("dense", f"L{len(layers)}", ch, n_out, 1, 1, 0, 1, 1, wq.astype(np.int8),
-                        (bias - m_zp * wq.astype(np.int64).sum(1)).astype(np.int32),
-                        np.array([m for m, _ in mq], np.int64), np.array([e for _, e in mq], np.int64), y_zp,
-                        n_out * ch))
+    layers.append(
+        Layer(
+            "dense",
+            f"L{len(layers)}",
+            ch,
+            n_out,
+            1,
+            1,
+            0,
+            1,
+            1,
+            wq.astype(np.int8),
+            (bias - m_zp * wq.astype(np.int64).sum(1)).astype(np.int32),
+            np.array([m for m, _ in mq], np.int64),
+            np.array([e for _, e in mq], np.int64),
+            y_zp,
+            n_out * ch,
+        )
+    )
     dq = single_consumer(gm.output[0])
     if dq.op_type != "DequantizeLinear" or dq.output[0] != g.output[0].name:
-        raise Unsupported(f"node {dq.name} ({dq.op_type}): the output's DequantizeLinear expected after QGemm")
+        raise Unsupported(
+            f"node {dq.name} ({dq.op_type}): the output's DequantizeLinear expected after QGemm"
+        )
     if float(inits[dq.input[1]]) != y_scale or int(inits[dq.input[2]]) != y_zp:
         raise Unsupported(f"node {dq.name}: dequantises on other parameters than QGemm's output")
     for i, la in enumerate(layers[:-1]):
@@ -303,9 +425,12 @@ def plan(model: onnx.ModelProto) -> Plan:
 
 # ---------------------------------------------------------------- C emission
 
+
 def _arr(ctype: str, name: str, values: np.ndarray, per_line: int = 24) -> str:
     flat = [int(v) for v in np.ravel(values)]
-    rows = [", ".join(str(v) for v in flat[i:i + per_line]) for i in range(0, len(flat), per_line)]
+    rows = [
+        ", ".join(str(v) for v in flat[i : i + per_line]) for i in range(0, len(flat), per_line)
+    ]
     body = ",\n    ".join(rows)
     return f"static const {ctype} {name}[{len(flat)}] __attribute__((aligned(4))) = {{\n    {body}\n}};\n"
 
@@ -363,7 +488,9 @@ def _rq_tables(la: Layer) -> tuple[str, str]:
     channel `o` (fast path when every channel's total shift is >= 33)."""
     total = 31 - la.shift
     if total.min() >= 33:
-        tables = _arr("int32_t", f"{la.name}_M", la.mult) + _arr("int8_t", f"{la.name}_S", total - 33)
+        tables = _arr("int32_t", f"{la.name}_M", la.mult) + _arr(
+            "int8_t", f"{la.name}_S", total - 33
+        )
         return tables, f"requant({{a}}, {la.name}_M[{{o}}], {la.name}_S[{{o}}])"
     tables = _arr("int32_t", f"{la.name}_M", la.mult) + _arr("int8_t", f"{la.name}_S", total)
     return tables, f"requant_wide({{a}}, {la.name}_M[{{o}}], {la.name}_S[{{o}}])"
@@ -374,7 +501,11 @@ def _conv_c(la: Layer) -> str:
     kc = la.k * la.cin
     col = la.stride * la.cin  # bytes between consecutive columns in the padded channels-last input
     tables, rq = _rq_tables(la)
-    out = [_arr("int8_t", f"{la.name}_W", la.weights), _arr("int32_t", f"{la.name}_B", la.bias), tables]
+    out = [
+        _arr("int8_t", f"{la.name}_W", la.weights),
+        _arr("int32_t", f"{la.name}_B", la.bias),
+        tables,
+    ]
     rq_ = lambda a, o: rq.format(a=a, o=o)  # noqa: E731
     zp = la.out_zp
     k4 = kc // 4 * 4
@@ -403,50 +534,73 @@ def _conv_c(la: Layer) -> str:
                 int32_t x0 = c0[k], x1 = c1[k], w0 = w[k], w1 = w[{kc} + k];
                 a00 += w0 * x0; a01 += w0 * x1; a10 += w1 * x0; a11 += w1 * x1;
             }}"""
-    tail = "" if k4 == kc else f"""
+    tail = (
+        ""
+        if k4 == kc
+        else f"""
             for (int k = {k4}; k < {kc}; ++k) {{
                 int32_t x0 = c0[k], x1 = c1[k], w0 = w[k], w1 = w[{kc} + k];
                 a00 += w0 * x0; a01 += w0 * x1; a10 += w1 * x0; a11 += w1 * x1;
             }}"""
+    )
     dot1_dsp = f"""
             for (int k = 0; k < {k4}; k += 4) {{
                 uint32_t w0 = rd4(w + k), x0 = rd4(c0 + k);
                 a00 = __smlad(__sxtb16(w0), __sxtb16(x0), a00); a00 = __smlad(sxtb16_ror8(w0), sxtb16_ror8(x0), a00);
             }}"""
     dot1_c = f"\n            for (int k = 0; k < {k4}; ++k) a00 += (int32_t)w[k] * c0[k];"
-    dot1_tail = "" if k4 == kc else f"\n            for (int k = {k4}; k < {kc}; ++k) a00 += (int32_t)w[k] * c0[k];"
+    dot1_tail = (
+        ""
+        if k4 == kc
+        else f"\n            for (int k = {k4}; k < {kc}; ++k) a00 += (int32_t)w[k] * c0[k];"
+    )
     pairs_t, pairs_o = la.t_out // 2 * 2, la.cout // 2 * 2
     ystride = la.cout
-    lines = [f"/* {la.name}: {'dense' if la.kind == 'dense' else 'conv'} {la.cin}->{la.cout}, kernel {la.k}, "
-             f"stride {la.stride}, {la.t_in}->{la.t_out} steps ({la.macs} MACs). Weights [out][tap][in]. */",
-             *out,
-             f"static void {la.name}_run(const int8_t *restrict x, int8_t *restrict y) {{",
-             f"    for (int t = 0; t < {pairs_t}; t += 2) {{",
-             f"        const int8_t *c0 = x + t * {col}, *c1 = c0 + {col};",
-             f"        const int8_t *w = {la.name}_W;",
-             f"        for (int o = 0; o < {pairs_o}; o += 2, w += {2 * kc}) {{",
-             f"            int32_t a00 = {la.name}_B[o], a01 = a00, a10 = {la.name}_B[o + 1], a11 = a10;",
-             "#if EDX_DSP", body_dsp.strip("\n"), "#else", body_c.strip("\n"), "#endif" + tail,
-             f"            y[t * {ystride} + o] = sat8({rq_('a00', 'o')} + {zp});",
-             f"            y[(t + 1) * {ystride} + o] = sat8({rq_('a01', 'o')} + {zp});",
-             f"            y[t * {ystride} + o + 1] = sat8({rq_('a10', 'o + 1')} + {zp});",
-             f"            y[(t + 1) * {ystride} + o + 1] = sat8({rq_('a11', 'o + 1')} + {zp});",
-             "        }"]
+    lines = [
+        f"/* {la.name}: {'dense' if la.kind == 'dense' else 'conv'} {la.cin}->{la.cout}, kernel {la.k}, "
+        f"stride {la.stride}, {la.t_in}->{la.t_out} steps ({la.macs} MACs). Weights [out][tap][in]. */",
+        *out,
+        f"static void {la.name}_run(const int8_t *restrict x, int8_t *restrict y) {{",
+        f"    for (int t = 0; t < {pairs_t}; t += 2) {{",
+        f"        const int8_t *c0 = x + t * {col}, *c1 = c0 + {col};",
+        f"        const int8_t *w = {la.name}_W;",
+        f"        for (int o = 0; o < {pairs_o}; o += 2, w += {2 * kc}) {{",
+        f"            int32_t a00 = {la.name}_B[o], a01 = a00, a10 = {la.name}_B[o + 1], a11 = a10;",
+        "#if EDX_DSP",
+        body_dsp.strip("\n"),
+        "#else",
+        body_c.strip("\n"),
+        "#endif" + tail,
+        f"            y[t * {ystride} + o] = sat8({rq_('a00', 'o')} + {zp});",
+        f"            y[(t + 1) * {ystride} + o] = sat8({rq_('a01', 'o')} + {zp});",
+        f"            y[t * {ystride} + o + 1] = sat8({rq_('a10', 'o + 1')} + {zp});",
+        f"            y[(t + 1) * {ystride} + o + 1] = sat8({rq_('a11', 'o + 1')} + {zp});",
+        "        }",
+    ]
     if pairs_o != la.cout:  # odd channel count: the last channel, two columns
-        lines += [f"        {{ const int o = {la.cout - 1}; int32_t a00 = {la.name}_B[o], a01 = a00;",
-                  f"          for (int k = 0; k < {kc}; ++k) {{ a00 += (int32_t)w[k] * c0[k]; "
-                  "a01 += (int32_t)w[k] * c1[k]; }",
-                  f"          y[t * {ystride} + o] = sat8({rq_('a00', 'o')} + {zp});",
-                  f"          y[(t + 1) * {ystride} + o] = sat8({rq_('a01', 'o')} + {zp}); }}"]
+        lines += [
+            f"        {{ const int o = {la.cout - 1}; int32_t a00 = {la.name}_B[o], a01 = a00;",
+            f"          for (int k = 0; k < {kc}; ++k) {{ a00 += (int32_t)w[k] * c0[k]; "
+            "a01 += (int32_t)w[k] * c1[k]; }",
+            f"          y[t * {ystride} + o] = sat8({rq_('a00', 'o')} + {zp});",
+            f"          y[(t + 1) * {ystride} + o] = sat8({rq_('a01', 'o')} + {zp}); }}",
+        ]
     lines.append("    }")
     if pairs_t != la.t_out:  # odd number of columns: the last one, one channel at a time
-        lines += [f"    {{ const int t = {la.t_out - 1}; const int8_t *c0 = x + t * {col};",
-                  f"      const int8_t *w = {la.name}_W;",
-                  f"      for (int o = 0; o < {la.cout}; ++o, w += {kc}) {{",
-                  f"        int32_t a00 = {la.name}_B[o];",
-                  "#if EDX_DSP", dot1_dsp.strip("\n"), "#else", dot1_c.strip("\n"), "#endif" + dot1_tail,
-                  f"        y[t * {ystride} + o] = sat8({rq_('a00', 'o')} + {zp});",
-                  "      }", "    }"]
+        lines += [
+            f"    {{ const int t = {la.t_out - 1}; const int8_t *c0 = x + t * {col};",
+            f"      const int8_t *w = {la.name}_W;",
+            f"      for (int o = 0; o < {la.cout}; ++o, w += {kc}) {{",
+            f"        int32_t a00 = {la.name}_B[o];",
+            "#if EDX_DSP",
+            dot1_dsp.strip("\n"),
+            "#else",
+            dot1_c.strip("\n"),
+            "#endif" + dot1_tail,
+            f"        y[t * {ystride} + o] = sat8({rq_('a00', 'o')} + {zp});",
+            "      }",
+            "    }",
+        ]
     lines.append("}\n")
     return "\n".join(lines)
 
@@ -462,36 +616,48 @@ def _dw_c(la: Layer) -> str:
         "              int32_t xe = __sxtb16(xv), xo = sxtb16_ror8(xv), we = __sxtb16(wv), wo = sxtb16_ror8(wv);\n"
         "              a0 = __smlabb(xe, we, a0); a2 = __smlatt(xe, we, a2);\n"
         "              a1 = __smlabb(xo, wo, a1); a3 = __smlatt(xo, wo, a3); }"
-        for j in range(k))
+        for j in range(k)
+    )
     taps_c = "\n".join(
         f"            a0 += xr[{j * c}] * wp[{j * c}]; a1 += xr[{j * c + 1}] * wp[{j * c + 1}]; "
         f"a2 += xr[{j * c + 2}] * wp[{j * c + 2}]; a3 += xr[{j * c + 3}] * wp[{j * c + 3}];"
-        for j in range(k))
+        for j in range(k)
+    )
     rq_ = lambda a, o: rq.format(a=a, o=o)  # noqa: E731
     zp = la.out_zp
-    lines = [f"/* {la.name}: depthwise {c} channels, kernel {k}, stride {la.stride}, {la.t_in}->{la.t_out} steps "
-             f"({la.macs} MACs). Weights [tap][channel]. */",
-             _arr("int8_t", f"{la.name}_W", la.weights), _arr("int32_t", f"{la.name}_B", la.bias), tables,
-             f"static void {la.name}_run(const int8_t *restrict x, int8_t *restrict y) {{",
-             f"    for (int t = 0; t < {la.t_out}; ++t) {{",
-             f"        int8_t *yr = y + t * {c};",
-             f"        for (int ch = 0; ch < {c4}; ch += 4) {{",
-             f"            const int8_t *xr = x + t * {col} + ch, *wp = {la.name}_W + ch;",
-             f"            int32_t a0 = {la.name}_B[ch], a1 = {la.name}_B[ch + 1], a2 = {la.name}_B[ch + 2], "
-             f"a3 = {la.name}_B[ch + 3];",
-             "#if EDX_DSP", taps_dsp, "#else", taps_c, "#endif",
-             f"            yr[ch] = sat8({rq_('a0', 'ch')} + {zp});",
-             f"            yr[ch + 1] = sat8({rq_('a1', 'ch + 1')} + {zp});",
-             f"            yr[ch + 2] = sat8({rq_('a2', 'ch + 2')} + {zp});",
-             f"            yr[ch + 3] = sat8({rq_('a3', 'ch + 3')} + {zp});",
-             "        }"]
+    lines = [
+        f"/* {la.name}: depthwise {c} channels, kernel {k}, stride {la.stride}, {la.t_in}->{la.t_out} steps "
+        f"({la.macs} MACs). Weights [tap][channel]. */",
+        _arr("int8_t", f"{la.name}_W", la.weights),
+        _arr("int32_t", f"{la.name}_B", la.bias),
+        tables,
+        f"static void {la.name}_run(const int8_t *restrict x, int8_t *restrict y) {{",
+        f"    for (int t = 0; t < {la.t_out}; ++t) {{",
+        f"        int8_t *yr = y + t * {c};",
+        f"        for (int ch = 0; ch < {c4}; ch += 4) {{",
+        f"            const int8_t *xr = x + t * {col} + ch, *wp = {la.name}_W + ch;",
+        f"            int32_t a0 = {la.name}_B[ch], a1 = {la.name}_B[ch + 1], a2 = {la.name}_B[ch + 2], "
+        f"a3 = {la.name}_B[ch + 3];",
+        "#if EDX_DSP",
+        taps_dsp,
+        "#else",
+        taps_c,
+        "#endif",
+        f"            yr[ch] = sat8({rq_('a0', 'ch')} + {zp});",
+        f"            yr[ch + 1] = sat8({rq_('a1', 'ch + 1')} + {zp});",
+        f"            yr[ch + 2] = sat8({rq_('a2', 'ch + 2')} + {zp});",
+        f"            yr[ch + 3] = sat8({rq_('a3', 'ch + 3')} + {zp});",
+        "        }",
+    ]
     if c4 != c:
-        lines += [f"        for (int ch = {c4}; ch < {c}; ++ch) {{",
-                  f"            const int8_t *xr = x + t * {col} + ch, *wp = {la.name}_W + ch;",
-                  f"            int32_t a0 = {la.name}_B[ch];",
-                  f"            for (int j = 0; j < {k}; ++j) a0 += xr[j * {c}] * wp[j * {c}];",
-                  f"            yr[ch] = sat8({rq_('a0', 'ch')} + {zp});",
-                  "        }"]
+        lines += [
+            f"        for (int ch = {c4}; ch < {c}; ++ch) {{",
+            f"            const int8_t *xr = x + t * {col} + ch, *wp = {la.name}_W + ch;",
+            f"            int32_t a0 = {la.name}_B[ch];",
+            f"            for (int j = 0; j < {k}; ++j) a0 += xr[j * {c}] * wp[j * {c}];",
+            f"            yr[ch] = sat8({rq_('a0', 'ch')} + {zp});",
+            "        }",
+        ]
     lines += ["    }", "}\n"]
     return "\n".join(lines)
 
@@ -500,19 +666,28 @@ def _mean_c(la: Layer) -> str:
     """Average over time (TFLite-Micro's int8 MEAN: sum, minus T x zero point, one requantisation)."""
     c, t = la.cin, la.t_in
     total = 31 - int(la.shift[0])
-    rq = (f"requant(a, {int(la.mult[0])}, {total - 33})" if total >= 33
-          else f"requant_wide(a, {int(la.mult[0])}, {total})")
-    return "\n".join([
-        f"/* {la.name}: mean over {t} steps of {c} channels */",
-        f"static void {la.name}_run(const int8_t *restrict x, int8_t *restrict y) {{",
-        f"    for (int ch = 0; ch < {c}; ++ch) {{",
-        f"        int32_t a = {int(la.bias[0])};",
-        f"        for (int t = 0; t < {t}; ++t) a += x[t * {c} + ch];",
-        f"        y[ch] = sat8({rq} + {la.out_zp});",
-        "    }", "}\n"])
+    rq = (
+        f"requant(a, {int(la.mult[0])}, {total - 33})"
+        if total >= 33
+        else f"requant_wide(a, {int(la.mult[0])}, {total})"
+    )
+    return "\n".join(
+        [
+            f"/* {la.name}: mean over {t} steps of {c} channels */",
+            f"static void {la.name}_run(const int8_t *restrict x, int8_t *restrict y) {{",
+            f"    for (int ch = 0; ch < {c}; ++ch) {{",
+            f"        int32_t a = {int(la.bias[0])};",
+            f"        for (int t = 0; t < {t}; ++t) a += x[t * {c} + ch];",
+            f"        y[ch] = sat8({rq} + {la.out_zp});",
+            "    }",
+            "}\n",
+        ]
+    )
 
 
-def generate(p: Plan, name: str, meta: dict[str, Any] | None = None) -> tuple[str, str, dict[str, Any]]:
+def generate(
+    p: Plan, name: str, meta: dict[str, Any] | None = None
+) -> tuple[str, str, dict[str, Any]]:
     """(C source, header, layout) for the plan: the entry `void <name>(const float in[1][C][W], float
     out[1][N])` and `<name>_q(const int8_t *, int8_t *)` for firmware that quantises itself."""
     c, w = p.in_channels, p.window
@@ -521,11 +696,16 @@ def generate(p: Plan, name: str, meta: dict[str, Any] | None = None) -> tuple[st
     sizes = [(w + 2 * first.pad) * c] + [(la.t_out + 2 * la.out_pad) * la.cout for la in p.layers]
     buf = max(sizes)
     buf = (buf + 3) // 4 * 4
-    parts = [f"/* {name}: int8 inference generated by edgedistill (engine {ENGINE}); see mcu_kernels.py for the\n"
-             "   designs it follows (TFLite-Micro int8 spec, CMSIS-NN kernels). Do not edit. */",
-             "#include <stdint.h>", "#include <string.h>", f'#include "{name}.h"', _PRELUDE_C,
-             f"/* the arena: two ping-pong activation buffers of {buf} B (largest layer output with its zero rows) */",
-             f"static int8_t arena[2][{buf}] __attribute__((aligned(4)));\n"]
+    parts = [
+        f"/* {name}: int8 inference generated by edgedistill (engine {ENGINE}); see mcu_kernels.py for the\n"
+        "   designs it follows (TFLite-Micro int8 spec, CMSIS-NN kernels). Do not edit. */",
+        "#include <stdint.h>",
+        "#include <string.h>",
+        f'#include "{name}.h"',
+        _PRELUDE_C,
+        f"/* the arena: two ping-pong activation buffers of {buf} B (largest layer output with its zero rows) */",
+        f"static int8_t arena[2][{buf}] __attribute__((aligned(4)));\n",
+    ]
     for i, (_, v) in enumerate(p.prelude):
         parts.append(f"static const float PRE{i}[{c}] = {{{', '.join(_f32(x) for x in v)}}};")
     lo, hi = -128 - p.in_zp, 127 - p.in_zp
@@ -545,10 +725,18 @@ static void quantize_input(const float *restrict in, int8_t *restrict q) {{
 }}
 """)
     for la in p.layers:
-        parts.append(_dw_c(la) if la.kind == "dw" else _mean_c(la) if la.kind == "mean" else _conv_c(la))
+        parts.append(
+            _dw_c(la) if la.kind == "dw" else _mean_c(la) if la.kind == "mean" else _conv_c(la)
+        )
     # the schedule
-    calls = [f"    memset(arena[0], {p.in_zp}, {first.pad * c});",
-             f"    memset(arena[0] + {(first.pad + w) * c}, {p.in_zp}, {first.pad * c});"] if first.pad else []
+    calls = (
+        [
+            f"    memset(arena[0], {p.in_zp}, {first.pad * c});",
+            f"    memset(arena[0] + {(first.pad + w) * c}, {p.in_zp}, {first.pad * c});",
+        ]
+        if first.pad
+        else []
+    )
     src = 0
     steps = []
     for la in p.layers:
@@ -556,7 +744,9 @@ static void quantize_input(const float *restrict in, int8_t *restrict q) {{
         off = la.out_pad * la.cout
         if la.out_pad:
             steps.append(f"    memset(arena[{dst}], {la.out_zp}, {off});")
-            steps.append(f"    memset(arena[{dst}] + {off + la.t_out * la.cout}, {la.out_zp}, {off});")
+            steps.append(
+                f"    memset(arena[{dst}] + {off + la.t_out * la.cout}, {la.out_zp}, {off});"
+            )
         steps.append(f"    {la.name}_run(arena[{src}], arena[{dst}] + {off});")
         src = dst
     parts.append(f"""
@@ -576,13 +766,27 @@ void {name}(const float input[restrict 1][{c}][{w}], float output[restrict 1][{p
         output[0][i] = (float)((int32_t)arena[{src}][i] - ({p.out_zp})) * {_f32(p.out_scale)};
 }}
 """)
-    layout = {"arena_bytes": 2 * buf, "buffer_bytes": buf, "scratch_bytes": 0, "macs": p.macs,
-              "layers": [{"name": la.name, "kind": la.kind, "in": [la.t_in, la.cin], "out": [la.t_out, la.cout],
-                          "kernel": la.k, "stride": la.stride, "macs": la.macs,
-                          "requant": "single-rounding" if (31 - la.shift).min() >= 33 else "wide"}
-                         for la in p.layers],
-              "weight_bytes": int(sum(la.weights.size for la in p.layers if la.weights is not None)),
-              "front_end": [op for op, _ in p.prelude]}
+    layout = {
+        "arena_bytes": 2 * buf,
+        "buffer_bytes": buf,
+        "scratch_bytes": 0,
+        "macs": p.macs,
+        "layers": [
+            {
+                "name": la.name,
+                "kind": la.kind,
+                "in": [la.t_in, la.cin],
+                "out": [la.t_out, la.cout],
+                "kernel": la.k,
+                "stride": la.stride,
+                "macs": la.macs,
+                "requant": "single-rounding" if (31 - la.shift).min() >= 33 else "wide",
+            }
+            for la in p.layers
+        ],
+        "weight_bytes": int(sum(la.weights.size for la in p.layers if la.weights is not None)),
+        "front_end": [op for op, _ in p.prelude],
+    }
     header = _header(name, p, meta or {})
     return "\n".join(parts), header, layout
 
@@ -596,9 +800,13 @@ def meta_lines(name: str, meta: dict[str, Any]) -> list[str]:
         lines.append(f"#define {u}_SAMPLE_RATE_HZ {_f32(meta['sample_rate_hz'])}")
     if meta.get("channels"):
         lines.append(f"/* channel order (input[0][i][t]): {', '.join(meta['channels'])} */")
-        lines.append(f"#define {u}_CHANNEL_NAMES {{{', '.join(q + c + q for c in meta['channels'])}}}")
+        lines.append(
+            f"#define {u}_CHANNEL_NAMES {{{', '.join(q + c + q for c in meta['channels'])}}}"
+        )
     if meta.get("labels"):
-        lines.append(f"/* output order (output[0][i], argmax -> label): {', '.join(meta['labels'])} */")
+        lines.append(
+            f"/* output order (output[0][i], argmax -> label): {', '.join(meta['labels'])} */"
+        )
         lines.append(f"#define {u}_LABELS {{{', '.join(q + c + q for c in meta['labels'])}}}")
     if meta.get("input_scaling"):
         lines.append(f"/* input scaling: {meta['input_scaling']} */")
@@ -607,27 +815,43 @@ def meta_lines(name: str, meta: dict[str, Any]) -> list[str]:
 
 def _header(name: str, p: Plan, meta: dict[str, Any]) -> str:
     u = name.upper()
-    lines = [f"/* {name}: int8 student generated by edgedistill (engine {ENGINE}). One window in, logits out.",
-             "   Everything firmware needs is here; the ONNX file is not. */",
-             f"#ifndef {u}_H", f"#define {u}_H", "#include <stdint.h>", "",
-             f"#define {u}_CHANNELS {p.in_channels}   /* input[0][channel][t]: channel-major, as the model was trained */",
-             f"#define {u}_WINDOW {p.window}",
-             f"#define {u}_INPUT_COUNT {p.in_channels * p.window}",
-             f"#define {u}_OUTPUT_COUNT {p.n_out}",
-             f"#define {u}_INPUT_SCALE {_f32(p.in_scale)}   /* int8 input: q = round(x' / scale) + zero point */",
-             f"#define {u}_INPUT_ZERO_POINT ({p.in_zp})",
-             f"#define {u}_OUTPUT_SCALE {_f32(p.out_scale)}   /* logit = (q - zero point) * scale */",
-             f"#define {u}_OUTPUT_ZERO_POINT ({p.out_zp})",
-             f"#define {u}_MACS {p.macs}"]
-    if p.prelude:  # the in-graph normalisation, which student() applies and student_q() expects done
-        steps = " then ".join(f"x {op} {{{', '.join(_f32(v) for v in vals)}}}[channel]" for op, vals in p.prelude)
-        lines.append(f"/* before quantisation (student() does it; student_q() takes it done): {steps} */")
+    lines = [
+        f"/* {name}: int8 student generated by edgedistill (engine {ENGINE}). One window in, logits out.",
+        "   Everything firmware needs is here; the ONNX file is not. */",
+        f"#ifndef {u}_H",
+        f"#define {u}_H",
+        "#include <stdint.h>",
+        "",
+        f"#define {u}_CHANNELS {p.in_channels}   /* input[0][channel][t]: channel-major, as the model was trained */",
+        f"#define {u}_WINDOW {p.window}",
+        f"#define {u}_INPUT_COUNT {p.in_channels * p.window}",
+        f"#define {u}_OUTPUT_COUNT {p.n_out}",
+        f"#define {u}_INPUT_SCALE {_f32(p.in_scale)}   /* int8 input: q = round(x' / scale) + zero point */",
+        f"#define {u}_INPUT_ZERO_POINT ({p.in_zp})",
+        f"#define {u}_OUTPUT_SCALE {_f32(p.out_scale)}   /* logit = (q - zero point) * scale */",
+        f"#define {u}_OUTPUT_ZERO_POINT ({p.out_zp})",
+        f"#define {u}_MACS {p.macs}",
+    ]
+    if (
+        p.prelude
+    ):  # the in-graph normalisation, which student() applies and student_q() expects done
+        steps = " then ".join(
+            f"x {op} {{{', '.join(_f32(v) for v in vals)}}}[channel]" for op, vals in p.prelude
+        )
+        lines.append(
+            f"/* before quantisation (student() does it; student_q() takes it done): {steps} */"
+        )
     lines += meta_lines(name, meta)
-    lines += ["",
-              "/* float window in (raw readings when the model normalises in-graph), float logits out */",
-              f"void {name}(const float input[restrict 1][{p.in_channels}][{p.window}], "
-              f"float output[restrict 1][{p.n_out}]);",
-              f"/* int8 window in, already quantised, channels last: in_q[t * {u}_CHANNELS + channel];"
-              " int8 logits out */",
-              f"void {name}_q(const int8_t *in_q, int8_t *out_q);", "", "#endif", ""]
+    lines += [
+        "",
+        "/* float window in (raw readings when the model normalises in-graph), float logits out */",
+        f"void {name}(const float input[restrict 1][{p.in_channels}][{p.window}], "
+        f"float output[restrict 1][{p.n_out}]);",
+        f"/* int8 window in, already quantised, channels last: in_q[t * {u}_CHANNELS + channel];"
+        " int8 logits out */",
+        f"void {name}_q(const int8_t *in_q, int8_t *out_q);",
+        "",
+        "#endif",
+        "",
+    ]
     return "\n".join(lines)

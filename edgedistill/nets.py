@@ -26,8 +26,11 @@ class ResBlock1d(nn.Module):
             nn.BatchNorm1d(c_out),
         )
         self.skip = (
-            nn.Identity() if c_in == c_out and stride == 1
-            else nn.Sequential(nn.Conv1d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm1d(c_out))
+            nn.Identity()
+            if c_in == c_out and stride == 1
+            else nn.Sequential(
+                nn.Conv1d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm1d(c_out)
+            )
         )
         self.act = nn.ReLU(inplace=True)
 
@@ -38,8 +41,14 @@ class ResBlock1d(nn.Module):
 class ResNet1d(nn.Module):
     """Teacher: stem conv, residual blocks (stride 2 after the first, to keep CPU cost low), GAP, linear."""
 
-    def __init__(self, in_channels: int, n_classes: int, widths: list[int], kernel: int = 7,
-                 dropout: float = 0.1):
+    def __init__(
+        self,
+        in_channels: int,
+        n_classes: int,
+        widths: list[int],
+        kernel: int = 7,
+        dropout: float = 0.1,
+    ):
         super().__init__()
         self.stem = nn.Sequential(
             nn.Conv1d(in_channels, widths[0], kernel, padding=kernel // 2, bias=False),
@@ -63,7 +72,9 @@ class DSConv1d(nn.Module):
 
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int):
         super().__init__()
-        self.dw = nn.Conv1d(c_in, c_in, kernel, stride=stride, padding=kernel // 2, groups=c_in, bias=False)
+        self.dw = nn.Conv1d(
+            c_in, c_in, kernel, stride=stride, padding=kernel // 2, groups=c_in, bias=False
+        )
         self.bn1 = nn.BatchNorm1d(c_in)
         self.pw = nn.Conv1d(c_in, c_out, 1, bias=False)
         self.bn2 = nn.BatchNorm1d(c_out)
@@ -76,11 +87,20 @@ class DSConv1d(nn.Module):
 class DSCNN1d(nn.Module):
     """Student: strided stem conv, depthwise-separable blocks, GAP, linear. ~3-5k parameters by default."""
 
-    def __init__(self, in_channels: int, n_classes: int, widths: list[int], kernel: int = 5,
-                 stem_stride: int = 2, dropout: float = 0.0):
+    def __init__(
+        self,
+        in_channels: int,
+        n_classes: int,
+        widths: list[int],
+        kernel: int = 5,
+        stem_stride: int = 2,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         self.stem = nn.Sequential(
-            nn.Conv1d(in_channels, widths[0], kernel, stride=stem_stride, padding=kernel // 2, bias=False),
+            nn.Conv1d(
+                in_channels, widths[0], kernel, stride=stem_stride, padding=kernel // 2, bias=False
+            ),
             nn.BatchNorm1d(widths[0]),
             nn.ReLU(inplace=True),
         )
@@ -108,8 +128,15 @@ class _Conv1dAs2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.conv
-        return F.conv2d(x, c.weight.unsqueeze(2), c.bias, (1, c.stride[0]), (0, c.padding[0]), (1, c.dilation[0]),
-                        c.groups)
+        return F.conv2d(
+            x,
+            c.weight.unsqueeze(2),
+            c.bias,
+            (1, c.stride[0]),
+            (0, c.padding[0]),
+            (1, c.dilation[0]),
+            c.groups,
+        )
 
 
 class _BatchNorm1dAs2d(nn.Module):
@@ -120,9 +147,19 @@ class _BatchNorm1dAs2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b = self.bn
         if b.training and b.track_running_stats:
-            b.num_batches_tracked.add_(1)  # as nn.BatchNorm1d does (momentum is set, so it only counts)
-        return F.batch_norm(x, b.running_mean, b.running_var, b.weight, b.bias,
-                            b.training or not b.track_running_stats, b.momentum, b.eps)
+            b.num_batches_tracked.add_(
+                1
+            )  # as nn.BatchNorm1d does (momentum is set, so it only counts)
+        return F.batch_norm(
+            x,
+            b.running_mean,
+            b.running_var,
+            b.weight,
+            b.bias,
+            b.training or not b.track_running_stats,
+            b.momentum,
+            b.eps,
+        )
 
 
 def _twin(module: nn.Module) -> nn.Module:
@@ -131,7 +168,9 @@ def _twin(module: nn.Module) -> nn.Module:
     if isinstance(module, nn.BatchNorm1d):
         return _BatchNorm1dAs2d(module)
     twin = copy.copy(module)  # shares parameters and buffers; only the child list is the twin's own
-    twin._modules = {name: _twin(child) if child is not None else None for name, child in module._modules.items()}
+    twin._modules = {
+        name: _twin(child) if child is not None else None for name, child in module._modules.items()
+    }
     return twin
 
 

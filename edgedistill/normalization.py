@@ -30,7 +30,10 @@ import torch
 from torch import nn
 
 METHODS = ("global", "robust", "per_window")
-AMPLITUDE_FEATURES = ("log_std", "asinh_mean")  # per input channel, in this order after the z-scored channels
+AMPLITUDE_FEATURES = (
+    "log_std",
+    "asinh_mean",
+)  # per input channel, in this order after the z-scored channels
 
 
 class InputNorm(nn.Module):
@@ -42,7 +45,9 @@ class InputNorm(nn.Module):
         if self.method not in METHODS:
             raise ValueError(f"unknown normalisation {self.method!r}; choose one of {METHODS}")
         self.in_channels = len(spec["center"])
-        eps = spec["epsilon"]  # per channel (channel_epsilon); a spec written before that holds one number
+        eps = spec[
+            "epsilon"
+        ]  # per channel (channel_epsilon); a spec written before that holds one number
         eps = [float(eps)] * self.in_channels if isinstance(eps, int | float) else eps
         self.register_buffer("center", _col(spec["center"]), persistent=False)
         self.register_buffer("scale", _col(spec["scale"]), persistent=False)
@@ -51,10 +56,16 @@ class InputNorm(nn.Module):
         self.register_buffer("epsilon", _col(eps), persistent=False)
         self.register_buffer("epsilon_sq", _col([float(e) ** 2 for e in eps]), persistent=False)
         if self.method == "per_window":
-            self.register_buffer("amp_mean", _col(spec.get("amp_mean") or [0.0] * 2 * self.in_channels),
-                                 persistent=False)
-            self.register_buffer("amp_std", _col(spec.get("amp_std") or [1.0] * 2 * self.in_channels),
-                                 persistent=False)
+            self.register_buffer(
+                "amp_mean",
+                _col(spec.get("amp_mean") or [0.0] * 2 * self.in_channels),
+                persistent=False,
+            )
+            self.register_buffer(
+                "amp_std",
+                _col(spec.get("amp_std") or [1.0] * 2 * self.in_channels),
+                persistent=False,
+            )
 
     @property
     def out_channels(self) -> int:
@@ -104,8 +115,15 @@ def spec_of(norm: dict[str, Any]) -> dict[str, Any]:
         return dict(norm["normalization"])
     if "method" in norm:
         return dict(norm)
-    return {"method": "global", "epsilon": 1e-8, "mean": list(norm["mean"]), "std": list(norm["std"]),
-            "center": list(norm["mean"]), "scale": list(norm["std"]), "out_channels": len(norm["mean"])}
+    return {
+        "method": "global",
+        "epsilon": 1e-8,
+        "mean": list(norm["mean"]),
+        "std": list(norm["std"]),
+        "center": list(norm["mean"]),
+        "scale": list(norm["std"]),
+        "out_channels": len(norm["mean"]),
+    }
 
 
 def build_normalized(spec: dict[str, Any], net: nn.Module) -> NormalizedModel:
@@ -114,7 +132,10 @@ def build_normalized(spec: dict[str, Any], net: nn.Module) -> NormalizedModel:
 
 # ------------------------------------------------------------------ choosing and fitting on training data
 
-def spread_stats(sd: np.ndarray, gstd: np.ndarray, epsilon: float) -> tuple[list[float], list[float]]:
+
+def spread_stats(
+    sd: np.ndarray, gstd: np.ndarray, epsilon: float
+) -> tuple[list[float], list[float]]:
     """Per channel, from per-window stds sd [N, C] and the global std of the window values gstd [C]: the
     spread of the window std in decades (log10 p90/p10, stds floored at channel_epsilon) and the median
     window std in global-z units."""
@@ -143,8 +164,11 @@ def window_stats(x: np.ndarray, epsilon: float) -> dict[str, Any]:
     flat = x.transpose(1, 0, 2).reshape(x.shape[1], -1)
     q1, q3 = np.percentile(flat, [25, 75], axis=1)
     iqr_sigma = (q3 - q1) / 1.349  # the std of a normal distribution with this IQR
-    return {"window_std_decades": decades, "median_window_std_global_z": median_z,
-            "std_over_iqr_sigma": tail_ratios(gstd, iqr_sigma, epsilon)}
+    return {
+        "window_std_decades": decades,
+        "median_window_std_global_z": median_z,
+        "std_over_iqr_sigma": tail_ratios(gstd, iqr_sigma, epsilon),
+    }
 
 
 def choose(stats: dict[str, Any], max_decades: float, max_tail_ratio: float) -> tuple[str, str]:
@@ -158,8 +182,14 @@ def choose(stats: dict[str, Any], max_decades: float, max_tail_ratio: float) -> 
         return "per_window", f"window std spans {d:.2f} decades (p10-p90) > {max_decades}"
     t = max(stats["std_over_iqr_sigma"])
     if t > max_tail_ratio:
-        return "robust", f"window std spans {d:.2f} decades <= {max_decades}; std/IQR-sigma {t:.2f} > {max_tail_ratio}"
-    return "global", f"window std spans {d:.2f} decades <= {max_decades}; std/IQR-sigma {t:.2f} <= {max_tail_ratio}"
+        return (
+            "robust",
+            f"window std spans {d:.2f} decades <= {max_decades}; std/IQR-sigma {t:.2f} > {max_tail_ratio}",
+        )
+    return (
+        "global",
+        f"window std spans {d:.2f} decades <= {max_decades}; std/IQR-sigma {t:.2f} <= {max_tail_ratio}",
+    )
 
 
 def channel_epsilon(std: np.ndarray, epsilon: float) -> np.ndarray:
@@ -169,14 +199,24 @@ def channel_epsilon(std: np.ndarray, epsilon: float) -> np.ndarray:
     return epsilon * np.where(std > 0, std, 1.0)
 
 
-def spec_from_moments(method: str, mean: np.ndarray, std: np.ndarray, epsilon: float,
-                      quartiles: Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, Any]:
+def spec_from_moments(
+    method: str,
+    mean: np.ndarray,
+    std: np.ndarray,
+    epsilon: float,
+    quartiles: Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray]],
+) -> dict[str, Any]:
     """The spec of `method` from the training readings' per-channel mean and std (and for robust their
     quartiles, computed only then); per_window's amplitude statistics are added by `amplitude_stats`."""
     eps = channel_epsilon(std, epsilon)
     std = np.where(std > 0, std, 1.0)  # a constant channel must not become inf/NaN
-    spec: dict[str, Any] = {"method": method, "epsilon": eps.tolist(), "epsilon_relative": epsilon,
-                            "mean": mean.tolist(), "std": std.tolist()}
+    spec: dict[str, Any] = {
+        "method": method,
+        "epsilon": eps.tolist(),
+        "epsilon_relative": epsilon,
+        "mean": mean.tolist(),
+        "std": std.tolist(),
+    }
     if method == "robust":
         q1, med, q3 = quartiles()
         iqr = q3 - q1
@@ -193,18 +233,34 @@ def spec_from_moments(method: str, mean: np.ndarray, std: np.ndarray, epsilon: f
 def amplitude_stats(spec: dict[str, Any], window_chunks: Iterable[np.ndarray]) -> dict[str, Any]:
     """per_window: the mean and std of the amplitude features over the training windows (raw, [n, C, W])."""
     norm, c = InputNorm(spec), len(spec["center"])
-    amp = np.concatenate([norm(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))[:, c:, 0]
-                          .double().numpy() for x in window_chunks])  # [N, 2C] before standardisation
+    amp = np.concatenate(
+        [
+            norm(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)))[:, c:, 0]
+            .double()
+            .numpy()
+            for x in window_chunks
+        ]
+    )  # [N, 2C] before standardisation
     a_std = amp.std(axis=0)
-    return {"amp_mean": amp.mean(axis=0).tolist(), "amp_std": np.where(a_std < 1e-6, 1.0, a_std).tolist(),
-            "amplitude_features": list(AMPLITUDE_FEATURES)}
+    return {
+        "amp_mean": amp.mean(axis=0).tolist(),
+        "amp_std": np.where(a_std < 1e-6, 1.0, a_std).tolist(),
+        "amplitude_features": list(AMPLITUDE_FEATURES),
+    }
 
 
-def fit(method: str, train_rows: np.ndarray, train_windows: np.ndarray, epsilon: float) -> dict[str, Any]:
+def fit(
+    method: str, train_rows: np.ndarray, train_windows: np.ndarray, epsilon: float
+) -> dict[str, Any]:
     """The spec of `method` fitted on training readings [R, C] and training windows [N, C, W] (raw)."""
     rows = train_rows.astype(np.float64, copy=False)
-    spec = spec_from_moments(method, rows.mean(axis=0), rows.std(axis=0), epsilon,
-                             lambda: tuple(np.percentile(rows, [25, 50, 75], axis=0)))
+    spec = spec_from_moments(
+        method,
+        rows.mean(axis=0),
+        rows.std(axis=0),
+        epsilon,
+        lambda: tuple(np.percentile(rows, [25, 50, 75], axis=0)),
+    )
     if method == "per_window":
         spec |= amplitude_stats(spec, [train_windows])
     return spec

@@ -28,15 +28,23 @@ def latency_stats(ns: np.ndarray, batch: int) -> dict[str, Any]:
     p25, p50, p75, p95, p99 = np.percentile(ms, [25, 50, 75, 95, 99])
     mean = float(ms.mean())
     return {
-        "batch": batch, "runs": int(len(ms)),
-        "p50_ms": float(p50), "p95_ms": float(p95), "p99_ms": float(p99), "mean_ms": mean,
-        "std_ms": float(ms.std(ddof=1)) if len(ms) > 1 else 0.0, "iqr_ms": float(p75 - p25),
-        "min_ms": float(ms.min()), "max_ms": float(ms.max()),
+        "batch": batch,
+        "runs": int(len(ms)),
+        "p50_ms": float(p50),
+        "p95_ms": float(p95),
+        "p99_ms": float(p99),
+        "mean_ms": mean,
+        "std_ms": float(ms.std(ddof=1)) if len(ms) > 1 else 0.0,
+        "iqr_ms": float(p75 - p25),
+        "min_ms": float(ms.min()),
+        "max_ms": float(ms.max()),
         "throughput_per_s": batch / (mean / 1e3) if mean > 0 else None,
     }
 
 
-def time_runs(fn: Callable[[], Any], warmup: int, runs: int, max_seconds: float | None = None) -> np.ndarray:
+def time_runs(
+    fn: Callable[[], Any], warmup: int, runs: int, max_seconds: float | None = None
+) -> np.ndarray:
     """Per-call wall time in ns of `runs` calls after `warmup` untimed ones; stops early (never
     below MIN_RUNS) once max_seconds have passed, so a slow model cannot stall the pipeline.
     The loop body is kept minimal: one clock read either side of the call."""
@@ -63,6 +71,7 @@ def time_runs(fn: Callable[[], Any], warmup: int, runs: int, max_seconds: float 
 
 
 # ---------------------------------------------------------------- memory
+
 
 def _trim_heap() -> None:
     """Return freed heap pages to the OS so the next model's RSS delta starts from a clean base."""
@@ -101,8 +110,14 @@ def _peak_rss_bytes() -> int | None:
 
 # ---------------------------------------------------------------- inputs
 
-def make_feed(specs: list[InputSpec], batch: int, data: np.ndarray | None = None,
-              dims: dict[str, int] | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+
+def make_feed(
+    specs: list[InputSpec],
+    batch: int,
+    data: np.ndarray | None = None,
+    dims: dict[str, int] | None = None,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
     """One input batch per graph input: real windows when given (single-input models), else
     N(0, 1) floats (the scale of normalised windows) / zeros for integer inputs."""
     rng = np.random.default_rng(seed)
@@ -112,8 +127,11 @@ def make_feed(specs: list[InputSpec], batch: int, data: np.ndarray | None = None
             if len(data) == 0:
                 raise ModelMismatch(f"input data for '{spec.name}' has no rows")
             reps = -(-batch // len(data))
-            feed[spec.name] = np.ascontiguousarray(np.concatenate([data] * reps)[:batch]) if reps > 1 \
+            feed[spec.name] = (
+                np.ascontiguousarray(np.concatenate([data] * reps)[:batch])
+                if reps > 1
                 else np.ascontiguousarray(data[:batch])
+            )
             continue
         shape = []
         for i, d in enumerate(spec.shape):
@@ -123,9 +141,17 @@ def make_feed(specs: list[InputSpec], batch: int, data: np.ndarray | None = None
                 shape.append(batch)
             else:
                 shape.append((dims or {}).get(str(d), 1))
-        if spec.shape and isinstance(spec.shape[0], int) and spec.shape[0] > 0 and spec.shape[0] != batch:
-            raise ModelMismatch(f"input '{spec.name}' has a fixed batch of {spec.shape[0]}; "
-                                f"batch size {batch} cannot be measured", hint=f"Use batch size {spec.shape[0]}.")
+        if (
+            spec.shape
+            and isinstance(spec.shape[0], int)
+            and spec.shape[0] > 0
+            and spec.shape[0] != batch
+        ):
+            raise ModelMismatch(
+                f"input '{spec.name}' has a fixed batch of {spec.shape[0]}; "
+                f"batch size {batch} cannot be measured",
+                hint=f"Use batch size {spec.shape[0]}.",
+            )
         if np.issubdtype(spec.dtype, np.floating):
             feed[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
         else:
@@ -144,22 +170,37 @@ def host_info() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "logical_cores": os.cpu_count(), "machine": platform.machine(),
-            "python": platform.python_version(), "onnxruntime": ort.__version__}
+    return {
+        "cpu": cpu,
+        "logical_cores": os.cpu_count(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "onnxruntime": ort.__version__,
+    }
 
 
 # ---------------------------------------------------------------- the benchmark
 
-def bench_onnx(path: str | Path, *, threads: int = 1, batch_sizes: list[int] | tuple[int, ...] = (1,),
-               warmup: int = 20, runs: int = 200, max_seconds: float | None = None,
-               data: np.ndarray | None = None, dims: dict[str, int] | None = None,
-               measure: bool = True) -> dict[str, Any]:
+
+def bench_onnx(
+    path: str | Path,
+    *,
+    threads: int = 1,
+    batch_sizes: list[int] | tuple[int, ...] = (1,),
+    warmup: int = 20,
+    runs: int = 200,
+    max_seconds: float | None = None,
+    data: np.ndarray | None = None,
+    dims: dict[str, int] | None = None,
+    measure: bool = True,
+) -> dict[str, Any]:
     """Measure latency/throughput/peak RSS on this host (measure=True) and estimate the static
     cost of any ONNX file; every number says whether it was measured or estimated."""
     path = Path(path)
     model = load_onnx(path)
     out: dict[str, Any] = {
-        "path": str(path), "file_bytes": path.stat().st_size,
+        "path": str(path),
+        "file_bytes": path.stat().st_size,
         "static": static_cost(model, batch=1, dims=dims),
     }
     out["weight_bytes"] = out["static"]["weight_bytes"]
@@ -176,10 +217,14 @@ def bench_onnx(path: str | Path, *, threads: int = 1, batch_sizes: list[int] | t
         try:
             warm.run(None, feed)
         except Exception as e:
-            raise ModelMismatch(f"{path}: onnxruntime failed on a batch of {b}: "
-                                f"{str(e).strip().splitlines()[0][:300]}") from None
+            raise ModelMismatch(
+                f"{path}: onnxruntime failed on a batch of {b}: "
+                f"{str(e).strip().splitlines()[0][:300]}"
+            ) from None
     del warm
-    latency_stats(np.arange(1, MIN_RUNS + 1), 1)  # numpy's lazily loaded code: ~2 MiB, not the model's
+    latency_stats(
+        np.arange(1, MIN_RUNS + 1), 1
+    )  # numpy's lazily loaded code: ~2 MiB, not the model's
     _trim_heap()
     peak_ok = _reset_peak_rss()
     rss0 = _rss_bytes()
@@ -195,7 +240,8 @@ def bench_onnx(path: str | Path, *, threads: int = 1, batch_sizes: list[int] | t
         "inputs": {s.name: s.describe() for s in specs},
         "latency": latency,
         "peak_rss_delta_bytes": (peak if peak is not None else _rss_bytes()) - rss0,
-        "rss_method": "VmHWM peak since session creation minus RSS before" if peak is not None
+        "rss_method": "VmHWM peak since session creation minus RSS before"
+        if peak is not None
         else "RSS after the runs minus RSS before (peak not available on this OS)",
     }
     del session
@@ -224,8 +270,9 @@ def floor_model(spec: InputSpec, shape: list[int]) -> Any:
     return model
 
 
-def _batch1_feed(path: Path, session: Any, data: np.ndarray | None,
-                 dims: dict[str, int] | None = None) -> tuple[dict[str, np.ndarray], str]:
+def _batch1_feed(
+    path: Path, session: Any, data: np.ndarray | None, dims: dict[str, int] | None = None
+) -> tuple[dict[str, np.ndarray], str]:
     """Batch-1 feed: a real window when it fits the model's input, else N(0, 1) (e.g. prod with
     another input contract); says which."""
     specs = input_specs(session)
@@ -241,9 +288,16 @@ def _batch1_feed(path: Path, session: Any, data: np.ndarray | None,
     return feed, "N(0, 1) input (the test windows do not fit this model's input)"
 
 
-def interleaved_latency(models: dict[str, str | Path], *, threads: int = 1, warmup: int = 200,
-                        runs: int = 2000, rounds: int = 5, data: np.ndarray | None = None,
-                        dims: dict[str, int] | None = None) -> dict[str, Any]:
+def interleaved_latency(
+    models: dict[str, str | Path],
+    *,
+    threads: int = 1,
+    warmup: int = 200,
+    runs: int = 2000,
+    rounds: int = 5,
+    data: np.ndarray | None = None,
+    dims: dict[str, int] | None = None,
+) -> dict[str, Any]:
     """Batch-1 latency of several models and of the runtime's call floor, measured in one process
     in interleaved rounds: every model is warmed up, then each round times `runs` calls of each
     model in turn (the order rotates every round), so a noisy spell on a shared host hits all of
@@ -281,7 +335,7 @@ def interleaved_latency(models: dict[str, str | Path], *, threads: int = 1, warm
     med: dict[str, list[float]] = {n: [] for n in names}
     p95: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
-        for n in names[r % len(names):] + names[:r % len(names)]:
+        for n in names[r % len(names) :] + names[: r % len(names)]:
             ms = time_runs(calls[n], 0, runs).astype(np.float64) / 1e6
             med[n].append(float(np.median(ms)))
             p95[n].append(float(np.percentile(ms, 95)))
@@ -289,16 +343,29 @@ def interleaved_latency(models: dict[str, str | Path], *, threads: int = 1, warm
     out: dict[str, Any] = {}
     for n in names:
         p50, q95 = float(np.median(med[n])), float(np.median(p95[n]))
-        out[n] = {"p50_ms": p50, "p95_ms": q95,
-                  "net_p50_ms": p50 - floor50, "net_p95_ms": q95 - floor95,
-                  "x_floor_p50": p50 / floor50 if floor50 > 0 else None,
-                  "round_p50_ms": med[n], "input": inputs[n],
-                  "path": str(models[n]) if n != FLOOR else None}
-    return {"method": (f"one process, batch 1, {threads} thread(s), {warmup} warm-up runs per model, then "
-                       f"{rounds} rounds of {runs} timed runs per model interleaved round by round "
-                       "(order rotating); p50/p95 = median over rounds of each round's p50/p95; "
-                       "net = minus the call floor's figure (a one-node Identity graph, same input)"),
-            "threads": threads, "warmup": warmup, "runs_per_round": runs, "rounds": rounds, "models": out}
+        out[n] = {
+            "p50_ms": p50,
+            "p95_ms": q95,
+            "net_p50_ms": p50 - floor50,
+            "net_p95_ms": q95 - floor95,
+            "x_floor_p50": p50 / floor50 if floor50 > 0 else None,
+            "round_p50_ms": med[n],
+            "input": inputs[n],
+            "path": str(models[n]) if n != FLOOR else None,
+        }
+    return {
+        "method": (
+            f"one process, batch 1, {threads} thread(s), {warmup} warm-up runs per model, then "
+            f"{rounds} rounds of {runs} timed runs per model interleaved round by round "
+            "(order rotating); p50/p95 = median over rounds of each round's p50/p95; "
+            "net = minus the call floor's figure (a one-node Identity graph, same input)"
+        ),
+        "threads": threads,
+        "warmup": warmup,
+        "runs_per_round": runs,
+        "rounds": rounds,
+        "models": out,
+    }
 
 
 def net_ratio(interleaved: dict[str, Any], a: str, b: str, key: str = "net_p50_ms") -> float | None:
@@ -312,8 +379,16 @@ def net_ratio(interleaved: dict[str, Any], a: str, b: str, key: str = "net_p50_m
 
 # ---------------------------------------------------------------- per-op profile
 
-def op_profile(path: str | Path, *, threads: int = 1, warmup: int = 20, runs: int = 200,
-               data: np.ndarray | None = None, dims: dict[str, int] | None = None) -> dict[str, Any]:
+
+def op_profile(
+    path: str | Path,
+    *,
+    threads: int = 1,
+    warmup: int = 20,
+    runs: int = 200,
+    data: np.ndarray | None = None,
+    dims: dict[str, int] | None = None,
+) -> dict[str, Any]:
     """Kernel time per op type from onnxruntime's profiler (`enable_profiling`), batch 1: each
     node's median over `runs` profiled calls after `warmup` ones, summed per op type (the
     profiler records whole µs, so sub-µs nodes round): where the model's time
@@ -331,8 +406,11 @@ def op_profile(path: str | Path, *, threads: int = 1, warmup: int = 20, runs: in
             session.run(None, feed)
         events = json.loads(Path(session.end_profiling()).read_text())
         del session
-    run_spans = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
-                       if e.get("cat") == "Session" and e.get("name") == "model_run")
+    run_spans = sorted(
+        (e["ts"], e["ts"] + e["dur"])
+        for e in events
+        if e.get("cat") == "Session" and e.get("name") == "model_run"
+    )
     timed = run_spans[warmup:]
     if not timed:
         raise ModelMismatch(f"{path}: onnxruntime's profiler recorded no runs")
@@ -341,9 +419,15 @@ def op_profile(path: str | Path, *, threads: int = 1, warmup: int = 20, runs: in
     # host makes a mean meaningless), summed per op type
     by_node: dict[str, tuple[str, list[float]]] = {}
     for e in events:
-        if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time") or e["ts"] < start:
+        if (
+            e.get("cat") != "Node"
+            or not str(e.get("name", "")).endswith("_kernel_time")
+            or e["ts"] < start
+        ):
             continue
-        by_node.setdefault(e["name"], (e.get("args", {}).get("op_name", "?"), []))[1].append(float(e["dur"]))
+        by_node.setdefault(e["name"], (e.get("args", {}).get("op_name", "?"), []))[1].append(
+            float(e["dur"])
+        )
     per_op: dict[str, dict[str, Any]] = {}
     for op, durs in by_node.values():
         row = per_op.setdefault(op, {"op_type": op, "nodes": 0, "us": 0.0})
@@ -351,13 +435,23 @@ def op_profile(path: str | Path, *, threads: int = 1, warmup: int = 20, runs: in
         row["us"] += float(np.median(durs))
     n = len(timed)
     kernel = sum(r["us"] for r in per_op.values())
-    ops = [{"op_type": r["op_type"], "nodes": r["nodes"], "us_per_run": r["us"],
-            "share": r["us"] / kernel if kernel > 0 else 0.0}
-           for r in sorted(per_op.values(), key=lambda r: -r["us"])]
-    return {"path": str(path), "runs": n, "threads": threads,
-            "nodes": sum(o["nodes"] for o in ops),
-            "kernel_us_per_run": kernel,
-            "run_us_per_run": float(np.median([b - a for a, b in timed])),
-            "ops": ops,
-            "method": "onnxruntime profiler (SessionOptions.enable_profiling): each node's median *_kernel_time "
-                      f"over {n} batch-1 runs after {warmup} warm-up runs, summed per op type"}
+    ops = [
+        {
+            "op_type": r["op_type"],
+            "nodes": r["nodes"],
+            "us_per_run": r["us"],
+            "share": r["us"] / kernel if kernel > 0 else 0.0,
+        }
+        for r in sorted(per_op.values(), key=lambda r: -r["us"])
+    ]
+    return {
+        "path": str(path),
+        "runs": n,
+        "threads": threads,
+        "nodes": sum(o["nodes"] for o in ops),
+        "kernel_us_per_run": kernel,
+        "run_us_per_run": float(np.median([b - a for a, b in timed])),
+        "ops": ops,
+        "method": "onnxruntime profiler (SessionOptions.enable_profiling): each node's median *_kernel_time "
+        f"over {n} batch-1 runs after {warmup} warm-up runs, summed per op type",
+    }

@@ -13,7 +13,15 @@ from edgedistill.onnx_tools import constant_tensors, weight_bytes, weight_dtypes
 
 # Ops whose output can share its input's buffer on an integer runtime: Q/DQ pairs fold into the
 # integer kernels (TFLite-Micro style) and reshapes only relabel memory.
-ALIAS_OPS = {"QuantizeLinear", "DequantizeLinear", "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze"}
+ALIAS_OPS = {
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "Identity",
+    "Reshape",
+    "Flatten",
+    "Squeeze",
+    "Unsqueeze",
+}
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
 
 ASSUMPTIONS = (
@@ -25,7 +33,9 @@ ASSUMPTIONS = (
 )
 
 
-def _with_fixed_dims(model: onnx.ModelProto, batch: int, dims: dict[str, int]) -> tuple[onnx.ModelProto, list[str]]:
+def _with_fixed_dims(
+    model: onnx.ModelProto, batch: int, dims: dict[str, int]
+) -> tuple[onnx.ModelProto, list[str]]:
     """A copy whose inputs have concrete shapes: dim 0 symbolic → batch, other symbols from dims or 1."""
     m = copy.deepcopy(model)
     guessed = []
@@ -97,7 +107,11 @@ def count_parameters(model: onnx.ModelProto) -> int:
 
 def _node_macs(node: onnx.NodeProto, shapes: dict) -> int | None:
     def shape(i: int) -> tuple[int, ...] | None:
-        return shapes.get(node.input[i], (None, 0))[0] if i < len(node.input) and node.input[i] else None
+        return (
+            shapes.get(node.input[i], (None, 0))[0]
+            if i < len(node.input) and node.input[i]
+            else None
+        )
 
     out = shapes.get(node.output[0], (None, 0))[0] if node.output else None
     op = node.op_type
@@ -121,7 +135,9 @@ def peak_activation(model: onnx.ModelProto, shapes: dict) -> dict[str, Any]:
     """Largest total size of tensors alive at once while running the nodes in order."""
     nodes = list(model.graph.node)
     const = {name for _, name in constant_tensors(model)}
-    for node in nodes:  # constant-folded subgraphs (e.g. DequantizeLinear of a weight) live in flash
+    for (
+        node
+    ) in nodes:  # constant-folded subgraphs (e.g. DequantizeLinear of a weight) live in flash
         ins = [i for i in node.input if i]
         if ins and all(i in const for i in ins):
             const.update(o for o in node.output if o)
@@ -134,7 +150,12 @@ def peak_activation(model: onnx.ModelProto, shapes: dict) -> dict[str, Any]:
         return t
 
     for node in nodes:
-        if node.op_type in ALIAS_OPS and node.input and node.input[0] and node.input[0] not in const:
+        if (
+            node.op_type in ALIAS_OPS
+            and node.input
+            and node.input[0]
+            and node.input[0] not in const
+        ):
             for o in node.output[:1]:
                 parent[find(o)] = find(node.input[0])
 
@@ -181,14 +202,23 @@ def peak_activation(model: onnx.ModelProto, shapes: dict) -> dict[str, Any]:
         diff[e + 2] -= size[b]
     curve = np.cumsum(diff)[: last + 1]
     step = int(np.argmax(curve))
-    at = ("graph input" if step == 0
-          else f"{nodes[step - 1].name or nodes[step - 1].output[0]} ({nodes[step - 1].op_type})")
+    at = (
+        "graph input"
+        if step == 0
+        else f"{nodes[step - 1].name or nodes[step - 1].output[0]} ({nodes[step - 1].op_type})"
+    )
     alive = [members[b][0] for b in members if start[b] + 1 <= step <= end.get(b, start[b]) + 1]
-    return {"peak_activation_bytes": int(curve[step]), "peak_at": at, "live_at_peak": alive,
-            "unknown_shapes": unknown}
+    return {
+        "peak_activation_bytes": int(curve[step]),
+        "peak_at": at,
+        "live_at_peak": alive,
+        "unknown_shapes": unknown,
+    }
 
 
-def static_cost(model: onnx.ModelProto, batch: int = 1, dims: dict[str, int] | None = None) -> dict[str, Any]:
+def static_cost(
+    model: onnx.ModelProto, batch: int = 1, dims: dict[str, int] | None = None
+) -> dict[str, Any]:
     """What a device would need for this graph, estimated without running it."""
     fixed, guessed = _with_fixed_dims(model, batch, dims or {})
     shapes = _shape_table(fixed)
@@ -217,7 +247,9 @@ def static_cost(model: onnx.ModelProto, batch: int = 1, dims: dict[str, int] | N
     }
 
 
-def fits_budget(cost: dict[str, Any], ram_bytes: int | None, flash_bytes: int | None) -> dict[str, Any]:
+def fits_budget(
+    cost: dict[str, Any], ram_bytes: int | None, flash_bytes: int | None
+) -> dict[str, Any]:
     """Verdict against a RAM/flash budget; an estimate with unknown shapes cannot be said to fit."""
     ram_ok = ram_bytes is None or cost["ram_estimate_bytes"] <= ram_bytes
     flash_ok = flash_bytes is None or cost["flash_estimate_bytes"] <= flash_bytes
@@ -228,11 +260,16 @@ def fits_budget(cost: dict[str, Any], ram_bytes: int | None, flash_bytes: int | 
     if not flash_ok:
         reasons.append(f"flash {cost['flash_estimate_bytes']:,} B > budget {flash_bytes:,} B")
     if not complete:
-        reasons.append(f"shapes unknown for {cost['unknown_shapes'][:3]}: RAM estimate is only a lower bound")
+        reasons.append(
+            f"shapes unknown for {cost['unknown_shapes'][:3]}: RAM estimate is only a lower bound"
+        )
     return {
         "fits": bool(ram_ok and flash_ok and complete),
-        "ram_budget_bytes": ram_bytes, "flash_budget_bytes": flash_bytes,
+        "ram_budget_bytes": ram_bytes,
+        "flash_budget_bytes": flash_bytes,
         "ram_used_fraction": None if not ram_bytes else cost["ram_estimate_bytes"] / ram_bytes,
-        "flash_used_fraction": None if not flash_bytes else cost["flash_estimate_bytes"] / flash_bytes,
+        "flash_used_fraction": None
+        if not flash_bytes
+        else cost["flash_estimate_bytes"] / flash_bytes,
         "why_not": "; ".join(reasons),
     }

@@ -23,9 +23,15 @@ METADATA_SCHEMA = "edgedistill.onnx/1"
 
 # onnxruntime's type strings for graph inputs, mapped to what we feed
 ORT_DTYPES = {
-    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
-    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int16)": np.int16,
-    "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_,
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int16)": np.int16,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
 }
 
 
@@ -35,6 +41,7 @@ def _first_line(e: BaseException, limit: int = 300) -> str:
 
 
 # ---------------------------------------------------------------- export from PyTorch
+
 
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
@@ -50,7 +57,9 @@ def _quiet_exporter() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def export_onnx(model: Any, in_channels: int, window: int, opset: int, what: str) -> onnx.ModelProto:
+def export_onnx(
+    model: Any, in_channels: int, window: int, opset: int, what: str
+) -> onnx.ModelProto:
     """torch.export-based (dynamo) ONNX export with a dynamic batch axis; BatchNorm is folded by
     the exporter's optimiser. Returns the checked ModelProto (nothing is written)."""
     import torch
@@ -60,8 +69,14 @@ def export_onnx(model: Any, in_channels: int, window: int, opset: int, what: str
     try:
         with _quiet_exporter():
             program = torch.onnx.export(
-                model, example, None, dynamo=True, verbose=False, opset_version=opset,
-                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                model,
+                example,
+                None,
+                dynamo=True,
+                verbose=False,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
                 dynamic_shapes=({0: torch.export.Dim("batch")},),
             )
     except Exception as e:
@@ -75,15 +90,35 @@ def export_onnx(model: Any, in_channels: int, window: int, opset: int, what: str
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as e:
-        raise ExportFailed(f"{what}: the exported graph fails onnx.checker: {_first_line(e)}") from None
+        raise ExportFailed(
+            f"{what}: the exported graph fails onnx.checker: {_first_line(e)}"
+        ) from None
     return proto
 
 
 # ---------------------------------------------------------------- 1D convolutions as 2D
 
 # ops that act per element (or per channel on axis 1) whatever the rank: a [N, C, 1, W] tensor passes through
-_RANK_FREE = {"Relu", "LeakyRelu", "Clip", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "Elu", "Selu", "Gelu",
-              "Softplus", "Identity", "Dropout", "BatchNormalization", "Neg", "Abs", "Exp", "Sqrt"}
+_RANK_FREE = {
+    "Relu",
+    "LeakyRelu",
+    "Clip",
+    "Sigmoid",
+    "Tanh",
+    "HardSigmoid",
+    "HardSwish",
+    "Elu",
+    "Selu",
+    "Gelu",
+    "Softplus",
+    "Identity",
+    "Dropout",
+    "BatchNormalization",
+    "Neg",
+    "Abs",
+    "Exp",
+    "Sqrt",
+}
 _BINARY = {"Add", "Sub", "Mul", "Div"}
 
 
@@ -99,8 +134,14 @@ def conv1d_as_conv2d(model: onnx.ModelProto) -> int:
 
     g = model.graph
     inits = {t.name: t for t in g.initializer}
-    rank3 = {n.name for n in g.node if n.op_type == "Conv" and n.domain in ("", "ai.onnx")
-             and n.input[1] in inits and len(inits[n.input[1]].dims) == 3}
+    rank3 = {
+        n.name
+        for n in g.node
+        if n.op_type == "Conv"
+        and n.domain in ("", "ai.onnx")
+        and n.input[1] in inits
+        and len(inits[n.input[1]].dims) == 3
+    }
     if not rank3 or len(rank3) != sum(n.op_type == "Conv" for n in g.node) or "" in rank3:
         return 0  # unnamed or shared-weight convolutions: leave the graph alone
     if len({n.input[1] for n in g.node if n.op_type == "Conv"}) != len(rank3):
@@ -114,13 +155,19 @@ def conv1d_as_conv2d(model: onnx.ModelProto) -> int:
     def as4d(name: str) -> str:
         if name not in four_d:
             four_d[name] = f"{name}_4d"
-            out_nodes.append(helper.make_node("Unsqueeze", [name, axis2], [four_d[name]], name=f"{name}_unsqueeze"))
+            out_nodes.append(
+                helper.make_node(
+                    "Unsqueeze", [name, axis2], [four_d[name]], name=f"{name}_unsqueeze"
+                )
+            )
         return four_d[name]
 
     def as3d(name: str) -> str:  # the 3D value of a tensor whose producer now writes the 4D twin
         if name not in squeezed:
             squeezed[name] = name
-            out_nodes.append(helper.make_node("Squeeze", [four_d[name], axis2], [name], name=f"{name}_squeeze"))
+            out_nodes.append(
+                helper.make_node("Squeeze", [four_d[name], axis2], [name], name=f"{name}_squeeze")
+            )
         return name
 
     def reduce_axes(node: onnx.NodeProto) -> list[int] | None:
@@ -157,17 +204,22 @@ def conv1d_as_conv2d(model: onnx.ModelProto) -> int:
             continue
         small = [i for i in ins[1:] if i == "" or (i in inits and len(inits[i].dims) <= 1)]
         passes = False
-        if node.op_type in _RANK_FREE:  # extra inputs (Clip bounds, BN scale/bias) are scalars or per-channel
+        if (
+            node.op_type in _RANK_FREE
+        ):  # extra inputs (Clip bounds, BN scale/bias) are scalars or per-channel
             passes = ins[0] in produced_4d and len(small) == len(ins) - 1
         elif node.op_type in _BINARY:  # both 4D, or one a single value
             passes = any(i in produced_4d for i in ins) and all(
-                i in produced_4d or (i in inits and int(np.prod(inits[i].dims)) == 1) for i in ins)
+                i in produced_4d or (i in inits and int(np.prod(inits[i].dims)) == 1) for i in ins
+            )
         elif node.op_type == "ReduceMean" and ins[0] in produced_4d:
             axes = reduce_axes(node)
             keep = next((a.i for a in node.attribute if a.name == "keepdims"), 1)
             if axes in ([2], [-1]) and keep == 0:
                 name = f"{node.name or node.output[0]}_axes23"
-                g.initializer.append(numpy_helper.from_array(np.array([2, 3], dtype=np.int64), name))
+                g.initializer.append(
+                    numpy_helper.from_array(np.array([2, 3], dtype=np.int64), name)
+                )
                 del node.attribute[:]
                 node.attribute.extend([helper.make_attribute("keepdims", 0)])
                 del node.input[:]
@@ -197,11 +249,14 @@ def conv1d_as_conv2d(model: onnx.ModelProto) -> int:
     unused = [t for t in g.initializer if t.name not in used]  # e.g. the 1D ReduceMean's old axes
     for t in unused:
         g.initializer.remove(t)
-    del g.value_info[:]  # 3D shapes recorded for renamed tensors would be stale; the checker re-infers
+    del g.value_info[
+        :
+    ]  # 3D shapes recorded for renamed tensors would be stale; the checker re-infers
     return n_conv
 
 
 # ---------------------------------------------------------------- the input scale folded into the first Conv
+
 
 def fold_input_scale(model: onnx.ModelProto, max_ratio: float) -> dict[str, Any] | None:
     """Fold the input normalisation's per-channel division `(x - center) / scale` into the weights of
@@ -228,13 +283,23 @@ def fold_input_scale(model: onnx.ModelProto, max_ratio: float) -> dict[str, Any]
         return None
     conv = consumers[0]
     groups = next((a.i for a in conv.attribute if a.name == "group"), 1)
-    if conv.op_type != "Conv" or conv.input[0] != div.output[0] or groups != 1 or conv.input[1] not in inits:
+    if (
+        conv.op_type != "Conv"
+        or conv.input[0] != div.output[0]
+        or groups != 1
+        or conv.input[1] not in inits
+    ):
         return None
     scale = numpy_helper.to_array(inits[div.input[1]]).astype(np.float64)
     w = numpy_helper.to_array(inits[conv.input[1]])
     c = w.shape[1]
-    if scale.size != c or scale.shape not in ((1, c, 1), (c, 1), (c,)) or not np.all(np.isfinite(scale)) \
-            or not np.all(scale > 0) or sum(conv.input[1] in n.input for n in g.node) != 1:
+    if (
+        scale.size != c
+        or scale.shape not in ((1, c, 1), (c, 1), (c,))
+        or not np.all(np.isfinite(scale))
+        or not np.all(scale > 0)
+        or sum(conv.input[1] in n.input for n in g.node) != 1
+    ):
         return None
     s = scale.reshape(-1)
     ratio = float(s.max() / s.min())
@@ -247,7 +312,12 @@ def fold_input_scale(model: onnx.ModelProto, max_ratio: float) -> dict[str, Any]
     if not any(div.input[1] in n.input for n in g.node):
         g.initializer.remove(inits[div.input[1]])
     del g.value_info[:]
-    return {"node": div.name, "into": conv.name, "scale_ratio": round(ratio, 4), "max_ratio": max_ratio}
+    return {
+        "node": div.name,
+        "into": conv.name,
+        "scale_ratio": round(ratio, 4),
+        "max_ratio": max_ratio,
+    }
 
 
 def head_nodes(model: onnx.ModelProto) -> list[str]:
@@ -256,27 +326,37 @@ def head_nodes(model: onnx.ModelProto) -> list[str]:
     last = max((i for i, n in enumerate(model.graph.node) if n.op_type == "Conv"), default=None)
     if last is None:
         return []
-    return [n.name for n in model.graph.node[last + 1 :] if n.op_type in ("ReduceMean", "GlobalAveragePool",
-                                                                          "Flatten", "Reshape", "Gemm", "MatMul")]
+    return [
+        n.name
+        for n in model.graph.node[last + 1 :]
+        if n.op_type in ("ReduceMean", "GlobalAveragePool", "Flatten", "Reshape", "Gemm", "MatMul")
+    ]
 
 
 # ---------------------------------------------------------------- load, check, metadata
+
 
 def load_onnx(path: str | Path, check: bool = True) -> onnx.ModelProto:
     """Load an ONNX file; a missing, truncated or corrupted file is a clear error naming it."""
     path = Path(path)
     if not path.is_file():
-        raise ModelMismatch(f"{path}: ONNX file not found", hint="Run the export stage first (`dvc repro export`).")
+        raise ModelMismatch(
+            f"{path}: ONNX file not found", hint="Run the export stage first (`dvc repro export`)."
+        )
     try:
         model = onnx.load(str(path))
     except Exception as e:
-        raise ArtifactCorrupt(f"{path}: not a readable ONNX file, truncated or corrupted ({_first_line(e)})") from None
+        raise ArtifactCorrupt(
+            f"{path}: not a readable ONNX file, truncated or corrupted ({_first_line(e)})"
+        ) from None
     if check:
         try:
             # the path form also handles models >2 GB with external data
             onnx.checker.check_model(str(path))
         except Exception as e:
-            raise ArtifactCorrupt(f"{path}: not a valid ONNX model, truncated or corrupted ({_first_line(e)})") from None
+            raise ArtifactCorrupt(
+                f"{path}: not a valid ONNX model, truncated or corrupted ({_first_line(e)})"
+            ) from None
     return model
 
 
@@ -345,6 +425,7 @@ def weight_dtypes(model: onnx.ModelProto) -> dict[str, int]:
 
 # ---------------------------------------------------------------- running a model
 
+
 @dataclass(frozen=True)
 class InputSpec:
     name: str
@@ -381,8 +462,12 @@ def input_specs(session: Any) -> list[InputSpec]:
     for i in session.get_inputs():
         dtype = ORT_DTYPES.get(i.type)
         if dtype is None:
-            raise ModelMismatch(f"input '{i.name}' has type {i.type}, which the benchmark cannot generate")
-        specs.append(InputSpec(i.name, dtype, tuple(d if isinstance(d, int) else d for d in i.shape)))
+            raise ModelMismatch(
+                f"input '{i.name}' has type {i.type}, which the benchmark cannot generate"
+            )
+        specs.append(
+            InputSpec(i.name, dtype, tuple(d if isinstance(d, int) else d for d in i.shape))
+        )
     return specs
 
 
@@ -394,14 +479,22 @@ def check_feed(path: str | Path, specs: list[InputSpec], feed: dict[str, np.ndar
         arr = feed[spec.name]
         got = f"{arr.dtype.name}{list(arr.shape)}"
         if arr.dtype != np.dtype(spec.dtype):
-            raise ModelMismatch(f"{path}: input '{spec.name}' must be {spec.describe()}, got {got} (wrong dtype)")
-        fixed_ok = all(not isinstance(d, int) or d == n for d, n in zip(spec.shape, arr.shape, strict=False))
+            raise ModelMismatch(
+                f"{path}: input '{spec.name}' must be {spec.describe()}, got {got} (wrong dtype)"
+            )
+        fixed_ok = all(
+            not isinstance(d, int) or d == n for d, n in zip(spec.shape, arr.shape, strict=False)
+        )
         if arr.ndim != len(spec.shape) or not fixed_ok:
-            raise ModelMismatch(f"{path}: input '{spec.name}' must be {spec.describe()}, got {got} (wrong shape)")
+            raise ModelMismatch(
+                f"{path}: input '{spec.name}' must be {spec.describe()}, got {got} (wrong shape)"
+            )
     extra = sorted(set(feed) - {s.name for s in specs})
     if extra:
-        raise ModelMismatch(f"{path}: the model has no input(s) {extra}; its inputs: "
-                            + ", ".join(f"{s.name} {s.describe()}" for s in specs))
+        raise ModelMismatch(
+            f"{path}: the model has no input(s) {extra}; its inputs: "
+            + ", ".join(f"{s.name} {s.describe()}" for s in specs)
+        )
 
 
 def predict(session: Any, path: str | Path, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -416,11 +509,14 @@ def predict(session: Any, path: str | Path, x: np.ndarray, batch_size: int = 256
         try:
             outs.append(session.run(None, {name: x[i : i + batch_size]})[0])
         except Exception as e:
-            raise ModelMismatch(f"{path}: onnxruntime failed on the input: {_first_line(e)}") from None
+            raise ModelMismatch(
+                f"{path}: onnxruntime failed on the input: {_first_line(e)}"
+            ) from None
     return np.concatenate(outs)
 
 
 # ---------------------------------------------------------------- INT8 quantization
+
 
 def unsupported_ops(model: onnx.ModelProto) -> list[str]:
     """Ops outside the standard ONNX domains: onnxruntime cannot run them to calibrate, so the
@@ -428,9 +524,12 @@ def unsupported_ops(model: onnx.ModelProto) -> list[str]:
     known_domains = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft"}
     bad = []
     for node in model.graph.node:
-        if node.domain not in known_domains or (node.domain in ("", "ai.onnx")
-                                                and not onnx.defs.has(node.op_type)):
-            bad.append(f"{node.domain or 'ai.onnx'}::{node.op_type} (node '{node.name or node.output[0]}')")
+        if node.domain not in known_domains or (
+            node.domain in ("", "ai.onnx") and not onnx.defs.has(node.op_type)
+        ):
+            bad.append(
+                f"{node.domain or 'ai.onnx'}::{node.op_type} (node '{node.name or node.output[0]}')"
+            )
     return bad
 
 
@@ -474,9 +573,19 @@ class _WindowReader:
         return next(self._batches, None)
 
 
-def quantize_int8(src: Path, dest: Path, calib: np.ndarray | None, *, mode: str, method: str,
-                  per_channel: bool, activation_type: str, scratch: Path, calib_source: str = "",
-                  fp32_head: bool = False) -> list[str]:
+def quantize_int8(
+    src: Path,
+    dest: Path,
+    calib: np.ndarray | None,
+    *,
+    mode: str,
+    method: str,
+    per_channel: bool,
+    activation_type: str,
+    scratch: Path,
+    calib_source: str = "",
+    fp32_head: bool = False,
+) -> list[str]:
     """FP32 ONNX → INT8 ONNX at dest. static: QDQ with ranges calibrated on `calib` windows;
     dynamic: weights INT8, activations quantized at run time. quant_pre_process runs first. The input
     normalisation (input_stage_nodes) stays FP32, and with `fp32_head` the nodes after the last Conv
@@ -493,17 +602,24 @@ def quantize_int8(src: Path, dest: Path, calib: np.ndarray | None, *, mode: str,
     model = load_onnx(src)
     bad = unsupported_ops(model)
     if bad:
-        raise ExportFailed(f"{src}: INT8 quantization cannot handle op {', '.join(bad)}: onnxruntime has no "
-                           "kernel to calibrate it", hint="Replace the op with standard ONNX ops, or exclude it.")
+        raise ExportFailed(
+            f"{src}: INT8 quantization cannot handle op {', '.join(bad)}: onnxruntime has no "
+            "kernel to calibrate it",
+            hint="Replace the op with standard ONNX ops, or exclude it.",
+        )
     if mode == "static" and (calib is None or len(calib) == 0):
-        raise ExportFailed(f"{src}: INT8 static quantization needs calibration windows, but the calibration set "
-                           f"is empty{f' ({calib_source})' if calib_source else ''}",
-                           hint="Check data/prepared/train.npz (re-run prepare) or use export.quantization: dynamic.")
+        raise ExportFailed(
+            f"{src}: INT8 static quantization needs calibration windows, but the calibration set "
+            f"is empty{f' ({calib_source})' if calib_source else ''}",
+            hint="Check data/prepared/train.npz (re-run prepare) or use export.quantization: dynamic.",
+        )
     pre = scratch / f"{src.stem}.pre.onnx"
     try:
         quant_pre_process(str(src), str(pre))
     except Exception as e:
-        raise ExportFailed(f"{src}: INT8 pre-processing (quant_pre_process) failed: {_first_line(e)}") from None
+        raise ExportFailed(
+            f"{src}: INT8 pre-processing (quant_pre_process) failed: {_first_line(e)}"
+        ) from None
     pre_model = onnx.load(str(pre))
     name_unnamed_nodes(pre_model)
     onnx.save(pre_model, str(pre))
@@ -512,18 +628,29 @@ def quantize_int8(src: Path, dest: Path, calib: np.ndarray | None, *, mode: str,
     try:
         if mode == "dynamic":
             # onnxruntime's ConvInteger/MatMulInteger CPU kernels take unsigned 8-bit weights
-            quantize_dynamic(str(pre), str(dest), weight_type=QuantType.QUInt8, per_channel=per_channel,
-                             nodes_to_exclude=exclude)
+            quantize_dynamic(
+                str(pre),
+                str(dest),
+                weight_type=QuantType.QUInt8,
+                per_channel=per_channel,
+                nodes_to_exclude=exclude,
+            )
         else:
             name = model.graph.input[0].name
             assert calib is not None
             quantize_static(
-                str(pre), str(dest), _WindowReader(name, calib.astype(np.float32, copy=False)),
-                quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                str(pre),
+                str(dest),
+                _WindowReader(name, calib.astype(np.float32, copy=False)),
+                quant_format=QuantFormat.QDQ,
+                per_channel=per_channel,
                 activation_type=QuantType.QInt8 if activation_type == "int8" else QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
-                calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                                  "percentile": CalibrationMethod.Percentile}[method],
+                calibrate_method={
+                    "minmax": CalibrationMethod.MinMax,
+                    "entropy": CalibrationMethod.Entropy,
+                    "percentile": CalibrationMethod.Percentile,
+                }[method],
                 nodes_to_exclude=exclude,
             )
     except ExportFailed:

@@ -23,9 +23,15 @@ def pipeline_stages(root: str | Path = ".", connected_only: bool = False) -> lis
         with Repo(str(root)) as repo:
             stages = _stage_graph(repo)
     except DvcException as e:
-        raise ParamsInvalid(f"{Path(root) / 'dvc.yaml'}: DVC cannot build the pipeline graph: {e}") from None
-    position = {s: i for i, s in enumerate(stages.nodes)}  # DVC loads dvc.yaml's stages in file order
-    order = list(nx.lexicographical_topological_sort(stages.reverse(copy=True), key=position.__getitem__))
+        raise ParamsInvalid(
+            f"{Path(root) / 'dvc.yaml'}: DVC cannot build the pipeline graph: {e}"
+        ) from None
+    position = {
+        s: i for i, s in enumerate(stages.nodes)
+    }  # DVC loads dvc.yaml's stages in file order
+    order = list(
+        nx.lexicographical_topological_sort(stages.reverse(copy=True), key=position.__getitem__)
+    )
     if connected_only:
         order = [s for s in order if s not in _unconnected(stages)]
     return [s.name for s in order]
@@ -49,8 +55,15 @@ def pipeline_outs(repo) -> list[str]:
     that shares no file with any other: `ingest`'s bundled readings once data.readings points at the user's
     own file stay in dvc.lock, in no cache and on no remote, and pushing or pulling them only warns."""
     unused = _unconnected(_stage_graph(repo))
-    return sorted({str(out) for stage in repo.index.stages if stage not in unused
-                   for out in stage.outs if out.use_cache})
+    return sorted(
+        {
+            str(out)
+            for stage in repo.index.stages
+            if stage not in unused
+            for out in stage.outs
+            if out.use_cache
+        }
+    )
 
 
 class StageFailed(EdgeDistillError):

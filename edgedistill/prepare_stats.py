@@ -22,7 +22,9 @@ import numpy as np
 
 from edgedistill.normalization import amplitude_stats, spec_from_moments, spread_stats, tail_ratios
 
-Chunks = Callable[[], Iterable[np.ndarray]]  # a fresh iterator over [n, C] float32 chunks on each call
+Chunks = Callable[
+    [], Iterable[np.ndarray]
+]  # a fresh iterator over [n, C] float32 chunks on each call
 
 _BITS = 16
 _BINS = 1 << _BITS
@@ -63,8 +65,12 @@ def exact_quantiles(chunks: Chunks, qs: list[float]) -> tuple[int, np.ndarray]:
     gamma = virtual - prev
     ranks = sorted(set(prev.tolist()) | set(nxt.tolist()))
     cum = np.cumsum(hist, axis=1)
-    where = {(j, r): int(np.searchsorted(cum[j], r, side="right")) for j in range(cols) for r in ranks}
-    low = {key: np.zeros(_BINS, dtype=np.int64) for key in set((j, b) for (j, _), b in where.items())}
+    where = {
+        (j, r): int(np.searchsorted(cum[j], r, side="right")) for j in range(cols) for r in ranks
+    }
+    low = {
+        key: np.zeros(_BINS, dtype=np.int64) for key in set((j, b) for (j, _), b in where.items())
+    }
     for c in chunks():
         k = _sortable(c)
         hi = k >> np.uint32(_BITS)
@@ -90,14 +96,22 @@ def row_moments(chunks: Chunks) -> tuple[int, np.ndarray, np.ndarray]:
     acc, n = None, 0
     for c in chunks():
         c = c.astype(np.float64)
-        acc = np.add.reduce(c, axis=0) if acc is None else np.add.reduce(np.vstack([acc[None], c]), axis=0)
+        acc = (
+            np.add.reduce(c, axis=0)
+            if acc is None
+            else np.add.reduce(np.vstack([acc[None], c]), axis=0)
+        )
         n += len(c)
     mean = acc / n
     sq = None
     for c in chunks():
         d = c.astype(np.float64) - mean[None]
         d = d * d
-        sq = np.add.reduce(d, axis=0) if sq is None else np.add.reduce(np.vstack([sq[None], d]), axis=0)
+        sq = (
+            np.add.reduce(d, axis=0)
+            if sq is None
+            else np.add.reduce(np.vstack([sq[None], d]), axis=0)
+        )
     return n, mean, np.sqrt(sq / n)
 
 
@@ -134,16 +148,22 @@ class WindowAccumulator:
         def flat() -> Iterable[np.ndarray]:
             for x in window_chunks():
                 yield x.transpose(0, 2, 1).reshape(-1, x.shape[1])
+
         _, (q1, q3) = exact_quantiles(flat, [25, 75])
         iqr_sigma = (q3 - q1) / 1.349
-        return {"window_std_decades": decades, "median_window_std_global_z": median_z,
-                "std_over_iqr_sigma": tail_ratios(gstd, iqr_sigma, epsilon)}
+        return {
+            "window_std_decades": decades,
+            "median_window_std_global_z": median_z,
+            "std_over_iqr_sigma": tail_ratios(gstd, iqr_sigma, epsilon),
+        }
 
 
 def fit(method: str, row_chunks: Chunks, window_chunks: Chunks, epsilon: float) -> dict[str, Any]:
     """normalization.fit on the chunked training rows and windows (same spec, same numbers)."""
     _, mean, std = row_moments(row_chunks)
-    spec = spec_from_moments(method, mean, std, epsilon, lambda: tuple(exact_quantiles(row_chunks, [25, 50, 75])[1]))
+    spec = spec_from_moments(
+        method, mean, std, epsilon, lambda: tuple(exact_quantiles(row_chunks, [25, 50, 75])[1])
+    )
     if method == "per_window":
         spec |= amplitude_stats(spec, window_chunks())
     return spec

@@ -41,7 +41,10 @@ def read_readings(path: str | Path, time_col: str | None = None) -> pd.DataFrame
     the file (and the partition) and the cause. A CSV's ISO-8601 `time_col` is parsed (parse_iso_times)."""
     path = Path(path)
     if not path.exists():
-        raise DataInvalid(f"{path}: readings file not found", hint="Run `edgedistill ingest` or set data.readings.")
+        raise DataInvalid(
+            f"{path}: readings file not found",
+            hint="Run `edgedistill ingest` or set data.readings.",
+        )
     if path.is_dir():
         return read_dataset(path)
     if path.stat().st_size == 0:
@@ -58,7 +61,9 @@ def read_readings(path: str | Path, time_col: str | None = None) -> pd.DataFrame
         raise
     except Exception as e:  # pyarrow/pandas raise many types for corrupt input
         kind = "Parquet" if suffix in PARQUET_SUFFIXES else "CSV"
-        raise DataInvalid(f"{path}: not a readable {kind} file (truncated or corrupted?): {_short(e)}") from None
+        raise DataInvalid(
+            f"{path}: not a readable {kind} file (truncated or corrupted?): {_short(e)}"
+        ) from None
     if len(df) == 0:
         raise DataInvalid(f"{path}: has a header but no rows")
     return df
@@ -87,7 +92,9 @@ def schema_columns(path: str | Path) -> list[str] | None:
     except DataInvalid:
         raise
     except Exception as e:  # a damaged footer or header
-        raise DataInvalid(f"{path}: not a readable readings file (truncated or corrupted?): {_short(e)}") from None
+        raise DataInvalid(
+            f"{path}: not a readable readings file (truncated or corrupted?): {_short(e)}"
+        ) from None
     raise DataInvalid(f"{path}: unsupported file type {suffix!r}; use .parquet or .csv")
 
 
@@ -100,21 +107,34 @@ def check_columns(data: DataParams) -> dict[str, Any]:
     cols = schema_columns(data.readings)
     if cols is None:
         return {"file": data.readings, "columns": None}
-    named = {"data.group_col": data.group_col, "data.time_col": data.time_col, "data.label_col": data.label_col}
+    named = {
+        "data.group_col": data.group_col,
+        "data.time_col": data.time_col,
+        "data.label_col": data.label_col,
+    }
     if data.recording_col:
         named["data.recording_col"] = data.recording_col
     named.update({f"data.channels[{i}]": c for i, c in enumerate(data.channels)})
     missing = {k: c for k, c in named.items() if c not in cols}
     if missing:
+
         def near(c: str) -> str:
-            m = difflib.get_close_matches(c, cols, n=1, cutoff=0.6) or [x for x in cols if x.casefold() == c.casefold()]
+            m = difflib.get_close_matches(c, cols, n=1, cutoff=0.6) or [
+                x for x in cols if x.casefold() == c.casefold()
+            ]
             return f" (did you mean '{m[0]}'?)" if m else ""
 
         what = "; ".join(f"{k} '{c}'{near(c)}" for k, c in missing.items())
-        raise ParamsInvalid(f"{data.readings}: no column for {what}; the file's columns: {cols}",
-                            hint="Point these data.* params at the file's columns (or data.readings at the "
-                                 "right file).")
-    return {"file": data.readings, "columns": cols, "split_col": data.split_col if data.split_col in cols else None}
+        raise ParamsInvalid(
+            f"{data.readings}: no column for {what}; the file's columns: {cols}",
+            hint="Point these data.* params at the file's columns (or data.readings at the "
+            "right file).",
+        )
+    return {
+        "file": data.readings,
+        "columns": cols,
+        "split_col": data.split_col if data.split_col in cols else None,
+    }
 
 
 def _hidden(rel: Path) -> bool:
@@ -141,20 +161,26 @@ def dataset_files(root: str | Path) -> list[Path]:
         subdirs[:] = sorted(s for s in subdirs if not _hidden(rel / s))
         data = sorted(n for n in names if not _hidden(rel / n))
         if rel.parts and not subdirs and not data:
-            raise DataInvalid(f"{root}: partition {rel.as_posix()} is empty (no data files)",
-                              hint="Remove the empty partition directory or add its readings.")
+            raise DataInvalid(
+                f"{root}: partition {rel.as_posix()} is empty (no data files)",
+                hint="Remove the empty partition directory or add its readings.",
+            )
         files += [Path(d) / n for n in data]
     if not files:
         raise DataInvalid(f"{root}: partitioned dataset has no data files")
     keys = partition_keys(root, files[0])
     for f in files:
         if f.suffix.lower() not in PARQUET_SUFFIXES:
-            raise DataInvalid(f"{f}: not a Parquet file (partition {partition_of(root, f) or '(top level)'}); "
-                              "a readings directory holds only .parquet files")
+            raise DataInvalid(
+                f"{f}: not a Parquet file (partition {partition_of(root, f) or '(top level)'}); "
+                "a readings directory holds only .parquet files"
+            )
         if partition_keys(root, f) != keys:
-            raise DataInvalid(f"{f}: partition {partition_of(root, f) or '(top level)'} has partition keys "
-                              f"{partition_keys(root, f)}, but {files[0].relative_to(root)} has {keys}",
-                              hint="Every file of the dataset must sit at the same depth of key=value folders.")
+            raise DataInvalid(
+                f"{f}: partition {partition_of(root, f) or '(top level)'} has partition keys "
+                f"{partition_keys(root, f)}, but {files[0].relative_to(root)} has {keys}",
+                hint="Every file of the dataset must sit at the same depth of key=value folders.",
+            )
     return files
 
 
@@ -175,25 +201,36 @@ def check_dataset(root: str | Path) -> tuple[list[Path], Any]:
             meta = pq.read_metadata(f)
             schema = meta.schema.to_arrow_schema()
         except Exception as e:  # pyarrow raises several types for a damaged footer
-            raise DataInvalid(f"{f}: not a readable Parquet file ({where}; truncated or corrupted?): "
-                              f"{_short(e)}") from None
+            raise DataInvalid(
+                f"{f}: not a readable Parquet file ({where}; truncated or corrupted?): {_short(e)}"
+            ) from None
         if meta.num_rows == 0:
-            raise DataInvalid(f"{f}: {where} is empty (the file has a header but no rows)",
-                              hint="Remove the empty file or add its readings.")
+            raise DataInvalid(
+                f"{f}: {where} is empty (the file has a header but no rows)",
+                hint="Remove the empty file or add its readings.",
+            )
         schema = pa.schema([fld.remove_metadata() for fld in schema])
         if first_schema is None:
             first_schema, first = schema, f
         elif not schema.equals(first_schema):
             a = {x.name: str(x.type) for x in first_schema}
             b = {x.name: str(x.type) for x in schema}
-            diff = ([f"missing columns {sorted(set(a) - set(b))}"] if set(a) - set(b) else []) \
-                + ([f"extra columns {sorted(set(b) - set(a))}"] if set(b) - set(a) else []) \
+            diff = (
+                ([f"missing columns {sorted(set(a) - set(b))}"] if set(a) - set(b) else [])
+                + ([f"extra columns {sorted(set(b) - set(a))}"] if set(b) - set(a) else [])
                 + [f"'{c}' {a[c]} -> {b[c]}" for c in a if c in b and a[c] != b[c]]
-            raise DataInvalid(f"{f}: {where} has a different schema from {first.relative_to(root)}: "
-                              + "; ".join(diff or ["column order differs"]),
-                              hint="Rewrite the partition with the dataset's columns and types.")
-    dataset = ds.dataset([str(f) for f in files], format="parquet",
-                         partitioning=ds.partitioning(flavor="hive"), partition_base_dir=str(root))
+            )
+            raise DataInvalid(
+                f"{f}: {where} has a different schema from {first.relative_to(root)}: "
+                + "; ".join(diff or ["column order differs"]),
+                hint="Rewrite the partition with the dataset's columns and types.",
+            )
+    dataset = ds.dataset(
+        [str(f) for f in files],
+        format="parquet",
+        partitioning=ds.partitioning(flavor="hive"),
+        partition_base_dir=str(root),
+    )
     return files, dataset.schema
 
 
@@ -206,16 +243,22 @@ def read_dataset(root: str | Path) -> pd.DataFrame:
 
     root = Path(root)
     files, _ = check_dataset(root)
-    dataset = ds.dataset([str(f) for f in files], format="parquet",
-                         partitioning=ds.partitioning(flavor="hive"), partition_base_dir=str(root))
+    dataset = ds.dataset(
+        [str(f) for f in files],
+        format="parquet",
+        partitioning=ds.partitioning(flavor="hive"),
+        partition_base_dir=str(root),
+    )
     parts = []
     for frag in dataset.get_fragments():
         try:
             parts.append(frag.to_table(schema=dataset.schema))
         except Exception as e:  # a damaged page in the middle of a file surfaces only when read
             f = Path(frag.path)
-            raise DataInvalid(f"{f}: not a readable Parquet file (partition {partition_of(root, f) or '(top level)'}; "
-                              f"truncated or corrupted?): {_short(e)}") from None
+            raise DataInvalid(
+                f"{f}: not a readable Parquet file (partition {partition_of(root, f) or '(top level)'}; "
+                f"truncated or corrupted?): {_short(e)}"
+            ) from None
     table = pa.concat_tables(parts)
     del parts
     # hand each column's buffers over as it converts: the peak is ~one copy of the table, not two
@@ -255,13 +298,18 @@ def time_steps(df: pd.DataFrame, data: DataParams) -> np.ndarray:
     with time_unit `samples`, in samples); NaN on the first row of a recording or where time is missing."""
     t = df[data.time_col]
     if not pd.api.types.is_numeric_dtype(t):
-        t = parse_iso_times(df[[data.time_col]].copy(), data.time_col)[data.time_col]  # ISO-8601 text (CSV)
+        t = parse_iso_times(df[[data.time_col]].copy(), data.time_col)[
+            data.time_col
+        ]  # ISO-8601 text (CSV)
     if pd.api.types.is_datetime64_any_dtype(t):
         steps = t.diff().dt.total_seconds().to_numpy(dtype=np.float64) * data.sample_rate_hz
     elif data.time_unit == "samples":
         steps = pd.to_numeric(t, errors="coerce").diff().to_numpy(dtype=np.float64)
     else:
-        secs = pd.to_numeric(t, errors="coerce").diff().to_numpy(dtype=np.float64) * TIME_UNIT_SECONDS[data.time_unit]
+        secs = (
+            pd.to_numeric(t, errors="coerce").diff().to_numpy(dtype=np.float64)
+            * TIME_UNIT_SECONDS[data.time_unit]
+        )
         steps = secs * data.sample_rate_hz
     keys = recording_keys(df, data).to_numpy()
     if len(steps):
@@ -276,7 +324,9 @@ def gap_rows(df: pd.DataFrame, data: DataParams, max_gap_intervals: float) -> np
         return np.nan_to_num(time_steps(df, data), nan=0.0) > max_gap_intervals
 
 
-def segments(df: pd.DataFrame, data: DataParams, breaks: np.ndarray | None = None) -> Iterator[Segment]:
+def segments(
+    df: pd.DataFrame, data: DataParams, breaks: np.ndarray | None = None
+) -> Iterator[Segment]:
     """Yield label-constant runs inside each recording, in table order (rows must be contiguous per recording).
     `breaks` (bool per row, e.g. gap_rows) starts a new run at that row: no window straddles a gap."""
     keys = recording_keys(df, data).to_numpy()

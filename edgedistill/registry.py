@@ -36,29 +36,40 @@ class VersionInfo:
 
 # ---------------------------------------------------------------- git plumbing
 
-def git(root: str | os.PathLike[str], *args: str, check: bool = True,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    r = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True,
-                       env={**os.environ, **(env or {})})
+
+def git(
+    root: str | os.PathLike[str], *args: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    r = subprocess.run(
+        ["git", *args], cwd=root, capture_output=True, text=True, env={**os.environ, **(env or {})}
+    )
     if check and r.returncode != 0:
-        raise RegistryError(f"`git {' '.join(args)}` failed in {root}: {r.stderr.strip() or r.stdout.strip()}")
+        raise RegistryError(
+            f"`git {' '.join(args)}` failed in {root}: {r.stderr.strip() or r.stdout.strip()}"
+        )
     return r
 
 
 def git_identity(root: str | os.PathLike[str] = ".") -> tuple[str, str]:
     """The repo's configured identity; a neutral fallback when none is set (global config untouched)."""
+
     def cfg(key: str, env_key: str) -> str:
         return os.environ.get(env_key) or git(root, "config", key, check=False).stdout.strip()
 
-    return (cfg("user.name", "GIT_AUTHOR_NAME") or FALLBACK_NAME,
-            cfg("user.email", "GIT_AUTHOR_EMAIL") or FALLBACK_EMAIL)
+    return (
+        cfg("user.name", "GIT_AUTHOR_NAME") or FALLBACK_NAME,
+        cfg("user.email", "GIT_AUTHOR_EMAIL") or FALLBACK_EMAIL,
+    )
 
 
 def identity_env(root: str | os.PathLike[str] = ".") -> dict[str, str]:
     name, email = git_identity(root)
-    return {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email,
-            "GIT_COMMITTER_NAME": os.environ.get("GIT_COMMITTER_NAME", name),
-            "GIT_COMMITTER_EMAIL": os.environ.get("GIT_COMMITTER_EMAIL", email)}
+    return {
+        "GIT_AUTHOR_NAME": name,
+        "GIT_AUTHOR_EMAIL": email,
+        "GIT_COMMITTER_NAME": os.environ.get("GIT_COMMITTER_NAME", name),
+        "GIT_COMMITTER_EMAIL": os.environ.get("GIT_COMMITTER_EMAIL", email),
+    }
 
 
 def head_commit(root: str | os.PathLike[str] = ".") -> str:
@@ -86,6 +97,7 @@ def commit_paths(root: str | os.PathLike[str], paths: list[str], message: str) -
 
 
 # ---------------------------------------------------------------- registry over GTO
+
 
 def parse_tag(tag: str) -> dict[str, Any] | None:
     """GTO's reading of a tag name (name, version, stage, counter, action); None for other tags."""
@@ -184,7 +196,9 @@ class Registry:
             if v.version == version:
                 return v
         known = ", ".join(v.version for v in self.versions(model)) or "none"
-        raise ReleaseNotFound(f"{model} {version} is not a registered version (registered: {known})")
+        raise ReleaseNotFound(
+            f"{model} {version} is not a registered version (registered: {known})"
+        )
 
     def at_commit(self, model: str, commit: str) -> VersionInfo | None:
         return next((v for v in self.versions(model) if v.commit == commit), None)
@@ -195,8 +209,13 @@ class Registry:
         versions = self.versions(model)
         if not versions:
             return "v0.1.0"
-        return SemVer(versions[0].version).bump(
-            bump_major=bump == "major", bump_minor=bump == "minor", bump_patch=bump == "patch").version
+        return (
+            SemVer(versions[0].version)
+            .bump(
+                bump_major=bump == "major", bump_minor=bump == "minor", bump_patch=bump == "patch"
+            )
+            .version
+        )
 
     def register(self, model: str, version: str, rev: str = "HEAD", note: str | None = None) -> str:
         """Tag `rev` as `model@version`; `note` (e.g. which student ships and why) goes into the tag message."""
@@ -205,14 +224,24 @@ class Registry:
 
         name, email = git_identity(self.repo)
         try:
-            register(self.repo, model, rev, version=version, author=name, author_email=email,
-                     message=f"Registering {model} {version}" + (f": {note}" if note else ""))
+            register(
+                self.repo,
+                model,
+                rev,
+                version=version,
+                author=name,
+                author_email=email,
+                message=f"Registering {model} {version}" + (f": {note}" if note else ""),
+            )
         except GTOException as e:
             raise RegistryError(f"cannot register {model} {version}: {e}") from None
         except _ref_errors() as e:
-            raise _tag_refused(e, f"cannot register {model} {version}",
-                               "another release registered the same version at the same moment",
-                               "Nothing was registered; check `edgedistill registry` and release again.") from None
+            raise _tag_refused(
+                e,
+                f"cannot register {model} {version}",
+                "another release registered the same version at the same moment",
+                "Nothing was registered; check `edgedistill registry` and release again.",
+            ) from None
         return f"{model}@{version}"
 
     def assign(self, model: str, version: str, stage: str) -> str | None:
@@ -227,18 +256,31 @@ class Registry:
         name, email = git_identity(self.repo)
         before = set(self._tags())
         try:
-            assign(self.repo, model, stage, version=info.version, force=True, author=name,
-                   author_email=email, message=f"Assigning {stage} to {model} {info.version}")
+            assign(
+                self.repo,
+                model,
+                stage,
+                version=info.version,
+                force=True,
+                author=name,
+                author_email=email,
+                message=f"Assigning {stage} to {model} {info.version}",
+            )
         except UnknownStage as e:
-            raise ParamsInvalid(f"unknown stage '{stage}': {e}", hint="Stages are listed in .gto") from None
+            raise ParamsInvalid(
+                f"unknown stage '{stage}': {e}", hint="Stages are listed in .gto"
+            ) from None
         except GTOException as e:
             raise RegistryError(f"cannot assign {stage} to {model} {info.version}: {e}") from None
         except _ref_errors() as e:
             # two promotions at once compute the same `<model>#<stage>#N`; git lets only one create it
-            raise _tag_refused(e, f"cannot assign {stage} to {model} {info.version}",
-                               "another promotion created the same stage tag at the same moment",
-                               "Nothing was changed by this promotion; check `edgedistill registry` and run it "
-                               "again if it is still wanted.") from None
+            raise _tag_refused(
+                e,
+                f"cannot assign {stage} to {model} {info.version}",
+                "another promotion created the same stage tag at the same moment",
+                "Nothing was changed by this promotion; check `edgedistill registry` and run it "
+                "again if it is still wanted.",
+            ) from None
         new = sorted(set(self._tags()) - before)
         return new[0] if new else None
 
@@ -255,8 +297,16 @@ class Registry:
         git(self.repo, "push", "-q", remote, *[f"refs/tags/{t}:refs/tags/{t}" for t in tags])
         pushed = list(tags)
         if branch:
-            head = git(self.repo, "symbolic-ref", "-q", "--short", "HEAD", check=False).stdout.strip()
-            if head and git(self.repo, "push", "-q", remote, f"HEAD:refs/heads/{head}", check=False).returncode == 0:
+            head = git(
+                self.repo, "symbolic-ref", "-q", "--short", "HEAD", check=False
+            ).stdout.strip()
+            if (
+                head
+                and git(
+                    self.repo, "push", "-q", remote, f"HEAD:refs/heads/{head}", check=False
+                ).returncode
+                == 0
+            ):
                 pushed.append(head)
         return pushed
 

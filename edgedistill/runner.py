@@ -14,9 +14,12 @@ from edgedistill.errors import EdgeDistillError
 from edgedistill.params import DEFAULT_PARAMS, Params, load_params
 
 
-def run_stage_main(stage: str, fn: Callable[[Params], dict[str, Any]],
-                   summary: Callable[[dict[str, Any]], str] | None = None,
-                   argv: list[str] | None = None) -> None:
+def run_stage_main(
+    stage: str,
+    fn: Callable[[Params], dict[str, Any]],
+    summary: Callable[[dict[str, Any]], str] | None = None,
+    argv: list[str] | None = None,
+) -> None:
     """Run `fn(params)` for `stage`; exit with the error's code and a one-line cause (and hint) when it
     raises a user-facing error, with the traceback only under `--debug` (or EDGEDISTILL_DEBUG=1)."""
     argv = sys.argv[1:] if argv is None else argv

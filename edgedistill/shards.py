@@ -53,7 +53,9 @@ class ShardWriter:
     @staticmethod
     def _codes(table: dict[str, int], names: np.ndarray) -> np.ndarray:
         """Int codes of `names`, new names numbered in order of first appearance."""
-        uniq, first, inv = np.unique(np.asarray(names).astype(str), return_index=True, return_inverse=True)
+        uniq, first, inv = np.unique(
+            np.asarray(names).astype(str), return_index=True, return_inverse=True
+        )
         code = np.empty(len(uniq), dtype=np.int32)
         for j in np.argsort(first, kind="stable"):
             code[j] = table.setdefault(str(uniq[j]), len(table))
@@ -98,20 +100,41 @@ class ShardWriter:
     def close(self) -> dict[str, Any]:
         """Flush the last (short) shard; the split's index entry."""
         self._flush()
-        return {"windows": self.windows, "shards": self.shards, "groups": list(self.groups),
-                "recordings": list(self.recordings)}
+        return {
+            "windows": self.windows,
+            "shards": self.shards,
+            "groups": list(self.groups),
+            "recordings": list(self.recordings),
+        }
 
 
-def write_index(root: str | Path, splits: dict[str, dict[str, Any]], channels: int, window: int,
-                shard_windows: int) -> None:
-    head = {"format": FORMAT, "channels": channels, "window": window, "shard_windows": shard_windows}
+def write_index(
+    root: str | Path,
+    splits: dict[str, dict[str, Any]],
+    channels: int,
+    window: int,
+    shard_windows: int,
+) -> None:
+    head = {
+        "format": FORMAT,
+        "channels": channels,
+        "window": window,
+        "shard_windows": shard_windows,
+    }
     for name, entry in splits.items():
         write_json(Path(root) / name / INDEX, {**head, "splits": {name: entry}})
     write_json(Path(root) / INDEX, {**head, "splits": splits})
 
 
-def write_split(root: str | Path, split: str, x: np.ndarray, y: np.ndarray, group: Any, recording: Any,
-                shard_windows: int = 4096) -> None:
+def write_split(
+    root: str | Path,
+    split: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    group: Any,
+    recording: Any,
+    shard_windows: int = 4096,
+) -> None:
     """Write one split from arrays (small data, tests) and add it to the index."""
     root = Path(root)
     w = ShardWriter(root, split, shard_windows)
@@ -143,13 +166,17 @@ class ShardedSplit:
                 gs.append(np.load(root / s["files"]["group"]))
                 rs.append(np.load(root / s["files"]["recording"]))
         except (OSError, ValueError, KeyError) as e:
-            raise DataInvalid(f"{self.path}: not a readable prepared split ({str(e)[:200]})", hint=HINT) from None
+            raise DataInvalid(
+                f"{self.path}: not a readable prepared split ({str(e)[:200]})", hint=HINT
+            ) from None
         self.y = np.concatenate(ys) if ys else np.zeros(0, np.int64)
         self.group_codes = np.concatenate(gs) if gs else np.zeros(0, np.int32)
         self.recording_codes = np.concatenate(rs) if rs else np.zeros(0, np.int32)
         if len(self.y) != int(self.entry["windows"]):
-            raise DataInvalid(f"{self.path}: index lists {self.entry['windows']} windows, shards hold {len(self.y)}",
-                              hint=HINT)
+            raise DataInvalid(
+                f"{self.path}: index lists {self.entry['windows']} windows, shards hold {len(self.y)}",
+                hint=HINT,
+            )
 
     def __len__(self) -> int:
         return len(self.y)
@@ -182,9 +209,13 @@ class ShardedSplit:
             try:
                 x = np.load(f, mmap_mode="r")
             except (OSError, ValueError) as e:
-                raise DataInvalid(f"{f}: not a readable shard ({str(e)[:200]})", hint=HINT) from None
+                raise DataInvalid(
+                    f"{f}: not a readable shard ({str(e)[:200]})", hint=HINT
+                ) from None
             if x.ndim != 3 or x.shape[1:] != (self.channels, self.window):
-                raise DataInvalid(f"{f}: windows are {list(x.shape)}, index says [n, {self.channels}, {self.window}]")
+                raise DataInvalid(
+                    f"{f}: windows are {list(x.shape)}, index says [n, {self.channels}, {self.window}]"
+                )
             self._x[i] = x
         return x
 
@@ -229,7 +260,9 @@ def read_index(prepared_dir: str | Path) -> dict[str, Any]:
     except ValueError as e:
         raise DataInvalid(f"{f}: not a readable index ({str(e)[:200]})", hint=HINT) from None
     if index.get("format") != FORMAT:
-        raise DataInvalid(f"{f}: index format {index.get('format')!r}, expected {FORMAT}", hint=HINT)
+        raise DataInvalid(
+            f"{f}: index format {index.get('format')!r}, expected {FORMAT}", hint=HINT
+        )
     return index
 
 
@@ -250,5 +283,8 @@ def verify(prepared_dir: str | Path) -> None:
             for k in ARRAYS:
                 f = root / s["files"][k]
                 if not f.is_file() or sha256_file(f) != s["sha256"][k]:
-                    raise DataInvalid(f"{f}: shard of split '{name}' missing or changed (sha256 differs from "
-                                      f"{root / INDEX})", hint=HINT)
+                    raise DataInvalid(
+                        f"{f}: shard of split '{name}' missing or changed (sha256 differs from "
+                        f"{root / INDEX})",
+                        hint=HINT,
+                    )

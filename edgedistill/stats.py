@@ -44,7 +44,9 @@ class Interval:
 def _clusters(recordings: np.ndarray, n: int) -> tuple[np.ndarray, int]:
     rec = np.asarray(recordings)
     if rec.shape != (n,):
-        raise DataInvalid(f"recording ids: expected one per window ({n}), got shape {list(rec.shape)}")
+        raise DataInvalid(
+            f"recording ids: expected one per window ({n}), got shape {list(rec.shape)}"
+        )
     if n == 0:
         raise DataInvalid("no windows to bootstrap")
     _, idx = np.unique(rec, return_inverse=True)
@@ -68,8 +70,13 @@ def replicates(values: np.ndarray, recordings: np.ndarray, resamples: int, seed:
     return (weights @ sums) / (weights @ counts)
 
 
-def mean_interval(values: np.ndarray, recordings: np.ndarray, resamples: int = 2000, seed: int = 0,
-                  confidence: float = 0.95) -> Interval:
+def mean_interval(
+    values: np.ndarray,
+    recordings: np.ndarray,
+    resamples: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> Interval:
     """Point estimate (mean over all windows) and percentile interval from the cluster bootstrap."""
     v = np.asarray(values, dtype=np.float64)
     reps = replicates(v, recordings, resamples, seed)
@@ -78,20 +85,37 @@ def mean_interval(values: np.ndarray, recordings: np.ndarray, resamples: int = 2
     return Interval(float(v.mean()), float(lo), float(hi))
 
 
-def accuracy_interval(pred: np.ndarray, y: np.ndarray, recordings: np.ndarray, resamples: int = 2000,
-                      seed: int = 0, confidence: float = 0.95) -> Interval:
+def accuracy_interval(
+    pred: np.ndarray,
+    y: np.ndarray,
+    recordings: np.ndarray,
+    resamples: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> Interval:
     correct = (np.asarray(pred) == np.asarray(y)).astype(np.float64)
     return mean_interval(correct, recordings, resamples, seed, confidence)
 
 
-def paired_difference(pred_a: np.ndarray, pred_b: np.ndarray, y: np.ndarray, recordings: np.ndarray,
-                      resamples: int = 2000, seed: int = 0, confidence: float = 0.95) -> Interval:
+def paired_difference(
+    pred_a: np.ndarray,
+    pred_b: np.ndarray,
+    y: np.ndarray,
+    recordings: np.ndarray,
+    resamples: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> Interval:
     """accuracy(a) - accuracy(b) on the same windows, both resampled with the same recordings."""
     y = np.asarray(y)
     if len(pred_a) != len(y) or len(pred_b) != len(y):
-        raise DataInvalid(f"paired comparison needs predictions for the same windows: got {len(pred_a)}, "
-                          f"{len(pred_b)} and {len(y)} labels")
-    diff = (np.asarray(pred_a) == y).astype(np.float64) - (np.asarray(pred_b) == y).astype(np.float64)
+        raise DataInvalid(
+            f"paired comparison needs predictions for the same windows: got {len(pred_a)}, "
+            f"{len(pred_b)} and {len(y)} labels"
+        )
+    diff = (np.asarray(pred_a) == y).astype(np.float64) - (np.asarray(pred_b) == y).astype(
+        np.float64
+    )
     return mean_interval(diff, recordings, resamples, seed, confidence)
 
 

@@ -43,9 +43,22 @@ class TransientStoreError(StoreUnreachable):
 
 
 # May clear by itself: a busy, interrupted or briefly unreachable disk or endpoint.
-TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.ETIMEDOUT, errno.EPIPE,
-                              errno.ECONNRESET, errno.ECONNREFUSED, errno.ECONNABORTED, errno.EHOSTUNREACH,
-                              errno.ENETUNREACH, errno.ENETDOWN})
+TRANSIENT_ERRNOS = frozenset(
+    {
+        errno.EIO,
+        errno.EAGAIN,
+        errno.EBUSY,
+        errno.EINTR,
+        errno.ETIMEDOUT,
+        errno.EPIPE,
+        errno.ECONNRESET,
+        errno.ECONNREFUSED,
+        errno.ECONNABORTED,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.ENETDOWN,
+    }
+)
 
 
 def is_transient(exc: BaseException | None) -> bool:
@@ -65,7 +78,9 @@ def is_transient(exc: BaseException | None) -> bool:
 class ConditionalWriteFailed(EdgeDistillError):
     """A conditional write lost: the object was created or changed since it was read."""
 
-    hint = "Another publisher wrote it first; read it again and retry (or leave it: it may be newer)."
+    hint = (
+        "Another publisher wrote it first; read it again and retry (or leave it: it may be newer)."
+    )
 
 
 # a name that becomes one segment of a store key (model, version, stage, device, file): letters, digits,
@@ -76,9 +91,11 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 def safe_name(what: str, value: Any) -> str:
     """`value` if it is safe as one segment of a store key, else a one-line ParamsInvalid naming it."""
     if not isinstance(value, str) or not NAME_RE.fullmatch(value) or ".." in value:
-        raise ParamsInvalid(f"{what} {value!r} is not a safe name for a store key",
-                            hint="Use letters, digits, '.', '_', '+' or '-' (starting with a letter or digit, "
-                                 "no '..', at most 128 characters).")
+        raise ParamsInvalid(
+            f"{what} {value!r} is not a safe name for a store key",
+            hint="Use letters, digits, '.', '_', '+' or '-' (starting with a letter or digit, "
+            "no '..', at most 128 characters).",
+        )
     return value
 
 
@@ -87,8 +104,10 @@ def check_key(key: str) -> str:
     NUL, no leading '/': it can never name an object outside the store."""
     parts = key.split("/") if isinstance(key, str) else [""]
     if not key or "\\" in key or "\0" in key or any(p in ("", ".", "..") for p in parts):
-        raise ParamsInvalid(f"store key {key!r} is not a plain relative key",
-                            hint="A name that reaches a store key was not validated; report it.")
+        raise ParamsInvalid(
+            f"store key {key!r} is not a plain relative key",
+            hint="A name that reaches a store key was not validated; report it.",
+        )
     return key
 
 
@@ -98,13 +117,17 @@ def parse_document(data: bytes | str, source: str, what: str = "document") -> di
     try:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
-        raise ArtifactCorrupt(f"{source}: the {what} is not valid JSON ({e})",
-                              hint="The store object is damaged or was written by something else; nothing "
-                                   "was changed. Re-publish it from the registry.") from None
+        raise ArtifactCorrupt(
+            f"{source}: the {what} is not valid JSON ({e})",
+            hint="The store object is damaged or was written by something else; nothing "
+            "was changed. Re-publish it from the registry.",
+        ) from None
     if not isinstance(doc, dict):
-        raise ArtifactCorrupt(f"{source}: the {what} is not a JSON object (got {type(doc).__name__})",
-                              hint="The store object is damaged or was written by something else; nothing "
-                                   "was changed. Re-publish it from the registry.")
+        raise ArtifactCorrupt(
+            f"{source}: the {what} is not a JSON object (got {type(doc).__name__})",
+            hint="The store object is damaged or was written by something else; nothing "
+            "was changed. Re-publish it from the registry.",
+        )
     return doc
 
 
@@ -166,11 +189,16 @@ def _local_io(what: str, root: Path) -> Iterator[None]:
     except (FileExistsError, FileNotFoundError):
         raise
     except OSError as e:
-        msg = f"{what} in the store {root} failed: {e.strerror or e}" + (f" ({e.filename})" if e.filename else "")
+        msg = f"{what} in the store {root} failed: {e.strerror or e}" + (
+            f" ({e.filename})" if e.filename else ""
+        )
         if is_transient(e):
             raise TransientStoreError(msg) from None
-        raise StoreUnreachable(msg, hint="Fix the store folder (space, permissions, a file in the way) "
-                                         "or store.local in params.yaml, then run again.") from None
+        raise StoreUnreachable(
+            msg,
+            hint="Fix the store folder (space, permissions, a file in the way) "
+            "or store.local in params.yaml, then run again.",
+        ) from None
 
 
 class LocalStore(Store):
@@ -187,8 +215,10 @@ class LocalStore(Store):
         for part in check_key(key).split("/"):
             path = path / part
             if path.is_symlink():
-                raise ArtifactCorrupt(f"{key}: {path} in the store {self.root} is a symlink; not followed",
-                                      hint="Remove the symlink from the store; objects are plain files.")
+                raise ArtifactCorrupt(
+                    f"{key}: {path} in the store {self.root} is a symlink; not followed",
+                    hint="Remove the symlink from the store; objects are plain files.",
+                )
         return path
 
     def put_file(self, src: Path, key: str) -> None:
@@ -222,8 +252,11 @@ class LocalStore(Store):
         base = self._path(prefix)
         if not base.is_dir():
             return []
-        return sorted(str(p.relative_to(self.root).as_posix()) for p in base.rglob("*")
-                      if p.is_file() and not p.is_symlink() and not p.name.startswith("."))
+        return sorted(
+            str(p.relative_to(self.root).as_posix())
+            for p in base.rglob("*")
+            if p.is_file() and not p.is_symlink() and not p.name.startswith(".")
+        )
 
     def dvc_remote(self) -> dict[str, str]:
         return {"url": str(self.root / DVC_PREFIX)}
@@ -272,8 +305,13 @@ class LocalStore(Store):
 
 
 class S3Store(Store):
-    def __init__(self, bucket: str, prefix: str = "", endpoint_url: str | None = None,
-                 region: str | None = None):
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        endpoint_url: str | None = None,
+        region: str | None = None,
+    ):
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.endpoint_url = endpoint_url
@@ -291,10 +329,15 @@ class S3Store(Store):
             from botocore.config import Config
 
             # path-style addressing: S3-compatible endpoints (MinIO, moto, an IP) have no bucket DNS
-            cfg = Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=10,
-                         read_timeout=60, s3={"addressing_style": "path"} if self.endpoint_url else {})
+            cfg = Config(
+                retries={"max_attempts": 3, "mode": "standard"},
+                connect_timeout=10,
+                read_timeout=60,
+                s3={"addressing_style": "path"} if self.endpoint_url else {},
+            )
             self._client = boto3.session.Session().client(
-                "s3", endpoint_url=self.endpoint_url, region_name=self.region, config=cfg)
+                "s3", endpoint_url=self.endpoint_url, region_name=self.region, config=cfg
+            )
         return self._client
 
     def _key(self, key: str) -> str:
@@ -314,9 +357,11 @@ class S3Store(Store):
         try:
             return fn(*args, **kwargs)
         except (NoCredentialsError, PartialCredentialsError):
-            raise StoreUnreachable(f"{what}: no AWS credentials found for {self.describe()}",
-                                   hint="Set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or an "
-                                        "instance role (the standard AWS chain).") from None
+            raise StoreUnreachable(
+                f"{what}: no AWS credentials found for {self.describe()}",
+                hint="Set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or an "
+                "instance role (the standard AWS chain).",
+            ) from None
         except (ConnectionError, HTTPClientError) as e:
             raise TransientStoreError(f"{what}: cannot reach {self.describe()}: {e}") from None
         except ClientError as e:
@@ -325,12 +370,18 @@ class S3Store(Store):
             if code in ("404", "NoSuchKey", "NotFound"):
                 raise ReleaseNotFound(f"{what}: not found in {self.describe()}") from None
             if code == "NoSuchBucket":
-                raise StoreUnreachable(f"{what}: bucket '{self.bucket}' does not exist at "
-                                       f"{self.endpoint_url or 'AWS'}",
-                                       hint="Create the bucket (see infra/s3.md) or fix store.s3.bucket.") from None
+                raise StoreUnreachable(
+                    f"{what}: bucket '{self.bucket}' does not exist at "
+                    f"{self.endpoint_url or 'AWS'}",
+                    hint="Create the bucket (see infra/s3.md) or fix store.s3.bucket.",
+                ) from None
             if status >= 500 or code in ("SlowDown", "RequestTimeout", "ServiceUnavailable"):
-                raise TransientStoreError(f"{what}: {self.describe()} answered {code} ({status})") from None
-            raise StoreUnreachable(f"{what}: {self.describe()} refused: {code} ({status})") from None
+                raise TransientStoreError(
+                    f"{what}: {self.describe()} answered {code} ({status})"
+                ) from None
+            raise StoreUnreachable(
+                f"{what}: {self.describe()} refused: {code} ({status})"
+            ) from None
         except BotoCoreError as e:
             raise StoreUnreachable(f"{what}: {self.describe()}: {e}") from None
 
@@ -339,11 +390,15 @@ class S3Store(Store):
 
     def get_file(self, key: str, dest: Path) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        self._call(f"download {key}", self.client.download_file, self.bucket, self._key(key), str(dest))
+        self._call(
+            f"download {key}", self.client.download_file, self.bucket, self._key(key), str(dest)
+        )
 
     def exists(self, key: str) -> bool:
         try:
-            self._call(f"stat {key}", self.client.head_object, Bucket=self.bucket, Key=self._key(key))
+            self._call(
+                f"stat {key}", self.client.head_object, Bucket=self.bucket, Key=self._key(key)
+            )
         except ReleaseNotFound:
             return False
         return True
@@ -352,7 +407,9 @@ class S3Store(Store):
         full = self._key(prefix).rstrip("/") + "/"
         strip = len(f"{self.prefix}/") if self.prefix else 0
         keys: list[str] = []
-        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full)
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=full
+        )
         for page in self._call(f"list {prefix}", list, pages):
             keys += [o["Key"][strip:].lstrip("/") for o in page.get("Contents", [])]
         # like LocalStore: dot-named objects (publish claims) are bookkeeping, not content
@@ -363,7 +420,9 @@ class S3Store(Store):
 
     def read_versioned(self, key: str) -> tuple[bytes, str] | None:
         try:
-            got = self._call(f"read {key}", self.client.get_object, Bucket=self.bucket, Key=self._key(key))
+            got = self._call(
+                f"read {key}", self.client.get_object, Bucket=self.bucket, Key=self._key(key)
+            )
         except ReleaseNotFound:
             return None
         return got["Body"].read(), got["ETag"]
@@ -375,12 +434,17 @@ class S3Store(Store):
 
         def put() -> Any:
             try:
-                return self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **cond)
+                return self.client.put_object(
+                    Bucket=self.bucket, Key=self._key(key), Body=data, **cond
+                )
             except ClientError as e:
                 code = str(e.response.get("Error", {}).get("Code", ""))
                 status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
                 # 412: the precondition failed; 409: a concurrent conditional write to the same key
-                if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
+                if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (
+                    409,
+                    412,
+                ):
                     what = "already exists" if etag is None else "changed since it was read"
                     raise ConditionalWriteFailed(f"{self.url(key)} {what}") from None
                 raise
@@ -406,7 +470,10 @@ def open_store(sp: StoreParams, root: str | os.PathLike[str] = ".") -> Store:
 
 # ---------------------------------------------------------------- DVC remote on the store
 
-def configure_dvc_remote(store: Store, name: str, root: str | os.PathLike[str] = ".") -> dict[str, str]:
+
+def configure_dvc_remote(
+    store: Store, name: str, root: str | os.PathLike[str] = "."
+) -> dict[str, str]:
     """Point DVC's default remote at the store, in .dvc/config.local (never committed: params.yaml
     is the one place the store is configured, and the local path is machine-specific)."""
     from dvc.repo import Repo
@@ -442,8 +509,14 @@ def dvc_pull_missing(store: Store, name: str, root: str | os.PathLike[str] = "."
         return {"pulled": 0, "missing": [], "note": "store is empty"}
     with contextlib.chdir(root), Repo(str(root)) as repo:
         wanted = set(pipeline_outs(repo))
-        missing = sorted({str(out) for stage in repo.index.stages for out in stage.outs
-                          if str(out) in wanted and out.hash_info and not os.path.exists(out.fs_path)})
+        missing = sorted(
+            {
+                str(out)
+                for stage in repo.index.stages
+                for out in stage.outs
+                if str(out) in wanted and out.hash_info and not os.path.exists(out.fs_path)
+            }
+        )
         if not missing:
             return {"pulled": 0, "missing": []}
         try:
@@ -473,6 +546,7 @@ def dvc_push(store: Store, name: str, root: str | os.PathLike[str] = ".") -> int
 
 # ---------------------------------------------------------------- release bundles
 
+
 def sums_text(files: dict[str, Path]) -> str:
     return "".join(f"{sha256_file(p)}  {name}\n" for name, p in sorted(files.items()))
 
@@ -484,7 +558,9 @@ def parse_sums(text: str, source: str) -> dict[str, str]:
             continue
         digest, sep, name = line.partition("  ")
         if not sep or len(digest) != 64 or not name or "/" in name or name.startswith("."):
-            raise ArtifactCorrupt(f"{source}: line {n} is not '<sha256>  <file name>': {line[:80]!r}")
+            raise ArtifactCorrupt(
+                f"{source}: line {n} is not '<sha256>  <file name>': {line[:80]!r}"
+            )
         sums[name] = digest
     if not sums:
         raise ArtifactCorrupt(f"{source} is empty")
@@ -495,7 +571,9 @@ def bundle_exists(store: Store, model: str, version: str) -> bool:
     return store.exists(f"{bundle_prefix(model, version)}/{SUMS}")
 
 
-def publish_bundle(store: Store, model: str, version: str, files: dict[str, Path]) -> dict[str, str]:
+def publish_bundle(
+    store: Store, model: str, version: str, files: dict[str, Path]
+) -> dict[str, str]:
     """Upload a release bundle; SHA256SUMS goes last, so its presence means the bundle is complete.
 
     A version is immutable: publishing different bytes under an existing version is refused, also
@@ -505,8 +583,10 @@ def publish_bundle(store: Store, model: str, version: str, files: dict[str, Path
     if bundle_exists(store, model, version):
         if store.read_text(f"{prefix}/{SUMS}") == text:
             return parse_sums(text, SUMS)
-        raise ArtifactCorrupt(f"{store.describe()}/{prefix} already holds a different bundle",
-                              hint="Versions are immutable; register a new version instead.")
+        raise ArtifactCorrupt(
+            f"{store.describe()}/{prefix} already holds a different bundle",
+            hint="Versions are immutable; register a new version instead.",
+        )
     _claim_version(store, model, version, text)
     for name, path in sorted(files.items()):
         _create_once(store, f"{prefix}/{name}", Path(path).read_bytes())
@@ -523,8 +603,10 @@ def _create_once(store: Store, key: str, data: bytes) -> None:
     except ConditionalWriteFailed:
         got = store.read_versioned(key)
         if got is None or got[0] != data:
-            raise ArtifactCorrupt(f"{store.url(key)} already holds other bytes; a version is written once",
-                                  hint="Versions are immutable; register a new version instead.") from None
+            raise ArtifactCorrupt(
+                f"{store.url(key)} already holds other bytes; a version is written once",
+                hint="Versions are immutable; register a new version instead.",
+            ) from None
 
 
 def _claim_version(store: Store, model: str, version: str, text: str) -> None:
@@ -556,22 +638,32 @@ def _claim_version(store: Store, model: str, version: str, text: str) -> None:
             f"{store.describe()}/{prefix} is being published by another publisher with different "
             f"bytes (claimed {age:.0f}s ago); refusing to mix the two bundles",
             hint="Versions are immutable; register a new version instead. If that publish died, "
-                 f"its claim expires after {CLAIM_STALE_SECONDS // 60} minutes.")
-    raise ArtifactCorrupt(f"{store.describe()}/{prefix}: could not claim the version (contended)",
-                          hint="Another publisher keeps taking it; run again.")
+            f"its claim expires after {CLAIM_STALE_SECONDS // 60} minutes.",
+        )
+    raise ArtifactCorrupt(
+        f"{store.describe()}/{prefix}: could not claim the version (contended)",
+        hint="Another publisher keeps taking it; run again.",
+    )
 
 
-def fetch_bundle(store: Store, model: str, version: str, dest: str | os.PathLike[str]) -> dict[str, Any]:
+def fetch_bundle(
+    store: Store, model: str, version: str, dest: str | os.PathLike[str]
+) -> dict[str, Any]:
     """Download a bundle beside `dest`, verify every SHA256, then swap it in; on any failure the
     previous contents of `dest` are left as they were."""
     dest = Path(dest).resolve()
     prefix = bundle_prefix(model, version)
     if not bundle_exists(store, model, version):
-        raise ReleaseNotFound(f"no bundle for {model} {version} in {store.describe()} "
-                              f"(expected {prefix}/{SUMS})")
-    if dest.exists() and (not dest.is_dir() or (any(dest.iterdir()) and not (dest / SUMS).is_file())):
-        raise ParamsInvalid(f"refusing to replace {dest}: it is not a fetched release bundle",
-                            hint="Pass --to an empty or new directory (or one `fetch` wrote before).")
+        raise ReleaseNotFound(
+            f"no bundle for {model} {version} in {store.describe()} (expected {prefix}/{SUMS})"
+        )
+    if dest.exists() and (
+        not dest.is_dir() or (any(dest.iterdir()) and not (dest / SUMS).is_file())
+    ):
+        raise ParamsInvalid(
+            f"refusing to replace {dest}: it is not a fetched release bundle",
+            hint="Pass --to an empty or new directory (or one `fetch` wrote before).",
+        )
     if dest in Path.cwd().resolve().parents or dest == Path.cwd().resolve():
         raise ParamsInvalid(f"refusing to replace {dest}: it contains the current directory")
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -586,14 +678,24 @@ def fetch_bundle(store: Store, model: str, version: str, dest: str | os.PathLike
             store.get_file(f"{prefix}/{name}", tmp / name)
             got = sha256_file(tmp / name)
             if got != digest:
-                raise ArtifactCorrupt(f"{prefix}/{name}: sha256 {got[:12]}… does not match "
-                                      f"SHA256SUMS {digest[:12]}…; nothing was replaced in {dest}")
-        card = parse_document((tmp / CARD).read_bytes(), f"{prefix}/{CARD}", "model card") if CARD in sums else {}
+                raise ArtifactCorrupt(
+                    f"{prefix}/{name}: sha256 {got[:12]}… does not match "
+                    f"SHA256SUMS {digest[:12]}…; nothing was replaced in {dest}"
+                )
+        card = (
+            parse_document((tmp / CARD).read_bytes(), f"{prefix}/{CARD}", "model card")
+            if CARD in sums
+            else {}
+        )
         if (card.get("model"), card.get("version")) != (model, version):
-            raise ArtifactCorrupt(f"{prefix}/{CARD} describes {card.get('model')} {card.get('version')}, "
-                                  f"not {model} {version}; nothing was replaced in {dest}")
+            raise ArtifactCorrupt(
+                f"{prefix}/{CARD} describes {card.get('model')} {card.get('version')}, "
+                f"not {model} {version}; nothing was replaced in {dest}"
+            )
         swap_dir(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"dest": str(dest), "files": {n: {"sha256": d, "bytes": (dest / n).stat().st_size}
-                                         for n, d in sums.items()}}
+    return {
+        "dest": str(dest),
+        "files": {n: {"sha256": d, "bytes": (dest / n).stat().st_size} for n, d in sums.items()},
+    }

@@ -24,7 +24,9 @@ import pandas as pd
 from edgedistill.errors import DataInvalid
 from edgedistill.readings import CSV_SUFFIXES, PARQUET_SUFFIXES, TIME_UNIT_SECONDS, n_windows
 
-INTERVAL_DECIMALS = 4  # reading intervals are binned at 1e-4 sampling intervals for the per-recording median
+INTERVAL_DECIMALS = (
+    4  # reading intervals are binned at 1e-4 sampling intervals for the per-recording median
+)
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,12 @@ class Spec:
 
     @property
     def key_cols(self) -> list[str]:
-        return [self.group_col, *([self.recording_col] if self.recording_col else []), self.time_col, self.label_col]
+        return [
+            self.group_col,
+            *([self.recording_col] if self.recording_col else []),
+            self.time_col,
+            self.label_col,
+        ]
 
 
 def spec_from_params(params: Any, split_values: list[str]) -> Spec:
@@ -58,10 +65,23 @@ def spec_from_params(params: Any, split_values: list[str]) -> Spec:
         factor = 1.0
     else:
         factor = TIME_UNIT_SECONDS.get(d.time_unit, 1.0) * d.sample_rate_hz
-    return Spec(d.group_col, d.recording_col, d.time_col, d.label_col, d.split_col, tuple(d.channels),
-                tuple(d.labels), tuple(split_values), {c: tuple(v.range_for(c)) for c in d.channels},
-                float(factor), float(v.max_gap_intervals), params.prepare.window, params.prepare.eval_stride,
-                v.examples, v.chunk_rows)
+    return Spec(
+        d.group_col,
+        d.recording_col,
+        d.time_col,
+        d.label_col,
+        d.split_col,
+        tuple(d.channels),
+        tuple(d.labels),
+        tuple(split_values),
+        {c: tuple(v.range_for(c)) for c in d.channels},
+        float(factor),
+        float(v.max_gap_intervals),
+        params.prepare.window,
+        params.prepare.eval_stride,
+        v.examples,
+        v.chunk_rows,
+    )
 
 
 @dataclass(frozen=True)
@@ -112,7 +132,9 @@ class Partial:
     gap_max: float = 0.0  # the longest gap's step, in sampling intervals
     gap_max_rec: str | None = None  # and its recording
     windows: Counter = field(default_factory=Counter)  # per label, from closed label runs
-    head: tuple[str, str, int] | None = None  # first label run (recording, label, length), still open
+    head: tuple[str, str, int] | None = (
+        None  # first label run (recording, label, length), still open
+    )
     tail: tuple[str, str, int] | None = None  # last label run, still open
     single: bool = False  # head is tail: one label run spans the whole partial
     first: Edge | None = None
@@ -150,7 +172,9 @@ def _boundary_step(out: Partial, a: Edge, b: Edge, spec: Spec) -> None:
         out.counts["gap"] += 1
         out.gap_recs.add(b.key)
         _note_gap(out, float(iv), b.key)
-        _add_example(out, "gap", (b.file, b.row, b.key, {"step_intervals": float(iv)}), spec.examples)
+        _add_example(
+            out, "gap", (b.file, b.row, b.key, {"step_intervals": float(iv)}), spec.examples
+        )
 
 
 def _note_gap(p: Partial, step: float, key: str) -> None:
@@ -246,7 +270,11 @@ def _runs(values: list[np.ndarray]) -> np.ndarray:
 
 def chunk_partial(df: pd.DataFrame, file: int, row0: int, spec: Spec) -> Partial:
     """The statistics of one chunk: rows `row0 …` of file number `file`."""
-    p = Partial(rows=len(df), columns=[str(c) for c in df.columns], dtypes={str(c): df[c].dtype for c in df.columns})
+    p = Partial(
+        rows=len(df),
+        columns=[str(c) for c in df.columns],
+        dtypes={str(c): df[c].dtype for c in df.columns},
+    )
     lim = spec.examples
     present = set(p.columns)
     bad_rows: dict[str, np.ndarray] = {}
@@ -265,13 +293,23 @@ def chunk_partial(df: pd.DataFrame, file: int, row0: int, spec: Spec) -> Partial
             p.ch_n[c], p.ch_mean[c] = int(fin.size), mean
             p.ch_m2[c] = float(((fin - mean) ** 2).sum())
             p.ch_min[c], p.ch_max[c] = float(fin.min()), float(fin.max())
-    for c in [spec.group_col, *([spec.recording_col] if spec.recording_col else []), spec.time_col, spec.label_col]:
+    for c in [
+        spec.group_col,
+        *([spec.recording_col] if spec.recording_col else []),
+        spec.time_col,
+        spec.label_col,
+    ]:
         if c in present:
             bad_rows[f"null:{c}"] = df[c].isna().to_numpy()
     if spec.label_col in present:
         lab = df[spec.label_col]
         bad_rows["label"] = (lab.notna() & ~lab.isin(list(spec.labels))).to_numpy()
-        p.labels.update({str(k): int(v) for k, v in lab.astype(str)[lab.notna()].value_counts(sort=False).items()})
+        p.labels.update(
+            {
+                str(k): int(v)
+                for k, v in lab.astype(str)[lab.notna()].value_counts(sort=False).items()
+            }
+        )
     if spec.split_col and spec.split_col in present:
         sp = df[spec.split_col]
         bad_rows["split"] = (sp.notna() & ~sp.isin(list(spec.split_values))).to_numpy()
@@ -289,8 +327,10 @@ def chunk_partial(df: pd.DataFrame, file: int, row0: int, spec: Spec) -> Partial
         for j, (f, r, key, _) in enumerate(lst):
             lst[j] = (f, r, key, {str(c): _py(x) for c, x in df.iloc[r - row0].items()})
 
-    t_ok = spec.time_col in present and (pd.api.types.is_numeric_dtype(df[spec.time_col])
-                                         or pd.api.types.is_datetime64_any_dtype(df[spec.time_col]))
+    t_ok = spec.time_col in present and (
+        pd.api.types.is_numeric_dtype(df[spec.time_col])
+        or pd.api.types.is_datetime64_any_dtype(df[spec.time_col])
+    )
     if any(c not in present for c in spec.key_cols) or not t_ok:
         p.structural = False
         return p
@@ -324,13 +364,20 @@ def chunk_partial(df: pd.DataFrame, file: int, row0: int, spec: Spec) -> Partial
         order_bad = same_step & ~(d > 0)
         gap_bad = same_step & (iv > spec.max_gap_intervals)
     key_of = np.repeat(np.arange(len(rec_keys)), rec_ends - rec_starts)
-    for name, mask, col, vals in (("order", order_bad, "time_step", d), ("gap", gap_bad, "step_intervals", iv)):
+    for name, mask, col, vals in (
+        ("order", order_bad, "time_step", d),
+        ("gap", gap_bad, "step_intervals", iv),
+    ):
         hits = np.flatnonzero(mask)
         if hits.size:
             p.counts[name] += int(hits.size)
             for i in hits[:lim]:
-                _add_example(p, name, (file, row0 + int(pos[i + 1]), rec_keys[key_of[i + 1]],
-                                       {col: float(vals[i])}), lim)
+                _add_example(
+                    p,
+                    name,
+                    (file, row0 + int(pos[i + 1]), rec_keys[key_of[i + 1]], {col: float(vals[i])}),
+                    lim,
+                )
             if name == "gap":
                 p.gap_recs |= {rec_keys[key_of[i + 1]] for i in hits}
                 top = hits[int(np.argmax(iv[hits]))]
@@ -340,15 +387,22 @@ def chunk_partial(df: pd.DataFrame, file: int, row0: int, spec: Spec) -> Partial
         p.rec_rows[k] = p.rec_rows.get(k, 0) + int(e - s)
         p.rec_file.setdefault(k, file)
         if e - s > 1:
-            vals, cnt = np.unique(rounded[s:e - 1], return_counts=True)
-            p.rec_hist.setdefault(k, Counter()).update(dict(zip(vals.tolist(), cnt.tolist(), strict=True)))
+            vals, cnt = np.unique(rounded[s : e - 1], return_counts=True)
+            p.rec_hist.setdefault(k, Counter()).update(
+                dict(zip(vals.tolist(), cnt.tolist(), strict=True))
+            )
     p.groups = {str(x) for x in pd.unique(g)}
     # label runs inside recordings
     lab_starts = _runs([key_of, lab])
     lab_ends = np.append(lab_starts[1:], len(pos))
-    runs = [(rec_keys[key_of[s]], str(lab[s]), int(e - s)) for s, e in zip(lab_starts, lab_ends, strict=True)]
+    runs = [
+        (rec_keys[key_of[s]], str(lab[s]), int(e - s))
+        for s, e in zip(lab_starts, lab_ends, strict=True)
+    ]
     merged: list[tuple[str, str, int]] = []
-    for run in runs:  # equal string labels (e.g. 1 and "1") are one run, as the table-wide check had it
+    for (
+        run
+    ) in runs:  # equal string labels (e.g. 1 and "1") are one run, as the table-wide check had it
         if merged and merged[-1][:2] == run[:2]:
             merged[-1] = (run[0], run[1], merged[-1][2] + run[2])
         else:
@@ -397,11 +451,24 @@ def plan(path: str | Path) -> list[FileTask]:
 
     path = Path(path)
     if not path.exists():
-        raise DataInvalid(f"{path}: readings file not found", hint="Run `edgedistill ingest` or set data.readings.")
+        raise DataInvalid(
+            f"{path}: readings file not found",
+            hint="Run `edgedistill ingest` or set data.readings.",
+        )
     if path.is_dir():
         files, schema = check_dataset(path)
-        return [FileTask(str(f), i, f.relative_to(path).as_posix(), partition_of(path, f), "dataset", str(path), schema)
-                for i, f in enumerate(files)]
+        return [
+            FileTask(
+                str(f),
+                i,
+                f.relative_to(path).as_posix(),
+                partition_of(path, f),
+                "dataset",
+                str(path),
+                schema,
+            )
+            for i, f in enumerate(files)
+        ]
     if path.stat().st_size == 0:
         raise DataInvalid(f"{path}: file is empty (0 bytes)")
     suffix = path.suffix.lower()
@@ -411,7 +478,9 @@ def plan(path: str | Path) -> list[FileTask]:
         try:
             rows = pq.read_metadata(path).num_rows
         except Exception as e:  # pyarrow raises several types for a damaged footer
-            raise DataInvalid(f"{path}: not a readable Parquet file (truncated or corrupted?): {_short(e)}") from None
+            raise DataInvalid(
+                f"{path}: not a readable Parquet file (truncated or corrupted?): {_short(e)}"
+            ) from None
         if rows == 0:
             raise DataInvalid(f"{path}: has a header but no rows")
         return [FileTask(str(path), 0, path.name, "", "parquet")]
@@ -433,13 +502,18 @@ def _chunks(task: FileTask, chunk_rows: int, time_col: str | None = None):
             for df in pd.read_csv(task.path, chunksize=chunk_rows):
                 yield parse_iso_times(df, time_col)
         except Exception as e:  # pandas raises many types for a malformed CSV
-            raise DataInvalid(f"{task.path}: not a readable CSV file (truncated or corrupted?): {_short(e)}") from None
+            raise DataInvalid(
+                f"{task.path}: not a readable CSV file (truncated or corrupted?): {_short(e)}"
+            ) from None
         return
     import pyarrow.dataset as ds
     import pyarrow.parquet as pq
 
-    where = f" (partition {task.partition or '(top level)'}; truncated or corrupted?)" if task.kind == "dataset" \
+    where = (
+        f" (partition {task.partition or '(top level)'}; truncated or corrupted?)"
+        if task.kind == "dataset"
         else " (truncated or corrupted?)"
+    )
     try:
         if task.kind == "parquet":
             batches = pq.ParquetFile(task.path).iter_batches(batch_size=chunk_rows)
@@ -447,9 +521,13 @@ def _chunks(task: FileTask, chunk_rows: int, time_col: str | None = None):
             part_fields = [f for f in task.schema if f.name in _partition_names(task)]
             import pyarrow as pa
 
-            dataset = ds.dataset([task.path], format="parquet", schema=task.schema,
-                                 partitioning=ds.partitioning(pa.schema(part_fields), flavor="hive"),
-                                 partition_base_dir=task.root)
+            dataset = ds.dataset(
+                [task.path],
+                format="parquet",
+                schema=task.schema,
+                partitioning=ds.partitioning(pa.schema(part_fields), flavor="hive"),
+                partition_base_dir=task.root,
+            )
             batches = dataset.to_batches(batch_size=chunk_rows)
         yield from _coalesced(batches, chunk_rows)
     except DataInvalid:
@@ -494,12 +572,23 @@ def file_partial(item: tuple[FileTask, Spec]) -> Partial:
     return out
 
 
-def collect(tasks: list[FileTask], spec: Spec, address: str | None = None, workers: int = 2,
-            timeout_s: float = 20.0) -> Partial:
+def collect(
+    tasks: list[FileTask],
+    spec: Spec,
+    address: str | None = None,
+    workers: int = 2,
+    timeout_s: float = 20.0,
+) -> Partial:
     """All files' statistics merged in file order (per-file partials in process or on Dask)."""
     from edgedistill.dataplane import run_map
 
-    parts = run_map(file_partial, [(t, spec) for t in tasks], address=address, workers=workers, timeout_s=timeout_s)
+    parts = run_map(
+        file_partial,
+        [(t, spec) for t in tasks],
+        address=address,
+        workers=workers,
+        timeout_s=timeout_s,
+    )
     total = Partial()
     for p in parts:
         total = merge(total, p, spec)
@@ -516,7 +605,10 @@ def channel_std(p: Partial, c: str) -> float | None:
 
 def profile(p: Partial, channels: list[str]) -> dict[str, Any]:
     """The same summary as data_profile.profile(df) (population std, finite values), from the pass."""
-    chans = {c: {"mean": float(p.ch_mean[c]) if p.ch_n.get(c) else None, "std": channel_std(p, c)} for c in channels}
+    chans = {
+        c: {"mean": float(p.ch_mean[c]) if p.ch_n.get(c) else None, "std": channel_std(p, c)}
+        for c in channels
+    }
     total = sum(p.labels.values())
     return {
         "rows": int(p.rows),

@@ -28,10 +28,13 @@ from edgedistill.normalization import spec_of
 from edgedistill.params import vector_groups_in
 
 # loss_fn(model, x_batch, y_batch, batch_indices, generator) -> scalar loss
-LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
+LossFn = Callable[
+    [nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor
+]
 
 
 # ------------------------------------------------------------------ device and data
+
 
 def resolve_device(requested: str, threads: int = 0) -> torch.device:
     """`auto`: CUDA when present, else CPU. An explicit `cuda` without a GPU is a clear error."""
@@ -40,8 +43,10 @@ def resolve_device(requested: str, threads: int = 0) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise ParamsInvalid(f"device {requested!r} requested but CUDA is not available on this machine",
-                            hint="Set train.device to 'auto' (falls back to CPU) or 'cpu'.")
+        raise ParamsInvalid(
+            f"device {requested!r} requested but CUDA is not available on this machine",
+            hint="Set train.device to 'auto' (falls back to CPU) or 'cpu'.",
+        )
     return torch.device(requested)
 
 
@@ -55,7 +60,11 @@ class ShardWindows:
 
         self.split, self.spec, self.device = split, spec, device
         self._norm = InputNorm(spec_of(spec)) if spec is not None else None
-        c = out_channels(spec_of(spec)["method"], split.channels) if spec is not None else split.channels
+        c = (
+            out_channels(spec_of(spec)["method"], split.channels)
+            if spec is not None
+            else split.channels
+        )
         self.shape = torch.Size((len(split), c, split.window))
 
     def __len__(self) -> int:
@@ -87,7 +96,9 @@ class ShardWindows:
 
 @dataclass
 class Split:
-    x: torch.Tensor | ShardWindows  # [N, C, W] float32, normalised (ShardWindows: read per batch from shards)
+    x: (
+        torch.Tensor | ShardWindows
+    )  # [N, C, W] float32, normalised (ShardWindows: read per batch from shards)
     y: torch.Tensor  # [N] int64
     path: str
 
@@ -102,8 +113,12 @@ def open_shards(path: str | Path) -> Any:
     return open_split(path)
 
 
-def load_split(path: str | Path, device: torch.device, n_classes: int | None = None,
-               spec: dict[str, Any] | None = None) -> Split:
+def load_split(
+    path: str | Path,
+    device: torch.device,
+    n_classes: int | None = None,
+    spec: dict[str, Any] | None = None,
+) -> Split:
     """A prepared split `<prepared>/<split>`: labels on `device`, windows read per batch from the shards
     (normalised with `spec` when given)."""
     path = Path(path)
@@ -131,12 +146,17 @@ def data_fingerprint(*paths: str | Path) -> str:
 
 # ------------------------------------------------------------------ augmentation (batched, on device)
 
+
 @dataclass
 class Augment:
     scale: float = 0.0  # per-channel gain 1 ± scale
     jitter: float = 0.0  # Gaussian noise std (normalised units)
-    shift: int = 0  # random circular time shift in ± readings (augment_for: params' fraction × window)
-    rotate: float = 0.0  # random 3-D rotation of each vector triplet, angle up to ± this many degrees
+    shift: int = (
+        0  # random circular time shift in ± readings (augment_for: params' fraction × window)
+    )
+    rotate: float = (
+        0.0  # random 3-D rotation of each vector triplet, angle up to ± this many degrees
+    )
     magnitude_warp: float = 0.0  # std of a smooth random gain curve per channel
     time_warp: float = 0.0  # std of a smooth random playback speed per window
     warp_knots: int = 4
@@ -148,8 +168,14 @@ class Augment:
 
     @property
     def active(self) -> bool:
-        return (self.scale > 0 or self.jitter > 0 or self.shift > 0 or self.rotating or self.magnitude_warp > 0
-                or self.time_warp > 0)
+        return (
+            self.scale > 0
+            or self.jitter > 0
+            or self.shift > 0
+            or self.rotating
+            or self.magnitude_warp > 0
+            or self.time_warp > 0
+        )
 
     @property
     def rotating(self) -> bool:
@@ -172,8 +198,10 @@ def augment_for(aug_params: Any, vector_groups: list[list[str]], norm: dict[str,
         # turned, so the rotation is off for them (documented; the norm's method is in norm.json and the card)
         return aug
     if missing:
-        raise ParamsInvalid(f"data.vector_groups names channels {missing} that the prepared windows do not have "
-                            f"({channels})")
+        raise ParamsInvalid(
+            f"data.vector_groups names channels {missing} that the prepared windows do not have "
+            f"({channels})"
+        )
     aug.rotate_idx = tuple(tuple(channels.index(c) for c in g) for g in vector_groups)  # type: ignore[assignment]
     aug.center = tuple(float(v) for v in spec["center"])
     aug.norm_scale = tuple(float(v) for v in spec["scale"])
@@ -197,10 +225,16 @@ def rodrigues(axis: torch.Tensor, ang: torch.Tensor) -> torch.Tensor:
     k[:, 0, 1], k[:, 0, 2], k[:, 1, 2] = -axis[:, 2], axis[:, 1], -axis[:, 0]
     k = k - k.transpose(1, 2)
     s, c = ang.sin().view(n, 1, 1), ang.cos().view(n, 1, 1)
-    return torch.eye(3, dtype=axis.dtype, device=axis.device).expand(n, 3, 3) + s * k + (1 - c) * (k @ k)
+    return (
+        torch.eye(3, dtype=axis.dtype, device=axis.device).expand(n, 3, 3)
+        + s * k
+        + (1 - c) * (k @ k)
+    )
 
 
-def random_rotations(n: int, max_deg: float, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+def random_rotations(
+    n: int, max_deg: float, gen: torch.Generator, device: torch.device
+) -> torch.Tensor:
     """[n, 3, 3] rotations about uniformly random axes by angles uniform in ±max_deg."""
     axis = torch.randn(n, 3, generator=gen, device=device)
     axis = axis / axis.norm(dim=1, keepdim=True).clamp_min(1e-12)
@@ -225,8 +259,9 @@ def rotate_vectors(x: torch.Tensor, r: torch.Tensor, aug: Augment) -> torch.Tens
     return torch.baddbmm(b.unsqueeze(2), a, x.float()).to(x.dtype)
 
 
-def _smooth_curves(n: int, c: int, w: int, knots: int, std: float, gen: torch.Generator,
-                   device: torch.device) -> torch.Tensor:
+def _smooth_curves(
+    n: int, c: int, w: int, knots: int, std: float, gen: torch.Generator, device: torch.device
+) -> torch.Tensor:
     """[n, c, w] curves 1 + N(0, std) at `knots` evenly spaced knots, linearly interpolated."""
     k = 1 + torch.randn(n, c, knots, generator=gen, device=device) * std
     return F.interpolate(k, size=w, mode="linear", align_corners=True)
@@ -245,8 +280,10 @@ def augment(x: torch.Tensor, aug: Augment, gen: torch.Generator) -> torch.Tensor
         t = t / t[:, :, -1:] * (w - 1)
         lo = t.floor().long().clamp(0, w - 2)
         frac = t - lo
-        x = (torch.gather(x, 2, lo.expand(n, c, w)) * (1 - frac)
-             + torch.gather(x, 2, (lo + 1).expand(n, c, w)) * frac)
+        x = (
+            torch.gather(x, 2, lo.expand(n, c, w)) * (1 - frac)
+            + torch.gather(x, 2, (lo + 1).expand(n, c, w)) * frac
+        )
     if aug.scale > 0:
         x = x * (1 + (torch.rand(n, c, 1, generator=gen, device=dev) * 2 - 1) * aug.scale)
     if aug.jitter > 0:
@@ -265,13 +302,16 @@ def mixup(x: torch.Tensor, alpha: float, gen: torch.Generator) -> torch.Tensor:
     n = x.shape[0]
     # Beta draws come from numpy seeded by `gen`, so the views are the same on every device
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen, device=gen.device).item())
-    lam = torch.from_numpy(np.random.default_rng(seed).beta(alpha, alpha, n).astype(np.float32)).to(x.device)
+    lam = torch.from_numpy(np.random.default_rng(seed).beta(alpha, alpha, n).astype(np.float32)).to(
+        x.device
+    )
     lam = torch.maximum(lam, 1 - lam).view(n, 1, 1)  # keep the window itself dominant
     perm = torch.randperm(n, generator=gen, device=x.device)
     return lam * x + (1 - lam) * x[perm]
 
 
 # ------------------------------------------------------------------ metrics
+
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch: int = 1024) -> torch.Tensor:
@@ -282,7 +322,9 @@ def predict(model: nn.Module, x: torch.Tensor, batch: int = 1024) -> torch.Tenso
     return out
 
 
-def classification_metrics(logits: torch.Tensor, y: torch.Tensor, labels: list[str]) -> dict[str, Any]:
+def classification_metrics(
+    logits: torch.Tensor, y: torch.Tensor, labels: list[str]
+) -> dict[str, Any]:
     pred = logits.argmax(1).cpu().numpy()
     true = y.cpu().numpy()
     k = len(labels)
@@ -304,6 +346,7 @@ def classification_metrics(logits: torch.Tensor, y: torch.Tensor, labels: list[s
 
 
 # ------------------------------------------------------------------ the loop
+
 
 @dataclass
 class TrainConfig:
@@ -329,30 +372,44 @@ class TrainResult:
     resumed_from_epoch: int = 0
 
 
-def train_config(tp: Any, n_train: int, log: Callable[[str], None] | None = None, name: str = "model") -> TrainConfig:
+def train_config(
+    tp: Any, n_train: int, log: Callable[[str], None] | None = None, name: str = "model"
+) -> TrainConfig:
     """The TrainConfig of train params `tp` on `n_train` windows: `epochs`, raised so the run takes at least
     `tp.min_steps` optimizer steps. Schedules are sized in steps, not epochs (as the BiT-HyperRule sizes them
     by dataset size): 16 epochs of a 400-window split are 64 steps, too few for any net to fit."""
     steps = max(math.ceil(n_train / tp.batch_size), 1)
     epochs = max(tp.epochs, math.ceil(tp.min_steps / steps))
     if epochs > tp.epochs and log:
-        log(f"{name}: {n_train} train windows make {steps} steps per epoch; {epochs} epochs (not {tp.epochs}) "
-            f"for train.min_steps {tp.min_steps}")
-    return TrainConfig(**{**tp.model_dump(exclude={"label_smoothing", "min_steps"}), "epochs": epochs})
+        log(
+            f"{name}: {n_train} train windows make {steps} steps per epoch; {epochs} epochs (not {tp.epochs}) "
+            f"for train.min_steps {tp.min_steps}"
+        )
+    return TrainConfig(
+        **{**tp.model_dump(exclude={"label_smoothing", "min_steps"}), "epochs": epochs}
+    )
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(
+            model.parameters(),
+            lr=cfg.lr,
+            momentum=0.9,
+            nesterov=True,
+            weight_decay=cfg.weight_decay,
+        )
     raise ParamsInvalid(f"unknown optimizer {cfg.optimizer!r} (adamw | sgd)")
 
 
 def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
     total = cfg.epochs * steps_per_epoch
     if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.25)
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=cfg.lr, total_steps=total, pct_start=0.25
+        )
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
     if cfg.schedule == "constant":
@@ -401,7 +458,12 @@ def train(
     sched = _scheduler(opt, cfg, steps)
     use_amp = device.type == "cuda"
     history: list[dict[str, float]] = []
-    best = {"acc": -1.0, "epoch": 0, "rose": 0, "state": None}  # rose: the epoch val accuracy last rose
+    best = {
+        "acc": -1.0,
+        "epoch": 0,
+        "rose": 0,
+        "state": None,
+    }  # rose: the epoch val accuracy last rose
     start_epoch = 0
     resume_path = Path(resume_path) if resume_path else None
 
@@ -409,13 +471,17 @@ def train(
         try:  # tensors, numbers, strings and containers only: a resume file can never run code
             blob = torch.load(resume_path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            log(f"{name}: ignoring resume file {resume_path}: not a plain checkpoint ({str(e).splitlines()[0]})")
+            log(
+                f"{name}: ignoring resume file {resume_path}: not a plain checkpoint ({str(e).splitlines()[0]})"
+            )
             blob = {}
         if blob.get("key") == key:
             model.load_state_dict(blob["model"])
             opt.load_state_dict(blob["opt"])
             sched.load_state_dict(blob["sched"])
-            gen.set_state(blob["gen"].to(gen.get_state().device) if device.type == "cpu" else blob["gen"])
+            gen.set_state(
+                blob["gen"].to(gen.get_state().device) if device.type == "cpu" else blob["gen"]
+            )
             torch.set_rng_state(blob["cpu_rng"])
             history, best, start_epoch = blob["history"], blob["best"], blob["epoch"]
             best.setdefault("rose", best["epoch"])  # a resume file written before "rose" was kept
@@ -440,9 +506,13 @@ def train(
                 xb, yb = train.x[idx], train.y[idx]
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                     loss = loss_fn(net, xb, yb, idx, gen)
-                if device.type == "cpu" and not torch.isfinite(loss):  # free on CPU: stop at the first bad step
-                    raise TrainingFailed(f"{name}: loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; stopping "
-                                         "instead of training on garbage")
+                if device.type == "cpu" and not torch.isfinite(
+                    loss
+                ):  # free on CPU: stop at the first bad step
+                    raise TrainingFailed(
+                        f"{name}: loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; stopping "
+                        "instead of training on garbage"
+                    )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.grad_clip > 0:
@@ -453,34 +523,59 @@ def train(
                 n += len(idx)
             total = float(total_t)
             if not math.isfinite(total):  # NaN/inf anywhere in the epoch propagates into the sum
-                raise TrainingFailed(f"{name}: loss became {total} at epoch {epoch + 1}; stopping instead of training "
-                                     "on garbage (the last good epoch's resume file is kept)")
+                raise TrainingFailed(
+                    f"{name}: loss became {total} at epoch {epoch + 1}; stopping instead of training "
+                    "on garbage (the last good epoch's resume file is kept)"
+                )
             seen += n
             logits = predict(net, val.x)
             m = classification_metrics(logits, val.y, labels)
-            history.append({"epoch": epoch + 1, "train_loss": round(total / n, 5), "val_loss": round(m["loss"], 5),
-                            "val_accuracy": round(m["accuracy"], 5)})
+            history.append(
+                {
+                    "epoch": epoch + 1,
+                    "train_loss": round(total / n, 5),
+                    "val_loss": round(m["loss"], 5),
+                    "val_accuracy": round(m["accuracy"], 5),
+                }
+            )
             # a tie in val accuracy (common on a small or saturated val split) keeps the LATER epoch: the tie is no
             # evidence for the earlier one, and later weights have seen more of the decaying schedule. Neither the
             # earliest (an under-trained epoch that happens to tie) nor the lower val loss (a few borderline windows
             # of a tiny split rank mid-schedule weights first: GunPoint's teacher 92.7-96.2% test, its last epochs 97.6-98.0%)
             improved = m["accuracy"] > best["acc"]
             if improved or m["accuracy"] == best["acc"]:
-                best = {"acc": m["accuracy"], "epoch": epoch + 1, "rose": epoch + 1 if improved else best["rose"],
-                        "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+                best = {
+                    "acc": m["accuracy"],
+                    "epoch": epoch + 1,
+                    "rose": epoch + 1 if improved else best["rose"],
+                    "state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+                }
             # patience counts epochs since val accuracy last ROSE (a plateau of ties does not reset it)
             stop = cfg.patience > 0 and epoch + 1 - best["rose"] >= cfg.patience
             if resume_path:
                 with atomic_path(resume_path) as tmp:
-                    torch.save({"key": key, "epoch": epoch + 1, "model": model.state_dict(), "opt": opt.state_dict(),
-                                "sched": sched.state_dict(), "gen": gen.get_state(), "cpu_rng": torch.get_rng_state(),
-                                "history": history, "best": best}, tmp)
+                    torch.save(
+                        {
+                            "key": key,
+                            "epoch": epoch + 1,
+                            "model": model.state_dict(),
+                            "opt": opt.state_dict(),
+                            "sched": sched.state_dict(),
+                            "gen": gen.get_state(),
+                            "cpu_rng": torch.get_rng_state(),
+                            "history": history,
+                            "best": best,
+                        },
+                        tmp,
+                    )
             progress.update(epoch + 1, total / n, m["accuracy"], best["acc"], best["epoch"])
             if on_epoch is not None:
                 on_epoch(epoch + 1, m["accuracy"])
             if stop:
-                stopped = (f"at epoch {epoch + 1}: val accuracy last rose at epoch {best['rose']} ({best['acc']:.4f}), "
-                           f"patience {cfg.patience}; keeping epoch {best['epoch']}, the last at that accuracy")
+                stopped = (
+                    f"at epoch {epoch + 1}: val accuracy last rose at epoch {best['rose']} ({best['acc']:.4f}), "
+                    f"patience {cfg.patience}; keeping epoch {best['epoch']}, the last at that accuracy"
+                )
                 break
     finally:
         progress.close()
@@ -490,9 +585,15 @@ def train(
     if resume_path:
         resume_path.unlink(missing_ok=True)
     log(summary_line(name, best["epoch"], best["acc"], len(history), cfg.epochs, stopped, elapsed))
-    return TrainResult(best_epoch=best["epoch"], epochs_run=len(history), best_val_accuracy=best["acc"],
-                       history=history, seconds=elapsed, samples_per_s=seen / elapsed if elapsed > 0 else 0.0,
-                       resumed_from_epoch=start_epoch)
+    return TrainResult(
+        best_epoch=best["epoch"],
+        epochs_run=len(history),
+        best_val_accuracy=best["acc"],
+        history=history,
+        seconds=elapsed,
+        samples_per_s=seen / elapsed if elapsed > 0 else 0.0,
+        resumed_from_epoch=start_epoch,
+    )
 
 
 @dataclass
@@ -510,10 +611,14 @@ class Prepared:
         """What a checkpoint needs to be used on its own (see edgedistill.checkpoint). `in_channels` is what a
         device feeds (raw readings); `net_in_channels` what the network sees after the normalisation."""
         return {
-            "arch": arch, "config": dict(config), "in_channels": len(self.norm["channels"]),
+            "arch": arch,
+            "config": dict(config),
+            "in_channels": len(self.norm["channels"]),
             "net_in_channels": int(self.train.x.shape[1]),
-            "n_classes": len(self.labels), "window": int(self.norm["window"]),
-            "channels": list(self.norm["channels"]), "labels": self.labels,
+            "n_classes": len(self.labels),
+            "window": int(self.norm["window"]),
+            "channels": list(self.norm["channels"]),
+            "labels": self.labels,
             "sample_rate_hz": float(self.norm["sample_rate_hz"]),
             "norm": spec_of(self.norm),
         }
@@ -525,7 +630,9 @@ def load_prepared(prepared: str | Path, device: torch.device) -> Prepared:
     prepared = Path(prepared)
     norm_path = prepared / "norm.json"
     if not norm_path.is_file():
-        raise DataInvalid(f"{norm_path}: not found", hint="Run `edgedistill prepare` (or `dvc repro prepare`).")
+        raise DataInvalid(
+            f"{norm_path}: not found", hint="Run `edgedistill prepare` (or `dvc repro prepare`)."
+        )
     norm = json.loads(norm_path.read_text())
     k = len(norm["labels"])
     raw = [load_split(prepared / s, device, k) for s in ("train", "val", "test")]
@@ -536,7 +643,9 @@ def load_prepared(prepared: str | Path, device: torch.device) -> Prepared:
     return Prepared(*splits, norm=norm)
 
 
-def build_from_params(arch: str, config: dict[str, Any], in_channels: int, n_classes: int) -> nn.Module:
+def build_from_params(
+    arch: str, config: dict[str, Any], in_channels: int, n_classes: int
+) -> nn.Module:
     from edgedistill.nets import build_model
 
     try:
@@ -554,25 +663,37 @@ def check_train_classes(train: Split, labels: list[str]) -> None:
 
 def check_shapes(split: Split, in_channels: int, window: int, what: str) -> None:
     if split.x.shape[1] != in_channels or split.x.shape[2] != window:
-        raise ModelMismatch(f"{split.path}: windows are [C, W]={list(split.x.shape[1:])} but {what} expects "
-                            f"[{in_channels}, {window}]")
+        raise ModelMismatch(
+            f"{split.path}: windows are [C, W]={list(split.x.shape[1:])} but {what} expects "
+            f"[{in_channels}, {window}]"
+        )
 
 
 # ------------------------------------------------------------------ outputs shared by the training stages
 
-def model_report(model: nn.Module, split: Split, labels: list[str], meta: dict[str, Any]) -> dict[str, Any]:
+
+def model_report(
+    model: nn.Module, split: Split, labels: list[str], meta: dict[str, Any]
+) -> dict[str, Any]:
     """Test metrics plus size/compute of the model; `confusion` is kept for the plots only."""
     from edgedistill.nets import count_macs, count_params
 
     m = classification_metrics(predict(model, split.x), split.y, labels)
     m["params"] = count_params(model)
-    m["macs"] = count_macs(model.cpu(), meta.get("net_in_channels", meta["in_channels"]), meta["window"])
+    m["macs"] = count_macs(
+        model.cpu(), meta.get("net_in_channels", meta["in_channels"]), meta["window"]
+    )
     model.to(split.x.device)
     return m
 
 
-def write_plots(plots_dir: str | Path, name: str, history: list[dict], confusion: list[list[int]],
-                labels: list[str]) -> None:
+def write_plots(
+    plots_dir: str | Path,
+    name: str,
+    history: list[dict],
+    confusion: list[list[int]],
+    labels: list[str],
+) -> None:
     """Training curve and confusion matrix as CSV files that `dvc plots show` renders."""
     import csv
 
@@ -592,10 +713,17 @@ def write_plots(plots_dir: str | Path, name: str, history: list[dict], confusion
 
 def public_metrics(m: dict[str, Any], result: TrainResult, device: torch.device) -> dict[str, Any]:
     out = {k: v for k, v in m.items() if k not in ("confusion", "loss")}
-    out.update({
-        "val_accuracy": round(result.best_val_accuracy, 5), "best_epoch": result.best_epoch,
-        "epochs_run": result.epochs_run, "train_seconds": round(result.seconds, 2),
-        "epoch_seconds": round(result.seconds / max(result.epochs_run - result.resumed_from_epoch, 1), 3),
-        "samples_per_s": round(result.samples_per_s, 1), "device": str(device),
-    })
+    out.update(
+        {
+            "val_accuracy": round(result.best_val_accuracy, 5),
+            "best_epoch": result.best_epoch,
+            "epochs_run": result.epochs_run,
+            "train_seconds": round(result.seconds, 2),
+            "epoch_seconds": round(
+                result.seconds / max(result.epochs_run - result.resumed_from_epoch, 1), 3
+            ),
+            "samples_per_s": round(result.samples_per_s, 1),
+            "device": str(device),
+        }
+    )
     return out

@@ -53,13 +53,15 @@ from edgedistill.store import (
     safe_name,
 )
 
-META = "tuf/metadata"          # store prefix of the TUF metadata
-TARGETS_BASE = "releases"      # target paths are relative to it
+META = "tuf/metadata"  # store prefix of the TUF metadata
+TARGETS_BASE = "releases"  # target paths are relative to it
 ROLES = ("root", "targets", "snapshot", "timestamp")
 ONLINE = ("targets", "snapshot", "timestamp")
 EXPIRY_DAYS = {"root": 365, "targets": 365, "snapshot": 30, "timestamp": 7}
-KEYS_ENV = "EDGEDISTILL_KEYS"             # a folder holding the keys (outside the store)
-KEY_ENV = "EDGEDISTILL_{role}_KEY"        # one role's PEM private key, e.g. from a CI secret or a KMS export
+KEYS_ENV = "EDGEDISTILL_KEYS"  # a folder holding the keys (outside the store)
+KEY_ENV = (
+    "EDGEDISTILL_{role}_KEY"  # one role's PEM private key, e.g. from a CI secret or a KMS export
+)
 KEYS_DIRNAME = "edgedistill-keys"
 ATTEMPTS = 5
 _VERSIONED = re.compile(r"(\d+)\.(root|targets|snapshot)\.json")
@@ -79,6 +81,7 @@ def channel_target(model: str, stage: str) -> str:
 
 # ---------------------------------------------------------------- keys (never in the store)
 
+
 def keys_dir(store: Store, project_root: str | os.PathLike[str] | None = None) -> Path:
     """Where the signing keys live: $EDGEDISTILL_KEYS, else `edgedistill-keys` beside the local store
     (shared by sibling clones, like the store), else beside the project (an S3 store with no keys set)."""
@@ -90,8 +93,10 @@ def keys_dir(store: Store, project_root: str | os.PathLike[str] | None = None) -
     else:
         where = Path(project_root or ".").resolve().parent / KEYS_DIRNAME
     if isinstance(store, LocalStore) and (where == store.root or store.root in where.parents):
-        raise ParamsInvalid(f"the signing keys folder {where} is inside the artifact store {store.root}",
-                            hint=f"Keys never live in the store: point {KEYS_ENV} elsewhere.")
+        raise ParamsInvalid(
+            f"the signing keys folder {where} is inside the artifact store {store.root}",
+            hint=f"Keys never live in the store: point {KEYS_ENV} elsewhere.",
+        )
     return where
 
 
@@ -118,42 +123,58 @@ class Keys:
     """The trusted root (the newest, as `root.json` in the keys folder) and the role keys at hand."""
 
     where: Path
-    root: Any                  # Metadata[Root]
-    signers: dict[str, Any]    # role -> CryptoSigner (root may be absent: an offline root key)
-    root_signers: list[Any] = field(default_factory=list)  # every root key at hand (root.pem, root-N.pem)
+    root: Any  # Metadata[Root]
+    signers: dict[str, Any]  # role -> CryptoSigner (root may be absent: an offline root key)
+    root_signers: list[Any] = field(
+        default_factory=list
+    )  # every root key at hand (root.pem, root-N.pem)
 
     def root_quorum(self) -> list[Any]:
         """The root keys at hand that the trusted root names; at least its threshold, else a refusal."""
         role = self.root.signed.roles["root"]
         have = [s for s in self.root_signers if s.public_key.keyid in role.keyids]
         if len(have) < role.threshold:
-            raise VerificationFailed(f"key check failed: {len(have)} of the {role.threshold} root keys the trusted "
-                                     f"root v{self.root.signed.version} requires are at hand in {self.where}",
-                                     hint="Bring the other root key holders' keys (root-N.pem) for this "
-                                          "command; see docs/device-updates.md.")
+            raise VerificationFailed(
+                f"key check failed: {len(have)} of the {role.threshold} root keys the trusted "
+                f"root v{self.root.signed.version} requires are at hand in {self.where}",
+                hint="Bring the other root key holders' keys (root-N.pem) for this "
+                "command; see docs/device-updates.md.",
+            )
         return have
 
     def signer(self, role: str) -> Any:
         s = self.signers.get(role)
         if s is None:
-            raise ParamsInvalid(f"no {role} signing key: neither {self.where / (role + '.pem')} nor "
-                                f"${KEY_ENV.format(role=role.upper())}",
-                                hint="Put the key there (or in the environment) and run again.")
+            raise ParamsInvalid(
+                f"no {role} signing key: neither {self.where / (role + '.pem')} nor "
+                f"${KEY_ENV.format(role=role.upper())}",
+                hint="Put the key there (or in the environment) and run again.",
+            )
         keyids = self.root.signed.roles[role].keyids
         if s.public_key.keyid not in keyids:
-            raise VerificationFailed(f"key check failed: the {role} key at hand ({s.public_key.keyid[:12]}…) "
-                                     f"is not one the trusted root v{self.root.signed.version} names for {role} "
-                                     "(rotated out?)",
-                                     hint=f"Use the current {role} key (see docs/device-updates.md, rotation).")
+            raise VerificationFailed(
+                f"key check failed: the {role} key at hand ({s.public_key.keyid[:12]}…) "
+                f"is not one the trusted root v{self.root.signed.version} names for {role} "
+                "(rotated out?)",
+                hint=f"Use the current {role} key (see docs/device-updates.md, rotation).",
+            )
         return s
 
 
-def _new_root(signers: dict[str, Any], version: int = 1, now: datetime | None = None,
-              root_keys: list[Any] | None = None, threshold: int = 1) -> Any:
+def _new_root(
+    signers: dict[str, Any],
+    version: int = 1,
+    now: datetime | None = None,
+    root_keys: list[Any] | None = None,
+    threshold: int = 1,
+) -> Any:
     from tuf.api.metadata import Metadata, Root
 
-    root = Root(version=version, expires=(now or now_utc()) + timedelta(days=EXPIRY_DAYS["root"]),
-                consistent_snapshot=True)
+    root = Root(
+        version=version,
+        expires=(now or now_utc()) + timedelta(days=EXPIRY_DAYS["root"]),
+        consistent_snapshot=True,
+    )
     for role in ONLINE:
         root.add_key(signers[role].public_key, role)
     for s in root_keys or [signers["root"]]:
@@ -162,8 +183,12 @@ def _new_root(signers: dict[str, Any], version: int = 1, now: datetime | None = 
     return Metadata(root)
 
 
-def load_keys(store: Store, project_root: str | os.PathLike[str] | None = None, create: bool = False,
-              log: Callable[[str], None] | None = None) -> Keys:
+def load_keys(
+    store: Store,
+    project_root: str | os.PathLike[str] | None = None,
+    create: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> Keys:
     """The keys for this store. With none configured and `create`, demo keys are made (ed25519, one
     per role, private files 0600) and where they are is said."""
     from securesystemslib.signer import CryptoSigner
@@ -172,12 +197,16 @@ def load_keys(store: Store, project_root: str | os.PathLike[str] | None = None, 
     where = keys_dir(store, project_root)
     if not (where / "root.json").is_file():
         if not create:
-            raise ParamsInvalid(f"no signing keys: {where / 'root.json'} does not exist",
-                                hint=f"Set {KEYS_ENV} to the keys folder, or release once to create demo keys.")
+            raise ParamsInvalid(
+                f"no signing keys: {where / 'root.json'} does not exist",
+                hint=f"Set {KEYS_ENV} to the keys folder, or release once to create demo keys.",
+            )
         if store.exists(f"{META}/timestamp.json"):
-            raise VerificationFailed(f"key check failed: {store.describe()} already holds signed metadata, "
-                                     f"but there are no keys at {where}",
-                                     hint=f"Set {KEYS_ENV} to the folder with this store's keys.")
+            raise VerificationFailed(
+                f"key check failed: {store.describe()} already holds signed metadata, "
+                f"but there are no keys at {where}",
+                hint=f"Set {KEYS_ENV} to the folder with this store's keys.",
+            )
         signers = {role: CryptoSigner.generate_ed25519() for role in ROLES}
         for role, s in signers.items():
             _write_private(where / f"{role}.pem", s.private_bytes)
@@ -185,24 +214,31 @@ def load_keys(store: Store, project_root: str | os.PathLike[str] | None = None, 
         root.sign(signers["root"])
         _save_root(where, root)
         if log:
-            log(f"created demo signing keys in {where} (root, targets, snapshot, timestamp; keep them out of "
+            log(
+                f"created demo signing keys in {where} (root, targets, snapshot, timestamp; keep them out of "
                 f"the store; provision devices with {where / 'root.json'}; production: {KEYS_ENV} or "
-                f"{KEY_ENV.format(role='<ROLE>')} from CI/KMS)")
+                f"{KEY_ENV.format(role='<ROLE>')} from CI/KMS)"
+            )
     try:
         root = Metadata.from_bytes((where / "root.json").read_bytes())
     except Exception as e:  # noqa: BLE001 - a damaged trusted root is one clean error
-        raise ParamsInvalid(f"{where / 'root.json'} is not TUF root metadata ({type(e).__name__})",
-                            hint="Restore it from root_history/ in the keys folder.") from None
+        raise ParamsInvalid(
+            f"{where / 'root.json'} is not TUF root metadata ({type(e).__name__})",
+            hint="Restore it from root_history/ in the keys folder.",
+        ) from None
     signers: dict[str, Any] = {}
     for role in ROLES:
         env = os.environ.get(KEY_ENV.format(role=role.upper()))
         if env:
             signers[role] = _load_signer(env.encode(), f"${KEY_ENV.format(role=role.upper())}")
         elif (where / f"{role}.pem").is_file():
-            signers[role] = _load_signer((where / f"{role}.pem").read_bytes(), str(where / f"{role}.pem"))
+            signers[role] = _load_signer(
+                (where / f"{role}.pem").read_bytes(), str(where / f"{role}.pem")
+            )
     extra = sorted(where.glob("root-*.pem"), key=lambda p: p.name)
-    root_signers = ([signers["root"]] if "root" in signers else []) + \
-        [_load_signer(p.read_bytes(), str(p)) for p in extra]
+    root_signers = ([signers["root"]] if "root" in signers else []) + [
+        _load_signer(p.read_bytes(), str(p)) for p in extra
+    ]
     return Keys(where, root, signers, root_signers)
 
 
@@ -217,13 +253,16 @@ def _save_root(where: Path, root: Any) -> None:
 
 # ---------------------------------------------------------------- the repository side (signing)
 
+
 class SignedRepository:
     """Reads the store's metadata (verified with the keys at hand: the store is untrusted, so nothing
     unverified is ever re-signed) and publishes new versions of it."""
 
     def __init__(self, store: Store, keys: Keys, now: Callable[[], datetime] = now_utc):
         self.store, self.keys, self.now = store, keys, now
-        self.read_root: Any = None  # the root that verifies what is read (rotation: the previous one)
+        self.read_root: Any = (
+            None  # the root that verifies what is read (rotation: the previous one)
+        )
 
     def _read(self, name: str) -> tuple[Any, str] | None:
         from tuf.api.metadata import Metadata
@@ -234,8 +273,10 @@ class SignedRepository:
         try:
             return Metadata.from_bytes(got[0]), got[1]
         except Exception as e:  # noqa: BLE001 - any parse failure of untrusted bytes is the same refusal
-            raise VerificationFailed(f"metadata check failed: {self.store.url(f'{META}/{name}')} is not TUF "
-                                     f"metadata ({type(e).__name__}); nothing was signed") from None
+            raise VerificationFailed(
+                f"metadata check failed: {self.store.url(f'{META}/{name}')} is not TUF "
+                f"metadata ({type(e).__name__}); nothing was signed"
+            ) from None
 
     def _verified(self, role: str, name: str) -> tuple[Any, str] | None:
         got = self._read(name)
@@ -244,9 +285,11 @@ class SignedRepository:
         try:
             (self.read_root or self.keys.root).verify_delegate(role, got[0])
         except Exception:  # noqa: BLE001
-            raise VerificationFailed(f"signature check failed: {self.store.url(f'{META}/{name}')} is not signed "
-                                     f"by the {role} key(s) of the trusted root in {self.keys.where}; refusing "
-                                     "to sign on top of it") from None
+            raise VerificationFailed(
+                f"signature check failed: {self.store.url(f'{META}/{name}')} is not signed "
+                f"by the {role} key(s) of the trusted root in {self.keys.where}; refusing "
+                "to sign on top of it"
+            ) from None
         return got
 
     def state(self) -> dict[str, Any]:
@@ -256,13 +299,17 @@ class SignedRepository:
             return {}
         snap = self._verified("snapshot", f"{ts[0].signed.snapshot_meta.version}.snapshot.json")
         if snap is None:
-            raise VerificationFailed(f"metadata check failed: {self.store.describe()} timestamp names snapshot "
-                                     f"v{ts[0].signed.snapshot_meta.version}, which is missing")
+            raise VerificationFailed(
+                f"metadata check failed: {self.store.describe()} timestamp names snapshot "
+                f"v{ts[0].signed.snapshot_meta.version}, which is missing"
+            )
         tv = snap[0].signed.meta["targets.json"].version
         tgt = self._verified("targets", f"{tv}.targets.json")
         if tgt is None:
-            raise VerificationFailed(f"metadata check failed: {self.store.describe()} snapshot names targets v{tv}, "
-                                     "which is missing")
+            raise VerificationFailed(
+                f"metadata check failed: {self.store.describe()} snapshot names targets v{tv}, "
+                "which is missing"
+            )
         return {"timestamp": ts[0], "etag": ts[1], "snapshot": snap[0], "targets": tgt[0]}
 
     def targets(self) -> dict[str, Any]:
@@ -288,8 +335,11 @@ class SignedRepository:
     def publish_roots(self) -> None:
         """Every root version the keys folder holds is in the store (create-only), so a device pinned
         to an older root can walk the rotations."""
-        have = {int(m.group(1)) for k in self.store.list(META)
-                if (m := _VERSIONED.fullmatch(k.rsplit("/", 1)[-1])) and m.group(2) == "root"}
+        have = {
+            int(m.group(1))
+            for k in self.store.list(META)
+            if (m := _VERSIONED.fullmatch(k.rsplit("/", 1)[-1])) and m.group(2) == "root"
+        }
         for v in range(1, self.keys.root.signed.version + 1):
             path = self.keys.where / "root_history" / f"{v}.root.json"
             if v not in have and path.is_file():
@@ -298,7 +348,9 @@ class SignedRepository:
                 except ConditionalWriteFailed:
                     pass
 
-    def commit(self, change: Callable[[Any], bool] | None = None, resign: bool = False) -> dict[str, Any]:
+    def commit(
+        self, change: Callable[[Any], bool] | None = None, resign: bool = False
+    ) -> dict[str, Any]:
         """Apply `change(targets)` (True: it changed something) and publish new targets, snapshot and
         timestamp as needed; with no change, only what is due for renewal (or everything: `resign`).
         Retries when another signer replaced the timestamp first."""
@@ -324,29 +376,53 @@ class SignedRepository:
                 if wrote or snap is None or self._due(snap, "snapshot"):
                     data = tgt.to_bytes()
                     sv = max(snap.signed.version if snap else 0, listed.get("snapshot", 0)) + 1
-                    snap = Metadata(Snapshot(version=sv, expires=now + timedelta(days=EXPIRY_DAYS["snapshot"]),
-                                             meta={"targets.json": MetaFile.from_data(tgt.signed.version, data,
-                                                                                      ["sha256"])}))
+                    snap = Metadata(
+                        Snapshot(
+                            version=sv,
+                            expires=now + timedelta(days=EXPIRY_DAYS["snapshot"]),
+                            meta={
+                                "targets.json": MetaFile.from_data(
+                                    tgt.signed.version, data, ["sha256"]
+                                )
+                            },
+                        )
+                    )
                     snap.sign(self.keys.signer("snapshot"))
                     self._create(f"{sv}.snapshot.json", snap)
                     wrote.append(f"snapshot v{sv}")
                 if wrote or ts is None or self._due(ts, "timestamp"):
                     data = snap.to_bytes()
                     tv = (ts.signed.version if ts else 0) + 1
-                    ts = Metadata(Timestamp(version=tv, expires=now + timedelta(days=EXPIRY_DAYS["timestamp"]),
-                                            snapshot_meta=MetaFile.from_data(snap.signed.version, data,
-                                                                             ["sha256"])))
+                    ts = Metadata(
+                        Timestamp(
+                            version=tv,
+                            expires=now + timedelta(days=EXPIRY_DAYS["timestamp"]),
+                            snapshot_meta=MetaFile.from_data(snap.signed.version, data, ["sha256"]),
+                        )
+                    )
                     ts.sign(self.keys.signer("timestamp"))
-                    self.store.write_conditional(f"{META}/timestamp.json", ts.to_bytes(), st.get("etag"))
+                    self.store.write_conditional(
+                        f"{META}/timestamp.json", ts.to_bytes(), st.get("etag")
+                    )
                     wrote.append(f"timestamp v{tv}")
             except ConditionalWriteFailed:
                 continue  # another signer got there first: read its state and apply the change again
-            return {"wrote": wrote, "targets_version": tgt.signed.version,
-                    "expires": ts.signed.expires.isoformat()}
-        raise ConditionalWriteFailed(f"{self.store.describe()}: {ATTEMPTS} metadata commits lost to other signers")
+            return {
+                "wrote": wrote,
+                "targets_version": tgt.signed.version,
+                "expires": ts.signed.expires.isoformat(),
+            }
+        raise ConditionalWriteFailed(
+            f"{self.store.describe()}: {ATTEMPTS} metadata commits lost to other signers"
+        )
 
-    def rotate(self, root_too: bool = False, log: Callable[[str], None] | None = None, root_keys: int = 1,
-               threshold: int = 1) -> dict[str, Any]:
+    def rotate(
+        self,
+        root_too: bool = False,
+        log: Callable[[str], None] | None = None,
+        root_keys: int = 1,
+        threshold: int = 1,
+    ) -> dict[str, Any]:
         """New online keys (and, with `root_too`, `root_keys` new root keys of which `threshold` must sign
         each later root): root v+1 signed by a threshold of the old root keys and of the new ones,
         published to the store; then targets, snapshot and timestamp re-signed with the new keys.
@@ -354,8 +430,10 @@ class SignedRepository:
         from securesystemslib.signer import CryptoSigner
 
         if not 1 <= threshold <= root_keys:
-            raise ParamsInvalid(f"root threshold {threshold} must be between 1 and the number of root keys "
-                                f"({root_keys})")
+            raise ParamsInvalid(
+                f"root threshold {threshold} must be between 1 and the number of root keys "
+                f"({root_keys})"
+            )
         if not root_too and (root_keys, threshold) != (1, 1):
             raise ParamsInvalid("--root-keys and --threshold change the root keys: add --root")
         old_quorum = self.keys.root_quorum()
@@ -363,11 +441,19 @@ class SignedRepository:
         state = self.state()  # verified with the current keys before anything changes
         new = {role: CryptoSigner.generate_ed25519() for role in ONLINE}
         old_role = old_root.signed.roles["root"]
-        new_roots = [CryptoSigner.generate_ed25519() for _ in range(root_keys)] if root_too else \
-            [s for s in self.keys.root_signers if s.public_key.keyid in old_role.keyids]
+        new_roots = (
+            [CryptoSigner.generate_ed25519() for _ in range(root_keys)]
+            if root_too
+            else [s for s in self.keys.root_signers if s.public_key.keyid in old_role.keyids]
+        )
         new["root"] = new_roots[0]
-        root = _new_root(new, old_root.signed.version + 1, self.now(), root_keys=None if not root_too else new_roots,
-                         threshold=threshold if root_too else old_role.threshold)
+        root = _new_root(
+            new,
+            old_root.signed.version + 1,
+            self.now(),
+            root_keys=None if not root_too else new_roots,
+            threshold=threshold if root_too else old_role.threshold,
+        )
         if not root_too:  # the same root keys: keep them all, also those held elsewhere
             root.signed.roles["root"].keyids = list(old_role.keyids)
             root.signed.keys.update({k: old_root.signed.keys[k] for k in old_role.keyids})
@@ -378,7 +464,10 @@ class SignedRepository:
         retired = self.keys.where / "retired" / stamp
         pems = {role: new[role] for role in ONLINE}
         if root_too:
-            pems |= {"root": new_roots[0], **{f"root-{i}": s for i, s in enumerate(new_roots[1:], 2)}}
+            pems |= {
+                "root": new_roots[0],
+                **{f"root-{i}": s for i, s in enumerate(new_roots[1:], 2)},
+            }
             for old in self.keys.where.glob("root-*.pem"):  # the old extra root keys retire too
                 retired.mkdir(parents=True, exist_ok=True, mode=0o700)
                 shutil.move(str(old), retired / old.name)
@@ -400,13 +489,16 @@ class SignedRepository:
                 f"rotation half done: root v{root.signed.version} and the new keys are in {self.keys.where}, "
                 f"but re-signing the metadata in {self.store.describe()} failed ({e})",
                 hint="Fix the cause, then run `edgedistill keys rotate --finish` (re-signs with the new keys; "
-                     "devices keep their model meanwhile).") from None
+                "devices keep their model meanwhile).",
+            ) from None
         finally:
             self.read_root = None
         if log:
-            log(f"rotated the {'root and ' if root_too else ''}online keys: root v{root.signed.version} "
+            log(
+                f"rotated the {'root and ' if root_too else ''}online keys: root v{root.signed.version} "
                 f"(re-provision devices with {self.keys.where / 'root.json'} at leisure: a device pinned to an "
-                f"older root follows the rotation); old keys in {retired if retired.exists() else '-'}")
+                f"older root follows the rotation); old keys in {retired if retired.exists() else '-'}"
+            )
         return {"root_version": root.signed.version, "retired": str(retired), **got}
 
 
@@ -439,28 +531,37 @@ def _target(path: str, data: bytes, custom: dict[str, Any] | None = None) -> Any
     return t
 
 
-def sign_release(repo: SignedRepository, model: str, version: str, files: dict[str, bytes]) -> dict[str, Any]:
+def sign_release(
+    repo: SignedRepository, model: str, version: str, files: dict[str, bytes]
+) -> dict[str, Any]:
     """Add a version's files as signed targets. A version is immutable: signing other bytes under a
     version already signed is refused; the same bytes again change nothing."""
-    want = {version_target(model, version, name): _target(version_target(model, version, name), data)
-            for name, data in files.items()}
+    want = {
+        version_target(model, version, name): _target(version_target(model, version, name), data)
+        for name, data in files.items()
+    }
     prefix = f"{model}/{version}/"
 
     def change(t: Any) -> bool:
         have = {p: f for p, f in t.targets.items() if p.startswith(prefix)}
         if have:
-            if {p: (f.length, f.hashes) for p, f in have.items()} == {p: (f.length, f.hashes) for p, f in want.items()}:
+            if {p: (f.length, f.hashes) for p, f in have.items()} == {
+                p: (f.length, f.hashes) for p, f in want.items()
+            }:
                 return False
-            raise ArtifactCorrupt(f"{model} {version} is already signed with other files",
-                                  hint="Versions are immutable; register a new version instead.")
+            raise ArtifactCorrupt(
+                f"{model} {version} is already signed with other files",
+                hint="Versions are immutable; register a new version instead.",
+            )
         t.targets.update(want)
         return True
 
     return repo.commit(change)
 
 
-def sign_channel(repo: SignedRepository, model: str, stage: str, document: bytes, version: str,
-                 assignment: int) -> dict[str, Any]:
+def sign_channel(
+    repo: SignedRepository, model: str, stage: str, document: bytes, version: str, assignment: int
+) -> dict[str, Any]:
     """Sign a channel document. Its entry carries the assignment counter: a lower one than the
     signed one is refused (a stale publisher never moves the channel back)."""
     path = channel_target(model, stage)
@@ -471,8 +572,10 @@ def sign_channel(repo: SignedRepository, model: str, stage: str, document: bytes
         if cur is not None:
             c = cur.custom or {}
             if int(c.get("assignment", 0)) > assignment:
-                raise ConditionalWriteFailed(f"{model} {stage}: the signed channel is at assignment "
-                                             f"{c.get('assignment')} > {assignment}; left alone")
+                raise ConditionalWriteFailed(
+                    f"{model} {stage}: the signed channel is at assignment "
+                    f"{c.get('assignment')} > {assignment}; left alone"
+                )
             if (cur.length, cur.hashes) == (entry.length, entry.hashes):
                 return False
         t.targets[path] = entry
@@ -490,6 +593,7 @@ def signed_channel(repo: SignedRepository, model: str, stage: str) -> dict[str, 
 
 
 # ---------------------------------------------------------------- the client side (verification)
+
 
 def _fetcher_class() -> type:
     from tuf.api.exceptions import DownloadHTTPError
@@ -520,14 +624,21 @@ def _refusal(e: BaseException, what: str) -> EdgeDistillError:
 
     if isinstance(e, EdgeDistillError):
         return e
-    checks = [(x.UnsignedMetadataError, "signature"), (x.ExpiredMetadataError, "expiry"),
-              (x.BadVersionNumberError, "version (rollback)"), (x.LengthOrHashMismatchError, "length/sha256"),
-              (x.DownloadLengthMismatchError, "length/sha256"), (x.RepositoryError, "metadata")]
+    checks = [
+        (x.UnsignedMetadataError, "signature"),
+        (x.ExpiredMetadataError, "expiry"),
+        (x.BadVersionNumberError, "version (rollback)"),
+        (x.LengthOrHashMismatchError, "length/sha256"),
+        (x.DownloadLengthMismatchError, "length/sha256"),
+        (x.RepositoryError, "metadata"),
+    ]
     for cls, check in checks:
         if isinstance(e, cls):
             return VerificationFailed(f"{check} check failed ({what}): {e}")
     if isinstance(e, x.DownloadHTTPError) and e.status_code in (403, 404):
-        return VerificationFailed(f"metadata check failed ({what}): {e} (nothing signed there yet?)")
+        return VerificationFailed(
+            f"metadata check failed ({what}): {e} (nothing signed there yet?)"
+        )
     if isinstance(e, x.DownloadError):
         cause = e.__cause__ or e
         if isinstance(cause, EdgeDistillError):
@@ -540,17 +651,29 @@ class Client:
     """A verifying view of the store from a pinned root: one refresh (one coherent, signed state),
     then any target downloaded and checked against it."""
 
-    def __init__(self, store: Store, trusted_root: bytes, cache: str | os.PathLike[str],
-                 now: datetime | None = None):
+    def __init__(
+        self,
+        store: Store,
+        trusted_root: bytes,
+        cache: str | os.PathLike[str],
+        now: datetime | None = None,
+    ):
         from tuf.ngclient import Updater, UpdaterConfig
 
         self.store = store
         Path(cache).mkdir(parents=True, exist_ok=True)
         try:
-            self.updater = Updater(str(cache), "store:" + META + "/", target_base_url="store:" + TARGETS_BASE + "/",
-                                   fetcher=_fetcher_class()(store),
-                                   config=UpdaterConfig(prefix_targets_with_hash=False), bootstrap=trusted_root)
-            if now is not None:  # an injected clock (tests, or a device whose clock is set otherwise)
+            self.updater = Updater(
+                str(cache),
+                "store:" + META + "/",
+                target_base_url="store:" + TARGETS_BASE + "/",
+                fetcher=_fetcher_class()(store),
+                config=UpdaterConfig(prefix_targets_with_hash=False),
+                bootstrap=trusted_root,
+            )
+            if (
+                now is not None
+            ):  # an injected clock (tests, or a device whose clock is set otherwise)
                 self.updater._trusted_set.reference_time = now
             self.updater.refresh()
         except Exception as e:  # noqa: BLE001 - every failure becomes one named refusal
@@ -560,8 +683,10 @@ class Client:
     def download(self, path: str, dest: Path) -> Path:
         info = self.targets.get(path)
         if info is None:
-            raise VerificationFailed(f"signed-target check failed: {path} is not a signed target in "
-                                     f"{self.store.describe()}")
+            raise VerificationFailed(
+                f"signed-target check failed: {path} is not a signed target in "
+                f"{self.store.describe()}"
+            )
         try:
             self.updater.download_target(info, str(dest))
         except Exception as e:  # noqa: BLE001
@@ -570,44 +695,64 @@ class Client:
 
     def version_files(self, model: str, version: str) -> dict[str, Any]:
         prefix = f"{safe_name('model', model)}/{safe_name('version', version)}/"
-        files = {p[len(prefix):]: t for p, t in self.targets.items() if p.startswith(prefix)}
+        files = {p[len(prefix) :]: t for p, t in self.targets.items() if p.startswith(prefix)}
         if not files:
-            raise VerificationFailed(f"signed-target check failed: {model} {version} is not a signed release in "
-                                     f"{self.store.describe()} (published before signing began, or never); refused",
-                                     hint="Re-sign it (`edgedistill keys adopt VERSION`) or release a new version.")
+            raise VerificationFailed(
+                f"signed-target check failed: {model} {version} is not a signed release in "
+                f"{self.store.describe()} (published before signing began, or never); refused",
+                hint="Re-sign it (`edgedistill keys adopt VERSION`) or release a new version.",
+            )
         return files
 
     def channel(self, model: str, stage: str, tmp: Path) -> tuple[dict[str, Any], Any]:
         path = channel_target(model, stage)
         self.download(path, tmp / "channel.json")
-        doc = parse_document((tmp / "channel.json").read_bytes(), f"{TARGETS_BASE}/{path}", "channel document")
+        doc = parse_document(
+            (tmp / "channel.json").read_bytes(), f"{TARGETS_BASE}/{path}", "channel document"
+        )
         custom = self.targets[path].custom or {}
-        if (doc.get("version"), doc.get("assignment")) != (custom.get("version"), custom.get("assignment")):
-            raise VerificationFailed(f"channel check failed: {TARGETS_BASE}/{path} says {doc.get('version')} "
-                                     f"#{doc.get('assignment')}, its signed entry {custom.get('version')} "
-                                     f"#{custom.get('assignment')}")
+        if (doc.get("version"), doc.get("assignment")) != (
+            custom.get("version"),
+            custom.get("assignment"),
+        ):
+            raise VerificationFailed(
+                f"channel check failed: {TARGETS_BASE}/{path} says {doc.get('version')} "
+                f"#{doc.get('assignment')}, its signed entry {custom.get('version')} "
+                f"#{custom.get('assignment')}"
+            )
         return doc, self.targets[path]
 
 
 def trusted_root_bytes(root: str | os.PathLike[str]) -> bytes:
     path = Path(root)
     if not path.is_file():
-        raise ParamsInvalid(f"no pinned root: {path} does not exist",
-                            hint="Provision the device with the root.json from the keys folder "
-                                 "(docs/device-updates.md).")
+        raise ParamsInvalid(
+            f"no pinned root: {path} does not exist",
+            hint="Provision the device with the root.json from the keys folder "
+            "(docs/device-updates.md).",
+        )
     return path.read_bytes()
 
 
-def download_version(client: Client, model: str, version: str, dest: str | os.PathLike[str],
-                     tmp_dir: Path | None = None) -> dict[str, Any]:
+def download_version(
+    client: Client,
+    model: str,
+    version: str,
+    dest: str | os.PathLike[str],
+    tmp_dir: Path | None = None,
+) -> dict[str, Any]:
     """Download every signed file of `version`, verify each (length, SHA-256 against the signed
     targets) and the card's model/version, then swap the folder in; on any failure `dest` is left as it was."""
     from edgedistill.io import swap_dir
 
     dest = Path(dest).resolve()
-    if dest.exists() and (not dest.is_dir() or (any(dest.iterdir()) and not (dest / SUMS).is_file())):
-        raise ParamsInvalid(f"refusing to replace {dest}: it is not a fetched release bundle",
-                            hint="Pass --to an empty or new directory (or one `fetch` wrote before).")
+    if dest.exists() and (
+        not dest.is_dir() or (any(dest.iterdir()) and not (dest / SUMS).is_file())
+    ):
+        raise ParamsInvalid(
+            f"refusing to replace {dest}: it is not a fetched release bundle",
+            hint="Pass --to an empty or new directory (or one `fetch` wrote before).",
+        )
     if dest in Path.cwd().resolve().parents or dest == Path.cwd().resolve():
         raise ParamsInvalid(f"refusing to replace {dest}: it contains the current directory")
     files = client.version_files(model, version)
@@ -619,26 +764,51 @@ def download_version(client: Client, model: str, version: str, dest: str | os.Pa
     try:
         for name in sorted(files):
             client.download(f"{model}/{version}/{safe_name('file', name)}", tmp / name)
-        card = parse_document((tmp / CARD).read_bytes(), f"{model}/{version}/{CARD}", "model card") \
-            if CARD in files else {}
+        card = (
+            parse_document((tmp / CARD).read_bytes(), f"{model}/{version}/{CARD}", "model card")
+            if CARD in files
+            else {}
+        )
         if PROVENANCE in files:  # signed provenance: its subjects are exactly these files
-            check_provenance((tmp / PROVENANCE).read_bytes(), client.updater._trusted_set.root,
-                             {n: t.hashes["sha256"] for n, t in files.items()}, f"{model}/{version}/{PROVENANCE}")
+            check_provenance(
+                (tmp / PROVENANCE).read_bytes(),
+                client.updater._trusted_set.root,
+                {n: t.hashes["sha256"] for n, t in files.items()},
+                f"{model}/{version}/{PROVENANCE}",
+            )
         if (card.get("model"), card.get("version")) != (model, version):
-            raise VerificationFailed(f"card check failed: {model}/{version}/{CARD} describes {card.get('model')} "
-                                     f"{card.get('version')}, not {model} {version}")
-        if SUMS not in files:  # marks the folder as a fetched bundle (the next fetch may replace it)
-            (tmp / SUMS).write_text("".join(f"{files[n].hashes['sha256']}  {n}\n" for n in sorted(files)))
+            raise VerificationFailed(
+                f"card check failed: {model}/{version}/{CARD} describes {card.get('model')} "
+                f"{card.get('version')}, not {model} {version}"
+            )
+        if (
+            SUMS not in files
+        ):  # marks the folder as a fetched bundle (the next fetch may replace it)
+            (tmp / SUMS).write_text(
+                "".join(f"{files[n].hashes['sha256']}  {n}\n" for n in sorted(files))
+            )
         swap_dir(tmp, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"dest": str(dest), "signed_targets_version": client.updater._trusted_set.targets.version,
-            "files": {n: {"sha256": t.hashes["sha256"], "bytes": t.length} for n, t in sorted(files.items())
-                      if n != SUMS}}  # SHA256SUMS is verified too; listed as before, the files it names
+    return {
+        "dest": str(dest),
+        "signed_targets_version": client.updater._trusted_set.targets.version,
+        "files": {
+            n: {"sha256": t.hashes["sha256"], "bytes": t.length}
+            for n, t in sorted(files.items())
+            if n != SUMS
+        },
+    }  # SHA256SUMS is verified too; listed as before, the files it names
 
 
-def fetch_verified(store: Store, keys_root: bytes, model: str, version: str, dest: str | os.PathLike[str],
-                   now: datetime | None = None) -> dict[str, Any]:
+def fetch_verified(
+    store: Store,
+    keys_root: bytes,
+    model: str,
+    version: str,
+    dest: str | os.PathLike[str],
+    now: datetime | None = None,
+) -> dict[str, Any]:
     """`edgedistill fetch`: a fresh client from the project's trusted root (the keys folder's root.json)."""
     with tempfile.TemporaryDirectory() as cache:
         return download_version(Client(store, keys_root, cache, now), model, version, dest)
@@ -647,14 +817,20 @@ def fetch_verified(store: Store, keys_root: bytes, model: str, version: str, des
 ROOT_ENV = "EDGEDISTILL_ROOT"  # a pinned root.json for a machine that verifies but holds no keys
 
 
-def signing_repository(store: Store, project_root: str | os.PathLike[str] | None = None,
-                       log: Callable[[str], None] | None = None) -> SignedRepository:
+def signing_repository(
+    store: Store,
+    project_root: str | os.PathLike[str] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> SignedRepository:
     """The signer for a release or a publish: the configured keys, or demo keys made on first use."""
     return SignedRepository(store, load_keys(store, project_root, create=True, log=log))
 
 
-def project_root_of_trust(store: Store, project_root: str | os.PathLike[str] | None = None,
-                          pinned: str | os.PathLike[str] | None = None) -> bytes:
+def project_root_of_trust(
+    store: Store,
+    project_root: str | os.PathLike[str] | None = None,
+    pinned: str | os.PathLike[str] | None = None,
+) -> bytes:
     """The root a project-side fetch verifies with: `pinned` (--root), $EDGEDISTILL_ROOT, else the
     keys folder's root.json (the signer's own, newest root)."""
     path = pinned or os.environ.get(ROOT_ENV) or keys_dir(store, project_root) / "root.json"
@@ -675,14 +851,21 @@ def store_files(store: Store, model: str, version: str) -> dict[str, bytes]:
     return out
 
 
-def publish_signed(store: Store, model: str, version: str, files: dict[str, Path],
-                   project_root: str | os.PathLike[str] | None = None,
-                   log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def publish_signed(
+    store: Store,
+    model: str,
+    version: str,
+    files: dict[str, Path],
+    project_root: str | os.PathLike[str] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Upload a release bundle (store.publish_bundle) and sign its files, SHA256SUMS included."""
     from edgedistill.store import publish_bundle, sums_text
 
     publish_bundle(store, model, version, files)
-    data = {name: Path(p).read_bytes() for name, p in files.items()} | {SUMS: sums_text(files).encode()}
+    data = {name: Path(p).read_bytes() for name, p in files.items()} | {
+        SUMS: sums_text(files).encode()
+    }
     return sign_release(signing_repository(store, project_root, log), model, version, data)
 
 
@@ -695,30 +878,48 @@ PAYLOAD_TYPE = "application/vnd.in-toto+json"
 BUILD_TYPE = "https://github.com/edgedistill/edgedistill/release@v1"
 
 
-def provenance_statement(model: str, version: str, files: dict[str, bytes], commit: str, data: dict[str, Any],
-                         params_sha256: str, lock_sha256: str | None) -> dict[str, Any]:
+def provenance_statement(
+    model: str,
+    version: str,
+    files: dict[str, bytes],
+    commit: str,
+    data: dict[str, Any],
+    params_sha256: str,
+    lock_sha256: str | None,
+) -> dict[str, Any]:
     """An in-toto Statement (SLSA provenance predicate) linking what was built from — the code commit,
     the data version (DVC md5), params.yaml and requirements.lock — to each shipped file's SHA-256."""
     import hashlib
 
     return {
         "_type": STATEMENT_TYPE,
-        "subject": [{"name": name, "digest": {"sha256": hashlib.sha256(data_).hexdigest()}}
-                    for name, data_ in sorted(files.items()) if name not in (PROVENANCE, SUMS)],
+        "subject": [
+            {"name": name, "digest": {"sha256": hashlib.sha256(data_).hexdigest()}}
+            for name, data_ in sorted(files.items())
+            if name not in (PROVENANCE, SUMS)
+        ],
         "predicateType": PREDICATE_TYPE,
         "predicate": {
             "buildDefinition": {
                 "buildType": BUILD_TYPE,
-                "externalParameters": {"model": model, "version": version,
-                                       "params": {"path": "params.yaml", "sha256": params_sha256}},
+                "externalParameters": {
+                    "model": model,
+                    "version": version,
+                    "params": {"path": "params.yaml", "sha256": params_sha256},
+                },
                 "resolvedDependencies": [
                     {"uri": "git+project", "digest": {"gitCommit": commit}},
                     {"uri": f"dvc:{data.get('path')}", "digest": {"md5": data.get("md5")}},
                     {"uri": "requirements.lock", "digest": {"sha256": lock_sha256}},
                 ],
             },
-            "runDetails": {"builder": {"id": "edgedistill release flow"},
-                           "metadata": {"invocationId": f"{model}@{version}", "startedOn": now_utc().isoformat()}},
+            "runDetails": {
+                "builder": {"id": "edgedistill release flow"},
+                "metadata": {
+                    "invocationId": f"{model}@{version}",
+                    "startedOn": now_utc().isoformat(),
+                },
+            },
         },
     }
 
@@ -734,7 +935,9 @@ def sign_provenance(statement: dict[str, Any], signer: Any) -> bytes:
     return (json.dumps(env.to_dict(), indent=2) + "\n").encode()
 
 
-def check_provenance(envelope: bytes, root: Any, digests: dict[str, str], where: str) -> dict[str, Any]:
+def check_provenance(
+    envelope: bytes, root: Any, digests: dict[str, str], where: str
+) -> dict[str, Any]:
     """Verify the envelope with the targets key(s) of the trusted root and that its subjects are exactly
     the files at hand (name and SHA-256); returns the statement."""
     import json
@@ -747,16 +950,24 @@ def check_provenance(envelope: bytes, root: Any, digests: dict[str, str], where:
         env.verify([root.keys[k] for k in role.keyids], role.threshold)
         statement = json.loads(env.payload)
     except Exception as e:  # noqa: BLE001 - any failure is the same refusal
-        raise VerificationFailed(f"provenance check failed: {where} is not a statement signed by the targets "
-                                 f"key ({type(e).__name__}: {str(e)[:120]})") from None
+        raise VerificationFailed(
+            f"provenance check failed: {where} is not a statement signed by the targets "
+            f"key ({type(e).__name__}: {str(e)[:120]})"
+        ) from None
     if statement.get("_type") != STATEMENT_TYPE or statement.get("predicateType") != PREDICATE_TYPE:
-        raise VerificationFailed(f"provenance check failed: {where} is not an in-toto SLSA provenance statement")
-    subjects = {s.get("name"): (s.get("digest") or {}).get("sha256") for s in statement.get("subject") or []}
+        raise VerificationFailed(
+            f"provenance check failed: {where} is not an in-toto SLSA provenance statement"
+        )
+    subjects = {
+        s.get("name"): (s.get("digest") or {}).get("sha256") for s in statement.get("subject") or []
+    }
     want = {n: d for n, d in digests.items() if n not in (PROVENANCE, SUMS)}
     if subjects != want:
         bad = sorted(n for n in set(subjects) | set(want) if subjects.get(n) != want.get(n))
-        raise VerificationFailed(f"provenance check failed: {where} does not name the shipped files' digests "
-                                 f"({', '.join(bad)})")
+        raise VerificationFailed(
+            f"provenance check failed: {where} does not name the shipped files' digests "
+            f"({', '.join(bad)})"
+        )
     return statement
 
 
@@ -765,9 +976,12 @@ def provenance_facts(statement: dict[str, Any]) -> dict[str, Any]:
     bd = statement["predicate"]["buildDefinition"]
     deps = {d["uri"]: d["digest"] for d in bd["resolvedDependencies"]}
     data = next((v for k, v in deps.items() if k.startswith("dvc:")), {})
-    return {"commit": deps.get("git+project", {}).get("gitCommit"), "data_md5": data.get("md5"),
-            "params_sha256": bd["externalParameters"]["params"]["sha256"],
-            "lock_sha256": deps.get("requirements.lock", {}).get("sha256")}
+    return {
+        "commit": deps.get("git+project", {}).get("gitCommit"),
+        "data_md5": data.get("md5"),
+        "params_sha256": bd["externalParameters"]["params"]["sha256"],
+        "lock_sha256": deps.get("requirements.lock", {}).get("sha256"),
+    }
 
 
 def read_statement(envelope: bytes) -> dict[str, Any]:

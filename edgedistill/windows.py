@@ -65,7 +65,9 @@ class CutItem:
     shard_windows: int
     work_dir: str
     split_of: dict[str, str] = field(default_factory=dict)  # group -> split
-    rec_split: dict[str, str] | None = None  # recording key -> split (with a split column; wins over groups)
+    rec_split: dict[str, str] | None = (
+        None  # recording key -> split (with a split column; wins over groups)
+    )
 
     def split_keys(self, keys: np.ndarray, groups: np.ndarray) -> np.ndarray:
         """The split of each row (None where its recording/group has none)."""
@@ -80,23 +82,34 @@ def sources(path: str | Path) -> list[Source]:
 
     path = Path(path)
     if not path.exists():
-        raise DataInvalid(f"{path}: readings file not found", hint="Run `edgedistill ingest` or set data.readings.")
+        raise DataInvalid(
+            f"{path}: readings file not found",
+            hint="Run `edgedistill ingest` or set data.readings.",
+        )
     if not path.is_dir():
         if path.stat().st_size == 0:
             raise DataInvalid(f"{path}: file is empty (0 bytes)")
         if path.suffix.lower() not in PARQUET_SUFFIXES | CSV_SUFFIXES:
-            raise DataInvalid(f"{path}: unsupported file type {path.suffix.lower()!r}; use .parquet or .csv")
+            raise DataInvalid(
+                f"{path}: unsupported file type {path.suffix.lower()!r}; use .parquet or .csv"
+            )
         return [Source(str(path))]
     import pyarrow.dataset as ds
 
     files = dataset_files(path)
-    dataset = ds.dataset([str(f) for f in files], format="parquet", partitioning=ds.partitioning(flavor="hive"),
-                         partition_base_dir=str(path))
+    dataset = ds.dataset(
+        [str(f) for f in files],
+        format="parquet",
+        partitioning=ds.partitioning(flavor="hive"),
+        partition_base_dir=str(path),
+    )
     types = {f.name: str(f.type) for f in dataset.schema}
     out = []
     for f in files:
         parts = [p.split("=", 1) for p in f.relative_to(path).parent.parts if "=" in p]
-        out.append(Source(str(f), str(path), tuple((k, v, types.get(k, "string")) for k, v in parts)))
+        out.append(
+            Source(str(f), str(path), tuple((k, v, types.get(k, "string")) for k, v in parts))
+        )
     return out
 
 
@@ -128,7 +141,9 @@ def _batches(src: Source, columns: list[str], chunk_rows: int) -> Iterator[pd.Da
         raise
     except Exception as e:  # pyarrow/pandas raise many types for corrupt input
         kind = "CSV" if suffix in CSV_SUFFIXES else "Parquet"
-        raise DataInvalid(f"{src.where}: not a readable {kind} file (truncated or corrupted?): {_short(e)}") from None
+        raise DataInvalid(
+            f"{src.where}: not a readable {kind} file (truncated or corrupted?): {_short(e)}"
+        ) from None
 
 
 def file_columns(src: Source) -> list[str]:
@@ -141,7 +156,9 @@ def file_columns(src: Source) -> list[str]:
 
             cols = list(pq.read_schema(path).names)
     except Exception as e:  # noqa: BLE001 - a damaged footer or header
-        raise DataInvalid(f"{src.where}: not a readable file (truncated or corrupted?): {_short(e)}") from None
+        raise DataInvalid(
+            f"{src.where}: not a readable file (truncated or corrupted?): {_short(e)}"
+        ) from None
     return cols + [k for k, _, _ in src.partition if k not in cols]
 
 
@@ -155,6 +172,7 @@ def _needed(d: DataParams, with_values: bool) -> list[str]:
 
 # ------------------------------------------------------------------ pass 1: groups and recordings
 
+
 def scan_file(item: CutItem) -> dict[str, Any]:
     """The groups (of rows with a known label) in a file, and with a split column each recording's split;
     the first and last recording key (a recording must not continue into the next file)."""
@@ -162,8 +180,10 @@ def scan_file(item: CutItem) -> dict[str, Any]:
     cols = file_columns(item.source)
     missing = [c for c in [d.group_col, d.label_col, *d.channels] if c not in cols]
     if missing:
-        raise DataInvalid(f"{item.source.where}: missing columns {missing}",
-                          hint="Run `edgedistill validate` for the full report.")
+        raise DataInvalid(
+            f"{item.source.where}: missing columns {missing}",
+            hint="Run `edgedistill validate` for the full report.",
+        )
     has_split = bool(d.split_col) and d.split_col in cols
     labels = set(d.labels)
     groups: set[str] = set()
@@ -184,15 +204,23 @@ def scan_file(item: CutItem) -> dict[str, Any]:
             gr = df[d.group_col].astype(str).to_numpy()[keep]
             for k, g, v in zip(keys[keep], gr, sp, strict=True):
                 if per_rec.setdefault(k, (g, v))[1] != v:
-                    raise DataInvalid(f"recording {k}: column '{d.split_col}' changes inside the recording "
-                                      f"{sorted({per_rec[k][1], v})} ({item.source.where})")
+                    raise DataInvalid(
+                        f"recording {k}: column '{d.split_col}' changes inside the recording "
+                        f"{sorted({per_rec[k][1], v})} ({item.source.where})"
+                    )
     if rows == 0:
         raise DataInvalid(f"{item.source.where}: has a header but no rows")
-    return {"groups": sorted(groups), "per_rec": per_rec if has_split else None, "first": first, "last": last,
-            "has_split": has_split}
+    return {
+        "groups": sorted(groups),
+        "per_rec": per_rec if has_split else None,
+        "first": first,
+        "last": last,
+        "has_split": has_split,
+    }
 
 
 # ------------------------------------------------------------------ pass 2: windows
+
 
 def cut_file(item: CutItem) -> dict[str, Any]:
     """Cut one file into windows, written to part shards under work_dir/<index>/ (one writer per split);
@@ -204,8 +232,12 @@ def cut_file(item: CutItem) -> dict[str, Any]:
     stride_of = {"train": item.train_stride, "val": item.eval_stride, "test": item.eval_stride}
     row_files: list[str] = []
     gaps = 0
-    carry: pd.DataFrame | None = None  # the tail of the last segment (>= 1 row), aligned on a window start
-    already = 0  # windows of the carried segment already written, counted from the carry's first row
+    carry: pd.DataFrame | None = (
+        None  # the tail of the last segment (>= 1 row), aligned on a window start
+    )
+    already = (
+        0  # windows of the carried segment already written, counted from the carry's first row
+    )
     has_time = None
     for batch in _batches(item.source, _needed(d, True), item.chunk_rows):
         if len(batch) == 0:
@@ -222,30 +254,50 @@ def cut_file(item: CutItem) -> dict[str, Any]:
         # the training rows of this batch (not the carry: those were counted with their own batch)
         keys_b = recording_keys(batch, d).to_numpy()
         known = batch[d.label_col].astype(str).isin(set(d.labels)).to_numpy()
-        is_train = known & (item.split_keys(keys_b, batch[d.group_col].astype(str).to_numpy()) == "train")
+        is_train = known & (
+            item.split_keys(keys_b, batch[d.group_col].astype(str).to_numpy()) == "train"
+        )
         if is_train.any():
             f = out / f"rows-{len(row_files):05d}.npy"
             np.save(f, values[n_carry:][is_train])
             row_files.append(str(f))
         segs = list(segments(frame, d, breaks))
         for j, seg in enumerate(segs):
-            key = seg.key  # as recording_keys: the split column's per-recording map uses the same keys
-            split = ((item.rec_split.get(key) if item.rec_split is not None else item.split_of.get(seg.group))
-                     if seg.label in label_index else None)
+            key = (
+                seg.key
+            )  # as recording_keys: the split column's per-recording map uses the same keys
+            split = (
+                (
+                    item.rec_split.get(key)
+                    if item.rec_split is not None
+                    else item.split_of.get(seg.group)
+                )
+                if seg.label in label_index
+                else None
+            )
             st = stride_of[split] if split else 1
             skip = already if j == 0 and carry is not None else 0
             n = n_windows(seg.length, w, st)
             if split is not None and n > skip:
                 starts = seg.start + np.arange(skip, n) * st
                 x = values[starts[:, None] + np.arange(w)[None, :]].transpose(0, 2, 1)
-                writers[split].add(np.ascontiguousarray(x, dtype=np.float32),
-                                   np.full(len(starts), label_index[seg.label], dtype=np.int64),
-                                   np.full(len(starts), seg.group, dtype=object),
-                                   np.full(len(starts), key, dtype=object))
-            if j == len(segs) - 1:  # may continue in the next batch: keep its tail from a window start
+                writers[split].add(
+                    np.ascontiguousarray(x, dtype=np.float32),
+                    np.full(len(starts), label_index[seg.label], dtype=np.int64),
+                    np.full(len(starts), seg.group, dtype=object),
+                    np.full(len(starts), key, dtype=object),
+                )
+            if (
+                j == len(segs) - 1
+            ):  # may continue in the next batch: keep its tail from a window start
                 done = max(n, skip)
                 m = min(done, (seg.length - 1) // st)
-                carry = frame.iloc[seg.start + m * st:].reset_index(drop=True)
+                carry = frame.iloc[seg.start + m * st :].reset_index(drop=True)
                 already = done - m
-    return {"index": item.index, "splits": {s: wr.close() for s, wr in writers.items()}, "rows": row_files,
-            "gaps": gaps, "dir": str(out)}
+    return {
+        "index": item.index,
+        "splits": {s: wr.close() for s, wr in writers.items()},
+        "rows": row_files,
+        "gaps": gaps,
+        "dir": str(out),
+    }

@@ -45,7 +45,9 @@ def channel_key(model: str, stage: str) -> str:
 def assignment_counter(root: str | Path, model: str, stage: str) -> int:
     """GTO numbers every tag of an artifact in order; the newest `<model>#<stage>#N` is the current
     assignment. A rollback is a new assignment, so the number only grows: it orders publishers."""
-    counters = [tag_counter(t) for t in git(root, "tag", "--list", f"{model}#{stage}#*").stdout.split()]
+    counters = [
+        tag_counter(t) for t in git(root, "tag", "--list", f"{model}#{stage}#*").stdout.split()
+    ]
     return max(counters, default=0)
 
 
@@ -56,20 +58,34 @@ def read_channel(store: Store, model: str, stage: str) -> tuple[dict[str, Any] |
     return parse_document(got[0], store.url(channel_key(model, stage)), "channel document"), got[1]
 
 
-def channel_document(store: Store, model: str, stage: str, version: str, commit: str, assignment: int,
-                     sums: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def channel_document(
+    store: Store,
+    model: str,
+    stage: str,
+    version: str,
+    commit: str,
+    assignment: int,
+    sums: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
     prefix = bundle_prefix(model, version)
     return {
-        "model": model, "stage": stage, "version": version, "commit": commit, "assignment": assignment,
+        "model": model,
+        "stage": stage,
+        "version": version,
+        "commit": commit,
+        "assignment": assignment,
         "published_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "files": {name: {"url": store.url(f"{prefix}/{name}"), "sha256": f["sha256"], "bytes": f["bytes"]}
-                  for name, f in sorted(sums.items())},
+        "files": {
+            name: {"url": store.url(f"{prefix}/{name}"), "sha256": f["sha256"], "bytes": f["bytes"]}
+            for name, f in sorted(sums.items())
+        },
         "sha256sums_url": store.url(f"{prefix}/SHA256SUMS"),
     }
 
 
-def publish_channel(root: str | Path, params: Params, stage: str = "prod", repo: str | None = None,
-                    log: Any = None) -> dict[str, Any]:
+def publish_channel(
+    root: str | Path, params: Params, stage: str = "prod", repo: str | None = None, log: Any = None
+) -> dict[str, Any]:
     """Point the fleet channel of `stage` at the version the registry resolves it to, and sign it.
 
     Objects first, pointer last: the bundle is downloaded and verified against its signed metadata
@@ -87,12 +103,15 @@ def publish_channel(root: str | Path, params: Params, stage: str = "prod", repo:
     assignment = assignment_counter(repo or root, model, stage)
     store = open_store(params.store, root)
     if not bundle_exists(store, model, info.version):
-        raise ReleaseNotFound(f"{model} {info.version} ({stage}) has no bundle in {store.describe()}",
-                              hint="Re-run the release for that commit; the channel is unchanged.")
+        raise ReleaseNotFound(
+            f"{model} {info.version} ({stage}) has no bundle in {store.describe()}",
+            hint="Re-run the release for that commit; the channel is unchanged.",
+        )
     signer = signing_repository(store, root, log)
     with tempfile.TemporaryDirectory() as tmp:
-        sums = fetch_verified(store, project_root_of_trust(store, root), model, info.version,
-                              Path(tmp) / "bundle")["files"]
+        sums = fetch_verified(
+            store, project_root_of_trust(store, root), model, info.version, Path(tmp) / "bundle"
+        )["files"]
     sums.pop(SUMS, None)
     key = channel_key(model, stage)
     for attempt in range(1, ATTEMPTS + 1):
@@ -101,18 +120,35 @@ def publish_channel(root: str | Path, params: Params, stage: str = "prod", repo:
         etag = got[1] if got else None
         intact = got is not None and hashlib.sha256(got[0]).hexdigest() == signed.get("sha256")
         if got is not None and not intact and log:
-            log(f"channel {key} does not match its signed entry ({signed.get('version') or 'none signed'}); "
-                "writing a freshly signed one")
+            log(
+                f"channel {key} does not match its signed entry ({signed.get('version') or 'none signed'}); "
+                "writing a freshly signed one"
+            )
         current = signed.get("version")
         if intact and current == info.version and int(signed.get("assignment", 0)) >= assignment:
             renewed = signer.commit()["wrote"]
-            return {"model": model, "stage": stage, "version": info.version, "changed": False,
-                    "channel": store.url(key), "previous": info.version, "renewed": renewed,
-                    "document": parse_document(got[0], store.url(key), "channel document")}
+            return {
+                "model": model,
+                "stage": stage,
+                "version": info.version,
+                "changed": False,
+                "channel": store.url(key),
+                "previous": info.version,
+                "renewed": renewed,
+                "document": parse_document(got[0], store.url(key), "channel document"),
+            }
         if int(signed.get("assignment", 0)) > assignment:
             # a publisher that saw a newer assignment already signed it; this one is stale
-            return {"model": model, "stage": stage, "version": current, "changed": False,
-                    "stale": True, "channel": store.url(key), "previous": current, "document": signed}
+            return {
+                "model": model,
+                "stage": stage,
+                "version": current,
+                "changed": False,
+                "stale": True,
+                "channel": store.url(key),
+                "previous": current,
+                "document": signed,
+            }
         doc = channel_document(store, model, stage, info.version, info.commit, assignment, sums)
         data = (json.dumps(doc, indent=2) + "\n").encode()
         try:
@@ -122,17 +158,33 @@ def publish_channel(root: str | Path, params: Params, stage: str = "prod", repo:
             if log:
                 log(f"channel {key} changed under us (attempt {attempt}); reading it again")
             continue
-        return {"model": model, "stage": stage, "version": info.version, "changed": True,
-                "channel": store.url(key), "previous": current, "document": doc}
-    raise ConditionalWriteFailed(f"{store.url(key)}: {ATTEMPTS} conditional writes lost to other publishers")
+        return {
+            "model": model,
+            "stage": stage,
+            "version": info.version,
+            "changed": True,
+            "channel": store.url(key),
+            "previous": current,
+            "document": doc,
+        }
+    raise ConditionalWriteFailed(
+        f"{store.url(key)}: {ATTEMPTS} conditional writes lost to other publishers"
+    )
 
 
 @flow(name="edgedistill-publish", log_prints=True, validate_parameters=False)
-def publish(root: str = ".", params_file: str = "params.yaml", stage: str = "prod") -> dict[str, Any]:
+def publish(
+    root: str = ".", params_file: str = "params.yaml", stage: str = "prod"
+) -> dict[str, Any]:
     """Publish `stage` of the registry to the fleet channel in the artifact store."""
     logger = get_run_logger()
     r = Path(root).resolve()
     got = publish_channel(r, load_params(r / params_file), stage, log=logger.warning)
-    logger.info("%s %s channel: %s%s", got["model"], stage, got["version"],
-                " (published)" if got["changed"] else " (already published)")
+    logger.info(
+        "%s %s channel: %s%s",
+        got["model"],
+        stage,
+        got["version"],
+        " (published)" if got["changed"] else " (already published)",
+    )
     return {k: v for k, v in got.items() if k != "document"}

@@ -96,7 +96,6 @@ def bundle_files(root: Path) -> dict[str, str]:
 STORE_TASK: dict[str, Any] = {"cache_policy": NO_CACHE}
 
 
-
 class _NoTracebackForUserErrors(logging.Filter):
     """Prefect logs a failed task's exception with its traceback; a user-facing error (gate, data,
     store) is one line, as the CLI prints it. Other exceptions keep their traceback."""
@@ -108,6 +107,7 @@ class _NoTracebackForUserErrors(logging.Filter):
 
 
 # ---------------------------------------------------------------- stage output capture
+
 
 @contextlib.contextmanager
 def _tee_output() -> Iterator[list[bytes]]:
@@ -160,19 +160,26 @@ def _stage_output_log() -> logging.Logger:
 
 # ---------------------------------------------------------------- tasks
 
+
 @task(name="configure-store", **STORE_TASK)
 def configure_store(root: Path, params: Params) -> dict[str, str]:
     store = open_store(params.store, root)
     configure_dvc_remote(store, params.store.remote_name, root)
-    get_run_logger().info("artifact store: %s (DVC remote '%s')", store.describe(), params.store.remote_name)
+    get_run_logger().info(
+        "artifact store: %s (DVC remote '%s')", store.describe(), params.store.remote_name
+    )
     return {"url": store.describe(), "remote": params.store.remote_name}
 
 
 @task(name="dvc-pull", **STORE_TASK)
 def pull_inputs(root: Path, params: Params) -> dict[str, Any]:
     got = dvc_pull_missing(open_store(params.store, root), params.store.remote_name, root)
-    get_run_logger().info("pulled %d file(s) for %d missing output(s)%s", got["pulled"], len(got["missing"]),
-                          f" ({got['note']})" if got.get("note") else "")
+    get_run_logger().info(
+        "pulled %d file(s) for %d missing output(s)%s",
+        got["pulled"],
+        len(got["missing"]),
+        f" ({got['note']})" if got.get("note") else "",
+    )
     return got
 
 
@@ -187,18 +194,29 @@ def write_prod_reference(root: Path, params: Params) -> dict[str, Any]:
     if ref["version"] is not None:
         try:
             store = open_store(params.store, root)
-            got = fetch_verified(store, project_root_of_trust(store, root), model, ref["version"], prod_dir)
-            ref["bundle"] = {name: f["sha256"] for name, f in sorted(got["files"].items()) if name != SUMS}
+            got = fetch_verified(
+                store, project_root_of_trust(store, root), model, ref["version"], prod_dir
+            )
+            ref["bundle"] = {
+                name: f["sha256"] for name, f in sorted(got["files"].items()) if name != SUMS
+            }
         except (ReleaseNotFound, VerificationFailed, ParamsInvalid) as e:
-            get_run_logger().warning("prod %s %s: bundle not fetched (%s); the regression check falls back "
-                                     "to the accuracy prod recorded", model, ref["version"], e)
+            get_run_logger().warning(
+                "prod %s %s: bundle not fetched (%s); the regression check falls back "
+                "to the accuracy prod recorded",
+                model,
+                ref["version"],
+                e,
+            )
             shutil.rmtree(prod_dir, ignore_errors=True)
     elif prod_dir.is_dir() and (prod_dir / SUMS).is_file():
         shutil.rmtree(prod_dir)
     path = root / PROD_REFERENCE
     if not path.is_file() or read_json(path) != ref:
         write_json(path, ref)
-    get_run_logger().info("current prod: %s", f"{ref['model']} {ref['version']}" if ref["version"] else "none")
+    get_run_logger().info(
+        "current prod: %s", f"{ref['model']} {ref['version']}" if ref["version"] else "none"
+    )
     return ref
 
 
@@ -236,9 +254,13 @@ def run_stage(stage: str, root: Path, force: bool = False) -> dict[str, Any]:
     if text:
         lines = text.splitlines()
         _stage_output_log().info(
-            "stage %s output%s:\n%s", stage,
-            f" (last {STAGE_LOG_LINES} of {len(lines)} lines)" if len(lines) > STAGE_LOG_LINES else "",
-            "\n".join(lines[-STAGE_LOG_LINES:]))
+            "stage %s output%s:\n%s",
+            stage,
+            f" (last {STAGE_LOG_LINES} of {len(lines)} lines)"
+            if len(lines) > STAGE_LOG_LINES
+            else "",
+            "\n".join(lines[-STAGE_LOG_LINES:]),
+        )
     if failure is not None:
         log.error("stage %s failed after %.1fs", stage, seconds)
         raise _with_dvc_cause(failure)
@@ -271,28 +293,55 @@ def register_release(root: Path, params: Params, decision: dict[str, Any]) -> di
     reg = Registry(root)
     data = data_lineage(root, params)
     cand = decision["candidate"]
-    shipped = ("" if decision.get("shipped", "kd") == "kd"
-               else f"; ships the baseline student ({decision.get('kd_line') or 'KD did not help'})")
+    shipped = (
+        ""
+        if decision.get("shipped", "kd") == "kd"
+        else f"; ships the baseline student ({decision.get('kd_line') or 'KD did not help'})"
+    )
     store = open_store(params.store, root)
     paths = release_paths(root)
     if paths:
         git(root, "add", "--", *paths)
-    pins_changed = bool(paths) and git(root, "diff", "--cached", "--quiet", "--", *paths, check=False).returncode != 0
+    pins_changed = (
+        bool(paths)
+        and git(root, "diff", "--cached", "--quiet", "--", *paths, check=False).returncode != 0
+    )
     head_release = reg.at_commit(pp.model, head_commit(root))
-    same = None if head_release and not pins_changed else _same_model_version(reg, store, pp.model, root)
+    same = (
+        None
+        if head_release and not pins_changed
+        else _same_model_version(reg, store, pp.model, root)
+    )
     if same is not None:
         # e.g. prod moved (the gates were re-checked) or the data is back at a released version: the
         # pins are committed so the next run finds a clean tree, but not as a release — none was made
-        pinned = commit_paths(root, paths,
-                              f"pipeline: {pp.model} unchanged (same model as {same.version}; nothing registered), "
-                              f"data {(data.get('md5') or '?')[:8]}")
-        log.info("the model is byte-identical to %s %s; nothing new to register", pp.model, same.version)
-        return {"model": pp.model, "version": same.version, "commit": same.commit, "stages": same.stages,
-                "tags": [], "new": False, "same_as": same.version, "pushed": [], "pinned_in": pinned,
-                "bundle": f"{store.describe()}/{bundle_prefix(pp.model, same.version)}"}
-    commit_paths(root, paths,
-                 f"release {pp.model}: int8 accuracy {_pct_iv(cand, 'int8_accuracy')}, "
-                 f"data {(data.get('md5') or '?')[:8]}{shipped}")
+        pinned = commit_paths(
+            root,
+            paths,
+            f"pipeline: {pp.model} unchanged (same model as {same.version}; nothing registered), "
+            f"data {(data.get('md5') or '?')[:8]}",
+        )
+        log.info(
+            "the model is byte-identical to %s %s; nothing new to register", pp.model, same.version
+        )
+        return {
+            "model": pp.model,
+            "version": same.version,
+            "commit": same.commit,
+            "stages": same.stages,
+            "tags": [],
+            "new": False,
+            "same_as": same.version,
+            "pushed": [],
+            "pinned_in": pinned,
+            "bundle": f"{store.describe()}/{bundle_prefix(pp.model, same.version)}",
+        }
+    commit_paths(
+        root,
+        paths,
+        f"release {pp.model}: int8 accuracy {_pct_iv(cand, 'int8_accuracy')}, "
+        f"data {(data.get('md5') or '?')[:8]}{shipped}",
+    )
     commit = head_commit(root)
     existing = reg.at_commit(pp.model, commit)
     version = existing.version if existing else reg.next_version(pp.model, pp.bump)
@@ -300,15 +349,25 @@ def register_release(root: Path, params: Params, decision: dict[str, Any]) -> di
         files = {name: root / rel for name, rel in bundle_files(root).items()}
         for name, path in files.items():
             if not path.is_file():
-                raise ArtifactCorrupt(f"{path} is missing: the release bundle needs {name}",
-                                      hint="Re-run the export stage (`edgedistill run`).")
+                raise ArtifactCorrupt(
+                    f"{path} is missing: the release bundle needs {name}",
+                    hint="Re-run the export stage (`edgedistill run`).",
+                )
         # the offline report travels with the model (not in BUNDLE_FILES: it carries run times, so it
         # is neither compared by `reproduce` nor used to recognise an already-registered model)
-        bundled = {"status": f"release {version}", "data": data, "git_commit": commit,
-                   "registry": {"model": pp.model, "version": version,
-                                "stages": ["staging", *(["prod"] if pp.auto_prod else [])]}}
-        files[Path(REPORT).name] = write_report(root, Path(tmp) / Path(REPORT).name, version=version,
-                                                summary=bundled)
+        bundled = {
+            "status": f"release {version}",
+            "data": data,
+            "git_commit": commit,
+            "registry": {
+                "model": pp.model,
+                "version": version,
+                "stages": ["staging", *(["prod"] if pp.auto_prod else [])],
+            },
+        }
+        files[Path(REPORT).name] = write_report(
+            root, Path(tmp) / Path(REPORT).name, version=version, summary=bundled
+        )
         card = model_card(root, params, version, commit, decision, files, data)
         write_json(Path(tmp) / CARD, card)
         files[CARD] = Path(tmp) / CARD
@@ -316,55 +375,100 @@ def register_release(root: Path, params: Params, decision: dict[str, Any]) -> di
         # signed provenance: commit, data md5, params and lock hashes -> each shipped file's SHA-256
         lock = root / "requirements.lock"
         statement = provenance_statement(
-            pp.model, version, {name: path.read_bytes() for name, path in files.items()}, commit, data,
+            pp.model,
+            version,
+            {name: path.read_bytes() for name, path in files.items()},
+            commit,
+            data,
             sha256_file(root / "params.yaml") if (root / "params.yaml").is_file() else None,
-            sha256_file(lock) if lock.is_file() else None)
-        (Path(tmp) / PROVENANCE).write_bytes(sign_provenance(statement, signer.keys.signer("targets")))
+            sha256_file(lock) if lock.is_file() else None,
+        )
+        (Path(tmp) / PROVENANCE).write_bytes(
+            sign_provenance(statement, signer.keys.signer("targets"))
+        )
         files[PROVENANCE] = Path(tmp) / PROVENANCE
         if bundle_exists(store, pp.model, version):
             # versions are immutable: reuse this commit's bundle (an earlier attempt that stopped
             # before tagging), refuse anything else
-            published = parse_document(store.read_text(f"{bundle_prefix(pp.model, version)}/{CARD}"),
-                                       f"{bundle_prefix(pp.model, version)}/{CARD}", "model card")
+            published = parse_document(
+                store.read_text(f"{bundle_prefix(pp.model, version)}/{CARD}"),
+                f"{bundle_prefix(pp.model, version)}/{CARD}",
+                "model card",
+            )
             if published.get("lineage", {}).get("git_commit") != commit:
                 raise ArtifactCorrupt(
                     f"{store.describe()} already holds {pp.model} {version} from commit "
                     f"{str(published.get('lineage', {}).get('git_commit'))[:8]}, not {commit[:8]}",
-                    hint="Another clone released this version: `git fetch --tags` and run again.")
+                    hint="Another clone released this version: `git fetch --tags` and run again.",
+                )
             signed = store_files(store, pp.model, version)
-            for name, rel in bundle_files(root).items():  # the models are this commit's, byte for byte
+            for name, rel in bundle_files(
+                root
+            ).items():  # the models are this commit's, byte for byte
                 if signed.get(name) != (root / rel).read_bytes():
-                    raise ArtifactCorrupt(f"{store.describe()}/{bundle_prefix(pp.model, version)}/{name} is not "
-                                          f"this commit's {rel}; refusing to sign it",
-                                          hint="The store was changed; release a new version.")
+                    raise ArtifactCorrupt(
+                        f"{store.describe()}/{bundle_prefix(pp.model, version)}/{name} is not "
+                        f"this commit's {rel}; refusing to sign it",
+                        hint="The store was changed; release a new version.",
+                    )
         else:
             publish_bundle(store, pp.model, version, files)
-            signed = {name: path.read_bytes() for name, path in files.items()} | {SUMS: sums_text(files).encode()}
+            signed = {name: path.read_bytes() for name, path in files.items()} | {
+                SUMS: sums_text(files).encode()
+            }
         # signed after the upload, before the tag: a registered version is always a signed target
         got = sign_release(signer, pp.model, version, signed)
-        log.info("signed %s %s (%d files): %s", pp.model, version, len(signed), ", ".join(got["wrote"]) or "already signed")
+        log.info(
+            "signed %s %s (%d files): %s",
+            pp.model,
+            version,
+            len(signed),
+            ", ".join(got["wrote"]) or "already signed",
+        )
     tags: list[str] = []
     if existing:
-        log.info("commit %s is already %s %s; nothing new to register", commit[:8], pp.model, version)
+        log.info(
+            "commit %s is already %s %s; nothing new to register", commit[:8], pp.model, version
+        )
     else:
-        tags.append(reg.register(pp.model, version, commit, note=shipped.removeprefix("; ") or None))
+        tags.append(
+            reg.register(pp.model, version, commit, note=shipped.removeprefix("; ") or None)
+        )
         tags.append(reg.assign(pp.model, version, "staging") or "")
         if pp.auto_prod:
             tags.append(reg.assign(pp.model, version, "prod") or "")
     tags = [t for t in tags if t]
     pushed = reg.push(tags) if pp.push_git else []
     stages = reg.get(pp.model, version).stages
-    log.info("%s %s at %s: stages %s; bundle %s/%s", pp.model, version, commit[:8], stages or "-",
-             store.describe(), bundle_prefix(pp.model, version))
-    return {"model": pp.model, "version": version, "commit": commit, "stages": stages, "tags": tags,
-            "new": not existing, "pushed": pushed,
-            "bundle": f"{store.describe()}/{bundle_prefix(pp.model, version)}"}
+    log.info(
+        "%s %s at %s: stages %s; bundle %s/%s",
+        pp.model,
+        version,
+        commit[:8],
+        stages or "-",
+        store.describe(),
+        bundle_prefix(pp.model, version),
+    )
+    return {
+        "model": pp.model,
+        "version": version,
+        "commit": commit,
+        "stages": stages,
+        "tags": tags,
+        "new": not existing,
+        "pushed": pushed,
+        "bundle": f"{store.describe()}/{bundle_prefix(pp.model, version)}",
+    }
 
 
 def _same_model_version(reg: Registry, store: Any, model: str, root: Path, newest: int = 20) -> Any:
     """A registered version whose bundle holds exactly these ONNX files (checked against its
     SHA256SUMS in the store), or None."""
-    mine = {name: sha256_file(root / rel) for name, rel in bundle_files(root).items() if (root / rel).is_file()}
+    mine = {
+        name: sha256_file(root / rel)
+        for name, rel in bundle_files(root).items()
+        if (root / rel).is_file()
+    }
     for info in reg.versions(model)[:newest]:
         try:
             sums = parse_sums(store.read_text(f"{bundle_prefix(model, info.version)}/{SUMS}"), SUMS)
@@ -377,12 +481,15 @@ def _same_model_version(reg: Registry, store: Any, model: str, root: Path, newes
 
 # ---------------------------------------------------------------- lineage and the model card
 
+
 def data_lineage(root: Path, params: Params) -> dict[str, Any]:
     """The dataset version a release was trained on: path, DVC md5, and where it is recorded."""
     path = params.data.readings
     out: dict[str, Any] = {"path": path, "md5": None, "recorded_in": None}
     # the validate stage's dep is the canonical record; any other stage reading the file will do
-    for name, stage in sorted(lock_stages(root / "dvc.lock").items(), key=lambda kv: kv[0] != "validate"):
+    for name, stage in sorted(
+        lock_stages(root / "dvc.lock").items(), key=lambda kv: kv[0] != "validate"
+    ):
         dep = next((d for d in entries(stage, "deps") if d.get("path") == path), None)
         if dep:
             out.update(md5=dep["md5"], size=dep.get("size"), recorded_in=f"dvc.lock:{name}")
@@ -392,7 +499,9 @@ def data_lineage(root: Path, params: Params) -> dict[str, Any]:
         outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or [{}]
         out["md5"] = out["md5"] or outs[0].get("md5")
         out["dvc_file"] = f"{path}.dvc"
-        last = git(root, "log", "-1", "--format=%H", "--", f"{path}.dvc", check=False).stdout.strip()
+        last = git(
+            root, "log", "-1", "--format=%H", "--", f"{path}.dvc", check=False
+        ).stdout.strip()
         out["dvc_file_commit"] = last or None
     return out
 
@@ -407,7 +516,9 @@ def release_paths(root: Path) -> list[str]:
         for out in stage.get("outs") or []:  # DVC's .gitignore beside each cached output
             paths.add(str(Path(out["path"]).parent / ".gitignore"))
         paths.update((stage.get("params") or {}).keys())
-    listed = git(root, "ls-files", "--cached", "--others", "--exclude-standard", "--", "*.dvc", check=False)
+    listed = git(
+        root, "ls-files", "--cached", "--others", "--exclude-standard", "--", "*.dvc", check=False
+    )
     paths.update(listed.stdout.split())
     existing = sorted(p for p in paths if (root / p).exists())
     if not existing:
@@ -416,8 +527,15 @@ def release_paths(root: Path) -> list[str]:
     return [p for p in existing if p not in ignored]
 
 
-def model_card(root: Path, params: Params, version: str, commit: str, decision: dict[str, Any],
-               files: dict[str, Path], data: dict[str, Any]) -> dict[str, Any]:
+def model_card(
+    root: Path,
+    params: Params,
+    version: str,
+    commit: str,
+    decision: dict[str, Any],
+    files: dict[str, Path],
+    data: dict[str, Any],
+) -> dict[str, Any]:
     def doc(rel: str) -> Any:
         return read_json(root / rel) if (root / rel).is_file() else None
 
@@ -429,30 +547,53 @@ def model_card(root: Path, params: Params, version: str, commit: str, decision: 
         "version": version,
         # the release commit's time: the same commit always yields the same card bytes
         "created_at": git(root, "show", "-s", "--format=%cI", commit).stdout.strip(),
-        "files": {name: {"sha256": sha256_file(p), "bytes": p.stat().st_size,
-                         "source": bundle_files(root).get(name)} for name, p in sorted(files.items())},
+        "files": {
+            name: {
+                "sha256": sha256_file(p),
+                "bytes": p.stat().st_size,
+                "source": bundle_files(root).get(name),
+            }
+            for name, p in sorted(files.items())
+        },
         # the bundle file each device profile loads (format: auto chose by measurement; the mcu stage's
         # C is built from the INT8 graph); a card without it is an older release: INT8 everywhere
         "ships": manifest(profile_formats(bench)),
         "release_profile": ((bench or {}).get("release") or {}).get("profile"),
-        "input": {k: norm.get(k) for k in ("channels", "window", "sample_rate_hz", "labels", "layout")},
+        "input": {
+            k: norm.get(k) for k in ("channels", "window", "sample_rate_hz", "labels", "layout")
+        },
         # raw readings in: the normalisation runs inside the ONNX graph; how `auto` decided, on train statistics
-        "normalization": {k: norm.get("normalization", {}).get(k) for k in
-                          ("method", "requested", "reason", "statistics", "rule", "epsilon")},
-        "metrics": {"teacher": doc("metrics/teacher.json"), "distill": doc("metrics/distill.json"),
-                    "export": doc("metrics/export.json"), "summary": decision["candidate"]},
+        "normalization": {
+            k: norm.get("normalization", {}).get(k)
+            for k in ("method", "requested", "reason", "statistics", "rule", "epsilon")
+        },
+        "metrics": {
+            "teacher": doc("metrics/teacher.json"),
+            "distill": doc("metrics/distill.json"),
+            "export": doc("metrics/export.json"),
+            "summary": decision["candidate"],
+        },
         "benchmark": bench,
         "mcu": doc(MCU_REPORT),  # measured flash/RAM per MCU profile, parity, QEMU, tool versions
-        "gates": {"passed": decision["passed"], "gates": decision["gates"], "prod_at_release": decision["prod"]},
+        "gates": {
+            "passed": decision["passed"],
+            "gates": decision["gates"],
+            "prod_at_release": decision["prod"],
+        },
         # what ships and why, with 95% intervals (recording bootstrap); see reports/promotion.json
-        "verdicts": {"shipped": ("KD student" if decision.get("shipped", "kd") == "kd"
-                                 else "baseline student (promote.fallback: baseline)"),
-                     "kd": decision.get("kd_line"),
-                     "int8_accuracy": _pct_iv(decision["candidate"], "int8_accuracy"),
-                     # which C the MCU objects hold and why (mcu.engine; a fallback names what the int8 kernels lack)
-                     "mcu_engine": _mcu_engine_text(doc(MCU_REPORT)),
-                     "regression_vs_prod": _regression_text(decision),
-                     "warnings": decision.get("warnings", [])},
+        "verdicts": {
+            "shipped": (
+                "KD student"
+                if decision.get("shipped", "kd") == "kd"
+                else "baseline student (promote.fallback: baseline)"
+            ),
+            "kd": decision.get("kd_line"),
+            "int8_accuracy": _pct_iv(decision["candidate"], "int8_accuracy"),
+            # which C the MCU objects hold and why (mcu.engine; a fallback names what the int8 kernels lack)
+            "mcu_engine": _mcu_engine_text(doc(MCU_REPORT)),
+            "regression_vs_prod": _regression_text(decision),
+            "warnings": decision.get("warnings", []),
+        },
         "lineage": {
             "git_commit": commit,
             "data": data,
@@ -466,6 +607,7 @@ def model_card(root: Path, params: Params, version: str, commit: str, decision: 
 
 # ---------------------------------------------------------------- summary (one source, two views)
 
+
 def _pct(v: Any) -> str:
     return "—" if v is None else f"{100 * float(v):.2f}%"
 
@@ -476,8 +618,12 @@ def _mcu_engine_text(mcu: dict[str, Any] | None) -> str | None:
         return None
     eng = mcu.get("engine") or {"ships": "emx", "reason": "an mcu.json from before mcu.engine"}
     hp = mcu.get("host_parity")
-    par = (f"; vs onnxruntime INT8 on {hp['windows']} test windows: max {hp.get('max_diff_quanta')} quanta, "
-           f"argmax agreement {100 * hp['argmax_agreement']:.2f}%" if isinstance(hp, dict) else "")
+    par = (
+        f"; vs onnxruntime INT8 on {hp['windows']} test windows: max {hp.get('max_diff_quanta')} quanta, "
+        f"argmax agreement {100 * hp['argmax_agreement']:.2f}%"
+        if isinstance(hp, dict)
+        else ""
+    )
     return f"{eng.get('ships')}: {eng.get('reason')}{par}"
 
 
@@ -486,7 +632,9 @@ def _mcu_figures(gates: list[dict[str, Any]]) -> str:
     by: dict[str, dict[str, Any]] = {}
     for g in gates:
         kind, _, prof = str(g.get("gate")).partition(":")
-        if kind in ("ram", "flash") and prof and g.get("mcu", True):  # not the host profiles' flash: rows
+        if (
+            kind in ("ram", "flash") and prof and g.get("mcu", True)
+        ):  # not the host profiles' flash: rows
             by.setdefault(prof, {})[kind] = g
     if not by:
         return "—"
@@ -496,8 +644,10 @@ def _mcu_figures(gates: list[dict[str, Any]]) -> str:
         if f.get("value") is None:
             parts.append(f"{prof}: {f.get('verdict', 'not verified')}")
         else:
-            parts.append(f"{prof}: {int(f['value']):,} B / {int(r['value']):,} B"
-                         + ("" if "fail" not in (f.get("verdict"), r.get("verdict")) else " (over budget)"))
+            parts.append(
+                f"{prof}: {int(f['value']):,} B / {int(r['value']):,} B"
+                + ("" if "fail" not in (f.get("verdict"), r.get("verdict")) else " (over budget)")
+            )
     return "; ".join(parts)
 
 
@@ -532,7 +682,9 @@ def _regression_text(s: dict[str, Any]) -> str:
         v = f"{100 * float(row['value']):+.2f} pts"
         if row.get("lo") is not None:
             v += f" [{100 * float(row['lo']):+.2f}, {100 * float(row['hi']):+.2f}]"
-        texts.append(f"{'FP32: ' if gate.startswith('fp32') else ''}{v} ({row['verdict']}; {row.get('detail')})")
+        texts.append(
+            f"{'FP32: ' if gate.startswith('fp32') else ''}{v} ({row['verdict']}; {row.get('detail')})"
+        )
     return "; ".join(dict.fromkeys(texts)) or "—"
 
 
@@ -551,27 +703,56 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     d = s.get("data") or {}
     r = s.get("registry") or {}
     rows = [
-        ("data version", f"{d.get('path')} md5 {str(d.get('md5') or '—')[:12]}"
-                         + (f" (git {s['git_commit'][:8]})" if s.get("git_commit") else "")),
+        (
+            "data version",
+            f"{d.get('path')} md5 {str(d.get('md5') or '—')[:12]}"
+            + (f" (git {s['git_commit'][:8]})" if s.get("git_commit") else ""),
+        ),
         ("teacher accuracy", _pct_iv(m, "teacher_accuracy")),
         ("baseline student accuracy", _pct_iv(m, "baseline_accuracy")),
         ("KD student accuracy", _pct_iv(m, "kd_accuracy")),
         ("KD gain (paired, test)", _pts_iv(m, "kd_gain")),
         ("KD gain (paired, validation)", _pts_iv(m, "kd_gain_val")),
-        ("shipped student", "—" if not m.get("shipped") else
-         "KD student" if m["shipped"] == "kd" else "baseline student (KD did not help on validation)"),
-        ("INT8 accuracy / drop", f"{_pct_iv(m, 'int8_accuracy')} / " + _pts_iv(m, "int8_drop").replace("+", "")),
+        (
+            "shipped student",
+            "—"
+            if not m.get("shipped")
+            else "KD student"
+            if m["shipped"] == "kd"
+            else "baseline student (KD did not help on validation)",
+        ),
+        (
+            "INT8 accuracy / drop",
+            f"{_pct_iv(m, 'int8_accuracy')} / " + _pts_iv(m, "int8_drop").replace("+", ""),
+        ),
         ("shipped file per profile", _formats_text(m.get("formats"))),
         ("regression vs prod (paired)", _regression_text(s)),
-        ("latency p50 / p95", "—" if m.get("p95_ms") is None
-         else f"{m['p50_ms']:.3f} / {m['p95_ms']:.3f} ms ({m.get('profile')}, {(m.get('format') or 'int8').upper()})"),
-        ("size / RAM estimate", "—" if m.get("size_bytes") is None
-         else f"{int(m['size_bytes']):,} B / {int(m['ram_bytes']):,} B"),
+        (
+            "latency p50 / p95",
+            "—"
+            if m.get("p95_ms") is None
+            else f"{m['p50_ms']:.3f} / {m['p95_ms']:.3f} ms ({m.get('profile')}, {(m.get('format') or 'int8').upper()})",
+        ),
+        (
+            "size / RAM estimate",
+            "—"
+            if m.get("size_bytes") is None
+            else f"{int(m['size_bytes']):,} B / {int(m['ram_bytes']):,} B",
+        ),
         ("MCU flash / RAM (measured)", _mcu_figures(s.get("gates") or [])),
-        ("gates", "—" if not s.get("gates") else
-         ("all passed" if not s.get("failed") else "FAILED: " + ", ".join(s["failed"]))),
-        ("registry", f"{r['model']} {r['version']} → {', '.join(r['stages']) or '—'}"
-         + ("" if r.get("new", True) else " (already registered)") if r.get("version") else "not registered"),
+        (
+            "gates",
+            "—"
+            if not s.get("gates")
+            else ("all passed" if not s.get("failed") else "FAILED: " + ", ".join(s["failed"])),
+        ),
+        (
+            "registry",
+            f"{r['model']} {r['version']} → {', '.join(r['stages']) or '—'}"
+            + ("" if r.get("new", True) else " (already registered)")
+            if r.get("version")
+            else "not registered",
+        ),
         ("bundle", r.get("bundle") or "—"),
     ]
     return rows
@@ -590,8 +771,12 @@ def render_summary(s: dict[str, Any], console: Console) -> None:
             g.add_column(col, justify="right" if col in ("value", "threshold") else "left")
         for row in s["gates"]:
             colour = {"pass": "green", "fail": "bold red"}.get(row["verdict"], "dim")
-            g.add_row(row["gate"], _row_value(row), f"{row['op']} {num(row['threshold'])}",
-                      f"[{colour}]{row['verdict']}[/]")
+            g.add_row(
+                row["gate"],
+                _row_value(row),
+                f"{row['op']} {num(row['threshold'])}",
+                f"[{colour}]{row['verdict']}[/]",
+            )
         console.print(g)
     for line in _verdict_lines(s):
         console.print(line)
@@ -603,8 +788,6 @@ def render_summary(s: dict[str, Any], console: Console) -> None:
         for r in s["stages"]:
             st.add_row(r["stage"], "ran" if r["ran"] else "skipped", f"{r['seconds']:.1f}")
         console.print(st)
-
-
 
 
 def _row_value(row: dict[str, Any]) -> str:
@@ -626,20 +809,33 @@ def summary_markdown(s: dict[str, Any]) -> str:
     lines = [f"# edgedistill release: {s['status']}", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in summary_rows(s)]
     if s.get("gates"):
-        lines += ["", "## Promotion gates", "", "| gate | value | threshold | verdict |", "|---|---:|---:|---|"]
-        lines += [f"| {r['gate']} | {_row_value(r)} | {r['op']} {num(r['threshold'])} | {r['verdict']} |"
-                  for r in s["gates"]]
+        lines += [
+            "",
+            "## Promotion gates",
+            "",
+            "| gate | value | threshold | verdict |",
+            "|---|---:|---:|---|",
+        ]
+        lines += [
+            f"| {r['gate']} | {_row_value(r)} | {r['op']} {num(r['threshold'])} | {r['verdict']} |"
+            for r in s["gates"]
+        ]
         lines += ["", *[f"- {line}" for line in _verdict_lines(s)]]
     if s.get("stages"):
         lines += ["", "## Stages", "", "| stage | ran | seconds |", "|---|---|---:|"]
-        lines += [f"| {r['stage']} | {'ran' if r['ran'] else 'skipped'} | {r['seconds']:.1f} |" for r in s["stages"]]
+        lines += [
+            f"| {r['stage']} | {'ran' if r['ran'] else 'skipped'} | {r['seconds']:.1f} |"
+            for r in s["stages"]
+        ]
     return "\n".join(lines) + "\n"
 
 
 def _publish_summary(root: Path, s: dict[str, Any], console: Console) -> None:
     write_json(root / SUMMARY, s)
     try:
-        report = write_report(root)  # reports/release.html, offline; `edgedistill report` rebuilds it
+        report = write_report(
+            root
+        )  # reports/release.html, offline; `edgedistill report` rebuilds it
     except (OSError, ValueError, KeyError, TypeError) as e:  # the JSON above is the record
         report = None
         get_run_logger().warning("release report not written: %s", e)
@@ -647,15 +843,23 @@ def _publish_summary(root: Path, s: dict[str, Any], console: Console) -> None:
     if report is not None:
         console.print(f"offline report: {report.relative_to(root)}")
     with contextlib.suppress(Exception):  # the run page is a convenience; the JSON is the record
-        create_markdown_artifact(summary_markdown(s), key="release-summary",
-                                 description=f"edgedistill release ({s['status']})")
+        create_markdown_artifact(
+            summary_markdown(s),
+            key="release-summary",
+            description=f"edgedistill release ({s['status']})",
+        )
 
 
 # ---------------------------------------------------------------- the flow
 
+
 @flow(name="edgedistill-release", log_prints=True, validate_parameters=False)
-def release(root: str = ".", params_file: str = "params.yaml", stages: list[str] | None = None,
-            force: bool = False) -> Any:
+def release(
+    root: str = ".",
+    params_file: str = "params.yaml",
+    stages: list[str] | None = None,
+    force: bool = False,
+) -> Any:
     """Data in, gated and registered release out. With `stages`, only those run (no release)."""
     try:
         return _release(root, params_file, stages, force)
@@ -686,15 +890,21 @@ def _release(root: str, params_file: str, stages: list[str] | None, force: bool)
     if releasing:
         declared = (yaml.safe_load((root_p / "dvc.yaml").read_text()) or {}).get("artifacts") or {}
         if params.promote.model not in declared:
-            raise ParamsInvalid(f"promote.model '{params.promote.model}' is not declared in the artifacts: "
-                                f"section of dvc.yaml (declared: {sorted(declared) or 'none'})")
+            raise ParamsInvalid(
+                f"promote.model '{params.promote.model}' is not declared in the artifacts: "
+                f"section of dvc.yaml (declared: {sorted(declared) or 'none'})"
+            )
 
     store = configure_store(root_p, params)
     pull_inputs(root_p, params)
     if "promote" in selected:
         write_prod_reference(root_p, params)
     runs: list[dict[str, Any]] = []
-    summary: dict[str, Any] = {"status": "running", "store": store, "data": data_lineage(root_p, params)}
+    summary: dict[str, Any] = {
+        "status": "running",
+        "store": store,
+        "data": data_lineage(root_p, params),
+    }
     for stage in selected:
         t0 = time.time()
         try:
@@ -703,26 +913,46 @@ def _release(root: str, params_file: str, stages: list[str] | None, force: bool)
             decision = _fresh_decision(root_p, t0) if stage == "promote" else None
             if decision is None or decision["passed"]:
                 raise
-            summary.update(status="gate failed", stages=runs, metrics=decision["candidate"],
-                           gates=decision["gates"], failed=decision["failed"], kd_line=decision.get("kd_line"),
-                           warnings=decision.get("warnings", []))
+            summary.update(
+                status="gate failed",
+                stages=runs,
+                metrics=decision["candidate"],
+                gates=decision["gates"],
+                failed=decision["failed"],
+                kd_line=decision.get("kd_line"),
+                warnings=decision.get("warnings", []),
+            )
             _publish_summary(root_p, summary, console)
-            raise GateFailed(f"promotion gate(s) failed: {describe_failures(decision)}",
-                             hint=f"Not registered; prod is unchanged. Every gate is in {PROMOTION}.") from None
+            raise GateFailed(
+                f"promotion gate(s) failed: {describe_failures(decision)}",
+                hint=f"Not registered; prod is unchanged. Every gate is in {PROMOTION}.",
+            ) from None
     summary["stages"] = runs
     summary["dvc_pushed"] = push_outputs(root_p, params)
     summary["data"] = data_lineage(root_p, params)
 
     if not releasing:
-        summary["status"] = "partial run (no release)" if "promote" in order else "pipeline done (no promote stage)"
+        summary["status"] = (
+            "partial run (no release)" if "promote" in order else "pipeline done (no promote stage)"
+        )
         _publish_summary(root_p, summary, console)
         return summary
     decision = read_json(root_p / PROMOTION)
-    summary.update(metrics=decision["candidate"], gates=decision["gates"], failed=decision["failed"],
-                   kd_line=decision.get("kd_line"), warnings=decision.get("warnings", []))
+    summary.update(
+        metrics=decision["candidate"],
+        gates=decision["gates"],
+        failed=decision["failed"],
+        kd_line=decision.get("kd_line"),
+        warnings=decision.get("warnings", []),
+    )
     reg = register_release(root_p, params, decision)
-    status = ("released" if reg["new"] else f"unchanged (same model as {reg['version']})" if reg.get("same_as")
-              else "unchanged (already released)")
+    status = (
+        "released"
+        if reg["new"]
+        else f"unchanged (same model as {reg['version']})"
+        if reg.get("same_as")
+        else "unchanged (already released)"
+    )
     summary.update(status=status, registry=reg, git_commit=reg["commit"])
     _publish_summary(root_p, summary, console)
     return summary
@@ -757,7 +987,9 @@ def unchanged_release(root: Path, params_file: str) -> dict[str, Any] | None:
         return None
     ref = root / PROD_REFERENCE
     recorded = read_json(ref) if ref.is_file() else None
-    if recorded is None or {k: v for k, v in recorded.items() if k != "bundle"} != prod_reference(root, params):
+    if recorded is None or {k: v for k, v in recorded.items() if k != "bundle"} != prod_reference(
+        root, params
+    ):
         return None
     try:
         with contextlib.chdir(root), Repo(".") as repo:
@@ -767,7 +999,9 @@ def unchanged_release(root: Path, params_file: str) -> dict[str, Any] | None:
         return None
     store = open_store(params.store, root)
     same = None
-    if info is None:  # HEAD pins a rerun whose model a registered version holds (committed, not released)
+    if (
+        info is None
+    ):  # HEAD pins a rerun whose model a registered version holds (committed, not released)
         try:
             same = info = _same_model_version(reg, store, params.promote.model, root)
         except EdgeDistillError:  # e.g. the store unreachable: the flow says so
@@ -776,19 +1010,41 @@ def unchanged_release(root: Path, params_file: str) -> dict[str, Any] | None:
             return None
     decision = read_json(root / PROMOTION)
     status = f"unchanged (same model as {info.version})" if same else "unchanged (already released)"
-    return {"status": status, "store": {"url": store.describe(), "remote": params.store.remote_name},
-            "data": data_lineage(root, params), "metrics": decision["candidate"], "gates": decision["gates"],
-            "failed": decision["failed"], "git_commit": info.commit, "flow_run": None,
-            "note": (f"nothing changed since the run that found {info.version}'s model" if same else
-                     "nothing changed since this release") + ": no flow run (`edgedistill run --force` runs every stage)",
-            "registry": {"model": params.promote.model, "version": info.version, "commit": info.commit,
-                         "stages": info.stages, "tags": [], "new": False, "pushed": [],
-                         **({"same_as": info.version} if same else {}),
-                         "bundle": f"{store.describe()}/{bundle_prefix(params.promote.model, info.version)}"}}
+    return {
+        "status": status,
+        "store": {"url": store.describe(), "remote": params.store.remote_name},
+        "data": data_lineage(root, params),
+        "metrics": decision["candidate"],
+        "gates": decision["gates"],
+        "failed": decision["failed"],
+        "git_commit": info.commit,
+        "flow_run": None,
+        "note": (
+            f"nothing changed since the run that found {info.version}'s model"
+            if same
+            else "nothing changed since this release"
+        )
+        + ": no flow run (`edgedistill run --force` runs every stage)",
+        "registry": {
+            "model": params.promote.model,
+            "version": info.version,
+            "commit": info.commit,
+            "stages": info.stages,
+            "tags": [],
+            "new": False,
+            "pushed": [],
+            **({"same_as": info.version} if same else {}),
+            "bundle": f"{store.describe()}/{bundle_prefix(params.promote.model, info.version)}",
+        },
+    }
 
 
-def run_release(root: str | Path = ".", params_file: str = "params.yaml", stages: list[str] | None = None,
-                force: bool = False) -> dict[str, Any]:
+def run_release(
+    root: str | Path = ".",
+    params_file: str = "params.yaml",
+    stages: list[str] | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
     """Run the flow (Prefect's ephemeral local server when no PREFECT_API_URL is set). A full run when
     nothing changed since the release HEAD is skips the flow (and starting that server): the summary
     is recorded in reports/release.json as usual."""

@@ -44,9 +44,14 @@ REPRODUCED, REPRODUCED_WITHIN, DIFFERENT = "reproduced", "reproduced within tole
 # measure the machine, not the model, compared with timing_rtol (x_floor: a p50 over the
 # call floor's; shipped_*: the file a measured profile ships is chosen by timing, benchmark.profiles[].format
 # auto, so its figures follow a timing; the FP32 and INT8 files' own figures are judged under their keys)
-TIMING = re.compile(r"(_ms\b|_ms_|_ms\.|seconds|_sec\b|per_s\b|latency|throughput|speedup|rss|elapsed|"
-                    r"duration|time|overhead|epoch_cost|p95|p50|p99|x_floor|shipped_)", re.I)
-HASH_KEY = re.compile(r"(sha256|md5|hash)", re.I)  # a file hash recorded in a metrics file: its file is compared
+TIMING = re.compile(
+    r"(_ms\b|_ms_|_ms\.|seconds|_sec\b|per_s\b|latency|throughput|speedup|rss|elapsed|"
+    r"duration|time|overhead|epoch_cost|p95|p50|p99|x_floor|shipped_)",
+    re.I,
+)
+HASH_KEY = re.compile(
+    r"(sha256|md5|hash)", re.I
+)  # a file hash recorded in a metrics file: its file is compared
 
 
 def declared_figures(path: str) -> Declaration | None:
@@ -57,28 +62,46 @@ def declared_figures(path: str) -> Declaration | None:
     return {benchmark.METRICS: benchmark.FIGURES}.get(path)
 
 
-def compare_values(key: str, released: Any, reproduced: Any, tol: ReproduceParams, timing: bool | None = None) -> str:
+def compare_values(
+    key: str, released: Any, reproduced: Any, tol: ReproduceParams, timing: bool | None = None
+) -> str:
     """`timing`: the figure measures the machine (compared with timing_rtol); None: judged by its name."""
     if released == reproduced and type(released) is type(reproduced):
         return IDENTICAL
     numbers = (int, float)
-    if (isinstance(released, numbers) and isinstance(reproduced, numbers)
-            and not isinstance(released, bool) and not isinstance(reproduced, bool)):
+    if (
+        isinstance(released, numbers)
+        and isinstance(reproduced, numbers)
+        and not isinstance(released, bool)
+        and not isinstance(reproduced, bool)
+    ):
         if math.isnan(float(released)) and math.isnan(float(reproduced)):
             return IDENTICAL
-        rtol = tol.timing_rtol if (bool(TIMING.search(key)) if timing is None else timing) else tol.rtol
+        rtol = (
+            tol.timing_rtol
+            if (bool(TIMING.search(key)) if timing is None else timing)
+            else tol.rtol
+        )
         if math.isclose(float(released), float(reproduced), rel_tol=rtol, abs_tol=tol.atol):
             return IDENTICAL if float(released) == float(reproduced) else WITHIN
     return DIFFERS
 
 
-def compare_metrics(path: str, released: Any, reproduced: Any, tol: ReproduceParams,
-                    declared: Declaration | None = None) -> list[dict[str, Any]]:
+def compare_metrics(
+    path: str,
+    released: Any,
+    reproduced: Any,
+    tol: ReproduceParams,
+    declared: Declaration | None = None,
+) -> list[dict[str, Any]]:
     """Figure by figure. Each row's kind is what the file's writer declares (`declared`, else
     declared_figures(path)); a figure no declaration covers is judged by its name (TIMING: timing, else model)."""
     a, b = flatten(released), flatten(reproduced)
     decl = declared if declared is not None else declared_figures(path)
-    kind = {**kinds(released, decl), **{k: v for k, v in kinds(reproduced, decl).items() if v is not None}}
+    kind = {
+        **kinds(released, decl),
+        **{k: v for k, v in kinds(reproduced, decl).items() if v is not None},
+    }
     rows = []
     for key in sorted(set(a) | set(b)):
         k = kind.get(key) or (Kind.TIMING if TIMING.search(key) else Kind.MODEL)
@@ -87,17 +110,35 @@ def compare_metrics(path: str, released: Any, reproduced: Any, tol: ReproducePar
             verdict = DIFFERS
         else:
             verdict = compare_values(key, a[key], b[key], tol, timing)
-        numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (a.get(key), b.get(key)))
+        numeric = all(
+            isinstance(x, (int, float)) and not isinstance(x, bool)
+            for x in (a.get(key), b.get(key))
+        )
         # decisive: numbers describing the model; timings and free text are reported, not judged
-        rows.append({"file": path, "metric": key, "released": a.get(key), "reproduced": b.get(key),
-                     "verdict": verdict, "kind": str(k), "declared": kind.get(key) is not None, "timing": timing,
-                     "decisive": numeric and k is Kind.MODEL})
+        rows.append(
+            {
+                "file": path,
+                "metric": key,
+                "released": a.get(key),
+                "reproduced": b.get(key),
+                "verdict": verdict,
+                "kind": str(k),
+                "declared": kind.get(key) is not None,
+                "timing": timing,
+                "decisive": numeric and k is Kind.MODEL,
+            }
+        )
     return rows
 
 
-def reproduce_version(root: str | Path, params: Params, version: str, keep: bool = False,
-                      out: str | Path | None = None,
-                      log: Callable[[str], None] = print) -> dict[str, Any]:
+def reproduce_version(
+    root: str | Path,
+    params: Params,
+    version: str,
+    keep: bool = False,
+    out: str | Path | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     root = Path(root).resolve()
     logging.getLogger("dvc").propagate = False  # DVC prints through its own handlers
     model = params.promote.model
@@ -109,7 +150,9 @@ def reproduce_version(root: str | Path, params: Params, version: str, keep: bool
     worktree_add(root, info.commit, wt)
     stages_run: list[dict[str, Any]] = []
     try:
-        store = open_store(params.store, root)  # today's store config: the store may have moved since
+        store = open_store(
+            params.store, root
+        )  # today's store config: the store may have moved since
         configure_dvc_remote(store, params.store.remote_name, wt)
         inputs = git(wt, "ls-files", "--", "*.dvc").stdout.split()
         if inputs:
@@ -136,18 +179,30 @@ def reproduce_version(root: str | Path, params: Params, version: str, keep: bool
         for path in sorted(json_in_git):
             mine = wt / path
             got = json.loads(mine.read_text()) if mine.is_file() else {}
-            metrics += compare_metrics(path, json.loads(show_file(root, info.commit, path) or "{}"), got, tol)
+            metrics += compare_metrics(
+                path, json.loads(show_file(root, info.commit, path) or "{}"), got, tol
+            )
         uncached = _uncached_outs(show_file(root, info.commit, "dvc.yaml"))
         for path, md5 in sorted(out_md5s(released_lock).items()):
             now = new_outs.get(path)
-            row = {"file": path, "released": md5, "reproduced": now, "by": "dvc md5",
-                   "decisive": path not in uncached, "note": ""}
+            row = {
+                "file": path,
+                "released": md5,
+                "reproduced": now,
+                "by": "dvc md5",
+                "decisive": path not in uncached,
+                "note": "",
+            }
             if md5 == now:
                 row["verdict"] = IDENTICAL
             elif path in json_in_git:
                 mine = [r for r in metrics if r["file"] == path]
-                row.update(by="metrics", verdict=DIFFERS if any(r["decisive"] and r["verdict"] == DIFFERS
-                                                                for r in mine) else WITHIN)
+                row.update(
+                    by="metrics",
+                    verdict=DIFFERS
+                    if any(r["decisive"] and r["verdict"] == DIFFERS for r in mine)
+                    else WITHIN,
+                )
             else:
                 row["verdict"] = DIFFERS
                 if row["decisive"] and now and not md5.endswith(".dir"):
@@ -167,8 +222,15 @@ def reproduce_version(root: str | Path, params: Params, version: str, keep: bool
             for name, rel in BUNDLE_FILES.items():
                 mine = wt / rel
                 now = sha256_file(mine) if mine.is_file() else None
-                row = {"file": f"bundle/{name}", "released": sums.get(name), "reproduced": now, "by": "sha256",
-                       "decisive": True, "note": "", "verdict": IDENTICAL if sums.get(name) == now else DIFFERS}
+                row = {
+                    "file": f"bundle/{name}",
+                    "released": sums.get(name),
+                    "reproduced": now,
+                    "by": "sha256",
+                    "decisive": True,
+                    "note": "",
+                    "verdict": IDENTICAL if sums.get(name) == now else DIFFERS,
+                }
                 if row["verdict"] == DIFFERS and now:
                     store.get_file(f"{prefix}/{name}", tmp / "bundle" / name)
                     note = same_model(tmp / "bundle" / name, mine)
@@ -182,17 +244,30 @@ def reproduce_version(root: str | Path, params: Params, version: str, keep: bool
     rows = metrics + files
     counts = {v: sum(1 for r in rows if r["verdict"] == v) for v in (IDENTICAL, WITHIN, DIFFERS)}
     overall = reproduce_verdict(rows)
-    report = {"model": model, "version": info.version, "commit": info.commit, "verdict": overall["verdict"],
-              "reason": overall["reason"], "tally": overall["tally"], "stages": stages_run, "counts": counts, "metrics": metrics, "files": files,
-              "worktree": str(wt) if keep else None,
-              "environment": environment_check(root, params, info.version), "provenance": provenance}
+    report = {
+        "model": model,
+        "version": info.version,
+        "commit": info.commit,
+        "verdict": overall["verdict"],
+        "reason": overall["reason"],
+        "tally": overall["tally"],
+        "stages": stages_run,
+        "counts": counts,
+        "metrics": metrics,
+        "files": files,
+        "worktree": str(wt) if keep else None,
+        "environment": environment_check(root, params, info.version),
+        "provenance": provenance,
+    }
     out = Path(out) if out else root / "reports" / "reproduce" / f"{model}-{info.version}.json"
     write_json(out, report)
     report["report"] = str(out)
     return report
 
 
-def release_provenance(root: Path, params: Params, store: Any, info: Any, released_lock: str | None) -> dict[str, Any]:
+def release_provenance(
+    root: Path, params: Params, store: Any, info: Any, released_lock: str | None
+) -> dict[str, Any]:
     """The release's signed provenance statement (verified on fetch: signature, subjects = the shipped
     files' digests) against what git holds at its commit: the commit, the data md5 in dvc.lock (or the
     .dvc file), and the hashes of params.yaml and requirements.lock."""
@@ -209,38 +284,78 @@ def release_provenance(root: Path, params: Params, store: Any, info: Any, releas
 
     with tempfile.TemporaryDirectory() as t:
         try:
-            got = fetch_verified(store, project_root_of_trust(store, root), params.promote.model, info.version,
-                                 Path(t) / "bundle")
+            got = fetch_verified(
+                store,
+                project_root_of_trust(store, root),
+                params.promote.model,
+                info.version,
+                Path(t) / "bundle",
+            )
         except (ParamsInvalid, ReleaseNotFound) as e:
             return {"verdict": f"not checked: {e}"}
-        except VerificationFailed as e:  # the signed release itself is refused: the strongest "differs"
-            return {"verdict": "differs", "row": {
-                "file": f"bundle/{PROVENANCE}", "by": "signed statement", "decisive": True, "released": None,
-                "reproduced": None, "verdict": DIFFERS, "note": str(e)}}
+        except (
+            VerificationFailed
+        ) as e:  # the signed release itself is refused: the strongest "differs"
+            return {
+                "verdict": "differs",
+                "row": {
+                    "file": f"bundle/{PROVENANCE}",
+                    "by": "signed statement",
+                    "decisive": True,
+                    "released": None,
+                    "reproduced": None,
+                    "verdict": DIFFERS,
+                    "note": str(e),
+                },
+            }
         path = Path(got["dest"]) / PROVENANCE
         if not path.is_file():
             return {"verdict": "absent (released before provenance was signed)"}
         facts = provenance_facts(read_statement(path.read_bytes()))
     readings = params.data.readings
-    data_md5 = next((d["md5"] for stage in lock_stages(released_lock).values() for d in entries(stage, "deps")
-                     if d.get("path") == readings), None)
+    data_md5 = next(
+        (
+            d["md5"]
+            for stage in lock_stages(released_lock).values()
+            for d in entries(stage, "deps")
+            if d.get("path") == readings
+        ),
+        None,
+    )
     if data_md5 is None:
         dvc_file = show_file(root, info.commit, f"{readings}.dvc")
-        data_md5 = ((yaml.safe_load(dvc_file) or {}).get("outs") or [{}])[0].get("md5") if dvc_file else None
+        data_md5 = (
+            ((yaml.safe_load(dvc_file) or {}).get("outs") or [{}])[0].get("md5")
+            if dvc_file
+            else None
+        )
 
     def sha(path: str) -> str | None:
         text = show_file(root, info.commit, path)
         return hashlib.sha256(text.encode()).hexdigest() if text is not None else None
 
-    git_facts = {"commit": info.commit, "data_md5": data_md5, "params_sha256": sha("params.yaml"),
-                 "lock_sha256": sha("requirements.lock")}
+    git_facts = {
+        "commit": info.commit,
+        "data_md5": data_md5,
+        "params_sha256": sha("params.yaml"),
+        "lock_sha256": sha("requirements.lock"),
+    }
     bad = [k for k in git_facts if facts.get(k) != git_facts[k]]
-    row = {"file": f"bundle/{PROVENANCE}", "by": "signed statement", "decisive": True,
-           "released": " ".join(f"{k}={str(v)[:8]}" for k, v in facts.items()),
-           "reproduced": " ".join(f"{k}={str(v)[:8]}" for k, v in git_facts.items()),
-           "verdict": DIFFERS if bad else IDENTICAL,
-           "note": f"{', '.join(bad)} not what git holds at {info.commit[:8]}" if bad else ""}
-    return {"verdict": "differs" if bad else "verified", "facts": facts, "git": git_facts, "row": row}
+    row = {
+        "file": f"bundle/{PROVENANCE}",
+        "by": "signed statement",
+        "decisive": True,
+        "released": " ".join(f"{k}={str(v)[:8]}" for k, v in facts.items()),
+        "reproduced": " ".join(f"{k}={str(v)[:8]}" for k, v in git_facts.items()),
+        "verdict": DIFFERS if bad else IDENTICAL,
+        "note": f"{', '.join(bad)} not what git holds at {info.commit[:8]}" if bad else "",
+    }
+    return {
+        "verdict": "differs" if bad else "verified",
+        "facts": facts,
+        "git": git_facts,
+        "row": row,
+    }
 
 
 def row_class(row: dict[str, Any]) -> str:
@@ -277,17 +392,26 @@ def reproduce_verdict(rows: list[dict[str, Any]], show: int = 3) -> dict[str, An
         c = row_class(r)
         tally[c] += 1
         by_class[c].append(r)
-    content_equal = sum(1 for r in by_class["same"] if r["verdict"] != IDENTICAL and "metric" not in r)
+    content_equal = sum(
+        1 for r in by_class["same"] if r["verdict"] != IDENTICAL and "metric" not in r
+    )
     tail = []
     if content_equal:
         tail.append(f"{content_equal} file(s) differ in bytes only, their content compared equal")
     if tally["expected"]:
         kinds = {"timing": 0, "hash": 0, "report or text": 0}
         for r in by_class["expected"]:
-            kinds["timing" if r.get("timing") else "hash" if HASH_KEY.search(str(r.get("metric", ""))) else
-                  "report or text"] += 1
+            kinds[
+                "timing"
+                if r.get("timing")
+                else "hash"
+                if HASH_KEY.search(str(r.get("metric", "")))
+                else "report or text"
+            ] += 1
         what = ", ".join(f"{n} {k}" for k, n in kinds.items() if n)
-        tail.append(f"{tally['expected']} figure(s) that change run to run were not judged ({what})")
+        tail.append(
+            f"{tally['expected']} figure(s) that change run to run were not judged ({what})"
+        )
     if tally["differs"]:
         verdict = DIFFERENT
         names = "; ".join(_label(r) for r in by_class["differs"][:show])
@@ -296,8 +420,10 @@ def reproduce_verdict(rows: list[dict[str, Any]], show: int = 3) -> dict[str, An
     elif tally["within"]:
         verdict = REPRODUCED_WITHIN
         names = "; ".join(_label(r) for r in by_class["within"][:show])
-        reason = (f"{tally['within']} figure(s) match only within the tolerance (e.g. {names}), "
-                  f"{tally['same']} identical, none differ")
+        reason = (
+            f"{tally['within']} figure(s) match only within the tolerance (e.g. {names}), "
+            f"{tally['same']} identical, none differ"
+        )
     else:
         verdict = REPRODUCED
         reason = f"all {tally['same']} figures and files about the model match"
@@ -317,7 +443,9 @@ def same_model(released: Path, reproduced: Path) -> str | None:
         wa = {t.name: numpy_helper.to_array(t) for t in a.graph.initializer}
         wb = {t.name: numpy_helper.to_array(t) for t in b.graph.initializer}
         same_weights = wa.keys() == wb.keys() and all(
-            wa[k].dtype == wb[k].dtype and wa[k].shape == wb[k].shape and (wa[k] == wb[k]).all() for k in wa)
+            wa[k].dtype == wb[k].dtype and wa[k].shape == wb[k].shape and (wa[k] == wb[k]).all()
+            for k in wa
+        )
         for g in (a.graph, b.graph):
             del g.initializer[:]
         if not (same_weights and a.graph.SerializeToString() == b.graph.SerializeToString()):
@@ -325,7 +453,9 @@ def same_model(released: Path, reproduced: Path) -> str | None:
         ma = {p.key: p.value for p in a.metadata_props}
         mb = {p.key: p.value for p in b.metadata_props}
         changed = sorted(k for k in ma.keys() | mb.keys() if ma.get(k) != mb.get(k))
-        return "same graph and weights" + (f"; metadata differs: {', '.join(changed)}" if changed else "")
+        return "same graph and weights" + (
+            f"; metadata differs: {', '.join(changed)}" if changed else ""
+        )
     if released.suffix == ".pt":
         import torch
 
@@ -374,4 +504,6 @@ def environment_check(root: Path, params: Params, version: str) -> list[dict[str
         card = json.loads(store.read_text(f"{bundle_prefix(params.promote.model, version)}/{CARD}"))
     except EdgeDistillError:
         card = {}
-    return environment_differences((card.get("lineage") or {}).get("environment"), environment_record(root))
+    return environment_differences(
+        (card.get("lineage") or {}).get("environment"), environment_record(root)
+    )

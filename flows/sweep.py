@@ -24,6 +24,7 @@ OUT_DIR = "reports/sweep"
 
 # ---------------------------------------------------------------- the grid
 
+
 def student_widths(base: list[int], multiplier: float, depth: int) -> list[int]:
     """The stem plus `depth` blocks: base widths scaled, cut, or extended with the last width."""
     scaled = [max(4, int(round(w * multiplier))) for w in base]
@@ -37,12 +38,21 @@ def grid(params: Params) -> list[dict[str, Any]]:
     base = list(params.student.config.get("widths", [16, 24, 32, 32]))
     names = sorted(sp.knobs)
     points = []
-    for m, d, *values in itertools.product(sp.width_multipliers, sp.depths, *(sp.knobs[k] for k in names)):
+    for m, d, *values in itertools.product(
+        sp.width_multipliers, sp.depths, *(sp.knobs[k] for k in names)
+    ):
         knobs = dict(zip(names, values, strict=True))
         widths = student_widths(base, m, d)
-        points.append({"id": "-".join([f"w{m:g}", f"d{d}", *(f"{k}{v:g}" for k, v in knobs.items())]),
-                       "width_multiplier": m, "depth": d, "method": params.distill.method, "knobs": knobs,
-                       "widths": widths})
+        points.append(
+            {
+                "id": "-".join([f"w{m:g}", f"d{d}", *(f"{k}{v:g}" for k, v in knobs.items())]),
+                "width_multiplier": m,
+                "depth": d,
+                "method": params.distill.method,
+                "knobs": knobs,
+                "widths": widths,
+            }
+        )
     return points
 
 
@@ -54,11 +64,14 @@ def budget_profile(params: Params) -> Any:
     for p in profiles:
         if p.name == name:
             return p
-    raise ParamsInvalid(f"sweep.budget_profile '{name}' is not a benchmark profile "
-                        f"(profiles: {[p.name for p in profiles]})")
+    raise ParamsInvalid(
+        f"sweep.budget_profile '{name}' is not a benchmark profile "
+        f"(profiles: {[p.name for p in profiles]})"
+    )
 
 
 # ---------------------------------------------------------------- one point: the stage functions
+
 
 @task(name="distill-export", task_run_name="{point[id]}", cache_policy=NO_CACHE)
 def train_point(root: str, params: Params, point: dict[str, Any], out_dir: str) -> dict[str, Any]:
@@ -71,11 +84,22 @@ def train_point(root: str, params: Params, point: dict[str, Any], out_dir: str) 
     d = Path(out_dir) / point["id"]
     d.mkdir(parents=True, exist_ok=True)
     job = d / "job.json"
-    write_json(job, {"root": str(root), "params": params.model_dump(mode="json", by_alias=True), "point": point,
-                     "out_dir": str(out_dir)})
+    write_json(
+        job,
+        {
+            "root": str(root),
+            "params": params.model_dump(mode="json", by_alias=True),
+            "point": point,
+            "out_dir": str(out_dir),
+        },
+    )
     (d / "result.json").unlink(missing_ok=True)
-    proc = subprocess.run([sys.executable, "-m", "flows.sweep_point", str(job)], cwd=root, capture_output=True,
-                          text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "flows.sweep_point", str(job)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
     result = json.loads((d / "result.json").read_text()) if (d / "result.json").is_file() else None
     if result is None or "error" in result:
         from edgedistill import errors
@@ -90,7 +114,9 @@ def train_point(root: str, params: Params, point: dict[str, Any], out_dir: str) 
 
 
 @task(name="benchmark", task_run_name="{result[id]}", cache_policy=NO_CACHE)
-def benchmark_point(root: str, params: Params, result: dict[str, Any], measure: bool = True) -> dict[str, Any]:
+def benchmark_point(
+    root: str, params: Params, result: dict[str, Any], measure: bool = True
+) -> dict[str, Any]:
     """Batch-1 INT8 latency on the release profile (onnx_bench; measure=False: none) and the static
     size/RAM estimate, with a fits verdict against the budget profile."""
     from edgedistill.evaluation import load_split
@@ -99,16 +125,36 @@ def benchmark_point(root: str, params: Params, result: dict[str, Any], measure: 
 
     prof = params.benchmark.profiles[0]
     x, _ = load_split(Path(root) / PREPARED / "test")
-    b = bench_onnx(result["int8_path"], threads=prof.threads, batch_sizes=[1], warmup=prof.warmup,
-                   runs=params.sweep.bench_runs, max_seconds=prof.max_seconds, data=x[:1], measure=measure)
+    b = bench_onnx(
+        result["int8_path"],
+        threads=prof.threads,
+        batch_sizes=[1],
+        warmup=prof.warmup,
+        runs=params.sweep.bench_runs,
+        max_seconds=prof.max_seconds,
+        data=x[:1],
+        measure=measure,
+    )
     budget = budget_profile(params)
     fits = fits_budget(b["static"], budget.ram_bytes, budget.flash_bytes)
-    out = {**result, "size_bytes": b["file_bytes"], "weight_bytes": b["weight_bytes"],
-           "ram_bytes": b["static"]["ram_estimate_bytes"], "flash_bytes": b["static"]["flash_estimate_bytes"],
-           "budget_profile": budget.name, "fits": fits["fits"], "why_not": fits["why_not"]}
+    out = {
+        **result,
+        "size_bytes": b["file_bytes"],
+        "weight_bytes": b["weight_bytes"],
+        "ram_bytes": b["static"]["ram_estimate_bytes"],
+        "flash_bytes": b["static"]["flash_estimate_bytes"],
+        "budget_profile": budget.name,
+        "fits": fits["fits"],
+        "why_not": fits["why_not"],
+    }
     if measure:
         lat = b["measured"]["latency"]["1"]
-        out.update(p50_ms=lat["p50_ms"], p95_ms=lat["p95_ms"], bench_runs=lat["runs"], latency_of=result["id"])
+        out.update(
+            p50_ms=lat["p50_ms"],
+            p95_ms=lat["p95_ms"],
+            bench_runs=lat["runs"],
+            latency_of=result["id"],
+        )
     return out
 
 
@@ -126,8 +172,15 @@ def benchmark_all(root: str, params: Params, trained: list[dict[str, Any]]) -> l
             continue
         r = benchmark_point.submit(root, params, t, measure=False).result()
         m = timed[arch]
-        results.append({**r, "p50_ms": m["p50_ms"], "p95_ms": m["p95_ms"], "bench_runs": m["bench_runs"],
-                        "latency_of": m["id"]})
+        results.append(
+            {
+                **r,
+                "p50_ms": m["p50_ms"],
+                "p95_ms": m["p95_ms"],
+                "bench_runs": m["bench_runs"],
+                "latency_of": m["id"],
+            }
+        )
     return results
 
 
@@ -139,21 +192,30 @@ SELECT = "int8_val_accuracy"  # the Pareto front and the choice use validation a
 def dominates(a: dict[str, Any], b: dict[str, Any], tol: float) -> bool:
     """a is at least as good as b on accuracy, latency and size, and better on one. Latencies within
     `tol` (relative) are a tie: the measurement noise is larger than that."""
+
     def faster(u: float, v: float) -> bool:
         return u < v * (1 - tol)
 
     def not_slower(u: float, v: float) -> bool:
         return not faster(v, u)
 
-    ge = (a[SELECT] >= b[SELECT] and not_slower(a["p50_ms"], b["p50_ms"])
-          and a["size_bytes"] <= b["size_bytes"])
-    gt = (a[SELECT] > b[SELECT] or faster(a["p50_ms"], b["p50_ms"])
-          or a["size_bytes"] < b["size_bytes"])
+    ge = (
+        a[SELECT] >= b[SELECT]
+        and not_slower(a["p50_ms"], b["p50_ms"])
+        and a["size_bytes"] <= b["size_bytes"]
+    )
+    gt = (
+        a[SELECT] > b[SELECT]
+        or faster(a["p50_ms"], b["p50_ms"])
+        or a["size_bytes"] < b["size_bytes"]
+    )
     return ge and gt
 
 
 def pareto_front(results: list[dict[str, Any]], tol: float) -> list[str]:
-    return sorted(r["id"] for r in results if not any(dominates(o, r, tol) for o in results if o is not r))
+    return sorted(
+        r["id"] for r in results if not any(dominates(o, r, tol) for o in results if o is not r)
+    )
 
 
 def choose(results: list[dict[str, Any]], front: list[str]) -> dict[str, Any] | None:
@@ -167,10 +229,26 @@ def choose(results: list[dict[str, Any]], front: list[str]) -> dict[str, Any] | 
 
 # ---------------------------------------------------------------- outputs: table files and plot
 
-COLUMNS = ["id", "width_multiplier", "depth", "method", "knobs", "widths", "params", "int8_val_accuracy",
-           "int8_accuracy",
-           "fp32_accuracy", "kd_accuracy", "p50_ms", "p95_ms", "size_bytes", "ram_bytes", "fits", "pareto",
-           "train_seconds"]
+COLUMNS = [
+    "id",
+    "width_multiplier",
+    "depth",
+    "method",
+    "knobs",
+    "widths",
+    "params",
+    "int8_val_accuracy",
+    "int8_accuracy",
+    "fp32_accuracy",
+    "kd_accuracy",
+    "p50_ms",
+    "p95_ms",
+    "size_bytes",
+    "ram_bytes",
+    "fits",
+    "pareto",
+    "train_seconds",
+]
 
 
 def write_table(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -179,8 +257,13 @@ def write_table(path: Path, rows: list[dict[str, Any]]) -> None:
         w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         w.writeheader()
         for r in rows:
-            w.writerow({**r, "widths": " ".join(map(str, r["widths"])),
-                        "knobs": " ".join(f"{k}={v:g}" for k, v in r["knobs"].items())})
+            w.writerow(
+                {
+                    **r,
+                    "widths": " ".join(map(str, r["widths"])),
+                    "knobs": " ".join(f"{k}={v:g}" for k, v in r["knobs"].items()),
+                }
+            )
 
 
 def write_svg(path: Path, rows: list[dict[str, Any]], best: str | None) -> None:
@@ -199,29 +282,37 @@ def write_svg(path: Path, rows: list[dict[str, Any]], best: str | None) -> None:
     def py(v: float) -> float:
         return H - M - (v - y0) / (y1 - y0) * (H - 2 * M)
 
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" '
-             f'font-size="11"><rect width="{W}" height="{H}" fill="white"/>',
-             f'<line x1="{M}" y1="{H - M}" x2="{W - M}" y2="{H - M}" stroke="black"/>',
-             f'<line x1="{M}" y1="{M}" x2="{M}" y2="{H - M}" stroke="black"/>',
-             f'<text x="{W / 2}" y="{H - 20}" text-anchor="middle">INT8 p50 latency, ms (batch 1)</text>',
-             f'<text x="15" y="{H / 2}" transform="rotate(-90 15 {H / 2})" text-anchor="middle">'
-             'INT8 validation accuracy</text>',
-             f'<text x="{M}" y="{H - M + 15}">{x0:.4f}</text>',
-             f'<text x="{W - M}" y="{H - M + 15}" text-anchor="end">{x1:.4f}</text>',
-             f'<text x="{M - 5}" y="{H - M}" text-anchor="end">{y0:.3f}</text>',
-             f'<text x="{M - 5}" y="{M + 4}" text-anchor="end">{y1:.3f}</text>',
-             f'<text x="{M}" y="20">student sweep: filled = Pareto front, area ~ INT8 size, ring = chosen</text>']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" '
+        f'font-size="11"><rect width="{W}" height="{H}" fill="white"/>',
+        f'<line x1="{M}" y1="{H - M}" x2="{W - M}" y2="{H - M}" stroke="black"/>',
+        f'<line x1="{M}" y1="{M}" x2="{M}" y2="{H - M}" stroke="black"/>',
+        f'<text x="{W / 2}" y="{H - 20}" text-anchor="middle">INT8 p50 latency, ms (batch 1)</text>',
+        f'<text x="15" y="{H / 2}" transform="rotate(-90 15 {H / 2})" text-anchor="middle">'
+        "INT8 validation accuracy</text>",
+        f'<text x="{M}" y="{H - M + 15}">{x0:.4f}</text>',
+        f'<text x="{W - M}" y="{H - M + 15}" text-anchor="end">{x1:.4f}</text>',
+        f'<text x="{M - 5}" y="{H - M}" text-anchor="end">{y0:.3f}</text>',
+        f'<text x="{M - 5}" y="{M + 4}" text-anchor="end">{y1:.3f}</text>',
+        f'<text x="{M}" y="20">student sweep: filled = Pareto front, area ~ INT8 size, ring = chosen</text>',
+    ]
     for r in rows:
         rad = 4 + 10 * (r["size_bytes"] / smax) ** 0.5
         fill = "#1f77b4" if r["pareto"] else "none"
-        parts.append(f'<circle cx="{px(r["p50_ms"]):.1f}" cy="{py(r[SELECT]):.1f}" r="{rad:.1f}" '
-                     f'fill="{fill}" fill-opacity="0.6" stroke="#1f77b4"><title>{r["id"]}</title></circle>')
+        parts.append(
+            f'<circle cx="{px(r["p50_ms"]):.1f}" cy="{py(r[SELECT]):.1f}" r="{rad:.1f}" '
+            f'fill="{fill}" fill-opacity="0.6" stroke="#1f77b4"><title>{r["id"]}</title></circle>'
+        )
         if r["id"] == best:
-            parts.append(f'<circle cx="{px(r["p50_ms"]):.1f}" cy="{py(r[SELECT]):.1f}" '
-                         f'r="{rad + 4:.1f}" fill="none" stroke="#d62728" stroke-width="2"/>')
+            parts.append(
+                f'<circle cx="{px(r["p50_ms"]):.1f}" cy="{py(r[SELECT]):.1f}" '
+                f'r="{rad + 4:.1f}" fill="none" stroke="#d62728" stroke-width="2"/>'
+            )
         if r["pareto"]:
-            parts.append(f'<text x="{px(r["p50_ms"]) + rad + 2:.1f}" y="{py(r[SELECT]) + 4:.1f}">'
-                         f'{r["id"]}</text>')
+            parts.append(
+                f'<text x="{px(r["p50_ms"]) + rad + 2:.1f}" y="{py(r[SELECT]) + 4:.1f}">'
+                f"{r['id']}</text>"
+            )
     path.write_text("\n".join([*parts, "</svg>"]) + "\n")
 
 
@@ -236,8 +327,13 @@ def write_png(path: Path, rows: list[dict[str, Any]], best: str | None) -> bool:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     smax = max(r["size_bytes"] for r in rows)
     for r in rows:
-        ax.scatter(r["p50_ms"], r[SELECT], s=30 + 300 * r["size_bytes"] / smax,
-                   facecolors="C0" if r["pareto"] else "none", edgecolors="C3" if r["id"] == best else "C0")
+        ax.scatter(
+            r["p50_ms"],
+            r[SELECT],
+            s=30 + 300 * r["size_bytes"] / smax,
+            facecolors="C0" if r["pareto"] else "none",
+            edgecolors="C3" if r["id"] == best else "C0",
+        )
         if r["pareto"]:
             ax.annotate(r["id"], (r["p50_ms"], r[SELECT]), fontsize=7)
     ax.set_xlabel("INT8 p50 latency, ms (batch 1)")
@@ -252,7 +348,9 @@ def write_png(path: Path, rows: list[dict[str, Any]], best: str | None) -> bool:
 def best_overlay(params: Params, best: dict[str, Any]) -> dict[str, Any]:
     """The params.yaml changes that make the release train the chosen student: its widths and the swept
     knobs' values; distill.method stays as configured (it is what every point trained)."""
-    overlay: dict[str, Any] = {"student": {"config": {**params.student.config, "widths": best["widths"]}}}
+    overlay: dict[str, Any] = {
+        "student": {"config": {**params.student.config, "widths": best["widths"]}}
+    }
     if best["knobs"]:
         overlay["distill"] = dict(best["knobs"])
     return overlay
@@ -260,14 +358,17 @@ def best_overlay(params: Params, best: dict[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- the flow
 
+
 def task_runner(params: Params, dask_address: str | None = None) -> Any:
     address = dask_address or params.sweep.dask_address
     if address:
         try:
             from prefect_dask import DaskTaskRunner
         except ImportError:
-            raise ParamsInvalid(f"a Dask scheduler is configured ({address}) but prefect-dask is not installed",
-                                hint="pip install -e '.[dask]'") from None
+            raise ParamsInvalid(
+                f"a Dask scheduler is configured ({address}) but prefect-dask is not installed",
+                hint="pip install -e '.[dask]'",
+            ) from None
         return DaskTaskRunner(address=address)
     from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -275,12 +376,24 @@ def task_runner(params: Params, dask_address: str | None = None) -> Any:
 
 
 def check_inputs(root: Path) -> None:
-    missing = [p for p in (PREPARED + "/index.json", PREPARED + "/train", PREPARED + "/test", TEACHER, LOGITS)
-               if not (root / p).exists()]
+    missing = [
+        p
+        for p in (
+            PREPARED + "/index.json",
+            PREPARED + "/train",
+            PREPARED + "/test",
+            TEACHER,
+            LOGITS,
+        )
+        if not (root / p).exists()
+    ]
     if missing:
-        raise ModelMismatch(f"the sweep distils from the teacher and its cached logits; missing in {root}: "
-                            f"{missing}", hint="Run the pipeline up to them first: "
-                                               "`edgedistill run prepare train_teacher teacher_logits`.")
+        raise ModelMismatch(
+            f"the sweep distils from the teacher and its cached logits; missing in {root}: "
+            f"{missing}",
+            hint="Run the pipeline up to them first: "
+            "`edgedistill run prepare train_teacher teacher_logits`.",
+        )
 
 
 def _sweep(root: str, params_file: str, out_dir: str) -> dict[str, Any]:
@@ -293,7 +406,10 @@ def _sweep(root: str, params_file: str, out_dir: str) -> dict[str, Any]:
     points = grid(params)
     log.info("sweep: %d points in parallel", len(points))
     t0 = time.perf_counter()
-    trained = [f.result() for f in [train_point.submit(str(r), params, pt, str(out / "points")) for pt in points]]
+    trained = [
+        f.result()
+        for f in [train_point.submit(str(r), params, pt, str(out / "points")) for pt in points]
+    ]
     results = benchmark_all(str(r), params, trained)
     seconds = time.perf_counter() - t0
     front = pareto_front(results, params.sweep.latency_tolerance)
@@ -301,24 +417,39 @@ def _sweep(root: str, params_file: str, out_dir: str) -> dict[str, Any]:
         x["pareto"] = x["id"] in front
     results.sort(key=lambda x: (not x["pareto"], -x[SELECT], x["size_bytes"]))
     best = choose(results, front)
-    summary = {"points": results, "pareto": front, "best": best["id"] if best else None,
-               "method": params.distill.method,
-               "budget_profile": budget_profile(params).name, "seconds": round(seconds, 2),
-               "overlay": best_overlay(params, best) if best else None}
+    summary = {
+        "points": results,
+        "pareto": front,
+        "best": best["id"] if best else None,
+        "method": params.distill.method,
+        "budget_profile": budget_profile(params).name,
+        "seconds": round(seconds, 2),
+        "overlay": best_overlay(params, best) if best else None,
+    }
     write_json(out / "results.json", summary)
     write_table(out / "results.csv", results)
     write_table(out / "pareto.csv", [x for x in results if x["pareto"]])
     write_svg(out / "pareto.svg", results, summary["best"])
-    summary["plot"] = str(out / ("pareto.png" if write_png(out / "pareto.png", results, summary["best"])
-                                 else "pareto.svg"))
+    summary["plot"] = str(
+        out
+        / (
+            "pareto.png"
+            if write_png(out / "pareto.png", results, summary["best"])
+            else "pareto.svg"
+        )
+    )
     write_json(out / "results.json", summary)
     print(f"sweep: {len(points)} points trained, exported and benchmarked in {seconds:.1f}s")
     log.info("sweep done in %.1fs: Pareto front %s, chosen %s", seconds, front, summary["best"])
     return summary
 
 
-def run_sweep(root: str | Path = ".", params_file: str = "params.yaml", out_dir: str = OUT_DIR,
-              dask_address: str | None = None) -> dict[str, Any]:
+def run_sweep(
+    root: str | Path = ".",
+    params_file: str = "params.yaml",
+    out_dir: str = OUT_DIR,
+    dask_address: str | None = None,
+) -> dict[str, Any]:
     """Run the sweep flow with the local thread runner, or on Dask when an address is configured."""
     params = load_params(Path(root) / params_file)
     # user errors surface before a flow run starts (a one-line message, not a failed run's traceback)
@@ -330,7 +461,9 @@ def run_sweep(root: str | Path = ".", params_file: str = "params.yaml", out_dir:
 
 
 @flow(name="edgedistill-student-sweep", log_prints=True, validate_parameters=False)
-def student_sweep(root: str = ".", params_file: str = "params.yaml", out_dir: str = OUT_DIR) -> dict[str, Any]:
+def student_sweep(
+    root: str = ".", params_file: str = "params.yaml", out_dir: str = OUT_DIR
+) -> dict[str, Any]:
     return _sweep(root, params_file, out_dir)
 
 
@@ -339,8 +472,9 @@ def apply_overlay(params_path: Path, overlay: dict[str, Any], method: str) -> No
     params.yaml now configures another distill.method than the sweep trained (its knobs would not fit)."""
     now = load_params(params_path).distill.method
     if now != method:
-        raise ParamsInvalid(f"{params_path}: distill.method is {now}, but the sweep trained {method}; "
-                            "the chosen student is not applied", hint="Run `edgedistill sweep` again with the "
-                                                                      "configured method.")
+        raise ParamsInvalid(
+            f"{params_path}: distill.method is {now}, but the sweep trained {method}; "
+            "the chosen student is not applied",
+            hint="Run `edgedistill sweep` again with the configured method.",
+        )
     update_params_file(params_path, overlay)
-

@@ -29,13 +29,19 @@ def point_params(params: Params, point: dict[str, Any]) -> Params:
         # a shorter schedule per point: the step floor (train.min_steps) shrinks by the same share
         tp = params.student.train
         raw["student"]["train"]["epochs"] = params.sweep.epochs
-        raw["student"]["train"]["min_steps"] = math.ceil(tp.min_steps * params.sweep.epochs / tp.epochs)
-    raw["distill"].update(point["knobs"])  # the configured method, with this point's values of its knobs
+        raw["student"]["train"]["min_steps"] = math.ceil(
+            tp.min_steps * params.sweep.epochs / tp.epochs
+        )
+    raw["distill"].update(
+        point["knobs"]
+    )  # the configured method, with this point's values of its knobs
     raw["compute"]["threads"] = 1
     return Params.model_validate(raw)
 
 
-def build_point(root: str | Path, params: Params, point: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
+def build_point(
+    root: str | Path, params: Params, point: dict[str, Any], out_dir: str | Path
+) -> dict[str, Any]:
     """Distil (tasks/distill.py) and export to FP32 + INT8 ONNX (tasks/export.py's pieces) one student."""
     import tempfile
 
@@ -49,33 +55,68 @@ def build_point(root: str | Path, params: Params, point: dict[str, Any], out_dir
     d = Path(out_dir) / point["id"]
     d.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    report = distill.run(p, r / PREPARED, r / TEACHER, r / LOGITS, student_out=d / "student.pt",
-                         baseline_out=d / "unused.pt", metrics_out=d / "distill.json", plots_dir=None,
-                         resume_dir=d / ".resume", log=lambda _: None, train_baseline=False, kd_out=d / "student.pt")
+    report = distill.run(
+        p,
+        r / PREPARED,
+        r / TEACHER,
+        r / LOGITS,
+        student_out=d / "student.pt",
+        baseline_out=d / "unused.pt",
+        metrics_out=d / "distill.json",
+        plots_dir=None,
+        resume_dir=d / ".resume",
+        log=lambda _: None,
+        train_baseline=False,
+        kd_out=d / "student.pt",
+    )
     train_s = time.perf_counter() - t0
 
     ep = p.export
     net, meta = load_checkpoint(d / "student.pt")
     x, y = load_split(r / PREPARED / "test")
     fp32, int8 = d / "student.onnx", d / "student.int8.onnx"
-    ox.save_onnx(ox.export_onnx(net, meta["in_channels"], meta["window"], ep.opset, what=str(d / "student.pt")),
-                 fp32)
+    ox.save_onnx(
+        ox.export_onnx(
+            net, meta["in_channels"], meta["window"], ep.opset, what=str(d / "student.pt")
+        ),
+        fp32,
+    )
     parity = check_parity(net, fp32, x, ep.parity_atol, ep.min_argmax_agreement, what=str(fp32))
-    calib = (calibration_windows(r / PREPARED / "train", ep.calibration)
-             if ep.quantization == "static" else None)
+    calib = (
+        calibration_windows(r / PREPARED / "train", ep.calibration)
+        if ep.quantization == "static"
+        else None
+    )
     with tempfile.TemporaryDirectory(dir=d, prefix=".quant-") as scratch:
-        ox.quantize_int8(fp32, int8, calib, mode=ep.quantization, method=ep.calibration.method,
-                         per_channel=ep.calibration.per_channel, activation_type=ep.activation_type,
-                         scratch=Path(scratch), calib_source=str(r / PREPARED / "train"))
+        ox.quantize_int8(
+            fp32,
+            int8,
+            calib,
+            mode=ep.quantization,
+            method=ep.calibration.method,
+            per_channel=ep.calibration.per_channel,
+            activation_type=ep.activation_type,
+            scratch=Path(scratch),
+            calib_source=str(r / PREPARED / "train"),
+        )
     fp32_acc, _ = onnx_accuracy(fp32, x, y)
     int8_acc, _ = onnx_accuracy(int8, x, y)
     xv, yv = load_split(r / PREPARED / "val")
     int8_val_acc, _ = onnx_accuracy(int8, xv, yv)  # selection never sees test
-    return {**point, "params": report["kd"]["params"], "macs": report["kd"].get("macs"),
-            "kd_accuracy": report["kd"]["accuracy"], "fp32_accuracy": fp32_acc, "int8_accuracy": int8_acc,
-            "int8_val_accuracy": int8_val_acc,
-            "teacher_accuracy": report["teacher"]["accuracy"], "parity_max_abs_diff": parity["max_abs_diff"],
-            "train_seconds": round(train_s, 2), "int8_path": str(int8), "dir": str(d)}
+    return {
+        **point,
+        "params": report["kd"]["params"],
+        "macs": report["kd"].get("macs"),
+        "kd_accuracy": report["kd"]["accuracy"],
+        "fp32_accuracy": fp32_acc,
+        "int8_accuracy": int8_acc,
+        "int8_val_accuracy": int8_val_acc,
+        "teacher_accuracy": report["teacher"]["accuracy"],
+        "parity_max_abs_diff": parity["max_abs_diff"],
+        "train_seconds": round(train_s, 2),
+        "int8_path": str(int8),
+        "dir": str(d),
+    }
 
 
 def main(job_path: str) -> int:
@@ -83,7 +124,9 @@ def main(job_path: str) -> int:
     job = json.loads(Path(job_path).read_text())
     out = Path(job_path).with_name("result.json")
     try:
-        result = build_point(job["root"], Params.model_validate(job["params"]), job["point"], job["out_dir"])
+        result = build_point(
+            job["root"], Params.model_validate(job["params"]), job["point"], job["out_dir"]
+        )
     except EdgeDistillError as e:
         write_json(out, {"error": {"type": type(e).__name__, "message": str(e), "hint": e.hint}})
         return 2

@@ -20,9 +20,11 @@ from edgedistill.trust import SignedRepository, load_keys, signed_channel
 DATA_CHANGED = "edgedistill.data.changed"
 STAGE_ASSIGNED = "edgedistill.registry.stage-assigned"
 STATE = "reports/ops/watch.json"
-NO_SERVER = ("no Prefect server is configured (PREFECT_API_URL), so no one would receive the event: not sent, "
-             "not recorded; start one (`prefect server start`, then set PREFECT_API_URL and `edgedistill serve`) "
-             "or release with `edgedistill run`")
+NO_SERVER = (
+    "no Prefect server is configured (PREFECT_API_URL), so no one would receive the event: not sent, "
+    "not recorded; start one (`prefect server start`, then set PREFECT_API_URL and `edgedistill serve`) "
+    "or release with `edgedistill run`"
+)
 
 
 def dataset_resource(model: str) -> str:
@@ -40,14 +42,19 @@ def in_dvc_remote(store: Store, md5: str) -> bool:
 
 def _card_md5(store: Store, model: str, version: str) -> str | None:
     try:
-        card = parse_document(store.read_text(f"{bundle_prefix(model, version)}/{CARD}"),
-                              f"{bundle_prefix(model, version)}/{CARD}", "model card")
+        card = parse_document(
+            store.read_text(f"{bundle_prefix(model, version)}/{CARD}"),
+            f"{bundle_prefix(model, version)}/{CARD}",
+            "model card",
+        )
     except ReleaseNotFound:
         card = {}
     return ((card.get("lineage") or {}).get("data") or {}).get("md5")
 
 
-def last_release_data(store: Store, reg: Registry, model: str, md5: str | None = None) -> dict[str, Any]:
+def last_release_data(
+    store: Store, reg: Registry, model: str, md5: str | None = None
+) -> dict[str, Any]:
     """The newest registered version and the data md5 its model card (in the store) records; with `md5`,
     also the newest version trained on that data (`trained_on`: version and stages), if any."""
     versions = reg.versions(model)
@@ -70,8 +77,13 @@ def check_data(root: Path, params: Params, store: Store, state: dict[str, Any]) 
     data = data_lineage(root, params)
     md5 = data.get("md5")
     released = last_release_data(store, Registry(root), model, md5)
-    out = {"path": data["path"], "md5": md5, "released_version": released["version"],
-           "released_md5": released["md5"], "emit": False}
+    out = {
+        "path": data["path"],
+        "md5": md5,
+        "released_version": released["version"],
+        "released_md5": released["md5"],
+        "emit": False,
+    }
     old = released["trained_on"]
     if not md5:
         out["why"] = f"{data['path']} has no DVC hash yet (not tracked, or no dvc.lock)"
@@ -79,14 +91,18 @@ def check_data(root: Path, params: Params, store: Store, state: dict[str, Any]) 
         out["why"] = f"the last release ({released['version']}) was trained on this data"
     elif old is not None:  # e.g. `data checkout` of an older version: it has its release already
         where = f" (stage {', '.join(old['stages'])})" if old["stages"] else " (no stage now)"
-        out["why"] = (f"md5 {md5[:8]} is already released: {old['version']}{where} was trained on it; "
-                      f"nothing to announce (the newest release is {released['version']})")
+        out["why"] = (
+            f"md5 {md5[:8]} is already released: {old['version']}{where} was trained on it; "
+            f"nothing to announce (the newest release is {released['version']})"
+        )
     elif not in_dvc_remote(store, md5):
         out["why"] = f"md5 {md5[:8]} is not in the DVC remote yet (not pushed)"
     elif state.get("data_md5_emitted") == md5:
         out["why"] = f"md5 {md5[:8]} was already announced at {state.get('data_emitted_at')}"
     else:
-        out.update(emit=True, why=f"new data md5 {md5[:8]} (last release: {released['md5'] or 'none'})")
+        out.update(
+            emit=True, why=f"new data md5 {md5[:8]} (last release: {released['md5'] or 'none'})"
+        )
     return out
 
 
@@ -113,11 +129,19 @@ def check_stages(root: Path, params: Params, store: Store) -> list[dict[str, Any
             continue
         counter = assignment_counter(root, model, stage)
         # the signed entry when this machine holds the keys (the stored document may be replayed or forged)
-        channel = signed_channel(signer, model, stage) if signer else read_channel(store, model, stage)[0]
+        channel = (
+            signed_channel(signer, model, stage) if signer else read_channel(store, model, stage)[0]
+        )
         published = (channel or {}).get("version"), int((channel or {}).get("assignment", 0))
         if published != (info.version, counter):
-            out.append({"stage": stage, "version": info.version, "assignment": counter,
-                        "published": published[0]})
+            out.append(
+                {
+                    "stage": stage,
+                    "version": info.version,
+                    "assignment": counter,
+                    "published": published[0],
+                }
+            )
     return out
 
 
@@ -160,9 +184,15 @@ def announce_stage(root: str | Path, params: Params, stage: str, version: str) -
     if stage not in params.ops.channel_stages or not prefect_api_configured():
         return False
     model = params.promote.model
-    sent = emit(STAGE_ASSIGNED, {"prefect.resource.id": model_resource(model), "edgedistill.model": model,
-                                 "edgedistill.stage": stage},
-                {"version": version, "assignment": assignment_counter(root, model, stage)})
+    sent = emit(
+        STAGE_ASSIGNED,
+        {
+            "prefect.resource.id": model_resource(model),
+            "edgedistill.model": model,
+            "edgedistill.stage": stage,
+        },
+        {"version": version, "assignment": assignment_counter(root, model, stage)},
+    )
     flush_events()
     return sent
 
@@ -184,12 +214,20 @@ def watch_once(root: str | Path, params: Params, force: bool = False) -> dict[st
         data["emitted"] = False
         data["not_sent"] = NO_SERVER
     elif data["emit"]:
-        data["emitted"] = emit(DATA_CHANGED, {"prefect.resource.id": dataset_resource(model),
-                                              "edgedistill.model": model, "edgedistill.data.path": data["path"]},
-                               {k: data[k] for k in ("path", "md5", "released_version", "released_md5")})
+        data["emitted"] = emit(
+            DATA_CHANGED,
+            {
+                "prefect.resource.id": dataset_resource(model),
+                "edgedistill.model": model,
+                "edgedistill.data.path": data["path"],
+            },
+            {k: data[k] for k in ("path", "md5", "released_version", "released_md5")},
+        )
         if data["emitted"]:
-            state.update(data_md5_emitted=data["md5"],
-                         data_emitted_at=datetime.now(UTC).isoformat(timespec="seconds"))
+            state.update(
+                data_md5_emitted=data["md5"],
+                data_emitted_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            )
             write_json(state_path, state)
     stages = check_stages(r, params, store)
     # the timestamp expires after 7 days: renew it (and snapshot/targets) when due, so a fleet that is
@@ -197,9 +235,15 @@ def watch_once(root: str | Path, params: Params, force: bool = False) -> dict[st
     signer = signer_if_keys(store, r)
     renewed = signer.commit()["wrote"] if signer and signer.state() else []
     for s in stages:
-        s["emitted"] = server and emit(STAGE_ASSIGNED, {"prefect.resource.id": model_resource(model),
-                                                        "edgedistill.model": model, "edgedistill.stage": s["stage"]},
-                                       {"version": s["version"], "assignment": s["assignment"]})
+        s["emitted"] = server and emit(
+            STAGE_ASSIGNED,
+            {
+                "prefect.resource.id": model_resource(model),
+                "edgedistill.model": model,
+                "edgedistill.stage": s["stage"],
+            },
+            {"version": s["version"], "assignment": s["assignment"]},
+        )
     return {"data": data, "stages": stages, "server": server, "renewed": renewed}
 
 
@@ -210,11 +254,24 @@ def watch(root: str = ".", params_file: str = "params.yaml", force: bool = False
     r = Path(root).resolve()
     got = watch_once(r, load_params(r / params_file), force=force)
     d = got["data"]
-    log.info("data: %s%s", d["why"], f" → {DATA_CHANGED}" if d.get("emitted") else
-             f" → not sent: {d['not_sent']}" if d.get("not_sent") else "")
+    log.info(
+        "data: %s%s",
+        d["why"],
+        f" → {DATA_CHANGED}"
+        if d.get("emitted")
+        else f" → not sent: {d['not_sent']}"
+        if d.get("not_sent")
+        else "",
+    )
     if got["renewed"]:
         log.info("signed metadata renewed: %s", ", ".join(got["renewed"]))
     for s in got["stages"]:
-        log.info("stage %s: registry has %s (assignment %d), channel has %s → %s", s["stage"], s["version"],
-                 s["assignment"], s["published"] or "nothing", STAGE_ASSIGNED if s["emitted"] else "not sent")
+        log.info(
+            "stage %s: registry has %s (assignment %d), channel has %s → %s",
+            s["stage"],
+            s["version"],
+            s["assignment"],
+            s["published"] or "nothing",
+            STAGE_ASSIGNED if s["emitted"] else "not sent",
+        )
     return got

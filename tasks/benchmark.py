@@ -35,26 +35,59 @@ MODELS_DIR = "models"
 DATA_DIR = "data/prepared"
 METRICS = "metrics/benchmark.json"
 MODELS = {FORMAT_MODELS[f]: FILES[f] for f in ("fp32", "int8")} | {"teacher_fp32": "teacher.onnx"}
-PROD_DIR = "prod"        # under models_dir: prod's bundle, fetched by the release flow
+PROD_DIR = "prod"  # under models_dir: prod's bundle, fetched by the release flow
 PROD_CARD = CARD
-PROD = "prod"            # interleaved name of the file prod ships on the first profile
+PROD = "prod"  # interleaved name of the file prod ships on the first profile
 
 # what each figure of metrics/benchmark.json is (edgedistill.figures; `edgedistill reproduce` judges by it):
 # latencies, their ratios and the per-op profiler's timings, shares and op order measure the machine; so do
 # the figures that follow the shipped file, which `format: auto` picks by timing. Static estimates, file sizes,
 # node counts and accuracies are the model's; run counts and budgets are the params'.
 FIGURES: Declaration = {
-    "release": {"profile": TEXT, "batch": MODEL, "runs": MODEL, "prod_file": TEXT, "int8_file_bytes": MODEL,
-                "int8_weight_bytes": MODEL, ANY: TIMING},
+    "release": {
+        "profile": TEXT,
+        "batch": MODEL,
+        "runs": MODEL,
+        "prod_file": TEXT,
+        "int8_file_bytes": MODEL,
+        "int8_weight_bytes": MODEL,
+        ANY: TIMING,
+    },
     "targets": {ANY: {"target": TEXT, ANY: TIMING}},
-    "models": {ANY: {"path": TEXT, "static": {"source": TEXT, "assumptions": TEXT, ANY: MODEL}, ANY: MODEL}},
-    "profiles": {ANY: {"kind": TEXT, "rss_method": TEXT, "threads": MODEL, "budget": MODEL, "fits": MODEL,
-                       "warmup": MODEL, "runs": MODEL, "max_seconds": MODEL,
-                       "format": {"requested": TEXT, "accuracy_split": TEXT, "accuracy": MODEL, "tolerance": MODEL,
-                                  ANY: TIMING},
-                       ANY: TIMING}},
+    "models": {
+        ANY: {"path": TEXT, "static": {"source": TEXT, "assumptions": TEXT, ANY: MODEL}, ANY: MODEL}
+    },
+    "profiles": {
+        ANY: {
+            "kind": TEXT,
+            "rss_method": TEXT,
+            "threads": MODEL,
+            "budget": MODEL,
+            "fits": MODEL,
+            "warmup": MODEL,
+            "runs": MODEL,
+            "max_seconds": MODEL,
+            "format": {
+                "requested": TEXT,
+                "accuracy_split": TEXT,
+                "accuracy": MODEL,
+                "tolerance": MODEL,
+                ANY: TIMING,
+            },
+            ANY: TIMING,
+        }
+    },
     "interleaved": {"method": TEXT, ANY: TIMING},
-    "per_op": {ANY: {"path": TEXT, "method": TEXT, "runs": MODEL, "threads": MODEL, "nodes": MODEL, ANY: TIMING}},
+    "per_op": {
+        ANY: {
+            "path": TEXT,
+            "method": TEXT,
+            "runs": MODEL,
+            "threads": MODEL,
+            "nodes": MODEL,
+            ANY: TIMING,
+        }
+    },
     "host": TIMING,  # the machine the figures were measured on
     "notes": TEXT,
 }
@@ -62,24 +95,37 @@ FIGURES: Declaration = {
 
 def _profile_entry(prof: DeviceProfile, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     entry: dict[str, Any] = {
-        "kind": "measured on this host + static estimate" if prof.measure
+        "kind": "measured on this host + static estimate"
+        if prof.measure
         else "static estimate only (not measured: this target cannot be run here)",
         "threads": prof.threads if prof.measure else None,
-        "budget": {"latency_ms": prof.latency_ms, "ram_bytes": prof.ram_bytes, "flash_bytes": prof.flash_bytes},
-        "fits": {k: fits_budget(r["static"], prof.ram_bytes, prof.flash_bytes) for k, r in results.items()},
+        "budget": {
+            "latency_ms": prof.latency_ms,
+            "ram_bytes": prof.ram_bytes,
+            "flash_bytes": prof.flash_bytes,
+        },
+        "fits": {
+            k: fits_budget(r["static"], prof.ram_bytes, prof.flash_bytes)
+            for k, r in results.items()
+        },
     }
     if not prof.measure:
         return entry
     entry |= {
-        "warmup": prof.warmup, "runs": prof.runs, "max_seconds": prof.max_seconds,
+        "warmup": prof.warmup,
+        "runs": prof.runs,
+        "max_seconds": prof.max_seconds,
         "latency": {k: r["measured"]["latency"] for k, r in results.items()},
-        "peak_rss_delta_bytes": {k: r["measured"]["peak_rss_delta_bytes"] for k, r in results.items()},
+        "peak_rss_delta_bytes": {
+            k: r["measured"]["peak_rss_delta_bytes"] for k, r in results.items()
+        },
         "rss_method": next(iter(results.values()))["measured"]["rss_method"],
     }
     teacher = entry["latency"]["teacher_fp32"]
     entry["speedup_vs_teacher"] = {
         k: {b: teacher[b]["p50_ms"] / lat[b]["p50_ms"] for b in lat}
-        for k, lat in entry["latency"].items() if k != "teacher_fp32"
+        for k, lat in entry["latency"].items()
+        if k != "teacher_fp32"
     }
     return entry
 
@@ -92,39 +138,73 @@ def validation_accuracy(paths: dict[str, Path], data_dir: Path) -> tuple[dict[st
         if path.is_dir() and len(sp := open_split(path)) > 0:
             x, y = sp.load_all(), sp.y
             return {f: onnx_accuracy(paths[m], x, y)[0] for f, m in FORMAT_MODELS.items()}, split
-    raise DataInvalid(f"{data_dir}: no validation or test windows to score the student files on",
-                        hint="Run the prepare stage first (`dvc repro prepare`).")
+    raise DataInvalid(
+        f"{data_dir}: no validation or test windows to score the student files on",
+        hint="Run the prepare stage first (`dvc repro prepare`).",
+    )
 
 
-def format_entry(prof: DeviceProfile, inter: dict[str, Any] | None, accuracy: dict[str, float], split: str,
-                 tolerance: float) -> dict[str, Any]:
+def format_entry(
+    prof: DeviceProfile,
+    inter: dict[str, Any] | None,
+    accuracy: dict[str, float],
+    split: str,
+    tolerance: float,
+) -> dict[str, Any]:
     """The file `prof` ships and why, with both students' p50s from one interleaved run (measured
     profiles), the call floor, each one's ratio to the floor and its net ratio (net p50 / floor)."""
     timed: dict[str, Any] = {}
     if inter is not None:
         im, floor = inter["models"], inter["models"][FLOOR]["p50_ms"]
-        timed = {"p50_ms": {f: im[m]["p50_ms"] for f, m in FORMAT_MODELS.items()},
-                 "p95_ms": {f: im[m]["p95_ms"] for f, m in FORMAT_MODELS.items()},
-                 "floor_p50_ms": floor,
-                 "x_floor": {f: im[m]["x_floor_p50"] for f, m in FORMAT_MODELS.items()},
-                 "net_p50_ms": {f: im[m]["net_p50_ms"] for f, m in FORMAT_MODELS.items()},
-                 "net_x_floor": {f: im[m]["net_p50_ms"] / floor if floor > 0 else None
-                                 for f, m in FORMAT_MODELS.items()},
-                 "runs": inter["runs_per_round"] * inter["rounds"]}
-    choice = choose_format(prof.format, measured=inter is not None, mcu=prof.mcu is not None,
-                           p50_ms=timed.get("p50_ms"), accuracy=accuracy, tolerance=tolerance, accuracy_split=split)
-    return choice | {"file": FILES[choice["chosen"]], "model": FORMAT_MODELS[choice["chosen"]],
-                     "accuracy_split": split, "accuracy": accuracy, "tolerance": tolerance} | timed
+        timed = {
+            "p50_ms": {f: im[m]["p50_ms"] for f, m in FORMAT_MODELS.items()},
+            "p95_ms": {f: im[m]["p95_ms"] for f, m in FORMAT_MODELS.items()},
+            "floor_p50_ms": floor,
+            "x_floor": {f: im[m]["x_floor_p50"] for f, m in FORMAT_MODELS.items()},
+            "net_p50_ms": {f: im[m]["net_p50_ms"] for f, m in FORMAT_MODELS.items()},
+            "net_x_floor": {
+                f: im[m]["net_p50_ms"] / floor if floor > 0 else None
+                for f, m in FORMAT_MODELS.items()
+            },
+            "runs": inter["runs_per_round"] * inter["rounds"],
+        }
+    choice = choose_format(
+        prof.format,
+        measured=inter is not None,
+        mcu=prof.mcu is not None,
+        p50_ms=timed.get("p50_ms"),
+        accuracy=accuracy,
+        tolerance=tolerance,
+        accuracy_split=split,
+    )
+    return (
+        choice
+        | {
+            "file": FILES[choice["chosen"]],
+            "model": FORMAT_MODELS[choice["chosen"]],
+            "accuracy_split": split,
+            "accuracy": accuracy,
+            "tolerance": tolerance,
+        }
+        | timed
+    )
 
 
-def run(params: Params, models_dir: str | Path = MODELS_DIR, data_dir: str | Path = DATA_DIR,
-        metrics_path: str | Path = METRICS) -> dict[str, Any]:
+def run(
+    params: Params,
+    models_dir: str | Path = MODELS_DIR,
+    data_dir: str | Path = DATA_DIR,
+    metrics_path: str | Path = METRICS,
+) -> dict[str, Any]:
     bp = params.benchmark
     models_dir, data_dir = Path(models_dir), Path(data_dir)
     paths = {k: models_dir / f for k, f in MODELS.items()}
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:
-        raise ModelMismatch(f"ONNX file(s) not found: {missing}", hint="Run the export stage first (`dvc repro export`).")
+        raise ModelMismatch(
+            f"ONNX file(s) not found: {missing}",
+            hint="Run the export stage first (`dvc repro export`).",
+        )
     # real test windows as input: some kernels' speed depends on the values (e.g. denormals)
     x = open_split(data_dir / "test").slice(0, max(max(p.batch_sizes) for p in bp.profiles))
     accuracy, split = validation_accuracy(paths, data_dir)
@@ -132,11 +212,18 @@ def run(params: Params, models_dir: str | Path = MODELS_DIR, data_dir: str | Pat
     first = bp.profiles[0]
     prod_dir = models_dir / PROD_DIR
     prod_card = read_json(prod_dir / PROD_CARD) if (prod_dir / PROD_CARD).is_file() else None
-    prod_path = prod_dir / shipped_file(prod_card, first.name)  # a bundle without `ships`: INT8, as it shipped
+    prod_path = prod_dir / shipped_file(
+        prod_card, first.name
+    )  # a bundle without `ships`: INT8, as it shipped
     timed = dict(paths) | ({PROD: prod_path} if prod_path.is_file() else {})
-    inter = interleaved_latency({"student_int8": timed.pop("student_int8")} | timed, threads=first.threads,
-                                warmup=bp.interleaved_warmup, runs=bp.interleaved_runs,
-                                rounds=bp.interleaved_rounds, data=x)
+    inter = interleaved_latency(
+        {"student_int8": timed.pop("student_int8")} | timed,
+        threads=first.threads,
+        warmup=bp.interleaved_warmup,
+        runs=bp.interleaved_runs,
+        rounds=bp.interleaved_rounds,
+        data=x,
+    )
     im = inter["models"]
 
     profiles: dict[str, Any] = {}
@@ -144,20 +231,42 @@ def run(params: Params, models_dir: str | Path = MODELS_DIR, data_dir: str | Pat
     for prof in bp.profiles:
         results = {}
         for k, path in paths.items():
-            results[k] = bench_onnx(path, threads=prof.threads, batch_sizes=prof.batch_sizes, warmup=prof.warmup,
-                                    runs=prof.runs, max_seconds=prof.max_seconds, data=x, measure=prof.measure)
+            results[k] = bench_onnx(
+                path,
+                threads=prof.threads,
+                batch_sizes=prof.batch_sizes,
+                warmup=prof.warmup,
+                runs=prof.runs,
+                max_seconds=prof.max_seconds,
+                data=x,
+                measure=prof.measure,
+            )
             statics.setdefault(k, {kk: v for kk, v in results[k].items() if kk != "measured"})
         profiles[prof.name] = _profile_entry(prof, results)
         prof_inter = None
         if prof.measure:  # FP32 and INT8 side by side with the call floor, this profile's threads
-            prof_inter = inter if prof is first else interleaved_latency(
-                {m: paths[m] for m in FORMAT_MODELS.values()}, threads=prof.threads, warmup=bp.interleaved_warmup,
-                runs=bp.interleaved_runs, rounds=bp.interleaved_rounds, data=x)
+            prof_inter = (
+                inter
+                if prof is first
+                else interleaved_latency(
+                    {m: paths[m] for m in FORMAT_MODELS.values()},
+                    threads=prof.threads,
+                    warmup=bp.interleaved_warmup,
+                    runs=bp.interleaved_runs,
+                    rounds=bp.interleaved_rounds,
+                    data=x,
+                )
+            )
             if prof is not first:
                 profiles[prof.name]["interleaved"] = prof_inter
-        profiles[prof.name]["format"] = format_entry(prof, prof_inter, accuracy, split, bp.format_tolerance)
+        profiles[prof.name]["format"] = format_entry(
+            prof, prof_inter, accuracy, split, bp.format_tolerance
+        )
 
-    per_op = {k: op_profile(p, threads=first.threads, runs=bp.profile_runs, data=x) for k, p in paths.items()}
+    per_op = {
+        k: op_profile(p, threads=first.threads, runs=bp.profile_runs, data=x)
+        for k, p in paths.items()
+    }
     p = profiles[first.name]
     ships = p["format"]["model"]
     shipped = statics[ships]
@@ -207,7 +316,9 @@ def run(params: Params, models_dir: str | Path = MODELS_DIR, data_dir: str | Pat
         "ram_estimate_bytes": shipped["static"]["ram_estimate_bytes"],
         "flash_estimate_bytes": shipped["static"]["flash_estimate_bytes"],
         "fits": p["fits"][ships]["fits"],
-        "fits_all_profiles": all(pr["fits"][pr["format"]["model"]]["fits"] for pr in profiles.values()),
+        "fits_all_profiles": all(
+            pr["fits"][pr["format"]["model"]]["fits"] for pr in profiles.values()
+        ),
     }
     x_floor = release["student_int8_x_floor"]
 
@@ -215,18 +326,31 @@ def run(params: Params, models_dir: str | Path = MODELS_DIR, data_dir: str | Pat
         return value is not None and value <= bound
 
     targets = {
-        "student_fp32_speedup_vs_teacher": {"target": ">= 20 (batch 1, p50)", "value": release["speedup_vs_teacher"],
-                                            "met": release["speedup_vs_teacher"] >= 20},
-        "student_int8_x_floor": {"target": "<= 2.5 (batch 1, p50 / call floor p50, same run)", "value": x_floor,
-                                 "met": at_most(x_floor, 2.5)},
-        "student_fp32_x_floor": {"target": "<= 2.5 (batch 1, p50 / call floor p50, same run)",
-                                 "value": release["student_fp32_x_floor"],
-                                 "met": at_most(release["student_fp32_x_floor"], 2.5)},
-        "shipped_x_floor": {"target": "<= 2.5 (the release profile's shipped file, batch 1, p50 / floor p50)",
-                            "value": release["shipped_x_floor"], "met": at_most(release["shipped_x_floor"], 2.5)},
-        "shipped_net_x_floor": {"target": "<= 1.5 (the shipped file's p50 net of the floor / floor p50)",
-                                "value": release["shipped_net_x_floor"],
-                                "met": at_most(release["shipped_net_x_floor"], 1.5)},
+        "student_fp32_speedup_vs_teacher": {
+            "target": ">= 20 (batch 1, p50)",
+            "value": release["speedup_vs_teacher"],
+            "met": release["speedup_vs_teacher"] >= 20,
+        },
+        "student_int8_x_floor": {
+            "target": "<= 2.5 (batch 1, p50 / call floor p50, same run)",
+            "value": x_floor,
+            "met": at_most(x_floor, 2.5),
+        },
+        "student_fp32_x_floor": {
+            "target": "<= 2.5 (batch 1, p50 / call floor p50, same run)",
+            "value": release["student_fp32_x_floor"],
+            "met": at_most(release["student_fp32_x_floor"], 2.5),
+        },
+        "shipped_x_floor": {
+            "target": "<= 2.5 (the release profile's shipped file, batch 1, p50 / floor p50)",
+            "value": release["shipped_x_floor"],
+            "met": at_most(release["shipped_x_floor"], 2.5),
+        },
+        "shipped_net_x_floor": {
+            "target": "<= 1.5 (the shipped file's p50 net of the floor / floor p50)",
+            "value": release["shipped_net_x_floor"],
+            "met": at_most(release["shipped_net_x_floor"], 1.5),
+        },
     }
     result = {
         "release": release,
@@ -237,12 +361,12 @@ def run(params: Params, models_dir: str | Path = MODELS_DIR, data_dir: str | Pat
         "per_op": per_op,
         "host": host_info(),
         "notes": "latency/throughput/peak RSS are measured on this host (each with its run count and "
-                 "spread); the release block's latencies come from the interleaved rounds (`interleaved`), "
-                 "'net' = minus the runtime's call floor measured in the same rounds; per_op: kernel time "
-                 "per op type from onnxruntime's profiler (profiling slows each kernel a little: read the "
-                 "shares); params, MACs, RAM and flash are static estimates from the ONNX graph; "
-                 "profiles.<name>.format: the student file that profile ships and why (accuracies on "
-                 f"the {split} windows).",
+        "spread); the release block's latencies come from the interleaved rounds (`interleaved`), "
+        "'net' = minus the runtime's call floor measured in the same rounds; per_op: kernel time "
+        "per op type from onnxruntime's profiler (profiling slows each kernel a little: read the "
+        "shares); params, MACs, RAM and flash are static estimates from the ONNX graph; "
+        "profiles.<name>.format: the student file that profile ships and why (accuracies on "
+        f"the {split} windows).",
     }
     write_json(metrics_path, result)
     return result

@@ -70,8 +70,9 @@ def lineage(params: Params, norm_path: Path, test_path: Path, lock_path: Path) -
     return out
 
 
-def device_metadata(name: str, meta: dict[str, Any], lineage_: dict[str, Any], ckpt: Path,
-                    precision: str) -> dict[str, Any]:
+def device_metadata(
+    name: str, meta: dict[str, Any], lineage_: dict[str, Any], ckpt: Path, precision: str
+) -> dict[str, Any]:
     """What a device needs to use the file alone (written to the ONNX metadata_props)."""
     c, w = meta["in_channels"], meta["window"]
     spec = spec_of(meta["norm"])
@@ -87,9 +88,23 @@ def device_metadata(name: str, meta: dict[str, Any], lineage_: dict[str, Any], c
         "input_layout": "NCW: batch, channel (in `channels` order), time",
         "input_normalised": False,
         "normalisation": f"in the graph (FP32, first nodes): feed raw readings; method {spec['method']}",
-        "normalization": {k: spec.get(k) for k in ("method", "requested", "reason", "epsilon", "center", "scale",
-                                                    "amp_mean", "amp_std", "amplitude_features", "statistics",
-                                                    "rule") if k in spec},
+        "normalization": {
+            k: spec.get(k)
+            for k in (
+                "method",
+                "requested",
+                "reason",
+                "epsilon",
+                "center",
+                "scale",
+                "amp_mean",
+                "amp_std",
+                "amplitude_features",
+                "statistics",
+                "rule",
+            )
+            if k in spec
+        },
         "norm_mean": [float(v) for v in spec["mean"]],
         "norm_std": [float(v) for v in spec["std"]],
         "channels": list(meta["channels"]),
@@ -105,17 +120,29 @@ def device_metadata(name: str, meta: dict[str, Any], lineage_: dict[str, Any], c
 
 
 def _check_norm(meta: dict[str, Any], norm: dict[str, Any], ckpt: Path, norm_path: Path) -> None:
-    check_same_norm(meta, {"channels": norm["channels"], "norm": spec_of(norm)}, f"{ckpt} (vs {norm_path})")
+    check_same_norm(
+        meta, {"channels": norm["channels"], "norm": spec_of(norm)}, f"{ckpt} (vs {norm_path})"
+    )
 
 
 def file_facts(path: Path, final: Path) -> dict[str, Any]:
     model = ox.load_onnx(path)
-    return {"path": str(final), "file_bytes": path.stat().st_size, "weight_bytes": ox.weight_bytes(model),
-            "weight_dtypes": ox.weight_dtypes(model), "sha256": sha256_file(path)}
+    return {
+        "path": str(final),
+        "file_bytes": path.stat().st_size,
+        "weight_bytes": ox.weight_bytes(model),
+        "weight_dtypes": ox.weight_dtypes(model),
+        "sha256": sha256_file(path),
+    }
 
 
-def run(params: Params, models_dir: str | Path = MODELS_DIR, data_dir: str | Path = DATA_DIR,
-        metrics_path: str | Path = METRICS, lock_path: str | Path = LOCK) -> dict[str, Any]:
+def run(
+    params: Params,
+    models_dir: str | Path = MODELS_DIR,
+    data_dir: str | Path = DATA_DIR,
+    metrics_path: str | Path = METRICS,
+    lock_path: str | Path = LOCK,
+) -> dict[str, Any]:
     ep = params.export
     models_dir, data_dir = Path(models_dir), Path(data_dir)
     test_path, norm_path = data_dir / "test", data_dir / "norm.json"
@@ -123,7 +150,9 @@ def run(params: Params, models_dir: str | Path = MODELS_DIR, data_dir: str | Pat
     if len(x) == 0:
         raise DataInvalid(f"{test_path}: no test windows; parity and accuracy cannot be checked")
     if not norm_path.is_file():
-        raise DataInvalid(f"{norm_path}: not found", hint="Run the prepare stage first (`dvc repro prepare`).")
+        raise DataInvalid(
+            f"{norm_path}: not found", hint="Run the prepare stage first (`dvc repro prepare`)."
+        )
     norm = read_json(norm_path)
     lin = lineage(params, norm_path, test_path, Path(lock_path))
 
@@ -134,8 +163,11 @@ def run(params: Params, models_dir: str | Path = MODELS_DIR, data_dir: str | Pat
         check_compatible(metas[name], x.shape, str(ckpt))
         _check_norm(metas[name], norm, ckpt, norm_path)
 
-    finals = {"student": models_dir / "student.onnx", "teacher": models_dir / "teacher.onnx",
-              "student_int8": models_dir / "student.int8.onnx"}
+    finals = {
+        "student": models_dir / "student.onnx",
+        "teacher": models_dir / "teacher.onnx",
+        "student_int8": models_dir / "student.int8.onnx",
+    }
     models_dir.mkdir(parents=True, exist_ok=True)
     # built beside the outputs (same filesystem: the final rename is atomic); removed on any failure
     with tempfile.TemporaryDirectory(dir=models_dir, prefix=".export-") as tmp_name:
@@ -144,46 +176,86 @@ def run(params: Params, models_dir: str | Path = MODELS_DIR, data_dir: str | Pat
         parity, folded = {}, {}
         for name, ckpt in ckpts.items():
             m = metas[name]
-            proto = ox.export_onnx(nets[name], m["in_channels"], m["window"], ep.opset, what=str(ckpt))
+            proto = ox.export_onnx(
+                nets[name], m["in_channels"], m["window"], ep.opset, what=str(ckpt)
+            )
             folded[name] = ox.fold_input_scale(proto, ep.fold_scale_max_ratio)
-            ox.set_metadata(proto, device_metadata(name, m, lin, ckpt, "fp32")
-                            | {"onnx_opset": ep.opset, "input_scale_folded": folded[name]})
-            if name == "student":  # INT8 is quantized from the 1D graph (its QLinearConv path is no faster in 2D)
+            ox.set_metadata(
+                proto,
+                device_metadata(name, m, lin, ckpt, "fp32")
+                | {"onnx_opset": ep.opset, "input_scale_folded": folded[name]},
+            )
+            if (
+                name == "student"
+            ):  # INT8 is quantized from the 1D graph (its QLinearConv path is no faster in 2D)
                 ox.save_onnx(proto, tmp / "student.conv1d.onnx")
             if ep.conv2d:
                 ox.conv1d_as_conv2d(proto)
             ox.save_onnx(proto, built[name])
             ox.load_onnx(built[name])  # the written file, not just the in-memory graph, must check
-            parity[name] = check_parity(nets[name], built[name], x, ep.parity_atol, ep.min_argmax_agreement,
-                                        what=f"{ckpt} -> {finals[name].name}")
+            parity[name] = check_parity(
+                nets[name],
+                built[name],
+                x,
+                ep.parity_atol,
+                ep.min_argmax_agreement,
+                what=f"{ckpt} -> {finals[name].name}",
+            )
 
         calib = None
         if ep.quantization == "static":
             calib = calibration_windows(data_dir / "train", ep.calibration)
-        quant = {"mode": ep.quantization, "format": "QDQ" if ep.quantization == "static" else "integer ops",
-                 "weights": "int8" if ep.quantization == "static" else "uint8",
-                 "activations": ep.activation_type if ep.quantization == "static" else "dynamic uint8",
-                 "per_channel": ep.calibration.per_channel, "pre_process": "quant_pre_process"}
+        quant = {
+            "mode": ep.quantization,
+            "format": "QDQ" if ep.quantization == "static" else "integer ops",
+            "weights": "int8" if ep.quantization == "static" else "uint8",
+            "activations": ep.activation_type if ep.quantization == "static" else "dynamic uint8",
+            "per_channel": ep.calibration.per_channel,
+            "pre_process": "quant_pre_process",
+        }
         if calib is not None:
-            quant |= {"calibration_method": ep.calibration.method, "calibration_windows": len(calib),
-                      "calibration_source": str(data_dir / "train"), "calibration_seed": ep.calibration.seed}
-        fp32_nodes = ox.quantize_int8(tmp / "student.conv1d.onnx", built["student_int8"], calib, mode=ep.quantization,
-                         method=ep.calibration.method, per_channel=ep.calibration.per_channel,
-                         activation_type=ep.activation_type, scratch=tmp,
-                         calib_source=str(data_dir / "train"), fp32_head=ep.int8_fp32_head)
+            quant |= {
+                "calibration_method": ep.calibration.method,
+                "calibration_windows": len(calib),
+                "calibration_source": str(data_dir / "train"),
+                "calibration_seed": ep.calibration.seed,
+            }
+        fp32_nodes = ox.quantize_int8(
+            tmp / "student.conv1d.onnx",
+            built["student_int8"],
+            calib,
+            mode=ep.quantization,
+            method=ep.calibration.method,
+            per_channel=ep.calibration.per_channel,
+            activation_type=ep.activation_type,
+            scratch=tmp,
+            calib_source=str(data_dir / "train"),
+            fp32_head=ep.int8_fp32_head,
+        )
         # the input normalisation stays FP32 (INT8 over decades of amplitude would zero the quiet windows);
         # an MCU quantizer (QOperator) must pass these as nodes_to_exclude too
         quant["fp32_input_nodes"] = fp32_nodes
-        quant["fp32_head"] = ep.int8_fp32_head  # the time mean and the classifier after the last Conv
+        quant["fp32_head"] = (
+            ep.int8_fp32_head
+        )  # the time mean and the classifier after the last Conv
         proto = ox.load_onnx(built["student_int8"])
-        ox.set_metadata(proto, device_metadata("student", metas["student"], lin, ckpts["student"], "int8")
-                        | {"onnx_opset": ep.opset, "quantization": quant, "input_scale_folded": folded["student"]})
+        ox.set_metadata(
+            proto,
+            device_metadata("student", metas["student"], lin, ckpts["student"], "int8")
+            | {
+                "onnx_opset": ep.opset,
+                "quantization": quant,
+                "input_scale_folded": folded["student"],
+            },
+        )
         ox.save_onnx(proto, built["student_int8"])
 
         fp32_acc, fp32_pred = onnx_accuracy(built["student"], x, y)
         int8_acc, int8_pred = onnx_accuracy(built["student_int8"], x, y)
         teacher_acc, teacher_pred = onnx_accuracy(built["teacher"], x, y)
-        drop = fp32_acc - int8_acc  # gated once, by promote.gates.max_int8_drop (export never pre-empts it)
+        drop = (
+            fp32_acc - int8_acc
+        )  # gated once, by promote.gates.max_int8_drop (export never pre-empts it)
         facts = {k: file_facts(p, finals[k]) for k, p in built.items()}
         for k, p in built.items():
             os.replace(p, finals[k])
@@ -194,17 +266,29 @@ def run(params: Params, models_dir: str | Path = MODELS_DIR, data_dir: str | Pat
     metrics = {
         "parity": parity["student"],
         "teacher_parity": parity["teacher"],
-        "fp32": {**facts["student"], **accuracy_interval(fp32_pred, y, rec, **boot).as_keys("accuracy"),
-                 "accuracy": fp32_acc},
-        "int8": {**facts["student_int8"], **accuracy_interval(int8_pred, y, rec, **boot).as_keys("accuracy"),
-                 "accuracy": int8_acc, "agreement_with_fp32": float((fp32_pred == int8_pred).mean()),
-                 "quantization": quant},
+        "fp32": {
+            **facts["student"],
+            **accuracy_interval(fp32_pred, y, rec, **boot).as_keys("accuracy"),
+            "accuracy": fp32_acc,
+        },
+        "int8": {
+            **facts["student_int8"],
+            **accuracy_interval(int8_pred, y, rec, **boot).as_keys("accuracy"),
+            "accuracy": int8_acc,
+            "agreement_with_fp32": float((fp32_pred == int8_pred).mean()),
+            "quantization": quant,
+        },
         # paired: FP32 and INT8 on the same windows
         **paired_difference(fp32_pred, int8_pred, y, rec, **boot).as_keys("int8_drop"),
         "int8_drop": drop,
-        "teacher": {**facts["teacher"], **accuracy_interval(teacher_pred, y, rec, **boot).as_keys("accuracy"),
-                    "accuracy": teacher_acc},
-        "pytorch": {"student_accuracy": float((torch_logits(nets["student"], x).argmax(1) == y).mean())},
+        "teacher": {
+            **facts["teacher"],
+            **accuracy_interval(teacher_pred, y, rec, **boot).as_keys("accuracy"),
+            "accuracy": teacher_acc,
+        },
+        "pytorch": {
+            "student_accuracy": float((torch_logits(nets["student"], x).argmax(1) == y).mean())
+        },
         "test_windows": len(y),
         "opset": ep.opset,
         "input_scale_folded": folded,

@@ -73,8 +73,10 @@ def run(params: Params, out: str | Path = OUTPUT) -> dict:
 
 
 def summary(r: dict) -> str:
-    return (f"{r['path']}: {r['rows']:,} readings, {r['recordings']} recordings, "
-            f"{r['subjects']} subjects, {r['classes']} classes")
+    return (
+        f"{r['path']}: {r['rows']:,} readings, {r['recordings']} recordings, "
+        f"{r['subjects']} subjects, {r['classes']} classes"
+    )
 
 
 def main() -> None:

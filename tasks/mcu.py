@@ -42,9 +42,13 @@ def header_meta(norm_path: Path) -> dict[str, Any]:
     if method:
         scaling += f"; {method} normalisation"
     units = f"in the units of the ingested readings, {norm.get('layout', 'NCW')} layout"
-    return {"channels": list(norm.get("channels") or []), "labels": list(norm.get("labels") or []),
-            "sample_rate_hz": norm.get("sample_rate_hz"), "window": norm.get("window"),
-            "input_scaling": f"{scaling}; {units}"}
+    return {
+        "channels": list(norm.get("channels") or []),
+        "labels": list(norm.get("labels") or []),
+        "sample_rate_hz": norm.get("sample_rate_hz"),
+        "window": norm.get("window"),
+        "input_scaling": f"{scaling}; {units}",
+    }
 
 
 def calibration(train: Path, windows: int, seed: int) -> np.ndarray:
@@ -58,6 +62,7 @@ def calibration(train: Path, windows: int, seed: int) -> np.ndarray:
 
 def _relative(report: dict[str, Any], root: Path, final: Path) -> dict[str, Any]:
     """Paths inside the temp build folder → their final place under models/mcu/."""
+
     def fix(v: Any) -> Any:
         if isinstance(v, str) and v.startswith(str(root)):
             return str(final / Path(v).relative_to(root))
@@ -66,14 +71,21 @@ def _relative(report: dict[str, Any], root: Path, final: Path) -> dict[str, Any]
         if isinstance(v, list):
             return [fix(x) for x in v]
         return v
+
     return fix(report)
 
 
-def run(params: Params, model: str | Path = MODEL, data_dir: str | Path = DATA_DIR,
-        out_dir: str | Path = OUT_DIR) -> dict[str, Any]:
+def run(
+    params: Params,
+    model: str | Path = MODEL,
+    data_dir: str | Path = DATA_DIR,
+    out_dir: str | Path = OUT_DIR,
+) -> dict[str, Any]:
     model, data_dir, out_dir = Path(model), Path(data_dir), Path(out_dir)
     if not model.is_file():
-        raise DataInvalid(f"{model}: not found", hint="Run the export stage first (`dvc repro export`).")
+        raise DataInvalid(
+            f"{model}: not found", hint="Run the export stage first (`dvc repro export`)."
+        )
     ep, mp = params.export, params.mcu
     test = open_split(data_dir / "test")
     x_test = test.load_all()
@@ -86,11 +98,24 @@ def run(params: Params, model: str | Path = MODEL, data_dir: str | Path = DATA_D
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=".mcu-") as tmp_name:
         tmp = Path(tmp_name).resolve()
         report = mcu.build_and_verify(
-            model, tmp / BUILD, x_test, profiles, qemu_windows=mp.qemu_windows, opt=mp.opt,
-            timeout=mp.tool_timeout_seconds, calib=calib,
-            quant={"per_channel": ep.calibration.per_channel, "activation_type": ep.activation_type,
-                   "method": ep.calibration.method},
-            engine=mp.engine, compare=mp.compare_engines, y_test=y_test, meta=header_meta(data_dir / "norm.json"))
+            model,
+            tmp / BUILD,
+            x_test,
+            profiles,
+            qemu_windows=mp.qemu_windows,
+            opt=mp.opt,
+            timeout=mp.tool_timeout_seconds,
+            calib=calib,
+            quant={
+                "per_channel": ep.calibration.per_channel,
+                "activation_type": ep.activation_type,
+                "method": ep.calibration.method,
+            },
+            engine=mp.engine,
+            compare=mp.compare_engines,
+            y_test=y_test,
+            meta=header_meta(data_dir / "norm.json"),
+        )
         report = _relative(report, tmp, out_dir)
         # build/ is swapped whole (two renames); mcu.json is written last, so it never describes
         # a build that is not there

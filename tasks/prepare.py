@@ -32,8 +32,9 @@ OUT_DIR = "data/prepared"
 SPLITS = ("train", "val", "test")
 
 
-def assign_splits(groups: list[str], per_rec: dict[str, tuple[str, str]] | None,
-                  params: Params) -> tuple[dict[str, str], dict[str, str] | None]:
+def assign_splits(
+    groups: list[str], per_rec: dict[str, tuple[str, str]] | None, params: Params
+) -> tuple[dict[str, str], dict[str, str] | None]:
     """(split of each group, split of each recording with a split column or None): groups by the
     prepare.split rule; a split column (per_rec: recording key -> (group, split)) assigns recordings."""
     d, sp = params.data, params.prepare.split
@@ -45,10 +46,14 @@ def assign_splits(groups: list[str], per_rec: dict[str, tuple[str, str]] | None,
         test, val = list(sp.test_groups or []), list(sp.val_groups or [])
         unknown = sorted(set(test + val) - set(groups))
         if unknown:
-            raise ParamsInvalid(f"prepare.split names groups that are not in the data: {unknown} (groups: {groups})")
+            raise ParamsInvalid(
+                f"prepare.split names groups that are not in the data: {unknown} (groups: {groups})"
+            )
         both = sorted(set(test) & set(val))
         if both:
-            raise ParamsInvalid(f"prepare.split: groups {both} are in both val_groups and test_groups")
+            raise ParamsInvalid(
+                f"prepare.split: groups {both} are in both val_groups and test_groups"
+            )
     else:
         order = [groups[i] for i in np.random.default_rng(sp.seed).permutation(len(groups))]
         n_test = max(1, round(sp.test_fraction * len(groups)))
@@ -57,7 +62,9 @@ def assign_splits(groups: list[str], per_rec: dict[str, tuple[str, str]] | None,
     return {g: "test" if g in test else "val" if g in val else "train" for g in groups}, None
 
 
-def _refuse_group_leakage(per_rec: dict[str, tuple[str, str]], group_col: str, split_col: str, allow: bool) -> None:
+def _refuse_group_leakage(
+    per_rec: dict[str, tuple[str, str]], group_col: str, split_col: str, allow: bool
+) -> None:
     """A split column assigns recordings; one group (subject, device) in train and test would let the
     test figure measure memorised subjects. Refused unless prepare.split.allow_group_leakage."""
     splits_of: dict[str, set[str]] = {}
@@ -66,12 +73,17 @@ def _refuse_group_leakage(per_rec: dict[str, tuple[str, str]], group_col: str, s
     leaked = {g: sorted(v) for g, v in sorted(splits_of.items()) if len(v) > 1}
     if leaked and not allow:
         shown = ", ".join(f"{g} in {'+'.join(v)}" for g, v in list(leaked.items())[:10])
-        raise DataInvalid(f"column '{split_col}' puts {len(leaked)} {group_col} group(s) in more than one split: "
-                          f"{shown}", hint="Give each group one split, or set prepare.split.allow_group_leakage: "
-                                           "true to accept optimistic val/test figures knowingly.")
+        raise DataInvalid(
+            f"column '{split_col}' puts {len(leaked)} {group_col} group(s) in more than one split: "
+            f"{shown}",
+            hint="Give each group one split, or set prepare.split.allow_group_leakage: "
+            "true to accept optimistic val/test figures knowingly.",
+        )
 
 
-def run(params: Params, readings: str | Path | None = None, out_dir: str | Path = OUT_DIR) -> dict[str, Any]:
+def run(
+    params: Params, readings: str | Path | None = None, out_dir: str | Path = OUT_DIR
+) -> dict[str, Any]:
     """Build the whole output folder beside the old one, then swap: any failure leaves the old outputs."""
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
@@ -89,14 +101,30 @@ def _build(params: Params, path: Path, out: Path) -> dict[str, Any]:
     d, pp = params.data, params.prepare
     engine = {"address": d.dask_address, "workers": d.dask_workers, "timeout_s": d.dask_timeout_s}
     srcs = sources(path)
-    base = [CutItem(i, s, d, params.validate_params.max_gap_intervals, pp.window, pp.train_stride,
-                    pp.eval_stride, pp.chunk_rows, pp.shard_windows, str(out / ".parts")) for i, s in enumerate(srcs)]
+    base = [
+        CutItem(
+            i,
+            s,
+            d,
+            params.validate_params.max_gap_intervals,
+            pp.window,
+            pp.train_stride,
+            pp.eval_stride,
+            pp.chunk_rows,
+            pp.shard_windows,
+            str(out / ".parts"),
+        )
+        for i, s in enumerate(srcs)
+    ]
     scans = run_map(scan_file, base, **engine)
     for a, b, sa, sb in zip(srcs, srcs[1:], scans, scans[1:], strict=False):
         if sa["last"] is not None and sa["last"] == sb["first"]:
-            raise DataInvalid(f"{b.where}: recording {sb['first']} continues from {a.path}; prepare cuts each file "
-                              "on its own", hint="Keep each recording in one partition file (or give the part in "
-                                                 "the next file its own recording id).")
+            raise DataInvalid(
+                f"{b.where}: recording {sb['first']} continues from {a.path}; prepare cuts each file "
+                "on its own",
+                hint="Keep each recording in one partition file (or give the part in "
+                "the next file its own recording id).",
+            )
     groups = sorted(set().union(*(s["groups"] for s in scans)))
     per_rec = None
     if any(s["has_split"] for s in scans):
@@ -104,8 +132,10 @@ def _build(params: Params, path: Path, out: Path) -> dict[str, Any]:
         for s in scans:
             for k, v in (s["per_rec"] or {}).items():
                 if per_rec.setdefault(k, tuple(v))[1] != v[1]:
-                    raise DataInvalid(f"recording {k}: column '{d.split_col}' changes inside the recording "
-                                      f"{sorted({per_rec[k][1], v[1]})}")
+                    raise DataInvalid(
+                        f"recording {k}: column '{d.split_col}' changes inside the recording "
+                        f"{sorted({per_rec[k][1], v[1]})}"
+                    )
     group_split, rec_split = assign_splits(groups, per_rec, params)
     assigned = set((rec_split or group_split).values())
     for name in SPLITS:
@@ -123,8 +153,16 @@ def _build(params: Params, path: Path, out: Path) -> dict[str, Any]:
         stride = pp.train_stride if name == "train" else pp.eval_stride
         writer = ShardWriter(out, name, pp.shard_windows)
         for c in cuts:
-            part = ShardedSplit(Path(c["dir"]), name, {"splits": c["splits"], "shard_windows": pp.shard_windows,
-                                                       "channels": len(d.channels), "window": pp.window})
+            part = ShardedSplit(
+                Path(c["dir"]),
+                name,
+                {
+                    "splits": c["splits"],
+                    "shard_windows": pp.shard_windows,
+                    "channels": len(d.channels),
+                    "window": pp.window,
+                },
+            )
             for start, x in part.chunks(pp.shard_windows):
                 sl = slice(start, start + len(x))
                 writer.add(x, part.y[sl], part.group[sl], part.recording[sl])
@@ -132,22 +170,32 @@ def _build(params: Params, path: Path, out: Path) -> dict[str, Any]:
                     acc.add(x)
         entries[name] = e = writer.close()
         if e["windows"] == 0:
-            why = (f"; {gaps} gaps (steps > validate.max_gap_intervals) cut the recordings: are data.time_unit and "
-                   "data.sample_rate_hz right?" if gaps else "")
-            raise ParamsInvalid(f"split '{name}' has no complete window of prepare.window = {pp.window} readings "
-                                f"(stride {stride}): its recordings are all shorter{why}",
-                                hint="Lower prepare.window (and prepare.train_stride / eval_stride) below the "
-                                     "shortest recording of that split; `edgedistill validate` names it.")
+            why = (
+                f"; {gaps} gaps (steps > validate.max_gap_intervals) cut the recordings: are data.time_unit and "
+                "data.sample_rate_hz right?"
+                if gaps
+                else ""
+            )
+            raise ParamsInvalid(
+                f"split '{name}' has no complete window of prepare.window = {pp.window} readings "
+                f"(stride {stride}): its recordings are all shorter{why}",
+                hint="Lower prepare.window (and prepare.train_stride / eval_stride) below the "
+                "shortest recording of that split; `edgedistill validate` names it.",
+            )
         y = np.concatenate([np.load(out / s["files"]["y"]) for s in e["shards"]])
         report["splits"][name] = {
-            "stride": stride, "groups": sorted(e["groups"]), "recordings": len(e["recordings"]),
+            "stride": stride,
+            "groups": sorted(e["groups"]),
+            "recordings": len(e["recordings"]),
             "windows": int(e["windows"]),
             "windows_per_class": {lab: int((y == i).sum()) for lab, i in label_index.items()},
         }
     absent = [lab for lab, n in report["splits"]["train"]["windows_per_class"].items() if n == 0]
     if absent:
-        raise DataInvalid(f"classes {absent} have no training windows; a model cannot learn them",
-                          hint="Add recordings of those classes to train groups or change prepare.split.")
+        raise DataInvalid(
+            f"classes {absent} have no training windows; a model cannot learn them",
+            hint="Add recordings of those classes to train groups or change prepare.split.",
+        )
     write_index(out, entries, len(d.channels), pp.window, pp.shard_windows)
     train = open_split(out, "train")
 
@@ -162,9 +210,14 @@ def _build(params: Params, path: Path, out: Path) -> dict[str, Any]:
 
     spec = fit_normalization(pp, rows, windows, acc)
     norm = {
-        "channels": list(d.channels), "mean": spec["mean"], "std": spec["std"],
-        "labels": list(d.labels), "window": pp.window, "sample_rate_hz": d.sample_rate_hz,
-        "layout": "NCW", "input": "raw readings (the normalisation runs inside the model)",
+        "channels": list(d.channels),
+        "mean": spec["mean"],
+        "std": spec["std"],
+        "labels": list(d.labels),
+        "window": pp.window,
+        "sample_rate_hz": d.sample_rate_hz,
+        "layout": "NCW",
+        "input": "raw readings (the normalisation runs inside the model)",
         "normalization": spec,
     }
     report["normalization"] = {k: spec[k] for k in ("method", "requested", "reason")}
@@ -174,26 +227,39 @@ def _build(params: Params, path: Path, out: Path) -> dict[str, Any]:
     return report
 
 
-def fit_normalization(pp: PrepareParams, rows: Any, windows: Any,
-                      acc: prepare_stats.WindowAccumulator) -> dict[str, Any]:
+def fit_normalization(
+    pp: PrepareParams, rows: Any, windows: Any, acc: prepare_stats.WindowAccumulator
+) -> dict[str, Any]:
     """Decide (`auto`) and fit the normalisation on TRAINING readings/windows only (never val or test),
     streamed from disk (edgedistill.prepare_stats: the same numbers as edgedistill.normalization)."""
     stats = acc.stats(windows, pp.norm_epsilon)
     if pp.normalization == "auto":
-        method, reason = normalization.choose(stats, pp.norm_auto_max_decades, pp.norm_auto_max_tail_ratio)
+        method, reason = normalization.choose(
+            stats, pp.norm_auto_max_decades, pp.norm_auto_max_tail_ratio
+        )
     else:
         method, reason = pp.normalization, "set in params (prepare.normalization)"
     spec = prepare_stats.fit(method, rows, windows, pp.norm_epsilon)
-    return {**spec, "requested": pp.normalization, "reason": reason, "statistics": stats,
-            "rule": {"max_decades": pp.norm_auto_max_decades, "max_tail_ratio": pp.norm_auto_max_tail_ratio,
-                     "fitted_on": "train"}}
+    return {
+        **spec,
+        "requested": pp.normalization,
+        "reason": reason,
+        "statistics": stats,
+        "rule": {
+            "max_decades": pp.norm_auto_max_decades,
+            "max_tail_ratio": pp.norm_auto_max_tail_ratio,
+            "fitted_on": "train",
+        },
+    }
 
 
 def summary(r: dict[str, Any]) -> str:
     """One line per split; group lists shortened ("S01, S02 … (468 groups)")."""
-    return "\n".join(f"{name}: {s['windows']:,} windows of {r['window']} (stride {s['stride']}) from "
-                     f"{s['recordings']} recordings, groups {short_list(s['groups'])}"
-                     for name, s in r["splits"].items())
+    return "\n".join(
+        f"{name}: {s['windows']:,} windows of {r['window']} (stride {s['stride']}) from "
+        f"{s['recordings']} recordings, groups {short_list(s['groups'])}"
+        for name, s in r["splits"].items()
+    )
 
 
 def main() -> None:

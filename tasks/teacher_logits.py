@@ -30,8 +30,12 @@ OUT = "models/teacher_logits"
 BATCH = 1024
 
 
-def run(params: Params, prepared: str | Path = PREPARED, teacher: str | Path = TEACHER,
-        out: str | Path = OUT) -> dict[str, Any]:
+def run(
+    params: Params,
+    prepared: str | Path = PREPARED,
+    teacher: str | Path = TEACHER,
+    out: str | Path = OUT,
+) -> dict[str, Any]:
     device = resolve_device(params.compute.device, params.compute.threads)
     model, meta = load_checkpoint(teacher)
     train_path = Path(prepared) / "train"
@@ -50,8 +54,12 @@ def run(params: Params, prepared: str | Path = PREPARED, teacher: str | Path = T
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        plain = np.lib.format.open_memmap(tmp / "plain.npy", mode="w+", dtype=np.float32, shape=(n, k))
-        bank = np.lib.format.open_memmap(tmp / "bank.npy", mode="w+", dtype=np.float32, shape=(n_views, n, k))
+        plain = np.lib.format.open_memmap(
+            tmp / "plain.npy", mode="w+", dtype=np.float32, shape=(n, k)
+        )
+        bank = np.lib.format.open_memmap(
+            tmp / "bank.npy", mode="w+", dtype=np.float32, shape=(n_views, n, k)
+        )
         digests = [hashlib.sha256() for _ in range(n_views)]
         with torch.no_grad():
             for start in range(0, n, BATCH):
@@ -65,10 +73,19 @@ def run(params: Params, prepared: str | Path = PREPARED, teacher: str | Path = T
         bank.flush()
         del plain, bank
         train_sha = data_fingerprint(train_path)
-        write_json(tmp / "meta.json", {
-            "windows": n, "classes": k, "views": n_views, "train_sha": train_sha,
-            "bank_key": bank_key(n_views, aug, b.mixup_alpha, b.seed, train_sha),
-            "view_digests": [f"{d.hexdigest()}:{n}x{train.x.shape[1]}x{train.x.shape[2]}" for d in digests]})
+        write_json(
+            tmp / "meta.json",
+            {
+                "windows": n,
+                "classes": k,
+                "views": n_views,
+                "train_sha": train_sha,
+                "bank_key": bank_key(n_views, aug, b.mixup_alpha, b.seed, train_sha),
+                "view_digests": [
+                    f"{d.hexdigest()}:{n}x{train.x.shape[1]}x{train.x.shape[2]}" for d in digests
+                ],
+            },
+        )
         swap_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

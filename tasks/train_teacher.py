@@ -45,9 +45,15 @@ PLOTS = "metrics/plots"
 RESUME_DIR = "models/.resume"
 
 
-def run(params: Params, prepared: str | Path = PREPARED, model_out: str | Path = MODEL,
-        metrics_out: str | Path = METRICS, plots_dir: str | Path | None = PLOTS,
-        resume_dir: str | Path = RESUME_DIR, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run(
+    params: Params,
+    prepared: str | Path = PREPARED,
+    model_out: str | Path = MODEL,
+    metrics_out: str | Path = METRICS,
+    plots_dir: str | Path | None = PLOTS,
+    resume_dir: str | Path = RESUME_DIR,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     mp = params.teacher
     device = resolve_device(params.compute.device, params.compute.threads)
     data = load_prepared(prepared, device)
@@ -62,29 +68,57 @@ def run(params: Params, prepared: str | Path = PREPARED, model_out: str | Path =
     def loss_fn(model, xb, yb, idx, gen):
         return F.cross_entropy(model(augment(xb, aug, gen)), yb, label_smoothing=smoothing)
 
-    key = run_key("teacher", mp.model_dump(), data_fingerprint(data.train.path, data.val.path), device.type)
+    key = run_key(
+        "teacher", mp.model_dump(), data_fingerprint(data.train.path, data.val.path), device.type
+    )
     cfg = train_config(mp.train, len(data.train), log, "teacher")
     # the majority-class check runs at the same point of the schedule as check_epoch of the nominal epochs
     check_epoch = math.ceil(params.sanity.check_epoch * cfg.epochs / mp.train.epochs)
     sanity = sanity_figures(data, params.sanity)
     if sanity:
         log(f"teacher: sanity references on val: {bl.describe(sanity)}")
-    result = train(model, data.train, data.val, loss_fn, cfg, device, data.labels,
-                   resume_path=Path(resume_dir) / "teacher.pt", key=key, log=log, name="teacher",
-                   channels_last=params.compute.channels_last,
-                   on_epoch=lambda epoch, acc: sanity_stop(params.sanity, sanity, epoch, acc, len(data.val), cfg.epochs,
-                                                            check_epoch=check_epoch))
+    result = train(
+        model,
+        data.train,
+        data.val,
+        loss_fn,
+        cfg,
+        device,
+        data.labels,
+        resume_path=Path(resume_dir) / "teacher.pt",
+        key=key,
+        log=log,
+        name="teacher",
+        channels_last=params.compute.channels_last,
+        on_epoch=lambda epoch, acc: sanity_stop(
+            params.sanity, sanity, epoch, acc, len(data.val), cfg.epochs, check_epoch=check_epoch
+        ),
+    )
     if sanity:  # the best checkpoint's per-class recall on val: balanced accuracy against chance
         vm = classification_metrics(predict(model, data.val.x[:]), data.val.y, data.labels)
-        sanity["balanced_val_accuracy"], sanity["chance_balanced"], se = bl.balanced_vs_chance(vm["confusion"])
-        sanity_stop(params.sanity, sanity, result.epochs_run, result.best_val_accuracy, len(data.val), cfg.epochs,
-                    final=True, check_epoch=check_epoch, chance_se=se)
+        sanity["balanced_val_accuracy"], sanity["chance_balanced"], se = bl.balanced_vs_chance(
+            vm["confusion"]
+        )
+        sanity_stop(
+            params.sanity,
+            sanity,
+            result.epochs_run,
+            result.best_val_accuracy,
+            len(data.val),
+            cfg.epochs,
+            final=True,
+            check_epoch=check_epoch,
+            chance_se=se,
+        )
     m = model_report(model, data.test, data.labels, meta)
     metrics = {"model": "teacher", "arch": mp.arch, **public_metrics(m, result, device)}
     if sanity:
         judged = cfg.epochs >= check_epoch
-        metrics["sanity"] = {**{k: round(v, 5) for k, v in sanity.items()}, "judged": judged,
-                             "passed": True if judged else None}
+        metrics["sanity"] = {
+            **{k: round(v, 5) for k, v in sanity.items()},
+            "judged": judged,
+            "passed": True if judged else None,
+        }
     save_checkpoint(model_out, model.cpu(), {**meta, "metrics": {"test_accuracy": m["accuracy"]}})
     write_json(metrics_out, metrics)
     if plots_dir:
@@ -98,15 +132,32 @@ def sanity_figures(data: Prepared, sp: SanityParams) -> dict[str, float]:
         return {}
     # the 1-NN's seeded train subsample drawn here, so only those windows are read from the shards
     n, m = len(data.train), sp.max_train_windows
-    idx = np.sort(np.random.default_rng(sp.seed).choice(n, m, replace=False)) if n > m else np.arange(n)
+    idx = (
+        np.sort(np.random.default_rng(sp.seed).choice(n, m, replace=False))
+        if n > m
+        else np.arange(n)
+    )
     tx, ty = data.train.x[idx].float().cpu().numpy(), data.train.y.cpu().numpy()[idx]
     vx, vy = data.val.x[:].float().cpu().numpy(), data.val.y.cpu().numpy()
-    return {"knn_fft_val_accuracy": bl.knn1_accuracy(tx, ty, vx, vy, sp.fft_bins, sp.max_train_windows, sp.seed),
-            "majority_val_accuracy": bl.majority_accuracy(vy)}
+    return {
+        "knn_fft_val_accuracy": bl.knn1_accuracy(
+            tx, ty, vx, vy, sp.fft_bins, sp.max_train_windows, sp.seed
+        ),
+        "majority_val_accuracy": bl.majority_accuracy(vy),
+    }
 
 
-def sanity_stop(sp: SanityParams, ref: dict[str, float], epoch: int, acc: float, n_val: int, epochs: int,
-                final: bool = False, check_epoch: int | None = None, chance_se: float | None = None) -> None:
+def sanity_stop(
+    sp: SanityParams,
+    ref: dict[str, float],
+    epoch: int,
+    acc: float,
+    n_val: int,
+    epochs: int,
+    final: bool = False,
+    check_epoch: int | None = None,
+    chance_se: float | None = None,
+) -> None:
     """Raise TrainingFailed, naming the figures and the likely causes, when the teacher fails its references:
     its val accuracy at epoch `check_epoch` must beat the best constant prediction; at the end, the best
     checkpoint's balanced val accuracy (`ref`, with its SE at chance `chance_se`) must beat chance by `chance_z`
@@ -117,25 +168,40 @@ def sanity_stop(sp: SanityParams, ref: dict[str, float], epoch: int, acc: float,
     if not ref or epochs < check_epoch:
         return
     what = "teacher best val accuracy" if final else f"teacher val accuracy at epoch {epoch}"
-    figures = {what: acc, "1-NN on FFT magnitudes": ref["knn_fft_val_accuracy"],
-               "majority class": ref["majority_val_accuracy"], "val windows": n_val}
+    figures = {
+        what: acc,
+        "1-NN on FFT magnitudes": ref["knn_fft_val_accuracy"],
+        "majority class": ref["majority_val_accuracy"],
+        "val windows": n_val,
+    }
     if final and "balanced_val_accuracy" in ref:
-        figures |= {"balanced val accuracy": ref["balanced_val_accuracy"], "chance": ref["chance_balanced"]}
-    if (final and chance_se is not None and "balanced_val_accuracy" in ref
-            and 1.0 <= ref["chance_balanced"] + sp.chance_z * chance_se):
+        figures |= {
+            "balanced val accuracy": ref["balanced_val_accuracy"],
+            "chance": ref["chance_balanced"],
+        }
+    if (
+        final
+        and chance_se is not None
+        and "balanced_val_accuracy" in ref
+        and 1.0 <= ref["chance_balanced"] + sp.chance_z * chance_se
+    ):
         # not the teacher's fault: on this few val windows even a perfect score is within chance_z SE of chance
         raise TrainingFailed(
             f"sanity stop: {n_val} val windows are too few to tell the teacher from chance: even 100% balanced val "
             f"accuracy is within {sp.chance_z} standard errors of chance ({bl.describe(figures)})",
             hint="Give val more windows (more val groups: prepare.split.val_fraction / val_groups or your split "
-                 "column; a smaller prepare.eval_stride), or set sanity.enabled: false to train anyway unchecked.")
+            "column; a smaller prepare.eval_stride), or set sanity.enabled: false to train anyway unchecked.",
+        )
     why = ""
     # no margin here: on a small val set (36 windows, 2 classes) a teacher still warming up at epoch 3 sits
     # within 2 standard errors of the majority class and ends at 92%; one at or below it has learnt nothing
     if not final and epoch == check_epoch and acc <= ref["majority_val_accuracy"]:
         why = f"no better than the majority class after {epoch} epochs"
-    elif (final and chance_se is not None
-          and ref["balanced_val_accuracy"] <= ref["chance_balanced"] + sp.chance_z * chance_se):
+    elif (
+        final
+        and chance_se is not None
+        and ref["balanced_val_accuracy"] <= ref["chance_balanced"] + sp.chance_z * chance_se
+    ):
         # a teacher that memorised shuffled labels lands within a window or two of the majority class on val,
         # above it or not by chance; per class (balanced) it is at chance, whatever the class shares
         why = f"no better than chance per class after {epochs} epochs (by {sp.chance_z} standard errors)"
@@ -145,7 +211,8 @@ def sanity_stop(sp: SanityParams, ref: dict[str, float], epoch: int, acc: float,
         raise TrainingFailed(
             f"sanity stop: the teacher is {why} ({bl.describe(figures)}; margin {sp.z} standard errors); likely "
             f"causes: {'; '.join(bl.LIKELY_CAUSES)}",
-            hint="Check the labels and prepare.normalization/window, or set sanity.enabled: false to train anyway.")
+            hint="Check the labels and prepare.normalization/window, or set sanity.enabled: false to train anyway.",
+        )
 
 
 def main() -> None:

@@ -45,7 +45,9 @@ class Table:
     index_cols: list[str]
     expectations: list[Any] = field(default_factory=list)
     totals: dict[str, tuple[int, int]] = field(default_factory=dict)
-    notes: dict[str, dict[str, str]] = field(default_factory=dict)  # check -> {"summary"/"fix": text}
+    notes: dict[str, dict[str, str]] = field(
+        default_factory=dict
+    )  # check -> {"summary"/"fix": text}
 
 
 def _exp(cls_name: str, check: str, count: str | None = None, **kwargs: Any) -> Any:
@@ -83,8 +85,9 @@ def _readings_sample(st: Partial, files: list[FileTask]) -> tuple[pd.DataFrame, 
     return frame, [fcol, rcol, rowcol]
 
 
-def build_tables(st: Partial, files: list[FileTask], params: Params,
-                 reference: dict | None) -> tuple[list[Table], list[dict]]:
+def build_tables(
+    st: Partial, files: list[FileTask], params: Params, reference: dict | None
+) -> tuple[list[Table], list[dict]]:
     """Expectations per table on the pass's statistics; returns also the checks skipped because a
     prerequisite failed."""
     d, v, w = params.data, params.validate_params, params.prepare.window
@@ -98,82 +101,200 @@ def build_tables(st: Partial, files: list[FileTask], params: Params,
     for col in required:
         ex.append(_exp("ExpectColumnToExist", f"required column '{col}' present", column=col))
     present = set(st.columns)
-    numeric = {c for c in d.channels if c in present and pd.api.types.is_numeric_dtype(st.dtypes[c])}
+    numeric = {
+        c for c in d.channels if c in present and pd.api.types.is_numeric_dtype(st.dtypes[c])
+    }
     for c in d.channels:
         if c not in present:
             continue
-        ex.append(_exp("ExpectColumnValuesToBeInTypeList", f"channel '{c}' is numeric", column=c, type_list=NUMERIC_TYPES))
+        ex.append(
+            _exp(
+                "ExpectColumnValuesToBeInTypeList",
+                f"channel '{c}' is numeric",
+                column=c,
+                type_list=NUMERIC_TYPES,
+            )
+        )
         if c not in numeric:
-            skipped.append({"check": f"channel '{c}' values", "reason": f"column '{c}' is not numeric ({st.dtypes[c]})"})
+            skipped.append(
+                {
+                    "check": f"channel '{c}' values",
+                    "reason": f"column '{c}' is not numeric ({st.dtypes[c]})",
+                }
+            )
             continue
         lo, hi = v.range_for(c)
-        ex.append(_exp("ExpectColumnValuesToNotBeNull", f"no missing values in '{c}'", f"null:{c}", column=c))
+        ex.append(
+            _exp(
+                "ExpectColumnValuesToNotBeNull",
+                f"no missing values in '{c}'",
+                f"null:{c}",
+                column=c,
+            )
+        )
         # inf falls outside any finite range, so this also catches +-inf
-        ex.append(_exp("ExpectColumnValuesToBeBetween", f"'{c}' within [{lo}, {hi}]", f"range:{c}", column=c, min_value=lo, max_value=hi))
+        ex.append(
+            _exp(
+                "ExpectColumnValuesToBeBetween",
+                f"'{c}' within [{lo}, {hi}]",
+                f"range:{c}",
+                column=c,
+                min_value=lo,
+                max_value=hi,
+            )
+        )
     for col in [d.group_col, *rec_col, d.time_col, d.label_col]:
         if col in present:
-            ex.append(_exp("ExpectColumnValuesToNotBeNull", f"no missing values in '{col}'", f"null:{col}", column=col))
+            ex.append(
+                _exp(
+                    "ExpectColumnValuesToNotBeNull",
+                    f"no missing values in '{col}'",
+                    f"null:{col}",
+                    column=col,
+                )
+            )
     if d.label_col in present:
         check = f"labels in the allowed set {d.labels}"
-        ex.append(_exp("ExpectColumnValuesToBeInSet", check, "label", column=d.label_col, value_set=list(d.labels)))
+        ex.append(
+            _exp(
+                "ExpectColumnValuesToBeInSet",
+                check,
+                "label",
+                column=d.label_col,
+                value_set=list(d.labels),
+            )
+        )
         note = _unknown_labels_note(st.labels, list(d.labels))
         if note:
             readings.notes[check] = note
     if d.split_col in present:
-        ex.append(_exp("ExpectColumnValuesToBeInSet", f"'{d.split_col}' in {SPLIT_VALUES}", "split", column=d.split_col, value_set=SPLIT_VALUES))
+        ex.append(
+            _exp(
+                "ExpectColumnValuesToBeInSet",
+                f"'{d.split_col}' in {SPLIT_VALUES}",
+                "split",
+                column=d.split_col,
+                value_set=SPLIT_VALUES,
+            )
+        )
     t_dtype = st.dtypes.get(d.time_col)
-    time_ok = d.time_col in present and (pd.api.types.is_numeric_dtype(t_dtype) or pd.api.types.is_datetime64_any_dtype(t_dtype))
+    time_ok = d.time_col in present and (
+        pd.api.types.is_numeric_dtype(t_dtype) or pd.api.types.is_datetime64_any_dtype(t_dtype)
+    )
     if d.time_col in present and not time_ok:
         check = f"time column '{d.time_col}' is numeric or datetime"
-        ex.append(_exp("ExpectColumnValuesToBeInTypeList", check, column=d.time_col, type_list=[*NUMERIC_TYPES, "datetime64[ns]", "datetime64[us]"]))
-        readings.notes[check] = {"fix": "a time column holds numbers (epoch or offsets in data.time_unit, or the "
-                                        "reading's index with time_unit: samples), Parquet timestamps, or in a CSV "
-                                        "ISO-8601 text such as 2026-03-01T08:00:00.000Z or 2026-03-01 08:00:00.000 "
-                                        "(no zone: UTC); this column holds other text"}
+        ex.append(
+            _exp(
+                "ExpectColumnValuesToBeInTypeList",
+                check,
+                column=d.time_col,
+                type_list=[*NUMERIC_TYPES, "datetime64[ns]", "datetime64[us]"],
+            )
+        )
+        readings.notes[check] = {
+            "fix": "a time column holds numbers (epoch or offsets in data.time_unit, or the "
+            "reading's index with time_unit: samples), Parquet timestamps, or in a CSV "
+            "ISO-8601 text such as 2026-03-01T08:00:00.000Z or 2026-03-01 08:00:00.000 "
+            "(no zone: UTC); this column holds other text"
+        }
 
     tables = [readings]
     key_cols = [d.group_col, *rec_col, d.time_col, d.label_col]
     missing = [c for c in key_cols if c not in present]
     if missing or not time_ok or not st.structural:
-        why = f"columns missing: {missing}" if missing else f"time column '{d.time_col}' is not numeric/datetime"
-        skipped.append({"check": "time order, recording length, windows per class, drift", "reason": why})
+        why = (
+            f"columns missing: {missing}"
+            if missing
+            else f"time column '{d.time_col}' is not numeric/datetime"
+        )
+        skipped.append(
+            {"check": "time order, recording length, windows per class, drift", "reason": why}
+        )
         return tables, skipped
 
     name = [f.name for f in files]
     ex_order = st.examples.get("order", [])
-    order = pd.DataFrame({"file": [name[f] for f, *_ in ex_order], "recording": [k for _, _, k, _ in ex_order],
-                          "row": pd.Series([r for _, r, *_ in ex_order], dtype="int64"),
-                          "time_step": pd.Series([x["time_step"] for *_, x in ex_order], dtype="float64")})
-    tables.append(Table("time_order", order, ["file", "recording", "row"], [
-        _exp("ExpectColumnValuesToBeBetween", f"'{d.time_col}' strictly increasing inside each recording", "order", column="time_step", min_value=0, strict_min=True),
-    ], totals={"order": (st.counts.get("order", 0), st.steps)}))
+    order = pd.DataFrame(
+        {
+            "file": [name[f] for f, *_ in ex_order],
+            "recording": [k for _, _, k, _ in ex_order],
+            "row": pd.Series([r for _, r, *_ in ex_order], dtype="int64"),
+            "time_step": pd.Series([x["time_step"] for *_, x in ex_order], dtype="float64"),
+        }
+    )
+    tables.append(
+        Table(
+            "time_order",
+            order,
+            ["file", "recording", "row"],
+            [
+                _exp(
+                    "ExpectColumnValuesToBeBetween",
+                    f"'{d.time_col}' strictly increasing inside each recording",
+                    "order",
+                    column="time_step",
+                    min_value=0,
+                    strict_min=True,
+                ),
+            ],
+            totals={"order": (st.counts.get("order", 0), st.steps)},
+        )
+    )
 
     tables.extend(_timing_tables(st, name, params, skipped))
 
     pp = params.prepare
-    recs = pd.DataFrame({"recording": list(st.rec_rows), "file": [name[st.rec_file[k]] for k in st.rec_rows],
-                         "n_rows": pd.Series(list(st.rec_rows.values()), dtype="int64")})
+    recs = pd.DataFrame(
+        {
+            "recording": list(st.rec_rows),
+            "file": [name[st.rec_file[k]] for k in st.rec_rows],
+            "n_rows": pd.Series(list(st.rec_rows.values()), dtype="int64"),
+        }
+    )
     check = f"every recording has >= prepare.window ({w}) readings"
     shortest = int(recs["n_rows"].min()) if len(recs) else 0
     short = int((recs["n_rows"] < w).sum())
-    notes = {check: {"fix": f"{short} of {len(recs)} recordings are shorter (the shortest has {shortest}): lower "
-                            f"prepare.window to at most {shortest} (and prepare.train_stride {pp.train_stride} / "
-                            f"eval_stride {pp.eval_stride} with it), or drop the short recordings"}} if short else {}
-    tables.append(Table("recordings", recs, ["recording", "file"], [
-        _exp("ExpectColumnValuesToBeBetween", check, column="n_rows", min_value=w),
-    ], notes=notes))
+    notes = (
+        {
+            check: {
+                "fix": f"{short} of {len(recs)} recordings are shorter (the shortest has {shortest}): lower "
+                f"prepare.window to at most {shortest} (and prepare.train_stride {pp.train_stride} / "
+                f"eval_stride {pp.eval_stride} with it), or drop the short recordings"
+            }
+        }
+        if short
+        else {}
+    )
+    tables.append(
+        Table(
+            "recordings",
+            recs,
+            ["recording", "file"],
+            [
+                _exp("ExpectColumnValuesToBeBetween", check, column="n_rows", min_value=w),
+            ],
+            notes=notes,
+        )
+    )
     tables.extend(_group_tables(st, params, present))
 
     # windows per class and class balance follow from recordings long enough for a window and a time
     # column in the configured unit: when those fail, their 0 windows / balance inf would bury the cause
     if short:
-        skipped.append({"check": "windows per class, class balance", "consequence": True,
-                        "reason": "not checked while recordings are shorter than prepare.window (fix that first)"})
+        skipped.append(
+            {
+                "check": "windows per class, class balance",
+                "consequence": True,
+                "reason": "not checked while recordings are shorter than prepare.window (fix that first)",
+            }
+        )
     else:
         tables.append(_classes_table(st, params))
 
     if v.drift.enabled and reference is not None and numeric == set(d.channels):
-        tables.extend(_drift_tables(streamstats.profile(st, list(d.channels)), params, reference, skipped))
+        tables.extend(
+            _drift_tables(streamstats.profile(st, list(d.channels)), params, reference, skipped)
+        )
     return tables, skipped
 
 
@@ -183,14 +304,32 @@ def _classes_table(st: Partial, params: Params) -> Table:
     counts.update(st.windows)
     known = {k: n for k, n in counts.items() if k in d.labels}
     most = max(known.values()) if known else 0
-    classes = pd.DataFrame({
-        "label": list(known), "n_windows": list(known.values()),
-        "imbalance": [most / n if n else float("inf") for n in known.values()],
-    })
-    return Table("classes", classes, ["label"], [
-        _exp("ExpectColumnValuesToBeBetween", f">= {v.min_windows_per_class} windows (stride {params.prepare.eval_stride}) per class", column="n_windows", min_value=v.min_windows_per_class),
-        _exp("ExpectColumnValuesToBeBetween", f"class balance: largest/smallest class <= {v.max_class_imbalance}", column="imbalance", max_value=v.max_class_imbalance),
-    ])
+    classes = pd.DataFrame(
+        {
+            "label": list(known),
+            "n_windows": list(known.values()),
+            "imbalance": [most / n if n else float("inf") for n in known.values()],
+        }
+    )
+    return Table(
+        "classes",
+        classes,
+        ["label"],
+        [
+            _exp(
+                "ExpectColumnValuesToBeBetween",
+                f">= {v.min_windows_per_class} windows (stride {params.prepare.eval_stride}) per class",
+                column="n_windows",
+                min_value=v.min_windows_per_class,
+            ),
+            _exp(
+                "ExpectColumnValuesToBeBetween",
+                f"class balance: largest/smallest class <= {v.max_class_imbalance}",
+                column="imbalance",
+                max_value=v.max_class_imbalance,
+            ),
+        ],
+    )
 
 
 def min_groups(params: Params) -> int:
@@ -203,18 +342,31 @@ def _group_tables(st: Partial, params: Params, present: set[str]) -> list[Table]
     """Without a split column and without explicit group lists, prepare splits by group: fewer groups than
     train/val/test need means no honest split is possible, whatever else is right."""
     d, sp = params.data, params.prepare.split
-    if (d.split_col and d.split_col in present) or sp.val_groups is not None or sp.test_groups is not None:
+    if (
+        (d.split_col and d.split_col in present)
+        or sp.val_groups is not None
+        or sp.test_groups is not None
+    ):
         return []
     need, n = min_groups(params), len(st.groups)
     parts = "train, val, test" if need == 3 else "train, test"
     check = f"at least {need} '{d.group_col}' groups to split by group ({parts})"
-    note = {"summary": f"the data has {n} '{d.group_col}' group(s) ({', '.join(sorted(st.groups)[:5])}); a split by "
-                       f"group needs at least {need}, one for each of {parts}",
-            "fix": f"add recordings of more {d.group_col}s, or give each recording its split in a column "
-                   f"'{d.split_col}' (data.split_col) with values {SPLIT_VALUES}"}
+    note = {
+        "summary": f"the data has {n} '{d.group_col}' group(s) ({', '.join(sorted(st.groups)[:5])}); a split by "
+        f"group needs at least {need}, one for each of {parts}",
+        "fix": f"add recordings of more {d.group_col}s, or give each recording its split in a column "
+        f"'{d.split_col}' (data.split_col) with values {SPLIT_VALUES}",
+    }
     frame = pd.DataFrame({"group_col": [d.group_col], "n_groups": pd.Series([n], dtype="int64")})
-    return [Table("groups", frame, ["group_col"], [
-        _exp("ExpectColumnValuesToBeBetween", check, column="n_groups", min_value=need)], notes={check: note})]
+    return [
+        Table(
+            "groups",
+            frame,
+            ["group_col"],
+            [_exp("ExpectColumnValuesToBeBetween", check, column="n_groups", min_value=need)],
+            notes={check: note},
+        )
+    ]
 
 
 def _unknown_labels_note(seen: Any, allowed: list[str]) -> dict[str, str]:
@@ -224,47 +376,103 @@ def _unknown_labels_note(seen: Any, allowed: list[str]) -> dict[str, str]:
     if not unknown:
         return {}
     shown = ", ".join(f"{k!r} ({seen[k]:,} rows)" for k in unknown[:10]) + (
-        f" and {len(unknown) - 10} more" if len(unknown) > 10 else "")
+        f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+    )
     out = {"summary": f"{len(unknown)} distinct label(s) not in data.labels: {shown}"}
     fold = {a.casefold(): a for a in allowed}
     near = {k: fold[k.casefold()] for k in unknown if k.casefold() in fold}
     if near:
-        out["fix"] = ("case differs from data.labels: " + ", ".join(f"{k!r} ~ {a!r}" for k, a in list(near.items())[:10])
-                      + " — write data.labels as the data spells them")
+        out["fix"] = (
+            "case differs from data.labels: "
+            + ", ".join(f"{k!r} ~ {a!r}" for k, a in list(near.items())[:10])
+            + " — write data.labels as the data spells them"
+        )
     else:
         out["fix"] = "add them to data.labels, or drop/relabel those rows"
     return out
 
 
-def _timing_tables(st: Partial, name: list[str], params: Params, skipped: list[dict]) -> list[Table]:
+def _timing_tables(
+    st: Partial, name: list[str], params: Params, skipped: list[dict]
+) -> list[Table]:
     """Sampling interval per recording vs data.sample_rate_hz; with on_gap: reject, every gap is a failure
     (not checked when the interval itself is off: every step would be a 'gap')."""
     d, v = params.data, params.validate_params
     recs = [k for k in st.rec_rows if st.rec_hist.get(k)]
-    ratios = pd.Series([round(streamstats.median_interval(st.rec_hist[k]), 4) for k in recs], dtype="float64")
-    timing = pd.DataFrame({"recording": recs, "file": [name[st.rec_file[k]] for k in recs],
-                           "median_interval_ratio": ratios})
+    ratios = pd.Series(
+        [round(streamstats.median_interval(st.rec_hist[k]), 4) for k in recs], dtype="float64"
+    )
+    timing = pd.DataFrame(
+        {
+            "recording": recs,
+            "file": [name[st.rec_file[k]] for k in recs],
+            "median_interval_ratio": ratios,
+        }
+    )
     unit = "samples" if d.time_unit == "samples" else f"1/{d.sample_rate_hz:g} Hz"
     tol = v.interval_tolerance
-    check = f"median reading interval per recording = {unit} within ±{tol:.0%} (observed / expected)"
+    check = (
+        f"median reading interval per recording = {unit} within ±{tol:.0%} (observed / expected)"
+    )
     bad = ratios[(ratios - 1).abs() > tol]
-    notes = {check: {"fix": _interval_fix(float(bad.median()), params, st.datetime_time)}} if len(bad) else {}
-    tables = [Table("timing", timing, ["recording", "file"], [
-        _exp("ExpectColumnValuesToBeBetween", check, column="median_interval_ratio", min_value=1 - tol, max_value=1 + tol),
-    ], notes=notes)]
+    notes = (
+        {check: {"fix": _interval_fix(float(bad.median()), params, st.datetime_time)}}
+        if len(bad)
+        else {}
+    )
+    tables = [
+        Table(
+            "timing",
+            timing,
+            ["recording", "file"],
+            [
+                _exp(
+                    "ExpectColumnValuesToBeBetween",
+                    check,
+                    column="median_interval_ratio",
+                    min_value=1 - tol,
+                    max_value=1 + tol,
+                ),
+            ],
+            notes=notes,
+        )
+    ]
     if v.on_gap == "reject" and len(bad):
-        skipped.append({"check": "no gap inside a recording", "consequence": True,
-                        "reason": "not checked while the sampling interval is off (fix that first)"})
+        skipped.append(
+            {
+                "check": "no gap inside a recording",
+                "consequence": True,
+                "reason": "not checked while the sampling interval is off (fix that first)",
+            }
+        )
     elif v.on_gap == "reject":
         ex = st.examples.get("gap", [])
-        steps = pd.DataFrame({"file": [name[f] for f, *_ in ex], "recording": [k for _, _, k, _ in ex],
-                              "row": pd.Series([r for _, r, *_ in ex], dtype="int64"),
-                              "step_intervals": pd.Series([x["step_intervals"] for *_, x in ex], dtype="float64")})
-        tables.append(Table("gaps", steps, ["file", "recording", "row"], [
-            _exp("ExpectColumnValuesToBeBetween", f"no gap inside a recording: step <= {v.max_gap_intervals} "
-                 "sampling intervals (validate.on_gap: reject)", "gap", column="step_intervals",
-                 max_value=v.max_gap_intervals),
-        ], totals={"gap": (st.counts.get("gap", 0), st.steps)}))
+        steps = pd.DataFrame(
+            {
+                "file": [name[f] for f, *_ in ex],
+                "recording": [k for _, _, k, _ in ex],
+                "row": pd.Series([r for _, r, *_ in ex], dtype="int64"),
+                "step_intervals": pd.Series([x["step_intervals"] for *_, x in ex], dtype="float64"),
+            }
+        )
+        tables.append(
+            Table(
+                "gaps",
+                steps,
+                ["file", "recording", "row"],
+                [
+                    _exp(
+                        "ExpectColumnValuesToBeBetween",
+                        f"no gap inside a recording: step <= {v.max_gap_intervals} "
+                        "sampling intervals (validate.on_gap: reject)",
+                        "gap",
+                        column="step_intervals",
+                        max_value=v.max_gap_intervals,
+                    ),
+                ],
+                totals={"gap": (st.counts.get("gap", 0), st.steps)},
+            )
+        )
     return tables
 
 
@@ -280,13 +488,18 @@ def _interval_fix(ratio: float, params: Params, datetime_time: bool) -> str:
         cur = TIME_UNIT_SECONDS[d.time_unit]
         for u, secs in TIME_UNIT_SECONDS.items():
             if u != d.time_unit and abs(ratio * secs / cur - 1) <= tol:
-                return (f"the time column looks like {u}, not {d.time_unit}: set data.time_unit: {u} "
-                        f"(observed/expected {ratio:g} = the {u}/{d.time_unit} factor)")
+                return (
+                    f"the time column looks like {u}, not {d.time_unit}: set data.time_unit: {u} "
+                    f"(observed/expected {ratio:g} = the {u}/{d.time_unit} factor)"
+                )
         if abs(ratio * (1 / d.sample_rate_hz) / cur - 1) <= tol:
             return "the time column counts readings: set data.time_unit: samples"
     rate = d.sample_rate_hz / ratio
-    return (f"readings are {ratio:g}x the expected interval apart: is data.sample_rate_hz {rate:.4g} "
-            f"(not {d.sample_rate_hz:g})?" + ("" if datetime_time else f" or data.time_unit (now {d.time_unit}) wrong?"))
+    return (
+        f"readings are {ratio:g}x the expected interval apart: is data.sample_rate_hz {rate:.4g} "
+        f"(not {d.sample_rate_hz:g})?"
+        + ("" if datetime_time else f" or data.time_unit (now {d.time_unit}) wrong?")
+    )
 
 
 def gap_summary(st: Partial, params: Params, file: str = "") -> dict[str, Any]:
@@ -296,19 +509,29 @@ def gap_summary(st: Partial, params: Params, file: str = "") -> dict[str, Any]:
     if not st.structural:
         return {}
     n = int(st.counts.get("gap", 0))
-    out: dict[str, Any] = {"policy": v.on_gap, "max_gap_intervals": v.max_gap_intervals, "count": n,
-                           "recordings_with_gaps": len(st.gap_recs), "recordings": sorted(st.gap_recs)[:20],
-                           "largest_intervals": round(st.gap_max, 4) if n else None,
-                           "largest_seconds": (round(st.gap_max / d.sample_rate_hz, 6)
-                                               if n and d.time_unit != "samples" else None),
-                           "largest_in": st.gap_max_rec if n else None, "warning": ""}
+    out: dict[str, Any] = {
+        "policy": v.on_gap,
+        "max_gap_intervals": v.max_gap_intervals,
+        "count": n,
+        "recordings_with_gaps": len(st.gap_recs),
+        "recordings": sorted(st.gap_recs)[:20],
+        "largest_intervals": round(st.gap_max, 4) if n else None,
+        "largest_seconds": (
+            round(st.gap_max / d.sample_rate_hz, 6) if n and d.time_unit != "samples" else None
+        ),
+        "largest_in": st.gap_max_rec if n else None,
+        "warning": "",
+    }
     if n:
-        size = (f"{out['largest_seconds']:g} s = " if out["largest_seconds"] is not None else "") \
-            + f"{st.gap_max:g} sampling intervals"
-        out["warning"] = (f"warning: {file + ': ' if file else ''}{n} gap(s) (steps > validate.max_gap_intervals = "
-                          f"{v.max_gap_intervals:g} intervals) in {len(st.gap_recs)} of {len(st.rec_rows)} recording(s); "
-                          f"the largest {size} in {st.gap_max_rec}; validate.on_gap: {v.on_gap} — prepare cuts the "
-                          "recordings there (no window straddles a gap); set validate.on_gap: reject to refuse them")
+        size = (
+            f"{out['largest_seconds']:g} s = " if out["largest_seconds"] is not None else ""
+        ) + f"{st.gap_max:g} sampling intervals"
+        out["warning"] = (
+            f"warning: {file + ': ' if file else ''}{n} gap(s) (steps > validate.max_gap_intervals = "
+            f"{v.max_gap_intervals:g} intervals) in {len(st.gap_recs)} of {len(st.rec_rows)} recording(s); "
+            f"the largest {size} in {st.gap_max_rec}; validate.on_gap: {v.on_gap} — prepare cuts the "
+            "recordings there (no window straddles a gap); set validate.on_gap: reject to refuse them"
+        )
     return out
 
 
@@ -317,7 +540,12 @@ def _drift_tables(cur: dict, params: Params, ref: dict, skipped: list[dict]) -> 
     ref_ch = ref.get("channels", {})
     absent = [c for c in d.channels if c not in ref_ch]
     if absent:
-        skipped.append({"check": "channel drift", "reason": f"reference {dv.reference} has no channels {absent}; refresh it with --update-reference"})
+        skipped.append(
+            {
+                "check": "channel drift",
+                "reason": f"reference {dv.reference} has no channels {absent}; refresh it with --update-reference",
+            }
+        )
         return []
     rows = []
     for c in d.channels:
@@ -326,19 +554,50 @@ def _drift_tables(cur: dict, params: Params, ref: dict, skipped: list[dict]) -> 
             m, s = float("nan"), 0.0
         rm, rs = ref_ch[c]["mean"], ref_ch[c]["std"] or 1e-12
         ratio = (s / rs) if s else float("inf")
-        rows.append({"channel": c, "mean_shift": abs(m - rm) / rs, "std_ratio": max(ratio, 1 / ratio if ratio else float("inf"))})
+        rows.append(
+            {
+                "channel": c,
+                "mean_shift": abs(m - rm) / rs,
+                "std_ratio": max(ratio, 1 / ratio if ratio else float("inf")),
+            }
+        )
     chan = pd.DataFrame(rows)
     a, b = cur["label_shares"], ref.get("label_shares", {})
     tv = 0.5 * sum(abs(a.get(k, 0.0) - b.get(k, 0.0)) for k in set(a) | set(b))
     labels = pd.DataFrame({"what": ["label distribution"], "total_variation": [tv]})
     return [
-        Table("drift_channels", chan, ["channel"], [
-            _exp("ExpectColumnValuesToBeBetween", f"channel mean within {dv.max_mean_shift} reference std of the reference mean", column="mean_shift", max_value=dv.max_mean_shift),
-            _exp("ExpectColumnValuesToBeBetween", f"channel std within x{dv.max_std_ratio} of the reference std", column="std_ratio", max_value=dv.max_std_ratio),
-        ]),
-        Table("drift_labels", labels, ["what"], [
-            _exp("ExpectColumnValuesToBeBetween", f"label distribution total variation <= {dv.max_label_tv} vs reference", column="total_variation", max_value=dv.max_label_tv),
-        ]),
+        Table(
+            "drift_channels",
+            chan,
+            ["channel"],
+            [
+                _exp(
+                    "ExpectColumnValuesToBeBetween",
+                    f"channel mean within {dv.max_mean_shift} reference std of the reference mean",
+                    column="mean_shift",
+                    max_value=dv.max_mean_shift,
+                ),
+                _exp(
+                    "ExpectColumnValuesToBeBetween",
+                    f"channel std within x{dv.max_std_ratio} of the reference std",
+                    column="std_ratio",
+                    max_value=dv.max_std_ratio,
+                ),
+            ],
+        ),
+        Table(
+            "drift_labels",
+            labels,
+            ["what"],
+            [
+                _exp(
+                    "ExpectColumnValuesToBeBetween",
+                    f"label distribution total variation <= {dv.max_label_tv} vs reference",
+                    column="total_variation",
+                    max_value=dv.max_label_tv,
+                ),
+            ],
+        ),
     ]
 
 
@@ -353,11 +612,17 @@ def run_gx(tables: list[Table], docs_dir: Path, examples: int) -> list[dict]:
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False)
     if docs_dir.exists():
         shutil.rmtree(docs_dir)
-    ctx.add_data_docs_site(site_name="local", site_config={
-        "class_name": "SiteBuilder",
-        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir.resolve())},
-    })
+    ctx.add_data_docs_site(
+        site_name="local",
+        site_config={
+            "class_name": "SiteBuilder",
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            "store_backend": {
+                "class_name": "TupleFilesystemStoreBackend",
+                "base_directory": str(docs_dir.resolve()),
+            },
+        },
+    )
     source = ctx.data_sources.add_pandas("edgedistill")
     checks = []
     for table in tables:
@@ -365,8 +630,13 @@ def run_gx(tables: list[Table], docs_dir: Path, examples: int) -> list[dict]:
         suite = ctx.suites.add(gx.ExpectationSuite(name=table.name))
         for e in table.expectations:
             suite.add_expectation(e)
-        vd = ctx.validation_definitions.add(gx.ValidationDefinition(name=table.name, data=batch, suite=suite))
-        result_format: dict[str, Any] = {"result_format": "SUMMARY", "partial_unexpected_count": examples}
+        vd = ctx.validation_definitions.add(
+            gx.ValidationDefinition(name=table.name, data=batch, suite=suite)
+        )
+        result_format: dict[str, Any] = {
+            "result_format": "SUMMARY",
+            "partial_unexpected_count": examples,
+        }
         if table.index_cols:
             result_format["unexpected_index_column_names"] = table.index_cols
         res = vd.run(batch_parameters={"dataframe": table.frame}, result_format=result_format)
@@ -379,7 +649,9 @@ def run_gx(tables: list[Table], docs_dir: Path, examples: int) -> list[dict]:
     return checks
 
 
-def _check_record(table: str, r: Any, examples: int, totals: dict[str, tuple[int, int]] | None = None) -> dict:
+def _check_record(
+    table: str, r: Any, examples: int, totals: dict[str, tuple[int, int]] | None = None
+) -> dict:
     cfg = r.expectation_config
     res = dict(r.result or {})
     total = (totals or {}).get((cfg.meta or {}).get("count", ""))
@@ -440,8 +712,12 @@ def describe_failure(c: dict) -> str:
     return ": ".join(parts[:1]) + (" — " + "; ".join(parts[1:]) if len(parts) > 1 else "")
 
 
-def run(params: Params, readings: str | Path | None = None, report_dir: str | Path = REPORT_DIR,
-        update_reference: bool = False) -> dict:
+def run(
+    params: Params,
+    readings: str | Path | None = None,
+    report_dir: str | Path = REPORT_DIR,
+    update_reference: bool = False,
+) -> dict:
     """Validate the readings in one streaming pass; write the report (built beside, then swapped in);
     raise DataInvalid listing each failure. Unreadable input fails before anything is written."""
     path = Path(readings or params.data.readings)
@@ -456,8 +732,10 @@ def run(params: Params, readings: str | Path | None = None, report_dir: str | Pa
         try:
             reference = read_json(ref_path)
         except ValueError as e:
-            raise DataInvalid(f"{ref_path}: drift reference is not valid JSON ({e})",
-                              hint="Delete it or run `edgedistill validate --update-reference`.") from None
+            raise DataInvalid(
+                f"{ref_path}: drift reference is not valid JSON ({e})",
+                hint="Delete it or run `edgedistill validate --update-reference`.",
+            ) from None
     tables, skipped = build_tables(st, files, params, reference)
     new = report_dir.parent / f".{report_dir.name}.new"
     shutil.rmtree(new, ignore_errors=True)
@@ -471,7 +749,9 @@ def run(params: Params, readings: str | Path | None = None, report_dir: str | Pa
             "success": ok,
             "file": str(path),
             "files": len(files),
-            "summary": streamstats.profile(st, list(d.channels)) if ok else {"rows": int(st.rows), "columns": st.columns},
+            "summary": streamstats.profile(st, list(d.channels))
+            if ok
+            else {"rows": int(st.rows), "columns": st.columns},
             "checks_run": len(checks),
             "checks_failed": len(failed),
             "failures": failed,
@@ -494,13 +774,22 @@ def run(params: Params, readings: str | Path | None = None, report_dir: str | Pa
         # the failed precondition is the cause
         blocked = [s for s in skipped if s.get("consequence")]
         skipped = [s for s in skipped if not s.get("consequence")]
-        lines = [describe_failure(c) for c in failed] + [f"[skipped] {s['check']}: {s['reason']}" for s in skipped] \
+        lines = (
+            [describe_failure(c) for c in failed]
+            + [f"[skipped] {s['check']}: {s['reason']}" for s in skipped]
             + [f"[not checked] {s['check']}: {s['reason']}" for s in blocked]
+        )
         # say what actually stopped it: failed checks, or checks that could not run (e.g. a drift
         # reference without the new channels), never "0 of N checks failed"
         what = [f"{len(failed)} of {len(checks)} checks failed"] if failed else []
-        what += [f"{len(skipped)} check(s) could not run" + ("" if failed else f" ({skipped[0]['reason']})")
-                 ] if skipped else []
+        what += (
+            [
+                f"{len(skipped)} check(s) could not run"
+                + ("" if failed else f" ({skipped[0]['reason']})")
+            ]
+            if skipped
+            else []
+        )
         raise DataInvalid(
             f"{path}: {', '.join(what)}:\n  - " + "\n  - ".join(lines),
             hint=f"See {report_dir / 'result.json'} and {report['data_docs']}.",
@@ -511,9 +800,14 @@ def run(params: Params, readings: str | Path | None = None, report_dir: str | Pa
 def summary(r: dict[str, Any]) -> str:
     """The PASSED line, then one line per warning (gaps prepare will cut at)."""
     s = r["summary"]
-    return "\n".join([f"validation PASSED: {r['checks_run']} GX checks on {r['file']} "
+    return "\n".join(
+        [
+            f"validation PASSED: {r['checks_run']} GX checks on {r['file']} "
             f"({s['rows']:,} rows, {s['recordings']} recordings, {s['groups']} groups); "
-            f"drift reference: {r['drift_reference']}; report: {r['data_docs']}", *r.get("warnings", [])])
+            f"drift reference: {r['drift_reference']}; report: {r['data_docs']}",
+            *r.get("warnings", []),
+        ]
+    )
 
 
 def main() -> None:

@@ -20,7 +20,9 @@ from edgedistill.params import Params, parse_params
 
 pytest_plugins = ["prefect_session"]
 REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("scratch_project", REPO / "benchmarks" / "scratch_project.py")
+_spec = importlib.util.spec_from_file_location(
+    "scratch_project", REPO / "benchmarks" / "scratch_project.py"
+)
 _scratch = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_scratch)
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
@@ -68,8 +70,12 @@ SMALL = {
     # tiny splits would otherwise train for the defaults' step budget (train.min_steps)
     "teacher": {"train": {"min_steps": 0}},
     "student": {"train": {"min_steps": 0}},
-    "prepare": {"window": 64, "train_stride": 32, "eval_stride": 64,
-                "split": {"val_fraction": 0.2, "test_fraction": 0.2, "seed": 0}},
+    "prepare": {
+        "window": 64,
+        "train_stride": 32,
+        "eval_stride": 64,
+        "split": {"val_fraction": 0.2, "test_fraction": 0.2, "seed": 0},
+    },
 }
 
 
@@ -107,8 +113,11 @@ def write_readings(df: pd.DataFrame, path: Path) -> Path:
 def tree_hashes(root: Path) -> dict[str, str]:
     import hashlib
 
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def copy_repo_skeleton(dest: Path) -> Path:

@@ -30,7 +30,9 @@ def release_params(overrides: dict | None = None) -> Params:
     return make_params(merge(OVERRIDES, overrides or {}))
 
 
-def train(arch: str, config: dict, x: np.ndarray, y: np.ndarray, steps: int, lr: float, seed: int = 0):
+def train(
+    arch: str, config: dict, x: np.ndarray, y: np.ndarray, steps: int, lr: float, seed: int = 0
+):
     """A plain loop, enough to give real above-chance accuracy on the small windows."""
     torch.manual_seed(seed)
     threads = torch.get_num_threads()
@@ -54,14 +56,28 @@ def make_checkpoints(root: Path) -> None:
     norm = read_json(root / "data/prepared/norm.json")
     split = open_split(root / "data/prepared", "train")
     raw, y = split.load_all(), split.y
-    x = apply(norm["normalization"], torch.from_numpy(raw)).numpy()  # the nets train on normalised windows
-    for name, (arch, config), steps, lr in [("student", STUDENT, 250, 3e-3), ("teacher", TEACHER, 60, 2e-3)]:
+    x = apply(
+        norm["normalization"], torch.from_numpy(raw)
+    ).numpy()  # the nets train on normalised windows
+    for name, (arch, config), steps, lr in [
+        ("student", STUDENT, 250, 3e-3),
+        ("teacher", TEACHER, 60, 2e-3),
+    ]:
         n_classes = len(norm["labels"])
         model = train(arch, config, x, y, steps, lr)
         assert model.head[-1].out_features == n_classes
-        meta = {"arch": arch, "config": config, "in_channels": raw.shape[1], "net_in_channels": x.shape[1],
-                "n_classes": n_classes, "window": x.shape[2], "channels": norm["channels"], "labels": norm["labels"],
-                "sample_rate_hz": norm["sample_rate_hz"], "norm": norm["normalization"]}
+        meta = {
+            "arch": arch,
+            "config": config,
+            "in_channels": raw.shape[1],
+            "net_in_channels": x.shape[1],
+            "n_classes": n_classes,
+            "window": x.shape[2],
+            "channels": norm["channels"],
+            "labels": norm["labels"],
+            "sample_rate_hz": norm["sample_rate_hz"],
+            "norm": norm["normalization"],
+        }
         save_checkpoint(root / "models" / f"{name}.pt", model, meta)
 
 
@@ -77,8 +93,13 @@ def _build(root_name: str) -> Path:
     params = release_params()
     prepare.run(params, readings=readings, out_dir=root / "data/prepared")
     make_checkpoints(root)
-    export.run(params, models_dir=root / "models", data_dir=root / "data/prepared",
-               metrics_path=root / "metrics/export.json", lock_path=root / "dvc.lock")
+    export.run(
+        params,
+        models_dir=root / "models",
+        data_dir=root / "data/prepared",
+        metrics_path=root / "metrics/export.json",
+        lock_path=root / "dvc.lock",
+    )
     return root
 
 

@@ -13,10 +13,14 @@ import pytest
 @pytest.fixture(scope="session", autouse=True)
 def stop_temporary_prefect_servers():
     yield
-    server = sys.modules.get("prefect.server.api.server")  # never imports Prefect for a session without it
+    server = sys.modules.get(
+        "prefect.server.api.server"
+    )  # never imports Prefect for a session without it
     if server is not None:
         from prefect.logging.handlers import APILogWorker
 
-        APILogWorker.drain_all(timeout=5)  # the run's last log lines reach the server before it goes
+        APILogWorker.drain_all(
+            timeout=5
+        )  # the run's last log lines reach the server before it goes
         for running in list(server.SubprocessASGIServer._instances.values()):
             running.stop()

@@ -17,8 +17,12 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = str(Path(sys.executable).parent)
-FAKE_AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+FAKE_AWS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
 
 
 @contextlib.contextmanager
@@ -35,9 +39,16 @@ def moto_s3() -> Iterator[str]:
         server.stop()
 
 
-def write_candidate(root: Path, accuracy: float = 0.9, teacher: float = 0.95, int8_drop: float = 0.005,
-                    p95_ms: float = 0.03, seed: int = 0, shipped: str = "kd",
-                    formats: dict[str, str] | None = None) -> dict[str, Path]:
+def write_candidate(
+    root: Path,
+    accuracy: float = 0.9,
+    teacher: float = 0.95,
+    int8_drop: float = 0.005,
+    p95_ms: float = 0.03,
+    seed: int = 0,
+    shipped: str = "kd",
+    formats: dict[str, str] | None = None,
+) -> dict[str, Path]:
     """A tiny real ONNX classifier (FP32 + dynamically quantized INT8) and the metrics files the
     promote stage reads, with the given figures. `formats`: {profile: fp32 | int8} as the benchmark
     stage records what each profile ships (None: a benchmark file from before per-profile formats)."""
@@ -52,9 +63,15 @@ def write_candidate(root: Path, accuracy: float = 0.9, teacher: float = 0.95, in
     w = numpy_helper.from_array(rng.normal(size=(24, 7)).astype(np.float32), "w")
     b = numpy_helper.from_array(np.zeros(7, np.float32), "b")
     graph = helper.make_graph(
-        [helper.make_node("Flatten", ["input"], ["flat"]), helper.make_node("Gemm", ["flat", "w", "b"], ["logits"])],
-        "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 6, 4])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 7])], [w, b])
+        [
+            helper.make_node("Flatten", ["input"], ["flat"]),
+            helper.make_node("Gemm", ["flat", "w", "b"], ["logits"]),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 6, 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 7])],
+        [w, b],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.checker.check_model(model)
@@ -66,22 +83,62 @@ def write_candidate(root: Path, accuracy: float = 0.9, teacher: float = 0.95, in
     size = int8.stat().st_size
 
     def block(a: float) -> dict:
-        return {"accuracy": a, "accuracy_lo": round(a - 0.04, 6), "accuracy_hi": round(min(a + 0.04, 1.0), 6),
-                "macro_f1": round(a - 0.01, 6), "params": 175, "macs": 168}
+        return {
+            "accuracy": a,
+            "accuracy_lo": round(a - 0.04, 6),
+            "accuracy_hi": round(min(a + 0.04, 1.0), 6),
+            "macro_f1": round(a - 0.01, 6),
+            "params": 175,
+            "macs": 168,
+        }
 
     # stand-in figures (flow mechanics only; the gate verdicts are tested on real artifacts in test_gates.py)
-    (root / "metrics/distill.json").write_text(json.dumps(
-        {"teacher": block(teacher), "baseline": block(round(accuracy - 0.03, 6)), "kd": block(accuracy),
-         "kd_gain": 0.03, "kd_gain_lo": 0.01, "kd_gain_hi": 0.05, "kd_gain_val": 0.02, "kd_gain_val_lo": 0.0,
-         "kd_gain_val_hi": 0.04, "shipped": shipped}
-        | ({} if shipped == "kd" else {"kd_gain": -0.018, "kd_gain_lo": -0.039, "kd_gain_hi": 0.004,
-                                      "kd_gain_val": -0.01, "kd_gain_val_lo": -0.03, "kd_gain_val_hi": 0.01}),
-        indent=2))
-    (root / "metrics/export.json").write_text(json.dumps(
-        {"parity": {"max_abs_diff": 1e-6, "argmax_agreement": 1.0},
-         "fp32": {**block(accuracy), "file_bytes": fp32.stat().st_size, "weight_bytes": 700},
-         "int8": {**block(round(accuracy - int8_drop, 6)), "file_bytes": size, "weight_bytes": 200},
-         "int8_drop": int8_drop, "int8_drop_lo": 0.0, "int8_drop_hi": round(int8_drop + 0.01, 6)}, indent=2))
+    (root / "metrics/distill.json").write_text(
+        json.dumps(
+            {
+                "teacher": block(teacher),
+                "baseline": block(round(accuracy - 0.03, 6)),
+                "kd": block(accuracy),
+                "kd_gain": 0.03,
+                "kd_gain_lo": 0.01,
+                "kd_gain_hi": 0.05,
+                "kd_gain_val": 0.02,
+                "kd_gain_val_lo": 0.0,
+                "kd_gain_val_hi": 0.04,
+                "shipped": shipped,
+            }
+            | (
+                {}
+                if shipped == "kd"
+                else {
+                    "kd_gain": -0.018,
+                    "kd_gain_lo": -0.039,
+                    "kd_gain_hi": 0.004,
+                    "kd_gain_val": -0.01,
+                    "kd_gain_val_lo": -0.03,
+                    "kd_gain_val_hi": 0.01,
+                }
+            ),
+            indent=2,
+        )
+    )
+    (root / "metrics/export.json").write_text(
+        json.dumps(
+            {
+                "parity": {"max_abs_diff": 1e-6, "argmax_agreement": 1.0},
+                "fp32": {**block(accuracy), "file_bytes": fp32.stat().st_size, "weight_bytes": 700},
+                "int8": {
+                    **block(round(accuracy - int8_drop, 6)),
+                    "file_bytes": size,
+                    "weight_bytes": 200,
+                },
+                "int8_drop": int8_drop,
+                "int8_drop_lo": 0.0,
+                "int8_drop_hi": round(int8_drop + 0.01, 6),
+            },
+            indent=2,
+        )
+    )
     # test windows (promote scores prod on them), labelled so that this candidate gets `accuracy` of them
     # right: another model (a prod of another seed) scores about chance on them
     x = np.random.default_rng(100).normal(size=(40, 6, 4)).astype(np.float32)
@@ -90,27 +147,77 @@ def write_candidate(root: Path, accuracy: float = 0.9, teacher: float = 0.95, in
     (root / "data/prepared").mkdir(parents=True, exist_ok=True)
     rec = np.repeat([f"s{i}/r" for i in range(8)], 5)
     write_split(root / "data/prepared", "test", x, y, [r.split("/")[0] for r in rec], rec)
-    (root / "data/prepared/index.json").unlink()  # the stage's out is data/prepared/test (it has its own index)
-    (root / "metrics/benchmark.json").write_text(json.dumps({"release": {
-        "profile": "edge-cpu-1t", "student_int8_p50_ms": 0.02, "student_int8_p95_ms": p95_ms,
-        "student_fp32_p50_ms": 0.02, "student_fp32_p95_ms": 0.03, "teacher_fp32_p50_ms": 1.0,
-        "speedup_vs_teacher": 50.0, "int8_file_bytes": size, "int8_weight_bytes": 200,
-        "ram_estimate_bytes": 4096, "flash_estimate_bytes": size, "fits": True}}
-        | ({"profiles": {name: {"format": {"chosen": f}} for name, f in formats.items()}} if formats else {}),
-        indent=2))
+    (
+        root / "data/prepared/index.json"
+    ).unlink()  # the stage's out is data/prepared/test (it has its own index)
+    (root / "metrics/benchmark.json").write_text(
+        json.dumps(
+            {
+                "release": {
+                    "profile": "edge-cpu-1t",
+                    "student_int8_p50_ms": 0.02,
+                    "student_int8_p95_ms": p95_ms,
+                    "student_fp32_p50_ms": 0.02,
+                    "student_fp32_p95_ms": 0.03,
+                    "teacher_fp32_p50_ms": 1.0,
+                    "speedup_vs_teacher": 50.0,
+                    "int8_file_bytes": size,
+                    "int8_weight_bytes": 200,
+                    "ram_estimate_bytes": 4096,
+                    "flash_estimate_bytes": size,
+                    "fits": True,
+                }
+            }
+            | (
+                {"profiles": {name: {"format": {"chosen": f}} for name, f in formats.items()}}
+                if formats
+                else {}
+            ),
+            indent=2,
+        )
+    )
     # the mcu stage's report as a machine without the ARM toolchain writes it (no profile measured)
     (root / "models/mcu").mkdir(parents=True, exist_ok=True)
-    (root / "models/mcu/mcu.json").write_text(json.dumps(
-        {"verified": False, "status": "skipped: arm-none-eabi-gcc not found", "profiles": {},
-         "engine": {"requested": "int8_kernels", "ships": "int8_kernels", "reason": "requested"},
-         "host_parity": {"windows": 40, "max_diff_quanta": 0.0, "windows_differing": 0, "argmax_agreement": 1.0,
-                         "accuracy": 0.9, "reference_accuracy": 0.9, "accuracy_drop": 0.0}}, indent=2))
+    (root / "models/mcu/mcu.json").write_text(
+        json.dumps(
+            {
+                "verified": False,
+                "status": "skipped: arm-none-eabi-gcc not found",
+                "profiles": {},
+                "engine": {
+                    "requested": "int8_kernels",
+                    "ships": "int8_kernels",
+                    "reason": "requested",
+                },
+                "host_parity": {
+                    "windows": 40,
+                    "max_diff_quanta": 0.0,
+                    "windows_differing": 0,
+                    "argmax_agreement": 1.0,
+                    "accuracy": 0.9,
+                    "reference_accuracy": 0.9,
+                    "accuracy_drop": 0.0,
+                },
+            },
+            indent=2,
+        )
+    )
     return {"student.onnx": fp32, "student.int8.onnx": int8}
 
 
-def sh(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, check: bool = True,
-       timeout: int = 600) -> subprocess.CompletedProcess:
-    full = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"], "COLUMNS": "200", **(env or {})}
+def sh(
+    cmd: list[str],
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+    timeout: int = 600,
+) -> subprocess.CompletedProcess:
+    full = {
+        **os.environ,
+        "PATH": BIN + os.pathsep + os.environ["PATH"],
+        "COLUMNS": "200",
+        **(env or {}),
+    }
     r = subprocess.run(cmd, cwd=cwd, env=full, capture_output=True, text=True, timeout=timeout)
     if check and r.returncode != 0:
         raise AssertionError(f"{cmd} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
@@ -123,7 +230,9 @@ def git_init(root: Path) -> None:
     sh(["git", "config", "user.email", "tests@edgedistill.invalid"], root)
 
 
-def mini_project(dest: Path, store: dict, origin: Path | None = None, spec: dict | None = None) -> Path:
+def mini_project(
+    dest: Path, store: dict, origin: Path | None = None, spec: dict | None = None
+) -> Path:
     """A git + DVC project with the real code, the real `promote` stage and artifacts declaration
     from dvc.yaml, and one `candidate` stage (this file) standing in for train → benchmark."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -138,7 +247,10 @@ def mini_project(dest: Path, store: dict, origin: Path | None = None, spec: dict
                 "cmd": "python make_candidate.py",
                 "deps": ["make_candidate.py", "candidate_spec.json"],
                 "outs": ["models/student.onnx", "models/student.int8.onnx", "data/prepared/test"],
-                "metrics": [{f"metrics/{m}.json": {"cache": False}} for m in ("distill", "export", "benchmark")]
+                "metrics": [
+                    {f"metrics/{m}.json": {"cache": False}}
+                    for m in ("distill", "export", "benchmark")
+                ]
                 + [{"models/mcu/mcu.json": {"cache": False}}],
             },
             "promote": real["stages"]["promote"],

@@ -24,12 +24,27 @@ from edgedistill.onnx_cost import fits_budget, static_cost
 from edgedistill.shipping import choose_format
 from tasks import benchmark, promote
 
-FAST = {"benchmark": {"interleaved_warmup": 5, "interleaved_runs": 100, "interleaved_rounds": 3,
-                      "profile_runs": 10, "profiles": [
-    {"name": "host-1t", "threads": 1, "batch_sizes": [1, 4], "warmup": 2, "runs": 20, "max_seconds": 1.0,
-     "ram_bytes": 64 * 2**20, "flash_bytes": 16 * 2**20},
-    {"name": "tiny-mcu", "measure": False, "ram_bytes": 600, "flash_bytes": 2 * 2**20},
-]}}
+FAST = {
+    "benchmark": {
+        "interleaved_warmup": 5,
+        "interleaved_runs": 100,
+        "interleaved_rounds": 3,
+        "profile_runs": 10,
+        "profiles": [
+            {
+                "name": "host-1t",
+                "threads": 1,
+                "batch_sizes": [1, 4],
+                "warmup": 2,
+                "runs": 20,
+                "max_seconds": 1.0,
+                "ram_bytes": 64 * 2**20,
+                "flash_bytes": 16 * 2**20,
+            },
+            {"name": "tiny-mcu", "measure": False, "ram_bytes": 600, "flash_bytes": 2 * 2**20},
+        ],
+    }
+}
 
 
 @pytest.fixture(scope="session")
@@ -40,8 +55,12 @@ def release(tmp_path_factory):
 @pytest.fixture(scope="module")
 def bench_result(release, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "benchmark.json"
-    result = benchmark.run(release_params(FAST), models_dir=release / "models", data_dir=release / "data/prepared",
-                           metrics_path=out)
+    result = benchmark.run(
+        release_params(FAST),
+        models_dir=release / "models",
+        data_dir=release / "data/prepared",
+        metrics_path=out,
+    )
     return result, out
 
 
@@ -49,8 +68,14 @@ def test_benchmark_json_release_block_and_latency(bench_result, release):
     result, out = bench_result
     assert read_json(out) == json.loads(json.dumps(result))
     rel = result["release"]
-    for key in ("student_int8_p50_ms", "student_int8_p95_ms", "student_fp32_p50_ms", "student_fp32_p95_ms",
-                "teacher_fp32_p50_ms", "speedup_vs_teacher"):
+    for key in (
+        "student_int8_p50_ms",
+        "student_int8_p95_ms",
+        "student_fp32_p50_ms",
+        "student_fp32_p95_ms",
+        "teacher_fp32_p50_ms",
+        "speedup_vs_teacher",
+    ):
         assert isinstance(rel[key], float) and rel[key] > 0
     assert rel["profile"] == "host-1t" and isinstance(rel["fits"], bool)
     export_metrics = read_json(release / "metrics/export.json")
@@ -71,9 +96,16 @@ def test_benchmark_json_release_block_and_latency(bench_result, release):
             assert s["throughput_per_s"] == pytest.approx(int(b) / (s["mean_ms"] / 1e3))
         assert host["peak_rss_delta_bytes"][model] >= 0
     inter = result["interleaved"]["models"]
-    assert rel["speedup_vs_teacher"] == pytest.approx(inter["teacher_fp32"]["p50_ms"] / inter["student_fp32"]["p50_ms"])
-    assert set(result["targets"]) == {"student_fp32_speedup_vs_teacher", "student_int8_x_floor", "student_fp32_x_floor",
-                                      "shipped_x_floor", "shipped_net_x_floor"}
+    assert rel["speedup_vs_teacher"] == pytest.approx(
+        inter["teacher_fp32"]["p50_ms"] / inter["student_fp32"]["p50_ms"]
+    )
+    assert set(result["targets"]) == {
+        "student_fp32_speedup_vs_teacher",
+        "student_int8_x_floor",
+        "student_fp32_x_floor",
+        "shipped_x_floor",
+        "shipped_net_x_floor",
+    }
     # each target reports the measured figure it judges, and its verdict follows from it
     t = result["targets"]
     assert t["student_fp32_speedup_vs_teacher"]["value"] == rel["speedup_vs_teacher"]
@@ -82,7 +114,9 @@ def test_benchmark_json_release_block_and_latency(bench_result, release):
     assert t["student_fp32_x_floor"]["value"] == rel["student_fp32_x_floor"] == pytest.approx(fp32)
     assert t["student_fp32_x_floor"]["met"] is (fp32 <= 2.5)
     # no models/prod in this release: no prod figures, the gate has nothing to compare
-    assert rel["latency_ratio_vs_prod"] is None and rel["prod_p50_ms"] is None and "prod" not in inter
+    assert (
+        rel["latency_ratio_vs_prod"] is None and rel["prod_p50_ms"] is None and "prod" not in inter
+    )
 
 
 def test_latency_net_of_the_call_floor(bench_result):
@@ -90,18 +124,27 @@ def test_latency_net_of_the_call_floor(bench_result):
     rel, inter = result["release"], result["interleaved"]
     assert inter["rounds"] == 3 and inter["runs_per_round"] == 100 and rel["runs"] == 300
     floor = inter["models"][FLOOR]
-    assert floor["net_p50_ms"] == 0 and floor["input"] == "one-node Identity graph, input float32[1, 6, 64]"
+    assert (
+        floor["net_p50_ms"] == 0
+        and floor["input"] == "one-node Identity graph, input float32[1, 6, 64]"
+    )
     for k in ("student_int8", "student_fp32", "teacher_fp32"):
         m = inter["models"][k]
-        assert len(m["round_p50_ms"]) == 3 and m["p50_ms"] == pytest.approx(float(np.median(m["round_p50_ms"])))
+        assert len(m["round_p50_ms"]) == 3 and m["p50_ms"] == pytest.approx(
+            float(np.median(m["round_p50_ms"]))
+        )
         assert m["net_p50_ms"] == pytest.approx(m["p50_ms"] - floor["p50_ms"])
         assert m["p50_ms"] > floor["p50_ms"]  # any real graph costs more than one Identity node
     assert rel["student_int8_net_p50_ms"] == inter["models"]["student_int8"]["net_p50_ms"]
     assert rel["net_speedup_int8_vs_teacher"] == pytest.approx(
-        inter["models"]["teacher_fp32"]["net_p50_ms"] / inter["models"]["student_int8"]["net_p50_ms"])
+        inter["models"]["teacher_fp32"]["net_p50_ms"]
+        / inter["models"]["student_int8"]["net_p50_ms"]
+    )
     assert rel["net_speedup_int8_vs_teacher"] > 1
     assert rel["net_speedup_fp32_vs_teacher"] == pytest.approx(
-        inter["models"]["teacher_fp32"]["net_p50_ms"] / inter["models"]["student_fp32"]["net_p50_ms"])
+        inter["models"]["teacher_fp32"]["net_p50_ms"]
+        / inter["models"]["student_fp32"]["net_p50_ms"]
+    )
 
 
 def test_per_op_profile(bench_result, release):
@@ -111,14 +154,28 @@ def test_per_op_profile(bench_result, release):
     graph = onnx.load(release / "models/student.int8.onnx").graph
     assert prof["runs"] == 10 and prof["kernel_us_per_run"] > 0
     assert sum(o["share"] for o in prof["ops"]) == pytest.approx(1.0)
-    assert [o["us_per_run"] for o in prof["ops"]] == sorted((o["us_per_run"] for o in prof["ops"]), reverse=True)
+    assert [o["us_per_run"] for o in prof["ops"]] == sorted(
+        (o["us_per_run"] for o in prof["ops"]), reverse=True
+    )
     # the INT8 graph runs quantized convolutions (after onnxruntime's QDQ fusion)
-    assert "QLinearConv" in ops and {n.op_type for n in graph.node} >= {"QuantizeLinear", "DequantizeLinear"}
+    assert "QLinearConv" in ops and {n.op_type for n in graph.node} >= {
+        "QuantizeLinear",
+        "DequantizeLinear",
+    }
     assert prof["run_us_per_run"] >= prof["kernel_us_per_run"] * 0.5
 
 
-FORCED_INT8 = merge(FAST, {"benchmark": {"profiles": [FAST["benchmark"]["profiles"][0] | {"format": "int8"},
-                                                        FAST["benchmark"]["profiles"][1]]}})
+FORCED_INT8 = merge(
+    FAST,
+    {
+        "benchmark": {
+            "profiles": [
+                FAST["benchmark"]["profiles"][0] | {"format": "int8"},
+                FAST["benchmark"]["profiles"][1],
+            ]
+        }
+    },
+)
 
 
 def _with_prod(release, tmp_path, candidate: str, prod: str):
@@ -127,10 +184,16 @@ def _with_prod(release, tmp_path, candidate: str, prod: str):
     shutil.copytree(release / "models", models)
     (models / "prod").mkdir()
     shutil.copy(release / "models" / prod, models / "prod/student.int8.onnx")
-    (models / "prod/model_card.json").write_text(json.dumps({"model": "student", "version": "v0.1.0"}))
+    (models / "prod/model_card.json").write_text(
+        json.dumps({"model": "student", "version": "v0.1.0"})
+    )
     shutil.copy(release / "models" / candidate, models / "student.int8.onnx")
-    return benchmark.run(release_params(FORCED_INT8), models_dir=models, data_dir=release / "data/prepared",
-                         metrics_path=tmp_path / "metrics/benchmark.json")
+    return benchmark.run(
+        release_params(FORCED_INT8),
+        models_dir=models,
+        data_dir=release / "data/prepared",
+        metrics_path=tmp_path / "metrics/benchmark.json",
+    )
 
 
 def test_latency_gate_vs_prod_fails_on_a_slower_candidate(release, tmp_path):
@@ -138,15 +201,24 @@ def test_latency_gate_vs_prod_fails_on_a_slower_candidate(release, tmp_path):
     result = _with_prod(release, tmp_path, candidate="teacher.onnx", prod="student.int8.onnx")
     rel = result["release"]
     assert rel["prod_file"] == "student.int8.onnx"  # a card without `ships`: prod shipped INT8
-    assert rel["latency_ratio_vs_prod"] == pytest.approx(rel["student_int8_net_p50_ms"] / rel["prod_net_p50_ms"])
+    assert rel["latency_ratio_vs_prod"] == pytest.approx(
+        rel["student_int8_net_p50_ms"] / rel["prod_net_p50_ms"]
+    )
     assert rel["latency_ratio_vs_prod"] > 2
     gates = release_params().promote.gates
-    row = promote.latency_vs_prod_row({"latency_ratio_vs_prod": rel["latency_ratio_vs_prod"],
-                                       "p50_net_ms": rel["student_int8_net_p50_ms"],
-                                       "prod_p50_net_ms": rel["prod_net_p50_ms"]}, gates)
+    row = promote.latency_vs_prod_row(
+        {
+            "latency_ratio_vs_prod": rel["latency_ratio_vs_prod"],
+            "p50_net_ms": rel["student_int8_net_p50_ms"],
+            "prod_p50_net_ms": rel["prod_net_p50_ms"],
+        },
+        gates,
+    )
     assert row["verdict"] == "fail" and row["threshold"] == 1.25 and "vs prod" in row["detail"]
-    off = promote.latency_vs_prod_row({"latency_ratio_vs_prod": rel["latency_ratio_vs_prod"]},
-                                      gates.model_copy(update={"max_latency_ratio_vs_prod": None}))
+    off = promote.latency_vs_prod_row(
+        {"latency_ratio_vs_prod": rel["latency_ratio_vs_prod"]},
+        gates.model_copy(update={"max_latency_ratio_vs_prod": None}),
+    )
     assert off["verdict"] == "off"
 
 
@@ -155,9 +227,13 @@ def test_latency_gate_vs_prod_passes_a_faster_candidate(release, tmp_path):
     assert result["release"]["latency_ratio_vs_prod"] < 1
     assert result["interleaved"]["models"]["prod"]["path"].endswith("prod/student.int8.onnx")
     row = promote.latency_vs_prod_row(
-        {"latency_ratio_vs_prod": result["release"]["latency_ratio_vs_prod"]}, release_params().promote.gates)
+        {"latency_ratio_vs_prod": result["release"]["latency_ratio_vs_prod"]},
+        release_params().promote.gates,
+    )
     assert row["verdict"] == "pass"
-    assert promote.latency_vs_prod_row({}, release_params().promote.gates)["detail"].startswith("no prod")
+    assert promote.latency_vs_prod_row({}, release_params().promote.gates)["detail"].startswith(
+        "no prod"
+    )
 
 
 def test_interleaved_rejects_the_reserved_name(release):
@@ -178,7 +254,10 @@ def test_static_estimates_and_mcu_verdict(bench_result, release):
     assert int8["source"].startswith("static estimate")
     # 600 B of RAM cannot hold the activations; the verdict says so and why
     assert int8["ram_estimate_bytes"] > 600
-    assert mcu["fits"]["student_int8"]["fits"] is False and "RAM" in mcu["fits"]["student_int8"]["why_not"]
+    assert (
+        mcu["fits"]["student_int8"]["fits"] is False
+        and "RAM" in mcu["fits"]["student_int8"]["why_not"]
+    )
     assert result["release"]["fits"] is True and result["release"]["fits_all_profiles"] is False
     # INT8 takes less RAM than FP32; its peak is the FP32 input normalisation (raw window in, one FP32
     # intermediate: 2 x 6 channels x 64 readings x 4 B), the weights well under half
@@ -202,8 +281,12 @@ def test_macs_and_params_agree_with_pytorch(release):
 
         convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv1d)]
         linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-        weights = sum(m.weight.numel() for m in convs + linear) + sum(m.bias.numel() for m in linear)
-        weights += sum(b.numel() for b in model.norm.buffers())  # the normalisation's constants, in the graph
+        weights = sum(m.weight.numel() for m in convs + linear) + sum(
+            m.bias.numel() for m in linear
+        )
+        weights += sum(
+            b.numel() for b in model.norm.buffers()
+        )  # the normalisation's constants, in the graph
         assert weights <= cost["params"] <= weights + sum(m.out_channels for m in convs)
     int8 = static_cost(onnx.load(release / "models/student.int8.onnx"))
     assert int8["macs"] == static_cost(onnx.load(release / "models/student.onnx"))["macs"]
@@ -211,8 +294,10 @@ def test_macs_and_params_agree_with_pytorch(release):
 
 def _graph(nodes, inputs, outputs, inits=()):
     h = onnx.helper
-    model = h.make_model(h.make_graph(nodes, "g", inputs, outputs, list(inits)),
-                         opset_imports=[h.make_opsetid("", 18)])
+    model = h.make_model(
+        h.make_graph(nodes, "g", inputs, outputs, list(inits)),
+        opset_imports=[h.make_opsetid("", 18)],
+    )
     model.ir_version = 9
     return model
 
@@ -221,11 +306,16 @@ def test_peak_activation_memory_by_hand():
     h, F = onnx.helper, onnx.TensorProto.FLOAT
     # X[1,100] -> A=Relu -> B=Concat(A,A) -> C=Relu(B) -> Y=Concat(C,X): X stays alive to the end.
     # live bytes per step: X 400 | X+A 800 | X+A+B 1600 | X+B+C 2000 | X+C+Y 2400  -> peak 2400 at Y
-    model = _graph([h.make_node("Relu", ["X"], ["A"], name="a"),
-                    h.make_node("Concat", ["A", "A"], ["B"], axis=1, name="b"),
-                    h.make_node("Relu", ["B"], ["C"], name="c"),
-                    h.make_node("Concat", ["C", "X"], ["Y"], axis=1, name="y")],
-                   [h.make_tensor_value_info("X", F, ["batch", 100])], [h.make_tensor_value_info("Y", F, None)])
+    model = _graph(
+        [
+            h.make_node("Relu", ["X"], ["A"], name="a"),
+            h.make_node("Concat", ["A", "A"], ["B"], axis=1, name="b"),
+            h.make_node("Relu", ["B"], ["C"], name="c"),
+            h.make_node("Concat", ["C", "X"], ["Y"], axis=1, name="y"),
+        ],
+        [h.make_tensor_value_info("X", F, ["batch", 100])],
+        [h.make_tensor_value_info("Y", F, None)],
+    )
     cost = static_cost(model)
     assert cost["ram_estimate_bytes"] == 2400 and cost["peak_at"] == "y (Concat)"
     assert cost["params"] == 0 and cost["macs"] == 0
@@ -234,12 +324,17 @@ def test_peak_activation_memory_by_hand():
     w = h.make_tensor("w", onnx.TensorProto.INT8, [1000, 10], np.ones(10000, np.int8).tolist())
     s = h.make_tensor("s", F, [], [0.1])
     z = h.make_tensor("z", onnx.TensorProto.INT8, [], [0])
-    model = _graph([h.make_node("QuantizeLinear", ["X", "s", "z"], ["Xq"]),
-                    h.make_node("DequantizeLinear", ["Xq", "s", "z"], ["Xd"]),
-                    h.make_node("DequantizeLinear", ["w", "s", "z"], ["wd"]),
-                    h.make_node("MatMul", ["Xd", "wd"], ["R"], name="mm")],
-                   [h.make_tensor_value_info("X", F, ["batch", 1000])], [h.make_tensor_value_info("R", F, None)],
-                   [w, s, z])
+    model = _graph(
+        [
+            h.make_node("QuantizeLinear", ["X", "s", "z"], ["Xq"]),
+            h.make_node("DequantizeLinear", ["Xq", "s", "z"], ["Xd"]),
+            h.make_node("DequantizeLinear", ["w", "s", "z"], ["wd"]),
+            h.make_node("MatMul", ["Xd", "wd"], ["R"], name="mm"),
+        ],
+        [h.make_tensor_value_info("X", F, ["batch", 1000])],
+        [h.make_tensor_value_info("R", F, None)],
+        [w, s, z],
+    )
     cost = static_cost(model)
     assert cost["ram_estimate_bytes"] == 1040 and cost["peak_at"] == "mm (MatMul)"
     assert cost["params"] == 10000 and cost["macs"] == 10000
@@ -255,8 +350,12 @@ def test_missing_onnx_file_is_named(release, tmp_path):
     shutil.copytree(release / "models", models)
     (models / "teacher.onnx").unlink()
     with pytest.raises(ModelMismatch, match=r"teacher.onnx"):
-        benchmark.run(release_params(FAST), models_dir=models, data_dir=release / "data/prepared",
-                      metrics_path=tmp_path / "b.json")
+        benchmark.run(
+            release_params(FAST),
+            models_dir=models,
+            data_dir=release / "data/prepared",
+            metrics_path=tmp_path / "b.json",
+        )
     assert not (tmp_path / "b.json").exists()
 
 
@@ -265,36 +364,85 @@ runner = CliRunner()
 
 def test_cli_bench_prints_table(release, tmp_path):
     out = tmp_path / "r.json"
-    r = runner.invoke(app, ["--params", str(tmp_path / "absent.yaml"), "bench", str(release / "models/student.int8.onnx"),
-                            "--runs", "10", "--warmup", "1", "-b", "1", "-b", "3", "--rounds", "2",
-                            "--round-runs", "50", "--json", str(out)],
-                      env={"COLUMNS": "220"})
+    r = runner.invoke(
+        app,
+        [
+            "--params",
+            str(tmp_path / "absent.yaml"),
+            "bench",
+            str(release / "models/student.int8.onnx"),
+            "--runs",
+            "10",
+            "--warmup",
+            "1",
+            "-b",
+            "1",
+            "-b",
+            "3",
+            "--rounds",
+            "2",
+            "--round-runs",
+            "50",
+            "--json",
+            str(out),
+        ],
+        env={"COLUMNS": "220"},
+    )
     assert r.exit_code == 0, r.output
     assert "student.int8.onnx" in r.output and "p50 ms" in r.output and "p99 ms" in r.output
     # the call floor, net figures and the per-op profile, as the stage reports them
     assert "net p50 µs" in r.output and "floor" in r.output and "QLinearConv" in r.output
     inter = read_json(out)["interleaved"]
-    assert inter["rounds"] == 2 and inter["runs_per_round"] == 50 and set(inter["models"]) == {"floor", "student.int8.onnx"}
+    assert (
+        inter["rounds"] == 2
+        and inter["runs_per_round"] == 50
+        and set(inter["models"]) == {"floor", "student.int8.onnx"}
+    )
     assert "measured on this host" in r.output and "static estimate" in r.output
     assert "fits cortex-m7" in r.output  # built-in default profiles outside a project
     saved = read_json(out)
     assert saved["measured"]["latency"]["3"]["runs"] == 10
-    assert saved["static"]["params"] == static_cost(onnx.load(release / "models/student.int8.onnx"))["params"]
+    assert (
+        saved["static"]["params"]
+        == static_cost(onnx.load(release / "models/student.int8.onnx"))["params"]
+    )
 
 
 def test_cli_bench_any_onnx_file(tmp_path):
     """Not an edgedistill model: two inputs, symbolic dims, an int64 input."""
     h = onnx.helper
     w = h.make_tensor("w", onnx.TensorProto.FLOAT, [16, 8], np.ones(128, np.float32).tolist())
-    model = _graph([h.make_node("MatMul", ["x", "w"], ["m"]), h.make_node("Cast", ["ids"], ["idf"], to=1),
-                    h.make_node("Add", ["m", "idf"], ["y"])],
-                   [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", "seq", 16]),
-                    h.make_tensor_value_info("ids", onnx.TensorProto.INT64, ["n", "seq", 8])],
-                   [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", "seq", 8])], [w])
+    model = _graph(
+        [
+            h.make_node("MatMul", ["x", "w"], ["m"]),
+            h.make_node("Cast", ["ids"], ["idf"], to=1),
+            h.make_node("Add", ["m", "idf"], ["y"]),
+        ],
+        [
+            h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["n", "seq", 16]),
+            h.make_tensor_value_info("ids", onnx.TensorProto.INT64, ["n", "seq", 8]),
+        ],
+        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", "seq", 8])],
+        [w],
+    )
     path = tmp_path / "other.onnx"
     onnx.save(model, path)
-    r = runner.invoke(app, ["--params", str(tmp_path / "absent.yaml"), "bench", str(path), "--runs", "10",
-                            "--dim", "seq=5", "--json", str(tmp_path / "o.json")], env={"COLUMNS": "220"})
+    r = runner.invoke(
+        app,
+        [
+            "--params",
+            str(tmp_path / "absent.yaml"),
+            "bench",
+            str(path),
+            "--runs",
+            "10",
+            "--dim",
+            "seq=5",
+            "--json",
+            str(tmp_path / "o.json"),
+        ],
+        env={"COLUMNS": "220"},
+    )
     assert r.exit_code == 0, r.output
     saved = read_json(tmp_path / "o.json")
     assert saved["static"]["macs"] == 5 * 8 * 16 and saved["static"]["params"] == 128
@@ -309,23 +457,39 @@ def test_cli_bench_bad_input(release, tmp_path, case):
         model = tmp_path / "broken.onnx"
         model.write_bytes((release / "models/student.onnx").read_bytes()[:3000])
     else:
-        x = np.zeros((4, 6, 32), np.float32) if case == "wrong-shape-data" else np.zeros((4, 6, 64), np.float64)
+        x = (
+            np.zeros((4, 6, 32), np.float32)
+            if case == "wrong-shape-data"
+            else np.zeros((4, 6, 64), np.float64)
+        )
         np.savez(tmp_path / "x.npz", X=x)
         args = ["--data", str(tmp_path / "x.npz")]
-    r = runner.invoke(app, ["--params", str(tmp_path / "absent.yaml"), "bench", str(model), "--runs", "10", *args],
-                      env={"COLUMNS": "220"})
+    r = runner.invoke(
+        app,
+        ["--params", str(tmp_path / "absent.yaml"), "bench", str(model), "--runs", "10", *args],
+        env={"COLUMNS": "220"},
+    )
     assert r.exit_code == 2
     assert "Traceback" not in r.output
-    expected = {"truncated": "broken.onnx: not a readable ONNX file, truncated or corrupted",
-                "wrong-shape-data": "student.onnx: input 'input' must be float32[batch, 6, 64], got float32[1, 6, 32]",
-                "wrong-dtype-data": "got float64[1, 6, 64] (wrong dtype)"}[case]
+    expected = {
+        "truncated": "broken.onnx: not a readable ONNX file, truncated or corrupted",
+        "wrong-shape-data": "student.onnx: input 'input' must be float32[batch, 6, 64], got float32[1, 6, 32]",
+        "wrong-dtype-data": "got float64[1, 6, 64] (wrong dtype)",
+    }[case]
     assert expected in " ".join(r.output.split()), r.output
 
 
 # ---------------------------------------------------------------- the shipped format per profile
 
-def _bench_with(release, tmp_path, swap: dict[str, str], fmt: str = "auto", tolerance: float = 1.0,
-                card: dict | None = None):
+
+def _bench_with(
+    release,
+    tmp_path,
+    swap: dict[str, str],
+    fmt: str = "auto",
+    tolerance: float = 1.0,
+    card: dict | None = None,
+):
     """The real release's models with `swap` {file: source file} (the teacher graph stands in as a
     much slower student file), benchmarked with the host profile's `format: fmt`."""
     models = tmp_path / "models"
@@ -337,11 +501,22 @@ def _bench_with(release, tmp_path, swap: dict[str, str], fmt: str = "auto", tole
         shutil.copy(release / "models/student.onnx", models / "prod/student.onnx")
         shutil.copy(release / "models/student.int8.onnx", models / "prod/student.int8.onnx")
         (models / "prod/model_card.json").write_text(json.dumps(card))
-    p = merge(FAST, {"benchmark": {"format_tolerance": tolerance, "profiles": [
-        FAST["benchmark"]["profiles"][0] | {"format": fmt}, FAST["benchmark"]["profiles"][1]]}})
+    p = merge(
+        FAST,
+        {
+            "benchmark": {
+                "format_tolerance": tolerance,
+                "profiles": [
+                    FAST["benchmark"]["profiles"][0] | {"format": fmt},
+                    FAST["benchmark"]["profiles"][1],
+                ],
+            }
+        },
+    )
     out = tmp_path / "metrics/benchmark.json"
-    return benchmark.run(release_params(p), models_dir=models, data_dir=release / "data/prepared",
-                         metrics_path=out), out
+    return benchmark.run(
+        release_params(p), models_dir=models, data_dir=release / "data/prepared", metrics_path=out
+    ), out
 
 
 def test_auto_ships_the_faster_file_by_measurement(release, tmp_path):
@@ -361,24 +536,54 @@ def test_auto_ships_the_faster_file_by_measurement(release, tmp_path):
     assert result["profiles"]["tiny-mcu"]["format"]["chosen"] == "int8"
     # the other way round: the FP32 file is the slow one, INT8 ships
     other, _ = _bench_with(release, tmp_path / "b", {"student.onnx": "teacher.onnx"})
-    assert other["profiles"]["host-1t"]["format"]["chosen"] == "int8" and other["release"]["format"] == "int8"
+    assert (
+        other["profiles"]["host-1t"]["format"]["chosen"] == "int8"
+        and other["release"]["format"] == "int8"
+    )
 
 
 def test_forced_int8_ships_int8_and_the_latency_gate_judges_the_shipped_file(release, tmp_path):
     """The INT8 file is the slow one (teacher graph). A budget between the two p95s passes the FP32
     file auto ships and fails the INT8 file `format: int8` forces."""
     auto, auto_json = _bench_with(release, tmp_path / "a", {"student.int8.onnx": "teacher.onnx"})
-    forced, forced_json = _bench_with(release, tmp_path / "f", {"student.int8.onnx": "teacher.onnx"}, fmt="int8")
+    forced, forced_json = _bench_with(
+        release, tmp_path / "f", {"student.int8.onnx": "teacher.onnx"}, fmt="int8"
+    )
     f = forced["profiles"]["host-1t"]["format"]
-    assert f["chosen"] == "int8" and f["why"].startswith("forced") and f["p50_ms"]["int8"] > f["p50_ms"]["fp32"]
+    assert (
+        f["chosen"] == "int8"
+        and f["why"].startswith("forced")
+        and f["p50_ms"]["int8"] > f["p50_ms"]["fp32"]
+    )
     assert forced["release"]["shipped_file"] == "student.int8.onnx"
     budget = (auto["release"]["student_fp32_p95_ms"] + forced["release"]["student_int8_p95_ms"]) / 2
-    profiles = release_params(merge(FAST, {"benchmark": {"profiles": [
-        FAST["benchmark"]["profiles"][0] | {"latency_ms": budget}, FAST["benchmark"]["profiles"][1]]}})).benchmark.profiles
+    profiles = release_params(
+        merge(
+            FAST,
+            {
+                "benchmark": {
+                    "profiles": [
+                        FAST["benchmark"]["profiles"][0] | {"latency_ms": budget},
+                        FAST["benchmark"]["profiles"][1],
+                    ]
+                }
+            },
+        )
+    ).benchmark.profiles
     ok = {r["gate"]: r for r in promote.host_profile_rows(auto_json, profiles)}["latency:host-1t"]
-    assert ok["verdict"] == "pass" and ok["metric"].startswith("fp32") and ok["value"] == auto["release"]["shipped_p95_ms"]
-    bad = {r["gate"]: r for r in promote.host_profile_rows(forced_json, profiles)}["latency:host-1t"]
-    assert bad["verdict"] == "fail" and bad["metric"].startswith("int8") and "> budget" in bad["detail"]
+    assert (
+        ok["verdict"] == "pass"
+        and ok["metric"].startswith("fp32")
+        and ok["value"] == auto["release"]["shipped_p95_ms"]
+    )
+    bad = {r["gate"]: r for r in promote.host_profile_rows(forced_json, profiles)}[
+        "latency:host-1t"
+    ]
+    assert (
+        bad["verdict"] == "fail"
+        and bad["metric"].startswith("int8")
+        and "> budget" in bad["detail"]
+    )
     flash = {r["gate"]: r for r in promote.host_profile_rows(auto_json, profiles)}["flash:host-1t"]
     assert flash["value"] == (release / "models/student.onnx").stat().st_size
 
@@ -396,29 +601,68 @@ def test_auto_keeps_the_slower_file_when_the_faster_is_less_accurate(release, tm
 def test_prod_card_names_the_file_prod_ships(release, tmp_path):
     """A prod bundle whose card says the host profile runs FP32 is measured as FP32; without `ships`
     (a release made before per-profile formats) prod is its INT8 file."""
-    new, _ = _bench_with(release, tmp_path / "n", {}, card={"model": "student", "version": "v0.2.0",
-                                                          "ships": {"host-1t": {"format": "fp32", "file": "student.onnx"}}})
+    new, _ = _bench_with(
+        release,
+        tmp_path / "n",
+        {},
+        card={
+            "model": "student",
+            "version": "v0.2.0",
+            "ships": {"host-1t": {"format": "fp32", "file": "student.onnx"}},
+        },
+    )
     assert new["release"]["prod_file"] == "student.onnx"
     assert new["interleaved"]["models"]["prod"]["path"].endswith("prod/student.onnx")
-    old, _ = _bench_with(release, tmp_path / "o", {}, card={"model": "student", "version": "v0.1.0"})
+    old, _ = _bench_with(
+        release, tmp_path / "o", {}, card={"model": "student", "version": "v0.1.0"}
+    )
     assert old["release"]["prod_file"] == "student.int8.onnx"
     assert old["interleaved"]["models"]["prod"]["path"].endswith("prod/student.int8.onnx")
 
 
 def test_another_measured_profile_decides_in_its_own_interleaved_run(release, tmp_path):
-    p = merge(FAST, {"benchmark": {"profiles": [*FAST["benchmark"]["profiles"],
-                                                FAST["benchmark"]["profiles"][0] | {"name": "host-2t", "threads": 2,
-                                                                                    "batch_sizes": [1]}]}})
-    result = benchmark.run(release_params(p), models_dir=release / "models", data_dir=release / "data/prepared",
-                           metrics_path=tmp_path / "benchmark.json")
+    p = merge(
+        FAST,
+        {
+            "benchmark": {
+                "profiles": [
+                    *FAST["benchmark"]["profiles"],
+                    FAST["benchmark"]["profiles"][0]
+                    | {"name": "host-2t", "threads": 2, "batch_sizes": [1]},
+                ]
+            }
+        },
+    )
+    result = benchmark.run(
+        release_params(p),
+        models_dir=release / "models",
+        data_dir=release / "data/prepared",
+        metrics_path=tmp_path / "benchmark.json",
+    )
     two = result["profiles"]["host-2t"]
     assert two["interleaved"]["threads"] == 2 and set(two["interleaved"]["models"]) == {
-        FLOOR, "student_int8", "student_fp32"}
+        FLOOR,
+        "student_int8",
+        "student_fp32",
+    }
     f = two["format"]
-    assert f["p50_ms"] == {k: two["interleaved"]["models"][f"student_{k}"]["p50_ms"] for k in ("fp32", "int8")}
-    assert f["chosen"] == choose_format("auto", measured=True, mcu=False, p50_ms=f["p50_ms"], accuracy=f["accuracy"],
-                                        tolerance=0.01)["chosen"]  # from this profile's own figures
-    assert "interleaved" not in result["profiles"]["host-1t"]  # the first profile's is the release run
+    assert f["p50_ms"] == {
+        k: two["interleaved"]["models"][f"student_{k}"]["p50_ms"] for k in ("fp32", "int8")
+    }
+    assert (
+        f["chosen"]
+        == choose_format(
+            "auto",
+            measured=True,
+            mcu=False,
+            p50_ms=f["p50_ms"],
+            accuracy=f["accuracy"],
+            tolerance=0.01,
+        )["chosen"]
+    )  # from this profile's own figures
+    assert (
+        "interleaved" not in result["profiles"]["host-1t"]
+    )  # the first profile's is the release run
 
 
 def test_reproduce_judges_the_profilers_timings_as_timings(bench_result, release, tmp_path):
@@ -429,13 +673,25 @@ def test_reproduce_judges_the_profilers_timings_as_timings(bench_result, release
 
     params = release_params(FAST)
     first = json.loads(json.dumps(bench_result[0]))
-    second = json.loads(json.dumps(benchmark.run(params, models_dir=release / "models", metrics_path=tmp_path / "b.json",
-                                                 data_dir=release / "data/prepared")))
+    second = json.loads(
+        json.dumps(
+            benchmark.run(
+                params,
+                models_dir=release / "models",
+                metrics_path=tmp_path / "b.json",
+                data_dir=release / "data/prepared",
+            )
+        )
+    )
     rows = compare_metrics(benchmark.METRICS, first, second, params.promote.reproduce)
     undeclared = [r["metric"] for r in rows if not r["declared"]]
     assert not undeclared, f"benchmark.FIGURES declares no kind for {undeclared}"
     per_op = {r["metric"]: r for r in rows if r["metric"].startswith("per_op.")}
-    moved = [k for k, r in per_op.items() if k.endswith("kernel_us_per_run") and r["verdict"] != "identical"]
+    moved = [
+        k
+        for k, r in per_op.items()
+        if k.endswith("kernel_us_per_run") and r["verdict"] != "identical"
+    ]
     assert moved, "the profiler's kernel times are the same in two runs?"
     for k, r in per_op.items():
         if k.endswith(("us_per_run", ".share")) or ".ops[" in k:
@@ -450,8 +706,12 @@ def test_reproduce_judges_the_profilers_timings_as_timings(bench_result, release
     assert verdict["verdict"] != DIFFERENT, verdict["reason"]
     assert "timing" in verdict["reason"]
     # a file without a declaration falls back to the name rule: there the same per-op timings count as the model's
-    by_name = compare_metrics("metrics/undeclared.json", {"per_op": first["per_op"]}, {"per_op": second["per_op"]},
-                              params.promote.reproduce)
+    by_name = compare_metrics(
+        "metrics/undeclared.json",
+        {"per_op": first["per_op"]},
+        {"per_op": second["per_op"]},
+        params.promote.reproduce,
+    )
     assert reproduce_verdict(by_name)["verdict"] == DIFFERENT
 
 

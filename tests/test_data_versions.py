@@ -64,7 +64,9 @@ def split_drop(subjects: int = 5) -> tuple:
     """The first subjects-1 subjects as the first dataset, the last one as a later drop of recordings."""
     df = small_readings(subjects=subjects, rows_per_recording=200)
     last = sorted(df["subject"].unique())[-1]
-    return df[df["subject"] != last].reset_index(drop=True), df[df["subject"] == last].reset_index(drop=True)
+    return df[df["subject"] != last].reset_index(drop=True), df[df["subject"] == last].reset_index(
+        drop=True
+    )
 
 
 def md5(path: Path) -> str:
@@ -72,14 +74,28 @@ def md5(path: Path) -> str:
 
 
 def files_under(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+    return (
+        sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+        if folder.exists()
+        else []
+    )
 
 
 def snapshot(root: Path, remote: Path | None = None) -> dict:
     """Everything a bad input must leave alone: data, .dvc, params, reference, git history, cache, remote."""
-    names = [TRACKED, TRACKED + ".dvc", "data/user/.gitignore", "params.yaml", "data/reference/profile.json"]
+    names = [
+        TRACKED,
+        TRACKED + ".dvc",
+        "data/user/.gitignore",
+        "params.yaml",
+        "data/reference/profile.json",
+    ]
     return {
-        "files": {n: hashlib.sha256((root / n).read_bytes()).hexdigest() for n in names if (root / n).is_file()},
+        "files": {
+            n: hashlib.sha256((root / n).read_bytes()).hexdigest()
+            for n in names
+            if (root / n).is_file()
+        },
         "head": sh(["git", "rev-parse", "HEAD"], root).strip(),
         "commits": sh(["git", "rev-list", "--count", "HEAD"], root).strip(),
         "status": sh(["git", "status", "--porcelain", "--", "data", "params.yaml"], root),
@@ -108,11 +124,20 @@ def repo(tmp_path_factory):
     params = load_params(root / "params.yaml")
     v1 = dataversions.add(params, v1_file, root=root, validate=validate.run)
     v2 = dataversions.add(params, drop_file, append=True, root=root, validate=validate.run)
-    return SimpleNamespace(root=root, remote=remote, params=params, v1=v1, v2=v2, first=first, drop=drop,
-                           incoming=base / "incoming")
+    return SimpleNamespace(
+        root=root,
+        remote=remote,
+        params=params,
+        v1=v1,
+        v2=v2,
+        first=first,
+        drop=drop,
+        incoming=base / "incoming",
+    )
 
 
 # ---------------------------------------------------------------- add, append
+
 
 def test_add_then_append_commit_validated_versions(repo):
     root, v1, v2 = repo.root, repo.v1, repo.v2
@@ -123,7 +148,9 @@ def test_add_then_append_commit_validated_versions(repo):
     assert md5(root / TRACKED) == v2["md5"] != v1["md5"]
     # the commit message summarises the change, and the commit holds only the .dvc and .gitignore
     msg = sh(["git", "log", "-1", "--format=%B"], root)
-    assert msg.startswith(f"data: append to {TRACKED} (+14 recordings, +2,800 rows, new groups S05)")
+    assert msg.startswith(
+        f"data: append to {TRACKED} (+14 recordings, +2,800 rows, new groups S05)"
+    )
     assert "rows: 11,200 -> 14,000 (+2,800)" in msg and f"md5: {v2['md5']}" in msg
     changed = sh(["git", "show", "--name-only", "--format=", "HEAD"], root).split()
     assert changed == [TRACKED + ".dvc"]
@@ -144,17 +171,38 @@ def test_add_then_append_commit_validated_versions(repo):
         assert f"files/md5/{v['md5'][:2]}/{v['md5'][2:]}" in pushed
     # the first accepted data became the drift reference; a candidate's report never lands in reports/validation
     assert (root / "data/reference/profile.json").is_file()
-    assert (root / "reports/data_add/result.json").is_file() and not (root / "reports/validation").exists()
+    assert (root / "reports/data_add/result.json").is_file() and not (
+        root / "reports/validation"
+    ).exists()
 
 
 # ---------------------------------------------------------------- log
 
+
 def test_log_newest_first_with_releases(repo, monkeypatch):
     root, v1, v2 = repo.root, repo.v1, repo.v2
-    sh(["git", "tag", "-a", "model@v0.1.0", "-m", "Registering artifact model version v0.1.0", v1["commit"]], root)
+    sh(
+        [
+            "git",
+            "tag",
+            "-a",
+            "model@v0.1.0",
+            "-m",
+            "Registering artifact model version v0.1.0",
+            v1["commit"],
+        ],
+        root,
+    )
     # a release whose dvc.lock says it was trained on v1 although the .dvc file moved on: dvc.lock wins
-    lock = {"schema": "2.0", "stages": {"validate": {"cmd": "python -m tasks.validate", "deps": [
-        {"path": TRACKED, "hash": "md5", "md5": v1["md5"], "size": 1}]}}}
+    lock = {
+        "schema": "2.0",
+        "stages": {
+            "validate": {
+                "cmd": "python -m tasks.validate",
+                "deps": [{"path": TRACKED, "hash": "md5", "md5": v1["md5"], "size": 1}],
+            }
+        },
+    }
     (root / "dvc.lock").write_text(yaml.safe_dump(lock))
     sh(["git", "add", "dvc.lock"], root)
     sh(["git", "commit", "-qm", "pipeline run on the first data", "--", "dvc.lock"], root)
@@ -163,10 +211,23 @@ def test_log_newest_first_with_releases(repo, monkeypatch):
     sh(["git", "tag", "-a", "model@v0.3.0!", "-m", "deregister", v2["commit"]], root)
 
     log = dataversions.log(repo.params, root=root)
-    assert [v["commit"] for v in log["versions"]] == [v2["commit"], v1["commit"]]  # the dvc.lock commit is no version
+    assert [v["commit"] for v in log["versions"]] == [
+        v2["commit"],
+        v1["commit"],
+    ]  # the dvc.lock commit is no version
     newest, oldest = log["versions"]
-    assert (newest["rows"], newest["recordings"], newest["groups"], newest["classes"]) == (14_000, 70, 5, 7)
-    assert (oldest["rows"], oldest["recordings"], oldest["groups"], oldest["classes"]) == (11_200, 56, 4, 7)
+    assert (newest["rows"], newest["recordings"], newest["groups"], newest["classes"]) == (
+        14_000,
+        70,
+        5,
+        7,
+    )
+    assert (oldest["rows"], oldest["recordings"], oldest["groups"], oldest["classes"]) == (
+        11_200,
+        56,
+        4,
+        7,
+    )
     assert newest["in_workspace"] and not oldest["in_workspace"]
     assert oldest["releases"] == ["model@v0.1.0", "model@v0.2.0"]
     assert newest["releases"] == []  # v0.3.0 was deregistered
@@ -183,6 +244,7 @@ def test_log_newest_first_with_releases(repo, monkeypatch):
 
 # ---------------------------------------------------------------- diff
 
+
 def test_diff_table_and_json(repo, monkeypatch):
     root, v1, v2 = repo.root, repo.v1, repo.v2
     r = cli_run(root, monkeypatch, "data", "diff", v1["commit"][:7], v2["md5"][:6], "--json")
@@ -195,7 +257,9 @@ def test_diff_table_and_json(repo, monkeypatch):
     assert d["totals"]["rows"] == {"a": 11_200, "b": 14_000, "change": 2_800}
     assert {c["rows_change"] for c in d["classes"].values()} == {400}
     assert set(d["channels"]) == set(repo.params.data.channels)
-    assert d["channels"]["acc_x"]["mean_a"] == pytest.approx(float(repo.first["acc_x"].astype("float64").mean()), rel=1e-6)
+    assert d["channels"]["acc_x"]["mean_a"] == pytest.approx(
+        float(repo.first["acc_x"].astype("float64").mean()), rel=1e-6
+    )
     assert d["drift"]["verdict"] == "no drift" and d["drift"]["reasons"] == []
 
     table = cli_run(root, monkeypatch, "data", "diff", "HEAD~2", "HEAD")  # git refs work too
@@ -210,16 +274,22 @@ def test_compare_flags_drift():
     a, _ = split_drop()
     b = a.copy()
     b["acc_x"] = b["acc_x"] + 2 * b["acc_x"].std()
-    assert dataversions.compare(a, b, p)["drift"]["reasons"][0].startswith("acc_x: mean moved +2.00 std")
+    assert dataversions.compare(a, b, p)["drift"]["reasons"][0].startswith(
+        "acc_x: mean moved +2.00 std"
+    )
     b = b[~b["label"].isin(["PEN", "ABD", "FEL"])]  # 3 of 7 equally sized classes gone: TV 3/7
     d = dataversions.compare(a, b, p)
     assert d["drift"]["verdict"] == "drift"
     assert "label shares: total variation 0.429 (limit 0.25)" in d["drift"]["reasons"]
     assert d["classes"]["PEN"]["rows_b"] == 0 and len(d["recordings"]["removed"]) == 24
-    assert d["drift"]["verdict"] == "drift" and dataversions.compare(a, a, p)["drift"]["verdict"] == "no drift"
+    assert (
+        d["drift"]["verdict"] == "drift"
+        and dataversions.compare(a, a, p)["drift"]["verdict"] == "no drift"
+    )
 
 
 # ---------------------------------------------------------------- checkout
+
 
 def test_checkout_round_trip_and_fetch_from_remote(repo, monkeypatch):
     root, v1, v2 = repo.root, repo.v1, repo.v2
@@ -231,8 +301,13 @@ def test_checkout_round_trip_and_fetch_from_remote(repo, monkeypatch):
     assert r.exit_code == 0, r.output
     assert md5(root / TRACKED) == v1["md5"] and obj.is_file()
     assert "now differs from HEAD" in r.output
-    assert sh(["git", "status", "--porcelain", "--", TRACKED + ".dvc"], root).strip().startswith("M")
-    assert [v["in_workspace"] for v in dataversions.log(repo.params, root=root)["versions"]] == [False, True]
+    assert (
+        sh(["git", "status", "--porcelain", "--", TRACKED + ".dvc"], root).strip().startswith("M")
+    )
+    assert [v["in_workspace"] for v in dataversions.log(repo.params, root=root)["versions"]] == [
+        False,
+        True,
+    ]
 
     back = cli_run(root, monkeypatch, "data", "checkout", "HEAD")
     assert back.exit_code == 0, back.output
@@ -242,36 +317,56 @@ def test_checkout_round_trip_and_fetch_from_remote(repo, monkeypatch):
 
 # ---------------------------------------------------------------- bad input leaves everything intact
 
+
 def _bad_nan(repo):
     df = repo.first.copy()
     df.loc[[3, 4], "gyro_z"] = np.nan
-    return ["data", "add", str(write_readings(df, repo.incoming / "nan.parquet"))], "no missing values in 'gyro_z'"
+    return [
+        "data",
+        "add",
+        str(write_readings(df, repo.incoming / "nan.parquet")),
+    ], "no missing values in 'gyro_z'"
 
 
 def _bad_append_range(repo):
     df = repo.drop.copy()
     df["recording"] = df["recording"] + 1000
     df.loc[7, "acc_y"] = 99.5
-    return ["data", "add", "--append", str(write_readings(df, repo.incoming / "range.csv"))], "'acc_y' within [-16.0, 16.0]"
+    return [
+        "data",
+        "add",
+        "--append",
+        str(write_readings(df, repo.incoming / "range.csv")),
+    ], "'acc_y' within [-16.0, 16.0]"
 
 
 def _bad_schema(repo):
     df = repo.first.rename(columns={"acc_x": "ax"})
-    return ["data", "add", str(write_readings(df, repo.incoming / "schema.parquet"))], \
-        "schema differs from the tracked data/user/readings.parquet: missing columns ['acc_x']; extra columns ['ax']"
+    return (
+        ["data", "add", str(write_readings(df, repo.incoming / "schema.parquet"))],
+        "schema differs from the tracked data/user/readings.parquet: missing columns ['acc_x']; extra columns ['ax']",
+    )
 
 
 def _bad_schema_type(repo):
     df = repo.first.copy()
     df["gyro_x"] = df["gyro_x"].map(lambda v: f"{v:.3f} dps")
-    return ["data", "add", "--append", str(write_readings(df, repo.incoming / "types.parquet"))], \
-        "type changes [\"'gyro_x' number -> text\"]"
+    return [
+        "data",
+        "add",
+        "--append",
+        str(write_readings(df, repo.incoming / "types.parquet")),
+    ], "type changes [\"'gyro_x' number -> text\"]"
 
 
 def _bad_duplicate(repo):
     dup = repo.first[repo.first["subject"] == "S01"]
-    return ["data", "add", "--append", str(write_readings(dup, repo.incoming / "dup.parquet"))], \
-        "14 recording(s) already in data/user/readings.parquet (subject/recording): S01/"
+    return [
+        "data",
+        "add",
+        "--append",
+        str(write_readings(dup, repo.incoming / "dup.parquet")),
+    ], "14 recording(s) already in data/user/readings.parquet (subject/recording): S01/"
 
 
 def _bad_identical(repo):
@@ -287,12 +382,28 @@ def _bad_unknown_checkout(repo):
 
 
 def _bad_missing_file(repo):
-    return ["data", "add", str(repo.incoming / "nope.parquet")], "nope.parquet: readings file not found"
+    return [
+        "data",
+        "add",
+        str(repo.incoming / "nope.parquet"),
+    ], "nope.parquet: readings file not found"
 
 
-@pytest.mark.parametrize("case", [_bad_nan, _bad_append_range, _bad_schema, _bad_schema_type, _bad_duplicate,
-                                  _bad_identical, _bad_unknown_diff, _bad_unknown_checkout, _bad_missing_file],
-                         ids=lambda f: f.__name__[5:])
+@pytest.mark.parametrize(
+    "case",
+    [
+        _bad_nan,
+        _bad_append_range,
+        _bad_schema,
+        _bad_schema_type,
+        _bad_duplicate,
+        _bad_identical,
+        _bad_unknown_diff,
+        _bad_unknown_checkout,
+        _bad_missing_file,
+    ],
+    ids=lambda f: f.__name__[5:],
+)
 def test_bad_input_leaves_dataset_intact(repo, monkeypatch, case):
     args, expect = case(repo)
     before = snapshot(repo.root, repo.remote)
@@ -313,12 +424,26 @@ def test_dirty_workspace_refused(repo, monkeypatch, command):
     write_readings(edited, root / TRACKED)  # uncommitted change to the tracked file
     try:
         before = snapshot(root, repo.remote)
-        args = ["data", "checkout", repo.v1["commit"][:7]] if command == "checkout" else \
-            ["data", "add", "--append", str(write_readings(repo.drop.assign(recording=repo.drop["recording"] + 500),
-                                                             repo.incoming / "more.parquet"))]
+        args = (
+            ["data", "checkout", repo.v1["commit"][:7]]
+            if command == "checkout"
+            else [
+                "data",
+                "add",
+                "--append",
+                str(
+                    write_readings(
+                        repo.drop.assign(recording=repo.drop["recording"] + 500),
+                        repo.incoming / "more.parquet",
+                    )
+                ),
+            ]
+        )
         r = cli_run(root, monkeypatch, *args)
         assert r.exit_code == 2, r.output
-        assert "has uncommitted data changes" in r.output and "dvc checkout --force" in " ".join(r.output.split())
+        assert "has uncommitted data changes" in r.output and "dvc checkout --force" in " ".join(
+            r.output.split()
+        )
         assert snapshot(root, repo.remote) == before
     finally:
         sh([str(BIN / "dvc"), "checkout", "-q", "--force", TRACKED], root)
@@ -349,18 +474,38 @@ STAGE_DVC_YAML = """stages:
 
 
 def test_stage_output_refused_then_to_repoints_params(tmp_path, monkeypatch):
-    root = new_project(tmp_path / "proj", readings="data/raw/readings.parquet", dvc_yaml=STAGE_DVC_YAML)
+    root = new_project(
+        tmp_path / "proj", readings="data/raw/readings.parquet", dvc_yaml=STAGE_DVC_YAML
+    )
     first, _ = split_drop(subjects=5)  # 4 groups, 3 after the edit below: a split by group needs 3
     f = write_readings(first, tmp_path / "mine.parquet")
     # a pipeline run recorded the bundled data in dvc.lock: `data log` lists it, with no bytes to read here
-    lock = {"schema": "2.0", "stages": {"ingest": {"cmd": "python -m tasks.ingest", "outs": [
-        {"path": "data/raw/readings.parquet", "hash": "md5", "md5": "0" * 32, "size": 10}]}}}
+    lock = {
+        "schema": "2.0",
+        "stages": {
+            "ingest": {
+                "cmd": "python -m tasks.ingest",
+                "outs": [
+                    {
+                        "path": "data/raw/readings.parquet",
+                        "hash": "md5",
+                        "md5": "0" * 32,
+                        "size": 10,
+                    }
+                ],
+            }
+        },
+    }
     (root / "dvc.lock").write_text(yaml.safe_dump(lock))
     sh(["git", "add", "dvc.lock"], root)
     sh(["git", "commit", "-qm", "pipeline run"], root)
     logged = cli_run(root, monkeypatch, "data", "log")
     assert logged.exit_code == 0, logged.output
-    assert "00000000" in logged.output and "no statistics" in logged.output and "not in the local DVC cache" in logged.output
+    assert (
+        "00000000" in logged.output
+        and "no statistics" in logged.output
+        and "not in the local DVC cache" in logged.output
+    )
     params_before = (root / "params.yaml").read_text()
     before = snapshot(root)
 
@@ -380,7 +525,9 @@ def test_stage_output_refused_then_to_repoints_params(tmp_path, monkeypatch):
     assert sh(["git", "status", "--porcelain", "--", "params.yaml", "data"], root) == ""
     assert "params.yaml" in sh(["git", "show", "--name-only", "--format=", "HEAD"], root)
     assert "not pushed (no default DVC remote)" in r.output
-    assert dataversions.log(load_params(root / "params.yaml"), root=root)["versions"][0]["rows"] == len(first)
+    assert dataversions.log(load_params(root / "params.yaml"), root=root)["versions"][0][
+        "rows"
+    ] == len(first)
 
     # edit the tracked file in place, then keep the edit as a new version (the hint of the dirty-workspace error)
     write_readings(first[first["subject"] != "S01"], root / TRACKED)
@@ -392,6 +539,7 @@ def test_stage_output_refused_then_to_repoints_params(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------- S3 remote (moto server)
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -406,14 +554,20 @@ def s3(monkeypatch):
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                 "AWS_DEFAULT_REGION": "us-east-1", "AWS_SESSION_TOKEN": "testing"}.items():
+    for k, v in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_SESSION_TOKEN": "testing",
+    }.items():
         monkeypatch.setenv(k, v)
     import boto3
 
     client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}")
     client.create_bucket(Bucket="edgedistill-data")
-    yield SimpleNamespace(endpoint=f"http://127.0.0.1:{port}", client=client, bucket="edgedistill-data")
+    yield SimpleNamespace(
+        endpoint=f"http://127.0.0.1:{port}", client=client, bucket="edgedistill-data"
+    )
     server.stop()
 
 
@@ -423,8 +577,16 @@ def test_s3_remote_add_append_checkout(tmp_path, s3):
     sh([str(BIN / "dvc"), "remote", "modify", "s3store", "endpointurl", s3.endpoint], root)
     first, drop = split_drop(subjects=5)
     params = load_params(root / "params.yaml")
-    v1 = dataversions.add(params, write_readings(first, tmp_path / "first.parquet"), root=root, validate=validate.run)
-    v2 = dataversions.add(params, write_readings(drop, tmp_path / "drop.parquet"), append=True, root=root, validate=validate.run)
+    v1 = dataversions.add(
+        params, write_readings(first, tmp_path / "first.parquet"), root=root, validate=validate.run
+    )
+    v2 = dataversions.add(
+        params,
+        write_readings(drop, tmp_path / "drop.parquet"),
+        append=True,
+        root=root,
+        validate=validate.run,
+    )
     assert v1["pushed_to"] == v2["pushed_to"] == "s3store"
     keys = {o["Key"] for o in s3.client.list_objects_v2(Bucket=s3.bucket).get("Contents", [])}
     assert {f"dvcstore/files/md5/{v['md5'][:2]}/{v['md5'][2:]}" for v in (v1, v2)} <= keys
@@ -453,25 +615,51 @@ def test_append_same_instants_in_another_zone_and_iso_csv(tmp_path):
     first, drop = split_drop()
     t0 = pd.Timestamp("2026-03-01T08:00:00Z")
     first["t"] = (t0 + pd.to_timedelta(first["t"], unit="s")).dt.as_unit("us")
-    v1 = dataversions.add(load_params(root / "params.yaml"), write_readings(first, tmp_path / "first.parquet"),
-                          root=root, validate=validate.run, push=False)
+    v1 = dataversions.add(
+        load_params(root / "params.yaml"),
+        write_readings(first, tmp_path / "first.parquet"),
+        root=root,
+        validate=validate.run,
+        push=False,
+    )
     assert str(pd.read_parquet(root / TRACKED)["t"].dtype) == "datetime64[us, UTC]"
     instants = (t0 + pd.to_timedelta(drop["t"], unit="s")).dt.as_unit("us")
     params = load_params(root / "params.yaml")
     half = drop["recording"].isin(drop["recording"].unique()[:7])
     berlin = drop[half].assign(t=instants[half].dt.tz_convert("Europe/Berlin"))
     rec = berlin["recording"].iloc[0]
-    berlin.loc[berlin.index[berlin["recording"] == rec][100:], "t"] += pd.Timedelta(30, "s")  # a 30 s gap
+    berlin.loc[berlin.index[berlin["recording"] == rec][100:], "t"] += pd.Timedelta(
+        30, "s"
+    )  # a 30 s gap
     instants[berlin.index] = berlin["t"]
-    added = dataversions.add(params, write_readings(berlin, tmp_path / "berlin.parquet"), append=True, root=root,
-                             validate=validate.run, push=False)
+    added = dataversions.add(
+        params,
+        write_readings(berlin, tmp_path / "berlin.parquet"),
+        append=True,
+        root=root,
+        validate=validate.run,
+        push=False,
+    )
     (warning,) = added["warnings"]  # reported, naming the user's file, not the checked temp copy
-    assert str(tmp_path / "berlin.parquet") in warning and "1 gap(s)" in warning and "the largest 30.02 s" in warning
-    iso = drop[~half].assign(t=instants[~half].dt.tz_convert("Europe/Berlin").map(
-        lambda x: x.isoformat(timespec="milliseconds")))
+    assert (
+        str(tmp_path / "berlin.parquet") in warning
+        and "1 gap(s)" in warning
+        and "the largest 30.02 s" in warning
+    )
+    iso = drop[~half].assign(
+        t=instants[~half]
+        .dt.tz_convert("Europe/Berlin")
+        .map(lambda x: x.isoformat(timespec="milliseconds"))
+    )
     assert iso["t"].iloc[0].endswith("+01:00")
-    dataversions.add(params, write_readings(iso, tmp_path / "iso.csv"), append=True, root=root,
-                     validate=validate.run, push=False)
+    dataversions.add(
+        params,
+        write_readings(iso, tmp_path / "iso.csv"),
+        append=True,
+        root=root,
+        validate=validate.run,
+        push=False,
+    )
     table = pd.read_parquet(root / TRACKED)
     assert str(table["t"].dtype) == "datetime64[us, UTC]"
     s05 = table[table["subject"] == drop["subject"].iloc[0]].reset_index(drop=True)
@@ -482,8 +670,17 @@ def test_append_same_instants_in_another_zone_and_iso_csv(tmp_path):
     more = more[more["subject"] == "S06"].reset_index(drop=True)
     more["t"] = (t0 + pd.to_timedelta(more["t"], unit="s")).dt.as_unit("ns") + pd.Timedelta(1, "ns")
     with pytest.raises(DataInvalid) as e:
-        dataversions.add(params, write_readings(more, tmp_path / "ns.parquet"), append=True, root=root,
-                         validate=validate.run, push=False)
-    assert "cannot be stored as the tracked type datetime64[us, UTC] without changing values" in str(e.value)
+        dataversions.add(
+            params,
+            write_readings(more, tmp_path / "ns.parquet"),
+            append=True,
+            root=root,
+            validate=validate.run,
+            push=False,
+        )
+    assert (
+        "cannot be stored as the tracked type datetime64[us, UTC] without changing values"
+        in str(e.value)
+    )
     assert "reports/" not in e.value.hint and "Nothing was added" in e.value.hint
     assert snapshot(root) == before and v1["after"]["groups"] == 4

@@ -18,9 +18,17 @@ spec.loader.exec_module(bench)
 
 def write_ts(path, instances):
     """A .ts file as the UEA archive writes it: header, @data, dimensions split by ':', the label last."""
-    lines = ["# a comment", "@problemName Tiny", "@univariate false", "@equalLength false", "@classLabel true a b",
-             "@data"]
-    lines += [":".join(",".join(f"{v:g}" for v in dim) for dim in x) + f":{lab}" for x, lab in instances]
+    lines = [
+        "# a comment",
+        "@problemName Tiny",
+        "@univariate false",
+        "@equalLength false",
+        "@classLabel true a b",
+        "@data",
+    ]
+    lines += [
+        ":".join(",".join(f"{v:g}" for v in dim) for dim in x) + f":{lab}" for x, lab in instances
+    ]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -62,7 +70,9 @@ def test_converter_keeps_every_reading_and_splits_by_instance(tiny_ucr):
     assert tr.groupby("label")["split"].apply(lambda s: (s == "val").sum()).tolist() == [2, 2]
     first = df[df["subject"] == "TRAIN0"]
     assert np.allclose(first["t"].diff().dropna(), 0.1)
-    assert np.allclose(first[["c0", "c1"]].to_numpy().T, train[0][0], atol=1e-5)  # raw amplitudes kept
+    assert np.allclose(
+        first[["c0", "c1"]].to_numpy().T, train[0][0], atol=1e-5
+    )  # raw amplitudes kept
 
 
 def test_converted_readings_prepare_with_unequal_lengths(tiny_ucr, tmp_path, monkeypatch):
@@ -71,8 +81,13 @@ def test_converted_readings_prepare_with_unequal_lengths(tiny_ucr, tmp_path, mon
     path = tmp_path / "r.parquet"
     df.to_parquet(path, index=False)
     raw = base_params_dict()
-    raw["data"] |= {"channels": channels, "labels": labels, "sample_rate_hz": 10.0, "readings": str(path),
-                    "vector_groups": []}  # not the bundled IMU triplets: no such channels here
+    raw["data"] |= {
+        "channels": channels,
+        "labels": labels,
+        "sample_rate_hz": 10.0,
+        "readings": str(path),
+        "vector_groups": [],
+    }  # not the bundled IMU triplets: no such channels here
     raw["validate"]["channel_ranges"] = {}
     raw["prepare"] |= {"window": 16, "train_stride": 4, "eval_stride": 8}
     monkeypatch.chdir(tmp_path)
@@ -87,10 +102,20 @@ def test_converted_readings_prepare_with_unequal_lengths(tiny_ucr, tmp_path, mon
 def test_table_reports_what_the_release_ships():
     """The shipped column is the accuracy of the student each release would ship (KD or the student alone,
     chosen on validation), averaged over seeds beside teacher, alone and KD."""
-    base = {"dataset": "D", "teacher": 0.9, "knn_fft": 0.5, "norm": "global", "reason": "r", "train_windows": 10,
-            "test_windows": 5, "sanity_stop": ""}
-    rows = [{**base, "seed": 0, "alone": 0.70, "kd": 0.60, "shipped_accuracy": 0.70},
-            {**base, "seed": 1, "alone": 0.72, "kd": 0.80, "shipped_accuracy": 0.80}]
+    base = {
+        "dataset": "D",
+        "teacher": 0.9,
+        "knn_fft": 0.5,
+        "norm": "global",
+        "reason": "r",
+        "train_windows": 10,
+        "test_windows": 5,
+        "sanity_stop": "",
+    }
+    rows = [
+        {**base, "seed": 0, "alone": 0.70, "kd": 0.60, "shipped_accuracy": 0.70},
+        {**base, "seed": 1, "alone": 0.72, "kd": 0.80, "shipped_accuracy": 0.80},
+    ]
     head, _, line = bench.table(rows).splitlines()
     assert "shipped (chosen on val)" in head
     cells = [c.strip() for c in line.split("|")]
@@ -100,12 +125,39 @@ def test_table_reports_what_the_release_ships():
 def test_table_pairs_kd_with_alone_per_seed():
     """The paired column is the mean per-seed KD - alone test gain and how many seeds are >= 0; the gain's
     interval keys never become variant columns."""
-    base = {"dataset": "D", "teacher": 0.9, "knn_fft": 0.5, "norm": "global", "reason": "r", "train_windows": 10,
-            "test_windows": 5, "sanity_stop": "", "shipped_accuracy": 0.7}
-    rows = [{**base, "seed": 0, "alone": 0.70, "kd": 0.74, "kd_gain_test": 0.04, "kd_gain_test_lo": 0.01,
-             "kd_gain_test_hi": 0.07, "kd_w1": 0.71},
-            {**base, "seed": 1, "alone": 0.72, "kd": 0.70, "kd_gain_test": -0.02, "kd_gain_test_lo": -0.05,
-             "kd_gain_test_hi": 0.01, "kd_w1": 0.69}]
+    base = {
+        "dataset": "D",
+        "teacher": 0.9,
+        "knn_fft": 0.5,
+        "norm": "global",
+        "reason": "r",
+        "train_windows": 10,
+        "test_windows": 5,
+        "sanity_stop": "",
+        "shipped_accuracy": 0.7,
+    }
+    rows = [
+        {
+            **base,
+            "seed": 0,
+            "alone": 0.70,
+            "kd": 0.74,
+            "kd_gain_test": 0.04,
+            "kd_gain_test_lo": 0.01,
+            "kd_gain_test_hi": 0.07,
+            "kd_w1": 0.71,
+        },
+        {
+            **base,
+            "seed": 1,
+            "alone": 0.72,
+            "kd": 0.70,
+            "kd_gain_test": -0.02,
+            "kd_gain_test_lo": -0.05,
+            "kd_gain_test_hi": 0.01,
+            "kd_w1": 0.69,
+        },
+    ]
     head, _, line = bench.table(rows).splitlines()
     cols = [c.strip() for c in head.split("|")]
     cells = [c.strip() for c in line.split("|")]
@@ -125,15 +177,23 @@ def test_ucr_txt_converter_label_first_and_val_from_test(tmp_path):
         rows = [(c, rng.normal(c, 0.5, 30)) for c in (1, 2, 3) for _ in range(per_class)]
         data[part] = rows
         (root / f"Pig_{part}.txt").write_text(
-            "\n".join("   " + "   ".join(f"{v:.7e}" for v in (float(c), *x)) for c, x in rows) + "\n")
-    df, channels, labels = bench.ucr_readings("Pig", rate=250.0, root=tmp_path, fmt="txt", val_from="TEST")
+            "\n".join("   " + "   ".join(f"{v:.7e}" for v in (float(c), *x)) for c, x in rows)
+            + "\n"
+        )
+    df, channels, labels = bench.ucr_readings(
+        "Pig", rate=250.0, root=tmp_path, fmt="txt", val_from="TEST"
+    )
     assert channels == ["c0"] and labels == ["1", "2", "3"] and len(df) == 30 * (6 + 12)
     per = df.groupby("subject").agg(split=("split", "first"), label=("label", "first"))
-    assert (per[per.index.str.startswith("TRAIN")]["split"] == "train").all()  # every train instance trains
+    assert (
+        per[per.index.str.startswith("TRAIN")]["split"] == "train"
+    ).all()  # every train instance trains
     test = per[per.index.str.startswith("TEST")]
     assert test.groupby("label")["split"].apply(lambda s: (s == "val").sum()).tolist() == [1, 1, 1]
     first = df[df["subject"] == "TEST0"]
-    assert np.allclose(first["c0"], data["TEST"][0][1], atol=1e-6) and np.allclose(first["t"].diff().dropna(), 0.004)
+    assert np.allclose(first["c0"], data["TEST"][0][1], atol=1e-6) and np.allclose(
+        first["t"].diff().dropna(), 0.004
+    )
 
 
 def _project_outputs(proj, *, released: bool):
@@ -142,12 +202,21 @@ def _project_outputs(proj, *, released: bool):
 
     for rel, obj in {
         "metrics/teacher.json": {"accuracy": 0.9},
-        "metrics/distill.json": {"baseline": {"accuracy": 0.7}, "kd": {"accuracy": 0.8}, "shipped": "kd"},
+        "metrics/distill.json": {
+            "baseline": {"accuracy": 0.7},
+            "kd": {"accuracy": 0.8},
+            "shipped": "kd",
+        },
         "metrics/export.json": {"fp32": {"accuracy": 0.8}, "int8": {"accuracy": 0.79}},
         "models/mcu/mcu.json": {"verified": True},
-        "data/prepared/norm.json": {"normalization": {"method": "global", "reason": "spread 1.0 decades"}},
-        "reports/release.json": ({"status": "released", "registry": {"version": "v0.1.0"}} if released
-                                 else {"status": "gate failed", "registry": None}),
+        "data/prepared/norm.json": {
+            "normalization": {"method": "global", "reason": "spread 1.0 decades"}
+        },
+        "reports/release.json": (
+            {"status": "released", "registry": {"version": "v0.1.0"}}
+            if released
+            else {"status": "gate failed", "registry": None}
+        ),
     }.items():
         (proj / rel).parent.mkdir(parents=True, exist_ok=True)
         (proj / rel).write_text(json.dumps(obj))
@@ -157,29 +226,53 @@ def test_release_row_ships_with_version_and_int8_beside_fp32(tmp_path):
     _project_outputs(tmp_path, released=True)
     row = bench.release_row("D", tmp_path, 0, "release: released\n", 12.3)
     assert row["ships"] == "yes v0.1.0" and row["stopped_at"] == "" and row["mcu_verified"] is True
-    assert (row["teacher"], row["alone"], row["kd"], row["fp32"], row["int8"]) == (0.9, 0.7, 0.8, 0.8, 0.79)
+    assert (row["teacher"], row["alone"], row["kd"], row["fp32"], row["int8"]) == (
+        0.9,
+        0.7,
+        0.8,
+        0.8,
+        0.79,
+    )
     head, _, line = bench.release_table([row]).splitlines()
-    cells = dict(zip([c.strip() for c in head.split("|")], [c.strip() for c in line.split("|")], strict=True))
-    assert cells["ships"] == "yes v0.1.0" and cells["INT8 (shipped)"] == "79.0" and cells["FP32 (shipped)"] == "80.0"
+    cells = dict(
+        zip([c.strip() for c in head.split("|")], [c.strip() for c in line.split("|")], strict=True)
+    )
+    assert (
+        cells["ships"] == "yes v0.1.0"
+        and cells["INT8 (shipped)"] == "79.0"
+        and cells["FP32 (shipped)"] == "80.0"
+    )
     assert cells["MCU verified"] == "yes" and cells["shipped student"] == "kd"
 
 
 def test_release_row_names_the_gate_or_stage_that_stopped_it(tmp_path):
     _project_outputs(tmp_path, released=False)
-    out = ("stage promote failed after 3.1s\nerror: promotion gate(s) failed: min_accuracy (accuracy 0.5 not >= 0.6)\n"
-           "hint: Not registered; prod is unchanged.\n")
+    out = (
+        "stage promote failed after 3.1s\nerror: promotion gate(s) failed: min_accuracy (accuracy 0.5 not >= 0.6)\n"
+        "hint: Not registered; prod is unchanged.\n"
+    )
     row = bench.release_row("D", tmp_path, 2, out, 5.0)
-    assert row["ships"] == "no: gates: promotion gate(s) failed: min_accuracy (accuracy 0.5 not >= 0.6)"
+    assert (
+        row["ships"]
+        == "no: gates: promotion gate(s) failed: min_accuracy (accuracy 0.5 not >= 0.6)"
+    )
     assert row["version"] is None and row["int8"] == 0.79
     # a stage that fails before promote: its name from the flow's log, nothing recorded after it
     bare = tmp_path / "bare"
     bare.mkdir()
-    out = ("> python -m tasks.export\nerror: ONNX/PyTorch parity failed | on 3\n  windows\nhint: see metrics\n"
-           "05:31:27.206 | ERROR   | Task run 'export' - stage export failed after 9.0s\n"
-           "error: stage 'export' failed: failed to reproduce 'export': failed to run: \npython -m tasks.export, exited "
-           "with 2\nhint: The stage's own error is printed above\n")
-    row = bench.release_row("D", bare, 2, out, 5.0)  # the stage's own error, its wrapped lines joined
-    assert row["ships"] == "no: export: ONNX/PyTorch parity failed | on 3 windows" and row["int8"] is None
+    out = (
+        "> python -m tasks.export\nerror: ONNX/PyTorch parity failed | on 3\n  windows\nhint: see metrics\n"
+        "05:31:27.206 | ERROR   | Task run 'export' - stage export failed after 9.0s\n"
+        "error: stage 'export' failed: failed to reproduce 'export': failed to run: \npython -m tasks.export, exited "
+        "with 2\nhint: The stage's own error is printed above\n"
+    )
+    row = bench.release_row(
+        "D", bare, 2, out, 5.0
+    )  # the stage's own error, its wrapped lines joined
+    assert (
+        row["ships"] == "no: export: ONNX/PyTorch parity failed | on 3 windows"
+        and row["int8"] is None
+    )
     assert "failed \\| on 3" in bench.release_table([row]) and row["mcu_verified"] is None
     assert bench.release_row("D", bare, 2, "x" * 300 + "\n", 1.0)["message"] == "x" * 239 + "…"
 
@@ -188,8 +281,15 @@ def test_release_params_change_only_the_dataset_description(tmp_path, monkeypatc
     """A dataset's scratch params: the given params with its data.* description (its own split column, no
     recording column), no channel ranges and its window/strides; every other key as given."""
     root, train, test = tiny_ucr_files(tmp_path)
-    monkeypatch.setitem(bench.UCR, "Tiny", {"package": "sktime", "sample_rate_hz": 10.0,
-                                            "prepare": {"window": 16, "train_stride": 4, "eval_stride": 8}})
+    monkeypatch.setitem(
+        bench.UCR,
+        "Tiny",
+        {
+            "package": "sktime",
+            "sample_rate_hz": 10.0,
+            "prepare": {"window": 16, "train_stride": 4, "eval_stride": 8},
+        },
+    )
     monkeypatch.setattr(bench, "data_dir", lambda package: root)
     raw = base_params_dict()
     params, df = bench.release_params(raw, "Tiny")
@@ -213,8 +313,19 @@ def test_release_add_keeps_finished_rows_and_runs_only_the_rest(tmp_path, monkey
 
     def fake_release(raw, name, parent, timeout):
         ran.append(name)
-        return {"dataset": name, "ships": "yes v0.1.0", "norm": "global", "teacher": 0.9, "alone": 0.8, "kd": 0.85,
-                "shipped": "kd", "fp32": 0.85, "int8": 0.84, "mcu_verified": True, "seconds": 1.0}
+        return {
+            "dataset": name,
+            "ships": "yes v0.1.0",
+            "norm": "global",
+            "teacher": 0.9,
+            "alone": 0.8,
+            "kd": 0.85,
+            "shipped": "kd",
+            "fp32": 0.85,
+            "int8": 0.84,
+            "mcu_verified": True,
+            "seconds": 1.0,
+        }
 
     monkeypatch.setattr(bench, "release_dataset", fake_release)
     out = tmp_path / "r.json"

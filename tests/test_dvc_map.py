@@ -14,7 +14,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT_PACKAGES = ("edgedistill", "tasks", "flows")
 DVC = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-STAGES = {name: s for name, s in DVC["stages"].items() if re.match(r"python -m tasks\.\w+", s["cmd"])}
+STAGES = {
+    name: s for name, s in DVC["stages"].items() if re.match(r"python -m tasks\.\w+", s["cmd"])
+}
 
 
 def module_file(name: str) -> Path | None:
@@ -37,7 +39,11 @@ def imported_modules(path: Path) -> set[str]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
             # `from pkg import mod` imports the submodule pkg.mod when there is one
-            found.update(f"{node.module}.{a.name}" for a in node.names if module_file(f"{node.module}.{a.name}"))
+            found.update(
+                f"{node.module}.{a.name}"
+                for a in node.names
+                if module_file(f"{node.module}.{a.name}")
+            )
     return found
 
 
@@ -53,12 +59,17 @@ def project_closure(start: Path) -> set[str]:
         seen.add(f)
         for mod in imported_modules(f):
             parts = mod.split(".")
-            for i in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__ and a/b/__init__ first
+            for i in range(
+                1, len(parts) + 1
+            ):  # importing a.b.c runs a/__init__ and a/b/__init__ first
                 g = module_file(".".join(parts[:i]))
                 if g is not None and g not in seen:
                     todo.append(g)
-    return {str(f.relative_to(ROOT)) for f in seen
-            if f.name != "__init__.py" or ast.parse(f.read_text()).body}
+    return {
+        str(f.relative_to(ROOT))
+        for f in seen
+        if f.name != "__init__.py" or ast.parse(f.read_text()).body
+    }
 
 
 def stage_file(stage: dict) -> Path:
@@ -67,8 +78,14 @@ def stage_file(stage: dict) -> Path:
 
 def test_closure_sees_lazy_and_from_imports():
     got = project_closure(ROOT / "tasks/distill.py")
-    assert {"tasks/distill.py", "edgedistill/training.py", "edgedistill/bank.py", "edgedistill/kd.py",
-            "edgedistill/nets.py", "edgedistill/errors.py"} <= got
+    assert {
+        "tasks/distill.py",
+        "edgedistill/training.py",
+        "edgedistill/bank.py",
+        "edgedistill/kd.py",
+        "edgedistill/nets.py",
+        "edgedistill/errors.py",
+    } <= got
     assert not any(p.startswith(("flows/", "edgedistill/cli")) for p in got)
 
 
@@ -87,7 +104,9 @@ def test_stage_params_declared_by_key(name):
     for p in STAGES[name].get("params", []):
         keys = list(p) if isinstance(p, dict) else [p]
         for k in keys:
-            assert "." in k, f"stage {name!r} declares the whole params section {k!r}; declare the keys it reads"
+            assert "." in k, (
+                f"stage {name!r} declares the whole params section {k!r}; declare the keys it reads"
+            )
 
 
 @pytest.fixture
@@ -107,16 +126,28 @@ def test_stage_order_comes_from_dvc_graph(shuffled_project):
     from edgedistill.pipeline import pipeline_stages
 
     order = pipeline_stages(shuffled_project)
-    assert list(STAGES)[::-1] == list(yaml.safe_load((shuffled_project / "dvc.yaml").read_text())["stages"])
+    assert list(STAGES)[::-1] == list(
+        yaml.safe_load((shuffled_project / "dvc.yaml").read_text())["stages"]
+    )
     assert sorted(order) == sorted(STAGES)
     # every stage runs after the stages that produce its deps
     for name in order:
-        later = {str(next(iter(o))) if isinstance(o, dict) else str(o) for n in order[order.index(name) + 1:]
-                 for o in DVC["stages"][n].get("outs", []) + DVC["stages"][n].get("metrics", [])}
+        later = {
+            str(next(iter(o))) if isinstance(o, dict) else str(o)
+            for n in order[order.index(name) + 1 :]
+            for o in DVC["stages"][n].get("outs", []) + DVC["stages"][n].get("metrics", [])
+        }
         deps = {d for d in DVC["stages"][name].get("deps", []) if isinstance(d, str)}
-        deps |= {str(Path(d).parent) for d in deps}  # data/prepared/train.npz comes from data/prepared
+        deps |= {
+            str(Path(d).parent) for d in deps
+        }  # data/prepared/train.npz comes from data/prepared
         assert not deps & later, f"{name} runs before the stage producing {deps & later}"
-    assert order.index("ingest") < order.index("validate") < order.index("prepare") < order.index("promote")
+    assert (
+        order.index("ingest")
+        < order.index("validate")
+        < order.index("prepare")
+        < order.index("promote")
+    )
 
 
 def test_ingest_left_out_when_readings_are_the_users(shuffled_project):
@@ -124,7 +155,10 @@ def test_ingest_left_out_when_readings_are_the_users(shuffled_project):
 
     assert "ingest" in pipeline_stages(shuffled_project, connected_only=True)
     params = shuffled_project / "params.yaml"
-    params.write_text(params.read_text().replace("readings: data/raw/readings.parquet",
-                                                 "readings: data/mine.parquet"))
+    params.write_text(
+        params.read_text().replace(
+            "readings: data/raw/readings.parquet", "readings: data/mine.parquet"
+        )
+    )
     assert "ingest" not in pipeline_stages(shuffled_project, connected_only=True)
     assert "ingest" in pipeline_stages(shuffled_project)  # still runnable when named

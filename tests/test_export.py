@@ -49,7 +49,9 @@ def test_parity_with_pytorch_batched_and_single(release):
         got5 = session.run(None, {"input": x})[0]
         got1 = session.run(None, {"input": x[2:3]})[0]
         assert np.abs(got5 - ref).max() <= 1e-4 and np.abs(got1 - ref[2:3]).max() <= 1e-4
-    assert not [p for p in (release / "models").iterdir() if p.name.startswith(".")]  # no temp leftovers
+    assert not [
+        p for p in (release / "models").iterdir() if p.name.startswith(".")
+    ]  # no temp leftovers
 
 
 def test_metadata_round_trip(release):
@@ -61,10 +63,16 @@ def test_metadata_round_trip(release):
         assert meta["channels"] == params.data.channels == norm["channels"]
         assert meta["labels"] == params.data.labels
         assert meta["window"] == 64 and meta["sample_rate_hz"] == 50.0
-        assert meta["norm_mean"] == pytest.approx(norm["mean"]) and meta["norm_std"] == pytest.approx(norm["std"])
+        assert meta["norm_mean"] == pytest.approx(norm["mean"]) and meta[
+            "norm_std"
+        ] == pytest.approx(norm["std"])
         assert meta["normalization"]["method"] == norm["normalization"]["method"]
         assert meta["normalization"]["statistics"] == norm["normalization"]["statistics"]
-        assert meta["input_normalised"] is False and meta["input_name"] == "input" and meta["output_name"] == "logits"
+        assert (
+            meta["input_normalised"] is False
+            and meta["input_name"] == "input"
+            and meta["output_name"] == "logits"
+        )
         assert meta["input_shape"] == ["batch", 6, 64]
         assert meta["norm_sha256"] == sha(release / "data/prepared/norm.json")
         assert meta["test_sha256"] == open_split(release / "data/prepared/test").fingerprint()
@@ -91,7 +99,9 @@ def test_metadata_round_trip(release):
     gemm = next(n for n in q.graph.node if n.op_type == "Gemm")
     inits = {t.name: t.data_type for t in q.graph.initializer}
     assert inits[gemm.input[1]] == onnx.TensorProto.FLOAT
-    assert not [n for n in q.graph.node if n.op_type == "QuantizeLinear" and gemm.output[0] in n.input]
+    assert not [
+        n for n in q.graph.node if n.op_type == "QuantizeLinear" and gemm.output[0] in n.input
+    ]
     assert "QuantizeLinear" not in [n.op_type for n in q.graph.node if ox.INPUT_NAME in n.input]
     assert ox.read_metadata(release / "models/student.onnx")["precision"] == "fp32"
 
@@ -101,12 +111,15 @@ def test_lineage_reads_dvc_lock(release, tmp_path):
     lock.write_text(
         "schema: '2.0'\nstages:\n  prepare:\n    deps:\n    - path: data/raw/readings.parquet\n"
         "      md5: 0123456789abcdef0123456789abcdef\n    outs:\n    - path: data/prepared\n"
-        "      md5: fedcba9876543210fedcba9876543210.dir\n")
+        "      md5: fedcba9876543210fedcba9876543210.dir\n"
+    )
     d = release / "data/prepared"
     lin = export.lineage(release_params(), d / "norm.json", d / "test", lock)
     assert lin["readings_md5"] == "0123456789abcdef0123456789abcdef"
     assert lin["prepared_md5"].endswith(".dir") and lin["dvc_lock"] == "present"
-    other = export.lineage(release_params({"prepare": {"eval_stride": 32}}), d / "norm.json", d / "test", lock)
+    other = export.lineage(
+        release_params({"prepare": {"eval_stride": 32}}), d / "norm.json", d / "test", lock
+    )
     assert other["params_sha256"] != lin["params_sha256"]
 
 
@@ -120,7 +133,9 @@ def test_int8_accuracy_is_evaluated_on_test(release):
         assert m[key]["accuracy"] == pytest.approx(acc)
         assert m[key]["file_bytes"] == path.stat().st_size
     assert m["int8_drop"] == pytest.approx(m["fp32"]["accuracy"] - m["int8"]["accuracy"])
-    assert m["int8_drop_lo"] <= m["int8_drop"] <= m["int8_drop_hi"]  # paired FP32 vs INT8, by recording
+    assert (
+        m["int8_drop_lo"] <= m["int8_drop"] <= m["int8_drop_hi"]
+    )  # paired FP32 vs INT8, by recording
     for key in ("fp32", "int8", "teacher"):
         assert m[key]["accuracy_lo"] <= m[key]["accuracy"] <= m[key]["accuracy_hi"], key
     assert m["int8"]["accuracy"] > 1 / 7 + 0.3  # well above chance (7 classes)
@@ -131,16 +146,26 @@ def test_int8_accuracy_is_evaluated_on_test(release):
     head = sum(4 * int(np.prod(t.dims)) for t in q.initializer if t.name in gemm.input[1:])
     assert head > 0 and m["int8"]["weight_bytes"] - head < 0.5 * (m["fp32"]["weight_bytes"] - head)
     assert next(iter(m["int8"]["weight_dtypes"])) == "int8"
-    assert static_cost(onnx.load(release / "models/student.int8.onnx"))["params"] == \
-        static_cost(onnx.load(release / "models/student.onnx"))["params"]
+    assert (
+        static_cost(onnx.load(release / "models/student.int8.onnx"))["params"]
+        == static_cost(onnx.load(release / "models/student.onnx"))["params"]
+    )
 
 
 def test_dynamic_quantization_mode(release, tmp_path):
     z = prepared_arrays(release / "data/prepared", "test")
     x, y = z["X"], z["y"]
     dest = tmp_path / "dyn.onnx"
-    ox.quantize_int8(release / "models/student.onnx", dest, None, mode="dynamic", method="minmax",
-                     per_channel=False, activation_type="int8", scratch=tmp_path)
+    ox.quantize_int8(
+        release / "models/student.onnx",
+        dest,
+        None,
+        mode="dynamic",
+        method="minmax",
+        per_channel=False,
+        activation_type="int8",
+        scratch=tmp_path,
+    )
     ops = {n.op_type for n in onnx.load(dest).graph.node}
     assert "ConvInteger" in ops or "MatMulInteger" in ops
     acc = float((ox.predict(ox.open_session(dest), dest, x).argmax(1) == y).mean())
@@ -156,9 +181,16 @@ def _copy_release(release, tmp_path):
 def test_parity_failure_leaves_models_untouched(release, tmp_path):
     root = _copy_release(release, tmp_path)
     before = tree_hashes(root / "models")
-    with pytest.raises(ExportFailed, match=r"parity failed .* max \|ONNX - PyTorch\| = .*parity_atol 1e-12"):
-        export.run(release_params({"export": {"parity_atol": 1e-12}}), models_dir=root / "models",
-                   data_dir=root / "data/prepared", metrics_path=root / "metrics/export.json", lock_path=root / "dvc.lock")
+    with pytest.raises(
+        ExportFailed, match=r"parity failed .* max \|ONNX - PyTorch\| = .*parity_atol 1e-12"
+    ):
+        export.run(
+            release_params({"export": {"parity_atol": 1e-12}}),
+            models_dir=root / "models",
+            data_dir=root / "data/prepared",
+            metrics_path=root / "metrics/export.json",
+            lock_path=root / "dvc.lock",
+        )
     assert tree_hashes(root / "models") == before  # previous good files kept, no temp files left
 
 
@@ -168,8 +200,13 @@ def test_int8_drop_is_measured_not_gated_by_export(release, tmp_path):
     (promote.gates.max_int8_drop; its failure on these artifacts is in test_gates.py)."""
     root = _copy_release(release, tmp_path)
     rewrite_prepared(root / "data/prepared", "train", lambda z: {**z, "X": z["X"] * 1e-3})
-    m = export.run(release_params(), models_dir=root / "models", data_dir=root / "data/prepared",
-                   metrics_path=root / "metrics/export.json", lock_path=root / "dvc.lock")
+    m = export.run(
+        release_params(),
+        models_dir=root / "models",
+        data_dir=root / "data/prepared",
+        metrics_path=root / "metrics/export.json",
+        lock_path=root / "dvc.lock",
+    )
     assert m["int8_drop"] > 0.05 and m["int8_drop_lo"] > 0  # clearly worse, on every resample
     assert "max_int8_drop" not in m
 
@@ -178,13 +215,23 @@ def test_missing_checkpoint_and_mismatched_data(release, tmp_path):
     root = _copy_release(release, tmp_path)
     (root / "models/teacher.pt").unlink()
     with pytest.raises(ModelMismatch, match=r"teacher.pt: checkpoint not found"):
-        export.run(release_params(), models_dir=root / "models", data_dir=root / "data/prepared",
-                   metrics_path=root / "m.json")
-    rewrite_prepared(root / "data/prepared", "test", lambda z: {**z, "X": np.ascontiguousarray(z["X"][:, :4])})
+        export.run(
+            release_params(),
+            models_dir=root / "models",
+            data_dir=root / "data/prepared",
+            metrics_path=root / "m.json",
+        )
+    rewrite_prepared(
+        root / "data/prepared", "test", lambda z: {**z, "X": np.ascontiguousarray(z["X"][:, :4])}
+    )
     shutil.copy(release / "models/teacher.pt", root / "models/teacher.pt")
     with pytest.raises(ModelMismatch, match=r"student.pt: data has shape .* C=6 channels"):
-        export.run(release_params(), models_dir=root / "models", data_dir=root / "data/prepared",
-                   metrics_path=root / "m.json")
+        export.run(
+            release_params(),
+            models_dir=root / "models",
+            data_dir=root / "data/prepared",
+            metrics_path=root / "m.json",
+        )
     assert not (root / "m.json").exists()
 
 
@@ -192,13 +239,26 @@ def test_missing_checkpoint_and_mismatched_data(release, tmp_path):
 def test_corrupted_onnx_is_named(release, tmp_path, damage):
     good = (release / "models/student.onnx").read_bytes()
     path = tmp_path / f"{damage}.onnx"
-    path.write_bytes({"truncated": good[: len(good) // 2], "garbage": b"\x08\x07not an onnx model" * 50,
-                      "empty": b""}[damage])
+    path.write_bytes(
+        {
+            "truncated": good[: len(good) // 2],
+            "garbage": b"\x08\x07not an onnx model" * 50,
+            "empty": b"",
+        }[damage]
+    )
     with pytest.raises(ArtifactCorrupt, match=rf"{damage}.onnx: not a (readable|valid) ONNX"):
         ox.load_onnx(path)
     with pytest.raises((ArtifactCorrupt, ExportFailed), match=rf"{damage}.onnx"):
-        ox.quantize_int8(path, tmp_path / "q.onnx", np.zeros((4, 6, 64), np.float32), mode="static",
-                         method="minmax", per_channel=True, activation_type="int8", scratch=tmp_path)
+        ox.quantize_int8(
+            path,
+            tmp_path / "q.onnx",
+            np.zeros((4, 6, 64), np.float32),
+            mode="static",
+            method="minmax",
+            per_channel=True,
+            activation_type="int8",
+            scratch=tmp_path,
+        )
     assert not (tmp_path / "q.onnx").exists()
 
 
@@ -207,8 +267,11 @@ def test_wrong_input_shape_or_dtype_is_named(release):
     session = ox.open_session(path)
     x = np.zeros((3, 6, 64), np.float32)
     assert ox.predict(session, path, x).shape == (3, 7)
-    with pytest.raises(ModelMismatch, match=r"student.onnx: input 'input' must be float32\[batch, 6, 64\], "
-                                            r"got float32\[3, 4, 64\] \(wrong shape\)"):
+    with pytest.raises(
+        ModelMismatch,
+        match=r"student.onnx: input 'input' must be float32\[batch, 6, 64\], "
+        r"got float32\[3, 4, 64\] \(wrong shape\)",
+    ):
         ox.predict(session, path, x[:, :4])
     with pytest.raises(ModelMismatch, match=r"got float64\[3, 6, 64\] \(wrong dtype\)"):
         ox.predict(session, path, x.astype(np.float64))
@@ -218,11 +281,19 @@ def test_wrong_input_shape_or_dtype_is_named(release):
 
 def _custom_op_model(path):
     h = onnx.helper
-    nodes = [h.make_node("Relu", ["x"], ["r"], name="relu"),
-             h.make_node("FancyActivation", ["r"], ["y"], name="fancy", domain="com.example")]
-    graph = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 6, 64])],
-                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 6, 64])])
-    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 18), h.make_opsetid("com.example", 1)])
+    nodes = [
+        h.make_node("Relu", ["x"], ["r"], name="relu"),
+        h.make_node("FancyActivation", ["r"], ["y"], name="fancy", domain="com.example"),
+    ]
+    graph = h.make_graph(
+        nodes,
+        "g",
+        [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 6, 64])],
+        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["batch", 6, 64])],
+    )
+    model = h.make_model(
+        graph, opset_imports=[h.make_opsetid("", 18), h.make_opsetid("com.example", 1)]
+    )
     model.ir_version = 9
     onnx.save(model, path)
 
@@ -230,23 +301,48 @@ def _custom_op_model(path):
 def test_op_the_quantizer_cannot_handle(tmp_path):
     src = tmp_path / "custom.onnx"
     _custom_op_model(src)
-    with pytest.raises(ExportFailed, match=r"custom.onnx: INT8 quantization cannot handle op "
-                                           r"com.example::FancyActivation \(node 'fancy'\)"):
-        ox.quantize_int8(src, tmp_path / "q.onnx", np.zeros((4, 6, 64), np.float32), mode="static",
-                         method="minmax", per_channel=True, activation_type="int8", scratch=tmp_path)
+    with pytest.raises(
+        ExportFailed,
+        match=r"custom.onnx: INT8 quantization cannot handle op "
+        r"com.example::FancyActivation \(node 'fancy'\)",
+    ):
+        ox.quantize_int8(
+            src,
+            tmp_path / "q.onnx",
+            np.zeros((4, 6, 64), np.float32),
+            mode="static",
+            method="minmax",
+            per_channel=True,
+            activation_type="int8",
+            scratch=tmp_path,
+        )
     assert not (tmp_path / "q.onnx").exists()
 
 
 def test_empty_calibration_set(release, tmp_path):
     train = tmp_path / "train"
     write_split(tmp_path, "train", np.zeros((0, 6, 64), np.float32), np.zeros(0, np.int64), [], [])
-    with pytest.raises(DataInvalid, match=r"train: the INT8 calibration set is empty \(the file holds 0"):
+    with pytest.raises(
+        DataInvalid, match=r"train: the INT8 calibration set is empty \(the file holds 0"
+    ):
         export.calibration_windows(train, release_params().export.calibration)
-    with pytest.raises(ExportFailed, match=r"student.onnx: INT8 static quantization needs calibration windows"):
-        ox.quantize_int8(release / "models/student.onnx", tmp_path / "q.onnx", np.zeros((0, 6, 64), np.float32),
-                         mode="static", method="minmax", per_channel=True, activation_type="int8",
-                         scratch=tmp_path, calib_source=str(train))
-    x = export.calibration_windows(release / "data/prepared/train", release_params().export.calibration)
+    with pytest.raises(
+        ExportFailed, match=r"student.onnx: INT8 static quantization needs calibration windows"
+    ):
+        ox.quantize_int8(
+            release / "models/student.onnx",
+            tmp_path / "q.onnx",
+            np.zeros((0, 6, 64), np.float32),
+            mode="static",
+            method="minmax",
+            per_channel=True,
+            activation_type="int8",
+            scratch=tmp_path,
+            calib_source=str(train),
+        )
+    x = export.calibration_windows(
+        release / "data/prepared/train", release_params().export.calibration
+    )
     assert x.shape[0] == 64 and x.dtype == np.float32
 
 
@@ -257,9 +353,13 @@ def test_fp32_graphs_run_their_1d_convolutions_as_2d(release):
         g = ox.load_onnx(release / "models" / name).graph
         inits = {t.name: t for t in g.initializer}
         convs = [n for n in g.node if n.op_type == "Conv"]
-        assert convs and all(len(inits[n.input[1]].dims) == 4 and inits[n.input[1]].dims[2] == 1 for n in convs)
+        assert convs and all(
+            len(inits[n.input[1]].dims) == 4 and inits[n.input[1]].dims[2] == 1 for n in convs
+        )
         assert [n.op_type for n in g.node].count("Unsqueeze") == 1
-        assert "Squeeze" not in [n.op_type for n in g.node]  # the time mean reduces the 4D tensor directly
+        assert "Squeeze" not in [
+            n.op_type for n in g.node
+        ]  # the time mean reduces the 4D tensor directly
     int8 = ox.load_onnx(release / "models/student.int8.onnx").graph
     assert "Unsqueeze" not in [n.op_type for n in int8.node]
 
@@ -288,17 +388,23 @@ def test_conv1d_as_conv2d_computes_the_same_function():
     assert ox.conv1d_as_conv2d(proto) == 3
     onnx.checker.check_model(proto, full_check=True)
     ops = [n.op_type for n in proto.graph.node]
-    assert ops.count("Unsqueeze") == 1 and ops.count("Squeeze") == 1  # one way in; one way back for Transpose/max
+    assert (
+        ops.count("Unsqueeze") == 1 and ops.count("Squeeze") == 1
+    )  # one way in; one way back for Transpose/max
     x = torch.randn(5, 3, 16)
     with torch.no_grad():
         ref = model(x).numpy()
     path_bytes = proto.SerializeToString()
     import onnxruntime as ort
 
-    got = ort.InferenceSession(path_bytes, providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    got = ort.InferenceSession(path_bytes, providers=["CPUExecutionProvider"]).run(
+        None, {"input": x.numpy()}
+    )[0]
     assert got.shape == ref.shape and np.abs(got - ref).max() <= 1e-5
     # a graph without 1D convolutions is left alone
-    flat = ox.export_onnx(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 2)).eval(), 3, 16, 18, "mlp")
+    flat = ox.export_onnx(
+        torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 2)).eval(), 3, 16, 18, "mlp"
+    )
     before = flat.SerializeToString()
     assert ox.conv1d_as_conv2d(flat) == 0 and flat.SerializeToString() == before
 
@@ -309,11 +415,22 @@ def _norm_net(scale: list[float], groups: int = 1) -> torch.nn.Module:
 
     torch.manual_seed(0)
     c = len(scale)
-    spec = {"method": "global", "epsilon": 1e-8, "mean": [0.3 * i for i in range(c)], "std": scale,
-            "center": [0.3 * i - 0.5 for i in range(c)], "scale": scale}
-    net = torch.nn.Sequential(torch.nn.Conv1d(c, 4 * groups, 5, stride=2, padding=2, groups=groups),
-                              torch.nn.ReLU(), torch.nn.Conv1d(4 * groups, 4, 3, padding=1),
-                              torch.nn.AdaptiveAvgPool1d(1), torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    spec = {
+        "method": "global",
+        "epsilon": 1e-8,
+        "mean": [0.3 * i for i in range(c)],
+        "std": scale,
+        "center": [0.3 * i - 0.5 for i in range(c)],
+        "scale": scale,
+    }
+    net = torch.nn.Sequential(
+        torch.nn.Conv1d(c, 4 * groups, 5, stride=2, padding=2, groups=groups),
+        torch.nn.ReLU(),
+        torch.nn.Conv1d(4 * groups, 4, 3, padding=1),
+        torch.nn.AdaptiveAvgPool1d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 3),
+    )
     return build_normalized(spec, net).eval()
 
 
@@ -346,8 +463,11 @@ def test_folded_input_scale_is_exact_on_raw_input_at_amplitudes_1e_3_to_1e2():
 def test_input_scale_is_not_folded_across_disparate_units_or_into_a_grouped_conv():
     """Channels whose scales differ by more than the ratio keep the Div (an INT8 quantizer would give the
     first Conv's raw input one scale); a grouped first Conv, or max_ratio 0, leaves the graph as it was."""
-    for model, ratio in ((_norm_net([0.01, 2.0, 1.0]), 8.0), (_norm_net([0.5, 2.0, 1.0], groups=3), 8.0),
-                         (_norm_net([0.5, 2.0, 1.0]), 0.0)):
+    for model, ratio in (
+        (_norm_net([0.01, 2.0, 1.0]), 8.0),
+        (_norm_net([0.5, 2.0, 1.0], groups=3), 8.0),
+        (_norm_net([0.5, 2.0, 1.0]), 0.0),
+    ):
         proto = ox.export_onnx(model, 3, 32, 18, what="norm")
         before = proto.SerializeToString()
         assert ox.fold_input_scale(proto, ratio) is None

@@ -20,25 +20,58 @@ from edgedistill.io import read_json
 from tasks import benchmark, distill, export, prepare, promote, teacher_logits, train_teacher
 
 # INT8 ships here (forced: `auto` would decide by timing); test_fp32_* re-benchmark the run with fp32
-HOST = {"name": "edge-cpu-1t", "threads": 1, "batch_sizes": [1], "warmup": 2, "runs": 20, "max_seconds": 0.5,
-        "latency_ms": 1000.0, "ram_bytes": 2**30, "flash_bytes": 2**30, "format": "int8"}
+HOST = {
+    "name": "edge-cpu-1t",
+    "threads": 1,
+    "batch_sizes": [1],
+    "warmup": 2,
+    "runs": 20,
+    "max_seconds": 0.5,
+    "latency_ms": 1000.0,
+    "ram_bytes": 2**30,
+    "flash_bytes": 2**30,
+    "format": "int8",
+}
 TINY = {
     "compute": {"device": "cpu", "threads": 1},
-    "teacher": {"config": {"widths": [8, 16, 16], "kernel": 5, "dropout": 0.0},
-                "train": {"min_steps": 0, "epochs": 4, "batch_size": 64, "lr": 0.01}},
-    "student": {"config": {"widths": [8, 8, 12, 12], "kernel": 5},
-                "train": {"min_steps": 0, "epochs": 4, "batch_size": 64, "lr": 0.02}},
+    "teacher": {
+        "config": {"widths": [8, 16, 16], "kernel": 5, "dropout": 0.0},
+        "train": {"min_steps": 0, "epochs": 4, "batch_size": 64, "lr": 0.01},
+    },
+    "student": {
+        "config": {"widths": [8, 8, 12, 12], "kernel": 5},
+        "train": {"min_steps": 0, "epochs": 4, "batch_size": 64, "lr": 0.02},
+    },
     "distill": {"bank": {"views": 2}},
     "export": {"calibration": {"windows": 64}},
-    "benchmark": {"interleaved_warmup": 5, "interleaved_runs": 20, "interleaved_rounds": 2, "profile_runs": 5,
-                  "profiles": [HOST, {"name": "cortex-m7", "measure": False, "ram_bytes": 512 * 2**10,
-                                      "flash_bytes": 2 * 2**20}]},
+    "benchmark": {
+        "interleaved_warmup": 5,
+        "interleaved_runs": 20,
+        "interleaved_rounds": 2,
+        "profile_runs": 5,
+        "profiles": [
+            HOST,
+            {
+                "name": "cortex-m7",
+                "measure": False,
+                "ram_bytes": 512 * 2**10,
+                "flash_bytes": 2 * 2**20,
+            },
+        ],
+    },
     "stats": {"resamples": 500},
-    "sanity": {"enabled": False},  # a 4-epoch tiny teacher is not judged against the 1-NN (its own test)
+    "sanity": {
+        "enabled": False
+    },  # a 4-epoch tiny teacher is not judged against the 1-NN (its own test)
 }
 # gates wide open: each test narrows only the gate it exercises
-OPEN = {"min_accuracy": 0.0, "max_drop_vs_teacher": 1.0, "max_int8_drop": 1.0, "regression_tolerance": 1.0,
-        "min_kd_gain": -1.0}
+OPEN = {
+    "min_accuracy": 0.0,
+    "max_drop_vs_teacher": 1.0,
+    "max_int8_drop": 1.0,
+    "regression_tolerance": 1.0,
+    "min_kd_gain": -1.0,
+}
 
 
 def params(gates: dict | None = None, host: dict | None = None, **promote_extra):
@@ -96,7 +129,14 @@ def test_real_artifacts_pass_open_gates(runs):
     assert d["passed"], d["failed"]
     # every accuracy the gates use carries its interval
     c = d["candidate"]
-    for key in ("teacher_accuracy", "baseline_accuracy", "kd_accuracy", "int8_accuracy", "kd_gain", "kd_gain_val"):
+    for key in (
+        "teacher_accuracy",
+        "baseline_accuracy",
+        "kd_accuracy",
+        "int8_accuracy",
+        "kd_gain",
+        "kd_gain_val",
+    ):
         assert c[f"{key}_lo"] <= c[key] <= c[f"{key}_hi"], key
     assert row(d, "accuracy")["lo"] == c["int8_accuracy_lo"]
 
@@ -106,7 +146,9 @@ def measured(root: Path) -> dict:
         return promote.read_candidate()
 
 
-@pytest.mark.parametrize("gate", ["accuracy", "latency:edge-cpu-1t", "rss:edge-cpu-1t", "flash:edge-cpu-1t"])
+@pytest.mark.parametrize(
+    "gate", ["accuracy", "latency:edge-cpu-1t", "rss:edge-cpu-1t", "flash:edge-cpu-1t"]
+)
 def test_gate_fails_just_below_the_measured_figure(runs, gate):
     c = measured(runs["good"])
     bench = read_json(runs["good"] / promote.BENCHMARK)
@@ -114,9 +156,14 @@ def test_gate_fails_just_below_the_measured_figure(runs, gate):
     if gate == "accuracy":
         p = params({"min_accuracy": min(c["int8_accuracy"] + 0.01, 1.0)})
     else:  # the profile's budget just below what the benchmark stage measured there
-        figure = {"latency": c["p95_ms"], "rss": prof["peak_rss_delta_bytes"]["student_int8"],
-                  "flash": bench["models"]["student_int8"]["file_bytes"]}[gate.split(":")[0]]
-        key = {"latency": "latency_ms", "rss": "ram_bytes", "flash": "flash_bytes"}[gate.split(":")[0]]
+        figure = {
+            "latency": c["p95_ms"],
+            "rss": prof["peak_rss_delta_bytes"]["student_int8"],
+            "flash": bench["models"]["student_int8"]["file_bytes"],
+        }[gate.split(":")[0]]
+        key = {"latency": "latency_ms", "rss": "ram_bytes", "flash": "flash_bytes"}[
+            gate.split(":")[0]
+        ]
         p = params(host={key: figure / 2 if key == "latency_ms" else int(figure) - 1})
     with contextlib.chdir(runs["good"]), pytest.raises(GateFailed, match=gate):
         promote.run(p)
@@ -126,8 +173,15 @@ def test_gate_fails_just_below_the_measured_figure(runs, gate):
 
 def test_int8_drop_and_drop_vs_teacher_fail_at_defaults_on_a_badly_quantized_student(runs):
     defaults = make_params().promote.gates
-    d = decide(runs["bad"], params({"max_int8_drop": defaults.max_int8_drop,
-                                    "max_drop_vs_teacher": defaults.max_drop_vs_teacher}))
+    d = decide(
+        runs["bad"],
+        params(
+            {
+                "max_int8_drop": defaults.max_int8_drop,
+                "max_drop_vs_teacher": defaults.max_drop_vs_teacher,
+            }
+        ),
+    )
     assert {"int8_drop", "drop_vs_teacher"} <= set(d["failed"])
     r = row(d, "int8_drop")
     assert r["value"] > defaults.max_int8_drop and r["lo"] <= r["value"] <= r["hi"]
@@ -139,7 +193,12 @@ def test_kd_gate_refuses(runs):
         assert c["kd_gain_val"] > 0
         # the gate reads the upper end of the paired test interval: at it the gate passes, just above it fails
         assert c["kd_gain_lo"] <= c["kd_gain"] <= c["kd_gain_hi"]
-        assert row(decide(runs["good"], params({"min_kd_gain": c["kd_gain_hi"]})), "kd_gain")["verdict"] == "pass"
+        assert (
+            row(decide(runs["good"], params({"min_kd_gain": c["kd_gain_hi"]})), "kd_gain")[
+                "verdict"
+            ]
+            == "pass"
+        )
         d = decide(runs["good"], params({"min_kd_gain": min(c["kd_gain_hi"] + 0.01, 1.0)}))
         assert d["failed"] == ["kd_gain"]
     else:  # KD did not help on validation: the baseline ships, or with fallback none nothing does
@@ -159,8 +218,16 @@ def _install_prod(candidate_root: Path, prod_root: Path, recorded: float) -> Non
     shutil.copy(prod_root / "models/student.int8.onnx", dest / "student.int8.onnx")
     (dest / "model_card.json").write_text(json.dumps({"model": "student", "version": "v0.1.0"}))
     (candidate_root / promote.PROD_REFERENCE).parent.mkdir(parents=True, exist_ok=True)
-    (candidate_root / promote.PROD_REFERENCE).write_text(json.dumps(
-        {"model": "student", "version": "v0.1.0", "commit": None, "metrics": {"int8_accuracy": recorded}}))
+    (candidate_root / promote.PROD_REFERENCE).write_text(
+        json.dumps(
+            {
+                "model": "student",
+                "version": "v0.1.0",
+                "commit": None,
+                "metrics": {"int8_accuracy": recorded},
+            }
+        )
+    )
 
 
 def test_regression_gate_refuses_a_candidate_worse_than_prod_on_the_same_windows(runs, tmp_path):
@@ -182,7 +249,9 @@ def test_regression_gate_refuses_a_candidate_worse_than_prod_on_the_same_windows
     assert old["passed"] and "not paired" in row(old, "no_regression")["detail"] and old["warnings"]
 
 
-def test_prod_with_another_input_contract_falls_back_to_the_recorded_figure_with_a_warning(runs, tmp_path):
+def test_prod_with_another_input_contract_falls_back_to_the_recorded_figure_with_a_warning(
+    runs, tmp_path
+):
     root = tmp_path / "candidate"
     shutil.copytree(runs["good"], root)
     _install_prod(root, runs["good"], recorded=0.99)
@@ -191,10 +260,15 @@ def test_prod_with_another_input_contract_falls_back_to_the_recorded_figure_with
     ox.set_metadata(proto, {"window": 128})  # prod was trained on 128-reading windows
     ox.save_onnx(proto, prod_model)
     d = decide(root, params({"regression_tolerance": 0.01}))
-    assert d["vs_prod"]["comparable"] is False and "window 128 (prod) vs 64 (candidate)" in d["vs_prod"]["reason"]
+    assert (
+        d["vs_prod"]["comparable"] is False
+        and "window 128 (prod) vs 64 (candidate)" in d["vs_prod"]["reason"]
+    )
     assert any("input contract differs" in w for w in d["warnings"])
     r = row(d, "no_regression")
-    assert "recorded" in r["metric"] and r["verdict"] == "fail"  # 0.99 recorded: the fallback still gates
+    assert (
+        "recorded" in r["metric"] and r["verdict"] == "fail"
+    )  # 0.99 recorded: the fallback still gates
 
 
 def _columns(tree: dict, prefix: str = "") -> list[str]:
@@ -219,35 +293,63 @@ def test_dvc_metrics_lead_with_what_users_compare(runs, tmp_path):
     decide(root, params())
     for f in ("dvc.yaml", "params.yaml"):
         shutil.copy(Path(__file__).parents[1] / f, root / f)
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
 
     def sh(*cmd: str) -> str:
-        return subprocess.run(cmd, cwd=root, check=True, capture_output=True, text=True, env=env).stdout
+        return subprocess.run(
+            cmd, cwd=root, check=True, capture_output=True, text=True, env=env
+        ).stdout
 
     dvc = (sys.executable, "-m", "dvc")
     sh("git", "init", "-q")
     sh(*dvc, "init", "-q")
     files = json.loads(sh(*dvc, "metrics", "show", "--json"))[""]["data"]
-    assert list(files) == [promote.SUMMARY]  # DVC orders several metrics files at random in `metrics diff`
-    lead = [*promote.LEAD, "target.edge-cpu-1t.flash_bytes", "target.edge-cpu-1t.latency_ms",
-            "target.edge-cpu-1t.rss_bytes"]
+    assert list(files) == [
+        promote.SUMMARY
+    ]  # DVC orders several metrics files at random in `metrics diff`
+    lead = [
+        *promote.LEAD,
+        "target.edge-cpu-1t.flash_bytes",
+        "target.edge-cpu-1t.latency_ms",
+        "target.edge-cpu-1t.rss_bytes",
+    ]
     columns = _columns(files[promote.SUMMARY]["data"])
-    assert columns[:len(lead)] == lead  # `dvc exp show`: the file's key order
-    assert {"test_accuracy.teacher", "test_accuracy.kd_lo", "val_kd_gain", "verdict.passed"} <= set(columns)
+    assert columns[: len(lead)] == lead  # `dvc exp show`: the file's key order
+    assert {"test_accuracy.teacher", "test_accuracy.kd_lo", "val_kd_gain", "verdict.passed"} <= set(
+        columns
+    )
     sh("git", "add", "-A")
     sh("git", "commit", "-qm", "run")
     table = sh(*dvc, "metrics", "diff", "--all", "--md").splitlines()[2:]
-    rows = [[cell.strip() for cell in line.strip("|").split("|")][:2] for line in table if line.startswith("|")]
-    assert rows[:len(lead)] == [[promote.SUMMARY, m] for m in lead]  # `dvc metrics diff`: sorted by name
+    rows = [
+        [cell.strip() for cell in line.strip("|").split("|")][:2]
+        for line in table
+        if line.startswith("|")
+    ]
+    assert rows[: len(lead)] == [
+        [promote.SUMMARY, m] for m in lead
+    ]  # `dvc metrics diff`: sorted by name
     assert [m for _, m in rows] == columns  # the names sort in the file's order: both views agree
 
     summary = read_json(root / promote.SUMMARY)
     with contextlib.chdir(root):
         c = promote.read_candidate()
-    assert summary["accuracy_lo"] <= summary["accuracy"] == c["int8_accuracy"] <= summary["accuracy_hi"]
+    assert (
+        summary["accuracy_lo"]
+        <= summary["accuracy"]
+        == c["int8_accuracy"]
+        <= summary["accuracy_hi"]
+    )
     assert summary["kd_gain_lo"] <= summary["kd_gain"] == c["kd_gain"] <= summary["kd_gain_hi"]
-    assert summary["target"]["edge-cpu-1t"]["latency_ms"] == c["p95_ms"] == summary["latency_p95_ms"]
+    assert (
+        summary["target"]["edge-cpu-1t"]["latency_ms"] == c["p95_ms"] == summary["latency_p95_ms"]
+    )
     assert summary["size_bytes"] == c["size_bytes"] and summary["verdict"]["passed"] is True
 
 
@@ -270,15 +372,27 @@ def test_fp32_profile_gates_judge_the_fp32_file(fp32_run):
     c = measured(fp32_run)
     bench = read_json(fp32_run / promote.BENCHMARK)
     assert c["formats"] == {"edge-cpu-1t": "fp32", "cortex-m7": "int8"}
-    assert c["p95_ms"] == bench["release"]["student_fp32_p95_ms"] and c["size_bytes"] == bench["models"][
-        "student_fp32"]["file_bytes"]
+    assert (
+        c["p95_ms"] == bench["release"]["student_fp32_p95_ms"]
+        and c["size_bytes"] == bench["models"]["student_fp32"]["file_bytes"]
+    )
     d = decide(fp32_run, params(host=FP32))
     assert d["passed"], d["failed"]
     # both shipped files are judged: INT8 (the mcu profile) and FP32 (the gateway)
-    assert {"accuracy", "int8_drop", "fp32_accuracy", "fp32_drop_vs_teacher", "fp32_no_regression"} <= {
-        r["gate"] for r in d["gates"]}
-    assert row(d, "fp32_accuracy")["value"] == c["fp32_accuracy"] and "edge-cpu-1t" in row(d, "fp32_accuracy")["metric"]
-    fails = decide(fp32_run, params({"min_accuracy": min(c["fp32_accuracy"] + 0.01, 1.0)}, host=FP32))
+    assert {
+        "accuracy",
+        "int8_drop",
+        "fp32_accuracy",
+        "fp32_drop_vs_teacher",
+        "fp32_no_regression",
+    } <= {r["gate"] for r in d["gates"]}
+    assert (
+        row(d, "fp32_accuracy")["value"] == c["fp32_accuracy"]
+        and "edge-cpu-1t" in row(d, "fp32_accuracy")["metric"]
+    )
+    fails = decide(
+        fp32_run, params({"min_accuracy": min(c["fp32_accuracy"] + 0.01, 1.0)}, host=FP32)
+    )
     assert "fp32_accuracy" in fails["failed"]
     # the latency budget just below the FP32 p95 the benchmark stage measured
     with contextlib.chdir(fp32_run), pytest.raises(GateFailed, match="latency:edge-cpu-1t"):
@@ -295,7 +409,11 @@ def test_fp32_profile_against_a_prod_released_before_formats(fp32_run, runs, tmp
     _install_prod(root, runs["good"], recorded=0.0)
     d = decide(root, params({"regression_tolerance": 0.01}, host=FP32))
     fp32 = d["vs_prod_fp32"]
-    assert fp32["comparable"] and fp32["prod_file"] == "student.int8.onnx" and fp32["candidate_file"] == "student.onnx"
+    assert (
+        fp32["comparable"]
+        and fp32["prod_file"] == "student.int8.onnx"
+        and fp32["candidate_file"] == "student.onnx"
+    )
     assert d["vs_prod"]["prod_file"] == d["vs_prod"]["candidate_file"] == "student.int8.onnx"
     r = row(d, "fp32_no_regression")
     assert "paired, same windows" in r["metric"] and "student.int8.onnx" in r["detail"]
@@ -310,15 +428,28 @@ def test_prod_shipping_two_files_on_one_candidate_format_is_compared_with_each(r
     shutil.copytree(runs["good"], root)
     _install_prod(root, runs["bad"], recorded=0.0)
     shutil.copy(runs["good"] / "models/student.onnx", root / promote.PROD_DIR / "student.onnx")
-    card = {"model": "student", "version": "v0.1.0",
-            "ships": {"edge-cpu-1t": {"format": "fp32", "file": "student.onnx"},
-                      "cortex-m7": {"format": "int8", "file": "student.int8.onnx"}}}
+    card = {
+        "model": "student",
+        "version": "v0.1.0",
+        "ships": {
+            "edge-cpu-1t": {"format": "fp32", "file": "student.onnx"},
+            "cortex-m7": {"format": "int8", "file": "student.int8.onnx"},
+        },
+    }
     (root / promote.PROD_DIR / "model_card.json").write_text(json.dumps(card))
     with contextlib.chdir(root):
         both = promote.compare_with_prod(profiles=["edge-cpu-1t", "cortex-m7"])
-        one = {f: promote.compare_with_prod(profiles=[p]) for f, p in (("fp32", "edge-cpu-1t"), ("int8", "cortex-m7"))}
+        one = {
+            f: promote.compare_with_prod(profiles=[p])
+            for f, p in (("fp32", "edge-cpu-1t"), ("int8", "cortex-m7"))
+        }
     assert both["prod_files"] == ["student.onnx", "student.int8.onnx"]
-    assert one["fp32"]["prod_file"] == "student.onnx" and one["int8"]["prod_file"] == "student.int8.onnx"
+    assert (
+        one["fp32"]["prod_file"] == "student.onnx"
+        and one["int8"]["prod_file"] == "student.int8.onnx"
+    )
     worst = min(one.values(), key=lambda r: r["difference"]["value"])
     assert both["prod_file"] == worst["prod_file"] and both["difference"] == worst["difference"]
-    assert one["int8"]["difference"]["value"] > one["fp32"]["difference"]["value"]  # prod's mcu file is the bad one
+    assert (
+        one["int8"]["difference"]["value"] > one["fp32"]["difference"]["value"]
+    )  # prod's mcu file is the bad one

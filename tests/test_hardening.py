@@ -23,8 +23,18 @@ from edgedistill.store import (
 from flows.device_bench import bench_key, benchmark_release
 from flows.publish import channel_key, read_channel
 
-TRAVERSALS = ["../../channels/prod", "..", "../x", "a/b", "/etc/passwd", ".hidden", "", "a\\..\\b", "x\0y",
-              "dev..ice"]
+TRAVERSALS = [
+    "../../channels/prod",
+    "..",
+    "../x",
+    "a/b",
+    "/etc/passwd",
+    ".hidden",
+    "",
+    "a\\..\\b",
+    "x\0y",
+    "dev..ice",
+]
 
 
 @pytest.mark.parametrize("bad", TRAVERSALS)
@@ -44,10 +54,15 @@ def test_every_name_that_reaches_a_store_key_is_checked(bad):
 def test_good_names_pass():
     for ok in ("pi-4.local", "v0.1.0", "prod", "jetson_nano+2", "A1"):
         assert safe_name("x", ok) == ok
-    assert bench_key("student", "v0.1.0", "pi-4.local") == "releases/student/v0.1.0/bench/pi-4.local.json"
+    assert (
+        bench_key("student", "v0.1.0", "pi-4.local")
+        == "releases/student/v0.1.0/bench/pi-4.local.json"
+    )
 
 
-@pytest.mark.parametrize("key", ["../outside.json", "releases/../../outside.json", "/abs.json", "a//b", "a/./b"])
+@pytest.mark.parametrize(
+    "key", ["../outside.json", "releases/../../outside.json", "/abs.json", "a//b", "a/./b"]
+)
 def test_local_store_refuses_keys_outside_it(tmp_path, key):
     store = LocalStore(tmp_path / "store")
     src = tmp_path / "f"

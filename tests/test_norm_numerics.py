@@ -25,7 +25,9 @@ PARITY_ATOL = 1e-4  # params.yaml export.parity_atol
 def _net(method: str) -> nn.Module:
     torch.manual_seed(0)
     c_in = normalization.out_channels(method, C)
-    return nn.Sequential(nn.Conv1d(c_in, 8, 5), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(8, 3))
+    return nn.Sequential(
+        nn.Conv1d(c_in, 8, 5), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(8, 3)
+    )
 
 
 def _windows(level: np.ndarray, spread: float, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -36,7 +38,9 @@ def _windows(level: np.ndarray, spread: float, n: int, rng: np.random.Generator)
     amp[: n // 8] = 0.0
     amp[n // 8 : n // 4] = spread * 1e-7
     t = np.arange(W)
-    wave = np.sin(2 * np.pi * rng.uniform(0.05, 0.3, (n, C, 1)) * t) + 0.3 * rng.standard_normal((n, C, W))
+    wave = np.sin(2 * np.pi * rng.uniform(0.05, 0.3, (n, C, 1)) * t) + 0.3 * rng.standard_normal(
+        (n, C, W)
+    )
     return (level.reshape(1, C, 1) + amp[:, None, None] * wave).astype(np.float32)
 
 
@@ -62,21 +66,38 @@ def _with_constants(proto: onnx.ModelProto, module: nn.Module) -> onnx.ModelProt
         if init.name in tensors:
             init.CopyFrom(numpy_helper.from_array(tensors[init.name].numpy(), init.name))
             swapped += 1
-    assert swapped, "the normalisation's constants must be graph initializers (buffers), not folded scalars"
+    assert swapped, (
+        "the normalisation's constants must be graph initializers (buffers), not folded scalars"
+    )
     return m
 
 
 @pytest.mark.parametrize("method", normalization.METHODS)
-@settings(max_examples=8, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(offset=st.sampled_from([1e-3, 0.5, 1.0, 230.0, 1e4]), spread=st.sampled_from([0.0, 1e-4, 1.0, 1e3]),
-       seed=st.integers(0, 2**16))
-def test_constant_and_near_constant_windows_agree_in_pytorch_onnx_and_int8(graphs, method, offset, spread, seed):
+@settings(
+    max_examples=8,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    offset=st.sampled_from([1e-3, 0.5, 1.0, 230.0, 1e4]),
+    spread=st.sampled_from([0.0, 1e-4, 1.0, 1e3]),
+    seed=st.integers(0, 2**16),
+)
+def test_constant_and_near_constant_windows_agree_in_pytorch_onnx_and_int8(
+    graphs, method, offset, spread, seed
+):
     rng = np.random.default_rng(seed)
     level = offset * rng.choice([-1.0, 1.0], C)
     train = _windows(level, spread, 96, rng)
     spec = normalization.fit(method, train.transpose(0, 2, 1).reshape(-1, C), train, 1e-6)
     model = normalization.NormalizedModel(normalization.InputNorm(spec), _net(method)).eval()
-    test = np.concatenate([_windows(level, spread, 48, rng), np.tile(level.astype(np.float32)[None, :, None], (1, 1, W))])
+    test = np.concatenate(
+        [
+            _windows(level, spread, 48, rng),
+            np.tile(level.astype(np.float32)[None, :, None], (1, 1, W)),
+        ]
+    )
     with torch.no_grad():
         ref = model(torch.from_numpy(test)).numpy()
         calib_ref = model(torch.from_numpy(train)).numpy()
@@ -90,8 +111,16 @@ def test_constant_and_near_constant_windows_agree_in_pytorch_onnx_and_int8(graph
         assert np.abs(got - ref).max() <= PARITY_ATOL, np.abs(got - ref).max(axis=1)
         assert (got.argmax(1) == ref.argmax(1)).all()
 
-        ox.quantize_int8(fp32, int8, train, mode="static", method="minmax", per_channel=True,
-                         activation_type="int8", scratch=Path(d))
+        ox.quantize_int8(
+            fp32,
+            int8,
+            train,
+            mode="static",
+            method="minmax",
+            per_channel=True,
+            activation_type="int8",
+            scratch=Path(d),
+        )
         q8 = ox.predict(ox.open_session(int8), int8, test)
     assert np.isfinite(q8).all()
     # on the flat windows (exact constants, one part in 1e7 of the spread) INT8 stays within a tenth of the

@@ -21,13 +21,28 @@ from edgedistill.params import parse_params
 from tasks import prepare, train_teacher
 
 LABELS = ["sine", "square", "saw"]
-TINY_TEACHER = {"arch": "resnet1d", "config": {"widths": [8, 16], "kernel": 5, "dropout": 0.0},
-                "train": {"min_steps": 0, "epochs": 8, "batch_size": 64, "lr": 0.01, "label_smoothing": 0.0, "seed": 0},
-                "augment": {"scale": 0.1, "jitter": 0.0, "shift": 0.125}}
+TINY_TEACHER = {
+    "arch": "resnet1d",
+    "config": {"widths": [8, 16], "kernel": 5, "dropout": 0.0},
+    "train": {
+        "min_steps": 0,
+        "epochs": 8,
+        "batch_size": 64,
+        "lr": 0.01,
+        "label_smoothing": 0.0,
+        "seed": 0,
+    },
+    "augment": {"scale": 0.1, "jitter": 0.0, "shift": 0.125},
+}
 
 
-def shape_readings(groups: int = 6, recs_per_class: int = 4, n: int = 192, seed: int = 0,
-                   amp_range: tuple[float, float] = (-3.0, 2.0)) -> pd.DataFrame:
+def shape_readings(
+    groups: int = 6,
+    recs_per_class: int = 4,
+    n: int = 192,
+    seed: int = 0,
+    amp_range: tuple[float, float] = (-3.0, 2.0),
+) -> pd.DataFrame:
     """One channel; classes differ only in shape (sine / square / sawtooth at random frequency and phase);
     every recording has its own amplitude, log-uniform over `amp_range` decades, independent of the class."""
     rng = np.random.default_rng(seed)
@@ -42,20 +57,38 @@ def shape_readings(groups: int = 6, recs_per_class: int = 4, n: int = 192, seed:
                 wave = [np.sin(u), np.sign(np.sin(u)), 2 * ((u / (2 * np.pi)) % 1) - 1][c]
                 amp = 10 ** rng.uniform(*amp_range)
                 v = amp * (wave + 0.05 * rng.standard_normal(n))
-                rows.append(pd.DataFrame({"subject": f"G{g}", "recording": rec, "t": t / 50, "label": lab, "v": v}))
+                rows.append(
+                    pd.DataFrame(
+                        {"subject": f"G{g}", "recording": rec, "t": t / 50, "label": lab, "v": v}
+                    )
+                )
                 rec += 1
     return pd.concat(rows, ignore_index=True)
 
 
 def shape_params(method: str, readings: Path, **over):
-    raw = merge(merge(base_params_dict(), SMALL), {
-        "data": {"readings": str(readings), "channels": ["v"], "labels": LABELS, "sample_rate_hz": 50,
-                 "vector_groups": []},
-        "prepare": {"window": 32, "train_stride": 16, "eval_stride": 32, "normalization": method,
-                    "split": {"val_groups": ["G4"], "test_groups": ["G5"]}},
-        "compute": {"device": "cpu", "threads": 1},
-        "teacher": TINY_TEACHER, **over,
-    })
+    raw = merge(
+        merge(base_params_dict(), SMALL),
+        {
+            "data": {
+                "readings": str(readings),
+                "channels": ["v"],
+                "labels": LABELS,
+                "sample_rate_hz": 50,
+                "vector_groups": [],
+            },
+            "prepare": {
+                "window": 32,
+                "train_stride": 16,
+                "eval_stride": 32,
+                "normalization": method,
+                "split": {"val_groups": ["G4"], "test_groups": ["G5"]},
+            },
+            "compute": {"device": "cpu", "threads": 1},
+            "teacher": TINY_TEACHER,
+            **over,
+        },
+    )
     raw["validate"]["channel_ranges"] = {}  # the IMU limits do not apply to this sensor
     return parse_params(raw)
 
@@ -67,9 +100,15 @@ def train_on_shapes(root: Path, method: str, **over) -> tuple[dict, dict]:
     p = shape_params(method, readings, **over)
     prepared = root / "data/prepared"
     prepare.run(p, out_dir=prepared)
-    m = train_teacher.run(p, prepared=prepared, model_out=root / "models/teacher.pt",
-                          metrics_out=root / "metrics/teacher.json", plots_dir=None,
-                          resume_dir=root / "models/.resume", log=lambda _: None)
+    m = train_teacher.run(
+        p,
+        prepared=prepared,
+        model_out=root / "models/teacher.pt",
+        metrics_out=root / "metrics/teacher.json",
+        plots_dir=None,
+        resume_dir=root / "models/.resume",
+        log=lambda _: None,
+    )
     return m, json.loads((prepared / "norm.json").read_text())
 
 
@@ -88,13 +127,18 @@ def test_auto_learns_shapes_at_any_amplitude_where_global_fails(shapes_auto, tmp
     assert "decades" in spec["reason"] and spec["rule"]["fitted_on"] == "train"
     auto = json.loads((shapes_auto / "metrics/teacher.json").read_text())
     assert auto["accuracy"] > 0.9, auto
-    assert auto["sanity"]["passed"] and auto["val_accuracy"] > auto["sanity"]["knn_fft_val_accuracy"]
+    assert (
+        auto["sanity"]["passed"] and auto["val_accuracy"] > auto["sanity"]["knn_fft_val_accuracy"]
+    )
     glob, gnorm = train_on_shapes(tmp_path / "a", "global", sanity={"enabled": False})
     assert gnorm["normalization"]["method"] == "global"
     assert glob["accuracy"] < 0.8, glob  # the quiet recordings are flat after one global scale
     # ... and the sanity stop names it instead of shipping it (the teacher stays at the majority class)
-    with pytest.raises(TrainingFailed, match=r"sanity stop: .*(majority class after 3|below a 1-NN).*1-NN on FFT "
-                                             r"magnitudes \d+\.\d%.*normalisation"):
+    with pytest.raises(
+        TrainingFailed,
+        match=r"sanity stop: .*(majority class after 3|below a 1-NN).*1-NN on FFT "
+        r"magnitudes \d+\.\d%.*normalisation",
+    ):
         train_on_shapes(tmp_path / "b", "global")
     assert not (tmp_path / "b/models/teacher.pt").exists()
 
@@ -129,15 +173,23 @@ def test_auto_picks_robust_for_heavy_tails():
 
 
 def test_per_window_shape_is_amplitude_free_and_amplitude_kept(workdir):
-    x = torch.from_numpy(small_readings()[["acc_x", "gyro_y"]].to_numpy(np.float32)[:64].T.copy())[None]
+    x = torch.from_numpy(small_readings()[["acc_x", "gyro_y"]].to_numpy(np.float32)[:64].T.copy())[
+        None
+    ]
     spec = normalization.fit("per_window", x[0].T.numpy(), x.numpy(), 1e-6)
     outs = [normalization.apply(spec, x * a) for a in (1e-3, 1.0, 1e2)]
     assert outs[0].shape == (1, 6, 64)
     for o in outs[1:]:
-        assert torch.allclose(o[:, :2], outs[0][:, :2], atol=1e-3)  # z-scored shape: same at every amplitude
-    assert outs[2][0, 2, 0] > outs[1][0, 2, 0] > outs[0][0, 2, 0]  # log-std channel orders the amplitudes
+        assert torch.allclose(
+            o[:, :2], outs[0][:, :2], atol=1e-3
+        )  # z-scored shape: same at every amplitude
+    assert (
+        outs[2][0, 2, 0] > outs[1][0, 2, 0] > outs[0][0, 2, 0]
+    )  # log-std channel orders the amplitudes
     const = normalization.apply(spec, torch.full((1, 2, 64), 5.0))
-    assert torch.isfinite(const).all() and float(const[:, :2].abs().max()) == 0.0  # epsilon: constant windows
+    assert (
+        torch.isfinite(const).all() and float(const[:, :2].abs().max()) == 0.0
+    )  # epsilon: constant windows
 
 
 def test_onnx_fp32_and_int8_take_raw_readings_at_amplitudes_1e_3_to_1e2(shapes_auto, tmp_path):
@@ -148,11 +200,21 @@ def test_onnx_fp32_and_int8_take_raw_readings_at_amplitudes_1e_3_to_1e2(shapes_a
     calib = prepared_arrays(shapes_auto / "data/prepared", "train")["X"][:128]
     fp32, int8 = tmp_path / "m.onnx", tmp_path / "m.int8.onnx"
     ox.save_onnx(ox.export_onnx(model, 1, 32, 18, what="test"), fp32)
-    ox.quantize_int8(fp32, int8, calib, mode="static", method="minmax", per_channel=True,
-                     activation_type="int8", scratch=tmp_path)
+    ox.quantize_int8(
+        fp32,
+        int8,
+        calib,
+        mode="static",
+        method="minmax",
+        per_channel=True,
+        activation_type="int8",
+        scratch=tmp_path,
+    )
     q = ox.load_onnx(int8)
     consumers = [n.op_type for n in q.graph.node if ox.INPUT_NAME in n.input]
-    assert consumers and "QuantizeLinear" not in consumers  # raw input enters FP32 normalisation nodes
+    assert (
+        consumers and "QuantizeLinear" not in consumers
+    )  # raw input enters FP32 normalisation nodes
     assert len(ox.input_stage_nodes(ox.load_onnx(fp32))) >= 4
     s32, s8 = ox.open_session(fp32), ox.open_session(int8)
     unit = x / x.std(axis=2, keepdims=True)  # the test windows' shapes, re-scaled to each amplitude

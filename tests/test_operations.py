@@ -37,6 +37,7 @@ MODEL = "student"
 
 # ---------------------------------------------------------------- conditional writes
 
+
 def _conditional_semantics(store) -> None:
     key = "releases/student/channels/prod.json"
     assert store.read_versioned(key) is None
@@ -53,7 +54,11 @@ def _conditional_semantics(store) -> None:
 
 def test_local_store_conditional_write(tmp_path):
     _conditional_semantics(LocalStore(tmp_path / "store"))
-    assert not [p for p in (tmp_path / "store").rglob("*") if p.name.startswith(".prod.json.") and "lock" not in p.name]
+    assert not [
+        p
+        for p in (tmp_path / "store").rglob("*")
+        if p.name.startswith(".prod.json.") and "lock" not in p.name
+    ]
 
 
 def test_s3_conditional_write_is_enforced_by_the_server(monkeypatch):
@@ -70,15 +75,26 @@ def test_s3_conditional_write_is_enforced_by_the_server(monkeypatch):
 
 # ---------------------------------------------------------------- a project with a registered version
 
-def release_v(root: Path, version: str, data_md5: str | None, stage: str | None = None, seed: int = 0,
-              ships: dict | None = None) -> dict:
+
+def release_v(
+    root: Path,
+    version: str,
+    data_md5: str | None,
+    stage: str | None = None,
+    seed: int = 0,
+    ships: dict | None = None,
+) -> dict:
     """Register `version` at HEAD with its bundle in the store, as the release flow leaves it (`ships`:
     the card's file per profile; None: a card as written before per-profile formats)."""
     params = load_params(root / "params.yaml")
     files = write_candidate(root / f".cand-{version}", seed=seed)
     card = root / f".cand-{version}" / CARD
-    card.write_text(json.dumps({"model": MODEL, "version": version, "lineage": {"data": {"md5": data_md5}}}
-                               | ({"ships": ships} if ships is not None else {})))
+    card.write_text(
+        json.dumps(
+            {"model": MODEL, "version": version, "lineage": {"data": {"md5": data_md5}}}
+            | ({"ships": ships} if ships is not None else {})
+        )
+    )
     publish_signed(open_store(params.store, root), MODEL, version, {**files, CARD: card}, root)
     reg = Registry(root)
     reg.register(MODEL, version, "HEAD")
@@ -129,13 +145,16 @@ def test_publish_writes_channel_then_is_idempotent_and_refuses_stale(project):
     # a forged counter in the stored document (the issue's attack: "assignment": 999 made publish leave
     # a replayed channel alone for good) is not trusted: the signed entry is, and the document is rewritten
     data, etag = store.read_versioned(key)
-    store.write_conditional(key, json.dumps({**json.loads(data), "version": "v9.0.0", "assignment": 999}).encode(),
-                            etag)
+    store.write_conditional(
+        key, json.dumps({**json.loads(data), "version": "v9.0.0", "assignment": 999}).encode(), etag
+    )
     repaired = publish_channel(project, params, "prod")
     assert repaired["changed"] and json.loads(store.read_versioned(key)[0])["version"] == "v0.1.0"
     # a newer assignment signed by another publisher is never moved back
     data, etag = store.read_versioned(key)
-    newer = (json.dumps({**json.loads(data), "version": "v9.0.0", "assignment": 99}) + "\n").encode()
+    newer = (
+        json.dumps({**json.loads(data), "version": "v9.0.0", "assignment": 99}) + "\n"
+    ).encode()
     store.write_conditional(key, newer, etag)
     sign_channel(signing_repository(store, project), MODEL, "prod", newer, "v9.0.0", 99)
     stale = publish_channel(project, params, "prod")
@@ -158,15 +177,25 @@ def test_publish_and_fetch_refuse_a_tampered_bundle(project, monkeypatch):
     release_v(project, "v0.2.0", None, stage="prod", seed=1)
     store = open_store(params.store, project)
     v2 = store.root / "releases" / MODEL / "v0.2.0"
-    (v2 / "student.int8.onnx").write_bytes((store.root / "releases" / MODEL / "v0.1.0" / "student.int8.onnx").read_bytes())
-    (v2 / SUMS).write_text(sums_text({n: v2 / n for n in ("student.onnx", "student.int8.onnx", CARD)}))
+    (v2 / "student.int8.onnx").write_bytes(
+        (store.root / "releases" / MODEL / "v0.1.0" / "student.int8.onnx").read_bytes()
+    )
+    (v2 / SUMS).write_text(
+        sums_text({n: v2 / n for n in ("student.onnx", "student.int8.onnx", CARD)})
+    )
     channel = store.read_versioned(channel_key(MODEL, "prod"))[0]
     with pytest.raises(VerificationFailed, match="length/sha256 check failed .*v0.2.0/"):
         publish_channel(project, params, "prod")
     assert store.read_versioned(channel_key(MODEL, "prod"))[0] == channel  # still v0.1.0
     monkeypatch.chdir(project)
-    r = CliRunner().invoke(app, ["fetch", "--stage", "prod", "--to", "deploy/prod"], env={"COLUMNS": "200"})
-    assert r.exit_code == 2 and "length/sha256 check failed" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(
+        app, ["fetch", "--stage", "prod", "--to", "deploy/prod"], env={"COLUMNS": "200"}
+    )
+    assert (
+        r.exit_code == 2
+        and "length/sha256 check failed" in r.output
+        and "Traceback" not in r.output
+    )
     assert not (project / "deploy/prod").exists()
 
 
@@ -215,14 +244,18 @@ def test_watcher_sees_new_pushed_data_and_unpublished_prod(project):
     # a new version committed but not pushed has not landed yet
     from conftest import small_readings
 
-    small_readings(subjects=2, rows_per_recording=90).to_csv(project / "data/user/readings.csv", index=False)
+    small_readings(subjects=2, rows_per_recording=90).to_csv(
+        project / "data/user/readings.csv", index=False
+    )
     sh([f"{BIN}/dvc", "add", "-q", "data/user/readings.csv"], project)
     d = check_data(project, params, store, {})
     assert not d["emit"] and "not in the DVC remote" in d["why"]
     sh([f"{BIN}/dvc", "push", "-q", "-r", "store"], project)
     d = check_data(project, params, store, {})
     assert d["emit"] and d["released_md5"] == md5
-    assert not check_data(project, params, store, {"data_md5_emitted": d["md5"]})["emit"]  # announced once
+    assert not check_data(project, params, store, {"data_md5_emitted": d["md5"]})[
+        "emit"
+    ]  # announced once
     assert check_stages(project, params, store) == []
     Registry(project).assign(MODEL, "v0.1.0", "prod")
     assert [s["version"] for s in check_stages(project, params, store)] == ["v0.1.0"]
@@ -234,8 +267,12 @@ def test_deployments_schedules_and_triggers(project):
     from flows.deployments import build_deployments
 
     params = load_params(project / "params.yaml")
-    deps = {d.name: d for d in build_deployments(project, "params.yaml", params, cron="15 2 * * *",
-                                                 watch_interval=30)}
+    deps = {
+        d.name: d
+        for d in build_deployments(
+            project, "params.yaml", params, cron="15 2 * * *", watch_interval=30
+        )
+    }
     assert set(deps) == {"retrain", "watch", "release-on-new-data", "publish"}
     assert deps["retrain"].schedules[0].schedule.cron == "15 2 * * *"
     assert deps["watch"].schedules[0].schedule.interval.total_seconds() == 30
@@ -255,6 +292,7 @@ def test_deployments_schedules_and_triggers(project):
 
 # ---------------------------------------------------------------- end to end on a Prefect server
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -267,7 +305,9 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float) -> None:
     end = time.time() + timeout
     while time.time() < end:
         if proc.poll() is not None:
-            raise AssertionError(f"process exited {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}")
+            raise AssertionError(
+                f"process exited {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}"
+            )
         try:
             with urllib.request.urlopen(url, timeout=2) as r:
                 if r.status == 200:
@@ -298,8 +338,10 @@ def wait_run(api: str, deployment: str, done: int, timeout: float) -> list:
     async def runs() -> list:
         async with get_client() as c:
             return await c.read_flow_runs(
-                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment])), limit=50,
-                sort=FlowRunSort.EXPECTED_START_TIME_DESC)
+                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment])),
+                limit=50,
+                sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+            )
 
     end = time.time() + timeout
     while time.time() < end:
@@ -309,14 +351,23 @@ def wait_run(api: str, deployment: str, done: int, timeout: float) -> list:
         if sum(1 for r in got if r.state and r.state.is_completed()) >= done:
             return got
         time.sleep(1)
-    raise AssertionError(f"no completed run of {deployment} after {timeout}s (runs: {[r.state for r in got]})")
+    raise AssertionError(
+        f"no completed run of {deployment} after {timeout}s (runs: {[r.state for r in got]})"
+    )
 
 
 def server_env(home: Path, api: str, project: Path | None = None) -> dict[str, str]:
-    env = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"], "PREFECT_HOME": str(home),
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false",
-           "PREFECT_SERVER_API_HOST": "127.0.0.1", "PREFECT_API_URL": api, "PREFECT_RUNNER_POLL_FREQUENCY": "1",
-           "PREFECT_LOGGING_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "PATH": BIN + os.pathsep + os.environ["PATH"],
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_SERVER_API_HOST": "127.0.0.1",
+        "PREFECT_API_URL": api,
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+    }
     if project:
         env["PYTHONPATH"] = str(project)
     return env
@@ -328,9 +379,23 @@ def prefect_api(tmp_path_factory):
     home = tmp_path_factory.mktemp("prefect-server")
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
-    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                               "--port", str(port)], env=server_env(home, api), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=server_env(home, api),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         wait_http(f"{api}/health", server, 90)
         yield api
@@ -349,7 +414,9 @@ def served_names(api: str) -> set[str]:
 
     async def names() -> set[str]:
         async with get_client() as c:
-            return {d.name for d in await c.read_deployments(limit=50, sort=DeploymentSort.NAME_ASC)}
+            return {
+                d.name for d in await c.read_deployments(limit=50, sort=DeploymentSort.NAME_ASC)
+            }
 
     with temporary_settings({PREFECT_API_URL: api}):
         return asyncio.run(names())
@@ -380,12 +447,20 @@ def test_new_data_triggers_release_and_prod_triggers_publish(project, tmp_path, 
     served = None
     try:
         # the two triggered deployments, served from the project like `edgedistill serve` does
-        code = ("from edgedistill.params import load_params; from flows.deployments import build_deployments; "
-                "from prefect import serve; p = load_params('params.yaml'); "
-                "serve(*[d for d in build_deployments('.', 'params.yaml', p) "
-                "if d.name in ('release-on-new-data', 'publish')])")
-        served = subprocess.Popen([sys.executable, "-c", code], cwd=project, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True)
+        code = (
+            "from edgedistill.params import load_params; from flows.deployments import build_deployments; "
+            "from prefect import serve; p = load_params('params.yaml'); "
+            "serve(*[d for d in build_deployments('.', 'params.yaml', p) "
+            "if d.name in ('release-on-new-data', 'publish')])"
+        )
+        served = subprocess.Popen(
+            [sys.executable, "-c", code],
+            cwd=project,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         end = time.time() + 60
         while not {"release-on-new-data", "publish"} <= served_names(api):
             assert time.time() < end and served.poll() is None, "deployments were not served"
@@ -409,7 +484,9 @@ def test_new_data_triggers_release_and_prod_triggers_publish(project, tmp_path, 
             # prod assigned: promote announces it itself (no watcher), the triggered publish moves the channel
             t0 = time.time()
             assert promote_version(project, params, "v0.2.0", "prod")["announced"]
-            assert not promote_version(project, params, "v0.2.0", "staging")["announced"]  # not a channel stage
+            assert not promote_version(project, params, "v0.2.0", "staging")[
+                "announced"
+            ]  # not a channel stage
             wait_run(api, "publish", 1, 120)
             print(f"promote -> channel updated in {time.time() - t0:.1f}s")
         doc = json.loads(store.read_versioned(channel_key(MODEL, "prod"))[0])
@@ -417,7 +494,10 @@ def test_new_data_triggers_release_and_prod_triggers_publish(project, tmp_path, 
         for name, f in doc["files"].items():
             path = Path(f["url"].removeprefix("file://"))
             assert path.parent.name == "v0.2.0" and sha256_file(path) == f["sha256"], name
-        assert doc["files"]["student.int8.onnx"]["sha256"] == card["files"]["student.int8.onnx"]["sha256"]
+        assert (
+            doc["files"]["student.int8.onnx"]["sha256"]
+            == card["files"]["student.int8.onnx"]["sha256"]
+        )
     finally:
         log = stop(served) if served else ""
         if sys.exc_info()[0] is not None:
@@ -434,11 +514,18 @@ def test_schedules_fire(project, tmp_path, prefect_api):
     from flows.deployments import SCHEDULED, no_runs_message, wait_for_scheduled_runs
 
     api = prefect_api
-    code = ("from edgedistill.params import load_params; from flows.deployments import serve_operations; "
-            "serve_operations('.', 'params.yaml', load_params('params.yaml'), cron='* * * * *', watch_interval=10)")
-    served = subprocess.Popen([sys.executable, "-c", code], cwd=project, env=server_env(tmp_path / "prefect", api,
-                                                                                          project),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    code = (
+        "from edgedistill.params import load_params; from flows.deployments import serve_operations; "
+        "serve_operations('.', 'params.yaml', load_params('params.yaml'), cron='* * * * *', watch_interval=10)"
+    )
+    served = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=project,
+        env=server_env(tmp_path / "prefect", api, project),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     t0 = time.time()
     try:
         with temporary_settings({PREFECT_API_URL: api}):
@@ -461,19 +548,31 @@ def test_schedules_fire(project, tmp_path, prefect_api):
             async def watch_runs() -> list:
                 async with get_client() as c:
                     return await c.read_flow_runs(
-                        deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["watch"])),
-                        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(
-                            any_=[StateType.COMPLETED, StateType.FAILED, StateType.CRASHED]))), limit=20)
+                        deployment_filter=DeploymentFilter(
+                            name=DeploymentFilterName(any_=["watch"])
+                        ),
+                        flow_run_filter=FlowRunFilter(
+                            state=FlowRunFilterState(
+                                type=FlowRunFilterStateType(
+                                    any_=[StateType.COMPLETED, StateType.FAILED, StateType.CRASHED]
+                                )
+                            )
+                        ),
+                        limit=20,
+                    )
 
             while True:
                 runs = asyncio.run(watch_runs())
                 assert not [r for r in runs if not r.state.is_completed()], [r.state for r in runs]
                 if any(r.auto_scheduled for r in runs):
                     break
-                assert time.time() - t0 < 150 and served.poll() is None, \
+                assert time.time() - t0 < 150 and served.poll() is None, (
                     "no scheduled watch run completed"
+                )
                 time.sleep(1)
-            print(f"scheduled runs created and a scheduled watch run completed {time.time() - t0:.1f}s after serve")
+            print(
+                f"scheduled runs created and a scheduled watch run completed {time.time() - t0:.1f}s after serve"
+            )
     finally:
         log = stop(served)
         if sys.exc_info()[0] is not None:
@@ -491,8 +590,13 @@ def test_prefect_db_is_per_project_unless_the_user_chose(tmp_path, monkeypatch):
     assert project_database_url(tmp_path) is None  # not a project
     (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     configure_prefect_env(tmp_path)
-    assert os.environ["PREFECT_SERVER_DATABASE_CONNECTION_URL"] == f"sqlite+aiosqlite:///{tmp_path}/.prefect/prefect.db"
-    assert (tmp_path / ".prefect").is_dir() and os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] == "false"
+    assert (
+        os.environ["PREFECT_SERVER_DATABASE_CONNECTION_URL"]
+        == f"sqlite+aiosqlite:///{tmp_path}/.prefect/prefect.db"
+    )
+    assert (tmp_path / ".prefect").is_dir() and os.environ[
+        "PREFECT_SERVER_ANALYTICS_ENABLED"
+    ] == "false"
     env["PREFECT_HOME"] = str(tmp_path / "mine")  # the user's own home wins
     assert project_database_url(tmp_path) is None
 
@@ -507,12 +611,20 @@ def test_device_benchmark_files_its_result_beside_the_bundle(project):
     assert got["version"] == "v0.1.0" and got["file_sha256"] == sums["student.int8.onnx"]
     assert got["file"] == "student.int8.onnx"
     assert got["latency"]["1"]["runs"] >= 10 and got["fits"]["fits"]
-    stored = json.loads(open_store(params.store, project).read_text(bench_key(MODEL, "v0.1.0", "gateway-7")))
+    stored = json.loads(
+        open_store(params.store, project).read_text(bench_key(MODEL, "v0.1.0", "gateway-7"))
+    )
     assert stored["latency"] == got["latency"] and stored["device"] == "gateway-7"
     # a card that ships FP32 on the gateway profile: that file is measured
     sh(["git", "commit", "-q", "--allow-empty", "-m", "next release"], project)
-    sums = release_v(project, "v0.2.0", None, stage="prod", seed=1,
-                     ships={"edge-cpu-1t": {"format": "fp32", "file": "student.onnx"}})
+    sums = release_v(
+        project,
+        "v0.2.0",
+        None,
+        stage="prod",
+        seed=1,
+        ships={"edge-cpu-1t": {"format": "fp32", "file": "student.onnx"}},
+    )
     got = benchmark_release(project, params, "prod", device="gateway-7")
     assert got["version"] == "v0.2.0" and got["file"] == "student.onnx"
     assert got["file_sha256"] == sums["student.onnx"]

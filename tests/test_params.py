@@ -19,18 +19,24 @@ def test_repo_params_are_valid():
     assert p.prepare.window == 128 and len(p.data.channels) == 6
 
 
-@pytest.mark.parametrize("override,needle", [
-    ({"prepare": {"windw": 64}}, "prepare.windw: unknown key"),
-    ({"bogus_section": {}}, "bogus_section: unknown key"),
-    ({"prepare": {"window": "long"}}, "prepare.window"),
-    ({"prepare": {"window": 0}}, "prepare.window"),
-    ({"prepare": {"split": {"val_fraction": 0.6, "test_fraction": 0.5}}}, "train would be empty"),
-    ({"data": {"channels": []}}, "data.channels"),
-    ({"data": {"channels": ["a", "a"]}}, "duplicate entries ['a']"),
-    ({"data": {"sample_rate_hz": -5}}, "data.sample_rate_hz"),
-    ({"validate": {"channel_ranges": {"acc_x": [5, 1]}}}, "low < high"),
-    ({"validate": {"channel_ranges": {"nope": [0, 1]}}}, "['nope']"),
-])
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ({"prepare": {"windw": 64}}, "prepare.windw: unknown key"),
+        ({"bogus_section": {}}, "bogus_section: unknown key"),
+        ({"prepare": {"window": "long"}}, "prepare.window"),
+        ({"prepare": {"window": 0}}, "prepare.window"),
+        (
+            {"prepare": {"split": {"val_fraction": 0.6, "test_fraction": 0.5}}},
+            "train would be empty",
+        ),
+        ({"data": {"channels": []}}, "data.channels"),
+        ({"data": {"channels": ["a", "a"]}}, "duplicate entries ['a']"),
+        ({"data": {"sample_rate_hz": -5}}, "data.sample_rate_hz"),
+        ({"validate": {"channel_ranges": {"acc_x": [5, 1]}}}, "low < high"),
+        ({"validate": {"channel_ranges": {"nope": [0, 1]}}}, "['nope']"),
+    ],
+)
 def test_bad_params_named(override, needle):
     with pytest.raises(ParamsInvalid) as e:
         parse_params(merge(base_params_dict(), override))
@@ -51,6 +57,7 @@ def test_missing_required_section_and_bad_yaml(tmp_path):
 
 
 # ---------------------------------------------------------------- one home for defaults
+
 
 def _plain(v: Any) -> Any:
     if isinstance(v, BaseModel):
@@ -76,7 +83,9 @@ def default_mismatches(model: BaseModel, raw: dict, path: str = "") -> list[str]
         if f.default is not PydanticUndefined or f.default_factory is not None:
             dflt = f.get_default(call_default_factory=True)
             if _plain(dflt) != _plain(value):
-                out.append(f"{here}: schema default {_plain(dflt)!r} != params.yaml {_plain(value)!r}")
+                out.append(
+                    f"{here}: schema default {_plain(dflt)!r} != params.yaml {_plain(value)!r}"
+                )
         if isinstance(value, BaseModel) and isinstance(raw[key], dict):
             out += default_mismatches(value, raw[key], here + ".")
     return out
@@ -102,9 +111,15 @@ def test_overrides_set_nested_keys_as_yaml_values():
     from edgedistill.params import apply_overrides
 
     raw = base_params_dict()
-    apply_overrides(raw, ["teacher.train.epochs=3", "student.config.widths=[8, 8]", "sweep.dask_address=null"])
+    apply_overrides(
+        raw, ["teacher.train.epochs=3", "student.config.widths=[8, 8]", "sweep.dask_address=null"]
+    )
     p = parse_params(raw)
-    assert p.teacher.train.epochs == 3 and p.student.config["widths"] == [8, 8] and p.sweep.dask_address is None
+    assert (
+        p.teacher.train.epochs == 3
+        and p.student.config["widths"] == [8, 8]
+        and p.sweep.dask_address is None
+    )
     with pytest.raises(ParamsInvalid, match="teacher.train.epochs"):
         apply_overrides(raw, ["teacher.train.epochs"])
 
@@ -115,7 +130,9 @@ def test_an_mcu_profile_cannot_ship_fp32():
     with pytest.raises(ParamsInvalid, match="an mcu profile ships INT8"):
         _with_profiles([base, prof | {"format": "fp32"}])
     assert _with_profiles([base, prof | {"format": "int8"}]).benchmark.profiles[1].format == "int8"
-    assert _with_profiles([base, prof]).benchmark.profiles[1].format == "auto"  # auto: INT8 on an mcu
+    assert (
+        _with_profiles([base, prof]).benchmark.profiles[1].format == "auto"
+    )  # auto: INT8 on an mcu
     with pytest.raises(ParamsInvalid, match="format"):
         _with_profiles([base | {"format": "fp16"}])
 
@@ -125,7 +142,9 @@ def _with_profiles(profiles: list[dict]) -> Params:
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "csv"])
-def test_check_params_checks_the_configured_columns_against_the_readings_schema(tmp_path, monkeypatch, fmt):
+def test_check_params_checks_the_configured_columns_against_the_readings_schema(
+    tmp_path, monkeypatch, fmt
+):
     """`check-params` reads only the schema (Parquet footer, CSV header) and names each param whose column is
     missing, with a near match and the columns that exist; without a readings file it says it did not check."""
     from conftest import small_readings
@@ -151,9 +170,14 @@ def test_check_params_checks_the_configured_columns_against_the_readings_schema(
     df.to_parquet(readings) if fmt == "parquet" else df.to_csv(readings, index=False)
     r = check({})
     assert r.exit_code == 0, r.output
-    assert "columns checked against" in r.output and "no split column 'split' (prepare splits by subject)" in r.output
+    assert (
+        "columns checked against" in r.output
+        and "no split column 'split' (prepare splits by subject)" in r.output
+    )
     r = check({"label_col": "lable", "group_col": "Subject"})
     assert r.exit_code == 2
-    assert "no column for data.group_col 'Subject' (did you mean 'subject'?); data.label_col 'lable' (did you " \
-           "mean 'label'?)" in r.output
+    assert (
+        "no column for data.group_col 'Subject' (did you mean 'subject'?); data.label_col 'lable' (did you "
+        "mean 'label'?)" in r.output
+    )
     assert "the file's columns: ['subject', 'recording', 't', 'acc_x'" in r.output

@@ -24,14 +24,21 @@ TRACKED = "data/user/readings"
 
 def write_partitioned(df, folder: Path, keys=("subject", "day")) -> Path:
     df = df.assign(day="2024-01-01") if "day" in keys and "day" not in df.columns else df
-    pq.write_to_dataset(pa.Table.from_pandas(df, preserve_index=False), folder, partition_cols=list(keys),
-                        basename_template="part-{i}.parquet")
+    pq.write_to_dataset(
+        pa.Table.from_pandas(df, preserve_index=False),
+        folder,
+        partition_cols=list(keys),
+        basename_template="part-{i}.parquet",
+    )
     return folder
 
 
 def tree(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_dataset_reads_like_the_file_with_partition_columns(tmp_path):
@@ -56,17 +63,23 @@ def test_validate_and_prepare_on_a_dataset_match_the_single_file(tmp_path, monke
     single.parent.mkdir(parents=True)
     df.to_parquet(single, index=False)
     ds_dir = write_partitioned(df, tmp_path / "data" / "ds", keys=("subject",))
-    params = make_params({"data": {"readings": str(ds_dir)}, "validate": {"drift": {"enabled": False}}})
+    params = make_params(
+        {"data": {"readings": str(ds_dir)}, "validate": {"drift": {"enabled": False}}}
+    )
     assert validate.run(params, readings=ds_dir)["checks_run"] > 0
     from_ds = prepare.run(params, readings=ds_dir, out_dir=tmp_path / "p_ds")
     from_file = prepare.run(params, readings=single, out_dir=tmp_path / "p_file")
-    assert from_ds["splits"] == from_file["splits"]  # same groups -> same windows per split and class
+    assert (
+        from_ds["splits"] == from_file["splits"]
+    )  # same groups -> same windows per split and class
 
 
 def _other_schema(ds: Path) -> Path:
     f = next(ds.glob("subject=S02/*/*.parquet"))
     t = pq.read_table(f)
-    pq.write_table(t.set_column(t.schema.get_field_index("acc_x"), "acc_x", t["acc_x"].cast(pa.string())), f)
+    pq.write_table(
+        t.set_column(t.schema.get_field_index("acc_x"), "acc_x", t["acc_x"].cast(pa.string())), f
+    )
     return f
 
 
@@ -100,8 +113,13 @@ def _empty_dir(ds: Path) -> Path:
     return d
 
 
-CASES = {_other_schema: "different schema from", _corrupt: "not a readable Parquet file",
-         _truncated: "not a readable Parquet file", _empty_file: "is empty", _empty_dir: "is empty"}
+CASES = {
+    _other_schema: "different schema from",
+    _corrupt: "not a readable Parquet file",
+    _truncated: "not a readable Parquet file",
+    _empty_file: "is empty",
+    _empty_dir: "is empty",
+}
 
 
 @pytest.mark.parametrize("case", list(CASES), ids=lambda f: f.__name__[1:])
@@ -137,8 +155,12 @@ def project(tmp_path):
     remote = tmp_path / "remote"
     add_remote(root, str(remote))
     first, drop = split_drop()
-    v1 = dataversions.add(load_params(root / "params.yaml"), write_partitioned(first, tmp_path / "in" / "first"),
-                          root=root, validate=validate.run)
+    v1 = dataversions.add(
+        load_params(root / "params.yaml"),
+        write_partitioned(first, tmp_path / "in" / "first"),
+        root=root,
+        validate=validate.run,
+    )
     return root, remote, drop, v1
 
 
@@ -151,8 +173,9 @@ def test_directory_tracked_then_append_writes_new_partition_files_only(project, 
     before, remote_before = tree(root / TRACKED), set(files_under(remote))
     drop_file = tmp_path / "in" / "drop.parquet"
     drop.assign(day="2024-01-02").to_parquet(drop_file, index=False)
-    v2 = dataversions.add(load_params(root / "params.yaml"), drop_file, append=True, root=root,
-                          validate=validate.run)
+    v2 = dataversions.add(
+        load_params(root / "params.yaml"), drop_file, append=True, root=root, validate=validate.run
+    )
     after = tree(root / TRACKED)
     assert {k: after[k] for k in before} == before  # no existing partition file rewritten
     new = sorted(set(after) - set(before))
@@ -172,7 +195,9 @@ def test_bad_partition_in_a_drop_leaves_tracked_dataset_intact(project, tmp_path
     f = next(bad.rglob("*.parquet"))
     f.write_bytes(f.read_bytes()[:-100])
     with pytest.raises(DataInvalid, match="subject=S05"):
-        dataversions.add(load_params(root / "params.yaml"), bad, append=True, root=root, validate=validate.run)
+        dataversions.add(
+            load_params(root / "params.yaml"), bad, append=True, root=root, validate=validate.run
+        )
     assert tree(root / TRACKED) == before and files_under(remote) == remote_before
     assert sh(["git", "rev-parse", "HEAD"], root) == head
     assert not list((root / "data/user").glob(".data-add-*"))
@@ -201,10 +226,14 @@ def test_append_a_directory_drop(project, tmp_path):
     root, remote, drop, v1 = project
     before = tree(root / TRACKED)
     src = write_partitioned(drop.assign(day="2024-01-03"), tmp_path / "in" / "drop_ds")
-    v2 = dataversions.add(load_params(root / "params.yaml"), src, append=True, root=root, validate=validate.run)
+    v2 = dataversions.add(
+        load_params(root / "params.yaml"), src, append=True, root=root, validate=validate.run
+    )
     after = tree(root / TRACKED)
     assert {k: after[k] for k in before} == before
-    assert [k.rsplit("/", 1)[0] for k in sorted(set(after) - set(before))] == ["subject=S05/day=2024-01-03"]
+    assert [k.rsplit("/", 1)[0] for k in sorted(set(after) - set(before))] == [
+        "subject=S05/day=2024-01-03"
+    ]
     assert v2["after"]["rows"] == v1["after"]["rows"] + len(drop)
 
 
@@ -234,13 +263,19 @@ def test_s3_remote_append_uploads_only_new_objects(tmp_path, s3):  # noqa: F811 
         got = s3.client.list_objects_v2(Bucket=s3.bucket, Prefix=prefix + "/").get("Contents", [])
         return {o["Key"] for o in got}
 
-    v1 = dataversions.add(params, write_partitioned(first, tmp_path / "first"), root=root, validate=validate.run)
+    v1 = dataversions.add(
+        params, write_partitioned(first, tmp_path / "first"), root=root, validate=validate.run
+    )
     k1 = keys()
-    assert v1["pushed_to"] == "s3store" and len(k1) == len(tree(root / TRACKED)) + 1  # files + .dir listing
+    assert (
+        v1["pushed_to"] == "s3store" and len(k1) == len(tree(root / TRACKED)) + 1
+    )  # files + .dir listing
     drop_file = tmp_path / "drop.parquet"
     drop.assign(day="2024-01-02").to_parquet(drop_file, index=False)
     dataversions.add(params, drop_file, append=True, root=root, validate=validate.run)
     assert len(keys() - k1) == 2 and k1 <= keys()  # one new partition file + the new .dir listing
     # a fresh machine reads the first version back from S3
     sh(["rm", "-rf", ".dvc/cache", TRACKED], root)
-    assert [v["rows"] for v in dataversions.log(params, root=root)["versions"]][-1] == v1["after"]["rows"]
+    assert [v["rows"] for v in dataversions.log(params, root=root)["versions"]][-1] == v1["after"][
+        "rows"
+    ]

@@ -55,6 +55,8 @@ def test_cli_reports_bad_readings_without_traceback(project):
 
 def test_cli_rejects_bad_params(project, tmp_path):
     p = tmp_path / "params.yaml"
-    p.write_text((project / "params.yaml").read_text().replace("window: 128", "window: 128\n  windw: 3"))
+    p.write_text(
+        (project / "params.yaml").read_text().replace("window: 128", "window: 128\n  windw: 3")
+    )
     r = sh([f"{BIN}/edgedistill", "--params", str(p), "check-params"], project, check=False)
     assert r.returncode == 2 and "prepare.windw: unknown key" in r.stdout + r.stderr

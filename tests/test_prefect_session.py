@@ -12,7 +12,7 @@ import pytest
 
 TESTS = Path(__file__).resolve().parent
 
-A_FLOW = '''
+A_FLOW = """
 from prefect import flow, get_run_logger
 
 
@@ -24,16 +24,34 @@ def hello():
 
 def test_flow():
     assert hello() == 1
-'''
+"""
 
 
 @pytest.mark.slow
 def test_session_with_a_flow_run_ends_without_a_logging_error(tmp_path):
     (tmp_path / "test_a_flow.py").write_text(A_FLOW)
     env = {**os.environ, "PYTHONPATH": str(TESTS), "PREFECT_HOME": str(tmp_path / "prefect")}
-    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "prefect_session", "-p", "no:cacheprovider",
-                          "test_a_flow.py"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "prefect_session",
+            "-p",
+            "no:cacheprovider",
+            "test_a_flow.py",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     text = out.stdout + out.stderr
     assert out.returncode == 0 and "1 passed" in out.stdout, text
     assert "Logging error" not in text and "Error logging to API" not in text, text
-    assert text.rstrip().endswith("s"), text  # the summary line ("1 passed in 19.5s") is the last thing printed
+    assert text.rstrip().endswith("s"), (
+        text
+    )  # the summary line ("1 passed in 19.5s") is the last thing printed

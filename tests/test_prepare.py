@@ -33,7 +33,9 @@ def test_group_split_has_no_leakage_and_expected_shapes(readings_file, workdir):
         assert len(a["y"]) == report["splits"][s]["windows"]
     # windows stay raw; the normalisation (fitted on train only) maps train readings to ~N(0,1) per channel
     norm = json.loads((workdir / "data/prepared/norm.json").read_text())
-    assert norm["normalization"]["method"] == "global" and norm["normalization"]["requested"] == "auto"
+    assert (
+        norm["normalization"]["method"] == "global" and norm["normalization"]["requested"] == "auto"
+    )
     xt = apply(norm["normalization"], torch.from_numpy(splits["train"]["X"])).numpy()
     assert np.allclose(xt.mean(axis=(0, 2)), 0, atol=0.15)
     raw = small_readings()
@@ -57,12 +59,16 @@ def test_windows_never_cross_recordings_or_labels(readings_file, workdir):
 
 
 def test_explicit_groups_and_split_column(readings_file, workdir):
-    prepare.run(make_params({"prepare": {"split": {"test_groups": ["S01"], "val_groups": ["S02"]}}}))
+    prepare.run(
+        make_params({"prepare": {"split": {"test_groups": ["S01"], "val_groups": ["S02"]}}})
+    )
     assert set(load(workdir, "test")["group"]) == {"S01"}
     assert set(load(workdir, "val")["group"]) == {"S02"}
 
     df = small_readings()
-    df["split"] = np.where(df["subject"] == "S03", "test", np.where(df["subject"] == "S04", "val", "train"))
+    df["split"] = np.where(
+        df["subject"] == "S03", "test", np.where(df["subject"] == "S04", "val", "train")
+    )
     write_readings(df, readings_file)
     prepare.run(make_params())
     assert set(load(workdir, "test")["group"]) == {"S03"}
@@ -70,12 +76,19 @@ def test_explicit_groups_and_split_column(readings_file, workdir):
 
 def test_split_column_putting_a_group_in_two_splits_is_refused_naming_it(readings_file, workdir):
     df = small_readings()
-    df["split"] = np.where(df["subject"] == "S03", "test", np.where(df["subject"] == "S04", "val", "train"))
+    df["split"] = np.where(
+        df["subject"] == "S03", "test", np.where(df["subject"] == "S04", "val", "train")
+    )
     s05 = df.loc[df["subject"] == "S05", "recording"].unique()
-    df.loc[df["recording"] == s05[0], "split"] = "test"  # one S05 recording in test, the others in train
+    df.loc[df["recording"] == s05[0], "split"] = (
+        "test"  # one S05 recording in test, the others in train
+    )
     write_readings(df, readings_file)
-    with pytest.raises(DataInvalid, match=r"column 'split' puts 1 subject group\(s\) in more than one split: "
-                                          r"S05 in test\+train"):
+    with pytest.raises(
+        DataInvalid,
+        match=r"column 'split' puts 1 subject group\(s\) in more than one split: "
+        r"S05 in test\+train",
+    ):
         prepare.run(make_params())
     assert not (workdir / "data/prepared").exists()
     prepare.run(make_params({"prepare": {"split": {"allow_group_leakage": True}}}))  # knowingly
@@ -87,11 +100,17 @@ def test_unknown_group_and_empty_split_are_params_errors(readings_file, workdir)
         prepare.run(make_params({"prepare": {"split": {"test_groups": ["S99"]}}}))
     everyone = [f"S0{i}" for i in range(1, 6)]
     with pytest.raises(ParamsInvalid, match="split 'train' is empty"):
-        prepare.run(make_params({"prepare": {"split": {"test_groups": everyone[:3], "val_groups": everyone[3:]}}}))
+        prepare.run(
+            make_params(
+                {"prepare": {"split": {"test_groups": everyone[:3], "val_groups": everyone[3:]}}}
+            )
+        )
 
 
 def test_window_longer_than_recordings(readings_file, workdir):
-    with pytest.raises(ParamsInvalid, match=r"no complete window of prepare.window = 500 readings \(stride 32\)"):
+    with pytest.raises(
+        ParamsInvalid, match=r"no complete window of prepare.window = 500 readings \(stride 32\)"
+    ):
         prepare.run(make_params({"prepare": {"window": 500}}))
 
 
@@ -110,7 +129,9 @@ def test_class_absent_from_train(readings_file, workdir):
     df = df[~((df["label"] == "ROW") & ~df["subject"].isin(["S01"]))]
     write_readings(df, readings_file)
     with pytest.raises(DataInvalid, match=r"\['ROW'\] have no training windows"):
-        prepare.run(make_params({"prepare": {"split": {"test_groups": ["S01"], "val_groups": ["S02"]}}}))
+        prepare.run(
+            make_params({"prepare": {"split": {"test_groups": ["S01"], "val_groups": ["S02"]}}})
+        )
     assert not (workdir / "data/prepared").exists()  # refused before anything was written
 
 
@@ -119,7 +140,9 @@ def test_split_column_without_a_recording_column(readings_file, workdir):
     variable-length signature case): every split gets its windows, from the groups the column names."""
     df = small_readings()
     df["instance"] = df["subject"] + "-" + df["recording"].astype(str)
-    df["split"] = np.where(df["subject"] == "S03", "test", np.where(df["subject"] == "S04", "val", "train"))
+    df["split"] = np.where(
+        df["subject"] == "S03", "test", np.where(df["subject"] == "S04", "val", "train")
+    )
     write_readings(df.drop(columns=["recording"]), readings_file)
     params = {"data": {"group_col": "instance", "recording_col": None}}
     report = prepare.run(make_params(params))
@@ -128,13 +151,17 @@ def test_split_column_without_a_recording_column(readings_file, workdir):
         got = load(workdir, s)
         assert report["splits"][s]["windows"] > 0
         assert set(got["group"]) == set(by_split[s])
-        assert list(got["recording"]) == list(got["group"])  # one recording per group, keyed by the group
+        assert list(got["recording"]) == list(
+            got["group"]
+        )  # one recording per group, keyed by the group
     # a group whose rows carry two splits is still refused, naming the recording
     leaky = df.copy()
     first = leaky["instance"].iloc[0]
     leaky.loc[leaky.index[(leaky["instance"] == first).to_numpy()][:10], "split"] = "test"
     write_readings(leaky.drop(columns=["recording"]), readings_file)
     before = tree_hashes(workdir / "data/prepared")
-    with pytest.raises(DataInvalid, match=rf"recording {first}: column 'split' changes inside the recording"):
+    with pytest.raises(
+        DataInvalid, match=rf"recording {first}: column 'split' changes inside the recording"
+    ):
         prepare.run(make_params(params))
     assert tree_hashes(workdir / "data/prepared") == before

@@ -14,11 +14,25 @@ from edgedistill.params import GateParams
 from tasks.promote import PROMOTION, decide_promotion, read_candidate
 from tasks.promote import run as promote
 
-CANDIDATE = {"teacher_accuracy": 0.95, "baseline_accuracy": 0.86, "kd_accuracy": 0.9, "kd_gain": 0.04,
-             "fp32_accuracy": 0.9, "int8_accuracy": 0.895, "int8_drop": 0.005, "profile": "edge-cpu-1t",
-             "p50_ms": 0.05, "p95_ms": 0.08, "speedup_vs_teacher": 30.0, "size_bytes": 20_000,
-             "ram_bytes": 40_000, "flash_bytes": 20_000}
-GATES = GateParams(min_accuracy=0.8, max_drop_vs_teacher=0.1, max_int8_drop=0.01, regression_tolerance=0.01)
+CANDIDATE = {
+    "teacher_accuracy": 0.95,
+    "baseline_accuracy": 0.86,
+    "kd_accuracy": 0.9,
+    "kd_gain": 0.04,
+    "fp32_accuracy": 0.9,
+    "int8_accuracy": 0.895,
+    "int8_drop": 0.005,
+    "profile": "edge-cpu-1t",
+    "p50_ms": 0.05,
+    "p95_ms": 0.08,
+    "speedup_vs_teacher": 30.0,
+    "size_bytes": 20_000,
+    "ram_bytes": 40_000,
+    "flash_bytes": 20_000,
+}
+GATES = GateParams(
+    min_accuracy=0.8, max_drop_vs_teacher=0.1, max_int8_drop=0.01, regression_tolerance=0.01
+)
 
 
 def verdicts(decision: dict) -> dict[str, str]:
@@ -28,20 +42,29 @@ def verdicts(decision: dict) -> dict[str, str]:
 def test_all_gates_pass_and_every_gate_is_reported():
     d = decide_promotion(CANDIDATE, GATES, prod=None)
     assert d["passed"] and d["failed"] == []
-    assert verdicts(d) == {"accuracy": "pass", "drop_vs_teacher": "pass", "int8_drop": "pass",
-                           "latency_vs_prod": "pass",
-                           "kd_gain": "pass",
-                           "no_regression": "pass"}
+    assert verdicts(d) == {
+        "accuracy": "pass",
+        "drop_vs_teacher": "pass",
+        "int8_drop": "pass",
+        "latency_vs_prod": "pass",
+        "kd_gain": "pass",
+        "no_regression": "pass",
+    }
     drop = next(g for g in d["gates"] if g["gate"] == "drop_vs_teacher")
     assert drop["value"] == pytest.approx(0.055) and drop["threshold"] == 0.1 and drop["op"] == "<="
-    assert "no prod version" in next(g for g in d["gates"] if g["gate"] == "no_regression")["detail"]
+    assert (
+        "no prod version" in next(g for g in d["gates"] if g["gate"] == "no_regression")["detail"]
+    )
 
 
-@pytest.mark.parametrize("change, gate", [
-    ({"int8_accuracy": 0.79, "teacher_accuracy": 0.85}, "accuracy"),
-    ({"teacher_accuracy": 0.999}, "drop_vs_teacher"),
-    ({"int8_drop": 0.02}, "int8_drop"),
-])
+@pytest.mark.parametrize(
+    "change, gate",
+    [
+        ({"int8_accuracy": 0.79, "teacher_accuracy": 0.85}, "accuracy"),
+        ({"teacher_accuracy": 0.999}, "drop_vs_teacher"),
+        ({"int8_drop": 0.02}, "int8_drop"),
+    ],
+)
 def test_each_gate_fails_alone(change, gate):
     d = decide_promotion({**CANDIDATE, **change}, GATES)
     assert not d["passed"] and d["failed"] == [gate]
@@ -50,7 +73,9 @@ def test_each_gate_fails_alone(change, gate):
 def test_threshold_is_inclusive_and_null_turns_a_gate_off():
     at_edge = decide_promotion({**CANDIDATE, "int8_accuracy": 0.8, "teacher_accuracy": 0.9}, GATES)
     assert verdicts(at_edge)["accuracy"] == "pass"
-    off = decide_promotion({**CANDIDATE, "int8_drop": 0.5}, GATES.model_copy(update={"max_int8_drop": None}))
+    off = decide_promotion(
+        {**CANDIDATE, "int8_drop": 0.5}, GATES.model_copy(update={"max_int8_drop": None})
+    )
     assert off["passed"] and verdicts(off)["int8_drop"] == "off"
 
 
@@ -74,16 +99,26 @@ def test_stage_writes_promotion_json_and_fails_naming_the_gate(workdir):
     report = json.loads((workdir / PROMOTION).read_text())  # written on failure too
     assert report["passed"] is False and set(report["failed"]) >= {"accuracy", "drop_vs_teacher"}
     assert report["candidate"]["int8_accuracy"] == pytest.approx(0.495)
-    assert {g["gate"] for g in report["gates"]} == {"accuracy", "drop_vs_teacher", "int8_drop",
-                                                   "latency_vs_prod", "kd_gain", "no_regression", "mcu",
-                                                   "mcu_argmax", "mcu_accuracy_drop"}
+    assert {g["gate"] for g in report["gates"]} == {
+        "accuracy",
+        "drop_vs_teacher",
+        "int8_drop",
+        "latency_vs_prod",
+        "kd_gain",
+        "no_regression",
+        "mcu",
+        "mcu_argmax",
+        "mcu_accuracy_drop",
+    }
 
 
 def test_stage_reads_the_prod_reference(workdir):
     write_candidate(workdir, accuracy=0.9)
     ref = workdir / "reports/prod_reference.json"
     ref.parent.mkdir(parents=True, exist_ok=True)
-    ref.write_text(json.dumps({"model": "student", "version": "v0.1.0", "metrics": {"int8_accuracy": 0.95}}))
+    ref.write_text(
+        json.dumps({"model": "student", "version": "v0.1.0", "metrics": {"int8_accuracy": 0.95}})
+    )
     with pytest.raises(GateFailed, match="no_regression"):
         promote(make_params())
     ref.write_text(json.dumps({"model": "student", "version": None, "metrics": {}}))
@@ -98,5 +133,7 @@ def test_missing_metrics_file_or_key_is_named(workdir):
     doc = json.loads(bench.read_text())
     del doc["release"]["student_int8_p95_ms"]
     bench.write_text(json.dumps(doc))
-    with pytest.raises(ArtifactCorrupt, match=r"benchmark.json: missing key 'release.student_int8_p95_ms'"):
+    with pytest.raises(
+        ArtifactCorrupt, match=r"benchmark.json: missing key 'release.student_int8_p95_ms'"
+    ):
         read_candidate()

@@ -27,9 +27,20 @@ def repo(tmp_path):
     sh(["git", "remote", "add", "origin", str(origin)], root)
     for i in range(3):
         (root / "reports").mkdir(exist_ok=True)
-        (root / "reports/promotion.json").write_text(json.dumps(
-            {"passed": True, "candidate": {"int8_accuracy": 0.8 + i / 100, "kd_gain": 0.02, "int8_drop": 0.004,
-                                           "p95_ms": 0.1, "size_bytes": 20_000}}))
+        (root / "reports/promotion.json").write_text(
+            json.dumps(
+                {
+                    "passed": True,
+                    "candidate": {
+                        "int8_accuracy": 0.8 + i / 100,
+                        "kd_gain": 0.02,
+                        "int8_drop": 0.004,
+                        "p95_ms": 0.1,
+                        "size_bytes": 20_000,
+                    },
+                }
+            )
+        )
         sh(["git", "add", "-A"], root)
         sh(["git", "commit", "-qm", f"release {i}"], root)
     sh(["git", "push", "-q", "-u", "origin", "main"], root)
@@ -51,12 +62,18 @@ def test_register_assign_push_and_resolve(repo):
     assert reg.versions("student") == [] and reg.next_version("student") == "v0.1.0"
     tags = [reg.register("student", "v0.1.0", c[0]), reg.assign("student", "v0.1.0", "staging")]
     assert tags == ["student@v0.1.0", "student#staging#1"]
-    assert reg.next_version("student", "minor") == "v0.2.0" and reg.next_version("student", "patch") == "v0.1.1"
+    assert (
+        reg.next_version("student", "minor") == "v0.2.0"
+        and reg.next_version("student", "patch") == "v0.1.1"
+    )
     tags += [reg.register("student", "v0.2.0", c[1]), reg.assign("student", "v0.2.0", "staging")]
     assert reg.assign("student", "v0.2.0", "staging") is None  # already there: no new tag
     assert reg.resolve("student", "staging").version == "v0.2.0"
     assert reg.resolve("student", "prod") is None
-    assert reg.at_commit("student", c[1]).version == "v0.2.0" and reg.at_commit("student", c[2]) is None
+    assert (
+        reg.at_commit("student", c[1]).version == "v0.2.0"
+        and reg.at_commit("student", c[2]) is None
+    )
     assert reg.push(tags, branch=False) == tags
     assert remote_tags(repo) == set(tags)
 
@@ -73,7 +90,10 @@ def test_promote_rollback_and_resolution_after_rollback(repo, tmp_path):
     assert rollback.startswith("student#prod#")
     assert reg.resolve("student", "prod").version == "v0.1.0"
     assert {v.version: v.stages for v in reg.versions("student")} == {
-        "v0.3.0": [], "v0.2.0": [], "v0.1.0": ["prod"]}
+        "v0.3.0": [],
+        "v0.2.0": [],
+        "v0.1.0": ["prod"],
+    }
     reg.push([t for t in sh(["git", "tag"], repo).stdout.split()], branch=False)
 
     clone = tmp_path / "clone"
@@ -135,7 +155,9 @@ def test_unassign_tag_is_honoured(repo):
 def test_unknown_version_and_stage(repo):
     reg = Registry(repo)
     reg.register("student", "v0.1.0", commits(repo)[0])
-    with pytest.raises(ReleaseNotFound, match=r"v0.4.0 is not a registered version \(registered: v0.1.0\)"):
+    with pytest.raises(
+        ReleaseNotFound, match=r"v0.4.0 is not a registered version \(registered: v0.1.0\)"
+    ):
         reg.get("student", "0.4.0")
     (repo / ".gto").write_text("stages: [staging, prod]\n")
     with pytest.raises(ParamsInvalid, match="unknown stage 'production'"):
@@ -143,7 +165,9 @@ def test_unknown_version_and_stage(repo):
 
 
 def test_promote_version_needs_the_bundle_in_the_store(repo, tmp_path):
-    params = make_params({"store": {"local": str(tmp_path / "store")}, "promote": {"push_git": True}})
+    params = make_params(
+        {"store": {"local": str(tmp_path / "store")}, "promote": {"push_git": True}}
+    )
     reg = Registry(repo)
     reg.register("student", "v0.1.0", commits(repo)[0])
     with pytest.raises(ReleaseNotFound, match="has no bundle"):
@@ -152,7 +176,9 @@ def test_promote_version_needs_the_bundle_in_the_store(repo, tmp_path):
     files = write_candidate(tmp_path / "c")
     card = tmp_path / "c/model_card.json"
     card.write_text(json.dumps({"model": "student", "version": "v0.1.0"}))
-    publish_signed(LocalStore(tmp_path / "store"), "student", "v0.1.0", {**files, "model_card.json": card})
+    publish_signed(
+        LocalStore(tmp_path / "store"), "student", "v0.1.0", {**files, "model_card.json": card}
+    )
     r = promote_version(repo, params, "v0.1.0", "prod")
     assert r["changed"] and r["previous"] is None and r["pushed"] == [r["tag"]]
     assert "student#prod#" in r["tag"] and r["tag"] in remote_tags(repo)
@@ -166,7 +192,8 @@ def test_promote_version_needs_the_bundle_in_the_store(repo, tmp_path):
 def test_cli_promote_and_registry(repo, tmp_path):
     store = tmp_path / "store"
     (repo / "params.yaml").write_text(
-        (REPO / "params.yaml").read_text().replace("local: ../edgedistill-store", f"local: {store}"))
+        (REPO / "params.yaml").read_text().replace("local: ../edgedistill-store", f"local: {store}")
+    )
     reg = Registry(repo)
     c = commits(repo)
     for i, v in enumerate(["v0.1.0", "v0.2.0"]):
@@ -176,7 +203,10 @@ def test_cli_promote_and_registry(repo, tmp_path):
         card.write_text(json.dumps({"model": "student", "version": v}))
         publish_signed(LocalStore(store), "student", v, {**files, "model_card.json": card})
     ed = f"{BIN}/edgedistill"
-    assert "promoted student prod: — → v0.2.0" in sh([ed, "promote", "v0.2.0", "--to", "prod"], repo).stdout
+    assert (
+        "promoted student prod: — → v0.2.0"
+        in sh([ed, "promote", "v0.2.0", "--to", "prod"], repo).stdout
+    )
     out = sh([ed, "promote", "v0.1.0", "--to", "prod"], repo).stdout
     assert "rolled back student prod: v0.2.0 → v0.1.0" in out
     rows = json.loads(sh([ed, "registry", "--json"], repo).stdout)
@@ -205,7 +235,9 @@ def test_commits_use_repo_identity_or_a_neutral_fallback(tmp_path, monkeypatch):
     who = sh(["git", "log", "-1", "--format=%an <%ae>|%cn <%ce>"], root).stdout.strip()
     assert who == f"edgedistill release <{FALLBACK_EMAIL}>|edgedistill release <{FALLBACK_EMAIL}>"
     Registry(root).register("student", "v0.1.0", sha)
-    tagger = sh(["git", "for-each-ref", "refs/tags/student@v0.1.0", "--format=%(taggeremail)"], root).stdout
+    tagger = sh(
+        ["git", "for-each-ref", "refs/tags/student@v0.1.0", "--format=%(taggeremail)"], root
+    ).stdout
     assert FALLBACK_EMAIL in tagger
     assert not (tmp_path / "empty-gitconfig").exists()  # global config untouched
 
@@ -213,4 +245,7 @@ def test_commits_use_repo_identity_or_a_neutral_fallback(tmp_path, monkeypatch):
     sh(["git", "config", "user.email", "ada@example.org"], root)
     (root / "dvc.lock").write_text("schema: '2.0'\nstages: {}\n")
     commit_paths(root, ["dvc.lock"], "release 2")
-    assert sh(["git", "log", "-1", "--format=%an <%ae>"], root).stdout.strip() == "Ada <ada@example.org>"
+    assert (
+        sh(["git", "log", "-1", "--format=%an <%ae>"], root).stdout.strip()
+        == "Ada <ada@example.org>"
+    )

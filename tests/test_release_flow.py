@@ -36,8 +36,13 @@ def s3():
     import boto3
 
     with moto_s3() as url:
-        boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing",
-                     aws_secret_access_key="testing").create_bucket(Bucket=BUCKET)
+        boto3.client(
+            "s3",
+            endpoint_url=url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        ).create_bucket(Bucket=BUCKET)
         yield url
 
 
@@ -46,7 +51,9 @@ def released(tmp_path_factory, s3):
     """A project released once to S3: student v0.1.0 in staging."""
     base = tmp_path_factory.mktemp("flow")
     store = {"s3": {"bucket": BUCKET, "prefix": "team", "endpoint_url": s3, "region": "us-east-1"}}
-    proj = mini_project(base / "proj", store, origin=base / "origin.git", spec={"accuracy": 0.9, "formats": SHIPS})
+    proj = mini_project(
+        base / "proj", store, origin=base / "origin.git", spec={"accuracy": 0.9, "formats": SHIPS}
+    )
     run = sh([ED, "run"], proj, env=FAKE_AWS)
     return {"proj": proj, "origin": base / "origin.git", "base": base, "run": run, "endpoint": s3}
 
@@ -71,53 +78,94 @@ def test_release_registers_staging_pushes_and_publishes(released, monkeypatch):
     # the tagged commit pins lock, metrics and the gate report; the tree is clean
     info = Registry(proj).get("student", "v0.1.0")
     committed = sh(["git", "show", "--name-only", "--format=", info.commit], proj).stdout.split()
-    assert {"dvc.lock", "metrics/export.json", "reports/promotion.json", "models/.gitignore"} <= set(committed)
+    assert {
+        "dvc.lock",
+        "metrics/export.json",
+        "reports/promotion.json",
+        "models/.gitignore",
+    } <= set(committed)
     assert sh(["git", "status", "--porcelain"], proj).stdout.strip() == ""
 
     keys = s3_keys(released["endpoint"], "releases/student/v0.1.0")
-    assert sorted(k.rsplit("/", 1)[1] for k in keys) == ["SHA256SUMS", "mcu.json", "model_card.json", "provenance.json",
-                                                         "release.html", "student.int8.onnx", "student.onnx"]
+    assert sorted(k.rsplit("/", 1)[1] for k in keys) == [
+        "SHA256SUMS",
+        "mcu.json",
+        "model_card.json",
+        "provenance.json",
+        "release.html",
+        "student.int8.onnx",
+        "student.onnx",
+    ]
     # signed: every bundle file is a target of the TUF metadata, keys beside the project (not in the bucket)
     assert "tuf/metadata/timestamp.json" in s3_keys(released["endpoint"], "tuf")
     assert (released["base"] / "edgedistill-keys" / "root.json").is_file()
-    assert not [k for p in ("tuf", "releases", "dvc") for k in s3_keys(released["endpoint"], p) if k.endswith(".pem")]
+    assert not [
+        k
+        for p in ("tuf", "releases", "dvc")
+        for k in s3_keys(released["endpoint"], p)
+        if k.endswith(".pem")
+    ]
     # the offline report: in the bundle and in the workspace (git-ignored), the gate table on it
     bundled = S3Store(BUCKET, "team", endpoint_url=released["endpoint"]).read_text(
-        "releases/student/v0.1.0/release.html")
+        "releases/student/v0.1.0/release.html"
+    )
     assert "student v0.1.0" in bundled and "id='gate-table'" in bundled
     assert "id='gate-table'" in (proj / "reports/release.html").read_text()
     assert any(k.startswith("dvc/files/md5/") for k in s3_keys(released["endpoint"], "dvc"))
-    card = json.loads(S3Store(BUCKET, "team", endpoint_url=released["endpoint"]).read_text(
-        "releases/student/v0.1.0/model_card.json"))
+    card = json.loads(
+        S3Store(BUCKET, "team", endpoint_url=released["endpoint"]).read_text(
+            "releases/student/v0.1.0/model_card.json"
+        )
+    )
     assert card["version"] == "v0.1.0" and card["lineage"]["git_commit"] == info.commit
     # the file each profile loads (a device or `fetch` reads this; a card without it ships INT8)
-    assert card["ships"] == {"edge-cpu-1t": {"format": "fp32", "file": "student.onnx"},
-                             "nrf52-m4": {"format": "int8", "file": "student.int8.onnx"}}
+    assert card["ships"] == {
+        "edge-cpu-1t": {"format": "fp32", "file": "student.onnx"},
+        "nrf52-m4": {"format": "int8", "file": "student.int8.onnx"},
+    }
     assert "fp32_accuracy" in {g["gate"] for g in card["gates"]["gates"]}
     assert card["lineage"]["params"]["promote"]["model"] == "student"
-    assert card["files"]["student.int8.onnx"]["sha256"] == sha256_file(proj / "models/student.int8.onnx")
+    assert card["files"]["student.int8.onnx"]["sha256"] == sha256_file(
+        proj / "models/student.int8.onnx"
+    )
     assert card["gates"]["passed"] is True and card["metrics"]["export"]["int8_drop"] == 0.005
     # what ships and why, with intervals (the stand-in candidate's figures)
-    assert card["verdicts"]["shipped"] == "KD student" and card["verdicts"]["int8_accuracy"] == "89.50% [85.50, 93.50]"
-    assert card["verdicts"]["kd"] == "KD helped: +2.0 pts [+0.0, +4.0] on validation, +3.0 pts [+1.0, +5.0] on test"
+    assert (
+        card["verdicts"]["shipped"] == "KD student"
+        and card["verdicts"]["int8_accuracy"] == "89.50% [85.50, 93.50]"
+    )
+    assert (
+        card["verdicts"]["kd"]
+        == "KD helped: +2.0 pts [+0.0, +4.0] on validation, +3.0 pts [+1.0, +5.0] on test"
+    )
     assert "no prod version yet" in card["verdicts"]["regression_vs_prod"]
     from importlib import metadata
 
-    env = card["lineage"]["environment"]  # what shaped the result, as installed when it was released
+    env = card["lineage"][
+        "environment"
+    ]  # what shaped the result, as installed when it was released
     assert env["packages"]["torch"] == metadata.version("torch")
     assert env["packages"]["onnxruntime"] == metadata.version("onnxruntime")
     summary = json.loads((proj / "reports/release.json").read_text())
     assert summary["status"] == "released" and summary["registry"]["stages"] == ["staging"]
     # the same summary as the run's markdown artifact, in this session's ephemeral Prefect DB
     with sqlite3.connect(Path(os.environ["PREFECT_HOME"]) / "prefect.db") as db:
-        texts = [json.loads(d) for (d,) in db.execute(
-            "select data from artifact where key = 'release-summary' and type = 'markdown'")]
-    assert any("edgedistill release: released" in t and "| registry | student v0.1.0 → staging |" in t
-               and "| KD gain (paired, test) | +3.00 pts [+1.00, +5.00] |" in t
-               and "| INT8 accuracy / drop | 89.50% [85.50, 93.50] / 0.50 pts [0.00, 1.50] |" in t
-               and "- KD helped: +2.0 pts" in t
-               and "| shipped file per profile | edge-cpu-1t: FP32 (student.onnx); nrf52-m4: INT8 (student.int8.onnx) |"
-               in t for t in texts)
+        texts = [
+            json.loads(d)
+            for (d,) in db.execute(
+                "select data from artifact where key = 'release-summary' and type = 'markdown'"
+            )
+        ]
+    assert any(
+        "edgedistill release: released" in t
+        and "| registry | student v0.1.0 → staging |" in t
+        and "| KD gain (paired, test) | +3.00 pts [+1.00, +5.00] |" in t
+        and "| INT8 accuracy / drop | 89.50% [85.50, 93.50] / 0.50 pts [0.00, 1.50] |" in t
+        and "- KD helped: +2.0 pts" in t
+        and "| shipped file per profile | edge-cpu-1t: FP32 (student.onnx); nrf52-m4: INT8 (student.int8.onnx) |"
+        in t
+        for t in texts
+    )
     assert "KD gain (paired, test)" in out and "+3.00 pts [+1.00, +5.00]" in out
     assert "AWS" not in (proj / ".dvc/config.local").read_text()
 
@@ -144,8 +192,12 @@ def test_fresh_clone_pulls_and_fetches_prod(released, monkeypatch):
     assert not (clone / "models/student.int8.onnx").exists()
 
     r = sh([ED, "fetch", "--stage", "prod", "--to", "deploy/edge"], clone, env=FAKE_AWS)
-    assert "student v0.1.0 (prod)" in r.stdout and r.stdout.count("verified") == 6  # every bundle file
-    assert "ships: edge-cpu-1t → student.onnx (FP32); nrf52-m4 → student.int8.onnx (INT8)" in r.stdout
+    assert (
+        "student v0.1.0 (prod)" in r.stdout and r.stdout.count("verified") == 6
+    )  # every bundle file
+    assert (
+        "ships: edge-cpu-1t → student.onnx (FP32); nrf52-m4 → student.int8.onnx (INT8)" in r.stdout
+    )
     for name in ("student.onnx", "student.int8.onnx"):
         assert sha256_file(clone / "deploy/edge" / name) == sha256_file(proj / "models" / name)
 
@@ -155,7 +207,9 @@ def test_fresh_clone_pulls_and_fetches_prod(released, monkeypatch):
     store = S3Store(BUCKET, "team", endpoint_url=released["endpoint"], region="us-east-1")
     configure_dvc_remote(store, params.store.remote_name, clone)
     assert dvc_pull_missing(store, params.store.remote_name, clone)["pulled"] >= 2
-    assert sha256_file(clone / "models/student.int8.onnx") == sha256_file(proj / "models/student.int8.onnx")
+    assert sha256_file(clone / "models/student.int8.onnx") == sha256_file(
+        proj / "models/student.int8.onnx"
+    )
 
 
 @pytest.mark.slow
@@ -171,12 +225,16 @@ def test_rerun_after_prod_moved_registers_nothing_new(released):
     assert sh(["git", "status", "--porcelain"], proj).stdout.strip() == ""
     # the pins are committed, but not as a release: only a registered release makes a release commit
     title = sh(["git", "log", "-1", "--format=%s"], proj).stdout
-    assert title.startswith("pipeline: student unchanged (same model as v0.1.0; nothing registered)"), title
+    assert title.startswith(
+        "pipeline: student unchanged (same model as v0.1.0; nothing registered)"
+    ), title
     assert "release student" not in sh(["git", "log", "-1", "--format=%B"], proj).stdout
     # and the next run with nothing changed takes the no-op shortcut again: no flow, no commit
     head = sh(["git", "rev-parse", "HEAD"], proj).stdout
     r = sh([ED, "run"], proj, env=FAKE_AWS)
-    assert "release: unchanged (same model as v0.1.0)" in r.stdout and "no flow run" in r.stdout, r.stdout
+    assert "release: unchanged (same model as v0.1.0)" in r.stdout and "no flow run" in r.stdout, (
+        r.stdout
+    )
     assert sh(["git", "rev-parse", "HEAD"], proj).stdout == head and tags(proj) == before
 
 
@@ -184,12 +242,17 @@ def test_rerun_after_prod_moved_registers_nothing_new(released):
 def test_failing_gate_fails_the_flow_and_registers_nothing(released):
     proj = released["proj"]
     sh([ED, "promote", "v0.1.0", "--to", "prod"], proj, env=FAKE_AWS)
-    before_local, before_remote = tags(proj), sh(["git", "ls-remote", "--tags", "origin"], proj).stdout
+    before_local, before_remote = (
+        tags(proj),
+        sh(["git", "ls-remote", "--tags", "origin"], proj).stdout,
+    )
     (proj / "candidate_spec.json").write_text(json.dumps({"accuracy": 0.5}))
     r = sh([ED, "run"], proj, env=FAKE_AWS, check=False)
     out = r.stdout + r.stderr
     assert r.returncode == 2 and "Traceback" not in out
-    assert "promotion gate(s) failed: accuracy (int8 accuracy 0.495 [0.455, 0.535] not >= 0.6)" in out
+    assert (
+        "promotion gate(s) failed: accuracy (int8 accuracy 0.495 [0.455, 0.535] not >= 0.6)" in out
+    )
     assert "Finished in state Failed" in out and "release: gate failed" in out
     assert tags(proj) == before_local
     assert sh(["git", "ls-remote", "--tags", "origin"], proj).stdout == before_remote
@@ -216,30 +279,50 @@ def test_reproduce_matches_the_release(released):
     assert by_file["models/student.int8.onnx"] == by_file["bundle/student.int8.onnx"] == "identical"
     assert any(m["metric"] == "candidate.int8_accuracy" for m in report["metrics"])
     # the signed provenance names this commit, its data, params and lock
-    assert report["provenance"]["verdict"] == "verified" and by_file["bundle/provenance.json"] == "identical"
-    assert report["provenance"]["facts"]["commit"] == report["commit"] and "provenance verified" in r.stdout
-    assert "worktree" not in sh(["git", "worktree", "list"], released["proj"]).stdout.split("\n", 1)[-1]
+    assert (
+        report["provenance"]["verdict"] == "verified"
+        and by_file["bundle/provenance.json"] == "identical"
+    )
+    assert (
+        report["provenance"]["facts"]["commit"] == report["commit"]
+        and "provenance verified" in r.stdout
+    )
+    assert (
+        "worktree"
+        not in sh(["git", "worktree", "list"], released["proj"]).stdout.split("\n", 1)[-1]
+    )
 
 
 @pytest.mark.slow
 def test_kd_did_not_help_ships_the_baseline_or_nothing(tmp_path):
     """promote.fallback: baseline (default) registers the baseline student and says so in the summary,
     the model card and the registry tag message; fallback: none registers nothing."""
-    proj = mini_project(tmp_path / "proj", {"local": str(tmp_path / "store")},
-                        spec={"accuracy": 0.9, "shipped": "baseline"})
+    proj = mini_project(
+        tmp_path / "proj",
+        {"local": str(tmp_path / "store")},
+        spec={"accuracy": 0.9, "shipped": "baseline"},
+    )
     r = sh([ED, "run"], proj)
     assert "release: released" in r.stdout
-    assert "KD did not help on this data: -1.0 pts [-3.0, +1.0] on validation, -1.8 pts [-3.9, +0.4] on test" \
-        in r.stdout and "the baseline student ships (promote.fallback: baseline)" in r.stdout
+    assert (
+        "KD did not help on this data: -1.0 pts [-3.0, +1.0] on validation, -1.8 pts [-3.9, +0.4] on test"
+        in r.stdout
+        and "the baseline student ships (promote.fallback: baseline)" in r.stdout
+    )
     card = json.loads((tmp_path / "store/releases/student/v0.1.0/model_card.json").read_text())
     assert card["verdicts"]["shipped"] == "baseline student (promote.fallback: baseline)"
-    assert "KD did not help" in sh(["git", "tag", "-l", "--format=%(contents)", "student@v0.1.0"], proj).stdout
+    assert (
+        "KD did not help"
+        in sh(["git", "tag", "-l", "--format=%(contents)", "student@v0.1.0"], proj).stdout
+    )
     assert "ships the baseline student" in sh(["git", "log", "-1", "--format=%s"], proj).stdout
 
     raw = yaml.safe_load((proj / "params.yaml").read_text())
     raw["promote"]["fallback"] = "none"
     (proj / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    (proj / "candidate_spec.json").write_text(json.dumps({"accuracy": 0.9, "shipped": "baseline", "seed": 2}))
+    (proj / "candidate_spec.json").write_text(
+        json.dumps({"accuracy": 0.9, "shipped": "baseline", "seed": 2})
+    )
     before = tags(proj)
     r = sh([ED, "run"], proj, check=False)
     assert r.returncode == 2 and "kd_gain" in r.stdout + r.stderr and tags(proj) == before
@@ -249,17 +332,46 @@ TINY = {
     "prepare": {"window": 64, "train_stride": 32, "eval_stride": 64},
     "validate": {"min_windows_per_class": 5},
     "compute": {"device": "cpu", "threads": 1},
-    "teacher": {"config": {"widths": [8, 16], "kernel": 5}, "train": {"min_steps": 0, "epochs": 1, "batch_size": 256}},
-    "student": {"config": {"widths": [8, 8], "kernel": 3}, "train": {"min_steps": 0, "epochs": 1, "batch_size": 256}},
+    "teacher": {
+        "config": {"widths": [8, 16], "kernel": 5},
+        "train": {"min_steps": 0, "epochs": 1, "batch_size": 256},
+    },
+    "student": {
+        "config": {"widths": [8, 8], "kernel": 3},
+        "train": {"min_steps": 0, "epochs": 1, "batch_size": 256},
+    },
     "distill": {"bank": {"views": 1}},
     "export": {"calibration": {"windows": 32}},
-    "benchmark": {"profiles": [
-        {"name": "edge-cpu-1t", "threads": 1, "batch_sizes": [1], "warmup": 2, "runs": 20, "max_seconds": 0.5},
-        {"name": "cortex-m7", "measure": False, "ram_bytes": 524288, "flash_bytes": 2097152,
-         "mcu": "cortex-m7", "clock_hz": 480_000_000}]},
+    "benchmark": {
+        "profiles": [
+            {
+                "name": "edge-cpu-1t",
+                "threads": 1,
+                "batch_sizes": [1],
+                "warmup": 2,
+                "runs": 20,
+                "max_seconds": 0.5,
+            },
+            {
+                "name": "cortex-m7",
+                "measure": False,
+                "ram_bytes": 524288,
+                "flash_bytes": 2097152,
+                "mcu": "cortex-m7",
+                "clock_hz": 480_000_000,
+            },
+        ]
+    },
     "mcu": {"qemu_windows": 4},
-    "promote": {"auto_prod": True, "gates": {"min_accuracy": 0.0, "max_drop_vs_teacher": 1.0,
-                                             "max_int8_drop": 1.0, "min_kd_gain": None}},
+    "promote": {
+        "auto_prod": True,
+        "gates": {
+            "min_accuracy": 0.0,
+            "max_drop_vs_teacher": 1.0,
+            "max_int8_drop": 1.0,
+            "min_kd_gain": None,
+        },
+    },
 }
 
 
@@ -281,11 +393,19 @@ def test_real_pipeline_release_on_bundled_data(tmp_path):
     sh(["git", "add", "-A"], proj)
     sh(["git", "commit", "-qm", "project"], proj)
     r = sh([ED, "run"], proj, timeout=900)
-    assert "release: released" in r.stdout and "student v0.1.0 → prod, staging" in r.stdout  # auto_prod
+    assert (
+        "release: released" in r.stdout and "student v0.1.0 → prod, staging" in r.stdout
+    )  # auto_prod
     card_dir = tmp_path / "edgedistill-store/releases/student/v0.1.0"
     card = json.loads((card_dir / "model_card.json").read_text())
-    assert card["lineage"]["data"]["path"] == "data/raw/readings.parquet" and card["lineage"]["data"]["md5"]
-    assert card["metrics"]["distill"]["kd"]["accuracy"] > 0 and card["benchmark"]["release"]["int8_file_bytes"] > 0
+    assert (
+        card["lineage"]["data"]["path"] == "data/raw/readings.parquet"
+        and card["lineage"]["data"]["md5"]
+    )
+    assert (
+        card["metrics"]["distill"]["kd"]["accuracy"] > 0
+        and card["benchmark"]["release"]["int8_file_bytes"] > 0
+    )
     # the MCU artifact ships with its measured figures (verified where the ARM toolchain is installed)
     assert {"student.c", "student.h", "mcu.json"} <= set(card["files"])
     m7 = card["mcu"]["profiles"]["cortex-m7"]
@@ -298,16 +418,32 @@ def test_real_pipeline_release_on_bundled_data(tmp_path):
     page = (card_dir / "release.html").read_text()
     assert "id='gate-table'" in page and page.count("<svg") >= 8 and "net p50 µs" in page
     assert card["files"]["release.html"]["sha256"] == sha256_file(card_dir / "release.html")
-    assert card["normalization"]["method"] == "global" and card["normalization"]["statistics"]["window_std_decades"]
+    assert (
+        card["normalization"]["method"] == "global"
+        and card["normalization"]["statistics"]["window_std_decades"]
+    )
     assert tags(proj) == {"student@v0.1.0", "student#staging#1", "student#prod#2"}
     # signed: demo keys beside the store (said where), provenance in the bundle; publish signs the channel
     # and a device holding only the pinned root and the store installs prod
     keys = tmp_path / "edgedistill-keys"
-    assert (keys / "root.json").is_file() and f"created demo signing keys in {keys}" in r.stdout + r.stderr
+    assert (
+        keys / "root.json"
+    ).is_file() and f"created demo signing keys in {keys}" in r.stdout + r.stderr
     assert "provenance.json" in {p.name for p in card_dir.iterdir()}
     sh([ED, "publish"], proj)
-    dev = sh([f"{BIN}/edgedistill-device", "update", "--store", str(tmp_path / "edgedistill-store"),
-              "--root", str(keys / "root.json"), "--to", str(tmp_path / "device/model")], tmp_path)
+    dev = sh(
+        [
+            f"{BIN}/edgedistill-device",
+            "update",
+            "--store",
+            str(tmp_path / "edgedistill-store"),
+            "--root",
+            str(keys / "root.json"),
+            "--to",
+            str(tmp_path / "device/model"),
+        ],
+        tmp_path,
+    )
     assert dev.stdout.startswith("installed student v0.1.0 (channel prod, assignment 2)")
     # the release commit pins the workspace: DVC sees nothing to re-run, git nothing to commit
     assert "up to date" in sh([f"{BIN}/dvc", "status"], proj).stdout.lower()
@@ -316,21 +452,36 @@ def test_real_pipeline_release_on_bundled_data(tmp_path):
 
 def test_reproduce_verdicts_per_metric():
     tol = parse_params(yaml.safe_load((REPO / "params.yaml").read_text())).promote.reproduce
-    released = {"kd": {"accuracy": 0.9, "epoch_seconds": 1.0}, "gates": [{"gate": "p95_latency", "value": 0.03}],
-                "note": "a", "n": 3}
-    again = {"kd": {"accuracy": 0.9 + 1e-9, "epoch_seconds": 1.3}, "gates": [{"gate": "p95_latency", "value": 0.09}],
-             "note": "b", "n": 3}
+    released = {
+        "kd": {"accuracy": 0.9, "epoch_seconds": 1.0},
+        "gates": [{"gate": "p95_latency", "value": 0.03}],
+        "note": "a",
+        "n": 3,
+    }
+    again = {
+        "kd": {"accuracy": 0.9 + 1e-9, "epoch_seconds": 1.3},
+        "gates": [{"gate": "p95_latency", "value": 0.09}],
+        "note": "b",
+        "n": 3,
+    }
     rows = {r["metric"]: r for r in compare_metrics("m.json", released, again, tol)}
     assert rows["n"]["verdict"] == "identical"
     assert rows["kd.accuracy"]["verdict"] == "within tolerance" and rows["kd.accuracy"]["decisive"]
-    assert rows["kd.epoch_seconds"]["verdict"] == "within tolerance" and rows["kd.epoch_seconds"]["timing"]
+    assert (
+        rows["kd.epoch_seconds"]["verdict"] == "within tolerance"
+        and rows["kd.epoch_seconds"]["timing"]
+    )
     p95 = rows["gates[p95_latency].value"]
     assert p95["verdict"] == "differs" and p95["timing"] and not p95["decisive"]
     assert rows["note"]["verdict"] == "differs" and not rows["note"]["decisive"]
     assert compare_values("acc", 0.9, 0.91, tol) == "differs"
     # a latency over the call floor's measures the machine too: reported, not judged
-    floor = compare_metrics("b.json", {"release": {"shipped_net_x_floor": 1.43}}, {"release": {"shipped_net_x_floor": 1.6}},
-                            tol)[0]
+    floor = compare_metrics(
+        "b.json",
+        {"release": {"shipped_net_x_floor": 1.43}},
+        {"release": {"shipped_net_x_floor": 1.6}},
+        tol,
+    )[0]
     assert floor["timing"] and not floor["decisive"]
 
 
@@ -339,30 +490,80 @@ def test_reproduce_overall_verdict_in_one_word():
     released = {"kd": {"accuracy": 0.9, "p50_ms": 0.02, "epoch_seconds": 3.0}, "n": 3}
     # a faithful re-run: timings moved, an HTML report with run times differs, a bundle file's
     # bytes differ but its graph and weights compared equal
-    faithful = compare_metrics("m.json", released, {"kd": {"accuracy": 0.9, "p50_ms": 0.05, "epoch_seconds": 9.0},
-                                                    "n": 3}, tol)
-    files = [{"file": "reports/validation/index.html", "by": "dvc md5", "released": "a", "reproduced": "b",
-              "verdict": "differs", "decisive": False, "note": ""},
-             {"file": "bundle/student.onnx", "by": "sha256", "released": "c", "reproduced": "d",
-              "verdict": "within tolerance", "decisive": True, "note": "same graph and weights"},
-             {"file": "metrics/distill.json", "by": "metrics", "released": "e", "reproduced": "f",
-              "verdict": "within tolerance", "decisive": True, "note": ""}]
+    faithful = compare_metrics(
+        "m.json",
+        released,
+        {"kd": {"accuracy": 0.9, "p50_ms": 0.05, "epoch_seconds": 9.0}, "n": 3},
+        tol,
+    )
+    files = [
+        {
+            "file": "reports/validation/index.html",
+            "by": "dvc md5",
+            "released": "a",
+            "reproduced": "b",
+            "verdict": "differs",
+            "decisive": False,
+            "note": "",
+        },
+        {
+            "file": "bundle/student.onnx",
+            "by": "sha256",
+            "released": "c",
+            "reproduced": "d",
+            "verdict": "within tolerance",
+            "decisive": True,
+            "note": "same graph and weights",
+        },
+        {
+            "file": "metrics/distill.json",
+            "by": "metrics",
+            "released": "e",
+            "reproduced": "f",
+            "verdict": "within tolerance",
+            "decisive": True,
+            "note": "",
+        },
+    ]
     v = reproduce_verdict(faithful + files)
     assert v["verdict"] == "reproduced", v
     assert v["tally"] == {"same": 4, "within": 0, "differs": 0, "expected": 3}
-    assert "2 file(s) differ in bytes only" in v["reason"] and "3 figure(s) that change run to run were not judged (2 timing, 1 report or text)" in v["reason"]
-    close = compare_metrics("m.json", released, {"kd": {"accuracy": 0.9 + 1e-9, "p50_ms": 0.02,
-                                                        "epoch_seconds": 3.0}, "n": 3}, tol)
+    assert (
+        "2 file(s) differ in bytes only" in v["reason"]
+        and "3 figure(s) that change run to run were not judged (2 timing, 1 report or text)"
+        in v["reason"]
+    )
+    close = compare_metrics(
+        "m.json",
+        released,
+        {"kd": {"accuracy": 0.9 + 1e-9, "p50_ms": 0.02, "epoch_seconds": 3.0}, "n": 3},
+        tol,
+    )
     v = reproduce_verdict(close + files)
     assert v["verdict"] == "reproduced within tolerance" and "m.json kd.accuracy" in v["reason"]
-    off = compare_metrics("m.json", released, {"kd": {"accuracy": 0.85, "p50_ms": 0.02, "epoch_seconds": 3.0},
-                                               "n": 3}, tol)
-    model = [{"file": "models/student.pt", "by": "dvc md5", "released": "g", "reproduced": "h",
-              "verdict": "differs", "decisive": True, "note": ""}]
+    off = compare_metrics(
+        "m.json",
+        released,
+        {"kd": {"accuracy": 0.85, "p50_ms": 0.02, "epoch_seconds": 3.0}, "n": 3},
+        tol,
+    )
+    model = [
+        {
+            "file": "models/student.pt",
+            "by": "dvc md5",
+            "released": "g",
+            "reproduced": "h",
+            "verdict": "differs",
+            "decisive": True,
+            "note": "",
+        }
+    ]
     v = reproduce_verdict(off + files + model)
     assert v["verdict"] == "differs" and v["tally"]["differs"] == 2
-    assert v["reason"].startswith("2 figure(s)/file(s) about the model differ: m.json kd.accuracy 0.9 → 0.85; "
-                                  "models/student.pt (dvc md5)")
+    assert v["reason"].startswith(
+        "2 figure(s)/file(s) about the model differ: m.json kd.accuracy 0.9 → 0.85; "
+        "models/student.pt (dvc md5)"
+    )
 
 
 def test_same_model_sees_through_container_bytes(tmp_path):
@@ -386,12 +587,22 @@ def test_same_model_sees_through_container_bytes(tmp_path):
 
     torch.manual_seed(0)
     net = build_model("dscnn1d", {"widths": [8, 8], "kernel": 3}, 6, 7)
-    meta = {"arch": "dscnn1d", "config": {"widths": [8, 8], "kernel": 3}, "in_channels": 6, "n_classes": 7,
-            "window": 64, "channels": list("abcdef"), "labels": list("ABCDEFG"), "sample_rate_hz": 50.0,
-            "norm": {"mean": [0.0] * 6, "std": [1.0] * 6}}
+    meta = {
+        "arch": "dscnn1d",
+        "config": {"widths": [8, 8], "kernel": 3},
+        "in_channels": 6,
+        "n_classes": 7,
+        "window": 64,
+        "channels": list("abcdef"),
+        "labels": list("ABCDEFG"),
+        "sample_rate_hz": 50.0,
+        "norm": {"mean": [0.0] * 6, "std": [1.0] * 6},
+    }
     save_checkpoint(tmp_path / "1.pt", net, meta)
     save_checkpoint(tmp_path / "2.pt", net, meta)
-    if sha256_file(tmp_path / "1.pt") != sha256_file(tmp_path / "2.pt"):  # torch's random serialization id
+    if sha256_file(tmp_path / "1.pt") != sha256_file(
+        tmp_path / "2.pt"
+    ):  # torch's random serialization id
         assert same_model(tmp_path / "1.pt", tmp_path / "2.pt").startswith("same tensors")
     with torch.no_grad():
         next(net.parameters()).add_(1e-3)

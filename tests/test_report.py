@@ -29,15 +29,35 @@ from edgedistill.report import (
 
 TINY = {
     "compute": {"device": "cpu", "threads": 1},
-    "teacher": {"config": {"widths": [8, 16], "kernel": 5}, "train": {"min_steps": 0, "epochs": 2, "batch_size": 64}},
-    "student": {"config": {"widths": [8, 8], "kernel": 3}, "train": {"min_steps": 0, "epochs": 2, "batch_size": 64}},
+    "teacher": {
+        "config": {"widths": [8, 16], "kernel": 5},
+        "train": {"min_steps": 0, "epochs": 2, "batch_size": 64},
+    },
+    "student": {
+        "config": {"widths": [8, 8], "kernel": 3},
+        "train": {"min_steps": 0, "epochs": 2, "batch_size": 64},
+    },
     "distill": {"bank": {"views": 1}},
     "export": {"calibration": {"windows": 32}},
-    "benchmark": {"interleaved_warmup": 5, "interleaved_runs": 50, "interleaved_rounds": 2, "profile_runs": 5,
-                  "profiles": [{"name": "edge-cpu-1t", "threads": 1, "batch_sizes": [1], "warmup": 2, "runs": 20,
-                                "max_seconds": 0.5, "ram_bytes": 67108864, "flash_bytes": 16777216},
-                               {"name": "cortex-m7", "measure": False, "ram_bytes": 524288,
-                                "flash_bytes": 2097152}]},
+    "benchmark": {
+        "interleaved_warmup": 5,
+        "interleaved_runs": 50,
+        "interleaved_rounds": 2,
+        "profile_runs": 5,
+        "profiles": [
+            {
+                "name": "edge-cpu-1t",
+                "threads": 1,
+                "batch_sizes": [1],
+                "warmup": 2,
+                "runs": 20,
+                "max_seconds": 0.5,
+                "ram_bytes": 67108864,
+                "flash_bytes": 16777216,
+            },
+            {"name": "cortex-m7", "measure": False, "ram_bytes": 524288, "flash_bytes": 2097152},
+        ],
+    },
 }
 
 
@@ -67,7 +87,9 @@ def run_dir(tmp_path_factory) -> Path:
         distill.run(params, log=lambda _: None)
         export.run(params)
         benchmark.run(params)
-        with contextlib.suppress(GateFailed):  # a tiny student may fail the accuracy gate: still reported
+        with contextlib.suppress(
+            GateFailed
+        ):  # a tiny student may fail the accuracy gate: still reported
             promote.run(params)
     return root
 
@@ -79,32 +101,61 @@ def test_page_has_every_section_from_the_run(run_dir):
         assert f"id='{anchor}'" in page
     for g in promotion["gates"]:
         assert f"<td>{g['gate']}</td>" in page
-    assert page.count("<svg") >= 3 + 3 + 1  # curves (accuracy + 3 losses), 3 confusion matrices, per-op bars
-    assert "net p50 µs" in page and "QLinearConv" in page and "kernel time per op type" in page.lower()
+    assert (
+        page.count("<svg") >= 3 + 3 + 1
+    )  # curves (accuracy + 3 losses), 3 confusion matrices, per-op bars
+    assert (
+        "net p50 µs" in page and "QLinearConv" in page and "kernel time per op type" in page.lower()
+    )
     # the file each profile ships, and why (format: auto on the host profile, INT8 on the mcu one)
     bench = json.loads((run_dir / "metrics/benchmark.json").read_text())
     host = bench["profiles"]["edge-cpu-1t"]["format"]
-    assert "id='format-table'" in page and f"<b>{host['chosen'].upper()}</b> ({host['file']})" in page
+    assert (
+        "id='format-table'" in page and f"<b>{host['chosen'].upper()}</b> ({host['file']})" in page
+    )
     assert "<td>cortex-m7</td><td><b>INT8</b> (student.int8.onnx)" in page
     assert "37 checks run" in page or re.search(r"\d+ checks run, 0 failed", page)
-    assert "Data Docs" in page  # says why the validation section, not GX's CDN pages, is the offline view
+    assert (
+        "Data Docs" in page
+    )  # says why the validation section, not GX's CDN pages, is the offline view
     # self-contained: no script, no link element, no URL that would leave the machine
     assert "<script" not in page and "<link" not in page
     assert not re.search(r"(src|href)\s*=\s*['\"]?(https?:)?//", page)
 
 
 def test_intervals_render_beside_their_metric():
-    doc = {"kd_gain": -0.018, "kd_gain_lo": -0.039, "kd_gain_hi": 0.004, "int8_accuracy": 0.9, "n": 782}
+    doc = {
+        "kd_gain": -0.018,
+        "kd_gain_lo": -0.039,
+        "kd_gain_hi": 0.004,
+        "int8_accuracy": 0.9,
+        "n": 782,
+    }
     assert with_interval(doc, "kd_gain") == "-1.80 pts [-3.90 pts, +0.40 pts]"
     assert with_interval(doc, "int8_accuracy") == "90.00%"
     assert interval_keys(doc) == ["kd_gain", "int8_accuracy", "n"]
     assert fmt_value("size_bytes", 10350) == "10,350" and fmt_value("p50_ms", 0.012345) == "0.01235"
-    gates = {"gates": [{"gate": "accuracy", "metric": "int8 accuracy", "value": 0.91, "value_lo": 0.88,
-                        "value_hi": 0.93, "op": ">=", "threshold": 0.6, "verdict": "pass", "detail": ""}],
-             "candidate": doc}
+    gates = {
+        "gates": [
+            {
+                "gate": "accuracy",
+                "metric": "int8 accuracy",
+                "value": 0.91,
+                "value_lo": 0.88,
+                "value_hi": 0.93,
+                "op": ">=",
+                "threshold": 0.6,
+                "verdict": "pass",
+                "detail": "",
+            }
+        ],
+        "candidate": doc,
+    }
     page = render_report(Path("/nonexistent"), {"promotion": gates})
     assert "91.00% [88.00%, 93.00%]" in page and "-1.80 pts [-3.90 pts, +0.40 pts]" in page
-    assert "No training curves" in page and "No benchmark" in page  # missing files said, not invented
+    assert (
+        "No training curves" in page and "No benchmark" in page
+    )  # missing files said, not invented
 
 
 def test_confusion_csv_round_trip(run_dir):
@@ -112,14 +163,17 @@ def test_confusion_csv_round_trip(run_dir):
     distill = json.loads((run_dir / "metrics/distill.json").read_text())
     assert sum(map(sum, counts)) == distill["kd"]["n"]
     assert sum(counts[i][i] for i in range(len(names))) / distill["kd"]["n"] == pytest.approx(
-        distill["kd"]["accuracy"], abs=1e-4)
+        distill["kd"]["accuracy"], abs=1e-4
+    )
 
 
 def test_cli_report_rebuilds_the_page(run_dir, tmp_path):
     out = tmp_path / "r.html"
     r = CliRunner().invoke(app, ["report", "--root", str(run_dir), "--out", str(out)])
     assert r.exit_code == 0, r.output
-    assert out.is_file() and "gate-table" in out.read_text() and str(out) in " ".join(r.output.split())
+    assert (
+        out.is_file() and "gate-table" in out.read_text() and str(out) in " ".join(r.output.split())
+    )
 
 
 class _Refs(HTMLParser):
@@ -140,10 +194,19 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--disable-extensions", "--no-default-browser-check",
-                  "--host-resolver-rules=MAP * ~NOTFOUND"]  # even a stray request cannot reach a host
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-extensions",
+    "--no-default-browser-check",
+    "--host-resolver-rules=MAP * ~NOTFOUND",
+]  # even a stray request cannot reach a host
 
 
 def page_requests(net_log: Path) -> list[str]:
@@ -163,13 +226,23 @@ def page_requests(net_log: Path) -> list[str]:
     return [u for u in urls if not u.startswith(("file:", "data:", "about:", "chrome"))]
 
 
-@pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (Debian: apt-get install chromium); "
-                                                 "the report's headless-browser test needs it")
+@pytest.mark.skipif(
+    _chromium() is None,
+    reason="chromium is not installed (Debian: apt-get install chromium); "
+    "the report's headless-browser test needs it",
+)
 def test_report_renders_offline_in_headless_chromium(run_dir, tmp_path):
     page = write_report(run_dir, tmp_path / "release.html")
     net_log = tmp_path / "netlog.json"
-    common = [_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", f"--log-net-log={net_log}"]
-    dom = subprocess.run([*common, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    common = [
+        _chromium(),
+        *CHROMIUM_FLAGS,
+        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--log-net-log={net_log}",
+    ]
+    dom = subprocess.run(
+        [*common, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120
+    )
     assert dom.returncode == 0, dom.stderr[-2000:]
     # the browser parsed and laid out our page: the DOM it dumps has the gate table and its rows
     parser = _Refs()
@@ -182,17 +255,27 @@ def test_report_renders_offline_in_headless_chromium(run_dir, tmp_path):
     assert page_requests(net_log) == []
     # … and the same check does see one when a page makes it
     bad = tmp_path / "bad.html"
-    bad.write_text(page.read_text().replace("</body>", "<img src='http://example.invalid/x.png'></body>"))
+    bad.write_text(
+        page.read_text().replace("</body>", "<img src='http://example.invalid/x.png'></body>")
+    )
     bad_log = tmp_path / "bad-netlog.json"
-    subprocess.run([*common[:-1], f"--log-net-log={bad_log}", "--dump-dom", bad.as_uri()], capture_output=True,
-                   timeout=120, check=True)
+    subprocess.run(
+        [*common[:-1], f"--log-net-log={bad_log}", "--dump-dom", bad.as_uri()],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     assert page_requests(bad_log) == ["http://example.invalid/x.png"]
     # the gate table is visible: a copy of the page with a probe script appended asks the browser
     # for the table's laid-out box and computed style (the product page itself has no script)
     probe = tmp_path / "probe.html"
     probe.write_text(page.read_text().replace("</body>", PROBE + "</body>"))
-    dom = subprocess.run([*common, "--virtual-time-budget=2000", "--dump-dom", probe.as_uri()],
-                         capture_output=True, text=True, timeout=120)
+    dom = subprocess.run(
+        [*common, "--virtual-time-budget=2000", "--dump-dom", probe.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     seen = re.search(r'data-gate-visible="([^"]*)"', dom.stdout)
     assert seen, dom.stdout[-1000:]
     box = json.loads(seen.group(1).replace("&quot;", '"'))
@@ -200,8 +283,13 @@ def test_report_renders_offline_in_headless_chromium(run_dir, tmp_path):
     assert box["width"] > 300 and box["height"] > 30 * box["rows"] * 0.5 and box["rows"] >= 7, box
     assert box["top"] < 1500, box  # near the top of the page, not pushed below everything
     shot = tmp_path / "page.png"
-    subprocess.run([*common, "--window-size=1200,900", f"--screenshot={shot}", page.as_uri()],
-                   capture_output=True, timeout=120, check=True, cwd=tmp_path)
+    subprocess.run(
+        [*common, "--window-size=1200,900", f"--screenshot={shot}", page.as_uri()],
+        capture_output=True,
+        timeout=120,
+        check=True,
+        cwd=tmp_path,
+    )
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
 
 

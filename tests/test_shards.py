@@ -43,12 +43,17 @@ def in_memory_reference(df: pd.DataFrame, params) -> dict:
         mine = [s for s in segs if group_split[s.group] == name]
         stride = pp.train_stride if name == "train" else pp.eval_stride
         x, owners = make_windows(values, mine, pp.window, stride)
-        out[name] = {"X": x, "y": np.array([d.labels.index(o.label) for o in owners]),
-                     "group": np.array([o.group for o in owners]),
-                     "recording": np.array([f"{o.group}/{o.recording}" for o in owners])}
+        out[name] = {
+            "X": x,
+            "y": np.array([d.labels.index(o.label) for o in owners]),
+            "group": np.array([o.group for o in owners]),
+            "recording": np.array([f"{o.group}/{o.recording}" for o in owners]),
+        }
         if name == "train":
             # exactly the old expression (its memory layout decides numpy's summation order)
-            out["rows"] = values[np.concatenate([np.arange(s.start, s.start + s.length) for s in mine])]
+            out["rows"] = values[
+                np.concatenate([np.arange(s.start, s.start + s.length) for s in mine])
+            ]
     out["gaps"] = int(breaks.sum())
     return out
 
@@ -72,7 +77,9 @@ def test_streaming_windows_equal_whole_table_cut(workdir, chunk_rows, shard_wind
         assert all(n == shard_windows for n in sizes[:-1]) and 0 < sizes[-1] <= shard_windows
     norm = json.loads((workdir / "data/prepared/norm.json").read_text())
     spec = norm["normalization"]
-    want = normalization.fit(spec["method"], ref["rows"], ref["train"]["X"], params.prepare.norm_epsilon)
+    want = normalization.fit(
+        spec["method"], ref["rows"], ref["train"]["X"], params.prepare.norm_epsilon
+    )
     for k in ("mean", "std", "center", "scale"):
         assert spec[k] == want[k], k  # bit-identical: the same float64 sums in the same order
     stats = normalization.window_stats(ref["train"]["X"], params.prepare.norm_epsilon)
@@ -86,7 +93,9 @@ def test_streaming_windows_equal_whole_table_cut(workdir, chunk_rows, shard_wind
 def test_streamed_fit_equals_in_memory_fit(workdir, method):
     df = awkward_readings()
     write_readings(df, workdir / "data/raw/readings.parquet")
-    params = make_params({"prepare": {"normalization": method, "chunk_rows": 101, "shard_windows": 9}})
+    params = make_params(
+        {"prepare": {"normalization": method, "chunk_rows": 101, "shard_windows": 9}}
+    )
     prepare.run(params)
     ref = in_memory_reference(df, params)
     spec = json.loads((workdir / "data/prepared/norm.json").read_text())["normalization"]
@@ -123,7 +132,9 @@ def test_changed_shard_is_named(workdir):
     a = np.load(f)
     a[0, 0, 0] += 1
     np.save(f, a)
-    with pytest.raises(DataInvalid, match="train/X-00001.npy: shard of split 'train' missing or changed"):
+    with pytest.raises(
+        DataInvalid, match="train/X-00001.npy: shard of split 'train' missing or changed"
+    ):
         verify(workdir / "data/prepared")
 
 
@@ -178,8 +189,10 @@ def test_dask_local_cluster_of_processes_gives_same_shards(workdir):
     _dataset(root, df)
     base = {"data": {"readings": str(root)}, "prepare": {"chunk_rows": 200, "shard_windows": 13}}
     prepare.run(make_params(base), out_dir=workdir / "single")
-    prepare.run(make_params({**base, "data": {**base["data"], "dask_address": "local", "dask_workers": 2}}),
-                out_dir=workdir / "dask")
+    prepare.run(
+        make_params({**base, "data": {**base["data"], "dask_address": "local", "dask_workers": 2}}),
+        out_dir=workdir / "dask",
+    )
     a = json.loads((workdir / "single/index.json").read_text())
     b = json.loads((workdir / "dask/index.json").read_text())
     assert a == b and a["splits"]["train"]["windows"] > 0
@@ -219,10 +232,17 @@ def test_training_from_shards_equals_in_memory(workdir):
 
     cfg = TrainConfig(epochs=2, batch_size=32, lr=0.01, weight_decay=0.0, seed=3)
     weights = []
-    for tr, va in ((data.train, data.val),
-                   (Split(data.train.x[:], data.train.y, data.train.path), Split(data.val.x[:], data.val.y, "val"))):
+    for tr, va in (
+        (data.train, data.val),
+        (
+            Split(data.train.x[:], data.train.y, data.train.path),
+            Split(data.val.x[:], data.val.y, "val"),
+        ),
+    ):
         torch.manual_seed(0)
-        model = build_from_params("dscnn1d", {"widths": [8, 8], "kernel": 5}, tr.x.shape[1], len(data.labels))
+        model = build_from_params(
+            "dscnn1d", {"widths": [8, 8], "kernel": 5}, tr.x.shape[1], len(data.labels)
+        )
         train(model, tr, va, loss, cfg, cpu, data.labels, log=lambda s: None)
         weights.append(model.state_dict())
     assert not isinstance(data.train.x, torch.Tensor)  # the shard path, not a tensor in memory
@@ -248,4 +268,6 @@ def test_bank_views_are_the_same_in_any_batch(workdir):
     assert not torch.equal(ordered, x[:])  # and are augmented + mixed
     other = BankViews(x, 3, Augment(0.1, 0.05, 16), 1.0, seed=8)
     assert not torch.equal(other.make(1, idx), ordered[idx])
-    assert sorted(views.partner(np.ones(n, dtype=np.int64), np.arange(n)).tolist()) == list(range(n))  # bijection
+    assert sorted(views.partner(np.ones(n, dtype=np.int64), np.arange(n)).tolist()) == list(
+        range(n)
+    )  # bijection

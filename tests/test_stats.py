@@ -12,8 +12,8 @@ from edgedistill.stats import accuracy_interval, paired_difference, replicates
 # two recordings: A has 2 windows, B has 3
 REC = np.array(["A", "A", "B", "B", "B"])
 Y = np.zeros(5, dtype=int)
-KD = np.array([0, 0, 0, 1, 1])     # correct on A0, A1, B0
-BASE = np.array([1, 0, 0, 0, 0])   # correct on A1, B0, B1, B2
+KD = np.array([0, 0, 0, 1, 1])  # correct on A0, A1, B0
+BASE = np.array([1, 0, 0, 0, 0])  # correct on A1, B0, B1, B2
 
 
 def test_paired_bootstrap_matches_a_hand_computation():
@@ -36,7 +36,9 @@ def test_paired_difference_is_not_the_difference_of_two_intervals():
     rng = np.random.default_rng(0)
     rec = np.repeat(np.arange(12), 20)
     y = np.zeros(len(rec), dtype=int)
-    hard = np.isin(rec, [0, 1, 2, 3, 4])  # recordings both models find hard: shared, cancels when paired
+    hard = np.isin(
+        rec, [0, 1, 2, 3, 4]
+    )  # recordings both models find hard: shared, cancels when paired
     a = np.where(hard & (rng.random(len(rec)) < 0.7), 1, 0)
     b = np.where(hard & (rng.random(len(rec)) < 0.75), 1, 0)
     acc_a, acc_b = accuracy_interval(a, y, rec), accuracy_interval(b, y, rec)

@@ -53,19 +53,29 @@ def bundle(tmp_path):
     src = tmp_path / "src"
     files = write_candidate(src)
     card = src / CARD
-    card.write_text(json.dumps({"model": "student", "version": "v0.1.0", "metrics": {"int8_accuracy": 0.895}}))
+    card.write_text(
+        json.dumps({"model": "student", "version": "v0.1.0", "metrics": {"int8_accuracy": 0.895}})
+    )
     return {**files, CARD: card}
 
 
 def test_publish_then_fetch_verifies_every_file(store, bundle, tmp_path):
     sums = publish_bundle(store, "student", "v0.1.0", bundle)
     assert set(sums) == {"student.onnx", "student.int8.onnx", CARD}
-    assert bundle_exists(store, "student", "v0.1.0") and not bundle_exists(store, "student", "v0.2.0")
+    assert bundle_exists(store, "student", "v0.1.0") and not bundle_exists(
+        store, "student", "v0.2.0"
+    )
     assert store.list("releases/student/v0.1.0") == [
-        f"releases/student/v0.1.0/{n}" for n in sorted([CARD, SUMS, "student.int8.onnx", "student.onnx"])]
+        f"releases/student/v0.1.0/{n}"
+        for n in sorted([CARD, SUMS, "student.int8.onnx", "student.onnx"])
+    ]
     got = fetch_bundle(store, "student", "v0.1.0", tmp_path / "deploy")
     for name, path in bundle.items():
-        assert sha256_file(tmp_path / "deploy" / name) == sha256_file(path) == got["files"][name]["sha256"]
+        assert (
+            sha256_file(tmp_path / "deploy" / name)
+            == sha256_file(path)
+            == got["files"][name]["sha256"]
+        )
     assert (tmp_path / "deploy" / SUMS).read_text().count("\n") == 3
     umask = os.umask(0)
     os.umask(umask)
@@ -123,9 +133,13 @@ def test_unreachable_s3_is_a_transient_store_error(aws_env):
     with pytest.raises(TransientStoreError, match="cannot reach s3://nope") as e:
         dead.exists("releases/x")
     assert is_transient(e.value)
-    assert not is_transient(StoreUnreachable("bucket missing")) and not is_transient(ArtifactCorrupt("x"))
+    assert not is_transient(StoreUnreachable("bucket missing")) and not is_transient(
+        ArtifactCorrupt("x")
+    )
     assert is_transient(ConnectionResetError()) and is_transient(OSError(errno.EIO, "I/O error"))
-    assert not is_transient(FileNotFoundError(errno.ENOENT, "gone")) and not is_transient(PermissionError())
+    assert not is_transient(FileNotFoundError(errno.ENOENT, "gone")) and not is_transient(
+        PermissionError()
+    )
     for code in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.ENOTDIR):
         assert not is_transient(OSError(code, os.strerror(code))), errno.errorcode[code]
 
@@ -149,7 +163,11 @@ def test_missing_bucket_is_named(s3_endpoint, aws_env):
 def test_open_store_picks_s3_only_with_a_bucket(tmp_path):
     local = open_store(StoreParams(local="../shared-store"), tmp_path / "proj")
     assert isinstance(local, LocalStore) and local.root == (tmp_path / "shared-store").resolve()
-    s3 = open_store(StoreParams.model_validate({"s3": {"bucket": "b", "prefix": "p/", "endpoint_url": "http://x"}}))
+    s3 = open_store(
+        StoreParams.model_validate(
+            {"s3": {"bucket": "b", "prefix": "p/", "endpoint_url": "http://x"}}
+        )
+    )
     assert isinstance(s3, S3Store)
     assert s3.dvc_remote() == {"url": "s3://b/p/dvc", "endpointurl": "http://x"}
 
@@ -157,7 +175,9 @@ def test_open_store_picks_s3_only_with_a_bucket(tmp_path):
 def test_dvc_push_to_s3_then_fresh_clone_pulls(s3_endpoint, aws_env, tmp_path):
     import boto3
 
-    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket="dvc-remote")
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(
+        Bucket="dvc-remote"
+    )
     store = S3Store("dvc-remote", "proj", endpoint_url=s3_endpoint, region="us-east-1")
     origin, work = tmp_path / "origin.git", tmp_path / "work"
     sh(["git", "init", "-q", "--bare", str(origin)], tmp_path)
@@ -171,7 +191,11 @@ def test_dvc_push_to_s3_then_fresh_clone_pulls(s3_endpoint, aws_env, tmp_path):
     sh(["git", "push", "-q", str(origin), "HEAD:main"], work)
 
     conf = configure_dvc_remote(store, "store", work)
-    assert conf == {"url": "s3://dvc-remote/proj/dvc", "endpointurl": s3_endpoint, "region": "us-east-1"}
+    assert conf == {
+        "url": "s3://dvc-remote/proj/dvc",
+        "endpointurl": s3_endpoint,
+        "region": "us-east-1",
+    }
     assert "AWS" not in (work / ".dvc/config.local").read_text()  # credentials never written
     assert dvc_push(store, "store", work) == 1
     assert any(k.startswith("dvc/files/md5/") for k in store.list("dvc"))
@@ -182,7 +206,9 @@ def test_dvc_push_to_s3_then_fresh_clone_pulls(s3_endpoint, aws_env, tmp_path):
     configure_dvc_remote(store, "store", clone)
     got = dvc_pull_missing(store, "store", clone)
     assert got["pulled"] == 1 and got["missing"] == ["models/student.int8.onnx"]
-    assert sha256_file(clone / "models/student.int8.onnx") == sha256_file(work / "models/student.int8.onnx")
+    assert sha256_file(clone / "models/student.int8.onnx") == sha256_file(
+        work / "models/student.int8.onnx"
+    )
     # what is already there is never overwritten
     (clone / "models/student.int8.onnx").unlink()
     (clone / "models/student.int8.onnx").write_bytes(b"user's own bytes")
@@ -207,7 +233,8 @@ def test_push_and_pull_leave_out_the_unused_bundled_ingest_output(tmp_path, capl
         "  ingest:\n    cmd: echo bundled > raw.txt\n    outs: [raw.txt]\n"
         "  validate:\n    cmd: cp ${data.readings} report.txt\n    deps:\n      - ${data.readings}\n"
         "    params:\n      - data.readings\n    outs:\n      - report.txt\n"
-        "  prepare:\n    cmd: cp report.txt prepared.txt\n    deps:\n      - report.txt\n    outs:\n      - prepared.txt\n")
+        "  prepare:\n    cmd: cp report.txt prepared.txt\n    deps:\n      - report.txt\n    outs:\n      - prepared.txt\n"
+    )
     with contextlib.chdir(root), Repo(".") as repo:
         repo.reproduce()
     # the user's data configured: the bundled output stays in dvc.lock, never pushed, gone from this clone
@@ -222,7 +249,9 @@ def test_push_and_pull_leave_out_the_unused_bundled_ingest_output(tmp_path, capl
     store = LocalStore(tmp_path / "store")
     configure_dvc_remote(store, "store", root)
     caplog.set_level(logging.WARNING)
-    assert dvc_push(store, "store", root) == 1  # report.txt and prepared.txt: the same bytes, one object
+    assert (
+        dvc_push(store, "store", root) == 1
+    )  # report.txt and prepared.txt: the same bytes, one object
     (root / "report.txt").unlink()
     (root / "prepared.txt").unlink()
     shutil.rmtree(root / ".dvc/cache")  # a fresh clone: the store has it, this machine does not

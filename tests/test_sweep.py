@@ -21,26 +21,54 @@ from tasks import prepare, teacher_logits, train_teacher
 
 TINY = {
     "compute": {"device": "cpu", "threads": 1},
-    "teacher": {"config": {"widths": [8, 16, 16], "kernel": 5, "dropout": 0.0},
-                "train": {"min_steps": 0, "epochs": 3, "batch_size": 64, "lr": 0.01}},
-    "student": {"config": {"widths": [8, 8, 12, 12], "kernel": 5},
-                "train": {"min_steps": 0, "epochs": 2, "batch_size": 64, "lr": 0.02}},
+    "teacher": {
+        "config": {"widths": [8, 16, 16], "kernel": 5, "dropout": 0.0},
+        "train": {"min_steps": 0, "epochs": 3, "batch_size": 64, "lr": 0.01},
+    },
+    "student": {
+        "config": {"widths": [8, 8, 12, 12], "kernel": 5},
+        "train": {"min_steps": 0, "epochs": 2, "batch_size": 64, "lr": 0.02},
+    },
     "distill": {"bank": {"views": 1}},
-    "sanity": {"enabled": False},  # a 3-epoch smoke-test teacher is not judged against the 1-NN reference
+    "sanity": {
+        "enabled": False
+    },  # a 3-epoch smoke-test teacher is not judged against the 1-NN reference
     # two sizes x two label weights of the configured fm_bank: 4 points, 2 epochs each
-    "sweep": {"width_multipliers": [0.5, 1.5], "depths": [2], "knobs": {"fm_label_weight": [0.3, 0.9]},
-              "epochs": 2, "bench_runs": 30, "max_workers": 2},
-    "benchmark": {"profiles": [
-        {"name": "edge-cpu-1t", "threads": 1, "batch_sizes": [1], "warmup": 5, "runs": 30, "max_seconds": 0.5},
-        # a flash budget between the two sizes (~0.8 vs ~2.3 KB of weights): only the small students fit. (RAM
-        # does not separate them: the FP32 input normalisation, raw window in, is every student's peak)
-        {"name": "tiny-mcu", "measure": False, "ram_bytes": 524288, "flash_bytes": 1500}]},
+    "sweep": {
+        "width_multipliers": [0.5, 1.5],
+        "depths": [2],
+        "knobs": {"fm_label_weight": [0.3, 0.9]},
+        "epochs": 2,
+        "bench_runs": 30,
+        "max_workers": 2,
+    },
+    "benchmark": {
+        "profiles": [
+            {
+                "name": "edge-cpu-1t",
+                "threads": 1,
+                "batch_sizes": [1],
+                "warmup": 5,
+                "runs": 30,
+                "max_seconds": 0.5,
+            },
+            # a flash budget between the two sizes (~0.8 vs ~2.3 KB of weights): only the small students fit. (RAM
+            # does not separate them: the FP32 input normalisation, raw window in, is every student's peak)
+            {"name": "tiny-mcu", "measure": False, "ram_bytes": 524288, "flash_bytes": 1500},
+        ]
+    },
 }
 
 
 def row(id_, acc, ms, size, fits=True, test=None):
-    return {"id": id_, "int8_val_accuracy": acc, "int8_accuracy": acc if test is None else test, "p50_ms": ms,
-            "size_bytes": size, "fits": fits}
+    return {
+        "id": id_,
+        "int8_val_accuracy": acc,
+        "int8_accuracy": acc if test is None else test,
+        "p50_ms": ms,
+        "size_bytes": size,
+        "fits": fits,
+    }
 
 
 def test_student_widths_scale_cut_and_extend():
@@ -52,27 +80,50 @@ def test_student_widths_scale_cut_and_extend():
 def test_sweep_epochs_shrink_the_step_floor_alike():
     from flows.sweep_point import point_params
 
-    p = make_params({"student": {"train": {"epochs": 30, "min_steps": 2000}}, "sweep": {"epochs": 15}}, small=False)
+    p = make_params(
+        {"student": {"train": {"epochs": 30, "min_steps": 2000}}, "sweep": {"epochs": 15}},
+        small=False,
+    )
     pp = point_params(p, {"widths": [8, 8], "knobs": {"fm_label_weight": 0.3}})
     assert pp.student.train.epochs == 15 and pp.student.train.min_steps == 1000
-    assert pp.distill.method == "fm_bank" and pp.distill.fm_label_weight == 0.3 and pp.compute.threads == 1
+    assert (
+        pp.distill.method == "fm_bank"
+        and pp.distill.fm_label_weight == 0.3
+        and pp.compute.threads == 1
+    )
 
 
 def test_grid_is_the_product_of_the_params_and_keeps_the_configured_method():
-    p = make_params({"distill": {"method": "hinton"},
-                     "sweep": {"width_multipliers": [0.5, 1.0], "depths": [2, 3],
-                               "knobs": {"temperature": [2.0], "alpha": [0.5, 0.9]}}})
+    p = make_params(
+        {
+            "distill": {"method": "hinton"},
+            "sweep": {
+                "width_multipliers": [0.5, 1.0],
+                "depths": [2, 3],
+                "knobs": {"temperature": [2.0], "alpha": [0.5, 0.9]},
+            },
+        }
+    )
     pts = grid(p)
     assert len(pts) == 8 and len({x["id"] for x in pts}) == 8
-    assert {"w0.5-d2-alpha0.9-temperature2", "w1-d3-alpha0.5-temperature2"} <= {x["id"] for x in pts}
+    assert {"w0.5-d2-alpha0.9-temperature2", "w1-d3-alpha0.5-temperature2"} <= {
+        x["id"] for x in pts
+    }
     assert {x["method"] for x in pts} == {"hinton"}
-    sizes = grid(make_params({"sweep": {"width_multipliers": [0.5, 1.0], "depths": [2]}}))  # knobs {}: sizes only
-    assert [x["id"] for x in sizes] == ["w0.5-d2", "w1-d2"] and {x["method"] for x in sizes} == {"fm_bank"}
+    sizes = grid(
+        make_params({"sweep": {"width_multipliers": [0.5, 1.0], "depths": [2]}})
+    )  # knobs {}: sizes only
+    assert [x["id"] for x in sizes] == ["w0.5-d2", "w1-d2"] and {x["method"] for x in sizes} == {
+        "fm_bank"
+    }
 
 
 def test_sweep_knobs_of_another_method_or_out_of_range_are_refused():
-    with pytest.raises(ParamsInvalid, match=r"sweep.knobs \['alpha', 'temperature'\] are not knobs of distill.method "
-                                            r"fm_bank \(its knobs: fm_temperature, fm_label_weight\)"):
+    with pytest.raises(
+        ParamsInvalid,
+        match=r"sweep.knobs \['alpha', 'temperature'\] are not knobs of distill.method "
+        r"fm_bank \(its knobs: fm_temperature, fm_label_weight\)",
+    ):
         make_params({"sweep": {"knobs": {"temperature": [2.0], "alpha": [0.5]}}})
     with pytest.raises(ParamsInvalid, match="fm_label_weight"):
         make_params({"sweep": {"knobs": {"fm_label_weight": [1.5]}}})
@@ -87,18 +138,24 @@ def test_sweep_apply_keeps_the_method_and_refuses_when_it_changed(tmp_path):
     best = {"widths": [8, 12, 12], "knobs": {"fm_label_weight": 0.3}}
     apply_overlay(target, best_overlay(params, best), "fm_bank")
     p = load_params(target)
-    assert (p.distill.method, p.distill.fm_label_weight, p.student.config["widths"]) == ("fm_bank", 0.3, [8, 12, 12])
+    assert (p.distill.method, p.distill.fm_label_weight, p.student.config["widths"]) == (
+        "fm_bank",
+        0.3,
+        [8, 12, 12],
+    )
     before = target.read_text()
-    with pytest.raises(ParamsInvalid, match="distill.method is fm_bank, but the sweep trained hinton"):
+    with pytest.raises(
+        ParamsInvalid, match="distill.method is fm_bank, but the sweep trained hinton"
+    ):
         apply_overlay(target, {"distill": {"temperature": 2.0}}, "hinton")
     assert target.read_text() == before
 
 
 def test_pareto_front_and_latency_noise_tolerance():
-    a = row("a", 0.90, 1.00, 5000)   # most accurate
-    b = row("b", 0.85, 0.50, 2000)   # faster and smaller
-    c = row("c", 0.84, 0.52, 2500)   # worse than b everywhere (latency within noise)
-    d = row("d", 0.80, 0.30, 2000)   # fastest: on the front
+    a = row("a", 0.90, 1.00, 5000)  # most accurate
+    b = row("b", 0.85, 0.50, 2000)  # faster and smaller
+    c = row("c", 0.84, 0.52, 2500)  # worse than b everywhere (latency within noise)
+    d = row("d", 0.80, 0.30, 2000)  # fastest: on the front
     assert dominates(b, c, tol=0.1) and not dominates(c, b, tol=0.1)
     assert pareto_front([a, b, c, d], tol=0.1) == ["a", "b", "d"]
     # without tolerance, a 4% faster but less accurate point is not dominated
@@ -127,8 +184,9 @@ def project(tmp_path_factory):
         (root / "data/raw").mkdir(parents=True)
         small_readings().to_parquet(root / "data/raw/readings.parquet", index=False)
         params = make_params(TINY)
-        (root / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json", by_alias=True),
-                                                         sort_keys=False))
+        (root / "params.yaml").write_text(
+            yaml.safe_dump(params.model_dump(mode="json", by_alias=True), sort_keys=False)
+        )
         prepare.run(params)
         train_teacher.run(params, log=lambda s: None)
         teacher_logits.run(params)
@@ -153,7 +211,9 @@ def test_sweep_cli_local_then_dask_same_front(project, monkeypatch, tmp_path_fac
     out = project / "reports/sweep"
     local = json.loads((out / "results.json").read_text())
     assert len(local["points"]) == 4
-    assert (out / "pareto.svg").read_text().startswith("<svg") and local["plot"].endswith((".svg", ".png"))
+    assert (out / "pareto.svg").read_text().startswith("<svg") and local["plot"].endswith(
+        (".svg", ".png")
+    )
     with open(out / "results.csv") as f:
         table = list(csv.DictReader(f))
     assert {x["id"] for x in table} == {p["id"] for p in local["points"]}
@@ -162,7 +222,9 @@ def test_sweep_cli_local_then_dask_same_front(project, monkeypatch, tmp_path_fac
     by_id = {p["id"]: p for p in local["points"]}
     best = by_id[local["best"]]
     assert best["fits"] and best["flash_bytes"] <= 1500
-    assert all(p["int8_val_accuracy"] <= best["int8_val_accuracy"] for p in local["points"] if p["fits"])
+    assert all(
+        p["int8_val_accuracy"] <= best["int8_val_accuracy"] for p in local["points"] if p["fits"]
+    )
     assert all(0 <= p["int8_accuracy"] <= 1 for p in local["points"])  # test is reported, not used
     assert any(not p["fits"] for p in local["points"])  # the budget really excludes some
 
@@ -170,21 +232,35 @@ def test_sweep_cli_local_then_dask_same_front(project, monkeypatch, tmp_path_fac
     # neither this process's memory nor its working directory, so the flow must pass whole paths.
     elsewhere = tmp_path_factory.mktemp("dask-workers")
     monkeypatch.chdir(elsewhere)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                      local_directory=str(elsewhere)) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            local_directory=str(elsewhere),
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         workers = client.run(lambda: (os.getpid(), os.getcwd()))
-        assert len(workers) == 2 and all(pid != os.getpid() and Path(cwd) != project
-                                         for pid, cwd in workers.values())
+        assert len(workers) == 2 and all(
+            pid != os.getpid() and Path(cwd) != project for pid, cwd in workers.values()
+        )
         monkeypatch.chdir(project)
         t0 = time.perf_counter()
-        dask = run_sweep(".", "params.yaml", "reports/sweep-dask", dask_address=cluster.scheduler_address)
+        dask = run_sweep(
+            ".", "params.yaml", "reports/sweep-dask", dask_address=cluster.scheduler_address
+        )
         dask_s = time.perf_counter() - t0
-    print(f"\nsweep wall time: local threads {local_s:.1f}s (flow {local['seconds']}s), "
-          f"Dask LocalCluster {dask_s:.1f}s (flow {dask['seconds']}s)")
+    print(
+        f"\nsweep wall time: local threads {local_s:.1f}s (flow {local['seconds']}s), "
+        f"Dask LocalCluster {dask_s:.1f}s (flow {dask['seconds']}s)"
+    )
     assert dask["pareto"] == local["pareto"]
     # the same students: training is seeded and single-threaded per point, whatever runs it
-    assert ({p["id"]: p["int8_accuracy"] for p in dask["points"]}
-            == {p["id"]: p["int8_accuracy"] for p in local["points"]})
+    assert {p["id"]: p["int8_accuracy"] for p in dask["points"]} == {
+        p["id"]: p["int8_accuracy"] for p in local["points"]
+    }
     assert dask["best"] == local["best"]
 
 
@@ -200,13 +276,18 @@ def test_sweep_apply_writes_the_chosen_student(project, monkeypatch, tmp_path):
     p = load_params(target)
     best = next(x for x in summary["points"] if x["id"] == summary["best"])
     assert p.student.config["widths"] == best["widths"] and p.student.config["kernel"] == 5
-    assert (p.distill.method, p.distill.fm_label_weight) == ("fm_bank", best["knobs"]["fm_label_weight"])
+    assert (p.distill.method, p.distill.fm_label_weight) == (
+        "fm_bank",
+        best["knobs"]["fm_label_weight"],
+    )
     assert target.read_text().startswith("# keep me")
 
 
 def test_sweep_without_teacher_names_what_is_missing(workdir):
     params = make_params(merge(TINY, {}))
-    (workdir / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json", by_alias=True)))
+    (workdir / "params.yaml").write_text(
+        yaml.safe_dump(params.model_dump(mode="json", by_alias=True))
+    )
     r = CliRunner().invoke(app, ["sweep"])
     assert r.exit_code == 2
     assert "models/teacher.pt" in r.output and "teacher_logits" in r.output

@@ -20,12 +20,18 @@ from tasks import distill, prepare, teacher_logits, train_teacher
 
 TINY = {
     "compute": {"device": "cpu", "threads": 2},
-    "teacher": {"config": {"widths": [8, 16, 16], "kernel": 5, "dropout": 0.0},
-                "train": {"min_steps": 0, "epochs": 4, "batch_size": 64, "lr": 0.01}},
-    "student": {"config": {"widths": [8, 8, 12, 12], "kernel": 5},
-                "train": {"min_steps": 0, "epochs": 4, "batch_size": 64, "lr": 0.02}},
+    "teacher": {
+        "config": {"widths": [8, 16, 16], "kernel": 5, "dropout": 0.0},
+        "train": {"min_steps": 0, "epochs": 4, "batch_size": 64, "lr": 0.01},
+    },
+    "student": {
+        "config": {"widths": [8, 8, 12, 12], "kernel": 5},
+        "train": {"min_steps": 0, "epochs": 4, "batch_size": 64, "lr": 0.02},
+    },
     "distill": {"bank": {"views": 2}},
-    "sanity": {"enabled": False},  # 4-epoch smoke-test teachers are below the 1-NN reference (44% vs 70%)
+    "sanity": {
+        "enabled": False
+    },  # 4-epoch smoke-test teachers are below the 1-NN reference (44% vs 70%)
 }
 
 
@@ -49,11 +55,14 @@ def trained(prepared):
 
 # ---------------------------------------------------------------- schedule in steps
 
+
 def test_min_steps_gives_small_splits_more_epochs_never_fewer():
     from edgedistill.params import TrainParams
     from edgedistill.training import train_config
 
-    tp = TrainParams(epochs=16, batch_size=128, lr=0.003, weight_decay=0.01, label_smoothing=0.1, min_steps=1000)
+    tp = TrainParams(
+        epochs=16, batch_size=128, lr=0.003, weight_decay=0.01, label_smoothing=0.1, min_steps=1000
+    )
     said = []
     assert train_config(tp, 8744).epochs == 16  # 69 steps per epoch: 1,104 steps already
     assert train_config(tp, 100_000).epochs == 16
@@ -69,17 +78,30 @@ def test_teacher_trains_min_steps_and_sanity_checks_at_the_same_share(prepared, 
     real = train_teacher.sanity_stop
     # the epoch-wise checks run for real; the end-of-training verdict (this 3-epoch smoke teacher is below the
     # 1-NN) is not what this test is about
-    monkeypatch.setattr(train_teacher, "sanity_stop",
-                        lambda *a, **k: seen.append(k.get("check_epoch")) or (None if k.get("final") else real(*a, **k)))
+    monkeypatch.setattr(
+        train_teacher,
+        "sanity_stop",
+        lambda *a, **k: (
+            seen.append(k.get("check_epoch")) or (None if k.get("final") else real(*a, **k))
+        ),
+    )
     n = len(open_split("data/prepared/train").y)
     steps = -(-n // 64)
-    m = train_teacher.run(tiny({"teacher": {"train": {"epochs": 1, "min_steps": 3 * steps}},
-                                "sanity": {"enabled": True, "check_epoch": 1}}), log=lambda s: None)
+    m = train_teacher.run(
+        tiny(
+            {
+                "teacher": {"train": {"epochs": 1, "min_steps": 3 * steps}},
+                "sanity": {"enabled": True, "check_epoch": 1},
+            }
+        ),
+        log=lambda s: None,
+    )
     assert m["epochs_run"] == 3
     assert seen and set(seen) == {3}
 
 
 # ---------------------------------------------------------------- KD loss
+
 
 def test_kd_loss_zero_when_student_equals_teacher():
     z = torch.randn(32, 7)
@@ -107,6 +129,7 @@ def test_kd_loss_is_t_squared_scaled_kl():
 
 # ---------------------------------------------------------------- learning
 
+
 def test_teacher_learns_and_writes_outputs(trained):
     workdir, m = trained
     assert m["accuracy"] > 0.45  # 7 classes: chance is 0.14
@@ -126,7 +149,13 @@ def test_distill_reports_baseline_kd_and_gain(trained):
     for k in ("teacher", "baseline", "kd"):
         assert r[k]["accuracy"] > 0.3, k
     assert r["kd_gain"] == pytest.approx(r["kd"]["accuracy"] - r["baseline"]["accuracy"], abs=1e-5)
-    for k in ("kd_gain", "kd_gain_val", "teacher", "baseline", "kd"):  # every figure carries its interval
+    for k in (
+        "kd_gain",
+        "kd_gain_val",
+        "teacher",
+        "baseline",
+        "kd",
+    ):  # every figure carries its interval
         node, key = (r, k) if k.startswith("kd_gain") else (r[k], "accuracy")
         assert node[f"{key}_lo"] <= node[key] <= node[f"{key}_hi"], k
     assert r["kd"]["params"] == r["baseline"]["params"] < r["teacher"]["params"]
@@ -135,12 +164,19 @@ def test_distill_reports_baseline_kd_and_gain(trained):
     _, kd_meta = load_checkpoint(workdir / "models/student_kd.pt")
     assert kd_meta["distill"]["method"] == "fm_bank"
     shipped, _ = load_checkpoint(workdir / "models/student.pt")
-    same_as, _ = load_checkpoint(workdir / ("models/student_kd.pt" if r["shipped"] == "kd"
-                                            else "models/student_baseline.pt"))
-    assert all(torch.equal(a, b) for a, b in zip(shipped.state_dict().values(), same_as.state_dict().values(),
-                                                 strict=True))
+    same_as, _ = load_checkpoint(
+        workdir / ("models/student_kd.pt" if r["shipped"] == "kd" else "models/student_baseline.pt")
+    )
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(shipped.state_dict().values(), same_as.state_dict().values(), strict=True)
+    )
     assert (workdir / "models/student_baseline.pt").is_file()
-    assert (workdir / "metrics/plots/student_kd_confusion.csv").read_text().startswith("actual,predicted")
+    assert (
+        (workdir / "metrics/plots/student_kd_confusion.csv")
+        .read_text()
+        .startswith("actual,predicted")
+    )
 
 
 def test_students_side_by_side_match_one_after_the_other(trained, tmp_path):
@@ -153,28 +189,55 @@ def test_students_side_by_side_match_one_after_the_other(trained, tmp_path):
     for mode, threads in (("side", 2), ("serial", 1)):
         p = tiny({"compute": {"threads": threads}})
         assert distill.side_by_side_threads(p, torch.device("cpu")) == (1 if mode == "side" else 0)
-        outs[mode] = distill.run(p, student_out=tmp_path / f"{mode}_s.pt", baseline_out=tmp_path / f"{mode}_b.pt",
-                                 kd_out=tmp_path / f"{mode}_kd.pt", metrics_out=tmp_path / f"{mode}.json",
-                                 plots_dir=None, resume_dir=tmp_path / f"{mode}_res",
-                                 log=lines.append if mode == "side" else lambda s: None)
+        outs[mode] = distill.run(
+            p,
+            student_out=tmp_path / f"{mode}_s.pt",
+            baseline_out=tmp_path / f"{mode}_b.pt",
+            kd_out=tmp_path / f"{mode}_kd.pt",
+            metrics_out=tmp_path / f"{mode}.json",
+            plots_dir=None,
+            resume_dir=tmp_path / f"{mode}_res",
+            log=lines.append if mode == "side" else lambda s: None,
+        )
     assert any("side by side, 1 thread(s) each" in s for s in lines)
-    assert any(s.startswith("student_kd") and "epoch" in s for s in lines)  # the workers' progress reached log
+    assert any(
+        s.startswith("student_kd") and "epoch" in s for s in lines
+    )  # the workers' progress reached log
     for name in ("b", "kd"):
         a, _ = load_checkpoint(tmp_path / f"side_{name}.pt")
         b, _ = load_checkpoint(tmp_path / f"serial_{name}.pt")
-        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+        assert all(
+            torch.equal(x, y)
+            for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+        )
     for k in ("baseline", "kd"):
         assert outs["side"][k]["accuracy"] == outs["serial"][k]["accuracy"]
     assert outs["side"]["kd_gain_val"] == outs["serial"]["kd_gain_val"]
-    assert outs["side"]["students_trained"] == {"device": "cpu", "side_by_side": True, "threads_each": 1}
-    assert outs["serial"]["students_trained"] == {"device": "cpu", "side_by_side": False, "threads_each": 1}
-    assert distill.side_by_side_threads(tiny({"compute": {"threads": 2, "parallel_students": False}}),
-                                        torch.device("cpu")) == 0
+    assert outs["side"]["students_trained"] == {
+        "device": "cpu",
+        "side_by_side": True,
+        "threads_each": 1,
+    }
+    assert outs["serial"]["students_trained"] == {
+        "device": "cpu",
+        "side_by_side": False,
+        "threads_each": 1,
+    }
+    assert (
+        distill.side_by_side_threads(
+            tiny({"compute": {"threads": 2, "parallel_students": False}}), torch.device("cpu")
+        )
+        == 0
+    )
     # a KD student that cannot start (its views are not the cached bank's) fails the stage with its own
     # message and hint, raised in the worker process
     with pytest.raises(ModelMismatch, match="differs from the cached one") as err:
-        distill.run(tiny({"student": {"augment": {"jitter": 0.2}}}), plots_dir=None, resume_dir=tmp_path / "bad",
-                    log=lambda s: None)
+        distill.run(
+            tiny({"student": {"augment": {"jitter": 0.2}}}),
+            plots_dir=None,
+            resume_dir=tmp_path / "bad",
+            log=lambda s: None,
+        )
     assert err.value.hint == "Run `dvc repro teacher_logits`."
 
 
@@ -192,28 +255,42 @@ def test_cached_logits_are_used_and_checked(trained):
     from edgedistill.training import load_prepared
 
     data = load_prepared("data/prepared", torch.device("cpu"))
-    fn = distill.kd_loss_fn(p, data, torch.device("cpu"), "models/teacher_logits", "models/teacher.pt")
+    fn = distill.kd_loss_fn(
+        p, data, torch.device("cpu"), "models/teacher_logits", "models/teacher.pt"
+    )
     student = torch.nn.Linear(64, 7)
     net = lambda xb: student(xb.mean(1))  # noqa: E731
     idx = torch.arange(8)
-    want = hinton_loss(net(data.train.x[idx]), torch.from_numpy(cache["plain"][:8]), data.train.y[idx], 4.0, 0.7)
+    want = hinton_loss(
+        net(data.train.x[idx]), torch.from_numpy(cache["plain"][:8]), data.train.y[idx], 4.0, 0.7
+    )
     assert torch.isclose(fn(net, data.train.x[idx], data.train.y[idx], idx, None), want)
     # logit_augment (default): the student sees the baseline's augmentation of the window, the teacher's
     # cached logits stay the clean window's
     from edgedistill.training import augment, augment_for
 
     p = tiny({"distill": {"method": "hinton"}})
-    fn = distill.kd_loss_fn(p, data, torch.device("cpu"), "models/teacher_logits", "models/teacher.pt")
+    fn = distill.kd_loss_fn(
+        p, data, torch.device("cpu"), "models/teacher_logits", "models/teacher.pt"
+    )
     aug = augment_for(p.student.augment, p.data.vector_groups, data.norm)
     xa = augment(data.train.x[idx], aug, torch.Generator().manual_seed(5))
-    want_aug = hinton_loss(net(xa), torch.from_numpy(cache["plain"][:8]), data.train.y[idx], 4.0, 0.7)
+    want_aug = hinton_loss(
+        net(xa), torch.from_numpy(cache["plain"][:8]), data.train.y[idx], 4.0, 0.7
+    )
     got = fn(net, data.train.x[idx], data.train.y[idx], idx, torch.Generator().manual_seed(5))
     assert torch.isclose(got, want_aug) and not torch.isclose(got, want)
     # a bank made with other params is refused instead of silently mismatching views and logits
     with pytest.raises(ModelMismatch, match="bank has 2 views"):
-        distill.run(tiny({"distill": {"bank": {"views": 3}}}), log=lambda s: None, train_baseline=False)
+        distill.run(
+            tiny({"distill": {"bank": {"views": 3}}}), log=lambda s: None, train_baseline=False
+        )
     with pytest.raises(ModelMismatch, match="differs from the cached one"):
-        distill.run(tiny({"student": {"augment": {"jitter": 0.2}}}), log=lambda s: None, train_baseline=False)
+        distill.run(
+            tiny({"student": {"augment": {"jitter": 0.2}}}),
+            log=lambda s: None,
+            train_baseline=False,
+        )
 
 
 def test_dkd_student_with_imu_rotation_learns(trained):
@@ -225,20 +302,38 @@ def test_dkd_student_with_imu_rotation_learns(trained):
 
 
 def test_resume_after_interruption_matches_uninterrupted(prepared, tmp_path):
-    ref = train_teacher.run(tiny(), model_out=tmp_path / "ref.pt", metrics_out=tmp_path / "ref.json",
-                            plots_dir=None, resume_dir=tmp_path / "r1", log=lambda s: None)
+    ref = train_teacher.run(
+        tiny(),
+        model_out=tmp_path / "ref.pt",
+        metrics_out=tmp_path / "ref.json",
+        plots_dir=None,
+        resume_dir=tmp_path / "r1",
+        log=lambda s: None,
+    )
 
     def killer(msg: str) -> None:
         if "epoch 2/" in msg:
             raise KeyboardInterrupt  # what a kill between epochs looks like to the loop
 
     with pytest.raises(KeyboardInterrupt):
-        train_teacher.run(tiny(), model_out=tmp_path / "b.pt", metrics_out=tmp_path / "b.json",
-                          plots_dir=None, resume_dir=tmp_path / "r2", log=killer)
+        train_teacher.run(
+            tiny(),
+            model_out=tmp_path / "b.pt",
+            metrics_out=tmp_path / "b.json",
+            plots_dir=None,
+            resume_dir=tmp_path / "r2",
+            log=killer,
+        )
     assert (tmp_path / "r2/teacher.pt").is_file() and not (tmp_path / "b.pt").exists()
     logs: list[str] = []
-    again = train_teacher.run(tiny(), model_out=tmp_path / "b.pt", metrics_out=tmp_path / "b.json",
-                              plots_dir=None, resume_dir=tmp_path / "r2", log=logs.append)
+    again = train_teacher.run(
+        tiny(),
+        model_out=tmp_path / "b.pt",
+        metrics_out=tmp_path / "b.json",
+        plots_dir=None,
+        resume_dir=tmp_path / "r2",
+        log=logs.append,
+    )
     assert any("resuming from epoch 2" in s for s in logs)
     assert again["accuracy"] == ref["accuracy"]
     a, _ = load_checkpoint(tmp_path / "ref.pt")
@@ -249,6 +344,7 @@ def test_resume_after_interruption_matches_uninterrupted(prepared, tmp_path):
 
 
 # ---------------------------------------------------------------- bad input
+
 
 def test_missing_prepared_data(workdir):
     with pytest.raises(DataInvalid, match="data/prepared/norm.json: not found"):
@@ -281,6 +377,7 @@ def test_nan_loss_stops_with_clear_message(prepared):
     def nan(z):
         z["X"][:, 0, :] = np.nan
         return z
+
     _rewrite_train(nan)
     with pytest.raises(TrainingFailed, match="loss became nan at epoch 1"):
         train_teacher.run(tiny(), log=lambda s: None)
@@ -305,7 +402,11 @@ def test_fm_bank_label_weight_mixes_the_labels_as_the_view_mixes_windows(trained
     v, idx = np.array([0, 1, 3, 2]), np.array([5, 9, 49, 0])
     j, lam = views.mixing(v, idx)
     want = lam[:, None, None] * x[idx].numpy() + (1 - lam[:, None, None]) * x[j].numpy()
-    assert np.allclose(views[v, idx].numpy(), want, atol=1e-6) and (lam >= 0.5).all() and (j != idx).any()
+    assert (
+        np.allclose(views[v, idx].numpy(), want, atol=1e-6)
+        and (lam >= 0.5).all()
+        and (j != idx).any()
+    )
     j0, lam0 = BankViews(x, 4, Augment(), 0.0, 7).mixing(v, idx)
     assert (j0 == idx).all() and (lam0 == 1).all()
     workdir, _ = trained
@@ -314,13 +415,20 @@ def test_fm_bank_label_weight_mixes_the_labels_as_the_view_mixes_windows(trained
 
     data = load_prepared("data/prepared", torch.device("cpu"))
     torch.manual_seed(0)
-    model = build_from_params("dscnn1d", {"widths": [8, 8], "kernel": 3}, int(data.train.x.shape[1]), len(data.labels))
+    model = build_from_params(
+        "dscnn1d", {"widths": [8, 8], "kernel": 3}, int(data.train.x.shape[1]), len(data.labels)
+    )
     idx = torch.arange(32)
     xb, yb = data.train.x[idx], data.train.y[idx]
 
     def loss(w: float) -> float:
-        fn = distill.kd_loss_fn(tiny({"distill": {"fm_label_weight": w}}), data, torch.device("cpu"),
-                                "models/teacher_logits", "models/teacher.pt")
+        fn = distill.kd_loss_fn(
+            tiny({"distill": {"fm_label_weight": w}}),
+            data,
+            torch.device("cpu"),
+            "models/teacher_logits",
+            "models/teacher.pt",
+        )
         return float(fn(model, xb, yb, idx, torch.Generator().manual_seed(3)).detach())
 
     kl, ce = loss(0.0), loss(1.0)  # the same views (same generator): pure KL, pure mixed-label CE
@@ -330,7 +438,9 @@ def test_fm_bank_label_weight_mixes_the_labels_as_the_view_mixes_windows(trained
     from edgedistill.training import augment, augment_for
 
     p = tiny({"distill": {"fm_label_weight": 0.5, "fm_label_input": "window"}})
-    fn = distill.kd_loss_fn(p, data, torch.device("cpu"), "models/teacher_logits", "models/teacher.pt")
+    fn = distill.kd_loss_fn(
+        p, data, torch.device("cpu"), "models/teacher_logits", "models/teacher.pt"
+    )
     got = float(fn(model, xb, yb, idx, torch.Generator().manual_seed(3)).detach())
     g = torch.Generator().manual_seed(3)
     torch.randint(0, 2, (len(idx),), generator=g)  # the bank view's draw (2 views)
@@ -347,9 +457,15 @@ def test_bank_grows_so_the_kd_student_replays_each_view_at_most_max_repeats(trai
     from edgedistill.bank import bank_size
     from edgedistill.params import BankParams, TrainParams
 
-    tp = TrainParams(epochs=30, batch_size=128, lr=0.01, weight_decay=0.0, label_smoothing=0.0, min_steps=2000)
-    assert bank_size(BankParams(views=8, max_repeats=4.0), tp, 8744) == 8  # 30 x 69 x 128 / (8 x 8744) = 3.8
-    assert bank_size(BankParams(views=8, max_repeats=4.0), tp, 418) == 154  # 500 epochs x 4 x 128 / (4 x 418)
+    tp = TrainParams(
+        epochs=30, batch_size=128, lr=0.01, weight_decay=0.0, label_smoothing=0.0, min_steps=2000
+    )
+    assert (
+        bank_size(BankParams(views=8, max_repeats=4.0), tp, 8744) == 8
+    )  # 30 x 69 x 128 / (8 x 8744) = 3.8
+    assert (
+        bank_size(BankParams(views=8, max_repeats=4.0), tp, 418) == 154
+    )  # 500 epochs x 4 x 128 / (4 x 418)
     assert bank_size(BankParams(views=8, max_repeats=0.0), tp, 418) == 8
     workdir, _ = trained
     p = tiny({"distill": {"bank": {"views": 2, "max_repeats": 1.0}}})
@@ -360,7 +476,9 @@ def test_bank_grows_so_the_kd_student_replays_each_view_at_most_max_repeats(trai
     assert np.load(workdir / "models/teacher_logits/bank.npy", mmap_mode="r").shape[0] == want
     assert distill.run(p, log=lambda s: None)["kd"]["accuracy"] > 0.3
     with pytest.raises(ModelMismatch, match="views"):
-        distill.run(tiny({"distill": {"bank": {"views": 2, "max_repeats": 0.5}}}), log=lambda s: None)
+        distill.run(
+            tiny({"distill": {"bank": {"views": 2, "max_repeats": 0.5}}}), log=lambda s: None
+        )
 
 
 def test_bank_view_digest_sees_shifts_and_permutations():
@@ -372,7 +490,9 @@ def test_bank_view_digest_sees_shifts_and_permutations():
     moved = [torch.roll(v, 1, dims=-1), v[:, [1, 0, 2]]]
     assert view_digest(v) == view_digest(v.clone())
     for m in moved:
-        assert float(m.abs().sum()) == pytest.approx(float(v.abs().sum()))  # what the sum could not see
+        assert float(m.abs().sum()) == pytest.approx(
+            float(v.abs().sum())
+        )  # what the sum could not see
         assert view_digest(m) != view_digest(v)
 
 
@@ -383,16 +503,22 @@ def test_shuffled_labels_trigger_the_sanity_stop(readings_file, workdir):
     # every window-length block of readings gets a random class: the labels say nothing about the signal (shuffling
     # whole recordings would leave val windows of one recording correlated, and a handful of val recordings can
     # land above the majority class by luck whatever the teacher learnt)
-    block = df["recording"].astype(str) + ":" + (df.groupby("recording").cumcount() // 64).astype(str)
+    block = (
+        df["recording"].astype(str) + ":" + (df.groupby("recording").cumcount() // 64).astype(str)
+    )
     keys = block.unique()
     labels = np.random.default_rng(0).choice(sorted(df["label"].unique()), len(keys))
     df["label"] = block.map(dict(zip(keys, labels, strict=True)))
     write_readings(df, readings_file)
     params = tiny({"sanity": {"enabled": True}})
     prepare.run(params)
-    with pytest.raises(TrainingFailed, match=r"sanity stop: the teacher is .*majority class \d+\.\d%.*labels"):
+    with pytest.raises(
+        TrainingFailed, match=r"sanity stop: the teacher is .*majority class \d+\.\d%.*labels"
+    ):
         train_teacher.run(params, log=lambda s: None)
-    assert not (workdir / "models/teacher.pt").exists()  # nothing half-judged is left for the next stage
+    assert not (
+        workdir / "models/teacher.pt"
+    ).exists()  # nothing half-judged is left for the next stage
 
 
 def test_final_sanity_check_wants_balanced_accuracy_above_chance_whatever_the_class_shares():
@@ -411,18 +537,51 @@ def test_final_sanity_check_wants_balanced_accuracy_above_chance_whatever_the_cl
     shuffled[1:, 0] = np.array(sizes[1:]) - 1
     shuffled[0] = [14, 1, 1, 1, 1, 0, 0]
     assert shuffled.trace() == 20 and shuffled.sum() == 84
-    bal, chance, se = bl.balanced_vs_chance(shuffled)  # (14/18 + 4/12 + 1/10 + 1/8) / 7 = 19.1%, bar 22.1%
-    assert chance == pytest.approx(1 / 7) and bal == pytest.approx(0.1909, abs=1e-3) and se == pytest.approx(0.0392, abs=1e-3)
-    with pytest.raises(TrainingFailed, match=r"no better than chance per class after 4 epochs.*balanced val accuracy"):
-        train_teacher.sanity_stop(sp, {**ref, "balanced_val_accuracy": bal, "chance_balanced": chance}, 4, 0.238,
-                                  84, 4, final=True, check_epoch=3, chance_se=se)
+    bal, chance, se = bl.balanced_vs_chance(
+        shuffled
+    )  # (14/18 + 4/12 + 1/10 + 1/8) / 7 = 19.1%, bar 22.1%
+    assert (
+        chance == pytest.approx(1 / 7)
+        and bal == pytest.approx(0.1909, abs=1e-3)
+        and se == pytest.approx(0.0392, abs=1e-3)
+    )
+    with pytest.raises(
+        TrainingFailed,
+        match=r"no better than chance per class after 4 epochs.*balanced val accuracy",
+    ):
+        train_teacher.sanity_stop(
+            sp,
+            {**ref, "balanced_val_accuracy": bal, "chance_balanced": chance},
+            4,
+            0.238,
+            84,
+            4,
+            final=True,
+            check_epoch=3,
+            chance_se=se,
+        )
     imbalanced = np.array([[29, 1], [1, 5]])  # 30:6 val windows (majority 83.3%), accuracy 94.4%
     bal, chance, se = bl.balanced_vs_chance(imbalanced)
     assert bal == pytest.approx((29 / 30 + 5 / 6) / 2)
-    train_teacher.sanity_stop(sp, {"knn_fft_val_accuracy": 0.8, "majority_val_accuracy": 30 / 36,
-                                   "balanced_val_accuracy": bal, "chance_balanced": chance},
-                              4, 34 / 36, 36, 4, final=True, check_epoch=3, chance_se=se)
-    train_teacher.sanity_stop(sp, ref, 3, 0.226, 84, 4, check_epoch=3)  # one window above at epoch 3: goes on
+    train_teacher.sanity_stop(
+        sp,
+        {
+            "knn_fft_val_accuracy": 0.8,
+            "majority_val_accuracy": 30 / 36,
+            "balanced_val_accuracy": bal,
+            "chance_balanced": chance,
+        },
+        4,
+        34 / 36,
+        36,
+        4,
+        final=True,
+        check_epoch=3,
+        chance_se=se,
+    )
+    train_teacher.sanity_stop(
+        sp, ref, 3, 0.226, 84, 4, check_epoch=3
+    )  # one window above at epoch 3: goes on
     with pytest.raises(TrainingFailed, match="no better than the majority class after 3 epochs"):
         train_teacher.sanity_stop(sp, ref, 3, 0.214, 84, 4, check_epoch=3)
 
@@ -436,24 +595,54 @@ def test_sanity_stop_says_when_val_is_too_small_to_tell_from_chance():
     sp = SanityParams()
     bal, chance, se = bl.balanced_vs_chance(np.array([[2, 0], [0, 2]]))
     assert bal == 1.0 and 1.0 <= chance + sp.chance_z * se
-    ref = {"knn_fft_val_accuracy": 0.75, "majority_val_accuracy": 0.5, "balanced_val_accuracy": bal,
-           "chance_balanced": chance}
-    with pytest.raises(TrainingFailed, match=r"4 val windows are too few to tell the teacher from chance") as e:
-        train_teacher.sanity_stop(sp, ref, 1000, 1.0, 4, 1000, final=True, check_epoch=3, chance_se=se)
+    ref = {
+        "knn_fft_val_accuracy": 0.75,
+        "majority_val_accuracy": 0.5,
+        "balanced_val_accuracy": bal,
+        "chance_balanced": chance,
+    }
+    with pytest.raises(
+        TrainingFailed, match=r"4 val windows are too few to tell the teacher from chance"
+    ) as e:
+        train_teacher.sanity_stop(
+            sp, ref, 1000, 1.0, 4, 1000, final=True, check_epoch=3, chance_se=se
+        )
     assert "likely causes" not in str(e.value) and "prepare.eval_stride" in e.value.hint
     # 12 val windows (6 per class) can show it: a perfect teacher passes, one at chance is stopped as before
     bal, chance, se = bl.balanced_vs_chance(np.array([[6, 0], [0, 6]]))
-    train_teacher.sanity_stop(sp, {**ref, "balanced_val_accuracy": bal, "chance_balanced": chance}, 1000, 1.0, 12,
-                              1000, final=True, check_epoch=3, chance_se=se)
+    train_teacher.sanity_stop(
+        sp,
+        {**ref, "balanced_val_accuracy": bal, "chance_balanced": chance},
+        1000,
+        1.0,
+        12,
+        1000,
+        final=True,
+        check_epoch=3,
+        chance_se=se,
+    )
     with pytest.raises(TrainingFailed, match="no better than chance per class"):
-        train_teacher.sanity_stop(sp, {**ref, "balanced_val_accuracy": 0.5, "chance_balanced": chance}, 1000, 0.5, 12,
-                                  1000, final=True, check_epoch=3, chance_se=se)
+        train_teacher.sanity_stop(
+            sp,
+            {**ref, "balanced_val_accuracy": 0.5, "chance_balanced": chance},
+            1000,
+            0.5,
+            12,
+            1000,
+            final=True,
+            check_epoch=3,
+            chance_se=se,
+        )
 
 
 def test_sanity_references_are_recorded_and_short_runs_not_judged(prepared):
-    m = train_teacher.run(tiny({"sanity": {"enabled": True, "check_epoch": 5}}), log=lambda s: None)  # 4 < 5
+    m = train_teacher.run(
+        tiny({"sanity": {"enabled": True, "check_epoch": 5}}), log=lambda s: None
+    )  # 4 < 5
     s = m["sanity"]
-    assert s["judged"] is False and s["passed"] is None  # a run shorter than check_epoch is not judged
+    assert (
+        s["judged"] is False and s["passed"] is None
+    )  # a run shorter than check_epoch is not judged
     assert 0.5 < s["knn_fft_val_accuracy"] <= 1 and 0 < s["majority_val_accuracy"] < 0.5
 
 
@@ -467,11 +656,16 @@ def test_channels_last_twin_computes_and_trains_the_1d_net(prepared):
 
     data = load_prepared("data/prepared", torch.device("cpu"))
     x = data.val.x[:16]
-    for arch, config in (("dscnn1d", TINY["student"]["config"]), ("resnet1d", TINY["teacher"]["config"])):
+    for arch, config in (
+        ("dscnn1d", TINY["student"]["config"]),
+        ("resnet1d", TINY["teacher"]["config"]),
+    ):
         torch.manual_seed(0)
         net = build_model(arch, config, x.shape[1], len(data.labels)).eval()
         twin = channels_last_twin(net).eval()
-        assert twin is not net and {id(p) for p in twin.parameters()} == {id(p) for p in net.parameters()}
+        assert twin is not net and {id(p) for p in twin.parameters()} == {
+            id(p) for p in net.parameters()
+        }
         with torch.no_grad():
             assert torch.allclose(twin(x), net(x), atol=1e-5)
     runs = {}
@@ -480,12 +674,26 @@ def test_channels_last_twin_computes_and_trains_the_1d_net(prepared):
         net = build_model("dscnn1d", TINY["student"]["config"], x.shape[1], len(data.labels))
         keys = list(net.state_dict())
         cfg = TrainConfig(epochs=2, batch_size=64, lr=0.02, weight_decay=0.0)
-        res = train(net, data.train, data.val, lambda m, xb, yb, idx, gen: F.cross_entropy(m(xb), yb), cfg,
-                    torch.device("cpu"), data.labels, log=lambda s: None, channels_last=cl)
+        res = train(
+            net,
+            data.train,
+            data.val,
+            lambda m, xb, yb, idx, gen: F.cross_entropy(m(xb), yb),
+            cfg,
+            torch.device("cpu"),
+            data.labels,
+            log=lambda s: None,
+            channels_last=cl,
+        )
         assert list(net.state_dict()) == keys and res.epochs_run == 2
         runs[cl] = (net.eval(), res)
     (a, ra), (b, rb) = runs[False], runs[True]
-    assert max((a.state_dict()[k].float() - b.state_dict()[k].float()).abs().max().item() for k in keys) < 1e-3
+    assert (
+        max(
+            (a.state_dict()[k].float() - b.state_dict()[k].float()).abs().max().item() for k in keys
+        )
+        < 1e-3
+    )
     assert abs(ra.best_val_accuracy - rb.best_val_accuracy) <= 2 / len(data.val)
     with torch.no_grad():
         assert (a(data.val.x[:]).argmax(1) == b(data.val.x[:]).argmax(1)).float().mean() >= 0.98
@@ -510,8 +718,16 @@ def test_resume_file_is_loaded_weights_only(prepared, tmp_path):
     (tmp_path / "res").mkdir()
     torch.save({"key": "x", "payload": _Payload(marker)}, tmp_path / "res" / "teacher.pt")
     logs: list[str] = []
-    m = train_teacher.run(tiny(), model_out=tmp_path / "t.pt", metrics_out=tmp_path / "t.json",
-                          plots_dir=None, resume_dir=tmp_path / "res", log=logs.append)
+    m = train_teacher.run(
+        tiny(),
+        model_out=tmp_path / "t.pt",
+        metrics_out=tmp_path / "t.json",
+        plots_dir=None,
+        resume_dir=tmp_path / "res",
+        log=logs.append,
+    )
     assert not marker.exists()
-    assert any("not a plain checkpoint" in s for s in logs) and not any("resuming" in s for s in logs)
+    assert any("not a plain checkpoint" in s for s in logs) and not any(
+        "resuming" in s for s in logs
+    )
     assert m["accuracy"] > 0

@@ -44,7 +44,10 @@ def bundle(src: Path, version: str, seed: int) -> dict[str, Path]:
 
 def set_channel(store: LocalStore, version: str, assignment: int) -> bytes:
     """What `publish` does for a stage: the channel document, then its signed entry."""
-    doc = (json.dumps({"model": MODEL, "stage": "prod", "version": version, "assignment": assignment}) + "\n").encode()
+    doc = (
+        json.dumps({"model": MODEL, "stage": "prod", "version": version, "assignment": assignment})
+        + "\n"
+    ).encode()
     key = f"releases/{channel_target(MODEL, 'prod')}"
     got = store.read_versioned(key)
     store.write_conditional(key, doc, got[1] if got else None)
@@ -66,8 +69,14 @@ def signed_base(tmp_path_factory):
 
 @pytest.fixture
 def env(signed_base, tmp_path, monkeypatch):
-    for k in ("EDGEDISTILL_KEYS", "EDGEDISTILL_ROOT", "EDGEDISTILL_TARGETS_KEY", "EDGEDISTILL_SNAPSHOT_KEY",
-              "EDGEDISTILL_TIMESTAMP_KEY", "EDGEDISTILL_ROOT_KEY"):
+    for k in (
+        "EDGEDISTILL_KEYS",
+        "EDGEDISTILL_ROOT",
+        "EDGEDISTILL_TARGETS_KEY",
+        "EDGEDISTILL_SNAPSHOT_KEY",
+        "EDGEDISTILL_TIMESTAMP_KEY",
+        "EDGEDISTILL_ROOT_KEY",
+    ):
         monkeypatch.delenv(k, raising=False)
     for name in ("store", "edgedistill-keys"):
         shutil.copytree(signed_base / name, tmp_path / name, symlinks=True)
@@ -80,8 +89,14 @@ def env(signed_base, tmp_path, monkeypatch):
     def run(**kw):
         return update(store, MODEL, "prod", root, model_dir, **kw)
 
-    return {"store": store, "root": root, "dir": model_dir, "run": run, "base": tmp_path,
-            "rel": tmp_path / "store" / "releases" / MODEL}
+    return {
+        "store": store,
+        "root": root,
+        "dir": model_dir,
+        "run": run,
+        "base": tmp_path,
+        "rel": tmp_path / "store" / "releases" / MODEL,
+    }
 
 
 def refused(env, check: str, **kw) -> str:
@@ -105,8 +120,13 @@ def test_follows_the_channel_and_installs_atomically(env):
     set_channel(env["store"], "v0.2.0", 2)
     r = env["run"]()
     assert r["changed"] and r["version"] == "v0.2.0" and r["previous"] == "v0.1.0"
-    assert (env["dir"] / "student.onnx").read_bytes() == (env["rel"] / "v0.2.0" / "student.onnx").read_bytes()
-    assert sorted(p.name for p in env["dir"].parent.iterdir()) == ["model", "model.device"]  # nothing half-written
+    assert (env["dir"] / "student.onnx").read_bytes() == (
+        env["rel"] / "v0.2.0" / "student.onnx"
+    ).read_bytes()
+    assert sorted(p.name for p in env["dir"].parent.iterdir()) == [
+        "model",
+        "model.device",
+    ]  # nothing half-written
 
 
 def test_legit_rollback_is_a_new_higher_assignment_pointing_at_old_content(env):
@@ -122,7 +142,9 @@ def test_file_swap_with_rewritten_hashes_is_refused(env):
     env["run"]()
     set_channel(env["store"], "v0.2.0", 2)
     v2 = env["rel"] / "v0.2.0"
-    (v2 / "student.int8.onnx").write_bytes((env["rel"] / "v0.1.0" / "student.int8.onnx").read_bytes())
+    (v2 / "student.int8.onnx").write_bytes(
+        (env["rel"] / "v0.1.0" / "student.int8.onnx").read_bytes()
+    )
     files = {n: v2 / n for n in ("student.onnx", "student.int8.onnx", CARD)}
     (v2 / SUMS).write_text(sums_text(files))
     msg = refused(env, "length/sha256 check failed")
@@ -175,7 +197,9 @@ def test_replayed_older_metadata_is_refused(env):
     env["run"]()
     for name, data in old.items():
         (meta / name).write_bytes(data)
-    (env["rel"] / "channels" / "prod.json").write_text(json.dumps({"version": "v0.1.0", "assignment": 1}))
+    (env["rel"] / "channels" / "prod.json").write_text(
+        json.dumps({"version": "v0.1.0", "assignment": 1})
+    )
     refused(env, r"version \(rollback\) check failed")
 
 
@@ -202,7 +226,9 @@ def test_old_files_copied_under_a_newer_version_are_refused(env):
     for name in ("student.onnx", "student.int8.onnx"):
         shutil.copy(v1 / name, v2 / name)
     (v2 / CARD).write_text(json.dumps({"model": MODEL, "version": "v0.2.0", "seed": 0}))
-    (v2 / SUMS).write_text(sums_text({n: v2 / n for n in ("student.onnx", "student.int8.onnx", CARD)}))
+    (v2 / SUMS).write_text(
+        sums_text({n: v2 / n for n in ("student.onnx", "student.int8.onnx", CARD)})
+    )
     set_channel(env["store"], "v0.2.0", 2)
     refused(env, "length/sha256 check failed")
 
@@ -223,9 +249,15 @@ def test_metadata_past_expiry_is_refused_and_renewal_fixes_it(env):
     # the watcher / publish renew the timestamp once it is in the second half of its 7 days
     later = now_utc() + timedelta(days=4)
     repo = SignedRepository(env["store"], load_keys(env["store"]), now=lambda: later)
-    before = json.loads((env["base"] / "store" / META / "timestamp.json").read_text())["signed"]["version"]
-    assert SignedRepository(env["store"], load_keys(env["store"])).commit()["wrote"] == []  # not due yet
-    assert repo.commit()["wrote"] == [f"timestamp v{before + 1}"]  # only the timestamp: one online key
+    before = json.loads((env["base"] / "store" / META / "timestamp.json").read_text())["signed"][
+        "version"
+    ]
+    assert (
+        SignedRepository(env["store"], load_keys(env["store"])).commit()["wrote"] == []
+    )  # not due yet
+    assert repo.commit()["wrote"] == [
+        f"timestamp v{before + 1}"
+    ]  # only the timestamp: one online key
     assert not env["run"](now=now_utc() + timedelta(days=8))["changed"]
 
 
@@ -272,7 +304,10 @@ def test_root_rotation_is_followed_and_rotated_out_keys_are_refused(env):
 
 def test_unsigned_release_is_refused_by_name(env, tmp_path):
     publish_bundle(env["store"], MODEL, "v0.3.0", bundle(tmp_path / "src3", "v0.3.0", 2))
-    with pytest.raises(VerificationFailed, match="signed-target check failed: student v0.3.0 is not a signed release"):
+    with pytest.raises(
+        VerificationFailed,
+        match="signed-target check failed: student v0.3.0 is not a signed release",
+    ):
         fetch_verified(env["store"], env["root"].read_bytes(), MODEL, "v0.3.0", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -309,8 +344,18 @@ def test_device_command_from_an_empty_directory(env, tmp_path):
     """The console script, run where there is no project: one line per outcome, exit 0 / 1 / 2."""
     empty = tmp_path / "empty"
     empty.mkdir()
-    cmd = [DEVICE, "update", "--store", env["store"].root.as_uri(), "--channel", "prod",
-           "--root", str(env["root"]), "--to", str(empty / "model")]
+    cmd = [
+        DEVICE,
+        "update",
+        "--store",
+        env["store"].root.as_uri(),
+        "--channel",
+        "prod",
+        "--root",
+        str(env["root"]),
+        "--to",
+        str(empty / "model"),
+    ]
     ok = subprocess.run(cmd, cwd=empty, capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.startswith("installed student v0.1.0 (channel prod, assignment 1)")
@@ -319,12 +364,19 @@ def test_device_command_from_an_empty_directory(env, tmp_path):
     set_channel(env["store"], "v0.1.0", 2)
     bad = subprocess.run(cmd, cwd=empty, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and bad.stdout == ""
-    assert bad.stderr.startswith("refused: length/sha256 check failed") and len(bad.stderr.splitlines()) == 1
+    assert (
+        bad.stderr.startswith("refused: length/sha256 check failed")
+        and len(bad.stderr.splitlines()) == 1
+    )
     assert "Traceback" not in bad.stderr
-    trav = subprocess.run([*cmd[:5], "../../x", *cmd[6:]], cwd=empty, capture_output=True, text=True, timeout=120)
+    trav = subprocess.run(
+        [*cmd[:5], "../../x", *cmd[6:]], cwd=empty, capture_output=True, text=True, timeout=120
+    )
     assert trav.returncode == 2 and "stage '../../x' is not a safe name" in trav.stderr
     assert "Traceback" not in trav.stderr
-    st = subprocess.run([DEVICE, "status", "--to", str(empty / "model")], capture_output=True, text=True, timeout=60)
+    st = subprocess.run(
+        [DEVICE, "status", "--to", str(empty / "model")], capture_output=True, text=True, timeout=60
+    )
     assert json.loads(st.stdout)["version"] == "v0.1.0"
 
 
@@ -336,8 +388,15 @@ def _provenance_release(env, tmp_path, version: str, tamper=None) -> dict:
     (src / "student.int8.onnx").write_bytes(b"int8 model " + version.encode())
     (src / CARD).write_text(json.dumps({"model": MODEL, "version": version}))
     files = {n: src / n for n in ("student.int8.onnx", CARD)}
-    statement = provenance_statement(MODEL, version, {n: p.read_bytes() for n, p in files.items()}, "c0ffee" * 6 + "abcd",
-                                     {"path": "data/raw/readings.parquet", "md5": "d" * 32}, "p" * 64, "l" * 64)
+    statement = provenance_statement(
+        MODEL,
+        version,
+        {n: p.read_bytes() for n, p in files.items()},
+        "c0ffee" * 6 + "abcd",
+        {"path": "data/raw/readings.parquet", "md5": "d" * 32},
+        "p" * 64,
+        "l" * 64,
+    )
     if tamper:
         tamper(statement)
     repo = signing_repository(env["store"])
@@ -352,11 +411,19 @@ def test_signed_provenance_is_checked_on_fetch(env, tmp_path):
     _provenance_release(env, tmp_path, "v0.4.0")
     got = fetch_verified(env["store"], env["root"].read_bytes(), MODEL, "v0.4.0", tmp_path / "out")
     facts = provenance_facts(read_statement((Path(got["dest"]) / PROVENANCE).read_bytes()))
-    assert facts == {"commit": "c0ffee" * 6 + "abcd", "data_md5": "d" * 32, "params_sha256": "p" * 64,
-                     "lock_sha256": "l" * 64}
+    assert facts == {
+        "commit": "c0ffee" * 6 + "abcd",
+        "data_md5": "d" * 32,
+        "params_sha256": "p" * 64,
+        "lock_sha256": "l" * 64,
+    }
     # a statement (validly signed) that names other digests than the files shipped is refused
-    _provenance_release(env, tmp_path, "v0.5.0", tamper=lambda s: s["subject"][0]["digest"].update(sha256="0" * 64))
-    with pytest.raises(VerificationFailed, match="provenance check failed: .* does not name the shipped files"):
+    _provenance_release(
+        env, tmp_path, "v0.5.0", tamper=lambda s: s["subject"][0]["digest"].update(sha256="0" * 64)
+    )
+    with pytest.raises(
+        VerificationFailed, match="provenance check failed: .* does not name the shipped files"
+    ):
         fetch_verified(env["store"], env["root"].read_bytes(), MODEL, "v0.5.0", tmp_path / "out5")
     assert not (tmp_path / "out5").exists()
 
@@ -369,14 +436,21 @@ def test_provenance_signed_by_another_key_is_refused(env, tmp_path):
     src = tmp_path / "v0.6.0"
     src.mkdir()
     (src / CARD).write_text(json.dumps({"model": MODEL, "version": "v0.6.0"}))
-    st = provenance_statement(MODEL, "v0.6.0", {CARD: (src / CARD).read_bytes()}, "a" * 40, {}, "p", "l")
+    st = provenance_statement(
+        MODEL, "v0.6.0", {CARD: (src / CARD).read_bytes()}, "a" * 40, {}, "p", "l"
+    )
     (src / PROVENANCE).write_bytes(sign_provenance(st, CryptoSigner.generate_ed25519()))
     publish_signed(env["store"], MODEL, "v0.6.0", {CARD: src / CARD, PROVENANCE: src / PROVENANCE})
-    with pytest.raises(VerificationFailed, match="provenance check failed: .* not a statement signed by the targets key"):
+    with pytest.raises(
+        VerificationFailed,
+        match="provenance check failed: .* not a statement signed by the targets key",
+    ):
         fetch_verified(env["store"], env["root"].read_bytes(), MODEL, "v0.6.0", tmp_path / "out")
 
 
-def test_adopt_signs_a_pre_signing_release_only_after_checking_it_against_git(env, tmp_path, monkeypatch):
+def test_adopt_signs_a_pre_signing_release_only_after_checking_it_against_git(
+    env, tmp_path, monkeypatch
+):
     """A version released before signing existed: refused by name, then `keys adopt` signs it once its
     models match the md5s dvc.lock records at its commit (git, which the store cannot rewrite)."""
     import hashlib
@@ -393,38 +467,68 @@ def test_adopt_signs_a_pre_signing_release_only_after_checking_it_against_git(en
     (proj / "models").mkdir(parents=True)
     git_init(proj)
     files = bundle(tmp_path / "old", "v0.7.0", seed=3)
-    lock = {"schema": "2.0", "stages": {"export": {"cmd": "x", "outs": [
-        {"path": f"models/{n}", "md5": hashlib.md5(files[n].read_bytes()).hexdigest(), "size": 1}
-        for n in ("student.onnx", "student.int8.onnx")]}}}
+    lock = {
+        "schema": "2.0",
+        "stages": {
+            "export": {
+                "cmd": "x",
+                "outs": [
+                    {
+                        "path": f"models/{n}",
+                        "md5": hashlib.md5(files[n].read_bytes()).hexdigest(),
+                        "size": 1,
+                    }
+                    for n in ("student.onnx", "student.int8.onnx")
+                ],
+            }
+        },
+    }
     (proj / "dvc.lock").write_text(yaml.safe_dump(lock))
-    (proj / "params.yaml").write_text((REPO / "params.yaml").read_text().replace(
-        "local: ../edgedistill-store", f"local: {env['store'].root}"))
+    (proj / "params.yaml").write_text(
+        (REPO / "params.yaml")
+        .read_text()
+        .replace("local: ../edgedistill-store", f"local: {env['store'].root}")
+    )
     shutil.copy(REPO / ".gto", proj / ".gto")
     sh(["git", "add", "-A"], proj)
     sh(["git", "commit", "-qm", "release"], proj)
     commit = sh(["git", "rev-parse", "HEAD"], proj).stdout.strip()
     Registry(proj).register(MODEL, "v0.7.0", commit)
-    files[CARD].write_text(json.dumps({"model": MODEL, "version": "v0.7.0", "lineage": {"git_commit": commit}}))
+    files[CARD].write_text(
+        json.dumps({"model": MODEL, "version": "v0.7.0", "lineage": {"git_commit": commit}})
+    )
     v = env["rel"] / "v0.7.0"
     publish_bundle(env["store"], MODEL, "v0.7.0", files)  # unsigned, as before signing existed
     with pytest.raises(VerificationFailed, match="v0.7.0 is not a signed release"):
         fetch_verified(env["store"], env["root"].read_bytes(), MODEL, "v0.7.0", tmp_path / "out")
     good = (v / "student.int8.onnx").read_bytes()
-    (v / "student.int8.onnx").write_bytes((env["rel"] / "v0.1.0" / "student.int8.onnx").read_bytes())
+    (v / "student.int8.onnx").write_bytes(
+        (env["rel"] / "v0.1.0" / "student.int8.onnx").read_bytes()
+    )
     runner = CliRunner()
     monkeypatch.chdir(proj)
-    bad = runner.invoke(app, ["keys", "adopt", "v0.7.0"], catch_exceptions=False, env={"COLUMNS": "200"})
-    assert bad.exit_code == 2 and "provenance check failed" in bad.output and "dvc.lock" in bad.output
+    bad = runner.invoke(
+        app, ["keys", "adopt", "v0.7.0"], catch_exceptions=False, env={"COLUMNS": "200"}
+    )
+    assert (
+        bad.exit_code == 2 and "provenance check failed" in bad.output and "dvc.lock" in bad.output
+    )
     (v / "student.int8.onnx").write_bytes(good)
-    ok = runner.invoke(app, ["keys", "adopt", "v0.7.0"], catch_exceptions=False, env={"COLUMNS": "200"})
+    ok = runner.invoke(
+        app, ["keys", "adopt", "v0.7.0"], catch_exceptions=False, env={"COLUMNS": "200"}
+    )
     shown = runner.invoke(app, ["keys", "show"], catch_exceptions=False, env={"COLUMNS": "200"})
     assert ok.exit_code == 0 and "signed student v0.7.0" in ok.output, ok.output
     assert "timestamp v" in shown.output and "signed targets" in shown.output
     got = fetch_verified(env["store"], env["root"].read_bytes(), MODEL, "v0.7.0", tmp_path / "out")
     assert (Path(got["dest"]) / "student.int8.onnx").read_bytes() == good
-    rot = runner.invoke(app, ["keys", "rotate", "--root"], catch_exceptions=False, env={"COLUMNS": "200"})
+    rot = runner.invoke(
+        app, ["keys", "rotate", "--root"], catch_exceptions=False, env={"COLUMNS": "200"}
+    )
     assert rot.exit_code == 0 and "root v2" in rot.output, rot.output
-    again = fetch_verified(env["store"], env["root"].read_bytes(), MODEL, "v0.7.0", tmp_path / "out")  # pinned v1
+    again = fetch_verified(
+        env["store"], env["root"].read_bytes(), MODEL, "v0.7.0", tmp_path / "out"
+    )  # pinned v1
     assert again["files"] == got["files"]
     renew = runner.invoke(app, ["keys", "renew"], catch_exceptions=False, env={"COLUMNS": "200"})
     assert renew.exit_code == 0 and "nothing due" in renew.output
@@ -436,20 +540,38 @@ def test_device_updates_from_s3(env, s3_endpoint, aws_env, tmp_path):
 
     from edgedistill.store import S3Store
 
-    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket="fleet")
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(
+        Bucket="fleet"
+    )
     s3 = S3Store("fleet", "edge", endpoint_url=s3_endpoint, region="us-east-1")
     base = env["base"] / "store"
     for p in sorted(base.rglob("*")):
         if p.is_file() and not p.name.startswith("."):
             s3.put_file(p, p.relative_to(base).as_posix())
-    cmd = [DEVICE, "update", "--store", "s3://fleet/edge", "--endpoint-url", s3_endpoint, "--root", str(env["root"]),
-           "--to", str(tmp_path / "model")]
+    cmd = [
+        DEVICE,
+        "update",
+        "--store",
+        "s3://fleet/edge",
+        "--endpoint-url",
+        s3_endpoint,
+        "--root",
+        str(env["root"]),
+        "--to",
+        str(tmp_path / "model"),
+    ]
     ok = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0 and "installed student v0.1.0" in ok.stdout, ok.stderr
-    s3.put_file(env["rel"] / "v0.2.0" / "student.int8.onnx", "releases/student/v0.1.0/student.int8.onnx")  # swap
-    (tmp_path / "model.device" / "installed.json").unlink()  # forget the install: it must fetch again
+    s3.put_file(
+        env["rel"] / "v0.2.0" / "student.int8.onnx", "releases/student/v0.1.0/student.int8.onnx"
+    )  # swap
+    (
+        tmp_path / "model.device" / "installed.json"
+    ).unlink()  # forget the install: it must fetch again
     bad = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 1 and bad.stderr.startswith("refused: length/sha256 check failed"), bad.stderr
+    assert bad.returncode == 1 and bad.stderr.startswith("refused: length/sha256 check failed"), (
+        bad.stderr
+    )
 
 
 @pytest.mark.parametrize("body", [b"not json", b"[]", b'{"signed": 1}'])
@@ -458,23 +580,30 @@ def test_malformed_metadata_is_one_clean_refusal_on_both_sides(env, body):
     (meta / "timestamp.json").write_bytes(body)
     before = tree_hashes(env["base"] / "store")
     refused(env, "metadata check failed|signature check failed")
-    with pytest.raises(VerificationFailed, match="metadata check failed: .*timestamp.json is not TUF metadata"):
+    with pytest.raises(
+        VerificationFailed, match="metadata check failed: .*timestamp.json is not TUF metadata"
+    ):
         set_channel(env["store"], "v0.2.0", 2)
     after = tree_hashes(env["base"] / "store")
-    assert {k: v for k, v in after.items() if "channels" not in k} == \
-        {k: v for k, v in before.items() if "channels" not in k}  # nothing signed on top of it
+    assert {k: v for k, v in after.items() if "channels" not in k} == {
+        k: v for k, v in before.items() if "channels" not in k
+    }  # nothing signed on top of it
 
 
 def test_the_updater_loads_no_project_machinery(env, tmp_path):
     """The gateway profile: an update loads tuf, cryptography and the store, not torch, DVC, Prefect,
     git tooling, pandas, numpy, pydantic or the CLI libraries."""
-    code = ("import json, sys\nfrom edgedistill.device import main\n"
-            f"rc = main(['update', '--store', {str(env['store'].root)!r}, '--root', {str(env['root'])!r}, "
-            f"'--to', {str(tmp_path / 'model')!r}])\n"
-            "heavy = {'torch', 'dvc', 'prefect', 'gto', 'pygit2', 'pandas', 'numpy', 'pydantic', 'typer', 'rich', "
-            "'onnxruntime', 'onnx', 'yaml'}\n"  # boto3: securesystemslib loads it when installed (its KMS signers)
-            "print(json.dumps([rc, sorted({m.split('.')[0] for m in sys.modules} & heavy)]))\n")
-    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    code = (
+        "import json, sys\nfrom edgedistill.device import main\n"
+        f"rc = main(['update', '--store', {str(env['store'].root)!r}, '--root', {str(env['root'])!r}, "
+        f"'--to', {str(tmp_path / 'model')!r}])\n"
+        "heavy = {'torch', 'dvc', 'prefect', 'gto', 'pygit2', 'pandas', 'numpy', 'pydantic', 'typer', 'rich', "
+        "'onnxruntime', 'onnx', 'yaml'}\n"  # boto3: securesystemslib loads it when installed (its KMS signers)
+        "print(json.dumps([rc, sorted({m.split('.')[0] for m in sys.modules} & heavy)]))\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout.splitlines()[-1]) == [0, []]
 
@@ -495,7 +624,9 @@ def test_a_rotation_cut_short_is_finished_later(env, monkeypatch):
         return real(self, key, data, etag)
 
     monkeypatch.setattr(LocalStore, "write_conditional", failing)
-    with pytest.raises(VerificationFailed, match="rotation half done: root v2 .*failed \\(disk full\\)") as e:
+    with pytest.raises(
+        VerificationFailed, match="rotation half done: root v2 .*failed \\(disk full\\)"
+    ) as e:
         repo.rotate(root_too=True)
     assert "keys rotate --finish" in e.value.hint
     monkeypatch.setattr(LocalStore, "write_conditional", real)
@@ -504,7 +635,9 @@ def test_a_rotation_cut_short_is_finished_later(env, monkeypatch):
         set_channel(env["store"], "v0.2.0", 2)
     except VerificationFailed as e:
         set_channel_failed = str(e)
-    assert set_channel_failed and "signature check failed" in set_channel_failed  # nothing signed half-rotated
+    assert (
+        set_channel_failed and "signature check failed" in set_channel_failed
+    )  # nothing signed half-rotated
     refused(env, "signature check failed")
     assert finish_rotation(signing_repository(env["store"]))["wrote"]
     set_channel(env["store"], "v0.2.0", 2)
@@ -520,9 +653,15 @@ def test_root_with_several_keys_and_a_threshold(env):
     assert repo.rotate(root_too=True, root_keys=3, threshold=2)["root_version"] == 2
     root = json.loads((keys / "root.json").read_text())["signed"]["roles"]["root"]
     assert len(root["keyids"]) == 3 and root["threshold"] == 2
-    assert sorted(p.name for p in keys.glob("root*.pem")) == ["root-2.pem", "root-3.pem", "root.pem"]
+    assert sorted(p.name for p in keys.glob("root*.pem")) == [
+        "root-2.pem",
+        "root-3.pem",
+        "root.pem",
+    ]
     set_channel(env["store"], "v0.2.0", 2)
-    assert env["run"]()["version"] == "v0.2.0"  # pinned to v1 (one key): walks to v2 (3 keys, 2 needed)
+    assert (
+        env["run"]()["version"] == "v0.2.0"
+    )  # pinned to v1 (one key): walks to v2 (3 keys, 2 needed)
     (keys / "root-3.pem").unlink()  # its holder is away: 2 of 3 still rotate
     assert signing_repository(env["store"]).rotate()["root_version"] == 3
     set_channel(env["store"], "v0.1.0", 3)
@@ -553,24 +692,47 @@ def test_reproduce_checks_the_provenance_against_git(env, tmp_path):
     git_init(proj)
     params = make_params({"store": {"local": str(env["store"].root)}})
     readings = params.data.readings
-    lock = {"schema": "2.0", "stages": {"validate": {"cmd": "x", "deps": [{"path": readings, "md5": "e" * 32}]}}}
+    lock = {
+        "schema": "2.0",
+        "stages": {"validate": {"cmd": "x", "deps": [{"path": readings, "md5": "e" * 32}]}},
+    }
     (proj / "dvc.lock").write_text(yaml.safe_dump(lock))
     (proj / "params.yaml").write_text("seed: 1\n")
     (proj / "requirements.lock").write_text("tuf==7.0.1\n")
     sh(["git", "add", "-A"], proj)
     sh(["git", "commit", "-qm", "release"], proj)
     commit = sh(["git", "rev-parse", "HEAD"], proj).stdout.strip()
-    sha = {n: hashlib.sha256((proj / n).read_bytes()).hexdigest() for n in ("params.yaml", "requirements.lock")}
+    sha = {
+        n: hashlib.sha256((proj / n).read_bytes()).hexdigest()
+        for n in ("params.yaml", "requirements.lock")
+    }
     for version, data_md5 in (("v0.8.0", "e" * 32), ("v0.9.0", "f" * 32)):
         src = tmp_path / version
         src.mkdir()
         (src / CARD).write_text(json.dumps({"model": MODEL, "version": version}))
-        st = provenance_statement(MODEL, version, {CARD: (src / CARD).read_bytes()}, commit,
-                                  {"path": readings, "md5": data_md5}, sha["params.yaml"], sha["requirements.lock"])
-        (src / PROVENANCE).write_bytes(sign_provenance(st, signing_repository(env["store"]).keys.signer("targets")))
-        publish_signed(env["store"], MODEL, version, {CARD: src / CARD, PROVENANCE: src / PROVENANCE})
+        st = provenance_statement(
+            MODEL,
+            version,
+            {CARD: (src / CARD).read_bytes()},
+            commit,
+            {"path": readings, "md5": data_md5},
+            sha["params.yaml"],
+            sha["requirements.lock"],
+        )
+        (src / PROVENANCE).write_bytes(
+            sign_provenance(st, signing_repository(env["store"]).keys.signer("targets"))
+        )
+        publish_signed(
+            env["store"], MODEL, version, {CARD: src / CARD, PROVENANCE: src / PROVENANCE}
+        )
     lock_text = (proj / "dvc.lock").read_text()
-    got = release_provenance(proj, params, env["store"], SimpleNamespace(version="v0.8.0", commit=commit), lock_text)
+    got = release_provenance(
+        proj, params, env["store"], SimpleNamespace(version="v0.8.0", commit=commit), lock_text
+    )
     assert got["verdict"] == "verified" and got["row"]["verdict"] == "identical"
-    bad = release_provenance(proj, params, env["store"], SimpleNamespace(version="v0.9.0", commit=commit), lock_text)
-    assert bad["verdict"] == "differs" and bad["row"]["note"].startswith("data_md5 not what git holds")
+    bad = release_provenance(
+        proj, params, env["store"], SimpleNamespace(version="v0.9.0", commit=commit), lock_text
+    )
+    assert bad["verdict"] == "differs" and bad["row"]["note"].startswith(
+        "data_md5 not what git holds"
+    )

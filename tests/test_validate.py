@@ -81,7 +81,9 @@ def test_class_with_too_few_windows(workdir):
     keep_rec = df.loc[pen, "recording"].iloc[0]
     df = df[~pen | (df["recording"] == keep_rec)]  # PEN keeps 6 windows of 64
     path = write_readings(df, workdir / "data/raw/readings.parquet")
-    params = make_params({"data": {"readings": str(path)}, "validate": {"min_windows_per_class": 10}})
+    params = make_params(
+        {"data": {"readings": str(path)}, "validate": {"min_windows_per_class": 10}}
+    )
     with pytest.raises(DataInvalid) as e:
         validate.run(params)
     msg = str(e.value)
@@ -126,18 +128,31 @@ def test_reference_without_new_channels_says_so(workdir):
     run_on(small_readings(), workdir)  # the reference: six channels
     df = small_readings()
     df["mag_x"] = np.float32(0.5) + df["acc_x"] * 0
-    params = make_params({"data": {"readings": "data/raw/readings.parquet",
-                                   "channels": [*make_params().data.channels, "mag_x"]}})
+    params = make_params(
+        {
+            "data": {
+                "readings": "data/raw/readings.parquet",
+                "channels": [*make_params().data.channels, "mag_x"],
+            }
+        }
+    )
     msg = fail_message(df, workdir, params)
     assert "0 of" not in msg
-    assert "could not run" in msg and "has no channels ['mag_x']" in msg and "--update-reference" in msg
+    assert (
+        "could not run" in msg
+        and "has no channels ['mag_x']" in msg
+        and "--update-reference" in msg
+    )
 
 
-@pytest.mark.parametrize("content,expect", [
-    (None, "not found"),
-    (b"", "empty"),
-    (b"subject,t\nthis is not parquet", "not a readable Parquet file"),
-])
+@pytest.mark.parametrize(
+    "content,expect",
+    [
+        (None, "not found"),
+        (b"", "empty"),
+        (b"subject,t\nthis is not parquet", "not a readable Parquet file"),
+    ],
+)
 def test_unreadable_files(workdir, content, expect):
     path = workdir / "data/raw/readings.parquet"
     if content is not None:
@@ -156,8 +171,12 @@ def test_truncated_parquet(workdir):
 
 
 def test_csv_readings_accepted(workdir):
-    report = run_on(small_readings(), workdir, name="readings.csv",
-                    params=make_params({"data": {"readings": "data/raw/readings.csv"}}))
+    report = run_on(
+        small_readings(),
+        workdir,
+        name="readings.csv",
+        params=make_params({"data": {"readings": "data/raw/readings.csv"}}),
+    )
     assert report["success"]
 
 
@@ -177,10 +196,14 @@ def test_sampling_interval_inconsistent_with_rate_names_the_recording(workdir):
     df = small_readings()
     rec = df["recording"].iloc[0]
     subj = df.loc[df["recording"] == rec, "subject"].iloc[0]
-    df.loc[df["recording"] == rec, "t"] *= 2  # this recording was logged at 25 Hz, the params say 50 Hz
+    df.loc[df["recording"] == rec, "t"] *= (
+        2  # this recording was logged at 25 Hz, the params say 50 Hz
+    )
     msg = fail_message(df, workdir)
     assert "median reading interval per recording = 1/50 Hz within ±5%" in msg
-    assert f"{subj}/{rec}" in msg and "2.0" in msg  # the recording and its observed/expected interval ratio
+    assert (
+        f"{subj}/{rec}" in msg and "2.0" in msg
+    )  # the recording and its observed/expected interval ratio
     # every recording at 100 Hz while the params say 50: all of them are named
     df = small_readings()
     df["t"] /= 2
@@ -209,10 +232,14 @@ def test_gap_split_passes_validation_and_no_window_straddles_it(workdir):
 
     df, rec = gapped(small_readings())
     path = write_readings(df, workdir / "data/raw/readings.parquet")
-    params = make_params({"data": {"readings": str(path)}, "prepare": {"train_stride": 8, "eval_stride": 8}})
+    params = make_params(
+        {"data": {"readings": str(path)}, "prepare": {"train_stride": 8, "eval_stride": 8}}
+    )
     report = validate.run(params)
     assert report["gaps"]["count"] == 1 and report["gaps"]["policy"] == "split"
-    assert report["gaps"]["recordings"] == [f"{df.loc[df['recording'] == rec, 'subject'].iloc[0]}/{rec}"]
+    assert report["gaps"]["recordings"] == [
+        f"{df.loc[df['recording'] == rec, 'subject'].iloc[0]}/{rec}"
+    ]
     prepare.run(params)
     t = df.loc[df["recording"] == rec, "t"].to_numpy()
     gap_t0, gap_t1 = t[199], t[200]
@@ -262,7 +289,9 @@ def test_too_few_groups_for_a_group_split_is_one_clear_message(workdir, subjects
     assert "a split by group needs at least 3, one for each of train, val, test" in msg
     assert "1 of" in msg  # the only failure
     # with a split column the user chose the split: no group count applies
-    df["split"] = np.where(df["recording"] % 3 == 0, "test", np.where(df["recording"] % 3 == 1, "val", "train"))
+    df["split"] = np.where(
+        df["recording"] % 3 == 0, "test", np.where(df["recording"] % 3 == 1, "val", "train")
+    )
     assert run_on(df, workdir)["success"]
 
 
@@ -282,10 +311,15 @@ def test_epoch_ms_read_as_seconds_suggests_time_unit_ms(workdir):
 
 def test_recordings_shorter_than_the_window_name_the_key_and_hide_knock_ons(workdir):
     df = small_readings()
-    df = df[df.groupby("recording").cumcount() < 40].reset_index(drop=True)  # every recording 40 < 64
+    df = df[df.groupby("recording").cumcount() < 40].reset_index(
+        drop=True
+    )  # every recording 40 < 64
     msg = fail_message(df, workdir)
     assert "every recording has >= prepare.window (64) readings" in msg
-    assert "lower prepare.window to at most 40 (and prepare.train_stride 32 / eval_stride 64 with it)" in msg
+    assert (
+        "lower prepare.window to at most 40 (and prepare.train_stride 32 / eval_stride 64 with it)"
+        in msg
+    )
     assert "1 of" in msg and "per class" not in msg.split("[not checked]")[0]
     assert "inf" not in msg and "class balance" in msg.split("[not checked]")[1]
 
@@ -294,13 +328,20 @@ def test_unknown_labels_are_listed_distinct_with_a_case_hint(workdir):
     df = small_readings()
     df["label"] = df["label"].str.lower()
     msg = fail_message(df, workdir)
-    assert "7 distinct label(s) not in data.labels:" in msg and "'trap' (" in msg and "'abd' (" in msg
+    assert (
+        "7 distinct label(s) not in data.labels:" in msg and "'trap' (" in msg and "'abd' (" in msg
+    )
     assert "case differs from data.labels: " in msg and "'pen' ~ 'PEN'" in msg
-    assert "e.g. [" not in msg.split("labels in the allowed set")[1].split("\n")[0]  # no row-by-row sample
+    assert (
+        "e.g. [" not in msg.split("labels in the allowed set")[1].split("\n")[0]
+    )  # no row-by-row sample
     df = small_readings()
     df.loc[df["recording"] == df["recording"].iloc[0], "label"] = "JUMP"
     msg = fail_message(df, workdir)
-    assert "1 distinct label(s) not in data.labels: 'JUMP' (400 rows)" in msg and "add them to data.labels" in msg
+    assert (
+        "1 distinct label(s) not in data.labels: 'JUMP' (400 rows)" in msg
+        and "add them to data.labels" in msg
+    )
 
 
 @pytest.mark.parametrize("form", ["%Y-%m-%dT%H:%M:%S.%fZ", "%Y-%m-%d %H:%M:%S.%f", "berlin"])
@@ -310,23 +351,40 @@ def test_csv_iso8601_time_column_is_parsed_and_prepared(workdir, form):
     from tasks import prepare
 
     df, _ = gapped(small_readings())
-    ref = validate.run(make_params({"data": {"readings": str(write_readings(df, workdir / "data/raw/ref.parquet"))},
-                                    "validate": {"drift": {"enabled": False}}}))
+    ref = validate.run(
+        make_params(
+            {
+                "data": {"readings": str(write_readings(df, workdir / "data/raw/ref.parquet"))},
+                "validate": {"drift": {"enabled": False}},
+            }
+        )
+    )
     ts = pd.Timestamp("2026-03-01T08:00:00Z") + pd.to_timedelta(df["t"], unit="s")
-    df["t"] = ts.dt.tz_convert("Europe/Berlin").map(lambda x: x.isoformat(timespec="milliseconds")) \
-        if form == "berlin" else ts.dt.strftime(form)
+    df["t"] = (
+        ts.dt.tz_convert("Europe/Berlin").map(lambda x: x.isoformat(timespec="milliseconds"))
+        if form == "berlin"
+        else ts.dt.strftime(form)
+    )
     path = write_readings(df, workdir / "data/raw/readings.csv")
-    params = make_params({"data": {"readings": str(path)}, "validate": {"drift": {"enabled": False}}})
+    params = make_params(
+        {"data": {"readings": str(path)}, "validate": {"drift": {"enabled": False}}}
+    )
     report = validate.run(params)
     keys = ("rows", "recordings", "groups", "label_shares")
-    assert report["success"] and {k: report["summary"][k] for k in keys} == {k: ref["summary"][k] for k in keys}
+    assert report["success"] and {k: report["summary"][k] for k in keys} == {
+        k: ref["summary"][k] for k in keys
+    }
     assert report["gaps"]["count"] == 1 and prepare.run(params)["gaps_split"] == 1
 
 
 def test_time_column_of_other_text_names_the_accepted_forms(workdir):
     df = small_readings()
     df["t"] = "08h" + df["t"].astype(str)
-    msg = fail_message(df, workdir, name="readings.csv",
-                       params=make_params({"data": {"readings": "data/raw/readings.csv"}}))
+    msg = fail_message(
+        df,
+        workdir,
+        name="readings.csv",
+        params=make_params({"data": {"readings": "data/raw/readings.csv"}}),
+    )
     assert "time column 't' is numeric or datetime" in msg
     assert "ISO-8601 text such as 2026-03-01T08:00:00.000Z or 2026-03-01 08:00:00.000" in msg

@@ -67,6 +67,7 @@ def params() -> Params:
 
 # ---------------------------------------------------------------- summaries (humans get tables)
 
+
 def print_summary(stage: str, result: dict[str, Any], seconds: float) -> None:
     printer = SUMMARIES.get(stage)
     if printer:
@@ -95,8 +96,14 @@ def _prepare_summary(r: dict) -> None:
     t.add_column("windows", justify="right")
     t.add_column("per class")
     for name, s in r["splits"].items():
-        t.add_row(name, str(s["stride"]), short_list(s["groups"]), str(s["recordings"]), f"{s['windows']:,}",
-                  " ".join(f"{k}:{v}" for k, v in s["windows_per_class"].items()))
+        t.add_row(
+            name,
+            str(s["stride"]),
+            short_list(s["groups"]),
+            str(s["recordings"]),
+            f"{s['windows']:,}",
+            " ".join(f"{k}:{v}" for k, v in s["windows_per_class"].items()),
+        )
     console.print(t)
 
 
@@ -115,8 +122,11 @@ OWN_PROGRESS = {"train_teacher", "distill"}
 def run_stage(stage: str, fn: Callable[[Params], dict]) -> dict:
     p = params()
     t0 = time.perf_counter()
-    status = contextlib.nullcontext() if stage in OWN_PROGRESS else console.status(f"[bold]{stage}[/] running…",
-                                                                                   spinner="dots")
+    status = (
+        contextlib.nullcontext()
+        if stage in OWN_PROGRESS
+        else console.status(f"[bold]{stage}[/] running…", spinner="dots")
+    )
     with status:
         result = fn(p)
     print_summary(stage, result, time.perf_counter() - t0)
@@ -124,6 +134,7 @@ def run_stage(stage: str, fn: Callable[[Params], dict]) -> dict:
 
 
 # ---------------------------------------------------------------- stage commands
+
 
 @app.command()
 def ingest() -> None:
@@ -135,13 +146,21 @@ def ingest() -> None:
 
 @app.command()
 def validate(
-    readings: Annotated[Path | None, typer.Option(help="readings file (default: data.readings)")] = None,
-    update_reference: Annotated[bool, typer.Option(help="accept this data as the new drift reference")] = False,
+    readings: Annotated[
+        Path | None, typer.Option(help="readings file (default: data.readings)")
+    ] = None,
+    update_reference: Annotated[
+        bool, typer.Option(help="accept this data as the new drift reference")
+    ] = False,
 ) -> None:
     """Check the readings with Great Expectations; non-zero exit and a report naming each failure."""
     from tasks import validate as stage
 
-    guarded(lambda: run_stage("validate", lambda p: stage.run(p, readings, update_reference=update_reference)))
+    guarded(
+        lambda: run_stage(
+            "validate", lambda p: stage.run(p, readings, update_reference=update_reference)
+        )
+    )
 
 
 @app.command()
@@ -154,7 +173,9 @@ def prepare() -> None:
 
 @app.command()
 def run(
-    stages: Annotated[list[str] | None, typer.Argument(help="stages to run (default: all, in order)")] = None,
+    stages: Annotated[
+        list[str] | None, typer.Argument(help="stages to run (default: all, in order)")
+    ] = None,
     force: Annotated[bool, typer.Option(help="re-run stages even when DVC sees no change")] = False,
 ) -> None:
     """Run the release flow (Prefect): DVC stages in order (unchanged ones skipped), then gates,
@@ -175,6 +196,11 @@ def check_params() -> None:
     if r["columns"] is None:
         console.print(f"  columns not checked: {escape(r['file'])} does not exist yet")
         return
-    split = (f"split column '{r['split_col']}'" if r["split_col"] else
-             f"no split column '{p.data.split_col}' (prepare splits by {p.data.group_col})")
-    console.print(escape(f"  columns checked against {r['file']} ({len(r['columns'])} columns); {split}"))
+    split = (
+        f"split column '{r['split_col']}'"
+        if r["split_col"]
+        else f"no split column '{p.data.split_col}' (prepare splits by {p.data.group_col})"
+    )
+    console.print(
+        escape(f"  columns checked against {r['file']} ({len(r['columns'])} columns); {split}")
+    )

@@ -19,23 +19,47 @@ from edgedistill.errors import ParamsInvalid
 
 
 def mcu_table(r: dict[str, Any]) -> Table:
-    t = Table(title=escape(f"MCU builds of {Path(r['c_source']).name} ({r['status']})"), title_justify="left")
-    for col in ("profile", "core", "flash (model)", "RAM (data+bss+stack+I/O)", "stack", "budget RAM / flash",
-                "QEMU", "instr./inference", "instr./MAC", "est. ms @ clock"):
+    t = Table(
+        title=escape(f"MCU builds of {Path(r['c_source']).name} ({r['status']})"),
+        title_justify="left",
+    )
+    for col in (
+        "profile",
+        "core",
+        "flash (model)",
+        "RAM (data+bss+stack+I/O)",
+        "stack",
+        "budget RAM / flash",
+        "QEMU",
+        "instr./inference",
+        "instr./MAC",
+        "est. ms @ clock",
+    ):
         t.add_column(col, justify="left" if col in ("profile", "core", "QEMU") else "right")
     for name, p in r["profiles"].items():
         q = p.get("qemu") or {}
-        budget = f"{fmt_bytes(p.get('ram_budget_bytes'))} / {fmt_bytes(p.get('flash_budget_bytes'))}"
+        budget = (
+            f"{fmt_bytes(p.get('ram_budget_bytes'))} / {fmt_bytes(p.get('flash_budget_bytes'))}"
+        )
         fits = ""
         if "flash_bytes" in p and p.get("ram_budget_bytes") and p.get("flash_budget_bytes"):
-            ok = p["ram_bytes"] <= p["ram_budget_bytes"] and p["flash_bytes"] <= p["flash_budget_bytes"]
+            ok = (
+                p["ram_bytes"] <= p["ram_budget_bytes"]
+                and p["flash_bytes"] <= p["flash_budget_bytes"]
+            )
             fits = " [green]fits[/]" if ok else " [red]too big[/]"
-        t.add_row(escape(name), p["mcu"], fmt_bytes(p.get("flash_bytes")), fmt_bytes(p.get("ram_bytes")),
-                  fmt_bytes(p.get("stack_bytes")), budget + fits,
-                  (f"{q['machine']}: {q['windows']} windows identical" if q else p.get("status", "-")),
-                  f"{q['instructions_per_inference']:,}" if q else "-",
-                  f"{q['instructions_per_mac']:.2f}" if q.get("instructions_per_mac") else "-",
-                  f"{p['est_ms_at_clock']:.2f}" if p.get("est_ms_at_clock") else "-")
+        t.add_row(
+            escape(name),
+            p["mcu"],
+            fmt_bytes(p.get("flash_bytes")),
+            fmt_bytes(p.get("ram_bytes")),
+            fmt_bytes(p.get("stack_bytes")),
+            budget + fits,
+            (f"{q['machine']}: {q['windows']} windows identical" if q else p.get("status", "-")),
+            f"{q['instructions_per_inference']:,}" if q else "-",
+            f"{q['instructions_per_mac']:.2f}" if q.get("instructions_per_mac") else "-",
+            f"{p['est_ms_at_clock']:.2f}" if p.get("est_ms_at_clock") else "-",
+        )
     return t
 
 
@@ -43,14 +67,22 @@ def _summary(r: dict[str, Any]) -> None:
     hp = r["host_parity"]
     q = r["quantization"]
     eng = r.get("engine") or {"ships": "emx", "reason": "-"}
-    by = ("emx-onnx-cgen " + str(r["toolchain"]["emx_onnx_cgen"]) if eng["ships"] == "emx"
-          else "edgedistill int8 kernels")
-    show(f"C model {r['c_source']} ({by}; {eng['reason']}), INT8 {q.get('format')} ops {q.get('ops', '-')}",
-         markup=False)
+    by = (
+        "emx-onnx-cgen " + str(r["toolchain"]["emx_onnx_cgen"])
+        if eng["ships"] == "emx"
+        else "edgedistill int8 kernels"
+    )
+    show(
+        f"C model {r['c_source']} ({by}; {eng['reason']}), INT8 {q.get('format')} ops {q.get('ops', '-')}",
+        markup=False,
+    )
     if isinstance(hp, dict):
-        show(f"host build vs onnxruntime on {hp['windows']} windows: max |diff| {hp['max_abs_diff']:.3g} "
-             f"({hp['max_diff_quanta'] or 0:.2f} quanta of {hp['quantum']:.3g}), argmax agreement "
-             f"{hp['argmax_agreement']:.2%}", markup=False)
+        show(
+            f"host build vs onnxruntime on {hp['windows']} windows: max |diff| {hp['max_abs_diff']:.3g} "
+            f"({hp['max_diff_quanta'] or 0:.2f} quanta of {hp['quantum']:.3g}), argmax agreement "
+            f"{hp['argmax_agreement']:.2%}",
+            markup=False,
+        )
     else:
         show(f"host parity: {hp}", markup=False)
     show(mcu_table(r))
@@ -63,15 +95,35 @@ SUMMARIES["mcu"] = _summary
 
 @app.command()
 def mcu(
-    model: Annotated[Path | None, typer.Argument(help="any ONNX file (default: run the mcu stage on the student)")] = None,
-    target: Annotated[list[str] | None, typer.Option(help="a profile name or core (cortex-m7|cortex-m4|cortex-m33); "
-                                                           "repeatable; default: every mcu profile")] = None,
-    data: Annotated[Path | None, typer.Option(help="windows: .npz (key X) or .npy; default random N(0,1)")] = None,
-    windows: Annotated[int, typer.Option(min=1, help="windows for parity/calibration when --data is not given")] = 64,
-    qemu_windows: Annotated[int | None, typer.Option(min=1, help="windows run in QEMU (default: params)")] = None,
-    out: Annotated[Path | None, typer.Option(help="keep the C source, header and objects here")] = None,
-    json_out: Annotated[Path | None, typer.Option("--json", help="also write the report as JSON")] = None,
-    engine: Annotated[str | None, typer.Option(help="int8_kernels | emx (default: mcu.engine)")] = None,
+    model: Annotated[
+        Path | None,
+        typer.Argument(help="any ONNX file (default: run the mcu stage on the student)"),
+    ] = None,
+    target: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="a profile name or core (cortex-m7|cortex-m4|cortex-m33); "
+            "repeatable; default: every mcu profile"
+        ),
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="windows: .npz (key X) or .npy; default random N(0,1)")
+    ] = None,
+    windows: Annotated[
+        int, typer.Option(min=1, help="windows for parity/calibration when --data is not given")
+    ] = 64,
+    qemu_windows: Annotated[
+        int | None, typer.Option(min=1, help="windows run in QEMU (default: params)")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="keep the C source, header and objects here")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="also write the report as JSON")
+    ] = None,
+    engine: Annotated[
+        str | None, typer.Option(help="int8_kernels | emx (default: mcu.engine)")
+    ] = None,
 ) -> None:
     """Build a model for microcontrollers: QOperator INT8 → C (emx-onnx-cgen), host parity vs
     onnxruntime, Cortex-M build with exact flash/RAM, QEMU run checked against the host build."""
@@ -97,9 +149,13 @@ def mcu(
             for t in target:
                 hit = [p for p in profiles if t in (p.name, p.mcu)]
                 if not hit and t not in lib.TARGETS:
-                    raise ParamsInvalid(f"--target {t!r}: not an mcu profile {[p.name for p in profiles]} nor a core "
-                                        f"{sorted(lib.TARGETS)}")
-                chosen += hit or [SimpleNamespace(name=t, mcu=t, clock_hz=None, ram_bytes=None, flash_bytes=None)]
+                    raise ParamsInvalid(
+                        f"--target {t!r}: not an mcu profile {[p.name for p in profiles]} nor a core "
+                        f"{sorted(lib.TARGETS)}"
+                    )
+                chosen += hit or [
+                    SimpleNamespace(name=t, mcu=t, clock_hz=None, ram_bytes=None, flash_bytes=None)
+                ]
             profiles = chosen
         if not model.is_file():
             raise ParamsInvalid(f"{model}: ONNX file not found")
@@ -112,9 +168,18 @@ def mcu(
         with tempfile.TemporaryDirectory(prefix="edgedistill-mcu-out-") as scratch:
             if engine is not None and engine not in lib.ENGINES:
                 raise ParamsInvalid(f"--engine {engine!r}: one of {list(lib.ENGINES)}")
-            r = lib.build_and_verify(model, out or Path(scratch), x, profiles, opt=mp.opt, engine=engine or mp.engine,
-                                     qemu_windows=qemu_windows or mp.qemu_windows, timeout=mp.tool_timeout_seconds,
-                                     calib=x, quant={"per_channel": True, "activation_type": "int8", "method": "minmax"})
+            r = lib.build_and_verify(
+                model,
+                out or Path(scratch),
+                x,
+                profiles,
+                opt=mp.opt,
+                engine=engine or mp.engine,
+                qemu_windows=qemu_windows or mp.qemu_windows,
+                timeout=mp.tool_timeout_seconds,
+                calib=x,
+                quant={"per_channel": True, "activation_type": "int8", "method": "minmax"},
+            )
         if json_out is not None:
             write_json(json_out, r)
         return r

@@ -12,9 +12,11 @@ def _pct(x: float) -> str:
 
 
 def _teacher_summary(m: dict) -> None:
-    console.print(f"teacher {m['arch']}: test accuracy {_pct(m['accuracy'])}, macro-F1 {m['macro_f1']:.3f}, "
-                  f"{m['params']:,} params, {m['macs']:,} MACs; best epoch {m['best_epoch']}/{m['epochs_run']}, "
-                  f"{m['train_seconds']:.0f}s on {m['device']} ({m['samples_per_s']:.0f} samples/s)")
+    console.print(
+        f"teacher {m['arch']}: test accuracy {_pct(m['accuracy'])}, macro-F1 {m['macro_f1']:.3f}, "
+        f"{m['params']:,} params, {m['macs']:,} MACs; best epoch {m['best_epoch']}/{m['epochs_run']}, "
+        f"{m['train_seconds']:.0f}s on {m['device']} ({m['samples_per_s']:.0f} samples/s)"
+    )
 
 
 def _distill_summary(r: dict) -> None:
@@ -26,14 +28,24 @@ def _distill_summary(r: dict) -> None:
         rows.append(("student alone", r["baseline"]))
     rows.append((f"student + KD ({r['method']})", r["kd"]))
     for name, m in rows:
-        t.add_row(name, _pct(m["accuracy"]), f"{m['macro_f1']:.3f}", f"{m['params']:,}", f"{m['macs']:,}",
-                  f"{m['epoch_seconds']:.2f}" if "epoch_seconds" in m else "—")
+        t.add_row(
+            name,
+            _pct(m["accuracy"]),
+            f"{m['macro_f1']:.3f}",
+            f"{m['params']:,}",
+            f"{m['macs']:,}",
+            f"{m['epoch_seconds']:.2f}" if "epoch_seconds" in m else "—",
+        )
     console.print(t)
     if "kd_gain" in r:
-        console.print(f"KD gain (paired, 95% interval by recording): test {_gain(r, 'kd_gain')}, "
-                      f"validation {_gain(r, 'kd_gain_val')}; gap to teacher {100 * r['gap_to_teacher']:.1f} "
-                      f"points; KD epoch cost {r['kd_epoch_cost_ratio']:.2f}x a plain epoch")
-        console.print(f"{r['kd_verdict']} → ships the {'KD' if r['shipped'] == 'kd' else 'baseline'} student")
+        console.print(
+            f"KD gain (paired, 95% interval by recording): test {_gain(r, 'kd_gain')}, "
+            f"validation {_gain(r, 'kd_gain_val')}; gap to teacher {100 * r['gap_to_teacher']:.1f} "
+            f"points; KD epoch cost {r['kd_epoch_cost_ratio']:.2f}x a plain epoch"
+        )
+        console.print(
+            f"{r['kd_verdict']} → ships the {'KD' if r['shipped'] == 'kd' else 'baseline'} student"
+        )
 
 
 def _gain(r: dict, key: str) -> str:
@@ -44,7 +56,8 @@ def _gain(r: dict, key: str) -> str:
 
 SUMMARIES["train_teacher"] = _teacher_summary
 SUMMARIES["teacher_logits"] = lambda r: console.print(
-    f"teacher logits cached for {r['windows']:,} windows x {r['views']} bank views → {r['path']}")
+    f"teacher logits cached for {r['windows']:,} windows x {r['views']} bank views → {r['path']}"
+)
 SUMMARIES["distill"] = _distill_summary
 
 

@@ -25,6 +25,7 @@ PROPERTY = "reliability"
 
 # ---------------------------------------------------------------- what each case records
 
+
 class Outcome:
     """One row of the reliability table. Values go into pytest's user_properties, so they reach the
     report plugin whether the case passes or fails."""
@@ -63,6 +64,7 @@ def clear_error(e: BaseException) -> bool:
 
 # ---------------------------------------------------------------- releases lost
 
+
 def broken_bundles(store: Store, model: str, versions: list[str]) -> list[str]:
     """Versions (registered, or pointed at) whose bundle in the store is absent, partial or does not
     match its SHA256SUMS: each one is a release lost."""
@@ -84,6 +86,7 @@ def broken_bundles(store: Store, model: str, versions: list[str]) -> list[str]:
 
 
 # ---------------------------------------------------------------- a faulty network in front of S3
+
 
 @dataclass
 class FaultyProxy:
@@ -174,7 +177,9 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
 
 
 @contextlib.contextmanager
-def faulty_proxy(endpoint: str, policy: Callable[[int], str | float] = lambda n: "pass") -> Iterator[FaultyProxy]:
+def faulty_proxy(
+    endpoint: str, policy: Callable[[int], str | float] = lambda n: "pass"
+) -> Iterator[FaultyProxy]:
     host, port = endpoint.removeprefix("http://").split(":")
     proxy = FaultyProxy((host, int(port)), policy).start()
     try:

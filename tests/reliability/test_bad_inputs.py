@@ -27,6 +27,7 @@ CHANNELS = ["acc_x", "acc_y", "acc_z", "gyro_x", "gyro_y", "gyro_z"]
 
 # ---------------------------------------------------------------- drifted and poisoned data
 
+
 def _drift(df: pd.DataFrame) -> pd.DataFrame:
     for c in ("acc_x", "gyro_y"):
         df[c] = df[c] + 3.0 * df[c].std()
@@ -45,7 +46,10 @@ def _nan_burst(df: pd.DataFrame) -> pd.DataFrame:
 
 
 POISON = {
-    "channel means shifted by 3 std (acc_x, gyro_y)": (_drift, ["channel mean within", "acc_x", "gyro_y"]),
+    "channel means shifted by 3 std (acc_x, gyro_y)": (
+        _drift,
+        ["channel mean within", "acc_x", "gyro_y"],
+    ),
     "a recording relabelled with a new class": (_new_label, ["label", "Juggling"]),
     "NaN burst: 80 readings of gyro_z": (_nan_burst, ["gyro_z", "null"]),
 }
@@ -77,10 +81,17 @@ def test_poisoned_readings_blocked(case, workdir, outcome):
 
 # ---------------------------------------------------------------- fuzzing the readings loader + validate
 
-COLUMN_NAMES = st.one_of(st.sampled_from(["subject", "recording", "t", "label", "split", *CHANNELS]),
-                         st.text(string.ascii_letters + "_ é", min_size=0, max_size=6))
-CELL = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=32), st.integers(-10**12, 10**12),
-                 st.text(max_size=4), st.none(), st.booleans())
+COLUMN_NAMES = st.one_of(
+    st.sampled_from(["subject", "recording", "t", "label", "split", *CHANNELS]),
+    st.text(string.ascii_letters + "_ é", min_size=0, max_size=6),
+)
+CELL = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True, width=32),
+    st.integers(-(10**12), 10**12),
+    st.text(max_size=4),
+    st.none(),
+    st.booleans(),
+)
 
 
 @st.composite
@@ -103,9 +114,11 @@ def readings_tables(draw):
             elif op == "dtype":
                 df[col] = df[col].astype(str)
             elif op == "shuffle":
-                df = df.sample(frac=1.0, random_state=draw(st.integers(0, 9))).reset_index(drop=True)
+                df = df.sample(frac=1.0, random_state=draw(st.integers(0, 9))).reset_index(
+                    drop=True
+                )
             elif op == "dup":
-                df = pd.concat([df, df.iloc[:draw(st.integers(1, 50))]], ignore_index=True)
+                df = pd.concat([df, df.iloc[: draw(st.integers(1, 50))]], ignore_index=True)
             if df.shape[1] == 0:
                 break
         return df
@@ -127,13 +140,24 @@ def _write(df: pd.DataFrame, path: Path) -> bool:
 
 
 def test_fuzz_readings_loader_and_validate(tmp_path, monkeypatch, outcome):
-    outcome.bad_input("fuzzed readings tables (random schema, dtypes, NaN/inf, junk) → read_readings + validate")
+    outcome.bad_input(
+        "fuzzed readings tables (random schema, dtypes, NaN/inf, junk) → read_readings + validate"
+    )
     monkeypatch.chdir(tmp_path)
     counts = {"tried": 0, "rejected": 0, "accepted": 0, "unwritable": 0}
 
-    @settings(max_examples=40, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
-    @given(df=readings_tables(), fmt=st.sampled_from([".parquet", ".csv"]), junk=st.none() | st.binary(max_size=64))
+    @settings(
+        max_examples=40,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(
+        df=readings_tables(),
+        fmt=st.sampled_from([".parquet", ".csv"]),
+        junk=st.none() | st.binary(max_size=64),
+    )
     def check(df, fmt, junk):
         path = tmp_path / f"readings{fmt}"
         if junk is not None:
@@ -142,8 +166,9 @@ def test_fuzz_readings_loader_and_validate(tmp_path, monkeypatch, outcome):
             counts["unwritable"] += 1
             return
         counts["tried"] += 1
-        params = make_params({"data": {"readings": str(path)},
-                              "validate": {"drift": {"enabled": False}}})
+        params = make_params(
+            {"data": {"readings": str(path)}, "validate": {"drift": {"enabled": False}}}
+        )
         try:
             read_readings(path)
             validate.run(params, report_dir=tmp_path / "reports")
@@ -155,17 +180,24 @@ def test_fuzz_readings_loader_and_validate(tmp_path, monkeypatch, outcome):
     check()
     assert counts["tried"] >= 25 and counts["rejected"] >= 20
     outcome.inputs(tried=counts["tried"], rejected=counts["rejected"])
-    outcome.happened(f"{counts['tried']} tables: {counts['rejected']} rejected with DataInvalid naming the file, "
-                     f"{counts['accepted']} valid and accepted, 0 crashes")
+    outcome.happened(
+        f"{counts['tried']} tables: {counts['rejected']} rejected with DataInvalid naming the file, "
+        f"{counts['accepted']} valid and accepted, 0 crashes"
+    )
 
 
 # ---------------------------------------------------------------- fuzzing the params loader
 
 BASE = base_params_dict()
-VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),
-                   st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=8),
-                   st.lists(st.one_of(st.integers(-5, 5), st.text(max_size=3)), max_size=3),
-                   st.dictionaries(st.text(max_size=5), st.integers(), max_size=2))
+VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+    st.lists(st.one_of(st.integers(-5, 5), st.text(max_size=3)), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+)
 
 
 def _paths(d: dict, prefix: tuple = ()) -> list[tuple]:
@@ -204,7 +236,9 @@ def params_docs(draw):
 
 
 def test_fuzz_params_loader(tmp_path, outcome):
-    outcome.bad_input("fuzzed params.yaml (values, deleted and unknown keys, junk YAML/bytes) → parse_params/load_params")
+    outcome.bad_input(
+        "fuzzed params.yaml (values, deleted and unknown keys, junk YAML/bytes) → parse_params/load_params"
+    )
     counts = {"tried": 0, "rejected": 0, "accepted": 0}
 
     def attempt(fn):
@@ -218,16 +252,25 @@ def test_fuzz_params_loader(tmp_path, outcome):
         assert isinstance(got, Params)
         counts["accepted"] += 1
 
-    @settings(max_examples=300, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=300,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(doc=params_docs())
     def check_doc(doc):
         attempt(lambda: parse_params(doc, "fuzz.yaml"))
 
-    @settings(max_examples=100, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
-    @given(text=st.one_of(st.text(max_size=200), st.binary(max_size=200)),
-           base=st.booleans())
+    @settings(
+        max_examples=100,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(text=st.one_of(st.text(max_size=200), st.binary(max_size=200)), base=st.booleans())
     def check_file(text, base):
         path = tmp_path / "params.yaml"
         if isinstance(text, bytes):
@@ -240,5 +283,7 @@ def test_fuzz_params_loader(tmp_path, outcome):
     check_file()
     assert counts["rejected"] >= counts["tried"] // 2
     outcome.inputs(tried=counts["tried"], rejected=counts["rejected"])
-    outcome.happened(f"{counts['tried']} params documents: {counts['rejected']} rejected with ParamsInvalid, "
-                     f"{counts['accepted']} valid, 0 crashes")
+    outcome.happened(
+        f"{counts['tried']} params documents: {counts['rejected']} rejected with ParamsInvalid, "
+        f"{counts['accepted']} valid, 0 crashes"
+    )

@@ -27,9 +27,13 @@ TINY = {
     "validate": {"min_windows_per_class": 5},
     "prepare": {"window": 64, "train_stride": 32, "eval_stride": 64},
     "compute": {"device": "cpu", "threads": 1},
-    "teacher": {"config": {"widths": [8, 16], "kernel": 5, "dropout": 0.0},
-                "train": {"min_steps": 0, "epochs": EPOCHS, "batch_size": 64, "lr": 0.01}},
-    "sanity": {"enabled": False},  # a tiny teacher on tiny data is not judged against the 1-NN reference
+    "teacher": {
+        "config": {"widths": [8, 16], "kernel": 5, "dropout": 0.0},
+        "train": {"min_steps": 0, "epochs": EPOCHS, "batch_size": 64, "lr": 0.01},
+    },
+    "sanity": {
+        "enabled": False
+    },  # a tiny teacher on tiny data is not judged against the 1-NN reference
 }
 
 
@@ -39,7 +43,9 @@ def project(dest, monkeypatch):
     raw = merge(yaml.safe_load((dest / "params.yaml").read_text()), TINY)
     (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     (dest / "data/raw").mkdir(parents=True)
-    small_readings(subjects=4, rows_per_recording=300).to_parquet(dest / "data/raw/readings.parquet", index=False)
+    small_readings(subjects=4, rows_per_recording=300).to_parquet(
+        dest / "data/raw/readings.parquet", index=False
+    )
     monkeypatch.chdir(dest)
     prepare.run(parse_params(raw))
     return dest
@@ -60,8 +66,14 @@ def test_sigkill_during_teacher_training_resumes(tmp_path, monkeypatch, outcome)
     shutil.copytree(proj, ref)
     subprocess.run(train_cmd(), cwd=ref, env=env(), check=True, capture_output=True, timeout=300)
 
-    p = subprocess.Popen(train_cmd(), cwd=proj, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         text=True)
+    p = subprocess.Popen(
+        train_cmd(),
+        cwd=proj,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     seen = []
     deadline = time.monotonic() + 240
     for line in p.stdout:
@@ -73,9 +85,13 @@ def test_sigkill_during_teacher_training_resumes(tmp_path, monkeypatch, outcome)
     p.wait(timeout=60)
     assert p.returncode == -signal.SIGKILL, "".join(seen)
     assert (proj / "models/.resume/teacher.pt").is_file()
-    assert not (proj / "models/teacher.pt").exists() and not (proj / "metrics/teacher.json").exists()
+    assert (
+        not (proj / "models/teacher.pt").exists() and not (proj / "metrics/teacher.json").exists()
+    )
 
-    again = subprocess.run(train_cmd(), cwd=proj, env=env(), capture_output=True, text=True, timeout=300)
+    again = subprocess.run(
+        train_cmd(), cwd=proj, env=env(), capture_output=True, text=True, timeout=300
+    )
     assert again.returncode == 0, again.stdout + again.stderr
     resumed = [ln for ln in again.stdout.splitlines() if "resuming from epoch" in ln]
     assert resumed, again.stdout
@@ -88,10 +104,15 @@ def test_sigkill_during_teacher_training_resumes(tmp_path, monkeypatch, outcome)
     assert abs(a["accuracy"] - b["accuracy"]) <= 1e-6 and abs(a["macro_f1"] - b["macro_f1"]) <= 1e-6
     ma, _ = load_checkpoint(ref / "models/teacher.pt")
     mb, _ = load_checkpoint(proj / "models/teacher.pt")
-    diff = max(float((va - vb).abs().max()) for va, vb in
-               zip(ma.state_dict().values(), mb.state_dict().values(), strict=True) if va.is_floating_point())
+    diff = max(
+        float((va - vb).abs().max())
+        for va, vb in zip(ma.state_dict().values(), mb.state_dict().values(), strict=True)
+        if va.is_floating_point()
+    )
     assert diff <= 1e-6
     assert not (proj / "models/.resume/teacher.pt").exists()
     assert torch.equal(next(iter(ma.state_dict().values())), next(iter(mb.state_dict().values())))
-    outcome.happened(f"SIGKILL after epoch 2 of {EPOCHS}; rerun resumed from epoch {epoch}; test accuracy "
-                     f"{b['accuracy']:.4f} vs uninterrupted {a['accuracy']:.4f}, max weight diff {diff:.1e}")
+    outcome.happened(
+        f"SIGKILL after epoch 2 of {EPOCHS}; rerun resumed from epoch {epoch}; test accuracy "
+        f"{b['accuracy']:.4f} vs uninterrupted {a['accuracy']:.4f}, max weight diff {diff:.1e}"
+    )

@@ -23,8 +23,11 @@ pytestmark = pytest.mark.slow
 ED = f"{BIN}/edgedistill"
 MODEL = "student"
 # shaped like real AWS keys so any leak is unmistakable; moto accepts any pair
-CANARY = {"AWS_ACCESS_KEY_ID": "AKIAEDGEDISTILLCANARY7", "AWS_SECRET_ACCESS_KEY":
-          "edgeDistillCanarySecret/K7MDENG+bPxRfiCYzz9Q", "AWS_SESSION_TOKEN": "edgedistillCanaryToken42xyz"}
+CANARY = {
+    "AWS_ACCESS_KEY_ID": "AKIAEDGEDISTILLCANARY7",
+    "AWS_SECRET_ACCESS_KEY": "edgeDistillCanarySecret/K7MDENG+bPxRfiCYzz9Q",
+    "AWS_SESSION_TOKEN": "edgedistillCanaryToken42xyz",
+}
 
 
 def registered(proj: Path) -> list[str]:
@@ -38,7 +41,9 @@ def local_store(proj: Path) -> LocalStore:
 def test_store_failure_while_publishing_registers_nothing(tmp_path, outcome):
     """The store refuses writes under releases/ after DVC's push succeeded: not a transient fault, so
     nothing retries; the flow fails with the cause; no tag points at a bundle that is not there; the rerun releases."""
-    outcome.fault("artifact store refuses the bundle upload (releases/ unwritable) during a release run")
+    outcome.fault(
+        "artifact store refuses the bundle upload (releases/ unwritable) during a release run"
+    )
     proj = mini_project(tmp_path / "proj", {})
     store_root = local_store(proj).root
     store_root.mkdir(parents=True)
@@ -47,9 +52,14 @@ def test_store_failure_while_publishing_registers_nothing(tmp_path, outcome):
     bad = sh([ED, "run"], proj, check=False, timeout=300)
     out = bad.stdout + bad.stderr
     # Prefect's task log keeps the traceback; the CLI ends on one line naming the cause, exit 2
-    cli_line = [ln for ln in out.splitlines() if ln.startswith("error:") and "releases/student" in ln]
-    assert bad.returncode == 2 and cli_line and "Not a directory" in out.split(cli_line[-1])[-1][:300] + cli_line[-1], \
-        out[-3000:]
+    cli_line = [
+        ln for ln in out.splitlines() if ln.startswith("error:") and "releases/student" in ln
+    ]
+    assert (
+        bad.returncode == 2
+        and cli_line
+        and "Not a directory" in out.split(cli_line[-1])[-1][:300] + cli_line[-1]
+    ), out[-3000:]
     assert "register-release" in out and "Finished in state Failed" in out
     assert tags(proj) == set() and registered(proj) == []
 
@@ -60,9 +70,11 @@ def test_store_failure_while_publishing_registers_nothing(tmp_path, outcome):
     assert registered(proj) == ["v0.1.0"] and lost == []
     assert "Retrying" not in out  # one retry layer (the store's), and this fault is not transient
     assert "Traceback" not in out  # a user-facing error ends the task with its one line
-    outcome.happened("run 1: StoreUnreachable, not retried, exit 2, "
-                     f"0 tags; '{cli_line[-1].strip()[:60]}…'; "
-                     "run 2 released v0.1.0 with a complete bundle")
+    outcome.happened(
+        "run 1: StoreUnreachable, not retried, exit 2, "
+        f"0 tags; '{cli_line[-1].strip()[:60]}…'; "
+        "run 2 released v0.1.0 with a complete bundle"
+    )
     outcome.releases_lost(len(lost))
 
 
@@ -81,10 +93,21 @@ def test_flaky_s3_release_and_no_secret_leaks(tmp_path, outcome):
 
     needles = list(CANARY.values())
     with moto_s3() as endpoint:
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **{
-            "aws_access_key_id": "x", "aws_secret_access_key": "x"}).create_bucket(Bucket="fleet")
+        boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            **{"aws_access_key_id": "x", "aws_secret_access_key": "x"},
+        ).create_bucket(Bucket="fleet")
         with faulty_proxy(endpoint, lambda n: "drop" if n <= 4 else "pass") as proxy:
-            store = {"s3": {"bucket": "fleet", "prefix": "team", "endpoint_url": proxy.url, "region": "us-east-1"}}
+            store = {
+                "s3": {
+                    "bucket": "fleet",
+                    "prefix": "team",
+                    "endpoint_url": proxy.url,
+                    "region": "us-east-1",
+                }
+            }
             proj = mini_project(tmp_path / "proj", store, origin=tmp_path / "origin.git")
             env = {**FAKE_AWS, **CANARY}
             r = sh([ED, "run"], proj, env=env, timeout=300)
@@ -100,14 +123,22 @@ def test_flaky_s3_release_and_no_secret_leaks(tmp_path, outcome):
 
     outputs = {"stdout/stderr": r.stdout + r.stderr + card.stdout + card.stderr}
     hits = [f"{name}: {n[:6]}…" for name, text in outputs.items() for n in needles if n in text]
-    hits += _grep_tree(proj, needles) + _grep_tree(tmp_path / "origin.git", needles) + _grep_tree(objects, needles)
+    hits += (
+        _grep_tree(proj, needles)
+        + _grep_tree(tmp_path / "origin.git", needles)
+        + _grep_tree(objects, needles)
+    )
     prefect_home = Path(os.environ["PREFECT_HOME"])
     hits += _grep_tree(prefect_home, needles)  # run logs, the release-summary artifact
     assert hits == []
     assert registered(proj) == ["v0.1.0"] and lost == []
-    n_files = sum(1 for root in (proj, objects, prefect_home) for p in root.rglob("*") if p.is_file())
-    outcome.happened(f"{proxy.dropped} resets retried, v0.1.0 released; AWS key/secret/token found in 0 of "
-                     f"{n_files} files (project, .git, .dvc, S3 objects incl. model card, Prefect DB) and 0 logs")
+    n_files = sum(
+        1 for root in (proj, objects, prefect_home) for p in root.rglob("*") if p.is_file()
+    )
+    outcome.happened(
+        f"{proxy.dropped} resets retried, v0.1.0 released; AWS key/secret/token found in 0 of "
+        f"{n_files} files (project, .git, .dvc, S3 objects incl. model card, Prefect DB) and 0 logs"
+    )
     outcome.releases_lost(len(lost))
 
 
@@ -115,8 +146,17 @@ def test_two_release_runs_on_one_repo(tmp_path, outcome):
     outcome.fault("two `edgedistill run` on the same repo at the same moment")
     proj = mini_project(tmp_path / "proj", {})
     env = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"], "COLUMNS": "200"}
-    procs = [subprocess.Popen([ED, "run"], cwd=proj, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [ED, "run"],
+            cwd=proj,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=300)[0] for p in procs]
     codes = [p.returncode for p in procs]
     assert 0 in codes, outs
@@ -132,14 +172,20 @@ def test_two_release_runs_on_one_repo(tmp_path, outcome):
     lost = broken_bundles(local_store(proj), MODEL, registered(proj))
     assert lost == []
     refused = [o for c, o in zip(codes, outs, strict=True) if c != 0]
-    how = ("one refused: " + next(ln.strip() for ln in refused[0].splitlines() if "lock" in ln.lower())[:80]
-           if refused else "both completed (serialised), one registered v0.1.0, the other found it released")
+    how = (
+        "one refused: "
+        + next(ln.strip() for ln in refused[0].splitlines() if "lock" in ln.lower())[:80]
+        if refused
+        else "both completed (serialised), one registered v0.1.0, the other found it released"
+    )
     outcome.happened(f"exit codes {codes}; {how}; dvc.lock valid and `dvc status` clean")
     outcome.releases_lost(len(lost))
 
 
 def test_racing_promotions(tmp_path, outcome):
-    outcome.fault("two `edgedistill promote` to prod racing (different versions), 3 rounds", injected=3)
+    outcome.fault(
+        "two `edgedistill promote` to prod racing (different versions), 3 rounds", injected=3
+    )
     proj = mini_project(tmp_path / "proj", {})
     sh([ED, "run"], proj, timeout=300)
     store = local_store(proj)
@@ -147,7 +193,11 @@ def test_racing_promotions(tmp_path, outcome):
     sh(["git", "commit", "-q", "--allow-empty", "-m", "second"], proj)
     Registry(proj).register(MODEL, "v0.2.0", "HEAD")
     src = store.root / "releases" / MODEL / "v0.1.0"
-    files = {p.name: p for p in src.iterdir() if p.name not in ("SHA256SUMS",) and not p.name.startswith(".")}
+    files = {
+        p.name: p
+        for p in src.iterdir()
+        if p.name not in ("SHA256SUMS",) and not p.name.startswith(".")
+    }
     card = json.loads(files["model_card.json"].read_text())
     (tmp_path / "card.json").write_text(json.dumps({**card, "version": "v0.2.0"}))
     files["model_card.json"] = tmp_path / "card.json"
@@ -161,8 +211,14 @@ def test_racing_promotions(tmp_path, outcome):
 
         def promote(version: str, go: threading.Barrier = go, results: dict = results) -> None:
             go.wait()
-            results[version] = subprocess.run([ED, "promote", version, "--to", "prod"], cwd=proj, env=env,
-                                              capture_output=True, text=True, timeout=120)
+            results[version] = subprocess.run(
+                [ED, "promote", version, "--to", "prod"],
+                cwd=proj,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
 
         threads = [threading.Thread(target=promote, args=(v,)) for v in ("v0.1.0", "v0.2.0")]
         for t in threads:
@@ -171,7 +227,11 @@ def test_racing_promotions(tmp_path, outcome):
             t.join()
         ok = [v for v, r in results.items() if r.returncode == 0]
         for v, r in results.items():
-            assert r.returncode in (0, 2) and "Traceback" not in r.stdout + r.stderr, (v, r.stdout, r.stderr)
+            assert r.returncode in (0, 2) and "Traceback" not in r.stdout + r.stderr, (
+                v,
+                r.stdout,
+                r.stderr,
+            )
         prod = Registry(proj).resolve(MODEL, "prod")
         assert ok and prod is not None and prod.version in ok, (ok, prod)
         prod_tags = [t for t in tags(proj) if t.startswith(f"{MODEL}#prod#")]
@@ -179,5 +239,7 @@ def test_racing_promotions(tmp_path, outcome):
         summary.append(f"{len(ok)} succeeded → prod {prod.version}")
     lost = broken_bundles(store, MODEL, registered(proj))
     assert lost == []
-    outcome.happened("; ".join(summary) + "; registry resolves prod to a version with a complete bundle")
+    outcome.happened(
+        "; ".join(summary) + "; registry resolves prod to a version with a complete bundle"
+    )
     outcome.releases_lost(len(lost))

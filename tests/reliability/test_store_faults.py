@@ -55,6 +55,7 @@ def make_bundle(root, version: str = "v0.1.0", seed: int = 0) -> dict:
 
 # ---------------------------------------------------------------- flaky and dead endpoints
 
+
 def test_flaky_endpoint_retried_with_backoff(bucket, s3_endpoint, tmp_path, outcome):
     outcome.fault("S3 endpoint drops 2 connections (connection reset) during publish", injected=2)
     bundle = make_bundle(tmp_path / "src")
@@ -62,7 +63,9 @@ def test_flaky_endpoint_retried_with_backoff(bucket, s3_endpoint, tmp_path, outc
         publish_bundle(s3(bucket, proxy.url), MODEL, "v0.1.0", bundle)
         assert proxy.dropped == 2
     assert broken_bundles(s3(bucket, s3_endpoint), MODEL, ["v0.1.0"]) == []
-    outcome.happened(f"boto3 retried {proxy.dropped} reset connections; bundle published and verified")
+    outcome.happened(
+        f"boto3 retried {proxy.dropped} reset connections; bundle published and verified"
+    )
     outcome.releases_lost(0)
 
 
@@ -74,7 +77,9 @@ def test_slow_endpoint_is_waited_for(bucket, s3_endpoint, tmp_path, outcome):
         got = fetch_bundle(s3(bucket, proxy.url), MODEL, "v0.1.0", tmp_path / "deploy")
         assert proxy.delayed >= 1
     assert got["files"]["student.onnx"]["sha256"] == sha256_file(bundle["student.onnx"])
-    outcome.happened(f"{proxy.delayed} delayed connection(s); fetch completed with every SHA256 verified")
+    outcome.happened(
+        f"{proxy.delayed} delayed connection(s); fetch completed with every SHA256 verified"
+    )
 
 
 def test_dead_endpoint_fails_clearly_then_rerun_completes(bucket, s3_endpoint, tmp_path, outcome):
@@ -87,13 +92,17 @@ def test_dead_endpoint_fails_clearly_then_rerun_completes(bucket, s3_endpoint, t
         seconds = time.monotonic() - t0
         tries = proxy.dropped
     assert "cannot reach s3://" in str(e.value) and is_transient(e.value) and clear_error(e.value)
-    assert tries >= 3 and seconds < 60  # boto3's standard mode: 3 attempts with backoff, then give up
+    assert (
+        tries >= 3 and seconds < 60
+    )  # boto3's standard mode: 3 attempts with backoff, then give up
     healthy = s3(bucket, s3_endpoint)
     assert not bundle_exists(healthy, MODEL, "v0.1.0")
     publish_bundle(healthy, MODEL, "v0.1.0", bundle)  # the rerun
     assert broken_bundles(healthy, MODEL, ["v0.1.0"]) == []
-    outcome.happened(f"{tries} attempts in {seconds:.1f}s, then TransientStoreError ('{str(e.value)[:60]}…'); "
-                     "no bundle registered; rerun published it")
+    outcome.happened(
+        f"{tries} attempts in {seconds:.1f}s, then TransientStoreError ('{str(e.value)[:60]}…'); "
+        "no bundle registered; rerun published it"
+    )
     outcome.releases_lost(0)
 
 
@@ -106,7 +115,9 @@ def test_endpoint_dies_mid_publish(bucket, s3_endpoint, tmp_path, outcome):
         store = s3(bucket, proxy.url, attempts=2)
         real_write, uploaded = store.write_conditional, []
 
-        def write_then_die(key, data, etag):  # bundle objects are written create-only (the claim first)
+        def write_then_die(
+            key, data, etag
+        ):  # bundle objects are written create-only (the claim first)
             out = real_write(key, data, etag)
             if not key.endswith(CLAIM):
                 uploaded.append(key)
@@ -119,18 +130,23 @@ def test_endpoint_dies_mid_publish(bucket, s3_endpoint, tmp_path, outcome):
             publish_bundle(store, MODEL, "v0.1.0", bundle)
     healthy = s3(bucket, s3_endpoint)
     left = healthy.list(f"releases/{MODEL}/v0.1.0")
-    assert len(left) == 1 and not any(k.endswith(SUMS) for k in left)  # a partial upload, not a bundle
+    assert len(left) == 1 and not any(
+        k.endswith(SUMS) for k in left
+    )  # a partial upload, not a bundle
     assert not bundle_exists(healthy, MODEL, "v0.1.0")
     with pytest.raises(ReleaseNotFound, match="no bundle for student v0.1.0"):
         fetch_bundle(healthy, MODEL, "v0.1.0", tmp_path / "deploy")
     publish_bundle(healthy, MODEL, "v0.1.0", bundle)
     assert broken_bundles(healthy, MODEL, ["v0.1.0"]) == []
-    outcome.happened(f"1 of {len(bundle)} objects uploaded, no SHA256SUMS: fetch says 'no bundle'; "
-                     "rerun completed the bundle")
+    outcome.happened(
+        f"1 of {len(bundle)} objects uploaded, no SHA256SUMS: fetch says 'no bundle'; "
+        "rerun completed the bundle"
+    )
     outcome.releases_lost(0)
 
 
 # ---------------------------------------------------------------- racing publishers
+
 
 @pytest.mark.parametrize("kind", ["local", "s3"])
 def test_racing_publishers_of_one_version(kind, tmp_path, request, outcome):
@@ -147,12 +163,15 @@ def test_racing_publishers_of_one_version(kind, tmp_path, request, outcome):
     for round_ in range(5):
         version = f"v0.{round_}.0"
         for b in bundles:
-            b[CARD].write_text(json.dumps({"model": MODEL, "version": version, "seed": str(b[CARD])}))
+            b[CARD].write_text(
+                json.dumps({"model": MODEL, "version": version, "seed": str(b[CARD])})
+            )
         results: list[BaseException | None] = [None, None]
         go = threading.Barrier(2)
 
-        def publish(i: int, version: str = version, go: threading.Barrier = go,
-                    results: list = results) -> None:
+        def publish(
+            i: int, version: str = version, go: threading.Barrier = go, results: list = results
+        ) -> None:
             go.wait()
             try:
                 publish_bundle(store_for(), MODEL, version, bundles[i])
@@ -169,17 +188,22 @@ def test_racing_publishers_of_one_version(kind, tmp_path, request, outcome):
         assert isinstance(failed[0], ArtifactCorrupt) and clear_error(failed[0]), failed[0]
         winner = results.index(None)
         got = fetch_bundle(store_for(), MODEL, version, tmp_path / f"deploy{round_}")
-        assert got["files"]["student.onnx"]["sha256"] == sha256_file(bundles[winner]["student.onnx"])
+        assert got["files"]["student.onnx"]["sha256"] == sha256_file(
+            bundles[winner]["student.onnx"]
+        )
         wins += 1
         refused += 1
     lost = broken_bundles(store_for(), MODEL, [f"v0.{r}.0" for r in range(5)])
     assert lost == []
-    outcome.happened(f"{wins} rounds: exactly one publisher won each, {refused} refused with ArtifactCorrupt; "
-                     "every stored bundle verifies")
+    outcome.happened(
+        f"{wins} rounds: exactly one publisher won each, {refused} refused with ArtifactCorrupt; "
+        "every stored bundle verifies"
+    )
     outcome.releases_lost(len(lost))
 
 
 # ---------------------------------------------------------------- corrupted objects
+
 
 @pytest.mark.parametrize("kind", ["local", "s3"])
 def test_flipped_byte_refused_and_current_model_kept(kind, tmp_path, request, outcome):
