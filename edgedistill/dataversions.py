@@ -566,7 +566,8 @@ def require_clean(t: Tracked, action: str) -> None:
         raise DataVersionError(
             f"{t.path} has uncommitted data changes (workspace md5 {actual[:8]}, {t.dvcfile} records "
             f"{recorded[:8]}); refusing to {action}",
-            hint=f"Keep them with `edgedistill data add {t.path}`, or discard them with `dvc checkout --force {t.path}`.",
+            hint=f"Keep them with `edgedistill data add {t.path}`, "
+            f"or discard them with `dvc checkout --force {t.path}`.",
         )
 
 

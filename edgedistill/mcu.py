@@ -653,7 +653,8 @@ void reset_handler(void) {{
 }}
 static void fault(void) {{ put("fault\n"); semihost(0x18, (const void *)0x20023u); for (;;) {{}} }}
 __attribute__((section(".vectors"), used)) static void (*const vectors[16])(void) = {{
-    (void (*)(void))&_estack, reset_handler, fault, fault, fault, fault, fault, 0, 0, 0, 0, fault, fault, 0, fault, fault,
+    (void (*)(void))&_estack, reset_handler, fault, fault, fault, fault, fault,
+    0, 0, 0, 0, fault, fault, 0, fault, fault,
 }};
 """
 

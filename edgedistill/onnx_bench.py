@@ -1,6 +1,7 @@
 """Measured cost of an ONNX file on this host through onnxruntime: latency percentiles with their
 spread, throughput, peak RSS; latency net of the runtime's call floor (interleaved rounds) and
-kernel time per op type (onnxruntime's profiler); plus its static cost. One code path for the stage and `edgedistill bench`."""
+kernel time per op type (onnxruntime's profiler); plus its static cost. One code path for the stage
+and `edgedistill bench`."""
 
 from __future__ import annotations
 

@@ -27,6 +27,11 @@ PLOTS = "metrics/plots"
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
 
 
+def _pass_fail_span(ok: bool) -> str:
+    word = "pass" if ok else "fail"
+    return f"<span class='{word}'>{word}</span>"
+
+
 def _e(v: Any) -> str:
     return html.escape(str(v), quote=True)
 
@@ -371,7 +376,8 @@ def _accuracy(docs: dict[str, Any]) -> str:
     if isinstance(ex.get("int8"), dict):
         out.append(
             f"<p>Exported: FP32 {_e(with_interval(ex.get('fp32') or {}, 'accuracy'))}, INT8 "
-            f"{_e(with_interval(ex['int8'], 'accuracy'))}, INT8 drop {_e(fmt_value('int8_drop', ex.get('int8_drop')))}.</p>"
+            f"{_e(with_interval(ex['int8'], 'accuracy'))}, "
+            f"INT8 drop {_e(fmt_value('int8_drop', ex.get('int8_drop')))}.</p>"
         )
     return "".join(out) + "</section>"
 
@@ -637,7 +643,7 @@ def _data(docs: dict[str, Any]) -> str:
             [
                 _e(c.get("check") or c.get("expectation") or c.get("name") or "?"),
                 _e(c.get("column", "")),
-                f"<span class='{'pass' if c.get('success') else 'fail'}'>{'pass' if c.get('success') else 'fail'}</span>",
+                _pass_fail_span(bool(c.get("success"))),
             ]
             for c in checks
             if isinstance(c, dict)

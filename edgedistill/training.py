@@ -541,7 +541,8 @@ def train(
             # a tie in val accuracy (common on a small or saturated val split) keeps the LATER epoch: the tie is no
             # evidence for the earlier one, and later weights have seen more of the decaying schedule. Neither the
             # earliest (an under-trained epoch that happens to tie) nor the lower val loss (a few borderline windows
-            # of a tiny split rank mid-schedule weights first: GunPoint's teacher 92.7-96.2% test, its last epochs 97.6-98.0%)
+            # of a tiny split rank mid-schedule weights first: GunPoint's teacher 92.7-96.2% test,
+            # its last epochs 97.6-98.0%)
             improved = m["accuracy"] > best["acc"]
             if improved or m["accuracy"] == best["acc"]:
                 best = {

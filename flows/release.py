@@ -731,7 +731,8 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
             "latency p50 / p95",
             "—"
             if m.get("p95_ms") is None
-            else f"{m['p50_ms']:.3f} / {m['p95_ms']:.3f} ms ({m.get('profile')}, {(m.get('format') or 'int8').upper()})",
+            else f"{m['p50_ms']:.3f} / {m['p95_ms']:.3f} ms "
+            f"({m.get('profile')}, {(m.get('format') or 'int8').upper()})",
         ),
         (
             "size / RAM estimate",

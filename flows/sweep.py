@@ -1,4 +1,5 @@
-"""The student sweep: a grid of student sizes and the configured KD method's knobs (params `sweep`), each point distilled,
+"""The student sweep: a grid of student sizes and the configured KD method's knobs (params `sweep`),
+each point distilled,
 exported to INT8 and benchmarked with the stage functions, as parallel Prefect tasks (threads here, or a
 Dask cluster); the accuracy / latency / size Pareto front and the best student inside the device budget."""
 

@@ -1,6 +1,7 @@
 """sweep_point: one point of the student sweep — distil a student with given widths and KD knob values
 (tasks/distill.py), export it to FP32 + INT8 ONNX (tasks/export.py's pieces) and score both on the test
-windows (reported) and on the validation windows (what the sweep selects by). Run as `python -m flows.sweep_point JOB.json` by flows/sweep.py, one process per point."""
+windows (reported) and on the validation windows (what the sweep selects by). Run as `python -m
+flows.sweep_point JOB.json` by flows/sweep.py, one process per point."""
 
 from __future__ import annotations
 

@@ -438,7 +438,8 @@ def mcu_gate_rows(
     path: str | Path, require_verified: bool, gates: GateParams | None = None
 ) -> list[dict[str, Any]]:
     """The ram/flash/latency gates per MCU profile on the figures the mcu stage measured (arm-none-eabi-size,
-    -fcallgraph-info stack, I/O buffers; QEMU's instruction count at clock_hz) against that profile's budget. Unmeasured figures give the
+    -fcallgraph-info stack, I/O buffers; QEMU's instruction count at clock_hz) against that
+    profile's budget. Unmeasured figures give the
     verdict 'not verified', which blocks only with promote.require_mcu_verified. With `gates`, also the shipped
     C model's parity with onnxruntime's QOperator INT8 model on the test windows (`mcu_argmax`,
     `mcu_accuracy_drop`)."""

@@ -233,7 +233,8 @@ def test_push_and_pull_leave_out_the_unused_bundled_ingest_output(tmp_path, capl
         "  ingest:\n    cmd: echo bundled > raw.txt\n    outs: [raw.txt]\n"
         "  validate:\n    cmd: cp ${data.readings} report.txt\n    deps:\n      - ${data.readings}\n"
         "    params:\n      - data.readings\n    outs:\n      - report.txt\n"
-        "  prepare:\n    cmd: cp report.txt prepared.txt\n    deps:\n      - report.txt\n    outs:\n      - prepared.txt\n"
+        "  prepare:\n    cmd: cp report.txt prepared.txt\n"
+        "    deps:\n      - report.txt\n    outs:\n      - prepared.txt\n"
     )
     with contextlib.chdir(root), Repo(".") as repo:
         repo.reproduce()
