@@ -8,32 +8,13 @@ import dataclasses
 import hashlib
 import json
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
-from edgedistill.training import Augment, augment, mixup, train_config
-
-
-def bank_views(
-    x_cpu: torch.Tensor, views: int, aug: Augment, mixup_alpha: float, seed: int
-) -> Iterator[torch.Tensor]:
-    """Yield the bank's views one at a time, generated on the CPU from `seed` (identical on every machine)."""
-    gen = torch.Generator(device="cpu")
-    gen.manual_seed(seed)
-    for _ in range(views):
-        yield mixup(augment(x_cpu, aug, gen), mixup_alpha, gen)
-
-
-def view_digest(v: torch.Tensor) -> str:
-    """SHA-256 of the view's float32 bytes: any shift, permutation or rescale of a value changes it
-    (a sum of magnitudes would not notice the circular shifts and permutations augment applies)."""
-    a = v.detach().to("cpu", torch.float32).contiguous().numpy()
-    return hashlib.sha256(a.tobytes()).hexdigest() + f":{'x'.join(map(str, a.shape))}"
-
+from edgedistill.training import Augment, train_config
 
 # ------------------------------------------------------------------ views generated per batch (bounded memory)
 

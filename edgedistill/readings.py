@@ -352,20 +352,3 @@ def n_windows(length: int, window: int, stride: int) -> int:
 
 def window_starts(length: int, window: int, stride: int) -> np.ndarray:
     return np.arange(n_windows(length, window, stride)) * stride
-
-
-def make_windows(
-    values: np.ndarray, segs: list[Segment], window: int, stride: int
-) -> tuple[np.ndarray, list[Segment]]:
-    """Cut [N, C] readings into windows [M, C, window] (channels first, as Conv1d wants)."""
-    idx = []
-    owners = []
-    for seg in segs:
-        for off in window_starts(seg.length, window, stride):
-            idx.append(seg.start + off)
-            owners.append(seg)
-    if not idx:
-        return np.zeros((0, values.shape[1], window), dtype=np.float32), []
-    starts = np.asarray(idx)[:, None] + np.arange(window)[None, :]
-    x = values[starts]  # [M, window, C]
-    return np.ascontiguousarray(x.transpose(0, 2, 1), dtype=np.float32), owners

@@ -12,7 +12,7 @@ from conftest import make_params, small_readings, tree_hashes, write_readings
 
 from edgedistill import normalization
 from edgedistill.errors import DataInvalid
-from edgedistill.readings import gap_rows, make_windows, segments
+from edgedistill.readings import Segment, gap_rows, segments, window_starts
 from edgedistill.shards import open_split, verify
 from tasks import prepare
 
@@ -29,6 +29,23 @@ def awkward_readings() -> pd.DataFrame:
     first = df["recording"] == df["recording"].iloc[0]
     df.loc[first[first].index[150:], "label"] = "ROW"  # label changes inside a recording
     return df
+
+
+def make_windows(
+    values: np.ndarray, segs: list[Segment], window: int, stride: int
+) -> tuple[np.ndarray, list[Segment]]:
+    """The in-memory reference: cut [N, C] readings into windows [M, C, window] (channels first, as Conv1d wants)."""
+    idx = []
+    owners = []
+    for seg in segs:
+        for off in window_starts(seg.length, window, stride):
+            idx.append(seg.start + off)
+            owners.append(seg)
+    if not idx:
+        return np.zeros((0, values.shape[1], window), dtype=np.float32), []
+    starts = np.asarray(idx)[:, None] + np.arange(window)[None, :]
+    x = values[starts]  # [M, window, C]
+    return np.ascontiguousarray(x.transpose(0, 2, 1), dtype=np.float32), owners
 
 
 def in_memory_reference(df: pd.DataFrame, params) -> dict:

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from edgedistill.cli.main import SUMMARIES, _state, app, console, guarded, run_stage
 from edgedistill.errors import DataInvalid, ParamsInvalid
-from edgedistill.params import BenchmarkParams, DeviceProfile, load_params
+from edgedistill.params import BenchmarkParams, load_params
 
 
 def show(renderable: Any, markup: bool = True) -> None:
@@ -173,14 +173,6 @@ def static_table(
             *marks,
         )
     return t
-
-
-def budgets_caption(profiles: list[DeviceProfile]) -> str:
-    return "; ".join(
-        f"{p.name}: RAM {fmt_bytes(p.ram_bytes)}, flash {fmt_bytes(p.flash_bytes)}"
-        + ("" if p.measure else " (static estimate only)")
-        for p in profiles
-    )
 
 
 # ---------------------------------------------------------------- stage summaries
