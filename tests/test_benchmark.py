@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -588,14 +589,42 @@ def test_forced_int8_ships_int8_and_the_latency_gate_judges_the_shipped_file(rel
     assert flash["value"] == (release / "models/student.onnx").stat().st_size
 
 
+def _constant_predictor(src: Path, dest: Path, cls: int) -> None:
+    """`src` (the FP32 student) with its classifier bias pushed so far towards `cls` that every
+    window is predicted as `cls`: the same graph and speed, a known, poor accuracy."""
+    import onnx
+    from onnx import numpy_helper
+
+    m = onnx.load(str(src))
+    gemm = [n for n in m.graph.node if n.op_type == "Gemm"][-1]
+    bias = next(t for t in m.graph.initializer if t.name == gemm.input[2])
+    b = numpy_helper.to_array(bias).copy()
+    b[:] = 0.0
+    b[cls] = 1e6
+    bias.CopyFrom(numpy_helper.from_array(b, bias.name))
+    onnx.save(m, str(dest))
+
+
 def test_auto_keeps_the_slower_file_when_the_faster_is_less_accurate(release, tmp_path):
-    """Tolerance 0: the faster file ships only if it is at least as accurate on validation."""
-    result, _ = _bench_with(release, tmp_path, {"student.int8.onnx": "teacher.onnx"}, tolerance=0.0)
+    """Tolerance 0: the faster file ships only if it is at least as accurate on validation. The FP32
+    slot holds the teacher (slower than any student), the INT8 slot a constant predictor of the
+    rarest validation class (fast, and at most 1/k accurate)."""
+    y = np.concatenate(
+        [np.load(f) for f in sorted((release / "data/prepared/val").glob("y-*.npy"))]
+    )
+    counts = np.bincount(y)
+    rarest = int(np.argmin(np.where(counts > 0, counts, len(y) + 1)))
+    _constant_predictor(release / "models/student.onnx", tmp_path / "constant.onnx", rarest)
+    result, _ = _bench_with(
+        release,
+        tmp_path / "b",
+        {"student.onnx": "teacher.onnx", "student.int8.onnx": str(tmp_path / "constant.onnx")},
+        tolerance=0.0,
+    )
     f = result["profiles"]["host-1t"]["format"]
-    fp32_worse = f["accuracy"]["int8"] > f["accuracy"]["fp32"]
-    assert f["chosen"] == ("int8" if fp32_worse else "fp32")
-    if fp32_worse:
-        assert "below INT8's" in f["why"]
+    assert f["accuracy"]["int8"] == pytest.approx(counts[rarest] / len(y))
+    assert f["accuracy"]["int8"] < f["accuracy"]["fp32"]
+    assert f["chosen"] == "fp32" and "below FP32's" in f["why"], f
 
 
 def test_prod_card_names_the_file_prod_ships(release, tmp_path):

@@ -381,8 +381,7 @@ def test_real_pipeline_release_on_bundled_data(tmp_path):
     (and prod: auto_prod is on here)."""
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     missing = {"train_teacher", "distill", "export", "benchmark", "promote"} - set(stages)
-    if missing:
-        pytest.skip(f"stages not in dvc.yaml yet: {sorted(missing)}")
+    assert not missing, f"stages this test runs are gone from dvc.yaml: {sorted(missing)}"
     (tmp_path / "proj").mkdir()
     proj = copy_repo_skeleton(tmp_path / "proj")
     raw = merge(yaml.safe_load((REPO / "params.yaml").read_text()), TINY)
@@ -599,11 +598,14 @@ def test_same_model_sees_through_container_bytes(tmp_path):
         "norm": {"mean": [0.0] * 6, "std": [1.0] * 6},
     }
     save_checkpoint(tmp_path / "1.pt", net, meta)
-    save_checkpoint(tmp_path / "2.pt", net, meta)
-    if sha256_file(tmp_path / "1.pt") != sha256_file(
-        tmp_path / "2.pt"
-    ):  # torch's random serialization id
-        assert same_model(tmp_path / "1.pt", tmp_path / "2.pt").startswith("same tensors")
+    # the same tensors and meta in other container bytes (the legacy, non-zip torch.save format),
+    # so the assert below never depends on whether torch's serialization id happens to differ
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    torch.save(
+        {**meta, "state_dict": state}, tmp_path / "2.pt", _use_new_zipfile_serialization=False
+    )
+    assert sha256_file(tmp_path / "1.pt") != sha256_file(tmp_path / "2.pt")
+    assert same_model(tmp_path / "1.pt", tmp_path / "2.pt").startswith("same tensors")
     with torch.no_grad():
         next(net.parameters()).add_(1e-3)
     save_checkpoint(tmp_path / "3.pt", net, meta)
