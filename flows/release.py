@@ -993,8 +993,11 @@ def unchanged_release(root: Path, params_file: str) -> dict[str, Any] | None:
     ):
         return None
     try:
+        # the stages a run would run: `ingest` stays out once data.readings is the user's own file
+        # (its bundled output is never made there, so a status over every stage is never clean)
+        targets = pipeline_stages(root, connected_only=True)
         with contextlib.chdir(root), Repo(".") as repo:
-            if repo.status():  # a changed dep/param/out, or an output missing from the workspace
+            if repo.status(targets=targets):  # a changed dep/param/out, or an output missing
                 return None
     except DvcException:  # e.g. another run holds DVC's lock: the flow handles that as always
         return None

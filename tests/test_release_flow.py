@@ -182,6 +182,24 @@ def test_rerun_with_nothing_changed_skips_the_flow(released):
     assert sh(["git", "status", "--porcelain"], proj).stdout.strip() == ""
 
 
+def test_nothing_changed_skips_the_flow_beside_an_unconnected_stage(tmp_path):
+    """A stage that shares no file with the pipeline (`ingest` once data.readings is the user's own
+    file) never runs, so its output is never there: a rerun with nothing changed still skips the flow."""
+    proj = mini_project(tmp_path / "proj", {"local": str(tmp_path / "store")})
+    dvc_yaml = yaml.safe_load((proj / "dvc.yaml").read_text())
+    dvc_yaml["stages"] = {
+        "ingest": {"cmd": "echo bundled > bundled.txt", "outs": ["bundled.txt"]},
+        **dvc_yaml["stages"],
+    }
+    (proj / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
+    sh(["git", "commit", "-qam", "an ingest stage the pipeline does not use"], proj)
+    first = sh([ED, "run"], proj)
+    assert "release: released" in first.stdout and not (proj / "bundled.txt").exists()
+    again = sh([ED, "run"], proj)
+    assert "release: unchanged (already released)" in again.stdout, again.stdout[-2000:]
+    assert "temporary server" not in again.stdout + again.stderr
+
+
 @pytest.mark.slow
 def test_fresh_clone_pulls_and_fetches_prod(released, monkeypatch):
     proj, base = released["proj"], released["base"]
