@@ -3,7 +3,10 @@ reuse, resume after interruption, and the bad inputs."""
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -41,16 +44,33 @@ def tiny(extra: dict | None = None):
     return make_params(merge(TINY, extra or {}))
 
 
+@pytest.fixture(scope="module")
+def _bases(tmp_path_factory) -> dict:
+    """Prepared windows and a trained teacher, made once per module; each test works in a copy."""
+    from conftest import small_readings
+
+    prepared = tmp_path_factory.mktemp("prepared")
+    (prepared / "data/raw").mkdir(parents=True)
+    small_readings().to_parquet(prepared / "data/raw/readings.parquet", index=False)
+    with contextlib.chdir(prepared):
+        prepare.run(tiny())
+    trained = tmp_path_factory.mktemp("trained")
+    shutil.copytree(prepared, trained, dirs_exist_ok=True)
+    with contextlib.chdir(trained):
+        m = train_teacher.run(tiny(), log=lambda s: None)
+    return {"prepared": prepared, "trained": trained, "metrics": m}
+
+
 @pytest.fixture
-def prepared(readings_file, workdir):
-    prepare.run(tiny())
+def prepared(readings_file, workdir, _bases):
+    shutil.copytree(_bases["prepared"], workdir, dirs_exist_ok=True)
     return workdir
 
 
 @pytest.fixture
-def trained(prepared):
-    m = train_teacher.run(tiny(), log=lambda s: None)
-    return prepared, m
+def trained(readings_file, workdir, _bases):
+    shutil.copytree(_bases["trained"], workdir, dirs_exist_ok=True)
+    return workdir, copy.deepcopy(_bases["metrics"])
 
 
 # ---------------------------------------------------------------- schedule in steps
