@@ -2,7 +2,7 @@
 other sensor kinds that ship inside the sktime and aeon wheels (UCR/UEA `.ts` files; nothing is downloaded at run time).
 
 Per dataset and seed: prepare (normalisation `auto` from params.yaml) -> train_teacher -> teacher_logits ->
-distill, and a 1-NN on FFT magnitudes of the same normalised windows (edgedistill.baseline) on the same test
+distill, and a 1-NN on FFT magnitudes of the same normalised windows (edgedistill.train.baseline) on the same test
 split. Prints one table (mean over seeds) with the normalisation `auto` chose and the statistic that decided it.
 
     pip install --no-deps sktime==1.2.0 aeon==1.6.0    # only their bundled data files are read
@@ -219,9 +219,9 @@ def run_dataset(
     distill.* overrides) one more KD student from the SAME teacher and logits: paired with the others."""
     import torch
 
-    from edgedistill import baseline as bl
     from edgedistill.errors import TrainingFailed
-    from edgedistill.training import load_prepared
+    from edgedistill.train import baseline as bl
+    from edgedistill.train.training import load_prepared
     from tasks import distill, prepare, teacher_logits, train_teacher
 
     raw = json.loads(json.dumps(raw))

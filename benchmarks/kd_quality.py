@@ -69,8 +69,8 @@ def parse_variant(entry: str) -> tuple[str, str, list[str]]:
 def run_fold(args: dict) -> list[dict]:
     import torch
 
-    from edgedistill.bank import BANK_SCHEME, bank_augment
-    from edgedistill.training import augment_for
+    from edgedistill.train.bank import BANK_SCHEME, bank_augment
+    from edgedistill.train.training import augment_for
     from tasks import distill, prepare, teacher_logits, train_teacher
 
     if args["threads"]:

@@ -21,8 +21,14 @@ from rich.console import Console
 from rich.table import Table
 
 from edgedistill.errors import EdgeDistillError
+from edgedistill.export.onnx_bench import (
+    FLOOR,
+    host_info,
+    interleaved_latency,
+    net_ratio,
+    op_profile,
+)
 from edgedistill.io import write_json
-from edgedistill.onnx_bench import FLOOR, host_info, interleaved_latency, net_ratio, op_profile
 
 DEFAULT = {
     "student_int8": Path("models/student.int8.onnx"),

@@ -27,10 +27,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from edgedistill import mcu
 from edgedistill.errors import EdgeDistillError
+from edgedistill.export import mcu
+from edgedistill.export.onnx_bench import host_info
 from edgedistill.io import write_json
-from edgedistill.onnx_bench import host_info
 from edgedistill.params import load_params
 from edgedistill.shards import open_split
 

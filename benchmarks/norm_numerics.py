@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from edgedistill import normalization as norm  # noqa: E402
-from edgedistill import onnx_tools as ox  # noqa: E402
+from edgedistill.data import normalization as norm  # noqa: E402
+from edgedistill.export import onnx_tools as ox  # noqa: E402
 
 C, W = 1, 32
 OFFSETS = [1e-3, 1.0, 100.0, 1e4]

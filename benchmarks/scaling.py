@@ -102,8 +102,8 @@ def project(root: Path, readings: str) -> Path:
 
 
 def push(devices: int) -> dict:
-    from edgedistill import dataversions
     from edgedistill.params import load_params
+    from edgedistill.versions import dataversions
     from tasks import validate
 
     df = bundled()

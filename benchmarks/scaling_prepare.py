@@ -9,7 +9,7 @@ hive-partitioned Parquet dataset `subject=…/date=…/part-….parquet` (the la
 Each stage runs in a fresh interpreter; memory is the peak of the summed RssAnon of the process tree
 (client, Dask scheduler and workers) sampled every 50 ms: anonymous memory only, so the memory-mapped
 shards and the page cache do not count, and extra processes are not hidden. The teacher epoch is the real
-loop (edgedistill.training.train, params.yaml's teacher, batches read from the shards) including the val
+loop (edgedistill.train.training.train, params.yaml's teacher, batches read from the shards) including the val
 pass; an epoch longer than --teacher-cap-s seconds is stopped there (on 2 shared cores a 30x epoch takes
 an hour) and its time is the train windows / the windows per second measured over the steps done
 (`teacher_epoch_full` says which). Results: benchmarks/results/scaling_prepare.json.
@@ -40,12 +40,12 @@ p = load_params('params.yaml')
 """
 CALLS = {
     "prepare": "from tasks import prepare; prepare.run(p, out_dir='prepared')",
-    # one teacher epoch through the real loop (edgedistill.training.train on the shards), stopped after
+    # one teacher epoch through the real loop (edgedistill.train.training.train on the shards), stopped after
     # `cap` seconds of training when the epoch is longer: windows/s over the steps done gives the epoch time
     "teacher_epoch": """
 import json, time, torch, torch.nn.functional as F
 import dataclasses
-from edgedistill.training import (augment, augment_for, build_from_params, load_prepared, resolve_device, train,
+from edgedistill.train.training import (augment, augment_for, build_from_params, load_prepared, resolve_device, train,
                                   train_config)
 cap = {cap}
 mp = p.teacher

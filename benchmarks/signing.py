@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgedistill.store import LocalStore, fetch_bundle, publish_bundle
-from edgedistill.trust import (
+from edgedistill.release.store import LocalStore, fetch_bundle, publish_bundle
+from edgedistill.release.trust import (
     fetch_verified,
     project_root_of_trust,
     publish_signed,

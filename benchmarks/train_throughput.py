@@ -14,7 +14,7 @@ the windows (`--fraction`), and each setting's median over rounds is reported wi
 Where the pipeline loop loses time (`--breakdown`): per round, in rotating order, one epoch each of the bare
 loop, the bare loop + the batch augmentation, the pipeline loop (`training.train`), on CPU both also through the
 2D channels-last twin (`compute.channels_last`), and, with `--ref REF`, the pipeline loop of
-`edgedistill/training.py` at git REF (e.g. main: before/after in one run); ratios are to the 1D bare loop:
+`edgedistill/train/training.py` at git REF (e.g. main: before/after in one run); ratios are to the 1D bare loop:
 
     python benchmarks/train_throughput.py --device cpu --models student --threads 1 --breakdown --ref main \
         --rounds 7 --json benchmarks/results/train_breakdown.json
@@ -36,9 +36,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from edgedistill.nets import channels_last_twin  # noqa: E402
 from edgedistill.params import load_params  # noqa: E402
-from edgedistill.training import (  # noqa: E402
+from edgedistill.train.nets import channels_last_twin  # noqa: E402
+from edgedistill.train.training import (  # noqa: E402
     Split,
     TrainConfig,
     augment,
@@ -278,14 +278,14 @@ def interleaved(a: argparse.Namespace) -> None:
 
 
 def training_at(ref: str):
-    """edgedistill/training.py as it was at git `ref`, imported as its own module (before/after in one run)."""
+    """edgedistill/train/training.py as it was at git `ref`, imported as its own module (before/after in one run)."""
     import importlib.util
     import subprocess
     import tempfile
 
     root = Path(__file__).resolve().parents[1]
     src = subprocess.run(
-        ["git", "show", f"{ref}:edgedistill/training.py"],
+        ["git", "show", f"{ref}:edgedistill/train/training.py"],
         cwd=root,
         check=True,
         capture_output=True,
@@ -321,7 +321,7 @@ def bare_aug_loop(model, x, y, batch: int, aug_fn, device: torch.device) -> floa
 
 def breakdown(a: argparse.Namespace) -> None:
     """One epoch per loop and round, loops in rotating order; medians over rounds and ratios to the bare loop."""
-    import edgedistill.training as cur
+    import edgedistill.train.training as cur
 
     p = load_params(a.params)
     device = resolve_device(a.device or p.compute.device, p.compute.threads)

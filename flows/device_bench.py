@@ -15,8 +15,8 @@ from prefect import flow, get_run_logger
 
 from edgedistill.errors import ParamsInvalid
 from edgedistill.params import Params, load_params
-from edgedistill.shipping import shipped_file
-from edgedistill.store import CARD, bundle_prefix, open_store, parse_document, safe_name
+from edgedistill.release.shipping import shipped_file
+from edgedistill.release.store import CARD, bundle_prefix, open_store, parse_document, safe_name
 from flows.registry_ops import fetch_release
 
 
@@ -35,8 +35,8 @@ def benchmark_release(
     """Fetch `stage`'s bundle, run the file it ships on the profile (its card's `ships`; a bundle made
     before per-profile formats: INT8) with that profile's settings (latency on this host, static
     RAM/flash fit), and write the result to releases/<model>/<version>/bench/<device>.json."""
-    from edgedistill.onnx_bench import bench_onnx, host_info
-    from edgedistill.onnx_cost import fits_budget
+    from edgedistill.export.onnx_bench import bench_onnx, host_info
+    from edgedistill.export.onnx_cost import fits_budget
 
     profiles = {p.name: p for p in params.benchmark.profiles}
     prof = profiles.get(profile or params.benchmark.profiles[0].name)

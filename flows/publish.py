@@ -1,6 +1,6 @@
 """Publish a registry stage to the device fleet: the channel pointer `releases/<model>/channels/<stage>.json`
 (version, file URLs, SHA256) written after its bundle is verified against the signed release metadata,
-then signed itself (a TUF target carrying the assignment counter: edgedistill.trust), with conditional
+then signed itself (a TUF target carrying the assignment counter: edgedistill.release.trust), with conditional
 writes so two publishers cannot interleave and a stale one cannot move the channel back."""
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from prefect import flow, get_run_logger
 
 from edgedistill.errors import ReleaseNotFound
 from edgedistill.params import Params, load_params
-from edgedistill.registry import Registry, git, tag_counter
-from edgedistill.store import (
+from edgedistill.release.store import (
     SUMS,
     ConditionalWriteFailed,
     Store,
@@ -27,13 +26,14 @@ from edgedistill.store import (
     parse_document,
     safe_name,
 )
-from edgedistill.trust import (
+from edgedistill.release.trust import (
     fetch_verified,
     project_root_of_trust,
     sign_channel,
     signed_channel,
     signing_repository,
 )
+from edgedistill.versions.registry import Registry, git, tag_counter
 
 ATTEMPTS = 5
 

@@ -8,9 +8,9 @@ from typing import Any
 
 from edgedistill.errors import ReleaseNotFound
 from edgedistill.params import Params
-from edgedistill.registry import Registry
-from edgedistill.store import bundle_exists, open_store
-from edgedistill.trust import fetch_verified, project_root_of_trust
+from edgedistill.release.store import bundle_exists, open_store
+from edgedistill.release.trust import fetch_verified, project_root_of_trust
+from edgedistill.versions.registry import Registry
 from tasks.promote import PROMOTION
 
 KEY_METRICS = ("int8_accuracy", "kd_gain", "int8_drop", "p95_ms", "size_bytes")
@@ -124,9 +124,9 @@ def adopt_release(
 
     from edgedistill.dvclock import out_md5s
     from edgedistill.errors import VerificationFailed
-    from edgedistill.registry import show_file
-    from edgedistill.store import CARD, SUMS, parse_document, parse_sums
-    from edgedistill.trust import sign_release, signing_repository, store_files
+    from edgedistill.release.store import CARD, SUMS, parse_document, parse_sums
+    from edgedistill.release.trust import sign_release, signing_repository, store_files
+    from edgedistill.versions.registry import show_file
 
     model = params.promote.model
     info = Registry(root).get(model, version)

@@ -25,7 +25,6 @@ from rich.console import Console
 from rich.table import Table
 
 from edgedistill.dvclock import entries, lock_stages
-from edgedistill.environment import environment_record
 from edgedistill.errors import (
     ArtifactCorrupt,
     EdgeDistillError,
@@ -38,10 +37,10 @@ from edgedistill.fmt import num
 from edgedistill.io import read_json, sha256_file, write_json
 from edgedistill.params import Params, load_params
 from edgedistill.pipeline import StageFailed, pipeline_stages, reproduce_stage
-from edgedistill.registry import Registry, commit_paths, git, head_commit
-from edgedistill.report import REPORT, write_report
-from edgedistill.shipping import FILES, manifest, profile_formats
-from edgedistill.store import (
+from edgedistill.release.environment import environment_record
+from edgedistill.release.report import REPORT, write_report
+from edgedistill.release.shipping import FILES, manifest, profile_formats
+from edgedistill.release.store import (
     CARD,
     SUMS,
     bundle_exists,
@@ -55,7 +54,7 @@ from edgedistill.store import (
     publish_bundle,
     sums_text,
 )
-from edgedistill.trust import (
+from edgedistill.release.trust import (
     PROVENANCE,
     fetch_verified,
     project_root_of_trust,
@@ -65,6 +64,7 @@ from edgedistill.trust import (
     signing_repository,
     store_files,
 )
+from edgedistill.versions.registry import Registry, commit_paths, git, head_commit
 from tasks.promote import PROD_DIR, PROD_REFERENCE, PROMOTION, describe_failures
 
 SUMMARY = "reports/release.json"
@@ -91,7 +91,7 @@ def bundle_files(root: Path) -> dict[str, str]:
 
 # ---------------------------------------------------------------- retries: one layer, in the store
 # Tasks do not retry: the store retries a transient fault where it happens (boto3's standard mode, 3
-# attempts with backoff) and classifies the rest once (edgedistill.store.is_transient); a failed stage is
+# attempts with backoff) and classifies the rest once (edgedistill.release.store.is_transient); a failed stage is
 # never transient (its cause is in its own output), so a rerun of the flow picks up where it stopped.
 STORE_TASK: dict[str, Any] = {"cache_policy": NO_CACHE}
 

@@ -20,13 +20,12 @@ import yaml
 
 from edgedistill.dvclock import entries, lock_stages, out_md5s
 from edgedistill.errors import EdgeDistillError
-from edgedistill.figures import Declaration, Kind, flatten, kinds
 from edgedistill.fmt import num
 from edgedistill.io import sha256_file, write_json
 from edgedistill.params import Params, ReproduceParams
 from edgedistill.pipeline import StageFailed, pipeline_stages, reproduce_stage
-from edgedistill.registry import Registry, git, show_file, worktree_add, worktree_remove
-from edgedistill.store import (
+from edgedistill.release.figures import Declaration, Kind, flatten, kinds
+from edgedistill.release.store import (
     DVC_PREFIX,
     SUMS,
     bundle_exists,
@@ -35,12 +34,13 @@ from edgedistill.store import (
     open_store,
     parse_sums,
 )
+from edgedistill.versions.registry import Registry, git, show_file, worktree_add, worktree_remove
 from flows.release import BUNDLE_FILES
 
 IDENTICAL, WITHIN, DIFFERS = "identical", "within tolerance", "differs"
 # the overall verdict
 REPRODUCED, REPRODUCED_WITHIN, DIFFERENT = "reproduced", "reproduced within tolerance", "differs"
-# the fallback for a figure its writer declares no kind for (edgedistill.figures): by name, the figures that
+# the fallback for a figure its writer declares no kind for (edgedistill.release.figures): by name, the figures that
 # measure the machine, not the model, compared with timing_rtol (x_floor: a p50 over the
 # call floor's; shipped_*: the file a measured profile ships is chosen by timing, benchmark.profiles[].format
 # auto, so its figures follow a timing; the FP32 and INT8 files' own figures are judged under their keys)
@@ -55,7 +55,7 @@ HASH_KEY = re.compile(
 
 
 def declared_figures(path: str) -> Declaration | None:
-    """The kinds its writer declares for the figures of the metrics file `path` (edgedistill.figures); None:
+    """The kinds its writer declares for the figures of the metrics file `path` (edgedistill.release.figures); None:
     undeclared, its figures judged by name (TIMING)."""
     from tasks import benchmark
 
@@ -274,7 +274,7 @@ def release_provenance(
     import hashlib
 
     from edgedistill.errors import ParamsInvalid, ReleaseNotFound, VerificationFailed
-    from edgedistill.trust import (
+    from edgedistill.release.trust import (
         PROVENANCE,
         fetch_verified,
         project_root_of_trust,
@@ -496,8 +496,8 @@ def _allout_md5s(text: str | None) -> list[str]:
 def environment_check(root: Path, params: Params, version: str) -> list[dict[str, Any]]:
     """The packages (and lock hash) of the release's model card that differ from this environment:
     a reason a reproduction may differ, named before anyone compares figures."""
-    from edgedistill.environment import environment_differences, environment_record
-    from edgedistill.store import CARD
+    from edgedistill.release.environment import environment_differences, environment_record
+    from edgedistill.release.store import CARD
 
     store = open_store(params.store, root)
     try:

@@ -120,9 +120,9 @@ def benchmark_point(
 ) -> dict[str, Any]:
     """Batch-1 INT8 latency on the release profile (onnx_bench; measure=False: none) and the static
     size/RAM estimate, with a fits verdict against the budget profile."""
-    from edgedistill.evaluation import load_split
-    from edgedistill.onnx_bench import bench_onnx
-    from edgedistill.onnx_cost import fits_budget
+    from edgedistill.export.evaluation import load_split
+    from edgedistill.export.onnx_bench import bench_onnx
+    from edgedistill.export.onnx_cost import fits_budget
 
     prof = params.benchmark.profiles[0]
     x, _ = load_split(Path(root) / PREPARED / "test")

@@ -13,12 +13,19 @@ from prefect import flow, get_run_logger
 from edgedistill.errors import ParamsInvalid, ReleaseNotFound
 from edgedistill.io import read_json, write_json
 from edgedistill.params import Params, load_params
-from edgedistill.registry import Registry
-from edgedistill.store import CARD, DVC_PREFIX, Store, bundle_prefix, open_store, parse_document
-from edgedistill.trust import SignedRepository, load_keys, signed_channel
+from edgedistill.release.store import (
+    CARD,
+    DVC_PREFIX,
+    Store,
+    bundle_prefix,
+    open_store,
+    parse_document,
+)
+from edgedistill.release.trust import SignedRepository, load_keys, signed_channel
+from edgedistill.versions.registry import Registry
 
 DATA_CHANGED = "edgedistill.data.changed"
-STAGE_ASSIGNED = "edgedistill.registry.stage-assigned"
+STAGE_ASSIGNED = "edgedistill.versions.registry.stage-assigned"
 STATE = "reports/ops/watch.json"
 NO_SERVER = (
     "no Prefect server is configured (PREFECT_API_URL), so no one would receive the event: not sent, "

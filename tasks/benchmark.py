@@ -14,10 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from edgedistill.errors import DataInvalid, ModelMismatch
-from edgedistill.evaluation import onnx_accuracy
-from edgedistill.figures import ANY, MODEL, TEXT, TIMING, Declaration
-from edgedistill.io import read_json, write_json
-from edgedistill.onnx_bench import (
+from edgedistill.export.evaluation import onnx_accuracy
+from edgedistill.export.onnx_bench import (
     FLOOR,
     bench_onnx,
     host_info,
@@ -25,11 +23,13 @@ from edgedistill.onnx_bench import (
     net_ratio,
     op_profile,
 )
-from edgedistill.onnx_cost import fits_budget
+from edgedistill.export.onnx_cost import fits_budget
+from edgedistill.io import read_json, write_json
 from edgedistill.params import DeviceProfile, Params
+from edgedistill.release.figures import ANY, MODEL, TEXT, TIMING, Declaration
+from edgedistill.release.shipping import CARD, FILES, choose_format, shipped_file
+from edgedistill.release.shipping import MODELS as FORMAT_MODELS
 from edgedistill.shards import open_split
-from edgedistill.shipping import CARD, FILES, choose_format, shipped_file
-from edgedistill.shipping import MODELS as FORMAT_MODELS
 
 MODELS_DIR = "models"
 DATA_DIR = "data/prepared"
@@ -39,7 +39,7 @@ PROD_DIR = "prod"  # under models_dir: prod's bundle, fetched by the release flo
 PROD_CARD = CARD
 PROD = "prod"  # interleaved name of the file prod ships on the first profile
 
-# what each figure of metrics/benchmark.json is (edgedistill.figures; `edgedistill reproduce` judges by it):
+# what each figure of metrics/benchmark.json is (edgedistill.release.figures; `edgedistill reproduce` judges by it):
 # latencies, their ratios and the per-op profiler's timings, shares and op order measure the machine; so do
 # the figures that follow the shipped file, which `format: auto` picks by timing. Static estimates, file sizes,
 # node counts and accuracies are the model's; run counts and budgets are the params'.

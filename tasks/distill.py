@@ -24,19 +24,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgedistill.bank import BankViews, CachedLogits, bank_key, bank_size
-from edgedistill.checkpoint import (
+from edgedistill.errors import EdgeDistillError, ModelMismatch, TrainingFailed
+from edgedistill.io import write_json
+from edgedistill.params import Params
+from edgedistill.stats import accuracy_interval, paired_difference, recording_ids
+from edgedistill.train.bank import BankViews, CachedLogits, bank_key, bank_size
+from edgedistill.train.checkpoint import (
     check_compatible,
     check_same_norm,
     load_checkpoint,
     save_checkpoint,
 )
-from edgedistill.errors import EdgeDistillError, ModelMismatch, TrainingFailed
-from edgedistill.io import write_json
-from edgedistill.kd import dkd_loss, hinton_loss, kd_kl
-from edgedistill.params import Params
-from edgedistill.stats import accuracy_interval, paired_difference, recording_ids
-from edgedistill.training import (
+from edgedistill.train.kd import dkd_loss, hinton_loss, kd_kl
+from edgedistill.train.training import (
     Prepared,
     TrainResult,
     augment,
@@ -103,7 +103,7 @@ def _bank_inputs(
     data: Prepared, params: Params, cache: dict[str, Any], device: torch.device
 ) -> BankViews:
     """The bank's views, regenerated per batch from the seed (never [V, N, C, W] in memory); refused when
-    they would not be the views the teacher scored (edgedistill.bank.bank_key)."""
+    they would not be the views the teacher scored (edgedistill.train.bank.bank_key)."""
     b = params.distill.bank
     aug = augment_for(params.student.augment, params.data.vector_groups, data.norm)
     n_views = len(cache["bank"])  # bank_size(...), checked by load_cached_logits
@@ -241,7 +241,7 @@ def fit_student(
 ) -> tuple[torch.nn.Module, TrainResult]:
     """Train the student alone (`kind` "baseline": cross-entropy on the augmented windows) or with KD
     ("kd": params distill.method). Both start from the same initial weights (train_student). `live`: the
-    progress display (edgedistill.training.train)."""
+    progress display (edgedistill.train.training.train)."""
     if kind == "baseline":
         aug = augment_for(params.student.augment, params.data.vector_groups, data.norm)
         smoothing = params.student.train.label_smoothing

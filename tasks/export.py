@@ -17,16 +17,11 @@ from typing import Any
 
 import torch
 
-from edgedistill import onnx_tools as ox
-from edgedistill.checkpoint import (
-    check_compatible,
-    check_same_norm,
-    load_checkpoint,
-    weights_sha256,
-)
+from edgedistill.data.normalization import spec_of
 from edgedistill.dvclock import entries, lock_stages
 from edgedistill.errors import DataInvalid
-from edgedistill.evaluation import (
+from edgedistill.export import onnx_tools as ox
+from edgedistill.export.evaluation import (
     calibration_windows,
     check_parity,
     load_split,
@@ -34,10 +29,15 @@ from edgedistill.evaluation import (
     torch_logits,
 )
 from edgedistill.io import read_json, sha256_file, write_json
-from edgedistill.normalization import spec_of
 from edgedistill.params import Params
 from edgedistill.shards import open_split
 from edgedistill.stats import accuracy_interval, paired_difference, recording_ids
+from edgedistill.train.checkpoint import (
+    check_compatible,
+    check_same_norm,
+    load_checkpoint,
+    weights_sha256,
+)
 
 MODELS_DIR = "models"
 DATA_DIR = "data/prepared"

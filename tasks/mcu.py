@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from edgedistill import mcu
 from edgedistill.errors import DataInvalid
+from edgedistill.export import mcu
 from edgedistill.io import read_json, write_json
 from edgedistill.params import Params
 from edgedistill.shards import open_split

@@ -1,13 +1,13 @@
 """prepare: cut validated readings into windows, split by group (never by row), fit the normalisation on train.
 
 Streaming: each readings file (the single file, or each file of a partitioned dataset, mapped with
-edgedistill.dataplane.run_map: in process or on Dask workers) is read `prepare.chunk_rows` readings at a
-time and cut per recording (edgedistill.windows); windows never straddle a gap or a label change.
+edgedistill.data.dataplane.run_map: in process or on Dask workers) is read `prepare.chunk_rows` readings at a
+time and cut per recording (edgedistill.data.windows); windows never straddle a gap or a label change.
 
 Outputs (data/prepared/, built beside and swapped in whole): index.json and <split>/X|y|group|recording-NNNNN.npy
 shards of `prepare.shard_windows` windows (edgedistill.shards; X [n, C, W] float32 RAW readings), norm.json
 (the normalisation spec fitted on train only, the statistic `auto` decided on, plus what export needs),
-split.json (report). The models normalise inside (edgedistill.normalization), so do devices.
+split.json (report). The models normalise inside (edgedistill.data.normalization), so do devices.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from edgedistill import normalization, prepare_stats
-from edgedistill.dataplane import run_map
+from edgedistill.data import normalization, prepare_stats
+from edgedistill.data.dataplane import run_map
+from edgedistill.data.windows import CutItem, cut_file, scan_file, sources
 from edgedistill.errors import DataInvalid, ParamsInvalid
 from edgedistill.fmt import short_list
 from edgedistill.io import swap_dir, write_json
 from edgedistill.params import Params, PrepareParams
 from edgedistill.shards import ShardedSplit, ShardWriter, open_split, write_index
-from edgedistill.windows import CutItem, cut_file, scan_file, sources
 
 OUT_DIR = "data/prepared"
 SPLITS = ("train", "val", "test")
@@ -231,7 +231,7 @@ def fit_normalization(
     pp: PrepareParams, rows: Any, windows: Any, acc: prepare_stats.WindowAccumulator
 ) -> dict[str, Any]:
     """Decide (`auto`) and fit the normalisation on TRAINING readings/windows only (never val or test),
-    streamed from disk (edgedistill.prepare_stats: the same numbers as edgedistill.normalization)."""
+    streamed from disk (edgedistill.data.prepare_stats: the same numbers as edgedistill.data.normalization)."""
     stats = acc.stats(windows, pp.norm_epsilon)
     if pp.normalization == "auto":
         method, reason = normalization.choose(

@@ -20,8 +20,15 @@ import numpy as np
 from edgedistill.errors import ArtifactCorrupt, GateFailed
 from edgedistill.io import read_json, write_json
 from edgedistill.params import DeviceProfile, GateParams, Params, StatsParams
+from edgedistill.release.shipping import (
+    CARD,
+    FILES,
+    LEGACY_FORMAT,
+    MODELS,
+    profile_formats,
+    shipped_file,
+)
 from edgedistill.shards import open_split
-from edgedistill.shipping import CARD, FILES, LEGACY_FORMAT, MODELS, profile_formats, shipped_file
 from edgedistill.stats import Interval, paired_difference
 
 DISTILL = "metrics/distill.json"
@@ -728,7 +735,7 @@ def compare_with_prod(
 def _compare_one(
     prod_model: Path, candidate: str | Path, test: str | Path, stats: StatsParams | None
 ) -> dict[str, Any] | None:
-    from edgedistill import onnx_tools as ox
+    from edgedistill.export import onnx_tools as ox
 
     if not prod_model.is_file():
         return None

@@ -4,7 +4,7 @@ so distillation reads cached logits instead of running the teacher every epoch.
 Output: models/teacher_logits/ — plain.npy [N, K] (for Hinton KD), bank.npy [V, N, K] (for function matching
 on the bank), both memory-mapped by distill, and meta.json: the train split's fingerprint, the bank key
 (views, augment and mixup params, seed, train fingerprint) and the SHA-256 of each view's bytes. The views
-are not stored (V x the train set): edgedistill.bank.BankViews regenerates any window's view from the seed.
+are not stored (V x the train set): edgedistill.train.bank.BankViews regenerates any window's view from the seed.
 Windows are read batch by batch from the prepared shards: memory does not grow with the number of windows.
 """
 
@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgedistill.bank import BankViews, bank_key, bank_size
-from edgedistill.checkpoint import check_compatible, load_checkpoint
 from edgedistill.io import swap_dir, write_json
 from edgedistill.params import Params
-from edgedistill.training import augment_for, data_fingerprint, load_split, resolve_device
+from edgedistill.train.bank import BankViews, bank_key, bank_size
+from edgedistill.train.checkpoint import check_compatible, load_checkpoint
+from edgedistill.train.training import augment_for, data_fingerprint, load_split, resolve_device
 
 PREPARED = "data/prepared"
 TEACHER = "models/teacher.pt"
@@ -41,7 +41,7 @@ def run(
     train_path = Path(prepared) / "train"
     raw = load_split(train_path, torch.device("cpu"), meta["n_classes"])
     check_compatible(meta, tuple(raw.x.shape), str(train_path))
-    # the views are built from normalised windows, as distill rebuilds them (edgedistill.training.load_prepared)
+    # the views are built from normalised windows, as distill rebuilds them (edgedistill.train.training.load_prepared)
     train = load_split(train_path, torch.device("cpu"), meta["n_classes"], spec=meta["norm"])
     model = model.net.to(device).eval()
     b = params.distill.bank

@@ -14,12 +14,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgedistill import baseline as bl
-from edgedistill.checkpoint import save_checkpoint
 from edgedistill.errors import TrainingFailed
 from edgedistill.io import write_json
 from edgedistill.params import Params, SanityParams
-from edgedistill.training import (
+from edgedistill.train import baseline as bl
+from edgedistill.train.checkpoint import save_checkpoint
+from edgedistill.train.training import (
     Prepared,
     augment,
     augment_for,

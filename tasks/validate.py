@@ -3,7 +3,7 @@
 Expectations are built from params: schema and dtypes, nulls/inf, value ranges, label set, time order
 inside each recording, recording length >= window, windows per class and class balance, and drift
 against a reference profile (the first accepted dataset). The statistics come from one streaming pass
-(edgedistill.streamstats, per file in process or on Dask); GX asserts on the small tables built from them.
+(edgedistill.data.streamstats, per file in process or on Dask); GX asserts on the small tables built from them.
 Writes reports/validation/result.json and GX Data Docs (built beside, then swapped in); raises DataInvalid
 naming every failed check, column and a few offending values with their file, recording and row.
 """
@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from edgedistill import streamstats
+from edgedistill.data import streamstats
+from edgedistill.data.streamstats import FileTask, Partial
 from edgedistill.errors import DataInvalid
 from edgedistill.io import read_json, swap_dir, write_json
 from edgedistill.params import Params
-from edgedistill.streamstats import FileTask, Partial
 
 REPORT_DIR = "reports/validation"
 NUMERIC_TYPES = [
@@ -483,7 +483,7 @@ def _interval_fix(ratio: float, params: Params, datetime_time: bool) -> str:
     if not np.isfinite(ratio) or ratio <= 0:
         return "check the time column and data.sample_rate_hz"
     if not datetime_time and d.time_unit != "samples":
-        from edgedistill.readings import TIME_UNIT_SECONDS
+        from edgedistill.data.readings import TIME_UNIT_SECONDS
 
         cur = TIME_UNIT_SECONDS[d.time_unit]
         for u, secs in TIME_UNIT_SECONDS.items():

@@ -12,12 +12,12 @@ import pytest
 import torch
 from conftest import make_params, merge, small_readings
 
-from edgedistill.checkpoint import save_checkpoint
+from edgedistill.data.normalization import apply
 from edgedistill.io import read_json
-from edgedistill.nets import build_model
-from edgedistill.normalization import apply
 from edgedistill.params import Params
 from edgedistill.shards import open_split
+from edgedistill.train.checkpoint import save_checkpoint
+from edgedistill.train.nets import build_model
 
 # the default architectures of params.yaml (student/teacher sections)
 STUDENT = ("dscnn1d", {"widths": [16, 24, 32, 32], "kernel": 5})

@@ -12,9 +12,15 @@ import torch.nn.functional as F
 from conftest import base_params_dict, make_params
 
 from edgedistill.errors import ParamsInvalid
-from edgedistill.kd import dkd_loss
 from edgedistill.params import parse_params
-from edgedistill.training import Augment, augment, augment_for, random_rotations, rotation_note
+from edgedistill.train.kd import dkd_loss
+from edgedistill.train.training import (
+    Augment,
+    augment,
+    augment_for,
+    random_rotations,
+    rotation_note,
+)
 
 
 def norm_of(method: str, center: list[float], scale: list[float]) -> dict:
@@ -221,7 +227,7 @@ def test_bank_views_turn_the_raw_vectors_and_are_the_same_whichever_batch_asks()
     without rotation is refused)."""
     import numpy as np
 
-    from edgedistill.bank import BankViews, bank_key
+    from edgedistill.train.bank import BankViews, bank_key
 
     g = torch.Generator().manual_seed(3)
     center = [0.1, -0.5, 9.0, 0.0, 0.2, -0.1, 30.0]

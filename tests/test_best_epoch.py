@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgedistill.training import Split, TrainConfig, train
+from edgedistill.train.training import Split, TrainConfig, train
 
 
 def _saturating_run(patience: int = 0, log=lambda s: None, live: bool | None = None):

@@ -20,11 +20,12 @@ import yaml
 from conftest import SMALL, base_params_dict, make_params, merge, small_readings, write_readings
 from typer.testing import CliRunner
 
-from edgedistill import cli, dataversions
+from edgedistill import cli
 from edgedistill.cli import main as cli_main
-from edgedistill.dataversions import DataVersionError
 from edgedistill.errors import DataInvalid
 from edgedistill.params import load_params
+from edgedistill.versions import dataversions
+from edgedistill.versions.dataversions import DataVersionError
 from tasks import validate
 
 BIN = Path(sys.executable).parent

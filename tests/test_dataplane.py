@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from edgedistill.dataplane import run_map
+from edgedistill.data.dataplane import run_map
 from edgedistill.errors import DataInvalid, ParamsInvalid
 
 

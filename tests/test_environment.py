@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from importlib import metadata
 
-from edgedistill.environment import LOCK_FILE, environment_differences, environment_record
+from edgedistill.release.environment import LOCK_FILE, environment_differences, environment_record
 
 
 def test_record_has_installed_versions_and_lock_hash(tmp_path):

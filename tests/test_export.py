@@ -14,12 +14,12 @@ import torch
 from conftest import prepared_arrays, rewrite_prepared, tree_hashes
 from export_fixtures import build_release, release_params
 
-from edgedistill import onnx_tools as ox
-from edgedistill.checkpoint import load_checkpoint, weights_sha256
 from edgedistill.errors import ArtifactCorrupt, DataInvalid, ExportFailed, ModelMismatch
+from edgedistill.export import onnx_tools as ox
+from edgedistill.export.onnx_cost import static_cost
 from edgedistill.io import read_json
-from edgedistill.onnx_cost import static_cost
 from edgedistill.shards import open_split, write_split
+from edgedistill.train.checkpoint import load_checkpoint, weights_sha256
 from tasks import export
 
 
@@ -411,7 +411,7 @@ def test_conv1d_as_conv2d_computes_the_same_function():
 
 def _norm_net(scale: list[float], groups: int = 1) -> torch.nn.Module:
     """A global normalisation (x - center) / scale ahead of a padded, strided Conv, as the students have."""
-    from edgedistill.normalization import build_normalized
+    from edgedistill.data.normalization import build_normalized
 
     torch.manual_seed(0)
     c = len(scale)

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import make_params, merge, rewrite_prepared, small_readings
 
-from edgedistill import onnx_tools as ox
 from edgedistill.errors import GateFailed
+from edgedistill.export import onnx_tools as ox
 from edgedistill.io import read_json
 from tasks import benchmark, distill, export, prepare, promote, teacher_logits, train_teacher
 

@@ -12,7 +12,7 @@ from conftest import make_params
 from release_fixtures import write_candidate
 
 from edgedistill.errors import ArtifactCorrupt, ParamsInvalid
-from edgedistill.store import (
+from edgedistill.release.store import (
     CARD,
     LocalStore,
     bundle_prefix,

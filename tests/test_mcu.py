@@ -20,9 +20,9 @@ from export_fixtures import train
 from onnx import helper
 from typer.testing import CliRunner
 
-from edgedistill import mcu as lib
-from edgedistill import onnx_tools as ox
 from edgedistill.errors import GateFailed, ParamsInvalid
+from edgedistill.export import mcu as lib
+from edgedistill.export import onnx_tools as ox
 from tasks import mcu as stage
 from tasks.promote import add_gate_rows, mcu_gate_rows
 
@@ -351,8 +351,8 @@ def test_the_release_bundle_ships_the_c_model_objects_and_report(built):
 
 def _static_int8(root: Path, params) -> dict:
     """Static cost of the student's INT8 export, made as the export stage and the sweep make it."""
-    from edgedistill.evaluation import calibration_windows
-    from edgedistill.onnx_cost import static_cost
+    from edgedistill.export.evaluation import calibration_windows
+    from edgedistill.export.onnx_cost import static_cost
 
     ep = params.export
     int8 = root / "models/student.int8.onnx"
@@ -443,7 +443,7 @@ def test_default_budgets_fit_the_default_and_the_largest_sweep_student_and_the_s
 
 
 def test_quantize_multiplier_is_tflites_31_bit_fixed_point():
-    from edgedistill.mcu_kernels import quantize_multiplier, requantize_ref
+    from edgedistill.export.mcu_kernels import quantize_multiplier, requantize_ref
 
     for real in (1e-4, 0.0031, 0.2499, 0.25, 0.7, 1.0, 3.5):
         m, s = quantize_multiplier(real)
@@ -650,7 +650,7 @@ def test_odd_shapes_take_the_kernels_tail_paths_and_still_match(tmp_path):
     the same integers as onnxruntime on the host, and in QEMU on the M4 (the DSP path) the host's outputs."""
     import torch
 
-    from edgedistill.nets import DSCNN1d
+    from edgedistill.train.nets import DSCNN1d
 
     torch.manual_seed(1)
     net = DSCNN1d(3, 5, [5, 7, 9], kernel=3).eval()

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from onnx import numpy_helper
 from torch import nn
 
-from edgedistill import normalization
-from edgedistill import onnx_tools as ox
+from edgedistill.data import normalization
+from edgedistill.export import onnx_tools as ox
 
 C, W = 2, 32
 PARITY_ATOL = 1e-4  # params.yaml export.parity_atol

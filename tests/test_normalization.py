@@ -13,11 +13,11 @@ import pytest
 import torch
 from conftest import SMALL, base_params_dict, make_params, merge, prepared_arrays, small_readings
 
-from edgedistill import normalization
-from edgedistill import onnx_tools as ox
-from edgedistill.checkpoint import load_checkpoint
+from edgedistill.data import normalization
 from edgedistill.errors import TrainingFailed
+from edgedistill.export import onnx_tools as ox
 from edgedistill.params import parse_params
+from edgedistill.train.checkpoint import load_checkpoint
 from tasks import prepare, train_teacher
 
 LABELS = ["sine", "square", "saw"]

@@ -18,8 +18,7 @@ from release_fixtures import BIN, FAKE_AWS, mini_project, moto_s3, sh, write_can
 
 from edgedistill.io import sha256_file
 from edgedistill.params import load_params
-from edgedistill.registry import Registry
-from edgedistill.store import (
+from edgedistill.release.store import (
     CARD,
     ConditionalWriteFailed,
     LocalStore,
@@ -27,7 +26,8 @@ from edgedistill.store import (
     configure_dvc_remote,
     open_store,
 )
-from edgedistill.trust import publish_signed, sign_channel, signing_repository
+from edgedistill.release.trust import publish_signed, sign_channel, signing_repository
+from edgedistill.versions.registry import Registry
 from flows.publish import channel_key, publish_channel
 from flows.triggers import DATA_CHANGED, STAGE_ASSIGNED, check_data, check_stages
 
@@ -168,7 +168,7 @@ def test_publish_and_fetch_refuse_a_tampered_bundle(project, monkeypatch):
 
     from edgedistill.cli import app
     from edgedistill.errors import VerificationFailed
-    from edgedistill.store import SUMS, sums_text
+    from edgedistill.release.store import SUMS, sums_text
 
     params = load_params(project / "params.yaml")
     release_v(project, "v0.1.0", None, stage="prod")

@@ -13,10 +13,10 @@ import pytest
 from conftest import small_readings
 from test_data_versions import BIN, add_remote, files_under, new_project, s3, sh, split_drop  # noqa: F401 (s3: a fixture)
 
-from edgedistill import dataversions
+from edgedistill.data.readings import read_readings
 from edgedistill.errors import DataInvalid
 from edgedistill.params import load_params
-from edgedistill.readings import read_readings
+from edgedistill.versions import dataversions
 from tasks import prepare, validate
 
 TRACKED = "data/user/readings"

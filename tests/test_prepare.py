@@ -9,8 +9,8 @@ import pytest
 import torch
 from conftest import make_params, small_readings, tree_hashes, write_readings
 
+from edgedistill.data.normalization import apply
 from edgedistill.errors import DataInvalid, ParamsInvalid
-from edgedistill.normalization import apply
 from tasks import prepare
 
 

@@ -11,9 +11,9 @@ from conftest import REPO, make_params
 from release_fixtures import BIN, git_init, sh, write_candidate
 
 from edgedistill.errors import ParamsInvalid, ReleaseNotFound
-from edgedistill.registry import FALLBACK_EMAIL, Registry, commit_paths
-from edgedistill.store import LocalStore
-from edgedistill.trust import publish_signed
+from edgedistill.release.store import LocalStore
+from edgedistill.release.trust import publish_signed
+from edgedistill.versions.registry import FALLBACK_EMAIL, Registry, commit_paths
 from flows.registry_ops import promote_version, registry_rows
 
 
@@ -118,7 +118,7 @@ def test_a_promotion_that_loses_the_tag_race_is_a_registry_error(repo):
     """Two promotions at once compute the same `student#prod#N`; the loser finds git's lock file for it (left
     here by hand, as the winner holds it) and fails with the registry's one-line error, never a traceback
     (libgit2 reports it as an OSError: "failed to create locked file ….lock': File exists"). Nothing changed."""
-    from edgedistill.registry import RegistryError
+    from edgedistill.versions.registry import RegistryError
 
     reg = Registry(repo)
     reg.register("student", "v0.1.0", commits(repo)[0])

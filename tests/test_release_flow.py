@@ -22,8 +22,8 @@ from release_fixtures import BIN, FAKE_AWS, mini_project, moto_s3, sh, tags, wri
 
 from edgedistill.io import sha256_file
 from edgedistill.params import parse_params
-from edgedistill.registry import Registry
-from edgedistill.store import S3Store, configure_dvc_remote, dvc_pull_missing
+from edgedistill.release.store import S3Store, configure_dvc_remote, dvc_pull_missing
+from edgedistill.versions.registry import Registry
 from flows.reproduce import compare_metrics, compare_values, reproduce_verdict, same_model
 
 ED = f"{BIN}/edgedistill"
@@ -587,8 +587,8 @@ def test_same_model_sees_through_container_bytes(tmp_path):
     import onnx
     import torch
 
-    from edgedistill.checkpoint import save_checkpoint
-    from edgedistill.nets import build_model
+    from edgedistill.train.checkpoint import save_checkpoint
+    from edgedistill.train.nets import build_model
 
     a, b = tmp_path / "a", tmp_path / "b"
     write_candidate(a)

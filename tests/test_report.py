@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from edgedistill.cli import app
 from edgedistill.errors import GateFailed
-from edgedistill.report import (
+from edgedistill.release.report import (
     fmt_value,
     interval_keys,
     read_confusion,

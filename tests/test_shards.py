@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from conftest import make_params, small_readings, tree_hashes, write_readings
 
-from edgedistill import normalization
+from edgedistill.data import normalization
+from edgedistill.data.readings import Segment, gap_rows, segments, window_starts
 from edgedistill.errors import DataInvalid
-from edgedistill.readings import Segment, gap_rows, segments, window_starts
 from edgedistill.shards import open_split, verify
 from tasks import prepare
 
@@ -49,7 +49,7 @@ def make_windows(
 
 
 def in_memory_reference(df: pd.DataFrame, params) -> dict:
-    """What prepare computed before streaming: the whole table cut at once (edgedistill.readings)."""
+    """What prepare computed before streaming: the whole table cut at once (edgedistill.data.readings)."""
     d, pp = params.data, params.prepare
     breaks = gap_rows(df, d, params.validate_params.max_gap_intervals)
     segs = [s for s in segments(df, d, breaks) if s.label in d.labels]
@@ -227,7 +227,7 @@ def test_training_from_shards_equals_in_memory(workdir):
     import torch
     import torch.nn.functional as F
 
-    from edgedistill.training import (
+    from edgedistill.train.training import (
         Augment,
         Split,
         TrainConfig,
@@ -270,8 +270,8 @@ def test_training_from_shards_equals_in_memory(workdir):
 def test_bank_views_are_the_same_in_any_batch(workdir):
     import torch
 
-    from edgedistill.bank import BankViews
-    from edgedistill.training import Augment, load_prepared
+    from edgedistill.train.bank import BankViews
+    from edgedistill.train.training import Augment, load_prepared
 
     write_readings(small_readings(), workdir / "data/raw/readings.parquet")
     prepare.run(make_params({"prepare": {"shard_windows": 16}}))

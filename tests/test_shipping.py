@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from edgedistill.shipping import choose_format, manifest, profile_formats, shipped_file
+from edgedistill.release.shipping import choose_format, manifest, profile_formats, shipped_file
 
 P50 = {"fp32": 0.0124, "int8": 0.0167}
 

@@ -17,7 +17,7 @@ from release_fixtures import BIN, git_init, sh, write_candidate
 from edgedistill.errors import ArtifactCorrupt, ParamsInvalid, ReleaseNotFound, StoreUnreachable
 from edgedistill.io import sha256_file
 from edgedistill.params import StoreParams
-from edgedistill.store import (
+from edgedistill.release.store import (
     CARD,
     SUMS,
     LocalStore,

@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from conftest import make_params
 
-from edgedistill.checkpoint import load_checkpoint
 from edgedistill.errors import DataInvalid, ModelMismatch, ParamsInvalid, TrainingFailed
-from edgedistill.kd import hinton_loss, kd_kl
 from edgedistill.shards import open_split, write_split
-from edgedistill.training import resolve_device
+from edgedistill.train.checkpoint import load_checkpoint
+from edgedistill.train.kd import hinton_loss, kd_kl
+from edgedistill.train.training import resolve_device
 from tasks import distill, prepare, teacher_logits, train_teacher
 
 TINY = {
@@ -78,7 +78,7 @@ def trained(readings_file, workdir, _bases):
 
 def test_min_steps_gives_small_splits_more_epochs_never_fewer():
     from edgedistill.params import TrainParams
-    from edgedistill.training import train_config
+    from edgedistill.train.training import train_config
 
     tp = TrainParams(
         epochs=16, batch_size=128, lr=0.003, weight_decay=0.01, label_smoothing=0.1, min_steps=1000
@@ -272,7 +272,7 @@ def test_cached_logits_are_used_and_checked(trained):
     assert cache["bank"].shape == (2, len(x), 7)
     # hinton reads the cache: the loss equals the hand-made one on cached logits (clean student view)
     p = tiny({"distill": {"method": "hinton", "logit_augment": False}})
-    from edgedistill.training import load_prepared
+    from edgedistill.train.training import load_prepared
 
     data = load_prepared("data/prepared", torch.device("cpu"))
     fn = distill.kd_loss_fn(
@@ -287,7 +287,7 @@ def test_cached_logits_are_used_and_checked(trained):
     assert torch.isclose(fn(net, data.train.x[idx], data.train.y[idx], idx, None), want)
     # logit_augment (default): the student sees the baseline's augmentation of the window, the teacher's
     # cached logits stay the clean window's
-    from edgedistill.training import augment, augment_for
+    from edgedistill.train.training import augment, augment_for
 
     p = tiny({"distill": {"method": "hinton"}})
     fn = distill.kd_loss_fn(
@@ -414,8 +414,8 @@ def test_cuda_requested_but_absent():
 def test_fm_bank_label_weight_mixes_the_labels_as_the_view_mixes_windows(trained):
     """mixing() names the partner window and weight each bank view was made with; with fm_label_weight the KD
     student's loss adds the labels' cross-entropy mixed the same way (and still learns)."""
-    from edgedistill.bank import BankViews
-    from edgedistill.training import Augment
+    from edgedistill.train.bank import BankViews
+    from edgedistill.train.training import Augment
 
     x = torch.randn(50, 3, 16)
     views = BankViews(x, 4, Augment(), 1.0, 7)
@@ -431,7 +431,7 @@ def test_fm_bank_label_weight_mixes_the_labels_as_the_view_mixes_windows(trained
     assert (j0 == idx).all() and (lam0 == 1).all()
     workdir, _ = trained
     teacher_logits.run(tiny())
-    from edgedistill.training import build_from_params, load_prepared
+    from edgedistill.train.training import build_from_params, load_prepared
 
     data = load_prepared("data/prepared", torch.device("cpu"))
     torch.manual_seed(0)
@@ -455,7 +455,7 @@ def test_fm_bank_label_weight_mixes_the_labels_as_the_view_mixes_windows(trained
     assert kl != pytest.approx(ce) and loss(0.5) == pytest.approx((kl + ce) / 2, rel=1e-5)
     # fm_label_input: window: the labels' term is the baseline's own loss on the baseline's augmentation of the
     # window (drawn after the bank view, from the same generator)
-    from edgedistill.training import augment, augment_for
+    from edgedistill.train.training import augment, augment_for
 
     p = tiny({"distill": {"fm_label_weight": 0.5, "fm_label_input": "window"}})
     fn = distill.kd_loss_fn(
@@ -474,8 +474,8 @@ def test_fm_bank_label_weight_mixes_the_labels_as_the_view_mixes_windows(trained
 def test_bank_grows_so_the_kd_student_replays_each_view_at_most_max_repeats(trained):
     """bank.max_repeats: a small split trained for its step floor gets more views (teacher_logits writes them,
     distill trains on them); a cache sized for other params is refused."""
-    from edgedistill.bank import bank_size
     from edgedistill.params import BankParams, TrainParams
+    from edgedistill.train.bank import bank_size
 
     tp = TrainParams(
         epochs=30, batch_size=128, lr=0.01, weight_decay=0.0, label_smoothing=0.0, min_steps=2000
@@ -530,8 +530,8 @@ def test_final_sanity_check_wants_balanced_accuracy_above_chance_whatever_the_cl
     """At the end the best checkpoint's balanced val accuracy must beat chance (1/K) by chance_z standard errors:
     a teacher at chance per class is stopped even one window above the majority class, while a good teacher on
     5:1 imbalanced val windows passes (a margin over the majority class would have asked it for 95.8%)."""
-    from edgedistill import baseline as bl
     from edgedistill.params import SanityParams
+    from edgedistill.train import baseline as bl
 
     sp = SanityParams()
     ref = {"knn_fft_val_accuracy": 0.15, "majority_val_accuracy": 0.214}
@@ -594,8 +594,8 @@ def test_final_sanity_check_wants_balanced_accuracy_above_chance_whatever_the_cl
 def test_sanity_stop_says_when_val_is_too_small_to_tell_from_chance():
     """Chinatown's 4 val windows (2 per class): a teacher right on all of them is still within 2 SE of chance, so
     the stop names the val size and how to grow it, not the model's likely faults."""
-    from edgedistill import baseline as bl
     from edgedistill.params import SanityParams
+    from edgedistill.train import baseline as bl
 
     sp = SanityParams()
     bal, chance, se = bl.balanced_vs_chance(np.array([[2, 0], [0, 2]]))
@@ -655,9 +655,9 @@ def test_channels_last_twin_computes_and_trains_the_1d_net(prepared):
     """compute.channels_last: on CPU the nets train through a 2D channels-last twin that shares every
     parameter and buffer (the 1D net is what is saved and exported) and computes the same function; a run
     through it ends where the 1D run ends, up to float rounding."""
-    from edgedistill import onnx_tools as ox
-    from edgedistill.nets import build_model, channels_last_twin
-    from edgedistill.training import TrainConfig, load_prepared, train
+    from edgedistill.export import onnx_tools as ox
+    from edgedistill.train.nets import build_model, channels_last_twin
+    from edgedistill.train.training import TrainConfig, load_prepared, train
 
     data = load_prepared("data/prepared", torch.device("cpu"))
     x = data.val.x[:16]

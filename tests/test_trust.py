@@ -16,10 +16,10 @@ import pytest
 from conftest import tree_hashes
 from release_fixtures import write_candidate
 
-from edgedistill.device import update
 from edgedistill.errors import ParamsInvalid, VerificationFailed
-from edgedistill.store import CARD, SUMS, LocalStore, publish_bundle, sums_text
-from edgedistill.trust import (
+from edgedistill.release.device import update
+from edgedistill.release.store import CARD, SUMS, LocalStore, publish_bundle, sums_text
+from edgedistill.release.trust import (
     META,
     SignedRepository,
     channel_target,
@@ -314,7 +314,7 @@ def test_unsigned_release_is_refused_by_name(env, tmp_path):
 
 def test_a_version_is_signed_once(env, tmp_path):
     from edgedistill.errors import ArtifactCorrupt
-    from edgedistill.trust import sign_release
+    from edgedistill.release.trust import sign_release
 
     with pytest.raises(ArtifactCorrupt, match="already signed with other files"):
         sign_release(signing_repository(env["store"]), MODEL, "v0.1.0", {"student.onnx": b"other"})
@@ -381,7 +381,7 @@ def test_device_command_from_an_empty_directory(env, tmp_path):
 
 
 def _provenance_release(env, tmp_path, version: str, tamper=None) -> dict:
-    from edgedistill.trust import PROVENANCE, provenance_statement, sign_provenance
+    from edgedistill.release.trust import PROVENANCE, provenance_statement, sign_provenance
 
     src = tmp_path / version
     src.mkdir()
@@ -406,7 +406,7 @@ def _provenance_release(env, tmp_path, version: str, tamper=None) -> dict:
 
 
 def test_signed_provenance_is_checked_on_fetch(env, tmp_path):
-    from edgedistill.trust import PROVENANCE, provenance_facts, read_statement
+    from edgedistill.release.trust import PROVENANCE, provenance_facts, read_statement
 
     _provenance_release(env, tmp_path, "v0.4.0")
     got = fetch_verified(env["store"], env["root"].read_bytes(), MODEL, "v0.4.0", tmp_path / "out")
@@ -431,7 +431,7 @@ def test_signed_provenance_is_checked_on_fetch(env, tmp_path):
 def test_provenance_signed_by_another_key_is_refused(env, tmp_path):
     from securesystemslib.signer import CryptoSigner
 
-    from edgedistill.trust import PROVENANCE, provenance_statement, sign_provenance
+    from edgedistill.release.trust import PROVENANCE, provenance_statement, sign_provenance
 
     src = tmp_path / "v0.6.0"
     src.mkdir()
@@ -461,7 +461,7 @@ def test_adopt_signs_a_pre_signing_release_only_after_checking_it_against_git(
     from typer.testing import CliRunner
 
     from edgedistill.cli import app
-    from edgedistill.registry import Registry
+    from edgedistill.versions.registry import Registry
 
     proj = tmp_path / "proj"
     (proj / "models").mkdir(parents=True)
@@ -538,7 +538,7 @@ def test_device_updates_from_s3(env, s3_endpoint, aws_env, tmp_path):
     """The same signed release served by an S3 endpoint (moto's server): the updater reads it through boto3."""
     import boto3
 
-    from edgedistill.store import S3Store
+    from edgedistill.release.store import S3Store
 
     boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(
         Bucket="fleet"
@@ -594,7 +594,7 @@ def test_the_updater_loads_no_project_machinery(env, tmp_path):
     """The gateway profile: an update loads tuf, cryptography and the store, not torch, DVC, Prefect,
     git tooling, pandas, numpy, pydantic or the CLI libraries."""
     code = (
-        "import json, sys\nfrom edgedistill.device import main\n"
+        "import json, sys\nfrom edgedistill.release.device import main\n"
         f"rc = main(['update', '--store', {str(env['store'].root)!r}, '--root', {str(env['root'])!r}, "
         f"'--to', {str(tmp_path / 'model')!r}])\n"
         "heavy = {'torch', 'dvc', 'prefect', 'gto', 'pygit2', 'pandas', 'numpy', 'pydantic', 'typer', 'rich', "
@@ -612,7 +612,7 @@ def test_a_rotation_cut_short_is_finished_later(env, monkeypatch):
     """The store fails while a rotation re-signs: one clean error naming what to do; devices keep their
     model meanwhile; `keys rotate --finish` completes it and devices follow."""
     from edgedistill.errors import StoreUnreachable
-    from edgedistill.trust import finish_rotation
+    from edgedistill.release.trust import finish_rotation
 
     env["run"]()
     repo = signing_repository(env["store"])
@@ -684,7 +684,7 @@ def test_reproduce_checks_the_provenance_against_git(env, tmp_path):
     from conftest import make_params
     from release_fixtures import git_init, sh
 
-    from edgedistill.trust import PROVENANCE, provenance_statement, sign_provenance
+    from edgedistill.release.trust import PROVENANCE, provenance_statement, sign_provenance
     from flows.reproduce import release_provenance
 
     proj = tmp_path / "proj"

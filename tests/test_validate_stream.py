@@ -12,10 +12,10 @@ import pytest
 from conftest import make_params, small_readings, tree_hashes, write_readings
 from test_partitioned import CASES, write_partitioned
 
-from edgedistill import streamstats
-from edgedistill.data_profile import profile
+from edgedistill.data import streamstats
+from edgedistill.data.data_profile import profile
+from edgedistill.data.readings import n_windows, read_readings, segments
 from edgedistill.errors import DataInvalid
-from edgedistill.readings import n_windows, read_readings, segments
 from tasks import validate
 
 NO_DRIFT = {"drift": {"enabled": False}}

@@ -373,9 +373,9 @@ def bench(
 ) -> None:
     """Benchmark any ONNX file: latency percentiles, throughput, peak RSS (measured here) and
     params/MACs/RAM/flash with a fits verdict per profile (static estimates)."""
+    from edgedistill.export.onnx_bench import bench_onnx, host_info, interleaved_latency, op_profile
+    from edgedistill.export.onnx_cost import fits_budget
     from edgedistill.io import write_json
-    from edgedistill.onnx_bench import bench_onnx, host_info, interleaved_latency, op_profile
-    from edgedistill.onnx_cost import fits_budget
 
     def go() -> dict[str, Any]:
         bp = _bench_params()

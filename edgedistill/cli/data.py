@@ -40,7 +40,7 @@ def add(
     push: Annotated[bool, typer.Option(help="dvc push when a default remote is configured")] = True,
 ) -> None:
     """Validate new readings, then `dvc add`, commit and push them; on failure nothing tracked changes."""
-    from edgedistill import dataversions as dv
+    from edgedistill.versions import dataversions as dv
     from tasks import validate as validate_stage
 
     def go() -> dict:
@@ -94,7 +94,7 @@ def add(
 @data_app.command("log")
 def log(as_json: JsonOpt = False) -> None:
     """Dataset versions, newest first, with their size and the registered releases trained on them."""
-    from edgedistill import dataversions as dv
+    from edgedistill.versions import dataversions as dv
 
     r = guarded(lambda: dv.log(params()))
     if as_json:
@@ -151,7 +151,7 @@ def diff(
     as_json: JsonOpt = False,
 ) -> None:
     """Added/removed groups and recordings, per-class counts, per-channel shift and a drift verdict."""
-    from edgedistill import dataversions as dv
+    from edgedistill.versions import dataversions as dv
 
     r = guarded(lambda: dv.diff(params(), a, b))
     if as_json:
@@ -235,7 +235,7 @@ def checkout(
     ],
 ) -> None:
     """Restore a past dataset version into the workspace (refuses over uncommitted data changes)."""
-    from edgedistill import dataversions as dv
+    from edgedistill.versions import dataversions as dv
 
     r = guarded(lambda: dv.checkout(params(), version))
     console.print(

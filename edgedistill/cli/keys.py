@@ -17,8 +17,8 @@ app.add_typer(keys_app, name="keys")
 
 
 def _repo(create: bool = False):  # noqa: ANN202
-    from edgedistill.store import open_store
-    from edgedistill.trust import SignedRepository, load_keys
+    from edgedistill.release.store import open_store
+    from edgedistill.release.trust import SignedRepository, load_keys
 
     store = open_store(params().store, ".")
     return SignedRepository(
@@ -81,7 +81,7 @@ def rotate(
     """New targets/snapshot/timestamp keys (and root with --root): a new root version signed by the old
     and new root keys, then the metadata re-signed. Devices follow without re-provisioning."""
     if finish:
-        from edgedistill.trust import finish_rotation
+        from edgedistill.release.trust import finish_rotation
 
         done = guarded(lambda: finish_rotation(_repo()))
         console.print(

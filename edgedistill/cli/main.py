@@ -188,7 +188,7 @@ def run(
 @app.command("check-params")
 def check_params() -> None:
     """Validate params.yaml, and the columns it names against the readings' schema (no rows read)."""
-    from edgedistill.readings import check_columns
+    from edgedistill.data.readings import check_columns
 
     p = guarded(params)
     r = guarded(lambda: check_columns(p.data))

@@ -136,7 +136,7 @@ def mcu(
     def go() -> dict[str, Any]:
         import onnx
 
-        from edgedistill import mcu as lib
+        from edgedistill.export import mcu as lib
         from edgedistill.io import write_json
         from edgedistill.params import McuParams, load_params
 

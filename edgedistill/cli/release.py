@@ -14,7 +14,7 @@ from rich.table import Table
 
 from edgedistill.cli.main import SUMMARIES, _state, app, console, guarded, params
 from edgedistill.fmt import num
-from edgedistill.store import CARD, parse_document
+from edgedistill.release.store import CARD, parse_document
 
 
 def _promote_summary(r: dict) -> None:
@@ -279,7 +279,7 @@ def report(
     ] = None,
 ) -> None:
     """Rebuild the offline release report (one self-contained HTML page) from the metrics and reports files."""
-    from edgedistill.report import write_report
+    from edgedistill.release.report import write_report
 
     path = guarded(lambda: write_report(root, out))
     console.print(

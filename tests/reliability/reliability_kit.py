@@ -18,7 +18,7 @@ import pytest
 
 from edgedistill.errors import EdgeDistillError
 from edgedistill.io import sha256_file
-from edgedistill.store import SUMS, Store, parse_sums
+from edgedistill.release.store import SUMS, Store, parse_sums
 
 PROPERTY = "reliability"
 

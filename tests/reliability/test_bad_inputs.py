@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reliability_kit import clear_error, outcome_fixture  # noqa: F401
 
+from edgedistill.data.readings import read_readings
 from edgedistill.errors import DataInvalid, EdgeDistillError, ParamsInvalid
 from edgedistill.params import Params, load_params, parse_params
-from edgedistill.readings import read_readings
 from tasks import validate
 
 CHANNELS = ["acc_x", "acc_y", "acc_z", "gyro_x", "gyro_y", "gyro_z"]

@@ -17,8 +17,8 @@ import yaml
 from conftest import copy_repo_skeleton, merge, small_readings
 from reliability_kit import outcome_fixture  # noqa: F401
 
-from edgedistill.checkpoint import load_checkpoint
 from edgedistill.params import parse_params
+from edgedistill.train.checkpoint import load_checkpoint
 from tasks import prepare
 
 pytestmark = pytest.mark.slow

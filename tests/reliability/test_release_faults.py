@@ -16,8 +16,8 @@ import yaml
 from release_fixtures import BIN, FAKE_AWS, mini_project, moto_s3, sh, tags
 from reliability_kit import broken_bundles, faulty_proxy, outcome_fixture  # noqa: F401
 
-from edgedistill.registry import Registry
-from edgedistill.store import LocalStore, S3Store, publish_bundle
+from edgedistill.release.store import LocalStore, S3Store, publish_bundle
+from edgedistill.versions.registry import Registry
 
 pytestmark = pytest.mark.slow
 ED = f"{BIN}/edgedistill"

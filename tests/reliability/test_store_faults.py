@@ -14,7 +14,7 @@ from reliability_kit import broken_bundles, clear_error, faulty_proxy, outcome_f
 
 from edgedistill.errors import ArtifactCorrupt, ReleaseNotFound
 from edgedistill.io import sha256_file
-from edgedistill.store import (
+from edgedistill.release.store import (
     CARD,
     CLAIM,
     SUMS,

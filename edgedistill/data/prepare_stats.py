@@ -1,4 +1,4 @@
-"""The normalisation statistics of edgedistill.normalization (window_stats, fit) computed over chunks of
+"""The normalisation statistics of edgedistill.data.normalization (window_stats, fit) computed over chunks of
 training rows and windows read from disk, in bounded memory, with the same results as the in-memory code:
 
 - row mean / std: the same sequential float64 sums numpy's axis-0 reduction does (bit-identical), two
@@ -20,7 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from edgedistill.normalization import amplitude_stats, spec_from_moments, spread_stats, tail_ratios
+from edgedistill.data.normalization import (
+    amplitude_stats,
+    spec_from_moments,
+    spread_stats,
+    tail_ratios,
+)
 
 Chunks = Callable[
     [], Iterable[np.ndarray]

@@ -15,7 +15,7 @@ divided by a window std near the epsilon, differed by up to the whole z-score).
 - `auto`: `per_window` when the training windows' amplitudes span more decades than an 8-bit activation can
   resolve, else `robust` when heavy tails inflate the std, else `global` (see `choose`).
 
-The same module normalises the training windows (edgedistill.training) and sits at the input of the
+The same module normalises the training windows (edgedistill.train.training) and sits at the input of the
 exported ONNX graph in FP32, so a device feeds raw readings.
 """
 

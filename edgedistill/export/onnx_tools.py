@@ -535,7 +535,7 @@ def unsupported_ops(model: onnx.ModelProto) -> list[str]:
 
 def input_stage_nodes(model: onnx.ModelProto) -> list[str]:
     """Names of the nodes between the graph input and the first Conv/MatMul/Gemm: the input normalisation
-    (edgedistill.normalization), which must stay FP32 — INT8 over decades of amplitude would zero the quiet
+    (edgedistill.data.normalization), which must stay FP32 — INT8 over decades of amplitude would zero the quiet
     windows. Pass them as nodes_to_exclude to any quantizer (QDQ here, QOperator for MCUs)."""
     producers = {o: n for n in model.graph.node for o in n.output}
     first = next((n for n in model.graph.node if n.op_type in ("Conv", "MatMul", "Gemm")), None)

@@ -306,7 +306,7 @@ def generate_c(
     if engine not in ENGINES:
         raise McuFailed(f"mcu.engine {engine!r}: one of {list(ENGINES)}")
     if engine == "int8_kernels":
-        from edgedistill import mcu_kernels as mk
+        from edgedistill.export import mcu_kernels as mk
 
         model = onnx.load(str(model_path))
         try:
@@ -434,7 +434,7 @@ def entry_signature(src: str, name: str) -> EntrySignature:
 
 
 def _header(name: str, sig: EntrySignature, meta: dict[str, Any]) -> str:
-    from edgedistill.mcu_kernels import meta_lines
+    from edgedistill.export.mcu_kernels import meta_lines
 
     guard = f"{name.upper()}_H"
     shape = sig.window_shape
@@ -970,7 +970,7 @@ def _first_line(e: BaseException, limit: int = 300) -> str:
 def model_macs(model: onnx.ModelProto) -> int | None:
     """MACs of the convolutions and the dense head as the int8 kernels count them (None: a graph
     they do not lower)."""
-    from edgedistill import mcu_kernels as mk
+    from edgedistill.export import mcu_kernels as mk
 
     try:
         return mk.plan(model).macs

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgedistill.data.normalization import spec_of
 from edgedistill.errors import DataInvalid, ModelMismatch, ParamsInvalid, TrainingFailed
 from edgedistill.io import atomic_path
-from edgedistill.normalization import spec_of
 from edgedistill.params import vector_groups_in
 
 # loss_fn(model, x_batch, y_batch, batch_indices, generator) -> scalar loss
@@ -56,7 +56,7 @@ class ShardWindows:
     not grow with the number of windows. Indexing returns what a tensor [N, C_out, W] on `device` would."""
 
     def __init__(self, split: Any, spec: dict[str, Any] | None, device: torch.device):
-        from edgedistill.normalization import InputNorm, out_channels
+        from edgedistill.data.normalization import InputNorm, out_channels
 
         self.split, self.spec, self.device = split, spec, device
         self._norm = InputNorm(spec_of(spec)) if spec is not None else None
@@ -441,12 +441,12 @@ def train(
     """Train with early stopping on val accuracy; leaves the BEST weights in `model`. `on_epoch(epoch, val
     accuracy)` runs after each epoch and may raise to stop the run (the resume file is already written).
     `channels_last` (params compute.channels_last): on CPU, forward/backward run through a 2D channels-last
-    twin of `model` sharing its parameters (edgedistill.nets.channels_last_twin; same function, faster).
+    twin of `model` sharing its parameters (edgedistill.train.nets.channels_last_twin; same function, faster).
     Progress (edgedistill.progress): a bar while stderr is a terminal (`live` None; True/False force it), else a
     few periodic lines through `log`; then one summary line (best epoch, val accuracy, epochs run, why it
     stopped). Every epoch's figures are in the result's `history`."""
-    from edgedistill.nets import channels_last_twin
     from edgedistill.progress import EpochProgress, summary_line
+    from edgedistill.train.nets import channels_last_twin
 
     torch.manual_seed(cfg.seed)
     model.to(device)
@@ -609,7 +609,7 @@ class Prepared:
         return list(self.norm["labels"])
 
     def model_meta(self, arch: str, config: dict[str, Any]) -> dict[str, Any]:
-        """What a checkpoint needs to be used on its own (see edgedistill.checkpoint). `in_channels` is what a
+        """What a checkpoint needs to be used on its own (see edgedistill.train.checkpoint). `in_channels` is what a
         device feeds (raw readings); `net_in_channels` what the network sees after the normalisation."""
         return {
             "arch": arch,
@@ -647,7 +647,7 @@ def load_prepared(prepared: str | Path, device: torch.device) -> Prepared:
 def build_from_params(
     arch: str, config: dict[str, Any], in_channels: int, n_classes: int
 ) -> nn.Module:
-    from edgedistill.nets import build_model
+    from edgedistill.train.nets import build_model
 
     try:
         return build_model(arch, config, in_channels, n_classes)
@@ -677,7 +677,7 @@ def model_report(
     model: nn.Module, split: Split, labels: list[str], meta: dict[str, Any]
 ) -> dict[str, Any]:
     """Test metrics plus size/compute of the model; `confusion` is kept for the plots only."""
-    from edgedistill.nets import count_macs, count_params
+    from edgedistill.train.nets import count_macs, count_params
 
     m = classification_metrics(predict(model, split.x), split.y, labels)
     m["params"] = count_params(model)

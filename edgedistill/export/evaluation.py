@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgedistill import onnx_tools as ox
 from edgedistill.errors import DataInvalid, ExportFailed
+from edgedistill.export import onnx_tools as ox
 from edgedistill.params import CalibrationParams
 from edgedistill.shards import open_split
 

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from edgedistill.errors import EdgeDistillError, ParamsInvalid, VerificationFailed
-from edgedistill.store import LocalStore, S3Store, Store, parse_document
-from edgedistill.trust import Client, download_version, trusted_root_bytes
+from edgedistill.release.store import LocalStore, S3Store, Store, parse_document
+from edgedistill.release.trust import Client, download_version, trusted_root_bytes
 
 REFUSED, FAILED = 1, 2
 

@@ -43,7 +43,7 @@ from edgedistill.errors import (
     StoreUnreachable,
     VerificationFailed,
 )
-from edgedistill.store import (
+from edgedistill.release.store import (
     CARD,
     SUMS,
     ConditionalWriteFailed,
@@ -839,7 +839,7 @@ def project_root_of_trust(
 
 def store_files(store: Store, model: str, version: str) -> dict[str, bytes]:
     """A bundle's bytes as the store holds them, for re-signing after a check (SHA256SUMS names them)."""
-    from edgedistill.store import bundle_prefix, parse_sums
+    from edgedistill.release.store import bundle_prefix, parse_sums
 
     prefix = bundle_prefix(model, version)
     sums_text = store.read_text(f"{prefix}/{SUMS}")
@@ -860,7 +860,7 @@ def publish_signed(
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Upload a release bundle (store.publish_bundle) and sign its files, SHA256SUMS included."""
-    from edgedistill.store import publish_bundle, sums_text
+    from edgedistill.release.store import publish_bundle, sums_text
 
     publish_bundle(store, model, version, files)
     data = {name: Path(p).read_bytes() for name, p in files.items()} | {

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
-from edgedistill.training import Augment, train_config
+from edgedistill.train.training import Augment, train_config
 
 # ------------------------------------------------------------------ views generated per batch (bounded memory)
 

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgedistill import shipping
 from edgedistill.errors import (
     ArtifactCorrupt,
     EdgeDistillError,
@@ -26,6 +25,7 @@ from edgedistill.errors import (
     StoreUnreachable,
 )
 from edgedistill.io import sha256_file, swap_dir
+from edgedistill.release import shipping
 
 if TYPE_CHECKING:  # the device updater imports this module without pydantic
     from edgedistill.params import StoreParams

@@ -18,8 +18,14 @@ from typing import Any
 import numpy as np
 
 from edgedistill.errors import ModelMismatch
-from edgedistill.onnx_cost import static_cost
-from edgedistill.onnx_tools import InputSpec, check_feed, input_specs, load_onnx, open_session
+from edgedistill.export.onnx_cost import static_cost
+from edgedistill.export.onnx_tools import (
+    InputSpec,
+    check_feed,
+    input_specs,
+    load_onnx,
+    open_session,
+)
 
 MIN_RUNS = 10  # a time cap never cuts a measurement below this many runs
 

@@ -1,11 +1,11 @@
 """Streaming windowing for the prepare stage: each readings file (one file, or each file of a partitioned
 dataset) is read in batches of `prepare.chunk_rows` readings and cut into windows per recording, never
-straddling a gap or a label change (the same segments as edgedistill.readings.segments on the whole table),
+straddling a gap or a label change (the same segments as edgedistill.data.readings.segments on the whole table),
 written to part shards of their split; the training rows are spilled beside them for the normalisation
 statistics. Memory is bounded by the batch size, not by the data.
 
 The functions mapped over files (`scan_file`, `cut_file`) are top-level and take one picklable item, so
-edgedistill.dataplane.run_map can run them in process or on Dask worker processes.
+edgedistill.data.dataplane.run_map can run them in process or on Dask worker processes.
 """
 
 from __future__ import annotations
@@ -18,9 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from edgedistill.errors import DataInvalid
-from edgedistill.params import DataParams
-from edgedistill.readings import (
+from edgedistill.data.readings import (
     CSV_SUFFIXES,
     PARQUET_SUFFIXES,
     _short,
@@ -30,6 +28,8 @@ from edgedistill.readings import (
     recording_keys,
     segments,
 )
+from edgedistill.errors import DataInvalid
+from edgedistill.params import DataParams
 from edgedistill.shards import ShardWriter
 
 SPLITS = ("train", "val", "test")
@@ -78,7 +78,7 @@ class CutItem:
 
 def sources(path: str | Path) -> list[Source]:
     """The files to read, in table order (a dataset's files in sorted path order, as read_dataset reads)."""
-    from edgedistill.readings import dataset_files
+    from edgedistill.data.readings import dataset_files
 
     path = Path(path)
     if not path.exists():

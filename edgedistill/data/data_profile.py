@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from edgedistill.data.readings import recording_keys
 from edgedistill.params import Params
-from edgedistill.readings import recording_keys
 
 
 def profile(df: pd.DataFrame, params: Params) -> dict[str, Any]:

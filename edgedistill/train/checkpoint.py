@@ -9,10 +9,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgedistill.data.normalization import build_normalized
 from edgedistill.errors import ArtifactCorrupt, ModelMismatch
 from edgedistill.io import atomic_path
-from edgedistill.nets import build_model
-from edgedistill.normalization import build_normalized
+from edgedistill.train.nets import build_model
 
 META_KEYS = (
     "arch",
@@ -29,7 +29,7 @@ META_KEYS = (
 
 def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
     """meta: arch, config, in_channels, n_classes, window, channels, labels, sample_rate_hz,
-    norm (the normalisation spec, edgedistill.normalization), optionally net_in_channels (channels after the
+    norm (the normalisation spec, edgedistill.data.normalization), optionally net_in_channels (channels after the
     normalisation); extra keys (metrics, epoch) are kept. `model` is the bare network (trained on normalised
     windows); a NormalizedModel is saved as its network."""
     model = getattr(model, "net", model)
@@ -44,7 +44,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) ->
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model (eval mode, CPU) and return it with its meta. The model takes RAW readings
     [N, in_channels, window]: the normalisation from meta["norm"] runs first; `model.net` is the network
-    alone, for windows already normalised (edgedistill.training.load_prepared)."""
+    alone, for windows already normalised (edgedistill.train.training.load_prepared)."""
     path = Path(path)
     if not path.is_file():
         raise ModelMismatch(
@@ -100,7 +100,7 @@ def check_compatible(
 
 def check_same_norm(meta: dict[str, Any], other: dict[str, Any], what: str) -> None:
     """Two models (or a model and norm.json) must normalise identically, or one is fed wrongly scaled data."""
-    from edgedistill.normalization import spec_of
+    from edgedistill.data.normalization import spec_of
 
     a, b = spec_of(meta["norm"]), spec_of(other["norm"])
     same = (

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edgedistill.onnx_tools import constant_tensors, weight_bytes, weight_dtypes
+from edgedistill.export.onnx_tools import constant_tensors, weight_bytes, weight_dtypes
 
 # Ops whose output can share its input's buffer on an integer runtime: Q/DQ pairs fold into the
 # integer kernels (TFLite-Micro style) and reshapes only relabel memory.

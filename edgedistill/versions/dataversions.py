@@ -19,12 +19,12 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from edgedistill.data_profile import profile
+from edgedistill.data.data_profile import profile
+from edgedistill.data.readings import read_readings, recording_keys
 from edgedistill.dvclock import md5s_of
 from edgedistill.errors import DataInvalid, EdgeDistillError, ParamsInvalid, StoreUnreachable
 from edgedistill.io import atomic_path, file_digest, read_json
 from edgedistill.params import Params, update_params_file
-from edgedistill.readings import read_readings, recording_keys
 
 # The candidate's GX report goes here, not to reports/validation/: that folder belongs to the
 # `validate` stage and describes the tracked data, which a rejected candidate must not replace.
@@ -171,7 +171,7 @@ def releases(t: Tracked) -> dict[str, list[str]]:
     """md5 -> registered GTO versions (`<model>@vX.Y.Z`, not deregistered) whose commit used that data."""
     from gto.constants import ACTION, NAME, VERSION, Action
 
-    from edgedistill.registry import parse_tag
+    from edgedistill.versions.registry import parse_tag
 
     refs = git(
         t.root,
@@ -677,7 +677,7 @@ def _append_partitions(tracked: Path, candidate: Path, new: pd.DataFrame, source
     import pyarrow.dataset as ds
     import pyarrow.parquet as pq
 
-    from edgedistill.readings import dataset_files, partition_keys
+    from edgedistill.data.readings import dataset_files, partition_keys
 
     files = dataset_files(tracked)
     keys = partition_keys(tracked, files[0])

@@ -9,7 +9,7 @@ the chunk size and the number of recordings, never by the number of rows."""
 # first/last reading so the state carries across chunk and file boundaries (a recording may span files).
 # `merge(a, b)` (a before b) is exact for counts, min and max and combines means and M2 with Chan's parallel
 # update; merges always happen in file order, then chunk order, so the result is the same bits whichever
-# engine computed the per-file partials (`file_partial`, mapped with `edgedistill.dataplane.run_map`).
+# engine computed the per-file partials (`file_partial`, mapped with `edgedistill.data.dataplane.run_map`).
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from edgedistill.data.readings import CSV_SUFFIXES, PARQUET_SUFFIXES, TIME_UNIT_SECONDS, n_windows
 from edgedistill.errors import DataInvalid
-from edgedistill.readings import CSV_SUFFIXES, PARQUET_SUFFIXES, TIME_UNIT_SECONDS, n_windows
 
 INTERVAL_DECIMALS = (
     4  # reading intervals are binned at 1e-4 sampling intervals for the per-recording median
@@ -447,7 +447,7 @@ def close(p: Partial, spec: Spec) -> Partial:
 def plan(path: str | Path) -> list[FileTask]:
     """The files of the readings in pass order; unreadable, empty or mismatched inputs are refused here,
     before anything is computed, with the file (and partition) named."""
-    from edgedistill.readings import check_dataset, partition_of
+    from edgedistill.data.readings import check_dataset, partition_of
 
     path = Path(path)
     if not path.exists():
@@ -496,7 +496,7 @@ def _short(e: Exception) -> str:
 
 def _chunks(task: FileTask, chunk_rows: int, time_col: str | None = None):
     if task.kind == "csv":
-        from edgedistill.readings import parse_iso_times
+        from edgedistill.data.readings import parse_iso_times
 
         try:
             for df in pd.read_csv(task.path, chunksize=chunk_rows):
@@ -580,7 +580,7 @@ def collect(
     timeout_s: float = 20.0,
 ) -> Partial:
     """All files' statistics merged in file order (per-file partials in process or on Dask)."""
-    from edgedistill.dataplane import run_map
+    from edgedistill.data.dataplane import run_map
 
     parts = run_map(
         file_partial,

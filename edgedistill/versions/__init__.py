@@ -1,0 +1,1 @@
+"""Versions: the GTO model registry (git tags) and DVC-tracked data versions."""
