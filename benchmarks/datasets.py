@@ -560,6 +560,9 @@ def release_row(name: str, proj: Path, returncode: int, output: str, seconds: fl
         "shipped": shipped,
         "fp32": (export.get("fp32") or {}).get("accuracy"),
         "int8": (export.get("int8") or {}).get("accuracy"),
+        "int8_calibration": ((export.get("int8") or {}).get("quantization") or {}).get(
+            "calibration_method"
+        ),
         "mcu_verified": mcu.get("verified") if mcu else None,
         "seconds": round(seconds, 1),
     }
@@ -621,16 +624,17 @@ def release_table(rows: list[dict]) -> str:
 
     out = [
         "| dataset | ships | `auto` chose | teacher | student alone | KD student | shipped student | FP32 (shipped) "
-        "| INT8 (shipped) | MCU verified | wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| INT8 (shipped) | INT8 calibration | MCU verified | input | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         mcu = "-" if r["mcu_verified"] is None else ("yes" if r["mcu_verified"] else "no")
         ships = r["ships"].replace("|", "\\|")
+        given = "bundled (ingest stage)" if r["dataset"] == "bundled" else "Parquet (`dvc add`)"
         out.append(
             f"| {r['dataset']} | {ships} | {r['norm'] or '-'} | {pct(r['teacher'])} | {pct(r['alone'])} "
-            f"| {pct(r['kd'])} | {r['shipped'] or '-'} | {pct(r['fp32'])} | {pct(r['int8'])} | {mcu} "
-            f"| {r['seconds']:.0f} |"
+            f"| {pct(r['kd'])} | {r['shipped'] or '-'} | {pct(r['fp32'])} | {pct(r['int8'])} "
+            f"| {r.get('int8_calibration') or '-'} | {mcu} | {r.get('input', given)} | {r['seconds']:.0f} |"
         )
     return "\n".join(out)
 
