@@ -417,10 +417,24 @@ STAGE_FAILED = re.compile(r"stage (\w+) failed after")
 MESSAGE_CHARS = 240
 
 
-def release_params(raw: dict, name: str) -> tuple[dict, pd.DataFrame | None]:
+ISO_START = pd.Timestamp("2026-03-01T00:00:00Z")
+
+
+def iso8601_times(df: pd.DataFrame, rate: float) -> pd.DataFrame:
+    """The time column `t` (seconds from each instance's start) as ISO-8601 UTC text with milliseconds, as a
+    logger writes it (`2026-03-01T08:00:00.000Z`): instance k starts k whole days (enough to hold the longest
+    instance) after 2026-03-01, so no two instances overlap in time."""
+    days = int(np.ceil((df["t"].max() + 1 / rate) / 86400))
+    start = pd.Series(pd.factorize(df["subject"])[0] * days, index=df.index)
+    stamps = ISO_START + pd.to_timedelta(start, unit="D") + pd.to_timedelta(df["t"], unit="s")
+    return df.assign(t=stamps.dt.strftime("%Y-%m-%dT%H:%M:%S.%f").str[:-3] + "Z")
+
+
+def release_params(raw: dict, name: str, as_csv: bool = False) -> tuple[dict, pd.DataFrame | None]:
     """params.yaml for a dataset's scratch project: the given params with only the dataset's description changed
     (data.* columns, channels, labels, rate; its channels' physical ranges, unknown here; prepare's window and
-    strides), and its readings table (None for the bundled data: the ingest stage writes it)."""
+    strides), and its readings table (None for the bundled data: the ingest stage writes it). as_csv: the table
+    as a user brings it in a CSV, the time column ISO-8601 text (iso8601_times), data.readings a .csv."""
     raw = json.loads(json.dumps(raw))
     if name == "bundled":
         return raw, None
@@ -429,8 +443,10 @@ def release_params(raw: dict, name: str) -> tuple[dict, pd.DataFrame | None]:
     df = df.drop(
         columns="recording"
     )  # one instance = one group = one recording: the user's own split column only
+    if as_csv:
+        df = iso8601_times(df, cfg["sample_rate_hz"])
     raw["data"] |= {
-        "readings": "data/user/readings.parquet",
+        "readings": f"data/user/readings.{'csv' if as_csv else 'parquet'}",
         "group_col": "subject",
         "recording_col": None,
         "time_col": "t",
@@ -449,9 +465,12 @@ def release_params(raw: dict, name: str) -> tuple[dict, pd.DataFrame | None]:
     return raw, df
 
 
-def scratch_release_project(parent: Path, raw: dict, readings: pd.DataFrame | None) -> Path:
+def scratch_release_project(
+    parent: Path, raw: dict, readings: pd.DataFrame | None, as_csv: bool = False
+) -> Path:
     """parent/proj: the project's tracked files, its own git repo and DVC (the local store is parent/edgedistill-store),
-    params.yaml as given, the readings tracked with `dvc add` (the documented way to bring one's own file)."""
+    params.yaml as given, the readings tracked with `dvc add` (the documented way to bring one's own file); as_csv:
+    written to parent/readings.csv and brought in with `edgedistill data add` (validated, tracked, committed)."""
     import subprocess
 
     from scratch_project import copy_repo_skeleton
@@ -468,13 +487,15 @@ def scratch_release_project(parent: Path, raw: dict, readings: pd.DataFrame | No
     sh("git", "config", "user.email", "bench@example.invalid")
     sh("git", "config", "user.name", "benchmarks/datasets.py")
     sh(dvc, "init", "-q")
-    if readings is not None:
+    if readings is not None and not as_csv:
         path = proj / raw["data"]["readings"]
         path.parent.mkdir(parents=True, exist_ok=True)
         readings.to_parquet(path, index=False)
         sh(dvc, "add", "-q", raw["data"]["readings"])
     sh("git", "add", "-A")
     sh("git", "commit", "-qm", "project")
+    if readings is not None and as_csv:
+        readings.to_csv(parent / "readings.csv", index=False)
     return proj
 
 
@@ -539,18 +560,24 @@ def release_row(name: str, proj: Path, returncode: int, output: str, seconds: fl
         "shipped": shipped,
         "fp32": (export.get("fp32") or {}).get("accuracy"),
         "int8": (export.get("int8") or {}).get("accuracy"),
+        "int8_calibration": ((export.get("int8") or {}).get("quantization") or {}).get(
+            "calibration_method"
+        ),
         "mcu_verified": mcu.get("verified") if mcu else None,
         "seconds": round(seconds, 1),
     }
 
 
-def release_dataset(raw: dict, name: str, parent: Path, timeout: float) -> dict:
-    """`edgedistill run` (the real release flow, a subprocess) in a scratch project of its own under parent."""
+def release_dataset(
+    raw: dict, name: str, parent: Path, timeout: float, as_csv: bool = False
+) -> dict:
+    """`edgedistill run` (the real release flow, a subprocess) in a scratch project of its own under parent; as_csv:
+    `edgedistill data add readings.csv --to <data.readings>` first, as a user brings a CSV."""
     import os
     import subprocess
 
-    params, readings = release_params(raw, name)
-    proj = scratch_release_project(parent, params, readings)
+    params, readings = release_params(raw, name, as_csv)
+    proj = scratch_release_project(parent, params, readings, as_csv)
     env = {
         **os.environ,
         "PREFECT_HOME": str(parent / "prefect"),
@@ -559,22 +586,34 @@ def release_dataset(raw: dict, name: str, parent: Path, timeout: float) -> dict:
         "DO_NOT_TRACK": "1",
     }
     env.pop("PREFECT_API_URL", None)
-    t0 = time.perf_counter()
-    try:
-        r = subprocess.run(
-            [str(Path(sys.executable).parent / "edgedistill"), "run"],
-            cwd=proj,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        rc, output = r.returncode, r.stdout + r.stderr
-    except subprocess.TimeoutExpired as e:
-        rc = -1
-        output = f"{e.stdout or ''}{e.stderr or ''}\nerror: the release did not finish in {timeout:.0f} s (--timeout)"
+    cli = str(Path(sys.executable).parent / "edgedistill")
+    commands = [[cli, "run"]]
+    if as_csv:
+        add = [cli, "data", "add", str(parent / "readings.csv"), "--to", params["data"]["readings"]]
+        commands.insert(0, [*add, "--no-push"])
+    t0, rc, output = time.perf_counter(), 0, ""
+    for cmd in commands:
+        try:
+            r = subprocess.run(
+                cmd, cwd=proj, env=env, capture_output=True, text=True, timeout=timeout
+            )
+            rc, output = r.returncode, output + r.stdout + r.stderr
+        except subprocess.TimeoutExpired as e:
+            rc = -1
+            output += f"{e.stdout or ''}{e.stderr or ''}\nerror: {cmd[1]} did not finish in {timeout:.0f} s (--timeout)"
+        if rc != 0:
+            break
     (parent / "run.log").write_text(output)
     row = release_row(name, proj, rc, output, time.perf_counter() - t0)
+    if rc != 0 and cmd[1] == "data":  # refused at the door: `data add` names the cause
+        row["stopped_at"], row["ships"] = "data add", f"no: data add: {row['message']}"
+    row["input"] = (
+        "CSV, ISO-8601 time, split column, no recording column (`edgedistill data add`)"
+        if as_csv
+        else "Parquet (`dvc add`)"
+        if readings is not None
+        else "bundled (ingest stage)"
+    )
     print(json.dumps(row), flush=True)
     return row
 
@@ -585,16 +624,17 @@ def release_table(rows: list[dict]) -> str:
 
     out = [
         "| dataset | ships | `auto` chose | teacher | student alone | KD student | shipped student | FP32 (shipped) "
-        "| INT8 (shipped) | MCU verified | wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| INT8 (shipped) | INT8 calibration | MCU verified | input | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         mcu = "-" if r["mcu_verified"] is None else ("yes" if r["mcu_verified"] else "no")
         ships = r["ships"].replace("|", "\\|")
+        given = "bundled (ingest stage)" if r["dataset"] == "bundled" else "Parquet (`dvc add`)"
         out.append(
             f"| {r['dataset']} | {ships} | {r['norm'] or '-'} | {pct(r['teacher'])} | {pct(r['alone'])} "
-            f"| {pct(r['kd'])} | {r['shipped'] or '-'} | {pct(r['fp32'])} | {pct(r['int8'])} | {mcu} "
-            f"| {r['seconds']:.0f} |"
+            f"| {pct(r['kd'])} | {r['shipped'] or '-'} | {pct(r['fp32'])} | {pct(r['int8'])} "
+            f"| {r.get('int8_calibration') or '-'} | {mcu} | {r.get('input', given)} | {r['seconds']:.0f} |"
         )
     return "\n".join(out)
 
@@ -610,6 +650,7 @@ def main_release(a: argparse.Namespace, raw: dict) -> None:
         prev = json.loads(Path(a.out).read_text())
         rows, commands = prev["rows"], [*prev.get("commands", [prev["command"]]), command]
     done = {r["dataset"] for r in rows}
+    as_csv = set(filter(None, (a.as_csv or "").split(",")))
     for name in [n for n in a.datasets.split(",") if n not in done]:
         # every dataset its own parent folder: the local store sits at ../edgedistill-store beside the project
         if (
@@ -621,10 +662,10 @@ def main_release(a: argparse.Namespace, raw: dict) -> None:
                     f"--workdir: {parent} exists (a scratch project needs a new folder)"
                 )
             parent.mkdir(parents=True)
-            rows.append(release_dataset(raw, name, parent, a.timeout))
+            rows.append(release_dataset(raw, name, parent, a.timeout, name in as_csv))
         else:
             with tempfile.TemporaryDirectory(prefix=f"ds-release-{name}-") as tmp:
-                rows.append(release_dataset(raw, name, Path(tmp), a.timeout))
+                rows.append(release_dataset(raw, name, Path(tmp), a.timeout, name in as_csv))
         Path(a.out).write_text(
             json.dumps(
                 {
@@ -680,6 +721,12 @@ def main() -> None:
         "WORKDIR/<dataset> (default: a temporary folder, removed)",
     )
     ap.add_argument(
+        "--as-csv",
+        metavar="DATASETS",
+        help="--release: these datasets go in as a user brings a CSV: ISO-8601 time column, the official "
+        "split as a `split` column, no recording column, added with `edgedistill data add`",
+    )
+    ap.add_argument(
         "--variant",
         action="append",
         default=[],
@@ -690,6 +737,10 @@ def main() -> None:
     if unknown := [n for n in a.datasets.split(",") if n != "bundled" and n not in UCR]:
         ap.error(
             f"--datasets: unknown {', '.join(unknown)} (choose from bundled, {', '.join(UCR)})"
+        )
+    if bad := [n for n in (a.as_csv or "").split(",") if n and n not in UCR]:
+        ap.error(
+            f"--as-csv: {', '.join(bad)} is not a public dataset here (choose from {', '.join(UCR)})"
         )
     if a.seeds < 1 or a.first_seed < 0:
         ap.error(f"--seeds must be >= 1 and --first-seed >= 0 (got {a.seeds}, {a.first_seed})")

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     profiles = [p for p in params.benchmark.profiles if p.mcu is not None]
     root = args.root
     started = dt.datetime.now(dt.UTC)
-    from tasks.mcu import calibration, header_meta
+    from tasks.mcu import calibration, calibration_method, header_meta
 
     results: list[dict[str, Any]] = []
     parity: dict[str, Any] = {}
@@ -131,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
                     quant={
                         "per_channel": ep.calibration.per_channel,
                         "activation_type": ep.activation_type,
-                        "method": ep.calibration.method,
+                        "method": calibration_method(
+                            root / "models/student.int8.onnx", ep.calibration
+                        ),
                     },
                 )
             other = r.get("other_engine") or {}

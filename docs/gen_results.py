@@ -20,6 +20,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = {  # file-name prefix -> page (longest prefix wins), title, the script that writes them
     "datasets": ("datasets", "Other sensor kinds", "benchmarks/datasets.py"),
+    "int8_calibration": ("int8-calibration", "INT8 calibration", "benchmarks/int8_calibration.py"),
     "kd_quality": ("kd-quality", "KD quality (cross-validated folds)", "benchmarks/kd_quality.py"),
     "latency": ("latency", "Latency", "benchmarks/latency.py"),
     "scaling": (

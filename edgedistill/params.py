@@ -508,11 +508,35 @@ class CalibrationParams(_Section):
     windows: int = Field(
         256, ge=1, description="seeded train windows that calibrate the static INT8 ranges"
     )
-    method: Literal["minmax", "entropy", "percentile"] = Field(
-        "minmax", description="minmax | entropy | percentile"
+    method: Literal["auto", "minmax", "entropy", "percentile"] = Field(
+        "auto",
+        description="auto: minmax and percentile (each of `percentiles`) calibrated, the one with the best "
+        "validation accuracy kept | minmax | entropy | percentile (each of `percentiles`, best on validation)",
+    )
+    percentiles: list[float] = Field(
+        [99.99, 99.9],
+        min_length=1,
+        description="percentile calibration: the share of each tensor's values inside its INT8 range "
+        "(the rest, rare spikes, clip)",
     )
     per_channel: bool = Field(True, description="one weight scale per output channel")
     seed: int = Field(0, description="seed of the calibration sample")
+
+    @field_validator("percentiles")
+    @classmethod
+    def _percentiles_in_range(cls, v: list[float]) -> list[float]:
+        bad = [p for p in v if not 50.0 < p < 100.0]
+        if bad:
+            raise ValueError(f"each percentile must be in (50, 100) (got {bad})")
+        if len(set(v)) != len(v):
+            raise ValueError(f"percentiles repeat a value: {v}")
+        return v
+
+    def candidates(self) -> list[str]:
+        """The calibrations tried, in order of preference on a validation tie: 'minmax', 'entropy',
+        'percentile:P' (edgedistill.onnx_tools.calibration_options reads them)."""
+        pct = [f"percentile:{p:g}" for p in self.percentiles]
+        return {"auto": ["minmax", *pct], "percentile": pct}.get(self.method, [self.method])
 
 
 class ExportParams(_Section):

@@ -46,14 +46,15 @@ def build_point(
     """Distil (tasks/distill.py) and export to FP32 + INT8 ONNX (tasks/export.py's pieces) one student."""
     import tempfile
 
-    from edgedistill.export import onnx_tools as ox
-    from edgedistill.export.evaluation import (
+    from edgedistill import onnx_tools as ox
+    from edgedistill.checkpoint import load_checkpoint
+    from edgedistill.evaluation import (
         calibration_windows,
         check_parity,
         load_split,
         onnx_accuracy,
+        quantize_int8_by_validation,
     )
-    from edgedistill.train.checkpoint import load_checkpoint
     from tasks import distill
 
     p = point_params(params, point)
@@ -93,13 +94,16 @@ def build_point(
         if ep.quantization == "static"
         else None
     )
+    xv, yv = load_split(r / PREPARED / "val")
     with tempfile.TemporaryDirectory(dir=d, prefix=".quant-") as scratch:
-        ox.quantize_int8(
+        quantize_int8_by_validation(  # the export stage's calibration choice, on val
             fp32,
             int8,
             calib,
+            xv,
+            yv,
+            ep.calibration.candidates(),
             mode=ep.quantization,
-            method=ep.calibration.method,
             per_channel=ep.calibration.per_channel,
             activation_type=ep.activation_type,
             scratch=Path(scratch),
@@ -107,7 +111,6 @@ def build_point(
         )
     fp32_acc, _ = onnx_accuracy(fp32, x, y)
     int8_acc, _ = onnx_accuracy(int8, x, y)
-    xv, yv = load_split(r / PREPARED / "val")
     int8_val_acc, _ = onnx_accuracy(int8, xv, yv)  # selection never sees test
     return {
         **point,

@@ -26,6 +26,7 @@ from edgedistill.export.evaluation import (
     check_parity,
     load_split,
     onnx_accuracy,
+    quantize_int8_by_validation,
     torch_logits,
 )
 from edgedistill.io import read_json, sha256_file, write_json
@@ -213,25 +214,34 @@ def run(
             "per_channel": ep.calibration.per_channel,
             "pre_process": "quant_pre_process",
         }
-        if calib is not None:
-            quant |= {
-                "calibration_method": ep.calibration.method,
-                "calibration_windows": len(calib),
-                "calibration_source": str(data_dir / "train"),
-                "calibration_seed": ep.calibration.seed,
-            }
-        fp32_nodes = ox.quantize_int8(
+        # the calibration is chosen on the validation windows (never test); the mcu stage reads the
+        # choice from the INT8 file's metadata, so its QOperator ranges follow the same rule
+        val_path = data_dir / "val"
+        x_val, y_val = load_split(val_path) if val_path.exists() else (x[:0], y[:0])
+        chosen = quantize_int8_by_validation(
             tmp / "student.conv1d.onnx",
             built["student_int8"],
             calib,
+            x_val,
+            y_val,
+            ep.calibration.candidates(),
             mode=ep.quantization,
-            method=ep.calibration.method,
             per_channel=ep.calibration.per_channel,
             activation_type=ep.activation_type,
             scratch=tmp,
             calib_source=str(data_dir / "train"),
             fp32_head=ep.int8_fp32_head,
         )
+        fp32_nodes = chosen["fp32_nodes"]
+        if calib is not None:
+            quant |= {
+                "calibration_method": chosen["calibration_method"],
+                "calibration_params_method": ep.calibration.method,
+                "calibration_selection": chosen["calibration_selection"],
+                "calibration_windows": len(calib),
+                "calibration_source": str(data_dir / "train"),
+                "calibration_seed": ep.calibration.seed,
+            }
         # the input normalisation stays FP32 (INT8 over decades of amplitude would zero the quiet windows);
         # an MCU quantizer (QOperator) must pass these as nodes_to_exclude too
         quant["fp32_input_nodes"] = fp32_nodes

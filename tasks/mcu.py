@@ -19,13 +19,16 @@ from typing import Any
 
 import numpy as np
 
+from edgedistill import mcu
+from edgedistill import onnx_tools as ox
 from edgedistill.errors import DataInvalid
 from edgedistill.export import mcu
 from edgedistill.io import read_json, write_json
-from edgedistill.params import Params
+from edgedistill.params import CalibrationParams, Params
 from edgedistill.shards import open_split
 
 MODEL = "models/student.onnx"
+INT8 = "models/student.int8.onnx"  # the export stage's INT8 file: its metadata names the calibration chosen
 DATA_DIR = "data/prepared"
 OUT_DIR = "models/mcu"
 BUILD = "build"
@@ -60,6 +63,17 @@ def calibration(train: Path, windows: int, seed: int) -> np.ndarray:
     return x.take(idx)
 
 
+def calibration_method(int8: Path, cp: CalibrationParams) -> str:
+    """The calibration the export stage chose (on validation) for the INT8 file it shipped, read from
+    that file's metadata, so the MCU build's QOperator ranges come from the same rule; without that
+    file (or with dynamic quantization) the first of export.calibration's candidates."""
+    if int8.is_file():
+        quant = ox.read_metadata(int8).get("quantization") or {}
+        if isinstance(quant, dict) and quant.get("calibration_method"):
+            return str(quant["calibration_method"])
+    return cp.candidates()[0]
+
+
 def _relative(report: dict[str, Any], root: Path, final: Path) -> dict[str, Any]:
     """Paths inside the temp build folder → their final place under models/mcu/."""
 
@@ -80,6 +94,7 @@ def run(
     model: str | Path = MODEL,
     data_dir: str | Path = DATA_DIR,
     out_dir: str | Path = OUT_DIR,
+    int8: str | Path = INT8,
 ) -> dict[str, Any]:
     model, data_dir, out_dir = Path(model), Path(data_dir), Path(out_dir)
     if not model.is_file():
@@ -109,7 +124,7 @@ def run(
             quant={
                 "per_channel": ep.calibration.per_channel,
                 "activation_type": ep.activation_type,
-                "method": ep.calibration.method,
+                "method": calibration_method(Path(int8), ep.calibration),
             },
             engine=mp.engine,
             compare=mp.compare_engines,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import REPO, base_params_dict
 
@@ -302,6 +303,24 @@ def test_release_params_change_only_the_dataset_description(tmp_path, monkeypatc
     parse_params(params)
     assert bench.release_params(raw, "bundled") == (raw, None)
 
+    # --as-csv: the same table as a user's CSV, the time column ISO-8601 text, instances apart in time
+    from edgedistill.readings import read_readings
+
+    params_csv, dfc = bench.release_params(raw, "Tiny", as_csv=True)
+    assert params_csv["data"]["readings"] == "data/user/readings.csv"
+    assert {k: v for k, v in params_csv["data"].items() if k != "readings"} == {
+        k: v for k, v in params["data"].items() if k != "readings"
+    }
+    assert dfc["t"].str.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z").all()
+    assert dfc["t"].iloc[0] == "2026-03-01T00:00:00.000Z" and dfc["t"].iloc[1].endswith("00.100Z")
+    dfc.to_csv(tmp_path / "r.csv", index=False)
+    back = read_readings(tmp_path / "r.csv", "t")
+    assert str(back["t"].dtype) == "datetime64[ns, UTC]"
+    per = back.groupby("subject", sort=False)["t"]
+    assert (per.diff().dropna() == pd.Timedelta(milliseconds=100)).all()
+    assert (per.min().iloc[1:].to_numpy() > per.max().iloc[:-1].to_numpy()).all()  # no overlap
+    assert dfc.drop(columns="t").equals(df.drop(columns="t"))
+
 
 def test_release_add_keeps_finished_rows_and_runs_only_the_rest(tmp_path, monkeypatch):
     """--add continues a run stopped for time: rows already in --out stay, their datasets are not run again, and
@@ -311,7 +330,7 @@ def test_release_add_keeps_finished_rows_and_runs_only_the_rest(tmp_path, monkey
 
     ran = []
 
-    def fake_release(raw, name, parent, timeout):
+    def fake_release(raw, name, parent, timeout, as_csv=False):
         ran.append(name)
         return {
             "dataset": name,
@@ -329,7 +348,7 @@ def test_release_add_keeps_finished_rows_and_runs_only_the_rest(tmp_path, monkey
 
     monkeypatch.setattr(bench, "release_dataset", fake_release)
     out = tmp_path / "r.json"
-    args = dict(out=str(out), timeout=1.0, add=True)
+    args = dict(out=str(out), timeout=1.0, add=True, as_csv=None)
     bench.main_release(argparse.Namespace(datasets="A", workdir=None, **args), {})
     # --workdir (the scratch projects kept) writes the file alike
     bench.main_release(argparse.Namespace(datasets="A,B", workdir=str(tmp_path / "w"), **args), {})

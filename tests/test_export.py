@@ -472,3 +472,55 @@ def test_input_scale_is_not_folded_across_disparate_units_or_into_a_grouped_conv
         before = proto.SerializeToString()
         assert ox.fold_input_scale(proto, ratio) is None
         assert proto.SerializeToString() == before
+
+
+def test_int8_calibration_survives_a_rare_spike_chosen_on_validation(release, tmp_path):
+    """One glitch reading in one of the calibration windows (a 100x spike on one channel, as PigCVP's
+    train set holds) sets the whole minmax range of the input and the activations after it: the quiet
+    rest quantizes to a few levels and the INT8 student collapses on validation. `auto` (the default)
+    also calibrates by percentile and keeps the INT8 model with the best validation accuracy: it is
+    back within promote.gates.max_int8_drop of FP32, and the choice is recorded."""
+    from edgedistill.evaluation import load_split, onnx_accuracy, quantize_int8_by_validation
+    from tasks import mcu
+
+    src = release / "models/student.onnx"
+    cp = release_params().export.calibration
+    calib = export.calibration_windows(release / "data/prepared/train", cp).copy()
+    spread = float(np.abs(calib - np.median(calib, axis=(0, 2), keepdims=True)).max())
+    calib[3, 0, 20] += 100 * spread  # one reading of 64 x 6 x 64
+    xv, yv = load_split(release / "data/prepared/val")
+    fp32_val, _ = onnx_accuracy(src, xv, yv)
+    kw = {"per_channel": True, "activation_type": "int8", "scratch": tmp_path}
+    ox.quantize_int8(src, tmp_path / "minmax.onnx", calib, mode="static", method="minmax", **kw)
+    minmax_val, _ = onnx_accuracy(tmp_path / "minmax.onnx", xv, yv)
+    assert minmax_val < fp32_val - 0.2  # the old calibration: the spike owns the range
+
+    assert cp.method == "auto" and cp.candidates() == [
+        "minmax",
+        "percentile:99.99",
+        "percentile:99.9",
+    ]
+    got = quantize_int8_by_validation(
+        src, tmp_path / "q.onnx", calib, xv, yv, cp.candidates(), mode="static", **kw
+    )
+    chosen = got["calibration_method"]
+    assert chosen.startswith("percentile:")
+    rows = {r["method"]: r for r in got["calibration_selection"]["candidates"]}
+    assert rows["minmax"]["val_accuracy"] == pytest.approx(minmax_val)
+    assert rows[chosen]["val_accuracy"] == max(r["val_accuracy"] for r in rows.values())
+    assert got["calibration_selection"]["val_windows"] == len(xv)
+    new_val, _ = onnx_accuracy(tmp_path / "q.onnx", xv, yv)
+    assert new_val == rows[chosen]["val_accuracy"]
+    assert fp32_val - new_val <= release_params().promote.gates.max_int8_drop
+    assert not list(tmp_path.glob("q.cand*.onnx"))  # the candidates not kept are removed
+
+    # the MCU build quantizes (QOperator) with the calibration the shipped INT8 file records
+    shipped = tmp_path / "student.int8.onnx"
+    shutil.copy(release / "models/student.int8.onnx", shipped)
+    proto = ox.load_onnx(shipped)
+    meta = ox.read_metadata(proto)
+    assert meta["quantization"]["calibration_method"] in cp.candidates()
+    ox.set_metadata(proto, {"quantization": {**meta["quantization"], "calibration_method": chosen}})
+    ox.save_onnx(proto, shipped)
+    assert mcu.calibration_method(shipped, cp) == chosen
+    assert mcu.calibration_method(tmp_path / "absent.onnx", cp) == "minmax"

@@ -361,7 +361,7 @@ def _static_int8(root: Path, params) -> dict:
         int8,
         calibration_windows(root / "data/prepared/train", ep.calibration),
         mode=ep.quantization,
-        method=ep.calibration.method,
+        method=ep.calibration.candidates()[0],
         per_channel=ep.calibration.per_channel,
         activation_type=ep.activation_type,
         scratch=root,

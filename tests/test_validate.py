@@ -388,3 +388,29 @@ def test_time_column_of_other_text_names_the_accepted_forms(workdir):
     )
     assert "time column 't' is numeric or datetime" in msg
     assert "ISO-8601 text such as 2026-03-01T08:00:00.000Z or 2026-03-01 08:00:00.000" in msg
+
+
+def test_csv_labels_that_read_as_numbers_match_data_labels_by_their_text(workdir):
+    """A CSV has no types: class names 1, 2, … read back as integers. data.labels holds names ('1', '2'), and
+    prepare matches labels by their text, so validate (and `data add`) must too, not refuse every row."""
+    from tasks import prepare
+
+    df = small_readings()
+    names = sorted(df["label"].unique())
+    number = {n: str(i + 1) for i, n in enumerate(names)}
+    df["label"] = df["label"].map(number)
+    path = write_readings(df, workdir / "data/raw/readings.csv")
+    assert pd.read_csv(path)["label"].dtype.kind == "i"  # as the user's file reads
+    params = make_params(
+        {
+            "data": {"readings": str(path), "labels": [number[n] for n in names]},
+            "validate": {"drift": {"enabled": False}},
+        }
+    )
+    report = validate.run(params)
+    assert report["success"], report
+    assert set(report["summary"]["label_shares"]) == set(number.values())
+    assert prepare.run(params)["splits"]["train"]["windows"] > 0
+    df.loc[df["recording"] == df["recording"].iloc[0], "label"] = "99"
+    msg = fail_message(df, workdir, name="readings.csv", params=params)
+    assert "1 distinct label(s) not in data.labels: '99' (400 rows)" in msg

@@ -303,7 +303,8 @@ def chunk_partial(df: pd.DataFrame, file: int, row0: int, spec: Spec) -> Partial
             bad_rows[f"null:{c}"] = df[c].isna().to_numpy()
     if spec.label_col in present:
         lab = df[spec.label_col]
-        bad_rows["label"] = (lab.notna() & ~lab.isin(list(spec.labels))).to_numpy()
+        # labels are names, matched by their text as prepare matches them: a CSV column of 1/2 is '1'/'2'
+        bad_rows["label"] = (lab.notna() & ~lab.astype(str).isin(list(spec.labels))).to_numpy()
         p.labels.update(
             {
                 str(k): int(v)

@@ -79,3 +79,62 @@ def check_parity(
 def onnx_accuracy(path: Path, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
     pred = ox.predict(ox.open_session(path), path, x).argmax(1)
     return float((pred == y).mean()), pred
+
+
+def quantize_int8_by_validation(
+    src: Path,
+    dest: Path,
+    calib: np.ndarray | None,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    candidates: list[str],
+    *,
+    mode: str,
+    scratch: Path,
+    **kw: Any,
+) -> dict[str, Any]:
+    """INT8 of `src` at dest. static: one INT8 model per candidate calibration (minmax lets one rare
+    spike in the calibration windows set a tensor's whole range, a percentile clips it), the one with
+    the best accuracy on the validation windows kept (ties: the better agreement with the FP32 model's
+    validation predictions, then the earlier candidate; test is never seen). dynamic: one model, no
+    calibration. kw: ox.quantize_int8's. Returns the chosen calibration, each candidate's validation
+    figures and the FP32 input-stage node names."""
+    if mode != "static":
+        nodes = ox.quantize_int8(src, dest, calib, mode=mode, method="", scratch=scratch, **kw)
+        return {"calibration_method": None, "fp32_nodes": nodes}
+    fp32_val = ox.predict(ox.open_session(src), src, x_val).argmax(1) if len(x_val) else None
+    tried, nodes = [], []
+    for i, spec in enumerate(candidates):
+        out = scratch / f"{dest.stem}.cand{i}.onnx"
+        nodes = ox.quantize_int8(src, out, calib, mode=mode, method=spec, scratch=scratch, **kw)
+        row: dict[str, Any] = {"method": spec, "path": out}
+        if fp32_val is not None:
+            acc, pred = onnx_accuracy(out, x_val, y_val)
+            row |= {
+                "val_accuracy": acc,
+                "val_agreement_with_fp32": float((pred == fp32_val).mean()),
+            }
+        tried.append(row)
+    best = min(
+        range(len(tried)),
+        key=lambda i: (
+            -tried[i].get("val_accuracy", 0.0),
+            -tried[i].get("val_agreement_with_fp32", 0.0),
+            i,
+        ),
+    )
+    tried[best]["path"].replace(dest)
+    for row in tried:
+        row["path"].unlink(missing_ok=True)
+        del row["path"]
+    return {
+        "calibration_method": tried[best]["method"],
+        "calibration_selection": {
+            "rule": "best validation accuracy (ties: agreement with FP32 on validation, then order)"
+            if fp32_val is not None
+            else "no validation windows: the first candidate",
+            "val_windows": len(x_val),
+            "candidates": tried,
+        },
+        "fp32_nodes": nodes,
+    }

@@ -188,8 +188,10 @@ def quantize_qoperator(
     scratch: Path,
 ) -> dict[str, Any]:
     """FP32 ONNX → QOperator INT8 ONNX (QLinearConv, QGemm, ...), batch 1, calibrated on `calib`."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from edgedistill.onnx_tools import calibration_options
 
     try:
         model = fix_batch_1(onnx.load(str(src)))
@@ -208,6 +210,10 @@ def quantize_qoperator(
         raise McuFailed(f"{src}: quant_pre_process failed: {_first_line(e)}") from None
     excluded = nodes_before_first_conv(onnx.load(str(pre)))
     name = model.graph.input[0].name
+    try:
+        calibrate_method, extra = calibration_options(method)
+    except EdgeDistillError as e:
+        raise McuFailed(f"{src}: {e}") from None
 
     class Reader:
         def __init__(self) -> None:
@@ -230,11 +236,8 @@ def quantize_qoperator(
             activation_type=QuantType.QInt8 if activation_type == "int8" else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             nodes_to_exclude=excluded,
-            calibrate_method={
-                "minmax": CalibrationMethod.MinMax,
-                "entropy": CalibrationMethod.Entropy,
-                "percentile": CalibrationMethod.Percentile,
-            }[method],
+            calibrate_method=calibrate_method,
+            extra_options=extra,
         )
     except Exception as e:
         raise McuFailed(f"{src}: QOperator INT8 quantization failed: {_first_line(e)}") from None

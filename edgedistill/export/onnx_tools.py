@@ -573,6 +573,26 @@ class _WindowReader:
         return next(self._batches, None)
 
 
+def calibration_options(spec: str) -> tuple[Any, dict[str, Any]]:
+    """A calibration ('minmax' | 'entropy' | 'percentile' | 'percentile:P', as
+    CalibrationParams.candidates names them) → (onnxruntime CalibrationMethod, quantize_static
+    extra_options). Both INT8 quantizers (QDQ here, QOperator in edgedistill.mcu) read it, so the
+    MCU build's ranges come from the same rule as the shipped INT8 file's."""
+    from onnxruntime.quantization import CalibrationMethod
+
+    name, _, pct = spec.partition(":")
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }
+    if name not in methods or (pct and name != "percentile"):
+        raise ExportFailed(
+            f"INT8 calibration {spec!r} is not one of minmax, entropy, percentile, percentile:P"
+        )
+    return methods[name], ({"CalibPercentile": float(pct)} if pct else {})
+
+
 def quantize_int8(
     src: Path,
     dest: Path,
@@ -591,7 +611,6 @@ def quantize_int8(
     normalisation (input_stage_nodes) stays FP32, and with `fp32_head` the nodes after the last Conv
     (head_nodes); returns the names of the input-stage nodes."""
     from onnxruntime.quantization import (
-        CalibrationMethod,
         QuantFormat,
         QuantType,
         quantize_dynamic,
@@ -638,6 +657,7 @@ def quantize_int8(
         else:
             name = model.graph.input[0].name
             assert calib is not None
+            calibrate_method, extra = calibration_options(method)
             quantize_static(
                 str(pre),
                 str(dest),
@@ -646,12 +666,9 @@ def quantize_int8(
                 per_channel=per_channel,
                 activation_type=QuantType.QInt8 if activation_type == "int8" else QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
-                calibrate_method={
-                    "minmax": CalibrationMethod.MinMax,
-                    "entropy": CalibrationMethod.Entropy,
-                    "percentile": CalibrationMethod.Percentile,
-                }[method],
+                calibrate_method=calibrate_method,
                 nodes_to_exclude=exclude,
+                extra_options=extra,
             )
     except ExportFailed:
         raise
