@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from edgedistill import onnx_tools as ox  # noqa: E402
-from edgedistill.evaluation import (  # noqa: E402
+from edgedistill.export import onnx_tools as ox  # noqa: E402
+from edgedistill.export.evaluation import (  # noqa: E402
     calibration_windows,
     load_split,
     onnx_accuracy,

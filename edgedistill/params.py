@@ -534,7 +534,7 @@ class CalibrationParams(_Section):
 
     def candidates(self) -> list[str]:
         """The calibrations tried, in order of preference on a validation tie: 'minmax', 'entropy',
-        'percentile:P' (edgedistill.onnx_tools.calibration_options reads them)."""
+        'percentile:P' (edgedistill.export.onnx_tools.calibration_options reads them)."""
         pct = [f"percentile:{p:g}" for p in self.percentiles]
         return {"auto": ["minmax", *pct], "percentile": pct}.get(self.method, [self.method])
 

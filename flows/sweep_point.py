@@ -46,15 +46,15 @@ def build_point(
     """Distil (tasks/distill.py) and export to FP32 + INT8 ONNX (tasks/export.py's pieces) one student."""
     import tempfile
 
-    from edgedistill import onnx_tools as ox
-    from edgedistill.checkpoint import load_checkpoint
-    from edgedistill.evaluation import (
+    from edgedistill.export import onnx_tools as ox
+    from edgedistill.export.evaluation import (
         calibration_windows,
         check_parity,
         load_split,
         onnx_accuracy,
         quantize_int8_by_validation,
     )
+    from edgedistill.train.checkpoint import load_checkpoint
     from tasks import distill
 
     p = point_params(params, point)

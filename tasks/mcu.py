@@ -19,10 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from edgedistill import mcu
-from edgedistill import onnx_tools as ox
 from edgedistill.errors import DataInvalid
 from edgedistill.export import mcu
+from edgedistill.export import onnx_tools as ox
 from edgedistill.io import read_json, write_json
 from edgedistill.params import CalibrationParams, Params
 from edgedistill.shards import open_split

@@ -304,7 +304,7 @@ def test_release_params_change_only_the_dataset_description(tmp_path, monkeypatc
     assert bench.release_params(raw, "bundled") == (raw, None)
 
     # --as-csv: the same table as a user's CSV, the time column ISO-8601 text, instances apart in time
-    from edgedistill.readings import read_readings
+    from edgedistill.data.readings import read_readings
 
     params_csv, dfc = bench.release_params(raw, "Tiny", as_csv=True)
     assert params_csv["data"]["readings"] == "data/user/readings.csv"

@@ -480,7 +480,7 @@ def test_int8_calibration_survives_a_rare_spike_chosen_on_validation(release, tm
     rest quantizes to a few levels and the INT8 student collapses on validation. `auto` (the default)
     also calibrates by percentile and keeps the INT8 model with the best validation accuracy: it is
     back within promote.gates.max_int8_drop of FP32, and the choice is recorded."""
-    from edgedistill.evaluation import load_split, onnx_accuracy, quantize_int8_by_validation
+    from edgedistill.export.evaluation import load_split, onnx_accuracy, quantize_int8_by_validation
     from tasks import mcu
 
     src = release / "models/student.onnx"

@@ -191,7 +191,7 @@ def quantize_qoperator(
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from edgedistill.onnx_tools import calibration_options
+    from edgedistill.export.onnx_tools import calibration_options
 
     try:
         model = fix_batch_1(onnx.load(str(src)))

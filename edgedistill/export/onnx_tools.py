@@ -576,7 +576,7 @@ class _WindowReader:
 def calibration_options(spec: str) -> tuple[Any, dict[str, Any]]:
     """A calibration ('minmax' | 'entropy' | 'percentile' | 'percentile:P', as
     CalibrationParams.candidates names them) → (onnxruntime CalibrationMethod, quantize_static
-    extra_options). Both INT8 quantizers (QDQ here, QOperator in edgedistill.mcu) read it, so the
+    extra_options). Both INT8 quantizers (QDQ here, QOperator in edgedistill.export.mcu) read it, so the
     MCU build's ranges come from the same rule as the shipped INT8 file's."""
     from onnxruntime.quantization import CalibrationMethod
 
