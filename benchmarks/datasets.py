@@ -357,6 +357,7 @@ def run_dataset(
             "seconds": round(time.perf_counter() - t0, 1),
             # the same split's train windows and test windows (benchmarks/anchors.py)
             **minirocket_anchor(prepared, seed),
+            "teacher_kind": tm.get("kind"),
         }
         print(json.dumps(row), flush=True)
         rows.append(row)
