@@ -362,6 +362,9 @@ class MiniRocketParams(_Section):
 
 
 class TeacherParams(ModelParams):
+    """The teacher: `kind` picks the model (docs/training.md#which-teacher-teacherkind); arch, config and train are
+    the CNN's, augment is the CNN's training augmentation and the MiniRocket head's augmented copies."""
+
     kind: Literal["cnn", "minirocket", "auto"] = Field(
         "cnn",
         description="cnn: the network of teacher.arch/config | minirocket: MiniRocket features + a linear head "
