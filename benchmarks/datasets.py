@@ -56,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # scratch_project
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
+from anchors import minirocket_anchor  # noqa: E402
 
 from edgedistill.params import apply_overrides, parse_params  # noqa: E402
 
@@ -354,6 +355,9 @@ def run_dataset(
             "epochs": [tm["epochs_run"], d["baseline"]["epochs_run"]],
             **extra,
             "seconds": round(time.perf_counter() - t0, 1),
+            # the same split's train windows and test windows (benchmarks/anchors.py)
+            **minirocket_anchor(prepared, seed),
+            "teacher_kind": tm.get("kind"),
         }
         print(json.dumps(row), flush=True)
         rows.append(row)
@@ -367,11 +371,12 @@ def table(rows: list[dict]) -> str:
         if k.startswith("kd_") and not k.endswith("_val") and not k.startswith("kd_gain")
     ]
     out = [
-        "| dataset | windows train/test | `auto` chose (deciding statistic) | teacher | student alone | KD student "
+        "| dataset | windows train/test | `auto` chose (deciding statistic) | MiniRocket | teacher | student alone "
+        "| KD student "
         + "".join(f"| {k} " for k in extra)
         + "| KD − alone, paired (seeds ≥ 0) | shipped (chosen on val) | 1-NN FFT "
         "| seeds |",
-        "|---|---|---|---|---|---|" + "---|" * len(extra) + "---|---|---|---|",
+        "|---|---|---|---|---|---|---|" + "---|" * len(extra) + "---|---|---|---|",
     ]
     for name in dict.fromkeys(r["dataset"] for r in rows):
         rs = [r for r in rows if r["dataset"] == name]
@@ -392,6 +397,7 @@ def table(rows: list[dict]) -> str:
         )
         out.append(
             f"| {name} | {rs[0]['train_windows']}/{rs[0]['test_windows']} | {rs[0]['norm']} ({rs[0]['reason']}) "
+            f"| {m('minirocket')} "
             f"| {m('teacher')}{f' (sanity stop {stops}/{len(rs)})' if stops else ''} | {m('alone')} | {m('kd')} "
             + "".join(f"| {m(k)} " for k in extra)
             + f"| {gain} | {m('shipped_accuracy')} | {100 * rs[0]['knn_fft']:.1f} | {len(rs)} |"

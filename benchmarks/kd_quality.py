@@ -30,6 +30,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # anchors
 
 import yaml  # noqa: E402
 
@@ -68,6 +69,7 @@ def parse_variant(entry: str) -> tuple[str, str, list[str]]:
 
 def run_fold(args: dict) -> list[dict]:
     import torch
+    from anchors import minirocket_anchor
 
     from edgedistill.train.bank import BANK_SCHEME, bank_augment
     from edgedistill.train.training import augment_for
@@ -153,6 +155,8 @@ def run_fold(args: dict) -> list[dict]:
                 (tdir / "teacher.json").write_text(
                     json.dumps({**tm, "bench_seconds": row["teacher_seconds"]})
                 )
+            if args.get("anchor", True):  # the same split's train windows, the same test windows
+                row.update(minirocket_anchor(prepared, seed))
             if not methods:
                 print(json.dumps(row), flush=True)
                 rows.append(row)
@@ -206,23 +210,33 @@ def summarise(rows: list[dict], methods: list[str]) -> str:
         "| variant | accuracy mean ± SE (std, runs) | per-seed means | paired gain vs alone ± SE | 95% interval |",
         "|---|---|---|---|---|",
     ]
-    for v in ["teacher", *(["baseline", *methods] if methods else [])]:
+    anchor = ["minirocket"] if all(r.get("minirocket") is not None for r in rows) else []
+    for v in [*anchor, "teacher", *(["baseline", *methods] if methods else [])]:
         acc = [r[v] for r in rows]
         per_seed = " / ".join(
             f"{100 * statistics.mean([r[v] for r in rows if r['seed'] == s]):.1f}" for s in seeds
         )
         gain = interval = ""
-        if v not in ("teacher", "baseline"):
+        if v not in ("minirocket", "teacher", "baseline"):
             d = [r[v] - r["baseline"] for r in rows]
             se = statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else float("nan")
             g = statistics.mean(d)
             gain = f"{100 * g:+.2f} ± {100 * se:.2f} pts"
             interval = f"[{100 * (g - 1.96 * se):+.2f}, {100 * (g + 1.96 * se):+.2f}]"
-        name = {"baseline": "student alone"}.get(v, v)
+        name = {"baseline": "student alone", "minirocket": "MiniRocket (aeon, untuned)"}.get(v, v)
         sd = statistics.stdev(acc) if len(acc) > 1 else 0.0
         lines.append(
             f"| {name} | {100 * statistics.mean(acc):.1f}% ± {100 * sd / math.sqrt(len(acc)):.1f} "
             f"({100 * sd:.1f}, {len(acc)}) | {per_seed} | {gain} | {interval} |"
+        )
+    for v in (
+        ["teacher", *methods] if anchor else []
+    ):  # paired with the anchor: same fold, seed, test windows
+        d = [r[v] - r["minirocket"] for r in rows]
+        se = statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else float("nan")
+        lines.append(
+            f"{v} - MiniRocket, paired: {100 * statistics.mean(d):+.2f} ± {100 * se:.2f} pts "
+            f"[{100 * (statistics.mean(d) - 1.96 * se):+.2f}, {100 * (statistics.mean(d) + 1.96 * se):+.2f}]"
         )
     cost = [
         r.get("hinton_epoch_s", float("nan")) / r["baseline_epoch_s"]
@@ -262,6 +276,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads per process")
     ap.add_argument(
         "--set", action="append", default=[], help="override, e.g. teacher.train.epochs=10"
+    )
+    ap.add_argument(
+        "--no-anchor",
+        action="store_true",
+        help="skip the MiniRocket anchor (benchmarks/anchors.py; needs aeon)",
     )
     ap.add_argument("--val-groups", type=int, default=2, help="validation subjects per fold")
     ap.add_argument("--out", default="reports/kd_quality.json")
@@ -311,6 +330,7 @@ def main() -> None:
                 "threads": a.threads,
                 "cache": a.cache,
                 "readings_id": readings_id,
+                "anchor": not a.no_anchor,
             }
         )
     t0 = time.perf_counter()

@@ -340,6 +340,39 @@ class ModelParams(_Section):
     augment: AugmentParams = AugmentParams()
 
 
+class MiniRocketParams(_Section):
+    """teacher.kind minirocket/auto: the MiniRocket transform (Dempster et al. 2021) + a linear head trained with
+    cross-entropy on its cached features (edgedistill.rocket)."""
+
+    features: int = Field(
+        10_000,
+        ge=84,
+        description="MiniRocket features (84 kernels x dilations x biases; 10,000 as published)",
+    )
+    max_dilations: int = Field(32, ge=1, description="dilations per kernel, at most (as published)")
+    augment_copies: int = Field(
+        2,
+        ge=0,
+        description="augmented copies of the train windows (teacher.augment) whose features the head also "
+        "learns from, beside the clean windows: the bank's views are augmented alike",
+    )
+    epochs: int = Field(30, ge=1, description="epochs of the head over the cached features")
+    lr: float = Field(0.001, gt=0, description="AdamW learning rate of the head (cosine schedule)")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay of the head")
+
+
+class TeacherParams(ModelParams):
+    """The teacher: `kind` picks the model (docs/training.md#which-teacher-teacherkind); arch, config and train are
+    the CNN's, augment is the CNN's training augmentation and the MiniRocket head's augmented copies."""
+
+    kind: Literal["cnn", "minirocket", "auto"] = Field(
+        "cnn",
+        description="cnn: the network of teacher.arch/config | minirocket: MiniRocket features + a linear head "
+        "(teacher.minirocket) | auto: train both, keep the higher best val accuracy (ties: cnn); never test",
+    )
+    minirocket: MiniRocketParams = MiniRocketParams()
+
+
 class BankParams(_Section):
     views: int = Field(
         8, ge=1, description="augmented + mixup views per training window (at least)"
@@ -891,7 +924,7 @@ class Params(_Section):
     validate_: ValidateParams = Field(ValidateParams(), alias="validate")
     prepare: PrepareParams = PrepareParams()
     compute: ComputeParams = ComputeParams()
-    teacher: ModelParams
+    teacher: TeacherParams
     sanity: SanityParams = SanityParams()
     student: ModelParams
     distill: DistillParams = DistillParams()

@@ -588,6 +588,8 @@ def model_card(
                 else "baseline student (promote.fallback: baseline)"
             ),
             "kd": decision.get("kd_line"),
+            # which teacher distilled the student and why (teacher.kind; auto chose on val)
+            "teacher": _teacher_text(doc("metrics/teacher.json")),
             "int8_accuracy": _pct_iv(decision["candidate"], "int8_accuracy"),
             # which C the MCU objects hold and why (mcu.engine; a fallback names what the int8 kernels lack)
             "mcu_engine": _mcu_engine_text(doc(MCU_REPORT)),
@@ -610,6 +612,19 @@ def model_card(
 
 def _pct(v: Any) -> str:
     return "—" if v is None else f"{100 * float(v):.2f}%"
+
+
+def _teacher_text(teacher: dict[str, Any] | None) -> str | None:
+    """'minirocket (teacher.kind: auto; the higher best val accuracy ...: cnn 90.1%, minirocket 92.3%)'."""
+    if not teacher:
+        return None
+    choice = teacher.get("choice") or {}
+    cands = choice.get("candidates") or {}
+    vals = ", ".join(f"{k} {_pct(c.get('val_accuracy'))} val" for k, c in cands.items())
+    kind = teacher.get("kind", teacher.get("arch"))
+    return (
+        f"{kind} (teacher.kind: {choice.get('requested', 'cnn')}; {choice.get('rule', '')}: {vals})"
+    )
 
 
 def _mcu_engine_text(mcu: dict[str, Any] | None) -> str | None:

@@ -1,4 +1,5 @@
-"""train_teacher: a 1D ResNet on the prepared windows, early-stopped on val, resumable after a kill.
+"""train_teacher: a 1D ResNet on the prepared windows, early-stopped on val, resumable after a kill; or (teacher.kind)
+a MiniRocket teacher (edgedistill.rocket), or both with the one of higher best val accuracy kept (auto).
 
 Outputs: models/teacher.pt, metrics/teacher.json, metrics/plots/teacher_{curve,confusion}.csv.
 """
@@ -8,18 +9,20 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgedistill.errors import TrainingFailed
+from edgedistill import baseline as bl
+from edgedistill.checkpoint import save_checkpoint
+from edgedistill.errors import ParamsInvalid, TrainingFailed
 from edgedistill.io import write_json
 from edgedistill.params import Params, SanityParams
-from edgedistill.train import baseline as bl
-from edgedistill.train.checkpoint import save_checkpoint
-from edgedistill.train.training import (
+from edgedistill.rocket import train_minirocket
+from edgedistill.training import (
+    Augment,
     Prepared,
     augment,
     augment_for,
@@ -57,26 +60,123 @@ def run(
     mp = params.teacher
     device = resolve_device(params.compute.device, params.compute.threads)
     data = load_prepared(prepared, device)
-    meta = data.model_meta(mp.arch, mp.config)
-    torch.manual_seed(mp.train.seed)  # weight init is part of the run: same seed, same model
-    model = build_from_params(mp.arch, mp.config, meta["net_in_channels"], meta["n_classes"])
     aug = augment_for(mp.augment, params.data.vector_groups, data.norm)
     if note := rotation_note(mp.augment, aug, data.norm):
         log(f"teacher: {note}")
+    sanity = sanity_figures(data, params.sanity)
+    if sanity:
+        log(f"teacher: sanity references on val: {bl.describe(sanity)}")
+    kinds = ["cnn", "minirocket"] if mp.kind == "auto" else [mp.kind]
+    trained = {}
+    for kind in kinds:
+        train_fn = train_cnn if kind == "cnn" else train_minirocket_teacher
+        trained[kind] = train_fn(params, data, aug, device, sanity, resume_dir, log)
+    chosen = choose_teacher({k: t[2].best_val_accuracy for k, t in trained.items()})
+    model, meta, result, epochs, check_epoch = trained[chosen]
+    if len(kinds) > 1:
+        log(
+            f"teacher: auto chose {chosen} on val ("
+            + ", ".join(f"{k} {100 * t[2].best_val_accuracy:.1f}%" for k, t in trained.items())
+            + ")"
+        )
+    if sanity:  # the best checkpoint's per-class recall on val: balanced accuracy against chance
+        vm = classification_metrics(predict(model, data.val.x[:]), data.val.y, data.labels)
+        sanity["balanced_val_accuracy"], sanity["chance_balanced"], se = bl.balanced_vs_chance(
+            vm["confusion"]
+        )
+        sanity_stop(
+            params.sanity,
+            sanity,
+            result.epochs_run,
+            result.best_val_accuracy,
+            len(data.val),
+            epochs,
+            final=True,
+            check_epoch=check_epoch,
+            chance_se=se,
+        )
+    m = model_report(model, data.test, data.labels, meta)
+    metrics = {
+        "model": "teacher",
+        "arch": meta["arch"],
+        "kind": chosen,
+        **public_metrics(m, result, device),
+        # which teacher and why: the rule looks at val only (the test figures above are reported, never used)
+        "choice": {
+            "requested": mp.kind,
+            "rule": TEACHER_RULE if len(kinds) > 1 else f"teacher.kind: {mp.kind}",
+            "candidates": {
+                k: {
+                    "arch": t[1]["arch"],
+                    "val_accuracy": round(t[2].best_val_accuracy, 5),
+                    "train_seconds": round(t[2].seconds, 2),
+                }
+                for k, t in trained.items()
+            },
+        },
+    }
+    if sanity:
+        judged = epochs >= check_epoch
+        metrics["sanity"] = {
+            **{k: round(v, 5) for k, v in sanity.items()},
+            "judged": judged,
+            "passed": True if judged else None,
+        }
+    save_checkpoint(model_out, model.cpu(), {**meta, "metrics": {"test_accuracy": m["accuracy"]}})
+    write_json(metrics_out, metrics)
+    if plots_dir:
+        write_plots(plots_dir, "teacher", result.history, m["confusion"], data.labels)
+    return metrics
+
+
+class Trained(NamedTuple):
+    model: torch.nn.Module
+    meta: dict[str, Any]
+    result: Any  # TrainResult or edgedistill.rocket.HeadResult
+    epochs: int  # planned epochs (runs shorter than check_epoch are not judged by the sanity stop)
+    check_epoch: int
+
+
+TEACHER_RULE = (
+    "the higher best val accuracy of cnn and minirocket (ties: cnn); test is never looked at"
+)
+
+
+def choose_teacher(val_accuracy: dict[str, float]) -> str:
+    """teacher.kind auto: the candidate with the higher best val accuracy; a tie keeps the CNN (cheaper logits
+    for the bank and fm_online). Only validation figures come in: the choice cannot see test."""
+    return max(val_accuracy, key=lambda k: (val_accuracy[k], k == "cnn"))
+
+
+def train_cnn(
+    params: Params,
+    data: Prepared,
+    aug: Augment,
+    device: torch.device,
+    sanity: dict[str, float],
+    resume_dir: str | Path,
+    log: Callable[[str], None],
+) -> Trained:
+    """The network of teacher.arch/config trained with cross-entropy on augmented windows, early-stopped on
+    val, resumable; the majority-class sanity check runs at check_epoch."""
+    mp = params.teacher
+    meta = data.model_meta(mp.arch, mp.config)
+    torch.manual_seed(mp.train.seed)  # weight init is part of the run: same seed, same model
+    model = build_from_params(mp.arch, mp.config, meta["net_in_channels"], meta["n_classes"])
     smoothing = mp.train.label_smoothing
 
     def loss_fn(model, xb, yb, idx, gen):
         return F.cross_entropy(model(augment(xb, aug, gen)), yb, label_smoothing=smoothing)
 
     key = run_key(
-        "teacher", mp.model_dump(), data_fingerprint(data.train.path, data.val.path), device.type
+        "teacher",
+        mp.model_dump(exclude={"kind", "minirocket"}),
+        data_fingerprint(data.train.path, data.val.path),
+        device.type,
     )
     cfg = train_config(mp.train, len(data.train), log, "teacher")
     # the majority-class check runs at the same point of the schedule as check_epoch of the nominal epochs
     check_epoch = math.ceil(params.sanity.check_epoch * cfg.epochs / mp.train.epochs)
-    sanity = sanity_figures(data, params.sanity)
-    if sanity:
-        log(f"teacher: sanity references on val: {bl.describe(sanity)}")
     result = train(
         model,
         data.train,
@@ -94,36 +194,58 @@ def run(
             params.sanity, sanity, epoch, acc, len(data.val), cfg.epochs, check_epoch=check_epoch
         ),
     )
-    if sanity:  # the best checkpoint's per-class recall on val: balanced accuracy against chance
-        vm = classification_metrics(predict(model, data.val.x[:]), data.val.y, data.labels)
-        sanity["balanced_val_accuracy"], sanity["chance_balanced"], se = bl.balanced_vs_chance(
-            vm["confusion"]
-        )
-        sanity_stop(
-            params.sanity,
-            sanity,
-            result.epochs_run,
-            result.best_val_accuracy,
-            len(data.val),
-            cfg.epochs,
-            final=True,
-            check_epoch=check_epoch,
-            chance_se=se,
-        )
-    m = model_report(model, data.test, data.labels, meta)
-    metrics = {"model": "teacher", "arch": mp.arch, **public_metrics(m, result, device)}
-    if sanity:
-        judged = cfg.epochs >= check_epoch
-        metrics["sanity"] = {
-            **{k: round(v, 5) for k, v in sanity.items()},
-            "judged": judged,
-            "passed": True if judged else None,
-        }
-    save_checkpoint(model_out, model.cpu(), {**meta, "metrics": {"test_accuracy": m["accuracy"]}})
-    write_json(metrics_out, metrics)
-    if plots_dir:
-        write_plots(plots_dir, "teacher", result.history, m["confusion"], data.labels)
-    return metrics
+    return Trained(model, meta, result, cfg.epochs, check_epoch)
+
+
+def train_minirocket_teacher(
+    params: Params,
+    data: Prepared,
+    aug: Augment,
+    device: torch.device,
+    sanity: dict[str, float],
+    resume_dir: str | Path,
+    log: Callable[[str], None],
+) -> Trained:
+    """MiniRocket features + a linear head (edgedistill.rocket), the head's epoch chosen on val."""
+    mp, rp = params.teacher, params.teacher.minirocket
+    config = {
+        "window": int(data.norm["window"]),
+        "features": rp.features,
+        "max_dilations": rp.max_dilations,
+        "seed": mp.train.seed,
+    }
+    meta = data.model_meta("minirocket", config)
+    try:
+        model = build_from_params("minirocket", config, meta["net_in_channels"], meta["n_classes"])
+    except ParamsInvalid as e:
+        raise ParamsInvalid(
+            f"teacher.kind {mp.kind}: {e}",
+            hint="MiniRocket's kernels span 9 readings: use teacher.kind cnn for shorter windows "
+            "(prepare.window), or longer windows.",
+        ) from None
+    result = train_minirocket(
+        model,
+        data.train.x,
+        data.train.y,
+        data.val.x,
+        data.val.y,
+        lambda xb, gen: augment(xb, aug, gen),
+        rp.augment_copies,
+        rp.epochs,
+        mp.train.batch_size,
+        rp.lr,
+        rp.weight_decay,
+        mp.train.seed,
+        device,
+        log=log,
+    )
+    log(
+        f"teacher (minirocket): best epoch {result.best_epoch}/{result.epochs_run}, val accuracy "
+        f"{100 * result.best_val_accuracy:.1f}%, {result.seconds:.1f}s"
+    )
+    return Trained(
+        model, meta, result, rp.epochs, 1
+    )  # judged whatever its epochs: no warm-up to wait for
 
 
 def sanity_figures(data: Prepared, sp: SanityParams) -> dict[str, float]:

@@ -1,4 +1,5 @@
-"""Networks: a 1D ResNet teacher and a depthwise-separable 1D CNN student sized for microcontrollers.
+"""Networks: a 1D ResNet teacher and a depthwise-separable 1D CNN student sized for microcontrollers (and the
+MiniRocket teacher of edgedistill.rocket, rebuilt by the same `build_model`).
 
 Both take [batch, channels, window] float32 (normalised) and return logits [batch, classes].
 `build_model(kind, config, in_channels, n_classes)` rebuilds either from a checkpoint's config.
@@ -12,6 +13,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from edgedistill.rocket import MiniRocketNet
 
 
 class ResBlock1d(nn.Module):
@@ -194,7 +197,7 @@ def channels_last_twin(net: nn.Module) -> nn.Module:
     return ChannelsLastTwin(net) if isinstance(net, (ResNet1d, DSCNN1d)) else net
 
 
-ARCHS = {"resnet1d": ResNet1d, "dscnn1d": DSCNN1d}
+ARCHS = {"resnet1d": ResNet1d, "dscnn1d": DSCNN1d, "minirocket": MiniRocketNet}
 
 
 def build_model(arch: str, config: dict[str, Any], in_channels: int, n_classes: int) -> nn.Module:
