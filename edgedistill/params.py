@@ -342,7 +342,7 @@ class ModelParams(_Section):
 
 class MiniRocketParams(_Section):
     """teacher.kind minirocket/auto: the MiniRocket transform (Dempster et al. 2021) + a linear head trained with
-    cross-entropy on its cached features (edgedistill.rocket)."""
+    cross-entropy on its cached features (edgedistill.train.rocket)."""
 
     features: int = Field(
         10_000,

@@ -1,5 +1,5 @@
 """train_teacher: a 1D ResNet on the prepared windows, early-stopped on val, resumable after a kill; or (teacher.kind)
-a MiniRocket teacher (edgedistill.rocket), or both with the one of higher best val accuracy kept (auto).
+a MiniRocket teacher (edgedistill.train.rocket), or both with the one of higher best val accuracy kept (auto).
 
 Outputs: models/teacher.pt, metrics/teacher.json, metrics/plots/teacher_{curve,confusion}.csv.
 """
@@ -15,13 +15,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgedistill import baseline as bl
-from edgedistill.checkpoint import save_checkpoint
 from edgedistill.errors import ParamsInvalid, TrainingFailed
 from edgedistill.io import write_json
 from edgedistill.params import Params, SanityParams
-from edgedistill.rocket import train_minirocket
-from edgedistill.training import (
+from edgedistill.train import baseline as bl
+from edgedistill.train.checkpoint import save_checkpoint
+from edgedistill.train.rocket import train_minirocket
+from edgedistill.train.training import (
     Augment,
     Prepared,
     augment,
@@ -132,7 +132,7 @@ def run(
 class Trained(NamedTuple):
     model: torch.nn.Module
     meta: dict[str, Any]
-    result: Any  # TrainResult or edgedistill.rocket.HeadResult
+    result: Any  # TrainResult or edgedistill.train.rocket.HeadResult
     epochs: int  # planned epochs (runs shorter than check_epoch are not judged by the sanity stop)
     check_epoch: int
 
@@ -206,7 +206,7 @@ def train_minirocket_teacher(
     resume_dir: str | Path,
     log: Callable[[str], None],
 ) -> Trained:
-    """MiniRocket features + a linear head (edgedistill.rocket), the head's epoch chosen on val."""
+    """MiniRocket features + a linear head (edgedistill.train.rocket), the head's epoch chosen on val."""
     mp, rp = params.teacher, params.teacher.minirocket
     config = {
         "window": int(data.norm["window"]),

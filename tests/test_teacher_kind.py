@@ -1,4 +1,4 @@
-"""teacher.kind: the MiniRocket teacher (edgedistill.rocket) learns on small real data, gives logits for the
+"""teacher.kind: the MiniRocket teacher (edgedistill.train.rocket) learns on small real data, gives logits for the
 bank's augmented views, exports to ONNX like the CNN; auto keeps the candidate with the higher val accuracy."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import pytest
 import torch
 from conftest import make_params, merge
 
-from edgedistill.checkpoint import load_checkpoint
 from edgedistill.errors import ParamsInvalid
-from edgedistill.rocket import MiniRocketNet, _ppv_compare, _ppv_sorted
-from edgedistill.training import load_prepared
+from edgedistill.train.checkpoint import load_checkpoint
+from edgedistill.train.rocket import MiniRocketNet, _ppv_compare, _ppv_sorted
+from edgedistill.train.training import load_prepared
 from tasks import prepare, teacher_logits, train_teacher
 
 TINY = {
@@ -113,7 +113,7 @@ def test_minirocket_refuses_windows_shorter_than_its_kernels(readings_file, work
 
 
 def test_minirocket_teacher_exports_to_onnx_with_parity(tmp_path):
-    from edgedistill import onnx_tools as ox
+    from edgedistill.export import onnx_tools as ox
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(120, 3, 48, generator=g).cumsum(-1)

@@ -1,5 +1,5 @@
 """Networks: a 1D ResNet teacher and a depthwise-separable 1D CNN student sized for microcontrollers (and the
-MiniRocket teacher of edgedistill.rocket, rebuilt by the same `build_model`).
+MiniRocket teacher of edgedistill.train.rocket, rebuilt by the same `build_model`).
 
 Both take [batch, channels, window] float32 (normalised) and return logits [batch, classes].
 `build_model(kind, config, in_channels, n_classes)` rebuilds either from a checkpoint's config.
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgedistill.rocket import MiniRocketNet
+from edgedistill.train.rocket import MiniRocketNet
 
 
 class ResBlock1d(nn.Module):
