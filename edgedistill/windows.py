@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from edgedistill.errors import DataInvalid
+from edgedistill.errors import DataInvalid, EdgeDistillError
 from edgedistill.params import DataParams
 from edgedistill.readings import (
     CSV_SUFFIXES,
@@ -42,9 +42,16 @@ class Source:
     path: str
     root: str | None = None
     partition: tuple[tuple[str, str, str], ...] = ()
+    obj: dict | None = (
+        None  # an S3 object of the readings manifest (edgedistill.s3data), read pinned
+    )
+    endpoint: str | None = None
 
     @property
     def where(self) -> str:
+        if self.obj is not None:
+            part = self.obj.get("partition")
+            return f"{self.path} (partition {part})" if part else self.path
         if self.root is None:
             return self.path
         return f"{self.path} (partition {partition_of(Path(self.root), Path(self.path)) or '(top level)'})"
@@ -113,11 +120,49 @@ def sources(path: str | Path) -> list[Source]:
     return out
 
 
+def sources_from_manifest(manifest: dict[str, Any], endpoint: str | None = None) -> list[Source]:
+    """The objects of an S3 readings manifest in table order, each to be read at its recorded version."""
+    from edgedistill import s3data
+
+    schema = s3data.arrow_schema(manifest, endpoint)
+    types = {f.name: str(f.type) for f in schema} if schema is not None else {}
+    out = []
+    for o in manifest["objects"]:
+        parts = [p.split("=", 1) for p in o["partition"].split("/") if "=" in p]
+        part = tuple((k, v, types.get(k, "string")) for k, v in parts)
+        out.append(Source(o["url"], manifest["readings"], part, o, endpoint))
+    return out
+
+
+def _object_batches(src: Source, columns: list[str], chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """An S3 object's rows as _batches gives a local file's (partition keys as the same scalars)."""
+    import pyarrow as pa
+
+    from edgedistill import s3data
+
+    if Path(src.path).suffix.lower() in CSV_SUFFIXES:
+        with s3data.open_object(src.obj, src.endpoint) as f:
+            yield from pd.read_csv(f, chunksize=chunk_rows)
+        return
+    keys = {k: (v, t) for k, v, t in src.partition}
+    file_cols = [c for c in columns if c not in keys]
+    for t in s3data.parquet_batches(src.obj, src.endpoint, chunk_rows, columns=file_cols):
+        df = t.to_pandas()
+        for c in columns:
+            if c in keys:  # a partition key: one value for the whole object
+                v, typ = keys[c]
+                df[c] = pa.array([v]).cast(typ).to_pylist()[0]
+        yield df
+
+
 def _batches(src: Source, columns: list[str], chunk_rows: int) -> Iterator[pd.DataFrame]:
     """The file's rows in order, `chunk_rows` at a time, partition keys added as columns."""
     path = Path(src.path)
     suffix = path.suffix.lower()
     try:
+        if src.obj is not None:
+            yield from _object_batches(src, columns, chunk_rows)
+            return
         if suffix in CSV_SUFFIXES:
             yield from pd.read_csv(path, chunksize=chunk_rows)
             return
@@ -137,7 +182,7 @@ def _batches(src: Source, columns: list[str], chunk_rows: int) -> Iterator[pd.Da
                     v, t = keys[c]
                     df[c] = pa.array([v]).cast(t).to_pylist()[0]
             yield df
-    except DataInvalid:
+    except EdgeDistillError:
         raise
     except Exception as e:  # pyarrow/pandas raise many types for corrupt input
         kind = "CSV" if suffix in CSV_SUFFIXES else "Parquet"
@@ -149,12 +194,24 @@ def _batches(src: Source, columns: list[str], chunk_rows: int) -> Iterator[pd.Da
 def file_columns(src: Source) -> list[str]:
     path = Path(src.path)
     try:
-        if path.suffix.lower() in CSV_SUFFIXES:
+        if src.obj is not None:
+            from edgedistill import s3data
+
+            with s3data.open_object(src.obj, src.endpoint) as f:
+                if path.suffix.lower() in CSV_SUFFIXES:
+                    cols = list(pd.read_csv(f, nrows=0).columns)
+                else:
+                    import pyarrow.parquet as pq
+
+                    cols = list(pq.read_schema(f).names)
+        elif path.suffix.lower() in CSV_SUFFIXES:
             cols = list(pd.read_csv(path, nrows=0).columns)
         else:
             import pyarrow.parquet as pq
 
             cols = list(pq.read_schema(path).names)
+    except EdgeDistillError:
+        raise
     except Exception as e:  # noqa: BLE001 - a damaged footer or header
         raise DataInvalid(
             f"{src.where}: not a readable file (truncated or corrupted?): {_short(e)}"

@@ -19,14 +19,14 @@ from typing import Any
 
 import numpy as np
 
-from edgedistill import normalization, prepare_stats
+from edgedistill import normalization, prepare_stats, s3data
 from edgedistill.dataplane import run_map
 from edgedistill.errors import DataInvalid, ParamsInvalid
 from edgedistill.fmt import short_list
 from edgedistill.io import swap_dir, write_json
 from edgedistill.params import Params, PrepareParams
 from edgedistill.shards import ShardedSplit, ShardWriter, open_split, write_index
-from edgedistill.windows import CutItem, cut_file, scan_file, sources
+from edgedistill.windows import CutItem, Source, cut_file, scan_file, sources, sources_from_manifest
 
 OUT_DIR = "data/prepared"
 SPLITS = ("train", "val", "test")
@@ -82,25 +82,40 @@ def _refuse_group_leakage(
 
 
 def run(
-    params: Params, readings: str | Path | None = None, out_dir: str | Path = OUT_DIR
+    params: Params,
+    readings: str | Path | None = None,
+    out_dir: str | Path = OUT_DIR,
+    manifest_path: str | Path = s3data.MANIFEST,
 ) -> dict[str, Any]:
-    """Build the whole output folder beside the old one, then swap: any failure leaves the old outputs."""
+    """Build the whole output folder beside the old one, then swap: any failure leaves the old outputs.
+    S3 readings are read exactly as validate's manifest recorded them (each object at its version)."""
     out_dir = Path(out_dir)
+    path = str(readings or params.data.readings)
+    if s3data.is_s3(path):
+        manifest = s3data.read(manifest_path)
+        if manifest is None or manifest["readings"] != path:
+            raise DataInvalid(
+                f"{path}: no readings manifest for these readings at {manifest_path}",
+                hint="Run validate first (`dvc repro validate`): it lists the objects and records "
+                "exactly what prepare reads.",
+            )
+        srcs = sources_from_manifest(manifest, params.store.s3.endpoint_url)
+    else:
+        srcs = sources(path)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        report = _build(params, Path(readings or params.data.readings), tmp)
+        report = _build(params, srcs, tmp)
         swap_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return report
 
 
-def _build(params: Params, path: Path, out: Path) -> dict[str, Any]:
+def _build(params: Params, srcs: list[Source], out: Path) -> dict[str, Any]:
     d, pp = params.data, params.prepare
     engine = {"address": d.dask_address, "workers": d.dask_workers, "timeout_s": d.dask_timeout_s}
-    srcs = sources(path)
     base = [
         CutItem(
             i,
