@@ -59,7 +59,7 @@ def filesystem(endpoint_url: str | None = None) -> Any:
     return s3fs.S3FileSystem(**kw)
 
 
-def _s3_error(what: str, e: Exception) -> Exception:
+def s3_error(what: str, e: Exception) -> Exception:
     """One user-facing error for a failed S3 call, naming the URL or object."""
     name = type(e).__name__
     if name in ("NoCredentialsError", "PartialCredentialsError"):
@@ -125,7 +125,7 @@ def list_objects(url: str, endpoint_url: str | None = None) -> tuple[list[dict[s
         prefix = key.rstrip("/")
         found = fs.find(f"{bucket}/{prefix}" if prefix else bucket, detail=True)
     except Exception as e:  # s3fs/botocore raise many types
-        raise _s3_error(url, e) from None
+        raise s3_error(url, e) from None
     base = f"{bucket}/{prefix}/" if prefix else f"{bucket}/"
     out = []
     for name in sorted(found):
@@ -167,7 +167,7 @@ def open_object(obj: dict[str, Any], endpoint_url: str | None = None) -> Any:
             hint="Nothing was published; run again to read the prefix as it is now.",
         ) from None
     except Exception as e:  # s3fs/botocore raise many types
-        raise _s3_error(obj["url"], e) from None
+        raise s3_error(obj["url"], e) from None
     etag = str(f.details.get("ETag", "")).strip('"') or None
     if obj.get("etag") and etag != obj["etag"]:
         f.close()
@@ -468,7 +468,7 @@ def compare(manifest: dict[str, Any], endpoint_url: str | None = None) -> dict[s
             except FileNotFoundError:
                 pass
             except Exception as e:  # s3fs/botocore raise many types
-                raise _s3_error(o["url"], e) from None
+                raise s3_error(o["url"], e) from None
         unreadable.append(o["url"])
     known = {o["key"] for o in manifest["objects"]}
     new = [o["url"] for o in now if o["key"] not in known]

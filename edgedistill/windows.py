@@ -10,6 +10,7 @@ edgedistill.dataplane.run_map can run them in process or on Dask worker processe
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,9 @@ class CutItem:
     chunk_rows: int
     shard_windows: int
     work_dir: str
+    # share-nothing workers: the artifact store's S3 settings (bucket, prefix, endpoint_url, region);
+    # the worker cuts into its own temporary folder and stages the parts in the store (stage_parts)
+    stage_to: dict[str, Any] | None = None
     split_of: dict[str, str] = field(default_factory=dict)  # group -> split
     rec_split: dict[str, str] | None = (
         None  # recording key -> split (with a split column; wins over groups)
@@ -281,9 +285,83 @@ def scan_file(item: CutItem) -> dict[str, Any]:
 
 def cut_file(item: CutItem) -> dict[str, Any]:
     """Cut one file into windows, written to part shards under work_dir/<index>/ (one writer per split);
-    train rows (for the normalisation statistics) spilled as .npy chunks in table order."""
+    train rows (for the normalisation statistics) spilled as .npy chunks in table order. With
+    `stage_to`, the worker cuts into its own temporary folder and stages every part in the artifact
+    store instead (content-addressed, created once: stage_parts); nothing of the client's disk is used."""
+    if item.stage_to is None:
+        return _cut(item, Path(item.work_dir) / f"{item.index:05d}")
+    import shutil
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix="edgedistill-cut-"))
+    try:
+        got = _cut(item, tmp / f"{item.index:05d}")
+        got["staged"] = stage_parts(item.stage_to, Path(got.pop("dir")))
+        got["rows"] = [Path(f).name for f in got["rows"]]
+        return got
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+STAGING = "staging/prepare"
+
+
+def staged_url(spec: dict[str, Any], sha256: str) -> str:
+    """Where a staged part lives: <store>/staging/prepare/<sha256[:2]>/<sha256> (its name is its digest,
+    never a partition value or a path, so no user text reaches a store key)."""
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise ValueError(f"not a sha256: {sha256!r}")
+    prefix = (spec.get("prefix") or "").strip("/")
+    return f"s3://{spec['bucket']}/{prefix + '/' if prefix else ''}{STAGING}/{sha256[:2]}/{sha256}"
+
+
+def stage_parts(spec: dict[str, Any], folder: Path) -> dict[str, str]:
+    """Every file under `folder` written to the artifact store (S3) at its staged_url, create-only: a
+    retried or duplicate task finds its bytes there already, and an S3 PUT is never visible half-written.
+    Returns {path under folder: sha256}."""
+    from edgedistill import s3data
+    from edgedistill.io import sha256_file
+
+    fs = s3data.filesystem(spec.get("endpoint_url"))
+    out: dict[str, str] = {}
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest = sha256_file(f)
+        path = staged_url(spec, digest)[len("s3://") :]
+        if not fs.exists(path):
+            try:
+                fs.pipe_file(path, f.read_bytes(), mode="create")
+            except Exception as e:  # another attempt created it first (the same bytes), or a fault
+                if not fs.exists(path):
+                    raise s3data.s3_error(f"s3://{path}", e) from None
+        out[f.relative_to(folder).as_posix()] = digest
+    return out
+
+
+def fetch_parts(spec: dict[str, Any], cut: dict[str, Any], dest: Path) -> dict[str, Any]:
+    """A staged cut's parts fetched from the store into `dest`, each checked against its sha256; the cut
+    as cut_file returns it without staging (`dir`, `rows` as local paths)."""
+    from edgedistill import s3data
+    from edgedistill.errors import ArtifactCorrupt
+    from edgedistill.io import sha256_file
+
+    fs = s3data.filesystem(spec.get("endpoint_url"))
+    for rel, digest in cut["staged"].items():
+        url = staged_url(spec, digest)
+        f = dest / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fs.get_file(url[len("s3://") :], str(f))
+        except Exception as e:  # s3fs/botocore raise many types
+            raise s3data.s3_error(url, e) from None
+        if sha256_file(f) != digest:
+            raise ArtifactCorrupt(
+                f"{url}: staged part {rel} of readings file {cut['index']} does not match its sha256"
+            )
+    return {**cut, "dir": str(dest), "rows": [str(dest / r) for r in cut["rows"]]}
+
+
+def _cut(item: CutItem, out: Path) -> dict[str, Any]:
     d, w = item.data, item.window
-    out = Path(item.work_dir) / f"{item.index:05d}"
     writers = {s: ShardWriter(out, s, item.shard_windows) for s in SPLITS}
     label_index = {lab: i for i, lab in enumerate(d.labels)}
     stride_of = {"train": item.train_stride, "val": item.eval_stride, "test": item.eval_stride}

@@ -26,7 +26,15 @@ from edgedistill.fmt import short_list
 from edgedistill.io import swap_dir, write_json
 from edgedistill.params import Params, PrepareParams
 from edgedistill.shards import ShardedSplit, ShardWriter, open_split, write_index
-from edgedistill.windows import CutItem, Source, cut_file, scan_file, sources, sources_from_manifest
+from edgedistill.windows import (
+    CutItem,
+    Source,
+    cut_file,
+    fetch_parts,
+    scan_file,
+    sources,
+    sources_from_manifest,
+)
 
 OUT_DIR = "data/prepared"
 SPLITS = ("train", "val", "test")
@@ -116,6 +124,13 @@ def run(
 def _build(params: Params, srcs: list[Source], out: Path) -> dict[str, Any]:
     d, pp = params.data, params.prepare
     engine = {"address": d.dask_address, "workers": d.dask_workers, "timeout_s": d.dask_timeout_s}
+    # share-nothing: on a Dask cluster with an S3 artifact store, workers stage their parts in the store
+    # (the client's folders never reach them); else they write under out/.parts (one filesystem)
+    stage_to = (
+        params.store.s3.model_dump(mode="json")
+        if d.dask_address and params.store.s3.bucket
+        else None
+    )
     base = [
         CutItem(
             i,
@@ -127,7 +142,8 @@ def _build(params: Params, srcs: list[Source], out: Path) -> dict[str, Any]:
             pp.eval_stride,
             pp.chunk_rows,
             pp.shard_windows,
-            str(out / ".parts"),
+            "" if stage_to else str(out / ".parts"),
+            stage_to,
         )
         for i, s in enumerate(srcs)
     ]
@@ -158,6 +174,8 @@ def _build(params: Params, srcs: list[Source], out: Path) -> dict[str, Any]:
             raise ParamsInvalid(f"split '{name}' is empty with the current prepare.split settings")
     items = [replace(it, split_of=group_split, rec_split=rec_split) for it in base]
     cuts = run_map(cut_file, items, **engine)
+    if stage_to:
+        cuts = [fetch_parts(stage_to, c, out / ".parts" / f"{c['index']:05d}") for c in cuts]
 
     label_index = {lab: i for i, lab in enumerate(d.labels)}
     gaps = sum(c["gaps"] for c in cuts)

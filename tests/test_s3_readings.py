@@ -167,8 +167,7 @@ def test_bad_s3_input_one_error_nothing_published(bucket, dataset, tmp_path, mon
     name, c = bucket
     url = upload(c, name, dataset)
     monkeypatch.chdir(tmp_path)
-    validate.run(params_for(url))
-    prepare.run(params_for(url))
+    validate.run(params_for(url))  # the previous outputs: a report and a manifest
     before = tree_hashes(tmp_path)
     bad, msg = case(c, name, url)
     with pytest.raises(DataInvalid, match=msg) as e:
@@ -324,3 +323,91 @@ def test_data_log_and_diff_show_the_manifests(bucket, dataset, tmp_path):
         f"s3://{name}/readings/subject=S88/day=2024-03-01/part-0.parquet"
     ]
     assert d["totals"]["rows"]["change"] > 0 and not d["schema_changed"]
+
+
+def _own_empty_dir_plugin():
+    """A worker plugin: each worker process moves into its own new empty folder before any task."""
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class OwnEmptyDir(WorkerPlugin):
+        name = "own-empty-dir"
+
+        def setup(self, worker):
+            import os
+            import tempfile
+
+            os.chdir(tempfile.mkdtemp(prefix="worker-"))
+
+    return OwnEmptyDir()
+
+
+def _cwd() -> str:
+    import os
+
+    return os.getcwd()
+
+
+def test_share_nothing_dask_workers_give_the_local_bytes(bucket, dataset, tmp_path, monkeypatch):
+    """Worker processes, each in its own empty folder, read their partitions from S3 and stage their
+    parts in the S3 artifact store; the client's folders never reach them, and the prepared shards
+    are bit-identical to the single-process run."""
+    import pickle
+    import sys
+
+    import boto3
+    import cloudpickle
+    from distributed import Client, LocalCluster
+
+    import tasks.prepare as prep
+
+    name, c = bucket
+    url = upload(c, name, dataset)
+    monkeypatch.chdir(tmp_path)
+    p = params_for(url)
+    validate.run(p)
+    prepare.run(p, out_dir="single")
+
+    sent: list = []
+    real_map = prep.run_map
+
+    def recording_map(fn, items, **kw):
+        items = list(items)
+        sent.extend(items)
+        return real_map(fn, items, **kw)
+
+    monkeypatch.setattr(prep, "run_map", recording_map)
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            local_directory=str(tmp_path / "dask-scratch"),
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        # this test module is not importable on the workers: send its plugin and probe by value
+        cloudpickle.register_pickle_by_value(sys.modules[__name__])
+        try:
+            client.register_plugin(_own_empty_dir_plugin())
+            cwd = client.run(_cwd)
+        finally:
+            cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+        assert len(set(cwd.values())) == 2 and not any(str(tmp_path) in d for d in cwd.values())
+        dask_p = make_params(
+            {
+                "data": {"readings": url, "dask_address": cluster.scheduler_address},
+                "validate": {"drift": {"enabled": False}},
+                "store": {"s3": {"bucket": name, "prefix": "store"}},
+            }
+        )
+        prepare.run(dask_p, out_dir="dask")
+        staged = boto3.client("s3").list_objects_v2(Bucket=name, Prefix="store/staging/prepare/")
+        first = {o["Key"]: o["ETag"] for o in staged["Contents"]}
+        prepare.run(dask_p, out_dir="dask2")  # a re-run finds its parts there: nothing rewritten
+        staged = boto3.client("s3").list_objects_v2(Bucket=name, Prefix="store/staging/prepare/")
+        assert {o["Key"]: o["ETag"] for o in staged["Contents"]} == first
+    assert read_json("dask/index.json") == read_json("single/index.json")
+    assert tree_hashes(Path("dask")) == tree_hashes(Path("single"))
+    assert tree_hashes(Path("dask2")) == tree_hashes(Path("single"))
+    assert sent and all(str(tmp_path) not in repr(pickle.loads(pickle.dumps(i))) for i in sent)
