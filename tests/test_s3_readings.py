@@ -349,8 +349,9 @@ def _cwd() -> str:
 
 def test_share_nothing_dask_workers_give_the_local_bytes(bucket, dataset, tmp_path, monkeypatch):
     """Worker processes, each in its own empty folder, read their partitions from S3 and stage their
-    parts in the S3 artifact store; the client's folders never reach them, and the prepared shards
-    are bit-identical to the single-process run."""
+    parts in the S3 artifact store; the client's folders never reach them, the prepared shards are
+    bit-identical to the single-process run, and a worker killed mid-map is retried with no part
+    missing or written twice."""
     import pickle
     import sys
 
@@ -369,11 +370,25 @@ def test_share_nothing_dask_workers_give_the_local_bytes(bucket, dataset, tmp_pa
 
     sent: list = []
     real_map = prep.run_map
+    swap: dict = {}
+    marker = tmp_path / "killed-once"
 
     def recording_map(fn, items, **kw):
         items = list(items)
         sent.extend(items)
-        return real_map(fn, items, **kw)
+        return real_map(swap.get(fn, fn), items, **kw)
+
+    def cut_then_die_once(item):
+        """The first file's worker dies after staging its parts, before it answers: Dask retries it."""
+        import os
+
+        from edgedistill.windows import cut_file
+
+        got = cut_file(item)
+        if item.index == 0 and not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(1)
+        return got
 
     monkeypatch.setattr(prep, "run_map", recording_map)
     with (
@@ -407,7 +422,15 @@ def test_share_nothing_dask_workers_give_the_local_bytes(bucket, dataset, tmp_pa
         prepare.run(dask_p, out_dir="dask2")  # a re-run finds its parts there: nothing rewritten
         staged = boto3.client("s3").list_objects_v2(Bucket=name, Prefix="store/staging/prepare/")
         assert {o["Key"]: o["ETag"] for o in staged["Contents"]} == first
+        swap[prep.cut_file] = cut_then_die_once
+        prepare.run(dask_p, out_dir="killed")
+        assert marker.exists()  # a worker did die mid-map
+        staged = boto3.client("s3").list_objects_v2(Bucket=name, Prefix="store/staging/prepare/")
+        assert {
+            o["Key"]: o["ETag"] for o in staged["Contents"]
+        } == first  # none twice, none missing
     assert read_json("dask/index.json") == read_json("single/index.json")
     assert tree_hashes(Path("dask")) == tree_hashes(Path("single"))
     assert tree_hashes(Path("dask2")) == tree_hashes(Path("single"))
+    assert tree_hashes(Path("killed")) == tree_hashes(Path("single"))
     assert sent and all(str(tmp_path) not in repr(pickle.loads(pickle.dumps(i))) for i in sent)
