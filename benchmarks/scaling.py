@@ -3,6 +3,7 @@ pipeline costs on them today.
 
     python benchmarks/scaling.py push                  # DVC upload of an appended drop vs the whole dataset
     python benchmarks/scaling.py stages --scales 1,10,30,100 --prepare-max 30
+    python benchmarks/scaling.py s3 --scales 1,10,100    # readings read in place on S3 (moto)
 
 A fleet at scale k is the bundled smartwatch data replicated k times as new subjects (devices): replica r
 renames subject S01 to S01-r003 and shifts recording ids, so every replica is a distinct group with the
@@ -20,11 +21,19 @@ pass, `validate.chunk_rows`) and runs twice: in one process (data.dask_address: 
 LocalCluster of data.dask_workers worker processes (data.dask_address: local). prepare is still in-memory
 pandas on this branch, so it runs only up to --prepare-max (above that it would not fit in RAM); one
 teacher epoch is not measured here. Results go to benchmarks/results/.
+
+`s3`: the same fleets uploaded to a versioned bucket of a moto S3 server (its own process) and read in
+place (`data.readings: s3://…/readings/`): validate and prepare in one process, then prepare on a Dask
+LocalCluster whose workers share nothing (they read their objects from S3 and stage their parts in the S3
+artifact store). Time, peak summed RssAnon (client + nannies + workers; the scheduler runs in the
+client), and the readings bytes that cross the client: every object in one process; on Dask the staged
+parts the client fetches.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -32,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -257,6 +267,122 @@ def stages(scales: list[int], prepare_max: int, names: list[str]) -> dict:
     return {"rows": rows}
 
 
+S3_CALLS = {
+    "validate_s3": "validate.run(p)",
+    "prepare_s3": "prepare.run(p, out_dir='prepared')",
+    "prepare_s3_dask": "prepare.run(p, out_dir='prepared-dask')",
+}
+
+
+@contextlib.contextmanager
+def moto_endpoint(port: int) -> Iterator[str]:
+    """moto's S3 server in its own process (its memory is not the pipeline's), on 127.0.0.1:port."""
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        import urllib.request
+
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(url, timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def s3_bytes(client, bucket: str, prefix: str) -> tuple[int, int]:
+    n = size = 0
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for o in page.get("Contents", []):
+            n, size = n + 1, size + o["Size"]
+    return n, size
+
+
+def s3_stages(scales: list[int], port: int, names: list[str]) -> dict:
+    """validate and prepare on readings read in place from a moto bucket (1 process), and prepare on a
+    Dask LocalCluster whose workers share nothing (they read S3 and stage their parts in the S3 store)."""
+    import boto3
+
+    fake = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    os.environ.update(fake)
+    df = bundled()
+    rows = []
+    with moto_endpoint(port) as url:
+        os.environ["AWS_ENDPOINT_URL"] = url
+        c = boto3.client("s3", endpoint_url=url)
+        for k in scales:
+            bucket = f"fleet-scale{k}"
+            c.create_bucket(Bucket=bucket)
+            c.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+            with tempfile.TemporaryDirectory(prefix=f"edgedistill-s3scale{k}-") as tmp:
+                tmp = Path(tmp)
+                fleet = write_fleet(df, tmp / "fleet", range(k))
+                for f in sorted(fleet.rglob("*.parquet")):
+                    c.upload_file(str(f), bucket, f"readings/{f.relative_to(fleet).as_posix()}")
+                files, size = tree_size(fleet)
+                shutil.rmtree(fleet)  # nothing local: the stages read the bucket
+                raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+                raw["data"]["readings"] = f"s3://{bucket}/readings/"
+                raw["validate"]["drift"]["reference"] = str(tmp / "profile.json")
+                (tmp / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+                raw["data"]["dask_address"] = "local"
+                raw["store"]["s3"].update(bucket=bucket, prefix="store")
+                (tmp / "params-dask.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+                row = {
+                    "scale": k,
+                    "readings": len(df) * k,
+                    "objects": files,
+                    "bytes": size,
+                    "load_avg_1m": round(os.getloadavg()[0], 1),
+                }
+                for stage in ["validate_s3", *[n for n in names if n != "validate_s3"]]:
+                    params = "params-dask.yaml" if stage.endswith("_dask") else "params.yaml"
+                    module = stage.split("_")[0]
+                    code = STAGE.format(stage=module, params=params, call=S3_CALLS[stage])
+                    wall, gb = measure(code, tmp, stage)
+                    row[f"{stage}_s"], row[f"{stage}_peak_gb"] = round(wall, 1), round(gb, 2)
+                    row[f"{stage}_us_per_reading"] = round(wall / row["readings"] * 1e6, 2)
+                # what crossed the client: 1 process reads every object; on Dask the client reads
+                # only the footers (validate's listing) and fetches the staged parts
+                n_staged, staged = s3_bytes(c, bucket, "store/staging/prepare/")
+                row["prepare_s3_client_bytes"] = size
+                row["prepare_s3_dask_client_bytes"] = staged
+                row["staged_parts"] = n_staged
+            rows.append(row)
+            print(table_s3([row]).splitlines()[-1], flush=True)
+    return {"rows": rows}
+
+
+def table_s3(rows: list[dict]) -> str:
+    lines = [
+        "| scale | readings | objects / MB in the bucket | validate, 1 process | prepare, 1 process | "
+        "prepare, Dask 2 workers sharing nothing | readings bytes through the client (1 process / "
+        "Dask: staged parts fetched) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['scale']}× | {r['readings']:,} | {r['objects']} / {r['bytes'] / 1e6:.1f} | "
+            f"{_cell(r, 'validate_s3', True)} | {_cell(r, 'prepare_s3', True)} | "
+            f"{_cell(r, 'prepare_s3_dask', True)} | {r['prepare_s3_client_bytes'] / 1e6:.1f} MB / "
+            f"{r['prepare_s3_dask_client_bytes'] / 1e6:.1f} MB ({r['staged_parts']} parts) |"
+        )
+    return "\n".join(lines)
+
+
 def table_push(res: dict) -> str:
     lines = [
         "| layout | dataset rows | first push: files / MB | appended drop rows | append push: files / MB |",
@@ -308,8 +434,22 @@ def main() -> None:
         help="largest scale for prepare (in-memory on this branch: ~0.26 GB per 1x)",
     )
     s.add_argument("--out", default=None)
+    s3 = sub.add_parser(
+        "s3", help="readings read in place from a moto S3 bucket, Dask share-nothing"
+    )
+    s3.add_argument("--scales", default="1,10,100")
+    s3.add_argument("--stages", default="validate_s3,prepare_s3,prepare_s3_dask")
+    s3.add_argument("--port", type=int, default=5123)
+    s3.add_argument("--out", default=None)
     a = ap.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if a.cmd == "s3":
+        res = s3_stages([int(x) for x in a.scales.split(",")], a.port, a.stages.split(","))
+        res["machine"] = {"cpus": os.cpu_count()}
+        out = Path(a.out) if a.out else RESULTS / "scaling_s3.json"
+        out.write_text(json.dumps(res, indent=2) + "\n")
+        print(table_s3(res["rows"]))
+        return
     if a.cmd == "push":
         res = push(a.devices)
         (RESULTS / "partitioned_push.json").write_text(json.dumps(res, indent=2) + "\n")

@@ -24,6 +24,7 @@ from prefect.states import Failed
 from rich.console import Console
 from rich.table import Table
 
+from edgedistill import s3data
 from edgedistill.dvclock import entries, lock_stages
 from edgedistill.errors import (
     ArtifactCorrupt,
@@ -503,6 +504,11 @@ def data_lineage(root: Path, params: Params) -> dict[str, Any]:
             root, "log", "-1", "--format=%H", "--", f"{path}.dvc", check=False
         ).stdout.strip()
         out["dvc_file_commit"] = last or None
+    # exactly what was read (object keys, sizes, ETags / version ids, rows, schema hash): the manifest
+    # validate wrote, git-tracked beside dvc.lock; on S3 the objects' identity lives only here
+    manifest = s3data.read(root / s3data.MANIFEST)
+    if manifest is not None and manifest["readings"] == path:
+        out["manifest"] = {"path": s3data.MANIFEST, **s3data.summary(manifest)}
     return out
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from edgedistill import s3data
 from edgedistill.dvclock import entries, lock_stages, out_md5s
 from edgedistill.errors import EdgeDistillError
 from edgedistill.fmt import num
@@ -161,10 +162,11 @@ def reproduce_version(
             with contextlib.chdir(wt), Repo(str(wt)) as repo:
                 repo.pull(targets=inputs, remote=params.store.remote_name)
             log(f"pulled inputs: {', '.join(inputs)}")
+        pin = _pin_s3_readings(wt, params, log)
         for stage in pipeline_stages(wt):
             log(f"reproducing stage {stage} (commit {info.commit[:8]})")
             try:
-                with contextlib.chdir(wt):
+                with contextlib.chdir(wt), _env(pin):
                     r = reproduce_stage(stage, force=True, root=wt)
                 stages_run.append({"stage": stage, "ok": True, "seconds": round(r.seconds, 2)})
             except StageFailed as e:
@@ -263,6 +265,39 @@ def reproduce_version(
     write_json(out, report)
     report["report"] = str(out)
     return report
+
+
+def _pin_s3_readings(wt: Path, params: Params, log: Callable[[str], None]) -> dict[str, str]:
+    """Readings read in place on S3: the release's manifest names every object it read. Refuse (naming
+    them) when one changed or vanished and no recorded version can bring it back; else pin validate to
+    exactly those objects (versions) for the stages run here."""
+    m = s3data.read(wt / s3data.MANIFEST)
+    if m is None or not s3data.is_s3(m["readings"]):
+        return {}
+    c = s3data.check_readable(m, params.store.s3.endpoint_url)
+    moved = len(c["changed"]) + len(c["vanished"])
+    log(
+        f"readings: {len(m['objects'])} objects of {m['readings']} re-read as released"
+        + (f" ({moved} changed since, read at their recorded versions)" if moved else "")
+    )
+    return {s3data.PIN_ENV: str(wt / s3data.MANIFEST)}
+
+
+@contextlib.contextmanager
+def _env(values: dict[str, str]) -> Any:
+    """These environment variables for the stages DVC starts inside the block (they inherit it)."""
+    import os
+
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def release_provenance(

@@ -77,9 +77,54 @@ def last_release_data(
     return out
 
 
+def check_s3_data(root: Path, params: Params, state: dict[str, Any]) -> dict[str, Any]:
+    """S3 readings: the prefix listed now against the manifest of the last read (data/readings.manifest
+    .json). New partitions (and changed or vanished objects) are new data; `md5` is the sha256 of what
+    changed, so one change is announced once."""
+    import hashlib
+
+    from edgedistill import s3data
+
+    url = params.data.readings
+    manifest = s3data.read(root / s3data.MANIFEST)
+    if manifest is None or manifest["readings"] != url:
+        manifest = {"readings": url, "objects": [], "partitions": []}
+    c = s3data.compare(manifest, params.store.s3.endpoint_url)
+    moved = sorted(c["new"] + c["changed"] + c["vanished"])
+    out: dict[str, Any] = {
+        "path": url,
+        "md5": hashlib.sha256("\n".join(moved).encode()).hexdigest() if moved else None,
+        "released_version": None,
+        "released_md5": None,
+        "new_partitions": c["new_partitions"],
+        "new_objects": len(c["new"]),
+        "changed_objects": c["changed"],
+        "vanished_objects": c["vanished"],
+        "emit": False,
+    }
+    if not moved:
+        out["why"] = (
+            f"no new or changed objects since {s3data.MANIFEST} ({len(manifest['objects'])} objects)"
+        )
+    elif state.get("data_md5_emitted") == out["md5"]:
+        out["why"] = f"these changes were already announced at {state.get('data_emitted_at')}"
+    else:
+        parts = c["new_partitions"]
+        out.update(
+            emit=True,
+            why=f"new data: {len(parts)} new partition(s) {', '.join(parts[:5])}"
+            + (" …" if len(parts) > 5 else "")
+            + f"; {len(c['new'])} new, {len(c['changed'])} changed, {len(c['vanished'])} vanished "
+            f"object(s) under {url}",
+        )
+    return out
+
+
 def check_data(root: Path, params: Params, store: Store, state: dict[str, Any]) -> dict[str, Any]:
     from flows.release import data_lineage
 
+    if params.data.readings.startswith("s3://"):
+        return check_s3_data(root, params, state)
     model = params.promote.model
     data = data_lineage(root, params)
     md5 = data.get("md5")

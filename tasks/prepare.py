@@ -19,14 +19,22 @@ from typing import Any
 
 import numpy as np
 
-from edgedistill.data import normalization, prepare_stats
-from edgedistill.data.dataplane import run_map
-from edgedistill.data.windows import CutItem, cut_file, scan_file, sources
+from edgedistill import normalization, prepare_stats, s3data
+from edgedistill.dataplane import run_map
 from edgedistill.errors import DataInvalid, ParamsInvalid
 from edgedistill.fmt import short_list
 from edgedistill.io import swap_dir, write_json
 from edgedistill.params import Params, PrepareParams
 from edgedistill.shards import ShardedSplit, ShardWriter, open_split, write_index
+from edgedistill.windows import (
+    CutItem,
+    Source,
+    cut_file,
+    fetch_parts,
+    scan_file,
+    sources,
+    sources_from_manifest,
+)
 
 OUT_DIR = "data/prepared"
 SPLITS = ("train", "val", "test")
@@ -82,25 +90,47 @@ def _refuse_group_leakage(
 
 
 def run(
-    params: Params, readings: str | Path | None = None, out_dir: str | Path = OUT_DIR
+    params: Params,
+    readings: str | Path | None = None,
+    out_dir: str | Path = OUT_DIR,
+    manifest_path: str | Path = s3data.MANIFEST,
 ) -> dict[str, Any]:
-    """Build the whole output folder beside the old one, then swap: any failure leaves the old outputs."""
+    """Build the whole output folder beside the old one, then swap: any failure leaves the old outputs.
+    S3 readings are read exactly as validate's manifest recorded them (each object at its version)."""
     out_dir = Path(out_dir)
+    path = str(readings or params.data.readings)
+    if s3data.is_s3(path):
+        manifest = s3data.read(manifest_path)
+        if manifest is None or manifest["readings"] != path:
+            raise DataInvalid(
+                f"{path}: no readings manifest for these readings at {manifest_path}",
+                hint="Run validate first (`dvc repro validate`): it lists the objects and records "
+                "exactly what prepare reads.",
+            )
+        srcs = sources_from_manifest(manifest, params.store.s3.endpoint_url)
+    else:
+        srcs = sources(path)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        report = _build(params, Path(readings or params.data.readings), tmp)
+        report = _build(params, srcs, tmp)
         swap_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return report
 
 
-def _build(params: Params, path: Path, out: Path) -> dict[str, Any]:
+def _build(params: Params, srcs: list[Source], out: Path) -> dict[str, Any]:
     d, pp = params.data, params.prepare
     engine = {"address": d.dask_address, "workers": d.dask_workers, "timeout_s": d.dask_timeout_s}
-    srcs = sources(path)
+    # share-nothing: on a Dask cluster with an S3 artifact store, workers stage their parts in the store
+    # (the client's folders never reach them); else they write under out/.parts (one filesystem)
+    stage_to = (
+        params.store.s3.model_dump(mode="json")
+        if d.dask_address and params.store.s3.bucket
+        else None
+    )
     base = [
         CutItem(
             i,
@@ -112,7 +142,8 @@ def _build(params: Params, path: Path, out: Path) -> dict[str, Any]:
             pp.eval_stride,
             pp.chunk_rows,
             pp.shard_windows,
-            str(out / ".parts"),
+            "" if stage_to else str(out / ".parts"),
+            stage_to,
         )
         for i, s in enumerate(srcs)
     ]
@@ -143,6 +174,8 @@ def _build(params: Params, path: Path, out: Path) -> dict[str, Any]:
             raise ParamsInvalid(f"split '{name}' is empty with the current prepare.split settings")
     items = [replace(it, split_of=group_split, rec_split=rec_split) for it in base]
     cuts = run_map(cut_file, items, **engine)
+    if stage_to:
+        cuts = [fetch_parts(stage_to, c, out / ".parts" / f"{c['index']:05d}") for c in cuts]
 
     label_index = {lab: i for i, lab in enumerate(d.labels)}
     gaps = sum(c["gaps"] for c in cuts)

@@ -20,8 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from edgedistill.data import streamstats
-from edgedistill.data.streamstats import FileTask, Partial
+from edgedistill import s3data, streamstats
 from edgedistill.errors import DataInvalid
 from edgedistill.io import read_json, swap_dir, write_json
 from edgedistill.params import Params
@@ -717,13 +716,25 @@ def run(
     readings: str | Path | None = None,
     report_dir: str | Path = REPORT_DIR,
     update_reference: bool = False,
+    manifest_path: str | Path = s3data.MANIFEST,
 ) -> dict:
     """Validate the readings in one streaming pass; write the report (built beside, then swapped in);
-    raise DataInvalid listing each failure. Unreadable input fails before anything is written."""
-    path = Path(readings or params.data.readings)
+    raise DataInvalid listing each failure. Unreadable input fails before anything is written. On success
+    the readings manifest (edgedistill.s3data: every object read, pinned) is written for prepare."""
+    path = str(readings or params.data.readings)
     report_dir = Path(report_dir)
     d, v = params.data, params.validate_params
-    files = streamstats.plan(path)
+    endpoint = params.store.s3.endpoint_url
+    pinned = s3data.pinned_manifest(path)
+    if pinned is not None:  # `reproduce`: re-read exactly the objects the release read
+        manifest = pinned
+        files = streamstats.plan_manifest(manifest, endpoint)
+    elif s3data.is_s3(path):  # listed once: every later read is pinned to what this listing saw
+        manifest = s3data.build(path, endpoint)
+        files = streamstats.plan_manifest(manifest, endpoint)
+    else:
+        files = streamstats.plan(path)
+        manifest = s3data.build(path)
     spec = streamstats.spec_from_params(params, SPLIT_VALUES)
     st = streamstats.collect(files, spec, d.dask_address, d.dask_workers, d.dask_timeout_s)
     ref_path = Path(v.drift.reference)
@@ -760,6 +771,7 @@ def run(
             "gaps": gaps,
             "warnings": [gaps["warning"]] if gaps.get("warning") else [],
             "data_docs": str(report_dir / "data_docs" / "index.html"),
+            "manifest": s3data.summary(manifest),
             "checks": checks,
         }
         if ok and v.drift.enabled and (reference is None):
@@ -767,6 +779,8 @@ def run(
             report["drift_reference"] = f"{ref_path} (created from this dataset)"
         write_json(new / "result.json", report)
         swap_dir(new, report_dir)
+        if ok:
+            s3data.write(manifest_path, manifest)
     finally:
         shutil.rmtree(new, ignore_errors=True)
     if not ok:

@@ -169,3 +169,23 @@ def test_ingest_left_out_when_readings_are_the_users(shuffled_project):
     )
     assert "ingest" not in pipeline_stages(shuffled_project, connected_only=True)
     assert "ingest" in pipeline_stages(shuffled_project)  # still runnable when named
+
+
+def test_s3_readings_feed_prepare_through_the_manifest(shuffled_project):
+    """With data.readings on S3, validate writes the manifest of every object read and prepare depends
+    on it (not on the prefix): a changed object re-runs exactly what it feeds; ingest is left out."""
+    from edgedistill.pipeline import pipeline_stages
+    from edgedistill.s3data import MANIFEST
+
+    outs = [next(iter(o)) if isinstance(o, dict) else o for o in DVC["stages"]["validate"]["outs"]]
+    assert MANIFEST in outs
+    assert MANIFEST in DVC["stages"]["prepare"]["deps"]
+    assert "${data.readings}" not in DVC["stages"]["prepare"]["deps"]
+    params = shuffled_project / "params.yaml"
+    params.write_text(
+        params.read_text().replace(
+            "readings: data/raw/readings.parquet", "readings: s3://fleet/readings/"
+        )
+    )
+    order = pipeline_stages(shuffled_project, connected_only=True)
+    assert "ingest" not in order and order.index("validate") < order.index("prepare")

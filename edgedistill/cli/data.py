@@ -161,6 +161,19 @@ def diff(
         f"[bold]{r['file']}[/]: {r['a']['version']} (md5 {r['a']['md5'][:8]}) → "
         f"{r['b']['version']} (md5 {r['b']['md5'][:8]})"
     )
+    if r.get("kind") == "manifest":  # S3 readings: what the two manifests say, nothing downloaded
+        for key in ("objects", "partitions"):
+            for what, items in r[key].items():
+                console.print(f"  {key} {what}: {len(items)} {_short(items)}")
+        tot = r["totals"]
+        console.print(
+            "  "
+            + ", ".join(
+                f"{k} {tot[k]['a']:,} → {tot[k]['b']:,} ({tot[k]['change']:+,})" for k in tot
+            )
+        )
+        console.print(f"  schema: {'changed' if r['schema_changed'] else 'same'}")
+        return
     for key, label in [("groups", "groups"), ("recordings", "recordings")]:
         add, rem = r[key]["added"], r[key]["removed"]
         console.print(f"  {label}: +{len(add)} {_short(add)}  -{len(rem)} {_short(rem)}")

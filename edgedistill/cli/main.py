@@ -147,7 +147,8 @@ def ingest() -> None:
 @app.command()
 def validate(
     readings: Annotated[
-        Path | None, typer.Option(help="readings file (default: data.readings)")
+        str | None,
+        typer.Option(help="readings file, folder or s3://bucket/prefix/ (default: data.readings)"),
     ] = None,
     update_reference: Annotated[
         bool, typer.Option(help="accept this data as the new drift reference")

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from edgedistill.data.readings import CSV_SUFFIXES, PARQUET_SUFFIXES, TIME_UNIT_SECONDS, n_windows
-from edgedistill.errors import DataInvalid
+from edgedistill.errors import DataInvalid, EdgeDistillError
+from edgedistill.readings import CSV_SUFFIXES, PARQUET_SUFFIXES, TIME_UNIT_SECONDS, n_windows
 
 INTERVAL_DECIMALS = (
     4  # reading intervals are binned at 1e-4 sampling intervals for the per-recording median
@@ -96,6 +96,10 @@ class FileTask:
     kind: str  # parquet | csv | dataset
     root: str | None = None
     schema: Any = None  # the dataset's pyarrow schema, partition columns included
+    obj: dict | None = (
+        None  # an S3 object of the readings manifest (edgedistill.s3data), read pinned
+    )
+    endpoint: str | None = None
 
 
 @dataclass
@@ -445,6 +449,28 @@ def close(p: Partial, spec: Spec) -> Partial:
 # ---------------------------------------------------------------------------------------------- sources
 
 
+def plan_manifest(manifest: dict[str, Any], endpoint: str | None = None) -> list[FileTask]:
+    """The objects of an S3 readings manifest in pass order (each read at its recorded version)."""
+    from edgedistill import s3data
+
+    schema = s3data.arrow_schema(manifest, endpoint)
+    kind = manifest["kind"]
+    return [
+        FileTask(
+            o["url"],
+            i,
+            o["rel"],
+            o["partition"],
+            "csv" if kind == "csv" else "dataset" if kind == "dataset" else "parquet",
+            manifest["readings"],
+            schema,
+            o,
+            endpoint,
+        )
+        for i, o in enumerate(manifest["objects"])
+    ]
+
+
 def plan(path: str | Path) -> list[FileTask]:
     """The files of the readings in pass order; unreadable, empty or mismatched inputs are refused here,
     before anything is computed, with the file (and partition) named."""
@@ -496,6 +522,9 @@ def _short(e: Exception) -> str:
 
 
 def _chunks(task: FileTask, chunk_rows: int, time_col: str | None = None):
+    if task.obj is not None:
+        yield from _object_chunks(task, chunk_rows, time_col)
+        return
     if task.kind == "csv":
         from edgedistill.data.readings import parse_iso_times
 
@@ -531,10 +560,38 @@ def _chunks(task: FileTask, chunk_rows: int, time_col: str | None = None):
             )
             batches = dataset.to_batches(batch_size=chunk_rows)
         yield from _coalesced(batches, chunk_rows)
-    except DataInvalid:
+    except EdgeDistillError:
         raise
     except Exception as e:  # a damaged page in the middle of a file surfaces only when read
         raise DataInvalid(f"{task.path}: not a readable Parquet file{where}: {_short(e)}") from None
+
+
+def _object_chunks(task: FileTask, chunk_rows: int, time_col: str | None):
+    """An S3 object's rows (edgedistill.s3data: read at its recorded version), as _chunks gives a file's."""
+    from edgedistill import s3data
+
+    if task.kind == "csv":
+        from edgedistill.readings import parse_iso_times
+
+        with s3data.open_object(task.obj, task.endpoint) as f:
+            try:
+                for df in pd.read_csv(f, chunksize=chunk_rows):
+                    yield parse_iso_times(df, time_col)
+            except Exception as e:  # pandas raises many types for a malformed CSV
+                raise DataInvalid(
+                    f"{task.path}: not a readable CSV object (truncated or corrupted?): {_short(e)}"
+                ) from None
+        return
+    where = f" (partition {task.partition or '(top level)'}; truncated or corrupted?)"
+    try:
+        tables = s3data.parquet_batches(task.obj, task.endpoint, chunk_rows, schema=task.schema)
+        yield from _coalesced((b for t in tables for b in t.to_batches()), chunk_rows)
+    except EdgeDistillError:
+        raise
+    except Exception as e:  # a damaged page in the middle of an object surfaces only when read
+        raise DataInvalid(
+            f"{task.path}: not a readable Parquet object{where}: {_short(e)}"
+        ) from None
 
 
 def _coalesced(batches: Any, chunk_rows: int):

@@ -10,6 +10,7 @@ edgedistill.data.dataplane.run_map can run them in process or on Dask worker pro
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from edgedistill.data.readings import (
+from edgedistill.errors import DataInvalid, EdgeDistillError
+from edgedistill.params import DataParams
+from edgedistill.readings import (
     CSV_SUFFIXES,
     PARQUET_SUFFIXES,
     _short,
@@ -42,9 +45,16 @@ class Source:
     path: str
     root: str | None = None
     partition: tuple[tuple[str, str, str], ...] = ()
+    obj: dict | None = (
+        None  # an S3 object of the readings manifest (edgedistill.s3data), read pinned
+    )
+    endpoint: str | None = None
 
     @property
     def where(self) -> str:
+        if self.obj is not None:
+            part = self.obj.get("partition")
+            return f"{self.path} (partition {part})" if part else self.path
         if self.root is None:
             return self.path
         return f"{self.path} (partition {partition_of(Path(self.root), Path(self.path)) or '(top level)'})"
@@ -64,6 +74,9 @@ class CutItem:
     chunk_rows: int
     shard_windows: int
     work_dir: str
+    # share-nothing workers: the artifact store's S3 settings (bucket, prefix, endpoint_url, region);
+    # the worker cuts into its own temporary folder and stages the parts in the store (stage_parts)
+    stage_to: dict[str, Any] | None = None
     split_of: dict[str, str] = field(default_factory=dict)  # group -> split
     rec_split: dict[str, str] | None = (
         None  # recording key -> split (with a split column; wins over groups)
@@ -113,11 +126,49 @@ def sources(path: str | Path) -> list[Source]:
     return out
 
 
+def sources_from_manifest(manifest: dict[str, Any], endpoint: str | None = None) -> list[Source]:
+    """The objects of an S3 readings manifest in table order, each to be read at its recorded version."""
+    from edgedistill import s3data
+
+    schema = s3data.arrow_schema(manifest, endpoint)
+    types = {f.name: str(f.type) for f in schema} if schema is not None else {}
+    out = []
+    for o in manifest["objects"]:
+        parts = [p.split("=", 1) for p in o["partition"].split("/") if "=" in p]
+        part = tuple((k, v, types.get(k, "string")) for k, v in parts)
+        out.append(Source(o["url"], manifest["readings"], part, o, endpoint))
+    return out
+
+
+def _object_batches(src: Source, columns: list[str], chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """An S3 object's rows as _batches gives a local file's (partition keys as the same scalars)."""
+    import pyarrow as pa
+
+    from edgedistill import s3data
+
+    if Path(src.path).suffix.lower() in CSV_SUFFIXES:
+        with s3data.open_object(src.obj, src.endpoint) as f:
+            yield from pd.read_csv(f, chunksize=chunk_rows)
+        return
+    keys = {k: (v, t) for k, v, t in src.partition}
+    file_cols = [c for c in columns if c not in keys]
+    for t in s3data.parquet_batches(src.obj, src.endpoint, chunk_rows, columns=file_cols):
+        df = t.to_pandas()
+        for c in columns:
+            if c in keys:  # a partition key: one value for the whole object
+                v, typ = keys[c]
+                df[c] = pa.array([v]).cast(typ).to_pylist()[0]
+        yield df
+
+
 def _batches(src: Source, columns: list[str], chunk_rows: int) -> Iterator[pd.DataFrame]:
     """The file's rows in order, `chunk_rows` at a time, partition keys added as columns."""
     path = Path(src.path)
     suffix = path.suffix.lower()
     try:
+        if src.obj is not None:
+            yield from _object_batches(src, columns, chunk_rows)
+            return
         if suffix in CSV_SUFFIXES:
             yield from pd.read_csv(path, chunksize=chunk_rows)
             return
@@ -137,7 +188,7 @@ def _batches(src: Source, columns: list[str], chunk_rows: int) -> Iterator[pd.Da
                     v, t = keys[c]
                     df[c] = pa.array([v]).cast(t).to_pylist()[0]
             yield df
-    except DataInvalid:
+    except EdgeDistillError:
         raise
     except Exception as e:  # pyarrow/pandas raise many types for corrupt input
         kind = "CSV" if suffix in CSV_SUFFIXES else "Parquet"
@@ -149,12 +200,24 @@ def _batches(src: Source, columns: list[str], chunk_rows: int) -> Iterator[pd.Da
 def file_columns(src: Source) -> list[str]:
     path = Path(src.path)
     try:
-        if path.suffix.lower() in CSV_SUFFIXES:
+        if src.obj is not None:
+            from edgedistill import s3data
+
+            with s3data.open_object(src.obj, src.endpoint) as f:
+                if path.suffix.lower() in CSV_SUFFIXES:
+                    cols = list(pd.read_csv(f, nrows=0).columns)
+                else:
+                    import pyarrow.parquet as pq
+
+                    cols = list(pq.read_schema(f).names)
+        elif path.suffix.lower() in CSV_SUFFIXES:
             cols = list(pd.read_csv(path, nrows=0).columns)
         else:
             import pyarrow.parquet as pq
 
             cols = list(pq.read_schema(path).names)
+    except EdgeDistillError:
+        raise
     except Exception as e:  # noqa: BLE001 - a damaged footer or header
         raise DataInvalid(
             f"{src.where}: not a readable file (truncated or corrupted?): {_short(e)}"
@@ -224,9 +287,83 @@ def scan_file(item: CutItem) -> dict[str, Any]:
 
 def cut_file(item: CutItem) -> dict[str, Any]:
     """Cut one file into windows, written to part shards under work_dir/<index>/ (one writer per split);
-    train rows (for the normalisation statistics) spilled as .npy chunks in table order."""
+    train rows (for the normalisation statistics) spilled as .npy chunks in table order. With
+    `stage_to`, the worker cuts into its own temporary folder and stages every part in the artifact
+    store instead (content-addressed, created once: stage_parts); nothing of the client's disk is used."""
+    if item.stage_to is None:
+        return _cut(item, Path(item.work_dir) / f"{item.index:05d}")
+    import shutil
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix="edgedistill-cut-"))
+    try:
+        got = _cut(item, tmp / f"{item.index:05d}")
+        got["staged"] = stage_parts(item.stage_to, Path(got.pop("dir")))
+        got["rows"] = [Path(f).name for f in got["rows"]]
+        return got
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+STAGING = "staging/prepare"
+
+
+def staged_url(spec: dict[str, Any], sha256: str) -> str:
+    """Where a staged part lives: <store>/staging/prepare/<sha256[:2]>/<sha256> (its name is its digest,
+    never a partition value or a path, so no user text reaches a store key)."""
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise ValueError(f"not a sha256: {sha256!r}")
+    prefix = (spec.get("prefix") or "").strip("/")
+    return f"s3://{spec['bucket']}/{prefix + '/' if prefix else ''}{STAGING}/{sha256[:2]}/{sha256}"
+
+
+def stage_parts(spec: dict[str, Any], folder: Path) -> dict[str, str]:
+    """Every file under `folder` written to the artifact store (S3) at its staged_url, create-only: a
+    retried or duplicate task finds its bytes there already, and an S3 PUT is never visible half-written.
+    Returns {path under folder: sha256}."""
+    from edgedistill import s3data
+    from edgedistill.io import sha256_file
+
+    fs = s3data.filesystem(spec.get("endpoint_url"))
+    out: dict[str, str] = {}
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest = sha256_file(f)
+        path = staged_url(spec, digest)[len("s3://") :]
+        if not fs.exists(path):
+            try:
+                fs.pipe_file(path, f.read_bytes(), mode="create")
+            except Exception as e:  # another attempt created it first (the same bytes), or a fault
+                if not fs.exists(path):
+                    raise s3data.s3_error(f"s3://{path}", e) from None
+        out[f.relative_to(folder).as_posix()] = digest
+    return out
+
+
+def fetch_parts(spec: dict[str, Any], cut: dict[str, Any], dest: Path) -> dict[str, Any]:
+    """A staged cut's parts fetched from the store into `dest`, each checked against its sha256; the cut
+    as cut_file returns it without staging (`dir`, `rows` as local paths)."""
+    from edgedistill import s3data
+    from edgedistill.errors import ArtifactCorrupt
+    from edgedistill.io import sha256_file
+
+    fs = s3data.filesystem(spec.get("endpoint_url"))
+    for rel, digest in cut["staged"].items():
+        url = staged_url(spec, digest)
+        f = dest / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fs.get_file(url[len("s3://") :], str(f))
+        except Exception as e:  # s3fs/botocore raise many types
+            raise s3data.s3_error(url, e) from None
+        if sha256_file(f) != digest:
+            raise ArtifactCorrupt(
+                f"{url}: staged part {rel} of readings file {cut['index']} does not match its sha256"
+            )
+    return {**cut, "dir": str(dest), "rows": [str(dest / r) for r in cut["rows"]]}
+
+
+def _cut(item: CutItem, out: Path) -> dict[str, Any]:
     d, w = item.data, item.window
-    out = Path(item.work_dir) / f"{item.index:05d}"
     writers = {s: ShardWriter(out, s, item.shard_windows) for s in SPLITS}
     label_index = {lab: i for i, lab in enumerate(d.labels)}
     stride_of = {"train": item.train_stride, "val": item.eval_stride, "test": item.eval_stride}

@@ -1,0 +1,436 @@
+"""data.readings as an S3 URL (a hive-partitioned prefix on moto's real HTTP endpoint), read in place:
+the same validation and prepared shards as the local dataset, a manifest of exactly what was read,
+pinned re-reads, and bad input (wrong bucket, no credentials, empty prefix, another schema, an object
+gone between listing and reading) refused with one error naming the URL/object, nothing published."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import make_params, small_readings, tree_hashes
+
+from edgedistill import s3data
+from edgedistill.errors import DataInvalid, StoreUnreachable
+from edgedistill.io import read_json
+from tasks import prepare, validate
+
+_n = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """The small readings as a local hive-partitioned dataset (subject=…/day=…)."""
+    root = tmp_path_factory.mktemp("fleet") / "ds"
+    df = small_readings(subjects=5, rows_per_recording=300).assign(day="2024-01-01")
+    pq.write_to_dataset(
+        pa.Table.from_pandas(df, preserve_index=False),
+        root,
+        partition_cols=["subject", "day"],
+        basename_template="part-{i}.parquet",
+    )
+    return root
+
+
+@pytest.fixture
+def bucket(s3_endpoint, aws_env, monkeypatch):
+    """A fresh versioned bucket on the shared moto server; AWS_ENDPOINT_URL points the chain at it."""
+    import boto3
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    name = f"fleet-{next(_n)}"
+    c = boto3.client("s3", endpoint_url=s3_endpoint)
+    c.create_bucket(Bucket=name)
+    c.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+    return name, c
+
+
+def upload(c, bucket: str, root: Path, prefix: str = "readings") -> str:
+    for f in sorted(root.rglob("*.parquet")):
+        c.upload_file(str(f), bucket, f"{prefix}/{f.relative_to(root).as_posix()}")
+    return f"s3://{bucket}/{prefix}/"
+
+
+def params_for(readings: str):
+    return make_params({"data": {"readings": readings}, "validate": {"drift": {"enabled": False}}})
+
+
+def test_s3_prefix_validates_and_prepares_like_the_local_dataset(
+    bucket, dataset, tmp_path, monkeypatch
+):
+    name, c = bucket
+    url = upload(c, name, dataset)
+    monkeypatch.chdir(tmp_path)
+    local = params_for(str(dataset))
+    validate.run(local, report_dir="local_report", manifest_path="local.manifest.json")
+    prepare.run(local, out_dir="p_local", manifest_path="local.manifest.json")
+
+    remote = params_for(url)
+    report = validate.run(remote)
+    m = read_json(s3data.MANIFEST)
+    assert m["readings"] == url and m["kind"] == "dataset" and m["versioned"]
+    assert [o["rel"] for o in m["objects"]] == sorted(
+        f.relative_to(dataset).as_posix() for f in dataset.rglob("*.parquet")
+    )
+    assert all(o["version_id"] and o["etag"] and o["rows"] > 0 for o in m["objects"])
+    assert m["rows"] == sum(pq.read_metadata(f).num_rows for f in dataset.rglob("*.parquet"))
+    assert m["partitions"][0] == "subject=S01/day=2024-01-01"
+    # the same columns and types as the local dataset reader
+    assert m["schema"] == read_json("local.manifest.json")["schema"]
+    assert report["manifest"]["manifest_sha256"] == s3data.digest(m)
+
+    prepare.run(remote, out_dir="p_s3")
+    assert read_json("p_s3/index.json") == read_json("p_local/index.json")
+    assert tree_hashes(Path("p_s3")) == tree_hashes(Path("p_local"))
+
+
+def test_prepare_reads_the_manifest_versions_not_the_current_objects(
+    bucket, dataset, tmp_path, monkeypatch
+):
+    """An object overwritten after validate listed it: prepare reads the listed version (versioned
+    bucket); on an unversioned bucket it refuses, naming the object."""
+    name, c = bucket
+    url = upload(c, name, dataset)
+    monkeypatch.chdir(tmp_path)
+    p = params_for(url)
+    validate.run(p)
+    prepare.run(p, out_dir="before")
+    key = read_json(s3data.MANIFEST)["objects"][1]["key"]
+    c.put_object(Bucket=name, Key=key, Body=b"not parquet any more")
+    prepare.run(p, out_dir="after")
+    assert tree_hashes(Path("after")) == tree_hashes(Path("before"))
+    c.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Suspended"})
+    m = read_json(s3data.MANIFEST)
+    for o in m["objects"]:
+        o["version_id"] = None  # as listed on an unversioned bucket: only the ETag pins it
+    s3data.write(s3data.MANIFEST, m)
+    with pytest.raises(
+        DataInvalid, match=rf"s3://{name}/{key}: object changed since it was listed"
+    ):
+        prepare.run(p, out_dir="after")
+    assert tree_hashes(Path("after")) == tree_hashes(Path("before"))
+
+
+def test_compare_names_changed_vanished_and_new_partitions(bucket, dataset):
+    name, c = bucket
+    url = upload(c, name, dataset)
+    m = s3data.build(url)
+    objs = m["objects"]
+    c.put_object(Bucket=name, Key=objs[0]["key"], Body=b"x")
+    c.delete_object(Bucket=name, Key=objs[1]["key"])
+    c.upload_file(
+        str(next(dataset.rglob("*.parquet"))),
+        name,
+        "readings/subject=S99/day=2024-01-02/part-0.parquet",
+    )
+    got = s3data.compare(m)
+    assert got["changed"] == [objs[0]["url"]] and got["vanished"] == [objs[1]["url"]]
+    assert got["new_partitions"] == ["subject=S99/day=2024-01-02"]
+    assert got["unreadable"] == []  # both still readable at their recorded versions
+    # an unversioned manifest cannot re-read either: refused, both named
+    for o in m["objects"]:
+        o["version_id"] = None
+    with pytest.raises(DataInvalid) as e:
+        s3data.check_readable(m)
+    assert f"{objs[0]['url']} (changed)" in str(e.value)
+    assert f"{objs[1]['url']} (vanished)" in str(e.value)
+
+
+def _case_wrong_bucket(c, name, url):
+    return url.replace(name, "no-such-bucket"), "no-such-bucket.*bucket does not exist"
+
+
+def _case_empty_prefix(c, name, url):
+    return f"s3://{name}/nothing-here/", f"s3://{name}/nothing-here/: no data objects"
+
+
+def _case_other_schema(c, name, url):
+    key = "readings/subject=S03/day=2024-01-01/part-0.parquet"
+    c.upload_file(_renamed_column_file(), name, key)
+    return url, rf"s3://{name}/{key}: partition subject=S03/day=2024-01-01 has a different schema"
+
+
+def _renamed_column_file() -> str:
+    import tempfile
+
+    df = small_readings(subjects=1, rows_per_recording=50).rename(columns={"acc_x": "ax"})
+    f = tempfile.NamedTemporaryFile(suffix=".parquet", delete=False).name
+    df.to_parquet(f, index=False)
+    return f
+
+
+@pytest.mark.parametrize("case", [_case_wrong_bucket, _case_empty_prefix, _case_other_schema])
+def test_bad_s3_input_one_error_nothing_published(bucket, dataset, tmp_path, monkeypatch, case):
+    name, c = bucket
+    url = upload(c, name, dataset)
+    monkeypatch.chdir(tmp_path)
+    validate.run(params_for(url))  # the previous outputs: a report and a manifest
+    before = tree_hashes(tmp_path)
+    bad, msg = case(c, name, url)
+    with pytest.raises(DataInvalid, match=msg) as e:
+        validate.run(params_for(bad))
+    assert "\n" not in str(e.value)
+    assert tree_hashes(tmp_path) == before
+
+
+def test_missing_credentials_named(bucket, dataset, tmp_path, monkeypatch):
+    name, c = bucket
+    url = upload(c, name, dataset)
+    monkeypatch.chdir(tmp_path)
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    with pytest.raises(StoreUnreachable, match=rf"s3://{name}/readings/: no AWS credentials"):
+        validate.run(params_for(url))
+    assert not (tmp_path / "data").exists()
+
+
+def test_object_deleted_between_listing_and_reading_named(bucket, dataset, tmp_path, monkeypatch):
+    """validate lists, then reads: an object deleted in between is one error naming it (on an unversioned
+    bucket; a versioned one still holds the listed version)."""
+    name, c = bucket
+    c.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Suspended"})
+    url = upload(c, name, dataset)
+    monkeypatch.chdir(tmp_path)
+    real = s3data.build
+    gone = []
+
+    def build_then_delete(*a, **kw):
+        m = real(*a, **kw)
+        for o in m["objects"]:
+            o["version_id"] = None
+        gone.append(m["objects"][2])
+        c.delete_object(Bucket=name, Key=m["objects"][2]["key"])
+        return m
+
+    monkeypatch.setattr(s3data, "build", build_then_delete)
+    with pytest.raises(DataInvalid, match="object vanished since it was listed") as e:
+        validate.run(params_for(url))
+    assert gone[0]["url"] in str(e.value)
+    assert not Path(s3data.MANIFEST).exists() and not Path("reports/validation").exists()
+
+
+def test_prepare_without_manifest_refuses(bucket, dataset, tmp_path, monkeypatch):
+    name, c = bucket
+    url = upload(c, name, dataset)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataInvalid, match=f"{url}: no readings manifest"):
+        prepare.run(params_for(url))
+
+
+def test_validate_pinned_by_reproduce_rereads_the_recorded_versions(
+    bucket, dataset, tmp_path, monkeypatch
+):
+    """reproduce pins validate to the release's manifest: an object overwritten since is read at its
+    recorded version, and the manifest written is the released one, byte for byte."""
+    name, c = bucket
+    url = upload(c, name, dataset)
+    monkeypatch.chdir(tmp_path)
+    p = params_for(url)
+    validate.run(p, manifest_path="released.json")
+    released = Path("released.json").read_bytes()
+    key = read_json("released.json")["objects"][0]["key"]
+    c.put_object(Bucket=name, Key=key, Body=b"overwritten")
+    with pytest.raises(DataInvalid, match=rf"s3://{name}/{key}: not a readable Parquet object"):
+        validate.run(p, manifest_path="now.json")  # listing now: the new object is read
+    monkeypatch.setenv(s3data.PIN_ENV, str(tmp_path / "released.json"))
+    validate.run(p, manifest_path="again.json")
+    assert Path("again.json").read_bytes() == released
+
+
+def test_reproduce_refuses_naming_objects_that_cannot_be_reread(bucket, dataset, tmp_path):
+    from flows.reproduce import _pin_s3_readings
+
+    name, c = bucket
+    c.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Suspended"})
+    url = upload(c, name, dataset)
+    m = s3data.build(url)
+    for o in m["objects"]:
+        o["version_id"] = None  # listed on a bucket without versioning
+    s3data.write(tmp_path / s3data.MANIFEST, m)
+    logs: list[str] = []
+    pin = _pin_s3_readings(tmp_path, params_for(url), logs.append)
+    assert (
+        pin == {s3data.PIN_ENV: str(tmp_path / s3data.MANIFEST)}
+        and "re-read as released" in logs[0]
+    )
+    changed = m["objects"][3]
+    c.put_object(Bucket=name, Key=changed["key"], Body=b"rewritten after the release")
+    with pytest.raises(DataInvalid, match=rf"{changed['url']} \(changed\)"):
+        _pin_s3_readings(tmp_path, params_for(url), logs.append)
+
+
+def test_watch_announces_new_partitions_once(bucket, dataset, tmp_path, monkeypatch):
+    from flows.triggers import check_s3_data
+
+    name, c = bucket
+    url = upload(c, name, dataset)
+    p = params_for(url)
+    s3data.write(tmp_path / s3data.MANIFEST, s3data.build(url))
+    got = check_s3_data(tmp_path, p, {})
+    assert not got["emit"] and "no new or changed objects" in got["why"]
+    c.upload_file(
+        str(next(dataset.rglob("*.parquet"))),
+        name,
+        "readings/subject=S77/day=2024-02-01/part-0.parquet",
+    )
+    got = check_s3_data(tmp_path, p, {})
+    assert got["emit"] and got["new_partitions"] == ["subject=S77/day=2024-02-01"]
+    assert "new partition(s) subject=S77/day=2024-02-01" in got["why"]
+    again = check_s3_data(tmp_path, p, {"data_md5_emitted": got["md5"]})
+    assert not again["emit"] and "already announced" in again["why"]
+
+
+def test_data_log_and_diff_show_the_manifests(bucket, dataset, tmp_path):
+    import subprocess
+
+    from edgedistill import dataversions
+
+    name, c = bucket
+    url = upload(c, name, dataset)
+    root = tmp_path / "proj"
+    root.mkdir()
+
+    def git(*a):
+        subprocess.run(["git", *a], cwd=root, check=True, capture_output=True)
+
+    git("init", "-q")
+    git("config", "user.email", "t@example.com")
+    git("config", "user.name", "t")
+    (root / ".dvc").mkdir()  # a DVC project (only its folder is looked at here)
+    (root / ".dvc" / "config").write_text("")
+    s3data.write(root / s3data.MANIFEST, s3data.build(url))
+    git("add", "-A")
+    git("commit", "-qm", "first read")
+    c.upload_file(
+        str(next(dataset.rglob("*.parquet"))),
+        name,
+        "readings/subject=S88/day=2024-03-01/part-0.parquet",
+    )
+    s3data.write(root / s3data.MANIFEST, s3data.build(url))
+    git("commit", "-qam", "new device")
+    p = params_for(url)
+    log = dataversions.log(p, root)
+    assert [v["message"] for v in log["versions"]] == ["new device", "first read"]
+    assert log["versions"][0]["in_workspace"] and log["versions"][0]["partitions"] == 6
+    d = dataversions.diff(p, "HEAD~1", "HEAD", root)
+    assert d["partitions"] == {"added": ["subject=S88/day=2024-03-01"], "removed": []}
+    assert d["objects"]["added"] == [
+        f"s3://{name}/readings/subject=S88/day=2024-03-01/part-0.parquet"
+    ]
+    assert d["totals"]["rows"]["change"] > 0 and not d["schema_changed"]
+
+
+def _own_empty_dir_plugin():
+    """A worker plugin: each worker process moves into its own new empty folder before any task."""
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class OwnEmptyDir(WorkerPlugin):
+        name = "own-empty-dir"
+
+        def setup(self, worker):
+            import os
+            import tempfile
+
+            os.chdir(tempfile.mkdtemp(prefix="worker-"))
+
+    return OwnEmptyDir()
+
+
+def _cwd() -> str:
+    import os
+
+    return os.getcwd()
+
+
+def test_share_nothing_dask_workers_give_the_local_bytes(bucket, dataset, tmp_path, monkeypatch):
+    """Worker processes, each in its own empty folder, read their partitions from S3 and stage their
+    parts in the S3 artifact store; the client's folders never reach them, the prepared shards are
+    bit-identical to the single-process run, and a worker killed mid-map is retried with no part
+    missing or written twice."""
+    import pickle
+    import sys
+
+    import boto3
+    import cloudpickle
+    from distributed import Client, LocalCluster
+
+    import tasks.prepare as prep
+
+    name, c = bucket
+    url = upload(c, name, dataset)
+    monkeypatch.chdir(tmp_path)
+    p = params_for(url)
+    validate.run(p)
+    prepare.run(p, out_dir="single")
+
+    sent: list = []
+    real_map = prep.run_map
+    swap: dict = {}
+    marker = tmp_path / "killed-once"
+
+    def recording_map(fn, items, **kw):
+        items = list(items)
+        sent.extend(items)
+        return real_map(swap.get(fn, fn), items, **kw)
+
+    def cut_then_die_once(item):
+        """The first file's worker dies after staging its parts, before it answers: Dask retries it."""
+        import os
+
+        from edgedistill.windows import cut_file
+
+        got = cut_file(item)
+        if item.index == 0 and not os.path.exists(marker):
+            open(marker, "w").close()
+            os._exit(1)
+        return got
+
+    monkeypatch.setattr(prep, "run_map", recording_map)
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            local_directory=str(tmp_path / "dask-scratch"),
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        # this test module is not importable on the workers: send its plugin and probe by value
+        cloudpickle.register_pickle_by_value(sys.modules[__name__])
+        try:
+            client.register_plugin(_own_empty_dir_plugin())
+            cwd = client.run(_cwd)
+        finally:
+            cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+        assert len(set(cwd.values())) == 2 and not any(str(tmp_path) in d for d in cwd.values())
+        dask_p = make_params(
+            {
+                "data": {"readings": url, "dask_address": cluster.scheduler_address},
+                "validate": {"drift": {"enabled": False}},
+                "store": {"s3": {"bucket": name, "prefix": "store"}},
+            }
+        )
+        prepare.run(dask_p, out_dir="dask")
+        staged = boto3.client("s3").list_objects_v2(Bucket=name, Prefix="store/staging/prepare/")
+        first = {o["Key"]: o["ETag"] for o in staged["Contents"]}
+        prepare.run(dask_p, out_dir="dask2")  # a re-run finds its parts there: nothing rewritten
+        staged = boto3.client("s3").list_objects_v2(Bucket=name, Prefix="store/staging/prepare/")
+        assert {o["Key"]: o["ETag"] for o in staged["Contents"]} == first
+        swap[prep.cut_file] = cut_then_die_once
+        prepare.run(dask_p, out_dir="killed")
+        assert marker.exists()  # a worker did die mid-map
+        staged = boto3.client("s3").list_objects_v2(Bucket=name, Prefix="store/staging/prepare/")
+        assert {
+            o["Key"]: o["ETag"] for o in staged["Contents"]
+        } == first  # none twice, none missing
+    assert read_json("dask/index.json") == read_json("single/index.json")
+    assert tree_hashes(Path("dask")) == tree_hashes(Path("single"))
+    assert tree_hashes(Path("dask2")) == tree_hashes(Path("single"))
+    assert tree_hashes(Path("killed")) == tree_hashes(Path("single"))
+    assert sent and all(str(tmp_path) not in repr(pickle.loads(pickle.dumps(i))) for i in sent)
