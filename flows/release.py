@@ -24,7 +24,7 @@ from prefect.states import Failed
 from rich.console import Console
 from rich.table import Table
 
-from edgedistill import s3data
+from edgedistill.data import s3data
 from edgedistill.dvclock import entries, lock_stages
 from edgedistill.errors import (
     ArtifactCorrupt,

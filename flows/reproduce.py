@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from edgedistill import s3data
+from edgedistill.data import s3data
 from edgedistill.dvclock import entries, lock_stages, out_md5s
 from edgedistill.errors import EdgeDistillError
 from edgedistill.fmt import num

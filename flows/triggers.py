@@ -83,7 +83,7 @@ def check_s3_data(root: Path, params: Params, state: dict[str, Any]) -> dict[str
     changed, so one change is announced once."""
     import hashlib
 
-    from edgedistill import s3data
+    from edgedistill.data import s3data
 
     url = params.data.readings
     manifest = s3data.read(root / s3data.MANIFEST)

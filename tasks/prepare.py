@@ -19,14 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from edgedistill import normalization, prepare_stats, s3data
-from edgedistill.dataplane import run_map
-from edgedistill.errors import DataInvalid, ParamsInvalid
-from edgedistill.fmt import short_list
-from edgedistill.io import swap_dir, write_json
-from edgedistill.params import Params, PrepareParams
-from edgedistill.shards import ShardedSplit, ShardWriter, open_split, write_index
-from edgedistill.windows import (
+from edgedistill.data import normalization, prepare_stats, s3data
+from edgedistill.data.dataplane import run_map
+from edgedistill.data.windows import (
     CutItem,
     Source,
     cut_file,
@@ -35,6 +30,11 @@ from edgedistill.windows import (
     sources,
     sources_from_manifest,
 )
+from edgedistill.errors import DataInvalid, ParamsInvalid
+from edgedistill.fmt import short_list
+from edgedistill.io import swap_dir, write_json
+from edgedistill.params import Params, PrepareParams
+from edgedistill.shards import ShardedSplit, ShardWriter, open_split, write_index
 
 OUT_DIR = "data/prepared"
 SPLITS = ("train", "val", "test")

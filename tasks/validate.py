@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from edgedistill import s3data, streamstats
+from edgedistill.data import s3data, streamstats
+from edgedistill.data.streamstats import FileTask, Partial
 from edgedistill.errors import DataInvalid
 from edgedistill.io import read_json, swap_dir, write_json
 from edgedistill.params import Params
@@ -720,7 +721,7 @@ def run(
 ) -> dict:
     """Validate the readings in one streaming pass; write the report (built beside, then swapped in);
     raise DataInvalid listing each failure. Unreadable input fails before anything is written. On success
-    the readings manifest (edgedistill.s3data: every object read, pinned) is written for prepare."""
+    the readings manifest (edgedistill.data.s3data: every object read, pinned) is written for prepare."""
     path = str(readings or params.data.readings)
     report_dir = Path(report_dir)
     d, v = params.data, params.validate_params

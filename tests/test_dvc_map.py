@@ -174,8 +174,8 @@ def test_ingest_left_out_when_readings_are_the_users(shuffled_project):
 def test_s3_readings_feed_prepare_through_the_manifest(shuffled_project):
     """With data.readings on S3, validate writes the manifest of every object read and prepare depends
     on it (not on the prefix): a changed object re-runs exactly what it feeds; ingest is left out."""
+    from edgedistill.data.s3data import MANIFEST
     from edgedistill.pipeline import pipeline_stages
-    from edgedistill.s3data import MANIFEST
 
     outs = [next(iter(o)) if isinstance(o, dict) else o for o in DVC["stages"]["validate"]["outs"]]
     assert MANIFEST in outs

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import make_params, small_readings, tree_hashes
 
-from edgedistill import s3data
+from edgedistill.data import s3data
 from edgedistill.errors import DataInvalid, StoreUnreachable
 from edgedistill.io import read_json
 from tasks import prepare, validate
@@ -288,7 +288,7 @@ def test_watch_announces_new_partitions_once(bucket, dataset, tmp_path, monkeypa
 def test_data_log_and_diff_show_the_manifests(bucket, dataset, tmp_path):
     import subprocess
 
-    from edgedistill import dataversions
+    from edgedistill.versions import dataversions
 
     name, c = bucket
     url = upload(c, name, dataset)
@@ -382,7 +382,7 @@ def test_share_nothing_dask_workers_give_the_local_bytes(bucket, dataset, tmp_pa
         """The first file's worker dies after staging its parts, before it answers: Dask retries it."""
         import os
 
-        from edgedistill.windows import cut_file
+        from edgedistill.data.windows import cut_file
 
         got = cut_file(item)
         if item.index == 0 and not os.path.exists(marker):

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from edgedistill.data.readings import CSV_SUFFIXES, PARQUET_SUFFIXES, TIME_UNIT_SECONDS, n_windows
 from edgedistill.errors import DataInvalid, EdgeDistillError
-from edgedistill.readings import CSV_SUFFIXES, PARQUET_SUFFIXES, TIME_UNIT_SECONDS, n_windows
 
 INTERVAL_DECIMALS = (
     4  # reading intervals are binned at 1e-4 sampling intervals for the per-recording median
@@ -97,7 +97,7 @@ class FileTask:
     root: str | None = None
     schema: Any = None  # the dataset's pyarrow schema, partition columns included
     obj: dict | None = (
-        None  # an S3 object of the readings manifest (edgedistill.s3data), read pinned
+        None  # an S3 object of the readings manifest (edgedistill.data.s3data), read pinned
     )
     endpoint: str | None = None
 
@@ -451,7 +451,7 @@ def close(p: Partial, spec: Spec) -> Partial:
 
 def plan_manifest(manifest: dict[str, Any], endpoint: str | None = None) -> list[FileTask]:
     """The objects of an S3 readings manifest in pass order (each read at its recorded version)."""
-    from edgedistill import s3data
+    from edgedistill.data import s3data
 
     schema = s3data.arrow_schema(manifest, endpoint)
     kind = manifest["kind"]
@@ -567,11 +567,11 @@ def _chunks(task: FileTask, chunk_rows: int, time_col: str | None = None):
 
 
 def _object_chunks(task: FileTask, chunk_rows: int, time_col: str | None):
-    """An S3 object's rows (edgedistill.s3data: read at its recorded version), as _chunks gives a file's."""
-    from edgedistill import s3data
+    """An S3 object's rows (edgedistill.data.s3data: read at its recorded version), as _chunks gives a file's."""
+    from edgedistill.data import s3data
 
     if task.kind == "csv":
-        from edgedistill.readings import parse_iso_times
+        from edgedistill.data.readings import parse_iso_times
 
         with s3data.open_object(task.obj, task.endpoint) as f:
             try:

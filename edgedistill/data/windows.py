@@ -19,9 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from edgedistill.errors import DataInvalid, EdgeDistillError
-from edgedistill.params import DataParams
-from edgedistill.readings import (
+from edgedistill.data.readings import (
     CSV_SUFFIXES,
     PARQUET_SUFFIXES,
     _short,
@@ -31,7 +29,7 @@ from edgedistill.readings import (
     recording_keys,
     segments,
 )
-from edgedistill.errors import DataInvalid
+from edgedistill.errors import DataInvalid, EdgeDistillError
 from edgedistill.params import DataParams
 from edgedistill.shards import ShardWriter
 
@@ -46,7 +44,7 @@ class Source:
     root: str | None = None
     partition: tuple[tuple[str, str, str], ...] = ()
     obj: dict | None = (
-        None  # an S3 object of the readings manifest (edgedistill.s3data), read pinned
+        None  # an S3 object of the readings manifest (edgedistill.data.s3data), read pinned
     )
     endpoint: str | None = None
 
@@ -128,7 +126,7 @@ def sources(path: str | Path) -> list[Source]:
 
 def sources_from_manifest(manifest: dict[str, Any], endpoint: str | None = None) -> list[Source]:
     """The objects of an S3 readings manifest in table order, each to be read at its recorded version."""
-    from edgedistill import s3data
+    from edgedistill.data import s3data
 
     schema = s3data.arrow_schema(manifest, endpoint)
     types = {f.name: str(f.type) for f in schema} if schema is not None else {}
@@ -144,7 +142,7 @@ def _object_batches(src: Source, columns: list[str], chunk_rows: int) -> Iterato
     """An S3 object's rows as _batches gives a local file's (partition keys as the same scalars)."""
     import pyarrow as pa
 
-    from edgedistill import s3data
+    from edgedistill.data import s3data
 
     if Path(src.path).suffix.lower() in CSV_SUFFIXES:
         with s3data.open_object(src.obj, src.endpoint) as f:
@@ -201,7 +199,7 @@ def file_columns(src: Source) -> list[str]:
     path = Path(src.path)
     try:
         if src.obj is not None:
-            from edgedistill import s3data
+            from edgedistill.data import s3data
 
             with s3data.open_object(src.obj, src.endpoint) as f:
                 if path.suffix.lower() in CSV_SUFFIXES:
@@ -321,7 +319,7 @@ def stage_parts(spec: dict[str, Any], folder: Path) -> dict[str, str]:
     """Every file under `folder` written to the artifact store (S3) at its staged_url, create-only: a
     retried or duplicate task finds its bytes there already, and an S3 PUT is never visible half-written.
     Returns {path under folder: sha256}."""
-    from edgedistill import s3data
+    from edgedistill.data import s3data
     from edgedistill.io import sha256_file
 
     fs = s3data.filesystem(spec.get("endpoint_url"))
@@ -342,7 +340,7 @@ def stage_parts(spec: dict[str, Any], folder: Path) -> dict[str, str]:
 def fetch_parts(spec: dict[str, Any], cut: dict[str, Any], dest: Path) -> dict[str, Any]:
     """A staged cut's parts fetched from the store into `dest`, each checked against its sha256; the cut
     as cut_file returns it without staging (`dir`, `rows` as local paths)."""
-    from edgedistill import s3data
+    from edgedistill.data import s3data
     from edgedistill.errors import ArtifactCorrupt
     from edgedistill.io import sha256_file
 

@@ -19,8 +19,9 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from edgedistill import s3data
-from edgedistill.data_profile import profile
+from edgedistill.data import s3data
+from edgedistill.data.data_profile import profile
+from edgedistill.data.readings import read_readings, recording_keys
 from edgedistill.dvclock import md5s_of
 from edgedistill.errors import DataInvalid, EdgeDistillError, ParamsInvalid, StoreUnreachable
 from edgedistill.io import atomic_path, file_digest, read_json
@@ -582,7 +583,7 @@ def _manifest_releases(root: Path) -> dict[str, list[str]]:
     """manifest digest -> registered versions whose commit read exactly those objects."""
     from gto.constants import ACTION, NAME, VERSION, Action
 
-    from edgedistill.registry import parse_tag
+    from edgedistill.versions.registry import parse_tag
 
     refs = git(
         root,

@@ -326,8 +326,8 @@ def _part_schema(objs: list[dict[str, Any]]) -> Any:
 
 def _build_local(path: Path) -> dict[str, Any]:
     """A local file or partitioned folder: each file's sha256 stands in for the ETag."""
+    from edgedistill.data.readings import check_dataset
     from edgedistill.io import sha256_file
-    from edgedistill.readings import check_dataset
 
     if not path.exists():
         raise DataInvalid(
