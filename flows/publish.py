@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger
 
 from edgedistill.errors import ReleaseNotFound
 from edgedistill.params import Params, load_params
+from edgedistill.records import ChannelDocument
 from edgedistill.registry import Registry, git, tag_counter
 from edgedistill.store import (
     SUMS,
@@ -68,7 +69,7 @@ def channel_document(
     sums: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
     prefix = bundle_prefix(model, version)
-    return {
+    doc = {
         "model": model,
         "stage": stage,
         "version": version,
@@ -81,6 +82,7 @@ def channel_document(
         },
         "sha256sums_url": store.url(f"{prefix}/SHA256SUMS"),
     }
+    return ChannelDocument.model_validate(doc).dump()
 
 
 def publish_channel(

@@ -38,6 +38,7 @@ from edgedistill.fmt import num
 from edgedistill.io import read_json, sha256_file, write_json
 from edgedistill.params import Params, load_params
 from edgedistill.pipeline import StageFailed, pipeline_stages, reproduce_stage
+from edgedistill.records import ModelCard, Promotion
 from edgedistill.registry import Registry, commit_paths, git, head_commit
 from edgedistill.report import REPORT, write_report
 from edgedistill.shipping import FILES, manifest, profile_formats
@@ -369,7 +370,7 @@ def register_release(root: Path, params: Params, decision: dict[str, Any]) -> di
             root, Path(tmp) / Path(REPORT).name, version=version, summary=bundled
         )
         card = model_card(root, params, version, commit, decision, files, data)
-        write_json(Path(tmp) / CARD, card)
+        card.write(Path(tmp) / CARD)
         files[CARD] = Path(tmp) / CARD
         signer = signing_repository(store, root, log.warning)
         # signed provenance: commit, data md5, params and lock hashes -> each shipped file's SHA-256
@@ -535,74 +536,78 @@ def model_card(
     decision: dict[str, Any],
     files: dict[str, Path],
     data: dict[str, Any],
-) -> dict[str, Any]:
+) -> ModelCard:
     def doc(rel: str) -> Any:
         return read_json(root / rel) if (root / rel).is_file() else None
 
     norm = doc("data/prepared/norm.json") or {}
     lock = root / "dvc.lock"
     bench = doc("metrics/benchmark.json")
-    return {
-        "model": params.promote.model,
-        "version": version,
-        # the release commit's time: the same commit always yields the same card bytes
-        "created_at": git(root, "show", "-s", "--format=%cI", commit).stdout.strip(),
-        "files": {
-            name: {
-                "sha256": sha256_file(p),
-                "bytes": p.stat().st_size,
-                "source": bundle_files(root).get(name),
-            }
-            for name, p in sorted(files.items())
-        },
-        # the bundle file each device profile loads (format: auto chose by measurement; the mcu stage's
-        # C is built from the INT8 graph); a card without it is an older release: INT8 everywhere
-        "ships": manifest(profile_formats(bench)),
-        "release_profile": ((bench or {}).get("release") or {}).get("profile"),
-        "input": {
-            k: norm.get(k) for k in ("channels", "window", "sample_rate_hz", "labels", "layout")
-        },
-        # raw readings in: the normalisation runs inside the ONNX graph; how `auto` decided, on train statistics
-        "normalization": {
-            k: norm.get("normalization", {}).get(k)
-            for k in ("method", "requested", "reason", "statistics", "rule", "epsilon")
-        },
-        "metrics": {
-            "teacher": doc("metrics/teacher.json"),
-            "distill": doc("metrics/distill.json"),
-            "export": doc("metrics/export.json"),
-            "summary": decision["candidate"],
-        },
-        "benchmark": bench,
-        "mcu": doc(MCU_REPORT),  # measured flash/RAM per MCU profile, parity, QEMU, tool versions
-        "gates": {
-            "passed": decision["passed"],
-            "gates": decision["gates"],
-            "prod_at_release": decision["prod"],
-        },
-        # what ships and why, with 95% intervals (recording bootstrap); see reports/promotion.json
-        "verdicts": {
-            "shipped": (
-                "KD student"
-                if decision.get("shipped", "kd") == "kd"
-                else "baseline student (promote.fallback: baseline)"
-            ),
-            "kd": decision.get("kd_line"),
-            "int8_accuracy": _pct_iv(decision["candidate"], "int8_accuracy"),
-            # which C the MCU objects hold and why (mcu.engine; a fallback names what the int8 kernels lack)
-            "mcu_engine": _mcu_engine_text(doc(MCU_REPORT)),
-            "regression_vs_prod": _regression_text(decision),
-            "warnings": decision.get("warnings", []),
-        },
-        "lineage": {
-            "git_commit": commit,
-            "data": data,
-            "dvc_lock_sha256": sha256_file(lock) if lock.is_file() else None,
-            # installed versions of the packages that shape results + requirements.lock's hash
-            "environment": environment_record(root),
-            "params": params.model_dump(mode="json", by_alias=True),
-        },
-    }
+    return ModelCard.model_validate(
+        {
+            "model": params.promote.model,
+            "version": version,
+            # the release commit's time: the same commit always yields the same card bytes
+            "created_at": git(root, "show", "-s", "--format=%cI", commit).stdout.strip(),
+            "files": {
+                name: {
+                    "sha256": sha256_file(p),
+                    "bytes": p.stat().st_size,
+                    "source": bundle_files(root).get(name),
+                }
+                for name, p in sorted(files.items())
+            },
+            # the bundle file each device profile loads (format: auto chose by measurement; the mcu stage's
+            # C is built from the INT8 graph); a card without it is an older release: INT8 everywhere
+            "ships": manifest(profile_formats(bench)),
+            "release_profile": ((bench or {}).get("release") or {}).get("profile"),
+            "input": {
+                k: norm.get(k) for k in ("channels", "window", "sample_rate_hz", "labels", "layout")
+            },
+            # raw readings in: the normalisation runs inside the ONNX graph; how `auto` decided, on train statistics
+            "normalization": {
+                k: norm.get("normalization", {}).get(k)
+                for k in ("method", "requested", "reason", "statistics", "rule", "epsilon")
+            },
+            "metrics": {
+                "teacher": doc("metrics/teacher.json"),
+                "distill": doc("metrics/distill.json"),
+                "export": doc("metrics/export.json"),
+                "summary": decision["candidate"],
+            },
+            "benchmark": bench,
+            "mcu": doc(
+                MCU_REPORT
+            ),  # measured flash/RAM per MCU profile, parity, QEMU, tool versions
+            "gates": {
+                "passed": decision["passed"],
+                "gates": decision["gates"],
+                "prod_at_release": decision["prod"],
+            },
+            # what ships and why, with 95% intervals (recording bootstrap); see reports/promotion.json
+            "verdicts": {
+                "shipped": (
+                    "KD student"
+                    if decision.get("shipped", "kd") == "kd"
+                    else "baseline student (promote.fallback: baseline)"
+                ),
+                "kd": decision.get("kd_line"),
+                "int8_accuracy": _pct_iv(decision["candidate"], "int8_accuracy"),
+                # which C the MCU objects hold and why (mcu.engine; a fallback names what the int8 kernels lack)
+                "mcu_engine": _mcu_engine_text(doc(MCU_REPORT)),
+                "regression_vs_prod": _regression_text(decision),
+                "warnings": decision.get("warnings", []),
+            },
+            "lineage": {
+                "git_commit": commit,
+                "data": data,
+                "dvc_lock_sha256": sha256_file(lock) if lock.is_file() else None,
+                # installed versions of the packages that shape results + requirements.lock's hash
+                "environment": environment_record(root),
+                "params": params.model_dump(mode="json", by_alias=True),
+            },
+        }
+    )
 
 
 # ---------------------------------------------------------------- summary (one source, two views)
@@ -911,9 +916,10 @@ def _release(root: str, params_file: str, stages: list[str] | None, force: bool)
         try:
             runs.append(run_stage(stage, root_p, force))
         except StageFailed:
-            decision = _fresh_decision(root_p, t0) if stage == "promote" else None
-            if decision is None or decision["passed"]:
+            promo = _fresh_decision(root_p, t0) if stage == "promote" else None
+            if promo is None or promo.passed:
                 raise
+            decision = promo.dump()
             summary.update(
                 status="gate failed",
                 stages=runs,
@@ -925,7 +931,7 @@ def _release(root: str, params_file: str, stages: list[str] | None, force: bool)
             )
             _publish_summary(root_p, summary, console)
             raise GateFailed(
-                f"promotion gate(s) failed: {describe_failures(decision)}",
+                f"promotion gate(s) failed: {describe_failures(promo)}",
                 hint=f"Not registered; prod is unchanged. Every gate is in {PROMOTION}.",
             ) from None
     summary["stages"] = runs
@@ -938,7 +944,7 @@ def _release(root: str, params_file: str, stages: list[str] | None, force: bool)
         )
         _publish_summary(root_p, summary, console)
         return summary
-    decision = read_json(root_p / PROMOTION)
+    decision = Promotion.read(root_p / PROMOTION).dump()
     summary.update(
         metrics=decision["candidate"],
         gates=decision["gates"],
@@ -959,12 +965,12 @@ def _release(root: str, params_file: str, stages: list[str] | None, force: bool)
     return summary
 
 
-def _fresh_decision(root: Path, since: float) -> dict[str, Any] | None:
+def _fresh_decision(root: Path, since: float) -> Promotion | None:
     """promotion.json written by this run's promote stage (not a stale one from an earlier run)."""
     path = root / PROMOTION
     if not path.is_file() or path.stat().st_mtime < since - 1:
         return None
-    return read_json(path)
+    return Promotion.read(path)
 
 
 def unchanged_release(root: Path, params_file: str) -> dict[str, Any] | None:
@@ -1009,7 +1015,7 @@ def unchanged_release(root: Path, params_file: str) -> dict[str, Any] | None:
             return None
         if info is None:
             return None
-    decision = read_json(root / PROMOTION)
+    decision = Promotion.read(root / PROMOTION).dump()
     status = f"unchanged (same model as {info.version})" if same else "unchanged (already released)"
     return {
         "status": status,

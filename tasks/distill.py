@@ -32,9 +32,9 @@ from edgedistill.checkpoint import (
     save_checkpoint,
 )
 from edgedistill.errors import EdgeDistillError, ModelMismatch, TrainingFailed
-from edgedistill.io import write_json
 from edgedistill.kd import dkd_loss, hinton_loss, kd_kl
 from edgedistill.params import Params
+from edgedistill.records import DistillMetrics
 from edgedistill.stats import accuracy_interval, paired_difference, recording_ids
 from edgedistill.training import (
     Prepared,
@@ -535,7 +535,7 @@ def run(
         save_checkpoint(student_out, base.cpu(), {**base_meta, "shipped": "baseline"})
     shipped_acc = report[shipped]["accuracy"]
     report["gap_to_teacher"] = round(report["teacher"]["accuracy"] - shipped_acc, 5)
-    write_json(metrics_out, report)
+    report = DistillMetrics.model_validate(report).write(metrics_out)
     return report
 
 

@@ -33,9 +33,10 @@ from edgedistill.evaluation import (
     onnx_accuracy,
     torch_logits,
 )
-from edgedistill.io import read_json, sha256_file, write_json
+from edgedistill.io import read_json, sha256_file
 from edgedistill.normalization import spec_of
 from edgedistill.params import Params
+from edgedistill.records import ExportMetrics
 from edgedistill.shards import open_split
 from edgedistill.stats import accuracy_interval, paired_difference, recording_ids
 
@@ -294,7 +295,7 @@ def run(
         "input_scale_folded": folded,
         "lineage": lin,
     }
-    write_json(metrics_path, metrics)
+    metrics = ExportMetrics.model_validate(metrics).write(metrics_path)
     return metrics
 
 

@@ -21,8 +21,9 @@ import numpy as np
 
 from edgedistill import mcu
 from edgedistill.errors import DataInvalid
-from edgedistill.io import read_json, write_json
+from edgedistill.io import read_json
 from edgedistill.params import Params
+from edgedistill.records import McuReport
 from edgedistill.shards import open_split
 
 MODEL = "models/student.onnx"
@@ -127,7 +128,7 @@ def run(
             os.replace(out_dir / BUILD, old)
         os.replace(tmp / BUILD, out_dir / BUILD)
         shutil.rmtree(old, ignore_errors=True)
-        write_json(out_dir / REPORT, report)
+        report = McuReport.model_validate(report).write(out_dir / REPORT)
     if not report["verified"]:
         print(report["status"])
     return report

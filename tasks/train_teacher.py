@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from edgedistill import baseline as bl
 from edgedistill.checkpoint import save_checkpoint
 from edgedistill.errors import TrainingFailed
-from edgedistill.io import write_json
 from edgedistill.params import Params, SanityParams
+from edgedistill.records import TeacherMetrics
 from edgedistill.training import (
     Prepared,
     augment,
@@ -120,7 +120,7 @@ def run(
             "passed": True if judged else None,
         }
     save_checkpoint(model_out, model.cpu(), {**meta, "metrics": {"test_accuracy": m["accuracy"]}})
-    write_json(metrics_out, metrics)
+    metrics = TeacherMetrics.model_validate(metrics).write(metrics_out)
     if plots_dir:
         write_plots(plots_dir, "teacher", result.history, m["confusion"], data.labels)
     return metrics

@@ -143,7 +143,7 @@ def test_real_artifacts_pass_open_gates(runs):
 
 def measured(root: Path) -> dict:
     with contextlib.chdir(root):
-        return promote.read_candidate()
+        return promote.read_candidate().dump()
 
 
 @pytest.mark.parametrize(
@@ -339,7 +339,7 @@ def test_dvc_metrics_lead_with_what_users_compare(runs, tmp_path):
 
     summary = read_json(root / promote.SUMMARY)
     with contextlib.chdir(root):
-        c = promote.read_candidate()
+        c = promote.read_candidate().dump()
     assert (
         summary["accuracy_lo"]
         <= summary["accuracy"]
