@@ -34,7 +34,7 @@ from edgedistill.errors import (
     ReleaseNotFound,
     VerificationFailed,
 )
-from edgedistill.fmt import num
+from edgedistill.fmt import num, pct_iv, pts_iv
 from edgedistill.io import read_json, sha256_file, write_json
 from edgedistill.params import Params, load_params
 from edgedistill.pipeline import StageFailed, pipeline_stages, reproduce_stage
@@ -340,7 +340,7 @@ def register_release(root: Path, params: Params, decision: dict[str, Any]) -> di
     commit_paths(
         root,
         paths,
-        f"release {pp.model}: int8 accuracy {_pct_iv(cand, 'int8_accuracy')}, "
+        f"release {pp.model}: int8 accuracy {pct_iv(cand, 'int8_accuracy')}, "
         f"data {(data.get('md5') or '?')[:8]}{shipped}",
     )
     commit = head_commit(root)
@@ -592,7 +592,7 @@ def model_card(
                     else "baseline student (promote.fallback: baseline)"
                 ),
                 "kd": decision.get("kd_line"),
-                "int8_accuracy": _pct_iv(decision["candidate"], "int8_accuracy"),
+                "int8_accuracy": pct_iv(decision["candidate"], "int8_accuracy"),
                 # which C the MCU objects hold and why (mcu.engine; a fallback names what the int8 kernels lack)
                 "mcu_engine": _mcu_engine_text(doc(MCU_REPORT)),
                 "regression_vs_prod": _regression_text(decision),
@@ -611,10 +611,6 @@ def model_card(
 
 
 # ---------------------------------------------------------------- summary (one source, two views)
-
-
-def _pct(v: Any) -> str:
-    return "—" if v is None else f"{100 * float(v):.2f}%"
 
 
 def _mcu_engine_text(mcu: dict[str, Any] | None) -> str | None:
@@ -654,23 +650,6 @@ def _mcu_figures(gates: list[dict[str, Any]]) -> str:
                 + ("" if "fail" not in (f.get("verdict"), r.get("verdict")) else " (over budget)")
             )
     return "; ".join(parts)
-
-
-def _pct_iv(m: dict[str, Any], key: str) -> str:
-    """'91.20% [88.10, 94.00]' (95% interval by recording) when the interval is there."""
-    if m.get(key) is None:
-        return "—"
-    if m.get(f"{key}_lo") is None:
-        return _pct(m[key])
-    return f"{100 * float(m[key]):.2f}% [{100 * float(m[key + '_lo']):.2f}, {100 * float(m[key + '_hi']):.2f}]"
-
-
-def _pts_iv(m: dict[str, Any], key: str) -> str:
-    if m.get(key) is None:
-        return "—"
-    if m.get(f"{key}_lo") is None:
-        return f"{100 * float(m[key]):+.2f} pts"
-    return f"{100 * float(m[key]):+.2f} pts [{100 * float(m[key + '_lo']):+.2f}, {100 * float(m[key + '_hi']):+.2f}]"
 
 
 def _regression_text(s: dict[str, Any]) -> str:
@@ -713,11 +692,11 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
             f"{d.get('path')} md5 {str(d.get('md5') or '—')[:12]}"
             + (f" (git {s['git_commit'][:8]})" if s.get("git_commit") else ""),
         ),
-        ("teacher accuracy", _pct_iv(m, "teacher_accuracy")),
-        ("baseline student accuracy", _pct_iv(m, "baseline_accuracy")),
-        ("KD student accuracy", _pct_iv(m, "kd_accuracy")),
-        ("KD gain (paired, test)", _pts_iv(m, "kd_gain")),
-        ("KD gain (paired, validation)", _pts_iv(m, "kd_gain_val")),
+        ("teacher accuracy", pct_iv(m, "teacher_accuracy")),
+        ("baseline student accuracy", pct_iv(m, "baseline_accuracy")),
+        ("KD student accuracy", pct_iv(m, "kd_accuracy")),
+        ("KD gain (paired, test)", pts_iv(m, "kd_gain")),
+        ("KD gain (paired, validation)", pts_iv(m, "kd_gain_val")),
         (
             "shipped student",
             "—"
@@ -728,7 +707,7 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
         ),
         (
             "INT8 accuracy / drop",
-            f"{_pct_iv(m, 'int8_accuracy')} / " + _pts_iv(m, "int8_drop").replace("+", ""),
+            f"{pct_iv(m, 'int8_accuracy')} / " + pts_iv(m, "int8_drop").replace("+", ""),
         ),
         ("shipped file per profile", _formats_text(m.get("formats"))),
         ("regression vs prod (paired)", _regression_text(s)),

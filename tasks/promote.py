@@ -18,7 +18,7 @@ import numpy as np
 
 from edgedistill.errors import ArtifactCorrupt, GateFailed
 from edgedistill.figures import Kind
-from edgedistill.fmt import num
+from edgedistill.fmt import amount, num
 from edgedistill.io import read_json
 from edgedistill.params import DeviceProfile, GateParams, Params, StatsParams
 from edgedistill.records import (
@@ -486,7 +486,7 @@ def mcu_gate_rows(
                 )
             else:
                 unit = "ms" if what == "latency" else "B"
-                over = f"measured {_fmt_amount(value, unit)} > budget {_fmt_amount(limit, unit)}"
+                over = f"measured {amount(value, unit)} > budget {amount(limit, unit)}"
                 row = GateRow.judge(*args, mcu=p.mcu, value_kind=kind)
                 rows.append(
                     row.model_copy(update={"detail": "" if row.verdict == "pass" else over})
@@ -611,20 +611,16 @@ def host_profile_rows(path: str | Path, profiles: list[DeviceProfile]) -> list[G
 def _budget_row(gate: str, metric: str, value: Any, budget: Any, what: str) -> GateRow:
     # the file's size follows the file `format: auto` picks by timing; latency and RSS measure the machine
     args = (gate, metric, value, "<=", budget)
-    kind = Kind.TIMING
+    kw: dict[str, Any] = {"value_kind": Kind.TIMING, "mcu": None}  # mcu None: a host profile's row
     if budget is None:
-        return GateRow.row(*args, "off", detail="no budget in the profile", value_kind=kind)
+        return GateRow.row(*args, "off", detail="no budget in the profile", **kw)
     if value is None:
         why = "not measured (a budget needs its figure: batch size 1)"
-        return GateRow.row(*args, "fail", detail=why, value_kind=kind)
-    row = GateRow.judge(*args, value_kind=kind)
+        return GateRow.row(*args, "fail", detail=why, **kw)
+    row = GateRow.judge(*args, **kw)
     unit = "ms" if what == "latency" else "B"
-    over = f"{_fmt_amount(value, unit)} > budget {_fmt_amount(budget, unit)}"
+    over = f"{amount(value, unit)} > budget {amount(budget, unit)}"
     return row.model_copy(update={"detail": "" if row.verdict == "pass" else over})
-
-
-def _fmt_amount(v: Any, unit: str) -> str:
-    return f"{v:.3g} ms" if unit == "ms" else f"{int(v):,} B"
 
 
 def add_gate_rows(decision: Promotion, rows: list[GateRow]) -> Promotion:
