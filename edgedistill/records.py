@@ -586,6 +586,52 @@ class Candidate(Block):
     )
 
 
+class Difference(Block):
+    value: float = model_fig("candidate - prod accuracy on the same windows", ...)
+    lo: float = model_fig("its 95% interval (recording bootstrap), lower end", ...)
+    hi: float = model_fig("its 95% interval, upper end", ...)
+
+
+class ProdComparison(Block):
+    """The candidate's file and the file prod ships, scored on the candidate's test windows (paired)."""
+
+    comparable: bool = model_fig("both models accept the same input contract and windows", ...)
+    reason: str | None = text_fig("why not comparable")
+    windows: int | None = model_fig("test windows scored")
+    prod_file: str | None = text_fig()
+    candidate_file: str | None = text_fig()
+    candidate_accuracy: float | None = model_fig()
+    prod_accuracy: float | None = model_fig()
+    difference: Difference | None = None
+    prod_files: list[str] | None = text_fig("every prod file compared (prod ships several)")
+
+
+class ProdReference(Record):
+    """reports/prod_reference.json (the release flow): the current prod version and its key figures,
+    where the promote stage reads them."""
+
+    PATH = "reports/prod_reference.json"
+    WHAT = "prod reference"
+    model: str | None = text_fig("the registered model name")
+    version: str | None = text_fig("prod's version (None: no prod yet)")
+    commit: str | None = text_fig()
+    metrics: Doc = model_fig("prod's candidate figures, from its promotion record", {})
+    bundle: dict[str, str] | None = text_fig("sha256 of each file of prod's fetched bundle")
+
+    def recorded_accuracy(self, profiles: list[str], legacy: str) -> float | None:
+        """The accuracy prod recorded for the file it ships on these profiles (its `formats`; a prod
+        recorded before per-profile formats shipped `legacy`)."""
+        m = self.metrics
+        formats = m.get("formats") or {}
+        fmt = next((formats[p] for p in profiles if formats.get(p)), legacy)
+        return m.get(f"{fmt}_accuracy")
+
+
+class ProdAtPromotion(Block):
+    version: str | None = text_fig()
+    int8_accuracy: float | None = model_fig()
+
+
 class Promotion(Record):
     """reports/promotion.json (promote): every gate's figure, interval, threshold and verdict."""
 
@@ -599,10 +645,12 @@ class Promotion(Record):
     shipped: str | None = text_fig("kd or baseline")
     kd_line: str | None = text_fig()
     warnings: list[str] = text_fig(default=[])
-    vs_prod: Doc | None = model_fig("the paired comparison with prod (INT8)")
-    vs_prod_fp32: Doc | None = model_fig("the paired comparison with prod (FP32)")
+    vs_prod: ProdComparison | None = None  # the paired comparison with prod (INT8)
+    vs_prod_fp32: ProdComparison | None = None  # the paired comparison with prod (FP32)
     formats: dict[str, str] = timing_fig("{profile: format it ships}", {})
-    prod: Doc | None = model_fig("the prod version at promotion and its recorded INT8 accuracy")
+    prod: ProdAtPromotion | None = (
+        None  # the prod version at promotion and its recorded INT8 accuracy
+    )
 
     def with_rows(self, rows: list[GateRow]) -> Promotion:
         gates = [*self.gates, *rows]
@@ -669,7 +717,7 @@ class CardMetrics(Block):
 class CardGates(Block):
     passed: bool = model_fig("", ...)
     gates: list[GateRow] = Field(default_factory=list)
-    prod_at_release: Doc | None = model_fig()
+    prod_at_release: ProdAtPromotion | None = None
 
 
 class ModelCard(Record):
@@ -735,6 +783,7 @@ class ReleaseSummary(Record):
 # --------------------------------------------------------------------- what reproduce judges by
 
 RECORDS: tuple[type[Record], ...] = (
+    ProdReference,
     TeacherMetrics,
     DistillMetrics,
     ExportMetrics,
@@ -758,7 +807,15 @@ def _type_declaration(tp: Any) -> Declaration | None:
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
         decls = [d for a in get_args(tp) if a is not type(None) if (d := _type_declaration(a))]
-        return decls[0] if decls else None
+        if not decls:
+            return None
+        if type(None) in get_args(tp):  # an absent block (null) is a leaf of its own
+
+            def or_absent(v: Any, decl: Declaration = decls[0]) -> Declaration:
+                return Kind.MODEL if v is None else decl
+
+            return or_absent
+        return decls[0]
     if origin is dict:
         sub = _type_declaration(get_args(tp)[1])
         return {ANY: sub} if sub is not None else None

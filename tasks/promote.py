@@ -11,6 +11,7 @@ same windows, not two figures from different test sets. Each profile's gates jud
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +19,20 @@ import numpy as np
 
 from edgedistill.errors import ArtifactCorrupt, GateFailed
 from edgedistill.figures import Kind
-from edgedistill.fmt import amount, num
+from edgedistill.fmt import amount, num, pct
 from edgedistill.io import read_json
 from edgedistill.params import DeviceProfile, GateParams, Params, StatsParams
 from edgedistill.records import (
     BenchmarkMetrics,
     Candidate,
+    Difference,
     DistillMetrics,
     ExportMetrics,
     GateRow,
     McuReport,
+    ProdAtPromotion,
+    ProdComparison,
+    ProdReference,
     Promotion,
     Record,
     ReleaseMetrics,
@@ -212,10 +217,10 @@ def kd_line(c: Candidate) -> str:
 def decide_promotion(
     candidate: Candidate | dict[str, Any],
     gates: GateParams,
-    prod: dict[str, Any] | None = None,
+    prod: ProdReference | Mapping[str, Any] | None = None,
     fallback: str = "baseline",
-    vs_prod: dict[str, Any] | None = None,
-    vs_prod_fp32: dict[str, Any] | None = None,
+    vs_prod: ProdComparison | Mapping[str, Any] | None = None,
+    vs_prod_fp32: ProdComparison | Mapping[str, Any] | None = None,
 ) -> Promotion:
     """Every gate's value, threshold and verdict ('pass' / 'fail' / 'off' when its threshold is null).
 
@@ -228,6 +233,11 @@ def decide_promotion(
     without it (no bundle, or prod's input contract differs) the recorded prod figure is used, with a
     warning."""
     c = Candidate.model_validate(candidate)
+    ref = None if prod is None else ProdReference.model_validate(prod)
+    paired = {
+        fmt: None if v is None else ProdComparison.model_validate(v)
+        for fmt, v in (("int8", vs_prod), ("fp32", vs_prod_fp32))
+    }
     formats = shipped_formats(c)
     rows: list[GateRow] = []
     warnings: list[str] = []
@@ -238,8 +248,7 @@ def decide_promotion(
 
     tol = gates.regression_tolerance
     no_regression = None if tol is None else -tol
-    prod_acc = (prod or {}).get("metrics", {}).get("int8_accuracy") if prod else None
-    for fmt, compared in (("int8", vs_prod), ("fp32", vs_prod_fp32)):
+    for fmt, compared in paired.items():
         pre = "" if fmt == "int8" else "fp32_"
         if fmt not in formats:
             if fmt == "int8":  # the INT8 gates are always reported: off when nothing ships INT8
@@ -294,14 +303,15 @@ def decide_promotion(
                     interval=span("int8_drop"),
                 )
             )
-        recorded = _prod_recorded(prod, formats[fmt])
-        if compared is not None and not compared.get("comparable"):
+        recorded = ref.recorded_accuracy(formats[fmt], LEGACY_FORMAT) if ref else None
+        version = ref.version if ref else "?"
+        if compared is not None and not compared.comparable:
             warnings.append(
-                f"regression check vs prod {prod.get('version') if prod else '?'} ({fmt}): "
-                f"{compared['reason']}; fell back to the accuracy prod recorded on its own test set"
+                f"regression check vs prod {version} ({fmt}): "
+                f"{compared.reason}; fell back to the accuracy prod recorded on its own test set"
             )
         name = f"{pre}no_regression"
-        if prod is None or (recorded is None and not (compared or {}).get("comparable")):
+        if ref is None or (recorded is None and not (compared and compared.comparable)):
             rows.append(
                 GateRow.row(
                     name,
@@ -311,24 +321,24 @@ def decide_promotion(
                     no_regression,
                     "off" if tol is None else "pass",
                     detail="no prod version yet"
-                    if prod is None
+                    if ref is None
                     else "prod recorded no accuracy for that file and its model was not available",
                 )
             )
-        elif compared is not None and compared.get("comparable"):
-            d = compared["difference"]
+        elif compared is not None and compared.comparable and compared.difference is not None:
+            d = compared.difference
             rows.append(
                 GateRow.judge(
                     name,
                     f"candidate - prod {fmt} accuracy (paired, same windows)",
-                    d["value"],
+                    d.value,
                     ">=",
                     no_regression,
-                    interval=(d["lo"], d["hi"]),
-                    detail=f"prod {prod.get('version')} scored on the candidate's {compared['windows']} test "
-                    f"windows ({compared.get('prod_file', FILES['int8'])} vs "
-                    f"{compared.get('candidate_file', FILES[fmt])}): {100 * compared['prod_accuracy']:.2f}% "
-                    f"vs candidate {100 * compared['candidate_accuracy']:.2f}%",
+                    interval=(d.lo, d.hi),
+                    detail=f"prod {version} scored on the candidate's {compared.windows} test "
+                    f"windows ({compared.prod_file or FILES['int8']} vs "
+                    f"{compared.candidate_file or FILES[fmt]}): {pct(compared.prod_accuracy)} "
+                    f"vs candidate {pct(compared.candidate_accuracy)}",
                 )
             )
         else:
@@ -339,13 +349,13 @@ def decide_promotion(
                     round(acc - float(recorded), 6),
                     ">=",
                     no_regression,
-                    detail=f"WARNING: not paired; prod {prod.get('version')} recorded accuracy "
+                    detail=f"WARNING: not paired; prod {version} recorded accuracy "
                     f"{recorded:.4f} on its own test set",
                 )
             )
             if compared is None:
                 warnings.append(
-                    f"regression check vs prod {prod.get('version')} ({fmt}): prod's model was not "
+                    f"regression check vs prod {version} ({fmt}): prod's model was not "
                     "fetched; compared with the accuracy prod recorded on its own test set"
                 )
     rows.append(latency_vs_prod_row(c, gates))
@@ -406,28 +416,17 @@ def decide_promotion(
         shipped=shipped,
         kd_line=line,
         warnings=warnings,
-        vs_prod=vs_prod,
-        vs_prod_fp32=vs_prod_fp32,
+        vs_prod=paired["int8"],
+        vs_prod_fp32=paired["fp32"],
         formats=c.formats,
-        prod={"version": prod.get("version"), "int8_accuracy": prod_acc} if prod else None,
+        prod=ProdAtPromotion(version=ref.version, int8_accuracy=ref.metrics.get("int8_accuracy"))
+        if ref
+        else None,
     )
 
 
 def _where(formats: dict[str, list[str]]) -> str:
     return "; ".join(f"{f.upper()} on {', '.join(p) or '?'}" for f, p in formats.items())
-
-
-def _prod_recorded(prod: dict[str, Any] | None, profiles: list[str]) -> Any:
-    """The accuracy prod recorded for the file it ships on these profiles (its `formats`; a prod
-    recorded before per-profile formats shipped INT8)."""
-    if not prod:
-        return None
-    m = prod.get("metrics") or {}
-    fmt = next(
-        (m.get("formats", {}).get(p) for p in profiles if (m.get("formats") or {}).get(p)),
-        LEGACY_FORMAT,
-    )
-    return m.get(f"{fmt}_accuracy")
 
 
 def mcu_gate_rows(
@@ -668,7 +667,7 @@ def compare_with_prod(
     test: str | Path = TEST,
     stats: StatsParams | None = None,
     profiles: list[str] | None = None,
-) -> dict[str, Any] | None:
+) -> ProdComparison | None:
     """Score the candidate's file and the file prod ships on `profiles` (its card's `ships`; a
     bundle made before per-profile formats: INT8) on the candidate's test windows; the paired
     difference (candidate - prod) with its recording-bootstrap interval. None without a prod bundle.
@@ -687,13 +686,15 @@ def compare_with_prod(
     ]
     if not results:
         return None
-    worst = min(results, key=lambda r: (r["comparable"], r.get("difference", {}).get("value", 0.0)))
-    return {**worst, "prod_files": [r["prod_file"] for r in results]} if len(results) > 1 else worst
+    worst = min(results, key=lambda r: (r.comparable, r.difference.value if r.difference else 0.0))
+    if len(results) > 1:
+        return worst.model_copy(update={"prod_files": [r.prod_file for r in results]})
+    return worst
 
 
 def _compare_one(
     prod_model: Path, candidate: str | Path, test: str | Path, stats: StatsParams | None
-) -> dict[str, Any] | None:
+) -> ProdComparison | None:
     from edgedistill import onnx_tools as ox
 
     if not prod_model.is_file():
@@ -701,40 +702,40 @@ def _compare_one(
     st = stats or StatsParams()
     differs = contract_difference(ox.read_metadata(candidate), ox.read_metadata(prod_model))
     if differs:
-        return {
-            "comparable": False,
-            "prod_file": prod_model.name,
-            "reason": f"prod's input contract differs: {differs}",
-        }
+        return ProdComparison(
+            comparable=False,
+            prod_file=prod_model.name,
+            reason=f"prod's input contract differs: {differs}",
+        )
     if not Path(test).is_dir():
-        return {
-            "comparable": False,
-            "prod_file": prod_model.name,
-            "reason": f"the candidate's test windows ({test}) are missing",
-        }
+        return ProdComparison(
+            comparable=False,
+            prod_file=prod_model.name,
+            reason=f"the candidate's test windows ({test}) are missing",
+        )
     split = open_split(test)
     x, y, rec = split.load_all(), split.y, split.recording
     cand = ox.predict(ox.open_session(candidate), candidate, x).argmax(1)
     try:
         prev = ox.predict(ox.open_session(prod_model), prod_model, x).argmax(1)
     except Exception as e:  # noqa: BLE001 - any refusal of these windows is a contract difference
-        return {
-            "comparable": False,
-            "prod_file": prod_model.name,
-            "reason": f"prod's model does not accept the candidate's windows ({e})",
-        }
+        return ProdComparison(
+            comparable=False,
+            prod_file=prod_model.name,
+            reason=f"prod's model does not accept the candidate's windows ({e})",
+        )
     d = paired_difference(
         cand, prev, y, rec, resamples=st.resamples, seed=st.seed, confidence=st.confidence
     )
-    return {
-        "comparable": True,
-        "windows": int(len(y)),
-        "prod_file": prod_model.name,
-        "candidate_file": Path(candidate).name,
-        "candidate_accuracy": float((cand == y).mean()),
-        "prod_accuracy": float((prev == y).mean()),
-        "difference": {"value": round(d.value, 6), "lo": round(d.lo, 6), "hi": round(d.hi, 6)},
-    }
+    return ProdComparison(
+        comparable=True,
+        windows=int(len(y)),
+        prod_file=prod_model.name,
+        candidate_file=Path(candidate).name,
+        candidate_accuracy=float((cand == y).mean()),
+        prod_accuracy=float((prev == y).mean()),
+        difference=Difference(value=round(d.value, 6), lo=round(d.lo, 6), hi=round(d.hi, 6)),
+    )
 
 
 def describe_failures(decision: Promotion) -> str:
@@ -836,11 +837,11 @@ def run(
     summary: str | Path = SUMMARY,
 ) -> Promotion:
     candidate = read_candidate(paths)
-    prod = read_json(reference) if Path(reference).is_file() else None
-    if prod is not None and not prod.get("version"):
+    prod = ProdReference.read_if(reference)
+    if prod is not None and not prod.version:
         prod = None
     paths = paths or {}
-    vs_prod: dict[str, Any] = {}
+    vs_prod: dict[str, ProdComparison | None] = {}
     if (
         prod is not None
     ):  # per shipped format: the candidate's file vs what prod ships on those profiles

@@ -350,7 +350,7 @@ def test_the_release_bundle_ships_the_c_model_objects_and_report(built):
         )
         and "quanta" in text
     )
-    line = _mcu_figures(gate_rows(root / "models/mcu/mcu.json", require_verified=False))
+    line = _mcu_figures(mcu_gate_rows(root / "models/mcu/mcu.json", require_verified=False))
     m7 = r["profiles"]["cortex-m7"]
     assert f"cortex-m7: {m7['flash_bytes']:,} B / {m7['ram_bytes']:,} B" in line
 
