@@ -68,6 +68,7 @@ lint: install
 docs: install
 	$(PY) docs/gen_params.py
 	$(PY) docs/gen_results.py
+	$(PY) docs/gen_schemas.py
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 clean:

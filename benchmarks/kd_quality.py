@@ -17,6 +17,7 @@ its students; a row says `teacher_cached: true` and keeps the teacher's original
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import hashlib
 import json
@@ -34,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # anchors
 
 import yaml  # noqa: E402
 
-from edgedistill.params import apply_overrides, parse_params  # noqa: E402
+from edgedistill.params import apply_overrides, deep_merge, parse_params  # noqa: E402
 
 
 def fold_groups(
@@ -47,10 +48,8 @@ def fold_groups(
 
 
 def merge(d: dict, o: dict) -> dict:
-    out = dict(d)
-    for k, v in o.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+    """`o` over a copy of `d` (edgedistill.params.deep_merge)."""
+    return dict(deep_merge(copy.deepcopy(d), o))
 
 
 def cache_key(*parts: object) -> str:

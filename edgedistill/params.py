@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -1043,6 +1044,19 @@ def _yaml_indents(text: str) -> tuple[int, int]:
     return mapping, offset
 
 
+def deep_merge(
+    base: MutableMapping[str, Any], overlay: Mapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """`overlay` onto `base`, in place and key by key: a mapping merges into a mapping, anything else
+    replaces. Returns `base` (copy it first to keep it)."""
+    for k, v in overlay.items():
+        if isinstance(v, Mapping) and isinstance(base.get(k), MutableMapping):
+            deep_merge(base[k], v)
+        else:
+            base[k] = v
+    return base
+
+
 def update_params_file(path: str | Path, overlay: dict[str, Any]) -> None:
     """Merge `overlay` (nested sections) into a params file in place, keeping its comments and layout
     (ruamel, as DVC edits it); the result is validated first, so an invalid file is never written."""
@@ -1065,14 +1079,7 @@ def update_params_file(path: str | Path, overlay: dict[str, Any]) -> None:
     )
     doc = ry.load(text)
 
-    def merge(node: Any, new: dict[str, Any]) -> None:
-        for k, v in new.items():
-            if isinstance(v, dict) and k in node and isinstance(node[k], dict):
-                merge(node[k], v)
-            else:
-                node[k] = v
-
-    merge(doc, json.loads(json.dumps(overlay)))
+    deep_merge(doc, json.loads(json.dumps(overlay)))  # in place: the file's comments and order stay
     buf = io.StringIO()
     ry.dump(doc, buf)
     parse_params(yaml.safe_load(buf.getvalue()), str(path))

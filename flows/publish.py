@@ -16,7 +16,9 @@ from prefect import flow, get_run_logger
 
 from edgedistill.errors import ReleaseNotFound
 from edgedistill.params import Params, load_params
-from edgedistill.release.store import (
+from edgedistill.records import ChannelDocument
+from edgedistill.registry import Registry, git, tag_counter
+from edgedistill.store import (
     SUMS,
     ConditionalWriteFailed,
     Store,
@@ -68,7 +70,7 @@ def channel_document(
     sums: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
     prefix = bundle_prefix(model, version)
-    return {
+    doc = {
         "model": model,
         "stage": stage,
         "version": version,
@@ -81,6 +83,7 @@ def channel_document(
         },
         "sha256sums_url": store.url(f"{prefix}/SHA256SUMS"),
     }
+    return ChannelDocument.model_validate(doc).dump()
 
 
 def publish_channel(

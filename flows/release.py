@@ -12,7 +12,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,14 +34,15 @@ from edgedistill.errors import (
     ReleaseNotFound,
     VerificationFailed,
 )
-from edgedistill.fmt import num
-from edgedistill.io import read_json, sha256_file, write_json
+from edgedistill.fmt import num, pct_iv, pts, pts_iv
+from edgedistill.io import read_json, sha256_file
 from edgedistill.params import Params, load_params
 from edgedistill.pipeline import StageFailed, pipeline_stages, reproduce_stage
-from edgedistill.release.environment import environment_record
-from edgedistill.release.report import REPORT, write_report
-from edgedistill.release.shipping import FILES, manifest, profile_formats
-from edgedistill.release.store import (
+from edgedistill.records import GateRow, ModelCard, ProdReference, Promotion, ReleaseSummary
+from edgedistill.registry import Registry, commit_paths, git, head_commit
+from edgedistill.report import REPORT, write_report
+from edgedistill.shipping import FILES, manifest, profile_formats
+from edgedistill.store import (
     CARD,
     SUMS,
     bundle_exists,
@@ -65,8 +66,7 @@ from edgedistill.release.trust import (
     signing_repository,
     store_files,
 )
-from edgedistill.versions.registry import Registry, commit_paths, git, head_commit
-from tasks.promote import PROD_DIR, PROD_REFERENCE, PROMOTION, describe_failures
+from tasks.promote import PROD_DIR, PROD_REFERENCE, PROMOTION, describe_failures, describe_row
 
 SUMMARY = "reports/release.json"
 BUNDLE_FILES = {FILES[f]: f"models/{FILES[f]}" for f in ("fp32", "int8")}
@@ -185,20 +185,20 @@ def pull_inputs(root: Path, params: Params) -> dict[str, Any]:
 
 
 @task(name="resolve-prod", **STORE_TASK)
-def write_prod_reference(root: Path, params: Params) -> dict[str, Any]:
+def write_prod_reference(root: Path, params: Params) -> ProdReference:
     """Record the current prod version and its key metrics where the promote stage reads them
     (rewritten only when it changes, so DVC skips `promote` when nothing moved), and fetch prod's
     shipped bundle (SHA256-verified) into models/prod/ so promote can score it on the candidate's
     test windows. No prod: models/prod/ is removed ("no prod yet")."""
     ref = prod_reference(root, params)
     model, prod_dir = params.promote.model, root / PROD_DIR
-    if ref["version"] is not None:
+    if ref.version is not None:
         try:
             store = open_store(params.store, root)
             got = fetch_verified(
-                store, project_root_of_trust(store, root), model, ref["version"], prod_dir
+                store, project_root_of_trust(store, root), model, ref.version, prod_dir
             )
-            ref["bundle"] = {
+            ref.bundle = {
                 name: f["sha256"] for name, f in sorted(got["files"].items()) if name != SUMS
             }
         except (ReleaseNotFound, VerificationFailed, ParamsInvalid) as e:
@@ -206,31 +206,37 @@ def write_prod_reference(root: Path, params: Params) -> dict[str, Any]:
                 "prod %s %s: bundle not fetched (%s); the regression check falls back "
                 "to the accuracy prod recorded",
                 model,
-                ref["version"],
+                ref.version,
                 e,
             )
             shutil.rmtree(prod_dir, ignore_errors=True)
     elif prod_dir.is_dir() and (prod_dir / SUMS).is_file():
         shutil.rmtree(prod_dir)
     path = root / PROD_REFERENCE
-    if not path.is_file() or read_json(path) != ref:
-        write_json(path, ref)
+    if not path.is_file() or read_json(path) != ref.dump():
+        ref.write(path)
     get_run_logger().info(
-        "current prod: %s", f"{ref['model']} {ref['version']}" if ref["version"] else "none"
+        "current prod: %s", f"{ref.model} {ref.version}" if ref.version else "none"
     )
     return ref
 
 
-def prod_reference(root: Path, params: Params) -> dict[str, Any]:
+def prod_reference(root: Path, params: Params) -> ProdReference:
     """The current prod version and its key metrics, as the promote stage reads them (without the
     fetched bundle's sha256s, which follow from the version)."""
     model = params.promote.model
     reg = Registry(root)
     prod = reg.resolve(model, "prod")
-    ref: dict[str, Any] = {"model": model, "version": None, "commit": None, "metrics": {}}
+    ref = ProdReference(model=model, version=None, commit=None, metrics={})
     if prod is not None:
         record = reg.read_json_at(prod, PROMOTION) or {}
-        ref.update(version=prod.version, commit=prod.commit, metrics=record.get("candidate", {}))
+        ref = ref.model_copy(
+            update={
+                "version": prod.version,
+                "commit": prod.commit,
+                "metrics": record.get("candidate", {}),
+            }
+        )
     return ref
 
 
@@ -286,18 +292,18 @@ def push_outputs(root: Path, params: Params) -> int:
 
 
 @task(name="register-release", **STORE_TASK)
-def register_release(root: Path, params: Params, decision: dict[str, Any]) -> dict[str, Any]:
+def register_release(root: Path, params: Params, decision: Promotion) -> dict[str, Any]:
     """Commit what the release pins, publish its bundle, then tag it; the tag comes last so a
     registered version always has its bundle in the store."""
     log = get_run_logger()
     pp = params.promote
     reg = Registry(root)
     data = data_lineage(root, params)
-    cand = decision["candidate"]
+    cand = decision.candidate.dump()
     shipped = (
         ""
-        if decision.get("shipped", "kd") == "kd"
-        else f"; ships the baseline student ({decision.get('kd_line') or 'KD did not help'})"
+        if (decision.shipped or "kd") == "kd"
+        else f"; ships the baseline student ({decision.kd_line or 'KD did not help'})"
     )
     store = open_store(params.store, root)
     paths = release_paths(root)
@@ -340,7 +346,7 @@ def register_release(root: Path, params: Params, decision: dict[str, Any]) -> di
     commit_paths(
         root,
         paths,
-        f"release {pp.model}: int8 accuracy {_pct_iv(cand, 'int8_accuracy')}, "
+        f"release {pp.model}: int8 accuracy {pct_iv(cand, 'int8_accuracy')}, "
         f"data {(data.get('md5') or '?')[:8]}{shipped}",
     )
     commit = head_commit(root)
@@ -370,7 +376,7 @@ def register_release(root: Path, params: Params, decision: dict[str, Any]) -> di
             root, Path(tmp) / Path(REPORT).name, version=version, summary=bundled
         )
         card = model_card(root, params, version, commit, decision, files, data)
-        write_json(Path(tmp) / CARD, card)
+        card.write(Path(tmp) / CARD)
         files[CARD] = Path(tmp) / CARD
         signer = signing_repository(store, root, log.warning)
         # signed provenance: commit, data md5, params and lock hashes -> each shipped file's SHA-256
@@ -538,99 +544,84 @@ def model_card(
     params: Params,
     version: str,
     commit: str,
-    decision: dict[str, Any],
+    decision: Promotion,
     files: dict[str, Path],
     data: dict[str, Any],
-) -> dict[str, Any]:
+) -> ModelCard:
     def doc(rel: str) -> Any:
         return read_json(root / rel) if (root / rel).is_file() else None
 
     norm = doc("data/prepared/norm.json") or {}
     lock = root / "dvc.lock"
     bench = doc("metrics/benchmark.json")
-    return {
-        "model": params.promote.model,
-        "version": version,
-        # the release commit's time: the same commit always yields the same card bytes
-        "created_at": git(root, "show", "-s", "--format=%cI", commit).stdout.strip(),
-        "files": {
-            name: {
-                "sha256": sha256_file(p),
-                "bytes": p.stat().st_size,
-                "source": bundle_files(root).get(name),
-            }
-            for name, p in sorted(files.items())
-        },
-        # the bundle file each device profile loads (format: auto chose by measurement; the mcu stage's
-        # C is built from the INT8 graph); a card without it is an older release: INT8 everywhere
-        "ships": manifest(profile_formats(bench)),
-        "release_profile": ((bench or {}).get("release") or {}).get("profile"),
-        "input": {
-            k: norm.get(k) for k in ("channels", "window", "sample_rate_hz", "labels", "layout")
-        },
-        # raw readings in: the normalisation runs inside the ONNX graph; how `auto` decided, on train statistics
-        "normalization": {
-            k: norm.get("normalization", {}).get(k)
-            for k in ("method", "requested", "reason", "statistics", "rule", "epsilon")
-        },
-        "metrics": {
-            "teacher": doc("metrics/teacher.json"),
-            "distill": doc("metrics/distill.json"),
-            "export": doc("metrics/export.json"),
-            "summary": decision["candidate"],
-        },
-        "benchmark": bench,
-        "mcu": doc(MCU_REPORT),  # measured flash/RAM per MCU profile, parity, QEMU, tool versions
-        "gates": {
-            "passed": decision["passed"],
-            "gates": decision["gates"],
-            "prod_at_release": decision["prod"],
-        },
-        # what ships and why, with 95% intervals (recording bootstrap); see reports/promotion.json
-        "verdicts": {
-            "shipped": (
-                "KD student"
-                if decision.get("shipped", "kd") == "kd"
-                else "baseline student (promote.fallback: baseline)"
-            ),
-            "kd": decision.get("kd_line"),
-            # which teacher distilled the student and why (teacher.kind; auto chose on val)
-            "teacher": _teacher_text(doc("metrics/teacher.json")),
-            "int8_accuracy": _pct_iv(decision["candidate"], "int8_accuracy"),
-            # which C the MCU objects hold and why (mcu.engine; a fallback names what the int8 kernels lack)
-            "mcu_engine": _mcu_engine_text(doc(MCU_REPORT)),
-            "regression_vs_prod": _regression_text(decision),
-            "warnings": decision.get("warnings", []),
-        },
-        "lineage": {
-            "git_commit": commit,
-            "data": data,
-            "dvc_lock_sha256": sha256_file(lock) if lock.is_file() else None,
-            # installed versions of the packages that shape results + requirements.lock's hash
-            "environment": environment_record(root),
-            "params": params.model_dump(mode="json", by_alias=True),
-        },
-    }
+    return ModelCard.model_validate(
+        {
+            "model": params.promote.model,
+            "version": version,
+            # the release commit's time: the same commit always yields the same card bytes
+            "created_at": git(root, "show", "-s", "--format=%cI", commit).stdout.strip(),
+            "files": {
+                name: {
+                    "sha256": sha256_file(p),
+                    "bytes": p.stat().st_size,
+                    "source": bundle_files(root).get(name),
+                }
+                for name, p in sorted(files.items())
+            },
+            # the bundle file each device profile loads (format: auto chose by measurement; the mcu stage's
+            # C is built from the INT8 graph); a card without it is an older release: INT8 everywhere
+            "ships": manifest(profile_formats(bench)),
+            "release_profile": ((bench or {}).get("release") or {}).get("profile"),
+            "input": {
+                k: norm.get(k) for k in ("channels", "window", "sample_rate_hz", "labels", "layout")
+            },
+            # raw readings in: the normalisation runs inside the ONNX graph; how `auto` decided, on train statistics
+            "normalization": {
+                k: norm.get("normalization", {}).get(k)
+                for k in ("method", "requested", "reason", "statistics", "rule", "epsilon")
+            },
+            "metrics": {
+                "teacher": doc("metrics/teacher.json"),
+                "distill": doc("metrics/distill.json"),
+                "export": doc("metrics/export.json"),
+                "summary": decision.candidate,
+            },
+            "benchmark": bench,
+            "mcu": doc(
+                MCU_REPORT
+            ),  # measured flash/RAM per MCU profile, parity, QEMU, tool versions
+            "gates": {
+                "passed": decision.passed,
+                "gates": decision.gates,
+                "prod_at_release": decision.prod,
+            },
+            # what ships and why, with 95% intervals (recording bootstrap); see reports/promotion.json
+            "verdicts": {
+                "shipped": (
+                    "KD student"
+                    if (decision.shipped or "kd") == "kd"
+                    else "baseline student (promote.fallback: baseline)"
+                ),
+                "kd": decision.kd_line,
+                "int8_accuracy": pct_iv(decision.candidate.dump(), "int8_accuracy"),
+                # which C the MCU objects hold and why (mcu.engine; a fallback names what the int8 kernels lack)
+                "mcu_engine": _mcu_engine_text(doc(MCU_REPORT)),
+                "regression_vs_prod": _regression_text(decision.gates),
+                "warnings": decision.warnings,
+            },
+            "lineage": {
+                "git_commit": commit,
+                "data": data,
+                "dvc_lock_sha256": sha256_file(lock) if lock.is_file() else None,
+                # installed versions of the packages that shape results + requirements.lock's hash
+                "environment": environment_record(root),
+                "params": params.model_dump(mode="json", by_alias=True),
+            },
+        }
+    )
 
 
 # ---------------------------------------------------------------- summary (one source, two views)
-
-
-def _pct(v: Any) -> str:
-    return "—" if v is None else f"{100 * float(v):.2f}%"
-
-
-def _teacher_text(teacher: dict[str, Any] | None) -> str | None:
-    """'minirocket (teacher.kind: auto; the higher best val accuracy ...: cnn 90.1%, minirocket 92.3%)'."""
-    if not teacher:
-        return None
-    choice = teacher.get("choice") or {}
-    cands = choice.get("candidates") or {}
-    vals = ", ".join(f"{k} {_pct(c.get('val_accuracy'))} val" for k, c in cands.items())
-    kind = teacher.get("kind", teacher.get("arch"))
-    return (
-        f"{kind} (teacher.kind: {choice.get('requested', 'cnn')}; {choice.get('rule', '')}: {vals})"
-    )
 
 
 def _mcu_engine_text(mcu: dict[str, Any] | None) -> str | None:
@@ -648,63 +639,46 @@ def _mcu_engine_text(mcu: dict[str, Any] | None) -> str | None:
     return f"{eng.get('ships')}: {eng.get('reason')}{par}"
 
 
-def _mcu_figures(gates: list[dict[str, Any]]) -> str:
+def _mcu_figures(gates: list[GateRow]) -> str:
     """From the promote stage's per-profile ram:/flash: gate rows (the mcu stage's measured figures)."""
-    by: dict[str, dict[str, Any]] = {}
+    by: dict[str, dict[str, GateRow]] = {}
     for g in gates:
-        kind, _, prof = str(g.get("gate")).partition(":")
-        if (
-            kind in ("ram", "flash") and prof and g.get("mcu", True)
-        ):  # not the host profiles' flash: rows
+        kind, _, prof = g.gate.partition(":")
+        # not the host profiles' flash: rows (mcu: null; a row without the key is an MCU row)
+        if kind in ("ram", "flash") and prof and (g.mcu or "mcu" not in g.model_fields_set):
             by.setdefault(prof, {})[kind] = g
     if not by:
         return "—"
     parts = []
-    for prof, g in by.items():
-        f, r = g.get("flash", {}), g.get("ram", {})
-        if f.get("value") is None:
-            parts.append(f"{prof}: {f.get('verdict', 'not verified')}")
+    for prof, rows in by.items():
+        f, r = rows.get("flash"), rows.get("ram")
+        if f is None or r is None or f.value is None:
+            parts.append(f"{prof}: {f.verdict if f else 'not verified'}")
         else:
+            over = "fail" in (f.verdict, r.verdict)
             parts.append(
-                f"{prof}: {int(f['value']):,} B / {int(r['value']):,} B"
-                + ("" if "fail" not in (f.get("verdict"), r.get("verdict")) else " (over budget)")
+                f"{prof}: {int(f.value):,} B / {int(r.value):,} B"
+                + (" (over budget)" if over else "")
             )
     return "; ".join(parts)
 
 
-def _pct_iv(m: dict[str, Any], key: str) -> str:
-    """'91.20% [88.10, 94.00]' (95% interval by recording) when the interval is there."""
-    if m.get(key) is None:
-        return "—"
-    if m.get(f"{key}_lo") is None:
-        return _pct(m[key])
-    return f"{100 * float(m[key]):.2f}% [{100 * float(m[key + '_lo']):.2f}, {100 * float(m[key + '_hi']):.2f}]"
-
-
-def _pts_iv(m: dict[str, Any], key: str) -> str:
-    if m.get(key) is None:
-        return "—"
-    if m.get(f"{key}_lo") is None:
-        return f"{100 * float(m[key]):+.2f} pts"
-    return f"{100 * float(m[key]):+.2f} pts [{100 * float(m[key + '_lo']):+.2f}, {100 * float(m[key + '_hi']):+.2f}]"
-
-
-def _regression_text(s: dict[str, Any]) -> str:
+def _regression_text(gates: list[GateRow]) -> str:
     """The no-regression rows in words (INT8, and FP32 where a profile ships it): paired vs prod on the same
     windows, or the recorded fallback."""
     texts = []
     for gate in ("no_regression", "fp32_no_regression"):
-        row = next((g for g in s.get("gates") or [] if g["gate"] == gate), None)
+        row = next((g for g in gates if g.gate == gate), None)
         if row is None:
             continue
-        if row.get("value") is None:
-            texts.append(row.get("detail") or "—")
+        if row.value is None:
+            texts.append(row.detail or "—")
             continue
-        v = f"{100 * float(row['value']):+.2f} pts"
-        if row.get("lo") is not None:
-            v += f" [{100 * float(row['lo']):+.2f}, {100 * float(row['hi']):+.2f}]"
+        v = pts(row.value)
+        if row.lo is not None:
+            v += f" [{100 * float(row.lo):+.2f}, {100 * float(row.hi):+.2f}]"
         texts.append(
-            f"{'FP32: ' if gate.startswith('fp32') else ''}{v} ({row['verdict']}; {row.get('detail')})"
+            f"{'FP32: ' if gate.startswith('fp32') else ''}{v} ({row.verdict}; {row.detail})"
         )
     return "; ".join(dict.fromkeys(texts)) or "—"
 
@@ -719,21 +693,21 @@ def _formats_text(formats: dict[str, str] | None) -> str:
     return "; ".join(f"{', '.join(p)}: {f.upper()} ({FILES[f]})" for f, p in by.items())
 
 
-def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
-    m = s.get("metrics") or {}
-    d = s.get("data") or {}
-    r = s.get("registry") or {}
+def summary_rows(s: ReleaseSummary) -> list[tuple[str, str]]:
+    m = s.metrics.dump() if s.metrics else {}
+    d = s.data or {}
+    r = s.registry or {}
     rows = [
         (
             "data version",
             f"{d.get('path')} md5 {str(d.get('md5') or '—')[:12]}"
-            + (f" (git {s['git_commit'][:8]})" if s.get("git_commit") else ""),
+            + (f" (git {s.git_commit[:8]})" if s.git_commit else ""),
         ),
-        ("teacher accuracy", _pct_iv(m, "teacher_accuracy")),
-        ("baseline student accuracy", _pct_iv(m, "baseline_accuracy")),
-        ("KD student accuracy", _pct_iv(m, "kd_accuracy")),
-        ("KD gain (paired, test)", _pts_iv(m, "kd_gain")),
-        ("KD gain (paired, validation)", _pts_iv(m, "kd_gain_val")),
+        ("teacher accuracy", pct_iv(m, "teacher_accuracy")),
+        ("baseline student accuracy", pct_iv(m, "baseline_accuracy")),
+        ("KD student accuracy", pct_iv(m, "kd_accuracy")),
+        ("KD gain (paired, test)", pts_iv(m, "kd_gain")),
+        ("KD gain (paired, validation)", pts_iv(m, "kd_gain_val")),
         (
             "shipped student",
             "—"
@@ -744,10 +718,10 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
         ),
         (
             "INT8 accuracy / drop",
-            f"{_pct_iv(m, 'int8_accuracy')} / " + _pts_iv(m, "int8_drop").replace("+", ""),
+            f"{pct_iv(m, 'int8_accuracy')} / " + pts_iv(m, "int8_drop").replace("+", ""),
         ),
         ("shipped file per profile", _formats_text(m.get("formats"))),
-        ("regression vs prod (paired)", _regression_text(s)),
+        ("regression vs prod (paired)", _regression_text(s.gates)),
         (
             "latency p50 / p95",
             "—"
@@ -761,12 +735,12 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
             if m.get("size_bytes") is None
             else f"{int(m['size_bytes']):,} B / {int(m['ram_bytes']):,} B",
         ),
-        ("MCU flash / RAM (measured)", _mcu_figures(s.get("gates") or [])),
+        ("MCU flash / RAM (measured)", _mcu_figures(s.gates)),
         (
             "gates",
             "—"
-            if not s.get("gates")
-            else ("all passed" if not s.get("failed") else "FAILED: " + ", ".join(s["failed"])),
+            if not s.gates
+            else ("all passed" if not s.failed else "FAILED: " + ", ".join(s.failed)),
         ),
         (
             "registry",
@@ -780,57 +754,50 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
-def render_summary(s: dict[str, Any], console: Console) -> None:
-    t = Table(title=f"release: {s['status']}", show_header=False)
+def render_summary(s: ReleaseSummary, console: Console) -> None:
+    t = Table(title=f"release: {s.status}", show_header=False)
     t.add_column(style="bold")
     t.add_column()
     for k, v in summary_rows(s):
         t.add_row(k, v)
     console.print(t)
-    if s.get("gates"):
+    if s.gates:
         g = Table(title="promotion gates")
         for col in ("gate", "value", "threshold", "verdict"):
             g.add_column(col, justify="right" if col in ("value", "threshold") else "left")
-        for row in s["gates"]:
-            colour = {"pass": "green", "fail": "bold red"}.get(row["verdict"], "dim")
+        for row in s.gates:
+            colour = {"pass": "green", "fail": "bold red"}.get(row.verdict, "dim")
             g.add_row(
-                row["gate"],
-                _row_value(row),
-                f"{row['op']} {num(row['threshold'])}",
-                f"[{colour}]{row['verdict']}[/]",
+                row.gate,
+                describe_row(row),
+                f"{row.op} {num(row.threshold)}",
+                f"[{colour}]{row.verdict}[/]",
             )
         console.print(g)
     for line in _verdict_lines(s):
         console.print(line)
-    if s.get("stages"):
+    if s.stages:
         st = Table(title="stages")
         st.add_column("stage")
         st.add_column("ran")
         st.add_column("seconds", justify="right")
-        for r in s["stages"]:
+        for r in s.stages:
             st.add_row(r["stage"], "ran" if r["ran"] else "skipped", f"{r['seconds']:.1f}")
         console.print(st)
 
 
-def _row_value(row: dict[str, Any]) -> str:
-    """A gate's value with its 95% interval where it has one."""
-    if row.get("lo") is None or row.get("value") is None:
-        return num(row.get("value"))
-    return f"{num(row['value'])} [{num(row['lo'])}, {num(row['hi'])}]"
-
-
-def _verdict_lines(s: dict[str, Any]) -> list[str]:
+def _verdict_lines(s: ReleaseSummary) -> list[str]:
     """The one-line KD verdict and any warning (e.g. regression check fell back to a recorded figure)."""
-    lines = [s["kd_line"]] if s.get("kd_line") else []
-    if s.get("metrics", {}).get("shipped") == "baseline":
+    lines = [s.kd_line] if s.kd_line else []
+    if s.metrics is not None and s.metrics.shipped == "baseline":
         lines.append("the baseline student ships (promote.fallback: baseline)")
-    return lines + [f"WARNING: {w}" for w in s.get("warnings") or []]
+    return lines + [f"WARNING: {w}" for w in s.warnings]
 
 
-def summary_markdown(s: dict[str, Any]) -> str:
-    lines = [f"# edgedistill release: {s['status']}", "", "| | |", "|---|---|"]
+def summary_markdown(s: ReleaseSummary) -> str:
+    lines = [f"# edgedistill release: {s.status}", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in summary_rows(s)]
-    if s.get("gates"):
+    if s.gates:
         lines += [
             "",
             "## Promotion gates",
@@ -839,21 +806,22 @@ def summary_markdown(s: dict[str, Any]) -> str:
             "|---|---:|---:|---|",
         ]
         lines += [
-            f"| {r['gate']} | {_row_value(r)} | {r['op']} {num(r['threshold'])} | {r['verdict']} |"
-            for r in s["gates"]
+            f"| {r.gate} | {describe_row(r)} | {r.op} {num(r.threshold)} | {r.verdict} |"
+            for r in s.gates
         ]
         lines += ["", *[f"- {line}" for line in _verdict_lines(s)]]
-    if s.get("stages"):
+    if s.stages:
         lines += ["", "## Stages", "", "| stage | ran | seconds |", "|---|---|---:|"]
         lines += [
             f"| {r['stage']} | {'ran' if r['ran'] else 'skipped'} | {r['seconds']:.1f} |"
-            for r in s["stages"]
+            for r in s.stages
         ]
     return "\n".join(lines) + "\n"
 
 
-def _publish_summary(root: Path, s: dict[str, Any], console: Console) -> None:
-    write_json(root / SUMMARY, s)
+def _publish_summary(root: Path, summary: Mapping[str, Any], console: Console) -> None:
+    s = ReleaseSummary.model_validate(summary)
+    s.write(root / SUMMARY)
     try:
         report = write_report(
             root
@@ -868,7 +836,7 @@ def _publish_summary(root: Path, s: dict[str, Any], console: Console) -> None:
         create_markdown_artifact(
             summary_markdown(s),
             key="release-summary",
-            description=f"edgedistill release ({s['status']})",
+            description=f"edgedistill release ({s.status})",
         )
 
 
@@ -932,9 +900,10 @@ def _release(root: str, params_file: str, stages: list[str] | None, force: bool)
         try:
             runs.append(run_stage(stage, root_p, force))
         except StageFailed:
-            decision = _fresh_decision(root_p, t0) if stage == "promote" else None
-            if decision is None or decision["passed"]:
+            promo = _fresh_decision(root_p, t0) if stage == "promote" else None
+            if promo is None or promo.passed:
                 raise
+            decision = promo.dump()
             summary.update(
                 status="gate failed",
                 stages=runs,
@@ -946,7 +915,7 @@ def _release(root: str, params_file: str, stages: list[str] | None, force: bool)
             )
             _publish_summary(root_p, summary, console)
             raise GateFailed(
-                f"promotion gate(s) failed: {describe_failures(decision)}",
+                f"promotion gate(s) failed: {describe_failures(promo)}",
                 hint=f"Not registered; prod is unchanged. Every gate is in {PROMOTION}.",
             ) from None
     summary["stages"] = runs
@@ -959,7 +928,8 @@ def _release(root: str, params_file: str, stages: list[str] | None, force: bool)
         )
         _publish_summary(root_p, summary, console)
         return summary
-    decision = read_json(root_p / PROMOTION)
+    promo = Promotion.read(root_p / PROMOTION)
+    decision = promo.dump()
     summary.update(
         metrics=decision["candidate"],
         gates=decision["gates"],
@@ -967,7 +937,7 @@ def _release(root: str, params_file: str, stages: list[str] | None, force: bool)
         kd_line=decision.get("kd_line"),
         warnings=decision.get("warnings", []),
     )
-    reg = register_release(root_p, params, decision)
+    reg = register_release(root_p, params, promo)
     status = (
         "released"
         if reg["new"]
@@ -980,12 +950,12 @@ def _release(root: str, params_file: str, stages: list[str] | None, force: bool)
     return summary
 
 
-def _fresh_decision(root: Path, since: float) -> dict[str, Any] | None:
+def _fresh_decision(root: Path, since: float) -> Promotion | None:
     """promotion.json written by this run's promote stage (not a stale one from an earlier run)."""
     path = root / PROMOTION
     if not path.is_file() or path.stat().st_mtime < since - 1:
         return None
-    return read_json(path)
+    return Promotion.read(path)
 
 
 def unchanged_release(root: Path, params_file: str) -> dict[str, Any] | None:
@@ -1008,9 +978,10 @@ def unchanged_release(root: Path, params_file: str) -> dict[str, Any] | None:
     if info is None and not reg.versions(params.promote.model):
         return None
     ref = root / PROD_REFERENCE
-    recorded = read_json(ref) if ref.is_file() else None
-    if recorded is None or {k: v for k, v in recorded.items() if k != "bundle"} != prod_reference(
-        root, params
+    recorded = ProdReference.read_if(ref)
+    now = prod_reference(root, params)
+    if recorded is None or recorded.model_dump(exclude={"bundle"}) != now.model_dump(
+        exclude={"bundle"}
     ):
         return None
     try:
@@ -1033,7 +1004,7 @@ def unchanged_release(root: Path, params_file: str) -> dict[str, Any] | None:
             return None
         if info is None:
             return None
-    decision = read_json(root / PROMOTION)
+    decision = Promotion.read(root / PROMOTION).dump()
     status = f"unchanged (same model as {info.version})" if same else "unchanged (already released)"
     return {
         "status": status,
@@ -1077,8 +1048,9 @@ def run_release(
         summary = unchanged_release(Path(root).resolve(), str(params_file))
         if summary is not None:
             console = Console()
-            write_json(Path(root) / SUMMARY, summary)
-            render_summary(summary, console)
+            rec = ReleaseSummary.model_validate(summary)
+            rec.write(Path(root) / SUMMARY)
+            render_summary(rec, console)
             console.print(summary["note"])
             return summary
     return release(root=str(root), params_file=str(params_file), stages=stages, force=force)

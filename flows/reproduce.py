@@ -25,8 +25,9 @@ from edgedistill.fmt import num
 from edgedistill.io import sha256_file, write_json
 from edgedistill.params import Params, ReproduceParams
 from edgedistill.pipeline import StageFailed, pipeline_stages, reproduce_stage
-from edgedistill.release.figures import Declaration, Kind, flatten, kinds
-from edgedistill.release.store import (
+from edgedistill.records import declared_figures
+from edgedistill.registry import Registry, git, show_file, worktree_add, worktree_remove
+from edgedistill.store import (
     DVC_PREFIX,
     SUMS,
     bundle_exists,
@@ -53,14 +54,6 @@ TIMING = re.compile(
 HASH_KEY = re.compile(
     r"(sha256|md5|hash)", re.I
 )  # a file hash recorded in a metrics file: its file is compared
-
-
-def declared_figures(path: str) -> Declaration | None:
-    """The kinds its writer declares for the figures of the metrics file `path` (edgedistill.release.figures); None:
-    undeclared, its figures judged by name (TIMING)."""
-    from tasks import benchmark
-
-    return {benchmark.METRICS: benchmark.FIGURES}.get(path)
 
 
 def compare_values(

@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from edgedistill.errors import DataInvalid, ModelMismatch
-from edgedistill.export.evaluation import onnx_accuracy
-from edgedistill.export.onnx_bench import (
+from edgedistill.evaluation import onnx_accuracy
+from edgedistill.io import read_json
+from edgedistill.onnx_bench import (
     FLOOR,
     bench_onnx,
     host_info,
@@ -26,9 +27,7 @@ from edgedistill.export.onnx_bench import (
 from edgedistill.export.onnx_cost import fits_budget
 from edgedistill.io import read_json, write_json
 from edgedistill.params import DeviceProfile, Params
-from edgedistill.release.figures import ANY, MODEL, TEXT, TIMING, Declaration
-from edgedistill.release.shipping import CARD, FILES, choose_format, shipped_file
-from edgedistill.release.shipping import MODELS as FORMAT_MODELS
+from edgedistill.records import BenchmarkMetrics
 from edgedistill.shards import open_split
 
 MODELS_DIR = "models"
@@ -38,59 +37,6 @@ MODELS = {FORMAT_MODELS[f]: FILES[f] for f in ("fp32", "int8")} | {"teacher_fp32
 PROD_DIR = "prod"  # under models_dir: prod's bundle, fetched by the release flow
 PROD_CARD = CARD
 PROD = "prod"  # interleaved name of the file prod ships on the first profile
-
-# what each figure of metrics/benchmark.json is (edgedistill.release.figures; `edgedistill reproduce` judges by it):
-# latencies, their ratios and the per-op profiler's timings, shares and op order measure the machine; so do
-# the figures that follow the shipped file, which `format: auto` picks by timing. Static estimates, file sizes,
-# node counts and accuracies are the model's; run counts and budgets are the params'.
-FIGURES: Declaration = {
-    "release": {
-        "profile": TEXT,
-        "batch": MODEL,
-        "runs": MODEL,
-        "prod_file": TEXT,
-        "int8_file_bytes": MODEL,
-        "int8_weight_bytes": MODEL,
-        ANY: TIMING,
-    },
-    "targets": {ANY: {"target": TEXT, ANY: TIMING}},
-    "models": {
-        ANY: {"path": TEXT, "static": {"source": TEXT, "assumptions": TEXT, ANY: MODEL}, ANY: MODEL}
-    },
-    "profiles": {
-        ANY: {
-            "kind": TEXT,
-            "rss_method": TEXT,
-            "threads": MODEL,
-            "budget": MODEL,
-            "fits": MODEL,
-            "warmup": MODEL,
-            "runs": MODEL,
-            "max_seconds": MODEL,
-            "format": {
-                "requested": TEXT,
-                "accuracy_split": TEXT,
-                "accuracy": MODEL,
-                "tolerance": MODEL,
-                ANY: TIMING,
-            },
-            ANY: TIMING,
-        }
-    },
-    "interleaved": {"method": TEXT, ANY: TIMING},
-    "per_op": {
-        ANY: {
-            "path": TEXT,
-            "method": TEXT,
-            "runs": MODEL,
-            "threads": MODEL,
-            "nodes": MODEL,
-            ANY: TIMING,
-        }
-    },
-    "host": TIMING,  # the machine the figures were measured on
-    "notes": TEXT,
-}
 
 
 def _profile_entry(prof: DeviceProfile, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -368,8 +314,9 @@ def run(
         "profiles.<name>.format: the student file that profile ships and why (accuracies on "
         f"the {split} windows).",
     }
-    write_json(metrics_path, result)
-    return result
+    # what each figure is (a model figure, a timing, text) is declared on the record's fields: latencies,
+    # their ratios, the per-op profiler and the figures that follow the file `format: auto` picks by timing
+    return BenchmarkMetrics.model_validate(result).write(metrics_path)
 
 
 def main() -> None:

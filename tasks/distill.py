@@ -35,8 +35,12 @@ from edgedistill.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from edgedistill.train.kd import dkd_loss, hinton_loss, kd_kl
-from edgedistill.train.training import (
+from edgedistill.errors import EdgeDistillError, ModelMismatch, TrainingFailed
+from edgedistill.kd import dkd_loss, hinton_loss, kd_kl
+from edgedistill.params import Params
+from edgedistill.records import DistillMetrics
+from edgedistill.stats import accuracy_interval, paired_difference, recording_ids
+from edgedistill.training import (
     Prepared,
     TrainResult,
     augment,
@@ -535,7 +539,7 @@ def run(
         save_checkpoint(student_out, base.cpu(), {**base_meta, "shipped": "baseline"})
     shipped_acc = report[shipped]["accuracy"]
     report["gap_to_teacher"] = round(report["teacher"]["accuracy"] - shipped_acc, 5)
-    write_json(metrics_out, report)
+    report = DistillMetrics.model_validate(report).write(metrics_out)
     return report
 
 

@@ -20,10 +20,9 @@ from typing import Any
 import numpy as np
 
 from edgedistill.errors import DataInvalid
-from edgedistill.export import mcu
-from edgedistill.export import onnx_tools as ox
-from edgedistill.io import read_json, write_json
-from edgedistill.params import CalibrationParams, Params
+from edgedistill.io import read_json
+from edgedistill.params import Params
+from edgedistill.records import McuReport
 from edgedistill.shards import open_split
 
 MODEL = "models/student.onnx"
@@ -141,7 +140,7 @@ def run(
             os.replace(out_dir / BUILD, old)
         os.replace(tmp / BUILD, out_dir / BUILD)
         shutil.rmtree(old, ignore_errors=True)
-        write_json(out_dir / REPORT, report)
+        report = McuReport.model_validate(report).write(out_dir / REPORT)
     if not report["verified"]:
         print(report["status"])
     return report

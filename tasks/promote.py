@@ -11,22 +11,31 @@ same windows, not two figures from different test sets. Each profile's gates jud
 
 from __future__ import annotations
 
-import operator
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgedistill.errors import ArtifactCorrupt, GateFailed
-from edgedistill.io import read_json, write_json
+from edgedistill.figures import Kind
+from edgedistill.fmt import amount, num, pct
+from edgedistill.io import read_json
 from edgedistill.params import DeviceProfile, GateParams, Params, StatsParams
-from edgedistill.release.shipping import (
-    CARD,
-    FILES,
-    LEGACY_FORMAT,
-    MODELS,
-    profile_formats,
-    shipped_file,
+from edgedistill.records import (
+    BenchmarkMetrics,
+    Candidate,
+    Difference,
+    DistillMetrics,
+    ExportMetrics,
+    GateRow,
+    McuReport,
+    ProdAtPromotion,
+    ProdComparison,
+    ProdReference,
+    Promotion,
+    Record,
+    ReleaseMetrics,
 )
 from edgedistill.shards import open_split
 from edgedistill.stats import Interval, paired_difference
@@ -99,10 +108,14 @@ OPTIONAL_SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
     "shipped_file_bytes": (BENCHMARK, ("release", "shipped_file_bytes")),
 }
 
-_OPS = {">=": operator.ge, "<=": operator.le}
+RECORD_OF: dict[str, type[Record]] = {
+    DISTILL: DistillMetrics,
+    EXPORT: ExportMetrics,
+    BENCHMARK: BenchmarkMetrics,
+}
 
 
-def read_candidate(paths: dict[str, str] | None = None) -> dict[str, Any]:
+def read_candidate(paths: dict[str, str] | None = None) -> Candidate:
     """The candidate's key metrics, each from the file and key that produced it."""
     paths = paths or {}
     docs: dict[str, Any] = {}
@@ -115,7 +128,8 @@ def read_candidate(paths: dict[str, str] | None = None) -> dict[str, Any]:
                     f"{path} is missing; the promote stage needs it",
                     hint="Run the upstream stages first (`edgedistill run`).",
                 )
-            docs[path] = read_json(path)
+            # parsed through its record (a malformed file: one error naming it), then read by key
+            docs[path] = RECORD_OF[default].read(path).dump()
         node: Any = docs[path]
         for k in keys:
             if not isinstance(node, dict) or k not in node:
@@ -136,13 +150,13 @@ def read_candidate(paths: dict[str, str] | None = None) -> dict[str, Any]:
     out["release_format"] = (
         next(iter(out["formats"].values()), LEGACY_FORMAT) if out["formats"] else LEGACY_FORMAT
     )
-    return out
+    return Candidate.model_validate(out)
 
 
-def shipped_formats(candidate: dict[str, Any]) -> dict[str, list[str]]:
+def shipped_formats(candidate: Candidate) -> dict[str, list[str]]:
     """{format: [profiles shipping it]}; a candidate without per-profile formats ships INT8."""
     by: dict[str, list[str]] = {}
-    for prof, fmt in (candidate.get("formats") or {}).items():
+    for prof, fmt in candidate.formats.items():
         by.setdefault(fmt, []).append(prof)
     return by or {LEGACY_FORMAT: []}
 
@@ -157,49 +171,56 @@ def _optional_metrics(paths: dict[str, str], docs: dict[str, Any]) -> dict[str, 
     return out
 
 
-def latency_vs_prod_row(candidate: dict[str, Any], gates: GateParams) -> dict[str, Any]:
+def latency_vs_prod_row(c: Candidate, gates: GateParams) -> GateRow:
     """Gate on candidate / prod INT8 p50, both net of the runtime's call floor and measured in the
     same interleaved rounds by the benchmark stage (so host load cancels out)."""
-    ratio, threshold = candidate.get("latency_ratio_vs_prod"), gates.max_latency_ratio_vs_prod
-    row = {
-        "gate": "latency_vs_prod",
-        "metric": "shipped file's p50 net of floor / prod's shipped file's (same run)",
-        "value": ratio,
-        "op": "<=",
-        "threshold": threshold,
-        "detail": "",
-    }
-    if threshold is None:
-        return row | {"verdict": "off"}
-    if ratio is None:
-        return row | {"verdict": "pass", "detail": "no prod model measured (no prod yet)"}
-    row["detail"] = (
-        f"net p50 {1e3 * candidate['p50_net_ms']:.1f} µs vs prod {1e3 * candidate['prod_p50_net_ms']:.1f} µs"
-        if candidate.get("p50_net_ms") is not None and candidate.get("prod_p50_net_ms") is not None
+    ratio, threshold = c.latency_ratio_vs_prod, gates.max_latency_ratio_vs_prod
+    name, metric = (
+        "latency_vs_prod",
+        "shipped file's p50 net of floor / prod's shipped file's (same run)",
+    )
+    if threshold is None or ratio is None:
+        return GateRow.row(
+            name,
+            metric,
+            ratio,
+            "<=",
+            threshold,
+            "off" if threshold is None else "pass",
+            detail="" if threshold is None else "no prod model measured (no prod yet)",
+            value_kind=Kind.TIMING,
+        )
+    detail = (
+        f"net p50 {1e3 * c.p50_net_ms:.1f} µs vs prod {1e3 * c.prod_p50_net_ms:.1f} µs"
+        if c.p50_net_ms is not None and c.prod_p50_net_ms is not None
         else ""
     )
-    return row | {"verdict": "pass" if float(ratio) <= threshold else "fail"}
+    return GateRow.judge(
+        name, metric, ratio, "<=", threshold, detail=detail, value_kind=Kind.TIMING
+    )
 
 
-def _iv(c: dict[str, Any], key: str) -> Interval:
-    return Interval(float(c[key]), float(c[f"{key}_lo"]), float(c[f"{key}_hi"]))
+def _iv(c: Candidate, key: str) -> Interval:
+    return Interval(
+        float(getattr(c, key)), float(getattr(c, f"{key}_lo")), float(getattr(c, f"{key}_hi"))
+    )
 
 
-def kd_line(c: dict[str, Any]) -> str:
+def kd_line(c: Candidate) -> str:
     """One line on what KD bought, from the paired gains (validation decides, test reports)."""
     val, test = _iv(c, "kd_gain_val"), _iv(c, "kd_gain")
-    head = "KD helped" if c.get("shipped", "kd") == "kd" else "KD did not help on this data"
+    head = "KD helped" if c.shipped == "kd" else "KD did not help on this data"
     return f"{head}: {val.pts()} on validation, {test.pts()} on test"
 
 
 def decide_promotion(
-    candidate: dict[str, Any],
+    candidate: Candidate | dict[str, Any],
     gates: GateParams,
-    prod: dict[str, Any] | None = None,
+    prod: ProdReference | Mapping[str, Any] | None = None,
     fallback: str = "baseline",
-    vs_prod: dict[str, Any] | None = None,
-    vs_prod_fp32: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    vs_prod: ProdComparison | Mapping[str, Any] | None = None,
+    vs_prod_fp32: ProdComparison | Mapping[str, Any] | None = None,
+) -> Promotion:
     """Every gate's value, threshold and verdict ('pass' / 'fail' / 'off' when its threshold is null).
 
     The accuracy gates judge each file some profile ships (candidate["formats"]: INT8 rows `accuracy`,
@@ -210,44 +231,23 @@ def decide_promotion(
     candidate's INT8 / FP32 file with the file prod ships on the same profiles (see compare_with_prod);
     without it (no bundle, or prod's input contract differs) the recorded prod figure is used, with a
     warning."""
-    formats = shipped_formats(candidate)
-    rows: list[dict[str, Any]] = []
+    c = Candidate.model_validate(candidate)
+    ref = None if prod is None else ProdReference.model_validate(prod)
+    paired = {
+        fmt: None if v is None else ProdComparison.model_validate(v)
+        for fmt, v in (("int8", vs_prod), ("fp32", vs_prod_fp32))
+    }
+    formats = shipped_formats(c)
+    rows: list[GateRow] = []
     warnings: list[str] = []
 
-    def gate(
-        name: str,
-        metric: str,
-        value: Any,
-        op: str,
-        threshold: Any,
-        detail: str = "",
-        interval: tuple[float, float] | None = None,
-    ) -> None:
-        if threshold is None:
-            verdict = "off"
-        else:
-            verdict = "pass" if _OPS[op](value, threshold) else "fail"
-        rows.append(
-            {
-                "gate": name,
-                "metric": metric,
-                "value": value,
-                "op": op,
-                "threshold": threshold,
-                "verdict": verdict,
-                "detail": detail,
-                "lo": None if interval is None else interval[0],
-                "hi": None if interval is None else interval[1],
-            }
-        )
-
     def span(key: str) -> tuple[float, float] | None:
-        lo, hi = candidate.get(f"{key}_lo"), candidate.get(f"{key}_hi")
+        lo, hi = getattr(c, f"{key}_lo", None), getattr(c, f"{key}_hi", None)
         return None if lo is None or hi is None else (float(lo), float(hi))
 
     tol = gates.regression_tolerance
-    prod_acc = (prod or {}).get("metrics", {}).get("int8_accuracy") if prod else None
-    for fmt, compared in (("int8", vs_prod), ("fp32", vs_prod_fp32)):
+    no_regression = None if tol is None else -tol
+    for fmt, compared in paired.items():
         pre = "" if fmt == "int8" else "fp32_"
         if fmt not in formats:
             if fmt == "int8":  # the INT8 gates are always reported: off when nothing ships INT8
@@ -257,193 +257,180 @@ def decide_promotion(
                     ("int8_drop", "fp32 - int8 accuracy"),
                     ("no_regression", "candidate - prod int8 accuracy"),
                 ):
+                    op = "<=" if "drop" in name else ">="
                     rows.append(
-                        {
-                            "gate": name,
-                            "metric": metric,
-                            "value": None,
-                            "op": "<=" if "drop" in name else ">=",
-                            "threshold": None,
-                            "verdict": "off",
-                            "lo": None,
-                            "hi": None,
-                            "detail": f"no profile ships INT8 ({_where(formats)})",
-                        }
+                        GateRow.row(
+                            name,
+                            metric,
+                            None,
+                            op,
+                            None,
+                            "off",
+                            detail=f"no profile ships INT8 ({_where(formats)})",
+                        )
                     )
             continue
-        acc = float(candidate[f"{fmt}_accuracy"])
+        acc = float(getattr(c, f"{fmt}_accuracy"))
         where = f" ({', '.join(formats[fmt])})" if formats[fmt] else ""
-        gate(
-            f"{pre}accuracy",
-            f"{fmt} accuracy{where}",
-            acc,
-            ">=",
-            gates.min_accuracy,
-            interval=span(f"{fmt}_accuracy"),
+        rows.append(
+            GateRow.judge(
+                f"{pre}accuracy",
+                f"{fmt} accuracy{where}",
+                acc,
+                ">=",
+                gates.min_accuracy,
+                interval=span(f"{fmt}_accuracy"),
+            )
         )
-        gate(
-            f"{pre}drop_vs_teacher",
-            f"teacher - {fmt} accuracy",
-            round(float(candidate["teacher_accuracy"]) - acc, 6),
-            "<=",
-            gates.max_drop_vs_teacher,
+        rows.append(
+            GateRow.judge(
+                f"{pre}drop_vs_teacher",
+                f"teacher - {fmt} accuracy",
+                round(float(c.teacher_accuracy) - acc, 6),
+                "<=",
+                gates.max_drop_vs_teacher,
+            )
         )
         if fmt == "int8":
-            gate(
-                "int8_drop",
-                "fp32 - int8 accuracy",
-                float(candidate["int8_drop"]),
-                "<=",
-                gates.max_int8_drop,
-                interval=span("int8_drop"),
+            rows.append(
+                GateRow.judge(
+                    "int8_drop",
+                    "fp32 - int8 accuracy",
+                    float(c.int8_drop),
+                    "<=",
+                    gates.max_int8_drop,
+                    interval=span("int8_drop"),
+                )
             )
-        recorded = _prod_recorded(prod, formats[fmt])
-        if compared is not None and not compared.get("comparable"):
+        recorded = ref.recorded_accuracy(formats[fmt], LEGACY_FORMAT) if ref else None
+        version = ref.version if ref else "?"
+        if compared is not None and not compared.comparable:
             warnings.append(
-                f"regression check vs prod {prod.get('version') if prod else '?'} ({fmt}): "
-                f"{compared['reason']}; fell back to the accuracy prod recorded on its own test set"
+                f"regression check vs prod {version} ({fmt}): "
+                f"{compared.reason}; fell back to the accuracy prod recorded on its own test set"
             )
         name = f"{pre}no_regression"
-        if prod is None:
+        if ref is None or (recorded is None and not (compared and compared.comparable)):
             rows.append(
-                {
-                    "gate": name,
-                    "metric": f"candidate - prod {fmt} accuracy",
-                    "value": None,
-                    "op": ">=",
-                    "threshold": None if tol is None else -tol,
-                    "verdict": "off" if tol is None else "pass",
-                    "detail": "no prod version yet",
-                    "lo": None,
-                    "hi": None,
-                }
+                GateRow.row(
+                    name,
+                    f"candidate - prod {fmt} accuracy",
+                    None,
+                    ">=",
+                    no_regression,
+                    "off" if tol is None else "pass",
+                    detail="no prod version yet"
+                    if ref is None
+                    else "prod recorded no accuracy for that file and its model was not available",
+                )
             )
-        elif compared is not None and compared.get("comparable"):
-            d = compared["difference"]
-            gate(
-                name,
-                f"candidate - prod {fmt} accuracy (paired, same windows)",
-                d["value"],
-                ">=",
-                None if tol is None else -tol,
-                interval=(d["lo"], d["hi"]),
-                detail=f"prod {prod.get('version')} scored on the candidate's {compared['windows']} test windows "
-                f"({compared.get('prod_file', FILES['int8'])} vs {compared.get('candidate_file', FILES[fmt])}): "
-                f"{100 * compared['prod_accuracy']:.2f}% vs candidate {100 * compared['candidate_accuracy']:.2f}%",
-            )
-        elif recorded is None:
+        elif compared is not None and compared.comparable and compared.difference is not None:
+            d = compared.difference
             rows.append(
-                {
-                    "gate": name,
-                    "metric": f"candidate - prod {fmt} accuracy",
-                    "value": None,
-                    "op": ">=",
-                    "threshold": None if tol is None else -tol,
-                    "verdict": "off" if tol is None else "pass",
-                    "detail": "prod recorded no accuracy for that file and its model was not available",
-                    "lo": None,
-                    "hi": None,
-                }
+                GateRow.judge(
+                    name,
+                    f"candidate - prod {fmt} accuracy (paired, same windows)",
+                    d.value,
+                    ">=",
+                    no_regression,
+                    interval=(d.lo, d.hi),
+                    detail=f"prod {version} scored on the candidate's {compared.windows} test "
+                    f"windows ({compared.prod_file or FILES['int8']} vs "
+                    f"{compared.candidate_file or FILES[fmt]}): {pct(compared.prod_accuracy)} "
+                    f"vs candidate {pct(compared.candidate_accuracy)}",
+                )
             )
         else:
-            gate(
-                name,
-                f"candidate - prod recorded {fmt} accuracy (different test sets)",
-                round(acc - float(recorded), 6),
-                ">=",
-                None if tol is None else -tol,
-                detail=f"WARNING: not paired; prod {prod.get('version')} recorded accuracy {recorded:.4f} "
-                "on its own test set",
+            rows.append(
+                GateRow.judge(
+                    name,
+                    f"candidate - prod recorded {fmt} accuracy (different test sets)",
+                    round(acc - float(recorded), 6),
+                    ">=",
+                    no_regression,
+                    detail=f"WARNING: not paired; prod {version} recorded accuracy "
+                    f"{recorded:.4f} on its own test set",
+                )
             )
             if compared is None:
                 warnings.append(
-                    f"regression check vs prod {prod.get('version')} ({fmt}): prod's model was not "
+                    f"regression check vs prod {version} ({fmt}): prod's model was not "
                     "fetched; compared with the accuracy prod recorded on its own test set"
                 )
-    rows.append(latency_vs_prod_row(candidate, gates))
+    rows.append(latency_vs_prod_row(c, gates))
 
-    shipped = candidate.get("shipped", "kd")
-    line = kd_line(candidate) if "kd_gain_val" in candidate else None
+    shipped = c.shipped
+    line = kd_line(c) if c.kd_gain_val is not None else None
+    ci = span("kd_gain")
     if shipped == "kd":
         # KD was chosen on validation; the test split (two subjects on the bundled data) only vetoes it when KD is
-        # worse there beyond the interval: the gate reads the upper end of the paired test gain's interval (single
-        # splits' test gains range from -6 to +7 points on this data; a point estimate would fail on noise)
-        ci = span("kd_gain")
-        hi = float(ci[1]) if ci and ci[1] is not None else float(candidate["kd_gain"])
-        gate(
-            "kd_gain",
-            "kd - baseline test accuracy (paired), upper end of its interval",
-            hi,
-            ">=",
-            gates.min_kd_gain,
-            detail=line or "",
-            interval=ci,
+        # worse there beyond the interval: the gate tests the upper end of the paired test gain's interval (single
+        # splits' test gains range from -6 to +7 points on this data; a point estimate would fail on noise); the
+        # row shows the estimate with its interval
+        rows.append(
+            GateRow.judge(
+                "kd_gain",
+                "kd - baseline test accuracy (paired); the gate tests its interval's upper end",
+                float(c.kd_gain),
+                ">=",
+                gates.min_kd_gain,
+                interval=ci,
+                tested=ci[1] if ci else None,
+                detail=line or "",
+            )
         )
     elif fallback == "baseline":
         rows.append(
-            {
-                "gate": "kd_gain",
-                "metric": "kd - baseline test accuracy (paired)",
-                "value": float(candidate["kd_gain"]),
-                "op": ">=",
-                "threshold": gates.min_kd_gain,
-                "verdict": "off",
-                "lo": (span("kd_gain") or (None, None))[0],
-                "hi": (span("kd_gain") or (None, None))[1],
-                "detail": f"{line}; the baseline student ships (promote.fallback: baseline)",
-            }
+            GateRow.row(
+                "kd_gain",
+                "kd - baseline test accuracy (paired)",
+                float(c.kd_gain),
+                ">=",
+                gates.min_kd_gain,
+                "off",
+                interval=ci,
+                detail=f"{line}; the baseline student ships (promote.fallback: baseline)",
+            )
         )
     else:
         rows.append(
-            {
-                "gate": "kd_gain",
-                "metric": "kd - baseline validation accuracy (paired)",
-                "value": float(candidate["kd_gain_val"]),
-                "op": ">",
-                "threshold": 0.0,
-                "verdict": "fail",
-                "lo": candidate.get("kd_gain_val_lo"),
-                "hi": candidate.get("kd_gain_val_hi"),
-                "detail": f"{line}; promote.fallback: none registers nothing",
-            }
+            GateRow.row(
+                "kd_gain",
+                "kd - baseline validation accuracy (paired)",
+                float(c.kd_gain_val),
+                ">",
+                0.0,
+                "fail",
+                interval=(c.kd_gain_val_lo, c.kd_gain_val_hi),
+                detail=f"{line}; promote.fallback: none registers nothing",
+            )
         )
 
-    failed = [r["gate"] for r in rows if r["verdict"] == "fail"]
-    return {
-        "passed": not failed,
-        "failed": failed,
-        "gates": rows,
-        "candidate": candidate,
-        "shipped": shipped,
-        "kd_line": line,
-        "warnings": warnings,
-        "vs_prod": vs_prod,
-        "vs_prod_fp32": vs_prod_fp32,
-        "formats": candidate.get("formats") or {},
-        "prod": {"version": prod.get("version"), "int8_accuracy": prod_acc} if prod else None,
-    }
+    failed = [r.gate for r in rows if r.verdict == "fail"]
+    return Promotion(
+        passed=not failed,
+        failed=failed,
+        gates=rows,
+        candidate=c,
+        shipped=shipped,
+        kd_line=line,
+        warnings=warnings,
+        vs_prod=paired["int8"],
+        vs_prod_fp32=paired["fp32"],
+        formats=c.formats,
+        prod=ProdAtPromotion(version=ref.version, int8_accuracy=ref.metrics.get("int8_accuracy"))
+        if ref
+        else None,
+    )
 
 
 def _where(formats: dict[str, list[str]]) -> str:
     return "; ".join(f"{f.upper()} on {', '.join(p) or '?'}" for f, p in formats.items())
 
 
-def _prod_recorded(prod: dict[str, Any] | None, profiles: list[str]) -> Any:
-    """The accuracy prod recorded for the file it ships on these profiles (its `formats`; a prod
-    recorded before per-profile formats shipped INT8)."""
-    if not prod:
-        return None
-    m = prod.get("metrics") or {}
-    fmt = next(
-        (m.get("formats", {}).get(p) for p in profiles if (m.get("formats") or {}).get(p)),
-        LEGACY_FORMAT,
-    )
-    return m.get(f"{fmt}_accuracy")
-
-
 def mcu_gate_rows(
     path: str | Path, require_verified: bool, gates: GateParams | None = None
-) -> list[dict[str, Any]]:
+) -> list[GateRow]:
     """The ram/flash/latency gates per MCU profile on the figures the mcu stage measured (arm-none-eabi-size,
     -fcallgraph-info stack, I/O buffers; QEMU's instruction count at clock_hz) against that
     profile's budget. Unmeasured figures give the
@@ -458,71 +445,62 @@ def mcu_gate_rows(
     )
     if not Path(path).is_file():
         return [
-            {
-                "gate": "mcu",
-                "metric": "MCU build",
-                "value": None,
-                "op": "==",
-                "threshold": "verified",
-                "verdict": unverified,
-                "detail": f"{path} missing (run the mcu stage); {detail}",
-            }
+            GateRow.row(
+                "mcu",
+                "MCU build",
+                None,
+                "==",
+                "verified",
+                unverified,
+                detail=f"{path} missing (run the mcu stage); {detail}",
+            )
         ]
-    doc = read_json(path)
+    doc = McuReport.read(path)
     rows = []
-    for name, p in doc.get("profiles", {}).items():
+    for name, p in doc.profiles.items():
         for what, key, budget in (
             ("ram", "ram_bytes", "ram_budget_bytes"),
             ("flash", "flash_bytes", "flash_budget_bytes"),
             ("latency", "est_ms_at_clock", "latency_budget_ms"),
         ):
             metric = {
-                "ram": f"measured RAM bytes ({p.get('mcu')}, data+bss+stack+I/O)",
-                "flash": f"measured flash bytes ({p.get('mcu')}, model text+data)",
-                "latency": f"estimated ms: QEMU instructions / inference at {(p.get('clock_hz') or 0) / 1e6:g} MHz "
+                "ram": f"measured RAM bytes ({p.mcu}, data+bss+stack+I/O)",
+                "flash": f"measured flash bytes ({p.mcu}, model text+data)",
+                "latency": f"estimated ms: QEMU instructions / inference at {(p.clock_hz or 0) / 1e6:g} MHz "
                 "(instructions, not cycles)",
             }[what]
-            row = {
-                "gate": f"{what}:{name}",
-                "value": p.get(key),
-                "op": "<=",
-                "threshold": p.get(budget),
-                "metric": metric,
-                "mcu": p.get("mcu"),
-            }
-            if p.get("status") != "verified" or p.get(key) is None:
+            value, limit = getattr(p, key), getattr(p, budget)
+            # the mcu stage's latency is QEMU's instruction count at the clock: judged as a timing, like today
+            kind = Kind.TIMING if what == "latency" else Kind.MODEL
+            args = (f"{what}:{name}", metric, value, "<=", limit)
+            if p.status != "verified" or value is None:
+                verdict, why = unverified, f"{doc.status or 'not verified'}; {detail}"
+                rows.append(GateRow.row(*args, verdict, detail=why, mcu=p.mcu, value_kind=kind))
+            elif limit is None:
                 rows.append(
-                    row
-                    | {
-                        "verdict": unverified,
-                        "detail": f"{doc.get('status', 'not verified')}; {detail}",
-                    }
+                    GateRow.row(
+                        *args, "off", detail="no budget in the profile", mcu=p.mcu, value_kind=kind
+                    )
                 )
-            elif p.get(budget) is None:
-                rows.append(row | {"verdict": "off", "detail": "no budget in the profile"})
             else:
-                ok = p[key] <= p[budget]
+                unit = "ms" if what == "latency" else "B"
+                over = f"measured {amount(value, unit)} > budget {amount(limit, unit)}"
+                row = GateRow.judge(*args, mcu=p.mcu, value_kind=kind)
                 rows.append(
-                    row
-                    | {
-                        "verdict": "pass" if ok else "fail",
-                        "detail": ""
-                        if ok
-                        else f"measured {_fmt_amount(p[key], 'ms' if what == 'latency' else 'B')}"
-                        f" > budget {_fmt_amount(p[budget], 'ms' if what == 'latency' else 'B')}",
-                    }
+                    row.model_copy(update={"detail": "" if row.verdict == "pass" else over})
                 )
     if not rows:  # no mcu profile measured anything
         rows.append(
-            {
-                "gate": "mcu",
-                "metric": "MCU build",
-                "value": doc.get("status"),
-                "op": "==",
-                "threshold": "verified",
-                "verdict": "pass" if doc.get("verified") else unverified,
-                "detail": f"no mcu profile in benchmark.profiles; {detail}",
-            }
+            GateRow.row(
+                "mcu",
+                "MCU build",
+                doc.status,
+                "==",
+                "verified",
+                "pass" if doc.verified else unverified,
+                detail=f"no mcu profile in benchmark.profiles; {detail}",
+                value_kind=Kind.TEXT,
+            )
         )
     if gates is not None:
         rows += mcu_parity_rows(doc, gates, unverified, detail)
@@ -530,12 +508,12 @@ def mcu_gate_rows(
 
 
 def mcu_parity_rows(
-    doc: dict[str, Any], gates: GateParams, unverified: str, detail: str
-) -> list[dict[str, Any]]:
+    doc: McuReport, gates: GateParams, unverified: str, detail: str
+) -> list[GateRow]:
     """The shipped C model against onnxruntime (QOperator INT8) on every test window: argmax agreement and
     the test-accuracy drop (the int8 kernels requantise in fixed point: a logit may differ by a quantum)."""
-    hp = doc.get("host_parity")
-    engine = (doc.get("engine") or {}).get("ships", "emx")
+    hp = doc.host_parity if isinstance(doc.host_parity, dict) else None
+    engine = (doc.engine or {}).get("ships", "emx")
     rows = []
     for gate, key, op, threshold, metric in (
         (
@@ -553,75 +531,70 @@ def mcu_parity_rows(
             f"onnxruntime INT8 - C model ({engine}) test accuracy",
         ),
     ):
-        row = {
-            "gate": gate,
-            "metric": metric,
-            "op": op,
-            "threshold": threshold,
-            "value": hp.get(key) if isinstance(hp, dict) else None,
-        }
+        value = hp.get(key) if hp is not None else None
         if threshold is None:
-            rows.append(row | {"verdict": "off", "detail": "threshold null"})
-        elif row["value"] is None:
             rows.append(
-                row | {"verdict": unverified, "detail": f"no host parity figure ({hp!r}); {detail}"}
+                GateRow.row(gate, metric, value, op, threshold, "off", detail="threshold null")
             )
+        elif value is None:
+            why = f"no host parity figure ({doc.host_parity!r}); {detail}"
+            rows.append(GateRow.row(gate, metric, value, op, threshold, unverified, detail=why))
         else:
-            ok = row["value"] >= threshold if op == ">=" else row["value"] <= threshold + 1e-12
-            rows.append(
-                row
-                | {
-                    "verdict": "pass" if ok else "fail",
-                    "detail": ""
-                    if ok
-                    else f"{row['value']:.4f} {'<' if op == '>=' else '>'} {threshold}"
-                    f" on {hp.get('windows')} test windows (max |diff| {hp.get('max_diff_quanta')} quanta)",
-                }
+            # the drop may equal its threshold up to float rounding
+            row = GateRow.judge(
+                gate, metric, value, op, threshold + (1e-12 if op == "<=" else 0.0)
+            ).model_copy(update={"threshold": threshold})
+            why = (
+                f"{value:.4f} {'<' if op == '>=' else '>'} {threshold}"
+                f" on {hp.get('windows')} test windows (max |diff| {hp.get('max_diff_quanta')} quanta)"
             )
+            rows.append(row.model_copy(update={"detail": "" if row.verdict == "pass" else why}))
     return rows
 
 
-def host_profile_rows(path: str | Path, profiles: list[DeviceProfile]) -> list[dict[str, Any]]:
+def host_profile_rows(path: str | Path, profiles: list[DeviceProfile]) -> list[GateRow]:
     """The latency/ram/flash gates per `measure: true` profile on what the benchmark stage measured
     there for the file that profile ships (profiles.<name>.format; INT8 in an older file), against that
     profile's budget in params: batch-1 p95 (the first profile: the interleaved rounds' figure, as in
     the release block), the session's peak RSS, the file's size."""
-    doc = read_json(path)
+    doc = BenchmarkMetrics.read(path)
     rows = []
-    for i, (name, p) in enumerate(doc.get("profiles", {}).items()):
+    for i, (name, p) in enumerate(doc.profiles.items()):
         prof = next((x for x in profiles if x.name == name), None)
-        if "latency" not in p or prof is None:  # mcu profiles: the mcu stage measures those
+        fig = p.dump()
+        if "latency" not in fig or prof is None:  # mcu profiles: the mcu stage measures those
             continue
-        fmt = (p.get("format") or {}).get("chosen", LEGACY_FORMAT)
+        fmt = p.format.chosen if p.format is not None else LEGACY_FORMAT
         model = MODELS[fmt]
         budget = {
             "latency_ms": prof.latency_ms,
             "ram_bytes": prof.ram_bytes,
             "flash_bytes": prof.flash_bytes,
         }
-        rel = doc.get("release", {})
+        rel = doc.release
         lat = (
-            rel.get("shipped_p95_ms", rel.get("student_int8_p95_ms"))
-            if i == 0 and rel.get("profile") == name
-            else p["latency"].get(model, {}).get("1", {}).get("p95_ms")
+            (rel.shipped_p95_ms if rel.shipped_p95_ms is not None else rel.student_int8_p95_ms)
+            if i == 0 and rel.profile == name
+            else fig["latency"].get(model, {}).get("1", {}).get("p95_ms")
         )  # None: no batch 1 there
+        cost = doc.models.get(model)
         figures = (
             (
                 "latency",
                 "latency_ms",
                 lat,
-                f"{fmt} batch-1 p95 ms, measured here ({p.get('threads')} thread(s))",
+                f"{fmt} batch-1 p95 ms, measured here ({p.threads} thread(s))",
             ),
             (
                 "ram",
                 "ram_bytes",
-                p.get("peak_rss_delta_bytes", {}).get(model),
+                fig.get("peak_rss_delta_bytes", {}).get(model),
                 f"{fmt} session peak RSS bytes (RAM), measured here",
             ),
             (
                 "flash",
                 "flash_bytes",
-                doc.get("models", {}).get(model, {}).get("file_bytes"),
+                cost.dump().get("file_bytes") if cost is not None else None,
                 f"{fmt} model file bytes ({FILES[fmt]})",
             ),
         )
@@ -633,39 +606,23 @@ def host_profile_rows(path: str | Path, profiles: list[DeviceProfile]) -> list[d
     return rows
 
 
-def _budget_row(gate: str, metric: str, value: Any, budget: Any, what: str) -> dict[str, Any]:
-    row = {
-        "gate": gate,
-        "metric": metric,
-        "value": value,
-        "op": "<=",
-        "threshold": budget,
-        "detail": "",
-        "mcu": None,
-    }
+def _budget_row(gate: str, metric: str, value: Any, budget: Any, what: str) -> GateRow:
+    # the file's size follows the file `format: auto` picks by timing; latency and RSS measure the machine
+    args = (gate, metric, value, "<=", budget)
+    kw: dict[str, Any] = {"value_kind": Kind.TIMING, "mcu": None}  # mcu None: a host profile's row
     if budget is None:
-        return row | {"verdict": "off", "detail": "no budget in the profile"}
+        return GateRow.row(*args, "off", detail="no budget in the profile", **kw)
     if value is None:
-        return row | {
-            "verdict": "fail",
-            "detail": "not measured (a budget needs its figure: batch size 1)",
-        }
-    ok = value <= budget
+        why = "not measured (a budget needs its figure: batch size 1)"
+        return GateRow.row(*args, "fail", detail=why, **kw)
+    row = GateRow.judge(*args, **kw)
     unit = "ms" if what == "latency" else "B"
-    return row | {
-        "verdict": "pass" if ok else "fail",
-        "detail": "" if ok else f"{_fmt_amount(value, unit)} > budget {_fmt_amount(budget, unit)}",
-    }
+    over = f"{amount(value, unit)} > budget {amount(budget, unit)}"
+    return row.model_copy(update={"detail": "" if row.verdict == "pass" else over})
 
 
-def _fmt_amount(v: Any, unit: str) -> str:
-    return f"{v:.3g} ms" if unit == "ms" else f"{int(v):,} B"
-
-
-def add_gate_rows(decision: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
-    gates = [*decision["gates"], *rows]
-    failed = [r["gate"] for r in gates if r["verdict"] == "fail"]
-    return decision | {"gates": gates, "failed": failed, "passed": not failed}
+def add_gate_rows(decision: Promotion, rows: list[GateRow]) -> Promotion:
+    return decision.with_rows(rows)
 
 
 def _contract(meta: dict[str, Any]) -> dict[str, Any]:
@@ -709,7 +666,7 @@ def compare_with_prod(
     test: str | Path = TEST,
     stats: StatsParams | None = None,
     profiles: list[str] | None = None,
-) -> dict[str, Any] | None:
+) -> ProdComparison | None:
     """Score the candidate's file and the file prod ships on `profiles` (its card's `ships`; a
     bundle made before per-profile formats: INT8) on the candidate's test windows; the paired
     difference (candidate - prod) with its recording-bootstrap interval. None without a prod bundle.
@@ -728,77 +685,75 @@ def compare_with_prod(
     ]
     if not results:
         return None
-    worst = min(results, key=lambda r: (r["comparable"], r.get("difference", {}).get("value", 0.0)))
-    return {**worst, "prod_files": [r["prod_file"] for r in results]} if len(results) > 1 else worst
+    worst = min(results, key=lambda r: (r.comparable, r.difference.value if r.difference else 0.0))
+    if len(results) > 1:
+        return worst.model_copy(update={"prod_files": [r.prod_file for r in results]})
+    return worst
 
 
 def _compare_one(
     prod_model: Path, candidate: str | Path, test: str | Path, stats: StatsParams | None
-) -> dict[str, Any] | None:
-    from edgedistill.export import onnx_tools as ox
+) -> ProdComparison | None:
+    from edgedistill import onnx_tools as ox
 
     if not prod_model.is_file():
         return None
     st = stats or StatsParams()
     differs = contract_difference(ox.read_metadata(candidate), ox.read_metadata(prod_model))
     if differs:
-        return {
-            "comparable": False,
-            "prod_file": prod_model.name,
-            "reason": f"prod's input contract differs: {differs}",
-        }
+        return ProdComparison(
+            comparable=False,
+            prod_file=prod_model.name,
+            reason=f"prod's input contract differs: {differs}",
+        )
     if not Path(test).is_dir():
-        return {
-            "comparable": False,
-            "prod_file": prod_model.name,
-            "reason": f"the candidate's test windows ({test}) are missing",
-        }
+        return ProdComparison(
+            comparable=False,
+            prod_file=prod_model.name,
+            reason=f"the candidate's test windows ({test}) are missing",
+        )
     split = open_split(test)
     x, y, rec = split.load_all(), split.y, split.recording
     cand = ox.predict(ox.open_session(candidate), candidate, x).argmax(1)
     try:
         prev = ox.predict(ox.open_session(prod_model), prod_model, x).argmax(1)
     except Exception as e:  # noqa: BLE001 - any refusal of these windows is a contract difference
-        return {
-            "comparable": False,
-            "prod_file": prod_model.name,
-            "reason": f"prod's model does not accept the candidate's windows ({e})",
-        }
+        return ProdComparison(
+            comparable=False,
+            prod_file=prod_model.name,
+            reason=f"prod's model does not accept the candidate's windows ({e})",
+        )
     d = paired_difference(
         cand, prev, y, rec, resamples=st.resamples, seed=st.seed, confidence=st.confidence
     )
-    return {
-        "comparable": True,
-        "windows": int(len(y)),
-        "prod_file": prod_model.name,
-        "candidate_file": Path(candidate).name,
-        "candidate_accuracy": float((cand == y).mean()),
-        "prod_accuracy": float((prev == y).mean()),
-        "difference": {"value": round(d.value, 6), "lo": round(d.lo, 6), "hi": round(d.hi, 6)},
-    }
+    return ProdComparison(
+        comparable=True,
+        windows=int(len(y)),
+        prod_file=prod_model.name,
+        candidate_file=Path(candidate).name,
+        candidate_accuracy=float((cand == y).mean()),
+        prod_accuracy=float((prev == y).mean()),
+        difference=Difference(value=round(d.value, 6), lo=round(d.lo, 6), hi=round(d.hi, 6)),
+    )
 
 
-def describe_failures(decision: dict[str, Any]) -> str:
+def describe_failures(decision: Promotion) -> str:
     parts = []
-    for r in decision["gates"]:
-        if r["verdict"] == "fail":
-            parts.append(
-                f"{r['gate']} ({r['metric']} {describe_row(r)} not {r['op']} {_fmt(r['threshold'])})"
-            )
+    for r in decision.gates:
+        if r.verdict == "fail":
+            parts.append(f"{r.gate} ({r.metric} {describe_row(r)} not {r.op} {num(r.threshold)})")
     return "; ".join(parts)
 
 
-def describe_row(r: dict[str, Any]) -> str:
-    """'value [lo, hi]' for a gate row (intervals where the row has them)."""
-    if r.get("value") is None:
+def describe_row(r: GateRow) -> str:
+    """'value [lo, hi]' for a gate row (intervals where the row has them; the tested end named when the
+    gate tests an end of the interval, not the estimate)."""
+    if r.value is None:
         return "—"
-    if r.get("lo") is None:
-        return _fmt(r["value"])
-    return f"{_fmt(r['value'])} [{_fmt(r['lo'])}, {_fmt(r['hi'])}]"
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
+    if r.lo is None:
+        return num(r.value)
+    tested = f" (tests {num(r.tested)})" if r.tested != r.value else ""
+    return f"{num(r.value)} [{num(r.lo)}, {num(r.hi)}]{tested}"
 
 
 # metrics/release.json, the one metrics file: `dvc exp show` shows its keys in file order, `dvc metrics
@@ -837,21 +792,19 @@ PROFILE_FIGURES = {
 }
 
 
-def release_metrics(decision: dict[str, Any]) -> dict[str, Any]:
+def release_metrics(decision: Promotion) -> ReleaseMetrics:
     """The flat summary declared as DVC metrics (metrics/release.json): the figures of the other
     metrics files that users compare between runs, in the order they compare them."""
-    c = decision["candidate"]
-    out: dict[str, Any] = {k: c.get(src) for k, src in LEAD.items()}
+    c = decision.candidate
+    out: dict[str, Any] = {k: getattr(c, src) for k, src in LEAD.items()}
     target: dict[str, dict[str, Any]] = {}
-    for r in decision["gates"]:
-        kind, _, prof = str(r["gate"]).partition(":")
+    for r in decision.gates:
+        kind, _, prof = r.gate.partition(":")
         if prof and kind in PROFILE_FIGURES:
-            target.setdefault(prof, {})[PROFILE_FIGURES[kind]] = r.get("value")
+            target.setdefault(prof, {})[PROFILE_FIGURES[kind]] = r.value
     out["target"] = {p: dict(sorted(f.items())) for p, f in sorted(target.items())}
     parity = {
-        r["gate"]: r.get("value")
-        for r in decision["gates"]
-        if r["gate"] in ("mcu_argmax", "mcu_accuracy_drop")
+        r.gate: r.value for r in decision.gates if r.gate in ("mcu_argmax", "mcu_accuracy_drop")
     }
     if (
         parity
@@ -860,18 +813,18 @@ def release_metrics(decision: dict[str, Any]) -> dict[str, Any]:
             "argmax_agreement": parity.get("mcu_argmax"),
             "accuracy_drop": parity.get("mcu_accuracy_drop"),
         }
-    out["test_accuracy"] = {k: c.get(src) for k, src in sorted(TEST_ACCURACY.items())}
+    out["test_accuracy"] = {k: getattr(c, src) for k, src in sorted(TEST_ACCURACY.items())}
     out |= {
-        "val_kd_gain": c.get("kd_gain_val"),
-        "val_kd_gain_hi": c.get("kd_gain_val_hi"),
-        "val_kd_gain_lo": c.get("kd_gain_val_lo"),
+        "val_kd_gain": c.kd_gain_val,
+        "val_kd_gain_hi": c.kd_gain_val_hi,
+        "val_kd_gain_lo": c.kd_gain_val_lo,
     }
     out["verdict"] = {
-        "failed": len(decision["failed"]),
-        "passed": decision["passed"],
-        "shipped": decision.get("shipped"),
+        "failed": len(decision.failed),
+        "passed": decision.passed,
+        "shipped": decision.shipped,
     }
-    return out
+    return ReleaseMetrics.model_validate(out)
 
 
 def run(
@@ -881,13 +834,13 @@ def run(
     paths: dict[str, str] | None = None,
     mcu: str | Path = MCU,
     summary: str | Path = SUMMARY,
-) -> dict[str, Any]:
+) -> Promotion:
     candidate = read_candidate(paths)
-    prod = read_json(reference) if Path(reference).is_file() else None
-    if prod is not None and not prod.get("version"):
+    prod = ProdReference.read_if(reference)
+    if prod is not None and not prod.version:
         prod = None
     paths = paths or {}
-    vs_prod: dict[str, Any] = {}
+    vs_prod: dict[str, ProdComparison | None] = {}
     if (
         prod is not None
     ):  # per shipped format: the candidate's file vs what prod ships on those profiles
@@ -899,26 +852,22 @@ def run(
                 params.stats,
                 profs,
             )
-    decision = {
-        "model": params.promote.model,
-        **decide_promotion(
-            candidate,
-            params.promote.gates,
-            prod,
-            params.promote.fallback,
-            vs_prod.get("int8"),
-            vs_prod.get("fp32"),
-        ),
-    }
+    decision = decide_promotion(
+        candidate,
+        params.promote.gates,
+        prod,
+        params.promote.fallback,
+        vs_prod.get("int8"),
+        vs_prod.get("fp32"),
+    ).model_copy(update={"model": params.promote.model})
     bench = paths.get(BENCHMARK, BENCHMARK)
-    decision = add_gate_rows(
-        decision,
+    decision = decision.with_rows(
         host_profile_rows(bench, params.benchmark.profiles)
         + mcu_gate_rows(mcu, params.promote.require_mcu_verified, params.promote.gates),
     )
-    write_json(out, decision)  # written on failure too: it is the report of which gate failed
-    write_json(summary, release_metrics(decision))
-    if not decision["passed"]:
+    decision.write(out)  # written on failure too: it is the report of which gate failed
+    release_metrics(decision).write(summary)
+    if not decision.passed:
         raise GateFailed(
             f"promotion gate(s) failed: {describe_failures(decision)}",
             hint=f"Not promoted; see {out} for every gate. Previous versions are untouched.",

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from edgedistill.params import Params, parse_params
+from edgedistill.params import Params, deep_merge, parse_params
 
 pytest_plugins = ["prefect_session"]
 REPO = Path(__file__).resolve().parents[1]
@@ -56,13 +56,8 @@ def base_params_dict() -> dict:
 
 
 def merge(d: dict, overrides: dict) -> dict:
-    out = copy.deepcopy(d)
-    for k, v in overrides.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = merge(out[k], v)
-        else:
-            out[k] = v
-    return out
+    """`overrides` over a copy of `d` (edgedistill.params.deep_merge)."""
+    return dict(deep_merge(copy.deepcopy(d), overrides))
 
 
 SMALL = {

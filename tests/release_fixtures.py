@@ -82,63 +82,47 @@ def write_candidate(
     quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
     size = int8.stat().st_size
 
-    def block(a: float) -> dict:
-        return {
-            "accuracy": a,
-            "accuracy_lo": round(a - 0.04, 6),
-            "accuracy_hi": round(min(a + 0.04, 1.0), 6),
-            "macro_f1": round(a - 0.01, 6),
-            "params": 175,
-            "macs": 168,
-        }
+    from edgedistill import records
+
+    # the stages' own record types: a change to what a stage writes breaks these fakes
+    def block(a: float, **more: object) -> dict:
+        return dict(
+            accuracy=a,
+            accuracy_lo=round(a - 0.04, 6),
+            accuracy_hi=round(min(a + 0.04, 1.0), 6),
+            macro_f1=round(a - 0.01, 6),
+            params=175,
+            macs=168,
+            **more,
+        )
 
     # stand-in figures (flow mechanics only; the gate verdicts are tested on real artifacts in test_gates.py)
-    (root / "metrics/distill.json").write_text(
-        json.dumps(
-            {
-                "teacher": block(teacher),
-                "baseline": block(round(accuracy - 0.03, 6)),
-                "kd": block(accuracy),
-                "kd_gain": 0.03,
-                "kd_gain_lo": 0.01,
-                "kd_gain_hi": 0.05,
-                "kd_gain_val": 0.02,
-                "kd_gain_val_lo": 0.0,
-                "kd_gain_val_hi": 0.04,
-                "shipped": shipped,
-            }
-            | (
-                {}
-                if shipped == "kd"
-                else {
-                    "kd_gain": -0.018,
-                    "kd_gain_lo": -0.039,
-                    "kd_gain_hi": 0.004,
-                    "kd_gain_val": -0.01,
-                    "kd_gain_val_lo": -0.03,
-                    "kd_gain_val_hi": 0.01,
-                }
-            ),
-            indent=2,
-        )
+    gains = (
+        dict(kd_gain=0.03, kd_gain_lo=0.01, kd_gain_hi=0.05)
+        | dict(kd_gain_val=0.02, kd_gain_val_lo=0.0, kd_gain_val_hi=0.04)
+        if shipped == "kd"
+        else dict(kd_gain=-0.018, kd_gain_lo=-0.039, kd_gain_hi=0.004)
+        | dict(kd_gain_val=-0.01, kd_gain_val_lo=-0.03, kd_gain_val_hi=0.01)
     )
-    (root / "metrics/export.json").write_text(
-        json.dumps(
-            {
-                "parity": {"max_abs_diff": 1e-6, "argmax_agreement": 1.0},
-                "fp32": {**block(accuracy), "file_bytes": fp32.stat().st_size, "weight_bytes": 700},
-                "int8": {
-                    **block(round(accuracy - int8_drop, 6)),
-                    "file_bytes": size,
-                    "weight_bytes": 200,
-                },
-                "int8_drop": int8_drop,
-                "int8_drop_lo": 0.0,
-                "int8_drop_hi": round(int8_drop + 0.01, 6),
-            },
-            indent=2,
-        )
-    )
+    records.DistillMetrics(
+        teacher=records.ModelFigures(**block(teacher)),
+        baseline=records.ModelFigures(**block(round(accuracy - 0.03, 6))),
+        kd=records.ModelFigures(**block(accuracy)),
+        shipped=shipped,
+        **gains,
+    ).write(root / "metrics/distill.json")
+    records.ExportMetrics(
+        parity={"max_abs_diff": 1e-6, "argmax_agreement": 1.0},
+        fp32=records.ExportedModel(
+            **block(accuracy, file_bytes=fp32.stat().st_size, weight_bytes=700)
+        ),
+        int8=records.ExportedModel(
+            **block(round(accuracy - int8_drop, 6), file_bytes=size, weight_bytes=200)
+        ),
+        int8_drop=int8_drop,
+        int8_drop_lo=0.0,
+        int8_drop_hi=round(int8_drop + 0.01, 6),
+    ).write(root / "metrics/export.json")
     # test windows (promote scores prod on them), labelled so that this candidate gets `accuracy` of them
     # right: another model (a prod of another seed) scores about chance on them
     x = np.random.default_rng(100).normal(size=(40, 6, 4)).astype(np.float32)
@@ -150,58 +134,49 @@ def write_candidate(
     (
         root / "data/prepared/index.json"
     ).unlink()  # the stage's out is data/prepared/test (it has its own index)
-    (root / "metrics/benchmark.json").write_text(
-        json.dumps(
+    records.BenchmarkMetrics(
+        release=records.ReleaseFigures(
+            profile="edge-cpu-1t",
+            student_int8_p50_ms=0.02,
+            student_int8_p95_ms=p95_ms,
+            student_fp32_p50_ms=0.02,
+            student_fp32_p95_ms=0.03,
+            teacher_fp32_p50_ms=1.0,
+            speedup_vs_teacher=50.0,
+            int8_file_bytes=size,
+            int8_weight_bytes=200,
+            ram_estimate_bytes=4096,
+            flash_estimate_bytes=size,
+            fits=True,
+        ),
+        # None: a benchmark file from before per-profile formats
+        **(
             {
-                "release": {
-                    "profile": "edge-cpu-1t",
-                    "student_int8_p50_ms": 0.02,
-                    "student_int8_p95_ms": p95_ms,
-                    "student_fp32_p50_ms": 0.02,
-                    "student_fp32_p95_ms": 0.03,
-                    "teacher_fp32_p50_ms": 1.0,
-                    "speedup_vs_teacher": 50.0,
-                    "int8_file_bytes": size,
-                    "int8_weight_bytes": 200,
-                    "ram_estimate_bytes": 4096,
-                    "flash_estimate_bytes": size,
-                    "fits": True,
+                "profiles": {
+                    name: records.ProfileFigures(format=records.FormatChoice(chosen=f))
+                    for name, f in formats.items()
                 }
             }
-            | (
-                {"profiles": {name: {"format": {"chosen": f}} for name, f in formats.items()}}
-                if formats
-                else {}
-            ),
-            indent=2,
-        )
-    )
+            if formats
+            else {}
+        ),
+    ).write(root / "metrics/benchmark.json")
     # the mcu stage's report as a machine without the ARM toolchain writes it (no profile measured)
-    (root / "models/mcu").mkdir(parents=True, exist_ok=True)
-    (root / "models/mcu/mcu.json").write_text(
-        json.dumps(
-            {
-                "verified": False,
-                "status": "skipped: arm-none-eabi-gcc not found",
-                "profiles": {},
-                "engine": {
-                    "requested": "int8_kernels",
-                    "ships": "int8_kernels",
-                    "reason": "requested",
-                },
-                "host_parity": {
-                    "windows": 40,
-                    "max_diff_quanta": 0.0,
-                    "windows_differing": 0,
-                    "argmax_agreement": 1.0,
-                    "accuracy": 0.9,
-                    "reference_accuracy": 0.9,
-                    "accuracy_drop": 0.0,
-                },
-            },
-            indent=2,
-        )
-    )
+    records.McuReport(
+        verified=False,
+        status="skipped: arm-none-eabi-gcc not found",
+        profiles={},
+        engine={"requested": "int8_kernels", "ships": "int8_kernels", "reason": "requested"},
+        host_parity={
+            "windows": 40,
+            "max_diff_quanta": 0.0,
+            "windows_differing": 0,
+            "argmax_agreement": 1.0,
+            "accuracy": 0.9,
+            "reference_accuracy": 0.9,
+            "accuracy_drop": 0.0,
+        },
+    ).write(root / "models/mcu/mcu.json")
     return {"student.onnx": fp32, "student.int8.onnx": int8}
 
 

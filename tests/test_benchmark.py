@@ -20,9 +20,11 @@ from edgedistill.export import onnx_tools as ox
 from edgedistill.export.onnx_bench import FLOOR, interleaved_latency, op_profile
 from edgedistill.export.onnx_cost import fits_budget, static_cost
 from edgedistill.io import read_json
-from edgedistill.release.shipping import choose_format
-from edgedistill.train.checkpoint import load_checkpoint
-from edgedistill.train.nets import count_macs
+from edgedistill.nets import count_macs
+from edgedistill.onnx_bench import FLOOR, interleaved_latency, op_profile
+from edgedistill.onnx_cost import fits_budget, static_cost
+from edgedistill.records import Candidate
+from edgedistill.shipping import choose_format
 from tasks import benchmark, promote
 
 FAST = {
@@ -208,18 +210,20 @@ def test_latency_gate_vs_prod_fails_on_a_slower_candidate(release, tmp_path):
     assert rel["latency_ratio_vs_prod"] > 2
     gates = release_params().promote.gates
     row = promote.latency_vs_prod_row(
-        {
-            "latency_ratio_vs_prod": rel["latency_ratio_vs_prod"],
-            "p50_net_ms": rel["student_int8_net_p50_ms"],
-            "prod_p50_net_ms": rel["prod_net_p50_ms"],
-        },
+        Candidate.model_construct(
+            **{
+                "latency_ratio_vs_prod": rel["latency_ratio_vs_prod"],
+                "p50_net_ms": rel["student_int8_net_p50_ms"],
+                "prod_p50_net_ms": rel["prod_net_p50_ms"],
+            }
+        ),
         gates,
-    )
+    ).dump()
     assert row["verdict"] == "fail" and row["threshold"] == 1.25 and "vs prod" in row["detail"]
     off = promote.latency_vs_prod_row(
-        {"latency_ratio_vs_prod": rel["latency_ratio_vs_prod"]},
+        Candidate.model_construct(latency_ratio_vs_prod=rel["latency_ratio_vs_prod"]),
         gates.model_copy(update={"max_latency_ratio_vs_prod": None}),
-    )
+    ).dump()
     assert off["verdict"] == "off"
 
 
@@ -228,13 +232,13 @@ def test_latency_gate_vs_prod_passes_a_faster_candidate(release, tmp_path):
     assert result["release"]["latency_ratio_vs_prod"] < 1
     assert result["interleaved"]["models"]["prod"]["path"].endswith("prod/student.int8.onnx")
     row = promote.latency_vs_prod_row(
-        {"latency_ratio_vs_prod": result["release"]["latency_ratio_vs_prod"]},
+        Candidate.model_construct(latency_ratio_vs_prod=result["release"]["latency_ratio_vs_prod"]),
         release_params().promote.gates,
-    )
+    ).dump()
     assert row["verdict"] == "pass"
-    assert promote.latency_vs_prod_row({}, release_params().promote.gates)["detail"].startswith(
-        "no prod"
-    )
+    assert promote.latency_vs_prod_row(
+        Candidate.model_construct(), release_params().promote.gates
+    ).detail.startswith("no prod")
 
 
 def test_interleaved_rejects_the_reserved_name(release):
@@ -571,21 +575,25 @@ def test_forced_int8_ships_int8_and_the_latency_gate_judges_the_shipped_file(rel
             },
         )
     ).benchmark.profiles
-    ok = {r["gate"]: r for r in promote.host_profile_rows(auto_json, profiles)}["latency:host-1t"]
+    ok = {r["gate"]: r for r in promote.host_profile_rows(auto_json, profiles) for r in [r.dump()]}[
+        "latency:host-1t"
+    ]
     assert (
         ok["verdict"] == "pass"
         and ok["metric"].startswith("fp32")
         and ok["value"] == auto["release"]["shipped_p95_ms"]
     )
-    bad = {r["gate"]: r for r in promote.host_profile_rows(forced_json, profiles)}[
-        "latency:host-1t"
-    ]
+    bad = {
+        r["gate"]: r for r in promote.host_profile_rows(forced_json, profiles) for r in [r.dump()]
+    }["latency:host-1t"]
     assert (
         bad["verdict"] == "fail"
         and bad["metric"].startswith("int8")
         and "> budget" in bad["detail"]
     )
-    flash = {r["gate"]: r for r in promote.host_profile_rows(auto_json, profiles)}["flash:host-1t"]
+    flash = {
+        r["gate"]: r for r in promote.host_profile_rows(auto_json, profiles) for r in [r.dump()]
+    }["flash:host-1t"]
     assert flash["value"] == (release / "models/student.onnx").stat().st_size
 
 
@@ -695,7 +703,7 @@ def test_another_measured_profile_decides_in_its_own_interleaved_run(release, tm
 
 
 def test_reproduce_judges_the_profilers_timings_as_timings(bench_result, release, tmp_path):
-    """Every figure of benchmark.json has a kind declared by the stage (benchmark.FIGURES): between two runs
+    """Every figure of benchmark.json has a kind declared by its record (records.BenchmarkMetrics): between two runs
     on the same models the per-op profiler's timings, shares and op order move, and reproduce reports them
     as timings, not as figures about the model that differ (the name rule alone judged them decisive)."""
     from flows.reproduce import DIFFERENT, compare_metrics, reproduce_verdict
@@ -714,7 +722,7 @@ def test_reproduce_judges_the_profilers_timings_as_timings(bench_result, release
     )
     rows = compare_metrics(benchmark.METRICS, first, second, params.promote.reproduce)
     undeclared = [r["metric"] for r in rows if not r["declared"]]
-    assert not undeclared, f"benchmark.FIGURES declares no kind for {undeclared}"
+    assert not undeclared, f"records.BenchmarkMetrics declares no kind for {undeclared}"
     per_op = {r["metric"]: r for r in rows if r["metric"].startswith("per_op.")}
     moved = [
         k

@@ -143,7 +143,7 @@ def test_real_artifacts_pass_open_gates(runs):
 
 def measured(root: Path) -> dict:
     with contextlib.chdir(root):
-        return promote.read_candidate()
+        return promote.read_candidate().dump()
 
 
 @pytest.mark.parametrize(
@@ -339,7 +339,7 @@ def test_dvc_metrics_lead_with_what_users_compare(runs, tmp_path):
 
     summary = read_json(root / promote.SUMMARY)
     with contextlib.chdir(root):
-        c = promote.read_candidate()
+        c = promote.read_candidate().dump()
     assert (
         summary["accuracy_lo"]
         <= summary["accuracy"]
@@ -438,9 +438,9 @@ def test_prod_shipping_two_files_on_one_candidate_format_is_compared_with_each(r
     }
     (root / promote.PROD_DIR / "model_card.json").write_text(json.dumps(card))
     with contextlib.chdir(root):
-        both = promote.compare_with_prod(profiles=["edge-cpu-1t", "cortex-m7"])
+        both = promote.compare_with_prod(profiles=["edge-cpu-1t", "cortex-m7"]).dump()
         one = {
-            f: promote.compare_with_prod(profiles=[p])
+            f: promote.compare_with_prod(profiles=[p]).dump()
             for f, p in (("fp32", "edge-cpu-1t"), ("int8", "cortex-m7"))
         }
     assert both["prod_files"] == ["student.onnx", "student.int8.onnx"]

@@ -24,7 +24,7 @@ from edgedistill.errors import GateFailed, ParamsInvalid
 from edgedistill.export import mcu as lib
 from edgedistill.export import onnx_tools as ox
 from tasks import mcu as stage
-from tasks.promote import add_gate_rows, mcu_gate_rows
+from tasks.promote import mcu_gate_rows
 
 HAVE_ARM = lib.have_arm_toolchain() and lib.have_qemu()
 needs_arm = pytest.mark.skipif(
@@ -32,6 +32,16 @@ needs_arm = pytest.mark.skipif(
 )
 TINY = {"widths": [8, 12, 16], "kernel": 5}
 OVERRIDES = {"mcu": {"qemu_windows": 2}, "export": {"calibration": {"windows": 32}}}
+
+
+def gate_rows(*args: object, **kw: object) -> list[dict]:
+    """The mcu stage's gate rows as reports/promotion.json records them."""
+    return [r.dump() for r in mcu_gate_rows(*args, **kw)]
+
+
+def gate_verdict(rows: list[dict]) -> dict:
+    failed = [r["gate"] for r in rows if r["verdict"] == "fail"]
+    return {"passed": not failed, "failed": failed}
 
 
 def _student(root: Path, config: dict, steps: int = 40) -> Path:
@@ -228,7 +238,7 @@ def test_compiler_and_qemu_failures_give_the_message_and_the_command(built, tmp_
 @needs_arm
 def test_measured_figures_gate_promotion_and_a_grown_student_fails(built, tmp_path):
     root, _ = built
-    rows = mcu_gate_rows(root / "models/mcu/mcu.json", require_verified=True)
+    rows = gate_rows(root / "models/mcu/mcu.json", require_verified=True)
     assert {r["gate"] for r in rows} == {
         f"{k}:{p}"
         for p in ("nrf52-m4", "nrf5340-m33", "cortex-m7")
@@ -265,13 +275,12 @@ def test_measured_figures_gate_promotion_and_a_grown_student_fails(built, tmp_pa
         out_dir=big_root / "models/mcu",
     )
     rows = {
-        r["gate"]: r
-        for r in mcu_gate_rows(big_root / "models/mcu/mcu.json", require_verified=False)
+        r["gate"]: r for r in gate_rows(big_root / "models/mcu/mcu.json", require_verified=False)
     }
     flash = rows["flash:nrf52-m4"]
     assert flash["verdict"] == "fail" and flash["value"] > 262144
     assert f"measured {flash['value']:,} B > budget 262,144 B" in flash["detail"]
-    decision = add_gate_rows({"gates": [], "failed": [], "passed": True}, list(rows.values()))
+    decision = gate_verdict(list(rows.values()))
     assert decision["passed"] is False and "flash:nrf52-m4" in decision["failed"]
 
 
@@ -296,12 +305,9 @@ def test_without_the_arm_toolchain_the_stage_records_not_verified(
         p["status"] == "not verified" and "flash_bytes" not in p for p in r["profiles"].values()
     )
     assert not list((tmp_path / "mcu/build").glob("*.o"))
-    rows = mcu_gate_rows(tmp_path / "mcu/mcu.json", require_verified=False)
+    rows = gate_rows(tmp_path / "mcu/mcu.json", require_verified=False)
     assert rows and all(r["verdict"] == "not verified" for r in rows)
-    blocked = add_gate_rows(
-        {"gates": [], "failed": [], "passed": True},
-        mcu_gate_rows(tmp_path / "mcu/mcu.json", require_verified=True),
-    )
+    blocked = gate_verdict(gate_rows(tmp_path / "mcu/mcu.json", require_verified=True))
     assert blocked["passed"] is False and "ram:cortex-m7" in blocked["failed"]
 
 
@@ -311,7 +317,7 @@ def test_promote_stage_blocks_on_unverified_mcu_only_when_required(workdir):
     from tasks.promote import run as promote
 
     write_candidate(workdir, accuracy=0.9)
-    assert promote(make_params())["passed"]  # no mcu.json: 'not verified', not blocking by default
+    assert promote(make_params()).passed  # no mcu.json: 'not verified', not blocking by default
     with pytest.raises(GateFailed, match="mcu"):
         promote(make_params({"promote": {"require_mcu_verified": True}}))
 
@@ -407,7 +413,7 @@ def test_default_budgets_fit_the_default_and_the_largest_sweep_student_and_the_s
             data_dir=root / "data/prepared",
             out_dir=root / "models/mcu",
         )
-        rows = mcu_gate_rows(root / "models/mcu/mcu.json", require_verified=True)
+        rows = gate_rows(root / "models/mcu/mcu.json", require_verified=True)
         assert {r["gate"] for r in rows} == {
             f"{k}:{p.name}"
             for p in params.benchmark.profiles
@@ -557,7 +563,7 @@ def test_the_parity_gates_fail_on_a_c_model_that_disagrees_with_onnxruntime(buil
     gates = GateParams()
     rows = {
         r["gate"]: r
-        for r in mcu_gate_rows(root / "models/mcu/mcu.json", require_verified=False, gates=gates)
+        for r in gate_rows(root / "models/mcu/mcu.json", require_verified=False, gates=gates)
     }
     assert (
         rows["mcu_argmax"]["verdict"] == "pass" and rows["mcu_accuracy_drop"]["verdict"] == "pass"
@@ -566,7 +572,7 @@ def test_the_parity_gates_fail_on_a_c_model_that_disagrees_with_onnxruntime(buil
     doc["host_parity"] |= {"argmax_agreement": 0.995, "accuracy_drop": 0.004}
     bad = tmp_path / "mcu.json"
     bad.write_text(json.dumps(doc))
-    rows = {r["gate"]: r for r in mcu_gate_rows(bad, require_verified=False, gates=gates)}
+    rows = {r["gate"]: r for r in gate_rows(bad, require_verified=False, gates=gates)}
     assert (
         rows["mcu_argmax"]["verdict"] == "fail" and "0.9950 < 0.999" in rows["mcu_argmax"]["detail"]
     )
@@ -574,13 +580,13 @@ def test_the_parity_gates_fail_on_a_c_model_that_disagrees_with_onnxruntime(buil
         rows["mcu_accuracy_drop"]["verdict"] == "fail"
         and "0.0040 > 0.002" in rows["mcu_accuracy_drop"]["detail"]
     )
-    decision = add_gate_rows({"gates": [], "failed": [], "passed": True}, list(rows.values()))
+    decision = gate_verdict(list(rows.values()))
     assert decision["passed"] is False and {"mcu_argmax", "mcu_accuracy_drop"} <= set(
         decision["failed"]
     )
     off = {
         r["gate"]: r["verdict"]
-        for r in mcu_gate_rows(
+        for r in gate_rows(
             bad,
             require_verified=False,
             gates=GateParams(mcu_min_argmax_agreement=None, mcu_max_accuracy_drop=None),

@@ -35,12 +35,17 @@ GATES = GateParams(
 )
 
 
+def decide(*args: object, **kw: object) -> dict:
+    """decide_promotion's record as reports/promotion.json holds it."""
+    return decide_promotion(*args, **kw).dump()
+
+
 def verdicts(decision: dict) -> dict[str, str]:
     return {g["gate"]: g["verdict"] for g in decision["gates"]}
 
 
 def test_all_gates_pass_and_every_gate_is_reported():
-    d = decide_promotion(CANDIDATE, GATES, prod=None)
+    d = decide(CANDIDATE, GATES, prod=None)
     assert d["passed"] and d["failed"] == []
     assert verdicts(d) == {
         "accuracy": "pass",
@@ -66,24 +71,22 @@ def test_all_gates_pass_and_every_gate_is_reported():
     ],
 )
 def test_each_gate_fails_alone(change, gate):
-    d = decide_promotion({**CANDIDATE, **change}, GATES)
+    d = decide({**CANDIDATE, **change}, GATES)
     assert not d["passed"] and d["failed"] == [gate]
 
 
 def test_threshold_is_inclusive_and_null_turns_a_gate_off():
-    at_edge = decide_promotion({**CANDIDATE, "int8_accuracy": 0.8, "teacher_accuracy": 0.9}, GATES)
+    at_edge = decide({**CANDIDATE, "int8_accuracy": 0.8, "teacher_accuracy": 0.9}, GATES)
     assert verdicts(at_edge)["accuracy"] == "pass"
-    off = decide_promotion(
-        {**CANDIDATE, "int8_drop": 0.5}, GATES.model_copy(update={"max_int8_drop": None})
-    )
+    off = decide({**CANDIDATE, "int8_drop": 0.5}, GATES.model_copy(update={"max_int8_drop": None}))
     assert off["passed"] and verdicts(off)["int8_drop"] == "off"
 
 
 def test_no_regression_against_prod_within_tolerance_only():
     prod = {"version": "v0.3.0", "metrics": {"int8_accuracy": 0.9}}
-    ok = decide_promotion(CANDIDATE, GATES, prod)  # 0.895 vs 0.900: 0.005 below, tolerance 0.01
+    ok = decide(CANDIDATE, GATES, prod)  # 0.895 vs 0.900: 0.005 below, tolerance 0.01
     assert ok["passed"] and ok["prod"] == {"version": "v0.3.0", "int8_accuracy": 0.9}
-    worse = decide_promotion({**CANDIDATE, "int8_accuracy": 0.88}, GATES, prod)
+    worse = decide({**CANDIDATE, "int8_accuracy": 0.88}, GATES, prod)
     assert worse["failed"] == ["no_regression"]
     row = next(g for g in worse["gates"] if g["gate"] == "no_regression")
     assert row["value"] == pytest.approx(-0.02) and "v0.3.0" in row["detail"]
@@ -122,7 +125,7 @@ def test_stage_reads_the_prod_reference(workdir):
     with pytest.raises(GateFailed, match="no_regression"):
         promote(make_params())
     ref.write_text(json.dumps({"model": "student", "version": None, "metrics": {}}))
-    assert promote(make_params())["passed"]
+    assert promote(make_params()).passed
 
 
 def test_missing_metrics_file_or_key_is_named(workdir):
@@ -134,6 +137,7 @@ def test_missing_metrics_file_or_key_is_named(workdir):
     del doc["release"]["student_int8_p95_ms"]
     bench.write_text(json.dumps(doc))
     with pytest.raises(
-        ArtifactCorrupt, match=r"benchmark.json: missing key 'release.student_int8_p95_ms'"
+        ArtifactCorrupt,
+        match=r"benchmark.json: not a valid benchmark record: release.student_int8_p95_ms: Field required",
     ):
         read_candidate()

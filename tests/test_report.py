@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 
 from edgedistill.cli import app
 from edgedistill.errors import GateFailed
-from edgedistill.release.report import (
-    fmt_value,
+from edgedistill.fmt import by_key
+from edgedistill.report import (
     interval_keys,
     read_confusion,
     render_report,
@@ -134,7 +134,7 @@ def test_intervals_render_beside_their_metric():
     assert with_interval(doc, "kd_gain") == "-1.80 pts [-3.90 pts, +0.40 pts]"
     assert with_interval(doc, "int8_accuracy") == "90.00%"
     assert interval_keys(doc) == ["kd_gain", "int8_accuracy", "n"]
-    assert fmt_value("size_bytes", 10350) == "10,350" and fmt_value("p50_ms", 0.012345) == "0.01235"
+    assert by_key("size_bytes", 10350) == "10,350" and by_key("p50_ms", 0.012345) == "0.01235"
     gates = {
         "gates": [
             {

@@ -14,7 +14,8 @@ from rich.table import Table
 
 from edgedistill.cli.main import SUMMARIES, _state, app, console, guarded, run_stage
 from edgedistill.errors import DataInvalid, ParamsInvalid
-from edgedistill.params import BenchmarkParams, load_params
+from edgedistill.fmt import count, size
+from edgedistill.params import BenchmarkParams, DeviceProfile, load_params
 
 
 def show(renderable: Any, markup: bool = True) -> None:
@@ -26,22 +27,6 @@ def show(renderable: Any, markup: bool = True) -> None:
         console.print(renderable, markup=markup, soft_wrap=True)
     else:
         Console(file=console.file, width=max(console.width, 160)).print(renderable)
-
-
-def fmt_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit, size in (("MiB", 2**20), ("KiB", 2**10)):
-        if n >= size:
-            return f"{n / size:,.1f} {unit}"
-    return f"{n:,} B"
-
-
-def fmt_count(n: int) -> str:
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= size:
-            return f"{n / size:.2f}{unit}"
-    return str(n)
 
 
 def latency_table(
@@ -165,14 +150,22 @@ def static_table(
         t.add_row(
             escape(model),
             f"{s['params']:,}",
-            fmt_count(s["macs"]),
-            fmt_bytes(s["weight_bytes"]),
-            fmt_bytes(r["file_bytes"]),
-            fmt_bytes(s["ram_estimate_bytes"]),
-            fmt_bytes(s["flash_estimate_bytes"]),
+            count(s["macs"]),
+            size(s["weight_bytes"]),
+            size(r["file_bytes"]),
+            size(s["ram_estimate_bytes"]),
+            size(s["flash_estimate_bytes"]),
             *marks,
         )
     return t
+
+
+def budgets_caption(profiles: list[DeviceProfile]) -> str:
+    return "; ".join(
+        f"{p.name}: RAM {size(p.ram_bytes)}, flash {size(p.flash_bytes)}"
+        + ("" if p.measure else " (static estimate only)")
+        for p in profiles
+    )
 
 
 # ---------------------------------------------------------------- stage summaries
@@ -197,9 +190,9 @@ def _export_summary(r: dict) -> None:
         t.add_row(
             f"{label} ({Path(m['path']).name})",
             acc,
-            fmt_bytes(m["file_bytes"]),
-            fmt_bytes(m["weight_bytes"]),
-            ", ".join(f"{k} {fmt_bytes(v)}" for k, v in m["weight_dtypes"].items()),
+            size(m["file_bytes"]),
+            size(m["weight_bytes"]),
+            ", ".join(f"{k} {size(v)}" for k, v in m["weight_dtypes"].items()),
         )
     show(t)
     p, q = r["parity"], r["int8"]["quantization"]
@@ -233,7 +226,7 @@ def _benchmark_summary(r: dict) -> None:
                 speed = p["speedup_vs_teacher"].get(model, {}).get(b)
                 extra[f"{model}/{b}"] = {
                     "× teacher": f"{speed:.1f}×" if speed else "",
-                    "peak RSS Δ": fmt_bytes(p["peak_rss_delta_bytes"][model]),
+                    "peak RSS Δ": size(p["peak_rss_delta_bytes"][model]),
                 }
         show(
             latency_table(
@@ -245,7 +238,7 @@ def _benchmark_summary(r: dict) -> None:
         )
     verdicts = {name: p["fits"] for name, p in r["profiles"].items()}
     budgets = ", ".join(
-        f"{n}: RAM {fmt_bytes(p['budget']['ram_bytes'])}, flash {fmt_bytes(p['budget']['flash_bytes'])}"
+        f"{n}: RAM {size(p['budget']['ram_bytes'])}, flash {size(p['budget']['flash_bytes'])}"
         for n, p in r["profiles"].items()
     )
     show(
@@ -431,7 +424,7 @@ def bench(
             )
         )
         show(
-            f"peak RSS delta (measured): {fmt_bytes(m['peak_rss_delta_bytes'])} — {m['rss_method']}",
+            f"peak RSS delta (measured): {size(m['peak_rss_delta_bytes'])} — {m['rss_method']}",
             markup=False,
         )
     s = r["static"]
@@ -443,7 +436,7 @@ def bench(
         )
     )
     show(
-        f"weights by dtype: {', '.join(f'{k} {fmt_bytes(v)}' for k, v in s['weight_dtypes'].items())}; "
+        f"weights by dtype: {', '.join(f'{k} {size(v)}' for k, v in s['weight_dtypes'].items())}; "
         f"peak activations at {s['peak_at']}",
         markup=False,
     )

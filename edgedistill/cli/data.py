@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from edgedistill.cli.main import _state, app, console, guarded, params
+from edgedistill.fmt import fixed, num
 
 data_app = typer.Typer(
     help="Dataset versions of data.readings: add (validated first), log, diff, checkout.",
@@ -19,10 +20,6 @@ data_app = typer.Typer(
 app.add_typer(data_app, name="data")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of tables")]
-
-
-def _num(x: Any) -> str:
-    return "?" if x is None else f"{x:,}"
 
 
 @data_app.command("add")
@@ -65,7 +62,11 @@ def add(
         t.add_column("before", justify="right")
     t.add_column("now", justify="right")
     for key in ("rows", "recordings", "groups", "classes"):
-        t.add_row(key, *([_num(before[key])] if before is not None else []), _num(after[key]))
+        t.add_row(
+            key,
+            *([num(before[key], none="?")] if before is not None else []),
+            num(after[key], none="?"),
+        )
     console.print(t)
     console.print(f"[green]✓[/] {r['message']}")
     console.print(
@@ -131,10 +132,10 @@ def log(as_json: JsonOpt = False) -> None:
             ("* " if v["in_workspace"] else "  ") + v["version"],
             v["date"][:10],
             v["md5"][:8],
-            _num(v["rows"]),
-            _num(v["recordings"]),
-            _num(v["groups"]),
-            _num(v["classes"]),
+            num(v["rows"], none="?"),
+            num(v["recordings"], none="?"),
+            num(v["groups"], none="?"),
+            num(v["classes"], none="?"),
             ", ".join(v["releases"]) or dv.NO_RELEASE,
             *([_clip(v["message"], 60)] if wide else []),
         )
@@ -203,12 +204,12 @@ def diff(
     for name, c in r["channels"].items():
         ch.add_row(
             name,
-            _f(c["mean_a"]),
-            _f(c["mean_b"]),
-            _f(c["mean_shift"], "+.3f"),
-            _f(c["std_a"]),
-            _f(c["std_b"]),
-            _f(c["std_ratio"], ".3f"),
+            fixed(c["mean_a"]),
+            fixed(c["mean_b"]),
+            fixed(c["mean_shift"], "+.3f"),
+            fixed(c["std_a"]),
+            fixed(c["std_b"]),
+            fixed(c["std_ratio"], ".3f"),
         )
     console.print(ch)
     d = r["drift"]
@@ -235,10 +236,6 @@ def _short(items: list[str], n: int = 6) -> str:
     return (
         "(" + ", ".join(items[:n]) + (f", … {len(items) - n} more" if len(items) > n else "") + ")"
     )
-
-
-def _f(x: float | None, fmt: str = ".4f") -> str:
-    return "?" if x is None else format(x, fmt)
 
 
 @data_app.command("checkout")

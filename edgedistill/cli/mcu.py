@@ -13,9 +13,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from edgedistill.cli.bench import _bench_params, _load_inputs, fmt_bytes, show
+from edgedistill.cli.bench import _bench_params, _load_inputs, show
 from edgedistill.cli.main import SUMMARIES, _state, app, guarded, run_stage
 from edgedistill.errors import ParamsInvalid
+from edgedistill.fmt import size
 
 
 def mcu_table(r: dict[str, Any]) -> Table:
@@ -38,9 +39,7 @@ def mcu_table(r: dict[str, Any]) -> Table:
         t.add_column(col, justify="left" if col in ("profile", "core", "QEMU") else "right")
     for name, p in r["profiles"].items():
         q = p.get("qemu") or {}
-        budget = (
-            f"{fmt_bytes(p.get('ram_budget_bytes'))} / {fmt_bytes(p.get('flash_budget_bytes'))}"
-        )
+        budget = f"{size(p.get('ram_budget_bytes'))} / {size(p.get('flash_budget_bytes'))}"
         fits = ""
         if "flash_bytes" in p and p.get("ram_budget_bytes") and p.get("flash_budget_bytes"):
             ok = (
@@ -51,9 +50,9 @@ def mcu_table(r: dict[str, Any]) -> Table:
         t.add_row(
             escape(name),
             p["mcu"],
-            fmt_bytes(p.get("flash_bytes")),
-            fmt_bytes(p.get("ram_bytes")),
-            fmt_bytes(p.get("stack_bytes")),
+            size(p.get("flash_bytes")),
+            size(p.get("ram_bytes")),
+            size(p.get("stack_bytes")),
             budget + fits,
             (f"{q['machine']}: {q['windows']} windows identical" if q else p.get("status", "-")),
             f"{q['instructions_per_inference']:,}" if q else "-",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich import box
@@ -13,8 +13,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from edgedistill.cli.main import SUMMARIES, _state, app, console, guarded, params
-from edgedistill.fmt import num
-from edgedistill.release.store import CARD, parse_document
+from edgedistill.fmt import num, pct
+from edgedistill.store import CARD, parse_document
 
 
 def _promote_summary(r: dict) -> None:
@@ -90,10 +90,6 @@ def registry(
             no_wrap=True,
         )
     for r in rows:
-
-        def pct(v: Any) -> str:
-            return "—" if v is None else f"{100 * v:.2f}%"
-
         t.add_row(
             r["version"],
             ", ".join(r["stages"]) or "—",

@@ -5,15 +5,12 @@ from __future__ import annotations
 from rich.table import Table
 
 from edgedistill.cli.main import SUMMARIES, app, console, guarded, run_stage
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
+from edgedistill.fmt import pct
 
 
 def _teacher_summary(m: dict) -> None:
     console.print(
-        f"teacher {m['arch']}: test accuracy {_pct(m['accuracy'])}, macro-F1 {m['macro_f1']:.3f}, "
+        f"teacher {m['arch']}: test accuracy {pct(m['accuracy'], 1)}, macro-F1 {m['macro_f1']:.3f}, "
         f"{m['params']:,} params, {m['macs']:,} MACs; best epoch {m['best_epoch']}/{m['epochs_run']}, "
         f"{m['train_seconds']:.0f}s on {m['device']} ({m['samples_per_s']:.0f} samples/s)"
     )
@@ -30,7 +27,7 @@ def _distill_summary(r: dict) -> None:
     for name, m in rows:
         t.add_row(
             name,
-            _pct(m["accuracy"]),
+            pct(m["accuracy"], 1),
             f"{m['macro_f1']:.3f}",
             f"{m['params']:,}",
             f"{m['macs']:,}",

@@ -3,13 +3,15 @@ inputs, same value: `reproduce` judges it), a run-to-run timing (it measures the
 with the timing tolerance, never decisive) or text (names, notes, methods: reported, never decisive).
 
 A declaration mirrors the JSON it describes: a `Kind` covers everything below it; a mapping declares its keys,
-`ANY` ("*") standing for every key it does not name; a list's declaration applies to each of its items. A key
+`ANY` ("*") standing for every key it does not name; a list's declaration applies to each of its items; a
+function is called with the value it stands for and returns that value's declaration (a gate row declares its
+figures' kind in the row). The records in `edgedistill.records` derive their declarations from their fields. A key
 no declaration reaches is undeclared (None): readers fall back to their own rule (reproduce: a name pattern).
 Keys are flattened the way reproduce compares them: `a.b`, list items as `a[i]` or `a[label]`."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from enum import StrEnum
 from typing import Any, TypeAlias
 
@@ -22,7 +24,7 @@ class Kind(StrEnum):
 
 MODEL, TIMING, TEXT = Kind.MODEL, Kind.TIMING, Kind.TEXT
 ANY = "*"
-Declaration: TypeAlias = Kind | Mapping[str, "Declaration"]
+Declaration: TypeAlias = Kind | Mapping[str, "Declaration"] | Callable[[Any], "Declaration"]
 LABEL_KEYS = (
     "gate",
     "stage",
@@ -34,6 +36,8 @@ LABEL_KEYS = (
 def _walk(
     obj: Any, prefix: str, decl: Declaration | None, out: dict[str, tuple[Any, Kind | None]]
 ) -> None:
+    if callable(decl) and not isinstance(decl, (Kind, Mapping)) and not isinstance(obj, list):
+        decl = decl(obj)  # a list passes the function on to each of its items
     if isinstance(obj, dict):
         for k, v in obj.items():
             sub = decl.get(str(k), decl.get(ANY)) if isinstance(decl, Mapping) else decl

@@ -12,6 +12,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from edgedistill.fmt import by_key
+
 REPORT = "reports/release.html"
 SOURCES = {
     "summary": "reports/release.json",
@@ -49,33 +51,14 @@ def _read(root: Path, rel: str) -> Any:
 # ---------------------------------------------------------------- numbers (with intervals)
 
 
-def fmt_value(key: str, v: Any) -> str:
-    """A metric by what its key says it is: accuracies as %, gains/drops/differences as points,
-    bytes with separators, other floats to 4 significant digits."""
-    if v is None:
-        return "—"
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return str(v)
-    k = key.lower()
-    if isinstance(v, float) and math.isnan(v):
-        return "nan"
-    if "bytes" in k or isinstance(v, int):
-        return f"{int(v):,}"
-    if any(w in k for w in ("gain", "drop", "diff", "regression", "delta")) and abs(v) <= 1:
-        return f"{100 * v:+.2f} pts"
-    if "accuracy" in k and 0 <= v <= 1:
-        return f"{100 * v:.2f}%"
-    return f"{v:.4g}"
-
-
 def with_interval(doc: dict[str, Any], key: str, label_key: str | None = None) -> str:
     """`X` rendered as "X [lo, hi]" when the sibling keys `X_lo` and `X_hi` exist (the shared
     interval contract); plain X otherwise."""
     label = label_key or key
-    text = fmt_value(label, doc.get(key))
+    text = by_key(label, doc.get(key))
     lo, hi = doc.get(f"{key}_lo"), doc.get(f"{key}_hi")
     if lo is not None and hi is not None:
-        text += f" [{fmt_value(label, lo)}, {fmt_value(label, hi)}]"
+        text += f" [{by_key(label, lo)}, {by_key(label, hi)}]"
     return text
 
 
@@ -317,7 +300,7 @@ def _verdicts(docs: dict[str, Any]) -> str:
                 _e(g.get("gate")),
                 _e(g.get("metric", "")),
                 _e(with_interval(g, "value", label)),
-                _e(f"{g.get('op', '')} {fmt_value(label, g.get('threshold'))}"),
+                _e(f"{g.get('op', '')} {by_key(label, g.get('threshold'))}"),
                 f"<span class='{_e(v)}'>{_e(v)}</span>",
                 _e(g.get("detail", "")),
             ]
@@ -354,7 +337,7 @@ def _accuracy(docs: dict[str, Any]) -> str:
                 [
                     _e(name),
                     _e(with_interval(m, "accuracy")),
-                    _e(fmt_value("accuracy", m.get("val_accuracy"))),
+                    _e(by_key("accuracy", m.get("val_accuracy"))),
                 ]
             )
     if not rows:
@@ -377,7 +360,7 @@ def _accuracy(docs: dict[str, Any]) -> str:
         out.append(
             f"<p>Exported: FP32 {_e(with_interval(ex.get('fp32') or {}, 'accuracy'))}, INT8 "
             f"{_e(with_interval(ex['int8'], 'accuracy'))}, "
-            f"INT8 drop {_e(fmt_value('int8_drop', ex.get('int8_drop')))}.</p>"
+            f"INT8 drop {_e(by_key('int8_drop', ex.get('int8_drop')))}.</p>"
         )
     return "".join(out) + "</section>"
 
@@ -531,8 +514,8 @@ def _latency(docs: dict[str, Any]) -> str:
     for pname, prof in (b.get("profiles") or {}).items():
         out.append(
             f"<h3>Profile {_e(pname)}</h3><p class='muted'>{_e(prof.get('kind', ''))}; budget RAM "
-            f"{fmt_value('bytes', (prof.get('budget') or {}).get('ram_bytes'))} B, flash "
-            f"{fmt_value('bytes', (prof.get('budget') or {}).get('flash_bytes'))} B</p>"
+            f"{by_key('bytes', (prof.get('budget') or {}).get('ram_bytes'))} B, flash "
+            f"{by_key('bytes', (prof.get('budget') or {}).get('flash_bytes'))} B</p>"
         )
         rows = []
         for model, verdict in (prof.get("fits") or {}).items():
@@ -548,9 +531,9 @@ def _latency(docs: dict[str, Any]) -> str:
                 [
                     _e(model),
                     _e(lat_text or "not measured"),
-                    _e(fmt_value("bytes", rss)),
-                    _e(fmt_value("bytes", static.get("ram_estimate_bytes"))),
-                    _e(fmt_value("bytes", static.get("flash_estimate_bytes"))),
+                    _e(by_key("bytes", rss)),
+                    _e(by_key("bytes", static.get("ram_estimate_bytes"))),
+                    _e(by_key("bytes", static.get("flash_estimate_bytes"))),
                     f"<span class='{'pass' if fits else 'fail'}'>{'fits' if fits else 'does not fit'}</span> "
                     + _e(verdict.get("why_not") or ""),
                 ]
@@ -607,7 +590,7 @@ def _data(docs: dict[str, Any]) -> str:
     out.append(
         _table(
             ["rows", "recordings", "groups"],
-            [[_e(fmt_value("n", s.get("rows"))), _e(s.get("recordings")), _e(s.get("groups"))]],
+            [[_e(by_key("n", s.get("rows"))), _e(s.get("recordings")), _e(s.get("groups"))]],
             {0, 1, 2},
         )
     )

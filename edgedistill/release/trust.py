@@ -33,7 +33,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from securesystemslib.signer import Signer
 
 from edgedistill.errors import (
     ArtifactCorrupt,
@@ -124,8 +127,8 @@ class Keys:
 
     where: Path
     root: Any  # Metadata[Root]
-    signers: dict[str, Any]  # role -> CryptoSigner (root may be absent: an offline root key)
-    root_signers: list[Any] = field(
+    signers: dict[str, Signer]  # role -> its signer (root may be absent: an offline root key)
+    root_signers: list[Signer] = field(
         default_factory=list
     )  # every root key at hand (root.pem, root-N.pem)
 
@@ -162,7 +165,7 @@ class Keys:
 
 
 def _new_root(
-    signers: dict[str, Any],
+    signers: dict[str, Signer],
     version: int = 1,
     now: datetime | None = None,
     root_keys: list[Any] | None = None,
@@ -226,7 +229,7 @@ def load_keys(
             f"{where / 'root.json'} is not TUF root metadata ({type(e).__name__})",
             hint="Restore it from root_history/ in the keys folder.",
         ) from None
-    signers: dict[str, Any] = {}
+    signers: dict[str, Signer] = {}
     for role in ROLES:
         env = os.environ.get(KEY_ENV.format(role=role.upper()))
         if env:

@@ -19,11 +19,11 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from edgedistill.data import s3data
-from edgedistill.data.data_profile import profile
-from edgedistill.data.readings import read_readings, recording_keys
+from edgedistill import gitcmd
+from edgedistill.data_profile import profile
 from edgedistill.dvclock import md5s_of
 from edgedistill.errors import DataInvalid, EdgeDistillError, ParamsInvalid, StoreUnreachable
+from edgedistill.gitcmd import show_file
 from edgedistill.io import atomic_path, file_digest, read_json
 from edgedistill.params import Params, update_params_file
 
@@ -43,22 +43,8 @@ class DataVersionError(EdgeDistillError):
 
 
 def git(root: Path, *args: str, check: bool = True) -> str:
-    try:
-        r = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=120)
-    except FileNotFoundError:
-        raise DataVersionError(
-            "git is not installed", hint="Install git; dataset versions live in git history."
-        ) from None
-    if check and r.returncode != 0:
-        raise DataVersionError(
-            f"git {' '.join(args[:2])} failed: {(r.stderr or r.stdout).strip()[:300]}"
-        )
-    return r.stdout
-
-
-def _git_show(root: Path, rev: str, path: str) -> str | None:
-    r = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=root, capture_output=True, text=True)
-    return r.stdout if r.returncode == 0 else None
+    """`git ARGS`' output (edgedistill.gitcmd); a failure is a DataVersionError."""
+    return gitcmd.git(root, *args, check=check, timeout=120, error=DataVersionError).stdout
 
 
 @dataclass(frozen=True)
@@ -152,19 +138,19 @@ def _md5_in_dvcfile(text: str | None) -> tuple[str, int | None] | None:
 
 def recorded_at(t: Tracked, rev: str) -> tuple[str, int | None] | None:
     """(md5, size) of the data at a commit: its .dvc file, else the stage output in dvc.lock."""
-    rec = _md5_in_dvcfile(_git_show(t.root, rev, t.dvcfile))
+    rec = _md5_in_dvcfile(show_file(t.root, rev, t.dvcfile))
     if rec:
         return rec
-    outs = md5s_of(_git_show(t.root, rev, "dvc.lock"), t.path)["outs"]
+    outs = md5s_of(show_file(t.root, rev, "dvc.lock"), t.path)["outs"]
     return (outs[0], None) if outs else None
 
 
 def release_md5s(t: Tracked, rev: str) -> set[str]:
     """The data a release at `rev` was built from: dvc.lock (what the stages ran on), else the .dvc file."""
-    lock = md5s_of(_git_show(t.root, rev, "dvc.lock"), t.path)
+    lock = md5s_of(show_file(t.root, rev, "dvc.lock"), t.path)
     if lock["deps"] or lock["outs"]:
         return set(lock["deps"] + lock["outs"])
-    rec = _md5_in_dvcfile(_git_show(t.root, rev, t.dvcfile))
+    rec = _md5_in_dvcfile(show_file(t.root, rev, t.dvcfile))
     return {rec[0]} if rec else set()
 
 
@@ -1259,7 +1245,7 @@ def checkout(params: Params, ref: str, root: str | Path = ".") -> dict[str, Any]
         raise stage_output_error(t, owner)
     v = resolve(t, ref)
     require_clean(t, f"check out {v.short}")
-    dvc_text = _git_show(root, v.commit, t.dvcfile)
+    dvc_text = show_file(root, v.commit, t.dvcfile)
     if dvc_text is None:
         raise DataVersionError(
             f"version {v.short} of {t.path} is a stage output in dvc.lock, not a .dvc file",

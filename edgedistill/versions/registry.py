@@ -11,7 +11,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from edgedistill import gitcmd
 from edgedistill.errors import EdgeDistillError, ParamsInvalid, ReleaseNotFound
+from edgedistill.gitcmd import show_file
 
 FALLBACK_NAME = "edgedistill release"
 FALLBACK_EMAIL = "release@edgedistill.invalid"
@@ -39,15 +41,9 @@ class VersionInfo:
 
 def git(
     root: str | os.PathLike[str], *args: str, check: bool = True, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess:
-    r = subprocess.run(
-        ["git", *args], cwd=root, capture_output=True, text=True, env={**os.environ, **(env or {})}
-    )
-    if check and r.returncode != 0:
-        raise RegistryError(
-            f"`git {' '.join(args)}` failed in {root}: {r.stderr.strip() or r.stdout.strip()}"
-        )
-    return r
+) -> subprocess.CompletedProcess[str]:
+    """`git ARGS` in `root` (edgedistill.gitcmd); a failure is a RegistryError."""
+    return gitcmd.git(root, *args, check=check, env=env, error=RegistryError)
 
 
 def git_identity(root: str | os.PathLike[str] = ".") -> tuple[str, str]:
@@ -78,11 +74,6 @@ def head_commit(root: str | os.PathLike[str] = ".") -> str:
 
 def has_remote(root: str | os.PathLike[str], name: str = "origin") -> bool:
     return name in git(root, "remote", check=False).stdout.split()
-
-
-def show_file(root: str | os.PathLike[str], rev: str, path: str) -> str | None:
-    r = git(root, "show", f"{rev}:{path}", check=False)
-    return r.stdout if r.returncode == 0 else None
 
 
 def commit_paths(root: str | os.PathLike[str], paths: list[str], message: str) -> str | None:
