@@ -17,8 +17,7 @@ from prefect import flow, get_run_logger
 from edgedistill.errors import ReleaseNotFound
 from edgedistill.params import Params, load_params
 from edgedistill.records import ChannelDocument
-from edgedistill.registry import Registry, git, tag_counter
-from edgedistill.store import (
+from edgedistill.release.store import (
     SUMS,
     ConditionalWriteFailed,
     Store,

@@ -34,15 +34,15 @@ from edgedistill.errors import (
     ReleaseNotFound,
     VerificationFailed,
 )
-from edgedistill.fmt import num, pct_iv, pts, pts_iv
+from edgedistill.fmt import num, pct, pct_iv, pts, pts_iv
 from edgedistill.io import read_json, sha256_file
 from edgedistill.params import Params, load_params
 from edgedistill.pipeline import StageFailed, pipeline_stages, reproduce_stage
 from edgedistill.records import GateRow, ModelCard, ProdReference, Promotion, ReleaseSummary
-from edgedistill.registry import Registry, commit_paths, git, head_commit
-from edgedistill.report import REPORT, write_report
-from edgedistill.shipping import FILES, manifest, profile_formats
-from edgedistill.store import (
+from edgedistill.release.environment import environment_record
+from edgedistill.release.report import REPORT, write_report
+from edgedistill.release.shipping import FILES, manifest, profile_formats
+from edgedistill.release.store import (
     CARD,
     SUMS,
     bundle_exists,
@@ -66,6 +66,7 @@ from edgedistill.release.trust import (
     signing_repository,
     store_files,
 )
+from edgedistill.versions.registry import Registry, commit_paths, git, head_commit
 from tasks.promote import PROD_DIR, PROD_REFERENCE, PROMOTION, describe_failures, describe_row
 
 SUMMARY = "reports/release.json"
@@ -603,6 +604,8 @@ def model_card(
                     else "baseline student (promote.fallback: baseline)"
                 ),
                 "kd": decision.kd_line,
+                # which teacher distilled the student and why (teacher.kind; auto chose on val)
+                "teacher": _teacher_text(doc("metrics/teacher.json")),
                 "int8_accuracy": pct_iv(decision.candidate.dump(), "int8_accuracy"),
                 # which C the MCU objects hold and why (mcu.engine; a fallback names what the int8 kernels lack)
                 "mcu_engine": _mcu_engine_text(doc(MCU_REPORT)),
@@ -622,6 +625,19 @@ def model_card(
 
 
 # ---------------------------------------------------------------- summary (one source, two views)
+
+
+def _teacher_text(teacher: dict[str, Any] | None) -> str | None:
+    """'minirocket (teacher.kind: auto; the higher best val accuracy ...: cnn 90.1%, minirocket 92.3%)'."""
+    if not teacher:
+        return None
+    choice = teacher.get("choice") or {}
+    cands = choice.get("candidates") or {}
+    vals = ", ".join(f"{k} {pct(c.get('val_accuracy'))} val" for k, c in cands.items())
+    kind = teacher.get("kind", teacher.get("arch"))
+    return (
+        f"{kind} (teacher.kind: {choice.get('requested', 'cnn')}; {choice.get('rule', '')}: {vals})"
+    )
 
 
 def _mcu_engine_text(mcu: dict[str, Any] | None) -> str | None:

@@ -21,13 +21,13 @@ import yaml
 from edgedistill.data import s3data
 from edgedistill.dvclock import entries, lock_stages, out_md5s
 from edgedistill.errors import EdgeDistillError
+from edgedistill.figures import Declaration, Kind, flatten, kinds
 from edgedistill.fmt import num
 from edgedistill.io import sha256_file, write_json
 from edgedistill.params import Params, ReproduceParams
 from edgedistill.pipeline import StageFailed, pipeline_stages, reproduce_stage
 from edgedistill.records import declared_figures
-from edgedistill.registry import Registry, git, show_file, worktree_add, worktree_remove
-from edgedistill.store import (
+from edgedistill.release.store import (
     DVC_PREFIX,
     SUMS,
     bundle_exists,
@@ -42,7 +42,7 @@ from flows.release import BUNDLE_FILES
 IDENTICAL, WITHIN, DIFFERS = "identical", "within tolerance", "differs"
 # the overall verdict
 REPRODUCED, REPRODUCED_WITHIN, DIFFERENT = "reproduced", "reproduced within tolerance", "differs"
-# the fallback for a figure its writer declares no kind for (edgedistill.release.figures): by name, the figures that
+# the fallback for a figure its writer declares no kind for (edgedistill.figures): by name, the figures that
 # measure the machine, not the model, compared with timing_rtol (x_floor: a p50 over the
 # call floor's; shipped_*: the file a measured profile ships is chosen by timing, benchmark.profiles[].format
 # auto, so its figures follow a timing; the FP32 and INT8 files' own figures are judged under their keys)

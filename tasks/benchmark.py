@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from edgedistill.errors import DataInvalid, ModelMismatch
-from edgedistill.evaluation import onnx_accuracy
-from edgedistill.io import read_json
-from edgedistill.onnx_bench import (
+from edgedistill.export.evaluation import onnx_accuracy
+from edgedistill.export.onnx_bench import (
     FLOOR,
     bench_onnx,
     host_info,
@@ -25,9 +24,11 @@ from edgedistill.onnx_bench import (
     op_profile,
 )
 from edgedistill.export.onnx_cost import fits_budget
-from edgedistill.io import read_json, write_json
+from edgedistill.io import read_json
 from edgedistill.params import DeviceProfile, Params
 from edgedistill.records import BenchmarkMetrics
+from edgedistill.release.shipping import CARD, FILES, choose_format, shipped_file
+from edgedistill.release.shipping import MODELS as FORMAT_MODELS
 from edgedistill.shards import open_split
 
 MODELS_DIR = "models"

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from edgedistill.errors import EdgeDistillError, ModelMismatch, TrainingFailed
-from edgedistill.io import write_json
 from edgedistill.params import Params
+from edgedistill.records import DistillMetrics
 from edgedistill.stats import accuracy_interval, paired_difference, recording_ids
 from edgedistill.train.bank import BankViews, CachedLogits, bank_key, bank_size
 from edgedistill.train.checkpoint import (
@@ -35,12 +35,8 @@ from edgedistill.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from edgedistill.errors import EdgeDistillError, ModelMismatch, TrainingFailed
-from edgedistill.kd import dkd_loss, hinton_loss, kd_kl
-from edgedistill.params import Params
-from edgedistill.records import DistillMetrics
-from edgedistill.stats import accuracy_interval, paired_difference, recording_ids
-from edgedistill.training import (
+from edgedistill.train.kd import dkd_loss, hinton_loss, kd_kl
+from edgedistill.train.training import (
     Prepared,
     TrainResult,
     augment,

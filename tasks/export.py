@@ -29,8 +29,9 @@ from edgedistill.export.evaluation import (
     quantize_int8_by_validation,
     torch_logits,
 )
-from edgedistill.io import read_json, sha256_file, write_json
+from edgedistill.io import read_json, sha256_file
 from edgedistill.params import Params
+from edgedistill.records import ExportMetrics
 from edgedistill.shards import open_split
 from edgedistill.stats import accuracy_interval, paired_difference, recording_ids
 from edgedistill.train.checkpoint import (
@@ -39,21 +40,6 @@ from edgedistill.train.checkpoint import (
     load_checkpoint,
     weights_sha256,
 )
-from edgedistill.dvclock import entries, lock_stages
-from edgedistill.errors import DataInvalid
-from edgedistill.evaluation import (
-    calibration_windows,
-    check_parity,
-    load_split,
-    onnx_accuracy,
-    torch_logits,
-)
-from edgedistill.io import read_json, sha256_file
-from edgedistill.normalization import spec_of
-from edgedistill.params import Params
-from edgedistill.records import ExportMetrics
-from edgedistill.shards import open_split
-from edgedistill.stats import accuracy_interval, paired_difference, recording_ids
 
 MODELS_DIR = "models"
 DATA_DIR = "data/prepared"

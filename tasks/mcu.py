@@ -20,8 +20,10 @@ from typing import Any
 import numpy as np
 
 from edgedistill.errors import DataInvalid
+from edgedistill.export import mcu
+from edgedistill.export import onnx_tools as ox
 from edgedistill.io import read_json
-from edgedistill.params import Params
+from edgedistill.params import CalibrationParams, Params
 from edgedistill.records import McuReport
 from edgedistill.shards import open_split
 

@@ -37,6 +37,14 @@ from edgedistill.records import (
     Record,
     ReleaseMetrics,
 )
+from edgedistill.release.shipping import (
+    CARD,
+    FILES,
+    LEGACY_FORMAT,
+    MODELS,
+    profile_formats,
+    shipped_file,
+)
 from edgedistill.shards import open_split
 from edgedistill.stats import Interval, paired_difference
 
@@ -694,7 +702,7 @@ def compare_with_prod(
 def _compare_one(
     prod_model: Path, candidate: str | Path, test: str | Path, stats: StatsParams | None
 ) -> ProdComparison | None:
-    from edgedistill import onnx_tools as ox
+    from edgedistill.export import onnx_tools as ox
 
     if not prod_model.is_file():
         return None

@@ -15,12 +15,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from edgedistill import baseline as bl
-from edgedistill.checkpoint import save_checkpoint
-from edgedistill.errors import TrainingFailed
+from edgedistill.errors import ParamsInvalid, TrainingFailed
 from edgedistill.params import Params, SanityParams
 from edgedistill.records import TeacherMetrics
-from edgedistill.training import (
+from edgedistill.train import baseline as bl
+from edgedistill.train.checkpoint import save_checkpoint
+from edgedistill.train.rocket import train_minirocket
+from edgedistill.train.training import (
+    Augment,
     Prepared,
     augment,
     augment_for,
@@ -121,7 +123,7 @@ def run(
             "passed": True if judged else None,
         }
     save_checkpoint(model_out, model.cpu(), {**meta, "metrics": {"test_accuracy": m["accuracy"]}})
-    write_json(metrics_out, metrics)
+    metrics = TeacherMetrics.model_validate(metrics).write(metrics_out)
     if plots_dir:
         write_plots(plots_dir, "teacher", result.history, m["confusion"], data.labels)
     return metrics
@@ -192,36 +194,58 @@ def train_cnn(
             params.sanity, sanity, epoch, acc, len(data.val), cfg.epochs, check_epoch=check_epoch
         ),
     )
-    if sanity:  # the best checkpoint's per-class recall on val: balanced accuracy against chance
-        vm = classification_metrics(predict(model, data.val.x[:]), data.val.y, data.labels)
-        sanity["balanced_val_accuracy"], sanity["chance_balanced"], se = bl.balanced_vs_chance(
-            vm["confusion"]
-        )
-        sanity_stop(
-            params.sanity,
-            sanity,
-            result.epochs_run,
-            result.best_val_accuracy,
-            len(data.val),
-            cfg.epochs,
-            final=True,
-            check_epoch=check_epoch,
-            chance_se=se,
-        )
-    m = model_report(model, data.test, data.labels, meta)
-    metrics = {"model": "teacher", "arch": mp.arch, **public_metrics(m, result, device)}
-    if sanity:
-        judged = cfg.epochs >= check_epoch
-        metrics["sanity"] = {
-            **{k: round(v, 5) for k, v in sanity.items()},
-            "judged": judged,
-            "passed": True if judged else None,
-        }
-    save_checkpoint(model_out, model.cpu(), {**meta, "metrics": {"test_accuracy": m["accuracy"]}})
-    metrics = TeacherMetrics.model_validate(metrics).write(metrics_out)
-    if plots_dir:
-        write_plots(plots_dir, "teacher", result.history, m["confusion"], data.labels)
-    return metrics
+    return Trained(model, meta, result, cfg.epochs, check_epoch)
+
+
+def train_minirocket_teacher(
+    params: Params,
+    data: Prepared,
+    aug: Augment,
+    device: torch.device,
+    sanity: dict[str, float],
+    resume_dir: str | Path,
+    log: Callable[[str], None],
+) -> Trained:
+    """MiniRocket features + a linear head (edgedistill.train.rocket), the head's epoch chosen on val."""
+    mp, rp = params.teacher, params.teacher.minirocket
+    config = {
+        "window": int(data.norm["window"]),
+        "features": rp.features,
+        "max_dilations": rp.max_dilations,
+        "seed": mp.train.seed,
+    }
+    meta = data.model_meta("minirocket", config)
+    try:
+        model = build_from_params("minirocket", config, meta["net_in_channels"], meta["n_classes"])
+    except ParamsInvalid as e:
+        raise ParamsInvalid(
+            f"teacher.kind {mp.kind}: {e}",
+            hint="MiniRocket's kernels span 9 readings: use teacher.kind cnn for shorter windows "
+            "(prepare.window), or longer windows.",
+        ) from None
+    result = train_minirocket(
+        model,
+        data.train.x,
+        data.train.y,
+        data.val.x,
+        data.val.y,
+        lambda xb, gen: augment(xb, aug, gen),
+        rp.augment_copies,
+        rp.epochs,
+        mp.train.batch_size,
+        rp.lr,
+        rp.weight_decay,
+        mp.train.seed,
+        device,
+        log=log,
+    )
+    log(
+        f"teacher (minirocket): best epoch {result.best_epoch}/{result.epochs_run}, val accuracy "
+        f"{100 * result.best_val_accuracy:.1f}%, {result.seconds:.1f}s"
+    )
+    return Trained(
+        model, meta, result, rp.epochs, 1
+    )  # judged whatever its epochs: no warm-up to wait for
 
 
 def sanity_figures(data: Prepared, sp: SanityParams) -> dict[str, float]:

@@ -20,11 +20,10 @@ from edgedistill.export import onnx_tools as ox
 from edgedistill.export.onnx_bench import FLOOR, interleaved_latency, op_profile
 from edgedistill.export.onnx_cost import fits_budget, static_cost
 from edgedistill.io import read_json
-from edgedistill.nets import count_macs
-from edgedistill.onnx_bench import FLOOR, interleaved_latency, op_profile
-from edgedistill.onnx_cost import fits_budget, static_cost
 from edgedistill.records import Candidate
-from edgedistill.shipping import choose_format
+from edgedistill.release.shipping import choose_format
+from edgedistill.train.checkpoint import load_checkpoint
+from edgedistill.train.nets import count_macs
 from tasks import benchmark, promote
 
 FAST = {

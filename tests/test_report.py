@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from edgedistill.cli import app
 from edgedistill.errors import GateFailed
 from edgedistill.fmt import by_key
-from edgedistill.report import (
+from edgedistill.release.report import (
     interval_keys,
     read_confusion,
     render_report,

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from edgedistill.cli.main import SUMMARIES, _state, app, console, guarded, params
 from edgedistill.fmt import num, pct
-from edgedistill.store import CARD, parse_document
+from edgedistill.release.store import CARD, parse_document
 
 
 def _promote_summary(r: dict) -> None:

@@ -20,7 +20,9 @@ import pandas as pd
 import yaml
 
 from edgedistill import gitcmd
-from edgedistill.data_profile import profile
+from edgedistill.data import s3data
+from edgedistill.data.data_profile import profile
+from edgedistill.data.readings import read_readings, recording_keys
 from edgedistill.dvclock import md5s_of
 from edgedistill.errors import DataInvalid, EdgeDistillError, ParamsInvalid, StoreUnreachable
 from edgedistill.gitcmd import show_file
@@ -524,7 +526,7 @@ def diff(params: Params, a: str, b: str, root: str | Path = ".") -> dict[str, An
 
 
 def _manifest_at(root: Path, rev: str) -> dict[str, Any] | None:
-    text = _git_show(root, rev, s3data.MANIFEST)
+    text = show_file(root, rev, s3data.MANIFEST)
     try:
         m = json.loads(text) if text else None
     except ValueError:
