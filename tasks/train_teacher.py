@@ -109,6 +109,8 @@ def run(
                 k: {
                     "arch": t[1]["arch"],
                     "val_accuracy": round(t[2].best_val_accuracy, 5),
+                    # recorded, not used by the rule: how a finer val statistic would break its ties
+                    "val_loss": round(val_loss(t[0], data), 5),
                     "train_seconds": round(t[2].seconds, 2),
                 }
                 for k, t in trained.items()
@@ -140,6 +142,12 @@ class Trained(NamedTuple):
 TEACHER_RULE = (
     "the higher best val accuracy of cnn and minirocket (ties: cnn); test is never looked at"
 )
+
+
+def val_loss(model: torch.nn.Module, data: Prepared) -> float:
+    """Cross-entropy of `model` on the val windows."""
+    logits = predict(model, data.val.x[:])
+    return float(F.cross_entropy(logits, data.val.y.to(logits.device)))
 
 
 def choose_teacher(val_accuracy: dict[str, float]) -> str:

@@ -76,6 +76,7 @@ def test_auto_keeps_the_teacher_with_the_higher_val_accuracy(prepared):
     assert set(cands) == {"cnn", "minirocket"}
     best = max(cands, key=lambda k: (cands[k]["val_accuracy"], k == "cnn"))
     assert m["kind"] == best and m["val_accuracy"] == cands[best]["val_accuracy"]
+    assert all(c["val_loss"] > 0 for c in cands.values())
     assert (
         "val" in m["choice"]["rule"]
         and json.loads(open("metrics/teacher.json").read())["kind"] == best
