@@ -650,11 +650,14 @@ def main_release(a: argparse.Namespace, raw: dict) -> None:
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/datasets.py " + " ".join(sys.argv[1:])
     commands = [command]
+    kept: dict = {}  # --add: what else the file records (notes, earlier rows) stays too
     if (
         a.add and Path(a.out).is_file()
     ):  # continue a run stopped for time: its rows stay, its datasets are skipped
         prev = json.loads(Path(a.out).read_text())
         rows, commands = prev["rows"], [*prev.get("commands", [prev["command"]]), command]
+        own = {"command", "commands", "date", "args", "rows", "table"}
+        kept = {k: v for k, v in prev.items() if k not in own}
     done = {r["dataset"] for r in rows}
     as_csv = set(filter(None, (a.as_csv or "").split(",")))
     for name in [n for n in a.datasets.split(",") if n not in done]:
@@ -681,6 +684,7 @@ def main_release(a: argparse.Namespace, raw: dict) -> None:
                     "args": vars(a),
                     "rows": rows,
                     "table": release_table(rows),
+                    **kept,
                 },
                 indent=2,
             )

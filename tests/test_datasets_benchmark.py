@@ -350,9 +350,15 @@ def test_release_add_keeps_finished_rows_and_runs_only_the_rest(tmp_path, monkey
     out = tmp_path / "r.json"
     args = dict(out=str(out), timeout=1.0, add=True, as_csv=None)
     bench.main_release(argparse.Namespace(datasets="A", workdir=None, **args), {})
+    out.write_text(
+        json.dumps({**json.loads(out.read_text()), "note": "kept", "earlier": [{"x": 1}]})
+    )
     # --workdir (the scratch projects kept) writes the file alike
     bench.main_release(argparse.Namespace(datasets="A,B", workdir=str(tmp_path / "w"), **args), {})
     doc = json.loads(out.read_text())
     assert ran == ["A", "B"] and [r["dataset"] for r in doc["rows"]] == ["A", "B"]
     assert len(doc["commands"]) == 2 and doc["command"].splitlines() == doc["commands"]
     assert doc["table"].count("yes v0.1.0") == 2
+    assert doc["note"] == "kept" and doc["earlier"] == [
+        {"x": 1}
+    ]  # what else the file records stays
