@@ -564,10 +564,14 @@ def name_unnamed_nodes(model: onnx.ModelProto) -> None:
 
 
 class _WindowReader:
-    """CalibrationDataReader over an array of windows, fed in small batches."""
+    """CalibrationDataReader over an array of windows, fed in batches of one size: the largest divisor
+    of the window count up to `batch` (onnxruntime's histogram calibrators, percentile and entropy,
+    stack the batches' outputs into one array and fail on a shorter last batch)."""
 
     def __init__(self, name: str, x: np.ndarray, batch: int = 32):
-        self._batches = iter([{name: x[i : i + batch]} for i in range(0, len(x), batch)])
+        n = len(x)
+        batch = next(b for b in range(min(batch, max(n, 1)), 0, -1) if n % b == 0)
+        self._batches = iter([{name: x[i : i + batch]} for i in range(0, n, batch)])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._batches, None)
