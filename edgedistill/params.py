@@ -151,6 +151,13 @@ class ValidateParams(_Section):
         "recording there, no window straddles it; reject = validation fails naming the "
         "recording and the row",
     )
+    on_short: Literal["skip", "reject"] = Field(
+        "skip",
+        description="a recording shorter than prepare.window (it gives no window): skip = reported "
+        "as a warning, its readings unused (validation still fails when no recording is long "
+        "enough, and the windows-per-class check counts only complete windows); reject = "
+        "validation fails naming the recordings",
+    )
     chunk_rows: int = Field(
         65536, ge=1, description="readings per chunk of the streaming pass (bounds memory)"
     )

@@ -254,6 +254,11 @@ def build_tables(
     check = f"every recording has >= prepare.window ({w}) readings"
     shortest = int(recs["n_rows"].min()) if len(recs) else 0
     short = int((recs["n_rows"] < w).sum())
+    # validate.on_short: skip reports short recordings (short_summary) and checks only that some
+    # recording is long enough; the windows-per-class check then counts complete windows only
+    skip_short = params.validate_params.on_short == "skip" and 0 < short < len(recs)
+    if skip_short:
+        check = f"some recording has >= prepare.window ({w}) readings"
     notes = (
         {
             check: {
@@ -271,16 +276,18 @@ def build_tables(
             recs,
             ["recording", "file"],
             [
-                _exp("ExpectColumnValuesToBeBetween", check, column="n_rows", min_value=w),
+                _exp("ExpectColumnMaxToBeBetween", check, column="n_rows", min_value=w)
+                if skip_short
+                else _exp("ExpectColumnValuesToBeBetween", check, column="n_rows", min_value=w),
             ],
-            notes=notes,
+            notes={} if skip_short else notes,
         )
     )
     tables.extend(_group_tables(st, params, present))
 
     # windows per class and class balance follow from recordings long enough for a window and a time
     # column in the configured unit: when those fail, their 0 windows / balance inf would bury the cause
-    if short:
+    if short and not skip_short:
         skipped.append(
             {
                 "check": "windows per class, class balance",
@@ -499,6 +506,24 @@ def _interval_fix(ratio: float, params: Params, datetime_time: bool) -> str:
         f"readings are {ratio:g}x the expected interval apart: is data.sample_rate_hz {rate:.4g} "
         f"(not {d.sample_rate_hz:g})?"
         + ("" if datetime_time else f" or data.time_unit (now {d.time_unit}) wrong?")
+    )
+
+
+def short_summary(st: Partial, params: Params, file: str = "") -> str:
+    """With validate.on_short: skip, one warning line naming the recordings shorter than
+    prepare.window (they give no window); empty when there is none."""
+    w = params.prepare.window
+    if params.validate_params.on_short != "skip" or not st.structural:
+        return ""
+    short = sorted((k for k, n in st.rec_rows.items() if n < w), key=str)
+    if not short or len(short) == len(st.rec_rows):
+        return ""
+    shortest = min(st.rec_rows[k] for k in short)
+    names = ", ".join(str(k) for k in short[:5]) + (", …" if len(short) > 5 else "")
+    return (
+        f"warning: {file + ': ' if file else ''}{len(short)} of {len(st.rec_rows)} recording(s) are "
+        f"shorter than prepare.window ({w} readings; the shortest has {shortest}) and give no window: "
+        f"{names}; set validate.on_short: reject to refuse them"
     )
 
 
@@ -770,7 +795,11 @@ def run(
             "skipped": skipped,
             "drift_reference": str(ref_path) if reference is not None else None,
             "gaps": gaps,
-            "warnings": [gaps["warning"]] if gaps.get("warning") else [],
+            "warnings": [
+                x
+                for x in (gaps.get("warning"), short_summary(st, params, str(path)) if ok else "")
+                if x
+            ],
             "data_docs": str(report_dir / "data_docs" / "index.html"),
             "manifest": s3data.summary(manifest),
             "checks": checks,

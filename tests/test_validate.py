@@ -91,12 +91,24 @@ def test_class_with_too_few_windows(workdir):
 
 
 def test_recording_shorter_than_window(workdir):
+    """validate.on_short: reject refuses a recording shorter than prepare.window, naming it; the
+    default (skip) passes with one warning naming it, and prepare cuts no window from it."""
     df = small_readings()
     rec = df["recording"].iloc[0]
     df = df[(df["recording"] != rec) | (df.groupby("recording").cumcount() < 30)]
-    msg = fail_message(df, workdir)
+    path = str(workdir / "data" / "raw" / "readings.parquet")
+    reject = make_params({"data": {"readings": path}, "validate": {"on_short": "reject"}})
+    msg = fail_message(df, workdir, reject)
     assert "every recording has >= prepare.window (64) readings" in msg
     assert f"/{rec}" in msg
+    report = run_on(df, workdir)
+    assert report["success"]
+    (warning,) = report["warnings"]
+    assert (
+        "1 of" in warning
+        and "shorter than prepare.window (64 readings; the shortest has 30)" in warning
+    )
+    assert f"/{rec}" in warning and "validate.on_short: reject" in warning
 
 
 @pytest.mark.parametrize("fault", ["duplicate", "decreasing"])
