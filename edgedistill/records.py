@@ -429,6 +429,9 @@ class McuReport(Record):
 
 Verdict: TypeAlias = Literal["pass", "fail", "off", "not verified"]
 _OPS = {">=": float.__ge__, "<=": float.__le__, ">": float.__gt__}
+# Gate figures are shares of windows and their differences, computed in float: 0.686 - 0.666 is
+# 0.020000000000000018. Compared at this many decimals, a drop of exactly the bound meets it.
+_GATE_DECIMALS = 9
 
 
 class GateRow(Block):
@@ -473,7 +476,9 @@ class GateRow(Block):
             "off"
             if threshold is None
             else "pass"
-            if _OPS[op](float(tested), float(threshold))
+            if _OPS[op](
+                round(float(tested), _GATE_DECIMALS), round(float(threshold), _GATE_DECIMALS)
+            )
             else "fail"
         )
         return cls.row(

@@ -135,3 +135,16 @@ def test_reproduce_judges_every_record_by_its_declared_kinds(workdir):
     assert acc["kind"] == "model" and acc["decisive"] and acc["verdict"] == "differs"
     undeclared = [r["metric"] for r in got if not r["declared"]]
     assert not undeclared, undeclared
+
+
+def test_a_figure_exactly_at_its_bound_meets_it_whatever_the_float_rounding():
+    """ACSF1's release: FP32 68.6% and INT8 66.6% on its test windows is a drop of exactly 2 points,
+    computed as 0.020000000000000018, which failed `max_int8_drop: 0.02` by float rounding alone."""
+    from edgedistill.records import GateRow
+
+    drop = 0.686 - 0.666
+    assert drop > 0.02  # the float difference, not the figure
+    assert GateRow.judge("int8_drop", "fp32 - int8 accuracy", drop, "<=", 0.02).verdict == "pass"
+    assert GateRow.judge("int8_drop", "fp32 - int8 accuracy", 0.021, "<=", 0.02).verdict == "fail"
+    assert GateRow.judge("accuracy", "accuracy", 0.9 - 0.2, ">=", 0.7).verdict == "pass"
+    assert GateRow.judge("kd_gain", "kd gain", 0.1 + 0.2 - 0.3, ">", 0.0).verdict == "fail"
