@@ -62,6 +62,19 @@ def _where_names(columns: list[str]) -> tuple[str, str, str]:
     return tuple(n if n not in columns else f"_{n}" for n in ("file", "recording_id", "row"))  # type: ignore[return-value]
 
 
+def _examples_frame(examples: list, file_names: list[str], value: str) -> pd.DataFrame:
+    """The streaming pass's examples (file index, row, recording, {value: ...}) as a table: file,
+    recording, row and the figure `value` the check tests."""
+    return pd.DataFrame(
+        {
+            "file": [file_names[f] for f, *_ in examples],
+            "recording": [k for _, _, k, _ in examples],
+            "row": pd.Series([r for _, r, *_ in examples], dtype="int64"),
+            value: pd.Series([x[value] for *_, x in examples], dtype="float64"),
+        }
+    )
+
+
 def _readings_sample(st: Partial, files: list[FileTask]) -> tuple[pd.DataFrame, list[str]]:
     """Every row that broke a row-level rule (the first `examples` per rule), with its file, recording and
     row in the file, in the readings' own column types, so GX checks names, types and values on it."""
@@ -213,15 +226,7 @@ def build_tables(
         return tables, skipped
 
     name = [f.name for f in files]
-    ex_order = st.examples.get("order", [])
-    order = pd.DataFrame(
-        {
-            "file": [name[f] for f, *_ in ex_order],
-            "recording": [k for _, _, k, _ in ex_order],
-            "row": pd.Series([r for _, r, *_ in ex_order], dtype="int64"),
-            "time_step": pd.Series([x["time_step"] for *_, x in ex_order], dtype="float64"),
-        }
-    )
+    order = _examples_frame(st.examples.get("order", []), name, "time_step")
     tables.append(
         Table(
             "time_order",
@@ -453,15 +458,7 @@ def _timing_tables(
             }
         )
     elif v.on_gap == "reject":
-        ex = st.examples.get("gap", [])
-        steps = pd.DataFrame(
-            {
-                "file": [name[f] for f, *_ in ex],
-                "recording": [k for _, _, k, _ in ex],
-                "row": pd.Series([r for _, r, *_ in ex], dtype="int64"),
-                "step_intervals": pd.Series([x["step_intervals"] for *_, x in ex], dtype="float64"),
-            }
-        )
+        steps = _examples_frame(st.examples.get("gap", []), name, "step_intervals")
         tables.append(
             Table(
                 "gaps",
