@@ -8,10 +8,10 @@ from typing import Any
 
 from edgedistill.errors import ReleaseNotFound
 from edgedistill.params import Params
+from edgedistill.release.candidate import PROMOTION
 from edgedistill.release.store import bundle_exists, open_store
 from edgedistill.release.trust import fetch_verified, project_root_of_trust
 from edgedistill.versions.registry import Registry
-from tasks.promote import PROMOTION
 
 KEY_METRICS = ("int8_accuracy", "kd_gain", "int8_drop", "p95_ms", "size_bytes")
 

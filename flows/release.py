@@ -39,7 +39,9 @@ from edgedistill.io import read_json, sha256_file
 from edgedistill.params import Params, load_params
 from edgedistill.pipeline import StageFailed, pipeline_stages, reproduce_stage
 from edgedistill.records import GateRow, ModelCard, ProdReference, Promotion, ReleaseSummary
+from edgedistill.release.candidate import PROD_DIR, PROD_REFERENCE, PROMOTION
 from edgedistill.release.environment import environment_record
+from edgedistill.release.gates import describe_failures, describe_row
 from edgedistill.release.report import REPORT, write_report
 from edgedistill.release.shipping import FILES, manifest, profile_formats
 from edgedistill.release.store import (
@@ -67,7 +69,6 @@ from edgedistill.release.trust import (
     store_files,
 )
 from edgedistill.versions.registry import Registry, commit_paths, git, head_commit
-from tasks.promote import PROD_DIR, PROD_REFERENCE, PROMOTION, describe_failures, describe_row
 
 SUMMARY = "reports/release.json"
 BUNDLE_FILES = {FILES[f]: f"models/{FILES[f]}" for f in ("fp32", "int8")}

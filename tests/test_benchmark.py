@@ -21,10 +21,11 @@ from edgedistill.export.onnx_bench import FLOOR, interleaved_latency, op_profile
 from edgedistill.export.onnx_cost import fits_budget, static_cost
 from edgedistill.io import read_json
 from edgedistill.records import Candidate
+from edgedistill.release import gates as release_gates
 from edgedistill.release.shipping import choose_format
 from edgedistill.train.checkpoint import load_checkpoint
 from edgedistill.train.nets import count_macs
-from tasks import benchmark, promote
+from tasks import benchmark
 
 FAST = {
     "benchmark": {
@@ -208,7 +209,7 @@ def test_latency_gate_vs_prod_fails_on_a_slower_candidate(release, tmp_path):
     )
     assert rel["latency_ratio_vs_prod"] > 2
     gates = release_params().promote.gates
-    row = promote.latency_vs_prod_row(
+    row = release_gates.latency_vs_prod_row(
         Candidate.model_construct(
             **{
                 "latency_ratio_vs_prod": rel["latency_ratio_vs_prod"],
@@ -219,7 +220,7 @@ def test_latency_gate_vs_prod_fails_on_a_slower_candidate(release, tmp_path):
         gates,
     ).dump()
     assert row["verdict"] == "fail" and row["threshold"] == 1.25 and "vs prod" in row["detail"]
-    off = promote.latency_vs_prod_row(
+    off = release_gates.latency_vs_prod_row(
         Candidate.model_construct(latency_ratio_vs_prod=rel["latency_ratio_vs_prod"]),
         gates.model_copy(update={"max_latency_ratio_vs_prod": None}),
     ).dump()
@@ -230,12 +231,12 @@ def test_latency_gate_vs_prod_passes_a_faster_candidate(release, tmp_path):
     result = _with_prod(release, tmp_path, candidate="student.int8.onnx", prod="teacher.onnx")
     assert result["release"]["latency_ratio_vs_prod"] < 1
     assert result["interleaved"]["models"]["prod"]["path"].endswith("prod/student.int8.onnx")
-    row = promote.latency_vs_prod_row(
+    row = release_gates.latency_vs_prod_row(
         Candidate.model_construct(latency_ratio_vs_prod=result["release"]["latency_ratio_vs_prod"]),
         release_params().promote.gates,
     ).dump()
     assert row["verdict"] == "pass"
-    assert promote.latency_vs_prod_row(
+    assert release_gates.latency_vs_prod_row(
         Candidate.model_construct(), release_params().promote.gates
     ).detail.startswith("no prod")
 
@@ -574,16 +575,20 @@ def test_forced_int8_ships_int8_and_the_latency_gate_judges_the_shipped_file(rel
             },
         )
     ).benchmark.profiles
-    ok = {r["gate"]: r for r in promote.host_profile_rows(auto_json, profiles) for r in [r.dump()]}[
-        "latency:host-1t"
-    ]
+    ok = {
+        r["gate"]: r
+        for r in release_gates.host_profile_rows(auto_json, profiles)
+        for r in [r.dump()]
+    }["latency:host-1t"]
     assert (
         ok["verdict"] == "pass"
         and ok["metric"].startswith("fp32")
         and ok["value"] == auto["release"]["shipped_p95_ms"]
     )
     bad = {
-        r["gate"]: r for r in promote.host_profile_rows(forced_json, profiles) for r in [r.dump()]
+        r["gate"]: r
+        for r in release_gates.host_profile_rows(forced_json, profiles)
+        for r in [r.dump()]
     }["latency:host-1t"]
     assert (
         bad["verdict"] == "fail"
@@ -591,7 +596,9 @@ def test_forced_int8_ships_int8_and_the_latency_gate_judges_the_shipped_file(rel
         and "> budget" in bad["detail"]
     )
     flash = {
-        r["gate"]: r for r in promote.host_profile_rows(auto_json, profiles) for r in [r.dump()]
+        r["gate"]: r
+        for r in release_gates.host_profile_rows(auto_json, profiles)
+        for r in [r.dump()]
     }["flash:host-1t"]
     assert flash["value"] == (release / "models/student.onnx").stat().st_size
 

@@ -17,6 +17,7 @@ from conftest import make_params, merge, rewrite_prepared, small_readings
 from edgedistill.errors import GateFailed
 from edgedistill.export import onnx_tools as ox
 from edgedistill.io import read_json
+from edgedistill.release import release_metrics
 from tasks import benchmark, distill, export, prepare, promote, teacher_logits, train_teacher
 
 # INT8 ships here (forced: `auto` would decide by timing); test_fp32_* re-benchmark the run with fp32
@@ -314,7 +315,7 @@ def test_dvc_metrics_lead_with_what_users_compare(runs, tmp_path):
         promote.SUMMARY
     ]  # DVC orders several metrics files at random in `metrics diff`
     lead = [
-        *promote.LEAD,
+        *release_metrics.LEAD,
         "target.edge-cpu-1t.flash_bytes",
         "target.edge-cpu-1t.latency_ms",
         "target.edge-cpu-1t.rss_bytes",

@@ -23,8 +23,8 @@ from typer.testing import CliRunner
 from edgedistill.errors import GateFailed, ParamsInvalid
 from edgedistill.export import mcu as lib
 from edgedistill.export import onnx_tools as ox
+from edgedistill.release.gates import mcu_gate_rows
 from tasks import mcu as stage
-from tasks.promote import mcu_gate_rows
 
 HAVE_ARM = lib.have_arm_toolchain() and lib.have_qemu()
 needs_arm = pytest.mark.skipif(

@@ -11,7 +11,8 @@ from release_fixtures import write_candidate
 
 from edgedistill.errors import ArtifactCorrupt, GateFailed
 from edgedistill.params import GateParams
-from tasks.promote import PROMOTION, decide_promotion, read_candidate
+from edgedistill.release.candidate import PROMOTION, read_candidate
+from edgedistill.release.gates import decide_promotion
 from tasks.promote import run as promote
 
 CANDIDATE = {

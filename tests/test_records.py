@@ -15,8 +15,9 @@ from release_fixtures import write_candidate
 from edgedistill import records
 from edgedistill.errors import ArtifactCorrupt
 from edgedistill.params import GateParams
+from edgedistill.release.candidate import read_candidate
+from edgedistill.release.gates import decide_promotion
 from flows.reproduce import compare_metrics
-from tasks.promote import decide_promotion, read_candidate
 
 REPO = Path(__file__).resolve().parents[1]
 
