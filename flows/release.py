@@ -10,9 +10,8 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +21,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 from rich.console import Console
-from rich.table import Table
 
-from edgedistill.data import s3data
-from edgedistill.dvclock import entries, lock_stages
 from edgedistill.errors import (
     ArtifactCorrupt,
     EdgeDistillError,
@@ -34,16 +30,16 @@ from edgedistill.errors import (
     ReleaseNotFound,
     VerificationFailed,
 )
-from edgedistill.fmt import num, pct, pct_iv, pts, pts_iv
+from edgedistill.fmt import pct_iv
 from edgedistill.io import read_json, sha256_file
 from edgedistill.params import Params, load_params
 from edgedistill.pipeline import StageFailed, pipeline_stages, reproduce_stage
-from edgedistill.records import GateRow, ModelCard, ProdReference, Promotion, ReleaseSummary
+from edgedistill.records import ProdReference, Promotion, ReleaseSummary
 from edgedistill.release.candidate import PROD_DIR, PROD_REFERENCE, PROMOTION
-from edgedistill.release.environment import environment_record
-from edgedistill.release.gates import describe_failures, describe_row
+from edgedistill.release.gates import describe_failures
+from edgedistill.release.modelcard import bundle_files, data_lineage, model_card
+from edgedistill.release.registration import prod_reference, release_paths, same_model_version
 from edgedistill.release.report import REPORT, write_report
-from edgedistill.release.shipping import FILES, manifest, profile_formats
 from edgedistill.release.store import (
     CARD,
     SUMS,
@@ -54,10 +50,10 @@ from edgedistill.release.store import (
     dvc_push,
     open_store,
     parse_document,
-    parse_sums,
     publish_bundle,
     sums_text,
 )
+from edgedistill.release.summary import SUMMARY, summary_markdown
 from edgedistill.release.trust import (
     PROVENANCE,
     fetch_verified,
@@ -68,28 +64,11 @@ from edgedistill.release.trust import (
     signing_repository,
     store_files,
 )
+from edgedistill.tee import tee_output
 from edgedistill.versions.registry import Registry, commit_paths, git, head_commit
+from flows.summary_table import render_summary
 
-SUMMARY = "reports/release.json"
-BUNDLE_FILES = {FILES[f]: f"models/{FILES[f]}" for f in ("fp32", "int8")}
 STAGE_LOG_LINES = 80
-MCU_REPORT = "models/mcu/mcu.json"
-
-
-def bundle_files(root: Path) -> dict[str, str]:
-    """BUNDLE_FILES plus the MCU artifact when the mcu stage ran: the generated C source and header,
-    mcu.json and every Cortex-M object it lists (flat names in the bundle, like the ONNX files)."""
-    files = dict(BUNDLE_FILES)
-    if (root / MCU_REPORT).is_file():
-        report = read_json(root / MCU_REPORT)
-        for key in ("c_source", "c_header"):
-            if report.get(key):
-                files[Path(report[key]).name] = report[key]
-        for p in report.get("profiles", {}).values():
-            if p.get("object"):
-                files[Path(p["object"]).name] = p["object"]
-        files["mcu.json"] = MCU_REPORT
-    return files
 
 
 # ---------------------------------------------------------------- retries: one layer, in the store
@@ -107,45 +86,6 @@ class _NoTracebackForUserErrors(logging.Filter):
         if record.exc_info and isinstance(record.exc_info[1], EdgeDistillError):
             record.exc_info, record.exc_text = None, None
         return True
-
-
-# ---------------------------------------------------------------- stage output capture
-
-
-@contextlib.contextmanager
-def _tee_output() -> Iterator[list[bytes]]:
-    """Copy fds 1 and 2 (what DVC's stage subprocesses write) to the terminal and to a buffer, so
-    each stage's own output also lands in its Prefect task log."""
-    chunks: list[bytes] = []
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = {fd: os.dup(fd) for fd in (1, 2)}
-    pumps = []
-    for fd in (1, 2):
-        r, w = os.pipe()
-        os.dup2(w, fd)
-        os.close(w)
-
-        def pump(r: int = r, out: int = saved[fd]) -> None:
-            while data := os.read(r, 65536):
-                os.write(out, data)
-                chunks.append(data)
-            os.close(r)
-
-        t = threading.Thread(target=pump, daemon=True)
-        t.start()
-        pumps.append(t)
-    try:
-        yield chunks
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        for fd, orig in saved.items():
-            os.dup2(orig, fd)  # closes the pipe's last write end: the pump sees EOF
-        for t in pumps:
-            t.join(timeout=10)
-        for orig in saved.values():
-            os.close(orig)
 
 
 def _stage_output_log() -> logging.Logger:
@@ -223,25 +163,6 @@ def write_prod_reference(root: Path, params: Params) -> ProdReference:
     return ref
 
 
-def prod_reference(root: Path, params: Params) -> ProdReference:
-    """The current prod version and its key metrics, as the promote stage reads them (without the
-    fetched bundle's sha256s, which follow from the version)."""
-    model = params.promote.model
-    reg = Registry(root)
-    prod = reg.resolve(model, "prod")
-    ref = ProdReference(model=model, version=None, commit=None, metrics={})
-    if prod is not None:
-        record = reg.read_json_at(prod, PROMOTION) or {}
-        ref = ref.model_copy(
-            update={
-                "version": prod.version,
-                "commit": prod.commit,
-                "metrics": record.get("candidate", {}),
-            }
-        )
-    return ref
-
-
 @task(name="stage", task_run_name="{stage}", cache_policy=NO_CACHE)
 def run_stage(stage: str, root: Path, force: bool = False) -> dict[str, Any]:
     log = get_run_logger()
@@ -252,7 +173,7 @@ def run_stage(stage: str, root: Path, force: bool = False) -> dict[str, Any]:
     log.info("stage %s: starting", stage)
     t0 = time.perf_counter()
     failure: BaseException | None = None
-    with _tee_output() as chunks:
+    with tee_output() as chunks:
         try:
             with contextlib.chdir(root):
                 result = reproduce_stage(stage, force=force, root=root)
@@ -319,7 +240,7 @@ def register_release(root: Path, params: Params, decision: Promotion) -> dict[st
     same = (
         None
         if head_release and not pins_changed
-        else _same_model_version(reg, store, pp.model, root)
+        else same_model_version(reg, store, pp.model, root)
     )
     if same is not None:
         # e.g. prod moved (the gates were re-checked) or the data is back at a released version: the
@@ -468,372 +389,6 @@ def register_release(root: Path, params: Params, decision: Promotion) -> dict[st
         "pushed": pushed,
         "bundle": f"{store.describe()}/{bundle_prefix(pp.model, version)}",
     }
-
-
-def _same_model_version(reg: Registry, store: Any, model: str, root: Path, newest: int = 20) -> Any:
-    """A registered version whose bundle holds exactly these ONNX files (checked against its
-    SHA256SUMS in the store), or None."""
-    mine = {
-        name: sha256_file(root / rel)
-        for name, rel in bundle_files(root).items()
-        if (root / rel).is_file()
-    }
-    for info in reg.versions(model)[:newest]:
-        try:
-            sums = parse_sums(store.read_text(f"{bundle_prefix(model, info.version)}/{SUMS}"), SUMS)
-        except EdgeDistillError:
-            continue
-        if mine and all(sums.get(name) == digest for name, digest in mine.items()):
-            return info
-    return None
-
-
-# ---------------------------------------------------------------- lineage and the model card
-
-
-def data_lineage(root: Path, params: Params) -> dict[str, Any]:
-    """The dataset version a release was trained on: path, DVC md5, and where it is recorded."""
-    path = params.data.readings
-    out: dict[str, Any] = {"path": path, "md5": None, "recorded_in": None}
-    # the validate stage's dep is the canonical record; any other stage reading the file will do
-    for name, stage in sorted(
-        lock_stages(root / "dvc.lock").items(), key=lambda kv: kv[0] != "validate"
-    ):
-        dep = next((d for d in entries(stage, "deps") if d.get("path") == path), None)
-        if dep:
-            out.update(md5=dep["md5"], size=dep.get("size"), recorded_in=f"dvc.lock:{name}")
-            break
-    dvc_file = root / f"{path}.dvc"
-    if dvc_file.is_file():
-        outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or [{}]
-        out["md5"] = out["md5"] or outs[0].get("md5")
-        out["dvc_file"] = f"{path}.dvc"
-        last = git(
-            root, "log", "-1", "--format=%H", "--", f"{path}.dvc", check=False
-        ).stdout.strip()
-        out["dvc_file_commit"] = last or None
-    # exactly what was read (object keys, sizes, ETags / version ids, rows, schema hash): the manifest
-    # validate wrote, git-tracked beside dvc.lock; on S3 the objects' identity lives only here
-    manifest = s3data.read(root / s3data.MANIFEST)
-    if manifest is not None and manifest["readings"] == path:
-        out["manifest"] = {"path": s3data.MANIFEST, **s3data.summary(manifest)}
-    return out
-
-
-def release_paths(root: Path) -> list[str]:
-    """What a release commit pins: dvc.lock and every git-tracked (not DVC-cached) path it names
-    — params files, code deps, metrics and reports — so the tag alone reproduces the run."""
-    paths = {"dvc.lock", "dvc.yaml", PROD_REFERENCE}
-    for stage in lock_stages(root / "dvc.lock").values():
-        for entry in [*(stage.get("deps") or []), *(stage.get("outs") or [])]:
-            paths.add(entry["path"])
-        for out in stage.get("outs") or []:  # DVC's .gitignore beside each cached output
-            paths.add(str(Path(out["path"]).parent / ".gitignore"))
-        paths.update((stage.get("params") or {}).keys())
-    listed = git(
-        root, "ls-files", "--cached", "--others", "--exclude-standard", "--", "*.dvc", check=False
-    )
-    paths.update(listed.stdout.split())
-    existing = sorted(p for p in paths if (root / p).exists())
-    if not existing:
-        return []
-    ignored = set(git(root, "check-ignore", "--", *existing, check=False).stdout.split())
-    return [p for p in existing if p not in ignored]
-
-
-def model_card(
-    root: Path,
-    params: Params,
-    version: str,
-    commit: str,
-    decision: Promotion,
-    files: dict[str, Path],
-    data: dict[str, Any],
-) -> ModelCard:
-    def doc(rel: str) -> Any:
-        return read_json(root / rel) if (root / rel).is_file() else None
-
-    norm = doc("data/prepared/norm.json") or {}
-    lock = root / "dvc.lock"
-    bench = doc("metrics/benchmark.json")
-    return ModelCard.model_validate(
-        {
-            "model": params.promote.model,
-            "version": version,
-            # the release commit's time: the same commit always yields the same card bytes
-            "created_at": git(root, "show", "-s", "--format=%cI", commit).stdout.strip(),
-            "files": {
-                name: {
-                    "sha256": sha256_file(p),
-                    "bytes": p.stat().st_size,
-                    "source": bundle_files(root).get(name),
-                }
-                for name, p in sorted(files.items())
-            },
-            # the bundle file each device profile loads (format: auto chose by measurement; the mcu stage's
-            # C is built from the INT8 graph); a card without it is an older release: INT8 everywhere
-            "ships": manifest(profile_formats(bench)),
-            "release_profile": ((bench or {}).get("release") or {}).get("profile"),
-            "input": {
-                k: norm.get(k) for k in ("channels", "window", "sample_rate_hz", "labels", "layout")
-            },
-            # raw readings in: the normalisation runs inside the ONNX graph; how `auto` decided, on train statistics
-            "normalization": {
-                k: norm.get("normalization", {}).get(k)
-                for k in ("method", "requested", "reason", "statistics", "rule", "epsilon")
-            },
-            "metrics": {
-                "teacher": doc("metrics/teacher.json"),
-                "distill": doc("metrics/distill.json"),
-                "export": doc("metrics/export.json"),
-                "summary": decision.candidate,
-            },
-            "benchmark": bench,
-            "mcu": doc(
-                MCU_REPORT
-            ),  # measured flash/RAM per MCU profile, parity, QEMU, tool versions
-            "gates": {
-                "passed": decision.passed,
-                "gates": decision.gates,
-                "prod_at_release": decision.prod,
-            },
-            # what ships and why, with 95% intervals (recording bootstrap); see reports/promotion.json
-            "verdicts": {
-                "shipped": (
-                    "KD student"
-                    if (decision.shipped or "kd") == "kd"
-                    else "baseline student (promote.fallback: baseline)"
-                ),
-                "kd": decision.kd_line,
-                # which teacher distilled the student and why (teacher.kind; auto chose on val)
-                "teacher": _teacher_text(doc("metrics/teacher.json")),
-                "int8_accuracy": pct_iv(decision.candidate.dump(), "int8_accuracy"),
-                # which C the MCU objects hold and why (mcu.engine; a fallback names what the int8 kernels lack)
-                "mcu_engine": _mcu_engine_text(doc(MCU_REPORT)),
-                "regression_vs_prod": _regression_text(decision.gates),
-                "warnings": decision.warnings,
-            },
-            "lineage": {
-                "git_commit": commit,
-                "data": data,
-                "dvc_lock_sha256": sha256_file(lock) if lock.is_file() else None,
-                # installed versions of the packages that shape results + requirements.lock's hash
-                "environment": environment_record(root),
-                "params": params.model_dump(mode="json", by_alias=True),
-            },
-        }
-    )
-
-
-# ---------------------------------------------------------------- summary (one source, two views)
-
-
-def _teacher_text(teacher: dict[str, Any] | None) -> str | None:
-    """'minirocket (teacher.kind: auto; the higher best val accuracy ...: cnn 90.1%, minirocket 92.3%)'."""
-    if not teacher:
-        return None
-    choice = teacher.get("choice") or {}
-    cands = choice.get("candidates") or {}
-    vals = ", ".join(f"{k} {pct(c.get('val_accuracy'))} val" for k, c in cands.items())
-    kind = teacher.get("kind", teacher.get("arch"))
-    return (
-        f"{kind} (teacher.kind: {choice.get('requested', 'cnn')}; {choice.get('rule', '')}: {vals})"
-    )
-
-
-def _mcu_engine_text(mcu: dict[str, Any] | None) -> str | None:
-    """'int8_kernels: requested (mcu.engine: int8_kernels); parity ...' from mcu.json (None without it)."""
-    if not mcu:
-        return None
-    eng = mcu.get("engine") or {"ships": "emx", "reason": "an mcu.json from before mcu.engine"}
-    hp = mcu.get("host_parity")
-    par = (
-        f"; vs onnxruntime INT8 on {hp['windows']} test windows: max {hp.get('max_diff_quanta')} quanta, "
-        f"argmax agreement {100 * hp['argmax_agreement']:.2f}%"
-        if isinstance(hp, dict)
-        else ""
-    )
-    return f"{eng.get('ships')}: {eng.get('reason')}{par}"
-
-
-def _mcu_figures(gates: list[GateRow]) -> str:
-    """From the promote stage's per-profile ram:/flash: gate rows (the mcu stage's measured figures)."""
-    by: dict[str, dict[str, GateRow]] = {}
-    for g in gates:
-        kind, _, prof = g.gate.partition(":")
-        # not the host profiles' flash: rows (mcu: null; a row without the key is an MCU row)
-        if kind in ("ram", "flash") and prof and (g.mcu or "mcu" not in g.model_fields_set):
-            by.setdefault(prof, {})[kind] = g
-    if not by:
-        return "—"
-    parts = []
-    for prof, rows in by.items():
-        f, r = rows.get("flash"), rows.get("ram")
-        if f is None or r is None or f.value is None:
-            parts.append(f"{prof}: {f.verdict if f else 'not verified'}")
-        else:
-            over = "fail" in (f.verdict, r.verdict)
-            parts.append(
-                f"{prof}: {int(f.value):,} B / {int(r.value):,} B"
-                + (" (over budget)" if over else "")
-            )
-    return "; ".join(parts)
-
-
-def _regression_text(gates: list[GateRow]) -> str:
-    """The no-regression rows in words (INT8, and FP32 where a profile ships it): paired vs prod on the same
-    windows, or the recorded fallback."""
-    texts = []
-    for gate in ("no_regression", "fp32_no_regression"):
-        row = next((g for g in gates if g.gate == gate), None)
-        if row is None:
-            continue
-        if row.value is None:
-            texts.append(row.detail or "—")
-            continue
-        v = pts(row.value)
-        if row.lo is not None:
-            v += f" [{100 * float(row.lo):+.2f}, {100 * float(row.hi):+.2f}]"
-        texts.append(
-            f"{'FP32: ' if gate.startswith('fp32') else ''}{v} ({row.verdict}; {row.detail})"
-        )
-    return "; ".join(dict.fromkeys(texts)) or "—"
-
-
-def _formats_text(formats: dict[str, str] | None) -> str:
-    """'edge-cpu-1t: FP32 (student.onnx); nrf52-m4, cortex-m7: INT8 (student.int8.onnx)'."""
-    if not formats:
-        return "INT8 (student.int8.onnx) on every profile"
-    by: dict[str, list[str]] = {}
-    for prof, fmt in formats.items():
-        by.setdefault(fmt, []).append(prof)
-    return "; ".join(f"{', '.join(p)}: {f.upper()} ({FILES[f]})" for f, p in by.items())
-
-
-def summary_rows(s: ReleaseSummary) -> list[tuple[str, str]]:
-    m = s.metrics.dump() if s.metrics else {}
-    d = s.data or {}
-    r = s.registry or {}
-    rows = [
-        (
-            "data version",
-            f"{d.get('path')} md5 {str(d.get('md5') or '—')[:12]}"
-            + (f" (git {s.git_commit[:8]})" if s.git_commit else ""),
-        ),
-        ("teacher accuracy", pct_iv(m, "teacher_accuracy")),
-        ("baseline student accuracy", pct_iv(m, "baseline_accuracy")),
-        ("KD student accuracy", pct_iv(m, "kd_accuracy")),
-        ("KD gain (paired, test)", pts_iv(m, "kd_gain")),
-        ("KD gain (paired, validation)", pts_iv(m, "kd_gain_val")),
-        (
-            "shipped student",
-            "—"
-            if not m.get("shipped")
-            else "KD student"
-            if m["shipped"] == "kd"
-            else "baseline student (KD did not help on validation)",
-        ),
-        (
-            "INT8 accuracy / drop",
-            f"{pct_iv(m, 'int8_accuracy')} / " + pts_iv(m, "int8_drop").replace("+", ""),
-        ),
-        ("shipped file per profile", _formats_text(m.get("formats"))),
-        ("regression vs prod (paired)", _regression_text(s.gates)),
-        (
-            "latency p50 / p95",
-            "—"
-            if m.get("p95_ms") is None
-            else f"{m['p50_ms']:.3f} / {m['p95_ms']:.3f} ms "
-            f"({m.get('profile')}, {(m.get('format') or 'int8').upper()})",
-        ),
-        (
-            "size / RAM estimate",
-            "—"
-            if m.get("size_bytes") is None
-            else f"{int(m['size_bytes']):,} B / {int(m['ram_bytes']):,} B",
-        ),
-        ("MCU flash / RAM (measured)", _mcu_figures(s.gates)),
-        (
-            "gates",
-            "—"
-            if not s.gates
-            else ("all passed" if not s.failed else "FAILED: " + ", ".join(s.failed)),
-        ),
-        (
-            "registry",
-            f"{r['model']} {r['version']} → {', '.join(r['stages']) or '—'}"
-            + ("" if r.get("new", True) else " (already registered)")
-            if r.get("version")
-            else "not registered",
-        ),
-        ("bundle", r.get("bundle") or "—"),
-    ]
-    return rows
-
-
-def render_summary(s: ReleaseSummary, console: Console) -> None:
-    t = Table(title=f"release: {s.status}", show_header=False)
-    t.add_column(style="bold")
-    t.add_column()
-    for k, v in summary_rows(s):
-        t.add_row(k, v)
-    console.print(t)
-    if s.gates:
-        g = Table(title="promotion gates")
-        for col in ("gate", "value", "threshold", "verdict"):
-            g.add_column(col, justify="right" if col in ("value", "threshold") else "left")
-        for row in s.gates:
-            colour = {"pass": "green", "fail": "bold red"}.get(row.verdict, "dim")
-            g.add_row(
-                row.gate,
-                describe_row(row),
-                f"{row.op} {num(row.threshold)}",
-                f"[{colour}]{row.verdict}[/]",
-            )
-        console.print(g)
-    for line in _verdict_lines(s):
-        console.print(line)
-    if s.stages:
-        st = Table(title="stages")
-        st.add_column("stage")
-        st.add_column("ran")
-        st.add_column("seconds", justify="right")
-        for r in s.stages:
-            st.add_row(r["stage"], "ran" if r["ran"] else "skipped", f"{r['seconds']:.1f}")
-        console.print(st)
-
-
-def _verdict_lines(s: ReleaseSummary) -> list[str]:
-    """The one-line KD verdict and any warning (e.g. regression check fell back to a recorded figure)."""
-    lines = [s.kd_line] if s.kd_line else []
-    if s.metrics is not None and s.metrics.shipped == "baseline":
-        lines.append("the baseline student ships (promote.fallback: baseline)")
-    return lines + [f"WARNING: {w}" for w in s.warnings]
-
-
-def summary_markdown(s: ReleaseSummary) -> str:
-    lines = [f"# edgedistill release: {s.status}", "", "| | |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in summary_rows(s)]
-    if s.gates:
-        lines += [
-            "",
-            "## Promotion gates",
-            "",
-            "| gate | value | threshold | verdict |",
-            "|---|---:|---:|---|",
-        ]
-        lines += [
-            f"| {r.gate} | {describe_row(r)} | {r.op} {num(r.threshold)} | {r.verdict} |"
-            for r in s.gates
-        ]
-        lines += ["", *[f"- {line}" for line in _verdict_lines(s)]]
-    if s.stages:
-        lines += ["", "## Stages", "", "| stage | ran | seconds |", "|---|---|---:|"]
-        lines += [
-            f"| {r['stage']} | {'ran' if r['ran'] else 'skipped'} | {r['seconds']:.1f} |"
-            for r in s.stages
-        ]
-    return "\n".join(lines) + "\n"
 
 
 def _publish_summary(root: Path, summary: Mapping[str, Any], console: Console) -> None:
@@ -1016,7 +571,7 @@ def unchanged_release(root: Path, params_file: str) -> dict[str, Any] | None:
         info is None
     ):  # HEAD pins a rerun whose model a registered version holds (committed, not released)
         try:
-            same = info = _same_model_version(reg, store, params.promote.model, root)
+            same = info = same_model_version(reg, store, params.promote.model, root)
         except EdgeDistillError:  # e.g. the store unreachable: the flow says so
             return None
         if info is None:

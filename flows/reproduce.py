@@ -27,6 +27,7 @@ from edgedistill.io import sha256_file, write_json
 from edgedistill.params import Params, ReproduceParams
 from edgedistill.pipeline import StageFailed, pipeline_stages, reproduce_stage
 from edgedistill.records import declared_figures
+from edgedistill.release.modelcard import BUNDLE_FILES
 from edgedistill.release.store import (
     DVC_PREFIX,
     SUMS,
@@ -37,7 +38,6 @@ from edgedistill.release.store import (
     parse_sums,
 )
 from edgedistill.versions.registry import Registry, git, show_file, worktree_add, worktree_remove
-from flows.release import BUNDLE_FILES
 
 IDENTICAL, WITHIN, DIFFERS = "identical", "within tolerance", "differs"
 # the overall verdict

@@ -121,7 +121,7 @@ def check_s3_data(root: Path, params: Params, state: dict[str, Any]) -> dict[str
 
 
 def check_data(root: Path, params: Params, store: Store, state: dict[str, Any]) -> dict[str, Any]:
-    from flows.release import data_lineage
+    from edgedistill.release.modelcard import data_lineage
 
     if params.data.readings.startswith("s3://"):
         return check_s3_data(root, params, state)

@@ -332,7 +332,8 @@ def test_an_mcu_profile_cannot_be_measured_here():
 
 @needs_arm
 def test_the_release_bundle_ships_the_c_model_objects_and_report(built):
-    from flows.release import _mcu_engine_text, _mcu_figures, bundle_files
+    from edgedistill.release.modelcard import bundle_files, mcu_engine_text
+    from edgedistill.release.summary import mcu_figures
 
     root, r = built
     files = bundle_files(root)
@@ -343,14 +344,14 @@ def test_the_release_bundle_ships_the_c_model_objects_and_report(built):
         for name, rel in files.items()
         if not name.startswith("student.onnx") and not name.startswith("student.int8")
     )
-    text = _mcu_engine_text(r)
+    text = mcu_engine_text(r)
     assert (
         text.startswith(
             "int8_kernels: requested (mcu.engine: int8_kernels); vs onnxruntime INT8 on "
         )
         and "quanta" in text
     )
-    line = _mcu_figures(mcu_gate_rows(root / "models/mcu/mcu.json", require_verified=False))
+    line = mcu_figures(mcu_gate_rows(root / "models/mcu/mcu.json", require_verified=False))
     m7 = r["profiles"]["cortex-m7"]
     assert f"cortex-m7: {m7['flash_bytes']:,} B / {m7['ram_bytes']:,} B" in line
 

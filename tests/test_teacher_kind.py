@@ -136,9 +136,9 @@ def test_minirocket_teacher_exports_to_onnx_with_parity(tmp_path):
 
 
 def test_model_card_names_the_teacher_and_why():
-    from flows.release import _teacher_text
+    from edgedistill.release.modelcard import teacher_text
 
-    text = _teacher_text(
+    text = teacher_text(
         {
             "kind": "minirocket",
             "choice": {
@@ -150,4 +150,4 @@ def test_model_card_names_the_teacher_and_why():
     )
     assert text.startswith("minirocket (teacher.kind: auto;")
     assert "cnn 90.00% val" in text and "minirocket 95.00% val" in text
-    assert _teacher_text(None) is None
+    assert teacher_text(None) is None
