@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
 
 from edgedistill.errors import ParamsInvalid
 
@@ -983,7 +992,11 @@ class Params(_Section):
         return self.validate_
 
 
-def _format_error(err: dict[str, Any]) -> str:
+# params as YAML reads them (nested sections of plain values): raw files, overrides and overlays
+ParamsOverlay: TypeAlias = dict[str, JsonValue]
+
+
+def _format_error(err: ErrorDetails) -> str:
     loc = ".".join(str(p) for p in err["loc"] if p != "__root__") or "(top level)"
     if err["type"] == "extra_forbidden":
         return f"{loc}: unknown key"
@@ -1004,7 +1017,7 @@ def parse_params(raw: Any, source: str = DEFAULT_PARAMS) -> Params:
         raise ParamsInvalid(f"{source} is invalid:\n  {lines}") from None
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+def apply_overrides(raw: ParamsOverlay, overrides: list[str]) -> ParamsOverlay:
     """Apply `section.key=value` overrides (values parsed as YAML, like `dvc exp run -S`) to a raw
     params dict in place; returns it. A string without '=' is refused, naming it."""
     for kv in overrides:
@@ -1052,8 +1065,8 @@ def _yaml_indents(text: str) -> tuple[int, int]:
 
 
 def deep_merge(
-    base: MutableMapping[str, Any], overlay: Mapping[str, Any]
-) -> MutableMapping[str, Any]:
+    base: MutableMapping[str, JsonValue], overlay: Mapping[str, JsonValue]
+) -> MutableMapping[str, JsonValue]:
     """`overlay` onto `base`, in place and key by key: a mapping merges into a mapping, anything else
     replaces. Returns `base` (copy it first to keep it)."""
     for k, v in overlay.items():
@@ -1064,7 +1077,7 @@ def deep_merge(
     return base
 
 
-def update_params_file(path: str | Path, overlay: dict[str, Any]) -> None:
+def update_params_file(path: str | Path, overlay: ParamsOverlay) -> None:
     """Merge `overlay` (nested sections) into a params file in place, keeping its comments and layout
     (ruamel, as DVC edits it); the result is validated first, so an invalid file is never written."""
     import io

@@ -11,14 +11,13 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
+from prefect.cache_policies import NO_CACHE, CachePolicy
 from prefect.states import Failed
 from rich.console import Console
 
@@ -43,6 +42,7 @@ from edgedistill.release.report import REPORT, write_report
 from edgedistill.release.store import (
     CARD,
     SUMS,
+    PullResult,
     bundle_exists,
     bundle_prefix,
     configure_dvc_remote,
@@ -53,7 +53,14 @@ from edgedistill.release.store import (
     publish_bundle,
     sums_text,
 )
-from edgedistill.release.summary import SUMMARY, summary_markdown
+from edgedistill.release.summary import (
+    SUMMARY,
+    Registration,
+    ReleaseRun,
+    StageRun,
+    StoreUsed,
+    summary_markdown,
+)
 from edgedistill.release.trust import (
     PROVENANCE,
     fetch_verified,
@@ -75,7 +82,7 @@ STAGE_LOG_LINES = 80
 # Tasks do not retry: the store retries a transient fault where it happens (boto3's standard mode, 3
 # attempts with backoff) and classifies the rest once (edgedistill.release.store.is_transient); a failed stage is
 # never transient (its cause is in its own output), so a rerun of the flow picks up where it stopped.
-STORE_TASK: dict[str, Any] = {"cache_policy": NO_CACHE}
+STORE_TASK: dict[str, CachePolicy] = {"cache_policy": NO_CACHE}
 
 
 class _NoTracebackForUserErrors(logging.Filter):
@@ -105,7 +112,7 @@ def _stage_output_log() -> logging.Logger:
 
 
 @task(name="configure-store", **STORE_TASK)
-def configure_store(root: Path, params: Params) -> dict[str, str]:
+def configure_store(root: Path, params: Params) -> StoreUsed:
     store = open_store(params.store, root)
     configure_dvc_remote(store, params.store.remote_name, root)
     get_run_logger().info(
@@ -115,7 +122,7 @@ def configure_store(root: Path, params: Params) -> dict[str, str]:
 
 
 @task(name="dvc-pull", **STORE_TASK)
-def pull_inputs(root: Path, params: Params) -> dict[str, Any]:
+def pull_inputs(root: Path, params: Params) -> PullResult:
     got = dvc_pull_missing(open_store(params.store, root), params.store.remote_name, root)
     get_run_logger().info(
         "pulled %d file(s) for %d missing output(s)%s",
@@ -164,7 +171,7 @@ def write_prod_reference(root: Path, params: Params) -> ProdReference:
 
 
 @task(name="stage", task_run_name="{stage}", cache_policy=NO_CACHE)
-def run_stage(stage: str, root: Path, force: bool = False) -> dict[str, Any]:
+def run_stage(stage: str, root: Path, force: bool = False) -> StageRun:
     log = get_run_logger()
     # DVC runs `python -m tasks.<stage>`: make that the interpreter running this flow
     bin_dir = str(Path(sys.executable).parent)
@@ -215,7 +222,7 @@ def push_outputs(root: Path, params: Params) -> int:
 
 
 @task(name="register-release", **STORE_TASK)
-def register_release(root: Path, params: Params, decision: Promotion) -> dict[str, Any]:
+def register_release(root: Path, params: Params, decision: Promotion) -> Registration:
     """Commit what the release pins, publish its bundle, then tag it; the tag comes last so a
     registered version always has its bundle in the store."""
     log = get_run_logger()
@@ -391,7 +398,7 @@ def register_release(root: Path, params: Params, decision: Promotion) -> dict[st
     }
 
 
-def _publish_summary(root: Path, summary: Mapping[str, Any], console: Console) -> None:
+def _publish_summary(root: Path, summary: ReleaseRun, console: Console) -> None:
     s = ReleaseSummary.model_validate(summary)
     s.write(root / SUMMARY)
     try:
@@ -432,7 +439,7 @@ def release(
         return Failed(message=f"{type(e).__name__}: {e}", data=e)
 
 
-def _release(root: str, params_file: str, stages: list[str] | None, force: bool) -> dict[str, Any]:
+def _release(root: str, params_file: str, stages: list[str] | None, force: bool) -> ReleaseRun:
     console = Console()
     # DVC prints through its own handlers; propagating would print each line twice via Prefect's
     logging.getLogger("dvc").propagate = False
@@ -461,8 +468,8 @@ def _release(root: str, params_file: str, stages: list[str] | None, force: bool)
     pull_inputs(root_p, params)
     if "promote" in selected:
         write_prod_reference(root_p, params)
-    runs: list[dict[str, Any]] = []
-    summary: dict[str, Any] = {
+    runs: list[StageRun] = []
+    summary: ReleaseRun = {
         "status": "running",
         "store": store,
         "data": data_lineage(root_p, params),
@@ -530,7 +537,7 @@ def _fresh_decision(root: Path, since: float) -> Promotion | None:
     return Promotion.read(path)
 
 
-def unchanged_release(root: Path, params_file: str) -> dict[str, Any] | None:
+def unchanged_release(root: Path, params_file: str) -> ReleaseRun | None:
     """The summary of the release HEAD already is, when a full run could only end "unchanged": HEAD is a
     registered release commit (or the commit of a rerun whose model a registered version holds), the git
     tree has no tracked change, prod is where the promote stage last saw it, and DVC reports every stage
@@ -612,7 +619,7 @@ def run_release(
     params_file: str = "params.yaml",
     stages: list[str] | None = None,
     force: bool = False,
-) -> dict[str, Any]:
+) -> ReleaseRun:
     """Run the flow (Prefect's ephemeral local server when no PREFECT_API_URL is set). A full run when
     nothing changed since the release HEAD is skips the flow (and starting that server): the summary
     is recorded in reports/release.json as usual."""

@@ -14,9 +14,10 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import yaml
+from pydantic import JsonValue
 
 from edgedistill.data import s3data
 from edgedistill.dvclock import entries, lock_stages, out_md5s
@@ -27,6 +28,7 @@ from edgedistill.io import sha256_file, write_json
 from edgedistill.params import Params, ReproduceParams
 from edgedistill.pipeline import StageFailed, pipeline_stages, reproduce_stage
 from edgedistill.records import declared_figures
+from edgedistill.release.environment import EnvironmentDifference
 from edgedistill.release.modelcard import BUNDLE_FILES
 from edgedistill.release.store import (
     DVC_PREFIX,
@@ -54,6 +56,63 @@ TIMING = re.compile(
 HASH_KEY = re.compile(
     r"(sha256|md5|hash)", re.I
 )  # a file hash recorded in a metrics file: its file is compared
+
+
+class CompareRow(TypedDict, total=False):
+    """One compared figure (`metric` set: a metrics file's key) or file (`by`: how it was compared)."""
+
+    file: str
+    metric: str
+    released: JsonValue
+    reproduced: JsonValue
+    verdict: str
+    kind: str
+    declared: bool
+    timing: bool
+    decisive: bool
+    by: str
+    note: str
+
+
+class StageReproduced(TypedDict, total=False):
+    stage: str
+    ok: bool
+    seconds: float
+    error: str
+
+
+class Verdict(TypedDict):
+    verdict: str
+    reason: str
+    tally: dict[str, int]
+
+
+class ProvenanceCheck(TypedDict, total=False):
+    """The signed provenance statement against what git holds at the release commit."""
+
+    verdict: str
+    facts: dict[str, str | None]
+    git: dict[str, str | None]
+    row: CompareRow
+
+
+class ReproduceReport(TypedDict, total=False):
+    """reports/reproduce/<model>-<version>.json."""
+
+    model: str
+    version: str
+    commit: str
+    verdict: str
+    reason: str
+    tally: dict[str, int]
+    stages: list[StageReproduced]
+    counts: dict[str, int]
+    metrics: list[CompareRow]
+    files: list[CompareRow]
+    worktree: str | None
+    environment: list[EnvironmentDifference]
+    provenance: ProvenanceCheck
+    report: str
 
 
 def compare_values(
@@ -87,7 +146,7 @@ def compare_metrics(
     reproduced: Any,
     tol: ReproduceParams,
     declared: Declaration | None = None,
-) -> list[dict[str, Any]]:
+) -> list[CompareRow]:
     """Figure by figure. Each row's kind is what the file's writer declares (`declared`, else
     declared_figures(path)); a figure no declaration covers is judged by its name (TIMING: timing, else model)."""
     a, b = flatten(released), flatten(reproduced)
@@ -96,7 +155,7 @@ def compare_metrics(
         **kinds(released, decl),
         **{k: v for k, v in kinds(reproduced, decl).items() if v is not None},
     }
-    rows = []
+    rows: list[CompareRow] = []
     for key in sorted(set(a) | set(b)):
         k = kind.get(key) or (Kind.TIMING if TIMING.search(key) else Kind.MODEL)
         timing = k is Kind.TIMING
@@ -132,7 +191,7 @@ def reproduce_version(
     keep: bool = False,
     out: str | Path | None = None,
     log: Callable[[str], None] = print,
-) -> dict[str, Any]:
+) -> ReproduceReport:
     root = Path(root).resolve()
     logging.getLogger("dvc").propagate = False  # DVC prints through its own handlers
     model = params.promote.model
@@ -142,7 +201,7 @@ def reproduce_version(
     tmp = Path(tempfile.mkdtemp(prefix=f"edgedistill-reproduce-{info.version}-"))
     wt = tmp / "worktree"
     worktree_add(root, info.commit, wt)
-    stages_run: list[dict[str, Any]] = []
+    stages_run: list[StageReproduced] = []
     try:
         store = open_store(
             params.store, root
@@ -168,8 +227,8 @@ def reproduce_version(
                     raise
         released_lock = show_file(root, info.commit, "dvc.lock")
         new_outs = out_md5s((wt / "dvc.lock").read_text() if (wt / "dvc.lock").is_file() else "")
-        metrics: list[dict[str, Any]] = []
-        files: list[dict[str, Any]] = []
+        metrics: list[CompareRow] = []
+        files: list[CompareRow] = []
         json_in_git = set(_released_json(root, info.commit, released_lock))
         for path in sorted(json_in_git):
             mine = wt / path
@@ -180,7 +239,7 @@ def reproduce_version(
         uncached = _uncached_outs(show_file(root, info.commit, "dvc.yaml"))
         for path, md5 in sorted(out_md5s(released_lock).items()):
             now = new_outs.get(path)
-            row = {
+            row: CompareRow = {
                 "file": path,
                 "released": md5,
                 "reproduced": now,
@@ -239,7 +298,7 @@ def reproduce_version(
     rows = metrics + files
     counts = {v: sum(1 for r in rows if r["verdict"] == v) for v in (IDENTICAL, WITHIN, DIFFERS)}
     overall = reproduce_verdict(rows)
-    report = {
+    report: ReproduceReport = {
         "model": model,
         "version": info.version,
         "commit": info.commit,
@@ -295,7 +354,7 @@ def _env(values: dict[str, str]) -> Any:
 
 def release_provenance(
     root: Path, params: Params, store: Any, info: Any, released_lock: str | None
-) -> dict[str, Any]:
+) -> ProvenanceCheck:
     """The release's signed provenance statement (verified on fetch: signature, subjects = the shipped
     files' digests) against what git holds at its commit: the commit, the data md5 in dvc.lock (or the
     .dvc file), and the hashes of params.yaml and requirements.lock."""
@@ -369,7 +428,7 @@ def release_provenance(
         "lock_sha256": sha("requirements.lock"),
     }
     bad = [k for k in git_facts if facts.get(k) != git_facts[k]]
-    row = {
+    row: CompareRow = {
         "file": f"bundle/{PROVENANCE}",
         "by": "signed statement",
         "decisive": True,
@@ -386,7 +445,7 @@ def release_provenance(
     }
 
 
-def row_class(row: dict[str, Any]) -> str:
+def row_class(row: CompareRow) -> str:
     """How one compared row counts toward the overall verdict:
     'same'     identical, or bytes differ but the content compared equal (same graph and weights)
                or the file is a metrics JSON whose figures are judged row by row;
@@ -403,19 +462,19 @@ def row_class(row: dict[str, Any]) -> str:
     return "within" if row["verdict"] == WITHIN else "differs"
 
 
-def _label(row: dict[str, Any]) -> str:
+def _label(row: CompareRow) -> str:
     if "metric" in row:
         return f"{row['file']} {row['metric']} {num(row['released'])} → {num(row['reproduced'])}"
     return f"{row['file']} ({row['by']})"
 
 
-def reproduce_verdict(rows: list[dict[str, Any]], show: int = 3) -> dict[str, Any]:
+def reproduce_verdict(rows: list[CompareRow], show: int = 3) -> Verdict:
     """One word first, then why: `reproduced` (every figure and file about the model matches,
     content-equal files included), `reproduced within tolerance` (some figures only within the
     numeric tolerance), or `differs` (naming the first few that do not match). Timings and
     reports are counted apart: they are expected to change and never make a run read as `differs`."""
     tally = {k: 0 for k in ("same", "within", "differs", "expected")}
-    by_class: dict[str, list[dict[str, Any]]] = {k: [] for k in tally}
+    by_class: dict[str, list[CompareRow]] = {k: [] for k in tally}
     for r in rows:
         c = row_class(r)
         tally[c] += 1
@@ -521,7 +580,7 @@ def _allout_md5s(text: str | None) -> list[str]:
     return [o["path"] for st in lock_stages(text).values() for o in st.get("outs") or []]
 
 
-def environment_check(root: Path, params: Params, version: str) -> list[dict[str, Any]]:
+def environment_check(root: Path, params: Params, version: str) -> list[EnvironmentDifference]:
     """The packages (and lock hash) of the release's model card that differ from this environment:
     a reason a reproduction may differ, named before anyone compares figures."""
     from edgedistill.release.environment import environment_differences, environment_record

@@ -10,15 +10,15 @@ import itertools
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from edgedistill.errors import ModelMismatch, ParamsInvalid
 from edgedistill.io import write_json
-from edgedistill.params import Params, load_params, update_params_file
-from flows.sweep_point import LOGITS, PREPARED, TEACHER
+from edgedistill.params import Params, ParamsOverlay, load_params, update_params_file
+from flows.sweep_point import LOGITS, PREPARED, TEACHER, SweepPoint, SweepResult
 
 OUT_DIR = "reports/sweep"
 
@@ -33,7 +33,7 @@ def student_widths(base: list[int], multiplier: float, depth: int) -> list[int]:
     return [scaled[0], *[blocks[min(i, len(blocks) - 1)] for i in range(depth)]]
 
 
-def grid(params: Params) -> list[dict[str, Any]]:
+def grid(params: Params) -> list[SweepPoint]:
     """Sizes x the values of each `sweep.knobs` entry; every point trains the configured distill.method."""
     sp = params.sweep
     base = list(params.student.config.get("widths", [16, 24, 32, 32]))
@@ -75,7 +75,7 @@ def budget_profile(params: Params) -> Any:
 
 
 @task(name="distill-export", task_run_name="{point[id]}", cache_policy=NO_CACHE)
-def train_point(root: str, params: Params, point: dict[str, Any], out_dir: str) -> dict[str, Any]:
+def train_point(root: str, params: Params, point: SweepPoint, out_dir: str) -> SweepResult:
     """One point in its own Python process. Points on threads of one process would share torch's
     global RNG (weight init after `manual_seed`) and torch.export's tracing state, so a point's model
     would depend on what ran beside it; a process per point makes it the same on any runner."""
@@ -116,8 +116,8 @@ def train_point(root: str, params: Params, point: dict[str, Any], out_dir: str) 
 
 @task(name="benchmark", task_run_name="{result[id]}", cache_policy=NO_CACHE)
 def benchmark_point(
-    root: str, params: Params, result: dict[str, Any], measure: bool = True
-) -> dict[str, Any]:
+    root: str, params: Params, result: SweepResult, measure: bool = True
+) -> SweepResult:
     """Batch-1 INT8 latency on the release profile (onnx_bench; measure=False: none) and the static
     size/RAM estimate, with a fits verdict against the budget profile."""
     from edgedistill.export.evaluation import load_split
@@ -159,11 +159,11 @@ def benchmark_point(
     return out
 
 
-def benchmark_all(root: str, params: Params, trained: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def benchmark_all(root: str, params: Params, trained: list[SweepResult]) -> list[SweepResult]:
     """Latency is measured once per architecture, one at a time: the KD knobs change the weights, not
     the graph, so points of one architecture share one measurement (noise cannot split them on the
     Pareto front), and points timed side by side would slow each other down."""
-    timed: dict[tuple[int, ...], dict[str, Any]] = {}
+    timed: dict[tuple[int, ...], SweepResult] = {}
     results = []
     for t in trained:
         arch = tuple(t["widths"])
@@ -190,7 +190,7 @@ def benchmark_all(root: str, params: Params, trained: list[dict[str, Any]]) -> l
 SELECT = "int8_val_accuracy"  # the Pareto front and the choice use validation accuracy, never test
 
 
-def dominates(a: dict[str, Any], b: dict[str, Any], tol: float) -> bool:
+def dominates(a: SweepResult, b: SweepResult, tol: float) -> bool:
     """a is at least as good as b on accuracy, latency and size, and better on one. Latencies within
     `tol` (relative) are a tie: the measurement noise is larger than that."""
 
@@ -213,13 +213,13 @@ def dominates(a: dict[str, Any], b: dict[str, Any], tol: float) -> bool:
     return ge and gt
 
 
-def pareto_front(results: list[dict[str, Any]], tol: float) -> list[str]:
+def pareto_front(results: list[SweepResult], tol: float) -> list[str]:
     return sorted(
         r["id"] for r in results if not any(dominates(o, r, tol) for o in results if o is not r)
     )
 
 
-def choose(results: list[dict[str, Any]], front: list[str]) -> dict[str, Any] | None:
+def choose(results: list[SweepResult], front: list[str]) -> SweepResult | None:
     """The INT8 student most accurate on VALIDATION that fits the budget; smaller, then faster, breaks
     ties. Test accuracy is reported only: choosing by it would make the release's test figure optimistic."""
     fitting = [r for r in results if r["fits"]]
@@ -252,7 +252,7 @@ COLUMNS = [
 ]
 
 
-def write_table(path: Path, rows: list[dict[str, Any]]) -> None:
+def write_table(path: Path, rows: list[SweepResult]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
@@ -267,7 +267,7 @@ def write_table(path: Path, rows: list[dict[str, Any]]) -> None:
             )
 
 
-def write_svg(path: Path, rows: list[dict[str, Any]], best: str | None) -> None:
+def write_svg(path: Path, rows: list[SweepResult], best: str | None) -> None:
     """Accuracy vs latency, marker area ~ size, Pareto points filled: readable without matplotlib."""
     W, H, M = 640, 420, 60
     xs = [r["p50_ms"] for r in rows]
@@ -317,7 +317,7 @@ def write_svg(path: Path, rows: list[dict[str, Any]], best: str | None) -> None:
     path.write_text("\n".join([*parts, "</svg>"]) + "\n")
 
 
-def write_png(path: Path, rows: list[dict[str, Any]], best: str | None) -> bool:
+def write_png(path: Path, rows: list[SweepResult], best: str | None) -> bool:
     try:
         import matplotlib
 
@@ -346,10 +346,10 @@ def write_png(path: Path, rows: list[dict[str, Any]], best: str | None) -> bool:
     return True
 
 
-def best_overlay(params: Params, best: dict[str, Any]) -> dict[str, Any]:
+def best_overlay(params: Params, best: SweepResult) -> ParamsOverlay:
     """The params.yaml changes that make the release train the chosen student: its widths and the swept
     knobs' values; distill.method stays as configured (it is what every point trained)."""
-    overlay: dict[str, Any] = {
+    overlay: ParamsOverlay = {
         "student": {"config": {**params.student.config, "widths": best["widths"]}}
     }
     if best["knobs"]:
@@ -358,6 +358,19 @@ def best_overlay(params: Params, best: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- the flow
+
+
+class SweepSummary(TypedDict, total=False):
+    """results.json: every point, the Pareto front, the chosen point and its params overlay."""
+
+    points: list[SweepResult]
+    pareto: list[str]
+    best: str | None
+    method: str
+    budget_profile: str
+    seconds: float
+    overlay: ParamsOverlay | None
+    plot: str
 
 
 def task_runner(params: Params, dask_address: str | None = None) -> Any:
@@ -397,7 +410,7 @@ def check_inputs(root: Path) -> None:
         )
 
 
-def _sweep(root: str, params_file: str, out_dir: str) -> dict[str, Any]:
+def _sweep(root: str, params_file: str, out_dir: str) -> SweepSummary:
     log = get_run_logger()
     r = Path(root).resolve()
     params = load_params(r / params_file)
@@ -418,7 +431,7 @@ def _sweep(root: str, params_file: str, out_dir: str) -> dict[str, Any]:
         x["pareto"] = x["id"] in front
     results.sort(key=lambda x: (not x["pareto"], -x[SELECT], x["size_bytes"]))
     best = choose(results, front)
-    summary = {
+    summary: SweepSummary = {
         "points": results,
         "pareto": front,
         "best": best["id"] if best else None,
@@ -450,7 +463,7 @@ def run_sweep(
     params_file: str = "params.yaml",
     out_dir: str = OUT_DIR,
     dask_address: str | None = None,
-) -> dict[str, Any]:
+) -> SweepSummary:
     """Run the sweep flow with the local thread runner, or on Dask when an address is configured."""
     params = load_params(Path(root) / params_file)
     # user errors surface before a flow run starts (a one-line message, not a failed run's traceback)
@@ -464,11 +477,11 @@ def run_sweep(
 @flow(name="edgedistill-student-sweep", log_prints=True, validate_parameters=False)
 def student_sweep(
     root: str = ".", params_file: str = "params.yaml", out_dir: str = OUT_DIR
-) -> dict[str, Any]:
+) -> SweepSummary:
     return _sweep(root, params_file, out_dir)
 
 
-def apply_overlay(params_path: Path, overlay: dict[str, Any], method: str) -> None:
+def apply_overlay(params_path: Path, overlay: ParamsOverlay, method: str) -> None:
     """Write the chosen student into params.yaml, keeping its comments and layout. Refused when
     params.yaml now configures another distill.method than the sweep trained (its knobs would not fit)."""
     now = load_params(params_path).distill.method

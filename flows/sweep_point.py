@@ -10,7 +10,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from edgedistill.errors import EdgeDistillError
 from edgedistill.io import write_json
@@ -21,7 +21,46 @@ TEACHER = "models/teacher.pt"
 LOGITS = "models/teacher_logits"
 
 
-def point_params(params: Params, point: dict[str, Any]) -> Params:
+class SweepPoint(TypedDict):
+    """One point of the grid: a student size and the swept KD knobs' values."""
+
+    id: str
+    width_multiplier: float
+    depth: int
+    method: str
+    knobs: dict[str, float]
+    widths: list[int]
+
+
+class SweepResult(SweepPoint, total=False):
+    """A point once trained and exported (build_point), then benchmarked (flows.sweep)."""
+
+    params: int
+    macs: int | None
+    kd_accuracy: float
+    fp32_accuracy: float
+    int8_accuracy: float
+    int8_val_accuracy: float
+    teacher_accuracy: float
+    parity_max_abs_diff: float
+    train_seconds: float
+    int8_path: str
+    dir: str
+    size_bytes: int
+    weight_bytes: int
+    ram_bytes: int
+    flash_bytes: int
+    budget_profile: str
+    fits: bool
+    why_not: str
+    p50_ms: float
+    p95_ms: float
+    bench_runs: int
+    latency_of: str
+    pareto: bool
+
+
+def point_params(params: Params, point: SweepPoint) -> Params:
     """The release params with this point's student and KD knobs. One torch thread per point: the
     points run side by side, and a fixed thread count keeps each result independent of the runner."""
     raw = params.model_dump(mode="json", by_alias=True)
@@ -41,8 +80,8 @@ def point_params(params: Params, point: dict[str, Any]) -> Params:
 
 
 def build_point(
-    root: str | Path, params: Params, point: dict[str, Any], out_dir: str | Path
-) -> dict[str, Any]:
+    root: str | Path, params: Params, point: SweepPoint, out_dir: str | Path
+) -> SweepResult:
     """Distil (tasks/distill.py) and export to FP32 + INT8 ONNX (tasks/export.py's pieces) one student."""
     import tempfile
 

@@ -4,7 +4,7 @@ stored weight bytes (flash) and peak activation memory (RAM), and a fits / does-
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 import onnx
@@ -31,6 +31,40 @@ ASSUMPTIONS = (
     "tensors (weights, biases, scales); the runtime's own code and the graph structure are not counted. "
     "MACs count Conv/Gemm/MatMul (and their integer forms) only."
 )
+
+
+class PeakActivation(TypedDict):
+    peak_activation_bytes: int
+    peak_at: str
+    live_at_peak: list[str]
+    unknown_shapes: list[str]
+
+
+class StaticCost(PeakActivation):
+    """static_cost: what a device would need for a graph, estimated without running it."""
+
+    source: str
+    batch: int
+    params: int
+    macs: int
+    weight_bytes: int
+    weight_dtypes: dict[str, int]
+    ram_estimate_bytes: int
+    flash_estimate_bytes: int
+    unknown_macs: list[str]
+    guessed_dims: list[str]
+    assumptions: str
+
+
+class BudgetFit(TypedDict):
+    """fits_budget's verdict against a RAM/flash budget."""
+
+    fits: bool
+    ram_budget_bytes: int | None
+    flash_budget_bytes: int | None
+    ram_used_fraction: float | None
+    flash_used_fraction: float | None
+    why_not: str
 
 
 def _with_fixed_dims(
@@ -131,7 +165,7 @@ def _node_macs(node: onnx.NodeProto, shapes: dict) -> int | None:
     return 0
 
 
-def peak_activation(model: onnx.ModelProto, shapes: dict) -> dict[str, Any]:
+def peak_activation(model: onnx.ModelProto, shapes: dict) -> PeakActivation:
     """Largest total size of tensors alive at once while running the nodes in order."""
     nodes = list(model.graph.node)
     const = {name for _, name in constant_tensors(model)}
@@ -218,7 +252,7 @@ def peak_activation(model: onnx.ModelProto, shapes: dict) -> dict[str, Any]:
 
 def static_cost(
     model: onnx.ModelProto, batch: int = 1, dims: dict[str, int] | None = None
-) -> dict[str, Any]:
+) -> StaticCost:
     """What a device would need for this graph, estimated without running it."""
     fixed, guessed = _with_fixed_dims(model, batch, dims or {})
     shapes = _shape_table(fixed)
@@ -247,9 +281,7 @@ def static_cost(
     }
 
 
-def fits_budget(
-    cost: dict[str, Any], ram_bytes: int | None, flash_bytes: int | None
-) -> dict[str, Any]:
+def fits_budget(cost: StaticCost, ram_bytes: int | None, flash_bytes: int | None) -> BudgetFit:
     """Verdict against a RAM/flash budget; an estimate with unknown shapes cannot be said to fit."""
     ram_ok = ram_bytes is None or cost["ram_estimate_bytes"] <= ram_bytes
     flash_ok = flash_bytes is None or cost["flash_estimate_bytes"] <= flash_bytes

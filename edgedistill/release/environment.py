@@ -6,7 +6,7 @@ from __future__ import annotations
 import platform
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from edgedistill.io import sha256_file
 
@@ -35,7 +35,23 @@ def installed_version(name: str) -> str | None:
         return None
 
 
-def environment_record(root: str | Path) -> dict[str, Any]:
+class Environment(TypedDict):
+    """What shapes results: the python and package versions, and requirements.lock's hash."""
+
+    python: str
+    packages: dict[str, str | None]
+    lock_file: str
+    lock_sha256: str | None
+
+
+class EnvironmentDifference(TypedDict, total=False):
+    what: str
+    released: str | None
+    current: str | None
+    note: str
+
+
+def environment_record(root: str | Path) -> Environment:
     lock = Path(root) / LOCK_FILE
     return {
         "python": platform.python_version(),
@@ -46,8 +62,8 @@ def environment_record(root: str | Path) -> dict[str, Any]:
 
 
 def environment_differences(
-    recorded: dict[str, Any] | None, current: dict[str, Any]
-) -> list[dict[str, Any]]:
+    recorded: Environment | None, current: Environment
+) -> list[EnvironmentDifference]:
     """What differs between a recorded environment and this one: one row per package (or python, or
     the lock hash) with both values. A record without an environment (an older card) -> one row."""
     if not recorded:
@@ -59,7 +75,7 @@ def environment_differences(
                 "note": "the release's card records no environment",
             }
         ]
-    rows = []
+    rows: list[EnvironmentDifference] = []
     if recorded.get("python") != current["python"]:
         rows.append(
             {"what": "python", "released": recorded.get("python"), "current": current["python"]}

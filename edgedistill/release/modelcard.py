@@ -4,9 +4,10 @@ lineage (the data version it was trained on, the environment, the params), and t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import yaml
+from pydantic import JsonValue
 
 from edgedistill.data import s3data
 from edgedistill.dvclock import entries, lock_stages
@@ -39,10 +40,22 @@ def bundle_files(root: Path) -> dict[str, str]:
     return files
 
 
-def data_lineage(root: Path, params: Params) -> dict[str, Any]:
+class DataLineage(TypedDict, total=False):
+    """The dataset version a release was trained on (the model card's lineage.data)."""
+
+    path: str
+    md5: str | None
+    size: int | None
+    recorded_in: str | None
+    dvc_file: str
+    dvc_file_commit: str | None
+    manifest: dict[str, JsonValue]
+
+
+def data_lineage(root: Path, params: Params) -> DataLineage:
     """The dataset version a release was trained on: path, DVC md5, and where it is recorded."""
     path = params.data.readings
-    out: dict[str, Any] = {"path": path, "md5": None, "recorded_in": None}
+    out: DataLineage = {"path": path, "md5": None, "recorded_in": None}
     # the validate stage's dep is the canonical record; any other stage reading the file will do
     for name, stage in sorted(
         lock_stages(root / "dvc.lock").items(), key=lambda kv: kv[0] != "validate"
@@ -75,7 +88,7 @@ def model_card(
     commit: str,
     decision: Promotion,
     files: dict[str, Path],
-    data: dict[str, Any],
+    data: DataLineage,
 ) -> ModelCard:
     def doc(rel: str) -> Any:
         return read_json(root / rel) if (root / rel).is_file() else None
@@ -155,7 +168,7 @@ def model_card(
 # ---------------------------------------------------------------- summary (one source, two views)
 
 
-def teacher_text(teacher: dict[str, Any] | None) -> str | None:
+def teacher_text(teacher: dict[str, JsonValue] | None) -> str | None:
     """'minirocket (teacher.kind: auto; the higher best val accuracy ...: cnn 90.1%, minirocket 92.3%)'."""
     if not teacher:
         return None
@@ -168,7 +181,7 @@ def teacher_text(teacher: dict[str, Any] | None) -> str | None:
     )
 
 
-def mcu_engine_text(mcu: dict[str, Any] | None) -> str | None:
+def mcu_engine_text(mcu: dict[str, JsonValue] | None) -> str | None:
     """'int8_kernels: requested (mcu.engine: int8_kernels); parity ...' from mcu.json (None without it)."""
     if not mcu:
         return None

@@ -10,9 +10,12 @@ import html
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
+
+from pydantic import JsonValue
 
 from edgedistill.fmt import by_key
+from edgedistill.release.summary import ReleaseRun
 
 REPORT = "reports/release.html"
 SOURCES = {
@@ -26,6 +29,23 @@ SOURCES = {
     "validation": "reports/validation/result.json",
 }
 PLOTS = "metrics/plots"
+
+JsonDoc = dict[str, JsonValue]
+
+
+class ReportDocs(TypedDict, total=False):
+    """The release files the page is built from (SOURCES), each as read (None when missing or unreadable)."""
+
+    summary: JsonDoc | ReleaseRun | None
+    promotion: JsonDoc | None
+    teacher: JsonDoc | None
+    distill: JsonDoc | None
+    export: JsonDoc | None
+    benchmark: JsonDoc | None
+    mcu: JsonDoc | None
+    validation: JsonDoc | None
+
+
 COLOURS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
 
 
@@ -51,7 +71,7 @@ def _read(root: Path, rel: str) -> Any:
 # ---------------------------------------------------------------- numbers (with intervals)
 
 
-def with_interval(doc: dict[str, Any], key: str, label_key: str | None = None) -> str:
+def with_interval(doc: JsonDoc, key: str, label_key: str | None = None) -> str:
     """`X` rendered as "X [lo, hi]" when the sibling keys `X_lo` and `X_hi` exist (the shared
     interval contract); plain X otherwise."""
     label = label_key or key
@@ -62,7 +82,7 @@ def with_interval(doc: dict[str, Any], key: str, label_key: str | None = None) -
     return text
 
 
-def interval_keys(doc: dict[str, Any]) -> list[str]:
+def interval_keys(doc: JsonDoc) -> list[str]:
     """The keys of a flat dict to show, `X_lo`/`X_hi` folded into their `X`."""
     keys = list(doc)
     return [k for k in keys if not (k.endswith(("_lo", "_hi")) and k[:-3] in doc)]
@@ -274,7 +294,7 @@ def _table(
     return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _verdicts(docs: dict[str, Any]) -> str:
+def _verdicts(docs: ReportDocs) -> str:
     promo = docs.get("promotion") or {}
     summary = docs.get("summary") or {}
     gates = promo.get("gates") or summary.get("gates") or []
@@ -327,7 +347,7 @@ def _verdicts(docs: dict[str, Any]) -> str:
     return "".join(out) + "</section>"
 
 
-def _accuracy(docs: dict[str, Any]) -> str:
+def _accuracy(docs: ReportDocs) -> str:
     d = docs.get("distill") or {}
     rows = []
     for name in ("teacher", "baseline", "kd"):
@@ -365,7 +385,7 @@ def _accuracy(docs: dict[str, Any]) -> str:
     return "".join(out) + "</section>"
 
 
-def _training(root: Path, docs: dict[str, Any]) -> str:
+def _training(root: Path, docs: ReportDocs) -> str:
     plots = root / PLOTS
     out = ["<section id='training'><h2>Training curves</h2>"]
     curves = sorted(plots.glob("*_curve.csv")) if plots.is_dir() else []
@@ -402,7 +422,7 @@ def _training(root: Path, docs: dict[str, Any]) -> str:
     return "".join(out)
 
 
-def _latency(docs: dict[str, Any]) -> str:
+def _latency(docs: ReportDocs) -> str:
     b = docs.get("benchmark") or {}
     out = ["<section id='latency'><h2>Latency and memory per profile</h2>"]
     if not b:
@@ -555,7 +575,7 @@ def _latency(docs: dict[str, Any]) -> str:
     return "".join(out) + "</section>"
 
 
-def _data(docs: dict[str, Any]) -> str:
+def _data(docs: ReportDocs) -> str:
     summary = docs.get("summary") or {}
     d = summary.get("data") or {}
     v = docs.get("validation") or {}
@@ -644,7 +664,7 @@ def _data(docs: dict[str, Any]) -> str:
     return "".join(out) + "</section>"
 
 
-def _stages(docs: dict[str, Any]) -> str:
+def _stages(docs: ReportDocs) -> str:
     stages = (docs.get("summary") or {}).get("stages") or []
     if not stages:
         return ""
@@ -659,12 +679,12 @@ def _stages(docs: dict[str, Any]) -> str:
     )
 
 
-def collect(root: str | Path) -> dict[str, Any]:
+def collect(root: str | Path) -> ReportDocs:
     root = Path(root)
-    return {k: _read(root, rel) for k, rel in SOURCES.items()}
+    return ReportDocs(**{k: _read(root, rel) for k, rel in SOURCES.items()})
 
 
-def _mcu(docs: dict[str, Any]) -> str:
+def _mcu(docs: ReportDocs) -> str:
     """The mcu stage's C model: which engine ships and why, parity with onnxruntime, and per profile the
     measured instructions, flash and RAM (the other engine's beside it when mcu.compare_engines ran)."""
     m = docs.get("mcu") or {}
@@ -735,7 +755,7 @@ def _mcu(docs: dict[str, Any]) -> str:
 
 
 def render_report(
-    root: str | Path, docs: dict[str, Any] | None = None, version: str | None = None
+    root: str | Path, docs: ReportDocs | None = None, version: str | None = None
 ) -> str:
     """The page as a string: every section built from the files under `root` (missing ones are
     said to be missing, never invented)."""
@@ -788,7 +808,7 @@ def write_report(
     root: str | Path,
     out: str | Path | None = None,
     version: str | None = None,
-    summary: dict[str, Any] | None = None,
+    summary: ReleaseRun | None = None,
 ) -> Path:
     """Build the page from the release files under `root` into `out` (default reports/release.html);
     `summary` stands in for reports/release.json (e.g. while the release is being registered)."""

@@ -15,7 +15,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from edgedistill.errors import (
     ArtifactCorrupt,
@@ -497,7 +497,15 @@ def _dvc_transfer_error(what: str, store: Store, e: Exception) -> EdgeDistillErr
     return TransientStoreError(f"{what} {store.describe()} failed: {e}")
 
 
-def dvc_pull_missing(store: Store, name: str, root: str | os.PathLike[str] = ".") -> dict[str, Any]:
+class PullResult(TypedDict, total=False):
+    """dvc_pull_missing: how many files came, for which missing outputs."""
+
+    pulled: int
+    missing: list[str]
+    note: str
+
+
+def dvc_pull_missing(store: Store, name: str, root: str | os.PathLike[str] = ".") -> PullResult:
     """Pull only the tracked outputs absent from the workspace, so a fresh clone skips unchanged
     stages while files the user already has are never overwritten (the pipeline's own: pipeline_outs)."""
     from dvc.exceptions import DvcException

@@ -3,12 +3,67 @@ table (flows) and as markdown (the flow run's page)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, TypedDict
+
+from pydantic import JsonValue
+
 from edgedistill.fmt import num, pct_iv, pts, pts_iv
 from edgedistill.records import GateRow, ReleaseSummary
 from edgedistill.release.gates import describe_row
 from edgedistill.release.shipping import FILES
 
+if TYPE_CHECKING:
+    from edgedistill.release.modelcard import DataLineage
+
 SUMMARY = "reports/release.json"
+
+
+class StageRun(TypedDict):
+    """One stage of a release run: whether DVC ran it or skipped it unchanged, and how long it took."""
+
+    stage: str
+    ran: bool
+    seconds: float
+
+
+class Registration(TypedDict, total=False):
+    """What the release flow registered (or found already registered): the summary's `registry`."""
+
+    model: str
+    version: str
+    commit: str
+    stages: list[str]
+    tags: list[str]
+    new: bool
+    same_as: str
+    pushed: list[str]
+    pinned_in: str | None
+    bundle: str
+
+
+class StoreUsed(TypedDict):
+    url: str
+    remote: str
+
+
+class ReleaseRun(TypedDict, total=False):
+    """The release flow's result as it builds it, then recorded as ReleaseSummary (reports/release.json);
+    metrics and gates are the promotion record's candidate and gate rows as JSON."""
+
+    status: str
+    store: StoreUsed
+    data: DataLineage
+    stages: list[StageRun]
+    dvc_pushed: int
+    metrics: dict[str, JsonValue]
+    gates: list[dict[str, JsonValue]]
+    failed: list[str]
+    kd_line: str | None
+    warnings: list[str]
+    registry: Registration
+    git_commit: str | None
+    flow_run: str | None
+    note: str
 
 
 def mcu_figures(gates: list[GateRow]) -> str:
