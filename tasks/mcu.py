@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import JsonValue
 
 from edgedistill.errors import DataInvalid
 from edgedistill.export import mcu
 from edgedistill.export import onnx_tools as ox
+from edgedistill.export.mcu_kernels import HeaderMeta
 from edgedistill.io import read_json
 from edgedistill.params import CalibrationParams, Params
 from edgedistill.records import McuReport
@@ -35,7 +37,7 @@ BUILD = "build"
 REPORT = "mcu.json"
 
 
-def header_meta(norm_path: Path) -> dict[str, Any]:
+def header_meta(norm_path: Path) -> HeaderMeta:
     """What the generated header tells firmware, from the prepared data's norm.json (empty without it)."""
     if not norm_path.is_file():
         return {}
@@ -74,7 +76,7 @@ def calibration_method(int8: Path, cp: CalibrationParams) -> str:
     return cp.candidates()[0]
 
 
-def _relative(report: dict[str, Any], root: Path, final: Path) -> dict[str, Any]:
+def _relative(report: dict[str, JsonValue], root: Path, final: Path) -> dict[str, JsonValue]:
     """Paths inside the temp build folder → their final place under models/mcu/."""
 
     def fix(v: Any) -> Any:
@@ -95,7 +97,7 @@ def run(
     data_dir: str | Path = DATA_DIR,
     out_dir: str | Path = OUT_DIR,
     int8: str | Path = INT8,
-) -> dict[str, Any]:
+) -> dict[str, JsonValue]:
     model, data_dir, out_dir = Path(model), Path(data_dir), Path(out_dir)
     if not model.is_file():
         raise DataInvalid(

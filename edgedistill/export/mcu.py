@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 import onnx
@@ -28,6 +28,80 @@ from edgedistill.errors import EdgeDistillError
 TOOLCHAIN_MISSING = "skipped: arm-none-eabi-gcc not found; `make mcu-toolchain` installs it"
 NOT_VERIFIED = "not verified"
 MODEL_NAME = "student"
+
+
+if TYPE_CHECKING:
+    from edgedistill.export.mcu_kernels import HeaderMeta, Layout
+
+
+class QuantInfo(TypedDict):
+    """How the QOperator INT8 model the C is generated from was quantized."""
+
+    format: str
+    activations: str
+    weights: str
+    per_channel: bool
+    calibration_method: str
+    calibration_windows: int
+    fp32_nodes: list[str]
+    ops: dict[str, int]
+
+
+class QuantOptions(TypedDict, total=False):
+    """quantize_qoperator's options as the mcu stage passes them (the export stage's choices)."""
+
+    per_channel: bool
+    activation_type: str
+    method: str
+
+
+class GeneratedC(TypedDict, total=False):
+    """The generated C: source and header paths, the entry's signature, the engine that wrote it (and,
+    for the int8 kernels, their memory layout; after a fallback to emx, why)."""
+
+    c: Path
+    h: Path
+    entry: EntrySignature
+    engine: str
+    layout: Layout
+    fallback_reason: str
+
+
+class StackUsage(TypedDict):
+    bytes: int
+    chain: list[str]
+    not_counted: list[str]
+
+
+class CrossBuild(TypedDict):
+    """One Cortex-M build: the model object's flash/RAM, its stack, the harness and the test image."""
+
+    object: Path
+    elf: Path
+    flash_bytes: int
+    ram_bytes: int
+    model_sections: dict[str, int]
+    stack_bytes: int
+    stack_chain: list[str]
+    stack_not_counted: list[str]
+    io_buffer_bytes: int
+    harness_sections: dict[str, int]
+    firmware_example: bool
+    test_image: dict[str, int]
+    libc_bytes: int
+
+
+class QemuRun(TypedDict):
+    """The test image run in QEMU: logits, instruction counts, classes, the stack's high-water mark."""
+
+    logits: np.ndarray
+    ticks_per_inference: float
+    instructions_per_tick: float
+    instructions_per_inference: float
+    command: str
+    classes: list[int] | None
+    stack_high_water_bytes: int | None
+    stack_high_water_exceeds_paint: bool | None
 
 
 class McuFailed(EdgeDistillError):
@@ -186,7 +260,7 @@ def quantize_qoperator(
     activation_type: str,
     method: str,
     scratch: Path,
-) -> dict[str, Any]:
+) -> QuantInfo:
     """FP32 ONNX → QOperator INT8 ONNX (QLinearConv, QGemm, ...), batch 1, calibrated on `calib`."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -300,9 +374,9 @@ def generate_c(
     out_dir: Path,
     name: str = MODEL_NAME,
     engine: str = "emx",
-    meta: dict[str, Any] | None = None,
+    meta: HeaderMeta | None = None,
     fallback: bool = True,
-) -> dict[str, Any]:
+) -> GeneratedC:
     """C source + header for the QOperator model with `engine`: `int8_kernels` (edgedistill's own int8
     kernels, mcu_kernels.py) or `emx` (emx-onnx-cgen). A graph the int8 kernels do not lower falls
     back to emx (`fallback_reason` says why) unless fallback is False (then McuFailed)."""
@@ -347,8 +421,8 @@ def generate_c(
 
 
 def _generate_emx(
-    model_path: Path, out_dir: Path, name: str, meta: dict[str, Any] | None
-) -> dict[str, Any]:
+    model_path: Path, out_dir: Path, name: str, meta: HeaderMeta | None
+) -> GeneratedC:
     """C source + header with emx-onnx-cgen: weights inline as const arrays (flash), every
     temporary on the stack (so -fstack-usage sees the whole working memory, no heap)."""
     from emx_onnx_cgen import Compiler
@@ -436,7 +510,7 @@ def entry_signature(src: str, name: str) -> EntrySignature:
     )
 
 
-def _header(name: str, sig: EntrySignature, meta: dict[str, Any]) -> str:
+def _header(name: str, sig: EntrySignature, meta: HeaderMeta) -> str:
     from edgedistill.export.mcu_kernels import meta_lines
 
     guard = f"{name.upper()}_H"
@@ -474,7 +548,7 @@ int main(void) {{
 """
 
 
-def host_build(gen: dict[str, Any], work: Path, timeout: float) -> Path:
+def host_build(gen: GeneratedC, work: Path, timeout: float) -> Path:
     sig: EntrySignature = gen["entry"]
     main_c = work / "host_main.c"
     main_c.write_text(
@@ -685,7 +759,7 @@ _EXAMPLE_DECL = (
 FIRMWARE_EXAMPLE = Path(__file__).with_name("firmware_example.c")
 
 
-def uses_firmware_example(gen: dict[str, Any]) -> bool:
+def uses_firmware_example(gen: GeneratedC) -> bool:
     """The test image runs firmware_example.c when the entry is the student's float window [1][C][W]."""
     return gen["c"].stem == MODEL_NAME and gen["entry"].window_shape is not None
 
@@ -724,7 +798,7 @@ def _windows_header(x: np.ndarray, it: str) -> str:
     )
 
 
-def stack_usage(ci_files: list[Path], entry: str) -> dict[str, Any]:
+def stack_usage(ci_files: list[Path], entry: str) -> StackUsage:
     """The deepest call chain's stack from `-fcallgraph-info=su` (.ci, VCG): the entry's own
     frame plus the deepest callee chain; dynamic or unbounded frames are reported."""
     nodes: dict[str, int] = {}
@@ -791,8 +865,8 @@ def _berkeley(path: Path, timeout: float) -> dict[str, int]:
 
 
 def cross_build(
-    gen: dict[str, Any], target: str, work: Path, x: np.ndarray, opt: str, timeout: float
-) -> dict[str, Any]:
+    gen: GeneratedC, target: str, work: Path, x: np.ndarray, opt: str, timeout: float
+) -> CrossBuild:
     """Model object (flash/RAM of the model alone), harness object (with the embedded test windows),
     and the linked test image; libc is what the image holds beyond the two."""
     t = TARGETS[target]
@@ -910,7 +984,7 @@ def cross_build(
     }
 
 
-def run_qemu(target: str, elf: Path, n: int, n_out: int, timeout: float) -> dict[str, Any]:
+def run_qemu(target: str, elf: Path, n: int, n_out: int, timeout: float) -> QemuRun:
     t = TARGETS[target]
     cmd = [
         QEMU,
@@ -982,7 +1056,7 @@ def model_macs(model: onnx.ModelProto) -> int | None:
 
 
 def _verify(
-    gen: dict[str, Any],
+    gen: GeneratedC,
     qpath: Path,
     ref: np.ndarray,
     quantum: float,
@@ -1100,11 +1174,11 @@ def build_and_verify(
     opt: str,
     timeout: float,
     calib: np.ndarray | None = None,
-    quant: dict[str, Any] | None = None,
+    quant: QuantOptions | None = None,
     engine: str = "int8_kernels",
     compare: bool = False,
     y_test: np.ndarray | None = None,
-    meta: dict[str, Any] | None = None,
+    meta: HeaderMeta | None = None,
 ) -> dict[str, Any]:
     """The whole MCU path for one ONNX file. `profiles`: objects with name, mcu, clock_hz,
     ram_bytes, flash_bytes (and optionally latency_ms, the budget on est_ms_at_clock). FP32 models

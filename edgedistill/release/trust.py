@@ -29,14 +29,17 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
+
+from pydantic import JsonValue
 
 if TYPE_CHECKING:
     from securesystemslib.signer import Signer
+    from tuf.api.metadata import Metadata, Snapshot, TargetFile, Targets, Timestamp
 
 from edgedistill.errors import (
     ArtifactCorrupt,
@@ -257,6 +260,39 @@ def _save_root(where: Path, root: Any) -> None:
 # ---------------------------------------------------------------- the repository side (signing)
 
 
+class SignedState(TypedDict, total=False):
+    """The store's current, verified metadata (empty when never signed)."""
+
+    timestamp: Metadata[Timestamp]
+    etag: str | None
+    snapshot: Metadata[Snapshot]
+    targets: Metadata[Targets]
+
+
+class SignResult(TypedDict, total=False):
+    """What a signing commit (or a rotation) wrote."""
+
+    wrote: list[str]
+    targets_version: int
+    expires: str
+    note: str
+    root_version: int
+    retired: str
+
+
+class FileDigest(TypedDict):
+    sha256: str
+    bytes: int
+
+
+class Downloaded(TypedDict):
+    """A verified download: where it went, the signed targets version, each file's digest and size."""
+
+    dest: str
+    signed_targets_version: int
+    files: dict[str, FileDigest]
+
+
 class SignedRepository:
     """Reads the store's metadata (verified with the keys at hand: the store is untrusted, so nothing
     unverified is ever re-signed) and publishes new versions of it."""
@@ -295,7 +331,7 @@ class SignedRepository:
             ) from None
         return got
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> SignedState:
         """The current, verified timestamp (+ETag), snapshot and targets; empty when never signed."""
         ts = self._verified("timestamp", "timestamp.json")
         if ts is None:
@@ -315,7 +351,7 @@ class SignedRepository:
             )
         return {"timestamp": ts[0], "etag": ts[1], "snapshot": snap[0], "targets": tgt[0]}
 
-    def targets(self) -> dict[str, Any]:
+    def targets(self) -> dict[str, TargetFile]:
         """The signed targets ({path: TargetFile}) as the keys at hand verify them."""
         st = self.state()
         return dict(st["targets"].signed.targets) if st else {}
@@ -353,7 +389,7 @@ class SignedRepository:
 
     def commit(
         self, change: Callable[[Any], bool] | None = None, resign: bool = False
-    ) -> dict[str, Any]:
+    ) -> SignResult:
         """Apply `change(targets)` (True: it changed something) and publish new targets, snapshot and
         timestamp as needed; with no change, only what is due for renewal (or everything: `resign`).
         Retries when another signer replaced the timestamp first."""
@@ -425,7 +461,7 @@ class SignedRepository:
         log: Callable[[str], None] | None = None,
         root_keys: int = 1,
         threshold: int = 1,
-    ) -> dict[str, Any]:
+    ) -> SignResult:
         """New online keys (and, with `root_too`, `root_keys` new root keys of which `threshold` must sign
         each later root): root v+1 signed by a threshold of the old root keys and of the new ones,
         published to the store; then targets, snapshot and timestamp re-signed with the new keys.
@@ -505,7 +541,7 @@ class SignedRepository:
         return {"root_version": root.signed.version, "retired": str(retired), **got}
 
 
-def finish_rotation(repo: SignedRepository) -> dict[str, Any]:
+def finish_rotation(repo: SignedRepository) -> SignResult:
     """Re-sign the store's metadata with the current keys when a rotation stopped before doing so: the
     metadata is read with the previous root (as `rotate` itself reads it), then signed anew."""
     from tuf.api.metadata import Metadata
@@ -525,7 +561,7 @@ def finish_rotation(repo: SignedRepository) -> dict[str, Any]:
         repo.read_root = None
 
 
-def _target(path: str, data: bytes, custom: dict[str, Any] | None = None) -> Any:
+def _target(path: str, data: bytes, custom: dict[str, str | int] | None = None) -> TargetFile:
     from tuf.api.metadata import TargetFile
 
     t = TargetFile.from_data(path, data, ["sha256"])
@@ -536,7 +572,7 @@ def _target(path: str, data: bytes, custom: dict[str, Any] | None = None) -> Any
 
 def sign_release(
     repo: SignedRepository, model: str, version: str, files: dict[str, bytes]
-) -> dict[str, Any]:
+) -> SignResult:
     """Add a version's files as signed targets. A version is immutable: signing other bytes under a
     version already signed is refused; the same bytes again change nothing."""
     want = {
@@ -564,7 +600,7 @@ def sign_release(
 
 def sign_channel(
     repo: SignedRepository, model: str, stage: str, document: bytes, version: str, assignment: int
-) -> dict[str, Any]:
+) -> SignResult:
     """Sign a channel document. Its entry carries the assignment counter: a lower one than the
     signed one is refused (a stale publisher never moves the channel back)."""
     path = channel_target(model, stage)
@@ -587,7 +623,7 @@ def sign_channel(
     return repo.commit(change)
 
 
-def signed_channel(repo: SignedRepository, model: str, stage: str) -> dict[str, Any] | None:
+def signed_channel(repo: SignedRepository, model: str, stage: str) -> dict[str, JsonValue] | None:
     """The channel as signed: {version, assignment, sha256} or None."""
     t = repo.targets().get(channel_target(model, stage))
     if t is None:
@@ -696,7 +732,7 @@ class Client:
             raise _refusal(e, f"{TARGETS_BASE}/{path}") from None
         return dest
 
-    def version_files(self, model: str, version: str) -> dict[str, Any]:
+    def version_files(self, model: str, version: str) -> dict[str, TargetFile]:
         prefix = f"{safe_name('model', model)}/{safe_name('version', version)}/"
         files = {p[len(prefix) :]: t for p, t in self.targets.items() if p.startswith(prefix)}
         if not files:
@@ -707,7 +743,7 @@ class Client:
             )
         return files
 
-    def channel(self, model: str, stage: str, tmp: Path) -> tuple[dict[str, Any], Any]:
+    def channel(self, model: str, stage: str, tmp: Path) -> tuple[dict[str, JsonValue], TargetFile]:
         path = channel_target(model, stage)
         self.download(path, tmp / "channel.json")
         doc = parse_document(
@@ -743,7 +779,7 @@ def download_version(
     version: str,
     dest: str | os.PathLike[str],
     tmp_dir: Path | None = None,
-) -> dict[str, Any]:
+) -> Downloaded:
     """Download every signed file of `version`, verify each (length, SHA-256 against the signed
     targets) and the card's model/version, then swap the folder in; on any failure `dest` is left as it was."""
     from edgedistill.io import swap_dir
@@ -811,7 +847,7 @@ def fetch_verified(
     version: str,
     dest: str | os.PathLike[str],
     now: datetime | None = None,
-) -> dict[str, Any]:
+) -> Downloaded:
     """`edgedistill fetch`: a fresh client from the project's trusted root (the keys folder's root.json)."""
     with tempfile.TemporaryDirectory() as cache:
         return download_version(Client(store, keys_root, cache, now), model, version, dest)
@@ -861,7 +897,7 @@ def publish_signed(
     files: dict[str, Path],
     project_root: str | os.PathLike[str] | None = None,
     log: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
+) -> SignResult:
     """Upload a release bundle (store.publish_bundle) and sign its files, SHA256SUMS included."""
     from edgedistill.release.store import publish_bundle, sums_text
 
@@ -886,10 +922,10 @@ def provenance_statement(
     version: str,
     files: dict[str, bytes],
     commit: str,
-    data: dict[str, Any],
-    params_sha256: str,
+    data: Mapping[str, JsonValue],
+    params_sha256: str | None,
     lock_sha256: str | None,
-) -> dict[str, Any]:
+) -> dict[str, JsonValue]:
     """An in-toto Statement (SLSA provenance predicate) linking what was built from — the code commit,
     the data version (DVC md5), params.yaml and requirements.lock — to each shipped file's SHA-256."""
     import hashlib
@@ -927,7 +963,7 @@ def provenance_statement(
     }
 
 
-def sign_provenance(statement: dict[str, Any], signer: Any) -> bytes:
+def sign_provenance(statement: dict[str, JsonValue], signer: Signer) -> bytes:
     """The statement in a DSSE envelope signed with the targets key (the key that signs the release)."""
     import json
 
@@ -940,7 +976,7 @@ def sign_provenance(statement: dict[str, Any], signer: Any) -> bytes:
 
 def check_provenance(
     envelope: bytes, root: Any, digests: dict[str, str], where: str
-) -> dict[str, Any]:
+) -> dict[str, JsonValue]:
     """Verify the envelope with the targets key(s) of the trusted root and that its subjects are exactly
     the files at hand (name and SHA-256); returns the statement."""
     import json
@@ -974,7 +1010,7 @@ def check_provenance(
     return statement
 
 
-def provenance_facts(statement: dict[str, Any]) -> dict[str, Any]:
+def provenance_facts(statement: dict[str, JsonValue]) -> dict[str, str | None]:
     """commit, data md5, params sha256, lock sha256 as the statement records them."""
     bd = statement["predicate"]["buildDefinition"]
     deps = {d["uri"]: d["digest"] for d in bd["resolvedDependencies"]}
@@ -987,7 +1023,7 @@ def provenance_facts(statement: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def read_statement(envelope: bytes) -> dict[str, Any]:
+def read_statement(envelope: bytes) -> dict[str, JsonValue]:
     """The statement inside a DSSE envelope already verified (download_version checks it)."""
     import base64
     import json
