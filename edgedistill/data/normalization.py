@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -36,10 +36,69 @@ AMPLITUDE_FEATURES = (
 )  # per input channel, in this order after the z-scored channels
 
 
+class NormSpec(TypedDict, total=False):
+    """A normalisation as norm.json's `normalization` (and a checkpoint's `norm`) records it: the method,
+    per-channel constants, per_window's amplitude statistics, and how `auto` decided."""
+
+    method: str
+    epsilon: float | list[float]
+    epsilon_relative: float
+    mean: list[float]
+    std: list[float]
+    center: list[float]
+    scale: list[float]
+    out_channels: int
+    amp_mean: list[float]
+    amp_std: list[float]
+    amplitude_features: list[str]
+    requested: str
+    reason: str
+    statistics: WindowStats
+    rule: AutoRule
+
+
+class AutoRule(TypedDict):
+    """The thresholds `auto` decided by, and on which split the statistics were taken."""
+
+    max_decades: float
+    max_tail_ratio: float
+    fitted_on: str
+
+
+class WindowStats(TypedDict):
+    """What `auto` decides on, per channel."""
+
+    window_std_decades: list[float]
+    median_window_std_global_z: list[float]
+    std_over_iqr_sigma: list[float]
+
+
+class AmplitudeStats(TypedDict):
+    amp_mean: list[float]
+    amp_std: list[float]
+    amplitude_features: list[str]
+
+
+class PreparedNorm(TypedDict, total=False):
+    """data/prepared/norm.json: what a model is fed (channels, window, rate, labels, layout) and the
+    normalisation fitted on the training split (`mean`/`std` alone: a file from before normalisation
+    methods)."""
+
+    channels: list[str]
+    labels: list[str]
+    window: int
+    sample_rate_hz: float
+    layout: str
+    input: str
+    mean: list[float]
+    std: list[float]
+    normalization: NormSpec
+
+
 class InputNorm(nn.Module):
     """raw [N, C, W] -> normalised [N, C_out, W]; C_out = C, or 3C for per_window. Constants are buffers."""
 
-    def __init__(self, spec: dict[str, Any]):
+    def __init__(self, spec: NormSpec):
         super().__init__()
         self.method = spec["method"]
         if self.method not in METHODS:
@@ -108,7 +167,7 @@ class NormalizedModel(nn.Module):
         return self.net(self.norm(x))
 
 
-def spec_of(norm: dict[str, Any]) -> dict[str, Any]:
+def spec_of(norm: PreparedNorm | NormSpec) -> NormSpec:
     """The spec in a norm.json or a checkpoint's `norm` (one written before normalisation methods existed
     holds only mean/std: global)."""
     if "normalization" in norm:
@@ -126,7 +185,7 @@ def spec_of(norm: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def build_normalized(spec: dict[str, Any], net: nn.Module) -> NormalizedModel:
+def build_normalized(spec: NormSpec, net: nn.Module) -> NormalizedModel:
     return NormalizedModel(InputNorm(spec_of(spec)), net)
 
 
@@ -155,7 +214,7 @@ def tail_ratios(gstd: np.ndarray, iqr_sigma: np.ndarray, epsilon: float) -> list
     return [float(g / i) if i > f else 1.0 for g, i, f in zip(gstd, iqr_sigma, floor, strict=True)]
 
 
-def window_stats(x: np.ndarray, epsilon: float) -> dict[str, Any]:
+def window_stats(x: np.ndarray, epsilon: float) -> WindowStats:
     """The statistics `auto` decides on, from raw training windows x [N, C, W] (float)."""
     x = x.astype(np.float64, copy=False)
     sd = x.std(axis=2)  # [N, C] per-window std
@@ -171,7 +230,7 @@ def window_stats(x: np.ndarray, epsilon: float) -> dict[str, Any]:
     }
 
 
-def choose(stats: dict[str, Any], max_decades: float, max_tail_ratio: float) -> tuple[str, str]:
+def choose(stats: WindowStats, max_decades: float, max_tail_ratio: float) -> tuple[str, str]:
     """`auto`: (method, reason). per_window when the 10th-90th percentile of per-window std spans more than
     `max_decades` on any channel: after one global scale the quiet windows sit below the loud ones by more
     than an 8-bit activation resolves (log10(127) = 2.1 decades), so their shape is lost to quantisation
@@ -205,12 +264,12 @@ def spec_from_moments(
     std: np.ndarray,
     epsilon: float,
     quartiles: Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray]],
-) -> dict[str, Any]:
+) -> NormSpec:
     """The spec of `method` from the training readings' per-channel mean and std (and for robust their
     quartiles, computed only then); per_window's amplitude statistics are added by `amplitude_stats`."""
     eps = channel_epsilon(std, epsilon)
     std = np.where(std > 0, std, 1.0)  # a constant channel must not become inf/NaN
-    spec: dict[str, Any] = {
+    spec: NormSpec = {
         "method": method,
         "epsilon": eps.tolist(),
         "epsilon_relative": epsilon,
@@ -230,7 +289,7 @@ def spec_from_moments(
 
 
 @torch.no_grad()
-def amplitude_stats(spec: dict[str, Any], window_chunks: Iterable[np.ndarray]) -> dict[str, Any]:
+def amplitude_stats(spec: NormSpec, window_chunks: Iterable[np.ndarray]) -> AmplitudeStats:
     """per_window: the mean and std of the amplitude features over the training windows (raw, [n, C, W])."""
     norm, c = InputNorm(spec), len(spec["center"])
     amp = np.concatenate(
@@ -249,9 +308,7 @@ def amplitude_stats(spec: dict[str, Any], window_chunks: Iterable[np.ndarray]) -
     }
 
 
-def fit(
-    method: str, train_rows: np.ndarray, train_windows: np.ndarray, epsilon: float
-) -> dict[str, Any]:
+def fit(method: str, train_rows: np.ndarray, train_windows: np.ndarray, epsilon: float) -> NormSpec:
     """The spec of `method` fitted on training readings [R, C] and training windows [N, C, W] (raw)."""
     rows = train_rows.astype(np.float64, copy=False)
     spec = spec_from_moments(
@@ -267,7 +324,7 @@ def fit(
 
 
 @torch.no_grad()
-def apply(spec: dict[str, Any], x: torch.Tensor, batch: int = 8192) -> torch.Tensor:
+def apply(spec: NormSpec, x: torch.Tensor, batch: int = 8192) -> torch.Tensor:
     """Normalise raw windows with the same module the exported graph holds."""
     m = InputNorm(spec).to(x.device)
     return torch.cat([m(x[i : i + batch]) for i in range(0, len(x), batch)]) if len(x) else x

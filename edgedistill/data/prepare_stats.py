@@ -16,11 +16,12 @@ training rows and windows read from disk, in bounded memory, with the same resul
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import numpy as np
 
 from edgedistill.data.normalization import (
+    NormSpec,
+    WindowStats,
     amplitude_stats,
     spec_from_moments,
     spread_stats,
@@ -144,7 +145,7 @@ class WindowAccumulator:
         self.m2 = self.m2 + m2b + delta * delta * (self.n * nb / n)
         self.n = n
 
-    def stats(self, window_chunks: Chunks, epsilon: float) -> dict[str, Any]:
+    def stats(self, window_chunks: Chunks, epsilon: float) -> WindowStats:
         """normalization.window_stats of all windows added; `window_chunks` re-reads them (flat quantiles)."""
         sd = np.concatenate(self.sd)
         gstd = np.sqrt(self.m2 / self.n)
@@ -163,7 +164,7 @@ class WindowAccumulator:
         }
 
 
-def fit(method: str, row_chunks: Chunks, window_chunks: Chunks, epsilon: float) -> dict[str, Any]:
+def fit(method: str, row_chunks: Chunks, window_chunks: Chunks, epsilon: float) -> NormSpec:
     """normalization.fit on the chunked training rows and windows (same spec, same numbers)."""
     _, mean, std = row_moments(row_chunks)
     spec = spec_from_moments(

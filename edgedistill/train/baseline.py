@@ -82,7 +82,7 @@ def balanced_vs_chance(confusion: Any) -> tuple[float, float, float]:
     return float(recall.mean()), q, float(math.sqrt((q * (1 - q) / n_c[present]).sum()) / k)
 
 
-def describe(figures: dict[str, Any]) -> str:
+def describe(figures: dict[str, float | int]) -> str:
     return ", ".join(
         f"{k} {v:.1%}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items()
     )

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 import torch
+from pydantic import JsonValue
 from torch import nn
 
-from edgedistill.data.normalization import build_normalized
+from edgedistill.data.normalization import NormSpec, PreparedNorm, build_normalized
 from edgedistill.errors import ArtifactCorrupt, ModelMismatch
 from edgedistill.io import atomic_path
 from edgedistill.train.nets import build_model
@@ -27,7 +28,27 @@ META_KEYS = (
 )
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
+class CheckpointMeta(TypedDict, total=False):
+    """What a checkpoint needs to be used on its own (META_KEYS are required; net_in_channels is the
+    channel count after the normalisation), and what the training stages add: its test accuracy, the KD
+    params, which student ships."""
+
+    arch: str
+    config: dict[str, JsonValue]
+    in_channels: int
+    net_in_channels: int
+    n_classes: int
+    window: int
+    channels: list[str]
+    labels: list[str]
+    sample_rate_hz: float
+    norm: NormSpec
+    metrics: dict[str, float]
+    distill: dict[str, JsonValue]
+    shipped: str
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, meta: CheckpointMeta) -> None:
     """meta: arch, config, in_channels, n_classes, window, channels, labels, sample_rate_hz,
     norm (the normalisation spec, edgedistill.data.normalization), optionally net_in_channels (channels after the
     normalisation); extra keys (metrics, epoch) are kept. `model` is the bare network (trained on normalised
@@ -41,7 +62,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) ->
         torch.save({**meta, "state_dict": state}, tmp)
 
 
-def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+def load_checkpoint(path: str | Path) -> tuple[nn.Module, CheckpointMeta]:
     """Rebuild the model (eval mode, CPU) and return it with its meta. The model takes RAW readings
     [N, in_channels, window]: the normalisation from meta["norm"] runs first; `model.net` is the network
     alone, for windows already normalised (edgedistill.train.training.load_prepared)."""
@@ -86,7 +107,7 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 
 
 def check_compatible(
-    meta: dict[str, Any], x_shape: tuple[int, ...], what: str, normalised: bool = False
+    meta: CheckpointMeta, x_shape: tuple[int, ...], what: str, normalised: bool = False
 ) -> None:
     """Fail clearly when data [N, C, W] does not match what the checkpoint was trained on (raw readings, or
     with `normalised` the windows after the normalisation, as the network alone takes them)."""
@@ -98,7 +119,7 @@ def check_compatible(
         )
 
 
-def check_same_norm(meta: dict[str, Any], other: dict[str, Any], what: str) -> None:
+def check_same_norm(meta: CheckpointMeta, other: CheckpointMeta | PreparedNorm, what: str) -> None:
     """Two models (or a model and norm.json) must normalise identically, or one is fed wrongly scaled data."""
     from edgedistill.data.normalization import spec_of
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import JsonValue
 from torch import nn
 
 from edgedistill.train.rocket import MiniRocketNet
@@ -200,7 +201,9 @@ def channels_last_twin(net: nn.Module) -> nn.Module:
 ARCHS = {"resnet1d": ResNet1d, "dscnn1d": DSCNN1d, "minirocket": MiniRocketNet}
 
 
-def build_model(arch: str, config: dict[str, Any], in_channels: int, n_classes: int) -> nn.Module:
+def build_model(
+    arch: str, config: dict[str, JsonValue], in_channels: int, n_classes: int
+) -> nn.Module:
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHS)}")
     return ARCHS[arch](in_channels=in_channels, n_classes=n_classes, **config)

@@ -15,17 +15,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import JsonValue
 from torch import nn
 
-from edgedistill.data.normalization import spec_of
+from edgedistill.data.normalization import NormSpec, PreparedNorm, spec_of
 from edgedistill.errors import DataInvalid, ModelMismatch, ParamsInvalid, TrainingFailed
 from edgedistill.io import atomic_path
 from edgedistill.params import vector_groups_in
+
+if TYPE_CHECKING:
+    from edgedistill.train.checkpoint import CheckpointMeta
 
 # loss_fn(model, x_batch, y_batch, batch_indices, generator) -> scalar loss
 LossFn = Callable[
@@ -55,7 +59,7 @@ class ShardWindows:
     by the spec and moved to `device` per batch: `x[idx]` / `x[a:b]` read only those windows, so memory does
     not grow with the number of windows. Indexing returns what a tensor [N, C_out, W] on `device` would."""
 
-    def __init__(self, split: Any, spec: dict[str, Any] | None, device: torch.device):
+    def __init__(self, split: Any, spec: NormSpec | None, device: torch.device):
         from edgedistill.data.normalization import InputNorm, out_channels
 
         self.split, self.spec, self.device = split, spec, device
@@ -117,7 +121,7 @@ def load_split(
     path: str | Path,
     device: torch.device,
     n_classes: int | None = None,
-    spec: dict[str, Any] | None = None,
+    spec: NormSpec | None = None,
 ) -> Split:
     """A prepared split `<prepared>/<split>`: labels on `device`, windows read per batch from the shards
     (normalised with `spec` when given)."""
@@ -182,7 +186,7 @@ class Augment:
         return self.rotate > 0 and bool(self.rotate_idx)
 
 
-def augment_for(aug_params: Any, vector_groups: list[list[str]], norm: dict[str, Any]) -> Augment:
+def augment_for(aug_params: Any, vector_groups: list[list[str]], norm: PreparedNorm) -> Augment:
     """The Augment of a model's `augment` params on windows normalised by `norm` (a norm.json or a checkpoint's
     meta): `shift` is a fraction of the window (norm["window"]) made readings; `rotate` turns the channels of
     each `data.vector_groups` triplet (none: no rotation)."""
@@ -208,7 +212,7 @@ def augment_for(aug_params: Any, vector_groups: list[list[str]], norm: dict[str,
     return aug
 
 
-def rotation_note(aug_params: Any, aug: Augment, norm: dict[str, Any]) -> str:
+def rotation_note(aug_params: Any, aug: Augment, norm: PreparedNorm) -> str:
     """Why `augment.rotate` > 0 does nothing on this data ('' when it turns the vectors or is 0), for the log."""
     if aug_params.rotate <= 0 or aug.rotating:
         return ""
@@ -322,9 +326,41 @@ def predict(model: nn.Module, x: torch.Tensor, batch: int = 1024) -> torch.Tenso
     return out
 
 
+class Classification(TypedDict, total=False):
+    """A model's figures on one split (classification_metrics), with its size and compute (model_report);
+    `confusion` and `loss` stay out of the metrics files (public_metrics)."""
+
+    accuracy: float
+    macro_f1: float
+    per_class_f1: dict[str, float]
+    loss: float
+    n: int
+    confusion: list[list[int]]
+    params: int
+    macs: int | None
+
+
+class PublicMetrics(TypedDict, total=False):
+    """A trained model's figures as the metrics files record them."""
+
+    accuracy: float
+    macro_f1: float
+    per_class_f1: dict[str, float]
+    n: int
+    params: int
+    macs: int | None
+    val_accuracy: float
+    best_epoch: int
+    epochs_run: int
+    train_seconds: float
+    epoch_seconds: float
+    samples_per_s: float
+    device: str
+
+
 def classification_metrics(
     logits: torch.Tensor, y: torch.Tensor, labels: list[str]
-) -> dict[str, Any]:
+) -> Classification:
     pred = logits.argmax(1).cpu().numpy()
     true = y.cpu().numpy()
     k = len(labels)
@@ -602,13 +638,13 @@ class Prepared:
     train: Split
     val: Split
     test: Split
-    norm: dict[str, Any]
+    norm: PreparedNorm
 
     @property
     def labels(self) -> list[str]:
         return list(self.norm["labels"])
 
-    def model_meta(self, arch: str, config: dict[str, Any]) -> dict[str, Any]:
+    def model_meta(self, arch: str, config: dict[str, JsonValue]) -> CheckpointMeta:
         """What a checkpoint needs to be used on its own (see edgedistill.train.checkpoint). `in_channels` is what a
         device feeds (raw readings); `net_in_channels` what the network sees after the normalisation."""
         return {
@@ -645,7 +681,7 @@ def load_prepared(prepared: str | Path, device: torch.device) -> Prepared:
 
 
 def build_from_params(
-    arch: str, config: dict[str, Any], in_channels: int, n_classes: int
+    arch: str, config: dict[str, JsonValue], in_channels: int, n_classes: int
 ) -> nn.Module:
     from edgedistill.train.nets import build_model
 
@@ -674,8 +710,8 @@ def check_shapes(split: Split, in_channels: int, window: int, what: str) -> None
 
 
 def model_report(
-    model: nn.Module, split: Split, labels: list[str], meta: dict[str, Any]
-) -> dict[str, Any]:
+    model: nn.Module, split: Split, labels: list[str], meta: CheckpointMeta
+) -> Classification:
     """Test metrics plus size/compute of the model; `confusion` is kept for the plots only."""
     from edgedistill.train.nets import count_macs, count_params
 
@@ -712,8 +748,8 @@ def write_plots(
                 w.writerows([[labels[i], labels[j]]] * count)
 
 
-def public_metrics(m: dict[str, Any], result: TrainResult, device: torch.device) -> dict[str, Any]:
-    out = {k: v for k, v in m.items() if k not in ("confusion", "loss")}
+def public_metrics(m: Classification, result: TrainResult, device: torch.device) -> PublicMetrics:
+    out: PublicMetrics = {k: v for k, v in m.items() if k not in ("confusion", "loss")}
     out.update(
         {
             "val_accuracy": round(result.best_val_accuracy, 5),
