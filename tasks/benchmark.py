@@ -11,12 +11,15 @@ and kernel time per op type from onnxruntime's profiler. Output: metrics/benchma
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+
+from pydantic import JsonValue
 
 from edgedistill.errors import DataInvalid, ModelMismatch
 from edgedistill.export.evaluation import onnx_accuracy
 from edgedistill.export.onnx_bench import (
     FLOOR,
+    Interleaved,
+    OnnxBench,
     bench_onnx,
     host_info,
     interleaved_latency,
@@ -40,8 +43,9 @@ PROD_CARD = CARD
 PROD = "prod"  # interleaved name of the file prod ships on the first profile
 
 
-def _profile_entry(prof: DeviceProfile, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    entry: dict[str, Any] = {
+def _profile_entry(prof: DeviceProfile, results: dict[str, OnnxBench]) -> dict[str, JsonValue]:
+    """benchmark.json's profiles.<name> (records.ProfileFigures) from each model's bench_onnx."""
+    entry: dict[str, JsonValue] = {
         "kind": "measured on this host + static estimate"
         if prof.measure
         else "static estimate only (not measured: this target cannot be run here)",
@@ -93,14 +97,14 @@ def validation_accuracy(paths: dict[str, Path], data_dir: Path) -> tuple[dict[st
 
 def format_entry(
     prof: DeviceProfile,
-    inter: dict[str, Any] | None,
+    inter: Interleaved | None,
     accuracy: dict[str, float],
     split: str,
     tolerance: float,
-) -> dict[str, Any]:
+) -> dict[str, JsonValue]:
     """The file `prof` ships and why, with both students' p50s from one interleaved run (measured
     profiles), the call floor, each one's ratio to the floor and its net ratio (net p50 / floor)."""
-    timed: dict[str, Any] = {}
+    timed: dict[str, JsonValue] = {}
     if inter is not None:
         im, floor = inter["models"], inter["models"][FLOOR]["p50_ms"]
         timed = {
@@ -142,7 +146,7 @@ def run(
     models_dir: str | Path = MODELS_DIR,
     data_dir: str | Path = DATA_DIR,
     metrics_path: str | Path = METRICS,
-) -> dict[str, Any]:
+) -> dict[str, JsonValue]:
     bp = params.benchmark
     models_dir, data_dir = Path(models_dir), Path(data_dir)
     paths = {k: models_dir / f for k, f in MODELS.items()}
@@ -173,8 +177,8 @@ def run(
     )
     im = inter["models"]
 
-    profiles: dict[str, Any] = {}
-    statics: dict[str, dict[str, Any]] = {}
+    profiles: dict[str, dict[str, JsonValue]] = {}
+    statics: dict[str, dict[str, JsonValue]] = {}
     for prof in bp.profiles:
         results = {}
         for k, path in paths.items():

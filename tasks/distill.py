@@ -16,13 +16,14 @@ import io
 import multiprocessing
 import os
 import queue
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import JsonValue
 
 from edgedistill.errors import EdgeDistillError, ModelMismatch, TrainingFailed
 from edgedistill.params import Params
@@ -67,9 +68,17 @@ PLOTS = "metrics/plots"
 RESUME_DIR = "models/.resume"
 
 
+class LogitsCache(TypedDict):
+    """The teacher_logits stage's cache: its meta.json, plain logits [N, K] and bank logits [V, N, K]."""
+
+    meta: dict[str, JsonValue]
+    plain: np.ndarray
+    bank: np.ndarray
+
+
 def load_cached_logits(
     path: str | Path, data: Prepared, params: Params, need_bank: bool
-) -> dict[str, Any]:
+) -> LogitsCache:
     """The teacher_logits stage's cache (models/teacher_logits/): plain [N, K] and bank [V, N, K] memory-mapped."""
     from edgedistill.io import read_json
 
@@ -79,7 +88,7 @@ def load_cached_logits(
             f"{path}: cached teacher logits not found", hint="Run `dvc repro teacher_logits`."
         )
     meta = read_json(path / "meta.json")
-    cache = {
+    cache: LogitsCache = {
         "meta": meta,
         "plain": np.load(path / "plain.npy", mmap_mode="r"),
         "bank": np.load(path / "bank.npy", mmap_mode="r"),
@@ -100,7 +109,7 @@ def load_cached_logits(
 
 
 def _bank_inputs(
-    data: Prepared, params: Params, cache: dict[str, Any], device: torch.device
+    data: Prepared, params: Params, cache: LogitsCache, device: torch.device
 ) -> BankViews:
     """The bank's views, regenerated per batch from the seed (never [V, N, C, W] in memory); refused when
     they would not be the views the teacher scored (edgedistill.train.bank.bank_key)."""
@@ -418,7 +427,7 @@ def run(
     log: Callable[[str], None] = print,
     train_baseline: bool = True,
     kd_out: str | Path | None = None,
-) -> dict[str, Any]:
+) -> dict[str, JsonValue]:
     """Train baseline and KD student; ship (write to `student_out`) the KD student when its paired
     VALIDATION gain over the baseline is > 0, else the baseline. Test figures are reported only.
     The KD checkpoint itself goes to `kd_out` (default: student_kd.pt beside `student_out`)."""
@@ -436,7 +445,7 @@ def run(
             "test": predict(model, data.test.x).argmax(1).cpu().numpy(),
         }
 
-    def with_interval(section: dict[str, Any], pred: np.ndarray) -> dict[str, Any]:
+    def with_interval(section: Mapping[str, JsonValue], pred: np.ndarray) -> dict[str, JsonValue]:
         iv = accuracy_interval(pred, y["test"], rec["test"], **boot)
         return {**section, "accuracy_lo": iv.lo, "accuracy_hi": iv.hi}
 
@@ -448,7 +457,7 @@ def run(
     t_pred = preds(teacher)["test"]
     del teacher
 
-    report: dict[str, Any] = {
+    report: dict[str, JsonValue] = {
         "method": params.distill.method,
         "teacher": with_interval(
             {k: v for k, v in t_report.items() if k not in ("confusion", "loss")}, t_pred

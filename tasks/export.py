@@ -13,11 +13,12 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import torch
+from pydantic import JsonValue
 
-from edgedistill.data.normalization import spec_of
+from edgedistill.data.normalization import PreparedNorm, spec_of
 from edgedistill.dvclock import entries, lock_stages
 from edgedistill.errors import DataInvalid
 from edgedistill.export import onnx_tools as ox
@@ -35,6 +36,7 @@ from edgedistill.records import ExportMetrics
 from edgedistill.shards import open_split
 from edgedistill.stats import accuracy_interval, paired_difference, recording_ids
 from edgedistill.train.checkpoint import (
+    CheckpointMeta,
     check_compatible,
     check_same_norm,
     load_checkpoint,
@@ -49,10 +51,30 @@ LOCK = "dvc.lock"
 PARAM_SECTIONS = ("data", "prepare", "export")  # (stats only shapes the reported intervals)
 
 
-def lineage(params: Params, norm_path: Path, test_path: Path, lock_path: Path) -> dict[str, Any]:
+class Lineage(TypedDict, total=False):
+    """Hashes that tie a model file to the data and params it was made from."""
+
+    params_sha256: str
+    params_sections: list[str]
+    norm_sha256: str
+    test_sha256: str
+    readings_md5: str | None
+    prepared_md5: str | None
+    dvc_lock: str
+
+
+class FileFacts(TypedDict):
+    path: str
+    file_bytes: int
+    weight_bytes: int
+    weight_dtypes: dict[str, int]
+    sha256: str
+
+
+def lineage(params: Params, norm_path: Path, test_path: Path, lock_path: Path) -> Lineage:
     """Hashes that tie a model file to the data and params it was made from."""
     sections = {k: getattr(params, k).model_dump(mode="json") for k in PARAM_SECTIONS}
-    out: dict[str, Any] = {
+    out: Lineage = {
         "params_sha256": hashlib.sha256(json.dumps(sections, sort_keys=True).encode()).hexdigest(),
         "params_sections": list(PARAM_SECTIONS),
         "norm_sha256": sha256_file(norm_path),
@@ -73,8 +95,8 @@ def lineage(params: Params, norm_path: Path, test_path: Path, lock_path: Path) -
 
 
 def device_metadata(
-    name: str, meta: dict[str, Any], lineage_: dict[str, Any], ckpt: Path, precision: str
-) -> dict[str, Any]:
+    name: str, meta: CheckpointMeta, lineage_: Lineage, ckpt: Path, precision: str
+) -> dict[str, JsonValue]:
     """What a device needs to use the file alone (written to the ONNX metadata_props)."""
     c, w = meta["in_channels"], meta["window"]
     spec = spec_of(meta["norm"])
@@ -121,13 +143,13 @@ def device_metadata(
     }
 
 
-def _check_norm(meta: dict[str, Any], norm: dict[str, Any], ckpt: Path, norm_path: Path) -> None:
+def _check_norm(meta: CheckpointMeta, norm: PreparedNorm, ckpt: Path, norm_path: Path) -> None:
     check_same_norm(
         meta, {"channels": norm["channels"], "norm": spec_of(norm)}, f"{ckpt} (vs {norm_path})"
     )
 
 
-def file_facts(path: Path, final: Path) -> dict[str, Any]:
+def file_facts(path: Path, final: Path) -> FileFacts:
     model = ox.load_onnx(path)
     return {
         "path": str(final),
@@ -144,7 +166,7 @@ def run(
     data_dir: str | Path = DATA_DIR,
     metrics_path: str | Path = METRICS,
     lock_path: str | Path = LOCK,
-) -> dict[str, Any]:
+) -> dict[str, JsonValue]:
     ep = params.export
     models_dir, data_dir = Path(models_dir), Path(data_dir)
     test_path, norm_path = data_dir / "test", data_dir / "norm.json"

@@ -13,10 +13,10 @@ from __future__ import annotations
 import hashlib
 import shutil
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
+from pydantic import JsonValue
 
 from edgedistill.io import swap_dir, write_json
 from edgedistill.params import Params
@@ -35,7 +35,7 @@ def run(
     prepared: str | Path = PREPARED,
     teacher: str | Path = TEACHER,
     out: str | Path = OUT,
-) -> dict[str, Any]:
+) -> dict[str, JsonValue]:
     device = resolve_device(params.compute.device, params.compute.threads)
     model, meta = load_checkpoint(teacher)
     train_path = Path(prepared) / "train"

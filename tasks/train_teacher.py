@@ -14,12 +14,13 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import JsonValue
 
 from edgedistill.errors import ParamsInvalid, TrainingFailed
 from edgedistill.params import Params, SanityParams
 from edgedistill.records import TeacherMetrics
 from edgedistill.train import baseline as bl
-from edgedistill.train.checkpoint import save_checkpoint
+from edgedistill.train.checkpoint import CheckpointMeta, save_checkpoint
 from edgedistill.train.rocket import train_minirocket
 from edgedistill.train.training import (
     Augment,
@@ -56,7 +57,7 @@ def run(
     plots_dir: str | Path | None = PLOTS,
     resume_dir: str | Path = RESUME_DIR,
     log: Callable[[str], None] = print,
-) -> dict[str, Any]:
+) -> dict[str, JsonValue]:
     mp = params.teacher
     device = resolve_device(params.compute.device, params.compute.threads)
     data = load_prepared(prepared, device)
@@ -133,7 +134,7 @@ def run(
 
 class Trained(NamedTuple):
     model: torch.nn.Module
-    meta: dict[str, Any]
+    meta: CheckpointMeta
     result: Any  # TrainResult or edgedistill.train.rocket.HeadResult
     epochs: int  # planned epochs (runs shorter than check_epoch are not judged by the sanity stop)
     check_epoch: int

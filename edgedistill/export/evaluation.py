@@ -4,7 +4,7 @@ ONNX/PyTorch parity and ONNX accuracy. Shared by the export and benchmark stages
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -21,6 +21,38 @@ def load_split(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """A whole prepared split `<prepared>/<split>` in memory (the evaluation splits: test, val)."""
     sp = open_split(path)
     return sp.load_all(), sp.y
+
+
+class Parity(TypedDict):
+    """ONNX against PyTorch on the test windows, batched and one window at a time."""
+
+    max_abs_diff: float
+    argmax_agreement: float
+    windows: int
+    batch1_windows: int
+    atol: float
+    min_argmax_agreement: float
+
+
+class CalibrationTried(TypedDict, total=False):
+    method: str
+    path: Path
+    val_accuracy: float
+    val_agreement_with_fp32: float
+
+
+class CalibrationSelection(TypedDict):
+    rule: str
+    val_windows: int
+    candidates: list[CalibrationTried]
+
+
+class Quantized(TypedDict, total=False):
+    """The INT8 file's calibration (None: dynamic), how it was chosen, the nodes left in FP32."""
+
+    calibration_method: str | None
+    calibration_selection: CalibrationSelection
+    fp32_nodes: list[str]
 
 
 def calibration_windows(train_path: Path, cp: CalibrationParams) -> np.ndarray:
@@ -48,7 +80,7 @@ def torch_logits(model: torch.nn.Module, x: np.ndarray, batch: int = 512) -> np.
 
 def check_parity(
     model: torch.nn.Module, onnx_path: Path, x: np.ndarray, atol: float, min_agree: float, what: str
-) -> dict[str, Any]:
+) -> Parity:
     """The ONNX file must compute what PyTorch computed, batched and one window at a time."""
     ref = torch_logits(model, x)
     session = ox.open_session(onnx_path)
@@ -59,7 +91,7 @@ def check_parity(
     for i in range(singles):
         one = ox.predict(session, onnx_path, x[i : i + 1])
         diff = max(diff, float(np.abs(one - ref[i : i + 1]).max()))
-    result = {
+    result: Parity = {
         "max_abs_diff": diff,
         "argmax_agreement": agree,
         "windows": len(x),
@@ -92,7 +124,7 @@ def quantize_int8_by_validation(
     mode: str,
     scratch: Path,
     **kw: Any,
-) -> dict[str, Any]:
+) -> Quantized:
     """INT8 of `src` at dest. static: one INT8 model per candidate calibration (minmax lets one rare
     spike in the calibration windows set a tensor's whole range, a percentile clips it), the one with
     the best accuracy on the validation windows kept (ties: the better agreement with the FP32 model's
@@ -107,7 +139,7 @@ def quantize_int8_by_validation(
     for i, spec in enumerate(candidates):
         out = scratch / f"{dest.stem}.cand{i}.onnx"
         nodes = ox.quantize_int8(src, out, calib, mode=mode, method=spec, scratch=scratch, **kw)
-        row: dict[str, Any] = {"method": spec, "path": out}
+        row: CalibrationTried = {"method": spec, "path": out}
         if fp32_val is not None:
             acc, pred = onnx_accuracy(out, x_val, y_val)
             row |= {

@@ -13,7 +13,7 @@ import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 
@@ -27,10 +27,107 @@ from edgedistill.export.onnx_tools import (
     open_session,
 )
 
+if TYPE_CHECKING:
+    from onnxruntime import InferenceSession
+
+    from edgedistill.export.onnx_cost import StaticCost
+
+
+class LatencyStats(TypedDict):
+    batch: int
+    runs: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    mean_ms: float
+    std_ms: float
+    iqr_ms: float
+    min_ms: float
+    max_ms: float
+    throughput_per_s: float | None
+
+
+class HostInfo(TypedDict):
+    cpu: str
+    logical_cores: int | None
+    machine: str
+    python: str
+    onnxruntime: str
+
+
+class Measured(TypedDict):
+    """What bench_onnx measured on this host: latency per batch size and the session's peak RSS."""
+
+    source: str
+    threads: int
+    inputs: dict[str, str]
+    latency: dict[str, LatencyStats]
+    peak_rss_delta_bytes: int
+    rss_method: str
+
+
+class OnnxBench(TypedDict, total=False):
+    """bench_onnx: the file's size, its static cost and (measure=True) what was measured."""
+
+    path: str
+    file_bytes: int
+    static: StaticCost
+    weight_bytes: int
+    measured: Measured
+
+
+class InterleavedModel(TypedDict):
+    p50_ms: float
+    p95_ms: float
+    net_p50_ms: float
+    net_p95_ms: float
+    x_floor_p50: float | None
+    round_p50_ms: list[float]
+    input: str
+    path: str | None
+
+
+class Interleaved(TypedDict):
+    """interleaved_latency: batch-1 figures of each model and of the call floor, measured round by round."""
+
+    method: str
+    threads: int
+    warmup: int
+    runs_per_round: int
+    rounds: int
+    models: dict[str, InterleavedModel]
+
+
+class OpTally(TypedDict):
+    op_type: str
+    nodes: int
+    us: float
+
+
+class OpRow(TypedDict):
+    op_type: str
+    nodes: int
+    us_per_run: float
+    share: float
+
+
+class OpProfile(TypedDict):
+    """op_profile: kernel time per op type from onnxruntime's profiler."""
+
+    path: str
+    runs: int
+    threads: int
+    nodes: int
+    kernel_us_per_run: float
+    run_us_per_run: float
+    ops: list[OpRow]
+    method: str
+
+
 MIN_RUNS = 10  # a time cap never cuts a measurement below this many runs
 
 
-def latency_stats(ns: np.ndarray, batch: int) -> dict[str, Any]:
+def latency_stats(ns: np.ndarray, batch: int) -> LatencyStats:
     ms = ns.astype(np.float64) / 1e6
     p25, p50, p75, p95, p99 = np.percentile(ms, [25, 50, 75, 95, 99])
     mean = float(ms.mean())
@@ -166,7 +263,7 @@ def make_feed(
     return feed
 
 
-def host_info() -> dict[str, Any]:
+def host_info() -> HostInfo:
     import onnxruntime as ort
 
     cpu = platform.processor() or platform.machine()
@@ -200,12 +297,12 @@ def bench_onnx(
     data: np.ndarray | None = None,
     dims: dict[str, int] | None = None,
     measure: bool = True,
-) -> dict[str, Any]:
+) -> OnnxBench:
     """Measure latency/throughput/peak RSS on this host (measure=True) and estimate the static
     cost of any ONNX file; every number says whether it was measured or estimated."""
     path = Path(path)
     model = load_onnx(path)
-    out: dict[str, Any] = {
+    out: OnnxBench = {
         "path": str(path),
         "file_bytes": path.stat().st_size,
         "static": static_cost(model, batch=1, dims=dims),
@@ -304,7 +401,7 @@ def interleaved_latency(
     rounds: int = 5,
     data: np.ndarray | None = None,
     dims: dict[str, int] | None = None,
-) -> dict[str, Any]:
+) -> Interleaved:
     """Batch-1 latency of several models and of the runtime's call floor, measured in one process
     in interleaved rounds: every model is warmed up, then each round times `runs` calls of each
     model in turn (the order rotates every round), so a noisy spell on a shared host hits all of
@@ -317,7 +414,7 @@ def interleaved_latency(
 
     import onnx
 
-    sessions: dict[str, Any] = {}
+    sessions: dict[str, InferenceSession] = {}
     feeds: dict[str, dict[str, np.ndarray]] = {}
     inputs: dict[str, str] = {}
     for name, path in models.items():
@@ -347,7 +444,7 @@ def interleaved_latency(
             med[n].append(float(np.median(ms)))
             p95[n].append(float(np.percentile(ms, 95)))
     floor50, floor95 = float(np.median(med[FLOOR])), float(np.median(p95[FLOOR]))
-    out: dict[str, Any] = {}
+    out: dict[str, InterleavedModel] = {}
     for n in names:
         p50, q95 = float(np.median(med[n])), float(np.median(p95[n]))
         out[n] = {
@@ -375,7 +472,7 @@ def interleaved_latency(
     }
 
 
-def net_ratio(interleaved: dict[str, Any], a: str, b: str, key: str = "net_p50_ms") -> float | None:
+def net_ratio(interleaved: Interleaved, a: str, b: str, key: str = "net_p50_ms") -> float | None:
     """a's figure net of the floor over b's; None when b's net figure is not positive (b costs no
     more than the floor itself: no meaningful ratio)."""
     m = interleaved["models"]
@@ -395,7 +492,7 @@ def op_profile(
     runs: int = 200,
     data: np.ndarray | None = None,
     dims: dict[str, int] | None = None,
-) -> dict[str, Any]:
+) -> OpProfile:
     """Kernel time per op type from onnxruntime's profiler (`enable_profiling`), batch 1: each
     node's median over `runs` profiled calls after `warmup` ones, summed per op type (the
     profiler records whole µs, so sub-µs nodes round): where the model's time
@@ -435,7 +532,7 @@ def op_profile(
         by_node.setdefault(e["name"], (e.get("args", {}).get("op_name", "?"), []))[1].append(
             float(e["dur"])
         )
-    per_op: dict[str, dict[str, Any]] = {}
+    per_op: dict[str, OpTally] = {}
     for op, durs in by_node.values():
         row = per_op.setdefault(op, {"op_type": op, "nodes": 0, "us": 0.0})
         row["nodes"] += 1

@@ -10,10 +10,11 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import onnx
+from pydantic import JsonValue
 
 from edgedistill.errors import ArtifactCorrupt, ExportFailed, ModelMismatch
 
@@ -258,7 +259,16 @@ def conv1d_as_conv2d(model: onnx.ModelProto) -> int:
 # ---------------------------------------------------------------- the input scale folded into the first Conv
 
 
-def fold_input_scale(model: onnx.ModelProto, max_ratio: float) -> dict[str, Any] | None:
+class Folded(TypedDict):
+    """What fold_input_scale folded: the Div node, into which Conv, and the scales' spread."""
+
+    node: str
+    into: str
+    scale_ratio: float
+    max_ratio: float
+
+
+def fold_input_scale(model: onnx.ModelProto, max_ratio: float) -> Folded | None:
     """Fold the input normalisation's per-channel division `(x - center) / scale` into the weights of
     the first Conv it feeds (W[:, i] / scale[i]), in place: one node fewer per inference, same values
     up to float rounding. Exact at the zero-padding borders too: the Conv pads `x - center`, whose
@@ -360,7 +370,7 @@ def load_onnx(path: str | Path, check: bool = True) -> onnx.ModelProto:
     return model
 
 
-def set_metadata(model: onnx.ModelProto, meta: dict[str, Any]) -> None:
+def set_metadata(model: onnx.ModelProto, meta: dict[str, JsonValue]) -> None:
     """Write meta into metadata_props, every value JSON-encoded (a device parses one format)."""
     keep = [p for p in model.metadata_props if p.key not in meta]
     del model.metadata_props[:]
@@ -371,11 +381,11 @@ def set_metadata(model: onnx.ModelProto, meta: dict[str, Any]) -> None:
         entry.value = json.dumps(value)
 
 
-def read_metadata(model: onnx.ModelProto | str | Path) -> dict[str, Any]:
+def read_metadata(model: onnx.ModelProto | str | Path) -> dict[str, JsonValue]:
     """metadata_props as a dict; values written by other tools that are not JSON stay strings."""
     if not isinstance(model, onnx.ModelProto):
         model = load_onnx(model, check=False)
-    out: dict[str, Any] = {}
+    out: dict[str, JsonValue] = {}
     for p in model.metadata_props:
         try:
             out[p.key] = json.loads(p.value)
@@ -577,7 +587,7 @@ class _WindowReader:
         return next(self._batches, None)
 
 
-def calibration_options(spec: str) -> tuple[Any, dict[str, Any]]:
+def calibration_options(spec: str) -> tuple[Any, dict[str, float]]:
     """A calibration ('minmax' | 'entropy' | 'percentile' | 'percentile:P', as
     CalibrationParams.candidates names them) → (onnxruntime CalibrationMethod, quantize_static
     extra_options). Both INT8 quantizers (QDQ here, QOperator in edgedistill.export.mcu) read it, so the

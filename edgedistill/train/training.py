@@ -186,7 +186,9 @@ class Augment:
         return self.rotate > 0 and bool(self.rotate_idx)
 
 
-def augment_for(aug_params: Any, vector_groups: list[list[str]], norm: PreparedNorm) -> Augment:
+def augment_for(
+    aug_params: Any, vector_groups: list[list[str]], norm: PreparedNorm | CheckpointMeta
+) -> Augment:
     """The Augment of a model's `augment` params on windows normalised by `norm` (a norm.json or a checkpoint's
     meta): `shift` is a fraction of the window (norm["window"]) made readings; `rotate` turns the channels of
     each `data.vector_groups` triplet (none: no rotation)."""
