@@ -7,6 +7,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from pydantic import JsonValue
+
 
 def num(v: Any, none: str = "—") -> str:
     """None → `none`, floats to 4 significant digits, ints with thousands separators."""
@@ -32,7 +34,7 @@ def pts(v: Any, digits: int = 2) -> str:
     return "—" if v is None else f"{100 * float(v):+.{digits}f} pts"
 
 
-def pct_iv(m: Mapping[str, Any], key: str) -> str:
+def pct_iv(m: Mapping[str, JsonValue], key: str) -> str:
     """'91.20% [88.10, 94.00]' from `key`, `key_lo`, `key_hi` (the shared interval contract); plain when
     the interval is not there."""
     if m.get(key) is None:
@@ -42,7 +44,7 @@ def pct_iv(m: Mapping[str, Any], key: str) -> str:
     return f"{pct(m[key])} [{100 * float(m[key + '_lo']):.2f}, {100 * float(m[key + '_hi']):.2f}]"
 
 
-def pts_iv(m: Mapping[str, Any], key: str) -> str:
+def pts_iv(m: Mapping[str, JsonValue], key: str) -> str:
     """'+1.23 pts [-0.40, +2.90]' from `key`, `key_lo`, `key_hi`; plain when the interval is not there."""
     if m.get(key) is None:
         return "—"

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Self, TypeAlias, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationError
 
 from edgedistill.errors import ArtifactCorrupt
 from edgedistill.figures import ANY, Declaration, Kind
@@ -56,7 +56,7 @@ class Block(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
     EXTRA: ClassVar[Kind | None] = None
 
-    def dump(self) -> dict[str, Any]:
+    def dump(self) -> dict[str, JsonValue]:
         """The JSON object as written: declared keys that were set, then the others (no null filled in)."""
         return self.model_dump(exclude_unset=True, by_alias=True)
 
@@ -74,11 +74,11 @@ class Record(Block):
     # by name, and users read its figures first; it is versioned with its writer's reports/promotion.json)
     VERSION_IN_FILE: ClassVar[bool] = True
 
-    def dump(self) -> dict[str, Any]:
+    def dump(self) -> dict[str, JsonValue]:
         rest = {k: v for k, v in super().dump().items() if k != "schema_version"}
         return {"schema_version": self.schema_version} | rest if self.VERSION_IN_FILE else rest
 
-    def write(self, path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    def write(self, path: str | os.PathLike[str] | None = None) -> dict[str, JsonValue]:
         """Write atomically to `path` (default: the record's PATH); returns what was written."""
         doc = self.dump()
         write_json(path or self._path(), doc)
@@ -877,7 +877,7 @@ def _blocks_in(tp: Any) -> list[type[Block]]:
     return [b for a in get_args(tp) for b in _blocks_in(a)]
 
 
-def json_schemas() -> dict[str, dict[str, Any]]:
+def json_schemas() -> dict[str, dict[str, JsonValue]]:
     """Each record's JSON Schema, by file name under docs/schemas/."""
     return {
         f"{cls.__name__}.schema.json": cls.model_json_schema(by_alias=True, mode="serialization")

@@ -8,16 +8,18 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TypeVar
 
 from edgedistill.errors import EdgeDistillError
 from edgedistill.params import DEFAULT_PARAMS, Params, load_params
 
+Result = TypeVar("Result")
+
 
 def run_stage_main(
     stage: str,
-    fn: Callable[[Params], dict[str, Any]],
-    summary: Callable[[dict[str, Any]], str] | None = None,
+    fn: Callable[[Params], Result],
+    summary: Callable[[Result], str] | None = None,
     argv: list[str] | None = None,
 ) -> None:
     """Run `fn(params)` for `stage`; exit with the error's code and a one-line cause (and hint) when it

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pydantic import JsonValue
+
 from edgedistill.errors import ArtifactCorrupt
 from edgedistill.records import (
     BenchmarkMetrics,
@@ -97,8 +99,8 @@ RECORD_OF: dict[str, type[Record]] = {
 def read_candidate(paths: dict[str, str] | None = None) -> Candidate:
     """The candidate's key metrics, each from the file and key that produced it."""
     paths = paths or {}
-    docs: dict[str, Any] = {}
-    out: dict[str, Any] = {}
+    docs: dict[str, dict[str, JsonValue]] = {}
+    out: dict[str, JsonValue] = {}
     for metric, (default, keys) in SOURCES.items():
         path = paths.get(default, default)
         if path not in docs:
@@ -140,8 +142,10 @@ def shipped_formats(candidate: Candidate) -> dict[str, list[str]]:
     return by or {LEGACY_FORMAT: []}
 
 
-def _optional_metrics(paths: dict[str, str], docs: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def _optional_metrics(
+    paths: dict[str, str], docs: dict[str, dict[str, JsonValue]]
+) -> dict[str, JsonValue]:
+    out: dict[str, JsonValue] = {}
     for metric, (default, keys) in OPTIONAL_SOURCES.items():
         node: Any = docs.get(paths.get(default, default))
         for k in keys:

@@ -20,7 +20,8 @@ import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+
+from pydantic import JsonValue
 
 from edgedistill.errors import EdgeDistillError, ParamsInvalid, VerificationFailed
 from edgedistill.release.store import LocalStore, S3Store, Store, parse_document
@@ -57,7 +58,7 @@ def update(
     root: str | os.PathLike[str],
     to: str | os.PathLike[str],
     now: datetime | None = None,
-) -> dict[str, Any]:
+) -> dict[str, JsonValue]:
     """One update: refresh the signed metadata, read the signed channel, install its version if it is
     newer than the installed one. Raises VerificationFailed (a refusal) or another EdgeDistillError."""
     to = Path(to).resolve()

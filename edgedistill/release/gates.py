@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pydantic import JsonValue
+
 from edgedistill.figures import Kind
 from edgedistill.fmt import amount, num, pct
 from edgedistill.params import DeviceProfile, GateParams
@@ -73,12 +75,12 @@ def kd_line(c: Candidate) -> str:
 
 
 def decide_promotion(
-    candidate: Candidate | dict[str, Any],
+    candidate: Candidate | Mapping[str, JsonValue],
     gates: GateParams,
-    prod: ProdReference | Mapping[str, Any] | None = None,
+    prod: ProdReference | Mapping[str, JsonValue] | None = None,
     fallback: str = "baseline",
-    vs_prod: ProdComparison | Mapping[str, Any] | None = None,
-    vs_prod_fp32: ProdComparison | Mapping[str, Any] | None = None,
+    vs_prod: ProdComparison | Mapping[str, JsonValue] | None = None,
+    vs_prod_fp32: ProdComparison | Mapping[str, JsonValue] | None = None,
 ) -> Promotion:
     """Every gate's value, threshold and verdict ('pass' / 'fail' / 'off' when its threshold is null).
 
@@ -468,7 +470,10 @@ def host_profile_rows(path: str | Path, profiles: list[DeviceProfile]) -> list[G
 def _budget_row(gate: str, metric: str, value: Any, budget: Any, what: str) -> GateRow:
     # the file's size follows the file `format: auto` picks by timing; latency and RSS measure the machine
     args = (gate, metric, value, "<=", budget)
-    kw: dict[str, Any] = {"value_kind": Kind.TIMING, "mcu": None}  # mcu None: a host profile's row
+    kw: dict[str, Kind | None] = {
+        "value_kind": Kind.TIMING,
+        "mcu": None,
+    }  # mcu None: a host profile's row
     if budget is None:
         return GateRow.row(*args, "off", detail="no budget in the profile", **kw)
     if value is None:

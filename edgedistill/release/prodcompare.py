@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import JsonValue
 
 from edgedistill.io import read_json
 from edgedistill.params import StatsParams
@@ -28,7 +29,7 @@ from edgedistill.stats import paired_difference
 CONTRACT = ("channels", "window", "labels", "sample_rate_hz", "input_layout", "input_normalised")
 
 
-def _contract(meta: dict[str, Any]) -> dict[str, Any]:
+def _contract(meta: dict[str, JsonValue]) -> dict[str, JsonValue]:
     out = {k: meta.get(k) for k in CONTRACT}
     if meta.get(
         "input_normalised", True
@@ -37,7 +38,7 @@ def _contract(meta: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def contract_difference(candidate: dict[str, Any], prod: dict[str, Any]) -> str | None:
+def contract_difference(candidate: dict[str, JsonValue], prod: dict[str, JsonValue]) -> str | None:
     """What differs between two models' input contracts (ONNX metadata), or None."""
     a, b = _contract(candidate), _contract(prod)
     diffs = []

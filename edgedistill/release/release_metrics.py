@@ -3,7 +3,7 @@ compare them (`dvc exp show`, `dvc metrics diff`)."""
 
 from __future__ import annotations
 
-from typing import Any
+from pydantic import JsonValue
 
 from edgedistill.records import (
     Promotion,
@@ -50,8 +50,8 @@ def release_metrics(decision: Promotion) -> ReleaseMetrics:
     """The flat summary declared as DVC metrics (metrics/release.json): the figures of the other
     metrics files that users compare between runs, in the order they compare them."""
     c = decision.candidate
-    out: dict[str, Any] = {k: getattr(c, src) for k, src in LEAD.items()}
-    target: dict[str, dict[str, Any]] = {}
+    out: dict[str, JsonValue] = {k: getattr(c, src) for k, src in LEAD.items()}
+    target: dict[str, dict[str, float | None]] = {}
     for r in decision.gates:
         kind, _, prof = r.gate.partition(":")
         if prof and kind in PROFILE_FIGURES:

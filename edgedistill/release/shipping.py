@@ -4,7 +4,9 @@ model card names each profile's file (bundles made before per-profile formats sh
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TypedDict
+
+from pydantic import JsonValue
 
 FORMATS = ("fp32", "int8")
 FILES = {
@@ -22,6 +24,14 @@ def other(fmt: str) -> str:
     return "int8" if fmt == "fp32" else "fp32"
 
 
+class FormatDecision(TypedDict, total=False):
+    """The format a profile ships (`chosen`: int8 | fp32), what params asked for, and why."""
+
+    requested: str
+    chosen: str
+    why: str
+
+
 def choose_format(
     requested: str,
     *,
@@ -31,12 +41,12 @@ def choose_format(
     accuracy: dict[str, float] | None = None,
     tolerance: float = 0.0,
     accuracy_split: str = "val",
-) -> dict[str, Any]:
+) -> FormatDecision:
     """The format a profile ships and why. Forced (`int8` / `fp32`) wins; an mcu profile ships INT8
     (the mcu stage compiles INT8 C); `auto` on a profile not measured here ships INT8 (the smaller
     file, nothing to time); else `auto` ships the file with the lower p50 (same interleaved run),
     unless its accuracy on `accuracy_split` is below the other's by more than `tolerance`."""
-    out: dict[str, Any] = {"requested": requested}
+    out: FormatDecision = {"requested": requested}
     if requested in FORMATS:
         return out | {"chosen": requested, "why": f"forced: format {requested} in params"}
     if mcu:
@@ -67,7 +77,7 @@ def choose_format(
     }
 
 
-def profile_formats(benchmark: dict[str, Any] | None) -> dict[str, str]:
+def profile_formats(benchmark: dict[str, JsonValue] | None) -> dict[str, str]:
     """{profile: format} as the benchmark stage chose them (metrics/benchmark.json); a file written
     before per-profile formats (no `format` entries) means INT8 on every profile."""
     profiles = (benchmark or {}).get("profiles") or {}
@@ -81,7 +91,7 @@ def manifest(formats: dict[str, str]) -> dict[str, dict[str, str]]:
     return {name: {"format": f, "file": FILES[f]} for name, f in formats.items()}
 
 
-def shipped_file(card: dict[str, Any] | None, profile: str | None = None) -> str:
+def shipped_file(card: dict[str, JsonValue] | None, profile: str | None = None) -> str:
     """The bundle file `profile` runs, from a release's model card (`ships`); without it (a release
     made before per-profile formats, or a profile it did not know) the INT8 file, as then shipped.
     No profile: the card's release profile (the first one measured)."""

@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
+from pydantic import JsonValue
+
 from edgedistill.errors import (
     ArtifactCorrupt,
     EdgeDistillError,
@@ -111,7 +113,7 @@ def check_key(key: str) -> str:
     return key
 
 
-def parse_document(data: bytes | str, source: str, what: str = "document") -> dict[str, Any]:
+def parse_document(data: bytes | str, source: str, what: str = "document") -> dict[str, JsonValue]:
     """A store document (channel, model card, claim, metadata) as a JSON object, or one ArtifactCorrupt
     naming it: the store is untrusted, so malformed bytes are an error, never a traceback."""
     try:
@@ -497,6 +499,18 @@ def _dvc_transfer_error(what: str, store: Store, e: Exception) -> EdgeDistillErr
     return TransientStoreError(f"{what} {store.describe()} failed: {e}")
 
 
+class BundleFile(TypedDict):
+    sha256: str
+    bytes: int
+
+
+class FetchedBundle(TypedDict):
+    """A bundle fetched and verified: where it went, each file's SHA-256 and size."""
+
+    dest: str
+    files: dict[str, BundleFile]
+
+
 class PullResult(TypedDict, total=False):
     """dvc_pull_missing: how many files came, for which missing outputs."""
 
@@ -656,7 +670,7 @@ def _claim_version(store: Store, model: str, version: str, text: str) -> None:
 
 def fetch_bundle(
     store: Store, model: str, version: str, dest: str | os.PathLike[str]
-) -> dict[str, Any]:
+) -> FetchedBundle:
     """Download a bundle beside `dest`, verify every SHA256, then swap it in; on any failure the
     previous contents of `dest` are left as they were."""
     dest = Path(dest).resolve()
