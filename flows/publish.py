@@ -10,9 +10,10 @@ import json
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from prefect import flow, get_run_logger
+from pydantic import JsonValue
 
 from edgedistill.errors import ReleaseNotFound
 from edgedistill.params import Params, load_params
@@ -28,6 +29,7 @@ from edgedistill.release.store import (
     safe_name,
 )
 from edgedistill.release.trust import (
+    FileDigest,
     fetch_verified,
     project_root_of_trust,
     sign_channel,
@@ -52,7 +54,23 @@ def assignment_counter(root: str | Path, model: str, stage: str) -> int:
     return max(counters, default=0)
 
 
-def read_channel(store: Store, model: str, stage: str) -> tuple[dict[str, Any] | None, str | None]:
+class Published(TypedDict, total=False):
+    """What publish_channel did: the version the channel now points at, whether it moved, from what."""
+
+    model: str
+    stage: str
+    version: str | None
+    changed: bool
+    stale: bool
+    channel: str
+    previous: str | None
+    renewed: list[str]
+    document: dict[str, JsonValue]
+
+
+def read_channel(
+    store: Store, model: str, stage: str
+) -> tuple[dict[str, JsonValue] | None, str | None]:
     got = store.read_versioned(channel_key(model, stage))
     if got is None:
         return None, None
@@ -66,8 +84,8 @@ def channel_document(
     version: str,
     commit: str,
     assignment: int,
-    sums: dict[str, dict[str, Any]],
-) -> dict[str, Any]:
+    sums: dict[str, FileDigest],
+) -> dict[str, JsonValue]:
     prefix = bundle_prefix(model, version)
     doc = {
         "model": model,
@@ -87,7 +105,7 @@ def channel_document(
 
 def publish_channel(
     root: str | Path, params: Params, stage: str = "prod", repo: str | None = None, log: Any = None
-) -> dict[str, Any]:
+) -> Published:
     """Point the fleet channel of `stage` at the version the registry resolves it to, and sign it.
 
     Objects first, pointer last: the bundle is downloaded and verified against its signed metadata
@@ -175,9 +193,7 @@ def publish_channel(
 
 
 @flow(name="edgedistill-publish", log_prints=True, validate_parameters=False)
-def publish(
-    root: str = ".", params_file: str = "params.yaml", stage: str = "prod"
-) -> dict[str, Any]:
+def publish(root: str = ".", params_file: str = "params.yaml", stage: str = "prod") -> Published:
     """Publish `stage` of the registry to the fleet channel in the artifact store."""
     logger = get_run_logger()
     r = Path(root).resolve()

@@ -4,19 +4,55 @@ so a rollback is a new assignment of an older version), listing, and fetching a 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
+
+from pydantic import JsonValue
 
 from edgedistill.errors import ReleaseNotFound
 from edgedistill.params import Params
 from edgedistill.release.candidate import PROMOTION
 from edgedistill.release.store import bundle_exists, open_store
-from edgedistill.release.trust import fetch_verified, project_root_of_trust
+from edgedistill.release.trust import FileDigest, SignResult, fetch_verified, project_root_of_trust
 from edgedistill.versions.registry import Registry
 
 KEY_METRICS = ("int8_accuracy", "kd_gain", "int8_drop", "p95_ms", "size_bytes")
 
 
-def promote_version(root: str | Path, params: Params, version: str, stage: str) -> dict[str, Any]:
+class Assignment(TypedDict):
+    """A stage assignment: the version now in `stage`, the tag made, what it replaced."""
+
+    model: str
+    version: str
+    stage: str
+    tag: str | None
+    pushed: list[str]
+    previous: str | None
+    changed: bool
+    rollback: bool
+    announced: bool
+
+
+class Fetched(TypedDict, total=False):
+    """A fetched, verified release bundle (download_version's figures with the version it resolved)."""
+
+    model: str
+    version: str
+    stage: str | None
+    commit: str
+    store: str
+    dest: str
+    signed_targets_version: int
+    files: dict[str, FileDigest]
+
+
+class Adopted(SignResult, total=False):
+    model: str
+    version: str
+    commit: str
+    files: list[str]
+
+
+def promote_version(root: str | Path, params: Params, version: str, stage: str) -> Assignment:
     """Point `stage` at `version`. Refuses a version whose bundle is not in the store, so whatever a
     stage resolves to can always be fetched."""
     from gto.versions import SemVer
@@ -53,7 +89,7 @@ def promote_version(root: str | Path, params: Params, version: str, stage: str) 
     }
 
 
-def registry_rows(root: str | Path, params: Params) -> list[dict[str, Any]]:
+def registry_rows(root: str | Path, params: Params) -> list[dict[str, JsonValue]]:
     """Every registered version with its stages and the key metrics committed with it."""
     model = params.promote.model
     reg = Registry(root)
@@ -82,7 +118,7 @@ def fetch_release(
     version: str | None = None,
     repo: str | None = None,
     trusted_root: str | Path | None = None,
-) -> dict[str, Any]:
+) -> Fetched:
     """Resolve the stage through the GTO tags (honouring unassignments), download the bundle from
     the store, verify it against its signed metadata (signatures from `trusted_root`, default the keys
     folder's root.json; expiry; each file's length and SHA-256) and swap it into `dest`. Needs neither
@@ -114,9 +150,7 @@ def fetch_release(
     }
 
 
-def adopt_release(
-    root: str | Path, params: Params, version: str, log: Any = None
-) -> dict[str, Any]:
+def adopt_release(root: str | Path, params: Params, version: str, log: Any = None) -> Adopted:
     """Sign a version released before signing existed, after checking its bundle against git, which
     the store cannot rewrite: each model file's md5 against `dvc.lock` at the version's commit, the card
     naming that commit, model and version, SHA256SUMS against the files. Anything else is refused by name."""

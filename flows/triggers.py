@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from prefect import flow, get_run_logger
+from pydantic import JsonValue
 
 from edgedistill.errors import ParamsInvalid, ReleaseNotFound
 from edgedistill.io import read_json, write_json
@@ -59,16 +60,63 @@ def _card_md5(store: Store, model: str, version: str) -> str | None:
     return ((card.get("lineage") or {}).get("data") or {}).get("md5")
 
 
+class TrainedOn(TypedDict):
+    version: str
+    stages: list[str]
+
+
+class LastRelease(TypedDict):
+    """The newest registered version, the data md5 its card records, and the version trained on `md5`."""
+
+    version: str | None
+    md5: str | None
+    trained_on: TrainedOn | None
+
+
+class DataCheck(TypedDict, total=False):
+    """Whether the readings are new data to announce (`emit`), and why (or why not)."""
+
+    path: str
+    md5: str | None
+    released_version: str | None
+    released_md5: str | None
+    new_partitions: list[str]
+    new_objects: int
+    changed_objects: list[str]
+    vanished_objects: list[str]
+    emit: bool
+    why: str
+    emitted: bool
+    not_sent: str
+
+
+class StageCheck(TypedDict, total=False):
+    """A stage whose registry assignment its channel does not publish yet."""
+
+    stage: str
+    version: str
+    assignment: int
+    published: str | None
+    emitted: bool
+
+
+class WatchResult(TypedDict):
+    data: DataCheck
+    stages: list[StageCheck]
+    server: bool
+    renewed: list[str]
+
+
 def last_release_data(
     store: Store, reg: Registry, model: str, md5: str | None = None
-) -> dict[str, Any]:
+) -> LastRelease:
     """The newest registered version and the data md5 its model card (in the store) records; with `md5`,
     also the newest version trained on that data (`trained_on`: version and stages), if any."""
     versions = reg.versions(model)
     if not versions:
         return {"version": None, "md5": None, "trained_on": None}
     newest = _card_md5(store, model, versions[0].version)
-    out = {"version": versions[0].version, "md5": newest, "trained_on": None}
+    out: LastRelease = {"version": versions[0].version, "md5": newest, "trained_on": None}
     if md5:
         for v in versions:
             if (newest if v is versions[0] else _card_md5(store, model, v.version)) == md5:
@@ -77,7 +125,7 @@ def last_release_data(
     return out
 
 
-def check_s3_data(root: Path, params: Params, state: dict[str, Any]) -> dict[str, Any]:
+def check_s3_data(root: Path, params: Params, state: dict[str, JsonValue]) -> DataCheck:
     """S3 readings: the prefix listed now against the manifest of the last read (data/readings.manifest
     .json). New partitions (and changed or vanished objects) are new data; `md5` is the sha256 of what
     changed, so one change is announced once."""
@@ -91,7 +139,7 @@ def check_s3_data(root: Path, params: Params, state: dict[str, Any]) -> dict[str
         manifest = {"readings": url, "objects": [], "partitions": []}
     c = s3data.compare(manifest, params.store.s3.endpoint_url)
     moved = sorted(c["new"] + c["changed"] + c["vanished"])
-    out: dict[str, Any] = {
+    out: DataCheck = {
         "path": url,
         "md5": hashlib.sha256("\n".join(moved).encode()).hexdigest() if moved else None,
         "released_version": None,
@@ -120,7 +168,7 @@ def check_s3_data(root: Path, params: Params, state: dict[str, Any]) -> dict[str
     return out
 
 
-def check_data(root: Path, params: Params, store: Store, state: dict[str, Any]) -> dict[str, Any]:
+def check_data(root: Path, params: Params, store: Store, state: dict[str, JsonValue]) -> DataCheck:
     from edgedistill.release.modelcard import data_lineage
 
     if params.data.readings.startswith("s3://"):
@@ -129,7 +177,7 @@ def check_data(root: Path, params: Params, store: Store, state: dict[str, Any]) 
     data = data_lineage(root, params)
     md5 = data.get("md5")
     released = last_release_data(store, Registry(root), model, md5)
-    out = {
+    out: DataCheck = {
         "path": data["path"],
         "md5": md5,
         "released_version": released["version"],
@@ -166,7 +214,7 @@ def signer_if_keys(store: Store, root: str | Path) -> SignedRepository | None:
         return None
 
 
-def check_stages(root: Path, params: Params, store: Store) -> list[dict[str, Any]]:
+def check_stages(root: Path, params: Params, store: Store) -> list[StageCheck]:
     """Stages whose registry assignment is not what their channel publishes. Not deduplicated:
     publishing is idempotent, so a failed publish is simply retried on the next check."""
     from flows.publish import assignment_counter, read_channel
@@ -174,7 +222,7 @@ def check_stages(root: Path, params: Params, store: Store) -> list[dict[str, Any
     model = params.promote.model
     signer = signer_if_keys(store, root)
     reg = Registry(root)
-    out = []
+    out: list[StageCheck] = []
     for stage in params.ops.channel_stages:
         info = reg.resolve(model, stage)
         if info is None:
@@ -197,7 +245,7 @@ def check_stages(root: Path, params: Params, store: Store) -> list[dict[str, Any
     return out
 
 
-def emit(event: str, resource: dict[str, str], payload: dict[str, Any]) -> bool:
+def emit(event: str, resource: dict[str, str], payload: dict[str, JsonValue]) -> bool:
     from prefect.events import emit_event
 
     return emit_event(event=event, resource=resource, payload=payload) is not None
@@ -249,7 +297,7 @@ def announce_stage(root: str | Path, params: Params, stage: str, version: str) -
     return sent
 
 
-def watch_once(root: str | Path, params: Params, force: bool = False) -> dict[str, Any]:
+def watch_once(root: str | Path, params: Params, force: bool = False) -> WatchResult:
     """One check; emits at most one data event and one event per stage to publish."""
     r = Path(root).resolve()
     store = open_store(params.store, r)
@@ -300,7 +348,7 @@ def watch_once(root: str | Path, params: Params, force: bool = False) -> dict[st
 
 
 @flow(name="edgedistill-watch", log_prints=True, validate_parameters=False)
-def watch(root: str = ".", params_file: str = "params.yaml", force: bool = False) -> dict[str, Any]:
+def watch(root: str = ".", params_file: str = "params.yaml", force: bool = False) -> WatchResult:
     """Announce new data and unpublished stage assignments as Prefect events."""
     log = get_run_logger()
     r = Path(root).resolve()
