@@ -20,12 +20,14 @@ import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-
-from pydantic import JsonValue
+from typing import TYPE_CHECKING
 
 from edgedistill.errors import EdgeDistillError, ParamsInvalid, VerificationFailed
 from edgedistill.release.store import LocalStore, S3Store, Store, parse_document
 from edgedistill.release.trust import Client, download_version, trusted_root_bytes
+
+if TYPE_CHECKING:
+    from pydantic import JsonValue
 
 REFUSED, FAILED = 1, 2
 

@@ -4,9 +4,11 @@ model card names each profile's file (bundles made before per-profile formats sh
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import TYPE_CHECKING, TypedDict
 
-from pydantic import JsonValue
+if TYPE_CHECKING:
+    from pydantic import JsonValue
+
 
 FORMATS = ("fp32", "int8")
 FILES = {

@@ -17,8 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from pydantic import JsonValue
-
 from edgedistill.errors import (
     ArtifactCorrupt,
     EdgeDistillError,
@@ -30,6 +28,8 @@ from edgedistill.io import sha256_file, swap_dir
 from edgedistill.release import shipping
 
 if TYPE_CHECKING:  # the device updater imports this module without pydantic
+    from pydantic import JsonValue
+
     from edgedistill.params import StoreParams
 
 DVC_PREFIX = "dvc"

@@ -35,9 +35,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from pydantic import JsonValue
-
 if TYPE_CHECKING:
+    from pydantic import JsonValue
     from securesystemslib.signer import Signer
     from tuf.api.metadata import Metadata, Snapshot, TargetFile, Targets, Timestamp
 
