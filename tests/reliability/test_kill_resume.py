@@ -116,6 +116,7 @@ def test_sigkill_during_teacher_training_resumes(tmp_path, monkeypatch, outcome)
     assert not (proj / "models/.resume/teacher.pt").exists()
     assert torch.equal(next(iter(ma.state_dict().values())), next(iter(mb.state_dict().values())))
     outcome.happened(
-        f"SIGKILL after epoch 2 of {EPOCHS}; rerun resumed from epoch {epoch}; test accuracy "
-        f"{b['accuracy']:.4f} vs uninterrupted {a['accuracy']:.4f}, max weight diff {diff:.1e}"
+        f"SIGKILL after epoch 2 of {EPOCHS}; rerun resumed from epoch {epoch}; best val accuracy "
+        f"{b['val_accuracy']:.4f} vs uninterrupted {a['val_accuracy']:.4f}, max weight diff "
+        f"{diff:.1e}"
     )
