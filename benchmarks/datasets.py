@@ -412,6 +412,7 @@ PIPELINE = [
     "validate",
     "prepare",
     "train_teacher",
+    "teacher_test",
     "teacher_logits",
     "distill",
     "export",

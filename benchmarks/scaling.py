@@ -26,8 +26,11 @@ teacher epoch is not measured here. Results go to benchmarks/results/.
 place (`data.readings: s3://…/readings/`): validate and prepare in one process, then prepare on a Dask
 LocalCluster whose workers share nothing (they read their objects from S3 and stage their parts in the S3
 artifact store). Time, peak summed RssAnon (client + nannies + workers; the scheduler runs in the
-client), and the readings bytes that cross the client: every object in one process; on Dask the staged
-parts the client fetches.
+client), and the bytes that cross the client: every object in one process; on Dask the staged parts the
+client downloads (prepare's own count). Then one new day of the first replica's devices lands in the
+bucket (its manifest written as validate writes it) and the Dask prepare runs again: the client downloads
+only the new parts (the others are in its part cache). Replicas here are `distinct` (readings offset by
+r * 1e-4), so no two devices stage byte-identical parts.
 """
 
 from __future__ import annotations
@@ -61,20 +64,29 @@ def bundled() -> pd.DataFrame:
     return load_watch_dataset(bundled_dataset_path())
 
 
-def replica(df: pd.DataFrame, r: int) -> pd.DataFrame:
-    """The bundled data as new devices: subjects and recordings renamed, one date per replica."""
+CHANNELS = ["acc_x", "acc_y", "acc_z", "gyro_x", "gyro_y", "gyro_z"]
+
+
+def replica(df: pd.DataFrame, r: int, distinct: bool = False) -> pd.DataFrame:
+    """The bundled data as new devices: subjects and recordings renamed, one date per replica.
+    `distinct`: every reading offset by r * 1e-4 (far below the sensors' noise), so no two devices'
+    readings, and no two of prepare's staged parts, are byte-identical, as in a real fleet (identical
+    replicas would be stored and fetched once by the content-addressed staging)."""
     step = int(df["recording"].max()) + 1
-    return df.assign(
+    out = df.assign(
         subject=df["subject"].astype(str) + f"-r{r:03d}",
         recording=(df["recording"].astype("int64") + r * step),
         date=f"2024-{1 + r // 28:02d}-{1 + r % 28:02d}",
     )
+    if distinct:
+        out[CHANNELS] = (out[CHANNELS] + r * 1e-4).astype("float32")
+    return out
 
 
-def write_fleet(df: pd.DataFrame, folder: Path, replicas: range) -> Path:
+def write_fleet(df: pd.DataFrame, folder: Path, replicas: range, distinct: bool = False) -> Path:
     for r in replicas:
         pq.write_to_dataset(
-            pa.Table.from_pandas(replica(df, r), preserve_index=False),
+            pa.Table.from_pandas(replica(df, r, distinct), preserve_index=False),
             folder,
             partition_cols=["subject", "date"],
             basename_template=f"part-r{r:03d}-{{i}}.parquet",
@@ -201,6 +213,12 @@ def rss_anon_kb(pid: int) -> int:
 
 def measure(code: str, cwd: Path, what: str) -> tuple[float, float]:
     """Wall seconds and peak summed RssAnon (GB) of `python -c code` in a fresh interpreter (sampled 50 ms)."""
+    wall, gb, _ = measure_output(code, cwd, what)
+    return wall, gb
+
+
+def measure_output(code: str, cwd: Path, what: str) -> tuple[float, float, str]:
+    """measure's figures and the run's output."""
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
@@ -223,7 +241,7 @@ def measure(code: str, cwd: Path, what: str) -> tuple[float, float]:
     out = proc.stdout.read()
     if proc.returncode != 0:
         raise SystemExit(f"{what} failed:\n{out[-3000:]}")
-    return wall, peak / 1024 / 1024
+    return wall, peak / 1024 / 1024, out
 
 
 def run_stage(stage: str, cwd: Path) -> tuple[float, float]:
@@ -271,7 +289,19 @@ S3_CALLS = {
     "validate_s3": "validate.run(p)",
     "prepare_s3": "prepare.run(p, out_dir='prepared')",
     "prepare_s3_dask": "prepare.run(p, out_dir='prepared-dask')",
+    # one new day of the first replica's devices lands; its manifest written as validate writes it
+    "prepare_s3_dask_new": "from edgedistill.data import s3data; "
+    "s3data.write(s3data.MANIFEST, s3data.build(p.data.readings)); "
+    "prepare.run(p, out_dir='prepared-dask')",
 }
+
+
+def fetched(out: str) -> int:
+    """The staged-part bytes prepare's client downloaded, from its report line."""
+    import re
+
+    m = re.search(r"([\d,]+) bytes fetched from the store", out)
+    return int(m.group(1).replace(",", "")) if m else -1
 
 
 @contextlib.contextmanager
@@ -306,7 +336,7 @@ def s3_bytes(client, bucket: str, prefix: str) -> tuple[int, int]:
     return n, size
 
 
-def s3_stages(scales: list[int], port: int, names: list[str]) -> dict:
+def s3_stages(scales: list[int], port: int, names: list[str], out: Path | None = None) -> dict:
     """validate and prepare on readings read in place from a moto bucket (1 process), and prepare on a
     Dask LocalCluster whose workers share nothing (they read S3 and stage their parts in the S3 store)."""
     import boto3
@@ -329,7 +359,7 @@ def s3_stages(scales: list[int], port: int, names: list[str]) -> dict:
             c.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
             with tempfile.TemporaryDirectory(prefix=f"edgedistill-s3scale{k}-") as tmp:
                 tmp = Path(tmp)
-                fleet = write_fleet(df, tmp / "fleet", range(k))
+                fleet = write_fleet(df, tmp / "fleet", range(k), distinct=True)
                 for f in sorted(fleet.rglob("*.parquet")):
                     c.upload_file(str(f), bucket, f"readings/{f.relative_to(fleet).as_posix()}")
                 files, size = tree_size(fleet)
@@ -348,20 +378,49 @@ def s3_stages(scales: list[int], port: int, names: list[str]) -> dict:
                     "bytes": size,
                     "load_avg_1m": round(os.getloadavg()[0], 1),
                 }
+                rows.append(row)
                 for stage in ["validate_s3", *[n for n in names if n != "validate_s3"]]:
-                    params = "params-dask.yaml" if stage.endswith("_dask") else "params.yaml"
+                    params = (
+                        "params.yaml"
+                        if stage in ("validate_s3", "prepare_s3")
+                        else "params-dask.yaml"
+                    )
                     module = stage.split("_")[0]
+                    if stage == "prepare_s3_dask_new":
+                        before = s3_bytes(c, bucket, "store/staging/prepare/")
+                        new = tmp / "new-day"
+                        day = replica(df, 0, distinct=True).assign(date="2025-06-01")
+                        day["recording"] += k * (int(df["recording"].max()) + 1)
+                        day[CHANNELS] = (day[CHANNELS] + k * 1e-4).astype("float32")
+                        pq.write_to_dataset(
+                            pa.Table.from_pandas(day, preserve_index=False),
+                            new,
+                            partition_cols=["subject", "date"],
+                            basename_template="part-new-{i}.parquet",
+                        )
+                        n_new, new_bytes = tree_size(new)
+                        for f in sorted(new.rglob("*.parquet")):
+                            c.upload_file(
+                                str(f), bucket, f"readings/{f.relative_to(new).as_posix()}"
+                            )
+                        shutil.rmtree(new)
+                        row["new_objects"], row["new_bytes"] = n_new, new_bytes
                     code = STAGE.format(stage=module, params=params, call=S3_CALLS[stage])
-                    wall, gb = measure(code, tmp, stage)
+                    wall, gb, log = measure_output(code, tmp, stage)
                     row[f"{stage}_s"], row[f"{stage}_peak_gb"] = round(wall, 1), round(gb, 2)
                     row[f"{stage}_us_per_reading"] = round(wall / row["readings"] * 1e6, 2)
-                # what crossed the client: 1 process reads every object; on Dask the client reads
-                # only the footers (validate's listing) and fetches the staged parts
-                n_staged, staged = s3_bytes(c, bucket, "store/staging/prepare/")
-                row["prepare_s3_client_bytes"] = size
-                row["prepare_s3_dask_client_bytes"] = staged
-                row["staged_parts"] = n_staged
-            rows.append(row)
+                    n_staged, staged = s3_bytes(c, bucket, "store/staging/prepare/")
+                    if stage == "prepare_s3":  # one process reads every object
+                        row["prepare_s3_client_bytes"] = size
+                    if stage == "prepare_s3_dask":
+                        row["staged_parts"], row["staged_bytes"] = n_staged, staged
+                        row["prepare_s3_dask_client_bytes"] = fetched(log)
+                    if stage == "prepare_s3_dask_new":
+                        row["new_staged_parts"] = n_staged - before[0]
+                        row["new_staged_bytes"] = staged - before[1]
+                        row["prepare_s3_dask_new_client_bytes"] = fetched(log)
+                    if out is not None:  # what is measured so far, should a later stage not finish
+                        out.write_text(json.dumps({"rows": rows, "partial": True}, indent=2) + "\n")
             print(table_s3([row]).splitlines()[-1], flush=True)
     return {"rows": rows}
 
@@ -369,16 +428,22 @@ def s3_stages(scales: list[int], port: int, names: list[str]) -> dict:
 def table_s3(rows: list[dict]) -> str:
     lines = [
         "| scale | readings | objects / MB in the bucket | validate, 1 process | prepare, 1 process | "
-        "prepare, Dask 2 workers sharing nothing | readings bytes through the client (1 process / "
-        "Dask: staged parts fetched) |",
-        "|---|---|---|---|---|---|---|",
+        "prepare, Dask 2 workers sharing nothing | staged parts / MB | bytes through the client: "
+        "1 process (raw objects) / Dask (staged parts fetched) | one new day lands: objects / MB, "
+        "Dask prepare again | new parts staged / MB | fetched by the client |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    mb = lambda r, k: f"{r[k] / 1e6:.1f}" if r.get(k) is not None else "—"  # noqa: E731
     for r in rows:
         lines.append(
             f"| {r['scale']}× | {r['readings']:,} | {r['objects']} / {r['bytes'] / 1e6:.1f} | "
             f"{_cell(r, 'validate_s3', True)} | {_cell(r, 'prepare_s3', True)} | "
-            f"{_cell(r, 'prepare_s3_dask', True)} | {r['prepare_s3_client_bytes'] / 1e6:.1f} MB / "
-            f"{r['prepare_s3_dask_client_bytes'] / 1e6:.1f} MB ({r['staged_parts']} parts) |"
+            f"{_cell(r, 'prepare_s3_dask', True)} | {r.get('staged_parts', '—')} / "
+            f"{mb(r, 'staged_bytes')} | {mb(r, 'prepare_s3_client_bytes')} MB / "
+            f"{mb(r, 'prepare_s3_dask_client_bytes')} MB | {r.get('new_objects', '—')} / "
+            f"{mb(r, 'new_bytes')}, {_cell(r, 'prepare_s3_dask_new')} | "
+            f"{r.get('new_staged_parts', '—')} / {mb(r, 'new_staged_bytes')} | "
+            f"{mb(r, 'prepare_s3_dask_new_client_bytes')} MB |"
         )
     return "\n".join(lines)
 
@@ -438,15 +503,18 @@ def main() -> None:
         "s3", help="readings read in place from a moto S3 bucket, Dask share-nothing"
     )
     s3.add_argument("--scales", default="1,10,100")
-    s3.add_argument("--stages", default="validate_s3,prepare_s3,prepare_s3_dask")
+    s3.add_argument(
+        "--stages", default="validate_s3,prepare_s3,prepare_s3_dask,prepare_s3_dask_new"
+    )
     s3.add_argument("--port", type=int, default=5123)
     s3.add_argument("--out", default=None)
     a = ap.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     if a.cmd == "s3":
-        res = s3_stages([int(x) for x in a.scales.split(",")], a.port, a.stages.split(","))
-        res["machine"] = {"cpus": os.cpu_count()}
         out = Path(a.out) if a.out else RESULTS / "scaling_s3.json"
+        res = s3_stages([int(x) for x in a.scales.split(",")], a.port, a.stages.split(","), out)
+        res["machine"] = {"cpus": os.cpu_count()}
+        res["command"] = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
         out.write_text(json.dumps(res, indent=2) + "\n")
         print(table_s3(res["rows"]))
         return

@@ -4,6 +4,7 @@ dvc.lock records every hash. Used by `edgedistill run` and by the Prefect flow."
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,23 +74,66 @@ class StageFailed(EdgeDistillError):
 @dataclass
 class StageRun:
     stage: str
-    ran: bool
+    ran: bool  # its command ran (False: unchanged, or restored from the run cache)
     seconds: float
+    # its outputs came back from DVC's run cache: an earlier run had the same inputs
+    restored: bool = False
+
+
+class _RunCacheHits(logging.Handler):
+    """Stages DVC restored from its run cache (its `Stage '...' is cached - skipping run` record)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.stages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "is cached - skipping run" in record.getMessage():
+            self.stages.append(str(record.args[0]) if record.args else record.getMessage())
 
 
 def reproduce_stage(stage: str, force: bool = False, root: str | Path = ".") -> StageRun:
-    """Reproduce one stage (only if its deps/params/outs changed, unless forced)."""
+    """Reproduce one stage (only if its deps/params/outs changed, unless forced). A changed stage whose
+    inputs (deps, params, command) match an earlier run's is restored from DVC's run cache instead of run
+    (going back to released data retrains nothing); every run is recorded there (save_run_cache)."""
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
     t0 = time.perf_counter()
+    hits = _RunCacheHits()
+    cache_log = logging.getLogger("dvc.stage.cache")
+    cache_log.addHandler(hits)
+    level = cache_log.level
+    cache_log.setLevel(logging.INFO)
     try:
         # DVC resolves stage names against the working directory's dvc.yaml, not the repo root
         with contextlib.chdir(root), Repo(".") as repo:
             done = repo.reproduce(stage, single_item=True, force=force)
+            save_run_cache(repo, done)
     except DvcException as e:
         # ReproductionError says only "failed to reproduce X"; its cause says why (exit code, missing out)
         cause = e.__cause__ or e.__context__
         detail = f": {cause}" if cause is not None and str(cause) not in str(e) else ""
         raise StageFailed(f"stage '{stage}' failed: {e}{detail}") from None
-    return StageRun(stage, bool(done), time.perf_counter() - t0)
+    finally:
+        cache_log.removeHandler(hits)
+        cache_log.setLevel(level)
+    restored = bool(done) and stage in hits.stages
+    return StageRun(stage, bool(done) and not restored, time.perf_counter() - t0, restored)
+
+
+def save_run_cache(repo, stages) -> None:
+    """Record each reproduced stage in DVC's run cache (.dvc/cache/runs: its deps, params and command ->
+    its outputs). DVC records a run itself only when every out that is not a metric or a plot is cached;
+    our reports (metrics/teacher.json, metrics/distill.json, ...) are `cache: false` outs kept in git, so
+    DVC would never record teacher_test, distill, export, mcu, benchmark or promote, and a return to
+    inputs seen before would run them again. The run cache keeps its own copy of such outs (DVC's
+    StageCache.save commits them), which is what a restore checks out. Stages DVC cannot key (a `persist`
+    out: validate's drift reference) are left out by DVC itself."""
+    from dvc.exceptions import DvcException
+
+    for s in stages or []:
+        try:
+            repo.stage_cache.save(s)
+        except (DvcException, OSError) as e:  # the stage itself ran fine
+            logging.getLogger(__name__).warning("%s: not recorded in DVC's run cache: %s", s, e)

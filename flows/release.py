@@ -201,7 +201,8 @@ def run_stage(stage: str, root: Path, force: bool = False) -> StageRun:
     if failure is not None:
         log.error("stage %s failed after %.1fs", stage, seconds)
         raise _with_dvc_cause(failure)
-    log.info("stage %s: %s in %.1fs", stage, "ran" if result.ran else "unchanged, skipped", seconds)
+    done = "restored from DVC's run cache" if result.restored else "unchanged, skipped"
+    log.info("stage %s: %s in %.1fs", stage, "ran" if result.ran else done, seconds)
     return {"stage": stage, "ran": result.ran, "seconds": round(seconds, 2)}
 
 

@@ -26,6 +26,7 @@ from edgedistill.data.windows import (
     Source,
     cut_file,
     fetch_parts,
+    prune_part_cache,
     scan_file,
     sources,
     sources_from_manifest,
@@ -36,6 +37,9 @@ from edgedistill.io import swap_dir, write_json
 from edgedistill.params import Params, PrepareParams
 from edgedistill.shards import ShardedSplit, ShardWriter, open_split, write_index
 
+# where the client keeps the staged parts it fetched (by sha256), beside data/prepared: a re-run after new
+# partitions land downloads only the new parts
+PART_CACHE = ".staged-parts"
 OUT_DIR = "data/prepared"
 SPLITS = ("train", "val", "test")
 
@@ -114,14 +118,14 @@ def run(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        report = _build(params, srcs, tmp)
+        report = _build(params, srcs, tmp, out_dir.parent / PART_CACHE)
         swap_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return report
 
 
-def _build(params: Params, srcs: list[Source], out: Path) -> dict[str, Any]:
+def _build(params: Params, srcs: list[Source], out: Path, part_cache: Path) -> dict[str, Any]:
     d, pp = params.data, params.prepare
     engine = {"address": d.dask_address, "workers": d.dask_workers, "timeout_s": d.dask_timeout_s}
     # share-nothing: on a Dask cluster with an S3 artifact store, workers stage their parts in the store
@@ -175,7 +179,7 @@ def _build(params: Params, srcs: list[Source], out: Path) -> dict[str, Any]:
     items = [replace(it, split_of=group_split, rec_split=rec_split) for it in base]
     cuts = run_map(cut_file, items, **engine)
     if stage_to:
-        cuts = [fetch_parts(stage_to, c, out / ".parts" / f"{c['index']:05d}") for c in cuts]
+        cuts = fetch_staged(stage_to, cuts, out / ".parts", part_cache)
 
     label_index = {lab: i for i, lab in enumerate(d.labels)}
     gaps = sum(c["gaps"] for c in cuts)
@@ -258,6 +262,26 @@ def _build(params: Params, srcs: list[Source], out: Path) -> dict[str, Any]:
     write_json(out / "norm.json", norm)
     write_json(out / "split.json", report)
     return report
+
+
+def fetch_staged(
+    spec: dict[str, Any], cuts: list[dict[str, Any]], parts: Path, cache: Path
+) -> list[dict[str, Any]]:
+    """The workers' staged parts on the client, under `parts`: only those not already in the client's
+    part cache cross the network (their sha256 names them); the cache then keeps just these parts."""
+    fetched, got = 0, []
+    for c in cuts:
+        cut, n = fetch_parts(spec, c, parts / f"{c['index']:05d}", cache)
+        got.append(cut)
+        fetched += n
+    staged = {d for c in cuts for d in c["staged"].values()}
+    total = sum((cache / d[:2] / d).stat().st_size for d in staged)
+    prune_part_cache(cache, staged)
+    print(
+        f"prepare: {len(staged)} staged parts ({total:,} bytes): {fetched:,} bytes fetched from the "
+        f"store, the rest already in {cache}"
+    )
+    return got
 
 
 def fit_normalization(

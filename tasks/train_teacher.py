@@ -1,7 +1,11 @@
 """train_teacher: a 1D ResNet on the prepared windows, early-stopped on val, resumable after a kill; or (teacher.kind)
 a MiniRocket teacher (edgedistill.train.rocket), or both with the one of higher best val accuracy kept (auto).
 
-Outputs: models/teacher.pt, metrics/teacher.json, metrics/plots/teacher_{curve,confusion}.csv.
+Two DVC stages, so a change to the test split re-trains nothing:
+- train_teacher (`python -m tasks.train_teacher`) reads train and val: models/teacher.pt,
+  models/teacher.train.json (its figures), metrics/plots/teacher_curve.csv;
+- teacher_test (`python -m tasks.train_teacher test`) reads the checkpoint and the test split:
+  metrics/teacher.json (those figures and the test ones), metrics/plots/teacher_confusion.csv.
 """
 
 from __future__ import annotations
@@ -17,10 +21,11 @@ import torch.nn.functional as F
 from pydantic import JsonValue
 
 from edgedistill.errors import ParamsInvalid, TrainingFailed
+from edgedistill.io import read_json, write_json
 from edgedistill.params import Params, SanityParams
 from edgedistill.records import TeacherMetrics
 from edgedistill.train import baseline as bl
-from edgedistill.train.checkpoint import CheckpointMeta, save_checkpoint
+from edgedistill.train.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from edgedistill.train.rocket import train_minirocket
 from edgedistill.train.training import (
     Augment,
@@ -39,11 +44,13 @@ from edgedistill.train.training import (
     run_key,
     train,
     train_config,
-    write_plots,
+    write_confusion,
+    write_curve,
 )
 
 PREPARED = "data/prepared"
 MODEL = "models/teacher.pt"
+TRAINED = "models/teacher.train.json"  # train_teacher's figures, for teacher_test's report
 METRICS = "metrics/teacher.json"
 PLOTS = "metrics/plots"
 RESUME_DIR = "models/.resume"
@@ -58,9 +65,27 @@ def run(
     resume_dir: str | Path = RESUME_DIR,
     log: Callable[[str], None] = print,
 ) -> dict[str, JsonValue]:
+    """Both DVC stages at once (the CLI, tests): train (stage train_teacher), then the test report (stage
+    teacher_test). The training figures go beside the checkpoint (<model stem>.train.json)."""
+    trained_out = Path(model_out).with_name(f"{Path(model_out).stem}.train.json")
+    figures = train_stage(params, prepared, model_out, trained_out, plots_dir, resume_dir, log)
+    return test_stage(params, prepared, model_out, figures, metrics_out, plots_dir)
+
+
+def train_stage(
+    params: Params,
+    prepared: str | Path = PREPARED,
+    model_out: str | Path = MODEL,
+    trained_out: str | Path = TRAINED,
+    plots_dir: str | Path | None = PLOTS,
+    resume_dir: str | Path = RESUME_DIR,
+    log: Callable[[str], None] = print,
+) -> dict[str, JsonValue]:
+    """Stage train_teacher: reads the train and val splits only (never test), writes the checkpoint (the
+    same bytes for the same weights), the training curve and the training figures (`trained_out`)."""
     mp = params.teacher
     device = resolve_device(params.compute.device, params.compute.threads)
-    data = load_prepared(prepared, device)
+    data = load_prepared(prepared, device, splits=("train", "val"))
     aug = augment_for(mp.augment, params.data.vector_groups, data.norm)
     if note := rotation_note(mp.augment, aug, data.norm):
         log(f"teacher: {note}")
@@ -96,13 +121,12 @@ def run(
             check_epoch=check_epoch,
             chance_se=se,
         )
-    m = model_report(model, data.test, data.labels, meta)
-    metrics = {
+    figures = {
         "model": "teacher",
         "arch": meta["arch"],
         "kind": chosen,
-        **public_metrics(m, result, device),
-        # which teacher and why: the rule looks at val only (the test figures above are reported, never used)
+        **public_metrics({}, result, device),
+        # which teacher and why: the rule looks at val only (test is not even read by this stage)
         "choice": {
             "requested": mp.kind,
             "rule": TEACHER_RULE if len(kinds) > 1 else f"teacher.kind: {mp.kind}",
@@ -120,15 +144,39 @@ def run(
     }
     if sanity:
         judged = epochs >= check_epoch
-        metrics["sanity"] = {
+        figures["sanity"] = {
             **{k: round(v, 5) for k, v in sanity.items()},
             "judged": judged,
             "passed": True if judged else None,
         }
-    save_checkpoint(model_out, model.cpu(), {**meta, "metrics": {"test_accuracy": m["accuracy"]}})
-    metrics = TeacherMetrics.model_validate(metrics).write(metrics_out)
+    val_acc = round(result.best_val_accuracy, 5)
+    save_checkpoint(model_out, model.cpu(), {**meta, "metrics": {"val_accuracy": val_acc}})
+    write_json(trained_out, figures)
     if plots_dir:
-        write_plots(plots_dir, "teacher", result.history, m["confusion"], data.labels)
+        write_curve(plots_dir, "teacher", result.history)
+    return figures
+
+
+def test_stage(
+    params: Params,
+    prepared: str | Path = PREPARED,
+    model: str | Path = MODEL,
+    trained: str | Path | dict[str, JsonValue] = TRAINED,
+    metrics_out: str | Path = METRICS,
+    plots_dir: str | Path | None = PLOTS,
+) -> dict[str, JsonValue]:
+    """Stage teacher_test: the trained teacher on the test windows (norm.json and the test split only),
+    written with train_teacher's figures as metrics/teacher.json, and the test confusion plot."""
+    device = resolve_device(params.compute.device, params.compute.threads)
+    figures = dict(trained) if isinstance(trained, dict) else read_json(trained)
+    data = load_prepared(prepared, device, splits=("test",))
+    net, meta = load_checkpoint(model)
+    m = model_report(net.net.to(device), data.test, data.labels, meta)
+    head = {k: figures.pop(k) for k in ("model", "arch", "kind")}
+    test = {k: v for k, v in m.items() if k not in ("confusion", "loss")}
+    metrics = TeacherMetrics.model_validate({**head, **test, **figures}).write(metrics_out)
+    if plots_dir:
+        write_confusion(plots_dir, "teacher", m["confusion"], data.labels)
     return metrics
 
 
@@ -347,9 +395,14 @@ def sanity_stop(
 
 
 def main() -> None:
+    import sys
+
     from edgedistill.runner import run_stage_main
 
-    run_stage_main("train_teacher", lambda p: run(p))
+    if sys.argv[1:2] == ["test"]:  # `python -m tasks.train_teacher test`: stage teacher_test
+        run_stage_main("teacher_test", lambda p: test_stage(p), argv=sys.argv[2:])
+    else:
+        run_stage_main("train_teacher", lambda p: train_stage(p))
 
 
 if __name__ == "__main__":

@@ -189,3 +189,64 @@ def test_s3_readings_feed_prepare_through_the_manifest(shuffled_project):
     )
     order = pipeline_stages(shuffled_project, connected_only=True)
     assert "ingest" not in order and order.index("validate") < order.index("prepare")
+
+
+PREPARED = "data/prepared"
+PREPARED_READS = {"train", "val", "test", "norm.json"}  # what a stage may read inside data/prepared
+# a module serving two stages: the function each stage's command runs
+ENTRY = {"train_teacher": "train_stage", "teacher_test": "test_stage"}
+
+
+def prepared_reads(tree: ast.AST) -> set[str]:
+    """The files under data/prepared a stage's code names: split names and norm.json as string
+    constants, `data/prepared/<x>` paths, and load_prepared's `splits` (all three by default) with
+    norm.json. An over-approximation: a name in a message counts too."""
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if node.value in PREPARED_READS:
+                found.add(node.value)
+            elif node.value.startswith(PREPARED + "/"):
+                found.add(node.value.split("/")[2])
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "load_prepared":
+            found.add("norm.json")
+            if not any(k.arg == "splits" for k in node.keywords):
+                found |= {"train", "val", "test"}
+    return found
+
+
+def test_stages_list_the_prepared_files_they_read():
+    """No stage depends on all of data/prepared (a change to the test split would re-run training): each
+    lists the splits and files its code reads, and only those prepare writes for stages to read."""
+    checked = set()
+    for name, stage in STAGES.items():
+        outs = {str(next(iter(o))) if isinstance(o, dict) else o for o in stage.get("outs", [])}
+        if PREPARED in outs:
+            continue
+        deps = {d for d in stage.get("deps", []) if isinstance(d, str)}
+        assert PREPARED not in deps, f"stage {name!r} depends on all of {PREPARED}"
+        listed = {d.split("/")[2] for d in deps if d.startswith(PREPARED + "/")}
+        assert listed <= PREPARED_READS, f"stage {name!r} lists {sorted(listed - PREPARED_READS)}"
+        tree = ast.parse(stage_file(stage).read_text())
+        if name in ENTRY:
+            tree = next(
+                n
+                for n in ast.walk(tree)
+                if isinstance(n, ast.FunctionDef) and n.name == ENTRY[name]
+            )
+        elif PREPARED not in stage_file(stage).read_text():
+            continue  # reads nothing prepared (validate names the splits of its own params)
+        reads = prepared_reads(tree)
+        assert reads <= listed, (
+            f"dvc.yaml stage {name!r} reads {sorted(reads - listed)} of {PREPARED} but does not list it"
+        )
+        checked.add(name)
+    assert {"train_teacher", "teacher_test", "teacher_logits", "distill", "promote"} <= checked
+    # the teacher is trained without the test split, and tested without the training splits
+    assert "test" not in prepared_reads(
+        next(
+            n
+            for n in ast.walk(ast.parse((ROOT / "tasks/train_teacher.py").read_text()))
+            if isinstance(n, ast.FunctionDef) and n.name == "train_stage"
+        )
+    )

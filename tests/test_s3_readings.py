@@ -347,11 +347,21 @@ def _cwd() -> str:
     return os.getcwd()
 
 
-def test_share_nothing_dask_workers_give_the_local_bytes(bucket, dataset, tmp_path, monkeypatch):
+def fetched_bytes(out: str) -> int:
+    """The bytes prepare's client downloaded from the store, from its report line."""
+    import re
+
+    return int(re.search(r"([\d,]+) bytes fetched from the store", out).group(1).replace(",", ""))
+
+
+def test_share_nothing_dask_workers_give_the_local_bytes(
+    bucket, dataset, tmp_path, monkeypatch, capsys
+):
     """Worker processes, each in its own empty folder, read their partitions from S3 and stage their
     parts in the S3 artifact store; the client's folders never reach them, the prepared shards are
     bit-identical to the single-process run, and a worker killed mid-map is retried with no part
-    missing or written twice."""
+    missing or written twice. The client downloads a staged part once: a re-run fetches nothing, and
+    after a new partition lands only that partition's parts cross the network."""
     import pickle
     import sys
 
@@ -416,12 +426,15 @@ def test_share_nothing_dask_workers_give_the_local_bytes(bucket, dataset, tmp_pa
                 "store": {"s3": {"bucket": name, "prefix": "store"}},
             }
         )
+        capsys.readouterr()
         prepare.run(dask_p, out_dir="dask")
         staged = boto3.client("s3").list_objects_v2(Bucket=name, Prefix="store/staging/prepare/")
         first = {o["Key"]: o["ETag"] for o in staged["Contents"]}
+        assert fetched_bytes(capsys.readouterr().out) == sum(o["Size"] for o in staged["Contents"])
         prepare.run(dask_p, out_dir="dask2")  # a re-run finds its parts there: nothing rewritten
         staged = boto3.client("s3").list_objects_v2(Bucket=name, Prefix="store/staging/prepare/")
         assert {o["Key"]: o["ETag"] for o in staged["Contents"]} == first
+        assert fetched_bytes(capsys.readouterr().out) == 0  # ... and nothing downloaded again
         swap[prep.cut_file] = cut_then_die_once
         prepare.run(dask_p, out_dir="killed")
         assert marker.exists()  # a worker did die mid-map
@@ -429,6 +442,25 @@ def test_share_nothing_dask_workers_give_the_local_bytes(bucket, dataset, tmp_pa
         assert {
             o["Key"]: o["ETag"] for o in staged["Contents"]
         } == first  # none twice, none missing
+        # a new day of an existing device lands: only its parts are downloaded
+        new = small_readings(subjects=1, rows_per_recording=600).groupby("recording").tail(300)
+        new = new.assign(day="2024-01-02")  # the next 300 readings of S01's recordings
+        new["recording"] = new["recording"] + 1000  # new recordings, the same column type
+        key = f"readings/subject={new['subject'].iloc[0]}/day=2024-01-02/part-0.parquet"
+        buf = pa.BufferOutputStream()
+        pq.write_table(
+            pa.Table.from_pandas(new.drop(columns=["subject", "day"]), preserve_index=False), buf
+        )
+        c.put_object(Bucket=name, Key=key, Body=buf.getvalue().to_pybytes())
+        validate.run(p)
+        prepare.run(p, out_dir="single-grown")
+        capsys.readouterr()
+        prepare.run(dask_p, out_dir="dask-grown")
+        staged = boto3.client("s3").list_objects_v2(Bucket=name, Prefix="store/staging/prepare/")
+        added = [o["Size"] for o in staged["Contents"] if o["Key"] not in first]
+        assert added and fetched_bytes(capsys.readouterr().out) == sum(added)
+    assert tree_hashes(Path("dask-grown")) == tree_hashes(Path("single-grown"))
+    assert tree_hashes(Path("dask-grown")) != tree_hashes(Path("single"))
     assert read_json("dask/index.json") == read_json("single/index.json")
     assert tree_hashes(Path("dask")) == tree_hashes(Path("single"))
     assert tree_hashes(Path("dask2")) == tree_hashes(Path("single"))

@@ -11,6 +11,7 @@ edgedistill.data.dataplane.run_map can run them in process or on Dask worker pro
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -290,7 +291,6 @@ def cut_file(item: CutItem) -> dict[str, Any]:
     store instead (content-addressed, created once: stage_parts); nothing of the client's disk is used."""
     if item.stage_to is None:
         return _cut(item, Path(item.work_dir) / f"{item.index:05d}")
-    import shutil
     import tempfile
 
     tmp = Path(tempfile.mkdtemp(prefix="edgedistill-cut-"))
@@ -337,27 +337,53 @@ def stage_parts(spec: dict[str, Any], folder: Path) -> dict[str, str]:
     return out
 
 
-def fetch_parts(spec: dict[str, Any], cut: dict[str, Any], dest: Path) -> dict[str, Any]:
-    """A staged cut's parts fetched from the store into `dest`, each checked against its sha256; the cut
-    as cut_file returns it without staging (`dir`, `rows` as local paths)."""
+def fetch_parts(
+    spec: dict[str, Any], cut: dict[str, Any], dest: Path, cache: Path
+) -> tuple[dict[str, Any], int]:
+    """A staged cut's parts placed in `dest`, each checked against its sha256: a part already in the
+    client's part cache (`cache/<sha256[:2]>/<sha256>`, what earlier runs fetched) is linked from there,
+    only the others are downloaded (into the cache first). Returns the cut as cut_file returns it without
+    staging (`dir`, `rows` as local paths) and the bytes downloaded."""
+    import os
+
     from edgedistill.data import s3data
     from edgedistill.errors import ArtifactCorrupt
-    from edgedistill.io import sha256_file
+    from edgedistill.io import atomic_path, sha256_file
 
-    fs = s3data.filesystem(spec.get("endpoint_url"))
+    fs = None
+    fetched = 0
     for rel, digest in cut["staged"].items():
         url = staged_url(spec, digest)
+        kept = cache / digest[:2] / digest
+        if not (
+            kept.is_file() and sha256_file(kept) == digest
+        ):  # absent, or damaged: fetched again
+            fs = fs or s3data.filesystem(spec.get("endpoint_url"))
+            with atomic_path(kept) as tmp:
+                try:
+                    fs.get_file(url[len("s3://") :], str(tmp))
+                except Exception as e:  # s3fs/botocore raise many types
+                    raise s3data.s3_error(url, e) from None
+                if sha256_file(tmp) != digest:
+                    raise ArtifactCorrupt(
+                        f"{url}: staged part {rel} of readings file {cut['index']} does not match "
+                        "its sha256"
+                    )
+            fetched += kept.stat().st_size
         f = dest / rel
         f.parent.mkdir(parents=True, exist_ok=True)
         try:
-            fs.get_file(url[len("s3://") :], str(f))
-        except Exception as e:  # s3fs/botocore raise many types
-            raise s3data.s3_error(url, e) from None
-        if sha256_file(f) != digest:
-            raise ArtifactCorrupt(
-                f"{url}: staged part {rel} of readings file {cut['index']} does not match its sha256"
-            )
-    return {**cut, "dir": str(dest), "rows": [str(dest / r) for r in cut["rows"]]}
+            os.link(kept, f)  # read only (memory-mapped), removed with dest
+        except OSError:
+            shutil.copyfile(kept, f)
+    return {**cut, "dir": str(dest), "rows": [str(dest / r) for r in cut["rows"]]}, fetched
+
+
+def prune_part_cache(cache: Path, keep: set[str]) -> None:
+    """Drop the cached parts no longer staged for these readings (the cache holds one dataset's parts)."""
+    for f in cache.glob("??/*"):
+        if f.name not in keep:
+            f.unlink(missing_ok=True)
 
 
 def _cut(item: CutItem, out: Path) -> dict[str, Any]:

@@ -58,8 +58,10 @@ def save_checkpoint(path: str | Path, model: nn.Module, meta: CheckpointMeta) ->
     if missing:
         raise ValueError(f"checkpoint meta lacks {missing}")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        torch.save({**meta, "state_dict": state}, tmp)
+    # saved through a file object: torch.save(obj, path) names the zip's records after the file (here the
+    # random temp name), so two saves of the same weights would differ and re-run every stage after them
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save({**meta, "state_dict": state}, f)
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, CheckpointMeta]:
@@ -141,8 +143,9 @@ def check_same_norm(meta: CheckpointMeta, other: CheckpointMeta | PreparedNorm, 
 
 
 def weights_sha256(path: str | Path) -> str:
-    """Hash of the checkpoint's tensors (names, dtypes, shapes, bytes). Unlike the file's sha256 it is the
-    same for two saves of the same weights: torch.save writes a random serialization id into every file."""
+    """Hash of the checkpoint's tensors (names, dtypes, shapes, bytes): the same for the same weights
+    whatever else the file holds (meta) or however it was written (older checkpoints named their zip
+    records after a random temp file)."""
     import hashlib
 
     blob = torch.load(Path(path), map_location="cpu", weights_only=True)

@@ -637,9 +637,9 @@ def train(
 
 @dataclass
 class Prepared:
-    train: Split
-    val: Split
-    test: Split
+    train: Split | None  # None: not loaded (load_prepared's `splits`)
+    val: Split | None
+    test: Split | None
     norm: PreparedNorm
 
     @property
@@ -663,9 +663,15 @@ class Prepared:
         }
 
 
-def load_prepared(prepared: str | Path, device: torch.device) -> Prepared:
+SPLITS = ("train", "val", "test")
+
+
+def load_prepared(
+    prepared: str | Path, device: torch.device, splits: tuple[str, ...] = SPLITS
+) -> Prepared:
     """The prepared splits, normalised by the same module the exported graph holds (windows on disk are raw,
-    read from the memory-mapped shards per batch)."""
+    read from the memory-mapped shards per batch). Only `splits` are opened (and norm.json): a stage that
+    reads fewer depends on fewer files (dvc.yaml)."""
     prepared = Path(prepared)
     norm_path = prepared / "norm.json"
     if not norm_path.is_file():
@@ -674,12 +680,13 @@ def load_prepared(prepared: str | Path, device: torch.device) -> Prepared:
         )
     norm = json.loads(norm_path.read_text())
     k = len(norm["labels"])
-    raw = [load_split(prepared / s, device, k) for s in ("train", "val", "test")]
-    for s in raw:
+    raw = {s: load_split(prepared / s, device, k) for s in SPLITS if s in splits}
+    for s in raw.values():
         check_shapes(s, len(norm["channels"]), int(norm["window"]), str(norm_path))
-    check_train_classes(raw[0], norm["labels"])
-    splits = [Split(ShardWindows(s.x.split, norm, device), s.y, s.path) for s in raw]
-    return Prepared(*splits, norm=norm)
+    if "train" in raw:
+        check_train_classes(raw["train"], norm["labels"])
+    got = {s: Split(ShardWindows(r.x.split, norm, device), r.y, r.path) for s, r in raw.items()}
+    return Prepared(got.get("train"), got.get("val"), got.get("test"), norm=norm)
 
 
 def build_from_params(
@@ -734,6 +741,12 @@ def write_plots(
     labels: list[str],
 ) -> None:
     """Training curve and confusion matrix as CSV files that `dvc plots show` renders."""
+    write_curve(plots_dir, name, history)
+    write_confusion(plots_dir, name, confusion, labels)
+
+
+def write_curve(plots_dir: str | Path, name: str, history: list[dict]) -> None:
+    """<plots_dir>/<name>_curve.csv: loss and val accuracy per epoch."""
     import csv
 
     plots_dir = Path(plots_dir)
@@ -742,6 +755,16 @@ def write_plots(
         w = csv.DictWriter(f, fieldnames=["epoch", "train_loss", "val_loss", "val_accuracy"])
         w.writeheader()
         w.writerows(history)
+
+
+def write_confusion(
+    plots_dir: str | Path, name: str, confusion: list[list[int]], labels: list[str]
+) -> None:
+    """<plots_dir>/<name>_confusion.csv: one (actual, predicted) row per test window."""
+    import csv
+
+    plots_dir = Path(plots_dir)
+    plots_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(plots_dir / f"{name}_confusion.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["actual", "predicted"])
