@@ -130,6 +130,22 @@ def s3_endpoint():
         yield url
 
 
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """One real `prefect server` for the session (tests/prefect_server.py): test_operations' deployments
+    and the release tests' `edgedistill run` (through `prefect_server.env`) run their flows on it."""
+    from prefect_server import start_server, stop
+
+    proc, server = start_server(tmp_path_factory.mktemp("prefect-server"))
+    try:
+        yield server
+    finally:
+        stop(proc)
+        log = (server.home / "server.log").read_text()
+        if "Traceback" in log:
+            print("prefect server log:", log[-4000:])
+
+
 @pytest.fixture
 def aws_env(monkeypatch):
     """Fake credentials through the standard AWS environment chain, nothing else from the host."""
@@ -159,3 +175,45 @@ def rewrite_prepared(prepared: Path, split: str, change) -> None:
     z = change(prepared_arrays(prepared, split))
     shutil.rmtree(Path(prepared) / split)
     write_split(prepared, split, z["X"], z["y"], z["group"], z["recording"])
+
+
+# ---------------------------------------------------------------- parallel runs (pytest-xdist)
+# `make test` runs the suite on several workers (`-n`, with `--dist loadgroup` from pyproject's addopts).
+# A test that uses a module-scoped fixture (a module's shared run, project or server) stays with the rest
+# of its module on one worker, in file order (some build on the previous test's output); a test that
+# uses the session's exported release (export_fixtures.build_release) goes with the others that do; any
+# other test is scheduled on its own. Groups holding a `slow` test are handed out first, then the
+# groups sharing a fixture, so that no long group starts last while the other worker sits idle.
+SHARED_SESSION_FIXTURES = {"release": "exported-release"}
+
+
+def _group(item: pytest.Item) -> tuple[str | None, int]:
+    """(xdist group name or None for a test on its own, scheduling tier: 0 first)."""
+    defs = getattr(item, "_fixtureinfo", None)
+    names = defs.name2fixturedefs if defs is not None else {}
+    shared = None
+    for name, fixturedefs in names.items():
+        scope = fixturedefs[-1].scope if fixturedefs else "function"
+        if name in SHARED_SESSION_FIXTURES and scope == "session":
+            shared = SHARED_SESSION_FIXTURES[name]
+        elif scope in ("module", "package", "class"):
+            return item.module.__name__ if item.module else item.nodeid, 1
+    return shared, 1 if shared else 2
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    if not hasattr(config, "workerinput"):  # not an xdist worker: plain file order, no groups
+        return
+    groups = {}
+    tiers: dict[str, int] = {}
+    for item in items:
+        name, tier = _group(item)
+        if name is not None:
+            item.add_marker(pytest.mark.xdist_group(name))
+        key = name or item.nodeid
+        groups[item] = key
+        slow = item.get_closest_marker("slow") is not None
+        tiers[key] = min(tiers.get(key, 3), 0 if slow else tier)
+    # a stable sort: file order within a group and within a tier
+    items.sort(key=lambda it: tiers[groups[it]])
