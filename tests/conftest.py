@@ -74,6 +74,24 @@ SMALL = {
 }
 
 
+# The tests' one tiny training config: nets and schedules small enough to train in seconds on
+# small_readings() (a module overrides only what its tests are about, e.g. its epochs or profiles).
+TINY_TRAIN = {
+    "compute": {"device": "cpu", "threads": 1},
+    "teacher": {
+        "config": {"widths": [8, 16, 16], "kernel": 5, "dropout": 0.0},
+        "train": {"min_steps": 0, "epochs": 4, "batch_size": 64, "lr": 0.01},
+    },
+    "student": {
+        "config": {"widths": [8, 8, 12, 12], "kernel": 5},
+        "train": {"min_steps": 0, "epochs": 4, "batch_size": 64, "lr": 0.02},
+    },
+    "distill": {"bank": {"views": 2}},
+    # a few-epoch smoke-test teacher is not judged against the 1-NN reference (sanity has its own tests)
+    "sanity": {"enabled": False},
+}
+
+
 def make_params(overrides: dict | None = None, small: bool = True) -> Params:
     raw = base_params_dict()
     if small:
