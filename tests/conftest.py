@@ -198,40 +198,45 @@ def rewrite_prepared(prepared: Path, split: str, change) -> None:
 # ---------------------------------------------------------------- parallel runs (pytest-xdist)
 # `make test` runs the suite on several workers (`-n`, with `--dist loadgroup` from pyproject's addopts).
 # A test that uses a module-scoped fixture (a module's shared run, project or server) stays with the rest
-# of its module on one worker, in file order (some build on the previous test's output); a test that
-# uses the session's exported release (export_fixtures.build_release) goes with the others that do; any
-# other test is scheduled on its own. Groups holding a `slow` test are handed out first, then the
-# groups sharing a fixture, so that no long group starts last while the other worker sits idle.
+# of its module on one worker, in file order (some build on the previous test's output); the modules
+# that use the session's exported release (export_fixtures.build_release, their `release` fixture) go
+# together; any other test is scheduled on its own. Groups holding a `slow` test are handed out first,
+# then the groups sharing a fixture, so that no long group starts last while the other worker sits idle.
 SHARED_SESSION_FIXTURES = {"release": "exported-release"}
 
 
-def _group(item: pytest.Item) -> tuple[str | None, int]:
-    """(xdist group name or None for a test on its own, scheduling tier: 0 first)."""
-    defs = getattr(item, "_fixtureinfo", None)
-    names = defs.name2fixturedefs if defs is not None else {}
-    shared = None
-    for name, fixturedefs in names.items():
-        scope = fixturedefs[-1].scope if fixturedefs else "function"
-        if name in SHARED_SESSION_FIXTURES and scope == "session":
+def _fixture_use(item: pytest.Item) -> tuple[bool, str | None]:
+    """(uses a module-scoped fixture, the group of a shared session fixture it uses or None)."""
+    info = getattr(item, "_fixtureinfo", None)
+    module, shared = False, None
+    for name, defs in (info.name2fixturedefs if info is not None else {}).items():
+        scope = defs[-1].scope if defs else "function"
+        if scope == "session" and name in SHARED_SESSION_FIXTURES:
             shared = SHARED_SESSION_FIXTURES[name]
         elif scope in ("module", "package", "class"):
-            return item.module.__name__ if item.module else item.nodeid, 1
-    return shared, 1 if shared else 2
+            module = True
+    return module, shared
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     if not hasattr(config, "workerinput"):  # not an xdist worker: plain file order, no groups
         return
-    groups = {}
-    tiers: dict[str, int] = {}
-    for item in items:
-        name, tier = _group(item)
-        if name is not None:
-            item.add_marker(pytest.mark.xdist_group(name))
-        key = name or item.nodeid
-        groups[item] = key
-        slow = item.get_closest_marker("slow") is not None
-        tiers[key] = min(tiers.get(key, 3), 0 if slow else tier)
-    # a stable sort: file order within a group and within a tier
-    items.sort(key=lambda it: tiers[groups[it]])
+    use = {item: _fixture_use(item) for item in items}
+    module_group: dict[
+        str, str
+    ] = {}  # a module some of whose tests share a session fixture: that group
+    for item, (_, shared) in use.items():
+        if shared:
+            module_group[item.nodeid.split("::")[0]] = shared
+    tier: dict[str, int] = {}
+    key: dict[pytest.Item, str] = {}
+    for item, (module, shared) in use.items():
+        path = item.nodeid.split("::")[0]
+        group = shared or (module_group.get(path, path) if module else None)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+        key[item] = group or item.nodeid
+        mine = 0 if item.get_closest_marker("slow") else 1 if group else 2
+        tier[key[item]] = min(tier.get(key[item], 2), mine)
+    items.sort(key=lambda it: tier[key[it]])  # stable: file order within a tier and a group
