@@ -196,47 +196,25 @@ def rewrite_prepared(prepared: Path, split: str, change) -> None:
 
 
 # ---------------------------------------------------------------- parallel runs (pytest-xdist)
-# `make test` runs the suite on several workers (`-n`, with `--dist loadgroup` from pyproject's addopts).
-# A test that uses a module-scoped fixture (a module's shared run, project or server) stays with the rest
-# of its module on one worker, in file order (some build on the previous test's output); the modules
-# that use the session's exported release (export_fixtures.build_release, their `release` fixture) go
-# together; any other test is scheduled on its own. Groups holding a `slow` test are handed out first,
-# then the groups sharing a fixture, so that no long group starts last while the other worker sits idle.
-SHARED_SESSION_FIXTURES = {"release": "exported-release"}
+# `make test` runs the suite on several workers (`-n`, with `--dist loadfile` from pyproject's addopts):
+# each test file runs whole on one worker, in file order (its module fixtures are built once; some tests
+# build on the previous test's output). The files holding a `slow` test are handed out first, then the
+# files with module-scoped fixtures, so that no long file starts last while the other worker sits idle.
 
 
-def _fixture_use(item: pytest.Item) -> tuple[bool, str | None]:
-    """(uses a module-scoped fixture, the group of a shared session fixture it uses or None)."""
+def _tier(item: pytest.Item) -> int:
+    if item.get_closest_marker("slow"):
+        return 0
     info = getattr(item, "_fixtureinfo", None)
-    module, shared = False, None
-    for name, defs in (info.name2fixturedefs if info is not None else {}).items():
-        scope = defs[-1].scope if defs else "function"
-        if scope == "session" and name in SHARED_SESSION_FIXTURES:
-            shared = SHARED_SESSION_FIXTURES[name]
-        elif scope in ("module", "package", "class"):
-            module = True
-    return module, shared
+    defs = info.name2fixturedefs.values() if info is not None else []
+    return 1 if any(d and d[-1].scope in ("module", "package", "class") for d in defs) else 2
 
 
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    if not hasattr(config, "workerinput"):  # not an xdist worker: plain file order, no groups
+    if not hasattr(config, "workerinput"):  # not an xdist worker: plain file order
         return
-    use = {item: _fixture_use(item) for item in items}
-    module_group: dict[
-        str, str
-    ] = {}  # a module some of whose tests share a session fixture: that group
-    for item, (_, shared) in use.items():
-        if shared:
-            module_group[item.nodeid.split("::")[0]] = shared
     tier: dict[str, int] = {}
-    key: dict[pytest.Item, str] = {}
-    for item, (module, shared) in use.items():
+    for item in items:
         path = item.nodeid.split("::")[0]
-        group = shared or (module_group.get(path, path) if module else None)
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
-        key[item] = group or item.nodeid
-        mine = 0 if item.get_closest_marker("slow") else 1 if group else 2
-        tier[key[item]] = min(tier.get(key[item], 2), mine)
-    items.sort(key=lambda it: tier[key[it]])  # stable: file order within a tier and a group
+        tier[path] = min(tier.get(path, 2), _tier(item))
+    items.sort(key=lambda it: tier[it.nodeid.split("::")[0]])  # stable: file order within a file
