@@ -5,6 +5,9 @@ PY := $(VENV)/bin/python
 # A CPU-only build elsewhere: make demo TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+# `make test` runs the suite on this many pytest-xdist workers (auto: one per CPU core; many tests wait on
+# subprocesses: git, dvc, a Prefect server, QEMU). TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= auto
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 export GX_ANALYTICS_ENABLED := False
 export DO_NOT_TRACK := 1
@@ -51,10 +54,10 @@ demo: install
 run: demo
 
 test: install
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test-fast: install
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not slow" $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

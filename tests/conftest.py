@@ -74,6 +74,24 @@ SMALL = {
 }
 
 
+# The tests' one tiny training config: nets and schedules small enough to train in seconds on
+# small_readings() (a module overrides only what its tests are about, e.g. its epochs or profiles).
+TINY_TRAIN = {
+    "compute": {"device": "cpu", "threads": 1},
+    "teacher": {
+        "config": {"widths": [8, 16, 16], "kernel": 5, "dropout": 0.0},
+        "train": {"min_steps": 0, "epochs": 4, "batch_size": 64, "lr": 0.01},
+    },
+    "student": {
+        "config": {"widths": [8, 8, 12, 12], "kernel": 5},
+        "train": {"min_steps": 0, "epochs": 4, "batch_size": 64, "lr": 0.02},
+    },
+    "distill": {"bank": {"views": 2}},
+    # a few-epoch smoke-test teacher is not judged against the 1-NN reference (sanity has its own tests)
+    "sanity": {"enabled": False},
+}
+
+
 def make_params(overrides: dict | None = None, small: bool = True) -> Params:
     raw = base_params_dict()
     if small:
@@ -130,6 +148,22 @@ def s3_endpoint():
         yield url
 
 
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """One real `prefect server` for the session (tests/prefect_server.py): test_operations' deployments
+    and the release tests' `edgedistill run` (through `prefect_server.env`) run their flows on it."""
+    from prefect_server import start_server, stop
+
+    proc, server = start_server(tmp_path_factory.mktemp("prefect-server"))
+    try:
+        yield server
+    finally:
+        stop(proc)
+        log = (server.home / "server.log").read_text()
+        if "Traceback" in log:
+            print("prefect server log:", log[-4000:])
+
+
 @pytest.fixture
 def aws_env(monkeypatch):
     """Fake credentials through the standard AWS environment chain, nothing else from the host."""
@@ -159,3 +193,28 @@ def rewrite_prepared(prepared: Path, split: str, change) -> None:
     z = change(prepared_arrays(prepared, split))
     shutil.rmtree(Path(prepared) / split)
     write_split(prepared, split, z["X"], z["y"], z["group"], z["recording"])
+
+
+# ---------------------------------------------------------------- parallel runs (pytest-xdist)
+# `make test` runs the suite on several workers (`-n`, with `--dist loadfile` from pyproject's addopts):
+# each test file runs whole on one worker, in file order (its module fixtures are built once; some tests
+# build on the previous test's output). The files holding a `slow` test are handed out first, then the
+# files with module-scoped fixtures, so that no long file starts last while the other worker sits idle.
+
+
+def _tier(item: pytest.Item) -> int:
+    if item.get_closest_marker("slow"):
+        return 0
+    info = getattr(item, "_fixtureinfo", None)
+    defs = info.name2fixturedefs.values() if info is not None else []
+    return 1 if any(d and d[-1].scope in ("module", "package", "class") for d in defs) else 2
+
+
+def pytest_collection_modifyitems(config, items):
+    if not hasattr(config, "workerinput"):  # not an xdist worker: plain file order
+        return
+    tier: dict[str, int] = {}
+    for item in items:
+        path = item.nodeid.split("::")[0]
+        tier[path] = min(tier.get(path, 2), _tier(item))
+    items.sort(key=lambda it: tier[it.nodeid.split("::")[0]])  # stable: file order within a file

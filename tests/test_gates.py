@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import make_params, merge, rewrite_prepared, small_readings
+from conftest import TINY_TRAIN, make_params, merge, rewrite_prepared, small_readings
 
 from edgedistill.errors import GateFailed
 from edgedistill.export import onnx_tools as ox
@@ -33,38 +33,28 @@ HOST = {
     "flash_bytes": 2**30,
     "format": "int8",
 }
-TINY = {
-    "compute": {"device": "cpu", "threads": 1},
-    "teacher": {
-        "config": {"widths": [8, 16, 16], "kernel": 5, "dropout": 0.0},
-        "train": {"min_steps": 0, "epochs": 4, "batch_size": 64, "lr": 0.01},
+TINY = merge(
+    TINY_TRAIN,
+    {
+        "export": {"calibration": {"windows": 64}},
+        "benchmark": {
+            "interleaved_warmup": 5,
+            "interleaved_runs": 20,
+            "interleaved_rounds": 2,
+            "profile_runs": 5,
+            "profiles": [
+                HOST,
+                {
+                    "name": "cortex-m7",
+                    "measure": False,
+                    "ram_bytes": 512 * 2**10,
+                    "flash_bytes": 2 * 2**20,
+                },
+            ],
+        },
+        "stats": {"resamples": 500},
     },
-    "student": {
-        "config": {"widths": [8, 8, 12, 12], "kernel": 5},
-        "train": {"min_steps": 0, "epochs": 4, "batch_size": 64, "lr": 0.02},
-    },
-    "distill": {"bank": {"views": 2}},
-    "export": {"calibration": {"windows": 64}},
-    "benchmark": {
-        "interleaved_warmup": 5,
-        "interleaved_runs": 20,
-        "interleaved_rounds": 2,
-        "profile_runs": 5,
-        "profiles": [
-            HOST,
-            {
-                "name": "cortex-m7",
-                "measure": False,
-                "ram_bytes": 512 * 2**10,
-                "flash_bytes": 2 * 2**20,
-            },
-        ],
-    },
-    "stats": {"resamples": 500},
-    "sanity": {
-        "enabled": False
-    },  # a 4-epoch tiny teacher is not judged against the 1-NN (its own test)
-}
+)
 # gates wide open: each test narrows only the gate it exercises
 OPEN = {
     "min_accuracy": 0.0,

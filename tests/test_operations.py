@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prefect_server import server_env, stop
 from release_fixtures import BIN, FAKE_AWS, mini_project, moto_s3, sh, write_candidate
 
 from edgedistill.io import sha256_file
@@ -293,40 +293,6 @@ def test_deployments_schedules_and_triggers(project):
 # ---------------------------------------------------------------- end to end on a Prefect server
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, proc: subprocess.Popen, timeout: float) -> None:
-    import urllib.request
-
-    end = time.time() + timeout
-    while time.time() < end:
-        if proc.poll() is not None:
-            raise AssertionError(
-                f"process exited {proc.returncode}: {proc.stdout.read() if proc.stdout else ''}"
-            )
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"{url} not up after {timeout}s")
-
-
-def stop(proc: subprocess.Popen) -> str:
-    proc.terminate()
-    try:
-        out, _ = proc.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-    return out or ""
-
-
 def wait_run(api: str, deployment: str, done: int, timeout: float) -> list:
     """Wait until `done` runs of `deployment` have finished; fail on a failed one."""
     import asyncio
@@ -356,53 +322,10 @@ def wait_run(api: str, deployment: str, done: int, timeout: float) -> list:
     )
 
 
-def server_env(home: Path, api: str, project: Path | None = None) -> dict[str, str]:
-    env = {
-        **os.environ,
-        "PATH": BIN + os.pathsep + os.environ["PATH"],
-        "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
-        "PREFECT_SERVER_API_HOST": "127.0.0.1",
-        "PREFECT_API_URL": api,
-        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
-        "PREFECT_LOGGING_LEVEL": "WARNING",
-    }
-    if project:
-        env["PYTHONPATH"] = str(project)
-    return env
-
-
-@pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory):
-    """One real `prefect server` for this module's tests, on a free port; yields its API URL."""
-    home = tmp_path_factory.mktemp("prefect-server")
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "prefect",
-            "server",
-            "start",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env=server_env(home, api),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        wait_http(f"{api}/health", server, 90)
-        yield api
-    finally:
-        log = stop(server)
-        if "Traceback" in log:
-            print("prefect server log:", log[-4000:])
+@pytest.fixture
+def prefect_api(prefect_server):
+    """The session's real `prefect server` (conftest.prefect_server); its API URL."""
+    return prefect_server.api
 
 
 def served_names(api: str) -> set[str]:

@@ -10,10 +10,8 @@ The last test runs the real pipeline on the bundled data with tiny params."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sqlite3
-from pathlib import Path
 
 import pytest
 import yaml
@@ -47,15 +45,22 @@ def s3():
 
 
 @pytest.fixture(scope="module")
-def released(tmp_path_factory, s3):
-    """A project released once to S3: student v0.1.0 in staging."""
+def released(tmp_path_factory, s3, prefect_server):
+    """A project released once to S3: student v0.1.0 in staging (its flow on the session's server)."""
     base = tmp_path_factory.mktemp("flow")
     store = {"s3": {"bucket": BUCKET, "prefix": "team", "endpoint_url": s3, "region": "us-east-1"}}
     proj = mini_project(
         base / "proj", store, origin=base / "origin.git", spec={"accuracy": 0.9, "formats": SHIPS}
     )
-    run = sh([ED, "run"], proj, env=FAKE_AWS)
-    return {"proj": proj, "origin": base / "origin.git", "base": base, "run": run, "endpoint": s3}
+    run = sh([ED, "run"], proj, env={**FAKE_AWS, **prefect_server.env})
+    return {
+        "proj": proj,
+        "origin": base / "origin.git",
+        "base": base,
+        "run": run,
+        "endpoint": s3,
+        "server": prefect_server,
+    }
 
 
 def s3_keys(endpoint: str, prefix: str) -> list[str]:
@@ -148,8 +153,8 @@ def test_release_registers_staging_pushes_and_publishes(released, monkeypatch):
     assert env["packages"]["onnxruntime"] == metadata.version("onnxruntime")
     summary = json.loads((proj / "reports/release.json").read_text())
     assert summary["status"] == "released" and summary["registry"]["stages"] == ["staging"]
-    # the same summary as the run's markdown artifact, in this session's ephemeral Prefect DB
-    with sqlite3.connect(Path(os.environ["PREFECT_HOME"]) / "prefect.db") as db:
+    # the same summary as the run's markdown artifact, in the DB of the server the flow ran on
+    with sqlite3.connect(released["server"].db) as db:
         texts = [
             json.loads(d)
             for (d,) in db.execute(
@@ -172,7 +177,8 @@ def test_release_registers_staging_pushes_and_publishes(released, monkeypatch):
 
 @pytest.mark.slow
 def test_rerun_with_nothing_changed_skips_the_flow(released):
-    """HEAD is the release, DVC sees nothing to do, prod has not moved: no flow, no temporary server."""
+    """HEAD is the release, DVC sees nothing to do, prod has not moved: no flow, no temporary server
+    (no PREFECT_API_URL here: a flow would start one)."""
     proj = released["proj"]
     r = sh([ED, "run"], proj, env=FAKE_AWS)
     assert "release: unchanged (already released)" in r.stdout and "no flow run" in r.stdout
@@ -182,7 +188,7 @@ def test_rerun_with_nothing_changed_skips_the_flow(released):
     assert sh(["git", "status", "--porcelain"], proj).stdout.strip() == ""
 
 
-def test_nothing_changed_skips_the_flow_beside_an_unconnected_stage(tmp_path):
+def test_nothing_changed_skips_the_flow_beside_an_unconnected_stage(tmp_path, prefect_server):
     """A stage that shares no file with the pipeline (`ingest` once data.readings is the user's own
     file) never runs, so its output is never there: a rerun with nothing changed still skips the flow."""
     proj = mini_project(tmp_path / "proj", {"local": str(tmp_path / "store")})
@@ -193,9 +199,9 @@ def test_nothing_changed_skips_the_flow_beside_an_unconnected_stage(tmp_path):
     }
     (proj / "dvc.yaml").write_text(yaml.safe_dump(dvc_yaml, sort_keys=False))
     sh(["git", "commit", "-qam", "an ingest stage the pipeline does not use"], proj)
-    first = sh([ED, "run"], proj)
+    first = sh([ED, "run"], proj, env=prefect_server.env)
     assert "release: released" in first.stdout and not (proj / "bundled.txt").exists()
-    again = sh([ED, "run"], proj)
+    again = sh([ED, "run"], proj)  # no PREFECT_API_URL: a flow would start a temporary server
     assert "release: unchanged (already released)" in again.stdout, again.stdout[-2000:]
     assert "temporary server" not in again.stdout + again.stderr
 
@@ -236,7 +242,7 @@ def test_rerun_after_prod_moved_registers_nothing_new(released):
     proj = released["proj"]
     sh([ED, "promote", "v0.1.0", "--to", "prod"], proj, env=FAKE_AWS)
     before = tags(proj)
-    r = sh([ED, "run"], proj, env=FAKE_AWS)
+    r = sh([ED, "run"], proj, env={**FAKE_AWS, **released["server"].env})
     assert "release: unchanged (same model as v0.1.0)" in r.stdout
     assert tags(proj) == before
     assert json.loads((proj / "reports/prod_reference.json").read_text())["version"] == "v0.1.0"
@@ -265,7 +271,7 @@ def test_failing_gate_fails_the_flow_and_registers_nothing(released):
         sh(["git", "ls-remote", "--tags", "origin"], proj).stdout,
     )
     (proj / "candidate_spec.json").write_text(json.dumps({"accuracy": 0.5}))
-    r = sh([ED, "run"], proj, env=FAKE_AWS, check=False)
+    r = sh([ED, "run"], proj, env={**FAKE_AWS, **released["server"].env}, check=False)
     out = r.stdout + r.stderr
     assert r.returncode == 2 and "Traceback" not in out
     assert (
@@ -312,7 +318,7 @@ def test_reproduce_matches_the_release(released):
 
 
 @pytest.mark.slow
-def test_kd_did_not_help_ships_the_baseline_or_nothing(tmp_path):
+def test_kd_did_not_help_ships_the_baseline_or_nothing(tmp_path, prefect_server):
     """promote.fallback: baseline (default) registers the baseline student and says so in the summary,
     the model card and the registry tag message; fallback: none registers nothing."""
     proj = mini_project(
@@ -320,7 +326,7 @@ def test_kd_did_not_help_ships_the_baseline_or_nothing(tmp_path):
         {"local": str(tmp_path / "store")},
         spec={"accuracy": 0.9, "shipped": "baseline"},
     )
-    r = sh([ED, "run"], proj)
+    r = sh([ED, "run"], proj, env=prefect_server.env)
     assert "release: released" in r.stdout
     assert (
         "KD did not help on this data: -1.0 pts [-3.0, +1.0] on validation, -1.8 pts [-3.9, +0.4] on test"
@@ -342,7 +348,7 @@ def test_kd_did_not_help_ships_the_baseline_or_nothing(tmp_path):
         json.dumps({"accuracy": 0.9, "shipped": "baseline", "seed": 2})
     )
     before = tags(proj)
-    r = sh([ED, "run"], proj, check=False)
+    r = sh([ED, "run"], proj, env=prefect_server.env, check=False)
     assert r.returncode == 2 and "kd_gain" in r.stdout + r.stderr and tags(proj) == before
 
 

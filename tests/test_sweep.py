@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import make_params, merge
+from conftest import TINY_TRAIN, make_params, merge
 from typer.testing import CliRunner
 
 from edgedistill.cli import app
@@ -19,45 +19,39 @@ from edgedistill.params import load_params
 from flows.sweep import choose, dominates, grid, pareto_front, student_widths
 from tasks import prepare, teacher_logits, train_teacher
 
-TINY = {
-    "compute": {"device": "cpu", "threads": 1},
-    "teacher": {
-        "config": {"widths": [8, 16, 16], "kernel": 5, "dropout": 0.0},
-        "train": {"min_steps": 0, "epochs": 3, "batch_size": 64, "lr": 0.01},
+TINY = merge(
+    TINY_TRAIN,
+    {
+        "teacher": {"train": {"epochs": 3}},
+        "student": {"train": {"epochs": 2}},
+        "distill": {"bank": {"views": 1}},
+        # two sizes x two label weights of the configured fm_bank: 4 points, 2 epochs each
+        "sweep": {
+            "width_multipliers": [0.5, 1.5],
+            "depths": [2],
+            "knobs": {"fm_label_weight": [0.3, 0.9]},
+            "epochs": 2,
+            "bench_runs": 30,
+            "max_workers": 2,
+        },
+        "benchmark": {
+            "profiles": [
+                {
+                    "name": "edge-cpu-1t",
+                    "threads": 1,
+                    "batch_sizes": [1],
+                    "warmup": 5,
+                    "runs": 30,
+                    "max_seconds": 0.5,
+                },
+                # a flash budget between the two sizes (~0.8 vs ~2.3 KB of weights): only the small students
+                # fit. (RAM does not separate them: the FP32 input normalisation, raw window in, is every
+                # student's peak)
+                {"name": "tiny-mcu", "measure": False, "ram_bytes": 524288, "flash_bytes": 1500},
+            ]
+        },
     },
-    "student": {
-        "config": {"widths": [8, 8, 12, 12], "kernel": 5},
-        "train": {"min_steps": 0, "epochs": 2, "batch_size": 64, "lr": 0.02},
-    },
-    "distill": {"bank": {"views": 1}},
-    "sanity": {
-        "enabled": False
-    },  # a 3-epoch smoke-test teacher is not judged against the 1-NN reference
-    # two sizes x two label weights of the configured fm_bank: 4 points, 2 epochs each
-    "sweep": {
-        "width_multipliers": [0.5, 1.5],
-        "depths": [2],
-        "knobs": {"fm_label_weight": [0.3, 0.9]},
-        "epochs": 2,
-        "bench_runs": 30,
-        "max_workers": 2,
-    },
-    "benchmark": {
-        "profiles": [
-            {
-                "name": "edge-cpu-1t",
-                "threads": 1,
-                "batch_sizes": [1],
-                "warmup": 5,
-                "runs": 30,
-                "max_seconds": 0.5,
-            },
-            # a flash budget between the two sizes (~0.8 vs ~2.3 KB of weights): only the small students fit. (RAM
-            # does not separate them: the FP32 input normalisation, raw window in, is every student's peak)
-            {"name": "tiny-mcu", "measure": False, "ram_bytes": 524288, "flash_bytes": 1500},
-        ]
-    },
-}
+)
 
 
 def row(id_, acc, ms, size, fits=True, test=None):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_params
+from conftest import TINY_TRAIN, make_params, merge
 
 from edgedistill.errors import DataInvalid, ModelMismatch, ParamsInvalid, TrainingFailed
 from edgedistill.shards import open_split, write_split
@@ -21,26 +21,10 @@ from edgedistill.train.kd import hinton_loss, kd_kl
 from edgedistill.train.training import resolve_device
 from tasks import distill, prepare, teacher_logits, train_teacher
 
-TINY = {
-    "compute": {"device": "cpu", "threads": 2},
-    "teacher": {
-        "config": {"widths": [8, 16, 16], "kernel": 5, "dropout": 0.0},
-        "train": {"min_steps": 0, "epochs": 4, "batch_size": 64, "lr": 0.01},
-    },
-    "student": {
-        "config": {"widths": [8, 8, 12, 12], "kernel": 5},
-        "train": {"min_steps": 0, "epochs": 4, "batch_size": 64, "lr": 0.02},
-    },
-    "distill": {"bank": {"views": 2}},
-    "sanity": {
-        "enabled": False
-    },  # 4-epoch smoke-test teachers are below the 1-NN reference (44% vs 70%)
-}
+TINY = merge(TINY_TRAIN, {"compute": {"threads": 2}})
 
 
 def tiny(extra: dict | None = None):
-    from conftest import merge
-
     return make_params(merge(TINY, extra or {}))
 
 

@@ -38,7 +38,7 @@ def local_store(proj: Path) -> LocalStore:
     return LocalStore(proj.parent / "edgedistill-store")
 
 
-def test_store_failure_while_publishing_registers_nothing(tmp_path, outcome):
+def test_store_failure_while_publishing_registers_nothing(tmp_path, outcome, prefect_server):
     """The store refuses writes under releases/ after DVC's push succeeded: not a transient fault, so
     nothing retries; the flow fails with the cause; no tag points at a bundle that is not there; the rerun releases."""
     outcome.fault(
@@ -49,7 +49,7 @@ def test_store_failure_while_publishing_registers_nothing(tmp_path, outcome):
     store_root.mkdir(parents=True)
     (store_root / "releases").write_text("not a directory")  # every put under releases/ fails
 
-    bad = sh([ED, "run"], proj, check=False, timeout=300)
+    bad = sh([ED, "run"], proj, env=prefect_server.env, check=False, timeout=300)
     out = bad.stdout + bad.stderr
     # Prefect's task log keeps the traceback; the CLI ends on one line naming the cause, exit 2
     cli_line = [
@@ -64,7 +64,7 @@ def test_store_failure_while_publishing_registers_nothing(tmp_path, outcome):
     assert tags(proj) == set() and registered(proj) == []
 
     (store_root / "releases").unlink()
-    good = sh([ED, "run"], proj, timeout=300)
+    good = sh([ED, "run"], proj, env=prefect_server.env, timeout=300)
     assert "release: released" in good.stdout
     lost = broken_bundles(local_store(proj), MODEL, registered(proj))
     assert registered(proj) == ["v0.1.0"] and lost == []
@@ -87,7 +87,7 @@ def _grep_tree(root: Path, needles: list[str]) -> list[str]:
     return hits
 
 
-def test_flaky_s3_release_and_no_secret_leaks(tmp_path, outcome):
+def test_flaky_s3_release_and_no_secret_leaks(tmp_path, outcome, prefect_server):
     outcome.fault("S3 endpoint resets the first 4 connections of a release run", injected=4)
     import boto3
 
@@ -109,7 +109,7 @@ def test_flaky_s3_release_and_no_secret_leaks(tmp_path, outcome):
                 }
             }
             proj = mini_project(tmp_path / "proj", store, origin=tmp_path / "origin.git")
-            env = {**FAKE_AWS, **CANARY}
+            env = {**FAKE_AWS, **CANARY, **prefect_server.env}
             r = sh([ED, "run"], proj, env=env, timeout=300)
             assert "release: released" in r.stdout, r.stdout[-3000:]
             card = sh([ED, "registry"], proj, env=env)
@@ -128,12 +128,13 @@ def test_flaky_s3_release_and_no_secret_leaks(tmp_path, outcome):
         + _grep_tree(tmp_path / "origin.git", needles)
         + _grep_tree(objects, needles)
     )
-    prefect_home = Path(os.environ["PREFECT_HOME"])
-    hits += _grep_tree(prefect_home, needles)  # run logs, the release-summary artifact
+    # the server the flow ran on (run logs, the release-summary artifact) and this session's home
+    prefect_dirs = (prefect_server.home, Path(os.environ["PREFECT_HOME"]))
+    hits += [h for d in prefect_dirs for h in _grep_tree(d, needles)]
     assert hits == []
     assert registered(proj) == ["v0.1.0"] and lost == []
     n_files = sum(
-        1 for root in (proj, objects, prefect_home) for p in root.rglob("*") if p.is_file()
+        1 for root in (proj, objects, *prefect_dirs) for p in root.rglob("*") if p.is_file()
     )
     outcome.happened(
         f"{proxy.dropped} resets retried, v0.1.0 released; AWS key/secret/token found in 0 of "
@@ -142,10 +143,15 @@ def test_flaky_s3_release_and_no_secret_leaks(tmp_path, outcome):
     outcome.releases_lost(len(lost))
 
 
-def test_two_release_runs_on_one_repo(tmp_path, outcome):
+def test_two_release_runs_on_one_repo(tmp_path, outcome, prefect_server):
     outcome.fault("two `edgedistill run` on the same repo at the same moment")
     proj = mini_project(tmp_path / "proj", {})
-    env = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"], "COLUMNS": "200"}
+    env = {
+        **os.environ,
+        "PATH": BIN + os.pathsep + os.environ["PATH"],
+        "COLUMNS": "200",
+        **prefect_server.env,
+    }
     procs = [
         subprocess.Popen(
             [ED, "run"],
@@ -182,12 +188,12 @@ def test_two_release_runs_on_one_repo(tmp_path, outcome):
     outcome.releases_lost(len(lost))
 
 
-def test_racing_promotions(tmp_path, outcome):
+def test_racing_promotions(tmp_path, outcome, prefect_server):
     outcome.fault(
         "two `edgedistill promote` to prod racing (different versions), 3 rounds", injected=3
     )
     proj = mini_project(tmp_path / "proj", {})
-    sh([ED, "run"], proj, timeout=300)
+    sh([ED, "run"], proj, env=prefect_server.env, timeout=300)
     store = local_store(proj)
     # a second version at a new commit, bundle published like a release would
     sh(["git", "commit", "-q", "--allow-empty", "-m", "second"], proj)
