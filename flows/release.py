@@ -125,10 +125,13 @@ def configure_store(root: Path, params: Params) -> StoreUsed:
 def pull_inputs(root: Path, params: Params) -> PullResult:
     got = dvc_pull_missing(open_store(params.store, root), params.store.remote_name, root)
     get_run_logger().info(
-        "pulled %d file(s) for %d missing output(s)%s",
+        "pulled %d file(s) for %d missing output(s)%s%s",
         got["pulled"],
         len(got["missing"]),
         f" ({got['note']})" if got.get("note") else "",
+        f"; not in the store, their stages make them: {', '.join(got['not_in_store'])}"
+        if got.get("not_in_store")
+        else "",
     )
     return got
 

@@ -260,3 +260,36 @@ def test_push_and_pull_leave_out_the_unused_bundled_ingest_output(tmp_path, capl
     assert got["missing"] == ["prepared.txt", "report.txt"] and got["pulled"] == 1
     assert (root / "prepared.txt").read_text() == "the user's readings\n"
     assert "cache files do not exist" not in caplog.text
+
+
+def test_pull_asks_only_for_what_the_store_holds(tmp_path, caplog):
+    """A dvc.lock committed from another machine records an output the store never received (a fresh clone
+    against a store others pushed to): pull leaves it to its stage, names it, and DVC does not warn 'Some of
+    the cache files do not exist' for it; an output the store holds still comes back."""
+    import logging
+
+    from dvc.repo import Repo
+
+    root = tmp_path / "proj"
+    root.mkdir()
+    Repo.init(str(root), no_scm=True).close()
+    (root / "dvc.yaml").write_text(
+        "stages:\n"
+        "  a:\n    cmd: echo pushed > a.txt\n    outs: [a.txt]\n"
+        "  b:\n    cmd: sed s/pushed/made/ a.txt > b.txt\n    deps: [a.txt]\n    outs: [b.txt]\n"
+    )
+    with contextlib.chdir(root), Repo(".") as repo:
+        repo.reproduce()
+    store = LocalStore(tmp_path / "store")
+    configure_dvc_remote(store, "store", root)
+    with contextlib.chdir(root), Repo(".") as repo:
+        repo.push(targets=["a.txt"], remote="store")  # b.txt's object never reaches the store
+    shutil.rmtree(root / ".dvc/cache")
+    (root / "a.txt").unlink()
+    (root / "b.txt").unlink()
+    caplog.set_level(logging.WARNING)
+    got = dvc_pull_missing(store, "store", root)
+    assert got["missing"] == ["a.txt", "b.txt"] and got["not_in_store"] == ["b.txt"]
+    assert got["pulled"] == 1 and (root / "a.txt").read_text() == "pushed\n"  # b's stage makes b
+    assert not (root / "b.txt").exists()
+    assert "cache files do not exist" not in caplog.text

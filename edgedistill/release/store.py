@@ -516,6 +516,7 @@ class PullResult(TypedDict, total=False):
 
     pulled: int
     missing: list[str]
+    not_in_store: list[str]  # missing outputs the store does not hold: their stages make them
     note: str
 
 
@@ -539,14 +540,35 @@ def dvc_pull_missing(store: Store, name: str, root: str | os.PathLike[str] = "."
                 if str(out) in wanted and out.hash_info and not os.path.exists(out.fs_path)
             }
         )
-        if not missing:
-            return {"pulled": 0, "missing": []}
+        # only what the store holds: an output recorded in dvc.lock but never pushed (a committed lock from
+        # another machine, a stage that re-runs anyway) is left to its stage, not asked for by DVC (which
+        # would warn "Some of the cache files do not exist" for it)
+        held = {
+            str(out)
+            for stage in repo.index.stages
+            for out in stage.outs
+            if str(out) in missing
+            and any(store.exists(k) for k in _remote_objects(out.hash_info.value))
+        }
+        not_held = sorted(set(missing) - held)
+        if not held:
+            return {"pulled": 0, "missing": missing, "not_in_store": not_held}
         try:
-            result = repo.pull(targets=missing, remote=name, allow_missing=True)
+            result = repo.pull(targets=sorted(held), remote=name, allow_missing=True)
         except DvcException as e:
             raise _dvc_transfer_error("dvc pull from", store, e) from None
     stats = result.get("stats", {}) if isinstance(result, dict) else {}
-    return {"pulled": int(stats.get("fetched", 0) or 0), "missing": missing}
+    return {
+        "pulled": int(stats.get("fetched", 0) or 0),
+        "missing": missing,
+        "not_in_store": not_held,
+    }
+
+
+def _remote_objects(md5: str) -> tuple[str, str]:
+    """Where a DVC object lives in the store: DVC 3's layout (files/md5/<2>/<rest>, `.dir` kept), or DVC 2's
+    (<2>/<rest>) for outputs a lock recorded before DVC 3."""
+    return f"{DVC_PREFIX}/files/md5/{md5[:2]}/{md5[2:]}", f"{DVC_PREFIX}/{md5[:2]}/{md5[2:]}"
 
 
 def dvc_push(store: Store, name: str, root: str | os.PathLike[str] = ".") -> int:
