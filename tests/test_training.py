@@ -629,8 +629,9 @@ def test_sanity_stop_says_when_val_is_too_small_to_tell_from_chance():
 
 def test_sanity_references_are_recorded_and_short_runs_not_judged(prepared):
     m = train_teacher.run(
-        tiny({"sanity": {"enabled": True, "check_epoch": 5}}), log=lambda s: None
-    )  # 4 < 5
+        tiny({"sanity": {"enabled": True, "check_epoch": 2}, "teacher": {"train": {"epochs": 1}}}),
+        log=lambda s: None,
+    )  # 1 < 2
     s = m["sanity"]
     assert (
         s["judged"] is False and s["passed"] is None
