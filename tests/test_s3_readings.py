@@ -35,6 +35,21 @@ def dataset(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def three_subjects(tmp_path_factory) -> Path:
+    """The dataset's first three subjects only (train, val and test each get one): the fewest
+    partitions the Dask tests need, each partition a task."""
+    root = tmp_path_factory.mktemp("fleet3") / "ds"
+    df = small_readings(subjects=3, rows_per_recording=300).assign(day="2024-01-01")
+    pq.write_to_dataset(
+        pa.Table.from_pandas(df, preserve_index=False),
+        root,
+        partition_cols=["subject", "day"],
+        basename_template="part-{i}.parquet",
+    )
+    return root
+
+
 @pytest.fixture
 def bucket(s3_endpoint, aws_env, monkeypatch):
     """A fresh versioned bucket on the shared moto server; AWS_ENDPOINT_URL points the chain at it."""
@@ -355,7 +370,7 @@ def fetched_bytes(out: str) -> int:
 
 
 def test_share_nothing_dask_workers_give_the_local_bytes(
-    bucket, dataset, tmp_path, monkeypatch, capsys
+    bucket, three_subjects, tmp_path, monkeypatch, capsys
 ):
     """Worker processes, each in its own empty folder, read their partitions from S3 and stage their
     parts in the S3 artifact store; the client's folders never reach them, the prepared shards are
@@ -372,7 +387,7 @@ def test_share_nothing_dask_workers_give_the_local_bytes(
     import tasks.prepare as prep
 
     name, c = bucket
-    url = upload(c, name, dataset)
+    url = upload(c, name, three_subjects)
     monkeypatch.chdir(tmp_path)
     p = params_for(url)
     validate.run(p)

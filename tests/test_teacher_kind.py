@@ -21,8 +21,8 @@ TINY = {
     "teacher": {
         "config": {"widths": [8, 16, 16], "kernel": 5, "dropout": 0.0},
         "train": {"min_steps": 0, "epochs": 3, "batch_size": 64, "lr": 0.01},
-        # 840 features (10 per kernel): the published 10,000 cost seconds here for nothing a test needs
-        "minirocket": {"features": 840, "epochs": 15, "augment_copies": 1},
+        # 336 features (4 per kernel): the published 10,000 cost seconds here for nothing a test needs
+        "minirocket": {"features": 336, "epochs": 15, "augment_copies": 1},
     },
     "distill": {"bank": {"views": 2}},
     "sanity": {"enabled": False},
