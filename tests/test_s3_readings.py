@@ -21,11 +21,9 @@ from tasks import prepare, validate
 _n = itertools.count()
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    """The small readings as a local hive-partitioned dataset (subject=…/day=…)."""
-    root = tmp_path_factory.mktemp("fleet") / "ds"
-    df = small_readings(subjects=5, rows_per_recording=300).assign(day="2024-01-01")
+def _hive_dataset(root: Path, subjects: int) -> Path:
+    """The small readings of `subjects` subjects as a local hive-partitioned dataset (subject=…/day=…)."""
+    df = small_readings(subjects=subjects, rows_per_recording=300).assign(day="2024-01-01")
     pq.write_to_dataset(
         pa.Table.from_pandas(df, preserve_index=False),
         root,
@@ -33,21 +31,19 @@ def dataset(tmp_path_factory) -> Path:
         basename_template="part-{i}.parquet",
     )
     return root
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """The small readings as a local hive-partitioned dataset (subject=…/day=…)."""
+    return _hive_dataset(tmp_path_factory.mktemp("fleet") / "ds", subjects=5)
 
 
 @pytest.fixture(scope="module")
 def three_subjects(tmp_path_factory) -> Path:
     """The dataset's first three subjects only (train, val and test each get one): the fewest
     partitions the Dask tests need, each partition a task."""
-    root = tmp_path_factory.mktemp("fleet3") / "ds"
-    df = small_readings(subjects=3, rows_per_recording=300).assign(day="2024-01-01")
-    pq.write_to_dataset(
-        pa.Table.from_pandas(df, preserve_index=False),
-        root,
-        partition_cols=["subject", "day"],
-        basename_template="part-{i}.parquet",
-    )
-    return root
+    return _hive_dataset(tmp_path_factory.mktemp("fleet3") / "ds", subjects=3)
 
 
 @pytest.fixture
