@@ -701,15 +701,7 @@ def fetch_bundle(
         raise ReleaseNotFound(
             f"no bundle for {model} {version} in {store.describe()} (expected {prefix}/{SUMS})"
         )
-    if dest.exists() and (
-        not dest.is_dir() or (any(dest.iterdir()) and not (dest / SUMS).is_file())
-    ):
-        raise ParamsInvalid(
-            f"refusing to replace {dest}: it is not a fetched release bundle",
-            hint="Pass --to an empty or new directory (or one `fetch` wrote before).",
-        )
-    if dest in Path.cwd().resolve().parents or dest == Path.cwd().resolve():
-        raise ParamsInvalid(f"refusing to replace {dest}: it contains the current directory")
+    refuse_unsafe_fetch_dest(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     umask = os.umask(0)
@@ -743,3 +735,17 @@ def fetch_bundle(
         "dest": str(dest),
         "files": {n: {"sha256": d, "bytes": (dest / n).stat().st_size} for n, d in sums.items()},
     }
+
+
+def refuse_unsafe_fetch_dest(dest: Path) -> None:
+    """A fetch replaces `dest` whole: only an empty/new folder or one a fetch wrote, never one holding the
+    current directory."""
+    if dest.exists() and (
+        not dest.is_dir() or (any(dest.iterdir()) and not (dest / SUMS).is_file())
+    ):
+        raise ParamsInvalid(
+            f"refusing to replace {dest}: it is not a fetched release bundle",
+            hint="Pass --to an empty or new directory (or one `fetch` wrote before).",
+        )
+    if dest in Path.cwd().resolve().parents or dest == Path.cwd().resolve():
+        raise ParamsInvalid(f"refusing to replace {dest}: it contains the current directory")

@@ -55,6 +55,7 @@ from edgedistill.release.store import (
     LocalStore,
     Store,
     parse_document,
+    refuse_unsafe_fetch_dest,
     safe_name,
 )
 
@@ -784,15 +785,7 @@ def download_version(
     from edgedistill.io import swap_dir
 
     dest = Path(dest).resolve()
-    if dest.exists() and (
-        not dest.is_dir() or (any(dest.iterdir()) and not (dest / SUMS).is_file())
-    ):
-        raise ParamsInvalid(
-            f"refusing to replace {dest}: it is not a fetched release bundle",
-            hint="Pass --to an empty or new directory (or one `fetch` wrote before).",
-        )
-    if dest in Path.cwd().resolve().parents or dest == Path.cwd().resolve():
-        raise ParamsInvalid(f"refusing to replace {dest}: it contains the current directory")
+    refuse_unsafe_fetch_dest(dest)
     files = client.version_files(model, version)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=tmp_dir or dest.parent))
