@@ -293,3 +293,29 @@ def test_pull_asks_only_for_what_the_store_holds(tmp_path, caplog):
     assert got["pulled"] == 1 and (root / "a.txt").read_text() == "pushed\n"  # b's stage makes b
     assert not (root / "b.txt").exists()
     assert "cache files do not exist" not in caplog.text
+
+
+def test_fetch_refuses_a_destination_it_would_destroy(tmp_path, monkeypatch):
+    """fetch (and the device's verified fetch) replaces its destination whole: a folder of the user's own
+    files, a file, or the folder holding the current directory is refused; a new, empty or earlier-fetched
+    folder is fine."""
+    from edgedistill.errors import ParamsInvalid
+    from edgedistill.release.store import SUMS, refuse_unsafe_fetch_dest
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's")
+    a_file = tmp_path / "f.txt"
+    a_file.write_text("x")
+    fetched = tmp_path / "fetched"
+    (fetched / "sub").mkdir(parents=True)
+    (fetched / SUMS).write_text("")
+    for bad, cwd in ((mine, tmp_path), (a_file, tmp_path), (fetched, fetched / "sub")):
+        monkeypatch.chdir(cwd)
+        with pytest.raises(ParamsInvalid, match="refusing to replace"):
+            refuse_unsafe_fetch_dest(bad.resolve())
+    assert (mine / "notes.txt").read_text() == "the user's"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    for ok in (tmp_path / "new", tmp_path / "empty", fetched):
+        refuse_unsafe_fetch_dest(ok)
