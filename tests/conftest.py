@@ -165,6 +165,17 @@ def prefect_server(tmp_path_factory):
 
 
 @pytest.fixture
+def prefect_api(prefect_server, monkeypatch):
+    """In-process flows (and the Dask workers their task runs go to) report to the session's server:
+    without an API URL each flow, and each worker process, would start a temporary server of its own."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server.api)
+    with temporary_settings({PREFECT_API_URL: prefect_server.api}):
+        yield prefect_server
+
+
+@pytest.fixture
 def aws_env(monkeypatch):
     """Fake credentials through the standard AWS environment chain, nothing else from the host."""
     from release_fixtures import FAKE_AWS

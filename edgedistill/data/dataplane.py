@@ -40,7 +40,13 @@ def dask_client(address: str | None, workers: int = 2, timeout_s: float = 20.0) 
     if address == "local":
         with (
             LocalCluster(
-                n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                # no dashboard, and the scheduler's /health, /metrics server on a free port: with the
+                # default it takes 8787, warning "Port 8787 is already in use" beside another cluster
+                scheduler_kwargs={"dashboard_address": ":0"},
             ) as cl,
             Client(cl) as client,
         ):
