@@ -401,8 +401,9 @@ TINY = {
 
 @pytest.mark.slow
 def test_real_pipeline_release_on_bundled_data(tmp_path):
-    """`edgedistill run` on the real stages (tiny params), local store: a version lands in staging
-    (and prod: auto_prod is on here)."""
+    """`edgedistill run` on the real stages (tiny params), local store, its flow on a temporary Prefect
+    server (the default): a version lands in staging (and prod: auto_prod is on here); a re-run does
+    nothing."""
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     missing = {"train_teacher", "distill", "export", "benchmark", "promote"} - set(stages)
     assert not missing, f"stages this test runs are gone from dvc.yaml: {sorted(missing)}"
@@ -419,6 +420,9 @@ def test_real_pipeline_release_on_bundled_data(tmp_path):
     assert (
         "release: released" in r.stdout and "student v0.1.0 → prod, staging" in r.stdout
     )  # auto_prod
+    # the data stages said what they did: validation's verdict, the split's groups and windows
+    assert "validation PASSED" in r.stdout and "S0" in r.stdout and "windows" in r.stdout
+    assert (proj / "data/prepared/train/X-00000.npy").is_file()
     card_dir = tmp_path / "edgedistill-store/releases/student/v0.1.0"
     card = json.loads((card_dir / "model_card.json").read_text())
     assert (
@@ -471,6 +475,8 @@ def test_real_pipeline_release_on_bundled_data(tmp_path):
     # the release commit pins the workspace: DVC sees nothing to re-run, git nothing to commit
     assert "up to date" in sh([f"{BIN}/dvc", "status"], proj).stdout.lower()
     assert sh(["git", "status", "--porcelain", "--untracked-files=no"], proj).stdout.strip() == ""
+    again = sh([f"{BIN}/dvc", "repro", "prepare"], proj)
+    assert "Running stage" not in again.stdout
 
 
 def test_reproduce_verdicts_per_metric():
