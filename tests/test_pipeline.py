@@ -1,5 +1,5 @@
 """The CLI in a throwaway project copy: bad readings and bad params give one-line errors (the whole
-`edgedistill run`, then a no-op re-run, is tests/test_release_flow.py::test_real_pipeline_release_on_bundled_data)."""
+`edgedistill run`, then a no-op re-run, is tests/test_real_release.py)."""
 
 from __future__ import annotations
 
