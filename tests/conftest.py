@@ -165,7 +165,7 @@ def prefect_server(tmp_path_factory):
 
 
 @pytest.fixture
-def prefect_api(prefect_server, monkeypatch):
+def on_session_server(prefect_server, monkeypatch):
     """In-process flows (and the Dask workers their task runs go to) report to the session's server:
     without an API URL each flow, and each worker process, would start a temporary server of its own."""
     from prefect.settings import PREFECT_API_URL, temporary_settings

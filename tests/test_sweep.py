@@ -191,7 +191,7 @@ def project(tmp_path_factory):
 
 @pytest.mark.slow
 def test_sweep_cli_local_then_dask_same_students(
-    project, monkeypatch, tmp_path_factory, prefect_api
+    project, monkeypatch, tmp_path_factory, on_session_server
 ):
     import os
 
