@@ -123,22 +123,20 @@ def run(
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    d = params.data
     try:
-        # one engine for every pass (scan, cut, and for `robust` the two radix passes over the rows)
-        with dask_client(d.dask_address, d.dask_workers, d.dask_timeout_s) as client:
-            report = _build(params, srcs, tmp, out_dir.parent / PART_CACHE, client)
+        report = _build(params, srcs, tmp, out_dir.parent / PART_CACHE)
         swap_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return report
 
 
-def _build(
-    params: Params, srcs: list[Source], out: Path, part_cache: Path, client: Any = None
-) -> dict[str, Any]:
+def _build(params: Params, srcs: list[Source], out: Path, part_cache: Path) -> dict[str, Any]:
     d, pp = params.data, params.prepare
-    engine = {"client": client}
+    # each pass on its own engine: a "local" cluster lives only while it works, so its workers' memory
+    # never adds to the client's while the client assembles the shards
+    engine = {"address": d.dask_address, "workers": d.dask_workers, "timeout_s": d.dask_timeout_s}
+    on_dask = bool(d.dask_address)
     results = 0  # bytes of the workers' results the client receives (Dask only)
     # share-nothing: on a Dask cluster with an S3 artifact store, workers stage their parts in the store
     # (the client's folders never reach them); else they write under out/.parts (one filesystem)
@@ -164,7 +162,7 @@ def _build(
         for i, s in enumerate(srcs)
     ]
     scans = run_map(scan_file, base, **engine)
-    results += _wire_bytes(scans, client)
+    results += _wire_bytes(scans, on_dask)
     for a, b, sa, sb in zip(srcs, srcs[1:], scans, scans[1:], strict=False):
         if sa["last"] is not None and sa["last"] == sb["first"]:
             raise DataInvalid(
@@ -191,7 +189,7 @@ def _build(
             raise ParamsInvalid(f"split '{name}' is empty with the current prepare.split settings")
     items = [replace(it, split_of=group_split, rec_split=rec_split) for it in base]
     cuts = run_map(cut_file, items, **engine)
-    results += _wire_bytes(cuts, client)
+    results += _wire_bytes(cuts, on_dask)
     fetched = fetch_staged(stage_to, cuts, out / ".parts", part_cache) if stage_to else None
     if fetched is not None:
         cuts = fetched["cuts"]
@@ -256,19 +254,23 @@ def _build(
     radix_bytes: list[int] = []
 
     def quartiles() -> tuple[np.ndarray, ...]:
-        """`robust` only: exact quartiles by the radix passes over the rows where they are (the
-        workers'; in the store when they share nothing); the client receives the merged counts."""
+        """`robust` only: exact quartiles by the two radix passes over the rows where they are (on the
+        workers: in the store when they share nothing); the client receives the merged counts."""
+        with dask_client(d.dask_address, d.dask_workers, d.dask_timeout_s) as client:
 
-        def low(bins: tuple[tuple[int, int], ...]) -> RadixHistogram:
-            got = run_map_reduce(
-                rows_low_histogram, [replace(r, bins=bins) for r in rows], operator.add, **engine
-            )
-            radix_bytes.append(_wire_bytes(got, client))
-            return got
+            def low(bins: tuple[tuple[int, int], ...]) -> RadixHistogram:
+                got = run_map_reduce(
+                    rows_low_histogram,
+                    [replace(r, bins=bins) for r in rows],
+                    operator.add,
+                    client=client,
+                )
+                radix_bytes.append(_wire_bytes(got, on_dask))
+                return got
 
-        high = run_map_reduce(rows_high_histogram, rows, operator.add, **engine)
-        radix_bytes.append(_wire_bytes(high, client))
-        return tuple(radix_quantiles(high, [25, 50, 75], low))
+            high = run_map_reduce(rows_high_histogram, rows, operator.add, client=client)
+            radix_bytes.append(_wire_bytes(high, on_dask))
+            return tuple(radix_quantiles(high, [25, 50, 75], low))
 
     def windows():
         for _, x in train.chunks(pp.shard_windows):
@@ -276,13 +278,13 @@ def _build(
 
     spec = fit_normalization(pp, moments, quartiles, windows, acc)
     results += sum(radix_bytes)
-    if client is not None:
+    if on_dask:
         shards = fetched["fetched_bytes"] if fetched else 0
         rows_note = (
-            f"{fetched['rows_parts']} training-rows parts ({fetched['rows_bytes']:,} bytes) stayed in "
+            f"{fetched['rows_parts']} training-rows parts ({fetched['rows_bytes']:,} bytes) left in "
             "the store"
             if fetched
-            else "the training rows stayed with the workers"
+            else "the training rows read by the workers only"
         )
         print(
             f"prepare: through the client: {shards:,} bytes of shard parts fetched from the store, "
@@ -325,9 +327,8 @@ def fetch_staged(
     prune_part_cache(cache, staged)
     rows = {d: size for c in cuts for d, size in c.get("rows_staged", [])}
     print(
-        f"prepare: {len(staged)} staged parts ({total:,} bytes): {fetched:,} bytes fetched from the "
-        f"store, the rest already in {cache}; {len(rows)} training-rows parts "
-        f"({sum(rows.values()):,} bytes) left in the store"
+        f"prepare: {len(staged)} staged shard parts ({total:,} bytes): {fetched:,} bytes fetched from "
+        f"the store, the rest already in {cache}"
     )
     return {
         "cuts": got,
@@ -339,9 +340,9 @@ def fetch_staged(
     }
 
 
-def _wire_bytes(results: Any, client: Any) -> int:
+def _wire_bytes(results: Any, on_dask: bool) -> int:
     """What the workers' results weigh on the wire to the client (pickled; 0 in process)."""
-    return len(pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL)) if client is not None else 0
+    return len(pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL)) if on_dask else 0
 
 
 def fit_normalization(

@@ -30,8 +30,8 @@ _FLUSH = 1 << 38  # rows in the int64 bucket sums before they move into Python i
 
 @dataclass
 class RowMoments:
-    """Σx, Σx² (exact, scaled to integers) and the count of each column's finite values, and the count
-    of its NaN, +inf and -inf values. `add` a chunk [n, C]; `+` merges; `mean_std` finishes."""
+    """The number of rows, and per column Σx, Σx² of its finite values (exact, scaled to integers) and
+    the counts of its NaN, +inf and -inf values. `add` a chunk [n, C]; `+` merges; `mean_std` finishes."""
 
     n: int = 0
     s1: list[int] = field(default_factory=list)
