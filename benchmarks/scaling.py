@@ -26,10 +26,12 @@ teacher epoch is not measured here. Results go to benchmarks/results/.
 place (`data.readings: s3://…/readings/`): validate and prepare in one process, then prepare on a Dask
 LocalCluster whose workers share nothing (they read their objects from S3 and stage their parts in the S3
 artifact store). Time, peak summed RssAnon (client + nannies + workers; the scheduler runs in the
-client), and the bytes that cross the client: every object in one process; on Dask the staged parts the
-client downloads (prepare's own count). Then one new day of the first replica's devices lands in the
-bucket (its manifest written as validate writes it) and the Dask prepare runs again: the client downloads
-only the new parts (the others are in its part cache). Replicas here are `distinct` (readings offset by
+client), and the bytes that cross the client: every object in one process; on Dask the staged shard parts
+the client downloads and the bytes of the workers' results it receives (prepare's own count; the
+training rows parts stay in the store, where the workers compute the row statistics). Then one new day
+of the first replica's devices lands in the bucket (its manifest written as validate writes it) and the
+Dask prepare runs again: the client downloads only the new shard parts (the others are in its part
+cache). Replicas here are `distinct` (readings offset by
 r * 1e-4), so no two devices stage byte-identical parts.
 """
 
@@ -304,6 +306,24 @@ def fetched(out: str) -> int:
     return int(m.group(1).replace(",", "")) if m else -1
 
 
+def through_client(out: str) -> dict[str, int]:
+    """What prepare's Dask client reports it moved: shard-part bytes fetched from the store, bytes of the
+    workers' results (scans, cut metadata, row statistics), and the training-rows parts left in the store
+    (count, bytes); -1 where the line is absent (a run from before the rows stayed in the store)."""
+    import re
+
+    def num(pattern: str) -> int:
+        m = re.search(pattern, out)
+        return int(m.group(1).replace(",", "")) if m else -1
+
+    return {
+        "shard_bytes": num(r"through the client: ([\d,]+) bytes of shard parts"),
+        "other_bytes": num(r"([\d,]+) bytes of worker results"),
+        "rows_parts_in_store": num(r"([\d,]+) training-rows parts \("),
+        "rows_bytes_in_store": num(r"training-rows parts \(([\d,]+) bytes\) left in the store"),
+    }
+
+
 @contextlib.contextmanager
 def moto_endpoint(port: int) -> Iterator[str]:
     """moto's S3 server in its own process (its memory is not the pipeline's), on 127.0.0.1:port."""
@@ -414,11 +434,15 @@ def s3_stages(scales: list[int], port: int, names: list[str], out: Path | None =
                         row["prepare_s3_client_bytes"] = size
                     if stage == "prepare_s3_dask":
                         row["staged_parts"], row["staged_bytes"] = n_staged, staged
-                        row["prepare_s3_dask_client_bytes"] = fetched(log)
                     if stage == "prepare_s3_dask_new":
                         row["new_staged_parts"] = n_staged - before[0]
                         row["new_staged_bytes"] = staged - before[1]
-                        row["prepare_s3_dask_new_client_bytes"] = fetched(log)
+                    if stage in ("prepare_s3_dask", "prepare_s3_dask_new"):
+                        moved = through_client(log)
+                        row[f"{stage}_client_bytes"] = fetched(log) + max(moved["other_bytes"], 0)
+                        row[f"{stage}_client_shard_bytes"] = fetched(log)
+                        row[f"{stage}_client_other_bytes"] = moved["other_bytes"]
+                        row[f"{stage}_rows_bytes_in_store"] = moved["rows_bytes_in_store"]
                     if out is not None:  # what is measured so far, should a later stage not finish
                         out.write_text(json.dumps({"rows": rows, "partial": True}, indent=2) + "\n")
             print(table_s3([row]).splitlines()[-1], flush=True)
@@ -428,22 +452,30 @@ def s3_stages(scales: list[int], port: int, names: list[str], out: Path | None =
 def table_s3(rows: list[dict]) -> str:
     lines = [
         "| scale | readings | objects / MB in the bucket | validate, 1 process | prepare, 1 process | "
-        "prepare, Dask 2 workers sharing nothing | staged parts / MB | bytes through the client: "
-        "1 process (raw objects) / Dask (staged parts fetched) | one new day lands: objects / MB, "
-        "Dask prepare again | new parts staged / MB | fetched by the client |",
+        "prepare, Dask 2 workers sharing nothing | staged parts / MB (training rows among them, "
+        "left in the store) | bytes through the client: 1 process (raw objects) / Dask (shard parts "
+        "fetched + worker results) | one new day lands: objects / MB, Dask prepare again | new parts "
+        "staged / MB | through the client (shard parts + worker results) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    mb = lambda r, k: f"{r[k] / 1e6:.1f}" if r.get(k) is not None else "—"  # noqa: E731
+    mb = lambda r, k: f"{r[k] / 1e6:.3g}" if (r.get(k) or -1) >= 0 else "—"  # noqa: E731
+
+    def split(r: dict, stage: str) -> str:
+        return (
+            f"{mb(r, f'{stage}_client_bytes')} MB ({mb(r, f'{stage}_client_shard_bytes')} + "
+            f"{mb(r, f'{stage}_client_other_bytes')})"
+        )
+
     for r in rows:
         lines.append(
             f"| {r['scale']}× | {r['readings']:,} | {r['objects']} / {r['bytes'] / 1e6:.1f} | "
             f"{_cell(r, 'validate_s3', True)} | {_cell(r, 'prepare_s3', True)} | "
             f"{_cell(r, 'prepare_s3_dask', True)} | {r.get('staged_parts', '—')} / "
-            f"{mb(r, 'staged_bytes')} | {mb(r, 'prepare_s3_client_bytes')} MB / "
-            f"{mb(r, 'prepare_s3_dask_client_bytes')} MB | {r.get('new_objects', '—')} / "
-            f"{mb(r, 'new_bytes')}, {_cell(r, 'prepare_s3_dask_new')} | "
-            f"{r.get('new_staged_parts', '—')} / {mb(r, 'new_staged_bytes')} | "
-            f"{mb(r, 'prepare_s3_dask_new_client_bytes')} MB |"
+            f"{mb(r, 'staged_bytes')} ({mb(r, 'prepare_s3_dask_rows_bytes_in_store')}) | "
+            f"{mb(r, 'prepare_s3_client_bytes')} MB / {split(r, 'prepare_s3_dask')} | "
+            f"{r.get('new_objects', '—')} / {mb(r, 'new_bytes')}, "
+            f"{_cell(r, 'prepare_s3_dask_new')} | {r.get('new_staged_parts', '—')} / "
+            f"{mb(r, 'new_staged_bytes')} | {split(r, 'prepare_s3_dask_new')} |"
         )
     return "\n".join(lines)
 
@@ -508,6 +540,7 @@ def main() -> None:
     )
     s3.add_argument("--port", type=int, default=5123)
     s3.add_argument("--out", default=None)
+    s3.add_argument("--note", default=None, help="recorded in the results file (load, machine)")
     a = ap.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     if a.cmd == "s3":
@@ -515,6 +548,10 @@ def main() -> None:
         res = s3_stages([int(x) for x in a.scales.split(",")], a.port, a.stages.split(","), out)
         res["machine"] = {"cpus": os.cpu_count()}
         res["command"] = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+        res["date"] = time.strftime("%Y-%m-%d", time.gmtime())
+        if a.note:
+            res["note"] = a.note
+        res["table"] = table_s3(res["rows"])
         out.write_text(json.dumps(res, indent=2) + "\n")
         print(table_s3(res["rows"]))
         return

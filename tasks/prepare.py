@@ -12,6 +12,8 @@ split.json (report). The models normalise inside (edgedistill.data.normalization
 
 from __future__ import annotations
 
+import operator
+import pickle
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -20,13 +22,17 @@ from typing import Any
 import numpy as np
 
 from edgedistill.data import normalization, prepare_stats, s3data
-from edgedistill.data.dataplane import run_map
+from edgedistill.data.dataplane import dask_client, run_map, run_map_reduce
+from edgedistill.data.exactstats import RadixHistogram, RowMoments, radix_quantiles
 from edgedistill.data.windows import (
     CutItem,
     Source,
     cut_file,
     fetch_parts,
     prune_part_cache,
+    rows_high_histogram,
+    rows_items,
+    rows_low_histogram,
     scan_file,
     sources,
     sources_from_manifest,
@@ -127,7 +133,11 @@ def run(
 
 def _build(params: Params, srcs: list[Source], out: Path, part_cache: Path) -> dict[str, Any]:
     d, pp = params.data, params.prepare
+    # each pass on its own engine: a "local" cluster lives only while it works, so its workers' memory
+    # never adds to the client's while the client assembles the shards
     engine = {"address": d.dask_address, "workers": d.dask_workers, "timeout_s": d.dask_timeout_s}
+    on_dask = bool(d.dask_address)
+    results = 0  # bytes of the workers' results the client receives (Dask only)
     # share-nothing: on a Dask cluster with an S3 artifact store, workers stage their parts in the store
     # (the client's folders never reach them); else they write under out/.parts (one filesystem)
     stage_to = (
@@ -152,6 +162,7 @@ def _build(params: Params, srcs: list[Source], out: Path, part_cache: Path) -> d
         for i, s in enumerate(srcs)
     ]
     scans = run_map(scan_file, base, **engine)
+    results += _wire_bytes(scans, on_dask)
     for a, b, sa, sb in zip(srcs, srcs[1:], scans, scans[1:], strict=False):
         if sa["last"] is not None and sa["last"] == sb["first"]:
             raise DataInvalid(
@@ -178,8 +189,10 @@ def _build(params: Params, srcs: list[Source], out: Path, part_cache: Path) -> d
             raise ParamsInvalid(f"split '{name}' is empty with the current prepare.split settings")
     items = [replace(it, split_of=group_split, rec_split=rec_split) for it in base]
     cuts = run_map(cut_file, items, **engine)
-    if stage_to:
-        cuts = fetch_staged(stage_to, cuts, out / ".parts", part_cache)
+    results += _wire_bytes(cuts, on_dask)
+    fetched = fetch_staged(stage_to, cuts, out / ".parts", part_cache) if stage_to else None
+    if fetched is not None:
+        cuts = fetched["cuts"]
 
     label_index = {lab: i for i, lab in enumerate(d.labels)}
     gaps = sum(c["gaps"] for c in cuts)
@@ -235,17 +248,49 @@ def _build(params: Params, srcs: list[Source], out: Path, part_cache: Path) -> d
         )
     write_index(out, entries, len(d.channels), pp.window, pp.shard_windows)
     train = open_split(out, "train")
+    # the training rows' moments, computed where the rows were cut, merged exactly (integer sums)
+    moments = sum((c["moments"] for c in cuts), RowMoments())
+    rows = rows_items(cuts, len(d.channels), stage_to)
+    radix_bytes: list[int] = []
 
-    def rows():
-        for c in cuts:
-            for f in c["rows"]:
-                yield np.load(f, mmap_mode="r")
+    def quartiles() -> tuple[np.ndarray, ...]:
+        """`robust` only: exact quartiles by the two radix passes over the rows where they are (on the
+        workers: in the store when they share nothing); the client receives the merged counts."""
+        with dask_client(d.dask_address, d.dask_workers, d.dask_timeout_s) as client:
+
+            def low(bins: tuple[tuple[int, int], ...]) -> RadixHistogram:
+                got = run_map_reduce(
+                    rows_low_histogram,
+                    [replace(r, bins=bins) for r in rows],
+                    operator.add,
+                    client=client,
+                )
+                radix_bytes.append(_wire_bytes(got, on_dask))
+                return got
+
+            high = run_map_reduce(rows_high_histogram, rows, operator.add, client=client)
+            radix_bytes.append(_wire_bytes(high, on_dask))
+            return tuple(radix_quantiles(high, [25, 50, 75], low))
 
     def windows():
         for _, x in train.chunks(pp.shard_windows):
             yield x
 
-    spec = fit_normalization(pp, rows, windows, acc)
+    spec = fit_normalization(pp, moments, quartiles, windows, acc)
+    results += sum(radix_bytes)
+    if on_dask:
+        shards = fetched["fetched_bytes"] if fetched else 0
+        rows_note = (
+            f"{fetched['rows_parts']} training-rows parts ({fetched['rows_bytes']:,} bytes) left in "
+            "the store"
+            if fetched
+            else "the training rows read by the workers only"
+        )
+        print(
+            f"prepare: through the client: {shards:,} bytes of shard parts fetched from the store, "
+            f"{results:,} bytes of worker results (scans, cut metadata, row statistics); "
+            f"{rows_note}"
+        )
     norm = {
         "channels": list(d.channels),
         "mean": spec["mean"],
@@ -266,9 +311,12 @@ def _build(params: Params, srcs: list[Source], out: Path, part_cache: Path) -> d
 
 def fetch_staged(
     spec: dict[str, Any], cuts: list[dict[str, Any]], parts: Path, cache: Path
-) -> list[dict[str, Any]]:
-    """The workers' staged parts on the client, under `parts`: only those not already in the client's
-    part cache cross the network (their sha256 names them); the cache then keeps just these parts."""
+) -> dict[str, Any]:
+    """The workers' staged shard parts on the client, under `parts`: only those not already in the
+    client's part cache cross the network (their sha256 names them); the cache then keeps just these
+    parts. The training rows parts are never fetched: they stay in the store, where the workers read
+    them for the quantiles. Returns {cuts (with local `dir`), parts, bytes, fetched_bytes, rows_parts,
+    rows_bytes}."""
     fetched, got = 0, []
     for c in cuts:
         cut, n = fetch_parts(spec, c, parts / f"{c['index']:05d}", cache)
@@ -277,17 +325,35 @@ def fetch_staged(
     staged = {d for c in cuts for d in c["staged"].values()}
     total = sum((cache / d[:2] / d).stat().st_size for d in staged)
     prune_part_cache(cache, staged)
+    rows = {d: size for c in cuts for d, size in c.get("rows_staged", [])}
     print(
-        f"prepare: {len(staged)} staged parts ({total:,} bytes): {fetched:,} bytes fetched from the "
-        f"store, the rest already in {cache}"
+        f"prepare: {len(staged)} staged shard parts ({total:,} bytes): {fetched:,} bytes fetched from "
+        f"the store, the rest already in {cache}"
     )
-    return got
+    return {
+        "cuts": got,
+        "parts": len(staged),
+        "bytes": total,
+        "fetched_bytes": fetched,
+        "rows_parts": len(rows),
+        "rows_bytes": sum(rows.values()),
+    }
+
+
+def _wire_bytes(results: Any, on_dask: bool) -> int:
+    """What the workers' results weigh on the wire to the client (pickled; 0 in process)."""
+    return len(pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL)) if on_dask else 0
 
 
 def fit_normalization(
-    pp: PrepareParams, rows: Any, windows: Any, acc: prepare_stats.WindowAccumulator
+    pp: PrepareParams,
+    moments: RowMoments,
+    quartiles: Any,
+    windows: Any,
+    acc: prepare_stats.WindowAccumulator,
 ) -> dict[str, Any]:
-    """Decide (`auto`) and fit the normalisation on TRAINING readings/windows only (never val or test),
+    """Decide (`auto`) and fit the normalisation on TRAINING readings/windows only (never val or test):
+    the rows' merged exact moments, their quartiles (a callback, run only for `robust`), the windows
     streamed from disk (edgedistill.data.prepare_stats: the same numbers as edgedistill.data.normalization)."""
     stats = acc.stats(windows, pp.norm_epsilon)
     if pp.normalization == "auto":
@@ -296,7 +362,7 @@ def fit_normalization(
         )
     else:
         method, reason = pp.normalization, "set in params (prepare.normalization)"
-    spec = prepare_stats.fit(method, rows, windows, pp.norm_epsilon)
+    spec = prepare_stats.fit(method, moments, quartiles, windows, pp.norm_epsilon)
     return {
         **spec,
         "requested": pp.normalization,

@@ -39,3 +39,27 @@ def test_unreachable_scheduler_is_a_one_line_params_error() -> None:
     pytest.importorskip("distributed")
     with pytest.raises(ParamsInvalid, match="cannot reach the Dask scheduler"):
         run_map(_square_and_pid, [1], address="tcp://127.0.0.1:9", timeout_s=2)
+
+
+def _count_and_pid(x: int) -> tuple[int, frozenset[int]]:
+    return x, frozenset({os.getpid()})
+
+
+def _merge_and_pid(
+    a: tuple[int, frozenset[int]], b: tuple[int, frozenset[int]]
+) -> tuple[int, frozenset[int]]:
+    return a[0] + b[0], a[1] | b[1] | {os.getpid()}
+
+
+def test_run_map_reduce_combines_on_the_workers() -> None:
+    """In process, one fold; on Dask, the results are combined on the workers and one reaches us."""
+    from edgedistill.data.dataplane import run_map_reduce
+
+    items = list(range(1, 8))
+    total, pids = run_map_reduce(_count_and_pid, items, _merge_and_pid)
+    assert total == sum(items) and pids == {os.getpid()}
+    pytest.importorskip("distributed")
+    total, pids = run_map_reduce(_count_and_pid, items, _merge_and_pid, address="local")
+    assert total == sum(items) and os.getpid() not in pids
+    with pytest.raises(ValueError, match="no items"):
+        run_map_reduce(_count_and_pid, [], _merge_and_pid)

@@ -365,14 +365,30 @@ def fetched_bytes(out: str) -> int:
     return int(re.search(r"([\d,]+) bytes fetched from the store", out).group(1).replace(",", ""))
 
 
+def robust_overrides(url: str, dask: str | None = None, bucket: str | None = None) -> dict:
+    """prepare.normalization robust (its quartiles need the rows again), on Dask sharing nothing when
+    `dask` and `bucket` are given."""
+    over = {
+        "data": {"readings": url},
+        "validate": {"drift": {"enabled": False}},
+        "prepare": {"normalization": "robust"},
+    }
+    if dask:
+        over["data"]["dask_address"] = dask
+        over["store"] = {"s3": {"bucket": bucket, "prefix": "store"}}
+    return over
+
+
 def test_share_nothing_dask_workers_give_the_local_bytes(
     bucket, three_subjects, tmp_path, monkeypatch, capsys
 ):
     """Worker processes, each in its own empty folder, read their partitions from S3 and stage their
     parts in the S3 artifact store; the client's folders never reach them, the prepared shards are
-    bit-identical to the single-process run, and a worker killed mid-map is retried with no part
-    missing or written twice. The client downloads a staged part once: a re-run fetches nothing, and
-    after a new partition lands only that partition's parts cross the network."""
+    bit-identical to the single-process run (norm.json too), and a worker killed mid-map is retried with
+    no part missing or written twice. The client downloads a staged shard part once: a re-run fetches
+    nothing, and after a new partition lands only that partition's parts cross the network. The
+    training rows parts never reach the client: the workers merge their exact moments, and for robust
+    count the rows' radix histograms where the rows are (in the store)."""
     import pickle
     import sys
 
@@ -389,15 +405,45 @@ def test_share_nothing_dask_workers_give_the_local_bytes(
     validate.run(p)
     prepare.run(p, out_dir="single")
 
+    prepare.run(make_params(robust_overrides(url)), out_dir="single-robust")
+
     sent: list = []
-    real_map = prep.run_map
+    real_map, real_reduce, real_fetch = prep.run_map, prep.run_map_reduce, prep.fetch_staged
     swap: dict = {}
     marker = tmp_path / "killed-once"
+    fetches: list = []
 
     def recording_map(fn, items, **kw):
         items = list(items)
         sent.extend(items)
         return real_map(swap.get(fn, fn), items, **kw)
+
+    def recording_reduce(fn, items, combine, **kw):
+        items = list(items)
+        sent.extend(items)
+        return real_reduce(fn, items, combine, **kw)
+
+    def recording_fetch(spec, cuts, parts, cache):
+        got = real_fetch(spec, cuts, parts, cache)
+        fetches.append((cuts, got))
+        return got
+
+    def rows_parts_stay_in_the_store() -> set[str]:
+        """The last run's training-rows parts: staged by the workers, listed by fetch_staged as left
+        in the store, never in the client's part cache; the bytes fetched are shard parts only."""
+        cuts, got = fetches[-1]
+        rows = {d for c in cuts for d, _ in c["rows_staged"]}
+        shards = {d for c in cuts for d in c["staged"].values()}
+        assert rows and not rows & shards and got["rows_parts"] == len(rows)
+        objs = boto3.client("s3").list_objects_v2(Bucket=name, Prefix="store/staging/prepare/")
+        in_store = {o["Key"].rsplit("/", 1)[1] for o in objs["Contents"]}
+        assert rows <= in_store
+        cached = {f.name for f in (tmp_path / prep.PART_CACHE).glob("??/*")}
+        assert cached == shards and not cached & rows
+        assert got["rows_bytes"] == sum(
+            o["Size"] for o in objs["Contents"] if o["Key"].rsplit("/", 1)[1] in rows
+        )
+        return rows
 
     def cut_then_die_once(item):
         """The first file's worker dies after staging its parts, before it answers: Dask retries it."""
@@ -412,6 +458,8 @@ def test_share_nothing_dask_workers_give_the_local_bytes(
         return got
 
     monkeypatch.setattr(prep, "run_map", recording_map)
+    monkeypatch.setattr(prep, "run_map_reduce", recording_reduce)
+    monkeypatch.setattr(prep, "fetch_staged", recording_fetch)
     with (
         LocalCluster(
             n_workers=2,
@@ -441,7 +489,17 @@ def test_share_nothing_dask_workers_give_the_local_bytes(
         prepare.run(dask_p, out_dir="dask")
         staged = boto3.client("s3").list_objects_v2(Bucket=name, Prefix="store/staging/prepare/")
         first = {o["Key"]: o["ETag"] for o in staged["Contents"]}
-        assert fetched_bytes(capsys.readouterr().out) == sum(o["Size"] for o in staged["Contents"])
+        rows = rows_parts_stay_in_the_store()
+        assert fetched_bytes(capsys.readouterr().out) == sum(
+            o["Size"] for o in staged["Contents"] if o["Key"].rsplit("/", 1)[1] not in rows
+        )
+        # robust: the quartiles' radix passes run on the workers over the rows parts in the store
+        prepare.run(
+            make_params(robust_overrides(url, cluster.scheduler_address, name)),
+            out_dir="dask-robust",
+        )
+        assert rows_parts_stay_in_the_store() == rows
+        assert any(getattr(i, "staged", None) for i in sent)  # ... the workers read them there
         prepare.run(dask_p, out_dir="dask2")  # a re-run finds its parts there: nothing rewritten
         staged = boto3.client("s3").list_objects_v2(Bucket=name, Prefix="store/staging/prepare/")
         assert {o["Key"]: o["ETag"] for o in staged["Contents"]} == first
@@ -468,11 +526,20 @@ def test_share_nothing_dask_workers_give_the_local_bytes(
         capsys.readouterr()
         prepare.run(dask_p, out_dir="dask-grown")
         staged = boto3.client("s3").list_objects_v2(Bucket=name, Prefix="store/staging/prepare/")
-        added = [o["Size"] for o in staged["Contents"] if o["Key"] not in first]
+        rows = rows_parts_stay_in_the_store()
+        added = [
+            o["Size"]
+            for o in staged["Contents"]
+            if o["Key"] not in first and o["Key"].rsplit("/", 1)[1] not in rows
+        ]
         assert added and fetched_bytes(capsys.readouterr().out) == sum(added)
     assert tree_hashes(Path("dask-grown")) == tree_hashes(Path("single-grown"))
     assert tree_hashes(Path("dask-grown")) != tree_hashes(Path("single"))
     assert read_json("dask/index.json") == read_json("single/index.json")
+    assert Path("dask/norm.json").read_bytes() == Path("single/norm.json").read_bytes()
+    robust = read_json("dask-robust/norm.json")["normalization"]
+    assert robust["method"] == "robust" and robust["center"] != robust["mean"]
+    assert tree_hashes(Path("dask-robust")) == tree_hashes(Path("single-robust"))
     assert tree_hashes(Path("dask")) == tree_hashes(Path("single"))
     assert tree_hashes(Path("dask2")) == tree_hashes(Path("single"))
     assert tree_hashes(Path("killed")) == tree_hashes(Path("single"))

@@ -200,11 +200,16 @@ def test_bad_partition_leaves_prepared_untouched_and_is_named(workdir):
 
 
 def test_dask_local_cluster_of_processes_gives_same_shards(workdir):
+    """Workers sharing the filesystem: the same shards, and the same norm.json (robust: the workers
+    count the radix histograms of the training rows they spilled; the client reads no rows)."""
     pytest.importorskip("distributed")
     df = small_readings().sort_values("subject", kind="stable").reset_index(drop=True)
     root = workdir / "data/raw/ds"
     _dataset(root, df)
-    base = {"data": {"readings": str(root)}, "prepare": {"chunk_rows": 200, "shard_windows": 13}}
+    base = {
+        "data": {"readings": str(root)},
+        "prepare": {"chunk_rows": 200, "shard_windows": 13, "normalization": "robust"},
+    }
     prepare.run(make_params(base), out_dir=workdir / "single")
     prepare.run(
         make_params({**base, "data": {**base["data"], "dask_address": "local", "dask_workers": 2}}),
@@ -214,6 +219,9 @@ def test_dask_local_cluster_of_processes_gives_same_shards(workdir):
     b = json.loads((workdir / "dask/index.json").read_text())
     assert a == b and a["splits"]["train"]["windows"] > 0
     assert (workdir / "single/norm.json").read_text() == (workdir / "dask/norm.json").read_text()
+    assert (
+        json.loads((workdir / "dask/norm.json").read_text())["normalization"]["method"] == "robust"
+    )
     # and the partitioned dataset gives the windows of the single file holding the same rows
     write_readings(df, workdir / "data/raw/readings.parquet")
     prepare.run(make_params({"prepare": base["prepare"]}), out_dir=workdir / "file")

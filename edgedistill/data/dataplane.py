@@ -7,12 +7,16 @@
 
 Work is mapped with `run_map(fn, items, ...)`; results come back in the order of `items`, so a caller
 that writes outputs in that order gets the same bytes whatever the engine (the fleet tests compare
-checksums). Callers pass `data.dask_address`, `data.dask_workers`, `data.dask_timeout_s`. `fn` must
-be a picklable top-level function; it gets one item and returns a picklable result.
+checksums). `run_map_reduce(fn, items, combine, ...)` folds the results with an associative,
+order-free `combine` (histogram counts, exact sums): on Dask the results are combined on the workers,
+in a tree, and only the final one reaches the client. Callers pass `data.dask_address`,
+`data.dask_workers`, `data.dask_timeout_s`, or an open `client` (dask_client) that several calls
+share. `fn` must be a picklable top-level function; it gets one item and returns a picklable result.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -81,6 +85,39 @@ def run_map(
         return _gather(client, fn, items)
     with dask_client(address, workers, timeout_s) as c:
         return _gather(c, fn, items)
+
+
+def run_map_reduce(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    combine: Callable[[R, R], R],
+    address: str | None = None,
+    workers: int = 2,
+    client: Any = None,
+    timeout_s: float = 20.0,
+) -> R:
+    """`combine` over `[fn(x) for x in items]` (at least one item): in process, one result at a time; on
+    Dask, pairwise on the workers (`combine` must be associative and not depend on the order: the tree's
+    shape is the scheduler's), so the client receives one result, not one per item."""
+    items = list(items)
+    if not items:
+        raise ValueError("run_map_reduce: no items")
+    if client is None and not address:
+        return functools.reduce(combine, (fn(x) for x in items))
+    if client is not None:
+        return _tree(client, fn, items, combine)
+    with dask_client(address, workers, timeout_s) as c:
+        return _tree(c, fn, items, combine)
+
+
+def _tree(client: Any, fn: Callable[[T], R], items: list[T], combine: Callable[[R, R], R]) -> R:
+    level = client.map(fn, items, pure=False)
+    while len(level) > 1:
+        pairs = zip(level[::2], level[1::2], strict=False)
+        level = [client.submit(combine, a, b, pure=False) for a, b in pairs] + level[
+            len(level) - len(level) % 2 :
+        ]
+    return level[0].result()
 
 
 def _gather(client: Any, fn: Callable[[T], R], items: list[T]) -> list[R]:

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgedistill.data.exactstats import RowMoments
+
 METHODS = ("global", "robust", "per_window")
 AMPLITUDE_FEATURES = (
     "log_std",
@@ -309,14 +311,18 @@ def amplitude_stats(spec: NormSpec, window_chunks: Iterable[np.ndarray]) -> Ampl
 
 
 def fit(method: str, train_rows: np.ndarray, train_windows: np.ndarray, epsilon: float) -> NormSpec:
-    """The spec of `method` fitted on training readings [R, C] and training windows [N, C, W] (raw)."""
-    rows = train_rows.astype(np.float64, copy=False)
+    """The spec of `method` fitted on training readings [R, C] and training windows [N, C, W] (raw).
+    The readings are taken as float32, as prepare stores them (float64 rows are rounded first); their
+    mean and std are exact sums, correctly rounded (edgedistill.data.exactstats), the same numbers as the
+    chunked and distributed fit of edgedistill.data.prepare_stats."""
+    rows = np.asarray(train_rows, dtype=np.float32)
+    mean, std = RowMoments.of(rows).mean_std()
     spec = spec_from_moments(
         method,
-        rows.mean(axis=0),
-        rows.std(axis=0),
+        mean,
+        std,
         epsilon,
-        lambda: tuple(np.percentile(rows, [25, 50, 75], axis=0)),
+        lambda: tuple(np.percentile(rows.astype(np.float64), [25, 50, 75], axis=0)),
     )
     if method == "per_window":
         spec |= amplitude_stats(spec, [train_windows])

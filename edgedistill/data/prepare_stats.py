@@ -1,11 +1,12 @@
 """The normalisation statistics of edgedistill.data.normalization (window_stats, fit) computed over chunks of
 training rows and windows read from disk, in bounded memory, with the same results as the in-memory code:
 
-- row mean / std: the same sequential float64 sums numpy's axis-0 reduction does (bit-identical), two
-  passes (mean, then squared deviations);
+- row mean / std: exact sums of the float32 readings, mergeable across chunks and workers
+  (edgedistill.data.exactstats.RowMoments), correctly rounded; the in-memory fit uses the same code;
 - row and window-value quantiles (median, IQR): EXACT order statistics by a two-pass radix selection over
   the float32 bit patterns (65,536 counts per column per pass, whatever the data size), interpolated as
-  numpy's `linear` percentile does (bit-identical);
+  numpy's `linear` percentile does (bit-identical): edgedistill.data.exactstats, whose histograms merge by
+  adding counts, so workers count their own rows and only the counts travel;
 - per-window std (and for per_window the amplitude features): a few float64 per window, kept in memory
   (C or 2C numbers per window, against C x W float32 readings per window on disk);
 - the std of all training window values (for `auto`'s median-z and std/IQR-sigma diagnostics): merged from
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
+from edgedistill.data.exactstats import RowMoments, exact_quantiles
 from edgedistill.data.normalization import (
     NormSpec,
     WindowStats,
@@ -31,94 +33,6 @@ from edgedistill.data.normalization import (
 Chunks = Callable[
     [], Iterable[np.ndarray]
 ]  # a fresh iterator over [n, C] float32 chunks on each call
-
-_BITS = 16
-_BINS = 1 << _BITS
-
-
-def _sortable(x: np.ndarray) -> np.ndarray:
-    """float32 -> uint32 whose unsigned order is the float order (negative floats flipped)."""
-    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    mask = (u >> np.uint32(31)) * np.uint32(0x7FFFFFFF)  # all ones for negative floats, else 0
-    mask |= np.uint32(0x80000000)
-    return u ^ mask
-
-
-def _unsortable(k: int) -> float:
-    k = np.uint32(k)
-    u = k & np.uint32(0x7FFFFFFF) if k & np.uint32(0x80000000) else ~k
-    return float(np.array([u], dtype=np.uint32).view(np.float32)[0])
-
-
-def exact_quantiles(chunks: Chunks, qs: list[float]) -> tuple[int, np.ndarray]:
-    """(n, [len(qs), C]) numpy-`linear` percentiles (qs in percent) of the rows of all chunks, exact."""
-    hist = None
-    n = 0
-    for c in chunks():
-        if hist is None:
-            hist = np.zeros((c.shape[1], _BINS), dtype=np.int64)
-        k = _sortable(c) >> np.uint32(_BITS)
-        for j in range(c.shape[1]):
-            hist[j] += np.bincount(k[:, j], minlength=_BINS)
-        n += len(c)
-    if hist is None or n == 0:
-        raise ValueError("no values")
-    cols = hist.shape[0]
-    q = np.true_divide(np.asarray(qs, dtype=np.float64), 100)
-    virtual = n * q + (1 + q * (1 - 1 - 1)) - 1  # numpy's _compute_virtual_index, alpha = beta = 1
-    prev = np.floor(virtual).astype(np.int64)
-    nxt = np.minimum(prev + 1, n - 1)
-    gamma = virtual - prev
-    ranks = sorted(set(prev.tolist()) | set(nxt.tolist()))
-    cum = np.cumsum(hist, axis=1)
-    where = {
-        (j, r): int(np.searchsorted(cum[j], r, side="right")) for j in range(cols) for r in ranks
-    }
-    low = {
-        key: np.zeros(_BINS, dtype=np.int64) for key in set((j, b) for (j, _), b in where.items())
-    }
-    for c in chunks():
-        k = _sortable(c)
-        hi = k >> np.uint32(_BITS)
-        for (j, b), h in low.items():
-            sel = k[hi[:, j] == b, j] & np.uint32(_BINS - 1)
-            h += np.bincount(sel, minlength=_BINS)
-    value: dict[tuple[int, int], float] = {}
-    for (j, r), b in where.items():
-        before = int(cum[j, b - 1]) if b > 0 else 0
-        lo_bin = int(np.searchsorted(np.cumsum(low[(j, b)]), r - before, side="right"))
-        value[(j, r)] = _unsortable((b << _BITS) | lo_bin)
-    a = np.array([[value[(j, int(p))] for j in range(cols)] for p in prev], dtype=np.float64)
-    b_ = np.array([[value[(j, int(p))] for j in range(cols)] for p in nxt], dtype=np.float64)
-    g = gamma[:, None]
-    diff = b_ - a
-    out = a + diff * g
-    out = np.where(g >= 0.5, b_ - diff * (1 - g), out)  # numpy's _lerp
-    return n, out
-
-
-def row_moments(chunks: Chunks) -> tuple[int, np.ndarray, np.ndarray]:
-    """(n, mean, std) per column, as `rows.mean(axis=0)`, `rows.std(axis=0)` on float64 (same sums)."""
-    acc, n = None, 0
-    for c in chunks():
-        c = c.astype(np.float64)
-        acc = (
-            np.add.reduce(c, axis=0)
-            if acc is None
-            else np.add.reduce(np.vstack([acc[None], c]), axis=0)
-        )
-        n += len(c)
-    mean = acc / n
-    sq = None
-    for c in chunks():
-        d = c.astype(np.float64) - mean[None]
-        d = d * d
-        sq = (
-            np.add.reduce(d, axis=0)
-            if sq is None
-            else np.add.reduce(np.vstack([sq[None], d]), axis=0)
-        )
-    return n, mean, np.sqrt(sq / n)
 
 
 class WindowAccumulator:
@@ -164,12 +78,18 @@ class WindowAccumulator:
         }
 
 
-def fit(method: str, row_chunks: Chunks, window_chunks: Chunks, epsilon: float) -> NormSpec:
-    """normalization.fit on the chunked training rows and windows (same spec, same numbers)."""
-    _, mean, std = row_moments(row_chunks)
-    spec = spec_from_moments(
-        method, mean, std, epsilon, lambda: tuple(exact_quantiles(row_chunks, [25, 50, 75])[1])
-    )
+def fit(
+    method: str,
+    moments: RowMoments,
+    quartiles: Callable[[], tuple[np.ndarray, np.ndarray, np.ndarray]],
+    window_chunks: Chunks,
+    epsilon: float,
+) -> NormSpec:
+    """normalization.fit from the training rows' merged moments, their quartiles (a callback: only
+    `robust` needs them, e.g. radix_quantiles over the rows where they are) and the chunked windows
+    (the same spec, the same numbers)."""
+    mean, std = moments.mean_std()
+    spec = spec_from_moments(method, mean, std, epsilon, quartiles)
     if method == "per_window":
         spec |= amplitude_stats(spec, window_chunks())
     return spec

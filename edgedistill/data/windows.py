@@ -10,6 +10,7 @@ edgedistill.data.dataplane.run_map can run them in process or on Dask worker pro
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shutil
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from edgedistill.data.exactstats import RadixHistogram, RowMoments, high_histogram, low_histogram
 from edgedistill.data.readings import (
     CSV_SUFFIXES,
     PARQUET_SUFFIXES,
@@ -286,18 +288,25 @@ def scan_file(item: CutItem) -> dict[str, Any]:
 
 def cut_file(item: CutItem) -> dict[str, Any]:
     """Cut one file into windows, written to part shards under work_dir/<index>/ (one writer per split);
-    train rows (for the normalisation statistics) spilled as .npy chunks in table order. With
-    `stage_to`, the worker cuts into its own temporary folder and stages every part in the artifact
-    store instead (content-addressed, created once: stage_parts); nothing of the client's disk is used."""
+    train rows spilled as .npy chunks in table order (for the quantiles, read where they are only when
+    `robust` needs them) and their exact moments returned (`moments`). With `stage_to`, the worker cuts
+    into its own temporary folder and stages every part in the artifact store instead
+    (content-addressed, created once: stage_parts): the shard parts for the client to fetch (`staged`),
+    the rows parts for the workers to read there (`rows_staged`: [sha256, bytes] in table order);
+    nothing of the client's disk is used."""
     if item.stage_to is None:
         return _cut(item, Path(item.work_dir) / f"{item.index:05d}")
     import tempfile
 
     tmp = Path(tempfile.mkdtemp(prefix="edgedistill-cut-"))
     try:
-        got = _cut(item, tmp / f"{item.index:05d}")
-        got["staged"] = stage_parts(item.stage_to, Path(got.pop("dir")))
-        got["rows"] = [Path(f).name for f in got["rows"]]
+        folder = tmp / f"{item.index:05d}"
+        got = _cut(item, folder)
+        staged = stage_parts(item.stage_to, Path(got.pop("dir")))
+        rows = [Path(f).relative_to(folder).as_posix() for f in got["rows"]]
+        got["rows_staged"] = [[staged[r], (folder / r).stat().st_size] for r in rows]
+        got["staged"] = {rel: d for rel, d in staged.items() if rel not in set(rows)}
+        got["rows"] = []
         return got
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -342,8 +351,9 @@ def fetch_parts(
 ) -> tuple[dict[str, Any], int]:
     """A staged cut's parts placed in `dest`, each checked against its sha256: a part already in the
     client's part cache (`cache/<sha256[:2]>/<sha256>`, what earlier runs fetched) is linked from there,
-    only the others are downloaded (into the cache first). Returns the cut as cut_file returns it without
-    staging (`dir`, `rows` as local paths) and the bytes downloaded."""
+    only the others are downloaded (into the cache first). The training rows parts are not among them:
+    they stay in the store (`rows_staged`). Returns the cut with `dir` its local folder, and the bytes
+    downloaded."""
     import os
 
     from edgedistill.data import s3data
@@ -376,7 +386,7 @@ def fetch_parts(
             os.link(kept, f)  # read only (memory-mapped), removed with dest
         except OSError:
             shutil.copyfile(kept, f)
-    return {**cut, "dir": str(dest), "rows": [str(dest / r) for r in cut["rows"]]}, fetched
+    return {**cut, "dir": str(dest)}, fetched
 
 
 def prune_part_cache(cache: Path, keep: set[str]) -> None:
@@ -392,6 +402,7 @@ def _cut(item: CutItem, out: Path) -> dict[str, Any]:
     label_index = {lab: i for i, lab in enumerate(d.labels)}
     stride_of = {"train": item.train_stride, "val": item.eval_stride, "test": item.eval_stride}
     row_files: list[str] = []
+    moments = RowMoments()
     gaps = 0
     carry: pd.DataFrame | None = (
         None  # the tail of the last segment (>= 1 row), aligned on a window start
@@ -419,8 +430,10 @@ def _cut(item: CutItem, out: Path) -> dict[str, Any]:
             item.split_keys(keys_b, batch[d.group_col].astype(str).to_numpy()) == "train"
         )
         if is_train.any():
+            rows = values[n_carry:][is_train]
+            moments.add(rows)
             f = out / f"rows-{len(row_files):05d}.npy"
-            np.save(f, values[n_carry:][is_train])
+            np.save(f, rows)
             row_files.append(str(f))
         segs = list(segments(frame, d, breaks))
         for j, seg in enumerate(segs):
@@ -459,6 +472,66 @@ def _cut(item: CutItem, out: Path) -> dict[str, Any]:
         "index": item.index,
         "splits": {s: wr.close() for s, wr in writers.items()},
         "rows": row_files,
+        "moments": moments,
         "gaps": gaps,
         "dir": str(out),
     }
+
+
+# ------------------------------------------------------------------ the training rows' quantiles, where they are
+
+
+@dataclass(frozen=True)
+class RowsItem:
+    """One cut's training rows parts, for the radix-histogram passes run where the rows are: local paths
+    (in process, or workers sharing the filesystem), or sha256 names read from the artifact store by
+    share-nothing workers (never a path of the client's)."""
+
+    columns: int
+    files: tuple[str, ...] = ()
+    staged: tuple[str, ...] = ()
+    stage_to: dict[str, Any] | None = None
+    bins: tuple[tuple[int, int], ...] = ()  # pass 2: the (column, high bin) pairs to count
+
+
+def rows_items(
+    cuts: list[dict[str, Any]], columns: int, stage_to: dict[str, Any] | None
+) -> list[RowsItem]:
+    """The RowsItems of the cuts that hold training rows."""
+    return [
+        RowsItem(columns, tuple(c["rows"]), tuple(d for d, _ in c.get("rows_staged", [])), stage_to)
+        for c in cuts
+        if c["rows"] or c.get("rows_staged")
+    ]
+
+
+def _row_chunks(item: RowsItem) -> Iterator[np.ndarray]:
+    for f in item.files:
+        yield np.load(f, mmap_mode="r")
+    if not item.staged:
+        return
+    import io
+
+    from edgedistill.data import s3data
+    from edgedistill.errors import ArtifactCorrupt
+
+    fs = s3data.filesystem((item.stage_to or {}).get("endpoint_url"))
+    for digest in item.staged:
+        url = staged_url(item.stage_to, digest)
+        try:
+            data = fs.cat_file(url[len("s3://") :])
+        except Exception as e:  # s3fs/botocore raise many types
+            raise s3data.s3_error(url, e) from None
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise ArtifactCorrupt(f"{url}: staged training rows part does not match its sha256")
+        yield np.load(io.BytesIO(data))
+
+
+def rows_high_histogram(item: RowsItem) -> RadixHistogram:
+    """Radix pass 1 over one cut's training rows (prepare_stats.high_histogram)."""
+    return high_histogram(_row_chunks(item), item.columns)
+
+
+def rows_low_histogram(item: RowsItem) -> RadixHistogram:
+    """Radix pass 2 over one cut's training rows, for the bins in `item.bins`."""
+    return low_histogram(_row_chunks(item), item.bins)
