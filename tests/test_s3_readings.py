@@ -466,6 +466,7 @@ def test_share_nothing_dask_workers_give_the_local_bytes(
             threads_per_worker=1,
             processes=True,
             dashboard_address=None,
+            scheduler_kwargs={"dashboard_address": ":0"},  # not port 8787: another cluster may hold it
             local_directory=str(tmp_path / "dask-scratch"),
         ) as cluster,
         Client(cluster) as client,
