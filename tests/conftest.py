@@ -300,6 +300,8 @@ def build_once(tmp_path_factory: pytest.TempPathFactory, name: str, build) -> Pa
 def _build_tiny_run(root: Path) -> None:
     """validate → prepare → train_teacher → teacher_logits → distill → export → benchmark → promote
     (open gates), in-process, as dvc runs them (relative default paths in the project root)."""
+    import torch
+
     from tasks import (
         benchmark,
         distill,
@@ -313,16 +315,20 @@ def _build_tiny_run(root: Path) -> None:
 
     params = make_params(TINY_RUN)
     quiet = lambda _: None  # noqa: E731
-    with contextlib.chdir(root):
-        readings = write_readings(small_readings(), Path("data/raw/readings.parquet"))
-        validate.run(params, readings=readings)
-        prepare.run(params, readings=readings)
-        train_teacher.run(params, log=quiet)
-        teacher_logits.run(params)
-        distill.run(params, log=quiet)
-        export.run(params)
-        benchmark.run(params)
-        promote.run(params)
+    threads = torch.get_num_threads()  # the stages set compute.threads: only this worker builds
+    try:
+        with contextlib.chdir(root):
+            readings = write_readings(small_readings(), Path("data/raw/readings.parquet"))
+            validate.run(params, readings=readings)
+            prepare.run(params, readings=readings)
+            train_teacher.run(params, log=quiet)
+            teacher_logits.run(params)
+            distill.run(params, log=quiet)
+            export.run(params)
+            benchmark.run(params)
+            promote.run(params)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
