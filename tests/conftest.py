@@ -201,6 +201,9 @@ def rewrite_prepared(prepared: Path, split: str, change) -> None:
 # each test file runs whole on one worker, in file order (its module fixtures are built once; some tests
 # build on the previous test's output). The files holding a `slow` test are handed out first, then the
 # files with module-scoped fixtures, so that no long file starts last while the other worker sits idle.
+# A build shared by the workers (`build_once`, below) is made by the first file that asks for it; the
+# other files reading it are handed out after the rest of that tier, so no worker waits on its lock.
+SHARED_BUILDS = {"tiny_run", "exported_release"}
 
 
 def _tier(item: pytest.Item) -> int:
@@ -215,10 +218,22 @@ def pytest_collection_modifyitems(config, items):
     if not hasattr(config, "workerinput"):  # not an xdist worker: plain file order
         return
     tier: dict[str, int] = {}
+    shared: dict[str, set[str]] = {}
     for item in items:
         path = item.nodeid.split("::")[0]
-        tier[path] = min(tier.get(path, 2), _tier(item))
-    items.sort(key=lambda it: tier[it.nodeid.split("::")[0]])  # stable: file order within a file
+        uses = SHARED_BUILDS.intersection(item.fixturenames)
+        tier[path] = min(tier.get(path, 2), _tier(item), 1 if uses else 2)
+        shared.setdefault(path, set()).update(uses)
+    claimed: set[str] = set()
+    late: set[str] = set()  # a file whose shared build an earlier file makes
+    for path in sorted(tier, key=tier.get):  # stable: file order within a tier
+        if shared[path] & claimed:
+            late.add(path)
+        claimed |= shared[path]
+    file = lambda it: it.nodeid.split("::")[0]  # noqa: E731
+    items.sort(
+        key=lambda it: (tier[file(it)], file(it) in late)
+    )  # stable: file order within a file
 
 
 # ---------------------------------------------------------------- one tiny real run per test session
@@ -342,3 +357,12 @@ def tiny_run(tmp_path_factory) -> Path:
     now = tree_hashes(root)
     changed = sorted(k for k in built.keys() | now.keys() if built.get(k) != now.get(k))
     assert not changed, f"a test wrote into the shared tiny run (copy it first): {changed[:10]}"
+
+
+@pytest.fixture(scope="session")
+def exported_release(tmp_path_factory) -> Path:
+    """export_fixtures.build_release: data/prepared, hand-trained student/teacher checkpoints and their
+    exported ONNX files, built once per test session. Read-only: copy what you modify."""
+    from export_fixtures import build_release
+
+    return build_release(tmp_path_factory)
