@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import copy
 import functools
 import importlib.util
@@ -211,6 +212,9 @@ def rewrite_prepared(prepared: Path, split: str, change) -> None:
 # each test file runs whole on one worker, in file order (its module fixtures are built once; some tests
 # build on the previous test's output). The files holding a `slow` test are handed out first, then the
 # files with module-scoped fixtures, so that no long file starts last while the other worker sits idle.
+# A build shared by the workers (`build_once`, below) is made by the first file that asks for it; the
+# other files reading it are handed out after the rest of that tier, so no worker waits on its lock.
+SHARED_BUILDS = {"tiny_run", "exported_release"}
 
 
 def _tier(item: pytest.Item) -> int:
@@ -225,7 +229,151 @@ def pytest_collection_modifyitems(config, items):
     if not hasattr(config, "workerinput"):  # not an xdist worker: plain file order
         return
     tier: dict[str, int] = {}
+    shared: dict[str, set[str]] = {}
     for item in items:
         path = item.nodeid.split("::")[0]
-        tier[path] = min(tier.get(path, 2), _tier(item))
-    items.sort(key=lambda it: tier[it.nodeid.split("::")[0]])  # stable: file order within a file
+        uses = SHARED_BUILDS.intersection(item.fixturenames)
+        tier[path] = min(tier.get(path, 2), _tier(item), 1 if uses else 2)
+        shared.setdefault(path, set()).update(uses)
+    claimed: set[str] = set()
+    late: set[str] = set()  # a file whose shared build an earlier file makes
+    for path in sorted(tier, key=tier.get):  # stable: file order within a tier
+        if shared[path] & claimed:
+            late.add(path)
+        claimed |= shared[path]
+    file = lambda it: it.nodeid.split("::")[0]  # noqa: E731
+    items.sort(
+        key=lambda it: (tier[file(it)], file(it) in late)
+    )  # stable: file order within a file
+
+
+# ---------------------------------------------------------------- one tiny real run per test session
+# The gates and report tests read the files of ONE tiny real run of the stages on small_readings(), and
+# the export/benchmark tests one exported release (export_fixtures.build_release). Under pytest-xdist a
+# session fixture is built once per worker; `build_once` builds it once per test session: pytest-xdist's
+# documented pattern, a file lock in the folder all workers share (basetemp's parent).
+
+# the measured host profile: INT8 ships there (forced: `auto` decides by timing; test_benchmark covers it)
+TINY_HOST = {
+    "name": "edge-cpu-1t",
+    "threads": 1,
+    "batch_sizes": [1],
+    "warmup": 2,
+    "runs": 20,
+    "max_seconds": 0.5,
+    "latency_ms": 1000.0,
+    "ram_bytes": 2**30,
+    "flash_bytes": 2**30,
+    "format": "int8",
+}
+# gates wide open (a few-epoch student is not a release): a test narrows only the gate it exercises
+OPEN_GATES = {
+    "min_accuracy": 0.0,
+    "max_drop_vs_teacher": 1.0,
+    "max_int8_drop": 1.0,
+    "regression_tolerance": 1.0,
+    "min_kd_gain": -1.0,
+}
+TINY_RUN = merge(
+    TINY_TRAIN,
+    {
+        "export": {"calibration": {"windows": 64}},
+        "benchmark": {
+            "interleaved_warmup": 5,
+            "interleaved_runs": 20,
+            "interleaved_rounds": 2,
+            "profile_runs": 5,
+            "profiles": [
+                TINY_HOST,
+                {
+                    "name": "cortex-m7",
+                    "measure": False,
+                    "ram_bytes": 512 * 2**10,
+                    "flash_bytes": 2 * 2**20,
+                },
+            ],
+        },
+        "stats": {"resamples": 500},
+        "promote": {"gates": OPEN_GATES},
+    },
+)
+
+
+def build_once(tmp_path_factory: pytest.TempPathFactory, name: str, build) -> Path:
+    """The folder `build(root)` fills, built once per test session and shared: under pytest-xdist the
+    first worker to take the lock builds it beside the workers' basetemps, the others wait for it;
+    without xdist it is built in the basetemp. A failed build leaves no marker: the next caller retries
+    (and reports its own failure). Read-only for the tests: copy it (shutil.copytree) to modify it."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID", "")  # "" when not under xdist
+    shared = tmp_path_factory.getbasetemp()
+    lock = contextlib.nullcontext()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        from filelock import FileLock
+
+        shared = shared.parent
+        lock = FileLock(shared / f"{name}.lock")
+    root, done = shared / name, shared / f"{name}.built"
+    with lock:
+        # the marker names this test run: a --basetemp kept from an earlier run is not reused
+        if not done.is_file() or done.read_text() != run:
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir(parents=True)
+            build(root)
+            done.write_text(run)
+    return root
+
+
+def _build_tiny_run(root: Path) -> None:
+    """validate → prepare → train_teacher → teacher_logits → distill → export → benchmark → promote
+    (open gates), in-process, as dvc runs them (relative default paths in the project root)."""
+    import torch
+
+    from tasks import (
+        benchmark,
+        distill,
+        export,
+        prepare,
+        promote,
+        teacher_logits,
+        train_teacher,
+        validate,
+    )
+
+    params = make_params(TINY_RUN)
+    quiet = lambda _: None  # noqa: E731
+    threads = torch.get_num_threads()  # the stages set compute.threads: only this worker builds
+    try:
+        with contextlib.chdir(root):
+            readings = write_readings(small_readings(), Path("data/raw/readings.parquet"))
+            validate.run(params, readings=readings)
+            prepare.run(params, readings=readings)
+            train_teacher.run(params, log=quiet)
+            teacher_logits.run(params)
+            distill.run(params, log=quiet)
+            export.run(params)
+            benchmark.run(params)
+            promote.run(params)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A project root after one tiny real run of every stage but mcu (TINY_RUN params, open gates),
+    shared by the whole session. READ-ONLY: a test that writes copies it first (shutil.copytree); at
+    the end of the session each worker checks that no file in it changed."""
+    root = build_once(tmp_path_factory, "tiny-run", _build_tiny_run)
+    built = tree_hashes(root)
+    yield root
+    now = tree_hashes(root)
+    changed = sorted(k for k in built.keys() | now.keys() if built.get(k) != now.get(k))
+    assert not changed, f"a test wrote into the shared tiny run (copy it first): {changed[:10]}"
+
+
+@pytest.fixture(scope="session")
+def exported_release(tmp_path_factory) -> Path:
+    """export_fixtures.build_release: data/prepared, hand-trained student/teacher checkpoints and their
+    exported ONNX files, built once per test session. Read-only: copy what you modify."""
+    from export_fixtures import build_release
+
+    return build_release(tmp_path_factory)

@@ -3,14 +3,12 @@ a briefly trained student and teacher saved as checkpoints, exported once per te
 
 from __future__ import annotations
 
-import functools
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import make_params, merge, small_readings
+from conftest import build_once, make_params, merge, small_readings
 
 from edgedistill.data.normalization import apply
 from edgedistill.io import read_json
@@ -81,12 +79,9 @@ def make_checkpoints(root: Path) -> None:
         save_checkpoint(root / "models" / f"{name}.pt", model, meta)
 
 
-@functools.cache
-def _build(root_name: str) -> Path:
+def _build(root: Path) -> None:
     from tasks import export, prepare
 
-    root = Path(root_name)
-    shutil.rmtree(root, ignore_errors=True)
     (root / "data/raw").mkdir(parents=True)
     readings = root / "data/raw/readings.parquet"
     small_readings().to_parquet(readings, index=False)
@@ -100,10 +95,10 @@ def _build(root_name: str) -> Path:
         metrics_path=root / "metrics/export.json",
         lock_path=root / "dvc.lock",
     )
-    return root
 
 
 def build_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Project root holding data/prepared, models/{student,teacher}.pt and the exported ONNX files,
-    built once per test session (both test modules share it). Read-only: copy what you modify."""
-    return _build(str(tmp_path_factory.getbasetemp() / "release"))
+    built once per test session (conftest.build_once: the test modules share it, on every xdist worker).
+    Read-only: copy what you modify."""
+    return build_once(tmp_path_factory, "release", _build)

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 from conftest import merge
-from export_fixtures import build_release, release_params
+from export_fixtures import release_params
 from typer.testing import CliRunner
 
 from edgedistill.cli import app
@@ -51,8 +51,8 @@ FAST = {
 
 
 @pytest.fixture(scope="session")
-def release(tmp_path_factory):
-    return build_release(tmp_path_factory)
+def release(exported_release):
+    return exported_release
 
 
 @pytest.fixture(scope="module")

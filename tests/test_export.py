@@ -12,7 +12,7 @@ import onnx
 import pytest
 import torch
 from conftest import prepared_arrays, rewrite_prepared, tree_hashes
-from export_fixtures import build_release, release_params
+from export_fixtures import release_params
 
 from edgedistill.errors import ArtifactCorrupt, DataInvalid, ExportFailed, ModelMismatch
 from edgedistill.export import onnx_tools as ox
@@ -24,8 +24,8 @@ from tasks import export
 
 
 @pytest.fixture(scope="session")
-def release(tmp_path_factory):
-    return build_release(tmp_path_factory)
+def release(exported_release):
+    return exported_release
 
 
 def sha(path) -> str:

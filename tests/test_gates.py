@@ -1,8 +1,8 @@
-"""Every promotion gate FAILS on real artifacts: one tiny real run of the real stages (prepare,
-train_teacher, teacher_logits, distill, export, benchmark on the bundled data) shared by the whole
-module, plus a re-export of that same run calibrated on unrepresentative windows (a real, badly
-quantized candidate). No fixed-figure stand-ins: each threshold below is set against the figure the
-stages measured, or the gate fails at its default."""
+"""Every promotion gate FAILS on real artifacts: one tiny real run of the real stages (validate,
+prepare, train_teacher, teacher_logits, distill, export, benchmark, promote on the bundled data: the
+session's conftest.tiny_run, copied here), plus a re-export of that same run calibrated on
+unrepresentative windows (a real, badly quantized candidate). No fixed-figure stand-ins: each
+threshold below is set against the figure the stages measured, or the gate fails at its default."""
 
 from __future__ import annotations
 
@@ -12,83 +12,36 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import TINY_TRAIN, make_params, merge, rewrite_prepared, small_readings
+from conftest import OPEN_GATES, TINY_HOST, TINY_RUN, make_params, merge, rewrite_prepared
 
 from edgedistill.errors import GateFailed
 from edgedistill.export import onnx_tools as ox
 from edgedistill.io import read_json
 from edgedistill.release import release_metrics
-from tasks import benchmark, distill, export, prepare, promote, teacher_logits, train_teacher
+from tasks import benchmark, export, promote
 
-# INT8 ships here (forced: `auto` would decide by timing); test_fp32_* re-benchmark the run with fp32
-HOST = {
-    "name": "edge-cpu-1t",
-    "threads": 1,
-    "batch_sizes": [1],
-    "warmup": 2,
-    "runs": 20,
-    "max_seconds": 0.5,
-    "latency_ms": 1000.0,
-    "ram_bytes": 2**30,
-    "flash_bytes": 2**30,
-    "format": "int8",
-}
-TINY = merge(
-    TINY_TRAIN,
-    {
-        "export": {"calibration": {"windows": 64}},
-        "benchmark": {
-            "interleaved_warmup": 5,
-            "interleaved_runs": 20,
-            "interleaved_rounds": 2,
-            "profile_runs": 5,
-            "profiles": [
-                HOST,
-                {
-                    "name": "cortex-m7",
-                    "measure": False,
-                    "ram_bytes": 512 * 2**10,
-                    "flash_bytes": 2 * 2**20,
-                },
-            ],
-        },
-        "stats": {"resamples": 500},
-    },
-)
-# gates wide open: each test narrows only the gate it exercises
-OPEN = {
-    "min_accuracy": 0.0,
-    "max_drop_vs_teacher": 1.0,
-    "max_int8_drop": 1.0,
-    "regression_tolerance": 1.0,
-    "min_kd_gain": -1.0,
-}
+# The session's tiny run has conftest.TINY_RUN's params: INT8 ships on the host profile TINY_HOST
+# (forced: `auto` would decide by timing; test_fp32_* re-benchmark the run with fp32), OPEN_GATES.
 
 
 def params(gates: dict | None = None, host: dict | None = None, **promote_extra):
-    """TINY with open gates; `host`: budgets of the measured profile (the per-profile gates)."""
-    over = {"promote": {"gates": {**OPEN, **(gates or {})}, **promote_extra}}
+    """TINY_RUN with open gates; `host`: budgets of the measured profile (the per-profile gates)."""
+    over = {"promote": {"gates": {**OPEN_GATES, **(gates or {})}, **promote_extra}}
     if host:
-        over["benchmark"] = {"profiles": [HOST | host, TINY["benchmark"]["profiles"][1]]}
-    return make_params(merge(TINY, over))
+        over["benchmark"] = {"profiles": [TINY_HOST | host, TINY_RUN["benchmark"]["profiles"][1]]}
+    return make_params(merge(TINY_RUN, over))
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
-    """`good`: the real stages end to end; `bad`: the same run re-exported with INT8 calibration on
-    windows 1000x too small (saturated activations) and re-benchmarked."""
+def runs(tiny_run, tmp_path_factory) -> dict[str, Path]:
+    """`good`: a copy of the session's tiny real run (conftest.tiny_run: the real stages end to end);
+    `bad`: the same run re-exported with INT8 calibration on windows 1000x too small (saturated
+    activations) and re-benchmarked."""
     good = tmp_path_factory.mktemp("gates") / "good"
-    (good / "data/raw").mkdir(parents=True)
-    small_readings().to_parquet(good / "data/raw/readings.parquet", index=False)
-    p = make_params(TINY)
-    quiet = lambda s: None  # noqa: E731
-    with contextlib.chdir(good):
-        prepare.run(p)
-        train_teacher.run(p, log=quiet)
-        teacher_logits.run(p)
-        distill.run(p, log=quiet)
-        export.run(p)
-        benchmark.run(p)
+    shutil.copytree(
+        tiny_run, good
+    )  # the tests here run promote in it: the shared run stays as built
+    p = make_params(TINY_RUN)
     bad = good.with_name("bad")
     shutil.copytree(good, bad)
     train = bad / "data/prepared/train"

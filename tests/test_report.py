@@ -4,7 +4,6 @@ request leaving the machine; intervals shown as "X [lo, hi]"; `edgedistill repor
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import shutil
@@ -13,11 +12,9 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from conftest import make_params, small_readings
 from typer.testing import CliRunner
 
 from edgedistill.cli import app
-from edgedistill.errors import GateFailed
 from edgedistill.fmt import by_key
 from edgedistill.release.report import (
     interval_keys,
@@ -27,71 +24,12 @@ from edgedistill.release.report import (
     write_report,
 )
 
-TINY = {
-    "compute": {"device": "cpu", "threads": 1},
-    "teacher": {
-        "config": {"widths": [8, 16], "kernel": 5},
-        "train": {"min_steps": 0, "epochs": 2, "batch_size": 64},
-    },
-    "student": {
-        "config": {"widths": [8, 8], "kernel": 3},
-        "train": {"min_steps": 0, "epochs": 2, "batch_size": 64},
-    },
-    "distill": {"bank": {"views": 1}},
-    "export": {"calibration": {"windows": 32}},
-    "benchmark": {
-        "interleaved_warmup": 5,
-        "interleaved_runs": 50,
-        "interleaved_rounds": 2,
-        "profile_runs": 5,
-        "profiles": [
-            {
-                "name": "edge-cpu-1t",
-                "threads": 1,
-                "batch_sizes": [1],
-                "warmup": 2,
-                "runs": 20,
-                "max_seconds": 0.5,
-                "ram_bytes": 67108864,
-                "flash_bytes": 16777216,
-            },
-            {"name": "cortex-m7", "measure": False, "ram_bytes": 524288, "flash_bytes": 2097152},
-        ],
-    },
-}
-
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    """A workspace after a tiny real run of every stage (validate … promote), in-process."""
-    from tasks import (
-        benchmark,
-        distill,
-        export,
-        prepare,
-        promote,
-        teacher_logits,
-        train_teacher,
-        validate,
-    )
-
-    root = tmp_path_factory.mktemp("report-run")
-    params = make_params(TINY)
-    with contextlib.chdir(root):
-        Path("data/raw").mkdir(parents=True)
-        small_readings().to_parquet("data/raw/readings.parquet", index=False)
-        validate.run(params, readings="data/raw/readings.parquet")
-        prepare.run(params, readings="data/raw/readings.parquet")
-        train_teacher.run(params, log=lambda _: None)
-        teacher_logits.run(params)
-        distill.run(params, log=lambda _: None)
-        export.run(params)
-        benchmark.run(params)
-        with contextlib.suppress(
-            GateFailed
-        ):  # a tiny student may fail the accuracy gate: still reported
-            promote.run(params)
-    return root
+def run_dir(tiny_run) -> Path:
+    """A workspace after a tiny real run of every stage (validate … promote), in-process: the session's
+    conftest.tiny_run (read-only: the report is written elsewhere)."""
+    return tiny_run
 
 
 def test_page_has_every_section_from_the_run(run_dir):
@@ -107,7 +45,8 @@ def test_page_has_every_section_from_the_run(run_dir):
     assert (
         "net p50 µs" in page and "QLinearConv" in page and "kernel time per op type" in page.lower()
     )
-    # the file each profile ships, and why (format: auto on the host profile, INT8 on the mcu one)
+    # the file each profile ships, and why (format forced to int8 on the tiny run's host profile,
+    # INT8 on the mcu one)
     bench = json.loads((run_dir / "metrics/benchmark.json").read_text())
     host = bench["profiles"]["edge-cpu-1t"]["format"]
     assert (
