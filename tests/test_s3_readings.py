@@ -466,7 +466,8 @@ def test_share_nothing_dask_workers_give_the_local_bytes(
             threads_per_worker=1,
             processes=True,
             dashboard_address=None,
-            scheduler_kwargs={"dashboard_address": ":0"},  # not port 8787: another cluster may hold it
+            # the scheduler's HTTP server off port 8787: another cluster may hold it
+            scheduler_kwargs={"dashboard_address": ":0"},
             local_directory=str(tmp_path / "dask-scratch"),
         ) as cluster,
         Client(cluster) as client,
