@@ -5,7 +5,9 @@ gone between listing and reading) refused with one error naming the URL/object, 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -546,3 +548,145 @@ def test_share_nothing_dask_workers_give_the_local_bytes(
     assert tree_hashes(Path("dask2")) == tree_hashes(Path("single"))
     assert tree_hashes(Path("killed")) == tree_hashes(Path("single"))
     assert sent and all(str(tmp_path) not in repr(pickle.loads(pickle.dumps(i))) for i in sent)
+
+
+def _docs_worker_policy() -> str:
+    """The worker policy JSON docs/s3-data.md gives users (section "Worker credentials")."""
+    text = (Path(__file__).parents[1] / "docs/s3-data.md").read_text()
+    section = text[text.index("### Worker credentials") :]
+    return section[section.index("```json") + len("```json") : section.index("```\n", 10)]
+
+
+@contextlib.contextmanager
+def _moto_server_process() -> Iterator[str]:
+    """A moto server of its own (a process): its IAM enforcement, switched on below, is process-wide."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        end = time.time() + 30
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert time.time() < end and proc.poll() is None, "moto_server did not start"
+            time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_workers_need_only_the_documented_least_privilege_policy(
+    three_subjects, tmp_path, monkeypatch, aws_env
+):
+    """On an S3 endpoint that enforces IAM, the share-nothing prepare runs with the workers holding only
+    docs/s3-data.md's worker policy (read the readings, write `<store prefix>/staging/prepare/*`) and
+    gives the single-process shards; those credentials cannot write anywhere else."""
+    import os
+    import urllib.request
+
+    import boto3
+    from botocore.exceptions import ClientError
+    from distributed import Client, LocalCluster
+
+    with _moto_server_process() as endpoint:
+        kw = {"endpoint_url": endpoint, "region_name": "us-east-1"}
+        s3 = boto3.client("s3", **kw)
+        s3.create_bucket(Bucket="fleet")
+        s3.put_bucket_versioning(Bucket="fleet", VersioningConfiguration={"Status": "Enabled"})
+        s3.create_bucket(Bucket="ml-artifacts")
+        url = upload(s3, "fleet", three_subjects)
+        iam = boto3.client("iam", **kw)
+        keys = {}
+        for user, policy in [
+            (
+                "client",
+                '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", '
+                '"Action": "s3:*", "Resource": "*"}]}',
+            ),
+            ("worker", _docs_worker_policy()),
+        ]:
+            iam.create_user(UserName=user)
+            iam.put_user_policy(UserName=user, PolicyName="s3", PolicyDocument=policy)
+            k = iam.create_access_key(UserName=user)["AccessKey"]
+            keys[user] = {
+                "AWS_ACCESS_KEY_ID": k["AccessKeyId"],
+                "AWS_SECRET_ACCESS_KEY": k["SecretAccessKey"],
+            }
+        # from here on every request must be signed by a user whose policy allows it
+        urllib.request.urlopen(
+            urllib.request.Request(
+                f"{endpoint}/moto-api/reset-auth",
+                data=b"0",
+                method="POST",
+                headers={"Content-Type": "text/plain"},
+            )
+        ).read()
+        for k, v in {**keys["client"], "AWS_ENDPOINT_URL": endpoint}.items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.chdir(tmp_path)
+        p = params_for(url)
+        validate.run(p)
+        prepare.run(p, out_dir="single")
+        worker_env = {**keys["worker"], "AWS_ENDPOINT_URL": endpoint}
+        with (
+            LocalCluster(
+                n_workers=2,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                scheduler_kwargs={"dashboard_address": ":0"},
+                env=worker_env,
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            held = client.run(lambda: os.environ.get("AWS_ACCESS_KEY_ID"))
+            assert set(held.values()) == {keys["worker"]["AWS_ACCESS_KEY_ID"]}  # not the client's
+            dask_p = make_params(
+                {
+                    "data": {"readings": url, "dask_address": cluster.scheduler_address},
+                    "validate": {"drift": {"enabled": False}},
+                    "store": {"s3": {"bucket": "ml-artifacts", "prefix": "edgedistill"}},
+                }
+            )
+            prepare.run(dask_p, out_dir="dask")
+        assert tree_hashes(Path("dask")) == tree_hashes(Path("single"))
+
+        def as_user(user: str):
+            k = keys[user]
+            return boto3.client(
+                "s3",
+                aws_access_key_id=k["AWS_ACCESS_KEY_ID"],
+                aws_secret_access_key=k["AWS_SECRET_ACCESS_KEY"],
+                **kw,
+            )
+
+        # the workers staged their parts there; the setup's unsigned-era keys no longer work
+        staged = as_user("client").list_objects_v2(
+            Bucket="ml-artifacts", Prefix="edgedistill/staging/prepare/"
+        )
+        assert staged["KeyCount"] > 0
+        with pytest.raises(ClientError, match="InvalidAccessKeyId"):
+            s3.list_objects_v2(Bucket="ml-artifacts")
+        worker = as_user("worker")
+        worker.put_object(
+            Bucket="ml-artifacts", Key="edgedistill/staging/prepare/ab/probe", Body=b""
+        )
+        for bucket, key in [
+            ("ml-artifacts", "edgedistill/releases/student/v9.9.9/student.int8.onnx"),
+            ("ml-artifacts", "edgedistill/dvc/files/md5/00/probe"),
+            ("fleet", "readings/subject=S01/day=2024-01-01/part-0.parquet"),
+        ]:
+            with pytest.raises(ClientError, match="AccessDenied"):
+                worker.put_object(Bucket=bucket, Key=key, Body=b"x")
