@@ -4,6 +4,7 @@ success or a clear EdgeDistillError, never an unhandled traceback."""
 
 from __future__ import annotations
 
+import functools
 import json
 import string
 from pathlib import Path
@@ -94,12 +95,25 @@ CELL = st.one_of(
 )
 
 
+@functools.cache
+def _real_readings() -> pd.DataFrame:
+    """Read once, before any strategy runs (the autouse fixture below): its first read imports modules
+    that touch the global `random` state, which Hypothesis reports as a strategy using `random`
+    (HypothesisDeprecationWarning)."""
+    return small_readings(subjects=4, rows_per_recording=120)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _readings_read_before_any_strategy() -> None:
+    _real_readings()
+
+
 @st.composite
 def readings_tables(draw):
     """A table that is sometimes nearly valid (real readings with a few cells or columns broken)
     and sometimes random columns of random values."""
     if draw(st.booleans()):
-        df = small_readings(subjects=4, rows_per_recording=120)
+        df = _real_readings().copy()
         for _ in range(draw(st.integers(0, 4))):
             op = draw(st.sampled_from(["cell", "drop", "rename", "dtype", "shuffle", "dup"]))
             col = draw(st.sampled_from(list(df.columns)))
