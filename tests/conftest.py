@@ -176,6 +176,22 @@ def on_session_server(prefect_server, monkeypatch):
         yield prefect_server
 
 
+def process_cluster(**kw):
+    """A Dask LocalCluster of 2 single-threaded worker processes, no dashboard, and the scheduler's
+    HTTP server on a free port (by default it takes 8787 and warns when another cluster holds it).
+    `kw`: more LocalCluster arguments (local_directory, env)."""
+    from distributed import LocalCluster
+
+    return LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        dashboard_address=None,
+        scheduler_kwargs={"dashboard_address": ":0"},
+        **kw,
+    )
+
+
 @pytest.fixture
 def aws_env(monkeypatch):
     """Fake credentials through the standard AWS environment chain, nothing else from the host."""

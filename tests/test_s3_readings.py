@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import make_params, small_readings, tree_hashes
+from conftest import make_params, process_cluster, small_readings, tree_hashes
 
 from edgedistill.data import s3data
 from edgedistill.errors import DataInvalid, StoreUnreachable
@@ -396,7 +396,7 @@ def test_share_nothing_dask_workers_give_the_local_bytes(
 
     import boto3
     import cloudpickle
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     import tasks.prepare as prep
 
@@ -463,15 +463,7 @@ def test_share_nothing_dask_workers_give_the_local_bytes(
     monkeypatch.setattr(prep, "run_map_reduce", recording_reduce)
     monkeypatch.setattr(prep, "fetch_staged", recording_fetch)
     with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            # the scheduler's HTTP server off port 8787: another cluster may hold it
-            scheduler_kwargs={"dashboard_address": ":0"},
-            local_directory=str(tmp_path / "dask-scratch"),
-        ) as cluster,
+        process_cluster(local_directory=str(tmp_path / "dask-scratch")) as cluster,
         Client(cluster) as client,
     ):
         # this test module is not importable on the workers: send its plugin and probe by value
@@ -598,7 +590,7 @@ def test_workers_need_only_the_documented_least_privilege_policy(
 
     import boto3
     from botocore.exceptions import ClientError
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     with _moto_server_process() as endpoint:
         kw = {"endpoint_url": endpoint, "region_name": "us-east-1"}
@@ -641,14 +633,7 @@ def test_workers_need_only_the_documented_least_privilege_policy(
         prepare.run(p, out_dir="single")
         worker_env = {**keys["worker"], "AWS_ENDPOINT_URL": endpoint}
         with (
-            LocalCluster(
-                n_workers=2,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
-                scheduler_kwargs={"dashboard_address": ":0"},
-                env=worker_env,
-            ) as cluster,
+            process_cluster(env=worker_env) as cluster,
             Client(cluster) as client,
         ):
             held = client.run(lambda: os.environ.get("AWS_ACCESS_KEY_ID"))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_TRAIN, make_params, merge
+from conftest import TINY_TRAIN, make_params, merge, process_cluster
 from typer.testing import CliRunner
 
 from edgedistill.cli import app
@@ -195,7 +195,7 @@ def test_sweep_cli_local_then_dask_same_students(
 ):
     import os
 
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     from flows.sweep import run_sweep
 
@@ -229,16 +229,7 @@ def test_sweep_cli_local_then_dask_same_students(
     elsewhere = tmp_path_factory.mktemp("dask-workers")
     monkeypatch.chdir(elsewhere)
     with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=None,
-            scheduler_kwargs={
-                "dashboard_address": ":0"
-            },  # not port 8787: another cluster may hold it
-            local_directory=str(elsewhere),
-        ) as cluster,
+        process_cluster(local_directory=str(elsewhere)) as cluster,
         Client(cluster) as client,
     ):
         workers = client.run(lambda: (os.getpid(), os.getcwd()))
