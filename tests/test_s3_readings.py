@@ -675,3 +675,29 @@ def test_workers_need_only_the_documented_least_privilege_policy(
         ]:
             with pytest.raises(ClientError, match="AccessDenied"):
                 worker.put_object(Bucket=bucket, Key=key, Body=b"x")
+
+
+def test_a_staged_part_rewritten_in_the_store_is_refused(bucket, tmp_path):
+    """Someone with write access to the store rewrites a staged part after the worker staged it: the
+    client, holding the digest the worker returned, refuses it and caches nothing."""
+    import hashlib
+
+    from edgedistill.data.windows import fetch_parts, staged_url
+    from edgedistill.errors import ArtifactCorrupt
+
+    name, c = bucket
+    spec = {"bucket": name, "prefix": "store"}
+    good = b"the worker's part"
+    digest = hashlib.sha256(good).hexdigest()
+    key = staged_url(spec, digest).removeprefix(f"s3://{name}/")
+    c.put_object(Bucket=name, Key=key, Body=b"rewritten in the bucket")
+    cut = {"index": 3, "staged": {"train/X-00000.npy": digest}}
+    with pytest.raises(ArtifactCorrupt, match=r"staged part train/X-00000.npy of readings file 3"):
+        fetch_parts(spec, cut, tmp_path / "parts", tmp_path / "cache")
+    assert (
+        not list((tmp_path / "cache").rglob("*"))
+        or not (tmp_path / "cache" / digest[:2] / digest).exists()
+    )
+    c.put_object(Bucket=name, Key=key, Body=good)  # the real bytes: fetched and cached
+    _, n = fetch_parts(spec, cut, tmp_path / "parts", tmp_path / "cache")
+    assert n == len(good) and (tmp_path / "parts/train/X-00000.npy").read_bytes() == good
