@@ -55,7 +55,7 @@ class Adopted(SignResult, total=False):
 def promote_version(root: str | Path, params: Params, version: str, stage: str) -> Assignment:
     """Point `stage` at `version`. Refuses a version whose bundle is not in the store, so whatever a
     stage resolves to can always be fetched."""
-    from gto.versions import SemVer
+    from edgedistill.versions.gtoapi import SemVer
 
     model = params.promote.model
     reg = Registry(root)

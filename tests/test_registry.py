@@ -138,7 +138,7 @@ def test_a_promotion_that_loses_the_tag_race_is_a_registry_error(repo):
 
 
 def test_unassign_tag_is_honoured(repo):
-    from gto.api import unassign
+    from edgedistill.versions.gtoapi import unassign
 
     reg = Registry(repo)
     c = commits(repo)
@@ -249,3 +249,31 @@ def test_commits_use_repo_identity_or_a_neutral_fallback(tmp_path, monkeypatch):
         sh(["git", "log", "-1", "--format=%an <%ae>"], root).stdout.strip()
         == "Ada <ada@example.org>"
     )
+
+
+def test_importing_gto_leaves_the_process_logging_handlers_alone(tmp_path):
+    """gto configures logging at import (dictConfig), which closes every handler already installed:
+    inside a Prefect flow that drained Prefect's log and event queues, a 5 s stall in each release.
+    Through edgedistill.versions.gtoapi the handlers stay open and gto's logger still gets its level."""
+    import subprocess
+    import sys
+
+    code = """
+import logging
+class Probe(logging.Handler):
+    closed = False
+    def emit(self, record): pass
+    def close(self):
+        Probe.closed = True
+        super().close()
+probe = Probe()
+logging.getLogger().addHandler(probe)
+from edgedistill.versions.gtoapi import SemVer
+import gto.config
+assert not Probe.closed, "gto's import closed the handlers"
+assert logging.getLogger().handlers == [probe]
+assert logging.getLogger("gto").level == logging.getLevelName(gto.config.CONFIG.LOG_LEVEL)
+print(SemVer("v1.2.3").bump(bump_minor=True).version)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.strip() == "v1.3.0", r.stderr

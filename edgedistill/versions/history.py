@@ -44,8 +44,7 @@ def release_md5s(t: Tracked, rev: str) -> set[str]:
 
 def releases(t: Tracked) -> dict[str, list[str]]:
     """md5 -> registered GTO versions (`<model>@vX.Y.Z`, not deregistered) whose commit used that data."""
-    from gto.constants import ACTION, NAME, VERSION, Action
-
+    from edgedistill.versions.gtoapi import ACTION, NAME, VERSION, Action
     from edgedistill.versions.registry import parse_tag
 
     refs = git(

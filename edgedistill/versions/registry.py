@@ -92,7 +92,7 @@ def commit_paths(root: str | os.PathLike[str], paths: list[str], message: str) -
 
 def parse_tag(tag: str) -> dict[str, Any] | None:
     """GTO's reading of a tag name (name, version, stage, counter, action); None for other tags."""
-    from gto.tag import parse_name
+    from edgedistill.versions.gtoapi import parse_name
 
     return parse_name(tag, raise_on_fail=False) or None
 
@@ -136,8 +136,7 @@ class Registry:
         self.repo = str(repo)
 
     def _artifact(self, model: str) -> Any | None:
-        from gto.exceptions import ArtifactNotFound, NoRepo
-        from gto.registry import GitRegistry
+        from edgedistill.versions.gtoapi import ArtifactNotFound, GitRegistry, NoRepo
 
         try:
             with GitRegistry.from_url(self.repo) as reg:
@@ -164,7 +163,7 @@ class Registry:
 
     def versions(self, model: str) -> list[VersionInfo]:
         """Registered versions, newest first, each with the stages it currently holds."""
-        from gto.versions import SemVer
+        from edgedistill.versions.gtoapi import SemVer
 
         artifact = self._artifact(model)
         if artifact is None:
@@ -195,7 +194,7 @@ class Registry:
         return next((v for v in self.versions(model) if v.commit == commit), None)
 
     def next_version(self, model: str, bump: str = "minor") -> str:
-        from gto.versions import SemVer
+        from edgedistill.versions.gtoapi import SemVer
 
         versions = self.versions(model)
         if not versions:
@@ -210,8 +209,7 @@ class Registry:
 
     def register(self, model: str, version: str, rev: str = "HEAD", note: str | None = None) -> str:
         """Tag `rev` as `model@version`; `note` (e.g. which student ships and why) goes into the tag message."""
-        from gto.api import register
-        from gto.exceptions import GTOException
+        from edgedistill.versions.gtoapi import GTOException, register
 
         name, email = git_identity(self.repo)
         try:
@@ -238,8 +236,7 @@ class Registry:
     def assign(self, model: str, version: str, stage: str) -> str | None:
         """Assign `stage` to `version` (a new tag even if it held the stage before: rollback is a
         roll-forward). None when the version already holds the stage."""
-        from gto.api import assign
-        from gto.exceptions import GTOException, UnknownStage
+        from edgedistill.versions.gtoapi import GTOException, UnknownStage, assign
 
         info = self.get(model, version)
         if stage in info.stages:

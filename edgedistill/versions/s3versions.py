@@ -60,8 +60,7 @@ def _manifest_versions(root: Path, readings: str) -> list[tuple[Version, dict[st
 
 def _manifest_releases(root: Path) -> dict[str, list[str]]:
     """manifest digest -> registered versions whose commit read exactly those objects."""
-    from gto.constants import ACTION, NAME, VERSION, Action
-
+    from edgedistill.versions.gtoapi import ACTION, NAME, VERSION, Action
     from edgedistill.versions.registry import parse_tag
 
     refs = git(
