@@ -34,6 +34,7 @@ atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], True)
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")  # for every DVC the tests start (in process or not)
 
 
 @functools.lru_cache(maxsize=1)

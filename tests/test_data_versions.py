@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import yaml
 from conftest import SMALL, base_params_dict, make_params, merge, small_readings, write_readings
+from release_fixtures import dvc_init
 from typer.testing import CliRunner
 
 from edgedistill import cli
@@ -45,8 +46,7 @@ def new_project(root: Path, readings: str = TRACKED, dvc_yaml: str | None = None
     sh(["git", "init", "-q", "-b", "main"], root)
     sh(["git", "config", "user.name", "edgedistill test"], root)
     sh(["git", "config", "user.email", "test@edgedistill.local"], root)
-    sh([str(BIN / "dvc"), "init", "-q"], root)
-    sh([str(BIN / "dvc"), "config", "core.analytics", "false"], root)
+    dvc_init(root)
     raw = merge(merge(base_params_dict(), SMALL), {"data": {"readings": readings}})
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     if dvc_yaml:

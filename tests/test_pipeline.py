@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import copy_repo_skeleton
+from release_fixtures import dvc_init
 
 BIN = str(Path(sys.executable).parent)
 
@@ -26,8 +27,7 @@ def sh(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPro
 def project(tmp_path_factory) -> Path:
     root = copy_repo_skeleton(tmp_path_factory.mktemp("proj"))
     sh(["git", "init", "-q"], root)
-    sh([f"{BIN}/dvc", "init", "-q"], root)
-    sh([f"{BIN}/dvc", "config", "core.analytics", "false"], root)
+    dvc_init(root)
     return root
 
 

@@ -12,7 +12,7 @@ import shutil
 import socket
 
 import pytest
-from release_fixtures import BIN, git_init, sh, write_candidate
+from release_fixtures import BIN, dvc_init, git_init, sh, write_candidate
 
 from edgedistill.errors import ArtifactCorrupt, ParamsInvalid, ReleaseNotFound, StoreUnreachable
 from edgedistill.io import sha256_file
@@ -183,7 +183,7 @@ def test_dvc_push_to_s3_then_fresh_clone_pulls(s3_endpoint, aws_env, tmp_path):
     sh(["git", "init", "-q", "--bare", str(origin)], tmp_path)
     work.mkdir()
     git_init(work)
-    sh([f"{BIN}/dvc", "init", "-q"], work)
+    dvc_init(work)
     write_candidate(work)
     sh([f"{BIN}/dvc", "add", "-q", "models/student.int8.onnx"], work)
     sh(["git", "add", "-A"], work)
