@@ -16,6 +16,7 @@ each file's sha256 instead, so the same consumers work on both.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -44,11 +45,40 @@ def split_url(url: str) -> tuple[str, str]:
     return bucket, key
 
 
+# what the standard AWS chain reads from the environment: a filesystem is reused only while these are
+# unchanged (another process, endpoint or set of credentials gets its own client)
+_AWS_CHAIN_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_CA_BUNDLE",
+)
+
+
 def filesystem(endpoint_url: str | None = None) -> Any:
     """An s3fs filesystem on the standard AWS chain, version-aware, with no listing cache (a listing
-    must see the bucket as it is now)."""
+    must see the bucket as it is now). One per process, endpoint and AWS environment: each new
+    filesystem creates its S3 client on first use (botocore loads and builds the service model, ~0.1 s of
+    CPU), which per object read was most of a small dataset's validate and prepare."""
+    key = (endpoint_url, os.getpid(), tuple(os.environ.get(k) for k in _AWS_CHAIN_ENV))
+    return _filesystem(key)
+
+
+@functools.lru_cache(maxsize=8)
+def _filesystem(key: tuple[Any, ...]) -> Any:
     import s3fs
 
+    endpoint_url = key[0]
     kw: dict[str, Any] = {
         "version_aware": True,
         "use_listings_cache": False,
