@@ -32,3 +32,13 @@ def configure_prefect_env(cwd: Path | None = None) -> None:
     if url:
         (cwd or Path.cwd()).joinpath(PROJECT_PREFECT_DIR).mkdir(exist_ok=True)
         os.environ["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = url
+
+
+def prefect_api_configured() -> bool:
+    """A Prefect server is configured (PREFECT_API_URL, or the active profile): events reach its
+    automations. Without one, Prefect would start a temporary server that no deployment listens to.
+    Reads Prefect's settings only (not the whole of Prefect: `promote` calls it before importing the
+    event code)."""
+    from prefect.settings import get_current_settings
+
+    return bool(get_current_settings().api.url)

@@ -14,6 +14,7 @@ from edgedistill.release.candidate import PROMOTION
 from edgedistill.release.store import bundle_exists, open_store
 from edgedistill.release.trust import FileDigest, SignResult, fetch_verified, project_root_of_trust
 from edgedistill.versions.registry import Registry
+from flows.prefect_env import prefect_api_configured
 
 KEY_METRICS = ("int8_accuracy", "kd_gain", "int8_drop", "p95_ms", "size_bytes")
 
@@ -72,7 +73,8 @@ def promote_version(root: str | Path, params: Params, version: str, stage: str) 
     pushed = reg.push([tag], branch=False) if tag and params.promote.push_git else []
     rollback = bool(previous and SemVer(info.version) < SemVer(previous.version))
     announced = False
-    if tag is not None:
+    # the event code (all of Prefect) is imported only when there is a server to announce to
+    if tag is not None and stage in params.ops.channel_stages and prefect_api_configured():
         from flows.triggers import announce_stage
 
         announced = announce_stage(root, params, stage, info.version)

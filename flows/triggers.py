@@ -24,6 +24,7 @@ from edgedistill.release.store import (
 )
 from edgedistill.release.trust import SignedRepository, load_keys, signed_channel
 from edgedistill.versions.registry import Registry
+from flows.prefect_env import prefect_api_configured
 
 DATA_CHANGED = "edgedistill.data.changed"
 STAGE_ASSIGNED = "edgedistill.versions.registry.stage-assigned"
@@ -249,14 +250,6 @@ def emit(event: str, resource: dict[str, str], payload: dict[str, JsonValue]) ->
     from prefect.events import emit_event
 
     return emit_event(event=event, resource=resource, payload=payload) is not None
-
-
-def prefect_api_configured() -> bool:
-    """A Prefect server is configured (PREFECT_API_URL): events reach its automations. Without one,
-    Prefect would start a temporary server that no deployment listens to."""
-    from prefect.settings import get_current_settings
-
-    return bool(get_current_settings().api.url)
 
 
 def flush_events(timeout: float = 30) -> None:
