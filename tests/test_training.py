@@ -21,7 +21,9 @@ from edgedistill.train.kd import hinton_loss, kd_kl
 from edgedistill.train.training import resolve_device
 from tasks import distill, prepare, teacher_logits, train_teacher
 
-TINY = merge(TINY_TRAIN, {"compute": {"threads": 2}})
+# one torch thread: the students train one after the other in this process (two spawned processes each
+# import torch & co. for a one-epoch student); the side-by-side test asks for two threads itself
+TINY = TINY_TRAIN
 
 
 def tiny(extra: dict | None = None):
@@ -237,7 +239,7 @@ def test_students_side_by_side_match_one_after_the_other(trained, tmp_path):
     # message and hint, raised in the worker process
     with pytest.raises(ModelMismatch, match="differs from the cached one") as err:
         distill.run(
-            tiny({"student": {"augment": {"jitter": 0.2}}}),
+            tiny({"student": {"augment": {"jitter": 0.2}}, "compute": {"threads": 2}}),
             plots_dir=None,
             resume_dir=tmp_path / "bad",
             log=lambda s: None,
