@@ -181,9 +181,19 @@ def run(
 ) -> None:
     """Run the release flow (Prefect): DVC stages in order (unchanged ones skipped), then gates,
     registry and bundle. Naming stages runs just those, without a release."""
+    if not stages and not force:
+        # nothing changed since the release HEAD is: said without importing Prefect
+        from flows.unchanged import report_unchanged
+
+        if guarded(lambda: report_unchanged(Path("."), _state["params"])) is not None:
+            return
     from flows.release import run_release
 
-    guarded(lambda: run_release(".", _state["params"], stages=stages or None, force=force))
+    guarded(
+        lambda: run_release(
+            ".", _state["params"], stages=stages or None, force=force, check_unchanged=False
+        )
+    )
 
 
 @app.command("check-params")
