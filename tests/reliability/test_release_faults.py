@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from release_fixtures import BIN, FAKE_AWS, mini_project, moto_s3, sh, tags
+from release_fixtures import BIN, FAKE_AWS, mini_project, moto_s3, sh, tags, write_candidate
 from reliability_kit import broken_bundles, faulty_proxy, outcome_fixture  # noqa: F401
 
 from edgedistill.release.store import LocalStore, S3Store, publish_bundle
@@ -188,26 +188,22 @@ def test_two_release_runs_on_one_repo(tmp_path, outcome, prefect_server):
     outcome.releases_lost(len(lost))
 
 
-def test_racing_promotions(tmp_path, outcome, prefect_server):
+def test_racing_promotions(tmp_path, outcome):
     outcome.fault(
         "two `edgedistill promote` to prod racing (different versions), 3 rounds", injected=3
     )
     proj = mini_project(tmp_path / "proj", {})
-    sh([ED, "run"], proj, env=prefect_server.env, timeout=300)
     store = local_store(proj)
-    # a second version at a new commit, bundle published like a release would
-    sh(["git", "commit", "-q", "--allow-empty", "-m", "second"], proj)
-    Registry(proj).register(MODEL, "v0.2.0", "HEAD")
-    src = store.root / "releases" / MODEL / "v0.1.0"
-    files = {
-        p.name: p
-        for p in src.iterdir()
-        if p.name not in ("SHA256SUMS",) and not p.name.startswith(".")
-    }
-    card = json.loads(files["model_card.json"].read_text())
-    (tmp_path / "card.json").write_text(json.dumps({**card, "version": "v0.2.0"}))
-    files["model_card.json"] = tmp_path / "card.json"
-    publish_bundle(store, MODEL, "v0.2.0", files)
+    # two registered versions at two commits, each bundle published as a release publishes it (the race
+    # is between the promotions: no flow run is needed to make them)
+    files = write_candidate(tmp_path / "candidate")
+    for i, version in enumerate(("v0.1.0", "v0.2.0")):
+        if i:
+            sh(["git", "commit", "-q", "--allow-empty", "-m", "second"], proj)
+        card = tmp_path / f"card-{version}.json"
+        card.write_text(json.dumps({"model": MODEL, "version": version}))
+        publish_bundle(store, MODEL, version, {**files, "model_card.json": card})
+        Registry(proj).register(MODEL, version, "HEAD")
 
     env = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"], "COLUMNS": "200"}
     summary = []
