@@ -22,7 +22,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 from edgedistill.errors import DataInvalid, StoreUnreachable
 
@@ -30,6 +30,18 @@ MANIFEST = "data/readings.manifest.json"
 SCHEMA_VERSION = 1
 PARQUET_SUFFIXES = (".parquet", ".pq")
 CSV_SUFFIXES = (".csv", ".txt")
+
+
+class ListedObject(TypedDict):
+    """One data object as listed (the manifest's `objects` entries; `rows` once its footer was read)."""
+
+    key: str
+    rel: str
+    url: str
+    size: int
+    etag: str | None
+    version_id: str | None
+    rows: NotRequired[int]
 
 
 def is_s3(path: str | os.PathLike[str] | None) -> bool:
@@ -79,7 +91,7 @@ def _filesystem(key: tuple[Any, ...]) -> Any:
     import s3fs
 
     endpoint_url = key[0]
-    kw: dict[str, Any] = {
+    kw: dict[str, bool | str] = {
         "version_aware": True,
         "use_listings_cache": False,
         "skip_instance_cache": True,
@@ -143,7 +155,7 @@ def _version(v: Any) -> str | None:
 # ---------------------------------------------------------------------------------------------- listing
 
 
-def list_objects(url: str, endpoint_url: str | None = None) -> tuple[list[dict[str, Any]], bool]:
+def list_objects(url: str, endpoint_url: str | None = None) -> tuple[list[ListedObject], bool]:
     """The data objects under an S3 URL in sorted key order ({key, rel, size, etag, version_id}) and
     whether the URL names a single object. Hidden names (`_SUCCESS`, `.tmp`) are skipped."""
     bucket, key = split_url(url)
@@ -169,7 +181,7 @@ def list_objects(url: str, endpoint_url: str | None = None) -> tuple[list[dict[s
     return out, False
 
 
-def _entry(bucket: str, key: str, rel: str, info: dict[str, Any]) -> dict[str, Any]:
+def _entry(bucket: str, key: str, rel: str, info: dict[str, Any]) -> ListedObject:
     return {
         "key": key,
         "rel": rel,

@@ -12,10 +12,13 @@ from __future__ import annotations
 import logging
 import logging.config
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from logging.config import _DictConfigArgs  # typeshed's type of dictConfig's argument
 
 
-def _gto_loggers_only(config: dict[str, Any]) -> None:
+def _gto_loggers_only(config: _DictConfigArgs) -> None:
     for name, cfg in config.get("loggers", {}).items():
         logging.getLogger(name).setLevel(cfg.get("level", logging.NOTSET))
 
