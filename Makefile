@@ -14,7 +14,10 @@ export DO_NOT_TRACK := 1
 
 # Everything but torch is installed from requirements.lock (exact versions with SHA256 hashes; plain
 # pip can use it too), refreshed deliberately with `make lock`. uv installs it (several times faster
-# than pip); INSTALLER=pip uses pip alone.
+# than pip); INSTALLER=pip uses pip alone. Both compile the packages' bytecode at install (pip does by
+# default, uv with --compile-bytecode): without it, each Python that imports Prefect, DVC and Great
+# Expectations compiles them again wherever bytecode is not written back (PYTHONDONTWRITEBYTECODE, a
+# read-only venv): 10.6 s -> 4.8 s for those imports, paid by every stage and CLI process.
 LOCK := requirements.lock
 INSTALLER ?= uv
 UV_VERSION ?= 0.13.9
@@ -29,7 +32,7 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	@if [ "$(INSTALLER)" = uv ] && ($(UV) --version >/dev/null 2>&1 || $(PY) -m pip install -q "uv==$(UV_VERSION)"); then \
 		echo "$(UV) pip install -r $(LOCK)"; \
-		$(UV) pip install -q --python $(PY) --require-hashes -r $(LOCK) && \
+		$(UV) pip install -q --python $(PY) --compile-bytecode --require-hashes -r $(LOCK) && \
 		$(UV) pip install -q --python $(PY) --no-deps -e . ; \
 	else \
 		echo "pip install -r $(LOCK)"; \
