@@ -21,6 +21,7 @@ from edgedistill.export.onnx_bench import (
     Interleaved,
     OnnxBench,
     bench_onnx,
+    frozen_heap,
     host_info,
     interleaved_latency,
     net_ratio,
@@ -179,45 +180,49 @@ def run(
 
     profiles: dict[str, dict[str, JsonValue]] = {}
     statics: dict[str, dict[str, JsonValue]] = {}
-    for prof in bp.profiles:
-        results = {}
-        for k, path in paths.items():
-            results[k] = bench_onnx(
-                path,
-                threads=prof.threads,
-                batch_sizes=prof.batch_sizes,
-                warmup=prof.warmup,
-                runs=prof.runs,
-                max_seconds=prof.max_seconds,
-                data=x,
-                measure=prof.measure,
-            )
-            statics.setdefault(k, {kk: v for kk, v in results[k].items() if kk != "measured"})
-        profiles[prof.name] = _profile_entry(prof, results)
-        prof_inter = None
-        if prof.measure:  # FP32 and INT8 side by side with the call floor, this profile's threads
-            prof_inter = (
-                inter
-                if prof is first
-                else interleaved_latency(
-                    {m: paths[m] for m in FORMAT_MODELS.values()},
+    # one full garbage collection for every file, profile and op profile (onnx_bench.frozen_heap)
+    with frozen_heap():
+        for prof in bp.profiles:
+            results = {}
+            for k, path in paths.items():
+                results[k] = bench_onnx(
+                    path,
                     threads=prof.threads,
-                    warmup=bp.interleaved_warmup,
-                    runs=bp.interleaved_runs,
-                    rounds=bp.interleaved_rounds,
+                    batch_sizes=prof.batch_sizes,
+                    warmup=prof.warmup,
+                    runs=prof.runs,
+                    max_seconds=prof.max_seconds,
                     data=x,
+                    measure=prof.measure,
                 )
+                statics.setdefault(k, {kk: v for kk, v in results[k].items() if kk != "measured"})
+            profiles[prof.name] = _profile_entry(prof, results)
+            prof_inter = None
+            if (
+                prof.measure
+            ):  # FP32 and INT8 side by side with the call floor, this profile's threads
+                prof_inter = (
+                    inter
+                    if prof is first
+                    else interleaved_latency(
+                        {m: paths[m] for m in FORMAT_MODELS.values()},
+                        threads=prof.threads,
+                        warmup=bp.interleaved_warmup,
+                        runs=bp.interleaved_runs,
+                        rounds=bp.interleaved_rounds,
+                        data=x,
+                    )
+                )
+                if prof is not first:
+                    profiles[prof.name]["interleaved"] = prof_inter
+            profiles[prof.name]["format"] = format_entry(
+                prof, prof_inter, accuracy, split, bp.format_tolerance
             )
-            if prof is not first:
-                profiles[prof.name]["interleaved"] = prof_inter
-        profiles[prof.name]["format"] = format_entry(
-            prof, prof_inter, accuracy, split, bp.format_tolerance
-        )
 
-    per_op = {
-        k: op_profile(p, threads=first.threads, runs=bp.profile_runs, data=x)
-        for k, p in paths.items()
-    }
+        per_op = {
+            k: op_profile(p, threads=first.threads, runs=bp.profile_runs, data=x)
+            for k, p in paths.items()
+        }
     p = profiles[first.name]
     ships = p["format"]["model"]
     shipped = statics[ships]

@@ -3,8 +3,10 @@ estimates that agree with PyTorch and with hand counts, fits verdicts, and clear
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,13 @@ from typer.testing import CliRunner
 from edgedistill.cli import app
 from edgedistill.errors import ModelMismatch
 from edgedistill.export import onnx_tools as ox
-from edgedistill.export.onnx_bench import FLOOR, interleaved_latency, op_profile
+from edgedistill.export.onnx_bench import (
+    FLOOR,
+    _trim_heap,
+    frozen_heap,
+    interleaved_latency,
+    op_profile,
+)
 from edgedistill.export.onnx_cost import fits_budget, static_cost
 from edgedistill.io import read_json
 from edgedistill.records import Candidate
@@ -244,6 +252,32 @@ def test_latency_gate_vs_prod_passes_a_faster_candidate(release, tmp_path):
 def test_interleaved_rejects_the_reserved_name(release):
     with pytest.raises(ModelMismatch, match="reserved"):
         interleaved_latency({FLOOR: release / "models/student.onnx"}, warmup=0, runs=10, rounds=1)
+
+
+class _Node:
+    pass
+
+
+def _cycle() -> weakref.ref:
+    a, b = _Node(), _Node()
+    a.other, b.other = b, a  # freed by the cycle collector only
+    return weakref.ref(a)
+
+
+def test_frozen_heap_collects_what_the_block_makes_and_thaws_after():
+    """The benchmark's garbage collections skip the objects alive before it (gc.freeze), yet still free the
+    cycles the measurements make; nested blocks freeze once and the process is thawed after."""
+    before = _cycle()  # garbage from before the block: collected when the block starts, not leaked
+    with frozen_heap():
+        assert before() is None
+        frozen = gc.get_freeze_count()
+        assert frozen > 0
+        with frozen_heap():
+            assert gc.get_freeze_count() == frozen
+            inside = _cycle()
+            _trim_heap()
+            assert inside() is None
+    assert gc.get_freeze_count() == 0
 
 
 def test_op_profile_of_the_fp32_student(release):
