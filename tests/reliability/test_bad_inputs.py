@@ -110,35 +110,59 @@ def _readings_read_before_any_strategy() -> None:
 
 @st.composite
 def readings_tables(draw):
-    """A table that is sometimes nearly valid (real readings with a few cells or columns broken)
-    and sometimes random columns of random values."""
+    """A recipe for a table that is sometimes nearly valid (real readings with a few cells or columns
+    broken) and sometimes random columns of random values; `build_table` makes it in the test body, so no
+    pandas code runs inside the strategy (a module pandas imports lazily there may touch the global
+    `random` state: HypothesisDeprecationWarning, depending on what the worker imported before)."""
     if draw(st.booleans()):
-        df = _real_readings().copy()
+        real = _real_readings()
+        cols, rows, ops = list(real.columns), len(real), []
         for _ in range(draw(st.integers(0, 4))):
             op = draw(st.sampled_from(["cell", "drop", "rename", "dtype", "shuffle", "dup"]))
-            col = draw(st.sampled_from(list(df.columns)))
+            col = draw(st.sampled_from(cols))
+            arg = None
             if op == "cell":
-                row = draw(st.integers(0, len(df) - 1))
-                df[col] = df[col].astype(object)
-                df.iat[row, df.columns.get_loc(col)] = draw(CELL)
+                arg = (draw(st.integers(0, rows - 1)), draw(CELL))
             elif op == "drop":
-                df = df.drop(columns=[col])
+                cols = [c for c in cols if c != col]
             elif op == "rename":
-                df = df.rename(columns={col: draw(COLUMN_NAMES)})
-            elif op == "dtype":
-                df[col] = df[col].astype(str)
+                arg = draw(COLUMN_NAMES)
+                cols = [arg if c == col else c for c in cols]
             elif op == "shuffle":
-                df = df.sample(frac=1.0, random_state=draw(st.integers(0, 9))).reset_index(
-                    drop=True
-                )
+                arg = draw(st.integers(0, 9))
             elif op == "dup":
-                df = pd.concat([df, df.iloc[: draw(st.integers(1, 50))]], ignore_index=True)
-            if df.shape[1] == 0:
+                arg = draw(st.integers(1, 50))
+                rows += arg
+            ops.append((op, col, arg))
+            if not cols:
                 break
-        return df
+        return ("real", tuple(ops))
     cols = draw(st.lists(COLUMN_NAMES, min_size=1, max_size=8, unique=True))
     n = draw(st.integers(0, 30))
-    return pd.DataFrame({c: draw(st.lists(CELL, min_size=n, max_size=n)) for c in cols})
+    return ("random", {c: draw(st.lists(CELL, min_size=n, max_size=n)) for c in cols})
+
+
+def build_table(recipe) -> pd.DataFrame:
+    kind, spec = recipe
+    if kind == "random":
+        return pd.DataFrame(spec)
+    df = _real_readings().copy()
+    for op, col, arg in spec:
+        if op == "cell":
+            row, value = arg
+            df[col] = df[col].astype(object)
+            df.iat[row, df.columns.get_loc(col)] = value
+        elif op == "drop":
+            df = df.drop(columns=[col])
+        elif op == "rename":
+            df = df.rename(columns={col: arg})
+        elif op == "dtype":
+            df[col] = df[col].astype(str)
+        elif op == "shuffle":
+            df = df.sample(frac=1.0, random_state=arg).reset_index(drop=True)
+        elif op == "dup":
+            df = pd.concat([df, df.iloc[:arg]], ignore_index=True)
+    return df
 
 
 def _write(df: pd.DataFrame, path: Path) -> bool:
@@ -168,15 +192,15 @@ def test_fuzz_readings_loader_and_validate(tmp_path, monkeypatch, outcome):
         suppress_health_check=list(HealthCheck),
     )
     @given(
-        df=readings_tables(),
+        recipe=readings_tables(),
         fmt=st.sampled_from([".parquet", ".csv"]),
         junk=st.none() | st.binary(max_size=64),
     )
-    def check(df, fmt, junk):
+    def check(recipe, fmt, junk):
         path = tmp_path / f"readings{fmt}"
         if junk is not None:
             path.write_bytes(junk)
-        elif not _write(df, path):
+        elif not _write(build_table(recipe), path):
             counts["unwritable"] += 1
             return
         counts["tried"] += 1
