@@ -38,6 +38,42 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")  # for every DVC the tests start (in process or not)
 
 
+def pytest_configure(config):
+    """Under pytest-xdist, the controller migrates one Prefect DB in the background while the workers start;
+    each worker's PREFECT_HOME, the session server's and the nested session test's start from a copy
+    (prefect_server.seed_home) instead of migrating their own."""
+    from prefect_server import TEMPLATE_VAR, migrate_template
+
+    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
+        return
+    if TEMPLATE_VAR not in os.environ:  # inherited by the workers, which start after this hook
+        folder = Path(tempfile.mkdtemp(prefix="edgedistill-test-prefect-db-"))
+        os.environ[TEMPLATE_VAR] = str(folder)
+        config._prefect_template = (migrate_template(folder), folder)
+
+
+def pytest_unconfigure(config):
+    if template := getattr(config, "_prefect_template", None):
+        proc, folder = template
+        proc.wait(timeout=300)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+_home_seeded = False
+
+
+def pytest_runtest_setup(item):
+    """Before each test until it is done: this worker's PREFECT_HOME (the temporary servers of in-process
+    flows and of `edgedistill run`) gets the migrated DB once the controller's migration has finished, if
+    no server has made one by then. Never waits: a test that starts a server earlier migrates, as before."""
+    global _home_seeded
+    if not _home_seeded and os.environ.get("EDGEDISTILL_TEST_PREFECT_DB"):
+        from prefect_server import seed_home
+
+        home = Path(os.environ["PREFECT_HOME"])
+        _home_seeded = seed_home(home, wait=False) or (home / "prefect.db").exists()
+
+
 @functools.lru_cache(maxsize=1)
 def bundled_readings() -> pd.DataFrame:
     from tasks.ingest import bundled_dataset_path, load_watch_dataset

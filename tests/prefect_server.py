@@ -12,6 +12,7 @@ test_operations' automations listen on this server."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -88,12 +89,52 @@ def server_env(home: Path, api: str, project: Path | None = None) -> dict[str, s
     return env
 
 
+# A migrated Prefect DB shared by the session's Prefect homes (seed_home): a fresh SQLite DB runs Prefect's
+# ~100 migrations, ~5 s of CPU, at every server's first start. Under pytest-xdist the controller migrates one
+# in the background while the workers start (conftest.pytest_configure); TEMPLATE_VAR names its folder.
+TEMPLATE_VAR = "EDGEDISTILL_TEST_PREFECT_DB"
+MIGRATE = (
+    "import subprocess, sys; from pathlib import Path; "
+    "r = subprocess.run([sys.executable, '-m', 'prefect', 'server', 'database', 'upgrade', '-y'], "
+    "capture_output=True, text=True); "
+    "Path(sys.argv[1], 'migrate.log').write_text(r.stdout + r.stderr); "
+    "Path(sys.argv[1], 'done' if r.returncode == 0 else 'failed').touch()"
+)
+
+
+def migrate_template(folder: Path) -> subprocess.Popen:
+    """Start migrating `folder / "prefect.db"` in the background; `done` (or `failed`) appears beside it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PREFECT_HOME": str(folder), "PREFECT_LOGGING_LEVEL": "WARNING"}
+    return subprocess.Popen([sys.executable, "-c", MIGRATE, str(folder)], env=env)
+
+
+def seed_home(home: Path, wait: bool = True, timeout: float = 300) -> bool:
+    """Copy the session's migrated DB into the Prefect home `home` (unless it has a DB), waiting for the
+    migration if it is still running (`wait`); False (the home migrates itself, as without a template) when
+    no template was started for this session, its migration failed or is not done and `wait` is False."""
+    folder = os.environ.get(TEMPLATE_VAR)
+    db = home / "prefect.db"
+    if not folder or db.exists():
+        return False
+    folder = Path(folder)
+    end = time.time() + timeout
+    while not (folder / "done").exists():
+        if not wait or (folder / "failed").exists() or time.time() > end:
+            return False
+        time.sleep(0.2)
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(folder / "prefect.db", db)
+    return True
+
+
 def start_server(home: Path, timeout: float = 120):
     """A `prefect server start` subprocess on a free port, its output in `home / "server.log"` (a pipe
     nobody reads would fill up and block a server that lives all session); returns (process, server)."""
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     home.mkdir(parents=True, exist_ok=True)
+    seed_home(home)
     with open(home / "server.log", "w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1"]

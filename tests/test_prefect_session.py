@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from prefect_server import seed_home
 
 TESTS = Path(__file__).resolve().parent
 
@@ -30,6 +31,9 @@ def test_flow():
 @pytest.mark.slow
 def test_session_with_a_flow_run_ends_without_a_logging_error(tmp_path):
     (tmp_path / "test_a_flow.py").write_text(A_FLOW)
+    seed_home(
+        tmp_path / "prefect"
+    )  # the session's migrated DB (under xdist), not a fresh migration
     env = {**os.environ, "PYTHONPATH": str(TESTS), "PREFECT_HOME": str(tmp_path / "prefect")}
     out = subprocess.run(
         [
