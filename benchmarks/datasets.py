@@ -213,17 +213,10 @@ def ucr_readings(
     return df, channels, sorted(classes, key=lambda s: (len(s), s))
 
 
-def run_dataset(
-    raw: dict, name: str, seeds: list[int], tmp: Path, variants: dict[str, list[str]] | None = None
-) -> list[dict]:
-    """Per seed: teacher, student alone, KD student (params as given), and for each of `variants` (label ->
-    distill.* overrides) one more KD student from the SAME teacher and logits: paired with the others."""
-    import torch
-
-    from edgedistill.errors import TrainingFailed
-    from edgedistill.train import baseline as bl
-    from edgedistill.train.training import load_prepared
-    from tasks import distill, prepare, teacher_logits, train_teacher
+def prepare_dataset(raw: dict, name: str, tmp: Path) -> tuple[dict, Path, dict]:
+    """`name`'s readings written to `tmp`, described in (a copy of) `raw`, prepared into `tmp / "prepared"` by the
+    pipeline's own prepare stage: (the params dict, the prepared folder, prepare's split figures)."""
+    from tasks import prepare
 
     raw = json.loads(json.dumps(raw))
     if name == "bundled":
@@ -249,6 +242,22 @@ def run_dataset(
     raw["data"]["readings"] = str(readings)
     prepared = tmp / "prepared"
     split = prepare.run(parse_params(raw), out_dir=prepared)
+    return raw, prepared, split
+
+
+def run_dataset(
+    raw: dict, name: str, seeds: list[int], tmp: Path, variants: dict[str, list[str]] | None = None
+) -> list[dict]:
+    """Per seed: teacher, student alone, KD student (params as given), and for each of `variants` (label ->
+    distill.* overrides) one more KD student from the SAME teacher and logits: paired with the others."""
+    import torch
+
+    from edgedistill.errors import TrainingFailed
+    from edgedistill.train import baseline as bl
+    from edgedistill.train.training import load_prepared
+    from tasks import distill, teacher_logits, train_teacher
+
+    raw, prepared, split = prepare_dataset(raw, name, tmp)
     spec = json.loads((prepared / "norm.json").read_text())["normalization"]
     data = load_prepared(prepared, torch.device("cpu"))
     tx, ty = data.train.x.numpy(), data.train.y.numpy()
