@@ -358,8 +358,9 @@ class ModelParams(_Section):
 
 
 class MiniRocketParams(_Section):
-    """teacher.kind minirocket/auto: the MiniRocket transform (Dempster et al. 2021) + a linear head trained with
-    cross-entropy on its cached features (edgedistill.train.rocket)."""
+    """teacher.kind minirocket/auto: the MiniRocket transform (Dempster et al. 2021) + a linear head on its cached
+    features (edgedistill.train.rocket): the paper's ridge classifier with calibrated scores, or a head trained with
+    cross-entropy."""
 
     features: int = Field(
         10_000,
@@ -367,15 +368,23 @@ class MiniRocketParams(_Section):
         description="MiniRocket features (84 kernels x dilations x biases; 10,000 as published)",
     )
     max_dilations: int = Field(32, ge=1, description="dilations per kernel, at most (as published)")
+    head: Literal["ridge", "logistic"] = Field(
+        "ridge",
+        description="ridge: the paper's classifier (ridge on the clean train windows, penalty by leave-one-out), "
+        "its scores scaled by the temperature that calibrates its leave-one-out scores | logistic: a head trained "
+        "with cross-entropy (AdamW) on the clean + augment_copies augmented windows (epochs, lr, weight_decay)",
+    )
     augment_copies: int = Field(
         2,
         ge=0,
-        description="augmented copies of the train windows (teacher.augment) whose features the head also "
-        "learns from, beside the clean windows: the bank's views are augmented alike",
+        description="head logistic: augmented copies of the train windows (teacher.augment) whose features the "
+        "head also learns from, beside the clean windows: the bank's views are augmented alike",
     )
-    epochs: int = Field(30, ge=1, description="epochs of the head over the cached features")
-    lr: float = Field(0.001, gt=0, description="AdamW learning rate of the head (cosine schedule)")
-    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay of the head")
+    epochs: int = Field(30, ge=1, description="head logistic: epochs over the cached features")
+    lr: float = Field(
+        0.001, gt=0, description="head logistic: AdamW learning rate (cosine schedule)"
+    )
+    weight_decay: float = Field(0.01, ge=0, description="head logistic: AdamW weight decay")
 
 
 class TeacherParams(ModelParams):
@@ -385,7 +394,8 @@ class TeacherParams(ModelParams):
     kind: Literal["cnn", "minirocket", "auto"] = Field(
         "cnn",
         description="cnn: the network of teacher.arch/config | minirocket: MiniRocket features + a linear head "
-        "(teacher.minirocket) | auto: train both, keep the higher best val accuracy (ties: cnn); never test",
+        "(teacher.minirocket) | auto: train both; keep the highest best val accuracy of cnn, minirocket and their "
+        "ensemble (mean probabilities), ties to the lowest val cross-entropy; never test",
     )
     minirocket: MiniRocketParams = MiniRocketParams()
 

@@ -10,6 +10,7 @@ Two DVC stages, so a change to the test split re-trains nothing:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +27,7 @@ from edgedistill.params import Params, SanityParams
 from edgedistill.records import TeacherMetrics
 from edgedistill.train import baseline as bl
 from edgedistill.train.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from edgedistill.train.rocket import train_minirocket
+from edgedistill.train.rocket import fit_ridge_head, train_minirocket
 from edgedistill.train.training import (
     Augment,
     Prepared,
@@ -97,12 +98,18 @@ def train_stage(
     for kind in kinds:
         train_fn = train_cnn if kind == "cnn" else train_minirocket_teacher
         trained[kind] = train_fn(params, data, aug, device, sanity, resume_dir, log)
-    chosen = choose_teacher({k: t[2].best_val_accuracy for k, t in trained.items()})
+    if len(kinds) > 1:
+        trained["ensemble"] = ensemble_of(trained, data)
+    losses = {k: val_loss(t.model, data) for k, t in trained.items()}
+    chosen = choose_teacher({k: t.result.best_val_accuracy for k, t in trained.items()}, losses)
     model, meta, result, epochs, check_epoch = trained[chosen]
     if len(kinds) > 1:
         log(
             f"teacher: auto chose {chosen} on val ("
-            + ", ".join(f"{k} {100 * t[2].best_val_accuracy:.1f}%" for k, t in trained.items())
+            + ", ".join(
+                f"{k} {100 * t.result.best_val_accuracy:.1f}% (cross-entropy {losses[k]:.3f})"
+                for k, t in trained.items()
+            )
             + ")"
         )
     if sanity:  # the best checkpoint's per-class recall on val: balanced accuracy against chance
@@ -134,8 +141,7 @@ def train_stage(
                 k: {
                     "arch": t[1]["arch"],
                     "val_accuracy": round(t[2].best_val_accuracy, 5),
-                    # recorded, not used by the rule: how a finer val statistic would break its ties
-                    "val_loss": round(val_loss(t[0], data), 5),
+                    "val_loss": round(losses[k], 5),  # the rule's tie-break
                     "train_seconds": round(t[2].seconds, 2),
                 }
                 for k, t in trained.items()
@@ -189,7 +195,8 @@ class Trained(NamedTuple):
 
 
 TEACHER_RULE = (
-    "the higher best val accuracy of cnn and minirocket (ties: cnn); test is never looked at"
+    "the highest best val accuracy of cnn, minirocket and their ensemble (ties: the lowest val "
+    "cross-entropy); test is never looked at"
 )
 
 
@@ -199,10 +206,31 @@ def val_loss(model: torch.nn.Module, data: Prepared) -> float:
     return float(F.cross_entropy(logits, data.val.y.to(logits.device)))
 
 
-def choose_teacher(val_accuracy: dict[str, float]) -> str:
-    """teacher.kind auto: the candidate with the higher best val accuracy; a tie keeps the CNN (cheaper logits
-    for the bank and fm_online). Only validation figures come in: the choice cannot see test."""
-    return max(val_accuracy, key=lambda k: (val_accuracy[k], k == "cnn"))
+def choose_teacher(val_accuracy: dict[str, float], val_loss: dict[str, float]) -> str:
+    """teacher.kind auto: the candidate with the highest best val accuracy; ties (small val splits often score
+    100% with every candidate) go to the lowest val cross-entropy, a proper scoring rule that still separates
+    them; then to the first listed. Only validation figures come in: the choice cannot see test."""
+    order = list(val_accuracy)
+    return max(order, key=lambda k: (val_accuracy[k], -val_loss[k], -order.index(k)))
+
+
+def ensemble_of(trained: dict[str, Trained], data: Prepared) -> Trained:
+    """The candidates' ensemble (edgedistill.train.nets.Ensemble: their mean class probabilities), its val
+    accuracy measured on the same val windows; its training figures are the CNN's, its seconds both."""
+    members = [{"arch": t.meta["arch"], "config": t.meta["config"]} for t in trained.values()]
+    meta = data.model_meta("ensemble", {"members": members})
+    model = build_from_params(
+        "ensemble", meta["config"], meta["net_in_channels"], meta["n_classes"]
+    )
+    for member, t in zip(model.members, trained.values(), strict=True):
+        member.load_state_dict(t.model.state_dict())
+    model.to(data.val.y.device).eval()
+    logits = predict(model, data.val.x[:])
+    acc = float((logits.argmax(1).cpu() == data.val.y.cpu()).float().mean())
+    cnn = trained["cnn"]
+    seconds = sum(t.result.seconds for t in trained.values())
+    result = dataclasses.replace(cnn.result, best_val_accuracy=acc, seconds=seconds)
+    return Trained(model, meta, result, cnn.epochs, cnn.check_epoch)
 
 
 def train_cnn(
@@ -277,9 +305,20 @@ def train_minirocket_teacher(
     except ParamsInvalid as e:
         raise ParamsInvalid(
             f"teacher.kind {mp.kind}: {e}",
-            hint="MiniRocket's kernels span 9 readings: use teacher.kind cnn for shorter windows "
-            "(prepare.window), or longer windows.",
+            hint="See teacher.minirocket in docs/params.md (features: at least 84, one per kernel).",
         ) from None
+    if rp.head == "ridge":
+        result = fit_ridge_head(
+            model,
+            data.train.x,
+            data.train.y,
+            data.val.x,
+            data.val.y,
+            mp.train.seed,
+            device,
+            log=log,
+        )
+        return Trained(model, meta, result, 1, 1)
     result = train_minirocket(
         model,
         data.train.x,

@@ -8,6 +8,7 @@ Both take [batch, channels, window] float32 (normalised) and return logits [batc
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import torch
@@ -198,7 +199,28 @@ def channels_last_twin(net: nn.Module) -> nn.Module:
     return ChannelsLastTwin(net) if isinstance(net, (ResNet1d, DSCNN1d)) else net
 
 
-ARCHS = {"resnet1d": ResNet1d, "dscnn1d": DSCNN1d, "minirocket": MiniRocketNet}
+class Ensemble(nn.Module):
+    """Members' mean class probabilities, as logits: log of the mean of their softmaxes (softmax gives the mean
+    back). The teacher teacher.kind auto ships when averaging its candidates wins on val; `members` are
+    [{"arch", "config"}] of ARCHS, sharing the input and the classes."""
+
+    def __init__(self, in_channels: int, n_classes: int, members: list[dict[str, Any]]):
+        super().__init__()
+        self.members = nn.ModuleList(
+            build_model(m["arch"], m["config"], in_channels, n_classes) for m in members
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logp = torch.stack([F.log_softmax(m(x), dim=1) for m in self.members])
+        return torch.logsumexp(logp, dim=0) - math.log(len(self.members))
+
+
+ARCHS = {
+    "resnet1d": ResNet1d,
+    "dscnn1d": DSCNN1d,
+    "minirocket": MiniRocketNet,
+    "ensemble": Ensemble,
+}
 
 
 def build_model(

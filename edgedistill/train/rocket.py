@@ -85,14 +85,12 @@ class MiniRocketNet(nn.Module):
         seed: int = 0,
     ):
         super().__init__()
-        if window < KERNEL_LENGTH:
-            raise ValueError(
-                f"MiniRocket needs windows of at least {KERNEL_LENGTH} readings, got {window}"
-            )
         if features < N_KERNELS:
             raise ValueError(f"features must be at least {N_KERNELS}, got {features}")
         self.window = window
-        self.dilations, self.per_dilation = _dilations(window, features, max_dilations)
+        # windows shorter than a kernel are zero-padded at the end to its 9 readings (aeon's advice for short series)
+        self.pad = max(KERNEL_LENGTH - window, 0)
+        self.dilations, self.per_dilation = _dilations(window + self.pad, features, max_dilations)
         rng = np.random.default_rng(seed)
         # kernel weights: -1 everywhere, 2 at the three positions of each of the 84 index triples
         w = -np.ones((N_KERNELS, 1, KERNEL_LENGTH), np.float32)
@@ -128,6 +126,8 @@ class MiniRocketNet(nn.Module):
         """[N, C, W] -> [N, 84, W]: each kernel's dilated convolution summed over its channel subset (the sum
         of the convolutions is the convolution of the channels' sum: one depthwise convolution per kernel)."""
         d = self.dilations[j]
+        if self.pad:
+            x = F.pad(x, (0, self.pad))
         z = torch.einsum("kc,ncw->nkw", getattr(self, f"mask{j}"), x)
         return F.conv1d(z, self.kernels, dilation=d, padding=4 * d, groups=N_KERNELS)
 
@@ -139,7 +139,7 @@ class MiniRocketNet(nn.Module):
             conv = self._conv(x, j)
             p, b = 4 * self.dilations[j], getattr(self, f"bias{j}")
             pi, vi = getattr(self, f"padded{j}"), getattr(self, f"valid{j}")
-            cp, cv = conv[:, pi], conv[:, vi, p : x.shape[2] - p]
+            cp, cv = conv[:, pi], conv[:, vi, p : conv.shape[2] - p]
             ppv = _ppv_compare if exporting else _ppv_sorted
             feats = torch.cat([ppv(cp, b[pi]), ppv(cv, b[vi])], 1)  # kernels: padded, then valid
             out.append(feats.reshape(x.shape[0], -1))
@@ -291,4 +291,142 @@ def train_minirocket(
         history=history,
         seconds=seconds,
         samples_per_s=len(fx) * epochs / max(seconds - t_feat, 1e-9),
+    )
+
+
+RIDGE_ALPHAS = tuple(
+    float(a) for a in np.logspace(-3, 3, 10)
+)  # RidgeClassifierCV's grid in the paper and aeon
+
+
+def ridge_loo(
+    x: torch.Tensor, y: torch.Tensor, n_classes: int, alphas: tuple[float, ...] = RIDGE_ALPHAS
+) -> tuple[torch.Tensor, torch.Tensor, float, torch.Tensor]:
+    """The MiniRocket paper's classifier (scikit-learn's RidgeClassifierCV): one-vs-rest ridge regression on
+    ±1 targets with an intercept, the penalty chosen from `alphas` by exact leave-one-out squared error (the
+    hat matrix's diagonal, Rifkin & Lippert 2007), from one eigendecomposition of the smaller Gram matrix
+    (XXᵀ when there are fewer windows than features, else XᵀX). `x` [N, F] standardised features (float64
+    inside). Returns (weights [K, F], intercept [K], the chosen alpha, the leave-one-out decision values [N, K]:
+    each window's scores from the ridge fitted without it)."""
+    x = x.double()
+    n, f = x.shape
+    t = -torch.ones(n, n_classes, dtype=torch.float64)
+    t[torch.arange(n), y.long()] = 1.0
+    xm, tm = x.mean(0), t.mean(0)
+    xc, tc = x - xm, t - tm
+    if n <= f:
+        lam, q = torch.linalg.eigh(xc @ xc.T)  # XXᵀ = Q Λ Qᵀ
+        qt = q.T @ tc
+        u = q
+    else:
+        lam, v = torch.linalg.eigh(
+            xc.T @ xc
+        )  # XᵀX = V Λ Vᵀ; X V are the left factors scaled by sqrt(Λ)
+        u = xc @ v  # [N, F]: hat = U diag(1 / (Λ + α)) Uᵀ
+        qt = u.T @ tc
+    lam = lam.clamp_min(0.0)
+    best = None
+    for alpha in alphas:
+        g = lam / (lam + alpha) if n <= f else 1.0 / (lam + alpha)
+        fit = u @ (g[:, None] * qt)  # centred fitted values
+        h = (u * u) @ g + 1.0 / n  # the hat matrix's diagonal, intercept included
+        loo = tm + (fit - h[:, None] * tc) / (1.0 - h[:, None]).clamp_min(1e-12)
+        err = float(((t - loo) ** 2).sum())
+        if best is None or err < best[0]:
+            best = (err, alpha, loo)
+    _, alpha, loo = best
+    if n <= f:  # w = Xᵀ Q diag(1 / (Λ + α)) Qᵀ T
+        w = xc.T @ (q @ ((1.0 / (lam + alpha))[:, None] * qt))
+    else:  # w = V diag(1 / (Λ + α)) Vᵀ Xᵀ T
+        w = v @ ((1.0 / (lam + alpha))[:, None] * (v.T @ (xc.T @ tc)))
+    b = tm - xm @ w
+    return w.T.float(), b.float(), alpha, loo.float()
+
+
+def fit_temperature(scores: torch.Tensor, y: torch.Tensor) -> float:
+    """The scale τ that makes softmax(τ · scores) calibrated on (`scores`, `y`): the cross-entropy minimiser over
+    log τ (convex in τ), by golden-section search on [1e-3, 1e3]. The targets are smoothed by 1 / (N + 2),
+    Laplace's rule of succession: after N predictions, the next is wrong with probability about that, even
+    when all N were right. Without it a separable train split (every leave-one-out prediction right) sends τ
+    to its bound and the teacher's logits to one-hot, leaving a student nothing to learn from them but the
+    label."""
+    y = y.long()
+    smoothing = 1.0 / (len(y) + 2)
+
+    def ce(log_tau: float) -> float:
+        return float(
+            F.cross_entropy(scores.double() * math.exp(log_tau), y, label_smoothing=smoothing)
+        )
+
+    lo, hi = math.log(1e-3), math.log(1e3)
+    g = (math.sqrt(5) - 1) / 2
+    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+    fa, fb = ce(a), ce(b)
+    for _ in range(60):
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - g * (hi - lo)
+            fa = ce(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + g * (hi - lo)
+            fb = ce(b)
+    return math.exp((lo + hi) / 2)
+
+
+def fit_ridge_head(
+    model: MiniRocketNet,
+    train_x: Any,
+    train_y: torch.Tensor,
+    val_x: Any,
+    val_y: torch.Tensor,
+    seed: int,
+    device: torch.device,
+    log: Callable[[str], None] = print,
+) -> HeadResult:
+    """Fit the transform (biases from the train windows) and the paper's head on the clean train windows' features:
+    ridge with the leave-one-out penalty (ridge_loo), its scores scaled by the temperature that calibrates the
+    leave-one-out scores (fit_temperature), so the logits are calibrated class probabilities for the bank and
+    KD while the predicted class is exactly the ridge classifier's. No val window is used to fit; val is reported."""
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    model.to(device)
+    n = len(train_x)
+    fit_idx = np.sort(np.random.default_rng(seed).choice(n, min(n, 4096), replace=False))
+    model.fit_biases(train_x[fit_idx].to(device).float())
+    clean = _features(model, train_x, None, None, device).float()
+    mean, scale = clean.mean(0), clean.std(0, unbiased=False).clamp_min(1e-3)
+    model.mean.copy_(mean.to(device))
+    model.scale.copy_(scale.to(device))
+    z = (clean - mean) / scale
+    y = train_y.cpu()
+    w, b, alpha, loo = ridge_loo(z, y, model.head.out_features)
+    tau = fit_temperature(loo, y)
+    with torch.no_grad():
+        model.head.weight.copy_((tau * w).to(device))
+        model.head.bias.copy_((tau * b).to(device))
+    model.eval()
+    with torch.no_grad():
+        vl = model.head(
+            ((_features(model, val_x, None, None, device).float() - mean) / scale).to(device)
+        ).cpu()
+    vy = val_y.cpu()
+    val_acc = float((vl.argmax(1) == vy).float().mean())
+    val_loss = float(F.cross_entropy(vl, vy))
+    loo_acc = float((loo.argmax(1) == y).float().mean())
+    seconds = time.perf_counter() - t0
+    log(
+        f"teacher (minirocket): ridge head on {model.n_features} features of {n} train windows, alpha {alpha:g} "
+        f"(leave-one-out accuracy {100 * loo_acc:.1f}%), temperature {tau:.3g}, {seconds:.1f}s"
+    )
+    history = [
+        {"epoch": 1, "train_loss": float("nan"), "val_loss": val_loss, "val_accuracy": val_acc}
+    ]
+    return HeadResult(
+        best_epoch=1,
+        epochs_run=1,
+        best_val_accuracy=val_acc,
+        history=history,
+        seconds=seconds,
+        samples_per_s=n / max(seconds, 1e-9),
     )
