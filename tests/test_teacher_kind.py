@@ -182,6 +182,34 @@ def test_minirocket_teacher_exports_to_onnx_with_parity(tmp_path):
     assert np.abs(got - ref).max() < 1e-4
 
 
+def test_ensemble_teacher_of_short_windows_exports_to_onnx_with_parity(tmp_path):
+    """The ensemble (a CNN and a MiniRocket net on 7-reading windows, zero-padded to 9) as teacher.onnx."""
+    from edgedistill.export import onnx_tools as ox
+    from edgedistill.train.nets import build_model
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(60, 3, 7, generator=g).cumsum(-1)
+    members = [
+        {"arch": "resnet1d", "config": {"widths": [8, 16], "kernel": 3, "dropout": 0.0}},
+        {"arch": "minirocket", "config": {"window": 7, "features": 168, "seed": 0}},
+    ]
+    m = build_model("ensemble", {"members": members}, 3, 4)
+    rocket = m.members[1]
+    rocket.fit_biases(x[:40])
+    with torch.no_grad():
+        rocket.scale.copy_(rocket.transform(x[:40]).std(0).clamp_min(1e-3))
+        rocket.head.weight.normal_(0, 0.5, generator=g)
+    m.eval()
+    proto = ox.export_onnx(m, 3, 7, 18, what="ensemble")
+    ox.conv1d_as_conv2d(proto)
+    ox.save_onnx(proto, tmp_path / "t.onnx")
+    got = ox.predict(ox.open_session(tmp_path / "t.onnx"), tmp_path / "t.onnx", x[40:].numpy())
+    with torch.no_grad():
+        ref = m(x[40:]).numpy()
+    assert np.abs(got - ref).max() < 1e-4
+    assert np.allclose(np.exp(ref).sum(1), 1.0, atol=1e-5)  # log of mean probabilities
+
+
 def test_model_card_names_the_teacher_and_why():
     from edgedistill.release.modelcard import teacher_text
 
