@@ -35,6 +35,8 @@ FAMILIES = {  # file-name prefix -> page (longest prefix wins), title, the scrip
         "benchmarks/students_side_by_side.py",
     ),
     "train": ("training-speed", "Training speed", "benchmarks/train_throughput.py"),
+    "teacher_candidates": ("teachers", "Teachers against MiniRocket", "benchmarks/teachers.py"),
+    "teachers": ("teachers", "Teachers against MiniRocket", "benchmarks/datasets.py"),
 }
 META = ("command", "args", "code", "commit", "host", "machine", "note", "workspace")
 DATE = re.compile(r"(20\d\d)[-_](\d\d)[-_](\d\d)")

@@ -38,6 +38,7 @@ from edgedistill.train.training import (
     data_fingerprint,
     load_prepared,
     model_report,
+    open_shards,
     predict,
     public_metrics,
     resolve_device,
@@ -317,6 +318,8 @@ def train_minirocket_teacher(
             mp.train.seed,
             device,
             log=log,
+            # whole recordings are left out to fit the penalty and the temperature (overlapping windows)
+            groups=open_shards(data.train.path).recording_codes,
         )
         return Trained(model, meta, result, 1, 1)
     result = train_minirocket(

@@ -228,16 +228,17 @@ def test_model_card_names_the_teacher_and_why():
     assert teacher_text(None) is None
 
 
-@pytest.mark.parametrize(
-    "n,f", [(30, 50), (60, 20)]
-)  # both Gram forms: fewer windows than features, and more
-def test_ridge_leave_one_out_equals_refitting_without_each_window(n, f):
+# both Gram forms (fewer windows than features, and more), windows left out one by one or by recording
+@pytest.mark.parametrize("n,f", [(30, 50), (60, 20)])
+@pytest.mark.parametrize("grouped", [False, True])
+def test_ridge_left_out_scores_equal_refitting_without_each_window_or_recording(n, f, grouped):
     from edgedistill.train.rocket import ridge_loo
 
     g = torch.Generator().manual_seed(n)
     x = torch.randn(n, f, generator=g, dtype=torch.float64)
     y = torch.randint(0, 3, (n,), generator=g)
-    w, b, alpha, loo = ridge_loo(x, y, 3, alphas=(0.1, 1.0, 10.0))
+    groups = np.arange(n) // 4 if grouped else None  # recordings of 4 windows
+    w, b, alpha, loo = ridge_loo(x, y, 3, alphas=(0.1, 1.0, 10.0), groups=groups)
     t = -torch.ones(n, 3, dtype=torch.float64)
     t[torch.arange(n), y] = 1.0
 
@@ -251,9 +252,9 @@ def test_ridge_leave_one_out_equals_refitting_without_each_window(n, f):
     torch.testing.assert_close(w.double(), wf.T, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(b.double(), bf, atol=1e-4, rtol=1e-4)
     for i in (0, n // 2, n - 1):
-        keep = torch.arange(n) != i
-        wi, bi = fit(x[keep], t[keep])
-        torch.testing.assert_close(loo[i].double(), x[i] @ wi + bi, atol=1e-4, rtol=1e-4)
+        out = torch.from_numpy(groups == groups[i]) if grouped else torch.arange(n) == i
+        wi, bi = fit(x[~out], t[~out])
+        torch.testing.assert_close(loo[out].double(), x[out] @ wi + bi, atol=1e-4, rtol=1e-4)
 
 
 def test_temperature_calibrates_scores():

@@ -300,14 +300,21 @@ RIDGE_ALPHAS = tuple(
 
 
 def ridge_loo(
-    x: torch.Tensor, y: torch.Tensor, n_classes: int, alphas: tuple[float, ...] = RIDGE_ALPHAS
+    x: torch.Tensor,
+    y: torch.Tensor,
+    n_classes: int,
+    alphas: tuple[float, ...] = RIDGE_ALPHAS,
+    groups: Any = None,
 ) -> tuple[torch.Tensor, torch.Tensor, float, torch.Tensor]:
     """The MiniRocket paper's classifier (scikit-learn's RidgeClassifierCV): one-vs-rest ridge regression on
-    ±1 targets with an intercept, the penalty chosen from `alphas` by exact leave-one-out squared error (the
-    hat matrix's diagonal, Rifkin & Lippert 2007), from one eigendecomposition of the smaller Gram matrix
-    (XXᵀ when there are fewer windows than features, else XᵀX). `x` [N, F] standardised features (float64
-    inside). Returns (weights [K, F], intercept [K], the chosen alpha, the leave-one-out decision values [N, K]:
-    each window's scores from the ridge fitted without it)."""
+    ±1 targets with an intercept, the penalty chosen from `alphas` by exact leave-one-out squared error from one
+    eigendecomposition of the smaller Gram matrix (XXᵀ when there are fewer windows than features, else XᵀX).
+    With `groups` (one id per window: its recording) whole groups are left out instead: overlapping windows of
+    one recording are near copies, and leaving one out while its neighbours stay would make the error (and the
+    temperature fitted on it) look better than on new recordings. Exact for ridge: a group's left-out residuals
+    are (I - H_gg)⁻¹ times its fitted residuals, H the hat matrix (Hastie, Tibshirani & Friedman, ESL 7.10).
+    `x` [N, F] standardised features (float64 inside). Returns (weights [K, F], intercept [K], the chosen alpha,
+    the left-out decision values [N, K]: each window's scores from the ridge fitted without its group)."""
     x = x.double()
     n, f = x.shape
     t = -torch.ones(n, n_classes, dtype=torch.float64)
@@ -315,22 +322,31 @@ def ridge_loo(
     xm, tm = x.mean(0), t.mean(0)
     xc, tc = x - xm, t - tm
     if n <= f:
-        lam, q = torch.linalg.eigh(xc @ xc.T)  # XXᵀ = Q Λ Qᵀ
-        qt = q.T @ tc
+        lam, q = torch.linalg.eigh(xc @ xc.T)  # XXᵀ = Q Λ Qᵀ: hat = Q diag(Λ / (Λ + α)) Qᵀ
         u = q
     else:
-        lam, v = torch.linalg.eigh(
-            xc.T @ xc
-        )  # XᵀX = V Λ Vᵀ; X V are the left factors scaled by sqrt(Λ)
-        u = xc @ v  # [N, F]: hat = U diag(1 / (Λ + α)) Uᵀ
-        qt = u.T @ tc
+        lam, v = torch.linalg.eigh(xc.T @ xc)  # XᵀX = V Λ Vᵀ: hat = U diag(1 / (Λ + α)) Uᵀ, U = X V
+        u = xc @ v
+    qt = u.T @ tc
     lam = lam.clamp_min(0.0)
+    blocks = []
+    if groups is not None:
+        g = np.asarray(groups)
+        ids = np.unique(g)
+        if 1 < len(ids) < n:
+            blocks = [torch.from_numpy(np.flatnonzero(g == i)) for i in ids]
+            blocks = [b for b in blocks if len(b) > 1]  # single windows: the closed form below
     best = None
     for alpha in alphas:
-        g = lam / (lam + alpha) if n <= f else 1.0 / (lam + alpha)
-        fit = u @ (g[:, None] * qt)  # centred fitted values
-        h = (u * u) @ g + 1.0 / n  # the hat matrix's diagonal, intercept included
-        loo = tm + (fit - h[:, None] * tc) / (1.0 - h[:, None]).clamp_min(1e-12)
+        gain = lam / (lam + alpha) if n <= f else 1.0 / (lam + alpha)
+        fit = u @ (gain[:, None] * qt)  # centred fitted values
+        h = (u * u) @ gain + 1.0 / n  # the hat matrix's diagonal, intercept included
+        resid = tc - fit
+        loo = t - resid / (1.0 - h[:, None]).clamp_min(1e-12)
+        for b in blocks:
+            hb = (u[b] * gain) @ u[b].T + 1.0 / n
+            eye = torch.eye(len(b), dtype=hb.dtype)
+            loo[b] = t[b] - torch.linalg.lstsq(eye - hb, resid[b]).solution
         err = float(((t - loo) ** 2).sum())
         if best is None or err < best[0]:
             best = (err, alpha, loo)
@@ -383,11 +399,13 @@ def fit_ridge_head(
     seed: int,
     device: torch.device,
     log: Callable[[str], None] = print,
+    groups: Any = None,
 ) -> HeadResult:
     """Fit the transform (biases from the train windows) and the paper's head on the clean train windows' features:
-    ridge with the leave-one-out penalty (ridge_loo), its scores scaled by the temperature that calibrates the
-    leave-one-out scores (fit_temperature), so the logits are calibrated class probabilities for the bank and
-    KD while the predicted class is exactly the ridge classifier's. No val window is used to fit; val is reported."""
+    ridge with the left-out penalty (ridge_loo; `groups`: the windows' recordings, left out whole), its scores
+    scaled by the temperature that calibrates the left-out scores (fit_temperature), so the logits are calibrated
+    class probabilities for the bank and KD while the predicted class is exactly the ridge classifier's. No val
+    window is used to fit; val is reported."""
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     model.to(device)
@@ -400,7 +418,7 @@ def fit_ridge_head(
     model.scale.copy_(scale.to(device))
     z = (clean - mean) / scale
     y = train_y.cpu()
-    w, b, alpha, loo = ridge_loo(z, y, model.head.out_features)
+    w, b, alpha, loo = ridge_loo(z, y, model.head.out_features, groups=groups)
     tau = fit_temperature(loo, y)
     with torch.no_grad():
         model.head.weight.copy_((tau * w).to(device))
@@ -417,7 +435,7 @@ def fit_ridge_head(
     seconds = time.perf_counter() - t0
     log(
         f"teacher (minirocket): ridge head on {model.n_features} features of {n} train windows, alpha {alpha:g} "
-        f"(leave-one-out accuracy {100 * loo_acc:.1f}%), temperature {tau:.3g}, {seconds:.1f}s"
+        f"(left-out accuracy {100 * loo_acc:.1f}%), temperature {tau:.3g}, {seconds:.1f}s"
     )
     history = [
         {"epoch": 1, "train_loss": float("nan"), "val_loss": val_loss, "val_accuracy": val_acc}
