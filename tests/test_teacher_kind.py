@@ -210,6 +210,34 @@ def test_ensemble_teacher_of_short_windows_exports_to_onnx_with_parity(tmp_path)
     assert np.allclose(np.exp(ref).sum(1), 1.0, atol=1e-5)  # log of mean probabilities
 
 
+def test_minirocket_features_are_the_same_in_onnxruntime(tmp_path):
+    """PPV counts are step functions of the convolutions: a float rounding difference between PyTorch and
+    onnxruntime at a bias moves a feature by 1/window. On the readings' grid the sums are exact, so a head
+    with large weights (a calibrated, confident teacher) still gives the same logits."""
+    from edgedistill.export import onnx_tools as ox
+
+    g = torch.Generator().manual_seed(2)
+    # readings of a sensor with a 0.1 resolution: many equal values, so convolution outputs tie with the
+    # biases (drawn from them) and the order of a float sum decides `>`, unless the sums are exact
+    x = torch.round(torch.randn(700, 3, 64, generator=g).cumsum(-1) * 2.5) / 10
+    m = MiniRocketNet(3, 4, 64)
+    m.fit_biases(x[:200])
+    with torch.no_grad():
+        f = m.transform(x[:200])
+        m.mean.copy_(f.mean(0))
+        m.scale.copy_(f.std(0).clamp_min(1e-3))
+        m.head.weight.normal_(
+            0, 3.0, generator=g
+        )  # a feature moved by 1/64 moves a logit by ~0.1-1
+    m.eval()
+    proto = ox.export_onnx(m, 3, 64, 18, what="minirocket")
+    ox.save_onnx(proto, tmp_path / "t.onnx")
+    got = ox.predict(ox.open_session(tmp_path / "t.onnx"), tmp_path / "t.onnx", x[200:].numpy())
+    with torch.no_grad():
+        ref = m(x[200:]).numpy()
+    assert np.abs(got - ref).max() < 1e-3 * max(1.0, np.abs(ref).max())
+
+
 def test_model_card_names_the_teacher_and_why():
     from edgedistill.release.modelcard import teacher_text
 
