@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 import torch.nn.functional as F
@@ -199,12 +199,19 @@ def channels_last_twin(net: nn.Module) -> nn.Module:
     return ChannelsLastTwin(net) if isinstance(net, (ResNet1d, DSCNN1d)) else net
 
 
+class MemberSpec(TypedDict):
+    """One member of an Ensemble: what build_model rebuilds it from."""
+
+    arch: str
+    config: dict[str, JsonValue]
+
+
 class Ensemble(nn.Module):
     """Members' mean class probabilities, as logits: log of the mean of their softmaxes (softmax gives the mean
     back). The teacher teacher.kind auto ships when averaging its candidates wins on val; `members` are
     [{"arch", "config"}] of ARCHS, sharing the input and the classes."""
 
-    def __init__(self, in_channels: int, n_classes: int, members: list[dict[str, Any]]):
+    def __init__(self, in_channels: int, n_classes: int, members: list[MemberSpec]):
         super().__init__()
         self.members = nn.ModuleList(
             build_model(m["arch"], m["config"], in_channels, n_classes) for m in members
