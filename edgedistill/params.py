@@ -391,11 +391,12 @@ class TeacherParams(ModelParams):
     """The teacher: `kind` picks the model (docs/training.md#which-teacher-teacherkind); arch, config and train are
     the CNN's, augment is the CNN's training augmentation and the MiniRocket head's augmented copies."""
 
-    kind: Literal["cnn", "minirocket", "auto"] = Field(
+    kind: Literal["cnn", "minirocket", "auto", "ensemble"] = Field(
         "cnn",
         description="cnn: the network of teacher.arch/config | minirocket: MiniRocket features + a linear head "
         "(teacher.minirocket) | auto: train both; keep the highest best val accuracy of cnn, minirocket and their "
-        "ensemble (mean probabilities), ties to the lowest val cross-entropy; never test",
+        "ensemble (mean probabilities), ties to the lowest val cross-entropy; never test | ensemble: train both, "
+        "keep their ensemble",
     )
     minirocket: MiniRocketParams = MiniRocketParams()
 

@@ -94,7 +94,7 @@ def train_stage(
     sanity = sanity_figures(data, params.sanity)
     if sanity:
         log(f"teacher: sanity references on val: {bl.describe(sanity)}")
-    kinds = ["cnn", "minirocket"] if mp.kind == "auto" else [mp.kind]
+    kinds = ["cnn", "minirocket"] if mp.kind in ("auto", "ensemble") else [mp.kind]
     trained = {}
     for kind in kinds:
         train_fn = train_cnn if kind == "cnn" else train_minirocket_teacher
@@ -102,11 +102,15 @@ def train_stage(
     if len(kinds) > 1:
         trained["ensemble"] = ensemble_of(trained, data)
     losses = {k: val_loss(t.model, data) for k, t in trained.items()}
-    chosen = choose_teacher({k: t.result.best_val_accuracy for k, t in trained.items()}, losses)
+    chosen = (
+        "ensemble"
+        if mp.kind == "ensemble"
+        else choose_teacher({k: t.result.best_val_accuracy for k, t in trained.items()}, losses)
+    )
     model, meta, result, epochs, check_epoch = trained[chosen]
     if len(kinds) > 1:
         log(
-            f"teacher: auto chose {chosen} on val ("
+            f"teacher: {mp.kind} chose {chosen} on val ("
             + ", ".join(
                 f"{k} {100 * t.result.best_val_accuracy:.1f}% (cross-entropy {losses[k]:.3f})"
                 for k, t in trained.items()
@@ -137,7 +141,7 @@ def train_stage(
         # which teacher and why: the rule looks at val only (test is not even read by this stage)
         "choice": {
             "requested": mp.kind,
-            "rule": TEACHER_RULE if len(kinds) > 1 else f"teacher.kind: {mp.kind}",
+            "rule": TEACHER_RULE if mp.kind == "auto" else f"teacher.kind: {mp.kind}",
             "candidates": {
                 k: {
                     "arch": t[1]["arch"],

@@ -87,6 +87,19 @@ def test_auto_keeps_the_candidate_with_the_best_val_figures(prepared):
     assert meta["arch"] == cands[best]["arch"]
 
 
+def test_kind_ensemble_keeps_the_ensemble_and_its_logits_feed_the_bank(prepared):
+    p = tiny({"teacher": {"kind": "ensemble"}})
+    m = train_teacher.run(p, log=lambda s: None)
+    assert m["kind"] == "ensemble" and m["arch"] == "ensemble"
+    assert m["choice"]["rule"] == "teacher.kind: ensemble"
+    assert m["val_accuracy"] == m["choice"]["candidates"]["ensemble"]["val_accuracy"]
+    out = teacher_logits.run(p)
+    bank = np.load("models/teacher_logits/bank.npy")
+    assert bank.shape[0] == out["views"] and np.isfinite(bank).all()
+    # log of mean probabilities: each row's probabilities sum to one
+    assert np.allclose(np.exp(bank[0]).sum(1), 1.0, atol=1e-4)
+
+
 def test_the_ensemble_teacher_is_its_members_mean_probabilities_and_reloads(prepared, tmp_path):
     from edgedistill.train.checkpoint import save_checkpoint
     from edgedistill.train.nets import build_model
