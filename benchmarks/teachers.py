@@ -36,15 +36,18 @@ from edgedistill.params import apply_overrides, parse_params  # noqa: E402
 CANDIDATES = ("cnn", "minirocket", "ensemble")
 # each rule: the candidates it may pick and how it breaks ties; all look at val only
 RULES = {
-    "val accuracy, ties cnn (teacher.kind auto today)": (("cnn", "minirocket"), "cnn"),
+    "val accuracy, ties cnn (teacher.kind auto before 2026-12-06)": (("cnn", "minirocket"), "cnn"),
     "val accuracy, ties lower val cross-entropy": (("cnn", "minirocket"), "loss"),
     "val accuracy incl. ensemble, ties lower val cross-entropy": (CANDIDATES, "loss"),
+    "lowest val cross-entropy incl. ensemble (teacher.kind auto)": (CANDIDATES, "loss first"),
 }
 
 
 def pick(row: dict, allowed: tuple[str, ...], ties: str) -> str:
     def key(k: str) -> tuple:
         c = row["candidates"][k]
+        if ties == "loss first":
+            return (-c["val_loss"], c["val_accuracy"], k == "cnn")
         return (c["val_accuracy"], -c["val_loss"] if ties == "loss" else k == "cnn")
 
     return max(allowed, key=key)

@@ -394,8 +394,8 @@ class TeacherParams(ModelParams):
     kind: Literal["cnn", "minirocket", "auto", "ensemble"] = Field(
         "cnn",
         description="cnn: the network of teacher.arch/config | minirocket: MiniRocket features + a linear head "
-        "(teacher.minirocket) | auto: train both; keep the highest best val accuracy of cnn, minirocket and their "
-        "ensemble (mean probabilities), ties to the lowest val cross-entropy; never test | ensemble: train both, "
+        "(teacher.minirocket) | auto: train both; keep the lowest val cross-entropy of cnn, minirocket and their "
+        "ensemble (mean probabilities), ties to the higher val accuracy; never test | ensemble: train both, "
         "keep their ensemble",
     )
     minirocket: MiniRocketParams = MiniRocketParams()
