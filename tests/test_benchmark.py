@@ -270,13 +270,17 @@ def test_frozen_heap_collects_what_the_block_makes_and_thaws_after():
     before = _cycle()  # garbage from before the block: collected when the block starts, not leaked
     with frozen_heap():
         assert before() is None
-        frozen = gc.get_freeze_count()
-        assert frozen > 0
+        assert gc.get_freeze_count() > 0
+        # alive when the nested block starts: the nested block must not freeze it (the outer one froze)
+        alive = _Node()
+        alive.other = alive
+        made = weakref.ref(alive)
         with frozen_heap():
-            assert gc.get_freeze_count() == frozen
+            del alive
             inside = _cycle()
             _trim_heap()
-            assert inside() is None
+            assert inside() is None and made() is None
+        assert gc.get_freeze_count() > 0  # the outer block is still frozen
     assert gc.get_freeze_count() == 0
 
 
