@@ -151,6 +151,9 @@ def test_teacher_kind_params_are_validated():
         make_params({"teacher": {"minirocket": {"features": 10}}})
     with pytest.raises(ParamsInvalid, match="teacher.minirocket.augment_copies"):
         make_params({"teacher": {"minirocket": {"augment_copies": -1}}})
+    with pytest.raises(ParamsInvalid, match="teacher.minirocket.head"):
+        make_params({"teacher": {"minirocket": {"head": "svm"}}})
+    assert make_params({"teacher": {"kind": "ensemble"}}).teacher.kind == "ensemble"
     assert make_params().teacher.kind == "cnn"
 
 
