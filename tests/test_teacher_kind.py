@@ -1,5 +1,6 @@
 """teacher.kind: the MiniRocket teacher (edgedistill.train.rocket) learns on small real data, gives logits for the
-bank's augmented views, exports to ONNX like the CNN; auto keeps the candidate with the higher val accuracy."""
+bank's augmented views, exports to ONNX like the CNN; auto keeps the candidate (cnn, minirocket or their ensemble)
+with the lowest val cross-entropy."""
 
 from __future__ import annotations
 
@@ -174,31 +175,42 @@ def test_minirocket_pads_windows_shorter_than_its_kernels(readings_file, workdir
         assert net(torch.zeros(3, 6, 7)).shape == (3, 7)
 
 
-def test_minirocket_teacher_exports_to_onnx_with_parity(tmp_path):
+def _onnx_and_torch(m, x: torch.Tensor, tmp_path, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """`m` exported as the export stage exports a teacher, run by onnxruntime and by PyTorch on `x`."""
     from edgedistill.export import onnx_tools as ox
 
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(120, 3, 48, generator=g).cumsum(-1)
-    m = MiniRocketNet(3, 4, 48, features=420)
-    m.fit_biases(x[:80])
-    with torch.no_grad():
-        f = m.transform(x[:80])
-        m.mean.copy_(f.mean(0))
-        m.scale.copy_(f.std(0).clamp_min(1e-3))
-        m.head.weight.normal_(0, 0.05, generator=g)
     m.eval()
-    proto = ox.export_onnx(m, 3, 48, 18, what="minirocket")
+    proto = ox.export_onnx(m, x.shape[1], x.shape[2], 18, what=what)
     ox.conv1d_as_conv2d(proto)
     ox.save_onnx(proto, tmp_path / "t.onnx")
-    got = ox.predict(ox.open_session(tmp_path / "t.onnx"), tmp_path / "t.onnx", x[80:].numpy())
+    got = ox.predict(ox.open_session(tmp_path / "t.onnx"), tmp_path / "t.onnx", x.numpy())
     with torch.no_grad():
-        ref = m(x[80:]).numpy()
+        ref = m(x).numpy()
+    return got, ref
+
+
+def _fitted_rocket(x: torch.Tensor, n_fit: int, weight_std: float, g, **kw) -> MiniRocketNet:
+    """A MiniRocket net with biases and standardisation from x[:n_fit] and a random head of `weight_std`."""
+    m = MiniRocketNet(x.shape[1], 4, x.shape[2], **kw)
+    m.fit_biases(x[:n_fit])
+    with torch.no_grad():
+        f = m.transform(x[:n_fit])
+        m.mean.copy_(f.mean(0))
+        m.scale.copy_(f.std(0).clamp_min(1e-3))
+        m.head.weight.normal_(0, weight_std, generator=g)
+    return m
+
+
+def test_minirocket_teacher_exports_to_onnx_with_parity(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(120, 3, 48, generator=g).cumsum(-1)
+    m = _fitted_rocket(x, 80, 0.05, g, features=420)
+    got, ref = _onnx_and_torch(m, x[80:], tmp_path, "minirocket")
     assert np.abs(got - ref).max() < 1e-4
 
 
 def test_ensemble_teacher_of_short_windows_exports_to_onnx_with_parity(tmp_path):
     """The ensemble (a CNN and a MiniRocket net on 7-reading windows, zero-padded to 9) as teacher.onnx."""
-    from edgedistill.export import onnx_tools as ox
     from edgedistill.train.nets import build_model
 
     g = torch.Generator().manual_seed(1)
@@ -213,13 +225,7 @@ def test_ensemble_teacher_of_short_windows_exports_to_onnx_with_parity(tmp_path)
     with torch.no_grad():
         rocket.scale.copy_(rocket.transform(x[:40]).std(0).clamp_min(1e-3))
         rocket.head.weight.normal_(0, 0.5, generator=g)
-    m.eval()
-    proto = ox.export_onnx(m, 3, 7, 18, what="ensemble")
-    ox.conv1d_as_conv2d(proto)
-    ox.save_onnx(proto, tmp_path / "t.onnx")
-    got = ox.predict(ox.open_session(tmp_path / "t.onnx"), tmp_path / "t.onnx", x[40:].numpy())
-    with torch.no_grad():
-        ref = m(x[40:]).numpy()
+    got, ref = _onnx_and_torch(m, x[40:], tmp_path, "ensemble")
     assert np.abs(got - ref).max() < 1e-4
     assert np.allclose(np.exp(ref).sum(1), 1.0, atol=1e-5)  # log of mean probabilities
 
@@ -228,27 +234,14 @@ def test_minirocket_features_are_the_same_in_onnxruntime(tmp_path):
     """PPV counts are step functions of the convolutions: a float rounding difference between PyTorch and
     onnxruntime at a bias moves a feature by 1/window. On the readings' grid the sums are exact, so a head
     with large weights (a calibrated, confident teacher) still gives the same logits."""
-    from edgedistill.export import onnx_tools as ox
-
     g = torch.Generator().manual_seed(2)
     # readings of a sensor with a 0.1 resolution: many equal values, so convolution outputs tie with the
     # biases (drawn from them) and the order of a float sum decides `>`, unless the sums are exact
     x = torch.round(torch.randn(700, 3, 64, generator=g).cumsum(-1) * 2.5) / 10
-    m = MiniRocketNet(3, 4, 64)
-    m.fit_biases(x[:200])
-    with torch.no_grad():
-        f = m.transform(x[:200])
-        m.mean.copy_(f.mean(0))
-        m.scale.copy_(f.std(0).clamp_min(1e-3))
-        m.head.weight.normal_(
-            0, 3.0, generator=g
-        )  # a feature moved by 1/64 moves a logit by ~0.1-1
-    m.eval()
-    proto = ox.export_onnx(m, 3, 64, 18, what="minirocket")
-    ox.save_onnx(proto, tmp_path / "t.onnx")
-    got = ox.predict(ox.open_session(tmp_path / "t.onnx"), tmp_path / "t.onnx", x[200:].numpy())
-    with torch.no_grad():
-        ref = m(x[200:]).numpy()
+    m = _fitted_rocket(
+        x, 200, 3.0, g
+    )  # large weights: a feature moved by 1/64 moves a logit by ~0.1-1
+    got, ref = _onnx_and_torch(m, x[200:], tmp_path, "minirocket")
     assert np.abs(got - ref).max() < 1e-3 * max(1.0, np.abs(ref).max())
 
 
