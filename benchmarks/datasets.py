@@ -391,7 +391,7 @@ def table(rows: list[dict]) -> str:
         rs = [r for r in rows if r["dataset"] == name]
 
         def m(k: str, rs: list[dict] = rs) -> str:
-            v = [r[k] for r in rs if k in r]
+            v = [r[k] for r in rs if r.get(k) is not None]  # None: a cell the run could not fill
             if not v:
                 return "-"
             sd = statistics.stdev(v) if len(v) > 1 else 0.0
