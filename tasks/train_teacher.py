@@ -27,6 +27,7 @@ from edgedistill.params import Params, SanityParams
 from edgedistill.records import TeacherMetrics
 from edgedistill.train import baseline as bl
 from edgedistill.train.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from edgedistill.train.nets import Ensemble
 from edgedistill.train.rocket import fit_ridge_head, train_minirocket
 from edgedistill.train.training import (
     Augment,
@@ -99,9 +100,11 @@ def train_stage(
     for kind in kinds:
         train_fn = train_cnn if kind == "cnn" else train_minirocket_teacher
         trained[kind] = train_fn(params, data, aug, device, sanity, resume_dir, log)
-    if len(kinds) > 1:
-        trained["ensemble"] = ensemble_of(trained, data)
-    losses = {k: val_loss(t.model, data) for k, t in trained.items()}
+    val_logits = {k: predict(t.model, data.val.x[:]) for k, t in trained.items()}
+    if len(kinds) > 1:  # the ensemble's val logits from its members' (no second pass over val)
+        trained["ensemble"] = ensemble_of(trained, data, val_logits)
+        val_logits["ensemble"] = Ensemble.combine([val_logits[k] for k in kinds])
+    losses = {k: cross_entropy(z, data) for k, z in val_logits.items()}
     chosen = (
         "ensemble"
         if mp.kind == "ensemble"
@@ -146,7 +149,7 @@ def train_stage(
                 k: {
                     "arch": t[1]["arch"],
                     "val_accuracy": round(t[2].best_val_accuracy, 5),
-                    "val_loss": round(losses[k], 5),  # the rule's tie-break
+                    "val_loss": round(losses[k], 5),  # what the rule ranks by
                     "train_seconds": round(t[2].seconds, 2),
                 }
                 for k, t in trained.items()
@@ -205,10 +208,9 @@ TEACHER_RULE = (
 )
 
 
-def val_loss(model: torch.nn.Module, data: Prepared) -> float:
-    """Cross-entropy of `model` on the val windows."""
-    logits = predict(model, data.val.x[:])
-    return float(F.cross_entropy(logits, data.val.y.to(logits.device)))
+def cross_entropy(val_logits: torch.Tensor, data: Prepared) -> float:
+    """Cross-entropy of logits on the val windows."""
+    return float(F.cross_entropy(val_logits, data.val.y.to(val_logits.device)))
 
 
 def choose_teacher(val_accuracy: dict[str, float], val_loss: dict[str, float]) -> str:
@@ -221,9 +223,14 @@ def choose_teacher(val_accuracy: dict[str, float], val_loss: dict[str, float]) -
     return min(order, key=lambda k: (val_loss[k], -val_accuracy[k], order.index(k)))
 
 
-def ensemble_of(trained: dict[str, Trained], data: Prepared) -> Trained:
+def ensemble_of(
+    trained: dict[str, Trained],
+    data: Prepared,
+    val_logits: dict[str, torch.Tensor] | None = None,
+) -> Trained:
     """The candidates' ensemble (edgedistill.train.nets.Ensemble: their mean class probabilities), its val
-    accuracy measured on the same val windows; its training figures are the CNN's, its seconds both."""
+    accuracy measured on the same val windows (from the members' `val_logits` when given); its training
+    figures are the CNN's, its seconds both."""
     members = [{"arch": t.meta["arch"], "config": t.meta["config"]} for t in trained.values()]
     meta = data.model_meta("ensemble", {"members": members})
     model = build_from_params(
@@ -232,7 +239,11 @@ def ensemble_of(trained: dict[str, Trained], data: Prepared) -> Trained:
     for member, t in zip(model.members, trained.values(), strict=True):
         member.load_state_dict(t.model.state_dict())
     model.to(data.val.y.device).eval()
-    logits = predict(model, data.val.x[:])
+    logits = (
+        Ensemble.combine([val_logits[k] for k in trained])
+        if val_logits is not None
+        else predict(model, data.val.x[:])
+    )
     acc = float((logits.argmax(1).cpu() == data.val.y.cpu()).float().mean())
     cnn = trained["cnn"]
     seconds = sum(t.result.seconds for t in trained.values())

@@ -218,8 +218,13 @@ class Ensemble(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logp = torch.stack([F.log_softmax(m(x), dim=1) for m in self.members])
-        return torch.logsumexp(logp, dim=0) - math.log(len(self.members))
+        return self.combine([m(x) for m in self.members])
+
+    @staticmethod
+    def combine(logits: list[torch.Tensor]) -> torch.Tensor:
+        """The members' logits -> the ensemble's: log of the mean of their softmaxes."""
+        logp = torch.stack([F.log_softmax(z, dim=1) for z in logits])
+        return torch.logsumexp(logp, dim=0) - math.log(len(logits))
 
 
 ARCHS = {
