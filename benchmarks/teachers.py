@@ -54,11 +54,11 @@ def pick(row: dict, allowed: tuple[str, ...], ties: str) -> str:
 
 
 def run_seed(raw: dict, prepared: Path, seed: int, tmp: Path) -> dict:
-    import torch
     import torch.nn.functional as F
 
     from edgedistill.shards import open_split
     from edgedistill.stats import accuracy_interval
+    from edgedistill.train.nets import Ensemble
     from edgedistill.train.training import augment_for, load_prepared, predict, resolve_device
     from tasks.train_teacher import train_cnn, train_minirocket_teacher
 
@@ -76,11 +76,7 @@ def run_seed(raw: dict, prepared: Path, seed: int, tmp: Path) -> dict:
         seconds[kind] = round(time.perf_counter() - t0, 1)
         logits[kind] = {s: predict(model, getattr(data, s).x[:]).cpu() for s in ("val", "test")}
     logits["ensemble"] = {
-        s: torch.logsumexp(
-            torch.stack([F.log_softmax(logits[k][s], 1) for k in ("cnn", "minirocket")]), 0
-        )
-        - math.log(2)
-        for s in ("val", "test")
+        s: Ensemble.combine([logits[k][s] for k in ("cnn", "minirocket")]) for s in ("val", "test")
     }
     seconds["ensemble"] = seconds["cnn"] + seconds["minirocket"]
     test = open_split(prepared, "test")
